@@ -1,0 +1,35 @@
+"""The project's own small reasoning model and its synthetic tasks.
+
+``load_toy_model()`` loads the shipped weights (``lrm_interp/assets/toy_reasoner``: a
+4-layer LlamaForCausalLM on byte tokens trained by :mod:`lrm_interp.toy.train`), see
+docs/toy_model.md. Tasks: :mod:`lrm_interp.toy.tasks`; evaluation and the model's own
+annotated traces: :mod:`lrm_interp.toy.evaluate`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+
+def toy_model_dir() -> Path:
+    """Folder of the shipped toy model (inside the installed package)."""
+    p = Path(str(resources.files("lrm_interp") / "assets" / "toy_reasoner"))
+    if not (p / "model.safetensors").exists():
+        raise FileNotFoundError(f"the toy model weights are missing from {p} (broken install?)")
+    return p
+
+
+def load_toy_model(dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer)`` of the shipped toy reasoning model, offline, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = toy_model_dir()
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype).eval()
+    tok = AutoTokenizer.from_pretrained(d)
+    return model, tok
+
+
+__all__ = ["load_toy_model", "toy_model_dir"]

@@ -1,0 +1,109 @@
+"""Generation, answer extraction and accuracy; collecting a model's own annotated traces."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..traces import ReasoningDataset, ReasoningTrace
+from .tasks import Problem
+
+_ANSWER = re.compile(r"The answer is\s+([^\n]+?)\.?\s*$", re.M)
+
+
+def extract_answer(family: str, text: str) -> str | None:
+    """The final answer after ``</think>`` (``"The answer is X."``), normalised per family."""
+    tail = text.split("</think>", 1)[1] if "</think>" in text else text
+    m = _ANSWER.search(tail.strip())
+    if not m:
+        return None
+    ans = m.group(1).strip().rstrip(".")
+    if family == "math":
+        ans = ans.replace(" ", "")
+        return ans if re.fullmatch(r"-?\d+", ans) else None
+    if family == "logic":
+        ans = ans.capitalize()
+        return ans if ans in {"True", "False", "Uncertain"} else None
+    return ans
+
+
+@torch.no_grad()
+def generate_responses(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 480,
+                       batch_size: int = 64, progress: bool = False) -> list[str]:
+    """Greedy continuations of ``prompts`` (batched, left padding, KV cache)."""
+    dev = model.get_input_embeddings().weight.device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out: list[str] = []
+    try:
+        for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress):
+            chunk = list(prompts[i:i + batch_size])
+            enc = tokenizer(chunk, return_tensors="pt", padding=True).to(dev)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            for row in gen[:, enc["input_ids"].shape[1]:]:
+                out.append(tokenizer.decode(row, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def generate_answers(model, tokenizer, traces_or_problems: Sequence, *, max_new_tokens: int = 480,
+                     batch_size: int = 64, progress: bool = False) -> list[str]:
+    """Greedy responses to the prompts of ``traces_or_problems`` (anything with a ``.prompt``:
+    :class:`Problem`, :class:`~lrm_interp.traces.ReasoningTrace`; or plain strings)."""
+    prompts = [x if isinstance(x, str) else x.prompt for x in traces_or_problems]
+    return generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              progress=progress)
+
+
+def evaluate(model, tokenizer, probs: Sequence[Problem], *, max_new_tokens: int = 480, batch_size: int = 64,
+             progress: bool = False, return_responses: bool = False):
+    """Accuracy per family (and ``"mean"`` over families) of greedy answers on ``probs``.
+
+    ``probs``: :class:`Problem` objects or traces whose ``metadata`` has ``dataset`` and
+    ``gold_answer`` (as produced by :mod:`lrm_interp.toy.tasks`)."""
+    probs = [_as_problem(p) for p in probs]
+    responses = generate_responses(model, tokenizer, [p.prompt for p in probs], max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size, progress=progress)
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for p, r in zip(probs, responses):
+        hits[p.family].append(extract_answer(p.family, r) == p.answer)
+    acc = {f: sum(v) / len(v) for f, v in hits.items()}
+    acc["mean"] = sum(acc.values()) / len(acc)
+    return (acc, responses) if return_responses else acc
+
+
+def _as_problem(x) -> Problem:
+    if isinstance(x, Problem):
+        return x
+    md = getattr(x, "metadata", None) or {}
+    if "dataset" not in md or "gold_answer" not in md:
+        raise ValueError(f"{getattr(x, 'id', x)!r}: need a Problem or a trace with metadata dataset/gold_answer")
+    return Problem(x.id, md["dataset"], x.prompt, str(md["gold_answer"]))
+
+
+def collect_traces(model, tokenizer, probs: Sequence[Problem], *, annotator=None, max_new_tokens: int = 480,
+                   batch_size: int = 64, progress: bool = False) -> ReasoningDataset:
+    """The model's own reasoning traces, annotated (rule-based by default), as the paper does.
+
+    Metadata: dataset (family), gold_answer, predicted answer, correct, annotation report.
+    """
+    from ..annotate import RuleAnnotator, annotate_response
+
+    annotator = annotator or RuleAnnotator()
+    probs = [_as_problem(p) for p in probs]
+    responses = generate_responses(model, tokenizer, [p.prompt for p in probs], max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size, progress=progress)
+    traces = []
+    for p, r in zip(probs, responses):
+        pred = extract_answer(p.family, r)
+        spans, report = annotate_response(r, annotator, source=p.id)
+        traces.append(ReasoningTrace(p.id, p.prompt, r, tuple(spans), {
+            "dataset": p.family, "gold_answer": p.answer, "predicted": pred, "correct": pred == p.answer,
+            "annotation": report}))
+    return ReasoningDataset(traces, name="collected")

@@ -1,0 +1,116 @@
+"""Rule / LLM annotators and their agreement with gold annotations."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lrm_interp.annotate import (LLMAnnotator, RuleAnnotator, annotate_response, annotation_agreement,
+                                 thinking_part)
+from lrm_interp.toy.tasks import generate_dataset
+from lrm_interp.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
+
+
+def test_rule_annotator_labels_and_markup():
+    text = ("Okay, I need to add 2 and 3. Recall that addition commutes. 2 + 3 = 5. Let me check: 5 - 3 = 2. "
+            "Hmm, I'm not sure. Wait, that is wrong. So the sum is 5. Alternatively, count up.")
+    m = RuleAnnotator().annotate(text)
+    assert m == ('["initializing"]Okay, I need to add 2 and 3.["end-section"] '
+                 '["adding-knowledge"]Recall that addition commutes.["end-section"] '
+                 '["deduction"]2 + 3 = 5.["end-section"] ["example-testing"]Let me check: 5 - 3 = 2.["end-section"] '
+                 '["uncertainty-estimation"]Hmm, I\'m not sure.["end-section"] '
+                 '["backtracking"]Wait, that is wrong.["end-section"] ["deduction"]So the sum is 5.["end-section"] '
+                 '["backtracking"]Alternatively, count up.["end-section"]')
+    with pytest.raises(ValueError, match="not one of"):
+        RuleAnnotator(rules=(("verification", "check"),))
+
+
+def _naive_char_agreement(gold, pred):
+    """Reference: per-character label sets compared position by position."""
+    out = {}
+    for g in gold:
+        p = next(t for t in pred if t.id == g.id)
+        for label in {s.behavior for s in g.spans} | {s.behavior for s in p.spans}:
+            gm = [any(s.start <= i < s.end for s in g.spans_of(label)) for i in range(len(g.response))]
+            pm = [any(s.start <= i < s.end for s in p.spans_of(label)) for i in range(len(g.response))]
+            c = out.setdefault(label, [0, 0, 0])
+            c[0] += sum(a and b for a, b in zip(gm, pm))
+            c[1] += sum(pm)
+            c[2] += sum(gm)
+    return {k: (tp / max(np_, 1), tp / max(ng, 1)) for k, (tp, np_, ng) in out.items()}
+
+
+def test_agreement_matches_naive_reference_on_random_spans():
+    rng = random.Random(0)
+    labels = ["deduction", "backtracking", "example-testing"]
+    gold, pred = [], []
+    for k in range(12):
+        resp = "x" * 120
+
+        def spans():
+            out = []
+            for _ in range(rng.randint(0, 5)):
+                a = rng.randrange(120)
+                out.append(BehaviorSpan(rng.choice(labels), a, min(120, a + rng.randint(1, 40))))
+            return tuple(out)  # overlapping spans included on purpose
+        gold.append(ReasoningTrace(f"t{k}", "", resp, spans()))
+        pred.append(ReasoningTrace(f"t{k}", "", resp, spans()))
+    fast = annotation_agreement(ReasoningDataset(gold), ReasoningDataset(pred))
+    ref = _naive_char_agreement(gold, pred)
+    assert set(fast) == set(ref)
+    for k, (p, r) in ref.items():
+        assert fast[k]["precision"] == pytest.approx(p) and fast[k]["recall"] == pytest.approx(r)
+
+
+def test_span_level_agreement_hand_case():
+    resp = "aaaa bbbb cccc dddd"
+    g = ReasoningTrace("a", "", resp, (BehaviorSpan("deduction", 0, 4), BehaviorSpan("deduction", 5, 9),
+                                       BehaviorSpan("backtracking", 10, 19)))
+    p = ReasoningTrace("a", "", resp, (BehaviorSpan("deduction", 0, 9), BehaviorSpan("backtracking", 10, 14)))
+    agr = annotation_agreement(ReasoningDataset([g]), ReasoningDataset([p]))
+    # deduction: predicted [0,9) vs gold [0,4),[5,9): IoU 4/9 each < 0.5 → no span match; chars 8/9 precise
+    assert agr["deduction"]["precision"] == pytest.approx(8 / 9) and agr["deduction"]["recall"] == 1.0
+    assert agr["deduction"]["span_precision"] == 0.0 and agr["deduction"]["span_recall"] == 0.0
+    # backtracking: [10,14) inside [10,19): IoU 4/9 → unmatched; precision 1, recall 4/9
+    assert agr["backtracking"]["precision"] == 1.0 and agr["backtracking"]["recall"] == pytest.approx(4 / 9)
+    assert annotation_agreement(ReasoningDataset([g]), ReasoningDataset([p]), min_iou=0.4)["backtracking"][
+        "span_recall"] == 1.0
+    with pytest.raises(ValueError, match="responses differ"):
+        annotation_agreement(ReasoningDataset([g]), ReasoningDataset([ReasoningTrace("a", "", "zz")]))
+    with pytest.raises(KeyError):
+        annotation_agreement(ReasoningDataset([g]), ReasoningDataset([]))
+
+
+def test_rule_annotator_agreement_with_generator_gold():
+    gold = generate_dataset(40, seed=5)
+    pred = ReasoningDataset([t.with_spans(annotate_response(t.response, RuleAnnotator())[0]) for t in gold])
+    agr = annotation_agreement(gold, pred)
+    print({k: {m: round(v, 3) for m, v in d.items()} for k, d in agr.items()})
+    assert len(agr) == 6
+    for label, d in agr.items():  # the generators use the cue phrases the rules look for
+        assert d["f1"] >= 0.95 and d["span_recall"] >= 0.95, label
+    # a annotator that labels everything "deduction" must score far lower on the target behaviours
+    flat = RuleAnnotator(rules=())
+    pred2 = ReasoningDataset([t.with_spans(annotate_response(t.response, flat)[0]) for t in gold])
+    agr2 = annotation_agreement(gold, pred2)
+    assert agr2["deduction"]["precision"] < 0.7 and "backtracking" not in agr2 or agr2["backtracking"]["recall"] == 0
+
+
+def test_llm_annotator_interface():
+    seen = {}
+
+    def fake(prompt: str) -> str:
+        seen["prompt"] = prompt
+        return '["initializing"]Okay, I need to add.["end-section"] ["backtracking"]Wait, no.["end-section"]'
+
+    resp = "Okay, I need to add. Wait, no.\n</think>\nThe answer is 1."
+    assert thinking_part(resp) == "Okay, I need to add. Wait, no."
+    spans, rep = annotate_response(resp, LLMAnnotator(fake))
+    assert "Okay, I need to add. Wait, no." in seen["prompt"] and "</think>" not in seen["prompt"]
+    for label in ("initializing", "deduction", "adding-knowledge", "example-testing", "uncertainty-estimation",
+                  "backtracking", '["end-section"]'):
+        assert label in seen["prompt"]
+    assert [(s.behavior, s.start, s.end) for s in spans] == [("initializing", 0, 20), ("backtracking", 21, 30)]
+    assert rep["placed"] == 2 and rep["segments"] == 2
+    spans, rep = annotate_response(resp, LLMAnnotator(lambda p: "I cannot help with that."))
+    assert spans == [] and rep["placed"] == 0

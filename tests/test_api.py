@@ -1,0 +1,143 @@
+"""attribute(): every fixture architecture, quantized layers, resume, CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import lrm_interp
+from lrm_interp import api
+from lrm_interp.cli import main as cli_main
+from lrm_interp.results import Attribution
+from lrm_interp.sites import find_sites
+from lrm_interp.testing import TINY_ARCHS, byte_tokenizer, tiny_model
+
+from synth import synthetic_traces
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_attribute_every_arch(arch, tokenizer):
+    model = tiny_model(arch)
+    ds = synthetic_traces(4, skip={1: {"example-testing"}})
+    res = lrm_interp.attribute(model, ds, tokenizer=tokenizer, progress=False)
+    sites = find_sites(model)
+    assert res.site_names == tuple(s.name for s in sites)
+    assert res.behaviors == ("backtracking", "uncertainty-estimation", "example-testing", "adding-knowledge")
+    assert torch.isfinite(res.scores).all() and (res.scores >= 0).all()
+    assert (res.scores.sum(dim=1) > 0).all()
+    assert torch.allclose(res.ri.sum(dim=1), torch.ones(4, dtype=torch.float64))
+    counts = res.provenance["counts"]
+    assert counts["traces_with_behavior"]["example-testing"] == 3
+    assert counts["traces_with_behavior"]["backtracking"] == 4
+    # steering vectors: one per (behaviour, site), rescaled to the site's mean-activation norm
+    for b in res.behaviors:
+        assert set(res.vectors[b]) == set(res.site_names)
+        for s in sites:
+            assert res.vectors[b][s.name].shape == (s.out_features,)
+    # no hook left behind
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for _, m in model.named_modules())
+
+
+def test_attribute_quantized_stub(tokenizer):
+    from lrm_interp.testing import quantize_stub_
+
+    model = tiny_model("llama")
+    quantize_stub_(model)
+    assert all(s.module_type != "Linear" for s in find_sites(model))
+    res = lrm_interp.attribute(model, synthetic_traces(3), tokenizer=tokenizer, progress=False)
+    assert len(res.sites) == 14 and (res.scores.sum(dim=1) > 0).all()
+
+
+def test_dom_method_and_behaviour_errors(tokenizer, tiny_llama):
+    ds = synthetic_traces(3)
+    res = lrm_interp.attribute(tiny_llama, ds, tokenizer=tokenizer, method="dom", behaviors=["backtracking"],
+                               progress=False)
+    assert res.method == "dom" and res.scores.shape == (1, 14)
+    with pytest.raises(ValueError, match="method must be one of"):
+        lrm_interp.attribute(tiny_llama, ds, tokenizer=tokenizer, method="nope")
+    res2 = lrm_interp.attribute(tiny_llama, ds, tokenizer=tokenizer, behaviors=["backtracking", "made-up"],
+                                progress=False)
+    assert res2.provenance["absent_behaviors"] == ["made-up"]
+    assert float(res2.scores[1].sum()) == 0.0
+
+
+def test_resume_after_kill_gives_identical_result(tokenizer, tiny_llama, tmp_path, monkeypatch):
+    ds = synthetic_traces(5)
+    full = lrm_interp.attribute(tiny_llama, ds, tokenizer=tokenizer, progress=False)
+
+    import lrm_interp.atp as atp_mod
+
+    real = atp_mod.atp_trace_stats
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(atp_mod, "atp_trace_stats", dying)
+    with pytest.raises(KeyboardInterrupt):
+        lrm_interp.attribute(tiny_llama, ds, tokenizer=tokenizer, out_dir=tmp_path, progress=False)
+    assert len(list((tmp_path / "partial" / "dom").glob("*.safetensors"))) == 5
+    assert len(list((tmp_path / "partial" / "atp").glob("*.safetensors"))) == 2
+    monkeypatch.setattr(atp_mod, "atp_trace_stats", real)
+    counted = {"n": 0}
+
+    def counting(*a, **k):
+        counted["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(atp_mod, "atp_trace_stats", counting)
+    resumed = lrm_interp.attribute(tiny_llama, ds, tokenizer=tokenizer, out_dir=tmp_path, progress=False)
+    assert counted["n"] == 3  # only the unfinished traces were recomputed
+    assert torch.equal(resumed.scores, full.scores)
+    back = Attribution.load(tmp_path)
+    assert torch.equal(back.scores, full.scores)
+    # other settings in the same folder are refused
+    with pytest.raises(ValueError, match="other settings"):
+        lrm_interp.attribute(tiny_llama, ds, tokenizer=tokenizer, out_dir=tmp_path, k_context=2, progress=False)
+
+
+def test_load_dataset_forms(tmp_path, paper_layout_dir):
+    ds = synthetic_traces(2)
+    p = ds.save_jsonl(tmp_path / "t.jsonl")
+    assert len(api.load_dataset(p)) == 2
+    assert len(api.load_dataset(list(ds))) == 2
+    assert len(api.load_dataset(tmp_path)) == 2  # a folder with one jsonl
+    pl = api.load_dataset(paper_layout_dir)
+    assert len(pl) >= 7
+    with pytest.raises(FileNotFoundError):
+        api.load_dataset(tmp_path / "missing.jsonl")
+
+
+def test_cli_attribute_and_compare(tmp_path, tokenizer):
+    model = tiny_model("qwen2")
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    synthetic_traces(3).save_jsonl(tmp_path / "t.jsonl")
+    rc = cli_main(["attribute", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "t.jsonl"),
+                   "--out", str(tmp_path / "a"), "--quiet"])
+    assert rc == 0
+    for f in ("attribution.json", "attribution.safetensors", "scores.csv", "heatmap.png"):
+        assert (tmp_path / "a" / f).stat().st_size > 0
+    meta = json.loads((tmp_path / "a" / "attribution.json").read_text())
+    assert meta["provenance"]["counts"]["traces"] == 3
+    rc = cli_main(["attribute", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "t.jsonl"),
+                   "--out", str(tmp_path / "b"), "--quiet", "--mode", "joint"])
+    assert rc == 0
+    rc = cli_main(["compare", "--original", str(tmp_path / "a"), "--compressed", str(tmp_path / "b"),
+                   "--out", str(tmp_path / "c")])
+    assert rc == 0 and (tmp_path / "c" / "shift.csv").exists()
+    assert cli_main(["attribute", "--model", str(tmp_path / "nope"), "--data", str(tmp_path / "t.jsonl"),
+                     "--out", str(tmp_path / "d"), "--quiet"]) == 2
+
+
+def test_bytes_tokenizer_roundtrip_offline(tmp_path):
+    tok = byte_tokenizer()
+    tok.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    back = AutoTokenizer.from_pretrained(tmp_path)
+    assert back("abc")["input_ids"] == tok("abc")["input_ids"] == [256, 97, 98, 99]

@@ -1,0 +1,176 @@
+"""Per-weight saliency: formulas against hand-written references, streaming, behaviour gradients."""
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lrm_interp import saliency as sal
+from lrm_interp.masks import global_top
+from lrm_interp.quant import rtn_quantize
+from lrm_interp.quant.apply import weight_matrix
+from lrm_interp.results import Attribution
+from lrm_interp.sites import find_sites, get_module
+from lrm_interp.testing import tiny_model
+from lrm_interp.tokens import encode_trace
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_model("llama", seed=0)
+    ids = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(2))
+    return model, ids
+
+
+def _inputs(model, sites, ids):
+    """Reference: site inputs [tokens, in] from plain forward pre-hooks."""
+    xs, hs = {}, []
+    for s in sites:
+        def pre(mod, args, name=s.name):
+            xs[name] = args[0].reshape(-1, args[0].shape[-1]).float()
+        hs.append(get_module(model, s.name).register_forward_pre_hook(pre))
+    with torch.no_grad():
+        model(input_ids=ids)
+    for h in hs:
+        h.remove()
+    return xs
+
+
+def test_magnitude_random_activation_hessian(setup):
+    model, ids = setup
+    sites = find_sites(model)[:4] + find_sites(model)[-1:]
+    xs = _inputs(model, sites, ids)
+    mag = dict(sal.magnitude(model, sites))
+    act = dict(sal.activation(model, sites, ids, batch_size=2))
+    hes = dict(sal.hessian(model, sites, ids, bits=3, group_size=32))
+    for s in sites:
+        W = get_module(model, s.name).weight.data
+        x = xs[s.name]
+        assert torch.equal(mag[s], W.abs())
+        torch.testing.assert_close(act[s], W.abs() * x.pow(2).mean(0).sqrt()[None], rtol=1e-5, atol=1e-7)
+        H_diag = torch.diag(2 * x.T @ x / x.shape[0])
+        dW = W - rtn_quantize(W, 3, group_size=32)
+        torch.testing.assert_close(hes[s], dW.pow(2) * H_diag[None], rtol=1e-5, atol=1e-9)
+    r1 = dict(sal.random_saliency(model, sites, seed=3))
+    r2 = dict(sal.random_saliency(model, sites[2:], seed=3))  # a site's noise does not depend on the others
+    r3 = dict(sal.random_saliency(model, sites, seed=4))
+    assert torch.equal(r1[sites[3]], r2[sites[3]]) and not torch.equal(r1[sites[3]], r3[sites[3]])
+
+
+def test_streams_know_their_sites_and_policies_hold_one_module(setup):
+    model, _ = setup
+    sites = find_sites(model)
+    stream = sal.magnitude(model, sites)
+    assert stream.sites == sites and stream.n_weights == 73728 and len(stream) == len(sites)
+    alive = []
+
+    def tracked():
+        for s, t in stream:
+            gc.collect()
+            assert sum(r() is not None for r in alive) <= 1  # the previous module was released
+            alive.append(weakref.ref(t))
+            yield s, t
+
+    masks = global_top(tracked(), 0.02, sites=sites)
+    assert sum(m.n_protected for m in masks.values()) == round(0.02 * 73728)
+    assert list(masks) == [s.name for s in sites]
+
+
+def test_activation_excludes_padding(setup):
+    model, ids = setup
+    sites = find_sites(model)[:1]
+    short = ids[:, :25]
+    padded = {"input_ids": torch.cat([short, torch.full((3, 15), 258)], 1),
+              "attention_mask": torch.cat([torch.ones(3, 25), torch.zeros(3, 15)], 1).long()}
+    a = sal.input_sq_means(model, sites, padded)[sites[0].name]
+    b = sal.input_sq_means(model, sites, short)[sites[0].name]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _traces(tokenizer):
+    from synth import synthetic_traces
+
+    return [encode_trace(tokenizer, t) for t in synthetic_traces(2)]
+
+
+def test_behaviour_gradients_equal_plain_autograd(tokenizer):
+    model = tiny_model("llama", seed=0)
+    sites = find_sites(model)
+    enc = _traces(tokenizer)
+    flags = [p.requires_grad for p in model.parameters()]
+    G = sal.behaviour_weight_grads(model, enc, sites, ["backtracking"])
+    Gs = sal.behaviour_weight_grads(model, enc, sites, ["backtracking"], reduce="signed")
+    assert [p.requires_grad for p in model.parameters()] == flags
+    ref = {s.name: torch.zeros(s.out_features, s.in_features) for s in sites}
+    ref_s = {s.name: torch.zeros(s.out_features, s.in_features) for s in sites}
+    n = 0
+    for e in enc:
+        for sp in e.spans_of("backtracking"):
+            model.zero_grad()
+            logits = model(input_ids=e.input_ids[None, :sp.end]).logits[0]
+            F.cross_entropy(logits[sp.start - 1:sp.end - 1], e.input_ids[sp.start:sp.end]).backward()
+            n += 1
+            for s in sites:
+                g = get_module(model, s.name).weight.grad
+                ref[s.name] += g.abs()
+                ref_s[s.name] += g
+    assert n >= 2
+    for s in sites:
+        torch.testing.assert_close(G[s.name], ref[s.name], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(Gs[s.name], ref_s[s.name], rtol=1e-4, atol=1e-7)
+    assert any(not torch.allclose(G[s.name], Gs[s.name].abs()) for s in sites)  # cancellation across spans
+
+
+def test_attribution_saliency_chunks_importance_and_loss_fn(tokenizer):
+    model = tiny_model("llama", seed=0)
+    sites = find_sites(model)
+    enc = _traces(tokenizer)
+    G = sal.behaviour_weight_grads(model, enc, sites, ["backtracking"])
+    full = dict(sal.attribution(model, sites, enc, ["backtracking"], bits=3, group_size=32))
+    chunked = dict(sal.attribution(model, sites, enc, ["backtracking"], bits=3, group_size=32, site_chunk=7))  # two gradient passes of 7 sites
+    for s in sites:
+        W = get_module(model, s.name).weight.data
+        expect = G[s.name] * (W - rtn_quantize(W, 3, group_size=32)).abs()
+        torch.testing.assert_close(full[s], expect)
+        torch.testing.assert_close(chunked[s], expect)
+    # module importance from an Attribution: per-module mean = its mean RI over behaviours
+    scores = torch.rand(2, len(sites), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    attr = Attribution(("backtracking", "deduction"), tuple(sites), scores, "attribution")
+    ri = sal.mean_ri(attr, sites)
+    weighted = dict(sal.attribution(model, sites[:3], enc, ["backtracking"], bits=3, group_size=32,
+                                    module_importance=attr))
+    for s in sites[:3]:
+        assert float(weighted[s].mean()) == pytest.approx(ri[s.name], rel=1e-4)
+    # a custom loss over batches: next-token loss on plain ids
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(5))
+
+    def lm_loss(m, batch):
+        logits = m(input_ids=batch[None]).logits[0, :-1]
+        return F.cross_entropy(logits, batch[1:])
+
+    custom = dict(sal.attribution(model, sites[:2], loss_fn=lm_loss, batches=list(ids), bits=3, group_size=32))
+    Gc = sal.weight_grads(model, sites[:2], lm_loss, list(ids))
+    W0 = get_module(model, sites[0].name).weight.data
+    torch.testing.assert_close(custom[sites[0]], Gc[sites[0].name] * (W0 - rtn_quantize(W0, 3, group_size=32)).abs())
+    with pytest.raises(ValueError, match="no span"):
+        sal.behaviour_weight_grads(model, enc, sites, ["no-such-behaviour"])
+
+
+def test_conv1d_gradients_in_out_in_layout():
+    model = tiny_model("gpt2", seed=0)
+    sites = find_sites(model)
+    ids = torch.randint(0, 256, (12,), generator=torch.Generator().manual_seed(6))
+
+    def loss(m, b):
+        return F.cross_entropy(m(input_ids=b[None]).logits[0, :-1], b[1:])
+
+    G = sal.weight_grads(model, sites, loss, [ids])
+    model.zero_grad()
+    loss(model, ids).backward()
+    for s in sites:
+        mod = get_module(model, s.name)
+        assert G[s.name].shape == weight_matrix(mod).shape == (s.out_features, s.in_features)
+        torch.testing.assert_close(G[s.name], mod.weight.grad.T.abs(), rtol=1e-4, atol=1e-7)
