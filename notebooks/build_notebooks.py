@@ -11,7 +11,7 @@ import nbformat as nbf
 CELLS = [
     ("md", "# lrm_interp quickstart\n\nWhich modules of a small reasoning model matter for each reasoning "
            "behaviour, and what 2-bit quantization does to them. Everything runs offline on CPU in about a minute."),
-    ("code", "import os\nos.environ.setdefault('HF_HUB_OFFLINE', '1')\nimport torch\nimport lrm_interp\n"
+    ("code", "%matplotlib inline\nimport os\nos.environ.setdefault('HF_HUB_OFFLINE', '1')\nimport torch\nimport lrm_interp\n"
              "from lrm_interp.toy import load_toy_model\nfrom lrm_interp.toy.tasks import generate_dataset\n"
              "torch.manual_seed(0)\nmodel, tok = load_toy_model()\nmodel"),
     ("md", "## Annotated reasoning traces\nThe task generators write traces with gold behaviour spans "

@@ -178,10 +178,10 @@ def test_bits_per_weight_by_hand(tiny_llama):
     m[0, :10] = True
     masks = {"model.layers.0.mlp.up_proj": ProtectionMask("model.layers.0.mlp.up_proj", m)}
     assert index_bits(m, "csr16") == (16 * 10 + 32 * 129, "csr16")
-    assert index_bits(m, "coo32") == (320, "coo32")
-    assert index_bits(m, "auto") == (320, "coo32")
+    assert index_bits(m, "coo32") == (640, "coo32")  # 32-bit row + 32-bit column per weight
+    assert index_bits(m, "auto") == (80, "gaps")  # 10 one-byte varint gaps (0, 1, 1, ...)
     b = bits_per_weight(masks, sites, bits=3, group_size=32)
-    assert b["bpw"] == pytest.approx(4 + (16 * 10 + 320) / n)
+    assert b["bpw"] == pytest.approx(4 + (16 * 10 + 80) / n)
     full = {"x": ProtectionMask.full(sites[0])}
     assert index_bits(full["x"].dense())[1] == "module"
 
@@ -244,14 +244,15 @@ def test_exports(tiny_llama, tmp_path):
     sites = find_sites(tiny_llama)
     masks = final_mlp(sites)
     masks.update(global_top(sal.magnitude(tiny_llama, sites[:2]), 0.02))  # element-level: not exported
-    assert exports.llmcompressor_ignore(masks) == ["lm_head", "model.layers.1.mlp.gate_proj",
-                                                   "model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"]
-    assert exports.gptqmodel_dynamic(masks) == {
-        r"-:^model\.layers\.1\.mlp\.gate_proj$": {}, r"-:^model\.layers\.1\.mlp\.up_proj$": {},
-        r"-:^model\.layers\.1\.mlp\.down_proj$": {}}
-    assert exports.modules_to_not_convert(masks, keep_lm_head=False) == exports.full_modules(masks)
-    recipe = exports.llmcompressor_recipe(masks)
-    assert "GPTQModifier:" in recipe and '- "model.layers.1.mlp.up_proj"' in recipe
+    with pytest.warns(UserWarning, match="2 sites with partial masks"):
+        assert exports.llmcompressor_ignore(masks) == ["lm_head", "model.layers.1.mlp.gate_proj",
+                                                       "model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"]
+        assert exports.gptqmodel_dynamic(masks) == {
+            r"-:^model\.layers\.1\.mlp\.gate_proj$": {}, r"-:^model\.layers\.1\.mlp\.up_proj$": {},
+            r"-:^model\.layers\.1\.mlp\.down_proj$": {}}
+        assert exports.modules_to_not_convert(masks, keep_lm_head=False) == exports.full_modules(masks)
+        recipe = exports.llmcompressor_recipe(masks)
+        assert "GPTQModifier:" in recipe and '- "model.layers.1.mlp.up_proj"' in recipe
     # sidecar: the protected FP16 values come back after quantization
     q = copy.deepcopy(tiny_llama)
     exports.save_sidecar(tiny_llama, masks, tmp_path / "side.safetensors")
