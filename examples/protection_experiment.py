@@ -6,7 +6,7 @@ paper's final-layer MLP; and plain (b+1)-bit. Every row states its exact bits pe
 (:func:`lrm_interp.masks.bits_per_weight`) and the accuracy per task family on held-out
 problems. "recovered" = (acc − acc_unprotected) / (acc_fp32 − acc_unprotected).
 
-usage: python examples/protection_experiment.py [--per-family 50] [--bits 3 2] [--out docs/protection_results.md]
+usage: python examples/protection_experiment.py [--per-family 50] [--bits 3 2] [--group-size 128] [--out FILE.md]
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-family", type=int, default=50)
     ap.add_argument("--bits", type=int, nargs="+", default=[3, 2])
-    ap.add_argument("--group-size", type=int, default=32)
+    ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--budget", type=float, default=0.02)
     ap.add_argument("--methods", nargs="+", default=["rtn", "gptq"])
     ap.add_argument("--out", default=None)
@@ -98,7 +98,7 @@ def main() -> None:
                 lines.append(line)
                 print(line, flush=True)
     lines += ["", f"({time.time() - t0:.0f} s on this machine; `python examples/protection_experiment.py "
-                  f"--per-family {a.per_family} --bits {' '.join(map(str, a.bits))}`)"]
+                  f"--per-family {a.per_family} --bits {' '.join(map(str, a.bits))} --group-size {a.group_size}`)"]
     if a.out:
         from lrm_interp.traces import atomic_write_text
 

@@ -97,7 +97,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def cmd_quickstart(a: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
 
-    run_quickstart(out_dir=a.out, n_traces=a.traces, tiny=a.tiny, progress=not a.quiet)
+    run_quickstart(out_dir=a.out, n_traces=a.traces, tiny=a.tiny, bits=a.bits, group_size=a.group_size,
+                   n_eval=a.eval, progress=not a.quiet)
     return 0
 
 
@@ -107,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quickstart", help="run the whole pipeline offline on the shipped model")
     q.add_argument("--out", default="lrm_interp_quickstart")
-    q.add_argument("--traces", type=int, default=12, help="traces to generate (default 12)")
+    q.add_argument("--traces", type=int, default=24, help="traces to generate (default 24)")
     q.add_argument("--tiny", action="store_true", help="use a tiny random model (plumbing check)")
+    q.add_argument("--bits", type=int, default=3, help="RTN bits of the compressed copy (default 3)")
+    q.add_argument("--group-size", type=int, default=128, help="RTN group size (default 128)")
+    q.add_argument("--eval", type=int, default=30, help="held-out problems to score (default 30; 0 = skip)")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(fn=cmd_quickstart)
 

@@ -33,10 +33,9 @@ def cmd_protect(a: argparse.Namespace) -> int:
 
     attr = Attribution.load(a.scores)
     sites = list(attr.sites)
-    if a.policy == "final_mlp":
-        masks = M.final_mlp(sites)
-    elif a.policy == "modules_by_score":
-        masks = M.modules_by_score(sites, S.mean_ri(attr, sites), a.budget, always=a.always, never=a.never)
+    if a.policy in ("final_mlp", "modules_by_score"):
+        masks = M.build_masks(sites, a.policy, a.budget, scores=S.mean_ri(attr, sites), always=a.always,
+                              never=a.never)
     else:
         if a.model is None:
             raise ValueError(f"--policy {a.policy} scores single weights: it needs --model")
@@ -61,8 +60,8 @@ def cmd_protect(a: argparse.Namespace) -> int:
             src = S.activation(model, sites, _calib_ids(tok, a.data))
         else:
             src = S.hessian(model, sites, _calib_ids(tok, a.data), bits=a.bits, group_size=a.group_size)
-        pick = M.global_top if a.policy == "global_top" else M.per_module_top
-        masks = M.apply_regexes(pick(src, a.budget), sites, always=a.always, never=a.never)
+        # build_masks: `always` modules count against a global budget, so the total stays exact
+        masks = M.build_masks(sites, a.policy, a.budget, saliency=src, always=a.always, never=a.never)
     bpw = M.bits_per_weight(masks, sites, bits=a.bits, group_size=a.group_size)
     M.save_masks(masks, a.out, metadata={"policy": a.policy, "saliency": a.saliency, "budget": a.budget,
                                           "bits": a.bits, "group_size": a.group_size, "scores": str(a.scores),

@@ -37,35 +37,25 @@ def cmd_traces(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .toy.train import train_toy_model
+    from .toy.train import train_from_args
 
-    train_toy_model(a.out, steps=a.steps, batch_size=a.batch_size, device=a.device, seed=a.seed,
-                    hidden=a.hidden, layers=a.layers, heads=a.heads, kv_heads=a.kv_heads,
-                    intermediate=a.intermediate)
-    return 0
+    return train_from_args(a)
 
 
 def register(sub) -> None:
     t = sub.add_parser("toy", help="the shipped toy reasoning model: train / eval / traces")
     ts = t.add_subparsers(dest="toy_cmd", required=True)
     tr = ts.add_parser("train", help="train a toy reasoning model (GPU if available)")
-    tr.add_argument("--out", required=True)
-    tr.add_argument("--steps", type=int, default=4000)
-    tr.add_argument("--batch-size", type=int, default=128)
-    tr.add_argument("--device", default=None)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--hidden", type=int, default=128)
-    tr.add_argument("--layers", type=int, default=4)
-    tr.add_argument("--heads", type=int, default=4)
-    tr.add_argument("--kv-heads", type=int, default=2)
-    tr.add_argument("--intermediate", type=int, default=384)
+    from .toy.train import add_train_args
+
+    add_train_args(tr)  # same options and defaults as `python -m lrm_interp.toy.train` (the shipped recipe)
     tr.set_defaults(fn=cmd_train)
     ev = ts.add_parser("eval", help="accuracy per family on held-out problems")
     ev.add_argument("--model", default="toy")
     ev.add_argument("--per-family", type=int, default=50)
     ev.add_argument("--seed", type=int, default=2)
     ev.add_argument("--bits", type=int, default=None, help="RTN-quantize first")
-    ev.add_argument("--group-size", type=int, default=32)
+    ev.add_argument("--group-size", type=int, default=128)
     ev.set_defaults(fn=cmd_eval)
     tc = ts.add_parser("traces", help="write annotated traces (gold, or the model's own)")
     tc.add_argument("--model", default="toy")

@@ -4,7 +4,8 @@
    plumbing check only, and it says so);
 2. generate annotated reasoning traces (math / logic / knowledge) with gold behaviour spans;
 3. ``attribute()``: steering vectors (DoM) and attribution-patching scores per linear module;
-4. quantize a copy to 2 bits (RTN, group 32), attribute again and compare (importance shift);
+4. quantize a copy to 3 bits (RTN, group 128), attribute again and compare (importance shift);
+   on the shipped model, also score both on held-out problems (greedy decoding);
 5. write ``scores.csv``, ``heatmap.png``, ``shift.png`` and the result folders, print the top modules.
 """
 
@@ -17,9 +18,13 @@ from pathlib import Path
 import torch
 
 
-def run_quickstart(out_dir: str | Path = "lrm_interp_quickstart", *, n_traces: int = 12, tiny: bool = False,
-                   bits: int = 2, group_size: int = 32, progress: bool = True) -> dict:
-    """Run the quickstart; returns a summary dict (also printed)."""
+def run_quickstart(out_dir: str | Path = "lrm_interp_quickstart", *, n_traces: int = 24, tiny: bool = False,
+                   bits: int = 3, group_size: int = 128, n_eval: int = 30, progress: bool = True) -> dict:
+    """Run the quickstart; returns a summary dict (also printed).
+
+    ``n_eval`` held-out problems (split over the task families) are solved by the full
+    precision and the quantized model (shipped model only; 0 skips the evaluation).
+    """
     from .api import attribute
     from .quant import quantize_model_
     from .results import compare
@@ -51,6 +56,16 @@ def run_quickstart(out_dir: str | Path = "lrm_interp_quickstart", *, n_traces: i
     rep = quantize_model_(q, bits=bits, group_size=group_size, progress=False)
     res_q = attribute(q, ds, tokenizer=tok, out_dir=out / f"attribution_rtn{bits}", progress=progress)
     _write_attribution_outputs(res_q, out / f"attribution_rtn{bits}")
+    acc = {}
+    if not tiny and n_eval > 0:
+        from .toy.evaluate import evaluate
+        from .toy.tasks import problems
+
+        held = problems(max(1, n_eval // len(FAMILIES)), seed=2)
+        acc = {"fp32": evaluate(model, tok, held), f"rtn{bits}": evaluate(q, tok, held)}
+        print(f"accuracy on {len(held)} held-out problems (greedy): "
+              + "; ".join(f"{k}: " + ", ".join(f"{f} {100 * v[f]:.0f}%" for f in (*FAMILIES, "mean"))
+                          for k, v in acc.items()))
     shift = compare(res, res_q)
     fig = shift.heatmap()
     fig.savefig(out / "shift.png", dpi=120)
@@ -67,7 +82,7 @@ def run_quickstart(out_dir: str | Path = "lrm_interp_quickstart", *, n_traces: i
         j = int(torch.argmax(dec[i]))
         print(f"  {b:24s} {shift.sites[j].name}: RI {float(res.ri[i, j]):.3f} -> {float(res_q.ri[i, j]):.3f}")
     summary = {"out_dir": str(out), "traces": len(ds), "sites": len(res.sites), "behaviors": list(res.behaviors),
-               "quantized_weights": rep.n_weights, "seconds": round(time.time() - t0, 1), "tiny": tiny}
+               "quantized_weights": rep.n_weights, "accuracy": acc, "seconds": round(time.time() - t0, 1), "tiny": tiny}
     print(f"\nwrote {out}/ (traces.jsonl, attribution_fp32/, attribution_rtn{bits}/, shift.csv, shift.png) "
           f"in {summary['seconds']} s")
     return summary

@@ -10,7 +10,7 @@ import nbformat as nbf
 
 CELLS = [
     ("md", "# lrm_interp quickstart\n\nWhich modules of a small reasoning model matter for each reasoning "
-           "behaviour, and what 2-bit quantization does to them. Everything runs offline on CPU in about a minute."),
+           "behaviour, and what 3-bit quantization does to them. Everything runs offline on CPU in about a minute."),
     ("code", "%matplotlib inline\nimport os\nos.environ.setdefault('HF_HUB_OFFLINE', '1')\nimport torch\nimport lrm_interp\n"
              "from lrm_interp.toy import load_toy_model\nfrom lrm_interp.toy.tasks import generate_dataset\n"
              "torch.manual_seed(0)\nmodel, tok = load_toy_model()\nmodel"),
@@ -23,11 +23,14 @@ CELLS = [
     ("code", "res = lrm_interp.attribute(model, ds, tokenizer=tok, progress=False)\nres.top(5, 'backtracking')"),
     ("code", "df = res.to_dataframe()\ndf.sort_values('ri', ascending=False).head(10)"),
     ("code", "fig = res.heatmap()\nfig"),
-    ("md", "## What 2-bit quantization does to the importance map"),
+    ("md", "## What 3-bit quantization (RTN, group 128) does to the importance map"),
     ("code", "import copy\nfrom lrm_interp.quant import quantize_model_\nq = copy.deepcopy(model)\n"
-             "quantize_model_(q, bits=2, group_size=32, method='rtn', progress=False)\n"
+             "quantize_model_(q, bits=3, group_size=128, method='rtn', progress=False)\n"
              "res_q = lrm_interp.attribute(q, ds, tokenizer=tok, progress=False)\n"
              "shift = lrm_interp.compare(res, res_q)\nshift.to_dataframe().sort_values('delta_ri').head(8)"),
+    ("md", "The quantized copy really loses reasoning accuracy (greedy decoding on held-out problems):"),
+    ("code", "from lrm_interp.toy.evaluate import evaluate\nfrom lrm_interp.toy.tasks import problems\n"
+             "held = problems(10, seed=2)\n{'fp32': evaluate(model, tok, held), 'rtn3': evaluate(q, tok, held)}"),
     ("code", "shift.heatmap()"),
     ("md", "## Steering\nAdd α·û of the top backtracking module while generating."),
     ("code", "prompt = ds[0].prompt\nids = tok(prompt, return_tensors='pt')\n"

@@ -27,6 +27,13 @@ def test_attribute_protect_quantize_roundtrip(tmp_path):
     n = sum(m.mask.numel() for m in g.values())
     assert sum(m.n_protected for m in g.values()) == round(0.01 * n)
     assert 3.0 < meta["bits_per_weight"]["bpw"] < 5.0
+    # regexes: an `always` module counts against the budget (total exact), `never` sites get nothing
+    assert main(["protect", "--scores", str(tmp_path / "a"), "--policy", "global_top", "--saliency", "magnitude",
+                 "--model", "toy", "--budget", "0.03", "--always", r"layers\.3\.self_attn\.v_proj",
+                 "--never", r"layers\.0\.", "--out", str(tmp_path / "r.safetensors")]) == 0
+    r, _ = load_masks(tmp_path / "r.safetensors")
+    assert sum(m.n_protected for m in r.values()) == round(0.03 * n)
+    assert r["model.layers.3.self_attn.v_proj"].is_full and not any(".layers.0." in k for k in r)
     assert main(["quantize", "--model", str(toy_model_dir()), "--bits", "3", "--group-size", "32",
                  "--masks", str(tmp_path / "g.safetensors"), "--out", str(tmp_path / "q")]) == 0
     from transformers import AutoModelForCausalLM

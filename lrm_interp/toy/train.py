@@ -228,8 +228,8 @@ def anneal_toy_model(src_dir: str | Path, out_dir: str | Path, *, steps: int, lr
                               quant_eval=quant_eval)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The training options; the defaults are the shipped model's recipe (also ``lrm-interp toy train``)."""
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=3000, help="length of the phase-1 cosine schedule")
     ap.add_argument("--stop-at", type=int, default=1274, help="phase-1 steps actually run (0: all)")
@@ -250,7 +250,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-seconds", type=float, default=None)
     ap.add_argument("--quant-eval", action="store_true", help="also evaluate RTN 4/3/2-bit")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def train_from_args(a: argparse.Namespace) -> int:
+    """Runs :func:`train_toy_model` with the options of :func:`add_train_args`."""
     train_toy_model(a.out, steps=a.steps, stop_at=a.stop_at or None, anneal_steps=a.anneal_steps,
                     anneal_lr=a.anneal_lr, batch_size=a.batch_size, anneal_batch_size=a.batch_size, lr=a.lr,
                     seed=a.seed, device=a.device, n_people=a.n_people, eval_per_family=a.eval_per_family,
@@ -259,6 +263,11 @@ def main(argv=None) -> int:
                     workers=a.workers, max_seconds=a.max_seconds, hidden=a.hidden, layers=a.layers,
                     heads=a.heads, kv_heads=a.kv_heads, intermediate=a.intermediate)
     return 0
+
+
+def main(argv=None) -> int:
+    return train_from_args(add_train_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+                           .parse_args(argv))
 
 
 if __name__ == "__main__":
