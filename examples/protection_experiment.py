@@ -65,18 +65,10 @@ def main() -> None:
     print("\n".join(lines), flush=True)
 
     for bits in a.bits:
-        sal_sources = {
-            "attribution (behaviour-span TaCQ × module RI)": lambda: sal.attribution(
-                model, sites, enc, list(res.behaviors), bits=bits, group_size=a.group_size, module_importance=ri),
-            "attribution (behaviour-span TaCQ)": lambda: sal.attribution(
-                model, sites, enc, list(res.behaviors), bits=bits, group_size=a.group_size),
-            "magnitude": lambda: sal.magnitude(model, sites),
-            "activation (AWQ-style)": lambda: sal.activation(model, sites, calib),
-            "hessian (SpQR-style)": lambda: sal.hessian(model, sites, calib, bits=bits, group_size=a.group_size),
-            "random": lambda: sal.random_saliency(model, sites, seed=0),
-        }
+        sources = sal.comparison_sources(model, sites, enc, list(res.behaviors), calib, bits=bits,
+                                         group_size=a.group_size, module_importance=ri)
         mask_sets = {"none": {}}
-        for name, fn in sal_sources.items():
+        for name, fn in sources.items():
             mask_sets[f"{a.budget:.0%} {name}"] = global_top(fn(), a.budget)
         mask_sets["final-layer MLP (paper)"] = final_mlp(sites)
         for method in a.methods:

@@ -16,7 +16,7 @@ CELLS = [
              "torch.manual_seed(0)\nmodel, tok = load_toy_model()\nmodel"),
     ("md", "## Annotated reasoning traces\nThe task generators write traces with gold behaviour spans "
            "(the same format as the paper's annotated traces)."),
-    ("code", "ds = generate_dataset(n_per_family=4, seed=1234)\nprint(ds)\nt = ds[0]\nprint(t.prompt + t.response)\n"
+    ("code", "ds = generate_dataset(n_per_family=8, seed=4242)\nprint(ds)\nt = ds[0]\nprint(t.prompt + t.response)\n"
              "[(s.behavior, t.span_text(s)) for s in t.spans]"),
     ("md", "## Attribution\n`attribute()` computes a steering vector per behaviour and linear module "
            "(difference of means) and scores every module by attribution patching."),

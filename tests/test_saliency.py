@@ -174,3 +174,29 @@ def test_conv1d_gradients_in_out_in_layout():
         mod = get_module(model, s.name)
         assert G[s.name].shape == weight_matrix(mod).shape == (s.out_features, s.in_features)
         torch.testing.assert_close(G[s.name], mod.weight.grad.T.abs(), rtol=1e-4, atol=1e-7)
+
+
+
+def test_comparison_sources_are_the_single_saliencies(setup, tokenizer):
+    from lrm_interp.toy.tasks import generate_dataset
+
+    model, ids = setup
+    sites = find_sites(model)[:3]
+    enc = [encode_trace(tokenizer, t) for t in generate_dataset(1, seed=5)]
+    beh = ["adding-knowledge", "deduction"]
+    imp = {s.name: float(i + 1) for i, s in enumerate(sites)}
+    src = sal.comparison_sources(model, sites, enc, beh, ids, bits=3, group_size=32, module_importance=imp, seed=7)
+    assert list(src) == ["attribution (behaviour-span TaCQ × module RI)", "attribution (behaviour-span TaCQ)",
+                         "magnitude", "activation (AWQ-style)", "hessian (SpQR-style)", "random"]
+    ref = {"magnitude": sal.magnitude(model, sites), "random": sal.random_saliency(model, sites, seed=7),
+           "hessian (SpQR-style)": sal.hessian(model, sites, ids, bits=3, group_size=32),
+           "attribution (behaviour-span TaCQ)": sal.attribution(model, sites, enc, beh, bits=3, group_size=32)}
+    for name, stream in ref.items():
+        got = dict(src[name]())
+        for s_, v in stream:
+            torch.testing.assert_close(got[s_], v, rtol=1e-6, atol=0)
+    ri = dict(src["attribution (behaviour-span TaCQ × module RI)"]())
+    for s_ in sites:  # each module's saliency rescaled to mean = its importance
+        assert float(ri[s_].mean()) == pytest.approx(imp[s_.name], rel=1e-5)
+    assert "attribution (behaviour-span TaCQ × module RI)" not in sal.comparison_sources(
+        model, sites, enc, beh, ids, bits=3)
