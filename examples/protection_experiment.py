@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--bits", type=int, nargs="+", default=[3, 2])
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--budget", type=float, default=0.02)
+    ap.add_argument("--symmetric", action="store_true", help="symmetric grid (GPTQ's convention), all rows")
     ap.add_argument("--methods", nargs="+", default=["rtn", "gptq"])
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -58,7 +59,8 @@ def main() -> None:
     ri = sal.mean_ri(res, sites)
     fp = evaluate(model, tok, held, batch_size=150)
     lines = [f"Toy reasoner, {a.per_family} held-out problems per family, group size {a.group_size}, "
-             f"budget {a.budget:.0%}; attribution from {len(attr_ds)} gold-annotated traces.", "",
+             f"{'symmetric' if a.symmetric else 'asymmetric'} grid, budget {a.budget:.0%}; "
+             f"attribution from {len(attr_ds)} gold-annotated traces.", "",
              "| quantizer | protection | bits/weight | " + " | ".join(FAMILIES) + " | mean | recovered |",
              "|---|---|---|" + "---|" * (len(FAMILIES) + 2),
              "| fp32 | – | 32 | " + " | ".join(f"{100 * fp[f]:.0f}" for f in FAMILIES) + f" | {100 * fp['mean']:.1f} | |"]
@@ -66,7 +68,8 @@ def main() -> None:
 
     for bits in a.bits:
         sources = sal.comparison_sources(model, sites, enc, list(res.behaviors), calib, bits=bits,
-                                         group_size=a.group_size, module_importance=ri)
+                                         group_size=a.group_size, symmetric=a.symmetric,
+                                         module_importance=ri)
         mask_sets = {"none": {}}
         for name, fn in sources.items():
             mask_sets[f"{a.budget:.0%} {name}"] = global_top(fn(), a.budget)
@@ -77,10 +80,12 @@ def main() -> None:
             for name, masks in rows:
                 q = copy.deepcopy(model)
                 b = bits + 1 if masks is None else bits
-                quantize_model_(q, bits=b, group_size=a.group_size, method=method, masks=masks or {}, calib=calib,
+                quantize_model_(q, bits=b, group_size=a.group_size, symmetric=a.symmetric, method=method,
+                                masks=masks or {}, calib=calib,
                                 progress=False)
                 acc = evaluate(q, tok, held, batch_size=150)
-                bpw = bits_per_weight(masks or {}, sites, bits=b, group_size=a.group_size)["bpw"]
+                bpw = bits_per_weight(masks or {}, sites, bits=b, group_size=a.group_size,
+                                      symmetric=a.symmetric)["bpw"]
                 if name == "none":
                     base = acc["mean"]
                 gap = fp["mean"] - base
@@ -90,7 +95,8 @@ def main() -> None:
                 lines.append(line)
                 print(line, flush=True)
     lines += ["", f"({time.time() - t0:.0f} s on this machine; `python examples/protection_experiment.py "
-                  f"--per-family {a.per_family} --bits {' '.join(map(str, a.bits))} --group-size {a.group_size}`)"]
+                  f"--per-family {a.per_family} --bits {' '.join(map(str, a.bits))} --group-size {a.group_size}"
+                  f"{' --symmetric' if a.symmetric else ''}`)"]
     if a.out:
         from lrm_interp.traces import atomic_write_text
 

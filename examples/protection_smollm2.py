@@ -52,7 +52,7 @@ def calibration_ids(tok, n_per_family: int = 8, length: int = 256, seed: int = 7
 @torch.no_grad()
 def divergence(ref, model, encoded: list[EncodedTrace]) -> dict[str, float]:
     """KL(ref ‖ model) per response token and span NLL of the target behaviours (both models)."""
-    kl_sum = n_kl = 0.0
+    kl_sum, n_kl = 0.0, 0
     nll = {"model": 0.0, "ref": 0.0}
     n_span = 0
     for e in encoded:
@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--bits", type=int, nargs="+", default=[3, 2])
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--budget", type=float, default=0.02)
+    ap.add_argument("--symmetric", action="store_true", help="symmetric grid (GPTQ's convention), all rows")
     ap.add_argument("--methods", nargs="+", default=["rtn", "gptq"])
     ap.add_argument("--held-per-family", type=int, default=8)
     ap.add_argument("--attr-per-family", type=int, default=4)
@@ -107,7 +108,8 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     for bits in a.bits:
         sources = sal.comparison_sources(model, sites, enc_attr, list(res.behaviors), calib, bits=bits,
-                                         group_size=a.group_size, module_importance=ri)
+                                         group_size=a.group_size, symmetric=a.symmetric,
+                                         module_importance=ri)
         mask_sets = {"none": {}}
         for name, fn in tqdm(sources.items(), desc=f"saliency ({bits}-bit)"):
             mask_sets[f"{a.budget:.0%} {name}"] = global_top(fn(), a.budget)
@@ -118,11 +120,13 @@ def main() -> None:
             for name, masks in tqdm(rows, desc=f"{method} {bits}-bit"):
                 q = copy.deepcopy(model)
                 b = bits + 1 if masks is None else bits
-                quantize_model_(q, bits=b, group_size=a.group_size, method=method, masks=masks or {}, calib=calib,
+                quantize_model_(q, bits=b, group_size=a.group_size, symmetric=a.symmetric, method=method,
+                                masks=masks or {}, calib=calib,
                                 progress=False)
                 d = divergence(model, q, held)
                 del q
-                bpw = bits_per_weight(masks or {}, sites, bits=b, group_size=a.group_size)["bpw"]
+                bpw = bits_per_weight(masks or {}, sites, bits=b, group_size=a.group_size,
+                                      symmetric=a.symmetric)["bpw"]
                 if name == "none":
                     base = d["kl"]
                 rec = "" if name == "none" or not base else f"{100 * (base - d['kl']) / base:.0f}%"
@@ -132,7 +136,8 @@ def main() -> None:
                 tqdm.write(line)
                 _write(a.out, lines)  # after every row: a long run keeps what it measured
     lines += ["", f"({time.time() - t0:.0f} s on this machine; `python examples/protection_smollm2.py "
-                  f"--bits {' '.join(map(str, a.bits))} --group-size {a.group_size} --methods {' '.join(a.methods)}`)"]
+                  f"--bits {' '.join(map(str, a.bits))} --group-size {a.group_size}"
+                  f"{' --symmetric' if a.symmetric else ''} --methods {' '.join(a.methods)}`)"]
     _write(a.out, lines)
 
 

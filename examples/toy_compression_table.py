@@ -28,10 +28,12 @@ def main() -> None:
     model, tok = load_toy_model()
     held = problems(a.per_family, seed=a.seed)
     rows = [("full precision (fp32)", model)]
-    for bits, g in ((4, a.group_size), (3, a.group_size), (3, 64), (3, 128), (3, None), (2, a.group_size)):
+    grids = [(4, a.group_size, False), (3, a.group_size, False), (3, 64, False), (3, 128, False), (3, None, False),
+             (2, a.group_size, False), (4, 128, True), (3, 128, True), (3, None, True)]
+    for bits, g, sym in grids:  # asymmetric (min-max, zero-point) and symmetric (GPTQ's convention) grids
         q = copy.deepcopy(model)
-        quantize_model_(q, bits=bits, group_size=g, progress=False)
-        rows.append((f"RTN {bits}-bit, " + (f"group {g}" if g else "per channel"), q))
+        quantize_model_(q, bits=bits, group_size=g, symmetric=sym, progress=False)
+        rows.append((f"RTN {bits}-bit, " + (f"group {g}" if g else "per channel") + (", symmetric" if sym else ""), q))
     for sp in (0.3, 0.5, 0.7):
         p = copy.deepcopy(model)
         prune_magnitude_(p, sp)

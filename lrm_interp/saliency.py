@@ -254,24 +254,27 @@ def mean_ri(attr, sites: Sequence[Site], behavior: str | None = None) -> dict[st
 
 
 def comparison_sources(model, sites: Sequence[Site], encoded: Sequence[EncodedTrace], behaviors: Sequence[str],
-                       calib: Any, *, bits: int, group_size: int | None = 128, module_importance: Any = None,
-                       seed: int = 0) -> dict[str, Callable[[], SaliencyStream]]:
+                       calib: Any, *, bits: int, group_size: int | None = 128, symmetric: bool = False,
+                       module_importance: Any = None, seed: int = 0) -> dict[str, Callable[[], SaliencyStream]]:
     """The saliencies a protection experiment compares, as lazy ``{row name: () -> stream}``.
 
     Attribution-guided (with and without ``module_importance``), magnitude, activation
-    (AWQ-style, ``calib`` ids), Hessian (SpQR-style, on the ``bits``/``group_size`` grid) and
+    (AWQ-style, ``calib`` ids), Hessian (SpQR-style; it and attribution measure ``W − Q(W)`` on
+    the ``bits``/``group_size``/``symmetric`` grid) and
     random (``seed``). Used by ``examples/protection_experiment.py`` and ``protection_smollm2.py``.
     """
     out: dict[str, Callable[[], SaliencyStream]] = {}
     if module_importance is not None:
         out["attribution (behaviour-span TaCQ × module RI)"] = lambda: attribution(
-            model, sites, encoded, behaviors, bits=bits, group_size=group_size, module_importance=module_importance)
+            model, sites, encoded, behaviors, bits=bits, group_size=group_size, symmetric=symmetric,
+            module_importance=module_importance)
     out.update({
         "attribution (behaviour-span TaCQ)": lambda: attribution(model, sites, encoded, behaviors, bits=bits,
-                                                                 group_size=group_size),
+                                                                 group_size=group_size, symmetric=symmetric),
         "magnitude": lambda: magnitude(model, sites),
         "activation (AWQ-style)": lambda: activation(model, sites, calib),
-        "hessian (SpQR-style)": lambda: hessian(model, sites, calib, bits=bits, group_size=group_size),
+        "hessian (SpQR-style)": lambda: hessian(model, sites, calib, bits=bits, group_size=group_size,
+                                                symmetric=symmetric),
         "random": lambda: random_saliency(model, sites, seed=seed),
     })
     return out
