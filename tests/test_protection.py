@@ -124,7 +124,7 @@ def test_global_top_exact_budget_and_ties(tiny_llama):
     n = sum(s.n_weights for s in sites)
     masks = global_top(sal.magnitude(tiny_llama, sites), 0.02)
     assert sum(m.n_protected for m in masks.values()) == round(0.02 * n)
-    thr = min(float(get_module(tiny_llama, k).weight.abs()[m.dense()].min()) for k, m in masks.items() if m.n_protected)
+    thr = min(float(get_module(tiny_llama, k).weight.detach().abs()[m.dense()].min()) for k, m in masks.items() if m.n_protected)
     for k, m in masks.items():
         w = get_module(tiny_llama, k).weight.abs()
         assert float(w[~m.dense()].max()) <= thr
