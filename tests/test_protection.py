@@ -124,9 +124,10 @@ def test_global_top_exact_budget_and_ties(tiny_llama):
     n = sum(s.n_weights for s in sites)
     masks = global_top(sal.magnitude(tiny_llama, sites), 0.02)
     assert sum(m.n_protected for m in masks.values()) == round(0.02 * n)
-    thr = min(float(get_module(tiny_llama, k).weight.detach().abs()[m.dense()].min()) for k, m in masks.items() if m.n_protected)
+    absw = {k: get_module(tiny_llama, k).weight.detach().abs() for k in masks}
+    thr = min(float(absw[k][m.dense()].min()) for k, m in masks.items() if m.n_protected)
     for k, m in masks.items():
-        w = get_module(tiny_llama, k).weight.abs()
+        w = absw[k]
         assert float(w[~m.dense()].max()) <= thr
     # ties (all equal saliency): the earliest weights win, deterministically
     flat = [(s, torch.ones(s.out_features, s.in_features)) for s in sites]
