@@ -71,7 +71,8 @@ def main() -> None:
     ri = sal.mean_ri(res, sites)
     fp = divergence(model, model, held).to_dict()
     lines = [f"SmolLM2-135M-Instruct (fp32), {len(held)} held-out traces ({fp['tokens']} response tokens, "
-             f"{fp['span_tokens']} target-behaviour span tokens), group size {a.group_size}, budget {a.budget:.0%}; "
+             f"{fp['span_tokens']} target-behaviour span tokens), group size {a.group_size}, "
+             f"{'symmetric' if a.symmetric else 'asymmetric'} grid, budget {a.budget:.0%}; "
              f"attribution from {len(attr_ds)} gold-annotated traces; GPTQ calibration {tuple(calib.shape)} ids. "
              f"Unquantized span NLL {fp['nll_ref']:.3f}.", "",
              "| quantizer | protection | bits/weight | KL (nats/token) | span NLL | recovered |",
