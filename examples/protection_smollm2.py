@@ -30,7 +30,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from lrm_interp import attribute  # noqa: E402
 from lrm_interp import saliency as sal  # noqa: E402
-from lrm_interp.masks import bits_per_weight, final_mlp, global_top  # noqa: E402
+from lrm_interp.masks import bits_per_weight  # noqa: E402
 from lrm_interp.divergence import divergence  # noqa: E402
 from lrm_interp.models import load_model  # noqa: E402
 from lrm_interp.quant import quantize_model_  # noqa: E402
@@ -82,10 +82,7 @@ def main() -> None:
         sources = sal.comparison_sources(model, sites, enc_attr, list(res.behaviors), calib, bits=bits,
                                          group_size=a.group_size, symmetric=a.symmetric,
                                          module_importance=ri)
-        mask_sets = {"none": {}}
-        for name, fn in tqdm(sources.items(), desc=f"saliency ({bits}-bit)"):
-            mask_sets[f"{a.budget:.0%} {name}"] = global_top(fn(), a.budget)
-        mask_sets["final-layer MLP (paper)"] = final_mlp(sites)
+        mask_sets = sal.comparison_masks(sources, sites, a.budget, progress=True)
         for method in a.methods:
             base = None
             rows = list(mask_sets.items()) + [(f"plain {bits + 1}-bit", None)]

@@ -280,4 +280,19 @@ def comparison_sources(model, sites: Sequence[Site], encoded: Sequence[EncodedTr
     return out
 
 
+def comparison_masks(sources: Mapping[str, Callable[[], SaliencyStream]], sites: Sequence[Site], budget: float = 0.02,
+                     *, progress: bool = False) -> dict[str, dict]:
+    """The mask rows of a protection experiment: ``{"none": {}}``, then ``"<budget> <name>"`` =
+    :func:`~lrm_interp.masks.global_top` of each source, then the paper's final-layer MLP."""
+    from tqdm.auto import tqdm
+
+    from .masks import final_mlp, global_top
+
+    rows: dict[str, dict] = {"none": {}}
+    for name, fn in tqdm(sources.items(), desc="saliency", disable=not progress):
+        rows[f"{budget:.0%} {name}"] = global_top(fn(), budget)
+    rows["final-layer MLP (paper)"] = final_mlp(sites)
+    return rows
+
+
 KINDS = ("magnitude", "activation", "hessian", "random", "attribution")

@@ -200,3 +200,10 @@ def test_comparison_sources_are_the_single_saliencies(setup, tokenizer):
         assert float(ri[s_].mean()) == pytest.approx(imp[s_.name], rel=1e-5)
     assert "attribution (behaviour-span TaCQ × module RI)" not in sal.comparison_sources(
         model, sites, enc, beh, ids, bits=3)
+    rows = sal.comparison_masks({"magnitude": src["magnitude"]}, find_sites(model), 0.05)
+    assert list(rows) == ["none", "5% magnitude", "final-layer MLP (paper)"] and rows["none"] == {}
+    mag = global_top(sal.magnitude(model, sites), 0.05)  # the source streams over `sites` only
+    assert {k: m.flat_indices().tolist() for k, m in rows["5% magnitude"].items()} == {
+        k: m.flat_indices().tolist() for k, m in mag.items()}
+    assert sum(m.n_protected for m in rows["5% magnitude"].values()) == round(0.05 * sum(s_.n_weights for s_ in sites))
+    assert sorted(rows["final-layer MLP (paper)"]) == [f"model.layers.1.mlp.{k}_proj" for k in ("down", "gate", "up")]
