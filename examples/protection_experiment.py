@@ -3,7 +3,7 @@
 For each bit width and quantizer (RTN, GPTQ): no protection; 2 % of weights kept in FP16
 chosen by each saliency (attribution-guided, magnitude, activation, Hessian, random); the
 paper's final-layer MLP; and plain (b+1)-bit. Every row states its exact bits per weight
-(:func:`lrm_interp.masks.bits_per_weight`) and the accuracy per task family on held-out
+(:func:`lrm_interp.protect.masks.bits_per_weight`) and the accuracy per task family on held-out
 problems. "recovered" = (acc − acc_unprotected) / (acc_fp32 − acc_unprotected).
 
 usage: python examples/protection_experiment.py [--per-family 50] [--bits 3 2] [--group-size 128] [--out FILE.md]
@@ -20,11 +20,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from lrm_interp import attribute  # noqa: E402
-from lrm_interp import saliency as sal  # noqa: E402
-from lrm_interp.masks import bits_per_weight  # noqa: E402
-from lrm_interp.quant import quantize_model_  # noqa: E402
-from lrm_interp.sites import find_sites  # noqa: E402
-from lrm_interp.tokens import encode_trace  # noqa: E402
+from lrm_interp.protect import saliency as sal  # noqa: E402
+from lrm_interp.protect.masks import bits_per_weight  # noqa: E402
+from lrm_interp.compress.quant import quantize_model_  # noqa: E402
+from lrm_interp.model.sites import find_sites  # noqa: E402
+from lrm_interp.data.tokens import encode_trace  # noqa: E402
 from lrm_interp.toy import load_toy_model  # noqa: E402
 from lrm_interp.toy.evaluate import evaluate  # noqa: E402
 from lrm_interp.toy.tasks import FAMILIES, generate_dataset, problems  # noqa: E402
@@ -95,7 +95,7 @@ def main() -> None:
                   f"--per-family {a.per_family} --bits {' '.join(map(str, a.bits))} --group-size {a.group_size}"
                   f"{' --symmetric' if a.symmetric else ''}`)"]
     if a.out:
-        from lrm_interp.traces import atomic_write_text
+        from lrm_interp._io import atomic_write_text
 
         atomic_write_text(a.out, "\n".join(lines) + "\n")
 

@@ -11,8 +11,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lrm_interp.prune import prune_magnitude_  # noqa: E402
-from lrm_interp.quant import quantize_model_  # noqa: E402
+from lrm_interp.compress.prune import prune_magnitude_  # noqa: E402
+from lrm_interp.compress.quant import quantize_model_  # noqa: E402
 from lrm_interp.toy import load_toy_model  # noqa: E402
 from lrm_interp.toy.evaluate import evaluate  # noqa: E402
 from lrm_interp.toy.tasks import FAMILIES, problems  # noqa: E402

@@ -7,38 +7,53 @@ Main entry points::
     result.heatmap(); result.top(10); result.to_dataframe()
     shift = lrm_interp.compare(result_fp16, result_3bit)
 
-See docs/architecture.md for the data path and the module holding each step.
+The package is laid out by stage of the data path (docs/architecture.md): ``model/``
+(loading, sites, forward plumbing, capture), ``data/`` (traces, tokens, annotation),
+``attribution/`` (DoM, AtP, results), ``protect/`` (saliency, masks, exports),
+``compress/`` (calibration, quantization, pruning), ``evaluation/``, ``experiments/``,
+``cli/`` and ``toy/``. Every public name below is imported lazily, on first use.
 """
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-from .sites import Site, find_sites, parse_site_name  # noqa: E402
-from .traces import (BEHAVIORS, TARGET_BEHAVIORS, BehaviorSpan, ReasoningDataset,  # noqa: E402
-                     ReasoningTrace, TraceFormatError)
-
-_LAZY = {
-    "attribute": ("api", "attribute"),
-    "load_dataset": ("api", "load_dataset"),
-    "Attribution": ("results", "Attribution"),
-    "ImportanceShift": ("results", "ImportanceShift"),
-    "compare": ("results", "compare"),
-    "Capture": ("capture", "Capture"),
-    "encode_trace": ("tokens", "encode_trace"),
-    "load_model": ("models", "load_model"),
-    "load_paper_layout": ("paper_layout", "load_paper_layout"),
+#: public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "attribute": "lrm_interp.attribution.pipeline",
+    "AttributionConfig": "lrm_interp.attribution.config",
+    "Attribution": "lrm_interp.attribution.results",
+    "ImportanceShift": "lrm_interp.attribution.results",
+    "compare": "lrm_interp.attribution.results",
+    "load_dataset": "lrm_interp.data.loading",
+    "load_paper_layout": "lrm_interp.data.paper_layout",
+    "encode_trace": "lrm_interp.data.tokens",
+    "BEHAVIORS": "lrm_interp.data.traces",
+    "TARGET_BEHAVIORS": "lrm_interp.data.traces",
+    "BehaviorSpan": "lrm_interp.data.traces",
+    "ReasoningDataset": "lrm_interp.data.traces",
+    "ReasoningTrace": "lrm_interp.data.traces",
+    "TraceFormatError": "lrm_interp.data.traces",
+    "load_model": "lrm_interp.model.loading",
+    "Site": "lrm_interp.model.sites",
+    "find_sites": "lrm_interp.model.sites",
+    "parse_site_name": "lrm_interp.model.sites",
+    "Capture": "lrm_interp.model.capture",
 }
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
-        mod, attr = _LAZY[name]
-        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'lrm_interp' has no attribute {name!r}")
 
 
-__all__ = ["Site", "find_sites", "parse_site_name", "BEHAVIORS", "TARGET_BEHAVIORS", "BehaviorSpan",
-           "ReasoningDataset", "ReasoningTrace", "TraceFormatError", *_LAZY]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = sorted(_LAZY)

@@ -121,7 +121,7 @@ class QuantLinearStub(torch.nn.Module):
 
 def quantize_stub_(model: torch.nn.Module) -> torch.nn.Module:
     """Replace every ``nn.Linear`` inside the decoder layers by :class:`QuantLinearStub`."""
-    from .sites import find_sites
+    from lrm_interp.model.sites import find_sites
 
     for s in find_sites(model):
         parent, leaf = s.name.rsplit(".", 1)

@@ -24,7 +24,7 @@ CELLS = [
     ("code", "df = res.to_dataframe()\ndf.sort_values('ri', ascending=False).head(10)"),
     ("code", "fig = res.heatmap()\nfig"),
     ("md", "## What 3-bit quantization (RTN, group 128) does to the importance map"),
-    ("code", "import copy\nfrom lrm_interp.quant import quantize_model_\nq = copy.deepcopy(model)\n"
+    ("code", "import copy\nfrom lrm_interp.compress.quant import quantize_model_\nq = copy.deepcopy(model)\n"
              "quantize_model_(q, bits=3, group_size=128, method='rtn', progress=False)\n"
              "res_q = lrm_interp.attribute(q, ds, tokenizer=tok, progress=False)\n"
              "shift = lrm_interp.compare(res, res_q)\nshift.to_dataframe().sort_values('delta_ri').head(8)"),

@@ -1,13 +1,13 @@
 """Slow naive reference implementations (store everything, one pass per span, python loops).
 
-Used only by tests to check the fast paths in lrm_interp.dom / lrm_interp.atp.
+Used only by tests to check the fast paths in lrm_interp.attribution.dom / lrm_interp.attribution.atp.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from lrm_interp.sites import get_module
+from lrm_interp.model.sites import get_module
 
 
 def _forward_store(model, ids, names):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 
-from lrm_interp.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
+from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
 
 _TEMPLATES = {
     "initializing": ["Okay, so we need {a} plus {b}.", "Let me restate: add {a} and {b}."],

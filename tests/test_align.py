@@ -9,10 +9,10 @@ from difflib import SequenceMatcher
 import numpy as np
 import pytest
 
-from lrm_interp.align import _chain, _codes, _semiglobal, align_segments, fuzzy_find, normalise
-from lrm_interp.markup import Segment, parse_markup
-from lrm_interp.paper_layout import annotate_trace
-from lrm_interp.traces import ReasoningTrace
+from lrm_interp.data.align import _chain, _codes, _semiglobal, align_segments, fuzzy_find, normalise
+from lrm_interp.data.markup import Segment, parse_markup
+from lrm_interp.data.paper_layout import annotate_trace
+from lrm_interp.data.traces import ReasoningTrace
 
 
 def segs(*pairs):

@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from lrm_interp.annotate import (LLMAnnotator, RuleAnnotator, annotate_response, annotation_agreement,
+from lrm_interp.data.annotate import (LLMAnnotator, RuleAnnotator, annotate_response, annotation_agreement,
                                  thinking_part)
 from lrm_interp.toy.tasks import generate_dataset
-from lrm_interp.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
+from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
 
 
 def test_rule_annotator_labels_and_markup():

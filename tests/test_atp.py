@@ -7,15 +7,16 @@ import types
 import pytest
 import torch
 
-from lrm_interp.atp import (atp_aggregate, atp_trace_stats, compute_atp, logits_at, logits_path,
-                            relative_importance, span_losses)
-from lrm_interp.dom import compute_dom
-from lrm_interp.metrics import spearman
-from lrm_interp.patching import add_to_outputs
-from lrm_interp.sites import Site, find_sites, get_module
+from lrm_interp.attribution.atp import atp_aggregate, atp_trace_stats, compute_atp
+from lrm_interp.attribution.results import relative_importance
+from lrm_interp.model.forward import logits_at, logits_path, span_losses
+from lrm_interp.attribution.dom import compute_dom
+from lrm_interp.attribution.stats import spearman
+from lrm_interp.model.patching import add_to_outputs
+from lrm_interp.model.sites import Site, find_sites, get_module
 from lrm_interp.testing import byte_tokenizer, tiny_model
-from lrm_interp.tokens import encode_trace, target_positions
-from lrm_interp.traces import TARGET_BEHAVIORS
+from lrm_interp.data.tokens import encode_trace, target_positions
+from lrm_interp.data.traces import TARGET_BEHAVIORS
 
 from reference_impl import naive_atp_dots, naive_scores
 from synth import synthetic_traces
@@ -75,7 +76,7 @@ def test_paper_and_code_scores_and_ri_by_hand():
     c = atp_aggregate(stats, sites, ["x"], score="code")
     assert c.scores[0].tolist() == [pytest.approx(4.5 / 3), pytest.approx(7 / 3)]
     assert p.n_traces == {"x": 2, "y": 0} and p.n_spans == {"x": 3, "y": 0} and p.n_skipped == {"x": 2, "y": 0}
-    ri = p.relative_importance()
+    ri = relative_importance(p.scores)
     assert ri[0].tolist() == [pytest.approx(1.5 / 4.5), pytest.approx(3 / 4.5)] and ri[1].tolist() == [0, 0]
     torch.testing.assert_close(relative_importance(c.scores).sum(-1), torch.ones(1, dtype=torch.float64))
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from lrm_interp.capture import Capture, FullCapture, MaskedSum, Reducer, pad_weights
-from lrm_interp.sites import find_sites, get_module
+from lrm_interp.model.capture import Capture, FullCapture, MaskedSum, Reducer, pad_weights
+from lrm_interp.model.sites import find_sites, get_module
 from lrm_interp.testing import QuantLinearStub, quantize_stub_, tiny_model
 
 TOL = dict(rtol=1e-6, atol=1e-6)

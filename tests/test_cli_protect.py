@@ -6,8 +6,8 @@ import json
 import torch
 
 from lrm_interp.cli import main
-from lrm_interp.masks import load_masks
-from lrm_interp.sites import get_module
+from lrm_interp.protect.masks import load_masks
+from lrm_interp.model.sites import get_module
 from lrm_interp.toy import load_toy_model, toy_model_dir
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrm_interp.divergence import divergence
+from lrm_interp.evaluation.divergence import divergence
 from lrm_interp.testing import tiny_model
-from lrm_interp.tokens import encode_trace
+from lrm_interp.data.tokens import encode_trace
 from lrm_interp.toy.tasks import generate_dataset
 
 BEH = ("adding-knowledge", "deduction")

@@ -1,15 +1,15 @@
-"""Difference of means: fast path (lrm_interp.dom) vs the naive reference and hand arithmetic."""
+"""Difference of means: fast path (lrm_interp.attribution.dom) vs the naive reference and hand arithmetic."""
 from __future__ import annotations
 
 import pytest
 import torch
 from safetensors.torch import load, save
 
-from lrm_interp.dom import compute_dom, dom_aggregate, dom_trace_stats, negative_mask
-from lrm_interp.sites import find_sites, get_module
+from lrm_interp.attribution.dom import compute_dom, dom_aggregate, dom_trace_stats, negative_mask
+from lrm_interp.model.sites import find_sites, get_module
 from lrm_interp.testing import byte_tokenizer, tiny_model
-from lrm_interp.tokens import encode_trace
-from lrm_interp.traces import BehaviorSpan, ReasoningTrace
+from lrm_interp.data.tokens import encode_trace
+from lrm_interp.data.traces import BehaviorSpan, ReasoningTrace
 
 from reference_impl import naive_dom
 from synth import synthetic_traces
@@ -138,7 +138,7 @@ def _stat(pos: dict[str, tuple[list[float], float]], neg: tuple[list[float], flo
 
 def test_aggregate_by_hand():
     """Trace vs token weighting, ā_all, rescaling and an absent behaviour, computed by hand."""
-    from lrm_interp.sites import Site
+    from lrm_interp.model.sites import Site
 
     site = Site("s", 0, "mlp", "up", 2, 2, 4, 4, "Linear")
     stats = [_stat({"a": ([2.0, 0.0], 1.0), "b": ([0.0, 0.0], 0.0), "z": ([0.0, 0.0], 0.0)}, ([4.0, 2.0], 2.0)),

@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from lrm_interp import exports
-from lrm_interp.masks import ProtectionMask, final_mlp, global_top
-from lrm_interp.quant import quantize_model_
-from lrm_interp.saliency import magnitude
-from lrm_interp.sites import find_sites, get_module
+from lrm_interp.protect import exports
+from lrm_interp.protect.masks import ProtectionMask, final_mlp, global_top
+from lrm_interp.compress.quant import quantize_model_
+from lrm_interp.protect.saliency import magnitude
+from lrm_interp.model.sites import find_sites, get_module
 from lrm_interp.testing import tiny_model
 
 FINAL = ["model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"]
@@ -96,7 +96,7 @@ def test_sidecar_restores_protected_values(llama_masks, tmp_path):
     for k, m in el.items():
         assert torch.equal(get_module(q2, k).weight[m.dense()], get_module(model, k).weight[m.dense()])
     with pytest.raises(ValueError, match="not an lrm_interp sidecar"):
-        from lrm_interp.masks import save_masks
+        from lrm_interp.protect.masks import save_masks
 
         exports.apply_sidecar_(q2, save_masks(el, tmp_path / "masks.safetensors"))
 

@@ -6,11 +6,11 @@ import copy
 import pytest
 import torch
 
-from lrm_interp.capture import Capture, Reducer
-from lrm_interp.quant import (collect_hessians, gptq_quantize, gptq_quantize_tensor, quantize_model_,
+from lrm_interp.model.capture import Capture, Reducer
+from lrm_interp.compress.quant import (collect_hessians, gptq_quantize, gptq_quantize_tensor, quantize_model_,
                               rtn_quantize)
-from lrm_interp.quant.apply import weight_matrix
-from lrm_interp.sites import find_sites, get_module
+from lrm_interp.model.weights import weight_matrix
+from lrm_interp.model.sites import find_sites, get_module
 from lrm_interp.testing import tiny_model
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import lrm_interp
-from lrm_interp.capture import Capture, MaskedSum
-from lrm_interp.quant import rtn_quantize
-from lrm_interp.quant.gptq import gptq_quantize
+from lrm_interp.model.capture import Capture, MaskedSum
+from lrm_interp.compress.quant import rtn_quantize
+from lrm_interp.compress.quant.gptq import gptq_quantize
 from lrm_interp.testing import tiny_model
 from lrm_interp.toy import load_toy_model
 from lrm_interp.toy.tasks import generate_dataset
@@ -54,7 +54,7 @@ def test_attribute_cuda_matches_cpu_and_bf16_close():
     t_gpu = time.time() - t
     torch.testing.assert_close(gpu.scores, cpu.scores, rtol=2e-3, atol=1e-6)
     bf = lrm_interp.attribute(gm, ds, tokenizer=tok, compute_dtype=torch.bfloat16, progress=False)
-    from lrm_interp.metrics import spearman
+    from lrm_interp.attribution.stats import spearman
 
     rho = [spearman(bf.scores[i], cpu.scores[i]) for i in range(len(cpu.behaviors))]
     print(f"\nattribute toy (6 traces): cpu {t_cpu:.2f}s, cuda fp32 {t_gpu:.2f}s; bf16-vs-fp32 spearman {rho}")

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lrm_interp.capture import Capture, FullCapture, MaskedSum
-from lrm_interp.interop import (boot_bridge, from_tl_cache, nnsight_grads, nnsight_outputs,
+from lrm_interp.model.capture import Capture, FullCapture, MaskedSum
+from lrm_interp.model.interop import (boot_bridge, from_tl_cache, nnsight_grads, nnsight_outputs,
                                 tl_hook_name, tl_hook_names)
-from lrm_interp.sites import find_sites
+from lrm_interp.model.sites import find_sites
 from lrm_interp.testing import tiny_model
 
 

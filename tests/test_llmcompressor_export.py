@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lrm_interp import exports
-from lrm_interp.masks import modules_by_score
-from lrm_interp.sites import find_sites
+from lrm_interp.protect import exports
+from lrm_interp.protect.masks import modules_by_score
+from lrm_interp.model.sites import find_sites
 from lrm_interp.testing import byte_tokenizer, tiny_model
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from lrm_interp.markup import LABEL_ALIASES, canonical_label, parse_markup
-from lrm_interp.traces import BEHAVIORS
+from lrm_interp.data.markup import LABEL_ALIASES, canonical_label, parse_markup
+from lrm_interp.data.traces import BEHAVIORS
 
 CLEAN = '["initializing"]Okay, start.["end-section"]\n\n["deduction"]So x = 2.["end-section"] ["backtracking"]Wait, no.["end-section"]'
 

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from lrm_interp.align import align_segments, normalise
-from lrm_interp.markup import canonical_label, parse_markup
-from lrm_interp.paper_layout import load_paper_layout
-from lrm_interp.prompts import build_prompt
-from lrm_interp.traces import ReasoningDataset
+from lrm_interp.data.align import align_segments, normalise
+from lrm_interp.data.markup import canonical_label, parse_markup
+from lrm_interp.data.paper_layout import load_paper_layout
+from lrm_interp.data.prompts import build_prompt
+from lrm_interp.data.traces import ReasoningDataset
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_repeated_sentence_goes_to_the_right_occurrence():
 
 
 def test_never_placed_in_prompt():
-    from lrm_interp.paper_layout import load_paper_layout  # noqa: F401  (API import check)
+    from lrm_interp.data.paper_layout import load_paper_layout  # noqa: F401  (API import check)
 
     prompt_sentence = "Let me check."
     resp = "Start. " + prompt_sentence

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from lrm_interp.masks import (ENCODINGS, ProtectionMask, bits_per_weight, build_masks, decode_index, encode_index,
+from lrm_interp.protect.masks import (ENCODINGS, ProtectionMask, bits_per_weight, build_masks, decode_index, encode_index,
                               final_mlp, global_top, index_bits, load_masks, modules_by_score, per_module_top,
                               save_masks)
-from lrm_interp.sites import Site, find_sites, parse_site_name
+from lrm_interp.model.sites import Site, find_sites, parse_site_name
 from lrm_interp.testing import tiny_model
 
 

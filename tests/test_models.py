@@ -8,8 +8,9 @@ import time
 import pytest
 import torch
 
-from lrm_interp import models
-from lrm_interp.models import load_model, model_provenance
+from lrm_interp.model import smollm2 as models
+from lrm_interp.model.loading import load_model
+from lrm_interp.model.provenance import model_provenance, record_compression
 from lrm_interp.testing import tiny_model
 
 
@@ -93,9 +94,9 @@ def test_provenance_fields(saved_llama, tokenizer):
     assert prov["tokenizer"]["vocab_size"] == len(tokenizer) == 259
     assert prov["tokenizer"]["class"] == type(tok).__name__
     assert prov["versions"]["torch"] == torch.__version__
-    model.lrm_interp_quantization = {"method": "rtn", "bits": 4, "dtype": torch.int8}
+    record_compression(model, "quantization", method="rtn", bits=4, dtype=torch.int8)
     q = model_provenance(model.to(torch.bfloat16))["quantization"]
-    assert q == {"method": "rtn", "bits": 4, "dtype": "torch.int8"}
+    assert q == {"kind": "quantization", "method": "rtn", "bits": 4, "dtype": "torch.int8"}
     assert model_provenance(model)["tokenizer"] is None
     assert model_provenance(model)["dtype"] == "bfloat16"
 

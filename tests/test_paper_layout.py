@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from lrm_interp.paper_layout import ParseReport, load_paper_layout
-from lrm_interp.prompts import build_prompt, canonical_dataset, gold_answer
-from lrm_interp.traces import TARGET_BEHAVIORS, ReasoningDataset
+from lrm_interp.data.paper_layout import ParseReport, load_paper_layout
+from lrm_interp.data.prompts import build_prompt, canonical_dataset, gold_answer
+from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset
 
 FOLIO_LABELS = ["initializing", "adding-knowledge", "deduction", "uncertainty-estimation", "example-testing",
                 "deduction", "backtracking", "deduction", "deduction"]

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from lrm_interp import exports
-from lrm_interp.masks import (ProtectionMask, bits_per_weight, final_mlp, global_top, index_bits, load_masks,
+from lrm_interp.protect import exports
+from lrm_interp.protect.masks import (ProtectionMask, bits_per_weight, final_mlp, global_top, index_bits, load_masks,
                               modules_by_score, per_module_top, save_masks)
-from lrm_interp.quant import quantize_model_, rtn_quantize
-from lrm_interp.quant.gptq import collect_hessians, gptq_quantize
-from lrm_interp import saliency as sal
-from lrm_interp.sites import find_sites, get_module
+from lrm_interp.compress.quant import quantize_model_, rtn_quantize
+from lrm_interp.compress.quant.gptq import collect_hessians, gptq_quantize
+from lrm_interp.protect import saliency as sal
+from lrm_interp.model.sites import find_sites, get_module
 from lrm_interp.testing import tiny_model
 
 
@@ -49,7 +49,7 @@ def test_rtn_matches_naive_and_keeps_protected_exact():
 
 def naive_gptq(W, H, bits, group_size, mask, percdamp=0.01):
     """Reference GPTQ without lazy blocks: quantize a column, update all later columns at once."""
-    from lrm_interp.quant.rtn import fit_params
+    from lrm_interp.compress.quant.rtn import fit_params
 
     W0 = W.double().clone()
     Wc = W0.clone()
@@ -198,7 +198,7 @@ def test_saliency_kinds(calib_model):
 
 
 def test_attribution_saliency_uses_behaviour_gradients(tokenizer):
-    from lrm_interp.tokens import encode_trace
+    from lrm_interp.data.tokens import encode_trace
 
     from synth import synthetic_traces
 

@@ -35,7 +35,7 @@ def test_quickstart_on_shipped_model(tmp_path):
 
 
 def test_quickstart_tiny_says_so(tmp_path):
-    from lrm_interp.quickstart import run_quickstart
+    from lrm_interp.experiments.quickstart import run_quickstart
 
     s = run_quickstart(tmp_path / "qs", n_traces=3, tiny=True, progress=False)
     assert s["tiny"] and s["sites"] == 14 and s["accuracy"] == {}

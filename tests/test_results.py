@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from lrm_interp.results import Attribution, compare, relative_importance
-from lrm_interp.sites import find_sites
+from lrm_interp.attribution.results import Attribution, compare, relative_importance
+from lrm_interp.model.sites import find_sites
 from lrm_interp.testing import tiny_model
 
 

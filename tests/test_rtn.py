@@ -6,9 +6,10 @@ import copy
 import pytest
 import torch
 
-from lrm_interp.quant import QuantizedTensor, quantize_model_, rtn_quantize, rtn_quantize_tensor
-from lrm_interp.quant.apply import weight_matrix
-from lrm_interp.sites import find_sites, get_module
+from lrm_interp.compress.quant import QuantizedTensor, quantize_model_, rtn_quantize, rtn_quantize_tensor
+from lrm_interp.model.provenance import model_record
+from lrm_interp.model.weights import weight_matrix
+from lrm_interp.model.sites import find_sites, get_module
 from lrm_interp.testing import tiny_model
 
 
@@ -132,7 +133,7 @@ def test_quantize_model_rtn_masks_and_conv1d_layout(arch):
         assert torch.equal(w1[masks[s.name]], w0[masks[s.name]])
         assert torch.equal(w1, rtn_quantize(w0, 3, group_size=32, mask=masks[s.name]))
         assert torch.equal(rep.tensors[s.name].dequantize(), w1)
-    assert q.lrm_interp_quantization["bits"] == 3
+    assert model_record(q).last("quantization")["bits"] == 3
     with pytest.raises(KeyError, match="not quantized"):
         quantize_model_(copy.deepcopy(model), bits=3, masks={"nope": masks[sites[0].name]}, progress=False)
 

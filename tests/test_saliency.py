@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lrm_interp import saliency as sal
-from lrm_interp.masks import global_top
-from lrm_interp.quant import rtn_quantize
-from lrm_interp.quant.apply import weight_matrix
-from lrm_interp.results import Attribution
-from lrm_interp.sites import find_sites, get_module
+from lrm_interp.protect import saliency as sal
+from lrm_interp.protect.masks import global_top
+from lrm_interp.compress.quant import rtn_quantize
+from lrm_interp.model.weights import weight_matrix
+from lrm_interp.attribution.results import Attribution
+from lrm_interp.model.sites import find_sites, get_module
 from lrm_interp.testing import tiny_model
-from lrm_interp.tokens import encode_trace
+from lrm_interp.data.tokens import encode_trace
 
 
 @pytest.fixture(scope="module")

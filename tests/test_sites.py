@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from lrm_interp.sites import find_sites, get_module, parse_site_name, resolve_sites
+from lrm_interp.model.sites import find_sites, get_module, parse_site_name, resolve_sites
 from lrm_interp.testing import TINY_ARCHS, tiny_model
 
 

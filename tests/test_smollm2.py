@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import lrm_interp
-from lrm_interp.models import load_model
-from lrm_interp.sites import find_sites
+from lrm_interp.model.loading import load_model
+from lrm_interp.model.sites import find_sites
 from lrm_interp.toy.tasks import generate_dataset
 
 pytestmark = pytest.mark.slow

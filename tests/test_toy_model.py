@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from lrm_interp.prune import prune_magnitude_
-from lrm_interp.quant import quantize_model_
+from lrm_interp.compress.prune import prune_magnitude_
+from lrm_interp.compress.quant import quantize_model_
 from lrm_interp.toy import load_toy_model, toy_model_dir
 from lrm_interp.toy.evaluate import collect_traces, evaluate, generate_answers
 from lrm_interp.toy.tasks import FAMILIES, N_PEOPLE, generate_trace, problems
 from lrm_interp.toy.train import make_batch, train_toy_model
-from lrm_interp.traces import TARGET_BEHAVIORS
+from lrm_interp.data.traces import TARGET_BEHAVIORS
 
 
 @pytest.fixture(scope="module")

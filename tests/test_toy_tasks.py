@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import re
 
-from lrm_interp.align import align_segments
-from lrm_interp.markup import parse_markup
-from lrm_interp.paper_layout import annotate_trace
+from lrm_interp.data.align import align_segments
+from lrm_interp.data.markup import parse_markup
+from lrm_interp.data.paper_layout import annotate_trace
 from lrm_interp.toy.evaluate import extract_answer
 from lrm_interp.toy.tasks import (FAMILIES, N_PEOPLE, WORLD, build_world, generate_dataset, generate_trace,
                                   problems, to_markup)
-from lrm_interp.traces import BEHAVIORS
+from lrm_interp.data.traces import BEHAVIORS
 
 
 def test_deterministic_given_seed():

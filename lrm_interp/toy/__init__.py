@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from lrm_interp.model.provenance import record_source
+
 
 def toy_model_dir() -> Path:
     """Folder of the shipped toy model (inside the installed package)."""
@@ -29,7 +31,15 @@ def load_toy_model(dtype: torch.dtype = torch.float32):
     d = toy_model_dir()
     model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype).eval()
     tok = AutoTokenizer.from_pretrained(d)
+    record_source(model, {"alias": "toy", "path": "lrm_interp/assets/toy_reasoner"})
     return model, tok
 
 
-__all__ = ["load_toy_model", "toy_model_dir"]
+def load_toy_alias(*, dtype: torch.dtype | None = None, device_map=None):
+    """The ``"toy"`` alias of :func:`lrm_interp.model.loading.load_model` (``device_map`` must be ``None``/"cpu")."""
+    if device_map not in (None, "cpu"):
+        raise ValueError("the toy model loads on the CPU only; move it yourself afterwards")
+    return load_toy_model(dtype=dtype or torch.float32)
+
+
+__all__ = ["load_toy_model", "load_toy_alias", "toy_model_dir"]

@@ -9,8 +9,9 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..traces import ReasoningDataset, ReasoningTrace
-from .tasks import Problem
+from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace
+from lrm_interp.toy.tasks import Problem
+from lrm_interp.model.forward import input_device
 
 _ANSWER = re.compile(r"The answer is\s+([^\n]+?)\.?\s*$", re.M)
 
@@ -35,7 +36,7 @@ def extract_answer(family: str, text: str) -> str | None:
 def generate_responses(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 480,
                        batch_size: int = 64, progress: bool = False) -> list[str]:
     """Greedy continuations of ``prompts`` (batched, left padding, KV cache)."""
-    dev = model.get_input_embeddings().weight.device
+    dev = input_device(model)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     out: list[str] = []
@@ -55,7 +56,7 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], *, max_new_toke
 def generate_answers(model, tokenizer, traces_or_problems: Sequence, *, max_new_tokens: int = 480,
                      batch_size: int = 64, progress: bool = False) -> list[str]:
     """Greedy responses to the prompts of ``traces_or_problems`` (anything with a ``.prompt``:
-    :class:`Problem`, :class:`~lrm_interp.traces.ReasoningTrace`; or plain strings)."""
+    :class:`Problem`, :class:`~lrm_interp.data.traces.ReasoningTrace`; or plain strings)."""
     prompts = [x if isinstance(x, str) else x.prompt for x in traces_or_problems]
     return generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                               progress=progress)
@@ -93,7 +94,7 @@ def collect_traces(model, tokenizer, probs: Sequence[Problem], *, annotator=None
 
     Metadata: dataset (family), gold_answer, predicted answer, correct, annotation report.
     """
-    from ..annotate import RuleAnnotator, annotate_response
+    from lrm_interp.data.annotate import RuleAnnotator, annotate_response
 
     annotator = annotator or RuleAnnotator()
     probs = [_as_problem(p) for p in probs]

@@ -9,7 +9,7 @@ Three families mirror the paper's datasets:
   facts (:func:`build_world`: person → city → country → continent, fixed by a seed), never
   stated in the prompt.
 
-Each problem yields a :class:`~lrm_interp.traces.ReasoningTrace`: prompt = question +
+Each problem yields a :class:`~lrm_interp.data.traces.ReasoningTrace`: prompt = question +
 ``"\\n<think>\\n"``; response = reasoning sentences + ``"\\n</think>\\n"`` + ``"The answer is
 X."``. The reasoning shows the six behaviours of Venhoff et al. with gold spans, and
 :func:`to_markup` writes the annotation in the paper's markup.
@@ -33,7 +33,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
+from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
 
 FAMILIES: tuple[str, ...] = ("math", "logic", "knowledge")
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..testing import byte_tokenizer
-from .tasks import FAMILIES, N_PEOPLE, WORLD_SEED, World, build_world, generate_trace, problems
+from lrm_interp.testing import byte_tokenizer
+from lrm_interp.toy.tasks import FAMILIES, N_PEOPLE, WORLD_SEED, World, build_world, generate_trace, problems
 
 TRAIN_SEED_BASE = 10_000
 EVAL_SEED = 1
@@ -135,7 +135,7 @@ def anneal_(model, log: dict, *, steps: int, lr: float, batch_size: int, seed: i
 
 def _evaluate_and_save(model, log: dict, out_dir, *, n_people: int, eval_per_family: int,
                        quant_eval: tuple[tuple[int, int | None], ...]) -> dict:
-    from .evaluate import evaluate
+    from lrm_interp.toy.evaluate import evaluate
 
     model.eval()
     tok = byte_tokenizer()
@@ -144,7 +144,7 @@ def _evaluate_and_save(model, log: dict, out_dir, *, n_people: int, eval_per_fam
     log["heldout_accuracy"] = evaluate(model, tok, held, batch_size=150)
     print("held-out accuracy", log["heldout_accuracy"], flush=True)
     if quant_eval:
-        from ..quant import quantize_model_
+        from lrm_interp.compress.quant import quantize_model_
 
         log["rtn_accuracy"] = {}
         for bits, g in quant_eval:

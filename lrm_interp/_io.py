@@ -1,0 +1,71 @@
+"""Atomic file writes and dtype names: the two pieces of I/O every stage shares.
+
+Every file lrm_interp writes goes through :func:`atomic_write_bytes` (a temp file in the same
+folder, fsync, rename), so a crash never leaves a half-written result, partial or mask file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+_DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "float": "float32", "bf16": "bfloat16",
+                "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16", "half": "float16",
+                "fp64": "float64", "float64": "float64"}
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """UTF-8 text version of :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_figure(fig, path: str | os.PathLike, **kw) -> Path:
+    """``fig.savefig`` to a temp file beside ``path``, then rename (format from ``path``'s suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        fig.savefig(tmp, **kw)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def dtype_to_str(dtype: torch.dtype | None) -> str | None:
+    """``torch.bfloat16`` → ``"bfloat16"`` (``None`` stays ``None``)."""
+    return None if dtype is None else str(dtype).replace("torch.", "")
+
+
+def str_to_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bf16"`` / ``"bfloat16"`` / ``torch.bfloat16`` → ``torch.bfloat16``; unknown names raise ``ValueError``."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    key = str(name).replace("torch.", "").lower()
+    if key not in _DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; choose from {sorted(_DTYPE_NAMES)}")
+    return getattr(torch, _DTYPE_NAMES[key])
+
+
+DTYPE_CHOICES: tuple[str, ...] = ("fp32", "bf16", "fp16")

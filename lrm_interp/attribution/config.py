@@ -1,0 +1,151 @@
+"""One frozen, validated :class:`AttributionConfig`: every option of ``attribute()``.
+
+It is validated in full when it is built, before any model is loaded or any file is written,
+so a typo fails in milliseconds. ``settings.json`` of a result folder, the ``settings`` of a
+result's provenance, the resume key and the flags and choices of ``lrm-interp attribute`` are
+all derived from its fields (:func:`dataclasses.fields` with ``metadata["help"]`` and
+``metadata["choices"]``): nothing is copied by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from lrm_interp._io import DTYPE_CHOICES, dtype_to_str, str_to_dtype
+
+METHODS = ("attribution", "dom")
+MODES = ("exact", "joint")
+SCORES = ("paper", "code")
+NEGATIVES = ("all", "response", "thinking")
+WEIGHTINGS = ("trace", "token")
+SPECIAL_TOKENS = ("exclude", "include")
+
+
+def _opt(default: Any, help: str, choices: Sequence[str] | None = None, **extra: Any):
+    md = {"help": help, **extra}
+    if choices is not None:
+        md["choices"] = tuple(choices)
+    return field(default=default, metadata=md)
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """All settings of an attribution run (see docs/method.md for each formula).
+
+    Build it with keywords (``AttributionConfig(mode="joint")``), from a dict
+    (:meth:`from_dict`), or let :func:`lrm_interp.attribute` build it from its keywords.
+    Invalid values raise ``ValueError`` naming the field and the accepted values.
+    """
+
+    behaviors: tuple[str, ...] | None = _opt(
+        None, "behaviour labels to score (default: the paper's four target behaviours present in the data)",
+        nargs="+")
+    sites: str | tuple[str, ...] | None = _opt(
+        None, "linear sites: a regex over module names, or a list of names (default: every linear module "
+              "in the decoder layers)")
+    method: str = _opt("attribution", "attribution = attribution patching (paper Eq. 2); dom = size of the "
+                                      "mean shift ||u|| / ||mean activation|| only", METHODS)
+    mode: str = _opt("exact", "AtP gradients: exact = one backward per span; joint = one backward per trace "
+                              "and behaviour (approximate, faster)", MODES)
+    score: str = _opt("paper", "paper = |sum over spans of u.grad| / |D+| (Eq. 2); code = the released code's "
+                               "sum of |u.grad| / number of spans", SCORES)
+    k_context: int = _opt(5, "tokens before each span added to its DoM window (paper's code: 5; Venhoff: 1)")
+    negatives: str = _opt("all", "tokens forming D-: all (every content token), response, or thinking "
+                                 "(response up to </think>)", NEGATIVES)
+    weighting: str = _opt("trace", "trace = mean of per-trace means (paper); token = pooled token means",
+                          WEIGHTINGS)
+    special_tokens: str = _opt("exclude", "special tokens (BOS, <think> if special, ...) in D- and the overall "
+                                          "mean: exclude (default) or include (the released code's convention)",
+                               SPECIAL_TOKENS)
+    off_by_one: bool = _opt(False, "reproduce the released code's gradient window [start, end) instead of the "
+                                   "positions predicting the span [start-1, end-1)")
+    max_tokens: int | None = _opt(None, "truncate traces to this many tokens; spans cut off are counted and "
+                                        "reported")
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the AtP backward (less memory, "
+                                               "about 1.3x the time)")
+    compute_dtype: str | None = _opt(None, "autocast dtype for forward/backward (losses and sums stay fp32)",
+                                     DTYPE_CHOICES)
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
+        for f in dataclasses.fields(self):
+            ch = f.metadata.get("choices")
+            v = getattr(self, f.name)
+            if ch and v is not None and f.name != "compute_dtype" and v not in ch:
+                raise ValueError(f"{f.name} must be one of {ch}, got {v!r}")
+        if self.behaviors is not None:
+            b = (self.behaviors,) if isinstance(self.behaviors, str) else tuple(str(x) for x in self.behaviors)
+            if not b:
+                raise ValueError("behaviors must name at least one behaviour (or be None for the default)")
+            if len(set(b)) != len(b):
+                raise ValueError(f"behaviors has duplicates: {list(b)}")
+            set_("behaviors", b)
+        if self.sites is not None and not isinstance(self.sites, str):
+            names = tuple(getattr(s, "name", s) for s in self.sites)
+            if not names or not all(isinstance(n, str) for n in names):
+                raise ValueError("sites must be a regex string, a non-empty list of site names, or None")
+            set_("sites", names)
+        elif isinstance(self.sites, str):
+            import re
+
+            try:
+                re.compile(self.sites)
+            except re.error as e:
+                raise ValueError(f"sites regex {self.sites!r} is invalid: {e}") from None
+        for name in ("off_by_one", "gradient_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.k_context, bool) or not isinstance(self.k_context, int) or self.k_context < 0:
+            raise ValueError(f"k_context must be an integer >= 0, got {self.k_context!r}")
+        if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int)
+                                            or self.max_tokens < 2):
+            raise ValueError(f"max_tokens must be None or an integer >= 2, got {self.max_tokens!r}")
+        set_("compute_dtype", dtype_to_str(str_to_dtype(self.compute_dtype)))
+        if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"compute_dtype must be one of {DTYPE_CHOICES} or None, got {self.compute_dtype!r}")
+        if self.method == "dom" and (self.mode != "exact" or self.score != "paper" or self.off_by_one
+                                     or self.gradient_checkpointing):
+            raise ValueError("mode, score, off_by_one and gradient_checkpointing apply to method='attribution' "
+                             "only; leave them at their defaults with method='dom'")
+
+    # ------------------------------------------------------------------ views
+    @property
+    def torch_compute_dtype(self) -> torch.dtype | None:
+        return str_to_dtype(self.compute_dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of every field (lists for tuples)."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AttributionConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError`` naming them."""
+        unknown = set(d) - set(cls.field_names())
+        if unknown:
+            raise TypeError(f"unknown attribution option(s) {sorted(unknown)}; known: {cls.field_names()}")
+        return cls(**d)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def replace(self, **changes: Any) -> "AttributionConfig":
+        """A copy with ``changes`` applied (validated again)."""
+        unknown = set(changes) - set(self.field_names())
+        if unknown:
+            raise TypeError(f"unknown attribution option(s) {sorted(unknown)}; known: {self.field_names()}")
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self) -> str:
+        """BLAKE2b-128 of :meth:`to_dict` (part of the resume key)."""
+        return hashlib.blake2b(json.dumps(self.to_dict(), sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+__all__ = ["AttributionConfig", "METHODS", "MODES", "SCORES", "NEGATIVES", "WEIGHTINGS", "SPECIAL_TOKENS"]

@@ -1,0 +1,155 @@
+"""Difference of means (DoM): a steering vector per behaviour and linear site.
+
+For behaviour c and site m (method.md §2)::
+
+    u[c, m] = mean_{i ∈ D+} ā_c(i) − mean_{j ∈ D−} ā(j)
+    û[c, m] = u · ‖ā_all‖₂ / ‖u‖₂
+
+Computed in two steps so long runs can cache and resume per trace:
+:func:`dom_trace_stats` (one no-grad forward per trace, masked sums reduced inside the
+capture hooks) and :func:`dom_aggregate` (pure arithmetic on the per-trace sums).
+Every behaviour has its own accumulator row (the released code shared one tensor between
+the four behaviours, so all got the same sum).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from lrm_interp.model.capture import Capture, MaskedSum
+from lrm_interp.model.forward import activation_forward, input_device
+from lrm_interp.model.sites import Site
+from lrm_interp.data.tokens import EncodedTrace, span_mask
+
+NEGATIVES = ("all", "response", "thinking")
+WEIGHTINGS = ("trace", "token")
+
+
+def negative_mask(enc: EncodedTrace, negatives: str = "all") -> torch.Tensor:
+    """``[seq]`` mask of the tokens forming D− for this trace (special tokens excluded).
+
+    ``all``: every content token; ``response``: the response only; ``thinking``: the
+    response up to ``</think>``.
+    """
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+    n = len(enc)
+    m = torch.zeros(n)
+    start = enc.first_content if negatives == "all" else max(enc.response_start, enc.first_content)
+    end = enc.think_end if negatives == "thinking" else n
+    m[start:end] = 1.0
+    return m
+
+
+def dom_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[Site], behaviors: Sequence[str], *,
+                    negatives: str = "all") -> dict[str, torch.Tensor]:
+    """Per-trace DoM sums (float32, CPU), keyed for safetensors.
+
+    Returns:
+        ``pos_sum/<behavior>/<site>`` ``[d_out]``: sum of the site output over the union of
+        that behaviour's DoM windows; ``pos_count/<behavior>`` ``[1]``: number of tokens;
+        ``neg_sum/<site>`` ``[d_out]`` and ``neg_count`` ``[1]`` over the D− tokens.
+    """
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+    n = len(enc)
+    if n == 0:
+        raise ValueError(f"trace {enc.trace_id}: no tokens")
+    rows = [span_mask(n, enc.spans_of(b), context=True) for b in behaviors]
+    rows.append(negative_mask(enc, negatives))
+    weights = torch.stack(rows).unsqueeze(1)  # [G, 1, n]
+    red = MaskedSum("output", weights, device="cpu")
+    ids = enc.input_ids.unsqueeze(0).to(input_device(model))
+    run = activation_forward(model, sites)
+    with torch.no_grad(), Capture(model, list(sites), [red]):
+        run(ids)
+    silent = [s.name for s in sites if s.name not in red.sums]
+    if silent:
+        raise RuntimeError(f"trace {enc.trace_id}: sites never ran in the forward pass: {silent}")
+    out: dict[str, torch.Tensor] = {}
+    counts = weights.sum(dim=(1, 2))
+    for g, b in enumerate(behaviors):
+        out[f"pos_count/{b}"] = counts[g:g + 1].clone()
+        for s in sites:
+            out[f"pos_sum/{b}/{s.name}"] = red.sums[s.name][g].clone()
+    out["neg_count"] = counts[-1:].clone()
+    for s in sites:
+        out[f"neg_sum/{s.name}"] = red.sums[s.name][-1].clone()
+    return out
+
+
+@dataclass(frozen=True)
+class DoMResult:
+    """Steering vectors and the statistics behind them.
+
+    ``vectors[b][site]`` = û ``[d_out]``; ``raw[b][site]`` = u; ``mean_all[site]`` = ā_all;
+    ``n_traces[b]`` = |D+|; ``n_tokens[b]`` = tokens in b's DoM windows over all traces.
+    """
+
+    behaviors: tuple[str, ...]
+    site_names: tuple[str, ...]
+    vectors: dict[str, dict[str, torch.Tensor]]
+    raw: dict[str, dict[str, torch.Tensor]]
+    mean_all: dict[str, torch.Tensor]
+    n_traces: dict[str, int]
+    n_tokens: dict[str, int]
+
+
+def dom_aggregate(stats: Sequence[dict[str, torch.Tensor]], sites: Sequence[Site], behaviors: Sequence[str], *,
+                  weighting: str = "trace") -> DoMResult:
+    """Combine per-trace sums into u and û.
+
+    ``weighting="trace"``: mean over traces of per-trace means (the paper); ``"token"``:
+    pooled token means. ā_all is always token-weighted over all D− tokens.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if not stats:
+        raise ValueError("no trace statistics to aggregate")
+    names = [s.name for s in sites]
+    neg_counts = torch.stack([st["neg_count"][0].double() for st in stats])
+    if float(neg_counts.sum()) == 0:
+        raise ValueError("no token was counted in D− (all traces empty?)")
+    mean_all, neg_mean = {}, {}
+    for n in names:
+        sums = torch.stack([st[f"neg_sum/{n}"].double() for st in stats])  # [T, d]
+        mean_all[n] = sums.sum(0) / neg_counts.sum()
+        if weighting == "trace":
+            keep = neg_counts > 0
+            neg_mean[n] = (sums[keep] / neg_counts[keep, None]).mean(0)
+        else:
+            neg_mean[n] = mean_all[n]
+    vectors: dict[str, dict[str, torch.Tensor]] = {}
+    raw: dict[str, dict[str, torch.Tensor]] = {}
+    n_traces, n_tokens = {}, {}
+    for b in behaviors:
+        pc = torch.stack([st[f"pos_count/{b}"][0].double() for st in stats])
+        has = pc > 0
+        n_traces[b], n_tokens[b] = int(has.sum()), int(pc.sum())
+        vectors[b], raw[b] = {}, {}
+        for n in names:
+            if not bool(has.any()):
+                u = torch.zeros_like(mean_all[n])
+            else:
+                ps = torch.stack([st[f"pos_sum/{b}/{n}"].double() for st in stats])
+                pos = (ps[has] / pc[has, None]).mean(0) if weighting == "trace" else ps.sum(0) / pc.sum()
+                u = pos - neg_mean[n]
+            un = u.norm()
+            uhat = u * (mean_all[n].norm() / un) if un > 0 else torch.zeros_like(u)
+            raw[b][n] = u.float()
+            vectors[b][n] = uhat.float()
+    return DoMResult(tuple(behaviors), tuple(names), vectors, raw, {k: v.float() for k, v in mean_all.items()},
+                     n_traces, n_tokens)
+
+
+def compute_dom(model: torch.nn.Module, encoded: Sequence[EncodedTrace], sites: Sequence[Site],
+                behaviors: Sequence[str], *, negatives: str = "all", weighting: str = "trace",
+                progress: bool = True) -> DoMResult:
+    """DoM over ``encoded`` traces (no caching; :func:`lrm_interp.attribute` adds resume)."""
+    stats = [dom_trace_stats(model, e, sites, behaviors, negatives=negatives)
+             for e in tqdm(encoded, desc="DoM", disable=not progress, unit="trace")]
+    return dom_aggregate(stats, sites, behaviors, weighting=weighting)

@@ -1,0 +1,313 @@
+"""The ``Attribution`` result: per-behaviour, per-site importance plus steering vectors.
+
+On disk (``save(dir)``)::
+
+    dir/attribution.json         behaviours, sites, method, provenance (model, dtype,
+                                 quantization, tokenizer, settings, counts, skipped spans)
+    dir/attribution.safetensors  "scores" [n_behaviors, n_sites] float64 and one steering
+                                 vector per (behaviour, site): "vec/<behaviour>/<site>" [d_out]
+
+Both files are written atomically; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from lrm_interp.model.sites import KIND_ORDER, Site
+from lrm_interp._io import atomic_save_figure, atomic_write_bytes, atomic_write_text
+
+FORMAT_VERSION = 1
+
+
+def site_scores(scores: Any, behavior: str | None = None) -> dict[str, float]:
+    """A ``{site: score}`` dict from a mapping or an :class:`Attribution` (its :meth:`Attribution.site_ri`).
+
+    The one place where "module importance" given by a user (dict or result) is normalised;
+    protection policies and saliency weighting both call it.
+    """
+    if isinstance(scores, Mapping):
+        return {str(k): float(v) for k, v in scores.items()}
+    if isinstance(scores, Attribution):
+        return scores.site_ri(behavior)
+    raise TypeError(f"scores must be a mapping site -> score or an Attribution, got {type(scores).__name__}")
+
+
+def _ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Rank (1 = largest) along the last dim; ties broken by site order."""
+    order = torch.argsort(-scores, dim=-1, stable=True)
+    ranks = torch.empty_like(order)
+    ar = torch.arange(1, scores.shape[-1] + 1).expand_as(order)
+    ranks.scatter_(-1, order, ar)
+    return ranks
+
+
+def relative_importance(scores: torch.Tensor) -> torch.Tensor:
+    """RI = I / sum over sites of I, per behaviour row (rows of zeros stay zero)."""
+    tot = scores.sum(dim=-1, keepdim=True)
+    return torch.where(tot > 0, scores / tot.clamp_min(1e-300), torch.zeros_like(scores))
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Importance of every linear site for every behaviour.
+
+    Attributes:
+        behaviors: behaviour labels (rows).
+        sites: linear sites (columns).
+        scores: ``[n_behaviors, n_sites]`` float64. For ``method="attribution"`` the AtP
+            score I of paper Eq. 2 (or the code variant named in provenance); for
+            ``method="dom"`` the relative size of the mean shift ``‖u‖/‖ā_all‖``.
+        method: ``"attribution"`` or ``"dom"``.
+        vectors: ``vectors[behavior][site]`` = steering vector û ``[d_out]`` (float32).
+        provenance: JSON-able dict (model, dtype, quantization, tokenizer, settings,
+            counts, skipped spans, versions).
+    """
+
+    behaviors: tuple[str, ...]
+    sites: tuple[Site, ...]
+    scores: torch.Tensor
+    method: str
+    vectors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    provenance: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "behaviors", tuple(self.behaviors))
+        object.__setattr__(self, "sites", tuple(self.sites))
+        s = torch.as_tensor(self.scores, dtype=torch.float64)
+        if s.shape != (len(self.behaviors), len(self.sites)):
+            raise ValueError(f"scores shape {tuple(s.shape)} != ({len(self.behaviors)}, {len(self.sites)})")
+        object.__setattr__(self, "scores", s)
+
+    # ---------------------------------------------------------------- views
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.sites)
+
+    @property
+    def ri(self) -> torch.Tensor:
+        """Relative importance ``[n_behaviors, n_sites]``; each row sums to 1."""
+        return relative_importance(self.scores)
+
+    @property
+    def ranks(self) -> torch.Tensor:
+        """Rank of each site per behaviour (1 = most important), ``[n_behaviors, n_sites]``."""
+        return _ranks(self.scores)
+
+    def _row(self, behavior: str) -> int:
+        try:
+            return self.behaviors.index(behavior)
+        except ValueError:
+            raise KeyError(f"behaviour {behavior!r} not in this result {self.behaviors}") from None
+
+    def score(self, behavior: str, site: str) -> float:
+        return float(self.scores[self._row(behavior), self.site_names.index(site)])
+
+    def top(self, k: int = 10, behavior: str | None = None) -> list[tuple[str, str, float]]:
+        """The ``k`` most important sites: ``(behavior, site, RI)`` sorted by RI.
+
+        With ``behavior=None`` the ranking uses the mean RI over behaviours
+        (reported as behaviour ``"mean"``).
+        """
+        if behavior is None:
+            ri, label = self.ri.mean(dim=0), "mean"
+        else:
+            ri, label = self.ri[self._row(behavior)], behavior
+        idx = torch.argsort(-ri, stable=True)[:k]
+        return [(label, self.sites[i].name, float(ri[i])) for i in idx]
+
+    def to_dataframe(self):
+        """Tidy table: one row per (behaviour, site) with layer, block, kind, score, RI, rank."""
+        pd = _pandas()
+        ri, ranks = self.ri, self.ranks
+        rows = []
+        for b, beh in enumerate(self.behaviors):
+            for j, s in enumerate(self.sites):
+                rows.append({"behavior": beh, "site": s.name, "layer": s.layer, "block": s.block,
+                             "kind": s.kind, "n_params": s.n_params, "score": float(self.scores[b, j]),
+                             "ri": float(ri[b, j]), "rank": int(ranks[b, j])})
+        return pd.DataFrame(rows)
+
+    def grid(self, behavior: str, value: str = "ri") -> tuple[torch.Tensor, list[int], list[str]]:
+        """``[n_layers, n_kinds]`` matrix of ``value`` ("ri", "score" or "rank") for one behaviour.
+
+        Sites outside the layer stack are left out; missing cells are NaN.
+        """
+        row = {"ri": self.ri, "score": self.scores, "rank": self.ranks.double()}[value][self._row(behavior)]
+        layers = sorted({s.layer for s in self.sites if s.layer is not None})
+        present = {s.kind for s in self.sites if s.layer is not None}
+        kinds = [k for k in KIND_ORDER if k in present] + sorted(present - set(KIND_ORDER))
+        g = torch.full((len(layers), len(kinds)), float("nan"), dtype=torch.float64)
+        for j, s in enumerate(self.sites):
+            if s.layer is None:
+                continue
+            g[layers.index(s.layer), kinds.index(s.kind)] = row[j]
+        return g, layers, kinds
+
+    def heatmap(self, behaviors: Sequence[str] | None = None, value: str = "ri", **kw):
+        """Layer × module-kind heatmap, one panel per behaviour. Returns a matplotlib Figure."""
+        from lrm_interp.attribution.plots import grid_heatmaps
+
+        behaviors = list(behaviors or self.behaviors)
+        grids = [self.grid(b, value) for b in behaviors]
+        name = str(self.provenance.get("model", {}).get("name", "") or "").rstrip("/").split("/")[-1]
+        title = kw.pop("title", f"{self.method} {value} — {name}")
+        return grid_heatmaps(grids, behaviors, title=title, cbar_label=value, **kw)
+
+    def site_ri(self, behavior: str | None = None) -> dict[str, float]:
+        """``{site: RI}`` of one behaviour, or the mean RI over behaviours (``behavior=None``)."""
+        ri = self.ri[self._row(behavior)] if behavior else self.ri.mean(dim=0)
+        return {n: float(x) for n, x in zip(self.site_names, ri)}
+
+    def steering_vector(self, behavior: str, site: str) -> torch.Tensor:
+        try:
+            return self.vectors[behavior][site]
+        except KeyError:
+            raise KeyError(f"no steering vector for ({behavior!r}, {site!r})") from None
+
+    def steer(self, model, behavior: str, *, alpha: float = 1.0, sites: Sequence[str] | None = None,
+              positions=None):
+        """Context manager adding ``alpha·û`` to the outputs of ``sites`` (default: top-1 site).
+
+        Example::
+
+            with attr.steer(model, "backtracking", alpha=4.0):
+                out = model.generate(**inputs)
+        """
+        from lrm_interp.model.patching import add_to_outputs
+
+        if sites is None:
+            sites = [self.top(1, behavior)[0][1]]
+        additions = {s: (self.steering_vector(behavior, s), positions) for s in sites}
+        return add_to_outputs(model, additions, alpha=alpha)
+
+    def items(self) -> Iterator[tuple[str, Site, float]]:
+        for b, beh in enumerate(self.behaviors):
+            for j, s in enumerate(self.sites):
+                yield beh, s, float(self.scores[b, j])
+
+    # ---------------------------------------------------------------- I/O
+    def write_tables(self, directory: str | Path) -> list[Path]:
+        """Write ``scores.csv`` (:meth:`to_dataframe`) and ``heatmap.png`` (:meth:`heatmap`) atomically."""
+        d = Path(directory)
+        atomic_write_text(d / "scores.csv", self.to_dataframe().to_csv(index=False))
+        return [d / "scores.csv", _save_and_close(self.heatmap(), d / "heatmap.png")]
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``attribution.json`` + ``attribution.safetensors`` atomically into ``directory``."""
+        from safetensors.torch import save
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {"scores": self.scores.contiguous()}
+        for beh, per_site in self.vectors.items():
+            for site, v in per_site.items():
+                tensors[f"vec/{beh}/{site}"] = v.detach().to("cpu", torch.float32).contiguous()
+        atomic_write_bytes(d / "attribution.safetensors", save(tensors))
+        meta = {"format_version": FORMAT_VERSION, "method": self.method, "behaviors": list(self.behaviors),
+                "sites": [s.to_dict() for s in self.sites], "provenance": self.provenance}
+        atomic_write_text(d / "attribution.json", json.dumps(meta, indent=2, default=str))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Attribution":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        jpath, tpath = d / "attribution.json", d / "attribution.safetensors"
+        for p in (jpath, tpath):
+            if not p.exists():
+                raise FileNotFoundError(f"{p} is missing: not an Attribution directory")
+        meta = json.loads(jpath.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{jpath}: unsupported format_version {meta.get('format_version')}")
+        tensors = load_file(str(tpath))
+        vectors: dict[str, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("vec/"):
+                _, beh, site = k.split("/", 2)
+                vectors.setdefault(beh, {})[site] = v
+        return cls(behaviors=tuple(meta["behaviors"]), sites=tuple(Site.from_dict(s) for s in meta["sites"]),
+                   scores=tensors["scores"], method=meta["method"], vectors=vectors,
+                   provenance=meta.get("provenance", {}))
+
+
+@dataclass(frozen=True)
+class ImportanceShift:
+    """RI_compressed − RI_original per behaviour and site (paper §4's importance shift)."""
+
+    behaviors: tuple[str, ...]
+    sites: tuple[Site, ...]
+    delta: torch.Tensor  # [n_behaviors, n_sites] float64, signed
+    original: dict[str, Any] = field(default_factory=dict, repr=False)
+    compressed: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def decreases(self) -> torch.Tensor:
+        """The paper's view: only decreases, as positive magnitudes (increases set to 0)."""
+        return (-self.delta).clamp_min(0.0)
+
+    def to_dataframe(self):
+        pd = _pandas()
+        rows = []
+        for b, beh in enumerate(self.behaviors):
+            for j, s in enumerate(self.sites):
+                rows.append({"behavior": beh, "site": s.name, "layer": s.layer, "kind": s.kind,
+                             "delta_ri": float(self.delta[b, j]), "decrease": float(self.decreases[b, j])})
+        return pd.DataFrame(rows)
+
+    def as_attribution(self, view: str = "decreases") -> Attribution:
+        vals = self.decreases if view == "decreases" else self.delta
+        return Attribution(self.behaviors, self.sites, vals, method=f"shift:{view}",
+                           provenance={"original": self.original, "compressed": self.compressed})
+
+    def heatmap(self, view: str = "decreases", **kw):
+        """Layer × kind heatmap of the decreases (default) or the signed shift."""
+        a = self.as_attribution(view)
+        from lrm_interp.attribution.plots import grid_heatmaps
+
+        grids = [a.grid(b, "score") for b in self.behaviors]
+        return grid_heatmaps(grids, list(self.behaviors), title=kw.pop("title", f"importance shift ({view})"),
+                             cbar_label="ΔRI" if view != "decreases" else "RI decrease",
+                             diverging=view != "decreases", **kw)
+
+    def write_tables(self, directory: str | Path, *, view: str = "decreases") -> list[Path]:
+        """Write ``shift.csv`` (:meth:`to_dataframe`) and ``shift.png`` (:meth:`heatmap` of ``view``) atomically."""
+        d = Path(directory)
+        atomic_write_text(d / "shift.csv", self.to_dataframe().to_csv(index=False))
+        return [d / "shift.csv", _save_and_close(self.heatmap(view=view), d / "shift.png")]
+
+
+def _save_and_close(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    try:
+        return atomic_save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def compare(original: Attribution, compressed: Attribution) -> ImportanceShift:
+    """Importance shift from ``original`` to ``compressed`` (same behaviours and site names)."""
+    common_b = [b for b in original.behaviors if b in compressed.behaviors]
+    if not common_b:
+        raise ValueError("the two results share no behaviour")
+    if original.site_names != compressed.site_names:
+        missing = set(original.site_names) ^ set(compressed.site_names)
+        raise ValueError(f"site sets differ ({len(missing)} names, e.g. {sorted(missing)[:3]})")
+    ro = original.ri[[original.behaviors.index(b) for b in common_b]]
+    rc = compressed.ri[[compressed.behaviors.index(b) for b in common_b]]
+    return ImportanceShift(tuple(common_b), original.sites, rc - ro,
+                           original=original.provenance.get("model", {}),
+                           compressed=compressed.provenance.get("model", {}))
+
+
+def _pandas():
+    import pandas as pd  # a core dependency (to_dataframe is core API); imported on first use
+
+    return pd

@@ -1,0 +1,5 @@
+import sys
+
+from lrm_interp.cli.main import main
+
+sys.exit(main())

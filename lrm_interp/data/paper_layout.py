@@ -1,0 +1,287 @@
+"""Load the paper's on-disk layout: ``outputs/<dataset>/<j>.txt`` + ``annotated/<dataset>/<j>.txt``.
+
+``outputs`` holds the model's response (the text after the prompt), ``annotated`` its
+behaviour annotation in the markup of :mod:`lrm_interp.data.markup`. Prompts are rebuilt with
+:mod:`lrm_interp.data.prompts` from problem dicts: the ``problems`` argument, or
+``<root>/problems/<dataset>.jsonl`` (one problem per line, line j = trace j) or
+``<root>/problems/<dataset>.json`` (a list, or a BBH-style ``{"examples": [...]}``).
+Without them the prompt is ``""`` and the report says so for each trace.
+
+Every file is accounted for in the :class:`ParseReport`: parsed / repaired / rejected
+(with reason), annotation without output, output without annotation; every segment placed
+or not (with reason). A trace whose annotation is rejected or missing is kept with no spans:
+it still belongs to D− of the difference of means.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Collection, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from lrm_interp.data.align import SegmentReport, align_segments
+from lrm_interp.data.markup import ParsedAnnotation, parse_markup
+from lrm_interp.data.prompts import build_prompt, canonical_dataset, gold_answer
+from lrm_interp._io import atomic_write_text
+from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace, TraceFormatError
+
+_BAD_FILE = ("rejected", "missing annotation", "missing output")
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """One annotation file (or one unmatched output/annotation file).
+
+    ``status``: ``parsed`` | ``repaired`` | ``rejected`` | ``missing annotation`` |
+    ``missing output``; ``reason`` for the last three; ``repairs`` applied; ``notes``
+    (prompt missing, unlabelled text, unknown labels...); one report per segment.
+    """
+
+    dataset: str
+    index: str
+    annotation: str | None
+    output: str | None
+    status: str
+    reason: str | None = None
+    repairs: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    segments: tuple[SegmentReport, ...] = ()
+
+    @property
+    def trace_id(self) -> str:
+        return f"{self.dataset}/{self.index}" if self.dataset else self.index
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(s.status for s in self.segments))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["segments"] = [s.to_dict() for s in self.segments]
+        return d
+
+
+@dataclass(frozen=True)
+class ParseReport:
+    """Accounting of every annotation file and segment (JSON-able via :meth:`to_dict`)."""
+
+    files: tuple[FileReport, ...] = ()
+
+    def segments(self) -> list[SegmentReport]:
+        return [s for f in self.files for s in f.segments]
+
+    def counts(self) -> dict:
+        """File statuses, segment statuses, and not-placed reasons by kind."""
+        segs = self.segments()
+        kinds = Counter(_reason_kind(s.reason) for s in segs if not s.placed)
+        return {
+            "files": dict(Counter(f.status for f in self.files)),
+            "files_without_prompt": sum(any(n.startswith("no problem") or n.startswith("prompt not built")
+                                            for n in f.notes) for f in self.files),
+            "segments": len(segs),
+            "segments_placed": sum(s.placed for s in segs),
+            "segments_by_status": dict(Counter(s.status for s in segs)),
+            "not_placed_by_reason": dict(kinds),
+            "repairs": dict(Counter(r for f in self.files for r in f.repairs)),
+        }
+
+    def not_placed(self) -> list[SegmentReport]:
+        return [s for s in self.segments() if not s.placed]
+
+    def file(self, trace_id: str) -> FileReport:
+        for f in self.files:
+            if f.trace_id == trace_id:
+                return f
+        raise KeyError(trace_id)
+
+    def summary(self, max_lines: int = 30) -> str:
+        """Counts, then the problem files and segments (at most ``max_lines`` of them)."""
+        c = self.counts()
+        lines = [f"{len(self.files)} files: " + ", ".join(f"{v} {k}" for k, v in sorted(c["files"].items())),
+                 f"{c['segments']} segments, {c['segments_placed']} placed ("
+                 + ", ".join(f"{v} {k}" for k, v in sorted(c["segments_by_status"].items())) + ")"]
+        if c["not_placed_by_reason"]:
+            lines.append("not placed: " + ", ".join(f"{v} {k}" for k, v in sorted(c["not_placed_by_reason"].items())))
+        if c["repairs"]:
+            lines.append("repairs (files): " + ", ".join(f"{v} {k}" for k, v in sorted(c["repairs"].items())))
+        if c["files_without_prompt"]:
+            lines.append(f"{c['files_without_prompt']} traces without a prompt (no problem data)")
+        detail = [f"  {f.trace_id}: {f.status}: {f.reason}" for f in self.files if f.status in _BAD_FILE]
+        detail += [f"  {s.source} segment {s.index} (line {s.line}) [{s.raw_label}]: {s.reason}"
+                   for s in self.not_placed()]
+        lines += detail[:max_lines]
+        if len(detail) > max_lines:
+            lines.append(f"  ... {len(detail) - max_lines} more (see to_dict())")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"counts": self.counts(), "files": [f.to_dict() for f in self.files]}
+
+    def save_json(self, path: str | os.PathLike) -> Path:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+        return Path(path)
+
+
+def _reason_kind(reason: str | None) -> str:
+    r = reason or ""
+    for kind in ("unknown label", "not selected", "empty segment text", "overlaps", "not found"):
+        if kind in r:
+            return kind
+    return r or "unspecified"
+
+
+def annotate_trace(trace_or_response: ReasoningTrace | str, markup_text: str, *, source: str = "",
+                   aliases: dict[str, str] | None = None, labels: Collection[str] | None = None,
+                   keep_unknown: bool = False, trace_id: str | None = None) -> tuple[ReasoningTrace, FileReport]:
+    """Parse ``markup_text`` and place its segments on the trace's response.
+
+    ``trace_or_response``: a :class:`ReasoningTrace` (its spans are replaced; only its
+    ``response`` is searched, never its prompt) or a response string (→ a trace with an empty
+    prompt, id ``trace_id`` or ``source``). Returns the trace with spans and the file's report.
+    """
+    if isinstance(trace_or_response, ReasoningTrace):
+        trace = trace_or_response
+    else:
+        trace = ReasoningTrace(trace_id or source or "trace", "", str(trace_or_response))
+    parsed: ParsedAnnotation = parse_markup(markup_text, source=source, aliases=aliases)
+    spans, reps = [], []
+    if parsed.status != "rejected":
+        spans, reps = align_segments(trace.response, parsed.segments, source=source, labels=labels,
+                                     keep_unknown=keep_unknown)
+    ds = str(trace.metadata.get("dataset", ""))
+    index = str(trace.metadata.get("index", trace.id))
+    report = FileReport(ds, index, source or None, None, parsed.status, parsed.reason, parsed.repairs,
+                        parsed.notes, tuple(reps))
+    meta = {**trace.metadata, "annotation_status": parsed.status}
+    return ReasoningTrace(trace.id, trace.prompt, trace.response, tuple(spans), meta), report
+
+
+def _index_key(stem: str):
+    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+
+
+def _read_problems(path: Path) -> list:
+    if path.suffix == ".jsonl":
+        items = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise TraceFormatError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from e
+        return items
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TraceFormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+    if isinstance(data, dict):
+        for k in ("examples", "data", "problems"):
+            if isinstance(data.get(k), list):
+                return data[k]
+    if not isinstance(data, list):
+        raise TraceFormatError(f"{path}: expected a list of problems or {{'examples': [...]}}")
+    return data
+
+
+def _same_dataset(a: str, b: str) -> bool:
+    if a.strip().lower() == b.strip().lower():
+        return True
+    ca, cb = canonical_dataset(a), canonical_dataset(b)
+    return ca is not None and ca == cb
+
+
+def _find_problems(root: Path, dataset: str, problems: Mapping[str, Sequence[Mapping]] | None):
+    if problems is not None:
+        for k, v in problems.items():
+            if _same_dataset(k, dataset):
+                return list(v), f"problems[{k!r}]"
+        return None, "the problems argument"
+    for ext in (".jsonl", ".json"):
+        p = root / "problems" / f"{dataset}{ext}"
+        if p.exists():
+            return _read_problems(p), str(p)
+    return None, f"{root / 'problems'}/{dataset}.jsonl"
+
+
+def load_paper_layout(root: str | os.PathLike, *, datasets: Sequence[str] | None = None,
+                      problems: Mapping[str, Sequence[Mapping]] | None = None,
+                      labels: Collection[str] | None = None, aliases: dict[str, str] | None = None,
+                      keep_unknown: bool = False, progress: bool = True) -> ReasoningDataset:
+    """Load traces with their behaviour spans; ``dataset.report`` is a :class:`ParseReport`.
+
+    Args:
+        root: folder with ``outputs/`` and ``annotated/`` (and optionally ``problems/``).
+        datasets: dataset folder names to load (case-insensitive, aliases accepted); all if None.
+        problems: ``{dataset: [problem dict, ...]}`` indexed by trace number; overrides
+            ``problems/`` files. Keys per dataset: see :mod:`lrm_interp.data.prompts`.
+        labels: canonical behaviours to turn into spans (default: all known); the others are
+            reported ``not placed`` (``not selected``).
+        aliases: extra label aliases (``{"verification": "example-testing"}``).
+        keep_unknown: emit spans for unknown labels too (under the raw label).
+        progress: tqdm bar over files.
+
+    Trace ids are ``"<dataset>/<j>"``; metadata: ``dataset``, ``index`` (int when numeric),
+    ``gold_answer`` (if the problem has one), ``annotation_status``, file paths.
+    """
+    root = Path(root)
+    out_dir, ann_dir = root / "outputs", root / "annotated"
+    if not out_dir.is_dir() and not ann_dir.is_dir():
+        raise FileNotFoundError(f"{root} has neither outputs/ nor annotated/ (paper layout expected)")
+    names = sorted({p.name for d in (out_dir, ann_dir) if d.is_dir() for p in d.iterdir() if p.is_dir()})
+    if datasets is not None:
+        missing = [d for d in datasets if not any(_same_dataset(d, n) for n in names)]
+        if missing:
+            raise FileNotFoundError(f"{root}: no dataset folder for {missing}; found {names}")
+        names = [n for n in names if any(_same_dataset(d, n) for d in datasets)]
+    jobs = []
+    for ds_name in names:
+        outs = {p.stem: p for p in (out_dir / ds_name).glob("*.txt")} if (out_dir / ds_name).is_dir() else {}
+        anns = {p.stem: p for p in (ann_dir / ds_name).glob("*.txt")} if (ann_dir / ds_name).is_dir() else {}
+        probs, prob_src = _find_problems(root, ds_name, problems)
+        for stem in sorted(set(outs) | set(anns), key=_index_key):
+            jobs.append((ds_name, stem, outs.get(stem), anns.get(stem), probs, prob_src))
+
+    traces: list[ReasoningTrace] = []
+    files: list[FileReport] = []
+    for ds_name, stem, o, a, probs, prob_src in tqdm(jobs, desc="annotation files", disable=not progress):
+        if o is None:
+            files.append(FileReport(ds_name, stem, str(a), None, "missing output",
+                                    f"no outputs/{ds_name}/{stem}.txt for this annotation: not loaded"))
+            continue
+        response = o.read_text(encoding="utf-8")
+        notes: list[str] = []
+        prompt = ""
+        meta: dict = {"dataset": ds_name, "index": int(stem) if stem.isdigit() else stem, "output_file": str(o)}
+        if probs is None:
+            notes.append(f"no problem data ({prob_src} not found): prompt left empty")
+        elif not stem.isdigit() or int(stem) >= len(probs):
+            notes.append(f"no problem #{stem} in {prob_src} ({len(probs)} problems): prompt left empty")
+        else:
+            prob = probs[int(stem)]
+            try:
+                prompt = build_prompt(ds_name, prob)
+            except KeyError as e:
+                notes.append(f"prompt not built: {e.args[0]}")
+            g = gold_answer(ds_name, prob)
+            if g is not None:
+                meta["gold_answer"] = g
+            if "answer_aliases" in prob:
+                meta["answer_aliases"] = prob["answer_aliases"]
+        trace = ReasoningTrace(f"{ds_name}/{stem}", prompt, response, (), meta)
+        if a is None:
+            files.append(FileReport(ds_name, stem, None, str(o), "missing annotation",
+                                    f"no annotated/{ds_name}/{stem}.txt: trace kept without spans",
+                                    notes=tuple(notes)))
+            traces.append(trace)
+            continue
+        trace, rep = annotate_trace(trace, a.read_text(encoding="utf-8"), source=str(a), aliases=aliases,
+                                    labels=labels, keep_unknown=keep_unknown)
+        trace.metadata["annotation_file"] = str(a)
+        files.append(FileReport(ds_name, stem, str(a), str(o), rep.status, rep.reason, rep.repairs,
+                                tuple(notes) + rep.notes, rep.segments))
+        traces.append(trace)
+    return ReasoningDataset(traces, name=root.name, report=ParseReport(tuple(files)))

@@ -1,0 +1,200 @@
+"""Reasoning traces with behaviour spans, and datasets of them (JSONL on disk).
+
+JSONL schema (one trace per line; see docs/data_format.md)::
+
+    {"id": "FOLIO/3",                      # unique string
+     "prompt": "...<think>\\n",            # text fed before the response (may be "")
+     "response": "Okay, so ...</think>...",# the model's output
+     "spans": [{"behavior": "backtracking", "start": 120, "end": 188}, ...],
+     "metadata": {"dataset": "FOLIO", "gold_answer": "Uncertain", "correct": true, ...}}
+
+Span offsets are character offsets into ``response`` (``start`` inclusive, ``end``
+exclusive); ``trace.text == prompt + response`` and ``trace.abs_span(s)`` gives offsets
+into it. Unknown keys are kept in ``metadata``; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from lrm_interp._io import atomic_write_text
+
+# Venhoff et al.'s six behaviour labels (order = their numbering 0..5).
+BEHAVIORS: tuple[str, ...] = (
+    "initializing", "deduction", "adding-knowledge", "example-testing",
+    "uncertainty-estimation", "backtracking",
+)
+# The four behaviours the paper attributes.
+TARGET_BEHAVIORS: tuple[str, ...] = (
+    "backtracking", "uncertainty-estimation", "example-testing", "adding-knowledge",
+)
+
+
+class TraceFormatError(ValueError):
+    """A trace file or record is malformed; the message names the file/line/trace."""
+
+
+@dataclass(frozen=True)
+class BehaviorSpan:
+    """One annotated behaviour segment: ``response[start:end]``."""
+
+    behavior: str
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.start <= self.end):
+            raise ValueError(f"bad span [{self.start}, {self.end}) for {self.behavior!r}")
+
+    def to_dict(self) -> dict:
+        return {"behavior": self.behavior, "start": self.start, "end": self.end}
+
+
+@dataclass(frozen=True)
+class ReasoningTrace:
+    """A prompt + response of a reasoning model, with behaviour spans on the response."""
+
+    id: str
+    prompt: str
+    response: str
+    spans: tuple[BehaviorSpan, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spans", tuple(self.spans))
+        for s in self.spans:
+            if s.end > len(self.response):
+                raise TraceFormatError(
+                    f"trace {self.id!r}: span {s.behavior} [{s.start},{s.end}) ends past the "
+                    f"response ({len(self.response)} chars)")
+
+    @property
+    def text(self) -> str:
+        """The full model input: ``prompt + response``."""
+        return self.prompt + self.response
+
+    def abs_span(self, span: BehaviorSpan) -> tuple[int, int]:
+        """Character offsets of ``span`` inside :attr:`text`."""
+        return len(self.prompt) + span.start, len(self.prompt) + span.end
+
+    def spans_of(self, behavior: str) -> list[BehaviorSpan]:
+        return [s for s in self.spans if s.behavior == behavior]
+
+    def span_text(self, span: BehaviorSpan) -> str:
+        return self.response[span.start:span.end]
+
+    @property
+    def dataset(self) -> str | None:
+        return self.metadata.get("dataset")
+
+    def with_spans(self, spans: Iterable[BehaviorSpan]) -> "ReasoningTrace":
+        return replace(self, spans=tuple(spans))
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "prompt": self.prompt, "response": self.response,
+                "spans": [s.to_dict() for s in self.spans], "metadata": dict(self.metadata)}
+
+    @classmethod
+    def from_dict(cls, d: dict, *, where: str = "") -> "ReasoningTrace":
+        loc = f"{where}: " if where else ""
+        for key in ("id", "response"):
+            if key not in d:
+                raise TraceFormatError(f"{loc}missing required key {key!r}")
+        if not isinstance(d["response"], str):
+            raise TraceFormatError(f"{loc}'response' must be a string")
+        spans = []
+        for k, s in enumerate(d.get("spans", [])):
+            try:
+                spans.append(BehaviorSpan(str(s["behavior"]), int(s["start"]), int(s["end"])))
+            except (KeyError, TypeError, ValueError) as e:
+                raise TraceFormatError(f"{loc}span #{k} is malformed ({e}): {s!r}") from e
+        meta = dict(d.get("metadata") or {})
+        extra = {k: v for k, v in d.items() if k not in {"id", "prompt", "response", "spans", "metadata"}}
+        meta.update(extra)
+        try:
+            return cls(id=str(d["id"]), prompt=str(d.get("prompt", "")), response=d["response"],
+                       spans=tuple(spans), metadata=meta)
+        except TraceFormatError as e:
+            raise TraceFormatError(f"{loc}{e}") from e
+
+
+class ReasoningDataset(Sequence[ReasoningTrace]):
+    """An ordered collection of :class:`ReasoningTrace` with unique ids.
+
+    ``report`` optionally carries the parse report of the annotation files it came from.
+    """
+
+    def __init__(self, traces: Iterable[ReasoningTrace], *, name: str = "", report: Any = None):
+        self.traces: list[ReasoningTrace] = list(traces)
+        self.name = name
+        self.report = report
+        seen: set[str] = set()
+        for t in self.traces:
+            if t.id in seen:
+                raise TraceFormatError(f"duplicate trace id {t.id!r} in dataset {name!r}")
+            seen.add(t.id)
+
+    def __len__(self) -> int:
+        return len(self.traces)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return ReasoningDataset(self.traces[i], name=self.name, report=self.report)
+        if isinstance(i, str):
+            for t in self.traces:
+                if t.id == i:
+                    return t
+            raise KeyError(i)
+        return self.traces[i]
+
+    def __iter__(self) -> Iterator[ReasoningTrace]:
+        return iter(self.traces)
+
+    def __repr__(self) -> str:
+        return f"ReasoningDataset(name={self.name!r}, traces={len(self)}, spans={self.span_counts()})"
+
+    def behaviors(self) -> list[str]:
+        """Behaviour labels present, in canonical order, unknown labels last (sorted)."""
+        present = {s.behavior for t in self.traces for s in t.spans}
+        known = [b for b in BEHAVIORS if b in present]
+        return known + sorted(present - set(BEHAVIORS))
+
+    def span_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.traces:
+            for s in t.spans:
+                counts[s.behavior] = counts.get(s.behavior, 0) + 1
+        return counts
+
+    def filter(self, fn) -> "ReasoningDataset":
+        return ReasoningDataset([t for t in self.traces if fn(t)], name=self.name, report=self.report)
+
+    # ---------------------------------------------------------------- JSONL I/O
+    def save_jsonl(self, path: str | os.PathLike) -> Path:
+        """Write one JSON object per trace, atomically (temp file + rename)."""
+        path = Path(path)
+        atomic_write_text(path, "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in self.traces))
+        return path
+
+    @classmethod
+    def load_jsonl(cls, path: str | os.PathLike, *, name: str | None = None) -> "ReasoningDataset":
+        """Load a JSONL file; a malformed line raises :class:`TraceFormatError` naming it."""
+        path = Path(path)
+        traces = []
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise TraceFormatError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
+                if not isinstance(d, dict):
+                    raise TraceFormatError(f"{where}: expected a JSON object, got {type(d).__name__}")
+                traces.append(ReasoningTrace.from_dict(d, where=where))
+        return cls(traces, name=name if name is not None else path.stem)

@@ -1,0 +1,1 @@
+"""The evaluation stage: batched generation and divergence between models on annotated traces."""

@@ -1,0 +1,1 @@
+"""Whole experiments built from the stages: the quickstart and the protection comparison."""

@@ -1,0 +1,190 @@
+"""Forward plumbing shared by every stage: where inputs go, how to get logits only where needed,
+span losses, and freezing a model for activation-only backward passes.
+
+One implementation each (used by attribution, saliency, evaluation and compression):
+
+- :func:`input_device` — the device of the input embedding;
+- :func:`base_and_head` / :func:`hidden_states` — the decoder without its LM head and the head;
+- :func:`logits_path` / :func:`logits_at` — logits at chosen positions only: the verified
+  base/head split, else ``logits_to_keep``, else full logits (documented fallback);
+- :func:`activation_forward` — a forward that fires every site without full-vocabulary logits;
+- :func:`span_losses` — mean cross-entropy of each span's tokens given its prefix;
+- :func:`frozen_for_attribution` — parameters frozen, optional gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import weakref
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from lrm_interp.data.tokens import TokenSpan
+from lrm_interp.model.sites import Site, get_module
+
+@contextlib.contextmanager
+def frozen_for_attribution(model: torch.nn.Module, *, gradient_checkpointing: bool = False) -> Iterator[None]:
+    """Freeze parameters (optionally switch on non-reentrant checkpointing); restore all on exit.
+
+    Checkpointing is enabled by setting the ``gradient_checkpointing`` flag and checkpoint
+    function on every module that has one (HF's convention) and marking only those modules
+    as training (HF checkpoints only in training mode); every other module stays in its
+    mode, so dropout is not switched on. Flags, functions and modes are restored.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    saved: list[tuple[torch.nn.Module, object, object, bool]] = []
+    missing = object()
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        if gradient_checkpointing:
+            ckpt = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+            for m in model.modules():
+                if hasattr(m, "gradient_checkpointing") and isinstance(m.gradient_checkpointing, bool):
+                    saved.append((m, m.gradient_checkpointing,
+                                  m.__dict__.get("_gradient_checkpointing_func", missing), m.training))
+                    m.gradient_checkpointing = True
+                    m._gradient_checkpointing_func = ckpt
+                    m.training = True  # this module only (not recursive)
+            if not saved:
+                raise ValueError(f"{type(model).__name__} has no module with a `gradient_checkpointing` flag: "
+                                 "gradient checkpointing is not supported for it")
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+        for m, gc, fn, training in reversed(saved):
+            m.gradient_checkpointing = gc
+            if fn is missing:
+                m.__dict__.pop("_gradient_checkpointing_func", None)
+            else:
+                m._gradient_checkpointing_func = fn
+            m.training = training
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """The device input ids must be on: the input embedding's (first parameter's as a fallback).
+
+    With an accelerate ``device_map`` the layers may live elsewhere; each module moves its
+    inputs itself, only the ids have to start where the embedding is.
+    """
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    w = getattr(emb, "weight", None)
+    if isinstance(w, torch.Tensor):
+        return w.device
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+_HEAD_PATH: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def base_and_head(model: torch.nn.Module):
+    """``(base, head)`` with ``head(base(ids)[0]) == model(ids).logits``, or ``None``."""
+    try:
+        head = model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    base = getattr(model, "base_model", None)
+    if head is None or base is None or base is model:
+        return None
+    return base, head
+
+
+def hidden_states(base: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    out = base(input_ids=ids, use_cache=False)
+    h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return h
+
+
+def logits_path(model: torch.nn.Module) -> str:
+    """How :func:`logits_at` gets logits for ``model``: ``"split"``, ``"logits_to_keep"`` or ``"full"``.
+
+    Decided once per model (cached): the base/head split is used when it reproduces the
+    model's logits on a 6-token probe (atol 1e-4 relative to the logit scale).
+    """
+    if model in _HEAD_PATH:
+        return _HEAD_PATH[model]
+    path = "full"
+    parts = base_and_head(model)
+    dev = input_device(model)
+    if parts is not None:
+        base, head = parts
+        vocab = getattr(head, "out_features", None) or 8
+        ids = torch.arange(6, device=dev).remainder(int(vocab)).unsqueeze(0)
+        try:
+            with torch.no_grad():
+                ref = model(input_ids=ids, use_cache=False).logits.float()
+                got = head(hidden_states(base, ids)).float()
+            if got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-3, atol=1e-4 * (1 + ref.abs().max())):
+                path = "split"
+        except Exception:  # noqa: BLE001 - any failure means: do not use the split
+            path = "full"
+    if path == "full":
+        params = inspect.signature(model.forward).parameters
+        if "logits_to_keep" in params:
+            path = "logits_to_keep"
+    _HEAD_PATH[model] = path
+    return path
+
+
+def logits_at(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``[n, vocab]`` logits of batch row 0 at ``positions`` (full logits only as last resort)."""
+    path = logits_path(model)
+    positions = positions.to(ids.device)
+    if path == "split":
+        base, head = base_and_head(model)
+        h = hidden_states(base, ids)
+        return head(h[0, positions.to(h.device)])
+    if path == "logits_to_keep":
+        logits = model(input_ids=ids, logits_to_keep=positions, use_cache=False).logits[0]
+        if logits.shape[0] == positions.numel():
+            return logits
+        return logits[positions.to(logits.device)]  # the model ignored logits_to_keep
+    return model(input_ids=ids, use_cache=False).logits[0][positions.to(ids.device)]
+
+
+def activation_forward(model: torch.nn.Module, sites: Sequence[Site]) -> Callable[[torch.Tensor], object]:
+    """A forward ``f(ids [1, seq])`` that fires every site hook without full-vocabulary logits.
+
+    Runs only the base model when the base/head split reproduces the model
+    (:func:`logits_path`) and the head is not itself a site; else the whole model, asking for
+    the last position's logits only when the forward accepts ``logits_to_keep`` (full logits
+    only as the last resort).
+    """
+    path = logits_path(model)
+    parts = base_and_head(model) if path == "split" else None
+    head_is_site = parts is not None and any(get_module(model, s.name) is parts[1] for s in sites)
+    if parts is not None and not head_is_site:
+        base = parts[0]
+        return lambda ids: hidden_states(base, ids)
+    if path == "logits_to_keep" and not any(s.kind == "lm_head" for s in sites):
+        return lambda ids: model(input_ids=ids, logits_to_keep=1, use_cache=False)
+    return lambda ids: model(input_ids=ids, use_cache=False)
+
+
+def span_losses(model: torch.nn.Module, ids: torch.Tensor, spans: Sequence[TokenSpan]) -> torch.Tensor:
+    """``[n_spans]`` mean cross-entropy (float32, float64 for a float64 model) of each span's tokens.
+
+    ``ids``: ``[1, seq]`` with ``seq >= max(span.end)``. Logits are computed only at the
+    positions predicting span tokens.
+    """
+    ranges = [s.targets for s in spans]
+    pos = sorted({p - 1 for a, b in ranges for p in range(a, b)})
+    index = {p: i for i, p in enumerate(pos)}
+    logits = logits_at(model, ids, torch.tensor(pos, dtype=torch.long))
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least, fp64 kept
+    losses = []
+    for a, b in ranges:
+        rows = torch.tensor([index[p - 1] for p in range(a, b)], device=logits.device)
+        losses.append(F.cross_entropy(logits[rows], ids[0, a:b].to(logits.device)))
+    return torch.stack(losses)
+
+
+__all__ = ["input_device", "base_and_head", "hidden_states", "logits_path", "logits_at", "activation_forward",
+           "span_losses", "frozen_for_attribution"]

@@ -1,0 +1,203 @@
+"""What a result was computed on: an explicit record of a model's source and compression steps,
+content fingerprints of its weights and tokenizer, and the provenance dict of result files.
+
+The record (:class:`ModelRecord`) travels with the model object (``copy.deepcopy`` copies it)
+and with a saved checkpoint (``lrm_interp_provenance.json``, read back by
+:func:`lrm_interp.model.loading.load_model`). Quantizers and pruners append to it through
+:func:`record_compression`, so a result on a compressed model always says how it was
+compressed, and its weights fingerprint differs from the original's.
+
+Fingerprints are BLAKE2b-128 digests of content, streamed tensor by tensor in chunks of
+:data:`CHUNK_ELEMENTS` elements (a model on a GPU is copied to the CPU one chunk at a time):
+
+- weights: every parameter and buffer (name, dtype, shape and bytes; tied tensors once);
+  non-finite parameter values raise :class:`NonFiniteError` naming the tensor;
+- tokenizer: its class, the fast tokenizer's serialized JSON (vocabulary, merges,
+  normalizer, pre-tokenizer, post-processor) and its special tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lrm_interp._io import atomic_write_text, dtype_to_str
+
+PROVENANCE_FILE = "lrm_interp_provenance.json"
+CHUNK_ELEMENTS = 1 << 24  # 16 Mi elements per hashed chunk (64 MiB in fp32)
+_ATTR = "_lrm_interp_record"
+
+
+class NonFiniteError(ValueError):
+    """A weight, activation, gradient or loss is NaN or infinite; the message names where."""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """Where a model came from and what was done to it, in order.
+
+    ``source``: e.g. the SmolLM2 conversion record or ``{"alias": "toy", ...}``;
+    ``compression``: one dict per step (``{"kind": "quantization", "method": "rtn", "bits": 3, ...}``
+    or ``{"kind": "pruning", ...}``), oldest first.
+    """
+
+    source: dict | None = None
+    compression: tuple[dict, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "compression": [dict(c) for c in self.compression]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelRecord":
+        return cls(source=d.get("source"), compression=tuple(d.get("compression") or ()))
+
+    def last(self, kind: str) -> dict | None:
+        """The latest compression step of ``kind`` (``"quantization"`` / ``"pruning"``), or ``None``."""
+        return next((c for c in reversed(self.compression) if c.get("kind") == kind), None)
+
+
+def model_record(model: torch.nn.Module) -> ModelRecord:
+    """The model's record (an empty one when nothing was recorded)."""
+    return getattr(model, _ATTR, None) or ModelRecord()
+
+
+def _set(model: torch.nn.Module, rec: ModelRecord) -> None:
+    model.__dict__[_ATTR] = rec  # a plain attribute (not a submodule or buffer); deepcopy copies it
+
+
+def record_source(model: torch.nn.Module, source: dict) -> None:
+    """Set where the model's weights came from (JSON-able dict)."""
+    _set(model, replace(model_record(model), source=_jsonable(source)))
+
+
+def record_compression(model: torch.nn.Module, kind: str, **info: Any) -> None:
+    """Append a compression step (``kind`` = ``"quantization"`` or ``"pruning"``) to the model's record."""
+    rec = model_record(model)
+    _set(model, replace(rec, compression=rec.compression + (_jsonable({"kind": kind, **info}),)))
+
+
+def save_record(model: torch.nn.Module, directory: str | Path) -> Path | None:
+    """Write the record next to a saved checkpoint (nothing when the record is empty)."""
+    rec = model_record(model)
+    if rec == ModelRecord():
+        return None
+    p = Path(directory) / PROVENANCE_FILE
+    atomic_write_text(p, json.dumps(rec.to_dict(), indent=2))
+    return p
+
+
+def load_record(model: torch.nn.Module, directory: str | Path) -> None:
+    """Attach the record saved in ``directory`` (if any) to a freshly loaded model."""
+    p = Path(directory) / PROVENANCE_FILE
+    if p.exists():
+        try:
+            _set(model, ModelRecord.from_dict(json.loads(p.read_text(encoding="utf-8"))))
+        except (json.JSONDecodeError, AttributeError, TypeError) as e:
+            raise ValueError(f"{p}: unreadable provenance record ({e})") from e
+
+
+def _jsonable(d: Any) -> Any:
+    return json.loads(json.dumps(d, default=str))
+
+
+# ----------------------------------------------------------------------------- fingerprints
+def _tensor_bytes(t: torch.Tensor):
+    c = t.detach().contiguous().cpu()
+    try:
+        return c.view(torch.uint8).numpy()
+    except (RuntimeError, TypeError):
+        return c.numpy().tobytes()
+
+
+def weights_fingerprint(model: torch.nn.Module, *, check_finite: bool = True) -> str:
+    """BLAKE2b-128 hex digest of every parameter and buffer (name, dtype, shape, bytes).
+
+    Streams one chunk of at most :data:`CHUNK_ELEMENTS` elements at a time. With
+    ``check_finite`` a NaN/inf parameter (NaN buffer) raises :class:`NonFiniteError` naming
+    the tensor, e.g. ``model.layers.0.mlp.up_proj.weight``. Offloaded (``meta``) tensors
+    contribute their name and shape only.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    seen: set[tuple[int, str, tuple[int, ...]]] = set()
+    named = [(n, t, True) for n, t in model.named_parameters()] + [(n, t, False) for n, t in model.named_buffers()]
+    for name, t, is_param in named:
+        key = (t.data_ptr(), str(t.dtype), tuple(t.shape))
+        if t.device.type != "meta" and t.numel() and key in seen:
+            continue
+        seen.add(key)
+        h.update(f"{name}|{dtype_to_str(t.dtype)}|{tuple(t.shape)}\n".encode())
+        if t.device.type == "meta" or t.numel() == 0:
+            continue
+        flat = t.detach().reshape(-1)
+        for chunk in flat.split(CHUNK_ELEMENTS):
+            if check_finite and chunk.is_floating_point():
+                bad = ~torch.isfinite(chunk) if is_param else torch.isnan(chunk)
+                if bool(bad.any()):
+                    raise NonFiniteError(f"{'parameter' if is_param else 'buffer'} {name} holds "
+                                         f"{int(bad.sum())} non-finite values: every score would be NaN")
+            h.update(_tensor_bytes(chunk))
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """BLAKE2b-128 hex digest of a tokenizer's class, serialized fast tokenizer and special tokens."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    specials = {k: getattr(tokenizer, k, None) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    specials["all"] = list(getattr(tokenizer, "all_special_tokens", []) or [])
+    specials["add_bos_token"] = getattr(tokenizer, "add_bos_token", None)
+    specials["add_eos_token"] = getattr(tokenizer, "add_eos_token", None)
+    h.update(json.dumps(specials, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def model_provenance(model: torch.nn.Module, tokenizer: Any = None, *, fingerprint: bool = True) -> dict[str, Any]:
+    """JSON-able description of a model (and tokenizer) for result files.
+
+    Keys: ``name`` (config ``_name_or_path`` or the class name), ``class``, ``model_type``,
+    ``dtype``, ``device``, ``n_params`` (unique parameters), ``weights_fingerprint``,
+    ``record`` (:class:`ModelRecord`: source and compression steps), ``quantization`` and
+    ``pruning`` (the latest step of each from the record, else the HF ``quantization_config``
+    for quantization, else ``None``), ``source``, ``tokenizer`` (class, name, vocab size incl.
+    added tokens, fingerprint) and ``versions`` (torch, transformers).
+    """
+    import transformers
+
+    cfg = getattr(model, "config", None)
+    p = next(model.parameters(), None)
+    qcfg = getattr(cfg, "quantization_config", None) if cfg is not None else None
+    if qcfg is not None and hasattr(qcfg, "to_dict"):
+        qcfg = qcfg.to_dict()
+    rec = model_record(model)
+    quant = rec.last("quantization") or (_jsonable(qcfg) if qcfg else None)
+    return {
+        "name": getattr(cfg, "_name_or_path", None) or type(model).__name__,
+        "class": type(model).__name__,
+        "model_type": getattr(cfg, "model_type", None),
+        "dtype": dtype_to_str(p.dtype) if p is not None else None,
+        "device": str(p.device) if p is not None else None,
+        "n_params": int(sum(x.numel() for x in model.parameters())),
+        "weights_fingerprint": weights_fingerprint(model) if fingerprint else None,
+        "record": rec.to_dict(),
+        "quantization": quant,
+        "pruning": rec.last("pruning"),
+        "source": rec.source,
+        "tokenizer": None if tokenizer is None else {
+            "class": type(tokenizer).__name__, "name": getattr(tokenizer, "name_or_path", None),
+            "vocab_size": len(tokenizer), "fingerprint": tokenizer_fingerprint(tokenizer)},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+
+
+__all__ = ["ModelRecord", "NonFiniteError", "model_record", "record_source", "record_compression", "save_record",
+           "load_record", "weights_fingerprint", "tokenizer_fingerprint", "model_provenance", "PROVENANCE_FILE"]
