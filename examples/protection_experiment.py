@@ -3,7 +3,7 @@
 For each bit width and quantizer (RTN, GPTQ): no protection; 2 % of weights kept in FP16
 chosen by each saliency (attribution-guided, magnitude, activation, Hessian, random); the
 paper's final-layer MLP; and plain (b+1)-bit. Every row states its exact bits per weight
-(:func:`lrm_interp.protect.masks.bits_per_weight`) and the accuracy per task family on held-out
+(:func:`lrm_interp.protect.encoding.bits_per_weight`) and the accuracy per task family on held-out
 problems. "recovered" = (acc − acc_unprotected) / (acc_fp32 − acc_unprotected).
 
 usage: python examples/protection_experiment.py [--per-family 50] [--bits 3 2] [--group-size 128] [--out FILE.md]
@@ -17,25 +17,16 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-
 from lrm_interp import attribute  # noqa: E402
-from lrm_interp.protect import saliency as sal  # noqa: E402
-from lrm_interp.protect.masks import bits_per_weight  # noqa: E402
+from lrm_interp.compress.calibration import calibration_ids  # noqa: E402
 from lrm_interp.compress.quant import quantize_model_  # noqa: E402
-from lrm_interp.model.sites import find_sites  # noqa: E402
 from lrm_interp.data.tokens import encode_trace  # noqa: E402
+from lrm_interp.experiments.protection import comparison_masks, comparison_sources  # noqa: E402
+from lrm_interp.model.sites import find_sites  # noqa: E402
+from lrm_interp.protect.encoding import bits_per_weight  # noqa: E402
 from lrm_interp.toy import load_toy_model  # noqa: E402
 from lrm_interp.toy.evaluate import evaluate  # noqa: E402
 from lrm_interp.toy.tasks import FAMILIES, generate_dataset, problems  # noqa: E402
-
-
-def calibration_ids(n_traces: int = 48, length: int = 256, seed: int = 77) -> torch.Tensor:
-    """Byte ids of generated traces, concatenated and cut into ``[n, length]`` blocks."""
-    text = "".join(t.text + "\n" for t in generate_dataset(n_traces // 3, seed=seed))
-    ids = torch.tensor(list(text.encode()))
-    n = ids.numel() // length
-    return ids[: n * length].view(n, length)
 
 
 def main() -> None:
@@ -52,11 +43,10 @@ def main() -> None:
     model, tok = load_toy_model()
     sites = find_sites(model)
     held = problems(a.per_family, seed=2)
-    calib = calibration_ids()
+    calib = calibration_ids(tok, n_per_family=16, seed=77, separator="\n")  # [57, 256] byte ids of toy traces
     attr_ds = generate_dataset(8, seed=99)
     res = attribute(model, attr_ds, tokenizer=tok, progress=False)
     enc = [encode_trace(tok, t) for t in attr_ds]
-    ri = sal.mean_ri(res, sites)
     fp = evaluate(model, tok, held, batch_size=150)
     lines = [f"Toy reasoner, {a.per_family} held-out problems per family, group size {a.group_size}, "
              f"{'symmetric' if a.symmetric else 'asymmetric'} grid, budget {a.budget:.0%}; "
@@ -67,10 +57,10 @@ def main() -> None:
     print("\n".join(lines), flush=True)
 
     for bits in a.bits:
-        sources = sal.comparison_sources(model, sites, enc, list(res.behaviors), calib, bits=bits,
-                                         group_size=a.group_size, symmetric=a.symmetric,
-                                         module_importance=ri)
-        mask_sets = sal.comparison_masks(sources, sites, a.budget, progress=False)
+        sources = comparison_sources(model, sites, enc, list(res.behaviors), calib, bits=bits,
+                                     group_size=a.group_size, symmetric=a.symmetric, module_importance=res,
+                                     progress=False)
+        mask_sets = comparison_masks(sources, sites, a.budget, progress=False)
         for method in a.methods:
             base = None
             rows = list(mask_sets.items()) + [(f"plain {bits + 1}-bit", None)]

@@ -29,21 +29,15 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from lrm_interp import attribute  # noqa: E402
-from lrm_interp.protect import saliency as sal  # noqa: E402
-from lrm_interp.protect.masks import bits_per_weight  # noqa: E402
-from lrm_interp.evaluation.divergence import divergence  # noqa: E402
-from lrm_interp.model.loading import load_model  # noqa: E402
+from lrm_interp.compress.calibration import calibration_ids  # noqa: E402
 from lrm_interp.compress.quant import quantize_model_  # noqa: E402
-from lrm_interp.model.sites import find_sites  # noqa: E402
 from lrm_interp.data.tokens import encode_trace  # noqa: E402
+from lrm_interp.evaluation.divergence import divergence  # noqa: E402
+from lrm_interp.experiments.protection import comparison_masks, comparison_sources  # noqa: E402
+from lrm_interp.model.loading import load_model  # noqa: E402
+from lrm_interp.model.sites import find_sites  # noqa: E402
+from lrm_interp.protect.encoding import bits_per_weight  # noqa: E402
 from lrm_interp.toy.tasks import generate_dataset  # noqa: E402
-
-def calibration_ids(tok, n_per_family: int = 8, length: int = 256, seed: int = 77) -> torch.Tensor:
-    """Token ids of generated traces, concatenated and cut into ``[n, length]`` blocks."""
-    text = "".join(t.text + "\n" for t in generate_dataset(n_per_family, seed=seed))
-    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
-    n = ids.numel() // length
-    return ids[: n * length].view(n, length)
 
 
 def main() -> None:
@@ -62,13 +56,12 @@ def main() -> None:
     model, tok = load_model("smollm2-135m", dtype=torch.float32)
     model.eval()
     sites = find_sites(model)
-    calib = calibration_ids(tok)
+    calib = calibration_ids(tok, n_per_family=8, seed=77, separator="\n")  # [10, 256] token ids of toy traces
     attr_ds = generate_dataset(a.attr_per_family, seed=99)
     held_ds = generate_dataset(a.held_per_family, seed=2024)
     res = attribute(model, attr_ds, tokenizer=tok, mode="joint", progress=False)
     enc_attr = [encode_trace(tok, t) for t in attr_ds]
     held = [encode_trace(tok, t) for t in held_ds]
-    ri = sal.mean_ri(res, sites)
     fp = divergence(model, model, held).to_dict()
     lines = [f"SmolLM2-135M-Instruct (fp32), {len(held)} held-out traces ({fp['tokens']} response tokens, "
              f"{fp['span_tokens']} target-behaviour span tokens), group size {a.group_size}, "
@@ -79,10 +72,10 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for bits in a.bits:
-        sources = sal.comparison_sources(model, sites, enc_attr, list(res.behaviors), calib, bits=bits,
-                                         group_size=a.group_size, symmetric=a.symmetric,
-                                         module_importance=ri)
-        mask_sets = sal.comparison_masks(sources, sites, a.budget, progress=True)
+        sources = comparison_sources(model, sites, enc_attr, list(res.behaviors), calib, bits=bits,
+                                     group_size=a.group_size, symmetric=a.symmetric, module_importance=res,
+                                     progress=False)
+        mask_sets = comparison_masks(sources, sites, a.budget, progress=True)
         for method in a.methods:
             base = None
             rows = list(mask_sets.items()) + [(f"plain {bits + 1}-bit", None)]

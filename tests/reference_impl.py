@@ -24,19 +24,26 @@ def _forward_store(model, ids, names):
     return logits, outs
 
 
-def naive_dom(model, encoded, names, behaviors, *, negatives="all", weighting="trace"):
-    """Returns (u, u_hat, mean_all) dicts [behavior][site] -> Tensor (float64)."""
+def naive_dom(model, encoded, names, behaviors, *, negatives="all", weighting="trace", special_tokens="exclude"):
+    """Returns (u, u_hat, mean_all) dicts [behavior][site] -> Tensor (float64).
+
+    ``special_tokens="exclude"``: D− leaves out every position holding a special token id;
+    ``"include"`` (the released code): D− over ``all`` starts at position 0 (BOS included).
+    """
     per_trace = []
     for e in encoded:
         with torch.no_grad():
             _, outs = _forward_store(model, e.input_ids[None], names)
         n = len(e)
         if negatives == "all":
-            neg = list(range(e.first_content, n))
+            neg = list(range(0 if special_tokens == "include" else e.first_content, n))
         elif negatives == "response":
             neg = list(range(max(e.response_start, e.first_content), n))
         else:
             neg = list(range(max(e.response_start, e.first_content), e.think_end))
+        if special_tokens == "exclude":
+            specials = set(getattr(naive_dom, "special_ids", ()))
+            neg = [t for t in neg if int(e.input_ids[t]) not in specials]
         pos = {}
         for b in behaviors:
             toks = set()

@@ -5,8 +5,8 @@ import json
 
 import torch
 
-from lrm_interp.cli import main
-from lrm_interp.protect.masks import load_masks
+from lrm_interp.cli.main import main
+from lrm_interp.protect.encoding import load_masks
 from lrm_interp.model.sites import get_module
 from lrm_interp.toy import load_toy_model, toy_model_dir
 
@@ -54,3 +54,55 @@ def test_toy_eval_cli(capsys):
     assert main(["toy", "eval", "--per-family", "3"]) == 0
     out = capsys.readouterr().out
     assert "'mean': 1.0" in out
+
+
+def test_protect_and_quantize_help_lists_every_option_and_examples():
+    import argparse
+
+    from lrm_interp.cli.main import build_parser
+    from lrm_interp.protect.policies import POLICIES
+    from lrm_interp.protect.saliency import SALIENCIES
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("protect", "quantize"):
+        p = sub.choices[name]
+        assert p.description and f"lrm-interp {name} --" in p.epilog and "example" in p.epilog
+        assert issubclass(p.formatter_class, argparse.RawDescriptionHelpFormatter)
+        for act in p._actions:
+            assert act.help and act.help != argparse.SUPPRESS, (name, act.dest)
+        assert p.epilog.startswith("example:\n  lrm-interp " + name)
+        assert "example:\n  lrm-interp " + name in p.format_help()  # the epilog keeps its line breaks
+    prot = {a.dest: a for a in sub.choices["protect"]._actions}
+    assert list(prot["saliency"].choices) == list(SALIENCIES) and tuple(prot["policy"].choices) == POLICIES
+    assert all(n in sub.choices["protect"].epilog for n in SALIENCIES)
+
+
+def test_protect_and_quantize_errors_name_the_value(tmp_path, capsys):
+    from lrm_interp.attribution.results import Attribution
+    from lrm_interp.model.sites import find_sites
+
+    model, _ = load_toy_model()
+    sites = tuple(find_sites(model))
+    Attribution(("deduction",), sites, torch.rand(1, len(sites), dtype=torch.float64), "attribution").save(tmp_path / "a")
+    base = ["protect", "--scores", str(tmp_path / "a"), "--out", str(tmp_path / "m.safetensors")]
+    cases = [(["protect", "--scores", str(tmp_path / "nope"), "--out", "x"], "nope"),
+             (base + ["--policy", "final_mlp", "--budget", "1.5"], "1.5"),
+             (base + ["--policy", "final_mlp", "--bits", "9"], "got 9"),
+             (base + ["--policy", "final_mlp", "--group-size", "-4"], "-4"),
+             (base + ["--policy", "final_mlp", "--never", "(["], "--never"),
+             (base + ["--model", "toy", "--saliency", "attribution"], "--data"),
+             (["quantize", "--model", "toy", "--bits", "3", "--masks", str(tmp_path / "gone.safetensors"),
+               "--out", str(tmp_path / "q")], "gone.safetensors")]
+    capsys.readouterr()
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(err) == 1 and err[0].startswith(f"lrm-interp {argv[0]}: error:") and needle in err[0], (argv, err)
+    # magnitude saliency needs no data; the quantized copy carries its provenance record
+    assert main(base + ["--model", "toy", "--saliency", "magnitude", "--budget", "0.01", "--quiet"]) == 0
+    assert main(["quantize", "--model", "toy", "--bits", "3", "--method", "gptq", "--group-size", "0", "--quiet",
+                 "--masks", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "q")]) == 0
+    rec = json.loads((tmp_path / "q" / "lrm_interp_provenance.json").read_text())
+    step = rec["compression"][-1]
+    assert step["kind"] == "quantization" and step["method"] == "gptq" and step["group_size"] is None
+    assert step["n_protected"] == round(0.01 * sum(s.n_weights for s in sites))

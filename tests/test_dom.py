@@ -187,3 +187,31 @@ def test_dom_forward_never_builds_full_logits(encoded):
         h.remove()
     assert all(s[1] < 8 for s in calls)  # at most the 6-token probe of the head split
     assert not model._forward_hooks and all(not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("special_tokens", ["exclude", "include"])
+def test_special_tokens_in_negatives_equal_naive(special_tokens):
+    """A tokenizer with <think> as a special token: D− and the overall mean leave out BOS and the
+    mid-text <think> by default; "include" (the released code's convention) keeps them."""
+    tok = byte_tokenizer(extra_special=("<think>",))
+    ds = synthetic_traces(3, seed=5)
+    enc = [encode_trace(tok, t, k_context=2) for t in ds]
+    think = tok.convert_tokens_to_ids("<think>")
+    assert all(think in e.input_ids.tolist() and e.special == (0, e.input_ids.tolist().index(think)) for e in enc)
+    model = tiny_model("llama", vocab_size=len(tok))
+    sites = find_sites(model)
+    names = [s.name for s in sites]
+    stats = [dom_trace_stats(model, e, sites, BEHS, special_tokens=special_tokens) for e in enc]
+    res = dom_aggregate(stats, sites, BEHS)
+    naive_dom.special_ids = tok.all_special_ids
+    try:
+        u, uhat, mean_all = naive_dom(model, enc, names, BEHS, special_tokens=special_tokens)
+    finally:
+        del naive_dom.special_ids
+    for n in names:
+        torch.testing.assert_close(res.mean_all[n].double(), mean_all[n], rtol=1e-5, atol=1e-6)
+        for b in BEHS:
+            torch.testing.assert_close(res.vectors[b][n].double(), uhat[b][n], rtol=1e-5, atol=1e-6)
+    m = negative_mask(enc[0], "all", special_tokens)
+    assert float(m[0]) == (special_tokens == "include") and float(m[enc[0].special[1]]) == (special_tokens == "include")
+    assert int(m.sum()) == len(enc[0]) - (0 if special_tokens == "include" else 2)

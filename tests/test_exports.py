@@ -1,4 +1,4 @@
-"""Exports of protection masks to quantization toolchains (as data) and the library's own files."""
+"""Exports of protection masks to quantization toolchains (as data) and the FP16 sidecar."""
 from __future__ import annotations
 
 import copy
@@ -9,10 +9,13 @@ import torch
 import yaml
 
 from lrm_interp.protect import exports
-from lrm_interp.protect.masks import ProtectionMask, final_mlp, global_top
+from lrm_interp.protect.encoding import mask_tensors, save_masks
+from lrm_interp.protect.masks import ProtectionMask
+from lrm_interp.protect.policies import final_mlp, global_top
 from lrm_interp.compress.quant import quantize_model_
 from lrm_interp.protect.saliency import magnitude
 from lrm_interp.model.sites import find_sites, get_module
+from lrm_interp.model.weights import weight_matrix
 from lrm_interp.testing import tiny_model
 
 FINAL = ["model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"]
@@ -96,22 +99,47 @@ def test_sidecar_restores_protected_values(llama_masks, tmp_path):
     for k, m in el.items():
         assert torch.equal(get_module(q2, k).weight[m.dense()], get_module(model, k).weight[m.dense()])
     with pytest.raises(ValueError, match="not an lrm_interp sidecar"):
-        from lrm_interp.protect.masks import save_masks
-
         exports.apply_sidecar_(q2, save_masks(el, tmp_path / "masks.safetensors"))
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        exports.apply_sidecar_(q2, tmp_path / "missing.safetensors")
 
 
-def test_quantized_copy_roundtrip(llama_masks, tmp_path):
-    model, sites, _ = llama_masks
-    masks = global_top(magnitude(model, sites), 0.02)
-    q = copy.deepcopy(model)
-    rep = quantize_model_(q, bits=3, group_size=32, masks=masks, progress=False, keep_tensors=True)
-    p = exports.save_quantized(rep.tensors, tmp_path / "q.safetensors", metadata={"bits": 3})
-    back, meta = exports.load_quantized(p)
-    assert meta == {"bits": 3} and list(back) == [s.name for s in sites]
-    for s in sites:
-        assert torch.equal(back[s.name].dequantize(), get_module(q, s.name).weight)
-        assert back[s.name].codes.dtype == torch.uint8 and back[s.name].bits == 3
+@pytest.mark.parametrize("encoding", ["auto", "csr16", "bitmask", "gaps"])
+def test_sidecar_v2_is_the_mask_encoding_plus_values(tmp_path, encoding):
+    """The sidecar stores the masks' own index tensors (same `::` keys as the masks file) plus
+    the values in sorted flat-id order; it round-trips the exact protected values (float32),
+    also for row/column masks and Conv1D ([in, out]) weights."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    for arch in ("llama", "gpt2"):
+        model = tiny_model(arch, seed=1)
+        sites = find_sites(model)
+        masks = global_top(magnitude(model, sites[:3]), 0.05)
+        s3, s4 = sites[3], sites[4]
+        masks[s3.name] = ProtectionMask.from_rows(s3.name, (s3.out_features, s3.in_features), [0, 7])
+        masks[s4.name] = ProtectionMask.from_cols(s4.name, (s4.out_features, s4.in_features), [2])
+        masks[sites[5].name] = ProtectionMask.full(sites[5])
+        p = exports.save_sidecar(model, masks, tmp_path / f"{arch}.safetensors", value_dtype=torch.float32,
+                                 encoding=encoding)
+        with safe_open(str(p), "pt") as f:
+            assert f.metadata()["format"] == "lrm_interp.sidecar/2"
+        stored = load_file(p)
+        index, _ = mask_tensors(masks, encoding=encoding)
+        assert set(stored) == set(index) | {f"{k}::values" for k in masks}
+        assert all(torch.equal(stored[k], t) for k, t in index.items())
+        for k, m in masks.items():  # values in sorted flat-id order of the [out, in] layout
+            W = weight_matrix(get_module(model, k))
+            assert torch.equal(stored[f"{k}::values"], W.flatten()[m.flat_indices()])
+        q = copy.deepcopy(model)
+        quantize_model_(q, bits=2, group_size=16, progress=False)
+        assert exports.apply_sidecar_(q, p) == sum(m.n_protected for m in masks.values())
+        for k, m in masks.items():
+            w0, w1 = weight_matrix(get_module(model, k)), weight_matrix(get_module(q, k))
+            d = m.dense()
+            assert torch.equal(w1[d], w0[d])
+            if (~d).any():
+                assert not torch.equal(w1[~d], w0[~d])
 
 
 def test_module_masks_from_rows_are_not_modules():

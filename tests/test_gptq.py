@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lrm_interp.model.capture import Capture, Reducer
-from lrm_interp.compress.quant import (collect_hessians, gptq_quantize, gptq_quantize_tensor, quantize_model_,
-                              rtn_quantize)
-from lrm_interp.model.weights import weight_matrix
+from lrm_interp.compress.calibration import collect_hessians
+from lrm_interp.compress.quant import gptq_quantize, gptq_quantize_tensor, quantize_model_, rtn_quantize
+from lrm_interp.model.weights import set_weight_matrix, weight_matrix
 from lrm_interp.model.sites import find_sites, get_module
 from lrm_interp.testing import tiny_model
 
@@ -130,24 +130,6 @@ def test_gptq_reduces_layer_output_error_vs_rtn(calib):
         assert e_g < 0.9 * e_r, s.name
 
 
-def test_hessians_stop_early_and_padding(calib):
-    model, ids = calib
-    sites = find_sites(model)
-    full, _ = collect_hessians(model, sites[:3], ids, stop_early=False)
-    early, n = collect_hessians(model, sites[:3], ids)
-    for k in full:
-        torch.testing.assert_close(early[k], full[k])
-    assert n[sites[0].name] == ids.numel()
-    # right-padding excluded through the attention mask: equals the unpadded sequences
-    short = ids[:2, :30]
-    padded = torch.cat([short, torch.full((2, 10), 258)], 1)
-    att = torch.cat([torch.ones(2, 30), torch.zeros(2, 10)], 1).long()
-    a, na = collect_hessians(model, sites[:1], {"input_ids": padded, "attention_mask": att})
-    b, nb = collect_hessians(model, sites[:1], short)
-    torch.testing.assert_close(a[sites[0].name], b[sites[0].name], rtol=1e-4, atol=1e-5)
-    assert na == nb == {sites[0].name: 60}
-
-
 def test_quantize_model_gptq_sequential(calib):
     model, ids = calib
     sites = find_sites(model)
@@ -170,6 +152,41 @@ def test_quantize_model_gptq_sequential(calib):
             assert not torch.equal(ws, wo)
     with pytest.raises(ValueError, match="calibration"):
         quantize_model_(copy.deepcopy(model), bits=3, method="gptq", progress=False)
+
+
+def _site_inputs(model, sites, ids):
+    red = _Inputs()
+    with torch.no_grad(), Capture(model, sites, [red]):
+        model(input_ids=ids)
+    return red.x
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_quantize_model_gptq_equals_a_layer_by_layer_reference(calib, sequential):
+    """The model-level driver against a reference written out by hand: per decoder layer,
+    capture the inputs of the model as quantized so far (or of the original model,
+    sequential=False), H = 2·XᵀX/n, gptq_quantize each site, write it back."""
+    model, ids = calib
+    sites = find_sites(model)
+    masks = {s.name: torch.rand(s.out_features, s.in_features, generator=torch.Generator().manual_seed(9 + i)) < 0.05
+             for i, s in enumerate(sites)}
+    q = copy.deepcopy(model)
+    rep = quantize_model_(q, bits=3, group_size=16, method="gptq", masks=masks, calib=ids, progress=False,
+                          sequential=sequential, blocksize=32, keep_tensors=True)
+    ref = copy.deepcopy(model)
+    layers = [[s for s in sites if s.layer == L] for L in (0, 1)] if sequential else [sites]
+    for grp in layers:
+        X = _site_inputs(ref, grp, ids)
+        for s in grp:
+            W = weight_matrix(get_module(ref, s.name))
+            H = 2 * (X[s.name].T @ X[s.name]) / X[s.name].shape[0]
+            set_weight_matrix(get_module(ref, s.name),
+                              gptq_quantize(W, H, 3, group_size=16, mask=masks[s.name], blocksize=32))
+    for s in sites:
+        w_q, w_ref = weight_matrix(get_module(q, s.name)), weight_matrix(get_module(ref, s.name))
+        assert torch.equal(w_q, w_ref), s.name
+        assert torch.equal(rep.tensors[s.name].dequantize(), w_q)
+    assert list(rep.tensors) == [s.name for grp in layers for s in grp]
 
 
 def test_gptq_conv1d_model():

@@ -137,3 +137,15 @@ def test_nnsight_gradients_equal_capture_grad_reducers(tokenizer):
         assert torch.equal(theirs[n], ref[n]), n
         torch.testing.assert_close(msum.sums[n], torch.einsum("gbs,bsd->gd", w, theirs[n]), rtol=1e-5, atol=1e-8)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_bridge_tokenizer_folder_is_removed_with_the_bridge(tokenizer):
+    import gc
+    import os
+
+    bridge = boot_bridge(tiny_model("llama"), tokenizer)
+    d = bridge.lrm_interp_tokenizer_dir
+    assert os.path.isdir(d)
+    del bridge
+    gc.collect()
+    assert not os.path.exists(d)  # no lrm_interp_tok_* folder left in the temp directory

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lrm_interp.protect import exports
-from lrm_interp.protect.masks import modules_by_score
+from lrm_interp.protect.policies import modules_by_score
 from lrm_interp.model.sites import find_sites
 from lrm_interp.testing import byte_tokenizer, tiny_model
 

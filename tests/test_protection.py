@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from lrm_interp.protect import exports
-from lrm_interp.protect.masks import (ProtectionMask, bits_per_weight, final_mlp, global_top, index_bits, load_masks,
-                              modules_by_score, per_module_top, save_masks)
+from lrm_interp.protect.encoding import bits_per_weight, index_bits, load_masks, save_masks
+from lrm_interp.protect.masks import ProtectionMask
+from lrm_interp.protect.policies import final_mlp, global_top, modules_by_score, per_module_top
+from lrm_interp.compress.calibration import collect_hessians
 from lrm_interp.compress.quant import quantize_model_, rtn_quantize
-from lrm_interp.compress.quant.gptq import collect_hessians, gptq_quantize
+from lrm_interp.compress.quant.gptq import gptq_quantize
 from lrm_interp.protect import saliency as sal
 from lrm_interp.model.sites import find_sites, get_module
 from lrm_interp.testing import tiny_model
@@ -49,7 +51,7 @@ def test_rtn_matches_naive_and_keeps_protected_exact():
 
 def naive_gptq(W, H, bits, group_size, mask, percdamp=0.01):
     """Reference GPTQ without lazy blocks: quantize a column, update all later columns at once."""
-    from lrm_interp.compress.quant.rtn import fit_params
+    from lrm_interp.compress.quant.grid import fit_params
 
     W0 = W.double().clone()
     Wc = W0.clone()

@@ -6,7 +6,8 @@ import copy
 import pytest
 import torch
 
-from lrm_interp.compress.quant import QuantizedTensor, quantize_model_, rtn_quantize, rtn_quantize_tensor
+from lrm_interp.compress.quant import (QuantizedTensor, check_bits, gptq_quantize, gptq_quantize_tensor, quantize_model_,
+                                       rtn_quantize, rtn_quantize_tensor)
 from lrm_interp.model.provenance import model_record
 from lrm_interp.model.weights import weight_matrix
 from lrm_interp.model.sites import find_sites, get_module
@@ -112,6 +113,24 @@ def test_bad_arguments():
         rtn_quantize(W, 1)
     with pytest.raises(ValueError, match="shape"):
         rtn_quantize(W, 3, mask=torch.zeros(8, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="group_size must be positive"):
+        rtn_quantize(W, 3, group_size=0)
+
+
+def test_one_bits_check_everywhere():
+    """check_bits is the single 2..8 check: every quantizer entry point raises its message."""
+    W, H = torch.randn(4, 8), torch.eye(8)
+    model = tiny_model("llama", seed=0)
+    assert [check_bits(b) for b in (2, 8, 3.0)] == [2, 8, 3]
+    calls = [lambda b: check_bits(b), lambda b: rtn_quantize(W, b), lambda b: rtn_quantize_tensor(W, b),
+             lambda b: gptq_quantize(W, H, b), lambda b: gptq_quantize_tensor(W, H, b),
+             lambda b: quantize_model_(model, bits=b, progress=False),
+             lambda b: quantize_model_(model, bits=b, method="gptq", calib=torch.zeros(1, 4, dtype=torch.long),
+                                       progress=False)]
+    for bad in (1, 9):
+        for call in calls:
+            with pytest.raises(ValueError, match=f"bits must be in 2..8, got {bad}"):
+                call(bad)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -133,6 +152,9 @@ def test_quantize_model_rtn_masks_and_conv1d_layout(arch):
         assert torch.equal(w1[masks[s.name]], w0[masks[s.name]])
         assert torch.equal(w1, rtn_quantize(w0, 3, group_size=32, mask=masks[s.name]))
         assert torch.equal(rep.tensors[s.name].dequantize(), w1)
+    for s in sites[:2] + sites[-1:]:  # the model-level loop against the python loop reference
+        w0, w1 = (weight_matrix(get_module(m, s.name)) for m in (model, q))
+        torch.testing.assert_close(w1.double(), naive_rtn(w0, 3, 32, masks[s.name]), rtol=1e-5, atol=1e-6)
     assert model_record(q).last("quantization")["bits"] == 3
     with pytest.raises(KeyError, match="not quantized"):
         quantize_model_(copy.deepcopy(model), bits=3, masks={"nope": masks[sites[0].name]}, progress=False)
@@ -146,3 +168,46 @@ def test_rtn_gpu_equals_cpu():
     gpu = rtn_quantize(W.cuda(), 3, group_size=128, mask=mask.cuda()).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=0, atol=1e-6)
     assert torch.equal(gpu[mask], W[mask])
+
+
+def test_quantize_sites_is_one_lazy_per_site_loop():
+    """The loop behind quantize_model_: [out, in] weights (Conv1D too), dense masks, Hessians
+    popped per site, groups pulled only after the previous group was written back."""
+    from lrm_interp.compress.quant.apply import quantize_sites_
+    from lrm_interp.protect.masks import ProtectionMask
+
+    model = tiny_model("gpt2", seed=0)
+    sites = find_sites(model)
+    orig = copy.deepcopy(model)
+    pm = ProtectionMask.from_rows(sites[0].name, (sites[0].out_features, sites[0].in_features), [1])
+    seen, pulled = [], []
+
+    def groups():
+        for L in (0, 1):
+            grp = [s for s in sites if s.layer == L]
+            if L == 1:  # layer 0 is already quantized when layer 1 is requested
+                pulled.append(all(not torch.equal(weight_matrix(get_module(model, s.name)),
+                                                  weight_matrix(get_module(orig, s.name))) for s in sites if s.layer == 0))
+            yield grp, {s.name: torch.eye(s.in_features) for s in grp}
+
+    def quantize(W, m, H):
+        seen.append((tuple(W.shape), None if m is None else int(m.sum()), tuple(H.shape)))
+        return rtn_quantize_tensor(W, 4, group_size=16, mask=m)
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    tensors, bar = {}, Bar()
+    n_w, n_p = quantize_sites_(model, groups(), quantize, masks={sites[0].name: pm}, on_tensor=tensors.__setitem__,
+                               bar=bar)
+    assert pulled == [True] and bar.n == len(sites) == len(seen) and list(tensors) == [s.name for s in sites]
+    assert seen[0] == ((sites[0].out_features, sites[0].in_features), sites[0].in_features,
+                       (sites[0].in_features, sites[0].in_features))
+    assert n_w == sum(s.n_weights for s in sites) and n_p == pm.n_protected
+    for s in sites:
+        w0, w1 = weight_matrix(get_module(orig, s.name)), weight_matrix(get_module(model, s.name))
+        m = pm.dense() if s.name == sites[0].name else None
+        assert torch.equal(w1, rtn_quantize(w0, 4, group_size=16, mask=m))

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from lrm_interp.protect import saliency as sal
-from lrm_interp.protect.masks import global_top
+from lrm_interp.experiments.protection import comparison_masks, comparison_sources
+from lrm_interp.protect.policies import global_top
 from lrm_interp.compress.quant import rtn_quantize
 from lrm_interp.model.weights import weight_matrix
 from lrm_interp.attribution.results import Attribution
@@ -139,7 +140,7 @@ def test_attribution_saliency_chunks_importance_and_loss_fn(tokenizer):
     # module importance from an Attribution: per-module mean = its mean RI over behaviours
     scores = torch.rand(2, len(sites), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     attr = Attribution(("backtracking", "deduction"), tuple(sites), scores, "attribution")
-    ri = sal.mean_ri(attr, sites)
+    ri = attr.site_ri()  # mean RI over behaviours (attribution.results.site_scores)
     weighted = dict(sal.attribution(model, sites[:3], enc, ["backtracking"], bits=3, group_size=32,
                                     module_importance=attr))
     for s in sites[:3]:
@@ -185,7 +186,7 @@ def test_comparison_sources_are_the_single_saliencies(setup, tokenizer):
     enc = [encode_trace(tokenizer, t) for t in generate_dataset(1, seed=5)]
     beh = ["adding-knowledge", "deduction"]
     imp = {s.name: float(i + 1) for i, s in enumerate(sites)}
-    src = sal.comparison_sources(model, sites, enc, beh, ids, bits=3, group_size=32, module_importance=imp, seed=7)
+    src = comparison_sources(model, sites, enc, beh, ids, bits=3, group_size=32, module_importance=imp, seed=7)
     assert list(src) == ["attribution (behaviour-span TaCQ × module RI)", "attribution (behaviour-span TaCQ)",
                          "magnitude", "activation (AWQ-style)", "hessian (SpQR-style)", "random"]
     ref = {"magnitude": sal.magnitude(model, sites), "random": sal.random_saliency(model, sites, seed=7),
@@ -198,12 +199,56 @@ def test_comparison_sources_are_the_single_saliencies(setup, tokenizer):
     ri = dict(src["attribution (behaviour-span TaCQ × module RI)"]())
     for s_ in sites:  # each module's saliency rescaled to mean = its importance
         assert float(ri[s_].mean()) == pytest.approx(imp[s_.name], rel=1e-5)
-    assert "attribution (behaviour-span TaCQ × module RI)" not in sal.comparison_sources(
+    assert "attribution (behaviour-span TaCQ × module RI)" not in comparison_sources(
         model, sites, enc, beh, ids, bits=3)
-    rows = sal.comparison_masks({"magnitude": src["magnitude"]}, find_sites(model), 0.05)
+    rows = comparison_masks({"magnitude": src["magnitude"]}, find_sites(model), 0.05)
     assert list(rows) == ["none", "5% magnitude", "final-layer MLP (paper)"] and rows["none"] == {}
     mag = global_top(sal.magnitude(model, sites), 0.05)  # the source streams over `sites` only
     assert {k: m.flat_indices().tolist() for k, m in rows["5% magnitude"].items()} == {
         k: m.flat_indices().tolist() for k, m in mag.items()}
     assert sum(m.n_protected for m in rows["5% magnitude"].values()) == round(0.05 * sum(s_.n_weights for s_ in sites))
     assert sorted(rows["final-layer MLP (paper)"]) == [f"model.layers.1.mlp.{k}_proj" for k in ("down", "gate", "up")]
+
+
+def test_registry_builds_every_source_like_its_function(setup, tokenizer):
+    from lrm_interp.toy.tasks import generate_dataset
+
+    model, ids = setup
+    sites = find_sites(model)[:3]
+    enc = [encode_trace(tokenizer, t) for t in generate_dataset(1, seed=5)]
+    beh = ["adding-knowledge", "deduction"]
+    imp = {s.name: float(i + 1) for i, s in enumerate(sites)}
+    assert list(sal.SALIENCIES) == ["attribution_ri", "attribution", "magnitude", "activation", "hessian", "random"]
+    kw = dict(encoded=enc, behaviors=beh, calib=ids, bits=2, group_size=16, symmetric=True, seed=3,
+              module_importance=imp, progress=False)
+    ref = {"attribution_ri": sal.attribution(model, sites, enc, beh, bits=2, group_size=16, symmetric=True,
+                                             module_importance=imp),
+           "attribution": sal.attribution(model, sites, enc, beh, bits=2, group_size=16, symmetric=True),
+           "magnitude": sal.magnitude(model, sites), "activation": sal.activation(model, sites, ids),
+           "hessian": sal.hessian(model, sites, ids, bits=2, group_size=16, symmetric=True),
+           "random": sal.random_saliency(model, sites, seed=3)}
+    for name, stream in ref.items():
+        built = sal.build_saliency(name, model, sites, **kw)
+        assert isinstance(built, sal.SaliencyStream) and built.sites == sites
+        got = dict(built)
+        for s_, v in stream:
+            torch.testing.assert_close(got[s_], v, rtol=1e-6, atol=0)
+    assert sal.SALIENCIES["activation"].needs == ("calib",) and sal.SALIENCIES["magnitude"].needs == ()
+    with pytest.raises(ValueError, match="'attribution_ri' needs module_importance"):
+        sal.build_saliency("attribution_ri", model, sites, encoded=enc, behaviors=beh)
+    with pytest.raises(ValueError, match="'hessian' needs calib"):
+        sal.build_saliency("hessian", model, sites)
+    with pytest.raises(KeyError, match="unknown saliency 'awq'"):
+        sal.build_saliency("awq", model, sites)
+
+
+def test_attribution_progress_bar_counts_span_backward_passes(tokenizer, capsys):
+    model = tiny_model("llama", seed=0)
+    sites = find_sites(model)[:2]
+    enc = _traces(tokenizer)
+    n = len(sal.scorable_spans(enc, ["backtracking"]))
+    dict(sal.attribution(model, sites, enc, ["backtracking"], bits=3, group_size=32, site_chunk=1))
+    err = capsys.readouterr().err
+    assert f"0/{n} " in err and "span gradients, sites 2-2" in err  # one bar per pass, one step per span
+    dict(sal.attribution(model, sites, enc, ["backtracking"], bits=3, group_size=32, progress=False))
+    assert "span gradients" not in capsys.readouterr().err

@@ -10,7 +10,8 @@ import torch
 from lrm_interp.compress.prune import prune_magnitude_
 from lrm_interp.compress.quant import quantize_model_
 from lrm_interp.toy import load_toy_model, toy_model_dir
-from lrm_interp.toy.evaluate import collect_traces, evaluate, generate_answers
+from lrm_interp.evaluation.generation import generate_answers
+from lrm_interp.toy.evaluate import collect_traces, evaluate
 from lrm_interp.toy.tasks import FAMILIES, N_PEOPLE, generate_trace, problems
 from lrm_interp.toy.train import make_batch, train_toy_model
 from lrm_interp.data.traces import TARGET_BEHAVIORS

@@ -47,13 +47,14 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from lrm_interp.attribution.config import MODES, SCORES
+from lrm_interp.attribution.dom import check_finite
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan, target_positions
 from lrm_interp.model.capture import Capture, MaskedSum
 from lrm_interp.model.forward import frozen_for_attribution, input_device, logits_path, span_losses
+from lrm_interp.model.provenance import NonFiniteError
 from lrm_interp.model.sites import Site
 
-MODES = ("exact", "joint")
-SCORES = ("paper", "code")
 
 
 # --------------------------------------------------------------------------- per-span pieces
@@ -69,8 +70,12 @@ def _window_weights(length: int, spans: Sequence[TokenSpan], off_by_one: bool) -
 
 
 def _backward_dots(model, ids, spans, sites, vecs: dict[str, torch.Tensor], off_by_one: bool,
-                   compute_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward+backward of Σ_s L(s) -> (``[n_spans, n_sites]`` dots float64, ``[n_spans]`` losses)."""
+                   compute_dtype: torch.dtype | None, where: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward+backward of Σ_s L(s) -> (``[n_spans, n_sites]`` dots float64, ``[n_spans]`` losses).
+
+    Non-finite losses, activation gradients or steering vectors raise
+    :class:`~lrm_interp.model.provenance.NonFiniteError` naming ``where`` (trace, behaviour) and the site.
+    """
     logits_path(model)  # decide (and probe) before any hook is active
     red = MaskedSum("grad", _window_weights(ids.shape[1], spans, off_by_one), device="cpu")
     ctx = (torch.autocast(device_type=ids.device.type, dtype=compute_dtype) if compute_dtype is not None
@@ -78,13 +83,21 @@ def _backward_dots(model, ids, spans, sites, vecs: dict[str, torch.Tensor], off_
     with torch.enable_grad(), Capture(model, list(sites), [red]):
         with ctx:
             losses = span_losses(model, ids, spans)
+        if not bool(torch.isfinite(losses).all()):
+            fin = torch.isfinite(losses.detach()).tolist()
+            bad = [f"[{s.start}, {s.end})" for s, ok in zip(spans, fin) if not ok]
+            raise NonFiniteError(f"{where}: span loss is not finite for token span(s) {', '.join(bad)}")
         losses.sum().backward()
+    check_finite(red.sums, sites, f"{where}: activation gradients")
     dots = torch.zeros(len(spans), len(sites), dtype=torch.float64)
     for j, s in enumerate(sites):
         g = red.sums.get(s.name)
         if g is None:
             raise RuntimeError(f"no gradient reached site {s.name!r}: is it on the path to the loss?")
         dots[:, j] = g.double() @ vecs[s.name].double().to(g.device)
+    if not bool(torch.isfinite(dots).all()):
+        j = int((~torch.isfinite(dots)).any(0).nonzero()[0])
+        raise NonFiniteError(f"{where}: the steering vector of site {sites[j].name} is not finite")
     return dots, losses.detach().double().cpu()
 
 
@@ -118,11 +131,13 @@ def atp_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[S
                 if mode == "exact":
                     for k, s in enumerate(spans):
                         ids = enc.input_ids[: s.end].unsqueeze(0).to(dev)
-                        d, l_ = _backward_dots(model, ids, [s], sites, vecs, off_by_one, compute_dtype)
+                        d, l_ = _backward_dots(model, ids, [s], sites, vecs, off_by_one, compute_dtype,
+                                               f"trace {enc.trace_id}, behaviour {b}")
                         dots[k], losses[k] = d[0], l_[0]
                 else:
                     ids = enc.input_ids[: max(s.end for s in spans)].unsqueeze(0).to(dev)
-                    dots, losses = _backward_dots(model, ids, spans, sites, vecs, off_by_one, compute_dtype)
+                    dots, losses = _backward_dots(model, ids, spans, sites, vecs, off_by_one, compute_dtype,
+                                                  f"trace {enc.trace_id}, behaviour {b}")
             out[f"dots/{b}"] = dots
             out[f"loss/{b}"] = losses
             out[f"skipped/{b}"] = torch.tensor([float(len(allspans) - len(spans))])

@@ -106,7 +106,10 @@ class AttributionConfig:
         if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int)
                                             or self.max_tokens < 2):
             raise ValueError(f"max_tokens must be None or an integer >= 2, got {self.max_tokens!r}")
-        set_("compute_dtype", dtype_to_str(str_to_dtype(self.compute_dtype)))
+        try:
+            set_("compute_dtype", dtype_to_str(str_to_dtype(self.compute_dtype)))
+        except ValueError as e:
+            raise ValueError(f"compute_dtype: {e}") from None
         if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"compute_dtype must be one of {DTYPE_CHOICES} or None, got {self.compute_dtype!r}")
         if self.method == "dom" and (self.mode != "exact" or self.score != "paper" or self.off_by_one

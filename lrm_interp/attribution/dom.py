@@ -20,33 +20,43 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from lrm_interp.attribution.config import NEGATIVES, SPECIAL_TOKENS, WEIGHTINGS
 from lrm_interp.model.capture import Capture, MaskedSum
 from lrm_interp.model.forward import activation_forward, input_device
+from lrm_interp.model.provenance import NonFiniteError
 from lrm_interp.model.sites import Site
 from lrm_interp.data.tokens import EncodedTrace, span_mask
 
-NEGATIVES = ("all", "response", "thinking")
-WEIGHTINGS = ("trace", "token")
 
 
-def negative_mask(enc: EncodedTrace, negatives: str = "all") -> torch.Tensor:
-    """``[seq]`` mask of the tokens forming D− for this trace (special tokens excluded).
+def negative_mask(enc: EncodedTrace, negatives: str = "all", special_tokens: str = "exclude") -> torch.Tensor:
+    """``[seq]`` mask of the tokens forming D− for this trace.
 
-    ``all``: every content token; ``response``: the response only; ``thinking``: the
-    response up to ``</think>``.
+    ``all``: every token of prompt + response; ``response``: the response only; ``thinking``:
+    the response up to ``</think>``. ``special_tokens="exclude"`` (default) leaves out every
+    special token (BOS, and mid-text specials such as ``<think>`` when the tokenizer marks it
+    special); ``"include"`` keeps them, as the released code does (its D− and overall mean
+    contain BOS).
     """
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+    if special_tokens not in SPECIAL_TOKENS:
+        raise ValueError(f"special_tokens must be one of {SPECIAL_TOKENS}, got {special_tokens!r}")
     n = len(enc)
     m = torch.zeros(n)
-    start = enc.first_content if negatives == "all" else max(enc.response_start, enc.first_content)
+    if negatives == "all":
+        start = 0 if special_tokens == "include" else enc.first_content
+    else:
+        start = max(enc.response_start, enc.first_content)
     end = enc.think_end if negatives == "thinking" else n
     m[start:end] = 1.0
+    if special_tokens == "exclude" and enc.special:
+        m[list(enc.special)] = 0.0
     return m
 
 
 def dom_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[Site], behaviors: Sequence[str], *,
-                    negatives: str = "all") -> dict[str, torch.Tensor]:
+                    negatives: str = "all", special_tokens: str = "exclude") -> dict[str, torch.Tensor]:
     """Per-trace DoM sums (float32, CPU), keyed for safetensors.
 
     Returns:
@@ -60,7 +70,7 @@ def dom_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[S
     if n == 0:
         raise ValueError(f"trace {enc.trace_id}: no tokens")
     rows = [span_mask(n, enc.spans_of(b), context=True) for b in behaviors]
-    rows.append(negative_mask(enc, negatives))
+    rows.append(negative_mask(enc, negatives, special_tokens))
     weights = torch.stack(rows).unsqueeze(1)  # [G, 1, n]
     red = MaskedSum("output", weights, device="cpu")
     ids = enc.input_ids.unsqueeze(0).to(input_device(model))
@@ -70,6 +80,7 @@ def dom_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[S
     silent = [s.name for s in sites if s.name not in red.sums]
     if silent:
         raise RuntimeError(f"trace {enc.trace_id}: sites never ran in the forward pass: {silent}")
+    check_finite(red.sums, sites, f"trace {enc.trace_id}: activations")
     out: dict[str, torch.Tensor] = {}
     counts = weights.sum(dim=(1, 2))
     for g, b in enumerate(behaviors):
@@ -80,6 +91,16 @@ def dom_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[S
     for s in sites:
         out[f"neg_sum/{s.name}"] = red.sums[s.name][-1].clone()
     return out
+
+
+def check_finite(sums: dict[str, torch.Tensor], sites: Sequence[Site], what: str) -> None:
+    """Raise :class:`~lrm_interp.model.provenance.NonFiniteError` naming the first site (module order)
+    whose reduced ``sums[site]`` hold NaN/inf: where the non-finite values entered the model."""
+    for s in sites:
+        t = sums.get(s.name)
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"{what} at site {s.name} are not finite (first site in module order with "
+                                 "NaN/inf; check its weights and inputs, or use a wider compute dtype)")
 
 
 @dataclass(frozen=True)
@@ -148,8 +169,8 @@ def dom_aggregate(stats: Sequence[dict[str, torch.Tensor]], sites: Sequence[Site
 
 def compute_dom(model: torch.nn.Module, encoded: Sequence[EncodedTrace], sites: Sequence[Site],
                 behaviors: Sequence[str], *, negatives: str = "all", weighting: str = "trace",
-                progress: bool = True) -> DoMResult:
+                special_tokens: str = "exclude", progress: bool = True) -> DoMResult:
     """DoM over ``encoded`` traces (no caching; :func:`lrm_interp.attribute` adds resume)."""
-    stats = [dom_trace_stats(model, e, sites, behaviors, negatives=negatives)
+    stats = [dom_trace_stats(model, e, sites, behaviors, negatives=negatives, special_tokens=special_tokens)
              for e in tqdm(encoded, desc="DoM", disable=not progress, unit="trace")]
     return dom_aggregate(stats, sites, behaviors, weighting=weighting)

@@ -1,215 +1,248 @@
-"""``lrm_interp.attribute(model, dataset)``: the one-call pipeline.
+"""``lrm_interp.attribute(model, dataset)``: plan → per-trace stages → reduce.
 
-model → sites → encoded traces → difference of means (steering vectors û) →
-attribution patching (optional) → :class:`~lrm_interp.attribution.results.Attribution`.
+1. :func:`plan_attribution` validates everything before any work: the
+   :class:`~lrm_interp.attribution.config.AttributionConfig` (already validated when built),
+   model and tokenizer (fast, vocabulary fits the embedding), dataset, sites; fingerprints the
+   weights (non-finite weights raise here) and tokenizer; tokenizes every trace; lists the
+   spans that cannot be used (dropped by tokenization or truncation, or unscorable by AtP);
+   opens the resume store.
+2. :func:`dom_stage` / :func:`atp_stage`: one independent computation per trace (so a
+   data-parallel runner only has to shard the trace list), each result written to
+   ``out_dir/partial/{dom,atp}/`` as soon as it exists (:mod:`lrm_interp.attribution.resume`).
+3. :func:`reduce_dom` / :func:`finish`: arithmetic on the per-trace statistics →
+   :class:`~lrm_interp.attribution.results.Attribution`, saved to ``out_dir``.
 
-With ``out_dir`` given, each trace's partial statistics are written to
-``out_dir/partial/{dom,atp}/<trace>.safetensors`` as soon as they are computed, so a killed
-run started again with the same arguments skips finished traces and ends with identical
-results. The settings are stored in ``out_dir/partial/settings.json``; a restart with
-different settings is refused (delete the folder or pass another ``out_dir``).
+A killed run started again with the same arguments reuses finished traces and ends with
+identical results; a run on other weights, another tokenizer or other settings is refused;
+a trace edited under the same id is recomputed (never served from its old partial).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from lrm_interp import __version__
+from lrm_interp.attribution.atp import atp_aggregate, atp_trace_stats
+from lrm_interp.attribution.config import AttributionConfig
+from lrm_interp.attribution.dom import DoMResult, dom_aggregate, dom_trace_stats
+from lrm_interp.attribution.resume import PartialStore, tensors_fingerprint
 from lrm_interp.attribution.results import Attribution
-from lrm_interp.model.sites import Site, resolve_sites
-from lrm_interp.data.tokens import EncodedTrace, encode_trace
-from lrm_interp._io import atomic_write_bytes, atomic_write_text
 from lrm_interp.data.loading import load_dataset
+from lrm_interp.data.tokens import EncodedTrace, encode_trace
 from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset, ReasoningTrace
-
-METHODS = ("attribution", "dom")
-
-
-def _file_key(trace_id: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in trace_id)[:40]
-    return f"{safe}-{hashlib.sha1(trace_id.encode()).hexdigest()[:10]}"
+from lrm_interp.model.loading import load_model
+from lrm_interp.model.provenance import model_provenance
+from lrm_interp.model.sites import Site, resolve_sites
 
 
-class _PartialStore:
-    """Per-trace partial statistics on disk (safetensors, atomic) for resumable runs."""
+@dataclass
+class AttributionPlan:
+    """Everything :func:`attribute` needs, checked and prepared (see module docs).
 
-    def __init__(self, root: Path | None, settings: dict):
-        self.root = root
-        if root is None:
-            return
-        root.mkdir(parents=True, exist_ok=True)
-        sp = root / "settings.json"
-        text = json.dumps(settings, indent=2, sort_keys=True, default=str)
-        if sp.exists():
-            old = json.loads(sp.read_text())
-            if old != json.loads(text):
-                diff = sorted(k for k in set(old) | set(settings) if old.get(k) != json.loads(text).get(k))
-                raise ValueError(f"{root} holds partial results of a run with other settings "
-                                 f"(differs in {diff}); delete it or choose another out_dir")
-        else:
-            atomic_write_text(sp, text)
-
-    def get(self, stage: str, trace_id: str) -> dict[str, torch.Tensor] | None:
-        if self.root is None:
-            return None
-        p = self.root / stage / f"{_file_key(trace_id)}.safetensors"
-        if not p.exists():
-            return None
-        from safetensors.torch import load_file
-
-        return load_file(str(p))
-
-    def put(self, stage: str, trace_id: str, stats: dict[str, torch.Tensor]) -> None:
-        if self.root is None:
-            return
-        from safetensors.torch import save
-
-        data = save({k: v.detach().to("cpu").contiguous() for k, v in stats.items()})
-        atomic_write_bytes(self.root / stage / f"{_file_key(trace_id)}.safetensors", data)
-
-
-def _run_per_trace(stage: str, encoded: Sequence[EncodedTrace], store: _PartialStore,
-                   fn: Callable[[EncodedTrace], dict], progress: bool) -> list[dict]:
-    out, reused = [], 0
-    bar = tqdm(encoded, desc=f"{stage} ({len(encoded)} traces)", disable=not progress, unit="trace")
-    for enc in bar:
-        stats = store.get(stage, enc.trace_id)
-        if stats is None:
-            stats = fn(enc)
-            store.put(stage, enc.trace_id, stats)
-        else:
-            reused += 1
-        out.append(stats)
-    if reused and progress:
-        tqdm.write(f"{stage}: resumed {reused} of {len(encoded)} traces from {store.root}")
-    return out
-
-
-def attribute(
-    model: Any,
-    dataset: ReasoningDataset | Sequence[ReasoningTrace] | str | os.PathLike,
-    *,
-    tokenizer: Any = None,
-    behaviors: Sequence[str] | None = None,
-    sites: Sequence[Site | str] | str | None = None,
-    method: str = "attribution",
-    k_context: int = 5,
-    negatives: str = "all",
-    weighting: str = "trace",
-    mode: str = "exact",
-    score: str = "paper",
-    off_by_one: bool = False,
-    max_tokens: int | None = None,
-    gradient_checkpointing: bool = False,
-    compute_dtype: torch.dtype | None = None,
-    out_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-) -> Attribution:
-    """Score every linear site of ``model`` for each reasoning behaviour.
-
-    Args:
-        model: an HF causal LM object, a local model directory, or ``"smollm2-135m"``.
-        dataset: :class:`ReasoningDataset`, list of traces, JSONL path or paper-layout dir.
-        tokenizer: needed when ``model`` is an object without a tokenizer of its own.
-        behaviors: labels to score (default: the paper's four target behaviours that
-            occur in the data; requested behaviours absent from the data are reported).
-        sites: ``None`` (every linear module in the decoder layers), a regex, or names.
-        method: ``"attribution"`` (AtP, paper Eq. 2) or ``"dom"`` (mean-shift size only).
-        k_context: context tokens before each span in the DoM window (paper code: 5).
-        negatives: tokens forming D−: ``"all"``, ``"response"`` or ``"thinking"``.
-        weighting: ``"trace"`` (mean of per-trace means, paper) or ``"token"``.
-        mode: AtP ``"exact"`` (one backward per span) or ``"joint"`` (one per trace).
-        score: ``"paper"`` (Eq. 2) or ``"code"`` (the released code's Σ|·|/#segments).
-        off_by_one: reproduce the released code's gradient window.
-        max_tokens: truncate traces; spans cut off are counted in provenance.
-        gradient_checkpointing: trade compute for memory in the AtP backward.
-        compute_dtype: e.g. ``torch.bfloat16`` autocast for the forward/backward.
-        out_dir: write results there and keep per-trace partials to resume a killed run.
-
-    Returns:
-        :class:`Attribution` with scores ``[n_behaviors, n_sites]`` and steering vectors.
+    ``encoded[i]`` is ``dataset[i]`` tokenized; ``trace_keys[id]`` its content fingerprint;
+    ``skipped`` one dict per span that does not enter every statistic (trace, span index,
+    behaviour, reason, and which statistics still use it).
     """
-    from lrm_interp.attribution.atp import atp_aggregate, atp_trace_stats
-    from lrm_interp.attribution.dom import dom_aggregate, dom_trace_stats
-    from lrm_interp.model.loading import load_model
-    from lrm_interp.model.provenance import model_provenance
 
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    model: torch.nn.Module
+    tokenizer: Any
+    config: AttributionConfig
+    dataset: ReasoningDataset
+    sites: list[Site]
+    behaviors: list[str]
+    absent: list[str]
+    encoded: list[EncodedTrace]
+    trace_keys: dict[str, str]
+    skipped: list[dict]
+    model_provenance: dict
+    store: PartialStore
+    out_dir: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _check_tokenizer(model: torch.nn.Module, tokenizer: Any) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer: character offsets (needed to map "
+                        "behaviour spans to tokens) are unavailable")
+
+
+def _check_ids(model: torch.nn.Module, tokenizer: Any, enc: EncodedTrace) -> None:
+    """Token ids beyond the input embedding mean the tokenizer is not this model's."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(emb, "num_embeddings", None)
+    top = int(enc.input_ids.max()) if len(enc) else -1
+    if rows is not None and top >= rows:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(f"trace {enc.trace_id}: the tokenizer ({name}, {len(tokenizer)} tokens) produced token id "
+                         f"{top} but the model's input embedding has {rows} rows: it is not this model's tokenizer")
+
+
+def plan_attribution(model: Any, dataset: Any, config: AttributionConfig, *, tokenizer: Any = None,
+                     out_dir: str | os.PathLike | None = None, progress: bool = True) -> AttributionPlan:
+    """Step 1 of :func:`attribute`: check and prepare everything; no statistic is computed."""
+    if not isinstance(config, AttributionConfig):
+        raise TypeError(f"config must be an AttributionConfig, got {type(config).__name__}")
     model, tokenizer = load_model(model, tokenizer=tokenizer)
+    _check_tokenizer(model, tokenizer)
     ds = load_dataset(dataset)
     if len(ds) == 0:
         raise ValueError("the dataset has no traces")
     present = ds.behaviors()
-    if behaviors is None:
-        behaviors = [b for b in TARGET_BEHAVIORS if b in present]
-        if not behaviors:
-            raise ValueError(f"no target behaviour {TARGET_BEHAVIORS} occurs in the data "
-                             f"(labels present: {present}); pass behaviors=[...]")
-    behaviors = list(behaviors)
+    behaviors = list(config.behaviors) if config.behaviors is not None else [b for b in TARGET_BEHAVIORS
+                                                                              if b in present]
+    if not behaviors:
+        raise ValueError(f"no target behaviour {TARGET_BEHAVIORS} occurs in the data (labels present: {present}); "
+                         "pass behaviors=[...]")
     absent = [b for b in behaviors if b not in present]
-    site_list = resolve_sites(model, sites)
+    sites = resolve_sites(model, config.sites)
+    prov = model_provenance(model, tokenizer)  # fingerprints; non-finite weights raise here
 
     encoded: list[EncodedTrace] = []
     skipped: list[dict] = []
     for t in tqdm(ds, desc="tokenize", disable=not progress, unit="trace"):
-        enc = encode_trace(tokenizer, t, k_context=k_context, max_tokens=max_tokens)
+        enc = encode_trace(tokenizer, t, k_context=config.k_context, max_tokens=config.max_tokens)
+        _check_ids(model, tokenizer, enc)
         for idx, reason in enc.dropped:
-            skipped.append({"trace": t.id, "span": idx, "behavior": t.spans[idx].behavior, "reason": reason})
+            skipped.append({"trace": t.id, "span": idx, "behavior": t.spans[idx].behavior, "reason": reason,
+                            "used_by": []})
+        if config.method == "attribution":
+            for sp in enc.spans:
+                if sp.behavior in behaviors and not sp.scorable:
+                    skipped.append({"trace": t.id, "span": sp.index, "behavior": sp.behavior,
+                                    "reason": "no predictable token (a one-token span at position 0)",
+                                    "used_by": ["dom"]})
         encoded.append(enc)
-
-    prov = model_provenance(model, tokenizer)
-    settings = {"method": method, "behaviors": behaviors, "sites": [s.name for s in site_list],
-                "k_context": k_context, "negatives": negatives, "weighting": weighting, "mode": mode,
-                "score": score, "off_by_one": off_by_one, "max_tokens": max_tokens,
-                "compute_dtype": str(compute_dtype) if compute_dtype else None,
-                "model": prov.get("name"), "model_dtype": prov.get("dtype"),
-                "traces": [t.id for t in ds]}
+    run_key = {"config": config.to_dict(), "weights_fingerprint": prov["weights_fingerprint"],
+               "tokenizer_fingerprint": prov["tokenizer"]["fingerprint"], "sites": [s.name for s in sites]}
     out = Path(out_dir) if out_dir is not None else None
-    store = _PartialStore(out / "partial" if out else None, settings)
+    store = PartialStore(out / "partial" if out is not None else None, run_key)
+    return AttributionPlan(model, tokenizer, config, ds, sites, behaviors, absent, encoded,
+                           {t.id: t.fingerprint() for t in ds}, skipped, prov, store, out)
 
-    dom_stats = _run_per_trace(
-        "dom", encoded, store,
-        lambda e: dom_trace_stats(model, e, site_list, behaviors, negatives=negatives), progress)
-    dom = dom_aggregate(dom_stats, site_list, behaviors, weighting=weighting)
 
-    counts = {"traces": len(ds), "spans": {b: sum(len(e.spans_of(b)) for e in encoded) for b in behaviors},
-              "traces_with_behavior": {b: dom.n_traces.get(b, 0) for b in behaviors},
-              "tokens": {b: dom.n_tokens.get(b, 0) for b in behaviors}}
-    if method == "dom":
-        scores = torch.zeros(len(behaviors), len(site_list), dtype=torch.float64)
+def dom_stage(plan: AttributionPlan, encoded: Sequence[EncodedTrace] | None = None, *,
+              progress: bool = True) -> list[dict[str, torch.Tensor]]:
+    """Step 2a: per-trace DoM sums (:func:`~lrm_interp.attribution.dom.dom_trace_stats`), resumable."""
+    cfg = plan.config
+    items = [(e.trace_id, plan.trace_keys[e.trace_id], e) for e in (encoded if encoded is not None else plan.encoded)]
+    return plan.store.run("dom", items, lambda e: dom_trace_stats(
+        plan.model, e, plan.sites, plan.behaviors, negatives=cfg.negatives, special_tokens=cfg.special_tokens),
+        progress=progress)
+
+
+def reduce_dom(plan: AttributionPlan, stats: Sequence[dict[str, torch.Tensor]]) -> DoMResult:
+    """Step 3a: steering vectors from the per-trace sums of every trace."""
+    return dom_aggregate(stats, plan.sites, plan.behaviors, weighting=plan.config.weighting)
+
+
+def live_behaviors(plan: AttributionPlan, dom: DoMResult) -> list[str]:
+    """Behaviours with at least one trace in D+ (the others score 0 and get no AtP pass)."""
+    return [b for b in plan.behaviors if dom.n_traces.get(b, 0) > 0]
+
+
+def atp_stage(plan: AttributionPlan, dom: DoMResult, encoded: Sequence[EncodedTrace] | None = None, *,
+              progress: bool = True) -> list[dict[str, torch.Tensor]]:
+    """Step 2b: per-trace AtP dot products (:func:`~lrm_interp.attribution.atp.atp_trace_stats`), resumable.
+
+    Each partial's key includes the fingerprint of the steering vectors it used, so a change
+    anywhere in the data (which moves every vector) recomputes every trace.
+    """
+    cfg, live = plan.config, live_behaviors(plan, dom)
+    vfp = tensors_fingerprint({b: dom.vectors[b] for b in live})
+    items = [(e.trace_id, f"{plan.trace_keys[e.trace_id]}:{vfp}", e)
+             for e in (encoded if encoded is not None else plan.encoded)]
+    return plan.store.run("atp", items, lambda e: atp_trace_stats(
+        plan.model, e, plan.sites, live, dom.vectors, mode=cfg.mode, off_by_one=cfg.off_by_one,
+        gradient_checkpointing=cfg.gradient_checkpointing, compute_dtype=cfg.torch_compute_dtype),
+        progress=progress)
+
+
+def finish(plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, torch.Tensor]] | None) -> Attribution:
+    """Step 3b: scores, counts and provenance → :class:`Attribution` (saved when the plan has ``out_dir``)."""
+    cfg, behaviors, sites = plan.config, plan.behaviors, plan.sites
+    scores = torch.zeros(len(behaviors), len(sites), dtype=torch.float64)
+    unscorable = {b: 0 for b in behaviors}
+    if cfg.method == "dom":
         for i, b in enumerate(behaviors):
-            for j, s in enumerate(site_list):
-                u, m = dom.raw[b][s.name].double(), dom.mean_all[s.name].double()
-                scores[i, j] = u.norm() / m.norm().clamp_min(1e-12) if dom.n_traces.get(b, 0) else 0.0
+            if dom.n_traces.get(b, 0):
+                for j, s in enumerate(sites):
+                    scores[i, j] = dom.raw[b][s.name].double().norm() / dom.mean_all[s.name].double().norm().clamp_min(1e-12)
     else:
-        live = [b for b in behaviors if dom.n_traces.get(b, 0) > 0]
-        atp_stats = _run_per_trace(
-            "atp", encoded, store,
-            lambda e: atp_trace_stats(model, e, site_list, live, dom.vectors, mode=mode,
-                                      off_by_one=off_by_one, gradient_checkpointing=gradient_checkpointing,
-                                      compute_dtype=compute_dtype), progress)
-        res = atp_aggregate(atp_stats, site_list, live, score=score)
-        scores = torch.zeros(len(behaviors), len(site_list), dtype=torch.float64)
+        live = live_behaviors(plan, dom)
+        res = atp_aggregate(atp_stats or [], sites, live, score=cfg.score)
         for i, b in enumerate(behaviors):
             if b in live:
                 scores[i] = res.scores[live.index(b)].double()
-    report = getattr(ds, "report", None)
+                unscorable[b] = res.n_skipped.get(b, 0)
+        n_bad = sum(unscorable.values())
+        if n_bad:
+            warnings.warn(f"{n_bad} span(s) cannot be scored by attribution patching (no predictable token): they "
+                          f"enter the steering vectors but not the scores; per behaviour {unscorable}; listed in "
+                          "provenance['skipped_spans']", stacklevel=3)
+    counts = {"traces": len(plan.dataset),
+              "spans": {b: sum(len(e.spans_of(b)) for e in plan.encoded) for b in behaviors},
+              "traces_with_behavior": {b: dom.n_traces.get(b, 0) for b in behaviors},
+              "tokens": {b: dom.n_tokens.get(b, 0) for b in behaviors},
+              "unscorable_spans": unscorable,
+              "dropped_spans": sum(1 for s in plan.skipped if not s["used_by"])}
+    report = getattr(plan.dataset, "report", None)
     provenance = {
-        "model": prov, "settings": {k: v for k, v in settings.items() if k not in {"traces", "sites"}},
-        "counts": counts, "skipped_spans": skipped, "absent_behaviors": absent,
-        "dataset": {"name": ds.name, "n_traces": len(ds),
+        "lrm_interp": __version__,
+        "model": plan.model_provenance,
+        "settings": cfg.to_dict(),
+        "n_sites": len(sites),
+        "counts": counts, "skipped_spans": plan.skipped, "absent_behaviors": plan.absent,
+        "resume": plan.store.counts,
+        "dataset": {"name": plan.dataset.name, "n_traces": len(plan.dataset),
                     "parse_report": report.summary() if hasattr(report, "summary") else None},
     }
-    result = Attribution(behaviors=tuple(behaviors), sites=tuple(site_list), scores=scores, method=method,
+    result = Attribution(behaviors=tuple(behaviors), sites=tuple(sites), scores=scores, method=cfg.method,
                          vectors={b: dict(dom.vectors[b]) for b in behaviors if dom.n_traces.get(b, 0)},
                          provenance=provenance)
-    if out is not None:
-        result.save(out)
+    if plan.out_dir is not None:
+        result.save(plan.out_dir)
     return result
+
+
+def attribute(model: Any, dataset: ReasoningDataset | Sequence[ReasoningTrace] | str | os.PathLike, *,
+              config: AttributionConfig | None = None, tokenizer: Any = None,
+              out_dir: str | os.PathLike | None = None, progress: bool = True, **options: Any) -> Attribution:
+    """Score every linear site of ``model`` for each reasoning behaviour.
+
+    Args:
+        model: an HF causal LM object, a local model directory, or an alias (``"toy"``,
+            ``"smollm2-135m"``).
+        dataset: :class:`ReasoningDataset`, list of traces, JSONL path or paper-layout dir.
+        config: an :class:`~lrm_interp.attribution.config.AttributionConfig`; or give its
+            fields as keywords (``mode="joint"``, ``k_context=1``, ``behaviors=[...]``,
+            ``sites="mlp"``, ``compute_dtype=torch.bfloat16`` ...; both: keywords override).
+            Everything is validated before any work.
+        tokenizer: needed when ``model`` is an object without a tokenizer of its own.
+        out_dir: write the result there and keep per-trace partials to resume a killed run.
+        progress: progress bars.
+
+    Returns:
+        :class:`Attribution` with scores ``[n_behaviors, n_sites]`` and steering vectors; its
+        provenance records the model (weights fingerprint, compression record), tokenizer,
+        settings, counts, skipped spans and what was resumed.
+    """
+    cfg = config or AttributionConfig()
+    if options:
+        if "sites" in options and options["sites"] is not None and not isinstance(options["sites"], str):
+            options["sites"] = tuple(getattr(s, "name", s) for s in options["sites"])
+        cfg = cfg.replace(**options)
+    plan = plan_attribution(model, dataset, cfg, tokenizer=tokenizer, out_dir=out_dir, progress=progress)
+    dom = reduce_dom(plan, dom_stage(plan, progress=progress))
+    atp = atp_stage(plan, dom, progress=progress) if cfg.method == "attribution" and live_behaviors(plan, dom) else None
+    return finish(plan, dom, atp)
+
+
+__all__ = ["attribute", "AttributionPlan", "plan_attribution", "dom_stage", "reduce_dom", "atp_stage", "finish",
+           "live_behaviors"]

@@ -65,14 +65,3 @@ def grid_heatmaps(grids: Sequence[tuple[torch.Tensor, list[int], list[str]]], ti
     if title:
         fig.suptitle(title)
     return fig
-
-
-def bar_top_sites(labels: Sequence[str], values: Sequence[float], *, title: str = "", xlabel: str = "RI"):
-    """Horizontal bar chart of the top sites (largest at the top)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(labels) + 1.2), constrained_layout=True)
-    ax.barh(range(len(labels))[::-1], values)
-    ax.set_yticks(range(len(labels))[::-1], labels, fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_title(title)
-    return fig

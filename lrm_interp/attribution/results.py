@@ -82,6 +82,10 @@ class Attribution:
         s = torch.as_tensor(self.scores, dtype=torch.float64)
         if s.shape != (len(self.behaviors), len(self.sites)):
             raise ValueError(f"scores shape {tuple(s.shape)} != ({len(self.behaviors)}, {len(self.sites)})")
+        if not bool(torch.isfinite(s).all()):
+            i, j = (~torch.isfinite(s)).nonzero()[0].tolist()
+            raise ValueError(f"scores are not finite (e.g. behaviour {self.behaviors[i]!r}, site "
+                             f"{self.sites[j].name}): a ranking of NaN is meaningless")
         object.__setattr__(self, "scores", s)
 
     # ---------------------------------------------------------------- views

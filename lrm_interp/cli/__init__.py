@@ -1,5 +1,2 @@
-"""The ``lrm-interp`` command line (``lrm_interp.cli.main``); subcommands mirror the Python API."""
-
-from lrm_interp.cli.main import build_parser, main
-
-__all__ = ["build_parser", "main"]
+"""The ``lrm-interp`` command line: :func:`lrm_interp.cli.main.main`; subcommands mirror the Python API
+(``main.py``: quickstart, attribute, parse, compare; ``protect.py``: protect, quantize; ``toy.py``: toy)."""

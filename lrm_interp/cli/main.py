@@ -5,58 +5,106 @@
 ``attribute``      :func:`lrm_interp.attribute`
 ``parse``          :func:`lrm_interp.load_paper_layout` / :func:`lrm_interp.load_dataset`
 ``compare``        :func:`lrm_interp.compare`
-``protect``        :func:`lrm_interp.protect.masks.build_masks`
+``protect``        :func:`lrm_interp.protect.policies.build_masks`
 ``quantize``       :func:`lrm_interp.compress.quant.quantize_model_`
-``toy``            :mod:`lrm_interp.toy` (train / eval)
+``toy``            :mod:`lrm_interp.toy` (train / eval / traces)
 =================  ===============================================
+
+Conventions (help, examples, input checks, one-line errors): :mod:`lrm_interp.cli.common`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+import textwrap
 from pathlib import Path
 
-_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-           "fp16": "float16", "float16": "float16"}
+from lrm_interp.cli.common import (PROG, CliError, load_attribution, HelpFormatter, Parser, add_command, add_dataclass_args,
+                                   dataclass_from_args, debug_enabled, format_examples, load_model_quietly, reading,
+                                   report_error, require_attribution_dir, require_model, require_path)
 
 
-def _dtype(name: str | None):
-    import torch
+# --------------------------------------------------------------------------- attribute
+def _load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
 
-    if name is None:
-        return None
-    if name not in _DTYPES:
-        raise SystemExit(f"unknown dtype {name!r}; choose from {sorted(_DTYPES)}")
-    return getattr(torch, _DTYPES[name])
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise CliError(f"--tokenizer {path}: no tokenizer.json or tokenizer_config.json there, not a tokenizer "
+                       "folder")
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # transformers raises many types for an unusable folder
+        raise CliError(f"--tokenizer {path}: cannot load a tokenizer ({type(e).__name__}: {e})") from e
+    if not getattr(tok, "is_fast", False):
+        raise CliError(f"--tokenizer {path}: not a fast tokenizer (character offsets, needed to map "
+                       "behaviour spans to tokens, are unavailable)")
+    return tok
+
+
+def _check_vocab(model, tok, model_name: str, tok_dir: Path) -> None:
+    emb = model.get_input_embeddings()
+    n_emb = getattr(emb, "num_embeddings", None)
+    if n_emb is not None and len(tok) > n_emb:
+        raise CliError(f"--tokenizer {tok_dir}: vocabulary of {len(tok)} tokens is larger than the input "
+                       f"embedding of --model {model_name} ({n_emb} rows): wrong tokenizer for this model")
+
+
+def _check_sites(model, pattern: str | None, model_name: str) -> None:
+    if not isinstance(pattern, str):
+        return
+    from lrm_interp.model.sites import find_sites
+
+    if not find_sites(model, include_lm_head=True, pattern=pattern):
+        some = [s.name for s in find_sites(model)][:2]
+        raise CliError(f"--sites {pattern!r} matches no linear site of --model {model_name} "
+                       f"(site names look like {', '.join(some)})")
 
 
 def cmd_attribute(a: argparse.Namespace) -> int:
+    from lrm_interp.attribution.config import AttributionConfig
+    from lrm_interp.data.loading import load_dataset
+
+    # everything that can be checked without loading anything, first
+    require_model(a.model)
+    data = require_path(a.data, "--data")
+    tok_dir = require_path(a.tokenizer, "--tokenizer", kind="dir") if a.tokenizer else None
+    cfg = dataclass_from_args(AttributionConfig, a)  # validates every setting (regex included)
+    with reading(data, "--data"):
+        ds = load_dataset(data)
+    if len(ds) == 0:
+        raise CliError(f"--data {data}: no traces")
+    tok = _load_tokenizer(tok_dir) if tok_dir else None
+    model, tok = load_model_quietly(a.model, tokenizer=tok)
+    if tok_dir:
+        _check_vocab(model, tok, a.model, tok_dir)
+    _check_sites(model, cfg.sites, a.model)
+
     from lrm_interp import attribute
 
-    res = attribute(a.model, a.data, behaviors=a.behaviors, sites=a.sites, method=a.method,
-                    k_context=a.k_context, negatives=a.negatives, weighting=a.weighting, mode=a.mode,
-                    score=a.score, off_by_one=a.off_by_one, max_tokens=a.max_tokens,
-                    gradient_checkpointing=a.gradient_checkpointing, compute_dtype=_dtype(a.compute_dtype),
-                    out_dir=a.out, progress=not a.quiet)
+    res = attribute(model, ds, config=cfg, tokenizer=tok, out_dir=a.out, progress=not a.quiet)
     out = Path(a.out)
     res.write_tables(out)
     print(f"wrote {out}/attribution.json, attribution.safetensors, scores.csv, heatmap.png")
     for beh in res.behaviors:
         top = res.top(3, beh)
         print(f"  {beh:24s} " + ", ".join(f"{s} ({ri:.3f})" for _, s, ri in top))
+    if res.provenance.get("absent_behaviors"):
+        print(f"  no spans in --data for: {', '.join(res.provenance['absent_behaviors'])} (scores are 0)")
     if res.provenance.get("skipped_spans"):
         print(f"  skipped spans: {len(res.provenance['skipped_spans'])} (see attribution.json)")
     return 0
 
 
+# --------------------------------------------------------------------------- parse / compare / quickstart
 def cmd_parse(a: argparse.Namespace) -> int:
     from lrm_interp.data.loading import load_dataset
     from lrm_interp._io import atomic_write_text
 
-    ds = load_dataset(a.data)
+    data = require_path(a.data, "--data")
+    with reading(data, "--data"):
+        ds = load_dataset(data)
     ds.save_jsonl(a.out)
     print(f"wrote {len(ds)} traces, spans per behaviour {ds.span_counts()} to {a.out}")
     rep = getattr(ds, "report", None)
@@ -69,10 +117,11 @@ def cmd_parse(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from lrm_interp.attribution.results import Attribution, compare
-    from lrm_interp._io import atomic_write_text
+    from lrm_interp.attribution.results import compare
 
-    shift = compare(Attribution.load(a.original), Attribution.load(a.compressed))
+    require_attribution_dir(a.original, "--original")
+    require_attribution_dir(a.compressed, "--compressed")
+    shift = compare(load_attribution(a.original, "--original"), load_attribution(a.compressed, "--compressed"))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     shift.write_tables(out, view=a.view)
@@ -83,55 +132,89 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def cmd_quickstart(a: argparse.Namespace) -> int:
     from lrm_interp.experiments.quickstart import run_quickstart
 
+    if not 0.0 <= a.budget < 1.0:
+        raise CliError(f"--budget must be in [0, 1), got {a.budget}")
     run_quickstart(out_dir=a.out, n_traces=a.traces, tiny=a.tiny, bits=a.bits, group_size=a.group_size,
-                   n_eval=a.eval, progress=not a.quiet)
+                   budget=a.budget, n_eval=a.eval, progress=not a.quiet)
     return 0
 
 
+# --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lrm-interp", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = Parser(prog=PROG, formatter_class=HelpFormatter,
+               description=textwrap.fill(
+                   "Mechanistic interpretability of compressed reasoning models: score model sites per reasoning "
+                   "behaviour, protect the important weights, quantize, and compare. Each subcommand mirrors a "
+                   f"Python function of lrm_interp; '{PROG} COMMAND --help' lists its options.", width=88),
+               epilog=format_examples([f"{PROG} quickstart --out qs      # the whole pipeline, offline, minutes",
+                                       f"{PROG} attribute --help          # the options of one subcommand"]))
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND",
+                           help=f"one of the subcommands below ('{PROG} COMMAND --help' for its options)")
 
-    q = sub.add_parser("quickstart", help="run the whole pipeline offline on the shipped model")
-    q.add_argument("--out", default="lrm_interp_quickstart")
-    q.add_argument("--traces", type=int, default=24, help="traces to generate (default 24)")
-    q.add_argument("--tiny", action="store_true", help="use a tiny random model (plumbing check)")
-    q.add_argument("--bits", type=int, default=3, help="RTN bits of the compressed copy (default 3)")
-    q.add_argument("--group-size", type=int, default=128, help="RTN group size (default 128)")
-    q.add_argument("--eval", type=int, default=30, help="held-out problems to score (default 30; 0 = skip)")
-    q.add_argument("--quiet", action="store_true")
+    q = add_command(sub, "quickstart", help="run the whole pipeline offline on the shipped toy model",
+                    description="Run the whole pipeline offline on the shipped toy reasoning model: gold traces, "
+                                "attribution (heatmaps, ranking), a 2%% protection mask, 3-bit RTN with and "
+                                "without it (held-out accuracy, bits per weight), importance shift; then print "
+                                "the files written and the commands that reuse them.",
+                    examples=[f"{PROG} quickstart --out qs",
+                              f"{PROG} quickstart --out qs_tiny --tiny --traces 6 --eval 0 --quiet"])
+    q.add_argument("--out", default="lrm_interp_quickstart", metavar="DIR", help="output directory")
+    q.add_argument("--traces", type=int, default=24, metavar="N", help="annotated traces to generate")
+    q.add_argument("--tiny", action="store_true", help="use a tiny random model (plumbing check, scores mean "
+                                                        "nothing)")
+    q.add_argument("--bits", type=int, default=3, help="RTN bits of the compressed copy")
+    q.add_argument("--group-size", type=int, default=128, metavar="G", help="RTN group size")
+    q.add_argument("--budget", type=float, default=0.02, metavar="F",
+                   help="fraction of the linear weights the protection mask keeps in full precision")
+    q.add_argument("--eval", type=int, default=30, metavar="N", help="held-out problems to score (0 = skip)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(fn=cmd_quickstart)
 
-    at = sub.add_parser("attribute", help="score linear sites per reasoning behaviour")
-    at.add_argument("--model", required=True, help="local HF model dir or 'smollm2-135m' or 'toy'")
-    at.add_argument("--data", required=True, help="JSONL file or paper-layout directory")
-    at.add_argument("--out", required=True, help="output directory (also used to resume)")
-    at.add_argument("--behaviors", nargs="+", default=None)
-    at.add_argument("--sites", default=None, help="regex selecting site names")
-    at.add_argument("--method", choices=["attribution", "dom"], default="attribution")
-    at.add_argument("--mode", choices=["exact", "joint"], default="exact")
-    at.add_argument("--score", choices=["paper", "code"], default="paper")
-    at.add_argument("--negatives", choices=["all", "response", "thinking"], default="all")
-    at.add_argument("--weighting", choices=["trace", "token"], default="trace")
-    at.add_argument("--k-context", type=int, default=5)
-    at.add_argument("--off-by-one", action="store_true", help="the released code's gradient window")
-    at.add_argument("--max-tokens", type=int, default=None)
-    at.add_argument("--gradient-checkpointing", action="store_true")
-    at.add_argument("--compute-dtype", default=None, help="fp32 | bf16 | fp16 autocast")
-    at.add_argument("--quiet", action="store_true")
+    from lrm_interp.attribution.config import AttributionConfig
+    from lrm_interp.model.loading import model_aliases
+
+    at = add_command(
+        sub, "attribute", help="score linear sites per reasoning behaviour (attribution patching / DoM)",
+        description="Score every linear site of a model for each reasoning behaviour of annotated traces "
+                    "(lrm_interp.attribute). Writes attribution.json, attribution.safetensors, scores.csv and "
+                    "heatmap.png to --out; rerunning with the same --out resumes a killed run.",
+        examples=[f"{PROG} attribute --model toy --data traces.jsonl --out attr",
+                  f"{PROG} attribute --model ./my_model --tokenizer ./my_tok --data paper_layout/ --out attr "
+                  "--sites 'mlp' --mode joint --compute-dtype bf16"])
+    io = at.add_argument_group("input and output")
+    io.add_argument("--model", required=True, metavar="DIR|ALIAS",
+                    help="local Hugging Face model directory, or an alias: " + ", ".join(model_aliases()))
+    io.add_argument("--data", required=True, metavar="PATH", help="JSONL trace file or paper-layout directory")
+    io.add_argument("--out", required=True, metavar="DIR", help="output directory (also used to resume)")
+    io.add_argument("--tokenizer", default=None, metavar="DIR",
+                    help="tokenizer folder overriding the model's own (its vocabulary must fit the model's "
+                         "input embedding)")
+    io.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_dataclass_args(at.add_argument_group("attribution settings (lrm_interp.AttributionConfig)"),
+                       AttributionConfig, metavars={"sites": "REGEX", "behaviors": "LABEL"},
+                       notes={"sites": "on the command line a regex, matched with re.search "
+                                       "(e.g. 'mlp' or 'layers\\.(0|1)\\.self_attn')"})
     at.set_defaults(fn=cmd_attribute)
 
-    pa = sub.add_parser("parse", help="paper layout / JSONL -> validated JSONL + parse report")
-    pa.add_argument("--data", required=True)
-    pa.add_argument("--out", required=True, help="output JSONL")
-    pa.add_argument("--report", default=None, help="write the parse report as JSON here")
+    pa = add_command(sub, "parse", help="paper layout / JSONL -> validated JSONL + parse report",
+                     description="Load annotated traces (a paper-layout directory or a JSONL file), validate "
+                                 "every record and span, and write them as one JSONL file.",
+                     examples=[f"{PROG} parse --data paper_layout/ --out traces.jsonl --report report.json"])
+    pa.add_argument("--data", required=True, metavar="PATH", help="paper-layout directory or JSONL trace file")
+    pa.add_argument("--out", required=True, metavar="FILE", help="output JSONL file")
+    pa.add_argument("--report", default=None, metavar="FILE", help="also write the parse report as JSON here")
     pa.set_defaults(fn=cmd_parse)
 
-    c = sub.add_parser("compare", help="importance shift between two attribution results")
-    c.add_argument("--original", required=True)
-    c.add_argument("--compressed", required=True)
-    c.add_argument("--out", required=True)
-    c.add_argument("--view", choices=["decreases", "signed"], default="decreases")
+    c = add_command(sub, "compare", help="importance shift between two attribution results",
+                    description="Importance shift RI_compressed - RI_original per behaviour and site between two "
+                                "'lrm-interp attribute' result folders; writes shift.csv and shift.png.",
+                    examples=[f"{PROG} compare --original attr_fp --compressed attr_q3 --out shift"])
+    c.add_argument("--original", required=True, metavar="DIR", help="attribution result of the original model")
+    c.add_argument("--compressed", required=True, metavar="DIR",
+                   help="attribution result of the compressed model")
+    c.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    c.add_argument("--view", choices=["decreases", "signed"], default="decreases",
+                   help="decreases = only importance lost, as positive values (paper); signed = the full delta")
     c.set_defaults(fn=cmd_compare)
 
     _add_optional_commands(sub)
@@ -147,13 +230,20 @@ def _add_optional_commands(sub) -> None:
     cli_toy.register(sub)
 
 
+def _command_prog(args: argparse.Namespace) -> str:
+    parts = [PROG] + [getattr(args, k) for k in ("cmd", "toy_cmd") if getattr(args, k, None)]
+    return " ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; bad input prints one line ``lrm-interp <cmd>: error: ...`` and returns 2."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"lrm-interp {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - KeyboardInterrupt / SystemExit pass through
+        if debug_enabled():
+            raise
+        return report_error(_command_prog(args), e)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,96 +1,157 @@
-"""``lrm-interp protect`` and ``lrm-interp quantize`` (mirror masks.* / quant.quantize_model_)."""
+"""``lrm-interp protect`` (:func:`lrm_interp.protect.policies.build_masks` on a saliency from
+:func:`lrm_interp.protect.saliency.build_saliency`) and ``lrm-interp quantize``
+(:func:`lrm_interp.compress.quant.quantize_model_`). Conventions: :mod:`lrm_interp.cli.common`."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 from pathlib import Path
 
-POLICIES = ("global_top", "per_module_top", "modules_by_score", "final_mlp")
-SALIENCIES = ("attribution", "attribution_ri", "magnitude", "activation", "hessian", "random")
+from lrm_interp.cli.common import (PROG, CliError, load_attribution, add_command, load_model_quietly, reading, require_attribution_dir,
+                                   require_model, require_path)
+from lrm_interp.protect.policies import POLICIES
+from lrm_interp.protect.saliency import SALIENCIES
+
+MODULE_POLICIES = ("final_mlp", "modules_by_score")  # need no per-weight saliency (and no model)
+#: where the command line takes each input a saliency needs (lrm_interp.protect.saliency.SaliencyInputs)
+NEEDS_FLAGS = {"encoded": "traces from --data", "module_importance": "module RI from --scores",
+               "calib": "calibration text from --data (default: toy tasks)"}
+
+PROTECT_HELP = "build protection masks (weights kept in FP16) from attribution scores"
+PROTECT_DESCRIPTION = (
+    "Build protection masks (which weights stay in FP16 while the rest is quantized) from an attribution result "
+    "and write them to one safetensors file, with the exact bits per weight. Module policies (final_mlp, "
+    "modules_by_score) need only --scores. Per-weight policies (global_top, per_module_top) score every weight "
+    "with --saliency and need --model; the attribution saliencies also need --data (annotated traces); "
+    "activation and hessian read --data as calibration text (default: generated toy tasks).")
+PROTECT_EXAMPLES = [
+    f"{PROG} protect --scores runs/fp32 --model toy --data traces.jsonl --budget 0.02 --out masks.safetensors",
+    f"{PROG} protect --scores runs/fp32 --policy final_mlp --out final_mlp.safetensors",
+    f"{PROG} protect --scores runs/fp32 --model toy --saliency magnitude --never 'layers\\.0\\.' --budget 0.03 "
+    "--out magnitude.safetensors"]
+QUANTIZE_HELP = "mask-aware RTN/GPTQ fake quantization of a model"
+QUANTIZE_DESCRIPTION = (
+    "Mask-aware fake quantization (RTN or GPTQ) of every linear site of a model: protected weights (--masks, from "
+    f"'{PROG} protect') are kept bit-exact and left out of the scale fit. Writes a normal checkpoint (loads with "
+    "from_pretrained) plus lrm_interp_quantization.json (what was done) and lrm_interp_provenance.json (the "
+    "model's compression record).")
+QUANTIZE_EXAMPLES = [
+    f"{PROG} quantize --model toy --bits 3 --masks masks.safetensors --out runs/toy-rtn3",
+    f"{PROG} quantize --model toy --bits 3 --method gptq --calib traces.jsonl --masks masks.safetensors "
+    "--out runs/toy-gptq3"]
 
 
-def _calib_ids(tok, data: str | None, length: int = 256):
-    import torch
+def _group_size(g: int) -> int | None:
+    """``--group-size``: positive, or 0 for per channel (``None``)."""
+    if g < 0:
+        raise CliError(f"--group-size must be positive (or 0 = per channel), got {g}")
+    return None if g == 0 else g
 
-    from lrm_interp.data.loading import load_dataset
 
-    if data is None:
-        from lrm_interp.toy.tasks import generate_dataset
-
-        texts = [t.text for t in generate_dataset(16, seed=77)]
-    else:
-        texts = [t.text for t in load_dataset(data)]
-    ids = torch.tensor([i for t in texts for i in tok(t, add_special_tokens=False)["input_ids"]])
-    n = max(1, ids.numel() // length)
-    return ids[: n * length].view(n, -1)
+def _check_regex(flag: str, rx: str | None) -> None:
+    """:class:`CliError` naming ``flag`` unless ``rx`` (if given) compiles."""
+    if rx is None:
+        return
+    try:
+        re.compile(rx)
+    except re.error as e:
+        raise CliError(f"{flag} {rx!r}: invalid regular expression ({e})") from None
 
 
 def cmd_protect(a: argparse.Namespace) -> int:
-    from lrm_interp.protect import masks as M
-    from lrm_interp.protect import saliency as S
-    from lrm_interp.attribution.results import Attribution
+    """``lrm-interp protect``: masks from ``--scores`` (and a saliency on ``--model``) → ``--out``."""
+    from lrm_interp.compress.quant import check_bits
+    from lrm_interp.protect.encoding import bits_per_weight, save_masks
+    from lrm_interp.protect.policies import build_masks
 
-    attr = Attribution.load(a.scores)
-    sites = list(attr.sites)
-    if a.policy in ("final_mlp", "modules_by_score"):
-        masks = M.build_masks(sites, a.policy, a.budget, scores=S.mean_ri(attr, sites), always=a.always,
-                              never=a.never)
-    else:
+    # everything that can be checked without loading anything, first
+    check_bits(a.bits)
+    group_size = _group_size(a.group_size)
+    if not 0.0 <= a.budget <= 1.0:
+        raise CliError(f"--budget must be a fraction of the weights in [0, 1], got {a.budget}")
+    _check_regex("--always", a.always)
+    _check_regex("--never", a.never)
+    require_attribution_dir(a.scores, "--scores")
+    per_weight = a.policy not in MODULE_POLICIES
+    src = SALIENCIES[a.saliency]
+    if per_weight:
         if a.model is None:
-            raise ValueError(f"--policy {a.policy} scores single weights: it needs --model")
+            raise CliError(f"--policy {a.policy} scores single weights: it needs --model")
+        require_model(a.model)
+        if "encoded" in src.needs and a.data is None:
+            raise CliError(f"--saliency {a.saliency} needs --data (annotated traces: a JSONL file or "
+                           "paper-layout directory)")
+    data = None if a.data is None else require_path(a.data, "--data")
+    attr = load_attribution(a.scores, "--scores")
+    sites = list(attr.sites)
+    if not per_weight:
+        masks = build_masks(sites, a.policy, a.budget, scores=attr, always=a.always, never=a.never)
+    else:
+        from lrm_interp.compress.calibration import calibration_ids
         from lrm_interp.data.loading import load_dataset
-        from lrm_interp.model.loading import load_model
-        from lrm_interp.model.sites import resolve_sites
         from lrm_interp.data.tokens import encode_trace
+        from lrm_interp.model.sites import resolve_sites
+        from lrm_interp.protect.saliency import build_saliency
 
-        model, tok = load_model(a.model)
+        model, tok = load_model_quietly(a.model)
         sites = resolve_sites(model, [s.name for s in sites])
-        if a.saliency in ("attribution", "attribution_ri"):
-            if a.data is None:
-                raise ValueError("attribution saliency needs --data (annotated traces)")
-            enc = [encode_trace(tok, t) for t in load_dataset(a.data)]
-            src = S.attribution(model, sites, enc, list(attr.behaviors), bits=a.bits, group_size=a.group_size,
-                                module_importance=S.mean_ri(attr, sites) if a.saliency == "attribution_ri" else None)
-        elif a.saliency == "magnitude":
-            src = S.magnitude(model, sites)
-        elif a.saliency == "random":
-            src = S.random_saliency(model, sites, seed=a.seed)
-        elif a.saliency == "activation":
-            src = S.activation(model, sites, _calib_ids(tok, a.data))
-        else:
-            src = S.hessian(model, sites, _calib_ids(tok, a.data), bits=a.bits, group_size=a.group_size)
+        with reading(data, "--data") if data is not None else contextlib.nullcontext():
+            enc = [encode_trace(tok, t) for t in load_dataset(data)] if "encoded" in src.needs else None
+            calib = calibration_ids(tok, data) if "calib" in src.needs else None
+        stream = build_saliency(a.saliency, model, sites, encoded=enc, behaviors=list(attr.behaviors), calib=calib,
+                                bits=a.bits, group_size=group_size, symmetric=a.symmetric, seed=a.seed,
+                                module_importance=attr, progress=not a.quiet)
         # build_masks: `always` modules count against a global budget, so the total stays exact
-        masks = M.build_masks(sites, a.policy, a.budget, saliency=src, always=a.always, never=a.never)
-    bpw = M.bits_per_weight(masks, sites, bits=a.bits, group_size=a.group_size)
-    M.save_masks(masks, a.out, metadata={"policy": a.policy, "saliency": a.saliency, "budget": a.budget,
-                                          "bits": a.bits, "group_size": a.group_size, "scores": str(a.scores),
-                                          "bits_per_weight": {k: v for k, v in bpw.items() if k != "encodings"}})
+        masks = build_masks(sites, a.policy, a.budget, saliency=stream, always=a.always, never=a.never)
+    bpw = bits_per_weight(masks, sites, bits=a.bits, group_size=group_size, symmetric=a.symmetric)
+    save_masks(masks, a.out, metadata={"policy": a.policy, "saliency": a.saliency if per_weight else None,
+                                       "budget": a.budget, "bits": a.bits, "group_size": group_size,
+                                       "symmetric": a.symmetric, "scores": str(a.scores),
+                                       "bits_per_weight": {k: v for k, v in bpw.items() if k != "encodings"}})
     print(f"wrote {a.out}: {sum(m.n_protected for m in masks.values())} protected weights in {len(masks)} "
           f"sites ({100 * bpw['protected_fraction']:.2f}%), {bpw['bpw']:.3f} bits/weight at {a.bits}-bit "
-          f"group {a.group_size} (index {bpw['index_bits']:.3f}, FP16 values {bpw['value_bits']:.3f})")
+          f"group {group_size or 'per channel'} (index {bpw['index_bits']:.3f}, FP16 values {bpw['value_bits']:.3f})")
     return 0
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
-    from lrm_interp.protect.masks import bits_per_weight, load_masks
-    from lrm_interp.compress.quant import quantize_model_
-    from lrm_interp.model.loading import load_model
+    """``lrm-interp quantize``: fake-quantize ``--model`` honouring ``--masks``; checkpoint + records → ``--out``."""
+    from lrm_interp._io import atomic_write_text
+    from lrm_interp.compress.calibration import calibration_ids
+    from lrm_interp.compress.quant import check_bits, quantize_model_
     from lrm_interp.model.provenance import save_record
     from lrm_interp.model.sites import find_sites
-    from lrm_interp._io import atomic_write_text
+    from lrm_interp.protect.encoding import bits_per_weight, load_masks
 
-    model, tok = load_model(a.model)
-    masks = load_masks(a.masks)[0] if a.masks else {}
-    calib = _calib_ids(tok, a.calib) if a.method == "gptq" else None
-    rep = quantize_model_(model, bits=a.bits, group_size=a.group_size, method=a.method, masks=masks,
-                          calib=calib, symmetric=a.symmetric)
+    check_bits(a.bits)
+    group_size = _group_size(a.group_size)
+    require_model(a.model)
+    masks_path = None if a.masks is None else require_path(a.masks, "--masks", kind="file")
+    calib_path = None if a.calib is None else require_path(a.calib, "--calib")
+    if calib_path is not None and a.method != "gptq":
+        raise CliError(f"--calib is used by --method gptq only (got --method {a.method})")
+    if masks_path is not None:
+        with reading(masks_path, "--masks"):
+            masks = load_masks(masks_path)[0]
+    else:
+        masks = {}
+    model, tok = load_model_quietly(a.model)
+    calib = None
+    if a.method == "gptq":
+        with reading(calib_path, "--calib") if calib_path is not None else contextlib.nullcontext():
+            calib = calibration_ids(tok, calib_path)
+    rep = quantize_model_(model, bits=a.bits, group_size=group_size, method=a.method, masks=masks,
+                          calib=calib, symmetric=a.symmetric, progress=not a.quiet)
     out = Path(a.out)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    save_record(model, out)
+    save_record(model, out)  # the compression record next to the checkpoint (lrm_interp_provenance.json)
     info = rep.to_dict() | {"bits_per_weight": bits_per_weight(masks, find_sites(model), bits=a.bits,
-                                                                 group_size=a.group_size)["bpw"],
+                                                                 group_size=group_size,
+                                                                 symmetric=a.symmetric)["bpw"],
                             "masks": a.masks, "source_model": str(a.model)}
     info.pop("sites", None)
     atomic_write_text(out / "lrm_interp_quantization.json", json.dumps(info, indent=2))
@@ -100,28 +161,49 @@ def cmd_quantize(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("protect", help="build protection masks from attribution scores")
-    p.add_argument("--scores", required=True, help="an attribution result directory")
-    p.add_argument("--budget", type=float, default=0.02)
-    p.add_argument("--policy", choices=POLICIES, default="global_top")
-    p.add_argument("--saliency", choices=SALIENCIES, default="attribution_ri")
-    p.add_argument("--model", default=None, help="model dir (needed for per-weight policies)")
-    p.add_argument("--data", default=None, help="annotated traces (attribution saliency / calibration)")
-    p.add_argument("--bits", type=int, default=3)
-    p.add_argument("--group-size", type=int, default=128)
-    p.add_argument("--always", default=None, help="regex of sites always protected whole")
-    p.add_argument("--never", default=None, help="regex of sites never protected")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    """Add the ``protect`` and ``quantize`` subcommands to ``sub`` (an argparse subparsers object)."""
+    p = add_command(sub, "protect", help=PROTECT_HELP, description=PROTECT_DESCRIPTION, examples=PROTECT_EXAMPLES)
+    p.epilog += "\n\nsaliencies (--saliency):\n" + "\n".join(
+        f"  {n:15s} {s.label}" + "".join(f"; {NEEDS_FLAGS[k]}" for k in s.needs if k in NEEDS_FLAGS)
+        for n, s in SALIENCIES.items())
+    p.add_argument("--scores", required=True, metavar="DIR",
+                   help=f"an attribution result folder (from '{PROG} attribute')")
+    p.add_argument("--budget", type=float, default=0.02, metavar="X",
+                   help="fraction of the linear weights to protect, in [0, 1]")
+    p.add_argument("--policy", choices=POLICIES, default="global_top",
+                   help="how the protected weights are chosen (global_top: the most salient weights over all sites)")
+    p.add_argument("--saliency", choices=list(SALIENCIES), default="attribution_ri",
+                   help="per-weight saliency of global_top / per_module_top (list below)")
+    p.add_argument("--model", default=None, metavar="DIR|ALIAS",
+                   help="model folder or alias, e.g. toy (needed by per-weight policies)")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="annotated traces, JSONL file or paper-layout folder (attribution saliencies; calibration "
+                        "text of activation/hessian, else generated toy tasks)")
+    p.add_argument("--bits", type=int, default=3, metavar="N",
+                   help="target quantization bits, 2..8 (saliency grid and bits/weight)")
+    p.add_argument("--group-size", type=int, default=128, metavar="N",
+                   help="quantization group size in input columns (0 = per channel)")
+    p.add_argument("--symmetric", action="store_true", help="symmetric grid (no zero-point) instead of min-max")
+    p.add_argument("--always", default=None, metavar="REGEX",
+                   help="sites always protected whole (they count against the budget)")
+    p.add_argument("--never", default=None, metavar="REGEX", help="sites never protected (wins over --always)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the random saliency")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", required=True, metavar="FILE", help="output mask file (.safetensors)")
     p.set_defaults(fn=cmd_protect)
 
-    q = sub.add_parser("quantize", help="mask-aware RTN/GPTQ fake quantization of a model")
-    q.add_argument("--model", required=True)
-    q.add_argument("--bits", type=int, required=True)
-    q.add_argument("--group-size", type=int, default=128)
-    q.add_argument("--method", choices=["rtn", "gptq"], default="rtn")
-    q.add_argument("--masks", default=None)
-    q.add_argument("--calib", default=None, help="traces for GPTQ calibration (default: toy tasks)")
-    q.add_argument("--symmetric", action="store_true")
-    q.add_argument("--out", required=True)
+    q = add_command(sub, "quantize", help=QUANTIZE_HELP, description=QUANTIZE_DESCRIPTION,
+                    examples=QUANTIZE_EXAMPLES)
+    q.add_argument("--model", required=True, metavar="DIR|ALIAS", help="model folder or alias, e.g. toy")
+    q.add_argument("--bits", type=int, required=True, metavar="N", help="quantization bits, 2..8")
+    q.add_argument("--group-size", type=int, default=128, metavar="N",
+                   help="quantization group size in input columns (0 = per channel)")
+    q.add_argument("--method", choices=["rtn", "gptq"], default="rtn",
+                   help="rtn (round to nearest) or gptq (error feedback from calibration Hessians)")
+    q.add_argument("--masks", default=None, metavar="FILE", help=f"protection masks from '{PROG} protect'")
+    q.add_argument("--calib", default=None, metavar="PATH",
+                   help="GPTQ calibration traces, JSONL file or paper-layout folder (default: generated toy tasks)")
+    q.add_argument("--symmetric", action="store_true", help="symmetric grid (no zero-point) instead of min-max")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder")
     q.set_defaults(fn=cmd_quantize)

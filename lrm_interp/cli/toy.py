@@ -7,12 +7,14 @@ import copy
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from lrm_interp.model.loading import load_model
+    from lrm_interp.cli.common import load_model_quietly, require_model
+
+    require_model(a.model)
     from lrm_interp.compress.quant import quantize_model_
     from lrm_interp.toy.evaluate import evaluate
     from lrm_interp.toy.tasks import problems
 
-    model, tok = load_model(a.model)
+    model, tok = load_model_quietly(a.model)
     if a.bits:
         model = copy.deepcopy(model)
         quantize_model_(model, bits=a.bits, group_size=a.group_size, progress=False)
@@ -22,14 +24,17 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_traces(a: argparse.Namespace) -> int:
-    from lrm_interp.model.loading import load_model
+    from lrm_interp.cli.common import load_model_quietly, require_model
+
+    if not a.gold:
+        require_model(a.model)
     from lrm_interp.toy.evaluate import collect_traces
     from lrm_interp.toy.tasks import generate_dataset, problems
 
     if a.gold:
         ds = generate_dataset(a.per_family, seed=a.seed)
     else:
-        model, tok = load_model(a.model)
+        model, tok = load_model_quietly(a.model)
         ds = collect_traces(model, tok, problems(a.per_family, seed=a.seed), progress=True)
     ds.save_jsonl(a.out)
     print(f"wrote {len(ds)} traces to {a.out}; spans {ds.span_counts()}")
@@ -43,24 +48,48 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    t = sub.add_parser("toy", help="the shipped toy reasoning model: train / eval / traces")
-    ts = t.add_subparsers(dest="toy_cmd", required=True)
-    tr = ts.add_parser("train", help="train a toy reasoning model (GPU if available)")
+    from lrm_interp.cli.common import PROG, add_command
+
+    t = add_command(sub, "toy", help="the shipped toy reasoning model: train / eval / traces",
+                    description="The shipped toy reasoning model (a small Llama on byte tokens): train one, "
+                                "measure its accuracy, or write annotated traces.",
+                    examples=[f"{PROG} toy traces --gold --per-family 4 --out traces.jsonl",
+                              f"{PROG} toy eval --bits 3 --group-size 32"])
+    ts = t.add_subparsers(dest="toy_cmd", required=True, metavar="TOY_COMMAND",
+                          help="what to do with the toy model ('lrm-interp toy TOY_COMMAND --help')")
+    tr = add_command(ts, "train", help="train a toy reasoning model (GPU if available)",
+                     description="Train a toy reasoning model with the shipped recipe (the defaults), evaluate "
+                                 "it on held-out problems and save a from_pretrained-loadable folder "
+                                 "(same options as python -m lrm_interp.toy.train).",
+                     examples=[f"{PROG} toy train --out my_toy --device cuda",
+                               f"{PROG} toy train --out smoke --steps 20 --stop-at 0 --anneal-steps 0 "
+                               "--batch-size 16 --eval-per-family 2 --device cpu"])
     from lrm_interp.toy.train import add_train_args
 
     add_train_args(tr)  # same options and defaults as `python -m lrm_interp.toy.train` (the shipped recipe)
     tr.set_defaults(fn=cmd_train)
-    ev = ts.add_parser("eval", help="accuracy per family on held-out problems")
-    ev.add_argument("--model", default="toy")
-    ev.add_argument("--per-family", type=int, default=50)
-    ev.add_argument("--seed", type=int, default=2)
-    ev.add_argument("--bits", type=int, default=None, help="RTN-quantize first")
-    ev.add_argument("--group-size", type=int, default=128)
+
+    ev = add_command(ts, "eval", help="accuracy per family on held-out problems",
+                     description="Accuracy per task family (and the mean) of a toy model on held-out problems, "
+                                 "optionally after RTN quantization.",
+                     examples=[f"{PROG} toy eval --per-family 20", f"{PROG} toy eval --model ./q3 --per-family 20",
+                               f"{PROG} toy eval --bits 3 --group-size 32"])
+    ev.add_argument("--model", default="toy", metavar="DIR|ALIAS", help="toy model directory or alias")
+    ev.add_argument("--per-family", type=int, default=50, metavar="N", help="held-out problems per task family")
+    ev.add_argument("--seed", type=int, default=2, help="seed of the held-out problems")
+    ev.add_argument("--bits", type=int, default=None, help="RTN-quantize to this many bits first (default: no)")
+    ev.add_argument("--group-size", type=int, default=128, metavar="G", help="RTN group size (with --bits)")
     ev.set_defaults(fn=cmd_eval)
-    tc = ts.add_parser("traces", help="write annotated traces (gold, or the model's own)")
-    tc.add_argument("--model", default="toy")
-    tc.add_argument("--gold", action="store_true", help="generator traces with gold spans")
-    tc.add_argument("--per-family", type=int, default=10)
-    tc.add_argument("--seed", type=int, default=3)
-    tc.add_argument("--out", required=True)
+
+    tc = add_command(ts, "traces", help="write annotated traces (gold, or the model's own)",
+                     description="Write annotated traces as JSONL: the task generator's gold traces (--gold), or "
+                                 "the model's own generations annotated by the rule-based annotator.",
+                     examples=[f"{PROG} toy traces --gold --per-family 4 --out traces.jsonl",
+                               f"{PROG} toy traces --model toy --per-family 10 --out own.jsonl"])
+    tc.add_argument("--model", default="toy", metavar="DIR|ALIAS",
+                    help="toy model generating the traces (ignored with --gold)")
+    tc.add_argument("--gold", action="store_true", help="write the generator's traces with gold spans instead")
+    tc.add_argument("--per-family", type=int, default=10, metavar="N", help="problems per task family")
+    tc.add_argument("--seed", type=int, default=3, help="seed of the problems")
+    tc.add_argument("--out", required=True, metavar="FILE", help="output JSONL file")
     tc.set_defaults(fn=cmd_traces)

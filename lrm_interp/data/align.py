@@ -93,11 +93,11 @@ def normalise(text: str) -> tuple[str, list[int]]:
     return "".join(out), idx
 
 
-def _codes(s: str) -> np.ndarray:
+def char_codes(s: str) -> np.ndarray:
     return np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32)
 
 
-def _last_row(p: np.ndarray, t: np.ndarray, max_dist: int) -> np.ndarray | None:
+def semiglobal_row(p: np.ndarray, t: np.ndarray, max_dist: int) -> np.ndarray | None:
     """Last row of the semi-global edit-distance table of pattern ``p`` against text ``t``:
     ``row[j]`` = min edits turning ``p`` into some substring of ``t`` ending at ``j``.
     ``None`` as soon as every entry must exceed ``max_dist``.
@@ -118,15 +118,6 @@ def _last_row(p: np.ndarray, t: np.ndarray, max_dist: int) -> np.ndarray | None:
     return prev
 
 
-def _semiglobal(p: np.ndarray, t: np.ndarray, max_dist: int) -> tuple[int, int] | None:
-    """``(min distance, first end index achieving it)`` or ``None`` if above ``max_dist``."""
-    row = _last_row(p, t, max_dist)
-    if row is None:
-        return None
-    j = int(np.argmin(row))
-    return int(row[j]) if row[j] <= max_dist else None, j
-
-
 def _pick(row: np.ndarray, js: np.ndarray, t: np.ndarray, last: int) -> int:
     """Among end positions ``js`` (tied or near-tied), the best: lowest distance, then one
     whose last char equals the pattern's last char, then the first."""
@@ -140,7 +131,7 @@ def _occurrences(codes: np.ndarray, ncodes: np.ndarray, lo: int, hi: int, k: int
     """All approximate occurrences ``(start, end, dist)`` (dist ≤ k) inside ``[lo, hi)``,
     one per run of qualifying end positions."""
     t = codes[lo:hi]
-    row = _last_row(ncodes, t, k)
+    row = semiglobal_row(ncodes, t, k)
     if row is None:
         return []
     ends = np.flatnonzero(row <= k)
@@ -153,7 +144,7 @@ def _occurrences(codes: np.ndarray, ncodes: np.ndarray, lo: int, hi: int, k: int
         e = _pick(row, run, t, ncodes[-1])
         a0 = max(0, e - m - k)
         seg = t[a0:e][::-1]
-        rrow = _last_row(ncodes[::-1], seg, k)
+        rrow = semiglobal_row(ncodes[::-1], seg, k)
         if rrow is None:
             continue
         rj = _pick(rrow, np.flatnonzero(rrow == rrow.min()), seg, ncodes[0])
@@ -214,8 +205,8 @@ def fuzzy_occurrences(hay: str, needle: str, lo: int = 0, hi: int | None = None,
     if m < MIN_FUZZY_CHARS or hi - lo <= 0:
         return []
     k = max(1, int(max_edit_ratio * m))
-    codes = _codes(hay) if hay_codes is None else hay_codes
-    ncodes = _codes(needle)
+    codes = char_codes(hay) if hay_codes is None else hay_codes
+    ncodes = char_codes(needle)
     if hi - lo <= 4 * (m + 2 * k):
         windows = [(lo, hi)]
     else:
@@ -240,7 +231,7 @@ def fuzzy_find(hay: str, needle: str, lo: int = 0, hi: int | None = None, *, max
     return min(occ, key=lambda o: (o[2], o[0])) if occ else None
 
 
-def _chain(cands: list[list[tuple[int, int]]], length: int) -> list[tuple[int, int] | None]:
+def best_chain(cands: list[list[tuple[int, int]]], length: int) -> list[tuple[int, int] | None]:
     """Monotone chain over candidate occurrences: ``cands[i]`` = ``[(a, b), ...]`` of segment i.
 
     Chooses at most one occurrence per segment, each starting at or after the previous chosen
@@ -319,7 +310,7 @@ def align_segments(response: str, segments: Sequence[Segment], *, source: str = 
         ``response``) and one :class:`SegmentReport` per segment, in segment order.
     """
     norm, idx = normalise(response)
-    codes = _codes(norm)
+    codes = char_codes(norm)
     targets = [_WS.sub(" ", s.text).strip() for s in segments]
 
     # pass 1: exact occurrences, best monotone chain
@@ -340,7 +331,7 @@ def align_segments(response: str, segments: Sequence[Segment], *, source: str = 
                                     min_votes=2, max_windows=16)
             fuzzy_d[i] = {(s, e): d for s, e, d in occ}
             chain_cands[i] = [(s, e) for s, e, _ in occ]
-    pos = _chain(chain_cands, len(norm))
+    pos = best_chain(chain_cands, len(norm))
     dist: list[int | None] = [None if p is None else fuzzy_d[i].get(p, 0) for i, p in enumerate(pos)]
     status: list[str | None] = [None if p is None else ("placed" if dist[i] == 0 else "placed fuzzy")
                                 for i, p in enumerate(pos)]

@@ -98,18 +98,18 @@ def thinking_part(response: str) -> str:
 def annotate_response(response: str, annotator: Annotator, *, source: str = "") -> tuple[list[BehaviorSpan], dict]:
     """Annotate a response's thinking part and align the markup back onto the response.
 
-    Returns the spans and a small report (segments, placed, repairs, status).
+    The annotator's markup goes through :func:`lrm_interp.data.paper_layout.annotate_trace`
+    (the same parser and aligner as real annotation files). Returns the spans and a small
+    report (status, reason when rejected, segments, placed, repairs).
     """
-    from lrm_interp.data.align import align_segments
-    from lrm_interp.data.markup import parse_markup
+    from lrm_interp.data.paper_layout import annotate_trace
 
-    markup = annotator.annotate(thinking_part(response))
-    parsed = parse_markup(markup, source=source)
-    if parsed.status == "rejected":
-        return [], {"status": "rejected", "reason": parsed.reason, "segments": 0, "placed": 0}
-    spans, reps = align_segments(response, parsed.segments, source=source)
-    return spans, {"status": parsed.status, "segments": len(reps), "placed": sum(r.placed for r in reps),
-                   "repairs": list(parsed.repairs)}
+    trace, rep = annotate_trace(response, annotator.annotate(thinking_part(response)), source=source)
+    out = {"status": rep.status, "segments": len(rep.segments), "placed": sum(r.placed for r in rep.segments),
+           "repairs": list(rep.repairs)}
+    if rep.status == "rejected":
+        out["reason"] = rep.reason
+    return list(trace.spans), out
 
 
 def _iou(a: BehaviorSpan, b: BehaviorSpan) -> float:

@@ -74,7 +74,6 @@ DATASET_ALIASES: dict[str, str] = {
     "musique100": "musique", "musique_100": "musique", "musique_ans": "musique",
     "yale-nlp/folio": "folio", "folio_validation": "folio",
 }
-ALIASES = DATASET_ALIASES  # backwards-compatible name
 
 #: Where each builder finds the gold answer in a problem dict.
 GOLD_KEYS: dict[str, tuple[str, ...]] = {

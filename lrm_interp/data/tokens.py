@@ -64,6 +64,8 @@ class EncodedTrace:
             after tokenization or cut off by ``max_tokens``).
         think_end: first position at or after the ``</think>`` marker of the response
             (``len`` when there is none): ``[response_start, think_end)`` is the thinking part.
+        special: positions holding a special token of the tokenizer (BOS, and e.g. ``<think>``
+            when the tokenizer treats it as special), anywhere in the text.
     """
 
     trace_id: str
@@ -74,6 +76,7 @@ class EncodedTrace:
     spans: tuple[TokenSpan, ...]
     dropped: tuple[tuple[int, str], ...] = ()
     think_end: int = -1
+    special: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.think_end < 0:
@@ -157,6 +160,7 @@ def encode_trace(tokenizer, trace: ReasoningTrace, *, k_context: int = 5,
         think_end = next((i for i, (a, b) in enumerate(offs) if b > a and b > cut), len(ids))
     return EncodedTrace(
         think_end=think_end,
+        special=tuple(i for i, t in enumerate(ids) if t in special),
         trace_id=trace.id,
         input_ids=torch.tensor(ids, dtype=torch.long),
         offsets=torch.tensor(offs, dtype=torch.long).reshape(-1, 2),

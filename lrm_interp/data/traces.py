@@ -15,6 +15,7 @@ into it. Unknown keys are kept in ``metadata``; nothing is dropped silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -93,6 +94,11 @@ class ReasoningTrace:
 
     def with_spans(self, spans: Iterable[BehaviorSpan]) -> "ReasoningTrace":
         return replace(self, spans=tuple(spans))
+
+    def fingerprint(self) -> str:
+        """BLAKE2b-128 of what the numbers depend on: prompt, response and spans (not metadata)."""
+        payload = json.dumps([self.prompt, self.response, [s.to_dict() for s in self.spans]], ensure_ascii=False)
+        return hashlib.blake2b(payload.encode("utf-8"), digest_size=16).hexdigest()
 
     def to_dict(self) -> dict:
         return {"id": self.id, "prompt": self.prompt, "response": self.response,
@@ -182,18 +188,26 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
 
     @classmethod
     def load_jsonl(cls, path: str | os.PathLike, *, name: str | None = None) -> "ReasoningDataset":
-        """Load a JSONL file; a malformed line raises :class:`TraceFormatError` naming it."""
+        """Load a JSONL file; a malformed line (invalid UTF-8 or JSON, missing keys, bad spans)
+        raises :class:`TraceFormatError` naming ``file:line``."""
         path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"trace file {path} does not exist")
         traces = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                where = f"{path}:{lineno}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise TraceFormatError(f"{where}: invalid UTF-8 at byte {e.start} of the line "
+                                           f"({raw[max(0, e.start - 10):e.start + 10]!r})") from e
                 if not line.strip():
                     continue
-                where = f"{path}:{lineno}"
                 try:
                     d = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise TraceFormatError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
+                    raise TraceFormatError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from e
                 if not isinstance(d, dict):
                     raise TraceFormatError(f"{where}: expected a JSON object, got {type(d).__name__}")
                 traces.append(ReasoningTrace.from_dict(d, where=where))

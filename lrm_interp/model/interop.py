@@ -27,6 +27,8 @@ separate linears, so a fused site has several hooks (concatenated on the last di
 
 from __future__ import annotations
 
+import shutil
+import weakref
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -116,18 +118,28 @@ def boot_bridge(model: torch.nn.Module, tokenizer: Any, name: str = "lrm_interp-
         import copy as _copy
 
         model = _copy.deepcopy(model)
+    tmp = None
     if "name_or_path" not in getattr(tokenizer, "init_kwargs", {}):
         # The bridge re-creates the tokenizer from its saved path: an in-memory tokenizer
-        # (e.g. lrm_interp.testing.byte_tokenizer) gets a saved copy, kept on disk because
-        # the bridge may reload it later.
+        # (e.g. lrm_interp.testing.byte_tokenizer) gets a saved copy in a temp folder that
+        # lives as long as the bridge (removed when the bridge is garbage-collected or at exit).
         import tempfile
 
         from transformers import AutoTokenizer
 
-        d = tempfile.mkdtemp(prefix="lrm_interp_tok_")
-        tokenizer.save_pretrained(d)
-        tokenizer = AutoTokenizer.from_pretrained(d)
-    return TransformerBridge.boot_transformers(name, hf_model=model, tokenizer=tokenizer)
+        tmp = tempfile.mkdtemp(prefix="lrm_interp_tok_")
+        tokenizer.save_pretrained(tmp)
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+    try:
+        bridge = TransformerBridge.boot_transformers(name, hf_model=model, tokenizer=tokenizer)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if tmp is not None:
+        weakref.finalize(bridge, shutil.rmtree, tmp, True)
+        bridge.lrm_interp_tokenizer_dir = tmp
+    return bridge
 
 
 def _nnsight_model(model: torch.nn.Module, tokenizer: Any):

@@ -101,7 +101,7 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
     path = Path(name).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist (no hub access: pass a local "
-                                "directory, a model object or an alias: {', '.join(sorted(model_aliases()))})")
+                                f"directory, a model object or an alias: {', '.join(sorted(model_aliases()))})")
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -182,14 +182,18 @@ def resolve_sites(model: nn.Module, sites: Sequence[Site | str] | str | None = N
         if not found:
             raise ValueError(f"no linear site of the model matches the pattern {sites!r}")
         return found
-    by_name = {s.name: s for s in find_sites(model, include_lm_head=True)}
     out = []
-    for s in sites:
+    for s in sites:  # look each name up directly: no scan of the whole model
         name = s.name if isinstance(s, Site) else str(s)
-        if name not in by_name:
-            close = [n for n in by_name if n.endswith(name.split(".")[-1])][:3]
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError:
+            mod = None
+        shape = linear_shape(mod) if mod is not None else None
+        if shape is None:
+            close = [n for n, m in model.named_modules() if n.endswith(name.split(".")[-1]) and linear_shape(m)][:3]
             raise KeyError(f"{name!r} is not a linear module of this model (e.g. {close})")
-        out.append(by_name[name])
+        out.append(s if isinstance(s, Site) and (s.in_features, s.out_features) == shape else _make_site(name, mod, shape))
     return out
 
 
@@ -199,9 +203,3 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError as e:
         raise KeyError(f"model has no module {name!r}") from e
-
-
-def num_layers(sites: Sequence[Site]) -> int:
-    """Number of decoder layers spanned by ``sites`` (max layer index + 1)."""
-    idx = [s.layer for s in sites if s.layer is not None]
-    return max(idx) + 1 if idx else 0

@@ -1,2 +1,24 @@
-"""The protection stage: per-weight saliency sources (a registry), protection masks and their
-policies, encodings and bits-per-weight accounting, and exports for deployment toolchains."""
+"""The protection stage: which weights stay in FP16 while the rest is quantized.
+
+================  ==================================================================
+``saliency.py``   per-weight saliency streams and their registry (``build_saliency``)
+``masks.py``      ``ProtectionMask``: the protected weights of one site
+``policies.py``   budget policies (``global_top``, ``modules_by_score``, …, ``build_masks``)
+``encoding.py``   index encodings, ``bits_per_weight``, the masks file (``save_masks``)
+``exports.py``    toolchain configs (llm-compressor, GPTQModel, transformers), FP16 sidecar
+================  ==================================================================
+
+The mask names are re-exported here: ``from lrm_interp.protect import build_masks, load_masks``.
+"""
+
+from __future__ import annotations
+
+from lrm_interp.protect.encoding import (ENCODINGS, bits_per_weight, decode_index, encode_index, index_bits,
+                                         load_masks, save_masks)
+from lrm_interp.protect.masks import GRANULARITIES, ProtectionMask
+from lrm_interp.protect.policies import (POLICIES, apply_regexes, build_masks, final_mlp, global_top,
+                                         modules_by_score, per_module_top)
+
+__all__ = ["ProtectionMask", "GRANULARITIES", "POLICIES", "build_masks", "global_top", "per_module_top",
+           "modules_by_score", "final_mlp", "apply_regexes", "ENCODINGS", "index_bits", "encode_index",
+           "decode_index", "bits_per_weight", "save_masks", "load_masks"]

@@ -9,13 +9,13 @@ sidecar (:func:`save_sidecar`).
 - GPTQModel: ``dynamic={"-:<regex>": {}}`` (``-:`` = skip the matching modules).
 - transformers: ``modules_to_not_convert`` / ``llm_int8_skip_modules`` (name list).
 
-Sidecar format (safetensors, :func:`save_sidecar`): per site ``<site>.rowptr`` int64
-``[out+1]``, ``<site>.cols`` int16/int32 and ``<site>.values`` float16 — the CSR of the
-protected weights' original values, in the ``[out, in]`` layout; metadata ``format =
-lrm_interp.sidecar/1``. Apply with :func:`apply_sidecar_` after loading a quantized model.
-
-Quantized copies (:func:`save_quantized`): per site the dense uint8 codes, per-group scale
-and zero, the sorted flat ids of the kept weights and their values (``lrm_interp.quantized/1``).
+Sidecar format (safetensors, :func:`save_sidecar`, ``lrm_interp.sidecar/2``): the masks'
+index tensors exactly as in the masks file (:func:`lrm_interp.protect.encoding.mask_tensors`:
+``<site>::<part>`` per the site's index encoding) plus ``<site>::values`` — the original
+values of the protected weights (FP16 by default) in sorted flat-id order ``r·in + c`` of
+the ``[out, in]`` layout; JSON metadata ``format``, ``sites = {site: {"shape",
+"granularity", "encoding"}}`` and ``value_dtype``. Apply with :func:`apply_sidecar_` after
+loading a quantized model. (Packed quantized copies: :mod:`lrm_interp.compress.quant.format`.)
 """
 
 from __future__ import annotations
@@ -24,17 +24,19 @@ import json
 import re
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 
+from lrm_interp._io import atomic_write_bytes, dtype_to_str
+from lrm_interp.model.sites import get_module
+from lrm_interp.model.weights import set_weight_matrix, weight_matrix
+from lrm_interp.protect.encoding import SEP, mask_tensors, masks_from_tensors
 from lrm_interp.protect.masks import ProtectionMask
-from lrm_interp._io import atomic_write_bytes
 
-if TYPE_CHECKING:
-    from lrm_interp.compress.quant.rtn import QuantizedTensor
-
-SIDECAR_FORMAT = "lrm_interp.sidecar/1"
+SIDECAR_FORMAT = "lrm_interp.sidecar/2"
 
 
 def full_modules(masks: Mapping[str, ProtectionMask], *, warn: bool = True) -> list[str]:
@@ -99,96 +101,55 @@ def modules_to_not_convert(masks: Mapping[str, ProtectionMask], *, keep_lm_head:
 
 
 def save_sidecar(model: torch.nn.Module, masks: Mapping[str, ProtectionMask], path: str | Path, *,
-                 value_dtype: torch.dtype = torch.float16) -> Path:
+                 value_dtype: torch.dtype = torch.float16, encoding: str = "auto") -> Path:
     """Store the original values (FP16 by default) of the protected weights, read from ``model``.
 
-    Format ``lrm_interp.sidecar/1`` (see module docs): per site ``<site>.rowptr`` int64
-    ``[out+1]``, ``<site>.cols`` int16 (``in ≤ 32767``) or int32, ``<site>.values``; JSON
-    metadata ``sites = {site: [out, in]}`` and ``value_dtype``. Atomic write, no pickle.
+    Format ``lrm_interp.sidecar/2`` (module docs): the masks' index tensors (``encoding`` as in
+    :func:`~lrm_interp.protect.encoding.save_masks`) and ``<site>::values [n_protected]``.
+    Atomic write, no pickle.
     """
-    from safetensors.torch import save
-
-    from lrm_interp.model.weights import weight_matrix
-    from lrm_interp.model.sites import get_module
-
-    tensors, info = {}, {}
+    tensors, info = mask_tensors(masks, encoding=encoding)
     for name, m in masks.items():
-        W = weight_matrix(get_module(model, name)).detach().cpu()
+        W = weight_matrix(get_module(model, name)).detach()
         if tuple(W.shape) != tuple(m.shape):
             raise ValueError(f"mask of {name} has shape {tuple(m.shape)}, weight {tuple(W.shape)}")
-        out, inn = m.shape
-        flat = m.flat_indices()
-        rows, cols = flat // inn, flat % inn
-        rowptr = torch.zeros(out + 1, dtype=torch.int64)
-        rowptr[1:] = torch.cumsum(torch.bincount(rows, minlength=out), 0)
-        tensors[f"{name}.rowptr"] = rowptr
-        tensors[f"{name}.cols"] = cols.to(torch.int16 if inn <= 32767 else torch.int32).contiguous()
-        tensors[f"{name}.values"] = W.flatten()[flat].to(value_dtype).contiguous()
-        info[name] = [out, inn]
-    meta = {"format": SIDECAR_FORMAT, "sites": json.dumps(info), "value_dtype": str(value_dtype).replace("torch.", "")}
-    atomic_write_bytes(Path(path), save(tensors, metadata=meta))
-    return Path(path)
+        flat = m.flat_indices().to(W.device)
+        inn = m.shape[1]
+        tensors[f"{name}{SEP}values"] = W[flat // inn, flat % inn].to(value_dtype).cpu().contiguous()
+    meta = {"format": SIDECAR_FORMAT, "sites": json.dumps(info), "value_dtype": dtype_to_str(value_dtype)}
+    path = Path(path)
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+    return path
 
 
 def apply_sidecar_(model: torch.nn.Module, path: str | Path) -> int:
-    """Write the sidecar's values back into ``model``'s weights; returns how many."""
-    from safetensors import safe_open
-
-    from lrm_interp.model.weights import set_weight_matrix, weight_matrix
-    from lrm_interp.model.sites import get_module
-
-    n = 0
-    with safe_open(str(path), "pt") as f:
+    """Write the sidecar's values back into ``model``'s weights (any dtype/device); returns how many."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"sidecar file {path} does not exist")
+    try:
+        f = safe_open(str(path), "pt")
+    except Exception as e:  # noqa: BLE001 - name the file in the error
+        raise ValueError(f"{path}: not a safetensors file ({e})") from e
+    with f:
         meta = f.metadata() or {}
         if meta.get("format") != SIDECAR_FORMAT:
-            raise ValueError(f"{path}: not an lrm_interp sidecar (format {meta.get('format')!r})")
-        for name, (out, inn) in json.loads(meta["sites"]).items():
-            rowptr, cols = f.get_tensor(f"{name}.rowptr"), f.get_tensor(f"{name}.cols").long()
-            vals = f.get_tensor(f"{name}.values")
-            if rowptr.numel() != out + 1 or int(rowptr[-1]) != cols.numel() or cols.numel() != vals.numel():
-                raise ValueError(f"{path}: corrupt sidecar entry for {name}")
-            rows = torch.repeat_interleave(torch.arange(out), rowptr[1:] - rowptr[:-1])
-            mod = get_module(model, name)
-            W = weight_matrix(mod).clone()
-            if tuple(W.shape) != (out, inn):
-                raise ValueError(f"{path}: {name} is [{out}, {inn}] in the sidecar but {tuple(W.shape)} in the model")
-            W[rows.to(W.device), cols.to(W.device)] = vals.to(device=W.device, dtype=W.dtype)
-            set_weight_matrix(mod, W)
-            n += vals.numel()
+            raise ValueError(f"{path}: not an lrm_interp sidecar (format {meta.get('format')!r}, "
+                             f"expected {SIDECAR_FORMAT!r})")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    masks = masks_from_tensors(tensors, json.loads(meta["sites"]), source=str(path))
+    n = 0
+    for name, m in masks.items():
+        vals = tensors.get(f"{name}{SEP}values")
+        if vals is None or vals.numel() != m.n_protected:
+            raise ValueError(f"{path}: corrupt sidecar entry for {name} "
+                             f"({m.n_protected} protected weights, {None if vals is None else vals.numel()} values)")
+        mod = get_module(model, name)
+        W = weight_matrix(mod).clone()
+        if tuple(W.shape) != m.shape:
+            raise ValueError(f"{path}: {name} is {list(m.shape)} in the sidecar but {list(W.shape)} in the model")
+        flat = m.flat_indices().to(W.device)
+        W[flat // m.shape[1], flat % m.shape[1]] = vals.to(device=W.device, dtype=W.dtype)
+        set_weight_matrix(mod, W)
+        n += vals.numel()
     return n
-
-
-QUANTIZED_FORMAT = "lrm_interp.quantized/1"
-
-
-def save_quantized(tensors: Mapping[str, "QuantizedTensor"], path: str | Path, *, metadata: dict | None = None) -> Path:
-    """Store :class:`~lrm_interp.compress.quant.QuantizedTensor` s (codes uint8, scale, zero, kept ids and
-    values) per site as ``<site>::<part>``; JSON metadata per site: bits, group_size, dtype."""
-    from safetensors.torch import save
-
-    out, info = {}, {}
-    for name, q in tensors.items():
-        out.update(q.to_tensors(f"{name}::"))
-        info[name] = {"bits": q.bits, "group_size": q.group_size, "dtype": str(q.dtype).replace("torch.", "")}
-    meta = {"format": QUANTIZED_FORMAT, "sites": json.dumps(info), "extra": json.dumps(metadata or {})}
-    atomic_write_bytes(Path(path), save(out, metadata=meta))
-    return Path(path)
-
-
-def load_quantized(path: str | Path) -> tuple[dict[str, "QuantizedTensor"], dict]:
-    """Inverse of :func:`save_quantized`: ``({site: QuantizedTensor}, extra metadata)``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from lrm_interp.compress.quant.rtn import QuantizedTensor
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != QUANTIZED_FORMAT:
-        raise ValueError(f"{path}: not an lrm_interp quantized file (format {meta.get('format')!r})")
-    flat = load_file(str(path))
-    out = {}
-    for name, d in json.loads(meta["sites"]).items():
-        out[name] = QuantizedTensor.from_tensors(flat, bits=d["bits"], group_size=d["group_size"],
-                                                 dtype=getattr(torch, d["dtype"]), prefix=f"{name}::")
-    return out, json.loads(meta.get("extra", "{}"))

@@ -1,23 +1,32 @@
-"""Per-weight saliency inside each linear site, streamed one module at a time.
+"""Per-weight saliency inside each linear site, streamed one module at a time, and the
+registry of saliency sources.
 
-Every function returns a :class:`SaliencyStream`: iterating it yields
+Every source returns a :class:`SaliencyStream`: iterating it yields
 ``(site, saliency [out, in] float32 CPU)`` one module at a time, and ``.sites`` tells a
-policy (:func:`lrm_interp.protect.masks.global_top`) the total weight count up front, so no policy
-ever holds a whole model's saliency. Larger = more worth keeping in FP16.
+policy (:func:`lrm_interp.protect.policies.global_top`) the total weight count up front, so no
+policy ever holds a whole model's saliency. Larger = more worth keeping in FP16.
 
-========================  ==============================================================
-``magnitude``             ``|W_ij|``
-``random``                uniform noise, seeded per (seed, site name) — the control
-``activation``            ``|W_ij| · ‖x_j‖`` (AWQ-style), ``‖x_j‖ = sqrt(mean_t x_tj²)`` over
-                          calibration tokens (``capture.MaskedSum(stage="input", square=True)``)
-``hessian``               ``(W_ij − Q(W)_ij)² · H_jj``, ``H_jj = 2·mean_t x_tj²`` — the
-                          diagonal-Hessian increase of the layer's output error when weight
-                          ij is quantized (SpQR/OWQ-style), ``Q`` = RTN on the same grid
-``attribution``           ``|G_ij| · |W_ij − Q(W)_ij|`` with ``G`` the loss gradient
-                          accumulated over *reasoning-behaviour spans* (TaCQ-style, but
-                          conditioned on behaviours), optionally rescaled per module by a
-                          module importance (e.g. mean relative importance from AtP)
-========================  ==============================================================
+===================  ==============================================================
+``magnitude``        ``|W_ij|``
+``random``           uniform noise, seeded per (seed, site name) — the control
+``activation``       ``|W_ij| · ‖x_j‖`` (AWQ-style), ``‖x_j‖ = sqrt(mean_t x_tj²)`` over
+                     calibration tokens (``capture.MaskedSum(stage="input", square=True)``)
+``hessian``          ``(W_ij − Q(W)_ij)² · H_jj``, ``H_jj = 2·mean_t x_tj²`` — the
+                     diagonal-Hessian increase of the layer's output error when weight
+                     ij is quantized (SpQR/OWQ-style), ``Q`` = RTN on the same grid
+``attribution``      ``|G_ij| · |W_ij − Q(W)_ij|`` with ``G`` the loss gradient
+                     accumulated over *reasoning-behaviour spans* (TaCQ-style, but
+                     conditioned on behaviours)
+``attribution_ri``   ``attribution`` rescaled per module by a module importance (e.g. the
+                     mean relative importance of an AtP :class:`~lrm_interp.attribution.results.Attribution`)
+===================  ==============================================================
+
+Registry (:data:`SALIENCIES`, :func:`build_saliency`): every name above maps to a
+:class:`SaliencySource` (row label, required inputs, builder); ``build_saliency(name, model,
+sites, **inputs)`` builds any of them from one uniform set of keyword inputs
+(:class:`SaliencyInputs`). Calibration data (``calib``) is normalised by
+:func:`lrm_interp.compress.calibration.calibration_batches` (ids, or a tokenizer output
+dict whose padding is excluded).
 
 Gradient accumulation (:func:`weight_grads`): ``reduce="abs"`` sums ``|∂L_b/∂W|`` over
 batches/spans (TaCQ: a weight matters if it matters for any sample); ``reduce="signed"``
@@ -30,16 +39,20 @@ data per chunk) so a big model never holds all weight gradients at once.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from lrm_interp.model.capture import Capture, MaskedSum
-from lrm_interp.model.weights import weight_matrix
+from lrm_interp.attribution.results import site_scores
+from lrm_interp.compress.calibration import CalibData, calibration_batches
 from lrm_interp.compress.quant.rtn import rtn_quantize
-from lrm_interp.model.sites import Site, get_module
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan
+from lrm_interp.model.capture import Capture, MaskedSum
 from lrm_interp.model.forward import input_device, span_losses
+from lrm_interp.model.sites import Site, get_module
+from lrm_interp.model.weights import weight_matrix
 
 
 class SaliencyStream:
@@ -78,42 +91,35 @@ def random_saliency(model, sites: Sequence[Site], seed: int = 0) -> SaliencyStre
     return SaliencyStream(sites, gen)
 
 
-def _calib_batches(calib: Any, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    if isinstance(calib, Mapping):
-        ids, att = calib["input_ids"], calib.get("attention_mask")
-    else:
-        ids, att = torch.as_tensor(calib), None
-        if ids.dim() == 1:
-            ids = ids[None]
-    for i in range(0, ids.shape[0], batch_size):
-        yield ids[i:i + batch_size], None if att is None else att[i:i + batch_size]
-
-
-def input_sq_means(model, sites: Sequence[Site], calib: Any, *, batch_size: int = 8) -> dict[str, torch.Tensor]:
+def input_sq_means(model, sites: Sequence[Site], calib: CalibData, *, batch_size: int = 8,
+                   progress: bool = True) -> dict[str, torch.Tensor]:
     """``mean_t x_tj²`` per site input ``[in]`` (float32, CPU) over calibration tokens.
 
-    ``calib``: input ids ``[b, s]`` or a tokenizer output dict (padding excluded).
+    ``calib``: input ids ``[b, s]`` / ``[s]`` or a tokenizer output dict (padding excluded).
+    ``progress``: a bar over the calibration batches.
     """
     red = MaskedSum("input", square=True, device="cpu")
     dev = input_device(model)
+    batches = list(calibration_batches(calib, batch_size))  # views of calib
     with torch.no_grad(), Capture(model, list(sites), [red]):
-        for ids, att in _calib_batches(calib, batch_size):
+        for ids, att in tqdm(batches, desc="calibration", unit="batch", leave=False, disable=not progress):
             red.set_weights(torch.ones(ids.shape, dtype=torch.float32) if att is None else att.float())
             kw = {} if att is None else {"attention_mask": att.to(dev)}
             model(input_ids=ids.to(dev), use_cache=False, **kw)
     return {k: v[0] / red.counts[k][0].clamp_min(1) for k, v in red.sums.items()}
 
 
-def activation(model, sites: Sequence[Site], calib: Any, *, batch_size: int = 8) -> SaliencyStream:
-    """AWQ-style ``|W_ij| · sqrt(mean x_j²)`` (one calibration pass, then streamed)."""
-    sq = input_sq_means(model, sites, calib, batch_size=batch_size)
+def activation(model, sites: Sequence[Site], calib: CalibData, *, batch_size: int = 8,
+               progress: bool = True) -> SaliencyStream:
+    """AWQ-style ``|W_ij| · sqrt(mean x_j²)`` ``[out, in]`` (one calibration pass, then streamed)."""
+    sq = input_sq_means(model, sites, calib, batch_size=batch_size, progress=progress)
     return SaliencyStream(sites, lambda: ((s, _w(model, s).abs() * sq[s.name].sqrt().unsqueeze(0)) for s in sites))
 
 
-def hessian(model, sites: Sequence[Site], calib: Any, *, bits: int = 3, group_size: int | None = 128,
-            symmetric: bool = False, batch_size: int = 8) -> SaliencyStream:
-    """SpQR/OWQ-style ``(W − Q(W))² · H_jj`` with ``H_jj = 2·mean x_j²`` and RTN ``Q``."""
-    sq = input_sq_means(model, sites, calib, batch_size=batch_size)
+def hessian(model, sites: Sequence[Site], calib: CalibData, *, bits: int = 3, group_size: int | None = 128,
+            symmetric: bool = False, batch_size: int = 8, progress: bool = True) -> SaliencyStream:
+    """SpQR/OWQ-style ``(W − Q(W))² · H_jj`` ``[out, in]`` with ``H_jj = 2·mean x_j²`` and RTN ``Q``."""
+    sq = input_sq_means(model, sites, calib, batch_size=batch_size, progress=progress)
 
     def gen():
         for s in sites:
@@ -125,12 +131,14 @@ def hessian(model, sites: Sequence[Site], calib: Any, *, bits: int = 3, group_si
 
 # ---------------------------------------------------------------------------- gradients
 def weight_grads(model, sites: Sequence[Site], loss_fn: Callable[[Any, Any], torch.Tensor | None],
-                 batches: Iterable[Any], *, reduce: str = "abs") -> dict[str, torch.Tensor]:
+                 batches: Iterable[Any], *, reduce: str = "abs", progress: bool = True,
+                 desc: str = "weight gradients") -> dict[str, torch.Tensor]:
     """Accumulated ``∂L/∂W`` ``[out, in]`` (float32, CPU) of ``sites`` over ``batches``.
 
     ``loss_fn(model, batch)`` returns a scalar loss (or ``None`` to skip the batch). Only
     the sites' weights require grad during the call; every ``requires_grad`` flag is
-    restored. ``reduce``: ``"abs"`` (Σ|g|) or ``"signed"`` (Σg).
+    restored. ``reduce``: ``"abs"`` (Σ|g|) or ``"signed"`` (Σg). ``progress``: a bar over
+    the backward passes (one per batch).
     """
     if reduce not in ("abs", "signed"):
         raise ValueError(f"reduce must be 'abs' or 'signed', got {reduce!r}")
@@ -144,7 +152,8 @@ def weight_grads(model, sites: Sequence[Site], loss_fn: Callable[[Any, Any], tor
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
-        for batch in batches:
+        total = len(batches) if hasattr(batches, "__len__") else None
+        for batch in tqdm(batches, desc=desc, total=total, unit="pass", leave=False, disable=not progress):
             loss = loss_fn(model, batch)
             if loss is None:
                 continue
@@ -175,16 +184,23 @@ def span_loss(model, item: tuple[EncodedTrace, TokenSpan]) -> torch.Tensor:
 
 
 def behaviour_weight_grads(model, encoded: Sequence[EncodedTrace], sites: Sequence[Site],
-                           behaviors: Sequence[str], *, reduce: str = "abs") -> dict[str, torch.Tensor]:
+                           behaviors: Sequence[str], *, reduce: str = "abs",
+                           progress: bool = True) -> dict[str, torch.Tensor]:
     """Σ over behaviour spans of ``|∂L(s)/∂W|`` (or signed) per site ``[out, in]``.
 
     One backward per span (:func:`span_loss`: mean CE of the span's tokens given the whole
     prefix, positions from :func:`lrm_interp.data.tokens.target_positions`).
     """
+    return weight_grads(model, sites, span_loss, _span_items(encoded, behaviors), reduce=reduce, progress=progress,
+                        desc="span gradients")
+
+
+def _span_items(encoded: Sequence[EncodedTrace], behaviors: Sequence[str]) -> list[tuple[EncodedTrace, TokenSpan]]:
+    """:func:`scorable_spans`, or a ``ValueError`` when there is none."""
     items = scorable_spans(encoded, behaviors)
     if not items:
         raise ValueError(f"no span of behaviours {list(behaviors)} with target tokens in {len(encoded)} traces")
-    return weight_grads(model, sites, span_loss, items, reduce=reduce)
+    return items
 
 
 def attribution(model, sites: Sequence[Site], encoded: Sequence[EncodedTrace] | None = None,
@@ -192,37 +208,39 @@ def attribution(model, sites: Sequence[Site], encoded: Sequence[EncodedTrace] | 
                 symmetric: bool = False, module_importance: Mapping[str, float] | Any | None = None,
                 loss_fn: Callable[[Any, Any], torch.Tensor | None] | None = None, batches: Iterable[Any] | None = None,
                 reduce: str = "abs", site_chunk: int | None = None,
-                quantizer: Callable[[Site, torch.Tensor], torch.Tensor] | None = None) -> SaliencyStream:
+                quantizer: Callable[[Site, torch.Tensor], torch.Tensor] | None = None,
+                progress: bool = True) -> SaliencyStream:
     """Behaviour-conditioned TaCQ-style saliency ``|G| ⊙ |W − Q(W)|``.
 
     Gradients ``G`` come from behaviour-span losses on ``encoded`` traces (``behaviors``), or
     from any ``loss_fn(model, batch)`` over ``batches``. ``Q``: RTN on the target grid, or
     ``quantizer(site, W) -> Q(W)`` (e.g. GPTQ). ``module_importance``: ``{site: score}`` or an
-    :class:`~lrm_interp.attribution.results.Attribution` (mean RI over its behaviours); each module's
-    saliency is then normalised to mean 1 and multiplied by its importance, so the module
-    attribution decides how much of a global budget a module gets and the per-weight term
-    which of its weights. ``site_chunk``: sites per gradient pass (memory bound, see module docs).
+    :class:`~lrm_interp.attribution.results.Attribution` (its mean RI over behaviours,
+    :func:`~lrm_interp.attribution.results.site_scores`); each module's saliency is then
+    normalised to mean 1 and multiplied by its importance (0 for a site it does not name), so
+    the module attribution decides how much of a global budget a module gets and the
+    per-weight term which of its weights. ``site_chunk``: sites per gradient pass (memory
+    bound, see module docs). ``progress``: a bar over the backward passes of each pass.
+    Yields ``(site, [out, in] float32)``.
     """
     if loss_fn is None:
         if encoded is None or behaviors is None:
             raise ValueError("attribution needs (encoded, behaviors) or (loss_fn, batches)")
-        items = scorable_spans(encoded, behaviors)
-        if not items:
-            raise ValueError(f"no span of behaviours {list(behaviors)} with target tokens in {len(encoded)} traces")
-        loss_fn, batches = span_loss, items
+        loss_fn, batches = span_loss, _span_items(encoded, behaviors)
     elif batches is None:
         raise ValueError("loss_fn needs batches")
     batches = list(batches)
-    imp = None
-    if module_importance is not None:
-        imp = module_importance if isinstance(module_importance, Mapping) else mean_ri(module_importance, sites)
+    imp = None if module_importance is None else site_scores(module_importance)
     sites = list(sites)
     chunk = len(sites) if not site_chunk else int(site_chunk)
 
     def gen():
         for c0 in range(0, len(sites), chunk):
             part = sites[c0:c0 + chunk]
-            G = weight_grads(model, part, loss_fn, batches, reduce=reduce)
+            desc = "span gradients" if loss_fn is span_loss else "gradients"
+            if chunk < len(sites):
+                desc += f", sites {c0 + 1}-{c0 + len(part)}"
+            G = weight_grads(model, part, loss_fn, batches, reduce=reduce, progress=progress, desc=desc)
             for s in part:
                 W = _w(model, s)
                 Q = (quantizer(s, W) if quantizer is not None
@@ -234,53 +252,81 @@ def attribution(model, sites: Sequence[Site], encoded: Sequence[EncodedTrace] | 
     return SaliencyStream(sites, gen)
 
 
-def mean_ri(attr, sites: Sequence[Site], behavior: str | None = None) -> dict[str, float]:
-    """Relative importance per site (mean over behaviours, or of ``behavior``) from an Attribution."""
-    ri = attr.ri[attr.behaviors.index(behavior)] if behavior else attr.ri.mean(dim=0)
-    idx = {n: i for i, n in enumerate(attr.site_names)}
-    return {s.name: float(ri[idx[s.name]]) if s.name in idx else 0.0 for s in sites}
+# ---------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class SaliencyInputs:
+    """The one set of keyword inputs every registered saliency builder receives.
 
-
-def comparison_sources(model, sites: Sequence[Site], encoded: Sequence[EncodedTrace], behaviors: Sequence[str],
-                       calib: Any, *, bits: int, group_size: int | None = 128, symmetric: bool = False,
-                       module_importance: Any = None, seed: int = 0) -> dict[str, Callable[[], SaliencyStream]]:
-    """The saliencies a protection experiment compares, as lazy ``{row name: () -> stream}``.
-
-    Attribution-guided (with and without ``module_importance``), magnitude, activation
-    (AWQ-style, ``calib`` ids), Hessian (SpQR-style; it and attribution measure ``W − Q(W)`` on
-    the ``bits``/``group_size``/``symmetric`` grid) and
-    random (``seed``). Used by ``examples/protection_experiment.py`` and ``protection_smollm2.py``.
+    ``encoded``/``behaviors``: encoded traces and the behaviours whose spans give gradients;
+    ``calib``: calibration ids ``[b, s]`` or a tokenizer output dict; ``bits``/``group_size``/
+    ``symmetric``: the target grid (``W − Q(W)``); ``seed``: for ``random``;
+    ``module_importance``: ``{site: score}`` or an Attribution; ``progress``: bars.
     """
-    out: dict[str, Callable[[], SaliencyStream]] = {}
-    if module_importance is not None:
-        out["attribution (behaviour-span TaCQ × module RI)"] = lambda: attribution(
-            model, sites, encoded, behaviors, bits=bits, group_size=group_size, symmetric=symmetric,
-            module_importance=module_importance)
-    out.update({
-        "attribution (behaviour-span TaCQ)": lambda: attribution(model, sites, encoded, behaviors, bits=bits,
-                                                                 group_size=group_size, symmetric=symmetric),
-        "magnitude": lambda: magnitude(model, sites),
-        "activation (AWQ-style)": lambda: activation(model, sites, calib),
-        "hessian (SpQR-style)": lambda: hessian(model, sites, calib, bits=bits, group_size=group_size,
-                                                symmetric=symmetric),
-        "random": lambda: random_saliency(model, sites, seed=seed),
-    })
-    return out
+
+    encoded: Sequence[EncodedTrace] | None = None
+    behaviors: Sequence[str] | None = None
+    calib: CalibData | None = None
+    bits: int = 3
+    group_size: int | None = 128
+    symmetric: bool = False
+    seed: int = 0
+    module_importance: Mapping[str, float] | Any | None = None
+    progress: bool = True
 
 
-def comparison_masks(sources: Mapping[str, Callable[[], SaliencyStream]], sites: Sequence[Site], budget: float = 0.02,
-                     *, progress: bool = False) -> dict[str, dict]:
-    """The mask rows of a protection experiment: ``{"none": {}}``, then ``"<budget> <name>"`` =
-    :func:`~lrm_interp.protect.masks.global_top` of each source, then the paper's final-layer MLP."""
-    from tqdm.auto import tqdm
+@dataclass(frozen=True)
+class SaliencySource:
+    """A registered saliency: ``build(model, sites, inputs) -> SaliencyStream``, the
+    :class:`SaliencyInputs` fields it ``needs`` (not ``None``) and its row ``label``."""
 
-    from lrm_interp.protect.masks import final_mlp, global_top
-
-    rows: dict[str, dict] = {"none": {}}
-    for name, fn in tqdm(sources.items(), desc="saliency", disable=not progress):
-        rows[f"{budget:.0%} {name}"] = global_top(fn(), budget)
-    rows["final-layer MLP (paper)"] = final_mlp(sites)
-    return rows
+    label: str
+    needs: tuple[str, ...]
+    build: Callable[[Any, Sequence[Site], SaliencyInputs], SaliencyStream]
 
 
-KINDS = ("magnitude", "activation", "hessian", "random", "attribution")
+def _attribution_source(importance: bool) -> Callable[[Any, Sequence[Site], SaliencyInputs], SaliencyStream]:
+    """The builder of ``attribution`` (``importance=False``) or ``attribution_ri`` (with ``module_importance``)."""
+    def build(model: torch.nn.Module, sites: Sequence[Site], x: SaliencyInputs) -> SaliencyStream:
+        return attribution(model, sites, x.encoded, x.behaviors, bits=x.bits, group_size=x.group_size,
+                           symmetric=x.symmetric, module_importance=x.module_importance if importance else None,
+                           progress=x.progress)
+    return build
+
+
+SALIENCIES: dict[str, SaliencySource] = {
+    "attribution_ri": SaliencySource("attribution (behaviour-span TaCQ × module RI)",
+                                     ("encoded", "behaviors", "module_importance"), _attribution_source(True)),
+    "attribution": SaliencySource("attribution (behaviour-span TaCQ)", ("encoded", "behaviors"),
+                                  _attribution_source(False)),
+    "magnitude": SaliencySource("magnitude", (), lambda model, sites, x: magnitude(model, sites)),
+    "activation": SaliencySource("activation (AWQ-style)", ("calib",),
+                                 lambda model, sites, x: activation(model, sites, x.calib, progress=x.progress)),
+    "hessian": SaliencySource("hessian (SpQR-style)", ("calib",),
+                              lambda model, sites, x: hessian(model, sites, x.calib, bits=x.bits,
+                                                              group_size=x.group_size, symmetric=x.symmetric,
+                                                              progress=x.progress)),
+    "random": SaliencySource("random", (), lambda model, sites, x: random_saliency(model, sites, seed=x.seed)),
+}
+"""Saliency sources by name, in the order a protection experiment lists them (module docs)."""
+
+
+def build_saliency(name: str, model: torch.nn.Module, sites: Sequence[Site], *, encoded: Sequence[EncodedTrace] | None = None,
+                   behaviors: Sequence[str] | None = None, calib: CalibData | None = None, bits: int = 3,
+                   group_size: int | None = 128, symmetric: bool = False, seed: int = 0,
+                   module_importance: Mapping[str, float] | Any | None = None,
+                   progress: bool = True) -> SaliencyStream:
+    """The saliency stream ``(site, [out, in])`` of registered source ``name`` (:data:`SALIENCIES`).
+
+    Inputs a source does not use are ignored; a missing required input is a ``ValueError``
+    naming it, an unknown ``name`` a ``KeyError`` listing the registered ones.
+    """
+    if name not in SALIENCIES:
+        raise KeyError(f"unknown saliency {name!r} (one of {list(SALIENCIES)})")
+    src = SALIENCIES[name]
+    x = SaliencyInputs(encoded=encoded, behaviors=None if behaviors is None else list(behaviors), calib=calib,
+                       bits=bits, group_size=group_size, symmetric=symmetric, seed=seed,
+                       module_importance=module_importance, progress=progress)
+    missing = [n for n in src.needs if getattr(x, n) is None]
+    if missing:
+        raise ValueError(f"saliency {name!r} needs {', '.join(missing)}")
+    return src.build(model, list(sites), x)

@@ -230,25 +230,30 @@ def anneal_toy_model(src_dir: str | Path, out_dir: str | Path, *, steps: int, lr
 
 def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The training options; the defaults are the shipped model's recipe (also ``lrm-interp toy train``)."""
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, metavar="DIR", help="output folder (from_pretrained-loadable model, "
+                                                                "byte tokenizer, training_log.json)")
     ap.add_argument("--steps", type=int, default=3000, help="length of the phase-1 cosine schedule")
     ap.add_argument("--stop-at", type=int, default=1274, help="phase-1 steps actually run (0: all)")
-    ap.add_argument("--anneal-steps", type=int, default=900)
-    ap.add_argument("--anneal-lr", type=float, default=1e-3)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--n-people", type=int, default=N_PEOPLE)
-    ap.add_argument("--eval-per-family", type=int, default=100)
-    ap.add_argument("--weight-decay", type=float, default=0.0)
-    ap.add_argument("--hidden", type=int, default=128)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--kv-heads", type=int, default=2)
-    ap.add_argument("--intermediate", type=int, default=384)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--max-seconds", type=float, default=None)
+    ap.add_argument("--anneal-steps", type=int, default=900,
+                    help="phase-2 steps, learning rate falling linearly to 0 (0: no phase 2)")
+    ap.add_argument("--anneal-lr", type=float, default=1e-3, help="phase-2 initial learning rate")
+    ap.add_argument("--batch-size", type=int, default=256, help="sequences per step (both phases)")
+    ap.add_argument("--lr", type=float, default=2e-3, help="phase-1 peak learning rate (AdamW)")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the phase-1 data stream")
+    ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
+    ap.add_argument("--n-people", type=int, default=N_PEOPLE, help="size of the knowledge family's fact table")
+    ap.add_argument("--eval-per-family", type=int, default=100,
+                    help="held-out problems per task family evaluated after training")
+    ap.add_argument("--weight-decay", type=float, default=0.0, help="phase-1 AdamW weight decay")
+    ap.add_argument("--hidden", type=int, default=128, help="hidden size")
+    ap.add_argument("--layers", type=int, default=4, help="decoder layers")
+    ap.add_argument("--heads", type=int, default=4, help="attention heads")
+    ap.add_argument("--kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
+    ap.add_argument("--intermediate", type=int, default=384, help="MLP intermediate size")
+    ap.add_argument("--workers", type=int, default=2, help="data-loader worker processes (0: generate in the "
+                                                           "main process)")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="emergency stop of phase 1 after this many seconds (recorded; not reproducible)")
     ap.add_argument("--quant-eval", action="store_true", help="also evaluate RTN 4/3/2-bit")
     return ap
 

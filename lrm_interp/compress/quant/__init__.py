@@ -1,12 +1,25 @@
-"""Mask-aware weight quantizers (RTN, GPTQ) and their application to whole models."""
+"""Mask-aware weight quantizers and their application to whole models.
+
+=============  ==================================================================
+``grid.py``    the shared grid: ``check_bits``, ``fit_params`` → ``GroupParams``, codes
+``rtn.py``     round-to-nearest: ``rtn_quantize``, ``rtn_quantize_tensor``
+``gptq.py``    GPTQ with error feedback: ``gptq_quantize``, ``gptq_quantize_tensor``
+``format.py``  ``QuantizedTensor`` and the ``lrm_interp.quantized/1`` file (``save_quantized``)
+``apply.py``   the model-level driver ``quantize_model_`` → ``QuantReport``
+=============  ==================================================================
+
+Calibration data and Hessians: :mod:`lrm_interp.compress.calibration`.
+"""
 
 from __future__ import annotations
 
+from lrm_interp.compress.calibration import collect_hessians
 from lrm_interp.compress.quant.apply import QuantReport, quantize_model_
-from lrm_interp.model.weights import set_weight_matrix, weight_matrix
-from lrm_interp.compress.quant.gptq import collect_hessians, gptq_quantize, gptq_quantize_tensor
-from lrm_interp.compress.quant.rtn import GroupParams, QuantizedTensor, fit_params, rtn_quantize, rtn_quantize_tensor
+from lrm_interp.compress.quant.format import QuantizedTensor, load_quantized, save_quantized
+from lrm_interp.compress.quant.gptq import gptq_quantize, gptq_quantize_tensor
+from lrm_interp.compress.quant.grid import GroupParams, check_bits, fit_params
+from lrm_interp.compress.quant.rtn import rtn_quantize, rtn_quantize_tensor
 
 __all__ = ["QuantReport", "quantize_model_", "rtn_quantize", "rtn_quantize_tensor", "fit_params", "GroupParams",
-           "QuantizedTensor", "gptq_quantize", "gptq_quantize_tensor", "collect_hessians", "weight_matrix",
-           "set_weight_matrix"]
+           "check_bits", "QuantizedTensor", "save_quantized", "load_quantized", "gptq_quantize",
+           "gptq_quantize_tensor", "collect_hessians"]

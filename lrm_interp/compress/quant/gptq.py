@@ -16,65 +16,29 @@ value, contribute zero error (nothing is pushed from them) and receive no update
 reset to their original value after each update). The error of an unprotected weight flows
 only to unprotected, not-yet-quantized weights of the same row.
 
-Model level (:func:`gptq_quantize_model_`): with ``sequential=True`` (default) the decoder
-layers are processed in order; each layer's Hessians are collected from the calibration
-tokens with all earlier layers already quantized (the forward stops once the layer's sites
-have fired), so only one layer's ``[in, in]`` Hessians are in memory at a time. Within a
-layer every site sees the layer's input computed by the quantized earlier layers (GPTQ's
-non-"true-sequential" mode). ``sequential=False``: all Hessians from one unquantized pass.
+Hessians come from :func:`lrm_interp.compress.calibration.collect_hessians`; the model-level
+run (layer by layer, :func:`lrm_interp.compress.calibration.layer_hessians`) is
+:func:`lrm_interp.compress.quant.apply.quantize_model_` with ``method="gptq"``.
 """
 
 from __future__ import annotations
 
-from itertools import groupby
-from typing import Callable, Mapping, Sequence
-
 import torch
-from tqdm.auto import tqdm
 
-from lrm_interp.model.capture import Capture, Reducer
-from lrm_interp.model.sites import Site, get_module
-from lrm_interp.compress.quant.rtn import GroupParams, QuantizedTensor, fit_params
-from lrm_interp.model.forward import input_device
-
-
-class HessianReducer(Reducer):
-    """Accumulates ``XᵀX`` ``[in, in]`` (float32, on the input's device) and token counts per site."""
-
-    stages = frozenset({"input"})
-
-    def __init__(self, attention_mask: torch.Tensor | None = None):
-        self.H: dict[str, torch.Tensor] = {}
-        self.n: dict[str, int] = {}
-        self.attention_mask = attention_mask
-
-    def on_input(self, site: str, t: torch.Tensor) -> None:
-        x = t.reshape(-1, t.shape[-1]).float()
-        if self.attention_mask is not None:
-            x = x[self.attention_mask.reshape(-1).to(x.device).bool()]
-        h = x.T @ x
-        if site in self.H:
-            self.H[site] += h
-            self.n[site] += x.shape[0]
-        else:
-            self.H[site], self.n[site] = h, x.shape[0]
-
-    def hessians(self) -> dict[str, torch.Tensor]:
-        """``2·XᵀX/n`` per site."""
-        return {k: 2 * v / max(self.n[k], 1) for k, v in self.H.items()}
+from lrm_interp.compress.quant.format import QuantizedTensor
+from lrm_interp.compress.quant.grid import GroupParams, check_weight, fit_params
 
 
 def _gptq_core(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | None, symmetric: bool,
                mask: torch.Tensor | None, blocksize: int, percdamp: float):
     """Returns ``(codes uint8 [out, in], scale, zero [out, n_groups], g, dequantized float32 with kept values)``."""
+    check_weight(W, bits, mask)
     W0 = W.float().clone()
     out, inn = W0.shape
     if tuple(H.shape) != (inn, inn):
         raise ValueError(f"Hessian shape {tuple(H.shape)} != [{inn}, {inn}]")
     prot = (torch.zeros_like(W0, dtype=torch.bool) if mask is None
             else mask.to(device=W0.device, dtype=torch.bool))
-    if tuple(prot.shape) != (out, inn):
-        raise ValueError(f"mask shape {tuple(prot.shape)} != weight shape {(out, inn)}")
     H = H.to(device=W0.device, dtype=torch.float32).clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
@@ -83,6 +47,8 @@ def _gptq_core(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | No
     H += percdamp * torch.mean(torch.diag(H)) * torch.eye(inn, device=H.device)
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     g = inn if group_size is None else int(group_size)
+    if g <= 0:
+        raise ValueError(f"group_size must be positive or None, got {group_size}")
     n_groups = -(-inn // g)
     scale = torch.ones(out, n_groups, device=W0.device)
     zero = torch.zeros(out, n_groups, device=W0.device)
@@ -127,8 +93,6 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, *, group_size: in
                   percdamp: float = 0.01) -> torch.Tensor:
     """Fake-quantized copy of ``W [out, in]`` (dtype and device kept) given ``H [in, in]``;
     ``mask=True`` entries bit-exact."""
-    if not 2 <= int(bits) <= 8:
-        raise ValueError(f"bits must be in 2..8, got {bits}")
     *_, Q = _gptq_core(W, H, bits, group_size, symmetric, mask, blocksize, percdamp)
     Q = Q.to(W.dtype)
     if mask is not None:
@@ -140,117 +104,10 @@ def gptq_quantize_tensor(W: torch.Tensor, H: torch.Tensor, bits: int, *, group_s
                          symmetric: bool = False, mask: torch.Tensor | None = None, blocksize: int = 128,
                          percdamp: float = 0.01, scale_dtype: torch.dtype = torch.float32,
                          value_dtype: torch.dtype | None = None) -> QuantizedTensor:
-    """GPTQ returning codes, per-group parameters and the kept values (:class:`QuantizedTensor`)."""
-    if not 2 <= int(bits) <= 8:
-        raise ValueError(f"bits must be in 2..8, got {bits}")
+    """GPTQ of ``W [out, in]`` given ``H [in, in]`` returning the uint8 codes, per-group parameters
+    ``[out, n_groups]`` and the kept values (:class:`~lrm_interp.compress.quant.format.QuantizedTensor`);
+    its ``dequantize()`` equals :func:`gptq_quantize` bit for bit."""
     codes, scale, zero, g, _ = _gptq_core(W, H, bits, group_size, symmetric, mask, blocksize, percdamp)
     p = GroupParams(scale, zero, 2 ** int(bits) - 1, g)
     m = None if mask is None else mask.to(device=W.device, dtype=torch.bool)
     return QuantizedTensor.from_params(W, codes, p, m, bits, scale_dtype=scale_dtype, value_dtype=value_dtype)
-
-
-class _Stop(Exception):
-    pass
-
-
-def _ids_and_mask(calib) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(calib, Mapping):
-        return calib["input_ids"], calib.get("attention_mask")
-    if isinstance(calib, torch.Tensor):
-        if calib.dim() == 1:
-            calib = calib[None]
-        return calib, None
-    raise TypeError(f"calib must be input ids [b, s], a tokenizer output dict or a callable, got {type(calib).__name__}")
-
-
-def collect_hessians(model: torch.nn.Module, sites: Sequence[Site],
-                     calib: torch.Tensor | Mapping | Callable[[torch.nn.Module], None], *, batch_size: int = 8,
-                     stop_early: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """``(2·XᵀX/n per site, tokens per site)`` from calibration ``input_ids [b, s]``, a tokenizer
-    output dict (padding excluded through its attention mask) or a callable running forwards.
-
-    ``stop_early``: abort each forward once every requested site has fired (exact: later
-    modules cannot change earlier inputs).
-    """
-    red = HessianReducer()
-    names = {s.name for s in sites}
-    with torch.no_grad(), Capture(model, list(sites), [red]):
-        if callable(calib) and not isinstance(calib, torch.Tensor):
-            calib(model)
-        else:
-            ids, att = _ids_and_mask(calib)
-            dev = input_device(model)
-            fired: set[str] = set()
-            handles = []
-            if stop_early:
-                def hook(name):
-                    def fn(mod, args, out):
-                        fired.add(name)
-                        if fired >= names:
-                            raise _Stop
-                    return fn
-                handles = [get_module(model, s.name).register_forward_hook(hook(s.name)) for s in sites]
-            try:
-                for i in range(0, ids.shape[0], batch_size):
-                    fired.clear()
-                    red.attention_mask = None if att is None else att[i:i + batch_size]
-                    kw = {} if att is None else {"attention_mask": att[i:i + batch_size].to(dev)}
-                    try:
-                        model(input_ids=ids[i:i + batch_size].to(dev), use_cache=False, **kw)
-                    except _Stop:
-                        pass
-            finally:
-                for h in handles:
-                    h.remove()
-    missing = names - set(red.H)
-    if missing:
-        raise RuntimeError(f"calibration forward never reached sites {sorted(missing)[:5]}")
-    return red.hessians(), red.n
-
-
-def gptq_quantize_model_(model: torch.nn.Module, sites: Sequence[Site], *, bits: int, group_size: int | None,
-                         symmetric: bool, masks: Mapping[str, object], calib, progress: bool = True,
-                         blocksize: int = 128, percdamp: float = 0.01, sequential: bool = True,
-                         batch_size: int = 8, on_tensor: Callable[[str, QuantizedTensor], None] | None = None
-                         ) -> tuple[int, int]:
-    """GPTQ every site in place (see module docs). Returns ``(weights, protected weights)``.
-
-    ``on_tensor(site, QuantizedTensor)``: called per site with the codes (optional).
-    """
-    from lrm_interp.model.weights import dense_mask, set_weight_matrix, weight_matrix
-
-    if calib is None:
-        raise ValueError("GPTQ needs calibration data: calib=input_ids [b, s] (or tokenizer output / callable)")
-    sites = list(sites)
-    if sequential:
-        order = sorted(sites, key=lambda s: (s.layer is None, s.layer if s.layer is not None else 0))
-        groups = [list(g) for _, g in groupby(order, key=lambda s: s.layer)]
-    else:
-        groups = [sites]
-    n_w = n_p = 0
-    bar = tqdm(total=len(sites), desc=f"GPTQ {bits}-bit", disable=not progress, unit="site")
-    for grp in groups:
-        Hs, _ = collect_hessians(model, grp, calib, batch_size=batch_size)
-        for s in grp:
-            mod = get_module(model, s.name)
-            W = weight_matrix(mod)
-            m = dense_mask(masks.get(s.name), tuple(W.shape))
-            m = None if m is None else m.to(W.device)
-            H = Hs.pop(s.name)
-            if on_tensor is not None:
-                qt = gptq_quantize_tensor(W, H, bits, group_size=group_size, symmetric=symmetric, mask=m,
-                                          blocksize=blocksize, percdamp=percdamp)
-                on_tensor(s.name, qt)
-                Wq = qt.dequantize(W.dtype)
-                if m is not None:
-                    Wq = torch.where(m, W, Wq)
-            else:
-                Wq = gptq_quantize(W, H, bits, group_size=group_size, symmetric=symmetric, mask=m,
-                                   blocksize=blocksize, percdamp=percdamp)
-            set_weight_matrix(mod, Wq)
-            n_w += W.numel()
-            n_p += int(m.sum()) if m is not None else 0
-            bar.update(1)
-        del Hs
-    bar.close()
-    return n_w, n_p

@@ -1,0 +1,150 @@
+"""Per-trace partial statistics on disk, keyed so that a resumed run can never return stale numbers.
+
+Layout of ``out_dir/partial/``::
+
+    run.json                 the run key: config, weights / tokenizer fingerprints, site names
+    dom/<trace>.safetensors  per-trace DoM sums   (metadata "key" = the trace's content fingerprint)
+    atp/<trace>.safetensors  per-trace AtP dots   (metadata "key" = trace fingerprint + steering-vector fingerprint)
+
+A run whose key differs from ``run.json`` (other settings, other weights — a quantized copy
+included —, another tokenizer, other sites) is refused with a message saying what differs.
+Within a run, a partial whose stored key differs from the trace's current key (its prompt,
+response or spans were edited under the same id; or, for AtP, the steering vectors changed
+because another trace changed) is recomputed and counted as ``stale``; it is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from lrm_interp._io import atomic_write_bytes, atomic_write_text
+
+RUN_FILE = "run.json"
+_LEGACY = "settings.json"
+
+
+class ResumeMismatchError(ValueError):
+    """``out_dir`` holds partial results of a different run."""
+
+
+def file_key(trace_id: str) -> str:
+    """A filesystem-safe, collision-free file stem for a trace id."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in trace_id)[:40]
+    return f"{safe}-{hashlib.sha1(trace_id.encode()).hexdigest()[:10]}"
+
+
+def tensors_fingerprint(tensors: dict[str, dict[str, torch.Tensor]]) -> str:
+    """BLAKE2b-128 of nested ``{behaviour: {site: tensor}}`` (names, shapes, float32 bytes), in sorted order."""
+    h = hashlib.blake2b(digest_size=16)
+    for b in sorted(tensors):
+        for s in sorted(tensors[b]):
+            t = tensors[b][s].detach().to("cpu", torch.float32).contiguous()
+            h.update(f"{b}|{s}|{tuple(t.shape)}\n".encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+_WHAT = {"config": "other settings", "weights_fingerprint": "other model weights",
+         "tokenizer_fingerprint": "another tokenizer", "sites": "other sites"}
+
+
+class PartialStore:
+    """Reads and writes per-trace partials under ``root`` (``None``: keep nothing, resume nothing).
+
+    ``run_key``: JSON-able dict with ``config``, ``weights_fingerprint``, ``tokenizer_fingerprint``
+    and ``sites``. ``counts[stage]`` = ``{"computed", "reused", "stale"}`` after :meth:`run`.
+    """
+
+    def __init__(self, root: Path | None, run_key: dict[str, Any]):
+        self.root = root
+        self.counts: dict[str, dict[str, int]] = {}
+        if root is None:
+            return
+        key = json.loads(json.dumps(run_key, sort_keys=True, default=str))
+        rp = root / RUN_FILE
+        if rp.exists():
+            try:
+                old = json.loads(rp.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ResumeMismatchError(f"{rp} is unreadable ({e}); delete {root} or choose another out_dir") from e
+            diff = [k for k in sorted(set(old) | set(key)) if old.get(k) != key.get(k)]
+            if diff:
+                parts = []
+                for k in diff:
+                    if k == "config":
+                        oc, nc = old.get(k) or {}, key.get(k) or {}
+                        fields = sorted(f for f in set(oc) | set(nc) if oc.get(f) != nc.get(f))
+                        parts.append(f"other settings (differs in {fields})")
+                    elif k.endswith("fingerprint"):
+                        parts.append(f"{_WHAT[k]} (fingerprint {str(old.get(k))[:12]} here, "
+                                     f"{str(key.get(k))[:12]} now)")
+                    else:
+                        parts.append(_WHAT.get(k, k))
+                raise ResumeMismatchError(f"{root} holds partial results of a run with {'; '.join(parts)}: they "
+                                          "cannot be reused. Delete the folder or choose another out_dir")
+        elif (root / _LEGACY).exists():
+            raise ResumeMismatchError(f"{root} holds partial results written by an older lrm_interp (no {RUN_FILE}, "
+                                      "so weights and traces cannot be checked): delete it or choose another out_dir")
+        else:
+            atomic_write_text(rp, json.dumps(key, indent=2, sort_keys=True))
+
+    def _path(self, stage: str, trace_id: str) -> Path:
+        assert self.root is not None
+        return self.root / stage / f"{file_key(trace_id)}.safetensors"
+
+    def get(self, stage: str, trace_id: str, key: str) -> tuple[dict[str, torch.Tensor] | None, bool]:
+        """``(stats, stale)``: the stored partial when its key matches; ``(None, True)`` when one with
+        another key exists; ``(None, False)`` when there is none."""
+        if self.root is None:
+            return None, False
+        p = self._path(stage, trace_id)
+        if not p.exists():
+            return None, False
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(str(p), "pt") as f:
+                stored = (f.metadata() or {}).get("key")
+        except Exception:  # noqa: BLE001 - a truncated or foreign file is recomputed, never trusted
+            return None, True
+        if stored != key:
+            return None, True
+        return load_file(str(p)), False
+
+    def put(self, stage: str, trace_id: str, key: str, stats: dict[str, torch.Tensor]) -> None:
+        if self.root is None:
+            return
+        from safetensors.torch import save
+
+        data = save({k: v.detach().to("cpu").contiguous() for k, v in stats.items()}, metadata={"key": key})
+        atomic_write_bytes(self._path(stage, trace_id), data)
+
+    def run(self, stage: str, items: Sequence[tuple[str, str, Any]], fn: Callable[[Any], dict[str, torch.Tensor]],
+            *, progress: bool = True) -> list[dict[str, torch.Tensor]]:
+        """For each ``(trace_id, key, item)``: the stored partial, or ``fn(item)`` (then stored)."""
+        c = self.counts.setdefault(stage, {"computed": 0, "reused": 0, "stale": 0})
+        out = []
+        for tid, key, item in tqdm(items, desc=f"{stage} ({len(items)} traces)", disable=not progress, unit="trace"):
+            stats, stale = self.get(stage, tid, key)
+            if stats is None:
+                stats = fn(item)
+                self.put(stage, tid, key, stats)
+                c["computed"] += 1
+                c["stale"] += int(stale)
+            else:
+                c["reused"] += 1
+            out.append(stats)
+        if progress and self.root is not None and (c["reused"] or c["stale"]):
+            tqdm.write(f"{stage}: reused {c['reused']} of {len(items)} traces from {self.root}"
+                       + (f"; recomputed {c['stale']} whose content changed" if c["stale"] else ""))
+        return out
+
+
+__all__ = ["PartialStore", "ResumeMismatchError", "file_key", "tensors_fingerprint", "RUN_FILE"]

@@ -1,0 +1,315 @@
+"""Conventions shared by every ``lrm-interp`` subcommand.
+
+Parsers
+    Build each subcommand with :func:`add_command` (``description`` + an epilog that begins
+    with ``example:`` and shows real command lines, raw-formatted) and give every flag a
+    ``help=``; :class:`HelpFormatter` appends ``(default: X)`` itself, so help texts do not
+    repeat defaults. :class:`Parser` reports a usage error as one line.
+
+Inputs
+    Check every input path before anything heavy runs (:func:`require_path`,
+    :func:`require_model`), so a typo fails in milliseconds, naming the flag and the path.
+    Wrap reads whose exceptions do not name the file in :func:`reading`.
+
+Errors
+    A command raises; :func:`lrm_interp.cli.main.main` prints one line
+    ``lrm-interp <cmd>: error: <message>`` (:func:`describe_error`) and returns 2 for bad
+    input, 1 for an internal error. ``LRM_INTERP_DEBUG=1`` re-raises for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections.abc
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import sys
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+PROG = "lrm-interp"
+DEBUG_ENV = "LRM_INTERP_DEBUG"
+_WIDTH = 88
+
+
+class CliError(Exception):
+    """Bad input found by the command line; the message (one line) names the flag, file or value."""
+
+
+# --------------------------------------------------------------------------- parsers
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Raw description/epilog (examples keep their layout); ``(default: X)`` appended to help
+    of options whose default is not ``None``/``False`` and that are not required."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or re.search(r"\bdefault\b", text) or action.required or not action.option_strings
+                or action.default is None or action.default is False or action.default == argparse.SUPPRESS
+                or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose usage errors are one line naming the option and where to get help."""
+
+    def error(self, message: str) -> typing.NoReturn:  # noqa: D102 - argparse API
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see '{self.prog} --help')\n")
+
+
+def format_examples(examples: str | Sequence[str]) -> str:
+    """``example:`` followed by the command lines, indented (``#`` lines are comments)."""
+    lines = [examples] if isinstance(examples, str) else list(examples)
+    return "example:\n" + "\n".join(f"  {ln}" for ln in lines)
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, *, help: str, examples: str | Sequence[str],
+                description: str | None = None) -> argparse.ArgumentParser:
+    """A subparser with ``help`` (one line, in the parent's list), a ``description`` (default:
+    ``help``) and an ``example:`` epilog. Every command line in ``examples`` should run as is."""
+    description = description or help[:1].upper() + help[1:]
+    return sub.add_parser(name, help=help, description=textwrap.fill(description, width=_WIDTH),
+                          epilog=format_examples(examples), formatter_class=HelpFormatter)
+
+
+# --------------------------------------------------------------------------- dataclass -> flags
+def _cli_type(hint: Any) -> tuple[Any, bool]:
+    """(scalar type, is_sequence) for a dataclass field annotation; ``str`` wins in a union."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if str in args:
+            return str, False
+        return _cli_type(args[0]) if args else (str, False)
+    if origin in (tuple, list, collections.abc.Sequence):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return (args[0] if args else str), True
+    return hint, False
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
+                       *, metavars: dict[str, str] | None = None, notes: dict[str, str] | None = None) -> list[str]:
+    """One flag per field of the dataclass ``cls`` (``field_name`` → ``--field-name``).
+
+    Help from ``metadata["help"]``, choices from ``metadata["choices"]``, ``nargs`` from
+    ``metadata["nargs"]``; ``bool`` fields become ``store_true`` (``store_false`` as
+    ``--no-name`` when the default is ``True``); the type comes from the annotation (a union
+    containing ``str``, like a regex-or-list field, is a string on the command line).
+    ``metavars`` / ``notes``: per field, a metavar / a sentence appended to the help (say what
+    the command line accepts where it differs from the Python API).
+    Returns the field names (the destinations) in order.
+    """
+    hints = typing.get_type_hints(cls)
+    metavars, notes = metavars or {}, notes or {}
+    names = []
+    for f in dataclasses.fields(cls):
+        md = f.metadata
+        if "help" not in md:
+            raise TypeError(f"{cls.__name__}.{f.name} has no metadata['help'] for its command-line flag")
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        text = str(md["help"]) + (f"; {notes[f.name]}" if f.name in notes else "")
+        kw: dict[str, Any] = {"dest": f.name, "default": default, "help": text.replace("%", "%%")}
+        scalar, is_seq = _cli_type(hints[f.name])
+        if scalar is bool:
+            if default is True:
+                flag = "--no-" + f.name.replace("_", "-")
+                kw["action"] = "store_false"
+            else:
+                kw["action"] = "store_true"
+        else:
+            kw["type"] = scalar if scalar in (int, float, str) else str
+            if "choices" in md:
+                kw["choices"] = tuple(md["choices"])
+            if "nargs" in md:
+                kw["nargs"] = md["nargs"]
+            elif is_seq:
+                kw["nargs"] = "+"
+            if f.name in metavars:
+                kw["metavar"] = metavars[f.name]
+            elif "choices" not in md and kw["type"] in (int, float):
+                kw["metavar"] = "N" if kw["type"] is int else "X"
+        parser.add_argument(flag, **kw)
+        names.append(f.name)
+    return names
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace):
+    """Build ``cls`` from the destinations :func:`add_dataclass_args` added; a ``ValueError``
+    of its validation becomes a :class:`CliError` whose leading field name is the flag."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    try:
+        return cls(**{n: getattr(args, n) for n in names})
+    except ValueError as e:
+        msg = one_line(e)
+        head = re.match(r"\w+", msg)
+        if head and head.group(0) in names:
+            msg = "--" + head.group(0).replace("_", "-") + msg[head.end():]
+        raise CliError(msg) from e
+
+
+# --------------------------------------------------------------------------- inputs
+def require_path(path: str | os.PathLike, flag: str, *, kind: str = "any") -> Path:
+    """``path`` as a ``Path``; :class:`CliError` naming ``flag`` and the path unless it exists
+    (``kind``: ``"file"``, ``"dir"`` or ``"any"``)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CliError(f"{flag} {p}: no such {_KINDS[kind]}")
+    if kind == "file" and not p.is_file():
+        raise CliError(f"{flag} {p}: not a file")
+    if kind == "dir" and not p.is_dir():
+        raise CliError(f"{flag} {p}: not a directory")
+    return p
+
+
+_KINDS = {"any": "file or directory", "file": "file", "dir": "directory"}
+
+
+def require_model(name: str, flag: str = "--model") -> str:
+    """``name`` unless it is neither a known alias nor a Hugging Face model folder."""
+    from lrm_interp.model.loading import model_aliases
+
+    aliases = model_aliases()
+    if name.lower() in aliases:
+        return name
+    p = Path(name).expanduser()
+    if not p.is_dir():
+        raise CliError(f"{flag} {name}: no such model directory, and not an alias ({', '.join(aliases)})")
+    if not (p / "config.json").is_file():
+        raise CliError(f"{flag} {p}: no config.json there, not a Hugging Face model directory")
+    return name
+
+
+def require_attribution_dir(path: str | os.PathLike, flag: str) -> Path:
+    """An existing attribution result folder (``attribution.json`` + ``attribution.safetensors``)."""
+    p = require_path(path, flag, kind="dir")
+    for f in ("attribution.json", "attribution.safetensors"):
+        if not (p / f).is_file():
+            raise CliError(f"{flag} {p}: {f} is missing, not an attribution result folder "
+                           f"(write one with 'lrm-interp attribute --out {p} ...')")
+    return p
+
+
+def load_model_quietly(name: str, **kw):
+    """:func:`lrm_interp.model.loading.load_model` without transformers' "Loading weights" bar
+    (it would interleave with the command's own output and error lines)."""
+    from transformers.utils import logging as hf_logging
+
+    from lrm_interp.model.loading import load_model
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load_model(name, **kw)
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def _first_bad_utf8(path: Path) -> str | None:
+    """``file:line`` of the first line that is not valid UTF-8 in a file or in a folder's files."""
+    files = [path] if path.is_file() else sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else []
+    for fp in files:
+        try:
+            with open(fp, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    try:
+                        raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        return f"{fp}:{lineno}: invalid UTF-8 at byte {e.start} of the line"
+        except OSError:
+            continue
+    return None
+
+
+def _safetensor_error() -> tuple[type[BaseException], ...]:
+    try:
+        from safetensors import SafetensorError
+
+        return (SafetensorError,)
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        return ()
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str = "input", *, json_file: str | os.PathLike | None = None,
+            safetensors_file: str | os.PathLike | None = None) -> Iterator[None]:
+    """Re-raise decode errors from inside as :class:`CliError` naming ``what`` and the file
+    (JSON, UTF-8 and safetensors errors name no file themselves). ``json_file`` /
+    ``safetensors_file``: the file to name for that kind of error (default: ``path``)."""
+    p = Path(path)
+    try:
+        yield
+    except json.JSONDecodeError as e:
+        raise CliError(f"{what} {json_file or p}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+    except UnicodeDecodeError as e:
+        raise CliError(f"{what} {_first_bad_utf8(p) or p}: not valid UTF-8 ({e.reason})") from e
+    except _safetensor_error() as e:
+        raise CliError(f"{what} {safetensors_file or p}: unreadable safetensors file ({one_line(e)})") from e
+
+
+# --------------------------------------------------------------------------- errors
+def one_line(msg: object) -> str:
+    """``msg`` on a single line (newlines and runs of spaces collapsed)."""
+    return " ".join(str(msg).split())
+
+
+_USER_ERRORS: tuple[type[BaseException], ...] = (CliError, ValueError, KeyError, OSError, re.error, ImportError,
+                                                 LookupError)
+
+
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """(one-line message, exit code): 2 for bad input, 1 for an internal error."""
+    if isinstance(exc, re.error):
+        pat = exc.pattern.decode() if isinstance(exc.pattern, bytes) else exc.pattern
+        msg = f"invalid regular expression {pat!r}: {exc.msg}" + (f" at position {exc.pos}" if exc.pos is not None
+                                                                  else "")
+    elif isinstance(exc, json.JSONDecodeError):
+        msg = f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    elif isinstance(exc, UnicodeDecodeError):
+        msg = f"input is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    elif isinstance(exc, KeyError) and exc.args:
+        msg = str(exc.args[0])
+    elif isinstance(exc, OSError) and exc.filename and exc.strerror:
+        msg = f"{exc.filename}: {exc.strerror}"
+    elif _safetensor_error() and isinstance(exc, _safetensor_error()):
+        msg = f"unreadable safetensors file ({exc})"
+    else:
+        msg = str(exc)
+    msg = one_line(msg) or type(exc).__name__
+    if isinstance(exc, _USER_ERRORS + _safetensor_error()):
+        return msg, 2
+    return f"internal error ({type(exc).__name__}: {msg}); set {DEBUG_ENV}=1 for the traceback", 1
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def report_error(prog: str, exc: BaseException) -> int:
+    """Print ``<prog>: error: <message>`` to stderr; return the exit code."""
+    msg, code = describe_error(exc)
+    print(f"{prog}: error: {msg}", file=sys.stderr)
+    return code
+
+
+
+
+def load_attribution(path: str, flag: str):
+    """:meth:`Attribution.load` after checking the folder; decode errors name the file."""
+    from lrm_interp.attribution.results import Attribution
+
+    d = require_attribution_dir(path, flag)
+    with reading(d, flag, json_file=d / "attribution.json", safetensors_file=d / "attribution.safetensors"):
+        return Attribution.load(d)
+
+
+__all__ = ["load_attribution", "CliError", "HelpFormatter", "Parser", "add_command", "format_examples", "add_dataclass_args",
+           "dataclass_from_args", "require_path", "require_model", "load_model_quietly", "require_attribution_dir",
+           "reading", "one_line", "describe_error", "report_error", "debug_enabled", "PROG", "DEBUG_ENV"]

@@ -1,0 +1,217 @@
+"""Calibration data and the statistics collected from it.
+
+Calibration data (``calib``) is accepted in one of three forms everywhere in the library
+(activation/Hessian saliency, GPTQ), normalised by :func:`calibration_batches`:
+
+- input ids ``[b, s]`` (or one sequence ``[s]``), an integer tensor: every token counts;
+- a tokenizer output dict ``{"input_ids": [b, s], "attention_mask": [b, s]}`` (also a
+  ``BatchEncoding``): padding (``attention_mask == 0``) is passed to the model and excluded
+  from every statistic;
+- for :func:`collect_hessians` only, a callable ``calib(model)`` that runs the forwards itself.
+
+:func:`calibration_ids` builds ``[n, length]`` ids from the texts of annotated traces (a JSONL
+file or a paper-layout directory, :func:`lrm_interp.data.loading.load_dataset`) or, by
+default, from generated toy tasks.
+
+Statistics: :class:`HessianReducer` / :func:`collect_hessians` give ``H = 2·XᵀX/n`` per site
+(``X [n, in]`` the site's calibration inputs). :func:`layer_hessians` drives GPTQ layer by
+layer: with ``sequential=True`` (default) the decoder layers are processed in order; each
+layer's Hessians are collected when the consumer asks for that layer, i.e. with all earlier
+layers already quantized (the forward stops once the layer's sites have fired), so only one
+layer's ``[in, in]`` Hessians are in memory at a time. Within a layer every site sees the
+layer's input computed by the quantized earlier layers (GPTQ's non-"true-sequential" mode).
+``sequential=False``: all Hessians from one pass over the unquantized model.
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import groupby
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from lrm_interp.data.loading import load_dataset
+from lrm_interp.model.capture import Capture, Reducer
+from lrm_interp.model.forward import input_device
+from lrm_interp.model.sites import Site, get_module
+from lrm_interp.toy.tasks import generate_dataset
+
+#: input ids ``[b, s]`` / ``[s]`` or a tokenizer output dict with ``input_ids`` (+ ``attention_mask``)
+CalibData = Union[torch.Tensor, Mapping[str, Any]]
+#: :data:`CalibData` or a callable running calibration forwards on the model
+HessianCalib = Union[CalibData, Callable[[torch.nn.Module], None]]
+
+
+def calibration_batches(calib: CalibData, batch_size: int = 8) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Batches ``(input_ids [b', s], attention_mask [b', s] | None)`` of ``batch_size`` rows.
+
+    ``calib``: integer ids ``[b, s]`` or ``[s]`` (a list of ids is converted), or a mapping with
+    ``input_ids`` and optionally ``attention_mask`` of the same shape (1 = real token, 0 =
+    padding; consumers exclude the zeros). Tensors are sliced, not copied or moved.
+    """
+    if callable(calib) and not isinstance(calib, torch.Tensor):
+        raise TypeError("calibration batches need input ids or a tokenizer output dict, got a callable")
+    if isinstance(calib, Mapping):
+        if "input_ids" not in calib:
+            raise KeyError(f"calibration dict has no 'input_ids' (keys: {sorted(calib)})")
+        ids, att = torch.as_tensor(calib["input_ids"]), calib.get("attention_mask")
+        att = None if att is None else torch.as_tensor(att)
+    else:
+        try:
+            ids, att = torch.as_tensor(calib), None
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"calib must be input ids [b, s], a tokenizer output dict or a callable, "
+                            f"got {type(calib).__name__}") from e
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"calibration input ids must be integers, got dtype {ids.dtype}")
+    if ids.dim() == 1:
+        ids = ids[None]
+        att = None if att is None else att.reshape(1, -1)
+    if ids.dim() != 2:
+        raise ValueError(f"calibration input ids must be [batch, seq] or [seq], got shape {tuple(ids.shape)}")
+    if att is not None and tuple(att.shape) != tuple(ids.shape):
+        raise ValueError(f"calibration attention_mask shape {tuple(att.shape)} != input_ids shape {tuple(ids.shape)}")
+    if int(batch_size) <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    b = int(batch_size)
+    for i in range(0, ids.shape[0], b):
+        yield ids[i:i + b], None if att is None else att[i:i + b]
+
+
+def calibration_texts(data: str | os.PathLike | None = None, *, n_per_family: int = 16, seed: int = 77) -> list[str]:
+    """The texts (prompt + response) of the traces in ``data`` (JSONL file or paper-layout
+    directory), or of ``generate_dataset(n_per_family, seed=seed)`` toy tasks when ``data`` is ``None``."""
+    ds = generate_dataset(n_per_family, seed=seed) if data is None else load_dataset(data)
+    return [t.text for t in ds]
+
+
+def calibration_ids(tokenizer: Any, data: str | os.PathLike | None = None, *, length: int = 256,
+                    n_per_family: int = 16, seed: int = 77, separator: str | None = None) -> torch.Tensor:
+    """Calibration ids ``[n, length]`` (int64) from :func:`calibration_texts` (``data`` or toy tasks).
+
+    The texts are tokenized without special tokens and concatenated — each text on its own
+    (``separator=None``), or joined as ``text + separator`` for every text and tokenized in one
+    call — then cut into ``n = max(1, n_tokens // length)`` rows; the remainder is dropped
+    (with fewer than ``length`` tokens the single row holds them all).
+    """
+    if int(length) <= 0:
+        raise ValueError(f"calibration length must be positive, got {length}")
+    texts = calibration_texts(data, n_per_family=n_per_family, seed=seed)
+    if separator is None:
+        ids = torch.tensor([i for t in texts for i in tokenizer(t, add_special_tokens=False)["input_ids"]],
+                           dtype=torch.long)
+    else:
+        text = "".join(t + separator for t in texts)
+        ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    if ids.numel() == 0:
+        raise ValueError(f"no calibration tokens in {data if data is not None else 'the toy tasks'}")
+    n = max(1, ids.numel() // int(length))
+    return ids[: n * int(length)].view(n, -1)
+
+
+class HessianReducer(Reducer):
+    """Accumulates ``XᵀX`` ``[in, in]`` (float32, on the input's device) and token counts per site.
+
+    ``attention_mask [b, s]`` (set per batch; ``None`` = all tokens) selects the tokens that count.
+    """
+
+    stages = frozenset({"input"})
+
+    def __init__(self, attention_mask: torch.Tensor | None = None):
+        self.H: dict[str, torch.Tensor] = {}
+        self.n: dict[str, int] = {}
+        self.attention_mask = attention_mask
+
+    def on_input(self, site: str, t: torch.Tensor) -> None:
+        x = t.reshape(-1, t.shape[-1]).float()
+        if self.attention_mask is not None:
+            x = x[self.attention_mask.reshape(-1).to(x.device).bool()]
+        h = x.T @ x
+        if site in self.H:
+            self.H[site] += h
+            self.n[site] += x.shape[0]
+        else:
+            self.H[site], self.n[site] = h, x.shape[0]
+
+    def hessians(self) -> dict[str, torch.Tensor]:
+        """``2·XᵀX/n`` ``[in, in]`` per site."""
+        return {k: 2 * v / max(self.n[k], 1) for k, v in self.H.items()}
+
+
+class _Stop(Exception):
+    """Raised by a forward hook once every requested site has fired (ends the forward early)."""
+
+
+def collect_hessians(model: torch.nn.Module, sites: Sequence[Site], calib: HessianCalib, *, batch_size: int = 8,
+                     stop_early: bool = True, progress: bool = True,
+                     desc: str = "Hessians") -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """``({site: 2·XᵀX/n [in, in]}, {site: tokens n})`` from calibration data (module docs: ids
+    ``[b, s]``, a tokenizer output dict with padding excluded, or a callable running forwards).
+
+    ``stop_early``: abort each forward once every requested site has fired (exact: later
+    modules cannot change earlier inputs). ``progress``: a bar over the calibration batches.
+    """
+    red = HessianReducer()
+    names = {s.name for s in sites}
+    with torch.no_grad(), Capture(model, list(sites), [red]):
+        if callable(calib) and not isinstance(calib, torch.Tensor):
+            calib(model)
+        else:
+            dev = input_device(model)
+            fired: set[str] = set()
+            handles = []
+            if stop_early:
+                def hook(name):
+                    def fn(mod, args, out):
+                        fired.add(name)
+                        if fired >= names:
+                            raise _Stop
+                    return fn
+                handles = [get_module(model, s.name).register_forward_hook(hook(s.name)) for s in sites]
+            try:
+                batches = list(calibration_batches(calib, batch_size))  # views of calib
+                for ids, att in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress):
+                    fired.clear()
+                    red.attention_mask = att
+                    kw = {} if att is None else {"attention_mask": att.to(dev)}
+                    try:
+                        model(input_ids=ids.to(dev), use_cache=False, **kw)
+                    except _Stop:
+                        pass
+            finally:
+                for h in handles:
+                    h.remove()
+    missing = names - set(red.H)
+    if missing:
+        raise RuntimeError(f"calibration forward never reached sites {sorted(missing)[:5]}")
+    return red.hessians(), red.n
+
+
+def layer_hessians(model: torch.nn.Module, sites: Sequence[Site], calib: HessianCalib, *, sequential: bool = True,
+                   batch_size: int = 8, progress: bool = True
+                   ) -> Iterator[tuple[list[Site], dict[str, torch.Tensor]]]:
+    """Yield ``(sites of one decoder layer, {site: H [in, in]})`` layer by layer (module docs).
+
+    ``sequential=True``: layers in increasing order (sites outside the layer stack last), each
+    layer's Hessians collected only when the consumer asks for it, so a consumer that
+    quantizes a layer's sites before taking the next item gives the next layer inputs from
+    the quantized model. ``sequential=False``: one item, every site, from the unchanged model.
+    """
+    if calib is None:
+        raise ValueError("GPTQ needs calibration data: calib=input_ids [b, s] (or tokenizer output / callable)")
+    sites = list(sites)
+    if sequential:
+        order = sorted(sites, key=lambda s: (s.layer is None, s.layer if s.layer is not None else 0))
+        groups = [list(g) for _, g in groupby(order, key=lambda s: s.layer)]
+    else:
+        groups = [sites]
+
+    def gen() -> Iterator[tuple[list[Site], dict[str, torch.Tensor]]]:
+        for grp in groups:
+            layer = grp[0].layer if sequential else None
+            desc = "Hessians" if layer is None else f"Hessians layer {layer}"
+            hessians, _ = collect_hessians(model, grp, calib, batch_size=batch_size, progress=progress, desc=desc)
+            yield grp, hessians
+    return gen()  # arguments checked now, Hessians collected lazily

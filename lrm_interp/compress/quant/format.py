@@ -1,0 +1,128 @@
+"""The quantized-weight container and its file format.
+
+:class:`QuantizedTensor`: one site's dense low-bit codes, per-group scale/zero and the kept
+(protected) weights as sorted flat ids + original values, in the ``[out, in]`` layout.
+
+File (:func:`save_quantized`, format ``lrm_interp.quantized/1``, safetensors, no pickle): per
+site the tensors ``<site>::codes`` uint8 ``[out, in]``, ``<site>::scale`` / ``<site>::zero``
+``[out, n_groups]``, ``<site>::protected`` int64 ``[n_p]`` and ``<site>::values`` ``[n_p]``;
+JSON metadata ``format``, ``sites = {site: {"bits", "group_size", "dtype"}}`` (insertion
+order kept) and ``extra``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+from lrm_interp._io import atomic_write_bytes, dtype_to_str, str_to_dtype
+from lrm_interp.compress.quant.grid import GroupParams, dequantize_with
+
+QUANTIZED_FORMAT = "lrm_interp.quantized/1"
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """A quantized weight: dense low-bit codes + per-group scale/zero + a sparse sidecar.
+
+    Attributes:
+        codes: uint8 ``[out, in]`` integer codes in ``0 .. 2^bits − 1`` (protected slots hold
+            the code of their quantized value; it is never used).
+        scale, zero: ``[out, n_groups]`` (``scale_dtype``; zero float32 holding integers).
+        bits, group_size: the grid (``group_size`` = ``in`` for per-channel).
+        protected: int64 sorted flat ids ``r·in + c`` of the kept weights ``[n_p]``.
+        values: their original values ``[n_p]`` (the weight's dtype by default, see :meth:`from_params`).
+        dtype: dtype of the original weight (the one :meth:`dequantize` returns by default).
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    bits: int
+    group_size: int
+    protected: torch.Tensor
+    values: torch.Tensor
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.codes.shape)  # type: ignore[return-value]
+
+    @classmethod
+    def from_params(cls, W: torch.Tensor, codes: torch.Tensor, p: GroupParams, mask: torch.Tensor | None, bits: int,
+                    *, scale_dtype: torch.dtype = torch.float32,
+                    value_dtype: torch.dtype | None = None) -> "QuantizedTensor":
+        """Build from ``W [out, in]``, its ``codes [out, in]``, parameters ``p`` and the bool
+        ``mask [out, in]`` of kept weights. ``value_dtype=None`` keeps the weight's own dtype
+        (bit-exact; FP16/BF16 for real checkpoints); pass ``torch.float16`` to force an FP16 sidecar."""
+        value_dtype = value_dtype or W.dtype
+        flat = (mask.flatten().nonzero().flatten() if mask is not None
+                else torch.zeros(0, dtype=torch.long, device=W.device))
+        return cls(codes.to(torch.uint8), p.scale.to(scale_dtype), p.zero.float(), int(bits), p.group_size,
+                   flat.long(), W.flatten()[flat].to(value_dtype), W.dtype)
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Dense ``[out, in]`` weight: ``(q − zero) · scale`` with the kept values written back."""
+        p = GroupParams(self.scale.float(), self.zero.float(), 2 ** self.bits - 1, self.group_size)
+        w = dequantize_with(self.codes, p).to(dtype or self.dtype)
+        w = w.contiguous()
+        w.view(-1)[self.protected.to(w.device)] = self.values.to(device=w.device, dtype=w.dtype)
+        return w
+
+    def storage_bits(self, *, param_bits: int = 16, symmetric: bool = False, index_bits_per_value: int = 32) -> int:
+        """Bits of a packed deployment layout: codes + FP16 scale (+zero) + values + flat32 index."""
+        per_group = param_bits * (1 if symmetric else 2)
+        n_p = int(self.protected.numel())
+        return (self.bits * self.codes.numel() + per_group * self.scale.numel()
+                + self.values.element_size() * 8 * n_p + index_bits_per_value * n_p)
+
+    def to_tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Flat CPU tensors for safetensors (``prefix`` + codes/scale/zero/protected/values)."""
+        return {f"{prefix}codes": self.codes.contiguous().cpu(), f"{prefix}scale": self.scale.contiguous().cpu(),
+                f"{prefix}zero": self.zero.contiguous().cpu(), f"{prefix}protected": self.protected.contiguous().cpu(),
+                f"{prefix}values": self.values.contiguous().cpu()}
+
+    @classmethod
+    def from_tensors(cls, t: Mapping[str, torch.Tensor], *, bits: int, group_size: int, dtype: torch.dtype,
+                     prefix: str = "") -> "QuantizedTensor":
+        """Inverse of :meth:`to_tensors`."""
+        return cls(t[f"{prefix}codes"], t[f"{prefix}scale"], t[f"{prefix}zero"], bits, group_size,
+                   t[f"{prefix}protected"], t[f"{prefix}values"], dtype)
+
+
+def save_quantized(tensors: Mapping[str, QuantizedTensor], path: str | Path, *, metadata: dict | None = None) -> Path:
+    """Store ``{site: QuantizedTensor}`` in one safetensors file (format in the module docs; atomic)."""
+    out, info = {}, {}
+    for name, q in tensors.items():
+        out.update(q.to_tensors(f"{name}::"))
+        info[name] = {"bits": q.bits, "group_size": q.group_size, "dtype": dtype_to_str(q.dtype)}
+    meta = {"format": QUANTIZED_FORMAT, "sites": json.dumps(info), "extra": json.dumps(metadata or {})}
+    path = Path(path)
+    atomic_write_bytes(path, save(out, metadata=meta))
+    return path
+
+
+def load_quantized(path: str | Path) -> tuple[dict[str, QuantizedTensor], dict]:
+    """Inverse of :func:`save_quantized`: ``({site: QuantizedTensor}, extra metadata)``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"quantized file {path} does not exist")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - name the file in the error
+        raise ValueError(f"{path}: not a safetensors file ({e})") from e
+    if meta.get("format") != QUANTIZED_FORMAT:
+        raise ValueError(f"{path}: not an lrm_interp quantized file (format {meta.get('format')!r})")
+    flat = load_file(str(path))
+    out = {}
+    for name, d in json.loads(meta["sites"]).items():
+        out[name] = QuantizedTensor.from_tensors(flat, bits=d["bits"], group_size=d["group_size"],
+                                                 dtype=str_to_dtype(d["dtype"]), prefix=f"{name}::")
+    return out, json.loads(meta.get("extra", "{}"))

@@ -1,0 +1,302 @@
+"""How protection masks are stored and what they cost: index encodings, bits per weight and
+the masks file.
+
+Index encodings (:data:`ENCODINGS`, :func:`encode_index` / :func:`decode_index`; costs in
+:func:`index_bits`): ``module`` 0 bits (whole module kept: no index, no low-bit codes),
+``lines32`` 32 bits per protected row/column (rows/cols granularity), ``bitmask``
+``8·ceil(out·in/8)`` bits, ``coo32`` 64 bits per weight (int32 row + int32 column),
+``flat32`` 32 bits per weight (int32 flat id), ``csr16`` 16 bits per weight + 32·(out+1)
+(int16 columns, int32 row pointers; columns ≥ 32768 stored as their uint16 bit pattern; only
+when ``in ≤ 65536``), ``gaps`` LEB128 varints of the gaps between sorted flat ids (8 bits per
+byte actually written). ``auto`` = the cheapest per module (default).
+
+Bits per weight (:func:`bits_per_weight`): for a site that is not fully protected,
+``bits`` per weight (protected slots keep their dense code slot) + per group an FP16 scale
+and (asymmetric) an FP16 zero-point + per protected weight ``value_bits`` + its index bits;
+a fully protected site costs ``value_bits`` per weight and nothing else.
+
+Tensors of a set of masks (:func:`mask_tensors` / :func:`masks_from_tensors`, shared by the
+masks file and the FP16 sidecar of :mod:`lrm_interp.protect.exports`): per site its index
+encoding's parts as ``<site>::<part>`` tensors, plus ``{site: {"shape", "granularity",
+"encoding"}}``. The masks file (:func:`save_masks`, format ``lrm_interp.masks/2``;
+:func:`load_masks` also reads ``/1``) is these tensors in one safetensors file with JSON
+metadata ``format``, ``sites`` (insertion order kept) and ``extra``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from lrm_interp._io import atomic_write_bytes
+from lrm_interp.model.sites import Site
+from lrm_interp.protect.masks import ProtectionMask
+
+FORMAT = "lrm_interp.masks/2"
+ENCODINGS = ("module", "lines32", "bitmask", "coo32", "flat32", "csr16", "gaps")
+SEP = "::"  # tensor name = f"{site}{SEP}{part}"
+
+
+def _varint_encode(x: np.ndarray) -> np.ndarray:
+    """LEB128 bytes (uint8) of non-negative integers ``x``."""
+    x = x.astype(np.uint64)
+    nb = np.ones(x.shape, dtype=np.int64)
+    for k in range(1, 10):
+        nb += x >= np.uint64(1 << (7 * k))
+    maxb = int(nb.max()) if x.size else 0
+    cols = [((x >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8) | np.where(nb > k + 1, 0x80, 0).astype(np.uint8)
+            for k in range(maxb)]
+    if not cols:
+        return np.zeros(0, dtype=np.uint8)
+    grid = np.stack(cols, 1)
+    return grid[np.arange(maxb)[None, :] < nb[:, None]]
+
+
+def _varint_decode(b: np.ndarray) -> np.ndarray:
+    b = b.astype(np.uint64)
+    if b.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    last = (b & np.uint64(0x80)) == 0
+    gid = np.concatenate([[0], np.cumsum(last)[:-1]])
+    start = np.concatenate([[0], np.nonzero(last)[0][:-1] + 1])
+    pos = np.arange(b.size) - start[gid]
+    vals = np.zeros(int(last.sum()), dtype=np.uint64)
+    np.add.at(vals, gid, (b & np.uint64(0x7F)) << (np.uint64(7) * pos.astype(np.uint64)))
+    return vals.astype(np.int64)
+
+
+def _available(pm: ProtectionMask) -> list[str]:
+    out, inn = pm.shape
+    if pm.granularity == "full":
+        return ["module"]
+    encs = ["bitmask", "coo32", "csr16", "gaps"]
+    if out * inn < 2 ** 31:
+        encs.append("flat32")
+    if inn > 65536:
+        encs.remove("csr16")
+    if pm.granularity in ("rows", "cols"):
+        encs.append("lines32")
+    return encs
+
+
+def index_bits(mask: ProtectionMask | torch.Tensor, encoding: str = "auto") -> tuple[int, str]:
+    """Bits to store the positions of the protected weights: ``(bits, encoding)``.
+
+    Equals ``8 ×`` the bytes of :func:`encode_index`'s tensors (checked in tests).
+    """
+    pm = mask if isinstance(mask, ProtectionMask) else ProtectionMask("_", mask)
+    n = pm.n_protected
+    if n == 0:
+        return 0, "none"
+    if pm.is_full:
+        pm = ProtectionMask.full(pm.site, pm.shape)
+    out, inn = pm.shape
+    avail = _available(pm)
+    if encoding != "auto" and encoding not in avail:
+        raise ValueError(f"encoding {encoding!r} is not available for {pm!r} (available: {avail})")
+    costs = {}
+    for e in avail if encoding == "auto" else [encoding]:
+        if e == "module":
+            costs[e] = 0
+        elif e == "lines32":
+            costs[e] = 32 * int(pm.index.numel())
+        elif e == "bitmask":
+            costs[e] = 8 * math.ceil(out * inn / 8)
+        elif e == "coo32":
+            costs[e] = 64 * n
+        elif e == "flat32":
+            costs[e] = 32 * n
+        elif e == "csr16":
+            costs[e] = 16 * n + 32 * (out + 1)
+        elif e == "gaps":
+            costs[e] = 8 * int(_varint_encode(_gaps(pm.flat_indices())).size)
+    enc = min(costs, key=lambda e: (costs[e], ENCODINGS.index(e)))
+    return costs[enc], enc
+
+
+def _gaps(flat: torch.Tensor) -> np.ndarray:
+    f = flat.numpy().astype(np.int64)
+    return np.diff(f, prepend=0) if f.size else f  # first gap = first id; later gaps ≥ 1
+
+
+def encode_index(pm: ProtectionMask, encoding: str = "auto") -> tuple[str, dict[str, torch.Tensor]]:
+    """Encode the protected positions: ``(encoding, {part: tensor})`` (see module docs)."""
+    if encoding == "auto":
+        encoding = index_bits(pm)[1] if pm.n_protected else ("module" if pm.granularity == "full" else "flat32")
+    out, inn = pm.shape
+    if encoding == "module":
+        if not pm.is_full:
+            raise ValueError(f"encoding 'module' needs a fully protected site, got {pm!r}")
+        return encoding, {}
+    if encoding == "none":
+        encoding = "flat32"
+    if encoding == "lines32":
+        return encoding, {"lines": pm.index.to(torch.int32)}
+    flat = pm.flat_indices()
+    if encoding == "bitmask":
+        bits = np.packbits(pm.dense().flatten().numpy().astype(np.uint8))
+        return encoding, {"bits": torch.from_numpy(bits.copy())}
+    if encoding == "coo32":
+        return encoding, {"rows": (flat // inn).to(torch.int32), "cols": (flat % inn).to(torch.int32)}
+    if encoding == "flat32":
+        return encoding, {"flat": flat.to(torch.int32)}
+    if encoding == "csr16":
+        counts = torch.bincount(flat // inn, minlength=out)
+        rowptr = torch.zeros(out + 1, dtype=torch.int32)
+        rowptr[1:] = torch.cumsum(counts, 0).to(torch.int32)
+        cols = (flat % inn).to(torch.int32)
+        cols = torch.where(cols >= 32768, cols - 65536, cols).to(torch.int16)  # uint16 stored as int16
+        return encoding, {"rowptr": rowptr, "cols": cols}
+    if encoding == "gaps":
+        return encoding, {"varint": torch.from_numpy(_varint_encode(_gaps(flat)).copy())}
+    raise ValueError(f"unknown encoding {encoding!r} (one of {ENCODINGS})")
+
+
+def decode_index(site: str, shape: tuple[int, int], granularity: str, encoding: str,
+                 parts: Mapping[str, torch.Tensor]) -> ProtectionMask:
+    """Inverse of :func:`encode_index`."""
+    out, inn = shape
+    if encoding == "module":
+        return ProtectionMask.full(site, shape)
+    if encoding == "lines32":
+        return ProtectionMask(site, shape=shape, granularity=granularity, index=parts["lines"].long())
+    if encoding == "bitmask":
+        bits = np.unpackbits(parts["bits"].numpy(), count=out * inn).astype(bool)
+        flat = torch.from_numpy(np.nonzero(bits)[0].astype(np.int64))
+    elif encoding == "coo32":
+        flat = parts["rows"].long() * inn + parts["cols"].long()
+    elif encoding == "flat32":
+        flat = parts["flat"].long()
+    elif encoding == "csr16":
+        rowptr, cols = parts["rowptr"].long(), parts["cols"].long() % 65536
+        if rowptr.numel() != out + 1 or int(rowptr[-1]) != cols.numel():
+            raise ValueError(f"corrupt CSR index for site {site}")
+        flat = torch.repeat_interleave(torch.arange(out), rowptr[1:] - rowptr[:-1]) * inn + cols
+    elif encoding == "gaps":
+        flat = torch.from_numpy(np.cumsum(_varint_decode(parts["varint"].numpy())))
+    else:
+        raise ValueError(f"unknown encoding {encoding!r} for site {site}")
+    pm = ProtectionMask.from_indices(site, shape, flat)
+    if granularity in ("rows", "cols", "full"):
+        pm = ProtectionMask(site, pm.dense(), granularity)
+    return pm
+
+
+def bits_per_weight(masks: Mapping[str, ProtectionMask], sites: Sequence[Site], *, bits: int,
+                    group_size: int | None = 128, encoding: str = "auto", value_bits: int = 16,
+                    symmetric: bool = False, param_bits: int = 16) -> dict:
+    """Average storage bits per weight over ``sites`` with FP16-kept weights (module docs).
+
+    Returns per-weight contributions ``code_bits``, ``scale_bits``, ``value_bits``,
+    ``index_bits`` (summing to ``bpw``), ``base_bits`` (= ``bits``), ``protected_fraction``,
+    ``full_fraction`` (whole modules kept) and ``encodings`` ``{site: encoding}``.
+    """
+    n_total = sum(s.n_weights for s in sites)
+    if n_total == 0:
+        raise ValueError("bits_per_weight: no weights in the given sites")
+    unknown = set(masks) - {s.name for s in sites}
+    if unknown:
+        raise KeyError(f"bits_per_weight: masks name sites outside `sites`: {sorted(unknown)[:5]}")
+    per_group = param_bits * (1 if symmetric else 2)
+    code = scale = val = idx = 0
+    n_prot = n_full = 0
+    encs: dict[str, str] = {}
+    for s in sites:
+        m = masks.get(s.name)
+        if m is not None and m.shape != (s.out_features, s.in_features):
+            raise ValueError(f"mask of {s.name} has shape {m.shape}, site is [{s.out_features}, {s.in_features}]")
+        if m is not None and m.is_full:
+            val += value_bits * s.n_weights
+            n_prot += s.n_weights
+            n_full += s.n_weights
+            encs[s.name] = "module"
+            continue
+        groups = s.out_features * (1 if group_size is None else -(-s.in_features // group_size))
+        code += bits * s.n_weights
+        scale += per_group * groups
+        if m is not None and m.n_protected:
+            n_prot += m.n_protected
+            val += value_bits * m.n_protected
+            b, e = index_bits(m, encoding)
+            idx += b
+            encs[s.name] = e
+    return {"bpw": (code + scale + val + idx) / n_total, "base_bits": bits, "code_bits": code / n_total,
+            "scale_bits": scale / n_total, "value_bits": val / n_total, "index_bits": idx / n_total,
+            "protected_fraction": n_prot / n_total, "full_fraction": n_full / n_total, "encodings": encs}
+
+
+# ---------------------------------------------------------------------------- tensors and file
+def mask_tensors(masks: Mapping[str, ProtectionMask], *, encoding: str = "auto"
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """``({"<site>::<part>": tensor}, {site: {"shape": [out, in], "granularity", "encoding"}})``.
+
+    Each site's index is encoded with ``encoding`` (``auto`` = cheapest; a site without
+    protected weights always gets ``auto``). Site order is kept in the info dict.
+    """
+    tensors, info = {}, {}
+    for name, m in masks.items():
+        enc, parts = encode_index(m, encoding if m.n_protected else "auto")
+        for part, t in parts.items():
+            tensors[f"{name}{SEP}{part}"] = t.contiguous()
+        info[name] = {"shape": list(m.shape), "granularity": m.granularity, "encoding": enc}
+    return tensors, info
+
+
+def masks_from_tensors(tensors: Mapping[str, torch.Tensor], info: Mapping[str, dict], *,
+                       source: str = "masks") -> dict[str, ProtectionMask]:
+    """Inverse of :func:`mask_tensors`: ``{site: ProtectionMask}`` in the order of ``info``.
+
+    Tensors of other kinds under a site's prefix (e.g. the sidecar's ``<site>::values``) are
+    ignored. Errors are ``ValueError`` naming ``source`` and the site.
+    """
+    by_site: dict[str, dict[str, torch.Tensor]] = {}
+    for k, t in tensors.items():
+        site, sep, part = k.rpartition(SEP)
+        if sep:
+            by_site.setdefault(site, {})[part] = t
+    out = {}
+    for name, d in info.items():
+        try:
+            out[name] = decode_index(name, tuple(d["shape"]), d["granularity"], d["encoding"], by_site.get(name, {}))
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{source}: site {name}: {e}") from e
+    return out
+
+
+def save_masks(masks: Mapping[str, ProtectionMask], path: str | Path, *, metadata: dict | None = None,
+               encoding: str = "auto") -> Path:
+    """Write masks to one safetensors file (format in the module docs; atomic; no pickle)."""
+    tensors, info = mask_tensors(masks, encoding=encoding)
+    meta = {"format": FORMAT, "sites": json.dumps(info), "extra": json.dumps(metadata or {})}
+    path = Path(path)
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+    return path
+
+
+def load_masks(path: str | Path) -> tuple[dict[str, ProtectionMask], dict]:
+    """Read masks written by :func:`save_masks` (also format ``lrm_interp.masks/1``): ``(masks, extra)``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"mask file {path} does not exist")
+    try:
+        f = safe_open(str(path), "pt")
+    except Exception as e:  # noqa: BLE001 - name the file in the error
+        raise ValueError(f"{path}: not a safetensors file ({e})") from e
+    with f:
+        meta = f.metadata() or {}
+        fmt = meta.get("format")
+        if fmt not in (FORMAT, "lrm_interp.masks/1"):
+            raise ValueError(f"{path}: not an lrm_interp mask file (format {fmt!r})")
+        info = json.loads(meta["sites"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if fmt == "lrm_interp.masks/1":  # CSR as "<site>.rowptr" / "<site>.cols"
+        info = {n: dict(d, encoding="csr16") for n, d in info.items()}
+        tensors = {SEP.join(k.rsplit(".", 1)): t for k, t in tensors.items()}
+    return masks_from_tensors(tensors, info, source=str(path)), json.loads(meta.get("extra", "{}"))

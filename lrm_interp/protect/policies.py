@@ -1,0 +1,240 @@
+"""Protection policies: which weights of which sites to keep in FP16 under a budget.
+
+All policies are deterministic; ties go to the earlier site, then the smaller flat index.
+
+- :func:`global_top`: the ``k = round(budget · N)`` most salient weights over all sites
+  (``N`` = weights of all sites; ``round`` = nearest integer, halves to even — Python's
+  ``round``). Streamed: only a candidate pool of ≤ 2k values lives in memory.
+- :func:`per_module_top`: ``round(budget · n_m)`` weights in every module.
+- :func:`modules_by_score`: whole modules, best score first (greedy, a module that does
+  not fit is skipped and smaller ones may still fit), total ≤ ``budget · N``. Scores: a
+  ``{site: score}`` dict or an Attribution (:func:`lrm_interp.attribution.results.site_scores`).
+- :func:`final_mlp`: the paper's choice — every MLP linear of the last decoder layer.
+- ``always`` / ``never`` regexes (:func:`apply_regexes`, :func:`build_masks`): ``always`` sites
+  are protected whole and count against the budget; ``never`` sites get no protection
+  (``never`` wins).
+- ``granularity="rows"|"cols"`` for the top-k policies: whole rows / input columns ranked by
+  summed saliency, greedily while the total stays ≤ ``round(budget · N)`` weights.
+
+:func:`build_masks` is the one entry point by name (:data:`POLICIES`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from lrm_interp.attribution.results import site_scores
+from lrm_interp.model.sites import Site
+from lrm_interp.protect.masks import ProtectionMask
+
+
+def _n_total(saliency: Any, n_total: int | None, sites: Sequence[Site] | None) -> tuple[Any, int]:
+    if n_total is not None:
+        return saliency, int(n_total)
+    sites = sites if sites is not None else getattr(saliency, "sites", None)
+    if sites is not None:
+        return saliency, sum(s.n_weights for s in sites)
+    items = list(saliency)  # no way to know N up front: materialised (documented)
+    return items, sum(t.numel() for _, t in items)
+
+
+def _checked(site: Site, sal: torch.Tensor) -> torch.Tensor:
+    v = sal.detach().float().cpu()
+    if tuple(v.shape) != (site.out_features, site.in_features):
+        raise ValueError(f"saliency of {site.name} has shape {tuple(v.shape)}, expected "
+                         f"[{site.out_features}, {site.in_features}]")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"saliency of {site.name} has {int((~torch.isfinite(v)).sum())} non-finite values")
+    return v
+
+
+def _units(site: Site, v: torch.Tensor, granularity: str) -> tuple[torch.Tensor, int]:
+    """Unit scores and weights per unit (elements: 1; rows: in; cols: out)."""
+    if granularity == "elements":
+        return v.flatten(), 1
+    if granularity == "rows":
+        return v.sum(1), site.in_features
+    if granularity == "cols":
+        return v.sum(0), site.out_features
+    raise ValueError(f"granularity must be elements, rows or cols for top-k policies, got {granularity!r}")
+
+
+def _mask_from_units(site: Site, idx: torch.Tensor, granularity: str) -> ProtectionMask:
+    shape = (site.out_features, site.in_features)
+    cls = ProtectionMask
+    return {"elements": cls.from_indices, "rows": cls.from_rows, "cols": cls.from_cols}[granularity](
+        site.name, shape, idx)
+
+
+def global_top(saliency: Iterable[tuple[Site, torch.Tensor]], budget: float = 0.02, *, n_total: int | None = None,
+               sites: Sequence[Site] | None = None, granularity: str = "elements",
+               exclude: Iterable[str] = (), reserved: int = 0) -> dict[str, ProtectionMask]:
+    """Exactly ``round(budget · N) − reserved`` most salient weights over all sites.
+
+    Args:
+        saliency: yields ``(site, [out, in] tensor)`` one module at a time (streamed).
+        budget: fraction of ``N`` to protect. ``N`` is ``n_total``, else the weights of
+            ``sites`` or of ``saliency.sites`` (a :class:`~lrm_interp.protect.saliency.SaliencyStream`),
+            else the sum of the yielded sizes (the stream is then materialised first).
+        granularity: ``elements`` (exact budget), ``rows`` or ``cols`` (greedy ≤ budget).
+        exclude: site names that never get protection (their weights still count in N).
+        reserved: weights already spent elsewhere (e.g. ``always`` modules).
+
+    Memory: a candidate pool (values + global ids) of at most ``2k`` plus one module.
+    """
+    saliency, N = _n_total(saliency, n_total, sites)
+    k = max(0, int(round(budget * N)) - int(reserved))
+    exclude = set(exclude)
+    seen: list[tuple[Site, int, int]] = []  # site, first global unit id, weights per unit
+    pool_v, pool_i, pool_w = torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    thr: float | None = None
+    off = 0
+    for site, sal in saliency:
+        v, per = _units(site, _checked(site, sal), granularity)
+        seen.append((site, off, per))
+        if site.name not in exclude and k > 0:
+            keep = (v > thr) if thr is not None else torch.ones_like(v, dtype=torch.bool)
+            ids = keep.nonzero().flatten()
+            pool_v = torch.cat([pool_v, v[ids]])
+            pool_i = torch.cat([pool_i, ids + off])
+            pool_w = torch.cat([pool_w, torch.full((ids.numel(),), per, dtype=torch.long)])
+            if granularity == "elements" and pool_v.numel() > 2 * k:
+                pool_v, pool_i, pool_w, thr = _prune(pool_v, pool_i, pool_w, k)
+        off += v.numel()
+    if granularity == "elements":
+        if pool_v.numel() > k:
+            pool_v, pool_i, pool_w, _ = _prune(pool_v, pool_i, pool_w, k)
+        chosen = pool_i
+    else:  # greedy by score (ties: earlier unit), skip units that overflow the budget
+        order = torch.sort(-pool_v, stable=True).indices
+        take, used = [], 0
+        for j in order.tolist():
+            w = int(pool_w[j])
+            if used + w <= k:
+                take.append(j)
+                used += w
+        chosen = torch.sort(pool_i[torch.tensor(take, dtype=torch.long)]).values
+    out = {}
+    for site, start, per in seen:
+        n_units = site.n_weights // per
+        sel = chosen[(chosen >= start) & (chosen < start + n_units)] - start
+        out[site.name] = _mask_from_units(site, sel, granularity)
+    return out
+
+
+def _prune(v: torch.Tensor, i: torch.Tensor, w: torch.Tensor, k: int):
+    """Keep the k best of a pool ordered by global id: larger value first, then smaller id."""
+    if k == 0:
+        return v[:0], i[:0], w[:0], math.inf
+    t = float(torch.topk(v, k).values[-1])  # k-th largest value
+    gt = v > t
+    eq = v == t
+    need = k - int(gt.sum())
+    keep = gt | (eq & (torch.cumsum(eq.long(), 0) <= need))
+    return v[keep], i[keep], w[keep], t
+
+
+def per_module_top(saliency: Iterable[tuple[Site, torch.Tensor]], budget: float = 0.02, *,
+                   granularity: str = "elements", exclude: Iterable[str] = ()) -> dict[str, ProtectionMask]:
+    """``round(budget · n_m)`` weights of every module (rows/cols: greedy ≤ that many weights)."""
+    exclude = set(exclude)
+    out = {}
+    for site, sal in saliency:
+        v, per = _units(site, _checked(site, sal), granularity)
+        k = 0 if site.name in exclude else int(round(budget * site.n_weights)) // per
+        idx = torch.sort(-v, stable=True).indices[:k]
+        out[site.name] = _mask_from_units(site, idx, granularity)
+    return out
+
+
+def _split(sites: Sequence[Site], always: str | None, never: str | None) -> tuple[list[Site], list[Site], set[str]]:
+    rx_a = re.compile(always) if always else None
+    rx_n = re.compile(never) if never else None
+    banned = {s.name for s in sites if rx_n and rx_n.search(s.name)}
+    forced = [s for s in sites if rx_a and rx_a.search(s.name) and s.name not in banned]
+    free = [s for s in sites if s.name not in banned and s not in forced]
+    return forced, free, banned
+
+
+def modules_by_score(sites: Sequence[Site], scores: Any, budget: float = 0.02, *, always: str | None = None,
+                     never: str | None = None, behavior: str | None = None) -> dict[str, ProtectionMask]:
+    """Whole modules in decreasing score while the protected total stays ≤ ``budget · N``.
+
+    ``scores``: ``{site: score}`` or an Attribution (mean relative importance over
+    behaviours, or of ``behavior``). ``always`` sites are taken first (even over budget).
+    """
+    sc = site_scores(scores, behavior)
+    n_total = sum(s.n_weights for s in sites)
+    forced, free, _ = _split(sites, always, never)
+    chosen = list(forced)
+    used = sum(s.n_weights for s in forced)
+    pos = {s.name: i for i, s in enumerate(sites)}
+    for s in sorted(free, key=lambda s: (-sc.get(s.name, 0.0), pos[s.name])):
+        if used + s.n_weights <= budget * n_total:
+            chosen.append(s)
+            used += s.n_weights
+    chosen.sort(key=lambda s: pos[s.name])
+    return {s.name: ProtectionMask.full(s) for s in chosen}
+
+
+def final_mlp(sites: Sequence[Site]) -> dict[str, ProtectionMask]:
+    """The paper's protection: every MLP linear (gate/up/down) of the last decoder layer."""
+    layers = [s.layer for s in sites if s.layer is not None]
+    if not layers:
+        raise ValueError("final_mlp: no site belongs to a decoder layer")
+    last = max(layers)
+    out = {s.name: ProtectionMask.full(s) for s in sites if s.layer == last and s.block == "mlp"}
+    if not out:
+        raise ValueError(f"final_mlp: layer {last} has no MLP linear among the given sites")
+    return out
+
+
+def apply_regexes(masks: Mapping[str, ProtectionMask], sites: Sequence[Site], *, always: str | None = None,
+                  never: str | None = None) -> dict[str, ProtectionMask]:
+    """Force whole sites in (``always``) or out (``never``; it wins) of existing ``masks``."""
+    forced, _, banned = _split(sites, always, never)
+    out = {k: v for k, v in masks.items() if k not in banned}
+    for s in forced:
+        out[s.name] = ProtectionMask.full(s)
+    return out
+
+
+POLICIES = ("global_top", "per_module_top", "modules_by_score", "final_mlp")
+
+
+def build_masks(sites: Sequence[Site], policy: str = "global_top", budget: float = 0.02, *,
+                saliency: Iterable[tuple[Site, torch.Tensor]] | None = None, scores: Any = None,
+                always: str | None = None, never: str | None = None, granularity: str = "elements",
+                behavior: str | None = None) -> dict[str, ProtectionMask]:
+    """One entry point for every policy (see the module docs).
+
+    ``global_top``/``per_module_top`` need ``saliency`` (a stream over ``sites``);
+    ``modules_by_score`` needs ``scores``; ``final_mlp`` needs nothing. For ``global_top``
+    the ``always`` modules count against the budget, so the total is exactly
+    ``max(round(budget · N), n_always)``.
+    """
+    if not 0.0 <= float(budget) <= 1.0:
+        raise ValueError(f"budget must be a fraction of the weights in [0, 1], got {budget}")
+    sites = list(sites)
+    forced, _, banned = _split(sites, always, never)
+    if policy == "final_mlp":
+        return apply_regexes(final_mlp(sites), sites, always=always, never=never)
+    if policy == "modules_by_score":
+        if scores is None:
+            raise ValueError("policy 'modules_by_score' needs scores (a dict site -> score or an Attribution)")
+        return modules_by_score(sites, scores, budget, always=always, never=never, behavior=behavior)
+    if policy not in ("global_top", "per_module_top"):
+        raise ValueError(f"unknown policy {policy!r} (one of {POLICIES})")
+    if saliency is None:
+        raise ValueError(f"policy {policy!r} needs a saliency stream (lrm_interp.protect.saliency)")
+    skip = banned | {s.name for s in forced}
+    if policy == "global_top":
+        masks = global_top(saliency, budget, sites=sites, granularity=granularity, exclude=skip,
+                           reserved=sum(s.n_weights for s in forced))
+    else:
+        masks = per_module_top(saliency, budget, granularity=granularity, exclude=skip)
+    return apply_regexes(masks, sites, always=always, never=never)

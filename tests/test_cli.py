@@ -1,0 +1,230 @@
+"""The command line's contract: help for every flag, an example per subcommand, and bad input
+that exits non-zero with one stderr line naming the file or value (no traceback)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from lrm_interp.attribution.config import AttributionConfig
+from lrm_interp.cli.main import build_parser, main
+from lrm_interp.testing import byte_tokenizer, tiny_model
+
+from synth import synthetic_traces
+
+# Flags known to lack help, as "subcommand path --flag": fix them where they are defined and
+# delete them here (an entry that has gained help is simply ignored).
+# toy train: lrm_interp/toy/train.py::add_train_args defines these without help= (not a CLI file).
+KNOWN_GAPS: set[str] = set()  # flags allowed to lack help (none)
+
+
+def _walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sp in action.choices.items():
+                yield from _walk(sp, path + (name,))
+
+
+def _commands():
+    return [(" ".join(path), p) for path, p in _walk(build_parser()) if path]
+
+
+def test_every_subcommand_is_walked():
+    names = {n for n, _ in _commands()}
+    assert {"quickstart", "attribute", "parse", "compare", "protect", "quantize", "toy", "toy train",
+            "toy eval", "toy traces"} <= names
+
+
+@pytest.mark.parametrize("name", [n for n, _ in _commands()])
+def test_help_description_and_example(name):
+    parser = dict(_commands())[name]
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        label = action.option_strings[0] if action.option_strings else action.dest
+        if not (action.help or "").strip() and f"{name} {label}" not in KNOWN_GAPS:
+            missing.append(label)
+    assert not missing, f"lrm-interp {name}: flags without help= {missing}"
+    assert (parser.description or "").strip(), f"lrm-interp {name} has no description"
+    epilog = parser.epilog or ""
+    assert epilog.startswith("example:"), f"lrm-interp {name}: epilog must begin with 'example:'"
+    assert f"lrm-interp {name}" in epilog, f"lrm-interp {name}: the example must show the command itself"
+    assert isinstance(parser.formatter_class, type) and issubclass(parser.formatter_class,
+                                                                    argparse.RawDescriptionHelpFormatter)
+    parser.format_help()  # help strings format (no stray %)
+
+
+def test_top_level_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and "attribute" in out
+
+
+def test_attribute_flags_derive_from_config():
+    at = dict(_commands())["attribute"]
+    by_dest = {a.dest: a for a in at._actions}
+    for f in dataclasses.fields(AttributionConfig):
+        a = by_dest[f.name]
+        assert a.option_strings == ["--" + f.name.replace("_", "-")]
+        assert a.help.startswith(f.metadata["help"].replace("%", "%%"))
+        assert a.default == f.default
+        if "choices" in f.metadata:
+            assert tuple(a.choices) == tuple(f.metadata["choices"])
+        if isinstance(f.default, bool):
+            assert isinstance(a, argparse._StoreTrueAction)
+    assert by_dest["sites"].type is str and by_dest["behaviors"].nargs == "+"
+    # defaults build the default config
+    ns = build_parser().parse_args(["attribute", "--model", "m", "--data", "d", "--out", "o"])
+    from lrm_interp.cli.common import dataclass_from_args
+
+    assert dataclass_from_args(AttributionConfig, ns) == AttributionConfig()
+
+
+def test_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["attribute", "--model", "toy", "--data", "d", "--out", "o", "--mode", "fast"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--mode" in err[0] and "'fast'" in err[0]
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    tiny_model("llama").save_pretrained(d)
+    byte_tokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    return synthetic_traces(2).save_jsonl(tmp_path_factory.mktemp("data") / "t.jsonl")
+
+
+def _fails(capsys, argv, *needles, code=2):
+    rc = main([str(x) for x in argv])
+    cap = capsys.readouterr()
+    lines = cap.err.strip().splitlines()
+    assert rc == code, (rc, cap.err)
+    assert len(lines) == 1, cap.err
+    assert "Traceback" not in cap.err + cap.out
+    assert lines[0].startswith(f"lrm-interp {argv[0]}"), lines[0]
+    for n in needles:
+        assert str(n) in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def test_missing_data_file(capsys, tmp_path, model_dir):
+    _fails(capsys, ["attribute", "--model", model_dir, "--data", tmp_path / "nope.jsonl", "--out", tmp_path / "o"],
+           "--data", tmp_path / "nope.jsonl")
+
+
+def test_missing_model_checked_before_data(capsys, tmp_path, traces):
+    _fails(capsys, ["attribute", "--model", tmp_path / "nomodel", "--data", traces, "--out", tmp_path / "o"],
+           "--model", tmp_path / "nomodel")
+
+
+def test_malformed_jsonl_line(capsys, tmp_path, model_dir, traces):
+    bad = tmp_path / "bad.jsonl"
+    lines = traces.read_text().splitlines()
+    bad.write_text(lines[0] + "\n{not json\n" + lines[1] + "\n")
+    _fails(capsys, ["attribute", "--model", model_dir, "--data", bad, "--out", tmp_path / "o"], f"{bad}:2")
+
+
+def test_invalid_utf8_line(capsys, tmp_path, model_dir, traces):
+    bad = tmp_path / "latin.jsonl"
+    lines = traces.read_bytes().splitlines()
+    bad.write_bytes(lines[0] + b"\n" + lines[1] + b"\n" + b'{"id": "x\xff\xfe", "prompt": "a"}\n')
+    _fails(capsys, ["attribute", "--model", model_dir, "--data", bad, "--out", tmp_path / "o"], f"{bad}:3")
+
+
+def test_parse_malformed_line(capsys, tmp_path, traces):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(traces.read_text().splitlines()[0] + "\n[1, 2]\n")
+    _fails(capsys, ["parse", "--data", bad, "--out", tmp_path / "o.jsonl"], f"{bad}:2")
+
+
+def test_unknown_site_regex(capsys, tmp_path, model_dir, traces):
+    _fails(capsys, ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o",
+                    "--sites", "nomatch_xyz"], "'nomatch_xyz'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_invalid_site_regex(capsys, tmp_path, model_dir, traces):
+    _fails(capsys, ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o",
+                    "--sites", "("], "'('")
+
+
+def test_invalid_config_value(capsys, tmp_path, model_dir, traces):
+    _fails(capsys, ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o",
+                    "--method", "dom", "--mode", "joint"], "method='dom'")
+
+
+def test_tokenizer_bigger_than_model(capsys, tmp_path, model_dir, traces):
+    tok = tmp_path / "tok"
+    byte_tokenizer(extra_special=tuple(f"<x{i}>" for i in range(300))).save_pretrained(tok)
+    line = _fails(capsys, ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o",
+                           "--tokenizer", tok], "--tokenizer", tok, "559", "259")
+    assert str(model_dir) in line
+
+
+def test_missing_tokenizer_dir(capsys, tmp_path, model_dir, traces):
+    _fails(capsys, ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o",
+                    "--tokenizer", tmp_path / "notok"], "--tokenizer", tmp_path / "notok")
+
+
+def test_protect_missing_scores(capsys, tmp_path):
+    _fails(capsys, ["protect", "--scores", tmp_path / "noscores", "--policy", "final_mlp",
+                    "--out", tmp_path / "m.safetensors"], tmp_path / "noscores")
+
+
+def test_compare_missing_result(capsys, tmp_path):
+    _fails(capsys, ["compare", "--original", tmp_path / "a", "--compressed", tmp_path / "b", "--out", tmp_path / "c"],
+           "--original", tmp_path / "a")
+
+
+def test_compare_corrupt_result(capsys, tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "attribution.json").write_text("{truncated")
+        (tmp_path / name / "attribution.safetensors").write_bytes(b"\0" * 8)
+    _fails(capsys, ["compare", "--original", tmp_path / "a", "--compressed", tmp_path / "b", "--out", tmp_path / "c"],
+           tmp_path / "a" / "attribution.json")
+
+
+def test_toy_eval_missing_model(capsys, tmp_path):
+    _fails(capsys, ["toy", "eval", "--model", tmp_path / "nomodel"], "--model", tmp_path / "nomodel")
+
+
+def test_internal_error_is_one_line_and_debug_reraises(capsys, monkeypatch, tmp_path):
+    import sys
+
+    mod = sys.modules["lrm_interp.cli.main"]  # the module (lrm_interp.cli.main is also the function's name)
+
+    def boom(a):
+        raise RuntimeError("kaput\nsecond line")
+
+    monkeypatch.setattr(mod, "build_parser", _patched_parser(mod.build_parser, boom))
+    line = _fails(capsys, ["parse", "--data", tmp_path, "--out", tmp_path / "o"], "kaput second line",
+                  "RuntimeError", code=1)
+    assert "LRM_INTERP_DEBUG" in line
+    monkeypatch.setenv("LRM_INTERP_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        mod.main(["parse", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def _patched_parser(build, fn):
+    def patched():
+        p = build()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                action.choices["parse"].set_defaults(fn=fn)
+        return p
+
+    return patched
