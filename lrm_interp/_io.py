@@ -69,3 +69,38 @@ def str_to_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 
 
 DTYPE_CHOICES: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Atomically write ``tensors`` (CPU, contiguous) with string ``metadata`` as one safetensors file."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    atomic_write_bytes(path, save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+                                  metadata=metadata))
+    return path
+
+
+def read_safetensors(path: str | os.PathLike, formats: tuple[str, ...], what: str
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of an lrm_interp safetensors file whose ``metadata["format"]`` is in ``formats``.
+
+    A missing file raises ``FileNotFoundError``; a file that is not safetensors, or of another
+    format, raises ``ValueError`` naming the file and ``what`` it should be (e.g. "mask file").
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        f = safe_open(str(path), "pt")
+    except Exception as e:  # noqa: BLE001 - name the file in the error
+        raise ValueError(f"{path}: not a safetensors file ({e})") from e
+    with f:
+        meta = f.metadata() or {}
+        if meta.get("format") not in formats:
+            raise ValueError(f"{path}: not an lrm_interp {what} (format {meta.get('format')!r}, expected "
+                             f"{' or '.join(repr(x) for x in formats)})")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return tensors, meta

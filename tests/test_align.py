@@ -9,7 +9,6 @@ from difflib import SequenceMatcher
 import numpy as np
 import pytest
 
-import numpy as np
 
 from lrm_interp.data.align import align_segments, best_chain, char_codes, fuzzy_find, normalise, semiglobal_row
 from lrm_interp.data.markup import Segment, parse_markup

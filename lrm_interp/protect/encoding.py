@@ -32,10 +32,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save
 
-from lrm_interp._io import atomic_write_bytes
+from lrm_interp._io import read_safetensors, write_safetensors
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.masks import ProtectionMask
 
@@ -274,28 +272,14 @@ def save_masks(masks: Mapping[str, ProtectionMask], path: str | Path, *, metadat
                encoding: str = "auto") -> Path:
     """Write masks to one safetensors file (format in the module docs; atomic; no pickle)."""
     tensors, info = mask_tensors(masks, encoding=encoding)
-    meta = {"format": FORMAT, "sites": json.dumps(info), "extra": json.dumps(metadata or {})}
-    path = Path(path)
-    atomic_write_bytes(path, save(tensors, metadata=meta))
-    return path
+    return write_safetensors(path, tensors, {"format": FORMAT, "sites": json.dumps(info),
+                                             "extra": json.dumps(metadata or {})})
 
 
 def load_masks(path: str | Path) -> tuple[dict[str, ProtectionMask], dict]:
     """Read masks written by :func:`save_masks` (also format ``lrm_interp.masks/1``): ``(masks, extra)``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"mask file {path} does not exist")
-    try:
-        f = safe_open(str(path), "pt")
-    except Exception as e:  # noqa: BLE001 - name the file in the error
-        raise ValueError(f"{path}: not a safetensors file ({e})") from e
-    with f:
-        meta = f.metadata() or {}
-        fmt = meta.get("format")
-        if fmt not in (FORMAT, "lrm_interp.masks/1"):
-            raise ValueError(f"{path}: not an lrm_interp mask file (format {fmt!r})")
-        info = json.loads(meta["sites"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, meta = read_safetensors(path, (FORMAT, "lrm_interp.masks/1"), "mask file")
+    fmt, info = meta["format"], json.loads(meta["sites"])
     if fmt == "lrm_interp.masks/1":  # CSR as "<site>.rowptr" / "<site>.cols"
         info = {n: dict(d, encoding="csr16") for n, d in info.items()}
         tensors = {SEP.join(k.rsplit(".", 1)): t for k, t in tensors.items()}

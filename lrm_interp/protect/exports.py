@@ -27,10 +27,8 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save
 
-from lrm_interp._io import atomic_write_bytes, dtype_to_str
+from lrm_interp._io import dtype_to_str, read_safetensors, write_safetensors
 from lrm_interp.model.sites import get_module
 from lrm_interp.model.weights import set_weight_matrix, weight_matrix
 from lrm_interp.protect.encoding import SEP, mask_tensors, masks_from_tensors
@@ -118,25 +116,13 @@ def save_sidecar(model: torch.nn.Module, masks: Mapping[str, ProtectionMask], pa
         tensors[f"{name}{SEP}values"] = W[flat // inn, flat % inn].to(value_dtype).cpu().contiguous()
     meta = {"format": SIDECAR_FORMAT, "sites": json.dumps(info), "value_dtype": dtype_to_str(value_dtype)}
     path = Path(path)
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    write_safetensors(path, tensors, meta)
     return path
 
 
 def apply_sidecar_(model: torch.nn.Module, path: str | Path) -> int:
     """Write the sidecar's values back into ``model``'s weights (any dtype/device); returns how many."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"sidecar file {path} does not exist")
-    try:
-        f = safe_open(str(path), "pt")
-    except Exception as e:  # noqa: BLE001 - name the file in the error
-        raise ValueError(f"{path}: not a safetensors file ({e})") from e
-    with f:
-        meta = f.metadata() or {}
-        if meta.get("format") != SIDECAR_FORMAT:
-            raise ValueError(f"{path}: not an lrm_interp sidecar (format {meta.get('format')!r}, "
-                             f"expected {SIDECAR_FORMAT!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, meta = read_safetensors(path, (SIDECAR_FORMAT,), "sidecar")
     masks = masks_from_tensors(tensors, json.loads(meta["sites"]), source=str(path))
     n = 0
     for name, m in masks.items():

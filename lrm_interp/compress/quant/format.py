@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save
 
-from lrm_interp._io import atomic_write_bytes, dtype_to_str, str_to_dtype
+from lrm_interp._io import dtype_to_str, read_safetensors, str_to_dtype, write_safetensors
 from lrm_interp.compress.quant.grid import GroupParams, dequantize_with
 
 QUANTIZED_FORMAT = "lrm_interp.quantized/1"
@@ -102,25 +100,13 @@ def save_quantized(tensors: Mapping[str, QuantizedTensor], path: str | Path, *, 
     for name, q in tensors.items():
         out.update(q.to_tensors(f"{name}::"))
         info[name] = {"bits": q.bits, "group_size": q.group_size, "dtype": dtype_to_str(q.dtype)}
-    meta = {"format": QUANTIZED_FORMAT, "sites": json.dumps(info), "extra": json.dumps(metadata or {})}
-    path = Path(path)
-    atomic_write_bytes(path, save(out, metadata=meta))
-    return path
+    return write_safetensors(path, out, {"format": QUANTIZED_FORMAT, "sites": json.dumps(info),
+                                         "extra": json.dumps(metadata or {})})
 
 
 def load_quantized(path: str | Path) -> tuple[dict[str, QuantizedTensor], dict]:
     """Inverse of :func:`save_quantized`: ``({site: QuantizedTensor}, extra metadata)``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"quantized file {path} does not exist")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # noqa: BLE001 - name the file in the error
-        raise ValueError(f"{path}: not a safetensors file ({e})") from e
-    if meta.get("format") != QUANTIZED_FORMAT:
-        raise ValueError(f"{path}: not an lrm_interp quantized file (format {meta.get('format')!r})")
-    flat = load_file(str(path))
+    flat, meta = read_safetensors(path, (QUANTIZED_FORMAT,), "quantized file")
     out = {}
     for name, d in json.loads(meta["sites"]).items():
         out[name] = QuantizedTensor.from_tensors(flat, bits=d["bits"], group_size=d["group_size"],
