@@ -12,8 +12,12 @@ with at least one scored span of the behaviour.
 
 Modes:
 
-- ``exact``: one forward+backward per span, input cut right after the span (``ids[:end]``,
-  exact by causality).
+- ``exact``: per span, the activation gradients of L(s) alone. By default one no-grad forward
+  per trace caches every prefix's keys/values and each span runs a forward+backward over its
+  window ``[start − 1, end)`` against the cached prefix (:mod:`lrm_interp.model.prefix_cache`;
+  exact, not an approximation); ``prefix_cache=False`` — or a model whose cache cannot be
+  truncated this way — runs one full-prefix forward+backward per span, input cut right after
+  the span (``ids[:end]``, exact by causality).
 - ``joint``: one forward+backward per (trace, behaviour), input cut after the behaviour's
   last span, loss Σ_s L(s) over all its spans, each span's gradient read at its own target
   positions. Approximation: for a position t of span s the gradient is
@@ -52,37 +56,48 @@ from lrm_interp.attribution.dom import check_finite
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan, target_positions
 from lrm_interp.model.capture import Capture, MaskedSum
 from lrm_interp.model.forward import frozen_for_attribution, input_device, logits_path, span_losses
+from lrm_interp.model.prefix_cache import cache_support, cache_survives_checkpointing, trace_cache, window_cache
 from lrm_interp.model.provenance import NonFiniteError
 from lrm_interp.model.sites import Site
 
 
 
 # --------------------------------------------------------------------------- per-span pieces
-def _window_weights(length: int, spans: Sequence[TokenSpan], off_by_one: bool) -> torch.Tensor:
-    """``[n_spans, 1, length]``: 1/|window| on each span's gradient window (clipped to the input)."""
+def _window_weights(length: int, spans: Sequence[TokenSpan], off_by_one: bool, offset: int = 0) -> torch.Tensor:
+    """``[n_spans, 1, length]``: 1/|window| on each span's gradient window (clipped to the input
+    ``[offset, offset + length)``; positions relative to ``offset``)."""
     w = torch.zeros(len(spans), 1, length)
     for k, s in enumerate(spans):
         p0, p1 = target_positions(s, off_by_one=off_by_one)
-        p0, p1 = max(p0, 0), min(p1, length)
+        p0, p1 = max(p0, 0) - offset, min(p1 - offset, length)
         if p1 > p0:
             w[k, 0, p0:p1] = 1.0 / (p1 - p0)
     return w
 
 
+def window_start(span: TokenSpan) -> int:
+    """First position a span's exact forward+backward needs: the one predicting its first token."""
+    return max(span.start - 1, 0)
+
+
 def _backward_dots(model, ids, spans, sites, vecs: dict[str, torch.Tensor], off_by_one: bool,
-                   compute_dtype: torch.dtype | None, where: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+                   compute_dtype: torch.dtype | None, where: str = "", *, offset: int = 0,
+                   cache: object | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward+backward of Σ_s L(s) -> (``[n_spans, n_sites]`` dots float64, ``[n_spans]`` losses).
+
+    ``ids [1, seq]`` are the tokens at positions ``[offset, offset + seq)``; with ``offset > 0``,
+    ``cache`` holds the keys/values of ``[0, offset)`` (:mod:`lrm_interp.model.prefix_cache`).
 
     Non-finite losses, activation gradients or steering vectors raise
     :class:`~lrm_interp.model.provenance.NonFiniteError` naming ``where`` (trace, behaviour) and the site.
     """
     logits_path(model)  # decide (and probe) before any hook is active
-    red = MaskedSum("grad", _window_weights(ids.shape[1], spans, off_by_one), device="cpu")
+    red = MaskedSum("grad", _window_weights(ids.shape[1], spans, off_by_one, offset), device="cpu")
     ctx = (torch.autocast(device_type=ids.device.type, dtype=compute_dtype) if compute_dtype is not None
            else contextlib.nullcontext())
     with torch.enable_grad(), Capture(model, list(sites), [red]):
         with ctx:
-            losses = span_losses(model, ids, spans)
+            losses = span_losses(model, ids, spans, offset=offset, cache=cache)
         if not bool(torch.isfinite(losses).all()):
             fin = torch.isfinite(losses.detach()).tolist()
             bad = [f"[{s.start}, {s.end})" for s, ok in zip(spans, fin) if not ok]
@@ -103,9 +118,14 @@ def _backward_dots(model, ids, spans, sites, vecs: dict[str, torch.Tensor], off_
 
 def atp_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[Site], behaviors: Sequence[str],
                     vectors: dict[str, dict[str, torch.Tensor]], *, mode: str = "exact", off_by_one: bool = False,
-                    gradient_checkpointing: bool = False,
-                    compute_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+                    gradient_checkpointing: bool = False, compute_dtype: torch.dtype | None = None,
+                    prefix_cache: bool = True) -> dict[str, torch.Tensor]:
     """Per-span AtP dot products for one trace (additive statistics, safetensors-ready).
+
+    ``exact`` with ``prefix_cache`` (default; when :func:`~lrm_interp.model.prefix_cache.cache_support`
+    allows it): one no-grad forward over the trace caches every prefix's keys/values, then each
+    span runs a forward+backward over its window ``[start − 1, end)`` only (exact: module docs of
+    :mod:`lrm_interp.model.prefix_cache`); otherwise one full-prefix forward+backward per span.
 
     Returns, for every behaviour ``b`` (shapes with 0 rows when the trace lacks it):
         ``dots/<b>``: ``[n_spans_b, n_sites]`` float64, û[b, site] · mean over the span's
@@ -120,7 +140,15 @@ def atp_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[S
         raise KeyError(f"trace {enc.trace_id}: no steering vectors for behaviours {missing}")
     dev = input_device(model)
     out: dict[str, torch.Tensor] = {}
-    with frozen_for_attribution(model, gradient_checkpointing=gradient_checkpointing):
+    cached = mode == "exact" and prefix_cache and cache_support(model, gradient_checkpointing=gradient_checkpointing)[0]
+    kv = None
+    ends = [s.end for s in enc.spans if s.behavior in behaviors and s.scorable]
+    if cached and ends:  # before checkpointing is switched on: HF models drop caches under it
+        with (torch.autocast(device_type=dev.type, dtype=compute_dtype) if compute_dtype is not None
+              else contextlib.nullcontext()):
+            kv = trace_cache(model, enc.input_ids[: max(ends)].unsqueeze(0).to(dev))
+    with frozen_for_attribution(model, gradient_checkpointing=gradient_checkpointing), \
+            (cache_survives_checkpointing(model) if cached and gradient_checkpointing else contextlib.nullcontext()):
         for b in behaviors:
             allspans = enc.spans_of(b)
             spans = [s for s in allspans if s.scorable]
@@ -130,9 +158,11 @@ def atp_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[S
                 vecs = vectors[b]
                 if mode == "exact":
                     for k, s in enumerate(spans):
-                        ids = enc.input_ids[: s.end].unsqueeze(0).to(dev)
+                        q0 = window_start(s) if kv is not None else 0
+                        ids = enc.input_ids[q0: s.end].unsqueeze(0).to(dev)
                         d, l_ = _backward_dots(model, ids, [s], sites, vecs, off_by_one, compute_dtype,
-                                               f"trace {enc.trace_id}, behaviour {b}")
+                                               f"trace {enc.trace_id}, behaviour {b}", offset=q0,
+                                               cache=window_cache(kv, q0) if q0 > 0 else None)
                         dots[k], losses[k] = d[0], l_[0]
                 else:
                     ids = enc.input_ids[: max(s.end for s in spans)].unsqueeze(0).to(dev)

@@ -67,6 +67,10 @@ class AttributionConfig:
                                    "positions predicting the span [start-1, end-1)")
     max_tokens: int | None = _opt(None, "truncate traces to this many tokens; spans cut off are counted and "
                                         "reported")
+    prefix_cache: bool = _opt(True, "exact mode: one no-grad forward per trace caches the keys/values and each span "
+                                    "runs forward+backward over its own window only (exact); off = the full "
+                                    "prefix per span. Models that cannot (sliding-window, hybrid caches) use the "
+                                    "full prefix, and provenance says why")
     gradient_checkpointing: bool = _opt(False, "recompute activations in the AtP backward (less memory, "
                                                "about 1.3x the time)")
     compute_dtype: str | None = _opt(None, "autocast dtype for forward/backward (losses and sums stay fp32)",
@@ -98,7 +102,7 @@ class AttributionConfig:
                 re.compile(self.sites)
             except re.error as e:
                 raise ValueError(f"sites regex {self.sites!r} is invalid: {e}") from None
-        for name in ("off_by_one", "gradient_checkpointing"):
+        for name in ("off_by_one", "gradient_checkpointing", "prefix_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.k_context, bool) or not isinstance(self.k_context, int) or self.k_context < 0:

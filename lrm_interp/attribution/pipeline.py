@@ -38,6 +38,7 @@ from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.tokens import EncodedTrace, encode_trace
 from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset, ReasoningTrace
 from lrm_interp.model.loading import load_model
+from lrm_interp.model.prefix_cache import cache_support
 from lrm_interp.model.provenance import model_provenance
 from lrm_interp.model.sites import Site, resolve_sites
 
@@ -160,8 +161,22 @@ def atp_stage(plan: AttributionPlan, dom: DoMResult, encoded: Sequence[EncodedTr
              for e in (encoded if encoded is not None else plan.encoded)]
     return plan.store.run("atp", items, lambda e: atp_trace_stats(
         plan.model, e, plan.sites, live, dom.vectors, mode=cfg.mode, off_by_one=cfg.off_by_one,
-        gradient_checkpointing=cfg.gradient_checkpointing, compute_dtype=cfg.torch_compute_dtype),
-        progress=progress)
+        gradient_checkpointing=cfg.gradient_checkpointing, compute_dtype=cfg.torch_compute_dtype,
+        prefix_cache=cfg.prefix_cache), progress=progress)
+
+
+def gradient_path(plan: AttributionPlan) -> dict[str, str] | None:
+    """How AtP gradients were computed: ``{"path": "prefix_cache" | "full_prefix" | "joint", "reason"}``."""
+    cfg = plan.config
+    if cfg.method != "attribution":
+        return None
+    if cfg.mode == "joint":
+        return {"path": "joint", "reason": "mode='joint': one backward per trace and behaviour"}
+    if not cfg.prefix_cache:
+        return {"path": "full_prefix", "reason": "prefix_cache=False"}
+    ok, why = cache_support(plan.model, gradient_checkpointing=cfg.gradient_checkpointing)
+    return {"path": "prefix_cache", "reason": "span windows against the cached prefix"} if ok else \
+        {"path": "full_prefix", "reason": why}
 
 
 def finish(plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, torch.Tensor]] | None) -> Attribution:
@@ -200,6 +215,7 @@ def finish(plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, 
         "n_sites": len(sites),
         "counts": counts, "skipped_spans": plan.skipped, "absent_behaviors": plan.absent,
         "resume": plan.store.counts,
+        "gradient_path": gradient_path(plan),
         "dataset": {"name": plan.dataset.name, "n_traces": len(plan.dataset),
                     "parse_report": report.summary() if hasattr(report, "summary") else None},
     }

@@ -96,8 +96,29 @@ def base_and_head(model: torch.nn.Module):
     return base, head
 
 
-def hidden_states(base: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    out = base(input_ids=ids, use_cache=False)
+def cache_kwarg(module: torch.nn.Module) -> str:
+    """The name under which ``module.forward`` takes a KV cache: ``"cache"`` (transformers ≥ 5.2x)
+    or ``"past_key_values"``."""
+    for cls in type(module).__mro__:  # a subclass may wrap forward(*args, **kwargs): ask the classes it extends
+        fwd = cls.__dict__.get("forward")
+        if fwd is None:
+            continue
+        params = inspect.signature(fwd).parameters
+        if "cache" in params:
+            return "cache"
+        if "past_key_values" in params:
+            return "past_key_values"
+    return "past_key_values"
+
+
+def _cache_kw(module: torch.nn.Module, cache: object | None) -> dict:
+    return {"use_cache": False} if cache is None else {"use_cache": True, cache_kwarg(module): cache}
+
+
+def hidden_states(base: torch.nn.Module, ids: torch.Tensor, cache: object | None = None) -> torch.Tensor:
+    """``[1, seq, d]`` last hidden states of the decoder ``base`` for ``ids [1, seq]``; with ``cache``
+    (a KV cache of the preceding positions, :mod:`lrm_interp.model.prefix_cache`) ``ids`` continue it."""
+    out = base(input_ids=ids, **_cache_kw(base, cache))
     h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     return h
 
@@ -133,20 +154,22 @@ def logits_path(model: torch.nn.Module) -> str:
     return path
 
 
-def logits_at(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``[n, vocab]`` logits of batch row 0 at ``positions`` (full logits only as last resort)."""
+def logits_at(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor,
+              cache: object | None = None) -> torch.Tensor:
+    """``[n, vocab]`` logits of batch row 0 at ``positions`` (indices into ``ids``; full logits only
+    as last resort). ``cache``: KV cache of positions before ``ids`` (see :func:`hidden_states`)."""
     path = logits_path(model)
     positions = positions.to(ids.device)
     if path == "split":
         base, head = base_and_head(model)
-        h = hidden_states(base, ids)
+        h = hidden_states(base, ids, cache)
         return head(h[0, positions.to(h.device)])
     if path == "logits_to_keep":
-        logits = model(input_ids=ids, logits_to_keep=positions, use_cache=False).logits[0]
+        logits = model(input_ids=ids, logits_to_keep=positions, **_cache_kw(model, cache)).logits[0]
         if logits.shape[0] == positions.numel():
             return logits
         return logits[positions.to(logits.device)]  # the model ignored logits_to_keep
-    return model(input_ids=ids, use_cache=False).logits[0][positions.to(ids.device)]
+    return model(input_ids=ids, **_cache_kw(model, cache)).logits[0][positions.to(ids.device)]
 
 
 def activation_forward(model: torch.nn.Module, sites: Sequence[Site]) -> Callable[[torch.Tensor], object]:
@@ -168,23 +191,28 @@ def activation_forward(model: torch.nn.Module, sites: Sequence[Site]) -> Callabl
     return lambda ids: model(input_ids=ids, use_cache=False)
 
 
-def span_losses(model: torch.nn.Module, ids: torch.Tensor, spans: Sequence[TokenSpan]) -> torch.Tensor:
+def span_losses(model: torch.nn.Module, ids: torch.Tensor, spans: Sequence[TokenSpan], *, offset: int = 0,
+                cache: object | None = None) -> torch.Tensor:
     """``[n_spans]`` mean cross-entropy (float32, float64 for a float64 model) of each span's tokens.
 
-    ``ids``: ``[1, seq]`` with ``seq >= max(span.end)``. Logits are computed only at the
-    positions predicting span tokens.
+    ``ids``: ``[1, seq]``, the tokens at absolute positions ``[offset, offset + seq)`` with
+    ``offset + seq >= max(span.end)`` (span positions are absolute); ``offset > 0`` needs the
+    ``cache`` of positions ``[0, offset)``, and every predicting position ``>= offset``.
+    Logits are computed only at the positions predicting span tokens.
     """
     ranges = [s.targets for s in spans]
     pos = sorted({p - 1 for a, b in ranges for p in range(a, b)})
+    if pos and pos[0] < offset:
+        raise ValueError(f"span losses need position {pos[0]}, before the window start {offset}")
     index = {p: i for i, p in enumerate(pos)}
-    logits = logits_at(model, ids, torch.tensor(pos, dtype=torch.long))
+    logits = logits_at(model, ids, torch.tensor(pos, dtype=torch.long) - offset, cache)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least, fp64 kept
     losses = []
     for a, b in ranges:
         rows = torch.tensor([index[p - 1] for p in range(a, b)], device=logits.device)
-        losses.append(F.cross_entropy(logits[rows], ids[0, a:b].to(logits.device)))
+        losses.append(F.cross_entropy(logits[rows], ids[0, a - offset:b - offset].to(logits.device)))
     return torch.stack(losses)
 
 
-__all__ = ["input_device", "base_and_head", "hidden_states", "logits_path", "logits_at", "activation_forward",
+__all__ = ["input_device", "base_and_head", "cache_kwarg", "hidden_states", "logits_path", "logits_at", "activation_forward",
            "span_losses", "frozen_for_attribution"]

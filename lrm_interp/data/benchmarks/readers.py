@@ -1,0 +1,97 @@
+"""Records from the public benchmark file formats: JSON (a list, or a dict holding the list
+under ``examples`` / ``data`` / ``problems`` / ``rows``), JSONL and CSV.
+
+Each record comes with its location (``file:line`` for JSONL and CSV, ``file: record k`` for
+JSON) so that every schema error names the file and the record.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+from lrm_interp.data.benchmarks.items import BenchmarkFormatError
+
+SUFFIXES = (".json", ".jsonl", ".csv")
+LIST_KEYS = ("examples", "data", "problems", "rows", "questions")
+
+
+def read_records(path: str | os.PathLike) -> list[tuple[str, dict]]:
+    """``[(location, record dict), ...]`` of a JSON, JSONL or CSV file (chosen by suffix)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such benchmark file")
+    suffix = p.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise BenchmarkFormatError(f"{p}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BenchmarkFormatError(f"{p}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    if suffix == ".jsonl":
+        return list(_jsonl(p, text))
+    if suffix == ".csv":
+        return list(_csv(p, text))
+    return _json(p, text)
+
+
+def _jsonl(p: Path, text: str) -> Iterator[tuple[str, dict]]:
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BenchmarkFormatError(f"{p}:{n}: invalid JSON ({e.msg} at column {e.colno})") from e
+        if not isinstance(rec, dict):
+            raise BenchmarkFormatError(f"{p}:{n}: expected a JSON object per line, got {type(rec).__name__}")
+        yield f"{p}:{n}", rec
+
+
+def _csv(p: Path, text: str) -> Iterator[tuple[str, dict]]:
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames:
+        raise BenchmarkFormatError(f"{p}: empty CSV file (no header row)")
+    for row in reader:
+        if None in row:
+            raise BenchmarkFormatError(f"{p}:{reader.line_num}: more fields than the header's "
+                                       f"{len(reader.fieldnames)}")
+        if not any((v or "").strip() for v in row.values()):
+            continue
+        yield f"{p}:{reader.line_num}", dict(row)
+
+
+def _json(p: Path, text: str) -> list[tuple[str, dict]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BenchmarkFormatError(f"{p}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+    if isinstance(data, dict):
+        lists = [k for k in LIST_KEYS if isinstance(data.get(k), list)]
+        if not lists:
+            raise BenchmarkFormatError(f"{p}: a JSON object needs its records under one of {list(LIST_KEYS)}; "
+                                       f"it has keys {sorted(data)[:10]}")
+        data = data[lists[0]]
+    if not isinstance(data, list):
+        raise BenchmarkFormatError(f"{p}: expected a list of records, got {type(data).__name__}")
+    out = []
+    for k, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise BenchmarkFormatError(f"{p}: record {k}: expected an object, got {type(rec).__name__}")
+        out.append((f"{p}: record {k}", rec))
+    return out
+
+
+def field_value(loc: str, rec: dict, *keys: str, required: bool = True) -> object:
+    """The value of the first of ``keys`` present (not ``None``, not empty) in ``rec``."""
+    for k in keys:
+        v = rec.get(k)
+        if v is not None and not (isinstance(v, str) and not v.strip()):
+            return v
+    if required:
+        raise BenchmarkFormatError(f"{loc}: missing field {' / '.join(repr(k) for k in keys)} "
+                                   f"(record has {sorted(rec)[:12]})")
+    return None

@@ -1,0 +1,240 @@
+"""The benchmark registry: one :class:`Task` per benchmark (loader, grader, metric kind), and
+:func:`load` / :func:`grade`.
+
+================  =========================================================  =====================
+task              file schema                                                prompt (method.md §1)
+================  =========================================================  =====================
+``aime``          AIME 2024: ``Problem`` / ``Answer`` (or lower case), JSON,  ``problem + "\\n<think>\\n"``
+                  JSONL or CSV
+``folio``         ``premises`` (str or list), ``conclusion``, ``label``       FOLIO instruction ...
+``temporal``      BBH ``{"examples": [{"input", "target": "(A)"}]}``, or      Temporal instruction +
+                  BIG-bench ``temporal_sequences/task.json``                  input
+                  (``{"examples": [{"input", "target_scores"}]}``: options
+                  (A)… in ``target_scores`` order appended as BBH does)
+``musique``       ``question``, ``answer``, ``answer_aliases``; closed book:  question + brevity
+                  ``paragraphs`` ignored                                      suffix
+``math`` /        the toy families (:mod:`lrm_interp.toy.tasks`), generated:  question +
+``logic`` /       no file                                                     ``"\\n<think>\\n"``
+``knowledge``
+================  =========================================================  =====================
+
+Prompt texts come from :mod:`lrm_interp.data.prompts` (character for character the paper's).
+"Avg" (paper): the mean accuracy of the tasks with ``in_avg`` — AIME, FOLIO, Temporal (and the
+toy analogues ``math``, ``logic``); MuSiQue / ``knowledge`` (knowledge recall) are reported apart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from lrm_interp.data.benchmarks import grading
+from lrm_interp.data.benchmarks.items import BenchItem, BenchmarkFormatError, Grade
+from lrm_interp.data.benchmarks.readers import SUFFIXES, field_value, read_records
+from lrm_interp.data.prompts import aime_prompt, folio_prompt, musique_prompt, temporal_prompt
+
+#: default toy problems: per family, and the held-out seed of docs/toy_model.md
+TOY_N, TOY_SEED = 30, 2
+
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark. ``metric``: ``"accuracy"`` or ``"em_f1"``; ``files``: file stems looked
+    for in a data folder (with ``.json`` / ``.jsonl`` / ``.csv``); ``needs_data``: ``False`` for
+    generated (toy) tasks."""
+
+    name: str
+    description: str
+    metric: str
+    in_avg: bool
+    needs_data: bool
+    files: tuple[str, ...]
+    loader: Callable[..., list[BenchItem]]
+    grader: Callable[..., Grade]
+
+
+# ----------------------------------------------------------------------------- loaders
+def _item(task: str, k: int, loc: str, prompt: str, gold: str, problem: dict, **kw) -> BenchItem:
+    return BenchItem(f"{task}/{k}", task, k, prompt, gold, problem=problem, source=loc, **kw)
+
+
+def load_aime(path: Path) -> list[BenchItem]:
+    out = []
+    for k, (loc, rec) in enumerate(read_records(path)):
+        prob = str(field_value(loc, rec, "Problem", "problem", "question"))
+        ans = str(field_value(loc, rec, "Answer", "answer")).strip()
+        problem = {"problem": prob, "answer": ans}
+        if rec.get("ID", rec.get("id")) is not None:
+            problem["source_id"] = str(rec.get("ID", rec.get("id")))
+        out.append(_item("aime", k, loc, aime_prompt(problem), ans, problem))
+    return out
+
+
+def load_folio(path: Path) -> list[BenchItem]:
+    out = []
+    for k, (loc, rec) in enumerate(read_records(path)):
+        prem = field_value(loc, rec, "premises")
+        if isinstance(prem, list):
+            prem = "\n".join(map(str, prem))
+        concl = str(field_value(loc, rec, "conclusion"))
+        raw = field_value(loc, rec, "label")
+        label = grading.canonical_folio_label(raw)
+        if label is None:
+            raise BenchmarkFormatError(f"{loc}: label {raw!r} is not one of True / False / Uncertain (Unknown)")
+        problem = {"premises": str(prem), "conclusion": concl, "label": label}
+        out.append(_item("folio", k, loc, folio_prompt(problem), label, problem))
+    return out
+
+
+_TARGET = re.compile(r"^\s*\(?\s*([A-Za-z])\s*\)?\s*$")
+
+
+def load_temporal(path: Path) -> list[BenchItem]:
+    out = []
+    for k, (loc, rec) in enumerate(read_records(path)):
+        text = str(field_value(loc, rec, "input", "question"))
+        if "target_scores" in rec:  # BIG-bench task.json: options from target_scores, BBH's layout
+            scores = rec["target_scores"]
+            if not isinstance(scores, dict) or not scores:
+                raise BenchmarkFormatError(f"{loc}: target_scores must be a non-empty object of option: score")
+            opts = list(scores)
+            best = [o for o in opts if scores[o] == max(scores.values())]
+            if len(best) != 1 or max(scores.values()) <= 0:
+                raise BenchmarkFormatError(f"{loc}: target_scores needs exactly one best (positive) option, "
+                                           f"got {scores}")
+            letters = grading.option_letters(len(opts))
+            text = text.rstrip() + "\nOptions:\n" + "\n".join(f"({letters[i]}) {o}" for i, o in enumerate(opts))
+            gold, n_opt = letters[opts.index(best[0])], len(opts)
+        else:
+            raw = str(field_value(loc, rec, "target", "answer"))
+            m = _TARGET.match(raw)
+            if not m:
+                raise BenchmarkFormatError(f"{loc}: target {raw!r} is not an option letter like '(A)'")
+            gold = m.group(1).upper()
+            found = re.findall(r"^\(([A-Z])\)", text, re.M)
+            n_opt = len(found) if found else 4
+            if gold not in grading.option_letters(max(n_opt, 1)):
+                raise BenchmarkFormatError(f"{loc}: target ({gold}) is not among the {n_opt} options of the input")
+        problem = {"input": text, "target": f"({gold})"}
+        out.append(_item("temporal", k, loc, temporal_prompt(problem), gold, problem, n_options=n_opt))
+    return out
+
+
+def load_musique(path: Path) -> list[BenchItem]:
+    out = []
+    for k, (loc, rec) in enumerate(read_records(path)):
+        q = str(field_value(loc, rec, "question"))
+        ans = str(field_value(loc, rec, "answer")).strip()
+        aliases = rec.get("answer_aliases") or []
+        if isinstance(aliases, str):
+            aliases = [aliases]
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise BenchmarkFormatError(f"{loc}: answer_aliases must be a list of strings, got {aliases!r}")
+        problem = {"question": q, "answer": ans, "answer_aliases": list(aliases)}
+        if rec.get("id") is not None:
+            problem["source_id"] = str(rec["id"])
+        out.append(_item("musique", k, loc, musique_prompt(problem), ans, problem, aliases=tuple(aliases)))
+    return out
+
+
+def _toy_loader(family: str) -> Callable[..., list[BenchItem]]:
+    def load_toy(path: Path | None = None, *, n: int = TOY_N, seed: int = TOY_SEED) -> list[BenchItem]:
+        from lrm_interp.toy.tasks import problems
+
+        out = []
+        for k, p in enumerate(problems(n, seed, families=(family,))):
+            problem = {"question": p.prompt[: -len("\n<think>\n")], "answer": p.answer, "toy_id": p.id}
+            out.append(_item(family, k, f"lrm_interp.toy.tasks {p.id}", p.prompt, p.answer, problem))
+        return out
+    load_toy.__doc__ = f"The toy family {family!r}: ``n`` problems of ``seed`` (held-out seeds < 10 000)."
+    return load_toy
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("aime", "AIME 2024 (integer answers, math-verify)", "accuracy", True, True,
+         ("aime", "aime_2024", "aime2024", "AIME_2024"), load_aime, grading.grade_math),
+    Task("folio", "FOLIO (True / False / Uncertain)", "accuracy", True, True,
+         ("folio", "folio_validation", "FOLIO"), load_folio, grading.grade_folio),
+    Task("temporal", "BBH / BIG-bench Temporal Sequences (option letter)", "accuracy", True, True,
+         ("temporal", "temporal_sequences", "bbh_temporal_sequences", "task"), load_temporal, grading.grade_option),
+    Task("musique", "MuSiQue, closed book (EM / F1)", "em_f1", False, True,
+         ("musique", "musique100", "MuSiQue"), load_musique, grading.grade_qa),
+    Task("math", "toy math family (AIME-like)", "accuracy", True, False, (), _toy_loader("math"), grading.grade_toy),
+    Task("logic", "toy logic family (FOLIO-like)", "accuracy", True, False, (), _toy_loader("logic"),
+         grading.grade_toy),
+    Task("knowledge", "toy knowledge family (MuSiQue-like, closed book)", "accuracy", False, False, (),
+         _toy_loader("knowledge"), grading.grade_toy),
+)}
+
+#: other accepted spellings of task names (lower case)
+TASK_ALIASES = {"aime_2024": "aime", "aime2024": "aime", "aime24": "aime", "folio_validation": "folio",
+                "temporal_sequences": "temporal", "bbh_temporal_sequences": "temporal", "temporal-sequences": "temporal",
+                "bigbench_temporal_sequences": "temporal", "musique100": "musique", "musique_ans": "musique"}
+
+
+def get_task(name: str) -> Task:
+    """The :class:`Task` named ``name`` (case-insensitive, aliases accepted)."""
+    key = name.strip().lower()
+    key = TASK_ALIASES.get(key, key)
+    if key not in TASKS:
+        raise KeyError(f"unknown benchmark task {name!r}; known: {', '.join(TASKS)}")
+    return TASKS[key]
+
+
+def find_task_file(task: str, data: str | os.PathLike) -> Path:
+    """The file of ``task`` in the folder ``data`` (``<stem>.json|jsonl|csv`` for the task's
+    stems, also ``<stem>/task.json``), or ``data`` itself when it is a file."""
+    t = get_task(task)
+    d = Path(data)
+    if d.is_file():
+        return d
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: no such benchmark file or folder")
+    tried = []
+    for stem in t.files:
+        for suf in SUFFIXES:
+            for cand in (d / f"{stem}{suf}", d / stem / f"task{suf}"):
+                tried.append(cand.relative_to(d).as_posix())
+                if cand.is_file():
+                    return cand
+    raise FileNotFoundError(f"{d}: no file for task {t.name!r} (looked for {', '.join(dict.fromkeys(tried))})")
+
+
+def load(task: str, path: str | os.PathLike | None = None, *, limit: int | None = None,
+         toy_n: int = TOY_N, toy_seed: int = TOY_SEED) -> list[BenchItem]:
+    """The items of ``task`` from ``path`` (a file, or a folder searched with :func:`find_task_file`).
+
+    Toy tasks need no path (``toy_n`` problems of ``toy_seed``). ``limit``: the first items only.
+    Every record is validated; a bad one raises :class:`BenchmarkFormatError` naming file and record.
+    """
+    t = get_task(task)
+    if t.needs_data:
+        if path is None:
+            raise ValueError(f"task {t.name!r} needs a data file (schema: see lrm_interp.data.benchmarks.tasks)")
+        items = t.loader(find_task_file(t.name, path))
+        if not items:
+            raise BenchmarkFormatError(f"{find_task_file(t.name, path)}: no records for task {t.name!r}")
+    else:
+        items = t.loader(None, n=toy_n, seed=toy_seed)
+    return items if limit is None else items[: int(limit)]
+
+
+def grade(task: str | Task, item: BenchItem, text: str, *, require_think: bool = True) -> Grade:
+    """Grade one output ``text`` (the response after the prompt) of ``item``; see :mod:`.grading`."""
+    t = task if isinstance(task, Task) else get_task(task)
+    return t.grader(item, text, require_think=require_think)
+
+
+def paper_average(scores: dict[str, float]) -> float | None:
+    """The paper's "Avg": mean of the accuracies of the ``in_avg`` tasks among ``scores``
+    (``{task: accuracy}``); ``None`` when there are none."""
+    vals = [v for k, v in scores.items() if k in TASKS and TASKS[k].in_avg and v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def task_names(names: Sequence[str]) -> list[str]:
+    """Canonical names of ``names`` (checked), in order, without duplicates."""
+    return list(dict.fromkeys(get_task(n).name for n in names))
