@@ -12,6 +12,9 @@
 3. :func:`reduce_dom` / :func:`finish`: arithmetic on the per-trace statistics →
    :class:`~lrm_interp.attribution.results.Attribution`, saved to ``out_dir``.
 
+Under ``torchrun`` the per-trace stages run on each rank's shard of the traces and the
+statistics are gathered before each reduction (:mod:`lrm_interp.attribution.distributed`).
+
 A killed run started again with the same arguments reuses finished traces and ends with
 identical results; a run on other weights, another tokenizer or other settings is refused;
 a trace edited under the same id is recomputed (never served from its old partial).
@@ -29,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp import __version__
+from lrm_interp.attribution import distributed
 from lrm_interp.attribution.atp import atp_aggregate, atp_trace_stats
 from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.dom import DoMResult, dom_aggregate, dom_trace_stats
@@ -179,7 +183,8 @@ def gradient_path(plan: AttributionPlan) -> dict[str, str] | None:
         {"path": "full_prefix", "reason": why}
 
 
-def finish(plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, torch.Tensor]] | None) -> Attribution:
+def finish(plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, torch.Tensor]] | None, *,
+           warn: bool = True) -> Attribution:
     """Step 3b: scores, counts and provenance → :class:`Attribution` (saved when the plan has ``out_dir``)."""
     cfg, behaviors, sites = plan.config, plan.behaviors, plan.sites
     scores = torch.zeros(len(behaviors), len(sites), dtype=torch.float64)
@@ -197,7 +202,7 @@ def finish(plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, 
                 scores[i] = res.scores[live.index(b)].double()
                 unscorable[b] = res.n_skipped.get(b, 0)
         n_bad = sum(unscorable.values())
-        if n_bad:
+        if n_bad and warn:
             warnings.warn(f"{n_bad} span(s) cannot be scored by attribution patching (no predictable token): they "
                           f"enter the steering vectors but not the scores; per behaviour {unscorable}; listed in "
                           "provenance['skipped_spans']", stacklevel=3)
@@ -216,6 +221,7 @@ def finish(plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, 
         "counts": counts, "skipped_spans": plan.skipped, "absent_behaviors": plan.absent,
         "resume": plan.store.counts,
         "gradient_path": gradient_path(plan),
+        **plan.extra,
         "dataset": {"name": plan.dataset.name, "n_traces": len(plan.dataset),
                     "parse_report": report.summary() if hasattr(report, "summary") else None},
     }
@@ -254,10 +260,30 @@ def attribute(model: Any, dataset: ReasoningDataset | Sequence[ReasoningTrace] |
         if "sites" in options and options["sites"] is not None and not isinstance(options["sites"], str):
             options["sites"] = tuple(getattr(s, "name", s) for s in options["sites"])
         cfg = cfg.replace(**options)
+    rank, world = distributed.context()
+    progress = progress and rank == 0
     plan = plan_attribution(model, dataset, cfg, tokenizer=tokenizer, out_dir=out_dir, progress=progress)
-    dom = reduce_dom(plan, dom_stage(plan, progress=progress))
-    atp = atp_stage(plan, dom, progress=progress) if cfg.method == "attribution" and live_behaviors(plan, dom) else None
-    return finish(plan, dom, atp)
+    n = len(plan.encoded)
+    mine = distributed.shard(n, rank, world)
+    local = [plan.encoded[i] for i in mine]
+    dom = reduce_dom(plan, distributed.gather_ordered(dom_stage(plan, local, progress=progress), mine, n, world))
+    atp = None
+    if cfg.method == "attribution" and live_behaviors(plan, dom):
+        atp = distributed.gather_ordered(atp_stage(plan, dom, local, progress=progress), mine, n, world)
+    plan.store.counts = distributed.sum_counts(plan.store.counts, world)
+    if world > 1:
+        plan.extra["distributed"] = {"world_size": world, "backend": _backend()}
+        if rank != 0:
+            plan.out_dir = None  # rank 0 writes the result
+    result = finish(plan, dom, atp, warn=rank == 0)
+    distributed.barrier(world)  # rank 0 has written the result before any rank goes on
+    return result
+
+
+def _backend() -> str:
+    import torch.distributed as dist
+
+    return str(dist.get_backend())
 
 
 __all__ = ["attribute", "AttributionPlan", "plan_attribution", "dom_stage", "reduce_dom", "atp_stage", "finish",
