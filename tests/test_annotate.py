@@ -114,3 +114,21 @@ def test_llm_annotator_interface():
     assert rep["placed"] == 2 and rep["segments"] == 2
     spans, rep = annotate_response(resp, LLMAnnotator(lambda p: "I cannot help with that."))
     assert spans == [] and rep["placed"] == 0
+
+
+def test_build_annotator_names_and_files(tmp_path):
+    from lrm_interp.data.annotate import (ANNOTATOR_NAMES, LinearAnnotator, R1RuleAnnotator, build_annotator,
+                                          markup)
+
+    assert set(ANNOTATOR_NAMES) == {"rules", "keyword", "llm"}
+    assert isinstance(build_annotator("rules"), R1RuleAnnotator)
+    assert isinstance(build_annotator("keyword"), RuleAnnotator)
+    llm = build_annotator("llm", model="m", base_url="http://127.0.0.1:9/v1", max_chunk_chars=100)
+    assert isinstance(llm, LLMAnnotator) and llm.max_chunk_chars == 100 and llm.describe()["prompt"] == "venhoff"
+    with pytest.raises(ValueError, match="not one of"):
+        build_annotator("gpt-4o")
+    gold = generate_dataset(2, seed=1)
+    path = LinearAnnotator.fit(gold, dim=1 << 10, steps=20).save(tmp_path / "a.safetensors")
+    assert isinstance(build_annotator(str(path)), LinearAnnotator)
+    assert markup([("deduction", "So x."), ("backtracking", "Wait.")]) == \
+        '["deduction"]So x.["end-section"] ["backtracking"]Wait.["end-section"]'

@@ -70,13 +70,14 @@ def test_attribute_flags_derive_from_config():
     by_dest = {a.dest: a for a in at._actions}
     for f in dataclasses.fields(AttributionConfig):
         a = by_dest[f.name]
-        assert a.option_strings == ["--" + f.name.replace("_", "-")]
+        flag = ("--no-" if f.default is True else "--") + f.name.replace("_", "-")  # True defaults: --no-x
+        assert a.option_strings == [flag]
         assert a.help.startswith(f.metadata["help"].replace("%", "%%"))
         assert a.default == f.default
         if "choices" in f.metadata:
             assert tuple(a.choices) == tuple(f.metadata["choices"])
         if isinstance(f.default, bool):
-            assert isinstance(a, argparse._StoreTrueAction)
+            assert isinstance(a, argparse._StoreFalseAction if f.default else argparse._StoreTrueAction)
     assert by_dest["sites"].type is str and by_dest["behaviors"].nargs == "+"
     # defaults build the default config
     ns = build_parser().parse_args(["attribute", "--model", "m", "--data", "d", "--out", "o"])

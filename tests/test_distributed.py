@@ -62,6 +62,7 @@ def test_two_ranks_equal_one_process_and_resume(tmp_path):
         lines = _torchrun(tmp_path, out, mode)
         assert sorted(d["rank"] for d in lines) == [0, 1]
         assert all(d["distributed"]["world_size"] == 2 and d["distributed"]["backend"] == "gloo" for d in lines)
+        assert sorted(d["distributed"]["rank"] for d in lines) == [0, 1]
         assert lines[0]["resume"]["dom"]["computed"] == 5  # counts summed over ranks: every trace once
         two = Attribution.load(out)  # written by rank 0
         torch.testing.assert_close(two.scores, one.scores, rtol=1e-6, atol=1e-12)

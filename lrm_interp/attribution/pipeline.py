@@ -272,7 +272,7 @@ def attribute(model: Any, dataset: ReasoningDataset | Sequence[ReasoningTrace] |
         atp = distributed.gather_ordered(atp_stage(plan, dom, local, progress=progress), mine, n, world)
     plan.store.counts = distributed.sum_counts(plan.store.counts, world)
     if world > 1:
-        plan.extra["distributed"] = {"world_size": world, "backend": _backend()}
+        plan.extra["distributed"] = {"world_size": world, "backend": _backend(), "rank": rank}
         if rank != 0:
             plan.out_dir = None  # rank 0 writes the result
     result = finish(plan, dom, atp, warn=rank == 0)

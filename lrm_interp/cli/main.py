@@ -84,6 +84,8 @@ def cmd_attribute(a: argparse.Namespace) -> int:
     from lrm_interp import attribute
 
     res = attribute(model, ds, config=cfg, tokenizer=tok, out_dir=a.out, progress=not a.quiet)
+    if (res.provenance.get("distributed") or {}).get("rank", 0) != 0:
+        return 0  # under torchrun rank 0 writes the tables and reports
     out = Path(a.out)
     res.write_tables(out)
     print(f"wrote {out}/attribution.json, attribution.safetensors, scores.csv, heatmap.png")
@@ -222,16 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub) -> None:
-    """Subcommands defined in their own modules (protect / quantize / toy)."""
+    """Subcommands defined in their own modules (protect / quantize / toy / bench / annotate)."""
+    from lrm_interp.cli import annotate as cli_annotate
+    from lrm_interp.cli import bench as cli_bench
     from lrm_interp.cli import protect as cli_protect
     from lrm_interp.cli import toy as cli_toy
 
     cli_protect.register(sub)
     cli_toy.register(sub)
+    cli_bench.register(sub)
+    cli_annotate.register(sub)
 
 
 def _command_prog(args: argparse.Namespace) -> str:
-    parts = [PROG] + [getattr(args, k) for k in ("cmd", "toy_cmd") if getattr(args, k, None)]
+    parts = [PROG] + [getattr(args, k) for k in ("cmd", "toy_cmd", "bench_cmd", "annotate_cmd")
+                      if getattr(args, k, None)]
     return " ".join(parts)
 
 

@@ -1,8 +1,15 @@
-"""Batched greedy generation with a KV cache (transformers ``generate``, left padding)."""
+"""Batched generation with a KV cache (transformers ``generate``, left padding).
+
+:func:`generate_responses` / :func:`generate_answers`: greedy texts. :func:`generate_samples`:
+the benchmark kernel — greedy or sampled (temperature, top-p, seed), ``n`` samples per prompt,
+with the number of new tokens and whether the length limit was hit (:class:`Generation`).
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -40,4 +47,109 @@ def generate_answers(model, tokenizer, traces_or_problems: Sequence, *, max_new_
                               progress=progress)
 
 
-__all__ = ["generate_responses", "generate_answers"]
+@dataclass(frozen=True)
+class Generation:
+    """One generated output: ``text`` (decoded without special tokens), ``n_tokens`` (new tokens
+    up to, not including, the end-of-sequence token), ``finish_reason`` (``"stop"``: the model
+    ended it; ``"length"``: ``max_new_tokens`` reached) and ``prompt_tokens``."""
+
+    text: str
+    n_tokens: int
+    finish_reason: str
+    prompt_tokens: int | None = None
+
+    @property
+    def hit_limit(self) -> bool:
+        return self.finish_reason == "length"
+
+    def to_dict(self) -> dict:
+        return {"n_tokens": self.n_tokens, "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens}
+
+
+def derive_seed(seed: int, key: str) -> int:
+    """A 31-bit seed from ``(seed, key)`` (BLAKE2b), so that the samples of one item do not depend
+    on which other items share its batch or on a resumed run's order."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=4).digest(), "little") >> 1
+
+
+def chat_prompt(tokenizer, prompt: str) -> str:
+    """``prompt`` as one user turn through the tokenizer's chat template, generation prompt added."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template "
+                         "(turn the chat template off)")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], *, chat_template: bool = False) -> list[list[int]]:
+    """Token ids of each prompt: plain (the tokenizer's special tokens, e.g. BOS, added: the paper
+    uses no chat template) or through the chat template (which carries its own special tokens)."""
+    if chat_template:
+        return [tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    return [tokenizer(p)["input_ids"] for p in prompts]
+
+
+def _row_generation(tokenizer, row: torch.Tensor, eos: set[int], max_new_tokens: int, n_prompt: int) -> Generation:
+    ids = row.tolist()
+    n = next((i for i, t in enumerate(ids) if t in eos), None)
+    if n is None:  # no end-of-sequence token: the row ran to the limit
+        n = len(ids)
+        return Generation(tokenizer.decode(ids, skip_special_tokens=True), n,
+                          "length" if n >= max_new_tokens else "stop", n_prompt)
+    return Generation(tokenizer.decode(ids[:n], skip_special_tokens=True), n, "stop", n_prompt)
+
+
+@torch.no_grad()
+def generate_samples(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+                     top_p: float = 1.0, n: int = 1, seed: int = 0, keys: Sequence[str] | None = None,
+                     chat_template: bool = False, batch_size: int = 8,
+                     on_result: Callable[[int, list[Generation]], None] | None = None,
+                     progress: bool = False, desc: str = "generate") -> list[list[Generation]]:
+    """``n`` outputs per prompt (``[len(prompts)][n]``), batched with left padding and a KV cache.
+
+    ``temperature == 0``: greedy (the ``n`` outputs are one output repeated). Sampling: each batch
+    is seeded with :func:`derive_seed` of ``seed`` and its first prompt's key (``keys``, default
+    the prompt's position). ``on_result(i, gens)`` is called for every prompt as its batch ends
+    (the benchmark runner writes files there). Prompts are sorted by length within the call so
+    that batches pad little; results come back in input order.
+    """
+    dev = input_device(model)
+    keys = [str(i) for i in range(len(prompts))] if keys is None else list(keys)
+    encoded = encode_prompts(tokenizer, prompts, chat_template=chat_template)
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    eos_ids = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(
+        getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = set(eos_ids if isinstance(eos_ids, (list, tuple)) else [] if eos_ids is None else [eos_ids])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos) if eos else 0)
+    sample = float(temperature) > 0
+    reps = int(n) if sample else 1
+    out: list[list[Generation] | None] = [None] * len(prompts)
+    with tqdm(total=len(prompts), desc=desc, disable=not progress, unit="item", leave=False) as bar:
+        for b0 in range(0, len(order), int(batch_size)):
+            idx = order[b0:b0 + int(batch_size)]
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            att = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
+                att[r, width - len(encoded[i]):] = 1
+            kw: dict = {"do_sample": False}
+            if sample:
+                torch.manual_seed(derive_seed(seed, keys[idx[0]]))
+                kw = {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0,
+                      "num_return_sequences": reps}
+            gen = model.generate(input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=int(max_new_tokens),
+                                 eos_token_id=sorted(eos) or None, pad_token_id=pad, **kw)
+            new = gen[:, width:].cpu()
+            for r, i in enumerate(idx):
+                rows = new[r * reps:(r + 1) * reps]
+                gens = [_row_generation(tokenizer, row, eos, int(max_new_tokens), len(encoded[i])) for row in rows]
+                out[i] = gens * int(n) if not sample else gens
+                if on_result is not None:
+                    on_result(i, out[i])
+            bar.update(len(idx))
+    return out  # type: ignore[return-value]
+
+
+__all__ = ["generate_responses", "generate_answers", "generate_samples", "Generation", "derive_seed",
+           "encode_prompts", "chat_prompt"]

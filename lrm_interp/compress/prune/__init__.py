@@ -1,5 +1,9 @@
-"""Pruning of linear sites."""
+"""Pruning of linear sites: magnitude, SparseGPT (unstructured and N:M), Wanda; the model-level
+driver :func:`prune_model_`."""
 
+from lrm_interp.compress.prune.apply import PRUNERS, PruneReport, prune_model_
 from lrm_interp.compress.prune.magnitude import prune_magnitude_
+from lrm_interp.compress.prune.sparsegpt import sparsegpt_prune
+from lrm_interp.compress.prune.wanda import wanda_prune
 
-__all__ = ["prune_magnitude_"]
+__all__ = ["prune_magnitude_", "prune_model_", "PruneReport", "PRUNERS", "sparsegpt_prune", "wanda_prune"]

@@ -78,7 +78,7 @@ def grade_math(item: BenchItem, text: str, *, require_think: bool = True) -> Gra
         return Grade(0.0, None, reason=NO_ANSWER)
     gold = parse(item.gold if "$" in item.gold or "\\" in item.gold else f"${item.gold}$")
     ok = bool(verify(gold, pred))
-    return Grade(1.0 if ok else 0.0, str(pred[-1]))
+    return Grade(1.0 if ok else 0.0, str(pred[0]))
 
 
 # ----------------------------------------------------------------------------- FOLIO

@@ -1,0 +1,214 @@
+"""``lrm-interp annotate`` (run an annotator over model outputs), ``annotate agree``, ``annotate train``.
+
+Mirrors :func:`lrm_interp.data.annotate.annotate_dataset`, :func:`~lrm_interp.data.annotate.annotation_agreement`
+and :meth:`~lrm_interp.data.annotate.LinearAnnotator.fit` / :func:`~lrm_interp.data.annotate.cross_validate`.
+The LLM key is read from the environment (``--api-key-env``, default ``OPENAI_API_KEY``) and
+never written anywhere; the report records the model name and settings only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+
+def _load_annotated(path: str, flag: str):
+    from lrm_interp.cli.common import reading, require_path
+    from lrm_interp.data.loading import load_dataset
+
+    p = require_path(path, flag)
+    with reading(p, flag):
+        return load_dataset(p, progress=False) if p.is_dir() else load_dataset(p)
+
+
+def _build(a: argparse.Namespace):
+    from lrm_interp.cli.common import CliError, reading, require_path
+    from lrm_interp.data.annotate import ANNOTATOR_NAMES, build_annotator
+
+    if a.annotator == "llm":
+        model = a.model or os.environ.get("LRM_INTERP_LLM_MODEL")
+        if not model:
+            raise CliError("--annotator llm needs --model NAME (or LRM_INTERP_LLM_MODEL)")
+        key = os.environ.get(a.api_key_env) if a.api_key_env else None
+        template = None
+        if a.prompt_file:
+            pf = require_path(a.prompt_file, "--prompt-file", kind="file")
+            with reading(pf, "--prompt-file"):
+                template = pf.read_text(encoding="utf-8")
+            if "{text}" not in template:
+                raise CliError(f"--prompt-file {pf}: the template has no {{text}} placeholder for the thinking part")
+        return build_annotator("llm", model=model, base_url=a.base_url, api_key=key, mode=a.mode,
+                               temperature=a.temperature, max_tokens=a.max_tokens, timeout=a.timeout,
+                               max_retries=a.retries, backoff=a.backoff, prompt_template=template,
+                               max_chunk_chars=a.chunk_chars or None)
+    if a.annotator in ANNOTATOR_NAMES:
+        return build_annotator(a.annotator)
+    p = Path(a.annotator).expanduser()
+    if not p.is_file():
+        raise CliError(f"--annotator {a.annotator}: not one of {', '.join(ANNOTATOR_NAMES)} and no such trained "
+                       "annotator file (write one with 'lrm-interp annotate train')")
+    with reading(p, "--annotator", safetensors_file=p):
+        return build_annotator(str(p))
+
+
+def cmd_annotate(a: argparse.Namespace) -> int:
+    from lrm_interp.cli.common import CliError, reading, require_path
+    from lrm_interp.data.annotate import annotate_dataset, load_outputs
+
+    if not a.inp or not a.out:
+        raise CliError("--in OUTPUTS and --out FILE are required (or use 'annotate agree' / 'annotate train')")
+    if a.workers < 1:
+        raise CliError(f"--workers must be >= 1, got {a.workers}")
+    src = require_path(a.inp, "--in")
+    annotator = _build(a)
+    with reading(src, "--in"):
+        traces = load_outputs(src, progress=not a.quiet)
+    if not len(traces):
+        raise CliError(f"--in {src}: no model outputs found")
+    cache = a.cache
+    if cache is None and a.annotator == "llm":
+        cache = str(Path(a.out).with_name(Path(a.out).name + ".cache"))
+    run = annotate_dataset(traces, annotator, workers=a.workers, cache_dir=cache, progress=not a.quiet)
+    run.dataset.save_jsonl(a.out)
+    report = a.report or str(Path(a.out).with_name(Path(a.out).name + ".report.json"))
+    run.save_report(report)
+    print(f"wrote {len(run.dataset)} traces, spans per behaviour {run.dataset.span_counts()} to {a.out}")
+    print(run.summary())
+    print(f"wrote the report to {report}" + (f"; cache in {cache}" if cache else ""))
+    if run.failures:
+        first = next(iter(run.failures.items()))
+        raise CliError(f"{len(run.failures)} of {len(run.dataset)} traces failed (first: {first[0]}: {first[1]}); "
+                       "rerun the same command to retry them (finished traces come from the cache)")
+    return 0
+
+
+def cmd_agree(a: argparse.Namespace) -> int:
+    from lrm_interp.cli.common import CliError
+    from lrm_interp.data.annotate import annotation_agreement, format_agreement
+
+    gold = _load_annotated(a.gold, "--gold")
+    pred = _load_annotated(a.pred, "--pred")
+    ids = {t.id for t in pred}
+    missing = [t.id for t in gold if t.id not in ids]
+    if missing:
+        raise CliError(f"--pred {a.pred}: {len(missing)} gold traces are missing (first: {missing[0]!r}); "
+                       "annotate the same outputs as --gold")
+    by_id = {t.id: t for t in pred}
+    for t in gold:
+        if by_id[t.id].response != t.response:
+            raise CliError(f"trace {t.id!r}: the response differs between --gold {a.gold} and --pred {a.pred}")
+    agr = annotation_agreement(gold, pred, min_iou=a.min_iou)
+    if a.json:
+        print(json.dumps(agr, indent=1))
+    else:
+        print(format_agreement(agr, title=f"{len(gold)} traces; character level and span level (IoU >= {a.min_iou}); "
+                                          "* = target behaviour"))
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from lrm_interp.cli.common import CliError
+    from lrm_interp.data.annotate import LinearAnnotator, cross_validate, format_agreement
+
+    gold = _load_annotated(a.gold, "--gold")
+    if not any(t.spans for t in gold):
+        raise CliError(f"--gold {a.gold}: no trace has behaviour spans to learn from")
+    fit_kw = {"l2": a.l2, "steps": a.steps}
+    info_cv = None
+    if a.folds:
+        cv = cross_validate(gold, folds=a.folds, progress=not a.quiet, **fit_kw)
+        info_cv = {k: {m: round(v, 4) for m, v in d.items()} for k, d in cv["agreement"].items()}
+        print(format_agreement(cv["agreement"], title=f"{a.folds}-fold cross-validated agreement on "
+                                                      f"{cv['traces']} traces"))
+    model = LinearAnnotator.fit(gold, **fit_kw)
+    if info_cv is not None:
+        model.info["cross_validation"] = {"folds": a.folds, "agreement": info_cv}
+    model.save(a.out)
+    print(f"wrote {a.out} (fitted on {model.info['traces']} traces, {model.info['sentences']} sentences); use it with "
+          f"'lrm-interp annotate --annotator {a.out} --in OUTPUTS --out traces.jsonl'")
+    return 0
+
+
+def register(sub) -> None:
+    from lrm_interp.cli.common import PROG, add_command
+    from lrm_interp.data.annotate import ANNOTATOR_NAMES
+
+    an = add_command(
+        sub, "annotate", help="label the reasoning behaviours of model outputs (rules, trained, or an LLM)",
+        description="Annotate model outputs (a paper-layout folder outputs/<task>/<j>.txt, or a JSONL file of "
+                    "prompt/response records) with behaviour spans and write them as JSONL traces. "
+                    "--annotator rules (default): offline rules for R1-style text; keyword: the toy model's "
+                    "keyword rules; llm: Venhoff et al.'s prompt against an OpenAI-compatible endpoint; or a "
+                    "file written by 'annotate train'. Every annotation goes through the paper-markup parser "
+                    "and aligner; the report (--report) accounts for every trace and segment.",
+        examples=[f"{PROG} annotate --in outputs_dir --out traces.jsonl",
+                  f"{PROG} annotate --annotator llm --model gpt-4o --in outputs.jsonl --out traces.jsonl "
+                  "--workers 8",
+                  f"{PROG} annotate --annotator llm --model toy --base-url http://127.0.0.1:8011/v1 --in out.jsonl "
+                  "--out traces.jsonl --chunk-chars 4000",
+                  f"{PROG} annotate agree --gold tests/data/r1_style --pred traces.jsonl"])
+    io = an.add_argument_group("input and output")
+    io.add_argument("--in", dest="inp", default=None, metavar="OUTPUTS",
+                    help="paper-layout folder (outputs/<task>/<j>.txt, optional problems/) or JSONL of "
+                         "{id?, prompt, response} records")
+    io.add_argument("--out", default=None, metavar="FILE", help="output JSONL trace file")
+    io.add_argument("--annotator", default="rules", metavar="NAME|FILE",
+                    help=f"{' | '.join(ANNOTATOR_NAMES)} | a trained annotator file ('annotate train')")
+    io.add_argument("--report", default=None, metavar="FILE",
+                    help="JSON report: parse report, counts, tokens (default: OUT.report.json)")
+    io.add_argument("--cache", default=None, metavar="DIR",
+                    help="per-trace cache; a rerun skips finished traces (default for llm: OUT.cache, else none)")
+    io.add_argument("--workers", type=int, default=1, metavar="N", help="traces annotated concurrently (LLM)")
+    io.add_argument("--quiet", action="store_true", help="no progress bars")
+    llm = an.add_argument_group("LLM endpoint (--annotator llm); the key is read from the environment only")
+    llm.add_argument("--model", default=None, metavar="NAME", help="model name on the endpoint "
+                                                                    "(default: $LRM_INTERP_LLM_MODEL)")
+    llm.add_argument("--base-url", default=None, metavar="URL",
+                     help="API root ending in /v1 (default: $OPENAI_BASE_URL, else OpenAI's)")
+    llm.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                     help="environment variable holding the API key (empty for none)")
+    llm.add_argument("--mode", choices=["chat", "completions"], default="chat",
+                     help="chat = /chat/completions with one user message; completions = /completions")
+    llm.add_argument("--temperature", type=float, default=0.0, metavar="X", help="sampling temperature (0: greedy)")
+    llm.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                     help="completion budget per request (default: the server's)")
+    llm.add_argument("--chunk-chars", type=int, default=12000, metavar="N",
+                     help="split longer thinking parts into chunks of at most N characters (0: never split)")
+    llm.add_argument("--retries", type=int, default=6, metavar="N",
+                     help="retries per request after connection errors, timeouts, 429 and 5xx")
+    llm.add_argument("--backoff", type=float, default=1.0, metavar="S",
+                     help="first retry wait in seconds, doubled per retry (capped at 30 s)")
+    llm.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds per request")
+    llm.add_argument("--prompt-file", default=None, metavar="FILE",
+                     help="annotation prompt template with {text} (default: Venhoff et al.'s prompt)")
+    an.set_defaults(fn=cmd_annotate)
+
+    subs = an.add_subparsers(dest="annotate_cmd", required=False, metavar="SUBCOMMAND",
+                             help="optional: agree (compare two annotations) or train (fit an annotator)")
+    ag = add_command(subs, "agree", help="per-label agreement of two annotations of the same outputs",
+                     description="Per-label agreement of --pred with --gold: character-level precision, recall "
+                                 "and F1, and span-level precision/recall (one-to-one matches with IoU >= "
+                                 "--min-iou). Both may be paper-layout folders or JSONL trace files.",
+                     examples=[f"{PROG} annotate agree --gold tests/data/r1_style --pred traces.jsonl",
+                               f"{PROG} annotate agree --gold gpt4o_layout/ --pred rules.jsonl --min-iou 0.3 --json"])
+    ag.add_argument("--gold", required=True, metavar="PATH", help="reference annotation (paper layout or JSONL)")
+    ag.add_argument("--pred", required=True, metavar="PATH", help="annotation to score (paper layout or JSONL)")
+    ag.add_argument("--min-iou", type=float, default=0.5, metavar="X", help="IoU for a span-level match")
+    ag.add_argument("--json", action="store_true", help="print the agreement as JSON")
+    ag.set_defaults(fn=cmd_agree)
+
+    tr = add_command(subs, "train", help="fit a linear annotator on annotated traces (with cross-validation)",
+                     description="Fit a logistic-regression sentence annotator (word n-grams, shape and rule "
+                                 "features) on annotated traces; print its k-fold cross-validated agreement; save it "
+                                 "as one safetensors file usable as --annotator FILE.",
+                     examples=[f"{PROG} annotate train --gold my_gpt4o_layout/ --out my_annotator.safetensors",
+                               f"{PROG} annotate train --gold tests/data/r1_style --out r1.safetensors --folds 5"])
+    tr.add_argument("--gold", required=True, metavar="PATH", help="annotated traces (paper layout or JSONL)")
+    tr.add_argument("--out", required=True, metavar="FILE", help="annotator file to write (.safetensors)")
+    tr.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds (0: skip)")
+    tr.add_argument("--l2", type=float, default=1e-3, metavar="X", help="L2 penalty on the weights")
+    tr.add_argument("--steps", type=int, default=200, metavar="N", help="full-batch optimisation steps")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    tr.set_defaults(fn=cmd_train)

