@@ -104,3 +104,30 @@ def read_safetensors(path: str | os.PathLike, formats: tuple[str, ...], what: st
                              f"{' or '.join(repr(x) for x in formats)})")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     return tensors, meta
+
+
+def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError):
+    """``(line number, where, object)`` for every non-blank line of a JSONL file.
+
+    ``where`` is ``"<path>:<line>"``. Invalid UTF-8, invalid JSON or a line that is not a JSON
+    object raises ``error`` with a message starting with ``where``.
+    """
+    import json
+
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise error(f"{where}: invalid UTF-8 at byte {e.start} of the line "
+                            f"({raw[max(0, e.start - 10):e.start + 10]!r})") from e
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from e
+            if not isinstance(d, dict):
+                raise error(f"{where}: expected a JSON object, got {type(d).__name__}")
+            yield lineno, where, d

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from lrm_interp._io import atomic_write_text
+from lrm_interp._io import atomic_write_text, iter_jsonl
 
 # Venhoff et al.'s six behaviour labels (order = their numbering 0..5).
 BEHAVIORS: tuple[str, ...] = (
@@ -193,22 +193,5 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"trace file {path} does not exist")
-        traces = []
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                where = f"{path}:{lineno}"
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise TraceFormatError(f"{where}: invalid UTF-8 at byte {e.start} of the line "
-                                           f"({raw[max(0, e.start - 10):e.start + 10]!r})") from e
-                if not line.strip():
-                    continue
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TraceFormatError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from e
-                if not isinstance(d, dict):
-                    raise TraceFormatError(f"{where}: expected a JSON object, got {type(d).__name__}")
-                traces.append(ReasoningTrace.from_dict(d, where=where))
+        traces = [ReasoningTrace.from_dict(d, where=where) for _, where, d in iter_jsonl(path, TraceFormatError)]
         return cls(traces, name=name if name is not None else path.stem)

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from lrm_interp._io import atomic_write_text
+from lrm_interp._io import iter_jsonl, atomic_write_text
 from lrm_interp.data.annotators.base import Annotator, thinking_part
 from lrm_interp.data.paper_layout import FileReport, ParseReport, annotate_trace
 from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace, TraceFormatError
@@ -58,33 +58,19 @@ def load_outputs(path: str | os.PathLike, *, progress: bool = False) -> Reasonin
         raise FileNotFoundError(f"{p}: no such file or folder")
     traces = []
     seen: set[str] = set()
-    with open(p, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{p}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise TraceFormatError(f"{where}: invalid UTF-8 at byte {e.start} of the line") from e
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TraceFormatError(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from e
-            if not isinstance(d, dict):
-                raise TraceFormatError(f"{where}: expected a JSON object, got {type(d).__name__}")
-            resp = d.get("response", d.get("output", d.get("completion")))
-            if not isinstance(resp, str):
-                raise TraceFormatError(f"{where}: no string 'response' (or 'output' / 'completion') key; "
-                                       f"keys: {sorted(d)}")
-            tid = str(d.get("id", f"line{lineno}"))
-            if tid in seen:
-                raise TraceFormatError(f"{where}: duplicate id {tid!r}")
-            seen.add(tid)
-            meta = dict(d.get("metadata") or {})
-            meta.update({k: v for k, v in d.items()
-                         if k not in ("id", "prompt", "response", "output", "completion", "spans", "metadata")})
-            traces.append(ReasoningTrace(tid, str(d.get("prompt") or ""), resp, (), meta))
+    for lineno, where, d in iter_jsonl(p, TraceFormatError):
+        resp = d.get("response", d.get("output", d.get("completion")))
+        if not isinstance(resp, str):
+            raise TraceFormatError(f"{where}: no string 'response' (or 'output' / 'completion') key; "
+                                   f"keys: {sorted(d)}")
+        tid = str(d.get("id", f"line{lineno}"))
+        if tid in seen:
+            raise TraceFormatError(f"{where}: duplicate id {tid!r}")
+        seen.add(tid)
+        meta = dict(d.get("metadata") or {})
+        meta.update({k: v for k, v in d.items()
+                     if k not in ("id", "prompt", "response", "output", "completion", "spans", "metadata")})
+        traces.append(ReasoningTrace(tid, str(d.get("prompt") or ""), resp, (), meta))
     return ReasoningDataset(traces, name=p.stem)
 
 
