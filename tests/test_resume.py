@@ -157,3 +157,9 @@ def test_attribution_result_refuses_non_finite_scores():
     sites = find_sites(tiny_model("llama"))[:2]
     with pytest.raises(ValueError, match="not finite"):
         Attribution(("backtracking",), tuple(sites), torch.tensor([[1.0, float("nan")]]), "attribution")
+
+
+def test_jsonl_with_byte_order_mark_loads(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(synthetic_traces(1)[0].to_dict()).encode() + b"\n")
+    assert [t.id for t in ReasoningDataset.load_jsonl(p)] == ["synth/0"]

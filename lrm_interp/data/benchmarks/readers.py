@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from lrm_interp._io import iter_jsonl
 from lrm_interp.data.benchmarks.items import BenchmarkFormatError
 
 SUFFIXES = (".json", ".jsonl", ".csv")
@@ -27,28 +28,15 @@ def read_records(path: str | os.PathLike) -> list[tuple[str, dict]]:
     suffix = p.suffix.lower()
     if suffix not in SUFFIXES:
         raise BenchmarkFormatError(f"{p}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
+    if suffix == ".jsonl":
+        return [(where, rec) for _, where, rec in iter_jsonl(p, BenchmarkFormatError)]
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise BenchmarkFormatError(f"{p}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
-    if suffix == ".jsonl":
-        return list(_jsonl(p, text))
     if suffix == ".csv":
         return list(_csv(p, text))
     return _json(p, text)
-
-
-def _jsonl(p: Path, text: str) -> Iterator[tuple[str, dict]]:
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BenchmarkFormatError(f"{p}:{n}: invalid JSON ({e.msg} at column {e.colno})") from e
-        if not isinstance(rec, dict):
-            raise BenchmarkFormatError(f"{p}:{n}: expected a JSON object per line, got {type(rec).__name__}")
-        yield f"{p}:{n}", rec
 
 
 def _csv(p: Path, text: str) -> Iterator[tuple[str, dict]]:
