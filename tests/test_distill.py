@@ -1,0 +1,149 @@
+"""Distillation recipe (LoRA on the toy traces) and the reasoner loader (delta merged into the base).
+
+Fast tests use the shipped toy model as the base (a real LlamaForCausalLM with every LoRA target
+module); the slow test distils SmolLM2 for one step and loads it through the alias machinery.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lrm_interp.toy import load_toy_model
+from lrm_interp.toy.distill import DistillConfig, distill_reasoner, make_batch, response_loss
+from lrm_interp.toy.tasks import build_world
+
+pytest.importorskip("peft")
+
+CFG = DistillConfig(steps=3, batch_size=4, lr=1e-3, rank=4, alpha=8, n_people=16, seed=5)
+
+
+def _run(tmp_path, name, cfg=CFG, **kw):
+    model, tok = load_toy_model()
+    return distill_reasoner(tmp_path / name, cfg, base=model, tokenizer=tok, progress=False, log_every=1, **kw)
+
+
+def _adapter(tmp_path, name):
+    return load_file(str(tmp_path / name / "adapter" / "adapter_model.safetensors"))
+
+
+def test_response_loss_equals_hf_labels_loss():
+    model, tok = load_toy_model()
+    ids, mask, labels = make_batch(tok, 0, CFG, build_world(CFG.n_people))
+    assert (labels != -100).sum() > 0 and (labels == -100).sum() > 0  # prompt masked, response kept
+    ref = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert torch.allclose(response_loss(model, ids, mask, labels), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    _, tok = load_toy_model()
+    w = build_world(CFG.n_people)
+    a, b = make_batch(tok, 7, CFG, w), make_batch(tok, 7, CFG, w)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], make_batch(tok, 8, CFG, w)[0])
+
+
+def test_distill_learns_is_deterministic_and_resumes_exactly(tmp_path):
+    full = _run(tmp_path, "a", DistillConfig(**{**CFG.to_dict(), "lr": 5e-3, "steps": 6}))
+    losses = [loss for _, loss in full["loss"]]
+    assert full["finished"] and losses[-1] < losses[0]  # the LoRA factors are trained
+    a = _run(tmp_path, "b")
+    again = _run(tmp_path, "c")
+    assert a["finished"] and again["finished"]
+    ref = _adapter(tmp_path, "b")
+    assert set(ref) == set(_adapter(tmp_path, "c"))
+    assert all(torch.equal(ref[k], _adapter(tmp_path, "c")[k]) for k in ref)
+    assert all(v.dtype == torch.float16 for v in ref.values())
+    # interrupted after the first step (max_seconds=0), then resumed: the same factors
+    first = _run(tmp_path, "d", max_seconds=0)
+    assert not first["finished"] and not (tmp_path / "d" / "adapter").exists()
+    assert json.loads((tmp_path / "d" / "checkpoint" / "state.json").read_text())["step"] == 1
+    resumed = _run(tmp_path, "d")
+    assert resumed["finished"] and resumed["sessions"] == 2
+    got = _adapter(tmp_path, "d")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert [s for s, _ in resumed["loss"]] == [0, 1, 2]
+    log = json.loads((tmp_path / "d" / "adapter" / "distill_log.json").read_text())
+    assert log["config"] == CFG.to_dict()
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    _run(tmp_path, "r", max_seconds=0)
+    other = DistillConfig(**{**CFG.to_dict(), "lr": 2e-3})
+    with pytest.raises(ValueError, match=r"checkpoint of a run with other settings.*'lr'"):
+        _run(tmp_path, "r", other)
+
+
+def test_merge_adapter_is_w_plus_scaled_ba_and_matches_peft(tmp_path):
+    import peft
+
+    from lrm_interp.model.reasoner import merge_adapter
+
+    _run(tmp_path, "m", DistillConfig(**{**CFG.to_dict(), "lr": 2e-2}))
+    adapter = tmp_path / "m" / "adapter"
+    sd = _adapter(tmp_path, "m")
+    base, tok = load_toy_model()
+    orig = {k: v.clone() for k, v in base.state_dict().items()}
+    ids = tok(["Compute 12 + 7.\n<think>\n"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        unmerged = peft.PeftModel.from_pretrained(load_toy_model()[0], str(adapter))(input_ids=ids).logits
+    merged = merge_adapter(base, adapter)
+    assert type(merged).__name__ == "LlamaForCausalLM"
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    scale = CFG.alpha / CFG.rank
+    checked = 0
+    for key in sd:
+        if not key.endswith("lora_A.weight"):
+            continue
+        a, b = sd[key].float(), sd[key.replace("lora_A", "lora_B")].float()
+        wname = key.replace("base_model.model.", "").replace(".lora_A.weight", ".weight")
+        expect = orig[wname] + scale * (b @ a)  # naive reference of the merge
+        assert torch.allclose(merged.state_dict()[wname], expect, atol=1e-6), wname
+        assert not torch.equal(merged.state_dict()[wname], orig[wname])
+        checked += 1
+    assert checked == 4 * 7  # 4 layers x q k v o gate up down
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, unmerged, atol=1e-4, rtol=1e-4)
+
+
+def test_missing_delta_names_the_folder_and_the_fix(tmp_path):
+    from lrm_interp.model.reasoner import load_reasoner
+
+    with pytest.raises(FileNotFoundError, match=r"missing adapter_config.json.*lrm-interp toy distill"):
+        load_reasoner(adapter=tmp_path)
+
+
+@pytest.mark.slow
+def test_reasoner_alias_merges_a_smollm2_delta_and_caches_it(tmp_path, monkeypatch):
+    from lrm_interp.model.provenance import model_record
+    from lrm_interp.model.reasoner import delta_sha256, load_reasoner
+    from lrm_interp.model.smollm2 import load_smollm2
+
+    base, tok = load_smollm2()
+    cfg = DistillConfig(steps=1, batch_size=2, rank=2, alpha=4, lr=1e-2, n_people=8)
+    distill_reasoner(tmp_path / "run", cfg, base=base, tokenizer=tok, progress=False)
+    adapter = tmp_path / "run" / "adapter"
+    monkeypatch.setenv("LRM_INTERP_CACHE", str(tmp_path / "cache"))
+    model, tok2 = load_reasoner(adapter=adapter)
+    sha = delta_sha256(adapter)
+    src = model_record(model).source
+    assert src["delta_sha256"] == sha and src["recipe"] == cfg.to_dict() and src["base"]["alias"] == "smollm2-135m"
+    cache = tmp_path / "cache" / f"smollm2-135m-reasoner-{sha[:12]}"
+    assert (cache / "model.safetensors").exists()
+    ref, _ = load_smollm2()
+    w = "model.layers.29.mlp.up_proj.weight"
+    assert not torch.equal(model.state_dict()[w], ref.state_dict()[w])
+    mtime = (cache / "model.safetensors").stat().st_mtime_ns
+    again, _ = load_reasoner(adapter=adapter)
+    assert (cache / "model.safetensors").stat().st_mtime_ns == mtime  # second load reads the cache
+    assert torch.equal(again.state_dict()[w], model.state_dict()[w])
+    # load_model takes the adapter folder itself, and the toy tasks use the recipe's fact table
+    from lrm_interp.model.loading import load_model
+    from lrm_interp.toy.tasks import model_world
+
+    by_dir, _ = load_model(str(adapter))
+    assert torch.equal(by_dir.state_dict()[w], model.state_dict()[w])
+    assert model_world(by_dir) == build_world(8) and model_world(ref) == build_world()
