@@ -8,7 +8,7 @@ import argparse
 import contextlib
 import json
 
-from lrm_interp.cli.common import (PROG, CliError, add_command, load_attribution, load_model_quietly, reading,
+from lrm_interp.cli.common import (PROG, CliError, add_command, group_size_arg, load_attribution, load_model_quietly, reading,
                                    require_attribution_dir, require_model, require_path)
 
 SENSITIVITIES = ("attribution", "hessian", "none")
@@ -28,12 +28,11 @@ EXAMPLES = [
 
 def cmd_bits(a: argparse.Namespace) -> int:
     from lrm_interp._io import atomic_write_text
-    from lrm_interp.cli.protect import _group_size
     from lrm_interp.model.sites import find_sites
     from lrm_interp.protect import exports
     from lrm_interp.protect.mixed import allocate_bits, hessian_sensitivity, quantization_errors
 
-    group_size = _group_size(a.group_size)
+    group_size = group_size_arg(a.group_size)
     if a.sensitivity == "attribution" and a.scores is None:
         raise CliError("--sensitivity attribution needs --scores DIR (an attribution result folder)")
     if a.sensitivity != "attribution" and a.scores is not None:

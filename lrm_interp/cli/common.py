@@ -186,6 +186,13 @@ def require_model(name: str, flag: str = "--model") -> str:
     return name
 
 
+def group_size_arg(g: int) -> int | None:
+    """``--group-size``: positive, or 0 for per channel (``None``)."""
+    if g < 0:
+        raise CliError(f"--group-size must be positive (or 0 = per channel), got {g}")
+    return None if g == 0 else g
+
+
 def require_attribution_dir(path: str | os.PathLike, flag: str) -> Path:
     """An existing attribution result folder (``attribution.json`` + ``attribution.safetensors``)."""
     p = require_path(path, flag, kind="dir")

@@ -10,8 +10,8 @@ import json
 import re
 from pathlib import Path
 
-from lrm_interp.cli.common import (PROG, CliError, load_attribution, add_command, load_model_quietly, reading, require_attribution_dir,
-                                   require_model, require_path)
+from lrm_interp.cli.common import (PROG, CliError, load_attribution, add_command, group_size_arg, load_model_quietly, reading,
+                                   require_attribution_dir, require_model, require_path)
 from lrm_interp.protect.policies import POLICIES
 from lrm_interp.protect.saliency import SALIENCIES
 
@@ -44,13 +44,6 @@ QUANTIZE_EXAMPLES = [
     "--out runs/toy-gptq3"]
 
 
-def _group_size(g: int) -> int | None:
-    """``--group-size``: positive, or 0 for per channel (``None``)."""
-    if g < 0:
-        raise CliError(f"--group-size must be positive (or 0 = per channel), got {g}")
-    return None if g == 0 else g
-
-
 def _check_regex(flag: str, rx: str | None) -> None:
     """:class:`CliError` naming ``flag`` unless ``rx`` (if given) compiles."""
     if rx is None:
@@ -69,7 +62,7 @@ def cmd_protect(a: argparse.Namespace) -> int:
 
     # everything that can be checked without loading anything, first
     check_bits(a.bits)
-    group_size = _group_size(a.group_size)
+    group_size = group_size_arg(a.group_size)
     if not 0.0 <= a.budget <= 1.0:
         raise CliError(f"--budget must be a fraction of the weights in [0, 1], got {a.budget}")
     _check_regex("--always", a.always)
@@ -127,7 +120,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     from lrm_interp.protect.encoding import bits_per_weight, load_masks
 
     check_bits(a.bits)
-    group_size = _group_size(a.group_size)
+    group_size = group_size_arg(a.group_size)
     require_model(a.model)
     masks_path = None if a.masks is None else require_path(a.masks, "--masks", kind="file")
     calib_path = None if a.calib is None else require_path(a.calib, "--calib")

