@@ -2,7 +2,8 @@
 attribution importance, by Hessian trace, or by nothing (plain weight error), against uniform
 b and b+1 bits, at matched bits per weight (every allocation row has exactly the budget or less).
 
-usage: python examples/toy_mixed_precision.py [--per-family 30] [--bits 3] [--symmetric] [--extra 0.25 0.5]
+usage: python examples/toy_mixed_precision.py [--per-family 30] [--bits 3] [--symmetric] [--method rtn|gptq]
+    [--extra 0 0.25 0.5]
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=3, help="the uniform baseline's bits")
     ap.add_argument("--group-size", type=int, default=128, help="group size of every grid")
     ap.add_argument("--symmetric", action="store_true", help="symmetric grid (GPTQ's convention)")
+    ap.add_argument("--method", choices=["rtn", "gptq"], default="rtn",
+                    help="quantizer of every row (gptq: calibration on generated toy traces)")
     ap.add_argument("--extra", type=float, nargs="+", default=[0.0, 0.25, 0.5],
                     help="budgets = uniform-b bits/weight + each of these")
     a = ap.parse_args()
@@ -43,9 +46,9 @@ def main() -> None:
     held = problems(a.per_family, seed=2)
     attr_ds = generate_dataset(8, seed=99)
     ri = attribute(model, attr_ds, tokenizer=tok, progress=False).site_ri()
+    calib = calibration_ids(tok, n_per_family=16, seed=77, separator="\n")  # [57, 256] byte ids of toy traces
     H = {}
-    for _, hs in layer_hessians(model, sites, calibration_ids(tok, n_per_family=16, seed=77, separator="\n"),
-                                sequential=False, progress=False):
+    for _, hs in layer_hessians(model, sites, calib, sequential=False, progress=False):
         H.update(hs)
     choices = (2, 3, 4, 8, 16)
     kw = {"group_size": a.group_size, "symmetric": a.symmetric}
@@ -61,12 +64,13 @@ def main() -> None:
 
     def row(name, alloc):
         q = copy.deepcopy(model)
-        quantize_allocation_(q, alloc, progress=False)
+        quantize_allocation_(q, alloc, method=a.method, calib=calib if a.method == "gptq" else None,
+                             progress=False)
         line(name, alloc.bpw, " ".join(f"{b}:{n}" for b, n in alloc.counts().items()),
              evaluate(q, tok, held, batch_size=150))
 
     fp = evaluate(model, tok, held, batch_size=150)
-    print(f"Toy reasoner, {a.per_family} held-out problems per family, group {a.group_size}, "
+    print(f"Toy reasoner, {a.method.upper()}, {a.per_family} held-out problems per family, group {a.group_size}, "
           f"{'symmetric' if a.symmetric else 'asymmetric'}; attribution RI from {len(attr_ds)} gold traces.\n")
     print("| allocation | bits/weight | modules per bits | " + " | ".join(FAMILIES) + " | mean | 95% CI |")
     print("|---|---|---|" + "---|" * (len(FAMILIES) + 2))
@@ -76,7 +80,8 @@ def main() -> None:
     # per-weight protection at the same base grid: 2 % of the weights by magnitude kept in FP16
     masks = build_masks(sites, "global_top", 0.02, saliency=build_saliency("magnitude", model, sites, progress=False))
     q = copy.deepcopy(model)
-    quantize_model_(q, bits=a.bits, masks=masks, progress=False, **kw)
+    quantize_model_(q, bits=a.bits, masks=masks, method=a.method, calib=calib if a.method == "gptq" else None,
+                    progress=False, **kw)
     line(f"{a.bits}-bit + 2% magnitude in FP16 (per weight)", bits_per_weight(masks, sites, bits=a.bits, **kw)["bpw"],
          f"{a.bits}:{len(sites)}", evaluate(q, tok, held, batch_size=150))
     for extra in a.extra:
