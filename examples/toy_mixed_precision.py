@@ -21,7 +21,7 @@ from lrm_interp.evaluation.intervals import wilson_interval  # noqa: E402
 from lrm_interp.model.sites import find_sites  # noqa: E402
 from lrm_interp.protect.encoding import bits_per_weight  # noqa: E402
 from lrm_interp.protect.policies import build_masks  # noqa: E402
-from lrm_interp.protect.saliency import build_saliency  # noqa: E402
+from lrm_interp.protect.registry import build_saliency  # noqa: E402
 from lrm_interp.protect.mixed import (allocate_bits, hessian_sensitivity, quantization_errors,  # noqa: E402
                                       quantize_allocation_, uniform_allocation)
 from lrm_interp.toy import load_toy_model  # noqa: E402

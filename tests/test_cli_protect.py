@@ -61,7 +61,7 @@ def test_protect_and_quantize_help_lists_every_option_and_examples():
 
     from lrm_interp.cli.main import build_parser
     from lrm_interp.protect.policies import POLICIES
-    from lrm_interp.protect.saliency import SALIENCIES
+    from lrm_interp.protect.registry import SALIENCIES
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for name in ("protect", "quantize"):

@@ -8,7 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lrm_interp.protect import registry as reg
 from lrm_interp.protect import saliency as sal
+from lrm_interp.protect.gptq_aware import attribution_gptq, tacq
+from lrm_interp.protect.scale_aware import scale_aware_saliency
 from lrm_interp.experiments.protection import comparison_masks, comparison_sources
 from lrm_interp.protect.policies import global_top
 from lrm_interp.compress.quant import rtn_quantize
@@ -188,6 +191,8 @@ def test_comparison_sources_are_the_single_saliencies(setup, tokenizer):
     imp = {s.name: float(i + 1) for i, s in enumerate(sites)}
     src = comparison_sources(model, sites, enc, beh, ids, bits=3, group_size=32, module_importance=imp, seed=7)
     assert list(src) == ["attribution (behaviour-span TaCQ × module RI)", "attribution (behaviour-span TaCQ)",
+                         "attribution, scale-aware (behaviour spans, group re-fit)",
+                         "attribution × GPTQ error (behaviour spans)", "TaCQ (response gradients × GPTQ error × |W|)",
                          "magnitude", "activation (AWQ-style)", "hessian (SpQR-style)", "random"]
     ref = {"magnitude": sal.magnitude(model, sites), "random": sal.random_saliency(model, sites, seed=7),
            "hessian (SpQR-style)": sal.hessian(model, sites, ids, bits=3, group_size=32),
@@ -218,7 +223,8 @@ def test_registry_builds_every_source_like_its_function(setup, tokenizer):
     enc = [encode_trace(tokenizer, t) for t in generate_dataset(1, seed=5)]
     beh = ["adding-knowledge", "deduction"]
     imp = {s.name: float(i + 1) for i, s in enumerate(sites)}
-    assert list(sal.SALIENCIES) == ["attribution_ri", "attribution", "magnitude", "activation", "hessian", "random"]
+    assert list(reg.SALIENCIES) == ["attribution_ri", "attribution", "attribution_scale", "attribution_gptq", "tacq",
+                                    "magnitude", "activation", "hessian", "random"]
     kw = dict(encoded=enc, behaviors=beh, calib=ids, bits=2, group_size=16, symmetric=True, seed=3,
               module_importance=imp, progress=False)
     ref = {"attribution_ri": sal.attribution(model, sites, enc, beh, bits=2, group_size=16, symmetric=True,
@@ -226,20 +232,28 @@ def test_registry_builds_every_source_like_its_function(setup, tokenizer):
            "attribution": sal.attribution(model, sites, enc, beh, bits=2, group_size=16, symmetric=True),
            "magnitude": sal.magnitude(model, sites), "activation": sal.activation(model, sites, ids),
            "hessian": sal.hessian(model, sites, ids, bits=2, group_size=16, symmetric=True),
-           "random": sal.random_saliency(model, sites, seed=3)}
+           "random": sal.random_saliency(model, sites, seed=3),
+           "attribution_gptq": attribution_gptq(model, sites, enc, beh, ids, bits=2, group_size=16, symmetric=True),
+           "tacq": tacq(model, sites, enc, ids, bits=2, group_size=16, symmetric=True)}
+    G = sal.behaviour_weight_grads(model, enc, sites, beh)
+    ref["attribution_scale"] = [(s_, scale_aware_saliency(get_module(model, s_.name).weight.data, G[s_.name], 2,
+                                                          group_size=16, symmetric=True)) for s_ in sites]
+    assert set(ref) == set(reg.SALIENCIES)
     for name, stream in ref.items():
-        built = sal.build_saliency(name, model, sites, **kw)
+        built = reg.build_saliency(name, model, sites, **kw)
         assert isinstance(built, sal.SaliencyStream) and built.sites == sites
         got = dict(built)
         for s_, v in stream:
             torch.testing.assert_close(got[s_], v, rtol=1e-6, atol=0)
-    assert sal.SALIENCIES["activation"].needs == ("calib",) and sal.SALIENCIES["magnitude"].needs == ()
+    assert reg.SALIENCIES["activation"].needs == ("calib",) and reg.SALIENCIES["magnitude"].needs == ()
     with pytest.raises(ValueError, match="'attribution_ri' needs module_importance"):
-        sal.build_saliency("attribution_ri", model, sites, encoded=enc, behaviors=beh)
+        reg.build_saliency("attribution_ri", model, sites, encoded=enc, behaviors=beh)
     with pytest.raises(ValueError, match="'hessian' needs calib"):
-        sal.build_saliency("hessian", model, sites)
+        reg.build_saliency("hessian", model, sites)
+    with pytest.raises(ValueError, match="'tacq' needs calib"):
+        reg.build_saliency("tacq", model, sites, encoded=enc)
     with pytest.raises(KeyError, match="unknown saliency 'awq'"):
-        sal.build_saliency("awq", model, sites)
+        reg.build_saliency("awq", model, sites)
 
 
 def test_attribution_progress_bar_counts_span_backward_passes(tokenizer, capsys):

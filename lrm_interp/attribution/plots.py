@@ -8,7 +8,8 @@ from typing import Sequence
 import torch
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot``, switched to the headless Agg backend outside notebooks."""
     import matplotlib
 
     if matplotlib.get_backend().lower() not in {"agg", "module://matplotlib_inline.backend_inline"}:
@@ -31,7 +32,7 @@ def grid_heatmaps(grids: Sequence[tuple[torch.Tensor, list[int], list[str]]], ti
         titles: a title per panel (usually the behaviour).
         diverging: centre the colour scale at 0 (signed shifts).
     """
-    plt = _plt()
+    plt = pyplot()
     n = len(grids)
     cols = min(n, max_cols) or 1
     rows = math.ceil(n / cols) or 1

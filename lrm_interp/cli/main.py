@@ -7,7 +7,9 @@
 ``compare``        :func:`lrm_interp.compare`
 ``protect``        :func:`lrm_interp.protect.policies.build_masks`
 ``quantize``       :func:`lrm_interp.compress.quant.quantize_model_`
-``toy``            :mod:`lrm_interp.toy` (train / eval / traces)
+``toy``            :mod:`lrm_interp.toy` (train / eval / traces / distill)
+``bits``           :func:`lrm_interp.protect.mixed.allocate_bits`
+``experiment``     :func:`lrm_interp.experiments.protection_table.run_protection_experiment`
 =================  ===============================================
 
 Conventions (help, examples, input checks, one-line errors): :mod:`lrm_interp.cli.common`.
@@ -228,6 +230,7 @@ def _add_optional_commands(sub) -> None:
     from lrm_interp.cli import annotate as cli_annotate
     from lrm_interp.cli import bench as cli_bench
     from lrm_interp.cli import bits as cli_bits
+    from lrm_interp.cli import experiment as cli_experiment
     from lrm_interp.cli import protect as cli_protect
     from lrm_interp.cli import toy as cli_toy
 
@@ -236,10 +239,11 @@ def _add_optional_commands(sub) -> None:
     cli_toy.register(sub)
     cli_bench.register(sub)
     cli_annotate.register(sub)
+    cli_experiment.register(sub)
 
 
 def _command_prog(args: argparse.Namespace) -> str:
-    parts = [PROG] + [getattr(args, k) for k in ("cmd", "toy_cmd", "bench_cmd", "annotate_cmd")
+    parts = [PROG] + [getattr(args, k) for k in ("cmd", "toy_cmd", "bench_cmd", "annotate_cmd", "experiment_cmd")
                       if getattr(args, k, None)]
     return " ".join(parts)
 

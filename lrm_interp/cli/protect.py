@@ -1,5 +1,5 @@
 """``lrm-interp protect`` (:func:`lrm_interp.protect.policies.build_masks` on a saliency from
-:func:`lrm_interp.protect.saliency.build_saliency`) and ``lrm-interp quantize``
+:func:`lrm_interp.protect.registry.build_saliency`) and ``lrm-interp quantize``
 (:func:`lrm_interp.compress.quant.quantize_model_`). Conventions: :mod:`lrm_interp.cli.common`."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 from lrm_interp.cli.common import (PROG, CliError, load_attribution, add_command, group_size_arg, load_model_quietly, reading,
                                    require_attribution_dir, require_model, require_path)
 from lrm_interp.protect.policies import POLICIES
-from lrm_interp.protect.saliency import SALIENCIES
+from lrm_interp.protect.registry import SALIENCIES
 
 MODULE_POLICIES = ("final_mlp", "modules_by_score")  # need no per-weight saliency (and no model)
-#: where the command line takes each input a saliency needs (lrm_interp.protect.saliency.SaliencyInputs)
+#: where the command line takes each input a saliency needs (lrm_interp.protect.registry.SaliencyInputs)
 NEEDS_FLAGS = {"encoded": "traces from --data", "module_importance": "module RI from --scores",
                "calib": "calibration text from --data (default: toy tasks)"}
 
@@ -87,7 +87,7 @@ def cmd_protect(a: argparse.Namespace) -> int:
         from lrm_interp.data.loading import load_dataset
         from lrm_interp.data.tokens import encode_trace
         from lrm_interp.model.sites import resolve_sites
-        from lrm_interp.protect.saliency import build_saliency
+        from lrm_interp.protect.registry import build_saliency
 
         model, tok = load_model_quietly(a.model)
         sites = resolve_sites(model, [s.name for s in sites])

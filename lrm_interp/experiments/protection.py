@@ -18,7 +18,8 @@ from lrm_interp.data.tokens import EncodedTrace
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.masks import ProtectionMask
 from lrm_interp.protect.policies import final_mlp, global_top
-from lrm_interp.protect.saliency import SALIENCIES, SaliencyStream, build_saliency
+from lrm_interp.protect.registry import SALIENCIES, build_saliency
+from lrm_interp.protect.saliency import SaliencyStream
 
 FINAL_MLP_ROW = "final-layer MLP (paper)"
 
@@ -27,7 +28,7 @@ def comparison_sources(model: torch.nn.Module, sites: Sequence[Site], encoded: S
                        calib: CalibData, *, bits: int, group_size: int | None = 128, symmetric: bool = False,
                        module_importance: Any = None, seed: int = 0,
                        progress: bool = True) -> dict[str, Callable[[], SaliencyStream]]:
-    """Every registered saliency (:data:`~lrm_interp.protect.saliency.SALIENCIES`, in its order) as a
+    """Every registered saliency (:data:`~lrm_interp.protect.registry.SALIENCIES`, in its order) as a
     lazy ``{row label: () -> stream of (site, [out, in])}``.
 
     ``attribution_ri`` is included only with a ``module_importance`` (``{site: score}`` or an

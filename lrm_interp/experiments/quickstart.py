@@ -6,7 +6,7 @@
    and attribution-patching scores per linear module → ``attribution_fp32/`` (result,
    ``scores.csv``, ``heatmap.png``) and ``ranking.csv``.
 2. **Protection masks** — a 2 % global budget of per-weight saliency (behaviour-span
-   attribution × module relative importance, :data:`lrm_interp.protect.saliency.SALIENCIES`
+   attribution × module relative importance, :data:`lrm_interp.protect.registry.SALIENCIES`
    ``"attribution_ri"``) → ``masks.safetensors`` (loadable with ``load_masks``) + ``masks.json``
    (summary, bits per weight).
 3. **What compression does** — a 3-bit RTN copy (group 128) with and without the masks; held-out
@@ -32,7 +32,7 @@ from lrm_interp.compress.quant.apply import quantize_model_
 from lrm_interp.data.tokens import encode_trace
 from lrm_interp.protect.encoding import bits_per_weight, save_masks
 from lrm_interp.protect.policies import build_masks
-from lrm_interp.protect.saliency import SALIENCIES, build_saliency
+from lrm_interp.protect.registry import SALIENCIES, build_saliency
 from lrm_interp.toy.tasks import FAMILIES, generate_dataset
 
 SALIENCY = "attribution_ri"

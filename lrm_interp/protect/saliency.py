@@ -21,10 +21,8 @@ policy ever holds a whole model's saliency. Larger = more worth keeping in FP16.
                      mean relative importance of an AtP :class:`~lrm_interp.attribution.results.Attribution`)
 ===================  ==============================================================
 
-Registry (:data:`SALIENCIES`, :func:`build_saliency`): every name above maps to a
-:class:`SaliencySource` (row label, required inputs, builder); ``build_saliency(name, model,
-sites, **inputs)`` builds any of them from one uniform set of keyword inputs
-(:class:`SaliencyInputs`). Calibration data (``calib``) is normalised by
+The registry of every source by name (these, the scale-aware and the GPTQ-based ones) is
+:mod:`lrm_interp.protect.registry`. Calibration data (``calib``) is normalised by
 :func:`lrm_interp.compress.calibration.calibration_batches` (ids, or a tokenizer output
 dict whose padding is excluded).
 
@@ -39,7 +37,6 @@ data per chunk) so a big model never holds all weight gradients at once.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -209,12 +206,15 @@ def attribution(model, sites: Sequence[Site], encoded: Sequence[EncodedTrace] | 
                 loss_fn: Callable[[Any, Any], torch.Tensor | None] | None = None, batches: Iterable[Any] | None = None,
                 reduce: str = "abs", site_chunk: int | None = None,
                 quantizer: Callable[[Site, torch.Tensor], torch.Tensor] | None = None,
+                weigh: Callable[[Site, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                 progress: bool = True) -> SaliencyStream:
     """Behaviour-conditioned TaCQ-style saliency ``|G| ⊙ |W − Q(W)|``.
 
     Gradients ``G`` come from behaviour-span losses on ``encoded`` traces (``behaviors``), or
     from any ``loss_fn(model, batch)`` over ``batches``. ``Q``: RTN on the target grid, or
-    ``quantizer(site, W) -> Q(W)`` (e.g. GPTQ). ``module_importance``: ``{site: score}`` or an
+    ``quantizer(site, W) -> Q(W)`` (e.g. GPTQ). ``weigh(site, W, |G|) -> [out, in]`` replaces the
+    whole per-weight formula (e.g. :func:`lrm_interp.protect.scale_aware.scale_aware_saliency`);
+    ``quantizer`` is then unused. ``module_importance``: ``{site: score}`` or an
     :class:`~lrm_interp.attribution.results.Attribution` (its mean RI over behaviours,
     :func:`~lrm_interp.attribution.results.site_scores`); each module's saliency is then
     normalised to mean 1 and multiplied by its importance (0 for a site it does not name), so
@@ -243,90 +243,13 @@ def attribution(model, sites: Sequence[Site], encoded: Sequence[EncodedTrace] | 
             G = weight_grads(model, part, loss_fn, batches, reduce=reduce, progress=progress, desc=desc)
             for s in part:
                 W = _w(model, s)
-                Q = (quantizer(s, W) if quantizer is not None
-                     else rtn_quantize(W, bits, group_size=group_size, symmetric=symmetric))
-                sal = G.pop(s.name).abs() * (W - Q.float().cpu()).abs()
+                if weigh is not None:
+                    sal = weigh(s, W, G.pop(s.name).abs()).float().cpu()
+                else:
+                    Q = (quantizer(s, W) if quantizer is not None
+                         else rtn_quantize(W, bits, group_size=group_size, symmetric=symmetric))
+                    sal = G.pop(s.name).abs() * (W - Q.float().cpu()).abs()
                 if imp is not None:
                     sal = sal / sal.mean().clamp_min(1e-30) * float(imp.get(s.name, 0.0))
                 yield s, sal
     return SaliencyStream(sites, gen)
-
-
-# ---------------------------------------------------------------------------- registry
-@dataclass(frozen=True)
-class SaliencyInputs:
-    """The one set of keyword inputs every registered saliency builder receives.
-
-    ``encoded``/``behaviors``: encoded traces and the behaviours whose spans give gradients;
-    ``calib``: calibration ids ``[b, s]`` or a tokenizer output dict; ``bits``/``group_size``/
-    ``symmetric``: the target grid (``W − Q(W)``); ``seed``: for ``random``;
-    ``module_importance``: ``{site: score}`` or an Attribution; ``progress``: bars.
-    """
-
-    encoded: Sequence[EncodedTrace] | None = None
-    behaviors: Sequence[str] | None = None
-    calib: CalibData | None = None
-    bits: int = 3
-    group_size: int | None = 128
-    symmetric: bool = False
-    seed: int = 0
-    module_importance: Mapping[str, float] | Any | None = None
-    progress: bool = True
-
-
-@dataclass(frozen=True)
-class SaliencySource:
-    """A registered saliency: ``build(model, sites, inputs) -> SaliencyStream``, the
-    :class:`SaliencyInputs` fields it ``needs`` (not ``None``) and its row ``label``."""
-
-    label: str
-    needs: tuple[str, ...]
-    build: Callable[[Any, Sequence[Site], SaliencyInputs], SaliencyStream]
-
-
-def _attribution_source(importance: bool) -> Callable[[Any, Sequence[Site], SaliencyInputs], SaliencyStream]:
-    """The builder of ``attribution`` (``importance=False``) or ``attribution_ri`` (with ``module_importance``)."""
-    def build(model: torch.nn.Module, sites: Sequence[Site], x: SaliencyInputs) -> SaliencyStream:
-        return attribution(model, sites, x.encoded, x.behaviors, bits=x.bits, group_size=x.group_size,
-                           symmetric=x.symmetric, module_importance=x.module_importance if importance else None,
-                           progress=x.progress)
-    return build
-
-
-SALIENCIES: dict[str, SaliencySource] = {
-    "attribution_ri": SaliencySource("attribution (behaviour-span TaCQ × module RI)",
-                                     ("encoded", "behaviors", "module_importance"), _attribution_source(True)),
-    "attribution": SaliencySource("attribution (behaviour-span TaCQ)", ("encoded", "behaviors"),
-                                  _attribution_source(False)),
-    "magnitude": SaliencySource("magnitude", (), lambda model, sites, x: magnitude(model, sites)),
-    "activation": SaliencySource("activation (AWQ-style)", ("calib",),
-                                 lambda model, sites, x: activation(model, sites, x.calib, progress=x.progress)),
-    "hessian": SaliencySource("hessian (SpQR-style)", ("calib",),
-                              lambda model, sites, x: hessian(model, sites, x.calib, bits=x.bits,
-                                                              group_size=x.group_size, symmetric=x.symmetric,
-                                                              progress=x.progress)),
-    "random": SaliencySource("random", (), lambda model, sites, x: random_saliency(model, sites, seed=x.seed)),
-}
-"""Saliency sources by name, in the order a protection experiment lists them (module docs)."""
-
-
-def build_saliency(name: str, model: torch.nn.Module, sites: Sequence[Site], *, encoded: Sequence[EncodedTrace] | None = None,
-                   behaviors: Sequence[str] | None = None, calib: CalibData | None = None, bits: int = 3,
-                   group_size: int | None = 128, symmetric: bool = False, seed: int = 0,
-                   module_importance: Mapping[str, float] | Any | None = None,
-                   progress: bool = True) -> SaliencyStream:
-    """The saliency stream ``(site, [out, in])`` of registered source ``name`` (:data:`SALIENCIES`).
-
-    Inputs a source does not use are ignored; a missing required input is a ``ValueError``
-    naming it, an unknown ``name`` a ``KeyError`` listing the registered ones.
-    """
-    if name not in SALIENCIES:
-        raise KeyError(f"unknown saliency {name!r} (one of {list(SALIENCIES)})")
-    src = SALIENCIES[name]
-    x = SaliencyInputs(encoded=encoded, behaviors=None if behaviors is None else list(behaviors), calib=calib,
-                       bits=bits, group_size=group_size, symmetric=symmetric, seed=seed,
-                       module_importance=module_importance, progress=progress)
-    missing = [n for n in src.needs if getattr(x, n) is None]
-    if missing:
-        raise ValueError(f"saliency {name!r} needs {', '.join(missing)}")
-    return src.build(model, list(sites), x)

@@ -6,6 +6,7 @@
 ``gptq.py``    GPTQ with error feedback: ``gptq_quantize``, ``gptq_quantize_tensor``
 ``format.py``  ``QuantizedTensor`` and the ``lrm_interp.quantized/1`` file (``save_quantized``)
 ``apply.py``   the model-level driver ``quantize_model_`` → ``QuantReport``
+``guided.py``  loss-guided GPTQ Hessians (``gradient_weighted_hessians``, ``guided_transform``)
 =============  ==================================================================
 
 Calibration data and Hessians: :mod:`lrm_interp.compress.calibration`.

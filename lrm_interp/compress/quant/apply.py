@@ -93,6 +93,7 @@ def quantize_model_(model: torch.nn.Module, *, bits: int, group_size: int | None
                     symmetric: bool = False, masks: Mapping[str, Any] | None = None,
                     sites: Sequence[Site | str] | str | None = None,
                     calib: HessianCalib | None = None,
+                    hessian_transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
                     progress: bool = True, keep_tensors: bool = False, **gptq_kw) -> QuantReport:
     """Fake-quantize every linear site of ``model`` in place.
 
@@ -104,6 +105,8 @@ def quantize_model_(model: torch.nn.Module, *, bits: int, group_size: int | None
         masks: ``{site name: bool [out, in] tensor or ProtectionMask}``; protected weights
             are excluded from the scale fit and kept bit-exact.
         sites: which sites (default: all linear sites in the decoder layers).
+        hessian_transform: GPTQ only: ``(site, H [in, in]) -> H'`` applied to each calibration
+            Hessian before use (e.g. the loss-guided mix of :mod:`lrm_interp.compress.quant.guided`).
         keep_tensors: also return the codes/scales/kept values of every site as
             ``report.tensors = {site: QuantizedTensor}`` (the quantized copy).
         gptq_kw: ``blocksize`` (128), ``percdamp`` (0.01), ``sequential`` (True),
@@ -122,6 +125,8 @@ def quantize_model_(model: torch.nn.Module, *, bits: int, group_size: int | None
     unknown = set(masks) - {s.name for s in site_list}
     if unknown:
         raise KeyError(f"masks name sites that are not quantized here: {sorted(unknown)[:5]}")
+    if hessian_transform is not None and method != "gptq":
+        raise ValueError("hessian_transform= needs method='gptq'")
     if method == "rtn":
         if gptq_kw:
             raise TypeError(f"unexpected arguments for RTN: {sorted(gptq_kw)}")
@@ -136,6 +141,8 @@ def quantize_model_(model: torch.nn.Module, *, bits: int, group_size: int | None
         blocksize, percdamp = gptq_kw.get("blocksize", 128), gptq_kw.get("percdamp", 0.01)
         groups = layer_hessians(model, site_list, calib, sequential=gptq_kw.get("sequential", True),
                                 batch_size=gptq_kw.get("batch_size", 8), progress=progress)
+        if hessian_transform is not None:
+            groups = ((grp, {n: hessian_transform(n, H) for n, H in hs.items()}) for grp, hs in groups)
 
         def quantize(W, m, H):
             return gptq_quantize_tensor(W, H, bits, group_size=group_size, symmetric=symmetric, mask=m,

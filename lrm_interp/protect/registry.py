@@ -1,0 +1,130 @@
+"""The registry of saliency sources: every name maps to a :class:`SaliencySource` (row label,
+required inputs, builder); :func:`build_saliency` builds any of them from one uniform set of
+keyword inputs (:class:`SaliencyInputs`).
+
+=====================  ==========================================================  ======================
+name                   per weight (larger = keep in FP16)                          file
+=====================  ==========================================================  ======================
+``attribution_ri``     ``attribution`` × module RI                                 ``saliency.py``
+``attribution``        ``|G_spans| · |W − RTN(W)|``                                ``saliency.py``
+``attribution_scale``  ``attribution`` with the group grid re-fit counted           ``scale_aware.py``
+``attribution_gptq``   ``|G_spans| · |W − GPTQ(W)|``                               ``gptq_aware.py``
+``tacq``               ``|G_response| · |W − GPTQ(W)| · |W|`` (TaCQ as published)  ``gptq_aware.py``
+``magnitude``          ``|W|``                                                     ``saliency.py``
+``activation``         ``|W| · ‖x‖`` (AWQ-style)                                   ``saliency.py``
+``hessian``            ``ΔW² · H_jj`` (SpQR-style)                                 ``saliency.py``
+``random``             seeded noise                                                ``saliency.py``
+=====================  ==========================================================  ======================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from lrm_interp.compress.calibration import CalibData
+from lrm_interp.data.tokens import EncodedTrace
+from lrm_interp.model.sites import Site
+from lrm_interp.protect.gptq_aware import attribution_gptq, tacq
+from lrm_interp.protect.saliency import (SaliencyStream, activation, attribution, hessian, magnitude,
+                                         random_saliency)
+from lrm_interp.protect.scale_aware import scale_aware_saliency
+
+
+@dataclass(frozen=True)
+class SaliencyInputs:
+    """The one set of keyword inputs every registered saliency builder receives.
+
+    ``encoded``/``behaviors``: encoded traces and the behaviours whose spans give gradients;
+    ``calib``: calibration ids ``[b, s]`` or a tokenizer output dict; ``bits``/``group_size``/
+    ``symmetric``: the target grid (``W − Q(W)``); ``seed``: for ``random``;
+    ``module_importance``: ``{site: score}`` or an Attribution; ``progress``: bars.
+    """
+
+    encoded: Sequence[EncodedTrace] | None = None
+    behaviors: Sequence[str] | None = None
+    calib: CalibData | None = None
+    bits: int = 3
+    group_size: int | None = 128
+    symmetric: bool = False
+    seed: int = 0
+    module_importance: Mapping[str, float] | Any | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class SaliencySource:
+    """A registered saliency: ``build(model, sites, inputs) -> SaliencyStream``, the
+    :class:`SaliencyInputs` fields it ``needs`` (not ``None``) and its row ``label``."""
+
+    label: str
+    needs: tuple[str, ...]
+    build: Callable[[Any, Sequence[Site], SaliencyInputs], SaliencyStream]
+
+
+def _attribution_source(importance: bool) -> Callable[[Any, Sequence[Site], SaliencyInputs], SaliencyStream]:
+    """The builder of ``attribution`` (``importance=False``) or ``attribution_ri`` (with ``module_importance``)."""
+    def build(model: torch.nn.Module, sites: Sequence[Site], x: SaliencyInputs) -> SaliencyStream:
+        return attribution(model, sites, x.encoded, x.behaviors, bits=x.bits, group_size=x.group_size,
+                           symmetric=x.symmetric, module_importance=x.module_importance if importance else None,
+                           progress=x.progress)
+    return build
+
+
+def _scale_aware_source(model: torch.nn.Module, sites: Sequence[Site], x: SaliencyInputs) -> SaliencyStream:
+    """The builder of ``attribution_scale``: behaviour-span gradients, then
+    :func:`~lrm_interp.protect.scale_aware.scale_aware_saliency` on the target grid."""
+    def weigh(s: Site, W: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        return scale_aware_saliency(W, G, x.bits, group_size=x.group_size, symmetric=x.symmetric)
+    return attribution(model, sites, x.encoded, x.behaviors, weigh=weigh, progress=x.progress)
+
+
+SALIENCIES: dict[str, SaliencySource] = {
+    "attribution_ri": SaliencySource("attribution (behaviour-span TaCQ × module RI)",
+                                     ("encoded", "behaviors", "module_importance"), _attribution_source(True)),
+    "attribution": SaliencySource("attribution (behaviour-span TaCQ)", ("encoded", "behaviors"),
+                                  _attribution_source(False)),
+    "attribution_scale": SaliencySource("attribution, scale-aware (behaviour spans, group re-fit)",
+                                        ("encoded", "behaviors"), _scale_aware_source),
+    "attribution_gptq": SaliencySource("attribution × GPTQ error (behaviour spans)", ("encoded", "behaviors", "calib"),
+                                       lambda model, sites, x: attribution_gptq(
+                                           model, sites, x.encoded, x.behaviors, x.calib, bits=x.bits,
+                                           group_size=x.group_size, symmetric=x.symmetric, progress=x.progress)),
+    "tacq": SaliencySource("TaCQ (response gradients × GPTQ error × |W|)", ("encoded", "calib"),
+                           lambda model, sites, x: tacq(model, sites, x.encoded, x.calib, bits=x.bits,
+                                                        group_size=x.group_size, symmetric=x.symmetric,
+                                                        progress=x.progress)),
+    "magnitude": SaliencySource("magnitude", (), lambda model, sites, x: magnitude(model, sites)),
+    "activation": SaliencySource("activation (AWQ-style)", ("calib",),
+                                 lambda model, sites, x: activation(model, sites, x.calib, progress=x.progress)),
+    "hessian": SaliencySource("hessian (SpQR-style)", ("calib",),
+                              lambda model, sites, x: hessian(model, sites, x.calib, bits=x.bits,
+                                                              group_size=x.group_size, symmetric=x.symmetric,
+                                                              progress=x.progress)),
+    "random": SaliencySource("random", (), lambda model, sites, x: random_saliency(model, sites, seed=x.seed)),
+}
+"""Saliency sources by name, in the order a protection experiment lists them (module docs)."""
+
+
+def build_saliency(name: str, model: torch.nn.Module, sites: Sequence[Site], *, encoded: Sequence[EncodedTrace] | None = None,
+                   behaviors: Sequence[str] | None = None, calib: CalibData | None = None, bits: int = 3,
+                   group_size: int | None = 128, symmetric: bool = False, seed: int = 0,
+                   module_importance: Mapping[str, float] | Any | None = None,
+                   progress: bool = True) -> SaliencyStream:
+    """The saliency stream ``(site, [out, in])`` of registered source ``name`` (:data:`SALIENCIES`).
+
+    Inputs a source does not use are ignored; a missing required input is a ``ValueError``
+    naming it, an unknown ``name`` a ``KeyError`` listing the registered ones.
+    """
+    if name not in SALIENCIES:
+        raise KeyError(f"unknown saliency {name!r} (one of {list(SALIENCIES)})")
+    src = SALIENCIES[name]
+    x = SaliencyInputs(encoded=encoded, behaviors=None if behaviors is None else list(behaviors), calib=calib,
+                       bits=bits, group_size=group_size, symmetric=symmetric, seed=seed,
+                       module_importance=module_importance, progress=progress)
+    missing = [n for n in src.needs if getattr(x, n) is None]
+    if missing:
+        raise ValueError(f"saliency {name!r} needs {', '.join(missing)}")
+    return src.build(model, list(sites), x)
