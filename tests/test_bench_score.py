@@ -93,6 +93,8 @@ def test_foreign_paper_layout_scores(tmp_path):
     assert s.loc["musique", "missing"] == 3 and s.loc["musique", "outputs"] == 0
     acc = sc.accuracy_table().set_index("model")
     assert acc.loc["r1", "Avg"] == pytest.approx(round((100 / 3 + 100) / 2, 1))
+    assert repr(sc).startswith(f"BenchScores({len(sc.samples)} graded outputs, 1 runs [r1]") and "3 missing" in repr(sc)
+    assert "<td" in sc._repr_html_() and "33.3" in sc._repr_html_()
     files = sc.write_tables(tmp_path / "scores", plots=False)
     assert {f.name for f in files} >= {"scores.csv", "summary.csv", "accuracy.csv", "tables.md"}
     assert "| r1 | 33.3 | 100.0 |" in (tmp_path / "scores" / "tables.md").read_text()

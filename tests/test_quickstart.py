@@ -49,6 +49,35 @@ def test_quickstart_on_shipped_model(tmp_path):
     assert mean(fp) >= 93.0 and mean(q) < 100.0  # 3-bit group-128 RTN costs accuracy
     assert bpw(q) == pytest.approx(3.25) and bpw(qp) == pytest.approx(summary["bits_per_weight"]["bpw"], abs=5e-4)
     assert "reuse them:" in r.stdout and "lrm-interp quantize --model toy" in r.stdout
+    assert lines[-1] == f"report: {out / 'report.html'} (self-contained HTML: open it in a browser)"
+    _check_in_browser(out / "report.html", n_images=2, must_contain=["Accuracy and bits per weight",
+                                                                      "3-bit RTN + 2% protected", "Top modules"])
+
+
+def _check_in_browser(page, *, n_images: int, must_contain: list[str]) -> None:
+    """Load a file in headless Chromium (Debian's chromium + chromedriver): every image decoded,
+    no console error, the texts visible."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(a)
+    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=opts)
+    try:
+        driver.get(page.resolve().as_uri())
+        imgs = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt])")
+        assert len(imgs) == n_images and all(c and w > 100 and h > 100 for c, w, h, _ in imgs), imgs
+        text = driver.find_element("tag name", "body").text
+        for t in must_contain:
+            assert t in text, t
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert not errors, errors
+    finally:
+        driver.quit()
 
 
 def test_quickstart_tiny_says_so(tmp_path):
@@ -56,7 +85,8 @@ def test_quickstart_tiny_says_so(tmp_path):
 
     s = run_quickstart(tmp_path / "qs", n_traces=3, tiny=True, progress=False)
     assert s["tiny"] and s["sites"] == 14 and s["accuracy"] == {}
-    for f in ("shift.csv", "ranking.csv", "masks.safetensors", "masks.json", "tiny-attribution_fp32/heatmap.png"):
+    for f in ("shift.csv", "ranking.csv", "masks.safetensors", "masks.json", "tiny-attribution_fp32/heatmap.png",
+              "report.html"):
         assert (tmp_path / "qs" / f).exists(), f
     # the printed reuse commands run: protect from the written result with the saved tiny model
     from lrm_interp.cli.main import main
@@ -70,3 +100,31 @@ def test_quickstart_tiny_says_so(tmp_path):
     a, _ = load_masks(tmp_path / "qs" / "masks.safetensors")
     b, _ = load_masks(tmp_path / "again.safetensors")
     assert a == b  # the CLI reproduces the quickstart's masks exactly
+
+
+def test_report_embeds_images_and_escapes(tmp_path):
+    import base64
+
+    from lrm_interp.attribution.results import Attribution
+    from lrm_interp.experiments.report import png_data_uri, write_report
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.testing import tiny_model
+    import matplotlib.pyplot as plt
+    import torch
+
+    fig = plt.figure(figsize=(1, 1))
+    fig.savefig(tmp_path / "x.png")
+    plt.close(fig)
+    sites = find_sites(tiny_model("llama", seed=0))
+    a = Attribution(("<b>",), sites, torch.rand(1, len(sites), dtype=torch.float64), "attribution")
+    p = write_report(tmp_path / "r.html", title="T & <t>", accuracy={}, bits_per_weight={}, n_problems=0,
+                     attribution=a, shift=None, images={"pic": tmp_path / "x.png"}, masks_file="m.safetensors",
+                     masks_summary="s", files={"a": "b"}, commands=["lrm-interp x --y <z>"])
+    h = p.read_text()
+    assert "<title>T &amp; &lt;t&gt;</title>" in h and "&lt;b&gt;" in h and "--y &lt;z&gt;" in h
+    assert "not measured" in h and "http" not in h  # no external resources
+    uri = png_data_uri(tmp_path / "x.png")
+    assert uri in h and base64.b64decode(uri.split(",", 1)[1]) == (tmp_path / "x.png").read_bytes()
+    (tmp_path / "bad.png").write_text("no")
+    with pytest.raises(ValueError, match="bad.png: not a PNG"):
+        png_data_uri(tmp_path / "bad.png")

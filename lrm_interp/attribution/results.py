@@ -195,6 +195,42 @@ class Attribution:
             for j, s in enumerate(self.sites):
                 yield beh, s, float(self.scores[b, j])
 
+    # ---------------------------------------------------------------- display
+    @property
+    def model_name(self) -> str:
+        """The model's short name from provenance (last path component), or ``""``."""
+        return str((self.provenance.get("model") or {}).get("name", "") or "").rstrip("/").split("/")[-1]
+
+    def __repr__(self) -> str:
+        counts = self.provenance.get("counts") or {}
+        spans = sum((counts.get("spans") or {}).values())
+        top = ", ".join(f"{s} {ri:.3f}" for _, s, ri in self.top(3))
+        return (f"Attribution(method={self.method!r}, model={self.model_name!r}, {len(self.behaviors)} behaviours × "
+                f"{len(self.sites)} sites, {counts.get('traces', '?')} traces / {spans} spans; "
+                f"top by mean RI: {top})")
+
+    def _repr_html_(self, k: int = 5) -> str:
+        """Jupyter: summary, the top ``k`` sites per behaviour (RI) and a small heatmap per behaviour."""
+        from lrm_interp.display import box, esc, html_heatmap, html_table
+
+        counts = self.provenance.get("counts") or {}
+        spans = counts.get("spans") or {}
+        head = (f'<div style="font-size:12px;color:#444">{esc(self.method)} on {esc(self.model_name or "?")}: '
+                f"{len(self.behaviors)} behaviours × {len(self.sites)} linear sites, "
+                f"{esc(counts.get('traces', '?'))} traces, spans: "
+                f"{esc(', '.join(f'{b} {n}' for b, n in spans.items()) or '?')}</div>")
+        n_vec = sum(len(v) for v in self.vectors.values())
+        if n_vec:
+            norms = [float(v.norm()) for per in self.vectors.values() for v in per.values()]
+            head += (f'<div style="font-size:12px;color:#444">steering vectors û: {n_vec} (behaviour, site) pairs, '
+                     f"norm {min(norms):.3g}–{max(norms):.3g}; <code>attr.steer(model, behaviour, alpha=…)</code></div>")
+        rows = [[b] + [f"{s} ({ri:.3f})" for _, s, ri in self.top(k, b)] for b in self.behaviors]
+        rows.append(["mean"] + [f"{s} ({ri:.3f})" for _, s, ri in self.top(k)])
+        table = html_table(["behaviour"] + [f"#{i + 1}" for i in range(min(k, len(self.sites)))], rows,
+                           caption="top sites by relative importance")
+        maps = "".join(html_heatmap(*self.grid(b), title=b) for b in self.behaviors)
+        return box("Attribution", head, table, f"<div>{maps}</div>")
+
     # ---------------------------------------------------------------- I/O
     def write_tables(self, directory: str | Path) -> list[Path]:
         """Write ``scores.csv`` (:meth:`to_dataframe`) and ``heatmap.png`` (:meth:`heatmap`) atomically."""
@@ -279,6 +315,30 @@ class ImportanceShift:
         return grid_heatmaps(grids, list(self.behaviors), title=kw.pop("title", f"importance shift ({view})"),
                              cbar_label="ΔRI" if view != "decreases" else "RI decrease",
                              diverging=view != "decreases", **kw)
+
+    def largest_decreases(self, k: int = 5, behavior: str | None = None) -> list[tuple[str, str, float]]:
+        """``(behaviour, site, decrease)`` of the ``k`` largest RI decreases (one behaviour, or all)."""
+        rows = [(b, s.name, float(self.decreases[i, j])) for i, b in enumerate(self.behaviors)
+                for j, s in enumerate(self.sites) if behavior in (None, b)]
+        return sorted(rows, key=lambda r: -r[2])[:k]
+
+    def __repr__(self) -> str:
+        top = ", ".join(f"{b}/{s} −{d:.3f}" for b, s, d in self.largest_decreases(3))
+        comp = (self.compressed.get("quantization") or self.compressed.get("pruning") or {}) if self.compressed else {}
+        what = f", compressed: {comp.get('method', '?')} {comp.get('bits', '')}".rstrip() if comp else ""
+        return (f"ImportanceShift({len(self.behaviors)} behaviours × {len(self.sites)} sites{what}; "
+                f"largest decreases: {top})")
+
+    def _repr_html_(self, k: int = 5) -> str:
+        """Jupyter: the largest decreases per behaviour and a diverging heatmap of the signed shift."""
+        from lrm_interp.display import box, html_heatmap, html_table
+
+        rows = [[b] + [f"{s} (−{d:.3f})" for _, s, d in self.largest_decreases(k, b)] for b in self.behaviors]
+        table = html_table(["behaviour"] + [f"#{i + 1}" for i in range(min(k, len(self.sites)))], rows,
+                           caption="largest RI decreases (RI_compressed − RI_original < 0)")
+        a = self.as_attribution("signed")
+        maps = "".join(html_heatmap(*a.grid(b, "score"), title=b, diverging=True) for b in self.behaviors)
+        return box("ImportanceShift", table, f"<div>{maps}</div>")
 
     def write_tables(self, directory: str | Path, *, view: str = "decreases") -> list[Path]:
         """Write ``shift.csv`` (:meth:`to_dataframe`) and ``shift.png`` (:meth:`heatmap` of ``view``) atomically."""

@@ -184,6 +184,22 @@ class BenchScores:
     missing: dict = field(default_factory=dict, compare=False)
     tasks: tuple[str, ...] = ()
 
+    def __repr__(self) -> str:
+        n_missing = sum(self.missing.values()) if self.missing else 0
+        return (f"BenchScores({len(self.samples)} graded outputs, {len(self.runs)} runs "
+                f"[{', '.join(r.name for r in self.runs[:4])}{', …' if len(self.runs) > 4 else ''}], "
+                f"tasks {list(self.tasks)}, {n_missing} missing)")
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the accuracy table (models × tasks + Avg) when there are runs, else the counts."""
+        from lrm_interp.display import box, html_table
+
+        if not self.runs or not self.samples:
+            return box(repr(self))
+        t = self.accuracy_table()
+        return box(repr(self), html_table(list(t.columns), t.astype(object).values.tolist(),
+                                          caption="pass@1 % (MuSiQue: EM / F1)"))
+
     def to_dataframe(self) -> pd.DataFrame:
         """One row per graded output (the fields of :class:`SampleScore`)."""
         cols = list(SampleScore.__dataclass_fields__)

@@ -110,6 +110,27 @@ class ProtectionTable:
             return None
         return (r.mean - none) / (fp - none)
 
+    def __repr__(self) -> str:
+        s = self.settings
+        measured = [r for r in self.rows if r.kind not in ("fp", "plain")]
+        best = max(measured, key=lambda r: r.mean, default=None)
+        tail = "" if best is None else f"; best below b+1 bits: {best.label} {100 * best.mean:.1f}% at {best.bpw:.3f} bpw"
+        return f"ProtectionTable({s.model}, {s.quantizer.upper()} {s.bits}-bit, {len(self.rows)} rows{tail})"
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the table (accuracy %, Wilson 95 % interval, recovered)."""
+        from lrm_interp.display import box, html_table
+
+        fams = list(self.rows[0].accuracy) if self.rows else []
+        rows = []
+        for r in self.rows:
+            rec = self.recovered(r)
+            rows.append([r.label, r.kind, f"{r.bpw:.3f}"] + [f"{100 * r.accuracy[f]:.0f}" for f in fams]
+                        + [f"{100 * r.mean:.1f}", f"{100 * r.ci[0]:.1f}–{100 * r.ci[1]:.1f}",
+                           "" if rec is None else f"{100 * rec:.0f}%"])
+        return box(repr(self), html_table(["protection", "kind", "bits/weight", *fams, "mean", "95% CI", "recovered"],
+                                          rows))
+
     def to_dataframe(self):
         """One row per measured row: label, kind, bpw, each family, mean, CI, recovered."""
         import pandas as pd
@@ -130,7 +151,8 @@ class ProtectionTable:
                  "|---|---|---|" + "---|" * (len(fams) + 3)]
         for r in self.rows:
             rec = self.recovered(r)
-            lines.append(f"| {r.label} | {r.kind} | {r.bpw:.3f} | "
+            label = r.label.replace("|", "\\|")  # a pipe in a label would split the Markdown cell
+            lines.append(f"| {label} | {r.kind} | {r.bpw:.3f} | "
                          + " | ".join(f"{100 * r.accuracy[f]:.0f}" for f in fams)
                          + f" | {100 * r.mean:.1f} | {100 * r.ci[0]:.1f}–{100 * r.ci[1]:.1f} | "
                          + ("" if rec is None else f"{100 * rec:.0f}%") + " |")
@@ -150,8 +172,9 @@ class ProtectionTable:
             ax.errorbar([r.bpw for r in rs], [100 * r.mean for r in rs],
                         yerr=[[max(0.0, 100 * (r.mean - r.ci[0])) for r in rs], [max(0.0, 100 * (r.ci[1] - r.mean)) for r in rs]],
                         fmt=mk, capsize=3, label=kind, alpha=0.85)
-            for r in rs:
-                ax.annotate(r.label, (r.bpw, 100 * r.mean), fontsize=6, xytext=(3, 2), textcoords="offset points")
+            for i, r in enumerate(rs):  # staggered offsets: rows at the same bpw would overprint
+                ax.annotate(r.label, (r.bpw, 100 * r.mean), fontsize=6, xytext=(4, (-7, 2, 11)[i % 3]),
+                            textcoords="offset points")
         fp = self.row("fp")
         ax.axhline(100 * fp.mean, color="grey", ls="--", lw=1, label="full precision")
         s = self.settings

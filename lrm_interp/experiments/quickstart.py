@@ -13,7 +13,9 @@
    accuracy of full precision / 3-bit / 3-bit + protection with bits per weight (shipped model);
    the 3-bit copy attributed again and compared → ``shift.csv`` / ``shift.png``.
 
-Finally it prints the files it wrote and the commands that reuse each of them.
+Finally it prints the files it wrote and the commands that reuse each of them, and writes all of
+it on one self-contained page, ``report.html`` (:mod:`lrm_interp.experiments.report`), whose path
+is the last line printed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import compare
 from lrm_interp.compress.quant.apply import quantize_model_
 from lrm_interp.data.tokens import encode_trace
+from lrm_interp.experiments.report import write_report
 from lrm_interp.protect.encoding import bits_per_weight, save_masks
 from lrm_interp.protect.policies import build_masks
 from lrm_interp.protect.registry import SALIENCIES, build_saliency
@@ -114,6 +117,7 @@ def run_quickstart(out_dir: str | Path = "lrm_interp_quickstart", *, n_traces: i
     qp = copy.deepcopy(model)
     quantize_model_(qp, bits=bits, group_size=group_size, masks=masks, progress=False)
     acc: dict[str, dict[str, float]] = {}
+    held: list = []
     labels = {"fp32": "full precision (fp32)", "rtn": f"{bits}-bit RTN, group {group_size}",
               "rtn+protect": f"{bits}-bit RTN + {budget:.0%} protected"}
     if not tiny and n_eval > 0:
@@ -145,7 +149,8 @@ def run_quickstart(out_dir: str | Path = "lrm_interp_quickstart", *, n_traces: i
     files = {"traces.jsonl": "the annotated traces", f"{d_fp.name}/": "attribution result (+ scores.csv, heatmap.png)",
              "ranking.csv": "sites ranked per behaviour", "masks.safetensors": f"the {budget:.0%} protection masks",
              "masks.json": "their summary and bits per weight", f"{d_q.name}/": f"attribution of the {bits}-bit copy",
-             "shift.csv, shift.png": "importance shift full precision -> 3-bit"}
+             "shift.csv, shift.png": "importance shift full precision -> 3-bit",
+             "report.html": "all of the above on one page"}
     print(f"\nwrote {out}/ in {seconds} s:")
     for f, what in files.items():
         print(f"  {f:24s} {what}")
@@ -162,6 +167,19 @@ def run_quickstart(out_dir: str | Path = "lrm_interp_quickstart", *, n_traces: i
     for c in commands:
         print(f"  {c}")
     print("  python: lrm_interp.attribution.results.Attribution.load(...), lrm_interp.protect.load_masks(...)")
+    report = write_report(
+        out / "report.html", title=f"lrm_interp quickstart — {'tiny random model' if tiny else 'shipped toy reasoner'}",
+        accuracy=acc, bits_per_weight={labels["fp32"]: 32.0, labels["rtn"]: bpw_q["bpw"],
+                                       labels["rtn+protect"]: bpw_p["bpw"]},
+        n_problems=len(held) if acc else 0, attribution=res, shift=shift,
+        images={"Which modules matter: attribution heatmap (full precision)": d_fp / "heatmap.png",
+                f"What {bits}-bit RTN does: importance decreases": out / "shift.png"},
+        masks_file=str(out / "masks.safetensors"),
+        masks_summary=(f"{n_prot} weights ({100 * bpw_p['protected_fraction']:.2f}%) kept in full precision, chosen "
+                       f"by {SALIENCIES[SALIENCY].label}; {bits}-bit group {group_size}: {bpw_q['bpw']:.3f} -> "
+                       f"{bpw_p['bpw']:.3f} bits/weight"),
+        files=files, commands=commands)
+    print(f"\nreport: {report} (self-contained HTML: open it in a browser)")
     return {"out_dir": o, "traces": len(ds), "sites": len(res.sites), "behaviors": list(res.behaviors),
             "protected_weights": n_prot, "bits_per_weight": {"rtn": bpw_q["bpw"], "rtn+protect": bpw_p["bpw"]},
             "accuracy": acc, "files": sorted(files), "commands": commands, "seconds": seconds, "tiny": tiny}

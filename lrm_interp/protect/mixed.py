@@ -67,6 +67,17 @@ class BitAllocation:
             out[b] = out.get(b, 0) + 1
         return dict(sorted(out.items()))
 
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n}×{b}" for b, n in self.counts().items())
+        budget = "" if self.budget_bpw is None else f" (budget {self.budget_bpw:.3f})"
+        return f"BitAllocation({self.sensitivity}, {self.bpw:.4f} bits/weight{budget}; modules at bits: {counts})"
+
+    def _repr_html_(self) -> str:
+        """Jupyter: modules per bit width and the bits of every module."""
+        from lrm_interp.display import box, html_table
+
+        return box(repr(self), html_table(["site", "bits"], [[k, v] for k, v in self.bits.items()]))
+
     def to_dataframe(self):
         """One row per site: ``site``, ``bits``."""
         import pandas as pd
