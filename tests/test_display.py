@@ -66,3 +66,13 @@ def test_table_allocation_and_helpers():
     assert "nan" not in html_table(["a"], [[float("nan")]])
     cells = html_heatmap(torch.tensor([[0.0, float("nan")], [1.0, 2.0]]), [0, 1], ["q", "k"])
     assert cells.count("#eeeeee") == 1 and cells.count("<td title=") == 4
+
+
+def test_mask_html():
+    from lrm_interp.protect.masks import ProtectionMask
+
+    m = ProtectionMask.from_rows("model.layers.0.mlp.<x>", (16, 8), torch.tensor([0, 1]))
+    h = m._repr_html_()
+    assert "model.layers.0.mlp.&lt;x&gt;" in h and "16 × 8" in h and "12.50%" in h
+    assert h.count("<td title=") == 8 + 8  # 8 row blocks, 8 column blocks
+    assert 'title="layer 0 share: 1"' in h  # the first row block (rows 0-1) is fully protected

@@ -143,3 +143,19 @@ class ProtectionMask:
     def __repr__(self) -> str:
         return (f"ProtectionMask({self.site!r}, shape={self.shape}, granularity={self.granularity!r}, "
                 f"n_protected={self.n_protected})")
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the counts and where the protected weights sit (share of each eighth of the rows
+        and of the columns, as coloured cells)."""
+        from lrm_interp.display import box, html_heatmap, html_table
+
+        out, inn = self.shape
+        m = self.dense().float()
+        rows = torch.stack([c.mean() for c in m.chunk(min(8, out), 0)]).reshape(-1, 1)
+        cols = torch.stack([c.mean() for c in m.chunk(min(8, inn), 1)]).reshape(1, -1)
+        frac = self.n_protected / max(self.n_weights, 1)
+        table = html_table(["site", "shape", "granularity", "protected", "share"],
+                           [[self.site, f"{out} × {inn}", self.granularity, self.n_protected, f"{100 * frac:.2f}%"]])
+        return box("ProtectionMask", table,
+                   html_heatmap(rows, list(range(rows.shape[0])), ["share"], title="by row block"),
+                   html_heatmap(cols, [0], [str(i) for i in range(cols.shape[1])], title="by column block"))
