@@ -71,10 +71,3 @@ def box(title: str, *parts: str) -> str:
     """The parts under a bold title, in one block."""
     return (f'<div style="font-family:sans-serif"><div style="font-weight:bold;margin-bottom:2px">{esc(title)}</div>'
             + "".join(parts) + "</div>")
-
-
-def short_list(items: Sequence[str], k: int = 3) -> str:
-    """``"a, b, c, … (+n)"``."""
-    items = list(items)
-    more = f", … (+{len(items) - k})" if len(items) > k else ""
-    return ", ".join(items[:k]) + more

@@ -72,6 +72,10 @@ def test_mix_and_quantize_with_given_hessians(tokenizer):
     guided = copy.deepcopy(model)
     quantize_model_(guided, bits=3, group_size=16, method="gptq", calib=ids, hessian_transform=guided_transform(Hg, 0.7),
                     progress=False)
+    from lrm_interp.model.provenance import model_record
+
+    assert model_record(guided).last("quantization")["hessian_transform"].startswith("guided_transform")
+    assert "hessian_transform" not in model_record(plain).last("quantization")
     for s in sites:
         a, b, c = (get_module(m, s.name).weight.data for m in (plain, given, guided))
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -50,6 +50,10 @@ def test_rows_files_and_resume(tmp_path, monkeypatch):
         pt.run_protection_experiment(out, progress=False, **{**SMALL, "per_family": 2})
     settings = json.loads((out / "settings.json").read_text())
     assert settings["format"] == pt.FORMAT and len(settings["weights_fingerprint"]) == 32
+    settings["tokenizer_fingerprint"] = "0" * 32  # the folder of a run with another tokenizer
+    (out / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match="tokenizer_fingerprint"):
+        pt.run_protection_experiment(out, only=["magnitude"], progress=False, **SMALL)
 
 
 def test_plan_lists_every_row_once():

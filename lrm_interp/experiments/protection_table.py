@@ -20,7 +20,8 @@ the model and measures accuracy on held-out problems (greedy answers, :func:`lrm
 
 Every row states its exact bits per weight, accuracy per family, the Wilson 95 % interval of the
 mean over all problems, and ``recovered = (acc − acc_none) / (acc_fp − acc_none)``.
-The run writes to ``out``: ``settings.json`` (what was asked and the model's fingerprint),
+The run writes to ``out``: ``settings.json`` (what was asked and the model's and tokenizer's fingerprints; the traces and
+problems are generated from seeds in the settings),
 ``rows.jsonl`` (rewritten atomically after every row: an interrupted run resumes at the next
 row; a folder holding another run's settings is refused), and at the end ``table.md``,
 ``table.csv`` and ``bpw_accuracy.png``.
@@ -203,10 +204,11 @@ def _plt_close(fig) -> None:
     plt.close(fig)
 
 
-def _settings_json(s: ExperimentSettings, fingerprint: str) -> dict[str, Any]:
+def _settings_json(s: ExperimentSettings, fingerprint: str, tokenizer_fingerprint: str | None) -> dict[str, Any]:
     d = asdict(s)
     d["random_seeds"] = list(s.random_seeds)
-    return {"format": FORMAT, "settings": d, "weights_fingerprint": fingerprint}
+    return {"format": FORMAT, "settings": d, "weights_fingerprint": fingerprint,
+            "tokenizer_fingerprint": tokenizer_fingerprint}
 
 
 def _check_folder(out: Path, want: dict[str, Any]) -> list[ResultRow]:
@@ -222,6 +224,8 @@ def _check_folder(out: Path, want: dict[str, Any]) -> list[ResultRow]:
                       if have.get("settings", {}).get(k) != want["settings"].get(k))
         if have.get("weights_fingerprint") != want["weights_fingerprint"]:
             diff.append("weights_fingerprint (another model)")
+        if have.get("tokenizer_fingerprint") != want["tokenizer_fingerprint"]:
+            diff.append("tokenizer_fingerprint (another tokenizer)")
         raise ValueError(f"{out} holds another experiment (differs in {', '.join(diff) or 'format'}); "
                          "use a new --out folder")
     rows = []
@@ -373,7 +377,7 @@ def run_protection_experiment(out: str | Path, settings: ExperimentSettings | No
     model, tok = load_model(s.model)
     model.eval()
     prov = model_provenance(model, tok)
-    want = _settings_json(s, prov["weights_fingerprint"])
+    want = _settings_json(s, prov["weights_fingerprint"], (prov.get("tokenizer") or {}).get("fingerprint"))
     done = _check_folder(out, want)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "settings.json", json.dumps(want, indent=1))

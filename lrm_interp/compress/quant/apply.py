@@ -153,5 +153,7 @@ def quantize_model_(model: torch.nn.Module, *, bits: int, group_size: int | None
                                    on_tensor=tensors.__setitem__ if keep_tensors else None, bar=bar)
     rep = QuantReport(method, bits, group_size, symmetric, len(site_list), n_w, n_p,
                       tuple(s.name for s in site_list), tensors)
-    record_compression(model, "quantization", **{k: v for k, v in rep.to_dict().items() if k != "sites"})
+    extra = {} if hessian_transform is None else {"hessian_transform": getattr(hessian_transform, "__qualname__",
+                                                                           type(hessian_transform).__name__)}
+    record_compression(model, "quantization", **{k: v for k, v in rep.to_dict().items() if k != "sites"}, **extra)
     return rep
