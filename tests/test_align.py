@@ -286,3 +286,42 @@ def test_synthetic_traces_placed_at_gold_spans(seed):
             assert r.status == "placed fuzzy" and abs(r.start - a) <= 1 and abs(r.end - b) <= 1, r
     assert (reps[17].start, reps[17].end) == expect[17]  # unknown label still located correctly
     assert all(np.diff([s.start for s in spans]) > 0)
+
+
+def test_greedy_shortcut_equals_the_dynamic_programme_on_random_chains():
+    """best_chain answers with greedy_chain only when it provably equals the exact DP; on random
+    candidate sets (exact-length occurrences, and fuzzy ones of varying length) both agree."""
+    import random
+
+    from lrm_interp.data.align import best_chain, best_chain_dp, greedy_chain
+
+    rng = random.Random(3)
+    used = 0
+    for trial in range(400):
+        n = rng.randint(1, 12)
+        length = 200
+        cands = []
+        for _ in range(n):
+            k = rng.choice([0, 1, 1, 2, 3])
+            w = rng.randint(1, 20)
+            occ = sorted({(a, a + (w if trial % 2 else rng.randint(1, 20)))
+                          for a in (rng.randrange(length - 20) for _ in range(k))})
+            cands.append(occ)
+        used += greedy_chain(cands) is not None
+        assert best_chain(cands, length) == best_chain_dp(cands, length), cands
+    assert 50 < used < 400  # both routes exercised
+
+
+def test_long_repetitive_markup_aligns_every_segment_in_order():
+    """A 'Wait, ...' loop of 3,000 repeated sentences: every segment placed, in order, on the
+    occurrence of its own position (the chain of identical texts must not collapse)."""
+    from lrm_interp.data.markup import parse_markup
+
+    sents = [f"Wait, let me check step {i % 7}." for i in range(3000)]
+    response = " ".join(sents)
+    mk = " ".join(f'["backtracking"]{s}["end-section"]' for s in sents)
+    spans, reps = align_segments(response, parse_markup(mk).segments)
+    assert len(spans) == 3000 and all(r.status == "placed" for r in reps)
+    starts = [s.start for s in spans]
+    assert starts == sorted(starts) and len(set(starts)) == 3000
+    assert all(response[s.start:s.end] == sents[i] for i, s in enumerate(spans))

@@ -120,7 +120,12 @@ def test_build_annotator_names_and_files(tmp_path):
     from lrm_interp.data.annotate import (ANNOTATOR_NAMES, LinearAnnotator, R1RuleAnnotator, build_annotator,
                                           markup)
 
-    assert set(ANNOTATOR_NAMES) == {"rules", "keyword", "llm"}
+    assert set(ANNOTATOR_NAMES) == {"trained", "rules", "keyword", "llm"}
+    shipped = build_annotator("trained")
+    assert isinstance(shipped, LinearAnnotator)
+    # fitted on the real development split, with its grouped cross-validation recorded
+    assert shipped.info["traces"] == 58 and shipped.info["cross_validation"]["region"] == "gold"
+    assert shipped.info["class_balance"] == 0.5 and shipped.info["l2"] == 0.01
     assert isinstance(build_annotator("rules"), R1RuleAnnotator)
     assert isinstance(build_annotator("keyword"), RuleAnnotator)
     llm = build_annotator("llm", model="m", base_url="http://127.0.0.1:9/v1", max_chunk_chars=100)
@@ -132,3 +137,76 @@ def test_build_annotator_names_and_files(tmp_path):
     assert isinstance(build_annotator(str(path)), LinearAnnotator)
     assert markup([("deduction", "So x."), ("backtracking", "Wait.")]) == \
         '["deduction"]So x.["end-section"] ["backtracking"]Wait.["end-section"]'
+
+
+def test_sentence_annotators_place_their_own_offsets_exactly_as_the_aligner_would():
+    """Rules, keyword rules and a trained annotator emit offsets directly; the spans equal
+    what their markup gives through the parser and aligner (the route they took before), on
+    text with repeated sentences, LaTeX and irregular white space."""
+    from lrm_interp.data.annotate import LinearAnnotator, R1RuleAnnotator, markup
+    from lrm_interp.data.annotators.base import DIRECT_NOTE, segments_report, sentence_segments
+    from lrm_interp.data.paper_layout import annotate_trace
+
+    loop = "Wait, is 12 right?  Hmm.\n\nLet me check: \\(3 \\cdot 4 = 12\\).   Wait, is 12 right? " * 20
+    resp = "Okay, so I need to find x.\n" + loop + "So x = 12.\n</think>\nThe answer is 12."
+    trained = LinearAnnotator.fit(generate_dataset(3, seed=2), dim=1 << 10, steps=20)
+    for ann in (R1RuleAnnotator(), RuleAnnotator(), trained):
+        spans, rep = annotate_response(resp, ann, source="t")
+        via_markup, frep = annotate_trace(resp, markup([(lab, s.text) for s, lab in
+                                                        ann.label_sentences(resp.split("</think>")[0].rstrip())]))
+        assert spans == list(via_markup.spans) and len(spans) > 60
+        assert rep["status"] == "parsed" and rep["placed"] == rep["segments"] == len(spans)
+    segs = sentence_segments(resp, R1RuleAnnotator())
+    assert all(resp[a:b].strip() == resp[a:b] and b <= resp.index("</think>") for _, a, b in segs)
+    spans, frep = segments_report(resp, segs + [("not-a-label", 0, 5)], source="t")
+    assert len(spans) == len(segs) and frep.segments[-1].status == "not placed"
+    assert "unknown label" in frep.segments[-1].reason and DIRECT_NOTE in frep.notes
+
+
+def test_agreement_region_gold_scores_only_what_the_gold_labels():
+    from lrm_interp.data.annotators.agreement import annotation_agreement
+    from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
+
+    resp = "a" * 100
+    gold = ReasoningDataset([ReasoningTrace("t", "", resp, (BehaviorSpan("backtracking", 0, 20),
+                                                                BehaviorSpan("deduction", 20, 40)))])
+    # the prediction labels the whole text; the gold annotator stopped at 40 characters
+    pred = ReasoningDataset([ReasoningTrace("t", "", resp, (BehaviorSpan("backtracking", 0, 30),
+                                                                BehaviorSpan("deduction", 30, 100)))])
+    everywhere = annotation_agreement(gold, pred)
+    inside = annotation_agreement(gold, pred, region="gold")
+    assert everywhere["deduction"]["precision"] == pytest.approx(10 / 70)
+    assert inside["deduction"]["precision"] == pytest.approx(1.0) and inside["deduction"]["recall"] == pytest.approx(0.5)
+    assert inside["backtracking"]["precision"] == pytest.approx(20 / 30)
+    with pytest.raises(ValueError, match="region"):
+        annotation_agreement(gold, pred, region="middle")
+
+
+def test_bad_responses_are_counted_never_dropped(tmp_path, capsys):
+    """Empty response: kept without spans and counted as skipped; no </think>: annotated whole,
+    counted and noted; a 1 MB response: annotated (offsets direct, no alignment); invalid UTF-8:
+    one line naming the file and line."""
+    import json
+
+    from lrm_interp.cli.main import main
+
+    recs = [{"id": "empty", "prompt": "p", "response": ""},
+            {"id": "open", "prompt": "p", "response": "Okay, so I need x. Wait, that is wrong. So x = 2."},
+            {"id": "big", "prompt": "p", "response": "Wait, let me check 12 + 3 = 15. Hmm, not sure. " * 22000
+             + "</think> The answer is 1."}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "out.jsonl"
+    assert main(["annotate", "--annotator", "rules", "--in", str(src), "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "1 skipped (empty response)" in text and "1 without </think>" in text
+    got = {json.loads(ln)["id"]: json.loads(ln) for ln in out.read_text().splitlines()}
+    assert set(got) == {"empty", "open", "big"} and got["empty"]["spans"] == []
+    assert len(got["big"]["spans"]) == 44000 and len(recs[2]["response"]) > 1_000_000
+    rep = json.loads((tmp_path / "out.jsonl.report.json").read_text())
+    assert rep["stats"]["skipped_empty"] == 1 and rep["stats"]["without_think_end"] == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"id": "a", "prompt": "p", "response": "ok \xff"}\n')
+    assert main(["annotate", "--in", str(bad), "--out", str(tmp_path / "b.jsonl"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:1" in err and "UTF-8" in err and not (tmp_path / "b.jsonl").exists()

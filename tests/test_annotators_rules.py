@@ -183,7 +183,7 @@ def test_r1_rules_agreement_on_the_gold_set(gold):
 
 def test_cli_annotate_and_agree(tmp_path, capsys):
     out = tmp_path / "r1.jsonl"
-    assert main(["annotate", "--in", str(R1_STYLE), "--out", str(out), "--quiet"]) == 0
+    assert main(["annotate", "--annotator", "rules", "--in", str(R1_STYLE), "--out", str(out), "--quiet"]) == 0
     rep = json.loads((tmp_path / "r1.jsonl.report.json").read_text())
     assert rep["stats"]["traces"] == 44 and rep["annotator"] == {"name": "r1-rules"}
     assert rep["counts"]["segments_placed"] == rep["counts"]["segments"]
@@ -195,6 +195,11 @@ def test_cli_annotate_and_agree(tmp_path, capsys):
         assert float(rows[label][3]) >= 0.6  # char F1 column
     assert main(["annotate", "agree", "--gold", str(R1_STYLE), "--pred", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["backtracking"]["f1"] >= 0.6
+    # the default annotator is the shipped one fitted on real GPT-4o labels
+    default = tmp_path / "default.jsonl"
+    assert main(["annotate", "--in", str(R1_STYLE), "--out", str(default), "--quiet"]) == 0
+    rep = json.loads((tmp_path / "default.jsonl.report.json").read_text())
+    assert rep["annotator"]["name"] == "linear" and rep["annotator"]["traces"] == 58
 
 
 def test_cli_errors_name_the_input(tmp_path, capsys):

@@ -99,12 +99,13 @@ def cmd_agree(a: argparse.Namespace) -> int:
     for t in gold:
         if by_id[t.id].response != t.response:
             raise CliError(f"trace {t.id!r}: the response differs between --gold {a.gold} and --pred {a.pred}")
-    agr = annotation_agreement(gold, pred, min_iou=a.min_iou)
+    agr = annotation_agreement(gold, pred, min_iou=a.min_iou, region=a.region)
+    where = "characters the gold labels" if a.region == "gold" else "all characters"
     if a.json:
         print(json.dumps(agr, indent=1))
     else:
-        print(format_agreement(agr, title=f"{len(gold)} traces; character level and span level (IoU >= {a.min_iou}); "
-                                          "* = target behaviour"))
+        print(format_agreement(agr, title=f"{len(gold)} traces; {where}; character level and span level "
+                                          f"(IoU >= {a.min_iou}); * = target behaviour"))
     return 0
 
 
@@ -115,16 +116,24 @@ def cmd_train(a: argparse.Namespace) -> int:
     gold = _load_annotated(a.gold, "--gold")
     if not any(t.spans for t in gold):
         raise CliError(f"--gold {a.gold}: no trace has behaviour spans to learn from")
-    fit_kw = {"l2": a.l2, "steps": a.steps}
+    if a.folds < 0 or a.steps < 1 or not a.l2 >= 0 or not a.class_balance >= 0:
+        raise CliError(f"--folds >= 0, --steps >= 1, --l2 >= 0 and --class-balance >= 0 needed (got {a.folds}, "
+                       f"{a.steps}, {a.l2}, {a.class_balance})")
+    fit_kw = {"l2": a.l2, "steps": a.steps, "class_balance": a.class_balance}
     info_cv = None
     if a.folds:
-        cv = cross_validate(gold, folds=a.folds, progress=not a.quiet, **fit_kw)
-        info_cv = {k: {m: round(v, 4) for m, v in d.items()} for k, d in cv["agreement"].items()}
-        print(format_agreement(cv["agreement"], title=f"{a.folds}-fold cross-validated agreement on "
-                                                      f"{cv['traces']} traces"))
+        cv = cross_validate(gold, folds=a.folds, progress=not a.quiet, region=a.region, **fit_kw)
+
+        def rounded(agr: dict) -> dict:
+            return {k: {m: round(v, 4) for m, v in d.items()} for k, d in agr.items()}
+
+        info_cv = {"region": a.region, "agreement": rounded(cv["agreement"]),
+                   "by_dataset": {n: rounded(d) for n, d in cv["by_dataset"].items()}}
+        print(format_agreement(cv["agreement"], title=f"{a.folds}-fold cross-validated agreement (grouped by trace) "
+                                                      f"on {cv['traces']} traces, region {a.region}"))
     model = LinearAnnotator.fit(gold, **fit_kw)
     if info_cv is not None:
-        model.info["cross_validation"] = {"folds": a.folds, "agreement": info_cv}
+        model.info["cross_validation"] = {"folds": a.folds, **info_cv}
     model.save(a.out)
     print(f"wrote {a.out} (fitted on {model.info['traces']} traces, {model.info['sentences']} sentences); use it with "
           f"'lrm-interp annotate --annotator {a.out} --in OUTPUTS --out traces.jsonl'")
@@ -133,16 +142,19 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     from lrm_interp.cli.common import PROG, add_command
-    from lrm_interp.data.annotate import ANNOTATOR_NAMES
+    from lrm_interp.data.annotate import ANNOTATOR_NAMES, DEFAULT_ANNOTATOR
+    from lrm_interp.data.annotators.agreement import REGIONS
 
     an = add_command(
         sub, "annotate", help="label the reasoning behaviours of model outputs (rules, trained, or an LLM)",
         description="Annotate model outputs (a paper-layout folder outputs/<task>/<j>.txt, or a JSONL file of "
                     "prompt/response records) with behaviour spans and write them as JSONL traces. "
-                    "--annotator rules (default): offline rules for R1-style text; keyword: the toy model's "
-                    "keyword rules; llm: Venhoff et al.'s prompt against an OpenAI-compatible endpoint; or a "
-                    "file written by 'annotate train'. Every annotation goes through the paper-markup parser "
-                    "and aligner; the report (--report) accounts for every trace and segment.",
+                    "--annotator trained (default): the shipped sentence classifier fitted on the seed paper's real "
+                    "R1-Distill responses with GPT-4o's labels; rules: offline rules for R1-style text; keyword: "
+                    "the toy model's keyword rules; llm: Venhoff et al.'s prompt against an OpenAI-compatible "
+                    "endpoint; or a file written by 'annotate train'. Sentence annotators place their spans by "
+                    "their own offsets, an LLM's markup goes through the paper-markup parser and aligner; the "
+                    "report (--report) accounts for every trace and segment.",
         examples=[f"{PROG} annotate --in outputs_dir --out traces.jsonl",
                   f"{PROG} annotate --annotator llm --model gpt-4o --in outputs.jsonl --out traces.jsonl "
                   "--workers 8",
@@ -154,8 +166,10 @@ def register(sub) -> None:
                     help="paper-layout folder (outputs/<task>/<j>.txt, optional problems/) or JSONL of "
                          "{id?, prompt, response} records")
     io.add_argument("--out", default=None, metavar="FILE", help="output JSONL trace file")
-    io.add_argument("--annotator", default="rules", metavar="NAME|FILE",
-                    help=f"{' | '.join(ANNOTATOR_NAMES)} | a trained annotator file ('annotate train')")
+    io.add_argument("--annotator", default=DEFAULT_ANNOTATOR, metavar="NAME|FILE",
+                    help=f"{' | '.join(ANNOTATOR_NAMES)} | a trained annotator file ('annotate train'); default "
+                         f"{DEFAULT_ANNOTATOR}: the shipped annotator fitted on real R1-Distill responses with "
+                         "GPT-4o's labels")
     io.add_argument("--report", default=None, metavar="FILE",
                     help="JSON report: parse report, counts, tokens (default: OUT.report.json)")
     io.add_argument("--cache", default=None, metavar="DIR",
@@ -192,10 +206,14 @@ def register(sub) -> None:
                                  "and F1, and span-level precision/recall (one-to-one matches with IoU >= "
                                  "--min-iou). Both may be paper-layout folders or JSONL trace files.",
                      examples=[f"{PROG} annotate agree --gold tests/data/r1_style --pred traces.jsonl",
-                               f"{PROG} annotate agree --gold gpt4o_layout/ --pred rules.jsonl --min-iou 0.3 --json"])
+                               f"{PROG} annotate agree --gold gpt4o_layout/ --pred rules.jsonl --min-iou 0.3 --json",
+                               f"{PROG} annotate agree --gold gpt4o_layout/ --pred traces.jsonl --region gold"])
     ag.add_argument("--gold", required=True, metavar="PATH", help="reference annotation (paper layout or JSONL)")
     ag.add_argument("--pred", required=True, metavar="PATH", help="annotation to score (paper layout or JSONL)")
     ag.add_argument("--min-iou", type=float, default=0.5, metavar="X", help="IoU for a span-level match")
+    ag.add_argument("--region", choices=REGIONS, default="all",
+                    help="all: score every character; gold: only the characters --gold labels (real annotators "
+                         "leave text out, e.g. GPT-4o drops the tails of long traces)")
     ag.add_argument("--json", action="store_true", help="print the agreement as JSON")
     ag.set_defaults(fn=cmd_agree)
 
@@ -204,11 +222,17 @@ def register(sub) -> None:
                                  "features) on annotated traces; print its k-fold cross-validated agreement; save it "
                                  "as one safetensors file usable as --annotator FILE.",
                      examples=[f"{PROG} annotate train --gold my_gpt4o_layout/ --out my_annotator.safetensors",
-                               f"{PROG} annotate train --gold tests/data/r1_style --out r1.safetensors --folds 5"])
+                               f"{PROG} annotate train --gold tests/data/r1_style --out r1.safetensors --folds 5",
+                               f"{PROG} annotate train --gold ../shared/data/r1_gpt4o_dev --out r1_gpt4o.safetensors "
+                               "--region gold"])
     tr.add_argument("--gold", required=True, metavar="PATH", help="annotated traces (paper layout or JSONL)")
     tr.add_argument("--out", required=True, metavar="FILE", help="annotator file to write (.safetensors)")
     tr.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds (0: skip)")
-    tr.add_argument("--l2", type=float, default=1e-3, metavar="X", help="L2 penalty on the weights")
+    tr.add_argument("--l2", type=float, default=1e-2, metavar="X", help="L2 penalty on the weights")
+    tr.add_argument("--class-balance", type=float, default=0.5, metavar="X",
+                    help="weigh each label's sentences by count^-X (0: plain mean; 1: labels weigh equally)")
+    tr.add_argument("--region", choices=REGIONS, default="all",
+                    help="region the cross-validated agreement is scored on (see 'annotate agree --region')")
     tr.add_argument("--steps", type=int, default=200, metavar="N", help="full-batch optimisation steps")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(fn=cmd_train)

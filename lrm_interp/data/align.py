@@ -25,6 +25,8 @@ only: the prompt is never searched; ``</think>`` is ordinary text.
 
 from __future__ import annotations
 
+import bisect
+
 import re
 from dataclasses import asdict, dataclass
 from typing import Collection, Sequence
@@ -231,6 +233,33 @@ def fuzzy_find(hay: str, needle: str, lo: int = 0, hi: int | None = None, *, max
     return min(occ, key=lambda o: (o[2], o[0])) if occ else None
 
 
+def greedy_chain(cands: list[list[tuple[int, int]]]) -> list[tuple[int, int] | None] | None:
+    """The chain of "the first occurrence at or after the previous one's end", or ``None`` when it
+    is not provably :func:`best_chain`'s answer.
+
+    It is whenever it places every segment that has an occurrence and each segment's
+    occurrences, sorted by start, also have non-decreasing ends (always true of exact matches of
+    one text): by induction, each greedy pick then has the smallest start and end of any chain
+    placing all earlier segments, so it maximises the count, the lexicographic term and Σ starts
+    at once. Linear in the number of occurrences (plus a sort per segment).
+    """
+    out: list[tuple[int, int] | None] = []
+    cursor = 0
+    for occ in cands:
+        if not occ:
+            out.append(None)
+            continue
+        occ = sorted(occ)
+        if any(occ[k][1] > occ[k + 1][1] for k in range(len(occ) - 1)):
+            return None
+        k = bisect.bisect_left(occ, (cursor, -1))
+        if k == len(occ):
+            return None
+        out.append(occ[k])
+        cursor = occ[k][1]
+    return out
+
+
 def best_chain(cands: list[list[tuple[int, int]]], length: int) -> list[tuple[int, int] | None]:
     """Monotone chain over candidate occurrences: ``cands[i]`` = ``[(a, b), ...]`` of segment i.
 
@@ -239,8 +268,18 @@ def best_chain(cands: list[list[tuple[int, int]]], length: int) -> list[tuple[in
     preference), then (3) the earliest positions (Σ starts). For segments that greedy "next
     occurrence after the cursor" can place all, this is exactly greedy's answer. Encoded as one
     integer score (Python big ints); a max-Fenwick tree over end positions gives the best chain
-    ending at or before a start.
+    ending at or before a start. The big-int scores make this quadratic in the number of
+    segments, so :func:`greedy_chain` answers first whenever it provably gives the same chain
+    (the common case: real annotation files and long repetitive traces alike).
     """
+    fast = greedy_chain(cands)
+    if fast is not None:
+        return fast
+    return best_chain_dp(cands, length)
+
+
+def best_chain_dp(cands: list[list[tuple[int, int]]], length: int) -> list[tuple[int, int] | None]:
+    """:func:`best_chain` by the Fenwick dynamic programme alone (no greedy shortcut)."""
     n = len(cands)
     w_pos = 1
     w_lex = n * (length + 1) + 1            # > any Σ starts
@@ -288,7 +327,9 @@ def best_chain(cands: list[list[tuple[int, int]]], length: int) -> list[tuple[in
 
 
 def _overlaps(a: int, b: int, placed: list[tuple[int, int]]) -> bool:
-    return any(a < y and x < b for x, y in placed)
+    """Whether ``[a, b)`` overlaps an interval of ``placed`` (sorted, pairwise disjoint)."""
+    k = bisect.bisect_left(placed, (b, b))  # intervals starting at or after b cannot overlap
+    return k > 0 and placed[k - 1][1] > a and placed[k - 1][0] < b
 
 
 def align_segments(response: str, segments: Sequence[Segment], *, source: str = "",
@@ -313,6 +354,24 @@ def align_segments(response: str, segments: Sequence[Segment], *, source: str = 
     codes = char_codes(norm)
     targets = [_WS.sub(" ", s.text).strip() for s in segments]
 
+    # fast path: every segment's exact text found in order ("the next occurrence after the
+    # previous segment"): that is the best chain (greedy_chain's argument), found in one sweep
+    # without listing every occurrence of a repeated sentence ("Wait." x 3,000)
+    in_order: list[tuple[int, int] | None] | None = []
+    cursor = 0
+    for t in targets:
+        p = norm.find(t, cursor) if t else -1
+        if t and p < 0:
+            in_order = None
+            break
+        in_order.append((p, p + len(t)) if t else None)
+        if t:
+            cursor = p + len(t)
+    if in_order is not None:
+        return _reports(segments, targets, in_order, [0 if q is not None else None for q in in_order],
+                        ["placed" if q is not None else None for q in in_order], [False] * len(targets), idx,
+                        source, labels, keep_unknown)
+
     # pass 1: exact occurrences, best monotone chain
     cands: list[list[tuple[int, int]]] = []
     for t in targets:
@@ -336,19 +395,26 @@ def align_segments(response: str, segments: Sequence[Segment], *, source: str = 
     status: list[str | None] = [None if p is None else ("placed" if dist[i] == 0 else "placed fuzzy")
                                 for i, p in enumerate(pos)]
 
-    # pass 2: fuzzy between placed neighbours
+    # pass 2: fuzzy between placed neighbours (lo: running max of the ends placed before i;
+    # hi: the nearest chain start after i, from pass 1 -- later segments are not placed yet)
+    next_start = [len(norm)] * (len(pos) + 1)
+    for j in range(len(pos) - 1, -1, -1):
+        next_start[j] = min(next_start[j + 1], pos[j][0]) if pos[j] is not None else next_start[j + 1]
+    lo = 0
     for i, t in enumerate(targets):
         if pos[i] is not None or not t:
+            if pos[i] is not None:
+                lo = max(lo, pos[i][1])
             continue
-        lo = max((pos[j][1] for j in range(i) if pos[j] is not None), default=0)
-        hi = min((pos[j][0] for j in range(i + 1, len(pos)) if pos[j] is not None), default=len(norm))
+        hi = next_start[i + 1]
         r = fuzzy_find(norm, t, lo, hi, max_edit_ratio=max_edit_ratio, hay_codes=codes)
         if r is not None:
             pos[i], dist[i] = (r[0], r[1]), r[2]
             status[i] = "placed" if r[2] == 0 else "placed fuzzy"
+            lo = max(lo, r[1])
 
     # pass 3: anywhere, if it overlaps nothing placed
-    placed = [p for p in pos if p is not None]
+    placed = sorted(p for p in pos if p is not None)
     overlapped = [False] * len(targets)
     for i, t in enumerate(targets):
         if pos[i] is not None or not t:
@@ -366,8 +432,15 @@ def align_segments(response: str, segments: Sequence[Segment], *, source: str = 
                 else:
                     pos[i], dist[i], status[i] = (r[0], r[1]), r[2], "placed out of order"
         if pos[i] is not None:
-            placed.append(pos[i])
+            bisect.insort(placed, pos[i])
 
+    return _reports(segments, targets, pos, dist, status, overlapped, idx, source, labels, keep_unknown)
+
+
+def _reports(segments: Sequence[Segment], targets: list[str], pos: list[tuple[int, int] | None],
+             dist: list[int | None], status: list[str | None], overlapped: list[bool], idx: list[int], source: str,
+             labels: Collection[str] | None, keep_unknown: bool) -> tuple[list[BehaviorSpan], list[SegmentReport]]:
+    """Spans and one report per segment from the placements (normalised offsets ``pos``)."""
     spans: list[BehaviorSpan] = []
     reports: list[SegmentReport] = []
     for i, seg in enumerate(segments):

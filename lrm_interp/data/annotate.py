@@ -3,12 +3,15 @@
 ================================  ==============================================================
 name                              what it is
 ================================  ==============================================================
-:class:`R1RuleAnnotator`          offline rules for real R1-style text (the default of
-                                  ``lrm-interp annotate``; :mod:`lrm_interp.data.annotators.r1`)
+:class:`R1RuleAnnotator`          offline rules for real R1-style text
+                                  (:mod:`lrm_interp.data.annotators.r1`)
 :class:`RuleAnnotator`            the first, keyword-only rule set (:data:`DEFAULT_RULES`); it
                                   matches the toy model's phrasing, which the toy tasks use
 :class:`LinearAnnotator`          logistic regression fitted on any annotated set
-                                  (:mod:`lrm_interp.data.annotators.trained`)
+                                  (:mod:`lrm_interp.data.annotators.trained`); the shipped one,
+                                  fitted on the seed paper's real R1-Distill responses with
+                                  GPT-4o's labels, is the default (``"trained"``,
+                                  :func:`shipped_annotator`)
 :class:`LLMAnnotator`             the paper's path: Venhoff et al.'s prompt through any
                                   ``complete(prompt) -> str``, e.g. :class:`OpenAIClient`
 ================================  ==============================================================
@@ -32,7 +35,7 @@ from lrm_interp.data.annotators.driver import AnnotationRun, annotate_dataset, l
 from lrm_interp.data.annotators.llm import (LLM_PROMPT, VENHOFF_PROMPT, LLMAnnotator, LLMRequestError, OpenAIClient,
                                             split_for_annotation)
 from lrm_interp.data.annotators.r1 import RULE_TABLE, R1RuleAnnotator
-from lrm_interp.data.annotators.segment import split_sentences
+from lrm_interp.data.annotators.segment import Sentence, split_sentences
 from lrm_interp.data.annotators.trained import LinearAnnotator, cross_validate
 from lrm_interp.data.traces import BEHAVIORS
 
@@ -75,27 +78,51 @@ class RuleAnnotator:
                 return label
         return self.default
 
-    def annotate(self, thinking_text: str) -> str:
-        parts = []
+    def label_sentences(self, thinking_text: str) -> list[tuple[Sentence, str]]:
+        """``(sentence, label)`` for each sentence (``[^.!?\\n]+`` up to its end punctuation)."""
+        out = []
         for m in _SENT.finditer(thinking_text):
-            s = m.group(0).strip()
-            if s:
-                parts.append(f'["{self.label(s)}"]{s}["end-section"]')
-        return " ".join(parts)
+            raw = m.group(0)
+            text = raw.strip()
+            if text:
+                start = m.start() + (len(raw) - len(raw.lstrip()))
+                out.append((Sentence(start, start + len(text), text, 0, len(out)), self.label(text)))
+        return out
+
+    def annotate(self, thinking_text: str) -> str:
+        """The paper's markup, one segment per sentence."""
+        return markup([(label, s.text) for s, label in self.label_sentences(thinking_text)])
 
     def describe(self) -> dict:
         return {"name": "keyword", "rules": len(self.rules)}
 
 
 #: Names ``lrm-interp annotate --annotator`` accepts besides a trained annotator file.
-ANNOTATOR_NAMES: tuple[str, ...] = ("rules", "keyword", "llm")
+ANNOTATOR_NAMES: tuple[str, ...] = ("trained", "rules", "keyword", "llm")
+#: The default annotator of ``lrm-interp annotate``.
+DEFAULT_ANNOTATOR = "trained"
+#: The shipped trained annotator: fitted on the 60 development responses of the seed paper's
+#: release (R1-Distill-Llama-8B, GPT-4o's labels), ``lrm-interp annotate train --gold
+#: ../shared/data/r1_gpt4o_dev --region gold`` (its file's info holds the cross-validation).
+SHIPPED_ANNOTATOR = Path(__file__).resolve().parent.parent / "assets" / "annotators" / "r1_gpt4o.safetensors"
+
+
+def shipped_annotator() -> LinearAnnotator:
+    """The shipped :class:`LinearAnnotator` fitted on real GPT-4o labels (:data:`SHIPPED_ANNOTATOR`)."""
+    if not SHIPPED_ANNOTATOR.is_file():
+        raise FileNotFoundError(f"{SHIPPED_ANNOTATOR}: the shipped annotator is missing from this install "
+                                "(reinstall lrm_interp, or use --annotator rules)")
+    return LinearAnnotator.load(SHIPPED_ANNOTATOR)
 
 
 def build_annotator(name: str, **llm_options) -> Annotator:
-    """``"rules"`` → :class:`R1RuleAnnotator`; ``"keyword"`` → :class:`RuleAnnotator`;
+    """``"trained"`` → the shipped :class:`LinearAnnotator` (:func:`shipped_annotator`);
+    ``"rules"`` → :class:`R1RuleAnnotator`; ``"keyword"`` → :class:`RuleAnnotator`;
     ``"llm"`` → :class:`LLMAnnotator` over :class:`OpenAIClient` (``llm_options``: the client's
     arguments plus ``prompt_template`` and ``max_chunk_chars``); a path to a file written by
     :meth:`LinearAnnotator.save` → that annotator."""
+    if name == "trained":
+        return shipped_annotator()
     if name == "rules":
         return R1RuleAnnotator()
     if name == "keyword":
@@ -116,4 +143,4 @@ __all__ = ["Annotator", "RuleAnnotator", "DEFAULT_RULES", "R1RuleAnnotator", "RU
            "cross_validate", "LLMAnnotator", "OpenAIClient", "LLMRequestError", "LLM_PROMPT", "VENHOFF_PROMPT",
            "split_for_annotation", "annotate_response", "thinking_part", "markup", "annotation_agreement",
            "format_agreement", "annotate_dataset", "load_outputs", "AnnotationRun", "split_sentences",
-           "build_annotator", "ANNOTATOR_NAMES"]
+           "build_annotator", "ANNOTATOR_NAMES", "DEFAULT_ANNOTATOR", "SHIPPED_ANNOTATOR", "shipped_annotator"]

@@ -5,7 +5,9 @@
   ``annotated/`` folder is ignored) or a JSONL file of ``{"prompt", "response"}`` records
   (``id`` optional: ``line<n>`` by default; ``spans`` ignored).
 - :func:`annotate_dataset`: runs an annotator over every trace (threads for LLM clients),
-  sends its markup through :func:`lrm_interp.data.paper_layout.annotate_trace`, and returns an
+  takes the offsets of an annotator that labels the text's own sentences directly (rules,
+  trained: :func:`~lrm_interp.data.annotators.base.sentence_segments`) or sends its markup
+  through :func:`lrm_interp.data.paper_layout.annotate_trace` (LLMs), and returns an
   :class:`AnnotationRun`: the annotated dataset, the :class:`~lrm_interp.data.paper_layout.ParseReport`,
   and counts (traces annotated / from cache / failed, requests, retries, tokens, seconds).
 - The per-trace cache (``cache_dir``): one JSON file per finished trace, keyed by the
@@ -21,18 +23,20 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
 from lrm_interp._io import iter_jsonl, atomic_write_text
-from lrm_interp.data.annotators.base import Annotator, thinking_part
+from lrm_interp.data.annotators.base import Annotator, SentenceLabeller, segments_report, sentence_segments, thinking_part
 from lrm_interp.data.paper_layout import FileReport, ParseReport, annotate_trace
 from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace, TraceFormatError
 
 CACHE_FORMAT = "lrm_interp.annotation_cache/1"
+#: Report note of a response without ``</think>`` (its whole text was annotated as thinking).
+NO_THINK_END_NOTE = "no </think> in the response: the whole response was annotated as its thinking part"
 
 
 def load_outputs(path: str | os.PathLike, *, progress: bool = False) -> ReasoningDataset:
@@ -101,6 +105,10 @@ class AnnotationRun:
         if s.get("requests"):
             head += (f"; {s['requests']} requests ({s.get('retries', 0)} retries), "
                      f"{s.get('prompt_tokens', 0)} prompt + {s.get('completion_tokens', 0)} completion tokens")
+        if s.get("skipped_empty"):
+            head += f"; {s['skipped_empty']} skipped (empty response)"
+        if s.get("without_think_end"):
+            head += f"; {s['without_think_end']} without </think> (whole response annotated)"
         lines = [head, self.report.summary()]
         lines += [f"  {tid}: annotator failed: {msg}" for tid, msg in list(self.failures.items())[:10]]
         return "\n".join(lines)
@@ -136,9 +144,15 @@ def _read_cache(path: Path, key: str) -> dict | None:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # unreadable / half-written by another tool: annotate again
-    if d.get("format") != CACHE_FORMAT or d.get("key") != key or not isinstance(d.get("markup"), str):
+    if d.get("format") != CACHE_FORMAT or d.get("key") != key:
         return None
-    return d
+    if isinstance(d.get("markup"), str):
+        return d
+    segs = d.get("segments")
+    if isinstance(segs, list) and all(isinstance(x, list) and len(x) == 3 and isinstance(x[0], str)
+                                      and all(isinstance(v, int) for v in x[1:]) for x in segs):
+        return d
+    return None
 
 
 def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annotator: Annotator, *, workers: int = 1,
@@ -166,30 +180,35 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
     usage0 = _usage_of(annotator)
     t0 = time.monotonic()
 
-    results: dict[str, tuple[str | None, str | None, bool, int]] = {}  # id -> (markup, error, cached, chunks)
+    direct = isinstance(annotator, SentenceLabeller)
+    # id -> (markup text or [(label, start, end), ...], error, cached, chunks)
+    results: dict[str, tuple[Any, str | None, bool, int]] = {}
 
-    def work(t: ReasoningTrace) -> tuple[str, str | None, str | None, bool, int]:
+    def work(t: ReasoningTrace) -> tuple[str, Any, str | None, bool, int]:
         thinking = thinking_part(t.response)
         key = _cache_key(fp, thinking)
         path = cache / f"{key}.json" if cache is not None else None
         if path is not None and path.exists():
             d = _read_cache(path, key)
             if d is not None:
-                return t.id, d["markup"], None, True, int(d.get("chunks", 1))
+                payload = d["markup"] if isinstance(d.get("markup"), str) else [tuple(x) for x in d["segments"]]
+                return t.id, payload, None, True, int(d.get("chunks", 1))
         try:
-            if hasattr(annotator, "annotate_chunks"):
+            if direct:
+                payload, n_chunks = sentence_segments(t.response, annotator), 1  # type: ignore[arg-type]
+            elif hasattr(annotator, "annotate_chunks"):
                 parts = annotator.annotate_chunks(thinking)
-                text = "\n".join(m.strip() for m in parts)
+                payload = "\n".join(m.strip() for m in parts)
                 n_chunks = len(parts)
             else:
-                text, n_chunks = annotator.annotate(thinking), 1
+                payload, n_chunks = annotator.annotate(thinking), 1
         except Exception as e:  # noqa: BLE001 - recorded per trace, the run goes on
             return t.id, None, f"{type(e).__name__}: {' '.join(str(e).split())}", False, 0
         if path is not None:
+            body = {"markup": payload} if isinstance(payload, str) else {"segments": [list(x) for x in payload]}
             atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "key": key, "trace_id": t.id,
-                                                "annotator": fp, "chunks": n_chunks, "markup": text},
-                                               ensure_ascii=False))
-        return t.id, text, None, False, n_chunks
+                                                "annotator": fp, "chunks": n_chunks, **body}, ensure_ascii=False))
+        return t.id, payload, None, False, n_chunks
 
     bar = tqdm(total=len(traces), desc="annotate traces", disable=not progress)
     try:
@@ -209,6 +228,8 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
         bar.close()
 
     out, files, failures = [], [], {}
+    skipped: dict[str, str] = {}
+    no_close: list[str] = []
     n_cached = n_chunks_total = 0
     for t in traces:
         text, err, cached, n_chunks = results[t.id]
@@ -221,12 +242,26 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
             out.append(ReasoningTrace(t.id, t.prompt, t.response, (), {**t.metadata, "annotation_status": "failed"}))
             files.append(FileReport(ds_name, index, None, t.id, "rejected", f"annotator failed: {err}"))
             continue
-        trace, rep = annotate_trace(t, text, source=t.id)
+        if not thinking_part(t.response).strip():
+            skipped[t.id] = "empty response (no thinking text to annotate)"
+            out.append(ReasoningTrace(t.id, t.prompt, t.response, (), {**t.metadata, "annotation_status": "rejected"}))
+            files.append(FileReport(ds_name, index, None, t.id, "rejected", skipped[t.id]))
+            continue
+        if isinstance(text, str):
+            trace, rep = annotate_trace(t, text, source=t.id)
+        else:
+            spans, rep = segments_report(t.response, text, source=t.id, dataset=ds_name, index=index)
+            trace = ReasoningTrace(t.id, t.prompt, t.response, tuple(spans), {**t.metadata, "annotation_status": "parsed"})
+        if "</think>" not in t.response:
+            no_close.append(t.id)
+            rep = replace(rep, notes=tuple(rep.notes) + (NO_THINK_END_NOTE,))
         out.append(trace)
         files.append(FileReport(ds_name, index, rep.annotation, t.id, rep.status, rep.reason, rep.repairs, rep.notes,
                                 rep.segments))
-    stats: dict[str, Any] = {"traces": len(traces), "annotated": len(traces) - n_cached - len(failures),
-                             "cached": n_cached, "failed": len(failures), "chunks": n_chunks_total,
+    stats: dict[str, Any] = {"traces": len(traces),
+                             "annotated": len(traces) - n_cached - len(failures) - len(skipped),
+                             "cached": n_cached, "failed": len(failures), "skipped_empty": len(skipped),
+                             "without_think_end": len(no_close), "chunks": n_chunks_total,
                              "seconds": round(time.monotonic() - t0, 3), "workers": workers}
     usage1 = _usage_of(annotator)
     if usage0 is not None and usage1 is not None:
