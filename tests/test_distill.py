@@ -7,18 +7,20 @@ module); the slow test distils SmolLM2 for one step and loads it through the ali
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from lrm_interp.toy import load_toy_model
-from lrm_interp.toy.distill import DistillConfig, distill_reasoner, make_batch, response_loss
+from lrm_interp.toy.distill import (DistillConfig, batch_examples, distill_reasoner, make_batch, pack_rows,
+                                   response_loss)
 from lrm_interp.toy.tasks import build_world
 
 pytest.importorskip("peft")
 
-CFG = DistillConfig(steps=3, batch_size=4, lr=1e-3, rank=4, alpha=8, n_people=16, seed=5)
+CFG = DistillConfig(steps=3, batch_size=4, lr=1e-3, rank=4, alpha=8, n_people=16, seed=5, eval_every=0)
 
 
 def _run(tmp_path, name, cfg=CFG, **kw):
@@ -32,18 +34,78 @@ def _adapter(tmp_path, name):
 
 def test_response_loss_equals_hf_labels_loss():
     model, tok = load_toy_model()
-    ids, mask, labels = make_batch(tok, 0, CFG, build_world(CFG.n_people))
+    b = make_batch(tok, 0, replace(CFG, pack=0), build_world(CFG.n_people))
+    labels = b["labels"]
     assert (labels != -100).sum() > 0 and (labels == -100).sum() > 0  # prompt masked, response kept
-    ref = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-    assert torch.allclose(response_loss(model, ids, mask, labels), ref, rtol=1e-6, atol=1e-6)
+    ref = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=labels).loss
+    assert torch.allclose(response_loss(model, b), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_packed_batch_computes_every_example_as_alone():
+    """Packed rows (block-diagonal causal mask, positions restarting per example) give the
+    loss of the padded batch, and each example's logits equal a forward of that example alone."""
+    model, tok = load_toy_model()
+    w = build_world(CFG.n_people)
+    cfg = replace(CFG, batch_size=6, pack=600)
+    packed, padded = make_batch(tok, 3, cfg, w), make_batch(tok, 3, replace(cfg, pack=0), w)
+    assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]  # several examples share a row
+    assert packed["input_ids"].shape[1] <= 600 and packed["attention_mask"].dim() == 4
+    assert (packed["labels"] != -100).sum() == (padded["labels"] != -100).sum()
+    with torch.no_grad():
+        assert torch.allclose(response_loss(model, packed), response_loss(model, padded), rtol=1e-5, atol=1e-6)
+        out = model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],
+                    position_ids=packed["position_ids"]).logits
+        seqs = batch_examples(tok, 3, cfg, w)
+        rows = pack_rows([len(x) for x, _ in seqs], cfg.pack)
+        assert max(len(r) for r in rows) >= 2
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:  # every example, in packing order
+                ids = torch.tensor(seqs[i][0])[None]
+                assert torch.equal(packed["input_ids"][r, at:at + ids.shape[1]], ids[0])
+                assert torch.allclose(out[r, at:at + ids.shape[1]], model(input_ids=ids).logits[0], atol=1e-4)
+                at += ids.shape[1]
+
+
+def test_pack_rows_first_fit_decreasing():
+    rows = pack_rows([300, 200, 250, 100, 60], 512)
+    assert sorted(i for r in rows for i in r) == [0, 1, 2, 3, 4]
+    assert all(sum([300, 200, 250, 100, 60][i] for i in r) <= 512 for r in rows)
+    assert rows == [[0, 1], [2, 3, 4]]
+    assert pack_rows([700, 10], 512) == [[0], [1]]  # an over-long example keeps a row of its own
+
+
+def test_family_weights_steer_the_batches():
+    _, tok = load_toy_model()
+    w = build_world(CFG.n_people)
+    cfg = replace(CFG, batch_size=12, family_weights=(1.0, 0.0, 0.0))
+    ex = [tok.decode(ids[:st]) for s in range(3) for ids, st in batch_examples(tok, s, cfg, w)]
+    assert all(p.startswith("Compute ") for p in ex)  # math only
+    with pytest.raises(ValueError, match="family_weights"):
+        DistillConfig(family_weights=(1.0, 1.0))
+    with pytest.raises(ValueError, match="early_stop"):
+        DistillConfig(early_stop=0.0)
 
 
 def test_batches_are_a_pure_function_of_seed_and_step():
     _, tok = load_toy_model()
     w = build_world(CFG.n_people)
     a, b = make_batch(tok, 7, CFG, w), make_batch(tok, 7, CFG, w)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert not torch.equal(a[0], make_batch(tok, 8, CFG, w)[0])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = make_batch(tok, 8, CFG, w)["input_ids"]
+    assert a["input_ids"].shape != other.shape or not torch.equal(a["input_ids"], other)
+
+
+def test_early_stop_ships_the_adapter_and_a_rerun_does_nothing(tmp_path):
+    """The toy reasoner (already a reasoner on the full fact table) reaches the threshold at the
+    first evaluation: the run stops there, ships the adapter, and a rerun resumes as finished."""
+    cfg = replace(CFG, n_people=512, steps=50, lr=1e-5, eval_every=2, eval_per_family=3, early_stop=0.6)
+    log = _run(tmp_path, "e", cfg)
+    assert log["finished"] and log["early_stop_step"] == 2 and log["steps_done"] == 2
+    assert log["eval"][0]["step"] == 2 and min(log["eval"][0][f] for f in ("math", "logic", "knowledge")) >= 0.6
+    assert (tmp_path / "e" / "adapter" / "adapter_model.safetensors").is_file()
+    again = _run(tmp_path, "e", cfg)
+    assert again["finished"] and again["steps_done"] == 2 and len(again["eval"]) == 1
 
 
 def test_distill_learns_is_deterministic_and_resumes_exactly(tmp_path):
@@ -134,7 +196,7 @@ def test_reasoner_alias_merges_a_smollm2_delta_and_caches_it(tmp_path, monkeypat
     from lrm_interp.model.smollm2 import load_smollm2
 
     base, tok = load_smollm2()
-    cfg = DistillConfig(steps=1, batch_size=2, rank=2, alpha=4, lr=1e-2, n_people=8)
+    cfg = DistillConfig(steps=1, batch_size=2, rank=2, alpha=4, lr=1e-2, n_people=8, eval_every=0)
     distill_reasoner(tmp_path / "run", cfg, base=base, tokenizer=tok, progress=False)
     adapter = tmp_path / "run" / "adapter"
     monkeypatch.setenv("LRM_INTERP_CACHE", str(tmp_path / "cache"))
