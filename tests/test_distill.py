@@ -221,3 +221,22 @@ def test_reasoner_alias_merges_a_smollm2_delta_and_caches_it(tmp_path, monkeypat
     by_dir, _ = load_model(str(adapter))
     assert torch.equal(by_dir.state_dict()[w], model.state_dict()[w])
     assert model_world(by_dir) == build_world(8) and model_world(ref) == build_world()
+
+
+@pytest.mark.slow
+def test_shipped_reasoner_loads_offline_and_reasons():
+    """The shipped delta (600 steps on the 2-core CPU) on 20 held-out problems per family (seed 1,
+    never used in training or early stopping): measured 80 % math, 100 % logic, 100 % knowledge.
+    Math is below the issue's 90 % target (docs/reasoner.md)."""
+    from lrm_interp.model.loading import load_model
+    from lrm_interp.toy.evaluate import evaluate
+    from lrm_interp.toy.tasks import model_world, problems
+
+    model, tok = load_model("smollm2-135m-reasoner")
+    assert model.config.num_hidden_layers == 30
+    from lrm_interp.model.reasoner import reasoner_asset_dir
+
+    log = json.loads((reasoner_asset_dir() / "distill_log.json").read_text())
+    assert log["finished"] and log["steps_done"] == 600 and log["config"]["n_people"] == 64
+    acc = evaluate(model, tok, problems(20, 1, world=model_world(model)), batch_size=60)
+    assert acc["logic"] >= 0.9 and acc["knowledge"] >= 0.9 and acc["math"] >= 0.7, acc
