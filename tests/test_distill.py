@@ -150,6 +150,27 @@ def test_resume_on_another_base_model_is_refused(tmp_path):
     assert set(log["inputs"]) == {"base_weights", "tokenizer"}
 
 
+def test_init_adapter_continues_from_a_finished_delta(tmp_path):
+    """A continuation starts from the delta's factors (its step-0 loss is the finished run's level,
+    not a fresh LoRA's), records the delta's hash and log, and refuses a rank that does not fit."""
+    first = _run(tmp_path, "a", replace(CFG, lr=5e-3, steps=6))
+    start = _adapter(tmp_path, "a")
+    cont = _run(tmp_path, "c", replace(CFG, lr=1e-9, steps=1, seed=7, init_adapter=str(tmp_path / "a" / "adapter")))
+    fresh = _run(tmp_path, "f", replace(CFG, lr=1e-9, steps=1, seed=7))
+    got = _adapter(tmp_path, "c")
+    assert set(got) == set(start)
+    assert all(torch.allclose(got[k].float(), start[k].float(), atol=1e-3) for k in start)  # lr 1e-9: unchanged
+    b = next(k for k in start if "lora_B" in k)
+    assert start[b].abs().max() > 0 and _adapter(tmp_path, "f")[b].abs().max() < 1e-6  # fresh B starts at 0
+    assert cont["loss"][0][1] < fresh["loss"][0][1]
+    assert cont["init"]["steps_done"] == first["steps_done"] == 6 and len(cont["init"]["sha256"]) == 64
+    assert cont["inputs"]["init_adapter"] == cont["init"]["sha256"]
+    with pytest.raises(ValueError, match="rank 4 / alpha 8, this run rank 8"):
+        _run(tmp_path, "x", replace(CFG, rank=8, alpha=16, init_adapter=str(tmp_path / "a" / "adapter")))
+    with pytest.raises(FileNotFoundError, match="not a LoRA delta"):
+        _run(tmp_path, "y", replace(CFG, init_adapter=str(tmp_path / "nowhere")))
+
+
 def test_merge_adapter_is_w_plus_scaled_ba_and_matches_peft(tmp_path):
     import peft
 

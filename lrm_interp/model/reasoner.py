@@ -52,7 +52,7 @@ def merged_key(delta_sha: str) -> str:
     return hashlib.sha256(f"{delta_sha}|{base}".encode()).hexdigest()[:12]
 
 
-def _check_adapter(adapter_dir: Path) -> None:
+def check_adapter(adapter_dir: Path) -> None:
     missing = [f for f in _ADAPTER_FILES if not (adapter_dir / f).exists()]
     if missing:
         raise FileNotFoundError(
@@ -68,7 +68,7 @@ def merge_adapter(base: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.Mo
 
     peft = import_peft()
     adapter_dir = Path(adapter_dir)
-    _check_adapter(adapter_dir)
+    check_adapter(adapter_dir)
     dtype = next(base.parameters()).dtype
     wrapped = peft.PeftModel.from_pretrained(base, str(adapter_dir), torch_dtype=dtype)
     merged = wrapped.merge_and_unload()
@@ -89,7 +89,7 @@ def load_reasoner(*, dtype: torch.dtype | None = None, device_map: Any = None, a
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter_dir = Path(adapter) if adapter is not None else reasoner_asset_dir()
-    _check_adapter(adapter_dir)
+    check_adapter(adapter_dir)
     sha = delta_sha256(adapter_dir)
     target = Path(cache) if cache is not None else cache_dir() / f"{REASONER_ALIAS}-{merged_key(sha)}"
     if not all((target / f).exists() for f in _MERGED_FILES):
@@ -118,4 +118,4 @@ def load_reasoner(*, dtype: torch.dtype | None = None, device_map: Any = None, a
     return model, tok
 
 
-__all__ = ["load_reasoner", "merge_adapter", "delta_sha256", "merged_key", "reasoner_asset_dir", "REASONER_ALIAS"]
+__all__ = ["load_reasoner", "merge_adapter", "delta_sha256", "check_adapter", "merged_key", "reasoner_asset_dir", "REASONER_ALIAS"]

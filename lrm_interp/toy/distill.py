@@ -74,6 +74,11 @@ class DistillConfig:
             reaches this accuracy (``None``: run all ``steps``).
         bf16: forward under bf16 autocast (CPU and CUDA; the LoRA factors, AdamW and the loss stay
             fp32). On a CPU with AVX512-BF16 a step takes ~0.6x the fp32 time.
+        init_adapter: folder of a finished delta (``RUN/adapter``, or ``"shipped"`` for the
+            installed ``smollm2_reasoner`` asset) whose LoRA factors start this run instead of a
+            fresh initialisation: a continuation with its own schedule and data stream. Its rank
+            and alpha must equal ``rank`` / ``alpha``; its hash and log go in the run's
+            ``inputs`` / ``init`` (so the total training time stays traceable). ``""``: fresh LoRA.
     """
 
     steps: int = 600
@@ -90,6 +95,7 @@ class DistillConfig:
     eval_per_family: int = 10
     early_stop: float | None = 1.0
     bf16: bool = True
+    init_adapter: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "family_weights", tuple(float(w) for w in self.family_weights))
@@ -226,6 +232,45 @@ def add_lora(model, cfg: DistillConfig):
     return peft.get_peft_model(model, lcfg)
 
 
+def resolve_init_adapter(spec: str) -> Path:
+    """Folder named by :attr:`DistillConfig.init_adapter` (``"shipped"``: the installed asset)."""
+    from lrm_interp.model.reasoner import reasoner_asset_dir
+
+    return reasoner_asset_dir() if spec == "shipped" else Path(spec)
+
+
+def load_init_adapter(model, cfg: DistillConfig) -> dict:
+    """Copies the LoRA factors of ``cfg.init_adapter`` into the peft ``model`` (same targets, rank
+    and alpha, checked) and returns what the run records about its starting point: the delta's
+    sha256 and, when it has one, its ``distill_log.json`` summary (steps, seconds, config)."""
+    from safetensors.torch import load_file
+
+    from lrm_interp.model.reasoner import RECIPE_FILE, check_adapter, delta_sha256
+
+    d = resolve_init_adapter(cfg.init_adapter)
+    check_adapter(d)
+    acfg = json.loads((d / "adapter_config.json").read_text())
+    if (acfg.get("r"), acfg.get("lora_alpha")) != (cfg.rank, cfg.alpha):
+        raise ValueError(f"{d}: init adapter has rank {acfg.get('r')} / alpha {acfg.get('lora_alpha')}, this run "
+                         f"rank {cfg.rank} / alpha {cfg.alpha}: pass --rank {acfg.get('r')} --alpha {acfg.get('lora_alpha')}")
+    sd = load_file(str(d / "adapter_model.safetensors"))
+    peft = import_peft()
+    want = peft.get_peft_model_state_dict(model)
+    if set(sd) != set(want):
+        miss, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
+        raise ValueError(f"{d}: init adapter does not fit this model ({len(miss)} LoRA tensors missing, e.g. "
+                         f"{miss[:2]}; {len(extra)} unexpected, e.g. {extra[:2]})")
+    dtype = next(p for p in model.parameters() if p.requires_grad).dtype
+    res = peft.set_peft_model_state_dict(model, {k: v.to(dtype) for k, v in sd.items()})
+    if getattr(res, "unexpected_keys", None):
+        raise ValueError(f"{d}: peft did not place {len(res.unexpected_keys)} tensors, e.g. {res.unexpected_keys[:2]}")
+    info: dict = {"adapter": str(d), "sha256": delta_sha256(d)}
+    if (d / RECIPE_FILE).exists():
+        prev = json.loads((d / RECIPE_FILE).read_text())
+        info.update({k: prev.get(k) for k in ("steps_done", "seconds", "config", "init")})
+    return info
+
+
 def _schedule(cfg: DistillConfig):
     warm = max(1, round(0.03 * cfg.steps))
     return lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
@@ -320,12 +365,17 @@ def distill_reasoner(out_dir: str | Path, cfg: DistillConfig = DistillConfig(), 
     world = build_world(cfg.n_people)
     inputs = {"base_weights": weights_fingerprint(base), "tokenizer": tokenizer_fingerprint(tokenizer)}
     model = add_lora(base.to(device), cfg)
+    init = load_init_adapter(model, cfg) if cfg.init_adapter else None
+    if init:
+        inputs["init_adapter"] = init["sha256"]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     log: dict = {"config": cfg.to_dict(), "inputs": inputs, "loss": [], "seconds": 0.0, "sessions": 0, "torch": torch.__version__,
                  "threads": torch.get_num_threads(), "device": device, "machine": platform.machine(),
                  "processor": platform.processor() or platform.machine()}
+    if init:
+        log["init"] = init
     step = 0
     if (ckpt / "state.json").exists():
         step, log = _load_checkpoint(ckpt, model, opt, sched, cfg, inputs)
@@ -428,6 +478,9 @@ def add_distill_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
                     help="run all --steps whatever the held-out accuracy")
     ap.add_argument("--fp32", dest="bf16", action="store_false",
                     help="forward in fp32 (default: bf16 autocast, LoRA factors and optimizer in fp32)")
+    ap.add_argument("--init-adapter", default=d.init_adapter, metavar="DIR",
+                    help="continue from this finished delta's LoRA factors (RUN/adapter, or 'shipped' for the "
+                         "installed reasoner) instead of a fresh LoRA; same --rank/--alpha")
     ap.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="checkpoint and stop after this many seconds (run the command again to resume)")
@@ -447,5 +500,5 @@ def distill_from_args(a: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["DistillConfig", "distill_reasoner", "response_loss", "held_out_accuracy", "pack_rows", "batch_examples", "add_lora", "save_adapter", "make_batch", "encode_example",
+__all__ = ["DistillConfig", "distill_reasoner", "response_loss", "held_out_accuracy", "pack_rows", "batch_examples", "add_lora", "load_init_adapter", "save_adapter", "make_batch", "encode_example",
            "LORA_TARGETS", "import_peft"]
