@@ -52,6 +52,15 @@ def merged_key(delta_sha: str) -> str:
     return hashlib.sha256(f"{delta_sha}|{base}".encode()).hexdigest()[:12]
 
 
+def import_peft():
+    """The ``peft`` module, or an ImportError that says how to install it."""
+    try:
+        import peft
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("distilling or loading the SmolLM2 reasoner needs peft (not installed): pip install peft") from e
+    return peft
+
+
 def check_adapter(adapter_dir: Path) -> None:
     missing = [f for f in _ADAPTER_FILES if not (adapter_dir / f).exists()]
     if missing:
@@ -64,8 +73,6 @@ def check_adapter(adapter_dir: Path) -> None:
 def merge_adapter(base: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.Module:
     """``base`` with the peft LoRA adapter of ``adapter_dir`` merged into its weights (a plain
     ``PreTrainedModel`` again, no peft modules left). Modifies ``base``'s weights in place."""
-    from lrm_interp.toy.distill import import_peft
-
     peft = import_peft()
     adapter_dir = Path(adapter_dir)
     check_adapter(adapter_dir)
@@ -118,4 +125,4 @@ def load_reasoner(*, dtype: torch.dtype | None = None, device_map: Any = None, a
     return model, tok
 
 
-__all__ = ["load_reasoner", "merge_adapter", "delta_sha256", "check_adapter", "merged_key", "reasoner_asset_dir", "REASONER_ALIAS"]
+__all__ = ["import_peft", "load_reasoner", "merge_adapter", "delta_sha256", "check_adapter", "merged_key", "reasoner_asset_dir", "REASONER_ALIAS"]

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lrm_interp.model.reasoner import import_peft
 from lrm_interp.toy.tasks import FAMILIES, World, build_world, generate_trace
 
 TRAIN_SEED_BASE = 10_000
@@ -46,7 +47,6 @@ EVAL_SEED = 9_000
 EVAL_MAX_NEW_TOKENS = 480
 #: Linear modules of a Llama decoder layer that receive LoRA adapters.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-PEFT_INSTALL = "pip install peft"
 
 
 @dataclass(frozen=True)
@@ -212,14 +212,6 @@ def response_loss(lm, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     sel = target != -100
     logits = lm.lm_head(hidden[:, :-1][sel])  # [n_labelled, vocab]
     return torch.nn.functional.cross_entropy(logits.float(), target[sel])
-
-
-def import_peft():
-    try:
-        import peft
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"distilling or loading the SmolLM2 reasoner needs peft (not installed): {PEFT_INSTALL}") from e
-    return peft
 
 
 def add_lora(model, cfg: DistillConfig):
@@ -501,4 +493,4 @@ def distill_from_args(a: argparse.Namespace) -> int:
 
 
 __all__ = ["DistillConfig", "distill_reasoner", "response_loss", "held_out_accuracy", "pack_rows", "batch_examples", "add_lora", "load_init_adapter", "save_adapter", "make_batch", "encode_example",
-           "LORA_TARGETS", "import_peft"]
+           "LORA_TARGETS"]
