@@ -39,6 +39,41 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def check_out_dir(out: str | os.PathLike, *, overwrite: bool, sources: tuple[str | os.PathLike, ...] = (),
+                  flag: str = "--out") -> Path:
+    """``out`` as a Path once it is safe to write a folder there, else ``ValueError``.
+
+    Refused: ``out`` is (or contains, or lies inside) one of ``sources`` (a model is never written
+    onto its own source), or ``out`` exists and is not empty and ``overwrite`` is false."""
+    out = Path(out).resolve()
+    for src in sources:
+        if src is None or not Path(src).exists():
+            continue
+        s = Path(src).resolve()
+        if out == s or s in out.parents or out in s.parents:
+            raise ValueError(f"{flag} {out} overlaps its source {s}; choose another folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ValueError(f"{flag} {out} exists and is not empty; pass --overwrite to replace it or choose another "
+                         "folder")
+    return out
+
+
+def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Move the finished folder ``tmp`` to ``out`` (replacing ``out`` if present) with renames only,
+    so ``out`` is either the old folder or the whole new one, never a mix."""
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        import shutil
+
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    return out
+
+
 def atomic_save_figure(fig, path: str | os.PathLike, **kw) -> Path:
     """``fig.savefig`` to a temp file beside ``path``, then rename (format from ``path``'s suffix)."""
     path = Path(path)

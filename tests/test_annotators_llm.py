@@ -239,3 +239,24 @@ def test_trace_records_without_ids_get_line_numbers(tmp_path):
     ds = load_outputs(p)
     assert [t.id for t in ds] == ["line1", "line3"] and ds[1].response == "Hmm."
     assert isinstance(ds[0], ReasoningTrace) and ds[0].spans == ()
+
+
+def test_failed_run_leaves_the_previous_output_untouched(outputs, tmp_path, capsys):
+    """Issue 22, loss case 1: an annotate run whose traces fail (endpoint down) never replaces an
+    existing --out; its traces go to OUT.partial.jsonl and the error says where."""
+    from lrm_interp.cli.main import main
+
+    src = tmp_path / "outputs.jsonl"
+    src.write_text("".join(json.dumps({"id": t.id, "prompt": t.prompt, "response": t.response}) + "\n"
+                           for t in outputs))
+    out = tmp_path / "out.jsonl"
+    assert main(["annotate", "--annotator", "rules", "--in", str(src), "--out", str(out), "--quiet"]) == 0
+    good = out.read_bytes()
+    assert any(json.loads(line)["spans"] for line in good.decode().splitlines())
+    assert main(["annotate", "--annotator", "llm", "--model", "x", "--base-url", f"http://127.0.0.1:{_free_port()}/v1",
+                 "--retries", "0", "--in", str(src), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{len(outputs)} of {len(outputs)} traces failed" in err and "left as it was" in err
+    assert out.read_bytes() == good
+    partial = tmp_path / "out.jsonl.partial.jsonl"
+    assert [json.loads(line)["spans"] for line in partial.read_text().splitlines()] == [[]] * len(outputs)

@@ -106,3 +106,30 @@ def test_protect_and_quantize_errors_name_the_value(tmp_path, capsys):
     step = rec["compression"][-1]
     assert step["kind"] == "quantization" and step["method"] == "gptq" and step["group_size"] is None
     assert step["n_protected"] == round(0.01 * sum(s.n_weights for s in sites))
+
+
+def test_quantize_never_writes_onto_its_source_or_an_existing_result(tmp_path, capsys):
+    """Issue 22, loss case 2: ``quantize --out`` equal to (or inside) ``--model`` is refused before
+    anything is written; an existing result is replaced only with ``--overwrite``, and whole."""
+    import shutil
+
+    src = tmp_path / "m"
+    shutil.copytree(toy_model_dir(), src)
+    before = {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()}
+    for out in (src, src / "sub"):
+        assert main(["quantize", "--model", str(src), "--bits", "2", "--quiet", "--out", str(out)]) == 2
+        assert "overlaps its source" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before
+    assert not (src / "sub").exists()
+    q = tmp_path / "q"
+    assert main(["quantize", "--model", str(src), "--bits", "8", "--quiet", "--out", str(q)]) == 0
+    first = json.loads((q / "lrm_interp_quantization.json").read_text())
+    assert first["bits"] == 8
+    assert main(["quantize", "--model", str(src), "--bits", "2", "--quiet", "--out", str(q)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert json.loads((q / "lrm_interp_quantization.json").read_text()) == first
+    (q / "stale.txt").write_text("from the old result")
+    assert main(["quantize", "--model", str(src), "--bits", "2", "--quiet", "--overwrite", "--out", str(q)]) == 0
+    assert json.loads((q / "lrm_interp_quantization.json").read_text())["bits"] == 2
+    assert not (q / "stale.txt").exists()  # replaced whole, not merged
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left

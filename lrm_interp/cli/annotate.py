@@ -71,16 +71,20 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     if cache is None and a.annotator == "llm":
         cache = str(Path(a.out).with_name(Path(a.out).name + ".cache"))
     run = annotate_dataset(traces, annotator, workers=a.workers, cache_dir=cache, progress=not a.quiet)
-    run.dataset.save_jsonl(a.out)
+    # a run with failed traces never replaces --out (it may hold an earlier, complete result): the
+    # traces go to OUT.partial.jsonl instead, failed ones with no spans, listed in the report
+    out = Path(a.out) if not run.failures else Path(a.out).with_name(Path(a.out).name + ".partial.jsonl")
+    run.dataset.save_jsonl(out)
     report = a.report or str(Path(a.out).with_name(Path(a.out).name + ".report.json"))
     run.save_report(report)
-    print(f"wrote {len(run.dataset)} traces, spans per behaviour {run.dataset.span_counts()} to {a.out}")
+    print(f"wrote {len(run.dataset)} traces, spans per behaviour {run.dataset.span_counts()} to {out}")
     print(run.summary())
     print(f"wrote the report to {report}" + (f"; cache in {cache}" if cache else ""))
     if run.failures:
         first = next(iter(run.failures.items()))
         raise CliError(f"{len(run.failures)} of {len(run.dataset)} traces failed (first: {first[0]}: {first[1]}); "
-                       "rerun the same command to retry them (finished traces come from the cache)")
+                       f"--out {a.out} left as it was, this run's traces are in {out}; rerun the same command to "
+                       "retry them (finished traces come from the cache)")
     return 0
 
 

@@ -112,16 +112,21 @@ def cmd_protect(a: argparse.Namespace) -> int:
 
 def cmd_quantize(a: argparse.Namespace) -> int:
     """``lrm-interp quantize``: fake-quantize ``--model`` honouring ``--masks``; checkpoint + records → ``--out``."""
-    from lrm_interp._io import atomic_write_text
+    import shutil
+    import tempfile
+
+    from lrm_interp._io import check_out_dir, publish_dir
     from lrm_interp.compress.calibration import calibration_ids
     from lrm_interp.compress.quant import check_bits, quantize_model_
-    from lrm_interp.model.provenance import save_record
-    from lrm_interp.model.sites import find_sites
-    from lrm_interp.protect.encoding import bits_per_weight, load_masks
+    from lrm_interp.protect.encoding import load_masks
 
     check_bits(a.bits)
     group_size = group_size_arg(a.group_size)
     require_model(a.model)
+    try:
+        out = check_out_dir(a.out, overwrite=a.overwrite, sources=(a.model,))
+    except ValueError as e:
+        raise CliError(str(e)) from None
     masks_path = None if a.masks is None else require_path(a.masks, "--masks", kind="file")
     calib_path = None if a.calib is None else require_path(a.calib, "--calib")
     if calib_path is not None and a.method != "gptq":
@@ -138,7 +143,27 @@ def cmd_quantize(a: argparse.Namespace) -> int:
             calib = calibration_ids(tok, calib_path)
     rep = quantize_model_(model, bits=a.bits, group_size=group_size, method=a.method, masks=masks,
                           calib=calib, symmetric=a.symmetric, progress=not a.quiet)
-    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _write_quantized(model, tok, rep, masks, a, group_size, tmp)
+        publish_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    info = json.loads((out / "lrm_interp_quantization.json").read_text())
+    print(f"wrote {out} (fake-quantized weights, loads with from_pretrained): {rep.n_sites} sites, "
+          f"{rep.n_protected} protected weights, {info['bits_per_weight']:.3f} bits/weight")
+    return 0
+
+
+def _write_quantized(model, tok, rep, masks, a: argparse.Namespace, group_size: int, out: Path) -> None:
+    """Checkpoint, tokenizer, provenance record and ``lrm_interp_quantization.json`` into ``out``."""
+    from lrm_interp._io import atomic_write_text
+    from lrm_interp.model.provenance import save_record
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect.encoding import bits_per_weight
+
     model.save_pretrained(out)
     tok.save_pretrained(out)
     save_record(model, out)  # the compression record next to the checkpoint (lrm_interp_provenance.json)
@@ -148,9 +173,6 @@ def cmd_quantize(a: argparse.Namespace) -> int:
                             "masks": a.masks, "source_model": str(a.model)}
     info.pop("sites", None)
     atomic_write_text(out / "lrm_interp_quantization.json", json.dumps(info, indent=2))
-    print(f"wrote {out} (fake-quantized weights, loads with from_pretrained): {rep.n_sites} sites, "
-          f"{rep.n_protected} protected weights, {info['bits_per_weight']:.3f} bits/weight")
-    return 0
 
 
 def register(sub) -> None:
@@ -198,5 +220,7 @@ def register(sub) -> None:
                    help="GPTQ calibration traces, JSONL file or paper-layout folder (default: generated toy tasks)")
     q.add_argument("--symmetric", action="store_true", help="symmetric grid (no zero-point) instead of min-max")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
-    q.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder")
+    q.add_argument("--out", required=True, metavar="DIR",
+                   help="output checkpoint folder (written whole or not at all; never the --model folder)")
+    q.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
     q.set_defaults(fn=cmd_quantize)
