@@ -34,6 +34,29 @@ def test_other_weights_in_same_folder_are_refused(tmp_path, tokenizer):
     assert a.provenance["model"]["weights_fingerprint"] != b.provenance["model"]["weights_fingerprint"]
 
 
+def test_finished_result_is_never_replaced_by_another_run(tmp_path, tokenizer):
+    """Issue 22, loss case 3: with ``partial/`` deleted, a run with other settings or weights still
+    cannot replace the finished result in the folder; the same run may (it reproduces it)."""
+    import shutil
+
+    ds = synthetic_traces(3)
+    model = tiny_model("llama", seed=1)
+    a = _attr(model, ds, tokenizer, tmp_path)
+    saved = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    shutil.rmtree(tmp_path / "partial")
+    with pytest.raises(ResumeMismatchError, match=r"finished result of a run with other settings .*k_context"):
+        _attr(model, ds, tokenizer, tmp_path, k_context=2)
+    with pytest.raises(ResumeMismatchError, match="finished result of a run with other model weights"):
+        _attr(tiny_model("llama", seed=2), ds, tokenizer, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == saved
+    b = _attr(model, ds, tokenizer, tmp_path)  # the same run is allowed and gives the same numbers
+    assert torch.equal(a.scores, b.scores)
+    (tmp_path / "attribution.json").write_text("{not json")
+    shutil.rmtree(tmp_path / "partial")
+    with pytest.raises(ResumeMismatchError, match="not a readable attribution result"):
+        _attr(model, ds, tokenizer, tmp_path)
+
+
 def test_quantized_copy_differs_and_shift_is_not_zero(tmp_path, tokenizer):
     ds = synthetic_traces(3)
     model = tiny_model("llama", seed=0)

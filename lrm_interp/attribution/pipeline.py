@@ -36,7 +36,7 @@ from lrm_interp.attribution import distributed
 from lrm_interp.attribution.atp import atp_aggregate, atp_trace_stats
 from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.dom import DoMResult, dom_aggregate, dom_trace_stats
-from lrm_interp.attribution.resume import PartialStore, tensors_fingerprint
+from lrm_interp.attribution.resume import RUN_FILE, PartialStore, check_finished_result, tensors_fingerprint
 from lrm_interp.attribution.results import Attribution
 from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.tokens import EncodedTrace, encode_trace
@@ -127,6 +127,8 @@ def plan_attribution(model: Any, dataset: Any, config: AttributionConfig, *, tok
     run_key = {"config": config.to_dict(), "weights_fingerprint": prov["weights_fingerprint"],
                "tokenizer_fingerprint": prov["tokenizer"]["fingerprint"], "sites": [s.name for s in sites]}
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None and not (out / "partial" / RUN_FILE).exists():
+        check_finished_result(out, run_key)
     store = PartialStore(out / "partial" if out is not None else None, run_key)
     return AttributionPlan(model, tokenizer, config, ds, sites, behaviors, absent, encoded,
                            {t.id: t.fingerprint() for t in ds}, skipped, prov, store, out)

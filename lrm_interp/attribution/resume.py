@@ -54,6 +54,46 @@ _WHAT = {"config": "other settings", "weights_fingerprint": "other model weights
          "tokenizer_fingerprint": "another tokenizer", "sites": "other sites"}
 
 
+def key_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two run keys, in words (``[]``: the same run)."""
+    parts = []
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) == new.get(k):
+            continue
+        if k == "config":
+            oc, nc = old.get(k) or {}, new.get(k) or {}
+            fields = sorted(f for f in set(oc) | set(nc) if oc.get(f) != nc.get(f))
+            parts.append(f"other settings (differs in {fields})")
+        elif k.endswith("fingerprint"):
+            parts.append(f"{_WHAT[k]} (fingerprint {str(old.get(k))[:12]} here, {str(new.get(k))[:12]} now)")
+        else:
+            parts.append(_WHAT.get(k, k))
+    return parts
+
+
+def check_finished_result(out_dir: Path, run_key: dict[str, Any], result_file: str = "attribution.json") -> None:
+    """Refuse to replace a finished result of another run: ``out_dir/result_file`` exists and the
+    run key recorded in its provenance (settings, weights, tokenizer, sites) differs from ``run_key``.
+    (With ``partial/run.json`` present, :class:`PartialStore` already checks the same key.)"""
+    path = Path(out_dir) / result_file
+    if not path.exists():
+        return
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        prov = d["provenance"]
+        old = {"config": prov["settings"], "weights_fingerprint": prov["model"]["weights_fingerprint"],
+               "tokenizer_fingerprint": prov["model"]["tokenizer"]["fingerprint"],
+               "sites": [s["name"] for s in d["sites"]]}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ResumeMismatchError(f"{path} exists and is not a readable attribution result ({e!r}); delete it or "
+                                  "choose another out_dir") from e
+    new = json.loads(json.dumps(run_key, sort_keys=True, default=str))
+    parts = key_difference(old, new)
+    if parts:
+        raise ResumeMismatchError(f"{out_dir} holds the finished result of a run with {'; '.join(parts)}: it is "
+                                  "never replaced by another run. Delete the folder or choose another out_dir")
+
+
 class PartialStore:
     """Reads and writes per-trace partials under ``root`` (``None``: keep nothing, resume nothing).
 
@@ -73,19 +113,8 @@ class PartialStore:
                 old = json.loads(rp.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ResumeMismatchError(f"{rp} is unreadable ({e}); delete {root} or choose another out_dir") from e
-            diff = [k for k in sorted(set(old) | set(key)) if old.get(k) != key.get(k)]
-            if diff:
-                parts = []
-                for k in diff:
-                    if k == "config":
-                        oc, nc = old.get(k) or {}, key.get(k) or {}
-                        fields = sorted(f for f in set(oc) | set(nc) if oc.get(f) != nc.get(f))
-                        parts.append(f"other settings (differs in {fields})")
-                    elif k.endswith("fingerprint"):
-                        parts.append(f"{_WHAT[k]} (fingerprint {str(old.get(k))[:12]} here, "
-                                     f"{str(key.get(k))[:12]} now)")
-                    else:
-                        parts.append(_WHAT.get(k, k))
+            parts = key_difference(old, key)
+            if parts:
                 raise ResumeMismatchError(f"{root} holds partial results of a run with {'; '.join(parts)}: they "
                                           "cannot be reused. Delete the folder or choose another out_dir")
         elif (root / _LEGACY).exists():
