@@ -106,22 +106,86 @@ def str_to_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 DTYPE_CHOICES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 
+#: Metadata key of the checksum every lrm_interp safetensors file carries (:func:`payload_checksum`).
+CHECKSUM_KEY = "payload_sha256"
+_UNVERIFIED_WARNED: set[str] = set()
+
+
+class ChecksumError(ValueError):
+    """A file's payload does not match the checksum in its metadata (it was changed after writing)."""
+
+
+def payload_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 (hex) of what a safetensors file holds: every metadata entry but :data:`CHECKSUM_KEY`
+    (in key order, as JSON ``[key, value]``) and every tensor (in name order: JSON ``[name, dtype,
+    shape]``, then its raw bytes in C order). Independent of the file's byte layout."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(b"lrm_interp.payload/1\0")
+    for k in sorted(metadata):
+        if k != CHECKSUM_KEY:
+            h.update(json.dumps([k, metadata[k]]).encode("utf-8") + b"\0")
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(json.dumps([name, dtype_to_str(t.dtype), list(t.shape)]).encode("utf-8") + b"\0")
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Atomically write ``tensors`` (CPU, contiguous) with string ``metadata`` as one safetensors file."""
+    """Atomically write ``tensors`` (CPU, contiguous) with string ``metadata`` as one safetensors file.
+
+    The metadata gets :data:`CHECKSUM_KEY`: the :func:`payload_checksum` of the tensors and the
+    other metadata, checked by :func:`read_safetensors`."""
     from safetensors.torch import save
 
     path = Path(path)
-    atomic_write_bytes(path, save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-                                  metadata=metadata))
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in metadata.items() if k != CHECKSUM_KEY}
+    meta[CHECKSUM_KEY] = payload_checksum(cpu, meta)
+    atomic_write_bytes(path, save(cpu, metadata=meta))
     return path
 
 
-def read_safetensors(path: str | os.PathLike, formats: tuple[str, ...], what: str
+def verify_checksum(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+                    what: str) -> bool:
+    """Check ``metadata[CHECKSUM_KEY]`` against the payload read from ``path``.
+
+    Returns ``True`` when it matches; ``False`` for a file written before checksums existed (no
+    key: it loads unverified, with one warning per kind of file and process; files shipped
+    inside the lrm_interp package are not warned about). A mismatch raises
+    :class:`ChecksumError` naming the file.
+    """
+    stored = metadata.get(CHECKSUM_KEY)
+    if stored is None:
+        path = Path(path)
+        shipped = Path(__file__).resolve().parent / "assets"
+        if what not in _UNVERIFIED_WARNED and shipped not in path.resolve().parents:
+            _UNVERIFIED_WARNED.add(what)
+            import warnings
+
+            warnings.warn(f"{what} {path} has no {CHECKSUM_KEY} (written by an lrm_interp before checksums): "
+                          "loaded without an integrity check; saving it again adds one", stacklevel=4)
+        return False
+    actual = payload_checksum(tensors, metadata)
+    if actual != stored:
+        raise ChecksumError(f"{path}: checksum mismatch: the {what} was changed or corrupted after it was written "
+                            f"({CHECKSUM_KEY} {stored[:16]}... in its metadata, {actual[:16]}... of its contents); "
+                            "do not use it: write it again")
+    return True
+
+
+def read_safetensors(path: str | os.PathLike, formats: tuple[str | None, ...], what: str
                      ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """``(tensors, metadata)`` of an lrm_interp safetensors file whose ``metadata["format"]`` is in ``formats``.
+    """``(tensors, metadata)`` of an lrm_interp safetensors file whose ``metadata["format"]`` is in ``formats``
+    (``None`` in ``formats``: a file without a format entry is accepted too).
 
     A missing file raises ``FileNotFoundError``; a file that is not safetensors, or of another
-    format, raises ``ValueError`` naming the file and ``what`` it should be (e.g. "mask file").
+    format, raises ``ValueError`` naming the file and ``what`` it should be (e.g. "mask file");
+    a payload that does not match the file's checksum raises :class:`ChecksumError` naming the
+    file (:func:`verify_checksum`; files without a checksum load unverified).
     """
     from safetensors import safe_open
 
@@ -135,9 +199,14 @@ def read_safetensors(path: str | os.PathLike, formats: tuple[str, ...], what: st
     with f:
         meta = f.metadata() or {}
         if meta.get("format") not in formats:
+            shown = [repr(x) for x in formats if x is not None] + (["none"] if None in formats else [])
             raise ValueError(f"{path}: not an lrm_interp {what} (format {meta.get('format')!r}, expected "
-                             f"{' or '.join(repr(x) for x in formats)})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+                             f"{' or '.join(shown)})")
+        try:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # noqa: BLE001 - a truncated or damaged data section
+            raise ValueError(f"{path}: unreadable {what} ({type(e).__name__}: {e})") from e
+    verify_checksum(path, tensors, meta, what)
     return tensors, meta
 
 

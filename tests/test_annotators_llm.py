@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,52 @@ def test_client_configuration_and_secrets(monkeypatch):
         c.describe())
     with pytest.raises(ValueError, match="mode"):
         OpenAIClient(model="m", mode="embeddings")
+
+
+def test_unreachable_endpoint_stops_annotate_dataset(tmp_path):
+    """annotate_dataset (called from Python) records a failing trace and goes on, but an endpoint
+    that is gone (EndpointUnreachable) stops the run: it is re-raised, nothing more is sent, and the
+    partial run rides on the exception (finished traces annotated and cached, the rest failed)."""
+    from lrm_interp.endpoint import EndpointError, EndpointUnreachable
+
+    traces = [ReasoningTrace(f"t{i}", "Q\n<think>\n", f"Okay, step {i}. Wait, maybe not.\n</think>\nA")
+              for i in range(8)]
+    markup = '["initializing"]Okay, step 0.["end-section"]'
+
+    class Endpoint:
+        def __init__(self, down_after: int | None, error: type[Exception] = EndpointUnreachable):
+            self.calls, self.down_after, self.error = 0, down_after, error
+            self.lock = threading.Lock()
+
+        def describe(self) -> dict:  # the annotator's cache fingerprint: the same "model" each time
+            return {"kind": "fake"}
+
+        def __call__(self, prompt: str) -> str:
+            with self.lock:
+                self.calls += 1
+                n = self.calls
+            if self.down_after is not None and n > self.down_after:
+                raise self.error("http://127.0.0.1:9/v1: endpoint unreachable (connection refused)")
+            return markup
+
+    for workers in (1, 3):
+        cache = tmp_path / f"cache{workers}"
+        ep = Endpoint(down_after=2)
+        with pytest.raises(EndpointUnreachable, match="endpoint unreachable") as ei:
+            annotate_dataset(traces, LLMAnnotator(ep), workers=workers, cache_dir=cache, progress=False)
+        assert ep.calls <= 2 + workers  # stopped: no trace started after the failure (in flight ones end)
+        run = ei.value.run
+        assert len(run.dataset) == 8 and run.stats["annotated"] == 2 and run.stats["failed"] == 6
+        assert "EndpointUnreachable" in run.stats["stopped"] and "the run stopped" in run.summary()
+        assert sorted(t.metadata["annotation_status"] for t in run.dataset) == ["failed"] * 6 + ["parsed"] * 2
+        assert len(list(cache.glob("*.json"))) == 2
+        again = annotate_dataset(traces, LLMAnnotator(Endpoint(None)), workers=workers, cache_dir=cache,
+                                 progress=False)  # the endpoint is back: the two finished come from the cache
+        assert again.stats["cached"] == 2 and again.stats["annotated"] == 6 and not again.failures
+    # any other endpoint error fails its trace only; the run goes on
+    ep = Endpoint(down_after=2, error=EndpointError)
+    run = annotate_dataset(traces, LLMAnnotator(ep), progress=False)
+    assert ep.calls == 8 and run.stats["failed"] == 6 and "stopped" not in run.stats
 
 
 # --------------------------------------------------------------------------- live server
@@ -182,9 +229,11 @@ def test_live_errors_are_recorded_per_trace(server, outputs):
     assert all("HTTP 404" in m and "does not exist" in m for m in run.failures.values())
     assert all(f.status == "rejected" and "annotator failed" in f.reason for f in run.report.files)
     assert all(t.metadata["annotation_status"] == "failed" and not t.spans for t in run.dataset)
-    with pytest.raises(LLMRequestError, match="no answer after 2 attempts"):
-        OpenAIClient(model="toy", base_url=f"http://127.0.0.1:{_free_port()}/v1", max_retries=1,
-                     backoff=0.01).complete("x")
+    # nothing listening: named at the first failure, not retried (issue 22, case 5)
+    dead = OpenAIClient(model="toy", base_url=f"http://127.0.0.1:{_free_port()}/v1", max_retries=3, backoff=0.01)
+    with pytest.raises(LLMRequestError, match=r"endpoint unreachable \(connection refused\)"):
+        dead.complete("x")
+    assert dead.usage.requests == 1 and dead.usage.retries == 0
 
 
 def test_cli_killed_run_resumes(server, outputs, tmp_path):
@@ -241,9 +290,28 @@ def test_trace_records_without_ids_get_line_numbers(tmp_path):
     assert isinstance(ds[0], ReasoningTrace) and ds[0].spans == ()
 
 
+class _Refusing(BaseHTTPRequestHandler):
+    """A reachable endpoint that answers every completion with HTTP 400."""
+
+    def log_message(self, *a):  # quiet
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        self.send_response(404)
+        self.end_headers()
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"error": {"message": "context length exceeded"}}')
+
+
 def test_failed_run_leaves_the_previous_output_untouched(outputs, tmp_path, capsys):
-    """Issue 22, loss case 1: an annotate run whose traces fail (endpoint down) never replaces an
-    existing --out; its traces go to OUT.partial.jsonl and the error says where."""
+    """Issue 22, loss case 1: an annotate run whose traces fail never replaces an existing --out;
+    its traces go to OUT.partial.jsonl and the error says where. An endpoint that cannot be reached
+    at all fails before anything is written (issue 22, case 5)."""
     from lrm_interp.cli.main import main
 
     src = tmp_path / "outputs.jsonl"
@@ -253,10 +321,28 @@ def test_failed_run_leaves_the_previous_output_untouched(outputs, tmp_path, caps
     assert main(["annotate", "--annotator", "rules", "--in", str(src), "--out", str(out), "--quiet"]) == 0
     good = out.read_bytes()
     assert any(json.loads(line)["spans"] for line in good.decode().splitlines())
-    assert main(["annotate", "--annotator", "llm", "--model", "x", "--base-url", f"http://127.0.0.1:{_free_port()}/v1",
-                 "--retries", "0", "--in", str(src), "--out", str(out), "--quiet"]) == 2
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    assert main(["annotate", "--annotator", "llm", "--model", "x", "--base-url", url, "--in", str(src), "--out",
+                 str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{url}: endpoint unreachable (connection refused)" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing created
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        assert main(["annotate", "--annotator", "llm", "--model", "x", "--base-url",
+                     f"http://127.0.0.1:{srv.server_address[1]}/v1", "--retries", "0", "--in", str(src), "--out",
+                     str(out), "--quiet"]) == 2
+    finally:
+        srv.shutdown()
+        srv.server_close()
     err = capsys.readouterr().err
     assert f"{len(outputs)} of {len(outputs)} traces failed" in err and "left as it was" in err
+    assert "HTTP 400" in err and "context length exceeded" in err
     assert out.read_bytes() == good
+    assert (tmp_path / "out.jsonl.report.json").read_bytes() == before["out.jsonl.report.json"]  # its report too
+    assert (tmp_path / "out.jsonl.partial.report.json").is_file()
     partial = tmp_path / "out.jsonl.partial.jsonl"
     assert [json.loads(line)["spans"] for line in partial.read_text().splitlines()] == [[]] * len(outputs)

@@ -95,3 +95,58 @@ def test_cli_train_then_annotate_with_the_file(tmp_path, capsys):
     assert main(["annotate", "--annotator", str(model), "--in", str(R1_STYLE), "--out", str(traces), "--quiet"]) == 0
     rep = json.loads((tmp_path / "t.jsonl.report.json").read_text())
     assert rep["annotator"]["name"] == "linear" and rep["stats"]["traces"] == 44
+
+
+@pytest.mark.parametrize("setting,value,needle", [
+    ("steps", 0, "steps must be an integer >= 1, got 0"),  # would save the random initialisation
+    ("steps", -3, "steps must be an integer >= 1"),
+    ("steps", 2.5, "steps must be an integer"),
+    ("l2", float("inf"), "l2 must be a finite number >= 0, got inf"),  # NaN weights
+    ("l2", float("nan"), "l2 must be a finite number >= 0"),
+    ("l2", -1.0, "l2 must be a finite number >= 0"),
+    ("lr", 0.0, "lr must be a finite number > 0"),
+    ("lr", float("nan"), "lr must be a finite number > 0"),
+    ("class_balance", float("inf"), "class_balance must be a finite number >= 0"),
+    ("class_balance", -0.5, "class_balance must be a finite number >= 0"),
+    ("dim", 0, "dim must be an integer >= 1"),
+    ("seed", -1, "seed must be an integer >= 0"),
+    ("labels", ("backtracking",), "at least two distinct"),
+    ("labels", ("a", "a"), "at least two distinct"),
+])
+def test_fit_and_cross_validation_refuse_nonsense_settings(gold, monkeypatch, setting, value, needle):
+    """Issue 22: ``steps=0`` returned (and the CLI saved) an untrained annotator; ``l2=inf`` a NaN
+    one. Both the fit and the cross-validation refuse before any work."""
+    small = gold[:6]
+    with pytest.raises(ValueError, match=needle):
+        LinearAnnotator.fit(small, **{setting: value})
+    if setting != "seed":  # cross_validate's seed is its own (the fold shuffle)
+        calls = []
+        monkeypatch.setattr(LinearAnnotator, "fit", classmethod(lambda cls, *a, **k: calls.append(1)))
+        with pytest.raises(ValueError, match=needle):
+            cross_validate(small, folds=2, **{setting: value})
+        assert not calls  # refused before the first fold
+
+
+def test_cross_validation_refuses_bad_folds_and_iou(gold):
+    with pytest.raises(ValueError, match="folds must be an integer >= 2, got 0"):
+        cross_validate(gold[:4], folds=0)
+    for bad in (0.0, -1.0, float("nan"), 1.5):
+        with pytest.raises(ValueError, match="min_iou must be a finite number in"):
+            cross_validate(gold[:4], folds=2, min_iou=bad)
+    with pytest.raises(TypeError, match="unknown fit settings"):
+        cross_validate(gold[:4], folds=2, step=10)
+
+
+@pytest.mark.parametrize("argv,flag", [(["--steps", "0"], "--steps"), (["--steps", "-1"], "--steps"),
+                                        (["--folds", "0", "--l2", "inf"], "l2"), (["--folds", "-1"], "--folds")])
+def test_cli_train_refuses_an_untrained_annotator(tmp_path, capsys, argv, flag):
+    """``lrm-interp annotate train --steps 0`` (or ``--l2 inf``) exits 2 with one line naming the
+    setting and writes no annotator file."""
+    out = tmp_path / "a.safetensors"
+    try:
+        rc = main(["annotate", "train", "--gold", str(R1_STYLE), "--out", str(out), "--quiet", *argv])
+    except SystemExit as e:  # a range-checked option, refused by argparse
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and flag in err[0] and "Traceback" not in err[0], err
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from lrm_interp.data.benchmarks import load
-from lrm_interp.evaluation.backends import EndpointError, GenerationSettings, HFBackend, OpenAIBackend, VLLMBackend
+from lrm_interp.evaluation.backends import (EndpointError, EndpointUnreachable, GenerationSettings, HFBackend,
+                                            OpenAIBackend, VLLMBackend)
 from lrm_interp.evaluation.bench_run import run_benchmark
 
 
@@ -98,9 +99,10 @@ def test_openai_client_gives_up_with_the_reason(fake_endpoint):
     st["fail_first"] = 100
     with pytest.raises(EndpointError, match="failed after 2 attempts"):
         be.generate(["x"], GenerationSettings(max_new_tokens=3))
-    dead = OpenAIBackend("http://127.0.0.1:9/v1", "m", retries=0)
-    with pytest.raises(EndpointError, match="failed after 1 attempts"):
+    dead = OpenAIBackend("http://127.0.0.1:9/v1", "m", retries=3)  # refused: named at once, not retried
+    with pytest.raises(EndpointUnreachable, match=r"http://127.0.0.1:9/v1: endpoint unreachable \(connection refused"):
         dead.generate(["x"], GenerationSettings(max_new_tokens=3))
+    assert dead.requests_sent == 1
 
 
 def test_openai_backend_in_a_resumable_run(fake_endpoint, tmp_path):

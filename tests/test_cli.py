@@ -229,3 +229,81 @@ def _patched_parser(build, fn):
         return p
 
     return patched
+
+
+# --------------------------------------------------------------------------- nothing silent (issue 22)
+def test_parse_report_is_written_for_a_paper_layout_and_refused_for_jsonl(capsys, tmp_path, traces):
+    """``parse --report`` never silently does nothing: a JSONL file has no parse report, so the flag
+    is refused (one line naming it) before anything is written; a paper layout writes it."""
+    from pathlib import Path
+
+    line = _fails(capsys, ["parse", "--data", traces, "--out", tmp_path / "o.jsonl", "--report", tmp_path / "r.json"],
+                  "--report", traces)
+    assert "JSONL" in line
+    assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "r.json").exists()
+    layout = Path(__file__).parent / "data" / "paper_layout"
+    assert main(["parse", "--data", str(layout), "--out", str(tmp_path / "p.jsonl"), "--report",
+                 str(tmp_path / "p.json")]) == 0
+    import json
+
+    assert json.loads((tmp_path / "p.json").read_text())["counts"]
+    assert (tmp_path / "p.jsonl").is_file()
+
+
+def _attribution(tmp_path, name, *, behaviors=("backtracking", "uncertainty-estimation"), settings=None,
+                 tokenizer="tok1", spans=None, weights="w0"):
+    import torch
+
+    from lrm_interp.attribution.config import AttributionConfig
+    from lrm_interp.attribution.results import Attribution
+    from lrm_interp.model.sites import find_sites
+
+    sites = tuple(find_sites(tiny_model("llama")))
+    prov = {"settings": AttributionConfig().to_dict() | (settings or {}),
+            "model": {"model_type": "llama", "weights_fingerprint": weights, "tokenizer": {"fingerprint": tokenizer}},
+            "counts": {"traces": 2, "spans": spans or {b: 2 for b in behaviors}, "tokens": {b: 40 for b in behaviors}},
+            "dataset": {"name": "synth", "n_traces": 2}}
+    d = tmp_path / name
+    Attribution(tuple(behaviors), sites, torch.rand(len(behaviors), len(sites), dtype=torch.float64), "attribution",
+                provenance=prov).save(d)
+    return d
+
+
+def test_compare_refuses_results_that_cannot_be_compared(capsys, tmp_path):
+    """An importance shift between results of different settings, tokenizers or traces is refused,
+    naming the difference; --allow-mismatch compares anyway, warning about each one."""
+    a = _attribution(tmp_path, "a")
+    cases = [(_attribution(tmp_path, "k1", settings={"k_context": 1}, weights="w1"), "k_context 5 vs 1"),
+             (_attribution(tmp_path, "dom", settings={"method": "dom", "mode": "exact"}, weights="w1"),
+              "method 'attribution' vs 'dom'"),
+             (_attribution(tmp_path, "tok", tokenizer="tok2", weights="w1"), "different tokenizers"),
+             (_attribution(tmp_path, "data", spans={"backtracking": 3, "uncertainty-estimation": 2}, weights="w1"),
+              "different traces")]
+    for b, needle in cases:
+        line = _fails(capsys, ["compare", "--original", a, "--compressed", b, "--out", tmp_path / "c"], needle,
+                      "--allow-mismatch")
+        assert "cannot be compared" in line
+        assert not (tmp_path / "c").exists()
+    assert main(["compare", "--original", str(a), "--compressed", str(cases[0][0]), "--out", str(tmp_path / "c"),
+                 "--allow-mismatch"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lrm-interp compare: warning: different attribution settings: k_context 5 vs 1"]
+    assert (tmp_path / "c" / "shift.csv").is_file()
+
+
+def test_compare_warns_about_behaviours_left_out_and_identical_weights(capsys, tmp_path):
+    a = _attribution(tmp_path, "a")
+    b = _attribution(tmp_path, "b", behaviors=("backtracking", "adding-knowledge"), weights="w1")
+    assert main(["compare", "--original", str(a), "--compressed", str(b), "--out", str(tmp_path / "c")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "left out" in err[0]
+    assert "--original uncertainty-estimation" in err[0] and "--compressed adding-knowledge" in err[0]
+    same = _attribution(tmp_path, "same")
+    assert main(["compare", "--original", str(a), "--compressed", str(same), "--out", str(tmp_path / "d")]) == 0
+    assert "same weights" in capsys.readouterr().err
+    joint = _attribution(tmp_path, "joint", weights="w3", settings={"mode": "joint"})
+    assert main(["compare", "--original", str(a), "--compressed", str(joint), "--out", str(tmp_path / "j")]) == 0
+    assert "mode 'exact' vs 'joint'" in capsys.readouterr().err  # the same quantity, approximated: a warning
+    ok = _attribution(tmp_path, "ok", weights="w2", settings={"prefix_cache": False, "gradient_checkpointing": True})
+    assert main(["compare", "--original", str(a), "--compressed", str(ok), "--out", str(tmp_path / "e")]) == 0
+    assert capsys.readouterr().err == ""  # how it was computed, not what: nothing to say

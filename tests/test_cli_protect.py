@@ -11,6 +11,15 @@ from lrm_interp.model.sites import get_module
 from lrm_interp.toy import load_toy_model, toy_model_dir
 
 
+def _rc(argv) -> int:
+    """Exit status of ``lrm-interp argv``: ``main``'s return value, or argparse's usage-error exit
+    (range-checked options are refused while parsing)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 def test_attribute_protect_quantize_roundtrip(tmp_path):
     assert main(["toy", "traces", "--gold", "--per-family", "2", "--out", str(tmp_path / "t.jsonl")]) == 0
     assert main(["attribute", "--model", "toy", "--data", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "a"),
@@ -95,7 +104,7 @@ def test_protect_and_quantize_errors_name_the_value(tmp_path, capsys):
                "--out", str(tmp_path / "q")], "gone.safetensors")]
     capsys.readouterr()
     for argv, needle in cases:
-        assert main(argv) == 2, argv
+        assert _rc(argv) == 2, argv
         err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
         assert len(err) == 1 and err[0].startswith(f"lrm-interp {argv[0]}: error:") and needle in err[0], (argv, err)
     # magnitude saliency needs no data; the quantized copy carries its provenance record
@@ -133,3 +142,32 @@ def test_quantize_never_writes_onto_its_source_or_an_existing_result(tmp_path, c
     assert json.loads((q / "lrm_interp_quantization.json").read_text())["bits"] == 2
     assert not (q / "stale.txt").exists()  # replaced whole, not merged
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
+
+
+def test_quiet_silences_every_progress_bar(tmp_path, capfd):
+    """Issue 22: ``--quiet`` silenced only lrm_interp's own bars; transformers' shard writer
+    ("Writing model shards") still printed. Now nothing but the result line is printed."""
+    assert main(["quantize", "--model", "toy", "--bits", "3", "--quiet", "--out", str(tmp_path / "q")]) == 0
+    out, err = capfd.readouterr()
+    assert err == "", err
+    assert out.startswith(f"wrote {tmp_path / 'q'}") and len(out.strip().splitlines()) == 1
+    assert (tmp_path / "q" / "model.safetensors").is_file()
+
+
+def test_quiet_progress_covers_direct_tqdm_and_transformers_bars(capfd):
+    """The GGUF conversion of SmolLM2 (transformers.modeling_gguf_pytorch_utils) calls tqdm
+    directly, the shard writer goes through transformers' logging.tqdm: both are silent inside
+    quiet_progress, and bars come back after it."""
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
+
+    from lrm_interp.cli.common import quiet_progress
+
+    with quiet_progress():
+        list(tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
+        list(hf_logging.tqdm(range(3), desc="Writing model shards"))
+        list(tqdm(range(3), desc="explicitly enabled", disable=False))
+    assert capfd.readouterr().err == ""
+    assert hf_logging.is_progress_bar_enabled()
+    list(tqdm(range(3), desc="after"))
+    assert "after" in capfd.readouterr().err

@@ -196,3 +196,25 @@ def test_bits_cli_writes_allocation_and_configs(tmp_path, capsys):
     assert "--scores" in capsys.readouterr().err
     assert main(["bits", "--model", str(d), "--sensitivity", "none", "--budget", "1.5", "--out", str(out)]) == 2
     assert "below the cheapest allocation" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("budget", [float("nan"), float("inf"), 0.0, -1.0])
+def test_allocate_bits_refuses_a_budget_that_is_not_a_number_of_bits(model, budget):
+    """Issue 22: a NaN budget compared false against every cost, so every module silently got 16
+    bits; now any budget that is not a finite positive number is refused."""
+    sites = find_sites(model)
+    err = quantization_errors(model, sites, CHOICES)
+    with pytest.raises(ValueError, match="budget_bpw must be a finite number > 0"):
+        allocate_bits(sites, err, None, budget, choices=CHOICES)
+
+
+def test_allocate_bits_refuses_bad_choices_and_sensitivities(model):
+    sites = find_sites(model)
+    err = quantization_errors(model, sites, CHOICES)
+    for bad in ([1, 4], [4, 9], [4, 2.5], []):
+        with pytest.raises(ValueError, match="choices"):
+            allocate_bits(sites, err, None, 4.0, choices=bad)
+    with pytest.raises(ValueError, match="finite and >= 0, got nan"):
+        allocate_bits(sites, err, {sites[0].name: float("nan")}, 4.0, choices=CHOICES)
+    with pytest.raises(ValueError, match="group_size must be positive or None, got 0"):
+        allocate_bits(sites, err, None, 4.0, choices=CHOICES, group_size=0)

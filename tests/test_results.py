@@ -97,3 +97,26 @@ def test_heatmap_panels(attr):
     img = panels[0].images[0].get_array()
     assert img.shape == (2, 7)
     assert float(img.max()) == pytest.approx(float(attr.ri.max()))
+
+
+def test_compare_refuses_incomparable_results_in_the_api(attr):
+    """The library (not only the CLI) refuses a shift between results of other scoring settings,
+    naming the difference; strict=False compares with a warning; a gradient-mode change only warns."""
+    import dataclasses
+    import warnings
+
+    other = dataclasses.replace(attr, provenance={"model": {"name": "tiny"}, "settings": {"k_context": 1}})
+    with pytest.raises(ValueError, match="cannot be compared: different attribution settings: k_context 5 vs 1"):
+        compare(attr, other)
+    with pytest.warns(UserWarning, match="k_context 5 vs 1"):
+        shift = compare(attr, other, strict=False)
+    assert torch.equal(shift.delta, torch.zeros_like(shift.delta))
+    joint = dataclasses.replace(attr, provenance={"model": {"name": "tiny"},
+                                                  "settings": {"k_context": 5, "mode": "joint"}})
+    attr_exact = dataclasses.replace(attr, provenance={"model": {"name": "tiny"},
+                                                       "settings": {"k_context": 5, "mode": "exact"}})
+    with pytest.warns(UserWarning, match="mode 'exact' vs 'joint'"):
+        compare(attr_exact, joint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare(attr, attr)  # same settings, no weights recorded: nothing to say

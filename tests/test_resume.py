@@ -186,3 +186,21 @@ def test_jsonl_with_byte_order_mark_loads(tmp_path):
     p = tmp_path / "bom.jsonl"
     p.write_bytes(b"\xef\xbb\xbf" + json.dumps(synthetic_traces(1)[0].to_dict()).encode() + b"\n")
     assert [t.id for t in ReasoningDataset.load_jsonl(p)] == ["synth/0"]
+
+
+def test_tokenizer_fingerprint_ignores_call_state_not_content():
+    """A padded or truncating call sets the fast tokenizer's padding / truncation (generate() does, so
+    did attribute()); that must not make the same tokenizer look like another one (it made compare
+    and resume refuse a model evaluated between two attributions). A changed vocabulary or special
+    token still changes the fingerprint."""
+    from lrm_interp.model.provenance import tokenizer_fingerprint
+    from lrm_interp.toy import load_toy_model
+
+    _, tok = load_toy_model()
+    before = tokenizer_fingerprint(tok)
+    tok(["a", "a longer text"], padding=True)
+    tok("some text", truncation=True, max_length=3, return_offsets_mapping=True)
+    tok.backend_tokenizer.enable_padding(pad_id=0, pad_token="<x>")
+    assert tokenizer_fingerprint(tok) == before
+    tok.add_special_tokens({"additional_special_tokens": ["<new>"]})
+    assert tokenizer_fingerprint(tok) != before

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from lrm_interp.data.align import align_segments
 from lrm_interp.data.markup import parse_markup
 from lrm_interp.data.paper_layout import annotate_trace
@@ -85,3 +87,66 @@ def test_problems_and_answer_extraction():
     for f in FAMILIES:
         t = generate_trace(f, 0, 1)
         assert extract_answer(f, t.response) == t.metadata["gold_answer"]
+
+
+# --------------------------------------------------------------------------- settings refused up front (issue 22)
+@pytest.mark.parametrize("kw,needle", [
+    ({"steps": 0}, "steps must be an integer >= 1, got 0"),
+    ({"batch_size": -1}, "batch_size must be an integer >= 1"),
+    ({"lr": float("nan")}, "lr must be a finite number > 0"),
+    ({"anneal_lr": 0.0}, "anneal_lr must be a finite number > 0"),
+    ({"weight_decay": float("inf")}, "weight_decay must be a finite number >= 0"),
+    ({"stop_at": 0}, "stop_at must be None or an integer >= 1"),
+    ({"max_seconds": float("nan")}, "max_seconds must be None or a finite number > 0"),
+    ({"seed": -1}, "seed must be an integer >= 0"),
+    ({"eval_per_family": 0}, "eval_per_family must be an integer >= 1"),
+    ({"hidden": 130}, "hidden must be a multiple of heads"),
+    ({"heads": 4, "kv_heads": 3}, "heads must be a multiple of kv_heads"),
+    ({"layers": 0}, "layers must be an integer >= 1"),
+])
+def test_train_toy_model_refuses_nonsense_before_any_work(tmp_path, kw, needle):
+    from lrm_interp.toy.train import train_toy_model
+
+    with pytest.raises(ValueError, match=needle):
+        train_toy_model(tmp_path / "out", **kw)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_distill_settings_refuse_nonsense_before_loading(tmp_path, monkeypatch):
+    import lrm_interp.model.smollm2 as smollm2
+    from lrm_interp.toy.distill import DistillConfig, distill_reasoner
+
+    for kw, needle in [({"family_weights": (float("nan"), 1.0, 1.0)}, "family_weights"),
+                       ({"family_weights": (float("inf"), 1.0, 1.0)}, "family_weights"),
+                       ({"seed": -1}, "seed must be an integer >= 0"),
+                       ({"weight_decay": float("nan")}, "weight_decay must be a finite number >= 0"),
+                       ({"eval_every": -1}, "eval_every must be an integer >= 0"),
+                       ({"steps": 0}, "steps must be an integer >= 1")]:
+        with pytest.raises(ValueError, match=needle):
+            DistillConfig(**kw)
+    monkeypatch.setattr(smollm2, "load_smollm2", lambda *a, **k: pytest.fail("loaded SmolLM2 before the check"))
+    for kw, needle in [({"checkpoint_every": 0}, "checkpoint_every"), ({"max_seconds": -1.0}, "max_seconds"),
+                       ({"threads": 0}, "threads")]:
+        with pytest.raises(ValueError, match=needle):
+            distill_reasoner(tmp_path / "run", **kw)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_toy_train_names_the_flag_of_a_cross_option_error(tmp_path, capsys):
+    from lrm_interp.cli.main import main
+
+    assert main(["toy", "train", "--out", str(tmp_path / "m"), "--hidden", "130"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lrm-interp toy train: error: --hidden must be a multiple of heads (4), got 130"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_task_counts_and_empty_evaluations_are_refused():
+    from lrm_interp.toy.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="n_per_family must be an integer >= 0"):
+        generate_dataset(-1)
+    with pytest.raises(ValueError, match="n_per_family must be an integer >= 0"):
+        problems(2.5, seed=1)
+    with pytest.raises(ValueError, match="no problems to evaluate"):
+        evaluate(None, None, [])

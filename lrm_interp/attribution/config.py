@@ -25,6 +25,7 @@ SCORES = ("paper", "code")
 NEGATIVES = ("all", "response", "thinking")
 WEIGHTINGS = ("trace", "token")
 SPECIAL_TOKENS = ("exclude", "include")
+OVERLONG = ("error", "truncate", "skip")
 
 
 def _opt(default: Any, help: str, choices: Sequence[str] | None = None, **extra: Any):
@@ -67,6 +68,10 @@ class AttributionConfig:
                                    "positions predicting the span [start-1, end-1)")
     max_tokens: int | None = _opt(None, "truncate traces to this many tokens; spans cut off are counted and "
                                         "reported")
+    overlong: str = _opt("error", "traces longer than the model's context (its config's max_position_embeddings, "
+                                  "or n_positions for GPT-2): error = refuse the run, naming them (default); "
+                                  "truncate = cut them at the context (spans cut off are counted); skip = leave "
+                                  "them out (counted). Counts in provenance['overlong']", OVERLONG)
     prefix_cache: bool = _opt(True, "exact mode: one no-grad forward per trace caches the keys/values and each span "
                                     "runs forward+backward over its own window only (exact); off = the full "
                                     "prefix per span. Models that cannot (sliding-window, hybrid caches) use the "
@@ -155,4 +160,5 @@ class AttributionConfig:
         return hashlib.blake2b(json.dumps(self.to_dict(), sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
-__all__ = ["AttributionConfig", "METHODS", "MODES", "SCORES", "NEGATIVES", "WEIGHTINGS", "SPECIAL_TOKENS"]
+__all__ = ["AttributionConfig", "METHODS", "MODES", "SCORES", "NEGATIVES", "WEIGHTINGS", "SPECIAL_TOKENS",
+           "OVERLONG"]

@@ -3,9 +3,11 @@
 1. :func:`plan_attribution` validates everything before any work: the
    :class:`~lrm_interp.attribution.config.AttributionConfig` (already validated when built),
    model and tokenizer (fast, vocabulary fits the embedding), dataset, sites; fingerprints the
-   weights (non-finite weights raise here) and tokenizer; tokenizes every trace; lists the
-   spans that cannot be used (dropped by tokenization or truncation, or unscorable by AtP);
-   opens the resume store.
+   weights (non-finite weights raise here) and tokenizer; tokenizes every trace; refuses,
+   truncates or skips the traces longer than the model's context (``overlong``, counted);
+   refuses a run whose longest trace obviously cannot fit in free memory; lists the spans that
+   cannot be used (dropped by tokenization or truncation, or unscorable by AtP); opens the
+   resume store.
 2. :func:`dom_stage` / :func:`atp_stage`: one independent computation per trace (so a
    data-parallel runner only has to shard the trace list), each result written to
    ``out_dir/partial/{dom,atp}/`` as soon as it exists (:mod:`lrm_interp.attribution.resume`).
@@ -41,6 +43,7 @@ from lrm_interp.attribution.results import Attribution
 from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.tokens import EncodedTrace, encode_trace
 from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset, ReasoningTrace
+from lrm_interp.model.forward import available_memory, context_limit, input_device, memory_lower_bound
 from lrm_interp.model.loading import load_model
 from lrm_interp.model.prefix_cache import cache_support
 from lrm_interp.model.provenance import model_provenance
@@ -89,9 +92,131 @@ def _check_ids(model: torch.nn.Module, tokenizer: Any, enc: EncodedTrace) -> Non
                          f"{top} but the model's input embedding has {rows} rows: it is not this model's tokenizer")
 
 
+class ContextLengthError(ValueError):
+    """Traces longer than the model's context, refused before any work (``overlong="error"``)."""
+
+
+class MemoryEstimateError(ValueError):
+    """The longest trace obviously cannot fit in the device's free memory (refused before any work)."""
+
+
+#: Set to 1 to skip the up-front memory check of :func:`attribute` (:func:`check_memory`).
+SKIP_MEMORY_CHECK_ENV = "LRM_INTERP_SKIP_MEMORY_CHECK"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 27 else f"{n / 2 ** 20:.1f} MiB"
+
+
+def _list_traces(items: Sequence[tuple[str, int]], k: int = 10) -> str:
+    shown = ", ".join(f"{tid} ({n} tokens)" for tid, n in items[:k])
+    return shown + (f" and {len(items) - k} more" if len(items) > k else "")
+
+
+def _tokenize(ds: ReasoningDataset, tokenizer: Any, model: torch.nn.Module, config: AttributionConfig, *,
+              progress: bool, warn: bool) -> tuple[ReasoningDataset, list[EncodedTrace], dict, list[dict]]:
+    """Tokenize every trace and apply ``config.overlong`` to the traces longer than the model's
+    context: ``(dataset kept, encoded, provenance["overlong"], skipped-span entries of the traces
+    left out)``."""
+    limit, where = context_limit(model)
+    mt = config.max_tokens
+    cut, by = mt, "max_tokens"
+    if config.overlong == "truncate" and limit is not None and (mt is None or mt > limit):
+        cut, by = limit, f"the model's context ({limit} positions, {where})"
+    encoded = []
+    for t in tqdm(ds, desc="tokenize", disable=not progress, unit="trace"):
+        enc = encode_trace(tokenizer, t, k_context=config.k_context, max_tokens=cut, truncated_by=by)
+        _check_ids(model, tokenizer, enc)
+        encoded.append(enc)
+    info: dict[str, Any] = {"policy": config.overlong, "limit": limit, "limit_from": where, "traces": {}}
+    if limit is None:
+        return ds, encoded, info, []
+    if config.overlong == "truncate":
+        hit = [e for e in encoded if e.full_length > limit and len(e) == limit]
+        info["traces"] = {e.trace_id: {"tokens": e.full_length, "kept": len(e), "spans_dropped": len(e.dropped)}
+                          for e in hit}
+        info["n_truncated"] = len(hit)
+        info["spans_dropped"] = sum(len(e.dropped) for e in hit)
+        if hit and warn:
+            warnings.warn(f"{len(hit)} trace(s) longer than the model's context ({limit} positions, {where}) were "
+                          f"truncated to it (overlong='truncate'): "
+                          f"{_list_traces([(e.trace_id, e.full_length) for e in hit])}; "
+                          f"{info['spans_dropped']} span(s) cut off (not used); listed in provenance['overlong'] and "
+                          "['skipped_spans']", stacklevel=4)
+        return ds, encoded, info, []
+    over = [(e.trace_id, len(e)) for e in encoded if len(e) > limit]
+    if not over:
+        return ds, encoded, info, []
+    if config.overlong == "error":
+        raise ContextLengthError(
+            f"{len(over)} of {len(encoded)} trace(s) are longer than the model's context of {limit} positions "
+            f"({where}): {_list_traces(over)}. Choose overlong='truncate' (cut them at the context; spans cut off "
+            "are counted) or overlong='skip' (leave them out, counted), or max_tokens=N "
+            "(command line: --overlong truncate|skip, --max-tokens N)")
+    ids = {tid for tid, _ in over}
+    n_span = {t.id: len(t.spans) for t in ds if t.id in ids}
+    n_spans = sum(n_span.values())
+    info["traces"] = {tid: {"tokens": n, "spans": n_span[tid]} for tid, n in over}
+    info["n_skipped"] = len(over)
+    info["spans_dropped"] = n_spans
+    if len(over) == len(encoded):
+        raise ContextLengthError(f"every trace is longer than the model's context of {limit} positions ({where}): "
+                                 f"{_list_traces(over)}; nothing is left with overlong='skip' (use 'truncate')")
+    if warn:
+        warnings.warn(f"{len(over)} of {len(encoded)} trace(s) longer than the model's context ({limit} positions, "
+                      f"{where}) were left out (overlong='skip'): {_list_traces(over)}; their {n_spans} span(s) are "
+                      "not used; listed in provenance['overlong'] and ['skipped_spans']", stacklevel=4)
+    reason = f"trace longer than the model's context ({limit} positions): left out (overlong='skip')"
+    left_out = [{"trace": t.id, "span": i, "behavior": sp.behavior, "reason": reason, "used_by": []}
+                for t in ds if t.id in ids for i, sp in enumerate(t.spans)]
+    kept = ReasoningDataset([t for t in ds if t.id not in ids], name=ds.name, report=getattr(ds, "report", None))
+    return kept, [e for e in encoded if e.trace_id not in ids], info, left_out
+
+
+def check_memory(model: torch.nn.Module, encoded: Sequence[EncodedTrace], config: AttributionConfig, *,
+                 free: int | None = None) -> dict | None:
+    """Refuse (:class:`MemoryEstimateError`) a run whose longest trace obviously cannot fit in the free
+    memory of the model's device: a lower bound (:func:`~lrm_interp.model.forward.memory_lower_bound`)
+    of what one pass over it needs beyond the weights exceeds ``free`` (default: the device's free
+    memory now). Returns the estimate (``None`` when unknown or skipped with
+    ``LRM_INTERP_SKIP_MEMORY_CHECK=1``)."""
+    if not encoded or os.environ.get(SKIP_MEMORY_CHECK_ENV, "").strip() not in ("", "0"):
+        return None
+    longest = max(encoded, key=len)
+    if config.method != "attribution":
+        grads = "none"
+    elif config.mode == "exact" and config.prefix_cache and cache_support(
+            model, gradient_checkpointing=config.gradient_checkpointing)[0]:
+        grads = "windows"
+    else:
+        grads = "full_checkpointed" if config.gradient_checkpointing else "full"
+    parts = memory_lower_bound(model, len(longest), gradients=grads, dtype=config.torch_compute_dtype)
+    device = input_device(model)
+    if free is None:
+        free = available_memory(device)
+    need = sum(parts.values())
+    est = {"longest_trace": longest.trace_id, "tokens": len(longest), "gradients": grads, "bytes_at_least": need,
+           "free_bytes": free, "device": str(device)}
+    if free is not None and parts and need > free:
+        detail = ", ".join(f"{k} {_gib(v)}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]))
+        raise MemoryEstimateError(
+            f"trace {longest.trace_id} ({len(longest)} tokens) needs at least {_gib(need)} on {device} beyond the "
+            f"weights ({detail}) but {_gib(free)} is free: the run cannot fit. Shorten the traces (max_tokens=N), "
+            "use mode='exact' with prefix_cache, gradient_checkpointing=True, compute_dtype='bf16', an attention "
+            f"implementation other than eager, or a device with more memory ({SKIP_MEMORY_CHECK_ENV}=1 skips this "
+            "check)")
+    return est
+
+
 def plan_attribution(model: Any, dataset: Any, config: AttributionConfig, *, tokenizer: Any = None,
-                     out_dir: str | os.PathLike | None = None, progress: bool = True) -> AttributionPlan:
-    """Step 1 of :func:`attribute`: check and prepare everything; no statistic is computed."""
+                     out_dir: str | os.PathLike | None = None, progress: bool = True,
+                     warn: bool = True) -> AttributionPlan:
+    """Step 1 of :func:`attribute`: check and prepare everything; no statistic is computed.
+
+    Traces longer than the model's context (:func:`~lrm_interp.model.forward.context_limit`) are
+    refused, truncated or skipped as ``config.overlong`` says (counted in ``extra["overlong"]``);
+    a run whose longest trace obviously cannot fit in memory is refused (:func:`check_memory`).
+    """
     if not isinstance(config, AttributionConfig):
         raise TypeError(f"config must be an AttributionConfig, got {type(config).__name__}")
     model, tokenizer = load_model(model, tokenizer=tokenizer)
@@ -105,15 +230,16 @@ def plan_attribution(model: Any, dataset: Any, config: AttributionConfig, *, tok
     if not behaviors:
         raise ValueError(f"no target behaviour {TARGET_BEHAVIORS} occurs in the data (labels present: {present}); "
                          "pass behaviors=[...]")
-    absent = [b for b in behaviors if b not in present]
     sites = resolve_sites(model, config.sites)
     prov = model_provenance(model, tokenizer)  # fingerprints; non-finite weights raise here
 
-    encoded: list[EncodedTrace] = []
-    skipped: list[dict] = []
-    for t in tqdm(ds, desc="tokenize", disable=not progress, unit="trace"):
-        enc = encode_trace(tokenizer, t, k_context=config.k_context, max_tokens=config.max_tokens)
-        _check_ids(model, tokenizer, enc)
+    n_given = len(ds)
+    ds, encoded, overlong, left_out = _tokenize(ds, tokenizer, model, config, progress=progress, warn=warn)
+    memory = check_memory(model, encoded, config)
+    present = ds.behaviors()
+    absent = [b for b in behaviors if b not in present]
+    skipped: list[dict] = list(left_out)
+    for enc, t in zip(encoded, ds):
         for idx, reason in enc.dropped:
             skipped.append({"trace": t.id, "span": idx, "behavior": t.spans[idx].behavior, "reason": reason,
                             "used_by": []})
@@ -123,15 +249,17 @@ def plan_attribution(model: Any, dataset: Any, config: AttributionConfig, *, tok
                     skipped.append({"trace": t.id, "span": sp.index, "behavior": sp.behavior,
                                     "reason": "no predictable token (a one-token span at position 0)",
                                     "used_by": ["dom"]})
-        encoded.append(enc)
     run_key = {"config": config.to_dict(), "weights_fingerprint": prov["weights_fingerprint"],
                "tokenizer_fingerprint": prov["tokenizer"]["fingerprint"], "sites": [s.name for s in sites]}
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and not (out / "partial" / RUN_FILE).exists():
         check_finished_result(out, run_key)
     store = PartialStore(out / "partial" if out is not None else None, run_key)
+    extra = {"overlong": overlong, "memory_estimate": memory}
+    if len(ds) != n_given:
+        extra["overlong"]["traces_given"] = n_given
     return AttributionPlan(model, tokenizer, config, ds, sites, behaviors, absent, encoded,
-                           {t.id: t.fingerprint() for t in ds}, skipped, prov, store, out)
+                           {t.id: t.fingerprint() for t in ds}, skipped, prov, store, out, extra)
 
 
 def dom_stage(plan: AttributionPlan, encoded: Sequence[EncodedTrace] | None = None, *,
@@ -213,7 +341,9 @@ def finish(plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, 
               "traces_with_behavior": {b: dom.n_traces.get(b, 0) for b in behaviors},
               "tokens": {b: dom.n_tokens.get(b, 0) for b in behaviors},
               "unscorable_spans": unscorable,
-              "dropped_spans": sum(1 for s in plan.skipped if not s["used_by"])}
+              "dropped_spans": sum(1 for s in plan.skipped if not s["used_by"]),
+              "overlong_traces": {"truncated": int((plan.extra.get("overlong") or {}).get("n_truncated", 0)),
+                                  "skipped": int((plan.extra.get("overlong") or {}).get("n_skipped", 0))}}
     report = getattr(plan.dataset, "report", None)
     provenance = {
         "lrm_interp": __version__,
@@ -256,6 +386,12 @@ def attribute(model: Any, dataset: ReasoningDataset | Sequence[ReasoningTrace] |
         :class:`Attribution` with scores ``[n_behaviors, n_sites]`` and steering vectors; its
         provenance records the model (weights fingerprint, compression record), tokenizer,
         settings, counts, skipped spans and what was resumed.
+
+    Raises:
+        ContextLengthError: traces longer than the model's context, with ``overlong="error"``
+            (the default; ``"truncate"`` / ``"skip"`` handle them, counted in
+            ``provenance["overlong"]``).
+        MemoryEstimateError: the longest trace obviously cannot fit in the device's free memory.
     """
     cfg = config or AttributionConfig()
     if options:
@@ -264,7 +400,8 @@ def attribute(model: Any, dataset: ReasoningDataset | Sequence[ReasoningTrace] |
         cfg = cfg.replace(**options)
     rank, world = distributed.context()
     progress = progress and rank == 0
-    plan = plan_attribution(model, dataset, cfg, tokenizer=tokenizer, out_dir=out_dir, progress=progress)
+    plan = plan_attribution(model, dataset, cfg, tokenizer=tokenizer, out_dir=out_dir, progress=progress,
+                            warn=rank == 0)
     n = len(plan.encoded)
     mine = distributed.shard(n, rank, world)
     local = [plan.encoded[i] for i in mine]
@@ -289,4 +426,4 @@ def _backend() -> str:
 
 
 __all__ = ["attribute", "AttributionPlan", "plan_attribution", "dom_stage", "reduce_dom", "atp_stage", "finish",
-           "live_behaviors"]
+           "live_behaviors", "check_memory", "ContextLengthError", "MemoryEstimateError", "SKIP_MEMORY_CHECK_ENV"]

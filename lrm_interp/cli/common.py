@@ -11,6 +11,18 @@ Inputs
     :func:`require_model`), so a typo fails in milliseconds, naming the flag and the path.
     Wrap reads whose exceptions do not name the file in :func:`reading`.
 
+Numbers
+    Give every numeric option a range-checking ``type=`` (:func:`positive_int`,
+    :func:`nonneg_int`, :func:`positive_float`, :func:`nonneg_float`, :func:`fraction`,
+    :func:`bits_int`, :func:`seed_int`, or :func:`lrm_interp.checks.int_arg` /
+    :func:`~lrm_interp.checks.float_arg` for other bounds): NaN, inf and out-of-range values are
+    refused by argparse, one line naming the flag, exit status 2, before anything is loaded or
+    written. Say in the help when 0 (or -1) has a meaning ("0: never").
+
+Progress
+    ``--quiet`` silences every progress bar, the libraries' included (:func:`quiet_progress`,
+    applied by :func:`lrm_interp.cli.main.main` around any command run with ``--quiet``).
+
 Errors
     A command raises; :func:`lrm_interp.cli.main.main` prints one line
     ``lrm-interp <cmd>: error: <message>`` (:func:`describe_error`) and returns 2 for bad
@@ -32,6 +44,9 @@ import types
 import typing
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+from lrm_interp.checks import (bits_int, finite_float, float_arg, fraction, int_arg, nonneg_float, nonneg_int,
+                               positive_float, positive_int, seed_int)
 
 PROG = "lrm-interp"
 DEBUG_ENV = "LRM_INTERP_DEBUG"
@@ -124,7 +139,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
             else:
                 kw["action"] = "store_true"
         else:
-            kw["type"] = scalar if scalar in (int, float, str) else str
+            kw["type"] = scalar if scalar in (int, str) else finite_float if scalar is float else str
             if "choices" in md:
                 kw["choices"] = tuple(md["choices"])
             if "nargs" in md:
@@ -133,7 +148,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
                 kw["nargs"] = "+"
             if f.name in metavars:
                 kw["metavar"] = metavars[f.name]
-            elif "choices" not in md and kw["type"] in (int, float):
+            elif "choices" not in md and kw["type"] in (int, finite_float):
                 kw["metavar"] = "N" if kw["type"] is int else "X"
         parser.add_argument(flag, **kw)
         names.append(f.name)
@@ -203,20 +218,40 @@ def require_attribution_dir(path: str | os.PathLike, flag: str) -> Path:
     return p
 
 
-def load_model_quietly(name: str, **kw):
-    """:func:`lrm_interp.model.loading.load_model` without transformers' "Loading weights" bar
-    (it would interleave with the command's own output and error lines)."""
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """No progress bar inside: transformers' own (``logging.tqdm``: "Loading weights", "Writing
+    model shards"), huggingface_hub's, and every other ``tqdm`` bar (e.g. transformers' GGUF
+    conversion, which calls ``tqdm`` directly) — each bar is created with ``disable=True``.
+    Restores everything on exit; nests."""
+    import tqdm.std
     from transformers.utils import logging as hf_logging
-
-    from lrm_interp.model.loading import load_model
 
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    orig = tqdm.std.tqdm.__init__
+
+    def silent_init(self, *args, **kw):
+        kw["disable"] = True
+        orig(self, *args, **kw)
+
+    tqdm.std.tqdm.__init__ = silent_init  # type: ignore[method-assign]
     try:
-        return load_model(name, **kw)
+        yield
     finally:
+        tqdm.std.tqdm.__init__ = orig  # type: ignore[method-assign]
         if was:
             hf_logging.enable_progress_bar()
+
+
+def load_model_quietly(name: str, **kw):
+    """:func:`lrm_interp.model.loading.load_model` without any progress bar (transformers'
+    "Loading weights", the GGUF conversion of SmolLM2): they would interleave with the command's
+    own output and error lines."""
+    from lrm_interp.model.loading import load_model
+
+    with quiet_progress():
+        return load_model(name, **kw)
 
 
 def _first_bad_utf8(path: Path) -> str | None:
@@ -317,6 +352,8 @@ def load_attribution(path: str, flag: str):
         return Attribution.load(d)
 
 
-__all__ = ["load_attribution", "CliError", "HelpFormatter", "Parser", "add_command", "format_examples", "add_dataclass_args",
-           "dataclass_from_args", "require_path", "require_model", "load_model_quietly", "require_attribution_dir",
-           "reading", "one_line", "describe_error", "report_error", "debug_enabled", "PROG", "DEBUG_ENV"]
+__all__ = ["quiet_progress", "positive_int", "nonneg_int", "positive_float", "nonneg_float", "finite_float", "fraction",
+           "bits_int", "seed_int", "int_arg", "float_arg", "load_attribution", "CliError", "HelpFormatter", "Parser",
+           "add_command", "format_examples", "add_dataclass_args", "dataclass_from_args", "require_path",
+           "require_model", "load_model_quietly", "require_attribution_dir", "reading", "one_line", "describe_error",
+           "report_error", "debug_enabled", "group_size_arg", "PROG", "DEBUG_ENV"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from lrm_interp.cli.common import PROG, CliError, add_command, group_size_arg, require_model
+from lrm_interp.cli.common import (PROG, CliError, add_command, float_arg, fraction, group_size_arg, int_arg,
+                                   nonneg_int, positive_int, require_model, seed_int)
 
 PROTECTION_HELP = "matched-bits protection experiment: accuracy of every protection row, table + CSV + plot"
 PROTECTION_DESCRIPTION = (
@@ -53,21 +54,24 @@ def register(sub) -> None:
                     examples=PROTECTION_EXAMPLES)
     p.add_argument("--model", default="toy", metavar="DIR|ALIAS",
                    help="a model that answers the toy tasks: 'toy', 'smollm2-135m-reasoner' or a folder")
-    p.add_argument("--bits", type=int, default=3, metavar="B", help="bit width of the quantized rows (b+1 is a row)")
+    p.add_argument("--bits", type=int_arg(2, 7), default=3, metavar="B",
+                   help="bit width of the quantized rows, 2..7 (b+1 is a row)")
     p.add_argument("--quantizer", choices=["rtn", "gptq"], default="rtn", help="quantizer of every row")
-    p.add_argument("--per-family", type=int, default=50, metavar="N", help="held-out problems per task family")
-    p.add_argument("--group-size", type=int, default=128, metavar="N",
+    p.add_argument("--per-family", type=positive_int, default=50, metavar="N",
+                   help="held-out problems per task family")
+    p.add_argument("--group-size", type=nonneg_int, default=128, metavar="N",
                    help="quantization group size in input columns (0 = per channel)")
     p.add_argument("--asymmetric", action="store_true",
                    help="min-max grid with a zero-point (default: symmetric, GPTQ's convention)")
-    p.add_argument("--budget", type=float, default=0.02, metavar="F",
-                   help="fraction of the linear weights kept in FP16 by the per-weight rows")
-    p.add_argument("--attribution-traces", type=int, default=8, metavar="N",
+    p.add_argument("--budget", type=float_arg(0.0, 1.0, min_open=True, max_open=True), default=0.02, metavar="F",
+                   help="fraction of the linear weights kept in FP16 by the per-weight rows, in (0, 1)")
+    p.add_argument("--attribution-traces", type=positive_int, default=8, metavar="N",
                    help="gold-annotated toy traces per family for gradients and module importance")
-    p.add_argument("--random-seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
+    p.add_argument("--random-seeds", type=seed_int, nargs="+", default=[0, 1, 2], metavar="S",
                    help="seeds of the random-saliency control rows")
-    p.add_argument("--guided-mix", type=float, default=0.5, metavar="F",
-                   help="weight of the behaviour-gradient Hessian in the guided GPTQ rows (0..1)")
+    p.add_argument("--guided-mix", type=fraction, default=0.5, metavar="F",
+                   help="weight of the behaviour-gradient Hessian in the guided GPTQ rows, in [0, 1] (0: the "
+                        "calibration Hessian alone, 1: the behaviour-gradient Hessian alone)")
     p.add_argument("--only", nargs="+", default=None, metavar="TEXT",
                    help="measure only rows whose label contains one of these (fp and none always)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumable)")

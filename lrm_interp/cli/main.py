@@ -18,14 +18,16 @@ Conventions (help, examples, input checks, one-line errors): :mod:`lrm_interp.cl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import textwrap
 from pathlib import Path
 
-from lrm_interp.cli.common import (PROG, CliError, load_attribution, HelpFormatter, Parser, add_command, add_dataclass_args,
-                                   dataclass_from_args, debug_enabled, format_examples, load_model_quietly, reading,
-                                   report_error, require_attribution_dir, require_model, require_path)
+from lrm_interp.cli.common import (PROG, CliError, HelpFormatter, Parser, add_command, add_dataclass_args, bits_int,
+                                   dataclass_from_args, debug_enabled, float_arg, format_examples, load_attribution,
+                                   load_model_quietly, nonneg_int, positive_int, quiet_progress, reading, report_error,
+                                   require_attribution_dir, require_model, require_path)
 
 
 # --------------------------------------------------------------------------- attribute
@@ -107,11 +109,18 @@ def cmd_parse(a: argparse.Namespace) -> int:
     from lrm_interp._io import atomic_write_text
 
     data = require_path(a.data, "--data")
+    if a.report and not _is_paper_layout(data):
+        # never ignore a flag: a JSONL file has no parse report (its records are validated line by
+        # line, and the first bad one stops the command naming file:line)
+        raise CliError(f"--report: only a paper-layout directory (outputs/ + annotated/) has a parse report; "
+                       f"--data {data} is JSONL (drop --report)")
     with reading(data, "--data"):
         ds = load_dataset(data)
+    rep = getattr(ds, "report", None)
+    if a.report and rep is None:  # not reached: paper layouts always carry one
+        raise CliError(f"--report: loading --data {data} produced no parse report")
     ds.save_jsonl(a.out)
     print(f"wrote {len(ds)} traces, spans per behaviour {ds.span_counts()} to {a.out}")
-    rep = getattr(ds, "report", None)
     if rep is not None:
         print(rep.summary())
         if a.report:
@@ -120,12 +129,29 @@ def cmd_parse(a: argparse.Namespace) -> int:
     return 0
 
 
+def _is_paper_layout(p: Path) -> bool:
+    """Whether :func:`lrm_interp.data.loading.load_dataset` reads ``p`` as a paper layout."""
+    return p.is_dir() and ((p / "annotated").is_dir() or (p / "outputs").is_dir())
+
+
 def cmd_compare(a: argparse.Namespace) -> int:
-    from lrm_interp.attribution.results import compare
+    import warnings
+
+    from lrm_interp.attribution.results import comparability, compare
 
     require_attribution_dir(a.original, "--original")
     require_attribution_dir(a.compressed, "--compressed")
-    shift = compare(load_attribution(a.original, "--original"), load_attribution(a.compressed, "--compressed"))
+    orig, comp = load_attribution(a.original, "--original"), load_attribution(a.compressed, "--compressed")
+    problems, notes = comparability(orig, comp)
+    if problems and not a.allow_mismatch:
+        raise CliError(f"--original {a.original} and --compressed {a.compressed} cannot be compared: "
+                       + "; ".join(problems) + " (attribute both models with the same settings and traces, or "
+                       "pass --allow-mismatch to compare anyway)")
+    for n in problems + notes:
+        print(f"{PROG} compare: warning: {n}", file=sys.stderr)
+    with warnings.catch_warnings():  # printed above, one line each
+        warnings.simplefilter("ignore")
+        shift = compare(orig, comp, strict=False)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     shift.write_tables(out, view=a.view)
@@ -136,8 +162,6 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def cmd_quickstart(a: argparse.Namespace) -> int:
     from lrm_interp.experiments.quickstart import run_quickstart
 
-    if not 0.0 <= a.budget < 1.0:
-        raise CliError(f"--budget must be in [0, 1), got {a.budget}")
     run_quickstart(out_dir=a.out, n_traces=a.traces, tiny=a.tiny, bits=a.bits, group_size=a.group_size,
                    budget=a.budget, n_eval=a.eval, progress=not a.quiet)
     return 0
@@ -163,14 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
                     examples=[f"{PROG} quickstart --out qs",
                               f"{PROG} quickstart --out qs_tiny --tiny --traces 6 --eval 0 --quiet"])
     q.add_argument("--out", default="lrm_interp_quickstart", metavar="DIR", help="output directory")
-    q.add_argument("--traces", type=int, default=24, metavar="N", help="annotated traces to generate")
+    q.add_argument("--traces", type=positive_int, default=24, metavar="N",
+                   help="annotated traces to generate (at least one per task family)")
     q.add_argument("--tiny", action="store_true", help="use a tiny random model (plumbing check, scores mean "
                                                         "nothing)")
-    q.add_argument("--bits", type=int, default=3, help="RTN bits of the compressed copy")
-    q.add_argument("--group-size", type=int, default=128, metavar="G", help="RTN group size")
-    q.add_argument("--budget", type=float, default=0.02, metavar="F",
-                   help="fraction of the linear weights the protection mask keeps in full precision")
-    q.add_argument("--eval", type=int, default=30, metavar="N", help="held-out problems to score (0 = skip)")
+    q.add_argument("--bits", type=bits_int, default=3, metavar="N", help="RTN bits of the compressed copy, 2..8")
+    q.add_argument("--group-size", type=positive_int, default=128, metavar="G", help="RTN group size")
+    q.add_argument("--budget", type=float_arg(0.0, 1.0, min_open=True, max_open=True), default=0.02, metavar="F",
+                   help="fraction of the linear weights the protection mask keeps in full precision, in (0, 1)")
+    q.add_argument("--eval", type=nonneg_int, default=30, metavar="N", help="held-out problems to score (0 = skip)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(fn=cmd_quickstart)
 
@@ -206,12 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
                      examples=[f"{PROG} parse --data paper_layout/ --out traces.jsonl --report report.json"])
     pa.add_argument("--data", required=True, metavar="PATH", help="paper-layout directory or JSONL trace file")
     pa.add_argument("--out", required=True, metavar="FILE", help="output JSONL file")
-    pa.add_argument("--report", default=None, metavar="FILE", help="also write the parse report as JSON here")
+    pa.add_argument("--report", default=None, metavar="FILE",
+                    help="also write the parse report as JSON here (paper-layout --data only; refused for JSONL)")
     pa.set_defaults(fn=cmd_parse)
 
     c = add_command(sub, "compare", help="importance shift between two attribution results",
                     description="Importance shift RI_compressed - RI_original per behaviour and site between two "
-                                "'lrm-interp attribute' result folders; writes shift.csv and shift.png.",
+                                "'lrm-interp attribute' result folders; writes shift.csv and shift.png. Results "
+                                "computed with different attribution settings, model types, tokenizers or traces "
+                                "are refused (naming the difference); behaviours found in one result only are left "
+                                "out with a warning.",
                     examples=[f"{PROG} compare --original attr_fp --compressed attr_q3 --out shift"])
     c.add_argument("--original", required=True, metavar="DIR", help="attribution result of the original model")
     c.add_argument("--compressed", required=True, metavar="DIR",
@@ -219,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, metavar="DIR", help="output directory")
     c.add_argument("--view", choices=["decreases", "signed"], default="decreases",
                    help="decreases = only importance lost, as positive values (paper); signed = the full delta")
+    c.add_argument("--allow-mismatch", action="store_true",
+                   help="compare even results computed with different attribution settings, tokenizers or traces "
+                        "(refused by default; each difference is then printed as a warning)")
     c.set_defaults(fn=cmd_compare)
 
     _add_optional_commands(sub)
@@ -252,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; bad input prints one line ``lrm-interp <cmd>: error: ...`` and returns 2."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args) or 0)
+        # --quiet: no progress bar at all, the libraries' (transformers' shard writer, the GGUF
+        # conversion, huggingface_hub) included, not only the command's own
+        with quiet_progress() if getattr(args, "quiet", False) else contextlib.nullcontext():
+            return int(args.fn(args) or 0)
     except Exception as e:  # noqa: BLE001 - KeyboardInterrupt / SystemExit pass through
         if debug_enabled():
             raise

@@ -10,8 +10,9 @@ import json
 import re
 from pathlib import Path
 
-from lrm_interp.cli.common import (PROG, CliError, load_attribution, add_command, group_size_arg, load_model_quietly, reading,
-                                   require_attribution_dir, require_model, require_path)
+from lrm_interp.cli.common import (PROG, CliError, add_command, bits_int, fraction, group_size_arg, load_attribution,
+                                   load_model_quietly, nonneg_int, reading, require_attribution_dir, require_model,
+                                   require_path, seed_int)
 from lrm_interp.protect.policies import POLICIES
 from lrm_interp.protect.registry import SALIENCIES
 
@@ -183,8 +184,9 @@ def register(sub) -> None:
         for n, s in SALIENCIES.items())
     p.add_argument("--scores", required=True, metavar="DIR",
                    help=f"an attribution result folder (from '{PROG} attribute')")
-    p.add_argument("--budget", type=float, default=0.02, metavar="X",
-                   help="fraction of the linear weights to protect, in [0, 1]")
+    p.add_argument("--budget", type=fraction, default=0.02, metavar="X",
+                   help="fraction of the linear weights to protect, in [0, 1] (0: an empty mask, the no-protection "
+                        "baseline)")
     p.add_argument("--policy", choices=POLICIES, default="global_top",
                    help="how the protected weights are chosen (global_top: the most salient weights over all sites)")
     p.add_argument("--saliency", choices=list(SALIENCIES), default="attribution_ri",
@@ -194,15 +196,15 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, metavar="PATH",
                    help="annotated traces, JSONL file or paper-layout folder (attribution saliencies; calibration "
                         "text of activation/hessian, else generated toy tasks)")
-    p.add_argument("--bits", type=int, default=3, metavar="N",
+    p.add_argument("--bits", type=bits_int, default=3, metavar="N",
                    help="target quantization bits, 2..8 (saliency grid and bits/weight)")
-    p.add_argument("--group-size", type=int, default=128, metavar="N",
+    p.add_argument("--group-size", type=nonneg_int, default=128, metavar="N",
                    help="quantization group size in input columns (0 = per channel)")
     p.add_argument("--symmetric", action="store_true", help="symmetric grid (no zero-point) instead of min-max")
     p.add_argument("--always", default=None, metavar="REGEX",
                    help="sites always protected whole (they count against the budget)")
     p.add_argument("--never", default=None, metavar="REGEX", help="sites never protected (wins over --always)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the random saliency")
+    p.add_argument("--seed", type=seed_int, default=0, metavar="N", help="seed of the random saliency (>= 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, metavar="FILE", help="output mask file (.safetensors)")
     p.set_defaults(fn=cmd_protect)
@@ -210,8 +212,8 @@ def register(sub) -> None:
     q = add_command(sub, "quantize", help=QUANTIZE_HELP, description=QUANTIZE_DESCRIPTION,
                     examples=QUANTIZE_EXAMPLES)
     q.add_argument("--model", required=True, metavar="DIR|ALIAS", help="model folder or alias, e.g. toy")
-    q.add_argument("--bits", type=int, required=True, metavar="N", help="quantization bits, 2..8")
-    q.add_argument("--group-size", type=int, default=128, metavar="N",
+    q.add_argument("--bits", type=bits_int, required=True, metavar="N", help="quantization bits, 2..8")
+    q.add_argument("--group-size", type=nonneg_int, default=128, metavar="N",
                    help="quantization group size in input columns (0 = per channel)")
     q.add_argument("--method", choices=["rtn", "gptq"], default="rtn",
                    help="rtn (round to nearest) or gptq (error feedback from calibration Hessians)")

@@ -7,8 +7,9 @@ import copy
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from lrm_interp.cli.common import load_model_quietly, require_model
+    from lrm_interp.cli.common import group_size_arg, load_model_quietly, require_model
 
+    group_size = group_size_arg(a.group_size)
     require_model(a.model)
     from lrm_interp.compress.quant import quantize_model_
     from lrm_interp.toy.evaluate import evaluate
@@ -17,8 +18,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     model, tok = load_model_quietly(a.model)
     if a.bits:
         model = copy.deepcopy(model)
-        quantize_model_(model, bits=a.bits, group_size=a.group_size, progress=False)
-    acc = evaluate(model, tok, problems(a.per_family, seed=a.seed, world=model_world(model)), progress=True)
+        quantize_model_(model, bits=a.bits, group_size=group_size, progress=False)
+    acc = evaluate(model, tok, problems(a.per_family, seed=a.seed, world=model_world(model)), progress=not a.quiet)
     print({k: round(v, 3) for k, v in acc.items()})
     return 0
 
@@ -36,7 +37,7 @@ def cmd_traces(a: argparse.Namespace) -> int:
     else:
         model, tok = load_model_quietly(a.model)
         ds = collect_traces(model, tok, problems(a.per_family, seed=a.seed, world=model_world(model)),
-                            progress=True)
+                            progress=not a.quiet)
     ds.save_jsonl(a.out)
     print(f"wrote {len(ds)} traces to {a.out}; spans {ds.span_counts()}")
     return 0
@@ -55,7 +56,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from lrm_interp.cli.common import PROG, add_command
+    from lrm_interp.cli.common import PROG, add_command, bits_int, nonneg_int, positive_int, seed_int
 
     t = add_command(sub, "toy", help="the shipped toy reasoning model: train / eval / traces; distil SmolLM2 into a reasoner",
                     description="The shipped toy reasoning model (a small Llama on byte tokens): train one, "
@@ -82,10 +83,14 @@ def register(sub) -> None:
                      examples=[f"{PROG} toy eval --per-family 20", f"{PROG} toy eval --model ./q3 --per-family 20",
                                f"{PROG} toy eval --bits 3 --group-size 32"])
     ev.add_argument("--model", default="toy", metavar="DIR|ALIAS", help="toy model directory or alias")
-    ev.add_argument("--per-family", type=int, default=50, metavar="N", help="held-out problems per task family")
-    ev.add_argument("--seed", type=int, default=2, help="seed of the held-out problems")
-    ev.add_argument("--bits", type=int, default=None, help="RTN-quantize to this many bits first (default: no)")
-    ev.add_argument("--group-size", type=int, default=128, metavar="G", help="RTN group size (with --bits)")
+    ev.add_argument("--per-family", type=positive_int, default=50, metavar="N",
+                    help="held-out problems per task family")
+    ev.add_argument("--seed", type=seed_int, default=2, help="seed of the held-out problems (>= 0)")
+    ev.add_argument("--bits", type=bits_int, default=None, metavar="N",
+                    help="RTN-quantize to this many bits first, 2..8 (default: no)")
+    ev.add_argument("--group-size", type=nonneg_int, default=128, metavar="G",
+                    help="RTN group size (with --bits; 0 = per channel)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(fn=cmd_eval)
 
     tc = add_command(ts, "traces", help="write annotated traces (gold, or the model's own)",
@@ -96,8 +101,9 @@ def register(sub) -> None:
     tc.add_argument("--model", default="toy", metavar="DIR|ALIAS",
                     help="toy model generating the traces (ignored with --gold)")
     tc.add_argument("--gold", action="store_true", help="write the generator's traces with gold spans instead")
-    tc.add_argument("--per-family", type=int, default=10, metavar="N", help="problems per task family")
-    tc.add_argument("--seed", type=int, default=3, help="seed of the problems")
+    tc.add_argument("--per-family", type=positive_int, default=10, metavar="N", help="problems per task family")
+    tc.add_argument("--seed", type=seed_int, default=3, help="seed of the problems (>= 0)")
+    tc.add_argument("--quiet", action="store_true", help="no progress bars")
     tc.add_argument("--out", required=True, metavar="FILE", help="output JSONL file")
     tc.set_defaults(fn=cmd_traces)
     di = add_command(ts, "distill", help="distil SmolLM2-135M into a reasoner on the toy traces (LoRA, resumable)",

@@ -1,4 +1,11 @@
-"""``load_dataset``: one entry point for every form traces come in."""
+"""``load_dataset``: one entry point for every form traces come in.
+
+Every form is held to the same size limit (:func:`lrm_interp.data.traces.response_limit`: 2M
+characters by default, ``max_response_chars=`` or ``$LRM_INTERP_MAX_RESPONSE_CHARS``), checked
+before anything expensive runs: JSONL lines as they are read, the text files of a paper-layout
+folder before they are parsed and aligned (:func:`check_layout_files`), in-memory traces before
+they are returned.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +13,42 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace
+from lrm_interp.data.paper_layout import check_layout_files
+from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace, response_limit
 
 
-def load_dataset(data: ReasoningDataset | Sequence[ReasoningTrace] | str | os.PathLike, **kw) -> ReasoningDataset:
-    """Accept a dataset, a list of traces, a JSONL file or a paper-layout directory."""
+def load_dataset(data: ReasoningDataset | Sequence[ReasoningTrace] | str | os.PathLike, *,
+                 max_response_chars: int | None = None, **kw) -> ReasoningDataset:
+    """Accept a dataset, a list of traces, a JSONL file or a paper-layout directory.
+
+    ``max_response_chars``: the largest response (and prompt) accepted, in characters (default
+    :func:`~lrm_interp.data.traces.response_limit`); a larger one raises
+    :class:`~lrm_interp.data.traces.ResponseTooLargeError` naming the file and line, file, or
+    trace. ``kw`` go to :func:`~lrm_interp.data.paper_layout.load_paper_layout`.
+    """
+    limit = response_limit(max_response_chars)
     if isinstance(data, ReasoningDataset):
-        return data
+        return data.check_sizes(limit)
     if isinstance(data, (str, os.PathLike)):
         p = Path(data)
         if p.is_dir():
             if (p / "annotated").is_dir() or (p / "outputs").is_dir():
                 from lrm_interp.data.paper_layout import load_paper_layout
 
-                return load_paper_layout(p, **kw)
+                return load_paper_layout(p, max_response_chars=limit, **kw)
             jsonls = sorted(p.glob("*.jsonl"))
             if len(jsonls) == 1:
-                return ReasoningDataset.load_jsonl(jsonls[0])
+                return ReasoningDataset.load_jsonl(jsonls[0], max_response_chars=limit)
             raise ValueError(f"{p}: expected a paper-layout directory (outputs/ + annotated/) "
                              f"or exactly one .jsonl file, found {len(jsonls)} .jsonl files")
         if not p.exists():
             raise FileNotFoundError(f"dataset {p} does not exist")
-        return ReasoningDataset.load_jsonl(p)
+        return ReasoningDataset.load_jsonl(p, max_response_chars=limit)
     traces = list(data)
     if not all(isinstance(t, ReasoningTrace) for t in traces):
         raise TypeError("dataset must be a ReasoningDataset, a list of ReasoningTrace, a JSONL path "
                         "or a paper-layout directory")
-    return ReasoningDataset(traces)
+    return ReasoningDataset(traces).check_sizes(limit)
 
 
-__all__ = ["load_dataset"]
+__all__ = ["load_dataset", "check_layout_files"]

@@ -28,7 +28,8 @@ from lrm_interp.data.align import SegmentReport, align_segments
 from lrm_interp.data.markup import ParsedAnnotation, parse_markup
 from lrm_interp.data.prompts import build_prompt, canonical_dataset, gold_answer
 from lrm_interp._io import atomic_write_text
-from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace, TraceFormatError
+from lrm_interp.data.traces import (ReasoningDataset, ReasoningTrace, ResponseTooLargeError, TraceFormatError,
+                                    response_limit)
 
 _BAD_FILE = ("rejected", "missing annotation", "missing output")
 
@@ -207,10 +208,43 @@ def _find_problems(root: Path, dataset: str, problems: Mapping[str, Sequence[Map
     return None, f"{root / 'problems'}/{dataset}.jsonl"
 
 
+def check_layout_files(root: str | os.PathLike, *, max_response_chars: int | None = None,
+                       folders: Sequence[str] = ("outputs", "annotated")) -> int:
+    """Check the ``*.txt`` files under ``root/<folder>/<dataset>/`` before a paper-layout folder is
+    parsed: each must be valid UTF-8 (else :class:`TraceFormatError` naming ``file:line`` and the
+    byte) and at most the size limit in characters (else :class:`ResponseTooLargeError` naming the
+    file, its size and the limit). Files no larger in bytes than the limit are only decoded.
+    Returns how many files were checked."""
+    limit = response_limit(max_response_chars)
+    root = Path(root)
+    n = 0
+    for folder in folders:
+        base = root / folder
+        if not base.is_dir():
+            continue
+        for p in sorted(base.glob("*/*.txt")):
+            if not p.is_file():
+                continue
+            n += 1
+            raw = p.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                line = raw.count(b"\n", 0, e.start) + 1
+                raise TraceFormatError(f"{p}:{line}: invalid UTF-8 at byte {e.start} of the file "
+                                       f"({raw[max(0, e.start - 10):e.start + 10]!r})") from e
+            if len(raw) > limit and len(text) > limit:
+                raise ResponseTooLargeError(
+                    f"{p}: {len(text):,} characters exceeds the limit of {limit:,} characters (raise it with "
+                    "max_response_chars=N or $LRM_INTERP_MAX_RESPONSE_CHARS=N if it is meant to be this long)")
+    return n
+
+
 def load_paper_layout(root: str | os.PathLike, *, datasets: Sequence[str] | None = None,
                       problems: Mapping[str, Sequence[Mapping]] | None = None,
                       labels: Collection[str] | None = None, aliases: dict[str, str] | None = None,
-                      keep_unknown: bool = False, progress: bool = True) -> ReasoningDataset:
+                      keep_unknown: bool = False, progress: bool = True,
+                      max_response_chars: int | None = None) -> ReasoningDataset:
     """Load traces with their behaviour spans; ``dataset.report`` is a :class:`ParseReport`.
 
     Args:
@@ -223,6 +257,9 @@ def load_paper_layout(root: str | os.PathLike, *, datasets: Sequence[str] | None
         aliases: extra label aliases (``{"verification": "example-testing"}``).
         keep_unknown: emit spans for unknown labels too (under the raw label).
         progress: tqdm bar over files.
+        max_response_chars: the largest file accepted, in characters (default
+            :func:`~lrm_interp.data.traces.response_limit`); every file is checked
+            (:func:`check_layout_files`: UTF-8 and size) before any is parsed.
 
     Trace ids are ``"<dataset>/<j>"``; metadata: ``dataset``, ``index`` (int when numeric),
     ``gold_answer`` (if the problem has one), ``annotation_status``, file paths.
@@ -231,6 +268,8 @@ def load_paper_layout(root: str | os.PathLike, *, datasets: Sequence[str] | None
     out_dir, ann_dir = root / "outputs", root / "annotated"
     if not out_dir.is_dir() and not ann_dir.is_dir():
         raise FileNotFoundError(f"{root} has neither outputs/ nor annotated/ (paper layout expected)")
+    limit = response_limit(max_response_chars)
+    check_layout_files(root, max_response_chars=limit)
     names = sorted({p.name for d in (out_dir, ann_dir) if d.is_dir() for p in d.iterdir() if p.is_dir()})
     if datasets is not None:
         missing = [d for d in datasets if not any(_same_dataset(d, n) for n in names)]
@@ -284,4 +323,4 @@ def load_paper_layout(root: str | os.PathLike, *, datasets: Sequence[str] | None
         files.append(FileReport(ds_name, stem, str(a), str(o), rep.status, rep.reason, rep.repairs,
                                 tuple(notes) + rep.notes, rep.segments))
         traces.append(trace)
-    return ReasoningDataset(traces, name=root.name, report=ParseReport(tuple(files)))
+    return ReasoningDataset(traces, name=root.name, report=ParseReport(tuple(files))).check_sizes(limit)

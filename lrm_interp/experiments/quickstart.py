@@ -30,7 +30,9 @@ import torch
 from lrm_interp._io import atomic_write_text
 from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import compare
+from lrm_interp.checks import check_fraction, check_int
 from lrm_interp.compress.quant.apply import quantize_model_
+from lrm_interp.compress.quant.grid import check_bits
 from lrm_interp.data.tokens import encode_trace
 from lrm_interp.experiments.report import write_report
 from lrm_interp.protect.encoding import bits_per_weight, save_masks
@@ -58,8 +60,15 @@ def run_quickstart(out_dir: str | Path = "lrm_interp_quickstart", *, n_traces: i
 
     ``n_eval`` held-out problems (split over the task families) are solved by the full
     precision, the ``bits``-bit RTN and the protected ``bits``-bit copies (shipped model only;
-    0 skips the evaluation). ``budget``: fraction of the linear weights kept in full precision.
+    0 skips the evaluation). ``budget``: fraction of the linear weights kept in full precision,
+    in (0, 1). Every setting is checked (``ValueError``) before anything is loaded or written.
     """
+    # every setting checked before anything is loaded or written
+    check_int("n_traces", n_traces, min=1)
+    check_bits(bits)
+    check_int("group_size", group_size, min=1)
+    check_fraction("budget", budget, zero=False, one=False)
+    check_int("n_eval", n_eval, min=0)
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

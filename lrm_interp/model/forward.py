@@ -9,7 +9,11 @@ One implementation each (used by attribution, saliency, evaluation and compressi
   base/head split, else ``logits_to_keep``, else full logits (documented fallback);
 - :func:`activation_forward` — a forward that fires every site without full-vocabulary logits;
 - :func:`span_losses` — mean cross-entropy of each span's tokens given its prefix;
-- :func:`frozen_for_attribution` — parameters frozen, optional gradient checkpointing.
+- :func:`frozen_for_attribution` — parameters frozen, optional gradient checkpointing;
+- :func:`context_limit` — the context the model's config states (``max_position_embeddings``,
+  GPT-2's ``n_positions``, ...);
+- :func:`memory_lower_bound` / :func:`available_memory` — what one pass over a sequence needs at
+  least, and what the device has free (the up-front memory check of ``attribute()``).
 """
 
 from __future__ import annotations
@@ -214,5 +218,97 @@ def span_losses(model: torch.nn.Module, ids: torch.Tensor, spans: Sequence[Token
     return torch.stack(losses)
 
 
+# ---------------------------------------------------------------------------- context and memory
+#: Config attributes that state a model's context, in the order they are read (transformers maps
+#: GPT-2's ``n_positions`` to ``max_position_embeddings``).
+CONTEXT_ATTRS: tuple[str, ...] = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length",
+                                  "seq_length")
+
+
+def _text_config(model: torch.nn.Module):
+    cfg = getattr(model, "config", None)
+    get_text = getattr(cfg, "get_text_config", None)
+    if callable(get_text):
+        try:
+            return get_text() or cfg
+        except Exception:  # noqa: BLE001 - an unusual config: use it as it is
+            return cfg
+    return cfg
+
+
+def context_limit(model: torch.nn.Module) -> tuple[int | None, str | None]:
+    """``(positions, where)``: the context the model's config states, and the attribute it came from
+    (``"config.n_positions"`` for GPT-2); ``(None, None)`` when the config states none.
+
+    This is the configured limit: rotary models may run past it (with degraded outputs), learned
+    position embeddings (GPT-2) cannot. lrm_interp refuses only traces above it; a model whose
+    config understates what it supports needs its ``config.max_position_embeddings`` raised.
+    """
+    cfg = _text_config(model)
+    if cfg is None:
+        return None, None
+    amap = getattr(cfg, "attribute_map", None) or {}
+    for a in CONTEXT_ATTRS:
+        v = getattr(cfg, a, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v, f"config.{amap.get(a, a)}"
+    return None, None
+
+
+def memory_lower_bound(model: torch.nn.Module, n_tokens: int, *, gradients: str,
+                       dtype: torch.dtype | None = None) -> dict[str, int]:
+    """Bytes a pass over one ``n_tokens`` sequence needs at least, beyond the weights, per part.
+
+    ``gradients``: ``"none"`` (a forward only: DoM), ``"windows"`` (exact AtP against a cached
+    prefix: the trace's KV cache is kept) or ``"full"`` (a backward through the whole prefix:
+    every layer's input and K/V are saved; with eager attention also every layer's attention
+    probabilities, ``heads × n²``). ``"full_checkpointed"``: as ``"full"`` with gradient
+    checkpointing (one layer's probabilities at a time). Counts only tensors that must exist at
+    once, at ``dtype`` (default: the weights' dtype), so it never over-estimates; ``{}`` when the
+    config does not say the model's shape.
+    """
+    cfg = _text_config(model)
+    layers = getattr(cfg, "num_hidden_layers", None)
+    hidden = getattr(cfg, "hidden_size", None)
+    heads = getattr(cfg, "num_attention_heads", None)
+    if not all(isinstance(x, int) and x > 0 for x in (layers, hidden, heads)):
+        return {}
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    if dtype is None:
+        p = next(model.parameters(), None)
+        dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    b = torch.empty((), dtype=dtype).element_size()
+    n = int(n_tokens)
+    eager = getattr(cfg, "_attn_implementation", None) == "eager"
+    scores_one_layer = heads * n * n * b if eager else 0
+    out = {"activations of one layer": n * hidden * b, "attention scores (eager)": scores_one_layer}
+    if gradients in ("windows", "full", "full_checkpointed"):
+        out["KV cache"] = 2 * layers * kv_heads * head_dim * n * b
+    if gradients in ("full", "full_checkpointed"):
+        out["layer inputs saved for backward"] = layers * n * hidden * b
+    if gradients == "full" and eager:
+        out["attention scores (eager)"] = layers * scores_one_layer
+    return {k: v for k, v in out.items() if v}
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device``: CUDA's free memory, ``MemAvailable`` of ``/proc/meminfo`` on a
+    CPU (Linux); ``None`` when unknown."""
+    device = torch.device(device)
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        if device.type == "cpu":
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError, IndexError):
+        return None
+    return None
+
+
 __all__ = ["input_device", "base_and_head", "cache_kwarg", "hidden_states", "logits_path", "logits_at", "activation_forward",
-           "span_losses", "frozen_for_attribution"]
+           "span_losses", "frozen_for_attribution", "CONTEXT_ATTRS", "context_limit", "memory_lower_bound",
+           "available_memory"]

@@ -150,7 +150,12 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     h.update(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "to_str"):
-        h.update(backend.to_str().encode())
+        # what the tokenizer is, not how it was last called: transformers sets the backend's
+        # padding / truncation on each call (a padded batch, a truncating encode), so they are not
+        # part of the fingerprint (else one call to generate() would change it)
+        d = json.loads(backend.to_str())
+        d["padding"] = d["truncation"] = None
+        h.update(json.dumps(d, sort_keys=True).encode())
     else:
         h.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     specials = {k: getattr(tokenizer, k, None) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}

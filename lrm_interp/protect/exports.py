@@ -32,6 +32,7 @@ from typing import Mapping
 import torch
 
 from lrm_interp._io import dtype_to_str, read_safetensors, write_safetensors
+from lrm_interp.checks import check_int
 from lrm_interp.model.sites import get_module
 from lrm_interp.model.weights import set_weight_matrix, weight_matrix
 from lrm_interp.protect.encoding import SEP, mask_tensors, masks_from_tensors
@@ -97,7 +98,9 @@ def gptqmodel_dynamic(masks: Mapping[str, ProtectionMask]) -> dict[str, dict]:
 def gptqmodel_dynamic_bits(alloc, *, default_bits: int) -> dict[str, dict]:
     """GPTQModel ``dynamic`` for a module-level :class:`~lrm_interp.protect.mixed.BitAllocation`:
     ``"+:^<name>$": {"bits": b, "group_size": g}`` for every module not at ``default_bits`` (the
-    ``QuantizeConfig``'s own ``bits``), ``"-:^<name>$": {}`` for modules kept in FP16."""
+    ``QuantizeConfig``'s own ``bits``), ``"-:^<name>$": {}`` for modules kept in FP16.
+    ``default_bits``: an integer in 2..8 (else ``ValueError``)."""
+    check_int("default_bits", default_bits, min=2, max=8)
     out: dict[str, dict] = {}
     for name, b in alloc.bits.items():
         key = f"^{re.escape(name)}$"

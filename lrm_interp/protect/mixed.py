@@ -25,6 +25,7 @@ result never exceeds the budget. :func:`uniform_allocation` is the plain baselin
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -32,6 +33,8 @@ from typing import Mapping, Sequence
 import torch
 
 from lrm_interp._io import atomic_write_text
+from lrm_interp.checks import check_float
+from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.model.sites import Site, get_module
 from lrm_interp.model.weights import weight_matrix
 from lrm_interp.protect.encoding import quantized_site_bits
@@ -103,6 +106,19 @@ class BitAllocation:
                    d["group_size"], d["symmetric"], d.get("provenance", {}))
 
 
+def check_choices(choices: Sequence[int]) -> list[int]:
+    """The sorted distinct bit widths of ``choices`` if each is 2..8 or 16 (:data:`KEPT`), else ``ValueError``."""
+    out = set()
+    for b in choices:
+        try:
+            out.add(KEPT if not isinstance(b, bool) and b == KEPT else check_bits(b))
+        except ValueError:
+            raise ValueError(f"choices: bit widths must be 2..8 or {KEPT}, got {b!r}") from None
+    if not out:
+        raise ValueError("choices must name at least one bit width (2..8 or 16)")
+    return sorted(out)
+
+
 def site_cost(site: Site, bits: int, *, group_size: int | None = 128, symmetric: bool = False) -> int:
     """Storage bits of ``site`` at ``bits`` (``16``: the FP16 weights, nothing else)."""
     if bits == KEPT:
@@ -155,12 +171,15 @@ def allocate_bits(sites: Sequence[Site], errors: Mapping[str, Mapping[int, float
     Raises:
         ValueError: budget below the all-lowest allocation, a site without errors for a choice.
     """
-    choices = sorted(set(int(b) for b in choices))
+    check_float("budget_bpw", budget_bpw, min=0.0, min_open=True)
+    choices = check_choices(choices)
+    group_size = check_group_size(group_size)
     n_total = sum(s.n_weights for s in sites)
     sens = {s.name: 1.0 for s in sites} if sensitivity is None else {s.name: float(sensitivity.get(s.name, 0.0))
                                                                      for s in sites}
-    if any(v < 0 for v in sens.values()):
-        raise ValueError("allocate_bits: sensitivities must be >= 0")
+    bad = [k for k, v in sens.items() if not (math.isfinite(v) and v >= 0)]
+    if bad:
+        raise ValueError(f"allocate_bits: sensitivities must be finite and >= 0, got {sens[bad[0]]} for {bad[0]}")
     for s in sites:
         missing = [b for b in choices if b not in errors.get(s.name, {})]
         if missing:
@@ -223,4 +242,4 @@ def quantize_allocation_(model: torch.nn.Module, alloc: BitAllocation, *, method
 
 
 __all__ = ["BitAllocation", "allocate_bits", "uniform_allocation", "quantization_errors", "hessian_sensitivity",
-           "site_cost", "allocation_bpw", "quantize_allocation_", "KEPT"]
+           "site_cost", "allocation_bpw", "quantize_allocation_", "check_choices", "KEPT"]

@@ -28,8 +28,17 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from lrm_interp.attribution.results import site_scores
+from lrm_interp.checks import check_fraction
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.masks import ProtectionMask
+
+
+def _check_budget(budget: float) -> float:
+    """``float(budget)`` if it is a finite fraction of the weights in [0, 1] (0: protect nothing)."""
+    try:
+        return check_fraction("budget", budget)
+    except ValueError:
+        raise ValueError(f"budget must be a fraction of the weights in [0, 1], got {budget}") from None
 
 
 def _n_total(saliency: Any, n_total: int | None, sites: Sequence[Site] | None) -> tuple[Any, int]:
@@ -86,6 +95,7 @@ def global_top(saliency: Iterable[tuple[Site, torch.Tensor]], budget: float = 0.
 
     Memory: a candidate pool (values + global ids) of at most ``2k`` plus one module.
     """
+    budget = _check_budget(budget)
     saliency, N = _n_total(saliency, n_total, sites)
     k = max(0, int(round(budget * N)) - int(reserved))
     exclude = set(exclude)
@@ -141,6 +151,7 @@ def _prune(v: torch.Tensor, i: torch.Tensor, w: torch.Tensor, k: int):
 def per_module_top(saliency: Iterable[tuple[Site, torch.Tensor]], budget: float = 0.02, *,
                    granularity: str = "elements", exclude: Iterable[str] = ()) -> dict[str, ProtectionMask]:
     """``round(budget · n_m)`` weights of every module (rows/cols: greedy ≤ that many weights)."""
+    budget = _check_budget(budget)
     exclude = set(exclude)
     out = {}
     for site, sal in saliency:
@@ -167,6 +178,7 @@ def modules_by_score(sites: Sequence[Site], scores: Any, budget: float = 0.02, *
     ``scores``: ``{site: score}`` or an Attribution (mean relative importance over
     behaviours, or of ``behavior``). ``always`` sites are taken first (even over budget).
     """
+    budget = _check_budget(budget)
     sc = site_scores(scores, behavior)
     n_total = sum(s.n_weights for s in sites)
     forced, free, _ = _split(sites, always, never)
@@ -217,8 +229,7 @@ def build_masks(sites: Sequence[Site], policy: str = "global_top", budget: float
     the ``always`` modules count against the budget, so the total is exactly
     ``max(round(budget · N), n_always)``.
     """
-    if not 0.0 <= float(budget) <= 1.0:
-        raise ValueError(f"budget must be a fraction of the weights in [0, 1], got {budget}")
+    budget = _check_budget(budget)
     sites = list(sites)
     forced, _, banned = _split(sites, always, never)
     if policy == "final_mlp":

@@ -24,7 +24,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from lrm_interp.checks import check_int
 from lrm_interp.compress.calibration import CalibData
+from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.tokens import EncodedTrace
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.gptq_aware import attribution_gptq, tacq
@@ -120,6 +122,9 @@ def build_saliency(name: str, model: torch.nn.Module, sites: Sequence[Site], *, 
     """
     if name not in SALIENCIES:
         raise KeyError(f"unknown saliency {name!r} (one of {list(SALIENCIES)})")
+    bits = check_bits(bits)
+    group_size = check_group_size(group_size)
+    check_int("seed", seed, min=0)
     src = SALIENCIES[name]
     x = SaliencyInputs(encoded=encoded, behaviors=None if behaviors is None else list(behaviors), calib=calib,
                        bits=bits, group_size=group_size, symmetric=symmetric, seed=seed,

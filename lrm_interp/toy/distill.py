@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lrm_interp.checks import (check_float, check_int, float_arg, nonneg_float, nonneg_int, positive_float,
+                               positive_int, seed_int)
 from lrm_interp.model.reasoner import import_peft
 from lrm_interp.toy.tasks import FAMILIES, World, build_world, generate_trace
 
@@ -99,17 +101,17 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "family_weights", tuple(float(w) for w in self.family_weights))
-        if len(self.family_weights) != len(FAMILIES) or min(self.family_weights) < 0 or sum(self.family_weights) <= 0:
-            raise ValueError(f"family_weights: {len(FAMILIES)} non-negative weights ({', '.join(FAMILIES)}) "
+        fw = self.family_weights
+        if len(fw) != len(FAMILIES) or not all(math.isfinite(w) and w >= 0 for w in fw) or sum(fw) <= 0:
+            raise ValueError(f"family_weights: {len(FAMILIES)} finite non-negative weights ({', '.join(FAMILIES)}) "
                              f"with a positive sum, got {self.family_weights}")
-        for name in ("steps", "batch_size", "rank", "alpha", "n_people"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        for name in ("steps", "batch_size", "rank", "alpha", "n_people", "eval_per_family"):
+            check_int(name, getattr(self, name), min=1)
+        for name in ("seed", "pack", "eval_every"):
+            check_int(name, getattr(self, name), min=0)
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if self.pack < 0 or self.eval_every < 0 or self.eval_per_family < 1:
-            raise ValueError(f"pack and eval_every must be >= 0 and eval_per_family >= 1, got {self.pack}, "
-                             f"{self.eval_every}, {self.eval_per_family}")
+        check_float("weight_decay", self.weight_decay, min=0.0)
         if self.early_stop is not None and not 0 < self.early_stop <= 1:
             raise ValueError(f"early_stop must be in (0, 1] or None, got {self.early_stop}")
 
@@ -344,6 +346,10 @@ def distill_reasoner(out_dir: str | Path, cfg: DistillConfig = DistillConfig(), 
         the log: settings, ``loss`` as ``[[step, loss], ...]``, ``seconds`` (training wall time over
         all sessions), ``finished``, hardware.
     """
+    check_int("checkpoint_every", checkpoint_every, min=1)
+    check_float("max_seconds", max_seconds, min=0.0, optional=True)  # 0: one step, checkpoint, return
+    check_int("threads", threads, min=1, optional=True)
+    check_int("log_every", log_every, min=1)
     if base is None:
         from lrm_interp.model.smollm2 import load_smollm2
 
@@ -449,23 +455,24 @@ def add_distill_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, metavar="DIR",
                     help="run folder: checkpoint/ while running (resumed when present), adapter/ (the LoRA "
                          "delta and distill_log.json) at the end")
-    ap.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (cosine schedule over them)")
-    ap.add_argument("--batch-size", type=int, default=d.batch_size, help="traces per step")
-    ap.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate of the LoRA factors")
-    ap.add_argument("--rank", type=int, default=d.rank, help="LoRA rank (every decoder linear module)")
-    ap.add_argument("--alpha", type=int, default=d.alpha, help="LoRA alpha (update scale alpha/rank)")
-    ap.add_argument("--n-people", type=int, default=d.n_people, help="size of the knowledge family's fact table")
-    ap.add_argument("--seed", type=int, default=d.seed, help="seeds the LoRA initialisation and the data stream")
-    ap.add_argument("--family-weights", type=float, nargs=len(FAMILIES), default=list(d.family_weights),
-                    metavar="W", help=f"sampling weights of the families {', '.join(FAMILIES)}")
-    ap.add_argument("--pack", type=int, default=d.pack,
+    ap.add_argument("--steps", type=positive_int, default=d.steps, help="optimizer steps (cosine schedule over them)")
+    ap.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="traces per step")
+    ap.add_argument("--lr", type=positive_float, default=d.lr, help="peak AdamW learning rate of the LoRA factors")
+    ap.add_argument("--rank", type=positive_int, default=d.rank, help="LoRA rank (every decoder linear module)")
+    ap.add_argument("--alpha", type=positive_int, default=d.alpha, help="LoRA alpha (update scale alpha/rank)")
+    ap.add_argument("--n-people", type=positive_int, default=d.n_people,
+                    help="size of the knowledge family's fact table")
+    ap.add_argument("--seed", type=seed_int, default=d.seed, help="seeds the LoRA initialisation and the data stream")
+    ap.add_argument("--family-weights", type=nonneg_float, nargs=len(FAMILIES), default=list(d.family_weights),
+                    metavar="W", help=f"sampling weights of the families {', '.join(FAMILIES)} (>= 0, not all 0)")
+    ap.add_argument("--pack", type=nonneg_int, default=d.pack,
                     help="pack traces into rows of at most this many tokens (0: pad each trace)")
-    ap.add_argument("--eval-every", type=int, default=d.eval_every,
+    ap.add_argument("--eval-every", type=nonneg_int, default=d.eval_every,
                     help="held-out greedy accuracy every N steps (0: never)")
-    ap.add_argument("--eval-per-family", type=int, default=d.eval_per_family,
+    ap.add_argument("--eval-per-family", type=positive_int, default=d.eval_per_family,
                     help="held-out problems per family at each evaluation")
-    ap.add_argument("--early-stop", type=float, default=d.early_stop,
-                    help="stop once every family reaches this held-out accuracy (e.g. 1.0)")
+    ap.add_argument("--early-stop", type=float_arg(0.0, 1.0, min_open=True), default=d.early_stop,
+                    help="stop once every family reaches this held-out accuracy, in (0, 1] (e.g. 1.0)")
     ap.add_argument("--no-early-stop", dest="early_stop", action="store_const", const=None,
                     help="run all --steps whatever the held-out accuracy")
     ap.add_argument("--fp32", dest="bf16", action="store_false",
@@ -473,19 +480,26 @@ def add_distill_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--init-adapter", default=d.init_adapter, metavar="DIR",
                     help="continue from this finished delta's LoRA factors (RUN/adapter, or 'shipped' for the "
                          "installed reasoner) instead of a fresh LoRA; same --rank/--alpha")
-    ap.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
-    ap.add_argument("--max-seconds", type=float, default=None,
-                    help="checkpoint and stop after this many seconds (run the command again to resume)")
+    ap.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints")
+    ap.add_argument("--max-seconds", type=nonneg_float, default=None,
+                    help="checkpoint and stop after this many seconds (run the command again to resume; 0: after "
+                         "one step)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
 
 
 def distill_from_args(a: argparse.Namespace) -> int:
-    """Runs :func:`distill_reasoner` with the options of :func:`add_distill_args`."""
-    cfg = DistillConfig(**{f.name: getattr(a, f.name) for f in fields(DistillConfig) if hasattr(a, f.name)})
+    """Runs :func:`distill_reasoner` with the options of :func:`add_distill_args` (an invalid
+    setting is a ``ValueError`` naming its flag, before anything is loaded)."""
+    try:
+        cfg = DistillConfig(**{f.name: getattr(a, f.name) for f in fields(DistillConfig) if hasattr(a, f.name)})
+    except ValueError as e:  # "family_weights: ..." -> "--family-weights: ..."
+        head, sep, rest = str(e).partition(" ")
+        raise ValueError(f"--{head.replace('_', '-')}{sep}{rest}") from None
     log = distill_reasoner(a.out, cfg, checkpoint_every=a.checkpoint_every, max_seconds=a.max_seconds,
-                           threads=a.threads, device=a.device)
+                           threads=a.threads, device=a.device, progress=not getattr(a, "quiet", False))
     last = log["loss"][-1] if log["loss"] else None
     state = "finished" if log["finished"] else "stopped early; run the same command again to resume"
     print(f"{state}: {log['seconds']:.0f} s of training, last logged loss {last}; folder {a.out}")

@@ -37,6 +37,8 @@ def evaluate(model, tokenizer, probs: Sequence[Problem], *, max_new_tokens: int 
     ``probs``: :class:`Problem` objects or traces whose ``metadata`` has ``dataset`` and
     ``gold_answer`` (as produced by :mod:`lrm_interp.toy.tasks`)."""
     probs = [_as_problem(p) for p in probs]
+    if not probs:
+        raise ValueError("evaluate: no problems to evaluate (an accuracy of nothing is undefined)")
     responses = generate_responses(model, tokenizer, [p.prompt for p in probs], max_new_tokens=max_new_tokens,
                                    batch_size=batch_size, progress=progress)
     hits: dict[str, list[bool]] = defaultdict(list)

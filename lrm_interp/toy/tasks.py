@@ -33,6 +33,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from lrm_interp.checks import check_int
 from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
 
 FAMILIES: tuple[str, ...] = ("math", "logic", "knowledge")
@@ -254,6 +255,7 @@ def generate_trace(family: str, seed: int, index: int = 0, *, world: World | Non
 def generate_dataset(n_per_family: int = 10, seed: int = 0, families=FAMILIES, *,
                      world: World | None = None) -> ReasoningDataset:
     """``n_per_family`` traces of each family, interleaved, deterministic given ``seed``."""
+    check_int("n_per_family", n_per_family, min=0)
     traces = [generate_trace(f, seed, i, world=world) for i in range(n_per_family) for f in families]
     return ReasoningDataset(traces, name=f"toy-seed{seed}")
 
@@ -261,6 +263,7 @@ def generate_dataset(n_per_family: int = 10, seed: int = 0, families=FAMILIES, *
 def problems(n_per_family: int, seed: int, families=FAMILIES, *, world: World | None = None) -> list[Problem]:
     """Problems (prompt + gold answer only) for evaluation; use seeds < 10 000 (training
     draws from seeds >= 10 000)."""
+    check_int("n_per_family", n_per_family, min=0)
     out = []
     for i in range(n_per_family):
         for f in families:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from lrm_interp.checks import (check_float, check_int, nonneg_float, nonneg_int, positive_float, positive_int,
+                               seed_int)
 from lrm_interp.testing import byte_tokenizer
 from lrm_interp.toy.tasks import FAMILIES, N_PEOPLE, WORLD_SEED, World, build_world, generate_trace, problems
 
@@ -161,6 +163,41 @@ def _evaluate_and_save(model, log: dict, out_dir, *, n_people: int, eval_per_fam
     return log
 
 
+_ARCH = ("hidden", "layers", "heads", "kv_heads", "intermediate")
+
+
+def check_train_settings(*, steps: int = 3000, stop_at: int | None = None, anneal_steps: int = 0,
+                         anneal_lr: float = 1e-3, batch_size: int = 256, anneal_batch_size: int = 256,
+                         lr: float = 2e-3, seed: int = 0, anneal_seed: int = 1, n_people: int = N_PEOPLE,
+                         eval_per_family: int = 100, log_every: int = 100, weight_decay: float = 0.0,
+                         workers: int = 0, max_seconds: float | None = None, **arch) -> None:
+    """``ValueError`` naming the first setting of :func:`train_toy_model` that is out of range
+    (counts >= 1, ``stop_at`` ``None`` or >= 1, ``anneal_steps``/``workers`` >= 0, rates > 0, seeds
+    >= 0, ``weight_decay`` >= 0, ``max_seconds`` ``None`` or > 0, NaN/inf never), or an architecture
+    whose ``hidden`` is not a multiple of ``heads`` or ``heads`` not of ``kv_heads``."""
+    for name, v in (("steps", steps), ("batch_size", batch_size), ("anneal_batch_size", anneal_batch_size),
+                    ("n_people", n_people), ("eval_per_family", eval_per_family), ("log_every", log_every)):
+        check_int(name, v, min=1)
+    check_int("stop_at", stop_at, min=1, optional=True)
+    for name, v in (("anneal_steps", anneal_steps), ("workers", workers), ("seed", seed),
+                    ("anneal_seed", anneal_seed)):
+        check_int(name, v, min=0)
+    for name, v in (("lr", lr), ("anneal_lr", anneal_lr)):
+        check_float(name, v, min=0.0, min_open=True)
+    check_float("weight_decay", weight_decay, min=0.0)
+    check_float("max_seconds", max_seconds, min=0.0, min_open=True, optional=True)
+    unknown = sorted(set(arch) - set(_ARCH))
+    if unknown:
+        raise TypeError(f"unknown architecture settings {unknown} (known: {list(_ARCH)})")
+    for name in arch:
+        check_int(name, arch[name], min=1)
+    cfg = {"hidden": 128, "heads": 4, "kv_heads": 2} | arch
+    if cfg["hidden"] % cfg["heads"]:
+        raise ValueError(f"hidden must be a multiple of heads ({cfg['heads']}), got {cfg['hidden']}")
+    if cfg["heads"] % cfg["kv_heads"]:
+        raise ValueError(f"heads must be a multiple of kv_heads ({cfg['kv_heads']}), got {cfg['heads']}")
+
+
 def train_toy_model(out_dir: str | Path, *, steps: int = 3000, batch_size: int = 256, lr: float = 2e-3,
                     seed: int = 0, device: str | None = None, n_people: int = N_PEOPLE, stop_at: int | None = 1274,
                     anneal_steps: int = 900, anneal_lr: float = 1e-3, anneal_batch_size: int = 256,
@@ -188,6 +225,11 @@ def train_toy_model(out_dir: str | Path, *, steps: int = 3000, batch_size: int =
     """
     from transformers import LlamaForCausalLM
 
+    check_train_settings(steps=steps, stop_at=stop_at, anneal_steps=anneal_steps, anneal_lr=anneal_lr,
+                         batch_size=batch_size, anneal_batch_size=anneal_batch_size, lr=lr, seed=seed,
+                         anneal_seed=anneal_seed, n_people=n_people, eval_per_family=eval_per_family,
+                         log_every=log_every, weight_decay=weight_decay, workers=workers, max_seconds=max_seconds,
+                         **arch)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     model = LlamaForCausalLM(model_config(**arch)).to(device)
@@ -214,6 +256,9 @@ def anneal_toy_model(src_dir: str | Path, out_dir: str | Path, *, steps: int, lr
     """Run phase 2 (:func:`anneal_`) on a saved phase-1 model ``src_dir``; log extends its log."""
     from transformers import LlamaForCausalLM
 
+    check_int("steps", steps, min=1)
+    check_train_settings(anneal_lr=lr, anneal_batch_size=batch_size, anneal_seed=seed, workers=workers,
+                         eval_per_family=eval_per_family)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     src = Path(src_dir)
     log = json.loads((src / "training_log.json").read_text())
@@ -229,37 +274,49 @@ def anneal_toy_model(src_dir: str | Path, out_dir: str | Path, *, steps: int, lr
 
 
 def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The training options; the defaults are the shipped model's recipe (also ``lrm-interp toy train``)."""
+    """The training options; the defaults are the shipped model's recipe (also ``lrm-interp toy train``).
+    Every number is range-checked by argparse (one-line usage error naming the flag, before any work)."""
     ap.add_argument("--out", required=True, metavar="DIR", help="output folder (from_pretrained-loadable model, "
                                                                 "byte tokenizer, training_log.json)")
-    ap.add_argument("--steps", type=int, default=3000, help="length of the phase-1 cosine schedule")
-    ap.add_argument("--stop-at", type=int, default=1274, help="phase-1 steps actually run (0: all)")
-    ap.add_argument("--anneal-steps", type=int, default=900,
+    ap.add_argument("--steps", type=positive_int, default=3000, help="length of the phase-1 cosine schedule")
+    ap.add_argument("--stop-at", type=nonneg_int, default=1274, help="phase-1 steps actually run (0: all)")
+    ap.add_argument("--anneal-steps", type=nonneg_int, default=900,
                     help="phase-2 steps, learning rate falling linearly to 0 (0: no phase 2)")
-    ap.add_argument("--anneal-lr", type=float, default=1e-3, help="phase-2 initial learning rate")
-    ap.add_argument("--batch-size", type=int, default=256, help="sequences per step (both phases)")
-    ap.add_argument("--lr", type=float, default=2e-3, help="phase-1 peak learning rate (AdamW)")
-    ap.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the phase-1 data stream")
+    ap.add_argument("--anneal-lr", type=positive_float, default=1e-3, help="phase-2 initial learning rate")
+    ap.add_argument("--batch-size", type=positive_int, default=256, help="sequences per step (both phases)")
+    ap.add_argument("--lr", type=positive_float, default=2e-3, help="phase-1 peak learning rate (AdamW)")
+    ap.add_argument("--seed", type=seed_int, default=0, help="seeds the initialisation and the phase-1 data stream")
     ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
-    ap.add_argument("--n-people", type=int, default=N_PEOPLE, help="size of the knowledge family's fact table")
-    ap.add_argument("--eval-per-family", type=int, default=100,
+    ap.add_argument("--n-people", type=positive_int, default=N_PEOPLE,
+                    help="size of the knowledge family's fact table")
+    ap.add_argument("--eval-per-family", type=positive_int, default=100,
                     help="held-out problems per task family evaluated after training")
-    ap.add_argument("--weight-decay", type=float, default=0.0, help="phase-1 AdamW weight decay")
-    ap.add_argument("--hidden", type=int, default=128, help="hidden size")
-    ap.add_argument("--layers", type=int, default=4, help="decoder layers")
-    ap.add_argument("--heads", type=int, default=4, help="attention heads")
-    ap.add_argument("--kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
-    ap.add_argument("--intermediate", type=int, default=384, help="MLP intermediate size")
-    ap.add_argument("--workers", type=int, default=2, help="data-loader worker processes (0: generate in the "
-                                                           "main process)")
-    ap.add_argument("--max-seconds", type=float, default=None,
+    ap.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="phase-1 AdamW weight decay")
+    ap.add_argument("--hidden", type=positive_int, default=128, help="hidden size (a multiple of --heads)")
+    ap.add_argument("--layers", type=positive_int, default=4, help="decoder layers")
+    ap.add_argument("--heads", type=positive_int, default=4, help="attention heads (a multiple of --kv-heads)")
+    ap.add_argument("--kv-heads", type=positive_int, default=2, help="key/value heads (grouped-query attention)")
+    ap.add_argument("--intermediate", type=positive_int, default=384, help="MLP intermediate size")
+    ap.add_argument("--workers", type=nonneg_int, default=2, help="data-loader worker processes (0: generate in "
+                                                                  "the main process)")
+    ap.add_argument("--max-seconds", type=positive_float, default=None,
                     help="emergency stop of phase 1 after this many seconds (recorded; not reproducible)")
     ap.add_argument("--quant-eval", action="store_true", help="also evaluate RTN 4/3/2-bit")
     return ap
 
 
 def train_from_args(a: argparse.Namespace) -> int:
-    """Runs :func:`train_toy_model` with the options of :func:`add_train_args`."""
+    """Runs :func:`train_toy_model` with the options of :func:`add_train_args`; a cross-option
+    error (e.g. ``--hidden`` not a multiple of ``--heads``) names the flag."""
+    try:
+        check_train_settings(steps=a.steps, stop_at=a.stop_at or None, anneal_steps=a.anneal_steps,
+                             anneal_lr=a.anneal_lr, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                             n_people=a.n_people, eval_per_family=a.eval_per_family, weight_decay=a.weight_decay,
+                             workers=a.workers, max_seconds=a.max_seconds, hidden=a.hidden, layers=a.layers,
+                             heads=a.heads, kv_heads=a.kv_heads, intermediate=a.intermediate)
+    except ValueError as e:  # "kv_heads must ..." -> "--kv-heads must ..."
+        head, _, rest = str(e).partition(" ")
+        raise ValueError(f"--{head.replace('_', '-')} {rest}") from None
     train_toy_model(a.out, steps=a.steps, stop_at=a.stop_at or None, anneal_steps=a.anneal_steps,
                     anneal_lr=a.anneal_lr, batch_size=a.batch_size, anneal_batch_size=a.batch_size, lr=a.lr,
                     seed=a.seed, device=a.device, n_people=a.n_people, eval_per_family=a.eval_per_family,

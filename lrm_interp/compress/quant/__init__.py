@@ -18,9 +18,9 @@ from lrm_interp.compress.calibration import collect_hessians
 from lrm_interp.compress.quant.apply import QuantReport, quantize_model_
 from lrm_interp.compress.quant.format import QuantizedTensor, load_quantized, save_quantized
 from lrm_interp.compress.quant.gptq import gptq_quantize, gptq_quantize_tensor
-from lrm_interp.compress.quant.grid import GroupParams, check_bits, fit_params
+from lrm_interp.compress.quant.grid import GroupParams, check_bits, check_group_size, fit_params
 from lrm_interp.compress.quant.rtn import rtn_quantize, rtn_quantize_tensor
 
 __all__ = ["QuantReport", "quantize_model_", "rtn_quantize", "rtn_quantize_tensor", "fit_params", "GroupParams",
-           "check_bits", "QuantizedTensor", "save_quantized", "load_quantized", "gptq_quantize",
+           "check_bits", "check_group_size", "QuantizedTensor", "save_quantized", "load_quantized", "gptq_quantize",
            "gptq_quantize_tensor", "collect_hessians"]

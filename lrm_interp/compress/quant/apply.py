@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from lrm_interp.compress.calibration import HessianCalib, layer_hessians
 from lrm_interp.compress.quant.format import QuantizedTensor
 from lrm_interp.compress.quant.gptq import gptq_quantize_tensor
-from lrm_interp.compress.quant.grid import check_bits
+from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.compress.quant.rtn import rtn_quantize_tensor
 from lrm_interp.model.provenance import record_compression
 from lrm_interp.model.sites import Site, get_module, resolve_sites
@@ -118,6 +118,7 @@ def quantize_model_(model: torch.nn.Module, *, bits: int, group_size: int | None
     model's provenance record (:func:`lrm_interp.model.provenance.record_compression`).
     """
     bits = check_bits(bits)
+    group_size = check_group_size(group_size)
     if method not in METHODS:
         raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
     site_list = resolve_sites(model, sites)

@@ -33,11 +33,34 @@ class GroupParams:
     group_size: int
 
 
+def _whole(x: object) -> int | None:
+    """``int(x)`` if ``x`` is a whole number (``3`` or ``3.0``; not a bool, NaN, inf or ``2.5``), else ``None``."""
+    if isinstance(x, bool):
+        return None
+    try:
+        n = int(x)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return n if n == x else None
+
+
 def check_bits(bits: int) -> int:
     """``int(bits)`` if it is a supported code width (2..8: codes are stored as uint8), else ``ValueError``."""
-    if not MIN_BITS <= int(bits) <= MAX_BITS:
+    n = _whole(bits)
+    if n is None or not MIN_BITS <= n <= MAX_BITS:
         raise ValueError(f"bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
-    return int(bits)
+    return n
+
+
+def check_group_size(group_size: int | None) -> int | None:
+    """``group_size`` as an ``int`` if it is a positive whole number, ``None`` (per channel) as is;
+    else ``ValueError``."""
+    if group_size is None:
+        return None
+    n = _whole(group_size)
+    if n is None or n <= 0:
+        raise ValueError(f"group_size must be positive or None, got {group_size}")
+    return n
 
 
 def check_weight(W: torch.Tensor, bits: int, mask: torch.Tensor | None = None) -> None:
@@ -65,9 +88,7 @@ def fit_params(W: torch.Tensor, bits: int, *, group_size: int | None = 128, symm
     (``mask`` bool ``[out, in]``, ``True`` = protected)."""
     check_weight(W, bits, mask)
     out, inn = W.shape
-    g = inn if group_size is None else int(group_size)
-    if g <= 0:
-        raise ValueError(f"group_size must be positive or None, got {group_size}")
+    g = inn if group_size is None else check_group_size(group_size)
     w = _grouped(W.float(), g)
     valid = _grouped(torch.ones(out, inn, dtype=torch.bool, device=W.device), g)
     if mask is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
-from lrm_interp.data.traces import BehaviorSpan
+from lrm_interp.data.traces import BehaviorSpan, check_response_size, response_limit
 
 if TYPE_CHECKING:  # pragma: no cover
     from lrm_interp.data.annotators.segment import Sentence
@@ -93,14 +93,18 @@ def segments_report(response: str, segments: Sequence[tuple[str, int, int]], *, 
     return spans, report
 
 
-def annotate_response(response: str, annotator: Annotator, *, source: str = "") -> tuple[list[BehaviorSpan], dict]:
+def annotate_response(response: str, annotator: Annotator, *, source: str = "",
+                      max_response_chars: int | None = None) -> tuple[list[BehaviorSpan], dict]:
     """Annotate a response's thinking part and place the labels on the response.
 
     A :class:`SentenceLabeller` gives its offsets directly (:func:`sentence_segments`); any other
     annotator's markup goes through :func:`lrm_interp.data.paper_layout.annotate_trace` (the same
     parser and aligner as real annotation files). Returns the spans and a small report (status,
-    reason when rejected, segments, placed, repairs).
+    reason when rejected, segments, placed, repairs). A response longer than
+    ``max_response_chars`` (default :func:`~lrm_interp.data.traces.response_limit`) raises
+    :class:`~lrm_interp.data.traces.ResponseTooLargeError` before the annotator runs.
     """
+    check_response_size(source or "response", response, limit=response_limit(max_response_chars))
     if isinstance(annotator, SentenceLabeller):
         spans, rep = segments_report(response, sentence_segments(response, annotator), source=source)
     else:

@@ -4,12 +4,18 @@
   (``outputs/<task>/<j>.txt``, prompts rebuilt from ``problems/`` when present; an
   ``annotated/`` folder is ignored) or a JSONL file of ``{"prompt", "response"}`` records
   (``id`` optional: ``line<n>`` by default; ``spans`` ignored).
+  Responses over the size limit (:func:`~lrm_interp.data.traces.response_limit`, 2M characters
+  by default) and files that are not UTF-8 are refused up front, naming the file (and line).
 - :func:`annotate_dataset`: runs an annotator over every trace (threads for LLM clients),
   takes the offsets of an annotator that labels the text's own sentences directly (rules,
   trained: :func:`~lrm_interp.data.annotators.base.sentence_segments`) or sends its markup
   through :func:`lrm_interp.data.paper_layout.annotate_trace` (LLMs), and returns an
   :class:`AnnotationRun`: the annotated dataset, the :class:`~lrm_interp.data.paper_layout.ParseReport`,
   and counts (traces annotated / from cache / failed, requests, retries, tokens, seconds).
+  A trace whose annotator raises is recorded as failed and the run goes on — except when the
+  endpoint is gone (:class:`~lrm_interp.endpoint.EndpointUnreachable`): then the run stops and
+  re-raises it, the partial run attached (``error.run``), instead of failing every remaining
+  trace in turn.
 - The per-trace cache (``cache_dir``): one JSON file per finished trace, keyed by the
   annotator's fingerprint and the thinking text, written atomically as soon as the trace is
   done — a killed or failed run, rerun with the same cache, skips what was finished.
@@ -22,7 +28,7 @@ import hashlib
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,18 +38,27 @@ from tqdm.auto import tqdm
 from lrm_interp._io import iter_jsonl, atomic_write_text
 from lrm_interp.data.annotators.base import Annotator, SentenceLabeller, segments_report, sentence_segments, thinking_part
 from lrm_interp.data.paper_layout import FileReport, ParseReport, annotate_trace
-from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace, TraceFormatError
+from lrm_interp.data.loading import check_layout_files
+from lrm_interp.data.traces import (MAX_RESPONSE_ENV, ReasoningDataset, ReasoningTrace, TraceFormatError,
+                                    check_response_size, response_limit)
+from lrm_interp.endpoint import EndpointUnreachable
 
 CACHE_FORMAT = "lrm_interp.annotation_cache/1"
 #: Report note of a response without ``</think>`` (its whole text was annotated as thinking).
 NO_THINK_END_NOTE = "no </think> in the response: the whole response was annotated as its thinking part"
 
 
-def load_outputs(path: str | os.PathLike, *, progress: bool = False) -> ReasoningDataset:
+def load_outputs(path: str | os.PathLike, *, progress: bool = False,
+                 max_response_chars: int | None = None) -> ReasoningDataset:
     """Model outputs without annotation: a paper-layout folder or a JSONL of prompt/response records.
 
-    Errors name the file and line (JSONL) or the folder.
+    Errors name the file and line (JSONL) or the folder. A response (or prompt) longer than
+    ``max_response_chars`` (default :func:`~lrm_interp.data.traces.response_limit`: 2M characters,
+    or ``$LRM_INTERP_MAX_RESPONSE_CHARS``) raises
+    :class:`~lrm_interp.data.traces.ResponseTooLargeError` naming the file (and line) and both
+    sizes, before anything is annotated; so does a file that is not valid UTF-8.
     """
+    limit = response_limit(max_response_chars)
     p = Path(path)
     if p.is_dir():
         if not (p / "outputs").is_dir():
@@ -51,13 +66,14 @@ def load_outputs(path: str | os.PathLike, *, progress: bool = False) -> Reasonin
                                     "or a JSONL file of prompt/response records)")
         from lrm_interp.data.paper_layout import load_paper_layout
 
+        check_layout_files(p, max_response_chars=limit)
         # load without annotations: point the loader at the outputs only
         ds = load_paper_layout(p, progress=progress)
         traces = [ReasoningTrace(t.id, t.prompt, t.response, (),
                                  {k: v for k, v in t.metadata.items()
                                   if k not in ("annotation_status", "annotation_file")})
                   for t in ds]
-        return ReasoningDataset(traces, name=p.name)
+        return ReasoningDataset(traces, name=p.name).check_sizes(limit)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file or folder")
     traces = []
@@ -67,6 +83,8 @@ def load_outputs(path: str | os.PathLike, *, progress: bool = False) -> Reasonin
         if not isinstance(resp, str):
             raise TraceFormatError(f"{where}: no string 'response' (or 'output' / 'completion') key; "
                                    f"keys: {sorted(d)}")
+        prompt = d.get("prompt")
+        check_response_size(where, resp, prompt if isinstance(prompt, str) else "", limit=limit)
         tid = str(d.get("id", f"line{lineno}"))
         if tid in seen:
             raise TraceFormatError(f"{where}: duplicate id {tid!r}")
@@ -107,8 +125,12 @@ class AnnotationRun:
                      f"{s.get('prompt_tokens', 0)} prompt + {s.get('completion_tokens', 0)} completion tokens")
         if s.get("skipped_empty"):
             head += f"; {s['skipped_empty']} skipped (empty response)"
+        if s.get("skipped_too_large"):
+            head += f"; {s['skipped_too_large']} skipped (response over the size limit)"
         if s.get("without_think_end"):
             head += f"; {s['without_think_end']} without </think> (whole response annotated)"
+        if s.get("stopped"):
+            head += f"; the run stopped ({s['stopped']})"
         lines = [head, self.report.summary()]
         lines += [f"  {tid}: annotator failed: {msg}" for tid, msg in list(self.failures.items())[:10]]
         return "\n".join(lines)
@@ -156,7 +178,8 @@ def _read_cache(path: Path, key: str) -> dict | None:
 
 
 def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annotator: Annotator, *, workers: int = 1,
-                     cache_dir: str | os.PathLike | None = None, progress: bool = True) -> AnnotationRun:
+                     cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                     max_response_chars: int | None = None) -> AnnotationRun:
     """Annotate every trace's thinking part with ``annotator`` and place the markup on its response.
 
     Args:
@@ -165,14 +188,32 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
         workers: traces annotated at the same time (threads; for LLM endpoints).
         cache_dir: per-trace cache folder (created); finished traces are skipped on a rerun.
         progress: a tqdm bar over traces.
+        max_response_chars: the largest response annotated, in characters (default
+            :func:`~lrm_interp.data.traces.response_limit`: 2M, or ``$LRM_INTERP_MAX_RESPONSE_CHARS``).
+            A longer one is not annotated: kept without spans (status ``rejected``, the reason
+            names both sizes), counted in ``stats["skipped_too_large"]``.
 
-    A trace whose annotation raises is kept without spans (metadata ``annotation_status``:
-    ``failed``) and listed in ``failures``; the others are unaffected.
+    An empty response is kept without spans and counted (``skipped_empty``); a response without
+    ``</think>`` is annotated whole and counted (``without_think_end``). A trace whose annotation
+    raises is kept without spans (metadata ``annotation_status``: ``failed``) and listed in
+    ``failures``; the others are unaffected.
+
+    Raises:
+        EndpointUnreachable: the annotator's endpoint went away (its client gave it up, see
+            :class:`lrm_interp.endpoint.EndpointClient`). The run stops at once: no further trace
+            is started, traces not yet started are cancelled. The exception's ``run`` attribute is
+            the partial :class:`AnnotationRun` (finished traces annotated, and in the cache; the
+            others failed without spans, ``stats["stopped"]`` the reason); rerun with the same
+            cache once the endpoint is up.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    limit = response_limit(max_response_chars)
     name = getattr(traces, "name", "")
     traces = list(traces)
+    too_large = {t.id: f"response of {len(t.response):,} characters exceeds the limit of {limit:,} characters "
+                       f"(max_response_chars / ${MAX_RESPONSE_ENV}): not annotated"
+                 for t in traces if len(t.response) > limit}
     fp = annotator_fingerprint(annotator)
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
@@ -185,6 +226,8 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
     results: dict[str, tuple[Any, str | None, bool, int]] = {}
 
     def work(t: ReasoningTrace) -> tuple[str, Any, str | None, bool, int]:
+        if t.id in too_large:
+            return t.id, None, None, False, 0
         thinking = thinking_part(t.response)
         key = _cache_key(fp, thinking)
         path = cache / f"{key}.json" if cache is not None else None
@@ -202,6 +245,8 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
                 n_chunks = len(parts)
             else:
                 payload, n_chunks = annotator.annotate(thinking), 1
+        except EndpointUnreachable:
+            raise  # the endpoint is gone: every later trace would fail the same way, the run stops
         except Exception as e:  # noqa: BLE001 - recorded per trace, the run goes on
             return t.id, None, f"{type(e).__name__}: {' '.join(str(e).split())}", False, 0
         if path is not None:
@@ -210,33 +255,54 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
                                                 "annotator": fp, "chunks": n_chunks, **body}, ensure_ascii=False))
         return t.id, payload, None, False, n_chunks
 
+    stop: EndpointUnreachable | None = None
     bar = tqdm(total=len(traces), desc="annotate traces", disable=not progress)
     try:
         if workers == 1:
             for t in traces:
-                tid, *rest = work(t)
+                try:
+                    tid, *rest = work(t)
+                except EndpointUnreachable as e:
+                    stop = e
+                    break
                 results[tid] = tuple(rest)  # type: ignore[assignment]
                 bar.update()
         else:
             with ThreadPoolExecutor(max_workers=workers) as ex:
                 futs = [ex.submit(work, t) for t in traces]
                 for fut in as_completed(futs):
-                    tid, *rest = fut.result()
+                    try:
+                        tid, *rest = fut.result()
+                    except CancelledError:
+                        continue
+                    except EndpointUnreachable as e:
+                        if stop is None:  # cancel what has not started; running traces fail at once
+                            stop = e
+                            for f in futs:
+                                f.cancel()
+                        continue
                     results[tid] = tuple(rest)  # type: ignore[assignment]
                     bar.update()
     finally:
         bar.close()
+    stopped = f"{type(stop).__name__}: {' '.join(str(stop).split())}" if stop is not None else None
 
     out, files, failures = [], [], {}
     skipped: dict[str, str] = {}
     no_close: list[str] = []
     n_cached = n_chunks_total = 0
     for t in traces:
-        text, err, cached, n_chunks = results[t.id]
+        # a trace without a result: the run stopped (endpoint unreachable) before it was annotated
+        text, err, cached, n_chunks = results.get(t.id, (None, None if t.id in too_large else stopped, False, 0))
         n_cached += cached
         n_chunks_total += n_chunks
         ds_name = str(t.metadata.get("dataset", ""))
         index = str(t.metadata.get("index", t.id))
+        if t.id in too_large:
+            skipped[t.id] = too_large[t.id]
+            out.append(ReasoningTrace(t.id, t.prompt, t.response, (), {**t.metadata, "annotation_status": "rejected"}))
+            files.append(FileReport(ds_name, index, None, t.id, "rejected", skipped[t.id]))
+            continue
         if err is not None:
             failures[t.id] = err
             out.append(ReasoningTrace(t.id, t.prompt, t.response, (), {**t.metadata, "annotation_status": "failed"}))
@@ -260,15 +326,22 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
                                 rep.segments))
     stats: dict[str, Any] = {"traces": len(traces),
                              "annotated": len(traces) - n_cached - len(failures) - len(skipped),
-                             "cached": n_cached, "failed": len(failures), "skipped_empty": len(skipped),
+                             "cached": n_cached, "failed": len(failures),
+                             "skipped_empty": len(skipped) - len(too_large), "skipped_too_large": len(too_large),
                              "without_think_end": len(no_close), "chunks": n_chunks_total,
                              "seconds": round(time.monotonic() - t0, 3), "workers": workers}
+    if stopped is not None:
+        stats["stopped"] = stopped
     usage1 = _usage_of(annotator)
     if usage0 is not None and usage1 is not None:
         stats.update({k: usage1[k] - usage0[k] for k in usage1})
     report = ParseReport(tuple(files))
     ds = ReasoningDataset(out, name=name, report=report)
-    return AnnotationRun(ds, report, stats, failures, describe_annotator(annotator))
+    run = AnnotationRun(ds, report, stats, failures, describe_annotator(annotator))
+    if stop is not None:
+        stop.run = run  # type: ignore[attr-defined]
+        raise stop
+    return run
 
 
 __all__ = ["load_outputs", "annotate_dataset", "AnnotationRun", "describe_annotator", "annotator_fingerprint",

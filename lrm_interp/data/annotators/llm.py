@@ -4,13 +4,15 @@
   public code), the one the seed paper used with GPT-4o: the six labels with their
   definitions, the ``["label"]...["end-section"]`` format, "answer only with the annotated
   text". Only the thinking part is sent (:func:`~lrm_interp.data.annotators.base.thinking_part`).
-- :class:`OpenAIClient`: a stdlib client for any OpenAI-compatible server (vLLM, SGLang,
-  llama.cpp, hosted APIs): ``/chat/completions`` or ``/completions``, greedy by default,
-  retries with exponential backoff (connection errors, timeouts, 408/409/429/5xx; honours
-  ``Retry-After``), token and request counts in :attr:`OpenAIClient.usage`. Model, base URL
-  and key come from arguments or the environment (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``,
-  ``LRM_INTERP_LLM_MODEL``); the key is never part of :meth:`OpenAIClient.describe`, repr or
-  any file.
+- :class:`OpenAIClient`: a text client for any OpenAI-compatible server (vLLM, SGLang,
+  llama.cpp, hosted APIs): ``/chat/completions`` or ``/completions``, greedy by default. Its
+  requests go through :class:`lrm_interp.endpoint.EndpointClient`, the one HTTP client the
+  benchmark backend uses too (retries with exponential back-off on one status set, ``Retry-After``
+  honoured, an unreachable endpoint named at the first failure, one error type
+  :class:`~lrm_interp.endpoint.EndpointError`), token and request counts in
+  :attr:`OpenAIClient.usage`. Model, base URL and key come from arguments or the environment
+  (``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` or ``api_key_env``, ``LRM_INTERP_LLM_MODEL``); the key
+  is never part of :meth:`OpenAIClient.describe`, repr or any file.
 - :class:`LLMAnnotator`: prompt → ``complete(prompt)`` (any callable, e.g. the client); long
   thinking parts are split at paragraph / sentence boundaries into chunks of at most
   ``max_chunk_chars`` characters, annotated one by one and re-joined, so the result goes
@@ -20,18 +22,17 @@
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
-import random
-import threading
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from lrm_interp.checks import check_float, check_int
 from lrm_interp.data.annotators.segment import split_sentences
+from lrm_interp.endpoint import (API_KEY_ENV, DEFAULT_BACKOFF, DEFAULT_CONCURRENCY, DEFAULT_MAX_BACKOFF,
+                                 DEFAULT_RETRIES, DEFAULT_TIMEOUT, EndpointClient, EndpointConfig, EndpointError,
+                                 EndpointUnreachable, Usage)
+from lrm_interp.endpoint import RETRY_STATUS as ENDPOINT_RETRY_STATUS
 
 VENHOFF_PROMPT = """Please split the following reasoning chain of an LLM into annotated parts using labels and the \
 following format ["label"]...["end-section"]. A sentence should be split into multiple parts if it incorporates \
@@ -54,79 +55,70 @@ annotation leave it out."""
 #: Kept for the earlier name; the default prompt is Venhoff et al.'s.
 LLM_PROMPT = VENHOFF_PROMPT
 
-RETRY_STATUS: frozenset[int] = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+#: Kept for the earlier name: the one retryable status set of :mod:`lrm_interp.endpoint`.
+RETRY_STATUS = ENDPOINT_RETRY_STATUS
 
-
-class LLMRequestError(RuntimeError):
-    """A request failed for good (non-retryable status, or retries exhausted); the message
-    names the endpoint and the server's reason, never the key."""
-
-
-@dataclass
-class Usage:
-    """Thread-safe counters of what a client spent."""
-
-    requests: int = 0
-    retries: int = 0
-    failures: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **kw: int) -> None:
-        with self._lock:
-            for k, v in kw.items():
-                setattr(self, k, getattr(self, k) + int(v))
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {"requests": self.requests, "retries": self.retries, "failures": self.failures,
-                    "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                    "total_tokens": self.prompt_tokens + self.completion_tokens}
+#: Kept for the earlier name: the one endpoint error type (:class:`lrm_interp.endpoint.EndpointError`).
+LLMRequestError = EndpointError
 
 
 @dataclass
 class OpenAIClient:
-    """Minimal OpenAI-compatible text client (stdlib only), safe to share between threads.
+    """Minimal OpenAI-compatible text client over :class:`lrm_interp.endpoint.EndpointClient`
+    (the benchmark backend's client too), safe to share between threads.
 
     Args:
         model: model name the server knows (default ``$LRM_INTERP_LLM_MODEL``).
         base_url: API root ending in ``/v1`` (default ``$OPENAI_BASE_URL`` or OpenAI's).
-        api_key: bearer token (default ``$OPENAI_API_KEY``; local servers need none).
+        api_key: bearer token (default ``$api_key_env``; local servers need none).
+        api_key_env: environment variable read when ``api_key`` is not given (``""``: none).
         mode: ``"chat"`` (``/chat/completions``, one user message) or ``"completions"``.
-        temperature: 0 = greedy, as the paper.
-        max_tokens: completion budget per request (``None``: the server's default).
+        temperature: 0 = greedy, as the paper (a finite number >= 0).
+        max_tokens: completion budget per request (an integer >= 1; ``None``: the server's default).
         timeout: seconds per request.
-        max_retries: retries after the first attempt for retryable failures.
+        max_retries: retries after the first attempt for retryable failures (the endpoint
+            client's ``retries``).
         backoff: first wait in seconds; doubled per retry with ±25 % jitter, capped at
             ``max_backoff`` (a ``Retry-After`` header wins when present).
+        concurrency: requests in flight at most over all threads sharing the client.
         extra_body: extra JSON fields for every request (``{"seed": 0}``, ``{"top_p": 1}``).
+
+    Settings are validated by :class:`lrm_interp.endpoint.EndpointConfig` (``ValueError``);
+    failures raise :class:`~lrm_interp.endpoint.EndpointError` (alias :data:`LLMRequestError`),
+    an endpoint that cannot be reached :class:`~lrm_interp.endpoint.EndpointUnreachable` at once.
     """
 
     model: str | None = None
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    api_key_env: str = API_KEY_ENV
     mode: str = "chat"
     temperature: float = 0.0
     max_tokens: int | None = None
-    timeout: float = 300.0
-    max_retries: int = 6
-    backoff: float = 1.0
-    max_backoff: float = 30.0
+    timeout: float = DEFAULT_TIMEOUT
+    max_retries: int = DEFAULT_RETRIES
+    backoff: float = DEFAULT_BACKOFF
+    max_backoff: float = DEFAULT_MAX_BACKOFF
+    concurrency: int = DEFAULT_CONCURRENCY
     extra_body: dict[str, Any] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage, repr=False, compare=False)
+    endpoint: EndpointClient = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.model = self.model or os.environ.get("LRM_INTERP_LLM_MODEL")
         if not self.model:
             raise ValueError("model: give the model name (or set LRM_INTERP_LLM_MODEL)")
-        self.base_url = (self.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
-        if self.api_key is None:
-            self.api_key = os.environ.get("OPENAI_API_KEY") or None
         if self.mode not in ("chat", "completions"):
             raise ValueError(f"mode must be 'chat' or 'completions', got {self.mode!r}")
-        if self.max_retries < 0 or self.backoff < 0 or self.timeout <= 0:
-            raise ValueError("max_retries and backoff must be >= 0 and timeout > 0")
+        self.temperature = check_float("temperature", self.temperature, min=0.0)  # type: ignore[assignment]
+        self.max_tokens = check_int("max_tokens", self.max_tokens, min=1, optional=True)
+        cfg = EndpointConfig(base_url=self.base_url, api_key_env=self.api_key_env, timeout=self.timeout,
+                             retries=self.max_retries, backoff=self.backoff, max_backoff=self.max_backoff,
+                             concurrency=self.concurrency)
+        self.base_url = cfg.base_url
+        self.endpoint = EndpointClient(cfg, api_key=self.api_key, usage=self.usage)
+        if self.api_key is None and cfg.api_key_env:
+            self.api_key = os.environ.get(cfg.api_key_env) or None
 
     # ------------------------------------------------------------------ requests
     def describe(self) -> dict[str, Any]:
@@ -134,57 +126,25 @@ class OpenAIClient:
         return {"kind": "openai-compatible", "model": self.model, "mode": self.mode, "temperature": self.temperature,
                 "max_tokens": self.max_tokens, **({"extra_body": self.extra_body} if self.extra_body else {})}
 
-    def _request(self, prompt: str) -> tuple[str, dict]:
+    def complete(self, prompt: str) -> str:
+        """The completion text for ``prompt`` (retrying as configured); raises
+        :class:`~lrm_interp.endpoint.EndpointError`."""
         if self.mode == "chat":
-            url = self.base_url + "/chat/completions"
+            path = "/chat/completions"
             body: dict[str, Any] = {"model": self.model, "messages": [{"role": "user", "content": prompt}]}
         else:
-            url = self.base_url + "/completions"
+            path = "/completions"
             body = {"model": self.model, "prompt": prompt}
         body["temperature"] = self.temperature
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
         body.update(self.extra_body)
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=self.timeout) as r:
-            return url, json.loads(r.read().decode("utf-8"))
-
-    def complete(self, prompt: str) -> str:
-        """The completion text for ``prompt`` (retrying as configured); raises :class:`LLMRequestError`."""
-        attempt = 0
-        while True:
-            wait: float | None = None
-            try:
-                self.usage.add(requests=1)
-                url, data = self._request(prompt)
-                text = _completion_text(data, self.mode)
-                u = data.get("usage") or {}
-                self.usage.add(prompt_tokens=u.get("prompt_tokens") or 0,
-                               completion_tokens=u.get("completion_tokens") or 0)
-                return text
-            except urllib.error.HTTPError as e:
-                detail = _error_detail(e)
-                if e.code not in RETRY_STATUS or attempt >= self.max_retries:
-                    self.usage.add(failures=1)
-                    raise LLMRequestError(f"{self.base_url}: HTTP {e.code} from the server ({detail})"
-                                          + (f" after {attempt + 1} attempts" if attempt else "")) from None
-                wait = _retry_after(e)
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, http.client.HTTPException) as e:
-                if attempt >= self.max_retries:
-                    self.usage.add(failures=1)
-                    raise LLMRequestError(f"{self.base_url}: no answer after {attempt + 1} attempts "
-                                          f"({getattr(e, 'reason', e)})") from None
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                self.usage.add(failures=1)
-                raise LLMRequestError(f"{self.base_url}: malformed response ({e})") from None
-            attempt += 1
-            self.usage.add(retries=1)
-            if wait is None:
-                wait = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.75, 1.25)
-            time.sleep(wait)
+        data = self.endpoint.post_json(path, body)
+        try:
+            return _completion_text(data, self.mode)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            self.usage.add(failures=1)
+            raise EndpointError(f"{self.base_url}{path}: malformed response ({type(e).__name__}: {e})") from None
 
     __call__ = complete
 
@@ -203,35 +163,11 @@ def _completion_text(data: dict, mode: str) -> str:
     return str(text)
 
 
-def _error_detail(e: urllib.error.HTTPError) -> str:
-    try:
-        raw = e.read().decode("utf-8", "replace")
-    except Exception:  # noqa: BLE001 - the body is only for the message
-        raw = ""
-    try:
-        d = json.loads(raw)
-        msg = d.get("error", d)
-        msg = msg.get("message", msg) if isinstance(msg, dict) else msg
-        raw = str(msg)
-    except (ValueError, AttributeError):
-        pass
-    return " ".join(raw.split())[:200] or e.reason or "no detail"
-
-
-def _retry_after(e: urllib.error.HTTPError) -> float | None:
-    v = e.headers.get("Retry-After") if e.headers else None
-    try:
-        return min(60.0, max(0.0, float(v))) if v is not None else None
-    except ValueError:
-        return None
-
-
 def split_for_annotation(text: str, max_chars: int) -> list[str]:
     """Contiguous chunks of ``text`` (concatenated they give ``text`` back) of at most
     ``max_chars`` characters, cut between paragraphs where possible, else between sentences,
     else at white space (a single sentence longer than ``max_chars``)."""
-    if max_chars <= 0:
-        raise ValueError(f"max_chars must be positive, got {max_chars}")
+    check_int("max_chars", max_chars, min=1)
     if len(text) <= max_chars:
         return [text] if text else []
     sents = split_sentences(text)
@@ -273,8 +209,7 @@ class LLMAnnotator:
     def __post_init__(self) -> None:
         if "{text}" not in self.prompt_template:
             raise ValueError("prompt_template must contain {text} where the thinking part goes")
-        if self.max_chunk_chars is not None and self.max_chunk_chars <= 0:
-            raise ValueError(f"max_chunk_chars must be positive, got {self.max_chunk_chars}")
+        self.max_chunk_chars = check_int("max_chunk_chars", self.max_chunk_chars, min=1, optional=True)
 
     def prompt(self, text: str) -> str:
         # str.replace, not str.format: the template may contain other braces (JSON, LaTeX)
@@ -308,5 +243,5 @@ class LLMAnnotator:
                 "prompt_sha": hashlib.blake2b(self.prompt_template.encode(), digest_size=8).hexdigest()}
 
 
-__all__ = ["VENHOFF_PROMPT", "LLM_PROMPT", "OpenAIClient", "LLMAnnotator", "LLMRequestError", "Usage",
-           "split_for_annotation", "RETRY_STATUS"]
+__all__ = ["VENHOFF_PROMPT", "LLM_PROMPT", "OpenAIClient", "LLMAnnotator", "LLMRequestError", "EndpointError",
+           "EndpointUnreachable", "Usage", "split_for_annotation", "RETRY_STATUS"]

@@ -32,6 +32,7 @@ from typing import Sequence
 import torch
 
 from lrm_interp._io import read_safetensors, write_safetensors
+from lrm_interp.checks import check_float, check_int
 from lrm_interp.data.annotators.agreement import annotation_agreement
 from lrm_interp.data.annotators.base import annotate_response, thinking_part
 from lrm_interp.data.annotators.r1 import R1RuleAnnotator
@@ -129,6 +130,25 @@ def _adam_steps(flat, offsets, y, weight, bias, params, m1, m2, steps: int, lr: 
     return loss
 
 
+def check_fit_settings(*, dim: int = 1 << 14, l2: float = 1e-2, steps: int = 200, lr: float = 0.05,
+                       labels: Sequence[str] = BEHAVIORS, seed: int = 0, class_balance: float = 0.5) -> tuple[str, ...]:
+    """The settings of :meth:`LinearAnnotator.fit`, checked: ``steps``/``dim`` integers >= 1, ``lr``
+    a finite number > 0, ``l2``/``class_balance`` finite and >= 0, ``seed`` >= 0, ``labels`` at least
+    two distinct strings. Returns ``labels`` as a tuple; ``ValueError`` naming the setting otherwise."""
+    check_int("steps", steps, min=1)
+    check_int("dim", dim, min=1)
+    check_float("lr", lr, min=0.0, min_open=True)
+    check_float("l2", l2, min=0.0)
+    check_float("class_balance", class_balance, min=0.0)
+    check_int("seed", seed, min=0)
+    if isinstance(labels, str) or not all(isinstance(x, str) and x for x in labels):
+        raise ValueError(f"labels must be a sequence of label names, got {labels!r}")
+    labels = tuple(labels)
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be at least two distinct names, got {list(labels)}")
+    return labels
+
+
 @dataclass
 class LinearAnnotator:
     """A fitted sentence classifier; ``annotate`` emits one segment per sentence.
@@ -191,7 +211,12 @@ class LinearAnnotator:
 
         ``class_balance``: each label's cross-entropy terms weigh ``(its sentence count)^-class_balance``
         (0: the plain mean; 1: every label counts as much as any other; real labels are dominated
-        by deduction, so a rare behaviour's F1 gains from a value in between)."""
+        by deduction, so a rare behaviour's F1 gains from a value in between).
+
+        Every setting is checked first (:func:`check_fit_settings`): ``steps=0`` would save the
+        random initialisation as if it were a fitted annotator."""
+        labels = check_fit_settings(dim=dim, l2=l2, steps=steps, lr=lr, labels=labels, seed=seed,
+                                    class_balance=class_balance)
         rows, ys = [], []
         n_traces = 0
         for t in dataset:
@@ -251,6 +276,13 @@ def cross_validate(dataset: ReasoningDataset | Sequence[ReasoningTrace], *, fold
     """
     from tqdm.auto import tqdm
 
+    check_int("folds", folds, min=2)
+    check_int("seed", seed, min=0)
+    check_float("min_iou", min_iou, min=0.0, max=1.0, min_open=True)
+    unknown = sorted(set(fit_kw) - {"dim", "l2", "steps", "lr", "labels", "class_balance"})
+    if unknown:
+        raise TypeError(f"cross_validate: unknown fit settings {unknown}")
+    check_fit_settings(**fit_kw)  # before any fold is fitted
     traces = [t for t in dataset if t.spans]
     if folds < 2 or len(traces) < folds:
         raise ValueError(f"cross-validation needs folds >= 2 and at least that many annotated traces "
@@ -285,4 +317,4 @@ def agreement_by_dataset(gold: ReasoningDataset, predicted: ReasoningDataset, *,
     return out
 
 
-__all__ = ["LinearAnnotator", "cross_validate", "agreement_by_dataset", "sentence_gold", "sentence_features", "fit_softmax_regression", "FORMAT"]
+__all__ = ["LinearAnnotator", "check_fit_settings", "cross_validate", "agreement_by_dataset", "sentence_gold", "sentence_features", "fit_softmax_regression", "FORMAT"]

@@ -5,7 +5,9 @@ task           extraction and comparison
 =============  =====================================================================================
 AIME           ``math_verify.parse`` of the answer part (``\\boxed{}`` first, then the last
                expression), ``math_verify.verify`` against the gold integer
-               (``\\boxed{033}`` = 33, ``\\frac{1}{2}`` = 0.5) — the grader of lighteval / open-r1
+               (``\\boxed{033}`` = 33, ``\\frac{1}{2}`` = 0.5) — the grader of lighteval / open-r1;
+               a gold with letters (never an AIME gold: the loader refuses those) is compared
+               as text, since math-verify reads ``four`` and ``ruof`` as the same product
 FOLIO          a label ``True`` / ``False`` / ``Uncertain`` (``Unknown``, "cannot be determined"
                → Uncertain): a ``\\boxed{}`` label, else the label after "answer / conclusion is",
                else the last label word
@@ -77,8 +79,24 @@ def grade_math(item: BenchItem, text: str, *, require_think: bool = True) -> Gra
     if not pred:
         return Grade(0.0, None, reason=NO_ANSWER)
     gold = parse(item.gold if "$" in item.gold or "\\" in item.gold else f"${item.gold}$")
+    if not gold:
+        raise ValueError(f"{item.id}: gold answer {item.gold!r} is not an expression math-verify can read")
+    if _symbolic(gold[0]):
+        # math-verify reads a word as a product of symbols (four = f·o·u·r = r·u·o·f): a gold
+        # with free symbols is compared as text, so no anagram or reordering counts as correct
+        ok = _plain(str(pred[-1])) == _plain(item.gold)
+        return Grade(1.0 if ok else 0.0, str(pred[-1]))
     ok = bool(verify(gold, pred))
     return Grade(1.0 if ok else 0.0, str(pred[0]))
+
+
+def _symbolic(expr: object) -> bool:
+    """Whether a math-verify parse has free symbols (letters), i.e. is no number."""
+    return bool(getattr(expr, "free_symbols", None))
+
+
+def _plain(s: str) -> str:
+    return " ".join(_strip_markup(s).replace("\\boxed", "").strip("{}$ ").split()).lower()
 
 
 # ----------------------------------------------------------------------------- FOLIO

@@ -83,3 +83,23 @@ def field_value(loc: str, rec: dict, *keys: str, required: bool = True) -> objec
         raise BenchmarkFormatError(f"{loc}: missing field {' / '.join(repr(k) for k in keys)} "
                                    f"(record has {sorted(rec)[:12]})")
     return None
+
+
+def text_value(loc: str, rec: dict, *keys: str, numbers: bool = False) -> str:
+    """The first of ``keys`` present in ``rec`` (:func:`field_value`) as text: it must be a string
+    (with ``numbers``, an integer or a finite number is accepted and written out); a list, an object
+    or a boolean raises :class:`BenchmarkFormatError` naming the file, record and field, instead of
+    reaching a prompt or a gold answer as a Python repr."""
+    v = field_value(loc, rec, *keys)
+    if isinstance(v, str):
+        return v
+    if numbers and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf"):
+        return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+    name = next(k for k in keys if rec.get(k) is not None)
+    want = "a string or a number" if numbers else "a string"
+    raise BenchmarkFormatError(f"{loc}: field {name!r} must be {want}, got {type(v).__name__} {_short(v)}")
+
+
+def _short(v: object) -> str:
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."

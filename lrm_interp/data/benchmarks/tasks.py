@@ -5,8 +5,10 @@
 task              file schema                                                prompt (method.md §1)
 ================  =========================================================  =====================
 ``aime``          AIME 2024: ``Problem`` / ``Answer`` (or lower case), JSON,  ``problem + "\\n<think>\\n"``
-                  JSONL or CSV
-``folio``         ``premises`` (str or list), ``conclusion``, ``label``       FOLIO instruction ...
+                  JSONL or CSV; answers integers 0..999 (``"033"`` = 33)
+``folio``         ``premises`` (a string, or a list of strings as FOLIO v1   FOLIO instruction ...
+                  ships them: joined by newlines), ``conclusion`` (a
+                  string), ``label``
 ``temporal``      BBH ``{"examples": [{"input", "target": "(A)"}]}``, or      Temporal instruction +
                   BIG-bench ``temporal_sequences/task.json``                  input
                   (``{"examples": [{"input", "target_scores"}]}``: options
@@ -33,7 +35,7 @@ from typing import Callable, Sequence
 
 from lrm_interp.data.benchmarks import grading
 from lrm_interp.data.benchmarks.items import BenchItem, BenchmarkFormatError, Grade
-from lrm_interp.data.benchmarks.readers import SUFFIXES, field_value, read_records
+from lrm_interp.data.benchmarks.readers import SUFFIXES, field_value, read_records, text_value
 from lrm_interp.data.prompts import aime_prompt, folio_prompt, musique_prompt, temporal_prompt
 
 #: default toy problems: per family, and the held-out seed of docs/toy_model.md
@@ -61,11 +63,31 @@ def _item(task: str, k: int, loc: str, prompt: str, gold: str, problem: dict, **
     return BenchItem(f"{task}/{k}", task, k, prompt, gold, problem=problem, source=loc, **kw)
 
 
+AIME_RANGE = (0, 999)
+
+
+def aime_answer(loc: str, raw: object) -> str:
+    """An AIME gold answer as its canonical integer string (``"033"`` → ``"33"``); anything but an
+    integer in 0..999 (a word, a fraction, a list) raises :class:`BenchmarkFormatError` naming
+    ``loc`` (file and record)."""
+    value: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, float) and raw.is_integer():
+        value = int(raw)
+    elif isinstance(raw, str) and re.fullmatch(r"\s*\d+\s*", raw):
+        value = int(raw)
+    lo, hi = AIME_RANGE
+    if value is None or not lo <= value <= hi:
+        raise BenchmarkFormatError(f"{loc}: answer {raw!r} is not an AIME answer (an integer {lo}..{hi})")
+    return str(value)
+
+
 def load_aime(path: Path) -> list[BenchItem]:
     out = []
     for k, (loc, rec) in enumerate(read_records(path)):
-        prob = str(field_value(loc, rec, "Problem", "problem", "question"))
-        ans = str(field_value(loc, rec, "Answer", "answer")).strip()
+        prob = text_value(loc, rec, "Problem", "problem", "question")
+        ans = aime_answer(loc, field_value(loc, rec, "Answer", "answer"))
         problem = {"problem": prob, "answer": ans}
         if rec.get("ID", rec.get("id")) is not None:
             problem["source_id"] = str(rec.get("ID", rec.get("id")))
@@ -77,11 +99,19 @@ def load_folio(path: Path) -> list[BenchItem]:
     out = []
     for k, (loc, rec) in enumerate(read_records(path)):
         prem = field_value(loc, rec, "premises")
-        if isinstance(prem, list):
-            prem = "\n".join(map(str, prem))
-        concl = str(field_value(loc, rec, "conclusion"))
+        if isinstance(prem, list):  # FOLIO v1 ships premises as a list of sentences: one per line
+            bad = [i for i, x in enumerate(prem) if not isinstance(x, str)]
+            if bad or not prem:
+                what = f"{type(prem[bad[0]]).__name__} at position {bad[0]}" if bad else "nothing"
+                raise BenchmarkFormatError(f"{loc}: field 'premises' must be a string or a non-empty list of "
+                                           f"strings, got a list with {what}")
+            prem = "\n".join(x.strip() for x in prem)
+        elif not isinstance(prem, str):
+            raise BenchmarkFormatError(f"{loc}: field 'premises' must be a string or a list of strings, got "
+                                       f"{type(prem).__name__}")
+        concl = text_value(loc, rec, "conclusion")
         raw = field_value(loc, rec, "label")
-        label = grading.canonical_folio_label(raw)
+        label = grading.canonical_folio_label(raw) if isinstance(raw, str) else None
         if label is None:
             raise BenchmarkFormatError(f"{loc}: label {raw!r} is not one of True / False / Uncertain (Unknown)")
         problem = {"premises": str(prem), "conclusion": concl, "label": label}
@@ -95,7 +125,7 @@ _TARGET = re.compile(r"^\s*\(?\s*([A-Za-z])\s*\)?\s*$")
 def load_temporal(path: Path) -> list[BenchItem]:
     out = []
     for k, (loc, rec) in enumerate(read_records(path)):
-        text = str(field_value(loc, rec, "input", "question"))
+        text = text_value(loc, rec, "input", "question")
         if "target_scores" in rec:  # BIG-bench task.json: options from target_scores, BBH's layout
             scores = rec["target_scores"]
             if not isinstance(scores, dict) or not scores:
@@ -109,7 +139,7 @@ def load_temporal(path: Path) -> list[BenchItem]:
             text = text.rstrip() + "\nOptions:\n" + "\n".join(f"({letters[i]}) {o}" for i, o in enumerate(opts))
             gold, n_opt = letters[opts.index(best[0])], len(opts)
         else:
-            raw = str(field_value(loc, rec, "target", "answer"))
+            raw = text_value(loc, rec, "target", "answer")
             m = _TARGET.match(raw)
             if not m:
                 raise BenchmarkFormatError(f"{loc}: target {raw!r} is not an option letter like '(A)'")
@@ -126,8 +156,8 @@ def load_temporal(path: Path) -> list[BenchItem]:
 def load_musique(path: Path) -> list[BenchItem]:
     out = []
     for k, (loc, rec) in enumerate(read_records(path)):
-        q = str(field_value(loc, rec, "question"))
-        ans = str(field_value(loc, rec, "answer")).strip()
+        q = text_value(loc, rec, "question")
+        ans = text_value(loc, rec, "answer", numbers=True).strip()
         aliases = rec.get("answer_aliases") or []
         if isinstance(aliases, str):
             aliases = [aliases]
@@ -207,10 +237,15 @@ def load(task: str, path: str | os.PathLike | None = None, *, limit: int | None 
          toy_n: int = TOY_N, toy_seed: int = TOY_SEED) -> list[BenchItem]:
     """The items of ``task`` from ``path`` (a file, or a folder searched with :func:`find_task_file`).
 
-    Toy tasks need no path (``toy_n`` problems of ``toy_seed``). ``limit``: the first items only.
-    Every record is validated; a bad one raises :class:`BenchmarkFormatError` naming file and record.
+    Toy tasks need no path (``toy_n`` problems of ``toy_seed``). ``limit``: the first items only
+    (``>= 1``; ``None``: all). Every record is validated; a bad one raises
+    :class:`BenchmarkFormatError` naming file and record.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be an integer >= 1 (or None for all items), got {limit!r}")
     t = get_task(task)
+    if not t.needs_data and (isinstance(toy_n, bool) or not isinstance(toy_n, int) or toy_n < 1):
+        raise ValueError(f"toy_n must be an integer >= 1, got {toy_n!r}")
     if t.needs_data:
         if path is None:
             raise ValueError(f"task {t.name!r} needs a data file (schema: see lrm_interp.data.benchmarks.tasks)")
@@ -219,7 +254,7 @@ def load(task: str, path: str | os.PathLike | None = None, *, limit: int | None 
             raise BenchmarkFormatError(f"{find_task_file(t.name, path)}: no records for task {t.name!r}")
     else:
         items = t.loader(None, n=toy_n, seed=toy_seed)
-    return items if limit is None else items[: int(limit)]
+    return items if limit is None else items[:limit]
 
 
 def grade(task: str | Task, item: BenchItem, text: str, *, require_think: bool = True) -> Grade:

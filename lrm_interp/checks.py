@@ -1,0 +1,136 @@
+"""Range checks of numeric settings, shared by the Python API and the command line.
+
+One rule per kind of number, so a config dataclass (``__post_init__``), a library function and
+an ``argparse`` option refuse the same values with the same words:
+
+- :func:`check_int` / :func:`check_float` raise ``ValueError("NAME must be DESCRIPTION, got V")``
+  (bools are never numbers here; NaN and ±inf are always refused: "no limit" is ``None``);
+- :func:`int_arg` / :func:`float_arg` build ``argparse`` ``type=`` callables that parse a string
+  and raise ``argparse.ArgumentTypeError("must be DESCRIPTION, got V")``, which argparse prints as
+  one line ``argument --flag: must be ...`` and exits with status 2 — before any work.
+
+A leaf module: it imports nothing from :mod:`lrm_interp`, so every stage may use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+from typing import Callable
+
+_INF = float("inf")
+
+
+def _describe(kind: str, lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    """``"an integer >= 1"``, ``"a number in (0, 1]"``, ``"a finite number > 0"``, ..."""
+    what = "an integer" if kind == "int" else "a finite number"
+    if lo is not None and hi is not None:
+        return f"{what} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{what} {'>' if lo_open else '>='} {lo:g}"
+    if hi is not None:
+        return f"{what} {'<' if hi_open else '<='} {hi:g}"
+    return what
+
+
+def _int_ok(v: object, lo: int | None, hi: int | None) -> bool:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        return False
+    return (lo is None or v >= lo) and (hi is None or v <= hi)
+
+
+def _float_ok(v: object, lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> bool:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return False
+    x = float(v)
+    if not math.isfinite(x):
+        return False
+    if lo is not None and (x <= lo if lo_open else x < lo):
+        return False
+    if hi is not None and (x >= hi if hi_open else x > hi):
+        return False
+    return True
+
+
+def check_int(name: str, v: object, *, min: int | None = None, max: int | None = None,
+              optional: bool = False) -> int | None:
+    """``v`` if it is an ``int`` (not a bool) within ``[min, max]`` (``None`` too when
+    ``optional``); else ``ValueError`` naming ``name``."""
+    if optional and v is None:
+        return None
+    if not _int_ok(v, min, max):
+        raise ValueError(f"{name} must be {'None or ' if optional else ''}"
+                         f"{_describe('int', min, max, False, False)}, got {v!r}")
+    return int(v)  # type: ignore[arg-type]
+
+
+def check_float(name: str, v: object, *, min: float | None = None, max: float | None = None,
+                min_open: bool = False, max_open: bool = False, optional: bool = False) -> float | None:
+    """``float(v)`` if it is a finite real within the bounds (``min_open``/``max_open``:
+    exclusive; ``None`` too when ``optional``); NaN and ±inf are refused. Else ``ValueError``."""
+    if optional and v is None:
+        return None
+    if not _float_ok(v, min, max, min_open, max_open):
+        raise ValueError(f"{name} must be {'None or ' if optional else ''}"
+                         f"{_describe('float', min, max, min_open, max_open)}, got {v!r}")
+    return float(v)  # type: ignore[arg-type]
+
+
+def check_fraction(name: str, v: object, *, zero: bool = True, one: bool = True) -> float:
+    """A finite fraction in ``[0, 1]`` (``zero=False``: 0 excluded; ``one=False``: 1 excluded)."""
+    return check_float(name, v, min=0.0, max=1.0, min_open=not zero, max_open=not one)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- argparse types
+def int_arg(min: int | None = None, max: int | None = None, *, name: str | None = None) -> Callable[[str], int]:
+    """An ``argparse`` ``type=``: an integer within ``[min, max]``, else a one-line usage error."""
+    desc = _describe("int", min, max, False, False)
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {desc}, got {s!r}") from None
+        if not _int_ok(v, min, max):
+            raise argparse.ArgumentTypeError(f"must be {desc}, got {s}")
+        return v
+
+    parse.__name__ = name or "int"
+    parse.bounds = ("int", min, max, False, False)  # type: ignore[attr-defined]
+    return parse
+
+
+def float_arg(min: float | None = None, max: float | None = None, *, min_open: bool = False,
+              max_open: bool = False, name: str | None = None) -> Callable[[str], float]:
+    """An ``argparse`` ``type=``: a finite number within the bounds, else a one-line usage error."""
+    desc = _describe("float", min, max, min_open, max_open)
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {desc}, got {s!r}") from None
+        if not _float_ok(v, min, max, min_open, max_open):
+            raise argparse.ArgumentTypeError(f"must be {desc}, got {s}")
+        return v
+
+    parse.__name__ = name or "float"
+    parse.bounds = ("float", min, max, min_open, max_open)  # type: ignore[attr-defined]
+    return parse
+
+
+#: the usual argparse types (see :mod:`lrm_interp.cli.common`)
+positive_int = int_arg(1, name="positive_int")
+nonneg_int = int_arg(0, name="nonneg_int")
+positive_float = float_arg(0.0, min_open=True, name="positive_float")
+nonneg_float = float_arg(0.0, name="nonneg_float")
+finite_float = float_arg(name="finite_float")
+fraction = float_arg(0.0, 1.0, name="fraction")
+#: quantization code widths (compress/quant/grid.py: MIN_BITS..MAX_BITS)
+bits_int = int_arg(2, 8, name="bits")
+#: seeds: any integer >= 0
+seed_int = int_arg(0, name="seed")
+
+__all__ = ["check_int", "check_float", "check_fraction", "int_arg", "float_arg", "positive_int", "nonneg_int",
+           "positive_float", "nonneg_float", "finite_float", "fraction", "bits_int", "seed_int"]

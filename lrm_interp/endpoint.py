@@ -1,0 +1,357 @@
+"""The one OpenAI-compatible HTTP client of lrm_interp (stdlib only).
+
+Both the LLM annotator (:class:`lrm_interp.data.annotators.llm.OpenAIClient`) and the benchmark
+backend (:class:`lrm_interp.evaluation.backends.OpenAIBackend`) send their requests through
+:class:`EndpointClient`, so they share one behaviour:
+
+- **settings** in one validated :class:`EndpointConfig` (base URL, key variable, timeout,
+  retries, back-off, requests in flight): a negative retry count, a non-positive, NaN or
+  infinite timeout / back-off, a URL that is not ``http(s)://`` fail at construction with a
+  ``ValueError`` naming the field (the range checks are :mod:`lrm_interp.checks`', the ones
+  the command line's flags use);
+- **retries** with exponential back-off (``backoff · 2^k``, ±25 % jitter, capped at
+  ``max_backoff``) on :data:`RETRY_STATUS`, read timeouts and dropped connections; a
+  ``Retry-After`` header (seconds or an HTTP date) replaces the computed wait;
+- **unreachable endpoints fail fast**: a refused connection, an unknown host, an unreachable
+  network, a connect timeout or a TLS failure on an endpoint that has never answered is not
+  retried like a 429 — :class:`EndpointUnreachable` names the URL at the first failure. Once
+  the endpoint has answered, a refused connection is a restart and is retried; when the
+  retries run out the client marks the endpoint down and every later request fails at once
+  with the same error (:attr:`EndpointClient.unreachable`, :meth:`EndpointClient.reset`), so
+  a long run stops instead of failing item after item;
+- **one error type**, :class:`EndpointError` (message: URL, HTTP status and the server's
+  reason; never the key), :class:`EndpointUnreachable` a subclass (also a ``ConnectionError``);
+- the **API key** from an environment variable (``api_key_env``, default ``OPENAI_API_KEY``)
+  unless given; it is never part of a repr, a description or any file;
+- **counts** of requests, retries, failures and tokens in a thread-safe :class:`Usage`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import errno
+import http.client
+import json
+import math
+import os
+import random
+import re
+import socket
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from lrm_interp.checks import check_float, check_int
+
+#: HTTP statuses retried with back-off (everything else fails at once with the server's message)
+RETRY_STATUS: frozenset[int] = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+API_KEY_ENV = "OPENAI_API_KEY"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_TIMEOUT = 600.0
+DEFAULT_RETRIES = 5
+DEFAULT_BACKOFF = 1.0
+DEFAULT_MAX_BACKOFF = 30.0
+DEFAULT_CONCURRENCY = 8
+#: the longest ``Retry-After`` honoured (seconds)
+MAX_RETRY_AFTER = 300.0
+#: timeout of :meth:`EndpointClient.check` (seconds; at most the request timeout)
+CHECK_TIMEOUT = 10.0
+
+_UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL,
+                       getattr(errno, "EHOSTDOWN", -1), getattr(errno, "ENETDOWN", -1)}
+
+
+class EndpointError(RuntimeError):
+    """A request to an endpoint failed for good (a status that is not retried, retries used up,
+    an unusable answer). The message names the URL and the server's reason, never the key."""
+
+
+class EndpointUnreachable(EndpointError, ConnectionError):
+    """No connection to the endpoint at all (refused, unknown host, unreachable network, connect
+    timeout, TLS failure): raised at the first failure on an endpoint that never answered, or once
+    the retries are used up on one that did; the message names the URL."""
+
+
+@dataclass
+class Usage:
+    """Thread-safe counters of what a client spent."""
+
+    requests: int = 0
+    retries: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **kw: int) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + int(v))
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"requests": self.requests, "retries": self.retries, "failures": self.failures,
+                    "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                    "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """The settings of an :class:`EndpointClient`, validated in full at construction.
+
+    Args:
+        base_url: API root ending in ``/v1`` (default ``$OPENAI_BASE_URL``, else OpenAI's);
+            ``http://`` or ``https://``; a trailing ``/`` is dropped.
+        api_key_env: environment variable holding the key (``""``: no key).
+        timeout: seconds per request (> 0).
+        retries: retries after the first attempt (>= 0) for :data:`RETRY_STATUS`, read timeouts
+            and dropped connections of an endpoint that has answered before.
+        backoff: first wait in seconds (> 0), doubled per retry (±25 % jitter).
+        max_backoff: cap of one wait (>= ``backoff``); a ``Retry-After`` header wins (up to
+            :data:`MAX_RETRY_AFTER`).
+        concurrency: requests in flight at most (>= 1), over all threads using the client.
+    """
+
+    base_url: str | None = None
+    api_key_env: str = API_KEY_ENV
+    timeout: float = DEFAULT_TIMEOUT
+    retries: int = DEFAULT_RETRIES
+    backoff: float = DEFAULT_BACKOFF
+    max_backoff: float = DEFAULT_MAX_BACKOFF
+    concurrency: int = DEFAULT_CONCURRENCY
+
+    def __post_init__(self) -> None:
+        url = self.base_url if self.base_url is not None else (os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)
+        if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url.strip()):
+            raise ValueError(f"base_url must be an http:// or https:// URL such as http://127.0.0.1:8000/v1, "
+                             f"got {url!r}")
+        object.__setattr__(self, "base_url", url.strip().rstrip("/"))
+        if not isinstance(self.api_key_env, str) or (self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*",
+                                                                                          self.api_key_env)):
+            raise ValueError(f"api_key_env must name an environment variable (or be empty), got {self.api_key_env!r}")
+        # seconds: finite and > 0; counts: integers (lrm_interp.checks, the rule of every other setting)
+        object.__setattr__(self, "timeout", check_float("timeout", self.timeout, min=0.0, min_open=True))
+        object.__setattr__(self, "retries", check_int("retries", self.retries, min=0))
+        object.__setattr__(self, "backoff", check_float("backoff", self.backoff, min=0.0, min_open=True))
+        mb = check_float("max_backoff", self.max_backoff, min=0.0, min_open=True)
+        if mb < self.backoff:  # type: ignore[operator]
+            raise ValueError(f"max_backoff must be >= backoff ({self.backoff}), got {self.max_backoff!r}")
+        object.__setattr__(self, "max_backoff", mb)
+        object.__setattr__(self, "concurrency", check_int("concurrency", self.concurrency, min=1))
+
+
+class EndpointClient:
+    """POST JSON to an OpenAI-compatible endpoint with the behaviour of the module docs; safe to
+    share between threads (at most ``config.concurrency`` requests in flight).
+
+    ``EndpointClient(config)`` or ``EndpointClient(base_url, retries=..., ...)`` (the fields of
+    :class:`EndpointConfig`). ``api_key``: the key itself (default: ``$api_key_env``).
+    ``usage``: a :class:`Usage` to count into (default: a new one)."""
+
+    def __init__(self, config: EndpointConfig | str | None = None, *, api_key: str | None = None,
+                 usage: Usage | None = None, **settings: Any):
+        if isinstance(config, EndpointConfig):
+            if settings:
+                raise TypeError("give either an EndpointConfig or keyword settings, not both")
+            self.config = config
+        else:
+            self.config = EndpointConfig(base_url=config, **settings)
+        if api_key is None and self.config.api_key_env:
+            api_key = os.environ.get(self.config.api_key_env) or None
+        self._api_key = api_key or None
+        self.usage = usage if usage is not None else Usage()
+        self._slots = threading.BoundedSemaphore(self.config.concurrency)
+        self._lock = threading.Lock()
+        self._reached = False
+        self._down: EndpointUnreachable | None = None
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"EndpointClient({c.base_url!r}, retries={c.retries}, backoff={c.backoff}, timeout={c.timeout}, "
+                f"concurrency={c.concurrency}, key={'set' if self._api_key else 'none'})")
+
+    @property
+    def base_url(self) -> str:
+        return str(self.config.base_url)
+
+    @property
+    def has_key(self) -> bool:
+        return self._api_key is not None
+
+    @property
+    def unreachable(self) -> EndpointUnreachable | None:
+        """The error that marked the endpoint down (every request now fails with it), else ``None``."""
+        return self._down
+
+    def reset(self) -> None:
+        """Forget that the endpoint was down (try it again)."""
+        with self._lock:
+            self._down = None
+
+    # ------------------------------------------------------------------ requests
+    def _headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key:
+            h["Authorization"] = f"Bearer {self._api_key}"
+        return h
+
+    def _mark_down(self, reason: str) -> EndpointUnreachable:
+        err = EndpointUnreachable(f"{self.base_url}: endpoint unreachable ({reason}); is the server running and "
+                                  "is the URL right?")
+        with self._lock:
+            if self._down is None:
+                self._down = err
+        return err
+
+    def _raise_if_down(self) -> None:
+        down = self._down
+        if down is not None:
+            raise EndpointUnreachable(str(down))
+
+    def check(self) -> None:
+        """One ``GET <base_url>/models`` (timeout at most :data:`CHECK_TIMEOUT`): any HTTP answer
+        means the endpoint is there; no connection raises :class:`EndpointUnreachable` naming the URL.
+        Cheap; run it before a long job."""
+        self._raise_if_down()
+        req = urllib.request.Request(self.base_url + "/models", headers=self._headers(), method="GET")
+        try:
+            with urllib.request.urlopen(req, timeout=min(self.config.timeout, CHECK_TIMEOUT)) as r:
+                r.read()
+        except urllib.error.HTTPError:
+            pass
+        except urllib.error.URLError as e:
+            unreachable, reason = _classify(e.reason)
+            if unreachable:
+                raise self._mark_down(reason) from None
+            return  # reached, then something else went wrong: the real requests will say what
+        except (TimeoutError, OSError, http.client.HTTPException):
+            return  # connected (the read failed): reachable
+        self._reached = True
+
+    def post_json(self, path: str, body: dict) -> dict:
+        """POST ``body`` to ``base_url + path``; the decoded JSON object of the answer. Retries as the
+        module docs say; raises :class:`EndpointError` (:class:`EndpointUnreachable`) naming the URL."""
+        url = self.base_url + path
+        data = json.dumps(body).encode("utf-8")
+        attempt = 0
+        while True:
+            self._raise_if_down()
+            with self._slots:
+                self.usage.add(requests=1)
+                outcome = self._attempt(url, data)
+            if isinstance(outcome, dict):
+                u = outcome.get("usage")
+                if isinstance(u, dict):
+                    self.usage.add(prompt_tokens=u.get("prompt_tokens") or 0,
+                                   completion_tokens=u.get("completion_tokens") or 0)
+                return outcome
+            kind, reason, wait = outcome
+            last = attempt >= self.config.retries
+            if kind == "fatal" or (kind == "transient" and last):
+                self.usage.add(failures=1)
+                tail = f" (failed after {attempt + 1} attempts)" if attempt else ""
+                raise EndpointError(f"{url}: {reason}{tail}")
+            if kind == "unreachable" and (last or not self._reached):
+                self.usage.add(failures=1)
+                raise self._mark_down(reason + (f", after {attempt + 1} attempts" if attempt else ""))
+            attempt += 1
+            self.usage.add(retries=1)
+            if wait is None:
+                wait = min(self.config.max_backoff, self.config.backoff * 2 ** (attempt - 1)) \
+                    * random.uniform(0.75, 1.25)
+            time.sleep(wait)
+
+    def _attempt(self, url: str, data: bytes) -> dict | tuple[str, str, float | None]:
+        """One request: the JSON object, or ``(kind, reason, wait)`` with kind ``fatal`` (never
+        retried), ``transient`` (retried) or ``unreachable`` (no connection)."""
+        req = urllib.request.Request(url, data=data, headers=self._headers(), method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.config.timeout) as r:
+                raw = r.read()
+        except urllib.error.HTTPError as e:
+            self._reached = True
+            reason = f"HTTP {e.code} from the server ({_error_detail(e)})"
+            if e.code not in RETRY_STATUS:
+                return "fatal", reason, None
+            return "transient", reason, _retry_after(e.headers)
+        except urllib.error.URLError as e:
+            unreachable, reason = _classify(e.reason)
+            return ("unreachable" if unreachable else "transient"), reason, None
+        except (TimeoutError, socket.timeout):
+            self._reached = True
+            return "transient", f"no answer within the {self.config.timeout:g} s timeout", None
+        except (ConnectionError, http.client.HTTPException, OSError) as e:
+            self._reached = True
+            return "transient", f"connection dropped ({type(e).__name__}: {e})", None
+        self._reached = True
+        try:
+            out = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            snippet = " ".join(raw[:120].decode("utf-8", "replace").split())
+            return "fatal", (f"the answer is not JSON ({snippet!r}); is the URL the API root (ending in /v1)?"), None
+        if not isinstance(out, dict):
+            return "fatal", f"the answer is not a JSON object ({type(out).__name__})", None
+        return out
+
+
+def _classify(reason: Any) -> tuple[bool, str]:
+    """``(unreachable, text)`` for the ``reason`` of a ``URLError`` (a connection-level failure)."""
+    if isinstance(reason, socket.gaierror):
+        return True, f"cannot resolve the host name: {reason.strerror or reason}"
+    if isinstance(reason, ConnectionRefusedError):
+        return True, "connection refused"
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return True, "connection timed out"
+    if isinstance(reason, ssl.SSLError):
+        return True, f"TLS failure: {getattr(reason, 'reason', None) or reason}"
+    if isinstance(reason, OSError) and reason.errno in _UNREACHABLE_ERRNOS:
+        return True, reason.strerror or str(reason)
+    if isinstance(reason, OSError):
+        return False, f"connection failed ({type(reason).__name__}: {reason})"
+    return True, str(reason)  # e.g. "unknown url type"
+
+
+def _error_detail(e: urllib.error.HTTPError) -> str:
+    try:
+        raw = e.read().decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - the body is only for the message
+        raw = ""
+    try:
+        d = json.loads(raw)
+        msg = d.get("error", d)
+        msg = msg.get("message", msg) if isinstance(msg, dict) else msg
+        raw = str(msg)
+    except (ValueError, AttributeError):
+        pass
+    return " ".join(raw.split())[:300] or str(e.reason or "") or "no detail"
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date), capped at
+    :data:`MAX_RETRY_AFTER`; ``None`` without a usable header."""
+    v = headers.get("Retry-After") if headers else None
+    if v is None:
+        return None
+    try:
+        secs = float(v)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(v)
+        except (TypeError, ValueError):
+            return None
+        if when is None:
+            return None
+        secs = when.timestamp() - time.time()
+    if not math.isfinite(secs):
+        return None
+    return min(MAX_RETRY_AFTER, max(0.0, secs))
+
+
+__all__ = ["EndpointClient", "EndpointConfig", "EndpointError", "EndpointUnreachable", "Usage", "RETRY_STATUS",
+           "API_KEY_ENV", "BASE_URL_ENV", "DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "DEFAULT_RETRIES", "DEFAULT_BACKOFF",
+           "DEFAULT_MAX_BACKOFF", "DEFAULT_CONCURRENCY", "MAX_RETRY_AFTER", "CHECK_TIMEOUT"]
