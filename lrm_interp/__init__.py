@@ -7,11 +7,12 @@ Main entry points::
     result.heatmap(); result.top(10); result.to_dataframe()
     shift = lrm_interp.compare(result_fp16, result_3bit)
 
-The package is laid out by stage of the data path (docs/architecture.md): ``model/``
-(loading, sites, forward plumbing, capture), ``data/`` (traces, tokens, annotation),
-``attribution/`` (DoM, AtP, results), ``protect/`` (saliency, masks, exports),
-``compress/`` (calibration, quantization, pruning), ``evaluation/``, ``experiments/``,
-``cli/`` and ``toy/``. Every public name below is imported lazily, on first use.
+The package is laid out by stage of the data path, and imports only go forward along it
+(docs/architecture.md): ``data/`` (traces, tokens, annotation, benchmarks, the toy task
+generators), ``model/`` (loading, sites, forward plumbing, capture), ``attribution/`` (DoM,
+AtP, results), ``compress/`` (calibration, quantization, pruning), ``protect/`` (saliency,
+masks, exports), ``evaluation/``, ``toy/`` (the shipped toy model), ``experiments/`` and
+``cli/``. Every public name below is imported lazily, on first use.
 """
 
 from __future__ import annotations

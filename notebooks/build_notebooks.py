@@ -107,7 +107,7 @@ PROTECTION = [
            "`run_protection_experiment` is `lrm-interp experiment protection`; here a small subset of its rows."),
     ("code", "from lrm_interp.experiments.protection_table import run_protection_experiment\n"
              "table = run_protection_experiment('protection_run', per_family=4, attribution_traces=2, random_seeds=(0,), "
-             "only=['magnitude', 'scale-aware', 'by attribution', 'plain'], progress=False)\ntable"),
+             "symmetric=True, only=['magnitude', 'scale-aware', 'by attribution', 'plain'], progress=False)\ntable"),
     ("code", "table.plot()"),
     ("md", "## Module-level mixed precision and the configs deployment tools load"),
     ("code", "from lrm_interp.protect.mixed import allocate_bits, quantization_errors\nfrom lrm_interp.protect import exports\n"

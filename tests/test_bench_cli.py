@@ -46,3 +46,23 @@ def test_bench_errors_are_one_line(tmp_path, capsys):
     assert "--base-url" in capsys.readouterr().err
     assert main(["bench", "run", "--model", str(tmp_path / "nope"), "--tasks", "math", "--out", "o"]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_toy_items_follow_the_fact_table_the_model_learned(capsys, tmp_path):
+    """The distilled SmolLM2 reasoner learned 64 people, the toy model 512: knowledge items over the
+    wrong table ask about people the model never saw. --toy-people chooses the table; a model whose
+    provenance records another is refused before any generation, naming the flag."""
+    from lrm_interp.cli.main import main
+    from lrm_interp.data.benchmarks import load
+    from lrm_interp.data.toy_tasks import build_world
+
+    default, small = load("knowledge", toy_n=5), load("knowledge", toy_n=5, toy_people=64)
+    people = set(build_world(64).people)
+    assert all(any(p in it.prompt for p in people) for it in small)
+    assert [it.prompt for it in default] != [it.prompt for it in small]
+    assert small[0].problem["n_people"] == 64
+    rc = main(["bench", "run", "--model", "toy", "--tasks", "knowledge", "--toy-n", "1", "--toy-people", "64",
+               "--temperature", "0", "--max-new-tokens", "4", "--out", str(tmp_path / "b"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "learned a fact table of 512 people" in err and "--toy-people 512" in err
+    assert not (tmp_path / "b").exists()

@@ -307,3 +307,15 @@ def test_compare_warns_about_behaviours_left_out_and_identical_weights(capsys, t
     ok = _attribution(tmp_path, "ok", weights="w2", settings={"prefix_cache": False, "gradient_checkpointing": True})
     assert main(["compare", "--original", str(a), "--compressed", str(ok), "--out", str(tmp_path / "e")]) == 0
     assert capsys.readouterr().err == ""  # how it was computed, not what: nothing to say
+
+
+def test_model_flag_accepts_a_distilled_delta_folder(tmp_path):
+    """`toy eval --model RUN/adapter` (docs/reasoner.md) must pass the CLI's model check, as
+    load_model accepts it; an empty folder is still refused with one line."""
+    from lrm_interp.cli.common import CliError, require_model
+
+    (tmp_path / "adapter").mkdir()
+    with pytest.raises(CliError, match="no config.json .* or adapter_config.json"):
+        require_model(str(tmp_path / "adapter"))
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    assert require_model(str(tmp_path / "adapter")) == str(tmp_path / "adapter")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from lrm_interp.cli.main import main
@@ -171,3 +172,45 @@ def test_quiet_progress_covers_direct_tqdm_and_transformers_bars(capfd):
     assert hf_logging.is_progress_bar_enabled()
     list(tqdm(range(3), desc="after"))
     assert "after" in capfd.readouterr().err
+
+
+def test_grid_flags_are_one_pair_with_one_default(tmp_path, capsys):
+    """Issue 21 item 5: protect, quantize, bits and experiment protection all take --symmetric and
+    --asymmetric (mutually exclusive, one destination), default asymmetric, said in the help."""
+    import argparse
+
+    from lrm_interp.attribution.results import Attribution
+    from lrm_interp.cli.main import build_parser
+    from lrm_interp.model.sites import find_sites
+
+    parser = build_parser()
+    required = {"protect": ["--scores", "s", "--out", "o"], "quantize": ["--model", "toy", "--bits", "3", "--out", "o"],
+                "bits": ["--model", "toy", "--budget", "3.5", "--out", "o"],
+                "experiment protection": ["--out", "o"]}
+    for cmd, argv in required.items():
+        path = cmd.split()
+        p = parser
+        for name in path:
+            p = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        flags = {a.option_strings[0]: a for a in p._actions if a.dest == "symmetric"}
+        assert sorted(flags) == ["--asymmetric", "--symmetric"], cmd
+        assert all(a.default is False for a in flags.values())
+        assert "default: asymmetric" in flags["--symmetric"].help and "the default" in flags["--asymmetric"].help
+        assert parser.parse_args(path + argv).symmetric is False
+        assert parser.parse_args(path + argv + ["--symmetric"]).symmetric is True
+        assert parser.parse_args(path + argv + ["--asymmetric"]).symmetric is False
+        with pytest.raises(SystemExit):
+            parser.parse_args(path + argv + ["--symmetric", "--asymmetric"])
+        assert "not allowed with argument" in capsys.readouterr().err
+    # and the choice reaches the output: the mask file's metadata and bits per weight
+    model, _ = load_toy_model()
+    sites = tuple(find_sites(model))
+    Attribution(("deduction",), sites, torch.rand(1, len(sites), dtype=torch.float64), "attribution").save(tmp_path / "a")
+    bpw = {}
+    for flag in ([], ["--symmetric"], ["--asymmetric"]):
+        out = tmp_path / f"m{len(bpw)}.safetensors"
+        assert main(["protect", "--scores", str(tmp_path / "a"), "--policy", "final_mlp", "--out", str(out)] + flag) == 0
+        meta = load_masks(out)[1]
+        bpw[tuple(flag)] = (meta["symmetric"], meta["bits_per_weight"]["bpw"])
+    assert bpw[()] == bpw[("--asymmetric",)] and bpw[()][0] is False
+    assert bpw[("--symmetric",)][0] is True and bpw[("--symmetric",)][1] < bpw[()][1]  # no zero-points stored

@@ -8,13 +8,14 @@ import pytest
 
 from lrm_interp.evaluation.intervals import wilson_interval
 from lrm_interp.experiments import protection_table as pt
+from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner
 from lrm_interp.model.sites import find_sites
 from lrm_interp.protect.encoding import bits_per_weight
 from lrm_interp.protect.policies import global_top
 from lrm_interp.protect.saliency import magnitude
 from lrm_interp.toy import load_toy_model
 
-SMALL = dict(model="toy", per_family=1, attribution_traces=1, random_seeds=(0,))
+SMALL = dict(model="toy", per_family=1, attribution_traces=1, random_seeds=(0,), symmetric=True)
 
 
 def test_rows_files_and_resume(tmp_path, monkeypatch):
@@ -58,15 +59,42 @@ def test_rows_files_and_resume(tmp_path, monkeypatch):
 
 def test_plan_lists_every_row_once():
     model, tok = load_toy_model()
-    rtn = [p.label for p in pt.plan_rows(model, tok, pt.ExperimentSettings(**SMALL))]
-    gptq = [p.label for p in pt.plan_rows(model, tok, pt.ExperimentSettings(**{**SMALL, "quantizer": "gptq",
-                                                                              "random_seeds": (0, 1, 2)}))]
+    rtn = [p.label for p in ProtectionPlanner(model, tok, ExperimentSettings(**SMALL)).rows]
+    gptq = [p.label for p in ProtectionPlanner(model, tok, ExperimentSettings(**{**SMALL, "quantizer": "gptq",
+                                                                                 "random_seeds": (0, 1, 2)})).rows]
     assert len(set(rtn)) == len(rtn) and len(set(gptq)) == len(gptq)
     assert "2% attribution × GPTQ error (behaviour spans)" in gptq and not any("GPTQ error (beh" in x for x in rtn)
     assert sum("random (seed" in x for x in gptq) == 3 and any(x.startswith("behaviour-guided GPTQ") for x in gptq)
-    assert rtn[0] == "none" and rtn[-1] == "plain 4-bit"
+    assert rtn[:2] == ["fp", "none"] and rtn[-1] == "plain 4-bit"
     with pytest.raises(ValueError, match="quantizer"):
         pt.ExperimentSettings(quantizer="awq")
+    assert pt.ExperimentSettings is ExperimentSettings and ExperimentSettings().symmetric is False  # one default
+    assert ProtectionPlanner(model, tok).settings == ExperimentSettings()
+
+
+def test_planner_is_lazy_caches_and_shares_across_quantizers(monkeypatch):
+    from lrm_interp.experiments import protection as prot
+
+    model, tok = load_toy_model()
+    planner = ProtectionPlanner(model, tok, ExperimentSettings(**SMALL), progress=False)
+    assert [r.label for r in planner.select(["magnitude", "by none"])] == [
+        "fp", "none", "2% magnitude", "mixed precision by none"]
+    assert "ProtectionPlanner(toy, RTN 3-bit, symmetric" in repr(planner)
+    assert not {"calib", "attribution", "encoded"} & set(vars(planner))  # nothing computed by planning
+    calls = []
+    real = prot.build_saliency
+    monkeypatch.setattr(prot, "build_saliency", lambda name, *a, **k: calls.append((name, sorted(k))) or real(name, *a, **k))
+    mag = planner.masks("magnitude")
+    assert planner.masks("magnitude") is mag and len(calls) == 1  # once per planner
+    assert not {"calib", "attribution", "encoded"} & set(calls[0][1])  # magnitude needs none of the inputs
+    assert not {"calib", "attribution", "encoded"} & set(vars(planner))
+    gptq = planner.with_quantizer("gptq")
+    assert gptq.settings.quantizer == "gptq" and gptq.masks("magnitude") is mag and len(calls) == 1
+    assert "2% attribution × GPTQ error (behaviour spans)" in [r.label for r in gptq.rows]
+    ids = planner.calib
+    assert planner.with_quantizer("gptq").calib is ids  # inputs computed so far are shared
+    planner.calib = ids[:1]  # an input of your own: assign before the rows run
+    assert planner.calib.shape[0] == 1
 
 
 def test_cli_refuses_another_runs_folder(tmp_path, capsys):
@@ -77,3 +105,25 @@ def test_cli_refuses_another_runs_folder(tmp_path, capsys):
     (out / "rows.jsonl").write_text("{}\n")
     assert main(["experiment", "protection", "--per-family", "1", "--out", str(out), "--quiet"]) == 2
     assert "rows.jsonl without settings.json" in capsys.readouterr().err
+
+
+def test_cli_grid_flags_and_a_folder_of_the_other_grid(tmp_path, capsys):
+    """--symmetric / --asymmetric: one default (asymmetric) recorded in settings.json; a folder of
+    the other grid is refused with the flag that resumes it."""
+    from lrm_interp.cli.main import main
+
+    out = tmp_path / "sym"
+    base = ["experiment", "protection", "--per-family", "1", "--attribution-traces", "1", "--random-seeds", "0",
+            "--only", "no row has this label", "--quiet", "--out", str(out)]
+    assert main(base + ["--symmetric"]) == 0
+    assert json.loads((out / "settings.json").read_text())["settings"]["symmetric"] is True
+    capsys.readouterr()
+    assert main(base) == 2  # the default grid is asymmetric: another experiment
+    err = capsys.readouterr().err
+    assert "differs in symmetric" in err and "add --symmetric to resume it" in err
+    assert main(base + ["--symmetric"]) == 0  # resumes
+    assert [json.loads(x)["label"] for x in (out / "rows.jsonl").read_text().splitlines()] == ["fp", "none"]
+    asym = tmp_path / "asym"
+    assert main(base[:-1] + [str(asym), "--asymmetric"]) == 0
+    assert json.loads((asym / "settings.json").read_text())["settings"]["symmetric"] is False
+    assert main(base[:-1] + [str(asym)]) == 0  # the default is the same run

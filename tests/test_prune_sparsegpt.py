@@ -95,3 +95,14 @@ def test_driver_rejects_bad_options():
         prune_model_(model, "wanda", pattern="4:2", calib=torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="unstructured only"):
         prune_model_(model, "magnitude", pattern="2:4")
+
+
+def test_non_contiguous_weight_gpt2_layout():
+    """A Conv1D weight is read as a transposed view; the unstructured mask used to fail on it."""
+    W, X, H = _problem()
+    Wt = W.T.contiguous().T  # same values, column-major strides
+    assert not Wt.is_contiguous()
+    torch.testing.assert_close(sparsegpt_prune(Wt, H, 0.5, blocksize=8), sparsegpt_prune(W, H, 0.5, blocksize=8))
+    rep = prune_model_(tiny_model("gpt2", seed=0), "sparsegpt", 0.5, calib=torch.randint(0, 256, (2, 16)),
+                       progress=False)
+    assert rep.achieved == pytest.approx(0.5, abs=0.01)

@@ -30,8 +30,22 @@ def _tasks_and_items(a: argparse.Namespace) -> dict:
     for t in tasks:
         with reading(a.data or ".", "--data"):
             items[t.name] = load(t.name, a.data if t.needs_data else None, limit=a.limit, toy_n=a.toy_n,
-                                 toy_seed=a.toy_seed)
+                                 toy_seed=a.toy_seed, toy_people=a.toy_people)
     return items
+
+
+def _check_toy_world(model, name: str, items: dict, toy_people: int | None) -> None:
+    """Refuse toy items made over another fact table than the one ``model`` learned (the knowledge
+    family would ask about people it never saw, and score as if it forgot them)."""
+    if not any(k in items for k in ("math", "logic", "knowledge")):
+        return
+    from lrm_interp.toy.tasks import N_PEOPLE, model_world
+
+    learned = len(model_world(model).people)
+    asked = N_PEOPLE if toy_people is None else toy_people
+    if learned != asked:
+        raise CliError(f"--model {name} learned a fact table of {learned} people (its provenance); the toy items "
+                       f"were made over {asked}: pass --toy-people {learned}")
 
 
 def _model_tag(name: str) -> str:
@@ -48,7 +62,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     settings = dataclass_from_args(GenerationSettings, a)
     group_size = group_size_arg(a.group_size)
     try:
-        from lrm_interp.evaluation.variants import parse_compression
+        from lrm_interp.compress.specs import parse_compression
 
         specs = [parse_compression(s) for s in a.compress]
     except ValueError as e:
@@ -99,6 +113,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                                           "to resume" if (out / base_tag).exists() else "nothing was written") from e
             continue
         model, tok = load_model_quietly(name)
+        _check_toy_world(model, name, items, a.toy_people)
         if a.device != "cpu":
             model = model.to(a.device)
         calib = None
@@ -107,7 +122,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
             with reading(a.calib or ".", "--calib"):
                 calib = calibration_ids(tok, a.calib, length=a.calib_length)
-        from lrm_interp.evaluation.variants import apply_compression
+        from lrm_interp.compress.specs import apply_compression
         from lrm_interp.model.provenance import model_provenance
 
         for spec in specs:
@@ -202,6 +217,9 @@ def _task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="only the first N items of each task (N >= 1; default: all)")
     p.add_argument("--toy-n", type=positive_int, default=30, metavar="N", help="problems per toy family (>= 1)")
+    p.add_argument("--toy-people", type=positive_int, default=None, metavar="N",
+                   help="size of the toy knowledge family's fact table (default: the shipped toy model's, 512; the "
+                        "distilled SmolLM2 reasoner learned 64); a model that learned another is refused")
     p.add_argument("--toy-seed", type=seed_int, default=2, metavar="SEED",
                    help="seed of the toy problems, an integer >= 0 (0 is a seed; held-out seeds are < 10000)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

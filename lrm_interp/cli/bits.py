@@ -11,6 +11,7 @@ import json
 from lrm_interp.cli.common import (PROG, CliError, add_command, bits_int, group_size_arg, load_attribution,
                                    load_model_quietly, nonneg_int, positive_float, reading, require_attribution_dir,
                                    require_model, require_path)
+from lrm_interp.cli.protect import add_symmetry_flags
 
 SENSITIVITIES = ("attribution", "hessian", "none")
 BIT_CHOICES = (2, 3, 4, 5, 6, 7, 8, 16)
@@ -108,7 +109,7 @@ def register(sub) -> None:
                    help="bit widths a module may get, 2..8 or 16 (16 = kept in FP16)")
     p.add_argument("--group-size", type=nonneg_int, default=128, metavar="N",
                    help="quantization group size in input columns (0 = per channel)")
-    p.add_argument("--symmetric", action="store_true", help="symmetric grid (no zero-point) instead of min-max")
+    add_symmetry_flags(p)
     p.add_argument("--out", required=True, metavar="FILE", help="allocation file (JSON, lrm_interp.bits/1)")
     p.add_argument("--gptqmodel", default=None, metavar="FILE",
                    help="also write GPTQModel QuantizeConfig(dynamic=...) entries (JSON)")

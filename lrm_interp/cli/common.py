@@ -196,8 +196,9 @@ def require_model(name: str, flag: str = "--model") -> str:
     p = Path(name).expanduser()
     if not p.is_dir():
         raise CliError(f"{flag} {name}: no such model directory, and not an alias ({', '.join(aliases)})")
-    if not (p / "config.json").is_file():
-        raise CliError(f"{flag} {p}: no config.json there, not a Hugging Face model directory")
+    if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+        raise CliError(f"{flag} {p}: no config.json (a Hugging Face model) or adapter_config.json (a distilled "
+                       "reasoner's delta, `toy distill`'s RUN/adapter) there")
     return name
 
 

@@ -4,22 +4,26 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from lrm_interp.cli.common import (PROG, CliError, add_command, float_arg, fraction, group_size_arg, int_arg,
                                    nonneg_int, positive_int, require_model, seed_int)
+from lrm_interp.cli.protect import add_symmetry_flags
 
 PROTECTION_HELP = "matched-bits protection experiment: accuracy of every protection row, table + CSV + plot"
 PROTECTION_DESCRIPTION = (
     "Quantize a model that solves the toy tasks (the toy reasoner, the distilled SmolLM2 reasoner) once per row — "
-    "no protection, 2%% of weights in FP16 by each saliency (random: 3 seeds), the paper's final-layer MLP, "
+    "no protection, 2% of weights in FP16 by each saliency (random: 3 seeds), the paper's final-layer MLP, "
     "module-level mixed precision by attribution / Hessian / nothing at the same bits per weight, behaviour-guided "
-    "GPTQ, plain b+1 bits — and measure accuracy on held-out problems with 95%% Wilson intervals. Writes "
+    "GPTQ, plain b+1 bits — and measure accuracy on held-out problems with 95% Wilson intervals. Writes "
     "table.md, table.csv, bpw_accuracy.png, rows.jsonl and settings.json to --out; an interrupted run resumes "
-    "there, a folder of another run is refused.")
+    "there, a folder of another run is refused. The grid is asymmetric unless --symmetric.")
 PROTECTION_EXAMPLES = [
-    f"{PROG} experiment protection --model toy --bits 3 --quantizer rtn --per-family 50 --out runs/protection_rtn3",
-    f"{PROG} experiment protection --model toy --bits 3 --quantizer gptq --per-family 10 --only magnitude scale-aware "
-    "--out runs/protection_gptq3_quick"]
+    f"{PROG} experiment protection --model toy --bits 3 --quantizer rtn --symmetric --per-family 50 "
+    "--out runs/protection_rtn3",
+    f"{PROG} experiment protection --model toy --bits 3 --quantizer gptq --asymmetric --per-family 10 "
+    "--only magnitude scale-aware --out runs/protection_gptq3_quick"]
 
 
 def cmd_protection(a: argparse.Namespace) -> int:
@@ -28,7 +32,7 @@ def cmd_protection(a: argparse.Namespace) -> int:
     require_model(a.model)
     try:
         s = ExperimentSettings(model=a.model, bits=a.bits, quantizer=a.quantizer, per_family=a.per_family,
-                               group_size=group_size_arg(a.group_size), symmetric=not a.asymmetric, budget=a.budget,
+                               group_size=group_size_arg(a.group_size), symmetric=a.symmetric, budget=a.budget,
                                attribution_traces=a.attribution_traces, random_seeds=tuple(a.random_seeds),
                                guided_mix=a.guided_mix)
     except ValueError as e:
@@ -37,11 +41,24 @@ def cmd_protection(a: argparse.Namespace) -> int:
         table = run_protection_experiment(a.out, s, only=a.only, progress=not a.quiet)
     except ValueError as e:
         if "holds another experiment" in str(e) or "rows.jsonl without" in str(e):
-            raise CliError(f"--out {e}") from None
+            raise CliError(f"--out {e}{_grid_hint(a.out, e)}") from None
         raise
     print(table.to_markdown())
     print(f"wrote {a.out}/table.md, table.csv, bpw_accuracy.png ({len(table.rows)} rows)")
     return 0
+
+
+def _grid_hint(out: str, e: ValueError) -> str:
+    """For a folder refused for its grid: the flag that resumes it. (This command defaulted to a
+    symmetric grid until the --symmetric/--asymmetric pair; now, as everywhere, to asymmetric.)"""
+    try:
+        sym = json.loads((Path(out) / "settings.json").read_text())["settings"]["symmetric"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if "symmetric" not in str(e).partition("differs in")[2]:
+        return ""
+    return (f" (its grid is {'symmetric' if sym else 'asymmetric'}: add --{'symmetric' if sym else 'asymmetric'} to "
+            "resume it; the default is asymmetric)")
 
 
 def register(sub) -> None:
@@ -61,8 +78,7 @@ def register(sub) -> None:
                    help="held-out problems per task family")
     p.add_argument("--group-size", type=nonneg_int, default=128, metavar="N",
                    help="quantization group size in input columns (0 = per channel)")
-    p.add_argument("--asymmetric", action="store_true",
-                   help="min-max grid with a zero-point (default: symmetric, GPTQ's convention)")
+    add_symmetry_flags(p)
     p.add_argument("--budget", type=float_arg(0.0, 1.0, min_open=True, max_open=True), default=0.02, metavar="F",
                    help="fraction of the linear weights kept in FP16 by the per-weight rows, in (0, 1)")
     p.add_argument("--attribution-traces", type=positive_int, default=8, metavar="N",

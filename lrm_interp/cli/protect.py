@@ -17,6 +17,9 @@ from lrm_interp.protect.policies import POLICIES
 from lrm_interp.protect.registry import SALIENCIES
 
 MODULE_POLICIES = ("final_mlp", "modules_by_score")  # need no per-weight saliency (and no model)
+#: the grid of protect / quantize / bits / experiment protection unless told: asymmetric (min-max with a
+#: zero-point), as every library function (``symmetric=False``)
+SYMMETRIC_DEFAULT = False
 #: where the command line takes each input a saliency needs (lrm_interp.protect.registry.SaliencyInputs)
 NEEDS_FLAGS = {"encoded": "traces from --data", "module_importance": "module RI from --scores",
                "calib": "calibration text from --data (default: toy tasks)"}
@@ -43,6 +46,17 @@ QUANTIZE_EXAMPLES = [
     f"{PROG} quantize --model toy --bits 3 --masks masks.safetensors --out runs/toy-rtn3",
     f"{PROG} quantize --model toy --bits 3 --method gptq --calib traces.jsonl --masks masks.safetensors "
     "--out runs/toy-gptq3"]
+
+
+def add_symmetry_flags(p: argparse.ArgumentParser) -> None:
+    """``--symmetric`` / ``--asymmetric``, a mutually exclusive pair setting ``symmetric``
+    (default :data:`SYMMETRIC_DEFAULT`: asymmetric), on every command that quantizes or scores
+    on a grid (protect, quantize, bits, experiment protection): scripts can say either."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--symmetric", dest="symmetric", action="store_true", default=SYMMETRIC_DEFAULT,
+                   help="symmetric grid: no zero-point, scale from max|w| (GPTQModel's sym=True); default: asymmetric")
+    g.add_argument("--asymmetric", dest="symmetric", action="store_false", default=SYMMETRIC_DEFAULT,
+                   help="asymmetric grid: min-max with a zero-point per group (the default)")
 
 
 def _check_regex(flag: str, rx: str | None) -> None:
@@ -200,7 +214,7 @@ def register(sub) -> None:
                    help="target quantization bits, 2..8 (saliency grid and bits/weight)")
     p.add_argument("--group-size", type=nonneg_int, default=128, metavar="N",
                    help="quantization group size in input columns (0 = per channel)")
-    p.add_argument("--symmetric", action="store_true", help="symmetric grid (no zero-point) instead of min-max")
+    add_symmetry_flags(p)
     p.add_argument("--always", default=None, metavar="REGEX",
                    help="sites always protected whole (they count against the budget)")
     p.add_argument("--never", default=None, metavar="REGEX", help="sites never protected (wins over --always)")
@@ -220,7 +234,7 @@ def register(sub) -> None:
     q.add_argument("--masks", default=None, metavar="FILE", help=f"protection masks from '{PROG} protect'")
     q.add_argument("--calib", default=None, metavar="PATH",
                    help="GPTQ calibration traces, JSONL file or paper-layout folder (default: generated toy tasks)")
-    q.add_argument("--symmetric", action="store_true", help="symmetric grid (no zero-point) instead of min-max")
+    add_symmetry_flags(q)
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.add_argument("--out", required=True, metavar="DIR",
                    help="output checkpoint folder (written whole or not at all; never the --model folder)")

@@ -33,10 +33,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp.data.loading import load_dataset
+from lrm_interp.data.toy_tasks import generate_dataset
 from lrm_interp.model.capture import Capture, Reducer
 from lrm_interp.model.forward import input_device
 from lrm_interp.model.sites import Site, get_module
-from lrm_interp.toy.tasks import generate_dataset
 
 #: input ids ``[b, s]`` / ``[s]`` or a tokenizer output dict with ``input_ids`` (+ ``attention_mask``)
 CalibData = Union[torch.Tensor, Mapping[str, Any]]

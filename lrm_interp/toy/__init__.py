@@ -2,8 +2,10 @@
 
 ``load_toy_model()`` loads the shipped weights (``lrm_interp/assets/toy_reasoner``: a
 4-layer LlamaForCausalLM on byte tokens trained by :mod:`lrm_interp.toy.train`), see
-docs/toy_model.md. Tasks: :mod:`lrm_interp.toy.tasks`; evaluation and the model's own
-annotated traces: :mod:`lrm_interp.toy.evaluate`.
+docs/toy_model.md. Tasks: :mod:`lrm_interp.data.toy_tasks` (re-exported by
+:mod:`lrm_interp.toy.tasks`); evaluation and the model's own annotated traces:
+:mod:`lrm_interp.toy.evaluate`. ``load_model("toy")`` finds :func:`load_toy_alias` through
+the ``lrm_interp.models`` entry point this package declares (``pyproject.toml``).
 """
 
 from __future__ import annotations

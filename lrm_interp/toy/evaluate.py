@@ -1,33 +1,15 @@
-"""The toy tasks' answer extraction and accuracy, and collecting a model's own annotated traces
-(generation itself: :mod:`lrm_interp.evaluation.generation`)."""
+"""The toy tasks' accuracy, and collecting a model's own annotated traces (generation itself:
+:mod:`lrm_interp.evaluation.generation`; answer extraction, pure text:
+:func:`lrm_interp.data.toy_tasks.extract_answer`, re-exported here)."""
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from typing import Sequence
 
+from lrm_interp.data.toy_tasks import Problem, extract_answer
 from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace
-from lrm_interp.toy.tasks import Problem
 from lrm_interp.evaluation.generation import generate_responses
-
-_ANSWER = re.compile(r"The answer is\s+([^\n]+?)\.?\s*$", re.M)
-
-
-def extract_answer(family: str, text: str) -> str | None:
-    """The final answer after ``</think>`` (``"The answer is X."``), normalised per family."""
-    tail = text.split("</think>", 1)[1] if "</think>" in text else text
-    m = _ANSWER.search(tail.strip())
-    if not m:
-        return None
-    ans = m.group(1).strip().rstrip(".")
-    if family == "math":
-        ans = ans.replace(" ", "")
-        return ans if re.fullmatch(r"-?\d+", ans) else None
-    if family == "logic":
-        ans = ans.capitalize()
-        return ans if ans in {"True", "False", "Uncertain"} else None
-    return ans
 
 
 def evaluate(model, tokenizer, probs: Sequence[Problem], *, max_new_tokens: int = 480, batch_size: int = 64,
@@ -35,7 +17,7 @@ def evaluate(model, tokenizer, probs: Sequence[Problem], *, max_new_tokens: int 
     """Accuracy per family (and ``"mean"`` over families) of greedy answers on ``probs``.
 
     ``probs``: :class:`Problem` objects or traces whose ``metadata`` has ``dataset`` and
-    ``gold_answer`` (as produced by :mod:`lrm_interp.toy.tasks`)."""
+    ``gold_answer`` (as produced by :mod:`lrm_interp.data.toy_tasks`)."""
     probs = [_as_problem(p) for p in probs]
     if not probs:
         raise ValueError("evaluate: no problems to evaluate (an accuracy of nothing is undefined)")
@@ -78,3 +60,6 @@ def collect_traces(model, tokenizer, probs: Sequence[Problem], *, annotator=None
             "dataset": p.family, "gold_answer": p.answer, "predicted": pred, "correct": pred == p.answer,
             "annotation": report}))
     return ReasoningDataset(traces, name="collected")
+
+
+__all__ = ["extract_answer", "evaluate", "collect_traces"]

@@ -4,7 +4,7 @@
 ``from_pretrained``-loadable folder (config, fp32 safetensors, byte tokenizer,
 training_log.json with the settings, the loss curve and held-out accuracies).
 
-Data are generated on the fly from :mod:`lrm_interp.toy.tasks`: batch ``step`` is a pure
+Data are generated on the fly from :mod:`lrm_interp.data.toy_tasks`: batch ``step`` is a pure
 function of ``(seed, step)`` drawn from task seeds >= 10 000 (held-out evaluation uses
 seeds < 10 000), so the model never sees an evaluation problem (the knowledge family is
 closed-book recall of the fixed fact table, whose facts it must of course learn). The loss
@@ -27,7 +27,7 @@ import torch
 from lrm_interp.checks import (check_float, check_int, nonneg_float, nonneg_int, positive_float, positive_int,
                                seed_int)
 from lrm_interp.testing import byte_tokenizer
-from lrm_interp.toy.tasks import FAMILIES, N_PEOPLE, WORLD_SEED, World, build_world, generate_trace, problems
+from lrm_interp.data.toy_tasks import FAMILIES, N_PEOPLE, WORLD_SEED, World, build_world, generate_trace, problems
 
 TRAIN_SEED_BASE = 10_000
 EVAL_SEED = 1
@@ -214,7 +214,7 @@ def train_toy_model(out_dir: str | Path, *, steps: int = 3000, batch_size: int =
     Args:
         seed: seeds ``torch`` (initialisation) and the phase-1 data stream.
         device: ``"cuda"``/``"cpu"`` (default: cuda if available).
-        n_people: size of the knowledge fact table (:func:`~lrm_interp.toy.tasks.build_world`).
+        n_people: size of the knowledge fact table (:func:`~lrm_interp.data.toy_tasks.build_world`).
         quant_eval: ``((bits, group_size), ...)`` RTN settings also evaluated after training.
         max_seconds: emergency stop of phase 1 (recorded in the log; not reproducible).
         **arch: ``hidden``, ``layers``, ``heads``, ``kv_heads``, ``intermediate`` (see

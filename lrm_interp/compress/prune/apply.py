@@ -3,42 +3,66 @@
 =============  ==============================================================  ===============
 method         kernel                                                          calibration
 =============  ==============================================================  ===============
-``magnitude``  :func:`lrm_interp.compress.prune.magnitude.prune_magnitude_`    none
+``magnitude``  :func:`lrm_interp.compress.prune.magnitude.magnitude_prune`     none
 ``sparsegpt``  :func:`lrm_interp.compress.prune.sparsegpt.sparsegpt_prune`     Hessians
 ``wanda``      :func:`lrm_interp.compress.prune.wanda.wanda_prune`             Hessian diagonals
 =============  ==============================================================  ===============
 
-SparseGPT and Wanda take their Hessians from
+The pruners are registered methods of the compression driver (:mod:`lrm_interp.compress.driver`),
+which also runs the quantizers: SparseGPT and Wanda take their Hessians from
 :func:`lrm_interp.compress.calibration.layer_hessians` — the driver GPTQ uses — decoder layer
 by decoder layer (``sequential=True``): each layer sees inputs computed by the already pruned
 earlier layers. ``pattern``: ``"unstructured"`` (``sparsity`` of each site) or ``"N:M"``
-(e.g. ``"2:4"``: N of every M consecutive inputs zeroed, sparsity N/M). The step is recorded
-in the model's provenance.
+(e.g. ``"2:4"``: N of every M consecutive inputs zeroed, sparsity N/M;
+:func:`lrm_interp.compress.common.parse_pattern`). The step is recorded in the model's provenance.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from lrm_interp.compress.calibration import HessianCalib, layer_hessians
-from lrm_interp.compress.prune.magnitude import prune_magnitude_
+from lrm_interp.compress.calibration import HessianCalib
+from lrm_interp.compress.common import check_pattern, parse_pattern
+from lrm_interp.compress.driver import (CompressionMethod, CompressionRun, compress_model_, get_method, method_names,
+                                        register_method)
+from lrm_interp.compress.prune.magnitude import magnitude_prune
 from lrm_interp.compress.prune.sparsegpt import sparsegpt_prune
 from lrm_interp.compress.prune.wanda import input_norms_from_hessian, wanda_prune
-from lrm_interp.model.provenance import record_compression
-from lrm_interp.model.sites import Site, get_module, resolve_sites
-from lrm_interp.model.weights import dense_mask, set_weight_matrix, weight_matrix
+from lrm_interp.model.sites import Site
 
-PRUNERS = ("magnitude", "sparsegpt", "wanda")
-OPTIONS = ("blocksize", "percdamp", "sequential", "batch_size")
+
+def _magnitude(*, sparsity: float | None, prunen: int, prunem: int):
+    def prune(W, m, H):
+        return magnitude_prune(W, sparsity, mask=m)
+    return prune
+
+
+def _sparsegpt(*, sparsity: float | None, prunen: int, prunem: int, **options):
+    def prune(W, m, H):
+        return sparsegpt_prune(W, H, sparsity, prunen=prunen, prunem=prunem, mask=m, **options)
+    return prune
+
+
+def _wanda(*, sparsity: float | None, prunen: int, prunem: int):
+    def prune(W, m, H):
+        return wanda_prune(W, input_norms_from_hessian(H), sparsity, prunen=prunen, prunem=prunem, mask=m)
+    return prune
+
+
+MAGNITUDE = register_method(CompressionMethod("magnitude", "pruning", _magnitude, label="magnitude pruning"))
+SPARSEGPT = register_method(CompressionMethod("sparsegpt", "pruning", _sparsegpt, label="SparseGPT", calibrated=True,
+                                              options=("blocksize", "percdamp"), nm=True))
+WANDA = register_method(CompressionMethod("wanda", "pruning", _wanda, label="Wanda", calibrated=True, nm=True))
+PRUNERS = method_names("pruning")
 
 
 @dataclass(frozen=True)
 class PruneReport:
-    """What :func:`prune_model_` did: ``pruned`` zeroed weights of ``weights`` in ``n_sites`` sites."""
+    """What :func:`prune_model_` did: ``pruned`` weights of ``weights`` in ``n_sites`` sites
+    zeroed (nonzero before, 0 after)."""
 
     method: str
     sparsity: float
@@ -46,26 +70,20 @@ class PruneReport:
     n_sites: int
     weights: int
     pruned: int
+    protected_sites: int = field(default=0, repr=False)  #: sites with a mask (provenance only)
 
     @property
     def achieved(self) -> float:
         return self.pruned / max(self.weights, 1)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "achieved": self.achieved}
+        d = asdict(self)
+        del d["protected_sites"]
+        return {**d, "achieved": self.achieved}
 
-
-def parse_pattern(pattern: str | None) -> tuple[int, int]:
-    """``"2:4"`` → ``(2, 4)``; ``None`` / ``"unstructured"`` → ``(0, 0)``."""
-    if pattern in (None, "", "unstructured"):
-        return 0, 0
-    try:
-        n, m = (int(x) for x in str(pattern).split(":"))
-    except ValueError as e:
-        raise ValueError(f"pattern must be 'unstructured' or 'N:M' like '2:4', got {pattern!r}") from e
-    if not 0 < n < m:
-        raise ValueError(f"pattern N:M needs 0 < N < M, got {pattern!r}")
-    return n, m
+    def provenance(self) -> dict:
+        """The step recorded in the model's provenance: :meth:`to_dict` and the number of masked sites."""
+        return {**self.to_dict(), "protected_sites": self.protected_sites}
 
 
 def prune_model_(model: torch.nn.Module, method: str, sparsity: float | None = None, *, pattern: str | None = None,
@@ -80,57 +98,35 @@ def prune_model_(model: torch.nn.Module, method: str, sparsity: float | None = N
             a callable; :mod:`lrm_interp.compress.calibration`).
         masks: ``{site: bool [out, in] or ProtectionMask}``; protected weights are never pruned.
         kw: ``blocksize`` (128), ``percdamp`` (0.01) for SparseGPT; ``sequential`` (True),
-            ``batch_size`` (8) for the Hessian driver.
+            ``batch_size`` (8) for the Hessian driver (SparseGPT and Wanda).
     """
-    if method not in PRUNERS:
-        raise ValueError(f"method must be one of {PRUNERS}, got {method!r}")
-    n, m = parse_pattern(pattern)
-    pat = f"{n}:{m}" if m else "unstructured"
-    if not m and (sparsity is None or not 0.0 <= float(sparsity) < 1.0):
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    bad = set(kw) - set(OPTIONS)
-    if bad:
-        raise TypeError(f"unexpected arguments for pruning: {sorted(bad)} (allowed: {list(OPTIONS)})")
-    site_list = resolve_sites(model, sites)
-    masks = dict(masks or {})
-    unknown = set(masks) - {s.name for s in site_list}
-    if unknown:
-        raise KeyError(f"masks name sites that are not pruned here: {sorted(unknown)[:5]}")
-    target = n / m if m else float(sparsity)
-    if method == "magnitude":
-        if m:
-            raise ValueError("magnitude pruning here is unstructured only; use sparsegpt or wanda for N:M")
-        if kw:
-            raise TypeError(f"unexpected arguments for magnitude pruning: {sorted(kw)}")
-        r = prune_magnitude_(model, float(sparsity), sites=site_list, masks=masks)
-        return PruneReport("magnitude", target, pat, len(site_list), r["weights"], r["pruned"])
-    if calib is None:
-        raise ValueError(f"{method} needs calibration data: calib=input_ids [b, s] (or tokenizer output / callable)")
-    groups = layer_hessians(model, site_list, calib, sequential=kw.get("sequential", True),
-                            batch_size=kw.get("batch_size", 8), progress=progress)
-    n_w = n_p = 0
-    with tqdm(total=len(site_list), desc=f"{method} {pat if m else target}", unit="site", disable=not progress) as bar:
-        for grp, hessians in groups:
-            for s in grp:
-                mod = get_module(model, s.name)
-                W = weight_matrix(mod)
-                pm = dense_mask(masks.get(s.name), tuple(W.shape))
-                pm = None if pm is None else pm.to(W.device)
-                H = hessians.pop(s.name)
-                zeros_before = int((W == 0).sum())
-                if method == "sparsegpt":
-                    Wp = sparsegpt_prune(W, H, None if m else float(sparsity), prunen=n, prunem=m,
-                                         blocksize=kw.get("blocksize", 128), percdamp=kw.get("percdamp", 0.01), mask=pm)
-                else:
-                    Wp = wanda_prune(W, input_norms_from_hessian(H), None if m else float(sparsity), prunen=n,
-                                     prunem=m, mask=pm)
-                n_w += W.numel()
-                n_p += int((Wp == 0).sum()) - zeros_before
-                set_weight_matrix(mod, Wp)
-                bar.update(1)
-    rep = PruneReport(method, target, pat, len(site_list), n_w, n_p)
-    record_compression(model, "pruning", **rep.to_dict(), protected_sites=len(masks))
-    return rep
+    m = get_method(method, "pruning")
+    n, mm = parse_pattern(pattern)
+    sp = None if mm or sparsity is None else float(sparsity)
+    check_pattern(sp, n, mm)
+    if mm and not m.nm:
+        raise ValueError(f"{m.label} here is unstructured only; use {' or '.join(method_names('pruning', nm=True))} "
+                         "for N:M")
+    pat = f"{n}:{mm}" if mm else "unstructured"
+    target = n / mm if mm else sp
+
+    def report(run: CompressionRun) -> PruneReport:
+        return PruneReport(m.name, target, pat, len(run.sites), run.weights, run.zeroed, run.masked_sites)
+    return compress_model_(model, m, dict(sparsity=sp, prunen=n, prunem=mm), report=report, sites=sites, masks=masks,
+                           calib=calib, options=kw, desc=f"{m.name} {pat if mm else target}", progress=progress)
 
 
-__all__ = ["prune_model_", "PruneReport", "PRUNERS", "parse_pattern"]
+def prune_magnitude_(model: torch.nn.Module, sparsity: float, *, sites: Sequence[Site | str] | str | None = None,
+                     masks: Mapping[str, object] | None = None) -> dict:
+    """Zero the ``sparsity`` fraction of smallest-magnitude weights of every site, in place
+    (:func:`prune_model_` with ``method="magnitude"``, no progress bar).
+
+    Protected weights (``masks``: bool ``[out, in]`` or ProtectionMask per site) are never
+    pruned and do not count towards the budget. Returns ``{"pruned": n, "weights": N}``.
+    """
+    rep = prune_model_(model, "magnitude", sparsity, sites=sites, masks=masks, progress=False)
+    return {"pruned": rep.pruned, "weights": rep.weights}
+
+
+__all__ = ["prune_model_", "prune_magnitude_", "PruneReport", "PRUNERS", "parse_pattern", "MAGNITUDE", "SPARSEGPT",
+           "WANDA"]

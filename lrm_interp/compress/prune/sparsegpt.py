@@ -3,7 +3,8 @@
 For ``W [out, in]`` and the input Hessian ``H = 2 XᵀX / n`` (the same Hessians as GPTQ,
 :mod:`lrm_interp.compress.calibration`; damped by ``percdamp`` × mean diagonal; dead inputs
 with ``H_jj = 0`` get ``H_jj = 1`` and their weights set to 0), let ``U`` be the upper Cholesky
-factor of ``H⁻¹``. Columns are processed left to right in blocks of ``blocksize``:
+factor of ``H⁻¹`` (:func:`lrm_interp.compress.common.prepare_obs`, shared with GPTQ). Columns
+are processed left to right in blocks of ``blocksize``:
 
 - mask selection: *unstructured* — at the start of each block, the ``round(sparsity · n)``
   weights of the block (all rows together, ``n`` = its unprotected weights) with the smallest
@@ -22,38 +23,13 @@ from __future__ import annotations
 
 import torch
 
-
-def _prepare(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor | None, percdamp: float):
-    W0 = W.detach().float().clone()
-    out, inn = W0.shape
-    if tuple(H.shape) != (inn, inn):
-        raise ValueError(f"Hessian shape {tuple(H.shape)} != [{inn}, {inn}]")
-    prot = (torch.zeros_like(W0, dtype=torch.bool) if mask is None
-            else mask.to(device=W0.device, dtype=torch.bool))
-    if tuple(prot.shape) != (out, inn):
-        raise ValueError(f"mask shape {tuple(prot.shape)} != weight shape {(out, inn)}")
-    H = H.to(device=W0.device, dtype=torch.float32).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    Wc = W0.clone()
-    Wc[:, dead] = torch.where(prot[:, dead], Wc[:, dead], torch.zeros_like(Wc[:, dead]))
-    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(inn, device=H.device)
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    return W0, Wc, prot, U
-
-
-def check_pattern(sparsity: float | None, prunen: int, prunem: int) -> None:
-    if prunen or prunem:
-        if not (0 < prunen < prunem):
-            raise ValueError(f"N:M pattern needs 0 < N < M, got {prunen}:{prunem}")
-    elif sparsity is None or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+from lrm_interp.compress.common import check_pattern, prepare_obs
 
 
 def _block_mask(W1: torch.Tensor, d: torch.Tensor, prot: torch.Tensor, sparsity: float) -> torch.Tensor:
     score = (W1 ** 2 / d.reshape(1, -1) ** 2).masked_fill(prot, float("inf"))
     k = int(round(sparsity * int((~prot).sum())))
-    m = torch.zeros_like(W1, dtype=torch.bool)
+    m = torch.zeros(W1.shape, dtype=torch.bool, device=W1.device)  # contiguous: W1 may be a transposed copy
     if k > 0:
         idx = torch.argsort(score.flatten(), stable=True)[:k]
         m.view(-1)[idx] = True
@@ -76,7 +52,7 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float | None = N
     check_pattern(sparsity, prunen, prunem)
     if prunem and blocksize % prunem:
         raise ValueError(f"blocksize {blocksize} must be a multiple of M = {prunem}")
-    W0, Wc, prot, U = _prepare(W, H, mask, percdamp)
+    W0, Wc, prot, U = prepare_obs(W, H, mask, percdamp)
     inn = W0.shape[1]
     for i1 in range(0, inn, blocksize):
         i2 = min(i1 + blocksize, inn)
@@ -111,7 +87,7 @@ def sparsegpt_prune_reference(W: torch.Tensor, H: torch.Tensor, sparsity: float 
     """Slow reference of :func:`sparsegpt_prune`: the same selection, every update applied to all
     later columns immediately (no lazy batching), element by element in float64."""
     check_pattern(sparsity, prunen, prunem)
-    W0, Wc, prot, U = _prepare(W, H, mask, percdamp)
+    W0, Wc, prot, U = prepare_obs(W, H, mask, percdamp)
     W0, Wc, U = W0.double(), Wc.double(), U.double()
     out, inn = Wc.shape
     pruned = torch.zeros_like(prot)
@@ -133,4 +109,4 @@ def sparsegpt_prune_reference(W: torch.Tensor, H: torch.Tensor, sparsity: float 
     return torch.where(prot, W0, Wc).to(W.dtype)
 
 
-__all__ = ["sparsegpt_prune", "sparsegpt_prune_reference", "check_pattern"]
+__all__ = ["sparsegpt_prune", "sparsegpt_prune_reference"]

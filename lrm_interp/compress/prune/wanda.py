@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from lrm_interp.compress.prune.sparsegpt import check_pattern
+from lrm_interp.compress.common import check_pattern
 
 
 def input_norms_from_hessian(H: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,16 @@
 """Mask-aware weight quantizers and their application to whole models.
 
-=============  ==================================================================
+=============  ====================================================================================
 ``grid.py``    the shared grid: ``check_bits``, ``fit_params`` → ``GroupParams``, codes
 ``rtn.py``     round-to-nearest: ``rtn_quantize``, ``rtn_quantize_tensor``
 ``gptq.py``    GPTQ with error feedback: ``gptq_quantize``, ``gptq_quantize_tensor``
 ``format.py``  ``QuantizedTensor`` and the ``lrm_interp.quantized/1`` file (``save_quantized``)
-``apply.py``   the model-level driver ``quantize_model_`` → ``QuantReport``
+``apply.py``   ``rtn`` / ``gptq`` as methods of the compression driver; ``quantize_model_`` → ``QuantReport``
 ``guided.py``  loss-guided GPTQ Hessians (``gradient_weighted_hessians``, ``guided_transform``)
-=============  ==================================================================
+=============  ====================================================================================
 
-Calibration data and Hessians: :mod:`lrm_interp.compress.calibration`.
+Calibration data and Hessians: :mod:`lrm_interp.compress.calibration`; the per-site driver and
+method registry shared with pruning: :mod:`lrm_interp.compress.driver`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Quantize the linear sites of a model in place (fake quantization), honouring masks.
 
-One per-site loop (:func:`quantize_sites_`) serves every quantizer: for each site it reads
-the weight in the ``[out, in]`` layout (GPT-2 ``Conv1D`` included), densifies the site's
-mask, calls the quantizer ``(W, mask, H) -> QuantizedTensor`` and writes the dequantized
-weight back. RTN gets all sites in one group without Hessians; GPTQ gets the groups of
-:func:`lrm_interp.compress.calibration.layer_hessians` (decoder layer by layer).
+The quantizers are registered methods of the compression driver
+(:mod:`lrm_interp.compress.driver`): ``rtn`` (all sites in one group, no Hessians) and ``gptq``
+(calibration Hessians of :func:`lrm_interp.compress.calibration.layer_hessians`, decoder layer
+by decoder layer). Their per-site kernels ``(W, mask, H) -> QuantizedTensor`` run in the
+driver's per-site loop, which reads the weight in the ``[out, in]`` layout (GPT-2 ``Conv1D``
+included), densifies the site's mask and writes the dequantized weight back;
+:func:`quantize_sites_` is that loop for any quantizer.
 """
 
 from __future__ import annotations
@@ -13,21 +15,37 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from lrm_interp.compress.calibration import HessianCalib, layer_hessians
+from lrm_interp.compress.calibration import HessianCalib
+from lrm_interp.compress.driver import (CompressionMethod, CompressionRun, compress_model_, compress_sites_,
+                                        method_names, register_method)
 from lrm_interp.compress.quant.format import QuantizedTensor
 from lrm_interp.compress.quant.gptq import gptq_quantize_tensor
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.compress.quant.rtn import rtn_quantize_tensor
-from lrm_interp.model.provenance import record_compression
-from lrm_interp.model.sites import Site, get_module, resolve_sites
-from lrm_interp.model.weights import dense_mask, set_weight_matrix, weight_matrix
+from lrm_interp.model.sites import Site
 
 #: ``quantize(W [out, in], mask bool [out, in] | None, H [in, in] | None) -> QuantizedTensor``
 SiteQuantizer = Callable[[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]], QuantizedTensor]
-METHODS = ("rtn", "gptq")
-GPTQ_OPTIONS = ("blocksize", "percdamp", "sequential", "batch_size")
+
+
+def _rtn(*, bits: int, group_size: int | None, symmetric: bool) -> SiteQuantizer:
+    def quantize(W, m, H):
+        return rtn_quantize_tensor(W, bits, group_size=group_size, symmetric=symmetric, mask=m)
+    return quantize
+
+
+def _gptq(*, bits: int, group_size: int | None, symmetric: bool, **options) -> SiteQuantizer:
+    def quantize(W, m, H):
+        return gptq_quantize_tensor(W, H, bits, group_size=group_size, symmetric=symmetric, mask=m, **options)
+    return quantize
+
+
+RTN = register_method(CompressionMethod("rtn", "quantization", _rtn, label="RTN"))
+GPTQ = register_method(CompressionMethod("gptq", "quantization", _gptq, label="GPTQ", calibrated=True,
+                                         options=("blocksize", "percdamp")))
+METHODS = method_names("quantization")
+GPTQ_OPTIONS = GPTQ.allowed_options
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,10 @@ class QuantReport:
         d["protected_fraction"] = self.protected_fraction
         return d
 
+    def provenance(self) -> dict:
+        """The step recorded in the model's provenance: :meth:`to_dict` without the site list."""
+        return {k: v for k, v in self.to_dict().items() if k != "sites"}
+
 
 def quantize_sites_(model: torch.nn.Module,
                     groups: Iterable[tuple[Sequence[Site], Mapping[str, torch.Tensor] | None]],
@@ -69,23 +91,7 @@ def quantize_sites_(model: torch.nn.Module,
     each :class:`QuantizedTensor`; ``bar`` (a tqdm) is advanced once per site.
     Returns ``(weights, protected weights)`` over the quantized sites.
     """
-    masks = masks or {}
-    n_w = n_p = 0
-    for sites, hessians in groups:
-        for s in sites:
-            mod = get_module(model, s.name)
-            W = weight_matrix(mod)
-            m = dense_mask(masks.get(s.name), tuple(W.shape))
-            m = None if m is None else m.to(W.device)
-            H = None if hessians is None else hessians.pop(s.name)
-            qt = quantize(W, m, H)
-            set_weight_matrix(mod, qt.dequantize(W.dtype))  # kept weights are written back bit-exact
-            if on_tensor is not None:
-                on_tensor(s.name, qt)
-            n_w += W.numel()
-            n_p += int(m.sum()) if m is not None else 0
-            if bar is not None:
-                bar.update(1)
+    n_w, n_p, _ = compress_sites_(model, groups, quantize, masks=masks, on_result=on_tensor, bar=bar)
     return n_w, n_p
 
 
@@ -119,42 +125,15 @@ def quantize_model_(model: torch.nn.Module, *, bits: int, group_size: int | None
     """
     bits = check_bits(bits)
     group_size = check_group_size(group_size)
-    if method not in METHODS:
-        raise ValueError(f"method must be 'rtn' or 'gptq', got {method!r}")
-    site_list = resolve_sites(model, sites)
-    masks = dict(masks or {})
-    unknown = set(masks) - {s.name for s in site_list}
-    if unknown:
-        raise KeyError(f"masks name sites that are not quantized here: {sorted(unknown)[:5]}")
-    if hessian_transform is not None and method != "gptq":
-        raise ValueError("hessian_transform= needs method='gptq'")
-    if method == "rtn":
-        if gptq_kw:
-            raise TypeError(f"unexpected arguments for RTN: {sorted(gptq_kw)}")
-        groups: Iterable = [(site_list, None)]
-
-        def quantize(W, m, H):
-            return rtn_quantize_tensor(W, bits, group_size=group_size, symmetric=symmetric, mask=m)
-    else:
-        bad = set(gptq_kw) - set(GPTQ_OPTIONS)
-        if bad:
-            raise TypeError(f"unexpected arguments for GPTQ: {sorted(bad)} (allowed: {list(GPTQ_OPTIONS)})")
-        blocksize, percdamp = gptq_kw.get("blocksize", 128), gptq_kw.get("percdamp", 0.01)
-        groups = layer_hessians(model, site_list, calib, sequential=gptq_kw.get("sequential", True),
-                                batch_size=gptq_kw.get("batch_size", 8), progress=progress)
-        if hessian_transform is not None:
-            groups = ((grp, {n: hessian_transform(n, H) for n, H in hs.items()}) for grp, hs in groups)
-
-        def quantize(W, m, H):
-            return gptq_quantize_tensor(W, H, bits, group_size=group_size, symmetric=symmetric, mask=m,
-                                        blocksize=blocksize, percdamp=percdamp)
     tensors: dict[str, QuantizedTensor] = {}
-    with tqdm(total=len(site_list), desc=f"{method.upper()} {bits}-bit", disable=not progress, unit="site") as bar:
-        n_w, n_p = quantize_sites_(model, groups, quantize, masks=masks,
-                                   on_tensor=tensors.__setitem__ if keep_tensors else None, bar=bar)
-    rep = QuantReport(method, bits, group_size, symmetric, len(site_list), n_w, n_p,
-                      tuple(s.name for s in site_list), tensors)
-    extra = {} if hessian_transform is None else {"hessian_transform": getattr(hessian_transform, "__qualname__",
-                                                                           type(hessian_transform).__name__)}
-    record_compression(model, "quantization", **{k: v for k, v in rep.to_dict().items() if k != "sites"}, **extra)
-    return rep
+
+    def report(run: CompressionRun) -> QuantReport:
+        return QuantReport(run.method.name, bits, group_size, symmetric, len(run.sites), run.weights, run.protected,
+                           tuple(s.name for s in run.sites), tensors)
+    return compress_model_(model, method, dict(bits=bits, group_size=group_size, symmetric=symmetric), report=report,
+                           kind="quantization", sites=sites, masks=masks, calib=calib, options=gptq_kw,
+                           hessian_transform=hessian_transform, on_result=tensors.__setitem__ if keep_tensors else None,
+                           desc=f"{str(method).upper()} {bits}-bit", progress=progress)
+
+
+__all__ = ["QuantReport", "quantize_model_", "quantize_sites_", "SiteQuantizer", "METHODS", "RTN", "GPTQ"]

@@ -2,14 +2,15 @@
 
 For ``W [out, in]`` and the input Hessian ``H = 2 XᵀX / n`` (``X [n, in]`` calibration inputs
 of the site; damped by ``percdamp`` × mean diagonal; dead inputs with ``H_jj = 0`` get
-``H_jj = 1`` and their unprotected weights set to 0), let ``U`` be the upper Cholesky factor
-of ``H⁻¹``. Columns are quantized left to right; the error of column ``i`` divided by
-``U_ii`` is pushed onto the not-yet-quantized columns ``j > i`` with coefficients ``U_ij``.
-Lazy batching: inside a block of ``blocksize`` columns updates are applied at once per
-column; updates to the columns after the block are accumulated and applied when the block
-ends. Group parameters are fitted when a group starts, on the group's weights including
-every update pushed so far (pending lazy updates are applied first), so the result does
-not depend on ``blocksize`` (checked against a loop reference in tests).
+``H_jj = 1`` and their unprotected weights set to 0), let ``U`` be the upper Cholesky factor of
+``H⁻¹`` (:func:`lrm_interp.compress.common.prepare_obs`, shared with SparseGPT). Columns are
+quantized left to right; the error of column ``i`` divided by ``U_ii`` is pushed onto the
+not-yet-quantized columns ``j > i`` with coefficients ``U_ij``. Lazy batching: inside a block
+of ``blocksize`` columns updates are applied at once per column; updates to the columns after
+the block are accumulated and applied when the block ends. Group parameters are fitted when a
+group starts, on the group's weights including every update pushed so far (pending lazy updates
+are applied first), so the result does not depend on ``blocksize`` (checked against a loop
+reference in tests).
 
 Protected weights (``mask=True``): excluded from every group fit, kept at their original
 value, contribute zero error (nothing is pushed from them) and receive no update (they are
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from lrm_interp.compress.common import prepare_obs
 from lrm_interp.compress.quant.format import QuantizedTensor
 from lrm_interp.compress.quant.grid import GroupParams, check_weight, fit_params
 
@@ -33,19 +35,8 @@ def _gptq_core(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | No
                mask: torch.Tensor | None, blocksize: int, percdamp: float):
     """Returns ``(codes uint8 [out, in], scale, zero [out, n_groups], g, dequantized float32 with kept values)``."""
     check_weight(W, bits, mask)
-    W0 = W.float().clone()
+    W0, Wq, prot, U = prepare_obs(W, H, mask, percdamp)
     out, inn = W0.shape
-    if tuple(H.shape) != (inn, inn):
-        raise ValueError(f"Hessian shape {tuple(H.shape)} != [{inn}, {inn}]")
-    prot = (torch.zeros_like(W0, dtype=torch.bool) if mask is None
-            else mask.to(device=W0.device, dtype=torch.bool))
-    H = H.to(device=W0.device, dtype=torch.float32).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    Wq = W0.clone()
-    Wq[:, dead] = torch.where(prot[:, dead], Wq[:, dead], torch.zeros_like(Wq[:, dead]))
-    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(inn, device=H.device)
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     g = inn if group_size is None else int(group_size)
     if g <= 0:
         raise ValueError(f"group_size must be positive or None, got {group_size}")

@@ -3,13 +3,15 @@ paper's prompts and gold answers, and graders.
 
 ``load(task, path)`` → :class:`BenchItem` list (``.id``, ``.prompt``, ``.gold``);
 ``grade(task, item, text)`` → :class:`Grade` (``.score``, ``.extracted``, ``.em``, ``.f1``).
-Tasks and file schemas: :mod:`lrm_interp.data.benchmarks.tasks`; graders:
+Tasks and file schemas: :mod:`lrm_interp.data.benchmarks.tasks` (the registry:
+:func:`register_task`); the toy families: :mod:`lrm_interp.data.benchmarks.toy`; graders:
 :mod:`lrm_interp.data.benchmarks.grading`.
 """
 
 from lrm_interp.data.benchmarks.items import BenchItem, BenchmarkFormatError, Grade
-from lrm_interp.data.benchmarks.tasks import (TASKS, Task, find_task_file, get_task, grade, load, paper_average,
-                                              task_names)
+from lrm_interp.data.benchmarks.tasks import (TASK_ALIASES, TASKS, Task, find_task_file, get_task, grade, load,
+                                              paper_average, register_task, task_names)
+from lrm_interp.data.benchmarks import toy  # noqa: E402,F401 - registers the toy families (after the paper's tasks)
 
-__all__ = ["BenchItem", "BenchmarkFormatError", "Grade", "TASKS", "Task", "find_task_file", "get_task", "grade",
-           "load", "paper_average", "task_names"]
+__all__ = ["BenchItem", "BenchmarkFormatError", "Grade", "TASKS", "TASK_ALIASES", "Task", "find_task_file",
+           "get_task", "grade", "load", "paper_average", "register_task", "task_names"]

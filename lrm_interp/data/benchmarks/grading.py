@@ -17,7 +17,7 @@ MuSiQue        the short answer (``\\boxed{}``, else the text after "answer is",
                line); SQuAD normalisation (lower case, no punctuation, no articles a/an/the,
                single spaces), exact match and token F1, each the maximum over the answer
                and its aliases
-toy families   :func:`lrm_interp.toy.evaluate.extract_answer` (``The answer is X.``), exact
+toy families   :func:`lrm_interp.data.toy_tasks.extract_answer` (``The answer is X.``), exact
 =============  =====================================================================================
 
 An output without ``</think>`` never finished its reasoning: with ``require_think=True``
@@ -34,7 +34,7 @@ from collections import Counter
 from typing import Sequence
 
 from lrm_interp.data.benchmarks.items import BenchItem, Grade
-from lrm_interp.toy.evaluate import extract_answer as toy_extract_answer
+from lrm_interp.data.toy_tasks import extract_answer as toy_extract_answer
 
 THINK_CLOSE = "</think>"
 NO_THINK = "no </think>"

@@ -1,5 +1,10 @@
-"""The benchmark registry: one :class:`Task` per benchmark (loader, grader, metric kind), and
-:func:`load` / :func:`grade`.
+"""The benchmark registry: one :class:`Task` per benchmark (loader, grader, metric kind),
+:func:`register_task`, and :func:`load` / :func:`grade`.
+
+Tasks register themselves: the paper's four below, the toy families in
+:mod:`lrm_interp.data.benchmarks.toy` (loaded by the package ``lrm_interp.data.benchmarks``,
+whose ``__init__`` runs before any of its modules is used). A name (or alias) registered twice
+raises, unless it is the same task again (a module imported anew).
 
 ================  =========================================================  =====================
 task              file schema                                                prompt (method.md §1)
@@ -15,8 +20,8 @@ task              file schema                                                pro
                   (A)… in ``target_scores`` order appended as BBH does)
 ``musique``       ``question``, ``answer``, ``answer_aliases``; closed book:  question + brevity
                   ``paragraphs`` ignored                                      suffix
-``math`` /        the toy families (:mod:`lrm_interp.toy.tasks`), generated:  question +
-``logic`` /       no file                                                     ``"\\n<think>\\n"``
+``math`` /        the toy families (:mod:`lrm_interp.data.toy_tasks`):        question +
+``logic`` /       generated, no file                                          ``"\\n<think>\\n"``
 ``knowledge``
 ================  =========================================================  =====================
 
@@ -46,7 +51,8 @@ TOY_N, TOY_SEED = 30, 2
 class Task:
     """One benchmark. ``metric``: ``"accuracy"`` or ``"em_f1"``; ``files``: file stems looked
     for in a data folder (with ``.json`` / ``.jsonl`` / ``.csv``); ``needs_data``: ``False`` for
-    generated (toy) tasks."""
+    generated (toy) tasks. ``loader(path)`` reads a file; a generated task's loader is called
+    ``loader(None, n=..., seed=...)``. ``grader(item, text, *, require_think=...)``."""
 
     name: str
     description: str
@@ -170,39 +176,65 @@ def load_musique(path: Path) -> list[BenchItem]:
     return out
 
 
-def _toy_loader(family: str) -> Callable[..., list[BenchItem]]:
-    def load_toy(path: Path | None = None, *, n: int = TOY_N, seed: int = TOY_SEED) -> list[BenchItem]:
-        from lrm_interp.toy.tasks import problems
-
-        out = []
-        for k, p in enumerate(problems(n, seed, families=(family,))):
-            problem = {"question": p.prompt[: -len("\n<think>\n")], "answer": p.answer, "toy_id": p.id}
-            out.append(_item(family, k, f"lrm_interp.toy.tasks {p.id}", p.prompt, p.answer, problem))
-        return out
-    load_toy.__doc__ = f"The toy family {family!r}: ``n`` problems of ``seed`` (held-out seeds < 10 000)."
-    return load_toy
-
-
-TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("aime", "AIME 2024 (integer answers, math-verify)", "accuracy", True, True,
-         ("aime", "aime_2024", "aime2024", "AIME_2024"), load_aime, grading.grade_math),
-    Task("folio", "FOLIO (True / False / Uncertain)", "accuracy", True, True,
-         ("folio", "folio_validation", "FOLIO"), load_folio, grading.grade_folio),
-    Task("temporal", "BBH / BIG-bench Temporal Sequences (option letter)", "accuracy", True, True,
-         ("temporal", "temporal_sequences", "bbh_temporal_sequences", "task"), load_temporal, grading.grade_option),
-    Task("musique", "MuSiQue, closed book (EM / F1)", "em_f1", False, True,
-         ("musique", "musique100", "MuSiQue"), load_musique, grading.grade_qa),
-    Task("math", "toy math family (AIME-like)", "accuracy", True, False, (), _toy_loader("math"), grading.grade_toy),
-    Task("logic", "toy logic family (FOLIO-like)", "accuracy", True, False, (), _toy_loader("logic"),
-         grading.grade_toy),
-    Task("knowledge", "toy knowledge family (MuSiQue-like, closed book)", "accuracy", False, False, (),
-         _toy_loader("knowledge"), grading.grade_toy),
-)}
+#: every registered task by name, in registration order (:func:`register_task`)
+TASKS: dict[str, Task] = {}
 
 #: other accepted spellings of task names (lower case)
-TASK_ALIASES = {"aime_2024": "aime", "aime2024": "aime", "aime24": "aime", "folio_validation": "folio",
-                "temporal_sequences": "temporal", "bbh_temporal_sequences": "temporal", "temporal-sequences": "temporal",
-                "bigbench_temporal_sequences": "temporal", "musique100": "musique", "musique_ans": "musique"}
+TASK_ALIASES: dict[str, str] = {}
+
+
+def _same_task(a: Task, b: Task) -> bool:
+    """``b`` is ``a`` again: the same fields, loader and grader by qualified name (so a module
+    imported anew may register its tasks again)."""
+    def key(t: Task) -> tuple:
+        fn = tuple(f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', repr(f))}" for f in (t.loader, t.grader))
+        return (t.name, t.description, t.metric, t.in_avg, t.needs_data, t.files, fn)
+    return a is b or key(a) == key(b)
+
+
+def register_task(task: Task, *, aliases: Sequence[str] = ()) -> Task:
+    """Add ``task`` (and other spellings ``aliases``) to :data:`TASKS`; returns ``task``.
+
+    Raises:
+        ValueError: ``task.name`` or an alias is taken by another task (a name or alias that
+            is already this task, e.g. registered again by a re-imported module, is fine), or
+            the metric is not ``"accuracy"`` / ``"em_f1"``.
+    """
+    name = task.name.strip().lower()
+    if name != task.name or not name:
+        raise ValueError(f"task names are non-empty lower case without spaces around, got {task.name!r}")
+    if task.metric not in ("accuracy", "em_f1"):
+        raise ValueError(f"task {name!r}: metric must be 'accuracy' or 'em_f1', got {task.metric!r}")
+    old = TASKS.get(name)
+    if old is not None and not _same_task(old, task):
+        raise ValueError(f"benchmark task {name!r} is registered twice ({old.description!r} and "
+                         f"{task.description!r}); pick another name")
+    if name in TASK_ALIASES:
+        raise ValueError(f"benchmark task {name!r} is already an alias of {TASK_ALIASES[name]!r}")
+    keys = [a.strip().lower() for a in aliases]
+    for a in keys:
+        owner = a if a in TASKS else TASK_ALIASES.get(a, name)
+        if owner != name:
+            raise ValueError(f"alias {a!r} of task {name!r} is taken by task {owner!r}")
+    TASKS[name] = task
+    TASK_ALIASES.update({a: name for a in keys if a != name})
+    return task
+
+
+register_task(Task("aime", "AIME 2024 (integer answers, math-verify)", "accuracy", True, True,
+                   ("aime", "aime_2024", "aime2024", "AIME_2024"), load_aime, grading.grade_math),
+              aliases=("aime_2024", "aime2024", "aime24"))
+register_task(Task("folio", "FOLIO (True / False / Uncertain)", "accuracy", True, True,
+                   ("folio", "folio_validation", "FOLIO"), load_folio, grading.grade_folio),
+              aliases=("folio_validation",))
+register_task(Task("temporal", "BBH / BIG-bench Temporal Sequences (option letter)", "accuracy", True, True,
+                   ("temporal", "temporal_sequences", "bbh_temporal_sequences", "task"), load_temporal,
+                   grading.grade_option),
+              aliases=("temporal_sequences", "bbh_temporal_sequences", "temporal-sequences",
+                       "bigbench_temporal_sequences"))
+register_task(Task("musique", "MuSiQue, closed book (EM / F1)", "em_f1", False, True,
+                   ("musique", "musique100", "MuSiQue"), load_musique, grading.grade_qa),
+              aliases=("musique100", "musique_ans"))
 
 
 def get_task(name: str) -> Task:
@@ -234,10 +266,12 @@ def find_task_file(task: str, data: str | os.PathLike) -> Path:
 
 
 def load(task: str, path: str | os.PathLike | None = None, *, limit: int | None = None,
-         toy_n: int = TOY_N, toy_seed: int = TOY_SEED) -> list[BenchItem]:
+         toy_n: int = TOY_N, toy_seed: int = TOY_SEED, toy_people: int | None = None) -> list[BenchItem]:
     """The items of ``task`` from ``path`` (a file, or a folder searched with :func:`find_task_file`).
 
-    Toy tasks need no path (``toy_n`` problems of ``toy_seed``). ``limit``: the first items only
+    Toy tasks need no path (``toy_n`` problems of ``toy_seed``, over the fact table of
+    ``toy_people`` people: ``None`` = the shipped toy model's; the distilled SmolLM2 reasoner learned
+    64, docs/reasoner.md). ``limit``: the first items only
     (``>= 1``; ``None``: all). Every record is validated; a bad one raises
     :class:`BenchmarkFormatError` naming file and record.
     """
@@ -253,7 +287,7 @@ def load(task: str, path: str | os.PathLike | None = None, *, limit: int | None 
         if not items:
             raise BenchmarkFormatError(f"{find_task_file(t.name, path)}: no records for task {t.name!r}")
     else:
-        items = t.loader(None, n=toy_n, seed=toy_seed)
+        items = t.loader(None, n=toy_n, seed=toy_seed, **({} if toy_people is None else {"n_people": toy_people}))
     return items if limit is None else items[:limit]
 
 

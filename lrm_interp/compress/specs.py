@@ -1,0 +1,115 @@
+"""Compression specs: a spec string → a :class:`CompressionSpec` → an in-memory compressed copy.
+
+=====================  ===================================================================
+spec                   what is applied to a deep copy (all linear sites of the decoder layers)
+=====================  ===================================================================
+``none``               nothing (the original)
+``rtn:B`` / ``gptq:B``  fake quantization to B bits (:func:`lrm_interp.compress.quant.quantize_model_`)
+``magnitude:S``        unstructured magnitude pruning at sparsity S (``0.5`` or ``50%``)
+``sparsegpt:S``        SparseGPT at sparsity S; ``sparsegpt:2:4`` the 2:4 pattern
+``wanda:S``            Wanda at sparsity S; ``wanda:2:4``
+=====================  ===================================================================
+
+Method names come from the compression driver's registry (:func:`lrm_interp.compress.driver.get_method`):
+quantizers take ``:BITS``, pruners ``:SPARSITY`` or, where they support it, ``:N:M``. GPTQ,
+SparseGPT and Wanda (the calibrated methods) share calibration ids
+(:func:`lrm_interp.compress.calibration.calibration_ids`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from lrm_interp.compress.common import parse_pattern
+from lrm_interp.compress.driver import get_method, method_names
+from lrm_interp.compress.prune.apply import prune_model_
+from lrm_interp.compress.quant.apply import quantize_model_
+from lrm_interp.compress.quant.grid import check_bits
+
+METHODS = ("none",) + method_names()
+
+
+@dataclass(frozen=True)
+class CompressionSpec:
+    """``method`` with ``bits`` (quantizers) or ``sparsity`` / ``pattern`` (pruners)."""
+
+    method: str = "none"
+    bits: int | None = None
+    sparsity: float | None = None
+    pattern: str | None = None
+
+    @property
+    def tag(self) -> str:
+        """Folder-name suffix: ``rtn3``, ``sparsegpt50``, ``wanda2of4``; ``""`` for none."""
+        if self.method == "none":
+            return ""
+        if self.bits is not None:
+            return f"{self.method}{self.bits}"
+        if self.pattern:
+            return self.method + self.pattern.replace(":", "of")
+        return f"{self.method}{round(100 * float(self.sparsity or 0), 2):g}"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method != "none" and get_method(self.method).calibrated
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_compression(spec: str) -> CompressionSpec:
+    """A :class:`CompressionSpec` from ``"rtn:3"``, ``"sparsegpt:0.5"``, ``"wanda:2:4"``, ``"none"``..."""
+    parts = [p.strip() for p in str(spec).strip().lower().split(":")]
+    name, args = parts[0], parts[1:]
+    names = ("none",) + method_names()  # the registry now (METHODS: as at import)
+    if name not in names:
+        raise ValueError(f"compression {spec!r}: method must be one of {', '.join(names)}")
+    if name == "none":
+        if args:
+            raise ValueError(f"compression {spec!r}: 'none' takes no argument")
+        return CompressionSpec()
+    method = get_method(name)
+    if method.kind == "quantization":
+        if len(args) != 1 or not args[0].isdigit():
+            raise ValueError(f"compression {spec!r}: write {name}:BITS, e.g. {name}:3")
+        return CompressionSpec(name, bits=check_bits(int(args[0])))
+    if len(args) == 2:
+        pat = f"{args[0]}:{args[1]}"
+        n, m = parse_pattern(pat)
+        if not method.nm:
+            raise ValueError(f"compression {spec!r}: {method.label} is unstructured only")
+        return CompressionSpec(name, sparsity=n / m, pattern=pat)
+    if len(args) != 1:
+        raise ValueError(f"compression {spec!r}: write {name}:SPARSITY (0.5 or 50%) or {name}:N:M")
+    try:
+        s = float(args[0][:-1]) / 100 if args[0].endswith("%") else float(args[0])
+    except ValueError as e:
+        raise ValueError(f"compression {spec!r}: sparsity {args[0]!r} is not a number") from e
+    if not 0.0 <= s < 1.0:
+        raise ValueError(f"compression {spec!r}: sparsity must be in [0, 1) (or 0%..99%)")
+    return CompressionSpec(name, sparsity=s)
+
+
+def apply_compression(model: torch.nn.Module, spec: CompressionSpec, *, group_size: int | None = 128,
+                      calib: Any = None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
+    """``(compressed deep copy, report dict)``; ``spec.method == "none"`` returns ``model`` itself."""
+    if spec.method == "none":
+        return model, {"method": "none"}
+    if spec.needs_calibration and calib is None:
+        raise ValueError(f"{spec.method} needs calibration data")
+    method = get_method(spec.method)
+    m = copy.deepcopy(model)
+    calib = calib if method.calibrated else None
+    if method.kind == "quantization":
+        rep = quantize_model_(m, bits=spec.bits, group_size=group_size, method=spec.method, calib=calib,
+                              progress=progress)
+        return m, {**spec.to_dict(), "group_size": group_size, "n_weights": rep.n_weights}
+    rep = prune_model_(m, spec.method, spec.sparsity, pattern=spec.pattern, calib=calib, progress=progress)
+    return m, {**spec.to_dict(), "achieved": rep.achieved}
+
+
+__all__ = ["CompressionSpec", "parse_compression", "apply_compression", "METHODS"]
