@@ -204,3 +204,27 @@ def test_tokenizer_fingerprint_ignores_call_state_not_content():
     assert tokenizer_fingerprint(tok) == before
     tok.add_special_tokens({"additional_special_tokens": ["<new>"]})
     assert tokenizer_fingerprint(tok) != before
+
+
+def test_finished_result_is_not_replaced_by_other_traces_nor_foreign_files(tmp_path, tokenizer):
+    """Hostile run: `attribute --out R` over a finished 36-trace result with 6 other traces exited 0 and
+    replaced it; `--out` a folder of the user's own scores.csv overwrote it. Both are refused now;
+    the same traces (any order) still rerun."""
+    ds = synthetic_traces(4)
+    model = tiny_model("llama", seed=1)
+    _attr(model, ds, tokenizer, tmp_path / "R")
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "R").iterdir() if p.is_file()}
+    with pytest.raises(ResumeMismatchError, match=r"other traces \(4 traces there, 2 now"):
+        _attr(model, synthetic_traces(2), tokenizer, tmp_path / "R")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "R").iterdir() if p.is_file()} == saved
+    _attr(model, list(reversed(list(ds))), tokenizer, tmp_path / "R")  # the same traces: allowed
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "scores.csv").write_text("a,b\n")
+    with pytest.raises(ResumeMismatchError, match="not an attribution result folder but holds scores.csv"):
+        _attr(model, ds, tokenizer, mine)
+    assert (mine / "scores.csv").read_text() == "a,b\n"
+    (mine / "scores.csv").unlink()
+    (mine / "notes.txt").write_text("kept")
+    _attr(model, ds, tokenizer, mine)  # files a run does not write are left alone
+    assert (mine / "notes.txt").read_text() == "kept"

@@ -38,7 +38,8 @@ from lrm_interp.attribution import distributed
 from lrm_interp.attribution.atp import atp_aggregate, atp_trace_stats
 from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.dom import DoMResult, dom_aggregate, dom_trace_stats
-from lrm_interp.attribution.resume import RUN_FILE, PartialStore, check_finished_result, tensors_fingerprint
+from lrm_interp.attribution.resume import (PartialStore, check_finished_result, tensors_fingerprint,
+                                          trace_ids_fingerprint)
 from lrm_interp.attribution.results import Attribution
 from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.tokens import EncodedTrace, encode_trace
@@ -252,14 +253,16 @@ def plan_attribution(model: Any, dataset: Any, config: AttributionConfig, *, tok
     run_key = {"config": config.to_dict(), "weights_fingerprint": prov["weights_fingerprint"],
                "tokenizer_fingerprint": prov["tokenizer"]["fingerprint"], "sites": [s.name for s in sites]}
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and not (out / "partial" / RUN_FILE).exists():
-        check_finished_result(out, run_key)
+    trace_keys = {t.id: t.fingerprint() for t in ds}
+    if out is not None:  # a finished result of another run or other traces is never replaced
+        check_finished_result(out, run_key, dataset={"ids_fingerprint": trace_ids_fingerprint(list(trace_keys)),
+                                                     "n_traces": len(ds)})
     store = PartialStore(out / "partial" if out is not None else None, run_key)
     extra = {"overlong": overlong, "memory_estimate": memory}
     if len(ds) != n_given:
         extra["overlong"]["traces_given"] = n_given
     return AttributionPlan(model, tokenizer, config, ds, sites, behaviors, absent, encoded,
-                           {t.id: t.fingerprint() for t in ds}, skipped, prov, store, out, extra)
+                           trace_keys, skipped, prov, store, out, extra)
 
 
 def dom_stage(plan: AttributionPlan, encoded: Sequence[EncodedTrace] | None = None, *,
@@ -355,6 +358,7 @@ def finish(plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, 
         "gradient_path": gradient_path(plan),
         **plan.extra,
         "dataset": {"name": plan.dataset.name, "n_traces": len(plan.dataset),
+                    "ids_fingerprint": trace_ids_fingerprint(list(plan.trace_keys)),
                     "parse_report": report.summary() if hasattr(report, "summary") else None},
     }
     result = Attribution(behaviors=tuple(behaviors), sites=tuple(sites), scores=scores, method=cfg.method,

@@ -86,12 +86,34 @@ def key_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return parts
 
 
-def check_finished_result(out_dir: Path, run_key: dict[str, Any], result_file: str = "attribution.json") -> None:
+#: files an attribution run writes into its folder (``Attribution.save`` + ``write_tables``)
+RESULT_FILES = ("attribution.json", "attribution.safetensors", "scores.csv", "heatmap.png")
+
+
+def trace_ids_fingerprint(ids: Sequence[str]) -> str:
+    """One fingerprint of the set of trace ids of a run (order-independent): which traces, not their
+    contents (a trace whose spans were edited under the same id is recomputed, not refused)."""
+    return hashlib.sha256(json.dumps(sorted(ids)).encode("utf-8")).hexdigest()[:32]
+
+
+def check_finished_result(out_dir: Path, run_key: dict[str, Any], result_file: str = "attribution.json", *,
+                          dataset: dict[str, Any] | None = None) -> None:
     """Refuse to replace a finished result of another run: ``out_dir/result_file`` exists and the
-    run key recorded in its provenance (settings, weights, tokenizer, sites) differs from ``run_key``.
-    (With ``partial/run.json`` present, :class:`PartialStore` already checks the same key.)"""
-    path = Path(out_dir) / result_file
+    run key recorded in its provenance (settings, weights, tokenizer, sites) differs from ``run_key``,
+    or it was computed on another set of traces than ``dataset`` (``{"ids_fingerprint",
+    "n_traces"}``: :func:`trace_ids_fingerprint`; results written before it was recorded are
+    compared by their trace count). Traces edited under the same ids are not refused: their
+    partials are recomputed (fixing annotations and rerunning is the intended workflow). A folder that is not an
+    attribution result but holds files a run would write (``scores.csv``, ...) is refused too: they
+    are someone else's."""
+    out_dir = Path(out_dir)
+    path = out_dir / result_file
     if not path.exists():
+        if out_dir.is_dir() and not (out_dir / "partial" / RUN_FILE).exists():
+            clash = [f for f in RESULT_FILES if (out_dir / f).exists()]
+            if clash:
+                raise ResumeMismatchError(f"{out_dir} is not an attribution result folder but holds {', '.join(clash)}, "
+                                          "which a run would overwrite; choose another out_dir")
         return
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
@@ -104,6 +126,13 @@ def check_finished_result(out_dir: Path, run_key: dict[str, Any], result_file: s
                                   "choose another out_dir") from e
     new = json.loads(json.dumps(run_key, sort_keys=True, default=str))
     parts = key_difference(old, new)
+    if dataset is not None:
+        was = prov.get("dataset") or {}
+        if was.get("ids_fingerprint") is not None and was["ids_fingerprint"] != dataset["ids_fingerprint"]:
+            parts.append(f"other traces ({was.get('n_traces')} traces there, {dataset['n_traces']} now, other "
+                         "trace ids)")
+        elif was.get("ids_fingerprint") is None and was.get("n_traces") not in (None, dataset["n_traces"]):
+            parts.append(f"other traces ({was.get('n_traces')} traces there, {dataset['n_traces']} now)")
     if parts:
         raise ResumeMismatchError(f"{out_dir} holds the finished result of a run with {'; '.join(parts)}: it is "
                                   "never replaced by another run. Delete the folder or choose another out_dir")

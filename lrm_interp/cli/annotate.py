@@ -60,11 +60,14 @@ def _build(a: argparse.Namespace):
 
 
 def cmd_annotate(a: argparse.Namespace) -> int:
-    from lrm_interp.cli.common import CliError, reading, require_path
+    from lrm_interp.cli.common import CliError, check_paths, reading, require_path
     from lrm_interp.data.annotate import annotate_dataset, load_outputs
 
     if not a.inp or not a.out:
         raise CliError("--in OUTPUTS and --out FILE are required (or use 'annotate agree' / 'annotate train')")
+    # no two of --in / --out / --report / --cache may name the same path (nor an output lie inside --in)
+    check_paths({"--out": a.out, "--report": a.report, "--cache": a.cache},
+                {"--in": a.inp, "--annotator": a.annotator, "--prompt-file": a.prompt_file})
     src = require_path(a.inp, "--in")
     annotator = _build(a)
     with reading(src, "--in"):
@@ -151,9 +154,10 @@ def cmd_agree(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from lrm_interp.cli.common import CliError
+    from lrm_interp.cli.common import CliError, check_paths
     from lrm_interp.data.annotate import LinearAnnotator, cross_validate, format_agreement
 
+    check_paths({"--out": a.out}, {"--gold": a.gold})
     if a.folds == 1:  # the other ranges are the flags' argparse types
         raise CliError("--folds must be 0 (no cross-validation) or an integer >= 2, got 1")
     gold = _load_annotated(a.gold, "--gold")

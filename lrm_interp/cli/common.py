@@ -202,6 +202,63 @@ def require_model(name: str, flag: str = "--model") -> str:
     return name
 
 
+def model_input(name: str | None) -> str | os.PathLike | None:
+    """The folder ``--model name`` reads (for :func:`check_paths`): the toy alias's shipped folder,
+    ``None`` for another alias (not a path), else ``name``."""
+    if name is None:
+        return None
+    from lrm_interp.model.loading import model_aliases
+
+    if name.lower() in model_aliases():
+        if name.lower() == "toy":
+            from lrm_interp.toy import toy_model_dir
+
+            return toy_model_dir()
+        return None
+    return name
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_paths(outputs: dict[str, str | os.PathLike | None],
+                inputs: dict[str, str | os.PathLike | None] | None = None) -> None:
+    """Refuse, before any work, outputs that would destroy another output or an input.
+
+    :class:`CliError` naming both flags when two ``outputs`` (``{flag: path}``, ``None`` skipped)
+    name the same file (after ``~``, ``..`` and symbolic links), or when an output is an existing
+    input file, or is, or lies inside, an existing input folder. Inputs that do not exist (model
+    aliases like ``toy``) are ignored."""
+    outs = [(f, p, _resolved(p)) for f, p in outputs.items() if p is not None and str(p) != ""]
+    for i, (fa, pa, ra) in enumerate(outs):
+        for fb, pb, rb in outs[:i]:
+            if _same(ra, rb):
+                raise CliError(f"{fb} {pb} and {fa} {pa} name the same file: give each output its own path")
+    for fi, pi in (inputs or {}).items():
+        if pi is None or str(pi) == "":
+            continue
+        ri = _resolved(pi)
+        if not ri.exists():
+            continue
+        for fo, po, ro in outs:
+            if _same(ro, ri):
+                raise CliError(f"{fo} {po} is the input {fi} {pi}: writing it would destroy the input; "
+                               "choose another output path")
+            if ri.is_dir() and (ri in ro.parents or any(_same(par, ri) for par in ro.parents if par.exists())):
+                raise CliError(f"{fo} {po} lies inside the input folder {fi} {pi}: writing it would change the "
+                               "input; choose an output path outside it")
+
+
 def group_size_arg(g: int) -> int | None:
     """``--group-size``: positive, or 0 for per channel (``None``)."""
     if g < 0:
@@ -357,4 +414,4 @@ __all__ = ["quiet_progress", "positive_int", "nonneg_int", "positive_float", "no
            "bits_int", "seed_int", "int_arg", "float_arg", "load_attribution", "CliError", "HelpFormatter", "Parser",
            "add_command", "format_examples", "add_dataclass_args", "dataclass_from_args", "require_path",
            "require_model", "load_model_quietly", "require_attribution_dir", "reading", "one_line", "describe_error",
-           "report_error", "debug_enabled", "group_size_arg", "PROG", "DEBUG_ENV"]
+           "report_error", "debug_enabled", "group_size_arg", "check_paths", "model_input", "PROG", "DEBUG_ENV"]

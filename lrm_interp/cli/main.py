@@ -288,7 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         # conversion, huggingface_hub) included, not only the command's own
         with quiet_progress() if getattr(args, "quiet", False) else contextlib.nullcontext():
             return int(args.fn(args) or 0)
-    except Exception as e:  # noqa: BLE001 - KeyboardInterrupt / SystemExit pass through
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (LRM_INTERP_DEBUG=1 shows it)
+        if debug_enabled():
+            raise
+        print(f"{_command_prog(args)}: interrupted; run the same command again to resume (finished work is kept)",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - SystemExit passes through
         if debug_enabled():
             raise
         return report_error(_command_prog(args), e)

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from lrm_interp.cli.common import (PROG, CliError, add_command, bits_int, fraction, group_size_arg, load_attribution,
-                                   load_model_quietly, nonneg_int, reading, require_attribution_dir, require_model,
+                                   check_paths, load_model_quietly, model_input, nonneg_int, reading, require_attribution_dir, require_model,
                                    require_path, seed_int)
 from lrm_interp.protect.policies import POLICIES
 from lrm_interp.protect.registry import SALIENCIES
@@ -75,7 +75,8 @@ def cmd_protect(a: argparse.Namespace) -> int:
     from lrm_interp.protect.encoding import bits_per_weight, save_masks
     from lrm_interp.protect.policies import build_masks
 
-    # everything that can be checked without loading anything, first
+    # everything that can be checked without loading anything, first; --out never replaces an input
+    check_paths({"--out": a.out}, {"--scores": a.scores, "--model": model_input(a.model), "--data": a.data})
     check_bits(a.bits)
     group_size = group_size_arg(a.group_size)
     if not 0.0 <= a.budget <= 1.0:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
@@ -225,6 +226,8 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
     # id -> (markup text or [(label, start, end), ...], error, cached, chunks)
     results: dict[str, tuple[Any, str | None, bool, int]] = {}
 
+    gone = threading.Event()  # set by the first EndpointUnreachable: no trace starts a request after it
+
     def work(t: ReasoningTrace) -> tuple[str, Any, str | None, bool, int]:
         if t.id in too_large:
             return t.id, None, None, False, 0
@@ -236,6 +239,8 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
             if d is not None:
                 payload = d["markup"] if isinstance(d.get("markup"), str) else [tuple(x) for x in d["segments"]]
                 return t.id, payload, None, True, int(d.get("chunks", 1))
+        if gone.is_set():  # another worker found the endpoint gone: this trace is not started
+            raise CancelledError()
         try:
             if direct:
                 payload, n_chunks = sentence_segments(t.response, annotator), 1  # type: ignore[arg-type]
@@ -246,6 +251,7 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
             else:
                 payload, n_chunks = annotator.annotate(thinking), 1
         except EndpointUnreachable:
+            gone.set()
             raise  # the endpoint is gone: every later trace would fail the same way, the run stops
         except Exception as e:  # noqa: BLE001 - recorded per trace, the run goes on
             return t.id, None, f"{type(e).__name__}: {' '.join(str(e).split())}", False, 0
