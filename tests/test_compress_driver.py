@@ -239,3 +239,27 @@ if __name__ == "__main__":  # write the fixture from the code as it is now
     out = {"environment": _environment(), "cases": {c: _result(c) for c in sorted(CASES)}}
     FIXTURE.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"wrote {FIXTURE} ({len(CASES)} cases)")
+
+
+def test_quantizer_specs_name_their_grid():
+    """``rtn:3`` is the asymmetric grid (the library default), ``rtn:3:sym`` the symmetric one:
+    each gives the weights quantize_model_ gives for that grid, and its own folder tag."""
+    asym, sym = parse_compression("rtn:3"), parse_compression("rtn:3:sym")
+    assert (asym.symmetric, sym.symmetric) == (False, True)
+    assert parse_compression("rtn:3:asym") == asym
+    assert (asym.tag, sym.tag) == ("rtn3", "rtn3sym")
+    for spec in ("rtn:3:sim", "rtn:3:sym:x", "magnitude:0.5:sym"):
+        with pytest.raises(ValueError):
+            parse_compression(spec)
+    model = tiny_model(seed=0)
+    for spec, symmetric in ((asym, False), (sym, True)):
+        got, rep = apply_compression(model, spec, progress=False)
+        ref = quantize_model_(tiny_model(seed=0), bits=3, symmetric=symmetric, progress=False)
+        assert rep["symmetric"] is symmetric and ref.symmetric is symmetric
+    w_asym = apply_compression(model, asym, progress=False)[0].state_dict()
+    w_sym = apply_compression(model, sym, progress=False)[0].state_dict()
+    ref = tiny_model(seed=0)
+    quantize_model_(ref, bits=3, symmetric=True, progress=False)
+    keys = [k for k in w_sym if "layers" in k and k.endswith("proj.weight")]
+    assert keys and all(torch.equal(w_sym[k], ref.state_dict()[k]) for k in keys)
+    assert any(not torch.equal(w_sym[k], w_asym[k]) for k in keys)

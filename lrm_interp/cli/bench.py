@@ -259,8 +259,8 @@ def register(sub) -> None:
     g.add_argument("--device", default="cpu", help="device of the hf backend's model (cpu, cuda, cuda:1)")
     c = r.add_argument_group("compression (hf and vllm backends)")
     c.add_argument("--compress", nargs="+", default=["none"], metavar="SPEC",
-                   help="variants to benchmark: none, rtn:BITS, gptq:BITS, magnitude:S, sparsegpt:S, sparsegpt:2:4, "
-                        "wanda:S, wanda:2:4 (S a fraction like 0.5 or 50%%)")
+                   help="variants to benchmark: none, rtn:BITS, gptq:BITS (asymmetric grid; rtn:BITS:sym symmetric), "
+                        "magnitude:S, sparsegpt:S, sparsegpt:2:4, wanda:S, wanda:2:4 (S a fraction like 0.5 or 50%%)")
     c.add_argument("--group-size", type=nonneg_int, default=128, metavar="G",
                    help="quantization group size in input columns (0 = per channel)")
     c.add_argument("--calib", default=None, metavar="PATH",

@@ -4,7 +4,8 @@
 spec                   what is applied to a deep copy (all linear sites of the decoder layers)
 =====================  ===================================================================
 ``none``               nothing (the original)
-``rtn:B`` / ``gptq:B``  fake quantization to B bits (:func:`lrm_interp.compress.quant.quantize_model_`)
+``rtn:B`` / ``gptq:B``  fake quantization to B bits (:func:`lrm_interp.compress.quant.quantize_model_`),
+                       asymmetric grid (the library's default); ``rtn:B:sym`` the symmetric grid
 ``magnitude:S``        unstructured magnitude pruning at sparsity S (``0.5`` or ``50%``)
 ``sparsegpt:S``        SparseGPT at sparsity S; ``sparsegpt:2:4`` the 2:4 pattern
 ``wanda:S``            Wanda at sparsity S; ``wanda:2:4``
@@ -41,6 +42,7 @@ class CompressionSpec:
     bits: int | None = None
     sparsity: float | None = None
     pattern: str | None = None
+    symmetric: bool = False
 
     @property
     def tag(self) -> str:
@@ -48,7 +50,7 @@ class CompressionSpec:
         if self.method == "none":
             return ""
         if self.bits is not None:
-            return f"{self.method}{self.bits}"
+            return f"{self.method}{self.bits}" + ("sym" if self.symmetric else "")
         if self.pattern:
             return self.method + self.pattern.replace(":", "of")
         return f"{self.method}{round(100 * float(self.sparsity or 0), 2):g}"
@@ -62,7 +64,7 @@ class CompressionSpec:
 
 
 def parse_compression(spec: str) -> CompressionSpec:
-    """A :class:`CompressionSpec` from ``"rtn:3"``, ``"sparsegpt:0.5"``, ``"wanda:2:4"``, ``"none"``..."""
+    """A :class:`CompressionSpec` from ``"rtn:3"``, ``"rtn:3:sym"``, ``"sparsegpt:0.5"``, ``"wanda:2:4"``..."""
     parts = [p.strip() for p in str(spec).strip().lower().split(":")]
     name, args = parts[0], parts[1:]
     names = ("none",) + method_names()  # the registry now (METHODS: as at import)
@@ -74,9 +76,10 @@ def parse_compression(spec: str) -> CompressionSpec:
         return CompressionSpec()
     method = get_method(name)
     if method.kind == "quantization":
-        if len(args) != 1 or not args[0].isdigit():
-            raise ValueError(f"compression {spec!r}: write {name}:BITS, e.g. {name}:3")
-        return CompressionSpec(name, bits=check_bits(int(args[0])))
+        grid = args[1] if len(args) == 2 else "asym"
+        if not 1 <= len(args) <= 2 or not args[0].isdigit() or grid not in ("sym", "asym"):
+            raise ValueError(f"compression {spec!r}: write {name}:BITS or {name}:BITS:sym, e.g. {name}:3")
+        return CompressionSpec(name, bits=check_bits(int(args[0])), symmetric=grid == "sym")
     if len(args) == 2:
         pat = f"{args[0]}:{args[1]}"
         n, m = parse_pattern(pat)
@@ -106,7 +109,7 @@ def apply_compression(model: torch.nn.Module, spec: CompressionSpec, *, group_si
     calib = calib if method.calibrated else None
     if method.kind == "quantization":
         rep = quantize_model_(m, bits=spec.bits, group_size=group_size, method=spec.method, calib=calib,
-                              progress=progress)
+                              symmetric=spec.symmetric, progress=progress)
         return m, {**spec.to_dict(), "group_size": group_size, "n_weights": rep.n_weights}
     rep = prune_model_(m, spec.method, spec.sparsity, pattern=spec.pattern, calib=calib, progress=progress)
     return m, {**spec.to_dict(), "achieved": rep.achieved}

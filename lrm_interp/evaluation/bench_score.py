@@ -368,7 +368,8 @@ class BenchScores:
 def _compression_cols(run: RunInfo) -> dict:
     c = run.compression
     return {"base": run.base, "method": c.get("method", "none"), "bits": c.get("bits"),
-            "sparsity": c.get("sparsity"), "pattern": c.get("pattern")}
+            "sparsity": c.get("sparsity"), "pattern": c.get("pattern"),
+            "symmetric": c.get("symmetric") if c.get("bits") is not None else None}
 
 
 def _md(df: pd.DataFrame) -> str:
