@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from lrm_interp.cli.common import (PROG, CliError, add_command, add_dataclass_args, dataclass_from_args,
@@ -34,28 +33,9 @@ def _tasks_and_items(a: argparse.Namespace) -> dict:
     return items
 
 
-def _check_toy_world(model, name: str, items: dict, toy_people: int | None) -> None:
-    """Refuse toy items made over another fact table than the one ``model`` learned (the knowledge
-    family would ask about people it never saw, and score as if it forgot them)."""
-    if not any(k in items for k in ("math", "logic", "knowledge")):
-        return
-    from lrm_interp.toy.tasks import N_PEOPLE, model_world
-
-    learned = len(model_world(model).people)
-    asked = N_PEOPLE if toy_people is None else toy_people
-    if learned != asked:
-        raise CliError(f"--model {name} learned a fact table of {learned} people (its provenance); the toy items "
-                       f"were made over {asked}: pass --toy-people {learned}")
-
-
-def _model_tag(name: str) -> str:
-    p = Path(name)
-    base = p.name if p.name else name
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", base) or "model"
-
-
 def cmd_run(a: argparse.Namespace) -> int:
     from lrm_interp.evaluation.backends import GenerationSettings
+    from lrm_interp.evaluation.bench_suite import SuiteConfig, VLLMOptions, run_suite
 
     # the numbers are checked by their argparse types (every flag, whatever the backend) and by
     # GenerationSettings (the generation flags): all before a model is loaded or a file written
@@ -64,7 +44,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     try:
         from lrm_interp.compress.specs import parse_compression
 
-        specs = [parse_compression(s) for s in a.compress]
+        specs = tuple(parse_compression(s) for s in a.compress)
     except ValueError as e:
         raise CliError(f"--compress: {e}") from e
     endpoint = None
@@ -86,71 +66,24 @@ def cmd_run(a: argparse.Namespace) -> int:
         require_path(a.calib, "--calib")
     items = _tasks_and_items(a)
     out = Path(a.out)
-    from lrm_interp.evaluation.bench_run import run_benchmark
+    cfg = SuiteConfig(settings, specs, backend=a.backend, group_size=group_size, device=a.device,
+                      vllm=VLLMOptions(a.vllm_python, a.vllm_max_model_len, a.vllm_log))
 
-    runs = []
-    checked = False
-    for name in a.model:
-        base_tag = _model_tag(name)
-        if endpoint is not None:
-            from lrm_interp.cli.endpoint_args import endpoint_failure
-            from lrm_interp.endpoint import EndpointError
-            from lrm_interp.evaluation.backends import OpenAIBackend
+    def calibration(tok):
+        from lrm_interp.compress.calibration import calibration_ids
 
-            backend = OpenAIBackend(endpoint.base_url, name, api_key_env=endpoint.api_key_env,
-                                    concurrency=endpoint.concurrency, retries=endpoint.retries,
-                                    backoff=endpoint.backoff, max_backoff=endpoint.max_backoff,
-                                    timeout=endpoint.timeout)
-            try:
-                if not checked:  # an unreachable endpoint fails here, in seconds, before anything is written
-                    backend.check()
-                    checked = True
-                runs.append(run_benchmark(backend, items, out / base_tag, settings=settings, model=base_tag,
-                                          model_info={"served_model": name, "base_url": endpoint.base_url},
-                                          progress=not a.quiet))
-            except EndpointError as e:
-                raise endpoint_failure(e, f"finished items are kept in {out / base_tag}; rerun the same command "
-                                          "to resume" if (out / base_tag).exists() else "nothing was written") from e
-            continue
-        model, tok = load_model_quietly(name)
-        _check_toy_world(model, name, items, a.toy_people)
-        if a.device != "cpu":
-            model = model.to(a.device)
-        calib = None
-        if any(s.needs_calibration for s in specs):
-            from lrm_interp.compress.calibration import calibration_ids
+        with reading(a.calib or ".", "--calib"):
+            return calibration_ids(tok, a.calib, length=a.calib_length)
 
-            with reading(a.calib or ".", "--calib"):
-                calib = calibration_ids(tok, a.calib, length=a.calib_length)
-        from lrm_interp.compress.specs import apply_compression
-        from lrm_interp.model.provenance import model_provenance
+    from lrm_interp.endpoint import EndpointError
 
-        for spec in specs:
-            variant, report = apply_compression(model, spec, group_size=group_size, calib=calib,
-                                                progress=not a.quiet)
-            tag = base_tag + (f"-{spec.tag}" if spec.tag else "")
-            info = model_provenance(variant, tok)
-            if a.backend == "hf":
-                from lrm_interp.evaluation.backends import HFBackend
+    try:
+        runs = run_suite(a.model, items, out, cfg, endpoint=endpoint, calibration=calibration,
+                         toy_people=a.toy_people, load=load_model_quietly, progress=not a.quiet)
+    except EndpointError as e:
+        from lrm_interp.cli.endpoint_args import endpoint_failure
 
-                backend = HFBackend(variant, tok)
-            else:
-                from lrm_interp.evaluation.backends import VLLMBackend
-
-                src = name if spec.method == "none" and Path(name).is_dir() else variant
-                if spec.method == "none" and name.lower() == "toy":
-                    from lrm_interp.toy import toy_model_dir
-
-                    src = str(toy_model_dir())
-                backend = VLLMBackend(src, tok, python=a.vllm_python, max_model_len=a.vllm_max_model_len,
-                                      log=a.vllm_log)
-            with backend:
-                r = run_benchmark(backend, items, out / tag, settings=settings, model=tag, model_info=info,
-                                  compression={**report, "base_model": base_tag}, progress=not a.quiet)
-            _add_base(out / tag, base_tag)
-            runs.append(r)
-            if variant is not model:
-                del variant
+        raise endpoint_failure(e) from e
     for r in runs:
         for t in r.tasks:
             print(f"{r.model:24s} {t.task:10s} items {t.n_items:4d}  resumed {t.resumed:4d}  generated {t.generated:4d}"
@@ -158,18 +91,6 @@ def cmd_run(a: argparse.Namespace) -> int:
     print(f"wrote {out}/<model>/outputs/<task>/<j>.txt and generations.jsonl; score with:\n"
           f"  {PROG} bench score --outputs {out} --tasks {' '.join(items)}" + (f" --data {a.data}" if a.data else ""))
     return 0
-
-
-def _add_base(run_dir: Path, base: str) -> None:
-    import json
-
-    from lrm_interp._io import atomic_write_text
-
-    p = run_dir / "run.json"
-    meta = json.loads(p.read_text(encoding="utf-8"))
-    if meta.get("base_model") != base or meta.get("tag") != run_dir.name:
-        meta["base_model"], meta["tag"] = base, run_dir.name
-        atomic_write_text(p, json.dumps(meta, indent=2))
 
 
 def cmd_score(a: argparse.Namespace) -> int:

@@ -1,0 +1,188 @@
+"""The benchmark suite: models × compressed variants × one backend, each into its own run folder.
+
+:func:`run_suite` is the loop behind ``lrm-interp bench run``: for every model name (a local
+folder, an alias such as ``toy`` or ``smollm2-135m-reasoner``, or a model served by an
+OpenAI-compatible endpoint) and every compression spec (:mod:`lrm_interp.compress.specs`), it
+builds the backend and calls :func:`lrm_interp.evaluation.bench_run.run_benchmark` into
+``<out>/<model tag>[-<spec tag>]``. Every run folder is resumable on its own; a refused run
+writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from lrm_interp.compress.specs import CompressionSpec, apply_compression
+from lrm_interp.data.benchmarks import BenchItem
+from lrm_interp.evaluation.backends import GenerationSettings
+from lrm_interp.evaluation.bench_run import BenchRun, run_benchmark
+
+BACKENDS = ("hf", "vllm", "openai")
+
+#: ``tokenizer -> calibration ids`` (GPTQ, SparseGPT, Wanda); called once per local model
+Calibration = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """How the vLLM backend is started (:class:`lrm_interp.evaluation.backends.VLLMBackend`)."""
+
+    python: str | None = None
+    max_model_len: int | None = None
+    log: str | None = None
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """What :func:`run_suite` runs: generation settings, compressed variants and the backend."""
+
+    settings: GenerationSettings
+    specs: tuple[CompressionSpec, ...] = (CompressionSpec(),)
+    backend: str = "hf"
+    group_size: int | None = 128
+    device: str = "cpu"
+    vllm: VLLMOptions = field(default_factory=VLLMOptions)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if not self.specs:
+            raise ValueError("specs: give at least one compression spec (CompressionSpec() is the original)")
+        if self.backend == "openai" and any(s.method != "none" for s in self.specs):
+            raise ValueError("compression applies to local models only (hf, vllm), not to an HTTP endpoint")
+
+
+def model_tag(name: str) -> str:
+    """The run-folder name of a model: a folder's last part or the alias, filesystem-safe."""
+    p = Path(name)
+    base = p.name if p.name else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base) or "model"
+
+
+def check_toy_world(model, name: str, items: Mapping[str, Sequence[BenchItem]], toy_people: int | None) -> None:
+    """Refuse toy items made over another fact table than the one ``model`` learned (the knowledge
+    family would ask about people it never saw, and score as if it forgot them)."""
+    if not any(k in items for k in ("math", "logic", "knowledge")):
+        return
+    from lrm_interp.data.toy_tasks import N_PEOPLE
+    from lrm_interp.model.world import model_world
+
+    learned = len(model_world(model).people)
+    asked = N_PEOPLE if toy_people is None else toy_people
+    if learned != asked:
+        raise ValueError(f"model {name} learned a fact table of {learned} people (its provenance); the toy items "
+                         f"were made over {asked}: make them with toy_people={learned} (--toy-people {learned})")
+
+
+def saved_model_dir(model) -> str | None:
+    """The folder ``model`` was loaded from when it still holds a safetensors checkpoint (vLLM can
+    read it as is), else ``None`` (the backend then saves the in-memory weights)."""
+    src = getattr(getattr(model, "config", None), "_name_or_path", None) or getattr(model, "name_or_path", None)
+    if not src or not Path(src).is_dir():
+        return None
+    d = Path(src)
+    return str(d) if (d / "config.json").is_file() and any(d.glob("*.safetensors")) else None
+
+
+def _endpoint_runs(names: Sequence[str], items, out: Path, cfg: SuiteConfig, endpoint, progress: bool) -> list[BenchRun]:
+    from lrm_interp.endpoint import EndpointError
+    from lrm_interp.evaluation.backends import OpenAIBackend
+
+    runs, checked = [], False
+    for name in names:
+        tag = model_tag(name)
+        backend = OpenAIBackend(endpoint.base_url, name, api_key_env=endpoint.api_key_env,
+                                concurrency=endpoint.concurrency, retries=endpoint.retries,
+                                backoff=endpoint.backoff, max_backoff=endpoint.max_backoff, timeout=endpoint.timeout)
+        try:
+            if not checked:  # an unreachable endpoint fails here, in seconds, before anything is written
+                backend.check()
+                checked = True
+            runs.append(run_benchmark(backend, items, out / tag, settings=cfg.settings, model=tag,
+                                      model_info={"served_model": name, "base_url": endpoint.base_url},
+                                      progress=progress))
+        except EndpointError as e:
+            kept = (f"finished items are kept in {out / tag}; run again to resume" if (out / tag).exists()
+                    else "nothing was written")
+            raise type(e)(" ".join(str(e).split()) + f"; {kept}") from e
+    return runs
+
+
+def run_suite(names: Sequence[str], items: Mapping[str, Sequence[BenchItem]], out: str | Path, cfg: SuiteConfig, *,
+              endpoint: Any = None, calibration: Calibration | None = None, toy_people: int | None = None,
+              load: Callable[[str], tuple[Any, Any]] | None = None, progress: bool = True) -> list[BenchRun]:
+    """Benchmark every model of ``names`` and every variant of ``cfg.specs`` on ``items``.
+
+    Args:
+        names: local folders or aliases (``cfg.backend`` hf / vllm), or served model names
+            (``openai``, with ``endpoint`` an :class:`lrm_interp.endpoint.EndpointConfig`).
+        items: ``{task: items}`` (:func:`lrm_interp.data.benchmarks.load`).
+        out: one run folder per model × variant under it.
+        calibration: ``tokenizer -> ids``, needed when a spec is calibrated (GPTQ, SparseGPT, Wanda).
+        toy_people: the fact table the toy items were made over (checked against each model's).
+        load: ``name -> (model, tokenizer)`` (default :func:`lrm_interp.model.loading.load_model`).
+
+    Returns one :class:`BenchRun` per run folder, in order. Raises ``ValueError`` before anything
+    is written for a model whose fact table differs from the items', and
+    :class:`lrm_interp.endpoint.EndpointError` naming what was kept when an endpoint fails.
+    """
+    out = Path(out)
+    if cfg.backend == "openai":
+        if endpoint is None:
+            raise ValueError("backend 'openai' needs an endpoint (EndpointConfig with base_url)")
+        return _endpoint_runs(names, items, out, cfg, endpoint, progress)
+    if any(s.needs_calibration for s in cfg.specs) and calibration is None:
+        raise ValueError(f"{', '.join(s.method for s in cfg.specs if s.needs_calibration)} need calibration data")
+    if load is None:
+        from lrm_interp.model.loading import load_model as load
+    from lrm_interp.model.provenance import model_provenance
+
+    runs = []
+    for name in names:
+        base_tag = model_tag(name)
+        model, tok = load(name)
+        check_toy_world(model, name, items, toy_people)
+        if cfg.device != "cpu":
+            model = model.to(cfg.device)
+        calib = calibration(tok) if any(s.needs_calibration for s in cfg.specs) else None
+        for spec in cfg.specs:
+            variant, report = apply_compression(model, spec, group_size=cfg.group_size, calib=calib, progress=progress)
+            tag = base_tag + (f"-{spec.tag}" if spec.tag else "")
+            backend = _local_backend(cfg, variant, tok, original=spec.method == "none")
+            with backend:
+                runs.append(run_benchmark(backend, items, out / tag, settings=cfg.settings, model=tag,
+                                          model_info=model_provenance(variant, tok),
+                                          compression={**report, "base_model": base_tag}, progress=progress))
+            _add_base(out / tag, base_tag)
+            if variant is not model:
+                del variant
+    return runs
+
+
+def _local_backend(cfg: SuiteConfig, model, tok, *, original: bool):
+    if cfg.backend == "hf":
+        from lrm_interp.evaluation.backends import HFBackend
+
+        return HFBackend(model, tok)
+    from lrm_interp.evaluation.backends import VLLMBackend
+
+    src = (saved_model_dir(model) if original else None) or model
+    return VLLMBackend(src, tok, python=cfg.vllm.python, max_model_len=cfg.vllm.max_model_len, log=cfg.vllm.log)
+
+
+def _add_base(run_dir: Path, base: str) -> None:
+    """Record the base model and the folder tag in ``run.json`` (``bench score`` groups by them)."""
+    from lrm_interp._io import atomic_write_text
+
+    p = run_dir / "run.json"
+    meta = json.loads(p.read_text(encoding="utf-8"))
+    if meta.get("base_model") != base or meta.get("tag") != run_dir.name:
+        meta["base_model"], meta["tag"] = base, run_dir.name
+        atomic_write_text(p, json.dumps(meta, indent=2))
+
+
+__all__ = ["run_suite", "SuiteConfig", "VLLMOptions", "model_tag", "check_toy_world", "saved_model_dir", "BACKENDS"]
