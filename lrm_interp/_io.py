@@ -1,14 +1,19 @@
 """Atomic file writes and dtype names: the two pieces of I/O every stage shares.
 
 Every file lrm_interp writes goes through :func:`atomic_write_bytes` (a temp file in the same
-folder, fsync, rename), so a crash never leaves a half-written result, partial or mask file.
+folder, fsync, rename), so a crash never leaves a half-written result, partial or mask file. Files and folders written
+this way get the permissions a plain ``open()`` / ``mkdir`` would give (``0o666`` / ``0o777``
+minus the umask, :func:`plain_mode`), and a failed write names the path the caller asked for,
+the temporary name only in brackets (:func:`naming_destination`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -17,21 +22,87 @@ _DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "float": "float32", "bf
                 "fp64": "float64", "float64": "float64"}
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def current_umask() -> int:
+    """The process's umask (``0o022`` on most systems), read without changing it where the OS
+    allows (``/proc/self/status``), else by setting and restoring it."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_mode(*, folder: bool = False) -> int:
+    """Permission bits a plain ``open(path, "w")`` (``0o666 & ~umask``) or ``os.mkdir``
+    (``0o777 & ~umask``, ``folder=True``) gives a new file or folder. ``mkstemp`` / ``mkdtemp``
+    create 0600 / 0700 ones: every atomic writer sets this mode before the rename, so a result
+    is as readable as one written in place."""
+    return (0o777 if folder else 0o666) & ~current_umask()
+
+
+def _naming_destination(e: OSError, dest: Path, tmp: str | os.PathLike | None) -> OSError:
+    """``e`` re-made to name ``dest`` (the path the user asked for), the temporary name in brackets."""
+    where = e.filename if e.filename is not None else tmp
+    note = f" [temporary {where}]" if where is not None and str(where) != str(dest) else ""
+    if e.errno is not None and e.strerror:
+        try:
+            return type(e)(e.errno, f"{e.strerror}{note}", str(dest))
+        except TypeError:  # a subclass with another constructor
+            return OSError(e.errno, f"{e.strerror}{note}", str(dest))
+    return OSError(f"{dest}: cannot write ({e}){note}")
+
+
+@contextlib.contextmanager
+def naming_destination(dest: str | os.PathLike, tmp: str | os.PathLike | None = None) -> Iterator[None]:
+    """Re-raise an ``OSError`` from inside (a failed write to a temporary file or folder ``tmp``
+    on its way to ``dest``) as one naming ``dest``, the temporary name in brackets: errors name
+    the file the user asked for, not ``.OUT.x1y2.tmp``."""
+    dest = Path(dest)
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None and (Path(e.filename) == dest or Path(e.filename) in dest.parents):
+            raise  # already names the user's path (or a folder on its way: e.g. a parent that is a file)
+        raise _naming_destination(e, dest, tmp) from e
+
+
+def make_temp_dir(out: str | os.PathLike) -> Path:
+    """A new empty folder beside ``out`` (``.OUT.xxxx.tmp``) to fill and then publish with
+    :func:`publish_dir`, with the permissions a plain ``mkdir`` would give (not ``mkdtemp``'s 0700)."""
+    out = Path(out)
+    with naming_destination(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        os.chmod(tmp, plain_mode(folder=True))
+    return tmp
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
+
+    The file gets the mode a plain ``open()`` gives a new file (``0o666 & ~umask``); a failure
+    raises ``OSError`` naming ``path`` (the temporary name in brackets) and leaves ``path`` as it was."""
+    path = Path(path)
+    tmp = None
+    with naming_destination(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fchmod(f.fileno(), plain_mode())
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -63,10 +134,16 @@ def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
     so ``out`` is either the old folder or the whole new one, never a mix."""
     tmp, out = Path(tmp), Path(out)
     old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
+    with naming_destination(out, tmp):
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:  # put the previous result back
+                os.replace(old, out)
+            raise
     if old is not None:
         import shutil
 
@@ -77,14 +154,18 @@ def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
 def atomic_save_figure(fig, path: str | os.PathLike, **kw) -> Path:
     """``fig.savefig`` to a temp file beside ``path``, then rename (format from ``path``'s suffix)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        fig.savefig(tmp, **kw)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with naming_destination(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            fig.savefig(tmp, **kw)
+            os.chmod(tmp, plain_mode())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
     return path
 
 

@@ -232,13 +232,20 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def check_paths(outputs: dict[str, str | os.PathLike | None],
-                inputs: dict[str, str | os.PathLike | None] | None = None) -> None:
+                inputs: dict[str, str | os.PathLike | None] | None = None, *,
+                overwrite: bool | None = None, replaced_whole: bool = False) -> None:
     """Refuse, before any work, outputs that would destroy another output or an input.
 
     :class:`CliError` naming both flags when two ``outputs`` (``{flag: path}``, ``None`` skipped)
     name the same file (after ``~``, ``..`` and symbolic links), or when an output is an existing
     input file, or is, or lies inside, an existing input folder. Inputs that do not exist (model
-    aliases like ``toy``) are ignored."""
+    aliases like ``toy``) are ignored.
+
+    ``overwrite``: when given (a command with an ``--overwrite`` flag), an output that already
+    exists is refused unless it is true (an existing result is replaced only when the user says
+    so; :func:`add_overwrite_flag`). ``replaced_whole``: the outputs are folders replaced as a
+    whole, so an input lying inside one (``quantize --out D --masks D/masks.safetensors``) is
+    refused too, even with ``--overwrite``."""
     outs = [(f, p, _resolved(p)) for f, p in outputs.items() if p is not None and str(p) != ""]
     for i, (fa, pa, ra) in enumerate(outs):
         for fb, pb, rb in outs[:i]:
@@ -257,6 +264,22 @@ def check_paths(outputs: dict[str, str | os.PathLike | None],
             if ri.is_dir() and (ri in ro.parents or any(_same(par, ri) for par in ro.parents if par.exists())):
                 raise CliError(f"{fo} {po} lies inside the input folder {fi} {pi}: writing it would change the "
                                "input; choose an output path outside it")
+            if replaced_whole and (ro in ri.parents or any(_same(par, ro) for par in ri.parents if ro.exists())):
+                raise CliError(f"{fo} {po} contains the input {fi} {pi}: replacing {fo} would destroy the input; "
+                               "choose another output path (or move the input out of it)")
+    if overwrite is False:
+        for fo, po, ro in outs:
+            if ro.exists() or ro.is_symlink():
+                what = "folder" if ro.is_dir() else "file"
+                raise CliError(f"{fo} {po}: the {what} exists; pass --overwrite to replace it, or choose another "
+                               "path")
+
+
+def add_overwrite_flag(p: argparse.ArgumentParser, what: str = "--out") -> None:
+    """``--overwrite``: replace an existing ``what`` (refused without it, :func:`check_paths`)."""
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace {what} when already there (refused otherwise: an earlier result is never "
+                        "replaced silently)")
 
 
 def group_size_arg(g: int) -> int | None:
@@ -414,4 +437,5 @@ __all__ = ["quiet_progress", "positive_int", "nonneg_int", "positive_float", "no
            "bits_int", "seed_int", "int_arg", "float_arg", "load_attribution", "CliError", "HelpFormatter", "Parser",
            "add_command", "format_examples", "add_dataclass_args", "dataclass_from_args", "require_path",
            "require_model", "load_model_quietly", "require_attribution_dir", "reading", "one_line", "describe_error",
-           "report_error", "debug_enabled", "group_size_arg", "check_paths", "model_input", "PROG", "DEBUG_ENV"]
+           "report_error", "debug_enabled", "group_size_arg", "check_paths", "add_overwrite_flag", "model_input",
+           "PROG", "DEBUG_ENV"]

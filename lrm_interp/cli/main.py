@@ -105,7 +105,12 @@ def cmd_attribute(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parse / compare / quickstart
 def cmd_parse(a: argparse.Namespace) -> int:
+    """``lrm-interp parse``: a paper layout or JSONL file → validated JSONL ``--out`` (+ ``--report``)."""
+    import warnings
+
+    from lrm_interp.cli.common import check_paths
     from lrm_interp.data.loading import load_dataset
+    from lrm_interp.data.traces import CustomBehaviorWarning
     from lrm_interp._io import atomic_write_text
 
     data = require_path(a.data, "--data")
@@ -114,11 +119,19 @@ def cmd_parse(a: argparse.Namespace) -> int:
         # line, and the first bad one stops the command naming file:line)
         raise CliError(f"--report: only a paper-layout directory (outputs/ + annotated/) has a parse report; "
                        f"--data {data} is JSONL (drop --report)")
-    with reading(data, "--data"):
+    # before reading anything: no output names the input or the other output, none replaced without --overwrite
+    check_paths({"--out": a.out, "--report": a.report}, {"--data": data}, overwrite=a.overwrite)
+    with reading(data, "--data"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", CustomBehaviorWarning)  # printed below as one line
         ds = load_dataset(data)
+    if not len(ds):  # load_dataset refuses this; never end in "wrote 0 traces"
+        raise CliError(f"--data {data}: no traces found")
     rep = getattr(ds, "report", None)
     if a.report and rep is None:  # not reached: paper layouts always carry one
         raise CliError(f"--report: loading --data {data} produced no parse report")
+    custom = ds.custom_behavior_summary(data)
+    if custom is not None:
+        print(f"{PROG} parse: note: {custom}", file=sys.stderr)
     ds.save_jsonl(a.out)
     print(f"wrote {len(ds)} traces, spans per behaviour {ds.span_counts()} to {a.out}")
     if rep is not None:
@@ -233,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--out", required=True, metavar="FILE", help="output JSONL file")
     pa.add_argument("--report", default=None, metavar="FILE",
                     help="also write the parse report as JSON here (paper-layout --data only; refused for JSONL)")
+    from lrm_interp.cli.common import add_overwrite_flag
+
+    add_overwrite_flag(pa, "--out and --report")
     pa.set_defaults(fn=cmd_parse)
 
     c = add_command(sub, "compare", help="importance shift between two attribution results",

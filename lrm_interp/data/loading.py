@@ -24,7 +24,9 @@ def load_dataset(data: ReasoningDataset | Sequence[ReasoningTrace] | str | os.Pa
     ``max_response_chars``: the largest response (and prompt) accepted, in characters (default
     :func:`~lrm_interp.data.traces.response_limit`); a larger one raises
     :class:`~lrm_interp.data.traces.ResponseTooLargeError` naming the file and line, file, or
-    trace. ``kw`` go to :func:`~lrm_interp.data.paper_layout.load_paper_layout`.
+    trace. ``kw`` go to :func:`~lrm_interp.data.paper_layout.load_paper_layout`. A JSONL file or
+    paper-layout folder without any trace raises ``ValueError`` naming it (in-memory datasets
+    may be empty).
     """
     limit = response_limit(max_response_chars)
     if isinstance(data, ReasoningDataset):
@@ -35,7 +37,11 @@ def load_dataset(data: ReasoningDataset | Sequence[ReasoningTrace] | str | os.Pa
             if (p / "annotated").is_dir() or (p / "outputs").is_dir():
                 from lrm_interp.data.paper_layout import load_paper_layout
 
-                return load_paper_layout(p, max_response_chars=limit, **kw)
+                ds = load_paper_layout(p, max_response_chars=limit, **kw)
+                if not len(ds):  # an empty result is never a silent success
+                    raise ValueError(f"{p}: no traces (no outputs/<dataset>/<j>.txt or annotated/<dataset>/<j>.txt "
+                                     "files" + (" among the datasets asked for" if kw.get("datasets") else "") + ")")
+                return ds
             jsonls = sorted(p.glob("*.jsonl"))
             if len(jsonls) == 1:
                 return ReasoningDataset.load_jsonl(jsonls[0], max_response_chars=limit)

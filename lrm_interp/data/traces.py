@@ -10,7 +10,11 @@ JSONL schema (one trace per line; see docs/data_format.md)::
 
 Span offsets are character offsets into ``response`` (``start`` inclusive, ``end``
 exclusive); ``trace.text == prompt + response`` and ``trace.abs_span(s)`` gives offsets
-into it. Unknown keys are kept in ``metadata``; nothing is dropped silently.
+into it. Unknown keys are kept in ``metadata``; nothing is dropped silently. Nothing is
+coerced either: offsets must be JSON integers, labels strings; a label that is a near miss of
+one of :data:`BEHAVIORS` ("backtraking") is refused with "did you mean", other labels are kept
+as custom behaviours and named in one :class:`CustomBehaviorWarning`; a file without any trace
+is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +45,49 @@ class TraceFormatError(ValueError):
 
 class ResponseTooLargeError(TraceFormatError):
     """A response (or prompt) is longer than the size limit (:func:`response_limit`)."""
+
+
+class CustomBehaviorWarning(UserWarning):
+    """A trace file holds behaviour labels outside :data:`BEHAVIORS` (kept as custom behaviours)."""
+
+
+#: How close (``difflib`` ratio, after lower-casing and ``_`` / space → ``-``) an unknown label
+#: must be to a known behaviour to be refused as its misspelling ("backtraking" 0.96, "deductions"
+#: 0.95, "backtrack" 0.86); custom behaviours ("verification" 0.57, "induction" 0.78) stay allowed.
+LABEL_TYPO_CUTOFF = 0.8
+
+
+def _normal_label(label: str) -> str:
+    return "-".join(label.strip().lower().replace("_", " ").split())
+
+
+def check_behavior_label(label: object, where: str = "") -> str:
+    """``label`` if it may name a behaviour: a non-empty string that is one of :data:`BEHAVIORS`,
+    or a custom label not close to one of them. A near miss of a known behaviour ("backtraking",
+    "Backtracking", "adding_knowledge") raises :class:`TraceFormatError` with "did you mean": a
+    misspelling would otherwise silently become a new behaviour with a handful of spans."""
+    import difflib
+
+    loc = f"{where}: " if where else ""
+    if not isinstance(label, str) or not label.strip():
+        raise TraceFormatError(f"{loc}field 'behavior' must be a non-empty string, got {label!r}")
+    if label in BEHAVIORS:
+        return label
+    close = difflib.get_close_matches(_normal_label(label), BEHAVIORS, n=1, cutoff=LABEL_TYPO_CUTOFF)
+    if close:
+        raise TraceFormatError(f"{loc}field 'behavior' {label!r} is not a known behaviour; did you mean "
+                               f"{close[0]!r}? (known: {', '.join(BEHAVIORS)}; a custom label must not be a "
+                               "near miss of one of them)")
+    return label
+
+
+def _json_int(value: object, where: str) -> int:
+    """``value`` if it is a JSON integer (``bool`` is not), else :class:`TraceFormatError` naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (bool, float, str, type(None))) else \
+            type(value).__name__
+        raise TraceFormatError(f"{where} must be a JSON integer (a character offset), got {shown}")
+    return value
 
 
 #: Default largest response (and prompt) accepted when traces are loaded, in characters. Real
@@ -150,24 +197,51 @@ class ReasoningTrace:
 
     @classmethod
     def from_dict(cls, d: dict, *, where: str = "") -> "ReasoningTrace":
+        """A trace from its JSON object, every field's type checked (nothing coerced): ``id`` a
+        string (or integer), ``response`` a string, ``prompt`` a string or null, ``spans`` a list
+        of objects with a string ``behavior`` (not a near miss of a known behaviour,
+        :func:`check_behavior_label`) and JSON-integer ``start`` / ``end`` (``1.5``, ``true``,
+        ``"3"`` refused), ``metadata`` an object. Errors are :class:`TraceFormatError` starting
+        with ``where`` (``file:line``) and naming the field."""
         loc = f"{where}: " if where else ""
         for key in ("id", "response"):
             if key not in d:
                 raise TraceFormatError(f"{loc}missing required key {key!r}")
         if not isinstance(d["response"], str):
-            raise TraceFormatError(f"{loc}'response' must be a string")
+            raise TraceFormatError(f"{loc}'response' must be a string, got {type(d['response']).__name__}")
+        tid = d["id"]
+        if isinstance(tid, bool) or not isinstance(tid, (str, int)):
+            raise TraceFormatError(f"{loc}'id' must be a string, got {tid!r} ({type(tid).__name__})")
+        prompt = d.get("prompt")
+        if prompt is not None and not isinstance(prompt, str):
+            raise TraceFormatError(f"{loc}'prompt' must be a string, got {type(prompt).__name__}")
+        raw_spans = d.get("spans")
+        if raw_spans is None:
+            raw_spans = []
+        if not isinstance(raw_spans, list):
+            raise TraceFormatError(f"{loc}'spans' must be a list of span objects, got {type(raw_spans).__name__}")
         spans = []
-        for k, s in enumerate(d.get("spans", [])):
+        for k, s in enumerate(raw_spans):
+            if not isinstance(s, dict):
+                raise TraceFormatError(f"{loc}span #{k} must be an object with behavior/start/end, got {s!r}")
+            missing = [f for f in ("behavior", "start", "end") if f not in s]
+            if missing:
+                raise TraceFormatError(f"{loc}span #{k} is malformed (missing field {missing[0]!r}): {s!r}")
+            label = check_behavior_label(s["behavior"], f"{loc}span #{k}")
+            start = _json_int(s["start"], f"{loc}span #{k} field 'start'")
+            end = _json_int(s["end"], f"{loc}span #{k} field 'end'")
             try:
-                spans.append(BehaviorSpan(str(s["behavior"]), int(s["start"]), int(s["end"])))
-            except (KeyError, TypeError, ValueError) as e:
+                spans.append(BehaviorSpan(label, start, end))
+            except ValueError as e:
                 raise TraceFormatError(f"{loc}span #{k} is malformed ({e}): {s!r}") from e
-        meta = dict(d.get("metadata") or {})
+        meta_in = d.get("metadata")
+        if meta_in is not None and not isinstance(meta_in, dict):
+            raise TraceFormatError(f"{loc}'metadata' must be an object, got {type(meta_in).__name__}")
+        meta = dict(meta_in or {})
         extra = {k: v for k, v in d.items() if k not in {"id", "prompt", "response", "spans", "metadata"}}
         meta.update(extra)
         try:
-            return cls(id=str(d["id"]), prompt=str(d.get("prompt", "")), response=d["response"],
-                       spans=tuple(spans), metadata=meta)
+            return cls(id=str(tid), prompt=prompt or "", response=d["response"], spans=tuple(spans), metadata=meta)
         except TraceFormatError as e:
             raise TraceFormatError(f"{loc}{e}") from e
 
@@ -213,6 +287,22 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
         known = [b for b in BEHAVIORS if b in present]
         return known + sorted(present - set(BEHAVIORS))
 
+    def custom_behaviors(self) -> dict[str, int]:
+        """Spans per label that is not one of :data:`BEHAVIORS` (custom behaviours), sorted by label."""
+        counts = self.span_counts()
+        return {b: counts[b] for b in sorted(counts) if b not in BEHAVIORS}
+
+    def custom_behavior_summary(self, source: str | os.PathLike | None = None) -> str | None:
+        """One line naming every custom label and its span count, or ``None`` when there is none."""
+        custom = self.custom_behaviors()
+        if not custom:
+            return None
+        n = sum(custom.values())
+        head = f"{source}: " if source is not None else ""
+        return (f"{head}{n} span{'s' * (n != 1)} with {len(custom)} label{'s' * (len(custom) != 1)} that are not "
+                f"known behaviours, kept as custom behaviours: "
+                + ", ".join(f"{b!r} ({c})" for b, c in custom.items()) + f" (known: {', '.join(BEHAVIORS)})")
+
     def span_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for t in self.traces:
@@ -233,21 +323,38 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
     @classmethod
     def load_jsonl(cls, path: str | os.PathLike, *, name: str | None = None,
                    max_response_chars: int | None = None) -> "ReasoningDataset":
-        """Load a JSONL file; a malformed line (invalid UTF-8 or JSON, missing keys, bad spans)
-        raises :class:`TraceFormatError` naming ``file:line``; a response or prompt longer than
-        ``max_response_chars`` (default :func:`response_limit`: 2M characters) raises
-        :class:`ResponseTooLargeError` naming ``file:line`` and both sizes."""
+        """Load a JSONL file; a malformed line (invalid UTF-8 or JSON, missing keys, a field of
+        the wrong type, bad spans, a misspelt behaviour label: :meth:`ReasoningTrace.from_dict`)
+        raises :class:`TraceFormatError` naming ``file:line``, and so does a duplicate id; a
+        file without any trace raises :class:`TraceFormatError` naming the file. A response or
+        prompt longer than ``max_response_chars`` (default :func:`response_limit`: 2M
+        characters) raises :class:`ResponseTooLargeError` naming ``file:line`` and both sizes.
+        Custom behaviour labels (not in :data:`BEHAVIORS`, not close to one) are kept and named
+        with their span counts in one :class:`CustomBehaviorWarning`."""
+        import warnings
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"trace file {path} does not exist")
         limit = response_limit(max_response_chars)
         traces = []
+        first_line: dict[str, str] = {}
         for _, where, d in iter_jsonl(path, TraceFormatError):
             resp, prompt = d.get("response"), d.get("prompt")
             check_response_size(where, resp if isinstance(resp, str) else "",
                                 prompt if isinstance(prompt, str) else "", limit=limit)
-            traces.append(ReasoningTrace.from_dict(d, where=where))
-        return cls(traces, name=name if name is not None else path.stem)
+            t = ReasoningTrace.from_dict(d, where=where)
+            if t.id in first_line:
+                raise TraceFormatError(f"{where}: duplicate trace id {t.id!r} (first at {first_line[t.id]})")
+            first_line[t.id] = where
+            traces.append(t)
+        if not traces:
+            raise TraceFormatError(f"{path}: no traces (the file is empty or holds only blank lines)")
+        ds = cls(traces, name=name if name is not None else path.stem)
+        note = ds.custom_behavior_summary(path)
+        if note is not None:
+            warnings.warn(note, CustomBehaviorWarning, stacklevel=2)
+        return ds
 
     def check_sizes(self, max_response_chars: int | None = None) -> "ReasoningDataset":
         """``self`` after checking every trace's response and prompt against the size limit
