@@ -289,6 +289,16 @@ def test_compare_refuses_results_that_cannot_be_compared(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["lrm-interp compare: warning: different attribution settings: k_context 5 vs 1"]
     assert (tmp_path / "c" / "shift.csv").is_file()
+    # a shift already written is replaced only with --overwrite; --out never lies inside an input result
+    before = (tmp_path / "c" / "shift.csv").read_bytes()
+    _fails(capsys, ["compare", "--original", a, "--compressed", cases[0][0], "--out", tmp_path / "c",
+                    "--allow-mismatch"], "pass --overwrite")
+    assert (tmp_path / "c" / "shift.csv").read_bytes() == before
+    assert main(["compare", "--original", str(a), "--compressed", str(cases[0][0]), "--out", str(tmp_path / "c"),
+                 "--allow-mismatch", "--overwrite"]) == 0
+    capsys.readouterr()
+    _fails(capsys, ["compare", "--original", a, "--compressed", cases[0][0], "--out", a / "shift",
+                    "--allow-mismatch"], "lies inside the input folder")
 
 
 def test_compare_warns_about_behaviours_left_out_and_identical_weights(capsys, tmp_path):

@@ -192,10 +192,21 @@ def test_bits_cli_writes_allocation_and_configs(tmp_path, capsys):
                  str(tmp_path / "h.json"), "--quiet"]) == 0
     assert BitAllocation.load(tmp_path / "h.json").sensitivity == "hessian"
     capsys.readouterr()
-    assert main(["bits", "--model", str(d), "--budget", "3", "--out", str(out)]) == 2
+    new = str(tmp_path / "new.json")
+    assert main(["bits", "--model", str(d), "--budget", "3", "--out", new]) == 2
     assert "--scores" in capsys.readouterr().err
-    assert main(["bits", "--model", str(d), "--sensitivity", "none", "--budget", "1.5", "--out", str(out)]) == 2
+    assert main(["bits", "--model", str(d), "--sensitivity", "none", "--budget", "1.5", "--out", new]) == 2
     assert "below the cheapest allocation" in capsys.readouterr().err
+    # an allocation (or an export) already there is replaced only with --overwrite
+    before = out.read_bytes()
+    for extra in ([], ["--llmcompressor", str(cfg)]):
+        assert main(["bits", "--model", str(d), "--sensitivity", "hessian", "--budget", "3.5", "--out",
+                     str(out) if not extra else new, *extra, "--quiet"]) == 2
+        assert "pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == before and not (tmp_path / "new.json").exists()
+    assert main(["bits", "--model", str(d), "--sensitivity", "hessian", "--budget", "3.5", "--out", str(out),
+                 "--overwrite", "--quiet"]) == 0
+    assert BitAllocation.load(out).sensitivity == "hessian"
 
 
 @pytest.mark.parametrize("budget", [float("nan"), float("inf"), 0.0, -1.0])

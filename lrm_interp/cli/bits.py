@@ -8,9 +8,9 @@ import argparse
 import contextlib
 import json
 
-from lrm_interp.cli.common import (PROG, CliError, add_command, bits_int, check_paths, group_size_arg,
-                                   load_attribution, load_model_quietly, model_input, nonneg_int, positive_float,
-                                   reading, require_attribution_dir, require_model, require_path)
+from lrm_interp.cli.common import (PROG, CliError, add_command, add_overwrite_flag, bits_int, check_paths,
+                                   group_size_arg, load_attribution, load_model_quietly, model_input, nonneg_int,
+                                   positive_float, reading, require_attribution_dir, require_model, require_path)
 from lrm_interp.cli.protect import add_symmetry_flags
 
 SENSITIVITIES = ("attribution", "hessian", "none")
@@ -36,7 +36,7 @@ def cmd_bits(a: argparse.Namespace) -> int:
     from lrm_interp.protect.mixed import allocate_bits, hessian_sensitivity, quantization_errors
 
     check_paths({"--out": a.out, "--gptqmodel": a.gptqmodel, "--llmcompressor": a.llmcompressor},
-                {"--model": model_input(a.model), "--scores": a.scores, "--calib": a.calib})
+                {"--model": model_input(a.model), "--scores": a.scores, "--calib": a.calib}, overwrite=a.overwrite)
     group_size = group_size_arg(a.group_size)
     if a.sensitivity == "attribution" and a.scores is None:
         raise CliError("--sensitivity attribution needs --scores DIR (an attribution result folder)")
@@ -119,5 +119,6 @@ def register(sub) -> None:
                    help="the bits of the GPTQModel QuantizeConfig the dynamic entries override")
     p.add_argument("--llmcompressor", default=None, metavar="FILE",
                    help="also write llm-compressor config_groups + ignore (JSON)")
+    add_overwrite_flag(p, "--out, --gptqmodel and --llmcompressor")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_bits)

@@ -151,7 +151,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
     import warnings
 
     from lrm_interp.attribution.results import comparability, compare
+    from lrm_interp.cli.common import check_paths
 
+    out = Path(a.out)
+    # --out never lies inside an input result; shift.csv / shift.png are replaced only with --overwrite
+    check_paths({"--out": a.out}, {"--original": a.original, "--compressed": a.compressed})
+    for name in ("shift.csv", "shift.png"):
+        check_paths({"--out": out / name}, overwrite=a.overwrite)
     require_attribution_dir(a.original, "--original")
     require_attribution_dir(a.compressed, "--compressed")
     orig, comp = load_attribution(a.original, "--original"), load_attribution(a.compressed, "--compressed")
@@ -165,7 +171,6 @@ def cmd_compare(a: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # printed above, one line each
         warnings.simplefilter("ignore")
         shift = compare(orig, comp, strict=False)
-    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     shift.write_tables(out, view=a.view)
     print(f"wrote {out}/shift.csv and shift.png")
@@ -267,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--allow-mismatch", action="store_true",
                    help="compare even results computed with different attribution settings, tokenizers or traces "
                         "(refused by default; each difference is then printed as a warning)")
+    from lrm_interp.cli.common import add_overwrite_flag as _overwrite
+
+    _overwrite(c, "shift.csv / shift.png in --out")
     c.set_defaults(fn=cmd_compare)
 
     _add_optional_commands(sub)
