@@ -57,7 +57,9 @@ def load_outputs(path: str | os.PathLike, *, progress: bool = False,
     ``max_response_chars`` (default :func:`~lrm_interp.data.traces.response_limit`: 2M characters,
     or ``$LRM_INTERP_MAX_RESPONSE_CHARS``) raises
     :class:`~lrm_interp.data.traces.ResponseTooLargeError` naming the file (and line) and both
-    sizes, before anything is annotated; so does a file that is not valid UTF-8.
+    sizes, before anything is annotated; so does a file that is not valid UTF-8, and (as
+    :class:`~lrm_interp.data.traces.TraceFormatError`) a JSONL record whose strings hold a lone
+    surrogate (:func:`unencodable_text`).
     """
     limit = response_limit(max_response_chars)
     p = Path(path)
@@ -86,6 +88,9 @@ def load_outputs(path: str | os.PathLike, *, progress: bool = False,
                                    f"keys: {sorted(d)}")
         prompt = d.get("prompt")
         check_response_size(where, resp, prompt if isinstance(prompt, str) else "", limit=limit)
+        bad = unencodable_text(d)
+        if bad:
+            raise TraceFormatError(f"{where}: {bad}")
         tid = str(d.get("id", f"line{lineno}"))
         if tid in seen:
             raise TraceFormatError(f"{where}: duplicate id {tid!r}")
@@ -95,6 +100,34 @@ def load_outputs(path: str | os.PathLike, *, progress: bool = False,
                      if k not in ("id", "prompt", "response", "output", "completion", "spans", "metadata")})
         traces.append(ReasoningTrace(tid, str(d.get("prompt") or ""), resp, (), meta))
     return ReasoningDataset(traces, name=p.stem)
+
+
+def unencodable_text(value: Any, key: str = "") -> str | None:
+    """Why ``value`` (a decoded JSON record, or any string / list / dict in it) cannot be written
+    back as UTF-8, or ``None``. JSON's ``\\uXXXX`` escapes can spell lone surrogates
+    (``"\\ud800"``): the line is valid UTF-8 and valid JSON, but the string is not valid Unicode
+    and every UTF-8 writer (the output JSONL, the report, the cache) would fail on it."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            where = f"{key!r} " if key else ""
+            return (f"{where}holds a lone surrogate {value[e.start]!r} at character {e.start} (a JSON \\u escape "
+                    "that is not valid Unicode; it cannot be written as UTF-8)")
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            path = f"{key}.{k}" if key else str(k)
+            bad = unencodable_text(k)
+            bad = f"a key {bad}" if bad else unencodable_text(v, path)
+            if bad:
+                return bad
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            bad = unencodable_text(v, f"{key}[{i}]")
+            if bad:
+                return bad
+    return None
 
 
 @dataclass
@@ -351,4 +384,4 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
 
 
 __all__ = ["load_outputs", "annotate_dataset", "AnnotationRun", "describe_annotator", "annotator_fingerprint",
-           "CACHE_FORMAT"]
+           "unencodable_text", "CACHE_FORMAT"]

@@ -74,7 +74,8 @@ def sentence_features(sentences: Sequence[Sentence], rule_out: Sequence[tuple[st
     return feats
 
 
-def _hash(feats: list[str], dim: int) -> list[int]:
+def hash_features(feats: list[str], dim: int) -> list[int]:
+    """The feature strings' ids in ``[0, dim)`` (CRC32: the same in every process)."""
     return [zlib.crc32(x.encode("utf-8")) % dim for x in feats]
 
 
@@ -149,6 +150,24 @@ def check_fit_settings(*, dim: int = 1 << 14, l2: float = 1e-2, steps: int = 200
     return labels
 
 
+def fit_rows(rows: Sequence[Sequence[int]], ys: Sequence[int], n_labels: int, *, dim: int = 1 << 14,
+             l2: float = 1e-2, steps: int = 200, lr: float = 0.05, seed: int = 0,
+             class_balance: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(weight [dim, n_labels], bias [n_labels], final objective)`` of the class-balanced softmax
+    regression :meth:`LinearAnnotator.fit` runs, on hashed feature rows (:func:`hash_features`)
+    and label indices ``ys`` (settings: :meth:`LinearAnnotator.fit`)."""
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(dim, n_labels, generator=g) * 1e-3
+    bias = torch.zeros(n_labels)
+    flat = torch.tensor([i for r in rows for i in r], dtype=torch.long)
+    offsets = torch.tensor([0] + [len(r) for r in rows[:-1]], dtype=torch.long).cumsum(0)
+    y = torch.tensor(list(ys), dtype=torch.long)
+    n_per = torch.bincount(y, minlength=n_labels).float()
+    cw = n_per.clamp(min=1).pow(-class_balance) if class_balance else None
+    loss = fit_softmax_regression(flat, offsets, y, weight, bias, steps=steps, lr=lr, l2=l2, class_weight=cw)
+    return weight.detach(), bias.detach(), loss
+
+
 @dataclass
 class LinearAnnotator:
     """A fitted sentence classifier; ``annotate`` emits one segment per sentence.
@@ -171,7 +190,7 @@ class LinearAnnotator:
         explained = R1RuleAnnotator().explain(thinking_text)
         sents = [s for s, _, _ in explained]
         feats = sentence_features(sents, [(lab, why) for _, lab, why in explained])
-        return sents, [_hash(f, self.dim) for f in feats]
+        return sents, [hash_features(f, self.dim) for f in feats]
 
     @torch.no_grad()
     def _logits(self, rows: list[list[int]]) -> torch.Tensor:
@@ -229,24 +248,17 @@ class LinearAnnotator:
             for s, f in zip(sents, feats):
                 y = sentence_gold(t, s, labels)
                 if y is not None:
-                    rows.append(_hash(f, dim))
+                    rows.append(hash_features(f, dim))
                     ys.append(y)
         if not rows:
             raise ValueError("no annotated sentence to fit on (no trace has spans with the given labels)")
-        g = torch.Generator().manual_seed(seed)
-        weight = torch.randn(dim, len(labels), generator=g) * 1e-3
-        bias = torch.zeros(len(labels))
-        flat = torch.tensor([i for r in rows for i in r], dtype=torch.long)
-        offsets = torch.tensor([0] + [len(r) for r in rows[:-1]], dtype=torch.long).cumsum(0)
-        y = torch.tensor(ys, dtype=torch.long)
-        n_per = torch.bincount(y, minlength=len(labels)).float()
-        cw = n_per.clamp(min=1).pow(-class_balance) if class_balance else None
-        loss = fit_softmax_regression(flat, offsets, y, weight, bias, steps=steps, lr=lr, l2=l2, class_weight=cw)
-        counts = {lab: int((y == i).sum()) for i, lab in enumerate(labels)}
+        weight, bias, loss = fit_rows(rows, ys, len(labels), dim=dim, l2=l2, steps=steps, lr=lr, seed=seed,
+                                      class_balance=class_balance)
+        counts = {lab: ys.count(i) for i, lab in enumerate(labels)}
         info = {"traces": n_traces, "sentences": len(ys), "sentences_per_label": counts, "l2": l2, "steps": steps,
                 "class_balance": class_balance,
                 "features_version": FEATURES_VERSION, "final_loss": round(loss, 6)}
-        return cls(weight.detach(), bias.detach(), tuple(labels), info)
+        return cls(weight, bias, tuple(labels), info)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
@@ -317,4 +329,5 @@ def agreement_by_dataset(gold: ReasoningDataset, predicted: ReasoningDataset, *,
     return out
 
 
-__all__ = ["LinearAnnotator", "check_fit_settings", "cross_validate", "agreement_by_dataset", "sentence_gold", "sentence_features", "fit_softmax_regression", "FORMAT"]
+__all__ = ["LinearAnnotator", "check_fit_settings", "cross_validate", "agreement_by_dataset", "sentence_gold",
+           "sentence_features", "hash_features", "fit_rows", "fit_softmax_regression", "FORMAT"]
