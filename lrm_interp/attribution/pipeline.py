@@ -6,8 +6,9 @@
    weights (non-finite weights raise here) and tokenizer; tokenizes every trace; refuses,
    truncates or skips the traces longer than the model's context (``overlong``, counted);
    refuses a run whose longest trace obviously cannot fit in free memory; lists the spans that
-   cannot be used (dropped by tokenization or truncation, or unscorable by AtP); opens the
-   resume store.
+   cannot be used (dropped by tokenization or truncation, or unscorable by AtP) and the
+   behaviours left without a usable span (left out of the result with a warning, never an
+   all-zero row; a run where no requested behaviour has one is refused); opens the resume store.
 2. :func:`dom_stage` / :func:`atp_stage`: one independent computation per trace (so a
    data-parallel runner only has to shard the trace list), each result written to
    ``out_dir/partial/{dom,atp}/`` as soon as it exists (:mod:`lrm_interp.attribution.resume`).
@@ -57,7 +58,10 @@ class AttributionPlan:
 
     ``encoded[i]`` is ``dataset[i]`` tokenized; ``trace_keys[id]`` its content fingerprint;
     ``skipped`` one dict per span that does not enter every statistic (trace, span index,
-    behaviour, reason, and which statistics still use it).
+    behaviour, reason, and which statistics still use it); ``absent`` the requested behaviours
+    without a usable span (none labelled, or every one dropped: empty after tokenization, past
+    the context, truncated away, or for AtP unscorable): they are left out of the result's rows
+    and described in ``extra["absent_spans"]``.
     """
 
     model: torch.nn.Module
@@ -209,6 +213,45 @@ def check_memory(model: torch.nn.Module, encoded: Sequence[EncodedTrace], config
     return est
 
 
+def _absent_behaviors(behaviors: Sequence[str], encoded: Sequence[EncodedTrace], skipped: Sequence[dict],
+                      config: AttributionConfig, *, warn: bool) -> tuple[list[str], dict[str, dict]]:
+    """The requested behaviours without a usable span, and per behaviour what became of its spans.
+
+    A span is usable when it survived tokenization and the context (``encoded``) and, for
+    ``method="attribution"``, is scorable (a behaviour whose spans all lack a predictable token
+    would get an all-zero AtP row). Returns ``(absent, {behaviour: {"labelled", "dropped",
+    "reasons": {reason: count}}})``. Absent behaviours are left out of the result (never saved
+    as an all-zero ranking) and warned about with their counts; when every requested
+    behaviour is absent the run is refused (``ValueError``).
+    """
+    usable = {sp.behavior for e in encoded for sp in e.spans if config.method != "attribution" or sp.scorable}
+    absent = [b for b in behaviors if b not in usable]
+    info: dict[str, dict] = {}
+    for b in absent:
+        mine = [s for s in skipped if s["behavior"] == b]
+        reasons: dict[str, int] = {}
+        for s in mine:
+            reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
+        info[b] = {"labelled": len(mine) + sum(len(e.spans_of(b)) for e in encoded), "dropped": len(mine),
+                   "reasons": reasons}
+    if not absent:
+        return absent, info
+
+    def say(b: str) -> str:
+        d = info[b]
+        if not d["labelled"]:
+            return f"{b} (no span labelled in the data)"
+        why = "; ".join(f"{n} {r}" for r, n in d["reasons"].items())
+        return f"{b} (all {d['labelled']} span(s) unusable: {why})"
+    listed = ", ".join(say(b) for b in absent)
+    if len(absent) == len(behaviors):
+        raise ValueError(f"no requested behaviour has a usable span: {listed}; nothing to attribute")
+    if warn:
+        warnings.warn(f"{len(absent)} behaviour(s) without a usable span are left out of the result (no ranking): "
+                      f"{listed}; listed in provenance['absent_behaviors'] and ['absent_spans']", stacklevel=4)
+    return absent, info
+
+
 def plan_attribution(model: Any, dataset: Any, config: AttributionConfig, *, tokenizer: Any = None,
                      out_dir: str | os.PathLike | None = None, progress: bool = True,
                      warn: bool = True) -> AttributionPlan:
@@ -237,8 +280,6 @@ def plan_attribution(model: Any, dataset: Any, config: AttributionConfig, *, tok
     n_given = len(ds)
     ds, encoded, overlong, left_out = _tokenize(ds, tokenizer, model, config, progress=progress, warn=warn)
     memory = check_memory(model, encoded, config)
-    present = ds.behaviors()
-    absent = [b for b in behaviors if b not in present]
     skipped: list[dict] = list(left_out)
     for enc, t in zip(encoded, ds):
         for idx, reason in enc.dropped:
@@ -250,6 +291,7 @@ def plan_attribution(model: Any, dataset: Any, config: AttributionConfig, *, tok
                     skipped.append({"trace": t.id, "span": sp.index, "behavior": sp.behavior,
                                     "reason": "no predictable token (a one-token span at position 0)",
                                     "used_by": ["dom"]})
+    absent, absent_spans = _absent_behaviors(behaviors, encoded, skipped, config, warn=warn)
     run_key = {"config": config.to_dict(), "weights_fingerprint": prov["weights_fingerprint"],
                "tokenizer_fingerprint": prov["tokenizer"]["fingerprint"], "sites": [s.name for s in sites]}
     out = Path(out_dir) if out_dir is not None else None
@@ -258,7 +300,7 @@ def plan_attribution(model: Any, dataset: Any, config: AttributionConfig, *, tok
         check_finished_result(out, run_key, dataset={"ids_fingerprint": trace_ids_fingerprint(list(trace_keys)),
                                                      "n_traces": len(ds)})
     store = PartialStore(out / "partial" if out is not None else None, run_key)
-    extra = {"overlong": overlong, "memory_estimate": memory}
+    extra = {"overlong": overlong, "memory_estimate": memory, "absent_spans": absent_spans}
     if len(ds) != n_given:
         extra["overlong"]["traces_given"] = n_given
     return AttributionPlan(model, tokenizer, config, ds, sites, behaviors, absent, encoded,
@@ -319,7 +361,8 @@ def gradient_path(plan: AttributionPlan) -> dict[str, str] | None:
 def finish(plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, torch.Tensor]] | None, *,
            warn: bool = True) -> Attribution:
     """Step 3b: scores, counts and provenance → :class:`Attribution` (saved when the plan has ``out_dir``)."""
-    cfg, behaviors, sites = plan.config, plan.behaviors, plan.sites
+    cfg, sites = plan.config, plan.sites
+    behaviors = [b for b in plan.behaviors if b not in plan.absent]  # absent ones get no (all-zero) row
     scores = torch.zeros(len(behaviors), len(sites), dtype=torch.float64)
     unscorable = {b: 0 for b in behaviors}
     if cfg.method == "dom":

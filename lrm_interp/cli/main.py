@@ -97,7 +97,10 @@ def cmd_attribute(a: argparse.Namespace) -> int:
         top = res.top(3, beh)
         print(f"  {beh:24s} " + ", ".join(f"{s} ({ri:.3f})" for _, s, ri in top))
     if res.provenance.get("absent_behaviors"):
-        print(f"  no spans in --data for: {', '.join(res.provenance['absent_behaviors'])} (scores are 0)")
+        counts = res.provenance.get("absent_spans") or {}
+        print("  left out (no usable span in --data): " + ", ".join(
+            f"{b} ({(counts.get(b) or {}).get('labelled', 0)} labelled, none usable)"
+            for b in res.provenance["absent_behaviors"]))
     if res.provenance.get("skipped_spans"):
         print(f"  skipped spans: {len(res.provenance['skipped_spans'])} (see attribution.json)")
     return 0

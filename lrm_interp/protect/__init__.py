@@ -5,7 +5,8 @@
 ``scale_aware.py``   attribution with the re-fit of the group's grid counted
 ``gptq_aware.py``    saliencies with GPTQ's own error (TaCQ as published; behaviour spans)
 ``registry.py``      every source by name (``SALIENCIES``, ``build_saliency``)
-``masks.py``         ``ProtectionMask``: the protected weights of one site
+``masks.py``         ``ProtectionMask``: the protected weights of one site; ``MaskSet``: a set of them
+                     and the model (weights fingerprint) it was computed for
 ``policies.py``      budget policies (``global_top``, ``modules_by_score``, …, ``build_masks``)
 ``encoding.py``      index encodings, ``bits_per_weight``, the masks file (``save_masks``)
 ``mixed.py``         module-level mixed precision (bits per module under a bpw budget)
@@ -19,10 +20,10 @@ from __future__ import annotations
 
 from lrm_interp.protect.encoding import (ENCODINGS, bits_per_weight, decode_index, encode_index, index_bits,
                                          load_masks, save_masks)
-from lrm_interp.protect.masks import GRANULARITIES, ProtectionMask
+from lrm_interp.protect.masks import GRANULARITIES, MaskSet, ProtectionMask
 from lrm_interp.protect.policies import (POLICIES, apply_regexes, build_masks, final_mlp, global_top,
                                          modules_by_score, per_module_top)
 
-__all__ = ["ProtectionMask", "GRANULARITIES", "POLICIES", "build_masks", "global_top", "per_module_top",
+__all__ = ["ProtectionMask", "MaskSet", "GRANULARITIES", "POLICIES", "build_masks", "global_top", "per_module_top",
            "modules_by_score", "final_mlp", "apply_regexes", "ENCODINGS", "index_bits", "encode_index",
            "decode_index", "bits_per_weight", "save_masks", "load_masks"]

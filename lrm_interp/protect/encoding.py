@@ -20,13 +20,15 @@ masks file and the FP16 sidecar of :mod:`lrm_interp.protect.exports`): per site 
 encoding's parts as ``<site>::<part>`` tensors, plus ``{site: {"shape", "granularity",
 "encoding"}}``. The masks file (:func:`save_masks`, format ``lrm_interp.masks/2``;
 :func:`load_masks` also reads ``/1``) is these tensors in one safetensors file with JSON
-metadata ``format``, ``sites`` (insertion order kept) and ``extra``.
+metadata ``format``, ``sites`` (insertion order kept), ``extra`` and ``model`` (name and
+weights fingerprint of the model the masks were computed for; absent in older files).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -35,7 +37,7 @@ import torch
 
 from lrm_interp._io import read_safetensors, write_safetensors
 from lrm_interp.model.sites import Site
-from lrm_interp.protect.masks import ProtectionMask
+from lrm_interp.protect.masks import MaskSet, ProtectionMask
 
 FORMAT = "lrm_interp.masks/2"
 ENCODINGS = ("module", "lines32", "bitmask", "coo32", "flat32", "csr16", "gaps")
@@ -208,16 +210,18 @@ def bits_per_weight(masks: Mapping[str, ProtectionMask], sites: Sequence[Site], 
     n_total = sum(s.n_weights for s in sites)
     if n_total == 0:
         raise ValueError("bits_per_weight: no weights in the given sites")
+    src = getattr(masks, "source", None) or "masks"
     unknown = set(masks) - {s.name for s in sites}
     if unknown:
-        raise KeyError(f"bits_per_weight: masks name sites outside `sites`: {sorted(unknown)[:5]}")
+        raise KeyError(f"bits_per_weight: {src} name sites outside `sites`: {sorted(unknown)[:5]}")
     code = scale = val = idx = 0
     n_prot = n_full = 0
     encs: dict[str, str] = {}
     for s in sites:
         m = masks.get(s.name)
         if m is not None and m.shape != (s.out_features, s.in_features):
-            raise ValueError(f"mask of {s.name} has shape {m.shape}, site is [{s.out_features}, {s.in_features}]")
+            raise ValueError(f"{src}: the mask of site {s.name} has shape {list(m.shape)} but the site's weight is "
+                             f"[{s.out_features}, {s.in_features}] (masks of another model?)")
         if m is not None and m.is_full:
             val += value_bits * s.n_weights
             n_prot += s.n_weights
@@ -277,18 +281,42 @@ def masks_from_tensors(tensors: Mapping[str, torch.Tensor], info: Mapping[str, d
 
 
 def save_masks(masks: Mapping[str, ProtectionMask], path: str | Path, *, metadata: dict | None = None,
-               encoding: str = "auto") -> Path:
-    """Write masks to one safetensors file (format in the module docs; atomic; no pickle)."""
+               encoding: str = "auto", model: Mapping[str, str] | None = None) -> Path:
+    """Write masks to one safetensors file (format in the module docs; atomic; no pickle).
+
+    ``model``: ``{"name", "weights_fingerprint"}`` of the model the masks were computed for
+    (default: ``masks.model`` of a :class:`~lrm_interp.protect.masks.MaskSet`, as
+    :func:`~lrm_interp.protect.policies.build_masks` returns), stored as the ``model`` metadata
+    entry and checked when the masks are applied to a model.
+    """
     tensors, info = mask_tensors(masks, encoding=encoding)
-    return write_safetensors(path, tensors, {"format": FORMAT, "sites": json.dumps(info),
-                                             "extra": json.dumps(metadata or {})})
+    meta = {"format": FORMAT, "sites": json.dumps(info), "extra": json.dumps(metadata or {})}
+    rec = model if model is not None else getattr(masks, "model", None)
+    if rec:
+        meta["model"] = json.dumps({k: rec[k] for k in ("name", "weights_fingerprint") if k in rec})
+    return write_safetensors(path, tensors, meta)
 
 
-def load_masks(path: str | Path) -> tuple[dict[str, ProtectionMask], dict]:
-    """Read masks written by :func:`save_masks` (also format ``lrm_interp.masks/1``): ``(masks, extra)``."""
+def load_masks(path: str | Path) -> tuple[MaskSet, dict]:
+    """Read masks written by :func:`save_masks` (also format ``lrm_interp.masks/1``): ``(masks, extra)``.
+
+    ``masks`` is a :class:`~lrm_interp.protect.masks.MaskSet` with the model the file records
+    (``masks.model``) and ``masks.source = str(path)``; a file that records no model (written
+    before lrm_interp recorded one) loads with a one-line warning: it cannot be checked against
+    the model it is applied to.
+    """
     tensors, meta = read_safetensors(path, (FORMAT, "lrm_interp.masks/1"), "mask file")
     fmt, info = meta["format"], json.loads(meta["sites"])
     if fmt == "lrm_interp.masks/1":  # CSR as "<site>.rowptr" / "<site>.cols"
         info = {n: dict(d, encoding="csr16") for n, d in info.items()}
         tensors = {SEP.join(k.rsplit(".", 1)): t for k, t in tensors.items()}
-    return masks_from_tensors(tensors, info, source=str(path)), json.loads(meta.get("extra", "{}"))
+    try:
+        model = json.loads(meta["model"]) if "model" in meta else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: the 'model' metadata entry is not JSON ({e})") from None
+    if not (isinstance(model, dict) and model.get("weights_fingerprint")):
+        model = None
+        warnings.warn(f"{path}: the masks file records no model weights fingerprint (written by an older lrm_interp, "
+                      "or saved without one): it cannot be checked against the model it is applied to", stacklevel=2)
+    masks = MaskSet(masks_from_tensors(tensors, info, source=str(path)), model=model, source=str(path))
+    return masks, json.loads(meta.get("extra", "{}"))

@@ -5,6 +5,11 @@ granularities (:data:`GRANULARITIES`) and stores only what it needs: nothing (``
 ids (``rows``), column ids (``cols``) or sorted flat element ids ``r·in + c`` (``elements``).
 ``.mask`` / ``.dense()`` materialise the bool ``[out, in]`` tensor on demand, one module at a time.
 
+A set of masks (``{site: ProtectionMask}``) built by :func:`~lrm_interp.protect.policies.build_masks`
+or read by :func:`~lrm_interp.protect.encoding.load_masks` is a :class:`MaskSet`: a dict that also
+records the model it was computed for (name and weights fingerprint) and the file it came from,
+so whatever applies it (the compression driver) can refuse another model's masks.
+
 Related modules: :mod:`lrm_interp.protect.policies` (which weights to protect under a budget),
 :mod:`lrm_interp.protect.encoding` (index encodings, bits per weight, the masks file).
 """
@@ -12,6 +17,7 @@ Related modules: :mod:`lrm_interp.protect.policies` (which weights to protect un
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 
@@ -159,3 +165,21 @@ class ProtectionMask:
         return box("ProtectionMask", table,
                    html_heatmap(rows, list(range(rows.shape[0])), ["share"], title="by row block"),
                    html_heatmap(cols, [0], [str(i) for i in range(cols.shape[1])], title="by column block"))
+
+
+class MaskSet(dict):
+    """``{site: ProtectionMask}`` plus what it was computed for (a plain ``dict`` otherwise).
+
+    Attributes:
+        model: ``{"name", "weights_fingerprint"}`` of the model whose weights or scores chose
+            the masks (:func:`lrm_interp.model.provenance.weights_record`); ``None``: unknown.
+            The compression driver refuses to apply the set to a model with another fingerprint
+            (``dict(masks)`` drops the record, and with it the check).
+        source: the masks file it was read from (named in errors), ``None`` when built in memory.
+    """
+
+    def __init__(self, masks: Mapping[str, ProtectionMask] | None = None, *, model: Mapping[str, Any] | None = None,
+                 source: str | None = None):
+        super().__init__(masks or {})
+        self.model = dict(model) if model else None
+        self.source = source

@@ -16,7 +16,15 @@ All policies are deterministic; ties go to the earlier site, then the smaller fl
 - ``granularity="rows"|"cols"`` for the top-k policies: whole rows / input columns ranked by
   summed saliency, greedily while the total stays ≤ ``round(budget · N)`` weights.
 
-:func:`build_masks` is the one entry point by name (:data:`POLICIES`).
+A budget above 0 that protects no weight at all is refused (``ValueError`` naming the budget
+and the weight count): ``round(budget · N) = 0`` (e.g. ``5e-7`` of a few million weights), no
+whole row / column / module fitting in it, or (``per_module_top``) ``round(budget · n_m) = 0``
+in every module. A module getting 0 while others get some is normal. ``budget=0`` is the
+no-protection baseline and stays allowed.
+
+:func:`build_masks` is the one entry point by name (:data:`POLICIES`); it returns a
+:class:`~lrm_interp.protect.masks.MaskSet` recording the model the masks were computed for (the
+saliency stream's model, else the model of an Attribution given as ``scores``).
 """
 
 from __future__ import annotations
@@ -29,8 +37,9 @@ import torch
 
 from lrm_interp.attribution.results import site_scores
 from lrm_interp.checks import check_fraction
+from lrm_interp.model.provenance import recorded_weights
 from lrm_interp.model.sites import Site
-from lrm_interp.protect.masks import ProtectionMask
+from lrm_interp.protect.masks import MaskSet, ProtectionMask
 
 
 def _check_budget(budget: float) -> float:
@@ -39,6 +48,13 @@ def _check_budget(budget: float) -> float:
         return check_fraction("budget", budget)
     except ValueError:
         raise ValueError(f"budget must be a fraction of the weights in [0, 1], got {budget}") from None
+
+
+def _refuse_nothing(budget: float, n_weights: int, what: str, least: float) -> None:
+    """The ``ValueError`` of a budget above 0 that protects no weight (module docs); ``least``:
+    a budget that protects something."""
+    raise ValueError(f"budget {budget:g} of {n_weights} weights protects 0 weights ({what}); use budget=0 for no "
+                     f"protection, or a budget of at least {least:.3g}")
 
 
 def _n_total(saliency: Any, n_total: int | None, sites: Sequence[Site] | None) -> tuple[Any, int]:
@@ -59,6 +75,16 @@ def _checked(site: Site, sal: torch.Tensor) -> torch.Tensor:
     if not bool(torch.isfinite(v).all()):
         raise ValueError(f"saliency of {site.name} has {int((~torch.isfinite(v)).sum())} non-finite values")
     return v
+
+
+_UNIT = {"elements": "weight", "rows": "row", "cols": "column"}
+
+
+def _units_of(granularity: str) -> str:
+    """``granularity`` if a top-k policy takes it (``ValueError`` otherwise)."""
+    if granularity not in ("elements", "rows", "cols"):
+        raise ValueError(f"granularity must be elements, rows or cols for top-k policies, got {granularity!r}")
+    return granularity
 
 
 def _units(site: Site, v: torch.Tensor, granularity: str) -> tuple[torch.Tensor, int]:
@@ -97,6 +123,8 @@ def global_top(saliency: Iterable[tuple[Site, torch.Tensor]], budget: float = 0.
     """
     budget = _check_budget(budget)
     saliency, N = _n_total(saliency, n_total, sites)
+    if budget > 0 and int(round(budget * N)) == 0 and not reserved:
+        _refuse_nothing(budget, N, f"round({budget:g} × {N}) = 0", 1 / N)
     k = max(0, int(round(budget * N)) - int(reserved))
     exclude = set(exclude)
     seen: list[tuple[Site, int, int]] = []  # site, first global unit id, weights per unit
@@ -128,6 +156,9 @@ def global_top(saliency: Iterable[tuple[Site, torch.Tensor]], budget: float = 0.
                 take.append(j)
                 used += w
         chosen = torch.sort(pool_i[torch.tensor(take, dtype=torch.long)]).values
+        if k > 0 and not take and pool_w.numel():
+            _refuse_nothing(budget, N, f"{k} weights, fewer than one whole {_UNIT[granularity]} of "
+                                       f"{int(pool_w.min())} weights", int(pool_w.min()) / N)
     out = {}
     for site, start, per in seen:
         n_units = site.n_weights // per
@@ -148,17 +179,46 @@ def _prune(v: torch.Tensor, i: torch.Tensor, w: torch.Tensor, k: int):
     return v[keep], i[keep], w[keep], t
 
 
+def _per_module_k(site: Site, budget: float, granularity: str) -> int:
+    """Units (weights, rows or columns) :func:`per_module_top` protects in ``site``."""
+    per = {"elements": 1, "rows": site.in_features, "cols": site.out_features}[granularity]
+    return int(round(budget * site.n_weights)) // per
+
+
+def _per_module_least(site: Site, granularity: str) -> float:
+    """A budget that gives ``site`` one unit (weight, row or column) in :func:`per_module_top`."""
+    per = {"elements": 1, "rows": site.in_features, "cols": site.out_features}[granularity]
+    return per / site.n_weights
+
+
 def per_module_top(saliency: Iterable[tuple[Site, torch.Tensor]], budget: float = 0.02, *,
                    granularity: str = "elements", exclude: Iterable[str] = ()) -> dict[str, ProtectionMask]:
     """``round(budget · n_m)`` weights of every module (rows/cols: greedy ≤ that many weights)."""
     budget = _check_budget(budget)
+    _units_of(granularity)
     exclude = set(exclude)
+    why = (f"round({budget:g} × n) = 0 in every module" if granularity == "elements" else
+           f"round({budget:g} × n) is less than one whole {_UNIT[granularity]} in every module")
+    known = [s for s in getattr(saliency, "sites", None) or () if s.name not in exclude]
+    if budget > 0 and known and all(_per_module_k(s, budget, granularity) == 0 for s in known):
+        _refuse_nothing(budget, sum(s.n_weights for s in known), f"{why}, the largest having "
+                        f"{max(s.n_weights for s in known)} weights", min(_per_module_least(s, granularity)
+                                                                          for s in known))
     out = {}
+    free: list[Site] = []
+    n_taken = 0
     for site, sal in saliency:
         v, per = _units(site, _checked(site, sal), granularity)
-        k = 0 if site.name in exclude else int(round(budget * site.n_weights)) // per
+        k = 0 if site.name in exclude else _per_module_k(site, budget, granularity)
         idx = torch.sort(-v, stable=True).indices[:k]
         out[site.name] = _mask_from_units(site, idx, granularity)
+        if site.name not in exclude:
+            free.append(site)
+            n_taken += out[site.name].n_protected
+    if budget > 0 and free and n_taken == 0:
+        _refuse_nothing(budget, sum(s.n_weights for s in free), f"{why}, the largest having "
+                        f"{max(s.n_weights for s in free)} weights",
+                        min(_per_module_least(s, granularity) for s in free))
     return out
 
 
@@ -189,6 +249,10 @@ def modules_by_score(sites: Sequence[Site], scores: Any, budget: float = 0.02, *
         if used + s.n_weights <= budget * n_total:
             chosen.append(s)
             used += s.n_weights
+    if budget > 0 and not chosen and free:
+        smallest = min(s.n_weights for s in free)
+        _refuse_nothing(budget, n_total, f"{budget * n_total:.0f} weights, fewer than the smallest module's "
+                                         f"{smallest}", smallest / n_total)
     chosen.sort(key=lambda s: pos[s.name])
     return {s.name: ProtectionMask.full(s) for s in chosen}
 
@@ -218,26 +282,45 @@ def apply_regexes(masks: Mapping[str, ProtectionMask], sites: Sequence[Site], *,
 POLICIES = ("global_top", "per_module_top", "modules_by_score", "final_mlp")
 
 
+def _model_of(saliency: Any, scores: Any) -> dict | None:
+    """``{"name", "weights_fingerprint"}`` of the model the masks are for: the saliency stream's
+    model (:meth:`~lrm_interp.protect.saliency.SaliencyStream.model_record`), else the model an
+    Attribution given as ``scores`` was computed on; ``None`` when neither says."""
+    rec = saliency.model_record() if hasattr(saliency, "model_record") else None
+    if rec is None and scores is not None:
+        got = recorded_weights(scores)
+        rec = None if got is None else {"name": got.get("name"), "weights_fingerprint": got["weights_fingerprint"]}
+    return rec
+
+
 def build_masks(sites: Sequence[Site], policy: str = "global_top", budget: float = 0.02, *,
                 saliency: Iterable[tuple[Site, torch.Tensor]] | None = None, scores: Any = None,
                 always: str | None = None, never: str | None = None, granularity: str = "elements",
-                behavior: str | None = None) -> dict[str, ProtectionMask]:
+                behavior: str | None = None) -> MaskSet:
     """One entry point for every policy (see the module docs).
 
     ``global_top``/``per_module_top`` need ``saliency`` (a stream over ``sites``);
     ``modules_by_score`` needs ``scores``; ``final_mlp`` needs nothing. For ``global_top``
     the ``always`` modules count against the budget, so the total is exactly
-    ``max(round(budget · N), n_always)``.
+    ``max(round(budget · N), n_always)``. A budget above 0 that protects nothing is refused
+    (module docs).
+
+    Returns a :class:`~lrm_interp.protect.masks.MaskSet` whose ``model`` is the weights record of
+    the saliency's model, else of the model ``scores`` (an Attribution) was computed on: masks
+    saved with :func:`~lrm_interp.protect.encoding.save_masks` keep it, and applying them to a
+    model with other weights is refused.
     """
     budget = _check_budget(budget)
     sites = list(sites)
     forced, _, banned = _split(sites, always, never)
     if policy == "final_mlp":
-        return apply_regexes(final_mlp(sites), sites, always=always, never=never)
+        return MaskSet(apply_regexes(final_mlp(sites), sites, always=always, never=never),
+                       model=_model_of(saliency, scores))
     if policy == "modules_by_score":
         if scores is None:
             raise ValueError("policy 'modules_by_score' needs scores (a dict site -> score or an Attribution)")
-        return modules_by_score(sites, scores, budget, always=always, never=never, behavior=behavior)
+        return MaskSet(modules_by_score(sites, scores, budget, always=always, never=never, behavior=behavior),
+                       model=_model_of(saliency, scores))
     if policy not in ("global_top", "per_module_top"):
         raise ValueError(f"unknown policy {policy!r} (one of {POLICIES})")
     if saliency is None:
@@ -248,4 +331,4 @@ def build_masks(sites: Sequence[Site], policy: str = "global_top", budget: float
                            reserved=sum(s.n_weights for s in forced))
     else:
         masks = per_module_top(saliency, budget, granularity=granularity, exclude=skip)
-    return apply_regexes(masks, sites, always=always, never=never)
+    return MaskSet(apply_regexes(masks, sites, always=always, never=never), model=_model_of(saliency, scores))

@@ -132,4 +132,7 @@ def build_saliency(name: str, model: torch.nn.Module, sites: Sequence[Site], *, 
     missing = [n for n in src.needs if getattr(x, n) is None]
     if missing:
         raise ValueError(f"saliency {name!r} needs {', '.join(missing)}")
-    return src.build(model, list(sites), x)
+    stream = src.build(model, list(sites), x)
+    if isinstance(stream, SaliencyStream) and stream.model is None:  # masks built from it record the model
+        stream.model = model
+    return stream

@@ -48,16 +48,30 @@ from lrm_interp.compress.quant.rtn import rtn_quantize
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan
 from lrm_interp.model.capture import Capture, MaskedSum
 from lrm_interp.model.forward import input_device, span_losses
+from lrm_interp.model.provenance import check_same_weights, weights_fingerprint, weights_record
 from lrm_interp.model.sites import Site, get_module
 from lrm_interp.model.weights import weight_matrix
 
 
 class SaliencyStream:
-    """An iterable of ``(site, [out, in] saliency)`` that knows its sites up front."""
+    """An iterable of ``(site, [out, in] saliency)`` that knows its sites up front, and the model
+    it scores (``model``, when known: masks built from the stream record its weights fingerprint,
+    :meth:`model_record`)."""
 
-    def __init__(self, sites: Sequence[Site], fn: Callable[[], Iterator[tuple[Site, torch.Tensor]]]):
+    def __init__(self, sites: Sequence[Site], fn: Callable[[], Iterator[tuple[Site, torch.Tensor]]], *,
+                 model: torch.nn.Module | None = None, fingerprint: str | None = None):
         self.sites = list(sites)
         self._fn = fn
+        self.model = model
+        self._fingerprint = fingerprint  # the model's weights fingerprint, when already computed
+
+    def model_record(self) -> dict[str, str] | None:
+        """``{"name", "weights_fingerprint"}`` of the scored model (fingerprinted once), ``None`` if unknown."""
+        if self.model is None:
+            return None
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.model)
+        return weights_record(self.model, self._fingerprint)
 
     def __iter__(self) -> Iterator[tuple[Site, torch.Tensor]]:
         return self._fn()
@@ -76,7 +90,7 @@ def _w(model, s: Site) -> torch.Tensor:
 
 def magnitude(model, sites: Sequence[Site]) -> SaliencyStream:
     """``|W|``."""
-    return SaliencyStream(sites, lambda: ((s, _w(model, s).abs()) for s in sites))
+    return SaliencyStream(sites, lambda: ((s, _w(model, s).abs()) for s in sites), model=model)
 
 
 def random_saliency(model, sites: Sequence[Site], seed: int = 0) -> SaliencyStream:
@@ -85,7 +99,7 @@ def random_saliency(model, sites: Sequence[Site], seed: int = 0) -> SaliencyStre
         for s in sites:
             g = torch.Generator().manual_seed((int(seed) * 1_000_003 + zlib.crc32(s.name.encode())) % 2 ** 63)
             yield s, torch.rand(s.out_features, s.in_features, generator=g)
-    return SaliencyStream(sites, gen)
+    return SaliencyStream(sites, gen, model=model)
 
 
 def input_sq_means(model, sites: Sequence[Site], calib: CalibData, *, batch_size: int = 8,
@@ -110,7 +124,8 @@ def activation(model, sites: Sequence[Site], calib: CalibData, *, batch_size: in
                progress: bool = True) -> SaliencyStream:
     """AWQ-style ``|W_ij| · sqrt(mean x_j²)`` ``[out, in]`` (one calibration pass, then streamed)."""
     sq = input_sq_means(model, sites, calib, batch_size=batch_size, progress=progress)
-    return SaliencyStream(sites, lambda: ((s, _w(model, s).abs() * sq[s.name].sqrt().unsqueeze(0)) for s in sites))
+    return SaliencyStream(sites, lambda: ((s, _w(model, s).abs() * sq[s.name].sqrt().unsqueeze(0)) for s in sites),
+                          model=model)
 
 
 def hessian(model, sites: Sequence[Site], calib: CalibData, *, bits: int = 3, group_size: int | None = 128,
@@ -123,7 +138,7 @@ def hessian(model, sites: Sequence[Site], calib: CalibData, *, bits: int = 3, gr
             W = _w(model, s)
             dW = W - rtn_quantize(W, bits, group_size=group_size, symmetric=symmetric)
             yield s, dW.pow(2) * (2 * sq[s.name]).unsqueeze(0)
-    return SaliencyStream(sites, gen)
+    return SaliencyStream(sites, gen, model=model)
 
 
 # ---------------------------------------------------------------------------- gradients
@@ -219,10 +234,15 @@ def attribution(model, sites: Sequence[Site], encoded: Sequence[EncodedTrace] | 
     :func:`~lrm_interp.attribution.results.site_scores`); each module's saliency is then
     normalised to mean 1 and multiplied by its importance (0 for a site it does not name), so
     the module attribution decides how much of a global budget a module gets and the
-    per-weight term which of its weights. ``site_chunk``: sites per gradient pass (memory
-    bound, see module docs). ``progress``: a bar over the backward passes of each pass.
+    per-weight term which of its weights; an Attribution computed on other weights than
+    ``model``'s is refused (:class:`~lrm_interp.model.provenance.WeightsMismatchError`, both
+    fingerprints named). ``site_chunk``: sites per gradient pass (memory bound, see module
+    docs). ``progress``: a bar over the backward passes of each pass.
     Yields ``(site, [out, in] float32)``.
     """
+    fingerprint = check_same_weights(
+        module_importance, model, what="the module importance (attribution scores)",
+        hint="scores of one model rank another model's modules wrongly; attribute this model first")
     if loss_fn is None:
         if encoded is None or behaviors is None:
             raise ValueError("attribution needs (encoded, behaviors) or (loss_fn, batches)")
@@ -252,4 +272,4 @@ def attribution(model, sites: Sequence[Site], encoded: Sequence[EncodedTrace] | 
                 if imp is not None:
                     sal = sal / sal.mean().clamp_min(1e-30) * float(imp.get(s.name, 0.0))
                 yield s, sal
-    return SaliencyStream(sites, gen)
+    return SaliencyStream(sites, gen, model=model, fingerprint=fingerprint)

@@ -109,7 +109,11 @@ def quantize_model_(model: torch.nn.Module, *, bits: int, group_size: int | None
             output dict, or a callable running calibration forwards; see
             :mod:`lrm_interp.compress.calibration`).
         masks: ``{site name: bool [out, in] tensor or ProtectionMask}``; protected weights
-            are excluded from the scale fit and kept bit-exact.
+            are excluded from the scale fit and kept bit-exact. Checked before any weight
+            changes (:func:`lrm_interp.compress.driver.check_masks`): a mask of another shape
+            than its site is refused naming the file and site, and masks that record the model
+            they were computed for (``load_masks`` / ``build_masks``) are refused on a model with
+            other weights, naming both fingerprints.
         sites: which sites (default: all linear sites in the decoder layers).
         hessian_transform: GPTQ only: ``(site, H [in, in]) -> H'`` applied to each calibration
             Hessian before use (e.g. the loss-guided mix of :mod:`lrm_interp.compress.quant.guided`).
