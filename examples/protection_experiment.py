@@ -23,7 +23,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner  # noqa: E402
+from lrm_interp import ExperimentSettings, ProtectionPlanner, atomic_write_text  # noqa: E402
 from lrm_interp.toy import load_toy_model  # noqa: E402
 from lrm_interp.toy.evaluate import evaluate  # noqa: E402
 from lrm_interp.toy.tasks import FAMILIES, model_world, problems  # noqa: E402
@@ -81,9 +81,7 @@ def main() -> None:
                   f"--per-family {a.per_family} --bits {' '.join(map(str, a.bits))} --group-size {a.group_size} "
                   f"--{'symmetric' if a.symmetric else 'asymmetric'}`)"]
     if a.out:
-        from lrm_interp._io import atomic_write_text
-
-        atomic_write_text(a.out, "\n".join(lines) + "\n")
+        atomic_write_text(a.out, "\n".join(lines) + "\n")  # temp file + rename: never a half-written table
 
 
 if __name__ == "__main__":

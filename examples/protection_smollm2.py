@@ -32,12 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from lrm_interp.attribution.pipeline import attribute  # noqa: E402
-from lrm_interp.compress.calibration import calibration_ids  # noqa: E402
-from lrm_interp.data.tokens import encode_trace  # noqa: E402
-from lrm_interp.evaluation.divergence import divergence  # noqa: E402
-from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner  # noqa: E402
-from lrm_interp.model.loading import load_model  # noqa: E402
+from lrm_interp import (ExperimentSettings, ProtectionPlanner, atomic_write_text, attribute,  # noqa: E402
+                        calibration_ids, divergence, encode_trace, load_model)
 from lrm_interp.toy.tasks import generate_dataset  # noqa: E402
 
 
@@ -104,9 +100,7 @@ def main() -> None:
 
 def _write(path: str | None, lines: list[str]) -> None:
     if path:
-        from lrm_interp._io import atomic_write_text
-
-        atomic_write_text(path, "\n".join(lines) + "\n")
+        atomic_write_text(path, "\n".join(lines) + "\n")  # temp file + rename: a kill keeps the previous rows
 
 
 if __name__ == "__main__":

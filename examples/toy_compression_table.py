@@ -11,8 +11,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lrm_interp.compress.prune import prune_magnitude_  # noqa: E402
-from lrm_interp.compress.quant import quantize_model_  # noqa: E402
+from lrm_interp import prune_model_, quantize_model_  # noqa: E402
 from lrm_interp.toy import load_toy_model  # noqa: E402
 from lrm_interp.toy.evaluate import evaluate  # noqa: E402
 from lrm_interp.toy.tasks import FAMILIES, problems  # noqa: E402
@@ -36,7 +35,7 @@ def main() -> None:
         rows.append((f"RTN {bits}-bit, " + (f"group {g}" if g else "per channel") + (", symmetric" if sym else ""), q))
     for sp in (0.3, 0.5, 0.7):
         p = copy.deepcopy(model)
-        prune_magnitude_(p, sp)
+        prune_model_(p, "magnitude", sp, progress=False)
         rows.append((f"magnitude pruning {int(sp * 100)}%", p))
     print(f"| model ({a.per_family} held-out problems per family) | " + " | ".join(FAMILIES) + " | mean |")
     print("|---|" + "---|" * (len(FAMILIES) + 1))

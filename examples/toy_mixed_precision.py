@@ -14,16 +14,11 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lrm_interp import attribute  # noqa: E402
-from lrm_interp.compress.calibration import calibration_ids, layer_hessians  # noqa: E402
-from lrm_interp.compress.quant import quantize_model_  # noqa: E402
-from lrm_interp.evaluation.intervals import wilson_interval  # noqa: E402
-from lrm_interp.model.sites import find_sites  # noqa: E402
-from lrm_interp.protect.encoding import bits_per_weight  # noqa: E402
-from lrm_interp.protect.policies import build_masks  # noqa: E402
-from lrm_interp.protect.registry import build_saliency  # noqa: E402
-from lrm_interp.protect.mixed import (allocate_bits, hessian_sensitivity, quantization_errors,  # noqa: E402
-                                      quantize_allocation_, uniform_allocation)
+from lrm_interp import (allocate_bits, attribute, bits_per_weight, build_masks, build_saliency,  # noqa: E402
+                        calibration_ids, find_sites, quantization_errors, quantize_allocation_, quantize_model_,
+                        uniform_allocation, wilson_interval)
+from lrm_interp.compress.calibration import layer_hessians  # noqa: E402
+from lrm_interp.protect.mixed import hessian_sensitivity  # noqa: E402
 from lrm_interp.toy import load_toy_model  # noqa: E402
 from lrm_interp.toy.evaluate import evaluate  # noqa: E402
 from lrm_interp.toy.tasks import FAMILIES, generate_dataset, problems  # noqa: E402

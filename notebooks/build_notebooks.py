@@ -63,7 +63,7 @@ COMPRESSED = [
            "The paper's figure: per behaviour, a layer × module heatmap of the relative-importance *decreases* "
            "(RI_original − RI_compressed, increases shown as 0)."),
     SETUP,
-    ("code", "from lrm_interp.evaluation.variants import apply_compression, parse_compression\n"
+    ("code", "from lrm_interp import apply_compression, parse_compression\n"
              "ds = generate_dataset(n_per_family=6, seed=4242)\n"
              "res = lrm_interp.attribute(model, ds, tokenizer=tok, progress=False)\n"
              "variants = {}\nfor spec in ['rtn:3', 'magnitude:0.5']:\n"
@@ -86,9 +86,8 @@ PROTECTION = [
     ("md", "# Protection: keep the weights reasoning needs in FP16\n\nSaliency → masks with an exact budget → "
            "mask-aware quantization → bits per weight → accuracy, and the configs real toolchains load."),
     SETUP,
-    ("code", "from lrm_interp.data.tokens import encode_trace\nfrom lrm_interp.model.sites import find_sites\n"
-             "from lrm_interp.protect import bits_per_weight, build_masks\nfrom lrm_interp.protect.registry import "
-             "SALIENCIES, build_saliency\nfrom lrm_interp.compress.quant import quantize_model_\n"
+    ("code", "from lrm_interp import SALIENCIES, bits_per_weight, build_masks, build_saliency\n"
+             "from lrm_interp import encode_trace, find_sites, quantize_model_\n"
              "sites = find_sites(model)\nds = generate_dataset(n_per_family=4, seed=99)\n"
              "enc = [encode_trace(tok, t) for t in ds]\nres = lrm_interp.attribute(model, ds, tokenizer=tok, progress=False)\n"
              "{name: src.label for name, src in SALIENCIES.items()}"),
@@ -105,12 +104,12 @@ PROTECTION = [
              "'rtn3 + 2%': evaluate(qp, tok, held)['mean']}"),
     ("md", "## Accuracy vs bits per weight, every method at matched bits\n"
            "`run_protection_experiment` is `lrm-interp experiment protection`; here a small subset of its rows."),
-    ("code", "from lrm_interp.experiments.protection_table import run_protection_experiment\n"
+    ("code", "from lrm_interp import run_protection_experiment\n"
              "table = run_protection_experiment('protection_run', per_family=4, attribution_traces=2, random_seeds=(0,), "
              "symmetric=True, only=['magnitude', 'scale-aware', 'by attribution', 'plain'], progress=False)\ntable"),
     ("code", "table.plot()"),
     ("md", "## Module-level mixed precision and the configs deployment tools load"),
-    ("code", "from lrm_interp.protect.mixed import allocate_bits, quantization_errors\nfrom lrm_interp.protect import exports\n"
+    ("code", "from lrm_interp import allocate_bits, quantization_errors\nfrom lrm_interp.protect import exports\n"
              "from lrm_interp.protect.policies import final_mlp\n"
              "err = quantization_errors(model, sites, (2, 3, 4, 8, 16), relative=True, group_size=128, symmetric=True)\n"
              "alloc = allocate_bits(sites, err, res.site_ri(), 3.5, group_size=128, symmetric=True, name='attribution')\nalloc"),
@@ -126,7 +125,7 @@ PRETRAINED = [
            "its weights are pretrained; unlike SmolLM2-Instruct, it solves the tasks. Here: its own traces, "
            "the sites that matter per behaviour, and what 4- and 3-bit RTN do to it."),
     ("code", "%matplotlib inline\nimport os\nos.environ.setdefault('HF_HUB_OFFLINE', '1')\nimport copy\nimport torch\n"
-             "import lrm_interp\nfrom lrm_interp.model.loading import load_model\n"
+             "import lrm_interp\nfrom lrm_interp import load_model\n"
              "from lrm_interp.toy.tasks import model_world, problems\n"
              "model, tok = load_model('smollm2-135m-reasoner')\nmodel.eval()\n"
              "world = model_world(model)  # the 64-person fact table it was distilled on\n"
@@ -144,8 +143,7 @@ PRETRAINED = [
     ("code", "res.top(5)  # (behaviour, site, relative importance): where the reasoning lives in a pretrained model"),
     ("md", "## What 4- and 3-bit RTN do to it\n\nDistortion on its own traces (KL per response token, span NLL) "
            "and accuracy on the same problems. The 50-per-family table is in docs/reasoner.md."),
-    ("code", "from lrm_interp.compress.quant import quantize_model_\nfrom lrm_interp.data.tokens import encode_trace\n"
-             "from lrm_interp.evaluation.divergence import divergence\nfrom lrm_interp.toy.evaluate import evaluate\n"
+    ("code", "from lrm_interp import divergence, encode_trace, quantize_model_\nfrom lrm_interp.toy.evaluate import evaluate\n"
              "enc = [encode_trace(tok, t) for t in traces]\nrows = {}\nfor bits in (4, 3):\n"
              "    q = copy.deepcopy(model)\n    quantize_model_(q, bits=bits, group_size=128, progress=False)\n"
              "    rows[f'rtn{bits}'] = (evaluate(q, tok, probs, batch_size=len(probs)), divergence(model, q, enc))\n"
@@ -158,10 +156,10 @@ BENCHMARK = [
            "layout; `bench score` grades. Here: the toy tasks (AIME / FOLIO / MuSiQue analogues) on the toy model "
            "and compressed variants."),
     ("code", "import os, subprocess\nos.environ.setdefault('HF_HUB_OFFLINE', '1')\n"
-             "cmd = ['lrm-interp', 'bench', 'run', '--model', 'toy', '--tasks', 'math', 'logic', 'knowledge', '--toy-n', '6',\n"
+             "cmd = ['lrm-interp', 'bench', 'run', '--model', 'toy', '--tasks', 'math', 'logic', 'knowledge', '--per-family', '6',\n"
              "       '--temperature', '0', '--max-new-tokens', '480', '--out', 'bench_toy', '--compress', 'none', 'rtn:3', "
              "'rtn:2', 'magnitude:0.5']\nprint(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout[-600:])"),
-    ("code", "from lrm_interp.data.benchmarks.tasks import load\nfrom lrm_interp.evaluation.bench_score import score_outputs\n"
+    ("code", "from lrm_interp import score_outputs\nfrom lrm_interp.benchmarks import load\n"
              "items = {t: load(t, toy_n=6) for t in ('math', 'logic', 'knowledge')}\n"
              "scores = score_outputs('bench_toy', items, progress=False)\nscores  # accuracy table: models × tasks"),
     ("code", "s = scores.summary()\ns[['model', 'task', 'pass@1', 'mean_words', 'short30', 'long30', 'collapse_rate']]"),

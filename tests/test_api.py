@@ -142,3 +142,74 @@ def test_bytes_tokenizer_roundtrip_offline(tmp_path):
 
     back = AutoTokenizer.from_pretrained(tmp_path)
     assert back("abc")["input_ids"] == tok("abc")["input_ids"] == [256, 97, 98, 99]
+
+
+#: The compression, protection, evaluation / benchmark and experiment entry points of the public
+#: API, with the module that defines each (the objects must be the same).
+PUBLIC_ENTRY_POINTS = {
+    "lrm_interp.compress.quant.apply": ("quantize_model_", "QuantReport"),
+    "lrm_interp.compress.prune.apply": ("prune_model_", "PruneReport"),
+    "lrm_interp.compress.specs": ("CompressionSpec", "parse_compression", "apply_compression"),
+    "lrm_interp.compress.quant.format": ("save_quantized", "load_quantized"),
+    "lrm_interp.compress.calibration": ("calibration_ids",),
+    "lrm_interp.protect.registry": ("SALIENCIES", "build_saliency"),
+    "lrm_interp.protect.masks": ("ProtectionMask", "MaskSet"),
+    "lrm_interp.protect.policies": ("build_masks",),
+    "lrm_interp.protect.encoding": ("save_masks", "load_masks", "bits_per_weight"),
+    "lrm_interp.protect.mixed": ("BitAllocation", "allocate_bits", "quantization_errors", "quantize_allocation_",
+                                 "uniform_allocation"),
+    "lrm_interp.evaluation.divergence": ("divergence",),
+    "lrm_interp.evaluation.intervals": ("wilson_interval",),
+    "lrm_interp.evaluation.backends": ("GenerationSettings",),
+    "lrm_interp.evaluation.bench_run": ("run_benchmark",),
+    "lrm_interp.evaluation.bench_suite": ("run_suite", "SuiteConfig"),
+    "lrm_interp.evaluation.bench_score": ("score_outputs", "BenchScores"),
+    "lrm_interp.experiments.protection": ("ExperimentSettings", "ProtectionPlanner"),
+    "lrm_interp.experiments.protection_table": ("run_protection_experiment",),
+    "lrm_interp._io": ("atomic_write_text", "atomic_write_bytes"),
+}
+
+
+def test_public_api_exports_compression_protection_and_benchmark_entry_points():
+    import importlib
+
+    for module, names in PUBLIC_ENTRY_POINTS.items():
+        mod = importlib.import_module(module)
+        for name in names:
+            assert name in lrm_interp.__all__ and name in dir(lrm_interp), name
+            assert getattr(lrm_interp, name) is getattr(mod, name), f"lrm_interp.{name} is not {module}.{name}"
+    assert all(not n.startswith("_") for n in lrm_interp.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'prune_magnitude'"):
+        lrm_interp.prune_magnitude  # noqa: B018 - a name the API does not export
+
+
+def test_importing_the_package_stays_cheap():
+    """``import lrm_interp`` loads no module of the package and not torch: every public name is
+    imported on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lrm_interp; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('lrm_interp.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_public_api_runs_compression_and_protection(tmp_path):
+    """The root's names are enough for the protect → quantize → masks file → spec-string path."""
+    model = tiny_model("llama")
+    sites = lrm_interp.find_sites(model)
+    masks = lrm_interp.build_masks(sites, "global_top", 0.02,
+                                   saliency=lrm_interp.build_saliency("magnitude", model, sites, progress=False))
+    bpw = lrm_interp.bits_per_weight(masks, sites, bits=3)["bpw"]
+    assert 3 < bpw < 4
+    rep = lrm_interp.quantize_model_(model, bits=3, masks=masks, progress=False)
+    assert isinstance(rep, lrm_interp.QuantReport) and rep.n_protected == sum(m.n_protected for m in masks.values())
+    lrm_interp.save_masks(masks, tmp_path / "masks.safetensors")
+    back, _ = lrm_interp.load_masks(tmp_path / "masks.safetensors")
+    assert set(back) == set(masks)
+    pruned, report = lrm_interp.apply_compression(model, lrm_interp.parse_compression("magnitude:0.5"),
+                                                  progress=False)
+    assert pruned is not model and report["method"] == "magnitude"
+    lrm_interp.atomic_write_text(tmp_path / "table.md", "| a |\n")
+    assert (tmp_path / "table.md").read_text() == "| a |\n"

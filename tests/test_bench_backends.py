@@ -157,7 +157,7 @@ def test_cli_vllm_backend_on_a_compressed_variant_equals_hf(tmp_path, capsys):
 
     from lrm_interp.cli.main import main
 
-    common = ["bench", "run", "--model", "toy", "--tasks", "math", "logic", "--toy-n", "2", "--temperature", "0",
+    common = ["bench", "run", "--model", "toy", "--tasks", "math", "logic", "--per-family", "2", "--temperature", "0",
               "--max-new-tokens", "400", "--compress", "rtn:4", "--quiet"]
     assert main(common + ["--out", str(tmp_path / "hf")]) == 0
     assert main(common + ["--out", str(tmp_path / "vllm"), "--backend", "vllm", "--vllm-python", str(vllm_venv()),

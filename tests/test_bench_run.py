@@ -143,7 +143,7 @@ def test_killed_cli_run_resumes_without_regenerating(tmp_path):
     byte_tokenizer().save_pretrained(mdir)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lrm_interp.cli.main", "bench", "run", "--model", str(mdir), "--tasks", "math",
-           "logic", "--toy-n", "6", "--temperature", "0", "--max-new-tokens", "48", "--batch-size", "1", "--out",
+           "logic", "--per-family", "6", "--temperature", "0", "--max-new-tokens", "48", "--batch-size", "1", "--out",
            str(out), "--quiet"]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)

@@ -15,7 +15,7 @@ from synth import synthetic_traces
 
 # Flags known to lack help, as "subcommand path --flag": fix them where they are defined and
 # delete them here (an entry that has gained help is simply ignored).
-# toy train: lrm_interp/toy/train.py::add_train_args defines these without help= (not a CLI file).
+# toy train: lrm_interp/cli/toy.py::add_train_args defines these without help= (not a CLI file).
 KNOWN_GAPS: set[str] = set()  # flags allowed to lack help (none)
 
 

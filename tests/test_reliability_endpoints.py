@@ -307,7 +307,7 @@ def test_unreachable_endpoint_cli_exits_2_naming_the_url_before_any_write(tmp_pa
     src.write_text(json.dumps({"prompt": "q", "response": "Okay.</think>A"}) + "\n")
     t0 = time.monotonic()
     assert main(["bench", "run", "--backend", "openai", "--base-url", url, "--model", "m", "--tasks", "math",
-                 "--toy-n", "2", "--out", str(tmp_path / "bench"), "--quiet"]) == 2
+                 "--per-family", "2", "--out", str(tmp_path / "bench"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lrm-interp bench run: error: " + url + ": endpoint unreachable (connection refused)")
     assert "internal error" not in err and len(err.strip().splitlines()) == 1
@@ -448,7 +448,7 @@ def test_deprecated_workers_flag_still_runs(tmp_path, capsys):
 def test_bench_openai_backend_through_the_cli(endpoint, tmp_path, capsys):
     endpoint.reply = "</think> The answer is 1."
     assert main(["bench", "run", "--backend", "openai", "--base-url", endpoint.url, "--model", "served", "--tasks",
-                 "math", "--toy-n", "2", "--max-new-tokens", "4", "--concurrency", "2", "--retries", "1",
+                 "math", "--per-family", "2", "--max-new-tokens", "4", "--concurrency", "2", "--retries", "1",
                  "--out", str(tmp_path / "b"), "--quiet"]) == 0
     meta = json.loads((tmp_path / "b" / "served" / "run.json").read_text())
     assert meta["backend"]["retries"] == 1 and meta["backend"]["concurrency"] == 2

@@ -961,14 +961,14 @@ def distill_command(run: Path, max_seconds: int) -> list[str]:
 
 def vllm_command(outdir: Path, python: str, log: Path) -> list[str]:
     """Part f's ``lrm-interp`` arguments (checked against the parser by tests/test_gpu_script.py)."""
-    return ["bench", "run", "--backend", "vllm", "--model", "toy", "--tasks", "math", "--toy-n", "8",
+    return ["bench", "run", "--backend", "vllm", "--model", "toy", "--tasks", "math", "--per-family", "8",
             "--temperature", "0", "--max-new-tokens", "480", "--vllm-max-model-len", "1024",
             "--vllm-python", python, "--vllm-log", str(log), "--quiet", "--out", str(outdir)]
 
 
 def score_command(outdir: Path) -> list[str]:
     """Grades part f's outputs (checked against the parser by tests/test_gpu_script.py)."""
-    return ["bench", "score", "--tasks", "math", "--toy-n", "8", "--outputs", str(outdir), "--quiet", "--no-plots"]
+    return ["bench", "score", "--tasks", "math", "--per-family", "8", "--outputs", str(outdir), "--quiet", "--no-plots"]
 
 
 def _job_part(r: dict, tmo: float) -> dict:

@@ -28,7 +28,7 @@ def _tasks_and_items(a: argparse.Namespace) -> dict:
     items = {}
     for t in tasks:
         with reading(a.data or ".", "--data"):
-            items[t.name] = load(t.name, a.data if t.needs_data else None, limit=a.limit, toy_n=a.toy_n,
+            items[t.name] = load(t.name, a.data if t.needs_data else None, limit=a.limit, toy_n=a.per_family,
                                  toy_seed=a.toy_seed, toy_people=a.toy_people)
     return items
 
@@ -88,8 +88,14 @@ def cmd_run(a: argparse.Namespace) -> int:
         for t in r.tasks:
             print(f"{r.model:24s} {t.task:10s} items {t.n_items:4d}  resumed {t.resumed:4d}  generated {t.generated:4d}"
                   f"  ({t.seconds:.1f} s)")
+    same = [f"--data {a.data}"] if a.data else []  # the items as this run made them
+    if a.limit is not None:
+        same.append(f"--limit {a.limit}")
+    if any(t in items for t in ("math", "logic", "knowledge")):
+        same += [f"--per-family {a.per_family}", f"--toy-seed {a.toy_seed}"]
+        same += [f"--toy-people {a.toy_people}"] if a.toy_people is not None else []
     print(f"wrote {out}/<model>/outputs/<task>/<j>.txt and generations.jsonl; score with:\n"
-          f"  {PROG} bench score --outputs {out} --tasks {' '.join(items)}" + (f" --data {a.data}" if a.data else ""))
+          f"  {PROG} bench score --outputs {out} --tasks {' '.join(items)}" + "".join(" " + x for x in same))
     return 0
 
 
@@ -128,7 +134,11 @@ def cmd_score(a: argparse.Namespace) -> int:
     return 0
 
 
-def _task_args(p: argparse.ArgumentParser) -> None:
+def _task_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The task flags of ``bench run`` and ``bench score`` (``--toy-n``: the old spelling of
+    ``--per-family``, kept as a deprecated alias for one release)."""
+    from lrm_interp.cli.endpoint_args import DeprecatedAlias
+
     p.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
                    help="benchmark tasks: aime, folio, temporal, musique (need --data) and the toy families math, "
                         "logic, knowledge")
@@ -137,7 +147,10 @@ def _task_args(p: argparse.ArgumentParser) -> None:
                         "or temporal_sequences/task.json, musique.jsonl), or one file for one task")
     p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="only the first N items of each task (N >= 1; default: all)")
-    p.add_argument("--toy-n", type=positive_int, default=30, metavar="N", help="problems per toy family (>= 1)")
+    p.add_argument("--per-family", type=positive_int, default=30, metavar="N",
+                   help="problems per toy family (>= 1), as in 'lrm-interp toy eval|traces'")
+    p.add_argument("--toy-n", dest="per_family", action=DeprecatedAlias, new="--per-family", type=positive_int,
+                   metavar="N", default=argparse.SUPPRESS, help="deprecated spelling of --per-family")
     p.add_argument("--toy-people", type=positive_int, default=None, metavar="N",
                    help="size of the toy knowledge family's fact table (default: the shipped toy model's, 512; the "
                         "distilled SmolLM2 reasoner learned 64); a model that learned another is refused")

@@ -22,7 +22,6 @@ hardware) — the folder :func:`lrm_interp.model.reasoner.load_reasoner` takes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -31,14 +30,13 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import (check_float, check_int, float_arg, nonneg_float, nonneg_int, positive_float,
-                               positive_int, seed_int)
+from lrm_interp.checks import check_float, check_int
 from lrm_interp.model.reasoner import import_peft
 from lrm_interp.data.toy_tasks import FAMILIES, World, build_world, generate_trace
 
@@ -447,63 +445,6 @@ def save_adapter(model, directory: str | Path) -> Path:
     sd = import_peft().get_peft_model_state_dict(model)
     save_file({k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}, str(path))
     return d
-
-
-def add_distill_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``lrm-interp toy distill`` (defaults: the shipped reasoner's recipe)."""
-    d = DistillConfig()
-    ap.add_argument("--out", required=True, metavar="DIR",
-                    help="run folder: checkpoint/ while running (resumed when present), adapter/ (the LoRA "
-                         "delta and distill_log.json) at the end")
-    ap.add_argument("--steps", type=positive_int, default=d.steps, help="optimizer steps (cosine schedule over them)")
-    ap.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="traces per step")
-    ap.add_argument("--lr", type=positive_float, default=d.lr, help="peak AdamW learning rate of the LoRA factors")
-    ap.add_argument("--rank", type=positive_int, default=d.rank, help="LoRA rank (every decoder linear module)")
-    ap.add_argument("--alpha", type=positive_int, default=d.alpha, help="LoRA alpha (update scale alpha/rank)")
-    ap.add_argument("--n-people", type=positive_int, default=d.n_people,
-                    help="size of the knowledge family's fact table")
-    ap.add_argument("--seed", type=seed_int, default=d.seed, help="seeds the LoRA initialisation and the data stream")
-    ap.add_argument("--family-weights", type=nonneg_float, nargs=len(FAMILIES), default=list(d.family_weights),
-                    metavar="W", help=f"sampling weights of the families {', '.join(FAMILIES)} (>= 0, not all 0)")
-    ap.add_argument("--pack", type=nonneg_int, default=d.pack,
-                    help="pack traces into rows of at most this many tokens (0: pad each trace)")
-    ap.add_argument("--eval-every", type=nonneg_int, default=d.eval_every,
-                    help="held-out greedy accuracy every N steps (0: never)")
-    ap.add_argument("--eval-per-family", type=positive_int, default=d.eval_per_family,
-                    help="held-out problems per family at each evaluation")
-    ap.add_argument("--early-stop", type=float_arg(0.0, 1.0, min_open=True), default=d.early_stop,
-                    help="stop once every family reaches this held-out accuracy, in (0, 1] (e.g. 1.0)")
-    ap.add_argument("--no-early-stop", dest="early_stop", action="store_const", const=None,
-                    help="run all --steps whatever the held-out accuracy")
-    ap.add_argument("--fp32", dest="bf16", action="store_false",
-                    help="forward in fp32 (default: bf16 autocast, LoRA factors and optimizer in fp32)")
-    ap.add_argument("--init-adapter", default=d.init_adapter, metavar="DIR",
-                    help="continue from this finished delta's LoRA factors (RUN/adapter, or 'shipped' for the "
-                         "installed reasoner) instead of a fresh LoRA; same --rank/--alpha")
-    ap.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints")
-    ap.add_argument("--max-seconds", type=nonneg_float, default=None,
-                    help="checkpoint and stop after this many seconds (run the command again to resume; 0: after "
-                         "one step)")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda")
-    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    return ap
-
-
-def distill_from_args(a: argparse.Namespace) -> int:
-    """Runs :func:`distill_reasoner` with the options of :func:`add_distill_args` (an invalid
-    setting is a ``ValueError`` naming its flag, before anything is loaded)."""
-    try:
-        cfg = DistillConfig(**{f.name: getattr(a, f.name) for f in fields(DistillConfig) if hasattr(a, f.name)})
-    except ValueError as e:  # "family_weights: ..." -> "--family-weights: ..."
-        head, sep, rest = str(e).partition(" ")
-        raise ValueError(f"--{head.replace('_', '-')}{sep}{rest}") from None
-    log = distill_reasoner(a.out, cfg, checkpoint_every=a.checkpoint_every, max_seconds=a.max_seconds,
-                           threads=a.threads, device=a.device, progress=not getattr(a, "quiet", False))
-    last = log["loss"][-1] if log["loss"] else None
-    state = "finished" if log["finished"] else "stopped early; run the same command again to resume"
-    print(f"{state}: {log['seconds']:.0f} s of training, last logged loss {last}; folder {a.out}")
-    return 0
 
 
 __all__ = ["DistillConfig", "distill_reasoner", "response_loss", "held_out_accuracy", "pack_rows", "batch_examples", "add_lora", "load_init_adapter", "save_adapter", "make_batch", "encode_example",

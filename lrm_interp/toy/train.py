@@ -1,8 +1,9 @@
 """Train the shipped toy reasoning model (a small ``LlamaForCausalLM`` on byte tokens).
 
-``python -m lrm_interp.toy.train --out DIR [--steps 3000] [--device cuda]`` writes a
-``from_pretrained``-loadable folder (config, fp32 safetensors, byte tokenizer,
-training_log.json with the settings, the loss curve and held-out accuracies).
+:func:`train_toy_model` (``lrm-interp toy train --out DIR [--steps 3000] [--device cuda]`` on the
+command line, :mod:`lrm_interp.cli.toy`) writes a ``from_pretrained``-loadable folder (config,
+fp32 safetensors, byte tokenizer, training_log.json with the settings, the loss curve and held-out
+accuracies).
 
 Data are generated on the fly from :mod:`lrm_interp.data.toy_tasks`: batch ``step`` is a pure
 function of ``(seed, step)`` drawn from task seeds >= 10 000 (held-out evaluation uses
@@ -14,7 +15,6 @@ device type (GPU kernels may differ in the last bits across hardware).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -24,14 +24,16 @@ from pathlib import Path
 
 import torch
 
-from lrm_interp.checks import (check_float, check_int, nonneg_float, nonneg_int, positive_float, positive_int,
-                               seed_int)
+from lrm_interp.checks import check_float, check_int
 from lrm_interp.testing import byte_tokenizer
 from lrm_interp.data.toy_tasks import FAMILIES, N_PEOPLE, WORLD_SEED, World, build_world, generate_trace, problems
 
 TRAIN_SEED_BASE = 10_000
 EVAL_SEED = 1
 BOS, EOS, PAD = 256, 257, 258
+#: The RTN settings ``(bits, group_size)`` evaluated after training with ``lrm-interp toy train
+#: --quant-eval`` (``quant_eval=QUANT_EVAL`` of :func:`train_toy_model`; ``None``: per channel).
+QUANT_EVAL: tuple[tuple[int, int | None], ...] = ((4, 32), (3, 32), (3, 64), (3, None), (2, 32))
 
 
 def model_config(vocab_size: int = 259, *, hidden: int = 128, layers: int = 4, heads: int = 4, kv_heads: int = 2,
@@ -273,64 +275,9 @@ def anneal_toy_model(src_dir: str | Path, out_dir: str | Path, *, steps: int, lr
                               quant_eval=quant_eval)
 
 
-def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The training options; the defaults are the shipped model's recipe (also ``lrm-interp toy train``).
-    Every number is range-checked by argparse (one-line usage error naming the flag, before any work)."""
-    ap.add_argument("--out", required=True, metavar="DIR", help="output folder (from_pretrained-loadable model, "
-                                                                "byte tokenizer, training_log.json)")
-    ap.add_argument("--steps", type=positive_int, default=3000, help="length of the phase-1 cosine schedule")
-    ap.add_argument("--stop-at", type=nonneg_int, default=1274, help="phase-1 steps actually run (0: all)")
-    ap.add_argument("--anneal-steps", type=nonneg_int, default=900,
-                    help="phase-2 steps, learning rate falling linearly to 0 (0: no phase 2)")
-    ap.add_argument("--anneal-lr", type=positive_float, default=1e-3, help="phase-2 initial learning rate")
-    ap.add_argument("--batch-size", type=positive_int, default=256, help="sequences per step (both phases)")
-    ap.add_argument("--lr", type=positive_float, default=2e-3, help="phase-1 peak learning rate (AdamW)")
-    ap.add_argument("--seed", type=seed_int, default=0, help="seeds the initialisation and the phase-1 data stream")
-    ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
-    ap.add_argument("--n-people", type=positive_int, default=N_PEOPLE,
-                    help="size of the knowledge family's fact table")
-    ap.add_argument("--eval-per-family", type=positive_int, default=100,
-                    help="held-out problems per task family evaluated after training")
-    ap.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="phase-1 AdamW weight decay")
-    ap.add_argument("--hidden", type=positive_int, default=128, help="hidden size (a multiple of --heads)")
-    ap.add_argument("--layers", type=positive_int, default=4, help="decoder layers")
-    ap.add_argument("--heads", type=positive_int, default=4, help="attention heads (a multiple of --kv-heads)")
-    ap.add_argument("--kv-heads", type=positive_int, default=2, help="key/value heads (grouped-query attention)")
-    ap.add_argument("--intermediate", type=positive_int, default=384, help="MLP intermediate size")
-    ap.add_argument("--workers", type=nonneg_int, default=2, help="data-loader worker processes (0: generate in "
-                                                                  "the main process)")
-    ap.add_argument("--max-seconds", type=positive_float, default=None,
-                    help="emergency stop of phase 1 after this many seconds (recorded; not reproducible)")
-    ap.add_argument("--quant-eval", action="store_true", help="also evaluate RTN 4/3/2-bit")
-    return ap
+if __name__ == "__main__":  # the old module entry point: the options are the CLI's now (lrm_interp/cli/toy.py)
+    import shlex
+    import sys
 
-
-def train_from_args(a: argparse.Namespace) -> int:
-    """Runs :func:`train_toy_model` with the options of :func:`add_train_args`; a cross-option
-    error (e.g. ``--hidden`` not a multiple of ``--heads``) names the flag."""
-    try:
-        check_train_settings(steps=a.steps, stop_at=a.stop_at or None, anneal_steps=a.anneal_steps,
-                             anneal_lr=a.anneal_lr, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-                             n_people=a.n_people, eval_per_family=a.eval_per_family, weight_decay=a.weight_decay,
-                             workers=a.workers, max_seconds=a.max_seconds, hidden=a.hidden, layers=a.layers,
-                             heads=a.heads, kv_heads=a.kv_heads, intermediate=a.intermediate)
-    except ValueError as e:  # "kv_heads must ..." -> "--kv-heads must ..."
-        head, _, rest = str(e).partition(" ")
-        raise ValueError(f"--{head.replace('_', '-')} {rest}") from None
-    train_toy_model(a.out, steps=a.steps, stop_at=a.stop_at or None, anneal_steps=a.anneal_steps,
-                    anneal_lr=a.anneal_lr, batch_size=a.batch_size, anneal_batch_size=a.batch_size, lr=a.lr,
-                    seed=a.seed, device=a.device, n_people=a.n_people, eval_per_family=a.eval_per_family,
-                    weight_decay=a.weight_decay,
-                    quant_eval=((4, 32), (3, 32), (3, 64), (3, None), (2, 32)) if a.quant_eval else (),
-                    workers=a.workers, max_seconds=a.max_seconds, hidden=a.hidden, layers=a.layers,
-                    heads=a.heads, kv_heads=a.kv_heads, intermediate=a.intermediate)
-    return 0
-
-
-def main(argv=None) -> int:
-    return train_from_args(add_train_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-                           .parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit("python -m lrm_interp.toy.train is now 'lrm-interp toy train' (same options and defaults): "
+             + shlex.join(["lrm-interp", "toy", "train", *sys.argv[1:]]))
