@@ -82,6 +82,7 @@ _LAZY: dict[str, str] = {
     # evaluation and benchmarks (the tasks themselves: lrm_interp.benchmarks)
     "divergence": "lrm_interp.evaluation.divergence",
     "wilson_interval": "lrm_interp.evaluation.intervals",
+    "bootstrap_interval": "lrm_interp.evaluation.intervals",
     "GenerationSettings": "lrm_interp.evaluation.backends",
     "run_benchmark": "lrm_interp.evaluation.bench_run",
     "run_suite": "lrm_interp.evaluation.bench_suite",
@@ -92,6 +93,10 @@ _LAZY: dict[str, str] = {
     "ExperimentSettings": "lrm_interp.experiments.protection",
     "ProtectionPlanner": "lrm_interp.experiments.protection",
     "run_protection_experiment": "lrm_interp.experiments.protection_table",
+    # the study (lrm-interp study / quickstart): attribute → masks and bits → variants → report
+    "run_study": "lrm_interp.experiments.study",
+    "StudySettings": "lrm_interp.experiments.study",
+    "StudyResult": "lrm_interp.experiments.study",
     # the package's atomic writers (temp file + fsync + rename), for scripts writing results
     "atomic_write_text": "lrm_interp._io",
     "atomic_write_bytes": "lrm_interp._io",

@@ -159,13 +159,14 @@ PUBLIC_ENTRY_POINTS = {
     "lrm_interp.protect.mixed": ("BitAllocation", "allocate_bits", "quantization_errors", "quantize_allocation_",
                                  "uniform_allocation"),
     "lrm_interp.evaluation.divergence": ("divergence",),
-    "lrm_interp.evaluation.intervals": ("wilson_interval",),
+    "lrm_interp.evaluation.intervals": ("wilson_interval", "bootstrap_interval"),
     "lrm_interp.evaluation.backends": ("GenerationSettings",),
     "lrm_interp.evaluation.bench_run": ("run_benchmark",),
     "lrm_interp.evaluation.bench_suite": ("run_suite", "SuiteConfig"),
     "lrm_interp.evaluation.bench_score": ("score_outputs", "BenchScores"),
     "lrm_interp.experiments.protection": ("ExperimentSettings", "ProtectionPlanner"),
     "lrm_interp.experiments.protection_table": ("run_protection_experiment",),
+    "lrm_interp.experiments.study": ("run_study", "StudySettings", "StudyResult"),
     "lrm_interp._io": ("atomic_write_text", "atomic_write_bytes"),
 }
 

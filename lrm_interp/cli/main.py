@@ -1,7 +1,8 @@
 """``lrm-interp`` command line. Each subcommand mirrors a Python function:
 
 =================  ===============================================
-``quickstart``     :func:`lrm_interp.experiments.quickstart.run_quickstart`
+``quickstart``     :func:`lrm_interp.experiments.quickstart.run_quickstart` (``study`` on the shipped toy)
+``study``          :func:`lrm_interp.experiments.study.run_study`
 ``attribute``      :func:`lrm_interp.attribute`
 ``parse``          :func:`lrm_interp.load_paper_layout` / :func:`lrm_interp.load_dataset`
 ``compare``        :func:`lrm_interp.compare`
@@ -10,6 +11,8 @@
 ``toy``            :mod:`lrm_interp.toy` (train / eval / traces / distill)
 ``bits``           :func:`lrm_interp.protect.mixed.allocate_bits`
 ``experiment``     :func:`lrm_interp.experiments.protection_table.run_protection_experiment`
+``bench``          :func:`lrm_interp.evaluation.bench_suite.run_suite` / :func:`lrm_interp.evaluation.bench_score.score_outputs`
+``annotate``       :mod:`lrm_interp.data.annotators` (annotate / agree / train)
 =================  ===============================================
 
 Conventions (help, examples, input checks, one-line errors): :mod:`lrm_interp.cli.common`.
@@ -184,7 +187,7 @@ def cmd_quickstart(a: argparse.Namespace) -> int:
     from lrm_interp.experiments.quickstart import run_quickstart
 
     run_quickstart(out_dir=a.out, n_traces=a.traces, tiny=a.tiny, bits=a.bits, group_size=a.group_size,
-                   budget=a.budget, n_eval=a.eval, progress=not a.quiet)
+                   budget=a.budget, n_eval=a.eval, overwrite=a.overwrite, progress=not a.quiet)
     return 0
 
 
@@ -201,22 +204,29 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"one of the subcommands below ('{PROG} COMMAND --help' for its options)")
 
     q = add_command(sub, "quickstart", help="run the whole pipeline offline on the shipped toy model",
-                    description="Run the whole pipeline offline on the shipped toy reasoning model: gold traces, "
-                                "attribution (heatmaps, ranking), a 2%% protection mask, 3-bit RTN with and "
-                                "without it (held-out accuracy, bits per weight), importance shift; then print "
-                                "the files written and the commands that reuse them.",
+                    description=f"'{PROG} study' on the shipped toy reasoning model and its gold traces, offline: "
+                                "attribution (heatmaps, ranking), a 2% attribution protection mask, then uniform "
+                                "3-bit RTN, 3-bit + 2% magnitude, 3-bit + 2% attribution and mixed precision by "
+                                "attribution at matched bits per weight (held-out accuracy with 95% Wilson "
+                                "intervals), importance shift; then print the files written and the commands "
+                                "that reuse them. Rerunning it on the same --out resumes.",
                     examples=[f"{PROG} quickstart --out qs",
                               f"{PROG} quickstart --out qs_tiny --tiny --traces 6 --eval 0 --quiet"])
-    q.add_argument("--out", default="lrm_interp_quickstart", metavar="DIR", help="output directory")
+    q.add_argument("--out", default="lrm_interp_quickstart", metavar="DIR",
+                   help="output directory (the same command on it again resumes)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out holding a quickstart with other settings (refused otherwise)")
     q.add_argument("--traces", type=positive_int, default=24, metavar="N",
                    help="annotated traces to generate (at least one per task family)")
     q.add_argument("--tiny", action="store_true", help="use a tiny random model (plumbing check, scores mean "
-                                                        "nothing)")
-    q.add_argument("--bits", type=bits_int, default=3, metavar="N", help="RTN bits of the compressed copy, 2..8")
+                                                        "nothing; KL instead of accuracy)")
+    q.add_argument("--bits", type=bits_int, default=3, metavar="N", help="RTN bits of the compressed copies, 2..7")
     q.add_argument("--group-size", type=positive_int, default=128, metavar="G", help="RTN group size")
     q.add_argument("--budget", type=float_arg(0.0, 1.0, min_open=True, max_open=True), default=0.02, metavar="F",
-                   help="fraction of the linear weights the protection mask keeps in full precision, in (0, 1)")
-    q.add_argument("--eval", type=nonneg_int, default=30, metavar="N", help="held-out problems to score (0 = skip)")
+                   help="fraction of the linear weights the protection masks keep in full precision, in (0, 1)")
+    q.add_argument("--eval", type=nonneg_int, default=150, metavar="N",
+                   help="held-out problems every variant solves, split over the three task families (0 = skip the "
+                        "accuracy evaluation: KL to full precision on the traces instead)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(fn=cmd_quickstart)
 
@@ -291,6 +301,7 @@ def _add_optional_commands(sub) -> None:
     from lrm_interp.cli import bits as cli_bits
     from lrm_interp.cli import experiment as cli_experiment
     from lrm_interp.cli import protect as cli_protect
+    from lrm_interp.cli import study as cli_study
     from lrm_interp.cli import toy as cli_toy
 
     cli_protect.register(sub)
@@ -299,6 +310,7 @@ def _add_optional_commands(sub) -> None:
     cli_bench.register(sub)
     cli_annotate.register(sub)
     cli_experiment.register(sub)
+    cli_study.register(sub)
 
 
 def _command_prog(args: argparse.Namespace) -> str:

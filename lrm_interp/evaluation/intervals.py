@@ -1,8 +1,12 @@
-"""Confidence intervals for accuracies (one formula: Wilson's score interval)."""
+"""Confidence intervals: Wilson's score interval for accuracies, a percentile bootstrap for
+weighted means (KL per token over traces)."""
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
+
+from lrm_interp.checks import check_fraction, check_int
 
 
 def wilson_interval(correct: int, n: int, *, z: float = 1.96) -> tuple[float, float]:
@@ -20,4 +24,28 @@ def wilson_interval(correct: int, n: int, *, z: float = 1.96) -> tuple[float, fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-__all__ = ["wilson_interval"]
+def bootstrap_interval(values: Sequence[float], weights: Sequence[float] | None = None, *, resamples: int = 1000,
+                       level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the weighted mean ``Σ w_i v_i / Σ w_i`` over items ``i``.
+
+    ``values``/``weights``: ``[n]`` (e.g. per-trace KL and its token count); the items are
+    resampled with replacement ``resamples`` times (``torch.Generator`` seeded by ``seed``).
+    """
+    import torch  # here: the accuracy interval above needs no torch
+
+    v = torch.as_tensor(values, dtype=torch.float64)
+    w = torch.ones_like(v) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    if v.dim() != 1 or v.numel() == 0 or w.shape != v.shape:
+        raise ValueError(f"bootstrap_interval: values and weights must be two [n] sequences with n >= 1, got "
+                         f"{tuple(v.shape)} and {tuple(w.shape)}")
+    check_int("resamples", resamples, min=1)
+    check_fraction("level", level, zero=False, one=False)
+    g = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(0, v.numel(), (resamples, v.numel()), generator=g)
+    means = (v[idx] * w[idx]).sum(1) / w[idx].sum(1).clamp_min(1e-300)
+    a = (1 - level) / 2
+    lo, hi = torch.quantile(means, torch.tensor([a, 1 - a], dtype=torch.float64)).tolist()
+    return float(lo), float(hi)
+
+
+__all__ = ["wilson_interval", "bootstrap_interval"]

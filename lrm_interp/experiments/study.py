@@ -1,0 +1,703 @@
+"""``lrm-interp study``: the quickstart's pipeline on any model and traces, as one resumable run.
+
+attribute → protection masks and a mixed-precision allocation → compressed variants → accuracy
+(benchmark tasks given) or KL (no tasks) with intervals → importance shift. This module computes
+and saves; :mod:`lrm_interp.experiments.report` presents (text summary, ``report.html``).
+
+Every variant is planned by :class:`~lrm_interp.experiments.protection.ProtectionPlanner` on one
+RTN grid (``bits``, ``group_size``, ``symmetric``) — the rows of the protection experiment that
+compare protection at **matched bits per weight**:
+
+=================  ===================================================================
+``fp``             the model itself
+``uniform``        plain ``bits``-bit RTN: the reference, below the matched budget
+``magnitude``      ``budget`` (2 %) of the weights kept in FP16, largest ``|W|``
+``attribution``    ``budget`` of the weights kept in FP16, behaviour-span attribution ×
+                   module relative importance (``attribution_ri``: the masks file)
+``mixed``          bits per module (2/3/4/8/16) by attribution relative importance, under
+                   the bits per weight of the ``magnitude`` row
+                   (:func:`lrm_interp.protect.mixed.allocate_bits`)
+=================  ===================================================================
+
+The three last spend the same extra bits per weight over ``uniform`` (the masks' index
+encodings differ by a few thousandths; every row states its exact bits per weight).
+
+Measured per row: with ``tasks`` (:mod:`lrm_interp.data.benchmarks`), greedy answers to
+``per_task`` problems of each task graded by the task's grader, accuracy with a Wilson 95 %
+interval (:func:`lrm_interp.evaluation.intervals.wilson_interval`) — generated in
+:func:`generation_order` (full precision by prompt length, the compressed rows by the
+full-precision answers' lengths), so each batch's sequences end about together: a third less
+decoding on the toy (an item's answer does not depend on its batch, up to float rounding); without tasks,
+KL(full precision ‖ variant) per response token on the traces
+(:func:`lrm_interp.evaluation.divergence.divergence`, one trace at a time) with a percentile
+bootstrap interval over traces (:func:`bootstrap_interval`).
+
+The folder ``out``::
+
+    study.json             settings, fingerprints (weights, tokenizer, traces), the rows so far
+    outcomes.safetensors   per row: each item's outcome (correct 0/1, or KL and tokens per trace)
+    attribution_<dtype>/   attribute() of the model (scores.csv, heatmap.png; resumes per trace)
+    ranking.csv            sites ranked per behaviour
+    masks.safetensors/json the attribution masks (``lrm_interp.protect.load_masks``)
+    bits.json              the mixed-precision allocation (``BitAllocation.load``)
+    attribution_rtn<b>/    attribute() of the uniform copy;  shift.csv, shift.png
+    results.csv            :meth:`StudyResult.to_dataframe`
+    traces.jsonl           the traces, when they were given in memory
+
+``study.json`` and ``outcomes.safetensors`` are rewritten after every row: a killed run resumes
+at the next row (attribution resumes per trace). A folder holding another study (other settings,
+weights, tokenizer or traces) is refused before anything is loaded or written, unless
+``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from lrm_interp._io import atomic_write_text, read_safetensors, write_safetensors
+from lrm_interp.attribution.pipeline import attribute
+from lrm_interp.attribution.results import Attribution, ImportanceShift, compare
+from lrm_interp.checks import check_fraction, check_int
+from lrm_interp.compress.quant.grid import check_bits, check_group_size
+from lrm_interp.data.benchmarks import find_task_file, get_task, load, task_names
+from lrm_interp.data.benchmarks.items import BenchItem
+from lrm_interp.data.loading import load_dataset
+from lrm_interp.data.traces import ReasoningTrace
+from lrm_interp.evaluation.divergence import divergence
+from lrm_interp.evaluation.generation import generate_responses
+from lrm_interp.evaluation.intervals import bootstrap_interval, wilson_interval
+from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner, RowPlan
+from lrm_interp.model.loading import load_model
+from lrm_interp.model.provenance import model_provenance, model_record, weights_record
+from lrm_interp.protect.encoding import bits_per_weight, load_masks, save_masks
+from lrm_interp.protect.mixed import BitAllocation
+from lrm_interp.protect.registry import SALIENCIES
+
+FORMAT = "lrm_interp.study/1"
+STUDY_FILE, OUTCOMES_FILE = "study.json", "outcomes.safetensors"
+#: the row keys in table order (module docs)
+ROW_KEYS = ("fp", "uniform", "magnitude", "attribution", "mixed")
+#: the registered saliency of the ``attribution`` row and of the masks file
+SALIENCY = "attribution_ri"
+#: what a study writes into its folder besides the attribution folders (``overwrite`` replaces them)
+OWN_FILES = (STUDY_FILE, OUTCOMES_FILE, "ranking.csv", "masks.safetensors", "masks.json", "bits.json",
+             "shift.csv", "shift.png", "results.csv", "bpw_accuracy.png", "report.html")
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What one study measures (checked against an existing ``study.json`` before any work).
+
+    ``tasks``: benchmark task names (:func:`lrm_interp.data.benchmarks.task_names`); empty: KL on
+    the traces instead of accuracy. ``per_task``: problems per task (toy tasks: generated with
+    ``problem_seed``; file tasks: the first ``per_task`` records of ``task_data``).
+    ``group_size``: ``None`` = per channel. ``budget``: fraction of the linear weights the
+    per-weight rows keep in FP16. ``require_think``: an output without ``</think>`` counts as wrong
+    (the benchmark harness's default). ``resamples``/``seed``: the KL bootstrap.
+    """
+
+    tasks: tuple[str, ...] = ()
+    task_data: str | None = None
+    bits: int = 3
+    group_size: int | None = 128
+    symmetric: bool = False
+    budget: float = 0.02
+    per_task: int = 50
+    problem_seed: int = 2
+    max_new_tokens: int = 480
+    batch_size: int = 32
+    require_think: bool = True
+    resamples: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, str):
+            object.__setattr__(self, "tasks", (self.tasks,))
+        try:
+            object.__setattr__(self, "tasks", tuple(task_names(list(self.tasks))) if self.tasks else ())
+        except KeyError as e:  # an unknown task name: a bad value, like every other setting
+            raise ValueError(e.args[0]) from None
+        bits = check_bits(self.bits)
+        if bits > 7:
+            raise ValueError(f"bits must be in 2..7 for a study (the protection planner also plans b+1 bits), "
+                             f"got {bits}")
+        object.__setattr__(self, "bits", bits)
+        check_group_size(self.group_size)
+        check_fraction("budget", self.budget, zero=False, one=False)
+        check_int("per_task", self.per_task, min=1)
+        check_int("problem_seed", self.problem_seed, min=0)
+        check_int("max_new_tokens", self.max_new_tokens, min=1)
+        check_int("batch_size", self.batch_size, min=1)
+        check_int("resamples", self.resamples, min=1)
+        check_int("seed", self.seed, min=0)
+        if not isinstance(self.symmetric, bool) or not isinstance(self.require_think, bool):
+            raise ValueError("symmetric and require_think must be True or False")
+        if self.task_data is not None:
+            object.__setattr__(self, "task_data", str(self.task_data))
+        for t in self.tasks:
+            if get_task(t).needs_data and self.task_data is None:
+                raise ValueError(f"task {t!r} needs a data file or folder (task_data / --task-data)")
+
+    @property
+    def metric(self) -> str:
+        """``"accuracy"`` (tasks given) or ``"kl"``."""
+        return "accuracy" if self.tasks else "kl"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StudySettings":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if k == "tasks" else v) for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One measured variant.
+
+    ``key``: one of :data:`ROW_KEYS`; ``label``: the planner's row label; ``bpw``: exact bits per
+    weight; ``modules``: ``"bits:count ..."``; ``metric``: ``"accuracy"`` (``value`` = correct / n
+    over all problems, ``per_task`` accuracies) or ``"kl"`` (``value`` = nats per response token,
+    token-weighted over the ``n`` traces); ``ci``: Wilson (accuracy) or bootstrap (KL) 95 %.
+    """
+
+    key: str
+    label: str
+    kind: str
+    bpw: float
+    modules: str
+    metric: str
+    value: float
+    ci: tuple[float, float]
+    n: int
+    correct: int | None = None
+    per_task: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci"] = list(self.ci)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StudyRow":
+        return cls(**{**d, "ci": tuple(d["ci"])})
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """Everything one study measured, with its provenance.
+
+    ``rows``: :class:`StudyRow` in :data:`ROW_KEYS` order; ``outcomes``: per row key, the items'
+    outcomes (``{"correct": [n] uint8, "chars": [n] int64}``: answer lengths; or ``{"kl": [n] float64,
+    "tokens": [n] int64}``);
+    ``attribution`` / ``attribution_compressed``: the model and its uniform copy; ``shift``:
+    their importance shift; ``allocation``: the ``mixed`` row's bits; ``masks``: summary of the
+    attribution masks file; ``files``: ``{name in out_dir: what it is}``; ``commands``: shell lines
+    that reuse them; ``provenance``: model and tokenizer record, traces, items, what was resumed,
+    seconds.
+    """
+
+    settings: StudySettings
+    rows: tuple[StudyRow, ...]
+    outcomes: dict[str, dict[str, torch.Tensor]]
+    attribution: Attribution
+    attribution_compressed: Attribution
+    shift: ImportanceShift
+    allocation: BitAllocation
+    masks: dict[str, Any]
+    out_dir: str
+    files: dict[str, str] = field(default_factory=dict)
+    commands: tuple[str, ...] = ()
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ access
+    def row(self, key: str) -> StudyRow:
+        """The row of ``key`` (:data:`ROW_KEYS`) or of planner label ``key``."""
+        for r in self.rows:
+            if key in (r.key, r.label):
+                return r
+        raise KeyError(f"no row {key!r} (rows: {[r.key for r in self.rows]})")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.settings.metric == "accuracy"
+
+    def recovered(self, r: StudyRow) -> float | None:
+        """The fraction of the ``uniform`` row's loss a row recovers, the protection experiment's
+        ``(v − v_uniform) / (v_fp − v_uniform)`` (accuracy; for KL ``v_fp`` = 0); ``None`` for
+        the fp / uniform rows or when uniform lost nothing."""
+        fp, none = self.row("fp").value, self.row("uniform").value
+        lost = fp - none if self.higher_is_better else none - fp
+        if r.key in ("fp", "uniform") or lost <= 0:
+            return None
+        return (r.value - none) / (fp - none)
+
+    def separated(self, a: str, b: str) -> bool:
+        """Whether the 95 % intervals of rows ``a`` and ``b`` do not overlap."""
+        ra, rb = self.row(a), self.row(b)
+        return ra.ci[0] > rb.ci[1] or rb.ci[0] > ra.ci[1]
+
+    def to_dataframe(self):
+        """One row per variant: key, label, kind, bpw, metric, value, ci_low, ci_high, n, correct,
+        each task's accuracy, recovered, modules, seconds."""
+        import pandas as pd
+
+        return pd.DataFrame([{"key": r.key, "label": r.label, "kind": r.kind, "bpw": r.bpw, "metric": r.metric,
+                              "value": r.value, "ci_low": r.ci[0], "ci_high": r.ci[1], "n": r.n,
+                              "correct": r.correct, **r.per_task, "recovered": self.recovered(r),
+                              "modules": r.modules, "seconds": r.seconds} for r in self.rows])
+
+    def __repr__(self) -> str:
+        best = max((r for r in self.rows if r.key != "fp"), key=lambda r: r.value if self.higher_is_better
+                   else -r.value)
+        return (f"StudyResult({self.provenance.get('model', {}).get('name', '?')}, RTN {self.settings.bits}-bit, "
+                f"{self.settings.metric} over {best.n} {'problems' if self.higher_is_better else 'traces'}; "
+                f"best compressed: {best.label} {_fmt(best.value, self.settings.metric)} at {best.bpw:.3f} bpw)")
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the rows with their intervals."""
+        from lrm_interp.display import box, html_table
+
+        m = self.settings.metric
+        rows = [[r.label, f"{r.bpw:.3f}", _fmt(r.value, m), f"{_fmt(r.ci[0], m)} – {_fmt(r.ci[1], m)}",
+                 "" if self.recovered(r) is None else f"{100 * self.recovered(r):.0f}%"] for r in self.rows]
+        return box(repr(self), html_table(["variant", "bits/weight", m, "95% CI", "recovered"], rows))
+
+    # ------------------------------------------------------------------ files
+    def save(self, out: str | Path | None = None) -> Path:
+        """Write ``study.json``, ``outcomes.safetensors`` and ``results.csv`` into ``out``
+        (default: :attr:`out_dir`); returns the folder."""
+        out = Path(out if out is not None else self.out_dir)
+        _write_outcomes(out, self.outcomes)
+        doc = {"format": FORMAT, **self.provenance.get("key", {}), "rows": [r.to_dict() for r in self.rows],
+               "masks": self.masks, "files": self.files, "commands": list(self.commands),
+               "provenance": {k: v for k, v in self.provenance.items() if k != "key"}, "complete": True}
+        atomic_write_text(out / STUDY_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
+        atomic_write_text(out / "results.csv", self.to_dataframe().to_csv(index=False))
+        return out
+
+    @classmethod
+    def load(cls, out: str | Path) -> "StudyResult":
+        """Read a finished study folder (``ValueError`` for a study that did not finish)."""
+        out = Path(out)
+        doc = _read_study(out)
+        if not doc.get("complete"):
+            raise ValueError(f"{out}: the study did not finish; run it again to resume")
+        prov = dict(doc["provenance"], key={k: doc[k] for k in _KEY_FIELDS})
+        names = prov["folders"]
+        res, res_q = Attribution.load(out / names["original"]), Attribution.load(out / names["compressed"])
+        return cls(StudySettings.from_dict(doc["settings"]), tuple(StudyRow.from_dict(r) for r in doc["rows"]),
+                   _read_outcomes(out), res, res_q, compare(res, res_q), BitAllocation.load(out / "bits.json"),
+                   doc["masks"], str(out), doc["files"], tuple(doc["commands"]), prov)
+
+
+def _fmt(v: float, metric: str) -> str:
+    return f"{100 * v:.1f}%" if metric == "accuracy" else f"{v:.4f}"
+
+
+# --------------------------------------------------------------------------- intervals
+# --------------------------------------------------------------------------- folder state
+_KEY_FIELDS = ("settings", "weights_fingerprint", "tokenizer_fingerprint", "traces_fingerprint")
+
+
+def _read_study(out: Path) -> dict[str, Any]:
+    p = out / STUDY_FILE
+    if not p.exists():
+        raise FileNotFoundError(f"{out}: no {STUDY_FILE} (not a study folder)")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p}: not a study file ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        doc = doc if isinstance(doc, dict) else {}
+        raise ValueError(f"{p}: not a study file (format {doc.get('format')!r}, expected {FORMAT!r})")
+    return doc
+
+
+def _differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
+    hs, ws = have.get("settings", {}), want.get("settings", {})
+    diff = [f"{k} {hs.get(k)!r} ≠ {ws.get(k)!r}" for k in sorted(set(hs) | set(ws)) if hs.get(k) != ws.get(k)]
+    for k, what in (("weights_fingerprint", "another model"), ("tokenizer_fingerprint", "another tokenizer"),
+                    ("traces_fingerprint", "other traces")):
+        if k in want and have.get(k) != want[k]:
+            diff.append(what)
+    return diff
+
+
+def check_study_folder(out: str | Path, settings: StudySettings, overwrite: bool = False) -> None:
+    """Refuse (``ValueError``), before anything is loaded or written, a folder ``out`` holding a
+    study with other settings (fingerprints are compared later, once the model is loaded)."""
+    out = Path(out)
+    if overwrite or not (out / STUDY_FILE).exists():
+        return
+    have = _read_study(out)
+    diff = _differences(have, {"settings": settings.to_dict()})
+    if diff:
+        raise ValueError(f"{out} holds another study (differs in {', '.join(diff)}); use another out folder "
+                         "(--out) or overwrite=True (--overwrite) to start it over")
+
+
+def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict[str, StudyRow], dict]:
+    """``(rows, outcomes)`` already measured in ``out`` for this key; ``ValueError`` for another study."""
+    if not (out / STUDY_FILE).exists():
+        return {}, {}
+    have = _read_study(out)
+    diff = _differences(have, key)
+    if diff and not overwrite:
+        raise ValueError(f"{out} holds another study (differs in {', '.join(diff)}); use another out folder "
+                         "(--out) or overwrite=True (--overwrite) to start it over")
+    if overwrite:
+        for name in (have.get("provenance", {}).get("folders") or {}).values():
+            p = out / name
+            if p.is_dir() and p.parent == out:
+                shutil.rmtree(p)
+        for name in OWN_FILES:
+            (out / name).unlink(missing_ok=True)
+        return {}, {}
+    outcomes = _read_outcomes(out) if (out / OUTCOMES_FILE).exists() else {}
+    rows = {d["key"]: StudyRow.from_dict(d) for d in have.get("rows", []) if d["key"] in outcomes}
+    return rows, {k: v for k, v in outcomes.items() if k in rows}
+
+
+def _write_outcomes(out: Path, outcomes: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    tensors = {f"{k}.{name}": t for k, d in outcomes.items() for name, t in d.items()}
+    write_safetensors(out / OUTCOMES_FILE, tensors, {"format": f"{FORMAT}.outcomes"})
+
+
+def _read_outcomes(out: Path) -> dict[str, dict[str, torch.Tensor]]:
+    tensors, _ = read_safetensors(out / OUTCOMES_FILE, (f"{FORMAT}.outcomes",), "study outcomes file")
+    res: dict[str, dict[str, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        k, what = name.split(".", 1)
+        res.setdefault(k, {})[what] = t
+    return res
+
+
+def _save_progress(out: Path, key: dict[str, Any], rows: Mapping[str, StudyRow], outcomes: Mapping, prov: dict) -> None:
+    """Outcomes first, then the rows that point at them (a row without outcomes is measured again)."""
+    _write_outcomes(out, outcomes)
+    doc = {"format": FORMAT, **key, "rows": [r.to_dict() for r in rows.values()], "provenance": prov,
+           "complete": False}
+    atomic_write_text(out / STUDY_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
+
+
+# --------------------------------------------------------------------------- measuring
+def study_items(settings: StudySettings, model: torch.nn.Module | None = None) -> list[BenchItem]:
+    """The problems of ``settings.tasks``, interleaved task by task (item 0 of every task, then
+    item 1, ...: the order of :func:`lrm_interp.data.toy_tasks.problems` for the toy families).
+
+    Toy tasks use the fact table ``model`` was trained on (its provenance's ``n_people``)."""
+    people = (model_record(model).source or {}).get("n_people") if model is not None else None
+    per = []
+    for t in settings.tasks:
+        if get_task(t).needs_data:
+            per.append(load(t, settings.task_data, limit=settings.per_task))
+        else:
+            per.append(load(t, toy_n=settings.per_task, toy_seed=settings.problem_seed,
+                            toy_people=None if people is None else int(people)))
+    return [items[i] for i in range(max(len(x) for x in per)) for items in per if i < len(items)]
+
+
+def measure_accuracy(model: torch.nn.Module, tokenizer: Any, items: Sequence[BenchItem], settings: StudySettings,
+                     *, order: Sequence[int] | None = None,
+                     progress: bool = False) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """``({task: accuracy}, correct [n] uint8, chars [n] int64)``: greedy answers
+    (:func:`generate_responses`) graded by each item's task grader; ``chars``: each response's length.
+
+    ``order``: the order the items are generated in (a permutation of ``range(n)``; the results
+    are returned in item order). Batches of items whose answers are about as long finish
+    together, so ordering by an earlier run's lengths saves the steps a batch spends on its
+    longest answer (study rows: by the full-precision answers' lengths).
+    """
+    order = list(range(len(items))) if order is None else [int(i) for i in order]
+    if sorted(order) != list(range(len(items))):
+        raise ValueError(f"order must be a permutation of range({len(items)})")
+    generated = generate_responses(model, tokenizer, [items[i].prompt for i in order],
+                                   max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+                                   progress=progress)
+    responses = [""] * len(items)
+    for i, r in zip(order, generated):
+        responses[i] = r
+    correct = [get_task(it.task).grader(it, r, require_think=settings.require_think).correct
+               for it, r in zip(items, responses)]
+    per_task = {}
+    for t in settings.tasks:
+        hits = [c for it, c in zip(items, correct) if it.task == t]
+        per_task[t] = sum(hits) / len(hits)
+    return (per_task, torch.tensor(correct, dtype=torch.uint8),
+            torch.tensor([len(r) for r in responses], dtype=torch.int64))
+
+
+def generation_order(items: Sequence[BenchItem], tokenizer: Any,
+                     answer_chars: torch.Tensor | None = None) -> list[int]:
+    """The order to generate ``items`` in so that each batch's sequences end about together: by
+    the length of earlier answers ``answer_chars`` ``[n]`` when known (the full-precision row's),
+    else by prompt length in tokens (which also saves left padding)."""
+    prompt = [len(tokenizer(it.prompt)["input_ids"]) for it in items]
+    if answer_chars is None:
+        return sorted(range(len(items)), key=lambda j: prompt[j])
+    chars = [int(c) for c in answer_chars]
+    return sorted(range(len(items)), key=lambda j: (chars[j], prompt[j]))
+
+
+def measure_kl(reference: torch.nn.Module, model: torch.nn.Module, encoded: Sequence[Any], *,
+               progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(kl [n] float64, tokens [n] int64)``: KL(reference ‖ model) per response token of each
+    encoded trace (:func:`lrm_interp.evaluation.divergence.divergence` on that trace alone; a trace
+    without response tokens gets 0 tokens)."""
+    kl, tok = [], []
+    for e in tqdm(encoded, desc="KL", unit="trace", disable=not progress, leave=False):
+        try:
+            d = divergence(reference, model, [e])
+        except ValueError:  # no response token in this trace: it carries no weight
+            kl.append(0.0)
+            tok.append(0)
+            continue
+        kl.append(d.kl)
+        tok.append(d.tokens)
+    return torch.tensor(kl, dtype=torch.float64), torch.tensor(tok, dtype=torch.int64)
+
+
+def _traces_fingerprint(ds: Sequence[ReasoningTrace]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for t in ds:
+        h.update(f"{t.id}\0{t.fingerprint()}\n".encode())
+    return h.hexdigest()
+
+
+def _dtype_tag(model: torch.nn.Module) -> str:
+    dt = next(model.parameters()).dtype
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dt, str(dt).replace("torch.", ""))
+
+
+def _pick_rows(planner: ProtectionPlanner) -> dict[str, RowPlan]:
+    """The planner's rows of :data:`ROW_KEYS` (by their labels)."""
+    pct = f"{planner.settings.budget:.0%}"
+    want = {"fp": "fp", "uniform": "none", "magnitude": f"{pct} {SALIENCIES['magnitude'].label}",
+            "attribution": f"{pct} {SALIENCIES[SALIENCY].label}", "mixed": "mixed precision by attribution"}
+    by_label = {r.label: r for r in planner.rows}
+    missing = [lab for lab in want.values() if lab not in by_label]
+    if missing:  # the planner renamed a row: fail loudly rather than measure another one
+        raise RuntimeError(f"the protection planner has no row {missing[0]!r}")
+    return {k: by_label[lab] for k, lab in want.items()}
+
+
+# --------------------------------------------------------------------------- the run
+def run_study(model: Any, data: Any, out: str | Path, settings: StudySettings | None = None, *,
+              tokenizer: Any = None, model_ref: str | None = None, overwrite: bool = False, progress: bool = True,
+              **kw: Any) -> StudyResult:
+    """Run (or resume) a study of ``model`` on the traces ``data`` into folder ``out`` (module docs).
+
+    Args:
+        model: an alias (``"toy"``), a local model folder, or a model object (with ``tokenizer``).
+        data: annotated traces: a JSONL file, a paper-layout folder, or a list / dataset (then
+            written to ``out/traces.jsonl``).
+        settings: a :class:`StudySettings`, or its fields as keywords (``tasks=["math"], bits=3``).
+        model_ref: how the printed commands name the model (default: ``model`` when it is a
+            string, else the model's name).
+        overwrite: start over in a folder that holds another study (its study files and
+            attribution folders are removed first).
+
+    Every setting, the traces and the task files are checked before the model is loaded; a folder
+    holding another study is refused before anything is written.
+    """
+    t0 = time.time()
+    s = settings if settings is not None else StudySettings(**kw)
+    if settings is not None and kw:
+        raise TypeError(f"give settings or keywords, not both (got {sorted(kw)})")
+    out = Path(out)
+    for t in s.tasks:
+        if get_task(t).needs_data:
+            find_task_file(t, s.task_data)  # FileNotFoundError naming the folder, before any work
+    ds = load_dataset(data)
+    if len(ds) == 0:
+        raise ValueError(f"{data if isinstance(data, (str, Path)) else 'data'}: no traces")
+    check_study_folder(out, s, overwrite)
+    ref = model_ref or (str(model) if isinstance(model, (str, Path)) else None)
+    model, tokenizer = load_model(model, tokenizer=tokenizer)
+    model.eval()
+    prov_model = model_provenance(model, tokenizer)
+    key = {"settings": s.to_dict(), "weights_fingerprint": prov_model["weights_fingerprint"],
+           "tokenizer_fingerprint": (prov_model.get("tokenizer") or {}).get("fingerprint"),
+           "traces_fingerprint": _traces_fingerprint(ds)}
+    rows, outcomes = _resume_state(out, key, overwrite)
+    resumed = list(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    ref = ref or prov_model["name"]
+    if isinstance(data, (str, Path)):
+        data_ref = str(data)
+    else:
+        data_ref = str(out / "traces.jsonl")
+        ds.save_jsonl(data_ref)
+    tag = _dtype_tag(model)
+    folders = {"original": f"attribution_{tag}", "compressed": f"attribution_rtn{s.bits}"}
+    prov: dict[str, Any] = {"model": prov_model, "model_ref": ref, "data": data_ref, "folders": folders,
+                            "traces": {"n": len(ds), "span_counts": ds.span_counts()}}
+    _save_progress(out, key, rows, outcomes, prov)
+
+    # 1. which modules matter
+    d_fp = out / folders["original"]
+    res = attribute(model, ds, tokenizer=tokenizer, out_dir=d_fp, progress=progress)
+    res.write_tables(d_fp)
+    ranking = res.to_dataframe().sort_values(["behavior", "rank"], kind="stable")
+    atomic_write_text(out / "ranking.csv", ranking.to_csv(index=False))
+
+    # 2. the rows' plans: masks and the mixed-precision allocation from the attribution
+    planner = ProtectionPlanner(model, tokenizer, ExperimentSettings(
+        model=ref, bits=s.bits, quantizer="rtn", group_size=s.group_size, symmetric=s.symmetric, budget=s.budget),
+        progress=progress)
+    planner.sites = list(res.sites)
+    planner.attribution_dataset = ds
+    planner.attribution = res
+    plans = _pick_rows(planner)
+    grid = {"group_size": s.group_size, "symmetric": s.symmetric}
+    masks_info = _masks(out, planner, s, prov_model, need="attribution" not in rows, grid=grid, scores=str(d_fp))
+    if "mixed" not in rows or not (out / "bits.json").exists():
+        allocation = planner.allocation("attribution")
+        allocation.save(out / "bits.json")
+    else:
+        allocation = BitAllocation.load(out / "bits.json")
+
+    # 3. the compressed variants, measured one row at a time (saved after each: resumable)
+    items = study_items(s, model) if s.tasks else []
+    encoded = planner.encoded if not s.tasks else []
+    prov["items"] = [it.id for it in items] if s.tasks else [t.id for t in ds]
+    res_q = None
+    d_q = out / folders["compressed"]
+    with tqdm(total=len(ROW_KEYS), initial=len(rows), desc="study rows", unit="row", disable=not progress) as bar:
+        for k in ROW_KEYS:
+            need_shift = k == "uniform" and res_q is None
+            if k in rows and not need_shift:
+                continue
+            t1 = time.time()
+            plan = plans[k]
+            q = model if k == "fp" else copy.deepcopy(model)
+            bpw, modules = plan.quantize(q)
+            if k not in rows:
+                order = generation_order(items, tokenizer, outcomes.get("fp", {}).get("chars")) if s.tasks else None
+                rows[k], outcomes[k] = _measure(k, plan, q, model, tokenizer, s, items, encoded, bpw, modules, t1,
+                                                order=order, progress=progress)
+                _save_progress(out, key, rows, outcomes, prov)
+                bar.update(1)
+                bar.set_postfix_str(f"{plan.label}: {_fmt(rows[k].value, s.metric)}")
+            if k == "uniform":  # 4. the importance shift of the uniform copy
+                res_q = attribute(q, ds, tokenizer=tokenizer, out_dir=d_q, progress=progress)
+                res_q.write_tables(d_q)
+            del q
+    shift = compare(res, res_q)
+    shift.write_tables(out)
+
+    files = {"traces.jsonl" if data_ref == str(out / "traces.jsonl") else data_ref: "the annotated traces",
+             f"{d_fp.name}/": "attribution result (+ scores.csv, heatmap.png)",
+             "ranking.csv": "sites ranked per behaviour",
+             "masks.safetensors": f"the {s.budget:.0%} attribution protection masks",
+             "masks.json": "their summary and bits per weight",
+             "bits.json": "the mixed-precision allocation by attribution (bits per module)",
+             f"{d_q.name}/": f"attribution of the uniform {s.bits}-bit copy",
+             "shift.csv, shift.png": f"importance shift full precision -> {s.bits}-bit",
+             "study.json, outcomes.safetensors": "the study (settings, rows, each item's outcome; resumes)",
+             "results.csv": "the compared variants as a table"}
+    prov.update(resumed=resumed, seconds=round(time.time() - t0, 1))
+    result = StudyResult(s, tuple(rows[k] for k in ROW_KEYS), {k: outcomes[k] for k in ROW_KEYS}, res, res_q, shift,
+                         allocation, masks_info, str(out), files, tuple(_commands(out, ref, data_ref, s, folders,
+                                                                                   allocation)),
+                         {**prov, "key": key})
+    result.save(out)
+    return result
+
+
+def _measure(k: str, plan: RowPlan, q: torch.nn.Module, model: torch.nn.Module, tokenizer: Any, s: StudySettings,
+             items: Sequence[BenchItem], encoded: Sequence[Any], bpw: float, modules: str, t1: float, *,
+             order: Sequence[int] | None, progress: bool) -> tuple[StudyRow, dict[str, torch.Tensor]]:
+    if s.tasks:
+        per_task, correct, chars = measure_accuracy(q, tokenizer, items, s, order=order, progress=progress)
+        c, n = int(correct.sum()), int(correct.numel())
+        return (StudyRow(k, plan.label, plan.kind, float(bpw), modules, "accuracy", c / n, wilson_interval(c, n), n,
+                         c, per_task, round(time.time() - t1, 1)), {"correct": correct, "chars": chars})
+    if k == "fp":  # KL of the model to itself: 0, nothing to compute
+        kl, tok = torch.zeros(len(encoded), dtype=torch.float64), torch.zeros(len(encoded), dtype=torch.int64)
+        return (StudyRow(k, plan.label, plan.kind, float(bpw), modules, "kl", 0.0, (0.0, 0.0), len(encoded), None,
+                         {}, round(time.time() - t1, 1)), {"kl": kl, "tokens": tok})
+    kl, tok = measure_kl(model, q, encoded, progress=progress)
+    if int(tok.sum()) == 0:
+        raise ValueError(f"no response tokens in the {len(encoded)} traces: KL cannot be measured (give --tasks)")
+    ci = bootstrap_interval(kl, tok, resamples=s.resamples, seed=s.seed)
+    value = float((kl * tok).sum() / tok.sum())
+    return (StudyRow(k, plan.label, plan.kind, float(bpw), modules, "kl", value, ci, int((tok > 0).sum()), None, {},
+                     round(time.time() - t1, 1)), {"kl": kl, "tokens": tok})
+
+
+def _masks(out: Path, planner: ProtectionPlanner, s: StudySettings, prov_model: dict, *, need: bool,
+           grid: dict[str, Any], scores: str) -> dict[str, Any]:
+    """The attribution masks file (computed by the planner, or read back when its row is done)
+    and its summary."""
+    sites = planner.sites
+    path = out / "masks.safetensors"
+    meta_want = {"policy": "global_top", "saliency": SALIENCY, "saliency_label": SALIENCIES[SALIENCY].label,
+                 "budget": s.budget, "bits": s.bits, "group_size": s.group_size, "symmetric": s.symmetric,
+                 "scores": scores}
+    masks = None
+    if not need and path.exists():
+        m, meta = load_masks(path)
+        if ({k: meta.get(k) for k in meta_want} == meta_want
+                and (m.model or {}).get("weights_fingerprint") == prov_model["weights_fingerprint"]):
+            masks = m
+    if masks is None:
+        masks = planner.masks(SALIENCY)
+    bpw_p = bits_per_weight(masks, sites, bits=s.bits, **grid)
+    bpw_q = bits_per_weight({}, sites, bits=s.bits, **grid)
+    meta = {**meta_want, "bits_per_weight": {k: v for k, v in bpw_p.items() if k != "encodings"}}
+    n_prot = sum(m.n_protected for m in masks.values())
+    save_masks(masks, path, metadata=meta, model=weights_record(planner.model, prov_model["weights_fingerprint"]))
+    summary = {**meta, "protected_weights": n_prot, "weights": sum(x.n_weights for x in sites),
+               "sites": {k: m.n_protected for k, m in masks.items() if m.n_protected},
+               "load": "lrm_interp.protect.load_masks('masks.safetensors')"}
+    atomic_write_text(out / "masks.json", json.dumps(summary, indent=2))
+    return {"file": str(path), "protected_weights": n_prot, "protected_fraction": bpw_p["protected_fraction"],
+            "bpw": bpw_p["bpw"], "bpw_uniform": bpw_q["bpw"], "saliency": SALIENCY,
+            "saliency_label": SALIENCIES[SALIENCY].label, "budget": s.budget}
+
+
+def _commands(out: Path, ref: str, data: str, s: StudySettings, folders: Mapping[str, str],
+              alloc: BitAllocation) -> list[str]:
+    o = str(out)
+    sym = " --symmetric" if s.symmetric else ""
+    grid = f"--bits {s.bits} --group-size {s.group_size or 0}{sym}"
+    d = StudySettings()
+    study = "".join([f" --tasks {' '.join(s.tasks)} --per-task {s.per_task}" if s.tasks else "",
+                     f" --task-data {s.task_data}" if s.task_data else "",
+                     f" --group-size {s.group_size}" if s.group_size != d.group_size and s.group_size else "",
+                     sym, f" --budget {s.budget}" if s.budget != d.budget else "",
+                     f" --max-new-tokens {s.max_new_tokens}" if s.max_new_tokens != d.max_new_tokens else "",
+                     f" --batch-size {s.batch_size}" if s.batch_size != d.batch_size else "",
+                     " --no-require-think" if not s.require_think else "",
+                     f" --resamples {s.resamples}" if s.resamples != d.resamples and not s.tasks else ""])
+    return [
+        f"lrm-interp study --model {ref} --data {data} --bits {s.bits}{study} --out {o}",
+        f"lrm-interp attribute --model {ref} --data {data} --out {o}/{folders['original']}",
+        f"lrm-interp protect --scores {o}/{folders['original']} --model {ref} --data {data} --saliency {SALIENCY} "
+        f"--budget {s.budget} {grid} --out {o}/masks.safetensors --overwrite",
+        f"lrm-interp quantize --model {ref} {grid} --masks {o}/masks.safetensors --out {o}/model_rtn{s.bits}_protected",
+        f"lrm-interp bits --model {ref} --scores {o}/{folders['original']} --budget {alloc.budget_bpw!r} "
+        f"--group-size {s.group_size or 0}{' --symmetric' if s.symmetric else ''} --out {o}/bits.json --overwrite",
+        f"lrm-interp compare --original {o}/{folders['original']} --compressed {o}/{folders['compressed']} --out {o} --overwrite",
+    ]
+
+
+__all__ = ["FORMAT", "ROW_KEYS", "SALIENCY", "StudySettings", "StudyRow", "StudyResult", "run_study", "study_items",
+           "measure_accuracy", "measure_kl", "bootstrap_interval", "check_study_folder",
+           "generation_order"]
