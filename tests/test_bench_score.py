@@ -91,6 +91,11 @@ def test_foreign_paper_layout_scores(tmp_path):
     assert s.loc["aime", "cues_per_output"] == pytest.approx(1 / 3)
     assert s.loc["folio", "pass@1"] == pytest.approx(100.0)
     assert s.loc["musique", "missing"] == 3 and s.loc["musique", "outputs"] == 0
+    from lrm_interp.evaluation.intervals import wilson_interval
+
+    lo, hi = wilson_interval(1, 3)  # greedy, one output per item: Wilson over the items
+    assert (s.loc["aime", "ci95_low"], s.loc["aime", "ci95_high"]) == pytest.approx((100 * lo, 100 * hi))
+    assert s.loc["folio", "ci95_low"] == pytest.approx(100 * wilson_interval(3, 3)[0])
     acc = sc.accuracy_table().set_index("model")
     assert acc.loc["r1", "Avg"] == pytest.approx(round((100 / 3 + 100) / 2, 1))
     assert repr(sc).startswith(f"BenchScores({len(sc.samples)} graded outputs, 1 runs [r1]") and "3 missing" in repr(sc)
@@ -117,6 +122,7 @@ def test_pass_at_1_over_samples_and_score_cli(tmp_path, capsys):
     assert s["outputs"] == 6 and s["pass@1"] == pytest.approx(100 * (0.5 + 0.5 + 0.5) / 3)
     assert s["F1"] == pytest.approx(100 * ((1 + 2 / 3) / 2 + 0.5 + 0.5) / 3)  # "Ada" vs "Ada Marsh": F1 2/3
     assert s["unanswered"] == 1
+    assert math.isnan(s["ci95_low"])  # two samples per item are not independent trials: no Wilson interval
     assert main(["bench", "score", "--outputs", str(tmp_path / "out"), "--tasks", "musique", "--data", str(DATA),
                  "--quiet", "--no-plots"]) == 0
     assert "50.0 / 61.1" in capsys.readouterr().out

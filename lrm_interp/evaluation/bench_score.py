@@ -5,7 +5,8 @@ Per output: the grade (:func:`lrm_interp.data.benchmarks.grade`), tokens (from t
 ``generations.jsonl``, else the ``tokenizer`` if given), words, whether the length limit was
 hit, collapse (:func:`lrm_interp.evaluation.compute.detect_collapse`), backtracking cues.
 Per model × task (:meth:`BenchScores.summary`): pass@1 (the mean over items of each item's mean
-over its samples), EM / F1, unanswered outputs, mean tokens / words, collapse rate, the share of
+over its samples; with its 95 % Wilson interval ``ci95_low`` / ``ci95_high`` when each item has
+one output graded 0 or 1), EM / F1, unanswered outputs, mean tokens / words, collapse rate, the share of
 failures that hit the length limit, cues per output, and the short-vs-long split at 30 % and
 20 %. :meth:`BenchScores.write_tables` writes CSV + Markdown and the plots.
 """
@@ -264,6 +265,7 @@ class BenchScores:
                                        "missing": int(self.missing.get((run.name, task), 0))}
                 per_item = d.groupby("index")["score"].mean()
                 row["pass@1"] = 100 * per_item.mean() if len(per_item) else math.nan
+                row["ci95_low"], row["ci95_high"] = _wilson_percent(d)
                 if TASKS[task].metric == "em_f1":
                     row["EM"] = 100 * d.groupby("index")["em"].mean().mean() if len(d) else math.nan
                     row["F1"] = 100 * d.groupby("index")["f1"].mean().mean() if len(d) else math.nan
@@ -363,6 +365,17 @@ class BenchScores:
             parts += ["## Where collapse starts (first setting with a collapse rate >= 10 %)", "", _md(cp.round(2)),
                       ""]
         return "\n".join(parts)
+
+
+def _wilson_percent(d: pd.DataFrame) -> tuple[float, float]:
+    """95 % Wilson interval (percent) of pass@1 when every item has one output graded 0 or 1
+    (greedy runs); NaN otherwise (several samples per item are not independent trials)."""
+    if not len(d) or d.groupby("index").size().max() != 1 or not set(d["score"].unique()) <= {0.0, 1.0}:
+        return math.nan, math.nan
+    from lrm_interp.evaluation.intervals import wilson_interval
+
+    lo, hi = wilson_interval(int(d["score"].sum()), len(d))
+    return 100 * lo, 100 * hi
 
 
 def _compression_cols(run: RunInfo) -> dict:
