@@ -2,6 +2,7 @@
 ``lrm-interp`` subcommand, given NaN, inf, -1 or 0, is refused up front — exit status 2, exactly one
 stderr line naming the flag, no traceback, no file written, no model loaded — unless the value has a
 documented meaning for that flag (:data:`MEANINGFUL`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from lrm_interp.cli.main import build_parser
-
 from synth import synthetic_traces
 from test_cli import _walk  # one walk of the parser tree for both CLI tests
+
+from lrm_interp.cli.main import build_parser
 
 VALUES = ("nan", "inf", "-1", "0")
 
@@ -40,6 +40,7 @@ MEANINGFUL: dict[str, dict[str, str]] = {
     "toy train --weight-decay": {"0": "no weight decay"},
     "toy train --workers": {"0": "generate batches in the main process"},
     "toy eval --seed": {"0": "a seed"},
+    "annotate agree --seed": {"0": "a seed (of the noise floor's split; refused without --downstream)"},
     "toy traces --seed": {"0": "a seed"},
     "toy distill --seed": {"0": "a seed"},
     "toy distill --pack": {"0": "pad each trace instead of packing"},
@@ -90,9 +91,18 @@ def _cases():
 def _required_args(cmd: str, flag: str, tmp: Path, traces: Path) -> list[str]:
     """Dummy values for the required options of ``cmd`` (other than ``flag``): cheap, and any
     check of the value under test must come before they are used."""
-    dummies = {"--model": "toy", "--data": str(traces), "--out": str(tmp / "out"), "--scores": str(tmp / "scores"),
-               "--bits": "3", "--budget": "3.5", "--tasks": "math", "--outputs": str(tmp / "outputs"),
-               "--gold": str(traces), "--pred": str(traces)}
+    dummies = {
+        "--model": "toy",
+        "--data": str(traces),
+        "--out": str(tmp / "out"),
+        "--scores": str(tmp / "scores"),
+        "--bits": "3",
+        "--budget": "3.5",
+        "--tasks": "math",
+        "--outputs": str(tmp / "outputs"),
+        "--gold": str(traces),
+        "--pred": str(traces),
+    }
     argv: list[str] = []
     for a in COMMANDS[cmd]._actions:
         if a.required and a.option_strings and a.option_strings[0] != flag:
@@ -109,9 +119,23 @@ def _tree(root: Path) -> dict[str, int]:
 
 def test_the_walk_sees_every_command_with_numbers():
     cmds = {cmd for cmd, _ in NUMERIC}
-    assert {"quickstart", "attribute", "protect", "quantize", "bits", "toy train", "toy eval", "toy traces",
-            "toy distill", "bench run", "bench score", "annotate", "annotate agree", "annotate train",
-            "experiment protection"} <= cmds
+    assert {
+        "quickstart",
+        "attribute",
+        "protect",
+        "quantize",
+        "bits",
+        "toy train",
+        "toy eval",
+        "toy traces",
+        "toy distill",
+        "bench run",
+        "bench score",
+        "annotate",
+        "annotate agree",
+        "annotate train",
+        "experiment protection",
+    } <= cmds
     assert len(NUMERIC) > 80
 
 
@@ -151,7 +175,7 @@ def test_numeric_option_refused_up_front(cmd, flag, value, tmp_path, monkeypatch
         rc = e.code
     cap = capsys.readouterr()
     lines = cap.err.strip().splitlines()
-    shown = " ".join(argv[len(cmd.split()):])
+    shown = " ".join(argv[len(cmd.split()) :])
     assert rc == 2, f"lrm-interp {cmd} {flag} {value}: exit {rc}, not a refusal (argv {shown}); stderr {cap.err[-500:]}"
     assert len(lines) == 1, f"lrm-interp {cmd} {flag} {value}: not one stderr line: {cap.err[-800:]}"
     assert "Traceback" not in cap.err + cap.out
@@ -198,16 +222,29 @@ def test_the_python_api_refuses_the_same_values(tmp_path):
     from lrm_interp.protect.registry import build_saliency
     from lrm_interp.testing import tiny_model
 
-    for kw, needle in [({"n_traces": 0}, "n_traces"), ({"bits": 9}, "bits must be in 2..8"),
-                       ({"bits": float("nan")}, "bits must be in 2..8"), ({"group_size": 0}, "group_size"),
-                       ({"budget": float("nan")}, "budget"), ({"budget": 0.0}, "budget"), ({"n_eval": -1}, "n_eval")]:
+    for kw, needle in [
+        ({"n_traces": 0}, "n_traces"),
+        ({"bits": 9}, "bits must be in 2..8"),
+        ({"bits": float("nan")}, "bits must be in 2..8"),
+        ({"group_size": 0}, "group_size"),
+        ({"budget": float("nan")}, "budget"),
+        ({"budget": 0.0}, "budget"),
+        ({"n_eval": -1}, "n_eval"),
+    ]:
         with pytest.raises(ValueError, match=needle):
             run_quickstart(tmp_path / "qs", tiny=True, progress=False, **kw)
     assert not (tmp_path / "qs").exists()
-    for kw, needle in [({"guided_mix": float("nan")}, "guided_mix"), ({"guided_mix": 1.5}, "guided_mix"),
-                       ({"random_seeds": (-1,)}, "random_seeds"), ({"random_seeds": ()}, "random_seeds"),
-                       ({"group_size": 0}, "group_size"), ({"budget": float("nan")}, "budget"),
-                       ({"bits": 3.5}, "bits"), ({"per_family": 0}, "per_family"), ({"problem_seed": -2}, "problem_seed")]:
+    for kw, needle in [
+        ({"guided_mix": float("nan")}, "guided_mix"),
+        ({"guided_mix": 1.5}, "guided_mix"),
+        ({"random_seeds": (-1,)}, "random_seeds"),
+        ({"random_seeds": ()}, "random_seeds"),
+        ({"group_size": 0}, "group_size"),
+        ({"budget": float("nan")}, "budget"),
+        ({"bits": 3.5}, "bits"),
+        ({"per_family": 0}, "per_family"),
+        ({"problem_seed": -2}, "problem_seed"),
+    ]:
         with pytest.raises(ValueError, match=needle):
             ExperimentSettings(**kw)
     assert check_bits(3.0) == 3 and check_group_size(None) is None and check_group_size(64) == 64
@@ -240,22 +277,33 @@ def test_generation_annotator_and_export_settings_refuse_bad_values():
     from lrm_interp.protect import exports
 
     nan, inf = float("nan"), float("inf")
-    for kw, needle in [({"temperature": inf}, "temperature must be a finite number >= 0"),
-                       ({"temperature": nan}, "temperature"), ({"temperature": -0.1}, "temperature"),
-                       ({"top_p": 0}, r"top_p must be a finite number in \(0, 1\]"), ({"top_p": 1.5}, "top_p"),
-                       ({"top_p": nan}, "top_p"), ({"seed": -1}, "seed must be an integer >= 0"),
-                       ({"seed": 1.5}, "seed"), ({"n_samples": 0}, "n_samples must be an integer >= 1"),
-                       ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": -1}, "max_new_tokens"),
-                       ({"batch_size": 0}, "batch_size"), ({"batch_size": True}, "batch_size"),
-                       ({"chat_template": "yes"}, "chat_template")]:
+    for kw, needle in [
+        ({"temperature": inf}, "temperature must be a finite number >= 0"),
+        ({"temperature": nan}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0}, r"top_p must be a finite number in \(0, 1\]"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_p": nan}, "top_p"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"seed": 1.5}, "seed"),
+        ({"n_samples": 0}, "n_samples must be an integer >= 1"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": True}, "batch_size"),
+        ({"chat_template": "yes"}, "chat_template"),
+    ]:
         with pytest.raises(ValueError, match=needle):
             GenerationSettings(**kw)
     ok = GenerationSettings(temperature=0, top_p=1, seed=0, max_new_tokens=1, n_samples=1, batch_size=1)
     assert ok.greedy and ok.to_dict()["temperature"] == 0
-    for kw, needle in [({"temperature": nan}, "temperature"), ({"temperature": -1}, "temperature"),
-                       ({"temperature": inf}, "temperature"), ({"max_tokens": 0}, "max_tokens must be None or an "
-                                                                                   "integer >= 1"),
-                       ({"max_tokens": -1}, "max_tokens")]:
+    for kw, needle in [
+        ({"temperature": nan}, "temperature"),
+        ({"temperature": -1}, "temperature"),
+        ({"temperature": inf}, "temperature"),
+        ({"max_tokens": 0}, "max_tokens must be None or an integer >= 1"),
+        ({"max_tokens": -1}, "max_tokens"),
+    ]:
         with pytest.raises(ValueError, match=needle):
             OpenAIClient(model="m", base_url="http://127.0.0.1:1/v1", **kw)
     for bad in (0, -1, 2.5):
@@ -270,7 +318,8 @@ def test_generation_annotator_and_export_settings_refuse_bad_values():
 
     assert exports.gptqmodel_dynamic_bits(Alloc(), default_bits=3) == {
         r"+:^model\.layers\.0\.mlp\.down_proj$": {"bits": 4, "group_size": 128},
-        r"-:^model\.layers\.0\.mlp\.up_proj$": {}}
+        r"-:^model\.layers\.0\.mlp\.up_proj$": {},
+    }
     for bad in (1, 9, 16, 3.5, nan, True, "3"):
         with pytest.raises(ValueError, match=r"default_bits must be an integer in \[2, 8\]"):
             exports.gptqmodel_dynamic_bits(Alloc(), default_bits=bad)

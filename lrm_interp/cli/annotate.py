@@ -128,10 +128,28 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     return 0
 
 
+#: flags of ``annotate agree`` used only with ``--downstream`` (given without it: refused, naming them)
+_DOWNSTREAM_ONLY = (("annotator", "--annotator"), ("out", "--out"), ("max_tokens", "--max-tokens"),
+                    ("top_k", "--top-k"), ("seed", "--seed"), ("behaviors", "--behaviors"),
+                    ("datasets", "--datasets"), ("long", "--long"), ("per_dataset", "--per-dataset"),
+                    ("max_traces", "--max-traces"))
+#: where ``annotate agree --downstream`` keeps its state unless ``--out`` says otherwise
+DOWNSTREAM_CACHE = Path("~/.cache/lrm_interp/annotate_downstream")
+
+
 def cmd_agree(a: argparse.Namespace) -> int:
     from lrm_interp.cli.common import CliError
     from lrm_interp.data.annotate import annotation_agreement, format_agreement
 
+    if a.downstream is not None:
+        return _cmd_downstream(a)
+    given = [flag for attr, flag in _DOWNSTREAM_ONLY if getattr(a, attr, None) is not None]  # 0 is a value
+    if given:
+        raise CliError(f"{given[0]} applies only with --downstream MODEL (the attribution comparison); "
+                       f"without it 'annotate agree' compares --gold and --pred character by character")
+    if a.pred is None:
+        raise CliError("--pred PATH is required (the annotation to score), or --downstream MODEL to compare the "
+                       "attributions the annotators' spans lead to")
     gold = _load_annotated(a.gold, "--gold")
     pred = _load_annotated(a.pred, "--pred")
     ids = {t.id for t in pred}
@@ -143,13 +161,98 @@ def cmd_agree(a: argparse.Namespace) -> int:
     for t in gold:
         if by_id[t.id].response != t.response:
             raise CliError(f"trace {t.id!r}: the response differs between --gold {a.gold} and --pred {a.pred}")
-    agr = annotation_agreement(gold, pred, min_iou=a.min_iou, region=a.region)
+    min_iou = 0.5 if a.min_iou is None else a.min_iou
+    agr = annotation_agreement(gold, pred, min_iou=min_iou, region=a.region)
     where = "characters the gold labels" if a.region == "gold" else "all characters"
     if a.json:
         print(json.dumps(agr, indent=1))
     else:
         print(format_agreement(agr, title=f"{len(gold)} traces; {where}; character level and span level "
-                                          f"(IoU >= {a.min_iou}); * = target behaviour"))
+                                          f"(IoU >= {min_iou}); * = target behaviour"))
+    return 0
+
+
+def _downstream_sources(a: argparse.Namespace) -> list[str]:
+    """The --annotator values, checked (names or trained annotator files) before anything loads."""
+    from lrm_interp.cli.common import CliError
+    from lrm_interp.data.annotate import ANNOTATOR_NAMES, DEFAULT_ANNOTATOR
+    from lrm_interp.experiments.annotation_downstream import CV_ANNOTATOR
+
+    names = list(a.annotator or ([] if a.pred else [DEFAULT_ANNOTATOR]))
+    for n in names:
+        if n == "llm":
+            raise CliError("--annotator llm needs an endpoint: annotate the outputs first ('lrm-interp annotate "
+                           "--annotator llm --in OUTPUTS --out llm.jsonl') and compare that file with --pred llm.jsonl")
+        if n not in ANNOTATOR_NAMES and n != CV_ANNOTATOR and not Path(n).expanduser().is_file():
+            known = [x for x in ANNOTATOR_NAMES if x != "llm"] + [CV_ANNOTATOR]
+            raise CliError(f"--annotator {n}: not one of {', '.join(known)} and no such trained annotator file "
+                           "(write one with 'lrm-interp annotate train')")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise CliError(f"--annotator {dup[0]} is given twice")
+    return names
+
+
+def _cmd_downstream(a: argparse.Namespace) -> int:
+    import hashlib
+
+    from lrm_interp.cli.common import CliError, check_paths, model_input, require_model, require_path
+
+    if a.min_iou is not None:
+        raise CliError("--min-iou applies to the span-level agreement, not to --downstream (which compares site "
+                       "scores; its character F1 column uses --region)")
+    require_model(a.downstream, "--downstream")
+    names = _downstream_sources(a)
+    gold_path = require_path(a.gold, "--gold")
+    pred_path = require_path(a.pred, "--pred") if a.pred else None
+    settings_key = json.dumps([str(gold_path.resolve()), str(pred_path.resolve()) if pred_path else None,
+                               a.downstream, names, a.max_tokens, a.top_k, a.behaviors, a.datasets,
+                               a.long, a.per_dataset, a.max_traces, a.region])  # not --seed: seeds share --out
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(a.downstream).name)[:40]
+    out = Path(a.out).expanduser() if a.out else (
+        DOWNSTREAM_CACHE.expanduser() / f"{slug}-{hashlib.sha1(settings_key.encode()).hexdigest()[:10]}")
+    check_paths({"--out": out}, {"--gold": a.gold, "--pred": a.pred, "--downstream": model_input(a.downstream),
+                                 **{f"--annotator {n}": n for n in names if n not in ("trained", "rules", "keyword")}})
+    from lrm_interp.data.traces import ReasoningDataset
+    from lrm_interp.experiments.annotation_downstream import annotation_downstream
+
+    ref = _load_annotated(a.gold, "--gold")
+    ref = ReasoningDataset(list(ref), name=str(a.gold), report=getattr(ref, "report", None))
+    sources: dict = {n: n for n in names}
+    if pred_path is not None:
+        pred = _load_annotated(a.pred, "--pred")
+        sources[str(a.pred)] = ReasoningDataset(list(pred), name=str(a.pred))
+    if not a.quiet and not a.json:
+        print(f"state in {out} (rerun the same command to resume)")
+    import contextlib
+    import sys
+
+    # everything is checked (behaviours, annotators, the state folder) before the model is loaded; with
+    # --json every line of the run goes to stderr, so stdout holds the JSON alone
+    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
+        res = annotation_downstream(a.downstream, ref, sources, out_dir=out, model_name=a.downstream,
+                                    top_k=10 if a.top_k is None else a.top_k, max_tokens=a.max_tokens,
+                                    seed=[0] if a.seed is None else a.seed, behaviors=a.behaviors, region=a.region,
+                                    datasets=a.datasets, long=a.long or "cut", per_dataset=a.per_dataset,
+                                    max_traces=a.max_traces, progress=not a.quiet)
+    if a.json:
+        print(json.dumps(res.to_dict(), indent=1, ensure_ascii=False))
+        return 0
+    cut = res.provenance["cut"]
+    runs = res.provenance["attributions"].values()
+    secs = sum(r.get("seconds", 0) for r in runs)
+    done = sum(1 for r in runs if r.get("how") == "computed")
+    skipped = f", {cut['n_skipped']} longer ones left out (--long skip)" if cut.get("n_skipped") else ""
+    print(f"{res.provenance['reference']['n_traces']} traces of --gold {a.gold}; model {a.downstream}; cut at "
+          f"{cut['limit']} tokens ({cut['by']}): {cut['n_cut']} traces cut{skipped}, {cut['tokens_kept']} of "
+          f"{cut['tokens_total']} tokens kept; {len(runs)} attributions ({done} computed by this call, the others "
+          f"loaded from --out), {secs:.0f} s")
+    print("Spearman = rank correlation of the site scores with the reference spans' scores; "
+          f"top-{res.settings['top_k']} = sites in common; noise floor = two random halves of the reference spans ("
+          + "; ".join(f"seed {x}: {len(h['a'])} + {len(h['b'])} traces" for x, h in res.provenance["halves"].items())
+          + f"); char F1 over {'the characters --gold labels' if a.region == 'gold' else 'all characters'}")
+    print(res.format())
+    print(f"wrote {out}/result.json, table.md, table.csv (scores of each attribution: {out}/<run>/scores.csv)")
     return 0
 
 
@@ -185,7 +288,16 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from lrm_interp.cli.common import PROG, add_command, float_arg, nonneg_float, nonneg_int, positive_int
+    from lrm_interp.cli.common import (
+        PROG,
+        add_command,
+        float_arg,
+        int_arg,
+        nonneg_float,
+        nonneg_int,
+        positive_int,
+        seed_int,
+    )
     from lrm_interp.data.annotate import ANNOTATOR_NAMES, DEFAULT_ANNOTATOR
     from lrm_interp.data.annotators.agreement import REGIONS
 
@@ -242,21 +354,68 @@ def register(sub) -> None:
 
     subs = an.add_subparsers(dest="annotate_cmd", required=False, metavar="SUBCOMMAND",
                              help="optional: agree (compare two annotations) or train (fit an annotator)")
-    ag = add_command(subs, "agree", help="per-label agreement of two annotations of the same outputs",
+    ag = add_command(subs, "agree", help="per-label agreement of two annotations of the same outputs, or of the "
+                                         "attributions they lead to (--downstream)",
                      description="Per-label agreement of --pred with --gold: character-level precision, recall "
                                  "and F1, and span-level precision/recall (one-to-one matches with IoU >= "
-                                 "--min-iou). Both may be paper-layout folders or JSONL trace files.",
+                                 "--min-iou). Both may be paper-layout folders or JSONL trace files. With "
+                                 "--downstream MODEL: does the annotator matter downstream? MODEL is attributed "
+                                 "(exact mode, prefix-cached) with --gold's spans and with each --annotator's spans "
+                                 "(and --pred's, if given) on the same traces; per behaviour the Spearman "
+                                 "correlation of the site scores and the top-k sites in common, plus a noise floor: "
+                                 "the same statistics between two random halves of --gold's spans (split by trace, "
+                                 "seeded). Resumable: rerun the same command.",
                      examples=[f"{PROG} annotate agree --gold tests/data/r1_style --pred traces.jsonl",
                                f"{PROG} annotate agree --gold gpt4o_layout/ --pred rules.jsonl --min-iou 0.3 --json",
-                               f"{PROG} annotate agree --gold gpt4o_layout/ --pred traces.jsonl --region gold"])
+                               f"{PROG} annotate agree --gold gpt4o_layout/ --pred traces.jsonl --region gold",
+                               f"{PROG} annotate agree --gold ../shared/data/r1_gpt4o_dev --downstream smollm2-135m "
+                               "--annotator trained --annotator trained-cv --annotator rules --datasets FOLIO "
+                               "--max-tokens 4096"])
     ag.add_argument("--gold", required=True, metavar="PATH", help="reference annotation (paper layout or JSONL)")
-    ag.add_argument("--pred", required=True, metavar="PATH", help="annotation to score (paper layout or JSONL)")
-    ag.add_argument("--min-iou", type=float_arg(0.0, 1.0, min_open=True, name="iou"), default=0.5, metavar="X",
-                    help="IoU for a span-level match, in (0, 1]")
+    ag.add_argument("--pred", default=None, metavar="PATH",
+                    help="annotation to score (paper layout or JSONL); required without --downstream, with it an "
+                         "extra annotation to compare")
+    ag.add_argument("--min-iou", type=float_arg(0.0, 1.0, min_open=True, name="iou"), default=None, metavar="X",
+                    help="IoU for a span-level match, in (0, 1] (default 0.5)")
     ag.add_argument("--region", choices=REGIONS, default="all",
                     help="all: score every character; gold: only the characters --gold labels (real annotators "
-                         "leave text out, e.g. GPT-4o drops the tails of long traces)")
-    ag.add_argument("--json", action="store_true", help="print the agreement as JSON")
+                         "leave text out, e.g. GPT-4o drops the tails of long traces); with --downstream the "
+                         "annotators' spans are also clipped to that region before attributing")
+    ag.add_argument("--json", action="store_true", help="print the agreement (or the downstream result) as JSON")
+    ds = ag.add_argument_group("downstream: the attributions the spans lead to")
+    ds.add_argument("--downstream", default=None, metavar="MODEL",
+                    help="attribute this model (a local Hugging Face folder or an alias, e.g. smollm2-135m) with "
+                         "--gold's spans and with each annotator's spans, and compare the site scores")
+    ds.add_argument("--annotator", action="append", default=None, metavar="NAME|FILE",
+                    help=f"annotator whose spans are compared, repeatable: {' | '.join(ANNOTATOR_NAMES[:-1])} | "
+                         "trained-cv (the trained annotator's recipe refitted 5-fold on --gold, grouped by trace: "
+                         "each trace annotated by the fold that did not see it; the honest figure on the traces the "
+                         "shipped annotator was fitted on) | a trained annotator file (default: "
+                         f"{DEFAULT_ANNOTATOR}, unless --pred is given)")
+    ds.add_argument("--out", default=None, metavar="DIR",
+                    help="state folder: each attribution with its scores.csv, result.json, table.md (default: "
+                         f"{DOWNSTREAM_CACHE}/<model>-<hash of the arguments>)")
+    ds.add_argument("--max-tokens", type=int_arg(2, name="max_tokens"), default=None, metavar="N",
+                    help="cut every trace to its first N tokens, on every side alike (default: the model's "
+                         "context); the number of cut traces is reported")
+    ds.add_argument("--top-k", type=positive_int, default=None, metavar="K",
+                    help="compare the K most important sites (default 10)")
+    ds.add_argument("--seed", type=seed_int, nargs="+", default=None, metavar="S",
+                    help="seed of the noise floor's random split of the traces; several: one split each, rows per "
+                         "seed and their mean; a new seed reuses every other attribution of --out (default 0)")
+    ds.add_argument("--behaviors", nargs="+", default=None, metavar="LABEL",
+                    help="behaviours to compare; each needs --gold spans (default: the four target behaviours)")
+    ds.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
+                    help="only --gold's traces of these datasets (case-insensitive, e.g. FOLIO temporal_sequences)")
+    ds.add_argument("--long", choices=("cut", "skip"), default=None,
+                    help="traces longer than --max-tokens (or the model's context): cut = attribute their first "
+                         "tokens (default), skip = leave them out (counted)")
+    ds.add_argument("--per-dataset", type=positive_int, default=None, metavar="N",
+                    help="only the first N traces of each dataset (after --datasets and --long skip)")
+    ds.add_argument("--max-traces", type=positive_int, default=None, metavar="N",
+                    help="only the first N traces (after --datasets, --long skip and --per-dataset), e.g. to time "
+                         "a run")
+    ds.add_argument("--quiet", action="store_true", help="no progress bars")
     ag.set_defaults(fn=cmd_agree)
 
     tr = add_command(subs, "train", help="fit a linear annotator on annotated traces (with cross-validation)",
