@@ -50,14 +50,19 @@ def old_align(rev: str):
 
     if rev in _OLD:
         return _OLD[rev]
-    src = subprocess.run(["git", "show", f"{rev}:lrm_interp/data/align.py"], check=True, capture_output=True,
-                         text=True, cwd=Path(__file__).resolve().parent.parent).stdout
+    src = subprocess.run(
+        ["git", "show", f"{rev}:lrm_interp/data/align.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout
     path = Path(tempfile.mkdtemp()) / f"align_{rev}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(f"align_{rev}", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]  # a .py file always has a loader
     _OLD[rev] = mod.align_segments
     return mod.align_segments
 
@@ -70,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="paper-layout folder (outputs/ and annotated/)")
     ap.add_argument("--out", default=None, help="JSON file for the per-trace times")
     ap.add_argument("--skip-markup", action="store_true", help="leave out the 'rules via markup' rows")
-    ap.add_argument("--before", metavar="REV", default=None,
-                    help="add a 'rules via markup' row with data/align.py from this git revision (slow), e.g. f2a09cd")
+    ap.add_argument(
+        "--before",
+        metavar="REV",
+        default=None,
+        help="add a 'rules via markup' row with data/align.py from this git revision (slow), e.g. f2a09cd",
+    )
     a = ap.parse_args(argv)
 
     import torch
@@ -92,30 +101,35 @@ def main(argv: list[str] | None = None) -> int:
     for t in tqdm(list(gold), desc="traces"):
         think = thinking_part(t.response)
         r = {"id": t.id, "chars": len(t.response), "thinking_chars": len(think)}
-        r["rules"] = _timed(lambda: annotate_response(t.response, rules))
+        r["rules"] = _timed(lambda t=t: annotate_response(t.response, rules))
         if not a.skip_markup:
             mk = markup([(lab, s.text) for s, lab in rules.label_sentences(think)])
-            r["rules via markup"] = _timed(lambda: annotate_trace(t.response, mk))
+            r["rules via markup"] = _timed(lambda t=t, mk=mk: annotate_trace(t.response, mk))
             if a.before:
                 import lrm_interp.data.paper_layout as pl
 
                 current = pl.align_segments
                 pl.align_segments = old_align(a.before)
                 try:
-                    r[before_key] = _timed(lambda: annotate_trace(t.response, mk))
+                    r[before_key] = _timed(lambda t=t, mk=mk: annotate_trace(t.response, mk))
                 finally:
                     pl.align_segments = current
-        r["trained"] = _timed(lambda: annotate_response(t.response, trained))
+        r["trained"] = _timed(lambda t=t: annotate_response(t.response, trained))
         if t.id in files:
             text = files[t.id].read_text(encoding="utf-8")
-            r["annotation file"] = _timed(lambda: annotate_trace(t, text, source=str(files[t.id])))
+            r["annotation file"] = _timed(lambda t=t, text=text: annotate_trace(t, text, source=str(files[t.id])))
         rows.append(r)
-    kinds = [k for k in ("rules", "rules via markup", before_key, "trained", "annotation file")
-             if any(k in r for r in rows)]
+    kinds = [
+        k for k in ("rules", "rules via markup", before_key, "trained", "annotation file") if any(k in r for r in rows)
+    ]
     buckets = [(0, 10_000), (10_000, 40_000), (40_000, 10**9)]
-    lines = [f"{len(rows)} traces, {sum(r['chars'] for r in rows):,} characters; {platform.processor() or platform.machine()},"
-             " 1 thread", "",
-             "| route | total s | slowest trace s (chars) | s / 10k chars, < 10k | 10k–40k | > 40k |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"{len(rows)} traces, {sum(r['chars'] for r in rows):,} characters; "
+        f"{platform.processor() or platform.machine()}, 1 thread",
+        "",
+        "| route | total s | slowest trace s (chars) | s / 10k chars, < 10k | 10k–40k | > 40k |",
+        "|---|---|---|---|---|---|",
+    ]
     for k in kinds:
         have = [r for r in rows if k in r]
         slow = max(have, key=lambda r: r[k])
@@ -123,12 +137,24 @@ def main(argv: list[str] | None = None) -> int:
         for lo, hi in buckets:
             b = [r for r in have if lo <= r["chars"] < hi]
             per.append(f"{1e4 * sum(r[k] for r in b) / max(sum(r['chars'] for r in b), 1):.4f}" if b else "–")
-        lines.append(f"| {k} | {sum(r[k] for r in have):.2f} | {slow[k]:.2f} ({slow['chars']:,}) | " + " | ".join(per) + " |")
+        lines.append(
+            f"| {k} | {sum(r[k] for r in have):.2f} | {slow[k]:.2f} ({slow['chars']:,}) | " + " | ".join(per) + " |"
+        )
     print("\n".join(lines))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"data": str(a.data), "python": sys.version.split()[0],
-                                           "machine": platform.machine(), "table": lines, "rows": rows}, indent=1))
+        Path(a.out).write_text(
+            json.dumps(
+                {
+                    "data": str(a.data),
+                    "python": sys.version.split()[0],
+                    "machine": platform.machine(),
+                    "table": lines,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

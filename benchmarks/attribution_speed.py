@@ -99,9 +99,11 @@ def run_paper(model, sites, enc, vecs):
     outs = {}
     hooks = []
     for s in sites:
+
         def hook(m, a, o, name=s.name):
             o.retain_grad()
             outs[name] = o
+
         hooks.append(get_module(model, s.name).register_forward_hook(hook))
     dots = torch.zeros(len(enc.spans), len(sites), dtype=torch.float64)
     try:
@@ -114,7 +116,7 @@ def run_paper(model, sites, enc, vecs):
             model.zero_grad(set_to_none=True)
             loss.backward()
             for j, s in enumerate(sites):
-                g = outs[s.name].grad[0, sp.start - 1: sp.end - 1].double().mean(0)
+                g = outs[s.name].grad[0, sp.start - 1 : sp.end - 1].double().mean(0)
                 dots[k, j] = float(g @ vecs["backtracking"][s.name].double())
             outs.clear()
     finally:
@@ -137,7 +139,7 @@ def run_floor(model, enc):
     with frozen_for_attribution(model), torch.enable_grad():
         emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
         h = model.model(inputs_embeds=emb, use_cache=False).last_hidden_state
-        model.get_output_embeddings()(h[0, :n - 1]).float().logsumexp(-1).sum().backward()
+        model.get_output_embeddings()(h[0, : n - 1]).float().logsumexp(-1).sum().backward()
 
 
 def worker(method: str, length: int, seed: int) -> dict:
@@ -158,10 +160,16 @@ def worker(method: str, length: int, seed: int) -> dict:
     t0 = time.perf_counter()
     dots = _dispatch(method, model, sites, enc, vecs)
     seconds = time.perf_counter() - t0
-    out = {"method": method, "length": length, "spans": len(spans),
-           "span_tokens": sum(b - a for a, b in spans), "seconds": seconds,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_after_load_mb": rss_loaded,
-           "threads": torch.get_num_threads()}
+    out = {
+        "method": method,
+        "length": length,
+        "spans": len(spans),
+        "span_tokens": sum(b - a for a, b in spans),
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_load_mb": rss_loaded,
+        "threads": torch.get_num_threads(),
+    }
     if dots is not None:
         out["dots"] = dots.tolist()
     return out
@@ -188,8 +196,9 @@ def _dispatch(method, model, sites, enc, vecs):
 
 def _run(method: str, length: int, seed: int) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    r = subprocess.run([sys.executable, __file__, "--worker", method, str(length), str(seed)],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [sys.executable, __file__, "--worker", method, str(length), str(seed)], capture_output=True, text=True, env=env
+    )
     if r.returncode != 0:
         raise RuntimeError(f"{method} at {length} tokens failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -230,10 +239,15 @@ def main(argv=None) -> int:
                 continue
             r = _run(m, L, a.seed)
             rows.append(r)
-            print(f"{m:7s} {L:6d} tokens {r['spans']:4d} spans  {r['seconds']:8.2f} s  peak {r['peak_rss_mb']:7.0f} MB",
-                  flush=True)
+            print(
+                f"{m:7s} {L:6d} tokens {r['spans']:4d} spans  {r['seconds']:8.2f} s  peak {r['peak_rss_mb']:7.0f} MB",
+                flush=True,
+            )
     by = {(r["method"], r["length"]): r for r in rows}
-    print("\n| tokens | spans | method | time (s) | peak RSS (MB) | × floor | cached speed-up | cached / this memory | max rel. diff of dots vs full |")
+    print(
+        "\n| tokens | spans | method | time (s) | peak RSS (MB) | × floor | cached speed-up | cached / this memory "
+        "| max rel. diff of dots vs full |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for L in a.lengths:
         fl, ca, fu = by.get(("floor", L)), by.get(("cached", L)), by.get(("full", L))
@@ -245,7 +259,10 @@ def main(argv=None) -> int:
             sp = f"{r['seconds'] / ca['seconds']:.1f}×" if ca and m != "cached" else "–"
             mem = f"{ca['peak_rss_mb'] / r['peak_rss_mb']:.2f}" if ca and m != "cached" else "–"
             dd = f"{_rel_diff(fu['dots'], r['dots']):.1e}" if fu and "dots" in r and m != "full" else "–"
-            print(f"| {L} | {r['spans']} | {m} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {xf} | {sp} | {mem} | {dd} |")
+            print(
+                f"| {L} | {r['spans']} | {m} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} "
+                f"| {xf} | {sp} | {mem} | {dd} |"
+            )
     print("\ngrowth exponent of time vs length (log-log slope):")
     for m in a.methods:
         s = _slope([r for r in rows if r["method"] == m])

@@ -46,8 +46,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", action="store_true", help="print the top 25 functions by cumulative time")
     ap.add_argument("--mode", default="exact", choices=["exact", "joint"], help="AtP mode")
-    ap.add_argument("--prefix-cache", type=int, default=None, choices=[0, 1],
-                    help="exact mode's prefix cache (omit for the checkout's default)")
+    ap.add_argument(
+        "--prefix-cache",
+        type=int,
+        default=None,
+        choices=[0, 1],
+        help="exact mode's prefix cache (omit for the checkout's default)",
+    )
     a = ap.parse_args(argv)
     import lrm_interp
     from lrm_interp import load_model
@@ -68,8 +73,18 @@ def main(argv=None) -> int:
         prof.disable()
     secs = time.perf_counter() - t0
     spans = sum(res.provenance["counts"]["spans"].values())
-    print(json.dumps({"seconds": round(secs, 2), "traces": len(ds), "tokens": n_tok, "spans": spans, **kw,
-                      "lrm_interp": lrm_interp.__file__}))
+    print(
+        json.dumps(
+            {
+                "seconds": round(secs, 2),
+                "traces": len(ds),
+                "tokens": n_tok,
+                "spans": spans,
+                **kw,
+                "lrm_interp": lrm_interp.__file__,
+            }
+        )
+    )
     if prof:
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(25)

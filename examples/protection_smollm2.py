@@ -20,6 +20,7 @@ model. "recovered" = (KL_none − KL) / KL_none, the share of the unprotected KL
 usage: python examples/protection_smollm2.py [--bits 3 2] [--group-size 128] [--symmetric | --asymmetric]
        [--methods rtn gptq] [--only TEXT ...] [--out FILE.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,20 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import torch
+from tqdm.auto import tqdm
 
-from lrm_interp import (ExperimentSettings, ProtectionPlanner, atomic_write_text, attribute,  # noqa: E402
-                        calibration_ids, divergence, encode_trace, load_model)
-from lrm_interp.toy.tasks import generate_dataset  # noqa: E402
+from lrm_interp import (
+    ExperimentSettings,
+    ProtectionPlanner,
+    atomic_write_text,
+    attribute,
+    calibration_ids,
+    divergence,
+    encode_trace,
+    load_model,
+)
+from lrm_interp.toy.tasks import generate_dataset
 
 
 def main() -> None:
@@ -43,10 +52,20 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=128, help="0 = per channel")
     ap.add_argument("--budget", type=float, default=0.02)
     grid = ap.add_mutually_exclusive_group()
-    grid.add_argument("--symmetric", dest="symmetric", action="store_true", default=False,
-                      help="symmetric grid (no zero-point), all rows; default: asymmetric")
-    grid.add_argument("--asymmetric", dest="symmetric", action="store_false", default=False,
-                      help="min-max grid with a zero-point (the default)")
+    grid.add_argument(
+        "--symmetric",
+        dest="symmetric",
+        action="store_true",
+        default=False,
+        help="symmetric grid (no zero-point), all rows; default: asymmetric",
+    )
+    grid.add_argument(
+        "--asymmetric",
+        dest="symmetric",
+        action="store_false",
+        default=False,
+        help="min-max grid with a zero-point (the default)",
+    )
     ap.add_argument("--methods", nargs="+", default=["rtn", "gptq"])
     ap.add_argument("--only", nargs="+", default=None, help="rows whose label contains one of these (+ none)")
     ap.add_argument("--held-per-family", type=int, default=8)
@@ -62,18 +81,32 @@ def main() -> None:
     held = [encode_trace(tok, t) for t in generate_dataset(a.held_per_family, seed=2024)]
     res = attribute(model, attr_ds, tokenizer=tok, mode="joint", progress=False)
     fp = divergence(model, model, held).to_dict()
-    lines = [f"SmolLM2-135M-Instruct (fp32), {len(held)} held-out traces ({fp['tokens']} response tokens, "
-             f"{fp['span_tokens']} target-behaviour span tokens), group size {a.group_size or 'per channel'}, "
-             f"{'symmetric' if a.symmetric else 'asymmetric'} grid, budget {a.budget:.0%}; "
-             f"attribution from {len(attr_ds)} gold-annotated traces; GPTQ calibration {tuple(calib.shape)} ids. "
-             f"Unquantized span NLL {fp['nll_ref']:.3f}.", "",
-             "| quantizer | protection | bits/weight | KL (nats/token) | span NLL | recovered |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"SmolLM2-135M-Instruct (fp32), {len(held)} held-out traces ({fp['tokens']} response tokens, "
+        f"{fp['span_tokens']} target-behaviour span tokens), group size {a.group_size or 'per channel'}, "
+        f"{'symmetric' if a.symmetric else 'asymmetric'} grid, budget {a.budget:.0%}; "
+        f"attribution from {len(attr_ds)} gold-annotated traces; GPTQ calibration {tuple(calib.shape)} ids. "
+        f"Unquantized span NLL {fp['nll_ref']:.3f}.",
+        "",
+        "| quantizer | protection | bits/weight | KL (nats/token) | span NLL | recovered |",
+        "|---|---|---|---|---|---|",
+    ]
     print("\n".join(lines), flush=True)
     for bits in a.bits:
-        planner = ProtectionPlanner(model, tok, ExperimentSettings(
-            model="smollm2-135m", bits=bits, quantizer=a.methods[0], group_size=a.group_size or None,
-            symmetric=a.symmetric, budget=a.budget, attribution_traces=a.attr_per_family), progress=False)
+        planner = ProtectionPlanner(
+            model,
+            tok,
+            ExperimentSettings(
+                model="smollm2-135m",
+                bits=bits,
+                quantizer=a.methods[0],
+                group_size=a.group_size or None,
+                symmetric=a.symmetric,
+                budget=a.budget,
+                attribution_traces=a.attr_per_family,
+            ),
+            progress=False,
+        )
         # inputs of our own, set before any row runs: the planner uses them instead of computing its defaults
         planner.calib, planner.attribution_dataset, planner.attribution = calib, attr_ds, res
         for method in a.methods:
@@ -87,14 +120,19 @@ def main() -> None:
                 if row.kind == "none":
                     base = d["kl"]
                 rec = "" if row.kind == "none" or not base else f"{100 * (base - d['kl']) / base:.0f}%"
-                line = (f"| {method.upper()} {bits}-bit | {row.label} | {bpw:.3f} | {d['kl']:.4f} | {d['nll']:.3f} | "
-                        f"{rec} |")
+                line = (
+                    f"| {method.upper()} {bits}-bit | {row.label} | {bpw:.3f} | {d['kl']:.4f} | {d['nll']:.3f} | "
+                    f"{rec} |"
+                )
                 lines.append(line)
                 tqdm.write(line)
                 _write(a.out, lines)  # after every row: a long run keeps what it measured
-    lines += ["", f"({time.time() - t0:.0f} s on this machine; `python examples/protection_smollm2.py "
-                  f"--bits {' '.join(map(str, a.bits))} --group-size {a.group_size} "
-                  f"--{'symmetric' if a.symmetric else 'asymmetric'} --methods {' '.join(a.methods)}`)"]
+    lines += [
+        "",
+        f"({time.time() - t0:.0f} s on this machine; `python examples/protection_smollm2.py "
+        f"--bits {' '.join(map(str, a.bits))} --group-size {a.group_size} "
+        f"--{'symmetric' if a.symmetric else 'asymmetric'} --methods {' '.join(a.methods)}`)",
+    ]
     _write(a.out, lines)
 
 

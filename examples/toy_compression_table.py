@@ -3,6 +3,7 @@
 usage: python examples/toy_compression_table.py [--per-family 100] [--group-size 32] [--seed 2]
 Prints a markdown table (the one in docs/toy_model.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,10 +12,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lrm_interp import prune_model_, quantize_model_  # noqa: E402
-from lrm_interp.toy import load_toy_model  # noqa: E402
-from lrm_interp.toy.evaluate import evaluate  # noqa: E402
-from lrm_interp.toy.tasks import FAMILIES, problems  # noqa: E402
+from lrm_interp import prune_model_, quantize_model_
+from lrm_interp.toy import load_toy_model
+from lrm_interp.toy.evaluate import evaluate
+from lrm_interp.toy.tasks import FAMILIES, problems
 
 
 def main() -> None:
@@ -27,8 +28,17 @@ def main() -> None:
     model, tok = load_toy_model()
     held = problems(a.per_family, seed=a.seed)
     rows = [("full precision (fp32)", model)]
-    grids = [(4, a.group_size, False), (3, a.group_size, False), (3, 64, False), (3, 128, False), (3, None, False),
-             (2, a.group_size, False), (4, 128, True), (3, 128, True), (3, None, True)]
+    grids = [
+        (4, a.group_size, False),
+        (3, a.group_size, False),
+        (3, 64, False),
+        (3, 128, False),
+        (3, None, False),
+        (2, a.group_size, False),
+        (4, 128, True),
+        (3, 128, True),
+        (3, None, True),
+    ]
     for bits, g, sym in grids:  # asymmetric (min-max, zero-point) and symmetric (GPTQ's convention) grids
         q = copy.deepcopy(model)
         quantize_model_(q, bits=bits, group_size=g, symmetric=sym, progress=False)
@@ -41,8 +51,10 @@ def main() -> None:
     print("|---|" + "---|" * (len(FAMILIES) + 1))
     for name, m in rows:
         acc = evaluate(m, tok, held, batch_size=a.batch_size)
-        print(f"| {name} | " + " | ".join(f"{100 * acc[f]:.0f}" for f in FAMILIES) + f" | {100 * acc['mean']:.1f} |",
-              flush=True)
+        print(
+            f"| {name} | " + " | ".join(f"{100 * acc[f]:.0f}" for f in FAMILIES) + f" | {100 * acc['mean']:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ b and b+1 bits, at matched bits per weight (every allocation row has exactly the
 usage: python examples/toy_mixed_precision.py [--per-family 30] [--bits 3] [--symmetric] [--method rtn|gptq]
     [--extra 0 0.25 0.5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,14 +15,25 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lrm_interp import (allocate_bits, attribute, bits_per_weight, build_masks, build_saliency,  # noqa: E402
-                        calibration_ids, find_sites, quantization_errors, quantize_allocation_, quantize_model_,
-                        uniform_allocation, wilson_interval)
-from lrm_interp.compress.calibration import layer_hessians  # noqa: E402
-from lrm_interp.protect.mixed import hessian_sensitivity  # noqa: E402
-from lrm_interp.toy import load_toy_model  # noqa: E402
-from lrm_interp.toy.evaluate import evaluate  # noqa: E402
-from lrm_interp.toy.tasks import FAMILIES, generate_dataset, problems  # noqa: E402
+from lrm_interp import (
+    allocate_bits,
+    attribute,
+    bits_per_weight,
+    build_masks,
+    build_saliency,
+    calibration_ids,
+    find_sites,
+    quantization_errors,
+    quantize_allocation_,
+    quantize_model_,
+    uniform_allocation,
+    wilson_interval,
+)
+from lrm_interp.compress.calibration import layer_hessians
+from lrm_interp.protect.mixed import hessian_sensitivity
+from lrm_interp.toy import load_toy_model
+from lrm_interp.toy.evaluate import evaluate
+from lrm_interp.toy.tasks import FAMILIES, generate_dataset, problems
 
 
 def main() -> None:
@@ -30,10 +42,19 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=3, help="the uniform baseline's bits")
     ap.add_argument("--group-size", type=int, default=128, help="group size of every grid")
     ap.add_argument("--symmetric", action="store_true", help="symmetric grid (GPTQ's convention)")
-    ap.add_argument("--method", choices=["rtn", "gptq"], default="rtn",
-                    help="quantizer of every row (gptq: calibration on generated toy traces)")
-    ap.add_argument("--extra", type=float, nargs="+", default=[0.0, 0.25, 0.5],
-                    help="budgets = uniform-b bits/weight + each of these")
+    ap.add_argument(
+        "--method",
+        choices=["rtn", "gptq"],
+        default="rtn",
+        help="quantizer of every row (gptq: calibration on generated toy traces)",
+    )
+    ap.add_argument(
+        "--extra",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.25, 0.5],
+        help="budgets = uniform-b bits/weight + each of these",
+    )
     a = ap.parse_args()
     t0 = time.time()
     model, tok = load_toy_model()
@@ -54,19 +75,28 @@ def main() -> None:
     def line(name, bpw, counts, acc):
         k = round(acc["mean"] * len(held))
         lo, hi = wilson_interval(k, len(held))
-        print(f"| {name} | {bpw:.3f} | {counts} | " + " | ".join(f"{100 * acc[f]:.0f}" for f in FAMILIES)
-              + f" | {100 * acc['mean']:.1f} | {100 * lo:.1f}–{100 * hi:.1f} |", flush=True)
+        print(
+            f"| {name} | {bpw:.3f} | {counts} | "
+            + " | ".join(f"{100 * acc[f]:.0f}" for f in FAMILIES)
+            + f" | {100 * acc['mean']:.1f} | {100 * lo:.1f}–{100 * hi:.1f} |",
+            flush=True,
+        )
 
     def row(name, alloc):
         q = copy.deepcopy(model)
-        quantize_allocation_(q, alloc, method=a.method, calib=calib if a.method == "gptq" else None,
-                             progress=False)
-        line(name, alloc.bpw, " ".join(f"{b}:{n}" for b, n in alloc.counts().items()),
-             evaluate(q, tok, held, batch_size=150))
+        quantize_allocation_(q, alloc, method=a.method, calib=calib if a.method == "gptq" else None, progress=False)
+        line(
+            name,
+            alloc.bpw,
+            " ".join(f"{b}:{n}" for b, n in alloc.counts().items()),
+            evaluate(q, tok, held, batch_size=150),
+        )
 
     fp = evaluate(model, tok, held, batch_size=150)
-    print(f"Toy reasoner, {a.method.upper()}, {a.per_family} held-out problems per family, group {a.group_size}, "
-          f"{'symmetric' if a.symmetric else 'asymmetric'}; attribution RI from {len(attr_ds)} gold traces.\n")
+    print(
+        f"Toy reasoner, {a.method.upper()}, {a.per_family} held-out problems per family, group {a.group_size}, "
+        f"{'symmetric' if a.symmetric else 'asymmetric'}; attribution RI from {len(attr_ds)} gold traces.\n"
+    )
     print("| allocation | bits/weight | modules per bits | " + " | ".join(FAMILIES) + " | mean | 95% CI |")
     print("|---|---|---|" + "---|" * (len(FAMILIES) + 2))
     line("fp32", 32, "–", fp)
@@ -75,10 +105,15 @@ def main() -> None:
     # per-weight protection at the same base grid: 2 % of the weights by magnitude kept in FP16
     masks = build_masks(sites, "global_top", 0.02, saliency=build_saliency("magnitude", model, sites, progress=False))
     q = copy.deepcopy(model)
-    quantize_model_(q, bits=a.bits, masks=masks, method=a.method, calib=calib if a.method == "gptq" else None,
-                    progress=False, **kw)
-    line(f"{a.bits}-bit + 2% magnitude in FP16 (per weight)", bits_per_weight(masks, sites, bits=a.bits, **kw)["bpw"],
-         f"{a.bits}:{len(sites)}", evaluate(q, tok, held, batch_size=150))
+    quantize_model_(
+        q, bits=a.bits, masks=masks, method=a.method, calib=calib if a.method == "gptq" else None, progress=False, **kw
+    )
+    line(
+        f"{a.bits}-bit + 2% magnitude in FP16 (per weight)",
+        bits_per_weight(masks, sites, bits=a.bits, **kw)["bpw"],
+        f"{a.bits}:{len(sites)}",
+        evaluate(q, tok, held, batch_size=150),
+    )
     for extra in a.extra:
         budget = base.bpw + extra
         for name, (s, err) in sens.items():

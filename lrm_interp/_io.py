@@ -12,14 +12,24 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import overload
 
 import torch
 
-_DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "float": "float32", "bf16": "bfloat16",
-                "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16", "half": "float16",
-                "fp64": "float64", "float64": "float64"}
+_DTYPE_NAMES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "fp64": "float64",
+    "float64": "float64",
+}
 
 
 def current_umask() -> int:
@@ -110,8 +120,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def check_out_dir(out: str | os.PathLike, *, overwrite: bool, sources: tuple[str | os.PathLike, ...] = (),
-                  flag: str = "--out") -> Path:
+def check_out_dir(
+    out: str | os.PathLike, *, overwrite: bool, sources: tuple[str | os.PathLike, ...] = (), flag: str = "--out"
+) -> Path:
     """``out`` as a Path once it is safe to write a folder there, else ``ValueError``.
 
     Refused: ``out`` is (or contains, or lies inside) one of ``sources`` (a model is never written
@@ -124,8 +135,9 @@ def check_out_dir(out: str | os.PathLike, *, overwrite: bool, sources: tuple[str
         if out == s or s in out.parents or out in s.parents:
             raise ValueError(f"{flag} {out} overlaps its source {s}; choose another folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ValueError(f"{flag} {out} exists and is not empty; pass --overwrite to replace it or choose another "
-                         "folder")
+        raise ValueError(
+            f"{flag} {out} exists and is not empty; pass --overwrite to replace it or choose another folder"
+        )
     return out
 
 
@@ -169,11 +181,23 @@ def atomic_save_figure(fig, path: str | os.PathLike, **kw) -> Path:
     return path
 
 
+@overload
+def dtype_to_str(dtype: torch.dtype) -> str: ...
+@overload
+def dtype_to_str(dtype: None) -> None: ...
+@overload
+def dtype_to_str(dtype: torch.dtype | None) -> str | None: ...
 def dtype_to_str(dtype: torch.dtype | None) -> str | None:
     """``torch.bfloat16`` → ``"bfloat16"`` (``None`` stays ``None``)."""
     return None if dtype is None else str(dtype).replace("torch.", "")
 
 
+@overload
+def str_to_dtype(name: str | torch.dtype) -> torch.dtype: ...
+@overload
+def str_to_dtype(name: None) -> None: ...
+@overload
+def str_to_dtype(name: str | torch.dtype | None) -> torch.dtype | None: ...
 def str_to_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     """``"bf16"`` / ``"bfloat16"`` / ``torch.bfloat16`` → ``torch.bfloat16``; unknown names raise ``ValueError``."""
     if name is None or isinstance(name, torch.dtype):
@@ -211,7 +235,7 @@ def payload_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str])
         t = tensors[name].detach().to("cpu").contiguous()
         h.update(json.dumps([name, dtype_to_str(t.dtype), list(t.shape)]).encode("utf-8") + b"\0")
         if t.numel():
-            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # the array's buffer (a memoryview)
     return h.hexdigest()
 
 
@@ -230,8 +254,9 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     return path
 
 
-def verify_checksum(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
-                    what: str) -> bool:
+def verify_checksum(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str], what: str
+) -> bool:
     """Check ``metadata[CHECKSUM_KEY]`` against the payload read from ``path``.
 
     Returns ``True`` when it matches; ``False`` for a file written before checksums existed (no
@@ -247,19 +272,25 @@ def verify_checksum(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
             _UNVERIFIED_WARNED.add(what)
             import warnings
 
-            warnings.warn(f"{what} {path} has no {CHECKSUM_KEY} (written by an lrm_interp before checksums): "
-                          "loaded without an integrity check; saving it again adds one", stacklevel=4)
+            warnings.warn(
+                f"{what} {path} has no {CHECKSUM_KEY} (written by an lrm_interp before checksums): "
+                "loaded without an integrity check; saving it again adds one",
+                stacklevel=4,
+            )
         return False
     actual = payload_checksum(tensors, metadata)
     if actual != stored:
-        raise ChecksumError(f"{path}: checksum mismatch: the {what} was changed or corrupted after it was written "
-                            f"({CHECKSUM_KEY} {stored[:16]}... in its metadata, {actual[:16]}... of its contents); "
-                            "do not use it: write it again")
+        raise ChecksumError(
+            f"{path}: checksum mismatch: the {what} was changed or corrupted after it was written "
+            f"({CHECKSUM_KEY} {stored[:16]}... in its metadata, {actual[:16]}... of its contents); "
+            "do not use it: write it again"
+        )
     return True
 
 
-def read_safetensors(path: str | os.PathLike, formats: tuple[str | None, ...], what: str
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(
+    path: str | os.PathLike, formats: tuple[str | None, ...], what: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``(tensors, metadata)`` of an lrm_interp safetensors file whose ``metadata["format"]`` is in ``formats``
     (``None`` in ``formats``: a file without a format entry is accepted too).
 
@@ -275,17 +306,18 @@ def read_safetensors(path: str | os.PathLike, formats: tuple[str | None, ...], w
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
         f = safe_open(str(path), "pt")
-    except Exception as e:  # noqa: BLE001 - name the file in the error
+    except Exception as e:  # name the file in the error
         raise ValueError(f"{path}: not a safetensors file ({e})") from e
     with f:
         meta = f.metadata() or {}
         if meta.get("format") not in formats:
             shown = [repr(x) for x in formats if x is not None] + (["none"] if None in formats else [])
-            raise ValueError(f"{path}: not an lrm_interp {what} (format {meta.get('format')!r}, expected "
-                             f"{' or '.join(shown)})")
+            raise ValueError(
+                f"{path}: not an lrm_interp {what} (format {meta.get('format')!r}, expected {' or '.join(shown)})"
+            )
         try:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # noqa: BLE001 - a truncated or damaged data section
+        except Exception as e:  # a truncated or damaged data section
             raise ValueError(f"{path}: unreadable {what} ({type(e).__name__}: {e})") from e
     verify_checksum(path, tensors, meta, what)
     return tensors, meta
@@ -307,8 +339,10 @@ def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise error(f"{where}: invalid UTF-8 at byte {e.start} of the line "
-                            f"({raw[max(0, e.start - 10):e.start + 10]!r})") from e
+                raise error(
+                    f"{where}: invalid UTF-8 at byte {e.start} of the line "
+                    f"({raw[max(0, e.start - 10) : e.start + 10]!r})"
+                ) from e
             if not line.strip():
                 continue
             try:

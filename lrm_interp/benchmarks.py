@@ -7,5 +7,5 @@
     score = benchmarks.grade("aime", items[0], model_output)   # -> Grade
 """
 
-from lrm_interp.data.benchmarks import *  # noqa: F401,F403
-from lrm_interp.data.benchmarks import __all__  # noqa: F401
+from lrm_interp.data.benchmarks import *  # noqa: F403 - re-exports the public names of data.benchmarks (its __all__)
+from lrm_interp.data.benchmarks import __all__  # noqa: F401 - the same public names as data.benchmarks

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
-from typing import Callable
+from collections.abc import Callable
+from typing import Literal, cast, overload
 
 _INF = float("inf")
 
@@ -37,7 +38,8 @@ def _describe(kind: str, lo: float | None, hi: float | None, lo_open: bool, hi_o
 def _int_ok(v: object, lo: int | None, hi: int | None) -> bool:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         return False
-    return (lo is None or v >= lo) and (hi is None or v <= hi)
+    n = int(v)  # the same value: an Integral converts exactly
+    return (lo is None or n >= lo) and (hi is None or n <= hi)
 
 
 def _float_ok(v: object, lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> bool:
@@ -53,33 +55,75 @@ def _float_ok(v: object, lo: float | None, hi: float | None, lo_open: bool, hi_o
     return True
 
 
-def check_int(name: str, v: object, *, min: int | None = None, max: int | None = None,
-              optional: bool = False) -> int | None:
+@overload
+def check_int(
+    name: str, v: object, *, min: int | None = None, max: int | None = None, optional: Literal[False] = False
+) -> int: ...
+@overload
+def check_int(
+    name: str, v: object, *, min: int | None = None, max: int | None = None, optional: bool
+) -> int | None: ...
+def check_int(
+    name: str, v: object, *, min: int | None = None, max: int | None = None, optional: bool = False
+) -> int | None:
     """``v`` if it is an ``int`` (not a bool) within ``[min, max]`` (``None`` too when
     ``optional``); else ``ValueError`` naming ``name``."""
     if optional and v is None:
         return None
     if not _int_ok(v, min, max):
-        raise ValueError(f"{name} must be {'None or ' if optional else ''}"
-                         f"{_describe('int', min, max, False, False)}, got {v!r}")
-    return int(v)  # type: ignore[arg-type]
+        raise ValueError(
+            f"{name} must be {'None or ' if optional else ''}{_describe('int', min, max, False, False)}, got {v!r}"
+        )
+    return int(cast(numbers.Integral, v))  # checked by _int_ok
 
 
-def check_float(name: str, v: object, *, min: float | None = None, max: float | None = None,
-                min_open: bool = False, max_open: bool = False, optional: bool = False) -> float | None:
+@overload
+def check_float(
+    name: str,
+    v: object,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+    optional: Literal[False] = False,
+) -> float: ...
+@overload
+def check_float(
+    name: str,
+    v: object,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+    optional: bool,
+) -> float | None: ...
+def check_float(
+    name: str,
+    v: object,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+    optional: bool = False,
+) -> float | None:
     """``float(v)`` if it is a finite real within the bounds (``min_open``/``max_open``:
     exclusive; ``None`` too when ``optional``); NaN and ±inf are refused. Else ``ValueError``."""
     if optional and v is None:
         return None
     if not _float_ok(v, min, max, min_open, max_open):
-        raise ValueError(f"{name} must be {'None or ' if optional else ''}"
-                         f"{_describe('float', min, max, min_open, max_open)}, got {v!r}")
-    return float(v)  # type: ignore[arg-type]
+        raise ValueError(
+            f"{name} must be {'None or ' if optional else ''}"
+            f"{_describe('float', min, max, min_open, max_open)}, got {v!r}"
+        )
+    return float(cast(numbers.Real, v))  # checked by _float_ok
 
 
 def check_fraction(name: str, v: object, *, zero: bool = True, one: bool = True) -> float:
     """A finite fraction in ``[0, 1]`` (``zero=False``: 0 excluded; ``one=False``: 1 excluded)."""
-    return check_float(name, v, min=0.0, max=1.0, min_open=not zero, max_open=not one)  # type: ignore[return-value]
+    return check_float(name, v, min=0.0, max=1.0, min_open=not zero, max_open=not one)
 
 
 # --------------------------------------------------------------------------- argparse types
@@ -97,12 +141,18 @@ def int_arg(min: int | None = None, max: int | None = None, *, name: str | None 
         return v
 
     parse.__name__ = name or "int"
-    parse.bounds = ("int", min, max, False, False)  # type: ignore[attr-defined]
+    parse.bounds = ("int", min, max, False, False)  # type: ignore[attr-defined]  # a function attribute: marks a checked type
     return parse
 
 
-def float_arg(min: float | None = None, max: float | None = None, *, min_open: bool = False,
-              max_open: bool = False, name: str | None = None) -> Callable[[str], float]:
+def float_arg(
+    min: float | None = None,
+    max: float | None = None,
+    *,
+    min_open: bool = False,
+    max_open: bool = False,
+    name: str | None = None,
+) -> Callable[[str], float]:
     """An ``argparse`` ``type=``: a finite number within the bounds, else a one-line usage error."""
     desc = _describe("float", min, max, min_open, max_open)
 
@@ -116,7 +166,7 @@ def float_arg(min: float | None = None, max: float | None = None, *, min_open: b
         return v
 
     parse.__name__ = name or "float"
-    parse.bounds = ("float", min, max, min_open, max_open)  # type: ignore[attr-defined]
+    parse.bounds = ("float", min, max, min_open, max_open)  # type: ignore[attr-defined]  # as in int_arg
     return parse
 
 
@@ -132,5 +182,18 @@ bits_int = int_arg(2, 8, name="bits")
 #: seeds: any integer >= 0
 seed_int = int_arg(0, name="seed")
 
-__all__ = ["check_int", "check_float", "check_fraction", "int_arg", "float_arg", "positive_int", "nonneg_int",
-           "positive_float", "nonneg_float", "finite_float", "fraction", "bits_int", "seed_int"]
+__all__ = [
+    "check_int",
+    "check_float",
+    "check_fraction",
+    "int_arg",
+    "float_arg",
+    "positive_int",
+    "nonneg_int",
+    "positive_float",
+    "nonneg_float",
+    "finite_float",
+    "fraction",
+    "bits_int",
+    "seed_int",
+]

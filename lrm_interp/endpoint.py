@@ -62,8 +62,14 @@ MAX_RETRY_AFTER = 300.0
 #: timeout of :meth:`EndpointClient.check` (seconds; at most the request timeout)
 CHECK_TIMEOUT = 10.0
 
-_UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL,
-                       getattr(errno, "EHOSTDOWN", -1), getattr(errno, "ENETDOWN", -1)}
+_UNREACHABLE_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
+    errno.EADDRNOTAVAIL,
+    getattr(errno, "EHOSTDOWN", -1),
+    getattr(errno, "ENETDOWN", -1),
+}
 
 
 class EndpointError(RuntimeError):
@@ -95,9 +101,14 @@ class Usage:
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return {"requests": self.requests, "retries": self.retries, "failures": self.failures,
-                    "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                    "total_tokens": self.prompt_tokens + self.completion_tokens}
+            return {
+                "requests": self.requests,
+                "retries": self.retries,
+                "failures": self.failures,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+            }
 
 
 @dataclass(frozen=True)
@@ -128,18 +139,20 @@ class EndpointConfig:
     def __post_init__(self) -> None:
         url = self.base_url if self.base_url is not None else (os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)
         if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url.strip()):
-            raise ValueError(f"base_url must be an http:// or https:// URL such as http://127.0.0.1:8000/v1, "
-                             f"got {url!r}")
+            raise ValueError(
+                f"base_url must be an http:// or https:// URL such as http://127.0.0.1:8000/v1, got {url!r}"
+            )
         object.__setattr__(self, "base_url", url.strip().rstrip("/"))
-        if not isinstance(self.api_key_env, str) or (self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*",
-                                                                                          self.api_key_env)):
+        if not isinstance(self.api_key_env, str) or (
+            self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env)
+        ):
             raise ValueError(f"api_key_env must name an environment variable (or be empty), got {self.api_key_env!r}")
         # seconds: finite and > 0; counts: integers (lrm_interp.checks, the rule of every other setting)
         object.__setattr__(self, "timeout", check_float("timeout", self.timeout, min=0.0, min_open=True))
         object.__setattr__(self, "retries", check_int("retries", self.retries, min=0))
         object.__setattr__(self, "backoff", check_float("backoff", self.backoff, min=0.0, min_open=True))
         mb = check_float("max_backoff", self.max_backoff, min=0.0, min_open=True)
-        if mb < self.backoff:  # type: ignore[operator]
+        if mb < self.backoff:
             raise ValueError(f"max_backoff must be >= backoff ({self.backoff}), got {self.max_backoff!r}")
         object.__setattr__(self, "max_backoff", mb)
         object.__setattr__(self, "concurrency", check_int("concurrency", self.concurrency, min=1))
@@ -153,8 +166,14 @@ class EndpointClient:
     :class:`EndpointConfig`). ``api_key``: the key itself (default: ``$api_key_env``).
     ``usage``: a :class:`Usage` to count into (default: a new one)."""
 
-    def __init__(self, config: EndpointConfig | str | None = None, *, api_key: str | None = None,
-                 usage: Usage | None = None, **settings: Any):
+    def __init__(
+        self,
+        config: EndpointConfig | str | None = None,
+        *,
+        api_key: str | None = None,
+        usage: Usage | None = None,
+        **settings: Any,
+    ):
         if isinstance(config, EndpointConfig):
             if settings:
                 raise TypeError("give either an EndpointConfig or keyword settings, not both")
@@ -172,8 +191,10 @@ class EndpointClient:
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"EndpointClient({c.base_url!r}, retries={c.retries}, backoff={c.backoff}, timeout={c.timeout}, "
-                f"concurrency={c.concurrency}, key={'set' if self._api_key else 'none'})")
+        return (
+            f"EndpointClient({c.base_url!r}, retries={c.retries}, backoff={c.backoff}, timeout={c.timeout}, "
+            f"concurrency={c.concurrency}, key={'set' if self._api_key else 'none'})"
+        )
 
     @property
     def base_url(self) -> str:
@@ -201,8 +222,9 @@ class EndpointClient:
         return h
 
     def _mark_down(self, reason: str) -> EndpointUnreachable:
-        err = EndpointUnreachable(f"{self.base_url}: endpoint unreachable ({reason}); is the server running and "
-                                  "is the URL right?")
+        err = EndpointUnreachable(
+            f"{self.base_url}: endpoint unreachable ({reason}); is the server running and is the URL right?"
+        )
         with self._lock:
             if self._down is None:
                 self._down = err
@@ -247,8 +269,9 @@ class EndpointClient:
             if isinstance(outcome, dict):
                 u = outcome.get("usage")
                 if isinstance(u, dict):
-                    self.usage.add(prompt_tokens=u.get("prompt_tokens") or 0,
-                                   completion_tokens=u.get("completion_tokens") or 0)
+                    self.usage.add(
+                        prompt_tokens=u.get("prompt_tokens") or 0, completion_tokens=u.get("completion_tokens") or 0
+                    )
                 return outcome
             kind, reason, wait = outcome
             last = attempt >= self.config.retries
@@ -262,8 +285,9 @@ class EndpointClient:
             attempt += 1
             self.usage.add(retries=1)
             if wait is None:
-                wait = min(self.config.max_backoff, self.config.backoff * 2 ** (attempt - 1)) \
-                    * random.uniform(0.75, 1.25)
+                wait = min(self.config.max_backoff, self.config.backoff * 2 ** (attempt - 1)) * random.uniform(
+                    0.75, 1.25
+                )
             time.sleep(wait)
 
     def _attempt(self, url: str, data: bytes) -> dict | tuple[str, str, float | None]:
@@ -282,7 +306,7 @@ class EndpointClient:
         except urllib.error.URLError as e:
             unreachable, reason = _classify(e.reason)
             return ("unreachable" if unreachable else "transient"), reason, None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             self._reached = True
             return "transient", f"no answer within the {self.config.timeout:g} s timeout", None
         except (ConnectionError, http.client.HTTPException, OSError) as e:
@@ -352,6 +376,21 @@ def _retry_after(headers: Any) -> float | None:
     return min(MAX_RETRY_AFTER, max(0.0, secs))
 
 
-__all__ = ["EndpointClient", "EndpointConfig", "EndpointError", "EndpointUnreachable", "Usage", "RETRY_STATUS",
-           "API_KEY_ENV", "BASE_URL_ENV", "DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "DEFAULT_RETRIES", "DEFAULT_BACKOFF",
-           "DEFAULT_MAX_BACKOFF", "DEFAULT_CONCURRENCY", "MAX_RETRY_AFTER", "CHECK_TIMEOUT"]
+__all__ = [
+    "EndpointClient",
+    "EndpointConfig",
+    "EndpointError",
+    "EndpointUnreachable",
+    "Usage",
+    "RETRY_STATUS",
+    "API_KEY_ENV",
+    "BASE_URL_ENV",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_RETRIES",
+    "DEFAULT_BACKOFF",
+    "DEFAULT_MAX_BACKOFF",
+    "DEFAULT_CONCURRENCY",
+    "MAX_RETRY_AFTER",
+    "CHECK_TIMEOUT",
+]

@@ -7,8 +7,13 @@ three specials), wrapped in ``PreTrainedTokenizerFast`` so offsets mappings work
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from transformers import PreTrainedTokenizerFast
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 TINY_ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "mistral", "phi3", "gpt2")
@@ -36,7 +41,10 @@ def byte_tokenizer(extra_special: tuple[str, ...] = ()) -> PreTrainedTokenizerFa
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, 256)]
     )
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        tokenizer_object=tk,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
         additional_special_tokens=list(extra_special) or None,
     )
     tok.padding_side = "right"
@@ -45,9 +53,7 @@ def byte_tokenizer(extra_special: tuple[str, ...] = ()) -> PreTrainedTokenizerFa
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable unicode map (the ByteLevel alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
-    )
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -58,16 +64,32 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(bs, cs)}
 
 
-def tiny_config(arch: str, vocab_size: int = 259, *, hidden: int = 64, layers: int = 2,
-                heads: int = 4, kv_heads: int = 2, intermediate: int = 128):
+def tiny_config(
+    arch: str,
+    vocab_size: int = 259,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 128,
+):
     """A transformers config for a tiny model of family ``arch`` (one of ``TINY_ARCHS``)."""
-    from transformers import (GPT2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config,
-                              Qwen3Config)
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config, Qwen3Config
 
-    common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                  num_attention_heads=heads, num_key_value_heads=kv_heads,
-                  intermediate_size=intermediate, max_position_embeddings=1024,
-                  bos_token_id=256, eos_token_id=257, pad_token_id=258, tie_word_embeddings=False)
+    common: dict[str, Any] = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=1024,
+        bos_token_id=256,
+        eos_token_id=257,
+        pad_token_id=258,
+        tie_word_embeddings=False,
+    )
     if arch == "llama":
         return LlamaConfig(**common)
     if arch == "qwen2":
@@ -79,14 +101,23 @@ def tiny_config(arch: str, vocab_size: int = 259, *, hidden: int = 64, layers: i
     if arch == "phi3":
         return Phi3Config(**common)
     if arch == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads,
-                          n_inner=intermediate, n_positions=1024, bos_token_id=256,
-                          eos_token_id=257, pad_token_id=258)
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            n_inner=intermediate,
+            n_positions=1024,
+            bos_token_id=256,
+            eos_token_id=257,
+            pad_token_id=258,
+        )
     raise ValueError(f"unknown tiny architecture {arch!r}; choose from {TINY_ARCHS}")
 
 
-def tiny_model(arch: str = "llama", *, seed: int = 0, dtype: torch.dtype = torch.float32,
-               vocab_size: int = 259, **kw) -> torch.nn.Module:
+def tiny_model(
+    arch: str = "llama", *, seed: int = 0, dtype: torch.dtype = torch.float32, vocab_size: int = 259, **kw
+) -> PreTrainedModel:
     """A seeded random causal LM of family ``arch`` in eval mode (attention: eager)."""
     from transformers import AutoModelForCausalLM
 
@@ -103,6 +134,9 @@ class QuantLinearStub(torch.nn.Module):
     Stores ``qweight`` (int8 ``[out, in]``) and per-row ``scales`` buffers and dequantizes
     on the fly; ``in_features``/``out_features`` attributes as in most quantized layers.
     """
+
+    qweight: torch.Tensor  # buffers (register_buffer)
+    scales: torch.Tensor
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()

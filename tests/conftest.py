@@ -1,4 +1,5 @@
 """Shared fixtures: tiny offline models of every supported family and a byte tokenizer."""
+
 from __future__ import annotations
 
 import os
@@ -7,12 +8,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from lrm_interp.testing import TINY_ARCHS, byte_tokenizer, tiny_model  # noqa: E402
+from lrm_interp.testing import TINY_ARCHS, byte_tokenizer, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"

@@ -2,6 +2,7 @@
 
 Used only by tests to check the fast paths in lrm_interp.attribution.dom / lrm_interp.attribution.atp.
 """
+
 from __future__ import annotations
 
 import torch
@@ -73,6 +74,7 @@ def naive_dom(model, encoded, names, behaviors, *, negatives="all", weighting="t
 
 def naive_span_grads(model, e, names, spans, *, joint, off_by_one):
     """Per span: dict site -> mean gradient over the span's window [d] (float64)."""
+
     def targets(s):
         return max(s.start, 1), s.end
 
@@ -86,19 +88,19 @@ def naive_span_grads(model, e, names, spans, *, joint, off_by_one):
         loss = 0
         for s in spans:
             a, b = targets(s)
-            loss = loss + F.cross_entropy(logits[0, a - 1:b - 1], e.input_ids[a:b])
+            loss = loss + F.cross_entropy(logits[0, a - 1 : b - 1], e.input_ids[a:b])
         grads = torch.autograd.grad(loss, [outs[n] for n in names])
         for s in spans:
             p0, p1 = window(s)
-            res.append({n: g[0, p0:min(p1, L)].double().mean(0) for n, g in zip(names, grads)})
+            res.append({n: g[0, p0 : min(p1, L)].double().mean(0) for n, g in zip(names, grads)})
         return res
     for s in spans:
-        logits, outs = _forward_store(model, e.input_ids[None, :s.end], names)
+        logits, outs = _forward_store(model, e.input_ids[None, : s.end], names)
         a, b = targets(s)
-        loss = F.cross_entropy(logits[0, a - 1:b - 1], e.input_ids[a:b])
+        loss = F.cross_entropy(logits[0, a - 1 : b - 1], e.input_ids[a:b])
         grads = torch.autograd.grad(loss, [outs[n] for n in names])
         p0, p1 = window(s)
-        res.append({n: g[0, p0:min(p1, s.end)].double().mean(0) for n, g in zip(names, grads)})
+        res.append({n: g[0, p0 : min(p1, s.end)].double().mean(0) for n, g in zip(names, grads)})
     return res
 
 
@@ -140,4 +142,3 @@ def naive_atp(model, encoded, names, behaviors, vectors, *, mode="exact", score=
     """Scores [behavior][site] -> float (one forward+backward per span, or per trace in joint mode)."""
     dots = naive_atp_dots(model, encoded, names, behaviors, vectors, mode=mode, off_by_one=off_by_one)
     return naive_scores(dots, names, score=score)
-

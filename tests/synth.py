@@ -1,4 +1,5 @@
 """Small hand-built annotated traces for pipeline tests (gold spans by construction)."""
+
 from __future__ import annotations
 
 import random
@@ -15,8 +16,9 @@ _TEMPLATES = {
 }
 
 
-def synthetic_traces(n: int = 6, seed: int = 0, *, skip: dict[int, set[str]] | None = None,
-                     overlap: bool = False) -> ReasoningDataset:
+def synthetic_traces(
+    n: int = 6, seed: int = 0, *, skip: dict[int, set[str]] | None = None, overlap: bool = False
+) -> ReasoningDataset:
     """``n`` traces ``prompt + <think> sentences </think> answer`` with gold spans.
 
     ``skip[i]`` lists behaviours left out of trace ``i`` (so |D+| < n). With ``overlap``,
@@ -29,8 +31,15 @@ def synthetic_traces(n: int = 6, seed: int = 0, *, skip: dict[int, set[str]] | N
         a, b = rng.randint(10, 60), rng.randint(10, 60)
         vals = {"a": a, "b": b, "s": a + b, "c": a + 7}
         prompt = f"Compute {a} + {b}.\n<think>\n"
-        order = ["initializing", "deduction", "uncertainty-estimation", "backtracking", "adding-knowledge",
-                 "example-testing", "deduction"]
+        order = [
+            "initializing",
+            "deduction",
+            "uncertainty-estimation",
+            "backtracking",
+            "adding-knowledge",
+            "example-testing",
+            "deduction",
+        ]
         resp, spans = "", []
         for beh in order:
             if beh in skip.get(i, set()):
@@ -44,6 +53,7 @@ def synthetic_traces(n: int = 6, seed: int = 0, *, skip: dict[int, set[str]] | N
         if overlap and i == 0:
             bt = next(s for s in spans if s.behavior == "backtracking")
             spans.append(BehaviorSpan("uncertainty-estimation", bt.start + 2, bt.end))
-        out.append(ReasoningTrace(f"synth/{i}", prompt, resp, tuple(spans),
-                                  {"dataset": "synth", "gold_answer": str(a + b)}))
+        out.append(
+            ReasoningTrace(f"synth/{i}", prompt, resp, tuple(spans), {"dataset": "synth", "gold_answer": str(a + b)})
+        )
     return ReasoningDataset(out, name="synth")

@@ -1,4 +1,5 @@
 """Aligner: ordered, whitespace-normalised, fuzzy and out-of-order placement, against naive references."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,7 +9,6 @@ from difflib import SequenceMatcher
 
 import numpy as np
 import pytest
-
 
 from lrm_interp.data.align import align_segments, best_chain, char_codes, fuzzy_find, normalise, semiglobal_row
 from lrm_interp.data.markup import Segment, parse_markup
@@ -72,7 +72,7 @@ def test_semiglobal_matches_naive_dp():
         p = "".join(rng.choice("abc") for _ in range(rng.randint(1, 8)))
         t = "".join(rng.choice("abc") for _ in range(rng.randint(0, 15)))
         want = naive_semiglobal(p, t)
-        row = semiglobal_row(char_codes(p), char_codes(t), max_dist=10 ** 6)
+        row = semiglobal_row(char_codes(p), char_codes(t), max_dist=10**6)
         j = int(np.argmin(row))
         assert (int(row[j]), j) == want, (p, t)
         # pruned run: None exactly when the distance exceeds the bound
@@ -102,22 +102,26 @@ def test_chain_matches_brute_force():
 
 def test_identical_sentences_go_to_first_then_second_occurrence():
     resp = "A. Check it. B. Check it. C."
-    parsed = parse_markup('["deduction"]A.["end-section"]["example-testing"]Check it.["end-section"]'
-                          '["deduction"]B.["end-section"]["example-testing"]Check it.["end-section"]')
+    parsed = parse_markup(
+        '["deduction"]A.["end-section"]["example-testing"]Check it.["end-section"]'
+        '["deduction"]B.["end-section"]["example-testing"]Check it.["end-section"]'
+    )
     spans, reps = align_segments(resp, parsed.segments)
     assert [r.status for r in reps] == ["placed"] * 4
     checks = [s for s in spans if s.behavior == "example-testing"]
     assert [(s.start, s.end) for s in checks] == [(3, 12), (16, 25)]
     # consecutive repeats with nothing between them
-    spans, _ = align_segments("Hmm. Hmm. Hmm.", segs(("uncertainty-estimation", "Hmm."),
-                                                     ("uncertainty-estimation", "Hmm.")))
+    spans, _ = align_segments(
+        "Hmm. Hmm. Hmm.", segs(("uncertainty-estimation", "Hmm."), ("uncertainty-estimation", "Hmm."))
+    )
     assert [(s.start, s.end) for s in spans] == [(0, 4), (5, 9)]
 
 
 def test_repeated_sentence_follows_its_neighbours():
     resp = "So n is 11. Let me check 2..10: none works. So n is 11. Done."
-    spans, reps = align_segments(resp, segs(("example-testing", "Let me check 2..10: none works."),
-                                            ("deduction", "So n is 11.")))
+    spans, reps = align_segments(
+        resp, segs(("example-testing", "Let me check 2..10: none works."), ("deduction", "So n is 11."))
+    )
     assert spans[1].start == resp.rindex("So n is 11.")  # not the first occurrence
 
 
@@ -138,13 +142,14 @@ def test_collapsed_newlines_span_the_original_blank_line():
     resp = "First.\n\nLet me check:\n\n4, 9, 16.\nNone ends in 21.\n\nEnd."
     spans, reps = align_segments(resp, segs(("example-testing", "Let me check: 4, 9, 16. None ends in 21.")))
     s = spans[0]
-    assert resp[s.start:s.end] == "Let me check:\n\n4, 9, 16.\nNone ends in 21."
+    assert resp[s.start : s.end] == "Let me check:\n\n4, 9, 16.\nNone ends in 21."
 
 
 def test_segment_never_placed_in_the_prompt():
     sentence = "Let me check the premises again."
-    trace = ReasoningTrace("t", prompt=f"Question. {sentence}\n<think>\n",
-                           response=f"Okay. {sentence}\n</think>\nTrue.")
+    trace = ReasoningTrace(
+        "t", prompt=f"Question. {sentence}\n<think>\n", response=f"Okay. {sentence}\n</think>\nTrue."
+    )
     t2, rep = annotate_trace(trace, f'["example-testing"]{sentence}["end-section"]')
     (s,) = t2.spans
     assert (s.start, s.end) == (6, 6 + len(sentence))  # response offsets
@@ -166,8 +171,7 @@ def test_fuzzy_dropped_and_changed_characters():
     resp = "Intro. Let me compute 17 squared: that is 289, which is odd, so parity holds. Next."
     true_s = "Let me compute 17 squared: that is 289, which is odd, so parity holds."
     seg = "Let me compute 17 squared that is 289 which is odd so parity hold."  # 4 drops
-    spans, reps = align_segments(resp, segs(("deduction", "Intro."), ("example-testing", seg),
-                                            ("deduction", "Next.")))
+    spans, reps = align_segments(resp, segs(("deduction", "Intro."), ("example-testing", seg), ("deduction", "Next.")))
     assert [r.status for r in reps] == ["placed", "placed fuzzy", "placed"]
     assert reps[1].edit_distance == 4 and "edit distance 4" in reps[1].reason
     assert (spans[1].start, spans[1].end) == (resp.index(true_s), resp.index(true_s) + len(true_s))
@@ -187,7 +191,7 @@ def test_fuzzy_find_large_window_uses_anchors_and_finds_best():
     words = ["alpha", "beta", "gamma", "delta", "so", "then", "wait", "check", "value", "sum"]
     hay = " ".join(rng.choice(words) for _ in range(3000))
     true_start = hay.index(" ", 9000) + 1
-    target = hay[true_start:true_start + 120].rsplit(" ", 1)[0]
+    target = hay[true_start : true_start + 120].rsplit(" ", 1)[0]
     noisy = target[:30] + target[32:80] + "X" + target[80:]  # 2 dropped, 1 inserted
     r = fuzzy_find(hay, noisy, 0, len(hay))
     assert r is not None
@@ -195,16 +199,23 @@ def test_fuzzy_find_large_window_uses_anchors_and_finds_best():
     assert d <= 3 and abs(s - true_start) <= 2 and abs(e - (true_start + len(target))) <= 2
     # brute-force check that no substring is closer (naive DP over the whole hay is too slow;
     # restrict to a window that contains the truth and compare distance)
-    assert naive_semiglobal(noisy, hay[true_start - 50:true_start + len(target) + 50])[0] == d
+    assert naive_semiglobal(noisy, hay[true_start - 50 : true_start + len(target) + 50])[0] == d
 
 
 def test_far_ahead_match_does_not_push_later_segments_out_of_order():
     # greedy "next occurrence after the cursor" would jump to the late "Wait, try vectors."
     # and put S2..S4 out of order; the chain keeps them in order.
     resp = "S1 here. S2 here. S3 here. S4 here. Later on: Wait, try vectors."
-    spans, reps = align_segments(resp, segs(("deduction", "S1 here."), ("backtracking", "Wait, try vectors."),
-                                            ("deduction", "S2 here."), ("deduction", "S3 here."),
-                                            ("deduction", "S4 here.")))
+    spans, reps = align_segments(
+        resp,
+        segs(
+            ("deduction", "S1 here."),
+            ("backtracking", "Wait, try vectors."),
+            ("deduction", "S2 here."),
+            ("deduction", "S3 here."),
+            ("deduction", "S4 here."),
+        ),
+    )
     st = [r.status for r in reps]
     assert st == ["placed", "placed out of order", "placed", "placed", "placed"]
     assert reps[1].start == resp.index("Wait")
@@ -220,8 +231,10 @@ def test_out_of_order_must_not_overlap():
 
 def test_unknown_labels_located_but_not_placed_and_labels_filter():
     resp = "Hi. Verify: 11 works. Wait, no."
-    parsed = parse_markup('["initializing"]Hi.["end-section"]["verification"]Verify: 11 works.["end-section"]'
-                          '["backtracking"]Wait, no.["end-section"]')
+    parsed = parse_markup(
+        '["initializing"]Hi.["end-section"]["verification"]Verify: 11 works.["end-section"]'
+        '["backtracking"]Wait, no.["end-section"]'
+    )
     spans, reps = align_segments(resp, parsed.segments)
     assert [s.behavior for s in spans] == ["initializing", "backtracking"]
     assert reps[1].status == "not placed" and reps[1].reason.startswith("unknown label 'verification'")
@@ -243,7 +256,7 @@ def test_empty_segment_reported():
 
 def _perturb(rng, s):
     i = rng.randrange(5, len(s) - 5)  # inside, so the result is not a substring of the sentence
-    return s[:i] + s[i + 1:]
+    return s[:i] + s[i + 1 :]
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -251,13 +264,17 @@ def test_synthetic_traces_placed_at_gold_spans(seed):
     """Responses with repeated sentences and line breaks; the annotation collapses whitespace,
     drops a character in 1 segment of 8, and uses one invented label."""
     rng = random.Random(seed)
-    pool = ["So the answer is 11.", "Wait, let me check that again carefully.",
-            "Hmm, I am not sure this approach is right at all.",
-            "Recall that a square ends in 1 only when n ends in 1 or 9.",
-            "Let me try n = 9: 81 does not end in 21, so no.", "Then 3 times 7 is 21, which fits the pattern."]
+    pool = [
+        "So the answer is 11.",
+        "Wait, let me check that again carefully.",
+        "Hmm, I am not sure this approach is right at all.",
+        "Recall that a square ends in 1 only when n ends in 1 or 9.",
+        "Let me try n = 9: 81 does not end in 21, so no.",
+        "Then 3 times 7 is 21, which fits the pattern.",
+    ]
     pieces, gold = [], []
     pos = 0
-    for k in range(40):
+    for _ in range(40):
         sent = rng.choice(pool)
         if rng.random() < 0.3:
             sent = sent.replace(", ", ",\n", 1)
@@ -304,8 +321,12 @@ def test_greedy_shortcut_equals_the_dynamic_programme_on_random_chains():
         for _ in range(n):
             k = rng.choice([0, 1, 1, 2, 3])
             w = rng.randint(1, 20)
-            occ = sorted({(a, a + (w if trial % 2 else rng.randint(1, 20)))
-                          for a in (rng.randrange(length - 20) for _ in range(k))})
+            occ = sorted(
+                {
+                    (a, a + (w if trial % 2 else rng.randint(1, 20)))
+                    for a in (rng.randrange(length - 20) for _ in range(k))
+                }
+            )
             cands.append(occ)
         used += greedy_chain(cands) is not None
         assert best_chain(cands, length) == best_chain_dp(cands, length), cands
@@ -324,4 +345,4 @@ def test_long_repetitive_markup_aligns_every_segment_in_order():
     assert len(spans) == 3000 and all(r.status == "placed" for r in reps)
     starts = [s.start for s in spans]
     assert starts == sorted(starts) and len(set(starts)) == 3000
-    assert all(response[s.start:s.end] == sents[i] for i, s in enumerate(spans))
+    assert all(response[s.start : s.end] == sents[i] for i, s in enumerate(spans))

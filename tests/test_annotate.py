@@ -1,26 +1,30 @@
 """Rule / LLM annotators and their agreement with gold annotations."""
+
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from lrm_interp.data.annotate import (LLMAnnotator, RuleAnnotator, annotate_response, annotation_agreement,
-                                 thinking_part)
-from lrm_interp.toy.tasks import generate_dataset
+from lrm_interp.data.annotate import LLMAnnotator, RuleAnnotator, annotate_response, annotation_agreement, thinking_part
 from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
+from lrm_interp.toy.tasks import generate_dataset
 
 
 def test_rule_annotator_labels_and_markup():
-    text = ("Okay, I need to add 2 and 3. Recall that addition commutes. 2 + 3 = 5. Let me check: 5 - 3 = 2. "
-            "Hmm, I'm not sure. Wait, that is wrong. So the sum is 5. Alternatively, count up.")
+    text = (
+        "Okay, I need to add 2 and 3. Recall that addition commutes. 2 + 3 = 5. Let me check: 5 - 3 = 2. "
+        "Hmm, I'm not sure. Wait, that is wrong. So the sum is 5. Alternatively, count up."
+    )
     m = RuleAnnotator().annotate(text)
-    assert m == ('["initializing"]Okay, I need to add 2 and 3.["end-section"] '
-                 '["adding-knowledge"]Recall that addition commutes.["end-section"] '
-                 '["deduction"]2 + 3 = 5.["end-section"] ["example-testing"]Let me check: 5 - 3 = 2.["end-section"] '
-                 '["uncertainty-estimation"]Hmm, I\'m not sure.["end-section"] '
-                 '["backtracking"]Wait, that is wrong.["end-section"] ["deduction"]So the sum is 5.["end-section"] '
-                 '["backtracking"]Alternatively, count up.["end-section"]')
+    assert m == (
+        '["initializing"]Okay, I need to add 2 and 3.["end-section"] '
+        '["adding-knowledge"]Recall that addition commutes.["end-section"] '
+        '["deduction"]2 + 3 = 5.["end-section"] ["example-testing"]Let me check: 5 - 3 = 2.["end-section"] '
+        '["uncertainty-estimation"]Hmm, I\'m not sure.["end-section"] '
+        '["backtracking"]Wait, that is wrong.["end-section"] ["deduction"]So the sum is 5.["end-section"] '
+        '["backtracking"]Alternatively, count up.["end-section"]'
+    )
     with pytest.raises(ValueError, match="not one of"):
         RuleAnnotator(rules=(("verification", "check"),))
 
@@ -53,6 +57,7 @@ def test_agreement_matches_naive_reference_on_random_spans():
                 a = rng.randrange(120)
                 out.append(BehaviorSpan(rng.choice(labels), a, min(120, a + rng.randint(1, 40))))
             return tuple(out)  # overlapping spans included on purpose
+
         gold.append(ReasoningTrace(f"t{k}", "", resp, spans()))
         pred.append(ReasoningTrace(f"t{k}", "", resp, spans()))
     fast = annotation_agreement(ReasoningDataset(gold), ReasoningDataset(pred))
@@ -64,8 +69,12 @@ def test_agreement_matches_naive_reference_on_random_spans():
 
 def test_span_level_agreement_hand_case():
     resp = "aaaa bbbb cccc dddd"
-    g = ReasoningTrace("a", "", resp, (BehaviorSpan("deduction", 0, 4), BehaviorSpan("deduction", 5, 9),
-                                       BehaviorSpan("backtracking", 10, 19)))
+    g = ReasoningTrace(
+        "a",
+        "",
+        resp,
+        (BehaviorSpan("deduction", 0, 4), BehaviorSpan("deduction", 5, 9), BehaviorSpan("backtracking", 10, 19)),
+    )
     p = ReasoningTrace("a", "", resp, (BehaviorSpan("deduction", 0, 9), BehaviorSpan("backtracking", 10, 14)))
     agr = annotation_agreement(ReasoningDataset([g]), ReasoningDataset([p]))
     # deduction: predicted [0,9) vs gold [0,4),[5,9): IoU 4/9 each < 0.5 → no span match; chars 8/9 precise
@@ -73,8 +82,10 @@ def test_span_level_agreement_hand_case():
     assert agr["deduction"]["span_precision"] == 0.0 and agr["deduction"]["span_recall"] == 0.0
     # backtracking: [10,14) inside [10,19): IoU 4/9 → unmatched; precision 1, recall 4/9
     assert agr["backtracking"]["precision"] == 1.0 and agr["backtracking"]["recall"] == pytest.approx(4 / 9)
-    assert annotation_agreement(ReasoningDataset([g]), ReasoningDataset([p]), min_iou=0.4)["backtracking"][
-        "span_recall"] == 1.0
+    assert (
+        annotation_agreement(ReasoningDataset([g]), ReasoningDataset([p]), min_iou=0.4)["backtracking"]["span_recall"]
+        == 1.0
+    )
     with pytest.raises(ValueError, match="responses differ"):
         annotation_agreement(ReasoningDataset([g]), ReasoningDataset([ReasoningTrace("a", "", "zz")]))
     with pytest.raises(KeyError):
@@ -107,8 +118,15 @@ def test_llm_annotator_interface():
     assert thinking_part(resp) == "Okay, I need to add. Wait, no."
     spans, rep = annotate_response(resp, LLMAnnotator(fake))
     assert "Okay, I need to add. Wait, no." in seen["prompt"] and "</think>" not in seen["prompt"]
-    for label in ("initializing", "deduction", "adding-knowledge", "example-testing", "uncertainty-estimation",
-                  "backtracking", '["end-section"]'):
+    for label in (
+        "initializing",
+        "deduction",
+        "adding-knowledge",
+        "example-testing",
+        "uncertainty-estimation",
+        "backtracking",
+        '["end-section"]',
+    ):
         assert label in seen["prompt"]
     assert [(s.behavior, s.start, s.end) for s in spans] == [("initializing", 0, 20), ("backtracking", 21, 30)]
     assert rep["placed"] == 2 and rep["segments"] == 2
@@ -117,8 +135,7 @@ def test_llm_annotator_interface():
 
 
 def test_build_annotator_names_and_files(tmp_path):
-    from lrm_interp.data.annotate import (ANNOTATOR_NAMES, LinearAnnotator, R1RuleAnnotator, build_annotator,
-                                          markup)
+    from lrm_interp.data.annotate import ANNOTATOR_NAMES, LinearAnnotator, R1RuleAnnotator, build_annotator, markup
 
     assert set(ANNOTATOR_NAMES) == {"trained", "rules", "keyword", "llm"}
     shipped = build_annotator("trained")
@@ -135,8 +152,10 @@ def test_build_annotator_names_and_files(tmp_path):
     gold = generate_dataset(2, seed=1)
     path = LinearAnnotator.fit(gold, dim=1 << 10, steps=20).save(tmp_path / "a.safetensors")
     assert isinstance(build_annotator(str(path)), LinearAnnotator)
-    assert markup([("deduction", "So x."), ("backtracking", "Wait.")]) == \
-        '["deduction"]So x.["end-section"] ["backtracking"]Wait.["end-section"]'
+    assert (
+        markup([("deduction", "So x."), ("backtracking", "Wait.")])
+        == '["deduction"]So x.["end-section"] ["backtracking"]Wait.["end-section"]'
+    )
 
 
 def test_sentence_annotators_place_their_own_offsets_exactly_as_the_aligner_would():
@@ -152,8 +171,9 @@ def test_sentence_annotators_place_their_own_offsets_exactly_as_the_aligner_woul
     trained = LinearAnnotator.fit(generate_dataset(3, seed=2), dim=1 << 10, steps=20)
     for ann in (R1RuleAnnotator(), RuleAnnotator(), trained):
         spans, rep = annotate_response(resp, ann, source="t")
-        via_markup, frep = annotate_trace(resp, markup([(lab, s.text) for s, lab in
-                                                        ann.label_sentences(resp.split("</think>")[0].rstrip())]))
+        via_markup, frep = annotate_trace(
+            resp, markup([(lab, s.text) for s, lab in ann.label_sentences(resp.split("</think>")[0].rstrip())])
+        )
         assert spans == list(via_markup.spans) and len(spans) > 60
         assert rep["status"] == "parsed" and rep["placed"] == rep["segments"] == len(spans)
     segs = sentence_segments(resp, R1RuleAnnotator())
@@ -168,15 +188,19 @@ def test_agreement_region_gold_scores_only_what_the_gold_labels():
     from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
 
     resp = "a" * 100
-    gold = ReasoningDataset([ReasoningTrace("t", "", resp, (BehaviorSpan("backtracking", 0, 20),
-                                                                BehaviorSpan("deduction", 20, 40)))])
+    gold = ReasoningDataset(
+        [ReasoningTrace("t", "", resp, (BehaviorSpan("backtracking", 0, 20), BehaviorSpan("deduction", 20, 40)))]
+    )
     # the prediction labels the whole text; the gold annotator stopped at 40 characters
-    pred = ReasoningDataset([ReasoningTrace("t", "", resp, (BehaviorSpan("backtracking", 0, 30),
-                                                                BehaviorSpan("deduction", 30, 100)))])
+    pred = ReasoningDataset(
+        [ReasoningTrace("t", "", resp, (BehaviorSpan("backtracking", 0, 30), BehaviorSpan("deduction", 30, 100)))]
+    )
     everywhere = annotation_agreement(gold, pred)
     inside = annotation_agreement(gold, pred, region="gold")
     assert everywhere["deduction"]["precision"] == pytest.approx(10 / 70)
-    assert inside["deduction"]["precision"] == pytest.approx(1.0) and inside["deduction"]["recall"] == pytest.approx(0.5)
+    assert inside["deduction"]["precision"] == pytest.approx(1.0) and inside["deduction"]["recall"] == pytest.approx(
+        0.5
+    )
     assert inside["backtracking"]["precision"] == pytest.approx(20 / 30)
     with pytest.raises(ValueError, match="region"):
         annotation_agreement(gold, pred, region="middle")
@@ -190,10 +214,15 @@ def test_bad_responses_are_counted_never_dropped(tmp_path, capsys):
 
     from lrm_interp.cli.main import main
 
-    recs = [{"id": "empty", "prompt": "p", "response": ""},
-            {"id": "open", "prompt": "p", "response": "Okay, so I need x. Wait, that is wrong. So x = 2."},
-            {"id": "big", "prompt": "p", "response": "Wait, let me check 12 + 3 = 15. Hmm, not sure. " * 22000
-             + "</think> The answer is 1."}]
+    recs = [
+        {"id": "empty", "prompt": "p", "response": ""},
+        {"id": "open", "prompt": "p", "response": "Okay, so I need x. Wait, that is wrong. So x = 2."},
+        {
+            "id": "big",
+            "prompt": "p",
+            "response": "Wait, let me check 12 + 3 = 15. Hmm, not sure. " * 22000 + "</think> The answer is 1.",
+        },
+    ]
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in recs))
     out = tmp_path / "out.jsonl"

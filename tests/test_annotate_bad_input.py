@@ -4,6 +4,7 @@ skip or one clear line naming the file and line -- never a traceback, never a si
 
 The default (shipped, trained) annotator is used throughout unless a test says otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,12 +37,15 @@ def _one_error_line(capsys) -> str:
 def test_empty_responses_are_kept_and_counted(tmp_path, capsys):
     """'' / white space only / an empty thinking part ('</think>answer'): each kept in --out
     without spans, status rejected with the reason, and counted in the summary and the report."""
-    src = _write_jsonl(tmp_path / "in.jsonl", [
-        {"id": "empty", "prompt": "p", "response": ""},
-        {"id": "blank", "prompt": "p", "response": "  \n\n\t "},
-        {"id": "no-thinking", "prompt": "p", "response": "</think>The answer is 3."},
-        {"id": "ok", "prompt": "p", "response": "Okay, so I need x. Wait, that is wrong.</think>x = 2"},
-    ])
+    src = _write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "empty", "prompt": "p", "response": ""},
+            {"id": "blank", "prompt": "p", "response": "  \n\n\t "},
+            {"id": "no-thinking", "prompt": "p", "response": "</think>The answer is 3."},
+            {"id": "ok", "prompt": "p", "response": "Okay, so I need x. Wait, that is wrong.</think>x = 2"},
+        ],
+    )
     out = tmp_path / "out.jsonl"
     assert _annotate(src, out) == 0
     text = capsys.readouterr().out
@@ -74,8 +78,9 @@ def test_a_response_without_think_end_is_annotated_whole_and_counted(tmp_path, c
 def test_a_one_megabyte_response_is_annotated_by_the_default_annotator(tmp_path, capsys, kind):
     """1 MB of R1-style sentences (44,000 of them), or 1 MB with no sentence boundary at all:
     annotated like any other response, offsets placed directly (no alignment), in seconds."""
-    think = ("Wait, let me check 12 + 3 = 15. Hmm, not sure. " * 22000 if kind == "sentences"
-             else "a " * 500_000).rstrip()
+    think = (
+        "Wait, let me check 12 + 3 = 15. Hmm, not sure. " * 22000 if kind == "sentences" else "a " * 500_000
+    ).rstrip()
     resp = think + "</think> The answer is 1."
     assert len(resp) > 1_000_000
     src = _write_jsonl(tmp_path / "in.jsonl", [{"id": "big", "prompt": "p", "response": resp}])
@@ -110,8 +115,9 @@ def test_a_response_over_the_size_limit_is_refused_or_counted(tmp_path, capsys, 
 
 def test_invalid_utf8_ends_with_one_line_naming_file_line_and_byte(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(b'{"id": "a", "prompt": "p", "response": "fine"}\n'
-                    b'{"id": "b", "prompt": "p", "response": "ok \xff\xfe"}\n')
+    bad.write_bytes(
+        b'{"id": "a", "prompt": "p", "response": "fine"}\n{"id": "b", "prompt": "p", "response": "ok \xff\xfe"}\n'
+    )
     assert _annotate(bad, tmp_path / "out.jsonl") == 2
     line = _one_error_line(capsys)
     assert "bad.jsonl:2" in line and "invalid UTF-8 at byte" in line
@@ -132,8 +138,10 @@ def test_a_lone_surrogate_escape_ends_with_one_line_naming_file_line_and_field(t
     to fail at the very end, writing --out, with "'utf-8' codec can't encode character" and no file
     named. Now refused while reading, naming the file, the line and the field."""
     src = tmp_path / "in.jsonl"
-    src.write_bytes(b'{"id": "a", "prompt": "p", "response": "Okay. Wait, no."}\n'
-                    b'{"id": "b", "prompt": "p", "response": "Okay \\ud800 so x. Wait, no."}\n')
+    src.write_bytes(
+        b'{"id": "a", "prompt": "p", "response": "Okay. Wait, no."}\n'
+        b'{"id": "b", "prompt": "p", "response": "Okay \\ud800 so x. Wait, no."}\n'
+    )
     assert _annotate(src, tmp_path / "out.jsonl") == 2
     line = _one_error_line(capsys)
     assert "in.jsonl:2" in line and "'response'" in line and "surrogate" in line and "character 5" in line

@@ -1,4 +1,5 @@
 """``annotate agree --downstream``: site scores with reference spans vs an annotator's spans (issue 20, item 3)."""
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,16 @@ from lrm_interp.testing import byte_tokenizer, tiny_model
 
 def _run(tmp_path, annotators, ds=None, **kw):
     ds = ds if ds is not None else synthetic_traces(6)
-    return annotation_downstream(tiny_model("llama", seed=0), ds, annotators, tokenizer=byte_tokenizer(),
-                                 model_name="tiny-llama", out_dir=tmp_path / "state", progress=False, **kw)
+    return annotation_downstream(
+        tiny_model("llama", seed=0),
+        ds,
+        annotators,
+        tokenizer=byte_tokenizer(),
+        model_name="tiny-llama",
+        out_dir=tmp_path / "state",
+        progress=False,
+        **kw,
+    )
 
 
 # ------------------------------------------------------------------ naive reference
@@ -80,8 +89,10 @@ def test_naive_spearman_and_overlap_on_the_saved_score_tables(tmp_path):
     res = _run(tmp_path, ["keyword"], top_k=5)
     st = tmp_path / "state"
     ref = _scores(st / "reference" / "scores.csv")
-    pairs = {"keyword": (ref, _scores(st / "annotator-keyword" / "scores.csv")),
-             NOISE_FLOOR: (_scores(st / "half-a-s0" / "scores.csv"), _scores(st / "half-b-s0" / "scores.csv"))}
+    pairs = {
+        "keyword": (ref, _scores(st / "annotator-keyword" / "scores.csv")),
+        NOISE_FLOOR: (_scores(st / "half-a-s0" / "scores.csv"), _scores(st / "half-b-s0" / "scores.csv")),
+    }
     compared = 0
     for source, (a, b) in pairs.items():
         for beh in TARGET_BEHAVIORS:
@@ -133,8 +144,7 @@ def test_resume_does_not_recompute(tmp_path, monkeypatch):
     assert sorted(calls) == ["half-a-s1", "half-b-s1"]
     assert more.sources == ["keyword", NOISE_FLOOR, f"{NOISE_FLOOR} s0", f"{NOISE_FLOOR} s1"]
     for b in TARGET_BEHAVIORS:
-        s0, s1, mean = (more.row(f"{NOISE_FLOOR} s0", b), more.row(f"{NOISE_FLOOR} s1", b),
-                        more.row(NOISE_FLOOR, b))
+        s0, s1, mean = (more.row(f"{NOISE_FLOOR} s0", b), more.row(f"{NOISE_FLOOR} s1", b), more.row(NOISE_FLOOR, b))
         assert s0.spearman == first.row(NOISE_FLOOR, b).spearman
         got = [r.spearman for r in (s0, s1) if r.spearman is not None]
         assert mean.spearman == (pytest.approx(sum(got) / len(got)) if got else None)
@@ -173,8 +183,21 @@ def test_reference_without_spans_of_a_behaviour_is_one_line(tmp_path, monkeypatc
     ds = synthetic_traces(4)
     no_et = ReasoningDataset([t.with_spans([s for s in t.spans if s.behavior != "example-testing"]) for t in ds])
     _no_model(monkeypatch)
-    rc = main(["annotate", "agree", "--gold", _jsonl(tmp_path, no_et), "--downstream", "toy", "--annotator", "rules",
-               "--out", str(tmp_path / "st"), "--quiet"])
+    rc = main(
+        [
+            "annotate",
+            "agree",
+            "--gold",
+            _jsonl(tmp_path, no_et),
+            "--downstream",
+            "toy",
+            "--annotator",
+            "rules",
+            "--out",
+            str(tmp_path / "st"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert "no 'example-testing' spans" in err[0] and "--behaviors" in err[0]
@@ -183,8 +206,19 @@ def test_reference_without_spans_of_a_behaviour_is_one_line(tmp_path, monkeypatc
 
 def test_unknown_annotator_is_one_line(tmp_path, monkeypatch, capsys):
     _no_model(monkeypatch)
-    rc = main(["annotate", "agree", "--gold", _jsonl(tmp_path, synthetic_traces(2)), "--downstream", "toy",
-               "--annotator", "nosuch", "--quiet"])
+    rc = main(
+        [
+            "annotate",
+            "agree",
+            "--gold",
+            _jsonl(tmp_path, synthetic_traces(2)),
+            "--downstream",
+            "toy",
+            "--annotator",
+            "nosuch",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert "--annotator nosuch: not one of trained, rules, keyword, trained-cv" in err[0]
@@ -209,9 +243,25 @@ def test_cli_end_to_end_with_a_model_folder(tmp_path, capsys):
     ds = ReasoningDataset([long] + list(ds)[1:])
     assert len(long.text) > 600 > max(len(t.text) for t in list(ds)[1:])
     gold = _jsonl(tmp_path, ds)
-    argv = ["annotate", "agree", "--gold", gold, "--downstream", str(mdir), "--annotator", "rules",
-            "--annotator", "trained-cv", "--out", str(tmp_path / "st"), "--max-tokens", "600", "--top-k", "5",
-            "--quiet"]
+    argv = [
+        "annotate",
+        "agree",
+        "--gold",
+        gold,
+        "--downstream",
+        str(mdir),
+        "--annotator",
+        "rules",
+        "--annotator",
+        "trained-cv",
+        "--out",
+        str(tmp_path / "st"),
+        "--max-tokens",
+        "600",
+        "--top-k",
+        "5",
+        "--quiet",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "noise floor" in out and "trained-cv" in out and "traces cut" in out

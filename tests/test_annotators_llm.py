@@ -3,6 +3,7 @@ OpenAI-compatible server on 127.0.0.1 (``python -m lrm_interp.evaluation.serve``
 model, really generating, greedy). The toy model's annotations are poor; these tests check the
 plumbing: chunks re-joined, retries while the server is killed and restarted mid-run, the
 per-trace cache, a killed run resumed, token/request counts, parse reports, no secret in any file."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from lrm_interp.data.annotate import (VENHOFF_PROMPT, LLMAnnotator, LLMRequestError, OpenAIClient, annotate_dataset,
-                                      load_outputs, split_for_annotation)
+from lrm_interp.data.annotate import (
+    VENHOFF_PROMPT,
+    LLMAnnotator,
+    LLMRequestError,
+    OpenAIClient,
+    annotate_dataset,
+    load_outputs,
+    split_for_annotation,
+)
 from lrm_interp.data.traces import BEHAVIORS, ReasoningDataset, ReasoningTrace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,8 +52,9 @@ def test_venhoff_prompt_is_the_papers():
 
 
 def test_chunks_rejoin_and_cut_between_paragraphs():
-    text = ("First paragraph, sentence one. Sentence two is here.\n\n" * 6 + "A very long sentence without any stop "
-            * 30).strip()
+    text = (
+        "First paragraph, sentence one. Sentence two is here.\n\n" * 6 + "A very long sentence without any stop " * 30
+    ).strip()
     for n in (60, 200, 333, 10_000):
         chunks = split_for_annotation(text, n)
         assert "".join(chunks) == text and all(len(c) <= n for c in chunks)
@@ -61,8 +70,9 @@ def test_client_configuration_and_secrets(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     c = OpenAIClient(model="m", base_url="http://127.0.0.1:9/v1/")
     assert c.api_key == SECRET and c.base_url == "http://127.0.0.1:9/v1"
-    assert SECRET not in repr(c) and SECRET not in json.dumps(c.describe()) and "127.0.0.1" not in json.dumps(
-        c.describe())
+    assert (
+        SECRET not in repr(c) and SECRET not in json.dumps(c.describe()) and "127.0.0.1" not in json.dumps(c.describe())
+    )
     with pytest.raises(ValueError, match="mode"):
         OpenAIClient(model="m", mode="embeddings")
 
@@ -73,8 +83,9 @@ def test_unreachable_endpoint_stops_annotate_dataset(tmp_path):
     partial run rides on the exception (finished traces annotated and cached, the rest failed)."""
     from lrm_interp.endpoint import EndpointError, EndpointUnreachable
 
-    traces = [ReasoningTrace(f"t{i}", "Q\n<think>\n", f"Okay, step {i}. Wait, maybe not.\n</think>\nA")
-              for i in range(8)]
+    traces = [
+        ReasoningTrace(f"t{i}", "Q\n<think>\n", f"Okay, step {i}. Wait, maybe not.\n</think>\nA") for i in range(8)
+    ]
     markup = '["initializing"]Okay, step 0.["end-section"]'
 
     class Endpoint:
@@ -104,8 +115,9 @@ def test_unreachable_endpoint_stops_annotate_dataset(tmp_path):
         assert "EndpointUnreachable" in run.stats["stopped"] and "the run stopped" in run.summary()
         assert sorted(t.metadata["annotation_status"] for t in run.dataset) == ["failed"] * 6 + ["parsed"] * 2
         assert len(list(cache.glob("*.json"))) == 2
-        again = annotate_dataset(traces, LLMAnnotator(Endpoint(None)), workers=workers, cache_dir=cache,
-                                 progress=False)  # the endpoint is back: the two finished come from the cache
+        again = annotate_dataset(
+            traces, LLMAnnotator(Endpoint(None)), workers=workers, cache_dir=cache, progress=False
+        )  # the endpoint is back: the two finished come from the cache
         assert again.stats["cached"] == 2 and again.stats["annotated"] == 6 and not again.failures
     # any other endpoint error fails its trace only; the run goes on
     ep = Endpoint(down_after=2, error=EndpointError)
@@ -131,9 +143,23 @@ class ToyServer:
 
     def start(self, timeout: float = 90.0) -> None:
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lrm_interp.evaluation.serve", "--model", "toy", "--port",
-                                      str(self.port), "--truncate-prompt", "--quiet"], cwd=REPO, env=env,
-                                     stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lrm_interp.evaluation.serve",
+                "--model",
+                "toy",
+                "--port",
+                str(self.port),
+                "--truncate-prompt",
+                "--quiet",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=open(self.log, "a"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -172,8 +198,9 @@ def outputs() -> ReasoningDataset:
 
 
 def _client(url: str, **kw) -> OpenAIClient:
-    return OpenAIClient(model="toy", base_url=url, api_key=SECRET, max_tokens=8, backoff=0.25, max_retries=10,
-                        timeout=60, **kw)
+    return OpenAIClient(
+        model="toy", base_url=url, api_key=SECRET, max_tokens=8, backoff=0.25, max_retries=10, timeout=60, **kw
+    )
 
 
 def _wait_for(pred, timeout: float = 120.0) -> None:
@@ -190,8 +217,9 @@ def test_live_run_survives_a_server_restart_and_caches(server, outputs, tmp_path
     n_chunks = sum(len(ann.chunks(t.response.split("</think>")[0].rstrip())) for t in outputs)
     assert n_chunks >= 2 * len(outputs)
     box: dict = {}
-    th = threading.Thread(target=lambda: box.setdefault("run", annotate_dataset(outputs, ann, workers=2,
-                                                                                cache_dir=cache, progress=False)))
+    th = threading.Thread(
+        target=lambda: box.setdefault("run", annotate_dataset(outputs, ann, workers=2, cache_dir=cache, progress=False))
+    )
     th.start()
     _wait_for(lambda: any(cache.glob("*.json")) or not th.is_alive())
     server.kill()  # mid-run: the other traces' requests now fail ...
@@ -211,8 +239,9 @@ def test_live_run_survives_a_server_restart_and_caches(server, outputs, tmp_path
     assert sorted(r["trace_id"] for r in records) == sorted(t.id for t in outputs)
     assert sum(r["chunks"] for r in records) == n_chunks
     # rerun: everything from the cache, no request
-    again = annotate_dataset(outputs, LLMAnnotator(_client(server.url), max_chunk_chars=CHUNK), cache_dir=cache,
-                             progress=False)
+    again = annotate_dataset(
+        outputs, LLMAnnotator(_client(server.url), max_chunk_chars=CHUNK), cache_dir=cache, progress=False
+    )
     assert again.stats["cached"] == len(outputs) and again.stats["requests"] == 0
     assert [t.spans for t in again.dataset] == [t.spans for t in run.dataset]
     # another chunk size is another cache key
@@ -238,13 +267,36 @@ def test_live_errors_are_recorded_per_trace(server, outputs):
 
 def test_cli_killed_run_resumes(server, outputs, tmp_path):
     src = tmp_path / "outputs.jsonl"
-    src.write_text("".join(json.dumps({"id": t.id, "prompt": t.prompt, "response": t.response}) + "\n"
-                           for t in outputs))
+    src.write_text(
+        "".join(json.dumps({"id": t.id, "prompt": t.prompt, "response": t.response}) + "\n" for t in outputs)
+    )
     out = tmp_path / "traces.jsonl"
     cache = tmp_path / "traces.jsonl.cache"
-    cmd = [sys.executable, "-m", "lrm_interp.cli", "annotate", "--annotator", "llm", "--model", "toy", "--base-url",
-           server.url, "--api-key-env", "MY_LLM_KEY", "--in", str(src), "--out", str(out), "--chunk-chars",
-           str(CHUNK), "--max-tokens", "8", "--backoff", "0.25", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lrm_interp.cli",
+        "annotate",
+        "--annotator",
+        "llm",
+        "--model",
+        "toy",
+        "--base-url",
+        server.url,
+        "--api-key-env",
+        "MY_LLM_KEY",
+        "--in",
+        str(src),
+        "--out",
+        str(out),
+        "--chunk-chars",
+        str(CHUNK),
+        "--max-tokens",
+        "8",
+        "--backoff",
+        "0.25",
+        "--quiet",
+    ]
     env = dict(os.environ, MY_LLM_KEY=SECRET, OMP_NUM_THREADS="1")
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _wait_for(lambda: any(cache.glob("*.json")) or first.poll() is not None)
@@ -296,11 +348,11 @@ class _Refusing(BaseHTTPRequestHandler):
     def log_message(self, *a):  # quiet
         pass
 
-    def do_GET(self):  # noqa: N802 - http.server API
+    def do_GET(self):  # http.server API
         self.send_response(404)
         self.end_headers()
 
-    def do_POST(self):  # noqa: N802 - http.server API
+    def do_POST(self):  # http.server API
         self.rfile.read(int(self.headers["Content-Length"]))
         self.send_response(400)
         self.send_header("Content-Type", "application/json")
@@ -315,16 +367,34 @@ def test_failed_run_leaves_the_previous_output_untouched(outputs, tmp_path, caps
     from lrm_interp.cli.main import main
 
     src = tmp_path / "outputs.jsonl"
-    src.write_text("".join(json.dumps({"id": t.id, "prompt": t.prompt, "response": t.response}) + "\n"
-                           for t in outputs))
+    src.write_text(
+        "".join(json.dumps({"id": t.id, "prompt": t.prompt, "response": t.response}) + "\n" for t in outputs)
+    )
     out = tmp_path / "out.jsonl"
     assert main(["annotate", "--annotator", "rules", "--in", str(src), "--out", str(out), "--quiet"]) == 0
     good = out.read_bytes()
     assert any(json.loads(line)["spans"] for line in good.decode().splitlines())
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     url = f"http://127.0.0.1:{_free_port()}/v1"
-    assert main(["annotate", "--annotator", "llm", "--model", "x", "--base-url", url, "--in", str(src), "--out",
-                 str(out), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "annotate",
+                "--annotator",
+                "llm",
+                "--model",
+                "x",
+                "--base-url",
+                url,
+                "--in",
+                str(src),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{url}: endpoint unreachable (connection refused)" in err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing created
@@ -332,9 +402,27 @@ def test_failed_run_leaves_the_previous_output_untouched(outputs, tmp_path, caps
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     try:
-        assert main(["annotate", "--annotator", "llm", "--model", "x", "--base-url",
-                     f"http://127.0.0.1:{srv.server_address[1]}/v1", "--retries", "0", "--in", str(src), "--out",
-                     str(out), "--quiet"]) == 2
+        assert (
+            main(
+                [
+                    "annotate",
+                    "--annotator",
+                    "llm",
+                    "--model",
+                    "x",
+                    "--base-url",
+                    f"http://127.0.0.1:{srv.server_address[1]}/v1",
+                    "--retries",
+                    "0",
+                    "--in",
+                    str(src),
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 2
+        )
     finally:
         srv.shutdown()
         srv.server_close()

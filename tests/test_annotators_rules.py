@@ -1,5 +1,6 @@
 """The R1 rule annotator: every documented rule on a sentence it must fire on and a near miss it
 must not fire on; the agreement on the hand-labelled R1-style set (tests/data/r1_style)."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,14 @@ from pathlib import Path
 import pytest
 
 from lrm_interp.cli.main import main
-from lrm_interp.data.annotate import (RULE_TABLE, R1RuleAnnotator, RuleAnnotator, annotate_response,
-                                      annotation_agreement, thinking_part)
+from lrm_interp.data.annotate import (
+    RULE_TABLE,
+    R1RuleAnnotator,
+    RuleAnnotator,
+    annotate_response,
+    annotation_agreement,
+    thinking_part,
+)
 from lrm_interp.data.paper_layout import load_paper_layout
 from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset
 
@@ -20,96 +27,156 @@ R1_STYLE = Path(__file__).resolve().parent / "data" / "r1_style"
 # (rule, label, text whose last sentence the rule must label, near miss whose last sentence it must not)
 PRE = "We compute the sum step by step. So the sum is 12.\n\n"
 CASES = [
-    ("restating", "initializing",
-     "Okay, let me read this. The premises: every cat is a mammal.",
-     PRE + "The premises say nothing about dogs, so it is open."),
-    ("retraction", "backtracking",
-     PRE + "Hmm, no, that's wrong, the sum is 14.",
-     PRE + "That's right, the sum is 12."),
-    ("hedged retraction", "uncertainty-estimation",
-     PRE + "Maybe I miscounted the terms.",
-     PRE + "I miscounted the terms."),
-    ("switch approach", "backtracking",
-     PRE + "Let me try a different approach: pair the terms.",
-     PRE + "Let me try to pair the terms."),
-    ("check (another way)", "example-testing",
-     PRE + "As a check, I can compute it another way: 5 + 7 = 12.",
-     PRE + "I can compute it another way: pair the terms."),
-    ("bare hmm", "uncertainty-estimation",
-     PRE + "Hmm.",
-     PRE + "Hmm, so the sum is 12."),
-    ("wait + question", "uncertainty-estimation",
-     PRE + "Wait, is that the full list?",
-     PRE + "Wait, the list has 5 terms, not 4."),
-    ("wait + check", "example-testing",
-     PRE + "Wait, let me verify with n = 3: 3 + 9 = 12.",
-     PRE + "Wait, 3 + 9 is 12, not 11."),
-    ("hmm + fact", "adding-knowledge",
-     "Okay, the question asks about the river.\n\nThe city is Paris. Hmm, the Seine flows through Paris.",
-     PRE + "Hmm, the sum flows from the terms."),
-    ("wait + re-derivation", "backtracking",
-     PRE + "Wait, 7 times 8 is 56, not 54.",
-     PRE + "Wait, is 7 times 8 really 56?"),
-    ("bare wait", "backtracking",
-     PRE + "Wait, hold that thought.",
-     PRE + "Wait, I'm not sure."),
-    ("oh + correction", "backtracking",
-     PRE + "Oh, I see: the last term is 9, not 8.",
-     PRE + "Oh, nice."),
-    ("hmm without derivation", "uncertainty-estimation",
-     PRE + "Hmm, that seems like a lot of work.",
-     PRE + "Hmm, then 3 + 9 = 12."),
-    ("hedge", "uncertainty-estimation",
-     PRE + "I'm not sure the last term belongs.",
-     PRE + "The last term belongs."),
-    ("check", "example-testing",
-     PRE + "Let me double-check by adding again: 3 + 4 + 5 = 12.",
-     PRE + "Let me add the terms again."),
-    ("instance", "example-testing",
-     PRE + "For example, if n = 2, then the sum is 5.",
-     PRE + "If n is even, then the sum is even."),
-    ("recall", "adding-knowledge",
-     PRE + "I recall that the sum of the first n odd numbers is n squared.",
-     PRE + "I computed that the sum of the first n odd numbers is 16."),
-    ("named result", "adding-knowledge",
-     PRE + "Vieta's formulas relate the roots to the coefficients.",
-     PRE + "So by Vieta, the sum of the roots is 5."),
-    ("general law", "adding-knowledge",
-     PRE + "A prime greater than 2 is always odd.",
-     PRE + "This prime is odd."),
-    ("option check", "example-testing",
-     "Okay, the options are listed.\n\nThe gap is 2pm to 4pm.\n(B) 9am to 10am: he was at the shop, so no.",
-     "Okay, the options are listed.\n\nThe gap is 2pm to 4pm.\nThe shop was open from 9am to 10am."),
-    ("weak hedge", "uncertainty-estimation",
-     PRE + "Perhaps the problem intends something else.",
-     PRE + "Perhaps I should try induction."),
-    ("make sure without a value", "uncertainty-estimation",
-     PRE + "Let me make sure I read the question right.",
-     PRE + "Let me make sure: 5 + 7 = 12."),
-    ("self question", "uncertainty-estimation",
-     PRE + "Is it the smaller root or the larger one?",
-     PRE + "What is 5 + 7?"),
-    ("short reply", "example-testing",
-     PRE + "Let me verify: 5 + 7 = 12. Correct.",
-     PRE + "Let me verify: 5 + 7 = 12. So that settles the count of terms for good."),
-    ("check continues", "example-testing",
-     PRE + "Let me test n = 2. Then 2 + 2 = 4, which matches.",
-     PRE + "Let me test n = 2.\n\nThen 2 + 2 = 4."),
-    ("opening", "initializing",
-     "Alright, so the task is to count the pairs.",
-     PRE + "Alright, so the task is to count the pairs."),
-    ("restating / plan", "initializing",
-     "Okay, the problem gives a triangle. First, I'll find its area.",
-     PRE + "First, I'll find its area."),
-    ("fact statement", "adding-knowledge",
-     "Okay, the question asks where he was born.\n\nLeonardo was born in Vinci, near Florence.",
-     "Okay, the question asks where he was born.\n\nSo the answer is Vinci, near Florence."),
-    ("default", "deduction",
-     PRE + "Adding the last term gives 15.",
-     PRE + "Wait, adding the last term gives 15, not 14."),
-    ("bare opener + next", "uncertainty-estimation",
-     PRE + "Hmm, wait. Did I skip the first term?",
-     PRE + "Hmm, wait. The first term is 3, not 2."),
+    (
+        "restating",
+        "initializing",
+        "Okay, let me read this. The premises: every cat is a mammal.",
+        PRE + "The premises say nothing about dogs, so it is open.",
+    ),
+    ("retraction", "backtracking", PRE + "Hmm, no, that's wrong, the sum is 14.", PRE + "That's right, the sum is 12."),
+    (
+        "hedged retraction",
+        "uncertainty-estimation",
+        PRE + "Maybe I miscounted the terms.",
+        PRE + "I miscounted the terms.",
+    ),
+    (
+        "switch approach",
+        "backtracking",
+        PRE + "Let me try a different approach: pair the terms.",
+        PRE + "Let me try to pair the terms.",
+    ),
+    (
+        "check (another way)",
+        "example-testing",
+        PRE + "As a check, I can compute it another way: 5 + 7 = 12.",
+        PRE + "I can compute it another way: pair the terms.",
+    ),
+    ("bare hmm", "uncertainty-estimation", PRE + "Hmm.", PRE + "Hmm, so the sum is 12."),
+    (
+        "wait + question",
+        "uncertainty-estimation",
+        PRE + "Wait, is that the full list?",
+        PRE + "Wait, the list has 5 terms, not 4.",
+    ),
+    (
+        "wait + check",
+        "example-testing",
+        PRE + "Wait, let me verify with n = 3: 3 + 9 = 12.",
+        PRE + "Wait, 3 + 9 is 12, not 11.",
+    ),
+    (
+        "hmm + fact",
+        "adding-knowledge",
+        "Okay, the question asks about the river.\n\nThe city is Paris. Hmm, the Seine flows through Paris.",
+        PRE + "Hmm, the sum flows from the terms.",
+    ),
+    (
+        "wait + re-derivation",
+        "backtracking",
+        PRE + "Wait, 7 times 8 is 56, not 54.",
+        PRE + "Wait, is 7 times 8 really 56?",
+    ),
+    ("bare wait", "backtracking", PRE + "Wait, hold that thought.", PRE + "Wait, I'm not sure."),
+    ("oh + correction", "backtracking", PRE + "Oh, I see: the last term is 9, not 8.", PRE + "Oh, nice."),
+    (
+        "hmm without derivation",
+        "uncertainty-estimation",
+        PRE + "Hmm, that seems like a lot of work.",
+        PRE + "Hmm, then 3 + 9 = 12.",
+    ),
+    ("hedge", "uncertainty-estimation", PRE + "I'm not sure the last term belongs.", PRE + "The last term belongs."),
+    (
+        "check",
+        "example-testing",
+        PRE + "Let me double-check by adding again: 3 + 4 + 5 = 12.",
+        PRE + "Let me add the terms again.",
+    ),
+    (
+        "instance",
+        "example-testing",
+        PRE + "For example, if n = 2, then the sum is 5.",
+        PRE + "If n is even, then the sum is even.",
+    ),
+    (
+        "recall",
+        "adding-knowledge",
+        PRE + "I recall that the sum of the first n odd numbers is n squared.",
+        PRE + "I computed that the sum of the first n odd numbers is 16.",
+    ),
+    (
+        "named result",
+        "adding-knowledge",
+        PRE + "Vieta's formulas relate the roots to the coefficients.",
+        PRE + "So by Vieta, the sum of the roots is 5.",
+    ),
+    ("general law", "adding-knowledge", PRE + "A prime greater than 2 is always odd.", PRE + "This prime is odd."),
+    (
+        "option check",
+        "example-testing",
+        "Okay, the options are listed.\n\nThe gap is 2pm to 4pm.\n(B) 9am to 10am: he was at the shop, so no.",
+        "Okay, the options are listed.\n\nThe gap is 2pm to 4pm.\nThe shop was open from 9am to 10am.",
+    ),
+    (
+        "weak hedge",
+        "uncertainty-estimation",
+        PRE + "Perhaps the problem intends something else.",
+        PRE + "Perhaps I should try induction.",
+    ),
+    (
+        "make sure without a value",
+        "uncertainty-estimation",
+        PRE + "Let me make sure I read the question right.",
+        PRE + "Let me make sure: 5 + 7 = 12.",
+    ),
+    (
+        "self question",
+        "uncertainty-estimation",
+        PRE + "Is it the smaller root or the larger one?",
+        PRE + "What is 5 + 7?",
+    ),
+    (
+        "short reply",
+        "example-testing",
+        PRE + "Let me verify: 5 + 7 = 12. Correct.",
+        PRE + "Let me verify: 5 + 7 = 12. So that settles the count of terms for good.",
+    ),
+    (
+        "check continues",
+        "example-testing",
+        PRE + "Let me test n = 2. Then 2 + 2 = 4, which matches.",
+        PRE + "Let me test n = 2.\n\nThen 2 + 2 = 4.",
+    ),
+    (
+        "opening",
+        "initializing",
+        "Alright, so the task is to count the pairs.",
+        PRE + "Alright, so the task is to count the pairs.",
+    ),
+    (
+        "restating / plan",
+        "initializing",
+        "Okay, the problem gives a triangle. First, I'll find its area.",
+        PRE + "First, I'll find its area.",
+    ),
+    (
+        "fact statement",
+        "adding-knowledge",
+        "Okay, the question asks where he was born.\n\nLeonardo was born in Vinci, near Florence.",
+        "Okay, the question asks where he was born.\n\nSo the answer is Vinci, near Florence.",
+    ),
+    (
+        "default",
+        "deduction",
+        PRE + "Adding the last term gives 15.",
+        PRE + "Wait, adding the last term gives 15, not 14.",
+    ),
+    (
+        "bare opener + next",
+        "uncertainty-estimation",
+        PRE + "Hmm, wait. Did I skip the first term?",
+        PRE + "Hmm, wait. The first term is 3, not 2.",
+    ),
 ]
 
 
@@ -121,8 +188,11 @@ def _last(text: str, rule: str):
 @pytest.mark.parametrize("rule,label,pos,neg", CASES, ids=[c[0] for c in CASES])
 def test_rule_positive_and_negative(rule, label, pos, neg):
     _, got, why = _last(pos, rule)
-    assert got == label and why.endswith(rule.split(" + ")[-1]) and why.split(" + ")[0] == rule.split(" + ")[0], \
-        (rule, got, why)
+    assert got == label and why.endswith(rule.split(" + ")[-1]) and why.split(" + ")[0] == rule.split(" + ")[0], (
+        rule,
+        got,
+        why,
+    )
     _, got2, why2 = _last(neg, rule)
     assert why2 != why, (rule, "near miss also matched", why2)
     if rule == "opening":
@@ -132,10 +202,17 @@ def test_rule_positive_and_negative(rule, label, pos, neg):
 def _rule_key(why: str) -> str:
     if " + " in why and why != "bare opener + next":
         head, tail = why.split(" + ", 1)
-        return "<opener> + question" if tail == "question" else \
-            "wait + re-derivation" if tail == "re-derivation" else \
-            "<opener> + fact" if tail == "fact" else \
-            "oh + correction" if tail == "correction" else "<opener> + <cue rule>"
+        return (
+            "<opener> + question"
+            if tail == "question"
+            else "wait + re-derivation"
+            if tail == "re-derivation"
+            else "<opener> + fact"
+            if tail == "fact"
+            else "oh + correction"
+            if tail == "correction"
+            else "<opener> + <cue rule>"
+        )
     if why.startswith("bare ") and why not in ("bare hmm",):
         return "bare wait"
     return why

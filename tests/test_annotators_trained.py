@@ -1,4 +1,5 @@
 """The trainable (logistic-regression) annotator: fit, cross-validation, save/load, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -86,8 +87,24 @@ def test_cross_validation_annotates_every_trace_unseen(gold):
 
 def test_cli_train_then_annotate_with_the_file(tmp_path, capsys):
     model = tmp_path / "r1.safetensors"
-    assert main(["annotate", "train", "--gold", str(R1_STYLE), "--out", str(model), "--folds", "2", "--steps", "60",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "annotate",
+                "train",
+                "--gold",
+                str(R1_STYLE),
+                "--out",
+                str(model),
+                "--folds",
+                "2",
+                "--steps",
+                "60",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "2-fold cross-validated agreement" in out and "backtracking" in out
     assert LinearAnnotator.load(model).info["cross_validation"]["folds"] == 2
@@ -97,22 +114,25 @@ def test_cli_train_then_annotate_with_the_file(tmp_path, capsys):
     assert rep["annotator"]["name"] == "linear" and rep["stats"]["traces"] == 44
 
 
-@pytest.mark.parametrize("setting,value,needle", [
-    ("steps", 0, "steps must be an integer >= 1, got 0"),  # would save the random initialisation
-    ("steps", -3, "steps must be an integer >= 1"),
-    ("steps", 2.5, "steps must be an integer"),
-    ("l2", float("inf"), "l2 must be a finite number >= 0, got inf"),  # NaN weights
-    ("l2", float("nan"), "l2 must be a finite number >= 0"),
-    ("l2", -1.0, "l2 must be a finite number >= 0"),
-    ("lr", 0.0, "lr must be a finite number > 0"),
-    ("lr", float("nan"), "lr must be a finite number > 0"),
-    ("class_balance", float("inf"), "class_balance must be a finite number >= 0"),
-    ("class_balance", -0.5, "class_balance must be a finite number >= 0"),
-    ("dim", 0, "dim must be an integer >= 1"),
-    ("seed", -1, "seed must be an integer >= 0"),
-    ("labels", ("backtracking",), "at least two distinct"),
-    ("labels", ("a", "a"), "at least two distinct"),
-])
+@pytest.mark.parametrize(
+    "setting,value,needle",
+    [
+        ("steps", 0, "steps must be an integer >= 1, got 0"),  # would save the random initialisation
+        ("steps", -3, "steps must be an integer >= 1"),
+        ("steps", 2.5, "steps must be an integer"),
+        ("l2", float("inf"), "l2 must be a finite number >= 0, got inf"),  # NaN weights
+        ("l2", float("nan"), "l2 must be a finite number >= 0"),
+        ("l2", -1.0, "l2 must be a finite number >= 0"),
+        ("lr", 0.0, "lr must be a finite number > 0"),
+        ("lr", float("nan"), "lr must be a finite number > 0"),
+        ("class_balance", float("inf"), "class_balance must be a finite number >= 0"),
+        ("class_balance", -0.5, "class_balance must be a finite number >= 0"),
+        ("dim", 0, "dim must be an integer >= 1"),
+        ("seed", -1, "seed must be an integer >= 0"),
+        ("labels", ("backtracking",), "at least two distinct"),
+        ("labels", ("a", "a"), "at least two distinct"),
+    ],
+)
 def test_fit_and_cross_validation_refuse_nonsense_settings(gold, monkeypatch, setting, value, needle):
     """Issue 22: ``steps=0`` returned (and the CLI saved) an untrained annotator; ``l2=inf`` a NaN
     one. Both the fit and the cross-validation refuse before any work."""
@@ -137,8 +157,15 @@ def test_cross_validation_refuses_bad_folds_and_iou(gold):
         cross_validate(gold[:4], folds=2, step=10)
 
 
-@pytest.mark.parametrize("argv,flag", [(["--steps", "0"], "--steps"), (["--steps", "-1"], "--steps"),
-                                        (["--folds", "0", "--l2", "inf"], "l2"), (["--folds", "-1"], "--folds")])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--steps", "0"], "--steps"),
+        (["--steps", "-1"], "--steps"),
+        (["--folds", "0", "--l2", "inf"], "l2"),
+        (["--folds", "-1"], "--folds"),
+    ],
+)
 def test_cli_train_refuses_an_untrained_annotator(tmp_path, capsys, argv, flag):
     """``lrm-interp annotate train --steps 0`` (or ``--l2 inf``) exits 2 with one line naming the
     setting and writes no annotator file."""

@@ -1,19 +1,19 @@
 """attribute(): every fixture architecture, quantized layers, resume, CLI."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from synth import synthetic_traces
 
 import lrm_interp
-from lrm_interp.data import loading as api
-from lrm_interp.cli.main import main as cli_main
 from lrm_interp.attribution.results import Attribution
+from lrm_interp.cli.main import main as cli_main
+from lrm_interp.data import loading as api
 from lrm_interp.model.sites import find_sites
 from lrm_interp.testing import TINY_ARCHS, byte_tokenizer, tiny_model
-
-from synth import synthetic_traces
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
@@ -51,14 +51,16 @@ def test_attribute_quantized_stub(tokenizer):
 
 def test_dom_method_and_behaviour_errors(tokenizer, tiny_llama):
     ds = synthetic_traces(3)
-    res = lrm_interp.attribute(tiny_llama, ds, tokenizer=tokenizer, method="dom", behaviors=["backtracking"],
-                               progress=False)
+    res = lrm_interp.attribute(
+        tiny_llama, ds, tokenizer=tokenizer, method="dom", behaviors=["backtracking"], progress=False
+    )
     assert res.method == "dom" and res.scores.shape == (1, 14)
     with pytest.raises(ValueError, match="method must be one of"):
         lrm_interp.attribute(tiny_llama, ds, tokenizer=tokenizer, method="nope")
     with pytest.warns(UserWarning, match="made-up"):
-        res2 = lrm_interp.attribute(tiny_llama, ds, tokenizer=tokenizer, behaviors=["backtracking", "made-up"],
-                                    progress=False)
+        res2 = lrm_interp.attribute(
+            tiny_llama, ds, tokenizer=tokenizer, behaviors=["backtracking", "made-up"], progress=False
+        )
     assert res2.provenance["absent_behaviors"] == ["made-up"]
     assert res2.behaviors == ("backtracking",) and res2.scores.shape == (1, 14)  # no all-zero row
 
@@ -118,21 +120,65 @@ def test_cli_attribute_and_compare(tmp_path, tokenizer):
     model.save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     synthetic_traces(3).save_jsonl(tmp_path / "t.jsonl")
-    rc = cli_main(["attribute", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "t.jsonl"),
-                   "--out", str(tmp_path / "a"), "--quiet"])
+    rc = cli_main(
+        [
+            "attribute",
+            "--model",
+            str(tmp_path / "m"),
+            "--data",
+            str(tmp_path / "t.jsonl"),
+            "--out",
+            str(tmp_path / "a"),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     for f in ("attribution.json", "attribution.safetensors", "scores.csv", "heatmap.png"):
         assert (tmp_path / "a" / f).stat().st_size > 0
     meta = json.loads((tmp_path / "a" / "attribution.json").read_text())
     assert meta["provenance"]["counts"]["traces"] == 3
-    rc = cli_main(["attribute", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "t.jsonl"),
-                   "--out", str(tmp_path / "b"), "--quiet", "--mode", "joint"])
+    rc = cli_main(
+        [
+            "attribute",
+            "--model",
+            str(tmp_path / "m"),
+            "--data",
+            str(tmp_path / "t.jsonl"),
+            "--out",
+            str(tmp_path / "b"),
+            "--quiet",
+            "--mode",
+            "joint",
+        ]
+    )
     assert rc == 0
-    rc = cli_main(["compare", "--original", str(tmp_path / "a"), "--compressed", str(tmp_path / "b"),
-                   "--out", str(tmp_path / "c")])
+    rc = cli_main(
+        [
+            "compare",
+            "--original",
+            str(tmp_path / "a"),
+            "--compressed",
+            str(tmp_path / "b"),
+            "--out",
+            str(tmp_path / "c"),
+        ]
+    )
     assert rc == 0 and (tmp_path / "c" / "shift.csv").exists()
-    assert cli_main(["attribute", "--model", str(tmp_path / "nope"), "--data", str(tmp_path / "t.jsonl"),
-                     "--out", str(tmp_path / "d"), "--quiet"]) == 2
+    assert (
+        cli_main(
+            [
+                "attribute",
+                "--model",
+                str(tmp_path / "nope"),
+                "--data",
+                str(tmp_path / "t.jsonl"),
+                "--out",
+                str(tmp_path / "d"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
 
 
 def test_bytes_tokenizer_roundtrip_offline(tmp_path):
@@ -156,8 +202,13 @@ PUBLIC_ENTRY_POINTS = {
     "lrm_interp.protect.masks": ("ProtectionMask", "MaskSet"),
     "lrm_interp.protect.policies": ("build_masks",),
     "lrm_interp.protect.encoding": ("save_masks", "load_masks", "bits_per_weight"),
-    "lrm_interp.protect.mixed": ("BitAllocation", "allocate_bits", "quantization_errors", "quantize_allocation_",
-                                 "uniform_allocation"),
+    "lrm_interp.protect.mixed": (
+        "BitAllocation",
+        "allocate_bits",
+        "quantization_errors",
+        "quantize_allocation_",
+        "uniform_allocation",
+    ),
     "lrm_interp.evaluation.divergence": ("divergence",),
     "lrm_interp.evaluation.intervals": ("wilson_interval", "bootstrap_interval"),
     "lrm_interp.evaluation.backends": ("GenerationSettings",),
@@ -190,8 +241,9 @@ def test_importing_the_package_stays_cheap():
     import subprocess
     import sys
 
-    code = ("import sys, lrm_interp; "
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('lrm_interp.')))")
+    code = (
+        "import sys, lrm_interp; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('lrm_interp.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -200,8 +252,9 @@ def test_public_api_runs_compression_and_protection(tmp_path):
     """The root's names are enough for the protect → quantize → masks file → spec-string path."""
     model = tiny_model("llama")
     sites = lrm_interp.find_sites(model)
-    masks = lrm_interp.build_masks(sites, "global_top", 0.02,
-                                   saliency=lrm_interp.build_saliency("magnitude", model, sites, progress=False))
+    masks = lrm_interp.build_masks(
+        sites, "global_top", 0.02, saliency=lrm_interp.build_saliency("magnitude", model, sites, progress=False)
+    )
     bpw = lrm_interp.bits_per_weight(masks, sites, bits=3)["bpw"]
     assert 3 < bpw < 4
     rep = lrm_interp.quantize_model_(model, bits=3, masks=masks, progress=False)
@@ -209,8 +262,7 @@ def test_public_api_runs_compression_and_protection(tmp_path):
     lrm_interp.save_masks(masks, tmp_path / "masks.safetensors")
     back, _ = lrm_interp.load_masks(tmp_path / "masks.safetensors")
     assert set(back) == set(masks)
-    pruned, report = lrm_interp.apply_compression(model, lrm_interp.parse_compression("magnitude:0.5"),
-                                                  progress=False)
+    pruned, report = lrm_interp.apply_compression(model, lrm_interp.parse_compression("magnitude:0.5"), progress=False)
     assert pruned is not model and report["method"] == "magnitude"
     lrm_interp.atomic_write_text(tmp_path / "table.md", "| a |\n")
     assert (tmp_path / "table.md").read_text() == "| a |\n"

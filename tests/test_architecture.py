@@ -7,6 +7,7 @@ An *import* is every ``import`` / ``from ... import`` statement, at module level
 function, and every string that names a module of the package (``"lrm_interp.x.y"``,
 ``"lrm_interp.x.y:attr"``: a loader string, ``importlib.import_module(...)``, ``python -m``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -116,8 +117,15 @@ def _string_target(value: str, mods: dict[str, Path]) -> str | None:
     return None
 
 
-def module_refs(mod: str, source: str, mods: dict[str, Path], *, is_pkg: bool = False,
-                filename: str = "<src>", lazy: dict[str, str] | None = None) -> list[tuple[str, int, str]]:
+def module_refs(
+    mod: str,
+    source: str,
+    mods: dict[str, Path],
+    *,
+    is_pkg: bool = False,
+    filename: str = "<src>",
+    lazy: dict[str, str] | None = None,
+) -> list[tuple[str, int, str]]:
     """``[(imported module, line, how)]`` of one module's source: ``how`` is ``"import"`` (any
     import statement, at module level or in a function) or ``"string"`` (a string naming a
     module). Importing ``pkg.sub.mod`` also counts ``pkg.sub`` (its ``__init__`` runs first).
@@ -135,8 +143,9 @@ def module_refs(mod: str, source: str, mods: dict[str, Path], *, is_pkg: bool = 
         elif isinstance(node, ast.ImportFrom):
             src = _resolve(mod, node, is_pkg)
             if src:
-                found = [(src, "import")] + [(f"{src}.{a.name}", "import") for a in node.names
-                                             if f"{src}.{a.name}" in mods]
+                found = [(src, "import")] + [
+                    (f"{src}.{a.name}", "import") for a in node.names if f"{src}.{a.name}" in mods
+                ]
                 if src == "lrm_interp":
                     found += [(lazy[a.name], "import") for a in node.names if a.name in lazy]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -169,15 +178,26 @@ def backward_refs(refs: dict[str, list[tuple[str, int, str]]]) -> list[tuple[str
 
 def direction_violations(refs: dict[str, list[tuple[str, int, str]]]) -> list[str]:
     """:func:`backward_refs` as readable lines naming both floors."""
+
     def floor(m: str) -> str:
         return "/".join(STAGES[stage_of(m)])
+
     return [f"{m}:{line} ({floor(m)}) -> {t} ({floor(t)}) by {how}" for m, line, t, how in backward_refs(refs)]
 
 
 def package_refs() -> dict[str, list[tuple[str, int, str]]]:
     mods = _modules()
-    return {m: module_refs(m, p.read_text(encoding="utf-8"), mods, is_pkg=p.name == "__init__.py",
-                           filename=str(p), lazy=lrm_interp._LAZY) for m, p in mods.items()}
+    return {
+        m: module_refs(
+            m,
+            p.read_text(encoding="utf-8"),
+            mods,
+            is_pkg=p.name == "__init__.py",
+            filename=str(p),
+            lazy=lrm_interp._LAZY,
+        )
+        for m, p in mods.items()
+    }
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -239,8 +259,18 @@ def test_imports_only_go_forward_along_the_stages():
 
 
 def test_direction_check_sees_every_kind_of_import():
-    mods = {m: Path() for m in ("lrm_interp", "lrm_interp.data", "lrm_interp.data.traces", "lrm_interp.model",
-                                "lrm_interp.model.loading", "lrm_interp.toy", "lrm_interp.toy.tasks")}
+    mods = {
+        m: Path()
+        for m in (
+            "lrm_interp",
+            "lrm_interp.data",
+            "lrm_interp.data.traces",
+            "lrm_interp.model",
+            "lrm_interp.model.loading",
+            "lrm_interp.toy",
+            "lrm_interp.toy.tasks",
+        )
+    }
     src = (
         "import importlib\n"
         "from lrm_interp.data.traces import ReasoningTrace\n"  # backwards: fine
@@ -254,16 +284,26 @@ def test_direction_check_sees_every_kind_of_import():
     )
     refs = {"lrm_interp.model.loading": module_refs("lrm_interp.model.loading", src, mods)}
     got = {(line, t, how) for _, line, t, how in backward_refs(refs)}
-    assert got == {(3, "lrm_interp.toy", "import"), (3, "lrm_interp.toy.tasks", "import"),
-                   (5, "lrm_interp.toy", "import"), (5, "lrm_interp.toy.tasks", "import"),
-                   (6, "lrm_interp.toy", "string"), (7, "lrm_interp.toy", "string")}
-    assert direction_violations(refs)[0] == "lrm_interp.model.loading:3 (model/testing) -> lrm_interp.toy (toy) by import"
+    assert got == {
+        (3, "lrm_interp.toy", "import"),
+        (3, "lrm_interp.toy.tasks", "import"),
+        (5, "lrm_interp.toy", "import"),
+        (5, "lrm_interp.toy.tasks", "import"),
+        (6, "lrm_interp.toy", "string"),
+        (7, "lrm_interp.toy", "string"),
+    }
+    assert (
+        direction_violations(refs)[0] == "lrm_interp.model.loading:3 (model/testing) -> lrm_interp.toy (toy) by import"
+    )
     # the same import from a later floor, or within one floor, is fine
     assert backward_refs({"lrm_interp.toy.tasks": module_refs("lrm_interp.toy.tasks", src, mods)}) == []
     # a public name of the root counts as its defining module; the root's own names do not count
     facade = "from lrm_interp import __version__\ndef g():\n    from lrm_interp import load_toy\n"
-    refs = {"lrm_interp.data.traces": module_refs("lrm_interp.data.traces", facade, mods,
-                                                  lazy={"load_toy": "lrm_interp.toy.tasks"})}
+    refs = {
+        "lrm_interp.data.traces": module_refs(
+            "lrm_interp.data.traces", facade, mods, lazy={"load_toy": "lrm_interp.toy.tasks"}
+        )
+    }
     assert {(line, t) for _, line, t, _ in backward_refs(refs)} == {(3, "lrm_interp.toy.tasks"), (3, "lrm_interp.toy")}
     assert _string_target("lrm_interp.toy.tasks.generate_dataset", mods) == "lrm_interp.toy.tasks"
     assert _string_target("lrm_interp", mods) is None and _string_target("see lrm_interp.toy", mods) is None
@@ -311,9 +351,24 @@ def test_no_private_name_imported_across_modules():
 def test_public_api_names():
     import lrm_interp.testing as T
 
-    for name in ("attribute", "load_dataset", "load_model", "encode_trace", "find_sites", "Capture",
-                 "ReasoningTrace", "BehaviorSpan", "ReasoningDataset", "load_paper_layout", "compare",
-                 "Attribution", "ImportanceShift", "BEHAVIORS", "TARGET_BEHAVIORS", "AttributionConfig"):
+    for name in (
+        "attribute",
+        "load_dataset",
+        "load_model",
+        "encode_trace",
+        "find_sites",
+        "Capture",
+        "ReasoningTrace",
+        "BehaviorSpan",
+        "ReasoningDataset",
+        "load_paper_layout",
+        "compare",
+        "Attribution",
+        "ImportanceShift",
+        "BEHAVIORS",
+        "TARGET_BEHAVIORS",
+        "AttributionConfig",
+    ):
         assert getattr(lrm_interp, name) is not None, name
         assert name in dir(lrm_interp)
     assert callable(T.tiny_model) and callable(T.byte_tokenizer) and callable(T.quantize_stub_)

@@ -1,25 +1,25 @@
 """Attribution patching: fast path vs naive reference, finite differences, real activation
 patching on a trained model, joint vs exact, memory-discipline plumbing, patching primitive."""
+
 from __future__ import annotations
 
 import types
 
 import pytest
 import torch
+from reference_impl import naive_atp_dots, naive_scores
+from synth import synthetic_traces
 
 from lrm_interp.attribution.atp import atp_aggregate, atp_trace_stats, compute_atp
-from lrm_interp.attribution.results import relative_importance
-from lrm_interp.model.forward import logits_at, logits_path, span_losses
 from lrm_interp.attribution.dom import compute_dom
+from lrm_interp.attribution.results import relative_importance
 from lrm_interp.attribution.stats import spearman
+from lrm_interp.data.tokens import encode_trace, target_positions
+from lrm_interp.data.traces import TARGET_BEHAVIORS
+from lrm_interp.model.forward import logits_at, logits_path, span_losses
 from lrm_interp.model.patching import add_to_outputs
 from lrm_interp.model.sites import Site, find_sites, get_module
 from lrm_interp.testing import byte_tokenizer, tiny_model
-from lrm_interp.data.tokens import encode_trace, target_positions
-from lrm_interp.data.traces import TARGET_BEHAVIORS
-
-from reference_impl import naive_atp_dots, naive_scores
-from synth import synthetic_traces
 
 BEHS = ["backtracking", "uncertainty-estimation", "example-testing", "adding-knowledge"]
 
@@ -58,8 +58,7 @@ def test_atp_equals_naive(arch, encoded):
                     exp = torch.tensor([ref[b][n] for n in names], dtype=torch.float64)
                     torch.testing.assert_close(res.scores[i], exp, rtol=1e-5, atol=1e-9)
                     assert res.scores[i].min() > 0
-    assert res.n_traces == {"backtracking": 4, "uncertainty-estimation": 4, "example-testing": 3,
-                            "adding-knowledge": 4}
+    assert res.n_traces == {"backtracking": 4, "uncertainty-estimation": 4, "example-testing": 3, "adding-knowledge": 4}
     assert res.n_spans["uncertainty-estimation"] == 5 and res.n_skipped == {b: 0 for b in BEHS}
     assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
     assert _hooks_left(model) == 0
@@ -67,9 +66,11 @@ def test_atp_equals_naive(arch, encoded):
 
 def test_paper_and_code_scores_and_ri_by_hand():
     sites = [Site(f"s{i}", 0, "mlp", "up", 2, 2, 4, 4, "Linear") for i in range(2)]
-    stats = [{"dots/x": torch.tensor([[1.0, -2.0], [-3.0, 1.0]], dtype=torch.float64)},
-             {"dots/x": torch.tensor([[0.5, 4.0]], dtype=torch.float64)},
-             {"dots/x": torch.zeros(0, 2, dtype=torch.float64), "skipped/x": torch.tensor([2.0])}]
+    stats = [
+        {"dots/x": torch.tensor([[1.0, -2.0], [-3.0, 1.0]], dtype=torch.float64)},
+        {"dots/x": torch.tensor([[0.5, 4.0]], dtype=torch.float64)},
+        {"dots/x": torch.zeros(0, 2, dtype=torch.float64), "skipped/x": torch.tensor([2.0])},
+    ]
     p = atp_aggregate(stats, sites, ["x", "y"], score="paper")
     assert p.scores[0].tolist() == [pytest.approx(1.5 / 2), pytest.approx(3 / 2)]
     assert p.scores[1].tolist() == [0.0, 0.0]
@@ -94,18 +95,23 @@ def test_off_by_one_window(encoded):
     names = [x.name for x in sites]
     off = atp_trace_stats(model, e, sites, ["backtracking"], vecs, off_by_one=True)["dots/backtracking"][0]
     # naive gradients over [start, end-1): the off-by-one sum without its zero last term
-    from reference_impl import _forward_store
     import torch.nn.functional as F
+    from reference_impl import _forward_store
 
     for p in model.parameters():
         p.requires_grad_(False)
-    logits, outs = _forward_store(model, e.input_ids[None, :s.end], names)
-    loss = F.cross_entropy(logits[0, s.start - 1:s.end - 1], e.input_ids[s.start:s.end])
+    logits, outs = _forward_store(model, e.input_ids[None, : s.end], names)
+    loss = F.cross_entropy(logits[0, s.start - 1 : s.end - 1], e.input_ids[s.start : s.end])
     grads = torch.autograd.grad(loss, [outs[n] for n in names])
     assert all(float(g[0, s.end - 1].abs().max()) == 0.0 for g in grads)
     n = len(s)
-    exp = torch.tensor([float(vecs["backtracking"][nm].double() @ g[0, s.start:s.end - 1].double().sum(0)) / n
-                        for nm, g in zip(names, grads)], dtype=torch.float64)
+    exp = torch.tensor(
+        [
+            float(vecs["backtracking"][nm].double() @ g[0, s.start : s.end - 1].double().sum(0)) / n
+            for nm, g in zip(names, grads)
+        ],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(off, exp, rtol=1e-5, atol=1e-9)
 
 
@@ -132,8 +138,10 @@ def test_finite_differences(mode, encoded):
     model = _exact_float64(tiny_model("llama"))
     sites = find_sites(model)
     b = "uncertainty-estimation"
-    vecs = {k: {n: v.double() for n, v in d.items()}
-            for k, d in compute_dom(model, encoded, sites, [b], progress=False).vectors.items()}
+    vecs = {
+        k: {n: v.double() for n, v in d.items()}
+        for k, d in compute_dom(model, encoded, sites, [b], progress=False).vectors.items()
+    }
     e = encoded[0]  # two overlapping spans of b
     spans = e.spans_of(b)
     st = atp_trace_stats(model, e, sites, [b], vecs, mode=mode)
@@ -141,7 +149,7 @@ def test_finite_differences(mode, encoded):
     L = max(s.end for s in spans)
     for k, s in enumerate(spans):
         p0, p1 = target_positions(s)
-        ids = e.input_ids[None, :s.end] if mode == "exact" else e.input_ids[None, :L]
+        ids = e.input_ids[None, : s.end] if mode == "exact" else e.input_ids[None, :L]
         scored = [s] if mode == "exact" else spans
         mask = torch.zeros(1, ids.shape[1], dtype=torch.float64)
         mask[0, p0:p1] = 1
@@ -207,7 +215,7 @@ def atp_vs_patching(model, encoded, behavior: str, vectors, *, alpha: float = 1.
         for k, s in enumerate(spans):
             p0, p1 = target_positions(s)
             est += alpha * (p1 - p0) * st[f"dots/{behavior}"][k]
-            ids = e.input_ids[None, :s.end]
+            ids = e.input_ids[None, : s.end]
             mask = torch.zeros(1, s.end)
             mask[0, p0:p1] = 1
             with torch.no_grad():
@@ -235,7 +243,9 @@ def test_atp_matches_real_activation_patching(trained, behavior):
     for alpha, floor in FLOORS[source].items():
         est, real = atp_vs_patching(model, enc, behavior, vecs, alpha=alpha)
         rho = spearman(est, real)
-        print(f"\n{source} {behavior}: AtP vs real patching (alpha={alpha}), spearman over {len(sites)} sites = {rho:.3f}")
+        print(
+            f"\n{source} {behavior}: AtP vs real patching (alpha={alpha}), spearman over {len(sites)} sites = {rho:.3f}"
+        )
         assert rho > floor
 
 
@@ -362,13 +372,16 @@ def test_add_to_outputs_positions_and_cleanup():
     torch.testing.assert_close(sliced[:, 3:5], v.expand(2, 2, -1))
     assert sliced[:, :3].abs().max() == 0 and sliced[:, 5:].abs().max() == 0
     torch.testing.assert_close(out_with({site: (v, None)}, alpha=-1.0) - base, -v.expand(2, 7, -1))
-    torch.testing.assert_close(out_with({site: (v, [0, 6])}) - base, (mask * 0).unsqueeze(-1) + torch.stack(
-        [v if t in (0, 6) else torch.zeros_like(v) for t in range(7)]).expand(2, 7, -1))
+    torch.testing.assert_close(
+        out_with({site: (v, [0, 6])}) - base,
+        (mask * 0).unsqueeze(-1)
+        + torch.stack([v if t in (0, 6) else torch.zeros_like(v) for t in range(7)]).expand(2, 7, -1),
+    )
     assert _hooks_left(model) == 0
 
     with pytest.raises(ZeroDivisionError):
         with add_to_outputs(model, {site: (v, None)}):
-            1 / 0
+            _ = 1 / 0
     assert _hooks_left(model) == 0
     with pytest.raises(ValueError, match="sequence length"):
         with torch.no_grad(), add_to_outputs(model, {site: (v, torch.ones(5))}):

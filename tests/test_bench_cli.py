@@ -1,4 +1,5 @@
 """``lrm-interp bench run|score`` end to end on the shipped toy model, and its one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,30 @@ from lrm_interp.cli.main import main
 
 def test_run_and_score_the_toy_model(tmp_path, capsys):
     out = tmp_path / "bench"
-    args = ["bench", "run", "--model", "toy", "--tasks", "math", "logic", "knowledge", "--per-family", "1",
-            "--temperature", "0", "--max-new-tokens", "480", "--batch-size", "3", "--compress", "none",
-            "magnitude:0.9", "--out", str(out), "--quiet"]
+    args = [
+        "bench",
+        "run",
+        "--model",
+        "toy",
+        "--tasks",
+        "math",
+        "logic",
+        "knowledge",
+        "--per-family",
+        "1",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "480",
+        "--batch-size",
+        "3",
+        "--compress",
+        "none",
+        "magnitude:0.9",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "toy-magnitude90" in printed and "bench score --outputs" in printed
@@ -21,8 +43,25 @@ def test_run_and_score_the_toy_model(tmp_path, capsys):
     meta = json.loads((out / "toy-magnitude90" / "run.json").read_text())
     assert meta["compression"]["method"] == "magnitude" and meta["compression"]["sparsity"] == 0.9
     assert meta["settings"]["temperature"] == 0 and meta["model"]["weights_fingerprint"]
-    assert main(["bench", "score", "--outputs", str(out), "--tasks", "math", "logic", "knowledge", "--per-family", "1",
-                 "--quiet", "--no-plots"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "score",
+                "--outputs",
+                str(out),
+                "--tasks",
+                "math",
+                "logic",
+                "knowledge",
+                "--per-family",
+                "1",
+                "--quiet",
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     acc = pd.read_csv(out / "scores" / "accuracy.csv").set_index("model")
     assert acc.loc["toy"].tolist() == [100.0, 100.0, 100.0, 100.0]  # the shipped model solves them
     assert acc.loc["toy-magnitude90", "Avg"] == 0.0  # 90 % of every matrix zeroed: nothing left
@@ -63,8 +102,27 @@ def test_toy_items_follow_the_fact_table_the_model_learned(capsys, tmp_path):
     assert all(any(p in it.prompt for p in people) for it in small)
     assert [it.prompt for it in default] != [it.prompt for it in small]
     assert small[0].problem["n_people"] == 64
-    rc = main(["bench", "run", "--model", "toy", "--tasks", "knowledge", "--per-family", "1", "--toy-people", "64",
-               "--temperature", "0", "--max-new-tokens", "4", "--out", str(tmp_path / "b"), "--quiet"])
+    rc = main(
+        [
+            "bench",
+            "run",
+            "--model",
+            "toy",
+            "--tasks",
+            "knowledge",
+            "--per-family",
+            "1",
+            "--toy-people",
+            "64",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(tmp_path / "b"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "learned a fact table of 512 people" in err and "--toy-people 512" in err
     assert not (tmp_path / "b").exists()

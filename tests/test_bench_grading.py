@@ -1,4 +1,5 @@
 """Benchmark loaders (every public schema, on the project's fixtures) and graders on hand-made cases."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ def test_aime_csv_and_lowercase_json():
 def test_folio_prompt_labels_and_premise_lists():
     items = B.load("folio", DATA)
     assert [i.gold for i in items] == ["False", "True", "Uncertain"]  # "Unknown" -> Uncertain
-    assert items[1].prompt == (FOLIO_INSTRUCTION + "*******\nPremise: All fams are daxes.\nAll daxes are warm.\n"
-                               "Mira is a fam.\n*******\n\n*******\nConclusion: Mira is warm.\n*******<think>\n")
+    assert items[1].prompt == (
+        FOLIO_INSTRUCTION + "*******\nPremise: All fams are daxes.\nAll daxes are warm.\n"
+        "Mira is a fam.\n*******\n\n*******\nConclusion: Mira is warm.\n*******<think>\n"
+    )
     # the problem record rebuilds the identical prompt through data.prompts (paper layout)
     assert all(build_prompt("folio", i.problem) == i.prompt for i in items)
 
@@ -40,11 +43,14 @@ def test_folio_prompt_labels_and_premise_lists():
 def test_temporal_bbh_and_bigbench():
     bbh = B.load("temporal", DATA)
     assert [i.gold for i in bbh] == ["A", "C"] and bbh[0].n_options == 4
-    assert bbh[0].prompt.startswith(TEMPORAL_INSTRUCTION + "Today, Susan") and bbh[0].prompt.endswith("(D) 1pm to 6pm\n<think>\n")
+    assert bbh[0].prompt.startswith(TEMPORAL_INSTRUCTION + "Today, Susan") and bbh[0].prompt.endswith(
+        "(D) 1pm to 6pm\n<think>\n"
+    )
     bb = B.load("temporal_sequences", DATA / "bigbench")
     assert [i.gold for i in bb] == ["B", "A"]
-    assert bb[0].prompt.endswith("beach?\nOptions:\n(A) 5am to 6am\n(B) 6am to 10am\n(C) 4am to 5am\n"
-                                 "(D) 10am to 11am\n<think>\n")
+    assert bb[0].prompt.endswith(
+        "beach?\nOptions:\n(A) 5am to 6am\n(B) 6am to 10am\n(C) 4am to 5am\n(D) 10am to 11am\n<think>\n"
+    )
     assert all(build_prompt("temporal", i.problem) == i.prompt for i in bb + bbh)
 
 
@@ -60,13 +66,20 @@ def test_toy_families_need_no_file():
     assert B.load("math", limit=2, toy_n=5)[1].index == 1
 
 
-@pytest.mark.parametrize("name,content,needle", [
-    ("bad.jsonl", '{"problem": "x", "answer": "1"}\n{"problem": "y"\n', "bad.jsonl:2: invalid JSON"),
-    ("bad.jsonl", '{"problem": "x", "answer": "1"}\n{"problem": "y"}\n', "bad.jsonl:2: missing field 'Answer' / 'answer'"),
-    ("bad.csv", "Problem,Answer\nx,1\ny,\n", "bad.csv:3: missing field"),
-    ("bad.json", '{"rows": [{"problem": "x", "answer": "3"}, [1]]}', "bad.json: record 1: expected an object"),
-    ("bad.json", '{"foo": 1}', "needs its records under one of"),
-])
+@pytest.mark.parametrize(
+    "name,content,needle",
+    [
+        ("bad.jsonl", '{"problem": "x", "answer": "1"}\n{"problem": "y"\n', "bad.jsonl:2: invalid JSON"),
+        (
+            "bad.jsonl",
+            '{"problem": "x", "answer": "1"}\n{"problem": "y"}\n',
+            "bad.jsonl:2: missing field 'Answer' / 'answer'",
+        ),
+        ("bad.csv", "Problem,Answer\nx,1\ny,\n", "bad.csv:3: missing field"),
+        ("bad.json", '{"rows": [{"problem": "x", "answer": "3"}, [1]]}', "bad.json: record 1: expected an object"),
+        ("bad.json", '{"foo": 1}', "needs its records under one of"),
+    ],
+)
 def test_malformed_aime_names_file_and_record(tmp_path, name, content, needle):
     p = tmp_path / name
     p.write_text(content)
@@ -79,8 +92,9 @@ def test_malformed_labels_and_targets(tmp_path):
     (tmp_path / "folio.jsonl").write_text(json.dumps({"premises": "p", "conclusion": "c", "label": "Maybe"}) + "\n")
     with pytest.raises(B.BenchmarkFormatError, match=r"folio.jsonl:1: label 'Maybe'"):
         B.load("folio", tmp_path)
-    (tmp_path / "temporal.json").write_text(json.dumps({"examples": [{"input": "q\nOptions:\n(A) x\n(B) y",
-                                                                      "target": "(C)"}]}))
+    (tmp_path / "temporal.json").write_text(
+        json.dumps({"examples": [{"input": "q\nOptions:\n(A) x\n(B) y", "target": "(C)"}]})
+    )
     with pytest.raises(B.BenchmarkFormatError, match=r"record 0: target \(C\) is not among the 2 options"):
         B.load("temporal", tmp_path)
     (tmp_path / "task.json").write_text(json.dumps({"examples": [{"input": "q", "target_scores": {"a": 1, "b": 1}}]}))
@@ -93,16 +107,19 @@ def test_malformed_labels_and_targets(tmp_path):
 
 
 # ----------------------------------------------------------------------------- graders
-@pytest.mark.parametrize("text,gold,score,extracted", [
-    ("reasoning...</think>\nSo the answer is $\\boxed{033}$.", "33", 1.0, "33"),
-    ("</think> The remainder is \\boxed{1}.", "1", 1.0, "1"),
-    ("</think>\n$\\frac{1}{2}$", "0.5", 1.0, None),
-    ("</think>\nThe answer is 0.5", "\\frac{1}{2}", 1.0, None),
-    ("</think>\n**Final Answer**\n\\[\\boxed{16}\\]", "16", 1.0, "16"),
-    ("</think>\n\\boxed{17}", "16", 0.0, "17"),
-    ("I think the answer is 16 but let me", "16", 0.0, None),  # never closed its reasoning
-    ("</think>\nI cannot solve this.", "16", 0.0, None),
-])
+@pytest.mark.parametrize(
+    "text,gold,score,extracted",
+    [
+        ("reasoning...</think>\nSo the answer is $\\boxed{033}$.", "33", 1.0, "33"),
+        ("</think> The remainder is \\boxed{1}.", "1", 1.0, "1"),
+        ("</think>\n$\\frac{1}{2}$", "0.5", 1.0, None),
+        ("</think>\nThe answer is 0.5", "\\frac{1}{2}", 1.0, None),
+        ("</think>\n**Final Answer**\n\\[\\boxed{16}\\]", "16", 1.0, "16"),
+        ("</think>\n\\boxed{17}", "16", 0.0, "17"),
+        ("I think the answer is 16 but let me", "16", 0.0, None),  # never closed its reasoning
+        ("</think>\nI cannot solve this.", "16", 0.0, None),
+    ],
+)
 def test_math_verify_grading(text, gold, score, extracted):
     g = B.grade("aime", _item("aime", gold), text)
     assert g.score == score
@@ -118,15 +135,18 @@ def test_unanswered_only_when_nothing_is_extracted():
     assert B.grade("aime", _item("aime", "16"), "the answer is 16", require_think=False).correct
 
 
-@pytest.mark.parametrize("region,label", [
-    ("The conclusion is **False**.", "False"),
-    ("Based on the premises, the answer is: Uncertain", "Uncertain"),
-    ("\\boxed{\\text{True}}", "True"),
-    ("It is true that Tolo is a glim, but whether Tolo is blue is unknown.", "Uncertain"),
-    ("Answer: TRUE", "True"),
-    ("The truth value cannot be determined from the premises.", "Uncertain"),
-    ("no idea", None),
-])
+@pytest.mark.parametrize(
+    "region,label",
+    [
+        ("The conclusion is **False**.", "False"),
+        ("Based on the premises, the answer is: Uncertain", "Uncertain"),
+        ("\\boxed{\\text{True}}", "True"),
+        ("It is true that Tolo is a glim, but whether Tolo is blue is unknown.", "Uncertain"),
+        ("Answer: TRUE", "True"),
+        ("The truth value cannot be determined from the premises.", "Uncertain"),
+        ("no idea", None),
+    ],
+)
 def test_folio_label_extraction(region, label):
     assert G.extract_folio_label(region) == label
 
@@ -137,17 +157,20 @@ def test_folio_grade_counts_unknown_as_uncertain():
     assert not B.grade("folio", it, "blah</think>\nFinal answer: False.").correct
 
 
-@pytest.mark.parametrize("region,letter", [
-    ("So the answer is (C).", "C"),
-    ("**Answer: (B)**", "B"),
-    ("\\boxed{D}", "D"),
-    ("\\boxed{(A) 6pm to 9pm}", "A"),
-    ("Between 6pm and 9pm, option A fits. The correct answer is B.", "B"),
-    ("Options (A) and (B) are wrong; it must be (D)", "D"),
-    ("The answer is E.", None),  # only the item's four options count
-    ("Let me think about A fresh approach", None),
-    ("\n**C**\n", "C"),
-])
+@pytest.mark.parametrize(
+    "region,letter",
+    [
+        ("So the answer is (C).", "C"),
+        ("**Answer: (B)**", "B"),
+        ("\\boxed{D}", "D"),
+        ("\\boxed{(A) 6pm to 9pm}", "A"),
+        ("Between 6pm and 9pm, option A fits. The correct answer is B.", "B"),
+        ("Options (A) and (B) are wrong; it must be (D)", "D"),
+        ("The answer is E.", None),  # only the item's four options count
+        ("Let me think about A fresh approach", None),
+        ("\n**C**\n", "C"),
+    ],
+)
 def test_option_letter_extraction(region, letter):
     assert G.extract_option_letter(region, 4) == letter
 

@@ -1,5 +1,6 @@
 """The benchmark runner: the transformers backend's token accounting, per-item writes in the paper
 layout, resuming after a kill (in process and a real SIGKILL of the CLI), and refusing to mix runs."""
+
 from __future__ import annotations
 
 import json
@@ -69,6 +70,7 @@ class Counting(Backend):
             seen[0] += 1
             if self.kill_after is not None and seen[0] >= self.kill_after:
                 raise KeyboardInterrupt
+
         return self.inner.generate(prompts, settings, keys=keys, on_result=cb, progress=progress)
 
 
@@ -113,15 +115,32 @@ def test_run_refuses_other_settings_model_or_prompts(tmp_path):
     model, tok = tiny_model("llama", seed=0), byte_tokenizer()
     st = GenerationSettings(max_new_tokens=4, temperature=0)
     items = _items(2)
-    run_benchmark(HFBackend(model, tok), items, tmp_path, settings=st, model="tiny", progress=False,
-                  model_info={"weights_fingerprint": "aaa"})
+    run_benchmark(
+        HFBackend(model, tok),
+        items,
+        tmp_path,
+        settings=st,
+        model="tiny",
+        progress=False,
+        model_info={"weights_fingerprint": "aaa"},
+    )
     with pytest.raises(ValueError, match=r"run.json: this folder was generated with other settings .*max_new_tokens"):
-        run_benchmark(HFBackend(model, tok), items, tmp_path, settings=GenerationSettings(max_new_tokens=5,
-                                                                                          temperature=0),
-                      progress=False)
+        run_benchmark(
+            HFBackend(model, tok),
+            items,
+            tmp_path,
+            settings=GenerationSettings(max_new_tokens=5, temperature=0),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="another model"):
-        run_benchmark(HFBackend(model, tok), items, tmp_path, settings=st, progress=False,
-                      model_info={"weights_fingerprint": "bbb"})
+        run_benchmark(
+            HFBackend(model, tok),
+            items,
+            tmp_path,
+            settings=st,
+            progress=False,
+            model_info={"weights_fingerprint": "bbb"},
+        )
     changed = {"math": [BenchItem("math/0", "math", 0, "other prompt", "1", problem={"x": 1})]}
     with pytest.raises(ValueError, match=r"generations.jsonl: record math/0 was generated from another prompt"):
         run_benchmark(HFBackend(model, tok), changed, tmp_path, settings=st, progress=False)
@@ -142,9 +161,29 @@ def test_killed_cli_run_resumes_without_regenerating(tmp_path):
     tiny_model("llama", seed=0).save_pretrained(mdir)
     byte_tokenizer().save_pretrained(mdir)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lrm_interp.cli.main", "bench", "run", "--model", str(mdir), "--tasks", "math",
-           "logic", "--per-family", "6", "--temperature", "0", "--max-new-tokens", "48", "--batch-size", "1", "--out",
-           str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lrm_interp.cli.main",
+        "bench",
+        "run",
+        "--model",
+        str(mdir),
+        "--tasks",
+        "math",
+        "logic",
+        "--per-family",
+        "6",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "48",
+        "--batch-size",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
     gen = out / "tiny" / GEN_FILE

@@ -1,5 +1,6 @@
 """Scoring: test-time compute (split with ties, words), collapse detection, cues, and the tables of
 an outputs folder written by hand (a foreign generator's paper layout) and by a 2-sample run."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,15 @@ import pytest
 from lrm_interp.cli.main import main
 from lrm_interp.data.benchmarks import load
 from lrm_interp.evaluation.bench_score import score_outputs
-from lrm_interp.evaluation.compute import (backtracking_cues, detect_collapse, distinct_ngram_share, group_weights,
-                                           periodic_suffix, short_long_split, word_count)
+from lrm_interp.evaluation.compute import (
+    backtracking_cues,
+    detect_collapse,
+    distinct_ngram_share,
+    group_weights,
+    periodic_suffix,
+    short_long_split,
+    word_count,
+)
 from lrm_interp.testing import byte_tokenizer
 
 DATA = Path(__file__).parent / "data" / "bench"
@@ -51,9 +59,11 @@ def test_collapse_needs_repetition_to_the_end_and_the_limit():
     assert not detect_collapse(looped, False).collapsed  # the model stopped by itself
     assert detect_collapse(looped, None).collapsed  # limit unknown: repetition alone
     assert not detect_collapse(looped + " So the answer is 6. </think> The answer is 6.", True).collapsed
-    normal = ("Okay, I need to compute 52 - 17. 52 - 17 = 45. Wait, I forgot to borrow, so 52 - 17 = 35. "
-              "Let me check: 35 + 17 = 52. So the result is 35. Hmm, I am not sure about the sign, but I think "
-              "it is 35. So the answer is 35.")
+    normal = (
+        "Okay, I need to compute 52 - 17. 52 - 17 = 45. Wait, I forgot to borrow, so 52 - 17 = 35. "
+        "Let me check: 35 + 17 = 52. So the result is 35. Hmm, I am not sure about the sign, but I think "
+        "it is 35. So the answer is 35."
+    )
     c = detect_collapse(normal, True)
     assert not c.collapsed and c.distinct > 0.9
     # a noisy loop (as a broken byte-level model writes): no exact period, few distinct 8-grams
@@ -108,8 +118,11 @@ def test_foreign_paper_layout_scores(tmp_path):
 def test_pass_at_1_over_samples_and_score_cli(tmp_path, capsys):
     root = tmp_path / "out" / "m"
     (root).mkdir(parents=True)
-    (root / "run.json").write_text(json.dumps({"format": "lrm_interp.bench_run/1", "settings": {"n_samples": 2},
-                                               "compression": {"method": "none"}}))
+    (root / "run.json").write_text(
+        json.dumps(
+            {"format": "lrm_interp.bench_run/1", "settings": {"n_samples": 2}, "compression": {"method": "none"}}
+        )
+    )
     items = load("musique", DATA)
     _write(root, "musique", 0, "</think> The answer is Ada Marsh.")
     _write(root, "musique", 0, "</think> The answer is Ada.", sample=1)
@@ -123,9 +136,23 @@ def test_pass_at_1_over_samples_and_score_cli(tmp_path, capsys):
     assert s["F1"] == pytest.approx(100 * ((1 + 2 / 3) / 2 + 0.5 + 0.5) / 3)  # "Ada" vs "Ada Marsh": F1 2/3
     assert s["unanswered"] == 1
     assert math.isnan(s["ci95_low"])  # two samples per item are not independent trials: no Wilson interval
-    assert main(["bench", "score", "--outputs", str(tmp_path / "out"), "--tasks", "musique", "--data", str(DATA),
-                 "--quiet", "--no-plots"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "score",
+                "--outputs",
+                str(tmp_path / "out"),
+                "--tasks",
+                "musique",
+                "--data",
+                str(DATA),
+                "--quiet",
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     assert "50.0 / 61.1" in capsys.readouterr().out
-    assert main(["bench", "score", "--outputs", str(tmp_path / "nope"), "--tasks", "musique", "--data",
-                 str(DATA)]) == 2
+    assert main(["bench", "score", "--outputs", str(tmp_path / "nope"), "--tasks", "musique", "--data", str(DATA)]) == 2
     assert "--outputs" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The benchmark suite loop (models × variants × backend) is a library function: the CLI's
 ``bench run`` and Python users get the same folders, checks and refusals."""
+
 from __future__ import annotations
 
 import json

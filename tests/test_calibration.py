@@ -1,11 +1,18 @@
 """Calibration data (one normaliser, token ids from traces) and the Hessians collected from it."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lrm_interp.compress.calibration import (HessianReducer, calibration_batches, calibration_ids, calibration_texts,
-                                             collect_hessians, layer_hessians)
+from lrm_interp.compress.calibration import (
+    HessianReducer,
+    calibration_batches,
+    calibration_ids,
+    calibration_texts,
+    collect_hessians,
+    layer_hessians,
+)
 from lrm_interp.model.capture import Capture, FullCapture
 from lrm_interp.model.sites import find_sites, get_module
 from lrm_interp.testing import tiny_model
@@ -23,11 +30,11 @@ def test_padded_dict_yields_exactly_the_unpadded_tokens(tokenizer):
     # plain ids: every token, no mask; [s] becomes one row; a list of ids too
     ids = torch.arange(20).view(4, 5)
     assert [(tuple(i.shape), a) for i, a in calibration_batches(ids, 3)] == [((3, 5), None), ((1, 5), None)]
-    (one, att), = calibration_batches(torch.arange(7), 8)
+    ((one, att),) = calibration_batches(torch.arange(7), 8)
     assert one.shape == (1, 7) and att is None
-    (lst, _), = calibration_batches([[1, 2, 3]], 8)
+    ((lst, _),) = calibration_batches([[1, 2, 3]], 8)
     assert torch.equal(lst, torch.tensor([[1, 2, 3]]))
-    (d1, a1), = calibration_batches({"input_ids": torch.arange(4), "attention_mask": torch.tensor([1, 1, 1, 0])})
+    ((d1, a1),) = calibration_batches({"input_ids": torch.arange(4), "attention_mask": torch.tensor([1, 1, 1, 0])})
     assert d1.shape == a1.shape == (1, 4)
 
 
@@ -37,7 +44,9 @@ def test_calibration_batches_errors():
     with pytest.raises(ValueError, match=r"\[batch, seq\]"):
         list(calibration_batches(torch.zeros(2, 3, 4, dtype=torch.long)))
     with pytest.raises(ValueError, match="attention_mask shape"):
-        list(calibration_batches({"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 4)}))
+        list(
+            calibration_batches({"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 4)})
+        )
     with pytest.raises(KeyError, match="input_ids"):
         list(calibration_batches({"ids": torch.zeros(2, 3, dtype=torch.long)}))
     with pytest.raises(TypeError, match="callable"):
@@ -65,7 +74,7 @@ def test_calibration_ids_from_toy_tasks_and_from_a_file(tokenizer, tmp_path):
     file_raw = torch.tensor(list("".join(t.text for t in ds).encode()))
     f = calibration_ids(tokenizer, tmp_path / "t.jsonl", length=64)
     assert f.shape == (file_raw.numel() // 64, 64) and torch.equal(f.flatten(), file_raw[: f.numel()])
-    short = calibration_ids(tokenizer, tmp_path / "t.jsonl", length=10 ** 6)  # fewer tokens than one row
+    short = calibration_ids(tokenizer, tmp_path / "t.jsonl", length=10**6)  # fewer tokens than one row
     assert short.shape == (1, file_raw.numel()) and torch.equal(short[0], file_raw)
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         calibration_ids(tokenizer, tmp_path / "missing.jsonl")
@@ -141,7 +150,7 @@ def test_layer_hessians_are_collected_lazily_layer_by_layer(model_ids):
     grp_last, _ = next(gen)
     assert [s.name for s in grp_last] == ["lm_head"]  # outside the layer stack: last
     assert next(gen, None) is None
-    (every, Hall), = list(layer_hessians(model, sites, ids, sequential=False, progress=False))
+    ((every, Hall),) = list(layer_hessians(model, sites, ids, sequential=False, progress=False))
     assert every == sites and set(Hall) == {s.name for s in sites}
     with pytest.raises(ValueError, match="calibration"):
         layer_hessians(model, sites, None)  # at the call, before any Hessian is collected

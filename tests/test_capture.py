@@ -4,6 +4,7 @@ Naive reference: plain forward hooks store every site output and input; gradient
 ``torch.autograd.grad(loss, stored_outputs)``; sums are taken afterwards in float64 with
 explicit masks.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -34,12 +35,13 @@ def _naive(model, ids, attn=None, reduce="mean", **kw):
     sites = [s.name for s in find_sites(model)]
     outs, ins, hs = {}, {}, []
     for n in sites:
+
         def h(m, a, o, n=n):
             outs[n] = o
             ins[n] = a[0].detach().clone()
+
         hs.append(get_module(model, n).register_forward_hook(h))
-    hs.append(model.get_input_embeddings().register_forward_hook(
-        lambda m, a, o: o.detach().requires_grad_(True)))
+    hs.append(model.get_input_embeddings().register_forward_hook(lambda m, a, o: o.detach().requires_grad_(True)))
     try:
         logits = model(input_ids=ids, attention_mask=attn, **kw).logits
         grads = torch.autograd.grad(_loss(logits, ids, attn, reduce), [outs[n] for n in sites])
@@ -79,8 +81,7 @@ def _check_three(reds, sites, outs, ins, grads, w, **tol):
 
 
 def _n_hooks(model):
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               for m in model.modules())
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
 
 # ----------------------------------------------------------------------------- exactness
@@ -175,8 +176,7 @@ def test_gradient_checkpointing_idempotent(reentrant, hf_input_hook):
     if reentrant:
         assert fired_one == 2 * len(sites)
     assert cap.passes == 2 and not cap.repeats
-    both = {k: {n: torch.cat([a[n], b[n]]) for n in sites} for k, a, b in
-            (("o", o1, o2), ("i", i1, i2), ("g", g1, g2))}
+    both = {k: {n: torch.cat([a[n], b[n]]) for n in sites} for k, a, b in (("o", o1, o2), ("i", i1, i2), ("g", g1, g2))}
     w2 = torch.cat([w, w], dim=1)  # two passes == one batch of both
     _check_three(reds, sites, both["o"], both["i"], both["g"], w2)
 
@@ -343,8 +343,14 @@ def test_accelerate_device_map_with_disk_offload(tmp_path):
     w = _weights(2, 8)
     sites, outs, ins, grads = _naive(_frozen(tiny_model("llama")), ids)
     model = _frozen(tiny_model("llama"))
-    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
-                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
     dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path), main_device="cpu")
     assert model.model.layers[1].mlp.up_proj.weight.device.type == "meta"
     reds = _three(w)
@@ -405,7 +411,7 @@ def test_keyword_inputs_and_repeated_calls_are_reported():
     h = block.up_proj(x)
     first = block.down_proj(h)
     out = block.down_proj(first)
-    (g_first,) = torch.autograd.grad((out ** 2).sum(), [first])
+    (g_first,) = torch.autograd.grad((out**2).sum(), [first])
     torch.testing.assert_close(ro.sums["down_proj"][0], first.detach().sum((0, 1)))
     torch.testing.assert_close(rg.sums["down_proj"][0], g_first.sum((0, 1)))
 

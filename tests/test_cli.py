@@ -1,17 +1,17 @@
 """The command line's contract: help for every flag, an example per subcommand, and bad input
 that exits non-zero with one stderr line naming the file or value (no traceback)."""
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
 import pytest
+from synth import synthetic_traces
 
 from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.cli.main import build_parser, main
 from lrm_interp.testing import byte_tokenizer, tiny_model
-
-from synth import synthetic_traces
 
 # Flags known to lack help, as "subcommand path --flag": fix them where they are defined and
 # delete them here (an entry that has gained help is simply ignored).
@@ -33,8 +33,18 @@ def _commands():
 
 def test_every_subcommand_is_walked():
     names = {n for n, _ in _commands()}
-    assert {"quickstart", "attribute", "parse", "compare", "protect", "quantize", "toy", "toy train",
-            "toy eval", "toy traces"} <= names
+    assert {
+        "quickstart",
+        "attribute",
+        "parse",
+        "compare",
+        "protect",
+        "quantize",
+        "toy",
+        "toy train",
+        "toy eval",
+        "toy traces",
+    } <= names
 
 
 @pytest.mark.parametrize("name", [n for n, _ in _commands()])
@@ -52,8 +62,9 @@ def test_help_description_and_example(name):
     epilog = parser.epilog or ""
     assert epilog.startswith("example:"), f"lrm-interp {name}: epilog must begin with 'example:'"
     assert f"lrm-interp {name}" in epilog, f"lrm-interp {name}: the example must show the command itself"
-    assert isinstance(parser.formatter_class, type) and issubclass(parser.formatter_class,
-                                                                    argparse.RawDescriptionHelpFormatter)
+    assert isinstance(parser.formatter_class, type) and issubclass(
+        parser.formatter_class, argparse.RawDescriptionHelpFormatter
+    )
     parser.format_help()  # help strings format (no stray %)
 
 
@@ -122,13 +133,21 @@ def _fails(capsys, argv, *needles, code=2):
 
 
 def test_missing_data_file(capsys, tmp_path, model_dir):
-    _fails(capsys, ["attribute", "--model", model_dir, "--data", tmp_path / "nope.jsonl", "--out", tmp_path / "o"],
-           "--data", tmp_path / "nope.jsonl")
+    _fails(
+        capsys,
+        ["attribute", "--model", model_dir, "--data", tmp_path / "nope.jsonl", "--out", tmp_path / "o"],
+        "--data",
+        tmp_path / "nope.jsonl",
+    )
 
 
 def test_missing_model_checked_before_data(capsys, tmp_path, traces):
-    _fails(capsys, ["attribute", "--model", tmp_path / "nomodel", "--data", traces, "--out", tmp_path / "o"],
-           "--model", tmp_path / "nomodel")
+    _fails(
+        capsys,
+        ["attribute", "--model", tmp_path / "nomodel", "--data", traces, "--out", tmp_path / "o"],
+        "--model",
+        tmp_path / "nomodel",
+    )
 
 
 def test_malformed_jsonl_line(capsys, tmp_path, model_dir, traces):
@@ -152,42 +171,88 @@ def test_parse_malformed_line(capsys, tmp_path, traces):
 
 
 def test_unknown_site_regex(capsys, tmp_path, model_dir, traces):
-    _fails(capsys, ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o",
-                    "--sites", "nomatch_xyz"], "'nomatch_xyz'")
+    _fails(
+        capsys,
+        ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o", "--sites", "nomatch_xyz"],
+        "'nomatch_xyz'",
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_invalid_site_regex(capsys, tmp_path, model_dir, traces):
-    _fails(capsys, ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o",
-                    "--sites", "("], "'('")
+    _fails(
+        capsys, ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o", "--sites", "("], "'('"
+    )
 
 
 def test_invalid_config_value(capsys, tmp_path, model_dir, traces):
-    _fails(capsys, ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o",
-                    "--method", "dom", "--mode", "joint"], "method='dom'")
+    _fails(
+        capsys,
+        [
+            "attribute",
+            "--model",
+            model_dir,
+            "--data",
+            traces,
+            "--out",
+            tmp_path / "o",
+            "--method",
+            "dom",
+            "--mode",
+            "joint",
+        ],
+        "method='dom'",
+    )
 
 
 def test_tokenizer_bigger_than_model(capsys, tmp_path, model_dir, traces):
     tok = tmp_path / "tok"
     byte_tokenizer(extra_special=tuple(f"<x{i}>" for i in range(300))).save_pretrained(tok)
-    line = _fails(capsys, ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o",
-                           "--tokenizer", tok], "--tokenizer", tok, "559", "259")
+    line = _fails(
+        capsys,
+        ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o", "--tokenizer", tok],
+        "--tokenizer",
+        tok,
+        "559",
+        "259",
+    )
     assert str(model_dir) in line
 
 
 def test_missing_tokenizer_dir(capsys, tmp_path, model_dir, traces):
-    _fails(capsys, ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o",
-                    "--tokenizer", tmp_path / "notok"], "--tokenizer", tmp_path / "notok")
+    _fails(
+        capsys,
+        [
+            "attribute",
+            "--model",
+            model_dir,
+            "--data",
+            traces,
+            "--out",
+            tmp_path / "o",
+            "--tokenizer",
+            tmp_path / "notok",
+        ],
+        "--tokenizer",
+        tmp_path / "notok",
+    )
 
 
 def test_protect_missing_scores(capsys, tmp_path):
-    _fails(capsys, ["protect", "--scores", tmp_path / "noscores", "--policy", "final_mlp",
-                    "--out", tmp_path / "m.safetensors"], tmp_path / "noscores")
+    _fails(
+        capsys,
+        ["protect", "--scores", tmp_path / "noscores", "--policy", "final_mlp", "--out", tmp_path / "m.safetensors"],
+        tmp_path / "noscores",
+    )
 
 
 def test_compare_missing_result(capsys, tmp_path):
-    _fails(capsys, ["compare", "--original", tmp_path / "a", "--compressed", tmp_path / "b", "--out", tmp_path / "c"],
-           "--original", tmp_path / "a")
+    _fails(
+        capsys,
+        ["compare", "--original", tmp_path / "a", "--compressed", tmp_path / "b", "--out", tmp_path / "c"],
+        "--original",
+        tmp_path / "a",
+    )
 
 
 def test_compare_corrupt_result(capsys, tmp_path):
@@ -195,8 +260,11 @@ def test_compare_corrupt_result(capsys, tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "attribution.json").write_text("{truncated")
         (tmp_path / name / "attribution.safetensors").write_bytes(b"\0" * 8)
-    _fails(capsys, ["compare", "--original", tmp_path / "a", "--compressed", tmp_path / "b", "--out", tmp_path / "c"],
-           tmp_path / "a" / "attribution.json")
+    _fails(
+        capsys,
+        ["compare", "--original", tmp_path / "a", "--compressed", tmp_path / "b", "--out", tmp_path / "c"],
+        tmp_path / "a" / "attribution.json",
+    )
 
 
 def test_toy_eval_missing_model(capsys, tmp_path):
@@ -212,8 +280,9 @@ def test_internal_error_is_one_line_and_debug_reraises(capsys, monkeypatch, tmp_
         raise RuntimeError("kaput\nsecond line")
 
     monkeypatch.setattr(mod, "build_parser", _patched_parser(mod.build_parser, boom))
-    line = _fails(capsys, ["parse", "--data", tmp_path, "--out", tmp_path / "o"], "kaput second line",
-                  "RuntimeError", code=1)
+    line = _fails(
+        capsys, ["parse", "--data", tmp_path, "--out", tmp_path / "o"], "kaput second line", "RuntimeError", code=1
+    )
     assert "LRM_INTERP_DEBUG" in line
     monkeypatch.setenv("LRM_INTERP_DEBUG", "1")
     with pytest.raises(RuntimeError):
@@ -237,21 +306,35 @@ def test_parse_report_is_written_for_a_paper_layout_and_refused_for_jsonl(capsys
     is refused (one line naming it) before anything is written; a paper layout writes it."""
     from pathlib import Path
 
-    line = _fails(capsys, ["parse", "--data", traces, "--out", tmp_path / "o.jsonl", "--report", tmp_path / "r.json"],
-                  "--report", traces)
+    line = _fails(
+        capsys,
+        ["parse", "--data", traces, "--out", tmp_path / "o.jsonl", "--report", tmp_path / "r.json"],
+        "--report",
+        traces,
+    )
     assert "JSONL" in line
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "r.json").exists()
     layout = Path(__file__).parent / "data" / "paper_layout"
-    assert main(["parse", "--data", str(layout), "--out", str(tmp_path / "p.jsonl"), "--report",
-                 str(tmp_path / "p.json")]) == 0
+    assert (
+        main(["parse", "--data", str(layout), "--out", str(tmp_path / "p.jsonl"), "--report", str(tmp_path / "p.json")])
+        == 0
+    )
     import json
 
     assert json.loads((tmp_path / "p.json").read_text())["counts"]
     assert (tmp_path / "p.jsonl").is_file()
 
 
-def _attribution(tmp_path, name, *, behaviors=("backtracking", "uncertainty-estimation"), settings=None,
-                 tokenizer="tok1", spans=None, weights="w0"):
+def _attribution(
+    tmp_path,
+    name,
+    *,
+    behaviors=("backtracking", "uncertainty-estimation"),
+    settings=None,
+    tokenizer="tok1",
+    spans=None,
+    weights="w0",
+):
     import torch
 
     from lrm_interp.attribution.config import AttributionConfig
@@ -259,13 +342,20 @@ def _attribution(tmp_path, name, *, behaviors=("backtracking", "uncertainty-esti
     from lrm_interp.model.sites import find_sites
 
     sites = tuple(find_sites(tiny_model("llama")))
-    prov = {"settings": AttributionConfig().to_dict() | (settings or {}),
-            "model": {"model_type": "llama", "weights_fingerprint": weights, "tokenizer": {"fingerprint": tokenizer}},
-            "counts": {"traces": 2, "spans": spans or {b: 2 for b in behaviors}, "tokens": {b: 40 for b in behaviors}},
-            "dataset": {"name": "synth", "n_traces": 2}}
+    prov = {
+        "settings": AttributionConfig().to_dict() | (settings or {}),
+        "model": {"model_type": "llama", "weights_fingerprint": weights, "tokenizer": {"fingerprint": tokenizer}},
+        "counts": {"traces": 2, "spans": spans or {b: 2 for b in behaviors}, "tokens": {b: 40 for b in behaviors}},
+        "dataset": {"name": "synth", "n_traces": 2},
+    }
     d = tmp_path / name
-    Attribution(tuple(behaviors), sites, torch.rand(len(behaviors), len(sites), dtype=torch.float64), "attribution",
-                provenance=prov).save(d)
+    Attribution(
+        tuple(behaviors),
+        sites,
+        torch.rand(len(behaviors), len(sites), dtype=torch.float64),
+        "attribution",
+        provenance=prov,
+    ).save(d)
     return d
 
 
@@ -273,32 +363,72 @@ def test_compare_refuses_results_that_cannot_be_compared(capsys, tmp_path):
     """An importance shift between results of different settings, tokenizers or traces is refused,
     naming the difference; --allow-mismatch compares anyway, warning about each one."""
     a = _attribution(tmp_path, "a")
-    cases = [(_attribution(tmp_path, "k1", settings={"k_context": 1}, weights="w1"), "k_context 5 vs 1"),
-             (_attribution(tmp_path, "dom", settings={"method": "dom", "mode": "exact"}, weights="w1"),
-              "method 'attribution' vs 'dom'"),
-             (_attribution(tmp_path, "tok", tokenizer="tok2", weights="w1"), "different tokenizers"),
-             (_attribution(tmp_path, "data", spans={"backtracking": 3, "uncertainty-estimation": 2}, weights="w1"),
-              "different traces")]
+    cases = [
+        (_attribution(tmp_path, "k1", settings={"k_context": 1}, weights="w1"), "k_context 5 vs 1"),
+        (
+            _attribution(tmp_path, "dom", settings={"method": "dom", "mode": "exact"}, weights="w1"),
+            "method 'attribution' vs 'dom'",
+        ),
+        (_attribution(tmp_path, "tok", tokenizer="tok2", weights="w1"), "different tokenizers"),
+        (
+            _attribution(tmp_path, "data", spans={"backtracking": 3, "uncertainty-estimation": 2}, weights="w1"),
+            "different traces",
+        ),
+    ]
     for b, needle in cases:
-        line = _fails(capsys, ["compare", "--original", a, "--compressed", b, "--out", tmp_path / "c"], needle,
-                      "--allow-mismatch")
+        line = _fails(
+            capsys, ["compare", "--original", a, "--compressed", b, "--out", tmp_path / "c"], needle, "--allow-mismatch"
+        )
         assert "cannot be compared" in line
         assert not (tmp_path / "c").exists()
-    assert main(["compare", "--original", str(a), "--compressed", str(cases[0][0]), "--out", str(tmp_path / "c"),
-                 "--allow-mismatch"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--original",
+                str(a),
+                "--compressed",
+                str(cases[0][0]),
+                "--out",
+                str(tmp_path / "c"),
+                "--allow-mismatch",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["lrm-interp compare: warning: different attribution settings: k_context 5 vs 1"]
     assert (tmp_path / "c" / "shift.csv").is_file()
     # a shift already written is replaced only with --overwrite; --out never lies inside an input result
     before = (tmp_path / "c" / "shift.csv").read_bytes()
-    _fails(capsys, ["compare", "--original", a, "--compressed", cases[0][0], "--out", tmp_path / "c",
-                    "--allow-mismatch"], "pass --overwrite")
+    _fails(
+        capsys,
+        ["compare", "--original", a, "--compressed", cases[0][0], "--out", tmp_path / "c", "--allow-mismatch"],
+        "pass --overwrite",
+    )
     assert (tmp_path / "c" / "shift.csv").read_bytes() == before
-    assert main(["compare", "--original", str(a), "--compressed", str(cases[0][0]), "--out", str(tmp_path / "c"),
-                 "--allow-mismatch", "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--original",
+                str(a),
+                "--compressed",
+                str(cases[0][0]),
+                "--out",
+                str(tmp_path / "c"),
+                "--allow-mismatch",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    _fails(capsys, ["compare", "--original", a, "--compressed", cases[0][0], "--out", a / "shift",
-                    "--allow-mismatch"], "lies inside the input folder")
+    _fails(
+        capsys,
+        ["compare", "--original", a, "--compressed", cases[0][0], "--out", a / "shift", "--allow-mismatch"],
+        "lies inside the input folder",
+    )
 
 
 def test_compare_warns_about_behaviours_left_out_and_identical_weights(capsys, tmp_path):

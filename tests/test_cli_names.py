@@ -1,5 +1,6 @@
 """One name per concept on the command line, old spellings kept as deprecated aliases; the toy
 stage is a library (its command-line options live in ``lrm_interp/cli/toy.py``)."""
+
 from __future__ import annotations
 
 import ast
@@ -15,7 +16,9 @@ from lrm_interp.cli.main import build_parser, main
 PKG = Path(lrm_interp.__file__).resolve().parent
 
 
-@pytest.mark.parametrize("cmd", [["bench", "run", "--model", "toy", "--out", "o"], ["bench", "score", "--outputs", "o"]])
+@pytest.mark.parametrize(
+    "cmd", [["bench", "run", "--model", "toy", "--out", "o"], ["bench", "score", "--outputs", "o"]]
+)
 def test_bench_per_family_and_its_deprecated_alias(cmd, capsys):
     """``bench run|score --per-family`` is the name of ``toy eval|traces``; ``--toy-n`` still works
     for one release, with a note naming the new flag."""
@@ -65,8 +68,12 @@ def test_the_toy_stage_takes_no_argparse_namespace():
 def test_old_module_entry_point_names_the_command(tmp_path):
     """``python -m lrm_interp.toy.train`` (the old entry point) trains nothing: it prints the
     ``lrm-interp toy train`` command with the same options and exits non-zero."""
-    r = subprocess.run([sys.executable, "-m", "lrm_interp.toy.train", "--out", str(tmp_path / "my toy"),
-                        "--steps", "5"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "lrm_interp.toy.train", "--out", str(tmp_path / "my toy"), "--steps", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip().endswith(f"lrm-interp toy train --out '{tmp_path / 'my toy'}' --steps 5")
     assert not (tmp_path / "my toy").exists()

@@ -1,5 +1,6 @@
 """CLI: an output never replaces an input or another output (refused before any work, exit 2, one
 line naming both flags); Ctrl-C prints one line and returns 130."""
+
 from __future__ import annotations
 
 import json
@@ -46,13 +47,16 @@ def _attribution(tmp_path):
 
     sites = tuple(find_sites(tiny_model("llama")))
     behaviors = ("backtracking", "uncertainty-estimation")
-    prov = {"settings": AttributionConfig().to_dict(),
-            "model": {"model_type": "llama", "weights_fingerprint": "w0", "tokenizer": {"fingerprint": "t"}},
-            "counts": {"traces": 2, "spans": {b: 2 for b in behaviors}, "tokens": {b: 40 for b in behaviors}},
-            "dataset": {"name": "synth", "n_traces": 2}}
+    prov = {
+        "settings": AttributionConfig().to_dict(),
+        "model": {"model_type": "llama", "weights_fingerprint": "w0", "tokenizer": {"fingerprint": "t"}},
+        "counts": {"traces": 2, "spans": {b: 2 for b in behaviors}, "tokens": {b: 40 for b in behaviors}},
+        "dataset": {"name": "synth", "n_traces": 2},
+    }
     d = tmp_path / "A1"
-    Attribution(behaviors, sites, torch.rand(len(behaviors), len(sites), dtype=torch.float64), "attribution",
-                provenance=prov).save(d)
+    Attribution(
+        behaviors, sites, torch.rand(len(behaviors), len(sites), dtype=torch.float64), "attribution", provenance=prov
+    ).save(d)
     return d
 
 
@@ -66,23 +70,55 @@ def _model_dir(tmp_path):
 
 def test_protect_out_inside_scores_or_model_is_refused(capsys, tmp_path):
     a = _attribution(tmp_path)
-    _refused(capsys, ["protect", "--scores", a, "--policy", "final_mlp", "--out", a / "attribution.safetensors"],
-             ["--out", "--scores"], a)
-    _refused(capsys, ["protect", "--scores", a, "--policy", "final_mlp", "--out", a / "sub" / "m.safetensors"],
-             ["--out", "--scores"], a)
+    _refused(
+        capsys,
+        ["protect", "--scores", a, "--policy", "final_mlp", "--out", a / "attribution.safetensors"],
+        ["--out", "--scores"],
+        a,
+    )
+    _refused(
+        capsys,
+        ["protect", "--scores", a, "--policy", "final_mlp", "--out", a / "sub" / "m.safetensors"],
+        ["--out", "--scores"],
+        a,
+    )
     m = _model_dir(tmp_path)
-    _refused(capsys, ["protect", "--scores", a, "--model", m, "--saliency", "magnitude", "--out",
-                      m / "model.safetensors"], ["--out", "--model"], a, m)
+    _refused(
+        capsys,
+        ["protect", "--scores", a, "--model", m, "--saliency", "magnitude", "--out", m / "model.safetensors"],
+        ["--out", "--model"],
+        a,
+        m,
+    )
     # the same path spelled another way (.., a symbolic link) is the same path
-    _refused(capsys, ["protect", "--scores", a, "--model", m, "--saliency", "magnitude", "--out",
-                      m / ".." / "toym" / "model.safetensors"], ["--out", "--model"], a, m)
+    _refused(
+        capsys,
+        [
+            "protect",
+            "--scores",
+            a,
+            "--model",
+            m,
+            "--saliency",
+            "magnitude",
+            "--out",
+            m / ".." / "toym" / "model.safetensors",
+        ],
+        ["--out", "--model"],
+        a,
+        m,
+    )
     assert not (a / "sub").exists()
 
 
 def test_annotate_outputs_never_name_the_input_or_each_other(capsys, tmp_path):
     src = tmp_path / "resp.jsonl"
-    src.write_text("".join(json.dumps({"id": f"r{i}", "prompt": "p", "response": "Wait, let me check. So x = 2."})
-                           + "\n" for i in range(2)))
+    src.write_text(
+        "".join(
+            json.dumps({"id": f"r{i}", "prompt": "p", "response": "Wait, let me check. So x = 2."}) + "\n"
+            for i in range(2)
+        )
+    )
     same = tmp_path / "same.jsonl"
     base = ["annotate", "--annotator", "rules", "--quiet", "--in", src]
     _refused(capsys, base + ["--out", same, "--report", same], ["--out", "--report"], src)
@@ -97,14 +133,38 @@ def test_annotate_outputs_never_name_the_input_or_each_other(capsys, tmp_path):
 
 def test_bits_outputs_are_distinct_and_outside_the_model(capsys, tmp_path):
     bb = tmp_path / "bb.json"
-    _refused(capsys, ["bits", "--model", "toy", "--sensitivity", "none", "--budget", "4", "--out", bb,
-                      "--gptqmodel", bb, "--llmcompressor", bb], ["--out", "--gptqmodel"])
-    _refused(capsys, ["bits", "--model", "toy", "--sensitivity", "none", "--budget", "4", "--out", bb,
-                      "--llmcompressor", bb], ["--out", "--llmcompressor"])
+    _refused(
+        capsys,
+        [
+            "bits",
+            "--model",
+            "toy",
+            "--sensitivity",
+            "none",
+            "--budget",
+            "4",
+            "--out",
+            bb,
+            "--gptqmodel",
+            bb,
+            "--llmcompressor",
+            bb,
+        ],
+        ["--out", "--gptqmodel"],
+    )
+    _refused(
+        capsys,
+        ["bits", "--model", "toy", "--sensitivity", "none", "--budget", "4", "--out", bb, "--llmcompressor", bb],
+        ["--out", "--llmcompressor"],
+    )
     assert not bb.exists()
     m = _model_dir(tmp_path)
-    _refused(capsys, ["bits", "--model", m, "--sensitivity", "none", "--budget", "4", "--out", m / "config.json"],
-             ["--out", "--model"], m)
+    _refused(
+        capsys,
+        ["bits", "--model", m, "--sensitivity", "none", "--budget", "4", "--out", m / "config.json"],
+        ["--out", "--model"],
+        m,
+    )
 
 
 def test_check_paths_aliases_and_the_toy_folder(tmp_path):

@@ -1,4 +1,5 @@
 """CLI: attribute → protect → quantize on the shipped toy model; toy eval/traces."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 from lrm_interp.cli.main import main
-from lrm_interp.protect.encoding import load_masks
 from lrm_interp.model.sites import get_module
+from lrm_interp.protect.encoding import load_masks
 from lrm_interp.toy import load_toy_model, toy_model_dir
 
 
@@ -23,29 +24,114 @@ def _rc(argv) -> int:
 
 def test_attribute_protect_quantize_roundtrip(tmp_path):
     assert main(["toy", "traces", "--gold", "--per-family", "2", "--out", str(tmp_path / "t.jsonl")]) == 0
-    assert main(["attribute", "--model", "toy", "--data", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "a"),
-                 "--quiet"]) == 0
-    assert main(["protect", "--scores", str(tmp_path / "a"), "--policy", "final_mlp", "--bits", "3",
-                 "--out", str(tmp_path / "fm.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "attribute",
+                "--model",
+                "toy",
+                "--data",
+                str(tmp_path / "t.jsonl"),
+                "--out",
+                str(tmp_path / "a"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "protect",
+                "--scores",
+                str(tmp_path / "a"),
+                "--policy",
+                "final_mlp",
+                "--bits",
+                "3",
+                "--out",
+                str(tmp_path / "fm.safetensors"),
+            ]
+        )
+        == 0
+    )
     fm, meta = load_masks(tmp_path / "fm.safetensors")
     assert sorted(fm) == [f"model.layers.3.mlp.{k}_proj" for k in ("down", "gate", "up")]
     assert meta["policy"] == "final_mlp"
-    assert main(["protect", "--scores", str(tmp_path / "a"), "--policy", "global_top", "--saliency",
-                 "attribution_ri", "--model", "toy", "--data", str(tmp_path / "t.jsonl"), "--budget", "0.01",
-                 "--group-size", "32", "--out", str(tmp_path / "g.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "protect",
+                "--scores",
+                str(tmp_path / "a"),
+                "--policy",
+                "global_top",
+                "--saliency",
+                "attribution_ri",
+                "--model",
+                "toy",
+                "--data",
+                str(tmp_path / "t.jsonl"),
+                "--budget",
+                "0.01",
+                "--group-size",
+                "32",
+                "--out",
+                str(tmp_path / "g.safetensors"),
+            ]
+        )
+        == 0
+    )
     g, meta = load_masks(tmp_path / "g.safetensors")
     n = sum(m.mask.numel() for m in g.values())
     assert sum(m.n_protected for m in g.values()) == round(0.01 * n)
     assert 3.0 < meta["bits_per_weight"]["bpw"] < 5.0
     # regexes: an `always` module counts against the budget (total exact), `never` sites get nothing
-    assert main(["protect", "--scores", str(tmp_path / "a"), "--policy", "global_top", "--saliency", "magnitude",
-                 "--model", "toy", "--budget", "0.03", "--always", r"layers\.3\.self_attn\.v_proj",
-                 "--never", r"layers\.0\.", "--out", str(tmp_path / "r.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "protect",
+                "--scores",
+                str(tmp_path / "a"),
+                "--policy",
+                "global_top",
+                "--saliency",
+                "magnitude",
+                "--model",
+                "toy",
+                "--budget",
+                "0.03",
+                "--always",
+                r"layers\.3\.self_attn\.v_proj",
+                "--never",
+                r"layers\.0\.",
+                "--out",
+                str(tmp_path / "r.safetensors"),
+            ]
+        )
+        == 0
+    )
     r, _ = load_masks(tmp_path / "r.safetensors")
     assert sum(m.n_protected for m in r.values()) == round(0.03 * n)
     assert r["model.layers.3.self_attn.v_proj"].is_full and not any(".layers.0." in k for k in r)
-    assert main(["quantize", "--model", str(toy_model_dir()), "--bits", "3", "--group-size", "32",
-                 "--masks", str(tmp_path / "g.safetensors"), "--out", str(tmp_path / "q")]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                "--model",
+                str(toy_model_dir()),
+                "--bits",
+                "3",
+                "--group-size",
+                "32",
+                "--masks",
+                str(tmp_path / "g.safetensors"),
+                "--out",
+                str(tmp_path / "q"),
+            ]
+        )
+        == 0
+    )
     from transformers import AutoModelForCausalLM
 
     q = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
@@ -56,8 +142,20 @@ def test_attribute_protect_quantize_roundtrip(tmp_path):
         assert len(torch.unique(w1[0, :32][~m.mask[0, :32]])) <= 8
     info = json.loads((tmp_path / "q" / "lrm_interp_quantization.json").read_text())
     assert info["bits"] == 3 and info["n_protected"] == sum(m.n_protected for m in g.values())
-    assert main(["protect", "--scores", str(tmp_path / "a"), "--policy", "global_top",
-                 "--out", str(tmp_path / "x.safetensors")]) == 2  # needs --model: clear error
+    assert (
+        main(
+            [
+                "protect",
+                "--scores",
+                str(tmp_path / "a"),
+                "--policy",
+                "global_top",
+                "--out",
+                str(tmp_path / "x.safetensors"),
+            ]
+        )
+        == 2
+    )  # needs --model: clear error
 
 
 def test_toy_eval_cli(capsys):
@@ -93,16 +191,32 @@ def test_protect_and_quantize_errors_name_the_value(tmp_path, capsys):
 
     model, _ = load_toy_model()
     sites = tuple(find_sites(model))
-    Attribution(("deduction",), sites, torch.rand(1, len(sites), dtype=torch.float64), "attribution").save(tmp_path / "a")
+    Attribution(("deduction",), sites, torch.rand(1, len(sites), dtype=torch.float64), "attribution").save(
+        tmp_path / "a"
+    )
     base = ["protect", "--scores", str(tmp_path / "a"), "--out", str(tmp_path / "m.safetensors")]
-    cases = [(["protect", "--scores", str(tmp_path / "nope"), "--out", "x"], "nope"),
-             (base + ["--policy", "final_mlp", "--budget", "1.5"], "1.5"),
-             (base + ["--policy", "final_mlp", "--bits", "9"], "got 9"),
-             (base + ["--policy", "final_mlp", "--group-size", "-4"], "-4"),
-             (base + ["--policy", "final_mlp", "--never", "(["], "--never"),
-             (base + ["--model", "toy", "--saliency", "attribution"], "--data"),
-             (["quantize", "--model", "toy", "--bits", "3", "--masks", str(tmp_path / "gone.safetensors"),
-               "--out", str(tmp_path / "q")], "gone.safetensors")]
+    cases = [
+        (["protect", "--scores", str(tmp_path / "nope"), "--out", "x"], "nope"),
+        (base + ["--policy", "final_mlp", "--budget", "1.5"], "1.5"),
+        (base + ["--policy", "final_mlp", "--bits", "9"], "got 9"),
+        (base + ["--policy", "final_mlp", "--group-size", "-4"], "-4"),
+        (base + ["--policy", "final_mlp", "--never", "(["], "--never"),
+        (base + ["--model", "toy", "--saliency", "attribution"], "--data"),
+        (
+            [
+                "quantize",
+                "--model",
+                "toy",
+                "--bits",
+                "3",
+                "--masks",
+                str(tmp_path / "gone.safetensors"),
+                "--out",
+                str(tmp_path / "q"),
+            ],
+            "gone.safetensors",
+        ),
+    ]
     capsys.readouterr()
     for argv, needle in cases:
         assert _rc(argv) == 2, argv
@@ -110,8 +224,27 @@ def test_protect_and_quantize_errors_name_the_value(tmp_path, capsys):
         assert len(err) == 1 and err[0].startswith(f"lrm-interp {argv[0]}: error:") and needle in err[0], (argv, err)
     # magnitude saliency needs no data; the quantized copy carries its provenance record
     assert main(base + ["--model", "toy", "--saliency", "magnitude", "--budget", "0.01", "--quiet"]) == 0
-    assert main(["quantize", "--model", "toy", "--bits", "3", "--method", "gptq", "--group-size", "0", "--quiet",
-                 "--masks", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "q")]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                "--model",
+                "toy",
+                "--bits",
+                "3",
+                "--method",
+                "gptq",
+                "--group-size",
+                "0",
+                "--quiet",
+                "--masks",
+                str(tmp_path / "m.safetensors"),
+                "--out",
+                str(tmp_path / "q"),
+            ]
+        )
+        == 0
+    )
     rec = json.loads((tmp_path / "q" / "lrm_interp_provenance.json").read_text())
     step = rec["compression"][-1]
     assert step["kind"] == "quantization" and step["method"] == "gptq" and step["group_size"] is None
@@ -184,9 +317,12 @@ def test_grid_flags_are_one_pair_with_one_default(tmp_path, capsys):
     from lrm_interp.model.sites import find_sites
 
     parser = build_parser()
-    required = {"protect": ["--scores", "s", "--out", "o"], "quantize": ["--model", "toy", "--bits", "3", "--out", "o"],
-                "bits": ["--model", "toy", "--budget", "3.5", "--out", "o"],
-                "experiment protection": ["--out", "o"]}
+    required = {
+        "protect": ["--scores", "s", "--out", "o"],
+        "quantize": ["--model", "toy", "--bits", "3", "--out", "o"],
+        "bits": ["--model", "toy", "--budget", "3.5", "--out", "o"],
+        "experiment protection": ["--out", "o"],
+    }
     for cmd, argv in required.items():
         path = cmd.split()
         p = parser
@@ -205,11 +341,15 @@ def test_grid_flags_are_one_pair_with_one_default(tmp_path, capsys):
     # and the choice reaches the output: the mask file's metadata and bits per weight
     model, _ = load_toy_model()
     sites = tuple(find_sites(model))
-    Attribution(("deduction",), sites, torch.rand(1, len(sites), dtype=torch.float64), "attribution").save(tmp_path / "a")
+    Attribution(("deduction",), sites, torch.rand(1, len(sites), dtype=torch.float64), "attribution").save(
+        tmp_path / "a"
+    )
     bpw = {}
     for flag in ([], ["--symmetric"], ["--asymmetric"]):
         out = tmp_path / f"m{len(bpw)}.safetensors"
-        assert main(["protect", "--scores", str(tmp_path / "a"), "--policy", "final_mlp", "--out", str(out)] + flag) == 0
+        assert (
+            main(["protect", "--scores", str(tmp_path / "a"), "--policy", "final_mlp", "--out", str(out)] + flag) == 0
+        )
         meta = load_masks(out)[1]
         bpw[tuple(flag)] = (meta["symmetric"], meta["bits_per_weight"]["bpw"])
     assert bpw[()] == bpw[("--asymmetric",)] and bpw[()][0] is False

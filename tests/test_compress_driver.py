@@ -8,6 +8,7 @@ on one CPU thread, and the hashes are compared only under the torch version and 
 the fixture was computed with (elsewhere the test is skipped, saying so). Regenerate the fixture
 (only when an algorithm is meant to change): ``python tests/test_compress_driver.py``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,6 +56,7 @@ def _quant(arch="llama", masked=False, **kw):
         rep = quantize_model_(model, masks=masks, progress=False, keep_tensors=True, **kw)
         codes = {k: _digest(qt.codes) for k, qt in rep.tensors.items()}
         return model, rep.to_dict(), codes
+
     return run
 
 
@@ -65,6 +67,7 @@ def _prune(method, sparsity=None, arch="llama", masked=False, **kw):
         calib = None if method == "magnitude" else _ids()
         rep = prune_model_(model, method, sparsity, masks=masks, calib=calib, progress=False, **kw)
         return model, rep.to_dict(), {}
+
     return run
 
 
@@ -100,8 +103,12 @@ def _result(case: str) -> dict:
     finally:
         torch.set_num_threads(threads)
     weights = {k: _digest(v) for k, v in model.state_dict().items()}
-    return {"weights": weights, "codes": codes, "report": json.loads(json.dumps(report, default=str)),
-            "provenance": [dict(s) for s in model_record(model).compression]}
+    return {
+        "weights": weights,
+        "codes": codes,
+        "report": json.loads(json.dumps(report, default=str)),
+        "provenance": [dict(s) for s in model_record(model).compression],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +160,7 @@ def test_quantizers_and_pruners_run_through_one_per_site_loop(monkeypatch):
     def spy(model, groups, kernel, **kw):
         calls.append(kernel)
         return loop(model, groups, kernel, **kw)
+
     monkeypatch.setattr(driver, "compress_sites_", spy)
     ids = _ids()
     quantize_model_(tiny_model(seed=0), bits=3, method="gptq", calib=ids, progress=False)
@@ -169,9 +177,10 @@ def test_a_registered_method_runs_in_the_driver_and_specs(monkeypatch):
             out = W.clone()
             out[:, 0] = torch.where(m[:, 0], W[:, 0], torch.zeros_like(W[:, 0])) if m is not None else 0
             return out
+
         return prune
-    monkeypatch.setitem(driver._REGISTRY, "firstcol", CompressionMethod("firstcol", "pruning", build,
-                                                                         calibrated=True))
+
+    monkeypatch.setitem(driver._REGISTRY, "firstcol", CompressionMethod("firstcol", "pruning", build, calibrated=True))
     model = tiny_model(seed=0)
     masks = _masks(model)
     rep = prune_model_(model, "firstcol", 0.1, calib=_ids(), masks=masks, progress=False)
@@ -201,11 +210,14 @@ def test_options_are_checked_per_method():
 def test_one_nm_check():
     W, H = torch.randn(4, 8), torch.eye(8)
     msg = "N:M pattern needs 0 < N < M, got 4:2"
-    for f in (lambda: parse_pattern("4:2"), lambda: check_pattern(None, 4, 2),
-              lambda: sparsegpt_prune(W, H, prunen=4, prunem=2),
-              lambda: wanda_prune(W, torch.ones(8), prunen=4, prunem=2),
-              lambda: parse_compression("wanda:4:2"),
-              lambda: prune_model_(tiny_model(seed=0), "sparsegpt", pattern="4:2", calib=_ids())):
+    for f in (
+        lambda: parse_pattern("4:2"),
+        lambda: check_pattern(None, 4, 2),
+        lambda: sparsegpt_prune(W, H, prunen=4, prunem=2),
+        lambda: wanda_prune(W, torch.ones(8), prunen=4, prunem=2),
+        lambda: parse_compression("wanda:4:2"),
+        lambda: prune_model_(tiny_model(seed=0), "sparsegpt", pattern="4:2", calib=_ids()),
+    ):
         with pytest.raises(ValueError, match=msg):
             f()
     assert parse_pattern("2:4") == (2, 4) and parse_pattern("unstructured") == parse_pattern(None) == (0, 0)

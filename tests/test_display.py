@@ -1,4 +1,5 @@
 """Rich display: terminal __repr__ and Jupyter _repr_html_ of the result types."""
+
 from __future__ import annotations
 
 import re
@@ -25,7 +26,9 @@ def test_attribution_repr_and_html():
     a = _attr()
     r = repr(a)
     top = a.top(1)[0][1]
-    assert r.startswith("Attribution(method='attribution', model='tiny-llama', 2 behaviours × 14 sites, 5 traces / 5 spans")
+    assert r.startswith(
+        "Attribution(method='attribution', model='tiny-llama', 2 behaviours × 14 sites, 5 traces / 5 spans"
+    )
     assert top in r
     h = a._repr_html_()
     assert "&lt;b&gt;odd&lt;/b&gt;" in h and "<b>odd</b>" not in h  # data is escaped
@@ -33,8 +36,14 @@ def test_attribution_repr_and_html():
         for _, s, ri in a.top(5, b):
             assert f"{s} ({ri:.3f})" in h
     assert "steering vectors" not in h
-    vec = Attribution(a.behaviors, a.sites, a.scores, a.method, provenance=a.provenance,
-                      vectors={"backtracking": {a.sites[0].name: torch.full((64,), 0.5)}})
+    vec = Attribution(
+        a.behaviors,
+        a.sites,
+        a.scores,
+        a.method,
+        provenance=a.provenance,
+        vectors={"backtracking": {a.sites[0].name: torch.full((64,), 0.5)}},
+    )
     assert "steering vectors û: 1 (behaviour, site) pairs, norm 4–4" in vec._repr_html_()
     layers, kinds = a.grid("backtracking")[1:]
     assert len(re.findall(r'<td title="layer', h)) == len(a.behaviors) * len(layers) * len(kinds)
@@ -44,8 +53,15 @@ def test_shift_largest_decreases_and_html():
     a = _attr()
     b = Attribution(a.behaviors, a.sites, a.scores.flip(1), a.method, provenance=a.provenance)
     sh = compare(a, b)
-    brute = sorted(((beh, s.name, float(-sh.delta[i, j])) for i, beh in enumerate(sh.behaviors)
-                    for j, s in enumerate(sh.sites) if sh.delta[i, j] < 0), key=lambda x: -x[2])[:4]
+    brute = sorted(
+        (
+            (beh, s.name, float(-sh.delta[i, j]))
+            for i, beh in enumerate(sh.behaviors)
+            for j, s in enumerate(sh.sites)
+            if sh.delta[i, j] < 0
+        ),
+        key=lambda x: -x[2],
+    )[:4]
     assert sh.largest_decreases(4) == brute
     assert "largest decreases" in repr(sh) and brute[0][1] in repr(sh)
     h = sh._repr_html_()
@@ -53,9 +69,11 @@ def test_shift_largest_decreases_and_html():
 
 
 def test_table_allocation_and_helpers():
-    rows = (ResultRow("fp", "fp", 32.0, {"math": 1.0}, 1.0, 4, 4, (0.5, 1.0)),
-            ResultRow("none", "none", 3.125, {"math": 0.5}, 0.5, 4, 2, (0.15, 0.85)),
-            ResultRow("2% <magnitude>", "per-weight", 3.6, {"math": 0.75}, 0.75, 4, 3, (0.3, 0.95)))
+    rows = (
+        ResultRow("fp", "fp", 32.0, {"math": 1.0}, 1.0, 4, 4, (0.5, 1.0)),
+        ResultRow("none", "none", 3.125, {"math": 0.5}, 0.5, 4, 2, (0.15, 0.85)),
+        ResultRow("2% <magnitude>", "per-weight", 3.6, {"math": 0.75}, 0.75, 4, 3, (0.3, 0.95)),
+    )
     t = ProtectionTable(ExperimentSettings(per_family=4), rows)
     assert "best below b+1 bits: 2% <magnitude> 75.0% at 3.600 bpw" in repr(t)
     h = t._repr_html_()

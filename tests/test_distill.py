@@ -14,8 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from lrm_interp.toy import load_toy_model
-from lrm_interp.toy.distill import (DistillConfig, batch_examples, distill_reasoner, make_batch, pack_rows,
-                                   response_loss)
+from lrm_interp.toy.distill import DistillConfig, batch_examples, distill_reasoner, make_batch, pack_rows, response_loss
 from lrm_interp.toy.tasks import build_world
 
 pytest.importorskip("peft")
@@ -53,8 +52,9 @@ def test_packed_batch_computes_every_example_as_alone():
     assert (packed["labels"] != -100).sum() == (padded["labels"] != -100).sum()
     with torch.no_grad():
         assert torch.allclose(response_loss(model, packed), response_loss(model, padded), rtol=1e-5, atol=1e-6)
-        out = model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],
-                    position_ids=packed["position_ids"]).logits
+        out = model(
+            input_ids=packed["input_ids"], attention_mask=packed["attention_mask"], position_ids=packed["position_ids"]
+        ).logits
         seqs = batch_examples(tok, 3, cfg, w)
         rows = pack_rows([len(x) for x, _ in seqs], cfg.pack)
         assert max(len(r) for r in rows) >= 2
@@ -62,8 +62,8 @@ def test_packed_batch_computes_every_example_as_alone():
             at = 0
             for i in row:  # every example, in packing order
                 ids = torch.tensor(seqs[i][0])[None]
-                assert torch.equal(packed["input_ids"][r, at:at + ids.shape[1]], ids[0])
-                assert torch.allclose(out[r, at:at + ids.shape[1]], model(input_ids=ids).logits[0], atol=1e-4)
+                assert torch.equal(packed["input_ids"][r, at : at + ids.shape[1]], ids[0])
+                assert torch.allclose(out[r, at : at + ids.shape[1]], model(input_ids=ids).logits[0], atol=1e-4)
                 at += ids.shape[1]
 
 

@@ -1,4 +1,5 @@
 """Data-parallel attribute() under torchrun (2 CPU processes, gloo) equals one process; resume per rank."""
+
 from __future__ import annotations
 
 import os
@@ -7,16 +8,15 @@ import sys
 from pathlib import Path
 
 import torch
+from synth import synthetic_traces
 
 import lrm_interp
 from lrm_interp.attribution.distributed import gather_ordered, shard
 from lrm_interp.attribution.results import Attribution
 from lrm_interp.testing import byte_tokenizer, tiny_model
 
-from synth import synthetic_traces
-
 TESTS = Path(__file__).resolve().parent
-SCRIPT = '''
+SCRIPT = """
 import sys, json
 sys.path.insert(0, {tests!r})
 import torch
@@ -31,15 +31,30 @@ with open(sys.argv[1] + f".rank{{dist.get_rank()}}.json", "w") as f:  # one file
     json.dump({{"rank": dist.get_rank(), "resume": res.provenance["resume"],
                "distributed": res.provenance.get("distributed"), "sum": float(res.scores.sum())}}, f)
 dist.destroy_process_group()
-'''
+"""
 
 
 def _torchrun(tmp_path: Path, out: Path, mode: str) -> list[dict]:
     script = tmp_path / "job.py"
     script.write_text(SCRIPT.format(tests=str(TESTS)))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(script), str(out), mode], capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(out),
+            mode,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     import json
 
@@ -47,15 +62,15 @@ def _torchrun(tmp_path: Path, out: Path, mode: str) -> list[dict]:
 
 
 def test_two_ranks_equal_one_process_and_resume(tmp_path):
-    import json
 
     ds = synthetic_traces(5, skip={1: {"example-testing"}})
     threads = torch.get_num_threads()
     for mode in ("exact", "joint"):
         torch.set_num_threads(1)  # the ranks run single-threaded: same float summation order
         try:
-            one = lrm_interp.attribute(tiny_model("llama", seed=0), ds, tokenizer=byte_tokenizer(), progress=False,
-                                       mode=mode)
+            one = lrm_interp.attribute(
+                tiny_model("llama", seed=0), ds, tokenizer=byte_tokenizer(), progress=False, mode=mode
+            )
         finally:
             torch.set_num_threads(threads)
         out = tmp_path / mode

@@ -1,12 +1,13 @@
 """KL and behaviour-span NLL between two models against a per-position loop."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
+from lrm_interp.data.tokens import encode_trace
 from lrm_interp.evaluation.divergence import divergence
 from lrm_interp.testing import tiny_model
-from lrm_interp.data.tokens import encode_trace
 from lrm_interp.toy.tasks import generate_dataset
 
 BEH = ("adding-knowledge", "deduction")
@@ -53,7 +54,8 @@ def test_same_model_and_chunking(pair):
     ref, model, enc = pair
     same = divergence(ref, ref, enc, behaviors=BEH)
     assert same.kl == pytest.approx(0.0, abs=1e-6) and same.nll == same.nll_ref
-    assert divergence(ref, model, enc, chunk=5).to_dict() == pytest.approx(divergence(ref, model, enc).to_dict(),
-                                                                           rel=1e-5)
+    assert divergence(ref, model, enc, chunk=5).to_dict() == pytest.approx(
+        divergence(ref, model, enc).to_dict(), rel=1e-5
+    )
     with pytest.raises(ValueError, match="no response tokens"):
         divergence(ref, model, [])

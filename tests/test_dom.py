@@ -1,18 +1,18 @@
 """Difference of means: fast path (lrm_interp.attribution.dom) vs the naive reference and hand arithmetic."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from reference_impl import naive_dom
 from safetensors.torch import load, save
+from synth import synthetic_traces
 
 from lrm_interp.attribution.dom import compute_dom, dom_aggregate, dom_trace_stats, negative_mask
-from lrm_interp.model.sites import find_sites, get_module
-from lrm_interp.testing import byte_tokenizer, tiny_model
 from lrm_interp.data.tokens import encode_trace
 from lrm_interp.data.traces import BehaviorSpan, ReasoningTrace
-
-from reference_impl import naive_dom
-from synth import synthetic_traces
+from lrm_interp.model.sites import find_sites, get_module
+from lrm_interp.testing import byte_tokenizer, tiny_model
 
 BEHS = ["backtracking", "uncertainty-estimation", "example-testing", "adding-knowledge"]
 
@@ -41,29 +41,35 @@ def test_dom_equals_naive(arch, encoded):
                     torch.testing.assert_close(res.vectors[b][n].double(), uhat[b][n], rtol=1e-5, atol=1e-6)
             for n in names:
                 torch.testing.assert_close(res.mean_all[n].double(), mean_all[n], rtol=1e-5, atol=1e-6)
-    assert res.n_traces == {"backtracking": 4, "uncertainty-estimation": 4, "example-testing": 3,
-                            "adding-knowledge": 4}
+    assert res.n_traces == {"backtracking": 4, "uncertainty-estimation": 4, "example-testing": 3, "adding-knowledge": 4}
     assert res.n_tokens["example-testing"] == sum(
-        len({t for s in e.spans_of("example-testing") for t in range(s.ctx_start, s.end)}) for e in encoded)
+        len({t for s in e.spans_of("example-testing") for t in range(s.ctx_start, s.end)}) for e in encoded
+    )
 
 
 def _disjoint_traces():
     """Behaviours on disjoint text, with different lengths and positions in each trace."""
     tok = byte_tokenizer()
     out = []
-    for i, parts in enumerate([
-        [("backtracking", "Wait, that is wrong."), ("adding-knowledge", "Recall that 7 is prime."),
-         ("uncertainty-estimation", "Hmm, maybe not.")],
-        [("uncertainty-estimation", "I am not sure about this step at all."), ("backtracking", "Actually no.")],
-        [("adding-knowledge", "We know sums commute."), ("example-testing", "Test: 2 + 3 = 5.")],
-    ]):
+    for i, parts in enumerate(
+        [
+            [
+                ("backtracking", "Wait, that is wrong."),
+                ("adding-knowledge", "Recall that 7 is prime."),
+                ("uncertainty-estimation", "Hmm, maybe not."),
+            ],
+            [("uncertainty-estimation", "I am not sure about this step at all."), ("backtracking", "Actually no.")],
+            [("adding-knowledge", "We know sums commute."), ("example-testing", "Test: 2 + 3 = 5.")],
+        ]
+    ):
         resp, spans = "", []
         for b, text in parts:
             spans.append(BehaviorSpan(b, len(resp), len(resp) + len(text)))
             resp += text + " So on. "
         resp += "</think> Done."
-        out.append(encode_trace(tok, ReasoningTrace(f"d/{i}", f"Q{i}: add.\n<think>\n", resp, tuple(spans)),
-                                k_context=2))
+        out.append(
+            encode_trace(tok, ReasoningTrace(f"d/{i}", f"Q{i}: add.\n<think>\n", resp, tuple(spans)), k_context=2)
+        )
     return out
 
 
@@ -86,8 +92,7 @@ def test_behaviours_have_their_own_accumulators():
     # per-trace sums: each behaviour's sum is the sum over its own tokens only
     assert float(stats[1]["pos_count/example-testing"]) == 0
     assert torch.count_nonzero(stats[1]["pos_sum/example-testing/" + names[0]]) == 0
-    assert res.n_traces == {"backtracking": 2, "uncertainty-estimation": 2, "example-testing": 1,
-                            "adding-knowledge": 2}
+    assert res.n_traces == {"backtracking": 2, "uncertainty-estimation": 2, "example-testing": 1, "adding-knowledge": 2}
 
 
 def test_overlapping_spans_counted_once(encoded):
@@ -104,15 +109,16 @@ def test_overlapping_spans_counted_once(encoded):
     with torch.no_grad():
         model(input_ids=e.input_ids[None])
     h.remove()
-    torch.testing.assert_close(st[f"pos_sum/uncertainty-estimation/{sites[0].name}"],
-                               acts["x"][0, toks].sum(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        st[f"pos_sum/uncertainty-estimation/{sites[0].name}"], acts["x"][0, toks].sum(0), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_negative_masks_and_think_end(encoded):
     e = encoded[1]
     tok = byte_tokenizer()
-    assert tok.decode(e.input_ids[e.think_end:e.think_end + 8]) == "</think>"
-    assert tok.decode(e.input_ids[e.response_start - 8:e.response_start]) == "<think>\n"
+    assert tok.decode(e.input_ids[e.think_end : e.think_end + 8]) == "</think>"
+    assert tok.decode(e.input_ids[e.response_start - 8 : e.response_start]) == "<think>\n"
     m_all, m_resp, m_think = (negative_mask(e, k) for k in ("all", "response", "thinking"))
     assert m_all[0] == 0 and m_all[1:].all()  # BOS excluded
     assert m_resp.sum() == len(e) - e.response_start and m_resp[e.response_start] == 1
@@ -120,8 +126,11 @@ def test_negative_masks_and_think_end(encoded):
     model = tiny_model("llama")
     sites = find_sites(model)[:1]
     st = {k: dom_trace_stats(model, e, sites, BEHS, negatives=k) for k in ("all", "response", "thinking")}
-    assert [int(st[k]["neg_count"]) for k in st] == [len(e) - 1, len(e) - e.response_start,
-                                                     e.think_end - e.response_start]
+    assert [int(st[k]["neg_count"]) for k in st] == [
+        len(e) - 1,
+        len(e) - e.response_start,
+        e.think_end - e.response_start,
+    ]
     # the positive sums do not depend on the choice of negatives
     n = sites[0].name
     torch.testing.assert_close(st["all"][f"pos_sum/backtracking/{n}"], st["thinking"][f"pos_sum/backtracking/{n}"])
@@ -141,8 +150,10 @@ def test_aggregate_by_hand():
     from lrm_interp.model.sites import Site
 
     site = Site("s", 0, "mlp", "up", 2, 2, 4, 4, "Linear")
-    stats = [_stat({"a": ([2.0, 0.0], 1.0), "b": ([0.0, 0.0], 0.0), "z": ([0.0, 0.0], 0.0)}, ([4.0, 2.0], 2.0)),
-             _stat({"a": ([3.0, 3.0], 3.0), "b": ([0.0, 8.0], 2.0), "z": ([0.0, 0.0], 0.0)}, ([6.0, 6.0], 6.0))]
+    stats = [
+        _stat({"a": ([2.0, 0.0], 1.0), "b": ([0.0, 0.0], 0.0), "z": ([0.0, 0.0], 0.0)}, ([4.0, 2.0], 2.0)),
+        _stat({"a": ([3.0, 3.0], 3.0), "b": ([0.0, 8.0], 2.0), "z": ([0.0, 0.0], 0.0)}, ([6.0, 6.0], 6.0)),
+    ]
     tr = dom_aggregate(stats, [site], ["a", "b", "z"], weighting="trace")
     # D+ means: a: ([2,0] + [1,1]) / 2 = [1.5, .5]; D− trace means: ([2,1] + [1,1]) / 2 = [1.5, 1]
     torch.testing.assert_close(tr.raw["a"]["s"], torch.tensor([0.0, -0.5]))

@@ -1,4 +1,5 @@
 """Exports of protection masks to quantization toolchains (as data) and the FP16 sidecar."""
+
 from __future__ import annotations
 
 import copy
@@ -8,14 +9,14 @@ import pytest
 import torch
 import yaml
 
+from lrm_interp.compress.quant import quantize_model_
+from lrm_interp.model.sites import find_sites, get_module
+from lrm_interp.model.weights import weight_matrix
 from lrm_interp.protect import exports
 from lrm_interp.protect.encoding import mask_tensors, save_masks
 from lrm_interp.protect.masks import ProtectionMask
 from lrm_interp.protect.policies import final_mlp, global_top
-from lrm_interp.compress.quant import quantize_model_
 from lrm_interp.protect.saliency import magnitude
-from lrm_interp.model.sites import find_sites, get_module
-from lrm_interp.model.weights import weight_matrix
 from lrm_interp.testing import tiny_model
 
 FINAL = ["model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"]
@@ -42,12 +43,22 @@ def test_llmcompressor_exact_strings(llama_masks):
         '        - "lm_head"\n'
         '        - "model.layers.1.mlp.gate_proj"\n'
         '        - "model.layers.1.mlp.up_proj"\n'
-        '        - "model.layers.1.mlp.down_proj"\n')
+        '        - "model.layers.1.mlp.down_proj"\n'
+    )
     text = exports.llmcompressor_recipe(masks)
     assert text == expected
     d = exports.llmcompressor_recipe_dict(masks)
-    assert yaml.safe_load(text) == d == {"quant_stage": {"quant_modifiers": {"GPTQModifier": {
-        "targets": ["Linear"], "scheme": "W4A16", "ignore": ["lm_head"] + FINAL}}}}
+    assert (
+        yaml.safe_load(text)
+        == d
+        == {
+            "quant_stage": {
+                "quant_modifiers": {
+                    "GPTQModifier": {"targets": ["Linear"], "scheme": "W4A16", "ignore": ["lm_head"] + FINAL}
+                }
+            }
+        }
+    )
     w3 = exports.llmcompressor_recipe(masks, scheme="W3A16", modifier="QuantizationModifier")
     assert "    QuantizationModifier:\n" in w3 and "      scheme: W3A16\n" in w3
 
@@ -55,8 +66,11 @@ def test_llmcompressor_exact_strings(llama_masks):
 def test_gptqmodel_dynamic_and_transformers(llama_masks):
     model, sites, masks = llama_masks
     dyn = exports.gptqmodel_dynamic(masks)
-    assert dyn == {r"-:^model\.layers\.1\.mlp\.gate_proj$": {}, r"-:^model\.layers\.1\.mlp\.up_proj$": {},
-                   r"-:^model\.layers\.1\.mlp\.down_proj$": {}}
+    assert dyn == {
+        r"-:^model\.layers\.1\.mlp\.gate_proj$": {},
+        r"-:^model\.layers\.1\.mlp\.up_proj$": {},
+        r"-:^model\.layers\.1\.mlp\.down_proj$": {},
+    }
     names = [n for n, _ in model.named_modules()]
     for key in dyn:  # each regex matches exactly its own module (GPTQModel strips the "-:" prefix)
         rx = re.compile(key[2:])
@@ -120,8 +134,9 @@ def test_sidecar_v2_is_the_mask_encoding_plus_values(tmp_path, encoding):
         masks[s3.name] = ProtectionMask.from_rows(s3.name, (s3.out_features, s3.in_features), [0, 7])
         masks[s4.name] = ProtectionMask.from_cols(s4.name, (s4.out_features, s4.in_features), [2])
         masks[sites[5].name] = ProtectionMask.full(sites[5])
-        p = exports.save_sidecar(model, masks, tmp_path / f"{arch}.safetensors", value_dtype=torch.float32,
-                                 encoding=encoding)
+        p = exports.save_sidecar(
+            model, masks, tmp_path / f"{arch}.safetensors", value_dtype=torch.float32, encoding=encoding
+        )
         with safe_open(str(p), "pt") as f:
             assert f.metadata()["format"] == "lrm_interp.sidecar/2"
         stored = load_file(p)

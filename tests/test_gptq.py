@@ -1,4 +1,5 @@
 """Mask-aware GPTQ: loop reference, protected weights, output error vs RTN, model-level runs."""
+
 from __future__ import annotations
 
 import copy
@@ -6,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from lrm_interp.model.capture import Capture, Reducer
 from lrm_interp.compress.calibration import collect_hessians
 from lrm_interp.compress.quant import gptq_quantize, gptq_quantize_tensor, quantize_model_, rtn_quantize
-from lrm_interp.model.weights import set_weight_matrix, weight_matrix
+from lrm_interp.model.capture import Capture, Reducer
 from lrm_interp.model.sites import find_sites, get_module
+from lrm_interp.model.weights import set_weight_matrix, weight_matrix
 from lrm_interp.testing import tiny_model
 
 
@@ -29,7 +30,7 @@ def naive_gptq(W, H, bits, group_size, mask, symmetric=False, percdamp=0.01):
                     Wc[r, j] = 0.0
     H += percdamp * torch.mean(torch.diag(H)) * torch.eye(inn, dtype=torch.float64)
     U = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
-    maxq = 2 ** bits - 1
+    maxq = 2**bits - 1
     g = inn if group_size is None else group_size
     Q = torch.zeros_like(Wc)
     scale = torch.ones(out)
@@ -67,8 +68,9 @@ def calib():
     return model, ids
 
 
-@pytest.mark.parametrize("blocksize,group_size,symmetric", [(8, 16, False), (5, 16, False), (128, None, True),
-                                                            (16, 8, True)])
+@pytest.mark.parametrize(
+    "blocksize,group_size,symmetric", [(8, 16, False), (5, 16, False), (128, None, True), (16, 8, True)]
+)
 def test_fast_gptq_equals_loop_reference(calib, blocksize, group_size, symmetric):
     model, ids = calib
     site = find_sites(model)[0]  # layer 0 q_proj [64, 64]
@@ -100,7 +102,7 @@ def test_protected_weights_exact_and_unprotected_on_grid(calib):
     assert int(qt.codes.max()) <= 7
     # the protected column gets no update: its value is the original, and the error of the
     # other weights is still compensated (output error below RTN's)
-    err = lambda Wq: float(torch.trace((W - Wq) @ H @ (W - Wq).T))  # noqa: E731
+    err = lambda Wq: float(torch.trace((W - Wq) @ H @ (W - Wq).T))  # noqa: E731 - ∝ the layer output error
     assert err(deq) < err(rtn_quantize(W, 3, group_size=16, mask=mask))
 
 
@@ -133,13 +135,15 @@ def test_gptq_reduces_layer_output_error_vs_rtn(calib):
 def test_quantize_model_gptq_sequential(calib):
     model, ids = calib
     sites = find_sites(model)
-    masks = {s.name: torch.rand(s.out_features, s.in_features, generator=torch.Generator().manual_seed(i)) < 0.03
-             for i, s in enumerate(sites)}
+    masks = {
+        s.name: torch.rand(s.out_features, s.in_features, generator=torch.Generator().manual_seed(i)) < 0.03
+        for i, s in enumerate(sites)
+    }
     seq, one = copy.deepcopy(model), copy.deepcopy(model)
-    rep = quantize_model_(seq, bits=3, group_size=32, method="gptq", masks=masks, calib=ids, progress=False,
-                          keep_tensors=True)
-    quantize_model_(one, bits=3, group_size=32, method="gptq", masks=masks, calib=ids, progress=False,
-                    sequential=False)
+    rep = quantize_model_(
+        seq, bits=3, group_size=32, method="gptq", masks=masks, calib=ids, progress=False, keep_tensors=True
+    )
+    quantize_model_(one, bits=3, group_size=32, method="gptq", masks=masks, calib=ids, progress=False, sequential=False)
     assert rep.n_protected == sum(int(m.sum()) for m in masks.values())
     for s in sites:
         w0, ws, wo = (weight_matrix(get_module(m, s.name)) for m in (model, seq, one))
@@ -168,11 +172,23 @@ def test_quantize_model_gptq_equals_a_layer_by_layer_reference(calib, sequential
     sequential=False), H = 2·XᵀX/n, gptq_quantize each site, write it back."""
     model, ids = calib
     sites = find_sites(model)
-    masks = {s.name: torch.rand(s.out_features, s.in_features, generator=torch.Generator().manual_seed(9 + i)) < 0.05
-             for i, s in enumerate(sites)}
+    masks = {
+        s.name: torch.rand(s.out_features, s.in_features, generator=torch.Generator().manual_seed(9 + i)) < 0.05
+        for i, s in enumerate(sites)
+    }
     q = copy.deepcopy(model)
-    rep = quantize_model_(q, bits=3, group_size=16, method="gptq", masks=masks, calib=ids, progress=False,
-                          sequential=sequential, blocksize=32, keep_tensors=True)
+    rep = quantize_model_(
+        q,
+        bits=3,
+        group_size=16,
+        method="gptq",
+        masks=masks,
+        calib=ids,
+        progress=False,
+        sequential=sequential,
+        blocksize=32,
+        keep_tensors=True,
+    )
     ref = copy.deepcopy(model)
     layers = [[s for s in sites if s.layer == L] for L in (0, 1)] if sequential else [sites]
     for grp in layers:
@@ -180,8 +196,9 @@ def test_quantize_model_gptq_equals_a_layer_by_layer_reference(calib, sequential
         for s in grp:
             W = weight_matrix(get_module(ref, s.name))
             H = 2 * (X[s.name].T @ X[s.name]) / X[s.name].shape[0]
-            set_weight_matrix(get_module(ref, s.name),
-                              gptq_quantize(W, H, 3, group_size=16, mask=masks[s.name], blocksize=32))
+            set_weight_matrix(
+                get_module(ref, s.name), gptq_quantize(W, H, 3, group_size=16, mask=masks[s.name], blocksize=32)
+            )
     for s in sites:
         w_q, w_ref = weight_matrix(get_module(q, s.name)), weight_matrix(get_module(ref, s.name))
         assert torch.equal(w_q, w_ref), s.name

@@ -1,4 +1,5 @@
 """GPTQ-based saliencies (TaCQ as published, behaviour-span × GPTQ error) against plain references."""
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,9 @@ def test_gptq_deltas_equal_gptq_with_the_sites_own_hessian(tokenizer):
     for s in sites:
         W = get_module(model, s.name).weight.data
         H, _ = collect_hessians(model, [s], ids, progress=False)
-        torch.testing.assert_close(q(s, W), gptq_quantize(W, H[s.name], 3, group_size=16, symmetric=True),
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            q(s, W), gptq_quantize(W, H[s.name], 3, group_size=16, symmetric=True), rtol=0, atol=1e-6
+        )
         assert len(q._H) <= 6  # one decoder layer's sites at most (7 per layer, the asked one popped)
 
 
@@ -39,7 +41,7 @@ def test_response_loss_is_mean_ce_of_response_tokens(tokenizer):
     e = enc[0]
     logits = model(input_ids=e.input_ids[None]).logits[0]
     r = e.response_start
-    ref = F.cross_entropy(logits[r - 1:-1], e.input_ids[r:])
+    ref = F.cross_entropy(logits[r - 1 : -1], e.input_ids[r:])
     torch.testing.assert_close(response_loss(model, e), ref, rtol=1e-5, atol=1e-6)
 
 
@@ -56,7 +58,7 @@ def test_tacq_and_attribution_gptq_equal_their_formulas(tokenizer):
         r = e.response_start
         for p in model.parameters():
             p.requires_grad_(True)
-        F.cross_entropy(model(input_ids=e.input_ids[None]).logits[0][r - 1:-1], e.input_ids[r:]).backward()
+        F.cross_entropy(model(input_ids=e.input_ids[None]).logits[0][r - 1 : -1], e.input_ids[r:]).backward()
         for s in sites:
             G[s.name] += get_module(model, s.name).weight.grad.abs()
     for p, f in zip(model.parameters(), flags):

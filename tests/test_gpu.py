@@ -1,4 +1,5 @@
 """CUDA paths agree with the CPU ones (run on the lent GPU: `python -m pytest -m gpu -s`)."""
+
 from __future__ import annotations
 
 import copy
@@ -8,9 +9,9 @@ import pytest
 import torch
 
 import lrm_interp
-from lrm_interp.model.capture import Capture, MaskedSum
 from lrm_interp.compress.quant import rtn_quantize
 from lrm_interp.compress.quant.gptq import gptq_quantize
+from lrm_interp.model.capture import Capture, MaskedSum
 from lrm_interp.testing import tiny_model
 from lrm_interp.toy import load_toy_model
 from lrm_interp.toy.tasks import generate_dataset
@@ -67,15 +68,21 @@ def test_quantizers_cuda_match_cpu():
     X = torch.randn(2048, 512, generator=g)
     H = 2 * X.T @ X / X.shape[0]
     mask = torch.rand(256, 512, generator=g) < 0.02
-    torch.testing.assert_close(rtn_quantize(W.cuda(), 3, group_size=128, mask=mask.cuda()).cpu(),
-                               rtn_quantize(W, 3, group_size=128, mask=mask))
+    torch.testing.assert_close(
+        rtn_quantize(W.cuda(), 3, group_size=128, mask=mask.cuda()).cpu(), rtn_quantize(W, 3, group_size=128, mask=mask)
+    )
     gq_cpu = gptq_quantize(W, H, 3, group_size=128, mask=mask)
     gq_gpu = gptq_quantize(W.cuda(), H.cuda(), 3, group_size=128, mask=mask.cuda()).cpu()
     assert torch.equal(gq_gpu[mask], W[mask])
+
     # GPTQ's error feedback amplifies last-bit differences (GPU Cholesky/matmul) into different
     # rounding choices, so compare the layer-output error it minimises, not the codes.
-    err = lambda Q: float(torch.trace((W - Q) @ H @ (W - Q).T))
+    def err(Q):
+        return float(torch.trace((W - Q) @ H @ (W - Q).T))
+
     e_cpu, e_gpu, e_rtn = err(gq_cpu), err(gq_gpu), err(rtn_quantize(W, 3, group_size=128, mask=mask))
-    print(f"\nGPTQ output error cpu {e_cpu:.1f} gpu {e_gpu:.1f} (RTN {e_rtn:.1f}); codes differing "
-          f"{float((gq_gpu != gq_cpu).float().mean()):.3f}")
+    print(
+        f"\nGPTQ output error cpu {e_cpu:.1f} gpu {e_gpu:.1f} (RTN {e_rtn:.1f}); codes differing "
+        f"{float((gq_gpu != gq_cpu).float().mean()):.3f}"
+    )
     assert abs(e_gpu - e_cpu) / e_cpu < 0.02 and e_gpu < 0.9 * e_rtn

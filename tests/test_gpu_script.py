@@ -1,6 +1,7 @@
 """The prepared GPU script (benchmarks/gpu/run.sh, docs/gpu.md) runs end to end on the CPU in its
 --dry-run mode, so it still works the day a GPU is lent; its GPU-only pieces (time boxes, the
 targets, the Markdown of GPU rows, the lrm-interp commands it runs) are checked without one."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,18 +18,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks" / "gpu"))
-import run_gpu  # noqa: E402
+import run_gpu  # noqa: E402 - importable only after the sys.path line above
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_dry")
-    env = dict(os.environ, PYTHON=sys.executable, HF_HUB_OFFLINE="1",
-               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    env = dict(
+        os.environ, PYTHON=sys.executable, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")
+    )
     env.pop("OUT", None)
     t = time.monotonic()
-    r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu" / "run.sh"), "--dry-run", "--out", str(out)],
-                       capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    r = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu" / "run.sh"), "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out, json.loads((out / "gpu_results.json").read_text()), r.stdout, time.monotonic() - t
 
@@ -84,15 +92,23 @@ def test_lrm_interp_commands_parse(tmp_path):
     from lrm_interp.cli.main import build_parser
 
     p = build_parser()
-    for cmd in (run_gpu.distill_command(tmp_path / "d", 60),
-                run_gpu.vllm_command(tmp_path / "v", sys.executable, tmp_path / "v.log"),
-                run_gpu.score_command(tmp_path / "v")):
+    for cmd in (
+        run_gpu.distill_command(tmp_path / "d", 60),
+        run_gpu.vllm_command(tmp_path / "v", sys.executable, tmp_path / "v.log"),
+        run_gpu.score_command(tmp_path / "v"),
+    ):
         p.parse_args(cmd)  # an unknown flag exits (SystemExit)
 
 
 def test_worker_time_box_and_errors(tmp_path):
-    ns = argparse.Namespace(dry_run=True, out=str(tmp_path / "out"), work=str(tmp_path / "work"), budget=60.0,
-                            reuse_worker=True, keep_work=False)
+    ns = argparse.Namespace(
+        dry_run=True,
+        out=str(tmp_path / "out"),
+        work=str(tmp_path / "work"),
+        budget=60.0,
+        reuse_worker=True,
+        keep_work=False,
+    )
     run = run_gpu.Run(ns)
     t = time.monotonic()
     r = run.job("t", "sleep", {"seconds": 60}, 2.0)
@@ -117,18 +133,37 @@ def test_gpu_rows_targets_and_markdown():
     def row(L, m, **kw):
         return {"length": L, "method": m, "status": "ok", "spans": L // 45, **kw}
 
-    rows = [row(2048, "paper", seconds=30.0), row(2048, "full", seconds=20.0),
-            row(2048, "joint", seconds=1.5, max_rel_diff_vs_full=0.3),
-            row(2048, "cached", seconds=2.0, gradient_path="prefix_cache", peak_over_weights_gib=3.1,
-                tflops_per_s=210.0, flop_utilisation=0.21, max_rel_diff_vs_full=0.01),
-            row(32768, "joint", status="OOM", reason="CUDA out of memory"),
-            row(32768, "cached", seconds=80.0, gradient_path="prefix_cache", peak_over_weights_gib=18.5,
-                cache_forced=True)]
-    res = {"dry_run": False, "started": "2026-12-06T00:00:00+00:00", "budget_s": 450, "command": "x",
-           "probe": {"devices": [{"name": "NVIDIA H100 80GB HBM3", "total_gib": 79.1, "free_gib": 78.5,
-                                  "peak_bf16_tflops": 989.4}], "packages": {}},
-           "parts": {"b": {"status": "ok", "rows": rows, "model": "m", "dtype": "bf16", "device": "cuda:0"}},
-           "skipped": []}
+    rows = [
+        row(2048, "paper", seconds=30.0),
+        row(2048, "full", seconds=20.0),
+        row(2048, "joint", seconds=1.5, max_rel_diff_vs_full=0.3),
+        row(
+            2048,
+            "cached",
+            seconds=2.0,
+            gradient_path="prefix_cache",
+            peak_over_weights_gib=3.1,
+            tflops_per_s=210.0,
+            flop_utilisation=0.21,
+            max_rel_diff_vs_full=0.01,
+        ),
+        row(32768, "joint", status="OOM", reason="CUDA out of memory"),
+        row(32768, "cached", seconds=80.0, gradient_path="prefix_cache", peak_over_weights_gib=18.5, cache_forced=True),
+    ]
+    res = {
+        "dry_run": False,
+        "started": "2026-12-06T00:00:00+00:00",
+        "budget_s": 450,
+        "command": "x",
+        "probe": {
+            "devices": [
+                {"name": "NVIDIA H100 80GB HBM3", "total_gib": 79.1, "free_gib": 78.5, "peak_bf16_tflops": 989.4}
+            ],
+            "packages": {},
+        },
+        "parts": {"b": {"status": "ok", "rows": rows, "model": "m", "dtype": "bf16", "device": "cuda:0"}},
+        "skipped": [],
+    }
     t = run_gpu.targets(res)
     assert [x["met"] for x in t] == [True, True]
     assert "18.50 GiB" in t[0]["measured"] and "15.0×" in t[1]["measured"]

@@ -1,4 +1,5 @@
 """Loss-guided GPTQ Hessians against a token-by-token reference; the model-level hessians= path."""
+
 from __future__ import annotations
 
 import copy
@@ -34,10 +35,12 @@ def test_gradient_weighted_hessians_equal_token_loop(tokenizer):
     for item in items:
         xs, ys, hs = {}, {}, []
         for s in sites:
-            def fn(mod, args, out, name=s.name):
+
+            def fn(mod, args, out, name=s.name, xs=xs, ys=ys):
                 xs[name] = args[0][0].detach().double()
                 out.retain_grad()
                 ys[name] = out
+
             hs.append(get_module(model, s.name).register_forward_hook(fn))
         for p in model.parameters():
             p.requires_grad_(True)
@@ -67,11 +70,25 @@ def test_mix_and_quantize_with_given_hessians(tokenizer):
     plain = copy.deepcopy(model)
     quantize_model_(plain, bits=3, group_size=16, method="gptq", calib=ids, progress=False)
     given = copy.deepcopy(model)  # mix = 0: the calibration Hessian, rescaled: same GPTQ result
-    quantize_model_(given, bits=3, group_size=16, method="gptq", calib=ids, hessian_transform=guided_transform(Hg, 0.0),
-                    progress=False)
+    quantize_model_(
+        given,
+        bits=3,
+        group_size=16,
+        method="gptq",
+        calib=ids,
+        hessian_transform=guided_transform(Hg, 0.0),
+        progress=False,
+    )
     guided = copy.deepcopy(model)
-    quantize_model_(guided, bits=3, group_size=16, method="gptq", calib=ids, hessian_transform=guided_transform(Hg, 0.7),
-                    progress=False)
+    quantize_model_(
+        guided,
+        bits=3,
+        group_size=16,
+        method="gptq",
+        calib=ids,
+        hessian_transform=guided_transform(Hg, 0.7),
+        progress=False,
+    )
     from lrm_interp.model.provenance import model_record
 
     assert model_record(guided).last("quantization")["hessian_transform"].startswith("guided_transform")
@@ -79,16 +96,22 @@ def test_mix_and_quantize_with_given_hessians(tokenizer):
     for s in sites:
         a, b, c = (get_module(m, s.name).weight.data for m in (plain, given, guided))
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-    assert any(not torch.allclose(get_module(plain, s.name).weight, get_module(guided, s.name).weight)
-               for s in sites)
+    assert any(not torch.allclose(get_module(plain, s.name).weight, get_module(guided, s.name).weight) for s in sites)
     m = mix_hessians(Hc, Hg, 0.25)[sites[0].name]
     torch.testing.assert_close(guided_transform(Hg, 0.25)(sites[0].name, Hc[sites[0].name]), m)
     assert float(torch.diag(m).mean()) == pytest.approx(1.0, rel=1e-5)
     with pytest.raises(ValueError, match="mix must be"):
         mix_hessians(Hc, Hg, 1.5)
     with pytest.raises(KeyError, match="no guided Hessian for site"):
-        quantize_model_(copy.deepcopy(model), bits=3, method="gptq", calib=ids,
-                        hessian_transform=guided_transform({sites[0].name: Hg[sites[0].name]}), progress=False)
+        quantize_model_(
+            copy.deepcopy(model),
+            bits=3,
+            method="gptq",
+            calib=ids,
+            hessian_transform=guided_transform({sites[0].name: Hg[sites[0].name]}),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="needs method='gptq'"):
-        quantize_model_(copy.deepcopy(model), bits=3, method="rtn", hessian_transform=guided_transform(Hg),
-                        progress=False)
+        quantize_model_(
+            copy.deepcopy(model), bits=3, method="rtn", hessian_transform=guided_transform(Hg), progress=False
+        )

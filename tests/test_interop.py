@@ -1,4 +1,5 @@
 """Our capture equals TransformerLens 4's bridge hooks and nnsight's saved values and gradients."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from lrm_interp.model.capture import Capture, FullCapture, MaskedSum
-from lrm_interp.model.interop import (boot_bridge, from_tl_cache, nnsight_grads, nnsight_outputs,
-                                tl_hook_name, tl_hook_names)
+from lrm_interp.model.interop import (
+    boot_bridge,
+    from_tl_cache,
+    nnsight_grads,
+    nnsight_outputs,
+    tl_hook_name,
+    tl_hook_names,
+)
 from lrm_interp.model.sites import find_sites
 from lrm_interp.testing import tiny_model
 
@@ -35,7 +42,9 @@ def test_tl_hook_names():
     assert tl_hook_name("transformer.h.2.mlp.c_fc") == "blocks.2.mlp.in.hook_out"
     assert tl_hook_name("transformer.h.2.attn.c_proj") == "blocks.2.attn.o.hook_out"
     assert tl_hook_names("model.layers.0.mlp.gate_up_proj") == (
-        "blocks.0.mlp.gate.hook_out", "blocks.0.mlp.in.hook_out")
+        "blocks.0.mlp.gate.hook_out",
+        "blocks.0.mlp.in.hook_out",
+    )
     with pytest.raises(KeyError, match="fused"):
         tl_hook_name("model.layers.0.self_attn.qkv_proj")
     with pytest.raises(KeyError, match="lm_head"):
@@ -64,8 +73,9 @@ def test_capture_equals_transformerlens_bridge_exactly(arch, tokenizer):
         c = model.config
         assert q.shape == (2, 9, c.num_attention_heads, c.hidden_size // c.num_attention_heads)
         assert torch.equal(q.reshape(2, 9, -1), outs["model.layers.1.self_attn.q_proj"])
-        assert torch.equal(cache[tl_hook_name("model.layers.0.mlp.down_proj", "input")],
-                           ins["model.layers.0.mlp.down_proj"])
+        assert torch.equal(
+            cache[tl_hook_name("model.layers.0.mlp.down_proj", "input")], ins["model.layers.0.mlp.down_proj"]
+        )
 
 
 def test_gpt2_bridge_matches_up_to_rounding(tokenizer):

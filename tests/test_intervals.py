@@ -10,7 +10,7 @@ def test_wilson_matches_the_closed_form_and_known_values():
     lo, hi = wilson_interval(81, 263)
     assert lo == pytest.approx(0.2553, abs=1e-4) and hi == pytest.approx(0.3662, abs=1e-4)
     lo, hi = wilson_interval(0, 10)
-    assert lo == 0.0 and hi == pytest.approx(1.96 ** 2 / (10 + 1.96 ** 2), rel=1e-12)
+    assert lo == 0.0 and hi == pytest.approx(1.96**2 / (10 + 1.96**2), rel=1e-12)
     lo, hi = wilson_interval(150, 150)
     assert hi == 1.0 and 0.97 < lo < 0.98
     # the interval narrows like 1/sqrt(n)

@@ -1,4 +1,5 @@
 """Markup parser: every deviation of real annotation files, on small inline strings."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,10 @@ import pytest
 from lrm_interp.data.markup import LABEL_ALIASES, canonical_label, parse_markup
 from lrm_interp.data.traces import BEHAVIORS
 
-CLEAN = '["initializing"]Okay, start.["end-section"]\n\n["deduction"]So x = 2.["end-section"] ["backtracking"]Wait, no.["end-section"]'
+CLEAN = (
+    '["initializing"]Okay, start.["end-section"]\n\n["deduction"]So x = 2.["end-section"] '
+    '["backtracking"]Wait, no.["end-section"]'
+)
 
 
 def labels(p):
@@ -45,8 +49,9 @@ def test_code_fence_with_preamble_reports_unlabelled_text():
 
 
 def test_numbered_labels():
-    p = parse_markup('["0. initializing"]A.["end-section"]["1. deduction"]B.["end-section"]'
-                     '["5) backtracking"]C.["end-section"]')
+    p = parse_markup(
+        '["0. initializing"]A.["end-section"]["1. deduction"]B.["end-section"]["5) backtracking"]C.["end-section"]'
+    )
     assert labels(p) == ["initializing", "deduction", "backtracking"]
     assert p.repairs == ("numbered label",)
     assert all(s.repairs == ("numbered label",) for s in p.segments)
@@ -54,11 +59,17 @@ def test_numbered_labels():
 
 
 def test_bare_numeric_tags_follow_venhoff_numbering():
-    body = "".join(f"[{k}]text {k}.[\"end-section\"] " for k in range(6))
+    body = "".join(f'[{k}]text {k}.["end-section"] ' for k in range(6))
     p = parse_markup(body)
     assert labels(p) == list(BEHAVIORS)
-    assert labels(p) == ["initializing", "deduction", "adding-knowledge", "example-testing",
-                         "uncertainty-estimation", "backtracking"]
+    assert labels(p) == [
+        "initializing",
+        "deduction",
+        "adding-knowledge",
+        "example-testing",
+        "uncertainty-estimation",
+        "backtracking",
+    ]
     assert p.repairs == ("numeric tag",) and texts(p) == [f"text {k}." for k in range(6)]
     # out of range: kept, unknown
     q = parse_markup("[1]a [7]b")
@@ -88,8 +99,10 @@ def test_missing_end_markers():
 
 
 def test_labels_sharing_one_end_marker():
-    p = parse_markup('["deduction"]So x. ["uncertainty-estimation"]Hmm, not sure.["end-section"] '
-                     '["backtracking"]Wait.["end-section"]')
+    p = parse_markup(
+        '["deduction"]So x. ["uncertainty-estimation"]Hmm, not sure.["end-section"] '
+        '["backtracking"]Wait.["end-section"]'
+    )
     assert texts(p) == ["So x.", "Hmm, not sure.", "Wait."]
     assert [s.repairs for s in p.segments] == [("implicit end",), (), ()]
     assert any("shared end marker" in n for n in p.notes)
@@ -101,10 +114,15 @@ def test_two_labels_on_one_text_gives_an_empty_reported_segment():
     assert any("empty segment [deduction]" in n for n in p.notes)
 
 
-@pytest.mark.parametrize("refusal", [
-    "I'm sorry, the reasoning chain provided is quite long and I cannot annotate it fully.",
-    "", "   \n", "Sure! Here is [some] text with brackets [a, b].",
-])
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        "I'm sorry, the reasoning chain provided is quite long and I cannot annotate it fully.",
+        "",
+        "   \n",
+        "Sure! Here is [some] text with brackets [a, b].",
+    ],
+)
 def test_refusal_rejected_with_reason(refusal):
     p = parse_markup(refusal, source="r.txt")
     assert p.status == "rejected" and p.segments == ()
@@ -117,12 +135,20 @@ def test_only_end_markers_rejected():
     assert p.status == "rejected" and "only end markers" in p.reason
 
 
-@pytest.mark.parametrize("raw,canon", [
-    ("deuction", "deduction"), ("intializing", "initializing"), ("Example-testing", "example-testing"),
-    ("certainty-estimation", "uncertainty-estimation"), ("DEDUCTION", "deduction"),
-    ("Back-Tracking", "backtracking"), ("exampe-testing", "example-testing"),
-    ("addition-knowledge", "adding-knowledge"), ("  Deuction ", "deduction"),
-])
+@pytest.mark.parametrize(
+    "raw,canon",
+    [
+        ("deuction", "deduction"),
+        ("intializing", "initializing"),
+        ("Example-testing", "example-testing"),
+        ("certainty-estimation", "uncertainty-estimation"),
+        ("DEDUCTION", "deduction"),
+        ("Back-Tracking", "backtracking"),
+        ("exampe-testing", "example-testing"),
+        ("addition-knowledge", "adding-knowledge"),
+        ("  Deuction ", "deduction"),
+    ],
+)
 def test_alias_table(raw, canon):
     assert canonical_label(raw) == (canon, ["alias"])
     p = parse_markup(f'["{raw}"]Some text.["end-section"]')

@@ -1,4 +1,5 @@
 """Markup parser, aligner and paper-layout loader against every fixture deviation."""
+
 from __future__ import annotations
 
 import json
@@ -45,15 +46,30 @@ def test_folio_variants_give_identical_spans(layout):
     for j in range(1, 6):
         assert layout[f"FOLIO/{j}"].spans == ref.spans, j
     labels = [s.behavior for s in ref.spans]
-    assert labels == ["initializing", "adding-knowledge", "deduction", "uncertainty-estimation",
-                      "example-testing", "deduction", "backtracking", "deduction", "deduction"]
+    assert labels == [
+        "initializing",
+        "adding-knowledge",
+        "deduction",
+        "uncertainty-estimation",
+        "example-testing",
+        "deduction",
+        "backtracking",
+        "deduction",
+        "deduction",
+    ]
 
 
 def test_aime_aliases_collapsed_newlines_and_repeats(layout):
     t = layout["AIME_2024/0"]
     by = [(s.behavior, t.span_text(s)) for s in t.spans]
-    assert [b for b, _ in by] == ["initializing", "example-testing", "deduction", "backtracking",
-                                  "uncertainty-estimation", "example-testing"]
+    assert [b for b, _ in by] == [
+        "initializing",
+        "example-testing",
+        "deduction",
+        "backtracking",
+        "uncertainty-estimation",
+        "example-testing",
+    ]
     long_seg = by[5][1]
     assert long_seg.startswith("Let me check 2 through 10") and long_seg.endswith("which is consistent.")
     assert "\n\n" in long_seg  # spans the blank line the annotator collapsed
@@ -66,8 +82,10 @@ def test_aime_aliases_collapsed_newlines_and_repeats(layout):
 
 def test_repeated_sentence_goes_to_the_right_occurrence():
     resp = "A. Check it. B. Check it. C."
-    parsed = parse_markup('["deduction"]A.["end-section"]["example-testing"]Check it.["end-section"]'
-                          '["deduction"]B.["end-section"]["example-testing"]Check it.["end-section"]')
+    parsed = parse_markup(
+        '["deduction"]A.["end-section"]["example-testing"]Check it.["end-section"]'
+        '["deduction"]B.["end-section"]["example-testing"]Check it.["end-section"]'
+    )
     spans, reps = align_segments(resp, parsed.segments)
     checks = [s for s in spans if s.behavior == "example-testing"]
     assert [(s.start, s.end) for s in checks] == [(3, 12), (16, 25)]
@@ -90,7 +108,7 @@ def test_long_segment_placed():
     parsed = parse_markup(f'["deduction"]{sent}["end-section"]')
     spans, reps = align_segments(resp, parsed.segments)
     assert reps[0].status == "placed"
-    assert " ".join(resp[spans[0].start:spans[0].end].split()) == sent
+    assert " ".join(resp[spans[0].start : spans[0].end].split()) == sent
 
 
 def test_fuzzy_and_not_found():
@@ -132,15 +150,27 @@ def test_prompts_and_problems(paper_layout_dir, tmp_path):
     assert "as fewer number of words" in build_prompt("musique", {"question": "Who?"})
     with pytest.raises(KeyError, match="no prompt builder"):
         build_prompt("gsm8k", {})
-    ds = load_paper_layout(paper_layout_dir, datasets=["FOLIO"],
-                           problems={"folio": [{"premises": ["All glims are blue.", "Toma is a glim."],
-                                                "conclusion": "Toma is red.", "label": "Uncertain"}]})
+    ds = load_paper_layout(
+        paper_layout_dir,
+        datasets=["FOLIO"],
+        problems={
+            "folio": [
+                {
+                    "premises": ["All glims are blue.", "Toma is a glim."],
+                    "conclusion": "Toma is red.",
+                    "label": "Uncertain",
+                }
+            ]
+        },
+    )
     t0 = ds["FOLIO/0"]
-    assert t0.prompt.endswith("Conclusion: Toma is red.\n*******<think>\n") and t0.metadata["gold_answer"] == "Uncertain"
+    assert (
+        t0.prompt.endswith("Conclusion: Toma is red.\n*******<think>\n") and t0.metadata["gold_answer"] == "Uncertain"
+    )
     assert ds["FOLIO/1"].prompt == ""
     assert any("no problem #1" in n for n in ds.report.files[1].notes)
     # spans stay on the response after the prompt is added
-    assert t0.text[t0.abs_span(t0.spans[0])[0]:].startswith("Okay, so I need")
+    assert t0.text[t0.abs_span(t0.spans[0])[0] :].startswith("Okay, so I need")
 
 
 def test_jsonl_roundtrip(layout, tmp_path):

@@ -1,4 +1,5 @@
 """ProtectionMask, index encodings, bits per weight and the masks file."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,17 @@ import pytest
 import torch
 
 from lrm_interp.model.sites import find_sites
-from lrm_interp.protect.encoding import (ENCODINGS, bits_per_weight, decode_index, encode_index, index_bits,
-                                         load_masks, mask_tensors, masks_from_tensors, save_masks)
+from lrm_interp.protect.encoding import (
+    ENCODINGS,
+    bits_per_weight,
+    decode_index,
+    encode_index,
+    index_bits,
+    load_masks,
+    mask_tensors,
+    masks_from_tensors,
+    save_masks,
+)
 from lrm_interp.protect.masks import ProtectionMask
 from lrm_interp.protect.policies import final_mlp
 from lrm_interp.testing import tiny_model
@@ -19,10 +29,12 @@ def _random_mask(out, inn, p, seed):
 
 
 def test_encodings_roundtrip_and_cost_equals_bytes():
-    pms = [ProtectionMask("a", _random_mask(37, 50, 0.03, 0)),
-           ProtectionMask.from_rows("b", (12, 9), [0, 5, 11]),
-           ProtectionMask.from_cols("c", (12, 9), [2]),
-           ProtectionMask("d", _random_mask(5, 40000, 0.01, 1))]  # columns ≥ 32768 in csr16
+    pms = [
+        ProtectionMask("a", _random_mask(37, 50, 0.03, 0)),
+        ProtectionMask.from_rows("b", (12, 9), [0, 5, 11]),
+        ProtectionMask.from_cols("c", (12, 9), [2]),
+        ProtectionMask("d", _random_mask(5, 40000, 0.01, 1)),
+    ]  # columns ≥ 32768 in csr16
     for pm in pms:
         for enc in ENCODINGS:
             try:
@@ -66,7 +78,8 @@ def test_bits_per_weight_by_hand():
     assert bits_per_weight({}, sites, bits=3, group_size=32)["bpw"] == 3 + 32 / 32
     assert bits_per_weight({}, sites, bits=3, group_size=32, symmetric=True)["bpw"] == 3 + 16 / 32
     assert bits_per_weight({}, sites, bits=4, group_size=None)["bpw"] == pytest.approx(
-        4 + 32 * sum(s.out_features for s in sites) / n)
+        4 + 32 * sum(s.out_features for s in sites) / n
+    )
     m = torch.zeros(128, 64, dtype=torch.bool)
     m[0, :10] = True
     one = {"model.layers.0.mlp.up_proj": ProtectionMask("model.layers.0.mlp.up_proj", m)}
@@ -92,15 +105,17 @@ def test_mask_constructor_checks():
 
 
 def test_save_load_roundtrip(tmp_path):
-    masks = {"model.layers.0.self_attn.q_proj": ProtectionMask("model.layers.0.self_attn.q_proj",
-                                                               _random_mask(64, 64, 0.02, 3)),
-             "model.layers.0.mlp.up_proj": ProtectionMask.from_rows("model.layers.0.mlp.up_proj", (128, 64), [3, 9]),
-             "model.layers.0.mlp.down_proj": ProtectionMask.from_cols("model.layers.0.mlp.down_proj", (64, 128), [0]),
-             "model.layers.1.mlp.up_proj": ProtectionMask.full("model.layers.1.mlp.up_proj", (128, 64)),
-             "model.layers.1.mlp.down_proj": ProtectionMask.from_indices("model.layers.1.mlp.down_proj", (64, 128), [])}
+    masks = {
+        "model.layers.0.self_attn.q_proj": ProtectionMask(
+            "model.layers.0.self_attn.q_proj", _random_mask(64, 64, 0.02, 3)
+        ),
+        "model.layers.0.mlp.up_proj": ProtectionMask.from_rows("model.layers.0.mlp.up_proj", (128, 64), [3, 9]),
+        "model.layers.0.mlp.down_proj": ProtectionMask.from_cols("model.layers.0.mlp.down_proj", (64, 128), [0]),
+        "model.layers.1.mlp.up_proj": ProtectionMask.full("model.layers.1.mlp.up_proj", (128, 64)),
+        "model.layers.1.mlp.down_proj": ProtectionMask.from_indices("model.layers.1.mlp.down_proj", (64, 128), []),
+    }
     for enc in ("auto", "bitmask", "csr16", "coo32", "gaps"):
-        p = save_masks(masks, tmp_path / f"m_{enc}.safetensors", metadata={"budget": 0.02, "enc": enc},
-                       encoding=enc)
+        p = save_masks(masks, tmp_path / f"m_{enc}.safetensors", metadata={"budget": 0.02, "enc": enc}, encoding=enc)
         back, meta = load_masks(p)
         assert meta == {"budget": 0.02, "enc": enc}
         assert list(back) == list(masks)
@@ -113,16 +128,17 @@ def test_save_load_roundtrip(tmp_path):
         load_masks(tmp_path / "bad.safetensors")
     with pytest.raises(FileNotFoundError):
         load_masks(tmp_path / "missing.safetensors")
-    assert math.isclose(sum(m.n_protected for m in back.values()),
-                        sum(m.n_protected for m in masks.values()))
+    assert math.isclose(sum(m.n_protected for m in back.values()), sum(m.n_protected for m in masks.values()))
 
 
 def test_mask_tensors_are_the_file_and_v1_files_still_load(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    masks = {"a.q": ProtectionMask("a.q", _random_mask(20, 30, 0.05, 7)),
-             "a.r": ProtectionMask.from_rows("a.r", (60, 40), [1, 4]),
-             "a.f": ProtectionMask.full("a.f", (3, 3))}
+    masks = {
+        "a.q": ProtectionMask("a.q", _random_mask(20, 30, 0.05, 7)),
+        "a.r": ProtectionMask.from_rows("a.r", (60, 40), [1, 4]),
+        "a.f": ProtectionMask.full("a.f", (3, 3)),
+    }
     tensors, info = mask_tensors(masks, encoding="auto")
     assert all(k.count("::") == 1 and k.split("::")[0] in masks for k in tensors)
     assert info["a.r"] == {"shape": [60, 40], "granularity": "rows", "encoding": "lines32"}
@@ -140,8 +156,14 @@ def test_mask_tensors_are_the_file_and_v1_files_still_load(tmp_path):
 
     m = masks["a.q"]
     _, parts = encode_index(m, "csr16")
-    save_file({"a.q.rowptr": parts["rowptr"], "a.q.cols": parts["cols"]}, str(tmp_path / "v1.safetensors"),
-              metadata={"format": "lrm_interp.masks/1", "extra": json.dumps({"b": 1}),
-                        "sites": json.dumps({"a.q": {"shape": [20, 30], "granularity": "elements"}})})
+    save_file(
+        {"a.q.rowptr": parts["rowptr"], "a.q.cols": parts["cols"]},
+        str(tmp_path / "v1.safetensors"),
+        metadata={
+            "format": "lrm_interp.masks/1",
+            "extra": json.dumps({"b": 1}),
+            "sites": json.dumps({"a.q": {"shape": [20, 30], "granularity": "elements"}}),
+        },
+    )
     v1, extra = load_masks(tmp_path / "v1.safetensors")
     assert v1["a.q"] == m and extra == {"b": 1}

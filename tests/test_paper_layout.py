@@ -1,4 +1,5 @@
 """Paper-layout loader on the fixture files: accounting, exact spans, prompts, JSONL round trip."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,17 @@ from lrm_interp.data.paper_layout import ParseReport, load_paper_layout
 from lrm_interp.data.prompts import build_prompt, canonical_dataset, gold_answer
 from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset
 
-FOLIO_LABELS = ["initializing", "adding-knowledge", "deduction", "uncertainty-estimation", "example-testing",
-                "deduction", "backtracking", "deduction", "deduction"]
+FOLIO_LABELS = [
+    "initializing",
+    "adding-knowledge",
+    "deduction",
+    "uncertainty-estimation",
+    "example-testing",
+    "deduction",
+    "backtracking",
+    "deduction",
+    "deduction",
+]
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +91,24 @@ def test_folio_spans_equal_first_index_of_each_segment(layout):
 def test_aime_aliases_collapsed_newlines_and_repeated_sentence(layout):
     t = layout["AIME_2024/0"]
     r = t.response
-    assert [s.behavior for s in t.spans] == ["initializing", "example-testing", "deduction", "backtracking",
-                                             "uncertainty-estimation", "example-testing"]
+    assert [s.behavior for s in t.spans] == [
+        "initializing",
+        "example-testing",
+        "deduction",
+        "backtracking",
+        "uncertainty-estimation",
+        "example-testing",
+    ]
     reps = layout.report.file("AIME_2024/0").segments
-    assert [x.raw_label for x in reps] == ["Initializing", "example-testing", "deuction", "backtracking",
-                                           "certainty-estimation", "Example-testing", "verification"]
+    assert [x.raw_label for x in reps] == [
+        "Initializing",
+        "example-testing",
+        "deuction",
+        "backtracking",
+        "certainty-estimation",
+        "Example-testing",
+        "verification",
+    ]
     for s, rep in zip(t.spans[:5], reps[:5]):
         assert (s.start, s.end) == (r.index(rep.text), r.index(rep.text) + len(rep.text))
     long = t.spans[5]
@@ -103,8 +126,9 @@ def test_aime_aliases_collapsed_newlines_and_repeated_sentence(layout):
 
 
 def test_extended_alias_table_places_invented_label_at_right_occurrence(paper_layout_dir):
-    ds = load_paper_layout(paper_layout_dir, datasets=["aime"], aliases={"verification": "example-testing"},
-                           progress=False)
+    ds = load_paper_layout(
+        paper_layout_dir, datasets=["aime"], aliases={"verification": "example-testing"}, progress=False
+    )
     t = ds["AIME_2024/0"]
     last = t.response.rindex("So the smallest n is 11.")
     assert (t.spans[-1].behavior, t.spans[-1].start) == ("example-testing", last)
@@ -119,10 +143,12 @@ def test_labels_filter(paper_layout_dir):
 
 def test_prompt_never_receives_spans(paper_layout_dir):
     # a prompt containing sentences of the response: spans stay on the response
-    problem = {"premises": "All glims are blue. Toma is a glim.", "conclusion": "So Toma is blue.",
-               "label": "Uncertain"}
-    ds = load_paper_layout(paper_layout_dir, datasets=["folio"], problems={"FOLIO": [problem] * 6},
-                           progress=False)
+    problem = {
+        "premises": "All glims are blue. Toma is a glim.",
+        "conclusion": "So Toma is blue.",
+        "label": "Uncertain",
+    }
+    ds = load_paper_layout(paper_layout_dir, datasets=["folio"], problems={"FOLIO": [problem] * 6}, progress=False)
     plain = load_paper_layout(paper_layout_dir, datasets=["FOLIO"], progress=False)
     for t, u in zip(ds, plain):
         assert t.prompt == build_prompt("FOLIO", problem) and "All glims are blue." in t.prompt
@@ -137,9 +163,11 @@ def test_problems_file_under_root_and_missing_prompt_reported(paper_layout_dir, 
     shutil.copytree(paper_layout_dir, root)
     (root / "problems").mkdir()
     (root / "problems" / "AIME_2024.jsonl").write_text(
-        json.dumps({"Problem": "Find the smallest n with n^2 ending in 21.", "Answer": 11}) + "\n")
+        json.dumps({"Problem": "Find the smallest n with n^2 ending in 21.", "Answer": 11}) + "\n"
+    )
     (root / "problems" / "temporal_sequences.json").write_text(
-        json.dumps({"examples": [{"input": "Today, Ann woke up at 5am.", "target": "(B)"}]}))
+        json.dumps({"examples": [{"input": "Today, Ann woke up at 5am.", "target": "(B)"}]})
+    )
     ds = load_paper_layout(root, progress=False)
     aime = ds["AIME_2024/0"]
     assert aime.prompt == "Find the smallest n with n^2 ending in 21.\n<think>\n"
@@ -152,8 +180,9 @@ def test_problems_file_under_root_and_missing_prompt_reported(paper_layout_dir, 
         assert any(n.startswith("no problem data") for n in ds.report.file(f"FOLIO/{j}").notes)
     assert ds.report.counts()["files_without_prompt"] == 6
     # more traces than problems: reported per trace
-    ds2 = load_paper_layout(root, datasets=["FOLIO"], problems={"folio": [{"premises": "P.", "conclusion": "C."}]},
-                            progress=False)
+    ds2 = load_paper_layout(
+        root, datasets=["FOLIO"], problems={"folio": [{"premises": "P.", "conclusion": "C."}]}, progress=False
+    )
     assert ds2["FOLIO/0"].prompt != "" and ds2["FOLIO/1"].prompt == ""
     assert any("no problem #1" in n for n in ds2.report.file("FOLIO/1").notes)
     # a bad problems file names file and line
@@ -213,16 +242,25 @@ def test_prompt_builders_and_registry():
     assert build_prompt("FOLIO", {"premises": "A.\nB.", "conclusion": "C."}) == (
         "Use logical deductions to determine whether the provided conclusion is true, false, or uncertain "
         "based on premise. Consider all relevant information to reach a logical conclusion.\n\n*******\n"
-        "Premise: A.\nB.\n*******\n\n*******\nConclusion: C.\n*******<think>\n")
-    assert build_prompt("folio", {"premises": ["A.", "B."], "conclusion": "C."}) == \
-        build_prompt("FOLIO", {"premises": "A.\nB.", "conclusion": "C."})
+        "Premise: A.\nB.\n*******\n\n*******\nConclusion: C.\n*******<think>\n"
+    )
+    assert build_prompt("folio", {"premises": ["A.", "B."], "conclusion": "C."}) == build_prompt(
+        "FOLIO", {"premises": "A.\nB.", "conclusion": "C."}
+    )
     assert build_prompt("temporal_sequences", {"input": "Q?"}) == (
         "Use the timeline provided and answer step by step. Finally give the index (the letter) of the "
-        "actual correct answer.\nQ?\n<think>\n")
+        "actual correct answer.\nQ?\n<think>\n"
+    )
     assert build_prompt("MuSiQue100", {"question": "Who?"}) == (
-        "Who? Final answer of this question should be in as fewer number of words as possible.\n<think>\n")
-    assert [canonical_dataset(n) for n in ("AIME_2024", "Temporal_Sequences", "musique", "folio", "gsm8k")] == \
-        ["aime", "temporal", "musique", "folio", None]
+        "Who? Final answer of this question should be in as fewer number of words as possible.\n<think>\n"
+    )
+    assert [canonical_dataset(n) for n in ("AIME_2024", "Temporal_Sequences", "musique", "folio", "gsm8k")] == [
+        "aime",
+        "temporal",
+        "musique",
+        "folio",
+        None,
+    ]
     with pytest.raises(KeyError, match="no prompt builder"):
         build_prompt("gsm8k", {})
     with pytest.raises(KeyError, match="premises"):

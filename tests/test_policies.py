@@ -1,4 +1,5 @@
 """Protection policies: exact budgets against brute force, ties, rows/cols, module policies, regexes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,7 +33,7 @@ def brute_top(items, k):
     sel[torch.from_numpy(ids)] = True
     out, off = {}, 0
     for s, t in items:
-        out[s.name] = sel[off:off + t.numel()].view(t.shape)
+        out[s.name] = sel[off : off + t.numel()].view(t.shape)
         off += t.numel()
     return out
 
@@ -77,7 +78,7 @@ def test_per_module_rows_cols_and_bad_saliency():
     rows = global_top(items, 0.1, granularity="rows")  # 120 weights: greedy rows of 30 / 20
     tot = sum(m.n_protected for m in rows.values())
     assert tot <= 120 and tot >= 120 - 30
-    for s, t in items:
+    for s, _t in items:
         m = rows[s.name]
         assert m.granularity == "rows"
         d = m.dense()
@@ -107,28 +108,41 @@ def test_module_policies_and_regexes():
     forced = modules_by_score(sites, scores, 0.0, always=r"layers\.0\.self_attn\.q_proj")
     assert list(forced) == ["model.layers.0.self_attn.q_proj"]
     # always-modules count against a global budget; never-modules receive nothing
-    sal = [(s, torch.rand(s.out_features, s.in_features, generator=torch.Generator().manual_seed(i)))
-           for i, s in enumerate(sites)]
-    gm = build_masks(sites, "global_top", 0.1, saliency=sal, always=r"layers\.0\.self_attn\.k_proj",
-                     never=r"layers\.1\.")
+    sal = [
+        (s, torch.rand(s.out_features, s.in_features, generator=torch.Generator().manual_seed(i)))
+        for i, s in enumerate(sites)
+    ]
+    gm = build_masks(
+        sites, "global_top", 0.1, saliency=sal, always=r"layers\.0\.self_attn\.k_proj", never=r"layers\.1\."
+    )
     assert sum(m.n_protected for m in gm.values()) == round(0.1 * n)
     assert gm["model.layers.0.self_attn.k_proj"].is_full
     assert not any(s.name in gm for s in sites if s.layer == 1)
 
 
 def test_final_mlp_other_families():
-    assert sorted(final_mlp(find_sites(tiny_model("gpt2", seed=0)))) == ["transformer.h.1.mlp.c_fc",
-                                                                         "transformer.h.1.mlp.c_proj"]
-    assert sorted(final_mlp(find_sites(tiny_model("phi3", seed=0)))) == ["model.layers.1.mlp.down_proj",
-                                                                         "model.layers.1.mlp.gate_up_proj"]
+    assert sorted(final_mlp(find_sites(tiny_model("gpt2", seed=0)))) == [
+        "transformer.h.1.mlp.c_fc",
+        "transformer.h.1.mlp.c_proj",
+    ]
+    assert sorted(final_mlp(find_sites(tiny_model("phi3", seed=0)))) == [
+        "model.layers.1.mlp.down_proj",
+        "model.layers.1.mlp.gate_up_proj",
+    ]
 
 
 def test_paper_final_mlp_budget_for_llama8b_shapes():
     """Llama-3.1-8B linears (32 layers): final MLP = 2.52 % of linear weights (2.19 % of all
     8.03 B parameters incl. embeddings, the paper's figure); 3-bit g128 with it in FP16."""
-    shapes = {"self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (1024, 4096), "self_attn.v_proj": (1024, 4096),
-              "self_attn.o_proj": (4096, 4096), "mlp.gate_proj": (14336, 4096), "mlp.up_proj": (14336, 4096),
-              "mlp.down_proj": (4096, 14336)}
+    shapes = {
+        "self_attn.q_proj": (4096, 4096),
+        "self_attn.k_proj": (1024, 4096),
+        "self_attn.v_proj": (1024, 4096),
+        "self_attn.o_proj": (4096, 4096),
+        "mlp.gate_proj": (14336, 4096),
+        "mlp.up_proj": (14336, 4096),
+        "mlp.down_proj": (4096, 14336),
+    }
     sites = [_site(f"model.layers.{i}.{k}", *v) for i in range(32) for k, v in shapes.items()]
     n = sum(s.n_weights for s in sites)
     fm = final_mlp(sites)
@@ -158,7 +172,8 @@ def test_module_scores_come_from_the_attribution_result():
             used += sites[j].n_weights
     assert sorted(modules_by_score(sites, attr, 0.3)) == sorted(expect)
     assert list(modules_by_score(sites, attr, 0.3, behavior="deduction")) != list(
-        modules_by_score(sites, attr, 0.3, behavior="backtracking"))  # the behaviour's own RI is used
+        modules_by_score(sites, attr, 0.3, behavior="backtracking")
+    )  # the behaviour's own RI is used
     with pytest.raises(TypeError, match="mapping site -> score or an Attribution"):
         modules_by_score(sites, [1.0, 2.0], 0.3)
 

@@ -1,10 +1,12 @@
 """Prefix-cached exact attribution equals the full-prefix path (per-span dots and scores), on every
 fixture architecture, with gradient checkpointing, under bf16 autocast, and with off_by_one; models
 that cannot use it fall back to the full prefix and say why."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from synth import synthetic_traces
 
 import lrm_interp
 from lrm_interp.attribution.atp import atp_trace_stats, window_start
@@ -13,8 +15,6 @@ from lrm_interp.data.tokens import encode_trace
 from lrm_interp.model.prefix_cache import cache_support, trace_cache, window_cache
 from lrm_interp.model.sites import find_sites
 from lrm_interp.testing import TINY_ARCHS, byte_tokenizer, tiny_model
-
-from synth import synthetic_traces
 
 BEHS = ["backtracking", "uncertainty-estimation", "example-testing", "adding-knowledge"]
 

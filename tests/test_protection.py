@@ -1,4 +1,5 @@
 """Masks, mask-aware RTN and GPTQ, saliency, exports."""
+
 from __future__ import annotations
 
 import copy
@@ -7,22 +8,22 @@ import math
 import pytest
 import torch
 
-from lrm_interp.protect import exports
-from lrm_interp.protect.encoding import bits_per_weight, index_bits, load_masks, save_masks
-from lrm_interp.protect.masks import ProtectionMask
-from lrm_interp.protect.policies import final_mlp, global_top, modules_by_score, per_module_top
 from lrm_interp.compress.calibration import collect_hessians
 from lrm_interp.compress.quant import quantize_model_, rtn_quantize
 from lrm_interp.compress.quant.gptq import gptq_quantize
-from lrm_interp.protect import saliency as sal
 from lrm_interp.model.sites import find_sites, get_module
+from lrm_interp.protect import exports
+from lrm_interp.protect import saliency as sal
+from lrm_interp.protect.encoding import bits_per_weight, index_bits, load_masks, save_masks
+from lrm_interp.protect.masks import ProtectionMask
+from lrm_interp.protect.policies import final_mlp, global_top, modules_by_score, per_module_top
 from lrm_interp.testing import tiny_model
 
 
 def naive_rtn(W, bits, group_size, mask=None):
     """Reference: python loops over rows and groups."""
     out = W.clone().float()
-    maxq = 2 ** bits - 1
+    maxq = 2**bits - 1
     for r in range(W.shape[0]):
         for g0 in range(0, W.shape[1], group_size):
             idx = [c for c in range(g0, min(g0 + group_size, W.shape[1])) if mask is None or not mask[r, c]]
@@ -46,7 +47,7 @@ def test_rtn_matches_naive_and_keeps_protected_exact():
         fast = rtn_quantize(W, bits, group_size=16, mask=mask)
         torch.testing.assert_close(fast, naive_rtn(W, bits, 16, mask), rtol=1e-5, atol=1e-6)
         assert torch.equal(fast[mask], W[mask])
-        assert len(torch.unique(fast[0, :16][~mask[0, :16]])) <= 2 ** bits
+        assert len(torch.unique(fast[0, :16][~mask[0, :16]])) <= 2**bits
 
 
 def naive_gptq(W, H, bits, group_size, mask, percdamp=0.01):
@@ -60,14 +61,14 @@ def naive_gptq(W, H, bits, group_size, mask, percdamp=0.01):
     Q = torch.zeros_like(Wc)
     for c in range(W.shape[1]):
         if c % group_size == 0:
-            p = fit_params(Wc[:, c:c + group_size].float(), bits, group_size=None, mask=mask[:, c:c + group_size])
+            p = fit_params(Wc[:, c : c + group_size].float(), bits, group_size=None, mask=mask[:, c : c + group_size])
         s, z = p.scale[:, 0].double(), p.zero[:, 0].double()
         q = (torch.clamp(torch.round(Wc[:, c] / s) + z, 0, p.maxq) - z) * s
         q = torch.where(mask[:, c], W0[:, c], q)
         Q[:, c] = q
         err = torch.where(mask[:, c], torch.zeros_like(q), (Wc[:, c] - q) / U[c, c])
-        Wc[:, c + 1:] -= err[:, None] * U[c, c + 1:][None, :]
-        Wc[:, c + 1:] = torch.where(mask[:, c + 1:], W0[:, c + 1:], Wc[:, c + 1:])
+        Wc[:, c + 1 :] -= err[:, None] * U[c, c + 1 :][None, :]
+        Wc[:, c + 1 :] = torch.where(mask[:, c + 1 :], W0[:, c + 1 :], Wc[:, c + 1 :])
     return Q
 
 
@@ -98,7 +99,10 @@ def test_gptq_reduces_output_error_vs_rtn(calib_model):
     for s in sites:
         W = get_module(model, s.name).weight.data
         H = Hs[s.name]
-        err = lambda Wq: float(torch.trace((W - Wq) @ H @ (W - Wq).T))  # ∝ ‖X Wᵀ − X Ŵᵀ‖²
+
+        def err(Wq, W=W, H=H):  # ∝ ‖X Wᵀ − X Ŵᵀ‖²
+            return float(torch.trace((W - Wq) @ H @ (W - Wq).T))
+
         e_g, e_r = err(gptq_quantize(W, H, 3, group_size=32)), err(rtn_quantize(W, 3, group_size=32))
         better += e_g < e_r
     assert better == len(sites)
@@ -135,7 +139,7 @@ def test_global_top_exact_budget_and_ties(tiny_llama):
     flat = [(s, torch.ones(s.out_features, s.in_features)) for s in sites]
     tie = global_top(flat, 0.01)
     first = tie[sites[0].name].dense().flatten()
-    assert first[: round(0.01 * n)].all() and not first[round(0.01 * n):].any()
+    assert first[: round(0.01 * n)].all() and not first[round(0.01 * n) :].any()
     pm = per_module_top(sal.magnitude(tiny_llama, sites), 0.05)
     assert all(m.n_protected == round(0.05 * s.n_weights) for s, m in zip(sites, pm.values()))
 
@@ -183,7 +187,7 @@ def test_masks_roundtrip(tmp_path, tiny_llama):
     for k in masks:
         assert torch.equal(back[k].dense(), masks[k].dense()) and back[k].granularity == masks[k].granularity
     (tmp_path / "bad.safetensors").write_bytes(b"nope")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         load_masks(tmp_path / "bad.safetensors")
 
 
@@ -200,9 +204,9 @@ def test_saliency_kinds(calib_model):
 
 
 def test_attribution_saliency_uses_behaviour_gradients(tokenizer):
-    from lrm_interp.data.tokens import encode_trace
-
     from synth import synthetic_traces
+
+    from lrm_interp.data.tokens import encode_trace
 
     model = tiny_model("llama")
     sites = find_sites(model)
@@ -215,14 +219,18 @@ def test_attribution_saliency_uses_behaviour_gradients(tokenizer):
     for e in enc:
         for sp in e.spans_of("backtracking"):
             model.zero_grad()
-            logits = model(input_ids=e.input_ids[None, :sp.end]).logits[0]
-            F.cross_entropy(logits[sp.start - 1:sp.end - 1], e.input_ids[sp.start:sp.end]).backward()
+            logits = model(input_ids=e.input_ids[None, : sp.end]).logits[0]
+            F.cross_entropy(logits[sp.start - 1 : sp.end - 1], e.input_ids[sp.start : sp.end]).backward()
             for s in sites:
                 ref[s.name] += get_module(model, s.name).weight.grad.abs()
     for s in sites:
         torch.testing.assert_close(G[s.name], ref[s.name], rtol=1e-4, atol=1e-7)
-    out = dict((s.name, v) for s, v in sal.attribution(model, sites, enc, ["backtracking"], bits=3, group_size=32,
-                                                       module_importance={sites[0].name: 0.5}))
+    out = dict(
+        (s.name, v)
+        for s, v in sal.attribution(
+            model, sites, enc, ["backtracking"], bits=3, group_size=32, module_importance={sites[0].name: 0.5}
+        )
+    )
     assert out[sites[1].name].abs().sum() == 0 and out[sites[0].name].mean() == pytest.approx(0.5, rel=1e-5)
 
 
@@ -231,11 +239,17 @@ def test_exports(tiny_llama, tmp_path):
     masks = final_mlp(sites)
     masks.update(global_top(sal.magnitude(tiny_llama, sites[:2]), 0.02))  # element-level: not exported
     with pytest.warns(UserWarning, match="2 sites with partial masks"):
-        assert exports.llmcompressor_ignore(masks) == ["lm_head", "model.layers.1.mlp.gate_proj",
-                                                       "model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"]
+        assert exports.llmcompressor_ignore(masks) == [
+            "lm_head",
+            "model.layers.1.mlp.gate_proj",
+            "model.layers.1.mlp.up_proj",
+            "model.layers.1.mlp.down_proj",
+        ]
         assert exports.gptqmodel_dynamic(masks) == {
-            r"-:^model\.layers\.1\.mlp\.gate_proj$": {}, r"-:^model\.layers\.1\.mlp\.up_proj$": {},
-            r"-:^model\.layers\.1\.mlp\.down_proj$": {}}
+            r"-:^model\.layers\.1\.mlp\.gate_proj$": {},
+            r"-:^model\.layers\.1\.mlp\.up_proj$": {},
+            r"-:^model\.layers\.1\.mlp\.down_proj$": {},
+        }
         assert exports.modules_to_not_convert(masks, keep_lm_head=False) == exports.full_modules(masks)
         recipe = exports.llmcompressor_recipe(masks)
         assert "GPTQModifier:" in recipe and '- "model.layers.1.mlp.up_proj"' in recipe

@@ -1,4 +1,5 @@
 """The resumable protection experiment on the shipped toy reasoner (tiny settings)."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ def test_rows_files_and_resume(tmp_path, monkeypatch):
     assert [r.label for r in table.rows] == ["fp", "none", "2% magnitude", "mixed precision by none", "plain 4-bit"]
     model, _ = load_toy_model()
     sites = find_sites(model)
-    mag_bpw = bits_per_weight(global_top(magnitude(model, sites), 0.02), sites, bits=3, group_size=128,
-                              symmetric=True)["bpw"]
+    mag_bpw = bits_per_weight(global_top(magnitude(model, sites), 0.02), sites, bits=3, group_size=128, symmetric=True)[
+        "bpw"
+    ]
     r = table.row("2% magnitude")
     assert r.bpw == pytest.approx(mag_bpw) and r.n == 3 and r.mean == r.correct / 3
     assert r.ci == pytest.approx(wilson_interval(r.correct, 3))
@@ -44,6 +46,7 @@ def test_rows_files_and_resume(tmp_path, monkeypatch):
 
     def fail(*a, **k):
         raise AssertionError("a finished row was measured again")
+
     monkeypatch.setattr(pt, "_measure", fail)  # resume: nothing left to measure
     again = pt.run_protection_experiment(out, only=["magnitude", "by none", "plain"], progress=False, **SMALL)
     assert again.rows == table.rows
@@ -60,8 +63,12 @@ def test_rows_files_and_resume(tmp_path, monkeypatch):
 def test_plan_lists_every_row_once():
     model, tok = load_toy_model()
     rtn = [p.label for p in ProtectionPlanner(model, tok, ExperimentSettings(**SMALL)).rows]
-    gptq = [p.label for p in ProtectionPlanner(model, tok, ExperimentSettings(**{**SMALL, "quantizer": "gptq",
-                                                                                 "random_seeds": (0, 1, 2)})).rows]
+    gptq = [
+        p.label
+        for p in ProtectionPlanner(
+            model, tok, ExperimentSettings(**{**SMALL, "quantizer": "gptq", "random_seeds": (0, 1, 2)})
+        ).rows
+    ]
     assert len(set(rtn)) == len(rtn) and len(set(gptq)) == len(gptq)
     assert "2% attribution × GPTQ error (behaviour spans)" in gptq and not any("GPTQ error (beh" in x for x in rtn)
     assert sum("random (seed" in x for x in gptq) == 3 and any(x.startswith("behaviour-guided GPTQ") for x in gptq)
@@ -78,12 +85,18 @@ def test_planner_is_lazy_caches_and_shares_across_quantizers(monkeypatch):
     model, tok = load_toy_model()
     planner = ProtectionPlanner(model, tok, ExperimentSettings(**SMALL), progress=False)
     assert [r.label for r in planner.select(["magnitude", "by none"])] == [
-        "fp", "none", "2% magnitude", "mixed precision by none"]
+        "fp",
+        "none",
+        "2% magnitude",
+        "mixed precision by none",
+    ]
     assert "ProtectionPlanner(toy, RTN 3-bit, symmetric" in repr(planner)
     assert not {"calib", "attribution", "encoded"} & set(vars(planner))  # nothing computed by planning
     calls = []
     real = prot.build_saliency
-    monkeypatch.setattr(prot, "build_saliency", lambda name, *a, **k: calls.append((name, sorted(k))) or real(name, *a, **k))
+    monkeypatch.setattr(
+        prot, "build_saliency", lambda name, *a, **k: calls.append((name, sorted(k))) or real(name, *a, **k)
+    )
     mag = planner.masks("magnitude")
     assert planner.masks("magnitude") is mag and len(calls) == 1  # once per planner
     assert not {"calib", "attribution", "encoded"} & set(calls[0][1])  # magnitude needs none of the inputs
@@ -113,8 +126,21 @@ def test_cli_grid_flags_and_a_folder_of_the_other_grid(tmp_path, capsys):
     from lrm_interp.cli.main import main
 
     out = tmp_path / "sym"
-    base = ["experiment", "protection", "--per-family", "1", "--attribution-traces", "1", "--random-seeds", "0",
-            "--only", "no row has this label", "--quiet", "--out", str(out)]
+    base = [
+        "experiment",
+        "protection",
+        "--per-family",
+        "1",
+        "--attribution-traces",
+        "1",
+        "--random-seeds",
+        "0",
+        "--only",
+        "no row has this label",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main(base + ["--symmetric"]) == 0
     assert json.loads((out / "settings.json").read_text())["settings"]["symmetric"] is True
     capsys.readouterr()

@@ -1,5 +1,6 @@
 """SparseGPT against its slow reference, its sparsity patterns, protection, and its point:
 lower reconstruction error than magnitude pruning at the same sparsity; the model-level driver."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,9 @@ def _problem(out=12, inn=32, n=200, seed=0):
     return W, X, 2 * X.T @ X / n
 
 
-@pytest.mark.parametrize("kw", [dict(sparsity=0.5, blocksize=8), dict(sparsity=0.3, blocksize=32),
-                                dict(prunen=2, prunem=4, blocksize=8)])
+@pytest.mark.parametrize(
+    "kw", [dict(sparsity=0.5, blocksize=8), dict(sparsity=0.3, blocksize=32), dict(prunen=2, prunem=4, blocksize=8)]
+)
 def test_matches_slow_reference(kw):
     W, X, H = _problem()
     fast = sparsegpt_prune(W, H, **kw)
@@ -103,6 +105,7 @@ def test_non_contiguous_weight_gpt2_layout():
     Wt = W.T.contiguous().T  # same values, column-major strides
     assert not Wt.is_contiguous()
     torch.testing.assert_close(sparsegpt_prune(Wt, H, 0.5, blocksize=8), sparsegpt_prune(W, H, 0.5, blocksize=8))
-    rep = prune_model_(tiny_model("gpt2", seed=0), "sparsegpt", 0.5, calib=torch.randint(0, 256, (2, 16)),
-                       progress=False)
+    rep = prune_model_(
+        tiny_model("gpt2", seed=0), "sparsegpt", 0.5, calib=torch.randint(0, 256, (2, 16)), progress=False
+    )
     assert rep.achieved == pytest.approx(0.5, abs=0.01)

@@ -1,4 +1,5 @@
 """Wanda against a row-by-row reference; its norms from the shared Hessians; the driver."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,9 @@ def _wx(seed=0, out=10, inn=24, n=50):
     return torch.randn(out, inn, generator=g), torch.randn(n, inn, generator=g) * torch.linspace(0.1, 3, inn)
 
 
-@pytest.mark.parametrize("kw", [dict(sparsity=0.5), dict(sparsity=0.3), dict(prunen=2, prunem=4),
-                                dict(prunen=1, prunem=3)])
+@pytest.mark.parametrize(
+    "kw", [dict(sparsity=0.5), dict(sparsity=0.3), dict(prunen=2, prunem=4), dict(prunen=1, prunem=3)]
+)
 def test_matches_reference(kw):
     W, X = _wx()
     norms = X.norm(dim=0)

@@ -5,6 +5,7 @@ No private name (``from lrm_interp.x import _y``, ``import lrm_interp._io``, ``l
 (the source of every notebook), and a name the public API exports (``lrm_interp.__all__``) is
 taken from ``lrm_interp`` itself, not from the module that defines it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -51,8 +52,11 @@ def private_refs(source: str) -> list[str]:
     out = []
     for node in ast.walk(ast.parse(_code(source))):
         if isinstance(node, ast.Import):
-            out += [a.name for a in node.names
-                    if a.name.split(".")[0] == "lrm_interp" and any(map(_private, a.name.split(".")))]
+            out += [
+                a.name
+                for a in node.names
+                if a.name.split(".")[0] == "lrm_interp" and any(map(_private, a.name.split(".")))
+            ]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "lrm_interp":
             if any(map(_private, node.module.split("."))):
                 out.append(node.module)
@@ -92,27 +96,38 @@ def user_sources() -> list[tuple[str, str]]:
 
 
 def test_the_checks_see_every_form():
-    src = ("%matplotlib inline\n"
-           "import lrm_interp._io\n"
-           "import lrm_interp.protect.masks\n"
-           "from lrm_interp._io import atomic_write_text\n"
-           "from lrm_interp.protect.saliency import _stream, magnitude\n"
-           "from lrm_interp import __version__, _LAZY\n"
-           "lrm_interp.attribution._private.f()\n"
-           "m = importlib.import_module('lrm_interp._io')\n"
-           "from lrm_interp.compress.quant import quantize_model_\n"
-           "from lrm_interp import build_masks\n")
-    assert private_refs(src) == ["lrm_interp._LAZY", "lrm_interp._io", "lrm_interp.attribution._private",
-                                 "lrm_interp.attribution._private.f", "lrm_interp.protect.saliency._stream"]
-    assert sorted(deep_public_imports(src)) == ["lrm_interp._io.atomic_write_text",
-                                                "lrm_interp.compress.quant.quantize_model_"]
+    src = (
+        "%matplotlib inline\n"
+        "import lrm_interp._io\n"
+        "import lrm_interp.protect.masks\n"
+        "from lrm_interp._io import atomic_write_text\n"
+        "from lrm_interp.protect.saliency import _stream, magnitude\n"
+        "from lrm_interp import __version__, _LAZY\n"
+        "lrm_interp.attribution._private.f()\n"
+        "m = importlib.import_module('lrm_interp._io')\n"
+        "from lrm_interp.compress.quant import quantize_model_\n"
+        "from lrm_interp import build_masks\n"
+    )
+    assert private_refs(src) == [
+        "lrm_interp._LAZY",
+        "lrm_interp._io",
+        "lrm_interp.attribution._private",
+        "lrm_interp.attribution._private.f",
+        "lrm_interp.protect.saliency._stream",
+    ]
+    assert sorted(deep_public_imports(src)) == [
+        "lrm_interp._io.atomic_write_text",
+        "lrm_interp.compress.quant.quantize_model_",
+    ]
     assert private_refs("from lrm_interp.toy.tasks import problems\nlrm_interp.attribute(m, ds)\n") == []
 
 
 def test_examples_and_notebooks_import_no_private_name():
     sources = user_sources()
     assert len([w for w, _ in sources if w.startswith("examples/")]) >= 4
-    assert {f"notebooks/{n}" for n in ("quickstart.ipynb", "protection.ipynb", "benchmark.ipynb")} <= dict(sources).keys()
+    assert {f"notebooks/{n}" for n in ("quickstart.ipynb", "protection.ipynb", "benchmark.ipynb")} <= dict(
+        sources
+    ).keys()
     bad = {where: refs for where, src in sources if (refs := private_refs(src))}
     assert not bad, f"private names of lrm_interp in user code (export a public name instead): {bad}"
 

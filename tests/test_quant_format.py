@@ -1,4 +1,5 @@
 """The quantized-weight file (lrm_interp.quantized/1): round trip of RTN and GPTQ copies, dtypes, errors."""
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,9 @@ def test_quantized_copy_roundtrip(tmp_path, method, dtype):
     masks = global_top(magnitude(model, sites), 0.02)
     ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
     q = copy.deepcopy(model)
-    rep = quantize_model_(q, bits=3, group_size=32, method=method, masks=masks, calib=ids, progress=False,
-                          keep_tensors=True)
+    rep = quantize_model_(
+        q, bits=3, group_size=32, method=method, masks=masks, calib=ids, progress=False, keep_tensors=True
+    )
     p = save_quantized(rep.tensors, tmp_path / "q.safetensors", metadata={"bits": 3})
     back, meta = load_quantized(p)
     assert meta == {"bits": 3} and set(back) == {s.name for s in sites}

@@ -1,5 +1,6 @@
 """`lrm-interp quickstart` (the README's main job): a study of the shipped toy at matched bits per weight,
 through the installed console script; the same numbers as before it was a study; its report in a browser."""
+
 from __future__ import annotations
 
 import json
@@ -21,13 +22,27 @@ def _cli() -> list[str]:
 def test_quickstart_on_shipped_model(tmp_path):
     out = tmp_path / "qs"
     argv = ["quickstart", "--out", str(out), "--traces", "6", "--eval", "15", "--quiet"]
-    r = subprocess.run(_cli() + argv, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-                       timeout=900)
+    r = subprocess.run(
+        _cli() + argv, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=900
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "shipped toy reasoning model" in r.stdout and "TINY" not in r.stdout
-    for f in ["traces.jsonl", "shift.csv", "shift.png", "attribution_fp32/scores.csv", "attribution_fp32/heatmap.png",
-              "attribution_rtn3/scores.csv", "ranking.csv", "masks.safetensors", "masks.json", "bits.json",
-              "study.json", "outcomes.safetensors", "results.csv", "bpw_accuracy.png"]:
+    for f in [
+        "traces.jsonl",
+        "shift.csv",
+        "shift.png",
+        "attribution_fp32/scores.csv",
+        "attribution_fp32/heatmap.png",
+        "attribution_rtn3/scores.csv",
+        "ranking.csv",
+        "masks.safetensors",
+        "masks.json",
+        "bits.json",
+        "study.json",
+        "outcomes.safetensors",
+        "results.csv",
+        "bpw_accuracy.png",
+    ]:
         assert (out / f).stat().st_size > 0, f
     df = pd.read_csv(out / "attribution_fp32" / "scores.csv")
     assert df["site"].nunique() == 28
@@ -42,7 +57,10 @@ def test_quickstart_on_shipped_model(tmp_path):
     n_p = sum(m.n_protected for m in masks.values())
     assert n_p == round(0.02 * n_w) and meta["budget"] == 0.02
     summary = json.loads((out / "masks.json").read_text())
-    assert summary["protected_weights"] == n_p and abs(summary["bits_per_weight"]["bpw"] - meta["bits_per_weight"]["bpw"]) < 1e-12
+    assert (
+        summary["protected_weights"] == n_p
+        and abs(summary["bits_per_weight"]["bpw"] - meta["bits_per_weight"]["bpw"]) < 1e-12
+    )
 
     # the printed comparison: the study's rows at matched bits per weight, as saved
     from lrm_interp.experiments.study import ROW_KEYS, StudyResult
@@ -50,9 +68,14 @@ def test_quickstart_on_shipped_model(tmp_path):
     res = StudyResult.load(out)
     lines = r.stdout.splitlines()
     i = next(k for k, l_ in enumerate(lines) if l_.startswith("held-out accuracy at matched bits per weight (15 "))
-    table = lines[i + 2:i + 2 + len(ROW_KEYS)]
-    labels = ["full precision (fp32)", "3-bit RTN, group 128 (uniform)", "3-bit + 2% magnitude",
-              "3-bit + 2% attribution", "mixed precision by attribution"]
+    table = lines[i + 2 : i + 2 + len(ROW_KEYS)]
+    labels = [
+        "full precision (fp32)",
+        "3-bit RTN, group 128 (uniform)",
+        "3-bit + 2% magnitude",
+        "3-bit + 2% attribution",
+        "mixed precision by attribution",
+    ]
     for line, label, row in zip(table, labels, res.rows):
         assert line.strip().startswith(label) and f"{row.bpw:.3f}" in line and f"{100 * row.value:.1f}%" in line
         assert f"[{100 * row.ci[0]:.1f}, {100 * row.ci[1]:.1f}]" in line
@@ -61,9 +84,17 @@ def test_quickstart_on_shipped_model(tmp_path):
     assert res.row("mixed").bpw <= res.row("magnitude").bpw == pytest.approx(res.allocation.budget_bpw)
     assert "reuse them:" in r.stdout and "lrm-interp quantize --model toy" in r.stdout
     assert lines[-1] == f"report: {out / 'report.html'} (self-contained HTML: open it in a browser)"
-    _check_in_browser(out / "report.html", n_images=3, must_contain=[
-        "Compression at matched bits per weight", "3-bit + 2% attribution", "mixed precision by attribution",
-        "best at matched bits", "Top modules"])
+    _check_in_browser(
+        out / "report.html",
+        n_images=3,
+        must_contain=[
+            "Compression at matched bits per weight",
+            "3-bit + 2% attribution",
+            "mixed precision by attribution",
+            "best at matched bits",
+            "Top modules",
+        ],
+    )
 
     # same numbers as the quickstart computed them before it was a study: greedy answers of the
     # plain / masked 3-bit RTN copies scored by lrm_interp.toy.evaluate on the same problems
@@ -88,12 +119,17 @@ def test_quickstart_on_shipped_model(tmp_path):
     # `lrm-interp study` with the flags the quickstart prints is the same study: it resumes the folder
     cmd = next(c for c in res.commands if c.startswith("lrm-interp study"))
     assert "--model toy" in cmd and "--tasks math logic knowledge --per-task 5" in cmd
-    r2 = subprocess.run(_cli() + cmd.split()[1:] + ["--quiet"], capture_output=True, text=True,
-                        env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=900)
+    r2 = subprocess.run(
+        _cli() + cmd.split()[1:] + ["--quiet"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        timeout=900,
+    )
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "resumed: fp, uniform, magnitude, attribution, mixed" in r2.stdout
     j = next(k for k, l_ in enumerate(r2.stdout.splitlines()) if l_.startswith("held-out accuracy at matched"))
-    assert r2.stdout.splitlines()[j + 2:j + 2 + len(ROW_KEYS)] == table
+    assert r2.stdout.splitlines()[j + 2 : j + 2 + len(ROW_KEYS)] == table
 
 
 def _check_in_browser(page, *, n_images: int, must_contain: list[str]) -> None:
@@ -111,7 +147,8 @@ def _check_in_browser(page, *, n_images: int, must_contain: list[str]) -> None:
     try:
         driver.get(page.resolve().as_uri())
         imgs = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt])")
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt])"
+        )
         assert len(imgs) == n_images and all(c and w > 100 and h > 100 for c, w, h, _ in imgs), imgs
         text = driver.find_element("tag name", "body").text
         for t in must_contain:
@@ -129,13 +166,21 @@ def test_quickstart_tiny_says_so(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("quickstart on a TINY RANDOM model") and "KL(full precision" in printed
     assert s.settings.metric == "kl" and len(s.attribution.sites) == 14 and not s.settings.tasks
-    for f in ("shift.csv", "ranking.csv", "masks.safetensors", "masks.json", "bits.json", "report.html", "study.json",
-              "attribution_fp32/heatmap.png"):
+    for f in (
+        "shift.csv",
+        "ranking.csv",
+        "masks.safetensors",
+        "masks.json",
+        "bits.json",
+        "report.html",
+        "study.json",
+        "attribution_fp32/heatmap.png",
+    ):
         assert (tmp_path / "qs" / f).exists(), f
     # the printed reuse commands run: protect from the written result with the saved tiny model
-    from lrm_interp.cli.main import main
-
     import shutil
+
+    from lrm_interp.cli.main import main
 
     shutil.copy(tmp_path / "qs" / "masks.safetensors", tmp_path / "before.safetensors")
     cmd = next(c for c in s.commands if c.startswith("lrm-interp protect"))
@@ -165,27 +210,48 @@ def test_quickstart_tiny_says_so(tmp_path, capsys):
 def test_report_embeds_images_and_escapes(tmp_path):
     import base64
 
+    import matplotlib.pyplot as plt
+    import torch
+
     from lrm_interp.attribution.results import Attribution
     from lrm_interp.experiments.report import png_data_uri, write_report
     from lrm_interp.model.sites import find_sites
     from lrm_interp.testing import tiny_model
-    import matplotlib.pyplot as plt
-    import torch
 
     fig = plt.figure(figsize=(1, 1))
     fig.savefig(tmp_path / "x.png")
     plt.close(fig)
     sites = find_sites(tiny_model("llama", seed=0))
     a = Attribution(("<b>",), sites, torch.rand(1, len(sites), dtype=torch.float64), "attribution")
-    p = write_report(tmp_path / "r.html", title="T & <t>", comparison=None, attribution=a, shift=None,
-                     images={"pic": tmp_path / "x.png"}, masks_file="m.safetensors", masks_summary="s",
-                     files={"a": "b"}, commands=["lrm-interp x --y <z>"])
+    p = write_report(
+        tmp_path / "r.html",
+        title="T & <t>",
+        comparison=None,
+        attribution=a,
+        shift=None,
+        images={"pic": tmp_path / "x.png"},
+        masks_file="m.safetensors",
+        masks_summary="s",
+        files={"a": "b"},
+        commands=["lrm-interp x --y <z>"],
+    )
     h = p.read_text()
     assert "<title>T &amp; &lt;t&gt;</title>" in h and "&lt;b&gt;" in h and "--y &lt;z&gt;" in h
     assert "Nothing was measured" in h and "http" not in h  # no external resources
-    p2 = write_report(tmp_path / "r2.html", title="T", comparison=(["variant", "x"], [["<v>", "1"]]),
-                     comparison_caption="c & d", notes=["a <note>"], attribution=a, shift=None, images={},
-                     masks_file="m", masks_summary="s", files={}, commands=[])
+    p2 = write_report(
+        tmp_path / "r2.html",
+        title="T",
+        comparison=(["variant", "x"], [["<v>", "1"]]),
+        comparison_caption="c & d",
+        notes=["a <note>"],
+        attribution=a,
+        shift=None,
+        images={},
+        masks_file="m",
+        masks_summary="s",
+        files={},
+        commands=[],
+    )
     h2 = p2.read_text()
     assert "&lt;v&gt;" in h2 and "c &amp; d" in h2 and "<p>a &lt;note&gt;</p>" in h2
     uri = png_data_uri(tmp_path / "x.png")

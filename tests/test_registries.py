@@ -2,6 +2,7 @@
 benchmark tasks (:mod:`lrm_interp.data.benchmarks.tasks`). Later stages register into them
 (the ``toy`` model through the ``lrm_interp.models`` entry point, the toy families on import);
 a name registered twice with something else raises, the same thing again is a no-op."""
+
 from __future__ import annotations
 
 import importlib
@@ -75,7 +76,8 @@ def test_a_module_imported_anew_registers_its_loader_again(clean_aliases, tmp_pa
     (tmp_path / "plugin_models.py").write_text(
         "from lrm_interp.model.loading import register_model_alias\n"
         "def load(*, dtype=None, device_map=None):\n    return 'plugin', 'tok'\n"
-        "register_model_alias('plugin', load)\n")
+        "register_model_alias('plugin', load)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     mod = importlib.import_module("plugin_models")
     monkeypatch.delitem(sys.modules, "plugin_models")  # undone after the test: the module is forgotten
@@ -131,7 +133,9 @@ def test_task_registered_twice_raises_the_same_task_again_is_a_no_op(clean_tasks
 def test_the_grader_imports_no_model_or_generation():
     import subprocess
 
-    code = ("import sys, lrm_interp.data.benchmarks.grading\n"
-            "bad = [m for m in sys.modules if m.startswith(('lrm_interp.model', 'lrm_interp.toy', "
-            "'lrm_interp.evaluation'))]\nassert not bad, bad\n")
+    code = (
+        "import sys, lrm_interp.data.benchmarks.grading\n"
+        "bad = [m for m in sys.modules if m.startswith(('lrm_interp.model', 'lrm_interp.toy', "
+        "'lrm_interp.evaluation'))]\nassert not bad, bad\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

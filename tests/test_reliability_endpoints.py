@@ -3,6 +3,7 @@ and issue 21 item 3 (one OpenAI-compatible client, one set of endpoint flags).
 
 Every server here is a real HTTP server on 127.0.0.1 started and stopped by the test; "connection
 refused" is a port with nothing listening."""
+
 from __future__ import annotations
 
 import json
@@ -28,15 +29,15 @@ DATA = Path(__file__).parent / "data" / "bench"
 
 # --------------------------------------------------------------------------- a scripted local endpoint
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
 
     def log_message(self, *a):  # quiet
         pass
 
-    def do_GET(self):  # noqa: N802 - http.server API
+    def do_GET(self):  # http.server API
         self._send(200, {}, {"object": "list", "data": [{"id": "served"}]})
 
-    def do_POST(self):  # noqa: N802 - http.server API
+    def do_POST(self):  # http.server API
         st = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with st.lock:
@@ -47,9 +48,14 @@ class _Handler(BaseHTTPRequestHandler):
             status, headers, payload = step
             return self._send(status, headers, payload)
         text = st.reply
-        self._send(200, {}, {"choices": [{"text": text, "message": {"role": "assistant", "content": text},
-                                          "finish_reason": "stop"}],
-                             "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+        self._send(
+            200,
+            {},
+            {
+                "choices": [{"text": text, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+            },
+        )
 
     def _send(self, status, headers, payload):
         data = json.dumps(payload).encode()
@@ -116,8 +122,23 @@ def test_refused_bench_run_leaves_the_folder_untouched(tmp_path, capsys):
     recs = [{"problem": "What is 1 + 1?", "answer": "2"}, {"problem": "What is 2 + 3?", "answer": "5"}]
     (data / "aime.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     out = tmp_path / "out"
-    args = ["bench", "run", "--model", str(_tiny_model_dir(tmp_path)), "--tasks", "aime", "--data", str(data),
-            "--temperature", "0", "--max-new-tokens", "2", "--out", str(out), "--quiet"]
+    args = [
+        "bench",
+        "run",
+        "--model",
+        str(_tiny_model_dir(tmp_path)),
+        "--tasks",
+        "aime",
+        "--data",
+        str(data),
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     run = out / "tiny"
     with open(run / "generations.jsonl", "a") as f:
@@ -138,17 +159,24 @@ def test_refused_bench_run_leaves_the_folder_untouched(tmp_path, capsys):
 @pytest.mark.parametrize("answer", ["four", "1000", "-3", "3.5", [1], True, "", "12 or 13"])
 def test_aime_gold_must_be_an_integer_0_to_999(tmp_path, answer):
     p = tmp_path / "aime.jsonl"
-    p.write_text(json.dumps({"problem": "ok", "answer": "7"}) + "\n" + json.dumps({"problem": "x", "answer": answer})
-                 + "\n")
-    with pytest.raises(BenchmarkFormatError, match=r"aime.jsonl:2: (answer .* is not an AIME answer \(an integer "
-                                                   r"0..999\)|missing field)"):
+    p.write_text(
+        json.dumps({"problem": "ok", "answer": "7"}) + "\n" + json.dumps({"problem": "x", "answer": answer}) + "\n"
+    )
+    with pytest.raises(
+        BenchmarkFormatError,
+        match=r"aime.jsonl:2: (answer .* is not an AIME answer \(an integer "
+        r"0..999\)|missing field)",
+    ):
         load("aime", p)
 
 
 def test_aime_golds_are_canonical_integers(tmp_path):
     p = tmp_path / "aime.json"
-    p.write_text(json.dumps([{"problem": "a", "answer": "033"}, {"problem": "b", "answer": 7},
-                             {"problem": "c", "answer": 999.0}]))
+    p.write_text(
+        json.dumps(
+            [{"problem": "a", "answer": "033"}, {"problem": "b", "answer": 7}, {"problem": "c", "answer": 999.0}]
+        )
+    )
     assert [it.gold for it in load("aime", p)] == ["33", "7", "999"]
 
 
@@ -167,8 +195,11 @@ def test_folio_fields_are_typed_at_load(tmp_path):
     with pytest.raises(BenchmarkFormatError, match=r"folio.jsonl:2: field 'conclusion' must be a string, got list"):
         load("folio", p)
     p.write_text(json.dumps({**good, "premises": ["All A are B.", {"x": 1}]}) + "\n")
-    with pytest.raises(BenchmarkFormatError, match=r"folio.jsonl:1: field 'premises' must be a string or a non-empty "
-                                                   r"list of strings"):
+    with pytest.raises(
+        BenchmarkFormatError,
+        match=r"folio.jsonl:1: field 'premises' must be a string or a non-empty "
+        r"list of strings",
+    ):
         load("folio", p)
     p.write_text(json.dumps({**good, "label": ["True"]}) + "\n")
     with pytest.raises(BenchmarkFormatError, match=r"folio.jsonl:1: label"):
@@ -181,8 +212,22 @@ def test_folio_fields_are_typed_at_load(tmp_path):
 def test_bad_gold_is_a_one_line_cli_error(tmp_path, capsys):
     (tmp_path / "aime.jsonl").write_text(json.dumps({"problem": "x", "answer": "four"}) + "\n")
     (tmp_path / "runs").mkdir()
-    assert main(["bench", "score", "--outputs", str(tmp_path / "runs"), "--tasks", "aime", "--data", str(tmp_path),
-                 "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "score",
+                "--outputs",
+                str(tmp_path / "runs"),
+                "--tasks",
+                "aime",
+                "--data",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "aime.jsonl:1: answer 'four' is not an AIME answer" in err and len(err.strip().splitlines()) == 1
 
@@ -198,8 +243,10 @@ def _rc(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- case 3: --limit, ignored files
 def test_limit_must_be_positive(tmp_path, capsys):
     for bad in ("-1", "0"):
-        assert _rc(["bench", "run", "--model", "toy", "--tasks", "math", "--limit", bad, "--out",
-                    str(tmp_path / "o")]) == 2
+        assert (
+            _rc(["bench", "run", "--model", "toy", "--tasks", "math", "--limit", bad, "--out", str(tmp_path / "o")])
+            == 2
+        )
         assert "argument --limit: must be an integer >= 1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     with pytest.raises(ValueError, match="limit must be an integer >= 1"):
@@ -209,34 +256,70 @@ def test_limit_must_be_positive(tmp_path, capsys):
 
 def test_score_reports_files_it_ignores(tmp_path, capsys):
     root = tmp_path / "r1"
-    for rel, text in {"outputs/aime/0.txt": "</think> \\boxed{1}", "outputs/aime/1.txt": "</think> \\boxed{16}",
-                      "outputs/aime/2.txt": "</think> \\boxed{33}",  # beyond --limit 2
-                      "outputs/aime/7.txt": "x", "outputs/aime/notes.md": "x",  # no item's output
-                      "outputs/AIME_2024/0.txt": "x"}.items():  # a second folder of the same task
+    for rel, text in {
+        "outputs/aime/0.txt": "</think> \\boxed{1}",
+        "outputs/aime/1.txt": "</think> \\boxed{16}",
+        "outputs/aime/2.txt": "</think> \\boxed{33}",  # beyond --limit 2
+        "outputs/aime/7.txt": "x",
+        "outputs/aime/notes.md": "x",  # no item's output
+        "outputs/AIME_2024/0.txt": "x",
+    }.items():  # a second folder of the same task
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
     items = {"aime": load("aime", DATA / "aime.csv", limit=2)}
     sc = score_outputs(tmp_path, items, progress=False)
     assert sorted(Path(p).relative_to(root).as_posix() for p in sc.ignored) == [
-        "outputs/AIME_2024/0.txt", "outputs/aime/2.txt", "outputs/aime/7.txt", "outputs/aime/notes.md"]
+        "outputs/AIME_2024/0.txt",
+        "outputs/aime/2.txt",
+        "outputs/aime/7.txt",
+        "outputs/aime/notes.md",
+    ]
     assert sc.summary().iloc[0]["pass@1"] == 100.0 and "4 ignored files" in repr(sc)
-    assert main(["bench", "score", "--outputs", str(tmp_path), "--tasks", "aime", "--data", str(DATA / "aime.csv"),
-                 "--limit", "2", "--quiet", "--no-plots", "--out", str(tmp_path / "scores")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "score",
+                "--outputs",
+                str(tmp_path),
+                "--tasks",
+                "aime",
+                "--data",
+                str(DATA / "aime.csv"),
+                "--limit",
+                "2",
+                "--quiet",
+                "--no-plots",
+                "--out",
+                str(tmp_path / "scores"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "warning: ignored 4 file(s)" in err and "notes.md" in err
 
 
 # --------------------------------------------------------------------------- case 4: settings checked in the config
-@pytest.mark.parametrize("kw,needle", [
-    ({"retries": -1}, "retries must be an integer >= 0"), ({"retries": 1.5}, "retries must be an integer"),
-    ({"retries": True}, "retries must be an integer"),
-    ({"timeout": 0}, "timeout must be a finite number > 0"), ({"timeout": float("nan")}, "timeout must be a finite"),
-    ({"timeout": -5}, "timeout must be a finite number > 0"), ({"timeout": float("inf")}, "timeout must be a finite"),
-    ({"backoff": 0}, "backoff must be a finite number > 0"), ({"backoff": float("nan")}, "backoff must be a finite"),
-    ({"backoff": float("inf")}, "backoff must be a finite"), ({"max_backoff": float("inf")}, "max_backoff must be"),
-    ({"concurrency": 0}, "concurrency must be an integer >= 1"), ({"base_url": "127.0.0.1:8000/v1"}, "base_url"),
-    ({"max_backoff": 0.5}, "max_backoff must be >= backoff"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        ({"retries": -1}, "retries must be an integer >= 0"),
+        ({"retries": 1.5}, "retries must be an integer"),
+        ({"retries": True}, "retries must be an integer"),
+        ({"timeout": 0}, "timeout must be a finite number > 0"),
+        ({"timeout": float("nan")}, "timeout must be a finite"),
+        ({"timeout": -5}, "timeout must be a finite number > 0"),
+        ({"timeout": float("inf")}, "timeout must be a finite"),
+        ({"backoff": 0}, "backoff must be a finite number > 0"),
+        ({"backoff": float("nan")}, "backoff must be a finite"),
+        ({"backoff": float("inf")}, "backoff must be a finite"),
+        ({"max_backoff": float("inf")}, "max_backoff must be"),
+        ({"concurrency": 0}, "concurrency must be an integer >= 1"),
+        ({"base_url": "127.0.0.1:8000/v1"}, "base_url"),
+        ({"max_backoff": 0.5}, "max_backoff must be >= backoff"),
+    ],
+)
 def test_endpoint_settings_are_refused_in_the_config(kw, needle):
     with pytest.raises(ValueError, match=needle):
         E.EndpointConfig(**{"base_url": "http://127.0.0.1:1/v1", **kw})
@@ -244,16 +327,21 @@ def test_endpoint_settings_are_refused_in_the_config(kw, needle):
     with pytest.raises(ValueError, match=needle):  # both clients: the same check
         OpenAIClient(model="m", **{"base_url": "http://127.0.0.1:1/v1", **client_kw})
     with pytest.raises(ValueError, match=needle):
-        OpenAIBackend(kw.get("base_url", "http://127.0.0.1:1/v1"), "m", **{k: v for k, v in kw.items()
-                                                                         if k != "base_url"})
+        OpenAIBackend(
+            kw.get("base_url", "http://127.0.0.1:1/v1"), "m", **{k: v for k, v in kw.items() if k != "base_url"}
+        )
 
 
-@pytest.mark.parametrize("flag,value,needle", [("--retries", "-1", "argument --retries: must be an integer >= 0"),
-                                               ("--timeout", "nan", "argument --timeout: must be a finite number > 0"),
-                                               ("--backoff", "0", "argument --backoff: must be a finite number > 0"),
-                                               ("--concurrency", "0",
-                                                "argument --concurrency: must be an integer >= 1"),
-                                               ("--workers", "0", "argument --workers: must be an integer >= 1")])
+@pytest.mark.parametrize(
+    "flag,value,needle",
+    [
+        ("--retries", "-1", "argument --retries: must be an integer >= 0"),
+        ("--timeout", "nan", "argument --timeout: must be a finite number > 0"),
+        ("--backoff", "0", "argument --backoff: must be a finite number > 0"),
+        ("--concurrency", "0", "argument --concurrency: must be an integer >= 1"),
+        ("--workers", "0", "argument --workers: must be an integer >= 1"),
+    ],
+)
 def test_endpoint_flags_are_refused_by_both_commands(tmp_path, capsys, flag, value, needle):
     """Checked by the flags' argparse types: with any annotator / backend (the endpoint flags of an
     offline annotator or of --backend hf are refused too), one line, before any work."""
@@ -266,8 +354,24 @@ def test_endpoint_flags_are_refused_by_both_commands(tmp_path, capsys, flag, val
         assert needle in err and len(err.strip().splitlines()) == 1 and "deprecated" not in err
     if flag != "--workers":  # an annotate-only alias
         for backend in (["--backend", "openai", "--base-url", url], ["--backend", "hf"]):
-            assert _rc(["bench", "run", *backend, "--model", "m", "--tasks", "math", "--out", str(tmp_path / "b"),
-                        flag, value]) == 2
+            assert (
+                _rc(
+                    [
+                        "bench",
+                        "run",
+                        *backend,
+                        "--model",
+                        "m",
+                        "--tasks",
+                        "math",
+                        "--out",
+                        str(tmp_path / "b"),
+                        flag,
+                        value,
+                    ]
+                )
+                == 2
+            )
             err = capsys.readouterr().err
             assert needle in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl"]
@@ -306,13 +410,50 @@ def test_unreachable_endpoint_cli_exits_2_naming_the_url_before_any_write(tmp_pa
     src = tmp_path / "o.jsonl"
     src.write_text(json.dumps({"prompt": "q", "response": "Okay.</think>A"}) + "\n")
     t0 = time.monotonic()
-    assert main(["bench", "run", "--backend", "openai", "--base-url", url, "--model", "m", "--tasks", "math",
-                 "--per-family", "2", "--out", str(tmp_path / "bench"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "run",
+                "--backend",
+                "openai",
+                "--base-url",
+                url,
+                "--model",
+                "m",
+                "--tasks",
+                "math",
+                "--per-family",
+                "2",
+                "--out",
+                str(tmp_path / "bench"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("lrm-interp bench run: error: " + url + ": endpoint unreachable (connection refused)")
     assert "internal error" not in err and len(err.strip().splitlines()) == 1
-    assert main(["annotate", "--annotator", "llm", "--model", "m", "--base-url", url, "--in", str(src), "--out",
-                 str(tmp_path / "t.jsonl"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "annotate",
+                "--annotator",
+                "llm",
+                "--model",
+                "m",
+                "--base-url",
+                url,
+                "--in",
+                str(src),
+                "--out",
+                str(tmp_path / "t.jsonl"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("lrm-interp annotate: error: " + url + ": endpoint unreachable (connection refused)")
     assert time.monotonic() - t0 < 5
@@ -349,14 +490,39 @@ def test_endpoint_gone_mid_run_stops_the_annotation(endpoint):
 
 def test_endpoint_gone_mid_run_stops_the_cli(endpoint, tmp_path, capsys):
     src = tmp_path / "o.jsonl"
-    src.write_text("".join(json.dumps({"id": t.id, "prompt": t.prompt, "response": t.response}) + "\n"
-                           for t in _traces(12)))
+    src.write_text(
+        "".join(json.dumps({"id": t.id, "prompt": t.prompt, "response": t.response}) + "\n" for t in _traces(12))
+    )
     endpoint.delay = 0.25
     out = tmp_path / "t.jsonl"
     box: dict = {}
-    th = threading.Thread(target=lambda: box.setdefault("rc", main([
-        "annotate", "--annotator", "llm", "--model", "m", "--base-url", endpoint.url, "--in", str(src), "--out",
-        str(out), "--concurrency", "1", "--retries", "1", "--backoff", "0.01", "--quiet"])))
+    th = threading.Thread(
+        target=lambda: box.setdefault(
+            "rc",
+            main(
+                [
+                    "annotate",
+                    "--annotator",
+                    "llm",
+                    "--model",
+                    "m",
+                    "--base-url",
+                    endpoint.url,
+                    "--in",
+                    str(src),
+                    "--out",
+                    str(out),
+                    "--concurrency",
+                    "1",
+                    "--retries",
+                    "1",
+                    "--backoff",
+                    "0.01",
+                    "--quiet",
+                ]
+            ),
+        )
+    )
     th.start()
     cache = tmp_path / "t.jsonl.cache"
     deadline = time.monotonic() + 8
@@ -390,9 +556,10 @@ def test_one_client_one_error_type_one_status_set(endpoint):
 
 
 def test_retry_after_is_honoured_by_both(endpoint):
-    for call in (lambda: OpenAIClient(model="m", base_url=endpoint.url, backoff=0.01).complete("x"),
-                 lambda: OpenAIBackend(endpoint.url, "m", backoff=0.01).generate(
-                     ["x"], GenerationSettings(max_new_tokens=2))):
+    for call in (
+        lambda: OpenAIClient(model="m", base_url=endpoint.url, backoff=0.01).complete("x"),
+        lambda: OpenAIBackend(endpoint.url, "m", backoff=0.01).generate(["x"], GenerationSettings(max_new_tokens=2)),
+    ):
         endpoint.script = [(429, {"Retry-After": "1"}, {"error": "slow down"})]
         t0 = time.monotonic()
         call()
@@ -437,19 +604,60 @@ def test_annotate_and_bench_share_the_endpoint_flags(capsys):
 
 def test_deprecated_workers_flag_still_runs(tmp_path, capsys):
     src = tmp_path / "o.jsonl"
-    src.write_text("".join(json.dumps({"id": t.id, "prompt": t.prompt, "response": t.response}) + "\n"
-                           for t in _traces(3)))
-    assert main(["annotate", "--annotator", "rules", "--workers", "2", "--in", str(src), "--out",
-                 str(tmp_path / "t.jsonl"), "--quiet"]) == 0
+    src.write_text(
+        "".join(json.dumps({"id": t.id, "prompt": t.prompt, "response": t.response}) + "\n" for t in _traces(3))
+    )
+    assert (
+        main(
+            [
+                "annotate",
+                "--annotator",
+                "rules",
+                "--workers",
+                "2",
+                "--in",
+                str(src),
+                "--out",
+                str(tmp_path / "t.jsonl"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "note: --workers is deprecated; use --concurrency" in capsys.readouterr().err
     assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 3
 
 
 def test_bench_openai_backend_through_the_cli(endpoint, tmp_path, capsys):
     endpoint.reply = "</think> The answer is 1."
-    assert main(["bench", "run", "--backend", "openai", "--base-url", endpoint.url, "--model", "served", "--tasks",
-                 "math", "--per-family", "2", "--max-new-tokens", "4", "--concurrency", "2", "--retries", "1",
-                 "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "run",
+                "--backend",
+                "openai",
+                "--base-url",
+                endpoint.url,
+                "--model",
+                "served",
+                "--tasks",
+                "math",
+                "--per-family",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--concurrency",
+                "2",
+                "--retries",
+                "1",
+                "--out",
+                str(tmp_path / "b"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((tmp_path / "b" / "served" / "run.json").read_text())
     assert meta["backend"]["retries"] == 1 and meta["backend"]["concurrency"] == 2
     assert len(endpoint.posts) == 2

@@ -10,6 +10,7 @@ were written are refused on load.
   vectors, partials, trained annotators) carries a SHA-256 of its payload, checked on load;
 - a run whose longest trace obviously cannot fit in free memory is refused before any work.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ import warnings
 
 import pytest
 import torch
+from synth import synthetic_traces
 
 import lrm_interp
 from lrm_interp import _io
@@ -26,15 +28,22 @@ from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.results import Attribution
 from lrm_interp.data.annotate import R1RuleAnnotator, annotate_dataset, annotate_response, load_outputs
 from lrm_interp.data.loading import load_dataset
-from lrm_interp.data.traces import (MAX_RESPONSE_CHARS, MAX_RESPONSE_ENV, BehaviorSpan, ReasoningDataset,
-                                    ReasoningTrace, ResponseTooLargeError, TraceFormatError, response_limit)
+from lrm_interp.data.traces import (
+    MAX_RESPONSE_CHARS,
+    MAX_RESPONSE_ENV,
+    BehaviorSpan,
+    ReasoningDataset,
+    ReasoningTrace,
+    ResponseTooLargeError,
+    TraceFormatError,
+    response_limit,
+)
 from lrm_interp.model.forward import context_limit, memory_lower_bound
 from lrm_interp.model.sites import find_sites
 from lrm_interp.protect import exports
 from lrm_interp.protect.encoding import load_masks, save_masks
 from lrm_interp.protect.masks import ProtectionMask
 from lrm_interp.testing import byte_tokenizer, tiny_model
-from synth import synthetic_traces
 
 LIMIT = 200  # the context the tests give the tiny model (synthetic traces are ~245-260 byte tokens)
 
@@ -47,8 +56,12 @@ def _short_model(limit: int = LIMIT):
 
 def _mixed_traces() -> ReasoningDataset:
     """Four synthetic traces over the context and one short one that fits."""
-    short = ReasoningTrace("short", "Q: 2+2?\n<think>\n", "Wait, 2+2 is 4. Hmm, maybe.\n</think>\n4",
-                           (BehaviorSpan("backtracking", 0, 15), BehaviorSpan("uncertainty-estimation", 16, 27)))
+    short = ReasoningTrace(
+        "short",
+        "Q: 2+2?\n<think>\n",
+        "Wait, 2+2 is 4. Hmm, maybe.\n</think>\n4",
+        (BehaviorSpan("backtracking", 0, 15), BehaviorSpan("uncertainty-estimation", 16, 27)),
+    )
     return ReasoningDataset([*synthetic_traces(4), short], name="mixed")
 
 
@@ -68,8 +81,9 @@ def test_overlong_traces_are_refused_naming_ids_lengths_and_limit():
     with pytest.raises(pipeline.ContextLengthError) as e:
         _attr(_short_model(), _mixed_traces())
     msg = str(e.value)
-    assert "4 of 5 trace(s) are longer than the model's context of 200 positions (config.max_position_embeddings)" \
-        in msg
+    assert (
+        "4 of 5 trace(s) are longer than the model's context of 200 positions (config.max_position_embeddings)" in msg
+    )
     n0 = len(byte_tokenizer()(synthetic_traces(4)[0].text)["input_ids"])
     assert f"synth/0 ({n0} tokens)" in msg and "short (" not in msg
     assert "overlong='truncate'" in msg and "--overlong" in msg
@@ -163,8 +177,11 @@ def test_response_limit_default_env_and_keyword(monkeypatch):
 def test_oversized_response_is_refused_at_load_naming_file_line_and_sizes(tmp_path):
     big = "Okay. " + "x" * MAX_RESPONSE_CHARS
     p = _write_jsonl(tmp_path / "t.jsonl", [synthetic_traces(1)[0].to_dict(), {"id": "big", "response": big}])
-    with pytest.raises(ResponseTooLargeError, match=r"t\.jsonl:2: response of 2,000,006 characters exceeds the "
-                                                    r"limit of 2,000,000 characters"):
+    with pytest.raises(
+        ResponseTooLargeError,
+        match=r"t\.jsonl:2: response of 2,000,006 characters exceeds the "
+        r"limit of 2,000,000 characters",
+    ):
         load_dataset(p)
     assert len(load_dataset(p, max_response_chars=3_000_000)) == 2  # configurable
     with pytest.raises(ResponseTooLargeError, match="t.jsonl:2"):  # the annotation input too
@@ -219,10 +236,12 @@ def test_invalid_utf8_in_paper_layout_names_file_and_line(tmp_path):
 
 
 def test_annotation_counts_oversized_empty_and_unclosed_responses(tmp_path):
-    traces = [ReasoningTrace("ok", "", "Okay, so 2+2 is 4. Wait, maybe not.\n</think>\n4"),
-              ReasoningTrace("big", "", "Wait. " * 40),
-              ReasoningTrace("empty", "", ""),
-              ReasoningTrace("open", "", "Okay, so 2+2 is 4. Hmm, I think so.")]
+    traces = [
+        ReasoningTrace("ok", "", "Okay, so 2+2 is 4. Wait, maybe not.\n</think>\n4"),
+        ReasoningTrace("big", "", "Wait. " * 40),
+        ReasoningTrace("empty", "", ""),
+        ReasoningTrace("open", "", "Okay, so 2+2 is 4. Hmm, I think so."),
+    ]
     run = annotate_dataset(traces, R1RuleAnnotator(), progress=False, max_response_chars=100)
     s = run.stats
     assert (s["annotated"], s["skipped_too_large"], s["skipped_empty"], s["without_think_end"]) == (2, 1, 1, 1)
@@ -245,10 +264,14 @@ def _flip(path, offset: int = 0):
 
 def _masks():
     g = torch.Generator().manual_seed(0)
-    return {"model.layers.0.mlp.up_proj": ProtectionMask("model.layers.0.mlp.up_proj",
-                                                         torch.rand(128, 64, generator=g) < 0.05),
-            "model.layers.0.self_attn.q_proj": ProtectionMask.from_rows("model.layers.0.self_attn.q_proj",
-                                                                        (64, 64), [1, 5])}
+    return {
+        "model.layers.0.mlp.up_proj": ProtectionMask(
+            "model.layers.0.mlp.up_proj", torch.rand(128, 64, generator=g) < 0.05
+        ),
+        "model.layers.0.self_attn.q_proj": ProtectionMask.from_rows(
+            "model.layers.0.self_attn.q_proj", (64, 64), [1, 5]
+        ),
+    }
 
 
 @pytest.mark.parametrize("encoding", ["bitmask", "gaps", "csr16"])
@@ -273,8 +296,11 @@ def test_files_without_a_checksum_still_load_with_one_warning(tmp_path, monkeypa
 
     tensors, info = mask_tensors(_masks())
     for name in ("old1", "old2"):
-        save_file(tensors, str(tmp_path / f"{name}.safetensors"),
-                  metadata={"format": "lrm_interp.masks/2", "sites": json.dumps(info), "extra": "{}"})
+        save_file(
+            tensors,
+            str(tmp_path / f"{name}.safetensors"),
+            metadata={"format": "lrm_interp.masks/2", "sites": json.dumps(info), "extra": "{}"},
+        )
     monkeypatch.setattr(_io, "_UNVERIFIED_WARNED", set())
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
@@ -321,8 +347,9 @@ def test_attribution_result_and_steering_vectors_are_checked_on_load(tmp_path):
     t.write_bytes(good)
     other = _attr(tiny_model("llama", seed=3), synthetic_traces(2), out_dir=tmp_path / "other")
     assert not torch.equal(other.scores, res.scores)
-    (tmp_path / "run" / "attribution.safetensors").write_bytes((tmp_path / "other" / "attribution.safetensors")
-                                                               .read_bytes())
+    (tmp_path / "run" / "attribution.safetensors").write_bytes(
+        (tmp_path / "other" / "attribution.safetensors").read_bytes()
+    )
     with pytest.raises(_io.ChecksumError, match="come from different saves"):
         Attribution.load(tmp_path / "run")
 
@@ -348,9 +375,12 @@ def test_results_of_older_versions_without_the_new_setting_still_resume(tmp_path
     del meta["provenance"]["settings"]["overlong"]
     (tmp_path / "run" / "attribution.json").write_text(json.dumps(meta))
     prov = meta["provenance"]
-    key = {"config": AttributionConfig().to_dict(), "weights_fingerprint": prov["model"]["weights_fingerprint"],
-           "tokenizer_fingerprint": prov["model"]["tokenizer"]["fingerprint"],
-           "sites": [s["name"] for s in meta["sites"]]}
+    key = {
+        "config": AttributionConfig().to_dict(),
+        "weights_fingerprint": prov["model"]["weights_fingerprint"],
+        "tokenizer_fingerprint": prov["model"]["tokenizer"]["fingerprint"],
+        "sites": [s["name"] for s in meta["sites"]],
+    }
     check_finished_result(tmp_path / "run", key)
     with pytest.raises(ResumeMismatchError, match=r"differs in \['overlong'\]"):
         check_finished_result(tmp_path / "run", dict(key, config=AttributionConfig(overlong="skip").to_dict()))

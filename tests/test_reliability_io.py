@@ -11,6 +11,7 @@ path.
   mkdtemp give 0600 / 0700);
 - 13: a failed write names the destination, the temporary name only in brackets.
 """
+
 from __future__ import annotations
 
 import errno
@@ -25,8 +26,8 @@ import torch
 
 from lrm_interp import _io
 from lrm_interp.cli.main import main
-from lrm_interp.data.loading import load_dataset
 from lrm_interp.data import traces as traces_mod
+from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.traces import BEHAVIORS, ReasoningDataset, TraceFormatError
 from lrm_interp.testing import tiny_model
 from lrm_interp.toy import toy_model_dir
@@ -43,8 +44,12 @@ def _rc(argv) -> int:
 
 def _write_traces(path: Path, *span_lists) -> Path:
     """A JSONL file with one trace per span list (ids t0, t1, ...)."""
-    path.write_text("".join(json.dumps({"id": f"t{i}", "prompt": "p", "response": RESPONSE, "spans": spans}) + "\n"
-                            for i, spans in enumerate(span_lists)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"t{i}", "prompt": "p", "response": RESPONSE, "spans": spans}) + "\n"
+            for i, spans in enumerate(span_lists)
+        )
+    )
     return path
 
 
@@ -58,8 +63,10 @@ def _one_error_line(capsys) -> str:
 OK_SPAN = {"behavior": "backtracking", "start": 0, "end": 5}
 
 
-@pytest.mark.parametrize("field,value,shown", [("start", 1.5, "1.5"), ("start", True, "true"), ("end", "3", '"3"'),
-                                               ("end", 7.0, "7.0"), ("start", None, "null")])
+@pytest.mark.parametrize(
+    "field,value,shown",
+    [("start", 1.5, "1.5"), ("start", True, "true"), ("end", "3", '"3"'), ("end", 7.0, "7.0"), ("start", None, "null")],
+)
 def test_span_offsets_must_be_json_integers(tmp_path, field, value, shown):
     """1.5 was read as 1, true as 1, "3" as 3: offsets that are not JSON integers are refused, naming
     file:line, the span and the field."""
@@ -78,21 +85,35 @@ def test_span_offsets_in_the_cli_are_one_line_naming_file_line_and_field(tmp_pat
     assert not (tmp_path / "o.jsonl").exists()
 
 
-@pytest.mark.parametrize("label,meant", [("backtraking", "backtracking"), ("Backtracking", "backtracking"),
-                                         ("adding_knowledge", "adding-knowledge"),
-                                         ("uncertainty-estimate", "uncertainty-estimation"),
-                                         ("examples-testing", "example-testing"), ("deductions", "deduction")])
+@pytest.mark.parametrize(
+    "label,meant",
+    [
+        ("backtraking", "backtracking"),
+        ("Backtracking", "backtracking"),
+        ("adding_knowledge", "adding-knowledge"),
+        ("uncertainty-estimate", "uncertainty-estimation"),
+        ("examples-testing", "example-testing"),
+        ("deductions", "deduction"),
+    ],
+)
 def test_misspelt_behaviour_label_is_refused_with_did_you_mean(tmp_path, label, meant):
     """A misspelt label used to become a new behaviour with a handful of spans."""
     p = _write_traces(tmp_path / "t.jsonl", [OK_SPAN], [dict(OK_SPAN, behavior=label)])
-    with pytest.raises(TraceFormatError, match=rf"t\.jsonl:2: span #0: field 'behavior' '{label}' is not a known "
-                                               rf"behaviour; did you mean '{meant}'\?"):
+    with pytest.raises(
+        TraceFormatError,
+        match=rf"t\.jsonl:2: span #0: field 'behavior' '{label}' is not a known "
+        rf"behaviour; did you mean '{meant}'\?",
+    ):
         ReasoningDataset.load_jsonl(p)
 
 
 def test_custom_labels_are_kept_and_named_in_one_summary_line(tmp_path, capsys):
-    spans = [{"behavior": "verification", "start": 0, "end": 4}, {"behavior": "verification", "start": 5, "end": 9},
-             {"behavior": "induction", "start": 10, "end": 12}, OK_SPAN]
+    spans = [
+        {"behavior": "verification", "start": 0, "end": 4},
+        {"behavior": "verification", "start": 5, "end": 9},
+        {"behavior": "induction", "start": 10, "end": 12},
+        OK_SPAN,
+    ]
     p = _write_traces(tmp_path / "t.jsonl", spans)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
@@ -129,15 +150,18 @@ def test_behaviour_label_check_keeps_every_known_label_and_real_custom_ones():
             check_behavior_label(bad)
 
 
-@pytest.mark.parametrize("record,msg", [
-    ({"id": "a", "response": "r", "prompt": 3}, "'prompt' must be a string"),
-    ({"id": True, "response": "r"}, "'id' must be a string"),
-    ({"id": "a", "response": "r", "spans": {"behavior": "backtracking"}}, "'spans' must be a list"),
-    ({"id": "a", "response": "r", "spans": ["backtracking"]}, "span #0 must be an object"),
-    ({"id": "a", "response": "rrrr", "spans": [{"behavior": 5, "start": 0, "end": 1}]}, "field 'behavior' must be"),
-    ({"id": "a", "response": "r", "spans": [{"behavior": "backtracking", "start": 0}]}, "missing field 'end'"),
-    ({"id": "a", "response": "r", "metadata": ["x"]}, "'metadata' must be an object"),
-])
+@pytest.mark.parametrize(
+    "record,msg",
+    [
+        ({"id": "a", "response": "r", "prompt": 3}, "'prompt' must be a string"),
+        ({"id": True, "response": "r"}, "'id' must be a string"),
+        ({"id": "a", "response": "r", "spans": {"behavior": "backtracking"}}, "'spans' must be a list"),
+        ({"id": "a", "response": "r", "spans": ["backtracking"]}, "span #0 must be an object"),
+        ({"id": "a", "response": "rrrr", "spans": [{"behavior": 5, "start": 0, "end": 1}]}, "field 'behavior' must be"),
+        ({"id": "a", "response": "r", "spans": [{"behavior": "backtracking", "start": 0}]}, "missing field 'end'"),
+        ({"id": "a", "response": "r", "metadata": ["x"]}, "'metadata' must be an object"),
+    ],
+)
 def test_trace_fields_are_typed_not_coerced(tmp_path, record, msg):
     """prompt 3 became "3", id true became "True", a dict of spans was iterated over its keys."""
     p = tmp_path / "t.jsonl"
@@ -193,21 +217,26 @@ def _attribution(tmp_path: Path) -> Path:
 
     sites = tuple(find_sites(tiny_model("llama")))
     behaviors = ("backtracking", "uncertainty-estimation")
-    prov = {"settings": AttributionConfig().to_dict(),
-            "model": {"model_type": "llama", "weights_fingerprint": "w0", "tokenizer": {"fingerprint": "t"}},
-            "counts": {"traces": 2, "spans": {b: 2 for b in behaviors}, "tokens": {b: 40 for b in behaviors}},
-            "dataset": {"name": "synth", "n_traces": 2}}
+    prov = {
+        "settings": AttributionConfig().to_dict(),
+        "model": {"model_type": "llama", "weights_fingerprint": "w0", "tokenizer": {"fingerprint": "t"}},
+        "counts": {"traces": 2, "spans": {b: 2 for b in behaviors}, "tokens": {b: 40 for b in behaviors}},
+        "dataset": {"name": "synth", "n_traces": 2},
+    }
     d = tmp_path / "A"
-    Attribution(behaviors, sites, torch.rand(len(behaviors), len(sites), dtype=torch.float64), "attribution",
-                provenance=prov).save(d)
+    Attribution(
+        behaviors, sites, torch.rand(len(behaviors), len(sites), dtype=torch.float64), "attribution", provenance=prov
+    ).save(d)
     return d
 
 
 def _commands(tmp_path: Path) -> dict[str, list]:
     traces = _write_traces(tmp_path / "in.jsonl", [OK_SPAN])
-    return {"parse": ["parse", "--data", traces],
-            "toy traces": ["toy", "traces", "--gold", "--per-family", "1"],
-            "protect": ["protect", "--scores", _attribution(tmp_path), "--policy", "final_mlp"]}
+    return {
+        "parse": ["parse", "--data", traces],
+        "toy traces": ["toy", "traces", "--gold", "--per-family", "1"],
+        "protect": ["protect", "--scores", _attribution(tmp_path), "--policy", "final_mlp"],
+    }
 
 
 @pytest.mark.parametrize("command", ["parse", "toy traces", "protect"])
@@ -235,8 +264,7 @@ def test_parse_report_is_not_replaced_without_overwrite(tmp_path, capsys):
     assert _rc(["parse", "--data", PAPER_LAYOUT, "--out", tmp_path / "o.jsonl", "--report", rep]) == 2
     assert f"--report {rep}: the file exists" in _one_error_line(capsys)
     assert rep.read_text() == "{}" and not (tmp_path / "o.jsonl").exists()
-    assert _rc(["parse", "--data", PAPER_LAYOUT, "--out", tmp_path / "o.jsonl", "--report", rep,
-                "--overwrite"]) == 0
+    assert _rc(["parse", "--data", PAPER_LAYOUT, "--out", tmp_path / "o.jsonl", "--report", rep, "--overwrite"]) == 0
     assert json.loads(rep.read_text()) != {}
 
 
@@ -255,17 +283,19 @@ def test_quantize_out_never_is_or_contains_its_masks_or_calib(tmp_path, capsys):
     from lrm_interp.protect.encoding import save_masks
 
     masks = save_masks({}, d / "masks.safetensors")  # a real (empty) masks file: the old code used it, then
-    kept = masks.read_bytes()                         # replaced D whole, masks and all
+    kept = masks.read_bytes()  # replaced D whole, masks and all
     calib = d / "calib"
     calib.mkdir()
     (calib / "c.jsonl").write_text("calibration text")
     base = ["quantize", "--model", "toy", "--bits", "3", "--quiet", "--overwrite"]
-    for argv, flag in ((base + ["--masks", masks, "--out", d], "--masks"),
-                       (base + ["--method", "gptq", "--calib", calib, "--out", d], "--calib"),
-                       (base + ["--method", "gptq", "--calib", calib / "c.jsonl", "--out", d], "--calib"),
-                       (base + ["--masks", masks, "--out", masks], "--masks"),
-                       (base + ["--method", "gptq", "--calib", calib, "--out", calib], "--calib"),
-                       (base + ["--method", "gptq", "--calib", calib, "--out", calib / "q"], "--calib")):
+    for argv, flag in (
+        (base + ["--masks", masks, "--out", d], "--masks"),
+        (base + ["--method", "gptq", "--calib", calib, "--out", d], "--calib"),
+        (base + ["--method", "gptq", "--calib", calib / "c.jsonl", "--out", d], "--calib"),
+        (base + ["--masks", masks, "--out", masks], "--masks"),
+        (base + ["--method", "gptq", "--calib", calib, "--out", calib], "--calib"),
+        (base + ["--method", "gptq", "--calib", calib, "--out", calib / "q"], "--calib"),
+    ):
         assert _rc(argv) == 2
         line = _one_error_line(capsys)
         assert "--out" in line and flag in line, line

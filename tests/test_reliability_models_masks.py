@@ -12,6 +12,7 @@ result with exit 0 are refused or reported.
 - a protection budget that protects no weight at all is refused naming the budget and the
   weight count.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,6 +23,7 @@ import warnings
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from synth import synthetic_traces
 
 import lrm_interp
 from lrm_interp.cli.main import main
@@ -36,7 +38,6 @@ from lrm_interp.protect.policies import build_masks, global_top, modules_by_scor
 from lrm_interp.protect.registry import build_saliency
 from lrm_interp.protect.saliency import magnitude
 from lrm_interp.testing import byte_tokenizer, tiny_config, tiny_model
-from synth import synthetic_traces
 
 
 def _save(model, d):
@@ -65,8 +66,7 @@ def test_model_folder_missing_parameters_is_refused(tmp_path):
     # the command line: one line, exit 2, nothing written
     traces = tmp_path / "t.jsonl"
     synthetic_traces(2).save_jsonl(traces)
-    assert main(["attribute", "--model", str(d), "--data", str(traces), "--out", str(tmp_path / "out"),
-                 "--quiet"]) == 2
+    assert main(["attribute", "--model", str(d), "--data", str(traces), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert not (tmp_path / "out").exists()
 
 
@@ -86,8 +86,10 @@ def test_model_folder_with_a_tensor_of_another_shape_is_refused_in_one_line(tmp_
     log.addHandler(handler)
     try:
         capsys.readouterr()
-        assert main(["attribute", "--model", str(d), "--data", str(traces), "--out", str(tmp_path / "out"),
-                     "--quiet"]) == 2
+        assert (
+            main(["attribute", "--model", str(d), "--data", str(traces), "--out", str(tmp_path / "out"), "--quiet"])
+            == 2
+        )
     finally:
         log.removeHandler(handler)
     err = capsys.readouterr().err
@@ -109,8 +111,11 @@ def test_tied_head_loads_and_unused_checkpoint_tensors_are_warned_about(tmp_path
     sd = load_file(str(d / "model.safetensors"))
     sd["model.extra.a"], sd["model.extra.b"] = torch.zeros(2), torch.zeros(3)
     save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.warns(UserWarning, match=r"2 tensor\(s\) in the checkpoint are not used by the model "
-                                         r"\(model\.extra\.a, model\.extra\.b\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"2 tensor\(s\) in the checkpoint are not used by the model "
+        r"\(model\.extra\.a, model\.extra\.b\)",
+    ):
         load_model(str(d))
 
 
@@ -141,13 +146,22 @@ def test_cli_quantize_refuses_masks_of_another_model(tmp_path):
     db = _save(b, tmp_path / "b")
     loaded_a, _ = load_model(str(da))
     sites = find_sites(loaded_a)
-    p = save_masks(build_masks(sites, "global_top", 0.05, saliency=magnitude(loaded_a, sites)),
-                   tmp_path / "masks.safetensors")
-    assert main(["quantize", "--model", str(db), "--bits", "3", "--masks", str(p), "--out", str(tmp_path / "qb"),
-                 "--quiet"]) == 2
+    p = save_masks(
+        build_masks(sites, "global_top", 0.05, saliency=magnitude(loaded_a, sites)), tmp_path / "masks.safetensors"
+    )
+    assert (
+        main(
+            ["quantize", "--model", str(db), "--bits", "3", "--masks", str(p), "--out", str(tmp_path / "qb"), "--quiet"]
+        )
+        == 2
+    )
     assert not (tmp_path / "qb").exists()
-    assert main(["quantize", "--model", str(da), "--bits", "3", "--masks", str(p), "--out", str(tmp_path / "qa"),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            ["quantize", "--model", str(da), "--bits", "3", "--masks", str(p), "--out", str(tmp_path / "qa"), "--quiet"]
+        )
+        == 0
+    )
 
 
 def test_attribution_scores_of_another_model_are_refused_and_module_masks_record_their_model():
@@ -157,12 +171,22 @@ def test_attribution_scores_of_another_model_are_refused_and_module_masks_record
     sites = list(res.sites)
     enc = [encode_trace(tok, t) for t in synthetic_traces(2)]
     with pytest.raises(WeightsMismatchError, match=weights_fingerprint(a)):
-        build_saliency("attribution_ri", b, sites, encoded=enc, behaviors=list(res.behaviors),
-                       module_importance=res, progress=False)
-    ok = build_saliency("attribution_ri", a, sites, encoded=enc, behaviors=list(res.behaviors),
-                        module_importance=res, progress=False)
-    assert build_masks(sites, "global_top", 0.02, saliency=ok).model["weights_fingerprint"] == \
-        res.provenance["model"]["weights_fingerprint"]
+        build_saliency(
+            "attribution_ri",
+            b,
+            sites,
+            encoded=enc,
+            behaviors=list(res.behaviors),
+            module_importance=res,
+            progress=False,
+        )
+    ok = build_saliency(
+        "attribution_ri", a, sites, encoded=enc, behaviors=list(res.behaviors), module_importance=res, progress=False
+    )
+    assert (
+        build_masks(sites, "global_top", 0.02, saliency=ok).model["weights_fingerprint"]
+        == res.provenance["model"]["weights_fingerprint"]
+    )
     # module policies (no model at hand): the model of the scores
     fm = build_masks(sites, "final_mlp", scores=res)
     assert fm.model["weights_fingerprint"] == weights_fingerprint(a)
@@ -174,8 +198,11 @@ def test_old_masks_file_loads_with_one_warning_and_still_applies(tmp_path):
     model = tiny_model("llama", seed=0)
     s = find_sites(model)[0]
     tensors, info = mask_tensors({s.name: ProtectionMask.from_rows(s.name, (s.out_features, s.in_features), [1])})
-    save_file(tensors, str(tmp_path / "old.safetensors"),
-              metadata={"format": "lrm_interp.masks/2", "sites": json.dumps(info), "extra": "{}"})
+    save_file(
+        tensors,
+        str(tmp_path / "old.safetensors"),
+        metadata={"format": "lrm_interp.masks/2", "sites": json.dumps(info), "extra": "{}"},
+    )
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         masks, _ = load_masks(tmp_path / "old.safetensors")
@@ -217,10 +244,19 @@ def _cut_before_backtracking(ds) -> int:
 def test_behaviour_whose_spans_are_all_dropped_is_absent_not_a_zero_ranking():
     ds = synthetic_traces(3)
     cut = _cut_before_backtracking(ds)
-    with pytest.warns(UserWarning, match=r"left out of the result \(no ranking\): backtracking \(all 3 span\(s\) "
-                                         r"unusable: 3 beyond max_tokens\)"):
-        res = lrm_interp.attribute(tiny_model("llama", seed=0), ds, tokenizer=byte_tokenizer(), progress=False,
-                                   behaviors=["deduction", "backtracking"], max_tokens=cut)
+    with pytest.warns(
+        UserWarning,
+        match=r"left out of the result \(no ranking\): backtracking \(all 3 span\(s\) "
+        r"unusable: 3 beyond max_tokens\)",
+    ):
+        res = lrm_interp.attribute(
+            tiny_model("llama", seed=0),
+            ds,
+            tokenizer=byte_tokenizer(),
+            progress=False,
+            behaviors=["deduction", "backtracking"],
+            max_tokens=cut,
+        )
     assert res.behaviors == ("deduction",) and res.scores.shape[0] == 1 and float(res.scores.sum()) > 0
     assert res.provenance["absent_behaviors"] == ["backtracking"]
     info = res.provenance["absent_spans"]["backtracking"]
@@ -228,8 +264,14 @@ def test_behaviour_whose_spans_are_all_dropped_is_absent_not_a_zero_ranking():
     assert "backtracking" not in res.vectors
     # nothing left at all: refused up front
     with pytest.raises(ValueError, match="no requested behaviour has a usable span: backtracking"):
-        lrm_interp.attribute(tiny_model("llama", seed=0), ds, tokenizer=byte_tokenizer(), progress=False,
-                             behaviors=["backtracking"], max_tokens=cut)
+        lrm_interp.attribute(
+            tiny_model("llama", seed=0),
+            ds,
+            tokenizer=byte_tokenizer(),
+            progress=False,
+            behaviors=["backtracking"],
+            max_tokens=cut,
+        )
 
 
 def test_cli_attribute_reports_a_behaviour_whose_spans_are_all_dropped(tmp_path, capsys):
@@ -238,8 +280,23 @@ def test_cli_attribute_reports_a_behaviour_whose_spans_are_all_dropped(tmp_path,
     d = _save(tiny_model("llama", seed=0), tmp_path / "m")
     ds.save_jsonl(tmp_path / "t.jsonl")
     with pytest.warns(UserWarning, match="backtracking"):
-        rc = main(["attribute", "--model", str(d), "--data", str(tmp_path / "t.jsonl"), "--out", str(tmp_path / "r"),
-                   "--behaviors", "deduction", "backtracking", "--max-tokens", str(cut), "--quiet"])
+        rc = main(
+            [
+                "attribute",
+                "--model",
+                str(d),
+                "--data",
+                str(tmp_path / "t.jsonl"),
+                "--out",
+                str(tmp_path / "r"),
+                "--behaviors",
+                "deduction",
+                "backtracking",
+                "--max-tokens",
+                str(cut),
+                "--quiet",
+            ]
+        )
     assert rc == 0
     out = capsys.readouterr().out
     assert "backtracking" in out  # named as absent, with no ranking line of its own
@@ -262,27 +319,67 @@ def test_budget_that_protects_no_weight_is_refused():
     with pytest.raises(ValueError, match="fewer than the smallest module"):
         modules_by_score(sites, {s.name: 1.0 for s in sites}, 1e-3)
     # 0 is the no-protection baseline; some modules at 0 with a nonzero total is normal
-    assert sum(m.n_protected for m in build_masks(sites, "global_top", 0.0,
-                                                  saliency=magnitude(model, sites)).values()) == 0
+    assert (
+        sum(m.n_protected for m in build_masks(sites, "global_top", 0.0, saliency=magnitude(model, sites)).values())
+        == 0
+    )
     small = min(s.n_weights for s in sites)
     b = 0.4 / small  # rounds to 0 weights in the smallest modules, 1 or 2 in the larger ones
     pm = per_module_top(magnitude(model, sites), b)
     assert sum(m.n_protected for m in pm.values()) > 0 and any(m.n_protected == 0 for m in pm.values())
     # always-protected modules give a nonzero total: not refused
-    assert sum(m.n_protected for m in build_masks(sites, "global_top", 5e-7, saliency=magnitude(model, sites),
-                                                  always="layers\\.1\\.mlp\\.down_proj").values()) > 0
+    assert (
+        sum(
+            m.n_protected
+            for m in build_masks(
+                sites, "global_top", 5e-7, saliency=magnitude(model, sites), always="layers\\.1\\.mlp\\.down_proj"
+            ).values()
+        )
+        > 0
+    )
 
 
 def test_cli_protect_refuses_a_budget_that_protects_nothing(tmp_path, capsys):
     d = _save(tiny_model("llama", seed=0), tmp_path / "m")
     lrm_interp.attribute(str(d), synthetic_traces(2), progress=False, out_dir=tmp_path / "scores")
-    rc = main(["protect", "--scores", str(tmp_path / "scores"), "--model", str(d), "--saliency", "magnitude",
-               "--budget", "5e-7", "--out", str(tmp_path / "m.safetensors"), "--quiet"])
+    rc = main(
+        [
+            "protect",
+            "--scores",
+            str(tmp_path / "scores"),
+            "--model",
+            str(d),
+            "--saliency",
+            "magnitude",
+            "--budget",
+            "5e-7",
+            "--out",
+            str(tmp_path / "m.safetensors"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "budget 5e-07" in err and "protects 0 weights" in err
     assert not (tmp_path / "m.safetensors").exists()
     # a masks file the command writes records the model
-    assert main(["protect", "--scores", str(tmp_path / "scores"), "--model", str(d), "--saliency", "magnitude",
-                 "--budget", "0.02", "--out", str(tmp_path / "ok.safetensors"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "protect",
+                "--scores",
+                str(tmp_path / "scores"),
+                "--model",
+                str(d),
+                "--saliency",
+                "magnitude",
+                "--budget",
+                "0.02",
+                "--out",
+                str(tmp_path / "ok.safetensors"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     masks, _ = load_masks(tmp_path / "ok.safetensors")
     assert masks.model["weights_fingerprint"] == weights_fingerprint(load_model(str(d))[0])

@@ -1,4 +1,5 @@
 """The Attribution result: RI, ranks, top, grid, dataframe, save/load, compare."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,14 @@ def attr():
     scores = torch.rand(2, len(sites), generator=g, dtype=torch.float64)
     scores[0, 5] = 10.0  # layer 0 up_proj dominates backtracking
     vecs = {b: {s.name: torch.randn(s.out_features, generator=g) for s in sites} for b in ("backtracking", "deduction")}
-    return Attribution(("backtracking", "deduction"), tuple(sites), scores, "attribution", vecs,
-                       {"model": {"name": "tiny"}, "settings": {"k_context": 5}})
+    return Attribution(
+        ("backtracking", "deduction"),
+        tuple(sites),
+        scores,
+        "attribution",
+        vecs,
+        {"model": {"name": "tiny"}, "settings": {"k_context": 5}},
+    )
 
 
 def test_ri_ranks_top(attr):
@@ -111,10 +118,12 @@ def test_compare_refuses_incomparable_results_in_the_api(attr):
     with pytest.warns(UserWarning, match="k_context 5 vs 1"):
         shift = compare(attr, other, strict=False)
     assert torch.equal(shift.delta, torch.zeros_like(shift.delta))
-    joint = dataclasses.replace(attr, provenance={"model": {"name": "tiny"},
-                                                  "settings": {"k_context": 5, "mode": "joint"}})
-    attr_exact = dataclasses.replace(attr, provenance={"model": {"name": "tiny"},
-                                                       "settings": {"k_context": 5, "mode": "exact"}})
+    joint = dataclasses.replace(
+        attr, provenance={"model": {"name": "tiny"}, "settings": {"k_context": 5, "mode": "joint"}}
+    )
+    attr_exact = dataclasses.replace(
+        attr, provenance={"model": {"name": "tiny"}, "settings": {"k_context": 5, "mode": "exact"}}
+    )
     with pytest.warns(UserWarning, match="mode 'exact' vs 'joint'"):
         compare(attr_exact, joint)
     with warnings.catch_warnings():

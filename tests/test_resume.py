@@ -1,5 +1,6 @@
 """Regression tests: a reused out_dir never returns another run's numbers; bad input fails early
 and clearly (non-finite values, unscorable spans, invalid UTF-8, late option validation)."""
+
 from __future__ import annotations
 
 import copy
@@ -8,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from synth import synthetic_traces
 
 import lrm_interp
 from lrm_interp.attribution.resume import ResumeMismatchError
@@ -15,8 +17,6 @@ from lrm_interp.compress.quant.apply import quantize_model_
 from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace, TraceFormatError
 from lrm_interp.model.provenance import NonFiniteError, weights_fingerprint
 from lrm_interp.testing import byte_tokenizer, tiny_model
-
-from synth import synthetic_traces
 
 
 def _attr(model, ds, tok, out=None, **kw):
@@ -102,8 +102,14 @@ def test_edited_spans_under_same_ids_are_recomputed(tmp_path, tokenizer, tiny_ll
 
 def test_options_are_validated_before_any_file_is_written(tmp_path, tokenizer, tiny_llama):
     ds = synthetic_traces(2)
-    for bad in ({"weighting": "tokens"}, {"score": "papers"}, {"mode": "fast"}, {"k_context": -1},
-                {"negatives": "none"}, {"compute_dtype": "int4"}):
+    for bad in (
+        {"weighting": "tokens"},
+        {"score": "papers"},
+        {"mode": "fast"},
+        {"k_context": -1},
+        {"negatives": "none"},
+        {"compute_dtype": "int4"},
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             _attr(tiny_llama, ds, tokenizer, tmp_path, **bad)
     with pytest.raises(TypeError, match="unknown attribution option"):
@@ -127,7 +133,9 @@ def test_nan_activation_names_site_and_trace(tokenizer):
     model = tiny_model("llama")
     h = model.model.layers[0].self_attn.v_proj.register_forward_hook(lambda m, a, o: o * float("nan"))
     try:
-        with pytest.raises(NonFiniteError, match=r"trace synth/0: activations at site model\.layers\.0\.self_attn\.v_proj"):
+        with pytest.raises(
+            NonFiniteError, match=r"trace synth/0: activations at site model\.layers\.0\.self_attn\.v_proj"
+        ):
             _attr(model, synthetic_traces(2), tokenizer)
     finally:
         h.remove()
@@ -139,9 +147,12 @@ def test_nan_gradient_names_trace_and_behaviour(tokenizer):
     def poison(m, a, o):
         if o.requires_grad:
             o.register_hook(lambda g: g * float("nan"))
+
     h = model.model.layers[1].mlp.down_proj.register_forward_hook(poison)
     try:
-        with pytest.raises(NonFiniteError, match=r"trace synth/0, behaviour backtracking: activation gradients at site"):
+        with pytest.raises(
+            NonFiniteError, match=r"trace synth/0, behaviour backtracking: activation gradients at site"
+        ):
             _attr(model, synthetic_traces(2), tokenizer)
     finally:
         h.remove()
@@ -151,8 +162,12 @@ def test_unscorable_span_is_counted_and_warned(tiny_llama):
     tok = byte_tokenizer()
     tok.backend_tokenizer.post_processor = None  # no BOS: a span on the first character sits at position 0
     good = synthetic_traces(2)
-    bad = ReasoningTrace("first-char", "", "Wait, x. Hmm, maybe.", (BehaviorSpan("backtracking", 0, 1),
-                                                                     BehaviorSpan("backtracking", 6, 8)))
+    bad = ReasoningTrace(
+        "first-char",
+        "",
+        "Wait, x. Hmm, maybe.",
+        (BehaviorSpan("backtracking", 0, 1), BehaviorSpan("backtracking", 6, 8)),
+    )
     ds = ReasoningDataset([bad, *good])
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
@@ -160,8 +175,15 @@ def test_unscorable_span_is_counted_and_warned(tiny_llama):
     assert any("cannot be scored by attribution patching" in str(x.message) for x in w)
     assert res.provenance["counts"]["unscorable_spans"]["backtracking"] == 1
     sk = [s for s in res.provenance["skipped_spans"] if s["trace"] == "first-char"]
-    assert sk == [{"trace": "first-char", "span": 0, "behavior": "backtracking",
-                   "reason": "no predictable token (a one-token span at position 0)", "used_by": ["dom"]}]
+    assert sk == [
+        {
+            "trace": "first-char",
+            "span": 0,
+            "behavior": "backtracking",
+            "reason": "no predictable token (a one-token span at position 0)",
+            "used_by": ["dom"],
+        }
+    ]
     assert float(res.scores[res.behaviors.index("backtracking")].sum()) > 0  # the other spans still score
 
 

@@ -1,4 +1,5 @@
 """Mask-aware RTN: loop reference, protected weights bit-exact, scale fit without them, codes."""
+
 from __future__ import annotations
 
 import copy
@@ -6,19 +7,26 @@ import copy
 import pytest
 import torch
 
-from lrm_interp.compress.quant import (QuantizedTensor, check_bits, gptq_quantize, gptq_quantize_tensor, quantize_model_,
-                                       rtn_quantize, rtn_quantize_tensor)
+from lrm_interp.compress.quant import (
+    QuantizedTensor,
+    check_bits,
+    gptq_quantize,
+    gptq_quantize_tensor,
+    quantize_model_,
+    rtn_quantize,
+    rtn_quantize_tensor,
+)
 from lrm_interp.model.provenance import model_record
-from lrm_interp.model.weights import weight_matrix
 from lrm_interp.model.sites import find_sites, get_module
+from lrm_interp.model.weights import weight_matrix
 from lrm_interp.testing import tiny_model
 
 
 def naive_rtn(W, bits, group_size, mask=None, symmetric=False):
     """Reference: python loops over rows and groups (float32 scalar arithmetic, like the fast path)."""
-    f = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731
+    f = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731 - shorthand for the literals below
     out = W.double().clone()
-    maxq = 2 ** bits - 1
+    maxq = 2**bits - 1
     g = W.shape[1] if group_size is None else group_size
     for r in range(W.shape[0]):
         for g0 in range(0, W.shape[1], g):
@@ -52,7 +60,7 @@ def test_rtn_matches_loop_reference_and_keeps_protected_exact(symmetric, group_s
         torch.testing.assert_close(fast.double(), ref, rtol=1e-5, atol=1e-6)
         assert torch.equal(fast[mask], W[mask])
         n_levels = len(torch.unique(fast[0, :16][~mask[0, :16]]))
-        assert n_levels <= 2 ** bits
+        assert n_levels <= 2**bits
         assert not torch.equal(fast[~mask], W[~mask])
 
 
@@ -83,8 +91,10 @@ def test_dtype_kept_and_protected_bit_exact(dtype):
     mask[2, 40:] = True  # a whole group protected: its fit is empty, nothing changes
     q = rtn_quantize(W, 4, group_size=32, mask=mask)
     assert q.dtype == dtype
-    assert torch.equal(q[mask].view(torch.int16 if dtype != torch.float32 else torch.int32),
-                       W[mask].view(torch.int16 if dtype != torch.float32 else torch.int32))
+    assert torch.equal(
+        q[mask].view(torch.int16 if dtype != torch.float32 else torch.int32),
+        W[mask].view(torch.int16 if dtype != torch.float32 else torch.int32),
+    )
 
 
 def test_quantized_tensor_codes_and_storage():
@@ -122,11 +132,17 @@ def test_one_bits_check_everywhere():
     W, H = torch.randn(4, 8), torch.eye(8)
     model = tiny_model("llama", seed=0)
     assert [check_bits(b) for b in (2, 8, 3.0)] == [2, 8, 3]
-    calls = [lambda b: check_bits(b), lambda b: rtn_quantize(W, b), lambda b: rtn_quantize_tensor(W, b),
-             lambda b: gptq_quantize(W, H, b), lambda b: gptq_quantize_tensor(W, H, b),
-             lambda b: quantize_model_(model, bits=b, progress=False),
-             lambda b: quantize_model_(model, bits=b, method="gptq", calib=torch.zeros(1, 4, dtype=torch.long),
-                                       progress=False)]
+    calls = [
+        lambda b: check_bits(b),
+        lambda b: rtn_quantize(W, b),
+        lambda b: rtn_quantize_tensor(W, b),
+        lambda b: gptq_quantize(W, H, b),
+        lambda b: gptq_quantize_tensor(W, H, b),
+        lambda b: quantize_model_(model, bits=b, progress=False),
+        lambda b: quantize_model_(
+            model, bits=b, method="gptq", calib=torch.zeros(1, 4, dtype=torch.long), progress=False
+        ),
+    ]
     for bad in (1, 9):
         for call in calls:
             with pytest.raises(ValueError, match=f"bits must be in 2..8, got {bad}"):
@@ -186,8 +202,15 @@ def test_quantize_sites_is_one_lazy_per_site_loop():
         for L in (0, 1):
             grp = [s for s in sites if s.layer == L]
             if L == 1:  # layer 0 is already quantized when layer 1 is requested
-                pulled.append(all(not torch.equal(weight_matrix(get_module(model, s.name)),
-                                                  weight_matrix(get_module(orig, s.name))) for s in sites if s.layer == 0))
+                pulled.append(
+                    all(
+                        not torch.equal(
+                            weight_matrix(get_module(model, s.name)), weight_matrix(get_module(orig, s.name))
+                        )
+                        for s in sites
+                        if s.layer == 0
+                    )
+                )
             yield grp, {s.name: torch.eye(s.in_features) for s in grp}
 
     def quantize(W, m, H):
@@ -201,11 +224,15 @@ def test_quantize_sites_is_one_lazy_per_site_loop():
             self.n += k
 
     tensors, bar = {}, Bar()
-    n_w, n_p = quantize_sites_(model, groups(), quantize, masks={sites[0].name: pm}, on_tensor=tensors.__setitem__,
-                               bar=bar)
+    n_w, n_p = quantize_sites_(
+        model, groups(), quantize, masks={sites[0].name: pm}, on_tensor=tensors.__setitem__, bar=bar
+    )
     assert pulled == [True] and bar.n == len(sites) == len(seen) and list(tensors) == [s.name for s in sites]
-    assert seen[0] == ((sites[0].out_features, sites[0].in_features), sites[0].in_features,
-                       (sites[0].in_features, sites[0].in_features))
+    assert seen[0] == (
+        (sites[0].out_features, sites[0].in_features),
+        sites[0].in_features,
+        (sites[0].in_features, sites[0].in_features),
+    )
     assert n_w == sum(s.n_weights for s in sites) and n_p == pm.n_protected
     for s in sites:
         w0, w1 = weight_matrix(get_module(orig, s.name)), weight_matrix(get_module(model, s.name))

@@ -1,4 +1,5 @@
 """Per-weight saliency: formulas against hand-written references, streaming, behaviour gradients."""
+
 from __future__ import annotations
 
 import gc
@@ -8,18 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lrm_interp.attribution.results import Attribution
+from lrm_interp.compress.quant import rtn_quantize
+from lrm_interp.data.tokens import encode_trace
+from lrm_interp.experiments.protection import comparison_masks, comparison_sources
+from lrm_interp.model.sites import find_sites, get_module
+from lrm_interp.model.weights import weight_matrix
 from lrm_interp.protect import registry as reg
 from lrm_interp.protect import saliency as sal
 from lrm_interp.protect.gptq_aware import attribution_gptq, tacq
-from lrm_interp.protect.scale_aware import scale_aware_saliency
-from lrm_interp.experiments.protection import comparison_masks, comparison_sources
 from lrm_interp.protect.policies import global_top
-from lrm_interp.compress.quant import rtn_quantize
-from lrm_interp.model.weights import weight_matrix
-from lrm_interp.attribution.results import Attribution
-from lrm_interp.model.sites import find_sites, get_module
+from lrm_interp.protect.scale_aware import scale_aware_saliency
 from lrm_interp.testing import tiny_model
-from lrm_interp.data.tokens import encode_trace
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,10 @@ def _inputs(model, sites, ids):
     """Reference: site inputs [tokens, in] from plain forward pre-hooks."""
     xs, hs = {}, []
     for s in sites:
+
         def pre(mod, args, name=s.name):
             xs[name] = args[0].reshape(-1, args[0].shape[-1]).float()
+
         hs.append(get_module(model, s.name).register_forward_pre_hook(pre))
     with torch.no_grad():
         model(input_ids=ids)
@@ -87,8 +90,10 @@ def test_activation_excludes_padding(setup):
     model, ids = setup
     sites = find_sites(model)[:1]
     short = ids[:, :25]
-    padded = {"input_ids": torch.cat([short, torch.full((3, 15), 258)], 1),
-              "attention_mask": torch.cat([torch.ones(3, 25), torch.zeros(3, 15)], 1).long()}
+    padded = {
+        "input_ids": torch.cat([short, torch.full((3, 15), 258)], 1),
+        "attention_mask": torch.cat([torch.ones(3, 25), torch.zeros(3, 15)], 1).long(),
+    }
     a = sal.input_sq_means(model, sites, padded)[sites[0].name]
     b = sal.input_sq_means(model, sites, short)[sites[0].name]
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
@@ -114,8 +119,8 @@ def test_behaviour_gradients_equal_plain_autograd(tokenizer):
     for e in enc:
         for sp in e.spans_of("backtracking"):
             model.zero_grad()
-            logits = model(input_ids=e.input_ids[None, :sp.end]).logits[0]
-            F.cross_entropy(logits[sp.start - 1:sp.end - 1], e.input_ids[sp.start:sp.end]).backward()
+            logits = model(input_ids=e.input_ids[None, : sp.end]).logits[0]
+            F.cross_entropy(logits[sp.start - 1 : sp.end - 1], e.input_ids[sp.start : sp.end]).backward()
             n += 1
             for s in sites:
                 g = get_module(model, s.name).weight.grad
@@ -134,7 +139,9 @@ def test_attribution_saliency_chunks_importance_and_loss_fn(tokenizer):
     enc = _traces(tokenizer)
     G = sal.behaviour_weight_grads(model, enc, sites, ["backtracking"])
     full = dict(sal.attribution(model, sites, enc, ["backtracking"], bits=3, group_size=32))
-    chunked = dict(sal.attribution(model, sites, enc, ["backtracking"], bits=3, group_size=32, site_chunk=7))  # two gradient passes of 7 sites
+    chunked = dict(
+        sal.attribution(model, sites, enc, ["backtracking"], bits=3, group_size=32, site_chunk=7)
+    )  # two gradient passes of 7 sites
     for s in sites:
         W = get_module(model, s.name).weight.data
         expect = G[s.name] * (W - rtn_quantize(W, 3, group_size=32)).abs()
@@ -144,8 +151,9 @@ def test_attribution_saliency_chunks_importance_and_loss_fn(tokenizer):
     scores = torch.rand(2, len(sites), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     attr = Attribution(("backtracking", "deduction"), tuple(sites), scores, "attribution")
     ri = attr.site_ri()  # mean RI over behaviours (attribution.results.site_scores)
-    weighted = dict(sal.attribution(model, sites[:3], enc, ["backtracking"], bits=3, group_size=32,
-                                    module_importance=attr))
+    weighted = dict(
+        sal.attribution(model, sites[:3], enc, ["backtracking"], bits=3, group_size=32, module_importance=attr)
+    )
     for s in sites[:3]:
         assert float(weighted[s].mean()) == pytest.approx(ri[s.name], rel=1e-4)
     # a custom loss over batches: next-token loss on plain ids
@@ -180,7 +188,6 @@ def test_conv1d_gradients_in_out_in_layout():
         torch.testing.assert_close(G[s.name], mod.weight.grad.T.abs(), rtol=1e-4, atol=1e-7)
 
 
-
 def test_comparison_sources_are_the_single_saliencies(setup, tokenizer):
     from lrm_interp.toy.tasks import generate_dataset
 
@@ -190,13 +197,23 @@ def test_comparison_sources_are_the_single_saliencies(setup, tokenizer):
     beh = ["adding-knowledge", "deduction"]
     imp = {s.name: float(i + 1) for i, s in enumerate(sites)}
     src = comparison_sources(model, sites, enc, beh, ids, bits=3, group_size=32, module_importance=imp, seed=7)
-    assert list(src) == ["attribution (behaviour-span TaCQ × module RI)", "attribution (behaviour-span TaCQ)",
-                         "attribution, scale-aware (behaviour spans, group re-fit)",
-                         "attribution × GPTQ error (behaviour spans)", "TaCQ (response gradients × GPTQ error × |W|)",
-                         "magnitude", "activation (AWQ-style)", "hessian (SpQR-style)", "random"]
-    ref = {"magnitude": sal.magnitude(model, sites), "random": sal.random_saliency(model, sites, seed=7),
-           "hessian (SpQR-style)": sal.hessian(model, sites, ids, bits=3, group_size=32),
-           "attribution (behaviour-span TaCQ)": sal.attribution(model, sites, enc, beh, bits=3, group_size=32)}
+    assert list(src) == [
+        "attribution (behaviour-span TaCQ × module RI)",
+        "attribution (behaviour-span TaCQ)",
+        "attribution, scale-aware (behaviour spans, group re-fit)",
+        "attribution × GPTQ error (behaviour spans)",
+        "TaCQ (response gradients × GPTQ error × |W|)",
+        "magnitude",
+        "activation (AWQ-style)",
+        "hessian (SpQR-style)",
+        "random",
+    ]
+    ref = {
+        "magnitude": sal.magnitude(model, sites),
+        "random": sal.random_saliency(model, sites, seed=7),
+        "hessian (SpQR-style)": sal.hessian(model, sites, ids, bits=3, group_size=32),
+        "attribution (behaviour-span TaCQ)": sal.attribution(model, sites, enc, beh, bits=3, group_size=32),
+    }
     for name, stream in ref.items():
         got = dict(src[name]())
         for s_, v in stream:
@@ -205,12 +222,14 @@ def test_comparison_sources_are_the_single_saliencies(setup, tokenizer):
     for s_ in sites:  # each module's saliency rescaled to mean = its importance
         assert float(ri[s_].mean()) == pytest.approx(imp[s_.name], rel=1e-5)
     assert "attribution (behaviour-span TaCQ × module RI)" not in comparison_sources(
-        model, sites, enc, beh, ids, bits=3)
+        model, sites, enc, beh, ids, bits=3
+    )
     rows = comparison_masks({"magnitude": src["magnitude"]}, find_sites(model), 0.05)
     assert list(rows) == ["none", "5% magnitude", "final-layer MLP (paper)"] and rows["none"] == {}
     mag = global_top(sal.magnitude(model, sites), 0.05)  # the source streams over `sites` only
     assert {k: m.flat_indices().tolist() for k, m in rows["5% magnitude"].items()} == {
-        k: m.flat_indices().tolist() for k, m in mag.items()}
+        k: m.flat_indices().tolist() for k, m in mag.items()
+    }
     assert sum(m.n_protected for m in rows["5% magnitude"].values()) == round(0.05 * sum(s_.n_weights for s_ in sites))
     assert sorted(rows["final-layer MLP (paper)"]) == [f"model.layers.1.mlp.{k}_proj" for k in ("down", "gate", "up")]
 
@@ -223,21 +242,45 @@ def test_registry_builds_every_source_like_its_function(setup, tokenizer):
     enc = [encode_trace(tokenizer, t) for t in generate_dataset(1, seed=5)]
     beh = ["adding-knowledge", "deduction"]
     imp = {s.name: float(i + 1) for i, s in enumerate(sites)}
-    assert list(reg.SALIENCIES) == ["attribution_ri", "attribution", "attribution_scale", "attribution_gptq", "tacq",
-                                    "magnitude", "activation", "hessian", "random"]
-    kw = dict(encoded=enc, behaviors=beh, calib=ids, bits=2, group_size=16, symmetric=True, seed=3,
-              module_importance=imp, progress=False)
-    ref = {"attribution_ri": sal.attribution(model, sites, enc, beh, bits=2, group_size=16, symmetric=True,
-                                             module_importance=imp),
-           "attribution": sal.attribution(model, sites, enc, beh, bits=2, group_size=16, symmetric=True),
-           "magnitude": sal.magnitude(model, sites), "activation": sal.activation(model, sites, ids),
-           "hessian": sal.hessian(model, sites, ids, bits=2, group_size=16, symmetric=True),
-           "random": sal.random_saliency(model, sites, seed=3),
-           "attribution_gptq": attribution_gptq(model, sites, enc, beh, ids, bits=2, group_size=16, symmetric=True),
-           "tacq": tacq(model, sites, enc, ids, bits=2, group_size=16, symmetric=True)}
+    assert list(reg.SALIENCIES) == [
+        "attribution_ri",
+        "attribution",
+        "attribution_scale",
+        "attribution_gptq",
+        "tacq",
+        "magnitude",
+        "activation",
+        "hessian",
+        "random",
+    ]
+    kw = dict(
+        encoded=enc,
+        behaviors=beh,
+        calib=ids,
+        bits=2,
+        group_size=16,
+        symmetric=True,
+        seed=3,
+        module_importance=imp,
+        progress=False,
+    )
+    ref = {
+        "attribution_ri": sal.attribution(
+            model, sites, enc, beh, bits=2, group_size=16, symmetric=True, module_importance=imp
+        ),
+        "attribution": sal.attribution(model, sites, enc, beh, bits=2, group_size=16, symmetric=True),
+        "magnitude": sal.magnitude(model, sites),
+        "activation": sal.activation(model, sites, ids),
+        "hessian": sal.hessian(model, sites, ids, bits=2, group_size=16, symmetric=True),
+        "random": sal.random_saliency(model, sites, seed=3),
+        "attribution_gptq": attribution_gptq(model, sites, enc, beh, ids, bits=2, group_size=16, symmetric=True),
+        "tacq": tacq(model, sites, enc, ids, bits=2, group_size=16, symmetric=True),
+    }
     G = sal.behaviour_weight_grads(model, enc, sites, beh)
-    ref["attribution_scale"] = [(s_, scale_aware_saliency(get_module(model, s_.name).weight.data, G[s_.name], 2,
-                                                          group_size=16, symmetric=True)) for s_ in sites]
+    ref["attribution_scale"] = [
+        (s_, scale_aware_saliency(get_module(model, s_.name).weight.data, G[s_.name], 2, group_size=16, symmetric=True))
+        for s_ in sites
+    ]
     assert set(ref) == set(reg.SALIENCIES)
     for name, stream in ref.items():
         built = reg.build_saliency(name, model, sites, **kw)

@@ -1,4 +1,5 @@
 """Scale-aware saliency against a brute-force reference that re-quantizes the whole group per step."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,11 +39,12 @@ def _reference(W, G, bits, g, symmetric, chain):
     sal = base.clone()
     for r in range(out):
         for c0 in range(0, inn, g):
-            w, a = W[r:r + 1, c0:c0 + g], G[r:r + 1, c0:c0 + g].abs()
+            w, a = W[r : r + 1, c0 : c0 + g], G[r : r + 1, c0 : c0 + g].abs()
 
-            def cost(prot):
+            def cost(prot, w=w, a=a):
                 q = rtn_quantize(w, bits, group_size=None, symmetric=symmetric, mask=prot)
                 return float((a * (w - q).abs() * ~prot).sum())
+
             prot = torch.zeros_like(w, dtype=torch.bool)
             c, gains, picks = cost(prot), [], []
             for _ in range(min(chain, w.shape[1])):
@@ -50,7 +52,10 @@ def _reference(W, G, bits, g, symmetric, chain):
                 if symmetric:
                     cands = [max(free, key=lambda j: (abs(float(w[0, j])), -j))]
                 else:
-                    cands = [max(free, key=lambda j: (float(w[0, j]), -j)), min(free, key=lambda j: (float(w[0, j]), j))]
+                    cands = [
+                        max(free, key=lambda j: (float(w[0, j]), -j)),
+                        min(free, key=lambda j: (float(w[0, j]), j)),
+                    ]
                 best = None
                 for j in cands:
                     t = prot.clone()
@@ -95,8 +100,9 @@ def test_outlier_gain_counts_the_whole_groups_finer_grid():
 def test_per_channel_and_errors():
     W = torch.randn(3, 10, generator=torch.Generator().manual_seed(1))
     G = torch.rand(3, 10)
-    torch.testing.assert_close(scale_aware_saliency(W, G, 3, group_size=None),
-                               _reference(W, G, 3, 10, False, 4), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        scale_aware_saliency(W, G, 3, group_size=None), _reference(W, G, 3, 10, False, 4), rtol=1e-5, atol=1e-6
+    )
     with pytest.raises(ValueError, match="gradient shape"):
         scale_aware_saliency(W, G[:2], 3)
     with pytest.raises(ValueError, match="bits must be in"):

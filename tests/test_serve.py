@@ -1,5 +1,6 @@
 """The OpenAI-compatible server of lrm_interp.evaluation.serve: greedy generation equal to
 transformers' generate, the OpenAI response shapes, vLLM-style errors; one real socket round trip."""
+
 from __future__ import annotations
 
 import json
@@ -28,24 +29,30 @@ def test_completion_is_greedy_generate(gen):
     ref = generate_responses(gen.model, gen.tok, [PROMPT], max_new_tokens=12)[0]
     assert d["choices"][0]["text"] == ref
     n_prompt = len(gen.tok(PROMPT)["input_ids"])
-    assert d["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": 12, "total_tokens": n_prompt + 12} \
+    assert (
+        d["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": 12, "total_tokens": n_prompt + 12}
         or d["choices"][0]["finish_reason"] == "stop"
+    )
     # stop strings cut the text; the default budget is 16 tokens, as OpenAI's
     text = d["choices"][0]["text"]
     if len(text) > 3:
         _, d2 = gen.handle("POST", "/v1/completions", {"prompt": PROMPT, "max_tokens": 12, "stop": [text[2:4]]})
-        assert d2["choices"][0]["text"] == text[:text.find(text[2:4])] and d2["choices"][0]["finish_reason"] == "stop"
+        assert d2["choices"][0]["text"] == text[: text.find(text[2:4])] and d2["choices"][0]["finish_reason"] == "stop"
     _, d3 = gen.handle("POST", "/v1/completions", {"prompt": [PROMPT]})
     assert d3["usage"]["completion_tokens"] <= 16
 
 
 def test_chat_completion_and_models(gen):
-    status, d = gen.handle("POST", "/v1/chat/completions",
-                           {"model": "toy", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 8})
+    status, d = gen.handle(
+        "POST",
+        "/v1/chat/completions",
+        {"model": "toy", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 8},
+    )
     assert status == 200 and d["object"] == "chat.completion"
     assert d["choices"][0]["message"]["role"] == "assistant"
-    assert d["choices"][0]["message"]["content"] == generate_responses(gen.model, gen.tok, [PROMPT],
-                                                                       max_new_tokens=8)[0]
+    assert (
+        d["choices"][0]["message"]["content"] == generate_responses(gen.model, gen.tok, [PROMPT], max_new_tokens=8)[0]
+    )
     assert gen.handle("GET", "/health") == (200, {"status": "ok"})
     status, m = gen.handle("GET", "/v1/models")
     assert m["data"][0]["id"] == "toy" and m["data"][0]["max_model_len"] == 1024
@@ -70,10 +77,15 @@ def test_truncate_prompt_keeps_the_tail(gen):
     long_prompt = "a" * 1020 + PROMPT
     status, d = cut.handle("POST", "/v1/completions", {"prompt": long_prompt, "max_tokens": 2})
     assert status == 200 and d["usage"]["prompt_tokens"] == 1024 - 2
-    ids = gen.tok(long_prompt, return_tensors="pt")["input_ids"][:, -(1024 - 2):]
-    ref = gen.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
-                             pad_token_id=gen.tok.pad_token_id)
-    assert d["choices"][0]["text"] == gen.tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
+    ids = gen.tok(long_prompt, return_tensors="pt")["input_ids"][:, -(1024 - 2) :]
+    ref = gen.model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=2,
+        do_sample=False,
+        pad_token_id=gen.tok.pad_token_id,
+    )
+    assert d["choices"][0]["text"] == gen.tok.decode(ref[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def test_socket_round_trip(gen):
@@ -82,8 +94,9 @@ def test_socket_round_trip(gen):
     th.start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        req = urllib.request.Request(base + "/v1/completions", method="POST",
-                                     data=json.dumps({"prompt": PROMPT, "max_tokens": 4}).encode())
+        req = urllib.request.Request(
+            base + "/v1/completions", method="POST", data=json.dumps({"prompt": PROMPT, "max_tokens": 4}).encode()
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             assert r.status == 200 and json.loads(r.read())["usage"]["completion_tokens"] <= 4
         bad = urllib.request.Request(base + "/v1/completions", method="POST", data=b"{not json")

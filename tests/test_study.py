@@ -1,6 +1,7 @@
 """`lrm-interp study` / :func:`lrm_interp.experiments.study.run_study` on tiny random models: the rows
 are the planner's at matched bits per weight, the intervals are the library's, the folder resumes
 and refuses another study, and the command line mirrors the API."""
+
 from __future__ import annotations
 
 import copy
@@ -35,10 +36,17 @@ def kl_study(tmp_path_factory, traces):
 
 
 def test_settings_refuse_bad_values():
-    for kw, needle in [({"bits": 8}, "bits must be in 2..7"), ({"bits": 9}, "bits must be in 2..8"),
-                       ({"budget": 0.0}, "budget"), ({"per_task": 0}, "per_task"), ({"tasks": ["nope"]}, "nope"),
-                       ({"tasks": ["aime"]}, "needs a data file"), ({"group_size": 0}, "group_size"),
-                       ({"resamples": 0}, "resamples"), ({"batch_size": 0}, "batch_size")]:
+    for kw, needle in [
+        ({"bits": 8}, "bits must be in 2..7"),
+        ({"bits": 9}, "bits must be in 2..8"),
+        ({"budget": 0.0}, "budget"),
+        ({"per_task": 0}, "per_task"),
+        ({"tasks": ["nope"]}, "nope"),
+        ({"tasks": ["aime"]}, "needs a data file"),
+        ({"group_size": 0}, "group_size"),
+        ({"resamples": 0}, "resamples"),
+        ({"batch_size": 0}, "batch_size"),
+    ]:
         with pytest.raises(ValueError, match=needle):
             StudySettings(**kw)
     s = StudySettings(tasks="MATH")
@@ -154,8 +162,16 @@ def test_generation_order():
 
 def test_accuracy_rows_use_wilson(traces, tmp_path):
     model, tok = tiny_model("llama", seed=0), byte_tokenizer()
-    r = run_study(model, traces, tmp_path / "acc", tokenizer=tok, tasks=["math", "logic"], per_task=2,
-                  max_new_tokens=4, progress=False)
+    r = run_study(
+        model,
+        traces,
+        tmp_path / "acc",
+        tokenizer=tok,
+        tasks=["math", "logic"],
+        per_task=2,
+        max_new_tokens=4,
+        progress=False,
+    )
     for x in r.rows:
         c = int(r.outcomes[x.key]["correct"].sum())
         assert x.metric == "accuracy" and x.n == 4 and x.correct == c and x.value == c / 4
@@ -172,8 +188,10 @@ def test_cli_study_mirrors_the_api(traces, tmp_path, capsys):
     byte_tokenizer().save_pretrained(model_dir)
     data = traces.save_jsonl(tmp_path / "t.jsonl")
     out = tmp_path / "out"
-    assert main(["study", "--model", str(model_dir), "--data", str(data), "--bits", "3", "--out", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(["study", "--model", str(model_dir), "--data", str(data), "--bits", "3", "--out", str(out), "--quiet"])
+        == 0
+    )
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == f"report: {out / 'report.html'} (self-contained HTML: open it in a browser)"
     r = StudyResult.load(out)
@@ -182,8 +200,11 @@ def test_cli_study_mirrors_the_api(traces, tmp_path, capsys):
     cmd = r.commands[0].split()[1:]
     assert main(cmd + ["--quiet"]) == 0
     assert "resumed: fp, uniform, magnitude, attribution, mixed" in capsys.readouterr().out
-    for argv, needle in [(["--tasks", "nope"], "--tasks: unknown benchmark task 'nope'"),
-                         (["--tasks", "aime"], "--task-data"), (["--bits", "4"], "holds another study")]:
+    for argv, needle in [
+        (["--tasks", "nope"], "--tasks: unknown benchmark task 'nope'"),
+        (["--tasks", "aime"], "--task-data"),
+        (["--bits", "4"], "holds another study"),
+    ]:
         base = ["study", "--model", str(model_dir), "--data", str(data), "--bits", "3", "--out", str(out)]
         if "--bits" in argv:
             base = base[:-4] + base[-2:]

@@ -1,4 +1,5 @@
 """The shipped toy reasoning model: offline loading, accuracy, compression damage, training."""
+
 from __future__ import annotations
 
 import copy
@@ -9,12 +10,12 @@ import torch
 
 from lrm_interp.compress.prune import prune_magnitude_
 from lrm_interp.compress.quant import quantize_model_
-from lrm_interp.toy import load_toy_model, toy_model_dir
+from lrm_interp.data.traces import TARGET_BEHAVIORS
 from lrm_interp.evaluation.generation import generate_answers
+from lrm_interp.toy import load_toy_model, toy_model_dir
 from lrm_interp.toy.evaluate import collect_traces, evaluate
 from lrm_interp.toy.tasks import FAMILIES, N_PEOPLE, generate_trace, problems
 from lrm_interp.toy.train import make_batch, train_toy_model
-from lrm_interp.data.traces import TARGET_BEHAVIORS
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +104,22 @@ def test_training_is_deterministic(tmp_path):
     a, b = make_batch(5, 4, 0), make_batch(5, 4, 0)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert (a[1][:, :3] == -100).all()  # no loss on the prompt
-    kw = dict(steps=3, stop_at=None, anneal_steps=1, batch_size=4, anneal_batch_size=4, seed=0, device="cpu",
-              eval_per_family=1, workers=0, hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64)
+    kw = dict(
+        steps=3,
+        stop_at=None,
+        anneal_steps=1,
+        batch_size=4,
+        anneal_batch_size=4,
+        seed=0,
+        device="cpu",
+        eval_per_family=1,
+        workers=0,
+        hidden=32,
+        layers=1,
+        heads=2,
+        kv_heads=1,
+        intermediate=64,
+    )
     log1 = train_toy_model(tmp_path / "a", **kw)
     train_toy_model(tmp_path / "b", **kw)
     from safetensors.torch import load_file

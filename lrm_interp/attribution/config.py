@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -45,41 +46,71 @@ class AttributionConfig:
     """
 
     behaviors: tuple[str, ...] | None = _opt(
-        None, "behaviour labels to score (default: the paper's four target behaviours present in the data)",
-        nargs="+")
+        None, "behaviour labels to score (default: the paper's four target behaviours present in the data)", nargs="+"
+    )
     sites: str | tuple[str, ...] | None = _opt(
-        None, "linear sites: a regex over module names, or a list of names (default: every linear module "
-              "in the decoder layers)")
-    method: str = _opt("attribution", "attribution = attribution patching (paper Eq. 2); dom = size of the "
-                                      "mean shift ||u|| / ||mean activation|| only", METHODS)
-    mode: str = _opt("exact", "AtP gradients: exact = one backward per span; joint = one backward per trace "
-                              "and behaviour (approximate, faster)", MODES)
-    score: str = _opt("paper", "paper = |sum over spans of u.grad| / |D+| (Eq. 2); code = the released code's "
-                               "sum of |u.grad| / number of spans", SCORES)
+        None,
+        "linear sites: a regex over module names, or a list of names (default: every linear module "
+        "in the decoder layers)",
+    )
+    method: str = _opt(
+        "attribution",
+        "attribution = attribution patching (paper Eq. 2); dom = size of the "
+        "mean shift ||u|| / ||mean activation|| only",
+        METHODS,
+    )
+    mode: str = _opt(
+        "exact",
+        "AtP gradients: exact = one backward per span; joint = one backward per trace "
+        "and behaviour (approximate, faster)",
+        MODES,
+    )
+    score: str = _opt(
+        "paper",
+        "paper = |sum over spans of u.grad| / |D+| (Eq. 2); code = the released code's "
+        "sum of |u.grad| / number of spans",
+        SCORES,
+    )
     k_context: int = _opt(5, "tokens before each span added to its DoM window (paper's code: 5; Venhoff: 1)")
-    negatives: str = _opt("all", "tokens forming D-: all (every content token), response, or thinking "
-                                 "(response up to </think>)", NEGATIVES)
-    weighting: str = _opt("trace", "trace = mean of per-trace means (paper); token = pooled token means",
-                          WEIGHTINGS)
-    special_tokens: str = _opt("exclude", "special tokens (BOS, <think> if special, ...) in D- and the overall "
-                                          "mean: exclude (default) or include (the released code's convention)",
-                               SPECIAL_TOKENS)
-    off_by_one: bool = _opt(False, "reproduce the released code's gradient window [start, end) instead of the "
-                                   "positions predicting the span [start-1, end-1)")
-    max_tokens: int | None = _opt(None, "truncate traces to this many tokens; spans cut off are counted and "
-                                        "reported")
-    overlong: str = _opt("error", "traces longer than the model's context (its config's max_position_embeddings, "
-                                  "or n_positions for GPT-2): error = refuse the run, naming them (default); "
-                                  "truncate = cut them at the context (spans cut off are counted); skip = leave "
-                                  "them out (counted). Counts in provenance['overlong']", OVERLONG)
-    prefix_cache: bool = _opt(True, "exact mode: one no-grad forward per trace caches the keys/values and each span "
-                                    "runs forward+backward over its own window only (exact); off = the full "
-                                    "prefix per span. Models that cannot (sliding-window, hybrid caches) use the "
-                                    "full prefix, and provenance says why")
-    gradient_checkpointing: bool = _opt(False, "recompute activations in the AtP backward (less memory, "
-                                               "about 1.3x the time)")
-    compute_dtype: str | None = _opt(None, "autocast dtype for forward/backward (losses and sums stay fp32)",
-                                     DTYPE_CHOICES)
+    negatives: str = _opt(
+        "all",
+        "tokens forming D-: all (every content token), response, or thinking (response up to </think>)",
+        NEGATIVES,
+    )
+    weighting: str = _opt("trace", "trace = mean of per-trace means (paper); token = pooled token means", WEIGHTINGS)
+    special_tokens: str = _opt(
+        "exclude",
+        "special tokens (BOS, <think> if special, ...) in D- and the overall "
+        "mean: exclude (default) or include (the released code's convention)",
+        SPECIAL_TOKENS,
+    )
+    off_by_one: bool = _opt(
+        False,
+        "reproduce the released code's gradient window [start, end) instead of the "
+        "positions predicting the span [start-1, end-1)",
+    )
+    max_tokens: int | None = _opt(None, "truncate traces to this many tokens; spans cut off are counted and reported")
+    overlong: str = _opt(
+        "error",
+        "traces longer than the model's context (its config's max_position_embeddings, "
+        "or n_positions for GPT-2): error = refuse the run, naming them (default); "
+        "truncate = cut them at the context (spans cut off are counted); skip = leave "
+        "them out (counted). Counts in provenance['overlong']",
+        OVERLONG,
+    )
+    prefix_cache: bool = _opt(
+        True,
+        "exact mode: one no-grad forward per trace caches the keys/values and each span "
+        "runs forward+backward over its own window only (exact); off = the full "
+        "prefix per span. Models that cannot (sliding-window, hybrid caches) use the "
+        "full prefix, and provenance says why",
+    )
+    gradient_checkpointing: bool = _opt(
+        False, "recompute activations in the AtP backward (less memory, about 1.3x the time)"
+    )
+    compute_dtype: str | None = _opt(
+        None, "autocast dtype for forward/backward (losses and sums stay fp32)", DTYPE_CHOICES
+    )
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
@@ -112,8 +143,9 @@ class AttributionConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.k_context, bool) or not isinstance(self.k_context, int) or self.k_context < 0:
             raise ValueError(f"k_context must be an integer >= 0, got {self.k_context!r}")
-        if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int)
-                                            or self.max_tokens < 2):
+        if self.max_tokens is not None and (
+            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 2
+        ):
             raise ValueError(f"max_tokens must be None or an integer >= 2, got {self.max_tokens!r}")
         try:
             set_("compute_dtype", dtype_to_str(str_to_dtype(self.compute_dtype)))
@@ -121,10 +153,13 @@ class AttributionConfig:
             raise ValueError(f"compute_dtype: {e}") from None
         if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"compute_dtype must be one of {DTYPE_CHOICES} or None, got {self.compute_dtype!r}")
-        if self.method == "dom" and (self.mode != "exact" or self.score != "paper" or self.off_by_one
-                                     or self.gradient_checkpointing):
-            raise ValueError("mode, score, off_by_one and gradient_checkpointing apply to method='attribution' "
-                             "only; leave them at their defaults with method='dom'")
+        if self.method == "dom" and (
+            self.mode != "exact" or self.score != "paper" or self.off_by_one or self.gradient_checkpointing
+        ):
+            raise ValueError(
+                "mode, score, off_by_one and gradient_checkpointing apply to method='attribution' "
+                "only; leave them at their defaults with method='dom'"
+            )
 
     # ------------------------------------------------------------------ views
     @property
@@ -137,7 +172,7 @@ class AttributionConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AttributionConfig":
+    def from_dict(cls, d: dict[str, Any]) -> AttributionConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError`` naming them."""
         unknown = set(d) - set(cls.field_names())
         if unknown:
@@ -148,7 +183,7 @@ class AttributionConfig:
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
-    def replace(self, **changes: Any) -> "AttributionConfig":
+    def replace(self, **changes: Any) -> AttributionConfig:
         """A copy with ``changes`` applied (validated again)."""
         unknown = set(changes) - set(self.field_names())
         if unknown:
@@ -160,5 +195,4 @@ class AttributionConfig:
         return hashlib.blake2b(json.dumps(self.to_dict(), sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
-__all__ = ["AttributionConfig", "METHODS", "MODES", "SCORES", "NEGATIVES", "WEIGHTINGS", "SPECIAL_TOKENS",
-           "OVERLONG"]
+__all__ = ["AttributionConfig", "METHODS", "MODES", "SCORES", "NEGATIVES", "WEIGHTINGS", "SPECIAL_TOKENS", "OVERLONG"]

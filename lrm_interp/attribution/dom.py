@@ -14,19 +14,18 @@ the four behaviours, so all got the same sum).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from lrm_interp.attribution.config import NEGATIVES, SPECIAL_TOKENS, WEIGHTINGS
+from lrm_interp.data.tokens import EncodedTrace, span_mask
 from lrm_interp.model.capture import Capture, MaskedSum
 from lrm_interp.model.forward import activation_forward, input_device
 from lrm_interp.model.provenance import NonFiniteError
 from lrm_interp.model.sites import Site
-from lrm_interp.data.tokens import EncodedTrace, span_mask
-
 
 
 def negative_mask(enc: EncodedTrace, negatives: str = "all", special_tokens: str = "exclude") -> torch.Tensor:
@@ -55,8 +54,15 @@ def negative_mask(enc: EncodedTrace, negatives: str = "all", special_tokens: str
     return m
 
 
-def dom_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[Site], behaviors: Sequence[str], *,
-                    negatives: str = "all", special_tokens: str = "exclude") -> dict[str, torch.Tensor]:
+def dom_trace_stats(
+    model: torch.nn.Module,
+    enc: EncodedTrace,
+    sites: Sequence[Site],
+    behaviors: Sequence[str],
+    *,
+    negatives: str = "all",
+    special_tokens: str = "exclude",
+) -> dict[str, torch.Tensor]:
     """Per-trace DoM sums (float32, CPU), keyed for safetensors.
 
     Returns:
@@ -84,7 +90,7 @@ def dom_trace_stats(model: torch.nn.Module, enc: EncodedTrace, sites: Sequence[S
     out: dict[str, torch.Tensor] = {}
     counts = weights.sum(dim=(1, 2))
     for g, b in enumerate(behaviors):
-        out[f"pos_count/{b}"] = counts[g:g + 1].clone()
+        out[f"pos_count/{b}"] = counts[g : g + 1].clone()
         for s in sites:
             out[f"pos_sum/{b}/{s.name}"] = red.sums[s.name][g].clone()
     out["neg_count"] = counts[-1:].clone()
@@ -99,8 +105,10 @@ def check_finite(sums: dict[str, torch.Tensor], sites: Sequence[Site], what: str
     for s in sites:
         t = sums.get(s.name)
         if t is not None and not bool(torch.isfinite(t).all()):
-            raise NonFiniteError(f"{what} at site {s.name} are not finite (first site in module order with "
-                                 "NaN/inf; check its weights and inputs, or use a wider compute dtype)")
+            raise NonFiniteError(
+                f"{what} at site {s.name} are not finite (first site in module order with "
+                "NaN/inf; check its weights and inputs, or use a wider compute dtype)"
+            )
 
 
 @dataclass(frozen=True)
@@ -120,8 +128,13 @@ class DoMResult:
     n_tokens: dict[str, int]
 
 
-def dom_aggregate(stats: Sequence[dict[str, torch.Tensor]], sites: Sequence[Site], behaviors: Sequence[str], *,
-                  weighting: str = "trace") -> DoMResult:
+def dom_aggregate(
+    stats: Sequence[dict[str, torch.Tensor]],
+    sites: Sequence[Site],
+    behaviors: Sequence[str],
+    *,
+    weighting: str = "trace",
+) -> DoMResult:
     """Combine per-trace sums into u and û.
 
     ``weighting="trace"``: mean over traces of per-trace means (the paper); ``"token"``:
@@ -163,14 +176,25 @@ def dom_aggregate(stats: Sequence[dict[str, torch.Tensor]], sites: Sequence[Site
             uhat = u * (mean_all[n].norm() / un) if un > 0 else torch.zeros_like(u)
             raw[b][n] = u.float()
             vectors[b][n] = uhat.float()
-    return DoMResult(tuple(behaviors), tuple(names), vectors, raw, {k: v.float() for k, v in mean_all.items()},
-                     n_traces, n_tokens)
+    return DoMResult(
+        tuple(behaviors), tuple(names), vectors, raw, {k: v.float() for k, v in mean_all.items()}, n_traces, n_tokens
+    )
 
 
-def compute_dom(model: torch.nn.Module, encoded: Sequence[EncodedTrace], sites: Sequence[Site],
-                behaviors: Sequence[str], *, negatives: str = "all", weighting: str = "trace",
-                special_tokens: str = "exclude", progress: bool = True) -> DoMResult:
+def compute_dom(
+    model: torch.nn.Module,
+    encoded: Sequence[EncodedTrace],
+    sites: Sequence[Site],
+    behaviors: Sequence[str],
+    *,
+    negatives: str = "all",
+    weighting: str = "trace",
+    special_tokens: str = "exclude",
+    progress: bool = True,
+) -> DoMResult:
     """DoM over ``encoded`` traces (no caching; :func:`lrm_interp.attribute` adds resume)."""
-    stats = [dom_trace_stats(model, e, sites, behaviors, negatives=negatives, special_tokens=special_tokens)
-             for e in tqdm(encoded, desc="DoM", disable=not progress, unit="trace")]
+    stats = [
+        dom_trace_stats(model, e, sites, behaviors, negatives=negatives, special_tokens=special_tokens)
+        for e in tqdm(encoded, desc="DoM", disable=not progress, unit="trace")
+    ]
     return dom_aggregate(stats, sites, behaviors, weighting=weighting)

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -39,9 +40,13 @@ from lrm_interp.attribution import distributed
 from lrm_interp.attribution.atp import atp_aggregate, atp_trace_stats
 from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.dom import DoMResult, dom_aggregate, dom_trace_stats
-from lrm_interp.attribution.resume import (PartialStore, check_finished_result, tensors_fingerprint,
-                                          trace_ids_fingerprint)
 from lrm_interp.attribution.results import Attribution
+from lrm_interp.attribution.resume import (
+    PartialStore,
+    check_finished_result,
+    tensors_fingerprint,
+    trace_ids_fingerprint,
+)
 from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.tokens import EncodedTrace, encode_trace
 from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset, ReasoningTrace
@@ -50,6 +55,9 @@ from lrm_interp.model.loading import load_model
 from lrm_interp.model.prefix_cache import cache_support
 from lrm_interp.model.provenance import model_provenance
 from lrm_interp.model.sites import Site, resolve_sites
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -82,19 +90,23 @@ class AttributionPlan:
 
 def _check_tokenizer(model: torch.nn.Module, tokenizer: Any) -> None:
     if not getattr(tokenizer, "is_fast", False):
-        raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer: character offsets (needed to map "
-                        "behaviour spans to tokens) are unavailable")
+        raise TypeError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer: character offsets (needed to map "
+            "behaviour spans to tokens) are unavailable"
+        )
 
 
 def _check_ids(model: torch.nn.Module, tokenizer: Any, enc: EncodedTrace) -> None:
     """Token ids beyond the input embedding mean the tokenizer is not this model's."""
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    emb = cast("PreTrainedModel", model).get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     rows = getattr(emb, "num_embeddings", None)
     top = int(enc.input_ids.max()) if len(enc) else -1
     if rows is not None and top >= rows:
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        raise ValueError(f"trace {enc.trace_id}: the tokenizer ({name}, {len(tokenizer)} tokens) produced token id "
-                         f"{top} but the model's input embedding has {rows} rows: it is not this model's tokenizer")
+        raise ValueError(
+            f"trace {enc.trace_id}: the tokenizer ({name}, {len(tokenizer)} tokens) produced token id "
+            f"{top} but the model's input embedding has {rows} rows: it is not this model's tokenizer"
+        )
 
 
 class ContextLengthError(ValueError):
@@ -110,7 +122,7 @@ SKIP_MEMORY_CHECK_ENV = "LRM_INTERP_SKIP_MEMORY_CHECK"
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 27 else f"{n / 2 ** 20:.1f} MiB"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
 
 
 def _list_traces(items: Sequence[tuple[str, int]], k: int = 10) -> str:
@@ -118,8 +130,15 @@ def _list_traces(items: Sequence[tuple[str, int]], k: int = 10) -> str:
     return shown + (f" and {len(items) - k} more" if len(items) > k else "")
 
 
-def _tokenize(ds: ReasoningDataset, tokenizer: Any, model: torch.nn.Module, config: AttributionConfig, *,
-              progress: bool, warn: bool) -> tuple[ReasoningDataset, list[EncodedTrace], dict, list[dict]]:
+def _tokenize(
+    ds: ReasoningDataset,
+    tokenizer: Any,
+    model: torch.nn.Module,
+    config: AttributionConfig,
+    *,
+    progress: bool,
+    warn: bool,
+) -> tuple[ReasoningDataset, list[EncodedTrace], dict, list[dict]]:
     """Tokenize every trace and apply ``config.overlong`` to the traces longer than the model's
     context: ``(dataset kept, encoded, provenance["overlong"], skipped-span entries of the traces
     left out)``."""
@@ -138,16 +157,20 @@ def _tokenize(ds: ReasoningDataset, tokenizer: Any, model: torch.nn.Module, conf
         return ds, encoded, info, []
     if config.overlong == "truncate":
         hit = [e for e in encoded if e.full_length > limit and len(e) == limit]
-        info["traces"] = {e.trace_id: {"tokens": e.full_length, "kept": len(e), "spans_dropped": len(e.dropped)}
-                          for e in hit}
+        info["traces"] = {
+            e.trace_id: {"tokens": e.full_length, "kept": len(e), "spans_dropped": len(e.dropped)} for e in hit
+        }
         info["n_truncated"] = len(hit)
         info["spans_dropped"] = sum(len(e.dropped) for e in hit)
         if hit and warn:
-            warnings.warn(f"{len(hit)} trace(s) longer than the model's context ({limit} positions, {where}) were "
-                          f"truncated to it (overlong='truncate'): "
-                          f"{_list_traces([(e.trace_id, e.full_length) for e in hit])}; "
-                          f"{info['spans_dropped']} span(s) cut off (not used); listed in provenance['overlong'] and "
-                          "['skipped_spans']", stacklevel=4)
+            warnings.warn(
+                f"{len(hit)} trace(s) longer than the model's context ({limit} positions, {where}) were "
+                f"truncated to it (overlong='truncate'): "
+                f"{_list_traces([(e.trace_id, e.full_length) for e in hit])}; "
+                f"{info['spans_dropped']} span(s) cut off (not used); listed in provenance['overlong'] and "
+                "['skipped_spans']",
+                stacklevel=4,
+            )
         return ds, encoded, info, []
     over = [(e.trace_id, len(e)) for e in encoded if len(e) > limit]
     if not over:
@@ -157,7 +180,8 @@ def _tokenize(ds: ReasoningDataset, tokenizer: Any, model: torch.nn.Module, conf
             f"{len(over)} of {len(encoded)} trace(s) are longer than the model's context of {limit} positions "
             f"({where}): {_list_traces(over)}. Choose overlong='truncate' (cut them at the context; spans cut off "
             "are counted) or overlong='skip' (leave them out, counted), or max_tokens=N "
-            "(command line: --overlong truncate|skip, --max-tokens N)")
+            "(command line: --overlong truncate|skip, --max-tokens N)"
+        )
     ids = {tid for tid, _ in over}
     n_span = {t.id: len(t.spans) for t in ds if t.id in ids}
     n_spans = sum(n_span.values())
@@ -165,21 +189,31 @@ def _tokenize(ds: ReasoningDataset, tokenizer: Any, model: torch.nn.Module, conf
     info["n_skipped"] = len(over)
     info["spans_dropped"] = n_spans
     if len(over) == len(encoded):
-        raise ContextLengthError(f"every trace is longer than the model's context of {limit} positions ({where}): "
-                                 f"{_list_traces(over)}; nothing is left with overlong='skip' (use 'truncate')")
+        raise ContextLengthError(
+            f"every trace is longer than the model's context of {limit} positions ({where}): "
+            f"{_list_traces(over)}; nothing is left with overlong='skip' (use 'truncate')"
+        )
     if warn:
-        warnings.warn(f"{len(over)} of {len(encoded)} trace(s) longer than the model's context ({limit} positions, "
-                      f"{where}) were left out (overlong='skip'): {_list_traces(over)}; their {n_spans} span(s) are "
-                      "not used; listed in provenance['overlong'] and ['skipped_spans']", stacklevel=4)
+        warnings.warn(
+            f"{len(over)} of {len(encoded)} trace(s) longer than the model's context ({limit} positions, "
+            f"{where}) were left out (overlong='skip'): {_list_traces(over)}; their {n_spans} span(s) are "
+            "not used; listed in provenance['overlong'] and ['skipped_spans']",
+            stacklevel=4,
+        )
     reason = f"trace longer than the model's context ({limit} positions): left out (overlong='skip')"
-    left_out = [{"trace": t.id, "span": i, "behavior": sp.behavior, "reason": reason, "used_by": []}
-                for t in ds if t.id in ids for i, sp in enumerate(t.spans)]
+    left_out = [
+        {"trace": t.id, "span": i, "behavior": sp.behavior, "reason": reason, "used_by": []}
+        for t in ds
+        if t.id in ids
+        for i, sp in enumerate(t.spans)
+    ]
     kept = ReasoningDataset([t for t in ds if t.id not in ids], name=ds.name, report=getattr(ds, "report", None))
     return kept, [e for e in encoded if e.trace_id not in ids], info, left_out
 
 
-def check_memory(model: torch.nn.Module, encoded: Sequence[EncodedTrace], config: AttributionConfig, *,
-                 free: int | None = None) -> dict | None:
+def check_memory(
+    model: torch.nn.Module, encoded: Sequence[EncodedTrace], config: AttributionConfig, *, free: int | None = None
+) -> dict | None:
     """Refuse (:class:`MemoryEstimateError`) a run whose longest trace obviously cannot fit in the free
     memory of the model's device: a lower bound (:func:`~lrm_interp.model.forward.memory_lower_bound`)
     of what one pass over it needs beyond the weights exceeds ``free`` (default: the device's free
@@ -190,8 +224,11 @@ def check_memory(model: torch.nn.Module, encoded: Sequence[EncodedTrace], config
     longest = max(encoded, key=len)
     if config.method != "attribution":
         grads = "none"
-    elif config.mode == "exact" and config.prefix_cache and cache_support(
-            model, gradient_checkpointing=config.gradient_checkpointing)[0]:
+    elif (
+        config.mode == "exact"
+        and config.prefix_cache
+        and cache_support(model, gradient_checkpointing=config.gradient_checkpointing)[0]
+    ):
         grads = "windows"
     else:
         grads = "full_checkpointed" if config.gradient_checkpointing else "full"
@@ -200,8 +237,14 @@ def check_memory(model: torch.nn.Module, encoded: Sequence[EncodedTrace], config
     if free is None:
         free = available_memory(device)
     need = sum(parts.values())
-    est = {"longest_trace": longest.trace_id, "tokens": len(longest), "gradients": grads, "bytes_at_least": need,
-           "free_bytes": free, "device": str(device)}
+    est = {
+        "longest_trace": longest.trace_id,
+        "tokens": len(longest),
+        "gradients": grads,
+        "bytes_at_least": need,
+        "free_bytes": free,
+        "device": str(device),
+    }
     if free is not None and parts and need > free:
         detail = ", ".join(f"{k} {_gib(v)}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]))
         raise MemoryEstimateError(
@@ -209,12 +252,19 @@ def check_memory(model: torch.nn.Module, encoded: Sequence[EncodedTrace], config
             f"weights ({detail}) but {_gib(free)} is free: the run cannot fit. Shorten the traces (max_tokens=N), "
             "use mode='exact' with prefix_cache, gradient_checkpointing=True, compute_dtype='bf16', an attention "
             f"implementation other than eager, or a device with more memory ({SKIP_MEMORY_CHECK_ENV}=1 skips this "
-            "check)")
+            "check)"
+        )
     return est
 
 
-def _absent_behaviors(behaviors: Sequence[str], encoded: Sequence[EncodedTrace], skipped: Sequence[dict],
-                      config: AttributionConfig, *, warn: bool) -> tuple[list[str], dict[str, dict]]:
+def _absent_behaviors(
+    behaviors: Sequence[str],
+    encoded: Sequence[EncodedTrace],
+    skipped: Sequence[dict],
+    config: AttributionConfig,
+    *,
+    warn: bool,
+) -> tuple[list[str], dict[str, dict]]:
     """The requested behaviours without a usable span, and per behaviour what became of its spans.
 
     A span is usable when it survived tokenization and the context (``encoded``) and, for
@@ -232,8 +282,11 @@ def _absent_behaviors(behaviors: Sequence[str], encoded: Sequence[EncodedTrace],
         reasons: dict[str, int] = {}
         for s in mine:
             reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
-        info[b] = {"labelled": len(mine) + sum(len(e.spans_of(b)) for e in encoded), "dropped": len(mine),
-                   "reasons": reasons}
+        info[b] = {
+            "labelled": len(mine) + sum(len(e.spans_of(b)) for e in encoded),
+            "dropped": len(mine),
+            "reasons": reasons,
+        }
     if not absent:
         return absent, info
 
@@ -243,18 +296,29 @@ def _absent_behaviors(behaviors: Sequence[str], encoded: Sequence[EncodedTrace],
             return f"{b} (no span labelled in the data)"
         why = "; ".join(f"{n} {r}" for r, n in d["reasons"].items())
         return f"{b} (all {d['labelled']} span(s) unusable: {why})"
+
     listed = ", ".join(say(b) for b in absent)
     if len(absent) == len(behaviors):
         raise ValueError(f"no requested behaviour has a usable span: {listed}; nothing to attribute")
     if warn:
-        warnings.warn(f"{len(absent)} behaviour(s) without a usable span are left out of the result (no ranking): "
-                      f"{listed}; listed in provenance['absent_behaviors'] and ['absent_spans']", stacklevel=4)
+        warnings.warn(
+            f"{len(absent)} behaviour(s) without a usable span are left out of the result (no ranking): "
+            f"{listed}; listed in provenance['absent_behaviors'] and ['absent_spans']",
+            stacklevel=4,
+        )
     return absent, info
 
 
-def plan_attribution(model: Any, dataset: Any, config: AttributionConfig, *, tokenizer: Any = None,
-                     out_dir: str | os.PathLike | None = None, progress: bool = True,
-                     warn: bool = True) -> AttributionPlan:
+def plan_attribution(
+    model: Any,
+    dataset: Any,
+    config: AttributionConfig,
+    *,
+    tokenizer: Any = None,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    warn: bool = True,
+) -> AttributionPlan:
     """Step 1 of :func:`attribute`: check and prepare everything; no statistic is computed.
 
     Traces longer than the model's context (:func:`~lrm_interp.model.forward.context_limit`) are
@@ -269,11 +333,14 @@ def plan_attribution(model: Any, dataset: Any, config: AttributionConfig, *, tok
     if len(ds) == 0:
         raise ValueError("the dataset has no traces")
     present = ds.behaviors()
-    behaviors = list(config.behaviors) if config.behaviors is not None else [b for b in TARGET_BEHAVIORS
-                                                                              if b in present]
+    behaviors = (
+        list(config.behaviors) if config.behaviors is not None else [b for b in TARGET_BEHAVIORS if b in present]
+    )
     if not behaviors:
-        raise ValueError(f"no target behaviour {TARGET_BEHAVIORS} occurs in the data (labels present: {present}); "
-                         "pass behaviors=[...]")
+        raise ValueError(
+            f"no target behaviour {TARGET_BEHAVIORS} occurs in the data (labels present: {present}); "
+            "pass behaviors=[...]"
+        )
     sites = resolve_sites(model, config.sites)
     prov = model_provenance(model, tokenizer)  # fingerprints; non-finite weights raise here
 
@@ -283,38 +350,57 @@ def plan_attribution(model: Any, dataset: Any, config: AttributionConfig, *, tok
     skipped: list[dict] = list(left_out)
     for enc, t in zip(encoded, ds):
         for idx, reason in enc.dropped:
-            skipped.append({"trace": t.id, "span": idx, "behavior": t.spans[idx].behavior, "reason": reason,
-                            "used_by": []})
+            skipped.append(
+                {"trace": t.id, "span": idx, "behavior": t.spans[idx].behavior, "reason": reason, "used_by": []}
+            )
         if config.method == "attribution":
             for sp in enc.spans:
                 if sp.behavior in behaviors and not sp.scorable:
-                    skipped.append({"trace": t.id, "span": sp.index, "behavior": sp.behavior,
-                                    "reason": "no predictable token (a one-token span at position 0)",
-                                    "used_by": ["dom"]})
+                    skipped.append(
+                        {
+                            "trace": t.id,
+                            "span": sp.index,
+                            "behavior": sp.behavior,
+                            "reason": "no predictable token (a one-token span at position 0)",
+                            "used_by": ["dom"],
+                        }
+                    )
     absent, absent_spans = _absent_behaviors(behaviors, encoded, skipped, config, warn=warn)
-    run_key = {"config": config.to_dict(), "weights_fingerprint": prov["weights_fingerprint"],
-               "tokenizer_fingerprint": prov["tokenizer"]["fingerprint"], "sites": [s.name for s in sites]}
+    run_key = {
+        "config": config.to_dict(),
+        "weights_fingerprint": prov["weights_fingerprint"],
+        "tokenizer_fingerprint": prov["tokenizer"]["fingerprint"],
+        "sites": [s.name for s in sites],
+    }
     out = Path(out_dir) if out_dir is not None else None
     trace_keys = {t.id: t.fingerprint() for t in ds}
     if out is not None:  # a finished result of another run or other traces is never replaced
-        check_finished_result(out, run_key, dataset={"ids_fingerprint": trace_ids_fingerprint(list(trace_keys)),
-                                                     "n_traces": len(ds)})
+        check_finished_result(
+            out, run_key, dataset={"ids_fingerprint": trace_ids_fingerprint(list(trace_keys)), "n_traces": len(ds)}
+        )
     store = PartialStore(out / "partial" if out is not None else None, run_key)
-    extra = {"overlong": overlong, "memory_estimate": memory, "absent_spans": absent_spans}
+    extra: dict[str, Any] = {"overlong": overlong, "memory_estimate": memory, "absent_spans": absent_spans}
     if len(ds) != n_given:
         extra["overlong"]["traces_given"] = n_given
-    return AttributionPlan(model, tokenizer, config, ds, sites, behaviors, absent, encoded,
-                           trace_keys, skipped, prov, store, out, extra)
+    return AttributionPlan(
+        model, tokenizer, config, ds, sites, behaviors, absent, encoded, trace_keys, skipped, prov, store, out, extra
+    )
 
 
-def dom_stage(plan: AttributionPlan, encoded: Sequence[EncodedTrace] | None = None, *,
-              progress: bool = True) -> list[dict[str, torch.Tensor]]:
+def dom_stage(
+    plan: AttributionPlan, encoded: Sequence[EncodedTrace] | None = None, *, progress: bool = True
+) -> list[dict[str, torch.Tensor]]:
     """Step 2a: per-trace DoM sums (:func:`~lrm_interp.attribution.dom.dom_trace_stats`), resumable."""
     cfg = plan.config
     items = [(e.trace_id, plan.trace_keys[e.trace_id], e) for e in (encoded if encoded is not None else plan.encoded)]
-    return plan.store.run("dom", items, lambda e: dom_trace_stats(
-        plan.model, e, plan.sites, plan.behaviors, negatives=cfg.negatives, special_tokens=cfg.special_tokens),
-        progress=progress)
+    return plan.store.run(
+        "dom",
+        items,
+        lambda e: dom_trace_stats(
+            plan.model, e, plan.sites, plan.behaviors, negatives=cfg.negatives, special_tokens=cfg.special_tokens
+        ),
+        progress=progress,
+    )
 
 
 def reduce_dom(plan: AttributionPlan, stats: Sequence[dict[str, torch.Tensor]]) -> DoMResult:
@@ -327,8 +413,9 @@ def live_behaviors(plan: AttributionPlan, dom: DoMResult) -> list[str]:
     return [b for b in plan.behaviors if dom.n_traces.get(b, 0) > 0]
 
 
-def atp_stage(plan: AttributionPlan, dom: DoMResult, encoded: Sequence[EncodedTrace] | None = None, *,
-              progress: bool = True) -> list[dict[str, torch.Tensor]]:
+def atp_stage(
+    plan: AttributionPlan, dom: DoMResult, encoded: Sequence[EncodedTrace] | None = None, *, progress: bool = True
+) -> list[dict[str, torch.Tensor]]:
     """Step 2b: per-trace AtP dot products (:func:`~lrm_interp.attribution.atp.atp_trace_stats`), resumable.
 
     Each partial's key includes the fingerprint of the steering vectors it used, so a change
@@ -336,12 +423,27 @@ def atp_stage(plan: AttributionPlan, dom: DoMResult, encoded: Sequence[EncodedTr
     """
     cfg, live = plan.config, live_behaviors(plan, dom)
     vfp = tensors_fingerprint({b: dom.vectors[b] for b in live})
-    items = [(e.trace_id, f"{plan.trace_keys[e.trace_id]}:{vfp}", e)
-             for e in (encoded if encoded is not None else plan.encoded)]
-    return plan.store.run("atp", items, lambda e: atp_trace_stats(
-        plan.model, e, plan.sites, live, dom.vectors, mode=cfg.mode, off_by_one=cfg.off_by_one,
-        gradient_checkpointing=cfg.gradient_checkpointing, compute_dtype=cfg.torch_compute_dtype,
-        prefix_cache=cfg.prefix_cache), progress=progress)
+    items = [
+        (e.trace_id, f"{plan.trace_keys[e.trace_id]}:{vfp}", e)
+        for e in (encoded if encoded is not None else plan.encoded)
+    ]
+    return plan.store.run(
+        "atp",
+        items,
+        lambda e: atp_trace_stats(
+            plan.model,
+            e,
+            plan.sites,
+            live,
+            dom.vectors,
+            mode=cfg.mode,
+            off_by_one=cfg.off_by_one,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            compute_dtype=cfg.torch_compute_dtype,
+            prefix_cache=cfg.prefix_cache,
+        ),
+        progress=progress,
+    )
 
 
 def gradient_path(plan: AttributionPlan) -> dict[str, str] | None:
@@ -354,12 +456,16 @@ def gradient_path(plan: AttributionPlan) -> dict[str, str] | None:
     if not cfg.prefix_cache:
         return {"path": "full_prefix", "reason": "prefix_cache=False"}
     ok, why = cache_support(plan.model, gradient_checkpointing=cfg.gradient_checkpointing)
-    return {"path": "prefix_cache", "reason": "span windows against the cached prefix"} if ok else \
-        {"path": "full_prefix", "reason": why}
+    return (
+        {"path": "prefix_cache", "reason": "span windows against the cached prefix"}
+        if ok
+        else {"path": "full_prefix", "reason": why}
+    )
 
 
-def finish(plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, torch.Tensor]] | None, *,
-           warn: bool = True) -> Attribution:
+def finish(
+    plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, torch.Tensor]] | None, *, warn: bool = True
+) -> Attribution:
     """Step 3b: scores, counts and provenance → :class:`Attribution` (saved when the plan has ``out_dir``)."""
     cfg, sites = plan.config, plan.sites
     behaviors = [b for b in plan.behaviors if b not in plan.absent]  # absent ones get no (all-zero) row
@@ -369,7 +475,9 @@ def finish(plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, 
         for i, b in enumerate(behaviors):
             if dom.n_traces.get(b, 0):
                 for j, s in enumerate(sites):
-                    scores[i, j] = dom.raw[b][s.name].double().norm() / dom.mean_all[s.name].double().norm().clamp_min(1e-12)
+                    scores[i, j] = dom.raw[b][s.name].double().norm() / dom.mean_all[s.name].double().norm().clamp_min(
+                        1e-12
+                    )
     else:
         live = live_behaviors(plan, dom)
         res = atp_aggregate(atp_stats or [], sites, live, score=cfg.score)
@@ -379,42 +487,66 @@ def finish(plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, 
                 unscorable[b] = res.n_skipped.get(b, 0)
         n_bad = sum(unscorable.values())
         if n_bad and warn:
-            warnings.warn(f"{n_bad} span(s) cannot be scored by attribution patching (no predictable token): they "
-                          f"enter the steering vectors but not the scores; per behaviour {unscorable}; listed in "
-                          "provenance['skipped_spans']", stacklevel=3)
-    counts = {"traces": len(plan.dataset),
-              "spans": {b: sum(len(e.spans_of(b)) for e in plan.encoded) for b in behaviors},
-              "traces_with_behavior": {b: dom.n_traces.get(b, 0) for b in behaviors},
-              "tokens": {b: dom.n_tokens.get(b, 0) for b in behaviors},
-              "unscorable_spans": unscorable,
-              "dropped_spans": sum(1 for s in plan.skipped if not s["used_by"]),
-              "overlong_traces": {"truncated": int((plan.extra.get("overlong") or {}).get("n_truncated", 0)),
-                                  "skipped": int((plan.extra.get("overlong") or {}).get("n_skipped", 0))}}
+            warnings.warn(
+                f"{n_bad} span(s) cannot be scored by attribution patching (no predictable token): they "
+                f"enter the steering vectors but not the scores; per behaviour {unscorable}; listed in "
+                "provenance['skipped_spans']",
+                stacklevel=3,
+            )
+    counts = {
+        "traces": len(plan.dataset),
+        "spans": {b: sum(len(e.spans_of(b)) for e in plan.encoded) for b in behaviors},
+        "traces_with_behavior": {b: dom.n_traces.get(b, 0) for b in behaviors},
+        "tokens": {b: dom.n_tokens.get(b, 0) for b in behaviors},
+        "unscorable_spans": unscorable,
+        "dropped_spans": sum(1 for s in plan.skipped if not s["used_by"]),
+        "overlong_traces": {
+            "truncated": int((plan.extra.get("overlong") or {}).get("n_truncated", 0)),
+            "skipped": int((plan.extra.get("overlong") or {}).get("n_skipped", 0)),
+        },
+    }
     report = getattr(plan.dataset, "report", None)
     provenance = {
         "lrm_interp": __version__,
         "model": plan.model_provenance,
         "settings": cfg.to_dict(),
         "n_sites": len(sites),
-        "counts": counts, "skipped_spans": plan.skipped, "absent_behaviors": plan.absent,
+        "counts": counts,
+        "skipped_spans": plan.skipped,
+        "absent_behaviors": plan.absent,
         "resume": plan.store.counts,
         "gradient_path": gradient_path(plan),
         **plan.extra,
-        "dataset": {"name": plan.dataset.name, "n_traces": len(plan.dataset),
-                    "ids_fingerprint": trace_ids_fingerprint(list(plan.trace_keys)),
-                    "parse_report": report.summary() if hasattr(report, "summary") else None},
+        "dataset": {
+            "name": plan.dataset.name,
+            "n_traces": len(plan.dataset),
+            "ids_fingerprint": trace_ids_fingerprint(list(plan.trace_keys)),
+            "parse_report": report.summary() if report is not None and hasattr(report, "summary") else None,
+        },
     }
-    result = Attribution(behaviors=tuple(behaviors), sites=tuple(sites), scores=scores, method=cfg.method,
-                         vectors={b: dict(dom.vectors[b]) for b in behaviors if dom.n_traces.get(b, 0)},
-                         provenance=provenance)
+    result = Attribution(
+        behaviors=tuple(behaviors),
+        sites=tuple(sites),
+        scores=scores,
+        method=cfg.method,
+        vectors={b: dict(dom.vectors[b]) for b in behaviors if dom.n_traces.get(b, 0)},
+        provenance=provenance,
+    )
     if plan.out_dir is not None:
         result.save(plan.out_dir)
     return result
 
 
-def attribute(model: Any, dataset: ReasoningDataset | Sequence[ReasoningTrace] | str | os.PathLike, *,
-              config: AttributionConfig | None = None, tokenizer: Any = None,
-              out_dir: str | os.PathLike | None = None, progress: bool = True, **options: Any) -> Attribution:
+def attribute(
+    model: Any,
+    dataset: ReasoningDataset | Sequence[ReasoningTrace] | str | os.PathLike,
+    *,
+    config: AttributionConfig | None = None,
+    tokenizer: Any = None,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> Attribution:
     """Score every linear site of ``model`` for each reasoning behaviour.
 
     Args:
@@ -447,8 +579,9 @@ def attribute(model: Any, dataset: ReasoningDataset | Sequence[ReasoningTrace] |
         cfg = cfg.replace(**options)
     rank, world = distributed.context()
     progress = progress and rank == 0
-    plan = plan_attribution(model, dataset, cfg, tokenizer=tokenizer, out_dir=out_dir, progress=progress,
-                            warn=rank == 0)
+    plan = plan_attribution(
+        model, dataset, cfg, tokenizer=tokenizer, out_dir=out_dir, progress=progress, warn=rank == 0
+    )
     n = len(plan.encoded)
     mine = distributed.shard(n, rank, world)
     local = [plan.encoded[i] for i in mine]
@@ -472,5 +605,17 @@ def _backend() -> str:
     return str(dist.get_backend())
 
 
-__all__ = ["attribute", "AttributionPlan", "plan_attribution", "dom_stage", "reduce_dom", "atp_stage", "finish",
-           "live_behaviors", "check_memory", "ContextLengthError", "MemoryEstimateError", "SKIP_MEMORY_CHECK_ENV"]
+__all__ = [
+    "attribute",
+    "AttributionPlan",
+    "plan_attribution",
+    "dom_stage",
+    "reduce_dom",
+    "atp_stage",
+    "finish",
+    "live_behaviors",
+    "check_memory",
+    "ContextLengthError",
+    "MemoryEstimateError",
+    "SKIP_MEMORY_CHECK_ENV",
+]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -22,9 +22,17 @@ def pyplot():
     return plt
 
 
-def grid_heatmaps(grids: Sequence[tuple[torch.Tensor, list[int], list[str]]], titles: Sequence[str], *,
-                  title: str = "", cbar_label: str = "", diverging: bool = False, cmap: str | None = None,
-                  max_cols: int = 4, panel_size: tuple[float, float] = (3.2, 4.0)):
+def grid_heatmaps(
+    grids: Sequence[tuple[torch.Tensor, list[int], list[str]]],
+    titles: Sequence[str],
+    *,
+    title: str = "",
+    cbar_label: str = "",
+    diverging: bool = False,
+    cmap: str | None = None,
+    max_cols: int = 4,
+    panel_size: tuple[float, float] = (3.2, 4.0),
+):
     """One layer × module-kind heatmap per panel.
 
     Args:
@@ -36,8 +44,9 @@ def grid_heatmaps(grids: Sequence[tuple[torch.Tensor, list[int], list[str]]], ti
     n = len(grids)
     cols = min(n, max_cols) or 1
     rows = math.ceil(n / cols) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(panel_size[0] * cols + 1.0, panel_size[1] * rows),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(panel_size[0] * cols + 1.0, panel_size[1] * rows), squeeze=False, constrained_layout=True
+    )
     vals = torch.cat([g.flatten() for g, _, _ in grids]) if grids else torch.zeros(1)
     vals = vals[~torch.isnan(vals)]
     if diverging:
@@ -50,8 +59,9 @@ def grid_heatmaps(grids: Sequence[tuple[torch.Tensor, list[int], list[str]]], ti
     im = None
     for i, ((g, layers, kinds), t) in enumerate(zip(grids, titles)):
         ax = axes[i // cols][i % cols]
-        im = ax.imshow(g.numpy(), aspect="auto", origin="lower", vmin=vmin, vmax=vmax, cmap=cmap,
-                       interpolation="nearest")
+        im = ax.imshow(
+            g.numpy(), aspect="auto", origin="lower", vmin=vmin, vmax=vmax, cmap=cmap, interpolation="nearest"
+        )
         ax.set_title(t, fontsize=10)
         ax.set_xticks(range(len(kinds)), kinds, rotation=45, fontsize=8)
         step = max(1, len(layers) // 12)

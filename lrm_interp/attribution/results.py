@@ -16,15 +16,23 @@ on load.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
+from lrm_interp._io import (
+    CHECKSUM_KEY,
+    ChecksumError,
+    atomic_save_figure,
+    atomic_write_text,
+    payload_checksum,
+    read_safetensors,
+    write_safetensors,
+)
 from lrm_interp.model.sites import KIND_ORDER, Site
-from lrm_interp._io import (CHECKSUM_KEY, ChecksumError, atomic_save_figure, atomic_write_text, payload_checksum,
-                            read_safetensors, write_safetensors)
 
 FORMAT_VERSION = 1
 #: ``format`` in the metadata of ``attribution.safetensors`` (files written before it have none).
@@ -90,8 +98,10 @@ class Attribution:
             raise ValueError(f"scores shape {tuple(s.shape)} != ({len(self.behaviors)}, {len(self.sites)})")
         if not bool(torch.isfinite(s).all()):
             i, j = (~torch.isfinite(s)).nonzero()[0].tolist()
-            raise ValueError(f"scores are not finite (e.g. behaviour {self.behaviors[i]!r}, site "
-                             f"{self.sites[j].name}): a ranking of NaN is meaningless")
+            raise ValueError(
+                f"scores are not finite (e.g. behaviour {self.behaviors[i]!r}, site "
+                f"{self.sites[j].name}): a ranking of NaN is meaningless"
+            )
         object.__setattr__(self, "scores", s)
 
     # ---------------------------------------------------------------- views
@@ -138,9 +148,19 @@ class Attribution:
         rows = []
         for b, beh in enumerate(self.behaviors):
             for j, s in enumerate(self.sites):
-                rows.append({"behavior": beh, "site": s.name, "layer": s.layer, "block": s.block,
-                             "kind": s.kind, "n_params": s.n_params, "score": float(self.scores[b, j]),
-                             "ri": float(ri[b, j]), "rank": int(ranks[b, j])})
+                rows.append(
+                    {
+                        "behavior": beh,
+                        "site": s.name,
+                        "layer": s.layer,
+                        "block": s.block,
+                        "kind": s.kind,
+                        "n_params": s.n_params,
+                        "score": float(self.scores[b, j]),
+                        "ri": float(ri[b, j]),
+                        "rank": int(ranks[b, j]),
+                    }
+                )
         return pd.DataFrame(rows)
 
     def grid(self, behavior: str, value: str = "ri") -> tuple[torch.Tensor, list[int], list[str]]:
@@ -180,8 +200,7 @@ class Attribution:
         except KeyError:
             raise KeyError(f"no steering vector for ({behavior!r}, {site!r})") from None
 
-    def steer(self, model, behavior: str, *, alpha: float = 1.0, sites: Sequence[str] | None = None,
-              positions=None):
+    def steer(self, model, behavior: str, *, alpha: float = 1.0, sites: Sequence[str] | None = None, positions=None):
         """Context manager adding ``alpha·û`` to the outputs of ``sites`` (default: top-1 site).
 
         Example::
@@ -211,9 +230,11 @@ class Attribution:
         counts = self.provenance.get("counts") or {}
         spans = sum((counts.get("spans") or {}).values())
         top = ", ".join(f"{s} {ri:.3f}" for _, s, ri in self.top(3))
-        return (f"Attribution(method={self.method!r}, model={self.model_name!r}, {len(self.behaviors)} behaviours × "
-                f"{len(self.sites)} sites, {counts.get('traces', '?')} traces / {spans} spans; "
-                f"top by mean RI: {top})")
+        return (
+            f"Attribution(method={self.method!r}, model={self.model_name!r}, {len(self.behaviors)} behaviours × "
+            f"{len(self.sites)} sites, {counts.get('traces', '?')} traces / {spans} spans; "
+            f"top by mean RI: {top})"
+        )
 
     def _repr_html_(self, k: int = 5) -> str:
         """Jupyter: summary, the top ``k`` sites per behaviour (RI) and a small heatmap per behaviour."""
@@ -221,19 +242,26 @@ class Attribution:
 
         counts = self.provenance.get("counts") or {}
         spans = counts.get("spans") or {}
-        head = (f'<div style="font-size:12px;color:#444">{esc(self.method)} on {esc(self.model_name or "?")}: '
-                f"{len(self.behaviors)} behaviours × {len(self.sites)} linear sites, "
-                f"{esc(counts.get('traces', '?'))} traces, spans: "
-                f"{esc(', '.join(f'{b} {n}' for b, n in spans.items()) or '?')}</div>")
+        head = (
+            f'<div style="font-size:12px;color:#444">{esc(self.method)} on {esc(self.model_name or "?")}: '
+            f"{len(self.behaviors)} behaviours × {len(self.sites)} linear sites, "
+            f"{esc(counts.get('traces', '?'))} traces, spans: "
+            f"{esc(', '.join(f'{b} {n}' for b, n in spans.items()) or '?')}</div>"
+        )
         n_vec = sum(len(v) for v in self.vectors.values())
         if n_vec:
             norms = [float(v.norm()) for per in self.vectors.values() for v in per.values()]
-            head += (f'<div style="font-size:12px;color:#444">steering vectors û: {n_vec} (behaviour, site) pairs, '
-                     f"norm {min(norms):.3g}–{max(norms):.3g}; <code>attr.steer(model, behaviour, alpha=…)</code></div>")
+            head += (
+                f'<div style="font-size:12px;color:#444">steering vectors û: {n_vec} (behaviour, site) pairs, '
+                f"norm {min(norms):.3g}–{max(norms):.3g}; <code>attr.steer(model, behaviour, alpha=…)</code></div>"
+            )
         rows = [[b] + [f"{s} ({ri:.3f})" for _, s, ri in self.top(k, b)] for b in self.behaviors]
         rows.append(["mean"] + [f"{s} ({ri:.3f})" for _, s, ri in self.top(k)])
-        table = html_table(["behaviour"] + [f"#{i + 1}" for i in range(min(k, len(self.sites)))], rows,
-                           caption="top sites by relative importance")
+        table = html_table(
+            ["behaviour"] + [f"#{i + 1}" for i in range(min(k, len(self.sites)))],
+            rows,
+            caption="top sites by relative importance",
+        )
         maps = "".join(html_heatmap(*self.grid(b), title=b) for b in self.behaviors)
         return box("Attribution", head, table, f"<div>{maps}</div>")
 
@@ -258,14 +286,19 @@ class Attribution:
                 tensors[f"vec/{beh}/{site}"] = v.detach().to("cpu", torch.float32).contiguous()
         tmeta = {"format": TENSORS_FORMAT}
         write_safetensors(d / "attribution.safetensors", tensors, tmeta)
-        meta = {"format_version": FORMAT_VERSION, "method": self.method, "behaviors": list(self.behaviors),
-                "sites": [s.to_dict() for s in self.sites], "tensors_sha256": payload_checksum(tensors, tmeta),
-                "provenance": self.provenance}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "behaviors": list(self.behaviors),
+            "sites": [s.to_dict() for s in self.sites],
+            "tensors_sha256": payload_checksum(tensors, tmeta),
+            "provenance": self.provenance,
+        }
         atomic_write_text(d / "attribution.json", json.dumps(meta, indent=2, default=str))
         return d
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Attribution":
+    def load(cls, directory: str | Path) -> Attribution:
         """Read a folder written by :meth:`save`. A payload that does not match its checksum, or an
         ``attribution.json`` written with another ``attribution.safetensors``, raises
         :class:`~lrm_interp._io.ChecksumError` naming the file (folders saved before checksums load
@@ -281,17 +314,24 @@ class Attribution:
         tensors, tmeta = read_safetensors(tpath, (TENSORS_FORMAT, None), "attribution result")
         expected, stored = meta.get("tensors_sha256"), tmeta.get(CHECKSUM_KEY)
         if expected is not None and expected != stored:
-            raise ChecksumError(f"{tpath}: its checksum ({str(stored)[:16]}...) is not the one {jpath.name} recorded "
-                                f"({str(expected)[:16]}...): the two files come from different saves or one was "
-                                "changed; save the result again")
+            raise ChecksumError(
+                f"{tpath}: its checksum ({str(stored)[:16]}...) is not the one {jpath.name} recorded "
+                f"({str(expected)[:16]}...): the two files come from different saves or one was "
+                "changed; save the result again"
+            )
         vectors: dict[str, dict[str, torch.Tensor]] = {}
         for k, v in tensors.items():
             if k.startswith("vec/"):
                 _, beh, site = k.split("/", 2)
                 vectors.setdefault(beh, {})[site] = v
-        return cls(behaviors=tuple(meta["behaviors"]), sites=tuple(Site.from_dict(s) for s in meta["sites"]),
-                   scores=tensors["scores"], method=meta["method"], vectors=vectors,
-                   provenance=meta.get("provenance", {}))
+        return cls(
+            behaviors=tuple(meta["behaviors"]),
+            sites=tuple(Site.from_dict(s) for s in meta["sites"]),
+            scores=tensors["scores"],
+            method=meta["method"],
+            vectors=vectors,
+            provenance=meta.get("provenance", {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -314,14 +354,27 @@ class ImportanceShift:
         rows = []
         for b, beh in enumerate(self.behaviors):
             for j, s in enumerate(self.sites):
-                rows.append({"behavior": beh, "site": s.name, "layer": s.layer, "kind": s.kind,
-                             "delta_ri": float(self.delta[b, j]), "decrease": float(self.decreases[b, j])})
+                rows.append(
+                    {
+                        "behavior": beh,
+                        "site": s.name,
+                        "layer": s.layer,
+                        "kind": s.kind,
+                        "delta_ri": float(self.delta[b, j]),
+                        "decrease": float(self.decreases[b, j]),
+                    }
+                )
         return pd.DataFrame(rows)
 
     def as_attribution(self, view: str = "decreases") -> Attribution:
         vals = self.decreases if view == "decreases" else self.delta
-        return Attribution(self.behaviors, self.sites, vals, method=f"shift:{view}",
-                           provenance={"original": self.original, "compressed": self.compressed})
+        return Attribution(
+            self.behaviors,
+            self.sites,
+            vals,
+            method=f"shift:{view}",
+            provenance={"original": self.original, "compressed": self.compressed},
+        )
 
     def heatmap(self, view: str = "decreases", **kw):
         """Layer × kind heatmap of the decreases (default) or the signed shift."""
@@ -329,30 +382,44 @@ class ImportanceShift:
         from lrm_interp.attribution.plots import grid_heatmaps
 
         grids = [a.grid(b, "score") for b in self.behaviors]
-        return grid_heatmaps(grids, list(self.behaviors), title=kw.pop("title", f"importance shift ({view})"),
-                             cbar_label="ΔRI" if view != "decreases" else "RI decrease",
-                             diverging=view != "decreases", **kw)
+        return grid_heatmaps(
+            grids,
+            list(self.behaviors),
+            title=kw.pop("title", f"importance shift ({view})"),
+            cbar_label="ΔRI" if view != "decreases" else "RI decrease",
+            diverging=view != "decreases",
+            **kw,
+        )
 
     def largest_decreases(self, k: int = 5, behavior: str | None = None) -> list[tuple[str, str, float]]:
         """``(behaviour, site, decrease)`` of the ``k`` largest RI decreases (one behaviour, or all)."""
-        rows = [(b, s.name, float(self.decreases[i, j])) for i, b in enumerate(self.behaviors)
-                for j, s in enumerate(self.sites) if behavior in (None, b)]
+        rows = [
+            (b, s.name, float(self.decreases[i, j]))
+            for i, b in enumerate(self.behaviors)
+            for j, s in enumerate(self.sites)
+            if behavior in (None, b)
+        ]
         return sorted(rows, key=lambda r: -r[2])[:k]
 
     def __repr__(self) -> str:
         top = ", ".join(f"{b}/{s} −{d:.3f}" for b, s, d in self.largest_decreases(3))
         comp = (self.compressed.get("quantization") or self.compressed.get("pruning") or {}) if self.compressed else {}
         what = f", compressed: {comp.get('method', '?')} {comp.get('bits', '')}".rstrip() if comp else ""
-        return (f"ImportanceShift({len(self.behaviors)} behaviours × {len(self.sites)} sites{what}; "
-                f"largest decreases: {top})")
+        return (
+            f"ImportanceShift({len(self.behaviors)} behaviours × {len(self.sites)} sites{what}; "
+            f"largest decreases: {top})"
+        )
 
     def _repr_html_(self, k: int = 5) -> str:
         """Jupyter: the largest decreases per behaviour and a diverging heatmap of the signed shift."""
         from lrm_interp.display import box, html_heatmap, html_table
 
         rows = [[b] + [f"{s} (−{d:.3f})" for _, s, d in self.largest_decreases(k, b)] for b in self.behaviors]
-        table = html_table(["behaviour"] + [f"#{i + 1}" for i in range(min(k, len(self.sites)))], rows,
-                           caption="largest RI decreases (RI_compressed − RI_original < 0)")
+        table = html_table(
+            ["behaviour"] + [f"#{i + 1}" for i in range(min(k, len(self.sites)))],
+            rows,
+            caption="largest RI decreases (RI_compressed − RI_original < 0)",
+        )
         a = self.as_attribution("signed")
         maps = "".join(html_heatmap(*a.grid(b, "score"), title=b, diverging=True) for b in self.behaviors)
         return box("ImportanceShift", table, f"<div>{maps}</div>")
@@ -375,8 +442,16 @@ def _save_and_close(fig, path: Path) -> Path:
 
 #: settings that change what an importance score means: an importance shift between results that
 #: differ in one of them mixes the change of method with the change of weights (refused)
-COMPARED_SETTINGS = ("method", "score", "k_context", "negatives", "weighting", "special_tokens", "off_by_one",
-                     "max_tokens")
+COMPARED_SETTINGS = (
+    "method",
+    "score",
+    "k_context",
+    "negatives",
+    "weighting",
+    "special_tokens",
+    "off_by_one",
+    "max_tokens",
+)
 #: settings that compute the same quantity another way (joint approximates exact gradients; the
 #: compute dtype rounds differently): the numbers move a little, the meaning does not (warned about)
 NUMERIC_SETTINGS = ("mode", "compute_dtype")
@@ -388,7 +463,8 @@ def comparability(original: Attribution, compressed: Attribution) -> tuple[list[
     meaningless: different scoring settings (:data:`COMPARED_SETTINGS`), model type, tokenizer or
     traces (counts of traces, spans, tokens). ``notes`` do not: behaviours present in one result only
     (left out of the shift), a different gradient mode or compute dtype (:data:`NUMERIC_SETTINGS`),
-    another dataset name, identical weights (a shift of zero by construction). Provenance keys an older result lacks are not checked."""
+    another dataset name, identical weights (a shift of zero by construction). Provenance keys an
+    older result lacks are not checked."""
     po, pc = original.provenance or {}, compressed.provenance or {}
     problems: list[str] = []
     notes: list[str] = []
@@ -420,9 +496,10 @@ def comparability(original: Attribution, compressed: Attribution) -> tuple[list[
     only_o = [b for b in original.behaviors if b not in compressed.behaviors]
     only_c = [b for b in compressed.behaviors if b not in original.behaviors]
     if only_o or only_c:
-        notes.append("behaviours left out of the shift (in one result only): "
-                     + "; ".join(f"{w} {', '.join(bs)}" for w, bs in (("--original", only_o), ("--compressed", only_c))
-                                 if bs))
+        notes.append(
+            "behaviours left out of the shift (in one result only): "
+            + "; ".join(f"{w} {', '.join(bs)}" for w, bs in (("--original", only_o), ("--compressed", only_c)) if bs)
+        )
     do, dc = (po.get("dataset") or {}).get("name"), (pc.get("dataset") or {}).get("name")
     if differ(do, dc):
         notes.append(f"different dataset names {do!r} vs {dc!r}")
@@ -443,8 +520,11 @@ def compare(original: Attribution, compressed: Attribution, *, strict: bool = Tr
 
     problems, notes = comparability(original, compressed)
     if problems and strict:
-        raise ValueError("the two results cannot be compared: " + "; ".join(problems)
-                         + " (attribute both models with the same settings and traces, or pass strict=False)")
+        raise ValueError(
+            "the two results cannot be compared: "
+            + "; ".join(problems)
+            + " (attribute both models with the same settings and traces, or pass strict=False)"
+        )
     for n in problems + notes:
         warnings.warn(f"compare: {n}", stacklevel=2)
     common_b = [b for b in original.behaviors if b in compressed.behaviors]
@@ -455,9 +535,13 @@ def compare(original: Attribution, compressed: Attribution, *, strict: bool = Tr
         raise ValueError(f"site sets differ ({len(missing)} names, e.g. {sorted(missing)[:3]})")
     ro = original.ri[[original.behaviors.index(b) for b in common_b]]
     rc = compressed.ri[[compressed.behaviors.index(b) for b in common_b]]
-    return ImportanceShift(tuple(common_b), original.sites, rc - ro,
-                           original=original.provenance.get("model", {}),
-                           compressed=compressed.provenance.get("model", {}))
+    return ImportanceShift(
+        tuple(common_b),
+        original.sites,
+        rc - ro,
+        original=original.provenance.get("model", {}),
+        compressed=compressed.provenance.get("model", {}),
+    )
 
 
 def _pandas():

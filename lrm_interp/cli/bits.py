@@ -8,9 +8,24 @@ import argparse
 import contextlib
 import json
 
-from lrm_interp.cli.common import (PROG, CliError, add_command, add_overwrite_flag, bits_int, check_paths,
-                                   group_size_arg, load_attribution, load_model_quietly, model_input, nonneg_int,
-                                   positive_float, reading, require_attribution_dir, require_model, require_path)
+from lrm_interp.cli.common import (
+    PROG,
+    CliError,
+    add_command,
+    add_overwrite_flag,
+    bits_int,
+    check_paths,
+    group_size_arg,
+    load_attribution,
+    load_model_quietly,
+    model_input,
+    nonneg_int,
+    positive_float,
+    reading,
+    require_attribution_dir,
+    require_model,
+    require_path,
+)
 from lrm_interp.cli.protect import add_symmetry_flags
 
 SENSITIVITIES = ("attribution", "hessian", "none")
@@ -22,11 +37,13 @@ DESCRIPTION = (
     "loss increase sensitivity x RTN error (docs/protection.md). --sensitivity attribution uses the modules' "
     "relative importance from --scores; hessian the mean squared input tr(H)/in from --calib (default: toy "
     "tasks); none weights every module equally. Writes the allocation (JSON) and, on request, a GPTQModel "
-    "'dynamic' and an llm-compressor 'config_groups' file.")
+    "'dynamic' and an llm-compressor 'config_groups' file."
+)
 EXAMPLES = [
     f"{PROG} bits --model toy --scores runs/fp32 --budget 3.25 --out bits.json --llmcompressor groups.json",
     f"{PROG} bits --model toy --sensitivity hessian --budget 3.25 --out bits_hessian.json "
-    "--gptqmodel dynamic.json --default-bits 3"]
+    "--gptqmodel dynamic.json --default-bits 3",
+]
 
 
 def cmd_bits(a: argparse.Namespace) -> int:
@@ -35,8 +52,11 @@ def cmd_bits(a: argparse.Namespace) -> int:
     from lrm_interp.protect import exports
     from lrm_interp.protect.mixed import allocate_bits, hessian_sensitivity, quantization_errors
 
-    check_paths({"--out": a.out, "--gptqmodel": a.gptqmodel, "--llmcompressor": a.llmcompressor},
-                {"--model": model_input(a.model), "--scores": a.scores, "--calib": a.calib}, overwrite=a.overwrite)
+    check_paths(
+        {"--out": a.out, "--gptqmodel": a.gptqmodel, "--llmcompressor": a.llmcompressor},
+        {"--model": model_input(a.model), "--scores": a.scores, "--calib": a.calib},
+        overwrite=a.overwrite,
+    )
     group_size = group_size_arg(a.group_size)
     if a.sensitivity == "attribution" and a.scores is None:
         raise CliError("--sensitivity attribution needs --scores DIR (an attribution result folder)")
@@ -70,18 +90,28 @@ def cmd_bits(a: argparse.Namespace) -> int:
         for _, hs in layer_hessians(model, sites, calib, sequential=False, progress=not a.quiet):
             H.update(hs)
         sens = hessian_sensitivity(H)
-    errors = quantization_errors(model, sites, a.choices, group_size=group_size, symmetric=a.symmetric,
-                                 relative=a.sensitivity == "attribution")
+    errors = quantization_errors(
+        model, sites, a.choices, group_size=group_size, symmetric=a.symmetric, relative=a.sensitivity == "attribution"
+    )
     try:
-        alloc = allocate_bits(sites, errors, sens, a.budget, choices=a.choices, group_size=group_size,
-                              symmetric=a.symmetric, name=a.sensitivity)
+        alloc = allocate_bits(
+            sites,
+            errors,
+            sens,
+            a.budget,
+            choices=a.choices,
+            group_size=group_size,
+            symmetric=a.symmetric,
+            name=a.sensitivity,
+        )
     except ValueError as e:
         raise CliError(f"--budget {a.budget}: {e}") from None
     alloc.save(a.out)
     wrote = [a.out]
     if a.gptqmodel:
-        atomic_write_text(a.gptqmodel, json.dumps(exports.gptqmodel_dynamic_bits(alloc, default_bits=a.default_bits),
-                                                  indent=1))
+        atomic_write_text(
+            a.gptqmodel, json.dumps(exports.gptqmodel_dynamic_bits(alloc, default_bits=a.default_bits), indent=1)
+        )
         wrote.append(a.gptqmodel)
     if a.llmcompressor:
         atomic_write_text(a.llmcompressor, json.dumps(exports.llmcompressor_config_groups(alloc), indent=1))
@@ -94,31 +124,67 @@ def cmd_bits(a: argparse.Namespace) -> int:
 def register(sub) -> None:
     """Add the ``bits`` subcommand to ``sub``."""
     p = add_command(sub, "bits", help=HELP, description=DESCRIPTION, examples=EXAMPLES)
-    p.add_argument("--model", required=True, metavar="DIR|ALIAS", help="model folder or alias (its weights set "
-                                                                       "the RTN errors)")
-    p.add_argument("--budget", type=positive_float, required=True, metavar="BPW",
-                   help="average storage bits per weight allowed (codes + scales/zeros + FP16 modules)")
-    p.add_argument("--sensitivity", choices=SENSITIVITIES, default="attribution",
-                   help="what weights each module's error: attribution RI (--scores), hessian tr(H)/in (--calib), "
-                        "or none")
+    p.add_argument(
+        "--model", required=True, metavar="DIR|ALIAS", help="model folder or alias (its weights set the RTN errors)"
+    )
+    p.add_argument(
+        "--budget",
+        type=positive_float,
+        required=True,
+        metavar="BPW",
+        help="average storage bits per weight allowed (codes + scales/zeros + FP16 modules)",
+    )
+    p.add_argument(
+        "--sensitivity",
+        choices=SENSITIVITIES,
+        default="attribution",
+        help="what weights each module's error: attribution RI (--scores), hessian tr(H)/in (--calib), or none",
+    )
     p.add_argument("--scores", default=None, metavar="DIR", help=f"attribution result folder (from '{PROG} attribute')")
-    p.add_argument("--behavior", default=None, metavar="NAME",
-                   help="use this behaviour's RI (default: the mean over behaviours)")
-    p.add_argument("--calib", default=None, metavar="PATH",
-                   help="calibration traces for --sensitivity hessian, JSONL or paper-layout folder "
-                        "(default: generated toy tasks)")
-    p.add_argument("--choices", type=int, nargs="+", choices=BIT_CHOICES, default=[2, 3, 4, 8, 16], metavar="B",
-                   help="bit widths a module may get, 2..8 or 16 (16 = kept in FP16)")
-    p.add_argument("--group-size", type=nonneg_int, default=128, metavar="N",
-                   help="quantization group size in input columns (0 = per channel)")
+    p.add_argument(
+        "--behavior", default=None, metavar="NAME", help="use this behaviour's RI (default: the mean over behaviours)"
+    )
+    p.add_argument(
+        "--calib",
+        default=None,
+        metavar="PATH",
+        help="calibration traces for --sensitivity hessian, JSONL or paper-layout folder "
+        "(default: generated toy tasks)",
+    )
+    p.add_argument(
+        "--choices",
+        type=int,
+        nargs="+",
+        choices=BIT_CHOICES,
+        default=[2, 3, 4, 8, 16],
+        metavar="B",
+        help="bit widths a module may get, 2..8 or 16 (16 = kept in FP16)",
+    )
+    p.add_argument(
+        "--group-size",
+        type=nonneg_int,
+        default=128,
+        metavar="N",
+        help="quantization group size in input columns (0 = per channel)",
+    )
     add_symmetry_flags(p)
     p.add_argument("--out", required=True, metavar="FILE", help="allocation file (JSON, lrm_interp.bits/1)")
-    p.add_argument("--gptqmodel", default=None, metavar="FILE",
-                   help="also write GPTQModel QuantizeConfig(dynamic=...) entries (JSON)")
-    p.add_argument("--default-bits", type=bits_int, default=4, metavar="B",
-                   help="the bits of the GPTQModel QuantizeConfig the dynamic entries override")
-    p.add_argument("--llmcompressor", default=None, metavar="FILE",
-                   help="also write llm-compressor config_groups + ignore (JSON)")
+    p.add_argument(
+        "--gptqmodel",
+        default=None,
+        metavar="FILE",
+        help="also write GPTQModel QuantizeConfig(dynamic=...) entries (JSON)",
+    )
+    p.add_argument(
+        "--default-bits",
+        type=bits_int,
+        default=4,
+        metavar="B",
+        help="the bits of the GPTQModel QuantizeConfig the dynamic entries override",
+    )
+    p.add_argument(
+        "--llmcompressor", default=None, metavar="FILE", help="also write llm-compressor config_groups + ignore (JSON)"
+    )
     add_overwrite_flag(p, "--out, --gptqmodel and --llmcompressor")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_bits)

@@ -42,11 +42,22 @@ import sys
 import textwrap
 import types
 import typing
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-from lrm_interp.checks import (bits_int, finite_float, float_arg, fraction, int_arg, nonneg_float, nonneg_int,
-                               positive_float, positive_int, seed_int)
+from lrm_interp.checks import (
+    bits_int,
+    finite_float,
+    float_arg,
+    fraction,
+    int_arg,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 
 PROG = "lrm-interp"
 DEBUG_ENV = "LRM_INTERP_DEBUG"
@@ -64,9 +75,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("%(default)" in text or re.search(r"\bdefault\b", text) or action.required or not action.option_strings
-                or action.default is None or action.default is False or action.default == argparse.SUPPRESS
-                or isinstance(action, argparse._HelpAction)):
+        if (
+            "%(default)" in text
+            or re.search(r"\bdefault\b", text)
+            or action.required
+            or not action.option_strings
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or isinstance(action, argparse._HelpAction)
+        ):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -74,7 +92,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class Parser(argparse.ArgumentParser):
     """``ArgumentParser`` whose usage errors are one line naming the option and where to get help."""
 
-    def error(self, message: str) -> typing.NoReturn:  # noqa: D102 - argparse API
+    def error(self, message: str) -> typing.NoReturn:  # argparse API
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see '{self.prog} --help')\n")
 
 
@@ -84,13 +102,24 @@ def format_examples(examples: str | Sequence[str]) -> str:
     return "example:\n" + "\n".join(f"  {ln}" for ln in lines)
 
 
-def add_command(sub: argparse._SubParsersAction, name: str, *, help: str, examples: str | Sequence[str],
-                description: str | None = None) -> argparse.ArgumentParser:
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    *,
+    help: str,
+    examples: str | Sequence[str],
+    description: str | None = None,
+) -> argparse.ArgumentParser:
     """A subparser with ``help`` (one line, in the parent's list), a ``description`` (default:
     ``help``) and an ``example:`` epilog. Every command line in ``examples`` should run as is."""
     description = description or help[:1].upper() + help[1:]
-    return sub.add_parser(name, help=help, description=textwrap.fill(description, width=_WIDTH),
-                          epilog=format_examples(examples), formatter_class=HelpFormatter)
+    return sub.add_parser(
+        name,
+        help=help,
+        description=textwrap.fill(description, width=_WIDTH),
+        epilog=format_examples(examples),
+        formatter_class=HelpFormatter,
+    )
 
 
 # --------------------------------------------------------------------------- dataclass -> flags
@@ -108,8 +137,13 @@ def _cli_type(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
-                       *, metavars: dict[str, str] | None = None, notes: dict[str, str] | None = None) -> list[str]:
+def add_dataclass_args(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    *,
+    metavars: dict[str, str] | None = None,
+    notes: dict[str, str] | None = None,
+) -> list[str]:
     """One flag per field of the dataclass ``cls`` (``field_name`` → ``--field-name``).
 
     Help from ``metadata["help"]``, choices from ``metadata["choices"]``, ``nargs`` from
@@ -128,7 +162,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         if "help" not in md:
             raise TypeError(f"{cls.__name__}.{f.name} has no metadata['help'] for its command-line flag")
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]  # every config field has a default or a default_factory
         text = str(md["help"]) + (f"; {notes[f.name]}" if f.name in notes else "")
         kw: dict[str, Any] = {"dest": f.name, "default": default, "help": text.replace("%", "%%")}
         scalar, is_seq = _cli_type(hints[f.name])
@@ -165,7 +199,7 @@ def dataclass_from_args(cls: type, args: argparse.Namespace):
         msg = one_line(e)
         head = re.match(r"\w+", msg)
         if head and head.group(0) in names:
-            msg = "--" + head.group(0).replace("_", "-") + msg[head.end():]
+            msg = "--" + head.group(0).replace("_", "-") + msg[head.end() :]
         raise CliError(msg) from e
 
 
@@ -197,8 +231,10 @@ def require_model(name: str, flag: str = "--model") -> str:
     if not p.is_dir():
         raise CliError(f"{flag} {name}: no such model directory, and not an alias ({', '.join(aliases)})")
     if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
-        raise CliError(f"{flag} {p}: no config.json (a Hugging Face model) or adapter_config.json (a distilled "
-                       "reasoner's delta, `toy distill`'s RUN/adapter) there")
+        raise CliError(
+            f"{flag} {p}: no config.json (a Hugging Face model) or adapter_config.json (a distilled "
+            "reasoner's delta, `toy distill`'s RUN/adapter) there"
+        )
     return name
 
 
@@ -231,9 +267,13 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def check_paths(outputs: dict[str, str | os.PathLike | None],
-                inputs: dict[str, str | os.PathLike | None] | None = None, *,
-                overwrite: bool | None = None, replaced_whole: bool = False) -> None:
+def check_paths(
+    outputs: dict[str, str | os.PathLike | None],
+    inputs: dict[str, str | os.PathLike | None] | None = None,
+    *,
+    overwrite: bool | None = None,
+    replaced_whole: bool = False,
+) -> None:
     """Refuse, before any work, outputs that would destroy another output or an input.
 
     :class:`CliError` naming both flags when two ``outputs`` (``{flag: path}``, ``None`` skipped)
@@ -259,27 +299,33 @@ def check_paths(outputs: dict[str, str | os.PathLike | None],
             continue
         for fo, po, ro in outs:
             if _same(ro, ri):
-                raise CliError(f"{fo} {po} is the input {fi} {pi}: writing it would destroy the input; "
-                               "choose another output path")
+                raise CliError(
+                    f"{fo} {po} is the input {fi} {pi}: writing it would destroy the input; choose another output path"
+                )
             if ri.is_dir() and (ri in ro.parents or any(_same(par, ri) for par in ro.parents if par.exists())):
-                raise CliError(f"{fo} {po} lies inside the input folder {fi} {pi}: writing it would change the "
-                               "input; choose an output path outside it")
+                raise CliError(
+                    f"{fo} {po} lies inside the input folder {fi} {pi}: writing it would change the "
+                    "input; choose an output path outside it"
+                )
             if replaced_whole and (ro in ri.parents or any(_same(par, ro) for par in ri.parents if ro.exists())):
-                raise CliError(f"{fo} {po} contains the input {fi} {pi}: replacing {fo} would destroy the input; "
-                               "choose another output path (or move the input out of it)")
+                raise CliError(
+                    f"{fo} {po} contains the input {fi} {pi}: replacing {fo} would destroy the input; "
+                    "choose another output path (or move the input out of it)"
+                )
     if overwrite is False:
         for fo, po, ro in outs:
             if ro.exists() or ro.is_symlink():
                 what = "folder" if ro.is_dir() else "file"
-                raise CliError(f"{fo} {po}: the {what} exists; pass --overwrite to replace it, or choose another "
-                               "path")
+                raise CliError(f"{fo} {po}: the {what} exists; pass --overwrite to replace it, or choose another path")
 
 
 def add_overwrite_flag(p: argparse.ArgumentParser, what: str = "--out") -> None:
     """``--overwrite``: replace an existing ``what`` (refused without it, :func:`check_paths`)."""
-    p.add_argument("--overwrite", action="store_true",
-                   help=f"replace {what} when already there (refused otherwise: an earlier result is never "
-                        "replaced silently)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} when already there (refused otherwise: an earlier result is never replaced silently)",
+    )
 
 
 def group_size_arg(g: int) -> int | None:
@@ -294,8 +340,10 @@ def require_attribution_dir(path: str | os.PathLike, flag: str) -> Path:
     p = require_path(path, flag, kind="dir")
     for f in ("attribution.json", "attribution.safetensors"):
         if not (p / f).is_file():
-            raise CliError(f"{flag} {p}: {f} is missing, not an attribution result folder "
-                           f"(write one with 'lrm-interp attribute --out {p} ...')")
+            raise CliError(
+                f"{flag} {p}: {f} is missing, not an attribution result folder "
+                f"(write one with 'lrm-interp attribute --out {p} ...')"
+            )
     return p
 
 
@@ -316,11 +364,11 @@ def quiet_progress() -> Iterator[None]:
         kw["disable"] = True
         orig(self, *args, **kw)
 
-    tqdm.std.tqdm.__init__ = silent_init  # type: ignore[method-assign]
+    tqdm.std.tqdm.__init__ = silent_init
     try:
         yield
     finally:
-        tqdm.std.tqdm.__init__ = orig  # type: ignore[method-assign]
+        tqdm.std.tqdm.__init__ = orig
         if was:
             hf_logging.enable_progress_bar()
 
@@ -361,8 +409,13 @@ def _safetensor_error() -> tuple[type[BaseException], ...]:
 
 
 @contextlib.contextmanager
-def reading(path: str | os.PathLike, what: str = "input", *, json_file: str | os.PathLike | None = None,
-            safetensors_file: str | os.PathLike | None = None) -> Iterator[None]:
+def reading(
+    path: str | os.PathLike,
+    what: str = "input",
+    *,
+    json_file: str | os.PathLike | None = None,
+    safetensors_file: str | os.PathLike | None = None,
+) -> Iterator[None]:
     """Re-raise decode errors from inside as :class:`CliError` naming ``what`` and the file
     (JSON, UTF-8 and safetensors errors name no file themselves). ``json_file`` /
     ``safetensors_file``: the file to name for that kind of error (default: ``path``)."""
@@ -383,16 +436,24 @@ def one_line(msg: object) -> str:
     return " ".join(str(msg).split())
 
 
-_USER_ERRORS: tuple[type[BaseException], ...] = (CliError, ValueError, KeyError, OSError, re.error, ImportError,
-                                                 LookupError)
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    CliError,
+    ValueError,
+    KeyError,
+    OSError,
+    re.error,
+    ImportError,
+    LookupError,
+)
 
 
 def describe_error(exc: BaseException) -> tuple[str, int]:
     """(one-line message, exit code): 2 for bad input, 1 for an internal error."""
     if isinstance(exc, re.error):
         pat = exc.pattern.decode() if isinstance(exc.pattern, bytes) else exc.pattern
-        msg = f"invalid regular expression {pat!r}: {exc.msg}" + (f" at position {exc.pos}" if exc.pos is not None
-                                                                  else "")
+        msg = f"invalid regular expression {pat!r}: {exc.msg}" + (
+            f" at position {exc.pos}" if exc.pos is not None else ""
+        )
     elif isinstance(exc, json.JSONDecodeError):
         msg = f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
     elif isinstance(exc, UnicodeDecodeError):
@@ -422,8 +483,6 @@ def report_error(prog: str, exc: BaseException) -> int:
     return code
 
 
-
-
 def load_attribution(path: str, flag: str):
     """:meth:`Attribution.load` after checking the folder; decode errors name the file."""
     from lrm_interp.attribution.results import Attribution
@@ -433,9 +492,39 @@ def load_attribution(path: str, flag: str):
         return Attribution.load(d)
 
 
-__all__ = ["quiet_progress", "positive_int", "nonneg_int", "positive_float", "nonneg_float", "finite_float", "fraction",
-           "bits_int", "seed_int", "int_arg", "float_arg", "load_attribution", "CliError", "HelpFormatter", "Parser",
-           "add_command", "format_examples", "add_dataclass_args", "dataclass_from_args", "require_path",
-           "require_model", "load_model_quietly", "require_attribution_dir", "reading", "one_line", "describe_error",
-           "report_error", "debug_enabled", "group_size_arg", "check_paths", "add_overwrite_flag", "model_input",
-           "PROG", "DEBUG_ENV"]
+__all__ = [
+    "quiet_progress",
+    "positive_int",
+    "nonneg_int",
+    "positive_float",
+    "nonneg_float",
+    "finite_float",
+    "fraction",
+    "bits_int",
+    "seed_int",
+    "int_arg",
+    "float_arg",
+    "load_attribution",
+    "CliError",
+    "HelpFormatter",
+    "Parser",
+    "add_command",
+    "format_examples",
+    "add_dataclass_args",
+    "dataclass_from_args",
+    "require_path",
+    "require_model",
+    "load_model_quietly",
+    "require_attribution_dir",
+    "reading",
+    "one_line",
+    "describe_error",
+    "report_error",
+    "debug_enabled",
+    "group_size_arg",
+    "check_paths",
+    "add_overwrite_flag",
+    "model_input",
+    "PROG",
+    "DEBUG_ENV",
+]

@@ -28,12 +28,27 @@ from typing import Any
 
 from lrm_interp.checks import nonneg_int, positive_float, positive_int
 from lrm_interp.cli.common import PROG, CliError
-from lrm_interp.endpoint import (API_KEY_ENV, DEFAULT_BACKOFF, DEFAULT_CONCURRENCY, DEFAULT_MAX_BACKOFF,
-                                 DEFAULT_RETRIES, DEFAULT_TIMEOUT, EndpointConfig, EndpointError)
+from lrm_interp.endpoint import (
+    API_KEY_ENV,
+    DEFAULT_BACKOFF,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    EndpointConfig,
+    EndpointError,
+)
 
 #: config field → flag
-FLAGS = {"base_url": "--base-url", "api_key_env": "--api-key-env", "concurrency": "--concurrency",
-         "retries": "--retries", "backoff": "--backoff", "timeout": "--timeout", "max_backoff": "--backoff"}
+FLAGS = {
+    "base_url": "--base-url",
+    "api_key_env": "--api-key-env",
+    "concurrency": "--concurrency",
+    "retries": "--retries",
+    "backoff": "--backoff",
+    "timeout": "--timeout",
+    "max_backoff": "--backoff",
+}
 
 
 class DeprecatedAlias(argparse.Action):
@@ -50,44 +65,85 @@ class DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_endpoint_args(group: argparse.ArgumentParser | argparse._ArgumentGroup, *,
-                      base_url_help: str = "API root ending in /v1, e.g. http://127.0.0.1:8000/v1",
-                      concurrency_help: str = "requests in flight",
-                      aliases: dict[str, str] | None = None) -> None:
+def add_endpoint_args(
+    group: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    base_url_help: str = "API root ending in /v1, e.g. http://127.0.0.1:8000/v1",
+    concurrency_help: str = "requests in flight",
+    aliases: dict[str, str] | None = None,
+) -> None:
     """Add the endpoint flags (module table) to ``group``. ``aliases``: ``{old flag: new flag}``
     deprecated spellings kept working."""
     group.add_argument("--base-url", default=None, metavar="URL", help=base_url_help)
-    group.add_argument("--api-key-env", default=API_KEY_ENV, metavar="VAR",
-                       help="environment variable holding the API key (empty: no key; local servers need none); "
-                            "the key itself is never a flag nor written anywhere")
-    group.add_argument("--concurrency", type=positive_int, default=None, metavar="N",
-                       help=f"{concurrency_help} (default: {DEFAULT_CONCURRENCY})")
-    group.add_argument("--retries", type=nonneg_int, default=DEFAULT_RETRIES, metavar="N",
-                       help="retries per request after 408/409/425/429/5xx, timeouts and dropped connections "
-                            "(0: no retry; an unreachable endpoint is reported at once, not retried)")
-    group.add_argument("--backoff", type=positive_float, default=DEFAULT_BACKOFF, metavar="S",
-                       help=f"first retry wait in seconds, doubled per retry (capped at {DEFAULT_MAX_BACKOFF:g} s); "
-                            "a Retry-After header wins")
-    group.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="S",
-                       help="seconds per request")
+    group.add_argument(
+        "--api-key-env",
+        default=API_KEY_ENV,
+        metavar="VAR",
+        help="environment variable holding the API key (empty: no key; local servers need none); "
+        "the key itself is never a flag nor written anywhere",
+    )
+    group.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"{concurrency_help} (default: {DEFAULT_CONCURRENCY})",
+    )
+    group.add_argument(
+        "--retries",
+        type=nonneg_int,
+        default=DEFAULT_RETRIES,
+        metavar="N",
+        help="retries per request after 408/409/425/429/5xx, timeouts and dropped connections "
+        "(0: no retry; an unreachable endpoint is reported at once, not retried)",
+    )
+    group.add_argument(
+        "--backoff",
+        type=positive_float,
+        default=DEFAULT_BACKOFF,
+        metavar="S",
+        help=f"first retry wait in seconds, doubled per retry (capped at {DEFAULT_MAX_BACKOFF:g} s); "
+        "a Retry-After header wins",
+    )
+    group.add_argument(
+        "--timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="S", help="seconds per request"
+    )
     for old, new in (aliases or {}).items():
         typ, metavar = _TYPES.get(new, (None, "VALUE"))
-        group.add_argument(old, dest=new.lstrip("-").replace("-", "_"), action=DeprecatedAlias, new=new, type=typ,
-                           metavar=metavar, default=argparse.SUPPRESS, help=f"deprecated spelling of {new}")
+        group.add_argument(
+            old,
+            dest=new.lstrip("-").replace("-", "_"),
+            action=DeprecatedAlias,
+            new=new,
+            type=typ,  # type: ignore[arg-type]  # None: no conversion, argparse's default (not in the stubs)
+            metavar=metavar,
+            default=argparse.SUPPRESS,
+            help=f"deprecated spelling of {new}",
+        )
 
 
-_TYPES = {"--concurrency": (positive_int, "N"), "--retries": (nonneg_int, "N"), "--backoff": (positive_float, "S"),
-          "--timeout": (positive_float, "S"),
-          "--base-url": (None, "URL"), "--api-key-env": (None, "VAR")}
+_TYPES = {
+    "--concurrency": (positive_int, "N"),
+    "--retries": (nonneg_int, "N"),
+    "--backoff": (positive_float, "S"),
+    "--timeout": (positive_float, "S"),
+    "--base-url": (None, "URL"),
+    "--api-key-env": (None, "VAR"),
+}
 
 
 def endpoint_config(a: argparse.Namespace, *, base_url: str | None = None, **overrides: Any) -> EndpointConfig:
     """The :class:`EndpointConfig` of the parsed flags (``base_url``/``overrides`` win over them);
     an invalid value becomes a :class:`CliError` naming the flag."""
-    kw: dict[str, Any] = {"base_url": a.base_url if base_url is None else base_url, "api_key_env": a.api_key_env,
-                          "concurrency": DEFAULT_CONCURRENCY if a.concurrency is None else a.concurrency,
-                          "retries": a.retries, "backoff": a.backoff, "timeout": a.timeout,
-                          "max_backoff": max(DEFAULT_MAX_BACKOFF, a.backoff) if _finite(a.backoff) else a.backoff}
+    kw: dict[str, Any] = {
+        "base_url": a.base_url if base_url is None else base_url,
+        "api_key_env": a.api_key_env,
+        "concurrency": DEFAULT_CONCURRENCY if a.concurrency is None else a.concurrency,
+        "retries": a.retries,
+        "backoff": a.backoff,
+        "timeout": a.timeout,
+        "max_backoff": max(DEFAULT_MAX_BACKOFF, a.backoff) if _finite(a.backoff) else a.backoff,
+    }
     kw.update(overrides)
     try:
         return EndpointConfig(**kw)
@@ -95,7 +151,7 @@ def endpoint_config(a: argparse.Namespace, *, base_url: str | None = None, **ove
         msg = " ".join(str(e).split())
         head = re.match(r"\w+", msg)
         if head and head.group(0) in FLAGS:
-            msg = FLAGS[head.group(0)] + msg[head.end():]
+            msg = FLAGS[head.group(0)] + msg[head.end() :]
         raise CliError(msg) from e
 
 

@@ -1,5 +1,6 @@
 """``lrm-interp experiment protection`` (mirrors
-:func:`lrm_interp.experiments.protection_table.run_protection_experiment`). Conventions: :mod:`lrm_interp.cli.common`."""
+:func:`lrm_interp.experiments.protection_table.run_protection_experiment`). Conventions:
+:mod:`lrm_interp.cli.common`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,19 @@ import argparse
 import json
 from pathlib import Path
 
-from lrm_interp.cli.common import (PROG, CliError, add_command, float_arg, fraction, group_size_arg, int_arg,
-                                   nonneg_int, positive_int, require_model, seed_int)
+from lrm_interp.cli.common import (
+    PROG,
+    CliError,
+    add_command,
+    float_arg,
+    fraction,
+    group_size_arg,
+    int_arg,
+    nonneg_int,
+    positive_int,
+    require_model,
+    seed_int,
+)
 from lrm_interp.cli.protect import add_symmetry_flags
 
 PROTECTION_HELP = "matched-bits protection experiment: accuracy of every protection row, table + CSV + plot"
@@ -18,12 +30,14 @@ PROTECTION_DESCRIPTION = (
     "module-level mixed precision by attribution / Hessian / nothing at the same bits per weight, behaviour-guided "
     "GPTQ, plain b+1 bits — and measure accuracy on held-out problems with 95% Wilson intervals. Writes "
     "table.md, table.csv, bpw_accuracy.png, rows.jsonl and settings.json to --out; an interrupted run resumes "
-    "there, a folder of another run is refused. The grid is asymmetric unless --symmetric.")
+    "there, a folder of another run is refused. The grid is asymmetric unless --symmetric."
+)
 PROTECTION_EXAMPLES = [
     f"{PROG} experiment protection --model toy --bits 3 --quantizer rtn --symmetric --per-family 50 "
     "--out runs/protection_rtn3",
     f"{PROG} experiment protection --model toy --bits 3 --quantizer gptq --asymmetric --per-family 10 "
-    "--only magnitude scale-aware --out runs/protection_gptq3_quick"]
+    "--only magnitude scale-aware --out runs/protection_gptq3_quick",
+]
 
 
 def cmd_protection(a: argparse.Namespace) -> int:
@@ -31,10 +45,18 @@ def cmd_protection(a: argparse.Namespace) -> int:
 
     require_model(a.model)
     try:
-        s = ExperimentSettings(model=a.model, bits=a.bits, quantizer=a.quantizer, per_family=a.per_family,
-                               group_size=group_size_arg(a.group_size), symmetric=a.symmetric, budget=a.budget,
-                               attribution_traces=a.attribution_traces, random_seeds=tuple(a.random_seeds),
-                               guided_mix=a.guided_mix)
+        s = ExperimentSettings(
+            model=a.model,
+            bits=a.bits,
+            quantizer=a.quantizer,
+            per_family=a.per_family,
+            group_size=group_size_arg(a.group_size),
+            symmetric=a.symmetric,
+            budget=a.budget,
+            attribution_traces=a.attribution_traces,
+            random_seeds=tuple(a.random_seeds),
+            guided_mix=a.guided_mix,
+        )
     except ValueError as e:
         raise CliError(str(e)) from None
     try:
@@ -57,39 +79,89 @@ def _grid_hint(out: str, e: ValueError) -> str:
         return ""
     if "symmetric" not in str(e).partition("differs in")[2]:
         return ""
-    return (f" (its grid is {'symmetric' if sym else 'asymmetric'}: add --{'symmetric' if sym else 'asymmetric'} to "
-            "resume it; the default is asymmetric)")
+    return (
+        f" (its grid is {'symmetric' if sym else 'asymmetric'}: add --{'symmetric' if sym else 'asymmetric'} to "
+        "resume it; the default is asymmetric)"
+    )
 
 
 def register(sub) -> None:
     """Add ``experiment protection`` to ``sub``."""
-    e = add_command(sub, "experiment", help="the paper-style experiments (protection at matched bits)",
-                    examples=PROTECTION_EXAMPLES[:1])
-    es = e.add_subparsers(dest="experiment_cmd", required=True, metavar="EXPERIMENT",
-                          help="protection: the matched-bits protection table of one model and quantizer")
-    p = add_command(es, "protection", help=PROTECTION_HELP, description=PROTECTION_DESCRIPTION,
-                    examples=PROTECTION_EXAMPLES)
-    p.add_argument("--model", default="toy", metavar="DIR|ALIAS",
-                   help="a model that answers the toy tasks: 'toy', 'smollm2-135m-reasoner' or a folder")
-    p.add_argument("--bits", type=int_arg(2, 7), default=3, metavar="B",
-                   help="bit width of the quantized rows, 2..7 (b+1 is a row)")
+    e = add_command(
+        sub,
+        "experiment",
+        help="the paper-style experiments (protection at matched bits)",
+        examples=PROTECTION_EXAMPLES[:1],
+    )
+    es = e.add_subparsers(
+        dest="experiment_cmd",
+        required=True,
+        metavar="EXPERIMENT",
+        help="protection: the matched-bits protection table of one model and quantizer",
+    )
+    p = add_command(
+        es, "protection", help=PROTECTION_HELP, description=PROTECTION_DESCRIPTION, examples=PROTECTION_EXAMPLES
+    )
+    p.add_argument(
+        "--model",
+        default="toy",
+        metavar="DIR|ALIAS",
+        help="a model that answers the toy tasks: 'toy', 'smollm2-135m-reasoner' or a folder",
+    )
+    p.add_argument(
+        "--bits",
+        type=int_arg(2, 7),
+        default=3,
+        metavar="B",
+        help="bit width of the quantized rows, 2..7 (b+1 is a row)",
+    )
     p.add_argument("--quantizer", choices=["rtn", "gptq"], default="rtn", help="quantizer of every row")
-    p.add_argument("--per-family", type=positive_int, default=50, metavar="N",
-                   help="held-out problems per task family")
-    p.add_argument("--group-size", type=nonneg_int, default=128, metavar="N",
-                   help="quantization group size in input columns (0 = per channel)")
+    p.add_argument("--per-family", type=positive_int, default=50, metavar="N", help="held-out problems per task family")
+    p.add_argument(
+        "--group-size",
+        type=nonneg_int,
+        default=128,
+        metavar="N",
+        help="quantization group size in input columns (0 = per channel)",
+    )
     add_symmetry_flags(p)
-    p.add_argument("--budget", type=float_arg(0.0, 1.0, min_open=True, max_open=True), default=0.02, metavar="F",
-                   help="fraction of the linear weights kept in FP16 by the per-weight rows, in (0, 1)")
-    p.add_argument("--attribution-traces", type=positive_int, default=8, metavar="N",
-                   help="gold-annotated toy traces per family for gradients and module importance")
-    p.add_argument("--random-seeds", type=seed_int, nargs="+", default=[0, 1, 2], metavar="S",
-                   help="seeds of the random-saliency control rows")
-    p.add_argument("--guided-mix", type=fraction, default=0.5, metavar="F",
-                   help="weight of the behaviour-gradient Hessian in the guided GPTQ rows, in [0, 1] (0: the "
-                        "calibration Hessian alone, 1: the behaviour-gradient Hessian alone)")
-    p.add_argument("--only", nargs="+", default=None, metavar="TEXT",
-                   help="measure only rows whose label contains one of these (fp and none always)")
+    p.add_argument(
+        "--budget",
+        type=float_arg(0.0, 1.0, min_open=True, max_open=True),
+        default=0.02,
+        metavar="F",
+        help="fraction of the linear weights kept in FP16 by the per-weight rows, in (0, 1)",
+    )
+    p.add_argument(
+        "--attribution-traces",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="gold-annotated toy traces per family for gradients and module importance",
+    )
+    p.add_argument(
+        "--random-seeds",
+        type=seed_int,
+        nargs="+",
+        default=[0, 1, 2],
+        metavar="S",
+        help="seeds of the random-saliency control rows",
+    )
+    p.add_argument(
+        "--guided-mix",
+        type=fraction,
+        default=0.5,
+        metavar="F",
+        help="weight of the behaviour-gradient Hessian in the guided GPTQ rows, in [0, 1] (0: the "
+        "calibration Hessian alone, 1: the behaviour-gradient Hessian alone)",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="TEXT",
+        help="measure only rows whose label contains one of these (fp and none always)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_protection)

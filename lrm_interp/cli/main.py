@@ -11,7 +11,8 @@
 ``toy``            :mod:`lrm_interp.toy` (train / eval / traces / distill)
 ``bits``           :func:`lrm_interp.protect.mixed.allocate_bits`
 ``experiment``     :func:`lrm_interp.experiments.protection_table.run_protection_experiment`
-``bench``          :func:`lrm_interp.evaluation.bench_suite.run_suite` / :func:`lrm_interp.evaluation.bench_score.score_outputs`
+``bench``          :func:`lrm_interp.evaluation.bench_suite.run_suite` /
+                   :func:`lrm_interp.evaluation.bench_score.score_outputs`
 ``annotate``       :mod:`lrm_interp.data.annotators` (annotate / agree / train)
 =================  ===============================================
 
@@ -27,10 +28,29 @@ import sys
 import textwrap
 from pathlib import Path
 
-from lrm_interp.cli.common import (PROG, CliError, HelpFormatter, Parser, add_command, add_dataclass_args, bits_int,
-                                   dataclass_from_args, debug_enabled, float_arg, format_examples, load_attribution,
-                                   load_model_quietly, nonneg_int, positive_int, quiet_progress, reading, report_error,
-                                   require_attribution_dir, require_model, require_path)
+from lrm_interp.cli.common import (
+    PROG,
+    CliError,
+    HelpFormatter,
+    Parser,
+    add_command,
+    add_dataclass_args,
+    bits_int,
+    dataclass_from_args,
+    debug_enabled,
+    float_arg,
+    format_examples,
+    load_attribution,
+    load_model_quietly,
+    nonneg_int,
+    positive_int,
+    quiet_progress,
+    reading,
+    report_error,
+    require_attribution_dir,
+    require_model,
+    require_path,
+)
 
 
 # --------------------------------------------------------------------------- attribute
@@ -38,15 +58,16 @@ def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        raise CliError(f"--tokenizer {path}: no tokenizer.json or tokenizer_config.json there, not a tokenizer "
-                       "folder")
+        raise CliError(f"--tokenizer {path}: no tokenizer.json or tokenizer_config.json there, not a tokenizer folder")
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # transformers raises many types for an unusable folder
         raise CliError(f"--tokenizer {path}: cannot load a tokenizer ({type(e).__name__}: {e})") from e
     if not getattr(tok, "is_fast", False):
-        raise CliError(f"--tokenizer {path}: not a fast tokenizer (character offsets, needed to map "
-                       "behaviour spans to tokens, are unavailable)")
+        raise CliError(
+            f"--tokenizer {path}: not a fast tokenizer (character offsets, needed to map "
+            "behaviour spans to tokens, are unavailable)"
+        )
     return tok
 
 
@@ -54,8 +75,10 @@ def _check_vocab(model, tok, model_name: str, tok_dir: Path) -> None:
     emb = model.get_input_embeddings()
     n_emb = getattr(emb, "num_embeddings", None)
     if n_emb is not None and len(tok) > n_emb:
-        raise CliError(f"--tokenizer {tok_dir}: vocabulary of {len(tok)} tokens is larger than the input "
-                       f"embedding of --model {model_name} ({n_emb} rows): wrong tokenizer for this model")
+        raise CliError(
+            f"--tokenizer {tok_dir}: vocabulary of {len(tok)} tokens is larger than the input "
+            f"embedding of --model {model_name} ({n_emb} rows): wrong tokenizer for this model"
+        )
 
 
 def _check_sites(model, pattern: str | None, model_name: str) -> None:
@@ -65,8 +88,10 @@ def _check_sites(model, pattern: str | None, model_name: str) -> None:
 
     if not find_sites(model, include_lm_head=True, pattern=pattern):
         some = [s.name for s in find_sites(model)][:2]
-        raise CliError(f"--sites {pattern!r} matches no linear site of --model {model_name} "
-                       f"(site names look like {', '.join(some)})")
+        raise CliError(
+            f"--sites {pattern!r} matches no linear site of --model {model_name} "
+            f"(site names look like {', '.join(some)})"
+        )
 
 
 def cmd_attribute(a: argparse.Namespace) -> int:
@@ -101,9 +126,13 @@ def cmd_attribute(a: argparse.Namespace) -> int:
         print(f"  {beh:24s} " + ", ".join(f"{s} ({ri:.3f})" for _, s, ri in top))
     if res.provenance.get("absent_behaviors"):
         counts = res.provenance.get("absent_spans") or {}
-        print("  left out (no usable span in --data): " + ", ".join(
-            f"{b} ({(counts.get(b) or {}).get('labelled', 0)} labelled, none usable)"
-            for b in res.provenance["absent_behaviors"]))
+        print(
+            "  left out (no usable span in --data): "
+            + ", ".join(
+                f"{b} ({(counts.get(b) or {}).get('labelled', 0)} labelled, none usable)"
+                for b in res.provenance["absent_behaviors"]
+            )
+        )
     if res.provenance.get("skipped_spans"):
         print(f"  skipped spans: {len(res.provenance['skipped_spans'])} (see attribution.json)")
     return 0
@@ -114,17 +143,19 @@ def cmd_parse(a: argparse.Namespace) -> int:
     """``lrm-interp parse``: a paper layout or JSONL file → validated JSONL ``--out`` (+ ``--report``)."""
     import warnings
 
+    from lrm_interp._io import atomic_write_text
     from lrm_interp.cli.common import check_paths
     from lrm_interp.data.loading import load_dataset
     from lrm_interp.data.traces import CustomBehaviorWarning
-    from lrm_interp._io import atomic_write_text
 
     data = require_path(a.data, "--data")
     if a.report and not _is_paper_layout(data):
         # never ignore a flag: a JSONL file has no parse report (its records are validated line by
         # line, and the first bad one stops the command naming file:line)
-        raise CliError(f"--report: only a paper-layout directory (outputs/ + annotated/) has a parse report; "
-                       f"--data {data} is JSONL (drop --report)")
+        raise CliError(
+            f"--report: only a paper-layout directory (outputs/ + annotated/) has a parse report; "
+            f"--data {data} is JSONL (drop --report)"
+        )
     # before reading anything: no output names the input or the other output, none replaced without --overwrite
     check_paths({"--out": a.out, "--report": a.report}, {"--data": data}, overwrite=a.overwrite)
     with reading(data, "--data"), warnings.catch_warnings():
@@ -169,9 +200,12 @@ def cmd_compare(a: argparse.Namespace) -> int:
     orig, comp = load_attribution(a.original, "--original"), load_attribution(a.compressed, "--compressed")
     problems, notes = comparability(orig, comp)
     if problems and not a.allow_mismatch:
-        raise CliError(f"--original {a.original} and --compressed {a.compressed} cannot be compared: "
-                       + "; ".join(problems) + " (attribute both models with the same settings and traces, or "
-                       "pass --allow-mismatch to compare anyway)")
+        raise CliError(
+            f"--original {a.original} and --compressed {a.compressed} cannot be compared: "
+            + "; ".join(problems)
+            + " (attribute both models with the same settings and traces, or "
+            "pass --allow-mismatch to compare anyway)"
+        )
     for n in problems + notes:
         print(f"{PROG} compare: warning: {n}", file=sys.stderr)
     with warnings.catch_warnings():  # printed above, one line each
@@ -186,47 +220,97 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def cmd_quickstart(a: argparse.Namespace) -> int:
     from lrm_interp.experiments.quickstart import run_quickstart
 
-    run_quickstart(out_dir=a.out, n_traces=a.traces, tiny=a.tiny, bits=a.bits, group_size=a.group_size,
-                   budget=a.budget, n_eval=a.eval, overwrite=a.overwrite, progress=not a.quiet)
+    run_quickstart(
+        out_dir=a.out,
+        n_traces=a.traces,
+        tiny=a.tiny,
+        bits=a.bits,
+        group_size=a.group_size,
+        budget=a.budget,
+        n_eval=a.eval,
+        overwrite=a.overwrite,
+        progress=not a.quiet,
+    )
     return 0
 
 
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog=PROG, formatter_class=HelpFormatter,
-               description=textwrap.fill(
-                   "Mechanistic interpretability of compressed reasoning models: score model sites per reasoning "
-                   "behaviour, protect the important weights, quantize, and compare. Each subcommand mirrors a "
-                   f"Python function of lrm_interp; '{PROG} COMMAND --help' lists its options.", width=88),
-               epilog=format_examples([f"{PROG} quickstart --out qs      # the whole pipeline, offline, minutes",
-                                       f"{PROG} attribute --help          # the options of one subcommand"]))
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND",
-                           help=f"one of the subcommands below ('{PROG} COMMAND --help' for its options)")
+    p = Parser(
+        prog=PROG,
+        formatter_class=HelpFormatter,
+        description=textwrap.fill(
+            "Mechanistic interpretability of compressed reasoning models: score model sites per reasoning "
+            "behaviour, protect the important weights, quantize, and compare. Each subcommand mirrors a "
+            f"Python function of lrm_interp; '{PROG} COMMAND --help' lists its options.",
+            width=88,
+        ),
+        epilog=format_examples(
+            [
+                f"{PROG} quickstart --out qs      # the whole pipeline, offline, minutes",
+                f"{PROG} attribute --help          # the options of one subcommand",
+            ]
+        ),
+    )
+    sub = p.add_subparsers(
+        dest="cmd",
+        required=True,
+        metavar="COMMAND",
+        help=f"one of the subcommands below ('{PROG} COMMAND --help' for its options)",
+    )
 
-    q = add_command(sub, "quickstart", help="run the whole pipeline offline on the shipped toy model",
-                    description=f"'{PROG} study' on the shipped toy reasoning model and its gold traces, offline: "
-                                "attribution (heatmaps, ranking), a 2% attribution protection mask, then uniform "
-                                "3-bit RTN, 3-bit + 2% magnitude, 3-bit + 2% attribution and mixed precision by "
-                                "attribution at matched bits per weight (held-out accuracy with 95% Wilson "
-                                "intervals), importance shift; then print the files written and the commands "
-                                "that reuse them. Rerunning it on the same --out resumes.",
-                    examples=[f"{PROG} quickstart --out qs",
-                              f"{PROG} quickstart --out qs_tiny --tiny --traces 6 --eval 0 --quiet"])
-    q.add_argument("--out", default="lrm_interp_quickstart", metavar="DIR",
-                   help="output directory (the same command on it again resumes)")
-    q.add_argument("--overwrite", action="store_true",
-                   help="start over in an --out holding a quickstart with other settings (refused otherwise)")
-    q.add_argument("--traces", type=positive_int, default=24, metavar="N",
-                   help="annotated traces to generate (at least one per task family)")
-    q.add_argument("--tiny", action="store_true", help="use a tiny random model (plumbing check, scores mean "
-                                                        "nothing; KL instead of accuracy)")
+    q = add_command(
+        sub,
+        "quickstart",
+        help="run the whole pipeline offline on the shipped toy model",
+        description=f"'{PROG} study' on the shipped toy reasoning model and its gold traces, offline: "
+        "attribution (heatmaps, ranking), a 2% attribution protection mask, then uniform "
+        "3-bit RTN, 3-bit + 2% magnitude, 3-bit + 2% attribution and mixed precision by "
+        "attribution at matched bits per weight (held-out accuracy with 95% Wilson "
+        "intervals), importance shift; then print the files written and the commands "
+        "that reuse them. Rerunning it on the same --out resumes.",
+        examples=[f"{PROG} quickstart --out qs", f"{PROG} quickstart --out qs_tiny --tiny --traces 6 --eval 0 --quiet"],
+    )
+    q.add_argument(
+        "--out",
+        default="lrm_interp_quickstart",
+        metavar="DIR",
+        help="output directory (the same command on it again resumes)",
+    )
+    q.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --out holding a quickstart with other settings (refused otherwise)",
+    )
+    q.add_argument(
+        "--traces",
+        type=positive_int,
+        default=24,
+        metavar="N",
+        help="annotated traces to generate (at least one per task family)",
+    )
+    q.add_argument(
+        "--tiny",
+        action="store_true",
+        help="use a tiny random model (plumbing check, scores mean nothing; KL instead of accuracy)",
+    )
     q.add_argument("--bits", type=bits_int, default=3, metavar="N", help="RTN bits of the compressed copies, 2..7")
     q.add_argument("--group-size", type=positive_int, default=128, metavar="G", help="RTN group size")
-    q.add_argument("--budget", type=float_arg(0.0, 1.0, min_open=True, max_open=True), default=0.02, metavar="F",
-                   help="fraction of the linear weights the protection masks keep in full precision, in (0, 1)")
-    q.add_argument("--eval", type=nonneg_int, default=150, metavar="N",
-                   help="held-out problems every variant solves, split over the three task families (0 = skip the "
-                        "accuracy evaluation: KL to full precision on the traces instead)")
+    q.add_argument(
+        "--budget",
+        type=float_arg(0.0, 1.0, min_open=True, max_open=True),
+        default=0.02,
+        metavar="F",
+        help="fraction of the linear weights the protection masks keep in full precision, in (0, 1)",
+    )
+    q.add_argument(
+        "--eval",
+        type=nonneg_int,
+        default=150,
+        metavar="N",
+        help="held-out problems every variant solves, split over the three task families (0 = skip the "
+        "accuracy evaluation: KL to full precision on the traces instead)",
+    )
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(fn=cmd_quickstart)
 
@@ -234,57 +318,91 @@ def build_parser() -> argparse.ArgumentParser:
     from lrm_interp.model.loading import model_aliases
 
     at = add_command(
-        sub, "attribute", help="score linear sites per reasoning behaviour (attribution patching / DoM)",
+        sub,
+        "attribute",
+        help="score linear sites per reasoning behaviour (attribution patching / DoM)",
         description="Score every linear site of a model for each reasoning behaviour of annotated traces "
-                    "(lrm_interp.attribute). Writes attribution.json, attribution.safetensors, scores.csv and "
-                    "heatmap.png to --out; rerunning with the same --out resumes a killed run.",
-        examples=[f"{PROG} attribute --model toy --data traces.jsonl --out attr",
-                  f"{PROG} attribute --model ./my_model --tokenizer ./my_tok --data paper_layout/ --out attr "
-                  "--sites 'mlp' --mode joint --compute-dtype bf16"])
+        "(lrm_interp.attribute). Writes attribution.json, attribution.safetensors, scores.csv and "
+        "heatmap.png to --out; rerunning with the same --out resumes a killed run.",
+        examples=[
+            f"{PROG} attribute --model toy --data traces.jsonl --out attr",
+            f"{PROG} attribute --model ./my_model --tokenizer ./my_tok --data paper_layout/ --out attr "
+            "--sites 'mlp' --mode joint --compute-dtype bf16",
+        ],
+    )
     io = at.add_argument_group("input and output")
-    io.add_argument("--model", required=True, metavar="DIR|ALIAS",
-                    help="local Hugging Face model directory, or an alias: " + ", ".join(model_aliases()))
+    io.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR|ALIAS",
+        help="local Hugging Face model directory, or an alias: " + ", ".join(model_aliases()),
+    )
     io.add_argument("--data", required=True, metavar="PATH", help="JSONL trace file or paper-layout directory")
     io.add_argument("--out", required=True, metavar="DIR", help="output directory (also used to resume)")
-    io.add_argument("--tokenizer", default=None, metavar="DIR",
-                    help="tokenizer folder overriding the model's own (its vocabulary must fit the model's "
-                         "input embedding)")
+    io.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="DIR",
+        help="tokenizer folder overriding the model's own (its vocabulary must fit the model's input embedding)",
+    )
     io.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_dataclass_args(at.add_argument_group("attribution settings (lrm_interp.AttributionConfig)"),
-                       AttributionConfig, metavars={"sites": "REGEX", "behaviors": "LABEL"},
-                       notes={"sites": "on the command line a regex, matched with re.search "
-                                       "(e.g. 'mlp' or 'layers\\.(0|1)\\.self_attn')"})
+    add_dataclass_args(
+        at.add_argument_group("attribution settings (lrm_interp.AttributionConfig)"),
+        AttributionConfig,
+        metavars={"sites": "REGEX", "behaviors": "LABEL"},
+        notes={
+            "sites": "on the command line a regex, matched with re.search (e.g. 'mlp' or 'layers\\.(0|1)\\.self_attn')"
+        },
+    )
     at.set_defaults(fn=cmd_attribute)
 
-    pa = add_command(sub, "parse", help="paper layout / JSONL -> validated JSONL + parse report",
-                     description="Load annotated traces (a paper-layout directory or a JSONL file), validate "
-                                 "every record and span, and write them as one JSONL file.",
-                     examples=[f"{PROG} parse --data paper_layout/ --out traces.jsonl --report report.json"])
+    pa = add_command(
+        sub,
+        "parse",
+        help="paper layout / JSONL -> validated JSONL + parse report",
+        description="Load annotated traces (a paper-layout directory or a JSONL file), validate "
+        "every record and span, and write them as one JSONL file.",
+        examples=[f"{PROG} parse --data paper_layout/ --out traces.jsonl --report report.json"],
+    )
     pa.add_argument("--data", required=True, metavar="PATH", help="paper-layout directory or JSONL trace file")
     pa.add_argument("--out", required=True, metavar="FILE", help="output JSONL file")
-    pa.add_argument("--report", default=None, metavar="FILE",
-                    help="also write the parse report as JSON here (paper-layout --data only; refused for JSONL)")
+    pa.add_argument(
+        "--report",
+        default=None,
+        metavar="FILE",
+        help="also write the parse report as JSON here (paper-layout --data only; refused for JSONL)",
+    )
     from lrm_interp.cli.common import add_overwrite_flag
 
     add_overwrite_flag(pa, "--out and --report")
     pa.set_defaults(fn=cmd_parse)
 
-    c = add_command(sub, "compare", help="importance shift between two attribution results",
-                    description="Importance shift RI_compressed - RI_original per behaviour and site between two "
-                                "'lrm-interp attribute' result folders; writes shift.csv and shift.png. Results "
-                                "computed with different attribution settings, model types, tokenizers or traces "
-                                "are refused (naming the difference); behaviours found in one result only are left "
-                                "out with a warning.",
-                    examples=[f"{PROG} compare --original attr_fp --compressed attr_q3 --out shift"])
+    c = add_command(
+        sub,
+        "compare",
+        help="importance shift between two attribution results",
+        description="Importance shift RI_compressed - RI_original per behaviour and site between two "
+        "'lrm-interp attribute' result folders; writes shift.csv and shift.png. Results "
+        "computed with different attribution settings, model types, tokenizers or traces "
+        "are refused (naming the difference); behaviours found in one result only are left "
+        "out with a warning.",
+        examples=[f"{PROG} compare --original attr_fp --compressed attr_q3 --out shift"],
+    )
     c.add_argument("--original", required=True, metavar="DIR", help="attribution result of the original model")
-    c.add_argument("--compressed", required=True, metavar="DIR",
-                   help="attribution result of the compressed model")
+    c.add_argument("--compressed", required=True, metavar="DIR", help="attribution result of the compressed model")
     c.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    c.add_argument("--view", choices=["decreases", "signed"], default="decreases",
-                   help="decreases = only importance lost, as positive values (paper); signed = the full delta")
-    c.add_argument("--allow-mismatch", action="store_true",
-                   help="compare even results computed with different attribution settings, tokenizers or traces "
-                        "(refused by default; each difference is then printed as a warning)")
+    c.add_argument(
+        "--view",
+        choices=["decreases", "signed"],
+        default="decreases",
+        help="decreases = only importance lost, as positive values (paper); signed = the full delta",
+    )
+    c.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="compare even results computed with different attribution settings, tokenizers or traces "
+        "(refused by default; each difference is then printed as a warning)",
+    )
     from lrm_interp.cli.common import add_overwrite_flag as _overwrite
 
     _overwrite(c, "shift.csv / shift.png in --out")
@@ -314,8 +432,11 @@ def _add_optional_commands(sub) -> None:
 
 
 def _command_prog(args: argparse.Namespace) -> str:
-    parts = [PROG] + [getattr(args, k) for k in ("cmd", "toy_cmd", "bench_cmd", "annotate_cmd", "experiment_cmd")
-                      if getattr(args, k, None)]
+    parts = [PROG] + [
+        getattr(args, k)
+        for k in ("cmd", "toy_cmd", "bench_cmd", "annotate_cmd", "experiment_cmd")
+        if getattr(args, k, None)
+    ]
     return " ".join(parts)
 
 
@@ -330,10 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (LRM_INTERP_DEBUG=1 shows it)
         if debug_enabled():
             raise
-        print(f"{_command_prog(args)}: interrupted; run the same command again to resume (finished work is kept)",
-              file=sys.stderr)
+        print(
+            f"{_command_prog(args)}: interrupted; run the same command again to resume (finished work is kept)",
+            file=sys.stderr,
+        )
         return 130
-    except Exception as e:  # noqa: BLE001 - SystemExit passes through
+    except Exception as e:  # SystemExit passes through
         if debug_enabled():
             raise
         return report_error(_command_prog(args), e)

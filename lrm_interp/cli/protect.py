@@ -8,11 +8,29 @@ import argparse
 import contextlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, cast
 
-from lrm_interp.cli.common import (PROG, CliError, add_command, add_overwrite_flag, bits_int, check_paths, fraction,
-                                   group_size_arg, load_attribution, load_model_quietly, model_input, nonneg_int,
-                                   reading, require_attribution_dir, require_model, require_path, seed_int)
+from lrm_interp.cli.common import (
+    PROG,
+    CliError,
+    add_command,
+    add_overwrite_flag,
+    bits_int,
+    check_paths,
+    fraction,
+    group_size_arg,
+    load_attribution,
+    load_model_quietly,
+    model_input,
+    nonneg_int,
+    reading,
+    require_attribution_dir,
+    require_model,
+    require_path,
+    seed_int,
+)
 from lrm_interp.protect.policies import POLICIES
 from lrm_interp.protect.registry import SALIENCIES
 
@@ -21,8 +39,11 @@ MODULE_POLICIES = ("final_mlp", "modules_by_score")  # need no per-weight salien
 #: zero-point), as every library function (``symmetric=False``)
 SYMMETRIC_DEFAULT = False
 #: where the command line takes each input a saliency needs (lrm_interp.protect.registry.SaliencyInputs)
-NEEDS_FLAGS = {"encoded": "traces from --data", "module_importance": "module RI from --scores",
-               "calib": "calibration text from --data (default: toy tasks)"}
+NEEDS_FLAGS = {
+    "encoded": "traces from --data",
+    "module_importance": "module RI from --scores",
+    "calib": "calibration text from --data (default: toy tasks)",
+}
 
 PROTECT_HELP = "build protection masks (weights kept in FP16) from attribution scores"
 PROTECT_DESCRIPTION = (
@@ -30,33 +51,47 @@ PROTECT_DESCRIPTION = (
     "and write them to one safetensors file, with the exact bits per weight. Module policies (final_mlp, "
     "modules_by_score) need only --scores. Per-weight policies (global_top, per_module_top) score every weight "
     "with --saliency and need --model; the attribution saliencies also need --data (annotated traces); "
-    "activation and hessian read --data as calibration text (default: generated toy tasks).")
+    "activation and hessian read --data as calibration text (default: generated toy tasks)."
+)
 PROTECT_EXAMPLES = [
     f"{PROG} protect --scores runs/fp32 --model toy --data traces.jsonl --budget 0.02 --out masks.safetensors",
     f"{PROG} protect --scores runs/fp32 --policy final_mlp --out final_mlp.safetensors",
     f"{PROG} protect --scores runs/fp32 --model toy --saliency magnitude --never 'layers\\.0\\.' --budget 0.03 "
-    "--out magnitude.safetensors"]
+    "--out magnitude.safetensors",
+]
 QUANTIZE_HELP = "mask-aware RTN/GPTQ fake quantization of a model"
 QUANTIZE_DESCRIPTION = (
     "Mask-aware fake quantization (RTN or GPTQ) of every linear site of a model: protected weights (--masks, from "
     f"'{PROG} protect') are kept bit-exact and left out of the scale fit. Writes a normal checkpoint (loads with "
     "from_pretrained) plus lrm_interp_quantization.json (what was done) and lrm_interp_provenance.json (the "
-    "model's compression record).")
+    "model's compression record)."
+)
 QUANTIZE_EXAMPLES = [
     f"{PROG} quantize --model toy --bits 3 --masks masks.safetensors --out runs/toy-rtn3",
     f"{PROG} quantize --model toy --bits 3 --method gptq --calib traces.jsonl --masks masks.safetensors "
-    "--out runs/toy-gptq3"]
+    "--out runs/toy-gptq3",
+]
 
 
-def add_symmetry_flags(p: argparse.ArgumentParser) -> None:
+def add_symmetry_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--symmetric`` / ``--asymmetric``, a mutually exclusive pair setting ``symmetric``
     (default :data:`SYMMETRIC_DEFAULT`: asymmetric), on every command that quantizes or scores
     on a grid (protect, quantize, bits, experiment protection): scripts can say either."""
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--symmetric", dest="symmetric", action="store_true", default=SYMMETRIC_DEFAULT,
-                   help="symmetric grid: no zero-point, scale from max|w| (GPTQModel's sym=True); default: asymmetric")
-    g.add_argument("--asymmetric", dest="symmetric", action="store_false", default=SYMMETRIC_DEFAULT,
-                   help="asymmetric grid: min-max with a zero-point per group (the default)")
+    g.add_argument(
+        "--symmetric",
+        dest="symmetric",
+        action="store_true",
+        default=SYMMETRIC_DEFAULT,
+        help="symmetric grid: no zero-point, scale from max|w| (GPTQModel's sym=True); default: asymmetric",
+    )
+    g.add_argument(
+        "--asymmetric",
+        dest="symmetric",
+        action="store_false",
+        default=SYMMETRIC_DEFAULT,
+        help="asymmetric grid: min-max with a zero-point per group (the default)",
+    )
 
 
 def _check_regex(flag: str, rx: str | None) -> None:
@@ -76,8 +111,11 @@ def cmd_protect(a: argparse.Namespace) -> int:
     from lrm_interp.protect.policies import build_masks
 
     # everything that can be checked without loading anything, first; --out never replaces an input
-    check_paths({"--out": a.out}, {"--scores": a.scores, "--model": model_input(a.model), "--data": a.data},
-                overwrite=a.overwrite)
+    check_paths(
+        {"--out": a.out},
+        {"--scores": a.scores, "--model": model_input(a.model), "--data": a.data},
+        overwrite=a.overwrite,
+    )
     check_bits(a.bits)
     group_size = group_size_arg(a.group_size)
     if not 0.0 <= a.budget <= 1.0:
@@ -92,8 +130,9 @@ def cmd_protect(a: argparse.Namespace) -> int:
             raise CliError(f"--policy {a.policy} scores single weights: it needs --model")
         require_model(a.model)
         if "encoded" in src.needs and a.data is None:
-            raise CliError(f"--saliency {a.saliency} needs --data (annotated traces: a JSONL file or "
-                           "paper-layout directory)")
+            raise CliError(
+                f"--saliency {a.saliency} needs --data (annotated traces: a JSONL file or paper-layout directory)"
+            )
     data = None if a.data is None else require_path(a.data, "--data")
     attr = load_attribution(a.scores, "--scores")
     sites = list(attr.sites)
@@ -109,21 +148,45 @@ def cmd_protect(a: argparse.Namespace) -> int:
         model, tok = load_model_quietly(a.model)
         sites = resolve_sites(model, [s.name for s in sites])
         with reading(data, "--data") if data is not None else contextlib.nullcontext():
-            enc = [encode_trace(tok, t) for t in load_dataset(data)] if "encoded" in src.needs else None
+            # "encoded" needs --data (checked above)
+            enc = [encode_trace(tok, t) for t in load_dataset(cast(Path, data))] if "encoded" in src.needs else None
             calib = calibration_ids(tok, data) if "calib" in src.needs else None
-        stream = build_saliency(a.saliency, model, sites, encoded=enc, behaviors=list(attr.behaviors), calib=calib,
-                                bits=a.bits, group_size=group_size, symmetric=a.symmetric, seed=a.seed,
-                                module_importance=attr, progress=not a.quiet)
+        stream = build_saliency(
+            a.saliency,
+            model,
+            sites,
+            encoded=enc,
+            behaviors=list(attr.behaviors),
+            calib=calib,
+            bits=a.bits,
+            group_size=group_size,
+            symmetric=a.symmetric,
+            seed=a.seed,
+            module_importance=attr,
+            progress=not a.quiet,
+        )
         # build_masks: `always` modules count against a global budget, so the total stays exact
         masks = build_masks(sites, a.policy, a.budget, saliency=stream, always=a.always, never=a.never)
     bpw = bits_per_weight(masks, sites, bits=a.bits, group_size=group_size, symmetric=a.symmetric)
-    save_masks(masks, a.out, metadata={"policy": a.policy, "saliency": a.saliency if per_weight else None,
-                                       "budget": a.budget, "bits": a.bits, "group_size": group_size,
-                                       "symmetric": a.symmetric, "scores": str(a.scores),
-                                       "bits_per_weight": {k: v for k, v in bpw.items() if k != "encodings"}})
-    print(f"wrote {a.out}: {sum(m.n_protected for m in masks.values())} protected weights in {len(masks)} "
-          f"sites ({100 * bpw['protected_fraction']:.2f}%), {bpw['bpw']:.3f} bits/weight at {a.bits}-bit "
-          f"group {group_size or 'per channel'} (index {bpw['index_bits']:.3f}, FP16 values {bpw['value_bits']:.3f})")
+    save_masks(
+        masks,
+        a.out,
+        metadata={
+            "policy": a.policy,
+            "saliency": a.saliency if per_weight else None,
+            "budget": a.budget,
+            "bits": a.bits,
+            "group_size": group_size,
+            "symmetric": a.symmetric,
+            "scores": str(a.scores),
+            "bits_per_weight": {k: v for k, v in bpw.items() if k != "encodings"},
+        },
+    )
+    print(
+        f"wrote {a.out}: {sum(m.n_protected for m in masks.values())} protected weights in {len(masks)} "
+        f"sites ({100 * bpw['protected_fraction']:.2f}%), {bpw['bpw']:.3f} bits/weight at {a.bits}-bit "
+        f"group {group_size or 'per channel'} (index {bpw['index_bits']:.3f}, FP16 values {bpw['value_bits']:.3f})"
+    )
     return 0
 
 
@@ -149,6 +212,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     calib_path = None if a.calib is None else require_path(a.calib, "--calib")
     if calib_path is not None and a.method != "gptq":
         raise CliError(f"--calib is used by --method gptq only (got --method {a.method})")
+    masks: Mapping[str, Any]
     if masks_path is not None:
         with reading(masks_path, "--masks"):
             masks = load_masks(masks_path)[0]
@@ -159,8 +223,16 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     if a.method == "gptq":
         with reading(calib_path, "--calib") if calib_path is not None else contextlib.nullcontext():
             calib = calibration_ids(tok, calib_path)
-    rep = quantize_model_(model, bits=a.bits, group_size=group_size, method=a.method, masks=masks,
-                          calib=calib, symmetric=a.symmetric, progress=not a.quiet)
+    rep = quantize_model_(
+        model,
+        bits=a.bits,
+        group_size=group_size,
+        method=a.method,
+        masks=masks,
+        calib=calib,
+        symmetric=a.symmetric,
+        progress=not a.quiet,
+    )
     tmp = make_temp_dir(out)  # the permissions of a plain mkdir, not mkdtemp's 0700
     try:
         with naming_destination(out, tmp):  # a failed write names --out, not .OUT.xxxx.tmp
@@ -170,12 +242,14 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     info = json.loads((out / "lrm_interp_quantization.json").read_text())
-    print(f"wrote {out} (fake-quantized weights, loads with from_pretrained): {rep.n_sites} sites, "
-          f"{rep.n_protected} protected weights, {info['bits_per_weight']:.3f} bits/weight")
+    print(
+        f"wrote {out} (fake-quantized weights, loads with from_pretrained): {rep.n_sites} sites, "
+        f"{rep.n_protected} protected weights, {info['bits_per_weight']:.3f} bits/weight"
+    )
     return 0
 
 
-def _write_quantized(model, tok, rep, masks, a: argparse.Namespace, group_size: int, out: Path) -> None:
+def _write_quantized(model, tok, rep, masks, a: argparse.Namespace, group_size: int | None, out: Path) -> None:
     """Checkpoint, tokenizer, provenance record and ``lrm_interp_quantization.json`` into ``out``."""
     from lrm_interp._io import atomic_write_text
     from lrm_interp.model.provenance import save_record
@@ -185,10 +259,13 @@ def _write_quantized(model, tok, rep, masks, a: argparse.Namespace, group_size: 
     model.save_pretrained(out)
     tok.save_pretrained(out)
     save_record(model, out)  # the compression record next to the checkpoint (lrm_interp_provenance.json)
-    info = rep.to_dict() | {"bits_per_weight": bits_per_weight(masks, find_sites(model), bits=a.bits,
-                                                                 group_size=group_size,
-                                                                 symmetric=a.symmetric)["bpw"],
-                            "masks": a.masks, "source_model": str(a.model)}
+    info = rep.to_dict() | {
+        "bits_per_weight": bits_per_weight(
+            masks, find_sites(model), bits=a.bits, group_size=group_size, symmetric=a.symmetric
+        )["bpw"],
+        "masks": a.masks,
+        "source_model": str(a.model),
+    }
     info.pop("sites", None)
     atomic_write_text(out / "lrm_interp_quantization.json", json.dumps(info, indent=2))
 
@@ -196,30 +273,64 @@ def _write_quantized(model, tok, rep, masks, a: argparse.Namespace, group_size: 
 def register(sub) -> None:
     """Add the ``protect`` and ``quantize`` subcommands to ``sub`` (an argparse subparsers object)."""
     p = add_command(sub, "protect", help=PROTECT_HELP, description=PROTECT_DESCRIPTION, examples=PROTECT_EXAMPLES)
+    assert p.epilog is not None  # add_command writes the examples there
     p.epilog += "\n\nsaliencies (--saliency):\n" + "\n".join(
         f"  {n:15s} {s.label}" + "".join(f"; {NEEDS_FLAGS[k]}" for k in s.needs if k in NEEDS_FLAGS)
-        for n, s in SALIENCIES.items())
-    p.add_argument("--scores", required=True, metavar="DIR",
-                   help=f"an attribution result folder (from '{PROG} attribute')")
-    p.add_argument("--budget", type=fraction, default=0.02, metavar="X",
-                   help="fraction of the linear weights to protect, in [0, 1] (0: an empty mask, the no-protection "
-                        "baseline)")
-    p.add_argument("--policy", choices=POLICIES, default="global_top",
-                   help="how the protected weights are chosen (global_top: the most salient weights over all sites)")
-    p.add_argument("--saliency", choices=list(SALIENCIES), default="attribution_ri",
-                   help="per-weight saliency of global_top / per_module_top (list below)")
-    p.add_argument("--model", default=None, metavar="DIR|ALIAS",
-                   help="model folder or alias, e.g. toy (needed by per-weight policies)")
-    p.add_argument("--data", default=None, metavar="PATH",
-                   help="annotated traces, JSONL file or paper-layout folder (attribution saliencies; calibration "
-                        "text of activation/hessian, else generated toy tasks)")
-    p.add_argument("--bits", type=bits_int, default=3, metavar="N",
-                   help="target quantization bits, 2..8 (saliency grid and bits/weight)")
-    p.add_argument("--group-size", type=nonneg_int, default=128, metavar="N",
-                   help="quantization group size in input columns (0 = per channel)")
+        for n, s in SALIENCIES.items()
+    )
+    p.add_argument(
+        "--scores", required=True, metavar="DIR", help=f"an attribution result folder (from '{PROG} attribute')"
+    )
+    p.add_argument(
+        "--budget",
+        type=fraction,
+        default=0.02,
+        metavar="X",
+        help="fraction of the linear weights to protect, in [0, 1] (0: an empty mask, the no-protection baseline)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=POLICIES,
+        default="global_top",
+        help="how the protected weights are chosen (global_top: the most salient weights over all sites)",
+    )
+    p.add_argument(
+        "--saliency",
+        choices=list(SALIENCIES),
+        default="attribution_ri",
+        help="per-weight saliency of global_top / per_module_top (list below)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR|ALIAS",
+        help="model folder or alias, e.g. toy (needed by per-weight policies)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="PATH",
+        help="annotated traces, JSONL file or paper-layout folder (attribution saliencies; calibration "
+        "text of activation/hessian, else generated toy tasks)",
+    )
+    p.add_argument(
+        "--bits",
+        type=bits_int,
+        default=3,
+        metavar="N",
+        help="target quantization bits, 2..8 (saliency grid and bits/weight)",
+    )
+    p.add_argument(
+        "--group-size",
+        type=nonneg_int,
+        default=128,
+        metavar="N",
+        help="quantization group size in input columns (0 = per channel)",
+    )
     add_symmetry_flags(p)
-    p.add_argument("--always", default=None, metavar="REGEX",
-                   help="sites always protected whole (they count against the budget)")
+    p.add_argument(
+        "--always", default=None, metavar="REGEX", help="sites always protected whole (they count against the budget)"
+    )
     p.add_argument("--never", default=None, metavar="REGEX", help="sites never protected (wins over --always)")
     p.add_argument("--seed", type=seed_int, default=0, metavar="N", help="seed of the random saliency (>= 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -227,20 +338,36 @@ def register(sub) -> None:
     add_overwrite_flag(p)
     p.set_defaults(fn=cmd_protect)
 
-    q = add_command(sub, "quantize", help=QUANTIZE_HELP, description=QUANTIZE_DESCRIPTION,
-                    examples=QUANTIZE_EXAMPLES)
+    q = add_command(sub, "quantize", help=QUANTIZE_HELP, description=QUANTIZE_DESCRIPTION, examples=QUANTIZE_EXAMPLES)
     q.add_argument("--model", required=True, metavar="DIR|ALIAS", help="model folder or alias, e.g. toy")
     q.add_argument("--bits", type=bits_int, required=True, metavar="N", help="quantization bits, 2..8")
-    q.add_argument("--group-size", type=nonneg_int, default=128, metavar="N",
-                   help="quantization group size in input columns (0 = per channel)")
-    q.add_argument("--method", choices=["rtn", "gptq"], default="rtn",
-                   help="rtn (round to nearest) or gptq (error feedback from calibration Hessians)")
+    q.add_argument(
+        "--group-size",
+        type=nonneg_int,
+        default=128,
+        metavar="N",
+        help="quantization group size in input columns (0 = per channel)",
+    )
+    q.add_argument(
+        "--method",
+        choices=["rtn", "gptq"],
+        default="rtn",
+        help="rtn (round to nearest) or gptq (error feedback from calibration Hessians)",
+    )
     q.add_argument("--masks", default=None, metavar="FILE", help=f"protection masks from '{PROG} protect'")
-    q.add_argument("--calib", default=None, metavar="PATH",
-                   help="GPTQ calibration traces, JSONL file or paper-layout folder (default: generated toy tasks)")
+    q.add_argument(
+        "--calib",
+        default=None,
+        metavar="PATH",
+        help="GPTQ calibration traces, JSONL file or paper-layout folder (default: generated toy tasks)",
+    )
     add_symmetry_flags(q)
     q.add_argument("--quiet", action="store_true", help="no progress bars")
-    q.add_argument("--out", required=True, metavar="DIR",
-                   help="output checkpoint folder (written whole or not at all; never the --model folder)")
+    q.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output checkpoint folder (written whole or not at all; never the --model folder)",
+    )
     q.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
     q.set_defaults(fn=cmd_quantize)

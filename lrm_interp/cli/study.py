@@ -9,8 +9,18 @@ from __future__ import annotations
 import argparse
 
 from lrm_interp.checks import int_arg
-from lrm_interp.cli.common import (PROG, CliError, add_command, check_paths, float_arg, model_input, positive_int,
-                                   reading, require_model, require_path)
+from lrm_interp.cli.common import (
+    PROG,
+    CliError,
+    add_command,
+    check_paths,
+    float_arg,
+    model_input,
+    positive_int,
+    reading,
+    require_model,
+    require_path,
+)
 from lrm_interp.cli.protect import add_symmetry_flags
 
 HELP = "attribute, protect and compress any model at matched bits per weight: accuracy or KL, report.html"
@@ -21,12 +31,14 @@ DESCRIPTION = (
     "magnitude, attribution, mixed precision), score them — accuracy on --tasks with 95% Wilson intervals, or "
     "without --tasks KL(full precision || variant) per response token on the traces with bootstrap intervals — "
     "attribute the uniform copy for the importance shift, and write report.html. Rerun the same command to "
-    "resume; a --out holding another study is refused (--overwrite starts it over).")
+    "resume; a --out holding another study is refused (--overwrite starts it over)."
+)
 EXAMPLES = [
     f"{PROG} study --model toy --data traces.jsonl --tasks math logic knowledge --bits 3 --out runs/study",
     f"{PROG} study --model ./my_model --data paper_layout/ --bits 3 --out runs/study_kl      # KL, no tasks",
     f"{PROG} study --model smollm2-135m-reasoner --data traces.jsonl --tasks aime --task-data bench/ --per-task 30 "
-    "--bits 3 --out runs/study_aime"]
+    "--bits 3 --out runs/study_aime",
+]
 
 
 def cmd_study(a: argparse.Namespace) -> int:
@@ -53,10 +65,19 @@ def cmd_study(a: argparse.Namespace) -> int:
                 except FileNotFoundError as e:
                     raise CliError(f"--task-data: {e}") from None
     try:
-        settings = StudySettings(tasks=tuple(a.tasks or ()), task_data=a.task_data, bits=a.bits,
-                                 group_size=a.group_size, symmetric=a.symmetric, budget=a.budget, per_task=a.per_task,
-                                 max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
-                                 require_think=a.require_think, resamples=a.resamples)
+        settings = StudySettings(
+            tasks=tuple(a.tasks or ()),
+            task_data=a.task_data,
+            bits=a.bits,
+            group_size=a.group_size,
+            symmetric=a.symmetric,
+            budget=a.budget,
+            per_task=a.per_task,
+            max_new_tokens=a.max_new_tokens,
+            batch_size=a.batch_size,
+            require_think=a.require_think,
+            resamples=a.resamples,
+        )
         check_study_folder(a.out, settings, a.overwrite)
     except ValueError as e:
         raise CliError(str(e)) from None
@@ -79,39 +100,83 @@ def register(sub) -> None:
 
     p = add_command(sub, "study", help=HELP, description=DESCRIPTION, examples=EXAMPLES)
     io = p.add_argument_group("input and output")
-    io.add_argument("--model", required=True, metavar="DIR|ALIAS",
-                    help="local Hugging Face model directory, or an alias: " + ", ".join(model_aliases()))
-    io.add_argument("--data", required=True, metavar="PATH",
-                    help="annotated traces to attribute (and to measure KL on without --tasks): JSONL file or "
-                         "paper-layout directory")
-    io.add_argument("--out", required=True, metavar="DIR",
-                    help="output folder; the same command on it again resumes (finished rows are kept)")
-    io.add_argument("--overwrite", action="store_true",
-                    help="start over in an --out holding another study (its study files and attribution folders "
-                         "are removed first)")
+    io.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR|ALIAS",
+        help="local Hugging Face model directory, or an alias: " + ", ".join(model_aliases()),
+    )
+    io.add_argument(
+        "--data",
+        required=True,
+        metavar="PATH",
+        help="annotated traces to attribute (and to measure KL on without --tasks): JSONL file or "
+        "paper-layout directory",
+    )
+    io.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder; the same command on it again resumes (finished rows are kept)",
+    )
+    io.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --out holding another study (its study files and attribution folders are removed first)",
+    )
     io.add_argument("--quiet", action="store_true", help="no progress bars")
     ev = p.add_argument_group("what is measured")
-    ev.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
-                    help="benchmark tasks to score accuracy on (toy: math logic knowledge, generated; aime folio "
-                         "temporal musique: read from --task-data); without it: KL to full precision on --data")
-    ev.add_argument("--task-data", default=None, metavar="FILE|DIR",
-                    help="benchmark file or folder of the tasks that read data (lrm_interp.data.benchmarks)")
-    ev.add_argument("--per-task", type=positive_int, default=50, metavar="N",
-                    help="problems per task: toy tasks generated with seed 2 (as 'bench --per-family'), file tasks "
-                         "their first N records (as 'bench --limit')")
-    ev.add_argument("--max-new-tokens", type=positive_int, default=480, metavar="N",
-                    help="greedy tokens generated per problem")
+    ev.add_argument(
+        "--tasks",
+        nargs="+",
+        default=None,
+        metavar="TASK",
+        help="benchmark tasks to score accuracy on (toy: math logic knowledge, generated; aime folio "
+        "temporal musique: read from --task-data); without it: KL to full precision on --data",
+    )
+    ev.add_argument(
+        "--task-data",
+        default=None,
+        metavar="FILE|DIR",
+        help="benchmark file or folder of the tasks that read data (lrm_interp.data.benchmarks)",
+    )
+    ev.add_argument(
+        "--per-task",
+        type=positive_int,
+        default=50,
+        metavar="N",
+        help="problems per task: toy tasks generated with seed 2 (as 'bench --per-family'), file tasks "
+        "their first N records (as 'bench --limit')",
+    )
+    ev.add_argument(
+        "--max-new-tokens", type=positive_int, default=480, metavar="N", help="greedy tokens generated per problem"
+    )
     ev.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="problems generated at once")
-    ev.add_argument("--no-require-think", dest="require_think", action="store_false",
-                    help="grade outputs without </think> too (by default they count as wrong, as in 'bench score')")
-    ev.add_argument("--resamples", type=positive_int, default=1000, metavar="N",
-                    help="bootstrap resamples of the KL intervals (without --tasks)")
+    ev.add_argument(
+        "--no-require-think",
+        dest="require_think",
+        action="store_false",
+        help="grade outputs without </think> too (by default they count as wrong, as in 'bench score')",
+    )
+    ev.add_argument(
+        "--resamples",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples of the KL intervals (without --tasks)",
+    )
     cq = p.add_argument_group("compression (RTN; the variants share these)")
-    cq.add_argument("--bits", type=int_arg(2, 7), required=True, metavar="B",
-                    help="bits of the quantized weights, 2..7")
+    cq.add_argument(
+        "--bits", type=int_arg(2, 7), required=True, metavar="B", help="bits of the quantized weights, 2..7"
+    )
     cq.add_argument("--group-size", type=positive_int, default=128, metavar="G", help="quantization group size")
     add_symmetry_flags(cq)
-    cq.add_argument("--budget", type=float_arg(0.0, 1.0, min_open=True, max_open=True), default=0.02, metavar="F",
-                    help="fraction of the linear weights the magnitude and attribution masks keep in FP16, in (0, 1); "
-                         "their bits per weight are the mixed-precision allocation's budget")
+    cq.add_argument(
+        "--budget",
+        type=float_arg(0.0, 1.0, min_open=True, max_open=True),
+        default=0.02,
+        metavar="F",
+        help="fraction of the linear weights the magnitude and attribution masks keep in FP16, in (0, 1); "
+        "their bits per weight are the mixed-precision allocation's budget",
+    )
     p.set_defaults(fn=cmd_study)

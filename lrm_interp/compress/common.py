@@ -19,10 +19,13 @@ import torch
 class ObsProblem(NamedTuple):
     """The float32 inputs of an OBS update of ``W [out, in]`` (all on ``W``'s device)."""
 
+    # the field comments are aligned as a table
+    # fmt: off
     W0: torch.Tensor    #: the original weights
     W: torch.Tensor     #: a working copy with dead, unprotected inputs zeroed
     prot: torch.Tensor  #: bool ``[out, in]``, ``True`` = protected
     U: torch.Tensor     #: upper Cholesky factor of the damped ``H⁻¹`` ``[in, in]``
+    # fmt: on
 
 
 def damped_inverse_cholesky(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,8 +47,7 @@ def prepare_obs(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor | None, per
     out, inn = W0.shape
     if tuple(H.shape) != (inn, inn):
         raise ValueError(f"Hessian shape {tuple(H.shape)} != [{inn}, {inn}]")
-    prot = (torch.zeros_like(W0, dtype=torch.bool) if mask is None
-            else mask.to(device=W0.device, dtype=torch.bool))
+    prot = torch.zeros_like(W0, dtype=torch.bool) if mask is None else mask.to(device=W0.device, dtype=torch.bool)
     if tuple(prot.shape) != (out, inn):
         raise ValueError(f"mask shape {tuple(prot.shape)} != weight shape {(out, inn)}")
     U, dead = damped_inverse_cholesky(H.to(device=W0.device), percdamp)

@@ -27,8 +27,9 @@ magnitude, SparseGPT and Wanda in :mod:`lrm_interp.compress.prune.apply`);
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -39,7 +40,7 @@ from lrm_interp.model.sites import Site, get_module, resolve_sites
 from lrm_interp.model.weights import dense_mask, set_weight_matrix, weight_matrix
 
 #: ``kernel(W [out, in], mask bool [out, in] | None, H [in, in] | None) -> new W or quantized tensor``
-SiteKernel = Callable[[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]], Any]
+SiteKernel = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], Any]
 KINDS = ("quantization", "pruning")
 #: options of the Hessian driver (:func:`lrm_interp.compress.calibration.layer_hessians`)
 CALIBRATION_OPTIONS = ("sequential", "batch_size")
@@ -95,12 +96,17 @@ def register_method(method: CompressionMethod) -> CompressionMethod:
 
 def method_names(kind: str | None = None, *, calibrated: bool | None = None, nm: bool | None = None) -> tuple[str, ...]:
     """Registered names (quantizers first, then pruners; each in registration order), filtered."""
-    return tuple(m.name for k in KINDS for m in _REGISTRY.values()
-                 if m.kind == k and kind in (None, k) and calibrated in (None, m.calibrated) and nm in (None, m.nm))
+    return tuple(
+        m.name
+        for k in KINDS
+        for m in _REGISTRY.values()
+        if m.kind == k and kind in (None, k) and calibrated in (None, m.calibrated) and nm in (None, m.nm)
+    )
 
 
 def get_method(method: str | CompressionMethod, kind: str | None = None) -> CompressionMethod:
     """The registered method of that name (of ``kind`` if given); ``ValueError`` listing the choices."""
+    m: CompressionMethod | None
     if isinstance(method, CompressionMethod):
         m = method
     else:
@@ -130,10 +136,15 @@ class Report(Protocol):
 R = TypeVar("R", bound=Report)
 
 
-def compress_sites_(model: torch.nn.Module,
-                    groups: Iterable[tuple[Sequence[Site], Mapping[str, torch.Tensor] | None]],
-                    kernel: SiteKernel, *, masks: Mapping[str, Any] | None = None,
-                    on_result: Callable[[str, Any], None] | None = None, bar: Any = None) -> tuple[int, int, int]:
+def compress_sites_(
+    model: torch.nn.Module,
+    groups: Iterable[tuple[Sequence[Site], MutableMapping[str, torch.Tensor] | None]],
+    kernel: SiteKernel,
+    *,
+    masks: Mapping[str, Any] | None = None,
+    on_result: Callable[[str, Any], None] | None = None,
+    bar: Any = None,
+) -> tuple[int, int, int]:
     """Compress the sites of each ``(sites, hessians)`` group in place, group after group.
 
     ``groups`` may be lazy (the next group is requested only after the previous one is
@@ -153,7 +164,7 @@ def compress_sites_(model: torch.nn.Module,
             mod = get_module(model, s.name)
             W = weight_matrix(mod)
             try:
-                m = dense_mask(masks.get(s.name), tuple(W.shape))
+                m = dense_mask(masks.get(s.name), cast("tuple[int, int]", tuple(W.shape)))  # [out, in]
             except ValueError as e:
                 raise ValueError(f"{label}: site {s.name}: {e}") from None
             m = None if m is None else m.to(W.device)
@@ -186,8 +197,9 @@ def _mask_shape(mask: Any) -> tuple[int, ...] | None:
     return tuple(int(x) for x in (shape if shape is not None else torch.as_tensor(mask).shape))
 
 
-def check_masks(model: torch.nn.Module, masks: Mapping[str, Any] | None, sites: Sequence[Site],
-                done: str = "compressed") -> None:
+def check_masks(
+    model: torch.nn.Module, masks: Mapping[str, Any] | None, sites: Sequence[Site], done: str = "compressed"
+) -> None:
     """Refuse masks that do not belong to ``model``, before any weight is changed.
 
     ``masks`` may record the model it was computed for (duck-typed, as a
@@ -207,20 +219,35 @@ def check_masks(model: torch.nn.Module, masks: Mapping[str, Any] | None, sites: 
     for name, mask in masks.items():
         s, shape = by_name[name], _mask_shape(mask)
         if shape is not None and shape != (s.out_features, s.in_features):
-            raise ValueError(f"{label}: the mask of site {name} has shape {list(shape)} but the site's weight is "
-                             f"[{s.out_features}, {s.in_features}] in this model (masks of another model?)")
-    check_same_weights(masks, model, what=label,
-                       hint="masks chosen on one model's weights protect the wrong weights of another; build "
-                            "them on this model (lrm-interp protect --model ...)")
+            raise ValueError(
+                f"{label}: the mask of site {name} has shape {list(shape)} but the site's weight is "
+                f"[{s.out_features}, {s.in_features}] in this model (masks of another model?)"
+            )
+    check_same_weights(
+        masks,
+        model,
+        what=label,
+        hint="masks chosen on one model's weights protect the wrong weights of another; build "
+        "them on this model (lrm-interp protect --model ...)",
+    )
 
 
-def compress_model_(model: torch.nn.Module, method: str | CompressionMethod, settings: Mapping[str, Any], *,
-                    report: Callable[[CompressionRun], R], kind: str | None = None,
-                    sites: Sequence[Site | str] | str | None = None, masks: Mapping[str, Any] | None = None,
-                    calib: HessianCalib | None = None, options: Mapping[str, Any] | None = None,
-                    hessian_transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-                    on_result: Callable[[str, Any], None] | None = None, desc: str | None = None,
-                    progress: bool = True) -> R:
+def compress_model_(
+    model: torch.nn.Module,
+    method: str | CompressionMethod,
+    settings: Mapping[str, Any],
+    *,
+    report: Callable[[CompressionRun], R],
+    kind: str | None = None,
+    sites: Sequence[Site | str] | str | None = None,
+    masks: Mapping[str, Any] | None = None,
+    calib: HessianCalib | None = None,
+    options: Mapping[str, Any] | None = None,
+    hessian_transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    on_result: Callable[[str, Any], None] | None = None,
+    desc: str | None = None,
+    progress: bool = True,
+) -> R:
     """Run ``method`` over the sites of ``model`` in place and record it (module docs).
 
     Args:
@@ -249,10 +276,12 @@ def compress_model_(model: torch.nn.Module, method: str | CompressionMethod, set
     kernel = m.build(**settings, **{k: v for k, v in options.items() if k in m.options})
     if m.calibrated:
         if calib is None:
-            raise ValueError(f"{m.label} needs calibration data: calib=input_ids [b, s] (or tokenizer output / "
-                             "callable)")
-        groups: Iterable = layer_hessians(model, site_list, calib, progress=progress,
-                                          **{k: v for k, v in options.items() if k in CALIBRATION_OPTIONS})
+            raise ValueError(
+                f"{m.label} needs calibration data: calib=input_ids [b, s] (or tokenizer output / callable)"
+            )
+        groups: Iterable = layer_hessians(
+            model, site_list, calib, progress=progress, **{k: v for k, v in options.items() if k in CALIBRATION_OPTIONS}
+        )
         if hessian_transform is not None:
             groups = ((grp, {n: hessian_transform(n, H) for n, H in hs.items()}) for grp, hs in groups)
     else:
@@ -260,11 +289,25 @@ def compress_model_(model: torch.nn.Module, method: str | CompressionMethod, set
     with tqdm(total=len(site_list), desc=desc or m.label, unit="site", disable=not progress) as bar:
         n_w, n_p, n_z = compress_sites_(model, groups, kernel, masks=masks, on_result=on_result, bar=bar)
     rep = report(CompressionRun(m, tuple(site_list), n_w, n_p, n_z, len(masks)))
-    extra = {} if hessian_transform is None else {
-        "hessian_transform": getattr(hessian_transform, "__qualname__", type(hessian_transform).__name__)}
+    extra = (
+        {}
+        if hessian_transform is None
+        else {"hessian_transform": getattr(hessian_transform, "__qualname__", type(hessian_transform).__name__)}
+    )
     record_compression(model, m.kind, **rep.provenance(), **extra)
     return rep
 
 
-__all__ = ["CompressionMethod", "CompressionRun", "SiteKernel", "register_method", "get_method", "method_names",
-           "compress_sites_", "compress_model_", "check_masks", "KINDS", "CALIBRATION_OPTIONS"]
+__all__ = [
+    "CompressionMethod",
+    "CompressionRun",
+    "SiteKernel",
+    "register_method",
+    "get_method",
+    "method_names",
+    "compress_sites_",
+    "compress_model_",
+    "check_masks",
+    "KINDS",
+    "CALIBRATION_OPTIONS",
+]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -97,8 +97,14 @@ def parse_compression(spec: str) -> CompressionSpec:
     return CompressionSpec(name, sparsity=s)
 
 
-def apply_compression(model: torch.nn.Module, spec: CompressionSpec, *, group_size: int | None = 128,
-                      calib: Any = None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
+def apply_compression(
+    model: torch.nn.Module,
+    spec: CompressionSpec,
+    *,
+    group_size: int | None = 128,
+    calib: Any = None,
+    progress: bool = True,
+) -> tuple[torch.nn.Module, dict]:
     """``(compressed deep copy, report dict)``; ``spec.method == "none"`` returns ``model`` itself."""
     if spec.method == "none":
         return model, {"method": "none"}
@@ -108,11 +114,18 @@ def apply_compression(model: torch.nn.Module, spec: CompressionSpec, *, group_si
     m = copy.deepcopy(model)
     calib = calib if method.calibrated else None
     if method.kind == "quantization":
-        rep = quantize_model_(m, bits=spec.bits, group_size=group_size, method=spec.method, calib=calib,
-                              symmetric=spec.symmetric, progress=progress)
+        rep = quantize_model_(
+            m,
+            bits=cast(int, spec.bits),  # a quantization spec has bits
+            group_size=group_size,
+            method=spec.method,
+            calib=calib,
+            symmetric=spec.symmetric,
+            progress=progress,
+        )
         return m, {**spec.to_dict(), "group_size": group_size, "n_weights": rep.n_weights}
-    rep = prune_model_(m, spec.method, spec.sparsity, pattern=spec.pattern, calib=calib, progress=progress)
-    return m, {**spec.to_dict(), "achieved": rep.achieved}
+    prep = prune_model_(m, spec.method, spec.sparsity, pattern=spec.pattern, calib=calib, progress=progress)
+    return m, {**spec.to_dict(), "achieved": prep.achieved}
 
 
 __all__ = ["CompressionSpec", "parse_compression", "apply_compression", "METHODS"]

@@ -26,10 +26,10 @@ only: the prompt is never searched; ``</think>`` is ordinary text.
 from __future__ import annotations
 
 import bisect
-
 import re
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
-from typing import Collection, Sequence
+from typing import cast
 
 import numpy as np
 
@@ -85,7 +85,7 @@ def normalise(text: str) -> tuple[str, list[int]]:
     idx: list[int] = []
     i = 0
     for m in _WS.finditer(text):
-        out.append(text[i:m.start()])
+        out.append(text[i : m.start()])
         idx.extend(range(i, m.start()))
         out.append(" ")
         idx.append(m.start())
@@ -154,8 +154,9 @@ def _occurrences(codes: np.ndarray, ncodes: np.ndarray, lo: int, hi: int, k: int
     return out
 
 
-def _anchor_windows(hay: str, needle: str, lo: int, hi: int, k: int, min_votes: int,
-                    max_windows: int) -> list[tuple[int, int]]:
+def _anchor_windows(
+    hay: str, needle: str, lo: int, hi: int, k: int, min_votes: int, max_windows: int
+) -> list[tuple[int, int]]:
     """Regions of ``hay[lo:hi]`` worth aligning ``needle`` against: cut the needle into up to
     ``k+1`` disjoint pieces (one survives any ``k`` edits), find each piece exactly, group
     the implied start positions, keep groups hit by ≥ ``min_votes`` pieces (most votes first)."""
@@ -165,8 +166,9 @@ def _anchor_windows(hay: str, needle: str, lo: int, hi: int, k: int, min_votes: 
     implied: list[tuple[int, int]] = []
     for pid in range(npieces):
         off = pid * plen
-        piece = needle[off:off + plen]
-        hits, p = [], hay.find(piece, lo, hi)
+        piece = needle[off : off + plen]
+        hits: list[int] = []
+        p = hay.find(piece, lo, hi)
         while p >= 0 and len(hits) <= _ANCHOR_CAP:
             hits.append(p - off)
             p = hay.find(piece, p + 1, hi)
@@ -192,9 +194,17 @@ def _anchor_windows(hay: str, needle: str, lo: int, hi: int, k: int, min_votes: 
     return merged
 
 
-def fuzzy_occurrences(hay: str, needle: str, lo: int = 0, hi: int | None = None, *,
-                      max_edit_ratio: float = 0.1, hay_codes: np.ndarray | None = None,
-                      min_votes: int = 1, max_windows: int = 8) -> list[tuple[int, int, int]]:
+def fuzzy_occurrences(
+    hay: str,
+    needle: str,
+    lo: int = 0,
+    hi: int | None = None,
+    *,
+    max_edit_ratio: float = 0.1,
+    hay_codes: np.ndarray | None = None,
+    min_votes: int = 1,
+    max_windows: int = 8,
+) -> list[tuple[int, int, int]]:
     """Approximate occurrences of ``needle`` in ``hay[lo:hi]``: ``[(start, end, dist)]`` by start.
 
     Distance ≤ ``k = max(1, int(max_edit_ratio·len(needle)))`` (Levenshtein on characters).
@@ -225,8 +235,15 @@ def fuzzy_occurrences(hay: str, needle: str, lo: int = 0, hi: int | None = None,
     return sorted((s, e, d) for (s, e), d in found.items())
 
 
-def fuzzy_find(hay: str, needle: str, lo: int = 0, hi: int | None = None, *, max_edit_ratio: float = 0.1,
-               hay_codes: np.ndarray | None = None) -> tuple[int, int, int] | None:
+def fuzzy_find(
+    hay: str,
+    needle: str,
+    lo: int = 0,
+    hi: int | None = None,
+    *,
+    max_edit_ratio: float = 0.1,
+    hay_codes: np.ndarray | None = None,
+) -> tuple[int, int, int] | None:
     """Best approximate occurrence ``(start, end, dist)`` of ``needle`` in ``hay[lo:hi]``
     (lowest distance, then earliest), or ``None``; see :func:`fuzzy_occurrences`."""
     occ = fuzzy_occurrences(hay, needle, lo, hi, max_edit_ratio=max_edit_ratio, hay_codes=hay_codes)
@@ -282,23 +299,25 @@ def best_chain_dp(cands: list[list[tuple[int, int]]], length: int) -> list[tuple
     """:func:`best_chain` by the Fenwick dynamic programme alone (no greedy shortcut)."""
     n = len(cands)
     w_pos = 1
-    w_lex = n * (length + 1) + 1            # > any Σ starts
-    w_cnt = w_lex * (2 ** n)                # > any lexicographic term
+    w_lex = n * (length + 1) + 1  # > any Σ starts
+    w_cnt = w_lex * (2**n)  # > any lexicographic term
     size = length + 2
     tree: list[tuple[int, int] | None] = [None] * (size + 1)  # (score, candidate id)
 
     def update(pos: int, key: int, cid: int) -> None:
         i = pos + 1
         while i <= size:
-            if tree[i] is None or key > tree[i][0]:
+            node = tree[i]
+            if node is None or key > node[0]:
                 tree[i] = (key, cid)
             i += i & -i
 
     def query(pos: int) -> tuple[int, int]:
         i, best = pos + 1, (0, -1)  # the empty chain
         while i > 0:
-            if tree[i] is not None and tree[i][0] > best[0]:
-                best = tree[i]
+            node = tree[i]
+            if node is not None and node[0] > best[0]:
+                best = node
             i -= i & -i
         return best
 
@@ -332,9 +351,15 @@ def _overlaps(a: int, b: int, placed: list[tuple[int, int]]) -> bool:
     return k > 0 and placed[k - 1][1] > a and placed[k - 1][0] < b
 
 
-def align_segments(response: str, segments: Sequence[Segment], *, source: str = "",
-                   keep_unknown: bool = False, labels: Collection[str] | None = None,
-                   max_edit_ratio: float = 0.1) -> tuple[list[BehaviorSpan], list[SegmentReport]]:
+def align_segments(
+    response: str,
+    segments: Sequence[Segment],
+    *,
+    source: str = "",
+    keep_unknown: bool = False,
+    labels: Collection[str] | None = None,
+    max_edit_ratio: float = 0.1,
+) -> tuple[list[BehaviorSpan], list[SegmentReport]]:
     """Place ``segments`` on ``response``.
 
     Args:
@@ -357,20 +382,30 @@ def align_segments(response: str, segments: Sequence[Segment], *, source: str = 
     # fast path: every segment's exact text found in order ("the next occurrence after the
     # previous segment"): that is the best chain (greedy_chain's argument), found in one sweep
     # without listing every occurrence of a repeated sentence ("Wait." x 3,000)
-    in_order: list[tuple[int, int] | None] | None = []
+    in_order: list[tuple[int, int] | None] = []
+    all_in_order = True
     cursor = 0
     for t in targets:
         p = norm.find(t, cursor) if t else -1
         if t and p < 0:
-            in_order = None
+            all_in_order = False
             break
         in_order.append((p, p + len(t)) if t else None)
         if t:
             cursor = p + len(t)
-    if in_order is not None:
-        return _reports(segments, targets, in_order, [0 if q is not None else None for q in in_order],
-                        ["placed" if q is not None else None for q in in_order], [False] * len(targets), idx,
-                        source, labels, keep_unknown)
+    if all_in_order:
+        return _reports(
+            segments,
+            targets,
+            in_order,
+            [0 if q is not None else None for q in in_order],
+            ["placed" if q is not None else None for q in in_order],
+            [False] * len(targets),
+            idx,
+            source,
+            labels,
+            keep_unknown,
+        )
 
     # pass 1: exact occurrences, best monotone chain
     cands: list[list[tuple[int, int]]] = []
@@ -386,25 +421,29 @@ def align_segments(response: str, segments: Sequence[Segment], *, source: str = 
     chain_cands = list(cands)
     for i, t in enumerate(targets):
         if t and not cands[i]:
-            occ = fuzzy_occurrences(norm, t, max_edit_ratio=max_edit_ratio, hay_codes=codes,
-                                    min_votes=2, max_windows=16)
-            fuzzy_d[i] = {(s, e): d for s, e, d in occ}
-            chain_cands[i] = [(s, e) for s, e, _ in occ]
+            focc = fuzzy_occurrences(
+                norm, t, max_edit_ratio=max_edit_ratio, hay_codes=codes, min_votes=2, max_windows=16
+            )
+            fuzzy_d[i] = {(s, e): d for s, e, d in focc}
+            chain_cands[i] = [(s, e) for s, e, _ in focc]
     pos = best_chain(chain_cands, len(norm))
     dist: list[int | None] = [None if p is None else fuzzy_d[i].get(p, 0) for i, p in enumerate(pos)]
-    status: list[str | None] = [None if p is None else ("placed" if dist[i] == 0 else "placed fuzzy")
-                                for i, p in enumerate(pos)]
+    status: list[str | None] = [
+        None if p is None else ("placed" if dist[i] == 0 else "placed fuzzy") for i, p in enumerate(pos)
+    ]
 
     # pass 2: fuzzy between placed neighbours (lo: running max of the ends placed before i;
     # hi: the nearest chain start after i, from pass 1 -- later segments are not placed yet)
     next_start = [len(norm)] * (len(pos) + 1)
     for j in range(len(pos) - 1, -1, -1):
-        next_start[j] = min(next_start[j + 1], pos[j][0]) if pos[j] is not None else next_start[j + 1]
+        q = pos[j]
+        next_start[j] = min(next_start[j + 1], q[0]) if q is not None else next_start[j + 1]
     lo = 0
     for i, t in enumerate(targets):
-        if pos[i] is not None or not t:
-            if pos[i] is not None:
-                lo = max(lo, pos[i][1])
+        q = pos[i]
+        if q is not None or not t:
+            if q is not None:
+                lo = max(lo, q[1])
             continue
         hi = next_start[i + 1]
         r = fuzzy_find(norm, t, lo, hi, max_edit_ratio=max_edit_ratio, hay_codes=codes)
@@ -431,32 +470,47 @@ def align_segments(response: str, segments: Sequence[Segment], *, source: str = 
                     overlapped[i] = True
                 else:
                     pos[i], dist[i], status[i] = (r[0], r[1]), r[2], "placed out of order"
-        if pos[i] is not None:
-            bisect.insort(placed, pos[i])
+        q = pos[i]
+        if q is not None:
+            bisect.insort(placed, q)
 
     return _reports(segments, targets, pos, dist, status, overlapped, idx, source, labels, keep_unknown)
 
 
-def _reports(segments: Sequence[Segment], targets: list[str], pos: list[tuple[int, int] | None],
-             dist: list[int | None], status: list[str | None], overlapped: list[bool], idx: list[int], source: str,
-             labels: Collection[str] | None, keep_unknown: bool) -> tuple[list[BehaviorSpan], list[SegmentReport]]:
+def _reports(
+    segments: Sequence[Segment],
+    targets: list[str],
+    pos: list[tuple[int, int] | None],
+    dist: list[int | None],
+    status: list[str | None],
+    overlapped: list[bool],
+    idx: list[int],
+    source: str,
+    labels: Collection[str] | None,
+    keep_unknown: bool,
+) -> tuple[list[BehaviorSpan], list[SegmentReport]]:
     """Spans and one report per segment from the placements (normalised offsets ``pos``)."""
     spans: list[BehaviorSpan] = []
     reports: list[SegmentReport] = []
     for i, seg in enumerate(segments):
-        a = b = None
-        if pos[i] is not None:
-            na, nb = pos[i]
+        a: int | None = None
+        b: int | None = None
+        q = pos[i]
+        if q is not None:
+            na, nb = q
             a, b = idx[na], idx[nb - 1] + 1
         st, why = status[i], None
         if st == "placed fuzzy":
             why = f"edit distance {dist[i]} over {len(targets[i])} normalised chars"
         elif st == "placed out of order":
-            why = ("exact text occurs only outside the order of its neighbours" if dist[i] == 0 else
-                   f"fuzzy (edit distance {dist[i]}), outside the order of its neighbours")
+            why = (
+                "exact text occurs only outside the order of its neighbours"
+                if dist[i] == 0
+                else f"fuzzy (edit distance {dist[i]}), outside the order of its neighbours"
+            )
         if not targets[i]:
             st, why = "not placed", "empty segment text"
-        elif a is None:
+        elif a is None or b is None:  # set together
             st = "not placed"
             why = "every occurrence overlaps a placed segment" if overlapped[i] else "text not found in the response"
         elif seg.label is None:
@@ -469,7 +523,21 @@ def _reports(segments: Sequence[Segment], targets: list[str], pos: list[tuple[in
             spans.append(BehaviorSpan(seg.label, a, b))
         if st == "not placed" and seg.label is None and a is None and targets[i]:
             why = f"unknown label {seg.raw_label!r}; {why}"
-        reports.append(SegmentReport(source, seg.index, seg.raw_label, seg.label, st, why, a, b, seg.text,
-                                     seg.repairs, seg.line, dist[i]))
+        reports.append(
+            SegmentReport(
+                source,
+                seg.index,
+                seg.raw_label,
+                seg.label,
+                cast(str, st),  # a located segment always has a status; every other one is "not placed"
+                why,
+                a,
+                b,
+                seg.text,
+                seg.repairs,
+                seg.line,
+                dist[i],
+            )
+        )
     spans.sort(key=lambda s: (s.start, s.end))
     return spans, reports

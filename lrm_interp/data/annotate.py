@@ -25,15 +25,21 @@ files; :func:`annotate_dataset` runs one over a set of outputs with a report, an
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from lrm_interp.data.annotators.agreement import annotation_agreement, format_agreement
 from lrm_interp.data.annotators.base import Annotator, annotate_response, markup, thinking_part
 from lrm_interp.data.annotators.driver import AnnotationRun, annotate_dataset, load_outputs
-from lrm_interp.data.annotators.llm import (LLM_PROMPT, VENHOFF_PROMPT, LLMAnnotator, LLMRequestError, OpenAIClient,
-                                            split_for_annotation)
+from lrm_interp.data.annotators.llm import (
+    LLM_PROMPT,
+    VENHOFF_PROMPT,
+    LLMAnnotator,
+    LLMRequestError,
+    OpenAIClient,
+    split_for_annotation,
+)
 from lrm_interp.data.annotators.r1 import RULE_TABLE, R1RuleAnnotator
 from lrm_interp.data.annotators.segment import Sentence, split_sentences
 from lrm_interp.data.annotators.trained import LinearAnnotator, cross_validate
@@ -43,8 +49,11 @@ _SENT = re.compile(r"[^.!?\n]+(?:[.!?]+|$)")
 
 #: (label, regex) in priority order; the first rule that matches a sentence labels it.
 DEFAULT_RULES: tuple[tuple[str, str], ...] = (
-    ("backtracking", r"^\s*(wait|actually|hold on|no,|oops|alternatively)\b|that (is|was) (wrong|not right)"
-                     r"|let me (go back|redo|reconsider)"),
+    (
+        "backtracking",
+        r"^\s*(wait|actually|hold on|no,|oops|alternatively)\b|that (is|was) (wrong|not right)"
+        r"|let me (go back|redo|reconsider)",
+    ),
     ("uncertainty-estimation", r"\b(not sure|unsure|i think|maybe|perhaps|might be|hmm)\b"),
     ("example-testing", r"\b(let me (check|test|verify|try)|for example|for instance|suppose|double[- ]check)\b"),
     ("adding-knowledge", r"\b(recall that|we know|it is known|by definition|remember that)\b"),
@@ -80,7 +89,7 @@ class RuleAnnotator:
 
     def label_sentences(self, thinking_text: str) -> list[tuple[Sentence, str]]:
         """``(sentence, label)`` for each sentence (``[^.!?\\n]+`` up to its end punctuation)."""
-        out = []
+        out: list[tuple[Sentence, str]] = []
         for m in _SENT.finditer(thinking_text):
             raw = m.group(0)
             text = raw.strip()
@@ -110,8 +119,10 @@ SHIPPED_ANNOTATOR = Path(__file__).resolve().parent.parent / "assets" / "annotat
 def shipped_annotator() -> LinearAnnotator:
     """The shipped :class:`LinearAnnotator` fitted on real GPT-4o labels (:data:`SHIPPED_ANNOTATOR`)."""
     if not SHIPPED_ANNOTATOR.is_file():
-        raise FileNotFoundError(f"{SHIPPED_ANNOTATOR}: the shipped annotator is missing from this install "
-                                "(reinstall lrm_interp, or use --annotator rules)")
+        raise FileNotFoundError(
+            f"{SHIPPED_ANNOTATOR}: the shipped annotator is missing from this install "
+            "(reinstall lrm_interp, or use --annotator rules)"
+        )
     return LinearAnnotator.load(SHIPPED_ANNOTATOR)
 
 
@@ -139,8 +150,32 @@ def build_annotator(name: str, **llm_options) -> Annotator:
     raise ValueError(f"annotator {name!r}: not one of {', '.join(ANNOTATOR_NAMES)} and not a trained annotator file")
 
 
-__all__ = ["Annotator", "RuleAnnotator", "DEFAULT_RULES", "R1RuleAnnotator", "RULE_TABLE", "LinearAnnotator",
-           "cross_validate", "LLMAnnotator", "OpenAIClient", "LLMRequestError", "LLM_PROMPT", "VENHOFF_PROMPT",
-           "split_for_annotation", "annotate_response", "thinking_part", "markup", "annotation_agreement",
-           "format_agreement", "annotate_dataset", "load_outputs", "AnnotationRun", "split_sentences",
-           "build_annotator", "ANNOTATOR_NAMES", "DEFAULT_ANNOTATOR", "SHIPPED_ANNOTATOR", "shipped_annotator"]
+__all__ = [
+    "Annotator",
+    "RuleAnnotator",
+    "DEFAULT_RULES",
+    "R1RuleAnnotator",
+    "RULE_TABLE",
+    "LinearAnnotator",
+    "cross_validate",
+    "LLMAnnotator",
+    "OpenAIClient",
+    "LLMRequestError",
+    "LLM_PROMPT",
+    "VENHOFF_PROMPT",
+    "split_for_annotation",
+    "annotate_response",
+    "thinking_part",
+    "markup",
+    "annotation_agreement",
+    "format_agreement",
+    "annotate_dataset",
+    "load_outputs",
+    "AnnotationRun",
+    "split_sentences",
+    "build_annotator",
+    "ANNOTATOR_NAMES",
+    "DEFAULT_ANNOTATOR",
+    "SHIPPED_ANNOTATOR",
+    "shipped_annotator",
+]

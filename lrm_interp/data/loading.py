@@ -10,15 +10,19 @@ they are returned.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lrm_interp.data.paper_layout import check_layout_files
 from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace, response_limit
 
 
-def load_dataset(data: ReasoningDataset | Sequence[ReasoningTrace] | str | os.PathLike, *,
-                 max_response_chars: int | None = None, **kw) -> ReasoningDataset:
+def load_dataset(
+    data: ReasoningDataset | Sequence[ReasoningTrace] | str | os.PathLike,
+    *,
+    max_response_chars: int | None = None,
+    **kw,
+) -> ReasoningDataset:
     """Accept a dataset, a list of traces, a JSONL file or a paper-layout directory.
 
     ``max_response_chars``: the largest response (and prompt) accepted, in characters (default
@@ -39,21 +43,26 @@ def load_dataset(data: ReasoningDataset | Sequence[ReasoningTrace] | str | os.Pa
 
                 ds = load_paper_layout(p, max_response_chars=limit, **kw)
                 if not len(ds):  # an empty result is never a silent success
-                    raise ValueError(f"{p}: no traces (no outputs/<dataset>/<j>.txt or annotated/<dataset>/<j>.txt "
-                                     "files" + (" among the datasets asked for" if kw.get("datasets") else "") + ")")
+                    raise ValueError(
+                        f"{p}: no traces (no outputs/<dataset>/<j>.txt or annotated/<dataset>/<j>.txt "
+                        "files" + (" among the datasets asked for" if kw.get("datasets") else "") + ")"
+                    )
                 return ds
             jsonls = sorted(p.glob("*.jsonl"))
             if len(jsonls) == 1:
                 return ReasoningDataset.load_jsonl(jsonls[0], max_response_chars=limit)
-            raise ValueError(f"{p}: expected a paper-layout directory (outputs/ + annotated/) "
-                             f"or exactly one .jsonl file, found {len(jsonls)} .jsonl files")
+            raise ValueError(
+                f"{p}: expected a paper-layout directory (outputs/ + annotated/) "
+                f"or exactly one .jsonl file, found {len(jsonls)} .jsonl files"
+            )
         if not p.exists():
             raise FileNotFoundError(f"dataset {p} does not exist")
         return ReasoningDataset.load_jsonl(p, max_response_chars=limit)
     traces = list(data)
     if not all(isinstance(t, ReasoningTrace) for t in traces):
-        raise TypeError("dataset must be a ReasoningDataset, a list of ReasoningTrace, a JSONL path "
-                        "or a paper-layout directory")
+        raise TypeError(
+            "dataset must be a ReasoningDataset, a list of ReasoningTrace, a JSONL path or a paper-layout directory"
+        )
     return ReasoningDataset(traces).check_sizes(limit)
 
 

@@ -40,39 +40,57 @@ from dataclasses import asdict, dataclass
 from lrm_interp.data.traces import BEHAVIORS
 
 #: Tags that close a segment (compared lower-cased, spaces/underscores as written).
-END_LABELS: frozenset[str] = frozenset({"end-section", "end_section", "endsection", "end section",
-                                        "end-segment", "end"})
+END_LABELS: frozenset[str] = frozenset(
+    {"end-section", "end_section", "endsection", "end section", "end-segment", "end"}
+)
 
 #: Misspellings and variants seen in real annotation files -> canonical label. Keys are
 #: matched case-insensitively after stripping; canonical names themselves match in any case
 #: (``Example-testing``). Invented labels (``verification``, ``clarification``...) are NOT here.
 LABEL_ALIASES: dict[str, str] = {
     # initializing
-    "intializing": "initializing", "initalizing": "initializing", "initialising": "initializing",
-    "initialization": "initializing", "initialisation": "initializing", "initializaing": "initializing",
+    "intializing": "initializing",
+    "initalizing": "initializing",
+    "initialising": "initializing",
+    "initialization": "initializing",
+    "initialisation": "initializing",
+    "initializaing": "initializing",
     "initialize": "initializing",
     # deduction
-    "deuction": "deduction", "deducation": "deduction", "deductions": "deduction", "deducing": "deduction",
+    "deuction": "deduction",
+    "deducation": "deduction",
+    "deductions": "deduction",
+    "deducing": "deduction",
     # adding-knowledge
-    "adding_knowledge": "adding-knowledge", "adding knowledge": "adding-knowledge",
-    "add-knowledge": "adding-knowledge", "addition-knowledge": "adding-knowledge",
+    "adding_knowledge": "adding-knowledge",
+    "adding knowledge": "adding-knowledge",
+    "add-knowledge": "adding-knowledge",
+    "addition-knowledge": "adding-knowledge",
     "added-knowledge": "adding-knowledge",
     # example-testing
-    "example_testing": "example-testing", "example testing": "example-testing",
-    "examples-testing": "example-testing", "exampe-testing": "example-testing",
+    "example_testing": "example-testing",
+    "example testing": "example-testing",
+    "examples-testing": "example-testing",
+    "exampe-testing": "example-testing",
     "example-test": "example-testing",
     # uncertainty-estimation
-    "uncertainty_estimation": "uncertainty-estimation", "uncertainty estimation": "uncertainty-estimation",
-    "certainty-estimation": "uncertainty-estimation", "uncertainity-estimation": "uncertainty-estimation",
+    "uncertainty_estimation": "uncertainty-estimation",
+    "uncertainty estimation": "uncertainty-estimation",
+    "certainty-estimation": "uncertainty-estimation",
+    "uncertainity-estimation": "uncertainty-estimation",
     "uncertainty-estimate": "uncertainty-estimation",
     # backtracking
-    "back-tracking": "backtracking", "back tracking": "backtracking", "backtrack": "backtracking",
+    "back-tracking": "backtracking",
+    "back tracking": "backtracking",
+    "backtrack": "backtracking",
 }
 
 # ["label"] / ['label'] / [“label”] ; [3] ; [label-word] (unquoted: accepted only if known)
-_TAG = re.compile(r"""\[\s*["'“”‘’]([^"'“”‘’\[\]\n]{1,80})["'“”‘’]\s*\]"""
-                  r"""|\[\s*(\d{1,2})\s*\]"""
-                  r"""|\[\s*([A-Za-z][A-Za-z _-]{2,40})\s*\]""")
+_TAG = re.compile(
+    r"""\[\s*["'“”‘’]([^"'“”‘’\[\]\n]{1,80})["'“”‘’]\s*\]"""
+    r"""|\[\s*(\d{1,2})\s*\]"""
+    r"""|\[\s*([A-Za-z][A-Za-z _-]{2,40})\s*\]"""
+)
 _NUMBERED = re.compile(r"^\s*(\d+)\s*[.):-]\s*(\S.*)$")
 _FENCE_LINE = re.compile(r"^[ \t]*```[\w+-]*[ \t]*$", re.M)
 _RULE_LINE = re.compile(r"^[ \t]*(?:-{3,}|\*{3,}|_{3,}|={3,})[ \t]*$", re.M)
@@ -165,11 +183,11 @@ def _clean_text(s: str) -> str:
     while True:
         m = re.match(r"(?:-{3,}|\*{3,}|_{3,}|={3,})[ \t]*(?:\n|$)", s)
         if m:
-            s = s[m.end():].strip()
+            s = s[m.end() :].strip()
             continue
         m = re.search(r"(?:^|\n)[ \t]*(?:-{3,}|\*{3,}|_{3,}|={3,})$", s)
         if m:
-            s = s[:m.start()].strip()
+            s = s[: m.start()].strip()
             continue
         return s
 
@@ -221,11 +239,11 @@ def parse_markup(text: str, *, source: str = "", aliases: dict[str, str] | None 
         gap = _RULE_LINE.sub("", body[a:b])
         if gap.strip():
             repairs.append("unlabelled text")
-            notes.append(f"unlabelled text at line {body.count(chr(10), 0, a) + 1}: "
-                         f"{' '.join(gap.split())[:80]!r}")
+            notes.append(f"unlabelled text at line {body.count(chr(10), 0, a) + 1}: {' '.join(gap.split())[:80]!r}")
 
     def close(end: int, implicit: bool) -> None:
         nonlocal open_tag
+        assert open_tag is not None  # every caller checks
         raw, label, seg_rep, start, line = open_tag
         rep = seg_rep + (["implicit end"] if implicit else [])
         segments.append(Segment(len(segments), raw, label, _clean_text(body[start:end]), tuple(rep), line))
@@ -256,11 +274,14 @@ def parse_markup(text: str, *, source: str = "", aliases: dict[str, str] | None 
         gap_note(last_end, len(body))
 
     if n_end_markers == 0:
-        notes.append(f"no end markers: each of the {len(segments)} segments ends at the next label "
-                     "or at the end of the file")
+        notes.append(
+            f"no end markers: each of the {len(segments)} segments ends at the next label or at the end of the file"
+        )
     elif n_shared or n_unclosed:
-        notes.append(f"{n_shared} segment(s) closed by the next label (shared end marker)"
-                     + (", the last one by the end of the file" if n_unclosed else ""))
+        notes.append(
+            f"{n_shared} segment(s) closed by the next label (shared end marker)"
+            + (", the last one by the end of the file" if n_unclosed else "")
+        )
     for s in segments:
         repairs.extend(s.repairs)
         if s.label is None:

@@ -18,18 +18,24 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Collection, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
+from lrm_interp._io import atomic_write_text
 from lrm_interp.data.align import SegmentReport, align_segments
 from lrm_interp.data.markup import ParsedAnnotation, parse_markup
 from lrm_interp.data.prompts import build_prompt, canonical_dataset, gold_answer
-from lrm_interp._io import atomic_write_text
-from lrm_interp.data.traces import (ReasoningDataset, ReasoningTrace, ResponseTooLargeError, TraceFormatError,
-                                    response_limit)
+from lrm_interp.data.traces import (
+    BehaviorSpan,
+    ReasoningDataset,
+    ReasoningTrace,
+    ResponseTooLargeError,
+    TraceFormatError,
+    response_limit,
+)
 
 _BAD_FILE = ("rejected", "missing annotation", "missing output")
 
@@ -81,8 +87,9 @@ class ParseReport:
         kinds = Counter(_reason_kind(s.reason) for s in segs if not s.placed)
         return {
             "files": dict(Counter(f.status for f in self.files)),
-            "files_without_prompt": sum(any(n.startswith("no problem") or n.startswith("prompt not built")
-                                            for n in f.notes) for f in self.files),
+            "files_without_prompt": sum(
+                any(n.startswith("no problem") or n.startswith("prompt not built") for n in f.notes) for f in self.files
+            ),
             "segments": len(segs),
             "segments_placed": sum(s.placed for s in segs),
             "segments_by_status": dict(Counter(s.status for s in segs)),
@@ -102,9 +109,12 @@ class ParseReport:
     def summary(self, max_lines: int = 30) -> str:
         """Counts, then the problem files and segments (at most ``max_lines`` of them)."""
         c = self.counts()
-        lines = [f"{len(self.files)} files: " + ", ".join(f"{v} {k}" for k, v in sorted(c["files"].items())),
-                 f"{c['segments']} segments, {c['segments_placed']} placed ("
-                 + ", ".join(f"{v} {k}" for k, v in sorted(c["segments_by_status"].items())) + ")"]
+        lines = [
+            f"{len(self.files)} files: " + ", ".join(f"{v} {k}" for k, v in sorted(c["files"].items())),
+            f"{c['segments']} segments, {c['segments_placed']} placed ("
+            + ", ".join(f"{v} {k}" for k, v in sorted(c["segments_by_status"].items()))
+            + ")",
+        ]
         if c["not_placed_by_reason"]:
             lines.append("not placed: " + ", ".join(f"{v} {k}" for k, v in sorted(c["not_placed_by_reason"].items())))
         if c["repairs"]:
@@ -112,8 +122,9 @@ class ParseReport:
         if c["files_without_prompt"]:
             lines.append(f"{c['files_without_prompt']} traces without a prompt (no problem data)")
         detail = [f"  {f.trace_id}: {f.status}: {f.reason}" for f in self.files if f.status in _BAD_FILE]
-        detail += [f"  {s.source} segment {s.index} (line {s.line}) [{s.raw_label}]: {s.reason}"
-                   for s in self.not_placed()]
+        detail += [
+            f"  {s.source} segment {s.index} (line {s.line}) [{s.raw_label}]: {s.reason}" for s in self.not_placed()
+        ]
         lines += detail[:max_lines]
         if len(detail) > max_lines:
             lines.append(f"  ... {len(detail) - max_lines} more (see to_dict())")
@@ -135,9 +146,16 @@ def _reason_kind(reason: str | None) -> str:
     return r or "unspecified"
 
 
-def annotate_trace(trace_or_response: ReasoningTrace | str, markup_text: str, *, source: str = "",
-                   aliases: dict[str, str] | None = None, labels: Collection[str] | None = None,
-                   keep_unknown: bool = False, trace_id: str | None = None) -> tuple[ReasoningTrace, FileReport]:
+def annotate_trace(
+    trace_or_response: ReasoningTrace | str,
+    markup_text: str,
+    *,
+    source: str = "",
+    aliases: dict[str, str] | None = None,
+    labels: Collection[str] | None = None,
+    keep_unknown: bool = False,
+    trace_id: str | None = None,
+) -> tuple[ReasoningTrace, FileReport]:
     """Parse ``markup_text`` and place its segments on the trace's response.
 
     ``trace_or_response``: a :class:`ReasoningTrace` (its spans are replaced; only its
@@ -149,14 +167,17 @@ def annotate_trace(trace_or_response: ReasoningTrace | str, markup_text: str, *,
     else:
         trace = ReasoningTrace(trace_id or source or "trace", "", str(trace_or_response))
     parsed: ParsedAnnotation = parse_markup(markup_text, source=source, aliases=aliases)
-    spans, reps = [], []
+    spans: list[BehaviorSpan] = []
+    reps: list[SegmentReport] = []
     if parsed.status != "rejected":
-        spans, reps = align_segments(trace.response, parsed.segments, source=source, labels=labels,
-                                     keep_unknown=keep_unknown)
+        spans, reps = align_segments(
+            trace.response, parsed.segments, source=source, labels=labels, keep_unknown=keep_unknown
+        )
     ds = str(trace.metadata.get("dataset", ""))
     index = str(trace.metadata.get("index", trace.id))
-    report = FileReport(ds, index, source or None, None, parsed.status, parsed.reason, parsed.repairs,
-                        parsed.notes, tuple(reps))
+    report = FileReport(
+        ds, index, source or None, None, parsed.status, parsed.reason, parsed.repairs, parsed.notes, tuple(reps)
+    )
     meta = {**trace.metadata, "annotation_status": parsed.status}
     return ReasoningTrace(trace.id, trace.prompt, trace.response, tuple(spans), meta), report
 
@@ -208,8 +229,9 @@ def _find_problems(root: Path, dataset: str, problems: Mapping[str, Sequence[Map
     return None, f"{root / 'problems'}/{dataset}.jsonl"
 
 
-def check_layout_files(root: str | os.PathLike, *, max_response_chars: int | None = None,
-                       folders: Sequence[str] = ("outputs", "annotated")) -> int:
+def check_layout_files(
+    root: str | os.PathLike, *, max_response_chars: int | None = None, folders: Sequence[str] = ("outputs", "annotated")
+) -> int:
     """Check the ``*.txt`` files under ``root/<folder>/<dataset>/`` before a paper-layout folder is
     parsed: each must be valid UTF-8 (else :class:`TraceFormatError` naming ``file:line`` and the
     byte) and at most the size limit in characters (else :class:`ResponseTooLargeError` naming the
@@ -231,20 +253,29 @@ def check_layout_files(root: str | os.PathLike, *, max_response_chars: int | Non
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 line = raw.count(b"\n", 0, e.start) + 1
-                raise TraceFormatError(f"{p}:{line}: invalid UTF-8 at byte {e.start} of the file "
-                                       f"({raw[max(0, e.start - 10):e.start + 10]!r})") from e
+                raise TraceFormatError(
+                    f"{p}:{line}: invalid UTF-8 at byte {e.start} of the file "
+                    f"({raw[max(0, e.start - 10) : e.start + 10]!r})"
+                ) from e
             if len(raw) > limit and len(text) > limit:
                 raise ResponseTooLargeError(
                     f"{p}: {len(text):,} characters exceeds the limit of {limit:,} characters (raise it with "
-                    "max_response_chars=N or $LRM_INTERP_MAX_RESPONSE_CHARS=N if it is meant to be this long)")
+                    "max_response_chars=N or $LRM_INTERP_MAX_RESPONSE_CHARS=N if it is meant to be this long)"
+                )
     return n
 
 
-def load_paper_layout(root: str | os.PathLike, *, datasets: Sequence[str] | None = None,
-                      problems: Mapping[str, Sequence[Mapping]] | None = None,
-                      labels: Collection[str] | None = None, aliases: dict[str, str] | None = None,
-                      keep_unknown: bool = False, progress: bool = True,
-                      max_response_chars: int | None = None) -> ReasoningDataset:
+def load_paper_layout(
+    root: str | os.PathLike,
+    *,
+    datasets: Sequence[str] | None = None,
+    problems: Mapping[str, Sequence[Mapping]] | None = None,
+    labels: Collection[str] | None = None,
+    aliases: dict[str, str] | None = None,
+    keep_unknown: bool = False,
+    progress: bool = True,
+    max_response_chars: int | None = None,
+) -> ReasoningDataset:
     """Load traces with their behaviour spans; ``dataset.report`` is a :class:`ParseReport`.
 
     Args:
@@ -288,8 +319,16 @@ def load_paper_layout(root: str | os.PathLike, *, datasets: Sequence[str] | None
     files: list[FileReport] = []
     for ds_name, stem, o, a, probs, prob_src in tqdm(jobs, desc="annotation files", disable=not progress):
         if o is None:
-            files.append(FileReport(ds_name, stem, str(a), None, "missing output",
-                                    f"no outputs/{ds_name}/{stem}.txt for this annotation: not loaded"))
+            files.append(
+                FileReport(
+                    ds_name,
+                    stem,
+                    str(a),
+                    None,
+                    "missing output",
+                    f"no outputs/{ds_name}/{stem}.txt for this annotation: not loaded",
+                )
+            )
             continue
         response = o.read_text(encoding="utf-8")
         notes: list[str] = []
@@ -312,15 +351,40 @@ def load_paper_layout(root: str | os.PathLike, *, datasets: Sequence[str] | None
                 meta["answer_aliases"] = prob["answer_aliases"]
         trace = ReasoningTrace(f"{ds_name}/{stem}", prompt, response, (), meta)
         if a is None:
-            files.append(FileReport(ds_name, stem, None, str(o), "missing annotation",
-                                    f"no annotated/{ds_name}/{stem}.txt: trace kept without spans",
-                                    notes=tuple(notes)))
+            files.append(
+                FileReport(
+                    ds_name,
+                    stem,
+                    None,
+                    str(o),
+                    "missing annotation",
+                    f"no annotated/{ds_name}/{stem}.txt: trace kept without spans",
+                    notes=tuple(notes),
+                )
+            )
             traces.append(trace)
             continue
-        trace, rep = annotate_trace(trace, a.read_text(encoding="utf-8"), source=str(a), aliases=aliases,
-                                    labels=labels, keep_unknown=keep_unknown)
+        trace, rep = annotate_trace(
+            trace,
+            a.read_text(encoding="utf-8"),
+            source=str(a),
+            aliases=aliases,
+            labels=labels,
+            keep_unknown=keep_unknown,
+        )
         trace.metadata["annotation_file"] = str(a)
-        files.append(FileReport(ds_name, stem, str(a), str(o), rep.status, rep.reason, rep.repairs,
-                                tuple(notes) + rep.notes, rep.segments))
+        files.append(
+            FileReport(
+                ds_name,
+                stem,
+                str(a),
+                str(o),
+                rep.status,
+                rep.reason,
+                rep.repairs,
+                tuple(notes) + rep.notes,
+                rep.segments,
+            )
+        )
         traces.append(trace)
     return ReasoningDataset(traces, name=root.name, report=ParseReport(tuple(files))).check_sizes(limit)

@@ -21,13 +21,17 @@ MuSiQue            ``question``                                ``answer`` (+ ``a
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
-FOLIO_INSTRUCTION = ("Use logical deductions to determine whether the provided conclusion is true, false, "
-                     "or uncertain based on premise. Consider all relevant information to reach a logical "
-                     "conclusion.\n\n")
-TEMPORAL_INSTRUCTION = ("Use the timeline provided and answer step by step. Finally give the index "
-                        "(the letter) of the actual correct answer.\n")
+FOLIO_INSTRUCTION = (
+    "Use logical deductions to determine whether the provided conclusion is true, false, "
+    "or uncertain based on premise. Consider all relevant information to reach a logical "
+    "conclusion.\n\n"
+)
+TEMPORAL_INSTRUCTION = (
+    "Use the timeline provided and answer step by step. Finally give the index "
+    "(the letter) of the actual correct answer.\n"
+)
 MUSIQUE_SUFFIX = " Final answer of this question should be in as fewer number of words as possible."
 THINK = "<think>\n"
 
@@ -48,8 +52,10 @@ def aime_prompt(p: Mapping) -> str:
 def folio_prompt(p: Mapping) -> str:
     """FOLIO: ``{"premises", "conclusion"}`` → instruction, starred premise and conclusion blocks,
     ``"<think>\\n"`` right after the closing stars (no newline, as in the paper's code)."""
-    return (FOLIO_INSTRUCTION + "*******\nPremise: " + _get(p, "premises") + "\n*******\n\n*******\n"
-            "Conclusion: " + _get(p, "conclusion") + "\n*******" + THINK)
+    return (
+        FOLIO_INSTRUCTION + "*******\nPremise: " + _get(p, "premises") + "\n*******\n\n*******\n"
+        "Conclusion: " + _get(p, "conclusion") + "\n*******" + THINK
+    )
 
 
 def temporal_prompt(p: Mapping) -> str:
@@ -63,22 +69,36 @@ def musique_prompt(p: Mapping) -> str:
 
 
 PROMPT_BUILDERS: dict[str, Callable[[Mapping], str]] = {
-    "aime": aime_prompt, "folio": folio_prompt, "temporal": temporal_prompt, "musique": musique_prompt,
+    "aime": aime_prompt,
+    "folio": folio_prompt,
+    "temporal": temporal_prompt,
+    "musique": musique_prompt,
 }
 
 #: Accepted dataset names (lower-cased) -> builder key.
 DATASET_ALIASES: dict[str, str] = {
-    "aime_2024": "aime", "aime2024": "aime", "aime-2024": "aime", "aime24": "aime",
-    "temporal_sequences": "temporal", "temporal-sequences": "temporal", "temporal sequences": "temporal",
-    "bbh_temporal_sequences": "temporal", "temporal_sequence": "temporal",
-    "musique100": "musique", "musique_100": "musique", "musique_ans": "musique",
-    "yale-nlp/folio": "folio", "folio_validation": "folio",
+    "aime_2024": "aime",
+    "aime2024": "aime",
+    "aime-2024": "aime",
+    "aime24": "aime",
+    "temporal_sequences": "temporal",
+    "temporal-sequences": "temporal",
+    "temporal sequences": "temporal",
+    "bbh_temporal_sequences": "temporal",
+    "temporal_sequence": "temporal",
+    "musique100": "musique",
+    "musique_100": "musique",
+    "musique_ans": "musique",
+    "yale-nlp/folio": "folio",
+    "folio_validation": "folio",
 }
 
 #: Where each builder finds the gold answer in a problem dict.
 GOLD_KEYS: dict[str, tuple[str, ...]] = {
-    "aime": ("answer", "Answer", "gold_answer"), "folio": ("label", "answer", "gold_answer"),
-    "temporal": ("target", "answer", "gold_answer"), "musique": ("answer", "gold_answer"),
+    "aime": ("answer", "Answer", "gold_answer"),
+    "folio": ("label", "answer", "gold_answer"),
+    "temporal": ("target", "answer", "gold_answer"),
+    "musique": ("answer", "gold_answer"),
 }
 
 
@@ -92,8 +112,10 @@ def canonical_dataset(name: str) -> str | None:
 def get_prompt_builder(dataset: str) -> Callable[[Mapping], str]:
     key = canonical_dataset(dataset)
     if key is None:
-        raise KeyError(f"no prompt builder for dataset {dataset!r}; known: {sorted(PROMPT_BUILDERS)} "
-                       f"and aliases {sorted(DATASET_ALIASES)}")
+        raise KeyError(
+            f"no prompt builder for dataset {dataset!r}; known: {sorted(PROMPT_BUILDERS)} "
+            f"and aliases {sorted(DATASET_ALIASES)}"
+        )
     return PROMPT_BUILDERS[key]
 
 

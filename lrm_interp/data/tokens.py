@@ -114,14 +114,20 @@ def char_span_to_tokens(offsets: list[tuple[int, int]], start: int, end: int) ->
             t1 = i + 1
         elif a >= end:
             break
-    if t0 is None:
+    if t0 is None or t1 is None:  # set together
         return None
     return t0, t1
 
 
-def encode_trace(tokenizer, trace: ReasoningTrace, *, k_context: int = 5,
-                 max_tokens: int | None = None, add_special_tokens: bool = True,
-                 truncated_by: str = "max_tokens") -> EncodedTrace:
+def encode_trace(
+    tokenizer,
+    trace: ReasoningTrace,
+    *,
+    k_context: int = 5,
+    max_tokens: int | None = None,
+    add_special_tokens: bool = True,
+    truncated_by: str = "max_tokens",
+) -> EncodedTrace:
     """Tokenize ``trace.text`` and map every behaviour span to token positions.
 
     Args:
@@ -157,8 +163,11 @@ def encode_trace(tokenizer, trace: ReasoningTrace, *, k_context: int = 5,
         a, b = trace.abs_span(s)
         r = char_span_to_tokens(offs, a, b)
         if r is None:
-            reason = (f"beyond {truncated_by}" if max_tokens is not None and a >= _last_char(offs)
-                      else "no token overlaps the span")
+            reason = (
+                f"beyond {truncated_by}"
+                if max_tokens is not None and a >= _last_char(offs)
+                else "no token overlaps the span"
+            )
             dropped.append((idx, reason))
             continue
         t0, t1 = r
@@ -195,7 +204,7 @@ def span_mask(length: int, spans: list[TokenSpan], *, context: bool = True) -> t
     """``[length]`` float mask of the union of ``spans`` (each token counted once)."""
     m = torch.zeros(length)
     for s in spans:
-        m[(s.ctx_start if context else s.start):s.end] = 1.0
+        m[(s.ctx_start if context else s.start) : s.end] = 1.0
     return m
 
 
@@ -212,5 +221,4 @@ def target_positions(span: TokenSpan, *, off_by_one: bool = False) -> tuple[int,
     return max(span.start - 1, 0), span.end - 1
 
 
-__all__ = ["TokenSpan", "EncodedTrace", "encode_trace", "char_span_to_tokens", "span_mask",
-           "target_positions"]
+__all__ = ["TokenSpan", "EncodedTrace", "encode_trace", "char_span_to_tokens", "span_mask", "target_positions"]

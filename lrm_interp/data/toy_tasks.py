@@ -52,9 +52,32 @@ WORLD_SEED = 7
 _ONSETS = ["B", "D", "F", "G", "K", "L", "M", "N", "P", "R", "S", "T", "V", "Z"]
 _NUCLEI = ["a", "e", "i", "o", "u"]
 _CODAS = ["", "n", "r", "l", "s"]
-_CITIES = ["Tolvik", "Marsa", "Brenna", "Kolpe", "Vessa", "Dunmar", "Ostra", "Pelka", "Rundel", "Sorvo",
-           "Talmi", "Ukrin", "Albet", "Crosk", "Elvar", "Garrow", "Hestin", "Irrel", "Jovan", "Lurra",
-           "Mekto", "Nirva", "Quoss", "Wendel"]
+_CITIES = [
+    "Tolvik",
+    "Marsa",
+    "Brenna",
+    "Kolpe",
+    "Vessa",
+    "Dunmar",
+    "Ostra",
+    "Pelka",
+    "Rundel",
+    "Sorvo",
+    "Talmi",
+    "Ukrin",
+    "Albet",
+    "Crosk",
+    "Elvar",
+    "Garrow",
+    "Hestin",
+    "Irrel",
+    "Jovan",
+    "Lurra",
+    "Mekto",
+    "Nirva",
+    "Quoss",
+    "Wendel",
+]
 _COUNTRIES = ["Zorbia", "Quellan", "Fedora", "Marnis", "Oskel", "Trevia", "Ulmany", "Vastro"]
 _CONTINENTS = ["Avalon", "Borea", "Celune", "Dravia"]
 _CATEGORIES = ["glims", "zorps", "blicks", "fams", "daxes", "wugs", "tovs", "plins", "kerns", "mibs"]
@@ -77,14 +100,27 @@ class World:
     country_continent: dict[str, str]
 
     def to_dict(self) -> dict:
-        return {"people": list(self.people), "lives_in": self.lives_in, "decoy": self.decoy,
-                "city_country": self.city_country, "country_continent": self.country_continent}
+        return {
+            "people": list(self.people),
+            "lives_in": self.lives_in,
+            "decoy": self.decoy,
+            "city_country": self.city_country,
+            "country_continent": self.country_continent,
+        }
 
 
 def build_world(n_people: int = N_PEOPLE, seed: int = WORLD_SEED) -> World:
     """The fact table with ``n_people`` made-up people (deterministic given ``seed``)."""
-    names = sorted({o + n + o2.lower() + n2 + c for o in _ONSETS for n in _NUCLEI for o2 in _ONSETS
-                    for n2 in _NUCLEI for c in _CODAS})
+    names = sorted(
+        {
+            o + n + o2.lower() + n2 + c
+            for o in _ONSETS
+            for n in _NUCLEI
+            for o2 in _ONSETS
+            for n2 in _NUCLEI
+            for c in _CODAS
+        }
+    )
     if not 1 <= n_people <= len(names):
         raise ValueError(f"n_people must be in [1, {len(names)}], got {n_people}")
     rng = random.Random(f"world:{seed}")
@@ -177,8 +213,7 @@ def _logic(rng: random.Random, b: _Builder, world: World) -> tuple[str, str]:
     for e in extra:
         premises.insert(rng.randrange(len(premises) + 1), e)
     concl = other if kind == "uncertain" else prop
-    question = ("Premises: " + " ".join(premises) + f" Conclusion: {name} is {concl}. "
-                "True, False or Uncertain?")
+    question = "Premises: " + " ".join(premises) + f" Conclusion: {name} is {concl}. True, False or Uncertain?"
     b.add("initializing", f"Okay, I need to decide whether {name} is {concl}.")
     b.add("deduction", f"{name} is one of the {c0}.")
     if hops == 2:
@@ -245,13 +280,18 @@ def generate_trace(family: str, seed: int, index: int = 0, *, world: World | Non
     b = _Builder()
     question, answer = _GEN[family](rng, b, world or WORLD)
     response = b.text + "\n</think>\n" + f"The answer is {answer}."
-    return ReasoningTrace(id=f"{family}/{seed}/{index}", prompt=question + "\n<think>\n", response=response,
-                          spans=tuple(b.spans),
-                          metadata={"dataset": family, "gold_answer": answer, "source": "lrm_interp.data.toy_tasks"})
+    return ReasoningTrace(
+        id=f"{family}/{seed}/{index}",
+        prompt=question + "\n<think>\n",
+        response=response,
+        spans=tuple(b.spans),
+        metadata={"dataset": family, "gold_answer": answer, "source": "lrm_interp.data.toy_tasks"},
+    )
 
 
-def generate_dataset(n_per_family: int = 10, seed: int = 0, families=FAMILIES, *,
-                     world: World | None = None) -> ReasoningDataset:
+def generate_dataset(
+    n_per_family: int = 10, seed: int = 0, families=FAMILIES, *, world: World | None = None
+) -> ReasoningDataset:
     """``n_per_family`` traces of each family, interleaved, deterministic given ``seed``."""
     check_int("n_per_family", n_per_family, min=0)
     traces = [generate_trace(f, seed, i, world=world) for i in range(n_per_family) for f in families]
@@ -295,5 +335,17 @@ def to_markup(trace: ReasoningTrace) -> str:
     return " ".join(f'["{s.behavior}"]{trace.span_text(s)}["end-section"]' for s in trace.spans)
 
 
-__all__ = ["FAMILIES", "N_PEOPLE", "WORLD_SEED", "WORLD", "World", "Problem", "build_world", "generate_trace",
-           "generate_dataset", "problems", "extract_answer", "to_markup"]
+__all__ = [
+    "FAMILIES",
+    "N_PEOPLE",
+    "WORLD_SEED",
+    "WORLD",
+    "World",
+    "Problem",
+    "build_world",
+    "generate_trace",
+    "generate_dataset",
+    "problems",
+    "extract_answer",
+    "to_markup",
+]

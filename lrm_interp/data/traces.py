@@ -22,20 +22,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from lrm_interp._io import atomic_write_text, iter_jsonl
 
 # Venhoff et al.'s six behaviour labels (order = their numbering 0..5).
 BEHAVIORS: tuple[str, ...] = (
-    "initializing", "deduction", "adding-knowledge", "example-testing",
-    "uncertainty-estimation", "backtracking",
+    "initializing",
+    "deduction",
+    "adding-knowledge",
+    "example-testing",
+    "uncertainty-estimation",
+    "backtracking",
 )
 # The four behaviours the paper attributes.
 TARGET_BEHAVIORS: tuple[str, ...] = (
-    "backtracking", "uncertainty-estimation", "example-testing", "adding-knowledge",
+    "backtracking",
+    "uncertainty-estimation",
+    "example-testing",
+    "adding-knowledge",
 )
 
 
@@ -75,17 +83,22 @@ def check_behavior_label(label: object, where: str = "") -> str:
         return label
     close = difflib.get_close_matches(_normal_label(label), BEHAVIORS, n=1, cutoff=LABEL_TYPO_CUTOFF)
     if close:
-        raise TraceFormatError(f"{loc}field 'behavior' {label!r} is not a known behaviour; did you mean "
-                               f"{close[0]!r}? (known: {', '.join(BEHAVIORS)}; a custom label must not be a "
-                               "near miss of one of them)")
+        raise TraceFormatError(
+            f"{loc}field 'behavior' {label!r} is not a known behaviour; did you mean "
+            f"{close[0]!r}? (known: {', '.join(BEHAVIORS)}; a custom label must not be a "
+            "near miss of one of them)"
+        )
     return label
 
 
 def _json_int(value: object, where: str) -> int:
     """``value`` if it is a JSON integer (``bool`` is not), else :class:`TraceFormatError` naming ``where``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (bool, float, str, type(None))) else \
-            type(value).__name__
+        shown = (
+            json.dumps(value, ensure_ascii=False)
+            if isinstance(value, (bool, float, str, type(None)))
+            else type(value).__name__
+        )
         raise TraceFormatError(f"{where} must be a JSON integer (a character offset), got {shown}")
     return value
 
@@ -103,15 +116,17 @@ def response_limit(max_response_chars: int | None = None) -> int:
     """The size limit in characters: ``max_response_chars`` when given, else
     ``$LRM_INTERP_MAX_RESPONSE_CHARS``, else :data:`MAX_RESPONSE_CHARS`. A limit that is not a
     positive integer raises ``ValueError`` naming where it came from."""
+    v: object
     if max_response_chars is not None:
         v, src = max_response_chars, "max_response_chars"
     elif os.environ.get(MAX_RESPONSE_ENV, "").strip():
-        v, src = os.environ[MAX_RESPONSE_ENV].strip(), f"${MAX_RESPONSE_ENV}"
+        raw, src = os.environ[MAX_RESPONSE_ENV].strip(), f"${MAX_RESPONSE_ENV}"
         try:
-            v = int(v.replace("_", ""))
+            v = int(raw.replace("_", ""))
         except ValueError:
-            raise ValueError(f"{src} must be a positive integer (characters), got {os.environ[MAX_RESPONSE_ENV]!r}") \
-                from None
+            raise ValueError(
+                f"{src} must be a positive integer (characters), got {os.environ[MAX_RESPONSE_ENV]!r}"
+            ) from None
     else:
         return MAX_RESPONSE_CHARS
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -127,7 +142,8 @@ def check_response_size(where: str, response: str, prompt: str = "", *, limit: i
         if len(text) > limit:
             raise ResponseTooLargeError(
                 f"{where}: {what} of {len(text):,} characters exceeds the limit of {limit:,} characters "
-                f"(raise it with max_response_chars=N or ${MAX_RESPONSE_ENV}=N if it is meant to be this long)")
+                f"(raise it with max_response_chars=N or ${MAX_RESPONSE_ENV}=N if it is meant to be this long)"
+            )
 
 
 @dataclass(frozen=True)
@@ -162,7 +178,8 @@ class ReasoningTrace:
             if s.end > len(self.response):
                 raise TraceFormatError(
                     f"trace {self.id!r}: span {s.behavior} [{s.start},{s.end}) ends past the "
-                    f"response ({len(self.response)} chars)")
+                    f"response ({len(self.response)} chars)"
+                )
 
     @property
     def text(self) -> str:
@@ -177,13 +194,13 @@ class ReasoningTrace:
         return [s for s in self.spans if s.behavior == behavior]
 
     def span_text(self, span: BehaviorSpan) -> str:
-        return self.response[span.start:span.end]
+        return self.response[span.start : span.end]
 
     @property
     def dataset(self) -> str | None:
         return self.metadata.get("dataset")
 
-    def with_spans(self, spans: Iterable[BehaviorSpan]) -> "ReasoningTrace":
+    def with_spans(self, spans: Iterable[BehaviorSpan]) -> ReasoningTrace:
         return replace(self, spans=tuple(spans))
 
     def fingerprint(self) -> str:
@@ -192,11 +209,16 @@ class ReasoningTrace:
         return hashlib.blake2b(payload.encode("utf-8"), digest_size=16).hexdigest()
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "prompt": self.prompt, "response": self.response,
-                "spans": [s.to_dict() for s in self.spans], "metadata": dict(self.metadata)}
+        return {
+            "id": self.id,
+            "prompt": self.prompt,
+            "response": self.response,
+            "spans": [s.to_dict() for s in self.spans],
+            "metadata": dict(self.metadata),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict, *, where: str = "") -> "ReasoningTrace":
+    def from_dict(cls, d: dict, *, where: str = "") -> ReasoningTrace:
         """A trace from its JSON object, every field's type checked (nothing coerced): ``id`` a
         string (or integer), ``response`` a string, ``prompt`` a string or null, ``spans`` a list
         of objects with a string ``behavior`` (not a near miss of a known behaviour,
@@ -265,7 +287,7 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
     def __len__(self) -> int:
         return len(self.traces)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    def __getitem__(self, i):
         if isinstance(i, slice):
             return ReasoningDataset(self.traces[i], name=self.name, report=self.report)
         if isinstance(i, str):
@@ -299,9 +321,12 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
             return None
         n = sum(custom.values())
         head = f"{source}: " if source is not None else ""
-        return (f"{head}{n} span{'s' * (n != 1)} with {len(custom)} label{'s' * (len(custom) != 1)} that are not "
-                f"known behaviours, kept as custom behaviours: "
-                + ", ".join(f"{b!r} ({c})" for b, c in custom.items()) + f" (known: {', '.join(BEHAVIORS)})")
+        return (
+            f"{head}{n} span{'s' * (n != 1)} with {len(custom)} label{'s' * (len(custom) != 1)} that are not "
+            f"known behaviours, kept as custom behaviours: "
+            + ", ".join(f"{b!r} ({c})" for b, c in custom.items())
+            + f" (known: {', '.join(BEHAVIORS)})"
+        )
 
     def span_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -310,7 +335,7 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
                 counts[s.behavior] = counts.get(s.behavior, 0) + 1
         return counts
 
-    def filter(self, fn) -> "ReasoningDataset":
+    def filter(self, fn) -> ReasoningDataset:
         return ReasoningDataset([t for t in self.traces if fn(t)], name=self.name, report=self.report)
 
     # ---------------------------------------------------------------- JSONL I/O
@@ -321,8 +346,9 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
         return path
 
     @classmethod
-    def load_jsonl(cls, path: str | os.PathLike, *, name: str | None = None,
-                   max_response_chars: int | None = None) -> "ReasoningDataset":
+    def load_jsonl(
+        cls, path: str | os.PathLike, *, name: str | None = None, max_response_chars: int | None = None
+    ) -> ReasoningDataset:
         """Load a JSONL file; a malformed line (invalid UTF-8 or JSON, missing keys, a field of
         the wrong type, bad spans, a misspelt behaviour label: :meth:`ReasoningTrace.from_dict`)
         raises :class:`TraceFormatError` naming ``file:line``, and so does a duplicate id; a
@@ -341,8 +367,9 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
         first_line: dict[str, str] = {}
         for _, where, d in iter_jsonl(path, TraceFormatError):
             resp, prompt = d.get("response"), d.get("prompt")
-            check_response_size(where, resp if isinstance(resp, str) else "",
-                                prompt if isinstance(prompt, str) else "", limit=limit)
+            check_response_size(
+                where, resp if isinstance(resp, str) else "", prompt if isinstance(prompt, str) else "", limit=limit
+            )
             t = ReasoningTrace.from_dict(d, where=where)
             if t.id in first_line:
                 raise TraceFormatError(f"{where}: duplicate trace id {t.id!r} (first at {first_line[t.id]})")
@@ -356,7 +383,7 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
             warnings.warn(note, CustomBehaviorWarning, stacklevel=2)
         return ds
 
-    def check_sizes(self, max_response_chars: int | None = None) -> "ReasoningDataset":
+    def check_sizes(self, max_response_chars: int | None = None) -> ReasoningDataset:
         """``self`` after checking every trace's response and prompt against the size limit
         (:class:`ResponseTooLargeError` naming the trace)."""
         limit = response_limit(max_response_chars)

@@ -29,17 +29,28 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from lrm_interp.checks import check_float, check_fraction, check_int
-from lrm_interp.endpoint import (API_KEY_ENV, DEFAULT_BACKOFF, DEFAULT_CONCURRENCY, DEFAULT_MAX_BACKOFF,
-                                 DEFAULT_RETRIES, DEFAULT_TIMEOUT, RETRY_STATUS, EndpointClient, EndpointConfig,
-                                 EndpointError, EndpointUnreachable)
+from lrm_interp.endpoint import (
+    API_KEY_ENV,
+    DEFAULT_BACKOFF,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    RETRY_STATUS,
+    EndpointClient,
+    EndpointConfig,
+    EndpointError,
+    EndpointUnreachable,
+)
 from lrm_interp.evaluation.generation import Generation, derive_seed, encode_prompts, generate_samples
 
 OnResult = Callable[[int, list[Generation]], None]
@@ -59,11 +70,13 @@ class GenerationSettings:
     max_new_tokens: int = field(default=32768, metadata={"help": "new tokens per output (the length limit)"})
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature; 0 = greedy"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass (1 = off)"})
-    seed: int = field(default=0, metadata={
-        "help": "base seed, an integer >= 0; each item's samples derive from it and the item id"})
+    seed: int = field(
+        default=0, metadata={"help": "base seed, an integer >= 0; each item's samples derive from it and the item id"}
+    )
     n_samples: int = field(default=1, metadata={"help": "outputs per item; pass@1 is averaged over them"})
-    chat_template: bool = field(default=False, metadata={
-        "help": "wrap the prompt in the tokenizer's chat template (the paper uses none)"})
+    chat_template: bool = field(
+        default=False, metadata={"help": "wrap the prompt in the tokenizer's chat template (the paper uses none)"}
+    )
     batch_size: int = field(default=8, metadata={"help": "prompts per generate call (hf) / engine call (vllm)"})
 
     def __post_init__(self) -> None:
@@ -95,9 +108,16 @@ class Backend:
     def describe(self) -> dict:
         return {"backend": self.name}
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings, *, keys: Sequence[str] | None = None,
-                 on_result: OnResult | None = None, progress: bool = False,
-                 desc: str = "generate") -> list[list[Generation]]:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        settings: GenerationSettings,
+        *,
+        keys: Sequence[str] | None = None,
+        on_result: OnResult | None = None,
+        progress: bool = False,
+        desc: str = "generate",
+    ) -> list[list[Generation]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -125,10 +145,22 @@ class HFBackend(Backend):
         return {"backend": self.name, "transformers": transformers.__version__}
 
     def generate(self, prompts, settings, *, keys=None, on_result=None, progress=False, desc="generate"):
-        return generate_samples(self.model, self.tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
-                                temperature=settings.temperature, top_p=settings.top_p, n=settings.n_samples,
-                                seed=settings.seed, keys=keys, chat_template=settings.chat_template,
-                                batch_size=settings.batch_size, on_result=on_result, progress=progress, desc=desc)
+        return generate_samples(
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            n=settings.n_samples,
+            seed=settings.seed,
+            keys=keys,
+            chat_template=settings.chat_template,
+            batch_size=settings.batch_size,
+            on_result=on_result,
+            progress=progress,
+            desc=desc,
+        )
 
 
 # ----------------------------------------------------------------------------- vLLM (subprocess)
@@ -162,14 +194,27 @@ class VLLMBackend(Backend):
 
     name = "vllm"
 
-    def __init__(self, model, tokenizer, *, python: str | None = None, dtype: str = "float32",
-                 max_model_len: int | None = None, kv_cache_gib: int = 2, enforce_eager: bool = True,
-                 extra_engine_args: dict | None = None, log: str | os.PathLike | None = None,
-                 startup_timeout: float = 900.0):
-        self.python = python or default_vllm_python()
-        if self.python is None:
-            raise FileNotFoundError(f"no Python with vLLM found: set {VLLM_PYTHON_ENV}, or build the CPU venv "
-                                    "(python tests/servers.py; see docs/benchmark.md)")
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        python: str | None = None,
+        dtype: str = "float32",
+        max_model_len: int | None = None,
+        kv_cache_gib: int = 2,
+        enforce_eager: bool = True,
+        extra_engine_args: dict | None = None,
+        log: str | os.PathLike | None = None,
+        startup_timeout: float = 900.0,
+    ):
+        found = python or default_vllm_python()
+        if found is None:
+            raise FileNotFoundError(
+                f"no Python with vLLM found: set {VLLM_PYTHON_ENV}, or build the CPU venv "
+                "(python tests/servers.py; see docs/benchmark.md)"
+            )
+        self.python: str = found
         self.model, self.tokenizer = model, tokenizer
         self.dtype, self.max_model_len, self.kv_cache_gib = dtype, max_model_len, kv_cache_gib
         self.enforce_eager, self.extra = enforce_eager, dict(extra_engine_args or {})
@@ -219,26 +264,45 @@ class VLLMBackend(Backend):
     def _fail(self, what: str) -> RuntimeError:
         rc = self._proc.poll() if self._proc is not None else None
         self._stop()
-        return RuntimeError(f"the vLLM worker {what} (exit code {rc})" + (f"; log: {self.log}" if self.log else
-                                                                           "; pass log=... (--vllm-log) to keep it"))
+        return RuntimeError(
+            f"the vLLM worker {what} (exit code {rc})"
+            + (f"; log: {self.log}" if self.log else "; pass log=... (--vllm-log) to keep it")
+        )
 
     def _start(self, need: int) -> None:
         self._stop()
         self._len = max(self.max_model_len or 0, need, 0 if self.max_model_len else 1024)
-        eng = {"model": self._model_dir(), "dtype": self.dtype, "max_model_len": self._len,
-               "enforce_eager": self.enforce_eager, "engine_args": self.extra}
+        eng = {
+            "model": self._model_dir(),
+            "dtype": self.dtype,
+            "max_model_len": self._len,
+            "enforce_eager": self.enforce_eager,
+            "engine_args": self.extra,
+        }
         if self._tmp is None:
             self._tmp = tempfile.mkdtemp(prefix="lrm_interp_vllm_")
         ep = Path(self._tmp) / "engine.json"
         ep.write_text(json.dumps(eng))
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(int(self.kv_cache_gib)), HF_HUB_OFFLINE="1",
-                   TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", PYTHONNOUSERSITE="1")
+        env = dict(
+            os.environ,
+            VLLM_CPU_KVCACHE_SPACE=str(int(self.kv_cache_gib)),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            VLLM_NO_USAGE_STATS="1",
+            PYTHONNOUSERSITE="1",
+        )
         env.pop("PYTHONPATH", None)
-        self._logf = open(self.log, "a") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed in _stop
+        self._logf = open(self.log, "a") if self.log else subprocess.DEVNULL  # closed in _stop
         worker = Path(__file__).with_name("vllm_worker.py")
-        self._proc = subprocess.Popen([self.python, str(worker), str(ep)], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=self._logf, text=True, env=env)
-        for line in self._proc.stdout:  # type: ignore[union-attr]
+        self._proc = subprocess.Popen(
+            [self.python, str(worker), str(ep)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._logf,
+            text=True,
+            env=env,
+        )
+        for line in self._proc.stdout:  # type: ignore[union-attr]  # stdout=PIPE: never None
             if line.startswith('{"ready"'):
                 return
         raise self._fail("exited while loading the model")
@@ -251,9 +315,12 @@ class VLLMBackend(Backend):
             raise ValueError(f"max_model_len {self.max_model_len} < longest prompt + max_new_tokens = {need}")
         if self._proc is None or self._proc.poll() is not None or need > self._len:
             self._start(need)
-        req = {"settings": settings.to_dict(),
-               "prompts": [{"i": i, "ids": x, "seed": derive_seed(settings.seed, k)}
-                           for i, (x, k) in enumerate(zip(ids, keys))]}
+        req = {
+            "settings": settings.to_dict(),
+            "prompts": [
+                {"i": i, "ids": x, "seed": derive_seed(settings.seed, k)} for i, (x, k) in enumerate(zip(ids, keys))
+            ],
+        }
         out: list[list[Generation] | None] = [None] * len(prompts)
         proc = self._proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
@@ -271,8 +338,10 @@ class VLLMBackend(Backend):
                         continue
                     rec = json.loads(line)
                     i = int(rec["i"])
-                    gens = [Generation(s["text"], int(s["n_tokens"]), s["finish_reason"], len(ids[i]))
-                            for s in rec["samples"]]
+                    gens = [
+                        Generation(s["text"], int(s["n_tokens"]), s["finish_reason"], len(ids[i]))
+                        for s in rec["samples"]
+                    ]
                     out[i] = gens
                     if on_result is not None:
                         on_result(i, gens)
@@ -284,7 +353,7 @@ class VLLMBackend(Backend):
                 self._proc.kill()  # mid-request: its pending output would desynchronise the next call
             self._stop()
             raise
-        return out  # type: ignore[return-value]
+        return out
 
 
 # ----------------------------------------------------------------------------- OpenAI-compatible HTTP
@@ -305,16 +374,37 @@ class OpenAIBackend(Backend):
     name = "openai"
     RETRY_STATUS = RETRY_STATUS
 
-    def __init__(self, base_url: str | None, model: str, *, api_key: str | None = None,
-                 concurrency: int = DEFAULT_CONCURRENCY, retries: int = DEFAULT_RETRIES,
-                 backoff: float = DEFAULT_BACKOFF, timeout: float = DEFAULT_TIMEOUT,
-                 max_backoff: float = DEFAULT_MAX_BACKOFF, api_key_env: str = API_KEY_ENV, tokenizer: Any = None):
-        cfg = EndpointConfig(base_url=base_url, api_key_env=api_key_env, timeout=timeout, retries=retries,
-                             backoff=backoff, max_backoff=max_backoff, concurrency=concurrency)
+    def __init__(
+        self,
+        base_url: str | None,
+        model: str,
+        *,
+        api_key: str | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        api_key_env: str = API_KEY_ENV,
+        tokenizer: Any = None,
+    ):
+        cfg = EndpointConfig(
+            base_url=base_url,
+            api_key_env=api_key_env,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            concurrency=concurrency,
+        )
         self.client = EndpointClient(cfg, api_key=api_key)
         self.base_url, self.model = str(cfg.base_url), model
-        self.concurrency, self.retries, self.backoff, self.timeout = cfg.concurrency, cfg.retries, cfg.backoff, \
-            cfg.timeout
+        self.concurrency, self.retries, self.backoff, self.timeout = (
+            cfg.concurrency,
+            cfg.retries,
+            cfg.backoff,
+            cfg.timeout,
+        )
         self.tokenizer = tokenizer
 
     @property
@@ -323,8 +413,13 @@ class OpenAIBackend(Backend):
         return self.client.usage.requests
 
     def describe(self) -> dict:
-        return {"backend": self.name, "base_url": self.base_url, "model": self.model,
-                "concurrency": self.concurrency, "retries": self.retries}
+        return {
+            "backend": self.name,
+            "base_url": self.base_url,
+            "model": self.model,
+            "concurrency": self.concurrency,
+            "retries": self.retries,
+        }
 
     def check(self) -> None:
         """Raise :class:`~lrm_interp.endpoint.EndpointUnreachable` (naming the URL) unless the
@@ -335,14 +430,20 @@ class OpenAIBackend(Backend):
         return self.client.post_json(path, body)
 
     def _one(self, prompt: str, settings: GenerationSettings, seed: int) -> Generation:
-        common = {"model": self.model, "max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
-                  "top_p": settings.top_p, "seed": seed, "n": 1}
+        common = {
+            "model": self.model,
+            "max_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "seed": seed,
+            "n": 1,
+        }
         if settings.chat_template:
             res = self._post("/chat/completions", {**common, "messages": [{"role": "user", "content": prompt}]})
-            text_of = lambda c: (c.get("message") or {}).get("content") or ""  # noqa: E731
+            text_of = lambda c: (c.get("message") or {}).get("content") or ""  # noqa: E731 - one per API mode
         else:
             res = self._post("/completions", {**common, "prompt": prompt})
-            text_of = lambda c: c.get("text") or ""  # noqa: E731
+            text_of = lambda c: c.get("text") or ""  # noqa: E731 - as above
         try:
             choice = res["choices"][0]
         except (KeyError, IndexError, TypeError) as e:
@@ -362,10 +463,15 @@ class OpenAIBackend(Backend):
         n = settings.n_samples
         out: list[list[Generation | None]] = [[None] * n for _ in prompts]
         left = [n] * len(prompts)
-        with ThreadPoolExecutor(self.concurrency) as ex, \
-                tqdm(total=len(prompts), desc=desc, disable=not progress, unit="item", leave=False) as bar:
-            futs = {ex.submit(self._one, p, settings, derive_seed(settings.seed, k) + s): (i, s)
-                    for i, (p, k) in enumerate(zip(prompts, keys)) for s in range(n)}
+        with (
+            ThreadPoolExecutor(self.concurrency) as ex,
+            tqdm(total=len(prompts), desc=desc, disable=not progress, unit="item", leave=False) as bar,
+        ):
+            futs = {
+                ex.submit(self._one, p, settings, derive_seed(settings.seed, k) + s): (i, s)
+                for i, (p, k) in enumerate(zip(prompts, keys))
+                for s in range(n)
+            }
             try:
                 for f in as_completed(futs):
                     i, s = futs[f]
@@ -373,16 +479,26 @@ class OpenAIBackend(Backend):
                     left[i] -= 1
                     if left[i] == 0:
                         if on_result is not None:
-                            on_result(i, out[i])  # type: ignore[arg-type]
+                            on_result(i, out[i])
                         bar.update(1)
             except BaseException:
                 for f in futs:
                     f.cancel()
                 raise
-        return out  # type: ignore[return-value]
+        return out
 
 
 BACKENDS = ("hf", "vllm", "openai")
 
-__all__ = ["GenerationSettings", "Backend", "HFBackend", "VLLMBackend", "OpenAIBackend", "EndpointError",
-           "EndpointUnreachable", "default_vllm_python", "BACKENDS", "VLLM_PYTHON_ENV"]
+__all__ = [
+    "GenerationSettings",
+    "Backend",
+    "HFBackend",
+    "VLLMBackend",
+    "OpenAIBackend",
+    "EndpointError",
+    "EndpointUnreachable",
+    "default_vllm_python",
+    "BACKENDS",
+    "VLLM_PYTHON_ENV",
+]

@@ -24,9 +24,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -115,10 +116,15 @@ def _check_run_file(path: Path, meta: dict) -> dict:
         fmt = old.get("format") if isinstance(old, dict) else None
         raise ValueError(f"{path}: not a benchmark run file (format {fmt!r}, expected {RUN_FORMAT!r})")
     if old.get("settings_key") != meta["settings_key"]:
-        diff = {k: (old.get("settings", {}).get(k), v) for k, v in meta["settings"].items()
-                if k != "batch_size" and old.get("settings", {}).get(k) != v}
-        raise ValueError(f"{path}: this folder was generated with other settings {diff} (old, new); "
-                         "resume with the same settings or use another --out")
+        diff = {
+            k: (old.get("settings", {}).get(k), v)
+            for k, v in meta["settings"].items()
+            if k != "batch_size" and old.get("settings", {}).get(k) != v
+        }
+        raise ValueError(
+            f"{path}: this folder was generated with other settings {diff} (old, new); "
+            "resume with the same settings or use another --out"
+        )
     ofp, nfp = (old.get("model") or {}).get("weights_fingerprint"), (meta.get("model") or {}).get("weights_fingerprint")
     if ofp and nfp and ofp != nfp:
         raise ValueError(f"{path}: this folder holds outputs of another model (weights fingerprint {ofp} != {nfp})")
@@ -128,25 +134,41 @@ def _check_run_file(path: Path, meta: dict) -> dict:
     return merged
 
 
-def run_benchmark(backend: Backend, tasks: Mapping[str, Sequence[BenchItem]], run_dir: str | os.PathLike, *,
-                  settings: GenerationSettings, model: str = "model", model_info: Mapping[str, Any] | None = None,
-                  compression: Mapping[str, Any] | None = None, progress: bool = True) -> BenchRun:
+def run_benchmark(
+    backend: Backend,
+    tasks: Mapping[str, Sequence[BenchItem]],
+    run_dir: str | os.PathLike,
+    *,
+    settings: GenerationSettings,
+    model: str = "model",
+    model_info: Mapping[str, Any] | None = None,
+    compression: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> BenchRun:
     """Generate ``settings.n_samples`` outputs for every unfinished item of ``tasks``
     (``{task: items}``) with ``backend`` into ``run_dir`` (layout: module docs), one progress
     bar per model × task. Returns what was resumed and generated per task."""
     run = Path(run_dir)
     skey = settings_key(settings)
-    meta = {"format": RUN_FORMAT, "model_name": model, "model": dict(model_info or {}),
-            "compression": dict(compression or {"method": "none"}), "backend": backend.describe(),
-            "settings": settings.to_dict(), "settings_key": skey,
-            "tasks": {t: {"n_items": len(items), "source": items[0].source.rsplit(":", 1)[0] if items else None}
-                      for t, items in tasks.items()}}
+    meta = {
+        "format": RUN_FORMAT,
+        "model_name": model,
+        "model": dict(model_info or {}),
+        "compression": dict(compression or {"method": "none"}),
+        "backend": backend.describe(),
+        "settings": settings.to_dict(),
+        "settings_key": skey,
+        "tasks": {
+            t: {"n_items": len(items), "source": items[0].source.rsplit(":", 1)[0] if items else None}
+            for t, items in tasks.items()
+        },
+    }
     # every check first: a refused run writes nothing (run.json, problems/, generations.jsonl untouched)
     run_meta = _check_run_file(run / RUN_FILE, meta)
     gen_path = run / GEN_FILE
     done, good = read_generations(gen_path)
-    for (t, j), rec in done.items():
-        if rec.get("settings_key") not in (None, skey):
+    for (t, j), r in done.items():
+        if r.get("settings_key") not in (None, skey):
             raise ValueError(f"{gen_path}: record {t}/{j} was generated with other settings")
     plans = []
     for task, items in tasks.items():
@@ -157,8 +179,10 @@ def run_benchmark(backend: Backend, tasks: Mapping[str, Sequence[BenchItem]], ru
                 todo.append(it)
                 continue
             if rec.get("prompt_sha") != _sha(it.prompt):
-                raise ValueError(f"{gen_path}: record {task}/{it.index} was generated from another prompt "
-                                 f"than {it.source} gives now; use another --out")
+                raise ValueError(
+                    f"{gen_path}: record {task}/{it.index} was generated from another prompt "
+                    f"than {it.source} gives now; use another --out"
+                )
             if not all(output_path(run, task, it.index, k).exists() for k in range(settings.n_samples)):
                 todo.append(it)  # its text files were removed: generate again
                 continue
@@ -184,22 +208,43 @@ def run_benchmark(backend: Backend, tasks: Mapping[str, Sequence[BenchItem]], ru
                 it = todo[i]
                 for k, g in enumerate(gens):
                     atomic_write_text(output_path(run, task, it.index, k), g.text)
-                rec = {"task": task, "index": it.index, "id": it.id, "prompt_sha": _sha(it.prompt),
-                       "settings_key": skey, "samples": [g.to_dict() for g in gens],
-                       "max_new_tokens": settings.max_new_tokens}
+                rec = {
+                    "task": task,
+                    "index": it.index,
+                    "id": it.id,
+                    "prompt_sha": _sha(it.prompt),
+                    "settings_key": skey,
+                    "samples": [g.to_dict() for g in gens],
+                    "max_new_tokens": settings.max_new_tokens,
+                }
                 gf.write(json.dumps(rec) + "\n")
                 gf.flush()
                 os.fsync(gf.fileno())
                 bar.update(1)
 
-            with tqdm(total=len(items), initial=resumed, desc=f"{model} × {task}", unit="item",
-                      disable=not progress) as bar:
+            with tqdm(
+                total=len(items), initial=resumed, desc=f"{model} × {task}", unit="item", disable=not progress
+            ) as bar:
                 if todo:
-                    backend.generate([it.prompt for it in todo], settings, keys=[it.id for it in todo],
-                                     on_result=write, progress=False)
+                    backend.generate(
+                        [it.prompt for it in todo],
+                        settings,
+                        keys=[it.id for it in todo],
+                        on_result=write,
+                        progress=False,
+                    )
             reports.append(TaskRun(model, task, len(items), resumed, len(todo), time.perf_counter() - t0))
     return BenchRun(model, str(run), tuple(reports), meta)
 
 
-__all__ = ["run_benchmark", "BenchRun", "TaskRun", "read_generations", "output_path", "settings_key",
-           "RUN_FORMAT", "RUN_FILE", "GEN_FILE"]
+__all__ = [
+    "run_benchmark",
+    "BenchRun",
+    "TaskRun",
+    "read_generations",
+    "output_path",
+    "settings_key",
+    "RUN_FORMAT",
+    "RUN_FILE",
+    "GEN_FILE",
+]

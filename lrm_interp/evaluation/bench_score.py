@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -137,8 +138,9 @@ def _ignored_files(run: Path, task: str, folder: str | None, indices: set[int], 
     want = {f"{j}.txt" for j in indices}
     out = []
     for name in _same_task_folders(run, task):
-        roots = [(0, run / "outputs" / name)] + [(int(d.name) if d.name.isdigit() else -1, d / "outputs" / name)
-                                                 for d in sorted((run / "samples").glob("*"))]
+        roots = [(0, run / "outputs" / name)] + [
+            (int(d.name) if d.name.isdigit() else -1, d / "outputs" / name) for d in sorted((run / "samples").glob("*"))
+        ]
         for k, root in roots:
             if not root.is_dir():
                 continue
@@ -160,9 +162,16 @@ def _sample_count(run: Path, info: RunInfo) -> int:
     return k
 
 
-def score_outputs(outputs: str | os.PathLike, items: Mapping[str, Sequence[BenchItem]], *, tokenizer: Any = None,
-                  max_new_tokens: int | None = None, require_think: bool = True, progress: bool = True,
-                  collapse_kw: Mapping[str, Any] | None = None) -> "BenchScores":
+def score_outputs(
+    outputs: str | os.PathLike,
+    items: Mapping[str, Sequence[BenchItem]],
+    *,
+    tokenizer: Any = None,
+    max_new_tokens: int | None = None,
+    require_think: bool = True,
+    progress: bool = True,
+    collapse_kw: Mapping[str, Any] | None = None,
+) -> BenchScores:
     """Grade every output of every run under ``outputs`` for the tasks of ``items``
     (``{task: items}``). Outputs missing for an item are counted (``summary()['missing']``),
     never silently dropped; files in the scored task folders that are no item's output (another
@@ -186,10 +195,15 @@ def score_outputs(outputs: str | os.PathLike, items: Mapping[str, Sequence[Bench
             probs = prob_file.read_text(encoding="utf-8").splitlines() if ours and prob_file.exists() else None
             miss = 0
             for it in tqdm(its, desc=f"score {info.name} × {t.name}", unit="item", disable=not progress, leave=False):
-                if probs is not None and it.index < len(probs) and it.problem and \
-                        json.loads(probs[it.index]) != json.loads(json.dumps(it.problem)):
-                    raise ValueError(f"{prob_file}:{it.index + 1}: the outputs were generated for another problem "
-                                     f"than {it.source}")
+                if (
+                    probs is not None
+                    and it.index < len(probs)
+                    and it.problem
+                    and json.loads(probs[it.index]) != json.loads(json.dumps(it.problem))
+                ):
+                    raise ValueError(
+                        f"{prob_file}:{it.index + 1}: the outputs were generated for another problem than {it.source}"
+                    )
                 rec = recs.get((folder or t.name, it.index)) or recs.get((t.name, it.index))
                 for k in range(n_s):
                     p = output_path(run, folder, it.index, k) if folder else None
@@ -206,13 +220,31 @@ def score_outputs(outputs: str | os.PathLike, items: Mapping[str, Sequence[Bench
                         n_tok = len(tokenizer(text, add_special_tokens=False)["input_ids"])
                         hit = None if max_new_tokens is None else n_tok >= int(max_new_tokens)
                     c = detect_collapse(text, hit, **ckw)
-                    samples.append(SampleScore(info.name, t.name, it.index, k, g.score, g.answered, g.extracted,
-                                               g.reason, g.em, g.f1, n_tok, word_count(text), hit, c.collapsed,
-                                               c.period if c.collapsed else 0, backtracking_cues(text)))
+                    samples.append(
+                        SampleScore(
+                            info.name,
+                            t.name,
+                            it.index,
+                            k,
+                            g.score,
+                            g.answered,
+                            g.extracted,
+                            g.reason,
+                            g.em,
+                            g.f1,
+                            n_tok,
+                            word_count(text),
+                            hit,
+                            c.collapsed,
+                            c.period if c.collapsed else 0,
+                            backtracking_cues(text),
+                        )
+                    )
             missing[(info.name, t.name)] = miss
             ignored += _ignored_files(run, t.name, folder, {it.index for it in its}, n_s)
-    return BenchScores(tuple(samples), tuple(runs), missing, tuple(get_task(t).name for t in items),
-                       tuple(dict.fromkeys(ignored)))
+    return BenchScores(
+        tuple(samples), tuple(runs), missing, tuple(get_task(t).name for t in items), tuple(dict.fromkeys(ignored))
+    )
 
 
 def _mean(x) -> float:
@@ -233,10 +265,13 @@ class BenchScores:
 
     def __repr__(self) -> str:
         n_missing = sum(self.missing.values()) if self.missing else 0
-        return (f"BenchScores({len(self.samples)} graded outputs, {len(self.runs)} runs "
-                f"[{', '.join(r.name for r in self.runs[:4])}{', …' if len(self.runs) > 4 else ''}], "
-                f"tasks {list(self.tasks)}, {n_missing} missing"
-                + (f", {len(self.ignored)} ignored files" if self.ignored else "") + ")")
+        return (
+            f"BenchScores({len(self.samples)} graded outputs, {len(self.runs)} runs "
+            f"[{', '.join(r.name for r in self.runs[:4])}{', …' if len(self.runs) > 4 else ''}], "
+            f"tasks {list(self.tasks)}, {n_missing} missing"
+            + (f", {len(self.ignored)} ignored files" if self.ignored else "")
+            + ")"
+        )
 
     def _repr_html_(self) -> str:
         """Jupyter: the accuracy table (models × tasks + Avg) when there are runs, else the counts."""
@@ -245,8 +280,10 @@ class BenchScores:
         if not self.runs or not self.samples:
             return box(repr(self))
         t = self.accuracy_table()
-        return box(repr(self), html_table(list(t.columns), t.astype(object).values.tolist(),
-                                          caption="pass@1 % (MuSiQue: EM / F1)"))
+        return box(
+            repr(self),
+            html_table(list(t.columns), t.astype(object).values.tolist(), caption="pass@1 % (MuSiQue: EM / F1)"),
+        )
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per graded output (the fields of :class:`SampleScore`)."""
@@ -260,9 +297,14 @@ class BenchScores:
         for run in self.runs:
             for task in self.tasks:
                 d = df[(df.model == run.name) & (df.task == task)]
-                row: dict[str, Any] = {"model": run.name, "task": task, **_compression_cols(run),
-                                       "items": int(d["index"].nunique()), "outputs": len(d),
-                                       "missing": int(self.missing.get((run.name, task), 0))}
+                row: dict[str, Any] = {
+                    "model": run.name,
+                    "task": task,
+                    **_compression_cols(run),
+                    "items": int(d["index"].nunique()),
+                    "outputs": len(d),
+                    "missing": int(self.missing.get((run.name, task), 0)),
+                }
                 per_item = d.groupby("index")["score"].mean()
                 row["pass@1"] = 100 * per_item.mean() if len(per_item) else math.nan
                 row["ci95_low"], row["ci95_high"] = _wilson_percent(d)
@@ -318,10 +360,17 @@ class BenchScores:
                 g = g.sort_values(key, ascending=(key == "sparsity"))
                 hit = g[g["collapse_rate"] >= threshold]
                 first = hit.iloc[0] if len(hit) else None
-                rows.append({"base": base, "method": method, "task": task, "axis": key,
-                             "collapse_starts_at": None if first is None else first[key],
-                             "rate_there": None if first is None else first["collapse_rate"],
-                             "max_rate": g["collapse_rate"].max()})
+                rows.append(
+                    {
+                        "base": base,
+                        "method": method,
+                        "task": task,
+                        "axis": key,
+                        "collapse_starts_at": None if first is None else first[key],
+                        "rate_there": None if first is None else first["collapse_rate"],
+                        "max_rate": g["collapse_rate"].max(),
+                    }
+                )
         return pd.DataFrame(rows)
 
     def write_tables(self, out_dir: str | os.PathLike, *, plots: bool = True) -> list[Path]:
@@ -332,8 +381,12 @@ class BenchScores:
         out.mkdir(parents=True, exist_ok=True)
         s, acc, cp = self.summary(), self.accuracy_table(), self.collapse_points()
         files = []
-        for name, df in (("scores.csv", self.to_dataframe()), ("summary.csv", s), ("accuracy.csv", acc),
-                         ("collapse_points.csv", cp)):
+        for name, df in (
+            ("scores.csv", self.to_dataframe()),
+            ("summary.csv", s),
+            ("accuracy.csv", acc),
+            ("collapse_points.csv", cp),
+        ):
             atomic_write_text(out / name, df.to_csv(index=False))
             files.append(out / name)
         atomic_write_text(out / "tables.md", self.markdown())
@@ -347,23 +400,56 @@ class BenchScores:
         s = self.summary()
         acc = self.accuracy_table()
         avg_tasks = [t for t in self.tasks if TASKS[t].in_avg]
-        parts = ["## Accuracy (pass@1, %; MuSiQue EM / F1)", "",
-                 f"Avg = mean of {', '.join(avg_tasks) or 'no accuracy task'} (the paper's Avg: AIME, FOLIO, "
-                 "Temporal).", "", _md(acc), ""]
-        ttc_cols = ["model", "task", "mean_tokens", "mean_words", "short30", "long30", "len_ratio30", "short20",
-                    "long20", "len_ratio20"]
-        parts += ["## Test-time compute: shortest vs longest 30 % / 20 % of outputs (score %, length ratio "
-                  "long/short in words)", "", _md(s[ttc_cols].round(2)), ""]
-        col_cols = ["model", "task", "outputs", "missing", "unanswered", "collapse_rate", "failures_at_limit",
-                    "cues_per_output"]
-        parts += ["## Collapse, length limit, backtracking cues", "",
-                  "collapse_rate: % of outputs that hit the length limit repeating one chunk; failures_at_limit: "
-                  "% of wrong outputs that hit the limit; unanswered: outputs with no extractable answer "
-                  "(scored wrong).", "", _md(s[col_cols].round(2)), ""]
+        parts = [
+            "## Accuracy (pass@1, %; MuSiQue EM / F1)",
+            "",
+            f"Avg = mean of {', '.join(avg_tasks) or 'no accuracy task'} (the paper's Avg: AIME, FOLIO, Temporal).",
+            "",
+            _md(acc),
+            "",
+        ]
+        ttc_cols = [
+            "model",
+            "task",
+            "mean_tokens",
+            "mean_words",
+            "short30",
+            "long30",
+            "len_ratio30",
+            "short20",
+            "long20",
+            "len_ratio20",
+        ]
+        parts += [
+            "## Test-time compute: shortest vs longest 30 % / 20 % of outputs (score %, length ratio "
+            "long/short in words)",
+            "",
+            _md(s[ttc_cols].round(2)),
+            "",
+        ]
+        col_cols = [
+            "model",
+            "task",
+            "outputs",
+            "missing",
+            "unanswered",
+            "collapse_rate",
+            "failures_at_limit",
+            "cues_per_output",
+        ]
+        parts += [
+            "## Collapse, length limit, backtracking cues",
+            "",
+            "collapse_rate: % of outputs that hit the length limit repeating one chunk; failures_at_limit: "
+            "% of wrong outputs that hit the limit; unanswered: outputs with no extractable answer "
+            "(scored wrong).",
+            "",
+            _md(s[col_cols].round(2)),
+            "",
+        ]
         cp = self.collapse_points()
         if len(cp):
-            parts += ["## Where collapse starts (first setting with a collapse rate >= 10 %)", "", _md(cp.round(2)),
-                      ""]
+            parts += ["## Where collapse starts (first setting with a collapse rate >= 10 %)", "", _md(cp.round(2)), ""]
         return "\n".join(parts)
 
 
@@ -380,16 +466,21 @@ def _wilson_percent(d: pd.DataFrame) -> tuple[float, float]:
 
 def _compression_cols(run: RunInfo) -> dict:
     c = run.compression
-    return {"base": run.base, "method": c.get("method", "none"), "bits": c.get("bits"),
-            "sparsity": c.get("sparsity"), "pattern": c.get("pattern"),
-            "symmetric": c.get("symmetric") if c.get("bits") is not None else None}
+    return {
+        "base": run.base,
+        "method": c.get("method", "none"),
+        "bits": c.get("bits"),
+        "sparsity": c.get("sparsity"),
+        "pattern": c.get("pattern"),
+        "symmetric": c.get("symmetric") if c.get("bits") is not None else None,
+    }
 
 
 def _md(df: pd.DataFrame) -> str:
     if df.empty:
         return "(none)"
     cols = list(df.columns)
-    fmt = lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)  # noqa: E731
+    fmt = lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)  # noqa: E731 - a one-line cell formatter
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
@@ -402,8 +493,10 @@ def _plots(s: pd.DataFrame, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     files = []
-    for axis, fname, methods in (("bits", "accuracy_vs_bits.png", ("rtn", "gptq")),
-                                 ("sparsity", "accuracy_vs_sparsity.png", ("magnitude", "sparsegpt", "wanda"))):
+    for axis, fname, methods in (
+        ("bits", "accuracy_vs_bits.png", ("rtn", "gptq")),
+        ("sparsity", "accuracy_vs_sparsity.png", ("magnitude", "sparsegpt", "wanda")),
+    ):
         d = s[s["method"].isin(methods)]
         if d.empty:
             continue

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from lrm_interp.compress.specs import CompressionSpec, apply_compression
 from lrm_interp.data.benchmarks import BenchItem
@@ -74,8 +75,10 @@ def check_toy_world(model, name: str, items: Mapping[str, Sequence[BenchItem]], 
     learned = len(model_world(model).people)
     asked = N_PEOPLE if toy_people is None else toy_people
     if learned != asked:
-        raise ValueError(f"model {name} learned a fact table of {learned} people (its provenance); the toy items "
-                         f"were made over {asked}: make them with toy_people={learned} (--toy-people {learned})")
+        raise ValueError(
+            f"model {name} learned a fact table of {learned} people (its provenance); the toy items "
+            f"were made over {asked}: make them with toy_people={learned} (--toy-people {learned})"
+        )
 
 
 def saved_model_dir(model) -> str | None:
@@ -88,33 +91,62 @@ def saved_model_dir(model) -> str | None:
     return str(d) if (d / "config.json").is_file() and any(d.glob("*.safetensors")) else None
 
 
-def _endpoint_runs(names: Sequence[str], items, out: Path, cfg: SuiteConfig, endpoint, progress: bool) -> list[BenchRun]:
+def _endpoint_runs(
+    names: Sequence[str], items, out: Path, cfg: SuiteConfig, endpoint, progress: bool
+) -> list[BenchRun]:
     from lrm_interp.endpoint import EndpointError
     from lrm_interp.evaluation.backends import OpenAIBackend
 
     runs, checked = [], False
     for name in names:
         tag = model_tag(name)
-        backend = OpenAIBackend(endpoint.base_url, name, api_key_env=endpoint.api_key_env,
-                                concurrency=endpoint.concurrency, retries=endpoint.retries,
-                                backoff=endpoint.backoff, max_backoff=endpoint.max_backoff, timeout=endpoint.timeout)
+        backend = OpenAIBackend(
+            endpoint.base_url,
+            name,
+            api_key_env=endpoint.api_key_env,
+            concurrency=endpoint.concurrency,
+            retries=endpoint.retries,
+            backoff=endpoint.backoff,
+            max_backoff=endpoint.max_backoff,
+            timeout=endpoint.timeout,
+        )
         try:
             if not checked:  # an unreachable endpoint fails here, in seconds, before anything is written
                 backend.check()
                 checked = True
-            runs.append(run_benchmark(backend, items, out / tag, settings=cfg.settings, model=tag,
-                                      model_info={"served_model": name, "base_url": endpoint.base_url},
-                                      progress=progress))
+            runs.append(
+                run_benchmark(
+                    backend,
+                    items,
+                    out / tag,
+                    settings=cfg.settings,
+                    model=tag,
+                    model_info={"served_model": name, "base_url": endpoint.base_url},
+                    progress=progress,
+                )
+            )
         except EndpointError as e:
-            kept = (f"finished items are kept in {out / tag}; run again to resume" if (out / tag).exists()
-                    else "nothing was written")
+            kept = (
+                f"finished items are kept in {out / tag}; run again to resume"
+                if (out / tag).exists()
+                else "nothing was written"
+            )
             raise type(e)(" ".join(str(e).split()) + f"; {kept}") from e
     return runs
 
 
-def run_suite(names: Sequence[str], items: Mapping[str, Sequence[BenchItem]], out: str | Path, cfg: SuiteConfig, *,
-              endpoint: Any = None, calibration: Calibration | None = None, toy_people: int | None = None,
-              load: Callable[[str], tuple[Any, Any]] | None = None, progress: bool = True) -> list[BenchRun]:
+def run_suite(
+    names: Sequence[str],
+    items: Mapping[str, Sequence[BenchItem]],
+    out: str | Path,
+    cfg: SuiteConfig,
+    *,
+    endpoint: Any = None,
+    calibration: Calibration | None = None,
+    toy_people: int | None = None,
+    load: Callable[[str], tuple[Any, Any]] | None = None,
+    progress: bool = True,
+) -> list[BenchRun]:
     """Benchmark every model of ``names`` and every variant of ``cfg.specs`` on ``items``.
 
     Args:
@@ -138,7 +170,9 @@ def run_suite(names: Sequence[str], items: Mapping[str, Sequence[BenchItem]], ou
     if any(s.needs_calibration for s in cfg.specs) and calibration is None:
         raise ValueError(f"{', '.join(s.method for s in cfg.specs if s.needs_calibration)} need calibration data")
     if load is None:
-        from lrm_interp.model.loading import load_model as load
+        from lrm_interp.model.loading import load_model
+
+        load = load_model
     from lrm_interp.model.provenance import model_provenance
 
     runs = []
@@ -148,15 +182,25 @@ def run_suite(names: Sequence[str], items: Mapping[str, Sequence[BenchItem]], ou
         check_toy_world(model, name, items, toy_people)
         if cfg.device != "cpu":
             model = model.to(cfg.device)
-        calib = calibration(tok) if any(s.needs_calibration for s in cfg.specs) else None
+        needs_calib = any(s.needs_calibration for s in cfg.specs)  # then calibration is given (checked above)
+        calib = calibration(tok) if calibration is not None and needs_calib else None
         for spec in cfg.specs:
             variant, report = apply_compression(model, spec, group_size=cfg.group_size, calib=calib, progress=progress)
             tag = base_tag + (f"-{spec.tag}" if spec.tag else "")
             backend = _local_backend(cfg, variant, tok, original=spec.method == "none")
             with backend:
-                runs.append(run_benchmark(backend, items, out / tag, settings=cfg.settings, model=tag,
-                                          model_info=model_provenance(variant, tok),
-                                          compression={**report, "base_model": base_tag}, progress=progress))
+                runs.append(
+                    run_benchmark(
+                        backend,
+                        items,
+                        out / tag,
+                        settings=cfg.settings,
+                        model=tag,
+                        model_info=model_provenance(variant, tok),
+                        compression={**report, "base_model": base_tag},
+                        progress=progress,
+                    )
+                )
             _add_base(out / tag, base_tag)
             if variant is not model:
                 del variant

@@ -18,17 +18,24 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 #: R1-style backtracking cues (method.md §8); matched case-insensitively as one alternation, so
 #: "But wait" counts once.
 BACKTRACKING_CUES: tuple[str, ...] = (
-    r"\bbut wait\b", r"\bwait\b", r"\bhmm,? no\b", r"\bactually,", r"\balternatively,",
-    r"\blet me re-?(?:examine|check|consider|think|evaluate)\b", r"\bgo back\b",
-    r"\bthat doesn'?t (?:seem|look) right\b", r"\bi made a mistake\b", r"\bon second thought\b",
+    r"\bbut wait\b",
+    r"\bwait\b",
+    r"\bhmm,? no\b",
+    r"\bactually,",
+    r"\balternatively,",
+    r"\blet me re-?(?:examine|check|consider|think|evaluate)\b",
+    r"\bgo back\b",
+    r"\bthat doesn'?t (?:seem|look) right\b",
+    r"\bi made a mistake\b",
+    r"\bon second thought\b",
 )
 _CUES = re.compile("|".join(BACKTRACKING_CUES), re.I)
 
@@ -79,7 +86,7 @@ def periodic_suffix(text: str, *, max_period: int | None = None) -> tuple[int, i
 
 def distinct_ngram_share(text: str, n: int = 8) -> float:
     """Distinct character ``n``-grams / all ``n``-grams of ``text`` (1.0 for texts shorter than ``n``)."""
-    grams = [text[i:i + n] for i in range(len(text) - n + 1)]
+    grams = [text[i : i + n] for i in range(len(text) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 1.0
 
 
@@ -87,13 +94,22 @@ def _end_repeats(window: str, end: int = 40, n: int = 8, share: float = 0.8) -> 
     """Whether the repetition reaches the end: ≥ ``share`` of the last ``end`` characters' ``n``-grams
     occur earlier in ``window``."""
     head, last = window[:-end], window[-end:]
-    grams = [last[i:i + n] for i in range(len(last) - n + 1)]
+    grams = [last[i : i + n] for i in range(len(last) - n + 1)]
     return bool(grams) and sum(g in head for g in grams) >= share * len(grams)
 
 
-def detect_collapse(text: str, hit_limit: bool | None, *, min_repeats: int = 3, min_fraction: float = 0.1,
-                    min_chars: int = 50, max_period: int = 400, tail_fraction: float = 1 / 3,
-                    min_tail: int = 120, max_distinct: float = 0.5) -> Collapse:
+def detect_collapse(
+    text: str,
+    hit_limit: bool | None,
+    *,
+    min_repeats: int = 3,
+    min_fraction: float = 0.1,
+    min_chars: int = 50,
+    max_period: int = 400,
+    tail_fraction: float = 1 / 3,
+    min_tail: int = 120,
+    max_distinct: float = 0.5,
+) -> Collapse:
     """:class:`Collapse` of one output. Whitespace runs become single spaces; the end is
     *repetitive* when (exact) its longest periodic suffix (period ≤ ``max_period``) spans
     ≥ ``min_repeats`` periods and ≥ ``max(min_fraction · length, min_chars)`` characters, or
@@ -102,15 +118,16 @@ def detect_collapse(text: str, hit_limit: bool | None, *, min_repeats: int = 3, 
     or more copies of the same material; natural text scores above 0.9 — and the last 40
     characters' 8-grams (80 % of them) occur earlier in that tail, i.e. the loop reaches the end."""
     t = " ".join(text.split())
-    tail = t[-max(8 * max_period, 4000):]
+    tail = t[-max(8 * max_period, 4000) :]
     p, span = periodic_suffix(tail, max_period=max_period)
     exact = p > 0 and span / p >= min_repeats and span >= max(min_fraction * len(t), min_chars)
-    window = t[-max(int(tail_fraction * len(t)), min_tail):]
+    window = t[-max(int(tail_fraction * len(t)), min_tail) :]
     distinct = distinct_ngram_share(window)
     approx = len(window) >= min_tail and distinct <= max_distinct and _end_repeats(window)
     rep = bool(exact or approx)
-    return Collapse(rep and hit_limit is not False, rep, p, span / p if p else 0.0, span, tail[-p:] if p else "",
-                    distinct)
+    return Collapse(
+        rep and hit_limit is not False, rep, p, span / p if p else 0.0, span, tail[-p:] if p else "", distinct
+    )
 
 
 # ----------------------------------------------------------------------------- short vs long
@@ -132,7 +149,7 @@ class SplitScore:
         return self.long_length / self.short_length if self.short_length > 0 else math.inf
 
 
-def group_weights(lengths: Sequence[float], k: float) -> np.ndarray:
+def group_weights(lengths: Sequence[float] | np.ndarray, k: float) -> np.ndarray:
     """Weights ``[n]`` of the ``k`` shortest outputs (``0 <= k <= n``, fractional allowed): 1 below
     the boundary length, the remaining weight shared equally by the outputs tied at it."""
     x = np.asarray(lengths, dtype=float)
@@ -167,5 +184,15 @@ def short_long_split(lengths: Sequence[float], scores: Sequence[float], fraction
     return SplitScore(fraction, n, k, mean(ws, s), mean(wl, s), mean(ws, x), mean(wl, x))
 
 
-__all__ = ["word_count", "backtracking_cues", "BACKTRACKING_CUES", "Collapse", "periodic_suffix", "distinct_ngram_share", "detect_collapse",
-           "SplitScore", "group_weights", "short_long_split"]
+__all__ = [
+    "word_count",
+    "backtracking_cues",
+    "BACKTRACKING_CUES",
+    "Collapse",
+    "periodic_suffix",
+    "distinct_ngram_share",
+    "detect_collapse",
+    "SplitScore",
+    "group_weights",
+    "short_long_split",
+]

@@ -13,8 +13,8 @@ Used by ``examples/protection_smollm2.py`` for models that cannot solve the toy 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +45,15 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def divergence(ref, model, encoded: Sequence[EncodedTrace], *, behaviors: Sequence[str] = TARGET_BEHAVIORS,
-               chunk: int = 512, progress: bool = False) -> Divergence:
+def divergence(
+    ref,
+    model,
+    encoded: Sequence[EncodedTrace],
+    *,
+    behaviors: Sequence[str] = TARGET_BEHAVIORS,
+    chunk: int = 512,
+    progress: bool = False,
+) -> Divergence:
     """KL(ref ‖ model) per response token and span NLL of ``behaviors`` for both models.
 
     One trace at a time; the ``[seq, vocab]`` log-probabilities are formed ``chunk`` positions
@@ -58,12 +65,12 @@ def divergence(ref, model, encoded: Sequence[EncodedTrace], *, behaviors: Sequen
         ids = e.input_ids
         r0 = max(e.response_start - 1, 0)  # the position predicting the first response token
         want = torch.zeros(len(ids), dtype=torch.bool)
-        want[r0:len(ids) - 1] = True
+        want[r0 : len(ids) - 1] = True
         tgt = torch.full((len(ids),), -1, dtype=torch.long)  # target token of span positions
         for sp in e.spans:
             if sp.behavior in behaviors:
                 p0, p1 = target_positions(sp)
-                tgt[p0:p1] = ids[p0 + 1:p1 + 1]
+                tgt[p0:p1] = ids[p0 + 1 : p1 + 1]
         if not want.any() and not (tgt >= 0).any():
             continue
         a, b = _logits(ref, ids), _logits(model, ids)
@@ -82,8 +89,9 @@ def divergence(ref, model, encoded: Sequence[EncodedTrace], *, behaviors: Sequen
                 n_span += int(s.sum())
     if n_kl == 0:
         raise ValueError(f"no response tokens in {len(encoded)} traces")
-    return Divergence(kl=kl_sum / n_kl, nll=nll / max(n_span, 1), nll_ref=nll_ref / max(n_span, 1),
-                      tokens=n_kl, span_tokens=n_span)
+    return Divergence(
+        kl=kl_sum / n_kl, nll=nll / max(n_span, 1), nll_ref=nll_ref / max(n_span, 1), tokens=n_kl, span_tokens=n_span
+    )
 
 
 __all__ = ["Divergence", "divergence"]

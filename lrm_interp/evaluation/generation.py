@@ -8,8 +8,8 @@ with the number of new tokens and whether the length limit was hit (:class:`Gene
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -18,8 +18,9 @@ from lrm_interp.model.forward import input_device
 
 
 @torch.no_grad()
-def generate_responses(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 480,
-                       batch_size: int = 64, progress: bool = False) -> list[str]:
+def generate_responses(
+    model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 480, batch_size: int = 64, progress: bool = False
+) -> list[str]:
     """Greedy continuations of ``prompts`` (batched, left padding, KV cache)."""
     dev = input_device(model)
     side = tokenizer.padding_side
@@ -27,24 +28,37 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], *, max_new_toke
     out: list[str] = []
     try:
         for i in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress):
-            chunk = list(prompts[i:i + batch_size])
+            chunk = list(prompts[i : i + batch_size])
             enc = tokenizer(chunk, return_tensors="pt", padding=True).to(dev)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            for row in gen[:, enc["input_ids"].shape[1]:]:
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            for row in gen[:, enc["input_ids"].shape[1] :]:
                 out.append(tokenizer.decode(row, skip_special_tokens=True))
     finally:
         tokenizer.padding_side = side
     return out
 
 
-def generate_answers(model, tokenizer, traces_or_problems: Sequence, *, max_new_tokens: int = 480,
-                     batch_size: int = 64, progress: bool = False) -> list[str]:
+def generate_answers(
+    model,
+    tokenizer,
+    traces_or_problems: Sequence,
+    *,
+    max_new_tokens: int = 480,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[str]:
     """Greedy responses to the prompts of ``traces_or_problems`` (anything with a ``.prompt``:
     :class:`~lrm_interp.data.toy_tasks.Problem`, :class:`~lrm_interp.data.traces.ReasoningTrace`; or plain strings)."""
     prompts = [x if isinstance(x, str) else x.prompt for x in traces_or_problems]
-    return generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              progress=progress)
+    return generate_responses(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
 
 
 @dataclass(frozen=True)
@@ -75,10 +89,12 @@ def derive_seed(seed: int, key: str) -> int:
 def chat_prompt(tokenizer, prompt: str) -> str:
     """``prompt`` as one user turn through the tokenizer's chat template, generation prompt added."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template "
-                         "(turn the chat template off)")
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+        raise ValueError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template (turn the chat template off)"
+        )
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], *, chat_template: bool = False) -> list[list[int]]:
@@ -94,17 +110,30 @@ def _row_generation(tokenizer, row: torch.Tensor, eos: set[int], max_new_tokens:
     n = next((i for i, t in enumerate(ids) if t in eos), None)
     if n is None:  # no end-of-sequence token: the row ran to the limit
         n = len(ids)
-        return Generation(tokenizer.decode(ids, skip_special_tokens=True), n,
-                          "length" if n >= max_new_tokens else "stop", n_prompt)
+        return Generation(
+            tokenizer.decode(ids, skip_special_tokens=True), n, "length" if n >= max_new_tokens else "stop", n_prompt
+        )
     return Generation(tokenizer.decode(ids[:n], skip_special_tokens=True), n, "stop", n_prompt)
 
 
 @torch.no_grad()
-def generate_samples(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
-                     top_p: float = 1.0, n: int = 1, seed: int = 0, keys: Sequence[str] | None = None,
-                     chat_template: bool = False, batch_size: int = 8,
-                     on_result: Callable[[int, list[Generation]], None] | None = None,
-                     progress: bool = False, desc: str = "generate") -> list[list[Generation]]:
+def generate_samples(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    n: int = 1,
+    seed: int = 0,
+    keys: Sequence[str] | None = None,
+    chat_template: bool = False,
+    batch_size: int = 8,
+    on_result: Callable[[int, list[Generation]], None] | None = None,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[list[Generation]]:
     """``n`` outputs per prompt (``[len(prompts)][n]``), batched with left padding and a KV cache.
 
     ``temperature == 0``: greedy (the ``n`` outputs are one output repeated). Sampling: each batch
@@ -117,8 +146,11 @@ def generate_samples(model, tokenizer, prompts: Sequence[str], *, max_new_tokens
     keys = [str(i) for i in range(len(prompts))] if keys is None else list(keys)
     encoded = encode_prompts(tokenizer, prompts, chat_template=chat_template)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    eos_ids = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(
-        getattr(model, "generation_config", None), "eos_token_id", None)
+    eos_ids = (
+        tokenizer.eos_token_id
+        if tokenizer.eos_token_id is not None
+        else getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    )
     eos = set(eos_ids if isinstance(eos_ids, (list, tuple)) else [] if eos_ids is None else [eos_ids])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos) if eos else 0)
     sample = float(temperature) > 0
@@ -126,30 +158,48 @@ def generate_samples(model, tokenizer, prompts: Sequence[str], *, max_new_tokens
     out: list[list[Generation] | None] = [None] * len(prompts)
     with tqdm(total=len(prompts), desc=desc, disable=not progress, unit="item", leave=False) as bar:
         for b0 in range(0, len(order), int(batch_size)):
-            idx = order[b0:b0 + int(batch_size)]
+            idx = order[b0 : b0 + int(batch_size)]
             width = max(len(encoded[i]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             att = torch.zeros((len(idx), width), dtype=torch.long)
             for r, i in enumerate(idx):
-                ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                att[r, width - len(encoded[i]):] = 1
+                ids[r, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                att[r, width - len(encoded[i]) :] = 1
             kw: dict = {"do_sample": False}
             if sample:
                 torch.manual_seed(derive_seed(seed, keys[idx[0]]))
-                kw = {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0,
-                      "num_return_sequences": reps}
-            gen = model.generate(input_ids=ids.to(dev), attention_mask=att.to(dev), max_new_tokens=int(max_new_tokens),
-                                 eos_token_id=sorted(eos) or None, pad_token_id=pad, **kw)
+                kw = {
+                    "do_sample": True,
+                    "temperature": float(temperature),
+                    "top_p": float(top_p),
+                    "top_k": 0,
+                    "num_return_sequences": reps,
+                }
+            gen = model.generate(
+                input_ids=ids.to(dev),
+                attention_mask=att.to(dev),
+                max_new_tokens=int(max_new_tokens),
+                eos_token_id=sorted(eos) or None,
+                pad_token_id=pad,
+                **kw,
+            )
             new = gen[:, width:].cpu()
             for r, i in enumerate(idx):
-                rows = new[r * reps:(r + 1) * reps]
+                rows = new[r * reps : (r + 1) * reps]
                 gens = [_row_generation(tokenizer, row, eos, int(max_new_tokens), len(encoded[i])) for row in rows]
-                out[i] = gens * int(n) if not sample else gens
+                out[i] = got = gens * int(n) if not sample else gens
                 if on_result is not None:
-                    on_result(i, out[i])
+                    on_result(i, got)
             bar.update(len(idx))
-    return out  # type: ignore[return-value]
+    return out  # type: ignore[return-value]  # every slot is filled: ``order`` covers every prompt
 
 
-__all__ = ["generate_responses", "generate_answers", "generate_samples", "Generation", "derive_seed",
-           "encode_prompts", "chat_prompt"]
+__all__ = [
+    "generate_responses",
+    "generate_answers",
+    "generate_samples",
+    "Generation",
+    "derive_seed",
+    "encode_prompts",
+    "chat_prompt",
+]

@@ -4,9 +4,13 @@ weighted means (KL per token over traces)."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from lrm_interp.checks import check_fraction, check_int
+
+if TYPE_CHECKING:
+    import torch
 
 
 def wilson_interval(correct: int, n: int, *, z: float = 1.96) -> tuple[float, float]:
@@ -24,8 +28,14 @@ def wilson_interval(correct: int, n: int, *, z: float = 1.96) -> tuple[float, fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def bootstrap_interval(values: Sequence[float], weights: Sequence[float] | None = None, *, resamples: int = 1000,
-                       level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    values: Sequence[float] | torch.Tensor,
+    weights: Sequence[float] | torch.Tensor | None = None,
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the weighted mean ``Σ w_i v_i / Σ w_i`` over items ``i``.
 
     ``values``/``weights``: ``[n]`` (e.g. per-trace KL and its token count); the items are
@@ -36,8 +46,10 @@ def bootstrap_interval(values: Sequence[float], weights: Sequence[float] | None 
     v = torch.as_tensor(values, dtype=torch.float64)
     w = torch.ones_like(v) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
     if v.dim() != 1 or v.numel() == 0 or w.shape != v.shape:
-        raise ValueError(f"bootstrap_interval: values and weights must be two [n] sequences with n >= 1, got "
-                         f"{tuple(v.shape)} and {tuple(w.shape)}")
+        raise ValueError(
+            f"bootstrap_interval: values and weights must be two [n] sequences with n >= 1, got "
+            f"{tuple(v.shape)} and {tuple(w.shape)}"
+        )
     check_int("resamples", resamples, min=1)
     check_fraction("level", level, zero=False, one=False)
     g = torch.Generator().manual_seed(int(seed))

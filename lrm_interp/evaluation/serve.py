@@ -25,8 +25,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -55,8 +56,16 @@ class Generator:
         max_tokens_cap: upper bound on ``max_tokens`` per request.
     """
 
-    def __init__(self, model, tokenizer, *, name: str = "model", max_context: int | None = None,
-                 truncate_prompt: bool = False, max_tokens_cap: int = 4096):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        name: str = "model",
+        max_context: int | None = None,
+        truncate_prompt: bool = False,
+        max_tokens_cap: int = 4096,
+    ):
         self.model, self.tok, self.name = model.eval(), tokenizer, name
         cfg_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         self.max_context = int(max_context or cfg_len or 2048)
@@ -67,7 +76,7 @@ class Generator:
         self.started = int(time.time())
 
     # ------------------------------------------------------------------ generation
-    def chat_prompt(self, messages: Sequence[dict]) -> str:
+    def chat_prompt(self, messages: object) -> str:
         if not isinstance(messages, list) or not messages:
             raise RequestError(400, "'messages' must be a non-empty list")
         for m in messages:
@@ -84,20 +93,29 @@ class Generator:
         n_prompt = int(ids.shape[1])
         if n_prompt + max_tokens > self.max_context:
             if not self.truncate_prompt or max_tokens >= self.max_context:
-                raise RequestError(400, f"This model's maximum context length is {self.max_context} tokens. However, "
-                                        f"you requested {n_prompt + max_tokens} tokens ({n_prompt} in the messages, "
-                                        f"{max_tokens} in the completion). Please reduce the length of the messages "
-                                        "or completion.")
-            ids = ids[:, n_prompt + max_tokens - self.max_context:]
+                raise RequestError(
+                    400,
+                    f"This model's maximum context length is {self.max_context} tokens. However, "
+                    f"you requested {n_prompt + max_tokens} tokens ({n_prompt} in the messages, "
+                    f"{max_tokens} in the completion). Please reduce the length of the messages "
+                    "or completion.",
+                )
+            ids = ids[:, n_prompt + max_tokens - self.max_context :]
             n_prompt = int(ids.shape[1])  # usage counts what the model saw
         dev = input_device(self.model)
         ids = ids.to(dev)
         eos = self.tok.eos_token_id
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else eos
         with self.lock:
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                                      do_sample=False, eos_token_id=eos, pad_token_id=pad)
-        new = out[0, ids.shape[1]:]
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
+        new = out[0, ids.shape[1] :]
         n_completion = int(new.shape[0])
         finish = "stop" if (eos is not None and n_completion and int(new[-1]) == eos) else "length"
         text = self.tok.decode(new, skip_special_tokens=True)
@@ -128,14 +146,25 @@ class Generator:
             if method == "GET" and path in ("/health", "/v1/health"):
                 return 200, {"status": "ok"}
             if method == "GET" and path == "/v1/models":
-                return 200, {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.started,
-                                                         "owned_by": "lrm_interp", "max_model_len": self.max_context}]}
+                return 200, {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": self.name,
+                            "object": "model",
+                            "created": self.started,
+                            "owned_by": "lrm_interp",
+                            "max_model_len": self.max_context,
+                        }
+                    ],
+                }
             if method != "POST" or path not in ("/v1/completions", "/v1/chat/completions"):
                 raise RequestError(404, f"no route {method} {path}", "NotFoundError")
             if not isinstance(body, dict):
                 raise RequestError(400, "the request body must be a JSON object")
             max_tokens, stop = self._params(body)
             chat = path.endswith("chat/completions")
+            prompt: object  # from the request: checked below
             if chat:
                 prompt = self.chat_prompt(body.get("messages"))
             else:
@@ -147,8 +176,13 @@ class Generator:
             text, finish, n_p, n_c = self.generate(prompt, max_tokens, stop)
             self.counter += 1
             usage = {"prompt_tokens": n_p, "completion_tokens": n_c, "total_tokens": n_p + n_c}
-            common = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{self.counter}", "created": int(time.time()),
-                      "model": self.name, "system_fingerprint": "lrm_interp-greedy", "usage": usage}
+            common = {
+                "id": f"{'chatcmpl' if chat else 'cmpl'}-{self.counter}",
+                "created": int(time.time()),
+                "model": self.name,
+                "system_fingerprint": "lrm_interp-greedy",
+                "usage": usage,
+            }
             if chat:
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
                 return 200, {"object": "chat.completion", "choices": [choice], **common}
@@ -158,8 +192,9 @@ class Generator:
             return e.status, {"error": {"message": str(e), "type": e.kind, "code": e.status}}
 
 
-def make_server(generator: Generator, host: str = "127.0.0.1", port: int = 8000, *,
-                quiet: bool = False) -> ThreadingHTTPServer:
+def make_server(
+    generator: Generator, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = False
+) -> ThreadingHTTPServer:
     """A ``ThreadingHTTPServer`` serving ``generator`` (call ``serve_forever()``)."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -173,25 +208,26 @@ def make_server(generator: Generator, host: str = "127.0.0.1", port: int = 8000,
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
+        def do_GET(self) -> None:  # http.server API
             self._send(*generator.handle("GET", self.path))
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server API
+        def do_POST(self) -> None:  # http.server API
             n = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(n) if n else b""
             try:
                 body = json.loads(raw.decode("utf-8")) if raw else None
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                self._send(400, {"error": {"message": f"invalid JSON body ({e})", "type": "invalid_request_error",
-                                           "code": 400}})
+                self._send(
+                    400,
+                    {"error": {"message": f"invalid JSON body ({e})", "type": "invalid_request_error", "code": 400}},
+                )
                 return
             try:
                 self._send(*generator.handle("POST", self.path, body))
             except Exception as e:  # noqa: BLE001 - a server error must still answer
-                self._send(500, {"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error",
-                                           "code": 500}})
+                self._send(500, {"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error", "code": 500}})
 
-        def log_message(self, fmt: str, *args) -> None:  # noqa: D102 - http.server API
+        def log_message(self, fmt: str, *args) -> None:  # http.server API
             if not quiet:
                 sys.stderr.write(f"[serve] {self.address_string()} {fmt % args}\n")
 
@@ -201,19 +237,24 @@ def make_server(generator: Generator, host: str = "127.0.0.1", port: int = 8000,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lrm_interp.evaluation.serve",
-                                description="OpenAI-compatible /v1/completions and /v1/chat/completions for a local "
-                                            "transformers model (greedy decoding).",
-                                epilog="example:\n  python -m lrm_interp.evaluation.serve --model toy --port 8011",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m lrm_interp.evaluation.serve",
+        description="OpenAI-compatible /v1/completions and /v1/chat/completions for a local "
+        "transformers model (greedy decoding).",
+        epilog="example:\n  python -m lrm_interp.evaluation.serve --model toy --port 8011",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", default="toy", help="model directory or alias (toy, smollm2-135m, ...)")
     p.add_argument("--served-name", default=None, help="model id clients send (default: the --model value)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (0 = any free port)")
     p.add_argument("--device", default="cpu", help="torch device for the model (cpu, cuda, cuda:1)")
     p.add_argument("--max-context", type=int, default=None, help="context length (default: the model config's)")
-    p.add_argument("--truncate-prompt", action="store_true",
-                   help="cut over-long prompts from the left instead of answering HTTP 400")
+    p.add_argument(
+        "--truncate-prompt",
+        action="store_true",
+        help="cut over-long prompts from the left instead of answering HTTP 400",
+    )
     p.add_argument("--quiet", action="store_true", help="no request log on stderr")
     return p
 
@@ -228,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     model, tok = load_model(a.model)
     model.to(a.device)
-    gen = Generator(model, tok, name=a.served_name or a.model, max_context=a.max_context,
-                    truncate_prompt=a.truncate_prompt)
+    gen = Generator(
+        model, tok, name=a.served_name or a.model, max_context=a.max_context, truncate_prompt=a.truncate_prompt
+    )
     server = make_server(gen, a.host, a.port, quiet=a.quiet)
 
     def stop(*_):

@@ -165,15 +165,21 @@ class AnnotationDownstream:
         s, k = self.settings, self.settings.get("top_k", 10)
         cut = self.provenance.get("cut") or {}
         skipped = f", {cut['n_skipped']} longer ones left out" if cut.get("n_skipped") else ""
-        head = (f"{s.get('model')}: {self.provenance.get('reference', {}).get('n_traces', '?')} traces of "
-                f"{s.get('reference')}, cut at {cut.get('limit')} tokens ({cut.get('n_cut', 0)} cut{skipped}); "
-                f"attribution {s.get('attribution', {}).get('mode')}; Spearman ρ of the site scores vs the "
-                "reference spans / "
-                f"top-{k} sites in common; noise floor: two halves of the reference spans (seeds "
-                f"{', '.join(str(x) for x in s.get('seeds', []))}).")
+        head = (
+            f"{s.get('model')}: {self.provenance.get('reference', {}).get('n_traces', '?')} traces of "
+            f"{s.get('reference')}, cut at {cut.get('limit')} tokens ({cut.get('n_cut', 0)} cut{skipped}); "
+            f"attribution {s.get('attribution', {}).get('mode')}; Spearman ρ of the site scores vs the "
+            "reference spans / "
+            f"top-{k} sites in common; noise floor: two halves of the reference spans (seeds "
+            f"{', '.join(str(x) for x in s.get('seeds', []))})."
+        )
         srcs = self.sources
-        lines = [head, "", "| behaviour | " + " | ".join(f"{x} ρ | {x} top-{k}" for x in srcs) + " |",
-                 "|---|" + "---|---|" * len(srcs)]
+        lines = [
+            head,
+            "",
+            "| behaviour | " + " | ".join(f"{x} ρ | {x} top-{k}" for x in srcs) + " |",
+            "|---|" + "---|---|" * len(srcs),
+        ]
         for b in self.behaviors:
             cells = []
             for x in srcs:
@@ -187,32 +193,55 @@ class AnnotationDownstream:
         """A fixed-width table: one line per behaviour and source."""
         k = self.settings.get("top_k", 10)
         w = max([len(x) for x in self.sources] + [12])
-        lines = [f"{'behaviour':24s} {'source':{w}s} {'Spearman':>8s} {'top-' + str(k):>7s} {'ref spans':>9s} "
-                 f"{'spans':>6s} {'char F1':>7s}"]
+        lines = [
+            f"{'behaviour':24s} {'source':{w}s} {'Spearman':>8s} {'top-' + str(k):>7s} {'ref spans':>9s} "
+            f"{'spans':>6s} {'char F1':>7s}"
+        ]
         for b in self.behaviors:
             for x in self.sources:
                 r = self.row(x, b)
                 ov = _ov(r.overlap, k)
-                lines.append(f"{b:24s} {x:{w}s} {_fmt(r.spearman, '8.3f'):>8s} {ov:>7s} {r.ref_spans:9d} "
-                             f"{r.spans:6d} {_fmt(r.char_f1, '7.3f'):>7s}" + (f"  ({r.note})" if r.note else ""))
+                lines.append(
+                    f"{b:24s} {x:{w}s} {_fmt(r.spearman, '8.3f'):>8s} {ov:>7s} {r.ref_spans:9d} "
+                    f"{r.spans:6d} {_fmt(r.char_f1, '7.3f'):>7s}" + (f"  ({r.note})" if r.note else "")
+                )
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"AnnotationDownstream({self.settings.get('model')}, sources {self.sources}, "
-                f"{len(self.behaviors)} behaviours)")
+        return (
+            f"AnnotationDownstream({self.settings.get('model')}, sources {self.sources}, "
+            f"{len(self.behaviors)} behaviours)"
+        )
 
     def _repr_html_(self) -> str:
         from lrm_interp.display import box, html_table
 
         k = self.settings.get("top_k", 10)
-        rows = [[r.behavior, r.source, _fmt(r.spearman, ".3f"), _ov(r.overlap, k),
-                 str(r.ref_spans), str(r.spans), _fmt(r.char_f1, ".3f"), r.note] for r in self.rows]
-        return box(repr(self), html_table(["behaviour", "source", "Spearman", f"top-{k}", "ref spans", "spans",
-                                           "char F1", "note"], rows))
+        rows = [
+            [
+                r.behavior,
+                r.source,
+                _fmt(r.spearman, ".3f"),
+                _ov(r.overlap, k),
+                str(r.ref_spans),
+                str(r.spans),
+                _fmt(r.char_f1, ".3f"),
+                r.note,
+            ]
+            for r in self.rows
+        ]
+        return box(
+            repr(self),
+            html_table(["behaviour", "source", "Spearman", f"top-{k}", "ref spans", "spans", "char F1", "note"], rows),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "settings": self.settings, "rows": [asdict(r) for r in self.rows],
-                "provenance": self.provenance}
+        return {
+            "format": FORMAT,
+            "settings": self.settings,
+            "rows": [asdict(r) for r in self.rows],
+            "provenance": self.provenance,
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write the result as one JSON file (atomically); a folder gets ``result.json`` inside."""
@@ -229,8 +258,9 @@ class AnnotationDownstream:
             p = p / RESULT_FILE
         d = json.loads(p.read_text(encoding="utf-8"))
         if d.get("format") != FORMAT:
-            raise ValueError(f"{p}: not an annotation-downstream result (format {d.get('format')!r}, "
-                             f"expected {FORMAT!r})")
+            raise ValueError(
+                f"{p}: not an annotation-downstream result (format {d.get('format')!r}, expected {FORMAT!r})"
+            )
         return cls(d["settings"], tuple(DownstreamRow(**r) for r in d["rows"]), d.get("provenance", {}))
 
 
@@ -343,12 +373,21 @@ class _Source:
 
     def describe(self) -> dict[str, Any]:
         if self.cv:
-            return {"kind": "cross-validated", "folds": CV_FOLDS, "fit": _cv_fit_settings(self.annotator),
-                    "fallback": {**describe_annotator(self.annotator),
-                                 "fingerprint": annotator_fingerprint(self.annotator)}}
+            return {
+                "kind": "cross-validated",
+                "folds": CV_FOLDS,
+                "fit": _cv_fit_settings(self.annotator),
+                "fallback": {
+                    **describe_annotator(self.annotator),
+                    "fingerprint": annotator_fingerprint(self.annotator),
+                },
+            }
         if self.annotator is not None:
-            return {"kind": "annotator", **describe_annotator(self.annotator),
-                    "fingerprint": annotator_fingerprint(self.annotator)}
+            return {
+                "kind": "annotator",
+                **describe_annotator(self.annotator),
+                "fingerprint": annotator_fingerprint(self.annotator),
+            }
         return {"kind": "annotation", "name": getattr(self.dataset, "name", "")}
 
 
@@ -364,8 +403,10 @@ def _sources(annotators: Sequence[Any] | Mapping[str, Any]) -> list[_Source]:
                 out.append(_Source(name or a, annotator=build_annotator("trained"), cv=True))
                 continue
             if a == "llm":
-                raise ValueError("annotator 'llm' needs an endpoint: annotate the reference outputs with "
-                                 "'lrm-interp annotate --annotator llm' and pass the file as an annotation")
+                raise ValueError(
+                    "annotator 'llm' needs an endpoint: annotate the reference outputs with "
+                    "'lrm-interp annotate --annotator llm' and pass the file as an annotation"
+                )
             ann = build_annotator(a)  # an unknown name raises ValueError naming it and the known ones
             out.append(_Source(name or a, annotator=ann))
         elif isinstance(a, (ReasoningDataset, list, tuple)) or hasattr(a, "__fspath__"):
@@ -374,16 +415,20 @@ def _sources(annotators: Sequence[Any] | Mapping[str, Any]) -> list[_Source]:
         elif hasattr(a, "annotate") or hasattr(a, "label_sentences"):
             out.append(_Source(name or type(a).__name__, annotator=a))
         else:
-            raise TypeError(f"annotator {a!r}: give a name ({', '.join(ANNOTATOR_NAMES)}), a trained annotator file, "
-                            "an annotator object or an annotated dataset")
+            raise TypeError(
+                f"annotator {a!r}: give a name ({', '.join(ANNOTATOR_NAMES)}), a trained annotator file, "
+                "an annotator object or an annotated dataset"
+            )
     names = [s.name for s in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"annotator names must be unique, got {dup} twice")
     reserved = sorted({NOISE_FLOOR, "reference", "half A", "half B"} & set(names))
     if reserved:
-        raise ValueError(f"{reserved[0]!r} is a reserved name (the reference, the noise floor and its halves); "
-                         "name the annotator otherwise")
+        raise ValueError(
+            f"{reserved[0]!r} is a reserved name (the reference, the noise floor and its halves); "
+            "name the annotator otherwise"
+        )
     return out
 
 
@@ -393,8 +438,9 @@ def _cv_fit_settings(shipped: Any) -> dict[str, Any]:
     return {k: info[k] for k in ("l2", "steps", "class_balance") if k in info}
 
 
-def _cross_validated(src: _Source, ref: ReasoningDataset, full: ReasoningDataset, *,
-                     progress: bool) -> tuple[ReasoningDataset, dict[str, Any]]:
+def _cross_validated(
+    src: _Source, ref: ReasoningDataset, full: ReasoningDataset, *, progress: bool
+) -> tuple[ReasoningDataset, dict[str, Any]]:
     """Every trace annotated by a :class:`LinearAnnotator` fitted with the shipped recipe on the
     other folds of ``full`` (grouped by trace; traces without reference spans, which no fit uses,
     by the shipped annotator)."""
@@ -411,8 +457,9 @@ def _cross_validated(src: _Source, ref: ReasoningDataset, full: ReasoningDataset
     return ds, {"folds": CV_FOLDS, "fitted_on": cv["traces"], "by_shipped_annotator": [t.id for t in rest]}
 
 
-def _spans_of(src: _Source, ref: ReasoningDataset, *, progress: bool,
-              full: ReasoningDataset | None = None) -> tuple[ReasoningDataset, dict[str, Any]]:
+def _spans_of(
+    src: _Source, ref: ReasoningDataset, *, progress: bool, full: ReasoningDataset | None = None
+) -> tuple[ReasoningDataset, dict[str, Any]]:
     """The reference traces with ``src``'s spans instead of the reference's (same ids, same text)."""
     if src.cv:
         return _cross_validated(src, ref, full if full is not None else ref, progress=progress)
@@ -420,8 +467,10 @@ def _spans_of(src: _Source, ref: ReasoningDataset, *, progress: bool,
         by_id = {t.id: t for t in src.dataset}
         missing = [t.id for t in ref if t.id not in by_id]
         if missing:
-            raise ValueError(f"annotation {src.name}: {len(missing)} reference traces are missing (first: "
-                             f"{missing[0]!r}); annotate the same outputs as the reference")
+            raise ValueError(
+                f"annotation {src.name}: {len(missing)} reference traces are missing (first: "
+                f"{missing[0]!r}); annotate the same outputs as the reference"
+            )
         for t in ref:
             if by_id[t.id].response != t.response:
                 raise ValueError(f"trace {t.id!r}: the response differs between the reference and {src.name}")
@@ -430,22 +479,35 @@ def _spans_of(src: _Source, ref: ReasoningDataset, *, progress: bool,
     run = annotate_dataset(stripped, src.annotator, progress=progress)
     if run.failures:
         tid, msg = next(iter(run.failures.items()))
-        raise RuntimeError(f"annotator {src.name}: {len(run.failures)} of {len(ref)} traces failed (first: "
-                           f"{tid}: {msg})")
+        raise RuntimeError(
+            f"annotator {src.name}: {len(run.failures)} of {len(ref)} traces failed (first: {tid}: {msg})"
+        )
     by_id = {t.id: t for t in run.dataset}
     ds = ReasoningDataset([t.with_spans(by_id[t.id].spans) for t in ref], name=src.name)
     return ds, {k: v for k, v in run.stats.items() if isinstance(v, (int, float, str))}
 
 
 # --------------------------------------------------------------------------- the run
-def annotation_downstream(model: Any, reference: Any, annotators: Sequence[Any] | Mapping[str, Any] = (
-                              DEFAULT_ANNOTATOR,), *,
-                          out_dir: str | Path | None = None, top_k: int = 10, max_tokens: int | None = None,
-                          seed: int | Sequence[int] = 0, behaviors: Sequence[str] | None = None, region: str = "all",
-                          datasets: Sequence[str] | None = None, long: str = "cut",
-                          per_dataset: int | None = None, max_traces: int | None = None,
-                          tokenizer: Any = None, model_name: str | None = None, progress: bool = True,
-                          **attribution_options: Any) -> AnnotationDownstream:
+def annotation_downstream(
+    model: Any,
+    reference: Any,
+    annotators: Sequence[Any] | Mapping[str, Any] = (DEFAULT_ANNOTATOR,),
+    *,
+    out_dir: str | Path | None = None,
+    top_k: int = 10,
+    max_tokens: int | None = None,
+    seed: int | Sequence[int] = 0,
+    behaviors: Sequence[str] | None = None,
+    region: str = "all",
+    datasets: Sequence[str] | None = None,
+    long: str = "cut",
+    per_dataset: int | None = None,
+    max_traces: int | None = None,
+    tokenizer: Any = None,
+    model_name: str | None = None,
+    progress: bool = True,
+    **attribution_options: Any,
+) -> AnnotationDownstream:
     """Site scores with the reference spans vs each annotator's spans, per behaviour (module docs).
 
     Args:
@@ -498,8 +560,15 @@ def annotation_downstream(model: Any, reference: Any, annotators: Sequence[Any] 
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
     behaviors = tuple(behaviors) if behaviors is not None else tuple(TARGET_BEHAVIORS)
-    cfg = AttributionConfig(**{"mode": "exact", "overlong": "truncate", **attribution_options,
-                               "behaviors": behaviors, "max_tokens": max_tokens})
+    cfg = AttributionConfig(
+        **{
+            "mode": "exact",
+            "overlong": "truncate",
+            **attribution_options,
+            "behaviors": behaviors,
+            "max_tokens": max_tokens,
+        }
+    )
     if cfg.method != "attribution":
         raise ValueError("the downstream comparison scores attribution patching (method='attribution')")
     ref_path = None if isinstance(reference, (ReasoningDataset, list, tuple)) else str(reference)
@@ -512,11 +581,21 @@ def annotation_downstream(model: Any, reference: Any, annotators: Sequence[Any] 
     sources = _sources(annotators)
     if model_name is None:
         model_name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "")
-    settings = {"model": str(model_name), "reference": ref_path or ref.name, "annotators": [s.name for s in sources],
-                "top_k": top_k, "max_tokens": max_tokens, "seeds": seeds, "behaviors": list(behaviors),
-                "region": region, "datasets": list(datasets) if datasets else None, "long": long,
-                "per_dataset": per_dataset, "max_traces": max_traces,
-                "attribution": cfg.to_dict()}
+    settings = {
+        "model": str(model_name),
+        "reference": ref_path or ref.name,
+        "annotators": [s.name for s in sources],
+        "top_k": top_k,
+        "max_tokens": max_tokens,
+        "seeds": seeds,
+        "behaviors": list(behaviors),
+        "region": region,
+        "datasets": list(datasets) if datasets else None,
+        "long": long,
+        "per_dataset": per_dataset,
+        "max_traces": max_traces,
+        "attribution": cfg.to_dict(),
+    }
     out = Path(out_dir).expanduser() if out_dir is not None else None
     if out is not None and (out / "settings.json").exists():
         _check_state(out, settings, ref)  # another run's folder is refused before the model loads
@@ -527,9 +606,13 @@ def annotation_downstream(model: Any, reference: Any, annotators: Sequence[Any] 
     if top_k > n_sites:
         raise ValueError(f"top_k {top_k} exceeds the model's {n_sites} sites")
     prov = model_provenance(model, tokenizer)
-    state = {"format": FORMAT, "settings": settings, "weights_fingerprint": prov["weights_fingerprint"],
-             "tokenizer_fingerprint": (prov.get("tokenizer") or {}).get("fingerprint"),
-             "reference_ids": trace_ids_fingerprint([t.id for t in ref])}
+    state = {
+        "format": FORMAT,
+        "settings": settings,
+        "weights_fingerprint": prov["weights_fingerprint"],
+        "tokenizer_fingerprint": (prov.get("tokenizer") or {}).get("fingerprint"),
+        "reference_ids": trace_ids_fingerprint([t.id for t in ref]),
+    }
     if out is not None:
         _check_state(out, settings, ref, state)
         out.mkdir(parents=True, exist_ok=True)
@@ -565,13 +648,18 @@ def annotation_downstream(model: Any, reference: Any, annotators: Sequence[Any] 
             ds, stats = _spans_of(what, ref, progress=progress, full=full)
             if region == "gold":
                 ds = ReasoningDataset([clip_to_reference(p, r) for p, r in zip(ds, ref)], name=ds.name)
-            ann_info[what.name] = {**what.describe(), "span_counts": ds.span_counts(), "annotation": stats,
-                                   "folder": folder}
+            ann_info[what.name] = {
+                **what.describe(),
+                "span_counts": ds.span_counts(),
+                "annotation": stats,
+                "folder": folder,
+            }
         else:
             ds = _keep_spans(ref, what, folder)
         datasets_used[label] = ds
-        res, run = _attribute_variant(model, tokenizer, ds, cfg, state, out / folder if out is not None else None,
-                                      progress=progress)
+        res, run = _attribute_variant(
+            model, tokenizer, ds, cfg, state, out / folder if out is not None else None, progress=progress
+        )
         run["seconds"] = round(time.time() - t0, 1)
         results[label], runs[label] = res, run
         if progress:
@@ -583,16 +671,21 @@ def annotation_downstream(model: Any, reference: Any, annotators: Sequence[Any] 
         agr = annotation_agreement(ref, datasets_used[s.name], region=region)
         for b in behaviors:
             f1 = agr.get(b, {}).get("f1")
-            rows.append(_compare(s.name, b, ref_res, results[s.name], top_k,
-                                 None if f1 is None else float(f1)))
+            rows.append(_compare(s.name, b, ref_res, results[s.name], top_k, None if f1 is None else float(f1)))
     rows += _noise_floor(results, behaviors, seeds, top_k)
     provenance = {
-        "lrm_interp": __version__, "model": ref_res.provenance.get("model", prov),
-        "gradient_path": ref_res.provenance.get("gradient_path"), "n_sites": n_sites,
-        "reference": {"name": ref_path or ref.name, "n_traces": len(ref),
-                      "ids_fingerprint": trace_ids_fingerprint([t.id for t in ref]),
-                      "content_fingerprint": _content_fingerprint(ref), "span_counts": ref.span_counts(),
-                      "datasets": sorted({_dataset_of(t) for t in ref})},
+        "lrm_interp": __version__,
+        "model": ref_res.provenance.get("model", prov),
+        "gradient_path": ref_res.provenance.get("gradient_path"),
+        "n_sites": n_sites,
+        "reference": {
+            "name": ref_path or ref.name,
+            "n_traces": len(ref),
+            "ids_fingerprint": trace_ids_fingerprint([t.id for t in ref]),
+            "content_fingerprint": _content_fingerprint(ref),
+            "span_counts": ref.span_counts(),
+            "datasets": sorted({_dataset_of(t) for t in ref}),
+        },
         "annotators": ann_info,
         "halves": {str(x): {"a": a, "b": b} for x, (a, b) in halves.items()},
         "cut": cut,
@@ -607,27 +700,35 @@ def annotation_downstream(model: Any, reference: Any, annotators: Sequence[Any] 
     return result
 
 
-def _check_state(out: Path, settings: dict[str, Any], ref: ReasoningDataset,
-                 state: dict[str, Any] | None = None) -> None:
+def _check_state(
+    out: Path, settings: dict[str, Any], ref: ReasoningDataset, state: dict[str, Any] | None = None
+) -> None:
     """Refuse a state folder written by another run (other settings, model, tokenizer or traces)."""
     p = out / "settings.json"
     if not p.exists():
         if out.is_dir() and any(out.iterdir()):
             clash = [f for f in (RESULT_FILE, "reference", "table.md") if (out / f).exists()]
             if clash:
-                raise ValueError(f"{out} holds {', '.join(clash)} but no settings.json: not a folder this run can "
-                                 "resume; choose another out_dir")
+                raise ValueError(
+                    f"{out} holds {', '.join(clash)} but no settings.json: not a folder this run can "
+                    "resume; choose another out_dir"
+                )
         return
     try:
         have = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{p} is unreadable ({e}); delete {out} or choose another out_dir") from None
     if have.get("format") != FORMAT:
-        raise ValueError(f"{out} is not an annotation-downstream state folder ({p} has format "
-                         f"{have.get('format')!r}); choose another out_dir")
+        raise ValueError(
+            f"{out} is not an annotation-downstream state folder ({p} has format "
+            f"{have.get('format')!r}); choose another out_dir"
+        )
     # each seed of the noise floor has its own folders: another seed reuses everything else
-    diff = sorted(k for k in set(have.get("settings", {})) | set(settings)
-                  if k not in ("seed", "seeds") and have.get("settings", {}).get(k) != settings.get(k))
+    diff = sorted(
+        k
+        for k in set(have.get("settings", {})) | set(settings)
+        if k not in ("seed", "seeds") and have.get("settings", {}).get(k) != settings.get(k)
+    )
     if have.get("reference_ids") != trace_ids_fingerprint([t.id for t in ref]):
         diff.append("reference traces")
     if state is not None:
@@ -635,8 +736,10 @@ def _check_state(out: Path, settings: dict[str, Any], ref: ReasoningDataset,
             if have.get(k) != state.get(k):
                 diff.append(what)
     if diff:
-        raise ValueError(f"{out} holds another downstream run (differs in {', '.join(diff)}); choose another "
-                         "out_dir (--out) or delete it")
+        raise ValueError(
+            f"{out} holds another downstream run (differs in {', '.join(diff)}); choose another "
+            "out_dir (--out) or delete it"
+        )
 
 
 def _check_spans(ref: ReasoningDataset, behaviors: Sequence[str], name: str, where: str) -> None:
@@ -645,12 +748,15 @@ def _check_spans(ref: ReasoningDataset, behaviors: Sequence[str], name: str, whe
         raise ValueError(f"the reference {name!r} has no behaviour spans{where}")
     for b in behaviors:
         if not counts.get(b):
-            raise ValueError(f"the reference {name!r} has no {b!r} spans{where} (labels there: {ref.behaviors()}): "
-                             "nothing to compare; choose behaviours it labels (--behaviors)")
+            raise ValueError(
+                f"the reference {name!r} has no {b!r} spans{where} (labels there: {ref.behaviors()}): "
+                "nothing to compare; choose behaviours it labels (--behaviors)"
+            )
 
 
-def _cut_traces(ref: ReasoningDataset, tokenizer: Any, model: Any, max_tokens: int | None,
-                long: str) -> tuple[ReasoningDataset, dict[str, Any]]:
+def _cut_traces(
+    ref: ReasoningDataset, tokenizer: Any, model: Any, max_tokens: int | None, long: str
+) -> tuple[ReasoningDataset, dict[str, Any]]:
     """Which traces the attribution cuts (longer than ``max_tokens`` or, without it, the context);
     with ``long="skip"`` they are left out instead. ``(traces kept, record)``."""
     limit, where = context_limit(model)
@@ -664,18 +770,38 @@ def _cut_traces(ref: ReasoningDataset, tokenizer: Any, model: Any, max_tokens: i
     if long == "skip" and over:
         skipped, over = over, {}
         ref = ReasoningDataset([t for t in ref if t.id not in skipped], name=ref.name)
-    return ref, {"limit": lim, "by": by, "long": long, "n_cut": len(over), "traces": over,
-                 "n_skipped": len(skipped), "skipped": skipped, "lengths": lengths}
+    return ref, {
+        "limit": lim,
+        "by": by,
+        "long": long,
+        "n_cut": len(over),
+        "traces": over,
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "lengths": lengths,
+    }
 
 
-def _attribute_variant(model: Any, tokenizer: Any, ds: ReasoningDataset, cfg: AttributionConfig,
-                       state: dict[str, Any], folder: Path | None, *,
-                       progress: bool) -> tuple[Attribution, dict[str, Any]]:
+def _attribute_variant(
+    model: Any,
+    tokenizer: Any,
+    ds: ReasoningDataset,
+    cfg: AttributionConfig,
+    state: dict[str, Any],
+    folder: Path | None,
+    *,
+    progress: bool,
+) -> tuple[Attribution, dict[str, Any]]:
     """One attribution: loaded from ``folder`` when its ``variant.json`` matches, else computed there
     (resuming from its per-trace partials)."""
-    key = {"format": FORMAT, "attribution": cfg.to_dict(), "weights_fingerprint": state["weights_fingerprint"],
-           "tokenizer_fingerprint": state["tokenizer_fingerprint"], "traces": _content_fingerprint(ds),
-           "n_traces": len(ds)}
+    key = {
+        "format": FORMAT,
+        "attribution": cfg.to_dict(),
+        "weights_fingerprint": state["weights_fingerprint"],
+        "tokenizer_fingerprint": state["tokenizer_fingerprint"],
+        "traces": _content_fingerprint(ds),
+        "n_traces": len(ds),
+    }
     if folder is not None and (folder / "variant.json").exists() and (folder / "attribution.json").exists():
         try:
             have = json.loads((folder / "variant.json").read_text(encoding="utf-8"))
@@ -698,20 +824,27 @@ def _attribute_variant(model: Any, tokenizer: Any, ds: ReasoningDataset, cfg: At
         atomic_write_text(folder / "scores.csv", res.to_dataframe().to_csv(index=False))
         atomic_write_text(folder / "variant.json", json.dumps(key, indent=1))
     resumed = res.provenance.get("resume") or {}
-    return res, {"how": "computed", "folder": str(folder) if folder is not None else None, "resume": resumed,
-                 "counts": res.provenance.get("counts")}
+    return res, {
+        "how": "computed",
+        "folder": str(folder) if folder is not None else None,
+        "resume": resumed,
+        "counts": res.provenance.get("counts"),
+    }
 
 
-def _noise_floor(results: dict[str, Attribution], behaviors: Sequence[str], seeds: Sequence[int],
-                 k: int) -> list[DownstreamRow]:
+def _noise_floor(
+    results: dict[str, Attribution], behaviors: Sequence[str], seeds: Sequence[int], k: int
+) -> list[DownstreamRow]:
     """The noise-floor rows: one per behaviour (one seed), or per seed and behaviour plus their mean."""
     per: dict[int, list[DownstreamRow]] = {}
     name = (lambda x: NOISE_FLOOR) if len(seeds) == 1 else (lambda x: f"{NOISE_FLOOR} s{x}")
     for x in seeds:
         a, b = results.get(f"half A s{x}"), results.get(f"half B s{x}")
         if a is None or b is None:
-            per[x] = [DownstreamRow(name(x), beh, None, None, k, 0, 0, None, "fewer than 2 traces with spans: no split")
-                      for beh in behaviors]
+            per[x] = [
+                DownstreamRow(name(x), beh, None, None, k, 0, 0, None, "fewer than 2 traces with spans: no split")
+                for beh in behaviors
+            ]
         else:
             per[x] = [_compare(name(x), beh, a, b, k, None, sides=("half A", "half B")) for beh in behaviors]
     if len(seeds) == 1:
@@ -719,17 +852,38 @@ def _noise_floor(results: dict[str, Attribution], behaviors: Sequence[str], seed
     rows = []
     for i, beh in enumerate(behaviors):
         got = [per[x][i] for x in seeds if per[x][i].spearman is not None]
-        rho = round(sum(r.spearman for r in got) / len(got), 6) if got else None  # type: ignore[misc]
-        ov = round(sum(r.overlap for r in got) / len(got), 3) if got else None  # type: ignore[misc]
-        lo, hi = (min(r.spearman for r in got), max(r.spearman for r in got)) if got else (0.0, 0.0)  # type: ignore
+        rhos = [float(r.spearman) for r in got if r.spearman is not None]  # all of them (filtered above)
+        rho = round(sum(rhos) / len(rhos), 6) if rhos else None
+        ovs = [float(r.overlap) for r in got if r.overlap is not None]
+        ov = round(sum(ovs) / len(ovs), 3) if ovs else None
+        lo, hi = (min(rhos), max(rhos)) if rhos else (0.0, 0.0)
         spread = f"mean of {len(got)} splits; ρ {lo:.2f}..{hi:.2f}" if got else "no split has spans of it on both sides"
-        rows.append(DownstreamRow(NOISE_FLOOR, beh, rho, ov, k, round(sum(r.ref_spans for r in got) / max(len(got), 1)),
-                                  round(sum(r.spans for r in got) / max(len(got), 1)), None, spread))
+        rows.append(
+            DownstreamRow(
+                NOISE_FLOOR,
+                beh,
+                rho,
+                ov,
+                k,
+                round(sum(r.ref_spans for r in got) / max(len(got), 1)),
+                round(sum(r.spans for r in got) / max(len(got), 1)),
+                None,
+                spread,
+            )
+        )
     return rows + [r for x in seeds for r in per[x]]
 
 
-def _compare(source: str, behavior: str, ref: Attribution, other: Attribution, k: int, char_f1: float | None, *,
-             sides: tuple[str, str] = ("reference", "annotator")) -> DownstreamRow:
+def _compare(
+    source: str,
+    behavior: str,
+    ref: Attribution,
+    other: Attribution,
+    k: int,
+    char_f1: float | None,
+    *,
+    sides: tuple[str, str] = ("reference", "annotator"),
+) -> DownstreamRow:
     if [s.name for s in ref.sites] != [s.name for s in other.sites]:
         raise ValueError(f"{source}: the two attributions score different sites")
     n_ref = int(((ref.provenance.get("counts") or {}).get("spans") or {}).get(behavior, 0))
@@ -739,12 +893,32 @@ def _compare(source: str, behavior: str, ref: Attribution, other: Attribution, k
     b = other.scores[other.behaviors.index(behavior)] if behavior in other.behaviors else zero
     empty = [side for side, x in zip(sides, (a, b)) if not bool((x != 0).any())]
     if empty:
-        return DownstreamRow(source, behavior, None, None, k, n_ref, n, char_f1,
-                             f"no scored {behavior} span on the {' and '.join(empty)} side")
+        return DownstreamRow(
+            source,
+            behavior,
+            None,
+            None,
+            k,
+            n_ref,
+            n,
+            char_f1,
+            f"no scored {behavior} span on the {' and '.join(empty)} side",
+        )
     rho = spearman(a, b)
-    return DownstreamRow(source, behavior, None if math.isnan(rho) else round(rho, 6), top_overlap(a, b, k), k,
-                         n_ref, n, char_f1)
+    return DownstreamRow(
+        source, behavior, None if math.isnan(rho) else round(rho, 6), top_overlap(a, b, k), k, n_ref, n, char_f1
+    )
 
 
-__all__ = ["annotation_downstream", "AnnotationDownstream", "DownstreamRow", "NOISE_FLOOR", "CV_ANNOTATOR", "FORMAT",
-           "split_halves", "top_overlap", "clip_to_reference", "RESULT_FILE"]
+__all__ = [
+    "annotation_downstream",
+    "AnnotationDownstream",
+    "DownstreamRow",
+    "NOISE_FLOOR",
+    "CV_ANNOTATOR",
+    "FORMAT",
+    "split_halves",
+    "top_overlap",
+    "clip_to_reference",
+    "RESULT_FILE",
+]

@@ -27,9 +27,10 @@ resumable folder, table), ``examples/protection_experiment.py`` (toy model, accu
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -46,8 +47,13 @@ from lrm_interp.data.traces import ReasoningTrace
 from lrm_interp.model.sites import Site, find_sites
 from lrm_interp.protect.encoding import bits_per_weight
 from lrm_interp.protect.masks import ProtectionMask
-from lrm_interp.protect.mixed import (BitAllocation, allocate_bits, hessian_sensitivity, quantization_errors,
-                                      quantize_allocation_)
+from lrm_interp.protect.mixed import (
+    BitAllocation,
+    allocate_bits,
+    hessian_sensitivity,
+    quantization_errors,
+    quantize_allocation_,
+)
 from lrm_interp.protect.policies import final_mlp, global_top
 from lrm_interp.protect.registry import SALIENCIES, build_saliency
 from lrm_interp.protect.saliency import SaliencyStream, scorable_spans, span_loss
@@ -132,8 +138,14 @@ class ProtectionPlanner:
     #: the inputs :meth:`with_quantizer` shares (none of them depends on the quantizer)
     SHARED = ("sites", "calib", "attribution_dataset", "attribution", "encoded", "behaviors", "guided_hessians")
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, settings: ExperimentSettings | None = None, *,
-                 progress: bool = True):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        settings: ExperimentSettings | None = None,
+        *,
+        progress: bool = True,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings if settings is not None else ExperimentSettings()
@@ -142,8 +154,10 @@ class ProtectionPlanner:
 
     def __repr__(self) -> str:
         s = self.settings
-        return (f"ProtectionPlanner({s.model}, {s.quantizer.upper()} {s.bits}-bit, "
-                f"{'symmetric' if s.symmetric else 'asymmetric'}, {len(self.rows)} rows)")
+        return (
+            f"ProtectionPlanner({s.model}, {s.quantizer.upper()} {s.bits}-bit, "
+            f"{'symmetric' if s.symmetric else 'asymmetric'}, {len(self.rows)} rows)"
+        )
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -190,18 +204,21 @@ class ProtectionPlanner:
 
     @cached_property
     def guided_hessians(self) -> dict[str, torch.Tensor]:
-        """Behaviour-gradient Hessians of every site (:func:`~lrm_interp.compress.quant.guided.gradient_weighted_hessians`
-        over the behaviour spans of :attr:`encoded`)."""
-        return gradient_weighted_hessians(self.model, self.sites, span_loss, scorable_spans(self.encoded, self.behaviors),
-                                          progress=self.progress)
+        """Behaviour-gradient Hessians of every site
+        (:func:`~lrm_interp.compress.quant.guided.gradient_weighted_hessians` over the behaviour spans
+        of :attr:`encoded`)."""
+        return gradient_weighted_hessians(
+            self.model, self.sites, span_loss, scorable_spans(self.encoded, self.behaviors), progress=self.progress
+        )
 
     # ------------------------------------------------------------------ building blocks
     def saliency(self, name: str, seed: int = 0) -> SaliencyStream:
         """Registered saliency ``name`` on the settings' grid, fed only the inputs it needs."""
         s = self.settings
         inputs = {k: getattr(self, attr) for k, attr in _INPUTS.items() if k in SALIENCIES[name].needs}
-        return build_saliency(name, self.model, self.sites, bits=s.bits, seed=seed, progress=self.progress,
-                              **self.grid, **inputs)
+        return build_saliency(
+            name, self.model, self.sites, bits=s.bits, seed=seed, progress=self.progress, **self.grid, **inputs
+        )
 
     def masks(self, name: str, seed: int = 0) -> dict[str, ProtectionMask]:
         """:func:`~lrm_interp.protect.policies.global_top` of :meth:`saliency` at the budget, once per planner."""
@@ -209,15 +226,29 @@ class ProtectionPlanner:
             self._masks[(name, seed)] = global_top(self.saliency(name, seed), self.settings.budget)
         return self._masks[(name, seed)]
 
-    def quantize(self, q: torch.nn.Module, masks: Mapping[str, ProtectionMask] | None = None, *,
-                 bits: int | None = None, hessian_transform: Callable | None = None) -> float:
+    def quantize(
+        self,
+        q: torch.nn.Module,
+        masks: Mapping[str, ProtectionMask] | None = None,
+        *,
+        bits: int | None = None,
+        hessian_transform: Callable | None = None,
+    ) -> float:
         """Quantize ``q`` in place with the settings' quantizer and grid at ``bits`` (default: the
         settings'), keeping ``masks``; its exact bits per weight."""
         s, masks = self.settings, masks or {}
         bits = s.bits if bits is None else bits
-        quantize_model_(q, bits=bits, method=s.quantizer, masks=masks, calib=self.calib if self.gptq else None,
-                        progress=False, **self.grid,
-                        **({"hessian_transform": hessian_transform} if hessian_transform else {}))
+        extra: dict[str, Any] = {"hessian_transform": hessian_transform} if hessian_transform else {}
+        quantize_model_(
+            q,
+            bits=bits,
+            method=s.quantizer,
+            masks=masks,
+            calib=self.calib if self.gptq else None,
+            progress=False,
+            **self.grid,
+            **extra,
+        )
         return bits_per_weight(masks, self.sites, bits=bits, **self.grid)["bpw"]
 
     def allocation(self, sensitivity: str) -> BitAllocation:
@@ -231,7 +262,10 @@ class ProtectionPlanner:
             H: dict[str, torch.Tensor] = {}
             for _, hs in layer_hessians(self.model, self.sites, self.calib, sequential=False, progress=False):
                 H.update(hs)
-            weights, err = hessian_sensitivity(H), quantization_errors(self.model, self.sites, MIXED_CHOICES, **self.grid)
+            weights, err = (
+                hessian_sensitivity(H),
+                quantization_errors(self.model, self.sites, MIXED_CHOICES, **self.grid),
+            )
         elif sensitivity == "none":
             weights, err = None, quantization_errors(self.model, self.sites, MIXED_CHOICES, **self.grid)
         else:
@@ -255,8 +289,9 @@ class ProtectionPlanner:
 
     def _mixed(self, sensitivity: str, q: torch.nn.Module) -> tuple[float, str]:
         alloc = self.allocation(sensitivity)
-        quantize_allocation_(q, alloc, method=self.settings.quantizer, calib=self.calib if self.gptq else None,
-                             progress=False)
+        quantize_allocation_(
+            q, alloc, method=self.settings.quantizer, calib=self.calib if self.gptq else None, progress=False
+        )
         return alloc.bpw, " ".join(f"{b}:{n}" for b, n in alloc.counts().items())
 
     def _guided(self, with_masks: bool, q: torch.nn.Module) -> tuple[float, str]:
@@ -275,17 +310,23 @@ class ProtectionPlanner:
             if name == "attribution_gptq" and not self.gptq:
                 continue
             if name == "random":
-                rows += [RowPlan(f"{pct} random (seed {seed})", "per-weight", partial(self._per_weight, name, seed))
-                         for seed in s.random_seeds]
+                rows += [
+                    RowPlan(f"{pct} random (seed {seed})", "per-weight", partial(self._per_weight, name, seed))
+                    for seed in s.random_seeds
+                ]
             else:
                 rows.append(RowPlan(f"{pct} {src.label}", "per-weight", partial(self._per_weight, name, 0)))
         rows.append(RowPlan(FINAL_MLP_ROW, "module", self._final_mlp))
-        rows += [RowPlan(f"mixed precision by {sens}", "mixed", partial(self._mixed, sens))
-                 for sens in MIXED_SENSITIVITIES]
+        rows += [
+            RowPlan(f"mixed precision by {sens}", "mixed", partial(self._mixed, sens)) for sens in MIXED_SENSITIVITIES
+        ]
         if self.gptq:
-            rows += [RowPlan(f"behaviour-guided GPTQ (mix {s.guided_mix})", "guided", partial(self._guided, False)),
-                     RowPlan(f"behaviour-guided GPTQ + {pct} scale-aware attribution", "guided",
-                             partial(self._guided, True))]
+            rows += [
+                RowPlan(f"behaviour-guided GPTQ (mix {s.guided_mix})", "guided", partial(self._guided, False)),
+                RowPlan(
+                    f"behaviour-guided GPTQ + {pct} scale-aware attribution", "guided", partial(self._guided, True)
+                ),
+            ]
         rows.append(RowPlan(f"plain {s.bits + 1}-bit", "plain", partial(self._uniform, bits=s.bits + 1)))
         return rows
 
@@ -299,18 +340,29 @@ class ProtectionPlanner:
     def with_quantizer(self, quantizer: str) -> ProtectionPlanner:
         """The same experiment under ``quantizer``, sharing the inputs (:data:`SHARED`) and masks
         computed so far, and any computed later by either planner's masks."""
-        other = ProtectionPlanner(self.model, self.tokenizer, dataclasses.replace(self.settings, quantizer=quantizer),
-                                  progress=self.progress)
+        other = ProtectionPlanner(
+            self.model, self.tokenizer, dataclasses.replace(self.settings, quantizer=quantizer), progress=self.progress
+        )
         other.__dict__.update({k: v for k, v in vars(self).items() if k in self.SHARED})
         other._masks = self._masks
         return other
 
 
 # --------------------------------------------------------------------------- for your own inputs
-def comparison_sources(model: torch.nn.Module, sites: Sequence[Site], encoded: Sequence[EncodedTrace], behaviors: Sequence[str],
-                       calib: CalibData, *, bits: int, group_size: int | None = 128, symmetric: bool = False,
-                       module_importance: Any = None, seed: int = 0,
-                       progress: bool = True) -> dict[str, Callable[[], SaliencyStream]]:
+def comparison_sources(
+    model: torch.nn.Module,
+    sites: Sequence[Site],
+    encoded: Sequence[EncodedTrace],
+    behaviors: Sequence[str],
+    calib: CalibData,
+    *,
+    bits: int,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    module_importance: Any = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Callable[[], SaliencyStream]]:
     """Every registered saliency (:data:`~lrm_interp.protect.registry.SALIENCIES`, in its order) as a
     lazy ``{row label: () -> stream of (site, [out, in])}``, on inputs you bring (any subset of
     sites, your own traces and calibration); :class:`ProtectionPlanner` builds the experiment's.
@@ -320,14 +372,31 @@ def comparison_sources(model: torch.nn.Module, sites: Sequence[Site], encoded: S
     ``symmetric`` grid; activation and Hessian read ``calib`` (ids ``[b, s]`` or a tokenizer
     output dict); random uses ``seed``.
     """
-    kw = dict(encoded=encoded, behaviors=list(behaviors), calib=calib, bits=bits, group_size=group_size,
-              symmetric=symmetric, seed=seed, module_importance=module_importance, progress=progress)
-    return {src.label: partial(build_saliency, name, model, sites, **kw) for name, src in SALIENCIES.items()
-            if module_importance is not None or "module_importance" not in src.needs}
+    kw = dict(
+        encoded=encoded,
+        behaviors=list(behaviors),
+        calib=calib,
+        bits=bits,
+        group_size=group_size,
+        symmetric=symmetric,
+        seed=seed,
+        module_importance=module_importance,
+        progress=progress,
+    )
+    return {
+        src.label: partial(build_saliency, name, model, sites, **kw)
+        for name, src in SALIENCIES.items()
+        if module_importance is not None or "module_importance" not in src.needs
+    }
 
 
-def comparison_masks(sources: Mapping[str, Callable[[], SaliencyStream]], sites: Sequence[Site],
-                     budget: float = 0.02, *, progress: bool = False) -> dict[str, dict[str, ProtectionMask]]:
+def comparison_masks(
+    sources: Mapping[str, Callable[[], SaliencyStream]],
+    sites: Sequence[Site],
+    budget: float = 0.02,
+    *,
+    progress: bool = False,
+) -> dict[str, dict[str, ProtectionMask]]:
     """Mask rows for :func:`comparison_sources`: ``{"none": {}}``, then ``"<budget> <label>"`` =
     :func:`~lrm_interp.protect.policies.global_top` of each source (``round(budget · N)`` weights
     over the source's sites), then :data:`FINAL_MLP_ROW` (:func:`~lrm_interp.protect.policies.final_mlp`

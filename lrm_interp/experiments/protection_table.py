@@ -9,8 +9,8 @@ the model and is measured here: accuracy on held-out problems (greedy answers,
 
 Every row states its exact bits per weight, accuracy per family, the Wilson 95 % interval of the
 mean over all problems, and ``recovered = (acc − acc_none) / (acc_fp − acc_none)``.
-The run writes to ``out``: ``settings.json`` (what was asked and the model's and tokenizer's fingerprints; the traces and
-problems are generated from seeds in the settings),
+The run writes to ``out``: ``settings.json`` (what was asked and the model's and tokenizer's
+fingerprints; the traces and problems are generated from seeds in the settings),
 ``rows.jsonl`` (rewritten atomically after every row: an interrupted run resumes at the next
 row; a folder holding another run's settings is refused), and at the end ``table.md``,
 ``table.csv`` and ``bpw_accuracy.png``.
@@ -21,9 +21,10 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -81,7 +82,9 @@ class ProtectionTable:
         s = self.settings
         measured = [r for r in self.rows if r.kind not in ("fp", "plain")]
         best = max(measured, key=lambda r: r.mean, default=None)
-        tail = "" if best is None else f"; best below b+1 bits: {best.label} {100 * best.mean:.1f}% at {best.bpw:.3f} bpw"
+        tail = (
+            "" if best is None else f"; best below b+1 bits: {best.label} {100 * best.mean:.1f}% at {best.bpw:.3f} bpw"
+        )
         return f"ProtectionTable({s.model}, {s.quantizer.upper()} {s.bits}-bit, {len(self.rows)} rows{tail})"
 
     def _repr_html_(self) -> str:
@@ -92,37 +95,67 @@ class ProtectionTable:
         rows = []
         for r in self.rows:
             rec = self.recovered(r)
-            rows.append([r.label, r.kind, f"{r.bpw:.3f}"] + [f"{100 * r.accuracy[f]:.0f}" for f in fams]
-                        + [f"{100 * r.mean:.1f}", f"{100 * r.ci[0]:.1f}–{100 * r.ci[1]:.1f}",
-                           "" if rec is None else f"{100 * rec:.0f}%"])
-        return box(repr(self), html_table(["protection", "kind", "bits/weight", *fams, "mean", "95% CI", "recovered"],
-                                          rows))
+            rows.append(
+                [r.label, r.kind, f"{r.bpw:.3f}"]
+                + [f"{100 * r.accuracy[f]:.0f}" for f in fams]
+                + [
+                    f"{100 * r.mean:.1f}",
+                    f"{100 * r.ci[0]:.1f}–{100 * r.ci[1]:.1f}",
+                    "" if rec is None else f"{100 * rec:.0f}%",
+                ]
+            )
+        return box(
+            repr(self), html_table(["protection", "kind", "bits/weight", *fams, "mean", "95% CI", "recovered"], rows)
+        )
 
     def to_dataframe(self):
         """One row per measured row: label, kind, bpw, each family, mean, CI, recovered."""
         import pandas as pd
 
         fams = list(self.rows[0].accuracy) if self.rows else []
-        return pd.DataFrame([{"label": r.label, "kind": r.kind, "bpw": r.bpw, **{f: r.accuracy[f] for f in fams},
-                              "mean": r.mean, "ci_low": r.ci[0], "ci_high": r.ci[1], "n": r.n,
-                              "recovered": self.recovered(r), "modules": r.modules} for r in self.rows])
+        return pd.DataFrame(
+            [
+                {
+                    "label": r.label,
+                    "kind": r.kind,
+                    "bpw": r.bpw,
+                    **{f: r.accuracy[f] for f in fams},
+                    "mean": r.mean,
+                    "ci_low": r.ci[0],
+                    "ci_high": r.ci[1],
+                    "n": r.n,
+                    "recovered": self.recovered(r),
+                    "modules": r.modules,
+                }
+                for r in self.rows
+            ]
+        )
 
     def to_markdown(self) -> str:
         """The table in docs/protection.md's layout (percentages)."""
         s = self.settings
         fams = list(self.rows[0].accuracy) if self.rows else []
-        head = (f"{s.model}, {s.quantizer.upper()} {s.bits}-bit, group {s.group_size or 'per channel'}, "
-                f"{'symmetric' if s.symmetric else 'asymmetric'}; {s.per_family} held-out problems per family; "
-                f"budget {s.budget:.0%}; attribution from {s.attribution_traces} gold traces per family.")
-        lines = [head, "", "| protection | kind | bits/weight | " + " | ".join(fams) + " | mean | 95% CI | recovered |",
-                 "|---|---|---|" + "---|" * (len(fams) + 3)]
+        head = (
+            f"{s.model}, {s.quantizer.upper()} {s.bits}-bit, group {s.group_size or 'per channel'}, "
+            f"{'symmetric' if s.symmetric else 'asymmetric'}; {s.per_family} held-out problems per family; "
+            f"budget {s.budget:.0%}; attribution from {s.attribution_traces} gold traces per family."
+        )
+        lines = [
+            head,
+            "",
+            "| protection | kind | bits/weight | " + " | ".join(fams) + " | mean | 95% CI | recovered |",
+            "|---|---|---|" + "---|" * (len(fams) + 3),
+        ]
         for r in self.rows:
             rec = self.recovered(r)
             label = r.label.replace("|", "\\|")  # a pipe in a label would split the Markdown cell
-            lines.append(f"| {label} | {r.kind} | {r.bpw:.3f} | "
-                         + " | ".join(f"{100 * r.accuracy[f]:.0f}" for f in fams)
-                         + f" | {100 * r.mean:.1f} | {100 * r.ci[0]:.1f}–{100 * r.ci[1]:.1f} | "
-                         + ("" if rec is None else f"{100 * rec:.0f}%") + " |")
+            lines.append(
+                f"| {label} | {r.kind} | {r.bpw:.3f} | "
+                + " | ".join(f"{100 * r.accuracy[f]:.0f}" for f in fams)
+                + f" | {100 * r.mean:.1f} | {100 * r.ci[0]:.1f}–{100 * r.ci[1]:.1f} | "
+                + ("" if rec is None else f"{100 * rec:.0f}%")
+                + " |"
+            )
         return "\n".join(lines) + "\n"
 
     def plot(self):
@@ -136,12 +169,26 @@ class ProtectionTable:
             rs = [r for r in self.rows if r.kind == kind]
             if not rs:
                 continue
-            ax.errorbar([r.bpw for r in rs], [100 * r.mean for r in rs],
-                        yerr=[[max(0.0, 100 * (r.mean - r.ci[0])) for r in rs], [max(0.0, 100 * (r.ci[1] - r.mean)) for r in rs]],
-                        fmt=mk, capsize=3, label=kind, alpha=0.85)
+            ax.errorbar(
+                [r.bpw for r in rs],
+                [100 * r.mean for r in rs],
+                yerr=[
+                    [max(0.0, 100 * (r.mean - r.ci[0])) for r in rs],
+                    [max(0.0, 100 * (r.ci[1] - r.mean)) for r in rs],
+                ],
+                fmt=mk,
+                capsize=3,
+                label=kind,
+                alpha=0.85,
+            )
             for i, r in enumerate(rs):  # staggered offsets: rows at the same bpw would overprint
-                ax.annotate(r.label, (r.bpw, 100 * r.mean), fontsize=6, xytext=(4, (-7, 2, 11)[i % 3]),
-                            textcoords="offset points")
+                ax.annotate(
+                    r.label,
+                    (r.bpw, 100 * r.mean),
+                    fontsize=6,
+                    xytext=(4, (-7, 2, 11)[i % 3]),
+                    textcoords="offset points",
+                )
         fp = self.row("fp")
         ax.axhline(100 * fp.mean, color="grey", ls="--", lw=1, label="full precision")
         s = self.settings
@@ -173,8 +220,12 @@ def _plt_close(fig) -> None:
 def _settings_json(s: ExperimentSettings, fingerprint: str, tokenizer_fingerprint: str | None) -> dict[str, Any]:
     d = asdict(s)
     d["random_seeds"] = list(s.random_seeds)
-    return {"format": FORMAT, "settings": d, "weights_fingerprint": fingerprint,
-            "tokenizer_fingerprint": tokenizer_fingerprint}
+    return {
+        "format": FORMAT,
+        "settings": d,
+        "weights_fingerprint": fingerprint,
+        "tokenizer_fingerprint": tokenizer_fingerprint,
+    }
 
 
 def _check_folder(out: Path, want: dict[str, Any]) -> list[ResultRow]:
@@ -186,14 +237,18 @@ def _check_folder(out: Path, want: dict[str, Any]) -> list[ResultRow]:
         return []
     have = json.loads(sp.read_text())
     if have != want:
-        diff = sorted(k for k in set(have.get("settings", {})) | set(want["settings"])
-                      if have.get("settings", {}).get(k) != want["settings"].get(k))
+        diff = sorted(
+            k
+            for k in set(have.get("settings", {})) | set(want["settings"])
+            if have.get("settings", {}).get(k) != want["settings"].get(k)
+        )
         if have.get("weights_fingerprint") != want["weights_fingerprint"]:
             diff.append("weights_fingerprint (another model)")
         if have.get("tokenizer_fingerprint") != want["tokenizer_fingerprint"]:
             diff.append("tokenizer_fingerprint (another tokenizer)")
-        raise ValueError(f"{out} holds another experiment (differs in {', '.join(diff) or 'format'}); "
-                         "use a new --out folder")
+        raise ValueError(
+            f"{out} holds another experiment (differs in {', '.join(diff) or 'format'}); use a new --out folder"
+        )
     rows = []
     rp = out / "rows.jsonl"
     if rp.exists():
@@ -208,12 +263,28 @@ def _measure(label: str, kind: str, model, tokenizer, held, bpw: float, modules:
     fams = [f for f in acc if f != "mean"]
     correct = sum(round(acc[f] * sum(p.family == f for p in held)) for f in fams)
     lo, hi = wilson_interval(correct, len(held))
-    return ResultRow(label, kind, float(bpw), {f: float(acc[f]) for f in fams}, correct / len(held), len(held),
-                     correct, (lo, hi), modules, round(time.time() - t0, 1))
+    return ResultRow(
+        label,
+        kind,
+        float(bpw),
+        {f: float(acc[f]) for f in fams},
+        correct / len(held),
+        len(held),
+        correct,
+        (lo, hi),
+        modules,
+        round(time.time() - t0, 1),
+    )
 
 
-def run_protection_experiment(out: str | Path, settings: ExperimentSettings | None = None, *,
-                              only: Sequence[str] | None = None, progress: bool = True, **kw: Any) -> ProtectionTable:
+def run_protection_experiment(
+    out: str | Path,
+    settings: ExperimentSettings | None = None,
+    *,
+    only: Sequence[str] | None = None,
+    progress: bool = True,
+    **kw: Any,
+) -> ProtectionTable:
     """Run (or resume) the experiment into folder ``out`` and write its table (module docs).
 
     ``settings`` or keyword fields of :class:`~lrm_interp.experiments.protection.ExperimentSettings`.
@@ -238,8 +309,9 @@ def run_protection_experiment(out: str | Path, settings: ExperimentSettings | No
 
     plans: list[RowPlan] = ProtectionPlanner(model, tok, s, progress=progress).select(only)
     todo = [p for p in plans if p.label not in rows]
-    with tqdm(total=len(plans), initial=len(plans) - len(todo), desc="protection rows", unit="row",
-              disable=not progress) as bar:
+    with tqdm(
+        total=len(plans), initial=len(plans) - len(todo), desc="protection rows", unit="row", disable=not progress
+    ) as bar:
         for p in todo:
             t0 = time.time()
             q = model if p.kind == "fp" else copy.deepcopy(model)
@@ -255,6 +327,14 @@ def run_protection_experiment(out: str | Path, settings: ExperimentSettings | No
     return table
 
 
-__all__ = ["FORMAT", "KINDS", "ResultRow", "ProtectionTable", "run_protection_experiment",
-           # planned in lrm_interp.experiments.protection, re-exported for callers of this module
-           "ExperimentSettings", "ProtectionPlanner", "RowPlan"]
+__all__ = [
+    "FORMAT",
+    "KINDS",
+    "ResultRow",
+    "ProtectionTable",
+    "run_protection_experiment",
+    # planned in lrm_interp.experiments.protection, re-exported for callers of this module
+    "ExperimentSettings",
+    "ProtectionPlanner",
+    "RowPlan",
+]

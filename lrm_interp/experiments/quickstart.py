@@ -37,14 +37,20 @@ from lrm_interp.toy.tasks import FAMILIES, generate_dataset
 TRACES_SEED = 4242
 
 
-def quickstart_settings(*, tiny: bool = False, bits: int = 3, group_size: int = 128, budget: float = 0.02,
-                        n_eval: int = 150) -> StudySettings:
+def quickstart_settings(
+    *, tiny: bool = False, bits: int = 3, group_size: int = 128, budget: float = 0.02, n_eval: int = 150
+) -> StudySettings:
     """The study the quickstart runs: accuracy on ``n_eval`` problems split over the toy families
     (``n_eval // 3`` each), or KL on the traces (``tiny`` or ``n_eval == 0``)."""
     check_int("n_eval", n_eval, min=0)
     measured = not tiny and n_eval > 0
-    return StudySettings(tasks=tuple(FAMILIES) if measured else (), bits=bits, group_size=group_size,
-                         budget=budget, per_task=max(1, n_eval // len(FAMILIES)))
+    return StudySettings(
+        tasks=tuple(FAMILIES) if measured else (),
+        bits=bits,
+        group_size=group_size,
+        budget=budget,
+        per_task=max(1, n_eval // len(FAMILIES)),
+    )
 
 
 def quickstart_traces(n_traces: int = 24) -> ReasoningDataset:
@@ -53,9 +59,18 @@ def quickstart_traces(n_traces: int = 24) -> ReasoningDataset:
     return generate_dataset(max(1, n_traces // len(FAMILIES)), seed=TRACES_SEED)
 
 
-def quickstart_study(out_dir: str | Path = "lrm_interp_quickstart", *, n_traces: int = 24, tiny: bool = False,
-                     bits: int = 3, group_size: int = 128, budget: float = 0.02, n_eval: int = 150,
-                     overwrite: bool = False, progress: bool = True) -> StudyResult:
+def quickstart_study(
+    out_dir: str | Path = "lrm_interp_quickstart",
+    *,
+    n_traces: int = 24,
+    tiny: bool = False,
+    bits: int = 3,
+    group_size: int = 128,
+    budget: float = 0.02,
+    n_eval: int = 150,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> StudyResult:
     """The quickstart's compute (module docs), no printing: a
     :func:`~lrm_interp.experiments.study.run_study` of the shipped toy (``tiny``: a random tiny
     Llama saved to ``out_dir/tiny_model``) on :func:`quickstart_traces`. Every setting is checked
@@ -80,13 +95,30 @@ def quickstart_study(out_dir: str | Path = "lrm_interp_quickstart", *, n_traces:
 
         model, tok = load_toy_model()
         ref = "toy"
-    return run_study(model, quickstart_traces(n_traces), out, settings, tokenizer=tok, model_ref=ref,
-                     overwrite=overwrite, progress=progress)
+    return run_study(
+        model,
+        quickstart_traces(n_traces),
+        out,
+        settings,
+        tokenizer=tok,
+        model_ref=ref,
+        overwrite=overwrite,
+        progress=progress,
+    )
 
 
-def run_quickstart(out_dir: str | Path = "lrm_interp_quickstart", *, n_traces: int = 24, tiny: bool = False,
-                   bits: int = 3, group_size: int = 128, budget: float = 0.02, n_eval: int = 150,
-                   overwrite: bool = False, progress: bool = True) -> StudyResult:
+def run_quickstart(
+    out_dir: str | Path = "lrm_interp_quickstart",
+    *,
+    n_traces: int = 24,
+    tiny: bool = False,
+    bits: int = 3,
+    group_size: int = 128,
+    budget: float = 0.02,
+    n_eval: int = 150,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> StudyResult:
     """Run the quickstart and print it: :func:`quickstart_study`, then the summary, the files, the
     commands and ``report.html`` (its path is the last line printed). Returns the study.
 
@@ -106,15 +138,28 @@ def run_quickstart(out_dir: str | Path = "lrm_interp_quickstart", *, n_traces: i
         from lrm_interp.toy import toy_model_dir
 
         print(f"quickstart on the shipped toy reasoning model ({toy_model_dir()})")
-    result = quickstart_study(out_dir, n_traces=n_traces, tiny=tiny, bits=bits, group_size=group_size, budget=budget,
-                              n_eval=n_eval, overwrite=overwrite, progress=progress)
+    result = quickstart_study(
+        out_dir,
+        n_traces=n_traces,
+        tiny=tiny,
+        bits=bits,
+        group_size=group_size,
+        budget=budget,
+        n_eval=n_eval,
+        overwrite=overwrite,
+        progress=progress,
+    )
     tr = result.provenance["traces"]
     print(f"{tr['n']} annotated traces, spans per behaviour: {tr['span_counts']}\n")
     print("\n".join(study_summary(result)))
     report = write_study_report(
-        result, title=f"lrm_interp quickstart — {'tiny random model' if tiny else 'shipped toy reasoner'}")
-    extra = {"bpw_accuracy.png": "accuracy against bits per weight"} if (Path(result.out_dir) / "bpw_accuracy.png"
-                                                                           ).exists() and result.settings.tasks else {}
+        result, title=f"lrm_interp quickstart — {'tiny random model' if tiny else 'shipped toy reasoner'}"
+    )
+    extra = (
+        {"bpw_accuracy.png": "accuracy against bits per weight"}
+        if (Path(result.out_dir) / "bpw_accuracy.png").exists() and result.settings.tasks
+        else {}
+    )
     print()
     print("\n".join(files_and_commands(result, {**extra, "report.html": "all of the above on one page"})))
     print(f"\nreport: {report} (self-contained HTML: open it in a browser)")

@@ -57,9 +57,10 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -80,6 +81,7 @@ from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlan
 from lrm_interp.model.loading import load_model
 from lrm_interp.model.provenance import model_provenance, model_record, weights_record
 from lrm_interp.protect.encoding import bits_per_weight, load_masks, save_masks
+from lrm_interp.protect.masks import ProtectionMask
 from lrm_interp.protect.mixed import BitAllocation
 from lrm_interp.protect.registry import SALIENCIES
 
@@ -90,8 +92,19 @@ ROW_KEYS = ("fp", "uniform", "magnitude", "attribution", "mixed")
 #: the registered saliency of the ``attribution`` row and of the masks file
 SALIENCY = "attribution_ri"
 #: what a study writes into its folder besides the attribution folders (``overwrite`` replaces them)
-OWN_FILES = (STUDY_FILE, OUTCOMES_FILE, "ranking.csv", "masks.safetensors", "masks.json", "bits.json",
-             "shift.csv", "shift.png", "results.csv", "bpw_accuracy.png", "report.html")
+OWN_FILES = (
+    STUDY_FILE,
+    OUTCOMES_FILE,
+    "ranking.csv",
+    "masks.safetensors",
+    "masks.json",
+    "bits.json",
+    "shift.csv",
+    "shift.png",
+    "results.csv",
+    "bpw_accuracy.png",
+    "report.html",
+)
 
 
 @dataclass(frozen=True)
@@ -129,8 +142,9 @@ class StudySettings:
             raise ValueError(e.args[0]) from None
         bits = check_bits(self.bits)
         if bits > 7:
-            raise ValueError(f"bits must be in 2..7 for a study (the protection planner also plans b+1 bits), "
-                             f"got {bits}")
+            raise ValueError(
+                f"bits must be in 2..7 for a study (the protection planner also plans b+1 bits), got {bits}"
+            )
         object.__setattr__(self, "bits", bits)
         check_group_size(self.group_size)
         check_fraction("budget", self.budget, zero=False, one=False)
@@ -159,9 +173,10 @@ class StudySettings:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "StudySettings":
+    def from_dict(cls, d: Mapping[str, Any]) -> StudySettings:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if k == "tasks" else v) for k, v in d.items() if k in names})
+        kw: dict[str, Any] = {k: (tuple(v) if k == "tasks" else v) for k, v in d.items() if k in names}
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -193,7 +208,7 @@ class StudyRow:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "StudyRow":
+    def from_dict(cls, d: Mapping[str, Any]) -> StudyRow:
         return cls(**{**d, "ci": tuple(d["ci"])})
 
 
@@ -256,25 +271,53 @@ class StudyResult:
         each task's accuracy, recovered, modules, seconds."""
         import pandas as pd
 
-        return pd.DataFrame([{"key": r.key, "label": r.label, "kind": r.kind, "bpw": r.bpw, "metric": r.metric,
-                              "value": r.value, "ci_low": r.ci[0], "ci_high": r.ci[1], "n": r.n,
-                              "correct": r.correct, **r.per_task, "recovered": self.recovered(r),
-                              "modules": r.modules, "seconds": r.seconds} for r in self.rows])
+        return pd.DataFrame(
+            [
+                {
+                    "key": r.key,
+                    "label": r.label,
+                    "kind": r.kind,
+                    "bpw": r.bpw,
+                    "metric": r.metric,
+                    "value": r.value,
+                    "ci_low": r.ci[0],
+                    "ci_high": r.ci[1],
+                    "n": r.n,
+                    "correct": r.correct,
+                    **r.per_task,
+                    "recovered": self.recovered(r),
+                    "modules": r.modules,
+                    "seconds": r.seconds,
+                }
+                for r in self.rows
+            ]
+        )
 
     def __repr__(self) -> str:
-        best = max((r for r in self.rows if r.key != "fp"), key=lambda r: r.value if self.higher_is_better
-                   else -r.value)
-        return (f"StudyResult({self.provenance.get('model', {}).get('name', '?')}, RTN {self.settings.bits}-bit, "
-                f"{self.settings.metric} over {best.n} {'problems' if self.higher_is_better else 'traces'}; "
-                f"best compressed: {best.label} {_fmt(best.value, self.settings.metric)} at {best.bpw:.3f} bpw)")
+        best = max(
+            (r for r in self.rows if r.key != "fp"), key=lambda r: r.value if self.higher_is_better else -r.value
+        )
+        return (
+            f"StudyResult({self.provenance.get('model', {}).get('name', '?')}, RTN {self.settings.bits}-bit, "
+            f"{self.settings.metric} over {best.n} {'problems' if self.higher_is_better else 'traces'}; "
+            f"best compressed: {best.label} {_fmt(best.value, self.settings.metric)} at {best.bpw:.3f} bpw)"
+        )
 
     def _repr_html_(self) -> str:
         """Jupyter: the rows with their intervals."""
         from lrm_interp.display import box, html_table
 
         m = self.settings.metric
-        rows = [[r.label, f"{r.bpw:.3f}", _fmt(r.value, m), f"{_fmt(r.ci[0], m)} – {_fmt(r.ci[1], m)}",
-                 "" if self.recovered(r) is None else f"{100 * self.recovered(r):.0f}%"] for r in self.rows]
+        rows = [
+            [
+                r.label,
+                f"{r.bpw:.3f}",
+                _fmt(r.value, m),
+                f"{_fmt(r.ci[0], m)} – {_fmt(r.ci[1], m)}",
+                "" if (rec := self.recovered(r)) is None else f"{100 * rec:.0f}%",
+            ]
+            for r in self.rows
+        ]
         return box(repr(self), html_table(["variant", "bits/weight", m, "95% CI", "recovered"], rows))
 
     # ------------------------------------------------------------------ files
@@ -283,15 +326,22 @@ class StudyResult:
         (default: :attr:`out_dir`); returns the folder."""
         out = Path(out if out is not None else self.out_dir)
         _write_outcomes(out, self.outcomes)
-        doc = {"format": FORMAT, **self.provenance.get("key", {}), "rows": [r.to_dict() for r in self.rows],
-               "masks": self.masks, "files": self.files, "commands": list(self.commands),
-               "provenance": {k: v for k, v in self.provenance.items() if k != "key"}, "complete": True}
+        doc = {
+            "format": FORMAT,
+            **self.provenance.get("key", {}),
+            "rows": [r.to_dict() for r in self.rows],
+            "masks": self.masks,
+            "files": self.files,
+            "commands": list(self.commands),
+            "provenance": {k: v for k, v in self.provenance.items() if k != "key"},
+            "complete": True,
+        }
         atomic_write_text(out / STUDY_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
         atomic_write_text(out / "results.csv", self.to_dataframe().to_csv(index=False))
         return out
 
     @classmethod
-    def load(cls, out: str | Path) -> "StudyResult":
+    def load(cls, out: str | Path) -> StudyResult:
         """Read a finished study folder (``ValueError`` for a study that did not finish)."""
         out = Path(out)
         doc = _read_study(out)
@@ -300,9 +350,20 @@ class StudyResult:
         prov = dict(doc["provenance"], key={k: doc[k] for k in _KEY_FIELDS})
         names = prov["folders"]
         res, res_q = Attribution.load(out / names["original"]), Attribution.load(out / names["compressed"])
-        return cls(StudySettings.from_dict(doc["settings"]), tuple(StudyRow.from_dict(r) for r in doc["rows"]),
-                   _read_outcomes(out), res, res_q, compare(res, res_q), BitAllocation.load(out / "bits.json"),
-                   doc["masks"], str(out), doc["files"], tuple(doc["commands"]), prov)
+        return cls(
+            StudySettings.from_dict(doc["settings"]),
+            tuple(StudyRow.from_dict(r) for r in doc["rows"]),
+            _read_outcomes(out),
+            res,
+            res_q,
+            compare(res, res_q),
+            BitAllocation.load(out / "bits.json"),
+            doc["masks"],
+            str(out),
+            doc["files"],
+            tuple(doc["commands"]),
+            prov,
+        )
 
 
 def _fmt(v: float, metric: str) -> str:
@@ -331,8 +392,11 @@ def _read_study(out: Path) -> dict[str, Any]:
 def _differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
     hs, ws = have.get("settings", {}), want.get("settings", {})
     diff = [f"{k} {hs.get(k)!r} ≠ {ws.get(k)!r}" for k in sorted(set(hs) | set(ws)) if hs.get(k) != ws.get(k)]
-    for k, what in (("weights_fingerprint", "another model"), ("tokenizer_fingerprint", "another tokenizer"),
-                    ("traces_fingerprint", "other traces")):
+    for k, what in (
+        ("weights_fingerprint", "another model"),
+        ("tokenizer_fingerprint", "another tokenizer"),
+        ("traces_fingerprint", "other traces"),
+    ):
         if k in want and have.get(k) != want[k]:
             diff.append(what)
     return diff
@@ -347,8 +411,10 @@ def check_study_folder(out: str | Path, settings: StudySettings, overwrite: bool
     have = _read_study(out)
     diff = _differences(have, {"settings": settings.to_dict()})
     if diff:
-        raise ValueError(f"{out} holds another study (differs in {', '.join(diff)}); use another out folder "
-                         "(--out) or overwrite=True (--overwrite) to start it over")
+        raise ValueError(
+            f"{out} holds another study (differs in {', '.join(diff)}); use another out folder "
+            "(--out) or overwrite=True (--overwrite) to start it over"
+        )
 
 
 def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict[str, StudyRow], dict]:
@@ -358,8 +424,10 @@ def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict
     have = _read_study(out)
     diff = _differences(have, key)
     if diff and not overwrite:
-        raise ValueError(f"{out} holds another study (differs in {', '.join(diff)}); use another out folder "
-                         "(--out) or overwrite=True (--overwrite) to start it over")
+        raise ValueError(
+            f"{out} holds another study (differs in {', '.join(diff)}); use another out folder "
+            "(--out) or overwrite=True (--overwrite) to start it over"
+        )
     if overwrite:
         for name in (have.get("provenance", {}).get("folders") or {}).values():
             p = out / name
@@ -390,8 +458,7 @@ def _read_outcomes(out: Path) -> dict[str, dict[str, torch.Tensor]]:
 def _save_progress(out: Path, key: dict[str, Any], rows: Mapping[str, StudyRow], outcomes: Mapping, prov: dict) -> None:
     """Outcomes first, then the rows that point at them (a row without outcomes is measured again)."""
     _write_outcomes(out, outcomes)
-    doc = {"format": FORMAT, **key, "rows": [r.to_dict() for r in rows.values()], "provenance": prov,
-           "complete": False}
+    doc = {"format": FORMAT, **key, "rows": [r.to_dict() for r in rows.values()], "provenance": prov, "complete": False}
     atomic_write_text(out / STUDY_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
 
 
@@ -407,14 +474,26 @@ def study_items(settings: StudySettings, model: torch.nn.Module | None = None) -
         if get_task(t).needs_data:
             per.append(load(t, settings.task_data, limit=settings.per_task))
         else:
-            per.append(load(t, toy_n=settings.per_task, toy_seed=settings.problem_seed,
-                            toy_people=None if people is None else int(people)))
+            per.append(
+                load(
+                    t,
+                    toy_n=settings.per_task,
+                    toy_seed=settings.problem_seed,
+                    toy_people=None if people is None else int(people),
+                )
+            )
     return [items[i] for i in range(max(len(x) for x in per)) for items in per if i < len(items)]
 
 
-def measure_accuracy(model: torch.nn.Module, tokenizer: Any, items: Sequence[BenchItem], settings: StudySettings,
-                     *, order: Sequence[int] | None = None,
-                     progress: bool = False) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+def measure_accuracy(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    items: Sequence[BenchItem],
+    settings: StudySettings,
+    *,
+    order: Sequence[int] | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """``({task: accuracy}, correct [n] uint8, chars [n] int64)``: greedy answers
     (:func:`generate_responses`) graded by each item's task grader; ``chars``: each response's length.
 
@@ -426,24 +505,32 @@ def measure_accuracy(model: torch.nn.Module, tokenizer: Any, items: Sequence[Ben
     order = list(range(len(items))) if order is None else [int(i) for i in order]
     if sorted(order) != list(range(len(items))):
         raise ValueError(f"order must be a permutation of range({len(items)})")
-    generated = generate_responses(model, tokenizer, [items[i].prompt for i in order],
-                                   max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
-                                   progress=progress)
+    generated = generate_responses(
+        model,
+        tokenizer,
+        [items[i].prompt for i in order],
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        progress=progress,
+    )
     responses = [""] * len(items)
     for i, r in zip(order, generated):
         responses[i] = r
-    correct = [get_task(it.task).grader(it, r, require_think=settings.require_think).correct
-               for it, r in zip(items, responses)]
+    correct = [
+        get_task(it.task).grader(it, r, require_think=settings.require_think).correct for it, r in zip(items, responses)
+    ]
     per_task = {}
     for t in settings.tasks:
         hits = [c for it, c in zip(items, correct) if it.task == t]
         per_task[t] = sum(hits) / len(hits)
-    return (per_task, torch.tensor(correct, dtype=torch.uint8),
-            torch.tensor([len(r) for r in responses], dtype=torch.int64))
+    return (
+        per_task,
+        torch.tensor(correct, dtype=torch.uint8),
+        torch.tensor([len(r) for r in responses], dtype=torch.int64),
+    )
 
 
-def generation_order(items: Sequence[BenchItem], tokenizer: Any,
-                     answer_chars: torch.Tensor | None = None) -> list[int]:
+def generation_order(items: Sequence[BenchItem], tokenizer: Any, answer_chars: torch.Tensor | None = None) -> list[int]:
     """The order to generate ``items`` in so that each batch's sequences end about together: by
     the length of earlier answers ``answer_chars`` ``[n]`` when known (the full-precision row's),
     else by prompt length in tokens (which also saves left padding)."""
@@ -454,8 +541,9 @@ def generation_order(items: Sequence[BenchItem], tokenizer: Any,
     return sorted(range(len(items)), key=lambda j: (chars[j], prompt[j]))
 
 
-def measure_kl(reference: torch.nn.Module, model: torch.nn.Module, encoded: Sequence[Any], *,
-               progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def measure_kl(
+    reference: torch.nn.Module, model: torch.nn.Module, encoded: Sequence[Any], *, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(kl [n] float64, tokens [n] int64)``: KL(reference ‖ model) per response token of each
     encoded trace (:func:`lrm_interp.evaluation.divergence.divergence` on that trace alone; a trace
     without response tokens gets 0 tokens)."""
@@ -487,8 +575,13 @@ def _dtype_tag(model: torch.nn.Module) -> str:
 def _pick_rows(planner: ProtectionPlanner) -> dict[str, RowPlan]:
     """The planner's rows of :data:`ROW_KEYS` (by their labels)."""
     pct = f"{planner.settings.budget:.0%}"
-    want = {"fp": "fp", "uniform": "none", "magnitude": f"{pct} {SALIENCIES['magnitude'].label}",
-            "attribution": f"{pct} {SALIENCIES[SALIENCY].label}", "mixed": "mixed precision by attribution"}
+    want = {
+        "fp": "fp",
+        "uniform": "none",
+        "magnitude": f"{pct} {SALIENCIES['magnitude'].label}",
+        "attribution": f"{pct} {SALIENCIES[SALIENCY].label}",
+        "mixed": "mixed precision by attribution",
+    }
     by_label = {r.label: r for r in planner.rows}
     missing = [lab for lab in want.values() if lab not in by_label]
     if missing:  # the planner renamed a row: fail loudly rather than measure another one
@@ -497,9 +590,18 @@ def _pick_rows(planner: ProtectionPlanner) -> dict[str, RowPlan]:
 
 
 # --------------------------------------------------------------------------- the run
-def run_study(model: Any, data: Any, out: str | Path, settings: StudySettings | None = None, *,
-              tokenizer: Any = None, model_ref: str | None = None, overwrite: bool = False, progress: bool = True,
-              **kw: Any) -> StudyResult:
+def run_study(
+    model: Any,
+    data: Any,
+    out: str | Path,
+    settings: StudySettings | None = None,
+    *,
+    tokenizer: Any = None,
+    model_ref: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    **kw: Any,
+) -> StudyResult:
     """Run (or resume) a study of ``model`` on the traces ``data`` into folder ``out`` (module docs).
 
     Args:
@@ -522,7 +624,8 @@ def run_study(model: Any, data: Any, out: str | Path, settings: StudySettings | 
     out = Path(out)
     for t in s.tasks:
         if get_task(t).needs_data:
-            find_task_file(t, s.task_data)  # FileNotFoundError naming the folder, before any work
+            # FileNotFoundError naming the folder, before any work (task_data: set, StudySettings checks it)
+            find_task_file(t, cast(str, s.task_data))
     ds = load_dataset(data)
     if len(ds) == 0:
         raise ValueError(f"{data if isinstance(data, (str, Path)) else 'data'}: no traces")
@@ -531,9 +634,12 @@ def run_study(model: Any, data: Any, out: str | Path, settings: StudySettings | 
     model, tokenizer = load_model(model, tokenizer=tokenizer)
     model.eval()
     prov_model = model_provenance(model, tokenizer)
-    key = {"settings": s.to_dict(), "weights_fingerprint": prov_model["weights_fingerprint"],
-           "tokenizer_fingerprint": (prov_model.get("tokenizer") or {}).get("fingerprint"),
-           "traces_fingerprint": _traces_fingerprint(ds)}
+    key = {
+        "settings": s.to_dict(),
+        "weights_fingerprint": prov_model["weights_fingerprint"],
+        "tokenizer_fingerprint": (prov_model.get("tokenizer") or {}).get("fingerprint"),
+        "traces_fingerprint": _traces_fingerprint(ds),
+    }
     rows, outcomes = _resume_state(out, key, overwrite)
     resumed = list(rows)
     out.mkdir(parents=True, exist_ok=True)
@@ -545,8 +651,13 @@ def run_study(model: Any, data: Any, out: str | Path, settings: StudySettings | 
         ds.save_jsonl(data_ref)
     tag = _dtype_tag(model)
     folders = {"original": f"attribution_{tag}", "compressed": f"attribution_rtn{s.bits}"}
-    prov: dict[str, Any] = {"model": prov_model, "model_ref": ref, "data": data_ref, "folders": folders,
-                            "traces": {"n": len(ds), "span_counts": ds.span_counts()}}
+    prov: dict[str, Any] = {
+        "model": prov_model,
+        "model_ref": ref,
+        "data": data_ref,
+        "folders": folders,
+        "traces": {"n": len(ds), "span_counts": ds.span_counts()},
+    }
     _save_progress(out, key, rows, outcomes, prov)
 
     # 1. which modules matter
@@ -557,9 +668,14 @@ def run_study(model: Any, data: Any, out: str | Path, settings: StudySettings | 
     atomic_write_text(out / "ranking.csv", ranking.to_csv(index=False))
 
     # 2. the rows' plans: masks and the mixed-precision allocation from the attribution
-    planner = ProtectionPlanner(model, tokenizer, ExperimentSettings(
-        model=ref, bits=s.bits, quantizer="rtn", group_size=s.group_size, symmetric=s.symmetric, budget=s.budget),
-        progress=progress)
+    planner = ProtectionPlanner(
+        model,
+        tokenizer,
+        ExperimentSettings(
+            model=ref, bits=s.bits, quantizer="rtn", group_size=s.group_size, symmetric=s.symmetric, budget=s.budget
+        ),
+        progress=progress,
+    )
     planner.sites = list(res.sites)
     planner.attribution_dataset = ds
     planner.attribution = res
@@ -589,8 +705,9 @@ def run_study(model: Any, data: Any, out: str | Path, settings: StudySettings | 
             bpw, modules = plan.quantize(q)
             if k not in rows:
                 order = generation_order(items, tokenizer, outcomes.get("fp", {}).get("chars")) if s.tasks else None
-                rows[k], outcomes[k] = _measure(k, plan, q, model, tokenizer, s, items, encoded, bpw, modules, t1,
-                                                order=order, progress=progress)
+                rows[k], outcomes[k] = _measure(
+                    k, plan, q, model, tokenizer, s, items, encoded, bpw, modules, t1, order=order, progress=progress
+                )
                 _save_progress(out, key, rows, outcomes, prov)
                 bar.update(1)
                 bar.set_postfix_str(f"{plan.label}: {_fmt(rows[k].value, s.metric)}")
@@ -598,63 +715,150 @@ def run_study(model: Any, data: Any, out: str | Path, settings: StudySettings | 
                 res_q = attribute(q, ds, tokenizer=tokenizer, out_dir=d_q, progress=progress)
                 res_q.write_tables(d_q)
             del q
+    res_q = cast(Attribution, res_q)  # set: the "uniform" row always attributes its copy (need_shift)
     shift = compare(res, res_q)
     shift.write_tables(out)
 
-    files = {"traces.jsonl" if data_ref == str(out / "traces.jsonl") else data_ref: "the annotated traces",
-             f"{d_fp.name}/": "attribution result (+ scores.csv, heatmap.png)",
-             "ranking.csv": "sites ranked per behaviour",
-             "masks.safetensors": f"the {s.budget:.0%} attribution protection masks",
-             "masks.json": "their summary and bits per weight",
-             "bits.json": "the mixed-precision allocation by attribution (bits per module)",
-             f"{d_q.name}/": f"attribution of the uniform {s.bits}-bit copy",
-             "shift.csv, shift.png": f"importance shift full precision -> {s.bits}-bit",
-             "study.json, outcomes.safetensors": "the study (settings, rows, each item's outcome; resumes)",
-             "results.csv": "the compared variants as a table"}
+    files = {
+        "traces.jsonl" if data_ref == str(out / "traces.jsonl") else data_ref: "the annotated traces",
+        f"{d_fp.name}/": "attribution result (+ scores.csv, heatmap.png)",
+        "ranking.csv": "sites ranked per behaviour",
+        "masks.safetensors": f"the {s.budget:.0%} attribution protection masks",
+        "masks.json": "their summary and bits per weight",
+        "bits.json": "the mixed-precision allocation by attribution (bits per module)",
+        f"{d_q.name}/": f"attribution of the uniform {s.bits}-bit copy",
+        "shift.csv, shift.png": f"importance shift full precision -> {s.bits}-bit",
+        "study.json, outcomes.safetensors": "the study (settings, rows, each item's outcome; resumes)",
+        "results.csv": "the compared variants as a table",
+    }
     prov.update(resumed=resumed, seconds=round(time.time() - t0, 1))
-    result = StudyResult(s, tuple(rows[k] for k in ROW_KEYS), {k: outcomes[k] for k in ROW_KEYS}, res, res_q, shift,
-                         allocation, masks_info, str(out), files, tuple(_commands(out, ref, data_ref, s, folders,
-                                                                                   allocation)),
-                         {**prov, "key": key})
+    result = StudyResult(
+        s,
+        tuple(rows[k] for k in ROW_KEYS),
+        {k: outcomes[k] for k in ROW_KEYS},
+        res,
+        res_q,
+        shift,
+        allocation,
+        masks_info,
+        str(out),
+        files,
+        tuple(_commands(out, ref, data_ref, s, folders, allocation)),
+        {**prov, "key": key},
+    )
     result.save(out)
     return result
 
 
-def _measure(k: str, plan: RowPlan, q: torch.nn.Module, model: torch.nn.Module, tokenizer: Any, s: StudySettings,
-             items: Sequence[BenchItem], encoded: Sequence[Any], bpw: float, modules: str, t1: float, *,
-             order: Sequence[int] | None, progress: bool) -> tuple[StudyRow, dict[str, torch.Tensor]]:
+def _measure(
+    k: str,
+    plan: RowPlan,
+    q: torch.nn.Module,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    s: StudySettings,
+    items: Sequence[BenchItem],
+    encoded: Sequence[Any],
+    bpw: float,
+    modules: str,
+    t1: float,
+    *,
+    order: Sequence[int] | None,
+    progress: bool,
+) -> tuple[StudyRow, dict[str, torch.Tensor]]:
     if s.tasks:
         per_task, correct, chars = measure_accuracy(q, tokenizer, items, s, order=order, progress=progress)
         c, n = int(correct.sum()), int(correct.numel())
-        return (StudyRow(k, plan.label, plan.kind, float(bpw), modules, "accuracy", c / n, wilson_interval(c, n), n,
-                         c, per_task, round(time.time() - t1, 1)), {"correct": correct, "chars": chars})
+        return (
+            StudyRow(
+                k,
+                plan.label,
+                plan.kind,
+                float(bpw),
+                modules,
+                "accuracy",
+                c / n,
+                wilson_interval(c, n),
+                n,
+                c,
+                per_task,
+                round(time.time() - t1, 1),
+            ),
+            {"correct": correct, "chars": chars},
+        )
     if k == "fp":  # KL of the model to itself: 0, nothing to compute
         kl, tok = torch.zeros(len(encoded), dtype=torch.float64), torch.zeros(len(encoded), dtype=torch.int64)
-        return (StudyRow(k, plan.label, plan.kind, float(bpw), modules, "kl", 0.0, (0.0, 0.0), len(encoded), None,
-                         {}, round(time.time() - t1, 1)), {"kl": kl, "tokens": tok})
+        return (
+            StudyRow(
+                k,
+                plan.label,
+                plan.kind,
+                float(bpw),
+                modules,
+                "kl",
+                0.0,
+                (0.0, 0.0),
+                len(encoded),
+                None,
+                {},
+                round(time.time() - t1, 1),
+            ),
+            {"kl": kl, "tokens": tok},
+        )
     kl, tok = measure_kl(model, q, encoded, progress=progress)
     if int(tok.sum()) == 0:
         raise ValueError(f"no response tokens in the {len(encoded)} traces: KL cannot be measured (give --tasks)")
     ci = bootstrap_interval(kl, tok, resamples=s.resamples, seed=s.seed)
     value = float((kl * tok).sum() / tok.sum())
-    return (StudyRow(k, plan.label, plan.kind, float(bpw), modules, "kl", value, ci, int((tok > 0).sum()), None, {},
-                     round(time.time() - t1, 1)), {"kl": kl, "tokens": tok})
+    return (
+        StudyRow(
+            k,
+            plan.label,
+            plan.kind,
+            float(bpw),
+            modules,
+            "kl",
+            value,
+            ci,
+            int((tok > 0).sum()),
+            None,
+            {},
+            round(time.time() - t1, 1),
+        ),
+        {"kl": kl, "tokens": tok},
+    )
 
 
-def _masks(out: Path, planner: ProtectionPlanner, s: StudySettings, prov_model: dict, *, need: bool,
-           grid: dict[str, Any], scores: str) -> dict[str, Any]:
+def _masks(
+    out: Path,
+    planner: ProtectionPlanner,
+    s: StudySettings,
+    prov_model: dict,
+    *,
+    need: bool,
+    grid: dict[str, Any],
+    scores: str,
+) -> dict[str, Any]:
     """The attribution masks file (computed by the planner, or read back when its row is done)
     and its summary."""
     sites = planner.sites
     path = out / "masks.safetensors"
-    meta_want = {"policy": "global_top", "saliency": SALIENCY, "saliency_label": SALIENCIES[SALIENCY].label,
-                 "budget": s.budget, "bits": s.bits, "group_size": s.group_size, "symmetric": s.symmetric,
-                 "scores": scores}
-    masks = None
+    meta_want = {
+        "policy": "global_top",
+        "saliency": SALIENCY,
+        "saliency_label": SALIENCIES[SALIENCY].label,
+        "budget": s.budget,
+        "bits": s.bits,
+        "group_size": s.group_size,
+        "symmetric": s.symmetric,
+        "scores": scores,
+    }
+    masks: Mapping[str, ProtectionMask] | None = None
     if not need and path.exists():
         m, meta = load_masks(path)
-        if ({k: meta.get(k) for k in meta_want} == meta_want
-                and (m.model or {}).get("weights_fingerprint") == prov_model["weights_fingerprint"]):
+        if {k: meta.get(k) for k in meta_want} == meta_want and (m.model or {}).get(
+            "weights_fingerprint"
+        ) == prov_model["weights_fingerprint"]:
             masks = m
     if masks is None:
         masks = planner.masks(SALIENCY)
@@ -663,29 +867,46 @@ def _masks(out: Path, planner: ProtectionPlanner, s: StudySettings, prov_model: 
     meta = {**meta_want, "bits_per_weight": {k: v for k, v in bpw_p.items() if k != "encodings"}}
     n_prot = sum(m.n_protected for m in masks.values())
     save_masks(masks, path, metadata=meta, model=weights_record(planner.model, prov_model["weights_fingerprint"]))
-    summary = {**meta, "protected_weights": n_prot, "weights": sum(x.n_weights for x in sites),
-               "sites": {k: m.n_protected for k, m in masks.items() if m.n_protected},
-               "load": "lrm_interp.protect.load_masks('masks.safetensors')"}
+    summary = {
+        **meta,
+        "protected_weights": n_prot,
+        "weights": sum(x.n_weights for x in sites),
+        "sites": {k: m.n_protected for k, m in masks.items() if m.n_protected},
+        "load": "lrm_interp.protect.load_masks('masks.safetensors')",
+    }
     atomic_write_text(out / "masks.json", json.dumps(summary, indent=2))
-    return {"file": str(path), "protected_weights": n_prot, "protected_fraction": bpw_p["protected_fraction"],
-            "bpw": bpw_p["bpw"], "bpw_uniform": bpw_q["bpw"], "saliency": SALIENCY,
-            "saliency_label": SALIENCIES[SALIENCY].label, "budget": s.budget}
+    return {
+        "file": str(path),
+        "protected_weights": n_prot,
+        "protected_fraction": bpw_p["protected_fraction"],
+        "bpw": bpw_p["bpw"],
+        "bpw_uniform": bpw_q["bpw"],
+        "saliency": SALIENCY,
+        "saliency_label": SALIENCIES[SALIENCY].label,
+        "budget": s.budget,
+    }
 
 
-def _commands(out: Path, ref: str, data: str, s: StudySettings, folders: Mapping[str, str],
-              alloc: BitAllocation) -> list[str]:
+def _commands(
+    out: Path, ref: str, data: str, s: StudySettings, folders: Mapping[str, str], alloc: BitAllocation
+) -> list[str]:
     o = str(out)
     sym = " --symmetric" if s.symmetric else ""
     grid = f"--bits {s.bits} --group-size {s.group_size or 0}{sym}"
     d = StudySettings()
-    study = "".join([f" --tasks {' '.join(s.tasks)} --per-task {s.per_task}" if s.tasks else "",
-                     f" --task-data {s.task_data}" if s.task_data else "",
-                     f" --group-size {s.group_size}" if s.group_size != d.group_size and s.group_size else "",
-                     sym, f" --budget {s.budget}" if s.budget != d.budget else "",
-                     f" --max-new-tokens {s.max_new_tokens}" if s.max_new_tokens != d.max_new_tokens else "",
-                     f" --batch-size {s.batch_size}" if s.batch_size != d.batch_size else "",
-                     " --no-require-think" if not s.require_think else "",
-                     f" --resamples {s.resamples}" if s.resamples != d.resamples and not s.tasks else ""])
+    study = "".join(
+        [
+            f" --tasks {' '.join(s.tasks)} --per-task {s.per_task}" if s.tasks else "",
+            f" --task-data {s.task_data}" if s.task_data else "",
+            f" --group-size {s.group_size}" if s.group_size != d.group_size and s.group_size else "",
+            sym,
+            f" --budget {s.budget}" if s.budget != d.budget else "",
+            f" --max-new-tokens {s.max_new_tokens}" if s.max_new_tokens != d.max_new_tokens else "",
+            f" --batch-size {s.batch_size}" if s.batch_size != d.batch_size else "",
+            " --no-require-think" if not s.require_think else "",
+            f" --resamples {s.resamples}" if s.resamples != d.resamples and not s.tasks else "",
+        ]
+    )
     return [
         f"lrm-interp study --model {ref} --data {data} --bits {s.bits}{study} --out {o}",
         f"lrm-interp attribute --model {ref} --data {data} --out {o}/{folders['original']}",
@@ -694,10 +915,23 @@ def _commands(out: Path, ref: str, data: str, s: StudySettings, folders: Mapping
         f"lrm-interp quantize --model {ref} {grid} --masks {o}/masks.safetensors --out {o}/model_rtn{s.bits}_protected",
         f"lrm-interp bits --model {ref} --scores {o}/{folders['original']} --budget {alloc.budget_bpw!r} "
         f"--group-size {s.group_size or 0}{' --symmetric' if s.symmetric else ''} --out {o}/bits.json --overwrite",
-        f"lrm-interp compare --original {o}/{folders['original']} --compressed {o}/{folders['compressed']} --out {o} --overwrite",
+        f"lrm-interp compare --original {o}/{folders['original']} --compressed {o}/{folders['compressed']} "
+        f"--out {o} --overwrite",
     ]
 
 
-__all__ = ["FORMAT", "ROW_KEYS", "SALIENCY", "StudySettings", "StudyRow", "StudyResult", "run_study", "study_items",
-           "measure_accuracy", "measure_kl", "bootstrap_interval", "check_study_folder",
-           "generation_order"]
+__all__ = [
+    "FORMAT",
+    "ROW_KEYS",
+    "SALIENCY",
+    "StudySettings",
+    "StudyRow",
+    "StudyResult",
+    "run_study",
+    "study_items",
+    "measure_accuracy",
+    "measure_kl",
+    "bootstrap_interval",
+    "check_study_folder",
+    "generation_order",
+]

@@ -28,12 +28,16 @@ Devices and dtypes: each sum is accumulated in float32 on the device of the site
 from __future__ import annotations
 
 import warnings
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from lrm_interp.model.sites import Site, get_module, resolve_sites
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 STAGES = frozenset({"output", "input", "grad"})
 
@@ -74,8 +78,14 @@ class MaskedSum(Reducer):
         counts: ``site -> [g]`` float32, ``+= w.sum((1, 2))`` (once per site and pass).
     """
 
-    def __init__(self, stage: str = "output", weights: torch.Tensor | None = None, *,
-                 square: bool = False, device: torch.device | str | None = None):
+    def __init__(
+        self,
+        stage: str = "output",
+        weights: torch.Tensor | None = None,
+        *,
+        square: bool = False,
+        device: torch.device | str | None = None,
+    ):
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {sorted(STAGES)}, got {stage!r}")
         self.stage = stage
@@ -113,8 +123,7 @@ class MaskedSum(Reducer):
         if self._w is None:
             raise RuntimeError("MaskedSum.weights is not set: set it before the forward pass")
         if self._w.shape[1:] != (b, s):
-            raise ValueError(f"MaskedSum weights are {tuple(self._w.shape)} but the site tensor is "
-                             f"[{b}, {s}, ...]")
+            raise ValueError(f"MaskedSum weights are {tuple(self._w.shape)} but the site tensor is [{b}, {s}, ...]")
         if dev not in self._w_dev:
             self._w_dev[dev] = self._w.to(dev)
         return self._w_dev[dev]
@@ -145,7 +154,7 @@ class MaskedSum(Reducer):
     def _keep_on(self, dev: torch.device) -> torch.Tensor | None:
         """``[b, s]`` bool of positions with a non-zero weight in any group (None: all)."""
         if dev not in self._keep_dev:
-            keep = (self._w != 0).any(dim=0)
+            keep = (cast(torch.Tensor, self._w) != 0).any(dim=0)  # set: _weights_on checked it
             self._keep_dev[dev] = None if bool(keep.all()) else keep.to(dev)
         return self._keep_dev[dev]
 
@@ -259,8 +268,9 @@ class Capture:
     does not go through ``model`` or ``model.base_model``.
     """
 
-    def __init__(self, model: nn.Module, sites: Sequence[Site | str] | str | None = None,
-                 reducers: Iterable[Reducer] = ()):
+    def __init__(
+        self, model: nn.Module, sites: Sequence[Site | str] | str | None = None, reducers: Iterable[Reducer] = ()
+    ):
         self.model = model
         self.sites: list[Site] = resolve_sites(model, sites)
         self.reducers: list[Reducer] = list(reducers)
@@ -289,8 +299,13 @@ class Capture:
     def _root_pre_hook(self, module, args, kwargs):
         self.new_pass()
         emb = kwargs.get("inputs_embeds")
-        if (self.want_grad and isinstance(emb, torch.Tensor) and emb.is_floating_point()
-                and not emb.requires_grad and torch.is_grad_enabled()):
+        if (
+            self.want_grad
+            and isinstance(emb, torch.Tensor)
+            and emb.is_floating_point()
+            and not emb.requires_grad
+            and torch.is_grad_enabled()
+        ):
             kwargs = dict(kwargs, inputs_embeds=emb.detach().requires_grad_(True))
             return args, kwargs
         return None
@@ -321,8 +336,13 @@ class Capture:
                         r.on_output(name, out.detach())
             elif not _in_backward():
                 self.repeats[name] = self.repeats.get(name, 0) + 1
-            if (self.want_grad and out is not None and out.requires_grad and torch.is_grad_enabled()
-                    and name not in self._grad_hooked):
+            if (
+                self.want_grad
+                and out is not None
+                and out.requires_grad
+                and torch.is_grad_enabled()
+                and name not in self._grad_hooked
+            ):
                 self._grad_hooked.add(name)
                 out.register_hook(self._make_grad_hook(name))
             return None
@@ -339,13 +359,17 @@ class Capture:
 
     @staticmethod
     def _embed_requires_grad(module, args, output):
-        if (isinstance(output, torch.Tensor) and output.is_floating_point()
-                and not output.requires_grad and torch.is_grad_enabled()):
+        if (
+            isinstance(output, torch.Tensor)
+            and output.is_floating_point()
+            and not output.requires_grad
+            and torch.is_grad_enabled()
+        ):
             return output.detach().requires_grad_(True)
         return None
 
     # ------------------------------------------------------------------ context
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         if self._handles:
             raise RuntimeError("this Capture is already active (contexts cannot be nested)")
         self.repeats = {}
@@ -358,7 +382,8 @@ class Capture:
                 mod = get_module(self.model, s.name)
                 self._handles.append(mod.register_forward_hook(self._make_hook(s.name), with_kwargs=True))
             if self.want_grad:
-                emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+                has_emb = hasattr(self.model, "get_input_embeddings")
+                emb = cast("PreTrainedModel", self.model).get_input_embeddings() if has_emb else None
                 if isinstance(emb, nn.Module):
                     self._handles.append(emb.register_forward_hook(self._embed_requires_grad))
         except BaseException:
@@ -370,8 +395,11 @@ class Capture:
         self.remove()
         if self.repeats and exc[0] is None:
             names = ", ".join(f"{k} (x{v})" for k, v in list(self.repeats.items())[:5])
-            warnings.warn(f"capture: {len(self.repeats)} site(s) were called more than once in one forward "
-                          f"pass; only the first call of each pass was reduced: {names}", stacklevel=2)
+            warnings.warn(
+                f"capture: {len(self.repeats)} site(s) were called more than once in one forward "
+                f"pass; only the first call of each pass was reduced: {names}",
+                stacklevel=2,
+            )
 
     def remove(self) -> None:
         """Remove this capture's hooks (and only those)."""

@@ -22,7 +22,8 @@ import contextlib
 import functools
 import inspect
 import weakref
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,10 @@ import torch.utils.checkpoint
 
 from lrm_interp.data.tokens import TokenSpan
 from lrm_interp.model.sites import Site, get_module
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 @contextlib.contextmanager
 def frozen_for_attribution(model: torch.nn.Module, *, gradient_checkpointing: bool = False) -> Iterator[None]:
@@ -41,7 +46,7 @@ def frozen_for_attribution(model: torch.nn.Module, *, gradient_checkpointing: bo
     mode, so dropout is not switched on. Flags, functions and modes are restored.
     """
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    saved: list[tuple[torch.nn.Module, object, object, bool]] = []
+    saved: list[tuple[torch.nn.Module, bool, Any, bool]] = []
     missing = object()
     try:
         for p, _ in flags:
@@ -50,14 +55,22 @@ def frozen_for_attribution(model: torch.nn.Module, *, gradient_checkpointing: bo
             ckpt = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
             for m in model.modules():
                 if hasattr(m, "gradient_checkpointing") and isinstance(m.gradient_checkpointing, bool):
-                    saved.append((m, m.gradient_checkpointing,
-                                  m.__dict__.get("_gradient_checkpointing_func", missing), m.training))
+                    saved.append(
+                        (
+                            m,
+                            m.gradient_checkpointing,
+                            m.__dict__.get("_gradient_checkpointing_func", missing),
+                            m.training,
+                        )
+                    )
                     m.gradient_checkpointing = True
                     m._gradient_checkpointing_func = ckpt
                     m.training = True  # this module only (not recursive)
             if not saved:
-                raise ValueError(f"{type(model).__name__} has no module with a `gradient_checkpointing` flag: "
-                                 "gradient checkpointing is not supported for it")
+                raise ValueError(
+                    f"{type(model).__name__} has no module with a `gradient_checkpointing` flag: "
+                    "gradient checkpointing is not supported for it"
+                )
         yield
     finally:
         for p, f in flags:
@@ -77,7 +90,7 @@ def input_device(model: torch.nn.Module) -> torch.device:
     With an accelerate ``device_map`` the layers may live elsewhere; each module moves its
     inputs itself, only the ids have to start where the embedding is.
     """
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    emb = cast("PreTrainedModel", model).get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     w = getattr(emb, "weight", None)
     if isinstance(w, torch.Tensor):
         return w.device
@@ -85,13 +98,13 @@ def input_device(model: torch.nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-_HEAD_PATH: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+_HEAD_PATH: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 def base_and_head(model: torch.nn.Module):
     """``(base, head)`` with ``head(base(ids)[0]) == model(ids).logits``, or ``None``."""
     try:
-        head = model.get_output_embeddings()
+        head = cast("PreTrainedModel", model).get_output_embeddings()  # AttributeError: not a transformers model
     except (AttributeError, NotImplementedError):
         return None
     base = getattr(model, "base_model", None)
@@ -158,8 +171,9 @@ def logits_path(model: torch.nn.Module) -> str:
     return path
 
 
-def logits_at(model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor,
-              cache: object | None = None) -> torch.Tensor:
+def logits_at(
+    model: torch.nn.Module, ids: torch.Tensor, positions: torch.Tensor, cache: object | None = None
+) -> torch.Tensor:
     """``[n, vocab]`` logits of batch row 0 at ``positions`` (indices into ``ids``; full logits only
     as last resort). ``cache``: KV cache of positions before ``ids`` (see :func:`hidden_states`)."""
     path = logits_path(model)
@@ -195,8 +209,14 @@ def activation_forward(model: torch.nn.Module, sites: Sequence[Site]) -> Callabl
     return lambda ids: model(input_ids=ids, use_cache=False)
 
 
-def span_losses(model: torch.nn.Module, ids: torch.Tensor, spans: Sequence[TokenSpan], *, offset: int = 0,
-                cache: object | None = None) -> torch.Tensor:
+def span_losses(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    spans: Sequence[TokenSpan],
+    *,
+    offset: int = 0,
+    cache: object | None = None,
+) -> torch.Tensor:
     """``[n_spans]`` mean cross-entropy (float32, float64 for a float64 model) of each span's tokens.
 
     ``ids``: ``[1, seq]``, the tokens at absolute positions ``[offset, offset + seq)`` with
@@ -214,15 +234,20 @@ def span_losses(model: torch.nn.Module, ids: torch.Tensor, spans: Sequence[Token
     losses = []
     for a, b in ranges:
         rows = torch.tensor([index[p - 1] for p in range(a, b)], device=logits.device)
-        losses.append(F.cross_entropy(logits[rows], ids[0, a - offset:b - offset].to(logits.device)))
+        losses.append(F.cross_entropy(logits[rows], ids[0, a - offset : b - offset].to(logits.device)))
     return torch.stack(losses)
 
 
 # ---------------------------------------------------------------------------- context and memory
 #: Config attributes that state a model's context, in the order they are read (transformers maps
 #: GPT-2's ``n_positions`` to ``max_position_embeddings``).
-CONTEXT_ATTRS: tuple[str, ...] = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length",
-                                  "seq_length")
+CONTEXT_ATTRS: tuple[str, ...] = (
+    "max_position_embeddings",
+    "n_positions",
+    "n_ctx",
+    "max_sequence_length",
+    "seq_length",
+)
 
 
 def _text_config(model: torch.nn.Module):
@@ -255,8 +280,9 @@ def context_limit(model: torch.nn.Module) -> tuple[int | None, str | None]:
     return None, None
 
 
-def memory_lower_bound(model: torch.nn.Module, n_tokens: int, *, gradients: str,
-                       dtype: torch.dtype | None = None) -> dict[str, int]:
+def memory_lower_bound(
+    model: torch.nn.Module, n_tokens: int, *, gradients: str, dtype: torch.dtype | None = None
+) -> dict[str, int]:
     """Bytes a pass over one ``n_tokens`` sequence needs at least, beyond the weights, per part.
 
     ``gradients``: ``"none"`` (a forward only: DoM), ``"windows"`` (exact AtP against a cached
@@ -271,7 +297,14 @@ def memory_lower_bound(model: torch.nn.Module, n_tokens: int, *, gradients: str,
     layers = getattr(cfg, "num_hidden_layers", None)
     hidden = getattr(cfg, "hidden_size", None)
     heads = getattr(cfg, "num_attention_heads", None)
-    if not all(isinstance(x, int) and x > 0 for x in (layers, hidden, heads)):
+    if not (
+        isinstance(layers, int)
+        and layers > 0
+        and isinstance(hidden, int)
+        and hidden > 0
+        and isinstance(heads, int)
+        and heads > 0
+    ):
         return {}
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or hidden // heads
@@ -309,6 +342,18 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-__all__ = ["input_device", "base_and_head", "cache_kwarg", "hidden_states", "logits_path", "logits_at", "activation_forward",
-           "span_losses", "frozen_for_attribution", "CONTEXT_ATTRS", "context_limit", "memory_lower_bound",
-           "available_memory"]
+__all__ = [
+    "input_device",
+    "base_and_head",
+    "cache_kwarg",
+    "hidden_states",
+    "logits_path",
+    "logits_at",
+    "activation_forward",
+    "span_losses",
+    "frozen_for_attribution",
+    "CONTEXT_ATTRS",
+    "context_limit",
+    "memory_lower_bound",
+    "available_memory",
+]

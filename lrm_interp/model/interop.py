@@ -29,11 +29,15 @@ from __future__ import annotations
 
 import shutil
 import weakref
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from lrm_interp.model.sites import parse_site_name
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # kind -> (hook stems whose outputs concatenate to the site output, stem whose input is the site input)
 _TL_STEMS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -64,8 +68,10 @@ def tl_hook_names(site_name: str, stage: str = "output") -> tuple[str, ...]:
         raise ValueError(f"stage must be 'output' or 'input', got {stage!r}")
     layer, _, kind = parse_site_name(site_name)
     if layer is None or kind not in _TL_STEMS:
-        raise KeyError(f"no TransformerBridge hook is known for site {site_name!r} (kind {kind!r}); "
-                       f"known kinds: {sorted(_TL_STEMS)}")
+        raise KeyError(
+            f"no TransformerBridge hook is known for site {site_name!r} (kind {kind!r}); "
+            f"known kinds: {sorted(_TL_STEMS)}"
+        )
     outs, inp = _TL_STEMS[kind]
     if stage == "input":
         return (f"blocks.{layer}.{inp}.hook_in",)
@@ -82,8 +88,9 @@ def tl_hook_name(site_name: str, stage: str = "output") -> str:
     """
     names = tl_hook_names(site_name, stage)
     if len(names) != 1:
-        raise KeyError(f"site {site_name!r} is fused: the bridge splits it into {names}; "
-                       "use tl_hook_names() or from_tl_cache()")
+        raise KeyError(
+            f"site {site_name!r} is fused: the bridge splits it into {names}; use tl_hook_names() or from_tl_cache()"
+        )
     return names[0]
 
 
@@ -161,8 +168,9 @@ def _value(x):
     return x.value if hasattr(x, "value") else x
 
 
-def nnsight_outputs(model: torch.nn.Module, tokenizer: Any, input_ids: torch.Tensor,
-                    site_names: Sequence[str], *, stage: str = "output") -> dict[str, torch.Tensor]:
+def nnsight_outputs(
+    model: torch.nn.Module, tokenizer: Any, input_ids: torch.Tensor, site_names: Sequence[str], *, stage: str = "output"
+) -> dict[str, torch.Tensor]:
     """Outputs (or inputs) ``[b, s, d]`` of ``site_names``, saved inside one nnsight trace.
 
     Args:
@@ -181,9 +189,13 @@ def nnsight_outputs(model: torch.nn.Module, tokenizer: Any, input_ids: torch.Ten
     return {k: _value(v).detach() for k, v in saved.items()}
 
 
-def nnsight_grads(model: torch.nn.Module, tokenizer: Any, input_ids: torch.Tensor,
-                  site_names: Sequence[str],
-                  loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+def nnsight_grads(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    input_ids: torch.Tensor,
+    site_names: Sequence[str],
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+) -> dict[str, torch.Tensor]:
     """``dL/d output`` ``[b, s, d_out]`` of each site, through nnsight's ``with loss.backward()``.
 
     Args:
@@ -201,7 +213,8 @@ def nnsight_grads(model: torch.nn.Module, tokenizer: Any, input_ids: torch.Tenso
     if missing:
         raise KeyError(f"not modules of the model: {missing[:3]}")
     names = sorted(site_names, key=order.__getitem__)
-    emb_name = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
+    emb_module = cast("PreTrainedModel", model).get_input_embeddings()
+    emb_name = next(n for n, m in model.named_modules() if m is emb_module)
     grads = {}
     with wrapped.trace(input_ids):
         emb = _envoy(wrapped, emb_name)

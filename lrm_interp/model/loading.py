@@ -25,8 +25,9 @@ import contextlib
 import importlib
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import torch
 
@@ -71,8 +72,10 @@ def register_model_alias(name: str, loader: str | Loader, *, replace: bool = Fal
     if not replace:
         old = [_target(_ALIASES[key])] if key in _ALIASES else sorted(_entry_points().get(key, ()))
         if old and old != [_target(loader)]:
-            raise ValueError(f"model alias {key!r} is registered twice ({' / '.join(old)} and {_target(loader)}); "
-                             "pick another name, or pass replace=True")
+            raise ValueError(
+                f"model alias {key!r} is registered twice ({' / '.join(old)} and {_target(loader)}); "
+                "pick another name, or pass replace=True"
+            )
     else:
         _REPLACED.add(key)
     _ALIASES[key] = loader
@@ -105,8 +108,10 @@ def _alias_loader(name: str) -> Loader | None:
     if not targets:
         return None
     if len(targets) > 1:
-        raise ValueError(f"model alias {key!r} is registered twice, by different loaders: {', '.join(sorted(targets))} "
-                         f"(entry-point group {ENTRY_POINT_GROUP!r} and register_model_alias)")
+        raise ValueError(
+            f"model alias {key!r} is registered twice, by different loaders: {', '.join(sorted(targets))} "
+            f"(entry-point group {ENTRY_POINT_GROUP!r} and register_model_alias)"
+        )
     target = _ALIASES.get(key) or next(iter(targets))
     if callable(target):
         return target
@@ -167,21 +172,27 @@ def check_loading_info(model: torch.nn.Module, info: dict, path: str | Path) -> 
     lost = sorted(n for n in missing if n in params and by_ptr[storage(n, params[n])] <= missing)
     if lost:
         n_all = len(by_ptr)
-        raise ValueError(f"{path}: the checkpoint lacks {len(lost)} of the model's {n_all} parameter tensors "
-                         f"({_shown(lost)}): they would be randomly initialised. The folder is incomplete or "
-                         "damaged (a shard missing, a tensor deleted, another architecture in config.json)")
+        raise ValueError(
+            f"{path}: the checkpoint lacks {len(lost)} of the model's {n_all} parameter tensors "
+            f"({_shown(lost)}): they would be randomly initialised. The folder is incomplete or "
+            "damaged (a shard missing, a tensor deleted, another architecture in config.json)"
+        )
     mismatched = [str(k[0] if isinstance(k, (tuple, list)) else k) for k in info.get("mismatched_keys") or ()]
     if mismatched:
-        raise ValueError(f"{path}: {len(mismatched)} checkpoint tensor(s) have another shape than the model its "
-                         f"config.json describes ({_shown(sorted(mismatched))}): they would be randomly initialised")
+        raise ValueError(
+            f"{path}: {len(mismatched)} checkpoint tensor(s) have another shape than the model its "
+            f"config.json describes ({_shown(sorted(mismatched))}): they would be randomly initialised"
+        )
     unexpected = sorted(str(k) for k in info.get("unexpected_keys") or ())
     if unexpected:
-        warnings.warn(f"{path}: {len(unexpected)} tensor(s) in the checkpoint are not used by the model "
-                      f"({_shown(unexpected)}); they are ignored", stacklevel=3)
+        warnings.warn(
+            f"{path}: {len(unexpected)} tensor(s) in the checkpoint are not used by the model "
+            f"({_shown(unexpected)}); they are ignored",
+            stacklevel=3,
+        )
 
 
-def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None = None,
-               device_map: Any = None):
+def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None = None, device_map: Any = None):
     """Return ``(model, tokenizer)`` from a model object, a local HF directory or an alias.
 
     Args:
@@ -220,9 +231,11 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
         return m, tokenizer or t
     path = Path(name).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"model directory {path} does not exist (no hub access: pass a local "
-                                f"directory, a model object or an alias: {', '.join(sorted(model_aliases()))}; "
-                                f"installed packages add aliases through the {ENTRY_POINT_GROUP!r} entry points)")
+        raise FileNotFoundError(
+            f"model directory {path} does not exist (no hub access: pass a local "
+            f"directory, a model object or an alias: {', '.join(sorted(model_aliases()))}; "
+            f"installed packages add aliases through the {ENTRY_POINT_GROUP!r} entry points)"
+        )
     if not (path / "config.json").exists() and (path / "adapter_config.json").exists():
         from lrm_interp.model.reasoner import load_reasoner  # a distilled reasoner's LoRA delta
 
@@ -238,8 +251,11 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
     if device_map is not None:
         kw["device_map"] = device_map
     with _held_load_report():  # check_loading_info says it in one line
-        m, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, ignore_mismatched_sizes=True,
-                                                       **kw)
+        # output_loading_info=True: a (model, loading info) pair, which the stubs do not say
+        m, info = cast(
+            "tuple[Any, dict]",
+            AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, ignore_mismatched_sizes=True, **kw),
+        )
     check_loading_info(m, info, path)
     m.eval()
     load_record(m, path)
@@ -248,11 +264,12 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
         try:
             tok = AutoTokenizer.from_pretrained(path)
         except Exception as e:  # transformers raises several types for a missing tokenizer
-            raise ValueError(f"{path} holds no loadable tokenizer ({type(e).__name__}: {e}); "
-                             "pass tokenizer=...") from e
+            raise ValueError(f"{path} holds no loadable tokenizer ({type(e).__name__}: {e}); pass tokenizer=...") from e
         if not getattr(tok, "is_fast", False):
-            raise ValueError(f"the tokenizer in {path} is not a fast tokenizer: character offsets "
-                             "(needed to map behaviour spans to tokens) are unavailable")
+            raise ValueError(
+                f"the tokenizer in {path} is not a fast tokenizer: character offsets "
+                "(needed to map behaviour spans to tokens) are unavailable"
+            )
     return m, tok
 
 

@@ -16,7 +16,7 @@ an error.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -55,8 +55,9 @@ def _position_mask(positions, b: int, s: int, device, dtype) -> torch.Tensor | N
 
 
 @contextlib.contextmanager
-def add_to_outputs(model: torch.nn.Module, additions: Mapping[str, tuple[torch.Tensor, object]], *,
-                   alpha: float = 1.0) -> Iterator[None]:
+def add_to_outputs(
+    model: torch.nn.Module, additions: Mapping[str, tuple[torch.Tensor, object]], *, alpha: float = 1.0
+) -> Iterator[None]:
     """Add ``alpha * vector`` to each named site's output at its positions while active.
 
     Args:

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from lrm_interp.model.forward import base_and_head, cache_kwarg, frozen_for_attribution, input_device
 
-_SUPPORT: "weakref.WeakKeyDictionary[torch.nn.Module, dict[bool, tuple[bool, str]]]" = weakref.WeakKeyDictionary()
+_SUPPORT: weakref.WeakKeyDictionary[torch.nn.Module, dict[bool, tuple[bool, str]]] = weakref.WeakKeyDictionary()
 
 
 def _dynamic_cache_cls():
@@ -46,6 +47,8 @@ def _dynamic_cache_cls():
 class _ReadOnlyMixin:
     """``update`` returns prefix + new keys/values and stores nothing (see module docs)."""
 
+    layers: list[Any]  # the DynamicCache's (this class is mixed into it)
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         layer = self.layers[layer_idx]
         return (torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2))
@@ -54,9 +57,14 @@ class _ReadOnlyMixin:
 def _read_only_cls():
     global ReadOnlyPrefixCache
     if ReadOnlyPrefixCache is None:
-        ReadOnlyPrefixCache = type("ReadOnlyPrefixCache", (_ReadOnlyMixin, _dynamic_cache_cls()), {
-            "__doc__": "A ``DynamicCache`` holding a fixed prefix; ``update`` never stores (module docs).",
-            "__module__": __name__})
+        ReadOnlyPrefixCache = type(
+            "ReadOnlyPrefixCache",
+            (_ReadOnlyMixin, _dynamic_cache_cls()),
+            {
+                "__doc__": "A ``DynamicCache`` holding a fixed prefix; ``update`` never stores (module docs).",
+                "__module__": __name__,
+            },
+        )
     return ReadOnlyPrefixCache
 
 
@@ -82,8 +90,10 @@ def trace_cache(model: torch.nn.Module, ids: torch.Tensor) -> list[tuple[torch.T
         cache = out[1]
     layers = getattr(cache, "layers", None)
     if not layers or any(getattr(layer, "keys", None) is None for layer in layers):
-        raise TypeError(f"{type(model).__name__}: the forward returned no per-layer KV cache "
-                        "(gradient checkpointing switched on, or a model without one)")
+        raise TypeError(
+            f"{type(model).__name__}: the forward returned no per-layer KV cache "
+            "(gradient checkpointing switched on, or a model without one)"
+        )
     return [(layer.keys.detach(), layer.values.detach()) for layer in layers]
 
 
@@ -135,20 +145,34 @@ def cache_support(model: torch.nn.Module, *, gradient_checkpointing: bool = Fals
                 ref = (full.last_hidden_state if hasattr(full, "last_hidden_state") else full[0]).float()
                 kv = trace_cache(model, ids)
             if gradient_checkpointing:
-                with frozen_for_attribution(model, gradient_checkpointing=True), \
-                        cache_survives_checkpointing(model), torch.enable_grad():
+                with (
+                    frozen_for_attribution(model, gradient_checkpointing=True),
+                    cache_survives_checkpointing(model),
+                    torch.enable_grad(),
+                ):
                     out = dec(input_ids=ids[:, 7:], use_cache=True, **{cache_kwarg(dec): window_cache(kv, 7)})
             else:
                 with torch.no_grad():
                     out = dec(input_ids=ids[:, 7:], use_cache=True, **{cache_kwarg(dec): window_cache(kv, 7)})
             got = (out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]).detach().float()
-            ok = got.shape == ref[:, 7:].shape and torch.allclose(got, ref[:, 7:], rtol=1e-3,
-                                                                   atol=1e-4 * (1 + float(ref.abs().max())))
-            res = (True, "") if ok else (False, "a cached window does not reproduce the full forward on a probe"
-                                         + (" with gradient checkpointing" if gradient_checkpointing else ""))
+            ok = got.shape == ref[:, 7:].shape and torch.allclose(
+                got, ref[:, 7:], rtol=1e-3, atol=1e-4 * (1 + float(ref.abs().max()))
+            )
+            res = (
+                (True, "")
+                if ok
+                else (
+                    False,
+                    "a cached window does not reproduce the full forward on a probe"
+                    + (" with gradient checkpointing" if gradient_checkpointing else ""),
+                )
+            )
         except Exception as e:  # noqa: BLE001 - any failure means: use the full prefix
-            res = (False, f"prefix cache unavailable{' with gradient checkpointing' if gradient_checkpointing else ''} "
-                          f"({type(e).__name__}: {e})")
+            res = (
+                False,
+                f"prefix cache unavailable{' with gradient checkpointing' if gradient_checkpointing else ''} "
+                f"({type(e).__name__}: {e})",
+            )
     cache[gradient_checkpointing] = res
     return res
 
@@ -168,18 +192,23 @@ def cache_survives_checkpointing(model: torch.nn.Module) -> Iterator[None]:
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     if not layers:
         raise TypeError(f"{type(model).__name__} has no GradientCheckpointingLayer: its checkpointing drops the cache")
-    outer = [m for m in model.modules() if not isinstance(m, GradientCheckpointingLayer)
-             and isinstance(getattr(m, "gradient_checkpointing", None), bool) and m.training]
+    outer = [
+        m
+        for m in model.modules()
+        if not isinstance(m, GradientCheckpointingLayer)
+        and isinstance(getattr(m, "gradient_checkpointing", None), bool)
+        and m.training
+    ]
     saved = [(m, m.__dict__.get("_can_checkpoint_with_cache", None)) for m in layers]
     try:
         for m, _ in saved:
             m._can_checkpoint_with_cache = True
-        for m in outer:
-            m.training = False
+        for o in outer:
+            o.training = False
         yield
     finally:
-        for m in outer:
-            m.training = True
+        for o in outer:
+            o.training = True
         for m, v in saved:
             if v is None:
                 m.__dict__.pop("_can_checkpoint_with_cache", None)
@@ -187,5 +216,4 @@ def cache_survives_checkpointing(model: torch.nn.Module) -> Iterator[None]:
                 m._can_checkpoint_with_cache = v
 
 
-__all__ = ["ReadOnlyPrefixCache", "trace_cache", "window_cache", "cache_support",
-           "cache_survives_checkpointing"]
+__all__ = ["ReadOnlyPrefixCache", "trace_cache", "window_cache", "cache_support", "cache_survives_checkpointing"]

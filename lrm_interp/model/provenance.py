@@ -53,7 +53,7 @@ class ModelRecord:
         return {"source": self.source, "compression": [dict(c) for c in self.compression]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelRecord":
+    def from_dict(cls, d: dict) -> ModelRecord:
         return cls(source=d.get("source"), compression=tuple(d.get("compression") or ()))
 
     def last(self, kind: str) -> dict | None:
@@ -138,8 +138,10 @@ def weights_fingerprint(model: torch.nn.Module, *, check_finite: bool = True) ->
             if check_finite and chunk.is_floating_point():
                 bad = ~torch.isfinite(chunk) if is_param else torch.isnan(chunk)
                 if bool(bad.any()):
-                    raise NonFiniteError(f"{'parameter' if is_param else 'buffer'} {name} holds "
-                                         f"{int(bad.sum())} non-finite values: every score would be NaN")
+                    raise NonFiniteError(
+                        f"{'parameter' if is_param else 'buffer'} {name} holds "
+                        f"{int(bad.sum())} non-finite values: every score would be NaN"
+                    )
             h.update(_tensor_bytes(chunk))
     return h.hexdigest()
 
@@ -194,8 +196,9 @@ def recorded_weights(obj: Any) -> dict | None:
     return rec if isinstance(rec, dict) and rec.get("weights_fingerprint") else None
 
 
-def check_same_weights(recorded: Any, model: torch.nn.Module, *, what: str, fingerprint: str | None = None,
-                       hint: str = "") -> str | None:
+def check_same_weights(
+    recorded: Any, model: torch.nn.Module, *, what: str, fingerprint: str | None = None, hint: str = ""
+) -> str | None:
     """Refuse to apply ``what`` (e.g. ``"masks file m.safetensors"``), computed on the model that
     ``recorded`` names (see :func:`recorded_weights`), to ``model`` when its weights differ.
 
@@ -214,7 +217,8 @@ def check_same_weights(recorded: Any, model: torch.nn.Module, *, what: str, fing
         raise WeightsMismatchError(
             f"{what} was computed on another model: {rec.get('name') or '?'} with weights fingerprint "
             f"{rec['weights_fingerprint']}, but the model at hand ({model_name(model)}) has weights fingerprint {have} "
-            f"(another checkpoint, or the same one in another dtype or after compression){': ' + hint if hint else ''}")
+            f"(another checkpoint, or the same one in another dtype or after compression){': ' + hint if hint else ''}"
+        )
     return have
 
 
@@ -249,13 +253,33 @@ def model_provenance(model: torch.nn.Module, tokenizer: Any = None, *, fingerpri
         "quantization": quant,
         "pruning": rec.last("pruning"),
         "source": rec.source,
-        "tokenizer": None if tokenizer is None else {
-            "class": type(tokenizer).__name__, "name": getattr(tokenizer, "name_or_path", None),
-            "vocab_size": len(tokenizer), "fingerprint": tokenizer_fingerprint(tokenizer)},
+        "tokenizer": None
+        if tokenizer is None
+        else {
+            "class": type(tokenizer).__name__,
+            "name": getattr(tokenizer, "name_or_path", None),
+            "vocab_size": len(tokenizer),
+            "fingerprint": tokenizer_fingerprint(tokenizer),
+        },
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
 
 
-__all__ = ["ModelRecord", "NonFiniteError", "model_record", "record_source", "record_compression", "save_record",
-           "load_record", "weights_fingerprint", "tokenizer_fingerprint", "model_provenance", "PROVENANCE_FILE",
-           "model_name", "weights_record", "recorded_weights", "check_same_weights", "WeightsMismatchError"]
+__all__ = [
+    "ModelRecord",
+    "NonFiniteError",
+    "model_record",
+    "record_source",
+    "record_compression",
+    "save_record",
+    "load_record",
+    "weights_fingerprint",
+    "tokenizer_fingerprint",
+    "model_provenance",
+    "PROVENANCE_FILE",
+    "model_name",
+    "weights_record",
+    "recorded_weights",
+    "check_same_weights",
+    "WeightsMismatchError",
+]

@@ -5,9 +5,10 @@ written by :func:`lrm_interp.toy.distill.distill_reasoner`. :func:`load_reasoner
 the base (``W + alpha/r · B A``, by peft's ``merge_and_unload``), giving a plain
 ``LlamaForCausalLM``, and caches the merged model as safetensors under
 ``$LRM_INTERP_CACHE/smollm2-135m-reasoner-<key>`` (:func:`merged_key`: delta hash + base package
-versions): a different delta or base never reuses another's cache. The shipped delta lives in ``lrm_interp/assets/smollm2_reasoner/``; it is the
-``smollm2-135m-reasoner`` alias of :func:`lrm_interp.model.loading.load_model`. Provenance
-records the base's conversion record, the delta's sha256 and the distillation recipe.
+versions): a different delta or base never reuses another's cache. The shipped delta lives in
+``lrm_interp/assets/smollm2_reasoner/``; it is the ``smollm2-135m-reasoner`` alias of
+:func:`lrm_interp.model.loading.load_model`. Provenance records the base's conversion record, the
+delta's sha256 and the distillation recipe.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lrm_interp.model.provenance import model_record, record_source
 from lrm_interp.model.smollm2 import SOURCE_FILE, cache_dir, load_smollm2, publish_cache_folder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 REASONER_ALIAS = "smollm2-135m-reasoner"
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -57,7 +61,9 @@ def import_peft():
     try:
         import peft
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("distilling or loading the SmolLM2 reasoner needs peft (not installed): pip install peft") from e
+        raise ImportError(
+            "distilling or loading the SmolLM2 reasoner needs peft (not installed): pip install peft"
+        ) from e
     return peft
 
 
@@ -67,10 +73,11 @@ def check_adapter(adapter_dir: Path) -> None:
         raise FileNotFoundError(
             f"{adapter_dir} is not a LoRA delta (missing {', '.join(missing)}). The shipped reasoner delta is "
             f"absent from this install; distil one with `lrm-interp toy distill --out RUN` and load it with "
-            f"load_reasoner(adapter='RUN/adapter')")
+            f"load_reasoner(adapter='RUN/adapter')"
+        )
 
 
-def merge_adapter(base: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.Module:
+def merge_adapter(base: torch.nn.Module, adapter_dir: str | Path) -> PreTrainedModel:
     """``base`` with the peft LoRA adapter of ``adapter_dir`` merged into its weights (a plain
     ``PreTrainedModel`` again, no peft modules left). Modifies ``base``'s weights in place."""
     peft = import_peft()
@@ -82,8 +89,13 @@ def merge_adapter(base: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.Mo
     return merged.to(dtype)
 
 
-def load_reasoner(*, dtype: torch.dtype | None = None, device_map: Any = None, adapter: str | Path | None = None,
-                  cache: Path | None = None):
+def load_reasoner(
+    *,
+    dtype: torch.dtype | None = None,
+    device_map: Any = None,
+    adapter: str | Path | None = None,
+    cache: Path | None = None,
+):
     """The distilled reasoner as a plain ``LlamaForCausalLM`` + SmolLM2 tokenizer, in eval mode.
 
     Args:
@@ -105,10 +117,15 @@ def load_reasoner(*, dtype: torch.dtype | None = None, device_map: Any = None, a
         merged = merge_adapter(base, adapter_dir)
         recipe_path = adapter_dir / RECIPE_FILE
         recipe = json.loads(recipe_path.read_text()) if recipe_path.exists() else None
-        source = {"alias": REASONER_ALIAS, "base": base_source, "delta": str(adapter_dir), "delta_sha256": sha,
-                  "delta_bytes": sum((adapter_dir / f).stat().st_size for f in _ADAPTER_FILES),
-                  "recipe": recipe["config"] if recipe else None,
-                  "n_people": recipe["config"]["n_people"] if recipe else None}
+        source = {
+            "alias": REASONER_ALIAS,
+            "base": base_source,
+            "delta": str(adapter_dir),
+            "delta_sha256": sha,
+            "delta_bytes": sum((adapter_dir / f).stat().st_size for f in _ADAPTER_FILES),
+            "recipe": recipe["config"] if recipe else None,
+            "n_people": recipe["config"]["n_people"] if recipe else None,
+        }
 
         def write(tmp: Path) -> None:
             merged.save_pretrained(tmp)
@@ -125,4 +142,13 @@ def load_reasoner(*, dtype: torch.dtype | None = None, device_map: Any = None, a
     return model, tok
 
 
-__all__ = ["import_peft", "load_reasoner", "merge_adapter", "delta_sha256", "check_adapter", "merged_key", "reasoner_asset_dir", "REASONER_ALIAS"]
+__all__ = [
+    "import_peft",
+    "load_reasoner",
+    "merge_adapter",
+    "delta_sha256",
+    "check_adapter",
+    "merged_key",
+    "reasoner_asset_dir",
+    "REASONER_ALIAS",
+]

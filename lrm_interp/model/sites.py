@@ -14,24 +14,46 @@ that maps a module's leaf name to a *kind* is fixed (``KIND_BY_LEAF``).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
 # Leaf module name -> kind.  Fused projections keep their own kinds (qkv, gate_up).
 KIND_BY_LEAF: dict[str, str] = {
-    "q_proj": "q", "query": "q", "wq": "q",
-    "k_proj": "k", "key": "k", "wk": "k",
-    "v_proj": "v", "value": "v", "wv": "v",
-    "o_proj": "o", "out_proj": "o", "wo": "o", "dense": "o",
-    "qkv_proj": "qkv", "c_attn": "qkv", "query_key_value": "qkv", "Wqkv": "qkv", "W_pack": "qkv",
-    "gate_proj": "gate", "w1": "gate",
-    "up_proj": "up", "w3": "up", "c_fc": "up", "fc1": "up", "dense_h_to_4h": "up",
-    "down_proj": "down", "w2": "down", "fc2": "down", "dense_4h_to_h": "down",
+    "q_proj": "q",
+    "query": "q",
+    "wq": "q",
+    "k_proj": "k",
+    "key": "k",
+    "wk": "k",
+    "v_proj": "v",
+    "value": "v",
+    "wv": "v",
+    "o_proj": "o",
+    "out_proj": "o",
+    "wo": "o",
+    "dense": "o",
+    "qkv_proj": "qkv",
+    "c_attn": "qkv",
+    "query_key_value": "qkv",
+    "Wqkv": "qkv",
+    "W_pack": "qkv",
+    "gate_proj": "gate",
+    "w1": "gate",
+    "up_proj": "up",
+    "w3": "up",
+    "c_fc": "up",
+    "fc1": "up",
+    "dense_h_to_4h": "up",
+    "down_proj": "down",
+    "w2": "down",
+    "fc2": "down",
+    "dense_4h_to_h": "down",
     "gate_up_proj": "gate_up",
-    "lm_head": "lm_head", "embed_out": "lm_head",
+    "lm_head": "lm_head",
+    "embed_out": "lm_head",
 }
 # GPT-2 reuses ``c_proj`` for the attention output and the MLP output.
 _KIND_BY_BLOCK_LEAF: dict[tuple[str, str], str] = {("attn", "c_proj"): "o", ("mlp", "c_proj"): "down"}
@@ -72,7 +94,7 @@ class Site:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Site":
+    def from_dict(cls, d: dict) -> Site:
         return cls(**d)
 
 
@@ -124,8 +146,15 @@ def _make_site(name: str, module: nn.Module, shape: tuple[int, int]) -> Site:
     bias = getattr(module, "bias", None)
     n_bias = bias.numel() if isinstance(bias, torch.Tensor) else 0
     return Site(
-        name=name, layer=layer, block=block, kind=kind, in_features=fin, out_features=fout,
-        n_weights=fin * fout, n_params=fin * fout + n_bias, module_type=type(module).__name__,
+        name=name,
+        layer=layer,
+        block=block,
+        kind=kind,
+        in_features=fin,
+        out_features=fout,
+        n_weights=fin * fout,
+        n_params=fin * fout + n_bias,
+        module_type=type(module).__name__,
     )
 
 
@@ -190,10 +219,12 @@ def resolve_sites(model: nn.Module, sites: Sequence[Site | str] | str | None = N
         except AttributeError:
             mod = None
         shape = linear_shape(mod) if mod is not None else None
-        if shape is None:
+        if mod is None or shape is None:
             close = [n for n, m in model.named_modules() if n.endswith(name.split(".")[-1]) and linear_shape(m)][:3]
             raise KeyError(f"{name!r} is not a linear module of this model (e.g. {close})")
-        out.append(s if isinstance(s, Site) and (s.in_features, s.out_features) == shape else _make_site(name, mod, shape))
+        out.append(
+            s if isinstance(s, Site) and (s.in_features, s.out_features) == shape else _make_site(name, mod, shape)
+        )
     return out
 
 

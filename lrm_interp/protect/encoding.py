@@ -29,8 +29,9 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -51,8 +52,10 @@ def _varint_encode(x: np.ndarray) -> np.ndarray:
     for k in range(1, 10):
         nb += x >= np.uint64(1 << (7 * k))
     maxb = int(nb.max()) if x.size else 0
-    cols = [((x >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8) | np.where(nb > k + 1, 0x80, 0).astype(np.uint8)
-            for k in range(maxb)]
+    cols = [
+        ((x >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8) | np.where(nb > k + 1, 0x80, 0).astype(np.uint8)
+        for k in range(maxb)
+    ]
     if not cols:
         return np.zeros(0, dtype=np.uint8)
     grid = np.stack(cols, 1)
@@ -77,7 +80,7 @@ def _available(pm: ProtectionMask) -> list[str]:
     if pm.granularity == "full":
         return ["module"]
     encs = ["bitmask", "coo32", "csr16", "gaps"]
-    if out * inn < 2 ** 31:
+    if out * inn < 2**31:
         encs.append("flat32")
     if inn > 65536:
         encs.remove("csr16")
@@ -106,7 +109,7 @@ def index_bits(mask: ProtectionMask | torch.Tensor, encoding: str = "auto") -> t
         if e == "module":
             costs[e] = 0
         elif e == "lines32":
-            costs[e] = 32 * int(pm.index.numel())
+            costs[e] = 32 * int(cast(torch.Tensor, pm.index).numel())  # rows / cols: an index
         elif e == "bitmask":
             costs[e] = 8 * math.ceil(out * inn / 8)
         elif e == "coo32":
@@ -138,7 +141,7 @@ def encode_index(pm: ProtectionMask, encoding: str = "auto") -> tuple[str, dict[
     if encoding == "none":
         encoding = "flat32"
     if encoding == "lines32":
-        return encoding, {"lines": pm.index.to(torch.int32)}
+        return encoding, {"lines": cast(torch.Tensor, pm.index).to(torch.int32)}  # rows / cols: an index
     flat = pm.flat_indices()
     if encoding == "bitmask":
         bits = np.packbits(pm.dense().flatten().numpy().astype(np.uint8))
@@ -159,8 +162,9 @@ def encode_index(pm: ProtectionMask, encoding: str = "auto") -> tuple[str, dict[
     raise ValueError(f"unknown encoding {encoding!r} (one of {ENCODINGS})")
 
 
-def decode_index(site: str, shape: tuple[int, int], granularity: str, encoding: str,
-                 parts: Mapping[str, torch.Tensor]) -> ProtectionMask:
+def decode_index(
+    site: str, shape: tuple[int, int], granularity: str, encoding: str, parts: Mapping[str, torch.Tensor]
+) -> ProtectionMask:
     """Inverse of :func:`encode_index`."""
     out, inn = shape
     if encoding == "module":
@@ -189,8 +193,9 @@ def decode_index(site: str, shape: tuple[int, int], granularity: str, encoding: 
     return pm
 
 
-def quantized_site_bits(site: Site, bits: int, *, group_size: int | None = 128, symmetric: bool = False,
-                        param_bits: int = 16) -> tuple[int, int]:
+def quantized_site_bits(
+    site: Site, bits: int, *, group_size: int | None = 128, symmetric: bool = False, param_bits: int = 16
+) -> tuple[int, int]:
     """Storage of one site quantized to ``bits``: ``(code bits, scale/zero bits)`` — ``bits`` per
     weight, and per group (``group_size`` inputs of one row; ``None``: one per row) a
     ``param_bits`` scale plus, asymmetric, a ``param_bits`` zero-point."""
@@ -198,9 +203,17 @@ def quantized_site_bits(site: Site, bits: int, *, group_size: int | None = 128, 
     return bits * site.n_weights, param_bits * (1 if symmetric else 2) * groups
 
 
-def bits_per_weight(masks: Mapping[str, ProtectionMask], sites: Sequence[Site], *, bits: int,
-                    group_size: int | None = 128, encoding: str = "auto", value_bits: int = 16,
-                    symmetric: bool = False, param_bits: int = 16) -> dict:
+def bits_per_weight(
+    masks: Mapping[str, ProtectionMask],
+    sites: Sequence[Site],
+    *,
+    bits: int,
+    group_size: int | None = 128,
+    encoding: str = "auto",
+    value_bits: int = 16,
+    symmetric: bool = False,
+    param_bits: int = 16,
+) -> dict:
     """Average storage bits per weight over ``sites`` with FP16-kept weights (module docs).
 
     Returns per-weight contributions ``code_bits``, ``scale_bits``, ``value_bits``,
@@ -220,8 +233,10 @@ def bits_per_weight(masks: Mapping[str, ProtectionMask], sites: Sequence[Site], 
     for s in sites:
         m = masks.get(s.name)
         if m is not None and m.shape != (s.out_features, s.in_features):
-            raise ValueError(f"{src}: the mask of site {s.name} has shape {list(m.shape)} but the site's weight is "
-                             f"[{s.out_features}, {s.in_features}] (masks of another model?)")
+            raise ValueError(
+                f"{src}: the mask of site {s.name} has shape {list(m.shape)} but the site's weight is "
+                f"[{s.out_features}, {s.in_features}] (masks of another model?)"
+            )
         if m is not None and m.is_full:
             val += value_bits * s.n_weights
             n_prot += s.n_weights
@@ -237,14 +252,23 @@ def bits_per_weight(masks: Mapping[str, ProtectionMask], sites: Sequence[Site], 
             b, e = index_bits(m, encoding)
             idx += b
             encs[s.name] = e
-    return {"bpw": (code + scale + val + idx) / n_total, "base_bits": bits, "code_bits": code / n_total,
-            "scale_bits": scale / n_total, "value_bits": val / n_total, "index_bits": idx / n_total,
-            "protected_fraction": n_prot / n_total, "full_fraction": n_full / n_total, "encodings": encs}
+    return {
+        "bpw": (code + scale + val + idx) / n_total,
+        "base_bits": bits,
+        "code_bits": code / n_total,
+        "scale_bits": scale / n_total,
+        "value_bits": val / n_total,
+        "index_bits": idx / n_total,
+        "protected_fraction": n_prot / n_total,
+        "full_fraction": n_full / n_total,
+        "encodings": encs,
+    }
 
 
 # ---------------------------------------------------------------------------- tensors and file
-def mask_tensors(masks: Mapping[str, ProtectionMask], *, encoding: str = "auto"
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+def mask_tensors(
+    masks: Mapping[str, ProtectionMask], *, encoding: str = "auto"
+) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """``({"<site>::<part>": tensor}, {site: {"shape": [out, in], "granularity", "encoding"}})``.
 
     Each site's index is encoded with ``encoding`` (``auto`` = cheapest; a site without
@@ -259,8 +283,9 @@ def mask_tensors(masks: Mapping[str, ProtectionMask], *, encoding: str = "auto"
     return tensors, info
 
 
-def masks_from_tensors(tensors: Mapping[str, torch.Tensor], info: Mapping[str, dict], *,
-                       source: str = "masks") -> dict[str, ProtectionMask]:
+def masks_from_tensors(
+    tensors: Mapping[str, torch.Tensor], info: Mapping[str, dict], *, source: str = "masks"
+) -> dict[str, ProtectionMask]:
     """Inverse of :func:`mask_tensors`: ``{site: ProtectionMask}`` in the order of ``info``.
 
     Tensors of other kinds under a site's prefix (e.g. the sidecar's ``<site>::values``) are
@@ -280,8 +305,14 @@ def masks_from_tensors(tensors: Mapping[str, torch.Tensor], info: Mapping[str, d
     return out
 
 
-def save_masks(masks: Mapping[str, ProtectionMask], path: str | Path, *, metadata: dict | None = None,
-               encoding: str = "auto", model: Mapping[str, str] | None = None) -> Path:
+def save_masks(
+    masks: Mapping[str, ProtectionMask],
+    path: str | Path,
+    *,
+    metadata: dict | None = None,
+    encoding: str = "auto",
+    model: Mapping[str, str] | None = None,
+) -> Path:
     """Write masks to one safetensors file (format in the module docs; atomic; no pickle).
 
     ``model``: ``{"name", "weights_fingerprint"}`` of the model the masks were computed for
@@ -316,7 +347,10 @@ def load_masks(path: str | Path) -> tuple[MaskSet, dict]:
         raise ValueError(f"{path}: the 'model' metadata entry is not JSON ({e})") from None
     if not (isinstance(model, dict) and model.get("weights_fingerprint")):
         model = None
-        warnings.warn(f"{path}: the masks file records no model weights fingerprint (written by an older lrm_interp, "
-                      "or saved without one): it cannot be checked against the model it is applied to", stacklevel=2)
+        warnings.warn(
+            f"{path}: the masks file records no model weights fingerprint (written by an older lrm_interp, "
+            "or saved without one): it cannot be checked against the model it is applied to",
+            stacklevel=2,
+        )
     masks = MaskSet(masks_from_tensors(tensors, info, source=str(path)), model=model, source=str(path))
     return masks, json.loads(meta.get("extra", "{}"))

@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -51,8 +51,11 @@ def full_modules(masks: Mapping[str, ProtectionMask], *, warn: bool = True) -> l
     partial = partial_modules(masks)
     if partial and warn:
         n = sum(masks[k].n_protected for k in partial)
-        warnings.warn(f"{len(partial)} sites with partial masks ({n} protected weights, e.g. {partial[0]}) are not "
-                      "expressible as module exclusions and are not exported; use save_sidecar", stacklevel=3)
+        warnings.warn(
+            f"{len(partial)} sites with partial masks ({n} protected weights, e.g. {partial[0]}) are not "
+            "expressible as module exclusions and are not exported; use save_sidecar",
+            stacklevel=3,
+        )
     return full
 
 
@@ -66,23 +69,49 @@ def llmcompressor_ignore(masks: Mapping[str, ProtectionMask], *, keep_lm_head: b
     return (["lm_head"] if keep_lm_head else []) + full_modules(masks)
 
 
-def llmcompressor_recipe_dict(masks: Mapping[str, ProtectionMask], *, scheme: str = "W4A16",
-                              modifier: str = "GPTQModifier", targets: str = "Linear",
-                              keep_lm_head: bool = True) -> dict:
+def llmcompressor_recipe_dict(
+    masks: Mapping[str, ProtectionMask],
+    *,
+    scheme: str = "W4A16",
+    modifier: str = "GPTQModifier",
+    targets: str = "Linear",
+    keep_lm_head: bool = True,
+) -> dict:
     """The recipe as a dict ``{"quant_stage": {"quant_modifiers": {modifier: {...}}}}``."""
-    return {"quant_stage": {"quant_modifiers": {modifier: {
-        "targets": [targets], "scheme": scheme, "ignore": llmcompressor_ignore(masks, keep_lm_head=keep_lm_head)}}}}
+    return {
+        "quant_stage": {
+            "quant_modifiers": {
+                modifier: {
+                    "targets": [targets],
+                    "scheme": scheme,
+                    "ignore": llmcompressor_ignore(masks, keep_lm_head=keep_lm_head),
+                }
+            }
+        }
+    }
 
 
-def llmcompressor_recipe(masks: Mapping[str, ProtectionMask], *, scheme: str = "W4A16",
-                         modifier: str = "GPTQModifier", targets: str = "Linear", keep_lm_head: bool = True) -> str:
+def llmcompressor_recipe(
+    masks: Mapping[str, ProtectionMask],
+    *,
+    scheme: str = "W4A16",
+    modifier: str = "GPTQModifier",
+    targets: str = "Linear",
+    keep_lm_head: bool = True,
+) -> str:
     """A YAML recipe for llm-compressor's ``oneshot(recipe=...)`` with the protected modules ignored.
 
     Names are JSON-quoted (valid YAML scalars).
     """
     ignore = llmcompressor_ignore(masks, keep_lm_head=keep_lm_head)
-    lines = ["quant_stage:", "  quant_modifiers:", f"    {modifier}:", f"      targets: [{json.dumps(targets)}]",
-             f"      scheme: {scheme}", "      ignore:"]
+    lines = [
+        "quant_stage:",
+        "  quant_modifiers:",
+        f"    {modifier}:",
+        f"      targets: [{json.dumps(targets)}]",
+        f"      scheme: {scheme}",
+        "      ignore:",
+    ]
     lines += [f"        - {json.dumps(n)}" for n in ignore]
     return "\n".join(lines) + "\n"
 
@@ -121,10 +150,19 @@ def llmcompressor_config_groups(alloc, *, keep_lm_head: bool = True) -> dict:
     for name, b in alloc.bits.items():
         if b == 16:
             continue
-        g = groups.setdefault(f"w{b}", {"targets": [], "weights": {
-            "num_bits": int(b), "type": "int", "symmetric": bool(alloc.symmetric),
-            "strategy": "group" if alloc.group_size else "channel",
-            **({"group_size": int(alloc.group_size)} if alloc.group_size else {})}})
+        g = groups.setdefault(
+            f"w{b}",
+            {
+                "targets": [],
+                "weights": {
+                    "num_bits": int(b),
+                    "type": "int",
+                    "symmetric": bool(alloc.symmetric),
+                    "strategy": "group" if alloc.group_size else "channel",
+                    **({"group_size": int(alloc.group_size)} if alloc.group_size else {}),
+                },
+            },
+        )
         g["targets"].append(f"re:^{re.escape(name)}$")
     ignore = (["lm_head"] if keep_lm_head else []) + [n for n, b in alloc.bits.items() if b == 16]
     return {"config_groups": dict(sorted(groups.items())), "ignore": ignore}
@@ -137,8 +175,14 @@ def modules_to_not_convert(masks: Mapping[str, ProtectionMask], *, keep_lm_head:
     return (["lm_head"] if keep_lm_head else []) + full_modules(masks)
 
 
-def save_sidecar(model: torch.nn.Module, masks: Mapping[str, ProtectionMask], path: str | Path, *,
-                 value_dtype: torch.dtype = torch.float16, encoding: str = "auto") -> Path:
+def save_sidecar(
+    model: torch.nn.Module,
+    masks: Mapping[str, ProtectionMask],
+    path: str | Path,
+    *,
+    value_dtype: torch.dtype = torch.float16,
+    encoding: str = "auto",
+) -> Path:
     """Store the original values (FP16 by default) of the protected weights, read from ``model``.
 
     Format ``lrm_interp.sidecar/2`` (module docs): the masks' index tensors (``encoding`` as in
@@ -167,8 +211,10 @@ def apply_sidecar_(model: torch.nn.Module, path: str | Path) -> int:
     for name, m in masks.items():
         vals = tensors.get(f"{name}{SEP}values")
         if vals is None or vals.numel() != m.n_protected:
-            raise ValueError(f"{path}: corrupt sidecar entry for {name} "
-                             f"({m.n_protected} protected weights, {None if vals is None else vals.numel()} values)")
+            raise ValueError(
+                f"{path}: corrupt sidecar entry for {name} "
+                f"({m.n_protected} protected weights, {None if vals is None else vals.numel()} values)"
+            )
         mod = get_module(model, name)
         W = weight_matrix(mod).clone()
         if tuple(W.shape) != m.shape:

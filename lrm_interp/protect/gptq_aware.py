@@ -17,7 +17,8 @@ in memory at a time, collected when the first site of the layer is asked for).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -36,14 +37,26 @@ class GPTQDeltas:
     it is when a layer is first asked for; the cache holds one decoder layer's sites.
     """
 
-    def __init__(self, model: torch.nn.Module, sites: Sequence[Site], calib: CalibData, *, bits: int,
-                 group_size: int | None = 128, symmetric: bool = False, blocksize: int = 128,
-                 percdamp: float = 0.01, progress: bool = True):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        sites: Sequence[Site],
+        calib: CalibData,
+        *,
+        bits: int,
+        group_size: int | None = 128,
+        symmetric: bool = False,
+        blocksize: int = 128,
+        percdamp: float = 0.01,
+        progress: bool = True,
+    ):
         if calib is None:
             raise ValueError("GPTQ-based saliency needs calibration data (calib=)")
         self.model, self.calib = model, calib
         self.sites = {s.name: s for s in sites}
-        self.kw = dict(group_size=group_size, symmetric=symmetric, blocksize=blocksize, percdamp=percdamp)
+        self.kw: dict[str, Any] = dict(
+            group_size=group_size, symmetric=symmetric, blocksize=blocksize, percdamp=percdamp
+        )
         self.bits, self.progress = bits, progress
         self._layer: Any = object()
         self._H: dict[str, torch.Tensor] = {}
@@ -51,8 +64,9 @@ class GPTQDeltas:
     def __call__(self, site: Site, W: torch.Tensor) -> torch.Tensor:
         if site.name not in self._H:
             grp = [s for s in self.sites.values() if s.layer == site.layer] if site.layer is not None else [site]
-            self._H, _ = collect_hessians(self.model, grp, self.calib, progress=self.progress,
-                                          desc=f"Hessians layer {site.layer}")
+            self._H, _ = collect_hessians(
+                self.model, grp, self.calib, progress=self.progress, desc=f"Hessians layer {site.layer}"
+            )
         H = self._H.pop(site.name)
         return gptq_quantize(W.float(), H.to(W.device), self.bits, **self.kw)
 
@@ -71,23 +85,42 @@ def response_loss(model: torch.nn.Module, e: EncodedTrace) -> torch.Tensor | Non
     return span_losses(model, e.input_ids[None].to(input_device(model)), [sp])[0]
 
 
-def tacq(model: torch.nn.Module, sites: Sequence[Site], encoded: Sequence[EncodedTrace], calib: CalibData, *,
-         bits: int = 3, group_size: int | None = 128, symmetric: bool = False,
-         progress: bool = True) -> SaliencyStream:
+def tacq(
+    model: torch.nn.Module,
+    sites: Sequence[Site],
+    encoded: Sequence[EncodedTrace],
+    calib: CalibData,
+    *,
+    bits: int = 3,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    progress: bool = True,
+) -> SaliencyStream:
     """TaCQ ``|G| ⊙ |W − GPTQ(W)| ⊙ |W|`` ``[out, in]`` per site, ``G`` from response-token losses
     of ``encoded`` (module docs)."""
     q = GPTQDeltas(model, sites, calib, bits=bits, group_size=group_size, symmetric=symmetric, progress=progress)
 
     def weigh(s: Site, W: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         return G * (W - q(s, W).cpu()).abs() * W.abs()
+
     return attribution(model, sites, loss_fn=response_loss, batches=list(encoded), weigh=weigh, progress=progress)
 
 
-def attribution_gptq(model: torch.nn.Module, sites: Sequence[Site], encoded: Sequence[EncodedTrace],
-                     behaviors: Sequence[str], calib: CalibData, *, bits: int = 3, group_size: int | None = 128,
-                     symmetric: bool = False, module_importance: Mapping[str, float] | Any | None = None,
-                     progress: bool = True) -> SaliencyStream:
+def attribution_gptq(
+    model: torch.nn.Module,
+    sites: Sequence[Site],
+    encoded: Sequence[EncodedTrace],
+    behaviors: Sequence[str],
+    calib: CalibData,
+    *,
+    bits: int = 3,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    module_importance: Mapping[str, float] | Any | None = None,
+    progress: bool = True,
+) -> SaliencyStream:
     """Behaviour-span ``|G| ⊙ |W − GPTQ(W)|`` ``[out, in]`` per site (module docs)."""
     q = GPTQDeltas(model, sites, calib, bits=bits, group_size=group_size, symmetric=symmetric, progress=progress)
-    return attribution(model, sites, encoded, behaviors, quantizer=q, module_importance=module_importance,
-                       progress=progress)
+    return attribution(
+        model, sites, encoded, behaviors, quantizer=q, module_importance=module_importance, progress=progress
+    )

@@ -16,8 +16,9 @@ Related modules: :mod:`lrm_interp.protect.policies` (which weights to protect un
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, cast
 
 import torch
 
@@ -40,8 +41,15 @@ class ProtectionMask:
     granularity: str
     index: torch.Tensor | None
 
-    def __init__(self, site: str, mask: torch.Tensor | None = None, granularity: str | None = None, *,
-                 shape: tuple[int, int] | None = None, index: torch.Tensor | None = None):
+    def __init__(
+        self,
+        site: str,
+        mask: torch.Tensor | None = None,
+        granularity: str | None = None,
+        *,
+        shape: tuple[int, int] | None = None,
+        index: torch.Tensor | None = None,
+    ):
         if mask is not None:
             m = torch.as_tensor(mask).to(torch.bool).cpu()
             if m.dim() != 2:
@@ -79,24 +87,24 @@ class ProtectionMask:
 
     # ------------------------------------------------------------ constructors
     @classmethod
-    def full(cls, site: Site | str, shape: tuple[int, int] | None = None) -> "ProtectionMask":
+    def full(cls, site: Site | str, shape: tuple[int, int] | None = None) -> ProtectionMask:
         """Every weight of ``site`` (its shape from the :class:`Site`, else ``shape = (out, in)``)."""
         if isinstance(site, Site):
             return cls(site.name, shape=(site.out_features, site.in_features), granularity="full")
         return cls(site, shape=shape, granularity="full")
 
     @classmethod
-    def from_rows(cls, site: str, shape: tuple[int, int], rows) -> "ProtectionMask":
+    def from_rows(cls, site: str, shape: tuple[int, int], rows) -> ProtectionMask:
         """Whole output rows ``rows`` (ids in ``0 .. out−1``) of an ``(out, in)`` weight."""
         return cls(site, shape=shape, granularity="rows", index=rows)
 
     @classmethod
-    def from_cols(cls, site: str, shape: tuple[int, int], cols) -> "ProtectionMask":
+    def from_cols(cls, site: str, shape: tuple[int, int], cols) -> ProtectionMask:
         """Whole input columns ``cols`` (ids in ``0 .. in−1``) of an ``(out, in)`` weight."""
         return cls(site, shape=shape, granularity="cols", index=cols)
 
     @classmethod
-    def from_indices(cls, site: str, shape: tuple[int, int], flat) -> "ProtectionMask":
+    def from_indices(cls, site: str, shape: tuple[int, int], flat) -> ProtectionMask:
         """Single weights by flat id ``r·in + c`` (sorted and deduplicated)."""
         return cls(site, shape=shape, granularity="elements", index=flat)
 
@@ -110,7 +118,7 @@ class ProtectionMask:
         if self.granularity == "full":
             return self.n_weights
         per = {"rows": self.shape[1], "cols": self.shape[0], "elements": 1}[self.granularity]
-        return int(self.index.numel()) * per
+        return int(cast(torch.Tensor, self.index).numel()) * per  # not "full": an index
 
     @property
     def is_full(self) -> bool:
@@ -137,18 +145,23 @@ class ProtectionMask:
     def flat_indices(self) -> torch.Tensor:
         """Sorted flat ids ``r·in + c`` of the protected weights (int64)."""
         if self.granularity == "elements":
-            return self.index
+            return cast(torch.Tensor, self.index)  # not "full": an index
         return self.dense().flatten().nonzero().flatten()
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, ProtectionMask) and (self.site, self.shape) == (other.site, other.shape)
-                and torch.equal(self.flat_indices(), other.flat_indices()))
+        return (
+            isinstance(other, ProtectionMask)
+            and (self.site, self.shape) == (other.site, other.shape)
+            and torch.equal(self.flat_indices(), other.flat_indices())
+        )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable on purpose: holds a tensor index
 
     def __repr__(self) -> str:
-        return (f"ProtectionMask({self.site!r}, shape={self.shape}, granularity={self.granularity!r}, "
-                f"n_protected={self.n_protected})")
+        return (
+            f"ProtectionMask({self.site!r}, shape={self.shape}, granularity={self.granularity!r}, "
+            f"n_protected={self.n_protected})"
+        )
 
     def _repr_html_(self) -> str:
         """Jupyter: the counts and where the protected weights sit (share of each eighth of the rows
@@ -160,11 +173,16 @@ class ProtectionMask:
         rows = torch.stack([c.mean() for c in m.chunk(min(8, out), 0)]).reshape(-1, 1)
         cols = torch.stack([c.mean() for c in m.chunk(min(8, inn), 1)]).reshape(1, -1)
         frac = self.n_protected / max(self.n_weights, 1)
-        table = html_table(["site", "shape", "granularity", "protected", "share"],
-                           [[self.site, f"{out} × {inn}", self.granularity, self.n_protected, f"{100 * frac:.2f}%"]])
-        return box("ProtectionMask", table,
-                   html_heatmap(rows, list(range(rows.shape[0])), ["share"], title="by row block"),
-                   html_heatmap(cols, [0], [str(i) for i in range(cols.shape[1])], title="by column block"))
+        table = html_table(
+            ["site", "shape", "granularity", "protected", "share"],
+            [[self.site, f"{out} × {inn}", self.granularity, self.n_protected, f"{100 * frac:.2f}%"]],
+        )
+        return box(
+            "ProtectionMask",
+            table,
+            html_heatmap(rows, list(range(rows.shape[0])), ["share"], title="by row block"),
+            html_heatmap(cols, [0], [str(i) for i in range(cols.shape[1])], title="by column block"),
+        )
 
 
 class MaskSet(dict):
@@ -178,8 +196,13 @@ class MaskSet(dict):
         source: the masks file it was read from (named in errors), ``None`` when built in memory.
     """
 
-    def __init__(self, masks: Mapping[str, ProtectionMask] | None = None, *, model: Mapping[str, Any] | None = None,
-                 source: str | None = None):
+    def __init__(
+        self,
+        masks: Mapping[str, ProtectionMask] | None = None,
+        *,
+        model: Mapping[str, Any] | None = None,
+        source: str | None = None,
+    ):
         super().__init__(masks or {})
         self.model = dict(model) if model else None
         self.source = source

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 
@@ -88,9 +88,16 @@ class BitAllocation:
         return pd.DataFrame({"site": list(self.bits), "bits": list(self.bits.values())})
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "bits": self.bits, "bpw": self.bpw, "budget_bpw": self.budget_bpw,
-                "sensitivity": self.sensitivity, "group_size": self.group_size, "symmetric": self.symmetric,
-                "provenance": self.provenance}
+        return {
+            "format": FORMAT,
+            "bits": self.bits,
+            "bpw": self.bpw,
+            "budget_bpw": self.budget_bpw,
+            "sensitivity": self.sensitivity,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+            "provenance": self.provenance,
+        }
 
     def save(self, path: str | Path) -> Path:
         """JSON file (atomic write)."""
@@ -98,12 +105,19 @@ class BitAllocation:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "BitAllocation":
+    def load(cls, path: str | Path) -> BitAllocation:
         d = json.loads(Path(path).read_text())
         if d.get("format") != FORMAT:
             raise ValueError(f"{path}: not a bit allocation file (format {d.get('format')!r}, expected {FORMAT!r})")
-        return cls({k: int(v) for k, v in d["bits"].items()}, d["bpw"], d["budget_bpw"], d["sensitivity"],
-                   d["group_size"], d["symmetric"], d.get("provenance", {}))
+        return cls(
+            {k: int(v) for k, v in d["bits"].items()},
+            d["bpw"],
+            d["budget_bpw"],
+            d["sensitivity"],
+            d["group_size"],
+            d["symmetric"],
+            d.get("provenance", {}),
+        )
 
 
 def check_choices(choices: Sequence[int]) -> list[int]:
@@ -127,17 +141,24 @@ def site_cost(site: Site, bits: int, *, group_size: int | None = 128, symmetric:
     return code + params
 
 
-def allocation_bpw(bits: Mapping[str, int], sites: Sequence[Site], *, group_size: int | None = 128,
-                   symmetric: bool = False) -> float:
+def allocation_bpw(
+    bits: Mapping[str, int], sites: Sequence[Site], *, group_size: int | None = 128, symmetric: bool = False
+) -> float:
     """Average storage bits per weight of an allocation over ``sites``."""
     n = sum(s.n_weights for s in sites)
     return sum(site_cost(s, bits[s.name], group_size=group_size, symmetric=symmetric) for s in sites) / n
 
 
 @torch.no_grad()
-def quantization_errors(model: torch.nn.Module, sites: Sequence[Site], choices: Sequence[int], *,
-                        group_size: int | None = 128, symmetric: bool = False,
-                        relative: bool = False) -> dict[str, dict[int, float]]:
+def quantization_errors(
+    model: torch.nn.Module,
+    sites: Sequence[Site],
+    choices: Sequence[int],
+    *,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    relative: bool = False,
+) -> dict[str, dict[int, float]]:
     """``{site: {bits: ‖RTN_bits(W) − W‖²_F}}`` (divided by ``‖W‖²_F`` when ``relative``); 0 at 16 bits."""
     from lrm_interp.compress.quant.rtn import rtn_quantize
 
@@ -145,9 +166,13 @@ def quantization_errors(model: torch.nn.Module, sites: Sequence[Site], choices: 
     for s in sites:
         W = weight_matrix(get_module(model, s.name)).float()
         norm = float(W.pow(2).sum()) if relative else 1.0
-        out[s.name] = {b: 0.0 if b == KEPT else
-                       float((rtn_quantize(W, b, group_size=group_size, symmetric=symmetric) - W).pow(2).sum())
-                       / max(norm, 1e-30) for b in choices}
+        out[s.name] = {
+            b: 0.0
+            if b == KEPT
+            else float((rtn_quantize(W, b, group_size=group_size, symmetric=symmetric) - W).pow(2).sum())
+            / max(norm, 1e-30)
+            for b in choices
+        }
     return out
 
 
@@ -156,10 +181,17 @@ def hessian_sensitivity(hessians: Mapping[str, torch.Tensor]) -> dict[str, float
     return {k: float(torch.diagonal(H).mean()) for k, H in hessians.items()}
 
 
-def allocate_bits(sites: Sequence[Site], errors: Mapping[str, Mapping[int, float]],
-                  sensitivity: Mapping[str, float] | None, budget_bpw: float, *,
-                  choices: Sequence[int] = (2, 3, 4, 8, 16), group_size: int | None = 128,
-                  symmetric: bool = False, name: str = "none") -> BitAllocation:
+def allocate_bits(
+    sites: Sequence[Site],
+    errors: Mapping[str, Mapping[int, float]],
+    sensitivity: Mapping[str, float] | None,
+    budget_bpw: float,
+    *,
+    choices: Sequence[int] = (2, 3, 4, 8, 16),
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    name: str = "none",
+) -> BitAllocation:
     """Greedy bit allocation minimising ``Σ_m s_m · e_m(b_m)`` with average bits ≤ ``budget_bpw``.
 
     Args:
@@ -175,8 +207,11 @@ def allocate_bits(sites: Sequence[Site], errors: Mapping[str, Mapping[int, float
     choices = check_choices(choices)
     group_size = check_group_size(group_size)
     n_total = sum(s.n_weights for s in sites)
-    sens = {s.name: 1.0 for s in sites} if sensitivity is None else {s.name: float(sensitivity.get(s.name, 0.0))
-                                                                     for s in sites}
+    sens = (
+        {s.name: 1.0 for s in sites}
+        if sensitivity is None
+        else {s.name: float(sensitivity.get(s.name, 0.0)) for s in sites}
+    )
     bad = [k for k, v in sens.items() if not (math.isfinite(v) and v >= 0)]
     if bad:
         raise ValueError(f"allocate_bits: sensitivities must be finite and >= 0, got {sens[bad[0]]} for {bad[0]}")
@@ -189,8 +224,10 @@ def allocate_bits(sites: Sequence[Site], errors: Mapping[str, Mapping[int, float
     used = sum(cost[s.name][choices[0]] for s in sites)
     budget = budget_bpw * n_total
     if used > budget + 1e-9:
-        raise ValueError(f"budget {budget_bpw} bpw is below the cheapest allocation ({used / n_total:.4f} bpw at "
-                         f"{choices[0]} bits everywhere)")
+        raise ValueError(
+            f"budget {budget_bpw} bpw is below the cheapest allocation ({used / n_total:.4f} bpw at "
+            f"{choices[0]} bits everywhere)"
+        )
     while True:
         best, best_ratio = None, -1.0
         for s in sites:
@@ -211,20 +248,30 @@ def allocate_bits(sites: Sequence[Site], errors: Mapping[str, Mapping[int, float
         used += cost[best][choices[i + 1]] - cost[best][choices[i]]
         level[best] = i + 1
     bits = {s.name: choices[level[s.name]] for s in sites}
-    return BitAllocation(bits, used / n_total, float(budget_bpw), name, group_size, symmetric,
-                         {"choices": choices, "objective": sum(sens[k] * errors[k][b] for k, b in bits.items())})
+    return BitAllocation(
+        bits,
+        used / n_total,
+        float(budget_bpw),
+        name,
+        group_size,
+        symmetric,
+        {"choices": choices, "objective": sum(sens[k] * errors[k][b] for k, b in bits.items())},
+    )
 
 
-def uniform_allocation(sites: Sequence[Site], bits: int, *, group_size: int | None = 128,
-                       symmetric: bool = False) -> BitAllocation:
+def uniform_allocation(
+    sites: Sequence[Site], bits: int, *, group_size: int | None = 128, symmetric: bool = False
+) -> BitAllocation:
     """Every module at ``bits`` (the baseline of the same bit width everywhere)."""
     b = {s.name: int(bits) for s in sites}
-    return BitAllocation(b, allocation_bpw(b, sites, group_size=group_size, symmetric=symmetric), None, "uniform",
-                         group_size, symmetric)
+    return BitAllocation(
+        b, allocation_bpw(b, sites, group_size=group_size, symmetric=symmetric), None, "uniform", group_size, symmetric
+    )
 
 
-def quantize_allocation_(model: torch.nn.Module, alloc: BitAllocation, *, method: str = "rtn",
-                         calib=None, progress: bool = True, **gptq_kw) -> list:
+def quantize_allocation_(
+    model: torch.nn.Module, alloc: BitAllocation, *, method: str = "rtn", calib=None, progress: bool = True, **gptq_kw
+) -> list:
     """Quantize each module of ``model`` in place at its allocated bits (16: left as is), with
     :func:`lrm_interp.compress.quant.quantize_model_`, one call per bit width; returns the reports."""
     from lrm_interp.compress.quant import quantize_model_
@@ -236,10 +283,31 @@ def quantize_allocation_(model: torch.nn.Module, alloc: BitAllocation, *, method
     for b, names in sorted(by_bits.items()):
         if b == KEPT:
             continue
-        reports.append(quantize_model_(model, bits=b, group_size=alloc.group_size, symmetric=alloc.symmetric,
-                                       method=method, sites=names, calib=calib, progress=progress, **gptq_kw))
+        reports.append(
+            quantize_model_(
+                model,
+                bits=b,
+                group_size=alloc.group_size,
+                symmetric=alloc.symmetric,
+                method=method,
+                sites=names,
+                calib=calib,
+                progress=progress,
+                **gptq_kw,
+            )
+        )
     return reports
 
 
-__all__ = ["BitAllocation", "allocate_bits", "uniform_allocation", "quantization_errors", "hessian_sensitivity",
-           "site_cost", "allocation_bpw", "quantize_allocation_", "check_choices", "KEPT"]
+__all__ = [
+    "BitAllocation",
+    "allocate_bits",
+    "uniform_allocation",
+    "quantization_errors",
+    "hessian_sensitivity",
+    "site_cost",
+    "allocation_bpw",
+    "quantize_allocation_",
+    "check_choices",
+    "KEPT",
+]

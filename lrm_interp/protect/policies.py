@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -53,8 +54,10 @@ def _check_budget(budget: float) -> float:
 def _refuse_nothing(budget: float, n_weights: int, what: str, least: float) -> None:
     """The ``ValueError`` of a budget above 0 that protects no weight (module docs); ``least``:
     a budget that protects something."""
-    raise ValueError(f"budget {budget:g} of {n_weights} weights protects 0 weights ({what}); use budget=0 for no "
-                     f"protection, or a budget of at least {least:.3g}")
+    raise ValueError(
+        f"budget {budget:g} of {n_weights} weights protects 0 weights ({what}); use budget=0 for no "
+        f"protection, or a budget of at least {least:.3g}"
+    )
 
 
 def _n_total(saliency: Any, n_total: int | None, sites: Sequence[Site] | None) -> tuple[Any, int]:
@@ -70,8 +73,9 @@ def _n_total(saliency: Any, n_total: int | None, sites: Sequence[Site] | None) -
 def _checked(site: Site, sal: torch.Tensor) -> torch.Tensor:
     v = sal.detach().float().cpu()
     if tuple(v.shape) != (site.out_features, site.in_features):
-        raise ValueError(f"saliency of {site.name} has shape {tuple(v.shape)}, expected "
-                         f"[{site.out_features}, {site.in_features}]")
+        raise ValueError(
+            f"saliency of {site.name} has shape {tuple(v.shape)}, expected [{site.out_features}, {site.in_features}]"
+        )
     if not bool(torch.isfinite(v).all()):
         raise ValueError(f"saliency of {site.name} has {int((~torch.isfinite(v)).sum())} non-finite values")
     return v
@@ -102,12 +106,20 @@ def _mask_from_units(site: Site, idx: torch.Tensor, granularity: str) -> Protect
     shape = (site.out_features, site.in_features)
     cls = ProtectionMask
     return {"elements": cls.from_indices, "rows": cls.from_rows, "cols": cls.from_cols}[granularity](
-        site.name, shape, idx)
+        site.name, shape, idx
+    )
 
 
-def global_top(saliency: Iterable[tuple[Site, torch.Tensor]], budget: float = 0.02, *, n_total: int | None = None,
-               sites: Sequence[Site] | None = None, granularity: str = "elements",
-               exclude: Iterable[str] = (), reserved: int = 0) -> dict[str, ProtectionMask]:
+def global_top(
+    saliency: Iterable[tuple[Site, torch.Tensor]],
+    budget: float = 0.02,
+    *,
+    n_total: int | None = None,
+    sites: Sequence[Site] | None = None,
+    granularity: str = "elements",
+    exclude: Iterable[str] = (),
+    reserved: int = 0,
+) -> dict[str, ProtectionMask]:
     """Exactly ``round(budget · N) − reserved`` most salient weights over all sites.
 
     Args:
@@ -157,8 +169,12 @@ def global_top(saliency: Iterable[tuple[Site, torch.Tensor]], budget: float = 0.
                 used += w
         chosen = torch.sort(pool_i[torch.tensor(take, dtype=torch.long)]).values
         if k > 0 and not take and pool_w.numel():
-            _refuse_nothing(budget, N, f"{k} weights, fewer than one whole {_UNIT[granularity]} of "
-                                       f"{int(pool_w.min())} weights", int(pool_w.min()) / N)
+            _refuse_nothing(
+                budget,
+                N,
+                f"{k} weights, fewer than one whole {_UNIT[granularity]} of {int(pool_w.min())} weights",
+                int(pool_w.min()) / N,
+            )
     out = {}
     for site, start, per in seen:
         n_units = site.n_weights // per
@@ -191,19 +207,30 @@ def _per_module_least(site: Site, granularity: str) -> float:
     return per / site.n_weights
 
 
-def per_module_top(saliency: Iterable[tuple[Site, torch.Tensor]], budget: float = 0.02, *,
-                   granularity: str = "elements", exclude: Iterable[str] = ()) -> dict[str, ProtectionMask]:
+def per_module_top(
+    saliency: Iterable[tuple[Site, torch.Tensor]],
+    budget: float = 0.02,
+    *,
+    granularity: str = "elements",
+    exclude: Iterable[str] = (),
+) -> dict[str, ProtectionMask]:
     """``round(budget · n_m)`` weights of every module (rows/cols: greedy ≤ that many weights)."""
     budget = _check_budget(budget)
     _units_of(granularity)
     exclude = set(exclude)
-    why = (f"round({budget:g} × n) = 0 in every module" if granularity == "elements" else
-           f"round({budget:g} × n) is less than one whole {_UNIT[granularity]} in every module")
+    why = (
+        f"round({budget:g} × n) = 0 in every module"
+        if granularity == "elements"
+        else f"round({budget:g} × n) is less than one whole {_UNIT[granularity]} in every module"
+    )
     known = [s for s in getattr(saliency, "sites", None) or () if s.name not in exclude]
     if budget > 0 and known and all(_per_module_k(s, budget, granularity) == 0 for s in known):
-        _refuse_nothing(budget, sum(s.n_weights for s in known), f"{why}, the largest having "
-                        f"{max(s.n_weights for s in known)} weights", min(_per_module_least(s, granularity)
-                                                                          for s in known))
+        _refuse_nothing(
+            budget,
+            sum(s.n_weights for s in known),
+            f"{why}, the largest having {max(s.n_weights for s in known)} weights",
+            min(_per_module_least(s, granularity) for s in known),
+        )
     out = {}
     free: list[Site] = []
     n_taken = 0
@@ -216,9 +243,12 @@ def per_module_top(saliency: Iterable[tuple[Site, torch.Tensor]], budget: float 
             free.append(site)
             n_taken += out[site.name].n_protected
     if budget > 0 and free and n_taken == 0:
-        _refuse_nothing(budget, sum(s.n_weights for s in free), f"{why}, the largest having "
-                        f"{max(s.n_weights for s in free)} weights",
-                        min(_per_module_least(s, granularity) for s in free))
+        _refuse_nothing(
+            budget,
+            sum(s.n_weights for s in free),
+            f"{why}, the largest having {max(s.n_weights for s in free)} weights",
+            min(_per_module_least(s, granularity) for s in free),
+        )
     return out
 
 
@@ -231,8 +261,15 @@ def _split(sites: Sequence[Site], always: str | None, never: str | None) -> tupl
     return forced, free, banned
 
 
-def modules_by_score(sites: Sequence[Site], scores: Any, budget: float = 0.02, *, always: str | None = None,
-                     never: str | None = None, behavior: str | None = None) -> dict[str, ProtectionMask]:
+def modules_by_score(
+    sites: Sequence[Site],
+    scores: Any,
+    budget: float = 0.02,
+    *,
+    always: str | None = None,
+    never: str | None = None,
+    behavior: str | None = None,
+) -> dict[str, ProtectionMask]:
     """Whole modules in decreasing score while the protected total stays ≤ ``budget · N``.
 
     ``scores``: ``{site: score}`` or an Attribution (mean relative importance over
@@ -251,8 +288,12 @@ def modules_by_score(sites: Sequence[Site], scores: Any, budget: float = 0.02, *
             used += s.n_weights
     if budget > 0 and not chosen and free:
         smallest = min(s.n_weights for s in free)
-        _refuse_nothing(budget, n_total, f"{budget * n_total:.0f} weights, fewer than the smallest module's "
-                                         f"{smallest}", smallest / n_total)
+        _refuse_nothing(
+            budget,
+            n_total,
+            f"{budget * n_total:.0f} weights, fewer than the smallest module's {smallest}",
+            smallest / n_total,
+        )
     chosen.sort(key=lambda s: pos[s.name])
     return {s.name: ProtectionMask.full(s) for s in chosen}
 
@@ -269,8 +310,9 @@ def final_mlp(sites: Sequence[Site]) -> dict[str, ProtectionMask]:
     return out
 
 
-def apply_regexes(masks: Mapping[str, ProtectionMask], sites: Sequence[Site], *, always: str | None = None,
-                  never: str | None = None) -> dict[str, ProtectionMask]:
+def apply_regexes(
+    masks: Mapping[str, ProtectionMask], sites: Sequence[Site], *, always: str | None = None, never: str | None = None
+) -> dict[str, ProtectionMask]:
     """Force whole sites in (``always``) or out (``never``; it wins) of existing ``masks``."""
     forced, _, banned = _split(sites, always, never)
     out = {k: v for k, v in masks.items() if k not in banned}
@@ -293,10 +335,18 @@ def _model_of(saliency: Any, scores: Any) -> dict | None:
     return rec
 
 
-def build_masks(sites: Sequence[Site], policy: str = "global_top", budget: float = 0.02, *,
-                saliency: Iterable[tuple[Site, torch.Tensor]] | None = None, scores: Any = None,
-                always: str | None = None, never: str | None = None, granularity: str = "elements",
-                behavior: str | None = None) -> MaskSet:
+def build_masks(
+    sites: Sequence[Site],
+    policy: str = "global_top",
+    budget: float = 0.02,
+    *,
+    saliency: Iterable[tuple[Site, torch.Tensor]] | None = None,
+    scores: Any = None,
+    always: str | None = None,
+    never: str | None = None,
+    granularity: str = "elements",
+    behavior: str | None = None,
+) -> MaskSet:
     """One entry point for every policy (see the module docs).
 
     ``global_top``/``per_module_top`` need ``saliency`` (a stream over ``sites``);
@@ -314,21 +364,30 @@ def build_masks(sites: Sequence[Site], policy: str = "global_top", budget: float
     sites = list(sites)
     forced, _, banned = _split(sites, always, never)
     if policy == "final_mlp":
-        return MaskSet(apply_regexes(final_mlp(sites), sites, always=always, never=never),
-                       model=_model_of(saliency, scores))
+        return MaskSet(
+            apply_regexes(final_mlp(sites), sites, always=always, never=never), model=_model_of(saliency, scores)
+        )
     if policy == "modules_by_score":
         if scores is None:
             raise ValueError("policy 'modules_by_score' needs scores (a dict site -> score or an Attribution)")
-        return MaskSet(modules_by_score(sites, scores, budget, always=always, never=never, behavior=behavior),
-                       model=_model_of(saliency, scores))
+        return MaskSet(
+            modules_by_score(sites, scores, budget, always=always, never=never, behavior=behavior),
+            model=_model_of(saliency, scores),
+        )
     if policy not in ("global_top", "per_module_top"):
         raise ValueError(f"unknown policy {policy!r} (one of {POLICIES})")
     if saliency is None:
         raise ValueError(f"policy {policy!r} needs a saliency stream (lrm_interp.protect.saliency)")
     skip = banned | {s.name for s in forced}
     if policy == "global_top":
-        masks = global_top(saliency, budget, sites=sites, granularity=granularity, exclude=skip,
-                           reserved=sum(s.n_weights for s in forced))
+        masks = global_top(
+            saliency,
+            budget,
+            sites=sites,
+            granularity=granularity,
+            exclude=skip,
+            reserved=sum(s.n_weights for s in forced),
+        )
     else:
         masks = per_module_top(saliency, budget, granularity=granularity, exclude=skip)
     return MaskSet(apply_regexes(masks, sites, always=always, never=never), model=_model_of(saliency, scores))

@@ -19,8 +19,9 @@ name                   per weight (larger = keep in FP16)                       
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 
@@ -30,8 +31,7 @@ from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.tokens import EncodedTrace
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.gptq_aware import attribution_gptq, tacq
-from lrm_interp.protect.saliency import (SaliencyStream, activation, attribution, hessian, magnitude,
-                                         random_saliency)
+from lrm_interp.protect.saliency import SaliencyStream, activation, attribution, hessian, magnitude, random_saliency
 from lrm_interp.protect.scale_aware import scale_aware_saliency
 
 
@@ -68,53 +68,114 @@ class SaliencySource:
 
 def _attribution_source(importance: bool) -> Callable[[Any, Sequence[Site], SaliencyInputs], SaliencyStream]:
     """The builder of ``attribution`` (``importance=False``) or ``attribution_ri`` (with ``module_importance``)."""
+
     def build(model: torch.nn.Module, sites: Sequence[Site], x: SaliencyInputs) -> SaliencyStream:
-        return attribution(model, sites, x.encoded, x.behaviors, bits=x.bits, group_size=x.group_size,
-                           symmetric=x.symmetric, module_importance=x.module_importance if importance else None,
-                           progress=x.progress)
+        return attribution(
+            model,
+            sites,
+            x.encoded,
+            x.behaviors,
+            bits=x.bits,
+            group_size=x.group_size,
+            symmetric=x.symmetric,
+            module_importance=x.module_importance if importance else None,
+            progress=x.progress,
+        )
+
     return build
 
 
 def _scale_aware_source(model: torch.nn.Module, sites: Sequence[Site], x: SaliencyInputs) -> SaliencyStream:
     """The builder of ``attribution_scale``: behaviour-span gradients, then
     :func:`~lrm_interp.protect.scale_aware.scale_aware_saliency` on the target grid."""
+
     def weigh(s: Site, W: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         return scale_aware_saliency(W, G, x.bits, group_size=x.group_size, symmetric=x.symmetric)
+
     return attribution(model, sites, x.encoded, x.behaviors, weigh=weigh, progress=x.progress)
 
 
+# the casts: the fields a source ``needs`` are not None (build_saliency refuses None before building)
 SALIENCIES: dict[str, SaliencySource] = {
-    "attribution_ri": SaliencySource("attribution (behaviour-span TaCQ × module RI)",
-                                     ("encoded", "behaviors", "module_importance"), _attribution_source(True)),
-    "attribution": SaliencySource("attribution (behaviour-span TaCQ)", ("encoded", "behaviors"),
-                                  _attribution_source(False)),
-    "attribution_scale": SaliencySource("attribution, scale-aware (behaviour spans, group re-fit)",
-                                        ("encoded", "behaviors"), _scale_aware_source),
-    "attribution_gptq": SaliencySource("attribution × GPTQ error (behaviour spans)", ("encoded", "behaviors", "calib"),
-                                       lambda model, sites, x: attribution_gptq(
-                                           model, sites, x.encoded, x.behaviors, x.calib, bits=x.bits,
-                                           group_size=x.group_size, symmetric=x.symmetric, progress=x.progress)),
-    "tacq": SaliencySource("TaCQ (response gradients × GPTQ error × |W|)", ("encoded", "calib"),
-                           lambda model, sites, x: tacq(model, sites, x.encoded, x.calib, bits=x.bits,
-                                                        group_size=x.group_size, symmetric=x.symmetric,
-                                                        progress=x.progress)),
+    "attribution_ri": SaliencySource(
+        "attribution (behaviour-span TaCQ × module RI)",
+        ("encoded", "behaviors", "module_importance"),
+        _attribution_source(True),
+    ),
+    "attribution": SaliencySource(
+        "attribution (behaviour-span TaCQ)", ("encoded", "behaviors"), _attribution_source(False)
+    ),
+    "attribution_scale": SaliencySource(
+        "attribution, scale-aware (behaviour spans, group re-fit)", ("encoded", "behaviors"), _scale_aware_source
+    ),
+    "attribution_gptq": SaliencySource(
+        "attribution × GPTQ error (behaviour spans)",
+        ("encoded", "behaviors", "calib"),
+        lambda model, sites, x: attribution_gptq(
+            model,
+            sites,
+            cast(Sequence[EncodedTrace], x.encoded),
+            cast(Sequence[str], x.behaviors),
+            cast(CalibData, x.calib),
+            bits=x.bits,
+            group_size=x.group_size,
+            symmetric=x.symmetric,
+            progress=x.progress,
+        ),
+    ),
+    "tacq": SaliencySource(
+        "TaCQ (response gradients × GPTQ error × |W|)",
+        ("encoded", "calib"),
+        lambda model, sites, x: tacq(
+            model,
+            sites,
+            cast(Sequence[EncodedTrace], x.encoded),
+            cast(CalibData, x.calib),
+            bits=x.bits,
+            group_size=x.group_size,
+            symmetric=x.symmetric,
+            progress=x.progress,
+        ),
+    ),
     "magnitude": SaliencySource("magnitude", (), lambda model, sites, x: magnitude(model, sites)),
-    "activation": SaliencySource("activation (AWQ-style)", ("calib",),
-                                 lambda model, sites, x: activation(model, sites, x.calib, progress=x.progress)),
-    "hessian": SaliencySource("hessian (SpQR-style)", ("calib",),
-                              lambda model, sites, x: hessian(model, sites, x.calib, bits=x.bits,
-                                                              group_size=x.group_size, symmetric=x.symmetric,
-                                                              progress=x.progress)),
+    "activation": SaliencySource(
+        "activation (AWQ-style)",
+        ("calib",),
+        lambda model, sites, x: activation(model, sites, cast(CalibData, x.calib), progress=x.progress),
+    ),
+    "hessian": SaliencySource(
+        "hessian (SpQR-style)",
+        ("calib",),
+        lambda model, sites, x: hessian(
+            model,
+            sites,
+            cast(CalibData, x.calib),
+            bits=x.bits,
+            group_size=x.group_size,
+            symmetric=x.symmetric,
+            progress=x.progress,
+        ),
+    ),
     "random": SaliencySource("random", (), lambda model, sites, x: random_saliency(model, sites, seed=x.seed)),
 }
 """Saliency sources by name, in the order a protection experiment lists them (module docs)."""
 
 
-def build_saliency(name: str, model: torch.nn.Module, sites: Sequence[Site], *, encoded: Sequence[EncodedTrace] | None = None,
-                   behaviors: Sequence[str] | None = None, calib: CalibData | None = None, bits: int = 3,
-                   group_size: int | None = 128, symmetric: bool = False, seed: int = 0,
-                   module_importance: Mapping[str, float] | Any | None = None,
-                   progress: bool = True) -> SaliencyStream:
+def build_saliency(
+    name: str,
+    model: torch.nn.Module,
+    sites: Sequence[Site],
+    *,
+    encoded: Sequence[EncodedTrace] | None = None,
+    behaviors: Sequence[str] | None = None,
+    calib: CalibData | None = None,
+    bits: int = 3,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    seed: int = 0,
+    module_importance: Mapping[str, float] | Any | None = None,
+    progress: bool = True,
+) -> SaliencyStream:
     """The saliency stream ``(site, [out, in])`` of registered source ``name`` (:data:`SALIENCIES`).
 
     Inputs a source does not use are ignored; a missing required input is a ``ValueError``
@@ -126,9 +187,17 @@ def build_saliency(name: str, model: torch.nn.Module, sites: Sequence[Site], *, 
     group_size = check_group_size(group_size)
     check_int("seed", seed, min=0)
     src = SALIENCIES[name]
-    x = SaliencyInputs(encoded=encoded, behaviors=None if behaviors is None else list(behaviors), calib=calib,
-                       bits=bits, group_size=group_size, symmetric=symmetric, seed=seed,
-                       module_importance=module_importance, progress=progress)
+    x = SaliencyInputs(
+        encoded=encoded,
+        behaviors=None if behaviors is None else list(behaviors),
+        calib=calib,
+        bits=bits,
+        group_size=group_size,
+        symmetric=symmetric,
+        seed=seed,
+        module_importance=module_importance,
+        progress=progress,
+    )
     missing = [n for n in src.needs if getattr(x, n) is None]
     if missing:
         raise ValueError(f"saliency {name!r} needs {', '.join(missing)}")

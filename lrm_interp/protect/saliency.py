@@ -37,7 +37,8 @@ data per chunk) so a big model never holds all weight gradients at once.
 from __future__ import annotations
 
 import zlib
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from typing import Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -58,8 +59,14 @@ class SaliencyStream:
     it scores (``model``, when known: masks built from the stream record its weights fingerprint,
     :meth:`model_record`)."""
 
-    def __init__(self, sites: Sequence[Site], fn: Callable[[], Iterator[tuple[Site, torch.Tensor]]], *,
-                 model: torch.nn.Module | None = None, fingerprint: str | None = None):
+    def __init__(
+        self,
+        sites: Sequence[Site],
+        fn: Callable[[], Iterator[tuple[Site, torch.Tensor]]],
+        *,
+        model: torch.nn.Module | None = None,
+        fingerprint: str | None = None,
+    ):
         self.sites = list(sites)
         self._fn = fn
         self.model = model
@@ -95,15 +102,18 @@ def magnitude(model, sites: Sequence[Site]) -> SaliencyStream:
 
 def random_saliency(model, sites: Sequence[Site], seed: int = 0) -> SaliencyStream:
     """Uniform ``[0, 1)`` noise; a site's values depend only on ``(seed, site name)``."""
+
     def gen():
         for s in sites:
-            g = torch.Generator().manual_seed((int(seed) * 1_000_003 + zlib.crc32(s.name.encode())) % 2 ** 63)
+            g = torch.Generator().manual_seed((int(seed) * 1_000_003 + zlib.crc32(s.name.encode())) % 2**63)
             yield s, torch.rand(s.out_features, s.in_features, generator=g)
+
     return SaliencyStream(sites, gen, model=model)
 
 
-def input_sq_means(model, sites: Sequence[Site], calib: CalibData, *, batch_size: int = 8,
-                   progress: bool = True) -> dict[str, torch.Tensor]:
+def input_sq_means(
+    model, sites: Sequence[Site], calib: CalibData, *, batch_size: int = 8, progress: bool = True
+) -> dict[str, torch.Tensor]:
     """``mean_t x_tj²`` per site input ``[in]`` (float32, CPU) over calibration tokens.
 
     ``calib``: input ids ``[b, s]`` / ``[s]`` or a tokenizer output dict (padding excluded).
@@ -120,16 +130,27 @@ def input_sq_means(model, sites: Sequence[Site], calib: CalibData, *, batch_size
     return {k: v[0] / red.counts[k][0].clamp_min(1) for k, v in red.sums.items()}
 
 
-def activation(model, sites: Sequence[Site], calib: CalibData, *, batch_size: int = 8,
-               progress: bool = True) -> SaliencyStream:
+def activation(
+    model, sites: Sequence[Site], calib: CalibData, *, batch_size: int = 8, progress: bool = True
+) -> SaliencyStream:
     """AWQ-style ``|W_ij| · sqrt(mean x_j²)`` ``[out, in]`` (one calibration pass, then streamed)."""
     sq = input_sq_means(model, sites, calib, batch_size=batch_size, progress=progress)
-    return SaliencyStream(sites, lambda: ((s, _w(model, s).abs() * sq[s.name].sqrt().unsqueeze(0)) for s in sites),
-                          model=model)
+    return SaliencyStream(
+        sites, lambda: ((s, _w(model, s).abs() * sq[s.name].sqrt().unsqueeze(0)) for s in sites), model=model
+    )
 
 
-def hessian(model, sites: Sequence[Site], calib: CalibData, *, bits: int = 3, group_size: int | None = 128,
-            symmetric: bool = False, batch_size: int = 8, progress: bool = True) -> SaliencyStream:
+def hessian(
+    model,
+    sites: Sequence[Site],
+    calib: CalibData,
+    *,
+    bits: int = 3,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> SaliencyStream:
     """SpQR/OWQ-style ``(W − Q(W))² · H_jj`` ``[out, in]`` with ``H_jj = 2·mean x_j²`` and RTN ``Q``."""
     sq = input_sq_means(model, sites, calib, batch_size=batch_size, progress=progress)
 
@@ -138,13 +159,21 @@ def hessian(model, sites: Sequence[Site], calib: CalibData, *, bits: int = 3, gr
             W = _w(model, s)
             dW = W - rtn_quantize(W, bits, group_size=group_size, symmetric=symmetric)
             yield s, dW.pow(2) * (2 * sq[s.name]).unsqueeze(0)
+
     return SaliencyStream(sites, gen, model=model)
 
 
 # ---------------------------------------------------------------------------- gradients
-def weight_grads(model, sites: Sequence[Site], loss_fn: Callable[[Any, Any], torch.Tensor | None],
-                 batches: Iterable[Any], *, reduce: str = "abs", progress: bool = True,
-                 desc: str = "weight gradients") -> dict[str, torch.Tensor]:
+def weight_grads(
+    model,
+    sites: Sequence[Site],
+    loss_fn: Callable[[Any, Any], torch.Tensor | None],
+    batches: Iterable[Any],
+    *,
+    reduce: str = "abs",
+    progress: bool = True,
+    desc: str = "weight gradients",
+) -> dict[str, torch.Tensor]:
     """Accumulated ``∂L/∂W`` ``[out, in]`` (float32, CPU) of ``sites`` over ``batches``.
 
     ``loss_fn(model, batch)`` returns a scalar loss (or ``None`` to skip the batch). Only
@@ -156,7 +185,7 @@ def weight_grads(model, sites: Sequence[Site], loss_fn: Callable[[Any, Any], tor
         raise ValueError(f"reduce must be 'abs' or 'signed', got {reduce!r}")
     mods = [get_module(model, s.name) for s in sites]
     conv = [type(m).__name__ == "Conv1D" for m in mods]
-    params = [m.weight for m in mods]
+    params = [cast(torch.Tensor, m.weight) for m in mods]  # linear sites: a weight tensor
     flags = [(p, p.requires_grad) for p in model.parameters()]
     acc = {s.name: torch.zeros(s.out_features, s.in_features) for s in sites}
     try:
@@ -164,7 +193,7 @@ def weight_grads(model, sites: Sequence[Site], loss_fn: Callable[[Any, Any], tor
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
-        total = len(batches) if hasattr(batches, "__len__") else None
+        total = len(batches) if isinstance(batches, Sized) else None
         for batch in tqdm(batches, desc=desc, total=total, unit="pass", leave=False, disable=not progress):
             loss = loss_fn(model, batch)
             if loss is None:
@@ -191,20 +220,33 @@ def span_loss(model, item: tuple[EncodedTrace, TokenSpan]) -> torch.Tensor:
     """Mean cross-entropy of a span's tokens given the whole prefix (input cut after the span;
     :func:`lrm_interp.model.forward.span_losses`)."""
     e, sp = item
-    ids = e.input_ids[None, :sp.end].to(input_device(model))
+    ids = e.input_ids[None, : sp.end].to(input_device(model))
     return span_losses(model, ids, [sp])[0]
 
 
-def behaviour_weight_grads(model, encoded: Sequence[EncodedTrace], sites: Sequence[Site],
-                           behaviors: Sequence[str], *, reduce: str = "abs",
-                           progress: bool = True) -> dict[str, torch.Tensor]:
+def behaviour_weight_grads(
+    model,
+    encoded: Sequence[EncodedTrace],
+    sites: Sequence[Site],
+    behaviors: Sequence[str],
+    *,
+    reduce: str = "abs",
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
     """Σ over behaviour spans of ``|∂L(s)/∂W|`` (or signed) per site ``[out, in]``.
 
     One backward per span (:func:`span_loss`: mean CE of the span's tokens given the whole
     prefix, positions from :func:`lrm_interp.data.tokens.target_positions`).
     """
-    return weight_grads(model, sites, span_loss, _span_items(encoded, behaviors), reduce=reduce, progress=progress,
-                        desc="span gradients")
+    return weight_grads(
+        model,
+        sites,
+        span_loss,
+        _span_items(encoded, behaviors),
+        reduce=reduce,
+        progress=progress,
+        desc="span gradients",
+    )
 
 
 def _span_items(encoded: Sequence[EncodedTrace], behaviors: Sequence[str]) -> list[tuple[EncodedTrace, TokenSpan]]:
@@ -215,14 +257,24 @@ def _span_items(encoded: Sequence[EncodedTrace], behaviors: Sequence[str]) -> li
     return items
 
 
-def attribution(model, sites: Sequence[Site], encoded: Sequence[EncodedTrace] | None = None,
-                behaviors: Sequence[str] | None = None, *, bits: int = 3, group_size: int | None = 128,
-                symmetric: bool = False, module_importance: Mapping[str, float] | Any | None = None,
-                loss_fn: Callable[[Any, Any], torch.Tensor | None] | None = None, batches: Iterable[Any] | None = None,
-                reduce: str = "abs", site_chunk: int | None = None,
-                quantizer: Callable[[Site, torch.Tensor], torch.Tensor] | None = None,
-                weigh: Callable[[Site, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                progress: bool = True) -> SaliencyStream:
+def attribution(
+    model,
+    sites: Sequence[Site],
+    encoded: Sequence[EncodedTrace] | None = None,
+    behaviors: Sequence[str] | None = None,
+    *,
+    bits: int = 3,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    module_importance: Mapping[str, float] | Any | None = None,
+    loss_fn: Callable[[Any, Any], torch.Tensor | None] | None = None,
+    batches: Iterable[Any] | None = None,
+    reduce: str = "abs",
+    site_chunk: int | None = None,
+    quantizer: Callable[[Site, torch.Tensor], torch.Tensor] | None = None,
+    weigh: Callable[[Site, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = True,
+) -> SaliencyStream:
     """Behaviour-conditioned TaCQ-style saliency ``|G| ⊙ |W − Q(W)|``.
 
     Gradients ``G`` come from behaviour-span losses on ``encoded`` traces (``behaviors``), or
@@ -241,8 +293,11 @@ def attribution(model, sites: Sequence[Site], encoded: Sequence[EncodedTrace] | 
     Yields ``(site, [out, in] float32)``.
     """
     fingerprint = check_same_weights(
-        module_importance, model, what="the module importance (attribution scores)",
-        hint="scores of one model rank another model's modules wrongly; attribute this model first")
+        module_importance,
+        model,
+        what="the module importance (attribution scores)",
+        hint="scores of one model rank another model's modules wrongly; attribute this model first",
+    )
     if loss_fn is None:
         if encoded is None or behaviors is None:
             raise ValueError("attribution needs (encoded, behaviors) or (loss_fn, batches)")
@@ -256,7 +311,7 @@ def attribution(model, sites: Sequence[Site], encoded: Sequence[EncodedTrace] | 
 
     def gen():
         for c0 in range(0, len(sites), chunk):
-            part = sites[c0:c0 + chunk]
+            part = sites[c0 : c0 + chunk]
             desc = "span gradients" if loss_fn is span_loss else "gradients"
             if chunk < len(sites):
                 desc += f", sites {c0 + 1}-{c0 + len(part)}"
@@ -266,10 +321,14 @@ def attribution(model, sites: Sequence[Site], encoded: Sequence[EncodedTrace] | 
                 if weigh is not None:
                     sal = weigh(s, W, G.pop(s.name).abs()).float().cpu()
                 else:
-                    Q = (quantizer(s, W) if quantizer is not None
-                         else rtn_quantize(W, bits, group_size=group_size, symmetric=symmetric))
+                    Q = (
+                        quantizer(s, W)
+                        if quantizer is not None
+                        else rtn_quantize(W, bits, group_size=group_size, symmetric=symmetric)
+                    )
                     sal = G.pop(s.name).abs() * (W - Q.float().cpu()).abs()
                 if imp is not None:
                     sal = sal / sal.mean().clamp_min(1e-30) * float(imp.get(s.name, 0.0))
                 yield s, sal
+
     return SaliencyStream(sites, gen, model=model, fingerprint=fingerprint)

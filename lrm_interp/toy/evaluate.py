@@ -5,15 +5,23 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from lrm_interp.data.toy_tasks import Problem, extract_answer
 from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace
 from lrm_interp.evaluation.generation import generate_responses
 
 
-def evaluate(model, tokenizer, probs: Sequence[Problem], *, max_new_tokens: int = 480, batch_size: int = 64,
-             progress: bool = False, return_responses: bool = False):
+def evaluate(
+    model,
+    tokenizer,
+    probs: Sequence[Problem],
+    *,
+    max_new_tokens: int = 480,
+    batch_size: int = 64,
+    progress: bool = False,
+    return_responses: bool = False,
+):
     """Accuracy per family (and ``"mean"`` over families) of greedy answers on ``probs``.
 
     ``probs``: :class:`Problem` objects or traces whose ``metadata`` has ``dataset`` and
@@ -21,8 +29,14 @@ def evaluate(model, tokenizer, probs: Sequence[Problem], *, max_new_tokens: int 
     probs = [_as_problem(p) for p in probs]
     if not probs:
         raise ValueError("evaluate: no problems to evaluate (an accuracy of nothing is undefined)")
-    responses = generate_responses(model, tokenizer, [p.prompt for p in probs], max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size, progress=progress)
+    responses = generate_responses(
+        model,
+        tokenizer,
+        [p.prompt for p in probs],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
     hits: dict[str, list[bool]] = defaultdict(list)
     for p, r in zip(probs, responses):
         hits[p.family].append(extract_answer(p.family, r) == p.answer)
@@ -40,8 +54,16 @@ def _as_problem(x) -> Problem:
     return Problem(x.id, md["dataset"], x.prompt, str(md["gold_answer"]))
 
 
-def collect_traces(model, tokenizer, probs: Sequence[Problem], *, annotator=None, max_new_tokens: int = 480,
-                   batch_size: int = 64, progress: bool = False) -> ReasoningDataset:
+def collect_traces(
+    model,
+    tokenizer,
+    probs: Sequence[Problem],
+    *,
+    annotator=None,
+    max_new_tokens: int = 480,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> ReasoningDataset:
     """The model's own reasoning traces, annotated (rule-based by default), as the paper does.
 
     Metadata: dataset (family), gold_answer, predicted answer, correct, annotation report.
@@ -50,15 +72,33 @@ def collect_traces(model, tokenizer, probs: Sequence[Problem], *, annotator=None
 
     annotator = annotator or RuleAnnotator()
     probs = [_as_problem(p) for p in probs]
-    responses = generate_responses(model, tokenizer, [p.prompt for p in probs], max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size, progress=progress)
+    responses = generate_responses(
+        model,
+        tokenizer,
+        [p.prompt for p in probs],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
     traces = []
     for p, r in zip(probs, responses):
         pred = extract_answer(p.family, r)
         spans, report = annotate_response(r, annotator, source=p.id)
-        traces.append(ReasoningTrace(p.id, p.prompt, r, tuple(spans), {
-            "dataset": p.family, "gold_answer": p.answer, "predicted": pred, "correct": pred == p.answer,
-            "annotation": report}))
+        traces.append(
+            ReasoningTrace(
+                p.id,
+                p.prompt,
+                r,
+                tuple(spans),
+                {
+                    "dataset": p.family,
+                    "gold_answer": p.answer,
+                    "predicted": pred,
+                    "correct": pred == p.answer,
+                    "annotation": report,
+                },
+            )
+        )
     return ReasoningDataset(traces, name="collected")
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from lrm_interp.checks import check_float, check_int
-from lrm_interp.testing import byte_tokenizer
 from lrm_interp.data.toy_tasks import FAMILIES, N_PEOPLE, WORLD_SEED, World, build_world, generate_trace, problems
+from lrm_interp.testing import byte_tokenizer
 
 TRAIN_SEED_BASE = 10_000
 EVAL_SEED = 1
@@ -36,15 +36,32 @@ BOS, EOS, PAD = 256, 257, 258
 QUANT_EVAL: tuple[tuple[int, int | None], ...] = ((4, 32), (3, 32), (3, 64), (3, None), (2, 32))
 
 
-def model_config(vocab_size: int = 259, *, hidden: int = 128, layers: int = 4, heads: int = 4, kv_heads: int = 2,
-                 intermediate: int = 384):
+def model_config(
+    vocab_size: int = 259,
+    *,
+    hidden: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 384,
+):
     """The toy model's ``LlamaConfig`` (byte vocabulary + BOS/EOS/PAD, untied head)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                       num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=intermediate,
-                       max_position_embeddings=1024, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
-                       tie_word_embeddings=False, rope_theta=10000.0)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=1024,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,  # type: ignore[call-arg, unused-ignore]  # transformers 5: via **kwargs (4.x: a parameter)
+    )
 
 
 def encode_example(prompt: str, response: str) -> tuple[list[int], int]:
@@ -63,15 +80,15 @@ def make_batch(step: int, batch_size: int, seed: int, world: World | None = None
     for k in range(batch_size):
         fam = FAMILIES[rng.randrange(len(FAMILIES))]
         t = generate_trace(fam, TRAIN_SEED_BASE + seed * 1_000_000 + step, k, world=world)
-        ids, st = encode_example(t.prompt, t.response)
-        seqs.append(ids)
+        seq, st = encode_example(t.prompt, t.response)
+        seqs.append(seq)
         starts.append(st)
     L = max(map(len, seqs))
     ids = torch.full((batch_size, L), PAD, dtype=torch.long)
     labels = torch.full((batch_size, L), -100, dtype=torch.long)
     for i, (s, st) in enumerate(zip(seqs, starts)):
-        ids[i, :len(s)] = torch.tensor(s)
-        labels[i, st:len(s)] = torch.tensor(s[st:])
+        ids[i, : len(s)] = torch.tensor(s)
+        labels[i, st : len(s)] = torch.tensor(s[st:])
     return ids, labels
 
 
@@ -91,8 +108,19 @@ class _Batches(torch.utils.data.Dataset):
         return make_batch(step, self.batch_size, self.seed, self._world)
 
 
-def _run(model, loader, opt, sched, *, device: str, log: dict, key: str, log_every: int,
-         stop_at: int | None = None, max_seconds: float | None = None) -> None:
+def _run(
+    model,
+    loader,
+    opt,
+    sched,
+    *,
+    device: str,
+    log: dict,
+    key: str,
+    log_every: int,
+    stop_at: int | None = None,
+    max_seconds: float | None = None,
+) -> None:
     """One training phase over ``loader``; losses go to ``log[key]``."""
     t0 = time.time()
     model.train()
@@ -100,8 +128,11 @@ def _run(model, loader, opt, sched, *, device: str, log: dict, key: str, log_eve
         if stop_at is not None and step >= stop_at:
             break
         ids, labels = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16,
-                            enabled=device.startswith("cuda")):
+        with torch.autocast(
+            device_type="cuda" if device.startswith("cuda") else "cpu",
+            dtype=torch.bfloat16,
+            enabled=device.startswith("cuda"),
+        ):
             loss = model(input_ids=ids, attention_mask=(ids != PAD).long(), labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -120,25 +151,49 @@ def _run(model, loader, opt, sched, *, device: str, log: dict, key: str, log_eve
 
 
 def _loader(steps: int, batch_size: int, seed: int, n_people: int, workers: int):
-    return torch.utils.data.DataLoader(_Batches(steps, batch_size, seed, n_people), batch_size=None,
-                                       shuffle=False, num_workers=workers,
-                                       prefetch_factor=4 if workers else None)
+    return torch.utils.data.DataLoader(
+        _Batches(steps, batch_size, seed, n_people),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+    )
 
 
-def anneal_(model, log: dict, *, steps: int, lr: float, batch_size: int, seed: int, n_people: int,
-            device: str, workers: int = 2, log_every: int = 50) -> None:
+def anneal_(
+    model,
+    log: dict,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    n_people: int,
+    device: str,
+    workers: int = 2,
+    log_every: int = 50,
+) -> None:
     """Phase 2: a fresh AdamW whose learning rate falls linearly from ``lr`` to 0 over
     ``steps`` steps, on the data stream of ``seed`` (in place)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
     log["anneal"] = {"steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed, "device": device}
     log["anneal_loss"] = []
-    _run(model.to(device), _loader(steps, batch_size, seed, n_people, workers), opt, sched, device=device,
-         log=log, key="anneal_loss", log_every=log_every)
+    _run(
+        model.to(device),
+        _loader(steps, batch_size, seed, n_people, workers),
+        opt,
+        sched,
+        device=device,
+        log=log,
+        key="anneal_loss",
+        log_every=log_every,
+    )
 
 
-def _evaluate_and_save(model, log: dict, out_dir, *, n_people: int, eval_per_family: int,
-                       quant_eval: tuple[tuple[int, int | None], ...]) -> dict:
+def _evaluate_and_save(
+    model, log: dict, out_dir, *, n_people: int, eval_per_family: int, quant_eval: tuple[tuple[int, int | None], ...]
+) -> dict:
     from lrm_interp.toy.evaluate import evaluate
 
     model.eval()
@@ -168,24 +223,43 @@ def _evaluate_and_save(model, log: dict, out_dir, *, n_people: int, eval_per_fam
 _ARCH = ("hidden", "layers", "heads", "kv_heads", "intermediate")
 
 
-def check_train_settings(*, steps: int = 3000, stop_at: int | None = None, anneal_steps: int = 0,
-                         anneal_lr: float = 1e-3, batch_size: int = 256, anneal_batch_size: int = 256,
-                         lr: float = 2e-3, seed: int = 0, anneal_seed: int = 1, n_people: int = N_PEOPLE,
-                         eval_per_family: int = 100, log_every: int = 100, weight_decay: float = 0.0,
-                         workers: int = 0, max_seconds: float | None = None, **arch) -> None:
+def check_train_settings(
+    *,
+    steps: int = 3000,
+    stop_at: int | None = None,
+    anneal_steps: int = 0,
+    anneal_lr: float = 1e-3,
+    batch_size: int = 256,
+    anneal_batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+    anneal_seed: int = 1,
+    n_people: int = N_PEOPLE,
+    eval_per_family: int = 100,
+    log_every: int = 100,
+    weight_decay: float = 0.0,
+    workers: int = 0,
+    max_seconds: float | None = None,
+    **arch,
+) -> None:
     """``ValueError`` naming the first setting of :func:`train_toy_model` that is out of range
     (counts >= 1, ``stop_at`` ``None`` or >= 1, ``anneal_steps``/``workers`` >= 0, rates > 0, seeds
     >= 0, ``weight_decay`` >= 0, ``max_seconds`` ``None`` or > 0, NaN/inf never), or an architecture
     whose ``hidden`` is not a multiple of ``heads`` or ``heads`` not of ``kv_heads``."""
-    for name, v in (("steps", steps), ("batch_size", batch_size), ("anneal_batch_size", anneal_batch_size),
-                    ("n_people", n_people), ("eval_per_family", eval_per_family), ("log_every", log_every)):
+    for name, v in (
+        ("steps", steps),
+        ("batch_size", batch_size),
+        ("anneal_batch_size", anneal_batch_size),
+        ("n_people", n_people),
+        ("eval_per_family", eval_per_family),
+        ("log_every", log_every),
+    ):
         check_int(name, v, min=1)
     check_int("stop_at", stop_at, min=1, optional=True)
-    for name, v in (("anneal_steps", anneal_steps), ("workers", workers), ("seed", seed),
-                    ("anneal_seed", anneal_seed)):
+    for name, v in (("anneal_steps", anneal_steps), ("workers", workers), ("seed", seed), ("anneal_seed", anneal_seed)):
         check_int(name, v, min=0)
-    for name, v in (("lr", lr), ("anneal_lr", anneal_lr)):
-        check_float(name, v, min=0.0, min_open=True)
+    for name, x in (("lr", lr), ("anneal_lr", anneal_lr)):
+        check_float(name, x, min=0.0, min_open=True)
     check_float("weight_decay", weight_decay, min=0.0)
     check_float("max_seconds", max_seconds, min=0.0, min_open=True, optional=True)
     unknown = sorted(set(arch) - set(_ARCH))
@@ -200,12 +274,28 @@ def check_train_settings(*, steps: int = 3000, stop_at: int | None = None, annea
         raise ValueError(f"heads must be a multiple of kv_heads ({cfg['kv_heads']}), got {cfg['heads']}")
 
 
-def train_toy_model(out_dir: str | Path, *, steps: int = 3000, batch_size: int = 256, lr: float = 2e-3,
-                    seed: int = 0, device: str | None = None, n_people: int = N_PEOPLE, stop_at: int | None = 1274,
-                    anneal_steps: int = 900, anneal_lr: float = 1e-3, anneal_batch_size: int = 256,
-                    anneal_seed: int = 1, eval_per_family: int = 100, log_every: int = 100,
-                    weight_decay: float = 0.0, quant_eval: tuple[tuple[int, int | None], ...] = (),
-                    workers: int = 2, max_seconds: float | None = None, **arch) -> dict:
+def train_toy_model(
+    out_dir: str | Path,
+    *,
+    steps: int = 3000,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    seed: int = 0,
+    device: str | None = None,
+    n_people: int = N_PEOPLE,
+    stop_at: int | None = 1274,
+    anneal_steps: int = 900,
+    anneal_lr: float = 1e-3,
+    anneal_batch_size: int = 256,
+    anneal_seed: int = 1,
+    eval_per_family: int = 100,
+    log_every: int = 100,
+    weight_decay: float = 0.0,
+    quant_eval: tuple[tuple[int, int | None], ...] = (),
+    workers: int = 2,
+    max_seconds: float | None = None,
+    **arch,
+) -> dict:
     """Train a toy reasoning model, evaluate it on held-out problems, save it to ``out_dir``.
 
     Phase 1: AdamW (betas 0.9/0.95), linear warm-up over 5% of ``steps`` then cosine decay
@@ -227,40 +317,96 @@ def train_toy_model(out_dir: str | Path, *, steps: int = 3000, batch_size: int =
     """
     from transformers import LlamaForCausalLM
 
-    check_train_settings(steps=steps, stop_at=stop_at, anneal_steps=anneal_steps, anneal_lr=anneal_lr,
-                         batch_size=batch_size, anneal_batch_size=anneal_batch_size, lr=lr, seed=seed,
-                         anneal_seed=anneal_seed, n_people=n_people, eval_per_family=eval_per_family,
-                         log_every=log_every, weight_decay=weight_decay, workers=workers, max_seconds=max_seconds,
-                         **arch)
+    check_train_settings(
+        steps=steps,
+        stop_at=stop_at,
+        anneal_steps=anneal_steps,
+        anneal_lr=anneal_lr,
+        batch_size=batch_size,
+        anneal_batch_size=anneal_batch_size,
+        lr=lr,
+        seed=seed,
+        anneal_seed=anneal_seed,
+        n_people=n_people,
+        eval_per_family=eval_per_family,
+        log_every=log_every,
+        weight_decay=weight_decay,
+        workers=workers,
+        max_seconds=max_seconds,
+        **arch,
+    )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(model_config(**arch)).to(device)
+    model = LlamaForCausalLM(model_config(**arch)).to(device)  # type: ignore[arg-type, unused-ignore]  # mistyped .to() in some transformers versions
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    log: dict = {"steps": steps, "stop_at": stop_at, "batch_size": batch_size, "lr": lr,
-                 "weight_decay": weight_decay, "seed": seed, "device": device, "n_people": n_people,
-                 "world_seed": WORLD_SEED, "arch": arch, "torch": torch.__version__,
-                 "config": model.config.to_dict(), "loss": []}
-    _run(model, _loader(steps, batch_size, seed, n_people, workers), opt, sched, device=device, log=log,
-         key="loss", log_every=log_every, stop_at=stop_at, max_seconds=max_seconds)
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    log: dict = {
+        "steps": steps,
+        "stop_at": stop_at,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "device": device,
+        "n_people": n_people,
+        "world_seed": WORLD_SEED,
+        "arch": arch,
+        "torch": torch.__version__,
+        "config": model.config.to_dict(),
+        "loss": [],
+    }
+    _run(
+        model,
+        _loader(steps, batch_size, seed, n_people, workers),
+        opt,
+        sched,
+        device=device,
+        log=log,
+        key="loss",
+        log_every=log_every,
+        stop_at=stop_at,
+        max_seconds=max_seconds,
+    )
     if anneal_steps:
-        anneal_(model, log, steps=anneal_steps, lr=anneal_lr, batch_size=anneal_batch_size, seed=anneal_seed,
-                n_people=n_people, device=device, workers=workers)
-    return _evaluate_and_save(model, log, out_dir, n_people=n_people, eval_per_family=eval_per_family,
-                              quant_eval=quant_eval)
+        anneal_(
+            model,
+            log,
+            steps=anneal_steps,
+            lr=anneal_lr,
+            batch_size=anneal_batch_size,
+            seed=anneal_seed,
+            n_people=n_people,
+            device=device,
+            workers=workers,
+        )
+    return _evaluate_and_save(
+        model, log, out_dir, n_people=n_people, eval_per_family=eval_per_family, quant_eval=quant_eval
+    )
 
 
-def anneal_toy_model(src_dir: str | Path, out_dir: str | Path, *, steps: int, lr: float = 1e-3,
-                     batch_size: int = 256, seed: int = 1, device: str | None = None, workers: int = 2,
-                     eval_per_family: int = 100, quant_eval: tuple[tuple[int, int | None], ...] = ()) -> dict:
+def anneal_toy_model(
+    src_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+    seed: int = 1,
+    device: str | None = None,
+    workers: int = 2,
+    eval_per_family: int = 100,
+    quant_eval: tuple[tuple[int, int | None], ...] = (),
+) -> dict:
     """Run phase 2 (:func:`anneal_`) on a saved phase-1 model ``src_dir``; log extends its log."""
     from transformers import LlamaForCausalLM
 
     check_int("steps", steps, min=1)
-    check_train_settings(anneal_lr=lr, anneal_batch_size=batch_size, anneal_seed=seed, workers=workers,
-                         eval_per_family=eval_per_family)
+    check_train_settings(
+        anneal_lr=lr, anneal_batch_size=batch_size, anneal_seed=seed, workers=workers, eval_per_family=eval_per_family
+    )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     src = Path(src_dir)
     log = json.loads((src / "training_log.json").read_text())
@@ -269,15 +415,27 @@ def anneal_toy_model(src_dir: str | Path, out_dir: str | Path, *, steps: int, lr
             log[f"phase1_{k}"] = log.pop(k)
     torch.manual_seed(seed)
     model = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32)
-    anneal_(model, log, steps=steps, lr=lr, batch_size=batch_size, seed=seed, n_people=log["n_people"],
-            device=device, workers=workers)
-    return _evaluate_and_save(model, log, out_dir, n_people=log["n_people"], eval_per_family=eval_per_family,
-                              quant_eval=quant_eval)
+    anneal_(
+        model,
+        log,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        n_people=log["n_people"],
+        device=device,
+        workers=workers,
+    )
+    return _evaluate_and_save(
+        model, log, out_dir, n_people=log["n_people"], eval_per_family=eval_per_family, quant_eval=quant_eval
+    )
 
 
 if __name__ == "__main__":  # the old module entry point: the options are the CLI's now (lrm_interp/cli/toy.py)
     import shlex
     import sys
 
-    sys.exit("python -m lrm_interp.toy.train is now 'lrm-interp toy train' (same options and defaults): "
-             + shlex.join(["lrm-interp", "toy", "train", *sys.argv[1:]]))
+    sys.exit(
+        "python -m lrm_interp.toy.train is now 'lrm-interp toy train' (same options and defaults): "
+        + shlex.join(["lrm-interp", "toy", "train", *sys.argv[1:]])
+    )

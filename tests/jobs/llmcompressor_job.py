@@ -10,6 +10,7 @@ SPEC_JSON, one of:
 Output: {"packed": [...], "dense": [...], "modules": {name: {"tensors": {suffix: [shape, dtype]}}},
          "config_groups": {...}} (config_groups as saved in config.json)
 """
+
 from __future__ import annotations
 
 import json
@@ -34,10 +35,18 @@ def main(model_dir: str, spec_json: str, out_dir: str) -> None:
     if "config_groups" in spec:
         recipe = QuantizationModifier(config_groups=spec["config_groups"], ignore=spec["ignore"])
     else:
-        recipe = GPTQModifier(targets=spec.get("targets", "Linear"), scheme=spec.get("scheme", "W4A16"),
-                              ignore=spec["ignore"])
-    oneshot(model=model, processor=tok, dataset=ds, recipe=recipe, max_seq_length=64,
-            num_calibration_samples=16, output_dir=out_dir)
+        recipe = GPTQModifier(
+            targets=spec.get("targets", "Linear"), scheme=spec.get("scheme", "W4A16"), ignore=spec["ignore"]
+        )
+    oneshot(
+        model=model,
+        processor=tok,
+        dataset=ds,
+        recipe=recipe,
+        max_seq_length=64,
+        num_calibration_samples=16,
+        output_dir=out_dir,
+    )
     packed, dense, modules = [], [], {}
     with safe_open(os.path.join(out_dir, "model.safetensors"), "pt") as f:
         for k in f.keys():
@@ -51,8 +60,16 @@ def main(model_dir: str, spec_json: str, out_dir: str) -> None:
                 modules.setdefault(name, {"tensors": {}})["tensors"][suffix] = [list(t.get_shape()), t.get_dtype()]
     cfg = json.load(open(os.path.join(out_dir, "config.json")))
     qc = cfg.get("quantization_config", cfg.get("compression_config", {}))
-    print(json.dumps({"packed": sorted(packed), "dense": sorted(dense), "modules": modules,
-                      "config_groups": qc.get("config_groups", {})}))
+    print(
+        json.dumps(
+            {
+                "packed": sorted(packed),
+                "dense": sorted(dense),
+                "modules": modules,
+                "config_groups": qc.get("config_groups", {}),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -6,5 +6,12 @@ from lrm_interp.compress.prune.magnitude import magnitude_prune
 from lrm_interp.compress.prune.sparsegpt import sparsegpt_prune
 from lrm_interp.compress.prune.wanda import wanda_prune
 
-__all__ = ["prune_magnitude_", "prune_model_", "PruneReport", "PRUNERS", "magnitude_prune", "sparsegpt_prune",
-           "wanda_prune"]
+__all__ = [
+    "prune_magnitude_",
+    "prune_model_",
+    "PruneReport",
+    "PRUNERS",
+    "magnitude_prune",
+    "sparsegpt_prune",
+    "wanda_prune",
+]

@@ -19,15 +19,22 @@ earlier layers. ``pattern``: ``"unstructured"`` (``sparsity`` of each site) or `
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 
 from lrm_interp.compress.calibration import HessianCalib
 from lrm_interp.compress.common import check_pattern, parse_pattern
-from lrm_interp.compress.driver import (CompressionMethod, CompressionRun, compress_model_, get_method, method_names,
-                                        register_method)
+from lrm_interp.compress.driver import (
+    CompressionMethod,
+    CompressionRun,
+    compress_model_,
+    get_method,
+    method_names,
+    register_method,
+)
 from lrm_interp.compress.prune.magnitude import magnitude_prune
 from lrm_interp.compress.prune.sparsegpt import sparsegpt_prune
 from lrm_interp.compress.prune.wanda import input_norms_from_hessian, wanda_prune
@@ -37,24 +44,36 @@ from lrm_interp.model.sites import Site
 def _magnitude(*, sparsity: float | None, prunen: int, prunem: int):
     def prune(W, m, H):
         return magnitude_prune(W, sparsity, mask=m)
+
     return prune
 
 
 def _sparsegpt(*, sparsity: float | None, prunen: int, prunem: int, **options):
     def prune(W, m, H):
         return sparsegpt_prune(W, H, sparsity, prunen=prunen, prunem=prunem, mask=m, **options)
+
     return prune
 
 
 def _wanda(*, sparsity: float | None, prunen: int, prunem: int):
     def prune(W, m, H):
         return wanda_prune(W, input_norms_from_hessian(H), sparsity, prunen=prunen, prunem=prunem, mask=m)
+
     return prune
 
 
 MAGNITUDE = register_method(CompressionMethod("magnitude", "pruning", _magnitude, label="magnitude pruning"))
-SPARSEGPT = register_method(CompressionMethod("sparsegpt", "pruning", _sparsegpt, label="SparseGPT", calibrated=True,
-                                              options=("blocksize", "percdamp"), nm=True))
+SPARSEGPT = register_method(
+    CompressionMethod(
+        "sparsegpt",
+        "pruning",
+        _sparsegpt,
+        label="SparseGPT",
+        calibrated=True,
+        options=("blocksize", "percdamp"),
+        nm=True,
+    )
+)
 WANDA = register_method(CompressionMethod("wanda", "pruning", _wanda, label="Wanda", calibrated=True, nm=True))
 PRUNERS = method_names("pruning")
 
@@ -86,9 +105,18 @@ class PruneReport:
         return {**self.to_dict(), "protected_sites": self.protected_sites}
 
 
-def prune_model_(model: torch.nn.Module, method: str, sparsity: float | None = None, *, pattern: str | None = None,
-                 calib: HessianCalib | None = None, masks: Mapping[str, Any] | None = None,
-                 sites: Sequence[Site | str] | str | None = None, progress: bool = True, **kw) -> PruneReport:
+def prune_model_(
+    model: torch.nn.Module,
+    method: str,
+    sparsity: float | None = None,
+    *,
+    pattern: str | None = None,
+    calib: HessianCalib | None = None,
+    masks: Mapping[str, Any] | None = None,
+    sites: Sequence[Site | str] | str | None = None,
+    progress: bool = True,
+    **kw,
+) -> PruneReport:
     """Prune every linear site of ``model`` in place (module docs).
 
     Args:
@@ -105,19 +133,36 @@ def prune_model_(model: torch.nn.Module, method: str, sparsity: float | None = N
     sp = None if mm or sparsity is None else float(sparsity)
     check_pattern(sp, n, mm)
     if mm and not m.nm:
-        raise ValueError(f"{m.label} here is unstructured only; use {' or '.join(method_names('pruning', nm=True))} "
-                         "for N:M")
+        raise ValueError(
+            f"{m.label} here is unstructured only; use {' or '.join(method_names('pruning', nm=True))} for N:M"
+        )
     pat = f"{n}:{mm}" if mm else "unstructured"
-    target = n / mm if mm else sp
+    target = n / mm if mm else cast(float, sp)  # without N:M, check_pattern made sure of a sparsity
 
     def report(run: CompressionRun) -> PruneReport:
         return PruneReport(m.name, target, pat, len(run.sites), run.weights, run.zeroed, run.masked_sites)
-    return compress_model_(model, m, dict(sparsity=sp, prunen=n, prunem=mm), report=report, sites=sites, masks=masks,
-                           calib=calib, options=kw, desc=f"{m.name} {pat if mm else target}", progress=progress)
+
+    return compress_model_(
+        model,
+        m,
+        dict(sparsity=sp, prunen=n, prunem=mm),
+        report=report,
+        sites=sites,
+        masks=masks,
+        calib=calib,
+        options=kw,
+        desc=f"{m.name} {pat if mm else target}",
+        progress=progress,
+    )
 
 
-def prune_magnitude_(model: torch.nn.Module, sparsity: float, *, sites: Sequence[Site | str] | str | None = None,
-                     masks: Mapping[str, object] | None = None) -> dict:
+def prune_magnitude_(
+    model: torch.nn.Module,
+    sparsity: float,
+    *,
+    sites: Sequence[Site | str] | str | None = None,
+    masks: Mapping[str, object] | None = None,
+) -> dict:
     """Zero the ``sparsity`` fraction of smallest-magnitude weights of every site, in place
     (:func:`prune_model_` with ``method="magnitude"``, no progress bar).
 
@@ -128,5 +173,13 @@ def prune_magnitude_(model: torch.nn.Module, sparsity: float, *, sites: Sequence
     return {"pruned": rep.pruned, "weights": rep.weights}
 
 
-__all__ = ["prune_model_", "prune_magnitude_", "PruneReport", "PRUNERS", "parse_pattern", "MAGNITUDE", "SPARSEGPT",
-           "WANDA"]
+__all__ = [
+    "prune_model_",
+    "prune_magnitude_",
+    "PruneReport",
+    "PRUNERS",
+    "parse_pattern",
+    "MAGNITUDE",
+    "SPARSEGPT",
+    "WANDA",
+]

@@ -21,13 +21,15 @@ without lazy batching (tests compare the two).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from lrm_interp.compress.common import check_pattern, prepare_obs
 
 
 def _block_mask(W1: torch.Tensor, d: torch.Tensor, prot: torch.Tensor, sparsity: float) -> torch.Tensor:
-    score = (W1 ** 2 / d.reshape(1, -1) ** 2).masked_fill(prot, float("inf"))
+    score = (W1**2 / d.reshape(1, -1) ** 2).masked_fill(prot, float("inf"))
     k = int(round(sparsity * int((~prot).sum())))
     m = torch.zeros(W1.shape, dtype=torch.bool, device=W1.device)  # contiguous: W1 may be a transposed copy
     if k > 0:
@@ -37,16 +39,24 @@ def _block_mask(W1: torch.Tensor, d: torch.Tensor, prot: torch.Tensor, sparsity:
 
 
 def _nm_mask(Wg: torch.Tensor, d: torch.Tensor, prot: torch.Tensor, prunen: int) -> torch.Tensor:
-    score = (Wg ** 2 / d.reshape(1, -1) ** 2).masked_fill(prot, float("inf"))
+    score = (Wg**2 / d.reshape(1, -1) ** 2).masked_fill(prot, float("inf"))
     idx = torch.argsort(score, dim=1, stable=True)[:, :prunen]
     m = torch.zeros_like(Wg, dtype=torch.bool).scatter_(1, idx, True)
     return m & ~prot  # rows with fewer than N free weights keep their protected ones
 
 
 @torch.no_grad()
-def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float | None = None, *, prunen: int = 0,
-                    prunem: int = 0, blocksize: int = 128, percdamp: float = 0.01,
-                    mask: torch.Tensor | None = None) -> torch.Tensor:
+def sparsegpt_prune(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    sparsity: float | None = None,
+    *,
+    prunen: int = 0,
+    prunem: int = 0,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Pruned copy of ``W [out, in]`` (dtype and device kept) given ``H [in, in]``: unstructured
     at ``sparsity``, or N:M with ``prunen:prunem`` (e.g. 2:4); module docs."""
     check_pattern(sparsity, prunen, prunem)
@@ -61,7 +71,12 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float | None = N
         Err1 = torch.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]
         P1 = prot[:, i1:i2]
-        pm = (torch.zeros_like(W1, dtype=torch.bool) if prunem else _block_mask(W1, torch.diag(U1), P1, sparsity))
+        # without an N:M pattern check_pattern made sure of a sparsity
+        pm = (
+            torch.zeros_like(W1, dtype=torch.bool)
+            if prunem
+            else _block_mask(W1, torch.diag(U1), P1, cast(float, sparsity))
+        )
         for i in range(i2 - i1):
             if prunem and i % prunem == 0:
                 j = min(i + prunem, i2 - i1)
@@ -71,7 +86,7 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float | None = N
             Q1[:, i] = q
             err = (w - q) / U1[i, i]
             W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
-            W1[:, i:] = torch.where(P1[:, i:], W0[:, i1 + i:i2], W1[:, i:])
+            W1[:, i:] = torch.where(P1[:, i:], W0[:, i1 + i : i2], W1[:, i:])
             Err1[:, i] = err
         Wc[:, i1:i2] = Q1
         Wc[:, i2:] -= Err1 @ U[i1:i2, i2:]
@@ -81,9 +96,17 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float | None = N
 
 
 @torch.no_grad()
-def sparsegpt_prune_reference(W: torch.Tensor, H: torch.Tensor, sparsity: float | None = None, *, prunen: int = 0,
-                              prunem: int = 0, blocksize: int = 128, percdamp: float = 0.01,
-                              mask: torch.Tensor | None = None) -> torch.Tensor:
+def sparsegpt_prune_reference(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    sparsity: float | None = None,
+    *,
+    prunen: int = 0,
+    prunem: int = 0,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Slow reference of :func:`sparsegpt_prune`: the same selection, every update applied to all
     later columns immediately (no lazy batching), element by element in float64."""
     check_pattern(sparsity, prunen, prunem)
@@ -94,7 +117,8 @@ def sparsegpt_prune_reference(W: torch.Tensor, H: torch.Tensor, sparsity: float 
     for i in range(inn):
         if not prunem and i % blocksize == 0:
             i2 = min(i + blocksize, inn)
-            pruned[:, i:i2] = _block_mask(Wc[:, i:i2].float(), torch.diag(U)[i:i2].float(), prot[:, i:i2], sparsity)
+            frac = cast(float, sparsity)  # set without an N:M pattern (check_pattern)
+            pruned[:, i:i2] = _block_mask(Wc[:, i:i2].float(), torch.diag(U)[i:i2].float(), prot[:, i:i2], frac)
         if prunem and i % prunem == 0:
             j = min(i + prunem, inn)
             pruned[:, i:j] = _nm_mask(Wc[:, i:j].float(), torch.diag(U)[i:j].float(), prot[:, i:j], prunen)

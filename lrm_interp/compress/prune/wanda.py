@@ -12,6 +12,7 @@ count in the budget. :func:`wanda_prune_reference` is a row-by-row loop for test
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 
@@ -30,8 +31,15 @@ def wanda_scores(W: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def wanda_prune(W: torch.Tensor, norms: torch.Tensor, sparsity: float | None = None, *, prunen: int = 0,
-                prunem: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+def wanda_prune(
+    W: torch.Tensor,
+    norms: torch.Tensor,
+    sparsity: float | None = None,
+    *,
+    prunen: int = 0,
+    prunem: int = 0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Pruned copy of ``W [out, in]`` given input norms ``[in]`` (module docs)."""
     check_pattern(sparsity, prunen, prunem)
     out, inn = W.shape
@@ -42,12 +50,12 @@ def wanda_prune(W: torch.Tensor, norms: torch.Tensor, sparsity: float | None = N
     pruned = torch.zeros_like(prot)
     if prunem:
         for j in range(0, inn, prunem):
-            g = score[:, j:j + prunem]
+            g = score[:, j : j + prunem]
             idx = torch.argsort(g, dim=1, stable=True)[:, :prunen]
-            pruned[:, j:j + prunem].scatter_(1, idx, True)
+            pruned[:, j : j + prunem].scatter_(1, idx, True)
         pruned &= ~prot
     else:
-        k = torch.floor(sparsity * (~prot).sum(dim=1).double()).long()  # per row
+        k = torch.floor(cast(float, sparsity) * (~prot).sum(dim=1).double()).long()  # per row; set (check_pattern)
         order = torch.argsort(score, dim=1, stable=True)
         ranks = torch.empty_like(order)
         ranks.scatter_(1, order, torch.arange(inn, device=W.device).expand(out, inn))
@@ -56,8 +64,15 @@ def wanda_prune(W: torch.Tensor, norms: torch.Tensor, sparsity: float | None = N
 
 
 @torch.no_grad()
-def wanda_prune_reference(W: torch.Tensor, norms: torch.Tensor, sparsity: float | None = None, *, prunen: int = 0,
-                          prunem: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+def wanda_prune_reference(
+    W: torch.Tensor,
+    norms: torch.Tensor,
+    sparsity: float | None = None,
+    *,
+    prunen: int = 0,
+    prunem: int = 0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Row-by-row Python loop of :func:`wanda_prune` (ties broken by column index)."""
     check_pattern(sparsity, prunen, prunem)
     out, inn = W.shape
@@ -71,7 +86,7 @@ def wanda_prune_reference(W: torch.Tensor, norms: torch.Tensor, sparsity: float 
                 for _, j in grp[:prunen]:
                     Wn[r, j] = 0
         else:
-            for _, j in sorted(row)[: math.floor(sparsity * len(row))]:
+            for _, j in sorted(row)[: math.floor(cast(float, sparsity) * len(row))]:  # set (check_pattern)
                 Wn[r, j] = 0
     return Wn
 

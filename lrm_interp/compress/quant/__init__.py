@@ -22,6 +22,19 @@ from lrm_interp.compress.quant.gptq import gptq_quantize, gptq_quantize_tensor
 from lrm_interp.compress.quant.grid import GroupParams, check_bits, check_group_size, fit_params
 from lrm_interp.compress.quant.rtn import rtn_quantize, rtn_quantize_tensor
 
-__all__ = ["QuantReport", "quantize_model_", "rtn_quantize", "rtn_quantize_tensor", "fit_params", "GroupParams",
-           "check_bits", "check_group_size", "QuantizedTensor", "save_quantized", "load_quantized", "gptq_quantize",
-           "gptq_quantize_tensor", "collect_hessians"]
+__all__ = [
+    "QuantReport",
+    "quantize_model_",
+    "rtn_quantize",
+    "rtn_quantize_tensor",
+    "fit_params",
+    "GroupParams",
+    "check_bits",
+    "check_group_size",
+    "QuantizedTensor",
+    "save_quantized",
+    "load_quantized",
+    "gptq_quantize",
+    "gptq_quantize_tensor",
+    "collect_hessians",
+]

@@ -11,14 +11,21 @@ included), densifies the site's mask and writes the dequantized weight back;
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 
 from lrm_interp.compress.calibration import HessianCalib
-from lrm_interp.compress.driver import (CompressionMethod, CompressionRun, compress_model_, compress_sites_,
-                                        method_names, register_method)
+from lrm_interp.compress.driver import (
+    CompressionMethod,
+    CompressionRun,
+    compress_model_,
+    compress_sites_,
+    method_names,
+    register_method,
+)
 from lrm_interp.compress.quant.format import QuantizedTensor
 from lrm_interp.compress.quant.gptq import gptq_quantize_tensor
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
@@ -26,24 +33,27 @@ from lrm_interp.compress.quant.rtn import rtn_quantize_tensor
 from lrm_interp.model.sites import Site
 
 #: ``quantize(W [out, in], mask bool [out, in] | None, H [in, in] | None) -> QuantizedTensor``
-SiteQuantizer = Callable[[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]], QuantizedTensor]
+SiteQuantizer = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], QuantizedTensor]
 
 
 def _rtn(*, bits: int, group_size: int | None, symmetric: bool) -> SiteQuantizer:
     def quantize(W, m, H):
         return rtn_quantize_tensor(W, bits, group_size=group_size, symmetric=symmetric, mask=m)
+
     return quantize
 
 
 def _gptq(*, bits: int, group_size: int | None, symmetric: bool, **options) -> SiteQuantizer:
     def quantize(W, m, H):
         return gptq_quantize_tensor(W, H, bits, group_size=group_size, symmetric=symmetric, mask=m, **options)
+
     return quantize
 
 
 RTN = register_method(CompressionMethod("rtn", "quantization", _rtn, label="RTN"))
-GPTQ = register_method(CompressionMethod("gptq", "quantization", _gptq, label="GPTQ", calibrated=True,
-                                         options=("blocksize", "percdamp")))
+GPTQ = register_method(
+    CompressionMethod("gptq", "quantization", _gptq, label="GPTQ", calibrated=True, options=("blocksize", "percdamp"))
+)
 METHODS = method_names("quantization")
 GPTQ_OPTIONS = GPTQ.allowed_options
 
@@ -77,11 +87,15 @@ class QuantReport:
         return {k: v for k, v in self.to_dict().items() if k != "sites"}
 
 
-def quantize_sites_(model: torch.nn.Module,
-                    groups: Iterable[tuple[Sequence[Site], Mapping[str, torch.Tensor] | None]],
-                    quantize: SiteQuantizer, *, masks: Mapping[str, Any] | None = None,
-                    on_tensor: Callable[[str, QuantizedTensor], None] | None = None,
-                    bar: Any = None) -> tuple[int, int]:
+def quantize_sites_(
+    model: torch.nn.Module,
+    groups: Iterable[tuple[Sequence[Site], MutableMapping[str, torch.Tensor] | None]],
+    quantize: SiteQuantizer,
+    *,
+    masks: Mapping[str, Any] | None = None,
+    on_tensor: Callable[[str, QuantizedTensor], None] | None = None,
+    bar: Any = None,
+) -> tuple[int, int]:
     """Quantize the sites of each ``(sites, hessians)`` group in place, group after group.
 
     ``groups`` may be lazy (the next group is requested only after the previous one is
@@ -95,12 +109,21 @@ def quantize_sites_(model: torch.nn.Module,
     return n_w, n_p
 
 
-def quantize_model_(model: torch.nn.Module, *, bits: int, group_size: int | None = 128, method: str = "rtn",
-                    symmetric: bool = False, masks: Mapping[str, Any] | None = None,
-                    sites: Sequence[Site | str] | str | None = None,
-                    calib: HessianCalib | None = None,
-                    hessian_transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
-                    progress: bool = True, keep_tensors: bool = False, **gptq_kw) -> QuantReport:
+def quantize_model_(
+    model: torch.nn.Module,
+    *,
+    bits: int,
+    group_size: int | None = 128,
+    method: str = "rtn",
+    symmetric: bool = False,
+    masks: Mapping[str, Any] | None = None,
+    sites: Sequence[Site | str] | str | None = None,
+    calib: HessianCalib | None = None,
+    hessian_transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = True,
+    keep_tensors: bool = False,
+    **gptq_kw,
+) -> QuantReport:
     """Fake-quantize every linear site of ``model`` in place.
 
     Args:
@@ -132,12 +155,33 @@ def quantize_model_(model: torch.nn.Module, *, bits: int, group_size: int | None
     tensors: dict[str, QuantizedTensor] = {}
 
     def report(run: CompressionRun) -> QuantReport:
-        return QuantReport(run.method.name, bits, group_size, symmetric, len(run.sites), run.weights, run.protected,
-                           tuple(s.name for s in run.sites), tensors)
-    return compress_model_(model, method, dict(bits=bits, group_size=group_size, symmetric=symmetric), report=report,
-                           kind="quantization", sites=sites, masks=masks, calib=calib, options=gptq_kw,
-                           hessian_transform=hessian_transform, on_result=tensors.__setitem__ if keep_tensors else None,
-                           desc=f"{str(method).upper()} {bits}-bit", progress=progress)
+        return QuantReport(
+            run.method.name,
+            bits,
+            group_size,
+            symmetric,
+            len(run.sites),
+            run.weights,
+            run.protected,
+            tuple(s.name for s in run.sites),
+            tensors,
+        )
+
+    return compress_model_(
+        model,
+        method,
+        dict(bits=bits, group_size=group_size, symmetric=symmetric),
+        report=report,
+        kind="quantization",
+        sites=sites,
+        masks=masks,
+        calib=calib,
+        options=gptq_kw,
+        hessian_transform=hessian_transform,
+        on_result=tensors.__setitem__ if keep_tensors else None,
+        desc=f"{str(method).upper()} {bits}-bit",
+        progress=progress,
+    )
 
 
 __all__ = ["QuantReport", "quantize_model_", "quantize_sites_", "SiteQuantizer", "METHODS", "RTN", "GPTQ"]

@@ -13,9 +13,9 @@ order kept) and ``extra``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -50,24 +50,43 @@ class QuantizedTensor:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.codes.shape)  # type: ignore[return-value]
+        return tuple(self.codes.shape)  # type: ignore[return-value]  # codes are [out, in]
 
     @classmethod
-    def from_params(cls, W: torch.Tensor, codes: torch.Tensor, p: GroupParams, mask: torch.Tensor | None, bits: int,
-                    *, scale_dtype: torch.dtype = torch.float32,
-                    value_dtype: torch.dtype | None = None) -> "QuantizedTensor":
+    def from_params(
+        cls,
+        W: torch.Tensor,
+        codes: torch.Tensor,
+        p: GroupParams,
+        mask: torch.Tensor | None,
+        bits: int,
+        *,
+        scale_dtype: torch.dtype = torch.float32,
+        value_dtype: torch.dtype | None = None,
+    ) -> QuantizedTensor:
         """Build from ``W [out, in]``, its ``codes [out, in]``, parameters ``p`` and the bool
         ``mask [out, in]`` of kept weights. ``value_dtype=None`` keeps the weight's own dtype
         (bit-exact; FP16/BF16 for real checkpoints); pass ``torch.float16`` to force an FP16 sidecar."""
         value_dtype = value_dtype or W.dtype
-        flat = (mask.flatten().nonzero().flatten() if mask is not None
-                else torch.zeros(0, dtype=torch.long, device=W.device))
-        return cls(codes.to(torch.uint8), p.scale.to(scale_dtype), p.zero.float(), int(bits), p.group_size,
-                   flat.long(), W.flatten()[flat].to(value_dtype), W.dtype)
+        flat = (
+            mask.flatten().nonzero().flatten()
+            if mask is not None
+            else torch.zeros(0, dtype=torch.long, device=W.device)
+        )
+        return cls(
+            codes.to(torch.uint8),
+            p.scale.to(scale_dtype),
+            p.zero.float(),
+            int(bits),
+            p.group_size,
+            flat.long(),
+            W.flatten()[flat].to(value_dtype),
+            W.dtype,
+        )
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Dense ``[out, in]`` weight: ``(q − zero) · scale`` with the kept values written back."""
-        p = GroupParams(self.scale.float(), self.zero.float(), 2 ** self.bits - 1, self.group_size)
+        p = GroupParams(self.scale.float(), self.zero.float(), 2**self.bits - 1, self.group_size)
         w = dequantize_with(self.codes, p).to(dtype or self.dtype)
         w = w.contiguous()
         w.view(-1)[self.protected.to(w.device)] = self.values.to(device=w.device, dtype=w.dtype)
@@ -77,21 +96,38 @@ class QuantizedTensor:
         """Bits of a packed deployment layout: codes + FP16 scale (+zero) + values + flat32 index."""
         per_group = param_bits * (1 if symmetric else 2)
         n_p = int(self.protected.numel())
-        return (self.bits * self.codes.numel() + per_group * self.scale.numel()
-                + self.values.element_size() * 8 * n_p + index_bits_per_value * n_p)
+        return (
+            self.bits * self.codes.numel()
+            + per_group * self.scale.numel()
+            + self.values.element_size() * 8 * n_p
+            + index_bits_per_value * n_p
+        )
 
     def to_tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """Flat CPU tensors for safetensors (``prefix`` + codes/scale/zero/protected/values)."""
-        return {f"{prefix}codes": self.codes.contiguous().cpu(), f"{prefix}scale": self.scale.contiguous().cpu(),
-                f"{prefix}zero": self.zero.contiguous().cpu(), f"{prefix}protected": self.protected.contiguous().cpu(),
-                f"{prefix}values": self.values.contiguous().cpu()}
+        return {
+            f"{prefix}codes": self.codes.contiguous().cpu(),
+            f"{prefix}scale": self.scale.contiguous().cpu(),
+            f"{prefix}zero": self.zero.contiguous().cpu(),
+            f"{prefix}protected": self.protected.contiguous().cpu(),
+            f"{prefix}values": self.values.contiguous().cpu(),
+        }
 
     @classmethod
-    def from_tensors(cls, t: Mapping[str, torch.Tensor], *, bits: int, group_size: int, dtype: torch.dtype,
-                     prefix: str = "") -> "QuantizedTensor":
+    def from_tensors(
+        cls, t: Mapping[str, torch.Tensor], *, bits: int, group_size: int, dtype: torch.dtype, prefix: str = ""
+    ) -> QuantizedTensor:
         """Inverse of :meth:`to_tensors`."""
-        return cls(t[f"{prefix}codes"], t[f"{prefix}scale"], t[f"{prefix}zero"], bits, group_size,
-                   t[f"{prefix}protected"], t[f"{prefix}values"], dtype)
+        return cls(
+            t[f"{prefix}codes"],
+            t[f"{prefix}scale"],
+            t[f"{prefix}zero"],
+            bits,
+            group_size,
+            t[f"{prefix}protected"],
+            t[f"{prefix}values"],
+            dtype,
+        )
 
 
 def save_quantized(tensors: Mapping[str, QuantizedTensor], path: str | Path, *, metadata: dict | None = None) -> Path:
@@ -100,8 +136,9 @@ def save_quantized(tensors: Mapping[str, QuantizedTensor], path: str | Path, *, 
     for name, q in tensors.items():
         out.update(q.to_tensors(f"{name}::"))
         info[name] = {"bits": q.bits, "group_size": q.group_size, "dtype": dtype_to_str(q.dtype)}
-    return write_safetensors(path, out, {"format": QUANTIZED_FORMAT, "sites": json.dumps(info),
-                                         "extra": json.dumps(metadata or {})})
+    return write_safetensors(
+        path, out, {"format": QUANTIZED_FORMAT, "sites": json.dumps(info), "extra": json.dumps(metadata or {})}
+    )
 
 
 def load_quantized(path: str | Path) -> tuple[dict[str, QuantizedTensor], dict]:
@@ -109,6 +146,7 @@ def load_quantized(path: str | Path) -> tuple[dict[str, QuantizedTensor], dict]:
     flat, meta = read_safetensors(path, (QUANTIZED_FORMAT,), "quantized file")
     out = {}
     for name, d in json.loads(meta["sites"]).items():
-        out[name] = QuantizedTensor.from_tensors(flat, bits=d["bits"], group_size=d["group_size"],
-                                                 dtype=str_to_dtype(d["dtype"]), prefix=f"{name}::")
+        out[name] = QuantizedTensor.from_tensors(
+            flat, bits=d["bits"], group_size=d["group_size"], dtype=str_to_dtype(d["dtype"]), prefix=f"{name}::"
+        )
     return out, json.loads(meta.get("extra", "{}"))

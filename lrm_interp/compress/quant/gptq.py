@@ -31,8 +31,16 @@ from lrm_interp.compress.quant.format import QuantizedTensor
 from lrm_interp.compress.quant.grid import GroupParams, check_weight, fit_params
 
 
-def _gptq_core(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | None, symmetric: bool,
-               mask: torch.Tensor | None, blocksize: int, percdamp: float):
+def _gptq_core(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool,
+    mask: torch.Tensor | None,
+    blocksize: int,
+    percdamp: float,
+):
     """Returns ``(codes uint8 [out, in], scale, zero [out, n_groups], g, dequantized float32 with kept values)``."""
     check_weight(W, bits, mask)
     W0, Wq, prot, U = prepare_obs(W, H, mask, percdamp)
@@ -46,7 +54,8 @@ def _gptq_core(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | No
     codes = torch.zeros(out, inn, dtype=torch.uint8, device=W0.device)
     Q = torch.zeros_like(W0)
     maxq = 2 ** int(bits) - 1
-    s = z = None
+    s: torch.Tensor  # the current group's scale and zero: set at its first column (col 0 first)
+    z: torch.Tensor
     for i1 in range(0, inn, blocksize):
         i2 = min(i1 + blocksize, inn)
         W1 = Wq[:, i1:i2].clone()
@@ -56,9 +65,9 @@ def _gptq_core(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | No
             col = i1 + i
             if col % g == 0:
                 end = min(col + g, inn)
-                grp = W1[:, i:min(end - i1, i2 - i1)]
+                grp = W1[:, i : min(end - i1, i2 - i1)]
                 if end > i2:  # the group reaches past this block: apply its pending lazy updates
-                    rest = Wq[:, i2:end] - Err1[:, :i] @ U[i1:i1 + i, i2:end]
+                    rest = Wq[:, i2:end] - Err1[:, :i] @ U[i1 : i1 + i, i2:end]
                     rest = torch.where(prot[:, i2:end], W0[:, i2:end], rest)
                     grp = torch.cat([grp, rest], dim=1)
                 p = fit_params(grp, bits, group_size=None, symmetric=symmetric, mask=prot[:, col:end])
@@ -79,9 +88,17 @@ def _gptq_core(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int | No
     return codes, scale, zero, g, Q
 
 
-def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, *, group_size: int | None = 128,
-                  symmetric: bool = False, mask: torch.Tensor | None = None, blocksize: int = 128,
-                  percdamp: float = 0.01) -> torch.Tensor:
+def gptq_quantize(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    bits: int,
+    *,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    mask: torch.Tensor | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> torch.Tensor:
     """Fake-quantized copy of ``W [out, in]`` (dtype and device kept) given ``H [in, in]``;
     ``mask=True`` entries bit-exact."""
     *_, Q = _gptq_core(W, H, bits, group_size, symmetric, mask, blocksize, percdamp)
@@ -91,10 +108,19 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, *, group_size: in
     return Q
 
 
-def gptq_quantize_tensor(W: torch.Tensor, H: torch.Tensor, bits: int, *, group_size: int | None = 128,
-                         symmetric: bool = False, mask: torch.Tensor | None = None, blocksize: int = 128,
-                         percdamp: float = 0.01, scale_dtype: torch.dtype = torch.float32,
-                         value_dtype: torch.dtype | None = None) -> QuantizedTensor:
+def gptq_quantize_tensor(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    bits: int,
+    *,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    mask: torch.Tensor | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    scale_dtype: torch.dtype = torch.float32,
+    value_dtype: torch.dtype | None = None,
+) -> QuantizedTensor:
     """GPTQ of ``W [out, in]`` given ``H [in, in]`` returning the uint8 codes, per-group parameters
     ``[out, n_groups]`` and the kept values (:class:`~lrm_interp.compress.quant.format.QuantizedTensor`);
     its ``dequantize()`` equals :func:`gptq_quantize` bit for bit."""

@@ -16,6 +16,7 @@ weight's device (CPU or GPU).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 
@@ -38,7 +39,7 @@ def _whole(x: object) -> int | None:
     if isinstance(x, bool):
         return None
     try:
-        n = int(x)  # type: ignore[call-overload]
+        n = int(x)  # type: ignore[call-overload]  # any object: a failed conversion is caught below
     except (TypeError, ValueError, OverflowError):
         return None
     return n if n == x else None
@@ -52,6 +53,12 @@ def check_bits(bits: int) -> int:
     return n
 
 
+@overload
+def check_group_size(group_size: int) -> int: ...
+@overload
+def check_group_size(group_size: None) -> None: ...
+@overload
+def check_group_size(group_size: int | None) -> int | None: ...
 def check_group_size(group_size: int | None) -> int | None:
     """``group_size`` as an ``int`` if it is a positive whole number, ``None`` (per channel) as is;
     else ``ValueError``."""
@@ -82,8 +89,14 @@ def _grouped(x: torch.Tensor, g: int) -> torch.Tensor:
     return x.reshape(out, -1, g)
 
 
-def fit_params(W: torch.Tensor, bits: int, *, group_size: int | None = 128, symmetric: bool = False,
-               mask: torch.Tensor | None = None) -> GroupParams:
+def fit_params(
+    W: torch.Tensor,
+    bits: int,
+    *,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    mask: torch.Tensor | None = None,
+) -> GroupParams:
     """Fit scale/zero ``[out, n_groups]`` per group of ``W [out, in]`` on its unprotected weights only
     (``mask`` bool ``[out, in]``, ``True`` = protected)."""
     check_weight(W, bits, mask)

@@ -20,17 +20,26 @@ mix))`` applies the mix to the Hessians GPTQ collects layer by layer (:func:`gui
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from tqdm.auto import tqdm
 
 from lrm_interp.model.sites import Site, get_module
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-def gradient_weighted_hessians(model: torch.nn.Module, sites: Sequence[Site],
-                               loss_fn: Callable[[Any, Any], torch.Tensor | None], batches: Iterable[Any], *,
-                               progress: bool = True) -> dict[str, torch.Tensor]:
+
+def gradient_weighted_hessians(
+    model: torch.nn.Module,
+    sites: Sequence[Site],
+    loss_fn: Callable[[Any, Any], torch.Tensor | None],
+    batches: Iterable[Any],
+    *,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
     """``{site: H_g [in, in]}`` (float32, CPU) over ``batches`` (module docs).
 
     ``loss_fn(model, batch)`` returns a scalar loss (``None`` skips the batch); one forward and
@@ -46,18 +55,20 @@ def gradient_weighted_hessians(model: torch.nn.Module, sites: Sequence[Site],
     def hook(name):
         def fn(mod, args, out):
             seen[name] = (args[0].detach(), out)
+
         return fn
 
-    emb = model.get_input_embeddings().weight
+    emb = cast("PreTrainedModel", model).get_input_embeddings().weight
     flags = [(p, p.requires_grad) for p in model.parameters()]
     handles = [get_module(model, s.name).register_forward_hook(hook(s.name)) for s in sites]
     try:
         for p, _ in flags:
             p.requires_grad_(False)
         emb.requires_grad_(True)  # so every site output is part of the graph
-        total = len(batches) if hasattr(batches, "__len__") else None
-        for batch in tqdm(batches, desc="output gradients", total=total, unit="pass", leave=False,
-                          disable=not progress):
+        total = len(batches) if isinstance(batches, Sized) else None
+        for batch in tqdm(
+            batches, desc="output gradients", total=total, unit="pass", leave=False, disable=not progress
+        ):
             seen.clear()
             loss = loss_fn(model, batch)
             if loss is None:
@@ -83,7 +94,9 @@ def gradient_weighted_hessians(model: torch.nn.Module, sites: Sequence[Site],
     return {n: 2 * acc[n] / tot[n] for n in acc}
 
 
-def guided_transform(guided: Mapping[str, torch.Tensor], mix: float = 0.5) -> Callable[[str, torch.Tensor], torch.Tensor]:
+def guided_transform(
+    guided: Mapping[str, torch.Tensor], mix: float = 0.5
+) -> Callable[[str, torch.Tensor], torch.Tensor]:
     """``(site, H_c) -> mix_hessians({site: H_c}, {site: guided[site]}, mix)[site]`` for
     ``quantize_model_(..., method="gptq", hessian_transform=...)``: the calibration Hessians keep
     being collected layer by layer on the partly quantized model; the gradient weighting
@@ -96,11 +109,13 @@ def guided_transform(guided: Mapping[str, torch.Tensor], mix: float = 0.5) -> Ca
         if site not in guided:
             raise KeyError(f"no guided Hessian for site {site!r}")
         return mix_hessians({site: H}, {site: guided[site]}, mix)[site].to(H.device)
+
     return fn
 
 
-def mix_hessians(calib: Mapping[str, torch.Tensor], guided: Mapping[str, torch.Tensor],
-                 mix: float = 0.5) -> dict[str, torch.Tensor]:
+def mix_hessians(
+    calib: Mapping[str, torch.Tensor], guided: Mapping[str, torch.Tensor], mix: float = 0.5
+) -> dict[str, torch.Tensor]:
     """``(1 − mix) · H_c / mean diag(H_c) + mix · H_g / mean diag(H_g)`` per site (module docs);
     ``mix`` in ``[0, 1]``; both mappings must name the same sites."""
     if not 0.0 <= float(mix) <= 1.0:
@@ -111,4 +126,5 @@ def mix_hessians(calib: Mapping[str, torch.Tensor], guided: Mapping[str, torch.T
     def unit(H: torch.Tensor) -> torch.Tensor:
         d = torch.diag(H).mean()
         return H / d if d > 0 else H
+
     return {n: (1 - mix) * unit(calib[n].float().cpu()) + mix * unit(guided[n].float().cpu()) for n in calib}

@@ -14,8 +14,14 @@ from lrm_interp.compress.quant.format import QuantizedTensor
 from lrm_interp.compress.quant.grid import dequantize_with, fit_params, quantize_with
 
 
-def rtn_quantize(W: torch.Tensor, bits: int, *, group_size: int | None = 128, symmetric: bool = False,
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
+def rtn_quantize(
+    W: torch.Tensor,
+    bits: int,
+    *,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Fake-quantized copy of ``W [out, in]`` (same dtype and device); ``mask=True`` entries
     (bool ``[out, in]``) bit-exact."""
     p = fit_params(W, bits, group_size=group_size, symmetric=symmetric, mask=mask)
@@ -25,13 +31,21 @@ def rtn_quantize(W: torch.Tensor, bits: int, *, group_size: int | None = 128, sy
     return deq
 
 
-def rtn_quantize_tensor(W: torch.Tensor, bits: int, *, group_size: int | None = 128, symmetric: bool = False,
-                        mask: torch.Tensor | None = None, scale_dtype: torch.dtype = torch.float32,
-                        value_dtype: torch.dtype | None = None) -> QuantizedTensor:
+def rtn_quantize_tensor(
+    W: torch.Tensor,
+    bits: int,
+    *,
+    group_size: int | None = 128,
+    symmetric: bool = False,
+    mask: torch.Tensor | None = None,
+    scale_dtype: torch.dtype = torch.float32,
+    value_dtype: torch.dtype | None = None,
+) -> QuantizedTensor:
     """Like :func:`rtn_quantize` but returns the codes, parameters and kept values
     (:class:`~lrm_interp.compress.quant.format.QuantizedTensor`); its ``dequantize()`` equals
     :func:`rtn_quantize` bit for bit."""
     p = fit_params(W, bits, group_size=group_size, symmetric=symmetric, mask=mask)
     m = None if mask is None else mask.to(device=W.device, dtype=torch.bool)
-    return QuantizedTensor.from_params(W, quantize_with(W, p), p, m, bits, scale_dtype=scale_dtype,
-                                       value_dtype=value_dtype)
+    return QuantizedTensor.from_params(
+        W, quantize_with(W, p), p, m, bits, scale_dtype=scale_dtype, value_dtype=value_dtype
+    )

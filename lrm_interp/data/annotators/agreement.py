@@ -72,8 +72,9 @@ def _clip(spans: list[BehaviorSpan], region: list[tuple[int, int]]) -> list[Beha
 REGIONS = ("all", "gold")
 
 
-def annotation_agreement(gold: ReasoningDataset, predicted: ReasoningDataset, *,
-                         min_iou: float = 0.5, region: str = "all") -> dict[str, dict[str, float]]:
+def annotation_agreement(
+    gold: ReasoningDataset, predicted: ReasoningDataset, *, min_iou: float = 0.5, region: str = "all"
+) -> dict[str, dict[str, float]]:
     """Per-label agreement of ``predicted`` spans with ``gold`` spans.
 
     ``region="all"`` scores every character of the responses. ``region="gold"`` scores only the
@@ -116,21 +117,31 @@ def annotation_agreement(gold: ReasoningDataset, predicted: ReasoningDataset, *,
     for label in sorted(acc, key=lambda x: BEHAVIORS.index(x) if x in BEHAVIORS else 99):
         a = acc[label]
         prec, rec = a["tp"] / max(a["pred"], 1), a["tp"] / max(a["gold"], 1)
-        out[label] = {"precision": prec, "recall": rec, "f1": 2 * prec * rec / max(prec + rec, 1e-12),
-                      "span_precision": a["match"] / max(a["ps"], 1), "span_recall": a["match"] / max(a["gs"], 1),
-                      "gold_spans": a["gs"], "pred_spans": a["ps"]}
+        out[label] = {
+            "precision": prec,
+            "recall": rec,
+            "f1": 2 * prec * rec / max(prec + rec, 1e-12),
+            "span_precision": a["match"] / max(a["ps"], 1),
+            "span_recall": a["match"] / max(a["gs"], 1),
+            "gold_spans": a["gs"],
+            "pred_spans": a["ps"],
+        }
     return out
 
 
 def format_agreement(agreement: dict[str, dict[str, float]], *, title: str = "") -> str:
     """A fixed-width table of :func:`annotation_agreement`'s result (target behaviours marked ``*``)."""
     lines = [title] if title else []
-    lines.append(f"{'label':26s} {'char P':>7s} {'char R':>7s} {'char F1':>7s} {'span P':>7s} {'span R':>7s} "
-                 f"{'gold':>5s} {'pred':>5s}")
+    lines.append(
+        f"{'label':26s} {'char P':>7s} {'char R':>7s} {'char F1':>7s} {'span P':>7s} {'span R':>7s} "
+        f"{'gold':>5s} {'pred':>5s}"
+    )
     for label, d in agreement.items():
         mark = "*" if label in TARGET_BEHAVIORS else " "
-        lines.append(f"{mark}{label:25s} {d['precision']:7.3f} {d['recall']:7.3f} {d['f1']:7.3f} "
-                     f"{d['span_precision']:7.3f} {d['span_recall']:7.3f} {d['gold_spans']:5d} {d['pred_spans']:5d}")
+        lines.append(
+            f"{mark}{label:25s} {d['precision']:7.3f} {d['recall']:7.3f} {d['f1']:7.3f} "
+            f"{d['span_precision']:7.3f} {d['span_recall']:7.3f} {d['gold_spans']:5d} {d['pred_spans']:5d}"
+        )
     return "\n".join(lines)
 
 

@@ -17,7 +17,8 @@ accounted for the same way.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from lrm_interp.data.traces import BehaviorSpan, check_response_size, response_limit
 
@@ -41,7 +42,7 @@ class Annotator(Protocol):
 class SentenceLabeller(Protocol):
     """An annotator that labels the sentences of the text it is given (offsets into that text)."""
 
-    def label_sentences(self, thinking_text: str) -> "list[tuple[Sentence, str]]":
+    def label_sentences(self, thinking_text: str) -> list[tuple[Sentence, str]]:
         """``(sentence, label)`` for each sentence; ``sentence.text == thinking_text[start:end]``."""
 
 
@@ -63,16 +64,25 @@ def sentence_segments(response: str, annotator: SentenceLabeller) -> list[tuple[
     think = thinking_part(response)
     out = []
     for s, label in annotator.label_sentences(think):
-        if not (0 <= s.start < s.end <= len(think)) or think[s.start:s.end] != s.text:
-            raise ValueError(f"{type(annotator).__name__}.label_sentences returned a sentence whose offsets "
-                             f"[{s.start}, {s.end}) do not hold its text {s.text[:40]!r}")
+        if not (0 <= s.start < s.end <= len(think)) or think[s.start : s.end] != s.text:
+            raise ValueError(
+                f"{type(annotator).__name__}.label_sentences returned a sentence whose offsets "
+                f"[{s.start}, {s.end}) do not hold its text {s.text[:40]!r}"
+            )
         out.append((label, s.start, s.end))
     return out
 
 
-def segments_report(response: str, segments: Sequence[tuple[str, int, int]], *, source: str = "",
-                    dataset: str = "", index: str = "", output: str | None = None,
-                    labels: Sequence[str] | None = None) -> "tuple[list[BehaviorSpan], FileReport]":
+def segments_report(
+    response: str,
+    segments: Sequence[tuple[str, int, int]],
+    *,
+    source: str = "",
+    dataset: str = "",
+    index: str = "",
+    output: str | None = None,
+    labels: Sequence[str] | None = None,
+) -> tuple[list[BehaviorSpan], FileReport]:
     """Spans and the parse report of directly placed ``(label, start, end)`` segments: each one
     ``placed`` (or ``not placed`` with the reason when its label is not one of ``labels``,
     default :data:`~lrm_interp.data.traces.BEHAVIORS`)."""
@@ -86,15 +96,26 @@ def segments_report(response: str, segments: Sequence[tuple[str, int, int]], *, 
         ok = label in allowed
         if ok:
             spans.append(BehaviorSpan(label, a, b))
-        reps.append(SegmentReport(source, i, label, label if ok else None, "placed" if ok else "not placed",
-                                  None if ok else f"unknown label {label!r} (text located at [{a}, {b}))",
-                                  a, b, response[a:b]))
+        reps.append(
+            SegmentReport(
+                source,
+                i,
+                label,
+                label if ok else None,
+                "placed" if ok else "not placed",
+                None if ok else f"unknown label {label!r} (text located at [{a}, {b}))",
+                a,
+                b,
+                response[a:b],
+            )
+        )
     report = FileReport(dataset, index, None, output, "parsed", None, (), (DIRECT_NOTE,), tuple(reps))
     return spans, report
 
 
-def annotate_response(response: str, annotator: Annotator, *, source: str = "",
-                      max_response_chars: int | None = None) -> tuple[list[BehaviorSpan], dict]:
+def annotate_response(
+    response: str, annotator: Annotator, *, source: str = "", max_response_chars: int | None = None
+) -> tuple[list[BehaviorSpan], dict]:
     """Annotate a response's thinking part and place the labels on the response.
 
     A :class:`SentenceLabeller` gives its offsets directly (:func:`sentence_segments`); any other
@@ -112,12 +133,24 @@ def annotate_response(response: str, annotator: Annotator, *, source: str = "",
 
         trace, rep = annotate_trace(response, annotator.annotate(thinking_part(response)), source=source)
         spans = list(trace.spans)
-    out = {"status": rep.status, "segments": len(rep.segments), "placed": sum(r.placed for r in rep.segments),
-           "repairs": list(rep.repairs)}
+    out = {
+        "status": rep.status,
+        "segments": len(rep.segments),
+        "placed": sum(r.placed for r in rep.segments),
+        "repairs": list(rep.repairs),
+    }
     if rep.status == "rejected":
         out["reason"] = rep.reason
     return spans, out
 
 
-__all__ = ["Annotator", "SentenceLabeller", "thinking_part", "markup", "annotate_response", "sentence_segments",
-           "segments_report", "DIRECT_NOTE"]
+__all__ = [
+    "Annotator",
+    "SentenceLabeller",
+    "thinking_part",
+    "markup",
+    "annotate_response",
+    "sentence_segments",
+    "segments_report",
+    "DIRECT_NOTE",
+]

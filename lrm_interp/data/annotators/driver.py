@@ -29,19 +29,32 @@ import json
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from lrm_interp._io import iter_jsonl, atomic_write_text
-from lrm_interp.data.annotators.base import Annotator, SentenceLabeller, segments_report, sentence_segments, thinking_part
-from lrm_interp.data.paper_layout import FileReport, ParseReport, annotate_trace
+from lrm_interp._io import atomic_write_text, iter_jsonl
+from lrm_interp.data.annotators.base import (
+    Annotator,
+    SentenceLabeller,
+    segments_report,
+    sentence_segments,
+    thinking_part,
+)
 from lrm_interp.data.loading import check_layout_files
-from lrm_interp.data.traces import (MAX_RESPONSE_ENV, ReasoningDataset, ReasoningTrace, TraceFormatError,
-                                    check_response_size, response_limit)
+from lrm_interp.data.paper_layout import FileReport, ParseReport, annotate_trace
+from lrm_interp.data.traces import (
+    MAX_RESPONSE_ENV,
+    ReasoningDataset,
+    ReasoningTrace,
+    TraceFormatError,
+    check_response_size,
+    response_limit,
+)
 from lrm_interp.endpoint import EndpointUnreachable
 
 CACHE_FORMAT = "lrm_interp.annotation_cache/1"
@@ -49,8 +62,9 @@ CACHE_FORMAT = "lrm_interp.annotation_cache/1"
 NO_THINK_END_NOTE = "no </think> in the response: the whole response was annotated as its thinking part"
 
 
-def load_outputs(path: str | os.PathLike, *, progress: bool = False,
-                 max_response_chars: int | None = None) -> ReasoningDataset:
+def load_outputs(
+    path: str | os.PathLike, *, progress: bool = False, max_response_chars: int | None = None
+) -> ReasoningDataset:
     """Model outputs without annotation: a paper-layout folder or a JSONL of prompt/response records.
 
     Errors name the file and line (JSONL) or the folder. A response (or prompt) longer than
@@ -65,17 +79,25 @@ def load_outputs(path: str | os.PathLike, *, progress: bool = False,
     p = Path(path)
     if p.is_dir():
         if not (p / "outputs").is_dir():
-            raise FileNotFoundError(f"{p}: no outputs/ folder (expected the paper layout outputs/<task>/<j>.txt "
-                                    "or a JSONL file of prompt/response records)")
+            raise FileNotFoundError(
+                f"{p}: no outputs/ folder (expected the paper layout outputs/<task>/<j>.txt "
+                "or a JSONL file of prompt/response records)"
+            )
         from lrm_interp.data.paper_layout import load_paper_layout
 
         check_layout_files(p, max_response_chars=limit)
         # load without annotations: point the loader at the outputs only
         ds = load_paper_layout(p, progress=progress)
-        traces = [ReasoningTrace(t.id, t.prompt, t.response, (),
-                                 {k: v for k, v in t.metadata.items()
-                                  if k not in ("annotation_status", "annotation_file")})
-                  for t in ds]
+        traces = [
+            ReasoningTrace(
+                t.id,
+                t.prompt,
+                t.response,
+                (),
+                {k: v for k, v in t.metadata.items() if k not in ("annotation_status", "annotation_file")},
+            )
+            for t in ds
+        ]
         return ReasoningDataset(traces, name=p.name).check_sizes(limit)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file or folder")
@@ -84,8 +106,7 @@ def load_outputs(path: str | os.PathLike, *, progress: bool = False,
     for lineno, where, d in iter_jsonl(p, TraceFormatError):
         resp = d.get("response", d.get("output", d.get("completion")))
         if not isinstance(resp, str):
-            raise TraceFormatError(f"{where}: no string 'response' (or 'output' / 'completion') key; "
-                                   f"keys: {sorted(d)}")
+            raise TraceFormatError(f"{where}: no string 'response' (or 'output' / 'completion') key; keys: {sorted(d)}")
         prompt = d.get("prompt")
         check_response_size(where, resp, prompt if isinstance(prompt, str) else "", limit=limit)
         bad = unencodable_text(d)
@@ -96,8 +117,13 @@ def load_outputs(path: str | os.PathLike, *, progress: bool = False,
             raise TraceFormatError(f"{where}: duplicate id {tid!r}")
         seen.add(tid)
         meta = dict(d.get("metadata") or {})
-        meta.update({k: v for k, v in d.items()
-                     if k not in ("id", "prompt", "response", "output", "completion", "spans", "metadata")})
+        meta.update(
+            {
+                k: v
+                for k, v in d.items()
+                if k not in ("id", "prompt", "response", "output", "completion", "spans", "metadata")
+            }
+        )
         traces.append(ReasoningTrace(tid, str(d.get("prompt") or ""), resp, (), meta))
     return ReasoningDataset(traces, name=p.stem)
 
@@ -112,8 +138,10 @@ def unencodable_text(value: Any, key: str = "") -> str | None:
             value.encode("utf-8")
         except UnicodeEncodeError as e:
             where = f"{key!r} " if key else ""
-            return (f"{where}holds a lone surrogate {value[e.start]!r} at character {e.start} (a JSON \\u escape "
-                    "that is not valid Unicode; it cannot be written as UTF-8)")
+            return (
+                f"{where}holds a lone surrogate {value[e.start]!r} at character {e.start} (a JSON \\u escape "
+                "that is not valid Unicode; it cannot be written as UTF-8)"
+            )
         return None
     if isinstance(value, dict):
         for k, v in value.items():
@@ -143,8 +171,7 @@ class AnnotationRun:
 
     def to_dict(self) -> dict:
         """JSON-able: annotator (no secrets), stats, failures, the parse report."""
-        return {"annotator": self.annotator, "stats": self.stats, "failures": self.failures,
-                **self.report.to_dict()}
+        return {"annotator": self.annotator, "stats": self.stats, "failures": self.failures, **self.report.to_dict()}
 
     def save_report(self, path: str | os.PathLike) -> Path:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
@@ -152,11 +179,15 @@ class AnnotationRun:
 
     def summary(self) -> str:
         s = self.stats
-        head = (f"{s.get('traces', 0)} traces: {s.get('annotated', 0)} annotated, {s.get('cached', 0)} from cache, "
-                f"{s.get('failed', 0)} failed ({s.get('seconds', 0):.1f} s)")
+        head = (
+            f"{s.get('traces', 0)} traces: {s.get('annotated', 0)} annotated, {s.get('cached', 0)} from cache, "
+            f"{s.get('failed', 0)} failed ({s.get('seconds', 0):.1f} s)"
+        )
         if s.get("requests"):
-            head += (f"; {s['requests']} requests ({s.get('retries', 0)} retries), "
-                     f"{s.get('prompt_tokens', 0)} prompt + {s.get('completion_tokens', 0)} completion tokens")
+            head += (
+                f"; {s['requests']} requests ({s.get('retries', 0)} retries), "
+                f"{s.get('prompt_tokens', 0)} prompt + {s.get('completion_tokens', 0)} completion tokens"
+            )
         if s.get("skipped_empty"):
             head += f"; {s['skipped_empty']} skipped (empty response)"
         if s.get("skipped_too_large"):
@@ -205,15 +236,23 @@ def _read_cache(path: Path, key: str) -> dict | None:
     if isinstance(d.get("markup"), str):
         return d
     segs = d.get("segments")
-    if isinstance(segs, list) and all(isinstance(x, list) and len(x) == 3 and isinstance(x[0], str)
-                                      and all(isinstance(v, int) for v in x[1:]) for x in segs):
+    if isinstance(segs, list) and all(
+        isinstance(x, list) and len(x) == 3 and isinstance(x[0], str) and all(isinstance(v, int) for v in x[1:])
+        for x in segs
+    ):
         return d
     return None
 
 
-def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annotator: Annotator, *, workers: int = 1,
-                     cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                     max_response_chars: int | None = None) -> AnnotationRun:
+def annotate_dataset(
+    traces: ReasoningDataset | Sequence[ReasoningTrace],
+    annotator: Annotator,
+    *,
+    workers: int = 1,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    max_response_chars: int | None = None,
+) -> AnnotationRun:
     """Annotate every trace's thinking part with ``annotator`` and place the markup on its response.
 
     Args:
@@ -245,9 +284,12 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
     limit = response_limit(max_response_chars)
     name = getattr(traces, "name", "")
     traces = list(traces)
-    too_large = {t.id: f"response of {len(t.response):,} characters exceeds the limit of {limit:,} characters "
-                       f"(max_response_chars / ${MAX_RESPONSE_ENV}): not annotated"
-                 for t in traces if len(t.response) > limit}
+    too_large = {
+        t.id: f"response of {len(t.response):,} characters exceeds the limit of {limit:,} characters "
+        f"(max_response_chars / ${MAX_RESPONSE_ENV}): not annotated"
+        for t in traces
+        if len(t.response) > limit
+    }
     fp = annotator_fingerprint(annotator)
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
@@ -276,7 +318,7 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
             raise CancelledError()
         try:
             if direct:
-                payload, n_chunks = sentence_segments(t.response, annotator), 1  # type: ignore[arg-type]
+                payload, n_chunks = sentence_segments(t.response, annotator), 1  # type: ignore[arg-type]  # direct: a SentenceLabeller (isinstance above)
             elif hasattr(annotator, "annotate_chunks"):
                 parts = annotator.annotate_chunks(thinking)
                 payload = "\n".join(m.strip() for m in parts)
@@ -290,8 +332,13 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
             return t.id, None, f"{type(e).__name__}: {' '.join(str(e).split())}", False, 0
         if path is not None:
             body = {"markup": payload} if isinstance(payload, str) else {"segments": [list(x) for x in payload]}
-            atomic_write_text(path, json.dumps({"format": CACHE_FORMAT, "key": key, "trace_id": t.id,
-                                                "annotator": fp, "chunks": n_chunks, **body}, ensure_ascii=False))
+            atomic_write_text(
+                path,
+                json.dumps(
+                    {"format": CACHE_FORMAT, "key": key, "trace_id": t.id, "annotator": fp, "chunks": n_chunks, **body},
+                    ensure_ascii=False,
+                ),
+            )
         return t.id, payload, None, False, n_chunks
 
     stop: EndpointUnreachable | None = None
@@ -304,7 +351,7 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
                 except EndpointUnreachable as e:
                     stop = e
                     break
-                results[tid] = tuple(rest)  # type: ignore[assignment]
+                results[tid] = tuple(rest)
                 bar.update()
         else:
             with ThreadPoolExecutor(max_workers=workers) as ex:
@@ -320,7 +367,7 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
                             for f in futs:
                                 f.cancel()
                         continue
-                    results[tid] = tuple(rest)  # type: ignore[assignment]
+                    results[tid] = tuple(rest)
                     bar.update()
     finally:
         bar.close()
@@ -356,19 +403,30 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
             trace, rep = annotate_trace(t, text, source=t.id)
         else:
             spans, rep = segments_report(t.response, text, source=t.id, dataset=ds_name, index=index)
-            trace = ReasoningTrace(t.id, t.prompt, t.response, tuple(spans), {**t.metadata, "annotation_status": "parsed"})
+            trace = ReasoningTrace(
+                t.id, t.prompt, t.response, tuple(spans), {**t.metadata, "annotation_status": "parsed"}
+            )
         if "</think>" not in t.response:
             no_close.append(t.id)
             rep = replace(rep, notes=tuple(rep.notes) + (NO_THINK_END_NOTE,))
         out.append(trace)
-        files.append(FileReport(ds_name, index, rep.annotation, t.id, rep.status, rep.reason, rep.repairs, rep.notes,
-                                rep.segments))
-    stats: dict[str, Any] = {"traces": len(traces),
-                             "annotated": len(traces) - n_cached - len(failures) - len(skipped),
-                             "cached": n_cached, "failed": len(failures),
-                             "skipped_empty": len(skipped) - len(too_large), "skipped_too_large": len(too_large),
-                             "without_think_end": len(no_close), "chunks": n_chunks_total,
-                             "seconds": round(time.monotonic() - t0, 3), "workers": workers}
+        files.append(
+            FileReport(
+                ds_name, index, rep.annotation, t.id, rep.status, rep.reason, rep.repairs, rep.notes, rep.segments
+            )
+        )
+    stats: dict[str, Any] = {
+        "traces": len(traces),
+        "annotated": len(traces) - n_cached - len(failures) - len(skipped),
+        "cached": n_cached,
+        "failed": len(failures),
+        "skipped_empty": len(skipped) - len(too_large),
+        "skipped_too_large": len(too_large),
+        "without_think_end": len(no_close),
+        "chunks": n_chunks_total,
+        "seconds": round(time.monotonic() - t0, 3),
+        "workers": workers,
+    }
     if stopped is not None:
         stats["stopped"] = stopped
     usage1 = _usage_of(annotator)
@@ -378,10 +436,17 @@ def annotate_dataset(traces: ReasoningDataset | Sequence[ReasoningTrace], annota
     ds = ReasoningDataset(out, name=name, report=report)
     run = AnnotationRun(ds, report, stats, failures, describe_annotator(annotator))
     if stop is not None:
-        stop.run = run  # type: ignore[attr-defined]
+        stop.run = run  # type: ignore[attr-defined]  # what was annotated before the endpoint went away
         raise stop
     return run
 
 
-__all__ = ["load_outputs", "annotate_dataset", "AnnotationRun", "describe_annotator", "annotator_fingerprint",
-           "unencodable_text", "CACHE_FORMAT"]
+__all__ = [
+    "load_outputs",
+    "annotate_dataset",
+    "AnnotationRun",
+    "describe_annotator",
+    "annotator_fingerprint",
+    "unencodable_text",
+    "CACHE_FORMAT",
+]

@@ -24,14 +24,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from lrm_interp.checks import check_float, check_int
 from lrm_interp.data.annotators.segment import split_sentences
-from lrm_interp.endpoint import (API_KEY_ENV, DEFAULT_BACKOFF, DEFAULT_CONCURRENCY, DEFAULT_MAX_BACKOFF,
-                                 DEFAULT_RETRIES, DEFAULT_TIMEOUT, EndpointClient, EndpointConfig, EndpointError,
-                                 EndpointUnreachable, Usage)
+from lrm_interp.endpoint import (
+    API_KEY_ENV,
+    DEFAULT_BACKOFF,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_BACKOFF,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    EndpointClient,
+    EndpointConfig,
+    EndpointError,
+    EndpointUnreachable,
+    Usage,
+)
 from lrm_interp.endpoint import RETRY_STATUS as ENDPOINT_RETRY_STATUS
 
 VENHOFF_PROMPT = """Please split the following reasoning chain of an LLM into annotated parts using labels and the \
@@ -110,11 +121,17 @@ class OpenAIClient:
             raise ValueError("model: give the model name (or set LRM_INTERP_LLM_MODEL)")
         if self.mode not in ("chat", "completions"):
             raise ValueError(f"mode must be 'chat' or 'completions', got {self.mode!r}")
-        self.temperature = check_float("temperature", self.temperature, min=0.0)  # type: ignore[assignment]
+        self.temperature = check_float("temperature", self.temperature, min=0.0)
         self.max_tokens = check_int("max_tokens", self.max_tokens, min=1, optional=True)
-        cfg = EndpointConfig(base_url=self.base_url, api_key_env=self.api_key_env, timeout=self.timeout,
-                             retries=self.max_retries, backoff=self.backoff, max_backoff=self.max_backoff,
-                             concurrency=self.concurrency)
+        cfg = EndpointConfig(
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            timeout=self.timeout,
+            retries=self.max_retries,
+            backoff=self.backoff,
+            max_backoff=self.max_backoff,
+            concurrency=self.concurrency,
+        )
         self.base_url = cfg.base_url
         self.endpoint = EndpointClient(cfg, api_key=self.api_key, usage=self.usage)
         if self.api_key is None and cfg.api_key_env:
@@ -123,8 +140,14 @@ class OpenAIClient:
     # ------------------------------------------------------------------ requests
     def describe(self) -> dict[str, Any]:
         """What the results may record: model, mode, sampling settings (no URL, no key)."""
-        return {"kind": "openai-compatible", "model": self.model, "mode": self.mode, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, **({"extra_body": self.extra_body} if self.extra_body else {})}
+        return {
+            "kind": "openai-compatible",
+            "model": self.model,
+            "mode": self.mode,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            **({"extra_body": self.extra_body} if self.extra_body else {}),
+        }
 
     def complete(self, prompt: str) -> str:
         """The completion text for ``prompt`` (retrying as configured); raises
@@ -238,10 +261,24 @@ class LLMAnnotator:
 
     def describe(self) -> dict[str, Any]:
         client = self.complete.describe() if hasattr(self.complete, "describe") else {"kind": "callable"}
-        return {"name": "llm", "client": client, "max_chunk_chars": self.max_chunk_chars,
-                "prompt": "venhoff" if self.prompt_template == VENHOFF_PROMPT else "custom",
-                "prompt_sha": hashlib.blake2b(self.prompt_template.encode(), digest_size=8).hexdigest()}
+        return {
+            "name": "llm",
+            "client": client,
+            "max_chunk_chars": self.max_chunk_chars,
+            "prompt": "venhoff" if self.prompt_template == VENHOFF_PROMPT else "custom",
+            "prompt_sha": hashlib.blake2b(self.prompt_template.encode(), digest_size=8).hexdigest(),
+        }
 
 
-__all__ = ["VENHOFF_PROMPT", "LLM_PROMPT", "OpenAIClient", "LLMAnnotator", "LLMRequestError", "EndpointError",
-           "EndpointUnreachable", "Usage", "split_for_annotation", "RETRY_STATUS"]
+__all__ = [
+    "VENHOFF_PROMPT",
+    "LLM_PROMPT",
+    "OpenAIClient",
+    "LLMAnnotator",
+    "LLMRequestError",
+    "EndpointError",
+    "EndpointUnreachable",
+    "Usage",
+    "split_for_annotation",
+    "RETRY_STATUS",
+]

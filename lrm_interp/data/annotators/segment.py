@@ -29,17 +29,76 @@ import re
 from dataclasses import dataclass
 
 #: Words after which a period does not end a sentence (compared lower-cased, without the dot).
-ABBREVIATIONS: frozenset[str] = frozenset({
-    "e.g", "i.e", "etc", "vs", "cf", "approx", "dr", "mr", "mrs", "ms", "prof", "st", "jr", "sr", "fig",
-    "eq", "eqs", "resp", "viz", "al", "inc", "ltd", "mt", "vol", "u.s", "a.m", "p.m",
-})
+ABBREVIATIONS: frozenset[str] = frozenset(
+    {
+        "e.g",
+        "i.e",
+        "etc",
+        "vs",
+        "cf",
+        "approx",
+        "dr",
+        "mr",
+        "mrs",
+        "ms",
+        "prof",
+        "st",
+        "jr",
+        "sr",
+        "fig",
+        "eq",
+        "eqs",
+        "resp",
+        "viz",
+        "al",
+        "inc",
+        "ltd",
+        "mt",
+        "vol",
+        "u.s",
+        "a.m",
+        "p.m",
+    }
+)
 
 #: Capitalised discourse markers that start a sentence even when a collapsed line break glued
 #: them to the previous one (``... = 5.Wait, ...``).
-GLUE_MARKERS = ("Wait", "Hmm", "So", "But", "Alternatively", "Actually", "Let", "Okay", "OK", "Alright",
-                "Therefore", "Thus", "Hence", "Now", "First", "Then", "Hold", "Oh", "No", "Yes", "Check",
-                "Maybe", "Perhaps", "I", "The", "This", "That", "Since", "If", "For", "And")
+GLUE_MARKERS = (
+    "Wait",
+    "Hmm",
+    "So",
+    "But",
+    "Alternatively",
+    "Actually",
+    "Let",
+    "Okay",
+    "OK",
+    "Alright",
+    "Therefore",
+    "Thus",
+    "Hence",
+    "Now",
+    "First",
+    "Then",
+    "Hold",
+    "Oh",
+    "No",
+    "Yes",
+    "Check",
+    "Maybe",
+    "Perhaps",
+    "I",
+    "The",
+    "This",
+    "That",
+    "Since",
+    "If",
+    "For",
+    "And",
+)
 
+# the alternatives and their comments are a table: the formatter keeps it aligned
+# fmt: off
 _PROTECTED = re.compile(
     r"```.*?(?:```|\Z)"                     # fenced code (to the end if unclosed)
     r"|`[^`\n]+`"                           # inline code
@@ -49,9 +108,12 @@ _PROTECTED = re.compile(
     r"|\\\(.+?\\\)"                         # \( inline \)
     r"|(?<![\\$])\$(?!\s)[^$\n]+?(?<!\s)\$(?!\d)",  # $inline$ (not a price like "$5 and $6")
     re.S)
+# fmt: on
 _DISPLAY_START = re.compile(r"```|\$\$|\\\[|\\begin\{")
-_LIST_ITEM = re.compile(r"[ \t]*(?:[-*•+][ \t]+|\d{1,3}[.)][ \t]+|\(?[A-Za-z]\)[ \t]+|\(\d{1,3}\)[ \t]+"
-                        r"|(?:Step|Case|Option)[ \t]+\w+[:.)])")
+_LIST_ITEM = re.compile(
+    r"[ \t]*(?:[-*•+][ \t]+|\d{1,3}[.)][ \t]+|\(?[A-Za-z]\)[ \t]+|\(\d{1,3}\)[ \t]+"
+    r"|(?:Step|Case|Option)[ \t]+\w+[:.)])"
+)
 _ENUM_AT_LINE_START = re.compile(r"(?:^|\n)[ \t]*(?:\d{1,3}|[A-Za-z])\.$")
 _SENT_START = re.compile(r"""["'“‘(\[]*(?:[A-Z0-9\\$]|\*\*)""")
 _CLOSERS = "\"'”’)]*"
@@ -91,18 +153,18 @@ def _inside(regions: list[tuple[int, int]], pos: int) -> tuple[int, int] | None:
 
 
 def _prev_word(text: str, dot: int) -> str:
-    m = re.search(r"([A-Za-z][A-Za-z.]*)$", text[max(0, dot - 20):dot])
+    m = re.search(r"([A-Za-z][A-Za-z.]*)$", text[max(0, dot - 20) : dot])
     return m.group(1).lower().rstrip(".") if m else ""
 
 
 def _glued(text: str, dot: int, rest: str) -> bool:
     """A period directly followed by a capitalised discourse marker (no space), after a word,
     a number or closing math: two sentences whose line break the annotator collapsed."""
-    before = text[dot - 1:dot]
+    before = text[dot - 1 : dot]
     if not (before.isalnum() or before in ")}$"):
         return False
     m = re.match(r"[A-Z][A-Za-z]*", rest)
-    return bool(m) and m.group(0) in GLUE_MARKERS and len(m.group(0)) > 1
+    return m is not None and m.group(0) in GLUE_MARKERS and len(m.group(0)) > 1
 
 
 def _starts_display(line: str, region_starts: set[int], line_start: int) -> bool:
@@ -141,7 +203,8 @@ def _boundaries(text: str) -> list[int]:
             cuts.append(nl)
             continue
         if (cur.rstrip().endswith(":") and _line_is_block(nxt, region_starts, offs[k + 1])) or (
-                not re.search(r"[.!?]['\")\]]*\s*$", cur) and _starts_display(nxt, region_starts, offs[k + 1])):
+            not re.search(r"[.!?]['\")\]]*\s*$", cur) and _starts_display(nxt, region_starts, offs[k + 1])
+        ):
             if not in_block:
                 blocks.append([offs[k + 1], 0])
             in_block = True
@@ -162,12 +225,12 @@ def _boundaries(text: str) -> list[int]:
             continue  # inside math / code, or inside a list introduced by a colon
         while end < n and text[end] in _CLOSERS:
             end += 1
-        rest = text[end:end + 40]
+        rest = text[end : end + 40]
         if m.group(0).startswith(".") and len(m.group(0)) == 1:
             word = _prev_word(text, m.start())
-            if word in ABBREVIATIONS or _ENUM_AT_LINE_START.search(text[max(0, m.start() - 6):m.start() + 1]):
+            if word in ABBREVIATIONS or _ENUM_AT_LINE_START.search(text[max(0, m.start() - 6) : m.start() + 1]):
                 continue
-            if _INITIAL.search(text[max(0, m.start() - 30):m.start()]) and re.match(r" [A-Z][a-z]", rest):
+            if _INITIAL.search(text[max(0, m.start() - 30) : m.start()]) and re.match(r" [A-Z][a-z]", rest):
                 continue  # "Dwight D. Eisenhower"
             if m.start() > 0 and text[m.start() - 1].isdigit() and end < n and text[end].isdigit():
                 continue  # 3.14
@@ -179,7 +242,7 @@ def _boundaries(text: str) -> list[int]:
 
     # after a display block followed (on the same line) by a capitalised word: "\\] So the area"
     for a, b in regions:
-        if _DISPLAY_START.match(text[a:a + 8]) and re.match(r"[ \t]+[A-Z][a-z]", text[b:b + 4]):
+        if _DISPLAY_START.match(text[a : a + 8]) and re.match(r"[ \t]+[A-Z][a-z]", text[b : b + 4]):
             cuts.append(b)
     return sorted(set(c for c in cuts if 0 < c < n))
 
@@ -195,7 +258,7 @@ def split_sentences(text: str) -> list[Sentence]:
         if e > s:
             para = 0
             if out:
-                para = out[-1].paragraph + (1 if _BLANK_LINE.search(text[out[-1].end:s]) else 0)
+                para = out[-1].paragraph + (1 if _BLANK_LINE.search(text[out[-1].end : s]) else 0)
             out.append(Sentence(s, e, text[s:e], para, len(out)))
         prev = cut
     return out
@@ -211,5 +274,4 @@ def split_paragraphs(text: str) -> list[list[Sentence]]:
     return groups
 
 
-__all__ = ["Sentence", "split_sentences", "split_paragraphs", "protected_regions", "ABBREVIATIONS",
-           "GLUE_MARKERS"]
+__all__ = ["Sentence", "split_sentences", "split_paragraphs", "protected_regions", "ABBREVIATIONS", "GLUE_MARKERS"]

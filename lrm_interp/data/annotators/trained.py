@@ -25,9 +25,9 @@ import os
 import random
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -91,9 +91,18 @@ def sentence_gold(trace: ReasoningTrace, s: Sentence, labels: Sequence[str]) -> 
     return labels.index(best) if best is not None else None
 
 
-def fit_softmax_regression(flat: torch.Tensor, offsets: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
-                           bias: torch.Tensor, *, steps: int, lr: float, l2: float,
-                           class_weight: torch.Tensor | None = None) -> float:
+def fit_softmax_regression(
+    flat: torch.Tensor,
+    offsets: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    l2: float,
+    class_weight: torch.Tensor | None = None,
+) -> float:
     """Full-batch Adam on ``CE(embedding_bag(flat, W, offsets) + b, y) + l2·‖W‖²``, in place.
 
     ``flat``/``offsets``: the hashed feature ids of each row (``embedding_bag`` layout);
@@ -112,8 +121,20 @@ def fit_softmax_regression(flat: torch.Tensor, offsets: torch.Tensor, y: torch.T
         torch.set_num_threads(threads)
 
 
-def _adam_steps(flat, offsets, y, weight, bias, params, m1, m2, steps: int, lr: float, l2: float,
-                class_weight: torch.Tensor | None = None) -> float:
+def _adam_steps(
+    flat,
+    offsets,
+    y,
+    weight,
+    bias,
+    params,
+    m1,
+    m2,
+    steps: int,
+    lr: float,
+    l2: float,
+    class_weight: torch.Tensor | None = None,
+) -> float:
     """The Adam loop of :func:`fit_softmax_regression` (objective of the last step)."""
     b1, b2 = 0.9, 0.999
     loss = float("nan")
@@ -127,12 +148,20 @@ def _adam_steps(flat, offsets, y, weight, bias, params, m1, m2, steps: int, lr: 
                 for q, g, a1, a2 in zip(params, grads, m1, m2):
                     a1.mul_(b1).add_(g, alpha=1 - b1)
                     a2.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    q.addcdiv_(a1 / (1 - b1 ** step), (a2 / (1 - b2 ** step)).sqrt_().add_(1e-8), value=-lr)
+                    q.addcdiv_(a1 / (1 - b1**step), (a2 / (1 - b2**step)).sqrt_().add_(1e-8), value=-lr)
     return loss
 
 
-def check_fit_settings(*, dim: int = 1 << 14, l2: float = 1e-2, steps: int = 200, lr: float = 0.05,
-                       labels: Sequence[str] = BEHAVIORS, seed: int = 0, class_balance: float = 0.5) -> tuple[str, ...]:
+def check_fit_settings(
+    *,
+    dim: int = 1 << 14,
+    l2: float = 1e-2,
+    steps: int = 200,
+    lr: float = 0.05,
+    labels: Sequence[str] = BEHAVIORS,
+    seed: int = 0,
+    class_balance: float = 0.5,
+) -> tuple[str, ...]:
     """The settings of :meth:`LinearAnnotator.fit`, checked: ``steps``/``dim`` integers >= 1, ``lr``
     a finite number > 0, ``l2``/``class_balance`` finite and >= 0, ``seed`` >= 0, ``labels`` at least
     two distinct strings. Returns ``labels`` as a tuple; ``ValueError`` naming the setting otherwise."""
@@ -150,9 +179,18 @@ def check_fit_settings(*, dim: int = 1 << 14, l2: float = 1e-2, steps: int = 200
     return labels
 
 
-def fit_rows(rows: Sequence[Sequence[int]], ys: Sequence[int], n_labels: int, *, dim: int = 1 << 14,
-             l2: float = 1e-2, steps: int = 200, lr: float = 0.05, seed: int = 0,
-             class_balance: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, float]:
+def fit_rows(
+    rows: Sequence[Sequence[int]],
+    ys: Sequence[int],
+    n_labels: int,
+    *,
+    dim: int = 1 << 14,
+    l2: float = 1e-2,
+    steps: int = 200,
+    lr: float = 0.05,
+    seed: int = 0,
+    class_balance: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """``(weight [dim, n_labels], bias [n_labels], final objective)`` of the class-balanced softmax
     regression :meth:`LinearAnnotator.fit` runs, on hashed feature rows (:func:`hash_features`)
     and label indices ``ys`` (settings: :meth:`LinearAnnotator.fit`)."""
@@ -210,8 +248,12 @@ class LinearAnnotator:
         return " ".join(f'["{lab}"]{s.text}["end-section"]' for s, lab in self.label_sentences(thinking_text))
 
     def describe(self) -> dict:
-        return {"name": "linear", "dim": self.dim, "labels": list(self.labels),
-                **{k: v for k, v in self.info.items() if k != "cross_validation"}}
+        return {
+            "name": "linear",
+            "dim": self.dim,
+            "labels": list(self.labels),
+            **{k: v for k, v in self.info.items() if k != "cross_validation"},
+        }
 
     def fingerprint(self) -> str:
         import hashlib
@@ -223,9 +265,18 @@ class LinearAnnotator:
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, dataset: ReasoningDataset | Sequence[ReasoningTrace], *, dim: int = 1 << 14, l2: float = 1e-2,
-            steps: int = 200, lr: float = 0.05, labels: Sequence[str] = BEHAVIORS, seed: int = 0,
-            class_balance: float = 0.5) -> "LinearAnnotator":
+    def fit(
+        cls,
+        dataset: ReasoningDataset | Sequence[ReasoningTrace],
+        *,
+        dim: int = 1 << 14,
+        l2: float = 1e-2,
+        steps: int = 200,
+        lr: float = 0.05,
+        labels: Sequence[str] = BEHAVIORS,
+        seed: int = 0,
+        class_balance: float = 0.5,
+    ) -> LinearAnnotator:
         """Fit on annotated traces: full-batch Adam on the cross-entropy + ``l2``·‖W‖².
 
         ``class_balance``: each label's cross-entropy terms weigh ``(its sentence count)^-class_balance``
@@ -234,8 +285,9 @@ class LinearAnnotator:
 
         Every setting is checked first (:func:`check_fit_settings`): ``steps=0`` would save the
         random initialisation as if it were a fitted annotator."""
-        labels = check_fit_settings(dim=dim, l2=l2, steps=steps, lr=lr, labels=labels, seed=seed,
-                                    class_balance=class_balance)
+        labels = check_fit_settings(
+            dim=dim, l2=l2, steps=steps, lr=lr, labels=labels, seed=seed, class_balance=class_balance
+        )
         rows, ys = [], []
         n_traces = 0
         for t in dataset:
@@ -252,32 +304,55 @@ class LinearAnnotator:
                     ys.append(y)
         if not rows:
             raise ValueError("no annotated sentence to fit on (no trace has spans with the given labels)")
-        weight, bias, loss = fit_rows(rows, ys, len(labels), dim=dim, l2=l2, steps=steps, lr=lr, seed=seed,
-                                      class_balance=class_balance)
+        weight, bias, loss = fit_rows(
+            rows, ys, len(labels), dim=dim, l2=l2, steps=steps, lr=lr, seed=seed, class_balance=class_balance
+        )
         counts = {lab: ys.count(i) for i, lab in enumerate(labels)}
-        info = {"traces": n_traces, "sentences": len(ys), "sentences_per_label": counts, "l2": l2, "steps": steps,
-                "class_balance": class_balance,
-                "features_version": FEATURES_VERSION, "final_loss": round(loss, 6)}
+        info = {
+            "traces": n_traces,
+            "sentences": len(ys),
+            "sentences_per_label": counts,
+            "l2": l2,
+            "steps": steps,
+            "class_balance": class_balance,
+            "features_version": FEATURES_VERSION,
+            "final_loss": round(loss, 6),
+        }
         return cls(weight, bias, tuple(labels), info)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
         """One safetensors file (format ``lrm_interp.annotator/1``), written atomically."""
-        meta = {"format": FORMAT, "kind": "linear", "labels": json.dumps(list(self.labels)),
-                "features_version": str(FEATURES_VERSION), "info": json.dumps(self.info)}
+        meta = {
+            "format": FORMAT,
+            "kind": "linear",
+            "labels": json.dumps(list(self.labels)),
+            "features_version": str(FEATURES_VERSION),
+            "info": json.dumps(self.info),
+        }
         return write_safetensors(path, {"weight": self.weight, "bias": self.bias}, meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "LinearAnnotator":
+    def load(cls, path: str | os.PathLike) -> LinearAnnotator:
         tensors, meta = read_safetensors(path, (FORMAT,), "trained annotator file")
         if int(meta.get("features_version", -1)) != FEATURES_VERSION:
-            raise ValueError(f"{path}: features version {meta.get('features_version')} is not "
-                             f"{FEATURES_VERSION}; refit it with 'lrm-interp annotate train'")
+            raise ValueError(
+                f"{path}: features version {meta.get('features_version')} is not "
+                f"{FEATURES_VERSION}; refit it with 'lrm-interp annotate train'"
+            )
         return cls(tensors["weight"], tensors["bias"], tuple(json.loads(meta["labels"])), json.loads(meta["info"]))
 
 
-def cross_validate(dataset: ReasoningDataset | Sequence[ReasoningTrace], *, folds: int = 5, seed: int = 0,
-                   min_iou: float = 0.5, region: str = "all", progress: bool = False, **fit_kw) -> dict:
+def cross_validate(
+    dataset: ReasoningDataset | Sequence[ReasoningTrace],
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    min_iou: float = 0.5,
+    region: str = "all",
+    progress: bool = False,
+    **fit_kw,
+) -> dict:
     """k-fold (grouped by trace) agreement of :class:`LinearAnnotator` with the dataset's own spans.
 
     Returns ``{"folds", "traces", "seed", "region", "agreement": annotation_agreement(...),
@@ -297,8 +372,10 @@ def cross_validate(dataset: ReasoningDataset | Sequence[ReasoningTrace], *, fold
     check_fit_settings(**fit_kw)  # before any fold is fitted
     traces = [t for t in dataset if t.spans]
     if folds < 2 or len(traces) < folds:
-        raise ValueError(f"cross-validation needs folds >= 2 and at least that many annotated traces "
-                         f"(folds={folds}, traces={len(traces)})")
+        raise ValueError(
+            f"cross-validation needs folds >= 2 and at least that many annotated traces "
+            f"(folds={folds}, traces={len(traces)})"
+        )
     order = list(range(len(traces)))
     random.Random(seed).shuffle(order)
     pred: dict[str, ReasoningTrace] = {}
@@ -311,23 +388,41 @@ def cross_validate(dataset: ReasoningDataset | Sequence[ReasoningTrace], *, fold
     gold = ReasoningDataset(traces)
     predicted = ReasoningDataset([pred[t.id] for t in traces])
     agreement = annotation_agreement(gold, predicted, min_iou=min_iou, region=region)
-    return {"folds": folds, "traces": len(traces), "seed": seed, "region": region, "agreement": agreement,
-            "by_dataset": agreement_by_dataset(gold, predicted, min_iou=min_iou, region=region),
-            "predicted": predicted}
+    return {
+        "folds": folds,
+        "traces": len(traces),
+        "seed": seed,
+        "region": region,
+        "agreement": agreement,
+        "by_dataset": agreement_by_dataset(gold, predicted, min_iou=min_iou, region=region),
+        "predicted": predicted,
+    }
 
 
-def agreement_by_dataset(gold: ReasoningDataset, predicted: ReasoningDataset, *, min_iou: float = 0.5,
-                         region: str = "all") -> dict[str, dict]:
+def agreement_by_dataset(
+    gold: ReasoningDataset, predicted: ReasoningDataset, *, min_iou: float = 0.5, region: str = "all"
+) -> dict[str, dict]:
     """:func:`annotation_agreement` per ``metadata["dataset"]`` of the gold traces (sorted)."""
     names = sorted({str(t.metadata.get("dataset", "")) for t in gold})
     by_id = {t.id: t for t in predicted}
     out = {}
     for name in names:
         g = [t for t in gold if str(t.metadata.get("dataset", "")) == name]
-        out[name] = annotation_agreement(ReasoningDataset(g), ReasoningDataset([by_id[t.id] for t in g]),
-                                         min_iou=min_iou, region=region)
+        out[name] = annotation_agreement(
+            ReasoningDataset(g), ReasoningDataset([by_id[t.id] for t in g]), min_iou=min_iou, region=region
+        )
     return out
 
 
-__all__ = ["LinearAnnotator", "check_fit_settings", "cross_validate", "agreement_by_dataset", "sentence_gold",
-           "sentence_features", "hash_features", "fit_rows", "fit_softmax_regression", "FORMAT"]
+__all__ = [
+    "LinearAnnotator",
+    "check_fit_settings",
+    "cross_validate",
+    "agreement_by_dataset",
+    "sentence_gold",
+    "sentence_features",
+    "hash_features",
+    "fit_rows",
+    "fit_softmax_regression",
+    "FORMAT",
+]

@@ -9,9 +9,34 @@ Tasks and file schemas: :mod:`lrm_interp.data.benchmarks.tasks` (the registry:
 """
 
 from lrm_interp.data.benchmarks.items import BenchItem, BenchmarkFormatError, Grade
-from lrm_interp.data.benchmarks.tasks import (TASK_ALIASES, TASKS, Task, find_task_file, get_task, grade, load,
-                                              paper_average, register_task, task_names)
-from lrm_interp.data.benchmarks import toy  # noqa: E402,F401 - registers the toy families (after the paper's tasks)
+from lrm_interp.data.benchmarks.tasks import (
+    TASK_ALIASES,
+    TASKS,
+    Task,
+    find_task_file,
+    get_task,
+    grade,
+    load,
+    paper_average,
+    register_task,
+    task_names,
+)
 
-__all__ = ["BenchItem", "BenchmarkFormatError", "Grade", "TASKS", "TASK_ALIASES", "Task", "find_task_file",
-           "get_task", "grade", "load", "paper_average", "register_task", "task_names"]
+# isort: split
+from lrm_interp.data.benchmarks import toy  # noqa: F401 - imported to register the toy families (after the paper's tasks)
+
+__all__ = [
+    "BenchItem",
+    "BenchmarkFormatError",
+    "Grade",
+    "TASKS",
+    "TASK_ALIASES",
+    "Task",
+    "find_task_file",
+    "get_task",
+    "grade",
+    "load",
+    "paper_average",
+    "register_task",
+    "task_names",
+]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from lrm_interp.data.benchmarks.items import BenchItem, Grade
 from lrm_interp.data.toy_tasks import extract_answer as toy_extract_answer
@@ -57,7 +57,7 @@ def last_boxed(text: str) -> str | None:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:
-            return text[s:i - 1].strip()
+            return text[s : i - 1].strip()
     return None
 
 
@@ -102,8 +102,15 @@ def _plain(s: str) -> str:
 # ----------------------------------------------------------------------------- FOLIO
 FOLIO_LABELS = ("True", "False", "Uncertain")
 _LABEL_WORD = r"(true|false|uncertain|unknown|undetermined|indeterminate|cannot be determined)"
-_FOLIO_CANON = {"true": "True", "false": "False", "uncertain": "Uncertain", "unknown": "Uncertain",
-                "undetermined": "Uncertain", "indeterminate": "Uncertain", "cannot be determined": "Uncertain"}
+_FOLIO_CANON = {
+    "true": "True",
+    "false": "False",
+    "uncertain": "Uncertain",
+    "unknown": "Uncertain",
+    "undetermined": "Uncertain",
+    "indeterminate": "Uncertain",
+    "cannot be determined": "Uncertain",
+}
 
 
 def canonical_folio_label(label: object) -> str | None:
@@ -118,8 +125,14 @@ def extract_folio_label(region: str) -> str | None:
         m = re.search(r"\b" + _LABEL_WORD + r"\b", _strip_markup(boxed), re.I)
         if m:
             return _FOLIO_CANON[m.group(1).lower()]
-    lead = re.findall(r"(?:answer|conclusion|label)\s*(?:is|:|=)?\s*(?:\*\*|:|\s)*(?:that\s+it\s+is\s+)?"
-                      + r"\**\s*" + _LABEL_WORD + r"\b", region, re.I)
+    lead = re.findall(
+        r"(?:answer|conclusion|label)\s*(?:is|:|=)?\s*(?:\*\*|:|\s)*(?:that\s+it\s+is\s+)?"
+        + r"\**\s*"
+        + _LABEL_WORD
+        + r"\b",
+        region,
+        re.I,
+    )
     if lead:
         return _FOLIO_CANON[lead[-1].lower()]
     words = re.findall(r"\b" + _LABEL_WORD + r"\b", region, re.I)
@@ -151,8 +164,9 @@ def extract_option_letter(region: str, n_options: int | None = 4) -> str | None:
         m = re.fullmatch(rf"\(?\s*({cls})\s*\)?(?:[\s.:].*)?", _strip_markup(boxed), re.S)
         if m:
             return m.group(1).upper()
-    lead = re.findall(rf"answer\s*(?:is|:|=)?\s*(?:\*\*|:|\s)*(?:option\s+)?\(?\s*([{letters}])\s*\)?(?![A-Za-z])",
-                      region, re.I)
+    lead = re.findall(
+        rf"answer\s*(?:is|:|=)?\s*(?:\*\*|:|\s)*(?:option\s+)?\(?\s*([{letters}])\s*\)?(?![A-Za-z])", region, re.I
+    )
     if lead:
         return lead[-1].upper()
     paren = re.findall(rf"\(\s*([{letters}])\s*\)", region)
@@ -243,6 +257,22 @@ def grade_toy(item: BenchItem, text: str, *, require_think: bool = True) -> Grad
     return Grade(1.0 if ans == item.gold else 0.0, ans)
 
 
-__all__ = ["answer_region", "last_boxed", "grade_math", "canonical_folio_label", "extract_folio_label",
-           "grade_folio", "extract_option_letter", "grade_option", "squad_normalize", "squad_f1", "squad_em",
-           "extract_short_answer", "best_em_f1", "grade_qa", "grade_toy", "FOLIO_LABELS", "option_letters"]
+__all__ = [
+    "answer_region",
+    "last_boxed",
+    "grade_math",
+    "canonical_folio_label",
+    "extract_folio_label",
+    "grade_folio",
+    "extract_option_letter",
+    "grade_option",
+    "squad_normalize",
+    "squad_f1",
+    "squad_em",
+    "extract_short_answer",
+    "best_em_f1",
+    "grade_qa",
+    "grade_toy",
+    "FOLIO_LABELS",
+    "option_letters",
+]

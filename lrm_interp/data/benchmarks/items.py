@@ -60,5 +60,11 @@ class Grade:
         return self.extracted is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"score": self.score, "extracted": self.extracted, "em": self.em, "f1": self.f1,
-                "reason": self.reason, "answered": self.answered}
+        return {
+            "score": self.score,
+            "extracted": self.extracted,
+            "em": self.em,
+            "f1": self.f1,
+            "reason": self.reason,
+            "answered": self.answered,
+        }

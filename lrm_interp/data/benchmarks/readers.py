@@ -10,8 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from lrm_interp._io import iter_jsonl
 from lrm_interp.data.benchmarks.items import BenchmarkFormatError
@@ -45,8 +45,7 @@ def _csv(p: Path, text: str) -> Iterator[tuple[str, dict]]:
         raise BenchmarkFormatError(f"{p}: empty CSV file (no header row)")
     for row in reader:
         if None in row:
-            raise BenchmarkFormatError(f"{p}:{reader.line_num}: more fields than the header's "
-                                       f"{len(reader.fieldnames)}")
+            raise BenchmarkFormatError(f"{p}:{reader.line_num}: more fields than the header's {len(reader.fieldnames)}")
         if not any((v or "").strip() for v in row.values()):
             continue
         yield f"{p}:{reader.line_num}", dict(row)
@@ -60,8 +59,9 @@ def _json(p: Path, text: str) -> list[tuple[str, dict]]:
     if isinstance(data, dict):
         lists = [k for k in LIST_KEYS if isinstance(data.get(k), list)]
         if not lists:
-            raise BenchmarkFormatError(f"{p}: a JSON object needs its records under one of {list(LIST_KEYS)}; "
-                                       f"it has keys {sorted(data)[:10]}")
+            raise BenchmarkFormatError(
+                f"{p}: a JSON object needs its records under one of {list(LIST_KEYS)}; it has keys {sorted(data)[:10]}"
+            )
         data = data[lists[0]]
     if not isinstance(data, list):
         raise BenchmarkFormatError(f"{p}: expected a list of records, got {type(data).__name__}")
@@ -80,8 +80,9 @@ def field_value(loc: str, rec: dict, *keys: str, required: bool = True) -> objec
         if v is not None and not (isinstance(v, str) and not v.strip()):
             return v
     if required:
-        raise BenchmarkFormatError(f"{loc}: missing field {' / '.join(repr(k) for k in keys)} "
-                                   f"(record has {sorted(rec)[:12]})")
+        raise BenchmarkFormatError(
+            f"{loc}: missing field {' / '.join(repr(k) for k in keys)} (record has {sorted(rec)[:12]})"
+        )
     return None
 
 

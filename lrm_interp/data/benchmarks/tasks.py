@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from lrm_interp.data.benchmarks import grading
 from lrm_interp.data.benchmarks.items import BenchItem, BenchmarkFormatError, Grade
@@ -109,12 +109,14 @@ def load_folio(path: Path) -> list[BenchItem]:
             bad = [i for i, x in enumerate(prem) if not isinstance(x, str)]
             if bad or not prem:
                 what = f"{type(prem[bad[0]]).__name__} at position {bad[0]}" if bad else "nothing"
-                raise BenchmarkFormatError(f"{loc}: field 'premises' must be a string or a non-empty list of "
-                                           f"strings, got a list with {what}")
+                raise BenchmarkFormatError(
+                    f"{loc}: field 'premises' must be a string or a non-empty list of strings, got a list with {what}"
+                )
             prem = "\n".join(x.strip() for x in prem)
         elif not isinstance(prem, str):
-            raise BenchmarkFormatError(f"{loc}: field 'premises' must be a string or a list of strings, got "
-                                       f"{type(prem).__name__}")
+            raise BenchmarkFormatError(
+                f"{loc}: field 'premises' must be a string or a list of strings, got {type(prem).__name__}"
+            )
         concl = text_value(loc, rec, "conclusion")
         raw = field_value(loc, rec, "label")
         label = grading.canonical_folio_label(raw) if isinstance(raw, str) else None
@@ -139,8 +141,9 @@ def load_temporal(path: Path) -> list[BenchItem]:
             opts = list(scores)
             best = [o for o in opts if scores[o] == max(scores.values())]
             if len(best) != 1 or max(scores.values()) <= 0:
-                raise BenchmarkFormatError(f"{loc}: target_scores needs exactly one best (positive) option, "
-                                           f"got {scores}")
+                raise BenchmarkFormatError(
+                    f"{loc}: target_scores needs exactly one best (positive) option, got {scores}"
+                )
             letters = grading.option_letters(len(opts))
             text = text.rstrip() + "\nOptions:\n" + "\n".join(f"({letters[i]}) {o}" for i, o in enumerate(opts))
             gold, n_opt = letters[opts.index(best[0])], len(opts)
@@ -186,9 +189,13 @@ TASK_ALIASES: dict[str, str] = {}
 def _same_task(a: Task, b: Task) -> bool:
     """``b`` is ``a`` again: the same fields, loader and grader by qualified name (so a module
     imported anew may register its tasks again)."""
+
     def key(t: Task) -> tuple:
-        fn = tuple(f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', repr(f))}" for f in (t.loader, t.grader))
+        fn = tuple(
+            f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', repr(f))}" for f in (t.loader, t.grader)
+        )
         return (t.name, t.description, t.metric, t.in_avg, t.needs_data, t.files, fn)
+
     return a is b or key(a) == key(b)
 
 
@@ -207,8 +214,10 @@ def register_task(task: Task, *, aliases: Sequence[str] = ()) -> Task:
         raise ValueError(f"task {name!r}: metric must be 'accuracy' or 'em_f1', got {task.metric!r}")
     old = TASKS.get(name)
     if old is not None and not _same_task(old, task):
-        raise ValueError(f"benchmark task {name!r} is registered twice ({old.description!r} and "
-                         f"{task.description!r}); pick another name")
+        raise ValueError(
+            f"benchmark task {name!r} is registered twice ({old.description!r} and "
+            f"{task.description!r}); pick another name"
+        )
     if name in TASK_ALIASES:
         raise ValueError(f"benchmark task {name!r} is already an alias of {TASK_ALIASES[name]!r}")
     keys = [a.strip().lower() for a in aliases]
@@ -221,20 +230,58 @@ def register_task(task: Task, *, aliases: Sequence[str] = ()) -> Task:
     return task
 
 
-register_task(Task("aime", "AIME 2024 (integer answers, math-verify)", "accuracy", True, True,
-                   ("aime", "aime_2024", "aime2024", "AIME_2024"), load_aime, grading.grade_math),
-              aliases=("aime_2024", "aime2024", "aime24"))
-register_task(Task("folio", "FOLIO (True / False / Uncertain)", "accuracy", True, True,
-                   ("folio", "folio_validation", "FOLIO"), load_folio, grading.grade_folio),
-              aliases=("folio_validation",))
-register_task(Task("temporal", "BBH / BIG-bench Temporal Sequences (option letter)", "accuracy", True, True,
-                   ("temporal", "temporal_sequences", "bbh_temporal_sequences", "task"), load_temporal,
-                   grading.grade_option),
-              aliases=("temporal_sequences", "bbh_temporal_sequences", "temporal-sequences",
-                       "bigbench_temporal_sequences"))
-register_task(Task("musique", "MuSiQue, closed book (EM / F1)", "em_f1", False, True,
-                   ("musique", "musique100", "MuSiQue"), load_musique, grading.grade_qa),
-              aliases=("musique100", "musique_ans"))
+register_task(
+    Task(
+        "aime",
+        "AIME 2024 (integer answers, math-verify)",
+        "accuracy",
+        True,
+        True,
+        ("aime", "aime_2024", "aime2024", "AIME_2024"),
+        load_aime,
+        grading.grade_math,
+    ),
+    aliases=("aime_2024", "aime2024", "aime24"),
+)
+register_task(
+    Task(
+        "folio",
+        "FOLIO (True / False / Uncertain)",
+        "accuracy",
+        True,
+        True,
+        ("folio", "folio_validation", "FOLIO"),
+        load_folio,
+        grading.grade_folio,
+    ),
+    aliases=("folio_validation",),
+)
+register_task(
+    Task(
+        "temporal",
+        "BBH / BIG-bench Temporal Sequences (option letter)",
+        "accuracy",
+        True,
+        True,
+        ("temporal", "temporal_sequences", "bbh_temporal_sequences", "task"),
+        load_temporal,
+        grading.grade_option,
+    ),
+    aliases=("temporal_sequences", "bbh_temporal_sequences", "temporal-sequences", "bigbench_temporal_sequences"),
+)
+register_task(
+    Task(
+        "musique",
+        "MuSiQue, closed book (EM / F1)",
+        "em_f1",
+        False,
+        True,
+        ("musique", "musique100", "MuSiQue"),
+        load_musique,
+        grading.grade_qa,
+    ),
+    aliases=("musique100", "musique_ans"),
+)
 
 
 def get_task(name: str) -> Task:
@@ -265,8 +312,15 @@ def find_task_file(task: str, data: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"{d}: no file for task {t.name!r} (looked for {', '.join(dict.fromkeys(tried))})")
 
 
-def load(task: str, path: str | os.PathLike | None = None, *, limit: int | None = None,
-         toy_n: int = TOY_N, toy_seed: int = TOY_SEED, toy_people: int | None = None) -> list[BenchItem]:
+def load(
+    task: str,
+    path: str | os.PathLike | None = None,
+    *,
+    limit: int | None = None,
+    toy_n: int = TOY_N,
+    toy_seed: int = TOY_SEED,
+    toy_people: int | None = None,
+) -> list[BenchItem]:
     """The items of ``task`` from ``path`` (a file, or a folder searched with :func:`find_task_file`).
 
     Toy tasks need no path (``toy_n`` problems of ``toy_seed``, over the fact table of

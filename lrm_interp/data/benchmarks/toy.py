@@ -7,8 +7,9 @@ Importing this module registers them (:func:`~lrm_interp.data.benchmarks.tasks.r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from lrm_interp.data.benchmarks import grading
 from lrm_interp.data.benchmarks.items import BenchItem
@@ -19,26 +20,50 @@ from lrm_interp.data.toy_tasks import build_world, problems
 def toy_loader(family: str) -> Callable[..., list[BenchItem]]:
     """The loader of the toy family ``family``: ``n`` problems of ``seed`` (prompt, gold answer),
     over the fact table of ``n_people`` people (``None``: the shipped toy model's)."""
-    def load_toy(path: Path | None = None, *, n: int = TOY_N, seed: int = TOY_SEED,
-                 n_people: int | None = None) -> list[BenchItem]:
+
+    def load_toy(
+        path: Path | None = None, *, n: int = TOY_N, seed: int = TOY_SEED, n_people: int | None = None
+    ) -> list[BenchItem]:
         world = None if n_people is None else build_world(n_people)
         out = []
         for k, p in enumerate(problems(n, seed, families=(family,), world=world)):
-            problem = {"question": p.prompt[: -len("\n<think>\n")], "answer": p.answer, "toy_id": p.id}
+            problem: dict[str, Any] = {"question": p.prompt[: -len("\n<think>\n")], "answer": p.answer, "toy_id": p.id}
             if n_people is not None:
                 problem["n_people"] = n_people
-            out.append(BenchItem(f"{family}/{k}", family, k, p.prompt, p.answer, problem=problem,
-                                 source=f"lrm_interp.data.toy_tasks {p.id}"))
+            out.append(
+                BenchItem(
+                    f"{family}/{k}",
+                    family,
+                    k,
+                    p.prompt,
+                    p.answer,
+                    problem=problem,
+                    source=f"lrm_interp.data.toy_tasks {p.id}",
+                )
+            )
         return out
+
     load_toy.__doc__ = f"The toy family {family!r}: ``n`` problems of ``seed`` (held-out seeds < 10 000)."
     return load_toy
 
 
-register_task(Task("math", "toy math family (AIME-like)", "accuracy", True, False, (), toy_loader("math"),
-                   grading.grade_toy))
-register_task(Task("logic", "toy logic family (FOLIO-like)", "accuracy", True, False, (), toy_loader("logic"),
-                   grading.grade_toy))
-register_task(Task("knowledge", "toy knowledge family (MuSiQue-like, closed book)", "accuracy", False, False, (),
-                   toy_loader("knowledge"), grading.grade_toy))
+register_task(
+    Task("math", "toy math family (AIME-like)", "accuracy", True, False, (), toy_loader("math"), grading.grade_toy)
+)
+register_task(
+    Task("logic", "toy logic family (FOLIO-like)", "accuracy", True, False, (), toy_loader("logic"), grading.grade_toy)
+)
+register_task(
+    Task(
+        "knowledge",
+        "toy knowledge family (MuSiQue-like, closed book)",
+        "accuracy",
+        False,
+        False,
+        (),
+        toy_loader("knowledge"),
+        grading.grade_toy,
+    )
+)
 
 __all__ = ["toy_loader"]

@@ -10,6 +10,7 @@ original line breaks, then ``</think>`` and the final answer. This writes
 
 ``python build.py --check`` exits 1 if the stored files differ from what it would write.
 """
+
 from __future__ import annotations
 
 import re
@@ -51,10 +52,15 @@ def build() -> dict[Path, str]:
 def main(argv: list[str]) -> int:
     files = build()
     if "--check" in argv:
-        bad = [str(p.relative_to(ROOT)) for p, t in files.items()
-               if not p.is_file() or p.read_text(encoding="utf-8") != t]
-        stale = [str(p.relative_to(ROOT)) for d in ("outputs", "annotated") for p in ROOT.glob(f"{d}/*/*.txt")
-                 if p not in files]
+        bad = [
+            str(p.relative_to(ROOT)) for p, t in files.items() if not p.is_file() or p.read_text(encoding="utf-8") != t
+        ]
+        stale = [
+            str(p.relative_to(ROOT))
+            for d in ("outputs", "annotated")
+            for p in ROOT.glob(f"{d}/*/*.txt")
+            if p not in files
+        ]
         if bad or stale:
             print("out of date:", bad, "not from source:", stale)
             return 1
