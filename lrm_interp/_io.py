@@ -10,6 +10,7 @@ the temporary name only in brackets (:func:`naming_destination`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -89,15 +90,47 @@ def make_temp_dir(out: str | os.PathLike) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         os.chmod(tmp, plain_mode(folder=True))
+    if not (out.exists() or out.is_symlink()):
+        _ABSENT_AT_START.add(tmp)  # publish_dir will not replace what appears at out meanwhile
     return tmp
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+#: temp folders whose ``out`` did not exist when :func:`make_temp_dir` made them
+_ABSENT_AT_START: set[Path] = set()
+
+
+def refuse_special(path: str | os.PathLike) -> None:
+    """``OSError`` naming ``path`` when it exists and is not a regular file, a folder or a link to
+    one (a FIFO, a device, a socket): a writer never replaces it with a regular file."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = (
+        "a named pipe (FIFO)"
+        if stat.S_ISFIFO(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )
+    raise OSError(f"{path}: is {kind}, not a regular file: refusing to replace it; choose another path")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
 
     The file gets the mode a plain ``open()`` gives a new file (``0o666 & ~umask``); a failure
-    raises ``OSError`` naming ``path`` (the temporary name in brackets) and leaves ``path`` as it was."""
+    raises ``OSError`` naming ``path`` (the temporary name in brackets) and leaves ``path`` as it was.
+    ``replace=False``: ``path`` must not exist when the file is published (a hard link, atomic):
+    a file created there meanwhile (by another run) is kept, and ``FileExistsError`` names it."""
     path = Path(path)
+    refuse_special(path)
     tmp = None
     with naming_destination(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,25 +141,52 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
                 f.flush()
                 os.fchmod(f.fileno(), plain_mode())
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                _publish_new(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def _publish_new(tmp: str | os.PathLike, path: Path) -> None:
+    """``tmp`` renamed to ``path`` only if nothing is there (``os.link``, then unlink ``tmp``)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(
+            errno.EEXIST, "created by something else while this ran: not replaced; choose another path", str(path)
+        ) from None
+    os.unlink(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> None:
     """UTF-8 text version of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
+
+
+#: the record file ``lrm-interp quantize`` writes into its --out folder: a folder holding it (an
+#: earlier result) may be replaced with ``--overwrite`` (:func:`check_out_dir`)
+QUANTIZE_RECORD = "lrm_interp_quantization.json"
 
 
 def check_out_dir(
-    out: str | os.PathLike, *, overwrite: bool, sources: tuple[str | os.PathLike, ...] = (), flag: str = "--out"
+    out: str | os.PathLike,
+    *,
+    overwrite: bool,
+    sources: tuple[str | os.PathLike, ...] = (),
+    flag: str = "--out",
+    marker: str = QUANTIZE_RECORD,
 ) -> Path:
     """``out`` as a Path once it is safe to write a folder there, else ``ValueError``.
 
     Refused: ``out`` is (or contains, or lies inside) one of ``sources`` (a model is never written
-    onto its own source), or ``out`` exists and is not empty and ``overwrite`` is false."""
+    onto its own source), or ``out`` exists and is not empty and ``overwrite`` is false. Even with
+    ``overwrite``, only a regular file, an empty folder or an earlier result (a folder holding the
+    regular file ``marker``) is replaced: never a folder of someone else's files (``--out .``), a
+    FIFO or a device."""
     out = Path(out).resolve()
     for src in sources:
         if src is None or not Path(src).exists():
@@ -134,18 +194,50 @@ def check_out_dir(
         s = Path(src).resolve()
         if out == s or s in out.parents or out in s.parents:
             raise ValueError(f"{flag} {out} overlaps its source {s}; choose another folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    if not (out.exists() or out.is_symlink()):
+        return out
+    if out.is_dir() and not any(out.iterdir()):
+        return out
+    if not overwrite:
         raise ValueError(
             f"{flag} {out} exists and is not empty; pass --overwrite to replace it or choose another folder"
+        )
+    if not out.is_dir():
+        refuse_special(out)  # a FIFO, a device: never; a regular file named with --overwrite: replaced
+        return out
+    rec = out / marker
+    if not (rec.is_file() and not rec.is_symlink()):
+        raise ValueError(
+            f"{flag} {out} is not an earlier result (no {marker}) and not empty: --overwrite replaces "
+            "only those; choose another folder"
         )
     return out
 
 
-def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
+def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike, *, replace: bool | None = None) -> Path:
     """Move the finished folder ``tmp`` to ``out`` (replacing ``out`` if present) with renames only,
-    so ``out`` is either the old folder or the whole new one, never a mix."""
+    so ``out`` is either the old folder or the whole new one, never a mix.
+
+    ``replace=False`` (the default, ``None``, for a ``tmp`` from :func:`make_temp_dir` made while
+    ``out`` did not exist): ``out`` must still not exist (or be an empty folder); what appeared
+    there meanwhile (another run's result, a file) is kept and ``FileExistsError`` names ``out``."""
     tmp, out = Path(tmp), Path(out)
+    if replace is None:
+        replace = tmp not in _ABSENT_AT_START
+    _ABSENT_AT_START.discard(tmp)
     old = None
+    if not replace:
+        try:
+            os.rename(tmp, out)  # atomic; fails onto a file or a non-empty folder
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR) or out.is_symlink():
+                raise FileExistsError(
+                    errno.EEXIST,
+                    "created by something else while this ran: not replaced; choose another path",
+                    str(out),
+                ) from None
+            raise _naming_destination(e, out, tmp) from e
+        return out
     with naming_destination(out, tmp):
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -166,6 +258,7 @@ def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
 def atomic_save_figure(fig, path: str | os.PathLike, **kw) -> Path:
     """``fig.savefig`` to a temp file beside ``path``, then rename (format from ``path``'s suffix)."""
     path = Path(path)
+    refuse_special(path)
     with naming_destination(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)

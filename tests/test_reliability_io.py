@@ -287,6 +287,8 @@ def test_quantize_out_never_is_or_contains_its_masks_or_calib(tmp_path, capsys):
     calib = d / "calib"
     calib.mkdir()
     (calib / "c.jsonl").write_text("calibration text")
+    for folder in (d, calib):  # earlier results (the only folders --overwrite may replace)
+        (folder / "lrm_interp_quantization.json").write_text("{}")
     base = ["quantize", "--model", "toy", "--bits", "3", "--quiet", "--overwrite"]
     for argv, flag in (
         (base + ["--masks", masks, "--out", d], "--masks"),
@@ -301,7 +303,7 @@ def test_quantize_out_never_is_or_contains_its_masks_or_calib(tmp_path, capsys):
         assert "--out" in line and flag in line, line
     assert masks.read_bytes() == kept
     assert (calib / "c.jsonl").read_text() == "calibration text"
-    assert sorted(p.name for p in d.iterdir()) == ["calib", "masks.safetensors"]
+    assert sorted(p.name for p in d.iterdir()) == ["calib", "lrm_interp_quantization.json", "masks.safetensors"]
 
 
 # ----------------------------------------------------------------------------------- case 12

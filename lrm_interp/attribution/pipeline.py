@@ -19,12 +19,14 @@ Under ``torchrun`` the per-trace stages run on each rank's shard of the traces a
 statistics are gathered before each reduction (:mod:`lrm_interp.attribution.distributed`).
 
 A killed run started again with the same arguments reuses finished traces and ends with
-identical results; a run on other weights, another tokenizer or other settings is refused;
-a trace edited under the same id is recomputed (never served from its old partial).
+identical results; a run on other weights, another model config, another tokenizer, other
+settings or another context limit / overlong policy is refused; a trace edited under the same
+id, or cut at another length, is recomputed (never served from its old partial).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -64,7 +66,8 @@ if TYPE_CHECKING:
 class AttributionPlan:
     """Everything :func:`attribute` needs, checked and prepared (see module docs).
 
-    ``encoded[i]`` is ``dataset[i]`` tokenized; ``trace_keys[id]`` its content fingerprint;
+    ``encoded[i]`` is ``dataset[i]`` tokenized; ``trace_keys[id]`` its partial key (content
+    fingerprint, plus the cut when it was truncated: :func:`_trace_key`);
     ``skipped`` one dict per span that does not enter every statistic (trace, span index,
     behaviour, reason, and which statistics still use it); ``absent`` the requested behaviours
     without a usable span (none labelled, or every one dropped: empty after tokenization, past
@@ -309,6 +312,17 @@ def _absent_behaviors(
     return absent, info
 
 
+def _trace_key(trace: ReasoningTrace, enc: EncodedTrace) -> str:
+    """A trace's partial key: its content fingerprint, plus (when it was cut: ``max_tokens`` or the
+    model's context) the length and a fingerprint of the tokens kept, so a trace tokenized or cut
+    differently is recomputed, never served from a partial of another cut."""
+    key = trace.fingerprint()
+    if not enc.truncated:
+        return key
+    ids = enc.input_ids.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
+    return f"{key}:cut{len(enc)}-{hashlib.blake2b(ids, digest_size=8).hexdigest()}"
+
+
 def plan_attribution(
     model: Any,
     dataset: Any,
@@ -369,11 +383,15 @@ def plan_attribution(
     run_key = {
         "config": config.to_dict(),
         "weights_fingerprint": prov["weights_fingerprint"],
+        "config_fingerprint": prov["config_fingerprint"],
         "tokenizer_fingerprint": prov["tokenizer"]["fingerprint"],
         "sites": [s.name for s in sites],
+        # the context the traces were cut at / checked against: a resumed run on a model with another
+        # context (same weights) must not reuse traces cut elsewhere
+        "context": {"limit": overlong["limit"], "overlong": config.overlong},
     }
     out = Path(out_dir) if out_dir is not None else None
-    trace_keys = {t.id: t.fingerprint() for t in ds}
+    trace_keys = {t.id: _trace_key(t, e) for t, e in zip(ds, encoded)}
     if out is not None:  # a finished result of another run or other traces is never replaced
         check_finished_result(
             out, run_key, dataset={"ids_fingerprint": trace_ids_fingerprint(list(trace_keys)), "n_traces": len(ds)}

@@ -2,15 +2,18 @@
 
 Layout of ``out_dir/partial/``::
 
-    run.json                 the run key: config, weights / tokenizer fingerprints, site names
-    dom/<trace>.safetensors  per-trace DoM sums   (metadata "key" = the trace's content fingerprint)
-    atp/<trace>.safetensors  per-trace AtP dots   (metadata "key" = trace fingerprint + steering-vector fingerprint)
+    run.json                 the run key: config, weights / model-config / tokenizer fingerprints,
+                             site names, context limit and overlong policy
+    dom/<trace>.safetensors  per-trace DoM sums   (metadata "key" = the trace's content fingerprint,
+                             plus the fingerprint of its tokens when it was cut at the context)
+    atp/<trace>.safetensors  per-trace AtP dots   (metadata "key" = the DoM key + steering-vector fingerprint)
 
 Each partial also carries the SHA-256 of its payload (:func:`lrm_interp._io.write_safetensors`): a
 partial changed on disk is recomputed (with a warning), never reused.
 
 A run whose key differs from ``run.json`` (other settings, other weights — a quantized copy
-included —, another tokenizer, other sites) is refused with a message saying what differs.
+included —, another model config, another tokenizer, other sites, another context limit or
+overlong policy) is refused with a message saying what differs.
 Within a run, a partial whose stored key differs from the trace's current key (its prompt,
 response or spans were edited under the same id; or, for AtP, the steering vectors changed
 because another trace changed) is recomputed and counted as ``stale``; it is never reused.
@@ -59,9 +62,15 @@ def tensors_fingerprint(tensors: dict[str, dict[str, torch.Tensor]]) -> str:
 _WHAT = {
     "config": "other settings",
     "weights_fingerprint": "other model weights",
+    "config_fingerprint": "another model config",
     "tokenizer_fingerprint": "another tokenizer",
     "sites": "other sites",
+    "context": "another context cut",
 }
+
+#: run-key entries added after runs were written without them: a key that lacks one is accepted (a
+#: warning for the model config; a trace cut differently is recomputed, its partial key says the cut)
+_LATER_KEYS = ("config_fingerprint", "context")
 
 
 def key_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -69,7 +78,23 @@ def key_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
     A setting missing from ``old`` (a field added to :class:`AttributionConfig` after ``old`` was
     written) counts as its default, so a result or partials of an older version stay usable when
-    the new setting is left at its default."""
+    the new setting is left at its default. ``config_fingerprint`` / ``context`` are compared only
+    when both keys hold them: one missing from ``old`` (written before they were recorded) is accepted,
+    the model config with a one-line warning (it cannot be checked), the context cut without one
+    (each partial's key names its trace's cut, so a trace cut elsewhere is recomputed)."""
+    unchecked_config = "config_fingerprint" in new and "config_fingerprint" not in old
+    missing = [k for k in _LATER_KEYS if (k in new) != (k in old)]  # compared only where both record it
+    if missing:
+        old = {k: v for k, v in old.items() if k not in missing}
+        new = {k: v for k, v in new.items() if k not in missing}
+        if unchecked_config:
+            import warnings
+
+            warnings.warn(
+                "the results being resumed were written before lrm_interp recorded the model config's "
+                "fingerprint: a change of the model's config.json since then cannot be detected",
+                stacklevel=3,
+            )
     if isinstance(old.get("config"), dict) and isinstance(new.get("config"), dict):
         from lrm_interp.attribution.config import AttributionConfig
 
@@ -84,6 +109,12 @@ def key_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             oc, nc = old.get(k) or {}, new.get(k) or {}
             fields = sorted(f for f in set(oc) | set(nc) if oc.get(f) != nc.get(f))
             parts.append(f"other settings (differs in {fields})")
+        elif k == "context":
+            oc, nc = old.get(k) or {}, new.get(k) or {}
+            parts.append(
+                f"another context cut (limit {oc.get('limit')}, overlong={oc.get('overlong')!r} there; "
+                f"limit {nc.get('limit')}, overlong={nc.get('overlong')!r} now)"
+            )
         elif k.endswith("fingerprint"):
             parts.append(f"{_WHAT[k]} (fingerprint {str(old.get(k))[:12]} here, {str(new.get(k))[:12]} now)")
         else:
@@ -136,6 +167,11 @@ def check_finished_result(
             "tokenizer_fingerprint": prov["model"]["tokenizer"]["fingerprint"],
             "sites": [s["name"] for s in d["sites"]],
         }
+        if prov["model"].get("config_fingerprint") is not None:
+            old["config_fingerprint"] = prov["model"]["config_fingerprint"]
+        ol = prov.get("overlong")
+        if isinstance(ol, dict) and "limit" in ol:  # the model's context the traces were cut / checked at
+            old["context"] = {"limit": ol["limit"], "overlong": ol.get("policy", prov["settings"].get("overlong"))}
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ResumeMismatchError(
             f"{path} exists and is not a readable attribution result ({e!r}); delete it or choose another out_dir"
@@ -160,8 +196,9 @@ def check_finished_result(
 class PartialStore:
     """Reads and writes per-trace partials under ``root`` (``None``: keep nothing, resume nothing).
 
-    ``run_key``: JSON-able dict with ``config``, ``weights_fingerprint``, ``tokenizer_fingerprint``
-    and ``sites``. ``counts[stage]`` = ``{"computed", "reused", "stale"}`` after :meth:`run`.
+    ``run_key``: JSON-able dict with ``config``, ``weights_fingerprint``, ``config_fingerprint``,
+    ``tokenizer_fingerprint``, ``sites`` and ``context`` (the model's context limit and the overlong
+    policy). ``counts[stage]`` = ``{"computed", "reused", "stale"}`` after :meth:`run`.
     """
 
     def __init__(self, root: Path | None, run_key: dict[str, Any]):

@@ -48,6 +48,7 @@ EXAMPLES = [
 
 def cmd_bits(a: argparse.Namespace) -> int:
     from lrm_interp._io import atomic_write_text
+    from lrm_interp.model.provenance import WeightsMismatchError, check_same_weights
     from lrm_interp.model.sites import find_sites
     from lrm_interp.protect import exports
     from lrm_interp.protect.mixed import allocate_bits, hessian_sensitivity, quantization_errors
@@ -76,6 +77,15 @@ def cmd_bits(a: argparse.Namespace) -> int:
     sens = None
     if a.sensitivity == "attribution":
         attr = load_attribution(a.scores, "--scores")
+        try:  # as protect does (protect/saliency.py): one model's scores rank another's modules wrongly
+            check_same_weights(
+                attr,
+                model,
+                what=f"--scores {a.scores}",
+                hint="scores of one model rank another model's modules wrongly; attribute --model first",
+            )
+        except WeightsMismatchError as e:
+            raise CliError(str(e)) from None
         ri = attr.site_ri(a.behavior)
         missing = [s.name for s in sites if s.name not in ri]
         if missing:

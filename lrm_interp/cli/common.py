@@ -254,8 +254,14 @@ def model_input(name: str | None) -> str | os.PathLike | None:
     return name
 
 
-def _resolved(path: str | os.PathLike) -> Path:
-    return Path(path).expanduser().resolve()
+def _forms(path: str | os.PathLike) -> list[Path]:
+    """Every file ``path`` may name, resolved: the literal path (``open()`` does not expand a
+    ``~``; the shell already expanded an unquoted one) and, when it starts with ``~``, the
+    expanded one (some commands expand it). :func:`check_paths` checks them all, so its verdict
+    cannot disagree with whichever the writer uses."""
+    forms = [Path(path).resolve()]
+    expanded = Path(path).expanduser().resolve()
+    return forms if expanded == forms[0] else [*forms, expanded]
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -265,6 +271,42 @@ def _same(a: Path, b: Path) -> bool:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def _not_regular(p: Path) -> str | None:
+    """What an existing ``p`` is when it is neither a regular file, nor a folder, nor a link to
+    one of them (``None`` otherwise, or when it does not exist)."""
+    import stat
+
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        return "a dangling symbolic link" if p.is_symlink() else None
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for test, what in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _special_output(p: Path) -> str | None:
+    """Like :func:`_not_regular` for an output path as given (not resolved): a link into
+    ``/proc`` or ``/dev`` (``/proc/self/fd/1``: the terminal) counts as special too."""
+    what = _not_regular(p)
+    hop, seen = p, 0
+    while what is None and hop.is_symlink() and seen < 40:  # every hop of a chain of links
+        hop, seen = Path(os.path.normpath(hop.parent / os.readlink(hop))), seen + 1
+        if str(hop).startswith(("/proc/", "/dev/", "/sys/")):
+            return f"a link to {hop}"
+    return what
 
 
 def check_paths(
@@ -277,46 +319,60 @@ def check_paths(
     """Refuse, before any work, outputs that would destroy another output or an input.
 
     :class:`CliError` naming both flags when two ``outputs`` (``{flag: path}``, ``None`` skipped)
-    name the same file (after ``~``, ``..`` and symbolic links), or when an output is an existing
-    input file, or is, or lies inside, an existing input folder. Inputs that do not exist (model
-    aliases like ``toy``) are ignored.
+    name the same file (after ``..`` and symbolic links; a leading ``~`` is checked both as
+    written and expanded, :func:`_forms`), or when an output is an existing input file, or is,
+    or lies inside, an existing input folder. Inputs that do not exist (model aliases like
+    ``toy``) are ignored. An existing output that is not a regular file or folder (a FIFO, a
+    device, a socket, a link into ``/proc`` or ``/dev``) is refused even with ``--overwrite``.
 
     ``overwrite``: when given (a command with an ``--overwrite`` flag), an output that already
     exists is refused unless it is true (an existing result is replaced only when the user says
     so; :func:`add_overwrite_flag`). ``replaced_whole``: the outputs are folders replaced as a
     whole, so an input lying inside one (``quantize --out D --masks D/masks.safetensors``) is
     refused too, even with ``--overwrite``."""
-    outs = [(f, p, _resolved(p)) for f, p in outputs.items() if p is not None and str(p) != ""]
+    given = [(f, p) for f, p in outputs.items() if p is not None and str(p) != ""]
+    for fo, po in given:
+        for q in dict.fromkeys([Path(po), Path(po).expanduser()]):
+            what = _special_output(q)
+            if what is not None:
+                raise CliError(
+                    f"{fo} {po}: {q} is {what}, not a regular file: refusing to replace it; choose another path"
+                )
+    outs = [(f, p, r) for f, p in given for r in _forms(p)]
     for i, (fa, pa, ra) in enumerate(outs):
         for fb, pb, rb in outs[:i]:
-            if _same(ra, rb):
+            if (fa, pa) != (fb, pb) and _same(ra, rb):
                 raise CliError(f"{fb} {pb} and {fa} {pa} name the same file: give each output its own path")
     for fi, pi in (inputs or {}).items():
         if pi is None or str(pi) == "":
             continue
-        ri = _resolved(pi)
-        if not ri.exists():
-            continue
-        for fo, po, ro in outs:
-            if _same(ro, ri):
-                raise CliError(
-                    f"{fo} {po} is the input {fi} {pi}: writing it would destroy the input; choose another output path"
-                )
-            if ri.is_dir() and (ri in ro.parents or any(_same(par, ri) for par in ro.parents if par.exists())):
-                raise CliError(
-                    f"{fo} {po} lies inside the input folder {fi} {pi}: writing it would change the "
-                    "input; choose an output path outside it"
-                )
-            if replaced_whole and (ro in ri.parents or any(_same(par, ro) for par in ri.parents if ro.exists())):
-                raise CliError(
-                    f"{fo} {po} contains the input {fi} {pi}: replacing {fo} would destroy the input; "
-                    "choose another output path (or move the input out of it)"
-                )
+        for ri in _forms(pi):
+            if not ri.exists():
+                continue
+            for fo, po, ro in outs:
+                if _same(ro, ri):
+                    raise CliError(
+                        f"{fo} {po} is the input {fi} {pi}: writing it would destroy the input; "
+                        "choose another output path"
+                    )
+                if ri.is_dir() and (ri in ro.parents or any(_same(par, ri) for par in ro.parents if par.exists())):
+                    raise CliError(
+                        f"{fo} {po} lies inside the input folder {fi} {pi}: writing it would change the "
+                        "input; choose an output path outside it"
+                    )
+                if replaced_whole and (ro in ri.parents or any(_same(par, ro) for par in ri.parents if ro.exists())):
+                    raise CliError(
+                        f"{fo} {po} contains the input {fi} {pi}: replacing {fo} would destroy the input; "
+                        "choose another output path (or move the input out of it)"
+                    )
     if overwrite is False:
         for fo, po, ro in outs:
             if ro.exists() or ro.is_symlink():
                 what = "folder" if ro.is_dir() else "file"
-                raise CliError(f"{fo} {po}: the {what} exists; pass --overwrite to replace it, or choose another path")
+                shown = f"{po}" if ro == Path(po).resolve() else f"{po} ({ro})"
+                raise CliError(
+                    f"{fo} {shown}: the {what} exists; pass --overwrite to replace it, or choose another path"
+                )
 
 
 def add_overwrite_flag(p: argparse.ArgumentParser, what: str = "--out") -> None:

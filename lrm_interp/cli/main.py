@@ -174,7 +174,8 @@ def cmd_parse(a: argparse.Namespace) -> int:
     if rep is not None:
         print(rep.summary())
         if a.report:
-            atomic_write_text(a.report, json.dumps(rep.to_dict(), indent=2))
+            # without --overwrite: never replace a report that appeared while this ran
+            atomic_write_text(a.report, json.dumps(rep.to_dict(), indent=2), replace=a.overwrite)
             print(f"wrote the parse report to {a.report}")
     return 0
 

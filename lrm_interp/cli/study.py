@@ -78,7 +78,7 @@ def cmd_study(a: argparse.Namespace) -> int:
             require_think=a.require_think,
             resamples=a.resamples,
         )
-        check_study_folder(a.out, settings, a.overwrite)
+        check_study_folder(a.out, settings, a.overwrite, writes_traces=False)
     except ValueError as e:
         raise CliError(str(e)) from None
     with reading(data, "--data"):

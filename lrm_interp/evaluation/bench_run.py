@@ -12,7 +12,9 @@ annotation and ``attribute()`` directly)::
 
 An item is finished when its ``generations.jsonl`` line exists (written after its text files,
 flushed and fsynced). A rerun on the same folder skips finished items and generates only the
-rest; it refuses other settings, another model (weights fingerprint) or a changed prompt, naming
+rest; it refuses other settings, another model (weights fingerprint), the same weights under
+another model config (config fingerprint), a folder without ``run.json`` that holds outputs (a
+paper layout written by someone else) or a changed prompt, naming
 the file and the record — every check runs before the first write, so a refused run leaves the
 folder exactly as it was (``problems/<task>.jsonl`` always matches the outputs beside it). A
 torn last line (the run was killed mid-write) is dropped once the run is accepted.
@@ -125,13 +127,46 @@ def _check_run_file(path: Path, meta: dict) -> dict:
             f"{path}: this folder was generated with other settings {diff} (old, new); "
             "resume with the same settings or use another --out"
         )
-    ofp, nfp = (old.get("model") or {}).get("weights_fingerprint"), (meta.get("model") or {}).get("weights_fingerprint")
+    om, nm = old.get("model") or {}, meta.get("model") or {}
+    ofp, nfp = om.get("weights_fingerprint"), nm.get("weights_fingerprint")
     if ofp and nfp and ofp != nfp:
         raise ValueError(f"{path}: this folder holds outputs of another model (weights fingerprint {ofp} != {nfp})")
+    ocf, ncf = om.get("config_fingerprint"), nm.get("config_fingerprint")
+    if ocf and ncf and ocf != ncf:
+        raise ValueError(
+            f"{path}: this folder holds outputs of the same weights under another model config "
+            f"(config fingerprint {ocf} there, {ncf} now: config.json changed); use another --out"
+        )
+    if ofp and ncf and not ocf:
+        import warnings
+
+        warnings.warn(
+            f"{path} was written before lrm_interp recorded the model config's fingerprint: "
+            "a change of the model's config.json since then cannot be detected",
+            stacklevel=3,
+        )
     merged = dict(old)
     merged["tasks"] = {**old.get("tasks", {}), **meta.get("tasks", {})}
     merged["backend"] = meta["backend"]
     return merged
+
+
+def _check_foreign(run: Path) -> None:
+    """Refuse a folder without ``run.json`` that already holds outputs (``outputs/``, ``samples/``,
+    ``generations.jsonl``: e.g. a paper layout written by hand): a run would overwrite them."""
+    if not run.is_dir() or (run / RUN_FILE).exists():
+        return
+    found = [run / GEN_FILE] if (run / GEN_FILE).exists() else []
+    for sub in ("outputs", "samples"):
+        d = run / sub
+        if d.is_dir():
+            found += [p for p in sorted(d.rglob("*")) if p.is_file()][:3]
+    if found:
+        shown = ", ".join(str(p.relative_to(run)) for p in found[:3])
+        raise ValueError(
+            f"{run}: not a benchmark run folder (no {RUN_FILE}) but it holds output files ({shown}"
+            f"{' ...' if len(found) > 3 else ''}), which a run would overwrite; choose another --out"
+        )
 
 
 def run_benchmark(
@@ -164,6 +199,7 @@ def run_benchmark(
         },
     }
     # every check first: a refused run writes nothing (run.json, problems/, generations.jsonl untouched)
+    _check_foreign(run)
     run_meta = _check_run_file(run / RUN_FILE, meta)
     gen_path = run / GEN_FILE
     done, good = read_generations(gen_path)

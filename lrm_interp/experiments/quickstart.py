@@ -30,7 +30,7 @@ from lrm_interp.checks import check_fraction, check_int
 from lrm_interp.compress.quant.grid import check_bits
 from lrm_interp.data.traces import ReasoningDataset
 from lrm_interp.experiments.report import files_and_commands, study_summary, write_study_report
-from lrm_interp.experiments.study import StudyResult, StudySettings, check_study_folder, run_study
+from lrm_interp.experiments.study import StudyResult, StudySettings, check_study_folder, run_study, study_key
 from lrm_interp.toy.tasks import FAMILIES, generate_dataset
 
 #: the quickstart's traces: ``n_traces // 3`` per family of this seed
@@ -81,12 +81,16 @@ def quickstart_study(
     check_fraction("budget", budget, zero=False, one=False)
     settings = quickstart_settings(tiny=tiny, bits=bits, group_size=group_size, budget=budget, n_eval=n_eval)
     out = Path(out_dir)
-    check_study_folder(out, settings, overwrite)
+    check_study_folder(out, settings, overwrite, also=("tiny_model",))
+    traces = quickstart_traces(n_traces)
     if tiny:
         from lrm_interp.testing import byte_tokenizer, tiny_model
 
         model, tok = tiny_model("llama"), byte_tokenizer()
         ref = str(out / "tiny_model")
+        # the whole check (a study of this model and these traces, or a folder without a study's
+        # files), before tiny_model/ is written: run_study checks again, before its own first write
+        check_study_folder(out, settings, overwrite, key=study_key(model, tok, settings, traces), also=("tiny_model",))
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(ref)
         tok.save_pretrained(ref)
@@ -97,7 +101,7 @@ def quickstart_study(
         ref = "toy"
     return run_study(
         model,
-        quickstart_traces(n_traces),
+        traces,
         out,
         settings,
         tokenizer=tok,

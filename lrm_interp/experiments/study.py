@@ -402,19 +402,76 @@ def _differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
     return diff
 
 
-def check_study_folder(out: str | Path, settings: StudySettings, overwrite: bool = False) -> None:
-    """Refuse (``ValueError``), before anything is loaded or written, a folder ``out`` holding a
-    study with other settings (fingerprints are compared later, once the model is loaded)."""
+#: what else a study (or the quickstart) may write into its folder: a folder without
+#: ``study.json`` holding one of these is not written into unless ``overwrite`` (they are not a study's)
+OTHER_OUTPUTS = ("traces.jsonl",)
+
+
+def _foreign_outputs(out: Path, writes_traces: bool = True, also: Sequence[str] = ()) -> list[str]:
+    """Names in ``out`` (a folder without ``study.json``) that a study would write or replace."""
+    if not out.is_dir():
+        return []
+    names = (set(OWN_FILES) | set(OTHER_OUTPUTS) | set(also)) - (set() if writes_traces else {"traces.jsonl"})
+    return sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in out.iterdir()
+        if p.name in names or p.name.startswith("attribution_")
+    )
+
+
+def check_study_folder(
+    out: str | Path,
+    settings: StudySettings,
+    overwrite: bool = False,
+    *,
+    key: Mapping[str, Any] | None = None,
+    writes_traces: bool = True,
+    also: Sequence[str] = (),
+) -> None:
+    """Refuse (``ValueError``), before anything is loaded or written, a folder ``out`` that a study
+    of ``settings`` must not write into: a study with other settings (``key``: the full key, the
+    settings and the weights / tokenizer / traces fingerprints, compared too once known), or a
+    folder that is not a study's (no ``study.json``) but holds files a study would write
+    (``results.csv``, ``report.html``, ``traces.jsonl``, ``attribution_*/``, ...). ``overwrite``:
+    nothing is refused but a path that is not a folder. ``writes_traces=False``: the traces are
+    read from a file (not written to ``out/traces.jsonl``), so a ``traces.jsonl`` there is kept.
+    ``also``: more names the caller writes into ``out`` (the quickstart's ``tiny_model``)."""
     out = Path(out)
-    if overwrite or not (out / STUDY_FILE).exists():
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder; choose another out folder (--out)")
+    if overwrite:
+        return
+    if not (out / STUDY_FILE).exists():
+        foreign = _foreign_outputs(out, writes_traces, also)
+        if foreign:
+            raise ValueError(
+                f"{out} is not a study folder (no {STUDY_FILE}) but holds {', '.join(foreign)}, which a study "
+                "would replace; use another out folder (--out) or overwrite=True (--overwrite) to replace them"
+            )
         return
     have = _read_study(out)
-    diff = _differences(have, {"settings": settings.to_dict()})
+    diff = _differences(have, key if key is not None else {"settings": settings.to_dict()})
     if diff:
         raise ValueError(
             f"{out} holds another study (differs in {', '.join(diff)}); use another out folder "
             "(--out) or overwrite=True (--overwrite) to start it over"
         )
+
+
+def study_key(model: torch.nn.Module, tokenizer: Any, settings: StudySettings, ds: Sequence[ReasoningTrace]) -> dict:
+    """What a study folder must match to be resumed: the settings and the fingerprints of the
+    weights, the tokenizer and the traces (stored in ``study.json``)."""
+    prov = model_provenance(model, tokenizer)
+    return _key(prov, settings, ds)
+
+
+def _key(prov_model: Mapping[str, Any], s: StudySettings, ds: Sequence[ReasoningTrace]) -> dict[str, Any]:
+    return {
+        "settings": s.to_dict(),
+        "weights_fingerprint": prov_model["weights_fingerprint"],
+        "tokenizer_fingerprint": (prov_model.get("tokenizer") or {}).get("fingerprint"),
+        "traces_fingerprint": _traces_fingerprint(ds),
+    }
 
 
 def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict[str, StudyRow], dict]:
@@ -629,17 +686,14 @@ def run_study(
     ds = load_dataset(data)
     if len(ds) == 0:
         raise ValueError(f"{data if isinstance(data, (str, Path)) else 'data'}: no traces")
-    check_study_folder(out, s, overwrite)
+    in_memory = not isinstance(data, (str, Path))
+    check_study_folder(out, s, overwrite, writes_traces=in_memory)
     ref = model_ref or (str(model) if isinstance(model, (str, Path)) else None)
     model, tokenizer = load_model(model, tokenizer=tokenizer)
     model.eval()
     prov_model = model_provenance(model, tokenizer)
-    key = {
-        "settings": s.to_dict(),
-        "weights_fingerprint": prov_model["weights_fingerprint"],
-        "tokenizer_fingerprint": (prov_model.get("tokenizer") or {}).get("fingerprint"),
-        "traces_fingerprint": _traces_fingerprint(ds),
-    }
+    key = _key(prov_model, s, ds)
+    check_study_folder(out, s, overwrite, key=key, writes_traces=in_memory)  # every check before the first write
     rows, outcomes = _resume_state(out, key, overwrite)
     resumed = list(rows)
     out.mkdir(parents=True, exist_ok=True)
@@ -933,5 +987,6 @@ __all__ = [
     "measure_kl",
     "bootstrap_interval",
     "check_study_folder",
+    "study_key",
     "generation_order",
 ]

@@ -168,6 +168,49 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
+#: config fields left out of :func:`config_fingerprint`: names, versions and bookkeeping, the dtype
+#: (recorded separately: ``dtype`` in :func:`model_provenance`, and part of every tensor's entry in
+#: :func:`weights_fingerprint`), the class (recorded as ``class``) and runtime switches that do not
+#: change what the model computes (caching, what a forward returns, the attention kernel).
+CONFIG_FINGERPRINT_IGNORED = frozenset(
+    {
+        "_name_or_path",
+        "name_or_path",
+        "transformers_version",
+        "_commit_hash",
+        "architectures",
+        "torch_dtype",
+        "dtype",
+        "use_cache",
+        "return_dict",
+        "output_attentions",
+        "output_hidden_states",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "attn_implementation",
+    }
+)
+
+
+def config_fingerprint(model: torch.nn.Module) -> str | None:
+    """BLAKE2b-128 hex digest of the model config's ``to_dict()`` without the fields of
+    :data:`CONFIG_FINGERPRINT_IGNORED` (``None`` when the model has no config).
+
+    The same weights under another config (``rms_norm_eps``, rope settings, the context length ...)
+    compute something else: results of one are never served for the other."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "to_dict"):
+        return None
+
+    def clean(d: Any) -> Any:
+        if isinstance(d, dict):
+            return {str(k): clean(v) for k, v in d.items() if k not in CONFIG_FINGERPRINT_IGNORED}
+        return d
+
+    d = clean(_jsonable(cfg.to_dict()))
+    return hashlib.blake2b(json.dumps(d, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
 def model_name(model: torch.nn.Module) -> str:
     """The model's name in records and messages: its config's ``_name_or_path``, else its class name."""
     return getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
@@ -227,6 +270,7 @@ def model_provenance(model: torch.nn.Module, tokenizer: Any = None, *, fingerpri
 
     Keys: ``name`` (config ``_name_or_path`` or the class name), ``class``, ``model_type``,
     ``dtype``, ``device``, ``n_params`` (unique parameters), ``weights_fingerprint``,
+    ``config_fingerprint`` (:func:`config_fingerprint`),
     ``record`` (:class:`ModelRecord`: source and compression steps), ``quantization`` and
     ``pruning`` (the latest step of each from the record, else the HF ``quantization_config``
     for quantization, else ``None``), ``source``, ``tokenizer`` (class, name, vocab size incl.
@@ -249,6 +293,7 @@ def model_provenance(model: torch.nn.Module, tokenizer: Any = None, *, fingerpri
         "device": str(p.device) if p is not None else None,
         "n_params": int(sum(x.numel() for x in model.parameters())),
         "weights_fingerprint": weights_fingerprint(model) if fingerprint else None,
+        "config_fingerprint": config_fingerprint(model),
         "record": rec.to_dict(),
         "quantization": quant,
         "pruning": rec.last("pruning"),
@@ -275,6 +320,8 @@ __all__ = [
     "load_record",
     "weights_fingerprint",
     "tokenizer_fingerprint",
+    "config_fingerprint",
+    "CONFIG_FINGERPRINT_IGNORED",
     "model_provenance",
     "PROVENANCE_FILE",
     "model_name",
