@@ -390,6 +390,7 @@ def test_failed_run_leaves_the_previous_output_untouched(outputs, tmp_path, caps
                 str(src),
                 "--out",
                 str(out),
+                "--overwrite",
                 "--quiet",
             ]
         )
@@ -418,6 +419,7 @@ def test_failed_run_leaves_the_previous_output_untouched(outputs, tmp_path, caps
                     str(src),
                     "--out",
                     str(out),
+                    "--overwrite",
                     "--quiet",
                 ]
             )

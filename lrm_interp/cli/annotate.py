@@ -83,6 +83,8 @@ def cmd_annotate(a: argparse.Namespace) -> int:
         {"--out": a.out, "--report": a.report, "--cache": a.cache},
         {"--in": a.inp, "--annotator": a.annotator, "--prompt-file": a.prompt_file},
     )
+    # an existing --out / --report is replaced only with --overwrite (--cache is meant to be reused)
+    check_paths({"--out": a.out, "--report": a.report}, overwrite=a.overwrite)
     src = require_path(a.inp, "--in")
     annotator = _build(a)
     with reading(src, "--in"):
@@ -122,7 +124,8 @@ def cmd_annotate(a: argparse.Namespace) -> int:
         if run.failures
         else Path(a.out).with_name(Path(a.out).name + ".report.json")
     )
-    if run.failures and a.report and Path(a.report).exists():  # nor the report of an earlier result
+    # nor --report (an earlier result's, or one a rerun of the same command would then refuse)
+    if run.failures and a.report:
         report = str(Path(a.report).with_name(Path(a.report).name + ".partial.json"))
     run.save_report(report)
     print(f"wrote {len(run.dataset)} traces, spans per behaviour {run.dataset.span_counts()} to {out}")
@@ -347,7 +350,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from lrm_interp.cli.common import CliError, check_paths
     from lrm_interp.data.annotate import LinearAnnotator, cross_validate, format_agreement
 
-    check_paths({"--out": a.out}, {"--gold": a.gold})
+    check_paths({"--out": a.out}, {"--gold": a.gold}, overwrite=a.overwrite)
     if a.folds == 1:  # the other ranges are the flags' argparse types
         raise CliError("--folds must be 0 (no cross-validation) or an integer >= 2, got 1")
     gold = _load_annotated(a.gold, "--gold")
@@ -388,6 +391,7 @@ def register(sub) -> None:
     from lrm_interp.cli.common import (
         PROG,
         add_command,
+        add_overwrite_flag,
         float_arg,
         int_arg,
         nonneg_float,
@@ -448,6 +452,7 @@ def register(sub) -> None:
         metavar="DIR",
         help="per-trace cache; a rerun skips finished traces (default for llm: OUT.cache, else none)",
     )
+    add_overwrite_flag(an, "--out and --report")
     io.add_argument("--quiet", action="store_true", help="no progress bars")
     from lrm_interp.cli.endpoint_args import add_endpoint_args
 
@@ -666,5 +671,6 @@ def register(sub) -> None:
         help="region the cross-validated agreement is scored on (see 'annotate agree --region')",
     )
     tr.add_argument("--steps", type=positive_int, default=200, metavar="N", help="full-batch optimisation steps")
+    add_overwrite_flag(tr)
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     tr.set_defaults(fn=cmd_train)

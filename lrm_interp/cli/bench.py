@@ -12,6 +12,7 @@ from lrm_interp.cli.common import (
     CliError,
     add_command,
     add_dataclass_args,
+    add_overwrite_flag,
     dataclass_from_args,
     group_size_arg,
     load_model_quietly,
@@ -137,10 +138,32 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _score_out(a: argparse.Namespace, outputs: Path) -> Path:
+    """Where ``bench score`` writes its tables, once that replaces nothing it should not: an
+    ``--out`` holding a file the score writes (``scores.csv``, ``tables.md``, ...; an attribution
+    folder has a ``scores.csv`` too) is refused unless ``--overwrite``. The default
+    ``<outputs>/scores`` is refreshed without the flag only when an earlier ``bench score`` wrote
+    it (it holds its ``tables.md`` and ``summary.csv``)."""
+    from lrm_interp.evaluation.bench_score import SCORE_FILES
+
+    out = Path(a.out).expanduser() if a.out else outputs / "scores"
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out}: a file, not a folder; choose a folder for the tables")
+    there = [f for f in SCORE_FILES if (out / f).exists()]
+    ours = a.out is None and (out / "tables.md").is_file() and (out / "summary.csv").is_file()
+    if there and not a.overwrite and not ours:
+        raise CliError(
+            f"--out {out} already holds {', '.join(there)}, which the score would replace; pass "
+            "--overwrite to replace them, or choose another folder"
+        )
+    return out
+
+
 def cmd_score(a: argparse.Namespace) -> int:
     from lrm_interp.evaluation.bench_score import score_outputs
 
     outputs = require_path(a.outputs, "--outputs", kind="dir")
+    out = _score_out(a, outputs)
     items = _tasks_and_items(a)
     tok = None
     if a.tokenizer is not None:
@@ -161,7 +184,6 @@ def cmd_score(a: argparse.Namespace) -> int:
             require_think=a.require_think,
             progress=not a.quiet,
         )
-    out = Path(a.out) if a.out else outputs / "scores"
     files = scores.write_tables(out, plots=not a.no_plots)
     print(scores.accuracy_table().to_string(index=False))
     s = scores.summary()
@@ -385,4 +407,5 @@ def register(sub) -> None:
         help="grade outputs without </think> on their whole text (default: unanswered)",
     )
     s.add_argument("--no-plots", action="store_true", help="tables only")
+    add_overwrite_flag(s, "the tables in --out (the default <outputs>/scores is refreshed without it)")
     s.set_defaults(fn=cmd_score)

@@ -104,6 +104,24 @@ def _check_regex(flag: str, rx: str | None) -> None:
         raise CliError(f"{flag} {rx!r}: invalid regular expression ({e})") from None
 
 
+def _refuse_overlong(model, enc, a: argparse.Namespace) -> None:
+    """Traces longer than the model's context cannot be scored (as ``attribute``'s default
+    ``--overlong error``): refused before any scoring, counted and named."""
+    from lrm_interp.model.forward import context_limit
+
+    limit, where = context_limit(model)
+    over = [(e.trace_id, len(e)) for e in enc if limit is not None and len(e) > limit]
+    if over:
+        shown = ", ".join(f"{tid} ({n} tokens)" for tid, n in over[:10]) + (
+            f" and {len(over) - 10} more" if len(over) > 10 else ""
+        )
+        raise CliError(
+            f"--data {a.data}: {len(over)} of {len(enc)} trace(s) are longer than the model's context of {limit} "
+            f"positions ({where}): {shown}; --saliency {a.saliency} reads whole traces, so leave "
+            "them out of --data (or shorten them)"
+        )
+
+
 def cmd_protect(a: argparse.Namespace) -> int:
     """``lrm-interp protect``: masks from ``--scores`` (and a saliency on ``--model``) → ``--out``."""
     from lrm_interp.compress.quant import check_bits
@@ -151,6 +169,8 @@ def cmd_protect(a: argparse.Namespace) -> int:
             # "encoded" needs --data (checked above)
             enc = [encode_trace(tok, t) for t in load_dataset(cast(Path, data))] if "encoded" in src.needs else None
             calib = calibration_ids(tok, data) if "calib" in src.needs else None
+        if enc is not None:
+            _refuse_overlong(model, enc, a)
         stream = build_saliency(
             a.saliency,
             model,
@@ -202,8 +222,11 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     check_bits(a.bits)
     group_size = group_size_arg(a.group_size)
     require_model(a.model)
+    # the folder --model reads (an alias's folder, '~' expanded): --out may never replace it
+    src = model_input(a.model)
+    sources = () if src is None else (Path(src).expanduser(),)
     try:
-        out = check_out_dir(a.out, overwrite=a.overwrite, sources=(a.model,))
+        out = check_out_dir(Path(a.out).expanduser(), overwrite=a.overwrite, sources=sources)
     except ValueError as e:
         raise CliError(str(e)) from None
     # --out is replaced whole: it may neither be nor contain nor lie inside another input (--overwrite or not)

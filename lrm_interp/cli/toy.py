@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from pathlib import Path
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -103,8 +104,16 @@ def cmd_train(a: argparse.Namespace) -> int:
     """``lrm-interp toy train``: :func:`lrm_interp.toy.train.train_toy_model` with the options of
     :func:`add_train_args`; a cross-option error (e.g. ``--hidden`` not a multiple of ``--heads``)
     names the flag, before any work."""
+    from lrm_interp._io import check_out_dir
+    from lrm_interp.cli.common import CliError
     from lrm_interp.toy.train import QUANT_EVAL, check_train_settings, train_toy_model
 
+    # an existing model folder is refused before training; --overwrite replaces only an earlier
+    # 'toy train' result (a folder with its training_log.json), never a folder of other files
+    try:
+        check_out_dir(Path(a.out).expanduser(), overwrite=a.overwrite, marker="training_log.json")
+    except ValueError as e:
+        raise CliError(str(e)) from None
     try:
         check_train_settings(
             steps=a.steps,
@@ -310,6 +319,7 @@ def register(sub) -> None:
         ],
     )
     add_train_args(tr)  # the defaults are the shipped recipe
+    add_overwrite_flag(tr, "--out (an existing model folder)")
     tr.set_defaults(fn=cmd_train)
 
     ev = add_command(

@@ -252,6 +252,20 @@ def _mean(x) -> float:
     return sum(x) / len(x) if x else math.nan
 
 
+#: every file :meth:`BenchScores.write_tables` may write (``bench score`` refuses an ``--out``
+#: holding one unless ``--overwrite``)
+SCORE_FILES = (
+    "scores.csv",
+    "summary.csv",
+    "accuracy.csv",
+    "collapse_points.csv",
+    "tables.md",
+    "accuracy_vs_bits.png",
+    "accuracy_vs_sparsity.png",
+    "short_vs_long.png",
+)
+
+
 @dataclass(frozen=True)
 class BenchScores:
     """Graded outputs of one or more runs; tables derive from :meth:`to_dataframe`."""

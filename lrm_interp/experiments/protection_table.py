@@ -229,11 +229,22 @@ def _settings_json(s: ExperimentSettings, fingerprint: str, tokenizer_fingerprin
 
 
 def _check_folder(out: Path, want: dict[str, Any]) -> list[ResultRow]:
-    """The rows already measured in ``out`` (resume), or ``ValueError`` if it holds another run."""
+    """The rows already measured in ``out`` (resume), or ``ValueError`` if it holds another run
+    or is not an experiment folder (a file, or a non-empty folder without ``settings.json``: the
+    table files written here would replace the user's own ``table.md`` / ``table.csv``)."""
     sp = out / "settings.json"
     if not sp.exists():
         if (out / "rows.jsonl").exists():
             raise ValueError(f"{out}: rows.jsonl without settings.json — not a folder this run can resume")
+        if out.exists() or out.is_symlink():
+            if not out.is_dir():
+                raise ValueError(f"{out} exists and is not a folder; use a new --out folder")
+            if any(out.iterdir()):
+                shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+                raise ValueError(
+                    f"{out} is not empty and not an experiment folder (no settings.json; holds {shown}); "
+                    "use a new --out folder"
+                )
         return []
     have = json.loads(sp.read_text())
     if have != want:

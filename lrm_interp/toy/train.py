@@ -216,7 +216,9 @@ def _evaluate_and_save(
     out.mkdir(parents=True, exist_ok=True)
     model.to("cpu").to(torch.float32).save_pretrained(out)
     tok.save_pretrained(out)
-    (out / "training_log.json").write_text(json.dumps(log, indent=1))
+    from lrm_interp._io import atomic_write_text
+
+    atomic_write_text(out / "training_log.json", json.dumps(log, indent=1))
     return log
 
 
