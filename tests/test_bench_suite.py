@@ -56,3 +56,20 @@ def test_vllm_reads_an_unmodified_model_from_its_folder():
 
     assert saved_model_dir(torch.nn.Linear(2, 2)) is None
     assert model_tag("/a/b/My Model/") == "My_Model" and model_tag("toy") == "toy"
+
+
+@pytest.mark.parametrize("python", ["/nonexistent/bin/python", "/bin/false"])
+def test_a_vllm_python_that_cannot_run_the_worker_is_named(python):
+    """A missing interpreter is named at start; one that exits at once reports the worker's exit
+    code — never a later AttributeError from closing the log (the old symptom)."""
+    from lrm_interp.evaluation.backends import VLLMBackend
+
+    model, tok = load_model("toy")
+    backend = VLLMBackend(str(toy_model_dir()), tok, python=python)
+    want = (
+        (FileNotFoundError, "cannot start the vLLM worker with Python")
+        if "nonexistent" in python
+        else (RuntimeError, r"exited while loading the model \(exit code 1\)")
+    )
+    with pytest.raises(want[0], match=want[1]), backend:
+        backend.generate(["Compute 1 + 1."], _settings())

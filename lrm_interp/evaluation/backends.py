@@ -252,7 +252,8 @@ class VLLMBackend(Backend):
                 self._proc.wait()
             self._proc = None
         if self._logf is not None:
-            self._logf.close()
+            if not isinstance(self._logf, int):  # subprocess.DEVNULL is an int: nothing to close
+                self._logf.close()
             self._logf = None
 
     def close(self) -> None:
@@ -262,7 +263,12 @@ class VLLMBackend(Backend):
             self._tmp = None
 
     def _fail(self, what: str) -> RuntimeError:
-        rc = self._proc.poll() if self._proc is not None else None
+        rc = None
+        if self._proc is not None:  # its stdout ended: it is exiting, give it a moment to report its code
+            try:
+                rc = self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                rc = self._proc.poll()
         self._stop()
         return RuntimeError(
             f"the vLLM worker {what} (exit code {rc})"
@@ -294,14 +300,21 @@ class VLLMBackend(Backend):
         env.pop("PYTHONPATH", None)
         self._logf = open(self.log, "a") if self.log else subprocess.DEVNULL  # closed in _stop
         worker = Path(__file__).with_name("vllm_worker.py")
-        self._proc = subprocess.Popen(
-            [self.python, str(worker), str(ep)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._logf,
-            text=True,
-            env=env,
-        )
+        try:
+            self._proc = subprocess.Popen(
+                [self.python, str(worker), str(ep)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._logf,
+                text=True,
+                env=env,
+            )
+        except OSError as e:  # a missing or non-executable interpreter: name it, not a later symptom
+            self._stop()
+            raise FileNotFoundError(
+                f"cannot start the vLLM worker with Python {self.python!r} ({e.strerror or e}); set "
+                f"{VLLM_PYTHON_ENV} to a Python with vLLM installed (see docs/benchmark.md)"
+            ) from e
         for line in self._proc.stdout:  # type: ignore[union-attr]  # stdout=PIPE: never None
             if line.startswith('{"ready"'):
                 return
