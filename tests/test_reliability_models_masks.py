@@ -383,3 +383,24 @@ def test_cli_protect_refuses_a_budget_that_protects_nothing(tmp_path, capsys):
     )
     masks, _ = load_masks(tmp_path / "ok.safetensors")
     assert masks.model["weights_fingerprint"] == weights_fingerprint(load_model(str(d))[0])
+
+
+def test_masks_file_with_its_checksum_removed_but_its_model_kept_is_refused(tmp_path):
+    """A file that records its model was written after checksums existed: no checksum means it
+    was stripped (to hide an edit), so it is refused — not loaded as an "old file" (hostile run H1)."""
+    from safetensors import safe_open
+
+    from lrm_interp._io import CHECKSUM_KEY, ChecksumError
+
+    model = tiny_model("llama", seed=0)
+    sites = find_sites(model)
+    p = save_masks(build_masks(sites, "global_top", 0.05, saliency=magnitude(model, sites)), tmp_path / "m.safetensors")
+    with safe_open(str(p), "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    assert "model" in meta and CHECKSUM_KEY in meta
+    del meta[CHECKSUM_KEY]
+    save_file(tensors, str(tmp_path / "stripped.safetensors"), metadata=meta)
+    with pytest.raises(
+        ChecksumError, match=f"stripped.safetensors: the masks file records its model but has no {CHECKSUM_KEY}"
+    ):
+        load_masks(tmp_path / "stripped.safetensors")

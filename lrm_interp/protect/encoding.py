@@ -36,7 +36,7 @@ from typing import cast
 import numpy as np
 import torch
 
-from lrm_interp._io import read_safetensors, write_safetensors
+from lrm_interp._io import CHECKSUM_KEY, ChecksumError, read_safetensors, write_safetensors
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.masks import MaskSet, ProtectionMask
 
@@ -337,6 +337,12 @@ def load_masks(path: str | Path) -> tuple[MaskSet, dict]:
     the model it is applied to.
     """
     tensors, meta = read_safetensors(path, (FORMAT, "lrm_interp.masks/1"), "mask file")
+    if "model" in meta and CHECKSUM_KEY not in meta:  # the model record came after checksums: removed
+        raise ChecksumError(
+            f"{path}: the masks file records its model but has no {CHECKSUM_KEY}: every lrm_interp that "
+            "records the model also writes the checksum, so it was removed and the payload cannot be "
+            "trusted; do not use it: write it again"
+        )
     fmt, info = meta["format"], json.loads(meta["sites"])
     if fmt == "lrm_interp.masks/1":  # CSR as "<site>.rowptr" / "<site>.cols"
         info = {n: dict(d, encoding="csr16") for n, d in info.items()}
