@@ -52,8 +52,14 @@ def test_rows_files_and_resume(tmp_path, monkeypatch):
     assert again.rows == table.rows
     with pytest.raises(ValueError, match="differs in per_family"):
         pt.run_protection_experiment(out, progress=False, **{**SMALL, "per_family": 2})
+    with pytest.raises(ValueError, match="differs in max_new_tokens"):
+        pt.run_protection_experiment(out, progress=False, **{**SMALL, "max_new_tokens": 100})
     settings = json.loads((out / "settings.json").read_text())
     assert settings["format"] == pt.FORMAT and len(settings["weights_fingerprint"]) == 32
+    assert settings["settings"]["max_new_tokens"] == 480
+    del settings["settings"]["max_new_tokens"]  # a folder written before the limit was a setting: 480
+    (out / "settings.json").write_text(json.dumps(settings))
+    assert pt.run_protection_experiment(out, only=["magnitude"], progress=False, **SMALL).rows[:2] == table.rows[:2]
     settings["tokenizer_fingerprint"] = "0" * 32  # the folder of a run with another tokenizer
     (out / "settings.json").write_text(json.dumps(settings))
     with pytest.raises(ValueError, match="tokenizer_fingerprint"):
@@ -153,3 +159,22 @@ def test_cli_grid_flags_and_a_folder_of_the_other_grid(tmp_path, capsys):
     assert main(base[:-1] + [str(asym), "--asymmetric"]) == 0
     assert json.loads((asym / "settings.json").read_text())["settings"]["symmetric"] is False
     assert main(base[:-1] + [str(asym)]) == 0  # the default is the same run
+
+
+def test_length_limit_reaches_every_row(tmp_path, monkeypatch):
+    """--max-new-tokens is the greedy answers' limit in every measured row (fp, none, the rest)."""
+    from lrm_interp.cli.main import main
+
+    seen = []
+    real = pt.evaluate
+
+    def spy(*a, **k):
+        seen.append(k["max_new_tokens"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(pt, "evaluate", spy)
+    out = tmp_path / "short"
+    args = ["experiment", "protection", "--per-family", "1", "--attribution-traces", "1", "--random-seeds", "0"]
+    assert main(args + ["--max-new-tokens", "7", "--only", "plain", "--quiet", "--out", str(out)]) == 0
+    assert seen == [7, 7, 7]  # fp, none, plain 4-bit
+    assert json.loads((out / "settings.json").read_text())["settings"]["max_new_tokens"] == 7

@@ -56,6 +56,7 @@ def cmd_protection(a: argparse.Namespace) -> int:
             attribution_traces=a.attribution_traces,
             random_seeds=tuple(a.random_seeds),
             guided_mix=a.guided_mix,
+            max_new_tokens=a.max_new_tokens,
         )
     except ValueError as e:
         raise CliError(str(e)) from None
@@ -154,6 +155,14 @@ def register(sub) -> None:
         metavar="F",
         help="weight of the behaviour-gradient Hessian in the guided GPTQ rows, in [0, 1] (0: the "
         "calibration Hessian alone, 1: the behaviour-gradient Hessian alone)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=480,
+        metavar="N",
+        help="length limit of each greedy answer (about twice the full-precision model's longest "
+        "answer bounds what a broken, looping row costs)",
     )
     p.add_argument(
         "--only",

@@ -73,6 +73,8 @@ class ExperimentSettings:
     ``symmetric``: the grid of every row — ``False`` (the default, as everywhere in the package
     and the command line): min-max with a zero-point per group; ``True``: symmetric, no
     zero-point (GPTQModel's ``sym=True``).
+    ``max_new_tokens``: the greedy answer's length limit (a broken row that loops costs this many
+    decoding steps per batch; about twice the full-precision model's longest answer is enough).
     """
 
     model: str = "toy"
@@ -86,6 +88,7 @@ class ExperimentSettings:
     random_seeds: tuple[int, ...] = (0, 1, 2)
     guided_mix: float = 0.5
     problem_seed: int = 2
+    max_new_tokens: int = 480
 
     def __post_init__(self) -> None:
         if self.quantizer not in ("rtn", "gptq"):
@@ -103,6 +106,7 @@ class ExperimentSettings:
             check_int("random_seeds", seed, min=0)
         check_fraction("guided_mix", self.guided_mix)
         check_int("problem_seed", self.problem_seed, min=0)
+        check_int("max_new_tokens", self.max_new_tokens, min=1)
 
 
 @dataclass(frozen=True)

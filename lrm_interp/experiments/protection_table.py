@@ -247,6 +247,8 @@ def _check_folder(out: Path, want: dict[str, Any]) -> list[ResultRow]:
                 )
         return []
     have = json.loads(sp.read_text())
+    if isinstance(have.get("settings"), dict):  # written before the length limit was a setting
+        have["settings"].setdefault("max_new_tokens", 480)
     if have != want:
         diff = sorted(
             k
@@ -269,8 +271,10 @@ def _check_folder(out: Path, want: dict[str, Any]) -> list[ResultRow]:
     return rows
 
 
-def _measure(label: str, kind: str, model, tokenizer, held, bpw: float, modules: str, t0: float) -> ResultRow:
-    acc = evaluate(model, tokenizer, held, batch_size=150)
+def _measure(
+    label: str, kind: str, model, tokenizer, held, bpw: float, modules: str, t0: float, max_new_tokens: int
+) -> ResultRow:
+    acc = evaluate(model, tokenizer, held, batch_size=150, max_new_tokens=max_new_tokens)
     fams = [f for f in acc if f != "mean"]
     correct = sum(round(acc[f] * sum(p.family == f for p in held)) for f in fams)
     lo, hi = wilson_interval(correct, len(held))
@@ -327,7 +331,7 @@ def run_protection_experiment(
             t0 = time.time()
             q = model if p.kind == "fp" else copy.deepcopy(model)
             bpw, modules = p.quantize(q)
-            rows[p.label] = _measure(p.label, p.kind, q, tok, held, bpw, modules, t0)
+            rows[p.label] = _measure(p.label, p.kind, q, tok, held, bpw, modules, t0, s.max_new_tokens)
             del q
             save_rows()
             bar.set_postfix_str(f"{p.label}: {100 * rows[p.label].mean:.1f}%")
