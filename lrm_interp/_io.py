@@ -128,9 +128,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = 
     The file gets the mode a plain ``open()`` gives a new file (``0o666 & ~umask``); a failure
     raises ``OSError`` naming ``path`` (the temporary name in brackets) and leaves ``path`` as it was.
     ``replace=False``: ``path`` must not exist when the file is published (a hard link, atomic):
-    a file created there meanwhile (by another run) is kept, and ``FileExistsError`` names it."""
+    a file created there meanwhile (by another run) is kept, and ``FileExistsError`` names it; one
+    there from the start is refused the same way before anything is written. A folder at ``path``
+    is refused (``IsADirectoryError`` naming it) before anything is written, whatever ``replace``."""
     path = Path(path)
     refuse_special(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder: never replaced by a file; choose a file path", str(path))
+    if not replace and (path.exists() or path.is_symlink()):
+        raise FileExistsError(errno.EEXIST, "exists: not replaced (replace=False); choose another path", str(path))
     tmp = None
     with naming_destination(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -332,18 +338,21 @@ def payload_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str])
     return h.hexdigest()
 
 
-def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+def write_safetensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, replace: bool = True
+) -> Path:
     """Atomically write ``tensors`` (CPU, contiguous) with string ``metadata`` as one safetensors file.
 
     The metadata gets :data:`CHECKSUM_KEY`: the :func:`payload_checksum` of the tensors and the
-    other metadata, checked by :func:`read_safetensors`."""
+    other metadata, checked by :func:`read_safetensors`. ``replace=False``: an existing ``path``
+    (there from the start, or created while this ran) is never replaced (:func:`atomic_write_bytes`)."""
     from safetensors.torch import save
 
     path = Path(path)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {k: str(v) for k, v in metadata.items() if k != CHECKSUM_KEY}
     meta[CHECKSUM_KEY] = payload_checksum(cpu, meta)
-    atomic_write_bytes(path, save(cpu, metadata=meta))
+    atomic_write_bytes(path, save(cpu, metadata=meta), replace=replace)
     return path
 
 

@@ -185,7 +185,7 @@ def test_missing_files_reported(tmp_path):
     (tmp_path / "annotated" / "X").mkdir(parents=True)
     (tmp_path / "outputs" / "X" / "0.txt").write_text("Hello there.")
     (tmp_path / "annotated" / "X" / "1.txt").write_text('["deduction"]Hi["end-section"]')
-    ds = load_paper_layout(tmp_path)
+    ds = load_paper_layout(tmp_path, keep_unannotated=True)
     st = {f.index: f.status for f in ds.report.files}
     assert st == {"0": "missing annotation", "1": "missing output"}
     assert len(ds) == 1 and ds[0].spans == ()

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from lrm_interp.data.paper_layout import ParseReport, load_paper_layout
+from lrm_interp.data.paper_layout import ParseReport, UnannotatedTraceWarning, load_paper_layout
 from lrm_interp.data.prompts import build_prompt, canonical_dataset, gold_answer
 from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset
 
@@ -198,10 +198,14 @@ def test_missing_files_reported(tmp_path):
     (tmp_path / "annotated/X/1.txt").write_text('["deduction"]Hi["end-section"]')
     (tmp_path / "outputs/X/2.txt").write_text("Hi. Bye.")
     (tmp_path / "annotated/X/2.txt").write_text('["deduction"]Bye.["end-section"]')
-    ds = load_paper_layout(tmp_path, progress=False)
+    with pytest.warns(UnannotatedTraceWarning, match=r"1 output without an annotation file left out.*X/0"):
+        ds = load_paper_layout(tmp_path, progress=False)
     st = {f.index: f.status for f in ds.report.files}
     assert st == {"0": "missing annotation", "1": "missing output", "2": "parsed"}
-    assert [t.id for t in ds] == ["X/0", "X/2"] and ds["X/0"].spans == ()
+    # an output without annotation is left out (never scored as all-negative), as one without output is
+    assert [t.id for t in ds] == ["X/2"] and "not loaded" in (ds.report.file("X/0").reason or "")
+    kept = load_paper_layout(tmp_path, progress=False, keep_unannotated=True)
+    assert [t.id for t in kept] == ["X/0", "X/2"] and kept["X/0"].spans == ()
     assert (ds["X/2"].spans[0].start, ds["X/2"].spans[0].end) == (4, 8)
     assert "X/1: missing output" in ds.report.summary()
     with pytest.raises(FileNotFoundError, match="no dataset folder"):

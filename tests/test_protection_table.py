@@ -142,7 +142,7 @@ def test_cli_grid_flags_and_a_folder_of_the_other_grid(tmp_path, capsys):
         "--random-seeds",
         "0",
         "--only",
-        "no row has this label",
+        "fp",  # fp and none only (a text matching no row is refused)
         "--quiet",
         "--out",
         str(out),

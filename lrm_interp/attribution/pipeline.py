@@ -524,6 +524,13 @@ def finish(
         },
     }
     report = getattr(plan.dataset, "report", None)
+    # paper-layout outputs without an annotation file: left out by the loader (warned), listed here
+    kept = {t.id for t in plan.dataset}
+    unannotated = [
+        f.trace_id
+        for f in getattr(report, "files", ())
+        if getattr(f, "status", None) == "missing annotation" and f.trace_id not in kept
+    ]
     provenance = {
         "lrm_interp": __version__,
         "model": plan.model_provenance,
@@ -540,6 +547,7 @@ def finish(
             "n_traces": len(plan.dataset),
             "ids_fingerprint": trace_ids_fingerprint(list(plan.trace_keys)),
             "parse_report": report.summary() if report is not None and hasattr(report, "summary") else None,
+            "unannotated_left_out": unannotated,
         },
     }
     result = Attribution(

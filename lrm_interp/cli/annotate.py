@@ -84,7 +84,7 @@ def cmd_annotate(a: argparse.Namespace) -> int:
         {"--in": a.inp, "--annotator": a.annotator, "--prompt-file": a.prompt_file},
     )
     # an existing --out / --report is replaced only with --overwrite (--cache is meant to be reused)
-    check_paths({"--out": a.out, "--report": a.report}, overwrite=a.overwrite)
+    check_paths({"--out": a.out, "--report": a.report}, overwrite=a.overwrite, files=True)
     src = require_path(a.inp, "--in")
     annotator = _build(a)
     with reading(src, "--in"):
@@ -118,7 +118,8 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     # a run with failed traces never replaces --out (it may hold an earlier, complete result): the
     # traces go to OUT.partial.jsonl instead, failed ones with no spans, listed in the report
     out = Path(a.out) if not run.failures else Path(a.out).with_name(Path(a.out).name + ".partial.jsonl")
-    run.dataset.save_jsonl(out)
+    # --out itself: never one that appeared while this ran, unless --overwrite; OUT.partial.jsonl: a rerun's
+    run.dataset.save_jsonl(out, replace=bool(a.overwrite or run.failures))
     report = a.report or str(
         out.with_name(out.name[: -len(".jsonl")] + ".report.json")
         if run.failures
@@ -350,7 +351,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from lrm_interp.cli.common import CliError, check_paths
     from lrm_interp.data.annotate import LinearAnnotator, cross_validate, format_agreement
 
-    check_paths({"--out": a.out}, {"--gold": a.gold}, overwrite=a.overwrite)
+    check_paths({"--out": a.out}, {"--gold": a.gold}, overwrite=a.overwrite, files=True)
     if a.folds == 1:  # the other ranges are the flags' argparse types
         raise CliError("--folds must be 0 (no cross-validation) or an integer >= 2, got 1")
     gold = _load_annotated(a.gold, "--gold")
@@ -390,6 +391,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 def register(sub) -> None:
     from lrm_interp.cli.common import (
         PROG,
+        Accumulate,
         add_command,
         add_overwrite_flag,
         float_arg,
@@ -595,6 +597,7 @@ def register(sub) -> None:
         "--seed",
         type=seed_int,
         nargs="+",
+        action=Accumulate,
         default=None,
         metavar="S",
         help="seed of the noise floor's random split of the traces; several: one split each, rows per "
@@ -603,6 +606,7 @@ def register(sub) -> None:
     ds.add_argument(
         "--behaviors",
         nargs="+",
+        action=Accumulate,
         default=None,
         metavar="LABEL",
         help="behaviours to compare; each needs --gold spans (default: the four target behaviours)",
@@ -610,6 +614,7 @@ def register(sub) -> None:
     ds.add_argument(
         "--datasets",
         nargs="+",
+        action=Accumulate,
         default=None,
         metavar="NAME",
         help="only --gold's traces of these datasets (case-insensitive, e.g. FOLIO temporal_sequences)",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lrm_interp.cli.common import (
     PROG,
+    Accumulate,
     CliError,
     add_command,
     add_dataclass_args,
@@ -186,9 +187,21 @@ def cmd_score(a: argparse.Namespace) -> int:
         )
     files = scores.write_tables(out, plots=not a.no_plots)
     print(scores.accuracy_table().to_string(index=False))
-    s = scores.summary()
-    if int(s["missing"].sum()):
-        print(f"missing outputs: {int(s['missing'].sum())} (see summary.csv)")
+    partial = scores.partial()
+    if partial:
+        import sys
+
+        n_miss = sum(m for tasks in partial.values() for m, _ in tasks.values())
+        shown = "; ".join(
+            f"{model}: " + ", ".join(f"{t} {m} of {n}" for t, (m, n) in tasks.items())
+            for model, tasks in partial.items()
+        )
+        print(
+            f"{PROG} bench score: warning: {n_miss} output(s) missing, {len(partial)} variant(s) partial (marked in "
+            f"the 'partial' column; their scores cover the outputs that exist only): {shown}; run the same "
+            "'bench run' again (a 'bench run' folder) to generate them",
+            file=sys.stderr,
+        )
     if scores.ignored:
         import sys
 
@@ -210,6 +223,7 @@ def _task_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--tasks",
         nargs="+",
+        action=Accumulate,
         required=True,
         metavar="TASK",
         help="benchmark tasks: aime, folio, temporal, musique (need --data) and the toy families math, "
@@ -323,6 +337,7 @@ def register(sub) -> None:
     c.add_argument(
         "--compress",
         nargs="+",
+        action=Accumulate,
         default=["none"],
         metavar="SPEC",
         help="variants to benchmark: none, rtn:BITS, gptq:BITS (asymmetric grid; rtn:BITS:sym symmetric), "

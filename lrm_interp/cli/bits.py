@@ -10,6 +10,7 @@ import json
 
 from lrm_interp.cli.common import (
     PROG,
+    Accumulate,
     CliError,
     add_command,
     add_overwrite_flag,
@@ -57,6 +58,7 @@ def cmd_bits(a: argparse.Namespace) -> int:
         {"--out": a.out, "--gptqmodel": a.gptqmodel, "--llmcompressor": a.llmcompressor},
         {"--model": model_input(a.model), "--scores": a.scores, "--calib": a.calib},
         overwrite=a.overwrite,
+        files=True,
     )
     group_size = group_size_arg(a.group_size)
     if a.sensitivity == "attribution" and a.scores is None:
@@ -165,6 +167,7 @@ def register(sub) -> None:
         "--choices",
         type=int,
         nargs="+",
+        action=Accumulate,
         choices=BIT_CHOICES,
         default=[2, 3, 4, 8, 16],
         metavar="B",

@@ -96,6 +96,32 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see '{self.prog} --help')\n")
 
 
+class Accumulate(argparse.Action):
+    """``nargs="+"`` whose repeated occurrences accumulate: ``--tasks math --tasks logic`` is
+    ``--tasks math logic`` (plain ``nargs="+"`` keeps only the last occurrence, silently). The first
+    occurrence replaces the default; it never extends it (``action="extend"`` would: ``--compress
+    rtn:3`` would give ``["none", "rtn:3"]``). Every ``nargs="+"`` option of ``lrm-interp`` uses it
+    (``tests/test_reliability_silent.py`` walks the parser)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, nargs: Any = "+", **kw: Any) -> None:
+        if nargs != "+":
+            raise ValueError(f"Accumulate is for nargs='+' options, got nargs={nargs!r} for {dest}")
+        super().__init__(option_strings, dest, nargs=nargs, **kw)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        have = getattr(namespace, self.dest, None)
+        # argparse put the default object itself there: the first occurrence replaces it
+        items = [] if have is None or have is self.default else list(have)
+        items.extend(values)
+        setattr(namespace, self.dest, items)
+
+
 def format_examples(examples: str | Sequence[str]) -> str:
     """``example:`` followed by the command lines, indented (``#`` lines are comments)."""
     lines = [examples] if isinstance(examples, str) else list(examples)
@@ -180,6 +206,8 @@ def add_dataclass_args(
                 kw["nargs"] = md["nargs"]
             elif is_seq:
                 kw["nargs"] = "+"
+            if kw.get("nargs") == "+":  # repeated occurrences accumulate, never silently keep the last
+                kw["action"] = Accumulate
             if f.name in metavars:
                 kw["metavar"] = metavars[f.name]
             elif "choices" not in md and kw["type"] in (int, finite_float):
@@ -315,6 +343,7 @@ def check_paths(
     *,
     overwrite: bool | None = None,
     replaced_whole: bool = False,
+    files: bool = False,
 ) -> None:
     """Refuse, before any work, outputs that would destroy another output or an input.
 
@@ -329,8 +358,17 @@ def check_paths(
     exists is refused unless it is true (an existing result is replaced only when the user says
     so; :func:`add_overwrite_flag`). ``replaced_whole``: the outputs are folders replaced as a
     whole, so an input lying inside one (``quantize --out D --masks D/masks.safetensors``) is
-    refused too, even with ``--overwrite``."""
+    refused too, even with ``--overwrite``. ``files``: the outputs are files, so an existing folder
+    there is refused even with ``--overwrite`` (up front: the writer would fail only after the work)."""
     given = [(f, p) for f, p in outputs.items() if p is not None and str(p) != ""]
+    if files:
+        for fo, po in given:
+            for q in dict.fromkeys([Path(po), Path(po).expanduser()]):
+                if q.is_dir():
+                    raise CliError(
+                        f"{fo} {po}: a folder; {fo} names a file to write (a folder is never replaced by "
+                        "one, even with --overwrite); give a file path, e.g. inside that folder"
+                    )
     for fo, po in given:
         for q in dict.fromkeys([Path(po), Path(po).expanduser()]):
             what = _special_output(q)
@@ -549,6 +587,7 @@ def load_attribution(path: str, flag: str):
 
 
 __all__ = [
+    "Accumulate",
     "quiet_progress",
     "positive_int",
     "nonneg_int",

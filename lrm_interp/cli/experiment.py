@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lrm_interp.cli.common import (
     PROG,
+    Accumulate,
     CliError,
     add_command,
     float_arg,
@@ -60,6 +61,12 @@ def cmd_protection(a: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise CliError(str(e)) from None
+    from lrm_interp.experiments.protection import check_only
+
+    try:
+        check_only(s, a.only)
+    except ValueError as e:  # "only: 'zzz' matches no row ..." -> "--only 'zzz' matches ..."
+        raise CliError("--only" + str(e).removeprefix("only:")) from None
     try:
         table = run_protection_experiment(a.out, s, only=a.only, progress=not a.quiet)
     except ValueError as e:
@@ -144,6 +151,7 @@ def register(sub) -> None:
         "--random-seeds",
         type=seed_int,
         nargs="+",
+        action=Accumulate,
         default=[0, 1, 2],
         metavar="S",
         help="seeds of the random-saliency control rows",
@@ -167,6 +175,7 @@ def register(sub) -> None:
     p.add_argument(
         "--only",
         nargs="+",
+        action=Accumulate,
         default=None,
         metavar="TEXT",
         help="measure only rows whose label contains one of these (fp and none always)",

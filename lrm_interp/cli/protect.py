@@ -133,6 +133,7 @@ def cmd_protect(a: argparse.Namespace) -> int:
         {"--out": a.out},
         {"--scores": a.scores, "--model": model_input(a.model), "--data": a.data},
         overwrite=a.overwrite,
+        files=True,
     )
     check_bits(a.bits)
     group_size = group_size_arg(a.group_size)
@@ -191,6 +192,7 @@ def cmd_protect(a: argparse.Namespace) -> int:
     save_masks(
         masks,
         a.out,
+        replace=a.overwrite,  # without --overwrite, never a file that appeared while this ran
         metadata={
             "policy": a.policy,
             "saliency": a.saliency if per_weight else None,

@@ -11,6 +11,7 @@ import argparse
 from lrm_interp.checks import int_arg
 from lrm_interp.cli.common import (
     PROG,
+    Accumulate,
     CliError,
     add_command,
     check_paths,
@@ -129,6 +130,7 @@ def register(sub) -> None:
     ev.add_argument(
         "--tasks",
         nargs="+",
+        action=Accumulate,
         default=None,
         metavar="TASK",
         help="benchmark tasks to score accuracy on (toy: math logic knowledge, generated; aime folio "

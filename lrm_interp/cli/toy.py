@@ -30,7 +30,9 @@ def cmd_traces(a: argparse.Namespace) -> int:
     from lrm_interp.cli.common import check_paths, load_model_quietly, model_input, require_model
 
     # before any model is loaded: an existing --out is replaced only with --overwrite, never the model
-    check_paths({"--out": a.out}, {} if a.gold else {"--model": model_input(a.model)}, overwrite=a.overwrite)
+    check_paths(
+        {"--out": a.out}, {} if a.gold else {"--model": model_input(a.model)}, overwrite=a.overwrite, files=True
+    )
     if not a.gold:
         require_model(a.model)
     from lrm_interp.toy.evaluate import collect_traces
@@ -43,7 +45,7 @@ def cmd_traces(a: argparse.Namespace) -> int:
         ds = collect_traces(
             model, tok, problems(a.per_family, seed=a.seed, world=model_world(model)), progress=not a.quiet
         )
-    ds.save_jsonl(a.out)
+    ds.save_jsonl(a.out, replace=a.overwrite)  # never one that appeared while this ran
     print(f"wrote {len(ds)} traces to {a.out}; spans {ds.span_counts()}")
     return 0
 

@@ -43,6 +43,12 @@ def load_dataset(
 
                 ds = load_paper_layout(p, max_response_chars=limit, **kw)
                 if not len(ds):  # an empty result is never a silent success
+                    unannotated = sum(f.status == "missing annotation" for f in ds.report.files)
+                    if unannotated:
+                        raise ValueError(
+                            f"{p}: no annotated traces: {unannotated} output file(s) but no annotation "
+                            "file for any (annotated/<dataset>/<j>.txt; 'lrm-interp annotate' writes them)"
+                        )
                     raise ValueError(
                         f"{p}: no traces (no outputs/<dataset>/<j>.txt or annotated/<dataset>/<j>.txt "
                         "files" + (" among the datasets asked for" if kw.get("datasets") else "") + ")"

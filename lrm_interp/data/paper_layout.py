@@ -9,8 +9,13 @@ Without them the prompt is ``""`` and the report says so for each trace.
 
 Every file is accounted for in the :class:`ParseReport`: parsed / repaired / rejected
 (with reason), annotation without output, output without annotation; every segment placed
-or not (with reason). A trace whose annotation is rejected or missing is kept with no spans:
-it still belongs to D− of the difference of means.
+or not (with reason). A trace whose annotation is rejected is kept with no spans: it still
+belongs to D− of the difference of means. In a layout with annotations, an output without an
+annotation file is left out, as an annotation without output is: nothing says it has no
+behaviour, and scoring it as one (every token a negative) would be silent; the count is warned
+about (:class:`UnannotatedTraceWarning`) and each file is in the report. A layout without any
+annotation file (``bench run`` outputs, outputs to annotate) is read whole, every trace without
+spans. ``keep_unannotated=True`` / ``False`` keeps / leaves them out in every case.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ from lrm_interp.data.traces import (
 )
 
 _BAD_FILE = ("rejected", "missing annotation", "missing output")
+
+
+class UnannotatedTraceWarning(UserWarning):
+    """A paper layout holds outputs without an annotation file; they were left out (counted)."""
 
 
 @dataclass(frozen=True)
@@ -133,8 +142,9 @@ class ParseReport:
     def to_dict(self) -> dict:
         return {"counts": self.counts(), "files": [f.to_dict() for f in self.files]}
 
-    def save_json(self, path: str | os.PathLike) -> Path:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+    def save_json(self, path: str | os.PathLike, *, replace: bool = True) -> Path:
+        """The report as JSON, atomically; ``replace=False``: an existing ``path`` is never replaced."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False), replace=replace)
         return Path(path)
 
 
@@ -275,6 +285,7 @@ def load_paper_layout(
     keep_unknown: bool = False,
     progress: bool = True,
     max_response_chars: int | None = None,
+    keep_unannotated: bool | None = None,
 ) -> ReasoningDataset:
     """Load traces with their behaviour spans; ``dataset.report`` is a :class:`ParseReport`.
 
@@ -291,6 +302,12 @@ def load_paper_layout(
         max_response_chars: the largest file accepted, in characters (default
             :func:`~lrm_interp.data.traces.response_limit`); every file is checked
             (:func:`check_layout_files`: UTF-8 and size) before any is parsed.
+        keep_unannotated: keep outputs without an annotation file, without spans (``True``: to
+            annotate them, or as text), or leave them out (``False``) with one
+            :class:`UnannotatedTraceWarning` counting them (status ``missing annotation`` in the
+            report): an unannotated trace is not a trace without behaviours. Default (``None``):
+            left out when the layout holds any annotation file, kept when it holds none (an
+            outputs-only layout, whose traces all lack spans).
 
     Trace ids are ``"<dataset>/<j>"``; metadata: ``dataset``, ``index`` (int when numeric),
     ``gold_answer`` (if the problem has one), ``annotation_status``, file paths.
@@ -317,6 +334,9 @@ def load_paper_layout(
 
     traces: list[ReasoningTrace] = []
     files: list[FileReport] = []
+    unannotated: list[str] = []
+    if keep_unannotated is None:  # an outputs-only layout is read whole; a partly annotated one is not
+        keep_unannotated = not any(job[3] is not None for job in jobs)
     for ds_name, stem, o, a, probs, prob_src in tqdm(jobs, desc="annotation files", disable=not progress):
         if o is None:
             files.append(
@@ -358,11 +378,15 @@ def load_paper_layout(
                     None,
                     str(o),
                     "missing annotation",
-                    f"no annotated/{ds_name}/{stem}.txt: trace kept without spans",
+                    f"no annotated/{ds_name}/{stem}.txt: "
+                    + ("trace kept without spans" if keep_unannotated else "not loaded (unannotated)"),
                     notes=tuple(notes),
                 )
             )
-            traces.append(trace)
+            if keep_unannotated:
+                traces.append(trace)
+            else:
+                unannotated.append(trace.id)
             continue
         trace, rep = annotate_trace(
             trace,
@@ -387,4 +411,16 @@ def load_paper_layout(
             )
         )
         traces.append(trace)
+    if unannotated:
+        import warnings
+
+        n = len(unannotated)
+        warnings.warn(
+            f"{root}: {n} output{'s' * (n != 1)} without an annotation file left out (an unannotated trace "
+            f"is not scored as one without behaviours): {', '.join(unannotated[:5])}"
+            + (f" and {n - 5} more" if n > 5 else "")
+            + "; annotate them into annotated/<dataset>/<j>.txt, or load with keep_unannotated=True",
+            UnannotatedTraceWarning,
+            stacklevel=2,
+        )
     return ReasoningDataset(traces, name=root.name, report=ParseReport(tuple(files))).check_sizes(limit)

@@ -10,11 +10,13 @@ JSONL schema (one trace per line; see docs/data_format.md)::
 
 Span offsets are character offsets into ``response`` (``start`` inclusive, ``end``
 exclusive); ``trace.text == prompt + response`` and ``trace.abs_span(s)`` gives offsets
-into it. Unknown keys are kept in ``metadata``; nothing is dropped silently. Nothing is
-coerced either: offsets must be JSON integers, labels strings; a label that is a near miss of
-one of :data:`BEHAVIORS` ("backtraking") is refused with "did you mean", other labels are kept
-as custom behaviours and named in one :class:`CustomBehaviorWarning`; a file without any trace
-is refused.
+into it. Unknown keys are kept in ``metadata``; nothing is dropped silently, and a key that is
+a near miss of a field ("Spans", "span", "Prompt") is refused with "did you mean" (it would
+silently become metadata). Nothing is coerced either: offsets must be JSON integers, labels
+strings; a label that is a near miss of one of :data:`BEHAVIORS` ("backtraking") is refused with
+"did you mean", other labels are kept as custom behaviours and named in one
+:class:`CustomBehaviorWarning`; a span given twice (same label and range: it would count twice)
+is refused; a file without any trace is refused.
 """
 
 from __future__ import annotations
@@ -89,6 +91,21 @@ def check_behavior_label(label: object, where: str = "") -> str:
             "near miss of one of them)"
         )
     return label
+
+
+#: The fields of a trace record; any other key of a JSONL record is kept in ``metadata``.
+TRACE_KEYS: tuple[str, ...] = ("id", "prompt", "response", "spans", "metadata")
+
+
+def _near_key(key: str) -> str | None:
+    """The field of :data:`TRACE_KEYS` that ``key`` is a near miss of ("Spans", "span", "spnas",
+    "Prompt", "responce": the cutoff of :data:`LABEL_TYPO_CUTOFF`, after lower-casing), or ``None``."""
+    import difflib
+
+    if key in TRACE_KEYS:
+        return key
+    close = difflib.get_close_matches(key.strip().lower(), TRACE_KEYS, n=1, cutoff=LABEL_TYPO_CUTOFF)
+    return close[0] if close else None
 
 
 def _json_int(value: object, where: str) -> int:
@@ -174,12 +191,19 @@ class ReasoningTrace:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spans", tuple(self.spans))
-        for s in self.spans:
+        first: dict[BehaviorSpan, int] = {}
+        for k, s in enumerate(self.spans):
             if s.end > len(self.response):
                 raise TraceFormatError(
                     f"trace {self.id!r}: span {s.behavior} [{s.start},{s.end}) ends past the "
                     f"response ({len(self.response)} chars)"
                 )
+            if s in first:  # the same label and range twice would count twice in every statistic
+                raise TraceFormatError(
+                    f"trace {self.id!r}: span #{k} {s.behavior} [{s.start},{s.end}) duplicates span "
+                    f"#{first[s]} (same label and character range); remove the duplicate"
+                )
+            first[s] = k
 
     @property
     def text(self) -> str:
@@ -223,9 +247,19 @@ class ReasoningTrace:
         string (or integer), ``response`` a string, ``prompt`` a string or null, ``spans`` a list
         of objects with a string ``behavior`` (not a near miss of a known behaviour,
         :func:`check_behavior_label`) and JSON-integer ``start`` / ``end`` (``1.5``, ``true``,
-        ``"3"`` refused), ``metadata`` an object. Errors are :class:`TraceFormatError` starting
-        with ``where`` (``file:line``) and naming the field."""
+        ``"3"`` refused; the same span twice refused), ``metadata`` an object; any other key goes
+        to ``metadata`` unless it is a near miss of a field (``"Spans"``: "did you mean"). Errors
+        are :class:`TraceFormatError` starting with ``where`` (``file:line``) and naming the field."""
         loc = f"{where}: " if where else ""
+        for key in TRACE_KEYS:  # "Spans", "span", "Prompt" would otherwise become metadata: refused
+            if key not in d:
+                near = [k for k in d if isinstance(k, str) and _near_key(k) == key]
+                if near:
+                    raise TraceFormatError(
+                        f"{loc}key {near[0]!r} is not a trace field; did you mean {key!r}? (fields: "
+                        f"{', '.join(TRACE_KEYS)}; other keys are kept as metadata and must not be a near "
+                        "miss of a field)"
+                    )
         for key in ("id", "response"):
             if key not in d:
                 raise TraceFormatError(f"{loc}missing required key {key!r}")
@@ -260,7 +294,7 @@ class ReasoningTrace:
         if meta_in is not None and not isinstance(meta_in, dict):
             raise TraceFormatError(f"{loc}'metadata' must be an object, got {type(meta_in).__name__}")
         meta = dict(meta_in or {})
-        extra = {k: v for k, v in d.items() if k not in {"id", "prompt", "response", "spans", "metadata"}}
+        extra = {k: v for k, v in d.items() if k not in TRACE_KEYS}
         meta.update(extra)
         try:
             return cls(id=str(tid), prompt=prompt or "", response=d["response"], spans=tuple(spans), metadata=meta)
@@ -339,10 +373,13 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
         return ReasoningDataset([t for t in self.traces if fn(t)], name=self.name, report=self.report)
 
     # ---------------------------------------------------------------- JSONL I/O
-    def save_jsonl(self, path: str | os.PathLike) -> Path:
-        """Write one JSON object per trace, atomically (temp file + rename)."""
+    def save_jsonl(self, path: str | os.PathLike, *, replace: bool = True) -> Path:
+        """Write one JSON object per trace, atomically (temp file + rename). ``replace=False``: an
+        existing ``path`` is never replaced (``FileExistsError`` naming it, also for a file created
+        there while this ran; the command-line writers pass their ``--overwrite``)."""
         path = Path(path)
-        atomic_write_text(path, "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in self.traces))
+        text = "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in self.traces)
+        atomic_write_text(path, text, replace=replace)
         return path
 
     @classmethod

@@ -8,7 +8,8 @@ annotation and ``attribute()`` directly)::
     <run>/outputs/<task>/<j>.txt             sample 0 of item j (the response after the prompt)
     <run>/samples/<k>/outputs/<task>/<j>.txt sample k >= 1 (each samples/<k> is a paper layout too)
     <run>/generations.jsonl                  one line per finished item: token counts, finish
-                                             reasons, prompt and settings hashes
+                                             reasons, prompt and settings hashes, the hash of
+                                             each output file (``text_sha``)
 
 An item is finished when its ``generations.jsonl`` line exists (written after its text files,
 flushed and fsynced). A rerun on the same folder skips finished items and generates only the
@@ -57,6 +58,11 @@ def output_path(run_dir: str | os.PathLike, task: str, index: int, sample: int =
     """Where sample ``sample`` of item ``index`` of ``task`` lives in a run folder."""
     root = Path(run_dir) if sample == 0 else Path(run_dir) / "samples" / str(sample)
     return root / "outputs" / task / f"{index}.txt"
+
+
+def file_sha(path: str | os.PathLike) -> str:
+    """The ``text_sha`` of an output file as ``generations.jsonl`` records it (of its bytes)."""
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=8).hexdigest()
 
 
 def read_generations(path: str | os.PathLike) -> tuple[dict[tuple[str, int], dict], int]:
@@ -250,7 +256,8 @@ def run_benchmark(
                     "id": it.id,
                     "prompt_sha": _sha(it.prompt),
                     "settings_key": skey,
-                    "samples": [g.to_dict() for g in gens],
+                    # the hash of each output file: 'bench score' refuses outputs swapped or edited since
+                    "samples": [{**g.to_dict(), "text_sha": _sha(g.text)} for g in gens],
                     "max_new_tokens": settings.max_new_tokens,
                 }
                 gf.write(json.dumps(rec) + "\n")
@@ -275,6 +282,7 @@ def run_benchmark(
 
 __all__ = [
     "run_benchmark",
+    "file_sha",
     "BenchRun",
     "TaskRun",
     "read_generations",

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from lrm_interp._io import atomic_save_figure, atomic_write_text
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.data.benchmarks.tasks import TASKS, get_task, paper_average
-from lrm_interp.evaluation.bench_run import GEN_FILE, RUN_FILE, output_path, read_generations
+from lrm_interp.evaluation.bench_run import GEN_FILE, RUN_FILE, file_sha, output_path, read_generations
 from lrm_interp.evaluation.compute import backtracking_cues, detect_collapse, short_long_split, word_count
 
 SPLITS = (0.3, 0.2)
@@ -83,7 +83,9 @@ def find_runs(outputs: str | os.PathLike) -> list[RunInfo]:
     root = Path(outputs)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such outputs folder")
-    dirs = [root] if (root / "outputs").is_dir() else sorted(p for p in root.iterdir() if (p / "outputs").is_dir())
+    # a run folder whose outputs/ was removed still has its run.json: found, and its outputs missing
+    is_run = lambda d: (d / "outputs").is_dir() or (d / RUN_FILE).is_file()  # noqa: E731 - a one-line test
+    dirs = [root] if is_run(root) else sorted(p for p in root.iterdir() if p.is_dir() and is_run(p))
     if not dirs:
         raise FileNotFoundError(f"{root}: neither outputs/<task>/ nor <model>/outputs/<task>/ (paper layout)")
     runs = []
@@ -101,6 +103,8 @@ def find_runs(outputs: str | os.PathLike) -> list[RunInfo]:
 def _task_folder(run: Path, task: str) -> str | None:
     t = get_task(task)
     base = run / "outputs"
+    if not base.is_dir():
+        return None
     if (base / t.name).is_dir():
         return t.name
     for p in sorted(base.iterdir()):
@@ -153,6 +157,53 @@ def _ignored_files(run: Path, task: str, folder: str | None, indices: set[int], 
     return out
 
 
+def _check_recorded_outputs(runs: Sequence[RunInfo], items: Mapping[str, Sequence[BenchItem]]) -> None:
+    """``ValueError`` when an output that a run's ``generations.jsonl`` records for a scored item is
+    missing, or differs from the hash recorded (``text_sha``; records without one are not checked)."""
+    lost: list[str] = []
+    changed: list[str] = []
+    recorded = 0
+    gen_files: list[str] = []  # of the runs with a missing or changed output
+    for info in runs:
+        run = Path(info.path)
+        recs, _ = read_generations(run / GEN_FILE)
+        if not recs:
+            continue
+        bad = len(lost) + len(changed)
+        for task, its in items.items():
+            t = get_task(task)
+            folder = _task_folder(run, t.name)
+            for it in its:
+                rec = recs.get((folder or t.name, it.index)) or recs.get((t.name, it.index))
+                if rec is None:
+                    continue
+                for k, s in enumerate(rec.get("samples") or []):
+                    p = output_path(run, folder or t.name, it.index, k)
+                    recorded += 1
+                    if not p.is_file():
+                        lost.append(str(p))
+                    elif isinstance(s, dict) and s.get("text_sha") and file_sha(p) != s["text_sha"]:
+                        changed.append(str(p))
+        if len(lost) + len(changed) > bad:
+            gen_files.append(str(run / GEN_FILE))
+    if not lost and not changed:
+        return
+
+    def show(paths: list[str]) -> str:
+        return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+    parts = []
+    if lost:
+        parts.append(f"{len(lost)} of the {recorded} outputs recorded in {show(gen_files)} are missing ({show(lost)})")
+    if changed:
+        parts.append(f"{len(changed)} differ from the text recorded for them, swapped or edited ({show(changed)})")
+    raise ValueError(
+        "; ".join(parts) + ": the outputs changed since 'bench run' wrote them, so their grades would not be "
+        "of the recorded generations; restore them, or delete the changed ones and run the same 'bench run "
+        "--out' again (it generates missing outputs anew)"
+    )
+
+
 def _sample_count(run: Path, info: RunInfo) -> int:
     if info.n_samples:
         return info.n_samples
@@ -173,15 +224,22 @@ def score_outputs(
     collapse_kw: Mapping[str, Any] | None = None,
 ) -> BenchScores:
     """Grade every output of every run under ``outputs`` for the tasks of ``items``
-    (``{task: items}``). Outputs missing for an item are counted (``summary()['missing']``),
-    never silently dropped; files in the scored task folders that are no item's output (another
-    name, an index beyond the items, a sample beyond the run's count, a second folder of the same
-    task) are listed in :attr:`BenchScores.ignored`. Foreign layouts: ``tokenizer`` counts tokens
-    and, with ``max_new_tokens``, decides which outputs hit the length limit (else unknown)."""
+    (``{task: items}``). Outputs missing for an item are counted (``summary()['missing']``, the
+    ``partial`` column of :meth:`BenchScores.accuracy_table`), never silently dropped; files in the
+    scored task folders that are no item's output (another name, an index beyond the items, a
+    sample beyond the run's count, a second folder of the same task) are listed in
+    :attr:`BenchScores.ignored`. Foreign layouts: ``tokenizer`` counts tokens and, with
+    ``max_new_tokens``, decides which outputs hit the length limit (else unknown).
+
+    A run folder of ``bench run`` is checked against its ``generations.jsonl``: an output it
+    records as generated that is gone (the outputs folder emptied or removed), or whose bytes
+    differ from the hash it records (files swapped or edited), raises ``ValueError`` with the
+    counts and the first files, before anything is graded."""
     samples: list[SampleScore] = []
     ignored: list[str] = []
     missing: dict[tuple[str, str], int] = {}
     runs = find_runs(outputs)
+    _check_recorded_outputs(runs, items)
     ckw = dict(collapse_kw or {})
     for info in runs:
         run = Path(info.path)
@@ -342,9 +400,24 @@ class BenchScores:
                 rows.append(row)
         return pd.DataFrame(rows)
 
-    def accuracy_table(self) -> pd.DataFrame:
-        """Rows = models, columns = tasks (pass@1 %, MuSiQue as ``EM / F1``) + the paper's Avg."""
+    def partial(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """Runs with outputs missing: ``{model: {task: (missing, expected)}}`` (expected = graded +
+        missing outputs). Their pass@1 and Avg are over the outputs that exist only."""
         s = self.summary()
+        out: dict[str, dict[str, tuple[int, int]]] = {}
+        for r in s.itertuples(index=False):
+            miss = int(r.missing)
+            if miss:
+                out.setdefault(str(r.model), {})[str(r.task)] = (miss, miss + int(r.outputs))
+        return out
+
+    def accuracy_table(self) -> pd.DataFrame:
+        """Rows = models, columns = tasks (pass@1 %, MuSiQue as ``EM / F1``) + the paper's Avg; when
+        some variant misses outputs, a ``partial`` column too: empty for a complete variant, else which
+        tasks miss how many (``"math 3/10 missing"``): its scores cover only the outputs that exist
+        (:meth:`partial`)."""
+        s = self.summary()
+        part = self.partial()
         out = []
         for run in self.runs:
             d = s[s.model == run.name].set_index("task")
@@ -358,6 +431,8 @@ class BenchScores:
                     acc[t] = float(d.loc[t, "pass@1"])
             avg = paper_average(acc)
             row["Avg"] = None if avg is None else round(avg, 1)
+            if part:  # the column only when some variant misses outputs: complete tables stay as they were
+                row["partial"] = ", ".join(f"{t} {m}/{n} missing" for t, (m, n) in part.get(run.name, {}).items())
             out.append(row)
         return pd.DataFrame(out)
 

@@ -336,9 +336,22 @@ class ProtectionPlanner:
 
     def select(self, only: Sequence[str] | None = None) -> list[RowPlan]:
         """The rows whose label contains one of ``only`` (plus ``fp`` and ``none``, which
-        ``recovered`` needs); every row without ``only``."""
+        ``recovered`` needs); every row without ``only``. A text of ``only`` that is in no row's
+        label raises ``ValueError`` ("only: ...") listing the labels: it would otherwise measure
+        fp and none alone, silently (e.g. ``"guided"`` under RTN, which has no guided rows). The
+        rows depend on the settings alone, so this can run before any model is loaded
+        (:func:`check_only`)."""
         if not only:
             return list(self.rows)
+        labels = [r.label for r in self.rows]
+        unmatched = [o for o in only if not any(o in lab for lab in labels)]
+        if unmatched:
+            s = self.settings
+            raise ValueError(
+                f"only: {', '.join(repr(o) for o in unmatched)} "
+                f"match{'es' * (len(unmatched) == 1)} no row of this experiment ({s.quantizer} "
+                f"{s.bits}-bit); its rows: {'; '.join(labels)}"
+            )
         return [r for r in self.rows if r.kind in ("fp", "none") or any(o in r.label for o in only)]
 
     def with_quantizer(self, quantizer: str) -> ProtectionPlanner:
@@ -350,6 +363,13 @@ class ProtectionPlanner:
         other.__dict__.update({k: v for k, v in vars(self).items() if k in self.SHARED})
         other._masks = self._masks
         return other
+
+
+def check_only(settings: ExperimentSettings, only: Sequence[str] | None) -> None:
+    """Refuse (``ValueError``, :meth:`ProtectionPlanner.select`) an ``only`` text that matches no
+    row of the experiment ``settings`` plan, before any model is loaded (the rows depend on the
+    settings alone)."""
+    ProtectionPlanner(torch.nn.Module(), None, settings, progress=False).select(only)
 
 
 # --------------------------------------------------------------------------- for your own inputs

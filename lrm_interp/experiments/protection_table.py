@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_save_figure, atomic_write_text, iter_jsonl
 from lrm_interp.evaluation.intervals import wilson_interval
-from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner, RowPlan
+from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner, RowPlan, check_only
 from lrm_interp.model.loading import load_model
 from lrm_interp.model.provenance import model_provenance
 from lrm_interp.toy.evaluate import evaluate
@@ -309,6 +309,7 @@ def run_protection_experiment(
     """
     s = settings or ExperimentSettings(**kw)
     out = Path(out)
+    check_only(s, only)  # an `only` that selects no row is refused before anything is loaded
     model, tok = load_model(s.model)
     model.eval()
     prov = model_provenance(model, tok)

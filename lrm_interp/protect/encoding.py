@@ -312,8 +312,12 @@ def save_masks(
     metadata: dict | None = None,
     encoding: str = "auto",
     model: Mapping[str, str] | None = None,
+    replace: bool = True,
 ) -> Path:
     """Write masks to one safetensors file (format in the module docs; atomic; no pickle).
+
+    ``replace=False``: an existing ``path`` is never replaced (``FileExistsError`` naming it, also
+    for a file created there while this ran); ``lrm-interp protect`` passes its ``--overwrite``.
 
     ``model``: ``{"name", "weights_fingerprint"}`` of the model the masks were computed for
     (default: ``masks.model`` of a :class:`~lrm_interp.protect.masks.MaskSet`, as
@@ -325,7 +329,7 @@ def save_masks(
     rec = model if model is not None else getattr(masks, "model", None)
     if rec:
         meta["model"] = json.dumps({k: rec[k] for k in ("name", "weights_fingerprint") if k in rec})
-    return write_safetensors(path, tensors, meta)
+    return write_safetensors(path, tensors, meta, replace=replace)
 
 
 def load_masks(path: str | Path) -> tuple[MaskSet, dict]:

