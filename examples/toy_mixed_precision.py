@@ -30,7 +30,7 @@ from lrm_interp import (
     wilson_interval,
 )
 from lrm_interp.compress.calibration import layer_hessians
-from lrm_interp.protect.mixed import hessian_sensitivity
+from lrm_interp.protect.bit_allocation import hessian_sensitivity
 from lrm_interp.toy import load_toy_model
 from lrm_interp.toy.evaluate import evaluate
 from lrm_interp.toy.tasks import FAMILIES, generate_dataset, problems

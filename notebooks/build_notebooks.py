@@ -267,7 +267,7 @@ BENCHMARK = [
     (
         "code",
         "from lrm_interp import score_outputs\nfrom lrm_interp.benchmarks import load\n"
-        "items = {t: load(t, toy_n=6) for t in ('math', 'logic', 'knowledge')}\n"
+        "items = {t: load(t, per_family=6) for t in ('math', 'logic', 'knowledge')}\n"
         "scores = score_outputs('bench_toy', items, progress=False)\nscores  # accuracy table: models × tasks",
     ),
     (

@@ -226,7 +226,7 @@ def test_bad_responses_are_counted_never_dropped(tmp_path, capsys):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in recs))
     out = tmp_path / "out.jsonl"
-    assert main(["annotate", "--annotator", "rules", "--in", str(src), "--out", str(out), "--quiet"]) == 0
+    assert main(["annotate", "--annotator", "rules", "--data", str(src), "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "1 skipped (empty response)" in text and "1 without </think>" in text
     got = {json.loads(ln)["id"]: json.loads(ln) for ln in out.read_text().splitlines()}
@@ -236,6 +236,6 @@ def test_bad_responses_are_counted_never_dropped(tmp_path, capsys):
     assert rep["stats"]["skipped_empty"] == 1 and rep["stats"]["without_think_end"] == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"id": "a", "prompt": "p", "response": "ok \xff"}\n')
-    assert main(["annotate", "--in", str(bad), "--out", str(tmp_path / "b.jsonl"), "--quiet"]) == 2
+    assert main(["annotate", "--data", str(bad), "--out", str(tmp_path / "b.jsonl"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl:1" in err and "UTF-8" in err and not (tmp_path / "b.jsonl").exists()

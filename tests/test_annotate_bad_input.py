@@ -25,7 +25,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 def _annotate(src: Path, out: Path, *extra: str) -> int:
-    return main(["annotate", "--in", str(src), "--out", str(out), "--quiet", *extra])
+    return main(["annotate", "--data", str(src), "--out", str(out), "--quiet", *extra])
 
 
 def _one_error_line(capsys) -> str:

@@ -279,13 +279,13 @@ def test_cli_killed_run_resumes(server, outputs, tmp_path):
         "annotate",
         "--annotator",
         "llm",
-        "--model",
+        "--endpoint-model",
         "toy",
         "--base-url",
         server.url,
         "--api-key-env",
         "MY_LLM_KEY",
-        "--in",
+        "--data",
         str(src),
         "--out",
         str(out),
@@ -371,7 +371,7 @@ def test_failed_run_leaves_the_previous_output_untouched(outputs, tmp_path, caps
         "".join(json.dumps({"id": t.id, "prompt": t.prompt, "response": t.response}) + "\n" for t in outputs)
     )
     out = tmp_path / "out.jsonl"
-    assert main(["annotate", "--annotator", "rules", "--in", str(src), "--out", str(out), "--quiet"]) == 0
+    assert main(["annotate", "--annotator", "rules", "--data", str(src), "--out", str(out), "--quiet"]) == 0
     good = out.read_bytes()
     assert any(json.loads(line)["spans"] for line in good.decode().splitlines())
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
@@ -382,11 +382,11 @@ def test_failed_run_leaves_the_previous_output_untouched(outputs, tmp_path, caps
                 "annotate",
                 "--annotator",
                 "llm",
-                "--model",
+                "--endpoint-model",
                 "x",
                 "--base-url",
                 url,
-                "--in",
+                "--data",
                 str(src),
                 "--out",
                 str(out),
@@ -409,13 +409,13 @@ def test_failed_run_leaves_the_previous_output_untouched(outputs, tmp_path, caps
                     "annotate",
                     "--annotator",
                     "llm",
-                    "--model",
+                    "--endpoint-model",
                     "x",
                     "--base-url",
                     f"http://127.0.0.1:{srv.server_address[1]}/v1",
                     "--retries",
                     "0",
-                    "--in",
+                    "--data",
                     str(src),
                     "--out",
                     str(out),

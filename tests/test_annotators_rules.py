@@ -260,7 +260,7 @@ def test_r1_rules_agreement_on_the_gold_set(gold):
 
 def test_cli_annotate_and_agree(tmp_path, capsys):
     out = tmp_path / "r1.jsonl"
-    assert main(["annotate", "--annotator", "rules", "--in", str(R1_STYLE), "--out", str(out), "--quiet"]) == 0
+    assert main(["annotate", "--annotator", "rules", "--data", str(R1_STYLE), "--out", str(out), "--quiet"]) == 0
     rep = json.loads((tmp_path / "r1.jsonl.report.json").read_text())
     assert rep["stats"]["traces"] == 44 and rep["annotator"] == {"name": "r1-rules"}
     assert rep["counts"]["segments_placed"] == rep["counts"]["segments"]
@@ -274,20 +274,20 @@ def test_cli_annotate_and_agree(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["backtracking"]["f1"] >= 0.6
     # the default annotator is the shipped one fitted on real GPT-4o labels
     default = tmp_path / "default.jsonl"
-    assert main(["annotate", "--in", str(R1_STYLE), "--out", str(default), "--quiet"]) == 0
+    assert main(["annotate", "--data", str(R1_STYLE), "--out", str(default), "--quiet"]) == 0
     rep = json.loads((tmp_path / "default.jsonl.report.json").read_text())
     assert rep["annotator"]["name"] == "linear" and rep["annotator"]["traces"] == 58
 
 
 def test_cli_errors_name_the_input(tmp_path, capsys):
-    assert main(["annotate", "--in", str(tmp_path / "nope"), "--out", str(tmp_path / "o.jsonl")]) == 2
-    assert "--in" in capsys.readouterr().err
+    assert main(["annotate", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "--data" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "response": "ok"}\n{"prompt": "p"}\n')
-    assert main(["annotate", "--in", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert main(["annotate", "--data", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:2" in err and "response" in err and len(err.strip().splitlines()) == 1
-    assert main(["annotate", "--annotator", "gpt", "--in", str(R1_STYLE), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert main(["annotate", "--annotator", "gpt", "--data", str(R1_STYLE), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "--annotator gpt" in capsys.readouterr().err
     other = tmp_path / "other.jsonl"
     other.write_text('{"id": "AIME_2024/0", "prompt": "", "response": "different"}\n')

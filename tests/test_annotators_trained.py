@@ -92,7 +92,7 @@ def test_cli_train_then_annotate_with_the_file(tmp_path, capsys):
             [
                 "annotate",
                 "train",
-                "--gold",
+                "--data",
                 str(R1_STYLE),
                 "--out",
                 str(model),
@@ -109,7 +109,7 @@ def test_cli_train_then_annotate_with_the_file(tmp_path, capsys):
     assert "2-fold cross-validated agreement" in out and "backtracking" in out
     assert LinearAnnotator.load(model).info["cross_validation"]["folds"] == 2
     traces = tmp_path / "t.jsonl"
-    assert main(["annotate", "--annotator", str(model), "--in", str(R1_STYLE), "--out", str(traces), "--quiet"]) == 0
+    assert main(["annotate", "--annotator", str(model), "--data", str(R1_STYLE), "--out", str(traces), "--quiet"]) == 0
     rep = json.loads((tmp_path / "t.jsonl.report.json").read_text())
     assert rep["annotator"]["name"] == "linear" and rep["stats"]["traces"] == 44
 
@@ -171,7 +171,7 @@ def test_cli_train_refuses_an_untrained_annotator(tmp_path, capsys, argv, flag):
     setting and writes no annotator file."""
     out = tmp_path / "a.safetensors"
     try:
-        rc = main(["annotate", "train", "--gold", str(R1_STYLE), "--out", str(out), "--quiet", *argv])
+        rc = main(["annotate", "train", "--data", str(R1_STYLE), "--out", str(out), "--quiet", *argv])
     except SystemExit as e:  # a range-checked option, refused by argparse
         rc = e.code
     err = capsys.readouterr().err.strip().splitlines()

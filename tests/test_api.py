@@ -202,7 +202,7 @@ PUBLIC_ENTRY_POINTS = {
     "lrm_interp.protect.masks": ("ProtectionMask", "MaskSet"),
     "lrm_interp.protect.policies": ("build_masks",),
     "lrm_interp.protect.encoding": ("save_masks", "load_masks", "bits_per_weight"),
-    "lrm_interp.protect.mixed": (
+    "lrm_interp.protect.bit_allocation": (
         "BitAllocation",
         "allocate_bits",
         "quantization_errors",

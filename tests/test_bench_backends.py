@@ -120,7 +120,7 @@ def test_openai_client_gives_up_with_the_reason(fake_endpoint):
 
 def test_openai_backend_in_a_resumable_run(fake_endpoint, tmp_path):
     url, st = fake_endpoint
-    items = {"math": load("math", toy_n=3)}
+    items = {"math": load("math", per_family=3)}
     be = OpenAIBackend(url, "served", concurrency=2)
     st_ = GenerationSettings(max_new_tokens=5, temperature=0)
     run_benchmark(be, items, tmp_path, settings=st_, progress=False)
@@ -135,7 +135,7 @@ PROMPTS_PER_FAMILY = 3
 
 
 def _toy_prompts():
-    items = [it for f in ("math", "logic", "knowledge") for it in load(f, toy_n=PROMPTS_PER_FAMILY)]
+    items = [it for f in ("math", "logic", "knowledge") for it in load(f, per_family=PROMPTS_PER_FAMILY)]
     return [it.prompt for it in items]
 
 
@@ -228,7 +228,7 @@ def test_openai_client_against_a_real_vllm_server(tmp_path):
     with vllm_server(toy_model_dir(), served_name="toy", log=tmp_path / "serve.log") as url:
         be = OpenAIBackend(url, "toy", concurrency=4, retries=2)
         got = be.generate(prompts, st)
-        items = {"logic": load("logic", toy_n=2)}
+        items = {"logic": load("logic", per_family=2)}
         run = run_benchmark(be, items, tmp_path / "run", settings=st, progress=False)
     assert [g[0].text for g in got] == [h[0].text for h in hf]
     assert [g[0].n_tokens for g in got] == [h[0].n_tokens for h in hf]

@@ -77,11 +77,11 @@ def test_bench_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--compress" in err and "rtn:BITS" in err and len(err.strip().splitlines()) == 1
     assert main(base + ["--tasks", "aime"]) == 2
-    assert "--data is required for aime" in capsys.readouterr().err
-    assert main(base + ["--tasks", "gsm8k", "--data", str(tmp_path)]) == 2
+    assert "--task-data is required for aime" in capsys.readouterr().err
+    assert main(base + ["--tasks", "gsm8k", "--task-data", str(tmp_path)]) == 2
     assert "unknown benchmark task 'gsm8k'" in capsys.readouterr().err
     (tmp_path / "aime.jsonl").write_text('{"problem": "x"}\n')
-    assert main(base + ["--tasks", "aime", "--data", str(tmp_path)]) == 2
+    assert main(base + ["--tasks", "aime", "--task-data", str(tmp_path)]) == 2
     assert "aime.jsonl:1: missing field 'Answer' / 'answer'" in capsys.readouterr().err
     assert main(base + ["--tasks", "math", "--backend", "openai"]) == 2
     assert "--base-url" in capsys.readouterr().err
@@ -97,7 +97,7 @@ def test_toy_items_follow_the_fact_table_the_model_learned(capsys, tmp_path):
     from lrm_interp.data.benchmarks import load
     from lrm_interp.data.toy_tasks import build_world
 
-    default, small = load("knowledge", toy_n=5), load("knowledge", toy_n=5, toy_people=64)
+    default, small = load("knowledge", per_family=5), load("knowledge", per_family=5, toy_people=64)
     people = set(build_world(64).people)
     assert all(any(p in it.prompt for p in people) for it in small)
     assert [it.prompt for it in default] != [it.prompt for it in small]

@@ -61,9 +61,23 @@ def test_musique_closed_book():
 
 
 def test_toy_families_need_no_file():
-    items = B.load("knowledge", toy_n=3, toy_seed=2)
+    items = B.load("knowledge", per_family=3, toy_seed=2)
     assert len(items) == 3 and items[0].prompt.endswith("?\n<think>\n") and items[0].id == "knowledge/0"
-    assert B.load("math", limit=2, toy_n=5)[1].index == 1
+    assert B.load("math", limit=2, per_family=5)[1].index == 1
+
+
+def test_load_toy_n_is_a_deprecated_keyword():
+    """``load(task, toy_n=N)`` (the old keyword) still works for one release, with a
+    DeprecationWarning naming ``per_family`` (the CLI's ``--per-family``); both at once are refused."""
+    from lrm_interp import benchmarks
+
+    with pytest.warns(DeprecationWarning, match="per_family"):
+        old = benchmarks.load("logic", toy_n=4, toy_seed=3)
+    assert [it.prompt for it in old] == [it.prompt for it in benchmarks.load("logic", per_family=4, toy_seed=3)]
+    with pytest.raises(TypeError, match="per_family only"):
+        benchmarks.load("logic", per_family=4, toy_n=4)
+    with pytest.raises(ValueError, match="per_family must be an integer >= 1"):
+        benchmarks.load("logic", per_family=0)
 
 
 @pytest.mark.parametrize(

@@ -75,7 +75,7 @@ class Counting(Backend):
 
 
 def _items(n=5):
-    return {"math": load("math", toy_n=n)}
+    return {"math": load("math", per_family=n)}
 
 
 def test_run_writes_paper_layout_and_resumes_after_interrupt(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from lrm_interp.cli.main import main
 from lrm_interp.data.benchmarks import load
 from lrm_interp.evaluation.bench_score import score_outputs
-from lrm_interp.evaluation.compute import (
+from lrm_interp.evaluation.output_stats import (
     backtracking_cues,
     detect_collapse,
     distinct_ngram_share,
@@ -145,7 +145,7 @@ def test_pass_at_1_over_samples_and_score_cli(tmp_path, capsys):
                 str(tmp_path / "out"),
                 "--tasks",
                 "musique",
-                "--data",
+                "--task-data",
                 str(DATA),
                 "--quiet",
                 "--no-plots",
@@ -154,5 +154,24 @@ def test_pass_at_1_over_samples_and_score_cli(tmp_path, capsys):
         == 0
     )
     assert "50.0 / 61.1" in capsys.readouterr().out
-    assert main(["bench", "score", "--outputs", str(tmp_path / "nope"), "--tasks", "musique", "--data", str(DATA)]) == 2
+    assert (
+        main(["bench", "score", "--outputs", str(tmp_path / "nope"), "--tasks", "musique", "--task-data", str(DATA)])
+        == 2
+    )
     assert "--outputs" in capsys.readouterr().err
+
+
+def test_old_compute_module_is_a_deprecated_re_export():
+    """``lrm_interp.evaluation.compute`` (the old name of ``evaluation/output_stats.py``) still
+    imports, for one release, with a DeprecationWarning naming the new module."""
+    import importlib
+    import sys
+
+    import lrm_interp.evaluation.output_stats as new
+
+    sys.modules.pop("lrm_interp.evaluation.compute", None)
+    with pytest.warns(DeprecationWarning, match="lrm_interp.evaluation.output_stats"):
+        old = importlib.import_module("lrm_interp.evaluation.compute")
+    assert set(old.__all__) == set(new.__all__)
+    for name in old.__all__:
+        assert getattr(old, name) is getattr(new, name), name

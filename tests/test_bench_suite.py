@@ -20,7 +20,7 @@ def _settings() -> GenerationSettings:
 
 
 def test_one_folder_per_model_and_variant(tmp_path):
-    items = {"math": load("math", None, toy_n=2, toy_seed=2)}
+    items = {"math": load("math", None, per_family=2, toy_seed=2)}
     cfg = SuiteConfig(_settings(), (parse_compression("none"), parse_compression("rtn:4:sym")))
     runs = run_suite(["toy"], items, tmp_path, cfg, progress=False)
     assert [r.model for r in runs] == ["toy", "toy-rtn4sym"]
@@ -34,7 +34,7 @@ def test_one_folder_per_model_and_variant(tmp_path):
 
 
 def test_refusals_come_before_any_write(tmp_path):
-    items = {"knowledge": load("knowledge", None, toy_n=1, toy_seed=2, toy_people=64)}
+    items = {"knowledge": load("knowledge", None, per_family=1, toy_seed=2, toy_people=64)}
     cfg = SuiteConfig(_settings())
     with pytest.raises(ValueError, match="learned a fact table of 512 people.*--toy-people 512"):
         run_suite(["toy"], items, tmp_path / "out", cfg, toy_people=64, progress=False)

@@ -108,8 +108,8 @@ def _required_args(cmd: str, flag: str, tmp: Path, traces: Path) -> list[str]:
         if a.required and a.option_strings and a.option_strings[0] != flag:
             assert a.option_strings[0] in dummies, f"add a dummy value for {cmd} {a.option_strings[0]} to the walk"
             argv += [a.option_strings[0], dummies[a.option_strings[0]]]
-    if cmd == "annotate":  # --in and --out are required by the command itself (not by argparse)
-        argv += ["--in", str(traces), "--out", str(tmp / "out.jsonl")]
+    if cmd == "annotate":  # --data and --out are required by the command itself (not by argparse)
+        argv += ["--data", str(traces), "--out", str(tmp / "out.jsonl")]
     return argv
 
 

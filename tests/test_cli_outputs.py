@@ -120,11 +120,11 @@ def test_annotate_outputs_never_name_the_input_or_each_other(capsys, tmp_path):
         )
     )
     same = tmp_path / "same.jsonl"
-    base = ["annotate", "--annotator", "rules", "--quiet", "--in", src]
+    base = ["annotate", "--annotator", "rules", "--quiet", "--data", src]
     _refused(capsys, base + ["--out", same, "--report", same], ["--out", "--report"], src)
     assert not same.exists()
-    _refused(capsys, base + ["--out", tmp_path / "o.jsonl", "--report", src], ["--report", "--in"], src)
-    _refused(capsys, base + ["--out", src], ["--out", "--in"], src)
+    _refused(capsys, base + ["--out", tmp_path / "o.jsonl", "--report", src], ["--report", "--data"], src)
+    _refused(capsys, base + ["--out", src], ["--out", "--data"], src)
     _refused(capsys, base + ["--out", same, "--cache", same], ["--out", "--cache"], src)
     # distinct paths still work
     assert main([str(x) for x in base + ["--out", same, "--report", tmp_path / "r.json"]]) == 0

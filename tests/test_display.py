@@ -10,7 +10,7 @@ from lrm_interp.attribution.results import Attribution, compare
 from lrm_interp.display import html_heatmap, html_table
 from lrm_interp.experiments.protection_table import ExperimentSettings, ProtectionTable, ResultRow
 from lrm_interp.model.sites import find_sites
-from lrm_interp.protect.mixed import uniform_allocation
+from lrm_interp.protect.bit_allocation import uniform_allocation
 from lrm_interp.testing import tiny_model
 
 

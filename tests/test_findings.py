@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lrm_interp.evaluation.compute import short_long_split
+from lrm_interp.evaluation.output_stats import short_long_split
 from lrm_interp.experiments import findings as fd
 
 

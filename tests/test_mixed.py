@@ -15,9 +15,7 @@ from lrm_interp.compress.quant.rtn import rtn_quantize
 from lrm_interp.model.sites import find_sites, get_module
 from lrm_interp.model.weights import weight_matrix
 from lrm_interp.protect import exports
-from lrm_interp.protect.encoding import bits_per_weight
-from lrm_interp.protect.masks import ProtectionMask
-from lrm_interp.protect.mixed import (
+from lrm_interp.protect.bit_allocation import (
     BitAllocation,
     allocate_bits,
     allocation_bpw,
@@ -25,6 +23,8 @@ from lrm_interp.protect.mixed import (
     quantize_allocation_,
     uniform_allocation,
 )
+from lrm_interp.protect.encoding import bits_per_weight
+from lrm_interp.protect.masks import ProtectionMask
 from lrm_interp.testing import byte_tokenizer, tiny_model
 
 CHOICES = (2, 3, 4, 8, 16)
@@ -64,7 +64,7 @@ def test_quantization_errors_are_the_rtn_errors(model):
 
 
 def test_hessian_sensitivity_is_mean_diagonal():
-    from lrm_interp.protect.mixed import hessian_sensitivity
+    from lrm_interp.protect.bit_allocation import hessian_sensitivity
 
     X = torch.randn(50, 8, dtype=torch.float64)
     H = X.T @ X / 50
@@ -313,3 +313,19 @@ def test_allocate_bits_refuses_bad_choices_and_sensitivities(model):
         allocate_bits(sites, err, {sites[0].name: float("nan")}, 4.0, choices=CHOICES)
     with pytest.raises(ValueError, match="group_size must be positive or None, got 0"):
         allocate_bits(sites, err, None, 4.0, choices=CHOICES, group_size=0)
+
+
+def test_old_module_path_is_a_deprecated_re_export():
+    """``lrm_interp.protect.mixed`` (the old name of ``protect/bit_allocation.py``) still imports,
+    for one release, with a DeprecationWarning naming the new module; the names are the same objects."""
+    import importlib
+    import sys
+
+    import lrm_interp.protect.bit_allocation as new
+
+    sys.modules.pop("lrm_interp.protect.mixed", None)
+    with pytest.warns(DeprecationWarning, match="lrm_interp.protect.bit_allocation"):
+        old = importlib.import_module("lrm_interp.protect.mixed")
+    assert set(old.__all__) >= set(new.__all__)
+    for name in old.__all__:
+        assert getattr(old, name) is getattr(new, name), name

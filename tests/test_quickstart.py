@@ -191,7 +191,7 @@ def test_quickstart_tiny_says_so(tmp_path, capsys):
     b, _ = load_masks(tmp_path / "qs" / "masks.safetensors")
     assert a == b  # the CLI reproduces the quickstart's masks exactly
     # so does `bits` the mixed-precision allocation
-    from lrm_interp.protect.mixed import BitAllocation
+    from lrm_interp.protect.bit_allocation import BitAllocation
 
     cmd = next(c for c in s.commands if c.startswith("lrm-interp bits"))
     argv = cmd.split()[1:]

@@ -99,7 +99,7 @@ def test_entry_point_and_registration_that_disagree_raise_at_lookup(clean_aliase
 def test_paper_tasks_then_toy_families_are_registered():
     assert list(T.TASKS) == ["aime", "folio", "temporal", "musique", "math", "logic", "knowledge"]
     assert B.get_task("AIME24").name == "aime" and B.get_task("bigbench_temporal_sequences").name == "temporal"
-    items = B.load("logic", toy_n=2, toy_seed=5)
+    items = B.load("logic", per_family=2, toy_seed=5)
     assert [i.id for i in items] == ["logic/0", "logic/1"] and items[0].source.startswith("lrm_interp.data.toy_tasks ")
     assert B.grade("logic", items[0], "x\n</think>\nThe answer is " + items[0].gold + ".").score == 1.0
 

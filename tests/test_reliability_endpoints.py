@@ -129,7 +129,7 @@ def test_refused_bench_run_leaves_the_folder_untouched(tmp_path, capsys):
         str(_tiny_model_dir(tmp_path)),
         "--tasks",
         "aime",
-        "--data",
+        "--task-data",
         str(data),
         "--temperature",
         "0",
@@ -221,7 +221,7 @@ def test_bad_gold_is_a_one_line_cli_error(tmp_path, capsys):
                 str(tmp_path / "runs"),
                 "--tasks",
                 "aime",
-                "--data",
+                "--task-data",
                 str(tmp_path),
                 "--quiet",
             ]
@@ -251,7 +251,7 @@ def test_limit_must_be_positive(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
     with pytest.raises(ValueError, match="limit must be an integer >= 1"):
         load("math", limit=-1)
-    assert len(load("math", limit=2, toy_n=3)) == 2
+    assert len(load("math", limit=2, per_family=3)) == 2
 
 
 def test_score_reports_files_it_ignores(tmp_path, capsys):
@@ -284,7 +284,7 @@ def test_score_reports_files_it_ignores(tmp_path, capsys):
                 str(tmp_path),
                 "--tasks",
                 "aime",
-                "--data",
+                "--task-data",
                 str(DATA / "aime.csv"),
                 "--limit",
                 "2",
@@ -348,8 +348,8 @@ def test_endpoint_flags_are_refused_by_both_commands(tmp_path, capsys, flag, val
     src = tmp_path / "o.jsonl"
     src.write_text(json.dumps({"prompt": "q", "response": "Okay.</think>A"}) + "\n")
     url = _dead_url()
-    for annotator in (["--annotator", "llm", "--model", "m", "--base-url", url], ["--annotator", "rules"]):
-        assert _rc(["annotate", *annotator, "--in", str(src), "--out", str(tmp_path / "t.jsonl"), flag, value]) == 2
+    for annotator in (["--annotator", "llm", "--endpoint-model", "m", "--base-url", url], ["--annotator", "rules"]):
+        assert _rc(["annotate", *annotator, "--data", str(src), "--out", str(tmp_path / "t.jsonl"), flag, value]) == 2
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1 and "deprecated" not in err
     if flag != "--workers":  # an annotate-only alias
@@ -419,7 +419,7 @@ def test_unreachable_endpoint_cli_exits_2_naming_the_url_before_any_write(tmp_pa
                 "openai",
                 "--base-url",
                 url,
-                "--model",
+                "--endpoint-model",
                 "m",
                 "--tasks",
                 "math",
@@ -441,11 +441,11 @@ def test_unreachable_endpoint_cli_exits_2_naming_the_url_before_any_write(tmp_pa
                 "annotate",
                 "--annotator",
                 "llm",
-                "--model",
+                "--endpoint-model",
                 "m",
                 "--base-url",
                 url,
-                "--in",
+                "--data",
                 str(src),
                 "--out",
                 str(tmp_path / "t.jsonl"),
@@ -504,11 +504,11 @@ def test_endpoint_gone_mid_run_stops_the_cli(endpoint, tmp_path, capsys):
                     "annotate",
                     "--annotator",
                     "llm",
-                    "--model",
+                    "--endpoint-model",
                     "m",
                     "--base-url",
                     endpoint.url,
-                    "--in",
+                    "--data",
                     str(src),
                     "--out",
                     str(out),
@@ -597,7 +597,7 @@ def test_annotate_and_bench_share_the_endpoint_flags(capsys):
 
     assert spec(_parser_of("annotate")) == spec(_parser_of("bench", "run"))
     assert spec(_parser_of("annotate"))["--retries"][0] == E.DEFAULT_RETRIES
-    a = build_parser().parse_args(["annotate", "--workers", "3", "--in", "x", "--out", "y"])
+    a = build_parser().parse_args(["annotate", "--workers", "3", "--data", "x", "--out", "y"])
     assert a.concurrency == 3
     assert "--workers is deprecated; use --concurrency" in capsys.readouterr().err
 
@@ -615,7 +615,7 @@ def test_deprecated_workers_flag_still_runs(tmp_path, capsys):
                 "rules",
                 "--workers",
                 "2",
-                "--in",
+                "--data",
                 str(src),
                 "--out",
                 str(tmp_path / "t.jsonl"),
@@ -639,7 +639,7 @@ def test_bench_openai_backend_through_the_cli(endpoint, tmp_path, capsys):
                 "openai",
                 "--base-url",
                 endpoint.url,
-                "--model",
+                "--endpoint-model",
                 "served",
                 "--tasks",
                 "math",

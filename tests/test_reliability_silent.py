@@ -259,7 +259,7 @@ def _copy(src: Path, dst: Path) -> Path:
 def _items() -> dict:
     from lrm_interp.data.benchmarks import load
 
-    return {t: load(t, None, toy_n=3, toy_seed=2) for t in ("math", "logic")}
+    return {t: load(t, None, per_family=3, toy_seed=2) for t in ("math", "logic")}
 
 
 SCORE = ["bench", "score", "--tasks", "math", "logic", "--per-family", "3", "--quiet", "--no-plots"]
@@ -342,8 +342,8 @@ def test_file_outputs_naming_a_folder_are_refused_before_any_work(tmp_path, monk
     (d / "mine.txt").write_text("mine")
     traces = _write_jsonl(tmp_path / "t.jsonl", [_record()])
     for argv in (
-        ["annotate", "--in", str(traces), "--out", str(d), "--overwrite", "--quiet"],
-        ["annotate", "--in", str(traces), "--out", str(tmp_path / "o.jsonl"), "--report", str(d), "--overwrite"],
+        ["annotate", "--data", str(traces), "--out", str(d), "--overwrite", "--quiet"],
+        ["annotate", "--data", str(traces), "--out", str(tmp_path / "o.jsonl"), "--report", str(d), "--overwrite"],
         ["protect", "--scores", str(tmp_path / "A"), "--model", "toy", "--data", str(traces), "--out", str(d)]
         + ["--overwrite", "--quiet"],
         ["toy", "traces", "--gold", "--out", str(d), "--overwrite"],

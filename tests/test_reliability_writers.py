@@ -81,7 +81,7 @@ def _outputs_file(tmp_path):
 def test_annotate_refuses_an_existing_out_or_report_without_overwrite(tmp_path, capsys):
     """A successful ``annotate --out F`` replaced an existing F (and ``--report R``) silently."""
     src = _outputs_file(tmp_path)
-    base = ["annotate", "--annotator", "rules", "--in", str(src), "--quiet"]
+    base = ["annotate", "--annotator", "rules", "--data", str(src), "--quiet"]
     out, rep = tmp_path / "mine.jsonl", tmp_path / "mine.json"
     out.write_text("my own file\n")
     assert _rc(base + ["--out", str(out)]) == 2
@@ -101,7 +101,7 @@ def test_annotate_train_refuses_an_existing_out_without_overwrite(tmp_path, caps
     gold = Path(__file__).parent / "data" / "r1_style"
     out = tmp_path / "a.safetensors"
     out.write_bytes(b"mine")
-    argv = ["annotate", "train", "--gold", str(gold), "--folds", "0", "--steps", "2", "--quiet", "--out", str(out)]
+    argv = ["annotate", "train", "--data", str(gold), "--folds", "0", "--steps", "2", "--quiet", "--out", str(out)]
     assert _rc(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert out.read_bytes() == b"mine"
@@ -141,7 +141,7 @@ def test_bench_score_refuses_an_out_holding_its_files_without_overwrite(tmp_path
         str(runs),
         "--tasks",
         "musique",
-        "--data",
+        "--task-data",
         str(data),
         "--quiet",
         "--no-plots",

@@ -17,8 +17,8 @@ from lrm_interp.evaluation.divergence import divergence
 from lrm_interp.evaluation.intervals import bootstrap_interval, wilson_interval
 from lrm_interp.experiments.study import ROW_KEYS, StudyResult, StudySettings, run_study, study_items
 from lrm_interp.model.sites import find_sites
+from lrm_interp.protect.bit_allocation import BitAllocation
 from lrm_interp.protect.encoding import bits_per_weight, load_masks
-from lrm_interp.protect.mixed import BitAllocation
 from lrm_interp.testing import byte_tokenizer, tiny_model
 from lrm_interp.toy.tasks import generate_dataset, problems
 

@@ -3,7 +3,13 @@
 Mirrors :func:`lrm_interp.data.annotate.annotate_dataset`, :func:`~lrm_interp.data.annotate.annotation_agreement`
 and :meth:`~lrm_interp.data.annotate.LinearAnnotator.fit` / :func:`~lrm_interp.data.annotate.cross_validate`.
 The LLM key is read from the environment (``--api-key-env``, default ``OPENAI_API_KEY``) and
-never written anywhere; the report records the model name and settings only. The endpoint flags
+never written anywhere; the report records the model name and settings only.
+
+Input traces are ``--data`` here as in every command (``--in`` and ``annotate train --gold``, the
+old spellings, are deprecated aliases for one release). ``annotate agree`` keeps ``--gold`` /
+``--pred``: there the two inputs are the *reference* annotation and the one scored against it,
+and the flag names say which is which. The served LLM is ``--endpoint-model``
+(:mod:`lrm_interp.cli.endpoint_args`; ``--model``, the old spelling, is a deprecated alias). The endpoint flags
 are ``lrm-interp bench run``'s (:mod:`lrm_interp.cli.endpoint_args`); an endpoint that cannot be
 reached ends the command with one line naming the URL, before any file is written (or, when it
 goes away mid-run, as soon as the client gives it up: the run stops there).
@@ -33,9 +39,9 @@ def _build(a: argparse.Namespace):
     if a.annotator == "llm":
         from lrm_interp.cli.endpoint_args import endpoint_config
 
-        model = a.model or os.environ.get("LRM_INTERP_LLM_MODEL")
+        model = a.endpoint_model or os.environ.get("LRM_INTERP_LLM_MODEL")
         if not model:
-            raise CliError("--annotator llm needs --model NAME (or LRM_INTERP_LLM_MODEL)")
+            raise CliError("--annotator llm needs --endpoint-model NAME (or LRM_INTERP_LLM_MODEL)")
         cfg = endpoint_config(a)
         template = None
         if a.prompt_file:
@@ -76,21 +82,21 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     from lrm_interp.cli.common import CliError, check_paths, reading, require_path
     from lrm_interp.data.annotate import annotate_dataset, load_outputs
 
-    if not a.inp or not a.out:
-        raise CliError("--in OUTPUTS and --out FILE are required (or use 'annotate agree' / 'annotate train')")
-    # no two of --in / --out / --report / --cache may name the same path (nor an output lie inside --in)
+    if not a.data or not a.out:
+        raise CliError("--data OUTPUTS and --out FILE are required (or use 'annotate agree' / 'annotate train')")
+    # no two of --data / --out / --report / --cache may name the same path (nor an output lie inside --data)
     check_paths(
         {"--out": a.out, "--report": a.report, "--cache": a.cache},
-        {"--in": a.inp, "--annotator": a.annotator, "--prompt-file": a.prompt_file},
+        {"--data": a.data, "--annotator": a.annotator, "--prompt-file": a.prompt_file},
     )
     # an existing --out / --report is replaced only with --overwrite (--cache is meant to be reused)
     check_paths({"--out": a.out, "--report": a.report}, overwrite=a.overwrite, files=True)
-    src = require_path(a.inp, "--in")
+    src = require_path(a.data, "--data")
     annotator = _build(a)
-    with reading(src, "--in"):
+    with reading(src, "--data"):
         traces = load_outputs(src, progress=not a.quiet)
     if not len(traces):
-        raise CliError(f"--in {src}: no model outputs found")
+        raise CliError(f"--data {src}: no model outputs found")
     # an LLM endpoint: one request in flight per trace, up to --concurrency; offline annotators: one
     # thread unless --concurrency says otherwise
     endpoint = getattr(getattr(annotator, "complete", None), "endpoint", None)
@@ -229,7 +235,7 @@ def _downstream_sources(a: argparse.Namespace) -> list[str]:
         if n == "llm":
             raise CliError(
                 "--annotator llm needs an endpoint: annotate the outputs first ('lrm-interp annotate "
-                "--annotator llm --in OUTPUTS --out llm.jsonl') and compare that file with --pred llm.jsonl"
+                "--annotator llm --data OUTPUTS --out llm.jsonl') and compare that file with --pred llm.jsonl"
             )
         if n not in ANNOTATOR_NAMES and n != CV_ANNOTATOR and not Path(n).expanduser().is_file():
             known = [x for x in ANNOTATOR_NAMES if x != "llm"] + [CV_ANNOTATOR]
@@ -351,12 +357,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     from lrm_interp.cli.common import CliError, check_paths
     from lrm_interp.data.annotate import LinearAnnotator, cross_validate, format_agreement
 
-    check_paths({"--out": a.out}, {"--gold": a.gold}, overwrite=a.overwrite, files=True)
+    if a.data is None:  # not required by argparse, so that the deprecated --gold can stand for it
+        raise CliError("--data PATH (the annotated traces to fit on) is required")
+    check_paths({"--out": a.out}, {"--data": a.data}, overwrite=a.overwrite, files=True)
     if a.folds == 1:  # the other ranges are the flags' argparse types
         raise CliError("--folds must be 0 (no cross-validation) or an integer >= 2, got 1")
-    gold = _load_annotated(a.gold, "--gold")
+    gold = _load_annotated(a.data, "--data")
     if not any(t.spans for t in gold):
-        raise CliError(f"--gold {a.gold}: no trace has behaviour spans to learn from")
+        raise CliError(f"--data {a.data}: no trace has behaviour spans to learn from")
     fit_kw = {"l2": a.l2, "steps": a.steps, "class_balance": a.class_balance}
     info_cv = None
     if a.folds:
@@ -383,7 +391,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     model.save(a.out)
     print(
         f"wrote {a.out} (fitted on {model.info['traces']} traces, {model.info['sentences']} sentences); use it with "
-        f"'lrm-interp annotate --annotator {a.out} --in OUTPUTS --out traces.jsonl'"
+        f"'lrm-interp annotate --annotator {a.out} --data OUTPUTS --out traces.jsonl'"
     )
     return 0
 
@@ -417,21 +425,32 @@ def register(sub) -> None:
         "their own offsets, an LLM's markup goes through the paper-markup parser and aligner; the "
         "report (--report) accounts for every trace and segment.",
         examples=[
-            f"{PROG} annotate --in outputs_dir --out traces.jsonl",
-            f"{PROG} annotate --annotator llm --model gpt-4o --in outputs.jsonl --out traces.jsonl --concurrency 8",
-            f"{PROG} annotate --annotator llm --model toy --base-url http://127.0.0.1:8011/v1 --in out.jsonl "
-            "--out traces.jsonl --chunk-chars 4000",
+            f"{PROG} annotate --data outputs_dir --out traces.jsonl",
+            f"{PROG} annotate --annotator llm --endpoint-model gpt-4o --data outputs.jsonl --out traces.jsonl "
+            "--concurrency 8",
+            f"{PROG} annotate --annotator llm --endpoint-model toy --base-url http://127.0.0.1:8011/v1 "
+            "--data out.jsonl --out traces.jsonl --chunk-chars 4000",
             f"{PROG} annotate agree --gold tests/data/r1_style --pred traces.jsonl",
         ],
     )
+    from lrm_interp.cli.endpoint_args import DeprecatedAlias
+
     io = an.add_argument_group("input and output")
     io.add_argument(
-        "--in",
-        dest="inp",
+        "--data",
         default=None,
         metavar="OUTPUTS",
-        help="paper-layout folder (outputs/<task>/<j>.txt, optional problems/) or JSONL of "
-        "{id?, prompt, response} records",
+        help="the model outputs to annotate: a paper-layout folder (outputs/<task>/<j>.txt, optional "
+        "problems/) or JSONL of {id?, prompt, response} records",
+    )
+    io.add_argument(
+        "--in",
+        dest="data",
+        action=DeprecatedAlias,
+        new="--data",
+        metavar="OUTPUTS",
+        default=argparse.SUPPRESS,
+        help="deprecated spelling of --data",
     )
     io.add_argument("--out", default=None, metavar="FILE", help="output JSONL trace file")
     io.add_argument(
@@ -462,15 +481,13 @@ def register(sub) -> None:
         "LLM endpoint (used by --annotator llm, range-checked with any annotator; the same "
         "endpoint flags as 'lrm-interp bench run'); the key is read from the environment only"
     )
-    llm.add_argument(
-        "--model", default=None, metavar="NAME", help="model name on the endpoint (default: $LRM_INTERP_LLM_MODEL)"
-    )
     add_endpoint_args(
         llm,
         base_url_help="API root ending in /v1 (default: $OPENAI_BASE_URL, else OpenAI's)",
         concurrency_help="traces annotated at the same time, one request in flight each (an offline "
         "annotator: 1 unless given)",
-        aliases={"--workers": "--concurrency"},
+        endpoint_model_help="the LLM's name on the endpoint, e.g. gpt-4o (default: $LRM_INTERP_LLM_MODEL)",
+        aliases={"--workers": "--concurrency", "--model": "--endpoint-model"},
     )
     llm.add_argument(
         "--mode",
@@ -651,12 +668,23 @@ def register(sub) -> None:
         "features) on annotated traces; print its k-fold cross-validated agreement; save it "
         "as one safetensors file usable as --annotator FILE.",
         examples=[
-            f"{PROG} annotate train --gold my_gpt4o_layout/ --out my_annotator.safetensors",
-            f"{PROG} annotate train --gold tests/data/r1_style --out r1.safetensors --folds 5",
-            f"{PROG} annotate train --gold ../shared/data/r1_gpt4o_dev --out r1_gpt4o.safetensors --region gold",
+            f"{PROG} annotate train --data my_gpt4o_layout/ --out my_annotator.safetensors",
+            f"{PROG} annotate train --data tests/data/r1_style --out r1.safetensors --folds 5",
+            f"{PROG} annotate train --data ../shared/data/r1_gpt4o_dev --out r1_gpt4o.safetensors --region gold",
         ],
     )
-    tr.add_argument("--gold", required=True, metavar="PATH", help="annotated traces (paper layout or JSONL)")
+    tr.add_argument(
+        "--data", default=None, metavar="PATH", help="annotated traces to fit on (paper layout or JSONL); required"
+    )
+    tr.add_argument(
+        "--gold",
+        dest="data",
+        action=DeprecatedAlias,
+        new="--data",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="deprecated spelling of --data",
+    )
     tr.add_argument("--out", required=True, metavar="FILE", help="annotator file to write (.safetensors)")
     tr.add_argument("--folds", type=nonneg_int, default=5, metavar="K", help="cross-validation folds, >= 2 (0: skip)")
     tr.add_argument(

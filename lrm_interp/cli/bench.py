@@ -1,6 +1,15 @@
 """``lrm-interp bench run|score``: benchmark models (and compressed variants) on the paper's tasks
-(:func:`lrm_interp.evaluation.bench_run.run_benchmark`,
-:func:`lrm_interp.evaluation.bench_score.score_outputs`)."""
+(:func:`lrm_interp.evaluation.bench_suite.run_suite`,
+:func:`lrm_interp.evaluation.bench_score.score_outputs`).
+
+``--model`` is a local model (a Hugging Face folder or an alias), as in every other command; a
+model served by an OpenAI-compatible endpoint is ``--endpoint-model NAME`` (the endpoint flags
+of :mod:`lrm_interp.cli.endpoint_args`, shared with ``annotate``), which implies ``--backend
+openai``. ``--backend openai --model NAME``, the old spelling, still works, with a note.
+``--task-data`` is the benchmark's task files, as in ``lrm-interp study`` (``--data``, the old
+spelling, is a deprecated alias: ``--data`` is the input traces of every other command);
+``--per-family`` (``--toy-n``, deprecated) the toy problems per family.
+"""
 
 from __future__ import annotations
 
@@ -34,24 +43,54 @@ def _tasks_and_items(a: argparse.Namespace) -> dict:
     except KeyError as e:
         raise CliError(f"--tasks: {e.args[0]}") from e
     if any(t.needs_data for t in tasks):
-        if a.data is None:
+        if a.task_data is None:
             need = ", ".join(t.name for t in tasks if t.needs_data)
             raise CliError(
-                f"--data is required for {need} (a folder with <task>.json|jsonl|csv, see docs/benchmark.md)"
+                f"--task-data is required for {need} (a folder with <task>.json|jsonl|csv, see docs/benchmark.md)"
             )
-        require_path(a.data, "--data")
+        require_path(a.task_data, "--task-data")
     items = {}
     for t in tasks:
-        with reading(a.data or ".", "--data"):
+        with reading(a.task_data or ".", "--task-data"):
             items[t.name] = load(
                 t.name,
-                a.data if t.needs_data else None,
+                a.task_data if t.needs_data else None,
                 limit=a.limit,
-                toy_n=a.per_family,
+                per_family=a.per_family,
                 toy_seed=a.toy_seed,
                 toy_people=a.toy_people,
             )
     return items
+
+
+def _models(a: argparse.Namespace) -> list[str]:
+    """The models to benchmark: ``--model`` (local) or ``--endpoint-model`` (served; sets
+    ``a.backend`` to ``openai`` when no ``--backend`` was given). ``--backend openai --model NAME``
+    (the old spelling) is taken with a note on stderr naming ``--endpoint-model``."""
+    import sys
+
+    if a.model and a.endpoint_model:
+        raise CliError(
+            "--model (a local model) and --endpoint-model (a model served by --base-url) exclude each "
+            "other; benchmark them in two runs"
+        )
+    if a.endpoint_model:
+        if a.backend not in (None, "openai"):
+            raise CliError(
+                f"--endpoint-model names a model served by an OpenAI-compatible endpoint, not one for "
+                f"--backend {a.backend}; use --model DIR|ALIAS for a local model"
+            )
+        a.backend = "openai"
+        return list(a.endpoint_model)
+    if not a.model:
+        raise CliError("--model DIR|ALIAS (a local model) or --endpoint-model NAME (a served one) is required")
+    a.backend = a.backend or "hf"
+    if a.backend == "openai":
+        print(
+            f"{PROG}: note: --backend openai --model is deprecated; use --endpoint-model (same meaning)",
+            file=sys.stderr,
+        )
+    return list(a.model)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -68,6 +107,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         specs = tuple(parse_compression(s) for s in a.compress)
     except ValueError as e:
         raise CliError(f"--compress: {e}") from e
+    models = _models(a)
     endpoint = None
     if a.backend == "openai":
         import os
@@ -76,12 +116,15 @@ def cmd_run(a: argparse.Namespace) -> int:
         from lrm_interp.endpoint import BASE_URL_ENV
 
         if a.base_url is None and not os.environ.get(BASE_URL_ENV):
-            raise CliError(f"--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1) or ${BASE_URL_ENV}")
+            raise CliError(
+                f"the openai backend (--endpoint-model) needs --base-url (e.g. http://127.0.0.1:8000/v1) or "
+                f"${BASE_URL_ENV}"
+            )
         endpoint = endpoint_config(a)
         if any(s.method != "none" for s in specs):
             raise CliError("--compress applies to local models only (hf, vllm), not to an HTTP endpoint")
     else:
-        for m in a.model:
+        for m in models:
             require_model(m)
     if a.calib is not None:
         require_path(a.calib, "--calib")
@@ -106,7 +149,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     try:
         runs = run_suite(
-            a.model,
+            models,
             items,
             out,
             cfg,
@@ -126,7 +169,7 @@ def cmd_run(a: argparse.Namespace) -> int:
                 f"{r.model:24s} {t.task:10s} items {t.n_items:4d}  resumed {t.resumed:4d}  generated {t.generated:4d}"
                 f"  ({t.seconds:.1f} s)"
             )
-    same = [f"--data {a.data}"] if a.data else []  # the items as this run made them
+    same = [f"--task-data {a.task_data}"] if a.task_data else []  # the items as this run made them
     if a.limit is not None:
         same.append(f"--limit {a.limit}")
     if any(t in items for t in ("math", "logic", "knowledge")):
@@ -216,8 +259,8 @@ def cmd_score(a: argparse.Namespace) -> int:
 
 
 def _task_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The task flags of ``bench run`` and ``bench score`` (``--toy-n``: the old spelling of
-    ``--per-family``, kept as a deprecated alias for one release)."""
+    """The task flags of ``bench run`` and ``bench score`` (``--toy-n`` and ``--data``: the old
+    spellings of ``--per-family`` and ``--task-data``, kept as deprecated aliases for one release)."""
     from lrm_interp.cli.endpoint_args import DeprecatedAlias
 
     p.add_argument(
@@ -226,15 +269,24 @@ def _task_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
         action=Accumulate,
         required=True,
         metavar="TASK",
-        help="benchmark tasks: aime, folio, temporal, musique (need --data) and the toy families math, "
+        help="benchmark tasks: aime, folio, temporal, musique (need --task-data) and the toy families math, "
         "logic, knowledge",
     )
     p.add_argument(
-        "--data",
+        "--task-data",
         default=None,
         metavar="DIR|FILE",
         help="folder with the task files (<task>.json|jsonl|csv, e.g. aime.csv, folio.jsonl, temporal.json "
         "or temporal_sequences/task.json, musique.jsonl), or one file for one task",
+    )
+    p.add_argument(
+        "--data",
+        dest="task_data",
+        action=DeprecatedAlias,
+        new="--task-data",
+        metavar="DIR|FILE",
+        default=argparse.SUPPRESS,
+        help="deprecated spelling of --task-data",
     )
     p.add_argument(
         "--limit",
@@ -307,30 +359,30 @@ def register(sub) -> None:
         examples=[
             f"{PROG} bench run --model toy --tasks math logic knowledge --temperature 0 "
             "--max-new-tokens 480 --batch-size 45 --compress none rtn:3 sparsegpt:0.5 --out bench",
-            f"{PROG} bench run --model ./r1-distill --tasks aime folio temporal musique --data "
+            f"{PROG} bench run --model ./r1-distill --tasks aime folio temporal musique --task-data "
             "data/ --n-samples 64 --out bench_r1",
-            f"{PROG} bench run --backend openai --base-url http://127.0.0.1:8000/v1 --model served "
-            "--tasks folio --data data/ --concurrency 16 --retries 5 --out bench_api",
+            f"{PROG} bench run --base-url http://127.0.0.1:8000/v1 --endpoint-model served "
+            "--tasks folio --task-data data/ --concurrency 16 --retries 5 --out bench_api",
         ],
     )
     g = r.add_argument_group("models and tasks")
     g.add_argument(
         "--model",
         action="append",
-        required=True,
-        metavar="DIR|ALIAS|NAME",
-        help="model to benchmark (repeat for several): a Hugging Face folder or an alias ("
+        default=None,
+        metavar="DIR|ALIAS",
+        help="local model to benchmark (repeat for several): a Hugging Face folder or an alias ("
         + ", ".join(model_aliases())
-        + "); with --backend openai the served model name",
+        + "); a served model is --endpoint-model",
     )
     _task_args(g)
     g.add_argument("--out", required=True, metavar="DIR", help="output folder (one subfolder per model variant)")
     g.add_argument(
         "--backend",
         choices=BACKENDS,
-        default="hf",
-        help="hf = transformers generate; vllm = vLLM offline engine in its own Python; openai = an "
-        "OpenAI-compatible HTTP endpoint",
+        default=None,
+        help="hf = transformers generate (default with --model); vllm = vLLM offline engine in its own "
+        "Python; openai = an OpenAI-compatible HTTP endpoint (default with --endpoint-model)",
     )
     g.add_argument("--device", default="cpu", help="device of the hf backend's model (cpu, cuda, cuda:1)")
     c = r.add_argument_group("compression (hf and vllm backends)")
@@ -367,7 +419,11 @@ def register(sub) -> None:
         "openai backend (range-checked with any backend; the same endpoint flags as 'lrm-interp annotate')"
     )
     add_endpoint_args(
-        o, base_url_help="endpoint base URL ending in /v1, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL)"
+        o,
+        base_url_help="endpoint base URL ending in /v1, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL)",
+        endpoint_model_help="served model to benchmark (repeat for several): its name on the endpoint; "
+        "implies --backend openai",
+        several_models=True,
     )
     v = r.add_argument_group("vllm backend")
     v.add_argument(
@@ -395,7 +451,7 @@ def register(sub) -> None:
         "accuracy.csv, collapse_points.csv, tables.md and plots.",
         examples=[
             f"{PROG} bench score --outputs bench --tasks math logic knowledge",
-            f"{PROG} bench score --outputs paper_outputs/ --tasks aime folio --data data/ "
+            f"{PROG} bench score --outputs paper_outputs/ --tasks aime folio --task-data data/ "
             "--tokenizer toy --max-new-tokens 32768 --out scores",
         ],
     )

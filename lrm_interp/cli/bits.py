@@ -1,4 +1,4 @@
-"""``lrm-interp bits``: module-level mixed precision (:func:`lrm_interp.protect.mixed.allocate_bits`)
+"""``lrm-interp bits``: module-level mixed precision (:func:`lrm_interp.protect.bit_allocation.allocate_bits`)
 and its toolchain configs (:func:`lrm_interp.protect.exports.gptqmodel_dynamic_bits`,
 :func:`~lrm_interp.protect.exports.llmcompressor_config_groups`). Conventions: :mod:`lrm_interp.cli.common`."""
 
@@ -52,7 +52,7 @@ def cmd_bits(a: argparse.Namespace) -> int:
     from lrm_interp.model.provenance import WeightsMismatchError, check_same_weights
     from lrm_interp.model.sites import find_sites
     from lrm_interp.protect import exports
-    from lrm_interp.protect.mixed import allocate_bits, hessian_sensitivity, quantization_errors
+    from lrm_interp.protect.bit_allocation import allocate_bits, hessian_sensitivity, quantization_errors
 
     check_paths(
         {"--out": a.out, "--gptqmodel": a.gptqmodel, "--llmcompressor": a.llmcompressor},

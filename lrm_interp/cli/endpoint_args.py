@@ -1,14 +1,20 @@
 """The one set of OpenAI-compatible endpoint flags, shared by ``lrm-interp annotate`` and
 ``lrm-interp bench run`` (both send their requests through :class:`lrm_interp.endpoint.EndpointClient`).
 
-=====================  ====================================================================
-``--base-url URL``     API root ending in ``/v1``
-``--api-key-env VAR``  environment variable holding the key (the key itself is never a flag)
-``--concurrency N``    requests in flight
-``--retries N``        retries per request (429, 5xx, timeouts, dropped connections)
-``--backoff S``        first retry wait, doubled per retry (capped at 30 s; Retry-After wins)
-``--timeout S``        seconds per request
-=====================  ====================================================================
+=========================  ================================================================
+``--endpoint-model NAME``  the model's name on the endpoint (what the server calls it)
+``--base-url URL``         API root ending in ``/v1``
+``--api-key-env VAR``      environment variable holding the key (the key itself is never a flag)
+``--concurrency N``        requests in flight
+``--retries N``            retries per request (429, 5xx, timeouts, dropped connections)
+``--backoff S``            first retry wait, doubled per retry (capped at 30 s; Retry-After wins)
+``--timeout S``            seconds per request
+=========================  ================================================================
+
+``--endpoint-model`` has its own name because ``--model`` is, everywhere else on the command
+line, a *local* model (a Hugging Face folder or an alias that is loaded here); a served model
+is only a string sent in each request. ``annotate --model NAME`` (the old spelling) is a
+deprecated alias of it; ``bench run --backend openai --model NAME`` still works, with a note.
 
 The numbers are range-checked by their ``argparse`` types (:mod:`lrm_interp.checks`, the
 rules :class:`~lrm_interp.endpoint.EndpointConfig` applies), so a bad one ends the command
@@ -70,10 +76,20 @@ def add_endpoint_args(
     *,
     base_url_help: str = "API root ending in /v1, e.g. http://127.0.0.1:8000/v1",
     concurrency_help: str = "requests in flight",
+    endpoint_model_help: str = "the model's name on the endpoint",
+    several_models: bool = False,
     aliases: dict[str, str] | None = None,
 ) -> None:
-    """Add the endpoint flags (module table) to ``group``. ``aliases``: ``{old flag: new flag}``
-    deprecated spellings kept working."""
+    """Add the endpoint flags (module table) to ``group``. ``several_models``: ``--endpoint-model``
+    may be repeated (a list; else one name). ``aliases``: ``{old flag: new flag}`` deprecated
+    spellings kept working."""
+    group.add_argument(
+        "--endpoint-model",
+        action="append" if several_models else "store",
+        default=None,
+        metavar="NAME",
+        help=endpoint_model_help,
+    )
     group.add_argument("--base-url", default=None, metavar="URL", help=base_url_help)
     group.add_argument(
         "--api-key-env",
@@ -123,6 +139,7 @@ def add_endpoint_args(
 
 
 _TYPES = {
+    "--endpoint-model": (None, "NAME"),
     "--concurrency": (positive_int, "N"),
     "--retries": (nonneg_int, "N"),
     "--backoff": (positive_float, "S"),

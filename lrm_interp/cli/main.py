@@ -9,7 +9,7 @@
 ``protect``        :func:`lrm_interp.protect.policies.build_masks`
 ``quantize``       :func:`lrm_interp.compress.quant.quantize_model_`
 ``toy``            :mod:`lrm_interp.toy` (train / eval / traces / distill)
-``bits``           :func:`lrm_interp.protect.mixed.allocate_bits`
+``bits``           :func:`lrm_interp.protect.bit_allocation.allocate_bits`
 ``experiment``     :func:`lrm_interp.experiments.protection_table.run_protection_experiment`
 ``bench``          :func:`lrm_interp.evaluation.bench_suite.run_suite` /
                    :func:`lrm_interp.evaluation.bench_score.score_outputs`

@@ -3,7 +3,7 @@ layout ``outputs/<task>/<j>.txt`` from another generator) and build the paper-st
 
 Per output: the grade (:func:`lrm_interp.data.benchmarks.grade`), tokens (from the run's
 ``generations.jsonl``, else the ``tokenizer`` if given), words, whether the length limit was
-hit, collapse (:func:`lrm_interp.evaluation.compute.detect_collapse`), backtracking cues.
+hit, collapse (:func:`lrm_interp.evaluation.output_stats.detect_collapse`), backtracking cues.
 Per model × task (:meth:`BenchScores.summary`): pass@1 (the mean over items of each item's mean
 over its samples; with its 95 % Wilson interval ``ci95_low`` / ``ci95_high`` when each item has
 one output graded 0 or 1), EM / F1, unanswered outputs, mean tokens / words, collapse rate, the share of
@@ -28,7 +28,7 @@ from lrm_interp._io import atomic_save_figure, atomic_write_text
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.data.benchmarks.tasks import TASKS, get_task, paper_average
 from lrm_interp.evaluation.bench_run import GEN_FILE, RUN_FILE, file_sha, output_path, read_generations
-from lrm_interp.evaluation.compute import backtracking_cues, detect_collapse, short_long_split, word_count
+from lrm_interp.evaluation.output_stats import backtracking_cues, detect_collapse, short_long_split, word_count
 
 SPLITS = (0.3, 0.2)
 

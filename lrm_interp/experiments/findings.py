@@ -46,7 +46,7 @@ import torch
 from lrm_interp._io import atomic_write_text
 from lrm_interp.attribution.results import Attribution, ImportanceShift, compare
 from lrm_interp.checks import check_int
-from lrm_interp.evaluation.compute import short_long_split
+from lrm_interp.evaluation.output_stats import short_long_split
 
 FORMAT = "lrm_interp.findings_shift/1"
 HALVES = ("A", "B")

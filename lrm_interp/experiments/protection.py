@@ -12,7 +12,7 @@ For one model, one quantizer (RTN or GPTQ) and one bit width ``b`` on one grid:
 ``module``        the paper's final-layer MLP in FP16
 ``mixed``         bits per module (2/3/4/8/16) allocated by attribution RI, Hessian trace or
                   nothing, under the bits per weight of the ``magnitude`` row
-                  (:func:`lrm_interp.protect.mixed.allocate_bits`)
+                  (:func:`lrm_interp.protect.bit_allocation.allocate_bits`)
 ``guided``        GPTQ only: behaviour-guided Hessians (:mod:`lrm_interp.compress.quant.guided`),
                   without and with the scale-aware attribution 2 %
 ``plain``         plain ``b+1``-bit
@@ -45,15 +45,15 @@ from lrm_interp.compress.quant.guided import gradient_weighted_hessians, guided_
 from lrm_interp.data.tokens import EncodedTrace, encode_trace
 from lrm_interp.data.traces import ReasoningTrace
 from lrm_interp.model.sites import Site, find_sites
-from lrm_interp.protect.encoding import bits_per_weight
-from lrm_interp.protect.masks import ProtectionMask
-from lrm_interp.protect.mixed import (
+from lrm_interp.protect.bit_allocation import (
     BitAllocation,
     allocate_bits,
     hessian_sensitivity,
     quantization_errors,
     quantize_allocation_,
 )
+from lrm_interp.protect.encoding import bits_per_weight
+from lrm_interp.protect.masks import ProtectionMask
 from lrm_interp.protect.policies import final_mlp, global_top
 from lrm_interp.protect.registry import SALIENCIES, build_saliency
 from lrm_interp.protect.saliency import SaliencyStream, scorable_spans, span_loss

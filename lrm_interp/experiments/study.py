@@ -16,7 +16,7 @@ compare protection at **matched bits per weight**:
                    module relative importance (``attribution_ri``: the masks file)
 ``mixed``          bits per module (2/3/4/8/16) by attribution relative importance, under
                    the bits per weight of the ``magnitude`` row
-                   (:func:`lrm_interp.protect.mixed.allocate_bits`)
+                   (:func:`lrm_interp.protect.bit_allocation.allocate_bits`)
 =================  ===================================================================
 
 The three last spend the same extra bits per weight over ``uniform`` (the masks' index
@@ -80,9 +80,9 @@ from lrm_interp.evaluation.intervals import bootstrap_interval, wilson_interval
 from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner, RowPlan
 from lrm_interp.model.loading import load_model
 from lrm_interp.model.provenance import model_provenance, model_record, weights_record
+from lrm_interp.protect.bit_allocation import BitAllocation
 from lrm_interp.protect.encoding import bits_per_weight, load_masks, save_masks
 from lrm_interp.protect.masks import ProtectionMask
-from lrm_interp.protect.mixed import BitAllocation
 from lrm_interp.protect.registry import SALIENCIES
 
 FORMAT = "lrm_interp.study/1"
@@ -534,7 +534,7 @@ def study_items(settings: StudySettings, model: torch.nn.Module | None = None) -
             per.append(
                 load(
                     t,
-                    toy_n=settings.per_task,
+                    per_family=settings.per_task,
                     toy_seed=settings.problem_seed,
                     toy_people=None if people is None else int(people),
                 )

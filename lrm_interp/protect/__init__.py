@@ -1,17 +1,18 @@
 """The protection stage: which weights stay in FP16 while the rest is quantized.
 
-===================  ==================================================================
-``saliency.py``      per-weight saliency streams (magnitude, activation, Hessian, attribution)
-``scale_aware.py``   attribution with the re-fit of the group's grid counted
-``gptq_aware.py``    saliencies with GPTQ's own error (TaCQ as published; behaviour spans)
-``registry.py``      every source by name (``SALIENCIES``, ``build_saliency``)
-``masks.py``         ``ProtectionMask``: the protected weights of one site; ``MaskSet``: a set of them
-                     and the model (weights fingerprint) it was computed for
-``policies.py``      budget policies (``global_top``, ``modules_by_score``, …, ``build_masks``)
-``encoding.py``      index encodings, ``bits_per_weight``, the masks file (``save_masks``)
-``mixed.py``         module-level mixed precision (bits per module under a bpw budget)
-``exports.py``       toolchain configs (llm-compressor, GPTQModel, transformers), FP16 sidecar
-===================  ==================================================================
+=====================  ==================================================================
+``saliency.py``        per-weight saliency streams (magnitude, activation, Hessian, attribution)
+``scale_aware.py``     attribution with the re-fit of the group's grid counted
+``gptq_aware.py``      saliencies with GPTQ's own error (TaCQ as published; behaviour spans)
+``registry.py``        every source by name (``SALIENCIES``, ``build_saliency``)
+``masks.py``           ``ProtectionMask``: the protected weights of one site; ``MaskSet``: a set of them
+                       and the model (weights fingerprint) it was computed for
+``policies.py``        budget policies (``global_top``, ``modules_by_score``, …, ``build_masks``)
+``encoding.py``        index encodings, ``bits_per_weight``, the masks file (``save_masks``)
+``bit_allocation.py``  module-level mixed precision (bits per module under a bpw budget, ``BitAllocation``;
+                       ``mixed.py``: its old path, a deprecated re-export)
+``exports.py``         toolchain configs (llm-compressor, GPTQModel, transformers), FP16 sidecar
+=====================  ==================================================================
 
 The mask names are re-exported here: ``from lrm_interp.protect import build_masks, load_masks``.
 """

@@ -8,7 +8,7 @@ sidecar (:func:`save_sidecar`).
 - llm-compressor: ``ignore=[...]`` of a modifier (module names; ``re:`` prefix = regex).
 - GPTQModel: ``dynamic={"-:<regex>": {}}`` (``-:`` = skip the matching modules).
 - transformers: ``modules_to_not_convert`` / ``llm_int8_skip_modules`` (name list).
-- module-level mixed precision (:mod:`lrm_interp.protect.mixed`): GPTQModel ``dynamic``
+- module-level mixed precision (:mod:`lrm_interp.protect.bit_allocation`): GPTQModel ``dynamic``
   ``"+:<regex>": {"bits": b}`` overrides (:func:`gptqmodel_dynamic_bits`) and llm-compressor
   ``config_groups`` with one group per bit width (:func:`llmcompressor_config_groups`).
 
@@ -125,7 +125,7 @@ def gptqmodel_dynamic(masks: Mapping[str, ProtectionMask]) -> dict[str, dict]:
 
 
 def gptqmodel_dynamic_bits(alloc, *, default_bits: int) -> dict[str, dict]:
-    """GPTQModel ``dynamic`` for a module-level :class:`~lrm_interp.protect.mixed.BitAllocation`:
+    """GPTQModel ``dynamic`` for a module-level :class:`~lrm_interp.protect.bit_allocation.BitAllocation`:
     ``"+:^<name>$": {"bits": b, "group_size": g}`` for every module not at ``default_bits`` (the
     ``QuantizeConfig``'s own ``bits``), ``"-:^<name>$": {}`` for modules kept in FP16.
     ``default_bits``: an integer in 2..8 (else ``ValueError``)."""
@@ -142,7 +142,7 @@ def gptqmodel_dynamic_bits(alloc, *, default_bits: int) -> dict[str, dict]:
 
 def llmcompressor_config_groups(alloc, *, keep_lm_head: bool = True) -> dict:
     """llm-compressor ``QuantizationModifier``/``GPTQModifier`` arguments for a module-level
-    :class:`~lrm_interp.protect.mixed.BitAllocation`: ``{"config_groups": {"w<b>": {"targets":
+    :class:`~lrm_interp.protect.bit_allocation.BitAllocation`: ``{"config_groups": {"w<b>": {"targets":
     ["re:^<name>$", ...], "weights": {...}}}, "ignore": [...]}`` — one weight-only integer group per
     bit width (group strategy, or channel when ``group_size`` is ``None``), FP16 modules and
     ``lm_head`` ignored."""

@@ -6,6 +6,12 @@ paper's prompts and gold answers, and graders.
 Tasks and file schemas: :mod:`lrm_interp.data.benchmarks.tasks` (the registry:
 :func:`register_task`); the toy families: :mod:`lrm_interp.data.benchmarks.toy`; graders:
 :mod:`lrm_interp.data.benchmarks.grading`.
+
+These are the benchmark *tasks* (what is asked and how an answer is graded; no model). Imported
+publicly as :mod:`lrm_interp.benchmarks` (a re-export); running and scoring models on them is
+:mod:`lrm_interp.evaluation` (``bench_run``, ``bench_suite``, ``bench_score``); ``benchmarks/``
+at the repository root holds the package's own speed / agreement scripts (docs/architecture.md,
+"Names: one per concept").
 """
 
 from lrm_interp.data.benchmarks.items import BenchItem, BenchmarkFormatError, Grade

@@ -317,23 +317,36 @@ def load(
     path: str | os.PathLike | None = None,
     *,
     limit: int | None = None,
-    toy_n: int = TOY_N,
+    per_family: int = TOY_N,
     toy_seed: int = TOY_SEED,
     toy_people: int | None = None,
+    toy_n: int | None = None,
 ) -> list[BenchItem]:
     """The items of ``task`` from ``path`` (a file, or a folder searched with :func:`find_task_file`).
 
-    Toy tasks need no path (``toy_n`` problems of ``toy_seed``, over the fact table of
+    Toy tasks need no path (``per_family`` problems of ``toy_seed``, over the fact table of
     ``toy_people`` people: ``None`` = the shipped toy model's; the distilled SmolLM2 reasoner learned
     64, docs/reasoner.md). ``limit``: the first items only
     (``>= 1``; ``None``: all). Every record is validated; a bad one raises
     :class:`BenchmarkFormatError` naming file and record.
+
+    ``toy_n``: the old name of ``per_family`` (the CLI's ``--per-family``), deprecated; it warns
+    (``DeprecationWarning``) and is refused together with ``per_family``.
     """
+    if toy_n is not None:
+        import warnings
+
+        if per_family != TOY_N:
+            raise TypeError("load(): give per_family only (toy_n is its deprecated old name)")
+        warnings.warn(
+            "load(toy_n=...) is deprecated; use per_family=... (same meaning)", DeprecationWarning, stacklevel=2
+        )
+        per_family = toy_n
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be an integer >= 1 (or None for all items), got {limit!r}")
     t = get_task(task)
-    if not t.needs_data and (isinstance(toy_n, bool) or not isinstance(toy_n, int) or toy_n < 1):
-        raise ValueError(f"toy_n must be an integer >= 1, got {toy_n!r}")
+    if not t.needs_data and (isinstance(per_family, bool) or not isinstance(per_family, int) or per_family < 1):
+        raise ValueError(f"per_family must be an integer >= 1, got {per_family!r}")
     if t.needs_data:
         if path is None:
             raise ValueError(f"task {t.name!r} needs a data file (schema: see lrm_interp.data.benchmarks.tasks)")
@@ -341,7 +354,7 @@ def load(
         if not items:
             raise BenchmarkFormatError(f"{find_task_file(t.name, path)}: no records for task {t.name!r}")
     else:
-        items = t.loader(None, n=toy_n, seed=toy_seed, **({} if toy_people is None else {"n_people": toy_people}))
+        items = t.loader(None, n=per_family, seed=toy_seed, **({} if toy_people is None else {"n_people": toy_people}))
     return items if limit is None else items[:limit]
 
 
