@@ -25,6 +25,8 @@ VALUES = ("nan", "inf", "-1", "0")
 MEANINGFUL: dict[str, dict[str, str]] = {
     "quickstart --eval": {"0": "skip the accuracy evaluation"},
     "attribute --k-context": {"0": "no context tokens before a span's DoM window"},
+    "faithfulness --k-context": {"0": "no context tokens before a span's DoM window"},
+    "faithfulness --seed": {"0": "a seed"},
     "protect --budget": {"0": "an empty mask (the no-protection baseline)"},
     "protect --seed": {"0": "a seed"},
     # group size 0 = per channel (one scale per output row)

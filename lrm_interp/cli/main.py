@@ -14,6 +14,7 @@
 ``bench``          :func:`lrm_interp.evaluation.bench_suite.run_suite` /
                    :func:`lrm_interp.evaluation.bench_score.score_outputs`
 ``annotate``       :mod:`lrm_interp.data.annotators` (annotate / agree / train)
+``faithfulness``   :func:`lrm_interp.attribution.faithfulness.atp_faithfulness`
 =================  ===============================================
 
 Conventions (help, examples, input checks, one-line errors): :mod:`lrm_interp.cli.common`.
@@ -419,6 +420,7 @@ def _add_optional_commands(sub) -> None:
     from lrm_interp.cli import bench as cli_bench
     from lrm_interp.cli import bits as cli_bits
     from lrm_interp.cli import experiment as cli_experiment
+    from lrm_interp.cli import faithfulness as cli_faithfulness
     from lrm_interp.cli import protect as cli_protect
     from lrm_interp.cli import study as cli_study
     from lrm_interp.cli import toy as cli_toy
@@ -430,6 +432,7 @@ def _add_optional_commands(sub) -> None:
     cli_annotate.register(sub)
     cli_experiment.register(sub)
     cli_study.register(sub)
+    cli_faithfulness.register(sub)
 
 
 def _command_prog(args: argparse.Namespace) -> str:

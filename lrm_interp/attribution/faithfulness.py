@@ -1,0 +1,693 @@
+"""Is attribution patching faithful? Real activation patching per (behaviour, site) against AtP.
+
+Real patching (the intervention AtP linearises) of site *m* on span *s* of behaviour *c* at scale α::
+
+    ΔL(s, m, α) = L(s | a_m ← a_m + α·û[c, m] at every position of targets(s)) − L(s)
+
+AtP's first-order estimate of it is ``α · |targets(s)| · dot(s, m)`` with
+``dot(s, m) = û[c, m] · mean_{t ∈ targets(s)} ∂L(s)/∂a_t`` (:mod:`lrm_interp.attribution.atp`).
+Both are put on the scale of the package's score (``score="paper"``, Eq. 2) before they are
+compared, per behaviour, over the sites::
+
+    I_atp[m]     = | Σ_s dot(s, m) | / |D+|                                  (the package's score)
+    I_real[m, α] = | Σ_s ΔL(s, m, α) / (α · |targets(s)|) | / |D+|          (the same, measured)
+
+(``score="code"``: ``Σ_s |·| / #spans`` for both). As α → 0, ``I_real → I_atp``. The package's
+steering vectors have ``‖û‖ = ‖ā_all‖`` (a full-size patch), so α = 1 is the intervention its
+scores describe; smaller α checks only the linearisation.
+
+Fast path (:func:`patching_effects`): the patch changes nothing before the span's first target
+position, so one no-grad forward per trace caches every prefix's keys/values
+(:func:`~lrm_interp.model.prefix_cache.trace_cache`) and each span re-runs only its window
+``[start − 1, end)``, one batch row per (α, site) patched, against that cache. Models whose cache
+cannot be cut this way (:func:`~lrm_interp.model.prefix_cache.cache_support`) run the full prefix
+``ids[:end]`` per batch instead; ``provenance["path"]`` says which ran.
+
+:func:`atp_faithfulness` is the whole check on a model and traces: the attribution plan
+(tokenization, context and ``max_tokens`` truncation, skipped spans counted), the steering vectors
+from every trace, a seeded sample of at most ``max_spans`` usable spans per behaviour (how many were
+used and left out is reported), AtP dots and real effects on exactly those spans, and the comparison
+(Spearman ρ, top-k overlap, |I_atp − I_real| summaries) → :class:`FaithfulnessResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lrm_interp import __version__
+from lrm_interp._io import atomic_write_text, check_out_dir
+from lrm_interp.attribution.atp import atp_trace_stats, window_start
+from lrm_interp.attribution.config import SCORES, AttributionConfig
+from lrm_interp.attribution.pipeline import dom_stage, live_behaviors, plan_attribution, reduce_dom
+from lrm_interp.attribution.stats import spearman
+from lrm_interp.checks import check_float, check_int
+from lrm_interp.data.tokens import EncodedTrace, TokenSpan, target_positions
+from lrm_interp.model.forward import (
+    base_and_head,
+    cache_kwarg,
+    frozen_for_attribution,
+    hidden_states,
+    input_device,
+    logits_path,
+)
+from lrm_interp.model.patching import add_to_outputs
+from lrm_interp.model.prefix_cache import cache_support, trace_cache, window_cache
+from lrm_interp.model.provenance import NonFiniteError
+from lrm_interp.model.sites import Site
+
+#: ``format`` of ``faithfulness.json``.
+FORMAT = "lrm_interp.faithfulness/1"
+#: Files :meth:`FaithfulnessResult.save` writes (``faithfulness.json`` marks the folder as a result).
+FILES = ("faithfulness.json", "faithfulness.csv", "sites.csv")
+
+
+# --------------------------------------------------------------------------- checks
+def check_alphas(alphas: Sequence[float] | float) -> tuple[float, ...]:
+    """``alphas`` as a tuple of distinct finite floats > 0; ``ValueError`` otherwise (NaN, ±inf, ≤ 0)."""
+    seq = (alphas,) if isinstance(alphas, (int, float)) else tuple(alphas)
+    if not seq:
+        raise ValueError("alphas must name at least one patch scale > 0")
+    out = tuple(check_float("alpha", a, min=0.0, min_open=True) for a in seq)
+    if len(set(out)) != len(out):
+        raise ValueError(f"alphas has duplicates: {list(out)}")
+    return out
+
+
+# --------------------------------------------------------------------------- real patching
+@dataclass(frozen=True)
+class PatchingEffects:
+    """Real activation-patching effects on the spans of each behaviour.
+
+    Attributes:
+        behaviors, site_names, alphas: the axes.
+        effects: behaviour → ``[n_alphas, n_spans, n_sites]`` float64, ΔL(s, m, α) (module docs).
+        base_loss: behaviour → ``[n_spans]`` float64, the unpatched L(s).
+        n_targets: behaviour → ``[n_spans]`` int64, |targets(s)| (positions patched; the span's
+            tokens scored by L(s)).
+        spans: behaviour → ``((trace id, span index in the trace), ...)``, the rows of ``effects``.
+        path: ``"prefix_cache"`` or ``"full_prefix"`` (with ``reason``).
+    """
+
+    behaviors: tuple[str, ...]
+    site_names: tuple[str, ...]
+    alphas: tuple[float, ...]
+    effects: dict[str, torch.Tensor]
+    base_loss: dict[str, torch.Tensor]
+    n_targets: dict[str, torch.Tensor]
+    spans: dict[str, tuple[tuple[str, int], ...]]
+    path: str = "prefix_cache"
+    reason: str = ""
+
+    def n_traces(self, behavior: str) -> int:
+        """|D+|: traces with at least one span of ``behavior`` here."""
+        return len({t for t, _ in self.spans[behavior]})
+
+
+def _expand_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], rows: int, start: int):
+    """A read-only cache of positions ``[0, start)`` for a batch of ``rows`` identical prefixes."""
+    return window_cache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in kv], start)
+
+
+def _row_losses(
+    model: torch.nn.Module, ids: torch.Tensor, span: TokenSpan, *, offset: int = 0, cache: object | None = None
+) -> torch.Tensor:
+    """``[rows]`` L(s) of each batch row (float32 at least): mean cross-entropy of the span's tokens.
+
+    ``ids [rows, seq]`` are the tokens of absolute positions ``[offset, offset + seq)`` (identical
+    rows; each row carries its own patch), ``cache`` the keys/values of ``[0, offset)`` for as many
+    rows. Logits only at the positions predicting the span's tokens (as
+    :func:`~lrm_interp.model.forward.span_losses`, which this equals row by row).
+    """
+    a, b = span.targets
+    pos = torch.arange(a - 1, b - 1, device=ids.device) - offset
+    if int(pos[0]) < 0:
+        raise ValueError(f"span [{span.start}, {span.end}) needs position {a - 1}, before the window start {offset}")
+    if logits_path(model) == "split":
+        base, head = base_and_head(model)
+        h = hidden_states(base, ids, cache)  # [rows, seq, d]
+        logits = head(h[:, pos.to(h.device)])  # [rows, n, vocab]
+    else:
+        kw: dict[str, Any] = {"use_cache": False} if cache is None else {"use_cache": True, cache_kwarg(model): cache}
+        logits = model(input_ids=ids, **kw).logits[:, pos]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    rows, n, vocab = logits.shape
+    tgt = ids[0, a - offset : b - offset].to(logits.device)
+    ce = F.cross_entropy(logits.reshape(rows * n, vocab), tgt.repeat(rows), reduction="none")
+    return ce.view(rows, n).mean(1)
+
+
+def _span_effects(
+    model: torch.nn.Module,
+    enc: EncodedTrace,
+    span: TokenSpan,
+    sites: Sequence[Site],
+    vecs: dict[str, torch.Tensor],
+    alphas: Sequence[float],
+    *,
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    off_by_one: bool,
+    batch_size: int,
+) -> tuple[torch.Tensor, float]:
+    """``([n_alphas, n_sites] float64 ΔL, base L(s))`` of one span; rows (α, site) batched ``batch_size`` at a time.
+
+    With ``kv`` (the trace's prefix cache) only the window ``[start − 1, end)`` runs; without it
+    the full prefix ``ids[:end]``. Non-finite losses raise :class:`NonFiniteError` naming the span.
+    """
+    dev = input_device(model)
+    q0 = window_start(span) if kv is not None else 0
+    ids = enc.input_ids[q0 : span.end].to(dev).unsqueeze(0)  # [1, w]
+    p0, p1 = target_positions(span, off_by_one=off_by_one)
+    p0, p1 = max(p0, q0) - q0, min(p1, span.end) - q0  # patch positions inside the window
+    where = f"trace {enc.trace_id}, span [{span.start}, {span.end}) ({span.behavior})"
+    base = _row_losses(model, ids, span, offset=q0, cache=_expand_cache(kv, 1, q0) if kv is not None and q0 else None)
+    if not bool(torch.isfinite(base).all()):
+        raise NonFiniteError(f"{where}: the unpatched span loss is not finite")
+    rows = [(i, j) for i in range(len(alphas)) for j in range(len(sites))]
+    out = torch.zeros(len(alphas), len(sites), dtype=torch.float64)
+    for k0 in range(0, len(rows), batch_size):
+        chunk = rows[k0 : k0 + batch_size]
+        n = len(chunk)
+        masks: dict[int, torch.Tensor] = {}
+        for r, (i, j) in enumerate(chunk):
+            m = masks.setdefault(j, torch.zeros(n, ids.shape[1]))
+            m[r, p0:p1] = alphas[i]  # the mask's value scales the addition (model/patching.py)
+        additions = {sites[j].name: (vecs[sites[j].name], m) for j, m in masks.items()}
+        cache = _expand_cache(kv, n, q0) if kv is not None and q0 else None
+        with add_to_outputs(model, additions, alpha=1.0):
+            losses = _row_losses(model, ids.expand(n, -1), span, offset=q0, cache=cache)
+        if not bool(torch.isfinite(losses).all()):
+            r = int((~torch.isfinite(losses)).nonzero()[0])
+            i, j = chunk[r]
+            raise NonFiniteError(
+                f"{where}: the span loss patched at site {sites[j].name} (alpha {alphas[i]}) is not finite"
+            )
+        for r, (i, j) in enumerate(chunk):
+            out[i, j] = float(losses[r]) - float(base[0])
+    return out, float(base[0])
+
+
+def patching_effects(
+    model: torch.nn.Module,
+    encoded: Sequence[EncodedTrace],
+    sites: Sequence[Site],
+    behaviors: Sequence[str],
+    vectors: dict[str, dict[str, torch.Tensor]],
+    *,
+    alphas: Sequence[float] | float = 1.0,
+    off_by_one: bool = False,
+    prefix_cache: bool = True,
+    batch_size: int = 16,
+    compute_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> PatchingEffects:
+    """Real activation patching ΔL(s, m, α) of every scorable span of ``behaviors`` in ``encoded``.
+
+    Args:
+        model: the causal LM (kept in eval mode; no parameter gets a gradient).
+        encoded: tokenized traces; every scorable span of a listed behaviour is patched (pass traces
+            whose ``spans`` were filtered to patch fewer: :func:`atp_faithfulness` does).
+        sites: the sites to patch, one at a time.
+        behaviors: behaviour labels; each needs ``vectors[b][site.name]`` (``[d_out]``).
+        vectors: the steering vectors û (e.g. ``Attribution.vectors`` / ``DoMResult.vectors``).
+        alphas: patch scales (each finite > 0).
+        off_by_one: patch the released code's window ``[start, end)`` instead of ``[start − 1, end − 1)``.
+        prefix_cache: run only each span's window against the cached prefix when the model allows it.
+        batch_size: (α, site) rows per forward.
+        compute_dtype: autocast dtype of the forwards (losses in float32).
+        progress: a progress bar over spans.
+
+    Returns:
+        :class:`PatchingEffects` with ``effects[b]`` ``[n_alphas, n_spans_b, n_sites]``.
+    """
+    alphas = check_alphas(alphas)
+    check_int("batch_size", batch_size, min=1)
+    missing = [b for b in behaviors if any(e.spans_of(b) for e in encoded) and b not in vectors]
+    if missing:
+        raise KeyError(f"no steering vectors for behaviours {missing}")
+    ok, reason = cache_support(model) if prefix_cache else (False, "prefix_cache=False")
+    dev = input_device(model)
+    todo = [(e, s) for e in encoded for s in e.spans if s.behavior in behaviors and s.scorable]
+    eff: dict[str, list[torch.Tensor]] = {b: [] for b in behaviors}
+    base: dict[str, list[float]] = {b: [] for b in behaviors}
+    ntg: dict[str, list[int]] = {b: [] for b in behaviors}
+    ids_: dict[str, list[tuple[str, int]]] = {b: [] for b in behaviors}
+    autocast = (
+        (lambda: torch.autocast(device_type=dev.type, dtype=compute_dtype))
+        if compute_dtype is not None
+        else contextlib.nullcontext
+    )
+    bar = tqdm(total=len(todo), desc="real patching", unit="span", disable=not progress)
+    with frozen_for_attribution(model), torch.no_grad(), bar:
+        for e in encoded:
+            spans = [s for s in e.spans if s.behavior in behaviors and s.scorable]
+            if not spans:
+                continue
+            kv = None
+            if ok:
+                with autocast():
+                    kv = trace_cache(model, e.input_ids[: max(s.end for s in spans)].unsqueeze(0).to(dev))
+            for s in spans:
+                with autocast():
+                    d, l0 = _span_effects(
+                        model,
+                        e,
+                        s,
+                        sites,
+                        vectors[s.behavior],
+                        alphas,
+                        kv=kv,
+                        off_by_one=off_by_one,
+                        batch_size=batch_size,
+                    )
+                eff[s.behavior].append(d)
+                base[s.behavior].append(l0)
+                a, b_ = s.targets
+                ntg[s.behavior].append(b_ - a)
+                ids_[s.behavior].append((e.trace_id, s.index))
+                bar.update(1)
+    n_sites = len(sites)
+    return PatchingEffects(
+        tuple(behaviors),
+        tuple(s.name for s in sites),
+        alphas,
+        {
+            b: torch.stack(eff[b], 1) if eff[b] else torch.zeros(len(alphas), 0, n_sites, dtype=torch.float64)
+            for b in behaviors
+        },
+        {b: torch.tensor(base[b], dtype=torch.float64) for b in behaviors},
+        {b: torch.tensor(ntg[b], dtype=torch.int64) for b in behaviors},
+        {b: tuple(ids_[b]) for b in behaviors},
+        "prefix_cache" if ok else "full_prefix",
+        "span windows against the cached prefix" if ok else reason,
+    )
+
+
+# --------------------------------------------------------------------------- comparison
+def aggregate_spans(per_span: torch.Tensor, n_traces: int, *, score: str = "paper") -> torch.Tensor:
+    """``[n_sites]`` the package's aggregation of per-span values ``[n_spans, n_sites]``:
+    ``|Σ_s x| / n_traces`` (``"paper"``) or ``Σ_s |x| / n_spans`` (``"code"``); zeros without spans."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if per_span.shape[0] == 0:
+        return torch.zeros(per_span.shape[1], dtype=torch.float64)
+    x = per_span.double()
+    return x.sum(0).abs() / max(n_traces, 1) if score == "paper" else x.abs().sum(0) / x.shape[0]
+
+
+def real_per_span(effects: torch.Tensor, n_targets: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``[n_spans, n_sites]`` ΔL(s, m, α) / (α·|targets(s)|): real patching on the scale of AtP's ``dot``."""
+    return effects.double() / (alpha * n_targets.double().clamp_min(1)).unsqueeze(1)
+
+
+def top_k_overlap(a: torch.Tensor, b: torch.Tensor, k: int) -> int:
+    """Sites among the ``k`` largest of both ``a`` and ``b`` (``[n_sites]``; ties broken by site order)."""
+    k = min(k, a.numel())
+    ta = set(torch.argsort(-a.double(), stable=True)[:k].tolist())
+    tb = set(torch.argsort(-b.double(), stable=True)[:k].tolist())
+    return len(ta & tb)
+
+
+@dataclass(frozen=True)
+class FaithfulnessRow:
+    """One (α, behaviour) comparison of the package's AtP score with real patching over the sites.
+
+    ``spearman``: ρ(I_atp, I_real); ``top_k_overlap``: |top-k(I_atp) ∩ top-k(I_real)|;
+    ``signed_spearman``: ρ of the signed sums α·Σ_s |targets(s)|·dot vs Σ_s ΔL (the quantity of
+    ``tests/test_atp.py::atp_vs_patching``); ``rel_l1``: Σ_m |I_atp − I_real| / Σ_m I_real;
+    ``median_ratio``: median over sites of I_atp / I_real (1 = AtP's magnitudes right);
+    ``n_spans``, ``n_traces``: spans and traces (|D+|) compared.
+    """
+
+    alpha: float
+    behavior: str
+    spearman: float
+    top_k_overlap: int
+    signed_spearman: float
+    rel_l1: float
+    median_ratio: float
+    n_spans: int
+    n_traces: int
+
+
+def compare_scores(
+    effects: PatchingEffects, dots: dict[str, torch.Tensor], *, score: str = "paper", top_k: int = 10
+) -> tuple[list[FaithfulnessRow], torch.Tensor, torch.Tensor]:
+    """Compare AtP dots with real patching on the same spans.
+
+    Args:
+        effects: :func:`patching_effects` of the spans.
+        dots: behaviour → ``[n_spans, n_sites]`` AtP dots of the same spans, same order
+            (``atp_trace_stats``' ``dots/<b>``).
+        score: the package's aggregation (``"paper"`` / ``"code"``).
+        top_k: k of the top-k overlap.
+
+    Returns:
+        ``(rows, atp [n_behaviors, n_sites], real [n_alphas, n_behaviors, n_sites])``, one row per
+        (α, behaviour) in that order.
+    """
+    check_int("top_k", top_k, min=1)
+    nb, ns = len(effects.behaviors), len(effects.site_names)
+    atp = torch.zeros(nb, ns, dtype=torch.float64)
+    real = torch.zeros(len(effects.alphas), nb, ns, dtype=torch.float64)
+    rows = []
+    for bi, b in enumerate(effects.behaviors):
+        d = dots[b].double()
+        if d.shape != effects.effects[b].shape[1:]:
+            raise ValueError(
+                f"behaviour {b!r}: AtP dots {tuple(d.shape)} do not match effects {tuple(effects.effects[b].shape[1:])}"
+            )
+        nt = effects.n_traces(b)
+        atp[bi] = aggregate_spans(d, nt, score=score)
+        for ai, alpha in enumerate(effects.alphas):
+            real[ai, bi] = aggregate_spans(
+                real_per_span(effects.effects[b][ai], effects.n_targets[b], alpha), nt, score=score
+            )
+            est_signed = alpha * (effects.n_targets[b].double().unsqueeze(1) * d).sum(0)
+            ratio = atp[bi] / real[ai, bi].clamp_min(1e-300)
+            rows.append(
+                FaithfulnessRow(
+                    alpha=alpha,
+                    behavior=b,
+                    spearman=spearman(atp[bi], real[ai, bi]),
+                    top_k_overlap=top_k_overlap(atp[bi], real[ai, bi], top_k),
+                    signed_spearman=spearman(est_signed, effects.effects[b][ai].sum(0)),
+                    rel_l1=float((atp[bi] - real[ai, bi]).abs().sum() / real[ai, bi].sum().clamp_min(1e-300)),
+                    median_ratio=float(ratio.median()) if ns else float("nan"),
+                    n_spans=int(d.shape[0]),
+                    n_traces=nt,
+                )
+            )
+    return rows, atp, real
+
+
+# --------------------------------------------------------------------------- result
+def _json_float(x: float) -> float | None:
+    return None if not math.isfinite(x) else float(x)
+
+
+def _float_or_nan(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+@dataclass(frozen=True)
+class FaithfulnessResult:
+    """AtP vs real activation patching per (α, behaviour) (:func:`atp_faithfulness`).
+
+    Attributes:
+        behaviors, site_names, alphas: the axes.
+        rows: one :class:`FaithfulnessRow` per (α, behaviour), α outer.
+        atp: ``[n_behaviors, n_sites]`` float64, I_atp (the package's score on the spans used).
+        real: ``[n_alphas, n_behaviors, n_sites]`` float64, I_real (module docs).
+        top_k: k of the overlaps.
+        provenance: model (fingerprints), settings, alphas, span counts per behaviour (labelled,
+            usable, used, left out by ``max_spans``, dropped), traces, gradient / patching paths.
+    """
+
+    behaviors: tuple[str, ...]
+    site_names: tuple[str, ...]
+    alphas: tuple[float, ...]
+    rows: tuple[FaithfulnessRow, ...]
+    atp: torch.Tensor
+    real: torch.Tensor
+    top_k: int = 10
+    provenance: dict = field(default_factory=dict)
+
+    def row(self, behavior: str, alpha: float) -> FaithfulnessRow:
+        """The comparison of ``behavior`` at ``alpha``."""
+        for r in self.rows:
+            if r.behavior == behavior and r.alpha == alpha:
+                return r
+        raise KeyError(f"no row for behaviour {behavior!r} at alpha {alpha} (alphas {list(self.alphas)})")
+
+    def to_dataframe(self) -> Any:
+        """One row per (α, behaviour): spearman, top-k overlap, signed spearman, rel_l1, median ratio, counts."""
+        import pandas as pd
+
+        return pd.DataFrame([dataclasses.asdict(r) for r in self.rows]).rename(
+            columns={"top_k_overlap": f"top{self.top_k}_overlap"}
+        )
+
+    def sites_dataframe(self) -> Any:
+        """One row per (behaviour, site): ``atp`` and ``real_alpha=<α>`` for each α."""
+        import pandas as pd
+
+        recs = []
+        for bi, b in enumerate(self.behaviors):
+            for j, s in enumerate(self.site_names):
+                rec: dict[str, Any] = {"behavior": b, "site": s, "atp": float(self.atp[bi, j])}
+                for ai, a in enumerate(self.alphas):
+                    rec[f"real_alpha={a:g}"] = float(self.real[ai, bi, j])
+                recs.append(rec)
+        return pd.DataFrame(recs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: axes, rows, score matrices, provenance."""
+        return {
+            "format": FORMAT,
+            "behaviors": list(self.behaviors),
+            "site_names": list(self.site_names),
+            "alphas": list(self.alphas),
+            "top_k": self.top_k,
+            "rows": [
+                {k: _json_float(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(r).items()}
+                for r in self.rows
+            ],
+            "atp": self.atp.tolist(),
+            "real": self.real.tolist(),
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FaithfulnessResult:
+        if d.get("format") != FORMAT:
+            raise ValueError(f"not a faithfulness result (format {d.get('format')!r}, expected {FORMAT!r})")
+        rows = tuple(
+            FaithfulnessRow(
+                alpha=float(r["alpha"]),
+                behavior=str(r["behavior"]),
+                spearman=_float_or_nan(r["spearman"]),
+                top_k_overlap=int(r["top_k_overlap"]),
+                signed_spearman=_float_or_nan(r["signed_spearman"]),
+                rel_l1=_float_or_nan(r["rel_l1"]),
+                median_ratio=_float_or_nan(r["median_ratio"]),
+                n_spans=int(r["n_spans"]),
+                n_traces=int(r["n_traces"]),
+            )
+            for r in d["rows"]
+        )
+        return cls(
+            tuple(d["behaviors"]),
+            tuple(d["site_names"]),
+            tuple(float(a) for a in d["alphas"]),
+            rows,
+            torch.tensor(d["atp"], dtype=torch.float64).reshape(len(d["behaviors"]), len(d["site_names"])),
+            torch.tensor(d["real"], dtype=torch.float64).reshape(
+                len(d["alphas"]), len(d["behaviors"]), len(d["site_names"])
+            ),
+            int(d["top_k"]),
+            d.get("provenance") or {},
+        )
+
+    def save(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``faithfulness.json`` (everything), ``faithfulness.csv`` (:meth:`to_dataframe`) and
+        ``sites.csv`` (:meth:`sites_dataframe`) to ``out_dir``, each atomically.
+
+        A non-empty ``out_dir`` is refused unless ``overwrite`` and it holds an earlier result
+        (``faithfulness.json``): never another folder's files.
+        """
+        out = check_out_dir(out_dir, overwrite=overwrite, marker=FILES[0])
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / FILES[1], self.to_dataframe().to_csv(index=False), replace=overwrite)
+        atomic_write_text(out / FILES[2], self.sites_dataframe().to_csv(index=False), replace=overwrite)
+        atomic_write_text(out / FILES[0], json.dumps(self.to_dict(), indent=1), replace=overwrite)
+        return out
+
+    @classmethod
+    def load(cls, out_dir: str | os.PathLike) -> FaithfulnessResult:
+        """Read a folder written by :meth:`save`."""
+        return cls.from_dict(json.loads((Path(out_dir) / FILES[0]).read_text()))
+
+    def __repr__(self) -> str:
+        head = f"{len(self.behaviors)} behaviours × {len(self.site_names)} sites, alphas {list(self.alphas)}"
+        lines = [f"FaithfulnessResult({head})"]
+        for r in self.rows:
+            lines.append(
+                f"  alpha={r.alpha:g} {r.behavior:24s} spearman={r.spearman:.3f} "
+                f"top{self.top_k}={r.top_k_overlap}/{min(self.top_k, len(self.site_names))} "
+                f"({r.n_spans} spans, {r.n_traces} traces)"
+            )
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the whole check
+def select_spans(
+    encoded: Sequence[EncodedTrace], behaviors: Sequence[str], max_spans: int | None, *, seed: int = 0
+) -> tuple[list[EncodedTrace], dict[str, dict[str, int]]]:
+    """Traces restricted to at most ``max_spans`` scorable spans per behaviour (a seeded uniform
+    sample, kept in trace order; all of them with ``None``) and per behaviour the counts
+    ``{"usable": …, "used": …, "left_out_by_max_spans": …}``. Traces left without a span are dropped."""
+    check_int("max_spans", max_spans, min=1, optional=True)
+    keep: set[tuple[str, int]] = set()
+    counts = {}
+    g = torch.Generator().manual_seed(int(seed))
+    for b in behaviors:
+        cand = [(e.trace_id, s.index) for e in encoded for s in e.spans_of(b) if s.scorable]
+        chosen = cand
+        if max_spans is not None and len(cand) > max_spans:
+            idx = sorted(torch.randperm(len(cand), generator=g)[:max_spans].tolist())
+            chosen = [cand[i] for i in idx]
+        keep.update(chosen)
+        counts[b] = {"usable": len(cand), "used": len(chosen), "left_out_by_max_spans": len(cand) - len(chosen)}
+    out = []
+    for e in encoded:
+        sp = tuple(s for s in e.spans if (e.trace_id, s.index) in keep)
+        if sp:
+            out.append(dataclasses.replace(e, spans=sp))
+    return out, counts
+
+
+def atp_faithfulness(
+    model: Any,
+    dataset: Any,
+    *,
+    config: AttributionConfig | None = None,
+    tokenizer: Any = None,
+    alphas: Sequence[float] | float = (0.1, 1.0),
+    max_spans: int | None = None,
+    seed: int = 0,
+    top_k: int = 10,
+    batch_size: int = 16,
+    progress: bool = True,
+    **options: Any,
+) -> FaithfulnessResult:
+    """Compare the package's AtP scores with real activation patching on ``model`` and ``dataset``.
+
+    Args:
+        model: an HF causal LM, a local model folder or an alias (as :func:`lrm_interp.attribute`).
+        dataset: traces (dataset, list, JSONL path or paper-layout folder).
+        config: the attribution settings (:class:`AttributionConfig`; ``max_tokens`` caps the tokens
+            per trace, spans cut off are counted); keywords override its fields. ``method`` must be
+            ``"attribution"``.
+        tokenizer: for a model object without its own.
+        alphas: patch scales of the real patching (finite, > 0); α = 1 is the package's full û.
+        max_spans: at most this many spans per behaviour (seeded uniform sample; ``None``: all).
+            Steering vectors always come from every trace.
+        seed: seed of the span sample.
+        top_k: k of the top-k overlap.
+        batch_size: (α, site) rows per patched forward.
+        progress: progress bars.
+
+    Returns:
+        :class:`FaithfulnessResult`; ``provenance["spans"][b]`` counts labelled / usable / used /
+        left-out spans per behaviour.
+
+    Raises:
+        ValueError: a bad alpha (≤ 0, NaN, ±inf), ``method="dom"``, or a requested behaviour without
+            a usable span.
+    """
+    cfg = config or AttributionConfig()
+    if options:
+        cfg = cfg.replace(**options)
+    if cfg.method != "attribution":
+        raise ValueError(f"method must be 'attribution' to check attribution patching, got {cfg.method!r}")
+    alphas = check_alphas(alphas)
+    check_int("max_spans", max_spans, min=1, optional=True)
+    check_int("top_k", top_k, min=1)
+    check_int("batch_size", batch_size, min=1)
+    check_int("seed", seed, min=0)
+    plan = plan_attribution(model, dataset, cfg, tokenizer=tokenizer, progress=progress, warn=False)
+    if cfg.behaviors is not None and plan.absent:
+        raise ValueError(
+            f"behaviour(s) {plan.absent} have no usable span in the data "
+            f"({plan.extra.get('absent_spans')}): nothing to patch"
+        )
+    dom = reduce_dom(plan, dom_stage(plan, progress=progress))
+    live = [b for b in live_behaviors(plan, dom) if b not in plan.absent]
+    if not live:
+        raise ValueError(f"no behaviour of {plan.behaviors} has a usable span in the data")
+    sel, counts = select_spans(plan.encoded, live, max_spans, seed=seed)
+    for b in live:
+        counts[b]["labelled"] = sum(len(t.spans_of(b)) for t in plan.dataset)
+        counts[b]["dropped"] = sum(1 for s in plan.skipped if s["behavior"] == b)
+    stats = [
+        atp_trace_stats(
+            plan.model,
+            e,
+            plan.sites,
+            live,
+            dom.vectors,
+            mode=cfg.mode,
+            off_by_one=cfg.off_by_one,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            compute_dtype=cfg.torch_compute_dtype,
+            prefix_cache=cfg.prefix_cache,
+        )
+        for e in tqdm(sel, desc=f"AtP ({cfg.mode})", unit="trace", disable=not progress)
+    ]
+    dots = {b: torch.cat([st[f"dots/{b}"] for st in stats]) for b in live}
+    atp_loss = {b: torch.cat([st[f"loss/{b}"] for st in stats]) for b in live}
+    eff = patching_effects(
+        plan.model,
+        sel,
+        plan.sites,
+        live,
+        dom.vectors,
+        alphas=alphas,
+        off_by_one=cfg.off_by_one,
+        prefix_cache=cfg.prefix_cache,
+        batch_size=batch_size,
+        compute_dtype=cfg.torch_compute_dtype,
+        progress=progress,
+    )
+    rows, atp, real = compare_scores(eff, dots, score=cfg.score, top_k=top_k)
+    loss_gap = max(
+        (float((atp_loss[b] - eff.base_loss[b]).abs().max()) for b in live if atp_loss[b].numel()), default=0.0
+    )
+    prov = {
+        "lrm_interp": __version__,
+        "model": plan.model_provenance,
+        "settings": cfg.to_dict(),
+        "alphas": list(alphas),
+        "max_spans": max_spans,
+        "seed": seed,
+        "batch_size": batch_size,
+        "n_traces": len(plan.dataset),
+        "n_traces_patched": len(sel),
+        "n_sites": len(plan.sites),
+        "spans": counts,
+        "absent_behaviors": plan.absent,
+        "overlong": plan.extra.get("overlong"),
+        "patching_path": {"path": eff.path, "reason": eff.reason},
+        "max_base_loss_gap": loss_gap,  # AtP's unpatched L(s) vs the patching pass's: a consistency check
+        "dataset": {"name": plan.dataset.name, "n_traces": len(plan.dataset)},
+    }
+    return FaithfulnessResult(tuple(live), eff.site_names, alphas, tuple(rows), atp, real, top_k, prov)
+
+
+__all__ = [
+    "FORMAT",
+    "FILES",
+    "PatchingEffects",
+    "FaithfulnessRow",
+    "FaithfulnessResult",
+    "check_alphas",
+    "patching_effects",
+    "aggregate_spans",
+    "real_per_span",
+    "top_k_overlap",
+    "compare_scores",
+    "select_spans",
+    "atp_faithfulness",
+]

@@ -1,0 +1,234 @@
+"""AtP vs real activation patching (lrm_interp.attribution.faithfulness): the fast cached, batched
+patching equals the naive uncached loop of tests/test_atp.py::atp_vs_patching; the comparison
+numbers equal an independent computation (scipy); bad inputs are refused with clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+from synth import synthetic_traces
+
+from lrm_interp.attribution.dom import compute_dom
+from lrm_interp.attribution.faithfulness import (
+    FaithfulnessResult,
+    PatchingEffects,
+    atp_faithfulness,
+    check_alphas,
+    compare_scores,
+    patching_effects,
+    select_spans,
+    top_k_overlap,
+)
+from lrm_interp.data.tokens import encode_trace, target_positions
+from lrm_interp.model.forward import span_losses
+from lrm_interp.model.patching import add_to_outputs
+from lrm_interp.model.sites import find_sites
+from lrm_interp.testing import byte_tokenizer, tiny_model
+
+BEHS = ["backtracking", "uncertainty-estimation", "example-testing", "adding-knowledge"]
+ALPHAS = (0.1, 1.0)
+
+
+@pytest.fixture(scope="module")
+def encoded():
+    """3 traces; trace 2 lacks example-testing; trace 0 has overlapping spans."""
+    ds = synthetic_traces(3, seed=3, skip={2: {"example-testing"}}, overlap=True)
+    return [encode_trace(byte_tokenizer(), t, k_context=5) for t in ds]
+
+
+def naive_effects(model, encoded, sites, behavior, vectors, alpha, *, off_by_one=False):
+    """``[n_spans, n_sites]`` ΔL(s, m, α): the loop of tests/test_atp.py::atp_vs_patching, per span
+    (full prefix ``ids[:end]``, one site at a time, no cache, no batching)."""
+    rows = []
+    for e in encoded:
+        for s in e.spans_of(behavior):
+            if not s.scorable:
+                continue
+            p0, p1 = target_positions(s, off_by_one=off_by_one)
+            ids = e.input_ids[None, : s.end]
+            mask = torch.zeros(1, s.end)
+            mask[0, p0:p1] = 1
+            row = []
+            with torch.no_grad():
+                base = float(span_losses(model, ids, [s])[0])
+                for site in sites:
+                    with add_to_outputs(model, {site.name: (vectors[behavior][site.name], mask)}, alpha=alpha):
+                        row.append(float(span_losses(model, ids, [s])[0]) - base)
+            rows.append(row)
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_patching_effects_equal_naive_loop(arch, encoded):
+    model = tiny_model(arch)
+    sites = find_sites(model)
+    vecs = compute_dom(model, encoded, sites, BEHS, progress=False).vectors
+    refs: dict[tuple, torch.Tensor] = {}
+    for prefix_cache, off in ((True, False), (False, False), (True, True)):
+        eff = patching_effects(
+            model,
+            encoded,
+            sites,
+            BEHS,
+            vecs,
+            alphas=ALPHAS,
+            prefix_cache=prefix_cache,
+            off_by_one=off,
+            batch_size=5,  # 2 alphas x 14 sites = 28 rows: 6 batches, the last one partial
+            progress=False,
+        )
+        assert eff.path == ("prefix_cache" if prefix_cache else "full_prefix")
+        for b in BEHS:
+            for ai, alpha in enumerate(ALPHAS):
+                key = (b, alpha, off)
+                if key not in refs:  # the naive loop once per (behaviour, alpha, window)
+                    refs[key] = naive_effects(model, encoded, sites, b, vecs, alpha, off_by_one=off)
+                ref = refs[key]
+                torch.testing.assert_close(eff.effects[b][ai], ref, rtol=1e-5, atol=1e-5)  # float32 losses ~5
+            assert eff.n_targets[b].tolist() == [s.targets[1] - s.targets[0] for e in encoded for s in e.spans_of(b)]
+    assert eff.n_traces("example-testing") == 2 and eff.n_traces("backtracking") == 3
+    assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
+
+
+def _spearman(a, b) -> float:
+    return float(spearmanr(a.numpy(), b.numpy()).statistic)
+
+
+def test_compare_scores_against_independent_computation():
+    g = torch.Generator().manual_seed(0)
+    n_spans, n_sites = 5, 30
+    eff = torch.randn(2, n_spans, n_sites, generator=g, dtype=torch.float64)
+    dots = torch.randn(n_spans, n_sites, generator=g, dtype=torch.float64)
+    n_t = torch.tensor([3, 1, 4, 2, 5])
+    spans = (("a", 0), ("a", 1), ("b", 0), ("c", 2), ("c", 3))  # 3 traces
+    pe = PatchingEffects(
+        ("x",),
+        tuple(f"s{j}" for j in range(n_sites)),
+        (0.1, 1.0),
+        {"x": eff},
+        {"x": torch.zeros(5)},
+        {"x": n_t},
+        {"x": spans},
+    )
+    for score in ("paper", "code"):
+        rows, atp, real = compare_scores(pe, {"x": dots}, score=score, top_k=10)
+        if score == "paper":
+            exp_atp = dots.sum(0).abs() / 3
+        else:
+            exp_atp = dots.abs().sum(0) / 5
+        torch.testing.assert_close(atp[0], exp_atp)
+        for ai, alpha in enumerate((0.1, 1.0)):
+            per = eff[ai] / (alpha * n_t.double()[:, None])
+            exp_real = per.sum(0).abs() / 3 if score == "paper" else per.abs().sum(0) / 5
+            torch.testing.assert_close(real[ai, 0], exp_real)
+            r = rows[ai]
+            assert (r.alpha, r.behavior, r.n_spans, r.n_traces) == (alpha, "x", 5, 3)
+            assert r.spearman == pytest.approx(_spearman(exp_atp, exp_real), abs=1e-12)
+            top_a = set(sorted(range(n_sites), key=lambda j: -float(exp_atp[j]))[:10])
+            top_r = set(sorted(range(n_sites), key=lambda j: -float(exp_real[j]))[:10])
+            assert r.top_k_overlap == len(top_a & top_r)
+            signed_est = alpha * (n_t.double()[:, None] * dots).sum(0)
+            assert r.signed_spearman == pytest.approx(_spearman(signed_est, eff[ai].sum(0)), abs=1e-12)
+            assert r.rel_l1 == pytest.approx(float((exp_atp - exp_real).abs().sum() / exp_real.sum()))
+            assert r.median_ratio == pytest.approx(float((exp_atp / exp_real).median()))
+    assert top_k_overlap(torch.arange(5.0), torch.arange(5.0), 10) == 5  # k capped at the sites
+
+
+def test_atp_faithfulness_end_to_end(tmp_path):
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    ds = synthetic_traces(4, seed=5)
+    res = atp_faithfulness(
+        model, ds, tokenizer=tok, alphas=(1e-2, 1.0), behaviors=["backtracking", "adding-knowledge"], progress=False
+    )
+    assert res.behaviors == ("backtracking", "adding-knowledge") and len(res.rows) == 4
+    assert res.provenance["patching_path"]["path"] == "prefix_cache"
+    assert res.provenance["max_base_loss_gap"] < 1e-5  # AtP's unpatched losses = the patching pass's
+    sp = res.provenance["spans"]["backtracking"]
+    assert sp["usable"] == sp["used"] == sp["labelled"] == 4 and sp["left_out_by_max_spans"] == 0
+    # small patch: real patching is linear, so I_real -> I_atp (same scale: dot vs dL / (alpha |targets|))
+    small = res.row("backtracking", 1e-2)
+    # measured: spearman 0.9945, rel_l1 0.025, top-10 10/10, median ratio 1.003 (float32 losses)
+    assert small.spearman > 0.98 and small.rel_l1 < 0.05 and small.top_k_overlap >= 9
+    assert small.median_ratio == pytest.approx(1.0, abs=0.02)
+    df = res.to_dataframe()
+    assert list(df.columns[:4]) == ["alpha", "behavior", "spearman", "top10_overlap"] and len(df) == 4
+    assert len(res.sites_dataframe()) == 2 * len(find_sites(model))
+    out = res.save(tmp_path / "f")
+    assert sorted(p.name for p in out.iterdir()) == ["faithfulness.csv", "faithfulness.json", "sites.csv"]
+    back = FaithfulnessResult.load(out)
+    assert (
+        back.rows == res.rows
+        and torch.equal(back.real, res.real)
+        and back.provenance["spans"] == res.provenance["spans"]
+    )
+    with pytest.raises(ValueError, match="--overwrite"):
+        res.save(out)
+    res.save(out, overwrite=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="not an earlier result"):
+        res.save(tmp_path / "other", overwrite=True)
+    assert json.loads((out / "faithfulness.json").read_text())["format"] == "lrm_interp.faithfulness/1"
+
+
+def test_span_cap_is_counted_and_seeded():
+    enc = [encode_trace(byte_tokenizer(), t) for t in synthetic_traces(6, seed=1)]
+    sel, counts = select_spans(enc, ["backtracking", "deduction"], 3, seed=7)
+    assert counts["backtracking"] == {"usable": 6, "used": 3, "left_out_by_max_spans": 3}
+    assert sum(len(e.spans_of("backtracking")) for e in sel) == 3
+    assert not any(e.spans_of("initializing") for e in sel)  # other behaviours' spans are not patched
+    again, _ = select_spans(enc, ["backtracking", "deduction"], 3, seed=7)
+    assert [[s.index for s in e.spans] for e in again] == [[s.index for s in e.spans] for e in sel]
+    _, all_ = select_spans(enc, ["backtracking"], None)
+    assert all_["backtracking"]["left_out_by_max_spans"] == 0
+
+
+@pytest.mark.parametrize("alpha", [0.0, -1.0, math.nan, math.inf])
+def test_bad_alpha_refused(alpha):
+    with pytest.raises(ValueError, match="alpha must be"):
+        check_alphas([0.1, alpha])
+    with pytest.raises(ValueError, match="alpha must be"):
+        atp_faithfulness(tiny_model("llama"), synthetic_traces(2), tokenizer=byte_tokenizer(), alphas=alpha)
+
+
+def test_bad_inputs_refused():
+    model, tok, ds = (
+        tiny_model("llama"),
+        byte_tokenizer(),
+        synthetic_traces(2, seed=0, skip={0: {"backtracking"}, 1: {"backtracking"}}),
+    )
+    with pytest.raises(ValueError, match=r"no requested behaviour has a usable span: backtracking"):
+        atp_faithfulness(model, ds, tokenizer=tok, behaviors=["backtracking"], progress=False)
+    with pytest.raises(ValueError, match=r"\['backtracking'\] ha(s|ve) no usable span"):
+        atp_faithfulness(model, ds, tokenizer=tok, behaviors=["deduction", "backtracking"], progress=False)
+    with pytest.raises(ValueError, match="method must be 'attribution'"):
+        atp_faithfulness(model, ds, tokenizer=tok, method="dom", progress=False)
+    with pytest.raises(ValueError, match="max_spans"):
+        atp_faithfulness(model, ds, tokenizer=tok, max_spans=0, progress=False)
+    with pytest.raises(ValueError, match="duplicates"):
+        check_alphas([1.0, 1.0])
+    with pytest.raises(ValueError, match="at least one"):
+        check_alphas([])
+
+
+def test_cli_writes_refuses_and_overwrites(tmp_path, capsys):
+    from lrm_interp.cli.main import main
+
+    data = synthetic_traces(3, seed=2).save_jsonl(tmp_path / "t.jsonl")
+    argv = ["faithfulness", "--model", "toy", "--data", str(data), "--out", str(tmp_path / "f"), "--quiet"]
+    argv += ["--behaviors", "backtracking", "adding-knowledge", "--max-spans", "2", "--alpha", "0.1", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "spearman" in out and "left out by --max-spans: {'backtracking': 1, 'adding-knowledge': 1}" in out
+    res = FaithfulnessResult.load(tmp_path / "f")
+    assert res.provenance["spans"]["backtracking"]["used"] == 2 and len(res.rows) == 4
+    assert main(argv) == 2  # an existing result is not replaced without --overwrite
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and err[0].startswith("lrm-interp faithfulness")
+    assert main(argv + ["--overwrite"]) == 0
+    with pytest.raises(SystemExit):
+        main(argv[:-2] + ["--alpha", "0"])
