@@ -334,6 +334,7 @@ def test_file_outputs_naming_a_folder_are_refused_before_any_work(tmp_path, monk
 
     monkeypatch.setattr(annotate_mod, "load_outputs", no_work)
     monkeypatch.setattr(registry, "build_saliency", no_work)
+    monkeypatch.setattr("lrm_interp.data.loading.load_dataset", no_work)  # parse: refused before reading
     d = tmp_path / "dir"
     d.mkdir()
     (d / "mine.txt").write_text("mine")
@@ -344,6 +345,7 @@ def test_file_outputs_naming_a_folder_are_refused_before_any_work(tmp_path, monk
         ["protect", "--scores", str(tmp_path / "A"), "--model", "toy", "--data", str(traces), "--out", str(d)]
         + ["--overwrite", "--quiet"],
         ["toy", "traces", "--gold", "--out", str(d), "--overwrite"],
+        ["parse", "--data", str(traces), "--out", str(d), "--overwrite"],
     ):
         assert _rc(argv) == 2, argv
         err = capsys.readouterr().err

@@ -158,7 +158,7 @@ def cmd_parse(a: argparse.Namespace) -> int:
             f"--data {data} is JSONL (drop --report)"
         )
     # before reading anything: no output names the input or the other output, none replaced without --overwrite
-    check_paths({"--out": a.out, "--report": a.report}, {"--data": data}, overwrite=a.overwrite)
+    check_paths({"--out": a.out, "--report": a.report}, {"--data": data}, overwrite=a.overwrite, files=True)
     with reading(data, "--data"), warnings.catch_warnings():
         warnings.simplefilter("ignore", CustomBehaviorWarning)  # printed below as one line
         ds = load_dataset(data)
