@@ -10,6 +10,8 @@ files are written without outputs.
 ``pretrained.ipynb``           the pretrained reasoner (SmolLM2-135M + distilled delta, offline) end to
                                end: its own traces, the sites per behaviour, 4/3-bit RTN
 ``benchmark.ipynb``            accuracy vs compression, short vs long outputs, collapse
+``findings.ipynb``             the seed paper's four claims on the distilled reasoner, from the saved
+                               tables of docs/findings.md (seconds, no model)
 =============================  ==============================================================
 
 All are executed in CI by tests/test_notebooks.py.
@@ -277,12 +279,82 @@ BENCHMARK = [
     ("code", "scores.collapse_points(threshold=10.0)"),
 ]
 
+FINDINGS = [
+    (
+        "md",
+        "# The paper's claims on the distilled reasoner\n\n"
+        "Tables and heatmaps of docs/findings.md, read from `benchmarks/results/findings/` (written by "
+        "`python benchmarks/findings.py claims|shift`); no model is loaded. Each table's verdict: "
+        "*holds* / *does not hold* / *cannot tell* at 95 %.",
+    ),
+    (
+        "code",
+        "%matplotlib inline\nfrom pathlib import Path\nimport pandas as pd\nimport matplotlib.pyplot as plt\n"
+        "import lrm_interp\nfrom lrm_interp.experiments.findings import sign_test\n"
+        "root = Path(lrm_interp.__file__).resolve().parents[1] / 'benchmarks' / 'results' / 'findings'\n"
+        "assert root.is_dir(), f'{root}: the saved results live in a clone of the repository'\n"
+        "sorted(p.name for p in root.glob('*.csv'))",
+    ),
+    (
+        "md",
+        "## Claim 1: compression hurts knowledge recall more than reasoning\n\n"
+        "Accuracy drops (points) against the uncompressed reasoner, 50 problems per family; `diff` = knowledge "
+        "drop − reasoning drop with a paired bootstrap interval.",
+    ),
+    (
+        "code",
+        "kr = pd.read_csv(root / 'knowledge_vs_reasoning.csv')\n"
+        "kr[['model', 'reasoning', 'drop_knowledge', 'drop_reasoning', 'diff', 'ci95_low', 'ci95_high', 'verdict']]"
+        ".round(1)",
+    ),
+    ("md", "## Claim 2: shorter outputs score higher\n\nShortest vs longest 30 % of outputs per model × task."),
+    (
+        "code",
+        "sl = pd.read_csv(root / 'short_vs_long.csv')\n"
+        "print(sign_test(sl.loc[sl.verdict != 'no spread', 'diff']))\n"
+        "sl[sl.verdict != 'no spread'].round(1)",
+    ),
+    (
+        "md",
+        "## Claim 3: a final-layer `up_proj` is among the most important sites\n\n"
+        "Rank of `model.layers.29.mlp.up_proj` of 210 sites per behaviour, on two disjoint halves of the "
+        "reasoner's own traces.",
+    ),
+    ("code", "pd.read_csv(root / 'site_ranks.csv').drop(columns=['site', 'n_sites'])"),
+    (
+        "md",
+        "## Claim 4: compression takes importance from the final layer and mid-layer `gate_proj`\n\n"
+        "Signed RI change (compressed − original), summed over the final layer and over `gate_proj` of the "
+        "middle third of the layers.",
+    ),
+    (
+        "code",
+        "summ = pd.read_csv(root / 'shift_summary.csv')\n"
+        "summ.groupby('variant')[['final_layer_delta', 'mid_gate_delta', 'delta_up', 'delta_down', 'delta_gate']]"
+        ".mean().round(3)",
+    ),
+    (
+        "code",
+        "shift = pd.read_csv(root / 'shift_gptq3.csv')  # the two halves' mean, per site\n"
+        "kinds = ['q', 'k', 'v', 'o', 'gate', 'up', 'down']\n"
+        "behs = list(dict.fromkeys(shift.behavior))\n"
+        "fig, axes = plt.subplots(1, len(behs), figsize=(3 * len(behs), 6), sharey=True)\n"
+        "for ax, b in zip(axes, behs):\n"
+        "    grid = shift[shift.behavior == b].pivot(index='layer', columns='kind', values='delta_ri')[kinds]\n"
+        "    m = abs(grid.values).max()\n"
+        "    ax.imshow(grid.values, cmap='RdBu', vmin=-m, vmax=m, aspect='auto')\n"
+        "    ax.set_title(b, fontsize=9); ax.set_xticks(range(len(kinds)), kinds, fontsize=7)\n"
+        "axes[0].set_ylabel('layer')\nfig.suptitle('GPTQ 3-bit: RI change per site (blue: lost)')\nplt.show()",
+    ),
+]
+
 NOTEBOOKS = {
     "quickstart.ipynb": CELLS,
     "compressed.ipynb": COMPRESSED,
     "protection.ipynb": PROTECTION,
     "pretrained.ipynb": PRETRAINED,
     "benchmark.ipynb": BENCHMARK,
+    "findings.ipynb": FINDINGS,
 }
 
 

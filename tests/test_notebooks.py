@@ -22,6 +22,7 @@ EXPECT = {
     ),
     "pretrained.ipynb": (1, ["Attribution"], ["Divergence(", "model.layers.29."]),
     "benchmark.ipynb": (0, ["BenchScores("], ["pass@1", "collapse_starts_at", "rtn3"]),
+    "findings.ipynb": (1, [], ["knowledge more fragile", "'positive'", "final_layer_delta", "adding-knowledge"]),
 }
 
 
