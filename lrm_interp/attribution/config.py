@@ -19,8 +19,11 @@ from typing import Any
 import torch
 
 from lrm_interp._io import DTYPE_CHOICES, dtype_to_str, str_to_dtype
+from lrm_interp.checks import check_float
 
-METHODS = ("attribution", "dom")
+METHODS = ("attribution", "dom", "patching")
+#: methods whose score needs a span's predictable tokens (its loss L(s)): unscorable spans are left out
+SPAN_LOSS_METHODS = ("attribution", "patching")
 MODES = ("exact", "joint")
 SCORES = ("paper", "code")
 NEGATIVES = ("all", "response", "thinking")
@@ -55,8 +58,11 @@ class AttributionConfig:
     )
     method: str = _opt(
         "attribution",
-        "attribution = attribution patching (paper Eq. 2); dom = size of the "
-        "mean shift ||u|| / ||mean activation|| only",
+        "attribution = attribution patching (paper Eq. 2, first-order; fast); patching = exact "
+        "activation patching on the same score scale: the measured span-loss change of adding "
+        "patch_alpha * u at each site (one forward of the span window per site and span; "
+        "exact where AtP is a first-order estimate, about 18x slower: docs/method.md); dom = size of the mean shift "
+        "||u|| / ||mean activation|| only",
         METHODS,
     )
     mode: str = _opt(
@@ -70,6 +76,11 @@ class AttributionConfig:
         "paper = |sum over spans of u.grad| / |D+| (Eq. 2); code = the released code's "
         "sum of |u.grad| / number of spans",
         SCORES,
+    )
+    patch_alpha: float = _opt(
+        1.0,
+        "method=patching: scale alpha > 0 of the patch a + alpha * u (1 = the full-size steering "
+        "vector the scores describe; small alpha approaches the AtP score)",
     )
     k_context: int = _opt(5, "tokens before each span added to its DoM window (paper's code: 5; Venhoff: 1)")
     negatives: str = _opt(
@@ -153,12 +164,22 @@ class AttributionConfig:
             raise ValueError(f"compute_dtype: {e}") from None
         if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"compute_dtype must be one of {DTYPE_CHOICES} or None, got {self.compute_dtype!r}")
+        set_("patch_alpha", check_float("patch_alpha", self.patch_alpha, min=0.0, min_open=True))
         if self.method == "dom" and (
             self.mode != "exact" or self.score != "paper" or self.off_by_one or self.gradient_checkpointing
         ):
             raise ValueError(
-                "mode, score, off_by_one and gradient_checkpointing apply to method='attribution' "
-                "only; leave them at their defaults with method='dom'"
+                "mode, score, off_by_one and gradient_checkpointing do not apply to method='dom' (a "
+                "mean shift, no span loss); leave them at their defaults with method='dom'"
+            )
+        if self.method == "patching" and (self.mode != "exact" or self.gradient_checkpointing):
+            raise ValueError(
+                "mode and gradient_checkpointing choose how AtP computes gradients: method='patching' "
+                "takes no gradient (exact forwards only); leave them at their defaults (mode='exact')"
+            )
+        if self.method != "patching" and self.patch_alpha != 1.0:
+            raise ValueError(
+                f"patch_alpha applies to method='patching' only (got method={self.method!r}); leave it at 1.0"
             )
 
     # ------------------------------------------------------------------ views
@@ -195,4 +216,14 @@ class AttributionConfig:
         return hashlib.blake2b(json.dumps(self.to_dict(), sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
-__all__ = ["AttributionConfig", "METHODS", "MODES", "SCORES", "NEGATIVES", "WEIGHTINGS", "SPECIAL_TOKENS", "OVERLONG"]
+__all__ = [
+    "AttributionConfig",
+    "METHODS",
+    "SPAN_LOSS_METHODS",
+    "MODES",
+    "SCORES",
+    "NEGATIVES",
+    "WEIGHTINGS",
+    "SPECIAL_TOKENS",
+    "OVERLONG",
+]

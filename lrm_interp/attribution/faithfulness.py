@@ -28,11 +28,18 @@ cannot be cut this way (:func:`~lrm_interp.model.prefix_cache.cache_support`) ru
 from every trace, a seeded sample of at most ``max_spans`` usable spans per behaviour (how many were
 used and left out is reported), AtP dots and real effects on exactly those spans, and the comparison
 (Spearman ρ, top-k overlap, |I_atp − I_real| summaries) → :class:`FaithfulnessResult`.
+
+The correction (``lrm_interp.attribute(..., method="patching", patch_alpha=α)``): I_real at one α
+as the score itself, every scorable span of every trace patched, resumable per trace
+(:func:`patching_trace_stats`, aggregated by :func:`~lrm_interp.attribution.atp.aggregate_spans`
+like AtP's dots). docs/method.md, "The correction", has its cost and when to use it. The patching
+code itself (:func:`patching_effects`, :func:`real_per_span`, :func:`patching_trace_stats`) lives in
+:mod:`lrm_interp.attribution.atp`, beside AtP, so that ``attribute`` can use it without importing
+this module (which imports the pipeline); it is re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -43,29 +50,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lrm_interp import __version__
 from lrm_interp._io import atomic_write_text, check_out_dir
-from lrm_interp.attribution.atp import atp_trace_stats, window_start
-from lrm_interp.attribution.config import SCORES, AttributionConfig
+from lrm_interp.attribution.atp import (  # the real patching lives beside AtP; re-exported here
+    PATCH_BATCH,
+    PatchingEffects,
+    aggregate_spans,
+    atp_trace_stats,
+    check_alphas,
+    patching_effects,
+    patching_trace_stats,
+    real_per_span,
+)
+from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.pipeline import dom_stage, live_behaviors, plan_attribution, reduce_dom
 from lrm_interp.attribution.stats import spearman
-from lrm_interp.checks import check_float, check_int
-from lrm_interp.data.tokens import EncodedTrace, TokenSpan, target_positions
-from lrm_interp.model.forward import (
-    base_and_head,
-    cache_kwarg,
-    frozen_for_attribution,
-    hidden_states,
-    input_device,
-    logits_path,
-)
-from lrm_interp.model.patching import add_to_outputs
-from lrm_interp.model.prefix_cache import cache_support, trace_cache, window_cache
-from lrm_interp.model.provenance import NonFiniteError
-from lrm_interp.model.sites import Site
+from lrm_interp.checks import check_int
+from lrm_interp.data.tokens import EncodedTrace
 
 #: ``format`` of ``faithfulness.json``.
 FORMAT = "lrm_interp.faithfulness/1"
@@ -73,244 +76,7 @@ FORMAT = "lrm_interp.faithfulness/1"
 FILES = ("faithfulness.json", "faithfulness.csv", "sites.csv")
 
 
-# --------------------------------------------------------------------------- checks
-def check_alphas(alphas: Sequence[float] | float) -> tuple[float, ...]:
-    """``alphas`` as a tuple of distinct finite floats > 0; ``ValueError`` otherwise (NaN, ±inf, ≤ 0)."""
-    seq = (alphas,) if isinstance(alphas, (int, float)) else tuple(alphas)
-    if not seq:
-        raise ValueError("alphas must name at least one patch scale > 0")
-    out = tuple(check_float("alpha", a, min=0.0, min_open=True) for a in seq)
-    if len(set(out)) != len(out):
-        raise ValueError(f"alphas has duplicates: {list(out)}")
-    return out
-
-
-# --------------------------------------------------------------------------- real patching
-@dataclass(frozen=True)
-class PatchingEffects:
-    """Real activation-patching effects on the spans of each behaviour.
-
-    Attributes:
-        behaviors, site_names, alphas: the axes.
-        effects: behaviour → ``[n_alphas, n_spans, n_sites]`` float64, ΔL(s, m, α) (module docs).
-        base_loss: behaviour → ``[n_spans]`` float64, the unpatched L(s).
-        n_targets: behaviour → ``[n_spans]`` int64, |targets(s)| (positions patched; the span's
-            tokens scored by L(s)).
-        spans: behaviour → ``((trace id, span index in the trace), ...)``, the rows of ``effects``.
-        path: ``"prefix_cache"`` or ``"full_prefix"`` (with ``reason``).
-    """
-
-    behaviors: tuple[str, ...]
-    site_names: tuple[str, ...]
-    alphas: tuple[float, ...]
-    effects: dict[str, torch.Tensor]
-    base_loss: dict[str, torch.Tensor]
-    n_targets: dict[str, torch.Tensor]
-    spans: dict[str, tuple[tuple[str, int], ...]]
-    path: str = "prefix_cache"
-    reason: str = ""
-
-    def n_traces(self, behavior: str) -> int:
-        """|D+|: traces with at least one span of ``behavior`` here."""
-        return len({t for t, _ in self.spans[behavior]})
-
-
-def _expand_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], rows: int, start: int):
-    """A read-only cache of positions ``[0, start)`` for a batch of ``rows`` identical prefixes."""
-    return window_cache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in kv], start)
-
-
-def _row_losses(
-    model: torch.nn.Module, ids: torch.Tensor, span: TokenSpan, *, offset: int = 0, cache: object | None = None
-) -> torch.Tensor:
-    """``[rows]`` L(s) of each batch row (float32 at least): mean cross-entropy of the span's tokens.
-
-    ``ids [rows, seq]`` are the tokens of absolute positions ``[offset, offset + seq)`` (identical
-    rows; each row carries its own patch), ``cache`` the keys/values of ``[0, offset)`` for as many
-    rows. Logits only at the positions predicting the span's tokens (as
-    :func:`~lrm_interp.model.forward.span_losses`, which this equals row by row).
-    """
-    a, b = span.targets
-    pos = torch.arange(a - 1, b - 1, device=ids.device) - offset
-    if int(pos[0]) < 0:
-        raise ValueError(f"span [{span.start}, {span.end}) needs position {a - 1}, before the window start {offset}")
-    if logits_path(model) == "split":
-        base, head = base_and_head(model)
-        h = hidden_states(base, ids, cache)  # [rows, seq, d]
-        logits = head(h[:, pos.to(h.device)])  # [rows, n, vocab]
-    else:
-        kw: dict[str, Any] = {"use_cache": False} if cache is None else {"use_cache": True, cache_kwarg(model): cache}
-        logits = model(input_ids=ids, **kw).logits[:, pos]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    rows, n, vocab = logits.shape
-    tgt = ids[0, a - offset : b - offset].to(logits.device)
-    ce = F.cross_entropy(logits.reshape(rows * n, vocab), tgt.repeat(rows), reduction="none")
-    return ce.view(rows, n).mean(1)
-
-
-def _span_effects(
-    model: torch.nn.Module,
-    enc: EncodedTrace,
-    span: TokenSpan,
-    sites: Sequence[Site],
-    vecs: dict[str, torch.Tensor],
-    alphas: Sequence[float],
-    *,
-    kv: list[tuple[torch.Tensor, torch.Tensor]] | None,
-    off_by_one: bool,
-    batch_size: int,
-) -> tuple[torch.Tensor, float]:
-    """``([n_alphas, n_sites] float64 ΔL, base L(s))`` of one span; rows (α, site) batched ``batch_size`` at a time.
-
-    With ``kv`` (the trace's prefix cache) only the window ``[start − 1, end)`` runs; without it
-    the full prefix ``ids[:end]``. Non-finite losses raise :class:`NonFiniteError` naming the span.
-    """
-    dev = input_device(model)
-    q0 = window_start(span) if kv is not None else 0
-    ids = enc.input_ids[q0 : span.end].to(dev).unsqueeze(0)  # [1, w]
-    p0, p1 = target_positions(span, off_by_one=off_by_one)
-    p0, p1 = max(p0, q0) - q0, min(p1, span.end) - q0  # patch positions inside the window
-    where = f"trace {enc.trace_id}, span [{span.start}, {span.end}) ({span.behavior})"
-    base = _row_losses(model, ids, span, offset=q0, cache=_expand_cache(kv, 1, q0) if kv is not None and q0 else None)
-    if not bool(torch.isfinite(base).all()):
-        raise NonFiniteError(f"{where}: the unpatched span loss is not finite")
-    rows = [(i, j) for i in range(len(alphas)) for j in range(len(sites))]
-    out = torch.zeros(len(alphas), len(sites), dtype=torch.float64)
-    for k0 in range(0, len(rows), batch_size):
-        chunk = rows[k0 : k0 + batch_size]
-        n = len(chunk)
-        masks: dict[int, torch.Tensor] = {}
-        for r, (i, j) in enumerate(chunk):
-            m = masks.setdefault(j, torch.zeros(n, ids.shape[1]))
-            m[r, p0:p1] = alphas[i]  # the mask's value scales the addition (model/patching.py)
-        additions = {sites[j].name: (vecs[sites[j].name], m) for j, m in masks.items()}
-        cache = _expand_cache(kv, n, q0) if kv is not None and q0 else None
-        with add_to_outputs(model, additions, alpha=1.0):
-            losses = _row_losses(model, ids.expand(n, -1), span, offset=q0, cache=cache)
-        if not bool(torch.isfinite(losses).all()):
-            r = int((~torch.isfinite(losses)).nonzero()[0])
-            i, j = chunk[r]
-            raise NonFiniteError(
-                f"{where}: the span loss patched at site {sites[j].name} (alpha {alphas[i]}) is not finite"
-            )
-        for r, (i, j) in enumerate(chunk):
-            out[i, j] = float(losses[r]) - float(base[0])
-    return out, float(base[0])
-
-
-def patching_effects(
-    model: torch.nn.Module,
-    encoded: Sequence[EncodedTrace],
-    sites: Sequence[Site],
-    behaviors: Sequence[str],
-    vectors: dict[str, dict[str, torch.Tensor]],
-    *,
-    alphas: Sequence[float] | float = 1.0,
-    off_by_one: bool = False,
-    prefix_cache: bool = True,
-    batch_size: int = 16,
-    compute_dtype: torch.dtype | None = None,
-    progress: bool = True,
-) -> PatchingEffects:
-    """Real activation patching ΔL(s, m, α) of every scorable span of ``behaviors`` in ``encoded``.
-
-    Args:
-        model: the causal LM (kept in eval mode; no parameter gets a gradient).
-        encoded: tokenized traces; every scorable span of a listed behaviour is patched (pass traces
-            whose ``spans`` were filtered to patch fewer: :func:`atp_faithfulness` does).
-        sites: the sites to patch, one at a time.
-        behaviors: behaviour labels; each needs ``vectors[b][site.name]`` (``[d_out]``).
-        vectors: the steering vectors û (e.g. ``Attribution.vectors`` / ``DoMResult.vectors``).
-        alphas: patch scales (each finite > 0).
-        off_by_one: patch the released code's window ``[start, end)`` instead of ``[start − 1, end − 1)``.
-        prefix_cache: run only each span's window against the cached prefix when the model allows it.
-        batch_size: (α, site) rows per forward.
-        compute_dtype: autocast dtype of the forwards (losses in float32).
-        progress: a progress bar over spans.
-
-    Returns:
-        :class:`PatchingEffects` with ``effects[b]`` ``[n_alphas, n_spans_b, n_sites]``.
-    """
-    alphas = check_alphas(alphas)
-    check_int("batch_size", batch_size, min=1)
-    missing = [b for b in behaviors if any(e.spans_of(b) for e in encoded) and b not in vectors]
-    if missing:
-        raise KeyError(f"no steering vectors for behaviours {missing}")
-    ok, reason = cache_support(model) if prefix_cache else (False, "prefix_cache=False")
-    dev = input_device(model)
-    todo = [(e, s) for e in encoded for s in e.spans if s.behavior in behaviors and s.scorable]
-    eff: dict[str, list[torch.Tensor]] = {b: [] for b in behaviors}
-    base: dict[str, list[float]] = {b: [] for b in behaviors}
-    ntg: dict[str, list[int]] = {b: [] for b in behaviors}
-    ids_: dict[str, list[tuple[str, int]]] = {b: [] for b in behaviors}
-    autocast = (
-        (lambda: torch.autocast(device_type=dev.type, dtype=compute_dtype))
-        if compute_dtype is not None
-        else contextlib.nullcontext
-    )
-    bar = tqdm(total=len(todo), desc="real patching", unit="span", disable=not progress)
-    with frozen_for_attribution(model), torch.no_grad(), bar:
-        for e in encoded:
-            spans = [s for s in e.spans if s.behavior in behaviors and s.scorable]
-            if not spans:
-                continue
-            kv = None
-            if ok:
-                with autocast():
-                    kv = trace_cache(model, e.input_ids[: max(s.end for s in spans)].unsqueeze(0).to(dev))
-            for s in spans:
-                with autocast():
-                    d, l0 = _span_effects(
-                        model,
-                        e,
-                        s,
-                        sites,
-                        vectors[s.behavior],
-                        alphas,
-                        kv=kv,
-                        off_by_one=off_by_one,
-                        batch_size=batch_size,
-                    )
-                eff[s.behavior].append(d)
-                base[s.behavior].append(l0)
-                a, b_ = s.targets
-                ntg[s.behavior].append(b_ - a)
-                ids_[s.behavior].append((e.trace_id, s.index))
-                bar.update(1)
-    n_sites = len(sites)
-    return PatchingEffects(
-        tuple(behaviors),
-        tuple(s.name for s in sites),
-        alphas,
-        {
-            b: torch.stack(eff[b], 1) if eff[b] else torch.zeros(len(alphas), 0, n_sites, dtype=torch.float64)
-            for b in behaviors
-        },
-        {b: torch.tensor(base[b], dtype=torch.float64) for b in behaviors},
-        {b: torch.tensor(ntg[b], dtype=torch.int64) for b in behaviors},
-        {b: tuple(ids_[b]) for b in behaviors},
-        "prefix_cache" if ok else "full_prefix",
-        "span windows against the cached prefix" if ok else reason,
-    )
-
-
 # --------------------------------------------------------------------------- comparison
-def aggregate_spans(per_span: torch.Tensor, n_traces: int, *, score: str = "paper") -> torch.Tensor:
-    """``[n_sites]`` the package's aggregation of per-span values ``[n_spans, n_sites]``:
-    ``|Σ_s x| / n_traces`` (``"paper"``) or ``Σ_s |x| / n_spans`` (``"code"``); zeros without spans."""
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    if per_span.shape[0] == 0:
-        return torch.zeros(per_span.shape[1], dtype=torch.float64)
-    x = per_span.double()
-    return x.sum(0).abs() / max(n_traces, 1) if score == "paper" else x.abs().sum(0) / x.shape[0]
-
-
-def real_per_span(effects: torch.Tensor, n_targets: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``[n_spans, n_sites]`` ΔL(s, m, α) / (α·|targets(s)|): real patching on the scale of AtP's ``dot``."""
-    return effects.double() / (alpha * n_targets.double().clamp_min(1)).unsqueeze(1)
-
-
 def top_k_overlap(a: torch.Tensor, b: torch.Tensor, k: int) -> int:
     """Sites among the ``k`` largest of both ``a`` and ``b`` (``[n_sites]``; ties broken by site order)."""
     k = min(k, a.numel())
@@ -568,7 +334,7 @@ def atp_faithfulness(
     max_spans: int | None = None,
     seed: int = 0,
     top_k: int = 10,
-    batch_size: int = 16,
+    batch_size: int = PATCH_BATCH,
     progress: bool = True,
     **options: Any,
 ) -> FaithfulnessResult:
@@ -683,7 +449,9 @@ __all__ = [
     "FaithfulnessRow",
     "FaithfulnessResult",
     "check_alphas",
+    "PATCH_BATCH",
     "patching_effects",
+    "patching_trace_stats",
     "aggregate_spans",
     "real_per_span",
     "top_k_overlap",

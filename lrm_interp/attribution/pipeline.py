@@ -9,9 +9,11 @@
    cannot be used (dropped by tokenization or truncation, or unscorable by AtP) and the
    behaviours left without a usable span (left out of the result with a warning, never an
    all-zero row; a run where no requested behaviour has one is refused); opens the resume store.
-2. :func:`dom_stage` / :func:`atp_stage`: one independent computation per trace (so a
-   data-parallel runner only has to shard the trace list), each result written to
-   ``out_dir/partial/{dom,atp}/`` as soon as it exists (:mod:`lrm_interp.attribution.resume`).
+2. :func:`dom_stage` / :func:`atp_stage` (``method="attribution"``) or :func:`patching_stage`
+   (``method="patching"``: exact activation patching, :func:`~lrm_interp.attribution.atp.patching_trace_stats`):
+   one independent computation per trace (so a data-parallel runner only has to shard the trace
+   list), each result written to ``out_dir/partial/{dom,atp,patching}/`` as soon as it exists
+   (:mod:`lrm_interp.attribution.resume`).
 3. :func:`reduce_dom` / :func:`finish`: arithmetic on the per-trace statistics →
    :class:`~lrm_interp.attribution.results.Attribution`, saved to ``out_dir``.
 
@@ -39,8 +41,8 @@ from tqdm.auto import tqdm
 
 from lrm_interp import __version__
 from lrm_interp.attribution import distributed
-from lrm_interp.attribution.atp import atp_aggregate, atp_trace_stats
-from lrm_interp.attribution.config import AttributionConfig
+from lrm_interp.attribution.atp import PATCH_BATCH, atp_aggregate, atp_trace_stats, patching_trace_stats
+from lrm_interp.attribution.config import SPAN_LOSS_METHODS, AttributionConfig
 from lrm_interp.attribution.dom import DoMResult, dom_aggregate, dom_trace_stats
 from lrm_interp.attribution.results import Attribution
 from lrm_interp.attribution.resume import (
@@ -271,13 +273,13 @@ def _absent_behaviors(
     """The requested behaviours without a usable span, and per behaviour what became of its spans.
 
     A span is usable when it survived tokenization and the context (``encoded``) and, for
-    ``method="attribution"``, is scorable (a behaviour whose spans all lack a predictable token
-    would get an all-zero AtP row). Returns ``(absent, {behaviour: {"labelled", "dropped",
+    ``method="attribution"`` or ``"patching"``, is scorable (a behaviour whose spans all lack a
+    predictable token would get an all-zero row). Returns ``(absent, {behaviour: {"labelled", "dropped",
     "reasons": {reason: count}}})``. Absent behaviours are left out of the result (never saved
     as an all-zero ranking) and warned about with their counts; when every requested
     behaviour is absent the run is refused (``ValueError``).
     """
-    usable = {sp.behavior for e in encoded for sp in e.spans if config.method != "attribution" or sp.scorable}
+    usable = {sp.behavior for e in encoded for sp in e.spans if config.method not in SPAN_LOSS_METHODS or sp.scorable}
     absent = [b for b in behaviors if b not in usable]
     info: dict[str, dict] = {}
     for b in absent:
@@ -367,7 +369,7 @@ def plan_attribution(
             skipped.append(
                 {"trace": t.id, "span": idx, "behavior": t.spans[idx].behavior, "reason": reason, "used_by": []}
             )
-        if config.method == "attribution":
+        if config.method in SPAN_LOSS_METHODS:
             for sp in enc.spans:
                 if sp.behavior in behaviors and not sp.scorable:
                     skipped.append(
@@ -431,6 +433,21 @@ def live_behaviors(plan: AttributionPlan, dom: DoMResult) -> list[str]:
     return [b for b in plan.behaviors if dom.n_traces.get(b, 0) > 0]
 
 
+def _vector_keyed(
+    plan: AttributionPlan, dom: DoMResult, encoded: Sequence[EncodedTrace] | None
+) -> tuple[list[str], list[tuple[str, str, EncodedTrace]]]:
+    """Live behaviours and the ``(trace id, partial key, trace)`` items of a stage that uses the
+    steering vectors: each key includes their fingerprint, so a change anywhere in the data (which
+    moves every vector) recomputes every trace."""
+    live = live_behaviors(plan, dom)
+    vfp = tensors_fingerprint({b: dom.vectors[b] for b in live})
+    items = [
+        (e.trace_id, f"{plan.trace_keys[e.trace_id]}:{vfp}", e)
+        for e in (encoded if encoded is not None else plan.encoded)
+    ]
+    return live, items
+
+
 def atp_stage(
     plan: AttributionPlan, dom: DoMResult, encoded: Sequence[EncodedTrace] | None = None, *, progress: bool = True
 ) -> list[dict[str, torch.Tensor]]:
@@ -439,12 +456,8 @@ def atp_stage(
     Each partial's key includes the fingerprint of the steering vectors it used, so a change
     anywhere in the data (which moves every vector) recomputes every trace.
     """
-    cfg, live = plan.config, live_behaviors(plan, dom)
-    vfp = tensors_fingerprint({b: dom.vectors[b] for b in live})
-    items = [
-        (e.trace_id, f"{plan.trace_keys[e.trace_id]}:{vfp}", e)
-        for e in (encoded if encoded is not None else plan.encoded)
-    ]
+    cfg = plan.config
+    live, items = _vector_keyed(plan, dom, encoded)
     return plan.store.run(
         "atp",
         items,
@@ -459,6 +472,32 @@ def atp_stage(
             gradient_checkpointing=cfg.gradient_checkpointing,
             compute_dtype=cfg.torch_compute_dtype,
             prefix_cache=cfg.prefix_cache,
+        ),
+        progress=progress,
+    )
+
+
+def patching_stage(
+    plan: AttributionPlan, dom: DoMResult, encoded: Sequence[EncodedTrace] | None = None, *, progress: bool = True
+) -> list[dict[str, torch.Tensor]]:
+    """Step 2b of ``method="patching"``: per-trace real activation patching at ``config.patch_alpha``
+    (:func:`~lrm_interp.attribution.atp.patching_trace_stats`), resumable like
+    :func:`atp_stage` (partials under ``partial/patching/``, keyed by the steering vectors too)."""
+    cfg = plan.config
+    live, items = _vector_keyed(plan, dom, encoded)
+    return plan.store.run(
+        "patching",
+        items,
+        lambda e: patching_trace_stats(
+            plan.model,
+            e,
+            plan.sites,
+            live,
+            dom.vectors,
+            alpha=cfg.patch_alpha,
+            off_by_one=cfg.off_by_one,
+            prefix_cache=cfg.prefix_cache,
+            compute_dtype=cfg.torch_compute_dtype,
         ),
         progress=progress,
     )
@@ -481,10 +520,29 @@ def gradient_path(plan: AttributionPlan) -> dict[str, str] | None:
     )
 
 
+def patching_path(plan: AttributionPlan) -> dict[str, Any] | None:
+    """How ``method="patching"`` ran: ``{"path": "prefix_cache" | "full_prefix", "reason", "patch_alpha",
+    "batch_size"}`` (``None`` for the other methods)."""
+    cfg = plan.config
+    if cfg.method != "patching":
+        return None
+    ok, why = cache_support(plan.model) if cfg.prefix_cache else (False, "prefix_cache=False")
+    return {
+        "path": "prefix_cache" if ok else "full_prefix",
+        "reason": "span windows against the cached prefix" if ok else why,
+        "patch_alpha": cfg.patch_alpha,
+        "batch_size": PATCH_BATCH,
+    }
+
+
 def finish(
     plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, torch.Tensor]] | None, *, warn: bool = True
 ) -> Attribution:
-    """Step 3b: scores, counts and provenance → :class:`Attribution` (saved when the plan has ``out_dir``)."""
+    """Step 3b: scores, counts and provenance → :class:`Attribution` (saved when the plan has ``out_dir``).
+
+    ``atp_stats``: the per-trace statistics of :func:`atp_stage` (``method="attribution"``) or
+    :func:`patching_stage` (``method="patching"``); both are aggregated on the same score scale
+    (:func:`~lrm_interp.attribution.atp.aggregate_spans`)."""
     cfg, sites = plan.config, plan.sites
     behaviors = [b for b in plan.behaviors if b not in plan.absent]  # absent ones get no (all-zero) row
     scores = torch.zeros(len(behaviors), len(sites), dtype=torch.float64)
@@ -498,7 +556,8 @@ def finish(
                     )
     else:
         live = live_behaviors(plan, dom)
-        res = atp_aggregate(atp_stats or [], sites, live, score=cfg.score)
+        key = "real" if cfg.method == "patching" else "dots"
+        res = atp_aggregate(atp_stats or [], sites, live, score=cfg.score, key=key)
         for i, b in enumerate(behaviors):
             if b in live:
                 scores[i] = res.scores[live.index(b)].double()
@@ -506,7 +565,7 @@ def finish(
         n_bad = sum(unscorable.values())
         if n_bad and warn:
             warnings.warn(
-                f"{n_bad} span(s) cannot be scored by attribution patching (no predictable token): they "
+                f"{n_bad} span(s) cannot be scored by {_METHOD_WORDS[cfg.method]} (no predictable token): they "
                 f"enter the steering vectors but not the scores; per behaviour {unscorable}; listed in "
                 "provenance['skipped_spans']",
                 stacklevel=3,
@@ -541,6 +600,7 @@ def finish(
         "absent_behaviors": plan.absent,
         "resume": plan.store.counts,
         "gradient_path": gradient_path(plan),
+        **({"patching_path": patching_path(plan)} if cfg.method == "patching" else {}),
         **plan.extra,
         "dataset": {
             "name": plan.dataset.name,
@@ -582,7 +642,9 @@ def attribute(
         config: an :class:`~lrm_interp.attribution.config.AttributionConfig`; or give its
             fields as keywords (``mode="joint"``, ``k_context=1``, ``behaviors=[...]``,
             ``sites="mlp"``, ``compute_dtype=torch.bfloat16`` ...; both: keywords override).
-            Everything is validated before any work.
+            Everything is validated before any work. ``method="patching"`` (with
+            ``patch_alpha``, default 1) scores by exact activation patching instead of AtP:
+            same score scale, one forward of each span's window per site (docs/method.md).
         tokenizer: needed when ``model`` is an object without a tokenizer of its own.
         out_dir: write the result there and keep per-trace partials to resume a killed run.
         progress: progress bars.
@@ -613,8 +675,9 @@ def attribute(
     local = [plan.encoded[i] for i in mine]
     dom = reduce_dom(plan, distributed.gather_ordered(dom_stage(plan, local, progress=progress), mine, n, world))
     atp = None
-    if cfg.method == "attribution" and live_behaviors(plan, dom):
-        atp = distributed.gather_ordered(atp_stage(plan, dom, local, progress=progress), mine, n, world)
+    if cfg.method in SPAN_LOSS_METHODS and live_behaviors(plan, dom):
+        stage = patching_stage if cfg.method == "patching" else atp_stage
+        atp = distributed.gather_ordered(stage(plan, dom, local, progress=progress), mine, n, world)
     plan.store.counts = distributed.sum_counts(plan.store.counts, world)
     if world > 1:
         plan.extra["distributed"] = {"world_size": world, "backend": _backend(), "rank": rank}
@@ -623,6 +686,9 @@ def attribute(
     result = finish(plan, dom, atp, warn=rank == 0)
     distributed.barrier(world)  # rank 0 has written the result before any rank goes on
     return result
+
+
+_METHOD_WORDS = {"attribution": "attribution patching", "patching": "activation patching"}
 
 
 def _backend() -> str:
@@ -638,6 +704,8 @@ __all__ = [
     "dom_stage",
     "reduce_dom",
     "atp_stage",
+    "patching_stage",
+    "patching_path",
     "finish",
     "live_behaviors",
     "check_memory",

@@ -76,8 +76,10 @@ class Attribution:
         sites: linear sites (columns).
         scores: ``[n_behaviors, n_sites]`` float64. For ``method="attribution"`` the AtP
             score I of paper Eq. 2 (or the code variant named in provenance); for
-            ``method="dom"`` the relative size of the mean shift ``‖u‖/‖ā_all‖``.
-        method: ``"attribution"`` or ``"dom"``.
+            ``method="patching"`` the same score measured by exact activation patching at
+            ``settings["patch_alpha"]`` (I_real, docs/method.md); for ``method="dom"`` the
+            relative size of the mean shift ``‖u‖/‖ā_all‖``.
+        method: ``"attribution"``, ``"patching"`` or ``"dom"``.
         vectors: ``vectors[behavior][site]`` = steering vector û ``[d_out]`` (float32).
         provenance: JSON-able dict (model, dtype, quantization, tokenizer, settings,
             counts, skipped spans, versions).
@@ -444,6 +446,7 @@ def _save_and_close(fig, path: Path) -> Path:
 #: differ in one of them mixes the change of method with the change of weights (refused)
 COMPARED_SETTINGS = (
     "method",
+    "patch_alpha",
     "score",
     "k_context",
     "negatives",

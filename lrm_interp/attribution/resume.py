@@ -7,6 +7,7 @@ Layout of ``out_dir/partial/``::
     dom/<trace>.safetensors  per-trace DoM sums   (metadata "key" = the trace's content fingerprint,
                              plus the fingerprint of its tokens when it was cut at the context)
     atp/<trace>.safetensors  per-trace AtP dots   (metadata "key" = the DoM key + steering-vector fingerprint)
+    patching/<trace>.safetensors  per-trace real-patching span effects (method="patching"; keyed like atp/)
 
 Each partial also carries the SHA-256 of its payload (:func:`lrm_interp._io.write_safetensors`): a
 partial changed on disk is recomputed (with a warning), never reused.
