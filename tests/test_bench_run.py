@@ -111,6 +111,27 @@ def test_run_writes_paper_layout_and_resumes_after_interrupt(tmp_path):
     assert third.prompts == []
 
 
+def test_resume_with_fewer_items_keeps_the_problems_of_the_rest(tmp_path):
+    """A resumed run with a smaller --per-family / --limit never cuts problems/<task>.jsonl: the
+    outputs of the items it does not cover stay beside their problems (hostile run 3, H2-1)."""
+    model, tok = tiny_model("llama", seed=0), byte_tokenizer()
+    st = GenerationSettings(max_new_tokens=4, temperature=0, batch_size=2)
+    run_benchmark(HFBackend(model, tok), _items(3), tmp_path, settings=st, model="tiny", progress=False)
+    prob_file = tmp_path / "problems" / "math.jsonl"
+    before = prob_file.read_text()
+    assert len(before.splitlines()) == 3
+    again = Counting(HFBackend(model, tok))
+    rep = run_benchmark(again, _items(1), tmp_path, settings=st, model="tiny", progress=False)
+    assert rep.tasks[0].generated == 0 and again.prompts == []
+    assert prob_file.read_text() == before  # was: cut to 1 line beside 3 outputs
+    assert json.loads((tmp_path / "run.json").read_text())["tasks"]["math"]["n_items"] == 3
+    probs = [json.loads(x) for x in prob_file.read_text().splitlines()]
+    assert [p["answer"] for p in probs] == [it.gold for it in _items(3)["math"]]
+    assert len(load_dataset(tmp_path)) == 3
+    run_benchmark(HFBackend(model, tok), _items(4), tmp_path, settings=st, model="tiny", progress=False)
+    assert prob_file.read_text().startswith(before) and len(prob_file.read_text().splitlines()) == 4
+
+
 def test_run_refuses_other_settings_model_or_prompts(tmp_path):
     model, tok = tiny_model("llama", seed=0), byte_tokenizer()
     st = GenerationSettings(max_new_tokens=4, temperature=0)

@@ -153,8 +153,24 @@ def _check_run_file(path: Path, meta: dict) -> dict:
         )
     merged = dict(old)
     merged["tasks"] = {**old.get("tasks", {}), **meta.get("tasks", {})}
+    for t, info in (old.get("tasks") or {}).items():  # a resume with fewer items keeps the count of the folder
+        if isinstance(info, dict) and isinstance(info.get("n_items"), int) and t in meta.get("tasks", {}):
+            merged["tasks"][t] = {**meta["tasks"][t], "n_items": max(info["n_items"], meta["tasks"][t]["n_items"])}
     merged["backend"] = meta["backend"]
     return merged
+
+
+def _problem_lines(prob_file: Path, items: Sequence[Any]) -> str:
+    """The text of ``problems/<task>.jsonl`` (line j = problem j) after a run of ``items``.
+
+    A resumed run with fewer items than the folder holds (a smaller ``--limit`` or
+    ``--per-family``) keeps the lines of the items it does not cover: their outputs stay beside
+    them and ``parse`` / ``bench score`` rebuild their prompts from these lines."""
+    new = [json.dumps(it.problem) for it in items]
+    if not prob_file.exists() or [it.index for it in items] != list(range(len(items))):
+        return "".join(x + "\n" for x in new)
+    old = prob_file.read_text(encoding="utf-8").splitlines()
+    return "".join(x + "\n" for x in new + old[len(new) :])
 
 
 def _check_foreign(run: Path) -> None:
@@ -237,8 +253,8 @@ def run_benchmark(
         with open(gen_path, "r+b") as f:  # drop the torn line of a killed run
             f.truncate(good)
     for task, items, _, _ in plans:
-        prob_lines = "".join(json.dumps(it.problem) + "\n" for it in items)
         prob_file = run / "problems" / f"{task}.jsonl"
+        prob_lines = _problem_lines(prob_file, items)
         if not prob_file.exists() or prob_file.read_text(encoding="utf-8") != prob_lines:
             atomic_write_text(prob_file, prob_lines)
     reports = []
