@@ -424,3 +424,35 @@ def test_toy_distill_refuses_a_folder_it_would_spoil_before_loading(tmp_path, mo
     (tmp_path / "run" / "checkpoint").mkdir(parents=True)
     (tmp_path / "run" / "checkpoint" / "state.json").write_text("{}")
     check_run_folder(tmp_path / "run")
+
+
+# hostile run 3 --------------------------------------------------------------------------------------
+
+
+def test_misspelt_behaviour_in_the_config_is_refused_with_did_you_mean(tmp_path, capsys):
+    """``attribute --behaviors uncertainty_estimation`` ran with that behaviour silently absent (no
+    span carries the misspelt label); the config now refuses a near miss of a known behaviour, in the
+    Python API and on the command line, while a custom label stays allowed (H2-18)."""
+    from lrm_interp.attribution.config import AttributionConfig
+
+    with pytest.raises(ValueError, match="did you mean 'uncertainty-estimation'"):
+        AttributionConfig(behaviors=("backtracking", "uncertainty_estimation"))
+    assert AttributionConfig(behaviors=("backtracking", "my-own-cue")).behaviors == ("backtracking", "my-own-cue")
+    traces = _write_jsonl(tmp_path / "t.jsonl", [_record()])
+    argv = ["attribute", "--model", "toy", "--data", str(traces), "--out", str(tmp_path / "A")]
+    assert _rc(argv + ["--behaviors", "Backtracking"]) == 2
+    assert "did you mean 'backtracking'" in capsys.readouterr().err
+    assert not (tmp_path / "A").exists()
+
+
+def test_always_or_never_regex_matching_no_site_is_refused():
+    """``protect --always nomatch`` protected as if the flag were absent, exit 0 (H2-6)."""
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect.policies import build_masks
+    from lrm_interp.testing import tiny_model
+
+    sites = find_sites(tiny_model("llama"))
+    for kw in ({"always": "nomatch_xyz"}, {"never": r"layers\.99\."}):
+        with pytest.raises(ValueError, match="matches none of the"):
+            build_masks(sites, "final_mlp", 0.0, **kw)
+    assert build_masks(sites, "final_mlp", 0.0, always=r"layers\.0\.mlp\.up_proj")  # a real match still works

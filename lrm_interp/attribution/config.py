@@ -136,6 +136,10 @@ class AttributionConfig:
                 raise ValueError("behaviors must name at least one behaviour (or be None for the default)")
             if len(set(b)) != len(b):
                 raise ValueError(f"behaviors has duplicates: {list(b)}")
+            from lrm_interp.data.traces import check_behavior_label
+
+            for x in b:  # a near miss of a known behaviour ("uncertainty_estimation") would match no span
+                check_behavior_label(x, where="behaviors")
             set_("behaviors", b)
         if self.sites is not None and not isinstance(self.sites, str):
             names = tuple(getattr(s, "name", s) for s in self.sites)

@@ -255,6 +255,12 @@ def per_module_top(
 def _split(sites: Sequence[Site], always: str | None, never: str | None) -> tuple[list[Site], list[Site], set[str]]:
     rx_a = re.compile(always) if always else None
     rx_n = re.compile(never) if never else None
+    for what, rx in (("always", rx_a), ("never", rx_n)):
+        if rx is not None and not any(rx.search(s.name) for s in sites):  # a typo would protect as if absent
+            shown = ", ".join(s.name for s in list(sites)[:2])
+            raise ValueError(
+                f"{what} regex {rx.pattern!r} matches none of the {len(sites)} sites (site names look like {shown})"
+            )
     banned = {s.name for s in sites if rx_n and rx_n.search(s.name)}
     forced = [s for s in sites if rx_a and rx_a.search(s.name) and s.name not in banned]
     free = [s for s in sites if s.name not in banned and s not in forced]
