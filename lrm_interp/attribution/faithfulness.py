@@ -107,6 +107,16 @@ class FaithfulnessRow:
     n_traces: int
 
 
+def check_top_k(top_k: int, n_sites: int) -> None:
+    """Refuse a top-k overlap that cannot tell rankings apart: with ``top_k >= n_sites`` both top-k
+    sets are every site, so the overlap is ``n_sites/n_sites`` whatever the scores."""
+    if top_k >= n_sites:
+        raise ValueError(
+            f"--top-k (top_k) {top_k} is not below the {n_sites} site(s) scored: the top-{top_k} overlap "
+            f"would be {n_sites}/{n_sites} whatever the scores; use a --top-k below {n_sites}"
+        )
+
+
 def compare_scores(
     effects: PatchingEffects, dots: dict[str, torch.Tensor], *, score: str = "paper", top_k: int = 10
 ) -> tuple[list[FaithfulnessRow], torch.Tensor, torch.Tensor]:
@@ -125,6 +135,7 @@ def compare_scores(
     """
     check_int("top_k", top_k, min=1)
     nb, ns = len(effects.behaviors), len(effects.site_names)
+    check_top_k(top_k, ns)
     atp = torch.zeros(nb, ns, dtype=torch.float64)
     real = torch.zeros(len(effects.alphas), nb, ns, dtype=torch.float64)
     rows = []
@@ -360,8 +371,8 @@ def atp_faithfulness(
         left-out spans per behaviour.
 
     Raises:
-        ValueError: a bad alpha (≤ 0, NaN, ±inf), ``method="dom"``, or a requested behaviour without
-            a usable span.
+        ValueError: a bad alpha (≤ 0, NaN, ±inf), ``method="dom"``, ``top_k`` not below the number
+            of sites (a trivially perfect overlap), or a requested behaviour without a usable span.
     """
     cfg = config or AttributionConfig()
     if options:
@@ -374,6 +385,7 @@ def atp_faithfulness(
     check_int("batch_size", batch_size, min=1)
     check_int("seed", seed, min=0)
     plan = plan_attribution(model, dataset, cfg, tokenizer=tokenizer, progress=progress, warn=False)
+    check_top_k(top_k, len(plan.sites))  # before any scoring
     if cfg.behaviors is not None and plan.absent:
         raise ValueError(
             f"behaviour(s) {plan.absent} have no usable span in the data "

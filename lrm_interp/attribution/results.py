@@ -7,7 +7,10 @@ On disk (``save(dir)``)::
     dir/attribution.safetensors  "scores" [n_behaviors, n_sites] float64 and one steering
                                  vector per (behaviour, site): "vec/<behaviour>/<site>" [d_out];
                                  metadata: format "lrm_interp.attribution/1" and the payload's
-                                 SHA-256 (repeated in attribution.json as "tensors_sha256")
+                                 SHA-256 (repeated in attribution.json as "tensors_sha256") and
+                                 "labels_sha256": the SHA-256 of the labels (method, behaviours,
+                                 site records) that name the score rows and columns, also in
+                                 attribution.json, so relabelled scores are refused on load
 
 Both files are written atomically; nothing is pickled; a changed or mismatched file is refused
 on load.
@@ -16,6 +19,7 @@ on load.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +69,60 @@ def relative_importance(scores: torch.Tensor) -> torch.Tensor:
     """RI = I / sum over sites of I, per behaviour row (rows of zeros stay zero)."""
     tot = scores.sum(dim=-1, keepdim=True)
     return torch.where(tot > 0, scores / tot.clamp_min(1e-300), torch.zeros_like(scores))
+
+
+def labels_checksum(method: Any, behaviors: Sequence[Any], sites: Sequence[Mapping[str, Any]]) -> str:
+    """SHA-256 (hex) of the canonical JSON of the labels of a score matrix: ``method``, the
+    behaviour names (rows) and the site records (columns, as :meth:`Site.to_dict`)."""
+    import hashlib
+
+    doc = {"method": method, "behaviors": list(behaviors), "sites": [dict(s) for s in sites]}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return hashlib.sha256(b"lrm_interp.attribution.labels/1\0" + text.encode("utf-8")).hexdigest()
+
+
+_SITE_INT_FIELDS = ("in_features", "out_features", "n_weights", "n_params")
+_SITE_STR_FIELDS = ("name", "block", "kind", "module_type")
+
+
+def _checked_labels(path: Path, meta: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[Site, ...]]:
+    """The behaviours and sites of an ``attribution.json``; a malformed, non-finite or duplicate
+    record raises ``ValueError`` naming ``path``."""
+    behaviors, records = meta.get("behaviors"), meta.get("sites")
+    if not isinstance(behaviors, list) or not all(isinstance(b, str) for b in behaviors):
+        raise ValueError(f"{path}: 'behaviors' must be a list of names, got {behaviors!r:.80}")
+    dup = sorted(b for b, n in Counter(behaviors).items() if n > 1)
+    if dup:
+        raise ValueError(f"{path}: duplicate behaviours {dup}: each row of scores needs its own name")
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: 'sites' must be a list of site records, got {type(records).__name__}")
+    fields = set(_SITE_INT_FIELDS) | set(_SITE_STR_FIELDS) | {"layer"}
+    sites = []
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or set(r) != fields:
+            got = sorted(r) if isinstance(r, dict) else type(r).__name__
+            raise ValueError(f"{path}: site record {i} is malformed (fields {got}, expected {sorted(fields)})")
+        bad = [k for k in _SITE_STR_FIELDS if not isinstance(r[k], str) or (k == "name" and not r[k])]
+        bad += [
+            k
+            for k in _SITE_INT_FIELDS
+            if isinstance(r[k], bool) or not isinstance(r[k], int) or r[k] < 0  # NaN/inf/1.5 are floats
+        ]
+        if r["layer"] is not None and (
+            isinstance(r["layer"], bool) or not isinstance(r["layer"], int) or r["layer"] < 0
+        ):
+            bad.append("layer")
+        if bad:
+            shown = ", ".join(f"{k}={r[k]!r}" for k in bad)
+            raise ValueError(
+                f"{path}: site record {i} ({r.get('name')!r}) has invalid values ({shown}): names must be "
+                "strings (the site name non-empty), sizes and layer finite non-negative integers"
+            )
+        sites.append(Site.from_dict(r))
+    dup = sorted(name for name, n in Counter(s.name for s in sites).items() if n > 1)
+    if dup:
+        raise ValueError(f"{path}: duplicate site records {dup[:3]}: each column of scores needs its own site")
+    return tuple(behaviors), tuple(sites)
 
 
 @dataclass(frozen=True)
@@ -279,14 +337,17 @@ class Attribution:
 
         The safetensors file carries the SHA-256 of its payload (scores, steering vectors) in its
         metadata and ``attribution.json`` repeats it (``tensors_sha256``), so :meth:`load` refuses a
-        changed file and a pair of files from two different saves."""
+        changed file and a pair of files from two different saves. The labels of the scores (method,
+        behaviours, site records) are checksummed too (``labels_sha256``, in both files), so
+        swapping two site names in ``attribution.json`` is refused rather than relabelling scores."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         tensors = {"scores": self.scores.contiguous()}
         for beh, per_site in self.vectors.items():
             for site, v in per_site.items():
                 tensors[f"vec/{beh}/{site}"] = v.detach().to("cpu", torch.float32).contiguous()
-        tmeta = {"format": TENSORS_FORMAT}
+        labels = labels_checksum(self.method, self.behaviors, [s.to_dict() for s in self.sites])
+        tmeta = {"format": TENSORS_FORMAT, "labels_sha256": labels}
         write_safetensors(d / "attribution.safetensors", tensors, tmeta)
         meta = {
             "format_version": FORMAT_VERSION,
@@ -294,6 +355,7 @@ class Attribution:
             "behaviors": list(self.behaviors),
             "sites": [s.to_dict() for s in self.sites],
             "tensors_sha256": payload_checksum(tensors, tmeta),
+            "labels_sha256": labels,
             "provenance": self.provenance,
         }
         atomic_write_text(d / "attribution.json", json.dumps(meta, indent=2, default=str))
@@ -302,9 +364,10 @@ class Attribution:
     @classmethod
     def load(cls, directory: str | Path) -> Attribution:
         """Read a folder written by :meth:`save`. A payload that does not match its checksum, or an
-        ``attribution.json`` written with another ``attribution.safetensors``, raises
-        :class:`~lrm_interp._io.ChecksumError` naming the file (folders saved before checksums load
-        unverified)."""
+        ``attribution.json`` written with another ``attribution.safetensors``, or labels (method,
+        behaviours, site records) changed after saving, raises :class:`~lrm_interp._io.ChecksumError`
+        naming the file (folders saved before checksums load unverified). Non-finite, malformed or
+        duplicate site records and duplicate behaviours raise ``ValueError`` naming the file."""
         d = Path(directory)
         jpath, tpath = d / "attribution.json", d / "attribution.safetensors"
         for p in (jpath, tpath):
@@ -321,14 +384,27 @@ class Attribution:
                 f"({str(expected)[:16]}...): the two files come from different saves or one was "
                 "changed; save the result again"
             )
+        behaviors, sites = _checked_labels(jpath, meta)
+        labels = labels_checksum(meta.get("method"), behaviors, meta["sites"])
+        for where, recorded in (
+            (jpath.name, meta.get("labels_sha256")),
+            (tpath.name, tmeta.get("labels_sha256")),
+        ):
+            if recorded is not None and recorded != labels:
+                raise ChecksumError(
+                    f"{jpath}: its labels (method, behaviours, site records) do not match the "
+                    f"labels_sha256 recorded in {where} ({str(recorded)[:16]}..., labels give "
+                    f"{labels[:16]}...): the file was edited after saving and the scores would be "
+                    "attached to the wrong sites or behaviours; save the result again"
+                )
         vectors: dict[str, dict[str, torch.Tensor]] = {}
         for k, v in tensors.items():
             if k.startswith("vec/"):
                 _, beh, site = k.split("/", 2)
                 vectors.setdefault(beh, {})[site] = v
         return cls(
-            behaviors=tuple(meta["behaviors"]),
-            sites=tuple(Site.from_dict(s) for s in meta["sites"]),
+            behaviors=behaviors,
+            sites=sites,
             scores=tensors["scores"],
             method=meta["method"],
             vectors=vectors,

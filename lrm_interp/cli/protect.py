@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -219,7 +220,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     from lrm_interp._io import check_out_dir, make_temp_dir, naming_destination, publish_dir
     from lrm_interp.compress.calibration import calibration_ids
     from lrm_interp.compress.quant import check_bits, quantize_model_
-    from lrm_interp.protect.encoding import load_masks
+    from lrm_interp.protect.encoding import grid_mismatch, load_masks, masks_grid
 
     check_bits(a.bits)
     group_size = group_size_arg(a.group_size)
@@ -238,11 +239,17 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     if calib_path is not None and a.method != "gptq":
         raise CliError(f"--calib is used by --method gptq only (got --method {a.method})")
     masks: Mapping[str, Any]
+    masks_meta: dict[str, Any] = {}
     if masks_path is not None:
         with reading(masks_path, "--masks"):
-            masks = load_masks(masks_path)[0]
+            masks, masks_meta = load_masks(masks_path)
+        # masks chosen for another grid are used, with a word (magnitude masks fit any grid)
+        mismatch = grid_mismatch(masks_meta, a.bits, group_size, a.symmetric)
+        if mismatch:
+            print(f"{PROG} quantize: warning: --masks {a.masks}: {mismatch}", file=sys.stderr)
     else:
         masks = {}
+    a.masks_grid = masks_grid(masks_meta)
     model, tok = load_model_quietly(a.model)
     calib = None
     if a.method == "gptq":
@@ -289,6 +296,8 @@ def _write_quantized(model, tok, rep, masks, a: argparse.Namespace, group_size: 
             masks, find_sites(model), bits=a.bits, group_size=group_size, symmetric=a.symmetric
         )["bpw"],
         "masks": a.masks,
+        # the grid the masks were computed for (None: no masks, or masks that record none)
+        "masks_grid": getattr(a, "masks_grid", None),
         "source_model": str(a.model),
     }
     info.pop("sites", None)

@@ -31,7 +31,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -330,6 +330,58 @@ def save_masks(
     if rec:
         meta["model"] = json.dumps({k: rec[k] for k in ("name", "weights_fingerprint") if k in rec})
     return write_safetensors(path, tensors, meta, replace=replace)
+
+
+#: saliencies whose per-weight scores do not depend on the quantization grid (``|W|``, ``|W|·‖x‖``,
+#: noise), and masks chosen per module (no saliency): such masks fit any grid; every other saliency
+#: scores ``W − Q(W)`` on the grid the masks record
+GRID_FREE_SALIENCIES = frozenset({"magnitude", "activation", "random"})
+
+
+def _grid_text(bits: Any, group_size: Any, symmetric: Any) -> str:
+    sym = "?" if symmetric is None else ("symmetric" if symmetric else "asymmetric")
+    group = f"group {group_size}" if group_size else "per channel"
+    return f"{bits}-bit {group} {sym}"
+
+
+def masks_grid(extra: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``{"bits", "group_size", "symmetric", "saliency"}`` the masks' metadata (``extra`` of
+    :func:`load_masks`) records, or ``None`` when it records no grid (masks saved by the API
+    without one)."""
+    if not isinstance(extra, Mapping) or "bits" not in extra:
+        return None
+    return {k: extra.get(k) for k in ("bits", "group_size", "symmetric", "saliency")}
+
+
+def grid_mismatch(extra: Mapping[str, Any], bits: int, group_size: int | None, symmetric: bool) -> str | None:
+    """A one-line warning when the grid recorded in the masks' metadata (``extra`` of
+    :func:`load_masks`, as ``lrm-interp protect`` writes it) is not ``bits``/``group_size``/
+    ``symmetric``, else ``None`` (also when the masks record no grid). A recorded entry that is
+    absent is not compared. The warning says whether the masks' saliency depends on the grid."""
+    rec = masks_grid(extra)
+    if rec is None:
+        return None
+    mine = {"bits": bits, "group_size": group_size or None, "symmetric": bool(symmetric)}
+    theirs = {"bits": rec["bits"], "group_size": rec["group_size"] or None, "symmetric": rec["symmetric"]}
+    diff = [k for k in mine if k in extra and theirs[k] != mine[k]]
+    if not diff:
+        return None
+    sal = rec.get("saliency")
+    if sal is None or sal in GRID_FREE_SALIENCIES:
+        why = (
+            f"their saliency ({sal}) does not depend on the grid, so they still pick the same weights"
+            if sal is not None
+            else "they were chosen per module (no per-weight saliency), so the grid does not change them"
+        )
+    else:
+        why = (
+            f"their saliency {sal!r} scores the quantization error on the grid it was computed for, "
+            "so other weights may be the ones that matter on this grid (run protect again with this grid)"
+        )
+    return (
+        f"the masks were computed for a {_grid_text(theirs['bits'], theirs['group_size'], theirs['symmetric'])} "
+        f"grid but are applied on a {_grid_text(bits, group_size, symmetric)} grid ({', '.join(diff)} differ): {why}"
+    )
 
 
 def load_masks(path: str | Path) -> tuple[MaskSet, dict]:
