@@ -110,7 +110,14 @@ def test_foreign_paper_layout_scores(tmp_path):
     assert acc.loc["r1", "Avg"] == pytest.approx(round((100 / 3 + 100) / 2, 1))
     assert repr(sc).startswith(f"BenchScores({len(sc.samples)} graded outputs, 1 runs [r1]") and "3 missing" in repr(sc)
     assert "<td" in sc._repr_html_() and "33.3" in sc._repr_html_()
+    for stale in ("short_vs_long.png", "accuracy_vs_sparsity.png"):  # plots of an earlier score here
+        (tmp_path / "scores").mkdir(exist_ok=True)
+        (tmp_path / "scores" / stale).write_bytes(b"old plot")
+    (tmp_path / "scores" / "mine.png").write_bytes(b"not ours")
     files = sc.write_tables(tmp_path / "scores", plots=False)
+    assert not (tmp_path / "scores" / "short_vs_long.png").exists()  # hostile run 3, H2-7
+    assert not (tmp_path / "scores" / "accuracy_vs_sparsity.png").exists()
+    assert (tmp_path / "scores" / "mine.png").read_bytes() == b"not ours"
     assert {f.name for f in files} >= {"scores.csv", "summary.csv", "accuracy.csv", "tables.md"}
     assert "| r1 | 33.3 | 100.0 |" in (tmp_path / "scores" / "tables.md").read_text()
 

@@ -465,7 +465,9 @@ class BenchScores:
     def write_tables(self, out_dir: str | os.PathLike, *, plots: bool = True) -> list[Path]:
         """``scores.csv`` (per output), ``summary.csv``, ``accuracy.csv``, ``collapse_points.csv``,
         ``tables.md`` (accuracy, test-time compute, collapse) and, with ``plots``,
-        ``accuracy_vs_bits.png``, ``accuracy_vs_sparsity.png``, ``short_vs_long.png``."""
+        ``accuracy_vs_bits.png``, ``accuracy_vs_sparsity.png``, ``short_vs_long.png`` (each when it
+        has something to show). A plot of :data:`SCORE_FILES` left in ``out_dir`` by an earlier score
+        and not written now is removed: it would sit beside tables it does not match."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         s, acc, cp = self.summary(), self.accuracy_table(), self.collapse_points()
@@ -482,6 +484,10 @@ class BenchScores:
         files.append(out / "tables.md")
         if plots:
             files += _plots(s, out)
+        for name in SCORE_FILES:  # a plot of an earlier score in this folder no longer matches these tables
+            p = out / name
+            if p.suffix == ".png" and p not in files and p.is_file():
+                p.unlink()
         return files
 
     def markdown(self) -> str:
