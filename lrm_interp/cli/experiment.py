@@ -30,14 +30,18 @@ PROTECTION_DESCRIPTION = (
     "no protection, 2% of weights in FP16 by each saliency (random: 3 seeds), the paper's final-layer MLP, "
     "module-level mixed precision by attribution / Hessian / nothing at the same bits per weight, behaviour-guided "
     "GPTQ, plain b+1 bits — and measure accuracy on held-out problems with 95% Wilson intervals. Writes "
-    "table.md, table.csv, bpw_accuracy.png, rows.jsonl and settings.json to --out; an interrupted run resumes "
-    "there, a folder of another run is refused. The grid is asymmetric unless --symmetric."
+    "table.md, table.csv, bpw_accuracy.png, rows.jsonl and settings.json to --out, and paired.csv: the best "
+    "attribution-guided row against every other row on the same problems (paired bootstrap interval, exact "
+    "McNemar p); an interrupted run resumes there, a folder of another run is refused. The grid is asymmetric "
+    "unless --symmetric."
 )
 PROTECTION_EXAMPLES = [
     f"{PROG} experiment protection --model toy --bits 3 --quantizer rtn --symmetric --per-family 50 "
     "--out runs/protection_rtn3",
     f"{PROG} experiment protection --model toy --bits 3 --quantizer gptq --asymmetric --per-family 10 "
     "--only magnitude scale-aware --out runs/protection_gptq3_quick",
+    f"{PROG} experiment protection --model toy --bits 3 --quantizer gptq --asymmetric --per-family 10 "
+    "--only magnitude scale-aware --redo magnitude --out runs/protection_gptq3_quick",
 ]
 
 
@@ -68,13 +72,17 @@ def cmd_protection(a: argparse.Namespace) -> int:
     except ValueError as e:  # "only: 'zzz' matches no row ..." -> "--only 'zzz' matches ..."
         raise CliError("--only" + str(e).removeprefix("only:")) from None
     try:
-        table = run_protection_experiment(a.out, s, only=a.only, progress=not a.quiet)
+        check_only(s, a.redo)
     except ValueError as e:
-        if "holds another experiment" in str(e) or "rows.jsonl without" in str(e):
+        raise CliError("--redo" + str(e).removeprefix("only:")) from None
+    try:
+        table = run_protection_experiment(a.out, s, only=a.only, redo=a.redo, progress=not a.quiet)
+    except ValueError as e:
+        if "holds another experiment" in str(e) or "rows.jsonl without" in str(e) or "rows.jsonl:" in str(e):
             raise CliError(f"--out {e}{_grid_hint(a.out, e)}") from None
         raise
     print(table.to_markdown())
-    print(f"wrote {a.out}/table.md, table.csv, bpw_accuracy.png ({len(table.rows)} rows)")
+    print(f"wrote {a.out}/table.md, table.csv, paired.csv, bpw_accuracy.png ({len(table.rows)} rows)")
     return 0
 
 
@@ -179,6 +187,15 @@ def register(sub) -> None:
         default=None,
         metavar="TEXT",
         help="measure only rows whose label contains one of these (fp and none always)",
+    )
+    p.add_argument(
+        "--redo",
+        nargs="+",
+        action=Accumulate,
+        default=None,
+        metavar="TEXT",
+        help="re-measure the rows whose label contains one of these although --out holds them (rows "
+        "measured before per-problem outcomes were recorded have no paired comparison)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

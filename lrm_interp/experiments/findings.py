@@ -47,6 +47,7 @@ from lrm_interp._io import atomic_write_text
 from lrm_interp.attribution.results import Attribution, ImportanceShift, compare
 from lrm_interp.checks import check_int
 from lrm_interp.evaluation.output_stats import short_long_split
+from lrm_interp.evaluation.paired import sign_test  # re-exported: claim 2's test
 
 FORMAT = "lrm_interp.findings_shift/1"
 HALVES = ("A", "B")
@@ -165,16 +166,6 @@ def short_vs_long(scores: pd.DataFrame, *, fraction: float = 0.3, resamples: int
     df = pd.DataFrame(rows)
     df.attrs["sign"] = sign_test(df["diff"][df["verdict"] != "no spread"])
     return df
-
-
-def sign_test(diffs: Sequence[float] | pd.Series) -> dict[str, float]:
-    """Two-sided exact sign test of ``diffs`` against 0 (zeros left out): ``positive``,
-    ``negative``, ``zero`` counts and ``p``."""
-    x = [float(d) for d in diffs]
-    pos, neg = sum(d > 0 for d in x), sum(d < 0 for d in x)
-    n, k = pos + neg, min(pos, neg)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-    return {"positive": pos, "negative": neg, "zero": len(x) - n, "p": p}
 
 
 # ------------------------------------------------------------------ claims 3 and 4: attributions

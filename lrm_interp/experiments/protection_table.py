@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,10 +31,11 @@ from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_save_figure, atomic_write_text, iter_jsonl
 from lrm_interp.evaluation.intervals import wilson_interval
+from lrm_interp.evaluation.paired import PairedComparison, compare_outcomes
 from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner, RowPlan, check_only
 from lrm_interp.model.loading import load_model
 from lrm_interp.model.provenance import model_provenance
-from lrm_interp.toy.evaluate import evaluate
+from lrm_interp.toy.evaluate import evaluate, score_responses
 from lrm_interp.toy.tasks import model_world, problems
 
 FORMAT = "lrm_interp.protection_experiment/1"
@@ -55,6 +57,23 @@ class ResultRow:
     ci: tuple[float, float]
     modules: str = ""
     seconds: float = 0.0
+    outcomes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.outcomes and (len(self.outcomes) != self.n or set(self.outcomes) - {"0", "1"}):
+            raise ValueError(f"row {self.label!r}: outcomes must be {self.n} characters '0'/'1'")
+
+    @property
+    def hits(self) -> list[int]:
+        """Per held-out problem (the run's order): 1 if answered correctly; ``[]`` for rows
+        measured before per-problem outcomes were recorded."""
+        return [int(c) for c in self.outcomes]
+
+
+def is_attribution_guided(r: ResultRow) -> bool:
+    """Rows whose protection is chosen by behaviour attribution (per-weight, mixed precision,
+    behaviour-guided GPTQ): the rows the paper's claim is about."""
+    return "attribution" in r.label or r.kind == "guided"
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,30 @@ class ProtectionTable:
         if r.kind in ("fp", "none") or fp <= none:
             return None
         return (r.mean - none) / (fp - none)
+
+    def paired(self, a: str, b: str) -> PairedComparison:
+        """Row ``a`` vs row ``b`` on the same problems (:func:`~lrm_interp.evaluation.paired.compare_outcomes`):
+        accuracy difference with its paired 95 % interval and the exact McNemar p-value.
+        ``ValueError`` if a row was measured before per-problem outcomes were recorded."""
+        ra, rb = self.row(a), self.row(b)
+        for r in (ra, rb):
+            if not r.outcomes:
+                raise ValueError(
+                    f"row {r.label!r} has no per-problem outcomes (measured by an older version); "
+                    f"re-measure it with --redo {r.label!r}"
+                )
+        return compare_outcomes(ra.hits, rb.hits, names=(a, b))
+
+    def comparisons(self) -> list[PairedComparison]:
+        """The best attribution-guided row (highest mean, among rows with per-problem outcomes
+        below ``b+1`` bits) paired against every other row with outcomes that is not
+        attribution-guided (fp, none, each saliency baseline); ``[]`` if there is none."""
+        have = [r for r in self.rows if r.outcomes]
+        guided = [r for r in have if is_attribution_guided(r) and r.kind != "plain"]
+        if not guided:
+            return []
+        best = max(guided, key=lambda r: r.mean)
+        return [self.paired(best.label, r.label) for r in have if not is_attribution_guided(r)]
 
     def __repr__(self) -> str:
         s = self.settings
@@ -156,7 +199,58 @@ class ProtectionTable:
                 + ("" if rec is None else f"{100 * rec:.0f}%")
                 + " |"
             )
+        return "\n".join(lines) + "\n" + self._paired_markdown()
+
+    def _paired_markdown(self) -> str:
+        comps = self.comparisons()
+        if not comps:
+            return ""
+        best = comps[0].a.replace("|", "\\|")
+        lines = [
+            "",
+            f"Paired on the same {comps[0].n} problems: **{best}** against each other row "
+            "(difference in points, paired bootstrap 95 % interval, problems only it / only the other "
+            "solved, exact McNemar p; *beyond* = the interval excludes 0 and p < 0.05).",
+            "",
+            "| against | difference | paired 95% CI | only it | only the other | p | beyond |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in comps:
+            other = c.b.replace("|", "\\|")
+            lines.append(
+                f"| {other} | {100 * c.diff:+.1f} | {100 * c.ci[0]:+.1f} to {100 * c.ci[1]:+.1f} "
+                f"| {c.a_only} | {c.b_only} | {c.p:.2g} | {'yes' if c.beyond_interval else 'no'} |"
+            )
+        missing = [r.label for r in self.rows if not r.outcomes]
+        if missing:
+            lines += [
+                "",
+                "Not paired (measured before per-problem outcomes were recorded): " + "; ".join(missing) + ".",
+            ]
         return "\n".join(lines) + "\n"
+
+    def comparisons_dataframe(self):
+        """:meth:`comparisons` as a DataFrame: a, b, n, diff, ci_low, ci_high, a_only, b_only, p, beyond."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [
+                {
+                    "a": c.a,
+                    "b": c.b,
+                    "n": c.n,
+                    "diff": c.diff,
+                    "ci_low": c.ci[0],
+                    "ci_high": c.ci[1],
+                    "a_only": c.a_only,
+                    "b_only": c.b_only,
+                    "p": c.p,
+                    "beyond": c.beyond_interval,
+                }
+                for c in self.comparisons()
+            ],
+            columns=["a", "b", "n", "diff", "ci_low", "ci_high", "a_only", "b_only", "p", "beyond"],
+        )
 
     def plot(self):
         """bpw (x) vs mean accuracy (y) with the Wilson intervals, one marker per kind; a ``Figure``."""
@@ -200,11 +294,18 @@ class ProtectionTable:
         return fig
 
     def save(self, out: str | Path) -> dict[str, Path]:
-        """Write ``table.md``, ``table.csv`` and ``bpw_accuracy.png`` into ``out``; their paths."""
+        """Write ``table.md``, ``table.csv``, ``paired.csv`` and ``bpw_accuracy.png`` into ``out``;
+        their paths."""
         out = Path(out)
-        paths = {"markdown": out / "table.md", "csv": out / "table.csv", "plot": out / "bpw_accuracy.png"}
+        paths = {
+            "markdown": out / "table.md",
+            "csv": out / "table.csv",
+            "paired": out / "paired.csv",
+            "plot": out / "bpw_accuracy.png",
+        }
         atomic_write_text(paths["markdown"], self.to_markdown())
         atomic_write_text(paths["csv"], self.to_dataframe().to_csv(index=False))
+        atomic_write_text(paths["paired"], self.comparisons_dataframe().to_csv(index=False))
         fig = self.plot()
         atomic_save_figure(fig, paths["plot"], dpi=130)
         _plt_close(fig)
@@ -228,8 +329,43 @@ def _settings_json(s: ExperimentSettings, fingerprint: str, tokenizer_fingerprin
     }
 
 
-def _check_folder(out: Path, want: dict[str, Any]) -> list[ResultRow]:
-    """The rows already measured in ``out`` (resume), or ``ValueError`` if it holds another run
+def _check_row(d: Any, where: str, n: int) -> ResultRow:
+    """One line of ``rows.jsonl`` as a :class:`ResultRow`, or ``ValueError`` naming ``where``
+    (file:line) if it is not what :func:`_measure` writes: a hand-edited or corrupt row would
+    otherwise print a table whose mean, interval and bits disagree with each other."""
+    fix = "the file was edited or is corrupt: delete that line (the row is re-measured) or use a new --out folder"
+    try:
+        d = dict(d)
+        d["ci"] = tuple(d["ci"])
+        r = ResultRow(**d)
+    except (TypeError, KeyError, ValueError) as e:
+        raise ValueError(f"{where}: not a protection row ({e}); {fix}") from None
+    bad = []
+    if r.n != n:
+        bad.append(f"n = {r.n}, but this run holds {n} problems")
+    if not (isinstance(r.correct, int) and 0 <= r.correct <= r.n):
+        bad.append(f"correct = {r.correct!r} outside 0..{r.n}")
+    elif not (isinstance(r.mean, (int, float)) and abs(r.mean - r.correct / max(r.n, 1)) <= 1e-9):
+        bad.append(f"mean {r.mean!r} ≠ correct / n = {r.correct}/{r.n}")
+    elif len(r.ci) != 2 or max(abs(x - y) for x, y in zip(r.ci, wilson_interval(r.correct, r.n))) > 1e-9:
+        bad.append(f"ci {list(r.ci)} is not the Wilson interval of {r.correct}/{r.n}")
+    if r.outcomes and r.outcomes.count("1") != r.correct:
+        bad.append(f"outcomes hold {r.outcomes.count('1')} correct answers, correct = {r.correct}")
+    if not (isinstance(r.bpw, (int, float)) and math.isfinite(r.bpw) and 0 < r.bpw <= 32):
+        bad.append(f"bits per weight {r.bpw!r} outside (0, 32]")
+    if r.kind not in KINDS:
+        bad.append(f"kind {r.kind!r} not one of {', '.join(KINDS)}")
+    accs = list(r.accuracy.values()) if isinstance(r.accuracy, dict) else [None]
+    if not all(isinstance(a, (int, float)) and 0 <= a <= 1 for a in accs):
+        bad.append(f"accuracy {r.accuracy!r} not in [0, 1] per family")
+    if bad:
+        raise ValueError(f"{where}: row {r.label!r}: {'; '.join(bad)}; {fix}")
+    return r
+
+
+def _check_folder(out: Path, want: dict[str, Any], n: int) -> list[ResultRow]:
+    """The rows already measured in ``out`` (resume; each checked by :func:`_check_row` against
+    the run's ``n`` problems), or ``ValueError`` if it holds another run
     or is not an experiment folder (a file, or a non-empty folder without ``settings.json``: the
     table files written here would replace the user's own ``table.md`` / ``table.csv``)."""
     sp = out / "settings.json"
@@ -262,21 +398,26 @@ def _check_folder(out: Path, want: dict[str, Any]) -> list[ResultRow]:
         raise ValueError(
             f"{out} holds another experiment (differs in {', '.join(diff) or 'format'}); use a new --out folder"
         )
-    rows = []
+    rows: list[ResultRow] = []
     rp = out / "rows.jsonl"
     if rp.exists():
-        for _, _, d in iter_jsonl(rp):
-            d["ci"] = tuple(d["ci"])
-            rows.append(ResultRow(**d))
+        for _, line, d in iter_jsonl(rp):
+            r = _check_row(d, f"{rp}:{line}", n)
+            if any(r.label == o.label for o in rows):
+                raise ValueError(f"{rp}:{line}: row {r.label!r} appears twice; delete one of the two lines")
+            rows.append(r)
     return rows
 
 
 def _measure(
     label: str, kind: str, model, tokenizer, held, bpw: float, modules: str, t0: float, max_new_tokens: int
 ) -> ResultRow:
-    acc = evaluate(model, tokenizer, held, batch_size=150, max_new_tokens=max_new_tokens)
+    acc, responses = evaluate(
+        model, tokenizer, held, batch_size=150, max_new_tokens=max_new_tokens, return_responses=True
+    )
     fams = [f for f in acc if f != "mean"]
-    correct = sum(round(acc[f] * sum(p.family == f for p in held)) for f in fams)
+    hits = score_responses(held, responses)
+    correct = sum(hits)
     lo, hi = wilson_interval(correct, len(held))
     return ResultRow(
         label,
@@ -289,6 +430,7 @@ def _measure(
         (lo, hi),
         modules,
         round(time.time() - t0, 1),
+        "".join("1" if h else "0" for h in hits),
     )
 
 
@@ -297,6 +439,7 @@ def run_protection_experiment(
     settings: ExperimentSettings | None = None,
     *,
     only: Sequence[str] | None = None,
+    redo: Sequence[str] | None = None,
     progress: bool = True,
     **kw: Any,
 ) -> ProtectionTable:
@@ -305,26 +448,33 @@ def run_protection_experiment(
     ``settings`` or keyword fields of :class:`~lrm_interp.experiments.protection.ExperimentSettings`.
     ``only``: measure just the rows whose label contains one of these strings (plus fp / none,
     which ``recovered`` needs; :meth:`~lrm_interp.experiments.protection.ProtectionPlanner.select`).
+    ``redo``: re-measure the selected rows whose label contains one of these although ``out``
+    already holds them (e.g. rows measured before per-problem outcomes were recorded, which the
+    paired comparisons need); each text must match a row (as for ``only``).
     Returns the :class:`ProtectionTable` of every row measured in ``out`` so far.
     """
     s = settings or ExperimentSettings(**kw)
     out = Path(out)
     check_only(s, only)  # an `only` that selects no row is refused before anything is loaded
+    check_only(s, redo)
     model, tok = load_model(s.model)
     model.eval()
     prov = model_provenance(model, tok)
     want = _settings_json(s, prov["weights_fingerprint"], (prov.get("tokenizer") or {}).get("fingerprint"))
-    done = _check_folder(out, want)
+    held = problems(s.per_family, seed=s.problem_seed, world=model_world(model))
+    done = _check_folder(out, want, len(held))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "settings.json", json.dumps(want, indent=1))
     rows = {r.label: r for r in done}
-    held = problems(s.per_family, seed=s.problem_seed, world=model_world(model))
 
     def save_rows():
         atomic_write_text(out / "rows.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in rows.values()))
 
     plans: list[RowPlan] = ProtectionPlanner(model, tok, s, progress=progress).select(only)
-    todo = [p for p in plans if p.label not in rows]
+    unselected = [t for t in redo or () if not any(t in p.label for p in plans)]
+    if unselected:
+        raise ValueError(f"redo: {', '.join(map(repr, unselected))} matches no row selected by only={list(only or [])}")
+    todo = [p for p in plans if p.label not in rows or any(t in p.label for t in redo or ())]
     with tqdm(
         total=len(plans), initial=len(plans) - len(todo), desc="protection rows", unit="row", disable=not progress
     ) as bar:
@@ -348,6 +498,7 @@ __all__ = [
     "KINDS",
     "ResultRow",
     "ProtectionTable",
+    "is_attribution_guided",
     "run_protection_experiment",
     # planned in lrm_interp.experiments.protection, re-exported for callers of this module
     "ExperimentSettings",

@@ -38,11 +38,19 @@ def evaluate(
         progress=progress,
     )
     hits: dict[str, list[bool]] = defaultdict(list)
-    for p, r in zip(probs, responses):
-        hits[p.family].append(extract_answer(p.family, r) == p.answer)
+    for p, ok in zip(probs, score_responses(probs, responses)):
+        hits[p.family].append(ok)
     acc = {f: sum(v) / len(v) for f, v in hits.items()}
     acc["mean"] = sum(acc.values()) / len(acc)
     return (acc, responses) if return_responses else acc
+
+
+def score_responses(probs: Sequence[Problem], responses: Sequence[str]) -> list[bool]:
+    """Per problem: is the answer extracted from its response the gold answer? ``[n]`` in the
+    order of ``probs`` (what :func:`evaluate` averages per family)."""
+    if len(probs) != len(responses):
+        raise ValueError(f"score_responses: {len(probs)} problems but {len(responses)} responses")
+    return [extract_answer(p.family, r) == p.answer for p, r in zip(probs, responses)]
 
 
 def _as_problem(x) -> Problem:
@@ -102,4 +110,4 @@ def collect_traces(
     return ReasoningDataset(traces, name="collected")
 
 
-__all__ = ["extract_answer", "evaluate", "collect_traces"]
+__all__ = ["extract_answer", "evaluate", "score_responses", "collect_traces"]
