@@ -311,7 +311,8 @@ FINDINGS = [
     (
         "code",
         "sl = pd.read_csv(root / 'short_vs_long.csv')\n"
-        "print(sign_test(sl.loc[sl.verdict != 'no spread', 'diff']))\n"
+        "# cells with a spread; a cell whose outputs equal another model's (same_as) counts once\n"
+        "print(sign_test(sl.loc[(sl.verdict != 'no spread') & sl.same_as.isna(), 'diff']))\n"
         "sl[sl.verdict != 'no spread'].round(1)",
     ),
     (

@@ -69,6 +69,21 @@ def test_short_vs_long_matches_the_split_and_the_sign_test():
     assert fd.sign_test([1, -1])["p"] == 1.0
 
 
+def test_short_vs_long_counts_a_copied_cell_once_and_keeps_intervals_when_models_are_added():
+    words = list(range(1, 21))
+    right_short = [1] * 10 + [0] * 10
+    rows = _rows("a", "math", right_short, words) + _rows("b", "math", right_short, words)  # b copies a
+    rows += _rows("c", "math", right_short[::-1], words)  # the long half right
+    df = fd.short_vs_long(pd.DataFrame(rows), resamples=300).set_index("model")
+    assert df.loc["b", "same_as"] == "a" and df.loc["a", "same_as"] == "" and df.loc["c", "same_as"] == ""
+    assert df.attrs["sign"]["positive"] == 1 and df.attrs["sign"]["negative"] == 1  # b not counted again
+    # a row's bootstrap stream is its own: adding a model leaves the others' intervals unchanged
+    more = fd.short_vs_long(pd.DataFrame(rows + _rows("0first", "math", [1, 0] * 10, words)), resamples=300)
+    more = more.set_index("model")
+    for m in ("a", "b", "c"):
+        assert (more.loc[m, "ci95_low"], more.loc[m, "ci95_high"]) == (df.loc[m, "ci95_low"], df.loc[m, "ci95_high"])
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="bogus"):
         fd.ShiftSettings(variants=("bogus:3",))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -129,14 +130,24 @@ def short_vs_long(scores: pd.DataFrame, *, fraction: float = 0.3, resamples: int
     model × task, in percentage points, with a 95 % bootstrap interval (outputs resampled,
     the split recomputed on each resample) and a verdict (``shorter higher`` / ``longer
     higher`` / ``cannot tell``; ``no spread`` when every output has the same score).
+    ``same_as`` names the first model (sorted) whose outputs on the task are the same word counts
+    and scores item by item (e.g. RTN 8-bit answering exactly as full precision): such a cell is
+    the same evidence again, so ``attrs["sign"]`` — the exact sign test over the cells with a
+    spread — counts it once.
 
-    ``scores``: per-output rows with ``model, task, score, words``.
+    ``scores``: per-output rows with ``model, task, score, words`` (ordered by ``index`` and
+    ``sample`` where present).
     """
     check_int("resamples", resamples, min=1)
-    rng = np.random.default_rng(seed)
     rows = []
+    seen: dict[tuple, str] = {}  # (task, outputs) -> the first model with exactly these outputs
     for (model, task), d in scores.groupby(["model", "task"], sort=True):
+        # one stream per model × task: a row's interval does not move when other models are added
+        rng = np.random.default_rng([seed, zlib.crc32(f"{model}\0{task}".encode())])
+        if {"index", "sample"} <= set(d.columns):
+            d = d.sort_values(["index", "sample"])
         w, s = d["words"].to_numpy(float), d["score"].to_numpy(float)
+        same_as = seen.setdefault((task, tuple(w), tuple(s)), model)
         sp = short_long_split(w, s, fraction)
         diff = 100 * (sp.short_score - sp.long_score)
         if np.all(s == s[0]):
@@ -161,10 +172,12 @@ def short_vs_long(scores: pd.DataFrame, *, fraction: float = 0.3, resamples: int
                 "ci95_low": lo,
                 "ci95_high": hi,
                 "verdict": verdict,
+                "same_as": "" if same_as == model else same_as,
             }
         )
     df = pd.DataFrame(rows)
-    df.attrs["sign"] = sign_test(df["diff"][df["verdict"] != "no spread"])
+    counted = (df["verdict"] != "no spread") & (df["same_as"] == "")
+    df.attrs["sign"] = sign_test(df["diff"][counted])
     return df
 
 
