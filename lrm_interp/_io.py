@@ -178,6 +178,21 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, replace: bool = Tru
 QUANTIZE_RECORD = "lrm_interp_quantization.json"
 
 
+def file_on_the_way(path: str | os.PathLike) -> Path | None:
+    """The first existing ancestor of ``path`` (as given, and with a leading ``~`` expanded) that is
+    not a folder (a regular file, a FIFO, a dangling link), or ``None``: nothing can be written at
+    ``path`` then (``mkdir`` says "File exists", ``open`` "Not a directory", naming neither the flag
+    nor the file in the way). The output checks (:func:`check_out_dir`,
+    ``lrm_interp.cli.common.check_paths``) refuse such a path up front."""
+    for form in dict.fromkeys([Path(path), Path(path).expanduser()]):
+        for parent in reversed(form.parents):  # the outermost first: that is the one in the way
+            if str(parent) in ("", ".", "/"):
+                continue
+            if (parent.exists() or parent.is_symlink()) and not parent.is_dir():
+                return parent
+    return None
+
+
 def check_out_dir(
     out: str | os.PathLike,
     *,
@@ -188,11 +203,18 @@ def check_out_dir(
 ) -> Path:
     """``out`` as a Path once it is safe to write a folder there, else ``ValueError``.
 
-    Refused: ``out`` is (or contains, or lies inside) one of ``sources`` (a model is never written
-    onto its own source), or ``out`` exists and is not empty and ``overwrite`` is false. Even with
+    Refused: ``out`` lies under a file (:func:`file_on_the_way`), ``out`` is (or contains, or lies
+    inside) one of ``sources`` (a model is never written onto its own source), or ``out`` exists and
+    is not empty and ``overwrite`` is false. Even with
     ``overwrite``, only a regular file, an empty folder or an earlier result (a folder holding the
     regular file ``marker``) is replaced: never a folder of someone else's files (``--out .``), a
     FIFO or a device."""
+    blocked = file_on_the_way(out)
+    if blocked is not None:
+        raise ValueError(
+            f"{flag} {out}: {blocked} is a file, not a folder, so nothing can be written under it; "
+            f"give {flag} a path outside it"
+        )
     out = Path(out).resolve()
     for src in sources:
         if src is None or not Path(src).exists():

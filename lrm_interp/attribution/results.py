@@ -125,6 +125,47 @@ def _checked_labels(path: Path, meta: Mapping[str, Any]) -> tuple[tuple[str, ...
     return tuple(behaviors), tuple(sites)
 
 
+def _checked_tensors(
+    jpath: Path,
+    tpath: Path,
+    behaviors: tuple[str, ...],
+    sites: tuple[Site, ...],
+    tensors: Mapping[str, torch.Tensor],
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The steering vectors of a saved result, once its tensors fit its labels: ``scores`` is
+    ``[behaviours, sites]`` and every ``vec/<behaviour>/<site>`` names a listed behaviour and site
+    and has that site's output size; else ``ValueError`` naming both files (they do not belong
+    together: a site or behaviour removed or added by hand, or files of two saves)."""
+    again = (
+        "the two files do not belong together (a record removed or added by hand, or two saves); save the result again"
+    )
+    if "scores" not in tensors:
+        raise ValueError(f"{tpath}: no 'scores' tensor: not an attribution result; {again}")
+    shape = tuple(tensors["scores"].shape)
+    if shape != (len(behaviors), len(sites)):
+        raise ValueError(
+            f"{jpath} lists {len(behaviors)} behaviours x {len(sites)} sites, but the scores in {tpath.name} "
+            f"are {' x '.join(map(str, shape)) or 'a scalar'}: {again}"
+        )
+    by_name = {site.name: site for site in sites}
+    vectors: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if not k.startswith("vec/"):
+            continue
+        _, beh, site_name = k.split("/", 2) if k.count("/") >= 2 else (k, "", "")
+        site = by_name.get(site_name)
+        if beh not in behaviors or site is None:
+            what = f"behaviour {beh!r}" if beh not in behaviors else f"site {site_name!r}"
+            raise ValueError(f"{tpath}: steering vector {k!r} is for a {what} that {jpath.name} does not list: {again}")
+        if v.ndim != 1 or (site.out_features and v.numel() != site.out_features):
+            raise ValueError(
+                f"{tpath}: steering vector {k!r} has shape {tuple(v.shape)}, but {jpath.name} records "
+                f"{site_name} with {site.out_features} outputs: {again}"
+            )
+        vectors.setdefault(beh, {})[site_name] = v
+    return vectors
+
+
 @dataclass(frozen=True)
 class Attribution:
     """Importance of every linear site for every behaviour.
@@ -367,7 +408,10 @@ class Attribution:
         ``attribution.json`` written with another ``attribution.safetensors``, or labels (method,
         behaviours, site records) changed after saving, raises :class:`~lrm_interp._io.ChecksumError`
         naming the file (folders saved before checksums load unverified). Non-finite, malformed or
-        duplicate site records and duplicate behaviours raise ``ValueError`` naming the file."""
+        duplicate site records and duplicate behaviours raise ``ValueError`` naming the file, and so
+        do tensors that do not fit the records (scores of another shape, a steering vector of a
+        behaviour or site the result does not list, or of another size than its site's output):
+        a site or behaviour dropped from ``attribution.json`` by hand in a folder without checksums."""
         d = Path(directory)
         jpath, tpath = d / "attribution.json", d / "attribution.safetensors"
         for p in (jpath, tpath):
@@ -397,19 +441,18 @@ class Attribution:
                     f"{labels[:16]}...): the file was edited after saving and the scores would be "
                     "attached to the wrong sites or behaviours; save the result again"
                 )
-        vectors: dict[str, dict[str, torch.Tensor]] = {}
-        for k, v in tensors.items():
-            if k.startswith("vec/"):
-                _, beh, site = k.split("/", 2)
-                vectors.setdefault(beh, {})[site] = v
-        return cls(
-            behaviors=behaviors,
-            sites=sites,
-            scores=tensors["scores"],
-            method=meta["method"],
-            vectors=vectors,
-            provenance=meta.get("provenance", {}),
-        )
+        vectors = _checked_tensors(jpath, tpath, behaviors, sites, tensors)
+        try:
+            return cls(
+                behaviors=behaviors,
+                sites=sites,
+                scores=tensors["scores"],
+                method=meta["method"],
+                vectors=vectors,
+                provenance=meta.get("provenance", {}),
+            )
+        except ValueError as e:  # e.g. non-finite scores: name the file
+            raise ValueError(f"{tpath}: {e}") from e
 
 
 @dataclass(frozen=True)

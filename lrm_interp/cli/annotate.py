@@ -197,13 +197,26 @@ def cmd_agree(a: argparse.Namespace) -> int:
         )
     gold = _load_annotated(a.gold, "--gold")
     pred = _load_annotated(a.pred, "--pred")
-    ids = {t.id for t in pred}
+    ids, gold_ids = {t.id for t in pred}, {t.id for t in gold}
     missing = [t.id for t in gold if t.id not in ids]
+    extra = [t.id for t in pred if t.id not in gold_ids]  # not scored: counted, never dropped silently
+    extra_note = (
+        f"{len(extra)} trace{'s' * (len(extra) != 1)} of --pred not in --gold, not scored (first: {extra[0]!r})"
+        if extra
+        else ""
+    )
     if missing:
         raise CliError(
-            f"--pred {a.pred}: {len(missing)} gold traces are missing (first: {missing[0]!r}); "
-            "annotate the same outputs as --gold"
+            f"--pred {a.pred}: {len(missing)} of the {len(gold)} gold traces are missing (first: {missing[0]!r})"
+            + (f"; {extra_note}" if extra else "")
+            + "; annotate the same outputs as --gold"
         )
+    if extra:
+        import sys
+
+        from lrm_interp.cli.common import PROG
+
+        print(f"{PROG} annotate agree: note: {extra_note}", file=sys.stderr)
     by_id = {t.id: t for t in pred}
     for t in gold:
         if by_id[t.id].response != t.response:
@@ -217,7 +230,9 @@ def cmd_agree(a: argparse.Namespace) -> int:
         print(
             format_agreement(
                 agr,
-                title=f"{len(gold)} traces; {where}; character level and span level "
+                title=f"{len(gold)} traces"
+                + (f" ({len(extra)} more in --pred, not in --gold: not scored)" if extra else "")
+                + f"; {where}; character level and span level "
                 f"(IoU >= {min_iou}); * = target behaviour",
             )
         )
@@ -290,9 +305,10 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
         {
             "--gold": a.gold,
             "--pred": a.pred,
-            "--downstream": model_input(a.downstream),
+            "--downstream": model_input(a.downstream, "--downstream"),
             **{f"--annotator {n}": n for n in names if n not in ("trained", "rules", "keyword")},
         },
+        dirs=True,
     )
     from lrm_interp.data.traces import ReasoningDataset
     from lrm_interp.experiments.annotation_downstream import annotation_downstream

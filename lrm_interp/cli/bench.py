@@ -23,7 +23,9 @@ from lrm_interp.cli.common import (
     add_command,
     add_dataclass_args,
     add_overwrite_flag,
+    check_paths,
     dataclass_from_args,
+    device_arg,
     group_size_arg,
     load_model_quietly,
     nonneg_int,
@@ -99,6 +101,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     # the numbers are checked by their argparse types (every flag, whatever the backend) and by
     # GenerationSettings (the generation flags): all before a model is loaded or a file written
+    check_paths({"--out": a.out}, dirs=True)  # a folder that can be written, before anything loads
     settings = dataclass_from_args(GenerationSettings, a)
     group_size = group_size_arg(a.group_size)
     try:
@@ -108,6 +111,16 @@ def cmd_run(a: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(f"--compress: {e}") from e
     models = _models(a)
+    from lrm_interp.evaluation.bench_suite import run_folders
+
+    tags = [s.tag for s in specs]
+    dup = next((c for c, t in zip(a.compress, tags) if tags.count(t) > 1), None)
+    if dup is not None:
+        raise CliError(f"--compress: {dup} is given twice (or as another spelling of the same spec); give it once")
+    try:  # a/m and b/m (or one model twice) would share the run folder m: refused before any generation
+        run_folders(models, specs)
+    except ValueError as e:
+        raise CliError(f"{'--endpoint-model' if a.endpoint_model else '--model'}: {e}") from None
     endpoint = None
     if a.backend == "openai":
         import os
@@ -191,6 +204,7 @@ def _score_out(a: argparse.Namespace, outputs: Path) -> Path:
     from lrm_interp.evaluation.bench_score import SCORE_FILES
 
     out = Path(a.out).expanduser() if a.out else outputs / "scores"
+    check_paths({"--out": out})  # never under a file
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: a file, not a folder; choose a folder for the tables")
     there = [f for f in SCORE_FILES if (out / f).exists()]
@@ -214,7 +228,10 @@ def cmd_score(a: argparse.Namespace) -> int:
         from transformers import AutoTokenizer
 
         if a.tokenizer.lower() == "toy":
+            from lrm_interp.cli.common import refuse_ambiguous_model
             from lrm_interp.toy import toy_model_dir
+
+            refuse_ambiguous_model(a.tokenizer, "--tokenizer")  # the alias, or a folder ./toy?
 
             tok = AutoTokenizer.from_pretrained(toy_model_dir())
         else:
@@ -384,7 +401,9 @@ def register(sub) -> None:
         help="hf = transformers generate (default with --model); vllm = vLLM offline engine in its own "
         "Python; openai = an OpenAI-compatible HTTP endpoint (default with --endpoint-model)",
     )
-    g.add_argument("--device", default="cpu", help="device of the hf backend's model (cpu, cuda, cuda:1)")
+    g.add_argument(
+        "--device", type=device_arg, default="cpu", help="device of the hf backend's model (cpu, cuda, cuda:1)"
+    )
     c = r.add_argument_group("compression (hf and vllm backends)")
     c.add_argument(
         "--compress",

@@ -248,12 +248,24 @@ def require_path(path: str | os.PathLike, flag: str, *, kind: str = "any") -> Pa
 _KINDS = {"any": "file or directory", "file": "file", "dir": "directory"}
 
 
+def refuse_ambiguous_model(name: str, flag: str) -> None:
+    """:class:`CliError` naming ``flag`` when ``name`` is an alias and a model folder here both
+    (``--model toy`` beside a checkpoint folder ``./toy``): every alias alike, before any work."""
+    from lrm_interp.model.loading import alias_folder_clash, ambiguous_model_message
+
+    clash = alias_folder_clash(name)
+    if clash is not None:
+        raise CliError(f"{flag} {ambiguous_model_message(name, clash)}")
+
+
 def require_model(name: str, flag: str = "--model") -> str:
-    """``name`` unless it is neither a known alias nor a Hugging Face model folder."""
+    """``name`` unless it is neither a known alias nor a Hugging Face model folder, or both
+    (an alias and a model folder of that name in the current directory: ambiguous)."""
     from lrm_interp.model.loading import model_aliases
 
     aliases = model_aliases()
     if name.lower() in aliases:
+        refuse_ambiguous_model(name, flag)
         return name
     p = Path(name).expanduser()
     if not p.is_dir():
@@ -266,14 +278,16 @@ def require_model(name: str, flag: str = "--model") -> str:
     return name
 
 
-def model_input(name: str | None) -> str | os.PathLike | None:
+def model_input(name: str | None, flag: str = "--model") -> str | os.PathLike | None:
     """The folder ``--model name`` reads (for :func:`check_paths`): the toy alias's shipped folder,
-    ``None`` for another alias (not a path), else ``name``."""
+    ``None`` for another alias (not a path), else ``name``; an alias that is also a model folder
+    here is refused (:func:`require_model`), naming ``flag``."""
     if name is None:
         return None
     from lrm_interp.model.loading import model_aliases
 
     if name.lower() in model_aliases():
+        refuse_ambiguous_model(name, flag)
         if name.lower() == "toy":
             from lrm_interp.toy import toy_model_dir
 
@@ -344,6 +358,7 @@ def check_paths(
     overwrite: bool | None = None,
     replaced_whole: bool = False,
     files: bool = False,
+    dirs: bool = False,
 ) -> None:
     """Refuse, before any work, outputs that would destroy another output or an input.
 
@@ -359,8 +374,21 @@ def check_paths(
     so; :func:`add_overwrite_flag`). ``replaced_whole``: the outputs are folders replaced as a
     whole, so an input lying inside one (``quantize --out D --masks D/masks.safetensors``) is
     refused too, even with ``--overwrite``. ``files``: the outputs are files, so an existing folder
-    there is refused even with ``--overwrite`` (up front: the writer would fail only after the work)."""
+    there is refused even with ``--overwrite`` (up front: the writer would fail only after the work).
+    ``dirs``: the outputs are folders, so an existing file there is refused (the same way).
+
+    Always refused, naming the flag: an output under an existing file (``--out results.csv/x``:
+    nothing can be written there, :func:`lrm_interp._io.file_on_the_way`)."""
+    from lrm_interp._io import file_on_the_way
+
     given = [(f, p) for f, p in outputs.items() if p is not None and str(p) != ""]
+    for fo, po in given:
+        blocked = file_on_the_way(po)
+        if blocked is not None:
+            raise CliError(
+                f"{fo} {po}: {blocked} is a file, not a folder, so nothing can be written under it; "
+                f"give {fo} a path outside it"
+            )
     if files:
         for fo, po in given:
             for q in dict.fromkeys([Path(po), Path(po).expanduser()]):
@@ -376,6 +404,14 @@ def check_paths(
                 raise CliError(
                     f"{fo} {po}: {q} is {what}, not a regular file: refusing to replace it; choose another path"
                 )
+    if dirs:
+        for fo, po in given:
+            for q in dict.fromkeys([Path(po), Path(po).expanduser()]):
+                if (q.exists() or q.is_symlink()) and not q.is_dir():
+                    raise CliError(
+                        f"{fo} {po}: a file; {fo} names a folder to write the results into (a file is never "
+                        "replaced by one); choose a folder path"
+                    )
     outs = [(f, p, r) for f, p in given for r in _forms(p)]
     for i, (fa, pa, ra) in enumerate(outs):
         for fb, pb, rb in outs[:i]:
@@ -420,6 +456,35 @@ def add_overwrite_flag(p: argparse.ArgumentParser, what: str = "--out") -> None:
         action="store_true",
         help=f"replace {what} when already there (refused otherwise: an earlier result is never replaced silently)",
     )
+
+
+def device_arg(text: str) -> str:
+    """``--device``: a torch device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked
+    by argparse before anything loads. ``--device gpu`` (not a device) or ``--device cuda`` without a
+    CUDA device used to fail as an "internal error" after the model was loaded."""
+    name = str(text).strip()
+    if name == "cpu":  # the default: no torch import while parsing
+        return name
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device on this machine (torch sees none); use cpu")
+        if dev.index is not None and dev.index >= n:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has {n} CUDA device{'s' * (n != 1)} (cuda:0 .. cuda:{n - 1})"
+            )
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: no MPS device on this machine; use cpu")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text!r}: device type {dev.type!r} is not supported (cpu, cuda, mps)")
+    return name
 
 
 def group_size_arg(g: int) -> int | None:
@@ -617,9 +682,11 @@ __all__ = [
     "report_error",
     "debug_enabled",
     "group_size_arg",
+    "device_arg",
     "check_paths",
     "add_overwrite_flag",
     "model_input",
+    "refuse_ambiguous_model",
     "PROG",
     "DEBUG_ENV",
 ]

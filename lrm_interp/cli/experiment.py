@@ -46,8 +46,10 @@ PROTECTION_EXAMPLES = [
 
 
 def cmd_protection(a: argparse.Namespace) -> int:
+    from lrm_interp.cli.common import check_paths
     from lrm_interp.experiments.protection_table import ExperimentSettings, run_protection_experiment
 
+    check_paths({"--out": a.out}, dirs=True)  # a file at --out (or on the way to it): refused before loading
     require_model(a.model)
     try:
         s = ExperimentSettings(

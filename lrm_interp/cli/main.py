@@ -97,9 +97,12 @@ def _check_sites(model, pattern: str | None, model_name: str) -> None:
 
 def cmd_attribute(a: argparse.Namespace) -> int:
     from lrm_interp.attribution.config import AttributionConfig
+    from lrm_interp.cli.common import check_paths
     from lrm_interp.data.loading import load_dataset
 
-    # everything that can be checked without loading anything, first
+    # everything that can be checked without loading anything, first: --out a folder that can be
+    # written (an existing file there, or a file on its way, used to fail after the model loaded)
+    check_paths({"--out": a.out}, dirs=True)
     require_model(a.model)
     data = require_path(a.data, "--data")
     tok_dir = require_path(a.tokenizer, "--tokenizer", kind="dir") if a.tokenizer else None
@@ -194,7 +197,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
     out = Path(a.out)
     # --out never lies inside an input result; shift.csv / shift.png are replaced only with --overwrite
-    check_paths({"--out": a.out}, {"--original": a.original, "--compressed": a.compressed})
+    check_paths({"--out": a.out}, {"--original": a.original, "--compressed": a.compressed}, dirs=True)
     for name in ("shift.csv", "shift.png"):
         check_paths({"--out": out / name}, overwrite=a.overwrite)
     require_attribution_dir(a.original, "--original")
@@ -220,8 +223,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(a: argparse.Namespace) -> int:
+    from lrm_interp.cli.common import check_paths
     from lrm_interp.experiments.quickstart import run_quickstart
 
+    check_paths({"--out": a.out}, dirs=True)  # a folder, never under a file: refused before the model loads
     run_quickstart(
         out_dir=a.out,
         n_traces=a.traces,

@@ -51,7 +51,7 @@ def cmd_study(a: argparse.Namespace) -> int:
     # everything that can be checked without loading the model, first
     require_model(a.model)
     data = require_path(a.data, "--data")
-    check_paths({"--out": a.out}, {"--model": model_input(a.model), "--data": data})
+    check_paths({"--out": a.out}, {"--model": model_input(a.model), "--data": data}, dirs=True)
     for t in a.tasks or ():
         try:
             task = get_task(t)

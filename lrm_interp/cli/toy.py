@@ -54,7 +54,7 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``lrm-interp toy train`` (:func:`lrm_interp.toy.train.train_toy_model`); the defaults
     are the shipped model's recipe. Every number is range-checked by argparse (one-line usage error
     naming the flag, before any work)."""
-    from lrm_interp.cli.common import nonneg_float, nonneg_int, positive_float, positive_int, seed_int
+    from lrm_interp.cli.common import device_arg, nonneg_float, nonneg_int, positive_float, positive_int, seed_int
     from lrm_interp.data.toy_tasks import N_PEOPLE
 
     ap.add_argument(
@@ -75,7 +75,7 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=positive_int, default=256, help="sequences per step (both phases)")
     ap.add_argument("--lr", type=positive_float, default=2e-3, help="phase-1 peak learning rate (AdamW)")
     ap.add_argument("--seed", type=seed_int, default=0, help="seeds the initialisation and the phase-1 data stream")
-    ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
+    ap.add_argument("--device", type=device_arg, default=None, help="cuda | cpu (default: cuda if available)")
     ap.add_argument("--n-people", type=positive_int, default=N_PEOPLE, help="size of the knowledge family's fact table")
     ap.add_argument(
         "--eval-per-family",
@@ -168,7 +168,15 @@ def cmd_train(a: argparse.Namespace) -> int:
 def add_distill_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``lrm-interp toy distill`` (:func:`lrm_interp.toy.distill.distill_reasoner`; the
     defaults are the shipped reasoner's recipe, :class:`~lrm_interp.toy.distill.DistillConfig`)."""
-    from lrm_interp.cli.common import float_arg, nonneg_float, nonneg_int, positive_float, positive_int, seed_int
+    from lrm_interp.cli.common import (
+        device_arg,
+        float_arg,
+        nonneg_float,
+        nonneg_int,
+        positive_float,
+        positive_int,
+        seed_int,
+    )
     from lrm_interp.data.toy_tasks import FAMILIES
     from lrm_interp.toy.distill import DistillConfig
 
@@ -245,7 +253,7 @@ def add_distill_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="checkpoint and stop after this many seconds (run the command again to resume; 0: after one step)",
     )
-    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--device", type=device_arg, default="cpu", help="cpu | cuda")
     ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
@@ -257,13 +265,18 @@ def cmd_distill(a: argparse.Namespace) -> int:
     is loaded)."""
     from dataclasses import fields
 
-    from lrm_interp.toy.distill import DistillConfig, distill_reasoner
+    from lrm_interp.cli.common import CliError
+    from lrm_interp.toy.distill import DistillConfig, check_run_folder, distill_reasoner
 
     try:
         cfg = DistillConfig(**{f.name: getattr(a, f.name) for f in fields(DistillConfig) if hasattr(a, f.name)})
     except ValueError as e:  # "family_weights: ..." -> "--family-weights: ..."
         head, sep, rest = str(e).partition(" ")
         raise ValueError(f"--{head.replace('_', '-')}{sep}{rest}") from None
+    try:  # distill_reasoner checks it too; here the error names the flag
+        check_run_folder(a.out)
+    except ValueError as e:
+        raise CliError(f"--out {e}") from None
     log = distill_reasoner(
         a.out,
         cfg,

@@ -16,6 +16,12 @@ behaviour, and scoring it as one (every token a negative) would be silent; the c
 about (:class:`UnannotatedTraceWarning`) and each file is in the report. A layout without any
 annotation file (``bench run`` outputs, outputs to annotate) is read whole, every trace without
 spans. ``keep_unannotated=True`` / ``False`` keeps / leaves them out in every case.
+
+Nothing else is dropped or read twice without a word: files that are not
+``outputs|annotated/<dataset>/<j>.txt`` (nested folders, other names) are not loaded but listed in
+:attr:`ParseReport.ignored` with one :class:`IgnoredFileWarning` (:func:`stray_files`); an empty
+response is kept, noted and counted (:class:`~lrm_interp.data.traces.EmptyResponseWarning`); one
+dataset under two folder names (``FOLIO`` and ``folio``, or a byte copy) is refused.
 """
 
 from __future__ import annotations
@@ -35,10 +41,12 @@ from lrm_interp.data.markup import ParsedAnnotation, parse_markup
 from lrm_interp.data.prompts import build_prompt, canonical_dataset, gold_answer
 from lrm_interp.data.traces import (
     BehaviorSpan,
+    EmptyResponseWarning,
     ReasoningDataset,
     ReasoningTrace,
     ResponseTooLargeError,
     TraceFormatError,
+    empty_response_note,
     response_limit,
 )
 
@@ -47,6 +55,16 @@ _BAD_FILE = ("rejected", "missing annotation", "missing output")
 
 class UnannotatedTraceWarning(UserWarning):
     """A paper layout holds outputs without an annotation file; they were left out (counted)."""
+
+
+class IgnoredFileWarning(UserWarning):
+    """A paper layout holds files that are not ``outputs|annotated/<dataset>/<j>.txt`` (nested
+    folders, files beside the dataset folders, other extensions): not loaded, counted and named
+    (:attr:`ParseReport.ignored`)."""
+
+
+#: the note a :class:`FileReport` carries for an empty (or whitespace-only) output file
+EMPTY_RESPONSE_NOTE = "empty response (kept without spans: nothing to attribute)"
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,8 @@ class ParseReport:
     """Accounting of every annotation file and segment (JSON-able via :meth:`to_dict`)."""
 
     files: tuple[FileReport, ...] = ()
+    #: files of the layout that are not ``<folder>/<dataset>/<j>.txt`` (not loaded), as paths
+    ignored: tuple[str, ...] = ()
 
     def segments(self) -> list[SegmentReport]:
         return [s for f in self.files for s in f.segments]
@@ -99,6 +119,8 @@ class ParseReport:
             "files_without_prompt": sum(
                 any(n.startswith("no problem") or n.startswith("prompt not built") for n in f.notes) for f in self.files
             ),
+            "files_ignored": len(self.ignored),
+            "empty_responses": sum(EMPTY_RESPONSE_NOTE in f.notes for f in self.files),
             "segments": len(segs),
             "segments_placed": sum(s.placed for s in segs),
             "segments_by_status": dict(Counter(s.status for s in segs)),
@@ -130,6 +152,14 @@ class ParseReport:
             lines.append("repairs (files): " + ", ".join(f"{v} {k}" for k, v in sorted(c["repairs"].items())))
         if c["files_without_prompt"]:
             lines.append(f"{c['files_without_prompt']} traces without a prompt (no problem data)")
+        if c["empty_responses"]:
+            empty = [f.trace_id for f in self.files if EMPTY_RESPONSE_NOTE in f.notes]
+            lines.append(f"{len(empty)} empty response{'s' * (len(empty) != 1)} (kept without spans): {_listed(empty)}")
+        if self.ignored:
+            lines.append(
+                f"{len(self.ignored)} files not loaded (not outputs|annotated/<dataset>/<j>.txt): "
+                f"{_listed(list(self.ignored))}"
+            )
         detail = [f"  {f.trace_id}: {f.status}: {f.reason}" for f in self.files if f.status in _BAD_FILE]
         detail += [
             f"  {s.source} segment {s.index} (line {s.line}) [{s.raw_label}]: {s.reason}" for s in self.not_placed()
@@ -140,12 +170,16 @@ class ParseReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"counts": self.counts(), "files": [f.to_dict() for f in self.files]}
+        return {"counts": self.counts(), "files": [f.to_dict() for f in self.files], "ignored": list(self.ignored)}
 
     def save_json(self, path: str | os.PathLike, *, replace: bool = True) -> Path:
         """The report as JSON, atomically; ``replace=False``: an existing ``path`` is never replaced."""
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False), replace=replace)
         return Path(path)
+
+
+def _listed(names: Sequence[str], k: int = 5) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
 def _reason_kind(reason: str | None) -> str:
@@ -275,6 +309,74 @@ def check_layout_files(
     return n
 
 
+def _dataset_key(name: str) -> str:
+    """One key per dataset, whatever its folder's spelling (``AIME_2024`` / ``aime``, ``FOLIO`` / ``folio``)."""
+    return canonical_dataset(name) or name.strip().lower()
+
+
+def stray_files(root: str | os.PathLike, datasets: Collection[str] | None = None) -> list[str]:
+    """Files under ``root/outputs`` and ``root/annotated`` that a paper layout does not hold:
+    anything but ``<folder>/<dataset>/<j>.txt`` (a nested folder's files, files beside the dataset
+    folders, other extensions). ``datasets``: only these dataset folders' files (the others are not
+    loaded on purpose). Sorted paths; :func:`load_paper_layout` reports them, never drops them silently."""
+    root = Path(root)
+    out: list[str] = []
+    for folder in ("outputs", "annotated"):
+        base = root / folder
+        if not base.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel = Path(dirpath).relative_to(base)
+            dirnames.sort()
+            if rel.parts and datasets is not None and rel.parts[0] not in datasets:
+                dirnames[:] = []
+                continue
+            for fn in sorted(filenames):
+                if len(rel.parts) == 1 and fn.endswith(".txt") and (Path(dirpath) / fn).is_file():
+                    continue  # <folder>/<dataset>/<j>.txt: loaded
+                out.append(str(Path(dirpath) / fn))
+    return out
+
+
+def _check_one_folder_per_dataset(root: Path, names: Sequence[str]) -> None:
+    """Refuse a dataset under two folder names (``FOLIO`` and ``folio``, ``AIME_2024`` and ``aime``,
+    or a folder whose outputs, at least two and all distinct, are byte copies of another's under the
+    same numbers): its traces would be loaded twice, under two ids each (``TraceFormatError``
+    naming both folders)."""
+    import hashlib
+
+    for folder in ("outputs", "annotated"):
+        base = root / folder
+        present = [n for n in names if (base / n).is_dir()]
+        by_key: dict[str, str] = {}
+        for n in present:
+            first = by_key.setdefault(_dataset_key(n), n)
+            if first != n:
+                raise TraceFormatError(
+                    f"{base / first} and {base / n} are the same dataset ({_dataset_key(n)}): its traces would "
+                    "be loaded twice, under two ids each; keep one folder"
+                )
+        if folder != "outputs":
+            continue
+        seen: dict[frozenset, str] = {}
+        for n in present:
+            sig = frozenset(
+                (q.stem, hashlib.sha256(q.read_bytes()).hexdigest())
+                for q in (base / n).glob("*.txt")
+                if q.is_file() and q.stat().st_size
+            )
+            if len(sig) < 2 or len({h for _, h in sig}) < len(sig):
+                # a copy of a real dataset has distinct outputs; a collapsed model may write one text
+                # for every item of two tasks, which is no copy
+                continue
+            if sig in seen:
+                raise TraceFormatError(
+                    f"{base / n} is a copy of {base / seen[sig]} (the same {len(sig)} non-empty output files, "
+                    "byte for byte): its traces would be loaded twice, under two ids each; keep one folder"
+                )
+            seen[sig] = n
+
+
 def load_paper_layout(
     root: str | os.PathLike,
     *,
@@ -324,6 +426,8 @@ def load_paper_layout(
         if missing:
             raise FileNotFoundError(f"{root}: no dataset folder for {missing}; found {names}")
         names = [n for n in names if any(_same_dataset(d, n) for d in datasets)]
+    _check_one_folder_per_dataset(root, names)
+    ignored = stray_files(root, names)
     jobs = []
     for ds_name in names:
         outs = {p.stem: p for p in (out_dir / ds_name).glob("*.txt")} if (out_dir / ds_name).is_dir() else {}
@@ -369,6 +473,8 @@ def load_paper_layout(
                 meta["gold_answer"] = g
             if "answer_aliases" in prob:
                 meta["answer_aliases"] = prob["answer_aliases"]
+        if not response.strip() and (a is not None or keep_unannotated):
+            notes.append(EMPTY_RESPONSE_NOTE)  # kept: counted in the report and one warning
         trace = ReasoningTrace(f"{ds_name}/{stem}", prompt, response, (), meta)
         if a is None:
             files.append(
@@ -423,4 +529,19 @@ def load_paper_layout(
             UnannotatedTraceWarning,
             stacklevel=2,
         )
-    return ReasoningDataset(traces, name=root.name, report=ParseReport(tuple(files))).check_sizes(limit)
+    import warnings
+
+    kept_empty = [t.id for t in traces if not t.response.strip()]
+    if kept_empty:
+        warnings.warn(empty_response_note(root, kept_empty), EmptyResponseWarning, stacklevel=2)
+    if ignored:
+        n = len(ignored)
+        warnings.warn(
+            f"{root}: {n} file{'s' * (n != 1)} not loaded: a paper layout holds outputs/<dataset>/<j>.txt and "
+            f"annotated/<dataset>/<j>.txt only (nested folders, other names are not read): {_listed(ignored)}; "
+            "move them there to load them",
+            IgnoredFileWarning,
+            stacklevel=2,
+        )
+    report = ParseReport(tuple(files), ignored=tuple(ignored))
+    return ReasoningDataset(traces, name=root.name, report=report).check_sizes(limit)

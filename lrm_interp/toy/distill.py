@@ -363,12 +363,18 @@ def _load_checkpoint(ckpt: Path, model, opt, sched, cfg: DistillConfig, inputs: 
 
 
 def check_run_folder(out_dir: str | Path) -> None:
-    """Refuse (``ValueError`` naming the folder) an ``out_dir`` that a run would spoil: a file, a
-    folder of other files (a run writes ``checkpoint/`` and ``adapter/`` into it), or a finished
-    run whose ``checkpoint/`` is gone (a new run would replace its ``adapter/``). A new or empty
+    """Refuse (``ValueError`` naming the folder) an ``out_dir`` that a run would spoil or cannot make:
+    a file, a path under a file, a folder of other files (a run writes ``checkpoint/`` and
+    ``adapter/`` into it), or a finished run whose ``checkpoint/`` is gone (a new run would replace
+    its ``adapter/``). A new or empty
     folder, or one holding ``checkpoint/state.json`` (resumed, or refused for other settings), is
     accepted. Nothing is loaded or written."""
+    from lrm_interp._io import file_on_the_way
+
     out = Path(out_dir).expanduser()
+    blocked = file_on_the_way(out)
+    if blocked is not None:
+        raise ValueError(f"{out}: {blocked} is a file, not a folder, so the run folder cannot be made under it")
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir():

@@ -87,7 +87,9 @@ def annotation_agreement(
     Character level: ``precision``, ``recall``, ``f1`` over the characters each label covers.
     Span level: ``span_precision``/``span_recall`` = share of predicted/gold spans matched
     one-to-one to a span of the same label with IoU >= ``min_iou``. ``gold_spans``,
-    ``pred_spans``: counts. Traces are matched by id; their responses must be identical.
+    ``pred_spans``: counts. Traces are matched by id; their responses must be identical; a gold
+    trace without a prediction raises ``KeyError``, predicted traces whose id is not in ``gold`` are
+    not scored (``lrm-interp annotate agree`` counts them).
     """
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
