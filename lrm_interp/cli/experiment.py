@@ -80,7 +80,9 @@ def cmd_protection(a: argparse.Namespace) -> int:
     try:
         table = run_protection_experiment(a.out, s, only=a.only, redo=a.redo, progress=not a.quiet)
     except ValueError as e:
-        if "holds another experiment" in str(e) or "rows.jsonl without" in str(e) or "rows.jsonl:" in str(e):
+        if "rows.jsonl:" in str(e):  # names the file and line
+            raise CliError(str(e)) from None
+        if "holds another experiment" in str(e) or "rows.jsonl without" in str(e):
             raise CliError(f"--out {e}{_grid_hint(a.out, e)}") from None
         raise
     print(table.to_markdown())

@@ -401,11 +401,16 @@ def _check_folder(out: Path, want: dict[str, Any], n: int) -> list[ResultRow]:
     rows: list[ResultRow] = []
     rp = out / "rows.jsonl"
     if rp.exists():
-        for _, line, d in iter_jsonl(rp):
-            r = _check_row(d, f"{rp}:{line}", n)
-            if any(r.label == o.label for o in rows):
-                raise ValueError(f"{rp}:{line}: row {r.label!r} appears twice; delete one of the two lines")
-            rows.append(r)
+        try:
+            for _, where, d in iter_jsonl(rp):  # where: "<rows.jsonl>:<line>"
+                r = _check_row(d, where, n)
+                if any(r.label == o.label for o in rows):
+                    raise ValueError(f"{where}: row {r.label!r} appears twice; delete one of the two lines")
+                rows.append(r)
+        except ValueError as e:
+            if "delete" in str(e):
+                raise
+            raise ValueError(f"{e}; delete that line (the row is re-measured) or use a new --out folder") from None
     return rows
 
 
