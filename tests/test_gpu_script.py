@@ -87,9 +87,15 @@ def test_dry_run_attribution_rows(dry_run):
         assert rows[(last, m)]["status"] == "skipped" and "first length" in rows[(last, m)]["reason"]
 
 
-def test_lrm_interp_commands_parse(tmp_path):
-    """Parts d and f run `lrm-interp` commands only on a GPU: their flags must still exist."""
+def test_lrm_interp_commands_parse(tmp_path, monkeypatch):
+    """Parts d and f run `lrm-interp` commands only on a GPU: their flags must still exist.
+    (``--device cuda`` is checked against this machine while parsing: a GPU is faked here.)"""
+    import torch
+
     from lrm_interp.cli.main import build_parser
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
 
     p = build_parser()
     for cmd in (

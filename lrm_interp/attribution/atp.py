@@ -76,7 +76,7 @@ from lrm_interp.model.forward import (
     span_losses,
 )
 from lrm_interp.model.patching import add_to_outputs
-from lrm_interp.model.prefix_cache import cache_support, cache_survives_checkpointing, trace_cache, window_cache
+from lrm_interp.model.prefix_cache import cache_support, cache_survives_checkpointing, trace_caches, window_cache
 from lrm_interp.model.provenance import NonFiniteError
 from lrm_interp.model.sites import Site
 
@@ -160,13 +160,17 @@ def atp_trace_stats(
     gradient_checkpointing: bool = False,
     compute_dtype: torch.dtype | None = None,
     prefix_cache: bool = True,
+    progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-span AtP dot products for one trace (additive statistics, safetensors-ready).
 
     ``exact`` with ``prefix_cache`` (default; when :func:`~lrm_interp.model.prefix_cache.cache_support`
     allows it): one no-grad forward over the trace caches every prefix's keys/values, then each
     span runs a forward+backward over its window ``[start − 1, end)`` only (exact: module docs of
-    :mod:`lrm_interp.model.prefix_cache`); otherwise one full-prefix forward+backward per span.
+    :mod:`lrm_interp.model.prefix_cache`; a rotary encoding that switches with length gets a cache
+    per regime: :func:`~lrm_interp.model.prefix_cache.trace_caches`); otherwise one full-prefix
+    forward+backward per span. ``progress``: a progress bar over the trace's spans (``exact``; a long
+    trace has hundreds).
 
     Returns, for every behaviour ``b`` (shapes with 0 rows when the trace lacks it):
         ``dots/<b>``: ``[n_spans_b, n_sites]`` float64, û[b, site] · mean over the span's
@@ -182,7 +186,7 @@ def atp_trace_stats(
     dev = input_device(model)
     out: dict[str, torch.Tensor] = {}
     cached = mode == "exact" and prefix_cache and cache_support(model, gradient_checkpointing=gradient_checkpointing)[0]
-    kv = None
+    caches = None
     ends = [s.end for s in enc.spans if s.behavior in behaviors and s.scorable]
     if cached and ends:  # before checkpointing is switched on: HF models drop caches under it
         with (
@@ -190,8 +194,16 @@ def atp_trace_stats(
             if compute_dtype is not None
             else contextlib.nullcontext()
         ):
-            kv = trace_cache(model, enc.input_ids[: max(ends)].unsqueeze(0).to(dev))
+            caches = trace_caches(model, enc.input_ids[: max(ends)].unsqueeze(0).to(dev), ends)
+    bar = tqdm(
+        total=len(ends) if mode == "exact" else len(behaviors),
+        desc=f"AtP {enc.trace_id} ({len(enc)} tokens)",
+        unit="span" if mode == "exact" else "behaviour",
+        disable=not progress,
+        leave=False,
+    )
     with (
+        bar,
         frozen_for_attribution(model, gradient_checkpointing=gradient_checkpointing),
         cache_survives_checkpointing(model) if cached and gradient_checkpointing else contextlib.nullcontext(),
     ):
@@ -204,6 +216,7 @@ def atp_trace_stats(
                 vecs = vectors[b]
                 if mode == "exact":
                     for k, s in enumerate(spans):
+                        kv = caches.for_end(s.end) if caches is not None else None
                         q0 = window_start(s) if kv is not None else 0
                         ids = enc.input_ids[q0 : s.end].unsqueeze(0).to(dev)
                         d, l_ = _backward_dots(
@@ -219,6 +232,7 @@ def atp_trace_stats(
                             cache=window_cache(kv, q0) if kv is not None and q0 > 0 else None,
                         )
                         dots[k], losses[k] = d[0], l_[0]
+                        bar.update(1)
                 else:
                     ids = enc.input_ids[: max(s.end for s in spans)].unsqueeze(0).to(dev)
                     dots, losses = _backward_dots(
@@ -231,6 +245,8 @@ def atp_trace_stats(
                         compute_dtype,
                         f"trace {enc.trace_id}, behaviour {b}",
                     )
+            if mode != "exact":
+                bar.update(1)
             out[f"dots/{b}"] = dots
             out[f"loss/{b}"] = losses
             out[f"skipped/{b}"] = torch.tensor([float(len(allspans) - len(spans))])
@@ -518,10 +534,11 @@ def patching_effects(
             spans = [s for s in e.spans if s.behavior in behaviors and s.scorable]
             if not spans:
                 continue
-            kv = None
+            caches = None
             if ok:
                 with autocast():
-                    kv = trace_cache(model, e.input_ids[: max(s.end for s in spans)].unsqueeze(0).to(dev))
+                    ends = [s.end for s in spans]
+                    caches = trace_caches(model, e.input_ids[: max(ends)].unsqueeze(0).to(dev), ends)
             for s in spans:
                 with autocast():
                     d, l0 = _span_effects(
@@ -531,7 +548,7 @@ def patching_effects(
                         sites,
                         vectors[s.behavior],
                         alphas,
-                        kv=kv,
+                        kv=caches.for_end(s.end) if caches is not None else None,
                         off_by_one=off_by_one,
                         batch_size=batch_size,
                     )

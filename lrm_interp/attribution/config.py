@@ -29,7 +29,7 @@ SCORES = ("paper", "code")
 NEGATIVES = ("all", "response", "thinking")
 WEIGHTINGS = ("trace", "token")
 SPECIAL_TOKENS = ("exclude", "include")
-OVERLONG = ("error", "truncate", "skip")
+OVERLONG = ("error", "truncate", "skip", "extrapolate")
 
 
 def _opt(default: Any, help: str, choices: Sequence[str] | None = None, **extra: Any):
@@ -106,7 +106,10 @@ class AttributionConfig:
         "traces longer than the model's context (its config's max_position_embeddings, "
         "or n_positions for GPT-2): error = refuse the run, naming them (default); "
         "truncate = cut them at the context (spans cut off are counted); skip = leave "
-        "them out (counted). Counts in provenance['overlong']",
+        "them out (counted); extrapolate = run them at full length past the context "
+        "(rotary position encodings only, refused for learned position tables; positions "
+        "past the context are outside what the model was trained on: warned, and counted "
+        "per trace with the spans past it). Counts in provenance['overlong']",
         OVERLONG,
     )
     prefix_cache: bool = _opt(

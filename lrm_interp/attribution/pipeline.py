@@ -4,7 +4,8 @@
    :class:`~lrm_interp.attribution.config.AttributionConfig` (already validated when built),
    model and tokenizer (fast, vocabulary fits the embedding), dataset, sites; fingerprints the
    weights (non-finite weights raise here) and tokenizer; tokenizes every trace; refuses,
-   truncates or skips the traces longer than the model's context (``overlong``, counted);
+   truncates, skips or (rotary models, ``overlong="extrapolate"``) runs past it the traces longer
+   than the model's context (``overlong``, counted);
    refuses a run whose longest trace obviously cannot fit in free memory; lists the spans that
    cannot be used (dropped by tokenization or truncation, or unscorable by AtP) and the
    behaviours left without a usable span (left out of the result with a warning, never an
@@ -56,7 +57,7 @@ from lrm_interp.data.tokens import EncodedTrace, encode_trace
 from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset, ReasoningTrace
 from lrm_interp.model.forward import available_memory, context_limit, input_device, memory_lower_bound
 from lrm_interp.model.loading import load_model
-from lrm_interp.model.prefix_cache import cache_support
+from lrm_interp.model.prefix_cache import cache_support, rope_switch
 from lrm_interp.model.provenance import model_provenance
 from lrm_interp.model.sites import Site, resolve_sites
 
@@ -141,6 +142,7 @@ def _tokenize(
     model: torch.nn.Module,
     config: AttributionConfig,
     *,
+    behaviors: Sequence[str],
     progress: bool,
     warn: bool,
 ) -> tuple[ReasoningDataset, list[EncodedTrace], dict, list[dict]]:
@@ -159,6 +161,9 @@ def _tokenize(
         encoded.append(enc)
     info: dict[str, Any] = {"policy": config.overlong, "limit": limit, "limit_from": where, "traces": {}}
     if limit is None:
+        return ds, encoded, info, []
+    if config.overlong == "extrapolate":
+        _extrapolate(model, encoded, limit, where, info, behaviors=behaviors, warn=warn)
         return ds, encoded, info, []
     if config.overlong == "truncate":
         hit = [e for e in encoded if e.full_length > limit and len(e) == limit]
@@ -184,8 +189,9 @@ def _tokenize(
         raise ContextLengthError(
             f"{len(over)} of {len(encoded)} trace(s) are longer than the model's context of {limit} positions "
             f"({where}): {_list_traces(over)}. Choose overlong='truncate' (cut them at the context; spans cut off "
-            "are counted) or overlong='skip' (leave them out, counted), or max_tokens=N "
-            "(command line: --overlong truncate|skip, --max-tokens N)"
+            "are counted), overlong='skip' (leave them out, counted), overlong='extrapolate' (run them at full "
+            "length past the context: rotary models only, out of the model's trained range), or max_tokens=N "
+            "(command line: --overlong truncate|skip|extrapolate, --max-tokens N)"
         )
     ids = {tid for tid, _ in over}
     n_span = {t.id: len(t.spans) for t in ds if t.id in ids}
@@ -214,6 +220,72 @@ def _tokenize(
     ]
     kept = ReasoningDataset([t for t in ds if t.id not in ids], name=ds.name, report=getattr(ds, "report", None))
     return kept, [e for e in encoded if e.trace_id not in ids], info, left_out
+
+
+def position_table(model: torch.nn.Module, limit: int) -> str | None:
+    """Why ``model`` cannot run past its configured context of ``limit`` positions, or ``None``.
+
+    Rotary position encodings (a module whose class name contains ``Rotary``) compute each
+    position's rotation from its index, so a forward past the configured context runs (the
+    model extrapolates); a learned position table (an embedding other than the input
+    embedding, named like ``wpe`` / ``*pos*`` or with ``limit`` rows: GPT-2's ``wpe``) has no
+    row for a position past it, and a model with neither is not known to cope.
+    """
+    emb = cast("PreTrainedModel", model).get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Embedding) and m is not emb:
+            leaf = name.rsplit(".", 1)[-1].lower()
+            if m.num_embeddings == limit or "pos" in leaf or leaf == "wpe":
+                return f"it has a learned position table ({name}: {m.num_embeddings} rows)"
+    if not any("rotary" in type(m).__name__.lower() for m in model.modules()):
+        return "no rotary position embedding was found in it (only rotary encodings are known to run past the context)"
+    return None
+
+
+def _extrapolate(
+    model: torch.nn.Module,
+    encoded: Sequence[EncodedTrace],
+    limit: int,
+    where: str | None,
+    info: dict,
+    *,
+    behaviors: Sequence[str],
+    warn: bool,
+) -> None:
+    """``overlong="extrapolate"``: keep the traces longer than the context whole when the model's
+    position encoding can run past it (:func:`position_table`; refused with
+    :class:`ContextLengthError` otherwise); count per trace the tokens past the context and the
+    spans of ``behaviors`` ending past it in ``info`` (``provenance["overlong"]``) and warn."""
+    over = [e for e in encoded if len(e) > limit]
+    info["n_extrapolated"] = len(over)
+    if not over:
+        return
+    why = position_table(model, limit)
+    if why is not None:
+        raise ContextLengthError(
+            f"overlong='extrapolate': {type(model).__name__} cannot run past its context of {limit} positions "
+            f"({where}): {why}. {len(over)} trace(s) are longer: {_list_traces([(e.trace_id, len(e)) for e in over])}; "
+            "choose overlong='truncate' or 'skip', or max_tokens=N"
+        )
+    info["traces"] = {
+        e.trace_id: {
+            "tokens": len(e),
+            "past_context": len(e) - limit,
+            "spans_past_context": sum(1 for sp in e.spans if sp.end > limit and sp.behavior in behaviors),
+        }
+        for e in over
+    }
+    info["spans_past_context"] = sum(v["spans_past_context"] for v in info["traces"].values())
+    if warn:
+        warnings.warn(
+            f"{len(over)} trace(s) longer than the model's context ({limit} positions, {where}) run at full length "
+            f"past it (overlong='extrapolate'): {_list_traces([(e.trace_id, len(e)) for e in over])}. Positions past "
+            f"{limit} are outside what the model was trained on: activations, losses and scores there describe the "
+            f"model out of its range ({info['spans_past_context']} span(s) of the scored behaviours end past the "
+            "context); listed in "
+            "provenance['overlong']",
+            stacklevel=5,
+        )
 
 
 def check_memory(
@@ -338,7 +410,7 @@ def plan_attribution(
     """Step 1 of :func:`attribute`: check and prepare everything; no statistic is computed.
 
     Traces longer than the model's context (:func:`~lrm_interp.model.forward.context_limit`) are
-    refused, truncated or skipped as ``config.overlong`` says (counted in ``extra["overlong"]``);
+    refused, truncated, skipped or run past it as ``config.overlong`` says (counted in ``extra["overlong"]``);
     a run whose longest trace obviously cannot fit in memory is refused (:func:`check_memory`).
     """
     if not isinstance(config, AttributionConfig):
@@ -361,7 +433,9 @@ def plan_attribution(
     prov = model_provenance(model, tokenizer)  # fingerprints; non-finite weights raise here
 
     n_given = len(ds)
-    ds, encoded, overlong, left_out = _tokenize(ds, tokenizer, model, config, progress=progress, warn=warn)
+    ds, encoded, overlong, left_out = _tokenize(
+        ds, tokenizer, model, config, behaviors=behaviors, progress=progress, warn=warn
+    )
     memory = check_memory(model, encoded, config)
     skipped: list[dict] = list(left_out)
     for enc, t in zip(encoded, ds):
@@ -472,6 +546,7 @@ def atp_stage(
             gradient_checkpointing=cfg.gradient_checkpointing,
             compute_dtype=cfg.torch_compute_dtype,
             prefix_cache=cfg.prefix_cache,
+            progress=progress,
         ),
         progress=progress,
     )
@@ -513,11 +588,22 @@ def gradient_path(plan: AttributionPlan) -> dict[str, str] | None:
     if not cfg.prefix_cache:
         return {"path": "full_prefix", "reason": "prefix_cache=False"}
     ok, why = cache_support(plan.model, gradient_checkpointing=cfg.gradient_checkpointing)
-    return (
-        {"path": "prefix_cache", "reason": "span windows against the cached prefix"}
-        if ok
-        else {"path": "full_prefix", "reason": why}
-    )
+    if not ok:
+        return {"path": "full_prefix", "reason": why}
+    reason = "span windows against the cached prefix"
+    switch = rope_switch(plan.model)
+    if switch is not None:  # one cache per rotary regime (model/prefix_cache.py::prefix_length)
+        kind, n = switch
+        past = (
+            "the others the cache of the whole prefix"
+            if kind == "longrope"
+            else "the others run on the full prefix (no cache)"
+        )
+        reason += (
+            f"; {kind} RoPE switches its frequencies at {n} positions: windows ending within them use a cache "
+            f"of at most {n} positions, {past}"
+        )
+    return {"path": "prefix_cache", "reason": reason}
 
 
 def patching_path(plan: AttributionPlan) -> dict[str, Any] | None:
@@ -570,6 +656,10 @@ def finish(
                 "provenance['skipped_spans']",
                 stacklevel=3,
             )
+    ov = plan.extra.get("overlong") or {}
+    overlong_traces = {"truncated": int(ov.get("n_truncated", 0)), "skipped": int(ov.get("n_skipped", 0))}
+    if ov.get("n_extrapolated", 0):  # only then, so results of the other policies keep their shape
+        overlong_traces["extrapolated"] = int(ov["n_extrapolated"])
     counts = {
         "traces": len(plan.dataset),
         "spans": {b: sum(len(e.spans_of(b)) for e in plan.encoded) for b in behaviors},
@@ -577,10 +667,7 @@ def finish(
         "tokens": {b: dom.n_tokens.get(b, 0) for b in behaviors},
         "unscorable_spans": unscorable,
         "dropped_spans": sum(1 for s in plan.skipped if not s["used_by"]),
-        "overlong_traces": {
-            "truncated": int((plan.extra.get("overlong") or {}).get("n_truncated", 0)),
-            "skipped": int((plan.extra.get("overlong") or {}).get("n_skipped", 0)),
-        },
+        "overlong_traces": overlong_traces,
     }
     report = getattr(plan.dataset, "report", None)
     # paper-layout outputs without an annotation file: left out by the loader (warned), listed here
@@ -656,8 +743,9 @@ def attribute(
 
     Raises:
         ContextLengthError: traces longer than the model's context, with ``overlong="error"``
-            (the default; ``"truncate"`` / ``"skip"`` handle them, counted in
-            ``provenance["overlong"]``).
+            (the default; ``"truncate"`` / ``"skip"`` / ``"extrapolate"`` handle them, counted in
+            ``provenance["overlong"]``), or with ``"extrapolate"`` on a model with a learned
+            position table (:func:`position_table`).
         MemoryEstimateError: the longest trace obviously cannot fit in the device's free memory.
     """
     cfg = config or AttributionConfig()
@@ -709,6 +797,7 @@ __all__ = [
     "finish",
     "live_behaviors",
     "check_memory",
+    "position_table",
     "ContextLengthError",
     "MemoryEstimateError",
     "SKIP_MEMORY_CHECK_ENV",

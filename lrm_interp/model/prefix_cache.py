@@ -20,6 +20,14 @@ decides once per model — by checking the config and then comparing a cached wi
 with the full forward's on a probe — and says why when the answer is no; the caller then
 uses the full prefix and records the reason in provenance.
 
+Rotary encodings whose frequencies depend on how far a forward reaches (transformers'
+``rope_type="longrope"``: long factors once it reaches past ``original_max_position_embeddings``;
+``"dynamic"``: re-scaled past the configured context, statefully) would give the cached prefix
+other rotations than a window's own forward: :func:`trace_caches` builds a cache per regime (a
+window ending inside the original range uses a cache of that range only; past it ``longrope`` uses
+the long cache and ``dynamic`` the full prefix), so every window stays exact
+(:func:`rope_switch`, :func:`prefix_length`).
+
 Not exact for *weight* gradients: ``∂L(s)/∂W`` also collects the prefix positions'
 contributions through the keys and values.
 """
@@ -28,7 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -104,6 +113,83 @@ def window_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], start: int):
     for i, (k, v) in enumerate(kv):
         _dynamic_cache_cls().update(c, k[:, :, :start], v[:, :, :start], i)
     return c
+
+
+def rope_switch(model: torch.nn.Module) -> tuple[str, int] | None:
+    """``(kind, n)`` when the model's rotary frequencies depend on how far a forward reaches, else ``None``.
+
+    ``("longrope", n)``: a forward reaching past ``n`` positions (``original_max_position_embeddings``)
+    rotates every position with the long factors, one within ``n`` with the short ones;
+    ``("dynamic", n)``: a forward past ``n`` (the configured context) re-scales the frequencies to its
+    own length. Read from the model's rotary modules (``rope_type``, transformers' convention).
+    """
+    for m in model.modules():
+        kinds = getattr(m, "rope_type", None)
+        if kinds is None or not hasattr(m, "inv_freq"):
+            continue
+        per_layer = kinds if isinstance(kinds, dict) else {None: kinds}
+        for layer_type, kind in per_layer.items():
+            kind = str(kind)
+            cfg = getattr(m, "config", None)
+            if "dynamic" in kind:
+                n = getattr(m, "original_max_seq_len", None) or getattr(cfg, "max_position_embeddings", None)
+                if n is not None:
+                    return "dynamic", int(n)
+            if kind == "longrope":
+                params = getattr(cfg, "rope_parameters", None) or {}
+                if layer_type is not None:
+                    params = params.get(layer_type, {})
+                n = params.get("original_max_position_embeddings") or getattr(
+                    cfg, "original_max_position_embeddings", None
+                )
+                if n is not None:
+                    return "longrope", int(n)
+    return None
+
+
+def prefix_length(switch: tuple[str, int] | None, end: int, total: int) -> int | None:
+    """How many positions of the trace the cache of a window ending at ``end`` may hold (``total``: the
+    longest cache, up to the last span's end); ``None``: no cache reproduces its full-prefix forward,
+    run it on the full prefix.
+
+    Without a :func:`rope_switch`: ``total``. ``longrope`` (``n``): windows ending within ``n`` use a
+    cache of at most ``n`` positions (short factors, as their own forward), the others the long cache.
+    ``dynamic`` (``n``): windows ending before ``n`` use a cache of at most ``n − 1`` positions (a
+    forward of fewer than ``n`` positions resets transformers' frequencies to the original ones);
+    the others have frequencies set by the forwards before them, so the full prefix.
+    """
+    if switch is None:
+        return total
+    kind, n = switch
+    if kind == "longrope":
+        return min(total, n) if end <= n else total
+    return min(total, n - 1) if end < n else None
+
+
+@dataclass
+class TraceCaches:
+    """The prefix caches the span windows of one trace need: ``kv[length]`` per cache length
+    (one, unless the rotary frequencies switch with length: :func:`rope_switch`)."""
+
+    switch: tuple[str, int] | None
+    total: int
+    kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]]
+
+    def for_end(self, end: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The cache for a window ending at ``end`` (``None``: run it on the full prefix)."""
+        n = prefix_length(self.switch, end, self.total)
+        return None if n is None else self.kv[n]
+
+
+def trace_caches(model: torch.nn.Module, ids: torch.Tensor, ends: Sequence[int]) -> TraceCaches:
+    """The caches (:func:`trace_cache`, no-grad forwards) that windows ending at ``ends`` need, from
+    the trace ``ids [1, T]`` (``T >= max(ends)``), shortest first (:func:`prefix_length`): one of
+    ``ids[:, :max(ends)]``; with a :func:`rope_switch`, one of the original range, plus for
+    ``longrope`` one of ``ids[:, :max(ends)]`` when a window ends past it."""
+    switch = rope_switch(model)
+    total = max(ends)
+    need = sorted({n for n in (prefix_length(switch, e, total) for e in ends) if n is not None})
+    return TraceCaches(switch, total, {n: trace_cache(model, ids[:, :n]) for n in need})
 
 
 def _sliding(cfg: Any) -> str | None:
@@ -216,4 +302,14 @@ def cache_survives_checkpointing(model: torch.nn.Module) -> Iterator[None]:
                 m._can_checkpoint_with_cache = v
 
 
-__all__ = ["ReadOnlyPrefixCache", "trace_cache", "window_cache", "cache_support", "cache_survives_checkpointing"]
+__all__ = [
+    "ReadOnlyPrefixCache",
+    "trace_cache",
+    "trace_caches",
+    "TraceCaches",
+    "rope_switch",
+    "prefix_length",
+    "window_cache",
+    "cache_support",
+    "cache_survives_checkpointing",
+]
