@@ -447,14 +447,89 @@ def read_safetensors(
     return tensors, meta
 
 
+class _JSONRefusal(Exception):
+    """Raised inside ``json.loads`` hooks; :func:`loads_strict` turns it into the caller's error."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _JSONRefusal(
+                    f"key {k!r} appears twice in one object (JSON readers keep the last one silently); "
+                    "remove one of the two"
+                )
+            seen.add(k)
+    return d
+
+
+def _no_constant(name: str) -> object:
+    raise _JSONRefusal(f"{name} is not a JSON number (a Python / JavaScript extension); write null or a finite number")
+
+
+def lone_surrogate(value: object, key: str = "") -> str | None:
+    """Why ``value`` (decoded JSON: a string, or a list / dict holding strings) is not valid Unicode,
+    or ``None``. JSON's ``\\uXXXX`` escapes can spell a lone surrogate (``"\\ud800"``): the line
+    is valid UTF-8 and valid JSON, but the string cannot be encoded (every UTF-8 writer fails on it,
+    later, far from the file)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            where = f"{key!r} " if key else ""
+            return (
+                f"{where}holds a lone surrogate {value[e.start]!r} at character {e.start} (a JSON \\u "
+                "escape that is not valid Unicode; it cannot be written as UTF-8)"
+            )
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            path = f"{key}.{k}" if key else str(k)
+            bad = lone_surrogate(k)
+            bad = f"a key {bad}" if bad else lone_surrogate(v, path)
+            if bad:
+                return bad
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            bad = lone_surrogate(v, f"{key}[{i}]")
+            if bad:
+                return bad
+    return None
+
+
+def loads_strict(text: str, where: str, error: type[Exception] = ValueError) -> object:
+    """``json.loads(text)`` that refuses what Python's reader accepts silently, raising ``error``
+    with a message starting with ``where`` (``file:line`` or a file): invalid JSON; a key twice in
+    one object (the last one would win); ``NaN`` / ``Infinity`` (not JSON: written back they make
+    an invalid file); a string with a lone surrogate (``"\\ud800"``: valid JSON, not valid Unicode)."""
+    import json
+    import re
+
+    try:
+        d = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        at = f"line {e.lineno} column {e.colno}" if e.lineno > 1 else f"column {e.colno}"
+        raise error(f"{where}: invalid JSON ({e.msg}, {at})") from e
+    except _JSONRefusal as e:
+        raise error(f"{where}: {e}") from None
+    # a lone surrogate can only come from a \uD800-\uDFFF escape (UTF-8 cannot encode one): walk the
+    # decoded value only when the text holds such an escape
+    if re.search(r"\\u[dD][89abcdefABCDEF]", text):
+        bad = lone_surrogate(d)
+        if bad:
+            raise error(f"{where}: {bad}")
+    return d
+
+
 def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError):
     """``(line number, where, object)`` for every non-blank line of a JSONL file.
 
-    ``where`` is ``"<path>:<line>"``. Invalid UTF-8, invalid JSON or a line that is not a JSON
-    object raises ``error`` with a message starting with ``where``.
+    ``where`` is ``"<path>:<line>"``. Invalid UTF-8, invalid JSON, a line that is not a JSON
+    object, a key twice in one object, ``NaN`` / ``Infinity`` or a lone surrogate escape
+    (:func:`loads_strict`) raises ``error`` with a message starting with ``where``.
     """
-    import json
-
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
@@ -469,10 +544,7 @@ def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError):
                 ) from e
             if not line.strip():
                 continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise error(f"{where}: invalid JSON ({e.msg}, column {e.colno})") from e
+            d = loads_strict(line, where, error)
             if not isinstance(d, dict):
                 raise error(f"{where}: expected a JSON object, got {type(d).__name__}")
             yield lineno, where, d

@@ -95,7 +95,7 @@ def test_outcomes_recorded_edited_rows_refused_and_redo(tmp_path, monkeypatch):
     mag = json.loads(lines[2])
     cases = [
         (dict(mean=0.99 if mag["mean"] != 0.99 else 0.5), "mean"),
-        (dict(bpw=math.nan), "bits per weight nan outside"),
+        (dict(bpw=math.nan), "NaN is not a JSON number"),
         (dict(correct=mag["correct"] + 1 if mag["correct"] < 3 else 2), "correct / n|outcomes hold"),
         (dict(outcomes=("0" if mag["outcomes"][0] == "1" else "1") + mag["outcomes"][1:]), "outcomes hold"),
         (dict(n=4), "outcomes must be 4|n = 4"),

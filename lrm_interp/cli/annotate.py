@@ -310,8 +310,16 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
         },
         dirs=True,
     )
+    import contextlib
+    import sys
+    import warnings
+
     from lrm_interp.data.traces import ReasoningDataset
-    from lrm_interp.experiments.annotation_downstream import annotation_downstream
+    from lrm_interp.experiments.annotation_downstream import (
+        UnscoredTracesWarning,
+        annotation_downstream,
+        unscored_note,
+    )
 
     ref = _load_annotated(a.gold, "--gold")
     ref = ReasoningDataset(list(ref), name=str(a.gold), report=getattr(ref, "report", None))
@@ -319,14 +327,20 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
     if pred_path is not None:
         pred = _load_annotated(a.pred, "--pred")
         sources[str(a.pred)] = ReasoningDataset(list(pred), name=str(a.pred))
+        gold_ids = {t.id for t in ref}
+        extra = [t.id for t in pred if t.id not in gold_ids]  # not scored: counted, as without --downstream
+        if extra:
+            from lrm_interp.cli.common import PROG
+
+            note = unscored_note(len(extra), extra[0], "--pred", "--gold")
+            print(f"{PROG} annotate agree: note: {note}", file=sys.stderr)
     if not a.quiet and not a.json:
         print(f"state in {out} (rerun the same command to resume)")
-    import contextlib
-    import sys
 
     # everything is checked (behaviours, annotators, the state folder) before the model is loaded; with
     # --json every line of the run goes to stderr, so stdout holds the JSON alone
-    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
+    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnscoredTracesWarning)  # printed above as the note
         res = annotation_downstream(
             a.downstream,
             ref,

@@ -262,6 +262,24 @@ def cmd_score(a: argparse.Namespace) -> int:
             "'bench run' again (a 'bench run' folder) to generate them",
             file=sys.stderr,
         )
+    if scores.unrecorded or scores.torn:
+        import sys
+
+        n = len(scores.unrecorded)
+        shown = ", ".join(scores.unrecorded[:5]) + (", ..." if n > 5 else "")
+        torn = f"torn last line (a run killed mid-write, its item not finished): {', '.join(scores.torn)}"
+        print(
+            f"{PROG} bench score: warning: "
+            + (
+                f"{n} output file(s) without a record in generations.jsonl, not graded (counted missing: an item "
+                f"cut off before it finished, or a file added by hand): {shown}" + ("; " if scores.torn else "")
+                if n
+                else ""
+            )
+            + (torn if scores.torn else "")
+            + "; the same 'bench run' again generates the unfinished items",
+            file=sys.stderr,
+        )
     if scores.ignored:
         import sys
 

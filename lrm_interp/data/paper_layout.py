@@ -21,7 +21,9 @@ Nothing else is dropped or read twice without a word: files that are not
 ``outputs|annotated/<dataset>/<j>.txt`` (nested folders, other names) are not loaded but listed in
 :attr:`ParseReport.ignored` with one :class:`IgnoredFileWarning` (:func:`stray_files`); an empty
 response is kept, noted and counted (:class:`~lrm_interp.data.traces.EmptyResponseWarning`); one
-dataset under two folder names (``FOLIO`` and ``folio``, or a byte copy) is refused.
+dataset under two folder names (``FOLIO`` and ``folio``, or a byte copy) is refused, and so are two
+files for one item (``01.txt`` beside ``1.txt``); a number spelt otherwise alone (``01.txt``) is not
+loaded, but listed in :attr:`ParseReport.ignored` like the other files a layout does not hold.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from lrm_interp._io import atomic_write_text
+from lrm_interp._io import atomic_write_text, loads_strict
 from lrm_interp.data.align import SegmentReport, align_segments
 from lrm_interp.data.markup import ParsedAnnotation, parse_markup
 from lrm_interp.data.prompts import build_prompt, canonical_dataset, gold_answer
@@ -226,24 +228,40 @@ def annotate_trace(
     return ReasoningTrace(trace.id, trace.prompt, trace.response, tuple(spans), meta), report
 
 
+def canonical_index(stem: str) -> int | None:
+    """The item number ``stem`` names as a paper layout writes it (``"12"``: ASCII digits, no
+    leading zero), else ``None`` (``"012"``, ``"１２"``, ``"notes"``)."""
+    if stem.isascii() and stem.isdigit() and str(int(stem)) == stem:
+        return int(stem)
+    return None
+
+
+def _numeric_alias(stem: str) -> int | None | bool:
+    """``False`` when ``stem`` is canonical or not a number; else the item number another spelling
+    of it names (``"01"`` → 1; ``None`` for digits ``int`` cannot read, ``"²"``)."""
+    if not stem.isdigit() or canonical_index(stem) is not None:
+        return False
+    try:
+        return int(stem)
+    except ValueError:
+        return None
+
+
 def _index_key(stem: str):
-    return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
+    j = canonical_index(stem)
+    return (0, j, "") if j is not None else (1, 0, stem)
 
 
 def _read_problems(path: Path) -> list:
+    """The problems of ``path`` (JSONL: line j = problem j; JSON: a list or ``{"examples": [...]}``),
+    read strictly (:func:`~lrm_interp._io.loads_strict`: a key twice, NaN, lone surrogates refused)."""
     if path.suffix == ".jsonl":
         items = []
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise TraceFormatError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from e
+                items.append(loads_strict(line, f"{path}:{n}", TraceFormatError))
         return items
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TraceFormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+    data = loads_strict(path.read_text(encoding="utf-8"), str(path), TraceFormatError)
     if isinstance(data, dict):
         for k in ("examples", "data", "problems"):
             if isinstance(data.get(k), list):
@@ -332,10 +350,29 @@ def stray_files(root: str | os.PathLike, datasets: Collection[str] | None = None
                 dirnames[:] = []
                 continue
             for fn in sorted(filenames):
-                if len(rel.parts) == 1 and fn.endswith(".txt") and (Path(dirpath) / fn).is_file():
-                    continue  # <folder>/<dataset>/<j>.txt: loaded
+                loaded = len(rel.parts) == 1 and fn.endswith(".txt") and (Path(dirpath) / fn).is_file()
+                if loaded and _numeric_alias(fn[: -len(".txt")]) is False:
+                    continue  # <folder>/<dataset>/<j>.txt: loaded (01.txt is not <j>.txt: reported)
                 out.append(str(Path(dirpath) / fn))
     return out
+
+
+def _check_one_file_per_item(root: Path, names: Sequence[str]) -> None:
+    """Refuse two files for one item in one dataset folder (``01.txt`` beside ``1.txt``): both
+    would be read as item 1 (``TraceFormatError`` naming both files). A number spelt otherwise
+    without its canonical file is not loaded but reported (:func:`stray_files`)."""
+    for folder in ("outputs", "annotated"):
+        for n in names:
+            d = root / folder / n
+            if not d.is_dir():
+                continue
+            for q in sorted(d.glob("*.txt")):
+                j = _numeric_alias(q.stem)
+                if j is not False and j is not None and (d / f"{j}.txt").is_file():
+                    raise TraceFormatError(
+                        f"{q} and {d / f'{j}.txt'} are two files for one item ({n} #{j}): it would be loaded "
+                        f"twice; keep one, named {j}.txt"
+                    )
 
 
 def _check_one_folder_per_dataset(root: Path, names: Sequence[str]) -> None:
@@ -375,6 +412,14 @@ def _check_one_folder_per_dataset(root: Path, names: Sequence[str]) -> None:
                     "byte for byte): its traces would be loaded twice, under two ids each; keep one folder"
                 )
             seen[sig] = n
+
+
+def _txt_files(d: Path) -> list[Path]:
+    """The ``<j>.txt`` files of a dataset folder a layout loads (numbers spelt canonically, or
+    names that are no number at all)."""
+    if not d.is_dir():
+        return []
+    return [p for p in d.glob("*.txt") if _numeric_alias(p.stem) is False]
 
 
 def load_paper_layout(
@@ -427,11 +472,13 @@ def load_paper_layout(
             raise FileNotFoundError(f"{root}: no dataset folder for {missing}; found {names}")
         names = [n for n in names if any(_same_dataset(d, n) for d in datasets)]
     _check_one_folder_per_dataset(root, names)
+    _check_one_file_per_item(root, names)
     ignored = stray_files(root, names)
     jobs = []
     for ds_name in names:
-        outs = {p.stem: p for p in (out_dir / ds_name).glob("*.txt")} if (out_dir / ds_name).is_dir() else {}
-        anns = {p.stem: p for p in (ann_dir / ds_name).glob("*.txt")} if (ann_dir / ds_name).is_dir() else {}
+        # "01.txt" is no <j>.txt: not loaded, in `ignored` (beside "1.txt" it was refused above)
+        outs = {p.stem: p for p in _txt_files(out_dir / ds_name)}
+        anns = {p.stem: p for p in _txt_files(ann_dir / ds_name)}
         probs, prob_src = _find_problems(root, ds_name, problems)
         for stem in sorted(set(outs) | set(anns), key=_index_key):
             jobs.append((ds_name, stem, outs.get(stem), anns.get(stem), probs, prob_src))
@@ -457,13 +504,14 @@ def load_paper_layout(
         response = o.read_text(encoding="utf-8")
         notes: list[str] = []
         prompt = ""
-        meta: dict = {"dataset": ds_name, "index": int(stem) if stem.isdigit() else stem, "output_file": str(o)}
+        j = canonical_index(stem)
+        meta: dict = {"dataset": ds_name, "index": stem if j is None else j, "output_file": str(o)}
         if probs is None:
             notes.append(f"no problem data ({prob_src} not found): prompt left empty")
-        elif not stem.isdigit() or int(stem) >= len(probs):
+        elif j is None or j >= len(probs):
             notes.append(f"no problem #{stem} in {prob_src} ({len(probs)} problems): prompt left empty")
         else:
-            prob = probs[int(stem)]
+            prob = probs[j]
             try:
                 prompt = build_prompt(ds_name, prob)
             except KeyError as e:
@@ -538,8 +586,8 @@ def load_paper_layout(
         n = len(ignored)
         warnings.warn(
             f"{root}: {n} file{'s' * (n != 1)} not loaded: a paper layout holds outputs/<dataset>/<j>.txt and "
-            f"annotated/<dataset>/<j>.txt only (nested folders, other names are not read): {_listed(ignored)}; "
-            "move them there to load them",
+            f"annotated/<dataset>/<j>.txt only (nested folders, other names, numbers with a leading zero are not "
+            f"read): {_listed(ignored)}; move or rename them there to load them",
             IgnoredFileWarning,
             stacklevel=2,
         )

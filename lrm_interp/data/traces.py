@@ -16,7 +16,11 @@ silently become metadata). Nothing is coerced either: offsets must be JSON integ
 strings; a label that is a near miss of one of :data:`BEHAVIORS` ("backtraking") is refused with
 "did you mean", other labels are kept as custom behaviours and named in one
 :class:`CustomBehaviorWarning`; a span given twice (same label and range: it would count twice)
-is refused; a file without any trace is refused.
+is refused; a file without any trace is refused. ``"spans": null`` is refused (a missing key means
+no spans). The JSON itself is read strictly (:func:`lrm_interp._io.loads_strict`): a key given twice
+in one record, ``NaN`` / ``Infinity`` and lone surrogate escapes (``"\\ud800"``) are refused naming
+``file:line``; :meth:`ReasoningDataset.save_jsonl` refuses to write NaN or infinities (trace metadata
+included) rather than write a file no JSON reader accepts.
 """
 
 from __future__ import annotations
@@ -260,11 +264,12 @@ class ReasoningTrace:
     def from_dict(cls, d: dict, *, where: str = "") -> ReasoningTrace:
         """A trace from its JSON object, every field's type checked (nothing coerced): ``id`` a
         string (or integer), ``response`` a string, ``prompt`` a string or null, ``spans`` a list
-        of objects with a string ``behavior`` (not a near miss of a known behaviour,
-        :func:`check_behavior_label`) and JSON-integer ``start`` / ``end`` (``1.5``, ``true``,
-        ``"3"`` refused; the same span twice refused), ``metadata`` an object; any other key goes
-        to ``metadata`` unless it is a near miss of a field (``"Spans"``: "did you mean"). Errors
-        are :class:`TraceFormatError` starting with ``where`` (``file:line``) and naming the field."""
+        of objects (a missing key: no spans; ``null`` refused) with a string ``behavior`` (not a
+        near miss of a known behaviour, :func:`check_behavior_label`) and JSON-integer ``start`` /
+        ``end`` (``1.5``, ``true``, ``"3"`` refused; the same span twice refused), ``metadata`` an
+        object; any other key goes to ``metadata`` unless it is a near miss of a field (``"Spans"``:
+        "did you mean"). Errors are :class:`TraceFormatError` starting with ``where``
+        (``file:line``) and naming the field."""
         loc = f"{where}: " if where else ""
         for key in TRACE_KEYS:  # "Spans", "span", "Prompt" would otherwise become metadata: refused
             if key not in d:
@@ -286,9 +291,12 @@ class ReasoningTrace:
         prompt = d.get("prompt")
         if prompt is not None and not isinstance(prompt, str):
             raise TraceFormatError(f"{loc}'prompt' must be a string, got {type(prompt).__name__}")
-        raw_spans = d.get("spans")
+        raw_spans = d.get("spans", [])  # a missing key: no spans (docs/data_format.md); null is refused
         if raw_spans is None:
-            raw_spans = []
+            raise TraceFormatError(
+                f"{loc}'spans' is null; give a list of span objects ([] for a trace without spans, or leave "
+                "the key out): null may mean 'not annotated' as well as 'no behaviour'"
+            )
         if not isinstance(raw_spans, list):
             raise TraceFormatError(f"{loc}'spans' must be a list of span objects, got {type(raw_spans).__name__}")
         spans = []
@@ -389,12 +397,22 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
 
     # ---------------------------------------------------------------- JSONL I/O
     def save_jsonl(self, path: str | os.PathLike, *, replace: bool = True) -> Path:
-        """Write one JSON object per trace, atomically (temp file + rename). ``replace=False``: an
+        """Write one JSON object per trace, atomically (temp file + rename); a NaN or infinity in a
+        trace (its metadata) raises :class:`TraceFormatError` naming the trace (it is not JSON; the
+        loaders refuse it too), before anything is written. ``replace=False``: an
         existing ``path`` is never replaced (``FileExistsError`` naming it, also for a file created
         there while this ran; the command-line writers pass their ``--overwrite``)."""
         path = Path(path)
-        text = "".join(json.dumps(t.to_dict(), ensure_ascii=False) + "\n" for t in self.traces)
-        atomic_write_text(path, text, replace=replace)
+        lines = []
+        for t in self.traces:
+            try:  # NaN / inf would be written as bare NaN / Infinity: not JSON, refused by every reader
+                lines.append(json.dumps(t.to_dict(), ensure_ascii=False, allow_nan=False) + "\n")
+            except ValueError as e:
+                raise TraceFormatError(
+                    f"trace {t.id!r}: cannot be written as JSON ({e}; NaN and infinities are not JSON numbers: "
+                    "use null or a finite number in its metadata)"
+                ) from None
+        atomic_write_text(path, "".join(lines), replace=replace)
         return path
 
     @classmethod

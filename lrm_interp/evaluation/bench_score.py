@@ -13,6 +13,7 @@ failures that hit the length limit, cues per output, and the short-vs-long split
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -24,10 +25,10 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lrm_interp._io import atomic_save_figure, atomic_write_text
+from lrm_interp._io import atomic_save_figure, atomic_write_text, loads_strict
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.data.benchmarks.tasks import TASKS, get_task, paper_average
-from lrm_interp.evaluation.bench_run import GEN_FILE, RUN_FILE, file_sha, output_path, read_generations
+from lrm_interp.evaluation.bench_run import GEN_FILE, RUN_FILE, RUN_FORMAT, file_sha, output_path, read_generations
 from lrm_interp.evaluation.output_stats import backtracking_cues, detect_collapse, short_long_split, word_count
 
 SPLITS = (0.3, 0.2)
@@ -92,10 +93,10 @@ def find_runs(outputs: str | os.PathLike) -> list[RunInfo]:
     for d in dirs:
         meta: dict = {}
         if (d / RUN_FILE).exists():
-            try:
-                meta = json.loads((d / RUN_FILE).read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{d / RUN_FILE}: invalid JSON ({e.msg} at line {e.lineno})") from e
+            loaded = loads_strict((d / RUN_FILE).read_text(encoding="utf-8"), str(d / RUN_FILE))
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{d / RUN_FILE}: expected a JSON object, got {type(loaded).__name__}")
+            meta = loaded
         runs.append(RunInfo(str(meta.get("tag") or d.name), str(d), meta))
     return runs
 
@@ -204,6 +205,125 @@ def _check_recorded_outputs(runs: Sequence[RunInfo], items: Mapping[str, Sequenc
     )
 
 
+def _prompt_sha(prompt: str) -> str:
+    """The ``prompt_sha`` ``bench run`` records for an item in ``generations.jsonl``."""
+    return hashlib.blake2b(prompt.encode(), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Generations:
+    """A run's ``generations.jsonl``: the records (:func:`read_generations`), the line of each, and
+    ``torn``: ``file:line`` of an unterminated last line (a write cut by a kill), else ``None``."""
+
+    path: Path
+    exists: bool
+    recs: dict[tuple[str, int], dict]
+    lines: dict[tuple[str, int], int]
+    torn: str | None
+
+    def get(self, folder: str, task: str, index: int) -> tuple[dict | None, int | None]:
+        for key in ((folder, index), (task, index)):
+            if key in self.recs:
+                return self.recs[key], self.lines.get(key)
+        return None, None
+
+
+def _generations(run: Path) -> _Generations:
+    path = run / GEN_FILE
+    recs, good = read_generations(path)  # raises naming file:line on an unreadable complete line
+    lines: dict[tuple[str, int], int] = {}
+    torn = None
+    if path.exists():
+        raw = path.read_bytes()
+        for n, line in enumerate(raw[:good].split(b"\n")[:-1], 1):
+            if line.strip():
+                rec = json.loads(line)
+                lines[(str(rec["task"]), int(rec["index"]))] = n  # the last record of an item wins, as there
+        if raw[good:].strip():
+            n_complete = raw.count(b"\n", 0, good)
+            torn = f"{path}:{n_complete + 1}"
+    return _Generations(path, path.exists(), recs, lines, torn)
+
+
+def _graded_unverified(g: _Generations, folder: str, task: str, index: int) -> bool:
+    """Whether the outputs of item ``index`` would be graded without a record that verifies their
+    prompt (no ``generations.jsonl`` at all, or a record without ``prompt_sha``); outputs without a
+    record in a run that has the file are not graded at all."""
+    rec, _ = g.get(folder, task, index)
+    if rec is None:
+        return not g.exists
+    return not rec.get("prompt_sha")
+
+
+def _check_same_items(
+    runs: Sequence[RunInfo], items: Mapping[str, Sequence[BenchItem]], gens: Mapping[str, _Generations]
+) -> None:
+    """``ValueError`` when a ``bench run`` folder's outputs were generated for other problems than
+    ``items`` (another ``--toy-seed``, ``--per-family``, ``--task-data``): an item whose record in
+    ``generations.jsonl`` holds another prompt hash, a line of ``problems/<task>.jsonl`` that
+    differs from the item's problem, an item with outputs beyond the lines of that file that no
+    record verifies, or (when the run kept neither file) another source than ``run.json`` records.
+    Grading them would use the golds of other problems."""
+    for info in runs:
+        if info.meta.get("format") != RUN_FORMAT:
+            continue  # a foreign layout records nothing to check against
+        run, g = Path(info.path), gens[info.path]
+        n_s = _sample_count(run, info)
+        tasks_meta = info.meta.get("tasks")
+        recorded: dict = tasks_meta if isinstance(tasks_meta, dict) else {}
+        for task, its in items.items():
+            if not its:
+                continue
+            t = get_task(task)
+            name = _task_folder(run, t.name) or t.name
+            tinfo = recorded.get(name) or recorded.get(t.name) or {}
+            was = tinfo.get("source") if isinstance(tinfo, dict) else None
+            now = its[0].source.rsplit(":", 1)[0]
+            differs = bool(was) and was != now
+            told = f" (run.json records the problems of {was!r}, graded now: {now!r})" if differs else ""
+            hint = (
+                "; grade with the task options the run used ('bench run' prints its score command: --task-data, "
+                "--limit, --per-family, --toy-seed, --toy-people)"
+            )
+            for it in its:
+                rec, line = g.get(name, t.name, it.index)
+                if rec is not None and rec.get("prompt_sha") and rec["prompt_sha"] != _prompt_sha(it.prompt):
+                    raise ValueError(
+                        f"{g.path}:{line}: the outputs of {name}/{it.index} were generated from another prompt "
+                        f"than {it.source} gives{told}: their grades would use another problem's gold" + hint
+                    )
+            prob_file = run / "problems" / f"{name}.jsonl"
+            if prob_file.exists():
+                probs = prob_file.read_text(encoding="utf-8").splitlines()
+                for it in its:
+                    if not it.problem:
+                        continue
+                    if it.index < len(probs):
+                        try:
+                            was_problem = json.loads(probs[it.index])
+                        except json.JSONDecodeError as e:
+                            raise ValueError(f"{prob_file}:{it.index + 1}: invalid JSON ({e.msg})") from e
+                        if was_problem != json.loads(json.dumps(it.problem)):
+                            raise ValueError(
+                                f"{prob_file}:{it.index + 1}: the outputs were generated for another problem than "
+                                f"{it.source}{told}" + hint
+                            )
+                    elif _graded_unverified(g, name, t.name, it.index) and any(
+                        output_path(run, name, it.index, k).is_file() for k in range(n_s)
+                    ):
+                        raise ValueError(
+                            f"{prob_file}: {len(probs)} problems, but {output_path(run, name, it.index)} exists: "
+                            f"the problem its outputs were generated for is not recorded, so it cannot be graded "
+                            f"against {it.source}{told}" + hint
+                        )
+            elif differs and not g.exists:
+                raise ValueError(
+                    f"{run / RUN_FILE}: the outputs of {name} were generated for the problems of {was!r}, graded now "
+                    f"against {now!r}, and neither problems/{name}.jsonl nor {GEN_FILE} is left to tell whether they "
+                    "are the same problems" + hint
+                )
+
+
 def _sample_count(run: Path, info: RunInfo) -> int:
     if info.n_samples:
         return info.n_samples
@@ -234,38 +354,41 @@ def score_outputs(
     A run folder of ``bench run`` is checked against its ``generations.jsonl``: an output it
     records as generated that is gone (the outputs folder emptied or removed), or whose bytes
     differ from the hash it records (files swapped or edited), raises ``ValueError`` with the
-    counts and the first files, before anything is graded."""
+    counts and the first files, before anything is graded; so do outputs generated for other
+    problems than ``items`` (another prompt hash in ``generations.jsonl``, another line in
+    ``problems/<task>.jsonl``, or another source in ``run.json`` when neither file is left). An
+    output file the run's ``generations.jsonl`` has no record for (the item was cut off before it
+    finished, e.g. a torn last line, or the file was added by hand) is not graded: it is counted
+    missing and listed in :attr:`BenchScores.unrecorded`; a torn last line is named ``file:line``
+    in :attr:`BenchScores.torn`."""
     samples: list[SampleScore] = []
     ignored: list[str] = []
+    unrecorded: list[str] = []
     missing: dict[tuple[str, str], int] = {}
     runs = find_runs(outputs)
+    gens = {info.path: _generations(Path(info.path)) for info in runs}
+    _check_same_items(runs, items, gens)
     _check_recorded_outputs(runs, items)
     ckw = dict(collapse_kw or {})
     for info in runs:
         run = Path(info.path)
-        recs, _ = read_generations(run / GEN_FILE)
+        gen = gens[info.path]
         n_s = _sample_count(run, info)
         for task, its in items.items():
             t = get_task(task)
             folder = _task_folder(run, t.name)
-            prob_file = run / "problems" / f"{folder or t.name}.jsonl"
-            ours = info.meta.get("format") == "lrm_interp.bench_run/1"  # foreign problems files have other schemas
-            probs = prob_file.read_text(encoding="utf-8").splitlines() if ours and prob_file.exists() else None
             miss = 0
             for it in tqdm(its, desc=f"score {info.name} × {t.name}", unit="item", disable=not progress, leave=False):
-                if (
-                    probs is not None
-                    and it.index < len(probs)
-                    and it.problem
-                    and json.loads(probs[it.index]) != json.loads(json.dumps(it.problem))
-                ):
-                    raise ValueError(
-                        f"{prob_file}:{it.index + 1}: the outputs were generated for another problem than {it.source}"
-                    )
-                rec = recs.get((folder or t.name, it.index)) or recs.get((t.name, it.index))
+                rec, _ = gen.get(folder or t.name, t.name, it.index)
                 for k in range(n_s):
                     p = output_path(run, folder, it.index, k) if folder else None
                     if p is None or not p.exists():
+                        miss += 1
+                        continue
+                    if gen.exists and (rec is None or k >= len(rec.get("samples") or [])):
+                        # 'bench run' writes an item's record after its files: without one the item never
+                        # finished (a rerun generates it anew) or the file is not the run's
+                        unrecorded.append(str(p))
                         miss += 1
                         continue
                     text = p.read_text(encoding="utf-8")
@@ -301,7 +424,13 @@ def score_outputs(
             missing[(info.name, t.name)] = miss
             ignored += _ignored_files(run, t.name, folder, {it.index for it in its}, n_s)
     return BenchScores(
-        tuple(samples), tuple(runs), missing, tuple(get_task(t).name for t in items), tuple(dict.fromkeys(ignored))
+        tuple(samples),
+        tuple(runs),
+        missing,
+        tuple(get_task(t).name for t in items),
+        tuple(dict.fromkeys(ignored)),
+        unrecorded=tuple(unrecorded),
+        torn=tuple(g.torn for g in gens.values() if g.torn),
     )
 
 
@@ -334,6 +463,11 @@ class BenchScores:
     tasks: tuple[str, ...] = ()
     #: files in the scored task folders that are no output of a scored item (paths), not graded
     ignored: tuple[str, ...] = field(default=(), compare=False)
+    #: output files of a ``bench run`` folder its ``generations.jsonl`` has no record for (paths):
+    #: not graded, counted in ``missing``
+    unrecorded: tuple[str, ...] = field(default=(), compare=False)
+    #: ``file:line`` of each ``generations.jsonl`` whose last line is torn (a write cut by a kill)
+    torn: tuple[str, ...] = field(default=(), compare=False)
 
     def __repr__(self) -> str:
         n_missing = sum(self.missing.values()) if self.missing else 0
@@ -342,6 +476,8 @@ class BenchScores:
             f"[{', '.join(r.name for r in self.runs[:4])}{', …' if len(self.runs) > 4 else ''}], "
             f"tasks {list(self.tasks)}, {n_missing} missing"
             + (f", {len(self.ignored)} ignored files" if self.ignored else "")
+            + (f", {len(self.unrecorded)} unrecorded outputs not graded" if self.unrecorded else "")
+            + (f", torn last line {', '.join(self.torn)}" if self.torn else "")
             + ")"
         )
 

@@ -487,6 +487,36 @@ def _spans_of(
     return ds, {k: v for k, v in run.stats.items() if isinstance(v, (int, float, str))}
 
 
+class UnscoredTracesWarning(UserWarning):
+    """An annotation given to :func:`annotation_downstream` holds traces that are not in the
+    reference: not scored, counted (``provenance["annotators"][name]["not_in_reference"]``)."""
+
+
+def unscored_note(n: int, first: str, what: str = "the annotation", reference: str = "the reference") -> str:
+    """The one line that counts traces of an annotation not in the reference (as ``annotate agree``)."""
+    return f"{n} trace{'s' * (n != 1)} of {what} not in {reference}, not scored (first: {first!r})"
+
+
+def _not_in_reference(sources: Sequence[_Source], full: ReasoningDataset) -> dict[str, list[str]]:
+    """``{annotation name: ids of its traces that are not in the reference}`` for the annotations
+    given as datasets (before any selection: a trace of another ``datasets`` is in the reference),
+    with one :class:`UnscoredTracesWarning` each."""
+    import warnings
+
+    ids = {t.id for t in full}
+    out: dict[str, list[str]] = {}
+    for s in sources:
+        if s.dataset is None:
+            continue
+        extra = [t.id for t in s.dataset if t.id not in ids]
+        if extra:
+            out[s.name] = extra
+            warnings.warn(
+                f"annotation {s.name}: " + unscored_note(len(extra), extra[0]), UnscoredTracesWarning, stacklevel=3
+            )
+    return out
+
+
 # --------------------------------------------------------------------------- the run
 def annotation_downstream(
     model: Any,
@@ -544,6 +574,10 @@ def annotation_downstream(
         attribution_options: :class:`~lrm_interp.attribution.config.AttributionConfig` fields
             (default ``mode="exact"`` with the prefix cache, the library default).
 
+    Traces of an annotation (a dataset or file) whose id is not in the reference are not scored:
+    counted in ``provenance["annotators"][name]["not_in_reference"]`` with one
+    :class:`UnscoredTracesWarning`; reference traces missing from an annotation are refused.
+
     Raises:
         ValueError: bad settings, an unknown annotator, a behaviour without reference spans, a
             state folder of another run — before the model is loaded or anything is written.
@@ -579,6 +613,7 @@ def annotation_downstream(
         raise ValueError("the reference has no traces" + (" in the datasets asked for" if datasets else ""))
     _check_spans(ref, behaviors, ref_path or ref.name, " of those datasets" if datasets else "")
     sources = _sources(annotators)
+    not_in_reference = _not_in_reference(sources, full)  # counted and warned about, never dropped silently
     if model_name is None:
         model_name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "")
     settings = {
@@ -654,6 +689,9 @@ def annotation_downstream(
                 "annotation": stats,
                 "folder": folder,
             }
+            if what.name in not_in_reference:
+                extra = not_in_reference[what.name]
+                ann_info[what.name]["not_in_reference"] = {"n": len(extra), "first": extra[:5]}
         else:
             ds = _keep_spans(ref, what, folder)
         datasets_used[label] = ds
@@ -921,4 +959,5 @@ __all__ = [
     "top_overlap",
     "clip_to_reference",
     "RESULT_FILE",
+    "UnscoredTracesWarning",
 ]

@@ -30,6 +30,21 @@ def _match_spans(gold: list[BehaviorSpan], pred: list[BehaviorSpan], min_iou: fl
     return n
 
 
+def merge_same_label(spans: list[BehaviorSpan]) -> list[BehaviorSpan]:
+    """Spans of one label that share characters (one nested in another, or overlapping) as one span,
+    their union; sorted by start. Touching spans (``[0, 5)``, ``[5, 9)``) stay two. Agreement counts
+    the merged spans: a span inside another of the same label would otherwise count twice in the
+    span-level figures (an unmatched gold or predicted span), though it labels no new character."""
+    out: list[BehaviorSpan] = []
+    for s in sorted(spans, key=lambda s: (s.start, -s.end)):
+        if out and s.start < out[-1].end:
+            if s.end > out[-1].end:
+                out[-1] = BehaviorSpan(out[-1].behavior, out[-1].start, s.end)
+        else:
+            out.append(s)
+    return out
+
+
 def _covered(spans: list[BehaviorSpan]) -> list[tuple[int, int]]:
     """Union of the spans as sorted disjoint intervals."""
     out: list[list[int]] = []
@@ -84,12 +99,15 @@ def annotation_agreement(
     annotated", not "no behaviour"; predicted spans are clipped to that region (span counts and
     IoU matches use the clipped spans).
 
-    Character level: ``precision``, ``recall``, ``f1`` over the characters each label covers.
-    Span level: ``span_precision``/``span_recall`` = share of predicted/gold spans matched
-    one-to-one to a span of the same label with IoU >= ``min_iou``. ``gold_spans``,
-    ``pred_spans``: counts. Traces are matched by id; their responses must be identical; a gold
-    trace without a prediction raises ``KeyError``, predicted traces whose id is not in ``gold`` are
-    not scored (``lrm-interp annotate agree`` counts them).
+    Spans of one label that share characters (one nested in another, or overlapping) are merged
+    into their union first (:func:`merge_same_label`): a character counts once per label, and a
+    nested span is no extra span. Character level: ``precision``, ``recall``, ``f1`` over the
+    characters each label covers. Span level: ``span_precision``/``span_recall`` = share of
+    predicted/gold (merged) spans matched one-to-one to a span of the same label with IoU >=
+    ``min_iou``. ``gold_spans``, ``pred_spans``: counts of the merged spans. Traces are matched by
+    id; their responses must be identical; a gold trace without a prediction raises ``KeyError``,
+    predicted traces whose id is not in ``gold`` are not scored (``lrm-interp annotate agree``
+    counts them).
     """
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
@@ -105,7 +123,8 @@ def annotation_agreement(
         if region == "gold":
             pspans = _clip(pspans, _covered(list(g.spans)))
         for label in {s.behavior for s in g.spans} | {s.behavior for s in pspans}:
-            gs, ps = g.spans_of(label), [s for s in pspans if s.behavior == label]
+            gs = merge_same_label(g.spans_of(label))  # nested / overlapping same-label spans: their union
+            ps = merge_same_label([s for s in pspans if s.behavior == label])
             gc, pc = _covered(gs), _covered(ps)
             both = _overlap(gc, pc)
             a = acc.setdefault(label, dict.fromkeys(("tp", "gold", "pred", "gs", "ps", "match"), 0))
@@ -147,4 +166,4 @@ def format_agreement(agreement: dict[str, dict[str, float]], *, title: str = "")
     return "\n".join(lines)
 
 
-__all__ = ["annotation_agreement", "format_agreement", "REGIONS"]
+__all__ = ["annotation_agreement", "format_agreement", "merge_same_label", "REGIONS"]
