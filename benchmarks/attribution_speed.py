@@ -17,14 +17,27 @@ Methods (``--methods``):
 - ``full``: lrm_interp ``exact`` with ``prefix_cache=False`` (activation-only backward, gradients
   reduced in hooks, logits only where the loss needs them), one full-prefix pass per span.
 - ``joint``: lrm_interp ``joint`` (one backward per trace and behaviour; approximate).
-- ``cached``: lrm_interp ``exact`` with the prefix cache (default).
+- ``cached``: lrm_interp ``exact`` with the prefix cache (default) — the AtP stage alone, given the
+  steering vectors (the DoM forward that makes them is not timed).
+- ``two_pass``: what ``lrm_interp.attribute`` did before the one-pass stage, per trace, DoM included:
+  the DoM forward (``dom_trace_stats``), the vectors (``dom_aggregate``), then ``cached``'s AtP stage
+  (cache forward + span windows).
+- ``one_pass``: what ``lrm_interp.attribute`` does now by default, DoM included: one forward over the
+  trace that takes the DoM sums and the prefix cache at once, the span windows with their gradient
+  sums (``one_pass_trace_stats``), the vectors, the dots (``dots_from_gradients``).
 - ``floor``: one no-grad forward over the trace + one forward+backward over a sequence as long
   as all span windows together — the least any exact method must do.
+
+``one_pass`` and ``two_pass`` use the trace's own DoM vectors (D+ = the span windows, D− = every
+token), the other methods seeded ones; the table compares ``one_pass``'s summed dots with
+``two_pass``'s (last column).
 
 Usage::
 
     python benchmarks/attribution_speed.py --lengths 1024 2048 4096 8192 \\
         --methods paper full joint cached floor --max-full 2048 --out benchmarks/results/attribution_speed.json
+    python benchmarks/attribution_speed.py --lengths 2048 8192 \\
+        --methods floor two_pass one_pass cached --out benchmarks/results/attribution_one_pass.json
 
 prints a Markdown table (time, peak RSS, ratios) and writes the JSON. ``--max-full`` skips
 ``paper``/``full`` above that length (their cost grows as length × spans). The worker mode
@@ -43,7 +56,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("paper", "full", "joint", "cached", "floor")
+METHODS = ("paper", "full", "joint", "cached", "two_pass", "one_pass", "floor")
 
 
 def make_trace(length: int, vocab: int, seed: int = 0, density: float = 1 / 45, lo: int = 10, hi: int = 60):
@@ -142,6 +155,23 @@ def run_floor(model, enc):
         model.get_output_embeddings()(h[0, : n - 1]).float().logsumexp(-1).sum().backward()
 
 
+def run_attribute(method: str, model, sites, enc):
+    """One trace through what ``attribute`` runs per trace, DoM included (``two_pass``: the previous path;
+    ``one_pass``: the current default); returns ``(None, [n_sites] Σ_s dot)``."""
+    from lrm_interp.attribution.atp import atp_trace_stats, one_pass_trace_stats
+    from lrm_interp.attribution.dom import dom_aggregate, dom_trace_stats
+
+    behs = ["backtracking"]
+    if method == "two_pass":
+        dom = dom_aggregate([dom_trace_stats(model, enc, sites, behs)], sites, behs)
+        st = atp_trace_stats(model, enc, sites, behs, dom.vectors, prefix_cache=True)
+        return None, st["dots/backtracking"].sum(0)
+    dstats, grads = one_pass_trace_stats(model, enc, sites, behs)
+    dom = dom_aggregate([dstats], sites, behs)
+    st = atp_trace_stats(model, enc, sites, behs, dom.vectors, gradients=grads)
+    return None, st["dotsum/backtracking"][0]
+
+
 def worker(method: str, length: int, seed: int) -> dict:
     import torch
 
@@ -170,7 +200,9 @@ def worker(method: str, length: int, seed: int) -> dict:
         "rss_after_load_mb": rss_loaded,
         "threads": torch.get_num_threads(),
     }
-    if dots is not None:
+    if isinstance(dots, tuple):  # one_pass / two_pass: Σ_s dot per site, from the trace's own vectors
+        out["dotsum"] = dots[1].tolist()
+    elif dots is not None:
         out["dots"] = dots.tolist()
     return out
 
@@ -187,6 +219,8 @@ def _dispatch(method, model, sites, enc, vecs):
         dots = atp_trace_stats(model, enc, sites, ["backtracking"], vecs, prefix_cache=True)["dots/backtracking"]
     elif method == "joint":
         dots = atp_trace_stats(model, enc, sites, ["backtracking"], vecs, mode="joint")["dots/backtracking"]
+    elif method in ("one_pass", "two_pass"):
+        dots = run_attribute(method, model, sites, enc)
     elif method == "floor":
         run_floor(model, enc)
     else:
@@ -240,7 +274,7 @@ def main(argv=None) -> int:
             r = _run(m, L, a.seed)
             rows.append(r)
             print(
-                f"{m:7s} {L:6d} tokens {r['spans']:4d} spans  {r['seconds']:8.2f} s  peak {r['peak_rss_mb']:7.0f} MB",
+                f"{m:8s} {L:6d} tokens {r['spans']:4d} spans  {r['seconds']:8.2f} s  peak {r['peak_rss_mb']:7.0f} MB",
                 flush=True,
             )
     by = {(r["method"], r["length"]): r for r in rows}
@@ -263,13 +297,22 @@ def main(argv=None) -> int:
                 f"| {L} | {r['spans']} | {m} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} "
                 f"| {xf} | {sp} | {mem} | {dd} |"
             )
+    for L in a.lengths:
+        one, two = by.get(("one_pass", L)), by.get(("two_pass", L))
+        if one and two:
+            print(
+                f"\n{L} tokens: one_pass / two_pass time {one['seconds'] / two['seconds']:.2f}; Σ_s dot of one_pass vs "
+                f"two_pass: max rel. diff {_rel_diff(two['dotsum'], one['dotsum']):.1e} (relative to the largest)"
+            )
     print("\ngrowth exponent of time vs length (log-log slope):")
     for m in a.methods:
         s = _slope([r for r in rows if r["method"] == m])
-        print(f"  {m:7s} {'–' if s is None else f'{s:.2f}'}")
+        print(f"  {m:8s} {'–' if s is None else f'{s:.2f}'}")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps([{k: v for k, v in r.items() if k != "dots"} for r in rows], indent=1))
+        Path(a.out).write_text(
+            json.dumps([{k: v for k, v in r.items() if k not in ("dots", "dotsum")} for r in rows], indent=1)
+        )
     return 0
 
 

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lrm_interp.attribution.config import MODES, SCORES
-from lrm_interp.attribution.dom import check_finite
+from lrm_interp.attribution.dom import check_finite, dom_stats_from_sums, dom_weights
 from lrm_interp.checks import check_float, check_int
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan, target_positions
 from lrm_interp.model.capture import Capture, MaskedSum
@@ -76,9 +76,15 @@ from lrm_interp.model.forward import (
     span_losses,
 )
 from lrm_interp.model.patching import add_to_outputs
-from lrm_interp.model.prefix_cache import cache_support, cache_survives_checkpointing, trace_caches, window_cache
+from lrm_interp.model.prefix_cache import (
+    cache_support,
+    cache_survives_checkpointing,
+    trace_cache,
+    trace_caches,
+    window_cache,
+)
 from lrm_interp.model.provenance import NonFiniteError
-from lrm_interp.model.sites import Site
+from lrm_interp.model.sites import Site, get_module
 
 
 # --------------------------------------------------------------------------- per-span pieces
@@ -120,6 +126,33 @@ def _backward_dots(
     Non-finite losses, activation gradients or steering vectors raise
     :class:`~lrm_interp.model.provenance.NonFiniteError` naming ``where`` (trace, behaviour) and the site.
     """
+    grads, losses = _backward_grads(
+        model, ids, spans, sites, off_by_one, compute_dtype, where, offset=offset, cache=cache
+    )
+    dots = torch.zeros(len(spans), len(sites), dtype=torch.float64)
+    for j, s in enumerate(sites):
+        g = grads[s.name]
+        dots[:, j] = g.double() @ vecs[s.name].double().to(g.device)
+    if not bool(torch.isfinite(dots).all()):
+        j = int((~torch.isfinite(dots)).any(0).nonzero()[0])
+        raise NonFiniteError(f"{where}: the steering vector of site {sites[j].name} is not finite")
+    return dots, losses
+
+
+def _backward_grads(
+    model,
+    ids,
+    spans,
+    sites,
+    off_by_one: bool,
+    compute_dtype: torch.dtype | None,
+    where: str = "",
+    *,
+    offset: int = 0,
+    cache: object | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One forward+backward of Σ_s L(s) -> (``site -> [n_spans, d_out]`` float32 mean of ∂L/∂a over each
+    span's target positions, ``[n_spans]`` float64 losses); arguments as :func:`_backward_dots`."""
     logits_path(model)  # decide (and probe) before any hook is active
     red = MaskedSum("grad", _window_weights(ids.shape[1], spans, off_by_one, offset), device="cpu")
     ctx = (
@@ -136,16 +169,10 @@ def _backward_dots(
             raise NonFiniteError(f"{where}: span loss is not finite for token span(s) {', '.join(bad)}")
         losses.sum().backward()
     check_finite(red.sums, sites, f"{where}: activation gradients")
-    dots = torch.zeros(len(spans), len(sites), dtype=torch.float64)
-    for j, s in enumerate(sites):
-        g = red.sums.get(s.name)
-        if g is None:
+    for s in sites:
+        if s.name not in red.sums:
             raise RuntimeError(f"no gradient reached site {s.name!r}: is it on the path to the loss?")
-        dots[:, j] = g.double() @ vecs[s.name].double().to(g.device)
-    if not bool(torch.isfinite(dots).all()):
-        j = int((~torch.isfinite(dots)).any(0).nonzero()[0])
-        raise NonFiniteError(f"{where}: the steering vector of site {sites[j].name} is not finite")
-    return dots, losses.detach().double().cpu()
+    return red.sums, losses.detach().double().cpu()
 
 
 def atp_trace_stats(
@@ -161,8 +188,13 @@ def atp_trace_stats(
     compute_dtype: torch.dtype | None = None,
     prefix_cache: bool = True,
     progress: bool = False,
+    gradients: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-span AtP dot products for one trace (additive statistics, safetensors-ready).
+
+    ``gradients``: the trace's span-gradient sums from :func:`one_pass_trace_stats` (the one-pass
+    stage of :func:`lrm_interp.attribute`): no model pass runs, the statistics are their dot products
+    with the steering vectors (:func:`dots_from_gradients`: ``dotsum/<b>`` instead of ``dots/<b>``).
 
     ``exact`` with ``prefix_cache`` (default; when :func:`~lrm_interp.model.prefix_cache.cache_support`
     allows it): one no-grad forward over the trace caches every prefix's keys/values, then each
@@ -183,6 +215,8 @@ def atp_trace_stats(
     missing = [b for b in behaviors if enc.spans_of(b) and b not in vectors]
     if missing:
         raise KeyError(f"trace {enc.trace_id}: no steering vectors for behaviours {missing}")
+    if gradients is not None:
+        return dots_from_gradients(gradients, sites, behaviors, vectors, where=f"trace {enc.trace_id}")
     dev = input_device(model)
     out: dict[str, torch.Tensor] = {}
     cached = mode == "exact" and prefix_cache and cache_support(model, gradient_checkpointing=gradient_checkpointing)[0]
@@ -253,6 +287,144 @@ def atp_trace_stats(
     return out
 
 
+# --------------------------------------------------------------------------- one pass per trace
+def decoder_holds_sites(model: torch.nn.Module, sites: Sequence[Site]) -> bool:
+    """Whether every site runs in the decoder forward that builds the prefix cache (the LM head, when
+    it is a site, does not: the one-pass stage cannot take its DoM sums there)."""
+    parts = base_and_head(model)
+    dec = parts[0] if parts is not None else model
+    inside = {id(m) for m in dec.modules()}
+    return all(id(get_module(model, s.name)) in inside for s in sites)
+
+
+def one_pass_trace_stats(
+    model: torch.nn.Module,
+    enc: EncodedTrace,
+    sites: Sequence[Site],
+    behaviors: Sequence[str],
+    *,
+    negatives: str = "all",
+    special_tokens: str = "exclude",
+    off_by_one: bool = False,
+    gradient_checkpointing: bool = False,
+    progress: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One trace's DoM sums and AtP span-gradient sums from a single read of the trace.
+
+    AtP's score is linear in the steering vector û: ``Σ_s û · ḡ_s = û · Σ_s ḡ_s`` with ḡ_s the mean of
+    ∂L(s)/∂a over span s's target positions. So the gradients need no û: one no-grad forward over the
+    whole trace, with the DoM capture hooks on it, gives both the DoM sums
+    (:func:`~lrm_interp.attribution.dom.dom_stats_from_sums`, the statistics of
+    :func:`~lrm_interp.attribution.dom.dom_trace_stats`) and the keys/values every span window attends
+    to (:func:`~lrm_interp.model.prefix_cache.trace_caches` with ``full=``); then each scorable span runs
+    its exact window forward+backward (as :func:`atp_trace_stats`, ``exact`` with the prefix cache) and
+    its ḡ_s is added to its behaviour's sum. The dot with û comes after the DoM reduction
+    (:func:`atp_trace_stats` with ``gradients=``, i.e. :func:`dots_from_gradients`).
+
+    Needs what the prefix-cached exact path needs (:func:`~lrm_interp.model.prefix_cache.cache_support`)
+    and every site inside the decoder (:func:`decoder_holds_sites`); runs at the model's dtype (no
+    autocast: the DoM forward never had one). Only ``score="paper"`` can be formed from the sums
+    (``"code"`` needs |û · ḡ_s| per span).
+
+    Returns:
+        ``(dom, grads)``: ``dom`` exactly the keys of :func:`~lrm_interp.attribution.dom.dom_trace_stats`;
+        ``grads`` for every behaviour ``b``: ``n_spans/<b>`` ``[1]`` scored spans, ``grad/<b>/<site>``
+        ``[d_out]`` float64 Σ_s ḡ_s (only when ``n_spans > 0``), ``loss/<b>`` ``[n_spans]`` float64
+        L(s), ``skipped/<b>`` ``[1]`` spans without a predictable token.
+    """
+    ok, why = cache_support(model, gradient_checkpointing=gradient_checkpointing)
+    if not ok:
+        raise ValueError(f"trace {enc.trace_id}: the one-pass stage needs the prefix cache, unavailable: {why}")
+    if not decoder_holds_sites(model, sites):
+        raise ValueError("the one-pass stage needs every site inside the decoder (the LM head is a site here)")
+    dev = input_device(model)
+    weights = dom_weights(enc, behaviors, negatives=negatives, special_tokens=special_tokens)
+    red = MaskedSum("output", weights, device="cpu")
+    ids = enc.input_ids.unsqueeze(0).to(dev)
+    ends = [s.end for s in enc.spans if s.behavior in behaviors and s.scorable]
+    # before checkpointing (HF drops caches under it); kept only up to the last scored span's end
+    with torch.no_grad(), Capture(model, list(sites), [red]):
+        full = trace_cache(model, ids, keep=max(ends, default=1))
+    dom = dom_stats_from_sums(red.sums, weights, enc, sites, behaviors)
+    del red
+    caches = trace_caches(model, ids, ends, full=full) if ends else None
+    del full  # what the windows need is held by ``caches`` (views of it, or its own forwards)
+    grads: dict[str, torch.Tensor] = {}
+    bar = tqdm(
+        total=len(ends), desc=f"AtP {enc.trace_id} ({len(enc)} tokens)", unit="span", disable=not progress, leave=False
+    )
+    with (
+        bar,
+        frozen_for_attribution(model, gradient_checkpointing=gradient_checkpointing),
+        cache_survives_checkpointing(model) if gradient_checkpointing else contextlib.nullcontext(),
+    ):
+        for b in behaviors:
+            allspans = enc.spans_of(b)
+            spans = [s for s in allspans if s.scorable]
+            losses = torch.zeros(len(spans), dtype=torch.float64)
+            acc: dict[str, torch.Tensor] = {}
+            for k, s in enumerate(spans):
+                kv = caches.for_end(s.end) if caches is not None else None
+                q0 = window_start(s) if kv is not None else 0
+                g, l_ = _backward_grads(
+                    model,
+                    enc.input_ids[q0 : s.end].unsqueeze(0).to(dev),
+                    [s],
+                    sites,
+                    off_by_one,
+                    None,
+                    f"trace {enc.trace_id}, behaviour {b}",
+                    offset=q0,
+                    cache=window_cache(kv, q0) if kv is not None and q0 > 0 else None,
+                )
+                for site in sites:
+                    x = g[site.name][0].double()
+                    if site.name in acc:
+                        acc[site.name] += x
+                    else:
+                        acc[site.name] = x
+                losses[k] = l_[0]
+                bar.update(1)
+            grads[f"n_spans/{b}"] = torch.tensor([float(len(spans))])
+            for site in sites if spans else ():
+                grads[f"grad/{b}/{site.name}"] = acc[site.name]
+            grads[f"loss/{b}"] = losses
+            grads[f"skipped/{b}"] = torch.tensor([float(len(allspans) - len(spans))])
+    return dom, grads
+
+
+def dots_from_gradients(
+    gradients: dict[str, torch.Tensor],
+    sites: Sequence[Site],
+    behaviors: Sequence[str],
+    vectors: dict[str, dict[str, torch.Tensor]],
+    *,
+    where: str = "",
+) -> dict[str, torch.Tensor]:
+    """One trace's AtP statistics from its span-gradient sums (:func:`one_pass_trace_stats`).
+
+    Returns, for every behaviour ``b``: ``dotsum/<b>`` ``[1, n_sites]`` float64, û[b, site] · Σ_s ḡ_s =
+    Σ_s dot(s) over the trace's scored spans (``[0, n_sites]`` without one: the trace is not in D+);
+    ``n_spans/<b>``, ``loss/<b>``, ``skipped/<b>`` as given. :func:`atp_aggregate` (``score="paper"``)
+    sums these rows as it sums per-span ``dots/<b>`` rows.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for b in behaviors:
+        n = int(gradients[f"n_spans/{b}"].sum())
+        row = torch.zeros(1 if n else 0, len(sites), dtype=torch.float64)
+        for j, s in enumerate(sites if n else ()):
+            g = gradients[f"grad/{b}/{s.name}"].double()
+            row[0, j] = g @ vectors[b][s.name].double().to(g.device)
+        if not bool(torch.isfinite(row).all()):
+            j = int((~torch.isfinite(row)).any(0).nonzero()[0])
+            raise NonFiniteError(f"{where}, behaviour {b}: the steering vector of site {sites[j].name} is not finite")
+        out[f"dotsum/{b}"] = row
+        out[f"n_spans/{b}"] = gradients[f"n_spans/{b}"].clone()
+        out[f"loss/{b}"] = gradients[f"loss/{b}"].clone()
+        out[f"skipped/{b}"] = gradients[f"skipped/{b}"].clone()
+    return out
+
+
 # --------------------------------------------------------------------------- aggregation
 @dataclass(frozen=True)
 class AtPResult:
@@ -301,10 +473,19 @@ def atp_aggregate(
     scores = torch.zeros(len(behaviors), len(sites), dtype=torch.float64)
     n_spans, n_traces, n_skipped = {}, {}, {}
     for i, b in enumerate(behaviors):
-        k = f"{key}/{b}"
+        k, ks = f"{key}/{b}", f"dotsum/{b}"
         per = [st[k] for st in stats if k in st and st[k].shape[0] > 0]
-        n_traces[b] = len(per)
         n_spans[b] = sum(p.shape[0] for p in per)
+        # one-pass statistics (dots_from_gradients): one row per trace, the sum of its spans' dots
+        summed = [st for st in stats if key == "dots" and k not in st and ks in st and st[ks].shape[0] > 0]
+        if summed and score != "paper":
+            raise ValueError(
+                f"behaviour {b!r}: score={score!r} needs each span's dot, but {len(summed)} trace(s) hold only "
+                "their sum (one-pass statistics); compute them with atp_trace_stats from the model"
+            )
+        per += [st[ks] for st in summed]
+        n_spans[b] += sum(int(st[f"n_spans/{b}"].sum()) for st in summed)
+        n_traces[b] = len(per)
         n_skipped[b] = int(sum(float(st[f"skipped/{b}"].sum()) for st in stats if f"skipped/{b}" in st))
         if not per:
             continue
@@ -632,6 +813,9 @@ __all__ = [
     "aggregate_spans",
     "atp_aggregate",
     "compute_atp",
+    "one_pass_trace_stats",
+    "dots_from_gradients",
+    "decoder_holds_sites",
     "MODES",
     "SCORES",
     "PATCH_BATCH",

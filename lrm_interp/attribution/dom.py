@@ -70,6 +70,21 @@ def dom_trace_stats(
         that behaviour's DoM windows; ``pos_count/<behavior>`` ``[1]``: number of tokens;
         ``neg_sum/<site>`` ``[d_out]`` and ``neg_count`` ``[1]`` over the D− tokens.
     """
+    weights = dom_weights(enc, behaviors, negatives=negatives, special_tokens=special_tokens)
+    red = MaskedSum("output", weights, device="cpu")
+    ids = enc.input_ids.unsqueeze(0).to(input_device(model))
+    run = activation_forward(model, sites)
+    with torch.no_grad(), Capture(model, list(sites), [red]):
+        run(ids)
+    return dom_stats_from_sums(red.sums, weights, enc, sites, behaviors)
+
+
+def dom_weights(
+    enc: EncodedTrace, behaviors: Sequence[str], *, negatives: str = "all", special_tokens: str = "exclude"
+) -> torch.Tensor:
+    """``[n_behaviors + 1, 1, seq]`` token weights of one trace's DoM sums: each behaviour's union of
+    DoM windows, then the D− mask (:func:`negative_mask`); the weights of the
+    :class:`~lrm_interp.model.capture.MaskedSum` whose sums :func:`dom_stats_from_sums` reads."""
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
     n = len(enc)
@@ -77,25 +92,34 @@ def dom_trace_stats(
         raise ValueError(f"trace {enc.trace_id}: no tokens")
     rows = [span_mask(n, enc.spans_of(b), context=True) for b in behaviors]
     rows.append(negative_mask(enc, negatives, special_tokens))
-    weights = torch.stack(rows).unsqueeze(1)  # [G, 1, n]
-    red = MaskedSum("output", weights, device="cpu")
-    ids = enc.input_ids.unsqueeze(0).to(input_device(model))
-    run = activation_forward(model, sites)
-    with torch.no_grad(), Capture(model, list(sites), [red]):
-        run(ids)
-    silent = [s.name for s in sites if s.name not in red.sums]
+    return torch.stack(rows).unsqueeze(1)  # [G, 1, n]
+
+
+def dom_stats_from_sums(
+    sums: dict[str, torch.Tensor],
+    weights: torch.Tensor,
+    enc: EncodedTrace,
+    sites: Sequence[Site],
+    behaviors: Sequence[str],
+) -> dict[str, torch.Tensor]:
+    """The per-trace statistics of :func:`dom_trace_stats` from the ``sums`` (``site -> [G, d_out]``) of a
+    :class:`~lrm_interp.model.capture.MaskedSum` with :func:`dom_weights` over one forward of the whole
+    trace — whichever forward it was (the DoM stage's own, or the prefix-cache forward of the one-pass
+    stage: :func:`lrm_interp.attribution.atp.one_pass_trace_stats`). Checks that every site ran and that
+    the sums are finite."""
+    silent = [s.name for s in sites if s.name not in sums]
     if silent:
         raise RuntimeError(f"trace {enc.trace_id}: sites never ran in the forward pass: {silent}")
-    check_finite(red.sums, sites, f"trace {enc.trace_id}: activations")
+    check_finite(sums, sites, f"trace {enc.trace_id}: activations")
     out: dict[str, torch.Tensor] = {}
     counts = weights.sum(dim=(1, 2))
     for g, b in enumerate(behaviors):
         out[f"pos_count/{b}"] = counts[g : g + 1].clone()
         for s in sites:
-            out[f"pos_sum/{b}/{s.name}"] = red.sums[s.name][g].clone()
+            out[f"pos_sum/{b}/{s.name}"] = sums[s.name][g].clone()
     out["neg_count"] = counts[-1:].clone()
     for s in sites:
-        out[f"neg_sum/{s.name}"] = red.sums[s.name][-1].clone()
+        out[f"neg_sum/{s.name}"] = sums[s.name][-1].clone()
     return out
 
 

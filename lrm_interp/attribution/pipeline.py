@@ -14,7 +14,11 @@
    (``method="patching"``: exact activation patching, :func:`~lrm_interp.attribution.atp.patching_trace_stats`):
    one independent computation per trace (so a data-parallel runner only has to shard the trace
    list), each result written to ``out_dir/partial/{dom,atp,patching}/`` as soon as it exists
-   (:mod:`lrm_interp.attribution.resume`).
+   (:mod:`lrm_interp.attribution.resume`). By default (exact AtP with the prefix cache,
+   ``score="paper"``: :func:`one_pass_reason`) :func:`one_pass_stage` reads each trace once instead:
+   the prefix-cache forward takes the DoM sums too, the span windows give per-behaviour gradient
+   sums (``partial/grad/``), and :func:`atp_stage` dots them with the steering vectors after the DoM
+   reduction (docs/performance.md, "One read per trace").
 3. :func:`reduce_dom` / :func:`finish`: arithmetic on the per-trace statistics →
    :class:`~lrm_interp.attribution.results.Attribution`, saved to ``out_dir``.
 
@@ -42,7 +46,14 @@ from tqdm.auto import tqdm
 
 from lrm_interp import __version__
 from lrm_interp.attribution import distributed
-from lrm_interp.attribution.atp import PATCH_BATCH, atp_aggregate, atp_trace_stats, patching_trace_stats
+from lrm_interp.attribution.atp import (
+    PATCH_BATCH,
+    atp_aggregate,
+    atp_trace_stats,
+    decoder_holds_sites,
+    one_pass_trace_stats,
+    patching_trace_stats,
+)
 from lrm_interp.attribution.config import SPAN_LOSS_METHODS, AttributionConfig
 from lrm_interp.attribution.dom import DoMResult, dom_aggregate, dom_trace_stats
 from lrm_interp.attribution.results import Attribution
@@ -497,6 +508,79 @@ def dom_stage(
     )
 
 
+def one_pass_reason(plan: AttributionPlan) -> str | None:
+    """Why :func:`attribute` reads each trace twice (a DoM forward, then the AtP stage's passes), or
+    ``None`` when one read does (:func:`one_pass_stage`).
+
+    One pass needs ``method="attribution"``, ``mode="exact"`` with a usable prefix cache (the cache
+    forward is the forward the DoM sums are taken from), ``score="paper"`` (|Σ_s dot| is û · Σ_s ḡ_s:
+    the gradient sums suffice; ``"code"`` needs each span's |dot|), no ``compute_dtype`` (the DoM
+    forward runs at the model's dtype, the AtP passes under autocast: one forward cannot be both) and
+    every site inside the decoder (:func:`~lrm_interp.attribution.atp.decoder_holds_sites`)."""
+    cfg = plan.config
+    if cfg.method != "attribution":
+        why = ": the patches need the steering vectors before the pass" if cfg.method == "patching" else ""
+        return f"method={cfg.method!r}{why}"
+    if cfg.mode != "exact":
+        return f"mode={cfg.mode!r}: its backward runs over the prefix, not against a cache"
+    path = gradient_path(plan) or {}
+    if path.get("path") != "prefix_cache":
+        return f"no prefix cache ({path.get('reason')})"
+    if cfg.score != "paper":
+        return f"score={cfg.score!r} needs each span's |dot|, i.e. each span's gradient until the vectors exist"
+    if cfg.compute_dtype is not None:
+        return "compute_dtype is set: the DoM forward runs at the model's dtype, the AtP passes under autocast"
+    if not decoder_holds_sites(plan.model, plan.sites):
+        return "a site lies outside the decoder (the LM head): the cache forward does not run it"
+    return None
+
+
+def one_pass_stage(
+    plan: AttributionPlan, encoded: Sequence[EncodedTrace] | None = None, *, progress: bool = True
+) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+    """Steps 2a + the passes of 2b in one read per trace (:func:`~lrm_interp.attribution.atp.one_pass_trace_stats`),
+    resumable: ``(DoM sums, span-gradient sums)`` per trace, kept as ``partial/dom/`` (the very files of
+    :func:`dom_stage`) and ``partial/grad/`` (keyed by the trace alone: the gradients do not depend on
+    the steering vectors). A trace with both partials is reused; otherwise both are computed (one
+    pass gives both) and written. :func:`atp_stage` with ``gradients=`` then forms the dots."""
+    cfg = plan.config
+    store = plan.store
+    cd = store.counts.setdefault("dom", {"computed": 0, "reused": 0, "stale": 0})
+    cg = store.counts.setdefault("grad", {"computed": 0, "reused": 0, "stale": 0})
+    todo = list(encoded if encoded is not None else plan.encoded)
+    doms: list[dict[str, torch.Tensor]] = []
+    grads: list[dict[str, torch.Tensor]] = []
+    for e in tqdm(todo, desc=f"DoM + AtP gradients ({len(todo)} traces)", disable=not progress, unit="trace"):
+        key = plan.trace_keys[e.trace_id]
+        d, d_stale = store.get("dom", e.trace_id, key)
+        g, g_stale = store.get("grad", e.trace_id, key)
+        if d is None or g is None:
+            d, g = one_pass_trace_stats(
+                plan.model,
+                e,
+                plan.sites,
+                plan.behaviors,
+                negatives=cfg.negatives,
+                special_tokens=cfg.special_tokens,
+                off_by_one=cfg.off_by_one,
+                gradient_checkpointing=cfg.gradient_checkpointing,
+                progress=progress,
+            )
+            store.put("grad", e.trace_id, key, g)  # gradients first: a trace with its DoM partial is complete
+            store.put("dom", e.trace_id, key, d)
+            for c, stale in ((cd, d_stale), (cg, g_stale)):
+                c["computed"] += 1
+                c["stale"] += int(stale)
+        else:
+            cd["reused"] += 1
+            cg["reused"] += 1
+        doms.append(d)
+        grads.append(g)
+    if progress and store.root is not None and (cd["reused"] or cd["stale"]):
+        tqdm.write(f"dom + grad: reused {cd['reused']} of {len(todo)} traces from {store.root}")
+    return doms, grads
+
+
 def reduce_dom(plan: AttributionPlan, stats: Sequence[dict[str, torch.Tensor]]) -> DoMResult:
     """Step 3a: steering vectors from the per-trace sums of every trace."""
     return dom_aggregate(stats, plan.sites, plan.behaviors, weighting=plan.config.weighting)
@@ -523,15 +607,25 @@ def _vector_keyed(
 
 
 def atp_stage(
-    plan: AttributionPlan, dom: DoMResult, encoded: Sequence[EncodedTrace] | None = None, *, progress: bool = True
+    plan: AttributionPlan,
+    dom: DoMResult,
+    encoded: Sequence[EncodedTrace] | None = None,
+    *,
+    progress: bool = True,
+    gradients: Sequence[dict[str, torch.Tensor]] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Step 2b: per-trace AtP dot products (:func:`~lrm_interp.attribution.atp.atp_trace_stats`), resumable.
 
     Each partial's key includes the fingerprint of the steering vectors it used, so a change
-    anywhere in the data (which moves every vector) recomputes every trace.
+    anywhere in the data (which moves every vector) recomputes every trace. ``gradients``: the
+    span-gradient sums of :func:`one_pass_stage` for the same traces, in order: then no model pass
+    runs here, only their dot products with the vectors.
     """
     cfg = plan.config
     live, items = _vector_keyed(plan, dom, encoded)
+    by_id = {it[0]: g for it, g in zip(items, gradients)} if gradients is not None else {}
+    if gradients is not None and len(gradients) != len(items):
+        raise ValueError(f"{len(gradients)} gradient statistics for {len(items)} traces")
     return plan.store.run(
         "atp",
         items,
@@ -547,6 +641,7 @@ def atp_stage(
             compute_dtype=cfg.torch_compute_dtype,
             prefix_cache=cfg.prefix_cache,
             progress=progress,
+            **({"gradients": by_id[e.trace_id]} if gradients is not None else {}),
         ),
         progress=progress,
     )
@@ -761,11 +856,23 @@ def attribute(
     n = len(plan.encoded)
     mine = distributed.shard(n, rank, world)
     local = [plan.encoded[i] for i in mine]
-    dom = reduce_dom(plan, distributed.gather_ordered(dom_stage(plan, local, progress=progress), mine, n, world))
+    why_two = one_pass_reason(plan)
+    plan.extra["passes"] = {"passes": 1 if why_two is None else 2, "reason": why_two or _ONE_PASS}
     atp = None
-    if cfg.method in SPAN_LOSS_METHODS and live_behaviors(plan, dom):
-        stage = patching_stage if cfg.method == "patching" else atp_stage
-        atp = distributed.gather_ordered(stage(plan, dom, local, progress=progress), mine, n, world)
+    if why_two is None:  # one read per trace: DoM sums and span gradients, then dots (atp_stage)
+        dstats, grads = one_pass_stage(plan, local, progress=progress)
+        dom = reduce_dom(plan, distributed.gather_ordered(dstats, mine, n, world))
+        del dstats
+        if live_behaviors(plan, dom):
+            atp = distributed.gather_ordered(
+                atp_stage(plan, dom, local, progress=progress, gradients=grads), mine, n, world
+            )
+        del grads
+    else:
+        dom = reduce_dom(plan, distributed.gather_ordered(dom_stage(plan, local, progress=progress), mine, n, world))
+        if cfg.method in SPAN_LOSS_METHODS and live_behaviors(plan, dom):
+            stage = patching_stage if cfg.method == "patching" else atp_stage
+            atp = distributed.gather_ordered(stage(plan, dom, local, progress=progress), mine, n, world)
     plan.store.counts = distributed.sum_counts(plan.store.counts, world)
     if world > 1:
         plan.extra["distributed"] = {"world_size": world, "backend": _backend(), "rank": rank}
@@ -777,6 +884,10 @@ def attribute(
 
 
 _METHOD_WORDS = {"attribution": "attribution patching", "patching": "activation patching"}
+_ONE_PASS = (
+    "one read per trace: the prefix-cache forward over the whole trace also takes the DoM sums, "
+    "span-gradient sums are dotted with the steering vectors after the DoM reduction"
+)
 
 
 def _backend() -> str:
@@ -790,6 +901,8 @@ __all__ = [
     "AttributionPlan",
     "plan_attribution",
     "dom_stage",
+    "one_pass_stage",
+    "one_pass_reason",
     "reduce_dom",
     "atp_stage",
     "patching_stage",

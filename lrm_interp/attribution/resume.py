@@ -6,7 +6,10 @@ Layout of ``out_dir/partial/``::
                              site names, context limit and overlong policy
     dom/<trace>.safetensors  per-trace DoM sums   (metadata "key" = the trace's content fingerprint,
                              plus the fingerprint of its tokens when it was cut at the context)
-    atp/<trace>.safetensors  per-trace AtP dots   (metadata "key" = the DoM key + steering-vector fingerprint)
+    grad/<trace>.safetensors per-trace AtP span-gradient sums of the one-pass stage (key as dom/: they do
+                             not depend on the steering vectors; pipeline.one_pass_stage)
+    atp/<trace>.safetensors  per-trace AtP dots   (metadata "key" = the DoM key + steering-vector fingerprint;
+                             from grad/ and the vectors after a one-pass stage, no model pass)
     patching/<trace>.safetensors  per-trace real-patching span effects (method="patching"; keyed like atp/)
 
 Each partial also carries the SHA-256 of its payload (:func:`lrm_interp._io.write_safetensors`): a

@@ -63,6 +63,32 @@ class _ReadOnlyMixin:
         return (torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2))
 
 
+class _KeepFirstMixin:
+    """``update`` stores only the first ``keep`` positions (a copy) and returns the keys/values it was
+    given: one forward from an empty cache attends exactly as with a full cache, and the positions past
+    ``keep`` are never held across layers."""
+
+    keep: int
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        n = self.keep
+        super().update(  # type: ignore[misc]  # the DynamicCache's (this class is mixed into it)
+            key_states[:, :, :n].clone(), value_states[:, :, :n].clone(), layer_idx, *args, **kwargs
+        )
+        return key_states, value_states
+
+
+_KEEP_FIRST: list[Any] = []
+
+
+def _keep_first_cache(keep: int):
+    if not _KEEP_FIRST:
+        _KEEP_FIRST.append(type("KeepFirstCache", (_KeepFirstMixin, _dynamic_cache_cls()), {"__module__": __name__}))
+    c = _KEEP_FIRST[0]()
+    c.keep = keep
+    return c
+
+
 def _read_only_cls():
     global ReadOnlyPrefixCache
     if ReadOnlyPrefixCache is None:
@@ -85,15 +111,21 @@ def _decoder(model: torch.nn.Module) -> torch.nn.Module:
     return parts[0] if parts is not None else model
 
 
-def trace_cache(model: torch.nn.Module, ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def trace_cache(
+    model: torch.nn.Module, ids: torch.Tensor, *, keep: int | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Keys and values of every layer after one no-grad forward of ``ids [1, T]``.
 
     Returns one ``(keys, values)`` pair per layer, each ``[1, kv_heads, T, head_dim]``, detached.
-    Runs the decoder without its LM head (no logits), with no hooks of lrm_interp active.
+    Runs the decoder without its LM head (no logits); capture hooks active around it see an ordinary
+    forward (the one-pass stage takes its DoM sums there). ``keep < T``: the forward still runs over
+    all of ``ids`` but only the first ``keep`` positions are kept (``[..., keep, head_dim]``; the
+    windows never need more than the last span's end).
     """
     dec = _decoder(model)
+    kw = {cache_kwarg(dec): _keep_first_cache(keep)} if keep is not None and keep < ids.shape[1] else {}
     with torch.no_grad():
-        out = dec(input_ids=ids, use_cache=True)
+        out = dec(input_ids=ids, use_cache=True, **kw)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     if cache is None and isinstance(out, tuple) and len(out) > 1:
         cache = out[1]
@@ -181,15 +213,50 @@ class TraceCaches:
         return None if n is None else self.kv[n]
 
 
-def trace_caches(model: torch.nn.Module, ids: torch.Tensor, ends: Sequence[int]) -> TraceCaches:
+def same_rotations(switch: tuple[str, int] | None, n: int, length: int) -> bool:
+    """Whether the first ``n`` positions of a forward over ``length >= n`` positions get the rotations a
+    forward over exactly ``n`` positions gives them (so its cache, cut at ``n``, is that forward's).
+
+    Always without a :func:`rope_switch` (causal attention: position ``t`` sees only ``[0, t]``);
+    ``longrope`` (``m``): both within ``m`` or both past it; ``dynamic`` (``m``): both below ``m``, or the
+    same length."""
+    if switch is None or n == length:
+        return True
+    kind, m = switch
+    if kind == "longrope":
+        return (n <= m) == (length <= m)
+    return n < m and length < m
+
+
+def trace_caches(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    ends: Sequence[int],
+    *,
+    full: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> TraceCaches:
     """The caches (:func:`trace_cache`, no-grad forwards) that windows ending at ``ends`` need, from
     the trace ``ids [1, T]`` (``T >= max(ends)``), shortest first (:func:`prefix_length`): one of
     ``ids[:, :max(ends)]``; with a :func:`rope_switch`, one of the original range, plus for
-    ``longrope`` one of ``ids[:, :max(ends)]`` when a window ends past it."""
+    ``longrope`` one of ``ids[:, :max(ends)]`` when a window ends past it.
+
+    ``full``: the cache of a forward over the whole ``ids`` already run (the one-pass stage's forward,
+    whose hooks also took the DoM sums; it may hold only the first ``max(ends)`` positions:
+    :func:`trace_cache` ``keep=``): every needed cache it holds with the same rotations
+    (:func:`same_rotations`) is cut from it (views, no forward); only the others run a forward."""
     switch = rope_switch(model)
     total = max(ends)
     need = sorted({n for n in (prefix_length(switch, e, total) for e in ends) if n is not None})
-    return TraceCaches(switch, total, {n: trace_cache(model, ids[:, :n]) for n in need})
+    length = ids.shape[1]
+    if full is not None and any(k.shape[-2] < min(total, length) for k, _ in full):
+        raise ValueError(f"full= holds {full[0][0].shape[-2]} positions; the windows need {total}")
+    kv = {}
+    for n in need:
+        if full is not None and same_rotations(switch, n, length):
+            kv[n] = [(k[:, :, :n], v[:, :, :n]) for k, v in full]
+        else:
+            kv[n] = trace_cache(model, ids[:, :n])
+    return TraceCaches(switch, total, kv)
 
 
 def _sliding(cfg: Any) -> str | None:
@@ -309,6 +376,7 @@ __all__ = [
     "TraceCaches",
     "rope_switch",
     "prefix_length",
+    "same_rotations",
     "window_cache",
     "cache_support",
     "cache_survives_checkpointing",
