@@ -33,7 +33,8 @@ from lrm_interp.cli.common import (
     seed_int,
 )
 from lrm_interp.protect.policies import POLICIES
-from lrm_interp.protect.registry import SALIENCIES
+from lrm_interp.protect.registry import SALIENCIES, SPAN_GRADS_SOURCES
+from lrm_interp.protect.saliency import SPAN_GRADS
 
 MODULE_POLICIES = ("final_mlp", "modules_by_score")  # need no per-weight saliency (and no model)
 #: the grid of protect / quantize / bits / experiment protection unless told: asymmetric (min-max with a
@@ -56,6 +57,8 @@ PROTECT_DESCRIPTION = (
 )
 PROTECT_EXAMPLES = [
     f"{PROG} protect --scores runs/fp32 --model toy --data traces.jsonl --budget 0.02 --out masks.safetensors",
+    f"{PROG} protect --scores runs/fp32 --model smollm2-135m --data traces.jsonl --span-grads window "
+    "--budget 0.02 --out masks_window.safetensors",
     f"{PROG} protect --scores runs/fp32 --policy final_mlp --out final_mlp.safetensors",
     f"{PROG} protect --scores runs/fp32 --model toy --saliency magnitude --never 'layers\\.0\\.' --budget 0.03 "
     "--out magnitude.safetensors",
@@ -149,6 +152,11 @@ def cmd_protect(a: argparse.Namespace) -> int:
         if a.model is None:
             raise CliError(f"--policy {a.policy} scores single weights: it needs --model")
         require_model(a.model)
+        if a.span_grads != "exact" and a.saliency not in SPAN_GRADS_SOURCES:
+            raise CliError(
+                f"--span-grads {a.span_grads} applies to --saliency {', '.join(SPAN_GRADS_SOURCES)} "
+                f"(behaviour-span gradients), not to --saliency {a.saliency}"
+            )
         if "encoded" in src.needs and a.data is None:
             raise CliError(
                 f"--saliency {a.saliency} needs --data (annotated traces: a JSONL file or paper-layout directory)"
@@ -185,6 +193,7 @@ def cmd_protect(a: argparse.Namespace) -> int:
             symmetric=a.symmetric,
             seed=a.seed,
             module_importance=attr,
+            span_grads=a.span_grads,
             progress=not a.quiet,
         )
         # build_masks: `always` modules count against a global budget, so the total stays exact
@@ -197,6 +206,7 @@ def cmd_protect(a: argparse.Namespace) -> int:
         metadata={
             "policy": a.policy,
             "saliency": a.saliency if per_weight else None,
+            "span_grads": a.span_grads if per_weight and a.saliency in SPAN_GRADS_SOURCES else None,
             "budget": a.budget,
             "bits": a.bits,
             "group_size": group_size,
@@ -333,6 +343,17 @@ def register(sub) -> None:
         choices=list(SALIENCIES),
         default="attribution_ri",
         help="per-weight saliency of global_top / per_module_top (list below)",
+    )
+    p.add_argument(
+        "--span-grads",
+        choices=SPAN_GRADS,
+        default="exact",
+        help="behaviour-span gradients of --saliency "
+        + "/".join(SPAN_GRADS_SOURCES)
+        + ": exact (default; sum over spans of |dL(s)/dW|, one forward per trace and one backward per span), "
+        "trace (approximate: |sum of a trace's span gradients| per behaviour, one backward per trace and "
+        "behaviour), window (approximate: each span's window against the cached prefix, the prefix's "
+        "keys/values held constant); measured errors in docs/protection.md",
     )
     p.add_argument(
         "--model",

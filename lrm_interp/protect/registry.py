@@ -31,7 +31,15 @@ from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.tokens import EncodedTrace
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.gptq_aware import attribution_gptq, tacq
-from lrm_interp.protect.saliency import SaliencyStream, activation, attribution, hessian, magnitude, random_saliency
+from lrm_interp.protect.saliency import (
+    SaliencyStream,
+    activation,
+    attribution,
+    check_span_grads,
+    hessian,
+    magnitude,
+    random_saliency,
+)
 from lrm_interp.protect.scale_aware import scale_aware_saliency
 
 
@@ -42,7 +50,9 @@ class SaliencyInputs:
     ``encoded``/``behaviors``: encoded traces and the behaviours whose spans give gradients;
     ``calib``: calibration ids ``[b, s]`` or a tokenizer output dict; ``bits``/``group_size``/
     ``symmetric``: the target grid (``W − Q(W)``); ``seed``: for ``random``;
-    ``module_importance``: ``{site: score}`` or an Attribution; ``progress``: bars.
+    ``module_importance``: ``{site: score}`` or an Attribution; ``span_grads``: how the
+    behaviour-span gradients are computed (:data:`SPAN_GRADS_SOURCES` take it,
+    :func:`lrm_interp.protect.saliency.behaviour_weight_grads`); ``progress``: bars.
     """
 
     encoded: Sequence[EncodedTrace] | None = None
@@ -53,6 +63,7 @@ class SaliencyInputs:
     symmetric: bool = False
     seed: int = 0
     module_importance: Mapping[str, float] | Any | None = None
+    span_grads: str = "exact"
     progress: bool = True
 
 
@@ -79,6 +90,7 @@ def _attribution_source(importance: bool) -> Callable[[Any, Sequence[Site], Sali
             group_size=x.group_size,
             symmetric=x.symmetric,
             module_importance=x.module_importance if importance else None,
+            span_grads=x.span_grads,
             progress=x.progress,
         )
 
@@ -92,7 +104,7 @@ def _scale_aware_source(model: torch.nn.Module, sites: Sequence[Site], x: Salien
     def weigh(s: Site, W: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
         return scale_aware_saliency(W, G, x.bits, group_size=x.group_size, symmetric=x.symmetric)
 
-    return attribution(model, sites, x.encoded, x.behaviors, weigh=weigh, progress=x.progress)
+    return attribution(model, sites, x.encoded, x.behaviors, weigh=weigh, span_grads=x.span_grads, progress=x.progress)
 
 
 # the casts: the fields a source ``needs`` are not None (build_saliency refuses None before building)
@@ -160,6 +172,10 @@ SALIENCIES: dict[str, SaliencySource] = {
 }
 """Saliency sources by name, in the order a protection experiment lists them (module docs)."""
 
+#: the sources whose gradients come from :func:`~lrm_interp.protect.saliency.behaviour_weight_grads` and
+#: that take ``span_grads`` (``"exact"``, ``"trace"``, ``"window"``); the others ignore it
+SPAN_GRADS_SOURCES: tuple[str, ...] = ("attribution_ri", "attribution", "attribution_scale")
+
 
 def build_saliency(
     name: str,
@@ -174,10 +190,14 @@ def build_saliency(
     symmetric: bool = False,
     seed: int = 0,
     module_importance: Mapping[str, float] | Any | None = None,
+    span_grads: str = "exact",
     progress: bool = True,
 ) -> SaliencyStream:
     """The saliency stream ``(site, [out, in])`` of registered source ``name`` (:data:`SALIENCIES`).
 
+    ``span_grads``: ``"exact"`` (default), ``"trace"`` or ``"window"`` for the sources of
+    :data:`SPAN_GRADS_SOURCES` (:func:`lrm_interp.protect.saliency.behaviour_weight_grads`); another
+    source refuses anything but ``"exact"`` (a ``ValueError``: it would be silently ignored).
     Inputs a source does not use are ignored; a missing required input is a ``ValueError``
     naming it, an unknown ``name`` a ``KeyError`` listing the registered ones.
     """
@@ -186,6 +206,9 @@ def build_saliency(
     bits = check_bits(bits)
     group_size = check_group_size(group_size)
     check_int("seed", seed, min=0)
+    check_span_grads(span_grads)
+    if span_grads != "exact" and name not in SPAN_GRADS_SOURCES:
+        raise ValueError(f"saliency {name!r} takes no span_grads={span_grads!r} (only {list(SPAN_GRADS_SOURCES)} do)")
     src = SALIENCIES[name]
     x = SaliencyInputs(
         encoded=encoded,
@@ -196,6 +219,7 @@ def build_saliency(
         symmetric=symmetric,
         seed=seed,
         module_importance=module_importance,
+        span_grads=span_grads,
         progress=progress,
     )
     missing = [n for n in src.needs if getattr(x, n) is None]

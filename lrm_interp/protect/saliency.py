@@ -32,15 +32,34 @@ sums the signed gradients first (first-order change of the *total* loss). Memory
 float32 ``[out, in]`` accumulator per site in the current group plus the autograd graph;
 ``site_chunk=k`` processes ``k`` sites at a time (one extra forward/backward over the
 data per chunk) so a big model never holds all weight gradients at once.
+
+Behaviour-span gradients (:func:`behaviour_weight_grads`, ``span_grads``; docs/protection.md):
+
+- ``"exact"`` (default): ``G = Σ_s |∂L(s)/∂W|`` per span. With ``prefix_cache`` (default, when
+  the model allows it) one forward with gradients per trace, run in chunks that end at span ends
+  (a KV cache that carries gradients), then one backward per span, which reaches only the chunks
+  up to the span's end: the per-span forward over the prefix is shared, the result the same to
+  float32 rounding. ``prefix_cache=False``: one full-prefix forward+backward per span.
+  ``reduce="signed"``: ``Σ_s ∂L(s)/∂W = ∂(Σ_s L(s))/∂W`` exactly, one backward per trace.
+- ``"trace"`` (approximate): ``Σ_{trace, behaviour} |Σ_{s ∈ trace, behaviour} ∂L(s)/∂W|``, one
+  forward per trace and one backward per behaviour in it (``≤`` the exact ``G`` by the triangle
+  inequality; equal where the spans' gradients agree in sign, e.g. one span per behaviour and trace).
+- ``"window"`` (approximate): per span the gradient of its window forward against the cached,
+  constant keys/values of the prefix (:mod:`lrm_interp.model.prefix_cache`): the prefix positions'
+  contribution through keys and values is left out. Exact for weights that reach the loss only at
+  the window's own positions (every site of the last decoder layer except its key and value
+  projections, the LM head) and for a span whose window starts at position 0.
 """
 
 from __future__ import annotations
 
+import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lrm_interp.attribution.results import site_scores
@@ -48,7 +67,8 @@ from lrm_interp.compress.calibration import CalibData, calibration_batches
 from lrm_interp.compress.quant.rtn import rtn_quantize
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan
 from lrm_interp.model.capture import Capture, MaskedSum
-from lrm_interp.model.forward import input_device, span_losses
+from lrm_interp.model.forward import base_and_head, hidden_states, input_device, logits_path, span_losses
+from lrm_interp.model.prefix_cache import cache_support, rope_switch, trace_caches, window_cache
 from lrm_interp.model.provenance import check_same_weights, weights_fingerprint, weights_record
 from lrm_interp.model.sites import Site, get_module
 from lrm_interp.model.weights import weight_matrix
@@ -181,6 +201,30 @@ def weight_grads(
     restored. ``reduce``: ``"abs"`` (Σ|g|) or ``"signed"`` (Σg). ``progress``: a bar over
     the backward passes (one per batch).
     """
+    batches = list(batches)
+
+    def losses(m, batch) -> Iterator[torch.Tensor]:
+        loss = loss_fn(m, batch)
+        if loss is not None:
+            yield loss
+
+    return _accumulate(model, sites, losses, batches, len(batches), reduce=reduce, progress=progress, desc=desc)
+
+
+def _accumulate(
+    model,
+    sites: Sequence[Site],
+    losses_fn: Callable[[Any, Any], Iterable[torch.Tensor]],
+    items: Sequence[Any],
+    n_backward: int,
+    *,
+    reduce: str,
+    progress: bool,
+    desc: str,
+) -> dict[str, torch.Tensor]:
+    """Σ over ``items`` and over the losses ``losses_fn(model, item)`` yields of ``|∂loss/∂W|`` (or
+    signed) per site. The losses of one item may share one graph (it is kept until the item's last
+    loss); ``n_backward``: the number of losses in all, for the progress bar."""
     if reduce not in ("abs", "signed"):
         raise ValueError(f"reduce must be 'abs' or 'signed', got {reduce!r}")
     mods = [get_module(model, s.name) for s in sites]
@@ -193,18 +237,17 @@ def weight_grads(
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
-        total = len(batches) if isinstance(batches, Sized) else None
-        for batch in tqdm(batches, desc=desc, total=total, unit="pass", leave=False, disable=not progress):
-            loss = loss_fn(model, batch)
-            if loss is None:
-                continue
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for s, g, c in zip(sites, grads, conv):
-                if g is None:
-                    continue
-                g = g.detach().float().cpu()
-                g = g.T if c else g
-                acc[s.name] += g.abs() if reduce == "abs" else g
+        with tqdm(total=n_backward, desc=desc, unit="pass", leave=False, disable=not progress) as bar:
+            for item in items:
+                for loss in losses_fn(model, item):
+                    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+                    for s, g, c in zip(sites, grads, conv):
+                        if g is None:
+                            continue
+                        g = g.detach().float().cpu()
+                        g = g.T if c else g
+                        acc[s.name] += g.abs() if reduce == "abs" else g
+                    bar.update(1)
     finally:
         for p, f in flags:
             p.requires_grad_(f)
@@ -224,6 +267,161 @@ def span_loss(model, item: tuple[EncodedTrace, TokenSpan]) -> torch.Tensor:
     return span_losses(model, ids, [sp])[0]
 
 
+SPAN_GRADS: tuple[str, ...] = ("exact", "trace", "window")
+"""How :func:`behaviour_weight_grads` gets the span gradients (module docs; docs/protection.md)."""
+
+#: chunks of the shared exact forward: at least this many tokens, at most ``_MAX_CHUNKS`` per trace
+_MIN_CHUNK = 128
+_MAX_CHUNKS = 16
+
+
+def check_span_grads(span_grads: str) -> str:
+    """``span_grads`` if it is one of :data:`SPAN_GRADS`, else a ``ValueError`` naming them."""
+    if span_grads not in SPAN_GRADS:
+        raise ValueError(f"span_grads must be one of {SPAN_GRADS}, got {span_grads!r}")
+    return span_grads
+
+
+def gradient_route(
+    model, span_grads: str = "exact", reduce: str = "abs", *, prefix_cache: bool = True
+) -> tuple[str, str]:
+    """``(route, reason)``: how :func:`behaviour_weight_grads` computes span gradients on ``model``.
+
+    Routes: ``"one_backward"`` (exact, signed: one backward per trace), ``"shared_forward"`` (exact:
+    one chunked forward per trace, one backward per span), ``"full_prefix"`` (exact: a full-prefix
+    forward+backward per span — the reference, and what ``prefix_cache=False`` asks for with
+    either ``reduce``), ``"trace"`` and ``"window"`` (the approximations). ``reason`` says why the
+    exact route is ``"full_prefix"`` (``""`` otherwise).
+    """
+    check_span_grads(span_grads)
+    if span_grads == "trace":
+        return "trace", ""
+    if not prefix_cache:
+        if span_grads == "window":
+            raise ValueError("span_grads='window' needs the prefix cache (prefix_cache=True)")
+        return "full_prefix", "prefix_cache=False"
+    if reduce == "signed" and span_grads == "exact":
+        return "one_backward", ""
+    ok, reason = cache_support(model)
+    if ok and span_grads == "exact":
+        sw = rope_switch(model)
+        if sw is not None:
+            ok, reason = False, f"rotary frequencies switch with the forward's length ({sw[0]} past {sw[1]})"
+        elif logits_path(model) != "split":
+            ok, reason = False, "the model has no decoder/LM-head split"
+    if ok:
+        return ("shared_forward" if span_grads == "exact" else "window"), ""
+    return "full_prefix", reason
+
+
+def _trace_items(
+    encoded: Sequence[EncodedTrace], behaviors: Sequence[str]
+) -> list[tuple[EncodedTrace, list[TokenSpan]]]:
+    """Per trace its scorable spans of ``behaviors`` (traces without one left out); a ``ValueError``
+    when there is none at all."""
+    _span_items(encoded, behaviors)
+    out = []
+    for e in encoded:
+        spans = [sp for sp in e.spans if sp.behavior in behaviors and sp.scorable]
+        if spans:
+            out.append((e, spans))
+    return out
+
+
+def _chunk_ends(ends: Sequence[int]) -> list[int]:
+    """Ends of the chunks of a shared exact forward over ``[0, max(ends))``: span ends, each chunk at
+    least ``max(_MIN_CHUNK, total / _MAX_CHUNKS)`` tokens (the last may be shorter)."""
+    total = max(ends)
+    least = max(_MIN_CHUNK, -(-total // _MAX_CHUNKS))
+    cuts: list[int] = []
+    for e in sorted(set(ends)):
+        if e - (cuts[-1] if cuts else 0) >= least:
+            cuts.append(e)
+    if not cuts or cuts[-1] != total:
+        cuts.append(total)
+    return cuts
+
+
+def shared_forward_span_losses(model, ids: torch.Tensor, spans: Sequence[TokenSpan]) -> list[torch.Tensor]:
+    """Every span's loss (as :func:`~lrm_interp.model.forward.span_losses`) from one forward over
+    ``ids [1, ≥ max end]`` run in chunks ending at span ends (:func:`_chunk_ends`), each chunk
+    continuing a KV cache that keeps its autograd graph.
+
+    The losses share one graph; the backward of one span's loss reaches only the chunks up to the
+    one holding its end, so a backward per span costs about a backward over its own prefix. Needs a
+    model with a decoder/LM-head split and a plain KV cache (:func:`gradient_route`).
+    """
+    from transformers import DynamicCache
+
+    parts = base_and_head(model)
+    if parts is None:
+        raise TypeError(f"{type(model).__name__}: no decoder/LM-head split")
+    base, head = parts
+    ranges = [sp.targets for sp in spans]
+    pos = sorted({p - 1 for a, b in ranges for p in range(a, b)})
+    cache = DynamicCache()
+    rows: list[torch.Tensor] = []
+    c0 = 0
+    for c1 in _chunk_ends([sp.end for sp in spans]):
+        h = hidden_states(base, ids[:, c0:c1], cache)
+        take = [p - c0 for p in pos if c0 <= p < c1]
+        if take:
+            rows.append(h[0, torch.tensor(take, dtype=torch.long, device=h.device)])
+        c0 = c1
+    logits = head(torch.cat(rows))
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    index = {p: i for i, p in enumerate(pos)}
+    out = []
+    for a, b in ranges:
+        r = torch.tensor([index[p - 1] for p in range(a, b)], device=logits.device)
+        out.append(F.cross_entropy(logits[r], ids[0, a:b].to(logits.device)))
+    return out
+
+
+def _route_losses(
+    route: str, reduce: str
+) -> Callable[[Any, tuple[EncodedTrace, list[TokenSpan]]], Iterator[torch.Tensor]]:
+    """The losses one trace contributes under ``route`` (:func:`gradient_route`), one per backward."""
+
+    def losses(model, item: tuple[EncodedTrace, list[TokenSpan]]) -> Iterator[torch.Tensor]:
+        e, spans = item
+        dev = input_device(model)
+        end = max(sp.end for sp in spans)
+        ids = e.input_ids[None, :end].to(dev)
+        if route in ("one_backward", "trace"):
+            per_span = span_losses(model, ids, spans)  # one forward: causal, each = its loss given its prefix
+            if route == "one_backward" or reduce == "signed":
+                yield per_span.sum()
+            else:
+                for b in dict.fromkeys(sp.behavior for sp in spans):
+                    yield per_span[[k for k, sp in enumerate(spans) if sp.behavior == b]].sum()
+        elif route == "shared_forward":
+            yield from shared_forward_span_losses(model, ids, spans)
+        elif route == "window":
+            caches = trace_caches(model, ids, [sp.end for sp in spans])
+            for sp in spans:
+                kv = caches.for_end(sp.end)
+                if kv is None:  # a rotary regime no cache reproduces: the full prefix
+                    yield span_losses(model, ids[:, : sp.end], [sp])[0]
+                    continue
+                q0 = max(sp.start - 1, 0)
+                cache = window_cache(kv, q0) if q0 > 0 else None
+                yield span_losses(model, ids[:, q0 : sp.end], [sp], offset=q0, cache=cache)[0]
+        else:
+            for sp in spans:
+                yield span_loss(model, (e, sp))
+
+    return losses
+
+
+def _n_backward(route: str, reduce: str, items: Sequence[tuple[EncodedTrace, list[TokenSpan]]]) -> int:
+    if route == "one_backward" or (route == "trace" and reduce == "signed"):
+        return len(items)
+    if route == "trace":
+        return sum(len({sp.behavior for sp in spans}) for _, spans in items)
+    return sum(len(spans) for _, spans in items)
+
+
 def behaviour_weight_grads(
     model,
     encoded: Sequence[EncodedTrace],
@@ -231,21 +429,39 @@ def behaviour_weight_grads(
     behaviors: Sequence[str],
     *,
     reduce: str = "abs",
+    span_grads: str = "exact",
+    prefix_cache: bool = True,
     progress: bool = True,
+    desc: str = "span gradients",
 ) -> dict[str, torch.Tensor]:
     """Σ over behaviour spans of ``|∂L(s)/∂W|`` (or signed) per site ``[out, in]``.
 
-    One backward per span (:func:`span_loss`: mean CE of the span's tokens given the whole
-    prefix, positions from :func:`lrm_interp.data.tokens.target_positions`).
+    ``L(s)``: mean CE of the span's tokens given the whole prefix, positions from
+    :func:`lrm_interp.data.tokens.target_positions`. ``span_grads`` (module docs): ``"exact"``
+    (default; one chunked forward per trace and one backward per span with ``prefix_cache``,
+    else one full-prefix forward+backward per span; ``reduce="signed"``: one backward per trace,
+    also exact), ``"trace"`` (approximate: ``|Σ_s g_s|`` per trace and behaviour) or
+    ``"window"`` (approximate: each span's window gradient against the constant cached prefix).
+    A model whose cache cannot serve (:func:`gradient_route`) falls back to the full prefix per
+    span (exact) with a ``UserWarning`` naming the reason when ``"window"`` was asked for.
     """
-    return weight_grads(
+    route, reason = gradient_route(model, span_grads, reduce, prefix_cache=prefix_cache)
+    if span_grads == "window" and route == "full_prefix":
+        warnings.warn(
+            f"span_grads='window' is not available for {type(model).__name__} ({reason}): "
+            "exact full-prefix span gradients instead",
+            stacklevel=2,
+        )
+    items = _trace_items(encoded, behaviors)
+    return _accumulate(
         model,
         sites,
-        span_loss,
-        _span_items(encoded, behaviors),
+        _route_losses(route, reduce),
+        items,
+        _n_backward(route, reduce, items),
         reduce=reduce,
         progress=progress,
-        desc="span gradients",
+        desc=desc,
     )
 
 
@@ -270,6 +486,8 @@ def attribution(
     loss_fn: Callable[[Any, Any], torch.Tensor | None] | None = None,
     batches: Iterable[Any] | None = None,
     reduce: str = "abs",
+    span_grads: str = "exact",
+    prefix_cache: bool = True,
     site_chunk: int | None = None,
     quantizer: Callable[[Site, torch.Tensor], torch.Tensor] | None = None,
     weigh: Callable[[Site, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -289,22 +507,30 @@ def attribution(
     per-weight term which of its weights; an Attribution computed on other weights than
     ``model``'s is refused (:class:`~lrm_interp.model.provenance.WeightsMismatchError`, both
     fingerprints named). ``site_chunk``: sites per gradient pass (memory bound, see module
-    docs). ``progress``: a bar over the backward passes of each pass.
+    docs). ``span_grads``/``prefix_cache``: how the behaviour-span gradients are computed
+    (:func:`behaviour_weight_grads`: ``"exact"``, the default, or the approximations ``"trace"``
+    and ``"window"``). ``progress``: a bar over the backward passes of each pass.
     Yields ``(site, [out, in] float32)``.
     """
+    check_span_grads(span_grads)
+    if span_grads == "window" and not prefix_cache:
+        raise ValueError("span_grads='window' needs the prefix cache (prefix_cache=True)")
     fingerprint = check_same_weights(
         module_importance,
         model,
         what="the module importance (attribution scores)",
         hint="scores of one model rank another model's modules wrongly; attribute this model first",
     )
-    if loss_fn is None:
+    spans = loss_fn is None
+    if spans:
         if encoded is None or behaviors is None:
             raise ValueError("attribution needs (encoded, behaviors) or (loss_fn, batches)")
-        loss_fn, batches = span_loss, _span_items(encoded, behaviors)
+        encoded, behaviors = list(encoded), list(behaviors)
+        _span_items(encoded, behaviors)  # none at all: refused now, not when iterated
     elif batches is None:
         raise ValueError("loss_fn needs batches")
-    batches = list(batches)
+    else:
+        batches = list(batches)
     imp = None if module_importance is None else site_scores(module_importance)
     sites = list(sites)
     chunk = len(sites) if not site_chunk else int(site_chunk)
@@ -312,10 +538,31 @@ def attribution(
     def gen():
         for c0 in range(0, len(sites), chunk):
             part = sites[c0 : c0 + chunk]
-            desc = "span gradients" if loss_fn is span_loss else "gradients"
+            desc = "span gradients" if spans else "gradients"
             if chunk < len(sites):
                 desc += f", sites {c0 + 1}-{c0 + len(part)}"
-            G = weight_grads(model, part, loss_fn, batches, reduce=reduce, progress=progress, desc=desc)
+            if spans:
+                G = behaviour_weight_grads(
+                    model,
+                    cast(Sequence[EncodedTrace], encoded),
+                    part,
+                    cast(Sequence[str], behaviors),
+                    reduce=reduce,
+                    span_grads=span_grads,
+                    prefix_cache=prefix_cache,
+                    progress=progress,
+                    desc=desc,
+                )
+            else:
+                G = weight_grads(
+                    model,
+                    part,
+                    cast(Callable, loss_fn),
+                    cast(list, batches),
+                    reduce=reduce,
+                    progress=progress,
+                    desc=desc,
+                )
             for s in part:
                 W = _w(model, s)
                 if weigh is not None:
