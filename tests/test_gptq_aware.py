@@ -73,3 +73,43 @@ def test_tacq_and_attribution_gptq_equal_their_formulas(tokenizer):
         torch.testing.assert_close(got_b[s], Gb[s.name] * dW, rtol=1e-5, atol=1e-9)
         rtn_based = dict(sal.attribution(model, [s], enc, ["backtracking"], bits=2, group_size=16, progress=False))[s]
         assert not torch.allclose(rtn_based, got_b[s])  # GPTQ's error is not RTN's
+
+
+def test_scale_task_is_the_scale_aware_formula_on_response_gradients(tokenizer):
+    """The control row of ``attribution_scale``: the same per-weight formula, G from every response
+    token (one plain backward per trace) — and not the behaviour spans' G."""
+    from lrm_interp.protect.registry import build_saliency
+    from lrm_interp.protect.scale_aware import scale_aware_saliency
+
+    model, enc, _ = _setup(tokenizer)
+    sites = find_sites(model)[:3]
+    got = dict(build_saliency("scale_task", model, sites, encoded=enc, bits=3, group_size=16, progress=False))
+    spans = dict(
+        build_saliency(
+            "attribution_scale",
+            model,
+            sites,
+            encoded=enc,
+            behaviors=["backtracking"],
+            bits=3,
+            group_size=16,
+            progress=False,
+        )
+    )
+    G = {s.name: torch.zeros(s.out_features, s.in_features) for s in sites}
+    for e in enc:
+        model.zero_grad()
+        r = e.response_start
+        for p in model.parameters():
+            p.requires_grad_(True)
+        F.cross_entropy(model(input_ids=e.input_ids[None]).logits[0][r - 1 : -1], e.input_ids[r:]).backward()
+        for s in sites:
+            G[s.name] += get_module(model, s.name).weight.grad.abs()
+    for p in model.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    for s in sites:
+        W = get_module(model, s.name).weight.data
+        ref = scale_aware_saliency(W, G[s.name], 3, group_size=16, symmetric=False)
+        torch.testing.assert_close(got[s], ref, rtol=1e-4, atol=1e-9)
+        assert not torch.allclose(spans[s], got[s])  # behaviour spans give another G

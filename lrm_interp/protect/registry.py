@@ -8,6 +8,7 @@ name                   per weight (larger = keep in FP16)                       
 ``attribution_ri``     ``attribution`` × module RI                                 ``saliency.py``
 ``attribution``        ``|G_spans| · |W − RTN(W)|``                                ``saliency.py``
 ``attribution_scale``  ``attribution`` with the group grid re-fit counted           ``scale_aware.py``
+``scale_task``         ``attribution_scale`` with response-token gradients (control)  ``scale_aware.py``
 ``attribution_gptq``   ``|G_spans| · |W − GPTQ(W)|``                               ``gptq_aware.py``
 ``tacq``               ``|G_response| · |W − GPTQ(W)| · |W|`` (TaCQ as published)  ``gptq_aware.py``
 ``magnitude``          ``|W|``                                                     ``saliency.py``
@@ -30,7 +31,7 @@ from lrm_interp.compress.calibration import CalibData
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.tokens import EncodedTrace
 from lrm_interp.model.sites import Site
-from lrm_interp.protect.gptq_aware import attribution_gptq, tacq
+from lrm_interp.protect.gptq_aware import attribution_gptq, response_loss, tacq
 from lrm_interp.protect.saliency import (
     SaliencyStream,
     activation,
@@ -107,6 +108,20 @@ def _scale_aware_source(model: torch.nn.Module, sites: Sequence[Site], x: Salien
     return attribution(model, sites, x.encoded, x.behaviors, weigh=weigh, span_grads=x.span_grads, progress=x.progress)
 
 
+def _scale_aware_task_source(model: torch.nn.Module, sites: Sequence[Site], x: SaliencyInputs) -> SaliencyStream:
+    """The builder of ``scale_task``: the control of ``attribution_scale`` — the same scale-aware
+    per-weight formula with ``G`` from every response token's loss (TaCQ's task gradients,
+    :func:`~lrm_interp.protect.gptq_aware.response_loss`) instead of the behaviour spans'. A protection
+    table with both rows separates what the behaviour conditioning buys from what the grid re-fit
+    buys."""
+
+    def weigh(s: Site, W: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+        return scale_aware_saliency(W, G, x.bits, group_size=x.group_size, symmetric=x.symmetric)
+
+    enc = list(cast(Sequence[EncodedTrace], x.encoded))
+    return attribution(model, sites, loss_fn=response_loss, batches=enc, weigh=weigh, progress=x.progress)
+
+
 # the casts: the fields a source ``needs`` are not None (build_saliency refuses None before building)
 SALIENCIES: dict[str, SaliencySource] = {
     "attribution_ri": SaliencySource(
@@ -119,6 +134,9 @@ SALIENCIES: dict[str, SaliencySource] = {
     ),
     "attribution_scale": SaliencySource(
         "attribution, scale-aware (behaviour spans, group re-fit)", ("encoded", "behaviors"), _scale_aware_source
+    ),
+    "scale_task": SaliencySource(
+        "scale-aware, response gradients (group re-fit; control)", ("encoded",), _scale_aware_task_source
     ),
     "attribution_gptq": SaliencySource(
         "attribution × GPTQ error (behaviour spans)",
