@@ -201,6 +201,7 @@ def test_comparison_sources_are_the_single_saliencies(setup, tokenizer):
         "attribution (behaviour-span TaCQ × module RI)",
         "attribution (behaviour-span TaCQ)",
         "attribution, scale-aware (behaviour spans, group re-fit)",
+        "scale-aware, response gradients (group re-fit; control)",
         "attribution × GPTQ error (behaviour spans)",
         "TaCQ (response gradients × GPTQ error × |W|)",
         "magnitude",
@@ -246,6 +247,7 @@ def test_registry_builds_every_source_like_its_function(setup, tokenizer):
         "attribution_ri",
         "attribution",
         "attribution_scale",
+        "scale_task",
         "attribution_gptq",
         "tacq",
         "magnitude",
@@ -279,6 +281,16 @@ def test_registry_builds_every_source_like_its_function(setup, tokenizer):
     G = sal.behaviour_weight_grads(model, enc, sites, beh)
     ref["attribution_scale"] = [
         (s_, scale_aware_saliency(get_module(model, s_.name).weight.data, G[s_.name], 2, group_size=16, symmetric=True))
+        for s_ in sites
+    ]
+    from lrm_interp.protect.gptq_aware import response_loss
+
+    GT = sal.weight_grads(model, sites, response_loss, list(enc), progress=False)
+    ref["scale_task"] = [
+        (
+            s_,
+            scale_aware_saliency(get_module(model, s_.name).weight.data, GT[s_.name], 2, group_size=16, symmetric=True),
+        )
         for s_ in sites
     ]
     assert set(ref) == set(reg.SALIENCIES)

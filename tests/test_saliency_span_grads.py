@@ -65,7 +65,8 @@ def test_exact_routes_equal_the_per_span_reference(arch, enc):
     ref = _per_span(model, enc, sites, BEHAVIORS)
     assert next(iter(ref.values())).shape[0] >= 4
     flags = [p.requires_grad for p in model.parameters()]
-    assert sal.gradient_route(model) == ("shared_forward", "")
+    assert sal.gradient_route(model) == ("full_prefix", sal._FULL_BY_DEFAULT)  # measured faster on CPU
+    assert sal.gradient_route(model, prefix_cache=True) == ("shared_forward", "")
     assert sal.gradient_route(model, reduce="signed") == ("one_backward", "")
     assert sal.gradient_route(model, prefix_cache=False) == ("full_prefix", "prefix_cache=False")
     # abs: the shared chunked forward and the full prefix per span both give Σ_s |g_s|
@@ -98,7 +99,7 @@ def test_shared_forward_chunks_end_at_span_ends(enc, monkeypatch):
     sites = find_sites(model)
     ref = {k: v.abs().sum(0) for k, v in _per_span(model, enc, sites, BEHAVIORS).items()}
     monkeypatch.setattr(sal, "_chunk_ends", lambda ends: [*range(7, max(ends), 7), max(ends)])
-    _close(sal.behaviour_weight_grads(model, enc, sites, BEHAVIORS, progress=False), ref)
+    _close(sal.behaviour_weight_grads(model, enc, sites, BEHAVIORS, prefix_cache=True, progress=False), ref)
 
 
 def test_trace_is_the_abs_of_per_trace_behaviour_sums(enc):
@@ -187,7 +188,7 @@ def test_window_falls_back_to_exact_with_a_warning(enc, monkeypatch):
     sites = find_sites(model)[-3:]
     monkeypatch.setattr(sal, "cache_support", lambda m: (False, "probe failed"))
     assert sal.gradient_route(model, "window") == ("full_prefix", "probe failed")
-    assert sal.gradient_route(model) == ("full_prefix", "probe failed")
+    assert sal.gradient_route(model, prefix_cache=True) == ("full_prefix", "probe failed")
     with pytest.warns(UserWarning, match="probe failed"):
         G = sal.behaviour_weight_grads(model, enc, sites, BEHAVIORS, span_grads="window", progress=False)
     _close(G, sal.behaviour_weight_grads(model, enc, sites, BEHAVIORS, prefix_cache=False, progress=False))
@@ -254,7 +255,7 @@ def test_cli_span_grads_reaches_the_api(tmp_path, monkeypatch, capsys):
         str(tmp_path / "m.safetensors"),
     ]
     assert main(argv) == 0
-    assert seen and all(s == ("trace", True) for s in seen)
+    assert seen and all(s == ("trace", None) for s in seen)
     _, meta = load_masks(tmp_path / "m.safetensors")
     assert meta["span_grads"] == "trace"
     # a saliency without span gradients refuses a non-default --span-grads, naming both

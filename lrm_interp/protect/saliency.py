@@ -35,7 +35,8 @@ data per chunk) so a big model never holds all weight gradients at once.
 
 Behaviour-span gradients (:func:`behaviour_weight_grads`, ``span_grads``; docs/protection.md):
 
-- ``"exact"`` (default): ``G = Σ_s |∂L(s)/∂W|`` per span. With ``prefix_cache`` (default, when
+- ``"exact"`` (default): ``G = Σ_s |∂L(s)/∂W|`` per span. By default one full-prefix
+  forward+backward per span (measured fastest on CPU). With ``prefix_cache=True`` (when
   the model allows it) one forward with gradients per trace, run in chunks that end at span ends
   (a KV cache that carries gradients), then one backward per span, which reaches only the chunks
   up to the span's end: the per-span forward over the prefix is shared, the result the same to
@@ -283,7 +284,7 @@ def check_span_grads(span_grads: str) -> str:
 
 
 def gradient_route(
-    model, span_grads: str = "exact", reduce: str = "abs", *, prefix_cache: bool = True
+    model, span_grads: str = "exact", reduce: str = "abs", *, prefix_cache: bool | None = None
 ) -> tuple[str, str]:
     """``(route, reason)``: how :func:`behaviour_weight_grads` computes span gradients on ``model``.
 
@@ -291,11 +292,18 @@ def gradient_route(
     one chunked forward per trace, one backward per span), ``"full_prefix"`` (exact: a full-prefix
     forward+backward per span — the reference, and what ``prefix_cache=False`` asks for with
     either ``reduce``), ``"trace"`` and ``"window"`` (the approximations). ``reason`` says why the
-    exact route is ``"full_prefix"`` (``""`` otherwise).
+    exact route is ``"full_prefix"`` (``""`` otherwise). ``prefix_cache=None`` (default): the
+    cache for ``"window"`` and the signed one-backward route; ``"full_prefix"`` for exact ``|·|``
+    sums, measured faster than ``"shared_forward"`` on CPU (80 s vs 139 s, 36 FOLIO spans on
+    SmolLM2-135M, ``benchmarks/saliency_speed.py``; ``prefix_cache=True`` selects the shared forward).
     """
     check_span_grads(span_grads)
     if span_grads == "trace":
         return "trace", ""
+    if prefix_cache is None:
+        if span_grads == "exact" and reduce == "abs":
+            return "full_prefix", _FULL_BY_DEFAULT
+        prefix_cache = True
     if not prefix_cache:
         if span_grads == "window":
             raise ValueError("span_grads='window' needs the prefix cache (prefix_cache=True)")
@@ -312,6 +320,12 @@ def gradient_route(
     if ok:
         return ("shared_forward" if span_grads == "exact" else "window"), ""
     return "full_prefix", reason
+
+
+_FULL_BY_DEFAULT = (
+    "default for exact |·| sums: one full-prefix pass per span measured faster than the shared forward "
+    "on CPU (benchmarks/saliency_speed.py); prefix_cache=True selects the shared forward"
+)
 
 
 def _trace_items(
@@ -430,7 +444,7 @@ def behaviour_weight_grads(
     *,
     reduce: str = "abs",
     span_grads: str = "exact",
-    prefix_cache: bool = True,
+    prefix_cache: bool | None = None,
     progress: bool = True,
     desc: str = "span gradients",
 ) -> dict[str, torch.Tensor]:
@@ -438,9 +452,10 @@ def behaviour_weight_grads(
 
     ``L(s)``: mean CE of the span's tokens given the whole prefix, positions from
     :func:`lrm_interp.data.tokens.target_positions`. ``span_grads`` (module docs): ``"exact"``
-    (default; one chunked forward per trace and one backward per span with ``prefix_cache``,
-    else one full-prefix forward+backward per span; ``reduce="signed"``: one backward per trace,
-    also exact), ``"trace"`` (approximate: ``|Σ_s g_s|`` per trace and behaviour) or
+    (default; one full-prefix forward+backward per span, or with ``prefix_cache=True`` one chunked
+    forward per trace and one backward per span — same result, measured slower on CPU;
+    ``reduce="signed"``: one backward per trace, also exact), ``"trace"`` (approximate:
+    ``|Σ_s g_s|`` per trace and behaviour) or
     ``"window"`` (approximate: each span's window gradient against the constant cached prefix).
     A model whose cache cannot serve (:func:`gradient_route`) falls back to the full prefix per
     span (exact) with a ``UserWarning`` naming the reason when ``"window"`` was asked for.
@@ -487,7 +502,7 @@ def attribution(
     batches: Iterable[Any] | None = None,
     reduce: str = "abs",
     span_grads: str = "exact",
-    prefix_cache: bool = True,
+    prefix_cache: bool | None = None,
     site_chunk: int | None = None,
     quantizer: Callable[[Site, torch.Tensor], torch.Tensor] | None = None,
     weigh: Callable[[Site, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -513,7 +528,7 @@ def attribution(
     Yields ``(site, [out, in] float32)``.
     """
     check_span_grads(span_grads)
-    if span_grads == "window" and not prefix_cache:
+    if span_grads == "window" and prefix_cache is False:
         raise ValueError("span_grads='window' needs the prefix cache (prefix_cache=True)")
     fingerprint = check_same_weights(
         module_importance,
