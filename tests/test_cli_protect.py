@@ -271,7 +271,14 @@ def test_quantize_never_writes_onto_its_source_or_an_existing_result(tmp_path, c
     assert main(["quantize", "--model", str(src), "--bits", "2", "--quiet", "--out", str(q)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert json.loads((q / "lrm_interp_quantization.json").read_text()) == first
+    # a file the earlier result does not record (a user's): refused, never deleted with it (H5-Q6)
     (q / "stale.txt").write_text("from the old result")
+    assert main(["quantize", "--model", str(src), "--bits", "2", "--quiet", "--overwrite", "--out", str(q)]) == 2
+    assert "stale.txt" in capsys.readouterr().err and (q / "stale.txt").exists()
+    # a file the earlier result wrote (it records it) and this one does not: replaced whole, not merged
+    rec = json.loads((q / "lrm_interp_quantization.json").read_text())
+    rec["files"].append("stale.txt")
+    (q / "lrm_interp_quantization.json").write_text(json.dumps(rec))
     assert main(["quantize", "--model", str(src), "--bits", "2", "--quiet", "--overwrite", "--out", str(q)]) == 0
     assert json.loads((q / "lrm_interp_quantization.json").read_text())["bits"] == 2
     assert not (q / "stale.txt").exists()  # replaced whole, not merged

@@ -190,6 +190,10 @@ class Attribution:
     method: str
     vectors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
     provenance: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: ``{trace file key: content fingerprint}`` of the traces scored (prompt, response, spans), read
+    #: by :meth:`load` from the run's ``partial/dom`` keys (:func:`trace_content_keys`); ``None`` when
+    #: unknown. :func:`comparability` refuses two results whose common traces differ in content.
+    trace_keys: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "behaviors", tuple(self.behaviors))
@@ -450,6 +454,7 @@ class Attribution:
                 method=meta["method"],
                 vectors=vectors,
                 provenance=meta.get("provenance", {}),
+                trace_keys=trace_content_keys(d),
             )
         except ValueError as e:  # e.g. non-finite scores: name the file
             raise ValueError(f"{tpath}: {e}") from e
@@ -579,6 +584,33 @@ COMPARED_SETTINGS = (
 NUMERIC_SETTINGS = ("mode", "compute_dtype")
 
 
+def trace_content_keys(directory: str | Path) -> dict[str, str] | None:
+    """``{file key: content fingerprint}`` of the traces an ``attribute`` run in ``directory`` scored,
+    from the keys of its per-trace partials (``partial/dom/<trace>.safetensors``, metadata ``key``:
+    :meth:`~lrm_interp.data.traces.ReasoningTrace.fingerprint` of the prompt, response and spans,
+    plus a ``:cut...`` suffix when the trace was cut at the context, left out here). Only the
+    safetensors headers are read. ``None`` when the folder holds no readable partials."""
+    import struct
+
+    dom = Path(directory) / "partial" / "dom"
+    if not dom.is_dir():
+        return None
+    keys: dict[str, str] = {}
+    for f in sorted(dom.glob("*.safetensors")):
+        try:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                if n > 100_000_000:
+                    continue
+                head = json.loads(fh.read(n))
+            key = (head.get("__metadata__") or {}).get("key")
+        except (OSError, ValueError, struct.error, AttributeError):
+            continue
+        if isinstance(key, str) and key:
+            keys[f.stem] = key.split(":", 1)[0]
+    return keys or None
+
+
 def comparability(original: Attribution, compressed: Attribution) -> tuple[list[str], list[str]]:
     """``(problems, notes)`` of comparing two :class:`~lrm_interp.attribution.results.Attribution`
     results, each one short clause naming the difference. ``problems`` make an importance shift
@@ -615,6 +647,27 @@ def comparability(original: Attribution, compressed: Attribution) -> tuple[list[
         if differ(a, b):
             problems.append(f"different traces: {what} {a} vs {b}")
             break
+    else:  # same counts: the same content? (the partial keys fingerprint each trace's text and spans)
+        ko, kc = original.trace_keys, compressed.trace_keys
+        if ko and kc:
+            common = sorted(set(ko) & set(kc))
+            edited = [k for k in common if ko[k] != kc[k]]
+            if edited:
+                problems.append(
+                    f"different traces: {len(edited)} of {len(common)} traces share an id but differ in content "
+                    f"(prompt, response or spans; first: partial {edited[0]})"
+                )
+    fo, fc = mo.get("config_fingerprint"), mc.get("config_fingerprint")
+    if differ(fo, fc):
+        sizes = (
+            f", {mo['n_params']} vs {mc['n_params']} parameters"
+            if mo.get("n_params") is not None and mc.get("n_params") is not None
+            else ""
+        )
+        problems.append(
+            f"different model configs (config_fingerprint {fo} vs {fc}{sizes}): not a compressed copy of the "
+            "same model (compression changes the weights, never the config)"
+        )
     only_o = [b for b in original.behaviors if b not in compressed.behaviors]
     only_c = [b for b in compressed.behaviors if b not in original.behaviors]
     if only_o or only_c:
@@ -627,7 +680,20 @@ def comparability(original: Attribution, compressed: Attribution) -> tuple[list[
         notes.append(f"different dataset names {do!r} vs {dc!r}")
     wo, wc = mo.get("weights_fingerprint"), mc.get("weights_fingerprint")
     if wo is not None and wo == wc:
-        notes.append("both results come from the same weights: the shift is zero by construction")
+        if problems:  # other traces or settings on the same weights: the shift is theirs, not zero
+            notes.append(
+                "both results come from the same weights: the shift measures only the differences above "
+                "(traces or settings), not a compression"
+            )
+        elif any(n.startswith("computed another way") for n in notes):
+            notes.append("both results come from the same weights: the shift is only the numeric difference above")
+        elif original.trace_keys and original.trace_keys == compressed.trace_keys:
+            notes.append("both results come from the same weights and traces: the shift is zero by construction")
+        else:
+            notes.append(
+                "both results come from the same weights: the shift is zero by construction when the traces "
+                "are the same (their content could not be checked: a result without its partial/ folder)"
+            )
     return problems, notes
 
 

@@ -84,13 +84,17 @@ def cmd_annotate(a: argparse.Namespace) -> int:
 
     if not a.data or not a.out:
         raise CliError("--data OUTPUTS and --out FILE are required (or use 'annotate agree' / 'annotate train')")
+    # the report path a run without failures writes: --report, or its default OUT.report.json, checked
+    # the same way (the default used to replace a user's file there, or the input itself, H5-P10 / P9)
+    report_flag = "--report" if a.report else "--report (default OUT.report.json)"
+    report_path = a.report or str(Path(a.out).with_name(Path(a.out).name + ".report.json"))
     # no two of --data / --out / --report / --cache may name the same path (nor an output lie inside --data)
     check_paths(
-        {"--out": a.out, "--report": a.report, "--cache": a.cache},
+        {"--out": a.out, report_flag: report_path, "--cache": a.cache},
         {"--data": a.data, "--annotator": a.annotator, "--prompt-file": a.prompt_file},
     )
     # an existing --out / --report is replaced only with --overwrite (--cache is meant to be reused)
-    check_paths({"--out": a.out, "--report": a.report}, overwrite=a.overwrite, files=True)
+    check_paths({"--out": a.out, report_flag: report_path}, overwrite=a.overwrite, files=True)
     src = require_path(a.data, "--data")
     annotator = _build(a)
     with reading(src, "--data"):
@@ -126,10 +130,8 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     out = Path(a.out) if not run.failures else Path(a.out).with_name(Path(a.out).name + ".partial.jsonl")
     # --out itself: never one that appeared while this ran, unless --overwrite; OUT.partial.jsonl: a rerun's
     run.dataset.save_jsonl(out, replace=bool(a.overwrite or run.failures))
-    report = a.report or str(
-        out.with_name(out.name[: -len(".jsonl")] + ".report.json")
-        if run.failures
-        else Path(a.out).with_name(Path(a.out).name + ".report.json")
+    report = a.report or (
+        str(out.with_name(out.name[: -len(".jsonl")] + ".report.json")) if run.failures else report_path
     )
     # nor --report (an earlier result's, or one a rerun of the same command would then refuse)
     if run.failures and a.report:

@@ -130,7 +130,7 @@ def cmd_protect(a: argparse.Namespace) -> int:
     """``lrm-interp protect``: masks from ``--scores`` (and a saliency on ``--model``) → ``--out``."""
     from lrm_interp.compress.quant import check_bits
     from lrm_interp.protect.encoding import bits_per_weight, save_masks
-    from lrm_interp.protect.policies import build_masks
+    from lrm_interp.protect.policies import build_masks, check_always_never
 
     # everything that can be checked without loading anything, first; --out never replaces an input
     check_paths(
@@ -164,8 +164,25 @@ def cmd_protect(a: argparse.Namespace) -> int:
     data = None if a.data is None else require_path(a.data, "--data")
     attr = load_attribution(a.scores, "--scores")
     sites = list(attr.sites)
+    # --never matching every site with --budget > 0 is refused, --always sites above the budget are
+    # named, both before any saliency is computed (H5-R8 / R9)
+    try:
+        over = check_always_never(sites, a.budget, a.always, a.never, policy=a.policy)
+    except ValueError as e:
+        raise CliError(
+            str(e)
+            .replace("never regex", "--never")
+            .replace("budget ", "--budget ", 1)
+            .replace("budget=0", "--budget 0")
+        ) from None
+    if over is not None:
+        print(
+            f"{PROG} protect: warning: "
+            + over.replace("always regex", "--always", 1).replace("the budget", "--budget", 1),
+            file=sys.stderr,
+        )
     if not per_weight:
-        masks = build_masks(sites, a.policy, a.budget, scores=attr, always=a.always, never=a.never)
+        masks = build_masks(sites, a.policy, a.budget, scores=attr, always=a.always, never=a.never, warn_budget=False)
     else:
         from lrm_interp.compress.calibration import calibration_ids
         from lrm_interp.data.loading import load_dataset
@@ -197,7 +214,9 @@ def cmd_protect(a: argparse.Namespace) -> int:
             progress=not a.quiet,
         )
         # build_masks: `always` modules count against a global budget, so the total stays exact
-        masks = build_masks(sites, a.policy, a.budget, saliency=stream, always=a.always, never=a.never)
+        masks = build_masks(
+            sites, a.policy, a.budget, saliency=stream, always=a.always, never=a.never, warn_budget=False
+        )
     bpw = bits_per_weight(masks, sites, bits=a.bits, group_size=group_size, symmetric=a.symmetric)
     save_masks(
         masks,
@@ -244,6 +263,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     # --out is replaced whole: it may neither be nor contain nor lie inside another input (--overwrite or not)
     check_paths({"--out": a.out}, {"--masks": a.masks, "--calib": a.calib}, replaced_whole=True)
+    _refuse_foreign_files(out)
     masks_path = None if a.masks is None else require_path(a.masks, "--masks", kind="file")
     calib_path = None if a.calib is None else require_path(a.calib, "--calib")
     if calib_path is not None and a.method != "gptq":
@@ -291,6 +311,61 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     return 0
 
 
+#: names a quantize result holds (save_pretrained's checkpoint and tokenizer files, the records):
+#: an earlier result that records no file list ("files") is checked against these
+_QUANTIZE_NAMES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "lrm_interp_provenance.json",
+    "lrm_interp_quantization.json",
+)
+
+
+def _refuse_foreign_files(out: Path) -> None:
+    """``quantize --overwrite`` replaces ``--out`` whole (one atomic swap of folders): refused, before
+    any work, when the earlier result there holds files quantize did not write (a user's notes, a
+    subfolder), naming them; they used to be deleted with it (H5-Q6)."""
+    import fnmatch
+
+    if not out.is_dir():
+        return
+    rec = out / "lrm_interp_quantization.json"
+    wrote: list[str] | None = None
+    try:
+        files = json.loads(rec.read_text(encoding="utf-8")).get("files") if rec.is_file() else None
+        if isinstance(files, list) and all(isinstance(f, str) for f in files):
+            wrote = files
+    except (OSError, ValueError, AttributeError):
+        wrote = None
+    foreign = []
+    for e in sorted(out.iterdir(), key=lambda p: p.name):
+        if e.is_dir() and not e.is_symlink():
+            foreign.append(e.name + "/")
+        elif wrote is not None and e.name not in wrote:
+            foreign.append(e.name)
+        elif wrote is None and not any(fnmatch.fnmatchcase(e.name, pat) for pat in _QUANTIZE_NAMES):
+            foreign.append(e.name)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+        raise CliError(
+            f"--out {out} holds files quantize did not write ({shown}): --overwrite replaces the folder whole "
+            "and would delete them; move them out, or choose another folder"
+        )
+
+
 def _write_quantized(model, tok, rep, masks, a: argparse.Namespace, group_size: int | None, out: Path) -> None:
     """Checkpoint, tokenizer, provenance record and ``lrm_interp_quantization.json`` into ``out``."""
     from lrm_interp._io import atomic_write_text
@@ -309,6 +384,8 @@ def _write_quantized(model, tok, rep, masks, a: argparse.Namespace, group_size: 
         # the grid the masks were computed for (None: no masks, or masks that record none)
         "masks_grid": getattr(a, "masks_grid", None),
         "source_model": str(a.model),
+        # every file of this result (a later --overwrite replaces only a folder holding these)
+        "files": sorted({p.name for p in out.iterdir()} | {"lrm_interp_quantization.json"}),
     }
     info.pop("sites", None)
     atomic_write_text(out / "lrm_interp_quantization.json", json.dumps(info, indent=2))

@@ -12,7 +12,9 @@ Span offsets are character offsets into ``response`` (``start`` inclusive, ``end
 exclusive); ``trace.text == prompt + response`` and ``trace.abs_span(s)`` gives offsets
 into it. Unknown keys are kept in ``metadata``; nothing is dropped silently, and a key that is
 a near miss of a field ("Spans", "span", "Prompt") is refused with "did you mean" (it would
-silently become metadata). Nothing is coerced either: offsets must be JSON integers, labels
+silently become metadata), even beside the field itself (``"spans": []`` with ``"Spans": [...]``);
+a span object holds ``behavior`` / ``start`` / ``end`` only, any other key ("Start", "behaviour",
+"label") is refused, near misses with "did you mean". Nothing is coerced either: offsets must be JSON integers, labels
 strings; a label that is a near miss of one of :data:`BEHAVIORS` ("backtraking") is refused with
 "did you mean", other labels are kept as custom behaviours and named in one
 :class:`CustomBehaviorWarning`; a span given twice (same label and range: it would count twice)
@@ -114,6 +116,10 @@ def check_behavior_label(label: object, where: str = "") -> str:
 
 #: The fields of a trace record; any other key of a JSONL record is kept in ``metadata``.
 TRACE_KEYS: tuple[str, ...] = ("id", "prompt", "response", "spans", "metadata")
+
+
+#: The fields of a span object; any other key in a span is refused (it would be dropped).
+SPAN_KEYS: tuple[str, ...] = ("behavior", "start", "end")
 
 
 def _near_key(key: str) -> str | None:
@@ -268,18 +274,23 @@ class ReasoningTrace:
         near miss of a known behaviour, :func:`check_behavior_label`) and JSON-integer ``start`` /
         ``end`` (``1.5``, ``true``, ``"3"`` refused; the same span twice refused), ``metadata`` an
         object; any other key goes to ``metadata`` unless it is a near miss of a field (``"Spans"``:
-        "did you mean"). Errors are :class:`TraceFormatError` starting with ``where``
+        "did you mean", also beside ``"spans"``); a span with any other key is refused. Errors are
+        :class:`TraceFormatError` starting with ``where``
         (``file:line``) and naming the field."""
         loc = f"{where}: " if where else ""
         for key in TRACE_KEYS:  # "Spans", "span", "Prompt" would otherwise become metadata: refused
-            if key not in d:
-                near = [k for k in d if isinstance(k, str) and _near_key(k) == key]
-                if near:
-                    raise TraceFormatError(
-                        f"{loc}key {near[0]!r} is not a trace field; did you mean {key!r}? (fields: "
-                        f"{', '.join(TRACE_KEYS)}; other keys are kept as metadata and must not be a near "
-                        "miss of a field)"
-                    )
+            near = [k for k in d if isinstance(k, str) and k != key and _near_key(k) == key]
+            if near:
+                beside = (
+                    f" (beside {key!r}: two keys for one field, and {near[0]!r} would silently become metadata)"
+                    if key in d
+                    else ""
+                )
+                raise TraceFormatError(
+                    f"{loc}key {near[0]!r} is not a trace field; did you mean {key!r}?{beside} (fields: "
+                    f"{', '.join(TRACE_KEYS)}; other keys are kept as metadata and must not be a near "
+                    "miss of a field)"
+                )
         for key in ("id", "response"):
             if key not in d:
                 raise TraceFormatError(f"{loc}missing required key {key!r}")
@@ -303,7 +314,18 @@ class ReasoningTrace:
         for k, s in enumerate(raw_spans):
             if not isinstance(s, dict):
                 raise TraceFormatError(f"{loc}span #{k} must be an object with behavior/start/end, got {s!r}")
-            missing = [f for f in ("behavior", "start", "end") if f not in s]
+            unknown = [f for f in s if f not in SPAN_KEYS]
+            if unknown:  # "Start", "behaviour", "label" beside the fields: never dropped silently
+                import difflib
+
+                f = unknown[0]
+                close = difflib.get_close_matches(str(f).strip().lower(), SPAN_KEYS, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise TraceFormatError(
+                    f"{loc}span #{k} has the key {f!r}, which is not a span field{hint} (fields: "
+                    f"{', '.join(SPAN_KEYS)}; a span holds nothing else, so it would be dropped silently): {s!r}"
+                )
+            missing = [f for f in SPAN_KEYS if f not in s]
             if missing:
                 raise TraceFormatError(f"{loc}span #{k} is malformed (missing field {missing[0]!r}): {s!r}")
             label = check_behavior_label(s["behavior"], f"{loc}span #{k}")

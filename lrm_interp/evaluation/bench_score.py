@@ -423,6 +423,16 @@ def score_outputs(
                     )
             missing[(info.name, t.name)] = miss
             ignored += _ignored_files(run, t.name, folder, {it.index for it in its}, n_s)
+    if not samples:
+        # nothing to grade (tasks never generated, or no output the run recorded): an all-empty table
+        # would replace an earlier good one (bench score refreshes <outputs>/scores), H5-H8
+        expected = sum(len(its) for its in items.values()) * sum(_sample_count(Path(i.path), i) for i in runs)
+        why = f" ({len(unrecorded)} without a record in generations.jsonl)" if unrecorded else ""
+        raise ValueError(
+            f"{outputs}: nothing to grade for {', '.join(get_task(t).name for t in items)}: 0 of {expected} "
+            f"outputs exist{why} in {len(runs)} run(s) ({', '.join(i.name for i in runs[:5])}"
+            f"{', ...' if len(runs) > 5 else ''}); check --tasks against the tasks the run generated"
+        )
     return BenchScores(
         tuple(samples),
         tuple(runs),

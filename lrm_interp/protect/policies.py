@@ -20,7 +20,9 @@ A budget above 0 that protects no weight at all is refused (``ValueError`` namin
 and the weight count): ``round(budget · N) = 0`` (e.g. ``5e-7`` of a few million weights), no
 whole row / column / module fitting in it, or (``per_module_top``) ``round(budget · n_m) = 0``
 in every module. A module getting 0 while others get some is normal. ``budget=0`` is the
-no-protection baseline and stays allowed.
+no-protection baseline and stays allowed. So is a ``never`` regex matching every site with a budget
+above 0; ``always`` sites holding more weights than the budget are protected whole, with a
+:class:`BudgetExceededWarning` naming their share (:func:`check_always_never`).
 
 :func:`build_masks` is the one entry point by name (:data:`POLICIES`); it returns a
 :class:`~lrm_interp.protect.masks.MaskSet` recording the model the masks were computed for (the
@@ -267,6 +269,45 @@ def _split(sites: Sequence[Site], always: str | None, never: str | None) -> tupl
     return forced, free, banned
 
 
+class BudgetExceededWarning(UserWarning):
+    """The ``always`` sites alone protect more of the weights than the budget (they are protected
+    whole and count against it, so the mask protects their share, not the budget)."""
+
+
+def check_always_never(
+    sites: Sequence[Site],
+    budget: float,
+    always: str | None = None,
+    never: str | None = None,
+    *,
+    policy: str | None = None,
+) -> str | None:
+    """What the ``always`` / ``never`` regexes leave of a ``budget``, before any saliency is computed.
+
+    ``ValueError`` when ``budget`` > 0 and ``never`` excludes every site (the mask would protect no
+    weight: a budget above 0 that protects nothing is refused, module docs; a regex matching no site
+    is refused by :func:`_split`). Returns a warning text when the ``always`` sites alone hold more
+    weights than ``round(budget · N)`` (they are protected whole, so the mask protects their share,
+    naming it), else ``None`` (always for ``policy="final_mlp"``, which takes no budget)."""
+    budget = _check_budget(budget)
+    sites = list(sites)
+    forced, free, banned = _split(sites, always, never)
+    n_total = sum(s.n_weights for s in sites)
+    if budget > 0 and sites and not forced and not free:
+        raise ValueError(
+            f"never regex {never!r} matches all {len(sites)} sites: budget {budget:g} of {n_total} weights "
+            "protects 0 weights; use budget=0 for no protection, or a never regex that leaves some sites"
+        )
+    n_forced = sum(s.n_weights for s in forced)
+    if n_total and n_forced > round(budget * n_total) and policy != "final_mlp":
+        return (
+            f"always regex {always!r} protects {len(forced)} site(s) whole: {n_forced} of {n_total} weights "
+            f"({100 * n_forced / n_total:.2f}%), above the budget {budget:g} ({100 * budget:.2f}%); the mask "
+            f"protects at least {100 * n_forced / n_total:.2f}% of the weights"
+        )
+    return None
+
+
 def modules_by_score(
     sites: Sequence[Site],
     scores: Any,
@@ -352,6 +393,7 @@ def build_masks(
     never: str | None = None,
     granularity: str = "elements",
     behavior: str | None = None,
+    warn_budget: bool = True,
 ) -> MaskSet:
     """One entry point for every policy (see the module docs).
 
@@ -369,6 +411,11 @@ def build_masks(
     budget = _check_budget(budget)
     sites = list(sites)
     forced, _, banned = _split(sites, always, never)
+    over = check_always_never(sites, budget, always, never, policy=policy)  # never: every site, refused
+    if over is not None and warn_budget:  # warn_budget=False: the caller said it already (the CLI)
+        import warnings
+
+        warnings.warn(over, BudgetExceededWarning, stacklevel=2)
     if policy == "final_mlp":
         return MaskSet(
             apply_regexes(final_mlp(sites), sites, always=always, never=never), model=_model_of(saliency, scores)
