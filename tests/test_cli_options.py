@@ -149,30 +149,12 @@ def test_allow_list_names_real_flags():
         assert vals and set(vals) <= set(VALUES), (key, vals)
 
 
-def _import_every_module() -> None:
-    """Import all of ``lrm_interp`` before a test patches ``load_model``: a module first imported
-    while the patch is in place (a subcommand's lazy import) would bind the patched function with
-    ``from ... import load_model`` and keep it for every later test in the process."""
-    import importlib
-    import pkgutil
-
-    import lrm_interp
-
-    for m in pkgutil.walk_packages(lrm_interp.__path__, "lrm_interp."):
-        if m.name.endswith("__main__"):
-            continue
-        try:
-            importlib.import_module(m.name)
-        except ImportError:  # an optional dependency (vLLM, ...) missing here
-            pass
-
-
 @pytest.mark.parametrize("cmd,flag,value", list(_cases()))
 def test_numeric_option_refused_up_front(cmd, flag, value, tmp_path, monkeypatch, capsys, traces_file):
     import lrm_interp.model.loading as loading
     import lrm_interp.model.smollm2 as smollm2
 
-    _import_every_module()
+    # every lrm_interp module is imported before any patch (tests/conftest.py::_every_module_imported)
 
     mod = sys.modules["lrm_interp.cli.main"]
     monkeypatch.setattr(mod, "build_parser", lambda: PARSER)  # one parser for the whole walk (fast)
