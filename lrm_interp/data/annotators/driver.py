@@ -37,7 +37,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from lrm_interp._io import atomic_write_text, iter_jsonl
+from lrm_interp._io import atomic_write_text, iter_jsonl, lone_surrogate
 from lrm_interp.data.annotators.base import (
     Annotator,
     SentenceLabeller,
@@ -128,34 +128,9 @@ def load_outputs(
     return ReasoningDataset(traces, name=p.stem)
 
 
-def unencodable_text(value: Any, key: str = "") -> str | None:
-    """Why ``value`` (a decoded JSON record, or any string / list / dict in it) cannot be written
-    back as UTF-8, or ``None``. JSON's ``\\uXXXX`` escapes can spell lone surrogates
-    (``"\\ud800"``): the line is valid UTF-8 and valid JSON, but the string is not valid Unicode
-    and every UTF-8 writer (the output JSONL, the report, the cache) would fail on it."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as e:
-            where = f"{key!r} " if key else ""
-            return (
-                f"{where}holds a lone surrogate {value[e.start]!r} at character {e.start} (a JSON \\u escape "
-                "that is not valid Unicode; it cannot be written as UTF-8)"
-            )
-        return None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            path = f"{key}.{k}" if key else str(k)
-            bad = unencodable_text(k)
-            bad = f"a key {bad}" if bad else unencodable_text(v, path)
-            if bad:
-                return bad
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            bad = unencodable_text(v, f"{key}[{i}]")
-            if bad:
-                return bad
-    return None
+#: why a decoded JSON value cannot be written back as UTF-8 (a lone surrogate escape), or ``None``:
+#: :func:`lrm_interp._io.lone_surrogate` (kept under this name for the driver's callers)
+unencodable_text = lone_surrogate
 
 
 @dataclass
