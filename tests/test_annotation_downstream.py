@@ -16,6 +16,7 @@ from lrm_interp.experiments.annotation_downstream import (
     NOISE_FLOOR,
     AnnotationDownstream,
     annotation_downstream,
+    spearman_brown,
     split_halves,
     top_overlap,
 )
@@ -102,6 +103,8 @@ def test_naive_spearman_and_overlap_on_the_saved_score_tables(tmp_path):
                 continue
             assert row.spearman == pytest.approx(_naive_spearman(a[beh], b[beh]), abs=1e-5)
             assert row.overlap == len(_naive_top(a[beh], 5) & _naive_top(b[beh], 5))
+            if source == NOISE_FLOOR:  # the full-size estimate of the floor is printed beside it
+                assert f"ρ ≈ {2 * row.spearman / (1 + row.spearman):.2f}" in row.note
             compared += 1
     assert compared >= 4
     # the spans used are saved next to the scores; the keyword rules are not the reference
@@ -155,6 +158,18 @@ def test_another_run_is_refused_before_the_model_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(dsmod, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
     with pytest.raises(ValueError, match="holds another downstream run.*top_k"):
         _run(tmp_path, ["keyword"], top_k=3)
+
+
+def test_spearman_brown_projects_half_size_agreement_to_full_size():
+    # two halves agreeing at ρ give two full sets at 2ρ / (1 + ρ); k-fold length in general
+    assert spearman_brown(0.5) == pytest.approx(2 / 3)
+    assert spearman_brown(0.44) == pytest.approx(0.88 / 1.44)
+    assert spearman_brown(0.0) == 0.0 and spearman_brown(1.0) == pytest.approx(1.0)
+    assert spearman_brown(0.3, factor=4) == pytest.approx(1.2 / 1.9)
+    assert spearman_brown(-0.2) == pytest.approx(-0.4 / 0.8)
+    for bad in (1.5, -1.1, float("nan")):
+        with pytest.raises(ValueError, match="rho"):
+            spearman_brown(bad)
 
 
 def test_split_halves_is_seeded_stratified_and_disjoint():

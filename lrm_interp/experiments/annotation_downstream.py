@@ -41,7 +41,7 @@ import math
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -870,6 +870,20 @@ def _attribute_variant(
     }
 
 
+def spearman_brown(rho: float, factor: float = 2.0) -> float:
+    """Reliability of a measurement ``factor`` times as long, from the reliability ``rho`` of one.
+
+    The noise floor correlates scores computed on two *halves* of the reference's traces; the
+    annotators are compared on *all* of them. Spearman–Brown, ``factor·ρ / (1 + (factor − 1)·ρ)``,
+    estimates what two independent full-size label sets would agree at (an approximation: the
+    site scores are absolute values of sums over spans, not plain sums). ``rho`` in [-1, 1].
+    """
+    if not -1.0 <= rho <= 1.0 or factor <= 0:
+        raise ValueError(f"spearman_brown needs rho in [-1, 1] and factor > 0, got rho={rho}, factor={factor}")
+    den = 1.0 + (factor - 1.0) * rho
+    return factor * rho / den if den > 0 else -1.0
+
+
 def _noise_floor(
     results: dict[str, Attribution], behaviors: Sequence[str], seeds: Sequence[int], k: int
 ) -> list[DownstreamRow]:
@@ -886,7 +900,12 @@ def _noise_floor(
         else:
             per[x] = [_compare(name(x), beh, a, b, k, None, sides=("half A", "half B")) for beh in behaviors]
     if len(seeds) == 1:
-        return per[seeds[0]]
+        return [
+            replace(r, note=f"full-size estimate (Spearman–Brown) ρ ≈ {spearman_brown(r.spearman):.2f}")
+            if r.spearman is not None
+            else r
+            for r in per[seeds[0]]
+        ]
     rows = []
     for i, beh in enumerate(behaviors):
         got = [per[x][i] for x in seeds if per[x][i].spearman is not None]
@@ -895,7 +914,12 @@ def _noise_floor(
         ovs = [float(r.overlap) for r in got if r.overlap is not None]
         ov = round(sum(ovs) / len(ovs), 3) if ovs else None
         lo, hi = (min(rhos), max(rhos)) if rhos else (0.0, 0.0)
-        spread = f"mean of {len(got)} splits; ρ {lo:.2f}..{hi:.2f}" if got else "no split has spans of it on both sides"
+        spread = (
+            f"mean of {len(got)} splits; ρ {lo:.2f}..{hi:.2f}; full-size estimate (Spearman–Brown) "
+            f"ρ ≈ {spearman_brown(rho):.2f}"
+            if got and rho is not None
+            else "no split has spans of it on both sides"
+        )
         rows.append(
             DownstreamRow(
                 NOISE_FLOOR,
@@ -956,6 +980,7 @@ __all__ = [
     "CV_ANNOTATOR",
     "FORMAT",
     "split_halves",
+    "spearman_brown",
     "top_overlap",
     "clip_to_reference",
     "RESULT_FILE",
