@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import overload
@@ -155,6 +158,45 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = 
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+    _remove_stale_temps(path)
+
+
+#: a temporary file of :func:`atomic_write_bytes` (``tempfile.mkstemp``): ``.<name>.<8 characters>.tmp``
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+#: a temporary file untouched this long is a leftover of a killed writer (``kill -9``, a crash):
+#: a live writer writes it and renames it within one ``write`` call
+STALE_TEMP_SECONDS = 3600.0
+#: per folder, the temporary files found there by the first write of this process, by target name
+_TEMPS_FOUND: dict[Path, dict[str, list[str]]] = {}
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove the leftover temporary files of ``path`` (a killed writer's ``.<name>.x1y2z3w4.tmp``
+    beside it, untouched for :data:`STALE_TEMP_SECONDS`): they stayed forever (H5-A2). The folder is
+    listed once per process (a folder of many partial files is not listed at every write); only
+    temporary files of the file just written are removed, never a fresh one (a concurrent writer's)."""
+    folder = path.parent
+    found = _TEMPS_FOUND.get(folder)
+    if found is None:
+        found = {}
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    m = _TEMP_NAME.match(entry.name)
+                    if m:
+                        found.setdefault(m["target"], []).append(entry.name)
+        except OSError:
+            pass
+        _TEMPS_FOUND[folder] = found
+    now = time.time()
+    for name in found.pop(path.name, ()):
+        q = folder / name
+        try:
+            st = os.lstat(q)
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime > STALE_TEMP_SECONDS:
+                os.unlink(q)
+        except OSError:  # gone meanwhile, or not ours to remove
+            pass
 
 
 def _publish_new(tmp: str | os.PathLike, path: Path) -> None:
@@ -171,6 +213,50 @@ def _publish_new(tmp: str | os.PathLike, path: Path) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> None:
     """UTF-8 text version of :func:`atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
+
+
+#: environment variable naming lrm_interp's cache folder (converted models, venvs)
+CACHE_ENV = "LRM_INTERP_CACHE"
+
+
+def cache_root() -> Path:
+    """Root of lrm_interp's cache: ``$LRM_INTERP_CACHE``, else ``~/.cache/lrm_interp``.
+
+    A variable set but empty (or blank: ``export LRM_INTERP_CACHE=$UNSET``) counts as unset: as a
+    path it would be ``.``, and a model would be written into the current folder (H6-V4). One that
+    names a regular file (or a path under one) raises ``ValueError`` naming the variable (nothing
+    can be cached there; it used to end in a bare "File exists", H6-V1)."""
+    raw = os.environ.get(CACHE_ENV, "")
+    if not raw.strip():
+        return Path.home() / ".cache" / "lrm_interp"
+    root = Path(raw).expanduser()
+    if (root.exists() or root.is_symlink()) and not root.is_dir():
+        raise ValueError(f"${CACHE_ENV} {raw}: a file, not a folder; point it at a folder (or unset it)")
+    blocked = file_on_the_way(root)
+    if blocked is not None:
+        raise ValueError(
+            f"${CACHE_ENV} {raw}: {blocked} is a file, not a folder, so nothing can be cached under it; "
+            "point it at a folder (or unset it)"
+        )
+    return root
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def strip_bom(raw: bytes) -> bytes:
+    """``raw`` without a leading UTF-8 byte-order mark: an editor's BOM is no character of the text.
+    The one place both text readers drop it: :func:`iter_jsonl` (JSONL) and :func:`read_text_file`
+    (a paper layout's ``.txt`` files, which kept it as U+FEFF, H6-U12)."""
+    return raw[len(UTF8_BOM) :] if raw.startswith(UTF8_BOM) else raw
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """A UTF-8 text file's text as ``Path.read_text(encoding="utf-8")`` gives it (``\\r\\n`` and
+    ``\\r`` read as ``\\n``; invalid UTF-8 raises ``UnicodeDecodeError``), without a leading
+    byte-order mark (:func:`strip_bom`)."""
+    text = strip_bom(Path(path).read_bytes()).decode("utf-8")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 #: the record file ``lrm-interp quantize`` writes into its --out folder: a folder holding it (an
@@ -240,6 +326,24 @@ def check_out_dir(
             "only those; choose another folder"
         )
     return out
+
+
+def check_writable(out: str | os.PathLike, flag: str = "--out") -> None:
+    """``OSError`` naming ``flag`` and the folder when nothing can be created at ``out``: its nearest
+    existing folder (``out`` itself, or the ancestor its missing parents would be made in) is
+    probed by making and removing an empty folder there (permissions, a read-only mount and an
+    immutable folder alike; ``os.access`` misses the last two). For writers that run long before
+    they write (``toy train``: the model is saved after the training, H6-P13)."""
+    path = Path(out)
+    probe_in = path if path.is_dir() else next((p for p in path.parents if p.is_dir()), Path("."))
+    try:
+        tmp = tempfile.mkdtemp(prefix=".lrm_interp-write-probe.", dir=probe_in)
+    except OSError as e:
+        why = e.strerror or str(e)
+        raise OSError(
+            f"{flag} {out}: cannot write in {probe_in} ({why}); choose a folder this user can write"
+        ) from None
+    os.rmdir(tmp)
 
 
 def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike, *, replace: bool | None = None) -> Path:
@@ -533,8 +637,8 @@ def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError):
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
-                raw = raw[3:]
+            if lineno == 1:  # a UTF-8 byte-order mark (as read_text_file drops it)
+                raw = strip_bom(raw)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:

@@ -95,6 +95,8 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     )
     # an existing --out / --report is replaced only with --overwrite (--cache is meant to be reused)
     check_paths({"--out": a.out, report_flag: report_path}, overwrite=a.overwrite, files=True)
+    # --cache is a folder: a regular file there failed at the first trace with a bare "File exists" (H6-P11)
+    check_paths({"--cache": a.cache}, dirs=True)
     src = require_path(a.data, "--data")
     annotator = _build(a)
     with reading(src, "--data"):
@@ -198,6 +200,7 @@ def cmd_agree(a: argparse.Namespace) -> int:
             "attributions the annotators' spans lead to"
         )
     gold = _load_annotated(a.gold, "--gold")
+    _require_gold_spans(gold, a.gold)
     pred = _load_annotated(a.pred, "--pred")
     ids, gold_ids = {t.id for t in pred}, {t.id for t in gold}
     missing = [t.id for t in gold if t.id not in ids]
@@ -239,6 +242,19 @@ def cmd_agree(a: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _require_gold_spans(gold, path: str) -> None:
+    """:class:`CliError` when the reference annotation holds no span at all (a paper layout without
+    ``annotated/``, read as outputs only): every score against it would be 0, with exit 0 (H6-N6)."""
+    from lrm_interp.cli.common import CliError
+
+    if not any(t.spans for t in gold):
+        raise CliError(
+            f"--gold {path} has no annotation (0 spans in {len(gold)} trace{'s' * (len(gold) != 1)}): nothing "
+            "to score against; give annotated traces (a paper layout with annotated/<dataset>/<j>.txt, or "
+            "JSONL with spans)"
+        )
 
 
 def _downstream_sources(a: argparse.Namespace) -> list[str]:
@@ -324,6 +340,7 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
     )
 
     ref = _load_annotated(a.gold, "--gold")
+    _require_gold_spans(ref, a.gold)
     ref = ReasoningDataset(list(ref), name=str(a.gold), report=getattr(ref, "report", None))
     sources: dict = {n: n for n in names}
     if pred_path is not None:
@@ -397,6 +414,17 @@ def cmd_train(a: argparse.Namespace) -> int:
     gold = _load_annotated(a.data, "--data")
     if not any(t.spans for t in gold):
         raise CliError(f"--data {a.data}: no trace has behaviour spans to learn from")
+    bare = [t.id for t in gold if not t.spans]
+    if bare:  # the fit and the cross-validation leave them out: said, never silently (H6-N9)
+        import sys
+
+        from lrm_interp.cli.common import PROG
+
+        print(
+            f"{PROG} annotate train: note: {len(bare)} of {len(gold)} traces have no spans: left out "
+            f"(not annotated, nothing to learn from; first: {bare[0]!r})",
+            file=sys.stderr,
+        )
     fit_kw = {"l2": a.l2, "steps": a.steps, "class_balance": a.class_balance}
     info_cv = None
     if a.folds:
@@ -418,11 +446,15 @@ def cmd_train(a: argparse.Namespace) -> int:
             )
         )
     model = LinearAnnotator.fit(gold, **fit_kw)
+    if bare:
+        model.info["left_out_without_spans"] = len(bare)
     if info_cv is not None:
         model.info["cross_validation"] = {"folds": a.folds, **info_cv}
     model.save(a.out)
     print(
-        f"wrote {a.out} (fitted on {model.info['traces']} traces, {model.info['sentences']} sentences); use it with "
+        f"wrote {a.out} (fitted on {model.info['traces']} traces, {model.info['sentences']} sentences"
+        + (f"; {len(bare)} traces without spans left out" if bare else "")
+        + "); use it with "
         f"'lrm-interp annotate --annotator {a.out} --data OUTPUTS --out traces.jsonl'"
     )
     return 0

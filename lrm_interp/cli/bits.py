@@ -67,6 +67,11 @@ def cmd_bits(a: argparse.Namespace) -> int:
         raise CliError(f"--scores is used by --sensitivity attribution only (got --sensitivity {a.sensitivity})")
     if a.calib is not None and a.sensitivity != "hessian":
         raise CliError(f"--calib is used by --sensitivity hessian only (got --sensitivity {a.sensitivity})")
+    if a.behavior is not None and a.sensitivity != "attribution":  # was ignored silently (H6-B9)
+        raise CliError(
+            f"--behavior is used by --sensitivity attribution only (a behaviour's RI from --scores; got "
+            f"--sensitivity {a.sensitivity})"
+        )
     bad = [b for b in a.choices if b not in BIT_CHOICES]
     if bad:
         raise CliError(f"--choices: bit widths must be 2..8 or 16, got {bad}")

@@ -4,7 +4,9 @@ Parsers
     Build each subcommand with :func:`add_command` (``description`` + an epilog that begins
     with ``example:`` and shows real command lines, raw-formatted) and give every flag a
     ``help=``; :class:`HelpFormatter` appends ``(default: X)`` itself, so help texts do not
-    repeat defaults. :class:`Parser` reports a usage error as one line.
+    repeat defaults. :class:`Parser` reports a usage error as one line, and refuses an option
+    that takes one value given twice with two values (:class:`SingleValue`; list options
+    accumulate instead, :class:`Accumulate`).
 
 Inputs
     Check every input path before anything heavy runs (:func:`require_path`,
@@ -90,10 +92,104 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """``ArgumentParser`` whose usage errors are one line naming the option and where to get help."""
+    """``ArgumentParser`` whose usage errors are one line naming the option and where to get help,
+    and where a single-value option given twice with two values is refused (:class:`SingleValue`):
+    plain argparse keeps the last one silently (``--out A --out B`` wrote only ``B``, ``--data a
+    --data b`` read only ``b``). Subparsers made by ``add_subparsers`` are ``Parser`` s too."""
 
     def error(self, message: str) -> typing.NoReturn:  # argparse API
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see '{self.prog} --help')\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # argparse API
+        for action in self._actions:  # every option of this parser, its argument groups' included
+            single_value(action)
+        ns, rest = super().parse_known_args(args, namespace)
+        self._last_raw = None
+        if _GIVEN in vars(ns):  # the bookkeeping never reaches the command (nor a parent parser)
+            delattr(ns, _GIVEN)
+        return ns, rest
+
+    def _get_values(self, action, arg_strings):  # argparse API: one occurrence's strings -> its value
+        self._last_raw = (action, list(arg_strings))  # shown as typed by a refused repeat (SingleValue)
+        return super()._get_values(action, arg_strings)
+
+
+#: namespace attribute holding, while one parser parses, ``{dest: (option as given, value)}``
+_GIVEN = "_lrm_interp_given_once"
+
+#: options meant to be given several times (their values accumulate or count)
+_REPEATABLE: tuple[type[argparse.Action], ...] = (
+    argparse._AppendAction,
+    argparse._AppendConstAction,
+    argparse._CountAction,
+    argparse._HelpAction,
+    argparse._VersionAction,
+    argparse._SubParsersAction,
+)
+
+
+class SingleValue:
+    """Mixed into every single-value option of a :class:`Parser` (:func:`single_value`): the second
+    occurrence of an option (or of another option storing to the same destination, such as a
+    deprecated alias, ``--in`` for ``--data``) with another value is a usage error naming both; the
+    same value twice is harmless and accepted. Options whose values accumulate (``action="append"``,
+    :class:`Accumulate`, ``nargs="+"`` / ``"*"``) and counters are left alone."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = vars(namespace).setdefault(_GIVEN, {})
+        action: Any = self  # a mixin of an argparse.Action
+        dest = action.dest
+        # the value this occurrence stores, found before the action runs (a refused deprecated alias
+        # prints no note: the refusal is one line)
+        if isinstance(self, argparse.BooleanOptionalAction):
+            new = not (option_string or "").startswith("--no-")
+        else:
+            new = action.const if action.nargs == 0 else values
+        shown = option_string or dest
+        if action.nargs != 0:  # an option taking a value: show it as typed
+            raw = getattr(parser, "_last_raw", None)
+            if raw is not None and raw[0] is self and raw[1]:
+                shown += " " + " ".join(raw[1])
+            else:
+                shown += " " + (" ".join(map(str, values)) if isinstance(values, list) else str(values))
+        if dest in given:
+            first, old = given[dest]
+            try:
+                same = bool(old == new)
+            except Exception:  # noqa: BLE001 - values without a plain == (compared by identity then)
+                same = old is new
+            if not same:
+                raise argparse.ArgumentError(
+                    action,
+                    f"given twice ({first}, then {shown}): a single-value option takes one value (the last "
+                    "one would win silently); give it once",
+                )
+        else:
+            given[dest] = (shown, new)
+        super().__call__(parser, namespace, values, option_string)
+
+
+_SINGLE_VALUE_CLASSES: dict[type, type] = {}
+
+
+def single_value(action: argparse.Action) -> bool:
+    """Make ``action`` a :class:`SingleValue` option when it is one (an option, not a positional,
+    that stores one value or a fixed number of them: ``store``, ``store_const``/``true``/``false``,
+    ``nargs=None|"?"|N``, custom actions like a deprecated alias); ``False`` for options meant to
+    repeat. Idempotent; the parser calls it for each of its options before parsing."""
+    if isinstance(action, SingleValue):
+        return True
+    if (
+        not action.option_strings
+        or isinstance(action, (*_REPEATABLE, Accumulate))
+        or action.nargs in (argparse.ZERO_OR_MORE, argparse.ONE_OR_MORE, argparse.REMAINDER, argparse.PARSER)
+    ):
+        return False
+    cls = type(action)
+    if cls not in _SINGLE_VALUE_CLASSES:
+        _SINGLE_VALUE_CLASSES[cls] = type(f"SingleValue{cls.__name__}", (SingleValue, cls), {})
+    action.__class__ = _SINGLE_VALUE_CLASSES[cls]
+    return True
 
 
 class Accumulate(argparse.Action):
@@ -234,10 +330,14 @@ def dataclass_from_args(cls: type, args: argparse.Namespace):
 # --------------------------------------------------------------------------- inputs
 def require_path(path: str | os.PathLike, flag: str, *, kind: str = "any") -> Path:
     """``path`` as a ``Path``; :class:`CliError` naming ``flag`` and the path unless it exists
-    (``kind``: ``"file"``, ``"dir"`` or ``"any"``)."""
+    (``kind``: ``"file"``, ``"dir"`` or ``"any"``) and is a regular file or a folder (a named pipe,
+    a device such as ``/dev/stdin``: refused, saying what it is)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise CliError(f"{flag} {p}: no such {_KINDS[kind]}")
+    what = _not_regular(p)
+    if what is not None:  # a FIFO, /dev/stdin: "does not exist" was said of it (H6-P17)
+        raise CliError(f"{flag} {p}: is {what}, not a regular file; give a file (or a folder)")
     if kind == "file" and not p.is_file():
         raise CliError(f"{flag} {p}: not a file")
     if kind == "dir" and not p.is_dir():
@@ -258,6 +358,20 @@ def refuse_ambiguous_model(name: str, flag: str) -> None:
         raise CliError(f"{flag} {ambiguous_model_message(name, clash)}")
 
 
+def _check_model_cache(name: str, flag: str) -> None:
+    """:class:`CliError` naming ``flag`` and ``$LRM_INTERP_CACHE`` when the alias ``name`` (every alias
+    but ``toy`` is converted into, or loaded from, the cache) would be cached under a file: before any
+    work, not at the conversion (H6-P11 / V1)."""
+    if name.lower() == "toy":
+        return
+    from lrm_interp._io import cache_root
+
+    try:
+        cache_root()
+    except ValueError as e:
+        raise CliError(f"{flag} {name} is cached under {e}") from None
+
+
 def require_model(name: str, flag: str = "--model") -> str:
     """``name`` unless it is neither a known alias nor a Hugging Face model folder, or both
     (an alias and a model folder of that name in the current directory: ambiguous)."""
@@ -266,6 +380,7 @@ def require_model(name: str, flag: str = "--model") -> str:
     aliases = model_aliases()
     if name.lower() in aliases:
         refuse_ambiguous_model(name, flag)
+        _check_model_cache(name, flag)
         return name
     p = Path(name).expanduser()
     if not p.is_dir():
@@ -288,6 +403,7 @@ def model_input(name: str | None, flag: str = "--model") -> str | os.PathLike | 
 
     if name.lower() in model_aliases():
         refuse_ambiguous_model(name, flag)
+        _check_model_cache(name, flag)
         if name.lower() == "toy":
             from lrm_interp.toy import toy_model_dir
 
@@ -653,6 +769,8 @@ def load_attribution(path: str, flag: str):
 
 __all__ = [
     "Accumulate",
+    "SingleValue",
+    "single_value",
     "quiet_progress",
     "positive_int",
     "nonneg_int",

@@ -449,26 +449,109 @@ def _command_prog(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+class _Interrupts:
+    """While a command runs (``with _Interrupts() as intr``), no Ctrl-C is lost:
+
+    * a SIGINT handler records it (``intr.seen``) before raising ``KeyboardInterrupt``, so an
+      interrupt a library turned into another error (transformers' lazy import, interrupted, says
+      "Could not import module 'LlamaConfig'") still ends the command as interrupted (H6-Y6);
+    * a ``KeyboardInterrupt`` raised inside a finalizer (a ``__del__``, where Python prints
+      "Exception ignored in ..." and drops it: the command then ran on to its end, H6-Y7) is
+      delivered again to the main thread (``_thread.interrupt_main``, from a timer thread once the
+      hook has returned), so it is raised in the code that runs next. Other exceptions a finalizer
+      drops go to the previous ``sys.unraisablehook``.
+
+    Installed in the main thread only, and the handler only where SIGINT has Python's default
+    handler (an ignored SIGINT stays ignored); both are restored on exit, and an interrupt not yet
+    delivered again is dropped then (the command has ended)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._handler: object = None
+        self._hook: object = None
+        self._timers: list = []
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def _unraisable(self, unraisable) -> None:
+        import _thread
+        import threading
+
+        if isinstance(unraisable.exc_type, type) and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            self.seen = True
+            # the SIGINT handler runs again, once this hook has returned (an interrupt raised inside the
+            # hook would be dropped too): from another thread, a moment later
+            timer = threading.Timer(0.01, _thread.interrupt_main)
+            timer.daemon = True
+            timer.start()
+            self._timers.append(timer)
+            return
+        self._previous_hook(unraisable)
+
+    def __enter__(self) -> _Interrupts:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._handler = signal.signal(signal.SIGINT, self._on_sigint)
+        self._previous_hook = sys.unraisablehook
+        self._hook = sys.unraisablehook = self._unraisable
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for timer in self._timers:  # the command has ended: no interrupt for the caller afterwards
+            timer.cancel()
+        if self._handler is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, self._handler)  # type: ignore[arg-type]  # getsignal's value
+        if self._hook is not None and sys.unraisablehook == self._hook:
+            sys.unraisablehook = self._previous_hook
+
+
+def _interrupted(prog: str, started: bool) -> int:
+    """Ctrl-C: one line, exit status 130, no traceback (``LRM_INTERP_DEBUG=1`` shows it: the caller
+    re-raises)."""
+    if started:
+        print(f"{prog}: interrupted; run the same command again to resume (finished work is kept)", file=sys.stderr)
+    else:  # while the parser was built (the heavy imports) or the options read: nothing ran yet
+        print(f"{prog}: interrupted before the command started; nothing was done", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; bad input prints one line ``lrm-interp <cmd>: error: ...`` and returns 2."""
-    args = build_parser().parse_args(argv)
-    try:
-        # --quiet: no progress bar at all, the libraries' (transformers' shard writer, the GGUF
-        # conversion, huggingface_hub) included, not only the command's own
-        with quiet_progress() if getattr(args, "quiet", False) else contextlib.nullcontext():
-            return int(args.fn(args) or 0)
-    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (LRM_INTERP_DEBUG=1 shows it)
-        if debug_enabled():
+    """Run one subcommand; bad input prints one line ``lrm-interp <cmd>: error: ...`` and returns 2;
+    Ctrl-C, at any moment (the imports while the parser is built included), one line and 130."""
+    with _Interrupts() as intr:
+        try:
+            args = build_parser().parse_args(argv)
+        except KeyboardInterrupt:
+            if debug_enabled():
+                raise
+            return _interrupted(PROG, started=False)
+        except Exception:
+            if intr.seen and not debug_enabled():  # a Ctrl-C an import turned into another error
+                return _interrupted(PROG, started=False)
             raise
-        print(
-            f"{_command_prog(args)}: interrupted; run the same command again to resume (finished work is kept)",
-            file=sys.stderr,
-        )
-        return 130
-    except Exception as e:  # SystemExit passes through
-        if debug_enabled():
-            raise
-        return report_error(_command_prog(args), e)
+        try:
+            # --quiet: no progress bar at all, the libraries' (transformers' shard writer, the GGUF
+            # conversion, huggingface_hub) included, not only the command's own
+            with quiet_progress() if getattr(args, "quiet", False) else contextlib.nullcontext():
+                return int(args.fn(args) or 0)
+        except KeyboardInterrupt:
+            if debug_enabled():
+                raise
+            return _interrupted(_command_prog(args), started=True)
+        except Exception as e:  # SystemExit passes through
+            if debug_enabled():
+                raise
+            if intr.seen:  # a Ctrl-C a library turned into another error: still an interrupt
+                return _interrupted(_command_prog(args), started=True)
+            return report_error(_command_prog(args), e)
 
 
 if __name__ == "__main__":  # pragma: no cover

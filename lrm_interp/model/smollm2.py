@@ -28,8 +28,11 @@ _CACHE_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
 def cache_dir() -> Path:
-    """Root of lrm_interp's model cache: ``$LRM_INTERP_CACHE`` or ``~/.cache/lrm_interp``."""
-    return Path(os.environ.get("LRM_INTERP_CACHE", Path.home() / ".cache" / "lrm_interp")).expanduser()
+    """Root of lrm_interp's model cache: ``$LRM_INTERP_CACHE`` or ``~/.cache/lrm_interp`` (an empty
+    variable counts as unset; one naming a file is refused: :func:`lrm_interp._io.cache_root`)."""
+    from lrm_interp._io import cache_root
+
+    return cache_root()
 
 
 def smollm2_cache_dir() -> Path:

@@ -245,7 +245,7 @@ def check_train_settings(
     **arch,
 ) -> None:
     """``ValueError`` naming the first setting of :func:`train_toy_model` that is out of range
-    (counts >= 1, ``stop_at`` ``None`` or >= 1, ``anneal_steps``/``workers`` >= 0, rates > 0, seeds
+    (counts >= 1, ``stop_at`` ``None`` or in 1..``steps``, ``anneal_steps``/``workers`` >= 0, rates > 0, seeds
     >= 0, ``weight_decay`` >= 0, ``max_seconds`` ``None`` or > 0, NaN/inf never), or an architecture
     whose ``hidden`` is not a multiple of ``heads`` or ``heads`` not of ``kv_heads``."""
     for name, v in (
@@ -258,6 +258,11 @@ def check_train_settings(
     ):
         check_int(name, v, min=1)
     check_int("stop_at", stop_at, min=1, optional=True)
+    if stop_at is not None and stop_at > steps:  # ran `steps` and recorded a stop never reached (H6-T2)
+        raise ValueError(
+            f"stop_at must be at most steps ({steps}): phase 1 ends after steps, so a later stop is never "
+            f"reached (None: all steps), got {stop_at}"
+        )
     for name, v in (("anneal_steps", anneal_steps), ("workers", workers), ("seed", seed), ("anneal_seed", anneal_seed)):
         check_int(name, v, min=0)
     for name, x in (("lr", lr), ("anneal_lr", anneal_lr)):

@@ -295,21 +295,38 @@ def get_task(name: str) -> Task:
 
 def find_task_file(task: str, data: str | os.PathLike) -> Path:
     """The file of ``task`` in the folder ``data`` (``<stem>.json|jsonl|csv`` for the task's
-    stems, also ``<stem>/task.json``), or ``data`` itself when it is a file."""
+    stems, also ``<stem>/task.json``), or ``data`` itself when it is a file. Two such files (``aime.jsonl``
+    and ``aime.csv``) raise :class:`BenchmarkFormatError` naming both: which one is meant is unsaid."""
     t = get_task(task)
     d = Path(data)
     if d.is_file():
         return d
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such benchmark file or folder")
-    tried = []
+    tried: list[str] = []
+    found: list[Path] = []
     for stem in t.files:
         for suf in SUFFIXES:
             for cand in (d / f"{stem}{suf}", d / stem / f"task{suf}"):
                 tried.append(cand.relative_to(d).as_posix())
-                if cand.is_file():
-                    return cand
+                if cand.is_file() and not any(_same_file(cand, f) for f in found):
+                    found.append(cand)
+    if len(found) > 1:  # the first one used to be read, the others ignored silently (H6-H9)
+        raise BenchmarkFormatError(
+            f"{d}: {len(found)} files for task {t.name!r} ({', '.join(f.relative_to(d).as_posix() for f in found)}): "
+            "ambiguous; keep one of them in the folder, or give the file itself"
+        )
+    if found:
+        return found[0]
     raise FileNotFoundError(f"{d}: no file for task {t.name!r} (looked for {', '.join(dict.fromkeys(tried))})")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two names (``aime.csv`` and ``AIME.csv`` on a case-insensitive disk, a link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def load(
