@@ -28,9 +28,10 @@ before the first difference.
 
 Threads (``--threads N``, default: every core this process may run on) are given the same to
 both: hf gets ``torch.set_num_threads(N)`` and ``OMP_NUM_THREADS=N``; vLLM's CPU engine gets
-``VLLM_CPU_OMP_THREADS_BIND`` = the first N allowed cores. ``--vllm-bind auto`` leaves vLLM its
-own default instead (what ``bench run`` does when the variable is unset: on x86 it reserves one
-core for its scheduler, so a 2-core machine computes on 1).
+``VLLM_CPU_OMP_THREADS_BIND`` = the first N allowed cores (what ``bench run --backend vllm`` does
+when the variable is unset: ``lrm_interp.evaluation.backends.vllm_worker_env``). ``--vllm-bind
+auto`` gives vLLM its own default instead (on x86 it reserves one core for its scheduler, so a
+2-core machine computes on 1).
 
 Items (``--task-data DIR``): the BBH / BIG-bench Temporal Sequences file(s) as ``bench run
 --task-data`` takes them (``temporal.json`` or ``temporal_sequences/task.json``), first
@@ -65,6 +66,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from lrm_interp.evaluation.backends import VLLM_BIND_ENV, allowed_cpus, cpu_list
 
 BACKENDS = ("hf", "vllm")
 MODEL = "smollm2-135m"
@@ -344,22 +347,6 @@ def worker(cfg: dict) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
-def allowed_cpus() -> list[int]:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-
-
-def cpu_list(cpus: list[int]) -> str:
-    """``[0, 1, 2, 5]`` → ``"0-2,5"`` (the syntax of ``VLLM_CPU_OMP_THREADS_BIND``)."""
-    parts, i = [], 0
-    while i < len(cpus):
-        j = i
-        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
-            j += 1
-        parts.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
-        i = j + 1
-    return ",".join(parts)
-
-
 def worker_env(backend: str, threads: int, vllm_bind: str, base: dict | None = None) -> dict:
     """The environment of one worker: offline, ``threads`` for OpenMP / MKL, and for vLLM the
     core list (``vllm_bind == "threads"``) or vLLM's own default (``"auto"``)."""
@@ -371,14 +358,16 @@ def worker_env(backend: str, threads: int, vllm_bind: str, base: dict | None = N
         MKL_NUM_THREADS=str(threads),
         TOKENIZERS_PARALLELISM="false",
     )
-    env.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+    env.pop(VLLM_BIND_ENV, None)
     if backend == "vllm":  # its log lines (the OpenMP binding among them) to the log file, not the pipe
         env["VLLM_LOGGING_STREAM"] = "ext://sys.stderr"
+        # "auto" said explicitly: the backend binds every allowed core when the variable is unset
+        env[VLLM_BIND_ENV] = "auto"
     if backend == "vllm" and vllm_bind == "threads":
         cpus = allowed_cpus()
         if threads > len(cpus):
             raise SystemExit(f"--threads {threads}: only {len(cpus)} cores are available ({cpu_list(cpus)})")
-        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_list(cpus[:threads])
+        env[VLLM_BIND_ENV] = cpu_list(cpus[:threads])
     return env
 
 

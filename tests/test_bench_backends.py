@@ -19,6 +19,9 @@ from lrm_interp.evaluation.backends import (
     HFBackend,
     OpenAIBackend,
     VLLMBackend,
+    allowed_cpus,
+    cpu_list,
+    vllm_worker_env,
 )
 from lrm_interp.evaluation.bench_run import run_benchmark
 
@@ -139,6 +142,31 @@ def _toy_prompts():
     return [it.prompt for it in items]
 
 
+def _span(part: str) -> list[int]:
+    lo, _, hi = part.partition("-")
+    return list(range(int(lo), int(hi or lo) + 1))
+
+
+def test_vllm_worker_env_binds_the_allowed_cores_unless_told(monkeypatch):
+    monkeypatch.setattr("lrm_interp.evaluation.backends.allowed_cpus", lambda: [0, 1, 2, 3, 6, 7])
+    base = {"PATH": "/bin", "PYTHONPATH": "/x", "VLLM_LOGGING_STREAM": "ext://sys.stdout"}
+    env = vllm_worker_env(base, 3)
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0-3,6-7"  # every allowed core, as ranges
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "3" and env["HF_HUB_OFFLINE"] == "1" and "PYTHONPATH" not in env
+    assert env["VLLM_LOGGING_STREAM"] == "ext://sys.stdout"  # the caller's choice stands
+    assert base["PYTHONPATH"] == "/x"  # the caller's dict is not changed
+    assert vllm_worker_env({"OMP_NUM_THREADS": "2"}, 1)["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    assert vllm_worker_env({"OMP_NUM_THREADS": "64"}, 1)["VLLM_CPU_OMP_THREADS_BIND"] == "0-3,6-7"
+    assert vllm_worker_env({"OMP_NUM_THREADS": "x"}, 1)["VLLM_CPU_OMP_THREADS_BIND"] == "0-3,6-7"
+    assert vllm_worker_env({}, 1)["VLLM_LOGGING_STREAM"] == "ext://sys.stderr"  # the log, not the answer pipe
+    for told in ("auto", "nobind", "5"):
+        assert vllm_worker_env({"VLLM_CPU_OMP_THREADS_BIND": told}, 1)["VLLM_CPU_OMP_THREADS_BIND"] == told
+    assert cpu_list([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and cpu_list([3]) == "3" and cpu_list([]) == ""
+    import os
+
+    assert allowed_cpus() == sorted(os.sched_getaffinity(0))  # the real one (imported before the patch)
+
+
 @pytest.mark.slow
 def test_vllm_offline_greedy_tokens_equal_transformers(tmp_path):
     from servers import vllm_venv
@@ -158,6 +186,14 @@ def test_vllm_offline_greedy_tokens_equal_transformers(tmp_path):
         got += be.generate(prompts[4:], st)  # the same engine process serves the next call
         assert be.pid == pid
     assert be.pid is None  # closed
+    # VLLM_CPU_OMP_THREADS_BIND unset: the engine computes on the first $OMP_NUM_THREADS allowed cores
+    # (vLLM's "auto" would reserve one for its scheduler), and says so in its log, not on the pipe
+    import os
+
+    want = vllm_worker_env({k: v for k, v in os.environ.items() if k != "VLLM_CPU_OMP_THREADS_BIND"}, 2)
+    cores = [int(x) for part in want["VLLM_CPU_OMP_THREADS_BIND"].split(",") for x in _span(part)]
+    log = (tmp_path / "vllm.log").read_text(errors="replace")
+    assert f"core ids={cores}" in log, log[-2000:]
     for h, v in zip(hf, got):
         assert v[0].text == h[0].text
         assert (v[0].n_tokens, v[0].finish_reason) == (h[0].n_tokens, h[0].finish_reason)

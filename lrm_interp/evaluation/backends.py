@@ -186,6 +186,60 @@ def default_vllm_python() -> str | None:
     return sys.executable if importlib.util.find_spec("vllm") is not None else None
 
 
+#: vLLM's CPU engine: the cores its OpenMP threads are bound to ("auto": vLLM's own choice, which on
+#: x86 reserves one core for its scheduler — a 2-core machine then computes on one)
+VLLM_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+def allowed_cpus() -> list[int]:
+    """The cores this process may run on (its affinity mask), ascending."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def cpu_list(cpus: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``"0-2,5"`` (the syntax of ``VLLM_CPU_OMP_THREADS_BIND``)."""
+    parts, i = [], 0
+    while i < len(cpus):
+        j = i
+        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
+            j += 1
+        parts.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def vllm_worker_env(base: dict[str, str], kv_cache_gib: int) -> dict[str, str]:
+    """The environment of the vLLM worker process: offline, no usage stats, no user site, no
+    ``PYTHONPATH`` (the worker's venv has its own packages), KV cache size, and:
+
+    * ``VLLM_CPU_OMP_THREADS_BIND``, when ``base`` does not set it: the first
+      ``$OMP_NUM_THREADS`` allowed cores (all of them without it). vLLM's own default ("auto")
+      reserves one core per NUMA node for its scheduler, so on a 2-core machine it computes on
+      one core — 1.45×/2.26× hf's tokens/s with both cores bound, measured in
+      docs/benchmark.md. Set the variable (``auto``, ``nobind`` or a list) to choose yourself.
+    * ``VLLM_LOGGING_STREAM=ext://sys.stderr`` unless set: vLLM logs to stdout by default, which
+      is the worker's answer pipe; on stderr its log goes to ``log=`` (``--vllm-log``).
+    """
+    env = dict(base)
+    env.update(
+        VLLM_CPU_KVCACHE_SPACE=str(int(kv_cache_gib)),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        VLLM_NO_USAGE_STATS="1",
+        PYTHONNOUSERSITE="1",
+    )
+    env.pop("PYTHONPATH", None)
+    if not env.get(VLLM_BIND_ENV, "").strip():
+        cpus = allowed_cpus()
+        raw = env.get("OMP_NUM_THREADS", "").strip()
+        n = int(raw) if raw.isdigit() and int(raw) > 0 else len(cpus)
+        env[VLLM_BIND_ENV] = cpu_list(cpus[: min(n, len(cpus))])
+    env.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    return env
+
+
 class VLLMBackend(Backend):
     """vLLM's offline engine in a subprocess (``python``: an interpreter with vLLM).
 
@@ -294,15 +348,7 @@ class VLLMBackend(Backend):
             self._tmp = tempfile.mkdtemp(prefix="lrm_interp_vllm_")
         ep = Path(self._tmp) / "engine.json"
         ep.write_text(json.dumps(eng))
-        env = dict(
-            os.environ,
-            VLLM_CPU_KVCACHE_SPACE=str(int(self.kv_cache_gib)),
-            HF_HUB_OFFLINE="1",
-            TRANSFORMERS_OFFLINE="1",
-            VLLM_NO_USAGE_STATS="1",
-            PYTHONNOUSERSITE="1",
-        )
-        env.pop("PYTHONPATH", None)
+        env = vllm_worker_env(dict(os.environ), self.kv_cache_gib)
         self._logf = open(self.log, "a") if self.log else subprocess.DEVNULL  # closed in _stop
         worker = Path(__file__).with_name("vllm_worker.py")
         try:
@@ -513,6 +559,10 @@ __all__ = [
     "Backend",
     "HFBackend",
     "VLLMBackend",
+    "VLLM_BIND_ENV",
+    "allowed_cpus",
+    "cpu_list",
+    "vllm_worker_env",
     "OpenAIBackend",
     "EndpointError",
     "EndpointUnreachable",
