@@ -83,6 +83,25 @@ def naming_destination(dest: str | os.PathLike, tmp: str | os.PathLike | None = 
         if e.filename is not None and (Path(e.filename) == dest or Path(e.filename) in dest.parents):
             raise  # already names the user's path (or a folder on its way: e.g. a parent that is a file)
         raise _naming_destination(e, dest, tmp) from e
+    except Exception as e:
+        failed = _failed_serialization(e)
+        if failed is None:
+            raise
+        raise _naming_destination(failed, dest, tmp) from e
+
+
+def _failed_serialization(e: BaseException) -> OSError | None:
+    """A safetensors writer's I/O failure (``SafetensorError: Error while serializing: I/O error: No
+    space left on device (os error 28)``: ``save_pretrained`` on a full disk, which the command line
+    reported as an "unreadable safetensors file" naming no path, H7-D4) as the ``OSError`` it is;
+    ``None`` for any other exception."""
+    if type(e).__name__ != "SafetensorError" or not re.search(r"(?<![a-z])serializ", str(e).lower()):
+        return None
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    if m is None:
+        return OSError(errno.EIO, f"cannot write a safetensors file ({' '.join(str(e).split())})")
+    code = int(m.group(1))
+    return OSError(code, f"{os.strerror(code)} (while writing a safetensors file)")
 
 
 def make_temp_dir(out: str | os.PathLike) -> Path:
@@ -144,7 +163,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = 
     with naming_destination(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
+        try:  # an interrupt (Ctrl-C, SIGTERM in the CLI) anywhere from here on leaves no temporary file
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -279,6 +298,30 @@ def file_on_the_way(path: str | os.PathLike) -> Path | None:
     return None
 
 
+def check_out_folder(out: str | os.PathLike, what: str = "out_dir") -> Path:
+    """``out`` as a Path when a result folder can be written there, else ``ValueError`` naming
+    ``what`` (the argument or flag) and the path: ``out`` lies under a file (:func:`file_on_the_way`),
+    or is itself a file, a link to one, a FIFO or a device (a folder is never written over it).
+    The Python API's check (``attribute(out_dir=...)``, ``Attribution.save``: a raw
+    ``NotADirectoryError`` / ``FileExistsError`` after the work, H7-API7), the same rule as the
+    command line's ``check_paths(dirs=True)``. Checks nothing else: no write, nothing created."""
+    if not isinstance(out, (str, os.PathLike)) or str(out) == "":
+        raise TypeError(f"{what} must be a folder path (str or os.PathLike), got {out!r}")
+    blocked = file_on_the_way(out)
+    if blocked is not None:
+        raise ValueError(
+            f"{what} {out}: {blocked} is a file, not a folder, so nothing can be written under it; "
+            f"give {what} a path outside it"
+        )
+    for q in dict.fromkeys([Path(out), Path(out).expanduser()]):
+        if (q.exists() or q.is_symlink()) and not q.is_dir():
+            raise ValueError(
+                f"{what} {out}: a file (or link, or device); {what} names a folder to write the result "
+                "into (a file is never replaced by one); choose a folder path"
+            )
+    return Path(out)
+
+
 def check_out_dir(
     out: str | os.PathLike,
     *,
@@ -394,9 +437,9 @@ def atomic_save_figure(fig, path: str | os.PathLike, **kw) -> Path:
     with naming_destination(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-        os.close(fd)
         tmp = Path(name)
-        try:
+        try:  # an interrupt (Ctrl-C, SIGTERM in the CLI) anywhere from here on leaves no temporary file
+            os.close(fd)
             fig.savefig(tmp, **kw)
             os.chmod(tmp, plain_mode())
             os.replace(tmp, path)
@@ -532,6 +575,10 @@ def read_safetensors(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist")
+    if path.is_dir():  # safetensors said "No such device (os error 19)" (H7-API-lm)
+        inside = sorted(q.name for q in path.glob("*.safetensors"))[:3]
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise IsADirectoryError(f"{path} is a folder; give the {what} itself, a .safetensors file{hint}")
     try:
         f = safe_open(str(path), "pt")
     except Exception as e:  # name the file in the error
@@ -567,6 +614,19 @@ def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
                 )
             seen.add(k)
     return d
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent: refused when it overflows a float (``1e400`` was
+    read as ``inf``, which no JSON writer can write back, H7-N1)."""
+    import math
+
+    x = float(text)
+    if math.isinf(x):
+        raise _JSONRefusal(
+            f"the number {text} is too large for a float (it would read as infinity); write a finite number"
+        )
+    return x
 
 
 def _no_constant(name: str) -> object:
@@ -612,7 +672,9 @@ def loads_strict(text: str, where: str, error: type[Exception] = ValueError) -> 
     import re
 
     try:
-        d = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+        d = json.loads(
+            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant, parse_float=_finite_float
+        )
     except json.JSONDecodeError as e:
         at = f"line {e.lineno} column {e.colno}" if e.lineno > 1 else f"column {e.colno}"
         raise error(f"{where}: invalid JSON ({e.msg}, {at})") from e

@@ -35,6 +35,14 @@ def _describe(kind: str, lo: float | None, hi: float | None, lo_open: bool, hi_o
     return what
 
 
+def shown_value(v: object) -> str:
+    """How an error shows the value it refused: the value for a number (``got 0.5``), the repr and
+    type for anything else (``got '0.02' (str)``: a number given as a string looks like one)."""
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        return repr(v)
+    return f"{v!r} ({type(v).__name__})"
+
+
 def _int_ok(v: object, lo: int | None, hi: int | None) -> bool:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         return False
@@ -71,9 +79,8 @@ def check_int(
     if optional and v is None:
         return None
     if not _int_ok(v, min, max):
-        raise ValueError(
-            f"{name} must be {'None or ' if optional else ''}{_describe('int', min, max, False, False)}, got {v!r}"
-        )
+        what = _describe("int", min, max, False, False)
+        raise ValueError(f"{name} must be {'None or ' if optional else ''}{what}, got {shown_value(v)}")
     return int(cast(numbers.Integral, v))  # checked by _int_ok
 
 
@@ -116,7 +123,7 @@ def check_float(
     if not _float_ok(v, min, max, min_open, max_open):
         raise ValueError(
             f"{name} must be {'None or ' if optional else ''}"
-            f"{_describe('float', min, max, min_open, max_open)}, got {v!r}"
+            f"{_describe('float', min, max, min_open, max_open)}, got {shown_value(v)}"
         )
     return float(cast(numbers.Real, v))  # checked by _float_ok
 
@@ -179,8 +186,34 @@ finite_float = float_arg(name="finite_float")
 fraction = float_arg(0.0, 1.0, name="fraction")
 #: quantization code widths (compress/quant/grid.py: MIN_BITS..MAX_BITS)
 bits_int = int_arg(2, 8, name="bits")
-#: seeds: any integer >= 0
-seed_int = int_arg(0, name="seed")
+#: the largest seed: ``torch.Generator.manual_seed`` and ``random.Random`` take any integer, but
+#: torch reduces it mod 2**64 (two seeds would give one stream, H7-TS4); 2**63 - 1 fits every RNG
+SEED_MAX = 2**63 - 1
+_SEED_DESC = "an integer >= 0 (at most 2**63 - 1)"
+
+
+def check_seed(name: str, v: object) -> int:
+    """A seed: an ``int`` (not a bool) in ``[0, SEED_MAX]``, else ``ValueError`` naming ``name``."""
+    if not _int_ok(v, 0, SEED_MAX):
+        raise ValueError(f"{name} must be {_SEED_DESC}, got {shown_value(v)}")
+    return int(cast(numbers.Integral, v))
+
+
+def _seed_arg(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {_SEED_DESC}, got {s!r}") from None
+    if not _int_ok(v, 0, SEED_MAX):
+        raise argparse.ArgumentTypeError(f"must be {_SEED_DESC}, got {s}")
+    return v
+
+
+_seed_arg.__name__ = "seed"
+_seed_arg.bounds = ("int", 0, SEED_MAX, False, False)  # type: ignore[attr-defined]  # as in int_arg
+#: seeds: an integer in [0, SEED_MAX] (an argparse type)
+seed_int = _seed_arg
+
 
 __all__ = [
     "check_int",
@@ -196,4 +229,7 @@ __all__ = [
     "fraction",
     "bits_int",
     "seed_int",
+    "SEED_MAX",
+    "check_seed",
+    "shown_value",
 ]

@@ -290,7 +290,10 @@ def test_cli_errors_name_the_input(tmp_path, capsys):
     assert main(["annotate", "--annotator", "gpt", "--data", str(R1_STYLE), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "--annotator gpt" in capsys.readouterr().err
     other = tmp_path / "other.jsonl"
-    other.write_text('{"id": "AIME_2024/0", "prompt": "", "response": "different"}\n')
+    other.write_text(  # one span: a gold without any is refused (H6-N6)
+        '{"id": "AIME_2024/0", "prompt": "", "response": "different", '
+        '"spans": [{"behavior": "deduction", "start": 0, "end": 9}]}\n'
+    )
     assert main(["annotate", "agree", "--gold", str(other), "--pred", str(other)]) == 0
     assert main(["annotate", "agree", "--gold", str(R1_STYLE), "--pred", str(other)]) == 2
     assert "missing" in capsys.readouterr().err

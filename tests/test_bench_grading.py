@@ -89,7 +89,7 @@ def test_load_toy_n_is_a_deprecated_keyword():
             '{"problem": "x", "answer": "1"}\n{"problem": "y"}\n',
             "bad.jsonl:2: missing field 'Answer' / 'answer'",
         ),
-        ("bad.csv", "Problem,Answer\nx,1\ny,\n", "bad.csv:3: missing field"),
+        ("bad.csv", "Problem,Answer\nx,1\ny,\n", "bad.csv:3: field 'Answer' is empty"),  # present, empty (H7-W1)
         ("bad.json", '{"rows": [{"problem": "x", "answer": "3"}, [1]]}', "bad.json: record 1: expected an object"),
         ("bad.json", '{"foo": 1}', "needs its records under one of"),
     ],

@@ -114,6 +114,11 @@ def test_foreign_paper_layout_scores(tmp_path):
         (tmp_path / "scores").mkdir(exist_ok=True)
         (tmp_path / "scores" / stale).write_bytes(b"old plot")
     (tmp_path / "scores" / "mine.png").write_bytes(b"not ours")
+    (tmp_path / "scores" / "score_files.json").write_text(  # the earlier score recorded them (H7-BS4)
+        json.dumps(
+            {"format": "lrm_interp.bench_score_files/1", "files": ["short_vs_long.png", "accuracy_vs_sparsity.png"]}
+        )
+    )
     files = sc.write_tables(tmp_path / "scores", plots=False)
     assert not (tmp_path / "scores" / "short_vs_long.png").exists()  # hostile run 3, H2-7
     assert not (tmp_path / "scores" / "accuracy_vs_sparsity.png").exists()

@@ -165,7 +165,7 @@ def test_aime_gold_must_be_an_integer_0_to_999(tmp_path, answer):
     with pytest.raises(
         BenchmarkFormatError,
         match=r"aime.jsonl:2: (answer .* is not an AIME answer \(an integer "
-        r"0..999\)|missing field)",
+        r"0..999\)|missing field|field 'answer' is empty)",
     ):
         load("aime", p)
 

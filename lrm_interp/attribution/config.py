@@ -152,6 +152,11 @@ class AttributionConfig:
         elif isinstance(self.sites, str):
             import re
 
+            if not self.sites.strip():  # an empty regex matches every module (H7-API6)
+                raise ValueError(
+                    "sites regex '' is empty: it would match every module; give a pattern (e.g. 'mlp') "
+                    "or None for every linear site"
+                )
             try:
                 re.compile(self.sites)
             except re.error as e:

@@ -67,7 +67,7 @@ from lrm_interp.attribution.atp import (  # the real patching lives beside AtP; 
 from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.pipeline import dom_stage, live_behaviors, plan_attribution, reduce_dom
 from lrm_interp.attribution.stats import spearman
-from lrm_interp.checks import check_int
+from lrm_interp.checks import check_int, check_seed
 from lrm_interp.data.tokens import EncodedTrace
 
 #: ``format`` of ``faithfulness.json``.
@@ -383,7 +383,7 @@ def atp_faithfulness(
     check_int("max_spans", max_spans, min=1, optional=True)
     check_int("top_k", top_k, min=1)
     check_int("batch_size", batch_size, min=1)
-    check_int("seed", seed, min=0)
+    check_seed("seed", seed)
     plan = plan_attribution(model, dataset, cfg, tokenizer=tokenizer, progress=progress, warn=False)
     check_top_k(top_k, len(plan.sites))  # before any scoring
     if cfg.behaviors is not None and plan.absent:

@@ -45,6 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp import __version__
+from lrm_interp._io import check_out_folder
 from lrm_interp.attribution import distributed
 from lrm_interp.attribution.atp import (
     PATCH_BATCH,
@@ -60,17 +61,18 @@ from lrm_interp.attribution.results import Attribution
 from lrm_interp.attribution.resume import (
     PartialStore,
     check_finished_result,
+    out_dir_lock,
     tensors_fingerprint,
     trace_ids_fingerprint,
 )
-from lrm_interp.data.loading import load_dataset
+from lrm_interp.data.loading import check_dataset_argument, load_dataset
 from lrm_interp.data.tokens import EncodedTrace, encode_trace
 from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset, ReasoningTrace
 from lrm_interp.model.forward import available_memory, context_limit, input_device, memory_lower_bound
 from lrm_interp.model.loading import load_model
 from lrm_interp.model.prefix_cache import cache_support, rope_switch
 from lrm_interp.model.provenance import model_provenance
-from lrm_interp.model.sites import Site, resolve_sites
+from lrm_interp.model.sites import Site, find_sites, resolve_sites
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -103,6 +105,9 @@ class AttributionPlan:
     store: PartialStore
     out_dir: Path | None = None
     extra: dict = field(default_factory=dict)
+    #: what :func:`finish` checks a finished result in ``out_dir`` against before saving over it
+    run_key: dict | None = None
+    dataset_key: dict | None = None
 
 
 def _check_tokenizer(model: torch.nn.Module, tokenizer: Any) -> None:
@@ -408,6 +413,26 @@ def _trace_key(trace: ReasoningTrace, enc: EncodedTrace) -> str:
     return f"{key}:cut{len(enc)}-{hashlib.blake2b(ids, digest_size=8).hexdigest()}"
 
 
+def attribution_sites(model: Any, sites: Any) -> list[Site]:
+    """The sites ``sites`` (``config.sites``) names, all inside the decoder layers: the output head
+    cannot be scored (its output is read at the predicted positions, not the span's; a pattern
+    matching it ended in an internal "MaskedSum weights are ..." error, H7-API6). A regex matching
+    it scores the other sites it matches (refused when it matches the head only); a list naming it
+    is refused naming it."""
+    found = resolve_sites(model, sites)
+    head = [s for s in found if s.kind == "lm_head"]
+    if not head:
+        return found
+    inside = [s for s in found if s.kind != "lm_head"]
+    if isinstance(sites, str) and inside:
+        return inside
+    some = [s.name for s in find_sites(model)][:2]
+    raise ValueError(
+        f"sites {sites!r} names the output head {head[0].name!r}, which attribution does not score (it "
+        f"scores the linear sites inside the decoder layers, e.g. {', '.join(some)}); leave it out"
+    )
+
+
 def plan_attribution(
     model: Any,
     dataset: Any,
@@ -426,6 +451,9 @@ def plan_attribution(
     """
     if not isinstance(config, AttributionConfig):
         raise TypeError(f"config must be an AttributionConfig, got {type(config).__name__}")
+    check_dataset_argument(dataset)  # before the model loads (H7-API1)
+    if out_dir is not None:
+        check_out_folder(out_dir, "out_dir")  # a file there: refused before any work (H7-API7)
     model, tokenizer = load_model(model, tokenizer=tokenizer)
     _check_tokenizer(model, tokenizer)
     ds = load_dataset(dataset)
@@ -440,7 +468,7 @@ def plan_attribution(
             f"no target behaviour {TARGET_BEHAVIORS} occurs in the data (labels present: {present}); "
             "pass behaviors=[...]"
         )
-    sites = resolve_sites(model, config.sites)
+    sites = attribution_sites(model, config.sites)
     prov = model_provenance(model, tokenizer)  # fingerprints; non-finite weights raise here
 
     n_given = len(ds)
@@ -479,16 +507,30 @@ def plan_attribution(
     }
     out = Path(out_dir) if out_dir is not None else None
     trace_keys = {t.id: _trace_key(t, e) for t, e in zip(ds, encoded)}
+    dataset_key = {"ids_fingerprint": trace_ids_fingerprint(list(trace_keys)), "n_traces": len(ds)}
     if out is not None:  # a finished result of another run or other traces is never replaced
-        check_finished_result(
-            out, run_key, dataset={"ids_fingerprint": trace_ids_fingerprint(list(trace_keys)), "n_traces": len(ds)}
-        )
+        check_finished_result(out, run_key, dataset=dataset_key)
     store = PartialStore(out / "partial" if out is not None else None, run_key)
     extra: dict[str, Any] = {"overlong": overlong, "memory_estimate": memory, "absent_spans": absent_spans}
     if len(ds) != n_given:
         extra["overlong"]["traces_given"] = n_given
     return AttributionPlan(
-        model, tokenizer, config, ds, sites, behaviors, absent, encoded, trace_keys, skipped, prov, store, out, extra
+        model,
+        tokenizer,
+        config,
+        ds,
+        sites,
+        behaviors,
+        absent,
+        encoded,
+        trace_keys,
+        skipped,
+        prov,
+        store,
+        out,
+        extra,
+        run_key=run_key,
+        dataset_key=dataset_key,
     )
 
 
@@ -801,7 +843,9 @@ def finish(
         provenance=provenance,
     )
     if plan.out_dir is not None:
-        result.save(plan.out_dir)
+        if plan.run_key is not None:  # a finished result that appeared meanwhile must be this run's (H7-K4)
+            check_finished_result(plan.out_dir, plan.run_key, dataset=plan.dataset_key)
+        result.save(plan.out_dir, overwrite=True, keep_partial=True)
     return result
 
 
@@ -849,7 +893,24 @@ def attribute(
             options["sites"] = tuple(getattr(s, "name", s) for s in options["sites"])
         cfg = cfg.replace(**options)
     rank, world = distributed.context()
-    progress = progress and rank == 0
+    check_dataset_argument(dataset)  # before the model loads (H7-API1)
+    if out_dir is None or rank != 0:
+        return _attribute(model, dataset, cfg, tokenizer, out_dir, progress and rank == 0, rank, world)
+    check_out_folder(out_dir, "out_dir")  # a file there: refused before any work (H7-API7)
+    with out_dir_lock(out_dir):  # one live run per result folder (H7-K4)
+        return _attribute(model, dataset, cfg, tokenizer, out_dir, progress, rank, world)
+
+
+def _attribute(
+    model: Any,
+    dataset: Any,
+    cfg: AttributionConfig,
+    tokenizer: Any,
+    out_dir: str | os.PathLike | None,
+    progress: bool,
+    rank: int,
+    world: int,
+) -> Attribution:
     plan = plan_attribution(
         model, dataset, cfg, tokenizer=tokenizer, out_dir=out_dir, progress=progress, warn=rank == 0
     )

@@ -18,7 +18,9 @@ on load.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from lrm_interp._io import (
     ChecksumError,
     atomic_save_figure,
     atomic_write_text,
+    check_out_folder,
     payload_checksum,
     read_safetensors,
     write_safetensors,
@@ -239,6 +242,8 @@ class Attribution:
         With ``behavior=None`` the ranking uses the mean RI over behaviours
         (reported as behaviour ``"mean"``).
         """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:  # top(-1) gave all rows but the last (H7-API3)
+            raise ValueError(f"k must be an integer >= 1 (the number of sites to list), got {k!r}")
         if behavior is None:
             ri, label = self.ri.mean(dim=0), "mean"
         else:
@@ -288,6 +293,12 @@ class Attribution:
         """Layer × module-kind heatmap, one panel per behaviour. Returns a matplotlib Figure."""
         from lrm_interp.attribution.plots import grid_heatmaps
 
+        if isinstance(behaviors, (str, bytes, Path)):  # heatmap("plot.png") read it as behaviours (H7-API10)
+            raise TypeError(
+                f"behaviors must be a list of behaviour labels (e.g. {list(self.behaviors[:2])}), got the "
+                f"{type(behaviors).__name__} {str(behaviors)!r}; heatmap returns a Figure: to write a file, "
+                "use fig.savefig(path) or write_tables(folder)"
+            )
         behaviors = list(behaviors or self.behaviors)
         grids = [self.grid(b, value) for b in behaviors]
         name = str(self.provenance.get("model", {}).get("name", "") or "").rstrip("/").split("/")[-1]
@@ -377,22 +388,31 @@ class Attribution:
         atomic_write_text(d / "scores.csv", self.to_dataframe().to_csv(index=False))
         return [d / "scores.csv", _save_and_close(self.heatmap(), d / "heatmap.png")]
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, *, overwrite: bool = False, keep_partial: bool = False) -> Path:
         """Write ``attribution.json`` + ``attribution.safetensors`` atomically into ``directory``.
+
+        A folder holding another finished result (an ``attribution.json`` of other scores or labels)
+        is refused with ``FileExistsError`` naming it unless ``overwrite=True`` (saving the same
+        result again is always fine); overwriting removes that result's other files first
+        (``scores.csv``, ``heatmap.png`` and its run's ``partial/``, which describe the old result:
+        the folder was left mixed, H7-API9). ``keep_partial``: keep ``partial/`` (the run that wrote
+        it saves its own result: :func:`~lrm_interp.attribute`). A ``directory`` that is a file, or
+        lies under one, raises ``ValueError`` naming it before anything is written.
 
         The safetensors file carries the SHA-256 of its payload (scores, steering vectors) in its
         metadata and ``attribution.json`` repeats it (``tensors_sha256``), so :meth:`load` refuses a
         changed file and a pair of files from two different saves. The labels of the scores (method,
         behaviours, site records) are checksummed too (``labels_sha256``, in both files), so
         swapping two site names in ``attribution.json`` is refused rather than relabelling scores."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+        d = check_out_folder(directory, "directory")
         tensors = {"scores": self.scores.contiguous()}
         for beh, per_site in self.vectors.items():
             for site, v in per_site.items():
                 tensors[f"vec/{beh}/{site}"] = v.detach().to("cpu", torch.float32).contiguous()
         labels = labels_checksum(self.method, self.behaviors, [s.to_dict() for s in self.sites])
         tmeta = {"format": TENSORS_FORMAT, "labels_sha256": labels}
+        self._replace_other_result(d, payload_checksum(tensors, tmeta), overwrite=overwrite, keep_partial=keep_partial)
+        d.mkdir(parents=True, exist_ok=True)
         write_safetensors(d / "attribution.safetensors", tensors, tmeta)
         meta = {
             "format_version": FORMAT_VERSION,
@@ -405,6 +425,37 @@ class Attribution:
         }
         atomic_write_text(d / "attribution.json", json.dumps(meta, indent=2, default=str))
         return d
+
+    def _replace_other_result(self, d: Path, tensors_sha: str, *, overwrite: bool, keep_partial: bool) -> None:
+        """Refuse (``overwrite=False``) or clear (``overwrite=True``) a finished result in ``d`` that is
+        not this one: its ``attribution.json`` records other tensors (or cannot be read)."""
+        jpath = d / "attribution.json"
+        if not jpath.is_file():
+            return
+        try:
+            old = json.loads(jpath.read_text(encoding="utf-8"))
+            same = isinstance(old, dict) and old.get("tensors_sha256") == tensors_sha
+            same = same and old.get("provenance") == json.loads(json.dumps(self.provenance, default=str))
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return
+        if not overwrite:
+            raise FileExistsError(
+                errno.EEXIST,
+                "holds another finished attribution result: not replaced (pass overwrite=True to replace it, "
+                "or choose another folder)",
+                str(d),
+            )
+        import shutil
+
+        for name in ("scores.csv", "heatmap.png"):  # the old result's tables: never left beside the new one
+            p = d / name
+            if p.is_file() and not p.is_symlink():
+                p.unlink()
+        partial = d / "partial"
+        if not keep_partial and (partial / "run.json").is_file() and not partial.is_symlink():
+            shutil.rmtree(partial)  # the old run's partials (a resume would mix them with this result)
 
     @classmethod
     def load(cls, directory: str | Path) -> Attribution:
@@ -697,8 +748,23 @@ def comparability(original: Attribution, compressed: Attribution) -> tuple[list[
     return problems, notes
 
 
-def compare(original: Attribution, compressed: Attribution, *, strict: bool = True) -> ImportanceShift:
+def _as_attribution(x: Any, name: str) -> Attribution:
+    """``x`` itself, or the result folder ``x`` (a path) loaded: ``compare("A", "B")`` said
+    "'str' object has no attribute ..." (H7-API2); anything else raises ``TypeError`` naming ``name``."""
+    import os
+
+    if isinstance(x, Attribution):
+        return x
+    if isinstance(x, (str, os.PathLike)):
+        return Attribution.load(Path(x))
+    raise TypeError(f"{name} must be an Attribution (or its result folder), got {type(x).__name__}")
+
+
+def compare(
+    original: Attribution | str | os.PathLike, compressed: Attribution | str | os.PathLike, *, strict: bool = True
+) -> ImportanceShift:
     """Importance shift from ``original`` to ``compressed`` (same site names; the behaviours both hold).
+    Each is an :class:`Attribution` or the folder of one (loaded with :meth:`Attribution.load`).
 
     Results that cannot be compared (:func:`comparability`: other scoring settings, model type,
     tokenizer or traces) raise ``ValueError`` naming each difference; ``strict=False`` compares them
@@ -706,6 +772,8 @@ def compare(original: Attribution, compressed: Attribution, *, strict: bool = Tr
     another gradient mode or dtype, identical weights) are warnings."""
     import warnings
 
+    original = _as_attribution(original, "original")
+    compressed = _as_attribution(compressed, "compressed")
     problems, notes = comparability(original, compressed)
     if problems and strict:
         raise ValueError(

@@ -22,6 +22,9 @@ import json
 import os
 from pathlib import Path
 
+#: ``--mode``, ``--temperature`` and ``--chunk-chars`` of ``--annotator llm`` unless given
+LLM_MODE, LLM_TEMPERATURE, LLM_CHUNK_CHARS = "chat", 0.0, 12000
+
 
 def _load_annotated(path: str, flag: str):
     from lrm_interp.cli.common import reading, require_path
@@ -36,6 +39,25 @@ def _build(a: argparse.Namespace):
     from lrm_interp.cli.common import CliError, reading, require_path
     from lrm_interp.data.annotate import ANNOTATOR_NAMES, build_annotator
 
+    if a.annotator != "llm":  # the LLM's flags were ignored silently by the offline annotators (H7-AF)
+        from lrm_interp.cli.endpoint_args import endpoint_flags_given
+
+        unused = endpoint_flags_given(a, skip=("--concurrency",)) + [
+            flag
+            for flag, dest in (
+                ("--mode", "mode"),
+                ("--temperature", "temperature"),
+                ("--max-tokens", "max_tokens"),
+                ("--chunk-chars", "chunk_chars"),
+                ("--prompt-file", "prompt_file"),
+            )
+            if getattr(a, dest) is not None
+        ]
+        if unused:
+            raise CliError(
+                f"{', '.join(unused)} {'applies' if len(unused) == 1 else 'apply'} only with --annotator llm (the "
+                f"LLM endpoint's settings); --annotator {a.annotator} sends no request"
+            )
     if a.annotator == "llm":
         from lrm_interp.cli.endpoint_args import endpoint_config
 
@@ -55,8 +77,8 @@ def _build(a: argparse.Namespace):
             model=model,
             base_url=cfg.base_url,
             api_key_env=cfg.api_key_env,
-            mode=a.mode,
-            temperature=a.temperature,
+            mode=a.mode or LLM_MODE,
+            temperature=LLM_TEMPERATURE if a.temperature is None else a.temperature,
             max_tokens=a.max_tokens,
             timeout=cfg.timeout,
             max_retries=cfg.retries,
@@ -64,7 +86,7 @@ def _build(a: argparse.Namespace):
             max_backoff=cfg.max_backoff,
             concurrency=cfg.concurrency,
             prompt_template=template,
-            max_chunk_chars=a.chunk_chars or None,
+            max_chunk_chars=(LLM_CHUNK_CHARS if a.chunk_chars is None else a.chunk_chars) or None,
         )
     if a.annotator in ANNOTATOR_NAMES:
         return build_annotator(a.annotator)
@@ -411,6 +433,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     check_paths({"--out": a.out}, {"--data": a.data}, overwrite=a.overwrite, files=True)
     if a.folds == 1:  # the other ranges are the flags' argparse types
         raise CliError("--folds must be 0 (no cross-validation) or an integer >= 2, got 1")
+    if a.region is not None and not a.folds:  # was ignored silently (H7-AT_1)
+        raise CliError(
+            f"--region is the cross-validation's scoring region: it applies with --folds K >= 2 only (got "
+            f"--region {a.region} with --folds 0)"
+        )
+    if a.region is None:
+        a.region = "all"
     gold = _load_annotated(a.data, "--data")
     if not any(t.spans for t in gold):
         raise CliError(f"--data {a.data}: no trace has behaviour spans to learn from")
@@ -556,11 +585,15 @@ def register(sub) -> None:
     llm.add_argument(
         "--mode",
         choices=["chat", "completions"],
-        default="chat",
-        help="chat = /chat/completions with one user message; completions = /completions",
+        default=None,
+        help=f"chat = /chat/completions with one user message; completions = /completions (default {LLM_MODE})",
     )
     llm.add_argument(
-        "--temperature", type=nonneg_float, default=0.0, metavar="X", help="sampling temperature (0: greedy)"
+        "--temperature",
+        type=nonneg_float,
+        default=None,
+        metavar="X",
+        help=f"sampling temperature (0: greedy; default {LLM_TEMPERATURE:g})",
     )
     llm.add_argument(
         "--max-tokens",
@@ -572,9 +605,10 @@ def register(sub) -> None:
     llm.add_argument(
         "--chunk-chars",
         type=nonneg_int,
-        default=12000,
+        default=None,
         metavar="N",
-        help="split longer thinking parts into chunks of at most N characters (0: never split)",
+        help=f"split longer thinking parts into chunks of at most N characters (0: never split; default "
+        f"{LLM_CHUNK_CHARS})",
     )
     llm.add_argument(
         "--prompt-file",
@@ -764,8 +798,9 @@ def register(sub) -> None:
     tr.add_argument(
         "--region",
         choices=REGIONS,
-        default="all",
-        help="region the cross-validated agreement is scored on (see 'annotate agree --region')",
+        default=None,
+        help="region the cross-validated agreement is scored on (see 'annotate agree --region'; with --folds "
+        "K >= 2 only; default all)",
     )
     tr.add_argument("--steps", type=positive_int, default=200, metavar="N", help="full-batch optimisation steps")
     add_overwrite_flag(tr)

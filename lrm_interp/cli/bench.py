@@ -95,6 +95,76 @@ def _models(a: argparse.Namespace) -> list[str]:
     return list(a.model)
 
 
+#: ``bench run --group-size`` / ``--calib-length`` unless given (with a --compress that uses them)
+DEFAULT_GROUP_SIZE, DEFAULT_CALIB_LENGTH = 128, 256
+
+
+def _refuse_unused_run_flags(a: argparse.Namespace, specs, settings) -> None:
+    """Flags this ``bench run`` would ignore are refused, one line naming each and why (H7-BF-a/b/c):
+    compression flags without a --compress that uses them, ``--limit`` with toy tasks only, another
+    backend's flags, sampling flags with greedy decoding, and several greedy samples (copies)."""
+    from lrm_interp.cli.endpoint_args import endpoint_flags_given
+    from lrm_interp.compress.driver import get_method
+    from lrm_interp.data.benchmarks import get_task
+    from lrm_interp.evaluation.backends import GenerationSettings
+
+    given = " ".join(a.compress)
+    if a.group_size is not None and not any(
+        s.method != "none" and get_method(s.method).kind == "quantization" for s in specs
+    ):
+        raise CliError(
+            f"--group-size is used with a quantizing --compress (rtn:B, gptq:B) only; got --compress {given}"
+        )
+    calibrated = any(s.needs_calibration for s in specs)
+    for flag, value in (("--calib", a.calib), ("--calib-length", a.calib_length)):
+        if value is not None and not calibrated:
+            raise CliError(
+                f"{flag} is used with --compress gptq / sparsegpt / wanda only (their calibration); got --compress "
+                f"{given}"
+            )
+    try:
+        toy_only = not any(get_task(t).needs_data for t in a.tasks)
+    except KeyError as e:
+        raise CliError(f"--tasks: {e.args[0]}") from e
+    if a.limit is not None and toy_only:
+        raise CliError(
+            f"--limit is used with the file tasks (aime, folio, temporal, musique) only; the toy tasks "
+            f"{' '.join(a.tasks)} take --per-family"
+        )
+    vllm = [
+        f
+        for f, v in (
+            ("--vllm-python", a.vllm_python),
+            ("--vllm-max-model-len", a.vllm_max_model_len),
+            ("--vllm-log", a.vllm_log),
+        )
+        if v is not None
+    ]
+    if vllm and a.backend != "vllm":
+        raise CliError(f"{', '.join(vllm)}: flag(s) of --backend vllm, not used by --backend {a.backend}")
+    endpoint = endpoint_flags_given(a, skip=("--endpoint-model",))
+    if endpoint and a.backend != "openai":
+        raise CliError(
+            f"{', '.join(endpoint)}: flag(s) of the openai backend (--endpoint-model), not used by --backend "
+            f"{a.backend}"
+        )
+    if settings.greedy:
+        d = GenerationSettings()
+        if settings.n_samples > 1:
+            raise CliError(
+                f"--n-samples {settings.n_samples} with --temperature 0: greedy decoding gives {settings.n_samples} "
+                "identical copies of one output; sample with --temperature > 0, or give --n-samples 1"
+            )
+        unused = [
+            f for f, v, dv in (("--top-p", settings.top_p, d.top_p), ("--seed", settings.seed, d.seed)) if v != dv
+        ]
+        if unused:
+            raise CliError(
+                f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used with --temperature 0 (greedy "
+                "decoding draws nothing)"
+            )
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from lrm_interp.evaluation.backends import GenerationSettings
     from lrm_interp.evaluation.bench_suite import SuiteConfig, VLLMOptions, run_suite
@@ -103,7 +173,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     # GenerationSettings (the generation flags): all before a model is loaded or a file written
     check_paths({"--out": a.out}, dirs=True)  # a folder that can be written, before anything loads
     settings = dataclass_from_args(GenerationSettings, a)
-    group_size = group_size_arg(a.group_size)
+    group_size = group_size_arg(DEFAULT_GROUP_SIZE if a.group_size is None else a.group_size)
     try:
         from lrm_interp.compress.specs import parse_compression
 
@@ -121,6 +191,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         run_folders(models, specs)
     except ValueError as e:
         raise CliError(f"{'--endpoint-model' if a.endpoint_model else '--model'}: {e}") from None
+    _refuse_unused_run_flags(a, specs, settings)
     endpoint = None
     if a.backend == "openai":
         import os
@@ -156,7 +227,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         from lrm_interp.compress.calibration import calibration_ids
 
         with reading(a.calib or ".", "--calib"):
-            return calibration_ids(tok, a.calib, length=a.calib_length)
+            return calibration_ids(
+                tok, a.calib, length=DEFAULT_CALIB_LENGTH if a.calib_length is None else a.calib_length
+            )
 
     from lrm_interp.endpoint import EndpointError
 
@@ -435,9 +508,9 @@ def register(sub) -> None:
     c.add_argument(
         "--group-size",
         type=nonneg_int,
-        default=128,
+        default=None,
         metavar="G",
-        help="quantization group size in input columns (0 = per channel)",
+        help=f"quantization group size of rtn / gptq in input columns (0 = per channel; default {DEFAULT_GROUP_SIZE})",
     )
     c.add_argument(
         "--calib",
@@ -445,7 +518,13 @@ def register(sub) -> None:
         metavar="PATH",
         help="calibration traces for gptq / sparsegpt / wanda (JSONL or paper layout; default: toy tasks)",
     )
-    c.add_argument("--calib-length", type=positive_int, default=256, metavar="N", help="tokens per calibration row")
+    c.add_argument(
+        "--calib-length",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"tokens per calibration row of gptq / sparsegpt / wanda (default {DEFAULT_CALIB_LENGTH})",
+    )
     add_dataclass_args(
         r.add_argument_group("generation settings (lrm_interp.evaluation.backends.GenerationSettings)"),
         GenerationSettings,
@@ -485,7 +564,8 @@ def register(sub) -> None:
         help="grade an outputs folder and write the tables",
         description="Grade every output of an outputs folder (one model's run folder, a folder of "
         "them, or any paper layout outputs/<task>/<j>.txt) and write scores.csv, summary.csv, "
-        "accuracy.csv, collapse_points.csv, tables.md and plots.",
+        "accuracy.csv, collapse_points.csv, tables.md and plots, and score_files.json listing them (a later "
+        "score into the same folder removes only the plots listed there).",
         examples=[
             f"{PROG} bench score --outputs bench --tasks math logic knowledge",
             f"{PROG} bench score --outputs paper_outputs/ --tasks aime folio --task-data data/ "

@@ -31,6 +31,8 @@ from lrm_interp.cli.protect import add_symmetry_flags
 
 SENSITIVITIES = ("attribution", "hessian", "none")
 BIT_CHOICES = (2, 3, 4, 5, 6, 7, 8, 16)
+#: ``--default-bits`` unless given (with ``--gptqmodel``)
+DEFAULT_BITS = 4
 HELP = "allocate bits per module (2/3/4/8/16) under a bits-per-weight budget; GPTQModel/llm-compressor configs"
 DESCRIPTION = (
     "Module-level mixed precision: every linear module gets one bit width from --choices so that the average "
@@ -72,6 +74,11 @@ def cmd_bits(a: argparse.Namespace) -> int:
             f"--behavior is used by --sensitivity attribution only (a behaviour's RI from --scores; got "
             f"--sensitivity {a.sensitivity})"
         )
+    if a.default_bits is not None and not a.gptqmodel:  # was ignored silently (H7-BI1)
+        raise CliError(
+            f"--default-bits is used with --gptqmodel only (the bits of the GPTQModel config its dynamic entries "
+            f"override; got --default-bits {a.default_bits} without --gptqmodel)"
+        )
     bad = [b for b in a.choices if b not in BIT_CHOICES]
     if bad:
         raise CliError(f"--choices: bit widths must be 2..8 or 16, got {bad}")
@@ -103,6 +110,12 @@ def cmd_bits(a: argparse.Namespace) -> int:
 
         with reading(calib_path, "--calib") if calib_path is not None else contextlib.nullcontext():
             calib = calibration_ids(tok, calib_path)
+        from lrm_interp.evaluation.generation import check_token_ids
+
+        try:  # a tokenizer that is not the model's said "index out of range in self" (H7-TE)
+            check_token_ids(model, tok, [(f"calibration text ({a.calib or 'toy tasks'})", calib)])
+        except ValueError as e:
+            raise CliError(f"--model {a.model}: {e}") from None
         H = {}
         for _, hs in layer_hessians(model, sites, calib, sequential=False, progress=not a.quiet):
             H.update(hs)
@@ -127,7 +140,13 @@ def cmd_bits(a: argparse.Namespace) -> int:
     wrote = [a.out]
     if a.gptqmodel:
         atomic_write_text(
-            a.gptqmodel, json.dumps(exports.gptqmodel_dynamic_bits(alloc, default_bits=a.default_bits), indent=1)
+            a.gptqmodel,
+            json.dumps(
+                exports.gptqmodel_dynamic_bits(
+                    alloc, default_bits=DEFAULT_BITS if a.default_bits is None else a.default_bits
+                ),
+                indent=1,
+            ),
         )
         wrote.append(a.gptqmodel)
     if a.llmcompressor:
@@ -196,9 +215,10 @@ def register(sub) -> None:
     p.add_argument(
         "--default-bits",
         type=bits_int,
-        default=4,
+        default=None,
         metavar="B",
-        help="the bits of the GPTQModel QuantizeConfig the dynamic entries override",
+        help=f"with --gptqmodel: the bits of the GPTQModel QuantizeConfig the dynamic entries override "
+        f"(default: {DEFAULT_BITS})",
     )
     p.add_argument(
         "--llmcompressor", default=None, metavar="FILE", help="also write llm-compressor config_groups + ignore (JSON)"

@@ -172,6 +172,26 @@ def endpoint_config(a: argparse.Namespace, *, base_url: str | None = None, **ove
         raise CliError(msg) from e
 
 
+def endpoint_flags_given(a: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> list[str]:
+    """The endpoint flags (module table) set on the command line to another value than their
+    default, in table order (``skip``: flags not to report, e.g. one the command uses otherwise).
+    A command that sends no request refuses them, naming them, rather than ignore them (H7-AF, BF-b)."""
+    defaults = {
+        "--endpoint-model": ("endpoint_model", None),
+        "--base-url": ("base_url", None),
+        "--api-key-env": ("api_key_env", API_KEY_ENV),
+        "--concurrency": ("concurrency", None),
+        "--retries": ("retries", DEFAULT_RETRIES),
+        "--backoff": ("backoff", DEFAULT_BACKOFF),
+        "--timeout": ("timeout", DEFAULT_TIMEOUT),
+    }
+    return [
+        flag
+        for flag, (dest, default) in defaults.items()
+        if flag not in skip and getattr(a, dest, default) not in (default,)
+    ]
+
+
 def _finite(x: Any) -> bool:
     try:
         return float(x) == float(x) and abs(float(x)) != float("inf")
@@ -185,4 +205,11 @@ def endpoint_failure(e: EndpointError, what: str = "") -> CliError:
     return CliError(" ".join(str(e).split()) + (f"; {what}" if what else ""))
 
 
-__all__ = ["add_endpoint_args", "endpoint_config", "endpoint_failure", "DeprecatedAlias", "FLAGS"]
+__all__ = [
+    "add_endpoint_args",
+    "endpoint_config",
+    "endpoint_failure",
+    "endpoint_flags_given",
+    "DeprecatedAlias",
+    "FLAGS",
+]

@@ -51,6 +51,9 @@ def cmd_protection(a: argparse.Namespace) -> int:
 
     check_paths({"--out": a.out}, dirs=True)  # a file at --out (or on the way to it): refused before loading
     require_model(a.model)
+    dup = next((x for i, x in enumerate(a.random_seeds) if x in a.random_seeds[:i]), None)
+    if dup is not None:  # was a duplicate row "2% random (seed 0)" in table.md (H7-E4)
+        raise CliError(f"--random-seeds: seed {dup} given twice (each seed is one control row); give it once")
     try:
         s = ExperimentSettings(
             model=a.model,
@@ -87,6 +90,10 @@ def cmd_protection(a: argparse.Namespace) -> int:
         raise
     print(table.to_markdown())
     print(f"wrote {a.out}/table.md, table.csv, paired.csv, bpw_accuracy.png ({len(table.rows)} rows)")
+    for w in table.warnings:  # full precision answers nothing: the table means nothing (H7-E1)
+        import sys
+
+        print(f"{PROG} experiment protection: warning: {w}", file=sys.stderr)
     return 0
 
 

@@ -53,6 +53,11 @@ def cmd_faithfulness(a: argparse.Namespace) -> int:
     cfg = dataclass_from_args(AttributionConfig, a)  # validates every setting (regex included)
     if cfg.method != "attribution":
         raise CliError(f"--method {cfg.method}: the check compares attribution patching; use --method attribution")
+    if a.seed is not None and a.max_spans is None:  # was ignored silently (H7-F3)
+        raise CliError(
+            f"--seed is used with --max-spans only (it draws the --max-spans sample of spans; without it every "
+            f"span is used; got --seed {a.seed})"
+        )
     try:
         alphas = check_alphas(a.alpha)
         src = model_input(a.model)
@@ -64,6 +69,17 @@ def cmd_faithfulness(a: argparse.Namespace) -> int:
     if len(ds) == 0:
         raise CliError(f"--data {data}: no traces")
     model, tok = load_model_quietly(a.model)
+    from lrm_interp.model.sites import resolve_sites
+
+    try:
+        n_sites = len(resolve_sites(model, cfg.sites))
+    except (ValueError, KeyError) as e:
+        raise CliError(f"--sites: {e.args[0]}") from None
+    if n_sites < 2:  # "use a --top-k below 1" advised an impossible value (H7-F5)
+        raise CliError(
+            f"faithfulness needs at least 2 sites to compare rankings (--sites matched {n_sites}); give a --sites "
+            "pattern that matches more linear modules"
+        )
     res = atp_faithfulness(
         model,
         ds,
@@ -71,7 +87,7 @@ def cmd_faithfulness(a: argparse.Namespace) -> int:
         tokenizer=tok,
         alphas=alphas,
         max_spans=a.max_spans,
-        seed=a.seed,
+        seed=0 if a.seed is None else a.seed,
         top_k=a.top_k,
         batch_size=a.batch_size,
         progress=not a.quiet,
@@ -130,7 +146,11 @@ def register(sub) -> None:
         "use every trace); used and left-out spans are counted in faithfulness.json",
     )
     ck.add_argument(
-        "--seed", type=seed_int, default=0, metavar="N", help="seed of the --max-spans sample (0 is a seed)"
+        "--seed",
+        type=seed_int,
+        default=None,
+        metavar="N",
+        help="with --max-spans: seed of its sample (0 is a seed; default 0)",
     )
     ck.add_argument("--top-k", type=positive_int, default=10, metavar="K", help="k of the top-k overlap")
     ck.add_argument(

@@ -96,13 +96,26 @@ def _check_sites(model, pattern: str | None, model_name: str) -> None:
 
 
 def cmd_attribute(a: argparse.Namespace) -> int:
-    from lrm_interp.attribution.config import AttributionConfig
     from lrm_interp.cli.common import check_paths
-    from lrm_interp.data.loading import load_dataset
 
     # everything that can be checked without loading anything, first: --out a folder that can be
     # written (an existing file there, or a file on its way, used to fail after the model loaded)
     check_paths({"--out": a.out}, dirs=True)
+    import os
+
+    from lrm_interp.attribution.resume import out_dir_lock
+
+    # one live run per --out, from here to the tables (a second one is refused naming the first's pid,
+    # H7-K4); under torchrun rank 0 holds it for all ranks
+    rank0 = int(os.environ.get("RANK", "0") or 0) == 0
+    with out_dir_lock(a.out) if rank0 else contextlib.nullcontext():
+        return _attribute_in_out(a)
+
+
+def _attribute_in_out(a: argparse.Namespace) -> int:
+    from lrm_interp.attribution.config import AttributionConfig
+    from lrm_interp.data.loading import load_dataset
+
     require_model(a.model)
     data = require_path(a.data, "--data")
     tok_dir = require_path(a.tokenizer, "--tokenizer", kind="dir") if a.tokenizer else None
@@ -467,6 +480,9 @@ class _Interrupts:
 
     def __init__(self) -> None:
         self.seen = False
+        #: a SIGTERM arrived (``kill PID``, a job scheduler): handled like Ctrl-C, exit status 143
+        self.terminated = False
+        self._term_handler: object = None
         self._handler: object = None
         self._hook: object = None
         self._timers: list = []
@@ -474,6 +490,12 @@ class _Interrupts:
     def _on_sigint(self, signum, frame) -> None:
         self.seen = True
         raise KeyboardInterrupt
+
+    def _on_sigterm(self, signum, frame) -> None:
+        # killed silently before, leaving an atomic writer's temporary file behind (H7-T1): raised as an
+        # interrupt instead, so every writer's cleanup (finally / except BaseException) runs
+        self.seen = self.terminated = True
+        raise Terminated
 
     def _unraisable(self, unraisable) -> None:
         import _thread
@@ -498,6 +520,8 @@ class _Interrupts:
             return self
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             self._handler = signal.signal(signal.SIGINT, self._on_sigint)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self._term_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._previous_hook = sys.unraisablehook
         self._hook = sys.unraisablehook = self._unraisable
         return self
@@ -509,13 +533,26 @@ class _Interrupts:
             timer.cancel()
         if self._handler is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
             signal.signal(signal.SIGINT, self._handler)  # type: ignore[arg-type]  # getsignal's value
+        if self._term_handler is not None and signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+            signal.signal(signal.SIGTERM, self._term_handler)  # type: ignore[arg-type]  # getsignal's value
         if self._hook is not None and sys.unraisablehook == self._hook:
             sys.unraisablehook = self._previous_hook
 
 
-def _interrupted(prog: str, started: bool) -> int:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the CLI's handler (:class:`_Interrupts`): a ``KeyboardInterrupt``, so every
+    cleanup that runs on Ctrl-C runs on ``kill`` too."""
+
+
+def _interrupted(prog: str, started: bool, terminated: bool = False) -> int:
     """Ctrl-C: one line, exit status 130, no traceback (``LRM_INTERP_DEBUG=1`` shows it: the caller
-    re-raises)."""
+    re-raises). SIGTERM (``terminated``): the same, "terminated", exit status 143 (128 + 15)."""
+    if terminated:
+        if started:
+            print(f"{prog}: terminated; run the same command again to resume (finished work is kept)", file=sys.stderr)
+        else:
+            print(f"{prog}: terminated before the command started; nothing was done", file=sys.stderr)
+        return 143
     if started:
         print(f"{prog}: interrupted; run the same command again to resume (finished work is kept)", file=sys.stderr)
     else:  # while the parser was built (the heavy imports) or the options read: nothing ran yet
@@ -523,20 +560,104 @@ def _interrupted(prog: str, started: bool) -> int:
     return 130
 
 
+@contextlib.contextmanager
+def _one_line_warnings(prog: list[str]):
+    """While a command runs, a library warning prints as one line ``lrm-interp <cmd>: warning: ...``
+    (it printed as ``/path/cli/main.py:122: UserWarning: ...`` plus a source line, H7-AO1w);
+    ``prog[0]`` is the command's name once known. Only the format is replaced
+    (``warnings.formatwarning``): where warnings go (printed, recorded by a caller's
+    ``catch_warnings(record=True)``, turned into errors) is unchanged. Restored afterwards."""
+    import warnings
+
+    previous = warnings.formatwarning
+
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        return f"{prog[0]}: warning: {' '.join(str(message).split())}\n"
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        if warnings.formatwarning is one_line:
+            warnings.formatwarning = previous
+
+
+class _GuardedStdout:
+    """``sys.stdout`` while a command runs: when the reader of a pipe goes away (``lrm-interp parse
+    ... | head``), writes are dropped instead of raising ``BrokenPipeError`` ("error: [Errno 32]
+    Broken pipe", exit 2, although the files were written, H7-P-pipe): the command runs to its end
+    and its exit status says how the work went (0 when it was done). The stream's descriptor is
+    pointed at ``/dev/null`` so that the interpreter's final flush does not fail either."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.closed_by_reader = False
+
+    def _broken(self) -> None:
+        import os
+
+        self.closed_by_reader = True
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):  # a stream without a descriptor (captured output)
+            pass
+
+    def write(self, text: str) -> int:
+        if self.closed_by_reader:
+            return len(text)
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._broken()
+            return len(text)
+
+    def flush(self) -> None:
+        if self.closed_by_reader:
+            return
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._broken()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _guarded_stdout():
+    guard = _GuardedStdout(sys.stdout)
+    sys.stdout = guard  # a file-like proxy (sys.stdout is typed TextIO | Any)
+    try:
+        yield guard
+    finally:
+        if sys.stdout is guard:
+            sys.stdout = guard._stream
+        if not guard.closed_by_reader:
+            with contextlib.suppress(BrokenPipeError):
+                guard.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; bad input prints one line ``lrm-interp <cmd>: error: ...`` and returns 2;
-    Ctrl-C, at any moment (the imports while the parser is built included), one line and 130."""
-    with _Interrupts() as intr:
+    Ctrl-C, at any moment (the imports while the parser is built included), one line and 130;
+    SIGTERM likewise, 143. A warning prints as one line ``lrm-interp <cmd>: warning: ...``. A
+    closed standard output (``| head``) drops the rest of the output quietly: the exit status is
+    the command's own (0 when its work was done)."""
+    prog = [PROG]
+    with _Interrupts() as intr, _one_line_warnings(prog), _guarded_stdout():
         try:
             args = build_parser().parse_args(argv)
         except KeyboardInterrupt:
             if debug_enabled():
                 raise
-            return _interrupted(PROG, started=False)
+            return _interrupted(PROG, started=False, terminated=intr.terminated)
         except Exception:
             if intr.seen and not debug_enabled():  # a Ctrl-C an import turned into another error
-                return _interrupted(PROG, started=False)
+                return _interrupted(PROG, started=False, terminated=intr.terminated)
             raise
+        prog[0] = _command_prog(args)
         try:
             # --quiet: no progress bar at all, the libraries' (transformers' shard writer, the GGUF
             # conversion, huggingface_hub) included, not only the command's own
@@ -545,12 +666,12 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             if debug_enabled():
                 raise
-            return _interrupted(_command_prog(args), started=True)
+            return _interrupted(_command_prog(args), started=True, terminated=intr.terminated)
         except Exception as e:  # SystemExit passes through
             if debug_enabled():
                 raise
             if intr.seen:  # a Ctrl-C a library turned into another error: still an interrupt
-                return _interrupted(_command_prog(args), started=True)
+                return _interrupted(_command_prog(args), started=True, terminated=intr.terminated)
             return report_error(_command_prog(args), e)
 
 

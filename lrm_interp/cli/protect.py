@@ -36,6 +36,8 @@ from lrm_interp.protect.policies import POLICIES
 from lrm_interp.protect.registry import SALIENCIES, SPAN_GRADS_SOURCES
 from lrm_interp.protect.saliency import SPAN_GRADS
 
+#: ``protect --budget`` unless given
+DEFAULT_BUDGET = 0.02
 MODULE_POLICIES = ("final_mlp", "modules_by_score")  # need no per-weight saliency (and no model)
 #: the grid of protect / quantize / bits / experiment protection unless told: asymmetric (min-max with a
 #: zero-point), as every library function (``symmetric=False``)
@@ -126,6 +128,38 @@ def _refuse_overlong(model, enc, a: argparse.Namespace) -> None:
         )
 
 
+def _refuse_unused_protect_flags(a: argparse.Namespace) -> None:
+    """Flags the chosen policy / saliency would ignore are refused, one line naming them (H7-PR5:
+    ``--policy final_mlp --budget 0.3`` protected 18.75 %; PR-a: ``--saliency magnitude`` took
+    ``--data`` and ``--seed`` without a word), as ``--span-grads`` is refused there."""
+    if a.policy == "final_mlp" and a.budget is not None:
+        raise CliError(
+            f"--budget is not used by --policy final_mlp: it protects the whole final-layer MLP modules and takes "
+            f"no --budget (got --budget {a.budget}); leave --budget out, or use --policy modules_by_score"
+        )
+    if a.policy in MODULE_POLICIES:
+        unused = [f for f, v in (("--data", a.data), ("--seed", a.seed)) if v is not None]
+        if unused:
+            raise CliError(
+                f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used by --policy {a.policy} "
+                "(module policies read --scores only; no per-weight saliency is computed)"
+            )
+        return
+    src = SALIENCIES[a.saliency]
+    if a.span_grads != "exact" and a.saliency not in SPAN_GRADS_SOURCES:
+        raise CliError(
+            f"--span-grads {a.span_grads} applies to --saliency {', '.join(SPAN_GRADS_SOURCES)} "
+            f"(behaviour-span gradients), not to --saliency {a.saliency}"
+        )
+    if a.data is not None and not {"encoded", "calib"} & set(src.needs):
+        raise CliError(
+            f"--data is not used by --saliency {a.saliency} (it reads the weights only; --data is the traces of "
+            f"the attribution saliencies and the calibration text of activation / hessian)"
+        )
+    if a.seed is not None and a.saliency != "random":
+        raise CliError(f"--seed is used by --saliency random only (got --saliency {a.saliency})")
+
+
 def cmd_protect(a: argparse.Namespace) -> int:
     """``lrm-interp protect``: masks from ``--scores`` (and a saliency on ``--model``) → ``--out``."""
     from lrm_interp.compress.quant import check_bits
@@ -141,6 +175,11 @@ def cmd_protect(a: argparse.Namespace) -> int:
     )
     check_bits(a.bits)
     group_size = group_size_arg(a.group_size)
+    _refuse_unused_protect_flags(a)
+    if a.budget is None:
+        a.budget = DEFAULT_BUDGET
+    if a.seed is None:
+        a.seed = 0
     if not 0.0 <= a.budget <= 1.0:
         raise CliError(f"--budget must be a fraction of the weights in [0, 1], got {a.budget}")
     _check_regex("--always", a.always)
@@ -151,12 +190,7 @@ def cmd_protect(a: argparse.Namespace) -> int:
     if per_weight:
         if a.model is None:
             raise CliError(f"--policy {a.policy} scores single weights: it needs --model")
-        require_model(a.model)
-        if a.span_grads != "exact" and a.saliency not in SPAN_GRADS_SOURCES:
-            raise CliError(
-                f"--span-grads {a.span_grads} applies to --saliency {', '.join(SPAN_GRADS_SOURCES)} "
-                f"(behaviour-span gradients), not to --saliency {a.saliency}"
-            )
+        require_model(a.model)  # --span-grads of another saliency: refused above (_refuse_unused_protect_flags)
         if "encoded" in src.needs and a.data is None:
             raise CliError(
                 f"--saliency {a.saliency} needs --data (annotated traces: a JSONL file or paper-layout directory)"
@@ -196,6 +230,14 @@ def cmd_protect(a: argparse.Namespace) -> int:
             # "encoded" needs --data (checked above)
             enc = [encode_trace(tok, t) for t in load_dataset(cast(Path, data))] if "encoded" in src.needs else None
             calib = calibration_ids(tok, data) if "calib" in src.needs else None
+        from lrm_interp.evaluation.generation import check_token_ids
+
+        try:  # a tokenizer that is not the model's said "index out of range in self" (H7-TE)
+            check_token_ids(model, tok, [(e.trace_id, e.input_ids) for e in enc or ()])
+            if calib is not None:
+                check_token_ids(model, tok, [(f"calibration text ({a.data or 'toy tasks'})", calib)])
+        except ValueError as e:
+            raise CliError(f"--model {a.model}: {e}") from None
         if enc is not None:
             _refuse_overlong(model, enc, a)
         stream = build_saliency(
@@ -285,6 +327,12 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     if a.method == "gptq":
         with reading(calib_path, "--calib") if calib_path is not None else contextlib.nullcontext():
             calib = calibration_ids(tok, calib_path)
+        from lrm_interp.evaluation.generation import check_token_ids
+
+        try:  # a tokenizer that is not the model's said "index out of range in self" (H7-TE)
+            check_token_ids(model, tok, [(f"calibration text ({a.calib or 'toy tasks'})", calib)])
+        except ValueError as e:
+            raise CliError(f"--model {a.model}: {e}") from None
     rep = quantize_model_(
         model,
         bits=a.bits,
@@ -405,9 +453,10 @@ def register(sub) -> None:
     p.add_argument(
         "--budget",
         type=fraction,
-        default=0.02,
+        default=None,
         metavar="X",
-        help="fraction of the linear weights to protect, in [0, 1] (0: an empty mask, the no-protection baseline)",
+        help="fraction of the linear weights to protect, in [0, 1] (0: an empty mask, the no-protection "
+        f"baseline; default {DEFAULT_BUDGET}); not with --policy final_mlp, which protects whole modules",
     )
     p.add_argument(
         "--policy",
@@ -464,7 +513,9 @@ def register(sub) -> None:
         "--always", default=None, metavar="REGEX", help="sites always protected whole (they count against the budget)"
     )
     p.add_argument("--never", default=None, metavar="REGEX", help="sites never protected (wins over --always)")
-    p.add_argument("--seed", type=seed_int, default=0, metavar="N", help="seed of the random saliency (>= 0)")
+    p.add_argument(
+        "--seed", type=seed_int, default=None, metavar="N", help="seed of --saliency random (>= 0; default 0)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, metavar="FILE", help="output mask file (.safetensors)")
     add_overwrite_flag(p)

@@ -42,14 +42,61 @@ EXAMPLES = [
 ]
 
 
+#: the flags of one mode (accuracy on --tasks, or KL without): given in the other, refused (H7-Y1)
+TASK_FLAGS = (
+    ("--task-data", "task_data"),
+    ("--per-task", "per_task"),
+    ("--max-new-tokens", "max_new_tokens"),
+    ("--batch-size", "batch_size"),
+)
+KL_FLAGS = (("--resamples", "resamples"),)
+
+
+def _refuse_unused_flags(a: argparse.Namespace) -> None:
+    """Flags the study's mode never uses were accepted and recorded in ``study.json`` (so a resume
+    without them was refused as "another study"): refused, naming them (H7-Y1)."""
+    if not a.tasks:
+        unused = [f for f, dest in TASK_FLAGS if getattr(a, dest) is not None]
+        if not a.require_think:
+            unused.append("--no-require-think")
+        if unused:
+            raise CliError(
+                f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} used with --tasks only (accuracy on "
+                "benchmark tasks); without --tasks the study measures KL on the --data traces"
+            )
+        return
+    unused = [f for f, dest in KL_FLAGS if getattr(a, dest) is not None]
+    if unused:
+        raise CliError(
+            f"{', '.join(unused)} is used without --tasks only (the KL intervals' bootstrap); with --tasks the "
+            "intervals are Wilson intervals of the accuracy"
+        )
+    if a.task_data is not None:
+        from lrm_interp.data.benchmarks import get_task
+
+        try:
+            needs = [t for t in a.tasks if get_task(t).needs_data]
+        except KeyError as e:
+            raise CliError(f"--tasks: {e.args[0]}") from None
+        if not needs:
+            raise CliError(
+                f"--task-data is read by the file tasks (aime, folio, temporal, musique) only; --tasks "
+                f"{' '.join(a.tasks)} are generated toy tasks"
+            )
+
+
 def cmd_study(a: argparse.Namespace) -> int:
     from lrm_interp.data.benchmarks import find_task_file, get_task
     from lrm_interp.data.loading import load_dataset
     from lrm_interp.experiments.report import files_and_commands, study_summary, write_study_report
-    from lrm_interp.experiments.study import StudySettings, check_study_folder, run_study
+    from lrm_interp.experiments.study import StudySettings, check_study_folder, quantized_model_note, run_study
 
     # everything that can be checked without loading the model, first
     require_model(a.model)
+    note = quantized_model_note(a.model)
+    if note is not None:  # was labelled "full precision (fp32)" with KL 0 (H7-QM1)
+        raise CliError(f"--model {note}")
+    _refuse_unused_flags(a)
     data = require_path(a.data, "--data")
     check_paths({"--out": a.out}, {"--model": model_input(a.model), "--data": data}, dirs=True)
     for t in a.tasks or ():
@@ -65,6 +112,16 @@ def cmd_study(a: argparse.Namespace) -> int:
                     find_task_file(t, a.task_data)
                 except FileNotFoundError as e:
                     raise CliError(f"--task-data: {e}") from None
+    given = {
+        k: v
+        for k, v in (
+            ("per_task", a.per_task),
+            ("max_new_tokens", a.max_new_tokens),
+            ("batch_size", a.batch_size),
+            ("resamples", a.resamples),
+        )
+        if v is not None
+    }
     try:
         settings = StudySettings(
             tasks=tuple(a.tasks or ()),
@@ -73,11 +130,8 @@ def cmd_study(a: argparse.Namespace) -> int:
             group_size=a.group_size,
             symmetric=a.symmetric,
             budget=a.budget,
-            per_task=a.per_task,
-            max_new_tokens=a.max_new_tokens,
-            batch_size=a.batch_size,
             require_think=a.require_think,
-            resamples=a.resamples,
+            **given,
         )
         check_study_folder(a.out, settings, a.overwrite, writes_traces=False)
     except ValueError as e:
@@ -92,6 +146,10 @@ def cmd_study(a: argparse.Namespace) -> int:
     print()
     print("\n".join(files_and_commands(result, {"report.html": "all of the above on one page"})))
     print(f"\nreport: {report} (self-contained HTML: open it in a browser)")
+    for w in result.warnings:  # the rows compare nothing (H7-E1)
+        import sys
+
+        print(f"{PROG} study: warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -145,27 +203,37 @@ def register(sub) -> None:
     ev.add_argument(
         "--per-task",
         type=positive_int,
-        default=50,
+        default=None,
         metavar="N",
-        help="problems per task: toy tasks generated with seed 2 (as 'bench --per-family'), file tasks "
-        "their first N records (as 'bench --limit')",
+        help="with --tasks: problems per task: toy tasks generated with seed 2 (as 'bench --per-family'), file "
+        "tasks their first N records (as 'bench --limit'); default 50",
     )
     ev.add_argument(
-        "--max-new-tokens", type=positive_int, default=480, metavar="N", help="greedy tokens generated per problem"
+        "--max-new-tokens",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="with --tasks: greedy tokens generated per problem (default 480)",
     )
-    ev.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="problems generated at once")
+    ev.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="with --tasks: problems generated at once (default 32)",
+    )
     ev.add_argument(
         "--no-require-think",
         dest="require_think",
         action="store_false",
-        help="grade outputs without </think> too (by default they count as wrong, as in 'bench score')",
+        help="with --tasks: grade outputs without </think> too (by default they count as wrong, as in 'bench score')",
     )
     ev.add_argument(
         "--resamples",
         type=positive_int,
-        default=1000,
+        default=None,
         metavar="N",
-        help="bootstrap resamples of the KL intervals (without --tasks)",
+        help="without --tasks: bootstrap resamples of the KL intervals (default 1000)",
     )
     cq = p.add_argument_group("compression (RTN; the variants share these)")
     cq.add_argument(

@@ -30,7 +30,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.bits:
         model = copy.deepcopy(model)
         quantize_model_(model, bits=a.bits, group_size=group_size, progress=False)
-    acc = evaluate(model, tok, problems(a.per_family, seed=a.seed, world=model_world(model)), progress=not a.quiet)
+    probs = problems(a.per_family, seed=a.seed, world=model_world(model))
+    from lrm_interp.evaluation.generation import check_token_ids
+
+    check_token_ids(model, tok, [(p.id, p.prompt) for p in probs])  # not this model's tokenizer: say so (H7-TE)
+    acc = evaluate(model, tok, probs, progress=not a.quiet)
     print({k: round(v, 3) for k, v in acc.items()})
     return 0
 
@@ -129,6 +133,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     # an existing model folder is refused before training; --overwrite replaces only an earlier
     # 'toy train' result (a folder with its training_log.json), never a folder of other files
     try:
+        from lrm_interp.model.loading import refuse_alias_folder
+
+        refuse_alias_folder(a.out)  # the shipped model behind --model toy: never (H7-TT1)
         check_out_dir(Path(a.out).expanduser(), overwrite=a.overwrite, marker="training_log.json")
         # a folder that cannot be written (no permission, read-only, immutable) fails here, not after
         # the training (H6-P13)

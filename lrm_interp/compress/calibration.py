@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lrm_interp.checks import shown_value
 from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.toy_tasks import generate_dataset
 from lrm_interp.model.capture import Capture, Reducer
@@ -76,7 +77,7 @@ def calibration_batches(calib: CalibData, batch_size: int = 8) -> Iterator[tuple
     if att is not None and tuple(att.shape) != tuple(ids.shape):
         raise ValueError(f"calibration attention_mask shape {tuple(att.shape)} != input_ids shape {tuple(ids.shape)}")
     if int(batch_size) <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise ValueError(f"batch_size must be positive, got {shown_value(batch_size)}")
     b = int(batch_size)
     for i in range(0, ids.shape[0], b):
         yield ids[i : i + b], None if att is None else att[i : i + b]
@@ -106,7 +107,7 @@ def calibration_ids(
     (with fewer than ``length`` tokens the single row holds them all).
     """
     if int(length) <= 0:
-        raise ValueError(f"calibration length must be positive, got {length}")
+        raise ValueError(f"calibration length must be positive, got {shown_value(length)}")
     texts = calibration_texts(data, n_per_family=n_per_family, seed=seed)
     if separator is None:
         ids = torch.tensor(

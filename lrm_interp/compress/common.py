@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import torch
 
+from lrm_interp.checks import shown_value
+
 
 class ObsProblem(NamedTuple):
     """The float32 inputs of an OBS update of ``W [out, in]`` (all on ``W``'s device)."""
@@ -80,7 +82,7 @@ def check_pattern(sparsity: float | None, prunen: int, prunem: int) -> None:
     if prunen or prunem:
         check_nm(prunen, prunem)
     elif sparsity is None or not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        raise ValueError(f"sparsity must be in [0, 1), got {shown_value(sparsity)}")
 
 
 __all__ = ["ObsProblem", "damped_inverse_cholesky", "prepare_obs", "check_nm", "parse_pattern", "check_pattern"]

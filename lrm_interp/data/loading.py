@@ -10,7 +10,7 @@ they are returned.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from lrm_interp.data.paper_layout import check_layout_files
@@ -64,12 +64,30 @@ def load_dataset(
         if not p.exists():
             raise FileNotFoundError(f"dataset {p} does not exist")
         return ReasoningDataset.load_jsonl(p, max_response_chars=limit)
+    check_dataset_argument(data)
     traces = list(data)
     if not all(isinstance(t, ReasoningTrace) for t in traces):
-        raise TypeError(
-            "dataset must be a ReasoningDataset, a list of ReasoningTrace, a JSONL path or a paper-layout directory"
-        )
+        bad = next(t for t in traces if not isinstance(t, ReasoningTrace))
+        raise TypeError(f"{_DATASET_TYPES}, got a {type(data).__name__} holding a {type(bad).__name__}")
     return ReasoningDataset(traces).check_sizes(limit)
 
 
-__all__ = ["load_dataset", "check_layout_files"]
+_DATASET_TYPES = (
+    "dataset must be a ReasoningDataset, a list of ReasoningTrace, a JSONL path or a paper-layout directory"
+)
+
+
+def check_dataset_argument(data: object) -> None:
+    """``TypeError`` (the one message of :func:`load_dataset`) when ``data`` cannot be a dataset at all:
+    not a dataset, a path, nor a list / tuple of traces (``None``, ``123``, a dict: it said "'int'
+    object is not iterable", and :func:`~lrm_interp.attribute` only after loading the model, H7-API1).
+    Cheap: :func:`~lrm_interp.attribute` calls it before anything loads."""
+    if isinstance(data, (ReasoningDataset, str, os.PathLike)):
+        return
+    from collections.abc import Mapping
+
+    if isinstance(data, (bytes, Mapping)) or not isinstance(data, Iterable):
+        raise TypeError(f"{_DATASET_TYPES}, got {type(data).__name__}")
+
+
+__all__ = ["load_dataset", "check_dataset_argument", "check_layout_files"]

@@ -40,7 +40,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from lrm_interp.checks import check_int
+from lrm_interp.checks import check_int, shown_value
 from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
 
 FAMILIES: tuple[str, ...] = ("math", "logic", "knowledge")
@@ -122,7 +122,7 @@ def build_world(n_people: int = N_PEOPLE, seed: int = WORLD_SEED) -> World:
         }
     )
     if not 1 <= n_people <= len(names):
-        raise ValueError(f"n_people must be in [1, {len(names)}], got {n_people}")
+        raise ValueError(f"n_people must be in [1, {len(names)}], got {shown_value(n_people)}")
     rng = random.Random(f"world:{seed}")
     people = tuple(rng.sample(names, n_people))
     lives = {p: rng.choice(_CITIES) for p in people}

@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,15 @@ class BehaviorSpan:
     end: int
 
     def __post_init__(self) -> None:
+        if not isinstance(self.behavior, str):
+            raise TypeError(f"span behavior must be a str label, got {type(self.behavior).__name__} {self.behavior!r}")
+        for name in ("start", "end"):  # 20.5 was accepted here and refused by the loader (H7-API8)
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise TypeError(
+                    f"span {self.behavior!r}: {name} must be an int character offset, got {v!r} ({type(v).__name__})"
+                )
+            object.__setattr__(self, name, int(v))
         if not (0 <= self.start <= self.end):
             raise ValueError(f"bad span [{self.start}, {self.end}) for {self.behavior!r}")
 
@@ -215,7 +225,23 @@ class ReasoningTrace:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # the types, up front: response=None / id=5 failed later, far away (H7-API8b)
+        if not isinstance(self.id, str):
+            raise TypeError(f"trace id must be a str, got {type(self.id).__name__} {self.id!r}")
+        for name in ("prompt", "response"):
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                raise TypeError(f"trace {self.id!r}: {name} must be a str, got {type(v).__name__}")
+        if isinstance(self.spans, (str, bytes, Mapping)):
+            raise TypeError(
+                f"trace {self.id!r}: spans must be a sequence of BehaviorSpan, got {type(self.spans).__name__}"
+            )
         object.__setattr__(self, "spans", tuple(self.spans))
+        for k, sp in enumerate(self.spans):
+            if not isinstance(sp, BehaviorSpan):
+                raise TypeError(f"trace {self.id!r}: spans[{k}] must be a BehaviorSpan, got {type(sp).__name__}")
+        if not isinstance(self.metadata, dict):
+            raise TypeError(f"trace {self.id!r}: metadata must be a dict, got {type(self.metadata).__name__}")
         first: dict[BehaviorSpan, int] = {}
         for k, s in enumerate(self.spans):
             if s.end > len(self.response):

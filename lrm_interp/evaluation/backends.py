@@ -37,7 +37,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import check_float, check_fraction, check_int
+from lrm_interp.checks import check_float, check_fraction, check_int, check_seed
 from lrm_interp.endpoint import (
     API_KEY_ENV,
     DEFAULT_BACKOFF,
@@ -85,7 +85,7 @@ class GenerationSettings:
         check_int("max_new_tokens", self.max_new_tokens, min=1)
         check_float("temperature", self.temperature, min=0.0)
         check_fraction("top_p", self.top_p, zero=False)
-        check_int("seed", self.seed, min=0)
+        check_seed("seed", self.seed)
         check_int("n_samples", self.n_samples, min=1)
         check_int("batch_size", self.batch_size, min=1)
         if not isinstance(self.chat_template, bool):

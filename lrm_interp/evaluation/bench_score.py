@@ -452,6 +452,7 @@ def _mean(x) -> float:
 #: every file :meth:`BenchScores.write_tables` may write (``bench score`` refuses an ``--out``
 #: holding one unless ``--overwrite``)
 SCORE_FILES = (
+    "score_files.json",
     "scores.csv",
     "summary.csv",
     "accuracy.csv",
@@ -461,6 +462,24 @@ SCORE_FILES = (
     "accuracy_vs_sparsity.png",
     "short_vs_long.png",
 )
+
+#: the record of what one :meth:`BenchScores.write_tables` wrote (``{"format", "files": [names]}``):
+#: the next score into that folder removes only the plots it lists (H7-BS4: a plot of the same name
+#: that no score wrote is the user's, kept)
+SCORE_RECORD = "score_files.json"
+SCORE_RECORD_FORMAT = "lrm_interp.bench_score_files/1"
+
+
+def _recorded_plots(out: Path) -> set[str]:
+    """The plots (:data:`SCORE_FILES` ``*.png``) an earlier score recorded writing into ``out``
+    (empty without a readable record)."""
+    try:
+        doc = json.loads((out / SCORE_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(doc, dict) or doc.get("format") != SCORE_RECORD_FORMAT or not isinstance(doc.get("files"), list):
+        return set()
+    return {n for n in doc["files"] if isinstance(n, str) and n in SCORE_FILES and n.endswith(".png")}
 
 
 @dataclass(frozen=True)
@@ -612,10 +631,12 @@ class BenchScores:
         """``scores.csv`` (per output), ``summary.csv``, ``accuracy.csv``, ``collapse_points.csv``,
         ``tables.md`` (accuracy, test-time compute, collapse) and, with ``plots``,
         ``accuracy_vs_bits.png``, ``accuracy_vs_sparsity.png``, ``short_vs_long.png`` (each when it
-        has something to show). A plot of :data:`SCORE_FILES` left in ``out_dir`` by an earlier score
-        and not written now is removed: it would sit beside tables it does not match."""
+        has something to show), and :data:`SCORE_RECORD` listing them. A plot an earlier score
+        recorded writing into ``out_dir`` and not written now is removed: it would sit beside tables
+        it does not match; a plot of the same name that no score recorded (the user's) is kept."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        earlier = _recorded_plots(out)
         s, acc, cp = self.summary(), self.accuracy_table(), self.collapse_points()
         files = []
         for name, df in (
@@ -630,9 +651,12 @@ class BenchScores:
         files.append(out / "tables.md")
         if plots:
             files += _plots(s, out)
-        for name in SCORE_FILES:  # a plot of an earlier score in this folder no longer matches these tables
+        record = {"format": SCORE_RECORD_FORMAT, "files": [f.name for f in files]}
+        atomic_write_text(out / SCORE_RECORD, json.dumps(record, indent=1))
+        files.append(out / SCORE_RECORD)
+        for name in sorted(earlier):  # a plot of an earlier score in this folder no longer matches these tables
             p = out / name
-            if p.suffix == ".png" and p not in files and p.is_file():
+            if p not in files and p.is_file() and not p.is_symlink():
                 p.unlink()
         return files
 

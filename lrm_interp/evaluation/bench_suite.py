@@ -207,6 +207,12 @@ def run_suite(
         base_tag = model_tag(name)
         model, tok = load(name)
         check_toy_world(model, name, items, toy_people)
+        from lrm_interp.evaluation.generation import check_token_ids
+
+        try:  # a tokenizer that is not the model's: refused before this model's run folder is written (H7-TE)
+            check_token_ids(model, tok, ((f"{it.id} (prompt)", it.prompt) for its in items.values() for it in its))
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
         if cfg.device != "cpu":
             model = model.to(cfg.device)
         needs_calib = any(s.needs_calibration for s in cfg.specs)  # then calibration is given (checked above)

@@ -8,8 +8,9 @@ with the number of new tokens and whether the length limit was hit (:class:`Gene
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -42,6 +43,57 @@ def generate_responses(
     finally:
         tokenizer.padding_side = side
     return out
+
+
+@dataclass(frozen=True)
+class _Ids:
+    """Token ids under a name, in the shape :func:`lrm_interp.attribution.pipeline._check_ids` reads
+    (an :class:`~lrm_interp.data.tokens.EncodedTrace`'s ``trace_id`` and ``input_ids``)."""
+
+    trace_id: str
+    input_ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.input_ids.numel())
+
+
+def check_token_ids(model, tokenizer, texts: Iterable[tuple[str, str | torch.Tensor]]) -> None:
+    """``ValueError`` when ``tokenizer`` is not ``model``'s: a token id of one of ``texts``
+    (``(name, text or ids)``) lies beyond the model's input embedding. ``attribute``'s check
+    (:func:`lrm_interp.attribution.pipeline._check_ids`), for the commands that generate or
+    calibrate, run before anything is computed or written (H7-TE: they said "index out of range
+    in self", and ``bench run`` left ``run.json`` behind)."""
+    from lrm_interp.attribution.pipeline import _check_ids
+
+    for name, x in texts:
+        ids = x if isinstance(x, torch.Tensor) else torch.tensor(tokenizer(x)["input_ids"], dtype=torch.long)
+        _check_ids(model, tokenizer, cast(Any, _Ids(name, ids.reshape(-1))))  # reads trace_id, input_ids, len()
+
+
+def count_at_limit(tokenizer, responses: Sequence[str], max_new_tokens: int) -> int:
+    """How many of ``responses`` (decoded greedy continuations, :func:`generate_responses`) are
+    ``max_new_tokens`` tokens long: cut off by the length limit before they ended."""
+    return sum(len(tokenizer(r, add_special_tokens=False)["input_ids"]) >= max_new_tokens for r in responses)
+
+
+def length_limit_warning(
+    correct: int, n: int, at_limit: int | None, max_new_tokens: int, *, flag: str = "--max-new-tokens"
+) -> str | None:
+    """A sentence when the full-precision answers show that a comparison of compressed variants
+    means nothing (H7-E1: every row 0 %, full precision included, printed with a "best" verdict):
+    full precision solved none of its ``n`` problems, or at least half of its answers (``at_limit``,
+    :func:`count_at_limit`; ``None``: not known, e.g. a resumed row) hit the length limit. ``None``
+    when neither holds."""
+    if n <= 0:
+        return None
+    cut = at_limit is not None and 2 * at_limit >= n
+    if correct > 0 and not cut:
+        return None
+    msg = f"full precision solved {correct} of {n}"
+    if at_limit is not None:
+        msg += f"; {at_limit} of {n} answers hit {flag} {max_new_tokens}"
+    msg += f": raise {flag}" if cut else f" (is {flag} {max_new_tokens} too short for the model's answers? raise it)"
+    return msg + "; the compressed rows are compared against a baseline that does not answer, so no verdict is drawn"
 
 
 def generate_answers(

@@ -55,7 +55,7 @@ from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import Attribution
 from lrm_interp.attribution.resume import trace_ids_fingerprint
 from lrm_interp.attribution.stats import spearman
-from lrm_interp.checks import check_int
+from lrm_interp.checks import check_int, check_seed
 from lrm_interp.data.annotate import (
     ANNOTATOR_NAMES,
     DEFAULT_ANNOTATOR,
@@ -584,7 +584,7 @@ def annotation_downstream(
     """
     top_k = check_int("top_k", top_k, min=1)
     seeds = [seed] if isinstance(seed, int) else list(seed)
-    seeds = [check_int("seed", x, min=0) for x in seeds]
+    seeds = [check_seed("seed", x) for x in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seed must be one seed or a list of distinct seeds, got {seed!r}")
     max_traces = check_int("max_traces", max_traces, min=1, optional=True)

@@ -104,6 +104,9 @@ class ExperimentSettings:
             raise ValueError("random_seeds must name at least one seed")
         for seed in self.random_seeds:
             check_int("random_seeds", seed, min=0)
+        dup = next((x for i, x in enumerate(self.random_seeds) if x in self.random_seeds[:i]), None)
+        if dup is not None:  # the same control row twice in the table (H7-E4)
+            raise ValueError(f"random_seeds: seed {dup} given twice (each seed is one control row); give it once")
         check_fraction("guided_mix", self.guided_mix)
         check_int("problem_seed", self.problem_seed, min=0)
         check_int("max_new_tokens", self.max_new_tokens, min=1)

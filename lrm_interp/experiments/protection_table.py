@@ -30,6 +30,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_save_figure, atomic_write_text, iter_jsonl
+from lrm_interp.evaluation.generation import count_at_limit, length_limit_warning
 from lrm_interp.evaluation.intervals import wilson_interval
 from lrm_interp.evaluation.paired import PairedComparison, compare_outcomes
 from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner, RowPlan, check_only
@@ -83,6 +84,10 @@ class ProtectionTable:
     settings: ExperimentSettings
     rows: tuple[ResultRow, ...]
     model: dict[str, Any] = field(default_factory=dict)
+    #: what makes the table mean nothing (:func:`lrm_interp.evaluation.generation.length_limit_warning`:
+    #: full precision answers nothing, or its answers hit the length limit); shown in ``table.md``
+    #: instead of the paired comparisons
+    warnings: tuple[str, ...] = ()
 
     def row(self, label: str) -> ResultRow:
         for r in self.rows:
@@ -189,6 +194,8 @@ class ProtectionTable:
             "| protection | kind | bits/weight | " + " | ".join(fams) + " | mean | 95% CI | recovered |",
             "|---|---|---|" + "---|" * (len(fams) + 3),
         ]
+        if self.warnings:
+            lines[1:1] = ["", *(f"**Warning: {w}.**" for w in self.warnings)]
         for r in self.rows:
             rec = self.recovered(r)
             label = r.label.replace("|", "\\|")  # a pipe in a label would split the Markdown cell
@@ -199,7 +206,7 @@ class ProtectionTable:
                 + ("" if rec is None else f"{100 * rec:.0f}%")
                 + " |"
             )
-        return "\n".join(lines) + "\n" + self._paired_markdown()
+        return "\n".join(lines) + "\n" + ("" if self.warnings else self._paired_markdown())
 
     def _paired_markdown(self) -> str:
         comps = self.comparisons()
@@ -415,11 +422,23 @@ def _check_folder(out: Path, want: dict[str, Any], n: int) -> list[ResultRow]:
 
 
 def _measure(
-    label: str, kind: str, model, tokenizer, held, bpw: float, modules: str, t0: float, max_new_tokens: int
+    label: str,
+    kind: str,
+    model,
+    tokenizer,
+    held,
+    bpw: float,
+    modules: str,
+    t0: float,
+    max_new_tokens: int,
+    at_limit: list[int] | None = None,
 ) -> ResultRow:
+    """One row measured; ``at_limit``: a list the number of answers cut by ``max_new_tokens`` is appended to."""
     acc, responses = evaluate(
         model, tokenizer, held, batch_size=150, max_new_tokens=max_new_tokens, return_responses=True
     )
+    if at_limit is not None:
+        at_limit.append(count_at_limit(tokenizer, responses, max_new_tokens))
     fams = [f for f in acc if f != "mean"]
     hits = score_responses(held, responses)
     correct = sum(hits)
@@ -480,6 +499,7 @@ def run_protection_experiment(
     if unselected:
         raise ValueError(f"redo: {', '.join(map(repr, unselected))} matches no row selected by only={list(only or [])}")
     todo = [p for p in plans if p.label not in rows or any(t in p.label for t in redo or ())]
+    fp_at_limit: int | None = None
     with tqdm(
         total=len(plans), initial=len(plans) - len(todo), desc="protection rows", unit="row", disable=not progress
     ) as bar:
@@ -487,13 +507,18 @@ def run_protection_experiment(
             t0 = time.time()
             q = model if p.kind == "fp" else copy.deepcopy(model)
             bpw, modules = p.quantize(q)
-            rows[p.label] = _measure(p.label, p.kind, q, tok, held, bpw, modules, t0, s.max_new_tokens)
+            cut: list[int] | None = [] if p.kind == "fp" else None
+            rows[p.label] = _measure(p.label, p.kind, q, tok, held, bpw, modules, t0, s.max_new_tokens, cut)
+            if cut:
+                fp_at_limit = cut[0]
             del q
             save_rows()
             bar.set_postfix_str(f"{p.label}: {100 * rows[p.label].mean:.1f}%")
             bar.update(1)
     order = [p.label for p in plans] + [k for k in rows if k not in {p.label for p in plans}]
-    table = ProtectionTable(s, tuple(rows[k] for k in order if k in rows), prov)
+    fp = next((r for r in rows.values() if r.kind == "fp"), None)
+    warn = None if fp is None else length_limit_warning(fp.correct, fp.n, fp_at_limit, s.max_new_tokens)
+    table = ProtectionTable(s, tuple(rows[k] for k in order if k in rows), prov, () if warn is None else (warn,))
     table.save(out)
     return table
 

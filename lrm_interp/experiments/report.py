@@ -119,6 +119,8 @@ def verdict(result: StudyResult) -> list[str]:
             sep = "beyond the 95% intervals" if result.separated(r.key, other.key) else "intervals overlap"
             words.append(f"{rel} {row_label(result, other)} ({sep})")
         out.append(f"{row_label(result, r)}: {_value(r.value, m)} {_ci(r)}, " + "; ".join(words) + ".")
+    if result.warnings:  # an all-zero table has no best row (H7-E1)
+        return out + [f"no verdict: {w}." for w in result.warnings]
     top = max(r.value if result.higher_is_better else -r.value for r in matched)
     best = [r for r in matched if (r.value if result.higher_is_better else -r.value) == top]
     rec = result.recovered(best[0])

@@ -55,6 +55,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -68,14 +70,14 @@ from tqdm.auto import tqdm
 from lrm_interp._io import atomic_write_text, read_safetensors, write_safetensors
 from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import Attribution, ImportanceShift, compare
-from lrm_interp.checks import check_fraction, check_int
+from lrm_interp.checks import check_fraction, check_int, check_seed
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.benchmarks import find_task_file, get_task, load, task_names
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.traces import ReasoningTrace
 from lrm_interp.evaluation.divergence import divergence
-from lrm_interp.evaluation.generation import generate_responses
+from lrm_interp.evaluation.generation import count_at_limit, generate_responses, length_limit_warning
 from lrm_interp.evaluation.intervals import bootstrap_interval, wilson_interval
 from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner, RowPlan
 from lrm_interp.model.loading import load_model
@@ -153,7 +155,7 @@ class StudySettings:
         check_int("max_new_tokens", self.max_new_tokens, min=1)
         check_int("batch_size", self.batch_size, min=1)
         check_int("resamples", self.resamples, min=1)
-        check_int("seed", self.seed, min=0)
+        check_seed("seed", self.seed)
         if not isinstance(self.symmetric, bool) or not isinstance(self.require_think, bool):
             raise ValueError("symmetric and require_think must be True or False")
         if self.task_data is not None:
@@ -240,6 +242,12 @@ class StudyResult:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ access
+    @property
+    def warnings(self) -> list[str]:
+        """What makes the comparison mean nothing (full precision answers nothing, or its answers
+        hit ``max_new_tokens``: :func:`lrm_interp.evaluation.generation.length_limit_warning`)."""
+        return list(self.provenance.get("warnings") or [])
+
     def row(self, key: str) -> StudyRow:
         """The row of ``key`` (:data:`ROW_KEYS`) or of planner label ``key``."""
         for r in self.rows:
@@ -419,6 +427,34 @@ def _foreign_outputs(out: Path, writes_traces: bool = True, also: Sequence[str] 
     )
 
 
+def quantized_model_note(model: Any) -> str | None:
+    """For a model folder written by ``lrm-interp quantize`` (it holds
+    :data:`lrm_interp._io.QUANTIZE_RECORD`): a sentence naming the record and what it says, else
+    ``None``. A study of it labelled the quantized weights "full precision" and measured KL 0 to
+    itself (H7-QM1): it is refused."""
+    from lrm_interp._io import QUANTIZE_RECORD
+
+    if not isinstance(model, (str, Path)):
+        return None
+    rec = Path(model).expanduser() / QUANTIZE_RECORD
+    if not rec.is_file():
+        return None
+    try:
+        info = json.loads(rec.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    info = info if isinstance(info, dict) else {}
+    what = ", ".join(
+        f"{k} {info[k]}" for k in ("method", "bits", "group_size", "source_model") if info.get(k) is not None
+    )
+    return (
+        f"{model} is a quantized copy written by 'lrm-interp quantize' ({rec}" + (f": {what}" if what else "") + "); "
+        "a study quantizes its --model itself and compares it with that model as full precision, so this "
+        "baseline is already quantized; give the original model"
+        + (f" ({info['source_model']})" if info.get("source_model") else "")
+    )
+
+
 def check_study_folder(
     out: str | Path,
     settings: StudySettings,
@@ -486,9 +522,9 @@ def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict
             "(--out) or overwrite=True (--overwrite) to start it over"
         )
     if overwrite:
-        for name in (have.get("provenance", {}).get("folders") or {}).values():
-            p = out / name
-            if p.is_dir() and p.parent == out:
+        folders = _own_folders(out, have)  # every entry checked before anything is removed
+        for p in folders:
+            if p.is_dir():
                 shutil.rmtree(p)
         for name in OWN_FILES:
             (out / name).unlink(missing_ok=True)
@@ -496,6 +532,44 @@ def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict
     outcomes = _read_outcomes(out) if (out / OUTCOMES_FILE).exists() else {}
     rows = {d["key"]: StudyRow.from_dict(d) for d in have.get("rows", []) if d["key"] in outcomes}
     return rows, {k: v for k, v in outcomes.items() if k in rows}
+
+
+#: the folders a study writes into its folder (``attribution_<dtype>``, ``attribution_rtn<bits>``)
+_OWN_FOLDER = re.compile(r"attribution_[A-Za-z0-9_]+")
+
+
+def _own_folders(out: Path, have: Mapping[str, Any]) -> list[Path]:
+    """The attribution folders ``study.json`` (``have``) records, each checked to be one a study
+    writes: a plain name of :data:`_OWN_FOLDER` (no path separator, not ``.`` / ``..``) resolving
+    to a child of ``out`` (a link out of the folder is not followed). ``ValueError`` naming the
+    first other entry (a hand-edited or damaged ``study.json``: ``".."`` deleted the folder holding
+    the study, H7-ST1), before anything is removed."""
+    folders = (have.get("provenance") or {}).get("folders") or {}
+    if not isinstance(folders, Mapping):
+        raise ValueError(f"{out / STUDY_FILE}: provenance.folders is not a mapping; not removing anything")
+    root = out.resolve()
+    paths = []
+    for role, name in folders.items():
+        bad = (
+            not isinstance(name, str)
+            or name in ("", ".", "..")
+            or "/" in name
+            or "\\" in name
+            or os.sep in name
+            or (os.altsep is not None and os.altsep in name)
+            or not _OWN_FOLDER.fullmatch(name)
+        )
+        p = out / name if isinstance(name, str) else out
+        if not bad and (p.is_symlink() or p.resolve().parent != root):
+            bad = True
+        if bad:
+            raise ValueError(
+                f"{out / STUDY_FILE}: provenance.folders[{role!r}] is {name!r}, not an attribution folder a study "
+                f"writes (attribution_<dtype> or attribution_rtn<bits>, inside {out}); refusing to remove it "
+                "(--overwrite); fix or delete that study.json, or use another out folder"
+            )
+        paths.append(p)
+    return paths
 
 
 def _write_outcomes(out: Path, outcomes: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
@@ -550,6 +624,7 @@ def measure_accuracy(
     *,
     order: Sequence[int] | None = None,
     progress: bool = False,
+    at_limit: list[int] | None = None,
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """``({task: accuracy}, correct [n] uint8, chars [n] int64)``: greedy answers
     (:func:`generate_responses`) graded by each item's task grader; ``chars``: each response's length.
@@ -557,7 +632,8 @@ def measure_accuracy(
     ``order``: the order the items are generated in (a permutation of ``range(n)``; the results
     are returned in item order). Batches of items whose answers are about as long finish
     together, so ordering by an earlier run's lengths saves the steps a batch spends on its
-    longest answer (study rows: by the full-precision answers' lengths).
+    longest answer (study rows: by the full-precision answers' lengths). ``at_limit``: a list the
+    number of answers cut off by ``settings.max_new_tokens`` is appended to.
     """
     order = list(range(len(items))) if order is None else [int(i) for i in order]
     if sorted(order) != list(range(len(items))):
@@ -573,6 +649,8 @@ def measure_accuracy(
     responses = [""] * len(items)
     for i, r in zip(order, generated):
         responses[i] = r
+    if at_limit is not None:
+        at_limit.append(count_at_limit(tokenizer, responses, settings.max_new_tokens))
     correct = [
         get_task(it.task).grader(it, r, require_think=settings.require_think).correct for it, r in zip(items, responses)
     ]
@@ -675,6 +753,9 @@ def run_study(
     holding another study is refused before anything is written.
     """
     t0 = time.time()
+    note = quantized_model_note(model)
+    if note is not None:
+        raise ValueError(note)
     s = settings if settings is not None else StudySettings(**kw)
     if settings is not None and kw:
         raise TypeError(f"give settings or keywords, not both (got {sorted(kw)})")
@@ -747,6 +828,7 @@ def run_study(
     encoded = planner.encoded if not s.tasks else []
     prov["items"] = [it.id for it in items] if s.tasks else [t.id for t in ds]
     res_q = None
+    fp_at_limit: int | None = None
     d_q = out / folders["compressed"]
     with tqdm(total=len(ROW_KEYS), initial=len(rows), desc="study rows", unit="row", disable=not progress) as bar:
         for k in ROW_KEYS:
@@ -759,9 +841,25 @@ def run_study(
             bpw, modules = plan.quantize(q)
             if k not in rows:
                 order = generation_order(items, tokenizer, outcomes.get("fp", {}).get("chars")) if s.tasks else None
+                cut: list[int] | None = [] if k == "fp" else None
                 rows[k], outcomes[k] = _measure(
-                    k, plan, q, model, tokenizer, s, items, encoded, bpw, modules, t1, order=order, progress=progress
+                    k,
+                    plan,
+                    q,
+                    model,
+                    tokenizer,
+                    s,
+                    items,
+                    encoded,
+                    bpw,
+                    modules,
+                    t1,
+                    order=order,
+                    progress=progress,
+                    at_limit=cut,
                 )
+                if cut:
+                    fp_at_limit = cut[0]
                 _save_progress(out, key, rows, outcomes, prov)
                 bar.update(1)
                 bar.set_postfix_str(f"{plan.label}: {_fmt(rows[k].value, s.metric)}")
@@ -786,6 +884,9 @@ def run_study(
         "results.csv": "the compared variants as a table",
     }
     prov.update(resumed=resumed, seconds=round(time.time() - t0, 1))
+    fp = rows["fp"]
+    warn = length_limit_warning(int(fp.correct or 0), fp.n, fp_at_limit, s.max_new_tokens) if s.tasks else None
+    prov["warnings"] = [] if warn is None else [warn]
     result = StudyResult(
         s,
         tuple(rows[k] for k in ROW_KEYS),
@@ -819,9 +920,12 @@ def _measure(
     *,
     order: Sequence[int] | None,
     progress: bool,
+    at_limit: list[int] | None = None,
 ) -> tuple[StudyRow, dict[str, torch.Tensor]]:
     if s.tasks:
-        per_task, correct, chars = measure_accuracy(q, tokenizer, items, s, order=order, progress=progress)
+        per_task, correct, chars = measure_accuracy(
+            q, tokenizer, items, s, order=order, progress=progress, at_limit=at_limit
+        )
         c, n = int(correct.sum()), int(correct.numel())
         return (
             StudyRow(
@@ -987,6 +1091,7 @@ __all__ = [
     "measure_kl",
     "bootstrap_interval",
     "check_study_folder",
+    "quantized_model_note",
     "study_key",
     "generation_order",
 ]

@@ -179,6 +179,13 @@ def find_sites(
     Returns:
         list of :class:`Site`, one per linear module, in ``named_modules`` order.
     """
+    if not callable(
+        getattr(model, "named_modules", None)
+    ):  # find_sites("toy") said "'str' object has no attribute ..." (H7-API2)
+        raise TypeError(
+            f"model must be a torch.nn.Module (load one with lrm_interp.load_model), got {type(model).__name__}"
+            + (f" {model!r}" if isinstance(model, str) else "")
+        )
     rx = re.compile(pattern) if pattern else None
     kinds = set(kinds) if kinds is not None else None
     layers = set(layers) if layers is not None else None
@@ -221,7 +228,9 @@ def resolve_sites(model: nn.Module, sites: Sequence[Site | str] | str | None = N
         shape = linear_shape(mod) if mod is not None else None
         if mod is None or shape is None:
             close = [n for n, m in model.named_modules() if n.endswith(name.split(".")[-1]) and linear_shape(m)][:3]
-            raise KeyError(f"{name!r} is not a linear module of this model (e.g. {close})")
+            if not close:  # "(e.g. [])" named nothing (H7-API-sn): a few real site names instead
+                close = [x.name for x in find_sites(model)][:3]
+            raise KeyError(f"{name!r} is not a linear module of this model (site names look like {close})")
         out.append(
             s if isinstance(s, Site) and (s.in_features, s.out_features) == shape else _make_site(name, mod, shape)
         )

@@ -324,6 +324,16 @@ def save_masks(
     :func:`~lrm_interp.protect.policies.build_masks` returns), stored as the ``model`` metadata
     entry and checked when the masks are applied to a model.
     """
+    if (
+        isinstance(masks, tuple) and len(masks) == 2 and isinstance(masks[0], Mapping) and isinstance(masks[1], Mapping)
+    ):  # what load_masks returns, (masks, extra): a round trip saves both (H7-API10)
+        masks, extra = masks
+        metadata = dict(extra) if metadata is None else metadata
+    if not isinstance(masks, Mapping):
+        raise TypeError(
+            f"masks must be a {{site name: mask}} mapping (a MaskSet: load_masks(path)[0], or build_masks(...)), "
+            f"got {type(masks).__name__}"
+        )
     tensors, info = mask_tensors(masks, encoding=encoding)
     meta = {"format": FORMAT, "sites": json.dumps(info), "extra": json.dumps(metadata or {})}
     rec = model if model is not None else getattr(masks, "model", None)

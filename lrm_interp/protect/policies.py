@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from lrm_interp.attribution.results import site_scores
-from lrm_interp.checks import check_fraction
+from lrm_interp.checks import check_fraction, shown_value
 from lrm_interp.model.provenance import recorded_weights
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.masks import MaskSet, ProtectionMask
@@ -50,7 +50,7 @@ def _check_budget(budget: float) -> float:
     try:
         return check_fraction("budget", budget)
     except ValueError:
-        raise ValueError(f"budget must be a fraction of the weights in [0, 1], got {budget}") from None
+        raise ValueError(f"budget must be a fraction of the weights in [0, 1], got {shown_value(budget)}") from None
 
 
 def _refuse_nothing(budget: float, n_weights: int, what: str, least: float) -> None:

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import torch
 
-from lrm_interp.checks import check_int
+from lrm_interp.checks import check_seed
 from lrm_interp.compress.calibration import CalibData
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.tokens import EncodedTrace
@@ -223,7 +223,7 @@ def build_saliency(
         raise KeyError(f"unknown saliency {name!r} (one of {list(SALIENCIES)})")
     bits = check_bits(bits)
     group_size = check_group_size(group_size)
-    check_int("seed", seed, min=0)
+    check_seed("seed", seed)
     check_span_grads(span_grads)
     if span_grads != "exact" and name not in SPAN_GRADS_SOURCES:
         raise ValueError(f"saliency {name!r} takes no span_grads={span_grads!r} (only {list(SPAN_GRADS_SOURCES)} do)")

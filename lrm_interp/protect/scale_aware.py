@@ -27,6 +27,7 @@ from typing import cast
 
 import torch
 
+from lrm_interp.checks import shown_value
 from lrm_interp.compress.quant.grid import check_weight, dequantize_with, fit_params, quantize_with
 
 ROWS_PER_CHUNK = 1 << 16
@@ -122,11 +123,11 @@ def scale_aware_saliency(
     if tuple(G.shape) != tuple(W.shape):
         raise ValueError(f"gradient shape {tuple(G.shape)} != weight shape {tuple(W.shape)}")
     if chain < 0:
-        raise ValueError(f"chain must be >= 0, got {chain}")
+        raise ValueError(f"chain must be >= 0, got {shown_value(chain)}")
     out, inn = W.shape
     g = inn if group_size is None else int(group_size)
     if g <= 0:
-        raise ValueError(f"group_size must be positive or None, got {group_size}")
+        raise ValueError(f"group_size must be positive or None, got {shown_value(group_size)}")
     padn = (-inn) % g
     w = torch.nn.functional.pad(W.float(), (0, padn)).reshape(-1, g)
     a = torch.nn.functional.pad(G.float().abs(), (0, padn)).reshape(-1, g)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from lrm_interp.checks import check_float, check_int
+from lrm_interp.checks import check_float, check_int, check_seed
 from lrm_interp.data.toy_tasks import FAMILIES, N_PEOPLE, WORLD_SEED, World, build_world, generate_trace, problems
 from lrm_interp.testing import byte_tokenizer
 
@@ -263,8 +263,10 @@ def check_train_settings(
             f"stop_at must be at most steps ({steps}): phase 1 ends after steps, so a later stop is never "
             f"reached (None: all steps), got {stop_at}"
         )
-    for name, v in (("anneal_steps", anneal_steps), ("workers", workers), ("seed", seed), ("anneal_seed", anneal_seed)):
+    for name, v in (("anneal_steps", anneal_steps), ("workers", workers)):
         check_int(name, v, min=0)
+    for name, v in (("seed", seed), ("anneal_seed", anneal_seed)):
+        check_seed(name, v)
     for name, x in (("lr", lr), ("anneal_lr", anneal_lr)):
         check_float(name, x, min=0.0, min_open=True)
     check_float("weight_decay", weight_decay, min=0.0)

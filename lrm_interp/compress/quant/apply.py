@@ -109,6 +109,29 @@ def quantize_sites_(
     return n_w, n_p
 
 
+def masks_argument(masks: Any) -> Mapping[str, Any] | None:
+    """``masks`` as a ``{site: mask}`` mapping: a masks file path is loaded (:func:`load_masks`), the
+    ``(masks, extra)`` pair ``load_masks`` returns is taken apart; anything else that is not a
+    mapping raises ``TypeError`` (a path string was read as a mapping of its characters, H7-API5)."""
+    import os
+    from pathlib import Path
+
+    if masks is None:
+        return None
+    if isinstance(masks, (str, os.PathLike)):
+        from lrm_interp.protect.encoding import load_masks
+
+        return load_masks(Path(masks))[0]
+    if isinstance(masks, tuple) and len(masks) == 2 and isinstance(masks[0], Mapping):
+        return masks[0]
+    if not isinstance(masks, Mapping):
+        raise TypeError(
+            "masks must be a {site name: mask} mapping (load_masks(path)[0], build_masks(...)) or the path "
+            f"of a masks file, got {type(masks).__name__}"
+        )
+    return masks
+
+
 def quantize_model_(
     model: torch.nn.Module,
     *,
@@ -152,6 +175,7 @@ def quantize_model_(
     """
     bits = check_bits(bits)
     group_size = check_group_size(group_size)
+    masks = masks_argument(masks)
     tensors: dict[str, QuantizedTensor] = {}
 
     def report(run: CompressionRun) -> QuantReport:

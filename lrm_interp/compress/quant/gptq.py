@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from lrm_interp.checks import shown_value
 from lrm_interp.compress.common import prepare_obs
 from lrm_interp.compress.quant.format import QuantizedTensor
 from lrm_interp.compress.quant.grid import GroupParams, check_weight, fit_params
@@ -47,7 +48,7 @@ def _gptq_core(
     out, inn = W0.shape
     g = inn if group_size is None else int(group_size)
     if g <= 0:
-        raise ValueError(f"group_size must be positive or None, got {group_size}")
+        raise ValueError(f"group_size must be positive or None, got {shown_value(group_size)}")
     n_groups = -(-inn // g)
     scale = torch.ones(out, n_groups, device=W0.device)
     zero = torch.zeros(out, n_groups, device=W0.device)

@@ -20,6 +20,8 @@ from typing import overload
 
 import torch
 
+from lrm_interp.checks import shown_value
+
 MIN_BITS, MAX_BITS = 2, 8
 
 
@@ -49,7 +51,7 @@ def check_bits(bits: int) -> int:
     """``int(bits)`` if it is a supported code width (2..8: codes are stored as uint8), else ``ValueError``."""
     n = _whole(bits)
     if n is None or not MIN_BITS <= n <= MAX_BITS:
-        raise ValueError(f"bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
+        raise ValueError(f"bits must be in {MIN_BITS}..{MAX_BITS}, got {shown_value(bits)}")
     return n
 
 
@@ -66,7 +68,7 @@ def check_group_size(group_size: int | None) -> int | None:
         return None
     n = _whole(group_size)
     if n is None or n <= 0:
-        raise ValueError(f"group_size must be positive or None, got {group_size}")
+        raise ValueError(f"group_size must be positive or None, got {shown_value(group_size)}")
     return n
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from tqdm.auto import tqdm
 
+from lrm_interp.checks import shown_value
 from lrm_interp.model.sites import Site, get_module
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def guided_transform(
     ``guided`` (e.g. from the unquantized model) is mixed into each. A site missing from
     ``guided`` is a ``KeyError`` naming it."""
     if not 0.0 <= float(mix) <= 1.0:
-        raise ValueError(f"mix must be in [0, 1], got {mix}")
+        raise ValueError(f"mix must be in [0, 1], got {shown_value(mix)}")
 
     def fn(site: str, H: torch.Tensor) -> torch.Tensor:
         if site not in guided:
@@ -119,7 +120,7 @@ def mix_hessians(
     """``(1 − mix) · H_c / mean diag(H_c) + mix · H_g / mean diag(H_g)`` per site (module docs);
     ``mix`` in ``[0, 1]``; both mappings must name the same sites."""
     if not 0.0 <= float(mix) <= 1.0:
-        raise ValueError(f"mix must be in [0, 1], got {mix}")
+        raise ValueError(f"mix must be in [0, 1], got {shown_value(mix)}")
     if set(calib) != set(guided):
         raise KeyError(f"Hessians for different sites: {sorted(set(calib) ^ set(guided))[:5]}")
 

@@ -38,6 +38,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_write_text, iter_jsonl, lone_surrogate
+from lrm_interp.checks import shown_value
 from lrm_interp.data.annotators.base import (
     Annotator,
     SentenceLabeller,
@@ -255,7 +256,7 @@ def annotate_dataset(
             cache once the endpoint is up.
     """
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise ValueError(f"workers must be >= 1, got {shown_value(workers)}")
     limit = response_limit(max_response_chars)
     name = getattr(traces, "name", "")
     traces = list(traces)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from lrm_interp._io import read_safetensors, write_safetensors
-from lrm_interp.checks import check_float, check_int
+from lrm_interp.checks import check_float, check_int, check_seed
 from lrm_interp.data.annotators.agreement import annotation_agreement
 from lrm_interp.data.annotators.base import annotate_response, thinking_part
 from lrm_interp.data.annotators.r1 import R1RuleAnnotator
@@ -170,7 +170,7 @@ def check_fit_settings(
     check_float("lr", lr, min=0.0, min_open=True)
     check_float("l2", l2, min=0.0)
     check_float("class_balance", class_balance, min=0.0)
-    check_int("seed", seed, min=0)
+    check_seed("seed", seed)
     if isinstance(labels, str) or not all(isinstance(x, str) and x for x in labels):
         raise ValueError(f"labels must be a sequence of label names, got {labels!r}")
     labels = tuple(labels)
@@ -364,7 +364,7 @@ def cross_validate(
     from tqdm.auto import tqdm
 
     check_int("folds", folds, min=2)
-    check_int("seed", seed, min=0)
+    check_seed("seed", seed)
     check_float("min_iou", min_iou, min=0.0, max=1.0, min_open=True)
     unknown = sorted(set(fit_kw) - {"dim", "l2", "steps", "lr", "labels", "class_balance"})
     if unknown:

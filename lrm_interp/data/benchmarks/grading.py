@@ -230,7 +230,12 @@ def extract_short_answer(region: str) -> str | None:
 
 
 def best_em_f1(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
-    """``(max EM, max F1)`` of ``prediction`` over ``golds``."""
+    """``(max EM, max F1)`` of ``prediction`` over ``golds``. A gold that normalises to nothing
+    (``""``, ``"the"``) is no answer: it is left out, and an empty normalised prediction scores 0,
+    never a match of two empty strings (H7-W7)."""
+    golds = [g for g in golds if squad_normalize(g)]
+    if not golds or not squad_normalize(prediction):
+        return 0.0, 0.0
     return max(squad_em(prediction, g) for g in golds), max(squad_f1(prediction, g) for g in golds)
 
 

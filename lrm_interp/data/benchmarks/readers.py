@@ -80,6 +80,9 @@ def field_value(loc: str, rec: dict, *keys: str, required: bool = True) -> objec
         if v is not None and not (isinstance(v, str) and not v.strip()):
             return v
     if required:
+        blank = next((k for k in keys if isinstance(rec.get(k), str)), None)
+        if blank is not None:  # present but empty: was reported as missing while listed (H7-W1)
+            raise BenchmarkFormatError(f"{loc}: field {blank!r} is empty ({rec[blank]!r})")
         raise BenchmarkFormatError(
             f"{loc}: missing field {' / '.join(repr(k) for k in keys)} (record has {sorted(rec)[:12]})"
         )

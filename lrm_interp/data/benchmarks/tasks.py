@@ -172,6 +172,18 @@ def load_musique(path: Path) -> list[BenchItem]:
             aliases = [aliases]
         if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
             raise BenchmarkFormatError(f"{loc}: answer_aliases must be a list of strings, got {aliases!r}")
+        # a gold answer that SQuAD normalisation empties ("", " ", "the") matched every empty answer (H7-W7)
+        if not grading.squad_normalize(ans):
+            raise BenchmarkFormatError(
+                f"{loc}: field 'answer' {ans!r} is empty after answer normalisation (case, punctuation, articles "
+                "a/an/the removed): no answer could be graded against it"
+            )
+        empty = next((x for x in aliases if not grading.squad_normalize(x)), None)
+        if empty is not None:
+            raise BenchmarkFormatError(
+                f"{loc}: answer_aliases entry {empty!r} is empty after answer normalisation (case, punctuation, "
+                "articles a/an/the removed): an empty answer would be graded correct; remove it"
+            )
         problem = {"question": q, "answer": ans, "answer_aliases": list(aliases)}
         if rec.get("id") is not None:
             problem["source_id"] = str(rec["id"])
