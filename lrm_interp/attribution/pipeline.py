@@ -118,7 +118,7 @@ def _check_tokenizer(model: torch.nn.Module, tokenizer: Any) -> None:
         )
 
 
-def _check_ids(model: torch.nn.Module, tokenizer: Any, enc: EncodedTrace) -> None:
+def check_ids(model: torch.nn.Module, tokenizer: Any, enc: EncodedTrace) -> None:
     """Token ids beyond the input embedding mean the tokenizer is not this model's."""
     emb = cast("PreTrainedModel", model).get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     rows = getattr(emb, "num_embeddings", None)
@@ -173,7 +173,7 @@ def _tokenize(
     encoded = []
     for t in tqdm(ds, desc="tokenize", disable=not progress, unit="trace"):
         enc = encode_trace(tokenizer, t, k_context=config.k_context, max_tokens=cut, truncated_by=by)
-        _check_ids(model, tokenizer, enc)
+        check_ids(model, tokenizer, enc)
         encoded.append(enc)
     info: dict[str, Any] = {"policy": config.overlong, "limit": limit, "limit_from": where, "traces": {}}
     if limit is None:

@@ -133,7 +133,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     # an existing model folder is refused before training; --overwrite replaces only an earlier
     # 'toy train' result (a folder with its training_log.json), never a folder of other files
     try:
-        from lrm_interp.model.loading import refuse_alias_folder
+        from lrm_interp.cli.common import refuse_alias_folder
 
         refuse_alias_folder(a.out)  # the shipped model behind --model toy: never (H7-TT1)
         check_out_dir(Path(a.out).expanduser(), overwrite=a.overwrite, marker="training_log.json")

@@ -47,7 +47,7 @@ def generate_responses(
 
 @dataclass(frozen=True)
 class _Ids:
-    """Token ids under a name, in the shape :func:`lrm_interp.attribution.pipeline._check_ids` reads
+    """Token ids under a name, in the shape :func:`lrm_interp.attribution.pipeline.check_ids` reads
     (an :class:`~lrm_interp.data.tokens.EncodedTrace`'s ``trace_id`` and ``input_ids``)."""
 
     trace_id: str
@@ -60,14 +60,14 @@ class _Ids:
 def check_token_ids(model, tokenizer, texts: Iterable[tuple[str, str | torch.Tensor]]) -> None:
     """``ValueError`` when ``tokenizer`` is not ``model``'s: a token id of one of ``texts``
     (``(name, text or ids)``) lies beyond the model's input embedding. ``attribute``'s check
-    (:func:`lrm_interp.attribution.pipeline._check_ids`), for the commands that generate or
+    (:func:`lrm_interp.attribution.pipeline.check_ids`), for the commands that generate or
     calibrate, run before anything is computed or written (H7-TE: they said "index out of range
     in self", and ``bench run`` left ``run.json`` behind)."""
-    from lrm_interp.attribution.pipeline import _check_ids
+    from lrm_interp.attribution.pipeline import check_ids
 
     for name, x in texts:
         ids = x if isinstance(x, torch.Tensor) else torch.tensor(tokenizer(x)["input_ids"], dtype=torch.long)
-        _check_ids(model, tokenizer, cast(Any, _Ids(name, ids.reshape(-1))))  # reads trace_id, input_ids, len()
+        check_ids(model, tokenizer, cast(Any, _Ids(name, ids.reshape(-1))))  # reads trace_id, input_ids, len()
 
 
 def count_at_limit(tokenizer, responses: Sequence[str], max_new_tokens: int) -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -135,36 +134,6 @@ def alias_folder_clash(name: str) -> Path | None:
     if path.is_dir() and ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
         return path
     return None
-
-
-def alias_folders() -> dict[str, Path]:
-    """``{alias: folder}`` of the aliases that load a folder on this machine: the shipped toy model
-    and the SmolLM2 cache (absent when ``$LRM_INTERP_CACHE`` is unusable)."""
-    from lrm_interp.toy import toy_model_dir
-
-    out = {"toy": Path(toy_model_dir())}
-    try:
-        from lrm_interp.model.smollm2 import smollm2_cache_dir
-
-        out["smollm2-135m"] = Path(smollm2_cache_dir())
-    except (ValueError, OSError):
-        pass
-    return out
-
-
-def refuse_alias_folder(out: str | os.PathLike, what: str = "--out") -> None:
-    """``ValueError`` when ``out`` is, contains or lies inside the folder an alias loads
-    (:func:`alias_folders`): a writer never replaces the model behind ``--model toy`` (``toy train
-    --out <the shipped folder> --overwrite`` did, H7-TT1), whatever ``--overwrite`` says."""
-    o = Path(out).expanduser().resolve()
-    for alias, d in alias_folders().items():
-        d = d.resolve()
-        if o == d or d in o.parents or o in d.parents:
-            raise ValueError(
-                f"{what} {out} is the folder of the model alias {alias!r} ({d}) or overlaps it: it is never "
-                "replaced, even with --overwrite (every later --model "
-                f"{alias} would load the new model); choose another folder"
-            )
 
 
 def ambiguous_model_message(name: str, folder: Path) -> str:

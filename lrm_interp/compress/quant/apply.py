@@ -110,24 +110,24 @@ def quantize_sites_(
 
 
 def masks_argument(masks: Any) -> Mapping[str, Any] | None:
-    """``masks`` as a ``{site: mask}`` mapping: a masks file path is loaded (:func:`load_masks`), the
-    ``(masks, extra)`` pair ``load_masks`` returns is taken apart; anything else that is not a
-    mapping raises ``TypeError`` (a path string was read as a mapping of its characters, H7-API5)."""
+    """``masks`` as a ``{site: mask}`` mapping: the ``(masks, extra)`` pair ``load_masks`` returns is
+    taken apart; a path, or anything else that is not a mapping, raises ``TypeError`` saying how to
+    load it (a path string was read as a mapping of its characters, H7-API5)."""
     import os
-    from pathlib import Path
 
     if masks is None:
         return None
-    if isinstance(masks, (str, os.PathLike)):
-        from lrm_interp.protect.encoding import load_masks
-
-        return load_masks(Path(masks))[0]
+    if isinstance(masks, (str, os.PathLike)):  # the masks format is protect's, a later stage
+        raise TypeError(
+            f"masks is a path ({str(masks)!r}): load it first, masks=lrm_interp.protect.load_masks(path)[0] "
+            "(or pass the pair load_masks returns)"
+        )
     if isinstance(masks, tuple) and len(masks) == 2 and isinstance(masks[0], Mapping):
         return masks[0]
     if not isinstance(masks, Mapping):
         raise TypeError(
-            "masks must be a {site name: mask} mapping (load_masks(path)[0], build_masks(...)) or the path "
-            f"of a masks file, got {type(masks).__name__}"
+            "masks must be a {site name: mask} mapping (load_masks(path)[0], build_masks(...)) or the pair "
+            f"load_masks returns, got {type(masks).__name__}"
         )
     return masks
 
