@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import err_line as _err_line
 
 from lrm_interp.cli.main import main
 from lrm_interp.data.traces import ReasoningDataset
@@ -28,13 +29,6 @@ def _rc(argv) -> int:
         return main(argv)
     except SystemExit as e:
         return int(e.code or 0)
-
-
-def _err_line(capsys) -> str:
-    """The command's stderr, which must be one line (no traceback)."""
-    err = capsys.readouterr().err.strip()
-    assert err and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def _traces(path: Path, n: int = 2, seed: int = 0) -> Path:

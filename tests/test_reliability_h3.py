@@ -13,26 +13,13 @@ import warnings
 from pathlib import Path
 
 import pytest
+from cli_run import err_line as _err_line
+from cli_run import run_cli as _rc
 
-from lrm_interp.cli.main import main
 from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace, TraceFormatError
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUT = REPO / "tests" / "data" / "paper_layout"
-
-
-def _rc(argv) -> int:
-    try:
-        return main([str(x) for x in argv])
-    except SystemExit as e:
-        return int(e.code or 0)
-
-
-def _err_line(capsys) -> str:
-    """The command's stderr, which must be one line (no traceback)."""
-    err = capsys.readouterr().err.strip()
-    assert err and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 # ------------------------------------------------------------------ bench run folders

@@ -17,30 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import err_line as _err_line
+from cli_run import run_cli as _rc
+from cli_run import toy_gold as _gold
 
 import lrm_interp as li
-from lrm_interp.cli.main import main
-
-
-def _rc(argv) -> int:
-    try:
-        return main([str(x) for x in argv])
-    except SystemExit as e:
-        return int(e.code or 0)
-
-
-def _err_line(capsys) -> str:
-    """The command's stderr, which must be one line (no traceback)."""
-    err = capsys.readouterr().err.strip()
-    assert err and "\n" not in err and "Traceback" not in err, err
-    return err
-
-
-def _gold(tmp_path: Path, name: str = "gold.jsonl", n: int = 1, seed: int | None = None) -> Path:
-    out = tmp_path / name
-    extra = [] if seed is None else ["--seed", seed]
-    assert _rc(["toy", "traces", "--gold", "--per-family", n, *extra, "--out", out]) == 0
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -12,28 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from lrm_interp.cli.main import main
-
-
-def _rc(argv) -> int:
-    try:
-        return main([str(x) for x in argv])
-    except SystemExit as e:
-        return int(e.code or 0)
-
-
-def _err_line(capsys) -> str:
-    """The command's stderr, which must be one line (no traceback)."""
-    err = capsys.readouterr().err.strip()
-    assert err and "\n" not in err and "Traceback" not in err, err
-    return err
-
-
-def _gold(tmp_path: Path, name: str = "gold.jsonl", n: int = 1) -> Path:
-    out = tmp_path / name
-    assert _rc(["toy", "traces", "--gold", "--per-family", n, "--out", out]) == 0
-    return out
+from cli_run import err_line as _err_line
+from cli_run import run_cli as _rc
+from cli_run import toy_gold as _gold
 
 
 def _scores(tmp_path: Path) -> Path:

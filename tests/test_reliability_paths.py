@@ -8,17 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from cli_run import run_cli as _rc
 
 from lrm_interp import _io
-from lrm_interp.cli.main import main
 from lrm_interp.experiments.quickstart import quickstart_study, quickstart_traces
-
-
-def _rc(argv) -> int:
-    try:
-        return main([str(x) for x in argv])
-    except SystemExit as e:
-        return int(e.code or 0)
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
