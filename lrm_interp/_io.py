@@ -17,6 +17,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
@@ -189,6 +190,13 @@ STALE_TEMP_SECONDS = 3600.0
 _TEMPS_FOUND: dict[Path, dict[str, list[str]]] = {}
 
 
+def temp_file_target(name: str) -> str | None:
+    """The file name a temporary file of :func:`atomic_write_bytes` named ``name`` was written for
+    (``.scores.csv.x1y2z3w4.tmp`` -> ``scores.csv``), or ``None`` for any other name."""
+    m = _TEMP_NAME.match(name)
+    return m["target"] if m else None
+
+
 def _remove_stale_temps(path: Path) -> None:
     """Remove the leftover temporary files of ``path`` (a killed writer's ``.<name>.x1y2z3w4.tmp``
     beside it, untouched for :data:`STALE_TEMP_SECONDS`): they stayed forever (H5-A2). The folder is
@@ -298,13 +306,188 @@ def file_on_the_way(path: str | os.PathLike) -> Path | None:
     return None
 
 
+# --------------------------------------------------------------------------- finished results
+# The record file each command writes into its result folder, as the writers define it (the names
+# are repeated here, the lowest floor, so that the output checks read no heavy module;
+# tests/test_reliability_h8a.py keeps each equal to its writer's constant).
+
+#: what an attribution run writes into its folder (``Attribution.save`` + ``write_tables``); the
+#: first is its record. The run's work folder ``partial/`` (:data:`ATTRIBUTION_WORK`) is its too.
+ATTRIBUTION_FILES = ("attribution.json", "attribution.safetensors", "scores.csv", "heatmap.png")
+#: the work folder of an attribution run inside its result folder (per-trace partials, run key, lock)
+ATTRIBUTION_WORK = "partial"
+#: what a study writes into its folder besides its attribution folders (``attribution_<tag>/``) and
+#: the traces it was given in memory (``traces.jsonl``); the first is its record
+STUDY_FILES = (
+    "study.json",
+    "outcomes.safetensors",
+    "ranking.csv",
+    "masks.safetensors",
+    "masks.json",
+    "bits.json",
+    "shift.csv",
+    "shift.png",
+    "results.csv",
+    "bpw_accuracy.png",
+    "report.html",
+)
+#: ``lrm-interp experiment protection``: ``settings.json`` whose ``format`` starts with this
+#: (``lrm_interp.experiments.protection_table.FORMAT``), and the files the run writes
+EXPERIMENT_FORMAT = "lrm_interp.protection_experiment/"
+EXPERIMENT_FILES = ("settings.json", "rows.jsonl", "table.md", "table.csv", "paired.csv", "bpw_accuracy.png")
+#: one model's folder of ``lrm-interp bench run``: ``run.json`` whose ``format`` starts with this
+#: (``lrm_interp.evaluation.bench_run.RUN_FORMAT``), and what the run writes
+BENCH_RUN_FORMAT = "lrm_interp.bench_run/"
+BENCH_RUN_FILES = ("run.json", "generations.jsonl", "problems", "outputs", "samples")
+#: ``lrm-interp bench score``: the record of the files one score wrote
+#: (``lrm_interp.evaluation.bench_score.SCORE_RECORD``, ``{"format", "files": [names]}``)
+BENCH_SCORE_RECORD = "score_files.json"
+#: ``lrm-interp faithfulness`` (``lrm_interp.attribution.faithfulness.FILES``); the first is its record
+FAITHFULNESS_FILES = ("faithfulness.json", "faithfulness.csv", "sites.csv")
+
+#: the kinds of finished result :func:`finished_result` recognises, as messages name them
+RESULT_KINDS = ("attribution", "study", "experiment", "quantize", "faithfulness", "bench score", "bench run")
+
+
+@dataclass(frozen=True)
+class FinishedResult:
+    """A folder holding a finished result of one ``lrm-interp`` command (:func:`finished_result`).
+
+    ``kind``: one of :data:`RESULT_KINDS`; ``names``: the entries of ``folder`` that are the
+    result's (files and folders it writes, whether there now or not); ``None``: every entry is
+    (a quantize folder recording no file list: it is replaced whole)."""
+
+    kind: str
+    folder: Path
+    names: frozenset[str] | None
+
+    def owns(self, name: str) -> bool:
+        """Whether the entry ``name`` of :attr:`folder` is one of the result's files or folders."""
+        return self.names is None or name in self.names
+
+    def __str__(self) -> str:
+        return f"the {self.kind} result {self.folder}"
+
+
+def _json_dict(path: Path) -> dict | None:
+    """The JSON object in the regular file ``path``, or ``None`` (absent, unreadable, not an object)."""
+    import json
+
+    try:
+        if not path.is_file():
+            return None
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _str_list(value: object) -> list[str] | None:
+    return list(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
+
+
+def finished_result(folder: str | os.PathLike) -> FinishedResult | None:
+    """The finished result of an ``lrm-interp`` command that the folder ``folder`` holds, or ``None``.
+
+    Recognised by each writer's own record: ``attribution.json`` (``attribute``), ``study.json``
+    (``study`` / ``quickstart``), ``settings.json`` of format :data:`EXPERIMENT_FORMAT`
+    (``experiment protection``), :data:`QUANTIZE_RECORD` (``quantize``), ``faithfulness.json``,
+    :data:`BENCH_SCORE_RECORD` (``bench score``) and ``run.json`` of format
+    :data:`BENCH_RUN_FORMAT` (one model's folder of ``bench run``). Reads only those records."""
+    d = Path(folder)
+    try:
+        if not d.is_dir():
+            return None
+    except OSError:
+        return None
+    if (d / ATTRIBUTION_FILES[0]).is_file():
+        return FinishedResult("attribution", d, frozenset((*ATTRIBUTION_FILES, ATTRIBUTION_WORK)))
+    if (d / STUDY_FILES[0]).is_file():
+        doc = _json_dict(d / STUDY_FILES[0]) or {}
+        folders = (doc.get("provenance") or {}).get("folders") if isinstance(doc.get("provenance"), dict) else None
+        subs = [v for v in folders.values() if isinstance(v, str)] if isinstance(folders, dict) else []
+        subs += [p.name for p in d.glob("attribution_*") if p.is_dir()]  # written before study.json named them
+        return FinishedResult("study", d, frozenset((*STUDY_FILES, "traces.jsonl", *subs)))
+    settings = _json_dict(d / EXPERIMENT_FILES[0])
+    if settings is not None and str(settings.get("format", "")).startswith(EXPERIMENT_FORMAT):
+        return FinishedResult("experiment", d, frozenset(EXPERIMENT_FILES))
+    if (d / QUANTIZE_RECORD).is_file():
+        files = _str_list((_json_dict(d / QUANTIZE_RECORD) or {}).get("files"))
+        return FinishedResult("quantize", d, None if files is None else frozenset((*files, QUANTIZE_RECORD)))
+    if (d / FAITHFULNESS_FILES[0]).is_file():
+        return FinishedResult("faithfulness", d, frozenset(FAITHFULNESS_FILES))
+    if (d / BENCH_SCORE_RECORD).is_file():
+        files = _str_list((_json_dict(d / BENCH_SCORE_RECORD) or {}).get("files")) or []
+        return FinishedResult("bench score", d, frozenset((*files, BENCH_SCORE_RECORD)))
+    run = _json_dict(d / BENCH_RUN_FILES[0])
+    if run is not None and str(run.get("format", "")).startswith(BENCH_RUN_FORMAT):
+        return FinishedResult("bench run", d, frozenset(BENCH_RUN_FILES))
+    return None
+
+
+def attribution_work_folder(path: str | os.PathLike) -> Path | None:
+    """The work folder ``A/partial`` of an attribution run that ``path`` is or lies inside (as
+    given, and resolved), or ``None``. A folder named :data:`ATTRIBUTION_WORK` is one when its
+    parent holds an attribution result (``attribution.json``) or it holds a run's key (``run.json``
+    with the weights' fingerprint) or lock (``.lock``): a run keeps its per-trace partials there,
+    and ``Attribution.save(overwrite=True)`` clears them, so nothing else may be written there."""
+    import json
+
+    seen: set[Path] = set()
+    for form in dict.fromkeys([Path(path), Path(path).expanduser(), Path(path).expanduser().resolve()]):
+        for p in (form, *form.parents):
+            if p.name != ATTRIBUTION_WORK or p in seen:
+                continue
+            seen.add(p)
+            try:
+                if (p.parent / ATTRIBUTION_FILES[0]).is_file() or (p / ".lock").is_file():
+                    return p
+                key = p / "run.json"
+                if key.is_file():
+                    doc = json.loads(key.read_text(encoding="utf-8"))
+                    if isinstance(doc, dict) and "weights_fingerprint" in doc and "sites" in doc:
+                        return p
+            except (OSError, ValueError):
+                continue
+    return None
+
+
+def refuse_attribution_work_folder(path: str | os.PathLike, what: str = "--out") -> None:
+    """``ValueError`` naming ``what`` when ``path`` is or lies inside the work folder of an
+    attribution run (:func:`attribution_work_folder`): a result written there was deleted with the
+    run's partials by ``Attribution.save(overwrite=True)`` (H8-PT)."""
+    work = attribution_work_folder(path)
+    if work is not None:
+        where = "is" if Path(path).expanduser().resolve() == work.resolve() else "lies inside"
+        raise ValueError(
+            f"{what} {path} {where} {work}, the work folder of the attribution run {work.parent} (its "
+            "per-trace partials, cleared when that result is replaced): choose a path outside it"
+        )
+
+
+def result_owning(path: str | os.PathLike) -> tuple[FinishedResult, Path] | None:
+    """``(result, entry)`` when the resolved ``path`` is, or lies inside, one of the files or
+    folders (``entry``) of the finished result nearest above it (:func:`finished_result`), else
+    ``None``: a path that no result above it lists (a new file beside a result's own) is free."""
+    p = Path(path).expanduser().resolve()
+    child = p
+    for folder in p.parents:
+        res = finished_result(folder)
+        if res is not None:
+            return (res, child) if res.owns(child.name) else None
+        child = folder
+    return None
+
+
 def check_out_folder(out: str | os.PathLike, what: str = "out_dir") -> Path:
     """``out`` as a Path when a result folder can be written there, else ``ValueError`` naming
     ``what`` (the argument or flag) and the path: ``out`` lies under a file (:func:`file_on_the_way`),
     or is itself a file, a link to one, a FIFO or a device (a folder is never written over it).
     The Python API's check (``attribute(out_dir=...)``, ``Attribution.save``: a raw
     ``NotADirectoryError`` / ``FileExistsError`` after the work, H7-API7), the same rule as the
-    command line's ``check_paths(dirs=True)``. Checks nothing else: no write, nothing created."""
+    command line's ``check_paths(dirs=True)``. Refused too: ``out`` inside the work folder
+    ``partial/`` of an attribution run (:func:`refuse_attribution_work_folder`). Checks nothing
+    else: no write, nothing created."""
     if not isinstance(out, (str, os.PathLike)) or str(out) == "":
         raise TypeError(f"{what} must be a folder path (str or os.PathLike), got {out!r}")
     blocked = file_on_the_way(out)
@@ -313,6 +496,7 @@ def check_out_folder(out: str | os.PathLike, what: str = "out_dir") -> Path:
             f"{what} {out}: {blocked} is a file, not a folder, so nothing can be written under it; "
             f"give {what} a path outside it"
         )
+    refuse_attribution_work_folder(out, what)
     for q in dict.fromkeys([Path(out), Path(out).expanduser()]):
         if (q.exists() or q.is_symlink()) and not q.is_dir():
             raise ValueError(
@@ -332,7 +516,8 @@ def check_out_dir(
 ) -> Path:
     """``out`` as a Path once it is safe to write a folder there, else ``ValueError``.
 
-    Refused: ``out`` lies under a file (:func:`file_on_the_way`), ``out`` is (or contains, or lies
+    Refused: ``out`` lies under a file (:func:`file_on_the_way`) or inside the work folder
+    ``partial/`` of an attribution run (:func:`refuse_attribution_work_folder`), ``out`` is (or contains, or lies
     inside) one of ``sources`` (a model is never written onto its own source), or ``out`` exists and
     is not empty and ``overwrite`` is false. Even with
     ``overwrite``, only a regular file, an empty folder or an earlier result (a folder holding the
@@ -344,6 +529,7 @@ def check_out_dir(
             f"{flag} {out}: {blocked} is a file, not a folder, so nothing can be written under it; "
             f"give {flag} a path outside it"
         )
+    refuse_attribution_work_folder(out, flag)
     out = Path(out).resolve()
     for src in sources:
         if src is None or not Path(src).exists():

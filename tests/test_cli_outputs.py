@@ -193,4 +193,4 @@ def test_ctrl_c_prints_one_line_and_returns_130(capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("LRM_INTERP_DEBUG", raising=False)
     assert main(["parse", "--data", str(tmp_path), "--out", str(tmp_path / "x.jsonl")]) == 130
     err = capsys.readouterr().err
-    assert err == ("lrm-interp parse: interrupted; run the same command again to resume (finished work is kept)\n")
+    assert err == "lrm-interp parse: interrupted; nothing was written (--out is unchanged)\n"

@@ -132,7 +132,7 @@ def test_cli_redo_and_an_edited_row(tmp_path, capsys):
     from lrm_interp.cli.main import main
 
     out = tmp_path / "exp"
-    base = ["experiment", "protection", "--per-family", "1", "--attribution-traces", "1", "--random-seeds", "0"]
+    base = ["experiment", "protection", "--per-family", "1"]
     base += ["--symmetric", "--out", str(out), "--quiet"]
     assert main([*base, "--redo", "zzz"]) == 2
     assert "--redo 'zzz' matches no row" in capsys.readouterr().err

@@ -137,10 +137,6 @@ def test_cli_grid_flags_and_a_folder_of_the_other_grid(tmp_path, capsys):
         "protection",
         "--per-family",
         "1",
-        "--attribution-traces",
-        "1",
-        "--random-seeds",
-        "0",
         "--only",
         "fp",  # fp and none only (a text matching no row is refused)
         "--quiet",
@@ -174,7 +170,7 @@ def test_length_limit_reaches_every_row(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pt, "evaluate", spy)
     out = tmp_path / "short"
-    args = ["experiment", "protection", "--per-family", "1", "--attribution-traces", "1", "--random-seeds", "0"]
+    args = ["experiment", "protection", "--per-family", "1"]
     assert main(args + ["--max-new-tokens", "7", "--only", "plain", "--quiet", "--out", str(out)]) == 0
     assert seen == [7, 7, 7]  # fp, none, plain 4-bit
     assert json.loads((out / "settings.json").read_text())["settings"]["max_new_tokens"] == 7

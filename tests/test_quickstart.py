@@ -184,11 +184,13 @@ def test_quickstart_tiny_says_so(tmp_path, capsys):
 
     shutil.copy(tmp_path / "qs" / "masks.safetensors", tmp_path / "before.safetensors")
     cmd = next(c for c in s.commands if c.startswith("lrm-interp protect"))
-    assert main(cmd.split()[1:] + ["--quiet"]) == 0  # as printed: it replaces the masks file (--overwrite)
+    # as printed: it writes qs/reuse/masks.safetensors (the study's own file is never replaced, H8-OW1)
+    assert main(cmd.split()[1:] + ["--quiet"]) == 0
     from lrm_interp.protect import load_masks
 
+    assert (tmp_path / "qs" / "masks.safetensors").read_bytes() == (tmp_path / "before.safetensors").read_bytes()
     a, _ = load_masks(tmp_path / "before.safetensors")
-    b, _ = load_masks(tmp_path / "qs" / "masks.safetensors")
+    b, _ = load_masks(tmp_path / "qs" / "reuse" / "masks.safetensors")
     assert a == b  # the CLI reproduces the quickstart's masks exactly
     # so does `bits` the mixed-precision allocation
     from lrm_interp.protect.bit_allocation import BitAllocation

@@ -166,9 +166,7 @@ def test_sigterm_is_handled_like_ctrl_c_and_leaves_no_temporary_file(tmp_path, c
     monkeypatch.setattr(cli_main, "cmd_parse", command)
     capsys.readouterr()
     assert _rc(["parse", "--data", tmp_path, "--out", tmp_path / "o.jsonl"]) == 143
-    assert _err_line(capsys) == (
-        "lrm-interp parse: terminated; run the same command again to resume (finished work is kept)"
-    )
+    assert _err_line(capsys) == "lrm-interp parse: terminated; nothing was written (--out is unchanged)"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back
 

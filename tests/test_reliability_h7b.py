@@ -107,7 +107,7 @@ def test_a_table_where_full_precision_answers_nothing_says_so_and_draws_no_verdi
     from lrm_interp.evaluation.generation import length_limit_warning
 
     out = tmp_path / "EX"
-    argv = ["experiment", "protection", "--model", "toy", "--per-family", 1, "--attribution-traces", 1]
+    argv = ["experiment", "protection", "--model", "toy", "--per-family", 1]
     argv += ["--random-seeds", 0, "--only", "random", "--max-new-tokens", 5, "--out", out, "--quiet"]
     capsys.readouterr()
     assert _rc(argv) == 0

@@ -150,12 +150,22 @@ def test_bench_score_refuses_an_out_holding_its_files_without_overwrite(tmp_path
     attr.mkdir()
     (attr / "scores.csv").write_text("behavior,site,score\n")
     (attr / "attribution.json").write_text("{}")
-    assert _rc(base + ["--out", str(attr)]) == 2
+    # an attribution result folder is another command's result: refused, --overwrite or not (H8-OW1)
+    for extra in ([], ["--overwrite"]):
+        assert _rc(base + ["--out", str(attr), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "another command's result" in err and "not even with --overwrite" in err
+        assert (attr / "scores.csv").read_text() == "behavior,site,score\n" and len(list(attr.iterdir())) == 2
+    # a folder holding only a file named like bench score's: refused without --overwrite, replaced with it
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "scores.csv").write_text("behavior,site,score\n")
+    assert _rc(base + ["--out", str(loose)]) == 2
     err = capsys.readouterr().err
     assert "scores.csv" in err and "--overwrite" in err
-    assert (attr / "scores.csv").read_text() == "behavior,site,score\n" and len(list(attr.iterdir())) == 2
-    assert _rc(base + ["--out", str(attr), "--overwrite"]) == 0
-    assert (attr / "scores.csv").read_text() != "behavior,site,score\n"
+    assert (loose / "scores.csv").read_text() == "behavior,site,score\n"
+    assert _rc(base + ["--out", str(loose), "--overwrite"]) == 0
+    assert (loose / "scores.csv").read_text() != "behavior,site,score\n"
     capsys.readouterr()
     # the default folder: written by bench score, refreshed by a rerun; the user's own file there is kept
     assert _rc(base) == 0 and _rc(base) == 0

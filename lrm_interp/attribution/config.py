@@ -177,13 +177,22 @@ class AttributionConfig:
         if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"compute_dtype must be one of {DTYPE_CHOICES} or None, got {self.compute_dtype!r}")
         set_("patch_alpha", check_float("patch_alpha", self.patch_alpha, min=0.0, min_open=True))
-        if self.method == "dom" and (
-            self.mode != "exact" or self.score != "paper" or self.off_by_one or self.gradient_checkpointing
-        ):
-            raise ValueError(
-                "mode, score, off_by_one and gradient_checkpointing do not apply to method='dom' (a "
-                "mean shift, no span loss); leave them at their defaults with method='dom'"
-            )
+        if self.method == "dom":
+            # prefix_cache too: DoM runs one forward per trace, with no span window to cache; recorded in
+            # the run key, a value that changed nothing refused the resume without it (H8-AF5)
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            unused = [
+                n
+                for n in ("mode", "score", "off_by_one", "gradient_checkpointing", "prefix_cache")
+                if getattr(self, n) != defaults[n]
+            ]
+            if unused:
+                one = len(unused) == 1
+                raise ValueError(
+                    f"{' and '.join(unused)} {'does' if one else 'do'} not apply to method='dom' (a mean shift, no "
+                    f"span loss); leave {'it' if one else 'them'} at {'its default' if one else 'their defaults'} "
+                    f"({', '.join(f'{n}={defaults[n]!r}' for n in unused)}) with method='dom'"
+                )
         if self.method == "patching" and (self.mode != "exact" or self.gradient_checkpointing):
             raise ValueError(
                 "mode and gradient_checkpointing choose how AtP computes gradients: method='patching' "

@@ -892,6 +892,7 @@ def attribute(
         if "sites" in options and options["sites"] is not None and not isinstance(options["sites"], str):
             options["sites"] = tuple(getattr(s, "name", s) for s in options["sites"])
         cfg = cfg.replace(**options)
+    check_prefix_cache_applies(cfg)
     rank, world = distributed.context()
     check_dataset_argument(dataset)  # before the model loads (H7-API1)
     if out_dir is None or rank != 0:
@@ -899,6 +900,19 @@ def attribute(
     check_out_folder(out_dir, "out_dir")  # a file there: refused before any work (H7-API7)
     with out_dir_lock(out_dir):  # one live run per result folder (H7-K4)
         return _attribute(model, dataset, cfg, tokenizer, out_dir, progress, rank, world)
+
+
+def check_prefix_cache_applies(cfg: AttributionConfig) -> None:
+    """Refuse ``prefix_cache=False`` where it changes nothing: attribution patching in
+    ``mode="joint"`` takes one backward over the whole trace and never caches a prefix, so the flag
+    would only be recorded and make a resume of the same folder look like another run (H8-AF5).
+    (The config itself accepts it: ``faithfulness`` runs real patching with the same config, where
+    the prefix cache does apply.)"""
+    if cfg.method == "attribution" and cfg.mode == "joint" and not cfg.prefix_cache:
+        raise ValueError(
+            "prefix_cache=False (--no-prefix-cache) does not apply to mode='joint' (one backward over the "
+            "whole trace, no prefix is cached): drop it"
+        )
 
 
 def _attribute(

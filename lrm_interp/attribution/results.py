@@ -39,9 +39,12 @@ from lrm_interp._io import (
     read_safetensors,
     write_safetensors,
 )
+from lrm_interp.model.provenance import swapped_compression
 from lrm_interp.model.sites import KIND_ORDER, Site
 
 FORMAT_VERSION = 1
+#: the tables :meth:`Attribution.write_tables` writes beside the result
+_TABLES = ("scores.csv", "heatmap.png")
 #: ``format`` in the metadata of ``attribution.safetensors`` (files written before it have none).
 TENSORS_FORMAT = "lrm_interp.attribution/1"
 
@@ -57,6 +60,20 @@ def site_scores(scores: Any, behavior: str | None = None) -> dict[str, float]:
     if isinstance(scores, Attribution):
         return scores.site_ri(behavior)
     raise TypeError(f"scores must be a mapping site -> score or an Attribution, got {type(scores).__name__}")
+
+
+def check_finite_scores(scores: torch.Tensor, behaviors: Sequence[str], site_names: Sequence[str]) -> None:
+    """``ValueError`` naming the behaviour and the site of the first non-finite score (NaN, inf) of
+    ``scores`` ``[behaviours, sites]``: a ranking of NaN is meaningless. The one check of
+    :class:`Attribution` (on construction, so :meth:`Attribution.load` too) and :meth:`Attribution.save`
+    (scores changed in place after construction were written, and every reader refused them, H8-NAN1)."""
+    bad = ~torch.isfinite(scores)
+    if bool(bad.any()):
+        i, j = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f"scores are not finite (e.g. behaviour {behaviors[i]!r}, site {site_names[j]}: "
+            f"{float(scores[i, j])}): a ranking of NaN is meaningless"
+        )
 
 
 def _ranks(scores: torch.Tensor) -> torch.Tensor:
@@ -204,12 +221,7 @@ class Attribution:
         s = torch.as_tensor(self.scores, dtype=torch.float64)
         if s.shape != (len(self.behaviors), len(self.sites)):
             raise ValueError(f"scores shape {tuple(s.shape)} != ({len(self.behaviors)}, {len(self.sites)})")
-        if not bool(torch.isfinite(s).all()):
-            i, j = (~torch.isfinite(s)).nonzero()[0].tolist()
-            raise ValueError(
-                f"scores are not finite (e.g. behaviour {self.behaviors[i]!r}, site "
-                f"{self.sites[j].name}): a ranking of NaN is meaningless"
-            )
+        check_finite_scores(s, self.behaviors, [site.name for site in self.sites])
         object.__setattr__(self, "scores", s)
 
     # ---------------------------------------------------------------- views
@@ -382,11 +394,51 @@ class Attribution:
         return box("Attribution", head, table, f"<div>{maps}</div>")
 
     # ---------------------------------------------------------------- I/O
-    def write_tables(self, directory: str | Path) -> list[Path]:
-        """Write ``scores.csv`` (:meth:`to_dataframe`) and ``heatmap.png`` (:meth:`heatmap`) atomically."""
+    def write_tables(self, directory: str | Path, *, overwrite: bool = False) -> list[Path]:
+        """Write ``scores.csv`` (:meth:`to_dataframe`) and ``heatmap.png`` (:meth:`heatmap`) atomically.
+
+        Existing files of those names are replaced only when they are this result's tables (the
+        folder holds this result, saved by :meth:`save`: its ``attribution.json`` records these
+        scores and provenance) or ``overwrite=True``; else ``FileExistsError`` names the first,
+        before anything is written (a user's ``scores.csv`` was replaced silently, H8-WT)."""
         d = Path(directory)
+        there = [d / n for n in _TABLES if (d / n).exists() or (d / n).is_symlink()]
+        if there and not overwrite and not self._saved_in(d):
+            raise FileExistsError(
+                errno.EEXIST,
+                "exists and is not a table of this result (the folder holds no attribution.json of it): not "
+                "replaced (pass overwrite=True to replace it, or choose another folder)",
+                str(there[0]),
+            )
         atomic_write_text(d / "scores.csv", self.to_dataframe().to_csv(index=False))
         return [d / "scores.csv", _save_and_close(self.heatmap(), d / "heatmap.png")]
+
+    def _payload(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The tensors and metadata :meth:`save` writes to ``attribution.safetensors``."""
+        tensors = {"scores": self.scores.contiguous()}
+        for beh, per_site in self.vectors.items():
+            for site, v in per_site.items():
+                tensors[f"vec/{beh}/{site}"] = v.detach().to("cpu", torch.float32).contiguous()
+        labels = labels_checksum(self.method, self.behaviors, [s.to_dict() for s in self.sites])
+        return tensors, {"format": TENSORS_FORMAT, "labels_sha256": labels}
+
+    def _saved_in(self, d: Path, tensors_sha: str | None = None) -> bool:
+        """Whether ``d/attribution.json`` is this result's: it records these tensors (their
+        checksum) and this provenance."""
+        jpath = d / "attribution.json"
+        if not jpath.is_file():
+            return False
+        if tensors_sha is None:
+            tensors_sha = payload_checksum(*self._payload())
+        try:
+            old = json.loads(jpath.read_text(encoding="utf-8"))
+            if not isinstance(old, dict) or old.get("tensors_sha256") != tensors_sha:
+                return False
+            # compared as canonical JSON text: a NaN in a provenance equals itself there
+            mine = json.loads(json.dumps(self.provenance, default=str))
+            return json.dumps(old.get("provenance"), sort_keys=True) == json.dumps(mine, sort_keys=True)
+        except (OSError, ValueError, TypeError):
+            return False
 
     def save(self, directory: str | Path, *, overwrite: bool = False, keep_partial: bool = False) -> Path:
         """Write ``attribution.json`` + ``attribution.safetensors`` atomically into ``directory``.
@@ -394,23 +446,29 @@ class Attribution:
         A folder holding another finished result (an ``attribution.json`` of other scores or labels)
         is refused with ``FileExistsError`` naming it unless ``overwrite=True`` (saving the same
         result again is always fine); overwriting removes that result's other files first
-        (``scores.csv``, ``heatmap.png`` and its run's ``partial/``, which describe the old result:
-        the folder was left mixed, H7-API9). ``keep_partial``: keep ``partial/`` (the run that wrote
-        it saves its own result: :func:`~lrm_interp.attribute`). A ``directory`` that is a file, or
+        (``scores.csv``, ``heatmap.png`` and what its run wrote into ``partial/``, which describe the
+        old result: the folder was left mixed, H7-API9). Only those: anything else in ``partial/``
+        is kept (:func:`~lrm_interp.attribution.resume.clear_partials`; the whole folder was
+        deleted, H8-PT), and a live run there is refused. ``keep_partial``: keep ``partial/`` (the
+        run that wrote it saves its own result: :func:`~lrm_interp.attribute`). A ``directory`` that is a file, or
         lies under one, raises ``ValueError`` naming it before anything is written.
 
         The safetensors file carries the SHA-256 of its payload (scores, steering vectors) in its
         metadata and ``attribution.json`` repeats it (``tensors_sha256``), so :meth:`load` refuses a
         changed file and a pair of files from two different saves. The labels of the scores (method,
         behaviours, site records) are checksummed too (``labels_sha256``, in both files), so
-        swapping two site names in ``attribution.json`` is refused rather than relabelling scores."""
+        swapping two site names in ``attribution.json`` is refused rather than relabelling scores.
+
+        Scores that are not finite (NaN, inf: changed in place after the result was made) raise
+        ``ValueError`` naming the behaviour and site of the first, before anything is written (every
+        reader refuses them: :func:`check_finite_scores`, the check :meth:`load` runs)."""
         d = check_out_folder(directory, "directory")
-        tensors = {"scores": self.scores.contiguous()}
-        for beh, per_site in self.vectors.items():
-            for site, v in per_site.items():
-                tensors[f"vec/{beh}/{site}"] = v.detach().to("cpu", torch.float32).contiguous()
-        labels = labels_checksum(self.method, self.behaviors, [s.to_dict() for s in self.sites])
-        tmeta = {"format": TENSORS_FORMAT, "labels_sha256": labels}
+        try:
+            check_finite_scores(self.scores, self.behaviors, self.site_names)
+        except ValueError as e:
+            raise ValueError(f"directory {d}: not saved: {e}") from None
+        tensors, tmeta = self._payload()
+        labels = tmeta["labels_sha256"]
         self._replace_other_result(d, payload_checksum(tensors, tmeta), overwrite=overwrite, keep_partial=keep_partial)
         d.mkdir(parents=True, exist_ok=True)
         write_safetensors(d / "attribution.safetensors", tensors, tmeta)
@@ -429,16 +487,7 @@ class Attribution:
     def _replace_other_result(self, d: Path, tensors_sha: str, *, overwrite: bool, keep_partial: bool) -> None:
         """Refuse (``overwrite=False``) or clear (``overwrite=True``) a finished result in ``d`` that is
         not this one: its ``attribution.json`` records other tensors (or cannot be read)."""
-        jpath = d / "attribution.json"
-        if not jpath.is_file():
-            return
-        try:
-            old = json.loads(jpath.read_text(encoding="utf-8"))
-            same = isinstance(old, dict) and old.get("tensors_sha256") == tensors_sha
-            same = same and old.get("provenance") == json.loads(json.dumps(self.provenance, default=str))
-        except (OSError, ValueError):
-            same = False
-        if same:
+        if not (d / "attribution.json").is_file() or self._saved_in(d, tensors_sha):
             return
         if not overwrite:
             raise FileExistsError(
@@ -447,15 +496,16 @@ class Attribution:
                 "or choose another folder)",
                 str(d),
             )
-        import shutil
+        from lrm_interp.attribution.resume import clear_partials
 
-        for name in ("scores.csv", "heatmap.png"):  # the old result's tables: never left beside the new one
+        if not keep_partial:  # a live run there is refused before anything is removed
+            # the old run's partials (a resume would mix them with this result); only what a run
+            # writes there: anything else in partial/ is kept (it was deleted with it, H8-PT)
+            clear_partials(d / "partial")
+        for name in _TABLES:  # the old result's tables: never left beside the new one
             p = d / name
             if p.is_file() and not p.is_symlink():
                 p.unlink()
-        partial = d / "partial"
-        if not keep_partial and (partial / "run.json").is_file() and not partial.is_symlink():
-            shutil.rmtree(partial)  # the old run's partials (a resume would mix them with this result)
 
     @classmethod
     def load(cls, directory: str | Path) -> Attribution:
@@ -601,10 +651,28 @@ class ImportanceShift:
         maps = "".join(html_heatmap(*a.grid(b, "score"), title=b, diverging=True) for b in self.behaviors)
         return box("ImportanceShift", table, f"<div>{maps}</div>")
 
-    def write_tables(self, directory: str | Path, *, view: str = "decreases") -> list[Path]:
-        """Write ``shift.csv`` (:meth:`to_dataframe`) and ``shift.png`` (:meth:`heatmap` of ``view``) atomically."""
+    def write_tables(self, directory: str | Path, *, view: str = "decreases", overwrite: bool = False) -> list[Path]:
+        """Write ``shift.csv`` (:meth:`to_dataframe`) and ``shift.png`` (:meth:`heatmap` of ``view``) atomically.
+
+        Existing files of those names are replaced only when ``shift.csv`` holds this very shift
+        (the table this call writes: the same result written again) or ``overwrite=True``; else
+        ``FileExistsError`` names the first, before anything is written (H8-WT)."""
         d = Path(directory)
-        atomic_write_text(d / "shift.csv", self.to_dataframe().to_csv(index=False))
+        table = self.to_dataframe().to_csv(index=False)
+        there = [d / n for n in ("shift.csv", "shift.png") if (d / n).exists() or (d / n).is_symlink()]
+        if there and not overwrite:
+            try:
+                same = (d / "shift.csv").read_bytes() == table.encode("utf-8")
+            except OSError:
+                same = False
+            if not same:
+                raise FileExistsError(
+                    errno.EEXIST,
+                    "exists and is not a table of this importance shift: not replaced (pass overwrite=True to "
+                    "replace it, or choose another folder)",
+                    str(there[0]),
+                )
+        atomic_write_text(d / "shift.csv", table)
         return [d / "shift.csv", _save_and_close(self.heatmap(view=view), d / "shift.png")]
 
 
@@ -685,6 +753,9 @@ def comparability(original: Attribution, compressed: Attribution) -> tuple[list[
     if diff:
         notes.append("computed another way (same quantity, slightly different numbers): " + ", ".join(diff))
     mo, mc = po.get("model") or {}, pc.get("model") or {}
+    swapped = swapped_compression(mo, mc)
+    if swapped:  # the 3-bit copy given as the original: every sign inverted (H8-CR1)
+        problems.append(f"the original is {swapped} and the compressed is not: did you swap original and compressed?")
     if differ(mo.get("model_type"), mc.get("model_type")):
         problems.append(f"different models: model_type {mo['model_type']!r} vs {mc['model_type']!r}")
     to, tc = (mo.get("tokenizer") or {}).get("fingerprint"), (mc.get("tokenizer") or {}).get("fingerprint")

@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp._io import atomic_write_text, plain_mode, read_safetensors, write_safetensors
+from lrm_interp._io import (
+    ATTRIBUTION_FILES,
+    atomic_write_text,
+    plain_mode,
+    read_safetensors,
+    temp_file_target,
+    write_safetensors,
+)
 
 RUN_FILE = "run.json"
 #: ``format`` of a per-trace partial (older partials have none); each carries its payload's checksum.
@@ -129,7 +137,11 @@ def key_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 #: files an attribution run writes into its folder (``Attribution.save`` + ``write_tables``)
-RESULT_FILES = ("attribution.json", "attribution.safetensors", "scores.csv", "heatmap.png")
+RESULT_FILES = ATTRIBUTION_FILES
+#: the folders of per-trace partials a run writes into ``partial/``, one per stage (module docs)
+STAGES = ("dom", "grad", "atp", "patching")
+#: the name of a per-trace partial (:func:`file_key` + ``.safetensors``)
+_PARTIAL_NAME = re.compile(r"[A-Za-z0-9_-]{0,40}-[0-9a-f]{10}\.safetensors")
 
 
 def trace_ids_fingerprint(ids: Sequence[str]) -> str:
@@ -384,7 +396,82 @@ def out_dir_lock(out_dir: str | os.PathLike) -> Iterator[None]:
                     d.rmdir()
 
 
+def _written_by_run(name: str, stage: str | None) -> bool:
+    """Whether the entry ``name`` of ``partial/`` (``stage=None``) or of ``partial/<stage>/`` is a
+    file an attribution run writes there (the atomic writers' temporary files included)."""
+    target = temp_file_target(name) or name
+    if stage is None:
+        return target in (RUN_FILE, _LEGACY) or name == LOCK_FILE
+    return bool(_PARTIAL_NAME.fullmatch(target))
+
+
+def clear_partials(root: str | os.PathLike) -> list[str]:
+    """Remove what attribution runs wrote into the work folder ``root`` (``out_dir/partial``): the
+    run key ``run.json`` (and an older run's ``settings.json``), the lock file, every per-trace
+    partial ``<stage>/<trace>.safetensors`` (:data:`STAGES`) and the atomic writers' temporary
+    files; then each stage folder left empty, and ``root`` when it is empty. Anything else (a file
+    or folder no run writes: someone else's) is kept, with the folders holding it; returns those
+    kept, as paths relative to ``root``. ``Attribution.save(overwrite=True)`` used to delete the
+    whole folder, results written into it included (H8-PT).
+
+    A live run holding the folder's lock (:func:`out_dir_lock`, another process) is refused with
+    :class:`OutDirInUseError` before anything is removed; the lock this process holds is kept."""
+    root = Path(root)
+    if root.is_symlink() or not root.is_dir():
+        return []
+    lock = root / LOCK_FILE
+    held_here = root.parent.resolve() in _HELD
+    if lock.is_file() and not held_here:
+        _refuse_live_lock(lock, root.parent)
+    kept: list[str] = []
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name in STAGES and entry.is_dir() and not entry.is_symlink():
+            for f in sorted(entry.iterdir(), key=lambda p: p.name):
+                if _written_by_run(f.name, entry.name) and f.is_file() and not f.is_symlink():
+                    f.unlink()
+                else:
+                    kept.append(f"{entry.name}/{f.name}")
+            with contextlib.suppress(OSError):
+                entry.rmdir()  # only when empty
+        elif _written_by_run(entry.name, None) and entry.is_file() and not entry.is_symlink():
+            if entry.name == LOCK_FILE and held_here:
+                kept.append(entry.name)
+                continue
+            entry.unlink()
+        else:
+            kept.append(entry.name + ("/" if entry.is_dir() else ""))
+    with contextlib.suppress(OSError):
+        root.rmdir()  # only when empty
+    return kept
+
+
+def _refuse_live_lock(lock: Path, out: Path) -> None:
+    """:class:`OutDirInUseError` when another live process holds the lock file ``lock``."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locks
+        return
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise OutDirInUseError(
+                f"{out} is in use by an attribution run (pid {pid}): its partials are not removed while it "
+                "runs; wait for it to end or choose another folder"
+            ) from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 __all__ = [
+    "clear_partials",
+    "STAGES",
     "out_dir_lock",
     "OutDirInUseError",
     "PartialStore",

@@ -349,6 +349,7 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
             **{f"--annotator {n}": n for n in names if n not in ("trained", "rules", "keyword")},
         },
         dirs=True,
+        own="annotate downstream",
     )
     import contextlib
     import sys

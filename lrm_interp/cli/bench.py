@@ -14,6 +14,8 @@ spelling, is a deprecated alias: ``--data`` is the input traces of every other c
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from lrm_interp.cli.common import (
@@ -171,7 +173,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     # the numbers are checked by their argparse types (every flag, whatever the backend) and by
     # GenerationSettings (the generation flags): all before a model is loaded or a file written
-    check_paths({"--out": a.out}, dirs=True)  # a folder that can be written, before anything loads
+    check_paths({"--out": a.out}, dirs=True, own="bench run")  # a folder that can be written, before anything loads
     settings = dataclass_from_args(GenerationSettings, a)
     group_size = group_size_arg(DEFAULT_GROUP_SIZE if a.group_size is None else a.group_size)
     try:
@@ -277,7 +279,7 @@ def _score_out(a: argparse.Namespace, outputs: Path) -> Path:
     from lrm_interp.evaluation.bench_score import SCORE_FILES
 
     out = Path(a.out).expanduser() if a.out else outputs / "scores"
-    check_paths({"--out": out})  # never under a file
+    check_paths({"--out": out}, own="bench score")  # never under a file
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: a file, not a folder; choose a folder for the tables")
     there = [f for f in SCORE_FILES if (out / f).exists()]
@@ -290,35 +292,144 @@ def _score_out(a: argparse.Namespace, outputs: Path) -> Path:
     return out
 
 
+# --------------------------------------------------------------------------- one writer per folder
+#: the lock file of :func:`folder_lock`, inside the folder (removed when the run ends)
+FOLDER_LOCK = ".lrm_interp.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path, command: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``out/.lrm_interp.lock`` (holding the pid and ``command``)
+    while the body runs: one ``compare`` / ``bench score`` run at a time writes into an existing
+    folder; a second live one is refused at once (:class:`CliError` naming the folder, the other
+    command and its pid). The lock goes with the process (a killed run holds none); the file is
+    removed when the body ends. Not POSIX (no ``fcntl``): no lock."""
+    import os
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    from lrm_interp._io import plain_mode
+
+    lock = out / FOLDER_LOCK
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, plain_mode())
+        except OSError as e:
+            raise CliError(
+                f"--out {out}: cannot write there ({e.strerror}); choose a folder this user can write"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split() or ["?"]
+            except OSError:
+                holder = ["?"]
+            os.close(fd)
+            who = f"'{PROG} {' '.join(holder[1:])}' " if len(holder) > 1 else ""
+            raise CliError(
+                f"--out {out} is in use by another {who}run (pid {holder[0]}): two runs into one folder would "
+                "replace each other's result; wait for it to end or choose another --out"
+            ) from None
+        try:  # the holder that just ended may have removed the file: lock the one that is there now
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def created_meanwhile(flag: str, out: Path) -> CliError:
+    """The refusal of a run whose new ``out`` was made by another run while it ran."""
+    return CliError(
+        f"{flag} {out} was created by another run while this one ran: its result is kept and this one is "
+        f"not written; choose another {flag} (or run this again with --overwrite to replace it)"
+    )
+
+
+def _refuse_unused_length_flags(a: argparse.Namespace, outputs: Path) -> None:
+    """``--tokenizer`` / ``--max-new-tokens`` were ignored without a word on runs that record their
+    outputs' tokens in ``generations.jsonl``, and ``--max-new-tokens`` without ``--tokenizer``
+    everywhere (H8-BSf): refused before any work, naming them."""
+    from lrm_interp.evaluation.bench_score import find_runs, length_option_problem
+
+    given = [f for f, v in (("--max-new-tokens", a.max_new_tokens), ("--tokenizer", a.tokenizer)) if v is not None]
+    if not given:
+        return
+    with reading(outputs, "--outputs"):
+        try:
+            runs = find_runs(outputs)
+        except FileNotFoundError:
+            return  # no run there: score_outputs says so, naming the layouts it looks for
+    problem = length_option_problem(
+        runs, tokenizer=a.tokenizer is not None, max_new_tokens=a.max_new_tokens is not None
+    )
+    if problem == "recorded":
+        names = ", ".join(r.name for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
+        raise CliError(
+            "--max-new-tokens / --tokenizer apply only to outputs without generations.jsonl (outputs of another "
+            f"generator); every run under --outputs {outputs} records its outputs' tokens and length limit "
+            f"there ({names}): drop {' and '.join(given)}"
+        )
+    if problem == "no tokenizer":
+        raise CliError(
+            "--max-new-tokens needs --tokenizer: it tells which outputs without generations.jsonl hit the limit "
+            "by counting their tokens (give the tokenizer they were generated with, or drop --max-new-tokens)"
+        )
+
+
 def cmd_score(a: argparse.Namespace) -> int:
     from lrm_interp.evaluation.bench_score import score_outputs
 
     outputs = require_path(a.outputs, "--outputs", kind="dir")
     out = _score_out(a, outputs)
     items = _tasks_and_items(a)
+    if a.tokenizer is not None and a.tokenizer.lower() == "toy":
+        from lrm_interp.cli.common import refuse_ambiguous_model
+
+        refuse_ambiguous_model(a.tokenizer, "--tokenizer")  # the alias, or a folder ./toy?
+    _refuse_unused_length_flags(a, outputs)
     tok = None
     if a.tokenizer is not None:
         from transformers import AutoTokenizer
 
         if a.tokenizer.lower() == "toy":
-            from lrm_interp.cli.common import refuse_ambiguous_model
             from lrm_interp.toy import toy_model_dir
-
-            refuse_ambiguous_model(a.tokenizer, "--tokenizer")  # the alias, or a folder ./toy?
 
             tok = AutoTokenizer.from_pretrained(toy_model_dir())
         else:
             tok = AutoTokenizer.from_pretrained(str(require_path(a.tokenizer, "--tokenizer", kind="dir")))
-    with reading(outputs, "--outputs"):
-        scores = score_outputs(
-            outputs,
-            items,
-            tokenizer=tok,
-            max_new_tokens=a.max_new_tokens,
-            require_think=a.require_think,
-            progress=not a.quiet,
-        )
-    files = scores.write_tables(out, plots=not a.no_plots)
+    # two scores into one folder: a new --out is published whole and never over what appeared there
+    # meanwhile; an existing one is held by one run at a time (both used to print "wrote", H8-CC)
+    existed = out.exists() or out.is_symlink()
+    with folder_lock(out, "bench score") if existed else contextlib.nullcontext():
+        if existed:
+            _score_out(a, outputs)  # again, under the lock: a score that finished meanwhile is seen here
+        with reading(outputs, "--outputs"):
+            scores = score_outputs(
+                outputs,
+                items,
+                tokenizer=tok,
+                max_new_tokens=a.max_new_tokens,
+                require_think=a.require_think,
+                progress=not a.quiet,
+            )
+        try:
+            files = scores.write_tables(out, plots=not a.no_plots, replace=existed)
+        except FileExistsError:
+            raise created_meanwhile("--out", out) from None
     print(scores.accuracy_table().to_string(index=False))
     partial = scores.partial()
     if partial:

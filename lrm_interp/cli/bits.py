@@ -55,6 +55,7 @@ def cmd_bits(a: argparse.Namespace) -> int:
     from lrm_interp.model.sites import find_sites
     from lrm_interp.protect import exports
     from lrm_interp.protect.bit_allocation import allocate_bits, hessian_sensitivity, quantization_errors
+    from lrm_interp.protect.policies import module_scores
 
     check_paths(
         {"--out": a.out, "--gptqmodel": a.gptqmodel, "--llmcompressor": a.llmcompressor},
@@ -86,11 +87,19 @@ def cmd_bits(a: argparse.Namespace) -> int:
     if a.scores is not None:
         require_attribution_dir(a.scores, "--scores")
     calib_path = None if a.calib is None else require_path(a.calib, "--calib")
+    ri: dict[str, float] | None = None
+    if a.sensitivity == "attribution":
+        attr = load_attribution(a.scores, "--scores")
+        try:  # an all-zero row allocated bits from no information (H8-NAN2): refused before the model loads
+            ri = module_scores(attr, a.behavior, source=str(a.scores), purpose="allocate")
+        except ValueError as e:
+            hint = "; give another --behavior, or leave it out (the mean over behaviours)" if a.behavior else ""
+            raise CliError(f"{e}{hint}") from None
     model, tok = load_model_quietly(a.model)
     sites = find_sites(model)
     sens = None
     if a.sensitivity == "attribution":
-        attr = load_attribution(a.scores, "--scores")
+        assert ri is not None
         try:  # as protect does (protect/saliency.py): one model's scores rank another's modules wrongly
             check_same_weights(
                 attr,
@@ -100,7 +109,6 @@ def cmd_bits(a: argparse.Namespace) -> int:
             )
         except WeightsMismatchError as e:
             raise CliError(str(e)) from None
-        ri = attr.site_ri(a.behavior)
         missing = [s.name for s in sites if s.name not in ri]
         if missing:
             raise CliError(f"--scores has no score for {len(missing)} site(s) of --model, e.g. {missing[0]}")

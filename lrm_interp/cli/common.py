@@ -316,14 +316,17 @@ def add_dataclass_args(
 def dataclass_from_args(cls: type, args: argparse.Namespace):
     """Build ``cls`` from the destinations :func:`add_dataclass_args` added; a ``ValueError``
     of its validation becomes a :class:`CliError` whose leading field name is the flag."""
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     try:
-        return cls(**{n: getattr(args, n) for n in names})
+        return cls(**{n: getattr(args, n) for n in fields})
     except ValueError as e:
         msg = one_line(e)
         head = re.match(r"\w+", msg)
-        if head and head.group(0) in names:
-            msg = "--" + head.group(0).replace("_", "-") + msg[head.end() :]
+        if head and head.group(0) in fields:
+            name = head.group(0)
+            # a True-by-default bool is typed as its --no- form (add_dataclass_args)
+            no = fields[name].default is True and getattr(args, name, True) is False
+            msg = ("--no-" if no else "--") + name.replace("_", "-") + msg[head.end() :]
         raise CliError(msg) from e
 
 
@@ -467,6 +470,47 @@ def _special_output(p: Path) -> str | None:
     return what
 
 
+def refuse_other_results(flag: str, path: str | os.PathLike, own: str | None = None) -> None:
+    """:class:`CliError` naming ``flag`` when writing ``path`` would change a finished result of
+    another command (:func:`lrm_interp._io.finished_result`), ``--overwrite`` or not:
+
+    - ``path`` is or lies inside the work folder ``A/partial`` of an attribution run (its partials:
+      a result written there was deleted when ``A`` was replaced, H8-PT);
+    - ``path`` is one of the files or folders of the finished result nearest above it, or lies
+      inside one (``A/scores.csv``, ``SC/bits.json``, ``BR/toy/generations.jsonl``: H8-OW1); a new
+      name beside a result's own files (``A/masks.safetensors``) is free;
+    - with ``own`` (the kind of result the command writes into its folder output): ``path`` is an
+      existing result folder of another kind (``bench score --out A``). A result of the kind
+      ``own`` is the command's own: its own checks decide (``attribute --out A`` resumes)."""
+    from lrm_interp._io import finished_result, refuse_attribution_work_folder, result_owning
+
+    try:
+        refuse_attribution_work_folder(path, flag)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    for q in _forms(path):
+        here = finished_result(q)
+        if here is not None and own is not None:
+            if here.kind == own:
+                continue
+            raise CliError(
+                f"{flag} {path} is {here}, another command's result: it is never written into, not even with "
+                "--overwrite; choose another folder"
+            )
+        hit = result_owning(q)
+        if hit is None:
+            continue
+        res, entry = hit
+        if own is not None and res.kind == own:
+            continue
+        if entry == q:
+            what = "a folder" if q.is_dir() else "a file"
+            head = f"{flag} {path} is {what} of {res}"
+        else:
+            head = f"{flag} {path} lies inside {entry}, part of {res}"
+        raise CliError(f"{head}; --overwrite does not replace another command's result; choose another path")
+
+
 def check_paths(
     outputs: dict[str, str | os.PathLike | None],
     inputs: dict[str, str | os.PathLike | None] | None = None,
@@ -475,6 +519,7 @@ def check_paths(
     replaced_whole: bool = False,
     files: bool = False,
     dirs: bool = False,
+    own: str | None = None,
 ) -> None:
     """Refuse, before any work, outputs that would destroy another output or an input.
 
@@ -494,7 +539,11 @@ def check_paths(
     ``dirs``: the outputs are folders, so an existing file there is refused (the same way).
 
     Always refused, naming the flag: an output under an existing file (``--out results.csv/x``:
-    nothing can be written there, :func:`lrm_interp._io.file_on_the_way`)."""
+    nothing can be written there, :func:`lrm_interp._io.file_on_the_way`), and an output that would
+    change another command's finished result (:func:`refuse_other_results`: inside an attribution
+    run's ``partial/``, one of the files of a result, or, for a command whose folder output is a
+    result of kind ``own``, a result folder of another kind; without ``own`` only the first two are
+    checked)."""
     from lrm_interp._io import file_on_the_way
 
     given = [(f, p) for f, p in outputs.items() if p is not None and str(p) != ""]
@@ -555,6 +604,8 @@ def check_paths(
                         f"{fo} {po} contains the input {fi} {pi}: replacing {fo} would destroy the input; "
                         "choose another output path (or move the input out of it)"
                     )
+    for fo, po in given:  # after the inputs' checks (they name both flags), before --overwrite's
+        refuse_other_results(fo, po, own)
     if overwrite is False:
         for fo, po, ro in outs:
             if ro.exists() or ro.is_symlink():
@@ -834,6 +885,7 @@ __all__ = [
     "group_size_arg",
     "device_arg",
     "check_paths",
+    "refuse_other_results",
     "add_overwrite_flag",
     "model_input",
     "refuse_ambiguous_model",

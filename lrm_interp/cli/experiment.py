@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from lrm_interp.cli.common import (
     PROG,
@@ -22,7 +23,11 @@ from lrm_interp.cli.common import (
     require_model,
     seed_int,
 )
-from lrm_interp.cli.protect import add_symmetry_flags
+from lrm_interp.cli.protect import add_symmetry_flags, given, untyped
+from lrm_interp.experiments.protection import ExperimentSettings
+
+#: the defaults of the flags only some rows read: refused when typed and no row reads them, never as defaults
+_DEFAULTS = ExperimentSettings()
 
 PROTECTION_HELP = "matched-bits protection experiment: accuracy of every protection row, table + CSV + plot"
 PROTECTION_DESCRIPTION = (
@@ -49,11 +54,16 @@ def cmd_protection(a: argparse.Namespace) -> int:
     from lrm_interp.cli.common import check_paths
     from lrm_interp.experiments.protection_table import ExperimentSettings, run_protection_experiment
 
-    check_paths({"--out": a.out}, dirs=True)  # a file at --out (or on the way to it): refused before loading
+    check_paths(
+        {"--out": a.out}, dirs=True, own="experiment"
+    )  # a file at --out (or on the way to it): refused before loading
     require_model(a.model)
     dup = next((x for i, x in enumerate(a.random_seeds) if x in a.random_seeds[:i]), None)
     if dup is not None:  # was a duplicate row "2% random (seed 0)" in table.md (H7-E4)
         raise CliError(f"--random-seeds: seed {dup} given twice (each seed is one control row); give it once")
+    typed = {field: getattr(a, field) for _, field, _ in ROW_FLAGS if given(getattr(a, field))}
+    if "random_seeds" in typed:
+        typed["random_seeds"] = tuple(typed["random_seeds"])
     try:
         s = ExperimentSettings(
             model=a.model,
@@ -62,11 +72,8 @@ def cmd_protection(a: argparse.Namespace) -> int:
             per_family=a.per_family,
             group_size=group_size_arg(a.group_size),
             symmetric=a.symmetric,
-            budget=a.budget,
-            attribution_traces=a.attribution_traces,
-            random_seeds=tuple(a.random_seeds),
-            guided_mix=a.guided_mix,
             max_new_tokens=a.max_new_tokens,
+            **typed,
         )
     except ValueError as e:
         raise CliError(str(e)) from None
@@ -80,6 +87,7 @@ def cmd_protection(a: argparse.Namespace) -> int:
         check_only(s, a.redo)
     except ValueError as e:
         raise CliError("--redo" + str(e).removeprefix("only:")) from None
+    _refuse_unused_flags(a, s, typed)
     try:
         table = run_protection_experiment(a.out, s, only=a.only, redo=a.redo, progress=not a.quiet)
     except ValueError as e:
@@ -95,6 +103,50 @@ def cmd_protection(a: argparse.Namespace) -> int:
 
         print(f"{PROG} experiment protection: warning: {w}", file=sys.stderr)
     return 0
+
+
+#: the flags that only some rows read: (flag, ExperimentSettings field, the rows that read it)
+ROW_FLAGS = (
+    (
+        "--budget",
+        "budget",
+        "the 2% per-weight rows, the mixed-precision rows (at their bits per weight) and guided GPTQ + 2%",
+    ),
+    (
+        "--attribution-traces",
+        "attribution_traces",
+        "the rows built from behaviour-span gradients or attribution: the attribution / scale-aware / TaCQ "
+        "saliencies, mixed precision by attribution, behaviour-guided GPTQ",
+    ),
+    ("--random-seeds", "random_seeds", "the random-saliency control rows"),
+    ("--guided-mix", "guided_mix", "the behaviour-guided GPTQ rows (--quantizer gptq only)"),
+)
+
+
+def _refuse_unused_flags(a: argparse.Namespace, s: ExperimentSettings, typed: dict[str, Any]) -> None:
+    """A flag given for a new experiment that no row this run measures reads (``--guided-mix``
+    under RTN or with ``--only magnitude``, ``--random-seeds`` without a random row, ...) changed no
+    number but was recorded in ``settings.json``, so a resume without it was refused as another
+    experiment (H8-EX2): refused, naming it and the rows that read it. A folder that already
+    holds ``settings.json`` is a resume: there the flags must repeat what it records (an older run
+    may have recorded such a value), and the folder check compares every one of them."""
+    from lrm_interp.experiments.protection import unused_settings
+
+    if (Path(a.out) / "settings.json").exists():
+        return
+    unused = set(unused_settings(s, a.only)) & set(typed)
+    flags = [(flag, rows) for flag, field, rows in ROW_FLAGS if field in unused]
+    if not flags:
+        return
+    measured = f"--quantizer {a.quantizer}" + (f", --only {' '.join(a.only)}" if a.only else "")
+    names = ", ".join(f for f, _ in flags)
+    it = "it" if len(flags) == 1 else "them"
+    # a flag no row of the whole grid reads (--guided-mix under RTN): --only cannot help
+    tail = "" if unused & set(unused_settings(s)) else ", or select such a row with --only"
+    raise CliError(
+        f"{names} {'does' if len(flags) == 1 else 'do'} not apply: no row this run measures ({measured}) reads "
+        f"{it} ({'; '.join(f'{f} is read by {rows}' for f, rows in flags)}); leave {it} out{tail}"
+    )
 
 
 def _grid_hint(out: str, e: ValueError) -> str:
@@ -152,36 +204,41 @@ def register(sub) -> None:
         help="quantization group size in input columns (0 = per channel)",
     )
     add_symmetry_flags(p)
+    typed_only = "(refused when typed for a new --out none of whose rows reads it)"
     p.add_argument(
         "--budget",
         type=float_arg(0.0, 1.0, min_open=True, max_open=True),
-        default=0.02,
+        default=untyped(_DEFAULTS.budget),
         metavar="F",
-        help="fraction of the linear weights kept in FP16 by the per-weight rows, in (0, 1)",
+        help=f"fraction of the linear weights kept in FP16 by the per-weight rows, in (0, 1); default "
+        f"{_DEFAULTS.budget} {typed_only}",
     )
     p.add_argument(
         "--attribution-traces",
         type=positive_int,
-        default=8,
+        default=untyped(_DEFAULTS.attribution_traces),
         metavar="N",
-        help="gold-annotated toy traces per family for gradients and module importance",
+        help=f"gold-annotated toy traces per family for gradients and module importance; default "
+        f"{_DEFAULTS.attribution_traces} {typed_only}",
     )
     p.add_argument(
         "--random-seeds",
         type=seed_int,
         nargs="+",
         action=Accumulate,
-        default=[0, 1, 2],
+        default=untyped(list(_DEFAULTS.random_seeds)),
         metavar="S",
-        help="seeds of the random-saliency control rows",
+        help=f"seeds of the random-saliency control rows; default {' '.join(map(str, _DEFAULTS.random_seeds))} "
+        f"{typed_only}",
     )
     p.add_argument(
         "--guided-mix",
         type=fraction,
-        default=0.5,
+        default=untyped(_DEFAULTS.guided_mix),
         metavar="F",
         help="weight of the behaviour-gradient Hessian in the guided GPTQ rows, in [0, 1] (0: the "
-        "calibration Hessian alone, 1: the behaviour-gradient Hessian alone)",
+        f"calibration Hessian alone, 1: the behaviour-gradient Hessian alone); default {_DEFAULTS.guided_mix} "
+        f"{typed_only}: the guided rows are GPTQ's only",
     )
     p.add_argument(
         "--max-new-tokens",

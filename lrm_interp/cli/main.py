@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from lrm_interp.cli.common import (
     PROG,
@@ -100,7 +103,7 @@ def cmd_attribute(a: argparse.Namespace) -> int:
 
     # everything that can be checked without loading anything, first: --out a folder that can be
     # written (an existing file there, or a file on its way, used to fail after the model loaded)
-    check_paths({"--out": a.out}, dirs=True)
+    check_paths({"--out": a.out}, dirs=True, own="attribution")
     import os
 
     from lrm_interp.attribution.resume import out_dir_lock
@@ -203,19 +206,63 @@ def _is_paper_layout(p: Path) -> bool:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    import warnings
-
-    from lrm_interp.attribution.results import comparability, compare
+    """``lrm-interp compare``: the importance shift of two attribution results → ``--out/shift.csv``
+    and ``shift.png``, published together: a new ``--out`` is one folder renamed into place, never
+    over what appeared there meanwhile; into an existing one the two files are moved in one go,
+    under :func:`~lrm_interp.cli.bench.folder_lock` (two runs both printed "wrote" and one result
+    was lost, H8-CC)."""
+    from lrm_interp.cli.bench import created_meanwhile, folder_lock
     from lrm_interp.cli.common import check_paths
+    from lrm_interp.evaluation.bench_score import move_together, stage_folder
 
     out = Path(a.out)
     # --out never lies inside an input result; shift.csv / shift.png are replaced only with --overwrite
     check_paths({"--out": a.out}, {"--original": a.original, "--compressed": a.compressed}, dirs=True)
-    for name in ("shift.csv", "shift.png"):
-        check_paths({"--out": out / name}, overwrite=a.overwrite)
+    existed = out.exists() or out.is_symlink()
+    with folder_lock(out, "compare") if existed else contextlib.nullcontext():
+        for name in ("shift.csv", "shift.png"):  # under the lock: a run that finished meanwhile is seen here
+            check_paths({"--out": out / name}, overwrite=a.overwrite)
+        shift = _importance_shift(a)
+        with stage_folder(out, beside=not existed) as stage:
+            shift.write_tables(stage, view=a.view)
+            if existed:
+                move_together(stage, out, SHIFT_FILES)
+            else:
+                from lrm_interp._io import publish_dir
+
+                try:
+                    publish_dir(stage, out, replace=False)
+                except FileExistsError:
+                    raise created_meanwhile("--out", out) from None
+    print(f"wrote {out}/shift.csv and shift.png")
+    return 0
+
+
+#: the files ``compare`` writes, in the order they are published (the table last)
+SHIFT_FILES = ("shift.png", "shift.csv")
+
+
+def _importance_shift(a: argparse.Namespace):
+    """The checked :class:`~lrm_interp.attribution.results.ImportanceShift` of ``compare``'s inputs."""
+    import warnings
+
+    from lrm_interp.attribution.results import comparability, compare
+    from lrm_interp.model.provenance import swapped_compression
+
     require_attribution_dir(a.original, "--original")
     require_attribution_dir(a.compressed, "--compressed")
     orig, comp = load_attribution(a.original, "--original"), load_attribution(a.compressed, "--compressed")
+    # --original the 3-bit copy, --compressed the full-precision model: every sign inverted, without a
+    # word (H8-CR1); refused like the other mismatches, a warning with --allow-mismatch
+    swapped = swapped_compression((orig.provenance or {}).get("model"), (comp.provenance or {}).get("model"))
+    swap_note = (
+        f"--original {a.original} is {swapped} and --compressed {a.compressed} is not: did you swap --original "
+        "and --compressed?"
+        if swapped
+        else None
+    )
+    if swap_note and not a.allow_mismatch:
+        raise CliError(swap_note + " (pass --allow-mismatch to compare them in this order anyway)")
     problems, notes = comparability(orig, comp)
     if problems and not a.allow_mismatch:
         raise CliError(
@@ -224,22 +271,23 @@ def cmd_compare(a: argparse.Namespace) -> int:
             + " (attribute both models with the same settings and traces, or "
             "pass --allow-mismatch to compare anyway)"
         )
+    if swap_note:
+        print(f"{PROG} compare: warning: {swap_note}", file=sys.stderr)
     for n in problems + notes:
-        print(f"{PROG} compare: warning: {n}", file=sys.stderr)
+        if not (swap_note and "swap" in n):  # the API's clause of the same check: printed once, above
+            print(f"{PROG} compare: warning: {n}", file=sys.stderr)
     with warnings.catch_warnings():  # printed above, one line each
         warnings.simplefilter("ignore")
-        shift = compare(orig, comp, strict=False)
-    out.mkdir(parents=True, exist_ok=True)
-    shift.write_tables(out, view=a.view)
-    print(f"wrote {out}/shift.csv and shift.png")
-    return 0
+        return compare(orig, comp, strict=False)
 
 
 def cmd_quickstart(a: argparse.Namespace) -> int:
     from lrm_interp.cli.common import check_paths
     from lrm_interp.experiments.quickstart import run_quickstart
 
-    check_paths({"--out": a.out}, dirs=True)  # a folder, never under a file: refused before the model loads
+    check_paths(
+        {"--out": a.out}, dirs=True, own="study"
+    )  # a folder, never under a file: refused before the model loads
     run_quickstart(
         out_dir=a.out,
         n_traces=a.traces,
@@ -544,20 +592,148 @@ class Terminated(KeyboardInterrupt):
     cleanup that runs on Ctrl-C runs on ``kill`` too."""
 
 
-def _interrupted(prog: str, started: bool, terminated: bool = False) -> int:
+def _interrupted(prog: str, started: bool, terminated: bool = False, left: str | None = None) -> int:
     """Ctrl-C: one line, exit status 130, no traceback (``LRM_INTERP_DEBUG=1`` shows it: the caller
-    re-raises). SIGTERM (``terminated``): the same, "terminated", exit status 143 (128 + 15)."""
-    if terminated:
-        if started:
-            print(f"{prog}: terminated; run the same command again to resume (finished work is kept)", file=sys.stderr)
-        else:
-            print(f"{prog}: terminated before the command started; nothing was done", file=sys.stderr)
-        return 143
+    re-raises). SIGTERM (``terminated``): the same, "terminated", exit status 143 (128 + 15).
+    ``left``: what the command leaves behind (:func:`_left_behind`; a resume only where the command
+    keeps its finished work)."""
+    verb = "terminated" if terminated else "interrupted"
     if started:
-        print(f"{prog}: interrupted; run the same command again to resume (finished work is kept)", file=sys.stderr)
+        print(f"{prog}: {verb}; {left or 'run the same command again'}", file=sys.stderr)
     else:  # while the parser was built (the heavy imports) or the options read: nothing ran yet
-        print(f"{prog}: interrupted before the command started; nothing was done", file=sys.stderr)
-    return 130
+        print(f"{prog}: {verb} before the command started; nothing was done", file=sys.stderr)
+    return 143 if terminated else 130
+
+
+def _always(a: argparse.Namespace) -> bool:
+    return True
+
+
+def _never(a: argparse.Namespace) -> bool:
+    return False
+
+
+def _no_files(a: argparse.Namespace) -> list[tuple[str, object]]:
+    return []
+
+
+def _flags(*pairs: tuple[str, str]) -> Callable[[argparse.Namespace], list[tuple[str, object]]]:
+    """``(flag, path)`` of the output options ``pairs`` (``(flag, argparse dest)``) of a command."""
+    return lambda a: [(flag, getattr(a, dest, None)) for flag, dest in pairs]
+
+
+def _annotate_outputs(a: argparse.Namespace) -> list[tuple[str, object]]:
+    out = getattr(a, "out", None)
+    report = getattr(a, "report", None) or (Path(out).with_name(Path(out).name + ".report.json") if out else None)
+    return [("--out", out), ("--report", report)]
+
+
+def _score_outputs(a: argparse.Namespace) -> list[tuple[str, object]]:
+    out = getattr(a, "out", None)
+    outputs = getattr(a, "outputs", None)
+    return [("--out", out or (Path(outputs) / "scores" if outputs else None))]
+
+
+class OnInterrupt(NamedTuple):
+    """What an interrupted command leaves behind: ``resumes(args)``: it keeps its finished work
+    (``partial/``, a state folder, a cache, checkpoints) and the same command resumes it;
+    ``outputs(args)``: the ``(flag, path)`` it writes, compared before and after the run when it
+    does not resume (:func:`_left_behind`)."""
+
+    resumes: Callable[[argparse.Namespace], bool]
+    outputs: Callable[[argparse.Namespace], list[tuple[str, object]]]
+
+
+#: Every command (its name after ``lrm-interp``), one row each: an interrupted run of a command
+#: that keeps no partial work used to promise "run the same command again to resume (finished
+#: work is kept)" (H8-QT). Each writer below publishes its files atomically; whether it published
+#: any before it was stopped is checked, not assumed (:func:`_left_behind`).
+ON_INTERRUPT: dict[str, OnInterrupt] = {
+    "quickstart": OnInterrupt(_always, _flags(("--out", "out"))),  # study.json + finished rows
+    "study": OnInterrupt(_always, _flags(("--out", "out"))),  # finished rows and attributions kept
+    "attribute": OnInterrupt(_always, _flags(("--out", "out"))),  # --out/partial/
+    "experiment protection": OnInterrupt(_always, _flags(("--out", "out"))),  # rows.jsonl
+    "bench run": OnInterrupt(_always, _flags(("--out", "out"))),  # generations.jsonl, outputs/
+    "toy distill": OnInterrupt(_always, _flags(("--out", "out"))),  # RUN/checkpoint/
+    # a per-trace cache (--cache; the llm annotator's default OUT.cache): finished traces are kept
+    "annotate": OnInterrupt(lambda a: a.cache is not None or a.annotator == "llm", _annotate_outputs),
+    # --downstream: a state folder of finished attributions; without it only a print
+    "annotate agree": OnInterrupt(lambda a: a.downstream is not None, _flags(("--out", "out"))),
+    "annotate train": OnInterrupt(_never, _flags(("--out", "out"))),
+    "parse": OnInterrupt(_never, _flags(("--out", "out"), ("--report", "report"))),
+    "compare": OnInterrupt(_never, _flags(("--out", "out"))),
+    "protect": OnInterrupt(_never, _flags(("--out", "out"))),
+    "quantize": OnInterrupt(_never, _flags(("--out", "out"))),
+    "bits": OnInterrupt(
+        _never, _flags(("--out", "out"), ("--gptqmodel", "gptqmodel"), ("--llmcompressor", "llmcompressor"))
+    ),
+    "toy train": OnInterrupt(_never, _flags(("--out", "out"))),
+    "toy eval": OnInterrupt(_never, _no_files),
+    "toy traces": OnInterrupt(_never, _flags(("--out", "out"))),
+    "bench score": OnInterrupt(_never, _score_outputs),
+    "faithfulness": OnInterrupt(_never, _flags(("--out", "out"))),
+}
+
+
+def _on_interrupt(args: argparse.Namespace) -> OnInterrupt:
+    """The row of :data:`ON_INTERRUPT` of the command ``args`` runs (a command without one: no
+    resume, its ``--out`` compared)."""
+    name = _command_prog(args)[len(PROG) + 1 :]
+    return ON_INTERRUPT.get(name) or OnInterrupt(_never, _flags(("--out", "out")))
+
+
+def _path_state(path: object) -> object:
+    """What tells whether ``path`` was written: ``None`` when absent; a file's inode, size and
+    modification time; a folder's inode and those of its entries (hidden ones, the temporary files
+    and locks of the writers, left out)."""
+    import os
+    import stat
+
+    p = Path(str(path)).expanduser()
+    try:
+        st = os.lstat(p)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+    entries = set()
+    try:
+        with os.scandir(p) as it:
+            for e in it:
+                if not e.name.startswith("."):
+                    with contextlib.suppress(OSError):
+                        es = e.stat(follow_symlinks=False)
+                        entries.add((e.name, es.st_ino, es.st_size, es.st_mtime_ns))
+    except OSError:
+        pass
+    return (st.st_ino, frozenset(entries))
+
+
+def _output_states(args: argparse.Namespace) -> list[tuple[str, object, object]] | None:
+    """``(flag, path, state)`` of the outputs of a command that keeps no partial work (before it
+    runs); ``None`` for a command that resumes."""
+    row = _on_interrupt(args)
+    if row.resumes(args):
+        return None
+    return [(flag, path, _path_state(path)) for flag, path in row.outputs(args) if path is not None and str(path)]
+
+
+def _left_behind(before: list[tuple[str, object, object]] | None) -> str:
+    """What an interrupted command left, for :func:`_interrupted`: a resume where it keeps its
+    finished work (``before`` is ``None``), else whether its outputs changed since it started."""
+    if before is None:
+        return "run the same command again to resume (finished work is kept)"
+    changed = [flag for flag, path, state in before if _path_state(path) != state]
+    kept = [flag for flag, _, _ in before if flag not in changed]
+    if not changed:
+        if not kept:
+            return "nothing was written"
+        return f"nothing was written ({', '.join(kept)} {'is' if len(kept) == 1 else 'are'} unchanged)"
+    return (
+        f"it had written {', '.join(changed)} when it stopped"
+        + (f" ({', '.join(kept)} unchanged)" if kept else "")
+        + "; check it, or run the same command again with --overwrite to redo it"
+    )
 
 
 @contextlib.contextmanager
@@ -582,21 +758,38 @@ def _one_line_warnings(prog: list[str]):
             warnings.formatwarning = previous
 
 
+#: errors writing to standard output that say the stream cannot take the report (a full disk,
+#: ``>/dev/full``, an I/O error, a quota): the work is done; one warning on stderr (H8-BP2)
+_UNPRINTABLE = frozenset(getattr(errno, n) for n in ("ENOSPC", "EIO", "EDQUOT", "EFBIG") if hasattr(errno, n))
+
+
 class _GuardedStdout:
     """``sys.stdout`` while a command runs: when the reader of a pipe goes away (``lrm-interp parse
     ... | head``), writes are dropped instead of raising ``BrokenPipeError`` ("error: [Errno 32]
     Broken pipe", exit 2, although the files were written, H7-P-pipe): the command runs to its end
     and its exit status says how the work went (0 when it was done). The stream's descriptor is
-    pointed at ``/dev/null`` so that the interpreter's final flush does not fail either."""
+    pointed at ``/dev/null`` so that the interpreter's final flush does not fail either.
 
-    def __init__(self, stream) -> None:
+    The same for a stream that cannot take the output (``>/dev/full``: "error: [Errno 28] No space
+    left on device", exit 2, although ``--out`` was written, H8-BP2): ``failed`` holds the reason,
+    and :func:`main` warns once. ``missing``: there is no standard output at all (``>&-``:
+    ``sys.stdout`` is ``None``; the command ended in "internal error" and a traceback, H8-BP1):
+    everything is dropped."""
+
+    def __init__(self, stream, *, missing: bool = False) -> None:
         self._stream = stream
         self.closed_by_reader = False
+        self.missing = missing
+        #: why the output could not be written (``"No space left on device"``), else ``None``
+        self.failed: str | None = None
 
-    def _broken(self) -> None:
+    @property
+    def dropping(self) -> bool:
+        return self.closed_by_reader or self.missing or self.failed is not None
+
+    def _to_null(self) -> None:
         import os
 
-        self.closed_by_reader = True
         try:
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, self._stream.fileno())
@@ -604,49 +797,121 @@ class _GuardedStdout:
         except (OSError, ValueError, AttributeError):  # a stream without a descriptor (captured output)
             pass
 
+    def _absorb(self, e: OSError) -> bool:
+        """Whether the write error ``e`` is the stream's (then dropped from now on), not a bug."""
+        if isinstance(e, BrokenPipeError):
+            self.closed_by_reader = True
+        elif e.errno is not None and e.errno in _UNPRINTABLE:
+            import os
+
+            self.failed = e.strerror or os.strerror(e.errno)
+        else:
+            return False
+        self._to_null()
+        return True
+
     def write(self, text: str) -> int:
-        if self.closed_by_reader:
+        if self.dropping:
             return len(text)
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
-            self._broken()
+        except OSError as e:
+            if not self._absorb(e):
+                raise
             return len(text)
 
     def flush(self) -> None:
-        if self.closed_by_reader:
+        if self.dropping:
             return
         try:
             self._stream.flush()
-        except BrokenPipeError:
-            self._broken()
+        except OSError as e:
+            if not self._absorb(e):
+                raise
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
 
 
+def _occupy(fd: int) -> None:
+    """Point a closed standard descriptor ``fd`` at ``/dev/null``: else the next file opened gets it,
+    and whatever writes to the descriptor (a library printing) would write into that file. So too
+    one open for reading only (``2>&-`` under a shell wrapper such as pyenv's: the wrapper's script
+    inherited as descriptor 2; writing there failed with "Bad file descriptor")."""
+    import os
+
+    try:
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+            return
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+
+
 @contextlib.contextmanager
 def _guarded_stdout():
-    guard = _GuardedStdout(sys.stdout)
+    """:class:`_GuardedStdout` as ``sys.stdout`` while the body runs; a missing ``sys.stdout`` or
+    ``sys.stderr`` (closed: ``>&-``, ``2>&-``) is a writer to ``/dev/null`` meanwhile (a print to
+    a missing stderr went to stdout). Restored afterwards."""
+    import os
+
+    original, original_err = sys.stdout, sys.stderr
+    null_out = null_err = None
+    _occupy(1)  # closed (``>&-``, ``2>&-``): sys.stdout is None, sys.stderr a stream on a closed descriptor
+    _occupy(2)
+    if original is None:
+        null_out = open(os.devnull, "w", encoding="utf-8")  # closed below
+    if original_err is None:
+        null_err = sys.stderr = open(os.devnull, "w", encoding="utf-8")  # closed below
+    guard = _GuardedStdout(original if null_out is None else null_out, missing=original is None)
     sys.stdout = guard  # a file-like proxy (sys.stdout is typed TextIO | Any)
     try:
         yield guard
     finally:
         if sys.stdout is guard:
-            sys.stdout = guard._stream
-        if not guard.closed_by_reader:
-            with contextlib.suppress(BrokenPipeError):
-                guard.flush()
+            sys.stdout = original
+        with contextlib.suppress(OSError, ValueError):  # what the stream cannot take is absorbed
+            guard.flush()
+        if null_err is not None and sys.stderr is null_err:
+            sys.stderr = original_err
+        for f in (null_out, null_err):
+            if f is not None:
+                f.close()
+
+
+def _unprinted(prog: str, guard: _GuardedStdout, rc: int, writes_files: bool) -> int:
+    """The exit status once the output is flushed: a report that could not be printed
+    (``guard.failed``) is a warning when the command wrote its files (its work is done), an error
+    (exit 2) when printing was its whole work (``toy eval``, ``annotate agree``)."""
+    guard.flush()
+    if guard.failed is None:
+        return rc
+    if writes_files or rc != 0:
+        done = "; the outputs were written" if rc == 0 else ""
+        print(f"{prog}: warning: could not print the report ({guard.failed}){done}", file=sys.stderr)
+        return rc
+    print(f"{prog}: error: could not print the result ({guard.failed}); nothing else was written", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; bad input prints one line ``lrm-interp <cmd>: error: ...`` and returns 2;
     Ctrl-C, at any moment (the imports while the parser is built included), one line and 130;
-    SIGTERM likewise, 143. A warning prints as one line ``lrm-interp <cmd>: warning: ...``. A
-    closed standard output (``| head``) drops the rest of the output quietly: the exit status is
-    the command's own (0 when its work was done)."""
+    SIGTERM likewise, 143 (a resume is promised only by a command that keeps its finished work,
+    :data:`ON_INTERRUPT`). A warning prints as one line ``lrm-interp <cmd>: warning: ...``. A
+    closed standard output (``| head``), a missing one (``>&-``) or one that cannot take the
+    report (``>/dev/full``: a one-line warning) does not fail a command whose work was done: the
+    exit status is the command's own (0 when its work was done)."""
     prog = [PROG]
-    with _Interrupts() as intr, _one_line_warnings(prog), _guarded_stdout():
+    with _Interrupts() as intr, _one_line_warnings(prog), _guarded_stdout() as guard:
         try:
             args = build_parser().parse_args(argv)
         except KeyboardInterrupt:
@@ -658,21 +923,23 @@ def main(argv: list[str] | None = None) -> int:
                 return _interrupted(PROG, started=False, terminated=intr.terminated)
             raise
         prog[0] = _command_prog(args)
+        before = _output_states(args)
         try:
             # --quiet: no progress bar at all, the libraries' (transformers' shard writer, the GGUF
             # conversion, huggingface_hub) included, not only the command's own
             with quiet_progress() if getattr(args, "quiet", False) else contextlib.nullcontext():
-                return int(args.fn(args) or 0)
+                rc = int(args.fn(args) or 0)
         except KeyboardInterrupt:
             if debug_enabled():
                 raise
-            return _interrupted(_command_prog(args), started=True, terminated=intr.terminated)
+            return _interrupted(prog[0], started=True, terminated=intr.terminated, left=_left_behind(before))
         except Exception as e:  # SystemExit passes through
             if debug_enabled():
                 raise
             if intr.seen:  # a Ctrl-C a library turned into another error: still an interrupt
-                return _interrupted(_command_prog(args), started=True, terminated=intr.terminated)
-            return report_error(_command_prog(args), e)
+                return _interrupted(prog[0], started=True, terminated=intr.terminated, left=_left_behind(before))
+            rc = report_error(prog[0], e)
+        return _unprinted(prog[0], guard, rc, writes_files=before is None or bool(before))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,6 +9,7 @@ import contextlib
 import json
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -32,12 +33,39 @@ from lrm_interp.cli.common import (
     require_path,
     seed_int,
 )
-from lrm_interp.protect.policies import POLICIES
+from lrm_interp.protect.policies import POLICIES, ZeroScoreWarning, module_scores
 from lrm_interp.protect.registry import SALIENCIES, SPAN_GRADS_SOURCES
 from lrm_interp.protect.saliency import SPAN_GRADS
 
 #: ``protect --budget`` unless given
 DEFAULT_BUDGET = 0.02
+
+
+class _Untyped:
+    """Mixed into the default value of an option (:func:`untyped`): it reads as the plain value
+    everywhere, and :func:`given` tells it from the same value typed on the command line, so a flag
+    that does not apply is refused only when given (H8-PF, H8-EX2), the default never."""
+
+
+_UNTYPED: dict[type, type] = {}
+
+
+def untyped(value: Any) -> Any:
+    """``value`` (a str, int, float or list) as an option default that :func:`given` says was not typed."""
+    cls = type(value)
+    if cls not in _UNTYPED:
+        _UNTYPED[cls] = type(f"Untyped{cls.__name__.title()}", (_Untyped, cls), {})
+    return _UNTYPED[cls](value)
+
+
+def given(value: Any) -> bool:
+    """Whether an option's value was typed on the command line (not ``None``, not an :func:`untyped` default)."""
+    return value is not None and not isinstance(value, _Untyped)
+
+
+#: ``protect --saliency`` / ``--span-grads`` unless given
+DEFAULT_SALIENCY = untyped("attribution_ri")
+DEFAULT_SPAN_GRADS = untyped("exact")
 MODULE_POLICIES = ("final_mlp", "modules_by_score")  # need no per-weight saliency (and no model)
 #: the grid of protect / quantize / bits / experiment protection unless told: asymmetric (min-max with a
 #: zero-point), as every library function (``symmetric=False``)
@@ -131,14 +159,24 @@ def _refuse_overlong(model, enc, a: argparse.Namespace) -> None:
 def _refuse_unused_protect_flags(a: argparse.Namespace) -> None:
     """Flags the chosen policy / saliency would ignore are refused, one line naming them (H7-PR5:
     ``--policy final_mlp --budget 0.3`` protected 18.75 %; PR-a: ``--saliency magnitude`` took
-    ``--data`` and ``--seed`` without a word), as ``--span-grads`` is refused there."""
+    ``--data`` and ``--seed`` without a word), as ``--span-grads`` is refused there; H8-PF: the module
+    policies ignored ``--saliency`` / ``--span-grads`` / ``--model``, the masks identical without them). Only
+    a flag typed is refused (:func:`given`), never a default."""
     if a.policy == "final_mlp" and a.budget is not None:
         raise CliError(
             f"--budget is not used by --policy final_mlp: it protects the whole final-layer MLP modules and takes "
             f"no --budget (got --budget {a.budget}); leave --budget out, or use --policy modules_by_score"
         )
     if a.policy in MODULE_POLICIES:
-        unused = [f for f, v in (("--data", a.data), ("--seed", a.seed)) if v is not None]
+        # per-weight flags were ignored: the masks were identical with or without them (H8-PF)
+        scoring = [f"{f} {v}" for f, v in (("--saliency", a.saliency), ("--span-grads", a.span_grads)) if given(v)]
+        if scoring:
+            whole = "the whole final-layer MLP" if a.policy == "final_mlp" else "whole modules ranked by --scores"
+            raise CliError(
+                f"{' and '.join(scoring)}: --saliency / --span-grads score single weights; --policy {a.policy} "
+                f"protects {whole}; leave them out, or use --policy global_top / per_module_top"
+            )
+        unused = [f for f, v in (("--model", a.model), ("--data", a.data), ("--seed", a.seed)) if v is not None]
         if unused:
             raise CliError(
                 f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used by --policy {a.policy} "
@@ -146,7 +184,7 @@ def _refuse_unused_protect_flags(a: argparse.Namespace) -> None:
             )
         return
     src = SALIENCIES[a.saliency]
-    if a.span_grads != "exact" and a.saliency not in SPAN_GRADS_SOURCES:
+    if given(a.span_grads) and a.saliency not in SPAN_GRADS_SOURCES:
         raise CliError(
             f"--span-grads {a.span_grads} applies to --saliency {', '.join(SPAN_GRADS_SOURCES)} "
             f"(behaviour-span gradients), not to --saliency {a.saliency}"
@@ -176,6 +214,7 @@ def cmd_protect(a: argparse.Namespace) -> int:
     check_bits(a.bits)
     group_size = group_size_arg(a.group_size)
     _refuse_unused_protect_flags(a)
+    a.saliency, a.span_grads = str(a.saliency), str(a.span_grads)  # plain names from here on
     if a.budget is None:
         a.budget = DEFAULT_BUDGET
     if a.seed is None:
@@ -198,6 +237,14 @@ def cmd_protect(a: argparse.Namespace) -> int:
     data = None if a.data is None else require_path(a.data, "--data")
     attr = load_attribution(a.scores, "--scores")
     sites = list(attr.sites)
+    # all-zero scores ranked the modules from no information (H8-NAN2): refused before any work;
+    # a behaviour whose row alone is zero is named once, here (the library calls below, silenced)
+    if a.policy == "modules_by_score" or (per_weight and "module_importance" in src.needs):
+        use = "--policy modules_by_score ranks" if not per_weight else f"--saliency {a.saliency} weighs"
+        try:
+            module_scores(attr, source=str(a.scores))
+        except ValueError as e:
+            raise CliError(f"{e} ({use} the modules by these scores)") from None
     # --never matching every site with --budget > 0 is refused, --always sites above the budget are
     # named, both before any saliency is computed (H5-R8 / R9)
     try:
@@ -215,50 +262,54 @@ def cmd_protect(a: argparse.Namespace) -> int:
             + over.replace("always regex", "--always", 1).replace("the budget", "--budget", 1),
             file=sys.stderr,
         )
-    if not per_weight:
-        masks = build_masks(sites, a.policy, a.budget, scores=attr, always=a.always, never=a.never, warn_budget=False)
-    else:
-        from lrm_interp.compress.calibration import calibration_ids
-        from lrm_interp.data.loading import load_dataset
-        from lrm_interp.data.tokens import encode_trace
-        from lrm_interp.model.sites import resolve_sites
-        from lrm_interp.protect.registry import build_saliency
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ZeroScoreWarning)  # said once, above
+        if not per_weight:
+            masks = build_masks(
+                sites, a.policy, a.budget, scores=attr, always=a.always, never=a.never, warn_budget=False
+            )
+        else:
+            from lrm_interp.compress.calibration import calibration_ids
+            from lrm_interp.data.loading import load_dataset
+            from lrm_interp.data.tokens import encode_trace
+            from lrm_interp.model.sites import resolve_sites
+            from lrm_interp.protect.registry import build_saliency
 
-        model, tok = load_model_quietly(a.model)
-        sites = resolve_sites(model, [s.name for s in sites])
-        with reading(data, "--data") if data is not None else contextlib.nullcontext():
-            # "encoded" needs --data (checked above)
-            enc = [encode_trace(tok, t) for t in load_dataset(cast(Path, data))] if "encoded" in src.needs else None
-            calib = calibration_ids(tok, data) if "calib" in src.needs else None
-        from lrm_interp.evaluation.generation import check_token_ids
+            model, tok = load_model_quietly(a.model)
+            sites = resolve_sites(model, [s.name for s in sites])
+            with reading(data, "--data") if data is not None else contextlib.nullcontext():
+                # "encoded" needs --data (checked above)
+                enc = [encode_trace(tok, t) for t in load_dataset(cast(Path, data))] if "encoded" in src.needs else None
+                calib = calibration_ids(tok, data) if "calib" in src.needs else None
+            from lrm_interp.evaluation.generation import check_token_ids
 
-        try:  # a tokenizer that is not the model's said "index out of range in self" (H7-TE)
-            check_token_ids(model, tok, [(e.trace_id, e.input_ids) for e in enc or ()])
-            if calib is not None:
-                check_token_ids(model, tok, [(f"calibration text ({a.data or 'toy tasks'})", calib)])
-        except ValueError as e:
-            raise CliError(f"--model {a.model}: {e}") from None
-        if enc is not None:
-            _refuse_overlong(model, enc, a)
-        stream = build_saliency(
-            a.saliency,
-            model,
-            sites,
-            encoded=enc,
-            behaviors=list(attr.behaviors),
-            calib=calib,
-            bits=a.bits,
-            group_size=group_size,
-            symmetric=a.symmetric,
-            seed=a.seed,
-            module_importance=attr,
-            span_grads=a.span_grads,
-            progress=not a.quiet,
-        )
-        # build_masks: `always` modules count against a global budget, so the total stays exact
-        masks = build_masks(
-            sites, a.policy, a.budget, saliency=stream, always=a.always, never=a.never, warn_budget=False
-        )
+            try:  # a tokenizer that is not the model's said "index out of range in self" (H7-TE)
+                check_token_ids(model, tok, [(e.trace_id, e.input_ids) for e in enc or ()])
+                if calib is not None:
+                    check_token_ids(model, tok, [(f"calibration text ({a.data or 'toy tasks'})", calib)])
+            except ValueError as e:
+                raise CliError(f"--model {a.model}: {e}") from None
+            if enc is not None:
+                _refuse_overlong(model, enc, a)
+            stream = build_saliency(
+                a.saliency,
+                model,
+                sites,
+                encoded=enc,
+                behaviors=list(attr.behaviors),
+                calib=calib,
+                bits=a.bits,
+                group_size=group_size,
+                symmetric=a.symmetric,
+                seed=a.seed,
+                module_importance=attr,
+                span_grads=a.span_grads,
+                progress=not a.quiet,
+            )
+            # build_masks: `always` modules count against a global budget, so the total stays exact
+            masks = build_masks(
+                sites, a.policy, a.budget, saliency=stream, always=a.always, never=a.never, warn_budget=False
+            )
     bpw = bits_per_weight(masks, sites, bits=a.bits, group_size=group_size, symmetric=a.symmetric)
     save_masks(
         masks,
@@ -304,7 +355,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     # --out is replaced whole: it may neither be nor contain nor lie inside another input (--overwrite or not)
-    check_paths({"--out": a.out}, {"--masks": a.masks, "--calib": a.calib}, replaced_whole=True)
+    check_paths({"--out": a.out}, {"--masks": a.masks, "--calib": a.calib}, replaced_whole=True, own="quantize")
     _refuse_foreign_files(out)
     masks_path = None if a.masks is None else require_path(a.masks, "--masks", kind="file")
     calib_path = None if a.calib is None else require_path(a.calib, "--calib")
@@ -467,13 +518,13 @@ def register(sub) -> None:
     p.add_argument(
         "--saliency",
         choices=list(SALIENCIES),
-        default="attribution_ri",
-        help="per-weight saliency of global_top / per_module_top (list below)",
+        default=DEFAULT_SALIENCY,
+        help="per-weight saliency of global_top / per_module_top (list below); not with the module policies",
     )
     p.add_argument(
         "--span-grads",
         choices=SPAN_GRADS,
-        default="exact",
+        default=DEFAULT_SPAN_GRADS,
         help="behaviour-span gradients of --saliency "
         + "/".join(SPAN_GRADS_SOURCES)
         + ": exact (default; sum over spans of |dL(s)/dW|, one forward per trace and one backward per span), "
@@ -485,7 +536,7 @@ def register(sub) -> None:
         "--model",
         default=None,
         metavar="DIR|ALIAS",
-        help="model folder or alias, e.g. toy (needed by per-weight policies)",
+        help="model folder or alias, e.g. toy (per-weight policies only: they need it)",
     )
     p.add_argument(
         "--data",

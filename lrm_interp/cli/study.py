@@ -98,7 +98,7 @@ def cmd_study(a: argparse.Namespace) -> int:
         raise CliError(f"--model {note}")
     _refuse_unused_flags(a)
     data = require_path(a.data, "--data")
-    check_paths({"--out": a.out}, {"--model": model_input(a.model), "--data": data}, dirs=True)
+    check_paths({"--out": a.out}, {"--model": model_input(a.model), "--data": data}, dirs=True, own="study")
     for t in a.tasks or ():
         try:
             task = get_task(t)
@@ -133,7 +133,7 @@ def cmd_study(a: argparse.Namespace) -> int:
             require_think=a.require_think,
             **given,
         )
-        check_study_folder(a.out, settings, a.overwrite, writes_traces=False)
+        check_study_folder(a.out, settings, a.overwrite, writes_traces=False, wording="cli")
     except ValueError as e:
         raise CliError(str(e)) from None
     with reading(data, "--data"):

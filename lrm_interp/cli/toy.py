@@ -41,8 +41,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def cmd_traces(a: argparse.Namespace) -> int:
     """``lrm-interp toy traces``: gold or model-generated annotated traces → ``--out`` (JSONL)."""
-    from lrm_interp.cli.common import check_paths, load_model_quietly, model_input, require_model
+    from lrm_interp.cli.common import CliError, check_paths, load_model_quietly, model_input, require_model
 
+    if a.gold and a.model is not None:  # was ignored, even a folder that does not exist (H8 toy traces)
+        raise CliError(
+            f"--model does not apply to --gold traces (they are written from the task generator, with no model; "
+            f"got --model {a.model}); leave --model out, or drop --gold for the model's own traces"
+        )
+    if a.model is None:
+        a.model = "toy"
     # before any model is loaded: an existing --out is replaced only with --overwrite, never the model
     check_paths(
         {"--out": a.out}, {} if a.gold else {"--model": model_input(a.model)}, overwrite=a.overwrite, files=True
@@ -420,7 +427,10 @@ def register(sub) -> None:
         ],
     )
     tc.add_argument(
-        "--model", default="toy", metavar="DIR|ALIAS", help="toy model generating the traces (ignored with --gold)"
+        "--model",
+        default=None,
+        metavar="DIR|ALIAS",
+        help="toy model generating the traces (default: toy); not with --gold, which needs no model",
     )
     tc.add_argument("--gold", action="store_true", help="write the generator's traces with gold spans instead")
     tc.add_argument("--per-family", type=positive_int, default=10, metavar="N", help="problems per task family")

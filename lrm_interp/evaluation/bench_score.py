@@ -13,11 +13,15 @@ failures that hit the length limit, cues per output, and the short-vs-long split
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,14 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lrm_interp._io import atomic_save_figure, atomic_write_text, loads_strict
+from lrm_interp._io import (
+    atomic_save_figure,
+    atomic_write_text,
+    loads_strict,
+    naming_destination,
+    plain_mode,
+    publish_dir,
+)
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.data.benchmarks.tasks import TASKS, get_task, paper_average
 from lrm_interp.evaluation.bench_run import GEN_FILE, RUN_FILE, RUN_FORMAT, file_sha, output_path, read_generations
@@ -333,6 +344,27 @@ def _sample_count(run: Path, info: RunInfo) -> int:
     return k
 
 
+def runs_without_generations(runs: Sequence[RunInfo]) -> list[RunInfo]:
+    """The runs without a ``generations.jsonl`` (outputs of another generator, a paper layout): the
+    only ones whose tokens a tokenizer counts and whose length limit ``max_new_tokens`` decides; a
+    ``bench run`` folder records both for each output (:func:`score_outputs`)."""
+    return [r for r in runs if not (Path(r.path) / GEN_FILE).exists()]
+
+
+def length_option_problem(runs: Sequence[RunInfo], *, tokenizer: bool, max_new_tokens: bool) -> str | None:
+    """Why a tokenizer / ``max_new_tokens`` given for ``runs`` would be ignored (they were, without a
+    word, H8-BSf), else ``None``: ``"recorded"`` when every run records its outputs' tokens and
+    length limit in ``generations.jsonl``; ``"no tokenizer"`` when ``max_new_tokens`` comes without
+    a tokenizer (it decides which outputs hit the limit by their token counts)."""
+    if not (tokenizer or max_new_tokens):
+        return None
+    if not runs_without_generations(runs):
+        return "recorded"
+    if max_new_tokens and not tokenizer:
+        return "no tokenizer"
+    return None
+
+
 def score_outputs(
     outputs: str | os.PathLike,
     items: Mapping[str, Sequence[BenchItem]],
@@ -349,7 +381,9 @@ def score_outputs(
     scored task folders that are no item's output (another name, an index beyond the items, a
     sample beyond the run's count, a second folder of the same task) are listed in
     :attr:`BenchScores.ignored`. Foreign layouts: ``tokenizer`` counts tokens and, with
-    ``max_new_tokens``, decides which outputs hit the length limit (else unknown).
+    ``max_new_tokens``, decides which outputs hit the length limit (else unknown). Both apply only
+    to runs without ``generations.jsonl``: given where every run has one, or ``max_new_tokens``
+    without ``tokenizer``, they raise ``ValueError`` (:func:`length_option_problem`).
 
     A run folder of ``bench run`` is checked against its ``generations.jsonl``: an output it
     records as generated that is gone (the outputs folder emptied or removed), or whose bytes
@@ -366,6 +400,18 @@ def score_outputs(
     unrecorded: list[str] = []
     missing: dict[tuple[str, str], int] = {}
     runs = find_runs(outputs)
+    problem = length_option_problem(runs, tokenizer=tokenizer is not None, max_new_tokens=max_new_tokens is not None)
+    if problem == "recorded":
+        raise ValueError(
+            "tokenizer / max_new_tokens apply only to outputs without generations.jsonl: every run under "
+            f"{outputs} records its outputs' tokens and length limit there ({', '.join(r.name for r in runs)}); "
+            "leave them out"
+        )
+    if problem == "no tokenizer":
+        raise ValueError(
+            "max_new_tokens needs a tokenizer: it decides which outputs hit the limit by counting their tokens "
+            "(pass the tokenizer the outputs were generated with)"
+        )
     gens = {info.path: _generations(Path(info.path)) for info in runs}
     _check_same_items(runs, items, gens)
     _check_recorded_outputs(runs, items)
@@ -480,6 +526,58 @@ def _recorded_plots(out: Path) -> set[str]:
     if not isinstance(doc, dict) or doc.get("format") != SCORE_RECORD_FORMAT or not isinstance(doc.get("files"), list):
         return set()
     return {n for n in doc["files"] if isinstance(n, str) and n in SCORE_FILES and n.endswith(".png")}
+
+
+def _holds_files(out: Path) -> bool:
+    """Whether ``out`` is anything but absent or an empty folder."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        return True
+    try:
+        return out.is_dir() and any(out.iterdir())
+    except OSError:
+        return True
+
+
+def _new_stage(out: Path, *, beside: bool) -> Path:
+    """A new empty hidden folder for the tables: beside ``out`` (to become ``out``) or inside it (to
+    move the files from), with the permissions of a plain ``mkdir``."""
+    where = out.parent if beside else out
+    with naming_destination(out):
+        where.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}." if beside else ".staged.", suffix=".tmp", dir=where))
+        os.chmod(stage, plain_mode(folder=True))
+    return stage
+
+
+@contextlib.contextmanager
+def stage_folder(out: str | os.PathLike, *, beside: bool) -> Iterator[Path]:
+    """A new empty hidden folder to write a result's files into before they are published: beside
+    ``out`` (``beside=True``: to become ``out`` with :func:`lrm_interp._io.publish_dir`) or inside
+    it (to move the files from with :func:`move_together`), with the permissions of a plain
+    ``mkdir``. Removed with whatever is left in it when the body ends (an interrupt included)."""
+    stage = _new_stage(Path(out), beside=beside)
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def move_together(stage: Path, out: Path, names: Sequence[str]) -> None:
+    """Move the files ``names`` of ``stage`` into ``out`` in that order (the one that marks the
+    result complete last), with Ctrl-C and SIGTERM held back until all are there: the files are
+    never a mix of two results (the main thread's signals; elsewhere the moves just run)."""
+    import signal
+    import threading
+
+    hold = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if hold else None
+    try:
+        with naming_destination(out):
+            for n in names:
+                os.replace(stage / n, out / n)
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass(frozen=True)
@@ -627,16 +725,55 @@ class BenchScores:
                 )
         return pd.DataFrame(rows)
 
-    def write_tables(self, out_dir: str | os.PathLike, *, plots: bool = True) -> list[Path]:
+    def write_tables(self, out_dir: str | os.PathLike, *, plots: bool = True, replace: bool = True) -> list[Path]:
         """``scores.csv`` (per output), ``summary.csv``, ``accuracy.csv``, ``collapse_points.csv``,
         ``tables.md`` (accuracy, test-time compute, collapse) and, with ``plots``,
         ``accuracy_vs_bits.png``, ``accuracy_vs_sparsity.png``, ``short_vs_long.png`` (each when it
         has something to show), and :data:`SCORE_RECORD` listing them. A plot an earlier score
         recorded writing into ``out_dir`` and not written now is removed: it would sit beside tables
-        it does not match; a plot of the same name that no score recorded (the user's) is kept."""
+        it does not match; a plot of the same name that no score recorded (the user's) is kept.
+
+        The files are published together (they were written one by one, so two scores into one
+        folder could leave a mix, H8-CC): all are written into a hidden folder first, which then
+        becomes ``out_dir`` (a new folder: one rename) or whose files are moved into ``out_dir``
+        in one go, the record last, with Ctrl-C and SIGTERM held back meanwhile.
+
+        ``replace=False``: ``out_dir`` must not hold anything when the tables are published (it may
+        be absent or an empty folder): a folder with files, there from the start or made by
+        another run meanwhile, is kept, and ``FileExistsError`` names it."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        earlier = _recorded_plots(out)
+        if not replace and _holds_files(out):
+            raise FileExistsError(errno.EEXIST, "holds files already: not replaced (replace=False)", str(out))
+        new = not replace or not (out.exists() or out.is_symlink())
+        stage = _new_stage(out, beside=new)
+        try:
+            names = self._write_into(stage, plots)
+            if new:
+                try:
+                    publish_dir(stage, out, replace=False)
+                    return [out / n for n in names]
+                except FileExistsError:
+                    if not replace:
+                        raise
+                    # replace=True: a folder that appeared meanwhile is filled like an existing one
+                    out.mkdir(parents=True, exist_ok=True)
+                    inside = _new_stage(out, beside=False)
+                    for n in names:
+                        os.replace(stage / n, inside / n)
+                    shutil.rmtree(stage, ignore_errors=True)
+                    stage = inside
+            earlier = _recorded_plots(out)
+            move_together(stage, out, names)
+            for name in sorted(earlier):  # a plot of an earlier score in this folder no longer matches these tables
+                p = out / name
+                if name not in names and p.is_file() and not p.is_symlink():
+                    p.unlink()
+            return [out / n for n in names]
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+    def _write_into(self, folder: Path, plots: bool) -> list[str]:
+        """Write every table (and plot) into the empty ``folder``; their names, :data:`SCORE_RECORD` last."""
         s, acc, cp = self.summary(), self.accuracy_table(), self.collapse_points()
         files = []
         for name, df in (
@@ -645,20 +782,15 @@ class BenchScores:
             ("accuracy.csv", acc),
             ("collapse_points.csv", cp),
         ):
-            atomic_write_text(out / name, df.to_csv(index=False))
-            files.append(out / name)
-        atomic_write_text(out / "tables.md", self.markdown())
-        files.append(out / "tables.md")
+            atomic_write_text(folder / name, df.to_csv(index=False))
+            files.append(name)
+        atomic_write_text(folder / "tables.md", self.markdown())
+        files.append("tables.md")
         if plots:
-            files += _plots(s, out)
-        record = {"format": SCORE_RECORD_FORMAT, "files": [f.name for f in files]}
-        atomic_write_text(out / SCORE_RECORD, json.dumps(record, indent=1))
-        files.append(out / SCORE_RECORD)
-        for name in sorted(earlier):  # a plot of an earlier score in this folder no longer matches these tables
-            p = out / name
-            if p not in files and p.is_file() and not p.is_symlink():
-                p.unlink()
-        return files
+            files += [p.name for p in _plots(s, folder)]
+        record = {"format": SCORE_RECORD_FORMAT, "files": list(files)}
+        atomic_write_text(folder / SCORE_RECORD, json.dumps(record, indent=1))
+        return files + [SCORE_RECORD]
 
     def markdown(self) -> str:
         """The tables as Markdown: accuracy (+ Avg), test-time compute and collapse."""
@@ -803,4 +935,15 @@ def _plots(s: pd.DataFrame, out: Path) -> list[Path]:
     return files
 
 
-__all__ = ["score_outputs", "BenchScores", "SampleScore", "RunInfo", "find_runs", "SPLITS"]
+__all__ = [
+    "score_outputs",
+    "BenchScores",
+    "SampleScore",
+    "RunInfo",
+    "find_runs",
+    "SPLITS",
+    "runs_without_generations",
+    "length_option_problem",
+    "stage_folder",
+    "move_together",
+]

@@ -115,15 +115,33 @@ class ExperimentSettings:
 @dataclass(frozen=True)
 class RowPlan:
     """A row to measure: ``quantize(model_copy)`` quantizes in place and returns ``(bpw, modules)``
-    (``modules``: ``"bits:count ..."`` over the sites)."""
+    (``modules``: ``"bits:count ..."`` over the sites). ``uses``: the fields of
+    :data:`ROW_SETTINGS` the row reads (every row reads the others, e.g. ``bits``)."""
 
     label: str
     kind: str
     quantize: Callable[[torch.nn.Module], tuple[float, str]]
+    uses: frozenset[str] = frozenset()
 
 
 #: the planner attribute that feeds each input a registered saliency ``needs`` (SaliencyInputs field)
 _INPUTS = {"encoded": "encoded", "behaviors": "behaviors", "calib": "calib", "module_importance": "attribution"}
+#: the :class:`ExperimentSettings` fields only some rows read (:attr:`RowPlan.uses`); the other
+#: fields (model, bits, quantizer, grid, problems, length limit) shape every row
+ROW_SETTINGS = ("budget", "attribution_traces", "random_seeds", "guided_mix")
+#: the saliency inputs made from the attribution traces (``settings.attribution_traces``)
+_FROM_TRACES = frozenset({"encoded", "behaviors", "module_importance"})
+
+
+def _saliency_uses(name: str) -> frozenset[str]:
+    """The :data:`ROW_SETTINGS` a 2 % row of saliency ``name`` reads: the budget, the attribution
+    traces if its inputs come from them, the seeds for ``random``."""
+    uses = {"budget"}
+    if _FROM_TRACES & set(SALIENCIES[name].needs):
+        uses.add("attribution_traces")
+    if name == "random":
+        uses.add("random_seeds")
+    return frozenset(uses)
 
 
 class ProtectionPlanner:
@@ -316,22 +334,33 @@ class ProtectionPlanner:
         for name, src in SALIENCIES.items():
             if name == "attribution_gptq" and not self.gptq:
                 continue
+            uses = _saliency_uses(name)
             if name == "random":
                 rows += [
-                    RowPlan(f"{pct} random (seed {seed})", "per-weight", partial(self._per_weight, name, seed))
+                    RowPlan(f"{pct} random (seed {seed})", "per-weight", partial(self._per_weight, name, seed), uses)
                     for seed in s.random_seeds
                 ]
             else:
-                rows.append(RowPlan(f"{pct} {src.label}", "per-weight", partial(self._per_weight, name, 0)))
+                rows.append(RowPlan(f"{pct} {src.label}", "per-weight", partial(self._per_weight, name, 0), uses))
         rows.append(RowPlan(FINAL_MLP_ROW, "module", self._final_mlp))
-        rows += [
-            RowPlan(f"mixed precision by {sens}", "mixed", partial(self._mixed, sens)) for sens in MIXED_SENSITIVITIES
+        rows += [  # under the bits per weight of the magnitude masks (the budget)
+            RowPlan(
+                f"mixed precision by {sens}",
+                "mixed",
+                partial(self._mixed, sens),
+                frozenset({"budget", "attribution_traces"} if sens == "attribution" else {"budget"}),
+            )
+            for sens in MIXED_SENSITIVITIES
         ]
-        if self.gptq:
+        if self.gptq:  # the behaviour-gradient Hessians come from the attribution traces
+            guided = frozenset({"guided_mix", "attribution_traces"})
             rows += [
-                RowPlan(f"behaviour-guided GPTQ (mix {s.guided_mix})", "guided", partial(self._guided, False)),
+                RowPlan(f"behaviour-guided GPTQ (mix {s.guided_mix})", "guided", partial(self._guided, False), guided),
                 RowPlan(
-                    f"behaviour-guided GPTQ + {pct} scale-aware attribution", "guided", partial(self._guided, True)
+                    f"behaviour-guided GPTQ + {pct} scale-aware attribution",
+                    "guided",
+                    partial(self._guided, True),
+                    guided | _saliency_uses("attribution_scale"),
                 ),
             ]
         rows.append(RowPlan(f"plain {s.bits + 1}-bit", "plain", partial(self._uniform, bits=s.bits + 1)))
@@ -373,6 +402,17 @@ def check_only(settings: ExperimentSettings, only: Sequence[str] | None) -> None
     row of the experiment ``settings`` plan, before any model is loaded (the rows depend on the
     settings alone)."""
     ProtectionPlanner(torch.nn.Module(), None, settings, progress=False).select(only)
+
+
+def unused_settings(settings: ExperimentSettings, only: Sequence[str] | None = None) -> list[str]:
+    """The fields of :data:`ROW_SETTINGS` that no row selected by ``only``
+    (:meth:`ProtectionPlanner.select`; every row without it) reads, in that order: e.g.
+    ``guided_mix`` under RTN (no guided rows) or with ``only=["magnitude"]``, ``random_seeds``
+    without a random row. A value given for one of them changes no number the run measures, yet
+    it is part of the folder's ``settings.json``. Depends on the settings alone (no model)."""
+    rows = ProtectionPlanner(torch.nn.Module(), None, settings, progress=False).select(only)
+    used = frozenset().union(*(r.uses for r in rows))
+    return [f for f in ROW_SETTINGS if f not in used]
 
 
 # --------------------------------------------------------------------------- for your own inputs

@@ -67,7 +67,7 @@ from typing import Any, cast
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp._io import atomic_write_text, read_safetensors, write_safetensors
+from lrm_interp._io import STUDY_FILES, atomic_write_text, read_safetensors, write_safetensors
 from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import Attribution, ImportanceShift, compare
 from lrm_interp.checks import check_fraction, check_int, check_seed
@@ -93,10 +93,14 @@ STUDY_FILE, OUTCOMES_FILE = "study.json", "outcomes.safetensors"
 ROW_KEYS = ("fp", "uniform", "magnitude", "attribution", "mixed")
 #: the registered saliency of the ``attribution`` row and of the masks file
 SALIENCY = "attribution_ri"
-#: what a study writes into its folder besides the attribution folders (``overwrite`` replaces them)
-OWN_FILES = (
-    STUDY_FILE,
-    OUTCOMES_FILE,
+#: what a study writes into its folder besides the attribution folders (``overwrite`` replaces them);
+#: defined once in :data:`lrm_interp._io.STUDY_FILES` (the output checks recognise a study by them)
+OWN_FILES = STUDY_FILES
+#: the files whose SHA-256 (of their bytes, as the study wrote them) ``study.json`` records, under
+#: ``provenance.checksums``: a rerun rewrites every one of them from the stored data, but for
+#: :data:`READ_BACK`
+CHECKSUMMED = (
+    "traces.jsonl",
     "ranking.csv",
     "masks.safetensors",
     "masks.json",
@@ -104,9 +108,11 @@ OWN_FILES = (
     "shift.csv",
     "shift.png",
     "results.csv",
-    "bpw_accuracy.png",
-    "report.html",
 )
+#: the files a rerun reads back instead of rewriting (the masks and allocation the finished rows
+#: were measured with): one changed since the study wrote it is refused, naming it (H8-ST1e: a
+#: hand-edited bits.json stayed beside results measured with another allocation)
+READ_BACK = ("bits.json", "masks.safetensors")
 
 
 @dataclass(frozen=True)
@@ -329,23 +335,41 @@ class StudyResult:
         return box(repr(self), html_table(["variant", "bits/weight", m, "95% CI", "recovered"], rows))
 
     # ------------------------------------------------------------------ files
-    def save(self, out: str | Path | None = None) -> Path:
+    def save(self, out: str | Path | None = None, *, overwrite: bool = False) -> Path:
         """Write ``study.json``, ``outcomes.safetensors`` and ``results.csv`` into ``out``
-        (default: :attr:`out_dir`); returns the folder."""
+        (default: :attr:`out_dir`); returns the folder.
+
+        The check of ``lrm-interp study`` (:func:`check_study_folder`) first: a folder holding
+        another study, or no ``study.json`` but files a study writes (a user's ``results.csv``),
+        is refused with ``ValueError`` unless ``overwrite=True`` (they were replaced silently,
+        H8-SS); this study's own folder, or a folder of this same study, is always fine."""
         out = Path(out if out is not None else self.out_dir)
+        key = self.provenance.get("key")
+        check_study_folder(
+            out,
+            self.settings,
+            overwrite,
+            key=key if isinstance(key, Mapping) else None,
+            writes_traces=False,
+            files=False,
+            wording="api",
+        )
         _write_outcomes(out, self.outcomes)
+        table = self.to_dataframe().to_csv(index=False)
+        atomic_write_text(out / "results.csv", table)
+        prov = {k: v for k, v in self.provenance.items() if k != "key"}
+        prov["checksums"] = {**(prov.get("checksums") or {}), "results.csv": _sha256(table.encode("utf-8"))}
         doc = {
             "format": FORMAT,
-            **self.provenance.get("key", {}),
+            **(key or {}),
             "rows": [r.to_dict() for r in self.rows],
             "masks": self.masks,
             "files": self.files,
             "commands": list(self.commands),
-            "provenance": {k: v for k, v in self.provenance.items() if k != "key"},
+            "provenance": prov,
             "complete": True,
         }
         atomic_write_text(out / STUDY_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
-        atomic_write_text(out / "results.csv", self.to_dataframe().to_csv(index=False))
         return out
 
     @classmethod
@@ -355,6 +379,7 @@ class StudyResult:
         doc = _read_study(out)
         if not doc.get("complete"):
             raise ValueError(f"{out}: the study did not finish; run it again to resume")
+        _refuse_changed_files(out, doc, ("bits.json",))  # the allocation it reads
         prov = dict(doc["provenance"], key={k: doc[k] for k in _KEY_FIELDS})
         names = prov["folders"]
         res, res_q = Attribution.load(out / names["original"]), Attribution.load(out / names["compressed"])
@@ -395,6 +420,50 @@ def _read_study(out: Path) -> dict[str, Any]:
         doc = doc if isinstance(doc, dict) else {}
         raise ValueError(f"{p}: not a study file (format {doc.get('format')!r}, expected {FORMAT!r})")
     return doc
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _record_checksum(out: Path, name: str, sums: dict[str, str]) -> None:
+    """``sums[name]``: the SHA-256 of the file ``out/name`` the study just wrote."""
+    sums[name] = _sha256((out / name).read_bytes())
+
+
+def recorded_checksums(doc: Mapping[str, Any]) -> dict[str, str]:
+    """``{file: SHA-256}`` a ``study.json`` (``doc``) records for the files of :data:`CHECKSUMMED`
+    (empty for a study written before they were recorded: nothing can be checked then)."""
+    prov = doc.get("provenance")
+    sums = prov.get("checksums") if isinstance(prov, Mapping) else None
+    if not isinstance(sums, Mapping):
+        return {}
+    return {k: v for k, v in sums.items() if k in CHECKSUMMED and isinstance(v, str)}
+
+
+def changed_files(out: str | Path, doc: Mapping[str, Any], names: Sequence[str] = READ_BACK) -> list[str]:
+    """The files of ``names`` in ``out`` that differ from the checksum ``study.json`` (``doc``)
+    records for them: changed since the study wrote them. A file without a recorded checksum (an
+    older study) or not there (deleted: a rerun writes it again) is not listed."""
+    out = Path(out)
+    sums = recorded_checksums(doc)
+    changed = []
+    for name in names:
+        p = out / name
+        if name in sums and p.is_file() and _sha256(p.read_bytes()) != sums[name]:
+            changed.append(name)
+    return changed
+
+
+def _refuse_changed_files(out: Path, doc: Mapping[str, Any], names: Sequence[str] = READ_BACK) -> None:
+    """``ValueError`` naming the first file of ``names`` changed since the study wrote it."""
+    changed = changed_files(out, doc, names)
+    if changed:
+        raise ValueError(
+            f"{out / changed[0]} was changed since the study wrote it (its SHA-256 is not the one "
+            f"{STUDY_FILE} records): the study's rows were measured with the file it wrote; delete it to "
+            "have it rewritten, or restore it"
+        )
 
 
 def _differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
@@ -463,18 +532,26 @@ def check_study_folder(
     key: Mapping[str, Any] | None = None,
     writes_traces: bool = True,
     also: Sequence[str] = (),
+    files: bool = True,
+    wording: str = "both",
 ) -> None:
     """Refuse (``ValueError``), before anything is loaded or written, a folder ``out`` that a study
     of ``settings`` must not write into: a study with other settings (``key``: the full key, the
     settings and the weights / tokenizer / traces fingerprints, compared too once known), or a
     folder that is not a study's (no ``study.json``) but holds files a study would write
-    (``results.csv``, ``report.html``, ``traces.jsonl``, ``attribution_*/``, ...). ``overwrite``:
+    (``results.csv``, ``report.html``, ``traces.jsonl``, ``attribution_*/``, ...), or (``files``)
+    a study whose file a rerun reads back (``bits.json``, ``masks.safetensors``) was changed since
+    the study wrote it (:func:`changed_files`). ``overwrite``:
     nothing is refused but a path that is not a folder. ``writes_traces=False``: the traces are
     read from a file (not written to ``out/traces.jsonl``), so a ``traces.jsonl`` there is kept.
-    ``also``: more names the caller writes into ``out`` (the quickstart's ``tiny_model``)."""
+    ``also``: more names the caller writes into ``out`` (the quickstart's ``tiny_model``).
+    ``wording``: how the advice names the options: ``"api"`` (``out``, ``overwrite=True``),
+    ``"cli"`` (``--out``, ``--overwrite``) or ``"both"``. The one check of ``lrm-interp study``,
+    :func:`run_study` and :meth:`StudyResult.save`."""
     out = Path(out)
+    flag_out, flag_ow = _WORDING[wording]
     if (out.exists() or out.is_symlink()) and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder; choose another out folder (--out)")
+        raise ValueError(f"{out} exists and is not a folder; choose another {flag_out}")
     if overwrite:
         return
     if not (out / STUDY_FILE).exists():
@@ -482,16 +559,26 @@ def check_study_folder(
         if foreign:
             raise ValueError(
                 f"{out} is not a study folder (no {STUDY_FILE}) but holds {', '.join(foreign)}, which a study "
-                "would replace; use another out folder (--out) or overwrite=True (--overwrite) to replace them"
+                f"would replace; use another {flag_out} or {flag_ow} to replace them"
             )
         return
     have = _read_study(out)
     diff = _differences(have, key if key is not None else {"settings": settings.to_dict()})
     if diff:
         raise ValueError(
-            f"{out} holds another study (differs in {', '.join(diff)}); use another out folder "
-            "(--out) or overwrite=True (--overwrite) to start it over"
+            f"{out} holds another study (differs in {', '.join(diff)}); use another {flag_out} or {flag_ow} to "
+            "start it over"
         )
+    if files:
+        _refuse_changed_files(out, have)
+
+
+#: ``wording`` of :func:`check_study_folder`: how its advice names the output folder and ``overwrite``
+_WORDING = {
+    "api": ("out folder", "overwrite=True"),
+    "cli": ("--out", "--overwrite"),
+    "both": ("out folder (--out)", "overwrite=True (--overwrite)"),
+}
 
 
 def study_key(model: torch.nn.Module, tokenizer: Any, settings: StudySettings, ds: Sequence[ReasoningTrace]) -> dict:
@@ -775,6 +862,9 @@ def run_study(
     prov_model = model_provenance(model, tokenizer)
     key = _key(prov_model, s, ds)
     check_study_folder(out, s, overwrite, key=key, writes_traces=in_memory)  # every check before the first write
+    # the checksums of the files an earlier run of this study wrote (verified above): kept for the
+    # files this run does not rewrite, replaced for those it does (H8-ST1e)
+    sums = {} if overwrite or not (out / STUDY_FILE).exists() else recorded_checksums(_read_study(out))
     rows, outcomes = _resume_state(out, key, overwrite)
     resumed = list(rows)
     out.mkdir(parents=True, exist_ok=True)
@@ -784,6 +874,7 @@ def run_study(
     else:
         data_ref = str(out / "traces.jsonl")
         ds.save_jsonl(data_ref)
+        _record_checksum(out, "traces.jsonl", sums)
     tag = _dtype_tag(model)
     folders = {"original": f"attribution_{tag}", "compressed": f"attribution_rtn{s.bits}"}
     prov: dict[str, Any] = {
@@ -792,15 +883,17 @@ def run_study(
         "data": data_ref,
         "folders": folders,
         "traces": {"n": len(ds), "span_counts": ds.span_counts()},
+        "checksums": sums,
     }
     _save_progress(out, key, rows, outcomes, prov)
 
     # 1. which modules matter
     d_fp = out / folders["original"]
     res = attribute(model, ds, tokenizer=tokenizer, out_dir=d_fp, progress=progress)
-    res.write_tables(d_fp)
+    res.write_tables(d_fp)  # this result's own tables (attribute() saved it there)
     ranking = res.to_dataframe().sort_values(["behavior", "rank"], kind="stable")
     atomic_write_text(out / "ranking.csv", ranking.to_csv(index=False))
+    _record_checksum(out, "ranking.csv", sums)
 
     # 2. the rows' plans: masks and the mixed-precision allocation from the attribution
     planner = ProtectionPlanner(
@@ -817,11 +910,15 @@ def run_study(
     plans = _pick_rows(planner)
     grid = {"group_size": s.group_size, "symmetric": s.symmetric}
     masks_info = _masks(out, planner, s, prov_model, need="attribution" not in rows, grid=grid, scores=str(d_fp))
+    for name in ("masks.safetensors", "masks.json"):
+        _record_checksum(out, name, sums)
     if "mixed" not in rows or not (out / "bits.json").exists():
         allocation = planner.allocation("attribution")
         allocation.save(out / "bits.json")
-    else:
+    else:  # the allocation the mixed row was measured with (unchanged: check_study_folder)
         allocation = BitAllocation.load(out / "bits.json")
+    _record_checksum(out, "bits.json", sums)
+    _save_progress(out, key, rows, outcomes, prov)  # their checksums, at once
 
     # 3. the compressed variants, measured one row at a time (saved after each: resumable)
     items = study_items(s, model) if s.tasks else []
@@ -869,7 +966,9 @@ def run_study(
             del q
     res_q = cast(Attribution, res_q)  # set: the "uniform" row always attributes its copy (need_shift)
     shift = compare(res, res_q)
-    shift.write_tables(out)
+    shift.write_tables(out, overwrite=True)  # the study's own shift files (its folder was checked)
+    for name in ("shift.csv", "shift.png"):
+        _record_checksum(out, name, sums)
 
     files = {
         "traces.jsonl" if data_ref == str(out / "traces.jsonl") else data_ref: "the annotated traces",
@@ -1045,6 +1144,12 @@ def _masks(
     }
 
 
+#: the folder inside a study's folder that the printed commands write their files into: the study's
+#: own files (``masks.safetensors``, ``bits.json``, ``shift.csv``) are never replaced by another
+#: command (``lrm-interp`` refuses it, H8-OW1), so the commands reproduce them beside, for comparison
+REUSE_DIR = "reuse"
+
+
 def _commands(
     out: Path, ref: str, data: str, s: StudySettings, folders: Mapping[str, str], alloc: BitAllocation
 ) -> list[str]:
@@ -1069,12 +1174,13 @@ def _commands(
         f"lrm-interp study --model {ref} --data {data} --bits {s.bits}{study} --out {o}",
         f"lrm-interp attribute --model {ref} --data {data} --out {o}/{folders['original']}",
         f"lrm-interp protect --scores {o}/{folders['original']} --model {ref} --data {data} --saliency {SALIENCY} "
-        f"--budget {s.budget} {grid} --out {o}/masks.safetensors --overwrite",
+        f"--budget {s.budget} {grid} --out {o}/{REUSE_DIR}/masks.safetensors --overwrite",
         f"lrm-interp quantize --model {ref} {grid} --masks {o}/masks.safetensors --out {o}/model_rtn{s.bits}_protected",
         f"lrm-interp bits --model {ref} --scores {o}/{folders['original']} --budget {alloc.budget_bpw!r} "
-        f"--group-size {s.group_size or 0}{' --symmetric' if s.symmetric else ''} --out {o}/bits.json --overwrite",
+        f"--group-size {s.group_size or 0}{' --symmetric' if s.symmetric else ''} --out {o}/{REUSE_DIR}/bits.json "
+        "--overwrite",
         f"lrm-interp compare --original {o}/{folders['original']} --compressed {o}/{folders['compressed']} "
-        f"--out {o} --overwrite",
+        f"--out {o}/{REUSE_DIR} --overwrite",
     ]
 
 
@@ -1091,6 +1197,8 @@ __all__ = [
     "measure_kl",
     "bootstrap_interval",
     "check_study_folder",
+    "changed_files",
+    "recorded_checksums",
     "quantized_model_note",
     "study_key",
     "generation_order",

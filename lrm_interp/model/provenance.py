@@ -265,6 +265,53 @@ def check_same_weights(
     return have
 
 
+def recorded_compression(model: Any) -> list[dict] | None:
+    """The compression steps a result records about its model: ``record.compression`` of a
+    :func:`model_provenance` dict (oldest first); ``None`` when the dict records no steps at all
+    (an older result, or not a provenance dict)."""
+    rec = model.get("record") if isinstance(model, dict) else None
+    steps = rec.get("compression") if isinstance(rec, dict) else None
+    if not isinstance(steps, list):
+        return None
+    return [s for s in steps if isinstance(s, dict)]
+
+
+#: how messages spell the compression methods (others as recorded)
+_METHOD_NAMES = {"rtn": "RTN", "gptq": "GPTQ", "sparsegpt": "SparseGPT", "wanda": "Wanda", "awq": "AWQ"}
+
+
+def describe_compression(steps: list[dict]) -> str:
+    """A short phrase for compression steps: ``"a 3-bit RTN copy"``, ``"a 50% sparse Wanda copy"``,
+    several steps joined with ``" + "`` (``"a 50% sparse SparseGPT + 4-bit GPTQ copy"``)."""
+    parts = []
+    for s in steps:
+        method = str(s.get("method") or s.get("kind") or "compressed")
+        name = _METHOD_NAMES.get(method.lower(), method)
+        if s.get("kind") == "quantization" and isinstance(s.get("bits"), int):
+            parts.append(f"{s['bits']}-bit {name}")
+        elif s.get("kind") == "pruning" and isinstance(s.get("sparsity"), (int, float)):
+            parts.append(f"{100 * float(s['sparsity']):g}% sparse {name}")
+        else:
+            parts.append(name if s.get("kind") not in ("quantization", "pruning") else f"{name} {s['kind']}")
+    return "a " + " + ".join(parts) + " copy"
+
+
+def swapped_compression(original: Any, compressed: Any) -> str | None:
+    """Whether an importance shift's two models look swapped: the ``original`` model (a
+    :func:`model_provenance` dict) records compression steps that the ``compressed`` one lacks,
+    while every step ``compressed`` records is also one of ``original``'s (an earlier stage of the
+    same chain: ``compressed`` is, e.g., the full-precision model ``original`` was quantized from).
+
+    Returns the phrase for ``original``'s extra steps (:func:`describe_compression`, e.g. ``"a
+    3-bit RTN copy"``), else ``None``: no record on either side (older results), the same steps,
+    or two other compressions (a sideways comparison, e.g. RTN against GPTQ, is no swap). The one
+    check behind ``lrm-interp compare`` and :func:`lrm_interp.attribution.results.comparability`."""
+    so, sc = recorded_compression(original), recorded_compression(compressed)
+    if so is None or sc is None or len(so) <= len(sc) or so[: len(sc)] != sc:
+        return None
+    return describe_compression(so[len(sc) :])
+
+
 def model_provenance(model: torch.nn.Module, tokenizer: Any = None, *, fingerprint: bool = True) -> dict[str, Any]:
     """JSON-able description of a model (and tokenizer) for result files.
 
@@ -329,4 +376,7 @@ __all__ = [
     "recorded_weights",
     "check_same_weights",
     "WeightsMismatchError",
+    "recorded_compression",
+    "describe_compression",
+    "swapped_compression",
 ]

@@ -197,12 +197,14 @@ def allocate_bits(
 
     Args:
         errors: ``{site: {bits: error}}`` for every choice (:func:`quantization_errors`).
-        sensitivity: ``{site: s_m}`` (``None``: 1 everywhere). Negative values are an error.
+        sensitivity: ``{site: s_m}`` (``None``: 1 everywhere). Negative values are an error, and
+            so is a sensitivity that is 0 for every site (nothing to allocate by).
         budget_bpw: average storage bits per weight allowed (codes, scales, FP16 modules).
         name: recorded as :attr:`BitAllocation.sensitivity`.
 
     Raises:
-        ValueError: budget below the all-lowest allocation, a site without errors for a choice.
+        ValueError: budget below the all-lowest allocation, a site without errors for a choice, a
+            sensitivity that is negative, not finite, or 0 everywhere.
     """
     check_float("budget_bpw", budget_bpw, min=0.0, min_open=True)
     choices = check_choices(choices)
@@ -216,6 +218,12 @@ def allocate_bits(
     bad = [k for k, v in sens.items() if not (math.isfinite(v) and v >= 0)]
     if bad:
         raise ValueError(f"allocate_bits: sensitivities must be finite and >= 0, got {sens[bad[0]]} for {bad[0]}")
+    if sensitivity is not None and sites and not any(sens[s.name] > 0 for s in sites):
+        # every module's error weighs 0: any allocation would do, one drawn from no information (H8-NAN2)
+        raise ValueError(
+            f"allocate_bits: every sensitivity of the {len(sites)} sites is 0: nothing to allocate by "
+            "(sensitivity=None weighs every module equally)"
+        )
     for s in sites:
         missing = [b for b in choices if b not in errors.get(s.name, {})]
         if missing:

@@ -45,6 +45,54 @@ from lrm_interp.model.sites import Site
 from lrm_interp.protect.masks import MaskSet, ProtectionMask
 
 
+class ZeroScoreWarning(UserWarning):
+    """A behaviour of an Attribution has no non-zero score: the mean relative importance over
+    behaviours (:func:`module_scores`) counts it as zero everywhere."""
+
+
+def module_scores(
+    scores: Any, behavior: str | None = None, *, source: str | None = None, purpose: str = "rank the modules"
+) -> dict[str, float]:
+    """``{site: score}`` of ``scores`` (:func:`~lrm_interp.attribution.results.site_scores`: a
+    mapping, or an Attribution's relative importance of ``behavior`` / the mean over behaviours),
+    refusing scores that carry no information about the modules.
+
+    ``ValueError`` when the scores used are all zero: ``behavior``'s row (an all-zero row can be
+    saved through the API; a real run gives an absent behaviour no row), every behaviour's row, or
+    every value of a mapping. Without ``behavior``, a behaviour whose row alone is zero is named in
+    a :class:`ZeroScoreWarning` (the mean counts it as zero). ``source`` names the scores in the
+    messages (e.g. the result folder); ``purpose`` says what they were for ("nothing to <purpose>
+    by")."""
+    from lrm_interp.attribution.results import Attribution
+
+    where = f" in {source}" if source else ""
+    if isinstance(scores, Attribution):
+        ri = scores.ri
+        has = [bool((ri[i] > 0).any()) for i in range(len(scores.behaviors))]
+        if behavior is not None:
+            if behavior in scores.behaviors and not has[scores.behaviors.index(behavior)]:
+                raise ValueError(
+                    f"behaviour {behavior!r} has no non-zero attribution score{where}: nothing to {purpose} by"
+                )
+        elif scores.behaviors and not any(has):
+            raise ValueError(f"no behaviour has a non-zero attribution score{where}: nothing to {purpose} by")
+        elif not all(has):
+            import warnings
+
+            zero = [b for b, h in zip(scores.behaviors, has) if not h]
+            warnings.warn(
+                f"behaviour{'s' * (len(zero) > 1)} {', '.join(map(repr, zero))} "
+                f"{'has' if len(zero) == 1 else 'have'} no non-zero attribution score{where}: the mean relative "
+                f"importance over behaviours counts {'it' if len(zero) == 1 else 'them'} as zero",
+                ZeroScoreWarning,
+                stacklevel=2,
+            )
+    sc = site_scores(scores, behavior)
+    if sc and not any(v != 0 for v in sc.values()):
+        raise ValueError(f"every module score{where} is 0: nothing to {purpose} by")
+    return sc
+
+
 def _check_budget(budget: float) -> float:
     """``float(budget)`` if it is a finite fraction of the weights in [0, 1] (0: protect nothing)."""
     try:
@@ -320,10 +368,11 @@ def modules_by_score(
     """Whole modules in decreasing score while the protected total stays ≤ ``budget · N``.
 
     ``scores``: ``{site: score}`` or an Attribution (mean relative importance over
-    behaviours, or of ``behavior``). ``always`` sites are taken first (even over budget).
+    behaviours, or of ``behavior``); scores that are all zero rank nothing and are refused
+    (:func:`module_scores`). ``always`` sites are taken first (even over budget).
     """
     budget = _check_budget(budget)
-    sc = site_scores(scores, behavior)
+    sc = module_scores(scores, behavior)  # all-zero scores rank nothing: refused
     n_total = sum(s.n_weights for s in sites)
     forced, free, _ = _split(sites, always, never)
     chosen = list(forced)

@@ -63,7 +63,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lrm_interp.attribution.results import site_scores
 from lrm_interp.compress.calibration import CalibData, calibration_batches
 from lrm_interp.compress.quant.rtn import rtn_quantize
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan
@@ -73,6 +72,7 @@ from lrm_interp.model.prefix_cache import cache_support, rope_switch, trace_cach
 from lrm_interp.model.provenance import check_same_weights, weights_fingerprint, weights_record
 from lrm_interp.model.sites import Site, get_module
 from lrm_interp.model.weights import weight_matrix
+from lrm_interp.protect.policies import module_scores
 
 
 class SaliencyStream:
@@ -516,7 +516,9 @@ def attribution(
     whole per-weight formula (e.g. :func:`lrm_interp.protect.scale_aware.scale_aware_saliency`);
     ``quantizer`` is then unused. ``module_importance``: ``{site: score}`` or an
     :class:`~lrm_interp.attribution.results.Attribution` (its mean RI over behaviours,
-    :func:`~lrm_interp.attribution.results.site_scores`); each module's saliency is then
+    :func:`~lrm_interp.attribution.results.site_scores`; importance that is zero everywhere is refused
+    and a behaviour whose row alone is zero named, :func:`~lrm_interp.protect.policies.module_scores`);
+    each module's saliency is then
     normalised to mean 1 and multiplied by its importance (0 for a site it does not name), so
     the module attribution decides how much of a global budget a module gets and the
     per-weight term which of its weights; an Attribution computed on other weights than
@@ -546,7 +548,8 @@ def attribution(
         raise ValueError("loss_fn needs batches")
     else:
         batches = list(batches)
-    imp = None if module_importance is None else site_scores(module_importance)
+    # all-zero importance would zero every saliency: refused (module_scores)
+    imp = None if module_importance is None else module_scores(module_importance, purpose="weigh the modules")
     sites = list(sites)
     chunk = len(sites) if not site_chunk else int(site_chunk)
 

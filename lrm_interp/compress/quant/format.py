@@ -130,14 +130,49 @@ class QuantizedTensor:
         )
 
 
-def save_quantized(tensors: Mapping[str, QuantizedTensor], path: str | Path, *, metadata: dict | None = None) -> Path:
-    """Store ``{site: QuantizedTensor}`` in one safetensors file (format in the module docs; atomic)."""
+def save_quantized(
+    tensors: Mapping[str, QuantizedTensor],
+    path: str | Path,
+    *,
+    metadata: dict | None = None,
+    replace: bool = True,
+) -> Path:
+    """Store ``{site: QuantizedTensor}`` in one safetensors file (format in the module docs; atomic).
+
+    ``tensors``: the mapping ``quantize_model_(model, ..., keep_tensors=True).tensors`` holds, or
+    the ``(tensors, extra)`` pair :func:`load_quantized` returns (its ``extra`` kept as
+    ``metadata`` unless given); anything else (a model, a path) is a ``TypeError`` naming it.
+    ``replace=False``: an existing ``path`` is never replaced (``FileExistsError`` naming it, also
+    for a file created there while this ran), as for the other writers (``save_masks``,
+    :func:`lrm_interp._io.write_safetensors`)."""
+    if (
+        isinstance(tensors, tuple)
+        and len(tensors) == 2
+        and isinstance(tensors[0], Mapping)
+        and isinstance(tensors[1], Mapping)
+    ):  # what load_quantized returns: a round trip saves both
+        tensors, extra = tensors
+        metadata = dict(extra) if metadata is None else metadata
+    if not isinstance(tensors, Mapping):
+        raise TypeError(
+            "tensors must be a mapping of site name → QuantizedTensor (from quantize_model_(..., "
+            f"keep_tensors=True).tensors, or load_quantized(path)[0]), got {type(tensors).__name__}"
+        )
     out, info = {}, {}
     for name, q in tensors.items():
+        if not isinstance(name, str) or not isinstance(q, QuantizedTensor):
+            what = f"key {name!r} ({type(name).__name__})" if not isinstance(name, str) else f"{name!r}"
+            raise TypeError(
+                f"tensors must be a mapping of site name → QuantizedTensor (from quantize_model_(..., "
+                f"keep_tensors=True).tensors); {what} maps to {type(q).__name__}"
+            )
         out.update(q.to_tensors(f"{name}::"))
         info[name] = {"bits": q.bits, "group_size": q.group_size, "dtype": dtype_to_str(q.dtype)}
     return write_safetensors(
-        path, out, {"format": QUANTIZED_FORMAT, "sites": json.dumps(info), "extra": json.dumps(metadata or {})}
+        path,
+        out,
+        {"format": QUANTIZED_FORMAT, "sites": json.dumps(info), "extra": json.dumps(metadata or {})},
+        replace=replace,
     )
 
 

@@ -130,6 +130,28 @@ def load_folio(path: Path) -> list[BenchItem]:
 _TARGET = re.compile(r"^\s*\(?\s*([A-Za-z])\s*\)?\s*$")
 
 
+def _check_options(loc: str, found: list[str]) -> None:
+    """The option letters a Temporal (BBH) input lists at the start of its lines (``(A) 1pm``) must
+    be ``(A), (B), …`` once each, in order: a record with no options, or one letter twice, was
+    accepted and graded against a guessed option count. ``BenchmarkFormatError`` naming ``loc``."""
+    if not found:
+        raise BenchmarkFormatError(
+            f"{loc}: the input lists no options (lines starting '(A) …', '(B) …'): a multiple-choice record "
+            "needs its options in the input; add them or leave the record out"
+        )
+    twice = next((x for i, x in enumerate(found) if x in found[:i]), None)
+    if twice is not None:
+        raise BenchmarkFormatError(
+            f"{loc}: option ({twice}) listed twice in the input; each option letter names one answer"
+        )
+    want = grading.option_letters(len(found))
+    if list(found) != list(want):
+        raise BenchmarkFormatError(
+            f"{loc}: the input lists options {', '.join(f'({x})' for x in found)}, not "
+            f"{', '.join(f'({x})' for x in want)} in order; letter the options from (A)"
+        )
+
+
 def load_temporal(path: Path) -> list[BenchItem]:
     out = []
     for k, (loc, rec) in enumerate(read_records(path)):
@@ -154,8 +176,9 @@ def load_temporal(path: Path) -> list[BenchItem]:
                 raise BenchmarkFormatError(f"{loc}: target {raw!r} is not an option letter like '(A)'")
             gold = m.group(1).upper()
             found = re.findall(r"^\(([A-Z])\)", text, re.M)
-            n_opt = len(found) if found else 4
-            if gold not in grading.option_letters(max(n_opt, 1)):
+            _check_options(loc, found)  # none, one twice, or out of order: accepted and graded before (H8-TMP1)
+            n_opt = len(found)
+            if gold not in grading.option_letters(n_opt):
                 raise BenchmarkFormatError(f"{loc}: target ({gold}) is not among the {n_opt} options of the input")
         problem = {"input": text, "target": f"({gold})"}
         out.append(_item("temporal", k, loc, temporal_prompt(problem), gold, problem, n_options=n_opt))
