@@ -97,15 +97,19 @@ _LAZY: dict[str, str] = {
     "run_study": "lrm_interp.experiments.study",
     "StudySettings": "lrm_interp.experiments.study",
     "StudyResult": "lrm_interp.experiments.study",
-    # the package's atomic writers (temp file + fsync + rename), for scripts writing results
+    # the package's atomic writers (temp file + fsync + rename), for scripts writing results: the
+    # checked ones (_PUBLIC_AS), which never replace a file of a finished result of a command
     "atomic_write_text": "lrm_interp._io",
     "atomic_write_bytes": "lrm_interp._io",
 }
+#: public names bound to another name of their module: ``lrm_interp._io.atomic_write_text`` is the
+#: low-level writer the library writes its own results with; users get the checked one (H9-PYW)
+_PUBLIC_AS = {"atomic_write_text": "checked_write_text", "atomic_write_bytes": "checked_write_bytes"}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), _PUBLIC_AS.get(name, name))
         globals()[name] = value
         return value
     raise AttributeError(f"module 'lrm_interp' has no attribute {name!r}")

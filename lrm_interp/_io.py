@@ -5,6 +5,13 @@ folder, fsync, rename), so a crash never leaves a half-written result, partial o
 this way get the permissions a plain ``open()`` / ``mkdir`` would give (``0o666`` / ``0o777``
 minus the umask, :func:`plain_mode`), and a failed write names the path the caller asked for,
 the temporary name only in brackets (:func:`naming_destination`).
+
+:func:`atomic_write_bytes`, :func:`atomic_write_text` and :func:`write_safetensors` are the
+low-level writers: unchecked and fast, every result writer of the library writes its own files with
+them (thousands of per-trace partials included). The writers a user calls check the path first
+(:func:`refuse_result_file`: never a file of a finished result of another command):
+``lrm_interp.atomic_write_text`` / ``atomic_write_bytes`` are :func:`checked_write_text` /
+:func:`checked_write_bytes`, and ``save_masks``, ``ReasoningDataset.save_jsonl`` run the same check.
 """
 
 from __future__ import annotations
@@ -238,8 +245,134 @@ def _publish_new(tmp: str | os.PathLike, path: Path) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> None:
-    """UTF-8 text version of :func:`atomic_write_bytes`."""
+    """UTF-8 text version of :func:`atomic_write_bytes` (low-level and unchecked: the library's
+    result writers write their own files with it; ``lrm_interp.atomic_write_text`` is
+    :func:`checked_write_text`)."""
     atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
+
+
+def checked_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:
+    """:func:`atomic_write_bytes` for user code (exported as ``lrm_interp.atomic_write_bytes``):
+    a ``path`` that is one of the files of a finished result of an ``lrm-interp`` command
+    (``A/scores.csv``, ``SC/bits.json``), or lies inside one or inside an attribution run's work
+    folder ``partial/``, is refused first (:func:`refuse_result_file`: :class:`OtherResultError`
+    naming it; with the default ``replace=True`` it was replaced without a word, H9-PYW)."""
+    refuse_result_file(path)
+    atomic_write_bytes(path, data, replace=replace)
+
+
+def checked_write_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> None:
+    """UTF-8 text version of :func:`checked_write_bytes` (exported as ``lrm_interp.atomic_write_text``)."""
+    refuse_result_file(path)
+    atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
+
+
+@contextlib.contextmanager
+def staged_file(path: str | os.PathLike, *, replace: bool) -> Iterator[Path]:
+    """A new temporary path beside ``path`` (``.NAME.x1y2z3w4.tmp``) for any writer to write the file
+    to; when the body ends without an error the file is published at ``path`` in one step:
+    ``replace=True`` by a rename over what is there, ``replace=False`` by a hard link that never
+    replaces anything (a file that appeared at ``path`` meanwhile, another run's, is kept and
+    ``FileExistsError`` names ``path``). The temporary file is removed whatever happens. One way for
+    every single-file output of the command line to be published (H9-CC2), whichever writer makes
+    the file (``BitAllocation.save``, ``LinearAnnotator.save``, ``save_jsonl``, ...)."""
+    path = Path(path)
+    refuse_special(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder: never replaced by a file; choose a file path", str(path))
+    with naming_destination(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    tmp = Path(name)
+    try:
+        try:
+            yield tmp
+        except OSError as e:  # the writer names the file it was given: name the user's instead
+            if e.filename is not None and str(e.filename) == str(tmp) and e.errno is not None:
+                try:
+                    renamed = type(e)(e.errno, e.strerror or str(e), str(path))
+                except TypeError:  # a subclass with another constructor
+                    renamed = OSError(e.errno, e.strerror or str(e), str(path))
+                raise renamed from e
+            raise
+        if not tmp.is_file() or tmp.is_symlink():
+            raise OSError(errno.EIO, "the writer left no file to publish", str(path))
+        with naming_destination(path, tmp):
+            if replace:
+                os.replace(tmp, path)
+            else:
+                _publish_new(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+class LockHeldError(OSError):
+    """A lock of :func:`exclusive_lock` is held by another live process: ``holder`` is what that
+    process wrote into the lock file (its pid, then what it is, e.g. ``"4242 bits"``)."""
+
+    def __init__(self, lock: Path, holder: str) -> None:
+        super().__init__(errno.EWOULDBLOCK, f"held by another process ({holder or '?'})", str(lock))
+        self.lock, self.holder = lock, holder
+
+    @property
+    def pid(self) -> str:
+        """The holder's pid as written into the lock file (``"?"`` when unreadable)."""
+        return (self.holder.split() or ["?"])[0]
+
+    @property
+    def what(self) -> str:
+        """What the holder said it is (``"bits"``), or ``""``."""
+        return " ".join(self.holder.split()[1:])
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock: str | os.PathLike, holder: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``lock`` (created if needed, holding ``"<pid> <holder>"``)
+    while the body runs; another live process holding it: :class:`LockHeldError` at once (never a
+    wait). The lock goes with the process (a killed holder holds none); the file is removed when the
+    body ends. Not POSIX (no ``fcntl``): no lock. The generic form of ``lrm-interp compare`` /
+    ``bench score``'s folder lock, for any file."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock = Path(lock)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, plain_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            except OSError:
+                text = ""
+            os.close(fd)
+            raise LockHeldError(lock, text) from None
+        try:  # the holder that just ended may have removed the file: lock the one that is there now
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {holder}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def file_lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of :func:`exclusive_lock` for one output file ``path``: ``.NAME.lrm_interp.lock``
+    beside it (hidden, removed when the run holding it ends)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lrm_interp.lock")
 
 
 #: environment variable naming lrm_interp's cache folder (converted models, venvs)
@@ -345,8 +478,32 @@ BENCH_SCORE_RECORD = "score_files.json"
 #: ``lrm-interp faithfulness`` (``lrm_interp.attribution.faithfulness.FILES``); the first is its record
 FAITHFULNESS_FILES = ("faithfulness.json", "faithfulness.csv", "sites.csv")
 
+#: ``lrm-interp toy train``: the log it writes last into its model folder
+#: (``lrm_interp.toy.train.TRAINING_LOG``). The folder is a model (``from_pretrained`` reads what it
+#: finds there): every entry of it is the model's
+TOY_TRAIN_RECORD = "training_log.json"
+#: ``lrm-interp toy distill``: a run folder holds ``checkpoint/state.json`` (while it runs, and after)
+#: or ``adapter/distill_log.json`` (finished); its entries are these
+#: (``lrm_interp.toy.distill``: ``CHECKPOINT_DIR``, ``STATE_FILE``, ``ADAPTER_DIR``, ``RECIPE_FILE``)
+TOY_DISTILL_CHECKPOINT = ("checkpoint", "state.json")
+TOY_DISTILL_ADAPTER = ("adapter", "distill_log.json")
+TOY_DISTILL_ENTRIES = ("checkpoint", "adapter", "checkpoint.old")
+#: a finished adapter folder (``RUN/adapter``, a copy of it, the shipped reasoner's delta): its
+#: recipe and peft config (every entry of it is the adapter's)
+TOY_DISTILL_ADAPTER_FILES = ("distill_log.json", "adapter_config.json")
+
 #: the kinds of finished result :func:`finished_result` recognises, as messages name them
-RESULT_KINDS = ("attribution", "study", "experiment", "quantize", "faithfulness", "bench score", "bench run")
+RESULT_KINDS = (
+    "attribution",
+    "study",
+    "experiment",
+    "quantize",
+    "faithfulness",
+    "bench score",
+    "bench run",
+    "toy train",
+    "toy distill",
+)
 
 
 @dataclass(frozen=True)
@@ -392,8 +549,12 @@ def finished_result(folder: str | os.PathLike) -> FinishedResult | None:
     Recognised by each writer's own record: ``attribution.json`` (``attribute``), ``study.json``
     (``study`` / ``quickstart``), ``settings.json`` of format :data:`EXPERIMENT_FORMAT`
     (``experiment protection``), :data:`QUANTIZE_RECORD` (``quantize``), ``faithfulness.json``,
-    :data:`BENCH_SCORE_RECORD` (``bench score``) and ``run.json`` of format
-    :data:`BENCH_RUN_FORMAT` (one model's folder of ``bench run``). Reads only those records."""
+    :data:`BENCH_SCORE_RECORD` (``bench score``), ``run.json`` of format
+    :data:`BENCH_RUN_FORMAT` (one model's folder of ``bench run``), :data:`TOY_TRAIN_RECORD` (a
+    ``toy train`` model folder: every entry is the model's) and ``checkpoint/state.json`` or
+    ``adapter/distill_log.json`` (a ``toy distill`` run folder; a finished adapter folder, holding
+    :data:`TOY_DISTILL_ADAPTER_FILES`, is one too: every entry is the adapter's). Reads only those
+    records."""
     d = Path(folder)
     try:
         if not d.is_dir():
@@ -422,6 +583,12 @@ def finished_result(folder: str | os.PathLike) -> FinishedResult | None:
     run = _json_dict(d / BENCH_RUN_FILES[0])
     if run is not None and str(run.get("format", "")).startswith(BENCH_RUN_FORMAT):
         return FinishedResult("bench run", d, frozenset(BENCH_RUN_FILES))
+    if (d / TOY_TRAIN_RECORD).is_file():
+        return FinishedResult("toy train", d, None)
+    if (d.joinpath(*TOY_DISTILL_CHECKPOINT)).is_file() or (d.joinpath(*TOY_DISTILL_ADAPTER)).is_file():
+        return FinishedResult("toy distill", d, frozenset(TOY_DISTILL_ENTRIES))
+    if all((d / n).is_file() for n in TOY_DISTILL_ADAPTER_FILES):
+        return FinishedResult("toy distill", d, None)
     return None
 
 
@@ -479,15 +646,112 @@ def result_owning(path: str | os.PathLike) -> tuple[FinishedResult, Path] | None
     return None
 
 
-def check_out_folder(out: str | os.PathLike, what: str = "out_dir") -> Path:
+@dataclass(frozen=True)
+class ResultConflict:
+    """Writing :attr:`path` would change :attr:`result`, a finished result of another command
+    (:func:`result_conflict`): :attr:`entry` is the entry of the result that :attr:`path` is or lies
+    inside, ``None`` when :attr:`path` is the result folder itself."""
+
+    result: FinishedResult
+    path: Path
+    entry: Path | None
+
+    def __str__(self) -> str:
+        """``"is the study result SC"``, ``"is a file of the attribution result A"``, ``"lies inside
+        BR/toy/problems, part of the bench run result BR/toy"`` (the subject, the path, is the caller's)."""
+        if self.entry is None:
+            return f"is {self.result}"
+        if self.entry != self.path:
+            return f"lies inside {self.entry}, part of {self.result}"
+        if self.path.is_dir():
+            return f"is a folder of {self.result}"
+        if self.result.names is None and not (self.path.exists() or self.path.is_symlink()):
+            return f"would be a new file inside {self.result}, a folder whose every file is its own"
+        return f"is a file of {self.result}"
+
+
+def result_conflict(path: str | os.PathLike, own: str | None = None, *, slot_ok: bool = False) -> ResultConflict | None:
+    """Why writing ``path`` would change a finished result of another command, or ``None``: the one
+    rule of the command line's output checks (``lrm_interp.cli.common.refuse_other_results``) and of
+    the Python writers (:func:`refuse_result_file`, :func:`refuse_other_result_folder`).
+
+    - with ``own`` (the kind of result the writer writes into the folder ``path``): ``path`` is a
+      result folder of another kind (``Attribution.save`` into a study folder, H9-MIX); one of the
+      kind ``own`` is the writer's own (its own checks decide: a resume, a rerun);
+    - ``path`` is one of the files or folders of the finished result nearest above it, or lies
+      inside one (:func:`result_owning`), unless that result is of the kind ``own``. ``slot_ok``: a
+      folder a result names (a study's ``attribution_fp32/``) is free for a folder writer while it
+      is not there or is a folder (the study writes its attribution results there).
+
+    The work folder ``partial/`` of an attribution run is :func:`refuse_attribution_work_folder`'s."""
+    p = Path(path).expanduser().resolve()
+    if own is not None:
+        here = finished_result(p)
+        if here is not None:
+            return None if here.kind == own else ResultConflict(here, p, None)
+    hit = result_owning(p)
+    if hit is None:
+        return None
+    res, entry = hit
+    if own is not None and res.kind == own:
+        return None
+    if slot_ok and entry == p and (p.is_dir() or not (p.exists() or p.is_symlink())):
+        return None
+    return ResultConflict(res, p, entry)
+
+
+class OtherResultError(FileExistsError, ValueError):
+    """A Python writer was given a path of a finished result of another command
+    (:func:`refuse_result_file`, :func:`refuse_other_result_folder`): both a ``FileExistsError``
+    and a ``ValueError`` (a bad argument), so either ``except`` catches it."""
+
+
+def refuse_result_file(path: str | os.PathLike, *, own: str | None = None, what: str = "") -> None:
+    """:class:`OtherResultError` when the file ``path`` is one of the files of a finished result of
+    another command, or lies inside one (:func:`result_conflict`: ``A/scores.csv``,
+    ``SC/attribution_fp32/attribution.json``, ``TM/config.json``), and ``ValueError`` when it lies
+    inside an attribution run's work folder ``partial/``: the check of every file writer a user
+    calls (``save_masks``, ``save_jsonl``, ``lrm_interp.atomic_write_text``), whatever ``replace``
+    says (H9-PYW). ``own``: the kind of result whose file the caller writes (the library's own
+    writers: a study writing its ``masks.safetensors``). ``what``: the argument's name, for the message."""
+    if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        raise TypeError(f"{what or 'path'} must be a file path (str or os.PathLike), got {path!r}")
+    refuse_attribution_work_folder(path, what or "path")
+    c = result_conflict(path, own)
+    if c is not None:
+        head = f"{what} {path}" if what else f"{path}"
+        raise OtherResultError(
+            f"{head} {c}; save elsewhere (a finished result's files are written only by the command that made it)"
+        )
+
+
+def refuse_other_result_folder(folder: str | os.PathLike, own: str, what: str = "directory") -> None:
+    """:class:`OtherResultError` when the folder ``folder``, into which a writer of the Python API
+    writes a result of the kind ``own``, holds a finished result of another kind, or lies inside one
+    of its files or folders (:func:`result_conflict` with ``slot_ok``): ``Attribution.save(<a
+    study folder>)`` succeeded and the folder was then taken for an attribution result, its study
+    files unprotected (H9-MIX). Whatever ``overwrite`` says: nothing of another kind is replaced.
+    The one check of ``Attribution.save`` / ``write_tables``, ``attribute(out_dir=...)``
+    (:func:`check_out_folder`) and ``StudyResult.save`` / ``run_study``."""
+    c = result_conflict(folder, own, slot_ok=True)
+    if c is not None:
+        raise OtherResultError(
+            f"{what} {folder} {c}: {'an' if own[:1] in 'aeiou' else 'a'} {own} result is never written into "
+            "another command's result (not even with overwrite); choose another folder"
+        )
+
+
+def check_out_folder(out: str | os.PathLike, what: str = "out_dir", *, own: str | None = "attribution") -> Path:
     """``out`` as a Path when a result folder can be written there, else ``ValueError`` naming
     ``what`` (the argument or flag) and the path: ``out`` lies under a file (:func:`file_on_the_way`),
     or is itself a file, a link to one, a FIFO or a device (a folder is never written over it).
     The Python API's check (``attribute(out_dir=...)``, ``Attribution.save``: a raw
     ``NotADirectoryError`` / ``FileExistsError`` after the work, H7-API7), the same rule as the
     command line's ``check_paths(dirs=True)``. Refused too: ``out`` inside the work folder
-    ``partial/`` of an attribution run (:func:`refuse_attribution_work_folder`). Checks nothing
-    else: no write, nothing created."""
+    ``partial/`` of an attribution run (:func:`refuse_attribution_work_folder`), and a folder
+    holding a finished result of another kind than ``own`` (:func:`refuse_other_result_folder`;
+    ``own`` defaults to ``"attribution"``, the kind its callers write: ``attribute(out_dir=...)``
+    and ``Attribution.save``; ``None``: not checked). Checks nothing else: no write, nothing created."""
     if not isinstance(out, (str, os.PathLike)) or str(out) == "":
         raise TypeError(f"{what} must be a folder path (str or os.PathLike), got {out!r}")
     blocked = file_on_the_way(out)
@@ -503,6 +767,8 @@ def check_out_folder(out: str | os.PathLike, what: str = "out_dir") -> Path:
                 f"{what} {out}: a file (or link, or device); {what} names a folder to write the result "
                 "into (a file is never replaced by one); choose a folder path"
             )
+    if own is not None:
+        refuse_other_result_folder(out, own, what)
     return Path(out)
 
 

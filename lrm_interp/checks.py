@@ -5,6 +5,10 @@ an ``argparse`` option refuse the same values with the same words:
 
 - :func:`check_int` / :func:`check_float` raise ``ValueError("NAME must be DESCRIPTION, got V")``
   (bools are never numbers here; NaN and ±inf are always refused: "no limit" is ``None``);
+- :func:`check_bool` refuses anything but ``True`` / ``False`` (``"no"`` is truthy: it used to turn a
+  setting on);
+- :func:`env_flag` reads a yes/no environment variable (``LRM_INTERP_SKIP_MEMORY_CHECK``) with one
+  set of spellings, and refuses any other value naming the variable;
 - :func:`int_arg` / :func:`float_arg` build ``argparse`` ``type=`` callables that parse a string
   and raise ``argparse.ArgumentTypeError("must be DESCRIPTION, got V")``, which argparse prints as
   one line ``argument --flag: must be ...`` and exits with status 2 — before any work.
@@ -17,7 +21,8 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import Literal, cast, overload
 
 _INF = float("inf")
@@ -133,6 +138,40 @@ def check_fraction(name: str, v: object, *, zero: bool = True, one: bool = True)
     return check_float(name, v, min=0.0, max=1.0, min_open=not zero, max_open=not one)
 
 
+def check_bool(name: str, v: object) -> bool:
+    """``v`` if it is ``True`` or ``False``; else ``ValueError`` naming ``name`` (``"no"``, ``1`` or
+    ``None`` are not: a string is truthy, so ``symmetric="no"`` used to mean symmetric, H9-CS)."""
+    if not isinstance(v, bool):
+        raise ValueError(f"{name} must be True or False, got {shown_value(v)}")
+    return v
+
+
+#: the spellings :func:`env_flag` reads as on, and as off (case and surrounding blanks ignored; an
+#: empty or unset variable is off)
+ENV_TRUE = ("1", "true", "yes", "on")
+ENV_FALSE = ("0", "false", "no", "off")
+
+
+def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """The yes/no environment variable ``name`` (of ``environ``, default ``os.environ``):
+    ``True`` for 1 / true / yes / on, ``False`` for 0 / false / no / off, empty or unset (any case,
+    blanks around ignored). Any other value raises ``ValueError`` naming the variable and the
+    accepted values: ``LRM_INTERP_SKIP_MEMORY_CHECK=false`` used to turn the check *off* (only ``""``
+    and ``"0"`` counted as no, H9-SMC), and a typo must not decide either way."""
+    raw = (os.environ if environ is None else environ).get(name)
+    if raw is None:
+        return False
+    v = raw.strip().lower()
+    if v in ENV_TRUE:
+        return True
+    if v in ENV_FALSE or not v:
+        return False
+    raise ValueError(
+        f"${name}={raw!r} is neither yes nor no: set it to {', '.join(ENV_TRUE)} for yes, to "
+        f"{', '.join(ENV_FALSE)} or empty for no, or unset it"
+    )
+
+
 # --------------------------------------------------------------------------- argparse types
 def int_arg(min: int | None = None, max: int | None = None, *, name: str | None = None) -> Callable[[str], int]:
     """An ``argparse`` ``type=``: an integer within ``[min, max]``, else a one-line usage error."""
@@ -219,6 +258,10 @@ __all__ = [
     "check_int",
     "check_float",
     "check_fraction",
+    "check_bool",
+    "env_flag",
+    "ENV_TRUE",
+    "ENV_FALSE",
     "int_arg",
     "float_arg",
     "positive_int",

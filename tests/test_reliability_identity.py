@@ -34,12 +34,19 @@ def _with_context(model, n):
 
 
 def _strip_run_key(out, *keys):
-    """Make ``out/partial/run.json`` look written by an older version (without ``keys``)."""
+    """Make ``out/partial`` look written by an older version: ``run.json`` without ``keys``, and the
+    per-trace partials without the run key they carry since H9-RK (an older version wrote none)."""
+    from lrm_interp._io import read_safetensors, write_safetensors
+    from lrm_interp.attribution.resume import PARTIAL_FORMAT
+
     p = out / "partial" / "run.json"
     d = json.loads(p.read_text())
     for k in keys:
         d.pop(k, None)
     p.write_text(json.dumps(d))
+    for f in (out / "partial").glob("*/*.safetensors"):
+        tensors, meta = read_safetensors(f, (PARTIAL_FORMAT,), "partial")
+        write_safetensors(f, tensors, {"format": meta["format"], "key": meta["key"]})
 
 
 def test_resume_on_a_model_with_another_context_is_refused(tmp_path, tokenizer):

@@ -25,20 +25,65 @@ import torch
 T = TypeVar("T")
 
 
+#: what each variable of ``torchrun``'s environment read here holds: (least value, meaning)
+_ENV_INTS = {
+    "WORLD_SIZE": (1, "the number of processes torchrun starts"),
+    "RANK": (0, "this process's rank, 0..WORLD_SIZE-1"),
+    "LOCAL_RANK": (0, "this process's rank on its machine: the GPU it uses"),
+}
+
+
+def _env_int(name: str, default: int) -> int:
+    """The integer environment variable ``name`` (:data:`_ENV_INTS`; unset or blank: ``default``),
+    else ``ValueError`` naming it, its value and what it should be (``int('abc')`` said "invalid
+    literal for int() with base 10: 'abc'", naming no variable, H9-E1)."""
+    raw = os.environ.get(name, "")
+    least, meaning = _ENV_INTS[name]
+    if not raw.strip():
+        return default
+    try:
+        v = int(raw.strip())
+    except ValueError:
+        v = None
+    if v is None or v < least:
+        raise ValueError(
+            f"${name}={raw!r} in the environment: must be an integer >= {least} ({meaning}); "
+            "fix it or unset it (torchrun sets it for each process it starts)"
+        )
+    return v
+
+
+def env_rank_world() -> tuple[int, int]:
+    """``(RANK, WORLD_SIZE)`` as ``torchrun`` sets them in the environment, ``(0, 1)`` when unset,
+    checked: each must be a whole number (``WORLD_SIZE`` >= 1, ``RANK`` >= 0) and ``RANK`` below
+    ``WORLD_SIZE``; else ``ValueError`` naming the variable and the value expected. The command
+    line uses it to tell rank 0 (which holds the result folder's lock) from the others."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    if rank >= world:
+        raise ValueError(
+            f"$RANK={rank} in the environment is not below $WORLD_SIZE={world}: a rank is 0..{world - 1}; "
+            "fix them or unset them (torchrun sets both for each process it starts)"
+        )
+    return rank, world
+
+
 def context() -> tuple[int, int]:
     """``(rank, world_size)``; initialises the default process group from ``torchrun``'s environment
-    (gloo without CUDA, NCCL with it) when ``WORLD_SIZE`` > 1 and none exists yet; ``(0, 1)`` otherwise."""
+    (gloo without CUDA, NCCL with it) when ``WORLD_SIZE`` > 1 and none exists yet; ``(0, 1)`` otherwise.
+    Outside an initialised group the environment is checked first (:func:`env_rank_world`; and
+    ``LOCAL_RANK`` for NCCL): a variable that is not a valid number is refused naming it."""
     import torch.distributed as dist
 
-    if not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized():
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not (dist.is_available() and dist.is_initialized()):
+        _, world = env_rank_world()
+        if world <= 1 or not dist.is_available():
             return 0, 1
+        local = _env_int("LOCAL_RANK", 0)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -97,4 +142,4 @@ def _cpu(x: Any) -> Any:
     return x
 
 
-__all__ = ["context", "shard", "gather_ordered", "sum_counts", "barrier"]
+__all__ = ["context", "env_rank_world", "shard", "gather_ordered", "sum_counts", "barrier"]

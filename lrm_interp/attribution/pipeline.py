@@ -65,6 +65,7 @@ from lrm_interp.attribution.resume import (
     tensors_fingerprint,
     trace_ids_fingerprint,
 )
+from lrm_interp.checks import env_flag
 from lrm_interp.data.loading import check_dataset_argument, load_dataset
 from lrm_interp.data.tokens import EncodedTrace, encode_trace
 from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset, ReasoningTrace
@@ -311,8 +312,9 @@ def check_memory(
     memory of the model's device: a lower bound (:func:`~lrm_interp.model.forward.memory_lower_bound`)
     of what one pass over it needs beyond the weights exceeds ``free`` (default: the device's free
     memory now). Returns the estimate (``None`` when unknown or skipped with
-    ``LRM_INTERP_SKIP_MEMORY_CHECK=1``)."""
-    if not encoded or os.environ.get(SKIP_MEMORY_CHECK_ENV, "").strip() not in ("", "0"):
+    ``LRM_INTERP_SKIP_MEMORY_CHECK=1``; the variable is read by :func:`lrm_interp.checks.env_flag`:
+    ``false`` / ``no`` keep the check, a value that is neither yes nor no is refused, H9-SMC)."""
+    if env_flag(SKIP_MEMORY_CHECK_ENV) or not encoded:
         return None
     longest = max(encoded, key=len)
     if config.method != "attribution":
@@ -893,6 +895,7 @@ def attribute(
             options["sites"] = tuple(getattr(s, "name", s) for s in options["sites"])
         cfg = cfg.replace(**options)
     check_prefix_cache_applies(cfg)
+    env_flag(SKIP_MEMORY_CHECK_ENV)  # a value that is neither yes nor no: refused before the model loads
     rank, world = distributed.context()
     check_dataset_argument(dataset)  # before the model loads (H7-API1)
     if out_dir is None or rank != 0:

@@ -37,12 +37,16 @@ from lrm_interp._io import (
     check_out_folder,
     payload_checksum,
     read_safetensors,
+    refuse_other_result_folder,
+    refuse_result_file,
     write_safetensors,
 )
 from lrm_interp.model.provenance import swapped_compression
 from lrm_interp.model.sites import KIND_ORDER, Site
 
 FORMAT_VERSION = 1
+#: what :meth:`Attribution.grid` / :meth:`Attribution.heatmap` can show
+GRID_VALUES = ("ri", "score", "rank")
 #: the tables :meth:`Attribution.write_tables` writes beside the result
 _TABLES = ("scores.csv", "heatmap.png")
 #: ``format`` in the metadata of ``attribution.safetensors`` (files written before it have none).
@@ -288,8 +292,11 @@ class Attribution:
     def grid(self, behavior: str, value: str = "ri") -> tuple[torch.Tensor, list[int], list[str]]:
         """``[n_layers, n_kinds]`` matrix of ``value`` ("ri", "score" or "rank") for one behaviour.
 
-        Sites outside the layer stack are left out; missing cells are NaN.
+        Sites outside the layer stack are left out; missing cells are NaN. Another ``value`` raises
+        ``ValueError`` naming the three (it was a bare ``KeyError: 'foo'``, H9-E2).
         """
+        if not isinstance(value, str) or value not in GRID_VALUES:
+            raise ValueError(f"value must be one of {', '.join(map(repr, GRID_VALUES))}, got {value!r}")
         row = {"ri": self.ri, "score": self.scores, "rank": self.ranks.double()}[value][self._row(behavior)]
         layers = sorted({s.layer for s in self.sites if s.layer is not None})
         present = {s.kind for s in self.sites if s.layer is not None}
@@ -400,8 +407,11 @@ class Attribution:
         Existing files of those names are replaced only when they are this result's tables (the
         folder holds this result, saved by :meth:`save`: its ``attribution.json`` records these
         scores and provenance) or ``overwrite=True``; else ``FileExistsError`` names the first,
-        before anything is written (a user's ``scores.csv`` was replaced silently, H8-WT)."""
-        d = Path(directory)
+        before anything is written (a user's ``scores.csv`` was replaced silently, H8-WT). A folder
+        holding a finished result of another kind (a study's) is refused whatever ``overwrite``
+        says (:func:`~lrm_interp._io.refuse_other_result_folder`, H9-MIX)."""
+        d = Path(_folder_argument(directory, "directory"))
+        refuse_other_result_folder(d, "attribution", "directory")
         there = [d / n for n in _TABLES if (d / n).exists() or (d / n).is_symlink()]
         if there and not overwrite and not self._saved_in(d):
             raise FileExistsError(
@@ -451,7 +461,10 @@ class Attribution:
         is kept (:func:`~lrm_interp.attribution.resume.clear_partials`; the whole folder was
         deleted, H8-PT), and a live run there is refused. ``keep_partial``: keep ``partial/`` (the
         run that wrote it saves its own result: :func:`~lrm_interp.attribute`). A ``directory`` that is a file, or
-        lies under one, raises ``ValueError`` naming it before anything is written.
+        lies under one, raises ``ValueError`` naming it before anything is written; so does a folder
+        holding a finished result of another kind (a study folder: it was then taken for an
+        attribution result, H9-MIX), whatever ``overwrite`` says
+        (:class:`~lrm_interp._io.OtherResultError`, :func:`~lrm_interp._io.check_out_folder`).
 
         The safetensors file carries the SHA-256 of its payload (scores, steering vectors) in its
         metadata and ``attribution.json`` repeats it (``tensors_sha256``), so :meth:`load` refuses a
@@ -516,8 +529,9 @@ class Attribution:
         duplicate site records and duplicate behaviours raise ``ValueError`` naming the file, and so
         do tensors that do not fit the records (scores of another shape, a steering vector of a
         behaviour or site the result does not list, or of another size than its site's output):
-        a site or behaviour dropped from ``attribution.json`` by hand in a folder without checksums."""
-        d = Path(directory)
+        a site or behaviour dropped from ``attribution.json`` by hand in a folder without checksums.
+        A ``directory`` that is no path (``None``) raises ``TypeError`` saying so (H9-E2)."""
+        d = Path(_folder_argument(directory, "directory"))
         jpath, tpath = d / "attribution.json", d / "attribution.safetensors"
         for p in (jpath, tpath):
             if not p.exists():
@@ -651,13 +665,20 @@ class ImportanceShift:
         maps = "".join(html_heatmap(*a.grid(b, "score"), title=b, diverging=True) for b in self.behaviors)
         return box("ImportanceShift", table, f"<div>{maps}</div>")
 
-    def write_tables(self, directory: str | Path, *, view: str = "decreases", overwrite: bool = False) -> list[Path]:
+    def write_tables(
+        self, directory: str | Path, *, view: str = "decreases", overwrite: bool = False, own: str | None = None
+    ) -> list[Path]:
         """Write ``shift.csv`` (:meth:`to_dataframe`) and ``shift.png`` (:meth:`heatmap` of ``view``) atomically.
 
         Existing files of those names are replaced only when ``shift.csv`` holds this very shift
         (the table this call writes: the same result written again) or ``overwrite=True``; else
-        ``FileExistsError`` names the first, before anything is written (H8-WT)."""
-        d = Path(directory)
+        ``FileExistsError`` names the first, before anything is written (H8-WT). A file of a
+        finished result of another command (a study's ``shift.csv``) is refused whatever
+        ``overwrite`` says (:func:`~lrm_interp._io.refuse_result_file`); ``own``: the kind of result
+        whose files these are (a study writing its own shift files)."""
+        d = Path(_folder_argument(directory, "directory"))
+        for name in ("shift.csv", "shift.png"):
+            refuse_result_file(d / name, own=own)
         table = self.to_dataframe().to_csv(index=False)
         there = [d / n for n in ("shift.csv", "shift.png") if (d / n).exists() or (d / n).is_symlink()]
         if there and not overwrite:
@@ -674,6 +695,15 @@ class ImportanceShift:
                 )
         atomic_write_text(d / "shift.csv", table)
         return [d / "shift.csv", _save_and_close(self.heatmap(view=view), d / "shift.png")]
+
+
+def _folder_argument(directory: Any, what: str) -> str | os.PathLike:
+    """``directory`` when it is a path (str or ``os.PathLike``, not empty), else ``TypeError`` naming
+    ``what`` and what was given (``Attribution.load(None)`` gave pathlib's "expected str, bytes or
+    os.PathLike object, not NoneType", H9-E2)."""
+    if isinstance(directory, (str, os.PathLike)) and str(directory) != "":
+        return directory
+    raise TypeError(f"{what} must be a folder path (str or os.PathLike), got {directory!r}")
 
 
 def _save_and_close(fig, path: Path) -> Path:

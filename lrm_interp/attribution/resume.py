@@ -13,7 +13,14 @@ Layout of ``out_dir/partial/``::
     patching/<trace>.safetensors  per-trace real-patching span effects (method="patching"; keyed like atp/)
 
 Each partial also carries the SHA-256 of its payload (:func:`lrm_interp._io.write_safetensors`): a
-partial changed on disk is recomputed (with a warning), never reused.
+partial changed on disk is recomputed (with a warning), never reused. And each carries the run key
+it was computed under (metadata ``"run"``: the very content of ``run.json``), so that a partial
+never depends on ``run.json`` alone: with ``run.json`` deleted, or ``partial/dom``, ``grad``, ``atp``
+copied into a new folder, a run with other settings or another model was served the old partials
+and recorded its own key (H9-RK). A partial whose run key is not this run's is refused like a
+``run.json`` of another run (:class:`ResumeMismatchError` naming the file and what differs).
+Partials written before they carried a run key are reused only under a ``run.json`` that matches;
+without ``run.json`` nothing can tell which run wrote them, and the run is refused.
 
 A run whose key differs from ``run.json`` (other settings, other weights — a quantized copy
 included —, another model config, another tokenizer, other sites, another context limit or
@@ -211,20 +218,34 @@ def check_finished_result(
         )
 
 
+#: the metadata entry of a per-trace partial holding the run key it was computed under (module docs)
+RUN_META = "run"
+
+
 class PartialStore:
     """Reads and writes per-trace partials under ``root`` (``None``: keep nothing, resume nothing).
 
     ``run_key``: JSON-able dict with ``config``, ``weights_fingerprint``, ``config_fingerprint``,
     ``tokenizer_fingerprint``, ``sites`` and ``context`` (the model's context limit and the overlong
     policy). ``counts[stage]`` = ``{"computed", "reused", "stale"}`` after :meth:`run`.
+
+    Each partial written carries ``run_key`` (metadata :data:`RUN_META`); one read back under
+    another run key is refused (:class:`ResumeMismatchError`), one without a run key (written by an
+    older lrm_interp) is reused only when ``run.json`` was there and matched (module docs).
     """
 
     def __init__(self, root: Path | None, run_key: dict[str, Any]):
         self.root = root
         self.counts: dict[str, dict[str, int]] = {}
+        key = json.loads(json.dumps(run_key, sort_keys=True, default=str))
+        self._key = key
+        self._key_text = json.dumps(key, sort_keys=True)
+        #: run keys (as stored) already compared with this run's: what differs (``[]``: the same run)
+        self._seen: dict[str, list[str]] = {self._key_text: []}
+        #: whether partials without a run key may be reused: only under a matching ``run.json``
+        self._unkeyed_ok = False
         if root is None:
             return
-        key = json.loads(json.dumps(run_key, sort_keys=True, default=str))
         rp = root / RUN_FILE
         if rp.exists():
             try:
@@ -237,13 +258,71 @@ class PartialStore:
                     f"{root} holds partial results of a run with {'; '.join(parts)}: they "
                     "cannot be reused. Delete the folder or choose another out_dir"
                 )
+            self._unkeyed_ok = True  # partials of an older lrm_interp: run.json vouches for them, as before
         elif (root / _LEGACY).exists():
             raise ResumeMismatchError(
                 f"{root} holds partial results written by an older lrm_interp (no {RUN_FILE}, "
                 "so weights and traces cannot be checked): delete it or choose another out_dir"
             )
         else:
+            # no run.json (deleted, or partials copied here from another folder): each partial left
+            # must prove it is this run's before run.json says so (H9-RK)
+            for p in self._stored_partials():
+                self._check_run(p, self._run_meta(p))
             atomic_write_text(rp, json.dumps(key, indent=2, sort_keys=True))
+
+    def _stored_partials(self) -> list[Path]:
+        """Every per-trace partial under ``root`` (:data:`STAGES`; the names a run writes)."""
+        assert self.root is not None
+        found: list[Path] = []
+        for stage in STAGES:
+            d = self.root / stage
+            if d.is_dir():
+                found += sorted(p for p in d.iterdir() if _PARTIAL_NAME.fullmatch(p.name) and p.is_file())
+        return found
+
+    @staticmethod
+    def _run_meta(path: Path) -> str | None:
+        """The run key stored in partial ``path`` (:data:`RUN_META`; ``None``: none, written by an
+        older lrm_interp); ``""`` when the file cannot be read (it is recomputed, never trusted)."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                return (f.metadata() or {}).get(RUN_META)
+        except Exception:  # noqa: BLE001 - a truncated or foreign file is recomputed, never trusted
+            return ""
+
+    def _check_run(self, path: Path, stored: str | None) -> bool:
+        """Whether partial ``path``, whose stored run key is ``stored`` (:meth:`_run_meta`), may be
+        reused: ``True`` for this run's key (or none under a matching ``run.json``); ``False`` for a
+        key that is no JSON (a damaged file: recomputed). :class:`ResumeMismatchError` for another
+        run's key, and for a partial without one when no ``run.json`` vouched for it."""
+        assert self.root is not None
+        if stored is None:
+            if self._unkeyed_ok:
+                return True
+            raise ResumeMismatchError(
+                f"{self.root} holds partials with no run key and no {RUN_FILE} (e.g. {path.parent.name}/{path.name}, "
+                "written by an older lrm_interp): cannot tell which run wrote them; delete "
+                f"{self.root} to recompute, or choose another out_dir"
+            )
+        parts = self._seen.get(stored)
+        if parts is None:
+            try:
+                old = json.loads(stored)
+            except (json.JSONDecodeError, TypeError):
+                return False
+            if not isinstance(old, dict):
+                return False
+            parts = self._seen[stored] = key_difference(old, self._key)
+        if parts:
+            why = f"although {RUN_FILE} says this run's" if (self.root / RUN_FILE).exists() else f"no {RUN_FILE}"
+            raise ResumeMismatchError(
+                f"{self.root} holds partials of a run with {'; '.join(parts)} (e.g. {path.parent.name}/{path.name}; "
+                f"{why}): they cannot be reused. Delete {self.root} or choose another out_dir"
+            )
+        return True
 
     def _path(self, stage: str, trace_id: str) -> Path:
         assert self.root is not None
@@ -261,10 +340,12 @@ class PartialStore:
 
         try:
             with safe_open(str(p), "pt") as f:
-                stored = (f.metadata() or {}).get("key")
+                meta = f.metadata() or {}
         except Exception:  # noqa: BLE001 - a truncated or foreign file is recomputed, never trusted
             return None, True
-        if stored != key:
+        if not self._check_run(p, meta.get(RUN_META)):  # another run's partial: refused (H9-RK)
+            return None, True
+        if meta.get("key") != key:
             return None, True
         try:
             stats, _ = read_safetensors(p, (PARTIAL_FORMAT, None), "partial result")
@@ -278,7 +359,9 @@ class PartialStore:
     def put(self, stage: str, trace_id: str, key: str, stats: dict[str, torch.Tensor]) -> None:
         if self.root is None:
             return
-        write_safetensors(self._path(stage, trace_id), stats, {"format": PARTIAL_FORMAT, "key": key})
+        write_safetensors(
+            self._path(stage, trace_id), stats, {"format": PARTIAL_FORMAT, "key": key, RUN_META: self._key_text}
+        )
 
     def run(
         self,

@@ -21,6 +21,10 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lrm_interp.cli.common import FileOutputs
 
 #: ``--mode``, ``--temperature`` and ``--chunk-chars`` of ``--annotator llm`` unless given
 LLM_MODE, LLM_TEMPERATURE, LLM_CHUNK_CHARS = "chat", 0.0, 12000
@@ -101,8 +105,7 @@ def _build(a: argparse.Namespace):
 
 
 def cmd_annotate(a: argparse.Namespace) -> int:
-    from lrm_interp.cli.common import CliError, check_paths, reading, require_path
-    from lrm_interp.data.annotate import annotate_dataset, load_outputs
+    from lrm_interp.cli.common import CliError, check_paths, file_outputs
 
     if not a.data or not a.out:
         raise CliError("--data OUTPUTS and --out FILE are required (or use 'annotate agree' / 'annotate train')")
@@ -119,6 +122,17 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     check_paths({"--out": a.out, report_flag: report_path}, overwrite=a.overwrite, files=True)
     # --cache is a folder: a regular file there failed at the first trace with a bare "File exists" (H6-P11)
     check_paths({"--cache": a.cache}, dirs=True)
+    # --out / --report published as one run's: a new one never over what another run wrote meanwhile,
+    # an existing one (--overwrite) by one run at a time (H9-CC2)
+    with file_outputs({"--out": a.out, report_flag: report_path}, "annotate") as outs:
+        return _annotate(a, outs, report_flag)
+
+
+def _annotate(a: argparse.Namespace, outs: FileOutputs, report_flag: str) -> int:
+    """``annotate`` once its outputs are checked and held (:func:`~lrm_interp.cli.common.file_outputs`)."""
+    from lrm_interp.cli.common import CliError, reading, require_path
+    from lrm_interp.data.annotate import annotate_dataset, load_outputs
+
     src = require_path(a.data, "--data")
     annotator = _build(a)
     with reading(src, "--data"):
@@ -152,15 +166,18 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     # a run with failed traces never replaces --out (it may hold an earlier, complete result): the
     # traces go to OUT.partial.jsonl instead, failed ones with no spans, listed in the report
     out = Path(a.out) if not run.failures else Path(a.out).with_name(Path(a.out).name + ".partial.jsonl")
-    # --out itself: never one that appeared while this ran, unless --overwrite; OUT.partial.jsonl: a rerun's
-    run.dataset.save_jsonl(out, replace=bool(a.overwrite or run.failures))
-    report = a.report or (
-        str(out.with_name(out.name[: -len(".jsonl")] + ".report.json")) if run.failures else report_path
-    )
-    # nor --report (an earlier result's, or one a rerun of the same command would then refuse)
-    if run.failures and a.report:
-        report = str(Path(a.report).with_name(Path(a.report).name + ".partial.json"))
-    run.save_report(report)
+    if run.failures:  # OUT.partial.jsonl (and its report): a rerun's, replaced
+        run.dataset.save_jsonl(out)
+        # not --report (an earlier result's, or one a rerun of the same command would then refuse)
+        report = (
+            str(Path(a.report).with_name(Path(a.report).name + ".partial.json"))
+            if a.report
+            else str(out.with_name(out.name[: -len(".jsonl")] + ".report.json"))
+        )
+        run.save_report(report)
+    else:  # --out and --report: never one that appeared while this ran, never without --overwrite
+        outs.write("--out", run.dataset.save_jsonl)
+        report = str(outs.write(report_flag, run.save_report))
     print(f"wrote {len(run.dataset)} traces, spans per behaviour {run.dataset.span_counts()} to {out}")
     print(run.summary())
     print(f"wrote the report to {report}" + (f"; cache in {cache}" if cache else ""))
@@ -426,12 +443,22 @@ def _cmd_downstream(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from lrm_interp.cli.common import CliError, check_paths
-    from lrm_interp.data.annotate import LinearAnnotator, cross_validate, format_agreement
+    from lrm_interp.cli.common import CliError, check_paths, file_outputs
 
     if a.data is None:  # not required by argparse, so that the deprecated --gold can stand for it
         raise CliError("--data PATH (the annotated traces to fit on) is required")
     check_paths({"--out": a.out}, {"--data": a.data}, overwrite=a.overwrite, files=True)
+    # published as one run's: a new --out never over what another run wrote meanwhile, an existing one
+    # (--overwrite) by one run at a time (two runs both printed "wrote", H9-CC2)
+    with file_outputs({"--out": a.out}, "annotate train") as outs:
+        return _train(a, outs)
+
+
+def _train(a: argparse.Namespace, outs: FileOutputs) -> int:
+    """``annotate train`` once its output is checked and held (:func:`~lrm_interp.cli.common.file_outputs`)."""
+    from lrm_interp.cli.common import CliError
+    from lrm_interp.data.annotate import LinearAnnotator, cross_validate, format_agreement
+
     if a.folds == 1:  # the other ranges are the flags' argparse types
         raise CliError("--folds must be 0 (no cross-validation) or an integer >= 2, got 1")
     if a.region is not None and not a.folds:  # was ignored silently (H7-AT_1)
@@ -480,7 +507,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         model.info["left_out_without_spans"] = len(bare)
     if info_cv is not None:
         model.info["cross_validation"] = {"folds": a.folds, **info_cv}
-    model.save(a.out)
+    outs.write("--out", model.save)
     print(
         f"wrote {a.out} (fitted on {model.info['traces']} traces, {model.info['sentences']} sentences"
         + (f"; {len(bare)} traces without spans left out" if bare else "")

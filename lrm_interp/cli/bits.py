@@ -12,10 +12,12 @@ from lrm_interp.cli.common import (
     PROG,
     Accumulate,
     CliError,
+    FileOutputs,
     add_command,
     add_overwrite_flag,
     bits_int,
     check_paths,
+    file_outputs,
     group_size_arg,
     load_attribution,
     load_model_quietly,
@@ -50,6 +52,21 @@ EXAMPLES = [
 
 
 def cmd_bits(a: argparse.Namespace) -> int:
+    outputs = {"--out": a.out, "--gptqmodel": a.gptqmodel, "--llmcompressor": a.llmcompressor}
+    check_paths(
+        outputs,
+        {"--model": model_input(a.model), "--scores": a.scores, "--calib": a.calib},
+        overwrite=a.overwrite,
+        files=True,
+    )
+    # each file published as one run's: a new one never over what another run wrote meanwhile, an
+    # existing one (--overwrite) by one run at a time (two runs both printed "wrote", H9-CC2)
+    with file_outputs(outputs, "bits") as outs:
+        return _bits(a, outs)
+
+
+def _bits(a: argparse.Namespace, outs: FileOutputs) -> int:
+    """``bits`` once its outputs are checked and held (:func:`~lrm_interp.cli.common.file_outputs`)."""
     from lrm_interp._io import atomic_write_text
     from lrm_interp.model.provenance import WeightsMismatchError, check_same_weights
     from lrm_interp.model.sites import find_sites
@@ -57,12 +74,6 @@ def cmd_bits(a: argparse.Namespace) -> int:
     from lrm_interp.protect.bit_allocation import allocate_bits, hessian_sensitivity, quantization_errors
     from lrm_interp.protect.policies import module_scores
 
-    check_paths(
-        {"--out": a.out, "--gptqmodel": a.gptqmodel, "--llmcompressor": a.llmcompressor},
-        {"--model": model_input(a.model), "--scores": a.scores, "--calib": a.calib},
-        overwrite=a.overwrite,
-        files=True,
-    )
     group_size = group_size_arg(a.group_size)
     if a.sensitivity == "attribution" and a.scores is None:
         raise CliError("--sensitivity attribution needs --scores DIR (an attribution result folder)")
@@ -144,21 +155,20 @@ def cmd_bits(a: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise CliError(f"--budget {a.budget}: {e}") from None
-    alloc.save(a.out)
+    outs.write("--out", alloc.save)
     wrote = [a.out]
     if a.gptqmodel:
-        atomic_write_text(
-            a.gptqmodel,
-            json.dumps(
-                exports.gptqmodel_dynamic_bits(
-                    alloc, default_bits=DEFAULT_BITS if a.default_bits is None else a.default_bits
-                ),
-                indent=1,
+        dynamic = json.dumps(
+            exports.gptqmodel_dynamic_bits(
+                alloc, default_bits=DEFAULT_BITS if a.default_bits is None else a.default_bits
             ),
+            indent=1,
         )
+        outs.write("--gptqmodel", lambda p: atomic_write_text(p, dynamic))
         wrote.append(a.gptqmodel)
     if a.llmcompressor:
-        atomic_write_text(a.llmcompressor, json.dumps(exports.llmcompressor_config_groups(alloc), indent=1))
+        groups = json.dumps(exports.llmcompressor_config_groups(alloc), indent=1)
+        outs.write("--llmcompressor", lambda p: atomic_write_text(p, groups))
         wrote.append(a.llmcompressor)
     counts = ", ".join(f"{n} at {b} bits" for b, n in alloc.counts().items())
     print(f"{alloc.bpw:.4f} bits/weight (budget {a.budget}): {counts}; wrote {', '.join(map(str, wrote))}")

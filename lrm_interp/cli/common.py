@@ -477,38 +477,30 @@ def refuse_other_results(flag: str, path: str | os.PathLike, own: str | None = N
     - ``path`` is or lies inside the work folder ``A/partial`` of an attribution run (its partials:
       a result written there was deleted when ``A`` was replaced, H8-PT);
     - ``path`` is one of the files or folders of the finished result nearest above it, or lies
-      inside one (``A/scores.csv``, ``SC/bits.json``, ``BR/toy/generations.jsonl``: H8-OW1); a new
-      name beside a result's own files (``A/masks.safetensors``) is free;
+      inside one (``A/scores.csv``, ``SC/bits.json``, ``BR/toy/generations.jsonl``: H8-OW1;
+      ``TM/config.json`` of a ``toy train`` model, ``D/adapter/...`` of a ``toy distill`` run:
+      H9-TM); a new name beside a result's own files (``A/masks.safetensors``) is free;
     - with ``own`` (the kind of result the command writes into its folder output): ``path`` is an
       existing result folder of another kind (``bench score --out A``). A result of the kind
-      ``own`` is the command's own: its own checks decide (``attribute --out A`` resumes)."""
-    from lrm_interp._io import finished_result, refuse_attribution_work_folder, result_owning
+      ``own`` is the command's own: its own checks decide (``attribute --out A`` resumes).
+
+    The rule is :func:`lrm_interp._io.result_conflict`'s, the Python writers' too."""
+    from lrm_interp._io import refuse_attribution_work_folder, result_conflict
 
     try:
         refuse_attribution_work_folder(path, flag)
     except ValueError as e:
         raise CliError(str(e)) from None
     for q in _forms(path):
-        here = finished_result(q)
-        if here is not None and own is not None:
-            if here.kind == own:
-                continue
+        c = result_conflict(q, own)
+        if c is None:
+            continue
+        if c.entry is None:
             raise CliError(
-                f"{flag} {path} is {here}, another command's result: it is never written into, not even with "
+                f"{flag} {path} {c}, another command's result: it is never written into, not even with "
                 "--overwrite; choose another folder"
             )
-        hit = result_owning(q)
-        if hit is None:
-            continue
-        res, entry = hit
-        if own is not None and res.kind == own:
-            continue
-        if entry == q:
-            what = "a folder" if q.is_dir() else "a file"
-            head = f"{flag} {path} is {what} of {res}"
-        else:
-            head = f"{flag} {path} lies inside {entry}, part of {res}"
-        raise CliError(f"{head}; --overwrite does not replace another command's result; choose another path")
+        raise CliError(f"{flag} {path} {c}; --overwrite does not replace another command's result; choose another path")
 
 
 def check_paths(
@@ -539,7 +531,10 @@ def check_paths(
     ``dirs``: the outputs are folders, so an existing file there is refused (the same way).
 
     Always refused, naming the flag: an output under an existing file (``--out results.csv/x``:
-    nothing can be written there, :func:`lrm_interp._io.file_on_the_way`), and an output that would
+    nothing can be written there, :func:`lrm_interp._io.file_on_the_way`), an output that is,
+    contains or lies inside the folder of a model alias or a shipped asset (:func:`refuse_alias_folder`:
+    ``--out lrm_interp/assets/toy_reasoner/config.json`` replaced the model behind ``--model toy``,
+    H9-TT), and an output that would
     change another command's finished result (:func:`refuse_other_results`: inside an attribution
     run's ``partial/``, one of the files of a result, or, for a command whose folder output is a
     result of kind ``own``, a result folder of another kind; without ``own`` only the first two are
@@ -554,6 +549,11 @@ def check_paths(
                 f"{fo} {po}: {blocked} is a file, not a folder, so nothing can be written under it; "
                 f"give {fo} a path outside it"
             )
+    for fo, po in given:  # the shipped models and the model cache: never, whatever --overwrite says (H9-TT)
+        try:
+            refuse_alias_folder(po, fo)
+        except ValueError as e:
+            raise CliError(str(e)) from None
     if files:
         for fo, po in given:
             for q in dict.fromkeys([Path(po), Path(po).expanduser()]):
@@ -614,6 +614,82 @@ def check_paths(
                 raise CliError(
                     f"{fo} {shown}: the {what} exists; pass --overwrite to replace it, or choose another path"
                 )
+
+
+def created_meanwhile(flag: str, out: str | os.PathLike) -> CliError:
+    """The refusal of a run whose new output ``out`` was made by another run while it ran (the words
+    of ``lrm-interp compare`` / ``bench score``'s, ``cli/bench.py``, for every writer)."""
+    return CliError(
+        f"{flag} {out} was created by another run while this one ran: its result is kept and this one is "
+        f"not written; choose another {flag} (or run this again with --overwrite to replace it)"
+    )
+
+
+class FileOutputs:
+    """The single-file outputs of one command run, as :func:`file_outputs` found them when the
+    command started; :meth:`write` publishes each."""
+
+    def __init__(self, paths: dict[str, Path], existed: dict[str, bool]) -> None:
+        self.paths, self._existed = paths, existed
+
+    def existed(self, flag: str) -> bool:
+        """Whether the output of ``flag`` existed when the command started (it is then replaced)."""
+        return self._existed[flag]
+
+    def write(self, flag: str, save: collections.abc.Callable[[Path], object]) -> Path:
+        """Write the output of ``flag`` with ``save(path)`` (any writer taking a path: ``save_jsonl``,
+        ``BitAllocation.save``, ``LinearAnnotator.save``, ...) to a temporary file beside it and
+        publish it (:func:`lrm_interp._io.staged_file`): over the file that was there when the
+        command started (it was checked with ``--overwrite``, and is held by :func:`file_outputs`'s
+        lock), or, for a new output, never over one that appeared while the command ran: that one
+        (another run's result) is kept and this run is refused naming the flag."""
+        from lrm_interp._io import staged_file
+
+        path = self.paths[flag]
+        try:
+            with staged_file(path, replace=self._existed[flag]) as tmp:
+                save(tmp)
+        except FileExistsError as e:
+            if not self._existed[flag] and e.filename is not None and Path(e.filename) == path:
+                raise created_meanwhile(flag, path) from None
+            raise
+        return path
+
+
+@contextlib.contextmanager
+def file_outputs(outputs: dict[str, str | os.PathLike | None], command: str) -> Iterator[FileOutputs]:
+    """The one way a command publishes its single-file outputs (``{flag: path}``, ``None`` skipped;
+    checked first by :func:`check_paths`): two runs into one new ``--out`` both printed "wrote" and
+    one result was lost (``bits``, ``parse``, ``annotate train``, H9-CC2).
+
+    Notes, when the body starts, which outputs exist. A new one is published by
+    :meth:`FileOutputs.write` without ever replacing what appeared there meanwhile (the later of two
+    runs: "--out X was created by another run while this one ran: its result is kept …", exit 2).
+    An existing one (replaced with ``--overwrite``) is held for the whole body by an exclusive lock
+    beside it (:func:`lrm_interp._io.exclusive_lock` on ``.NAME.lrm_interp.lock``, naming
+    ``command``): a second live run replacing the same file is refused at once, naming the first
+    one's pid."""
+    from lrm_interp._io import LockHeldError, exclusive_lock, file_lock_path
+
+    paths = {f: Path(p) for f, p in outputs.items() if p is not None and str(p) != ""}
+    existed = {f: p.exists() or p.is_symlink() for f, p in paths.items()}
+    with contextlib.ExitStack() as stack:
+        for f, p in paths.items():
+            if not existed[f]:
+                continue
+            try:
+                stack.enter_context(exclusive_lock(file_lock_path(p), command))
+            except LockHeldError as e:
+                who = f"'{PROG} {e.what}' " if e.what else ""
+                raise CliError(
+                    f"{f} {p} is in use by another {who}run (pid {e.pid}): two runs writing one file would "
+                    f"replace each other's result; wait for it to end or choose another {f}"
+                ) from None
+            except OSError as e:
+                raise CliError(
+                    f"{f} {p}: cannot write beside it ({e.strerror or e}); choose a folder this user can write"
+                ) from None
+        yield FileOutputs(paths, existed)
 
 
 def add_overwrite_flag(p: argparse.ArgumentParser, what: str = "--out") -> None:
@@ -819,32 +895,71 @@ def load_attribution(path: str, flag: str):
 
 
 def alias_folders() -> dict[str, Path]:
-    """``{alias: folder}`` of the aliases that load a folder on this machine: the shipped toy model
-    and the SmolLM2 cache (absent when ``$LRM_INTERP_CACHE`` is unusable)."""
-    from lrm_interp.toy import toy_model_dir
+    """``{name: folder}`` of the folders a model alias or a shipped asset is loaded from on this
+    machine: the shipped toy model (``toy``), the shipped reasoner delta
+    (``smollm2-135m-reasoner``) and its merged copies in the cache (``smollm2-135m-reasoner@<folder
+    name>``), the SmolLM2 cache
+    (``smollm2-135m``; left out when ``$LRM_INTERP_CACHE`` is unusable), the shipped trained
+    annotator (``--annotator trained``) and the package's ``assets/`` folder holding them. Computed
+    without loading anything (a damaged install, weights missing, still lists them)."""
+    from importlib import resources
 
-    out = {"toy": Path(toy_model_dir())}
+    assets = Path(str(resources.files("lrm_interp") / "assets"))
+    out = {
+        "toy": assets / "toy_reasoner",
+        "smollm2-135m-reasoner": assets / "smollm2_reasoner",
+        "trained": assets / "annotators",
+    }
     try:
-        from lrm_interp.model.smollm2 import smollm2_cache_dir
+        from lrm_interp._io import cache_root
 
-        out["smollm2-135m"] = Path(smollm2_cache_dir())
+        cache = cache_root()
+        out["smollm2-135m"] = cache / "smollm2-135m"
+        if cache.is_dir():
+            for merged in sorted(cache.glob("smollm2-135m-reasoner-*")):  # its merged copies
+                out[f"smollm2-135m-reasoner@{merged.name}"] = merged
     except (ValueError, OSError):
         pass
+    out["lrm_interp"] = assets  # the shipped assets as a whole (last: a message names the alias first)
     return out
 
 
+#: how :func:`refuse_alias_folder` names an entry of :func:`alias_folders` that is no model alias
+_ALIAS_WORDS = {
+    "trained": "the shipped trained annotator (--annotator trained)",
+    "lrm_interp": "the shipped assets of lrm_interp",
+}
+
+
 def refuse_alias_folder(out: str | os.PathLike, what: str = "--out") -> None:
-    """``ValueError`` when ``out`` is, contains or lies inside the folder an alias loads
-    (:func:`alias_folders`): a writer never replaces the model behind ``--model toy`` (``toy train
-    --out <the shipped folder> --overwrite`` did, H7-TT1), whatever ``--overwrite`` says."""
-    o = Path(out).expanduser().resolve()
+    """``ValueError`` when ``out`` is, contains or lies inside the folder an alias loads or a
+    shipped asset is read from (:func:`alias_folders`): a writer never replaces the model behind
+    ``--model toy`` (``toy train --out <the shipped folder> --overwrite`` did, H7-TT1; ``parse
+    --out <it>/config.json --overwrite`` too, H9-TT), whatever ``--overwrite`` says. An output
+    that would contain such a folder is refused only while the folder exists (nothing to destroy
+    otherwise). The rule of every output :func:`check_paths` checks, ``toy train``'s included."""
+    forms = [Path(out).resolve(), Path(out).expanduser().resolve()]
     for alias, d in alias_folders().items():
         d = d.resolve()
-        if o == d or d in o.parents or o in d.parents:
+        for o in forms:
+            if o == d:
+                where = ""
+            elif d in o.parents:
+                where = f"lies inside {d}, which "
+            elif o in d.parents and d.exists():
+                where = f"contains {d}, which "
+            else:
+                continue
+            name = alias.split("@")[0]
+            owner = _ALIAS_WORDS.get(name, f"the model alias {name!r}")
+            uses = (
+                f"every later --model {name} would load what is written there"
+                if name not in _ALIAS_WORDS
+                else "lrm_interp reads them as shipped"
+            )
             raise ValueError(
-                f"{what} {out} is the folder of the model alias {alias!r} ({d}) or overlaps it: it is never "
-                "replaced, even with --overwrite (every later --model "
-                f"{alias} would load the new model); choose another folder"
+                f"{what} {out} {where}is the folder of {owner}" + ("" if where else f" ({d})") + ": it is never "
+                f"replaced or written into, even with --overwrite ({uses}); choose another path"
             )
 
 
@@ -886,6 +1001,9 @@ __all__ = [
     "device_arg",
     "check_paths",
     "refuse_other_results",
+    "file_outputs",
+    "FileOutputs",
+    "created_meanwhile",
     "add_overwrite_flag",
     "model_input",
     "refuse_ambiguous_model",

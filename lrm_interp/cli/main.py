@@ -35,6 +35,7 @@ from typing import NamedTuple
 from lrm_interp.cli.common import (
     PROG,
     CliError,
+    FileOutputs,
     HelpFormatter,
     Parser,
     add_command,
@@ -104,13 +105,15 @@ def cmd_attribute(a: argparse.Namespace) -> int:
     # everything that can be checked without loading anything, first: --out a folder that can be
     # written (an existing file there, or a file on its way, used to fail after the model loaded)
     check_paths({"--out": a.out}, dirs=True, own="attribution")
-    import os
-
+    from lrm_interp.attribution.distributed import env_rank_world
     from lrm_interp.attribution.resume import out_dir_lock
 
     # one live run per --out, from here to the tables (a second one is refused naming the first's pid,
-    # H7-K4); under torchrun rank 0 holds it for all ranks
-    rank0 = int(os.environ.get("RANK", "0") or 0) == 0
+    # H7-K4); under torchrun rank 0 holds it for all ranks ($RANK / $WORLD_SIZE checked: H9-E1)
+    try:
+        rank0 = env_rank_world()[0] == 0
+    except ValueError as e:
+        raise CliError(str(e)) from None
     with out_dir_lock(a.out) if rank0 else contextlib.nullcontext():
         return _attribute_in_out(a)
 
@@ -161,12 +164,7 @@ def _attribute_in_out(a: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parse / compare / quickstart
 def cmd_parse(a: argparse.Namespace) -> int:
     """``lrm-interp parse``: a paper layout or JSONL file → validated JSONL ``--out`` (+ ``--report``)."""
-    import warnings
-
-    from lrm_interp._io import atomic_write_text
-    from lrm_interp.cli.common import check_paths
-    from lrm_interp.data.loading import load_dataset
-    from lrm_interp.data.traces import CustomBehaviorWarning
+    from lrm_interp.cli.common import check_paths, file_outputs
 
     data = require_path(a.data, "--data")
     if a.report and not _is_paper_layout(data):
@@ -178,6 +176,20 @@ def cmd_parse(a: argparse.Namespace) -> int:
         )
     # before reading anything: no output names the input or the other output, none replaced without --overwrite
     check_paths({"--out": a.out, "--report": a.report}, {"--data": data}, overwrite=a.overwrite, files=True)
+    # published as one run's each: a new --out / --report never over what another run wrote meanwhile,
+    # an existing one (--overwrite) by one run at a time (both runs printed "wrote", H9-CC2)
+    with file_outputs({"--out": a.out, "--report": a.report}, "parse") as outs:
+        return _parse(a, data, outs)
+
+
+def _parse(a: argparse.Namespace, data: Path, outs: FileOutputs) -> int:
+    """``parse`` once its outputs are checked and held (:func:`~lrm_interp.cli.common.file_outputs`)."""
+    import warnings
+
+    from lrm_interp._io import atomic_write_text
+    from lrm_interp.data.loading import load_dataset
+    from lrm_interp.data.traces import CustomBehaviorWarning
+
     with reading(data, "--data"), warnings.catch_warnings():
         warnings.simplefilter("ignore", CustomBehaviorWarning)  # printed below as one line
         ds = load_dataset(data)
@@ -189,13 +201,13 @@ def cmd_parse(a: argparse.Namespace) -> int:
     custom = ds.custom_behavior_summary(data)
     if custom is not None:
         print(f"{PROG} parse: note: {custom}", file=sys.stderr)
-    ds.save_jsonl(a.out)
+    outs.write("--out", ds.save_jsonl)
     print(f"wrote {len(ds)} traces, spans per behaviour {ds.span_counts()} to {a.out}")
     if rep is not None:
         print(rep.summary())
         if a.report:
-            # without --overwrite: never replace a report that appeared while this ran
-            atomic_write_text(a.report, json.dumps(rep.to_dict(), indent=2), replace=a.overwrite)
+            report = json.dumps(rep.to_dict(), indent=2)
+            outs.write("--report", lambda p: atomic_write_text(p, report))
             print(f"wrote the parse report to {a.report}")
     return 0
 

@@ -41,7 +41,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def cmd_traces(a: argparse.Namespace) -> int:
     """``lrm-interp toy traces``: gold or model-generated annotated traces → ``--out`` (JSONL)."""
-    from lrm_interp.cli.common import CliError, check_paths, load_model_quietly, model_input, require_model
+    from lrm_interp.cli.common import (
+        CliError,
+        check_paths,
+        file_outputs,
+        load_model_quietly,
+        model_input,
+        require_model,
+    )
 
     if a.gold and a.model is not None:  # was ignored, even a folder that does not exist (H8 toy traces)
         raise CliError(
@@ -59,14 +66,17 @@ def cmd_traces(a: argparse.Namespace) -> int:
     from lrm_interp.toy.evaluate import collect_traces
     from lrm_interp.toy.tasks import generate_dataset, model_world, problems
 
-    if a.gold:
-        ds = generate_dataset(a.per_family, seed=a.seed)
-    else:
-        model, tok = load_model_quietly(a.model)
-        ds = collect_traces(
-            model, tok, problems(a.per_family, seed=a.seed, world=model_world(model)), progress=not a.quiet
-        )
-    ds.save_jsonl(a.out, replace=a.overwrite)  # never one that appeared while this ran
+    # from here: a new --out is never published over one that appeared while this ran (another run's,
+    # H9-CC2), an existing one (--overwrite) is replaced by one run at a time
+    with file_outputs({"--out": a.out}, "toy traces") as outs:
+        if a.gold:
+            ds = generate_dataset(a.per_family, seed=a.seed)
+        else:
+            model, tok = load_model_quietly(a.model)
+            ds = collect_traces(
+                model, tok, problems(a.per_family, seed=a.seed, world=model_world(model)), progress=not a.quiet
+            )
+        outs.write("--out", ds.save_jsonl)
     print(f"wrote {len(ds)} traces to {a.out}; spans {ds.span_counts()}")
     return 0
 
@@ -134,16 +144,16 @@ def cmd_train(a: argparse.Namespace) -> int:
     :func:`add_train_args`; a cross-option error (e.g. ``--hidden`` not a multiple of ``--heads``)
     names the flag, before any work."""
     from lrm_interp._io import check_out_dir, check_writable
-    from lrm_interp.cli.common import CliError
-    from lrm_interp.toy.train import QUANT_EVAL, check_train_settings, train_toy_model
+    from lrm_interp.cli.common import CliError, check_paths
+    from lrm_interp.toy.train import QUANT_EVAL, TRAINING_LOG, check_train_settings, train_toy_model
 
+    # never the shipped model behind --model toy (H7-TT1) nor another command's result: one rule,
+    # check_paths's; its own kind, an earlier 'toy train' model, is replaced with --overwrite (H9-TM)
+    check_paths({"--out": a.out}, dirs=True, own="toy train")
     # an existing model folder is refused before training; --overwrite replaces only an earlier
     # 'toy train' result (a folder with its training_log.json), never a folder of other files
     try:
-        from lrm_interp.cli.common import refuse_alias_folder
-
-        refuse_alias_folder(a.out)  # the shipped model behind --model toy: never (H7-TT1)
-        check_out_dir(Path(a.out).expanduser(), overwrite=a.overwrite, marker="training_log.json")
+        check_out_dir(Path(a.out).expanduser(), overwrite=a.overwrite, marker=TRAINING_LOG)
         # a folder that cannot be written (no permission, read-only, immutable) fails here, not after
         # the training (H6-P13)
         check_writable(Path(a.out).expanduser())
@@ -309,7 +319,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     is loaded)."""
     from dataclasses import fields
 
-    from lrm_interp.cli.common import CliError
+    from lrm_interp.cli.common import CliError, check_paths
     from lrm_interp.toy.distill import DistillConfig, check_run_folder, distill_reasoner
 
     try:
@@ -317,6 +327,9 @@ def cmd_distill(a: argparse.Namespace) -> int:
     except ValueError as e:  # "family_weights: ..." -> "--family-weights: ..."
         head, sep, rest = str(e).partition(" ")
         raise ValueError(f"--{head.replace('_', '-')}{sep}{rest}") from None
+    # never a shipped model nor another command's result; its own run folder is resumed (H9-TM, H9-TT);
+    # a file at --out: check_run_folder's refusal, below
+    check_paths({"--out": a.out}, own="toy distill")
     try:  # distill_reasoner checks it too; here the error names the flag
         check_run_folder(a.out)
     except ValueError as e:

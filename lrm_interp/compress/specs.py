@@ -20,11 +20,13 @@ SparseGPT and Wanda (the calibrated methods) share calibration ids
 from __future__ import annotations
 
 import copy
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import torch
 
+from lrm_interp.checks import check_bool, check_float, shown_value
 from lrm_interp.compress.common import parse_pattern
 from lrm_interp.compress.driver import get_method, method_names
 from lrm_interp.compress.prune.apply import prune_model_
@@ -36,13 +38,75 @@ METHODS = ("none",) + method_names()
 
 @dataclass(frozen=True)
 class CompressionSpec:
-    """``method`` with ``bits`` (quantizers) or ``sparsity`` / ``pattern`` (pruners)."""
+    """``method`` with ``bits`` (quantizers) or ``sparsity`` / ``pattern`` (pruners).
+
+    Checked when made (H9-CS: ``CompressionSpec("rtn", bits=3, sparsity=0.5)`` ran plain RTN and
+    recorded the sparsity; ``symmetric="no"``, a truthy string, quantized symmetrically): ``method``
+    one of :data:`METHODS` (the registry now); a quantizer needs ``bits`` (an ``int`` in 2..8) and
+    takes ``symmetric`` (``True`` / ``False``), a pruner needs ``sparsity`` (a number in [0, 1)) or
+    ``pattern`` (``"N:M"``, for a pruner that supports it; ``sparsity`` is then ``N / M``), and
+    ``"none"`` takes nothing. A field given for another kind of method is refused naming it.
+    """
 
     method: str = "none"
     bits: int | None = None
     sparsity: float | None = None
     pattern: str | None = None
     symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        names = ("none",) + method_names()  # the registry now (METHODS: as at import)
+        if not isinstance(self.method, str) or self.method not in names:
+            raise ValueError(f"method must be one of {', '.join(names)}, got {shown_value(self.method)}")
+        check_bool("symmetric", self.symmetric)
+        given = [f for f in ("bits", "sparsity", "pattern") if getattr(self, f) is not None]
+        given += ["symmetric"] if self.symmetric else []
+        if self.method == "none":
+            if given:
+                it = "it" if len(given) == 1 else "them"
+                raise ValueError(f"method 'none' (the original model) takes no {', '.join(given)}: leave {it} out")
+            return
+        m = get_method(self.method)
+        if m.kind == "quantization":
+            wrong: list[str] = [f for f in ("sparsity", "pattern") if f in given]
+            if wrong:
+                raise ValueError(
+                    f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to the quantizer "
+                    f"{self.method!r} (a pruner's): leave {'it' if len(wrong) == 1 else 'them'} out"
+                )
+            if self.bits is None:
+                raise ValueError(f"the quantizer {self.method!r} needs bits (2..8)")
+            if not isinstance(self.bits, numbers.Integral) or isinstance(self.bits, bool):
+                raise ValueError(f"bits must be an integer in 2..8, got {shown_value(self.bits)}")
+            object.__setattr__(self, "bits", check_bits(self.bits))
+            return
+        wrong = [f for f in ("bits", "symmetric") if f in given]
+        if wrong:
+            raise ValueError(
+                f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to the pruner "
+                f"{self.method!r} (a quantizer's): leave {'it' if len(wrong) == 1 else 'them'} out"
+            )
+        if self.pattern is not None:
+            if not m.nm:
+                raise ValueError(f"pattern: {m.label} is unstructured only; give sparsity instead")
+            if not isinstance(self.pattern, str) or self.pattern.count(":") != 1:
+                raise ValueError(f"pattern must be 'N:M' like '2:4', got {shown_value(self.pattern)}")
+            n, k = parse_pattern(self.pattern)
+            if self.sparsity is not None and (
+                not isinstance(self.sparsity, numbers.Real)
+                or isinstance(self.sparsity, bool)
+                or abs(float(self.sparsity) - n / k) > 1e-12
+            ):
+                raise ValueError(
+                    f"sparsity {shown_value(self.sparsity)} disagrees with pattern {self.pattern!r} "
+                    f"(N:M prunes {n} of every {k}: sparsity {n / k:g}); give one of the two"
+                )
+            object.__setattr__(self, "pattern", f"{n}:{k}")
+            object.__setattr__(self, "sparsity", n / k)
+            return
+        if self.sparsity is None:
+            raise ValueError(f"the pruner {self.method!r} needs sparsity (in [0, 1)) or pattern ('N:M')")
+        object.__setattr__(self, "sparsity", check_float("sparsity", self.sparsity, min=0.0, max=1.0, max_open=True))
 
     @property
     def tag(self) -> str:

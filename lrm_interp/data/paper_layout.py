@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,6 +53,46 @@ from lrm_interp.data.traces import (
 )
 
 _BAD_FILE = ("rejected", "missing annotation", "missing output")
+
+
+def _typed(v: object) -> str:
+    """How a ``TypeError`` shows the value it refused: its repr (cut at 60 characters) and type."""
+    r = repr(v)
+    return f"{r if len(r) <= 60 else r[:57] + '...'} ({type(v).__name__})"
+
+
+def _path_arg(name: str, value: object, where: str) -> Path:
+    """``value`` as a ``Path`` if it is a ``str`` or ``os.PathLike`` naming something (not ``""``);
+    else ``TypeError`` / ``ValueError`` naming ``where`` and ``name`` (``Path(None)`` said only
+    "expected str, bytes or os.PathLike object, not NoneType")."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{where}: {name} must be a path (str or os.PathLike), got {_typed(value)}")
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{where}: {name} is {value!r}: give a path")
+    return Path(value)
+
+
+def _names_arg(name: str, value: object, where: str, *, what: str) -> list[str] | None:
+    """A list of names from ``None`` (kept), one string (one name, as ``StudySettings(tasks='math')``
+    reads it: iterating it would give its letters), or an iterable of non-empty strings.
+    ``TypeError`` for another type or a non-string entry (named ``name[i]``), ``ValueError`` for an
+    empty string or an empty list ("selects no ...; leave it None for all")."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, (bytes, bytearray, Mapping)) or not isinstance(items, Iterable):
+        raise TypeError(f"{where}: {name} must be a {what} name or a list of them, got {_typed(value)}")
+    out: list[str] = []
+    for i, x in enumerate(items):
+        at = name if isinstance(value, str) else f"{name}[{i}]"
+        if not isinstance(x, str):
+            raise TypeError(f"{where}: {at} must be a {what} name (str), got {_typed(x)}")
+        if not x.strip():
+            raise ValueError(f"{where}: {at} is {x!r}: an empty {what} name names nothing")
+        out.append(x)
+    if not out:
+        raise ValueError(f"{where}: {name}={value!r} selects no {what}; leave it None for all")
+    return out
 
 
 class UnannotatedTraceWarning(UserWarning):
@@ -176,6 +216,7 @@ class ParseReport:
 
     def save_json(self, path: str | os.PathLike, *, replace: bool = True) -> Path:
         """The report as JSON, atomically; ``replace=False``: an existing ``path`` is never replaced."""
+        path = _path_arg("path", path, "ParseReport.save_json")
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False), replace=replace)
         return Path(path)
 
@@ -207,11 +248,23 @@ def annotate_trace(
     ``trace_or_response``: a :class:`ReasoningTrace` (its spans are replaced; only its
     ``response`` is searched, never its prompt) or a response string (→ a trace with an empty
     prompt, id ``trace_id`` or ``source``). Returns the trace with spans and the file's report.
+    Anything else (``None``, bytes, a number: it was turned into its ``str()``) and a
+    ``markup_text`` that is no string raise ``TypeError``.
     """
+    where = "annotate_trace"
+    if not isinstance(trace_or_response, (ReasoningTrace, str)):
+        raise TypeError(
+            f"{where}: trace_or_response must be a ReasoningTrace or a response string, got {_typed(trace_or_response)}"
+        )
+    if not isinstance(markup_text, str):
+        raise TypeError(f"{where}: markup_text must be the annotation text (str), got {_typed(markup_text)}")
+    for arg, v in (("source", source), ("trace_id", trace_id)):
+        if v is not None and not isinstance(v, str):
+            raise TypeError(f"{where}: {arg} must be a string, got {_typed(v)}")
     if isinstance(trace_or_response, ReasoningTrace):
         trace = trace_or_response
     else:
-        trace = ReasoningTrace(trace_id or source or "trace", "", str(trace_or_response))
+        trace = ReasoningTrace(trace_id or source or "trace", "", trace_or_response)
     parsed: ParsedAnnotation = parse_markup(markup_text, source=source, aliases=aliases)
     spans: list[BehaviorSpan] = []
     reps: list[SegmentReport] = []
@@ -230,7 +283,9 @@ def annotate_trace(
 
 def canonical_index(stem: str) -> int | None:
     """The item number ``stem`` names as a paper layout writes it (``"12"``: ASCII digits, no
-    leading zero), else ``None`` (``"012"``, ``"１２"``, ``"notes"``)."""
+    leading zero), else ``None`` (``"012"``, ``"１２"``, ``"notes"``); ``TypeError`` for a non-string."""
+    if not isinstance(stem, str):
+        raise TypeError(f"canonical_index: stem must be a file name's stem (str), got {_typed(stem)}")
     if stem.isascii() and stem.isdigit() and str(int(stem)) == stem:
         return int(stem)
     return None
@@ -299,8 +354,10 @@ def check_layout_files(
     byte) and at most the size limit in characters (else :class:`ResponseTooLargeError` naming the
     file, its size and the limit). Files no larger in bytes than the limit are only decoded.
     Returns how many files were checked."""
+    root = _path_arg("root", root, "check_layout_files")
     limit = response_limit(max_response_chars)
-    root = Path(root)
+    if isinstance(folders, str):  # one folder, not its letters
+        folders = (folders,)
     n = 0
     for folder in folders:
         base = root / folder
@@ -336,8 +393,11 @@ def stray_files(root: str | os.PathLike, datasets: Collection[str] | None = None
     """Files under ``root/outputs`` and ``root/annotated`` that a paper layout does not hold:
     anything but ``<folder>/<dataset>/<j>.txt`` (a nested folder's files, files beside the dataset
     folders, other extensions). ``datasets``: only these dataset folders' files (the others are not
-    loaded on purpose). Sorted paths; :func:`load_paper_layout` reports them, never drops them silently."""
-    root = Path(root)
+    loaded on purpose; one string is one dataset). Sorted paths; :func:`load_paper_layout` reports
+    them, never drops them silently."""
+    root = _path_arg("root", root, "stray_files")
+    if isinstance(datasets, str):  # "math" is one folder (a substring test would keep "m", "at", ...)
+        datasets = (datasets,)
     out: list[str] = []
     for folder in ("outputs", "annotated"):
         base = root / folder
@@ -439,10 +499,13 @@ def load_paper_layout(
     Args:
         root: folder with ``outputs/`` and ``annotated/`` (and optionally ``problems/``).
         datasets: dataset folder names to load (case-insensitive, aliases accepted); all if None.
+            One string is one name (``datasets="math"``); an empty list is refused (it selects
+            no dataset), and so is a name that is no string.
         problems: ``{dataset: [problem dict, ...]}`` indexed by trace number; overrides
             ``problems/`` files. Keys per dataset: see :mod:`lrm_interp.data.prompts`.
         labels: canonical behaviours to turn into spans (default: all known); the others are
-            reported ``not placed`` (``not selected``).
+            reported ``not placed`` (``not selected``). One string is one behaviour; an empty
+            list is refused.
         aliases: extra label aliases (``{"verification": "example-testing"}``).
         keep_unknown: emit spans for unknown labels too (under the raw label).
         progress: tqdm bar over files.
@@ -459,7 +522,21 @@ def load_paper_layout(
     Trace ids are ``"<dataset>/<j>"``; metadata: ``dataset``, ``index`` (int when numeric),
     ``gold_answer`` (if the problem has one), ``annotation_status``, file paths.
     """
-    root = Path(root)
+    where = "load_paper_layout"
+    root = _path_arg("root", root, where)
+    datasets = _names_arg("datasets", datasets, where, what="dataset")
+    if labels is not None:
+        labels = _names_arg("labels", labels, where, what="behaviour")
+    if problems is not None and not isinstance(problems, Mapping):
+        raise TypeError(
+            f"{where}: problems must be a mapping {{dataset: [problem, ...]}} or None, got {_typed(problems)}"
+        )
+    if aliases is not None and not isinstance(aliases, Mapping):
+        raise TypeError(f"{where}: aliases must be a mapping {{label: behaviour}} or None, got {_typed(aliases)}")
+    for arg, v in (("keep_unknown", keep_unknown), ("progress", progress), ("keep_unannotated", keep_unannotated)):
+        if not isinstance(v, bool) and not (arg == "keep_unannotated" and v is None):
+            either = "True, False or None" if arg == "keep_unannotated" else "True or False"
+            raise TypeError(f"{where}: {arg} must be {either}, got {_typed(v)}")
     out_dir, ann_dir = root / "outputs", root / "annotated"
     if not out_dir.is_dir() and not ann_dir.is_dir():
         raise FileNotFoundError(f"{root} has neither outputs/ nor annotated/ (paper layout expected)")

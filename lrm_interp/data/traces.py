@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lrm_interp._io import atomic_write_text, iter_jsonl
+from lrm_interp._io import atomic_write_text, iter_jsonl, refuse_result_file
 
 # Venhoff et al.'s six behaviour labels (order = their numbering 0..5).
 BEHAVIORS: tuple[str, ...] = (
@@ -444,12 +444,16 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
         return ReasoningDataset([t for t in self.traces if fn(t)], name=self.name, report=self.report)
 
     # ---------------------------------------------------------------- JSONL I/O
-    def save_jsonl(self, path: str | os.PathLike, *, replace: bool = True) -> Path:
+    def save_jsonl(self, path: str | os.PathLike, *, replace: bool = True, own: str | None = None) -> Path:
         """Write one JSON object per trace, atomically (temp file + rename); a NaN or infinity in a
         trace (its metadata) raises :class:`TraceFormatError` naming the trace (it is not JSON; the
         loaders refuse it too), before anything is written. ``replace=False``: an
         existing ``path`` is never replaced (``FileExistsError`` naming it, also for a file created
-        there while this ran; the command-line writers pass their ``--overwrite``)."""
+        there while this ran). Whatever ``replace`` says, a ``path`` that is one of the files of a
+        finished result of an ``lrm-interp`` command (``A/scores.csv``), or lies inside one, is
+        refused first (:class:`~lrm_interp._io.OtherResultError` naming it, H9-PYW); ``own``: the kind
+        of result whose own file this is (the library's writers: a study writing its ``traces.jsonl``)."""
+        refuse_result_file(path, own=own)
         path = Path(path)
         lines = []
         for t in self.traces:

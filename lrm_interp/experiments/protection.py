@@ -27,6 +27,8 @@ resumable folder, table), ``examples/protection_experiment.py`` (toy model, accu
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -37,10 +39,9 @@ from tqdm.auto import tqdm
 
 from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import Attribution
-from lrm_interp.checks import check_fraction, check_int
+from lrm_interp.checks import check_bool, check_fraction, check_int, shown_value
 from lrm_interp.compress.calibration import CalibData, calibration_ids, layer_hessians
 from lrm_interp.compress.quant import quantize_model_
-from lrm_interp.compress.quant.grid import check_group_size
 from lrm_interp.compress.quant.guided import gradient_weighted_hessians, guided_transform
 from lrm_interp.data.tokens import EncodedTrace, encode_trace
 from lrm_interp.data.traces import ReasoningTrace
@@ -91,15 +92,29 @@ class ExperimentSettings:
     max_new_tokens: int = 480
 
     def __post_init__(self) -> None:
-        if self.quantizer not in ("rtn", "gptq"):
+        # every field is checked for its type as well as its range (H9-CS: symmetric="no", a truthy
+        # string, meant a symmetric grid; model=5 was accepted): settings.json records what is here
+        if isinstance(self.model, os.PathLike):
+            object.__setattr__(self, "model", os.fspath(self.model))
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(
+                f"model must be a model folder or alias (a non-empty string), got {shown_value(self.model)}"
+            )
+        if not isinstance(self.quantizer, str) or self.quantizer not in ("rtn", "gptq"):
             raise ValueError(f"quantizer must be 'rtn' or 'gptq', got {self.quantizer!r}")
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 7:
-            raise ValueError(f"bits must be in 2..7 (b+1 is a row), got {self.bits}")
+            raise ValueError(f"bits must be in 2..7 (b+1 is a row), got {shown_value(self.bits)}")
         check_int("per_family", self.per_family, min=1)
         check_int("attribution_traces", self.attribution_traces, min=1)
-        check_group_size(self.group_size)
-        if not (isinstance(self.budget, (int, float)) and 0.0 < self.budget < 1.0):
-            raise ValueError(f"budget must be a fraction in (0, 1), got {self.budget}")
+        check_int("group_size", self.group_size, min=1, optional=True)  # None: per channel; 128.0 is refused
+        check_bool("symmetric", self.symmetric)
+        if isinstance(self.budget, bool) or not (
+            isinstance(self.budget, (int, float)) and math.isfinite(self.budget) and 0.0 < self.budget < 1.0
+        ):
+            raise ValueError(f"budget must be a fraction in (0, 1), got {shown_value(self.budget)}")
+        if isinstance(self.random_seeds, (str, bytes)) or not isinstance(self.random_seeds, Sequence):
+            raise ValueError(f"random_seeds must be a tuple of seeds, got {shown_value(self.random_seeds)}")
+        object.__setattr__(self, "random_seeds", tuple(self.random_seeds))
         if not self.random_seeds:
             raise ValueError("random_seeds must name at least one seed")
         for seed in self.random_seeds:

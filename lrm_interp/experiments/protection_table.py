@@ -14,6 +14,13 @@ fingerprints; the traces and problems are generated from seeds in the settings),
 ``rows.jsonl`` (rewritten atomically after every row: an interrupted run resumes at the next
 row; a folder holding another run's settings is refused), and at the end ``table.md``,
 ``table.csv`` and ``bpw_accuracy.png``.
+
+Each row of ``rows.jsonl`` records what it was measured with (:data:`MEASURED_WITH`: the settings
+and the model's and tokenizer's fingerprints, as in ``settings.json``). A resume never serves a
+row measured with anything else than the folder's settings: after a hand edit of
+``settings.json`` (its length limit 300 → 20, say) the rows measured at 300 tokens were shown as
+the 20-token table (H9-EXS); such a row is now refused naming it and the setting. Rows written
+before rows recorded this (no :data:`MEASURED_WITH`) are accepted as before.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_save_figure, atomic_write_text, iter_jsonl
+from lrm_interp.checks import shown_value
 from lrm_interp.evaluation.generation import count_at_limit, length_limit_warning
 from lrm_interp.evaluation.intervals import wilson_interval
 from lrm_interp.evaluation.paired import PairedComparison, compare_outcomes
@@ -40,6 +48,9 @@ from lrm_interp.toy.evaluate import evaluate, score_responses
 from lrm_interp.toy.tasks import model_world, problems
 
 FORMAT = "lrm_interp.protection_experiment/1"
+#: the key of a ``rows.jsonl`` line that records what its row was measured with: ``{"settings":
+#: ..., "weights_fingerprint": ..., "tokenizer_fingerprint": ...}`` (``settings.json`` without its format)
+MEASURED_WITH = "measured_with"
 KINDS = ("fp", "none", "per-weight", "module", "mixed", "guided", "plain")
 
 
@@ -336,6 +347,42 @@ def _settings_json(s: ExperimentSettings, fingerprint: str, tokenizer_fingerprin
     }
 
 
+def _measured_with(want: dict[str, Any]) -> dict[str, Any]:
+    """What a row measured now is measured with (:data:`MEASURED_WITH`): ``want`` (the run's
+    ``settings.json``) without its format, as JSON reads it back."""
+    return json.loads(json.dumps({k: v for k, v in want.items() if k != "format"}))
+
+
+def _check_measured_with(rec: Any, label: str, where: str, want: dict[str, Any]) -> None:
+    """Refuse (``ValueError`` naming ``where``, the row and what differs) a row whose recorded
+    :data:`MEASURED_WITH` is not the folder's ``settings.json`` (``want``, which the folder check
+    found equal to this run's): ``settings.json`` was edited by hand after the row was measured
+    (H9-EXS). A setting the record lacks (one added to :class:`ExperimentSettings` after the row
+    was written) counts as its default."""
+    if not (isinstance(rec, dict) and isinstance(rec.get("settings"), dict)):
+        raise ValueError(
+            f"{where}: row {label!r}: {MEASURED_WITH} is not a record of settings ({shown_value(rec)}); "
+            "the file was edited or is corrupt: delete that line (the row is re-measured) or use a new --out folder"
+        )
+    now = _measured_with(want)
+    defaults = json.loads(json.dumps(asdict(ExperimentSettings())))
+    was = {**defaults, **{k: v for k, v in rec["settings"].items() if k in now["settings"]}}
+    extra = sorted(set(rec["settings"]) - set(now["settings"]))
+    fields = sorted(k for k in now["settings"] if was.get(k) != now["settings"][k])
+    then = [f"{k} {json.dumps(was.get(k))}" for k in fields] + [f"{k} {json.dumps(rec['settings'][k])}" for k in extra]
+    says = [f"{k} {json.dumps(now['settings'][k])}" for k in fields] + [f"no {k}" for k in extra]
+    for k, what in (("weights_fingerprint", "model weights"), ("tokenizer_fingerprint", "tokenizer")):
+        if rec.get(k) != now.get(k):
+            then.append(f"{what} {str(rec.get(k))[:12]}")
+            says.append(f"{what} {str(now.get(k))[:12]}")
+    if then:
+        raise ValueError(
+            f"{where}: row {label!r} was measured with {', '.join(then)} but settings.json says "
+            f"{', '.join(says)}: settings.json was edited after the row was measured; restore it, delete "
+            "that line (the row is re-measured) or use a new --out folder"
+        )
+
+
 def _check_row(d: Any, where: str, n: int) -> ResultRow:
     """One line of ``rows.jsonl`` as a :class:`ResultRow`, or ``ValueError`` naming ``where``
     (file:line) if it is not what :func:`_measure` writes: a hand-edited or corrupt row would
@@ -350,7 +397,9 @@ def _check_row(d: Any, where: str, n: int) -> ResultRow:
     bad = []
     if r.n != n:
         bad.append(f"n = {r.n}, but this run holds {n} problems")
-    if not (isinstance(r.correct, int) and 0 <= r.correct <= r.n):
+    if not (isinstance(r.n, int) and not isinstance(r.n, bool) and r.n >= 1):
+        bad.append(f"n = {r.n!r} is not a count of problems")
+    elif not (isinstance(r.correct, int) and not isinstance(r.correct, bool) and 0 <= r.correct <= r.n):
         bad.append(f"correct = {r.correct!r} outside 0..{r.n}")
     elif not (isinstance(r.mean, (int, float)) and abs(r.mean - r.correct / max(r.n, 1)) <= 1e-9):
         bad.append(f"mean {r.mean!r} ≠ correct / n = {r.correct}/{r.n}")
@@ -370,11 +419,14 @@ def _check_row(d: Any, where: str, n: int) -> ResultRow:
     return r
 
 
-def _check_folder(out: Path, want: dict[str, Any], n: int) -> list[ResultRow]:
+def _check_folder(out: Path, want: dict[str, Any], n: int, records: dict[str, Any] | None = None) -> list[ResultRow]:
     """The rows already measured in ``out`` (resume; each checked by :func:`_check_row` against
-    the run's ``n`` problems), or ``ValueError`` if it holds another run
+    the run's ``n`` problems, and by :func:`_check_measured_with` against ``want`` where it records
+    what it was measured with), or ``ValueError`` if it holds another run
     or is not an experiment folder (a file, or a non-empty folder without ``settings.json``: the
-    table files written here would replace the user's own ``table.md`` / ``table.csv``)."""
+    table files written here would replace the user's own ``table.md`` / ``table.csv``).
+    ``records``: filled with each row's :data:`MEASURED_WITH` record, by label (rows written before
+    it was recorded have none)."""
     sp = out / "settings.json"
     if not sp.exists():
         if (out / "rows.jsonl").exists():
@@ -410,9 +462,14 @@ def _check_folder(out: Path, want: dict[str, Any], n: int) -> list[ResultRow]:
     if rp.exists():
         try:
             for _, where, d in iter_jsonl(rp):  # where: "<rows.jsonl>:<line>"
+                rec = d.pop(MEASURED_WITH, None) if isinstance(d, dict) else None
                 r = _check_row(d, where, n)
                 if any(r.label == o.label for o in rows):
                     raise ValueError(f"{where}: row {r.label!r} appears twice; delete one of the two lines")
+                if rec is not None:  # rows of older runs record nothing: accepted as before
+                    _check_measured_with(rec, r.label, where, want)
+                    if records is not None:
+                        records[r.label] = rec
                 rows.append(r)
         except ValueError as e:
             if "delete" in str(e):
@@ -486,13 +543,20 @@ def run_protection_experiment(
     prov = model_provenance(model, tok)
     want = _settings_json(s, prov["weights_fingerprint"], (prov.get("tokenizer") or {}).get("fingerprint"))
     held = problems(s.per_family, seed=s.problem_seed, world=model_world(model))
-    done = _check_folder(out, want, len(held))
+    records: dict[str, Any] = {}  # label -> what the row was measured with (none for rows of older runs)
+    done = _check_folder(out, want, len(held), records)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "settings.json", json.dumps(want, indent=1))
     rows = {r.label: r for r in done}
 
+    def line(r: ResultRow) -> str:
+        d = asdict(r)
+        if r.label in records:
+            d[MEASURED_WITH] = records[r.label]
+        return json.dumps(d) + "\n"
+
     def save_rows():
-        atomic_write_text(out / "rows.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in rows.values()))
+        atomic_write_text(out / "rows.jsonl", "".join(line(r) for r in rows.values()))
 
     plans: list[RowPlan] = ProtectionPlanner(model, tok, s, progress=progress).select(only)
     unselected = [t for t in redo or () if not any(t in p.label for p in plans)]
@@ -509,6 +573,7 @@ def run_protection_experiment(
             bpw, modules = p.quantize(q)
             cut: list[int] | None = [] if p.kind == "fp" else None
             rows[p.label] = _measure(p.label, p.kind, q, tok, held, bpw, modules, t0, s.max_new_tokens, cut)
+            records[p.label] = _measured_with(want)
             if cut:
                 fp_at_limit = cut[0]
             del q
@@ -526,6 +591,7 @@ def run_protection_experiment(
 __all__ = [
     "FORMAT",
     "KINDS",
+    "MEASURED_WITH",
     "ResultRow",
     "ProtectionTable",
     "is_attribution_guided",

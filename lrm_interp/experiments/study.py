@@ -67,7 +67,13 @@ from typing import Any, cast
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp._io import STUDY_FILES, atomic_write_text, read_safetensors, write_safetensors
+from lrm_interp._io import (
+    STUDY_FILES,
+    atomic_write_text,
+    read_safetensors,
+    refuse_other_result_folder,
+    write_safetensors,
+)
 from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import Attribution, ImportanceShift, compare
 from lrm_interp.checks import check_fraction, check_int, check_seed
@@ -362,6 +368,7 @@ class StudyResult:
         doc = {
             "format": FORMAT,
             **(key or {}),
+            **_key_checksum(key or {}),
             "rows": [r.to_dict() for r in self.rows],
             "masks": self.masks,
             "files": self.files,
@@ -379,6 +386,7 @@ class StudyResult:
         doc = _read_study(out)
         if not doc.get("complete"):
             raise ValueError(f"{out}: the study did not finish; run it again to resume")
+        _refuse_edited_key(out, doc)  # its settings are what its rows were measured with (H9-STS)
         _refuse_changed_files(out, doc, ("bits.json",))  # the allocation it reads
         prov = dict(doc["provenance"], key={k: doc[k] for k in _KEY_FIELDS})
         names = prov["folders"]
@@ -466,6 +474,51 @@ def _refuse_changed_files(out: Path, doc: Mapping[str, Any], names: Sequence[str
         )
 
 
+#: top-level entry of ``study.json``: the SHA-256 of each of its key fields (:data:`_KEY_FIELDS`) as
+#: the study wrote them (H9-STS); a ``study.json`` without it (an older study) is not checked
+KEY_CHECKSUMS = "key_checksums"
+
+
+def _canonical_sha256(value: Any) -> str:
+    """SHA-256 of ``value`` as canonical JSON (sorted keys, no spaces; tuples as lists): the same for
+    what a study writes and for what a reader reads back from ``study.json``."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return _sha256(text.encode("utf-8"))
+
+
+def _key_checksum(key: Mapping[str, Any]) -> dict[str, Any]:
+    """``{KEY_CHECKSUMS: {field: SHA-256}}`` of the key fields ``key`` holds (empty when none)."""
+    sums = {k: _canonical_sha256(key[k]) for k in _KEY_FIELDS if k in key}
+    return {KEY_CHECKSUMS: sums} if sums else {}
+
+
+def edited_key_fields(doc: Mapping[str, Any]) -> list[str]:
+    """The key fields of a ``study.json`` (``doc``: ``settings``, the weights / tokenizer / traces
+    fingerprints) that no longer match the checksum the study recorded when it wrote them: edited
+    by hand since. Empty for a study written before the checksums (nothing can be checked)."""
+    sums = doc.get(KEY_CHECKSUMS)
+    if not isinstance(sums, Mapping):
+        return []
+    return [k for k in _KEY_FIELDS if k in sums and (k not in doc or _canonical_sha256(doc[k]) != sums[k])] + [
+        k for k in _KEY_FIELDS if k in doc and k not in sums
+    ]
+
+
+def _refuse_edited_key(out: Path, doc: Mapping[str, Any], flag_ow: str = "overwrite=True (--overwrite)") -> None:
+    """``ValueError`` when ``study.json``'s settings (or fingerprints) were edited since the study
+    wrote them: a rerun with the edited settings served the results measured with the old ones
+    (a budget edited 0.02 → 0.05 and ``--budget 0.05``: the 0.02 study's results.csv and bits.json,
+    exit 0, H9-STS)."""
+    edited = edited_key_fields(doc)
+    if edited:
+        raise ValueError(
+            f"{out / STUDY_FILE} was edited since the study wrote it ({', '.join(edited)}): its rows and files "
+            f"were measured with the {', '.join(edited)} as the study wrote them, not the edited ones; delete the "
+            "folder or rerun with "
+            f"{flag_ow} to start it over"
+        )
+
+
 def _differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
     hs, ws = have.get("settings", {}), want.get("settings", {})
     diff = [f"{k} {hs.get(k)!r} ≠ {ws.get(k)!r}" for k in sorted(set(hs) | set(ws)) if hs.get(k) != ws.get(k)]
@@ -547,11 +600,17 @@ def check_study_folder(
     ``also``: more names the caller writes into ``out`` (the quickstart's ``tiny_model``).
     ``wording``: how the advice names the options: ``"api"`` (``out``, ``overwrite=True``),
     ``"cli"`` (``--out``, ``--overwrite``) or ``"both"``. The one check of ``lrm-interp study``,
-    :func:`run_study` and :meth:`StudyResult.save`."""
+    :func:`run_study` and :meth:`StudyResult.save`. Refused even with ``overwrite``: a folder holding
+    a finished result of another command (an attribution folder: the study files were mixed into
+    it, H9-MIX). Refused unless ``overwrite``: a ``study.json`` whose settings (or fingerprints)
+    were edited after the study wrote them (:func:`_refuse_edited_key`: its results were measured
+    with the settings it recorded, H9-STS)."""
     out = Path(out)
     flag_out, flag_ow = _WORDING[wording]
     if (out.exists() or out.is_symlink()) and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder; choose another {flag_out}")
+    # another command's result (an attribution folder): never, not even with overwrite (H9-MIX)
+    refuse_other_result_folder(out, "study", flag_out)
     if overwrite:
         return
     if not (out / STUDY_FILE).exists():
@@ -569,6 +628,7 @@ def check_study_folder(
             f"{out} holds another study (differs in {', '.join(diff)}); use another {flag_out} or {flag_ow} to "
             "start it over"
         )
+    _refuse_edited_key(out, have, flag_ow)
     if files:
         _refuse_changed_files(out, have)
 
@@ -608,6 +668,8 @@ def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict
             f"{out} holds another study (differs in {', '.join(diff)}); use another out folder "
             "(--out) or overwrite=True (--overwrite) to start it over"
         )
+    if not overwrite:
+        _refuse_edited_key(out, have)
     if overwrite:
         folders = _own_folders(out, have)  # every entry checked before anything is removed
         for p in folders:
@@ -676,7 +738,14 @@ def _read_outcomes(out: Path) -> dict[str, dict[str, torch.Tensor]]:
 def _save_progress(out: Path, key: dict[str, Any], rows: Mapping[str, StudyRow], outcomes: Mapping, prov: dict) -> None:
     """Outcomes first, then the rows that point at them (a row without outcomes is measured again)."""
     _write_outcomes(out, outcomes)
-    doc = {"format": FORMAT, **key, "rows": [r.to_dict() for r in rows.values()], "provenance": prov, "complete": False}
+    doc = {
+        "format": FORMAT,
+        **key,
+        **_key_checksum(key),
+        "rows": [r.to_dict() for r in rows.values()],
+        "provenance": prov,
+        "complete": False,
+    }
     atomic_write_text(out / STUDY_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
 
 
@@ -873,7 +942,7 @@ def run_study(
         data_ref = str(data)
     else:
         data_ref = str(out / "traces.jsonl")
-        ds.save_jsonl(data_ref)
+        ds.save_jsonl(data_ref, own="study")
         _record_checksum(out, "traces.jsonl", sums)
     tag = _dtype_tag(model)
     folders = {"original": f"attribution_{tag}", "compressed": f"attribution_rtn{s.bits}"}
@@ -966,7 +1035,7 @@ def run_study(
             del q
     res_q = cast(Attribution, res_q)  # set: the "uniform" row always attributes its copy (need_shift)
     shift = compare(res, res_q)
-    shift.write_tables(out, overwrite=True)  # the study's own shift files (its folder was checked)
+    shift.write_tables(out, overwrite=True, own="study")  # the study's own shift files (its folder was checked)
     for name in ("shift.csv", "shift.png"):
         _record_checksum(out, name, sums)
 
@@ -1123,7 +1192,13 @@ def _masks(
     bpw_q = bits_per_weight({}, sites, bits=s.bits, **grid)
     meta = {**meta_want, "bits_per_weight": {k: v for k, v in bpw_p.items() if k != "encodings"}}
     n_prot = sum(m.n_protected for m in masks.values())
-    save_masks(masks, path, metadata=meta, model=weights_record(planner.model, prov_model["weights_fingerprint"]))
+    save_masks(
+        masks,
+        path,
+        metadata=meta,
+        model=weights_record(planner.model, prov_model["weights_fingerprint"]),
+        own="study",  # the study's own masks file (a study folder's files are refused to anyone else)
+    )
     summary = {
         **meta,
         "protected_weights": n_prot,

@@ -13,8 +13,9 @@ that maps a module's leaf name to a *kind* is fixed (``KIND_BY_LEAF``).
 
 from __future__ import annotations
 
+import numbers
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -64,6 +65,32 @@ _WEIGHT_NAMES = ("weight", "qweight", "W_q", "packed_weight", "weight_packed")
 KIND_ORDER: tuple[str, ...] = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "down", "lm_head")
 
 
+def _typed(v: object) -> str:
+    """How a ``TypeError`` shows the value it refused: its repr (cut at 60 characters) and type."""
+    r = repr(v)
+    return f"{r if len(r) <= 60 else r[:57] + '...'} ({type(v).__name__})"
+
+
+def _check_model(model: object, where: str) -> None:
+    """``TypeError`` unless ``model`` is a module (has ``named_modules``): ``find_sites("toy")``
+    said "'str' object has no attribute ..." (H7-API2)."""
+    if not callable(getattr(model, "named_modules", None)):
+        raise TypeError(
+            f"{where}: model must be a torch.nn.Module (load one with lrm_interp.load_model), got "
+            f"{type(model).__name__}" + (f" {model!r}" if isinstance(model, str) else "")
+        )
+
+
+def _check_name(name: object, where: str, what: str = "name") -> str:
+    """``name`` if it is a ``str``, else ``TypeError`` naming ``where`` (``parse_site_name(5)``
+    raised "'int' object has no attribute 'split'")."""
+    if not isinstance(name, str):
+        raise TypeError(
+            f"{where}: {what} must be a module path (str, e.g. 'model.layers.0.mlp.up_proj'), got {_typed(name)}"
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class Site:
     """One linear module of a model.
@@ -105,8 +132,10 @@ def parse_site_name(name: str) -> tuple[int | None, str, str]:
     (12, 'mlp', 'up')
     >>> parse_site_name("transformer.h.0.attn.c_proj")
     (0, 'attn', 'o')
+
+    A ``name`` that is no string raises ``TypeError``.
     """
-    parts = name.split(".")
+    parts = _check_name(name, "parse_site_name").split(".")
     layer = next((int(p) for p in parts if p.isdigit()), None)
     leaf = parts[-1]
     parents = set(parts[:-1])
@@ -178,17 +207,36 @@ def find_sites(
 
     Returns:
         list of :class:`Site`, one per linear module, in ``named_modules`` order.
+
+    One string ``kinds`` is one kind (``kinds="up"``, not the kinds ``u`` and ``p``) and one
+    integer ``layers`` one layer; a pattern that is no string, a kind that is no string and a
+    layer that is no integer raise ``TypeError`` (an invalid regex: ``re.error``).
     """
-    if not callable(
-        getattr(model, "named_modules", None)
-    ):  # find_sites("toy") said "'str' object has no attribute ..." (H7-API2)
-        raise TypeError(
-            f"model must be a torch.nn.Module (load one with lrm_interp.load_model), got {type(model).__name__}"
-            + (f" {model!r}" if isinstance(model, str) else "")
-        )
-    rx = re.compile(pattern) if pattern else None
-    kinds = set(kinds) if kinds is not None else None
-    layers = set(layers) if layers is not None else None
+    where = "find_sites"
+    _check_model(model, where)
+    if pattern is not None and not isinstance(pattern, str):
+        raise TypeError(f"{where}: pattern must be a regex string or None, got {_typed(pattern)}")
+    rx = re.compile(pattern) if pattern else None  # a bad regex: re.error (the CLI names the pattern)
+    if kinds is not None:
+        kinds = {kinds} if isinstance(kinds, str) else kinds
+        if isinstance(kinds, Mapping) or not isinstance(kinds, Iterable):
+            raise TypeError(f"{where}: kinds must be a kind or a collection of kinds (str), got {_typed(kinds)}")
+        kinds = set(kinds)
+        bad_kind = next((k for k in kinds if not isinstance(k, str)), None)
+        if bad_kind is not None:
+            raise TypeError(f"{where}: kinds must hold kind names (str, e.g. 'up'), got {_typed(bad_kind)}")
+    if layers is not None:
+        one: object = layers
+        if isinstance(one, numbers.Integral) and not isinstance(one, bool):
+            layers = [int(one)]
+        if isinstance(layers, (str, bytes, Mapping)) or not isinstance(layers, Iterable):
+            raise TypeError(
+                f"{where}: layers must be a layer index or a collection of them (int), got {_typed(layers)}"
+            )
+        layers = set(layers)
+        bad_layer = next((x for x in layers if isinstance(x, bool) or not isinstance(x, numbers.Integral)), None)
+        if bad_layer is not None:
+            raise TypeError(f"{where}: layers must hold layer indices (int), got {_typed(bad_layer)}")
     out: list[Site] = []
     for name, module in model.named_modules():
         if not name:
@@ -210,7 +258,21 @@ def find_sites(
 
 
 def resolve_sites(model: nn.Module, sites: Sequence[Site | str] | str | None = None) -> list[Site]:
-    """Normalise a user's ``sites`` argument: ``None`` (all), a regex string, or names/Sites."""
+    """Normalise a user's ``sites`` argument: ``None`` (all), a regex string, or names/Sites.
+
+    Anything else (a number, a name that is no string: ``str()`` of it was looked up) raises
+    ``TypeError``."""
+    _check_model(model, "resolve_sites")
+    if sites is not None and not isinstance(sites, str):
+        if isinstance(sites, (bytes, Mapping)) or not isinstance(sites, Iterable):
+            raise TypeError(
+                f"resolve_sites: sites must be None, a regex string, or a list of site names or Sites, got "
+                f"{_typed(sites)}"
+            )
+        sites = list(sites)
+        for i, x in enumerate(sites):
+            if not isinstance(x, (str, Site)):
+                raise TypeError(f"resolve_sites: sites[{i}] must be a site name (str) or a Site, got {_typed(x)}")
     if sites is None:
         return find_sites(model)
     if isinstance(sites, str):
@@ -220,7 +282,7 @@ def resolve_sites(model: nn.Module, sites: Sequence[Site | str] | str | None = N
         return found
     out = []
     for s in sites:  # look each name up directly: no scan of the whole model
-        name = s.name if isinstance(s, Site) else str(s)
+        name = s.name if isinstance(s, Site) else s
         try:
             mod = model.get_submodule(name)
         except AttributeError:
@@ -238,7 +300,10 @@ def resolve_sites(model: nn.Module, sites: Sequence[Site | str] | str | None = N
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
-    """Return the submodule at HF path ``name`` (raises ``KeyError`` naming the path)."""
+    """Return the submodule at HF path ``name`` (raises ``KeyError`` naming the path; ``TypeError``
+    for a model that is no module or a name that is no string)."""
+    _check_model(model, "get_module")
+    _check_name(name, "get_module")
     try:
         return model.get_submodule(name)
     except AttributeError as e:

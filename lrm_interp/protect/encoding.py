@@ -36,7 +36,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from lrm_interp._io import CHECKSUM_KEY, ChecksumError, read_safetensors, write_safetensors
+from lrm_interp._io import CHECKSUM_KEY, ChecksumError, read_safetensors, refuse_result_file, write_safetensors
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.masks import MaskSet, ProtectionMask
 
@@ -276,6 +276,8 @@ def mask_tensors(
     """
     tensors, info = {}, {}
     for name, m in masks.items():
+        if isinstance(m, ProtectionMask) and m.site != name:  # saved under the key, read back renamed (H9-PM)
+            raise ValueError(f"masks[{name!r}] is the mask of site {m.site!r}: key each mask by its own site name")
         enc, parts = encode_index(m, encoding if m.n_protected else "auto")
         for part, t in parts.items():
             tensors[f"{name}{SEP}{part}"] = t.contiguous()
@@ -313,11 +315,16 @@ def save_masks(
     encoding: str = "auto",
     model: Mapping[str, str] | None = None,
     replace: bool = True,
+    own: str | None = None,
 ) -> Path:
     """Write masks to one safetensors file (format in the module docs; atomic; no pickle).
 
     ``replace=False``: an existing ``path`` is never replaced (``FileExistsError`` naming it, also
     for a file created there while this ran); ``lrm-interp protect`` passes its ``--overwrite``.
+    Whatever ``replace`` says, a ``path`` that is one of the files of a finished result of an
+    ``lrm-interp`` command (``A/attribution.safetensors``, ``SC/masks.safetensors``), or lies inside
+    one, is refused first (:class:`~lrm_interp._io.OtherResultError` naming it, H9-PYW); ``own``:
+    the kind of result whose own file this is (the library's writers: a study writing its masks).
 
     ``model``: ``{"name", "weights_fingerprint"}`` of the model the masks were computed for
     (default: ``masks.model`` of a :class:`~lrm_interp.protect.masks.MaskSet`, as
@@ -334,6 +341,7 @@ def save_masks(
             f"masks must be a {{site name: mask}} mapping (a MaskSet: load_masks(path)[0], or build_masks(...)), "
             f"got {type(masks).__name__}"
         )
+    refuse_result_file(path, own=own)  # before any work: never a file of another command's result
     tensors, info = mask_tensors(masks, encoding=encoding)
     meta = {"format": FORMAT, "sites": json.dumps(info), "extra": json.dumps(metadata or {})}
     rec = model if model is not None else getattr(masks, "model", None)

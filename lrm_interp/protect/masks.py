@@ -16,7 +16,8 @@ Related modules: :mod:`lrm_interp.protect.policies` (which weights to protect un
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -27,6 +28,94 @@ from lrm_interp.model.sites import Site
 GRANULARITIES = ("full", "rows", "cols", "elements")
 
 
+def _typed(v: object) -> str:
+    """How a ``TypeError`` shows the value it refused: its repr (cut at 60 characters) and type."""
+    r = repr(v)
+    return f"{r if len(r) <= 60 else r[:57] + '...'} ({type(v).__name__})"
+
+
+def _site_name(site: object) -> str:
+    """The site name ``site`` gives: a non-empty ``str`` or a :class:`Site`'s name; else
+    ``TypeError`` / ``ValueError`` (``ProtectionMask(5, ...)`` became site ``"5"``)."""
+    if isinstance(site, Site):
+        return site.name
+    if not isinstance(site, str):
+        raise TypeError(f"ProtectionMask: site must be a site name (str) or a Site, got {_typed(site)}")
+    if not site.strip():
+        raise ValueError("ProtectionMask: site is '': give the site's module name (e.g. 'model.layers.0.mlp.up_proj')")
+    return site
+
+
+def _bool_mask(site: str, mask: object) -> torch.Tensor:
+    """``mask`` as a bool ``[out, in]`` CPU tensor. A bool tensor is taken as it is; any other
+    must hold only the values 0 and 1 (then converted): ``bool()`` made a NaN or a 2.0 "protected"
+    without a word, so those are refused naming the first such entry."""
+    if not isinstance(mask, torch.Tensor):
+        try:
+            mask = torch.as_tensor(mask)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"mask of {site} must be a bool [out, in] tensor (or nested lists of 0/1), got {_typed(mask)}"
+            ) from None
+    m = mask.detach()
+    if m.dim() != 2:
+        raise ValueError(f"mask of {site} must be [out, in], got shape {tuple(m.shape)}")
+    if m.dtype != torch.bool:
+        bad = (~((m == 0) | (m == 1))).nonzero()
+        if bad.numel():
+            r, c = (int(x) for x in bad[0])
+            raise ValueError(
+                f"mask of {site} must be bool, or hold only 0 and 1, got {m[r, c].item()!r} at [{r}, {c}] "
+                f"({bad.shape[0]} such entr{'y' if bad.shape[0] == 1 else 'ies'}: a NaN or a 2 says neither "
+                "protected nor unprotected); pass a bool mask (mask > threshold) saying which weights are protected"
+            )
+        m = m != 0
+    return m.cpu()
+
+
+def _shape_arg(site: str, shape: object) -> tuple[int, int]:
+    """``(out, in)``: two integers >= 1 (``(2.5, 3)`` was truncated to ``(2, 3)``); else
+    ``ValueError`` (as a masks file's bad ``shape`` is reported, naming the file and site)."""
+    if (
+        not isinstance(shape, (tuple, list, torch.Size))
+        or len(shape) != 2
+        or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in shape)
+    ):
+        raise ValueError(f"shape of {site} must be two integers (out, in), got {_typed(shape)}")
+    out, inn = int(shape[0]), int(shape[1])
+    if out < 1 or inn < 1:
+        raise ValueError(f"shape of {site} must be two integers >= 1 (out, in), got {(out, inn)}")
+    return out, inn
+
+
+_IDS = {"rows": "row ids", "cols": "column ids", "elements": "flat element ids"}
+
+
+def _index_arg(site: str, granularity: str, index: object) -> torch.Tensor:
+    """``index`` as flat int64 ids: integers only (a float id was truncated, ``0.5`` → row 0) and
+    no bool tensor (``[True, False]`` became the ids ``[1, 0]``: a mask, not a list of ids)."""
+    if index is None:
+        return torch.zeros(0, dtype=torch.long)
+    try:
+        t = index if isinstance(index, torch.Tensor) else torch.as_tensor(index)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"index of {site} must be {_IDS[granularity]} (integers), got {_typed(index)}") from None
+    t = t.detach().flatten().cpu()
+    if t.dtype == torch.bool:
+        raise ValueError(
+            f"index of {site} is a bool tensor: a mask, not {_IDS[granularity]}; pass its ids "
+            f"(index.nonzero().flatten()), or an [out, in] mask as ProtectionMask(site, mask, {granularity!r})"
+        )
+    if t.is_complex():
+        raise ValueError(f"index of {site} must hold {_IDS[granularity]} (integers), got a {t.dtype} tensor")
+    if t.is_floating_point():
+        bad = (~(torch.isfinite(t) & (t == t.round()))).nonzero().flatten()
+        if bad.numel():
+            i = int(bad[0])
+            raise ValueError(f"index of {site} must hold {_IDS[granularity]} (integers), got {t[i].item()!r} at [{i}]")
+    return t.long()
+
+
 @dataclass(frozen=True, init=False, eq=False)
 class ProtectionMask:
     """Protected weights of one site (weight layout ``[out, in]``).
@@ -34,6 +123,11 @@ class ProtectionMask:
     ``ProtectionMask(site, mask)`` builds an element mask from a bool ``[out, in]`` tensor;
     use :meth:`full`, :meth:`from_rows`, :meth:`from_cols`, :meth:`from_indices` for the
     compact forms. ``index``: ``None`` (full), row ids, column ids, or sorted flat ids (int64).
+
+    Nothing is coerced without a word: ``site`` is a non-empty string (or a :class:`Site`); a
+    mask that is not bool must hold only 0 and 1 (a NaN or a 2.0 is refused, naming its
+    position); ``shape`` is two integers >= 1; ids are integers (a bool tensor, a float id or a NaN
+    is refused) in range; a mask and an index together, or an index with ``full``, are refused.
     """
 
     site: str
@@ -43,17 +137,22 @@ class ProtectionMask:
 
     def __init__(
         self,
-        site: str,
+        site: str | Site,
         mask: torch.Tensor | None = None,
         granularity: str | None = None,
         *,
         shape: tuple[int, int] | None = None,
         index: torch.Tensor | None = None,
     ):
+        site = _site_name(site)
+        if granularity is not None and granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r} (one of {GRANULARITIES})")
         if mask is not None:
-            m = torch.as_tensor(mask).to(torch.bool).cpu()
-            if m.dim() != 2:
-                raise ValueError(f"mask of {site} must be [out, in], got shape {tuple(m.shape)}")
+            m = _bool_mask(site, mask)
+            if shape is not None and _shape_arg(site, shape) != tuple(m.shape):
+                raise ValueError(f"shape of {site} is {tuple(shape)} but its mask is {tuple(m.shape)}: give one")
+            if index is not None:
+                raise ValueError(f"ProtectionMask of {site}: give a dense mask or an index, not both")
             shape = (int(m.shape[0]), int(m.shape[1]))
             granularity = granularity or "elements"
             if granularity == "full":
@@ -68,17 +167,20 @@ class ProtectionMask:
                 index = m.flatten().nonzero().flatten()
         if shape is None or granularity is None:
             raise ValueError("ProtectionMask needs a dense mask, or shape + granularity (+ index)")
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"unknown granularity {granularity!r} (one of {GRANULARITIES})")
+        shape = _shape_arg(site, shape)
         if granularity != "full":
-            index = torch.as_tensor(index if index is not None else [], dtype=torch.long).flatten().cpu()
-            index = torch.unique(index)  # sorted, no duplicates
+            index = _index_arg(site, granularity, index) if mask is None else index
+            index = torch.unique(cast(torch.Tensor, index))  # sorted, no duplicates
             lim = {"rows": shape[0], "cols": shape[1], "elements": shape[0] * shape[1]}[granularity]
             if index.numel() and (int(index[0]) < 0 or int(index[-1]) >= lim):
                 raise ValueError(f"index of {site} out of range for {granularity} of shape {shape}")
         else:
+            if mask is None and index is not None:
+                raise ValueError(
+                    f"ProtectionMask of {site}: granularity 'full' takes no index (every weight), got {_typed(index)}"
+                )
             index = None
-        object.__setattr__(self, "site", str(site))
+        object.__setattr__(self, "site", site)
         object.__setattr__(self, "shape", (int(shape[0]), int(shape[1])))
         object.__setattr__(self, "granularity", granularity)
         object.__setattr__(self, "index", index)
@@ -188,6 +290,11 @@ class ProtectionMask:
 class MaskSet(dict):
     """``{site: ProtectionMask}`` plus what it was computed for (a plain ``dict`` otherwise).
 
+    Every entry is checked, when built and when set (``ms[k] = m``, ``update``, ``setdefault``,
+    ``|=``): the value is a :class:`ProtectionMask` and its key is that mask's own site name
+    (``MaskSet({"a": ProtectionMask("b", ...)})`` was saved and reloaded as site ``a``, the mask's
+    own site dropped); else ``TypeError`` / ``ValueError`` naming the key and the site.
+
     Attributes:
         model: ``{"name", "weights_fingerprint"}`` of the model whose weights or scores chose
             the masks (:func:`lrm_interp.model.provenance.weights_record`); ``None``: unknown.
@@ -203,6 +310,53 @@ class MaskSet(dict):
         model: Mapping[str, Any] | None = None,
         source: str | None = None,
     ):
-        super().__init__(masks or {})
+        if masks is None:
+            masks = {}
+        if not isinstance(masks, Mapping):
+            raise TypeError(f"MaskSet: masks must be a mapping {{site name: ProtectionMask}}, got {_typed(masks)}")
+        if model is not None and not isinstance(model, Mapping):
+            raise TypeError(
+                f"MaskSet: model must be a mapping {{'name', 'weights_fingerprint'}} or None, got {_typed(model)}"
+            )
+        if source is not None and not isinstance(source, str):
+            raise TypeError(f"MaskSet: source must be the masks file's path (str) or None, got {_typed(source)}")
+        super().__init__(self._checked(masks.items()))
         self.model = dict(model) if model else None
         self.source = source
+
+    @staticmethod
+    def _entry(key: object, mask: object) -> tuple[str, ProtectionMask]:
+        if not isinstance(key, str):
+            raise TypeError(f"MaskSet: a key must be a site name (str), got {_typed(key)}")
+        if not isinstance(mask, ProtectionMask):
+            raise TypeError(f"MaskSet: the entry {key!r} must be a ProtectionMask, got {_typed(mask)}")
+        if mask.site != key:
+            raise ValueError(
+                f"MaskSet: the entry {key!r} holds the mask of site {mask.site!r}: a key must be its mask's "
+                f"site name (it would be saved as site {key!r}); key it by {mask.site!r}, or build the mask for {key!r}"
+            )
+        return key, mask
+
+    @classmethod
+    def _checked(cls, items: Iterable[tuple[object, object]]) -> list[tuple[str, ProtectionMask]]:
+        return [cls._entry(k, m) for k, m in items]
+
+    def __setitem__(self, key: str, mask: ProtectionMask) -> None:
+        super().__setitem__(*self._entry(key, mask))
+
+    def update(self, *args: Any, **kw: Any) -> None:
+        if len(args) > 1:
+            raise TypeError(f"update expected at most 1 argument, got {len(args)}")
+        other: Any = args[0] if args else {}
+        items = other.items() if isinstance(other, Mapping) else other
+        super().update(self._checked([*items, *kw.items()]))
+
+    def setdefault(self, key: str, default: ProtectionMask | None = None) -> ProtectionMask:
+        if key in self:
+            return self[key]
+        self[key] = default  # type: ignore[assignment]  # checked: None is refused
+        return self[key]
+
+    def __ior__(self, other: Any) -> MaskSet:  # type: ignore[misc]  # dict's |= (checked); | stays dict's
+        self.update(other)
+        return self

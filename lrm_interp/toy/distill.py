@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from lrm_interp.checks import check_float, check_int
 from lrm_interp.data.toy_tasks import FAMILIES, World, build_world, generate_trace
-from lrm_interp.model.reasoner import import_peft
+from lrm_interp.model.reasoner import RECIPE_FILE, import_peft
 
 TRAIN_SEED_BASE = 10_000
 #: Seed of the held-out problems evaluated during training (early stop); reported accuracies use
@@ -46,6 +46,11 @@ TRAIN_SEED_BASE = 10_000
 EVAL_SEED = 9_000
 EVAL_MAX_NEW_TOKENS = 480
 #: Linear modules of a Llama decoder layer that receive LoRA adapters.
+#: a run folder's entries: the checkpoint folder (its ``state.json`` says the run's step and
+#: settings) and, once finished, the adapter folder (peft files + :data:`RECIPE_FILE`, the log). The
+#: output checks recognise a ``toy distill`` run folder by them (``lrm_interp._io.TOY_DISTILL_*``)
+CHECKPOINT_DIR, STATE_FILE, ADAPTER_DIR = "checkpoint", "state.json", "adapter"
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -248,7 +253,7 @@ def load_init_adapter(model, cfg: DistillConfig) -> dict:
     sha256 and, when it has one, its ``distill_log.json`` summary (steps, seconds, config)."""
     from safetensors.torch import load_file
 
-    from lrm_interp.model.reasoner import RECIPE_FILE, check_adapter, delta_sha256
+    from lrm_interp.model.reasoner import check_adapter, delta_sha256
 
     d = resolve_init_adapter(cfg.init_adapter)
     check_adapter(d)
@@ -294,7 +299,7 @@ def _save_checkpoint(ckpt: Path, model, opt, sched, step: int, cfg: DistillConfi
         model.save_pretrained(tmp)  # peft: adapter_config.json + adapter_model.safetensors (fp32)
         tensors, groups = _optimizer_tensors(opt)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(
+        (tmp / STATE_FILE).write_text(
             json.dumps(
                 {
                     "step": step,
@@ -341,7 +346,7 @@ def _load_checkpoint(ckpt: Path, model, opt, sched, cfg: DistillConfig, inputs: 
     their fingerprints)."""
     from safetensors.torch import load_file
 
-    state = json.loads((ckpt / "state.json").read_text())
+    state = json.loads((ckpt / STATE_FILE).read_text())
     if state["log"].get("inputs") != inputs:
         raise ValueError(
             f"{ckpt}: checkpoint of a run on another base model or tokenizer (fingerprints "
@@ -379,12 +384,12 @@ def check_run_folder(out_dir: str | Path) -> None:
         return
     if not out.is_dir():
         raise ValueError(f"{out}: not a folder; the run folder of a distillation must be a new or empty folder")
-    if (out / "checkpoint" / "state.json").is_file():
+    if (out / CHECKPOINT_DIR / STATE_FILE).is_file():
         return
     there = sorted(p.name for p in out.iterdir())
     if not there:
         return
-    if (out / "adapter").exists():
+    if (out / ADAPTER_DIR).exists():
         raise ValueError(
             f"{out}: holds adapter/ but no checkpoint/ to resume from: a new run would replace that adapter; "
             "choose another folder (or move adapter/ away)"
@@ -434,7 +439,7 @@ def distill_reasoner(
     if threads:
         torch.set_num_threads(threads)
     out = Path(out_dir)
-    ckpt = out / "checkpoint"
+    ckpt = out / CHECKPOINT_DIR
     from lrm_interp.model.provenance import tokenizer_fingerprint, weights_fingerprint
 
     world = build_world(cfg.n_people)
@@ -461,7 +466,7 @@ def distill_reasoner(
     if init:
         log["init"] = init
     step = 0
-    if (ckpt / "state.json").exists():
+    if (ckpt / STATE_FILE).exists():
         step, log = _load_checkpoint(ckpt, model, opt, sched, cfg, inputs)
     log["sessions"] += 1
     log.setdefault("eval", [])
@@ -506,8 +511,8 @@ def distill_reasoner(
     model.eval()
     log["finished"] = last_ckpt >= cfg.steps or bool(log.get("early_stop_step"))
     if log["finished"]:
-        save_adapter(model, out / "adapter")
-        (out / "adapter" / "distill_log.json").write_text(json.dumps(log, indent=1))
+        save_adapter(model, out / ADAPTER_DIR)
+        (out / ADAPTER_DIR / RECIPE_FILE).write_text(json.dumps(log, indent=1))
     return log
 
 

@@ -30,6 +30,10 @@ from lrm_interp.testing import byte_tokenizer
 
 TRAIN_SEED_BASE = 10_000
 EVAL_SEED = 1
+#: the log a trained model folder holds (written last): ``lrm-interp toy train --overwrite`` replaces
+#: only a folder holding it, and the output checks recognise a ``toy train`` model folder by it
+#: (``lrm_interp._io.TOY_TRAIN_RECORD``)
+TRAINING_LOG = "training_log.json"
 BOS, EOS, PAD = 256, 257, 258
 #: The RTN settings ``(bits, group_size)`` evaluated after training with ``lrm-interp toy train
 #: --quant-eval`` (``quant_eval=QUANT_EVAL`` of :func:`train_toy_model`; ``None``: per channel).
@@ -218,7 +222,7 @@ def _evaluate_and_save(
     tok.save_pretrained(out)
     from lrm_interp._io import atomic_write_text
 
-    atomic_write_text(out / "training_log.json", json.dumps(log, indent=1))
+    atomic_write_text(out / TRAINING_LOG, json.dumps(log, indent=1))
     return log
 
 
@@ -418,7 +422,7 @@ def anneal_toy_model(
     )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     src = Path(src_dir)
-    log = json.loads((src / "training_log.json").read_text())
+    log = json.loads((src / TRAINING_LOG).read_text())
     for k in ("heldout_accuracy", "rtn_accuracy", "eval"):
         if k in log:
             log[f"phase1_{k}"] = log.pop(k)
