@@ -26,6 +26,7 @@ from lrm_interp.cli.common import (
     add_dataclass_args,
     add_overwrite_flag,
     check_paths,
+    created_meanwhile,
     dataclass_from_args,
     device_arg,
     group_size_arg,
@@ -303,60 +304,25 @@ def folder_lock(out: Path, command: str) -> Iterator[None]:
     while the body runs: one ``compare`` / ``bench score`` run at a time writes into an existing
     folder; a second live one is refused at once (:class:`CliError` naming the folder, the other
     command and its pid). The lock goes with the process (a killed run holds none); the file is
-    removed when the body ends. Not POSIX (no ``fcntl``): no lock."""
-    import os
+    removed when the body ends. Not POSIX (no ``fcntl``): no lock. Built on
+    :func:`lrm_interp._io.exclusive_lock`, the lock of every single-file output too
+    (:func:`~lrm_interp.cli.common.file_outputs`)."""
+    from lrm_interp._io import LockHeldError, exclusive_lock
 
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    from lrm_interp._io import plain_mode
-
-    lock = out / FOLDER_LOCK
-    while True:
+    with contextlib.ExitStack() as stack:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, plain_mode())
-        except OSError as e:
+            stack.enter_context(exclusive_lock(out / FOLDER_LOCK, command))
+        except LockHeldError as e:
+            who = f"'{PROG} {e.what}' " if e.what else ""
             raise CliError(
-                f"--out {out}: cannot write there ({e.strerror}); choose a folder this user can write"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split() or ["?"]
-            except OSError:
-                holder = ["?"]
-            os.close(fd)
-            who = f"'{PROG} {' '.join(holder[1:])}' " if len(holder) > 1 else ""
-            raise CliError(
-                f"--out {out} is in use by another {who}run (pid {holder[0]}): two runs into one folder would "
+                f"--out {out} is in use by another {who}run (pid {e.pid}): two runs into one folder would "
                 "replace each other's result; wait for it to end or choose another --out"
             ) from None
-        try:  # the holder that just ended may have removed the file: lock the one that is there now
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
-        except OSError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
+        except OSError as e:
+            raise CliError(
+                f"--out {out}: cannot write there ({e.strerror or e}); choose a folder this user can write"
+            ) from None
         yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock)
-        os.close(fd)
-
-
-def created_meanwhile(flag: str, out: Path) -> CliError:
-    """The refusal of a run whose new ``out`` was made by another run while it ran."""
-    return CliError(
-        f"{flag} {out} was created by another run while this one ran: its result is kept and this one is "
-        f"not written; choose another {flag} (or run this again with --overwrite to replace it)"
-    )
 
 
 def _refuse_unused_length_flags(a: argparse.Namespace, outputs: Path) -> None:

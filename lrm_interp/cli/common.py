@@ -50,6 +50,7 @@ from typing import Any
 
 from lrm_interp.checks import (
     bits_int,
+    env_flag,
     finite_float,
     float_arg,
     fraction,
@@ -875,7 +876,14 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
 
 
 def debug_enabled() -> bool:
-    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    """Whether ``$LRM_INTERP_DEBUG`` asks for tracebacks: the yes/no values every flag variable takes
+    (:func:`lrm_interp.checks.env_flag`: 1 / true / yes / on; ``off`` and ``maybe`` used to count as
+    yes, anything but ``""``, ``0``, ``false``, ``no`` did). Read inside the error handler, so it never
+    raises: a value that is neither yes nor no counts as no (the one-line error is printed)."""
+    try:
+        return env_flag(DEBUG_ENV)
+    except ValueError:
+        return False
 
 
 def report_error(prog: str, exc: BaseException) -> int:

@@ -17,10 +17,12 @@ from typing import Any, cast
 from lrm_interp.cli.common import (
     PROG,
     CliError,
+    FileOutputs,
     add_command,
     add_overwrite_flag,
     bits_int,
     check_paths,
+    file_outputs,
     fraction,
     group_size_arg,
     load_attribution,
@@ -200,10 +202,6 @@ def _refuse_unused_protect_flags(a: argparse.Namespace) -> None:
 
 def cmd_protect(a: argparse.Namespace) -> int:
     """``lrm-interp protect``: masks from ``--scores`` (and a saliency on ``--model``) → ``--out``."""
-    from lrm_interp.compress.quant import check_bits
-    from lrm_interp.protect.encoding import bits_per_weight, save_masks
-    from lrm_interp.protect.policies import build_masks, check_always_never
-
     # everything that can be checked without loading anything, first; --out never replaces an input
     check_paths(
         {"--out": a.out},
@@ -211,6 +209,18 @@ def cmd_protect(a: argparse.Namespace) -> int:
         overwrite=a.overwrite,
         files=True,
     )
+    # --out published as one run's (as bits / parse do): a new one never over what another run wrote
+    # meanwhile, an existing one (--overwrite) by one run at a time, under a lock beside it (H9-CC2)
+    with file_outputs({"--out": a.out}, "protect") as outs:
+        return _protect(a, outs)
+
+
+def _protect(a: argparse.Namespace, outs: FileOutputs) -> int:
+    """``protect`` once ``--out`` is checked and held (:func:`~lrm_interp.cli.common.file_outputs`)."""
+    from lrm_interp.compress.quant import check_bits
+    from lrm_interp.protect.encoding import bits_per_weight, save_masks
+    from lrm_interp.protect.policies import build_masks, check_always_never
+
     check_bits(a.bits)
     group_size = group_size_arg(a.group_size)
     _refuse_unused_protect_flags(a)
@@ -311,22 +321,19 @@ def cmd_protect(a: argparse.Namespace) -> int:
                 sites, a.policy, a.budget, saliency=stream, always=a.always, never=a.never, warn_budget=False
             )
     bpw = bits_per_weight(masks, sites, bits=a.bits, group_size=group_size, symmetric=a.symmetric)
-    save_masks(
-        masks,
-        a.out,
-        replace=a.overwrite,  # without --overwrite, never a file that appeared while this ran
-        metadata={
-            "policy": a.policy,
-            "saliency": a.saliency if per_weight else None,
-            "span_grads": a.span_grads if per_weight and a.saliency in SPAN_GRADS_SOURCES else None,
-            "budget": a.budget,
-            "bits": a.bits,
-            "group_size": group_size,
-            "symmetric": a.symmetric,
-            "scores": str(a.scores),
-            "bits_per_weight": {k: v for k, v in bpw.items() if k != "encodings"},
-        },
-    )
+    metadata = {
+        "policy": a.policy,
+        "saliency": a.saliency if per_weight else None,
+        "span_grads": a.span_grads if per_weight and a.saliency in SPAN_GRADS_SOURCES else None,
+        "budget": a.budget,
+        "bits": a.bits,
+        "group_size": group_size,
+        "symmetric": a.symmetric,
+        "scores": str(a.scores),
+        "bits_per_weight": {k: v for k, v in bpw.items() if k != "encodings"},
+    }
+    # to a temporary file beside --out, then published (FileOutputs.write decides how)
+    outs.write("--out", lambda p: save_masks(masks, p, metadata=metadata))
     print(
         f"wrote {a.out}: {sum(m.n_protected for m in masks.values())} protected weights in {len(masks)} "
         f"sites ({100 * bpw['protected_fraction']:.2f}%), {bpw['bpw']:.3f} bits/weight at {a.bits}-bit "

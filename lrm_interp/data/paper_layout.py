@@ -37,7 +37,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from lrm_interp._io import atomic_write_text, loads_strict, read_text_file
+from lrm_interp._io import atomic_write_text, loads_strict, read_text_file, refuse_result_file
 from lrm_interp.data.align import SegmentReport, align_segments
 from lrm_interp.data.markup import ParsedAnnotation, parse_markup
 from lrm_interp.data.prompts import build_prompt, canonical_dataset, gold_answer
@@ -214,9 +214,14 @@ class ParseReport:
     def to_dict(self) -> dict:
         return {"counts": self.counts(), "files": [f.to_dict() for f in self.files], "ignored": list(self.ignored)}
 
-    def save_json(self, path: str | os.PathLike, *, replace: bool = True) -> Path:
-        """The report as JSON, atomically; ``replace=False``: an existing ``path`` is never replaced."""
+    def save_json(self, path: str | os.PathLike, *, replace: bool = True, own: str | None = None) -> Path:
+        """The report as JSON, atomically; ``replace=False``: an existing ``path`` is never replaced.
+        Whatever ``replace`` says, a ``path`` that is one of the files of a finished result of an
+        ``lrm-interp`` command (``A/attribution.json``), or lies inside one, is refused first
+        (:class:`~lrm_interp._io.OtherResultError` naming it, H9-PYW); ``own``: the kind of result
+        whose own file this is (a library writer writing into its own result folder)."""
         path = _path_arg("path", path, "ParseReport.save_json")
+        refuse_result_file(path, own=own)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False), replace=replace)
         return Path(path)
 

@@ -49,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp import __version__
-from lrm_interp._io import atomic_write_text
+from lrm_interp._io import atomic_write_text, refuse_result_file
 from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import Attribution
@@ -243,11 +243,15 @@ class AnnotationDownstream:
             "provenance": self.provenance,
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write the result as one JSON file (atomically); a folder gets ``result.json`` inside."""
+    def save(self, path: str | Path, *, own: str | None = None) -> Path:
+        """Write the result as one JSON file (atomically); a folder gets ``result.json`` inside.
+        A ``path`` that is a file of another command's finished
+        result is refused first (:func:`lrm_interp._io.refuse_result_file`, H9-PYW); ``own``: the kind
+        of result whose own file this is."""
         p = Path(path)
         if p.is_dir():
             p = p / RESULT_FILE
+        refuse_result_file(p, own=own)
         atomic_write_text(p, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
         return p
 

@@ -983,7 +983,7 @@ def run_study(
         _record_checksum(out, name, sums)
     if "mixed" not in rows or not (out / "bits.json").exists():
         allocation = planner.allocation("attribution")
-        allocation.save(out / "bits.json")
+        allocation.save(out / "bits.json", own="study")
     else:  # the allocation the mixed row was measured with (unchanged: check_study_folder)
         allocation = BitAllocation.load(out / "bits.json")
     _record_checksum(out, "bits.json", sums)
@@ -1134,7 +1134,7 @@ def _measure(
     kl, tok = measure_kl(model, q, encoded, progress=progress)
     if int(tok.sum()) == 0:
         raise ValueError(f"no response tokens in the {len(encoded)} traces: KL cannot be measured (give --tasks)")
-    ci = bootstrap_interval(kl, tok, resamples=s.resamples, seed=s.seed)
+    ci = _kl_interval(k, plan, kl, tok, encoded, s)
     value = float((kl * tok).sum() / tok.sum())
     return (
         StudyRow(
@@ -1153,6 +1153,31 @@ def _measure(
         ),
         {"kl": kl, "tokens": tok},
     )
+
+
+def _kl_interval(
+    k: str, plan: RowPlan, kl: torch.Tensor, tok: torch.Tensor, encoded: Sequence[Any], s: StudySettings
+) -> tuple[float, float]:
+    """:func:`bootstrap_interval` of the per-trace KL of the study row ``k`` (weighted by tokens). A
+    KL that is no finite number (NaN, inf: the compressed model's log-probabilities on that trace were
+    not finite) made the interval fail with "values[i] is nan", naming neither the row nor the trace:
+    ``ValueError`` naming both now, and any other failure of the interval names the row."""
+    row = f"study row {k!r} ({plan.label})"
+    bad = (~torch.isfinite(kl)).nonzero().flatten().tolist()
+    if bad:
+        i = bad[0]
+        tid = getattr(encoded[i], "trace_id", None) if i < len(encoded) else None
+        trace = f"trace {tid!r}" if tid is not None else f"trace #{i}"
+        more = f" ({len(bad)} of {len(kl)} traces)" if len(bad) > 1 else ""
+        raise ValueError(
+            f"{row}: the KL of {trace} is {float(kl[i])}{more}: the compressed model's log-probabilities on it "
+            "are not finite numbers, so the row has no mean and no interval; check that variant (its weights, "
+            "its dtype) on that trace"
+        )
+    try:
+        return bootstrap_interval(kl, tok, resamples=s.resamples, seed=s.seed)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{row}: {e}") from e
 
 
 def _masks(

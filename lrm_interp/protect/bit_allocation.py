@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from lrm_interp._io import atomic_write_text
+from lrm_interp._io import atomic_write_text, refuse_result_file
 from lrm_interp.checks import check_float
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.model.sites import Site, get_module
@@ -100,8 +100,13 @@ class BitAllocation:
             "provenance": self.provenance,
         }
 
-    def save(self, path: str | Path) -> Path:
-        """JSON file (atomic write)."""
+    def save(self, path: str | Path, *, own: str | None = None) -> Path:
+        """JSON file (atomic write). A ``path`` that is one of the files of a finished result of an
+        ``lrm-interp`` command (``SC/bits.json`` of a study, ``A/attribution.json``), or lies inside
+        one, is refused first (:class:`~lrm_interp._io.OtherResultError` naming it; it was replaced
+        without a word, H9-PYW); ``own``: the kind of result whose own file this is (the study
+        writing its ``bits.json`` passes ``"study"``)."""
+        refuse_result_file(path, own=own)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
         return Path(path)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from lrm_interp._io import dtype_to_str, read_safetensors, write_safetensors
+from lrm_interp._io import dtype_to_str, read_safetensors, refuse_result_file, write_safetensors
 from lrm_interp.checks import check_int
 from lrm_interp.model.sites import get_module
 from lrm_interp.model.weights import set_weight_matrix, weight_matrix
@@ -182,13 +182,17 @@ def save_sidecar(
     *,
     value_dtype: torch.dtype = torch.float16,
     encoding: str = "auto",
+    own: str | None = None,
 ) -> Path:
     """Store the original values (FP16 by default) of the protected weights, read from ``model``.
 
     Format ``lrm_interp.sidecar/2`` (module docs): the masks' index tensors (``encoding`` as in
     :func:`~lrm_interp.protect.encoding.save_masks`) and ``<site>::values [n_protected]``.
-    Atomic write, no pickle.
+    Atomic write, no pickle. A ``path`` that is a file of another command's finished
+    result is refused first (:func:`lrm_interp._io.refuse_result_file`, H9-PYW); ``own``: the kind
+    of result whose own file this is.
     """
+    refuse_result_file(path, own=own)
     tensors, info = mask_tensors(masks, encoding=encoding)
     for name, m in masks.items():
         W = weight_matrix(get_module(model, name)).detach()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lrm_interp._io import dtype_to_str, read_safetensors, str_to_dtype, write_safetensors
+from lrm_interp._io import dtype_to_str, read_safetensors, refuse_result_file, str_to_dtype, write_safetensors
 from lrm_interp.compress.quant.grid import GroupParams, dequantize_with
 
 QUANTIZED_FORMAT = "lrm_interp.quantized/1"
@@ -136,6 +136,7 @@ def save_quantized(
     *,
     metadata: dict | None = None,
     replace: bool = True,
+    own: str | None = None,
 ) -> Path:
     """Store ``{site: QuantizedTensor}`` in one safetensors file (format in the module docs; atomic).
 
@@ -144,7 +145,11 @@ def save_quantized(
     ``metadata`` unless given); anything else (a model, a path) is a ``TypeError`` naming it.
     ``replace=False``: an existing ``path`` is never replaced (``FileExistsError`` naming it, also
     for a file created there while this ran), as for the other writers (``save_masks``,
-    :func:`lrm_interp._io.write_safetensors`)."""
+    :func:`lrm_interp._io.write_safetensors`). Whatever ``replace`` says, a ``path`` that is one of
+    the files of a finished result of an ``lrm-interp`` command (``Q/model.safetensors`` of a
+    ``quantize`` folder, ``A/attribution.safetensors``), or lies inside one, is refused first, before
+    any work (:class:`~lrm_interp._io.OtherResultError` naming it, H9-PYW); ``own``: the kind of
+    result whose own file this is (a library writer writing into its own result folder)."""
     if (
         isinstance(tensors, tuple)
         and len(tensors) == 2
@@ -158,6 +163,7 @@ def save_quantized(
             "tensors must be a mapping of site name → QuantizedTensor (from quantize_model_(..., "
             f"keep_tensors=True).tensors, or load_quantized(path)[0]), got {type(tensors).__name__}"
         )
+    refuse_result_file(path, own=own)  # never a file of another command's result
     out, info = {}, {}
     for name, q in tensors.items():
         if not isinstance(name, str) or not isinstance(q, QuantizedTensor):

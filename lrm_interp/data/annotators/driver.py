@@ -37,7 +37,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from lrm_interp._io import atomic_write_text, iter_jsonl, lone_surrogate
+from lrm_interp._io import atomic_write_text, iter_jsonl, lone_surrogate, refuse_result_file
 from lrm_interp.checks import shown_value
 from lrm_interp.data.annotators.base import (
     Annotator,
@@ -149,7 +149,11 @@ class AnnotationRun:
         """JSON-able: annotator (no secrets), stats, failures, the parse report."""
         return {"annotator": self.annotator, "stats": self.stats, "failures": self.failures, **self.report.to_dict()}
 
-    def save_report(self, path: str | os.PathLike) -> Path:
+    def save_report(self, path: str | os.PathLike, *, own: str | None = None) -> Path:
+        """The run's report as JSON (atomic write). A ``path`` that is a file of another command's finished
+        result is refused first (:func:`lrm_interp._io.refuse_result_file`, H9-PYW); ``own``: the kind
+        of result whose own file this is."""
+        refuse_result_file(path, own=own)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
         return Path(path)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from lrm_interp._io import read_safetensors, write_safetensors
+from lrm_interp._io import read_safetensors, refuse_result_file, write_safetensors
 from lrm_interp.checks import check_float, check_int, check_seed
 from lrm_interp.data.annotators.agreement import annotation_agreement
 from lrm_interp.data.annotators.base import annotate_response, thinking_part
@@ -321,8 +321,13 @@ class LinearAnnotator:
         return cls(weight, bias, tuple(labels), info)
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike) -> Path:
-        """One safetensors file (format ``lrm_interp.annotator/1``), written atomically."""
+    def save(self, path: str | os.PathLike, *, own: str | None = None) -> Path:
+        """One safetensors file (format ``lrm_interp.annotator/1``), written atomically. A ``path``
+        that is one of the files of a finished result of an ``lrm-interp`` command
+        (``A/attribution.safetensors``, ``TM/model.safetensors`` of a ``toy train`` model), or lies
+        inside one, is refused first (:class:`~lrm_interp._io.OtherResultError` naming it, H9-PYW);
+        ``own``: the kind of result whose own file this is (a library writer's own result folder)."""
+        refuse_result_file(path, own=own)
         meta = {
             "format": FORMAT,
             "kind": "linear",
