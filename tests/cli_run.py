@@ -1,8 +1,11 @@
 """Shared helpers of the CLI reliability tests: run ``lrm-interp`` in-process, read its one-line
-error, make a small gold trace file."""
+error, make a small gold trace file, race two CLI runs into one output (:func:`race`)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from lrm_interp.cli.main import main
@@ -28,4 +31,55 @@ def toy_gold(tmp_path: Path, name: str = "gold.jsonl", n: int = 1, seed: int | N
     out = tmp_path / name
     extra = [] if seed is None else ["--seed", seed]
     assert run_cli(["toy", "traces", "--gold", "--per-family", n, *extra, "--out", out]) == 0
+    return out
+
+
+#: a CLI run in a subprocess whose method ``sys.argv[3]`` (``module:Class.method``) first waits at a
+#: barrier: it touches ``<barrier>/<name>`` and waits (up to ``sys.argv[4]`` seconds) until another
+#: run has touched its file too, so that both runs have passed their checks before either writes
+RACER = r"""
+import importlib, sys, time
+from pathlib import Path
+
+barrier, name, target, wait = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+module, _, attr = target.partition(":")
+cls_name, _, meth = attr.partition(".")
+cls = getattr(importlib.import_module(module), cls_name)
+real = getattr(cls, meth)
+
+def waiting(self, *a, **k):
+    (barrier / name).touch()
+    end = time.time() + wait
+    while len(list(barrier.iterdir())) < 2 and time.time() < end:
+        time.sleep(0.05)
+    return real(self, *a, **k)
+
+setattr(cls, meth, waiting)
+from lrm_interp.cli.main import main
+sys.exit(main(sys.argv[5:]))
+"""
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a CLI subprocess: one thread, offline, no debug tracebacks."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "LRM_INTERP_DEBUG": ""}
+
+
+def race(barrier: Path, target: str, wait: float, *argvs: list) -> list[tuple[int, str]]:
+    """Start one CLI run per ``argvs`` at once (:data:`RACER`), wait for all; ``(exit status, stderr)`` each."""
+    barrier.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(barrier), str(i), target, str(wait), *map(str, argv)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
+        for i, argv in enumerate(argvs)
+    ]
+    out = []
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        out.append((p.returncode, err.strip()))
     return out

@@ -8,14 +8,15 @@ settings edited in its ``study.json`` (H9-STS), and two raw errors of the ``Attr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_run import cli_env as _env
 from cli_run import err_line as _err_line
+from cli_run import race as _race
 from cli_run import run_cli as _rc
 from cli_run import toy_gold as _gold
 
@@ -268,54 +269,6 @@ def test_an_attribution_and_a_study_are_never_saved_into_each_others_folder(resu
 
 
 # ------------------------------------------------------------------ H9-CC2
-#: a CLI run in a subprocess whose method ``sys.argv[3]`` (``module:Class.method``) first waits at a
-#: barrier (``<barrier>/<name>`` touched, then up to ``sys.argv[4]`` seconds for another run's file):
-#: both runs have passed their checks before either writes (as in tests/test_reliability_h8b.py)
-RACER = r"""
-import importlib, sys, time
-from pathlib import Path
-
-barrier, name, target, wait = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
-module, _, attr = target.partition(":")
-cls_name, _, meth = attr.partition(".")
-cls = getattr(importlib.import_module(module), cls_name)
-real = getattr(cls, meth)
-
-def waiting(self, *a, **k):
-    (barrier / name).touch()
-    end = time.time() + wait
-    while len(list(barrier.iterdir())) < 2 and time.time() < end:
-        time.sleep(0.05)
-    return real(self, *a, **k)
-
-setattr(cls, meth, waiting)
-from lrm_interp.cli.main import main
-sys.exit(main(sys.argv[5:]))
-"""
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "LRM_INTERP_DEBUG": ""}
-
-
-def _race(barrier: Path, target: str, wait: float, *argvs: list) -> list[tuple[int, str]]:
-    """One CLI run per ``argvs`` at once (:data:`RACER`); ``(exit status, stderr)`` each."""
-    barrier.mkdir()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, str(barrier), str(i), target, str(wait), *map(str, argv)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )
-        for i, argv in enumerate(argvs)
-    ]
-    out = []
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        out.append((p.returncode, err.strip()))
-    return out
 
 
 def _no_leftovers(folder: Path) -> None:
