@@ -46,8 +46,9 @@ from tqdm.auto import tqdm
 
 from lrm_interp._io import (
     ATTRIBUTION_FILES,
+    LockHeldError,
     atomic_write_text,
-    plain_mode,
+    exclusive_lock,
     read_safetensors,
     temp_file_target,
     write_safetensors,
@@ -398,8 +399,8 @@ class OutDirInUseError(ValueError):
 
 #: the lock file of a run, inside ``out_dir/partial/`` (removed when the run ends)
 LOCK_FILE = ".lock"
-#: folders this process holds the lock of: ``{resolved out_dir: [lock file descriptor, depth]}``
-_HELD: dict[Path, list[int]] = {}
+#: folders this process holds the lock of: ``{resolved out_dir: depth}``
+_HELD: dict[Path, int] = {}
 
 
 @contextlib.contextmanager
@@ -407,76 +408,41 @@ def out_dir_lock(out_dir: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the result folder ``out_dir`` while the body runs.
 
     Two runs into one new folder both "succeeded" and one result silently replaced the other
-    (the check for another finished result ran only at their start, H7-K4): a run now takes an
-    ``flock`` on ``out_dir/partial/.lock`` (holding its pid) for its whole duration, and a second
-    live run is refused at once with :class:`OutDirInUseError` naming the folder and the holder's
-    pid. The lock goes with the process (a killed run holds none); re-entrant within a process. On
-    release the lock file is removed, and so are ``partial/`` and ``out_dir`` when this made them
-    and they are empty (a refused or failed run leaves no empty folder behind)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX (Windows): no lock, as before
-        yield
-        return
-
+    (the check for another finished result ran only at their start, H7-K4): a run now holds
+    :func:`lrm_interp._io.exclusive_lock` on ``out_dir/partial/.lock`` for its whole duration, and
+    a second live run is refused at once with :class:`OutDirInUseError` naming the folder and the
+    holder's pid. The lock goes with the process (a killed run holds none); re-entrant within a
+    process. On release the lock file is removed, and so are ``partial/`` and ``out_dir`` when this
+    made them and they are empty (a refused or failed run leaves no empty folder behind)."""
     out = Path(out_dir)
     key = out.resolve()
     if key in _HELD:
-        _HELD[key][1] += 1
+        _HELD[key] += 1
         try:
             yield
         finally:
-            _HELD[key][1] -= 1
+            _HELD[key] -= 1
         return
     # the folders this makes (out_dir's missing parents included), outermost first
     made = [d for d in (*reversed(out.parents), out, out / "partial") if not (d.exists() or d.is_symlink())]
-    lock = out / "partial" / LOCK_FILE
-    fd = -1
     try:
-        while True:
-            (out / "partial").mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, plain_mode())
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                try:
-                    pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-                except OSError:
-                    pid = "?"
-                os.close(fd)
-                fd = -1
-                raise OutDirInUseError(
-                    f"{out} is in use by another attribution run (pid {pid}): two runs into one folder would "
-                    "replace each other's result; wait for it to end or choose another out_dir"
-                ) from None
-            try:  # the file may have been removed by the holder that just released it: lock the new one
-                same = os.path.samestat(os.fstat(fd), os.stat(lock))
-            except OSError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-            fd = -1
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        _HELD[key] = [fd, 1]
+        (out / "partial").mkdir(parents=True, exist_ok=True)
         try:
-            yield
-        finally:
-            del _HELD[key]
-            with contextlib.suppress(OSError):
-                os.unlink(lock)
-            os.close(fd)
-            fd = -1
-            for d in reversed(made):  # partial/, then out_dir: only when this made them and they are empty
-                with contextlib.suppress(OSError):
-                    d.rmdir()
+            with exclusive_lock(out / "partial" / LOCK_FILE, "attribution run"):
+                _HELD[key] = 1
+                try:
+                    yield
+                finally:
+                    del _HELD[key]
+        except LockHeldError as e:
+            raise OutDirInUseError(
+                f"{out} is in use by another attribution run (pid {e.pid}): two runs into one folder would "
+                "replace each other's result; wait for it to end or choose another out_dir"
+            ) from None
     finally:
-        if fd >= 0:
-            os.close(fd)
-            for d in reversed(made):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
+        for d in reversed(made):  # partial/, then out_dir: only when this made them and they are empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def _written_by_run(name: str, stage: str | None) -> bool:
@@ -542,7 +508,7 @@ def _refuse_live_lock(lock: Path, out: Path) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            pid = (os.pread(fd, 200, 0).decode("utf-8", "replace").split() or ["?"])[0]
             raise OutDirInUseError(
                 f"{out} is in use by an attribution run (pid {pid}): its partials are not removed while it "
                 "runs; wait for it to end or choose another folder"
