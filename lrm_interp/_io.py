@@ -20,10 +20,11 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
@@ -110,6 +111,48 @@ def _failed_serialization(e: BaseException) -> OSError | None:
         return OSError(errno.EIO, f"cannot write a safetensors file ({' '.join(str(e).split())})")
     code = int(m.group(1))
     return OSError(code, f"{os.strerror(code)} (while writing a safetensors file)")
+
+
+def new_stage(out: Path, *, beside: bool) -> Path:
+    """A new empty hidden folder for the tables: beside ``out`` (to become ``out``) or inside it (to
+    move the files from), with the permissions of a plain ``mkdir``."""
+    where = out.parent if beside else out
+    with naming_destination(out):
+        where.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}." if beside else ".staged.", suffix=".tmp", dir=where))
+        os.chmod(stage, plain_mode(folder=True))
+    return stage
+
+
+@contextlib.contextmanager
+def stage_folder(out: str | os.PathLike, *, beside: bool) -> Iterator[Path]:
+    """A new empty hidden folder to write a result's files into before they are published: beside
+    ``out`` (``beside=True``: to become ``out`` with :func:`lrm_interp._io.publish_dir`) or inside
+    it (to move the files from with :func:`move_together`), with the permissions of a plain
+    ``mkdir``. Removed with whatever is left in it when the body ends (an interrupt included)."""
+    stage = new_stage(Path(out), beside=beside)
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def move_together(stage: Path, out: Path, names: Sequence[str]) -> None:
+    """Move the files ``names`` of ``stage`` into ``out`` in that order (the one that marks the
+    result complete last), with Ctrl-C and SIGTERM held back until all are there: the files are
+    never a mix of two results (the main thread's signals; elsewhere the moves just run)."""
+    import signal
+    import threading
+
+    hold = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if hold else None
+    try:
+        with naming_destination(out):
+            for n in names:
+                os.replace(stage / n, out / n)
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def make_temp_dir(out: str | os.PathLike) -> Path:

@@ -5,6 +5,7 @@ refused with clear errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -143,7 +144,7 @@ def test_compare_scores_against_independent_computation():
     assert top_k_overlap(torch.arange(5.0), torch.arange(5.0), 10) == 5  # k capped at the sites
 
 
-def test_atp_faithfulness_end_to_end(tmp_path):
+def test_atp_faithfulness_end_to_end(tmp_path, monkeypatch):
     model, tok = tiny_model("llama"), byte_tokenizer()
     ds = synthetic_traces(4, seed=5)
     res = atp_faithfulness(
@@ -178,6 +179,24 @@ def test_atp_faithfulness_end_to_end(tmp_path):
     with pytest.raises(ValueError, match="not an earlier result"):
         res.save(tmp_path / "other", overwrite=True)
     assert json.loads((out / "faithfulness.json").read_text())["format"] == "lrm_interp.faithfulness/1"
+    # published together: a save failing after its first file leaves the earlier result as it was
+    # (faithfulness.csv used to be replaced already) and makes no new folder
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    broken = dataclasses.replace(res, rows=tuple(dataclasses.replace(r, spearman=0.5) for r in res.rows))
+
+    def fail(self):
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(FaithfulnessResult, "sites_dataframe", fail)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        broken.save(out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    with pytest.raises(RuntimeError, match="disk gone"):
+        broken.save(tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "other"]
+    monkeypatch.undo()
+    broken.save(out, overwrite=True)
+    assert FaithfulnessResult.load(out).rows == broken.rows and sorted(p.name for p in out.iterdir()) == sorted(before)
 
 
 def test_span_cap_is_counted_and_seeded():

@@ -53,7 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp import __version__
-from lrm_interp._io import atomic_write_text, check_out_dir
+from lrm_interp._io import atomic_write_text, check_out_dir, move_together, publish_dir, stage_folder
 from lrm_interp.attribution.atp import (  # the real patching lives beside AtP; re-exported here
     PATCH_BATCH,
     PatchingEffects,
@@ -279,16 +279,25 @@ class FaithfulnessResult:
 
     def save(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write ``faithfulness.json`` (everything), ``faithfulness.csv`` (:meth:`to_dataframe`) and
-        ``sites.csv`` (:meth:`sites_dataframe`) to ``out_dir``, each atomically.
+        ``sites.csv`` (:meth:`sites_dataframe`) to ``out_dir``, published together.
 
         A non-empty ``out_dir`` is refused unless ``overwrite`` and it holds an earlier result
-        (``faithfulness.json``): never another folder's files.
+        (``faithfulness.json``): never another folder's files. The three files are written into a
+        hidden folder first, which then becomes ``out_dir`` (a new folder: one rename, never over
+        a folder that appeared meanwhile: ``FileExistsError``) or whose files replace the earlier
+        result's in one go, the record last, with Ctrl-C and SIGTERM held back meanwhile: the
+        folder is never a mix of two results (they used to be written one after another).
         """
         out = check_out_dir(out_dir, overwrite=overwrite, marker=FILES[0])
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / FILES[1], self.to_dataframe().to_csv(index=False), replace=overwrite)
-        atomic_write_text(out / FILES[2], self.sites_dataframe().to_csv(index=False), replace=overwrite)
-        atomic_write_text(out / FILES[0], json.dumps(self.to_dict(), indent=1), replace=overwrite)
+        new = not (out.exists() or out.is_symlink()) or (out.is_dir() and not any(out.iterdir()))
+        with stage_folder(out, beside=new) as stage:
+            atomic_write_text(stage / FILES[1], self.to_dataframe().to_csv(index=False))
+            atomic_write_text(stage / FILES[2], self.sites_dataframe().to_csv(index=False))
+            atomic_write_text(stage / FILES[0], json.dumps(self.to_dict(), indent=1))
+            if new:
+                publish_dir(stage, out, replace=False)
+            else:
+                move_together(stage, out, (FILES[1], FILES[2], FILES[0]))
         return out
 
     @classmethod

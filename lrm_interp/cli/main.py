@@ -223,9 +223,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
     over what appeared there meanwhile; into an existing one the two files are moved in one go,
     under :func:`~lrm_interp.cli.bench.folder_lock` (two runs both printed "wrote" and one result
     was lost, H8-CC)."""
+    from lrm_interp._io import move_together, stage_folder
     from lrm_interp.cli.bench import created_meanwhile, folder_lock
     from lrm_interp.cli.common import check_paths
-    from lrm_interp.evaluation.bench_score import move_together, stage_folder
 
     out = Path(a.out)
     # --out never lies inside an input result; shift.csv / shift.png are replaced only with --overwrite

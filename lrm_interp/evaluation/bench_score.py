@@ -13,15 +13,13 @@ failures that hit the length limit, cues per output, and the short-vs-long split
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
 import math
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +31,10 @@ from lrm_interp._io import (
     atomic_save_figure,
     atomic_write_text,
     loads_strict,
-    naming_destination,
-    plain_mode,
+    move_together,
+    new_stage,
     publish_dir,
+    stage_folder,
 )
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.data.benchmarks.tasks import TASKS, get_task, paper_average
@@ -538,48 +537,6 @@ def _holds_files(out: Path) -> bool:
         return True
 
 
-def _new_stage(out: Path, *, beside: bool) -> Path:
-    """A new empty hidden folder for the tables: beside ``out`` (to become ``out``) or inside it (to
-    move the files from), with the permissions of a plain ``mkdir``."""
-    where = out.parent if beside else out
-    with naming_destination(out):
-        where.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}." if beside else ".staged.", suffix=".tmp", dir=where))
-        os.chmod(stage, plain_mode(folder=True))
-    return stage
-
-
-@contextlib.contextmanager
-def stage_folder(out: str | os.PathLike, *, beside: bool) -> Iterator[Path]:
-    """A new empty hidden folder to write a result's files into before they are published: beside
-    ``out`` (``beside=True``: to become ``out`` with :func:`lrm_interp._io.publish_dir`) or inside
-    it (to move the files from with :func:`move_together`), with the permissions of a plain
-    ``mkdir``. Removed with whatever is left in it when the body ends (an interrupt included)."""
-    stage = _new_stage(Path(out), beside=beside)
-    try:
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def move_together(stage: Path, out: Path, names: Sequence[str]) -> None:
-    """Move the files ``names`` of ``stage`` into ``out`` in that order (the one that marks the
-    result complete last), with Ctrl-C and SIGTERM held back until all are there: the files are
-    never a mix of two results (the main thread's signals; elsewhere the moves just run)."""
-    import signal
-    import threading
-
-    hold = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if hold else None
-    try:
-        with naming_destination(out):
-            for n in names:
-                os.replace(stage / n, out / n)
-    finally:
-        if previous is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 @dataclass(frozen=True)
 class BenchScores:
     """Graded outputs of one or more runs; tables derive from :meth:`to_dataframe`."""
@@ -745,7 +702,7 @@ class BenchScores:
         if not replace and _holds_files(out):
             raise FileExistsError(errno.EEXIST, "holds files already: not replaced (replace=False)", str(out))
         new = not replace or not (out.exists() or out.is_symlink())
-        stage = _new_stage(out, beside=new)
+        stage = new_stage(out, beside=new)
         try:
             names = self._write_into(stage, plots)
             if new:
@@ -757,7 +714,7 @@ class BenchScores:
                         raise
                     # replace=True: a folder that appeared meanwhile is filled like an existing one
                     out.mkdir(parents=True, exist_ok=True)
-                    inside = _new_stage(out, beside=False)
+                    inside = new_stage(out, beside=False)
                     for n in names:
                         os.replace(stage / n, inside / n)
                     shutil.rmtree(stage, ignore_errors=True)
