@@ -200,6 +200,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = 
 
     The file gets the mode a plain ``open()`` gives a new file (``0o666 & ~umask``); a failure
     raises ``OSError`` naming ``path`` (the temporary name in brackets) and leaves ``path`` as it was.
+    An existing ``path`` holding a single-file result (masks, a bits allocation, a trained annotator:
+    :func:`file_result`) is replaced only by bytes of the same kind; others raise
+    :class:`OtherResultError` before anything is written (H10-SFR).
     ``replace=False``: ``path`` must not exist when the file is published (a hard link, atomic):
     a file created there meanwhile (by another run) is kept, and ``FileExistsError`` names it; one
     there from the start is refused the same way before anything is written. A folder at ``path``
@@ -210,6 +213,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = 
         raise IsADirectoryError(errno.EISDIR, "a folder: never replaced by a file; choose a file path", str(path))
     if not replace and (path.exists() or path.is_symlink()):
         raise FileExistsError(errno.EEXIST, "exists: not replaced (replace=False); choose another path", str(path))
+    _refuse_replacing_file_result(path, data)  # masks, a bits allocation: only by their own kind (H10-SFR)
     tmp = None
     with naming_destination(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,13 +374,64 @@ class LockHeldError(OSError):
         return " ".join(self.holder.split()[1:])
 
 
+class ForeignLockFileError(OSError):
+    """The path of a lock of :func:`exclusive_lock` holds something this library did not write there
+    (a symbolic link, a folder, a FIFO, a file of other content): it is never opened for writing,
+    emptied or removed (an input named ``.o.jsonl.lrm_interp.lock`` was emptied, then deleted; a link
+    there had its target overwritten, H10-LCK). ``why``: what is there."""
+
+    def __init__(self, lock: Path, why: str) -> None:
+        super().__init__(errno.EEXIST, f"{why}, not a lock file lrm_interp wrote: never emptied or removed", str(lock))
+        self.lock, self.why = lock, why
+
+
+#: what :func:`exclusive_lock` writes into its lock file (``"<pid> <holder>\n"``, the holder a command
+#: name; an earlier version wrote the pid alone); an empty file is one whose writer was killed before
+#: it wrote
+_LOCK_TEXT = re.compile(rb"(?:\d{1,10}(?: [A-Za-z][\w .:-]{0,100})?\n)?")
+#: a lock file longer than this is not one :func:`exclusive_lock` wrote
+_LOCK_MAX_BYTES = 4096
+
+
+def _open_lock(lock: Path) -> int:
+    """A descriptor of the lock file ``lock`` (created when absent), opened without following a
+    symbolic link; :class:`ForeignLockFileError` when ``lock`` is a link or not a regular file."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | nofollow | getattr(os, "O_NONBLOCK", 0), plain_mode())
+    except OSError as e:
+        if lock.is_symlink():  # O_NOFOLLOW: ELOOP (or EMLINK on some systems)
+            raise ForeignLockFileError(lock, "a symbolic link") from None
+        if e.errno in (errno.EISDIR, errno.ENXIO):
+            raise ForeignLockFileError(lock, "a folder" if lock.is_dir() else "not a regular file") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ForeignLockFileError(lock, "not a regular file")
+    return fd
+
+
+def _refuse_foreign_lock(fd: int, lock: Path) -> None:
+    """:class:`ForeignLockFileError` (``fd`` closed) unless the open lock file holds what
+    :func:`exclusive_lock` writes (``"<pid> <holder>\n"``, or nothing): a stale lock of a killed run
+    is taken over, anything else (a user's file under that name) is left as it is."""
+    size = os.fstat(fd).st_size
+    text = os.pread(fd, _LOCK_MAX_BYTES + 1, 0) if size <= _LOCK_MAX_BYTES else b""
+    if size > _LOCK_MAX_BYTES or len(text) > _LOCK_MAX_BYTES or not _LOCK_TEXT.fullmatch(text):
+        os.close(fd)
+        raise ForeignLockFileError(lock, f"a file of {size} bytes that is not '<pid> <command>'")
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock: str | os.PathLike, holder: str) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the file ``lock`` (created if needed, holding ``"<pid> <holder>"``)
     while the body runs; another live process holding it: :class:`LockHeldError` at once (never a
-    wait). The lock goes with the process (a killed holder holds none); the file is removed when the
-    body ends. Not POSIX (no ``fcntl``): no lock. The generic form of ``lrm-interp compare`` /
-    ``bench score``'s folder lock, for any file."""
+    wait). The lock goes with the process (a killed holder holds none: its file, of the same form,
+    is taken over); the file is removed when the body ends. ``lock`` is opened without following a
+    symbolic link, and nothing is written into it before it is known to be a lock: a link, a folder,
+    a FIFO or a file of other content there raises :class:`ForeignLockFileError` naming it, and is
+    left as it was (H10-LCK). Not POSIX (no ``fcntl``): no lock. The generic form of ``lrm-interp
+    compare`` / ``bench score``'s folder lock, for any file."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
@@ -384,7 +439,7 @@ def exclusive_lock(lock: str | os.PathLike, holder: str) -> Iterator[None]:
         return
     lock = Path(lock)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, plain_mode())
+        fd = _open_lock(lock)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -395,19 +450,21 @@ def exclusive_lock(lock: str | os.PathLike, holder: str) -> Iterator[None]:
             os.close(fd)
             raise LockHeldError(lock, text) from None
         try:  # the holder that just ended may have removed the file: lock the one that is there now
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+            same = os.path.samestat(os.fstat(fd), os.lstat(lock))
         except OSError:
             same = False
         if same:
             break
         os.close(fd)
+    _refuse_foreign_lock(fd, lock)  # before anything is written into it
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {holder}\n".encode(), 0)
         yield
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(lock)
+            if os.path.samestat(os.fstat(fd), os.lstat(lock)):  # still this lock's file
+                os.unlink(lock)
         os.close(fd)
 
 
@@ -482,6 +539,75 @@ def file_on_the_way(path: str | os.PathLike) -> Path | None:
     return None
 
 
+# --------------------------------------------------------------------------- shipped assets, model cache
+def alias_folders() -> dict[str, Path]:
+    """``{name: folder}`` of the folders a model alias or a shipped asset is loaded from on this
+    machine: the shipped toy model (``toy``), the shipped reasoner delta
+    (``smollm2-135m-reasoner``) and its merged copies in the cache (``smollm2-135m-reasoner@<folder
+    name>``), the SmolLM2 cache (``smollm2-135m``; left out when ``$LRM_INTERP_CACHE`` is unusable),
+    the shipped trained annotator (``--annotator trained``) and the package's ``assets/`` folder
+    holding them. Computed without loading anything (a damaged install, weights missing, still lists
+    them)."""
+    assets = Path(__file__).resolve().parent / "assets"
+    out = {
+        "toy": assets / "toy_reasoner",
+        "smollm2-135m-reasoner": assets / "smollm2_reasoner",
+        "trained": assets / "annotators",
+    }
+    try:
+        cache = cache_root()
+        out["smollm2-135m"] = cache / "smollm2-135m"
+        if cache.is_dir():
+            for merged in sorted(cache.glob("smollm2-135m-reasoner-*")):  # its merged copies
+                out[f"smollm2-135m-reasoner@{merged.name}"] = merged
+    except (ValueError, OSError):
+        pass
+    out["lrm_interp"] = assets  # the shipped assets as a whole (last: a message names the alias first)
+    return out
+
+
+#: how :func:`refuse_alias_folder` names an entry of :func:`alias_folders` that is no model alias
+_ALIAS_WORDS = {
+    "trained": "the shipped trained annotator (--annotator trained)",
+    "lrm_interp": "the shipped assets of lrm_interp",
+}
+
+
+def refuse_alias_folder(out: str | os.PathLike, what: str = "--out", *, consent: str = "--overwrite") -> None:
+    """:class:`OtherResultError` (a ``ValueError``) when ``out`` is, contains or lies inside the folder
+    an alias loads or a shipped asset is read from (:func:`alias_folders`): a writer never replaces
+    the model behind ``--model toy`` (``toy train --out <the shipped folder> --overwrite`` did,
+    H7-TT1; ``parse --out <it>/config.json --overwrite`` too, H9-TT), whatever ``consent`` (the
+    flag or argument that replaces a result: ``--overwrite``, ``replace=True``) says. An output that
+    would contain such a folder is refused only while the folder exists (nothing to destroy
+    otherwise). The rule of every output the command line checks (``check_paths``) and of every
+    Python writer (:func:`refuse_result_file`, :func:`refuse_other_result_folder`: ``save_masks``
+    into ``assets/annotators/``, ``save_jsonl`` onto the SmolLM2 cache's ``config.json``, H10-ASP)."""
+    forms = [Path(out).resolve(), Path(out).expanduser().resolve()]
+    for alias, d in alias_folders().items():
+        d = d.resolve()
+        for o in forms:
+            if o == d:
+                where = ""
+            elif d in o.parents:
+                where = f"lies inside {d}, which "
+            elif o in d.parents and d.exists():
+                where = f"contains {d}, which "
+            else:
+                continue
+            name = alias.split("@")[0]
+            owner = _ALIAS_WORDS.get(name, f"the model alias {name!r}")
+            uses = (
+                f"every later --model {name} would load what is written there"
+                if name not in _ALIAS_WORDS
+                else "lrm_interp reads them as shipped"
+            )
+            raise OtherResultError(
+                f"{what} {out} {where}is the folder of {owner}" + ("" if where else f" ({d})") + ": it is never "
+                f"replaced or written into, even with {consent} ({uses}); choose another path"
+            )
+
+
 # --------------------------------------------------------------------------- finished results
 # The record file each command writes into its result folder, as the writers define it (the names
 # are repeated here, the lowest floor, so that the output checks read no heavy module;
@@ -535,6 +661,18 @@ TOY_DISTILL_ENTRIES = ("checkpoint", "adapter", "checkpoint.old")
 #: recipe and peft config (every entry of it is the adapter's)
 TOY_DISTILL_ADAPTER_FILES = ("distill_log.json", "adapter_config.json")
 
+#: ``lrm-interp compare`` (``ImportanceShift.write_tables``): its two files, the table last written;
+#: the table's header line (``ImportanceShift.to_dataframe``'s columns) is its record
+COMPARE_FILES = ("shift.csv", "shift.png")
+COMPARE_HEADER = "behavior,site,layer,kind,delta_ri,decrease"
+#: ``lrm-interp annotate agree --downstream``: its record ``result.json`` (written when the run ends;
+#: ``lrm_interp.experiments.annotation_downstream.RESULT_FILE``) whose ``format`` starts with this
+#: (``...annotation_downstream.FORMAT``), and the files it writes into its folder (its attributions,
+#: ``reference/`` ..., are attribution results of their own)
+DOWNSTREAM_RECORD = "result.json"
+DOWNSTREAM_FORMAT = "lrm_interp.annotation_downstream/"
+DOWNSTREAM_FILES = ("settings.json", "result.json", "table.md", "table.csv")
+
 #: the kinds of finished result :func:`finished_result` recognises, as messages name them
 RESULT_KINDS = (
     "attribution",
@@ -546,6 +684,8 @@ RESULT_KINDS = (
     "bench run",
     "toy train",
     "toy distill",
+    "compare",
+    "annotate downstream",
 )
 
 
@@ -569,12 +709,17 @@ class FinishedResult:
         return f"the {self.kind} result {self.folder}"
 
 
+#: a record larger than this is not read (:func:`_json_dict`, :func:`file_result`): not one of ours
+RECORD_MAX_BYTES = 64 << 20
+
+
 def _json_dict(path: Path) -> dict | None:
-    """The JSON object in the regular file ``path``, or ``None`` (absent, unreadable, not an object)."""
+    """The JSON object in the regular file ``path``, or ``None`` (absent, unreadable, larger than
+    :data:`RECORD_MAX_BYTES`, not an object)."""
     import json
 
     try:
-        if not path.is_file():
+        if not path.is_file() or path.stat().st_size > RECORD_MAX_BYTES:
             return None
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -586,24 +731,39 @@ def _str_list(value: object) -> list[str] | None:
     return list(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
 
 
-def finished_result(folder: str | os.PathLike) -> FinishedResult | None:
-    """The finished result of an ``lrm-interp`` command that the folder ``folder`` holds, or ``None``.
-
-    Recognised by each writer's own record: ``attribution.json`` (``attribute``), ``study.json``
-    (``study`` / ``quickstart``), ``settings.json`` of format :data:`EXPERIMENT_FORMAT`
-    (``experiment protection``), :data:`QUANTIZE_RECORD` (``quantize``), ``faithfulness.json``,
-    :data:`BENCH_SCORE_RECORD` (``bench score``), ``run.json`` of format
-    :data:`BENCH_RUN_FORMAT` (one model's folder of ``bench run``), :data:`TOY_TRAIN_RECORD` (a
-    ``toy train`` model folder: every entry is the model's) and ``checkpoint/state.json`` or
-    ``adapter/distill_log.json`` (a ``toy distill`` run folder; a finished adapter folder, holding
-    :data:`TOY_DISTILL_ADAPTER_FILES`, is one too: every entry is the adapter's). Reads only those
-    records."""
-    d = Path(folder)
+def _csv_header(path: Path) -> str | None:
+    """The first line of the regular file ``path`` (at most 4 KiB read), or ``None``."""
     try:
-        if not d.is_dir():
+        if not path.is_file():
             return None
+        with open(path, "rb") as f:
+            head = f.read(4096)
     except OSError:
         return None
+    return strip_bom(head).split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "replace")
+
+
+def _model_result(d: Path) -> FinishedResult | None:
+    """The model folder result ``d`` holds (``toy train``, ``toy distill``, ``quantize``), or ``None``:
+    tested before the table results, since a model folder's entries are all the model's (a bench
+    score's ``score_files.json`` written into a ``toy train`` folder made it a "bench score result",
+    its model files unprotected, H10-BSW)."""
+    if (d / TOY_TRAIN_RECORD).is_file():
+        return FinishedResult("toy train", d, None)
+    if all((d / n).is_file() for n in TOY_DISTILL_ADAPTER_FILES):
+        return FinishedResult("toy distill", d, None)
+    if (d.joinpath(*TOY_DISTILL_CHECKPOINT)).is_file() or (d.joinpath(*TOY_DISTILL_ADAPTER)).is_file():
+        return FinishedResult("toy distill", d, frozenset(TOY_DISTILL_ENTRIES))
+    if (d / QUANTIZE_RECORD).is_file():
+        files = _str_list((_json_dict(d / QUANTIZE_RECORD) or {}).get("files"))
+        return FinishedResult("quantize", d, None if files is None else frozenset((*files, QUANTIZE_RECORD)))
+    return None
+
+
+def _table_result(d: Path) -> FinishedResult | None:
+    """The result of tables and records ``d`` holds, or ``None``; the more specific records first (a
+    study writes ``shift.csv`` too, and an experiment's or a downstream run's ``settings.json`` is
+    told apart by its format)."""
     if (d / ATTRIBUTION_FILES[0]).is_file():
         return FinishedResult("attribution", d, frozenset((*ATTRIBUTION_FILES, ATTRIBUTION_WORK)))
     if (d / STUDY_FILES[0]).is_file():
@@ -615,9 +775,10 @@ def finished_result(folder: str | os.PathLike) -> FinishedResult | None:
     settings = _json_dict(d / EXPERIMENT_FILES[0])
     if settings is not None and str(settings.get("format", "")).startswith(EXPERIMENT_FORMAT):
         return FinishedResult("experiment", d, frozenset(EXPERIMENT_FILES))
-    if (d / QUANTIZE_RECORD).is_file():
-        files = _str_list((_json_dict(d / QUANTIZE_RECORD) or {}).get("files"))
-        return FinishedResult("quantize", d, None if files is None else frozenset((*files, QUANTIZE_RECORD)))
+    if (d / DOWNSTREAM_RECORD).is_file():
+        result = _json_dict(d / DOWNSTREAM_RECORD)
+        if result is not None and str(result.get("format", "")).startswith(DOWNSTREAM_FORMAT):
+            return FinishedResult("annotate downstream", d, frozenset(DOWNSTREAM_FILES))
     if (d / FAITHFULNESS_FILES[0]).is_file():
         return FinishedResult("faithfulness", d, frozenset(FAITHFULNESS_FILES))
     if (d / BENCH_SCORE_RECORD).is_file():
@@ -626,13 +787,32 @@ def finished_result(folder: str | os.PathLike) -> FinishedResult | None:
     run = _json_dict(d / BENCH_RUN_FILES[0])
     if run is not None and str(run.get("format", "")).startswith(BENCH_RUN_FORMAT):
         return FinishedResult("bench run", d, frozenset(BENCH_RUN_FILES))
-    if (d / TOY_TRAIN_RECORD).is_file():
-        return FinishedResult("toy train", d, None)
-    if (d.joinpath(*TOY_DISTILL_CHECKPOINT)).is_file() or (d.joinpath(*TOY_DISTILL_ADAPTER)).is_file():
-        return FinishedResult("toy distill", d, frozenset(TOY_DISTILL_ENTRIES))
-    if all((d / n).is_file() for n in TOY_DISTILL_ADAPTER_FILES):
-        return FinishedResult("toy distill", d, None)
+    if _csv_header(d / COMPARE_FILES[0]) == COMPARE_HEADER:
+        return FinishedResult("compare", d, frozenset(COMPARE_FILES))
     return None
+
+
+def finished_result(folder: str | os.PathLike) -> FinishedResult | None:
+    """The finished result of an ``lrm-interp`` command that the folder ``folder`` holds, or ``None``.
+
+    Recognised by each writer's own record, the model folders first (:func:`_model_result`: every
+    entry of one is the model's): :data:`TOY_TRAIN_RECORD` (a ``toy train`` model folder), a finished
+    adapter folder holding :data:`TOY_DISTILL_ADAPTER_FILES` or a run folder holding
+    ``checkpoint/state.json`` or ``adapter/distill_log.json`` (``toy distill``),
+    :data:`QUANTIZE_RECORD` (``quantize``); then the tables' records (:func:`_table_result`):
+    ``attribution.json`` (``attribute``), ``study.json`` (``study`` / ``quickstart``),
+    ``settings.json`` of format :data:`EXPERIMENT_FORMAT` (``experiment protection``),
+    ``result.json`` of format :data:`DOWNSTREAM_FORMAT` (``annotate agree --downstream``),
+    ``faithfulness.json``, :data:`BENCH_SCORE_RECORD` (``bench score``), ``run.json`` of format
+    :data:`BENCH_RUN_FORMAT` (one model's folder of ``bench run``) and a ``shift.csv`` whose header
+    is :data:`COMPARE_HEADER` (``compare``). Reads only those records."""
+    d = Path(folder)
+    try:
+        if not d.is_dir():
+            return None
+    except OSError:
+        return None
+    return _model_result(d) or _table_result(d)
 
 
 def attribution_work_folder(path: str | os.PathLike) -> Path | None:
@@ -749,16 +929,37 @@ class OtherResultError(FileExistsError, ValueError):
     and a ``ValueError`` (a bad argument), so either ``except`` catches it."""
 
 
+def refuse_folder_spelling(path: str | os.PathLike, what: str = "--out") -> None:
+    """``ValueError`` naming ``what`` when the file output ``path`` is spelled as a folder: it ends
+    with ``/`` (or ``/.``), which pathlib drops, so ``parse --out newdir/`` wrote a *file* named
+    ``newdir`` (R28). The rule of every file output: the command line's (``check_paths(files=True)``)
+    and the Python writers' (:func:`refuse_result_file`)."""
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    seps = tuple({"/", os.sep})
+    if text.endswith(seps) or text.endswith(tuple(f"{c}." for c in seps)):
+        raise ValueError(
+            f"{what} {text}: ends with '/', which names a folder, but {what} names a file to write (a file "
+            f"named {Path(text).name or text} would be written); give a file path without the trailing '/'"
+        )
+
+
 def refuse_result_file(path: str | os.PathLike, *, own: str | None = None, what: str = "") -> None:
     """:class:`OtherResultError` when the file ``path`` is one of the files of a finished result of
     another command, or lies inside one (:func:`result_conflict`: ``A/scores.csv``,
     ``SC/attribution_fp32/attribution.json``, ``TM/config.json``), and ``ValueError`` when it lies
     inside an attribution run's work folder ``partial/``: the check of every file writer a user
     calls (``save_masks``, ``save_jsonl``, ``lrm_interp.atomic_write_text``), whatever ``replace``
-    says (H9-PYW). ``own``: the kind of result whose file the caller writes (the library's own
-    writers: a study writing its ``masks.safetensors``). ``what``: the argument's name, for the message."""
+    says (H9-PYW). Refused the same way: a ``path`` in the shipped assets or the model cache
+    (:func:`refuse_alias_folder`, H10-ASP) and one spelled as a folder (``"out/"``,
+    :func:`refuse_folder_spelling`). ``own``: the kind of result whose file the caller writes (the
+    library's own writers: a study writing its ``masks.safetensors``). ``what``: the argument's name,
+    for the message."""
     if not isinstance(path, (str, os.PathLike)) or str(path) == "":
         raise TypeError(f"{what or 'path'} must be a file path (str or os.PathLike), got {path!r}")
+    refuse_folder_spelling(path, what or "path")
+    refuse_alias_folder(path, what or "path", consent="replace=True")
     refuse_attribution_work_folder(path, what or "path")
     c = result_conflict(path, own)
     if c is not None:
@@ -775,12 +976,132 @@ def refuse_other_result_folder(folder: str | os.PathLike, own: str, what: str = 
     study folder>)`` succeeded and the folder was then taken for an attribution result, its study
     files unprotected (H9-MIX). Whatever ``overwrite`` says: nothing of another kind is replaced.
     The one check of ``Attribution.save`` / ``write_tables``, ``attribute(out_dir=...)``
-    (:func:`check_out_folder`) and ``StudyResult.save`` / ``run_study``."""
+    (:func:`check_out_folder`), ``StudyResult.save`` / ``run_study``, ``BenchScores.write_tables``
+    and ``ImportanceShift.write_tables``. A folder that is, contains or lies inside the shipped
+    assets or the model cache is refused too (:func:`refuse_alias_folder`, H10-ASP), and so is the
+    work folder ``partial/`` of an attribution run (:func:`refuse_attribution_work_folder`)."""
+    refuse_alias_folder(folder, what, consent="overwrite=True")
+    refuse_attribution_work_folder(folder, what)
     c = result_conflict(folder, own, slot_ok=True)
     if c is not None:
         raise OtherResultError(
             f"{what} {folder} {c}: {'an' if own[:1] in 'aeiou' else 'a'} {own} result is never written into "
             "another command's result (not even with overwrite); choose another folder"
+        )
+
+
+# --------------------------------------------------------------------------- single-file results
+#: the single-file results of lrm_interp, by the family of their ``format`` (``lrm_interp.masks/2``:
+#: ``lrm_interp.masks``): what the file holds (as messages say it) and the command that writes it
+#: (``None``: only the Python API does)
+FILE_RESULT_FORMATS: dict[str, tuple[str, str | None]] = {
+    "lrm_interp.masks": ("protection masks", "protect"),
+    "lrm_interp.bits": ("a bits allocation", "bits"),
+    "lrm_interp.annotator": ("a trained annotator", "annotate train"),
+    "lrm_interp.sidecar": ("a protection sidecar", None),
+    "lrm_interp.quantized": ("quantized weights", None),
+}
+#: a safetensors header or a JSON file larger than this is not read for its format (not one of ours)
+FILE_RESULT_MAX_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """A single file holding an lrm_interp result (:func:`file_result`): its ``format``
+    (``"lrm_interp.masks/2"``), the format's ``family`` (a key of :data:`FILE_RESULT_FORMATS`),
+    what it ``holds`` and the ``command`` that writes it (``None``: the Python API only)."""
+
+    path: Path
+    format: str
+    family: str
+    holds: str
+    command: str | None
+
+    def __str__(self) -> str:
+        return f"{self.path} holds {self.holds} ({self.format})"
+
+
+def _format_in(head: bytes, size: int, read) -> str | None:
+    """The ``format`` a file's bytes declare (``head``: its first bytes, ``size``: its length,
+    ``read(offset, n)``: more of it), or ``None``: a safetensors file's ``__metadata__["format"]``
+    (the 8-byte header length, then the header alone is read), a JSON object's ``"format"`` (a file
+    of at most :data:`FILE_RESULT_MAX_BYTES`). Anything unreadable declares none."""
+    import json
+
+    try:
+        if len(head) >= 8 and head[8:9] == b"{":  # safetensors: <u64 little-endian n><n bytes of JSON>
+            n = int.from_bytes(head[:8], "little")
+            if 2 <= n <= min(FILE_RESULT_MAX_BYTES, size - 8):
+                meta = json.loads(read(8, n)).get("__metadata__") or {}
+                return meta.get("format") if isinstance(meta.get("format"), str) else None
+        if strip_bom(head).lstrip()[:1] == b"{" and size <= FILE_RESULT_MAX_BYTES:
+            doc = json.loads(strip_bom(read(0, size)))
+            return doc.get("format") if isinstance(doc, dict) and isinstance(doc.get("format"), str) else None
+    except (ValueError, AttributeError, OSError):
+        return None
+    return None
+
+
+def _file_result_of(path: Path, fmt: str | None) -> FileResult | None:
+    """The :class:`FileResult` of a file at ``path`` declaring ``fmt``, or ``None`` (no family of ours)."""
+    family = fmt.rsplit("/", 1)[0] if fmt else ""
+    if family not in FILE_RESULT_FORMATS:
+        return None
+    holds, command = FILE_RESULT_FORMATS[family]
+    return FileResult(path, str(fmt), family, holds, command)
+
+
+def file_result(path: str | os.PathLike) -> FileResult | None:
+    """The single-file result the regular file ``path`` (a link followed) holds, by the lrm_interp
+    ``format`` it declares (:data:`FILE_RESULT_FORMATS`: masks, a bits allocation, a trained
+    annotator, ...), or ``None``: absent, not a regular file, unreadable, or no such format. Cheap:
+    a safetensors file's header only, a JSON file of at most :data:`FILE_RESULT_MAX_BYTES`."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        with open(p, "rb") as f:
+
+            def read(offset: int, n: int) -> bytes:
+                f.seek(offset)
+                return f.read(n)
+
+            fmt = _format_in(f.read(64), st.st_size, read)
+    except OSError:
+        return None
+    return _file_result_of(p, fmt)
+
+
+def data_format(data: bytes) -> str | None:
+    """The lrm_interp ``format`` the bytes ``data`` (a file about to be written) declare, as
+    :func:`file_result` reads one from a file, or ``None``."""
+    return _format_in(data[:64], len(data), lambda offset, n: data[offset : offset + n])
+
+
+def file_result_conflict(path: str | os.PathLike, writes: Sequence[str]) -> FileResult | None:
+    """The single-file result at ``path`` (:func:`file_result`) when a writer of the format families
+    ``writes`` would replace it with a file of another kind, else ``None``: the one rule of H10-SFR
+    (``bits --out <a masks file> --overwrite``, ``save_jsonl(<a masks file>)``: a file holding
+    another command's result is never replaced by another writer; the same kind is, as before).
+    Applied by :func:`atomic_write_bytes` (``writes``: the format of the new bytes) and by the
+    command line's ``file_outputs`` (``writes``: the families its command writes)."""
+    held = file_result(path)
+    return held if held is not None and held.family not in writes else None
+
+
+def _refuse_replacing_file_result(path: Path, data: bytes) -> None:
+    """:class:`OtherResultError` when writing ``data`` at ``path`` would replace a single-file result
+    of another kind (:func:`file_result_conflict`)."""
+    if file_result(path) is None:  # the common case (no file there, or none of ours): the data is not read
+        return
+    new = _file_result_of(path, data_format(data))
+    held = file_result_conflict(path, [new.family] if new is not None else [])
+    if held is not None:
+        what = f"{new.holds} ({new.format})" if new is not None else "a file of another kind"
+        raise OtherResultError(
+            f"{held}: not replaced by {what}, even with replace=True (a result file is replaced only by "
+            "a writer of its own kind); choose another path"
         )
 
 
@@ -812,6 +1133,8 @@ def check_out_folder(out: str | os.PathLike, what: str = "out_dir", *, own: str 
             )
     if own is not None:
         refuse_other_result_folder(out, own, what)
+    else:
+        refuse_alias_folder(out, what, consent="overwrite=True")
     return Path(out)
 
 

@@ -111,13 +111,63 @@ class Usage:
             }
 
 
+def _masked(url: str) -> str:
+    """``url`` with what may be a password shown as ``***``: everything after the user name up to
+    the last ``@`` (``http://user:***@host/v1``; errors never echo a password)."""
+    m = re.match(r"^([^:/?#]*://)([^:@]*)(:?)(.*)@", url, re.S)
+    if m is None:
+        return url
+    scheme, user, colon = m.group(1), m.group(2), m.group(3)
+    return f"{scheme}{user}{':***' if colon else ''}@{url[m.end() :]}"
+
+
+def check_base_url(url: object, name: str = "base_url") -> str:
+    """``url`` stripped of blanks and a trailing ``/`` if it is an ``http://`` / ``https://`` API root
+    (parsed with ``urllib.parse.urlsplit``); else ``ValueError`` starting with ``name`` and naming
+    the value: another scheme, no host, a malformed host (``http://[::1/v1``), a port that is not
+    1..65535, a query or fragment (the request paths are appended to it), and credentials
+    (``user:secret@host``: urllib never sends them; the key goes in an environment variable,
+    ``api_key_env``; the password is shown as ``***``). They were found only by the first request,
+    whose message named neither the flag nor the problem (H10-URL)."""
+    from urllib.parse import urlsplit
+
+    example = "such as http://127.0.0.1:8000/v1"
+    if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url.strip()):
+        shown = _masked(url) if isinstance(url, str) else url
+        raise ValueError(f"{name} must be an http:// or https:// URL {example}, got {shown!r}")
+    url = url.strip().rstrip("/")
+    shown = _masked(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:  # "Invalid IPv6 URL", "Port out of range 0-65535", a port that is no number
+        raise ValueError(f"{name} is not a valid URL ({e}): {shown!r}; give one {example}") from None
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"{name} must not hold credentials (user:password@): {shown!r}; they are never sent. Put the API key in "
+            f"an environment variable and name it (--api-key-env VAR on the command line, api_key_env= in Python; "
+            f"default ${API_KEY_ENV})"
+        )
+    if not parts.hostname or re.search(r"\s", url):
+        raise ValueError(f"{name} has no valid host name: {shown!r}; give one {example}")
+    if port == 0:
+        raise ValueError(f"{name}: port 0 is no port a server listens on: {shown!r}; give one in 1..65535")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError(
+            f"{name} must be the API root without a query or fragment ('?...', '#...'): {shown!r}; the request "
+            f"paths (/chat/completions) are appended to it"
+        )
+    return url
+
+
 @dataclass(frozen=True)
 class EndpointConfig:
     """The settings of an :class:`EndpointClient`, validated in full at construction.
 
     Args:
         base_url: API root ending in ``/v1`` (default ``$OPENAI_BASE_URL``, else OpenAI's);
-            ``http://`` or ``https://``; a trailing ``/`` is dropped.
+            ``http://`` or ``https://``; a trailing ``/`` is dropped (:func:`check_base_url`:
+            a malformed host, a port outside 1..65535, credentials, a query are refused).
         api_key_env: environment variable holding the key (``""``: no key).
         timeout: seconds per request (> 0).
         retries: retries after the first attempt (>= 0) for :data:`RETRY_STATUS`, read timeouts
@@ -137,12 +187,10 @@ class EndpointConfig:
     concurrency: int = DEFAULT_CONCURRENCY
 
     def __post_init__(self) -> None:
+        from_env = self.base_url is None and bool(os.environ.get(BASE_URL_ENV))
         url = self.base_url if self.base_url is not None else (os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL)
-        if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url.strip()):
-            raise ValueError(
-                f"base_url must be an http:// or https:// URL such as http://127.0.0.1:8000/v1, got {url!r}"
-            )
-        object.__setattr__(self, "base_url", url.strip().rstrip("/"))
+        name = f"${BASE_URL_ENV} (the default base_url)" if from_env else "base_url"
+        object.__setattr__(self, "base_url", check_base_url(url, name))
         if not isinstance(self.api_key_env, str) or (
             self.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env)
         ):
@@ -377,6 +425,7 @@ def _retry_after(headers: Any) -> float | None:
 
 
 __all__ = [
+    "check_base_url",
     "EndpointClient",
     "EndpointConfig",
     "EndpointError",

@@ -417,13 +417,16 @@ def test_a_study_refuses_a_study_json_whose_settings_were_edited(results, tmp_pa
     (sc / "study.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"edited since the study wrote it \(weights_fingerprint\)"):
         StudyResult.load(sc)
-    # a study.json written before the checksums: loads and resumes as before
+    # a study.json of the older format, written before the checksums: loads and resumes as before, and
+    # keeps its format (no checksums written over settings nobody checked, H10-STK)
     doc = json.loads((results["SC"] / "study.json").read_text())
     del doc[KEY_CHECKSUMS]
+    doc["format"] = "lrm_interp.study/1"
     (sc / "study.json").write_text(json.dumps(doc))
     StudyResult.load(sc)
     assert _rc([*argv, "--quiet"]) == 0
-    assert KEY_CHECKSUMS in json.loads((sc / "study.json").read_text())  # written again with them
+    again = json.loads((sc / "study.json").read_text())
+    assert again["format"] == "lrm_interp.study/1" and KEY_CHECKSUMS not in again
 
 
 # ------------------------------------------------------------------ H9-E2

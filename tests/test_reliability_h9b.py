@@ -179,12 +179,15 @@ def test_experiment_rows_measured_before_a_settings_edit_are_refused(tmp_path, c
     assert _rc([*base, "--max-new-tokens", 300]) == 2
     assert "rows.jsonl:3: row '2% magnitude': measured_with is not a record of settings" in _err_line(capsys)
 
-    # rows written before rows recorded their settings: accepted as before, and left without a record
+    # rows written before rows recorded their settings (settings.json of the older format /1): accepted
+    # as before, left without a record, and the folder keeps its format (H10-EXK)
+    sp.write_text(good.replace("lrm_interp.protection_experiment/2", "lrm_interp.protection_experiment/1"))
     legacy = [{k: v for k, v in r.items() if k != "measured_with"} for r in lines]
     rp.write_text("".join(json.dumps(r) + "\n" for r in legacy))
     assert _rc([*base, "--max-new-tokens", 300]) == 0
     assert "| 2% magnitude |" in capsys.readouterr().out
     assert [json.loads(x) for x in rp.read_text().splitlines()] == legacy
+    assert json.loads(sp.read_text())["format"] == "lrm_interp.protection_experiment/1"
 
 
 def test_experiment_row_record_compares_every_setting_and_the_model():

@@ -666,17 +666,21 @@ class ImportanceShift:
         return box("ImportanceShift", table, f"<div>{maps}</div>")
 
     def write_tables(
-        self, directory: str | Path, *, view: str = "decreases", overwrite: bool = False, own: str | None = None
+        self, directory: str | Path, *, view: str = "decreases", overwrite: bool = False, own: str = "compare"
     ) -> list[Path]:
         """Write ``shift.csv`` (:meth:`to_dataframe`) and ``shift.png`` (:meth:`heatmap` of ``view``) atomically.
 
         Existing files of those names are replaced only when ``shift.csv`` holds this very shift
         (the table this call writes: the same result written again) or ``overwrite=True``; else
-        ``FileExistsError`` names the first, before anything is written (H8-WT). A file of a
-        finished result of another command (a study's ``shift.csv``) is refused whatever
-        ``overwrite`` says (:func:`~lrm_interp._io.refuse_result_file`); ``own``: the kind of result
-        whose files these are (a study writing its own shift files)."""
+        ``FileExistsError`` names the first, before anything is written (H8-WT). The two files
+        make a ``compare`` result (:func:`~lrm_interp._io.finished_result` knows it by the table's
+        header, H10-CMP). A folder holding a finished result of another command (an attribution, a
+        bench score), and a file of one (a study's ``shift.csv``), are refused whatever
+        ``overwrite`` says (:func:`~lrm_interp._io.refuse_other_result_folder`,
+        :func:`~lrm_interp._io.refuse_result_file`); ``own``: the kind of result whose files these
+        are (``"compare"``; a study writing its own shift files: ``"study"``)."""
         d = Path(_folder_argument(directory, "directory"))
+        refuse_other_result_folder(d, own, "directory")
         for name in ("shift.csv", "shift.png"):
             refuse_result_file(d / name, own=own)
         table = self.to_dataframe().to_csv(index=False)

@@ -49,7 +49,9 @@ from lrm_interp._io import (
     LockHeldError,
     atomic_write_text,
     exclusive_lock,
+    loads_strict,
     read_safetensors,
+    read_text_file,
     temp_file_target,
     write_safetensors,
 )
@@ -62,6 +64,53 @@ _LEGACY = "settings.json"
 
 class ResumeMismatchError(ValueError):
     """``out_dir`` holds partial results of a different run."""
+
+
+def _json_kind(value: object) -> str:
+    """What JSON calls the type of ``value`` (a message's "got an array")."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    return "a string" if isinstance(value, str) else type(value).__name__
+
+
+def read_json_object(path: str | os.PathLike, fix: str, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """The JSON object in the record file ``path`` (a run's ``run.json``, an experiment's or a
+    downstream run's ``settings.json``), read strictly: a leading byte-order mark dropped
+    (:func:`lrm_interp._io.read_text_file`), then :func:`lrm_interp._io.loads_strict`. Invalid UTF-8,
+    invalid JSON, or JSON that is not an object raises ``error`` with one line starting with
+    ``path`` and ending with ``fix`` (what to do). Such a record gave "internal error
+    (AttributeError: 'list' object has no attribute 'get')", or an "invalid JSON" naming no file
+    (H10-JSN)."""
+    try:
+        text = read_text_file(path)
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (invalid byte at offset {e.start}); {fix}") from None
+    try:
+        doc = loads_strict(text, str(path), error)
+    except error as e:
+        raise error(f"{e}; {fix}") from None
+    if not isinstance(doc, dict):
+        raise error(f"{path}: expected a JSON object, got {_json_kind(doc)}; {fix}")
+    return doc
+
+
+def read_run_record(root: str | os.PathLike) -> dict[str, Any] | None:
+    """The run key ``run.json`` of the work folder ``root`` (``out_dir/partial``), or ``None`` when
+    there is none. One that is not a readable JSON object (:func:`read_json_object`) is refused
+    with :class:`ResumeMismatchError` naming the file: :func:`out_dir_lock` reads it before the
+    caller loads the model (``[1]`` there gave "internal error (AttributeError ...)" after the model
+    loaded, H10-JSN); :class:`PartialStore` compares it with the run's key."""
+    rp = Path(root) / RUN_FILE
+    if not rp.exists():
+        return None
+    fix = f"delete {root} or choose another out_dir"
+    if rp.is_dir():
+        raise ResumeMismatchError(f"{rp} is a folder, not a run key file; {fix}")
+    return read_json_object(rp, fix, ResumeMismatchError)
 
 
 def file_key(trace_id: str) -> str:
@@ -248,11 +297,8 @@ class PartialStore:
         if root is None:
             return
         rp = root / RUN_FILE
-        if rp.exists():
-            try:
-                old = json.loads(rp.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ResumeMismatchError(f"{rp} is unreadable ({e}); delete {root} or choose another out_dir") from e
+        old = read_run_record(root)
+        if old is not None:
             parts = key_difference(old, key)
             if parts:
                 raise ResumeMismatchError(
@@ -412,7 +458,9 @@ def out_dir_lock(out_dir: str | os.PathLike) -> Iterator[None]:
     :func:`lrm_interp._io.exclusive_lock` on ``out_dir/partial/.lock`` for its whole duration, and
     a second live run is refused at once with :class:`OutDirInUseError` naming the folder and the
     holder's pid. The lock goes with the process (a killed run holds none); re-entrant within a
-    process. On release the lock file is removed, and so are ``partial/`` and ``out_dir`` when this
+    process. Once the lock is taken, the run key ``partial/run.json`` found there is read
+    (:func:`read_run_record`): one that is no JSON object is refused naming it, before the caller
+    loads the model (H10-JSN). On release the lock file is removed, and so are ``partial/`` and ``out_dir`` when this
     made them and they are empty (a refused or failed run leaves no empty folder behind)."""
     out = Path(out_dir)
     key = out.resolve()
@@ -431,6 +479,7 @@ def out_dir_lock(out_dir: str | os.PathLike) -> Iterator[None]:
             with exclusive_lock(out / "partial" / LOCK_FILE, "attribution run"):
                 _HELD[key] = 1
                 try:
+                    read_run_record(out / "partial")  # readable before any work (H10-JSN)
                     yield
                 finally:
                     del _HELD[key]
@@ -525,6 +574,8 @@ __all__ = [
     "OutDirInUseError",
     "PartialStore",
     "ResumeMismatchError",
+    "read_json_object",
+    "read_run_record",
     "file_key",
     "tensors_fingerprint",
     "RUN_FILE",

@@ -113,15 +113,23 @@ def cmd_annotate(a: argparse.Namespace) -> int:
     # the same way (the default used to replace a user's file there, or the input itself, H5-P10 / P9)
     report_flag = "--report" if a.report else "--report (default OUT.report.json)"
     report_path = a.report or str(Path(a.out).with_name(Path(a.out).name + ".report.json"))
+    # the cache an llm annotator uses without --cache (OUT.cache) is checked as --cache is
+    cache_flag = "--cache" if a.cache else "--cache (default OUT.cache)"
+    if a.cache is None and a.annotator == "llm":
+        a.cache = str(Path(a.out).with_name(Path(a.out).name + ".cache"))
     # no two of --data / --out / --report / --cache may name the same path (nor an output lie inside --data)
     check_paths(
-        {"--out": a.out, report_flag: report_path, "--cache": a.cache},
+        {"--out": a.out, report_flag: report_path, cache_flag: a.cache},
         {"--data": a.data, "--annotator": a.annotator, "--prompt-file": a.prompt_file},
     )
     # an existing --out / --report is replaced only with --overwrite (--cache is meant to be reused)
     check_paths({"--out": a.out, report_flag: report_path}, overwrite=a.overwrite, files=True)
-    # --cache is a folder: a regular file there failed at the first trace with a bare "File exists" (H6-P11)
-    check_paths({"--cache": a.cache}, dirs=True)
+    # --cache is a folder: a regular file there failed at the first trace with a bare "File exists" (H6-P11);
+    # never a finished result of another command (its cache files were written into a toy train model,
+    # a study, a bench run, R27): no result is of the kind "annotation cache"
+    from lrm_interp.data.annotators.driver import ANNOTATION_CACHE  # no result is of this kind (R27)
+
+    check_paths({cache_flag: a.cache}, dirs=True, own=ANNOTATION_CACHE)
     # --out / --report published as one run's: a new one never over what another run wrote meanwhile,
     # an existing one (--overwrite) by one run at a time (H9-CC2)
     with file_outputs({"--out": a.out, report_flag: report_path}, "annotate") as outs:
@@ -151,9 +159,7 @@ def _annotate(a: argparse.Namespace, outs: FileOutputs, report_flag: str) -> int
             endpoint.check()
         except EndpointError as e:
             raise endpoint_failure(e, "nothing was annotated or written") from e
-    cache = a.cache
-    if cache is None and a.annotator == "llm":
-        cache = str(Path(a.out).with_name(Path(a.out).name + ".cache"))
+    cache = a.cache  # with an llm annotator, OUT.cache unless given (set and checked by cmd_annotate)
     from lrm_interp.endpoint import EndpointUnreachable
 
     down: EndpointUnreachable | None = None

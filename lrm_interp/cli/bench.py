@@ -31,6 +31,7 @@ from lrm_interp.cli.common import (
     device_arg,
     group_size_arg,
     load_model_quietly,
+    model_input,
     nonneg_int,
     positive_int,
     reading,
@@ -100,6 +101,42 @@ def _models(a: argparse.Namespace) -> list[str]:
 
 #: ``bench run --group-size`` / ``--calib-length`` unless given (with a --compress that uses them)
 DEFAULT_GROUP_SIZE, DEFAULT_CALIB_LENGTH = 128, 256
+
+
+def _folder_context(name: str) -> tuple[int | None, str | None]:
+    """The context (:func:`~lrm_interp.model.forward.context_limit`) that the ``config.json`` of the
+    model folder ``--model name`` states (the toy alias: its shipped folder), without loading the
+    weights; ``(None, None)`` for another alias or a folder without ``config.json`` (a distilled
+    adapter), checked once loaded."""
+    import types
+
+    folder = model_input(name)
+    if folder is None or not (Path(folder) / "config.json").is_file():
+        return None, None
+    from transformers import AutoConfig
+
+    from lrm_interp.model.forward import context_limit
+
+    try:
+        cfg = AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError):  # loading the model says what is wrong with it
+        return None, None
+    return context_limit(types.SimpleNamespace(config=cfg))  # type: ignore[arg-type]  # only its config is read
+
+
+def _check_calib_length(a: argparse.Namespace, name: str, context: tuple[int | None, str | None]) -> None:
+    """Refuse calibration rows (``--calib-length``, default :data:`DEFAULT_CALIB_LENGTH`) longer
+    than the context of ``--model name`` (``(positions, where)``; ``None``: not stated): they were
+    accepted without a word (H10-CLX)."""
+    limit, where = context
+    length = DEFAULT_CALIB_LENGTH if a.calib_length is None else a.calib_length
+    if limit is None or length <= limit:
+        return
+    given = f"--calib-length {length}" + (" (the default)" if a.calib_length is None else "")
+    raise CliError(
+        f"{given} is longer than the context of --model {name} ({limit} positions, {where}): GPTQ / SparseGPT / "
+        f"Wanda would take statistics from positions the model never sees; give --calib-length {limit} or less"
+    )
 
 
 def _refuse_unused_run_flags(a: argparse.Namespace, specs, settings) -> None:
@@ -213,6 +250,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     else:
         for m in models:
             require_model(m)
+    calibrated = any(s.needs_calibration for s in specs)
+    if calibrated:  # every model whose config.json is here: before anything loads or is written
+        for m in models:
+            _check_calib_length(a, m, _folder_context(m))
     if a.calib is not None:
         require_path(a.calib, "--calib")
     items = _tasks_and_items(a)
@@ -234,6 +275,15 @@ def cmd_run(a: argparse.Namespace) -> int:
                 tok, a.calib, length=DEFAULT_CALIB_LENGTH if a.calib_length is None else a.calib_length
             )
 
+    def load(name: str):
+        """The model, once its context is checked against --calib-length (an alias: only now)."""
+        from lrm_interp.model.forward import context_limit
+
+        model, tok = load_model_quietly(name)
+        if calibrated:
+            _check_calib_length(a, name, context_limit(model))
+        return model, tok
+
     from lrm_interp.endpoint import EndpointError
 
     try:
@@ -245,7 +295,7 @@ def cmd_run(a: argparse.Namespace) -> int:
             endpoint=endpoint,
             calibration=calibration,
             toy_people=a.toy_people,
-            load=load_model_quietly,
+            load=load,
             progress=not a.quiet,
         )
     except EndpointError as e:
@@ -307,11 +357,16 @@ def folder_lock(out: Path, command: str) -> Iterator[None]:
     removed when the body ends. Not POSIX (no ``fcntl``): no lock. Built on
     :func:`lrm_interp._io.exclusive_lock`, the lock of every single-file output too
     (:func:`~lrm_interp.cli.common.file_outputs`)."""
-    from lrm_interp._io import LockHeldError, exclusive_lock
+    from lrm_interp._io import ForeignLockFileError, LockHeldError, exclusive_lock
 
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(exclusive_lock(out / FOLDER_LOCK, command))
+        except ForeignLockFileError as e:  # a user's file (or a link) at the lock's name: left as it is
+            raise CliError(
+                f"--out {out}: its lock file {e.lock} is {e.why}, not a lock lrm_interp wrote: it is never emptied "
+                "or removed; move it away (or choose another --out)"
+            ) from None
         except LockHeldError as e:
             who = f"'{PROG} {e.what}' " if e.what else ""
             raise CliError(

@@ -109,10 +109,11 @@ def _bits(a: argparse.Namespace, outs: FileOutputs) -> int:
     model, tok = load_model_quietly(a.model)
     sites = find_sites(model)
     sens = None
+    fingerprint: str | None = None  # the model's weights fingerprint once computed (recorded in the allocation)
     if a.sensitivity == "attribution":
         assert ri is not None
         try:  # as protect does (protect/saliency.py): one model's scores rank another's modules wrongly
-            check_same_weights(
+            fingerprint = check_same_weights(
                 attr,
                 model,
                 what=f"--scores {a.scores}",
@@ -139,8 +140,14 @@ def _bits(a: argparse.Namespace, outs: FileOutputs) -> int:
         for _, hs in layer_hessians(model, sites, calib, sequential=False, progress=not a.quiet):
             H.update(hs)
         sens = hessian_sensitivity(H)
-    errors = quantization_errors(
-        model, sites, a.choices, group_size=group_size, symmetric=a.symmetric, relative=a.sensitivity == "attribution"
+    errors = quantization_errors(  # they record the model (its fingerprint), and so will the allocation
+        model,
+        sites,
+        a.choices,
+        group_size=group_size,
+        symmetric=a.symmetric,
+        relative=a.sensitivity == "attribution",
+        fingerprint=fingerprint,
     )
     try:
         alloc = allocate_bits(
@@ -223,7 +230,9 @@ def register(sub) -> None:
         help="quantization group size in input columns (0 = per channel)",
     )
     add_symmetry_flags(p)
-    p.add_argument("--out", required=True, metavar="FILE", help="allocation file (JSON, lrm_interp.bits/1)")
+    p.add_argument(
+        "--out", required=True, metavar="FILE", help="allocation file (JSON, lrm_interp.bits/2; records the model)"
+    )
     p.add_argument(
         "--gptqmodel",
         default=None,

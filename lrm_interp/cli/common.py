@@ -529,6 +529,8 @@ def check_paths(
     whole, so an input lying inside one (``quantize --out D --masks D/masks.safetensors``) is
     refused too, even with ``--overwrite``. ``files``: the outputs are files, so an existing folder
     there is refused even with ``--overwrite`` (up front: the writer would fail only after the work).
+    A file output spelled as a folder (``--out newdir/``: a file ``newdir`` was written, R28) is
+    refused too (:func:`lrm_interp._io.refuse_folder_spelling`).
     ``dirs``: the outputs are folders, so an existing file there is refused (the same way).
 
     Always refused, naming the flag: an output under an existing file (``--out results.csv/x``:
@@ -556,7 +558,13 @@ def check_paths(
         except ValueError as e:
             raise CliError(str(e)) from None
     if files:
+        from lrm_interp._io import refuse_folder_spelling
+
         for fo, po in given:
+            try:  # "--out newdir/" wrote a file named newdir (R28)
+                refuse_folder_spelling(po, fo)
+            except ValueError as e:
+                raise CliError(str(e)) from None
             for q in dict.fromkeys([Path(po), Path(po).expanduser()]):
                 if q.is_dir():
                     raise CliError(
@@ -669,17 +677,28 @@ def file_outputs(outputs: dict[str, str | os.PathLike | None], command: str) -> 
     An existing one (replaced with ``--overwrite``) is held for the whole body by an exclusive lock
     beside it (:func:`lrm_interp._io.exclusive_lock` on ``.NAME.lrm_interp.lock``, naming
     ``command``): a second live run replacing the same file is refused at once, naming the first
-    one's pid."""
-    from lrm_interp._io import LockHeldError, exclusive_lock, file_lock_path
+    one's pid. Refused before anything is written: an existing output holding a single-file result
+    another command writes (:func:`refuse_other_file_result`: ``bits --out <masks> --overwrite``,
+    H10-SFR), and a lock path holding anything but a lock of this library (a user's file named
+    ``.NAME.lrm_interp.lock``, a link there: left as it is, H10-LCK)."""
+    from lrm_interp._io import ForeignLockFileError, LockHeldError, exclusive_lock, file_lock_path
 
     paths = {f: Path(p) for f, p in outputs.items() if p is not None and str(p) != ""}
     existed = {f: p.exists() or p.is_symlink() for f, p in paths.items()}
+    for f, p in paths.items():
+        if existed[f]:
+            refuse_other_file_result(f, p, command)
     with contextlib.ExitStack() as stack:
         for f, p in paths.items():
             if not existed[f]:
                 continue
             try:
                 stack.enter_context(exclusive_lock(file_lock_path(p), command))
+            except ForeignLockFileError as e:
+                raise CliError(
+                    f"{f} {p}: its lock file {e.lock} is {e.why}, not a lock lrm_interp wrote: it is never "
+                    f"emptied or removed; move it away (or choose another {f})"
+                ) from None
             except LockHeldError as e:
                 who = f"'{PROG} {e.what}' " if e.what else ""
                 raise CliError(
@@ -691,6 +710,23 @@ def file_outputs(outputs: dict[str, str | os.PathLike | None], command: str) -> 
                     f"{f} {p}: cannot write beside it ({e.strerror or e}); choose a folder this user can write"
                 ) from None
         yield FileOutputs(paths, existed)
+
+
+def refuse_other_file_result(flag: str, path: str | os.PathLike, command: str) -> None:
+    """:class:`CliError` naming ``flag`` when the existing file ``path`` holds a single-file result
+    that ``command`` does not write (:func:`lrm_interp._io.file_result_conflict`: masks replaced by
+    ``bits --out m.safetensors --overwrite``, a bits allocation by ``parse``, H10-SFR): ``--overwrite``
+    replaces a command's own result only. The same command's result is replaced as before."""
+    from lrm_interp._io import FILE_RESULT_FORMATS, file_result_conflict
+
+    writes = [family for family, (_, cmd) in FILE_RESULT_FORMATS.items() if cmd == command]
+    held = file_result_conflict(path, writes)
+    if held is not None:
+        by = f", a result of '{PROG} {held.command}'" if held.command else ""
+        raise CliError(
+            f"{flag} {path} holds {held.holds} ({held.format}){by}: --overwrite does not replace another "
+            f"command's result; choose another {flag}"
+        )
 
 
 def add_overwrite_flag(p: argparse.ArgumentParser, what: str = "--out") -> None:
@@ -903,72 +939,20 @@ def load_attribution(path: str, flag: str):
 
 
 def alias_folders() -> dict[str, Path]:
-    """``{name: folder}`` of the folders a model alias or a shipped asset is loaded from on this
-    machine: the shipped toy model (``toy``), the shipped reasoner delta
-    (``smollm2-135m-reasoner``) and its merged copies in the cache (``smollm2-135m-reasoner@<folder
-    name>``), the SmolLM2 cache
-    (``smollm2-135m``; left out when ``$LRM_INTERP_CACHE`` is unusable), the shipped trained
-    annotator (``--annotator trained``) and the package's ``assets/`` folder holding them. Computed
-    without loading anything (a damaged install, weights missing, still lists them)."""
-    from importlib import resources
+    """The folders of the model aliases and the shipped assets (:func:`lrm_interp._io.alias_folders`,
+    where the rule lives: the Python writers apply it too, H10-ASP); imported on use, so that
+    ``lrm-interp --help`` loads no torch."""
+    from lrm_interp._io import alias_folders as folders
 
-    assets = Path(str(resources.files("lrm_interp") / "assets"))
-    out = {
-        "toy": assets / "toy_reasoner",
-        "smollm2-135m-reasoner": assets / "smollm2_reasoner",
-        "trained": assets / "annotators",
-    }
-    try:
-        from lrm_interp._io import cache_root
-
-        cache = cache_root()
-        out["smollm2-135m"] = cache / "smollm2-135m"
-        if cache.is_dir():
-            for merged in sorted(cache.glob("smollm2-135m-reasoner-*")):  # its merged copies
-                out[f"smollm2-135m-reasoner@{merged.name}"] = merged
-    except (ValueError, OSError):
-        pass
-    out["lrm_interp"] = assets  # the shipped assets as a whole (last: a message names the alias first)
-    return out
-
-
-#: how :func:`refuse_alias_folder` names an entry of :func:`alias_folders` that is no model alias
-_ALIAS_WORDS = {
-    "trained": "the shipped trained annotator (--annotator trained)",
-    "lrm_interp": "the shipped assets of lrm_interp",
-}
+    return folders()
 
 
 def refuse_alias_folder(out: str | os.PathLike, what: str = "--out") -> None:
-    """``ValueError`` when ``out`` is, contains or lies inside the folder an alias loads or a
-    shipped asset is read from (:func:`alias_folders`): a writer never replaces the model behind
-    ``--model toy`` (``toy train --out <the shipped folder> --overwrite`` did, H7-TT1; ``parse
-    --out <it>/config.json --overwrite`` too, H9-TT), whatever ``--overwrite`` says. An output
-    that would contain such a folder is refused only while the folder exists (nothing to destroy
-    otherwise). The rule of every output :func:`check_paths` checks, ``toy train``'s included."""
-    forms = [Path(out).resolve(), Path(out).expanduser().resolve()]
-    for alias, d in alias_folders().items():
-        d = d.resolve()
-        for o in forms:
-            if o == d:
-                where = ""
-            elif d in o.parents:
-                where = f"lies inside {d}, which "
-            elif o in d.parents and d.exists():
-                where = f"contains {d}, which "
-            else:
-                continue
-            name = alias.split("@")[0]
-            owner = _ALIAS_WORDS.get(name, f"the model alias {name!r}")
-            uses = (
-                f"every later --model {name} would load what is written there"
-                if name not in _ALIAS_WORDS
-                else "lrm_interp reads them as shipped"
-            )
-            raise ValueError(
-                f"{what} {out} {where}is the folder of {owner}" + ("" if where else f" ({d})") + ": it is never "
-                f"replaced or written into, even with --overwrite ({uses}); choose another path"
-            )
+    """``ValueError`` when ``out`` is, contains or lies inside the folder of a model alias or a shipped
+    asset, whatever ``--overwrite`` says (:func:`lrm_interp._io.refuse_alias_folder`, the one rule)."""
+    from lrm_interp._io import refuse_alias_folder as refuse
+
+    refuse(out, what)
 
 
 __all__ = [
@@ -1009,6 +993,7 @@ __all__ = [
     "device_arg",
     "check_paths",
     "refuse_other_results",
+    "refuse_other_file_result",
     "file_outputs",
     "FileOutputs",
     "created_meanwhile",

@@ -233,7 +233,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
     existed = out.exists() or out.is_symlink()
     with folder_lock(out, "compare") if existed else contextlib.nullcontext():
         for name in ("shift.csv", "shift.png"):  # under the lock: a run that finished meanwhile is seen here
-            check_paths({"--out": out / name}, overwrite=a.overwrite)
+            # its own files of a compare result (H10-CMP); another result's are refused, naming it
+            check_paths({"--out": out / name}, overwrite=a.overwrite, own="compare")
         shift = _importance_shift(a)
         with stage_folder(out, beside=not existed) as stage:
             shift.write_tables(stage, view=a.view)

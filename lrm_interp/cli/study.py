@@ -89,9 +89,19 @@ def cmd_study(a: argparse.Namespace) -> int:
     from lrm_interp.data.benchmarks import find_task_file, get_task
     from lrm_interp.data.loading import load_dataset
     from lrm_interp.experiments.report import files_and_commands, study_summary, write_study_report
-    from lrm_interp.experiments.study import StudySettings, check_study_folder, quantized_model_note, run_study
+    from lrm_interp.experiments.study import (
+        StudySettings,
+        check_environment,
+        check_study_folder,
+        quantized_model_note,
+        run_study,
+    )
 
     # everything that can be checked without loading the model, first
+    try:
+        check_environment()  # $LRM_INTERP_SKIP_MEMORY_CHECK: before the first write (H10-SMCL)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     require_model(a.model)
     note = quantized_model_note(a.model)
     if note is not None:  # was labelled "full precision (fp32)" with KL 0 (H7-QM1)

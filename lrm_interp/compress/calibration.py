@@ -11,7 +11,10 @@ Calibration data (``calib``) is accepted in one of three forms everywhere in the
 
 :func:`calibration_ids` builds ``[n, length]`` ids from the texts of annotated traces (a JSONL
 file or a paper-layout directory, :func:`lrm_interp.data.loading.load_dataset`) or, by
-default, from generated toy tasks.
+default, from generated toy tasks. Rows longer than the model's context
+(:func:`~lrm_interp.model.forward.context_limit`) are refused by every statistic collected from
+them (:func:`check_calibration_context`: :func:`collect_hessians`, :func:`layer_hessians`, so
+GPTQ, SparseGPT and Wanda): positions past it are inputs the model was never trained for.
 
 Statistics: :class:`HessianReducer` / :func:`collect_hessians` give ``H = 2·XᵀX/n`` per site
 (``X [n, in]`` the site's calibration inputs). :func:`layer_hessians` drives GPTQ layer by
@@ -33,11 +36,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import shown_value
+from lrm_interp.checks import check_int, check_seed, shown_value
 from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.toy_tasks import generate_dataset
 from lrm_interp.model.capture import Capture, Reducer
-from lrm_interp.model.forward import input_device
+from lrm_interp.model.forward import context_limit, input_device
 from lrm_interp.model.sites import Site, get_module
 
 #: input ids ``[b, s]`` / ``[s]`` or a tokenizer output dict with ``input_ids`` (+ ``attention_mask``)
@@ -105,9 +108,17 @@ def calibration_ids(
     (``separator=None``), or joined as ``text + separator`` for every text and tokenized in one
     call — then cut into ``n = max(1, n_tokens // length)`` rows; the remainder is dropped
     (with fewer than ``length`` tokens the single row holds them all).
+
+    ``length`` and ``n_per_family`` are ``int`` >= 1 and ``seed`` a seed (a bool, ``1.5`` or
+    ``"256"`` is refused: ``ValueError`` naming it); ``separator`` a string or ``None``. A
+    ``length`` above the model's context is refused where the rows are used
+    (:func:`check_calibration_context`).
     """
-    if int(length) <= 0:
-        raise ValueError(f"calibration length must be positive, got {shown_value(length)}")
+    length = check_int("length", length, min=1)
+    check_int("n_per_family", n_per_family, min=1)
+    check_seed("seed", seed)
+    if separator is not None and not isinstance(separator, str):
+        raise ValueError(f"separator must be a string or None, got {shown_value(separator)}")
     texts = calibration_texts(data, n_per_family=n_per_family, seed=seed)
     if separator is None:
         ids = torch.tensor(
@@ -118,8 +129,40 @@ def calibration_ids(
         ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     if ids.numel() == 0:
         raise ValueError(f"no calibration tokens in {data if data is not None else 'the toy tasks'}")
-    n = max(1, ids.numel() // int(length))
-    return ids[: n * int(length)].view(n, -1)
+    n = max(1, ids.numel() // length)
+    return ids[: n * length].view(n, -1)
+
+
+def calibration_shape(calib: Any) -> tuple[int, int] | None:
+    """``(rows, tokens per row)`` of calibration ids ``[b, s]`` / ``[s]`` or a tokenizer output
+    dict; ``None`` for a callable or anything else (:func:`calibration_batches` says what is wrong)."""
+    if callable(calib) and not isinstance(calib, torch.Tensor):
+        return None
+    ids = calib.get("input_ids") if isinstance(calib, Mapping) else calib
+    try:
+        shape = tuple(torch.as_tensor(ids).shape)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if len(shape) == 1:
+        return 1, int(shape[0])
+    return (int(shape[0]), int(shape[1])) if len(shape) == 2 else None
+
+
+def check_calibration_context(model: torch.nn.Module, calib: Any) -> None:
+    """Refuse calibration rows longer than ``model``'s context (the positions its config states,
+    :func:`~lrm_interp.model.forward.context_limit`): ``ValueError`` naming both lengths. The
+    statistics of the positions past it (Hessians, activation norms) come from inputs the model
+    never sees in use (they were accepted without a word, H10-CLX). A callable ``calib`` and a
+    model whose config states no context are not checked."""
+    shape = calibration_shape(calib)
+    limit, where = context_limit(model)
+    if shape is None or limit is None or shape[1] <= limit:
+        return
+    raise ValueError(
+        f"calibration rows of {shape[1]} tokens are longer than the model's context ({limit} positions, {where}): "
+        f"their statistics past position {limit} come from inputs the model never sees; cut them to at most "
+        f"{limit} tokens (calibration_ids(length=...))"
+    )
 
 
 class HessianReducer(Reducer):
@@ -171,6 +214,7 @@ def collect_hessians(
     ``stop_early``: abort each forward once every requested site has fired (exact: later
     modules cannot change earlier inputs). ``progress``: a bar over the calibration batches.
     """
+    check_calibration_context(model, calib)
     red = HessianReducer()
     names = {s.name for s in sites}
     with torch.no_grad(), Capture(model, list(sites), [red]):
@@ -228,6 +272,7 @@ def layer_hessians(
     """
     if calib is None:
         raise ValueError("GPTQ needs calibration data: calib=input_ids [b, s] (or tokenizer output / callable)")
+    check_calibration_context(model, calib)  # before the first layer is compressed
     sites = list(sites)
     if sequential:
         order = sorted(sites, key=lambda s: (s.layer is None, s.layer if s.layer is not None else 0))

@@ -27,6 +27,7 @@ from typing import Any, cast
 import torch
 
 from lrm_interp.checks import check_bool, check_float, shown_value
+from lrm_interp.compress.calibration import calibration_shape, check_calibration_context
 from lrm_interp.compress.common import parse_pattern
 from lrm_interp.compress.driver import get_method, method_names
 from lrm_interp.compress.prune.apply import prune_model_
@@ -169,14 +170,25 @@ def apply_compression(
     calib: Any = None,
     progress: bool = True,
 ) -> tuple[torch.nn.Module, dict]:
-    """``(compressed deep copy, report dict)``; ``spec.method == "none"`` returns ``model`` itself."""
+    """``(compressed deep copy, report dict)``; ``spec.method == "none"`` returns ``model`` itself.
+
+    A calibrated method's report records the calibration's shape, ``"calibration": {"rows",
+    "length"}`` (tokens per row; a callable ``calib``: not recorded). Rows longer than the model's
+    context are refused before the copy is made
+    (:func:`~lrm_interp.compress.calibration.check_calibration_context`)."""
     if spec.method == "none":
         return model, {"method": "none"}
     if spec.needs_calibration and calib is None:
         raise ValueError(f"{spec.method} needs calibration data")
     method = get_method(spec.method)
-    m = copy.deepcopy(model)
     calib = calib if method.calibrated else None
+    extra: dict[str, Any] = {}
+    if calib is not None:
+        check_calibration_context(model, calib)
+        shape = calibration_shape(calib)
+        if shape is not None:
+            extra["calibration"] = {"rows": shape[0], "length": shape[1]}
+    m = copy.deepcopy(model)
     if method.kind == "quantization":
         rep = quantize_model_(
             m,
@@ -187,9 +199,9 @@ def apply_compression(
             symmetric=spec.symmetric,
             progress=progress,
         )
-        return m, {**spec.to_dict(), "group_size": group_size, "n_weights": rep.n_weights}
+        return m, {**spec.to_dict(), "group_size": group_size, "n_weights": rep.n_weights, **extra}
     prep = prune_model_(m, spec.method, spec.sparsity, pattern=spec.pattern, calib=calib, progress=progress)
-    return m, {**spec.to_dict(), "achieved": prep.achieved}
+    return m, {**spec.to_dict(), "achieved": prep.achieved, **extra}
 
 
 __all__ = ["CompressionSpec", "parse_compression", "apply_compression", "METHODS"]

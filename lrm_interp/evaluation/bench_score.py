@@ -34,6 +34,7 @@ from lrm_interp._io import (
     move_together,
     new_stage,
     publish_dir,
+    refuse_other_result_folder,
     stage_folder,
 )
 from lrm_interp.data.benchmarks.items import BenchItem
@@ -697,8 +698,17 @@ class BenchScores:
 
         ``replace=False``: ``out_dir`` must not hold anything when the tables are published (it may
         be absent or an empty folder): a folder with files, there from the start or made by
-        another run meanwhile, is kept, and ``FileExistsError`` names it."""
+        another run meanwhile, is kept, and ``FileExistsError`` names it.
+
+        Whatever ``replace`` says, a folder holding a finished result of another command (an
+        attribution's ``scores.csv`` shares a name with these tables; a ``toy train`` model folder), or
+        lying inside one, is refused before anything is written
+        (:func:`~lrm_interp._io.refuse_other_result_folder`, :class:`~lrm_interp._io.OtherResultError`,
+        H10-BSW), as ``Attribution.write_tables`` refuses it."""
+        if not isinstance(out_dir, (str, os.PathLike)) or str(out_dir) == "":
+            raise TypeError(f"out_dir must be a folder path (str or os.PathLike), got {out_dir!r}")
         out = Path(out_dir)
+        refuse_other_result_folder(out, "bench score", "out_dir")
         if not replace and _holds_files(out):
             raise FileExistsError(errno.EEXIST, "holds files already: not replaced (replace=False)", str(out))
         new = not replace or not (out.exists() or out.is_symlink())

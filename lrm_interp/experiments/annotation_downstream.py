@@ -53,9 +53,9 @@ from lrm_interp._io import atomic_write_text, refuse_result_file
 from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import Attribution
-from lrm_interp.attribution.resume import trace_ids_fingerprint
+from lrm_interp.attribution.resume import read_json_object, trace_ids_fingerprint
 from lrm_interp.attribution.stats import spearman
-from lrm_interp.checks import check_int, check_seed
+from lrm_interp.checks import check_int, check_seed, shown_value
 from lrm_interp.data.annotate import (
     ANNOTATOR_NAMES,
     DEFAULT_ANNOTATOR,
@@ -260,7 +260,7 @@ class AnnotationDownstream:
         p = Path(path)
         if p.is_dir():
             p = p / RESULT_FILE
-        d = json.loads(p.read_text(encoding="utf-8"))
+        d = read_json_object(p, "give the result.json of an 'annotate agree --downstream' run")
         if d.get("format") != FORMAT:
             raise ValueError(
                 f"{p}: not an annotation-downstream result (format {d.get('format')!r}, expected {FORMAT!r})"
@@ -736,7 +736,7 @@ def annotation_downstream(
     }
     result = AnnotationDownstream(settings, tuple(rows), provenance)
     if out is not None:
-        result.save(out / RESULT_FILE)
+        result.save(out / RESULT_FILE, own="annotate downstream")  # its own record (a rerun replaces it)
         atomic_write_text(out / "table.md", result.to_markdown())
         atomic_write_text(out / "table.csv", result.to_dataframe().to_csv(index=False))
     return result
@@ -756,14 +756,16 @@ def _check_state(
                     "resume; choose another out_dir"
                 )
         return
-    try:
-        have = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p} is unreadable ({e}); delete {out} or choose another out_dir") from None
+    have = read_json_object(p, f"delete {out} or choose another out_dir")  # a readable object, naming p (H10-JSN)
     if have.get("format") != FORMAT:
         raise ValueError(
             f"{out} is not an annotation-downstream state folder ({p} has format "
             f"{have.get('format')!r}); choose another out_dir"
+        )
+    if not isinstance(have.get("settings"), dict):
+        raise ValueError(
+            f"{p}: settings is {shown_value(have.get('settings'))}, not an object of settings: the file was "
+            f"edited or is corrupt; delete {out} or choose another out_dir"
         )
     # each seed of the noise floor has its own folders: another seed reuses everything else
     diff = sorted(

@@ -19,8 +19,14 @@ Each row of ``rows.jsonl`` records what it was measured with (:data:`MEASURED_WI
 and the model's and tokenizer's fingerprints, as in ``settings.json``). A resume never serves a
 row measured with anything else than the folder's settings: after a hand edit of
 ``settings.json`` (its length limit 300 → 20, say) the rows measured at 300 tokens were shown as
-the 20-token table (H9-EXS); such a row is now refused naming it and the setting. Rows written
-before rows recorded this (no :data:`MEASURED_WITH`) are accepted as before.
+the 20-token table (H9-EXS); such a row is now refused naming it and the setting.
+
+``settings.json`` says whether its rows must carry that record: format :data:`FORMAT`
+(``lrm_interp.protection_experiment/2``) does, and a row without one is refused naming its line
+(a stripped record and an edited ``settings.json`` served the old rows, H10-EXK). A folder of
+format :data:`FORMAT_UNCHECKED` (``/1``, written before rows recorded it) still resumes: its rows
+without a record are accepted unchecked, and the folder keeps that format (a resume does not
+vouch for rows it could not check) until every row in it carries a record.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_save_figure, atomic_write_text, iter_jsonl
+from lrm_interp.attribution.resume import read_json_object
 from lrm_interp.checks import shown_value
 from lrm_interp.evaluation.generation import count_at_limit, length_limit_warning
 from lrm_interp.evaluation.intervals import wilson_interval
@@ -47,7 +54,10 @@ from lrm_interp.model.provenance import model_provenance
 from lrm_interp.toy.evaluate import evaluate, score_responses
 from lrm_interp.toy.tasks import model_world, problems
 
-FORMAT = "lrm_interp.protection_experiment/1"
+FORMAT = "lrm_interp.protection_experiment/2"
+#: the format of ``settings.json`` before every row had to record :data:`MEASURED_WITH` (module docs):
+#: read, and kept by a resume while a row in the folder lacks the record
+FORMAT_UNCHECKED = "lrm_interp.protection_experiment/1"
 #: the key of a ``rows.jsonl`` line that records what its row was measured with: ``{"settings":
 #: ..., "weights_fingerprint": ..., "tokenizer_fingerprint": ...}`` (``settings.json`` without its format)
 MEASURED_WITH = "measured_with"
@@ -336,7 +346,7 @@ def _plt_close(fig) -> None:
     plt.close(fig)
 
 
-def _settings_json(s: ExperimentSettings, fingerprint: str, tokenizer_fingerprint: str | None) -> dict[str, Any]:
+def _settings_json(s: ExperimentSettings, fingerprint: str | None, tokenizer_fingerprint: str | None) -> dict[str, Any]:
     d = asdict(s)
     d["random_seeds"] = list(s.random_seeds)
     return {
@@ -419,14 +429,18 @@ def _check_row(d: Any, where: str, n: int) -> ResultRow:
     return r
 
 
-def _check_folder(out: Path, want: dict[str, Any], n: int, records: dict[str, Any] | None = None) -> list[ResultRow]:
-    """The rows already measured in ``out`` (resume; each checked by :func:`_check_row` against
-    the run's ``n`` problems, and by :func:`_check_measured_with` against ``want`` where it records
-    what it was measured with), or ``ValueError`` if it holds another run
-    or is not an experiment folder (a file, or a non-empty folder without ``settings.json``: the
-    table files written here would replace the user's own ``table.md`` / ``table.csv``).
-    ``records``: filled with each row's :data:`MEASURED_WITH` record, by label (rows written before
-    it was recorded have none)."""
+#: what to do about a ``settings.json`` that cannot be read as an experiment's settings
+_SETTINGS_FIX = "the file was edited or is corrupt: restore it or use a new --out folder"
+
+
+def _read_settings(out: Path) -> dict[str, Any] | None:
+    """The folder's ``settings.json`` (``None``: a new folder), before anything is loaded, or
+    ``ValueError`` naming the file: not a JSON object, or ``settings`` not an object (``[1]`` and
+    ``{"settings": 5}`` gave "internal error (AttributeError ...)" after the model loaded, invalid
+    JSON a message naming no file, H10-JSN); a folder this run must not write into (a file, a
+    non-empty folder without ``settings.json``: the table files would replace the user's own
+    ``table.md`` / ``table.csv``; ``rows.jsonl`` without ``settings.json``). A folder written
+    before the length limit was a setting reads it as 480, its value then."""
     sp = out / "settings.json"
     if not sp.exists():
         if (out / "rows.jsonl").exists():
@@ -440,24 +454,54 @@ def _check_folder(out: Path, want: dict[str, Any], n: int, records: dict[str, An
                     f"{out} is not empty and not an experiment folder (no settings.json; holds {shown}); "
                     "use a new --out folder"
                 )
-        return []
-    have = json.loads(sp.read_text())
-    if isinstance(have.get("settings"), dict):  # written before the length limit was a setting
-        have["settings"].setdefault("max_new_tokens", 480)
-    if have != want:
-        diff = sorted(
-            k
-            for k in set(have.get("settings", {})) | set(want["settings"])
-            if have.get("settings", {}).get(k) != want["settings"].get(k)
-        )
+        return None
+    have = read_json_object(sp, _SETTINGS_FIX)
+    if not isinstance(have.get("settings"), dict):
+        raise ValueError(f"{sp}: settings is {shown_value(have.get('settings'))}, not an object; {_SETTINGS_FIX}")
+    have["settings"].setdefault("max_new_tokens", 480)  # written before the length limit was a setting
+    return have
+
+
+def _differences(have: dict[str, Any], want: dict[str, Any], *, fingerprints: bool = True) -> list[str]:
+    """What the folder's settings (``have``) and this run's (``want``) differ in, in words: each
+    setting, and (``fingerprints``) the model's weights and tokenizer; and ``format`` for a format
+    this version does not read (:data:`FORMAT`, :data:`FORMAT_UNCHECKED`)."""
+    hs, ws = have.get("settings", {}), want["settings"]
+    diff = sorted(k for k in set(hs) | set(ws) if hs.get(k) != ws.get(k))
+    if fingerprints:
         if have.get("weights_fingerprint") != want["weights_fingerprint"]:
             diff.append("weights_fingerprint (another model)")
         if have.get("tokenizer_fingerprint") != want["tokenizer_fingerprint"]:
             diff.append("tokenizer_fingerprint (another tokenizer)")
-        raise ValueError(
-            f"{out} holds another experiment (differs in {', '.join(diff) or 'format'}); use a new --out folder"
-        )
+    if have.get("format") not in (FORMAT, FORMAT_UNCHECKED):
+        diff.append(f"format {have.get('format')!r}")
+    return diff
+
+
+def _refuse_other_experiment(out: Path, diff: list[str]) -> None:
+    """``ValueError`` for a folder holding another experiment (``diff``: what differs)."""
+    if diff:
+        raise ValueError(f"{out} holds another experiment (differs in {', '.join(diff)}); use a new --out folder")
+
+
+def _check_folder(
+    out: Path, want: dict[str, Any], n: int, records: dict[str, Any] | None = None
+) -> tuple[list[ResultRow], str]:
+    """``(rows, format)``: the rows already measured in ``out`` (resume; each checked by
+    :func:`_check_row` against the run's ``n`` problems, and by :func:`_check_measured_with` against
+    ``want`` where it records what it was measured with), and the format ``settings.json`` is to
+    be written in (:data:`FORMAT`, or :data:`FORMAT_UNCHECKED` for an older folder holding a row
+    without a record). ``ValueError`` if it holds another run or is not an experiment folder
+    (:func:`_read_settings`), or for a row without a record in a folder of :data:`FORMAT` (the
+    record was removed, H10-EXK). ``records``: filled with each row's :data:`MEASURED_WITH`
+    record, by label (rows of older runs have none)."""
+    have = _read_settings(out)
+    if have is None:
+        return [], FORMAT
+    _refuse_other_experiment(out, _differences(have, want))
+    checked = have.get("format") == FORMAT  # its rows must each record what they were measured with
     rows: list[ResultRow] = []
+    unrecorded = 0
     rp = out / "rows.jsonl"
     if rp.exists():
         try:
@@ -466,16 +510,25 @@ def _check_folder(out: Path, want: dict[str, Any], n: int, records: dict[str, An
                 r = _check_row(d, where, n)
                 if any(r.label == o.label for o in rows):
                     raise ValueError(f"{where}: row {r.label!r} appears twice; delete one of the two lines")
-                if rec is not None:  # rows of older runs record nothing: accepted as before
+                if rec is not None:
                     _check_measured_with(rec, r.label, where, want)
                     if records is not None:
                         records[r.label] = rec
+                elif checked:  # a stripped record: the row cannot be told from one of other settings
+                    raise ValueError(
+                        f"{where}: row {r.label!r} records no {MEASURED_WITH}, but {out / 'settings.json'} "
+                        f"(format {FORMAT}) says every row records what it was measured with: the record "
+                        "was removed, so the row may be of other settings; delete that line (the row is "
+                        "re-measured) or use a new --out folder"
+                    )
+                else:  # a row of an older run (format FORMAT_UNCHECKED): accepted unchecked, as before
+                    unrecorded += 1
                 rows.append(r)
         except ValueError as e:
             if "delete" in str(e):
                 raise
             raise ValueError(f"{e}; delete that line (the row is re-measured) or use a new --out folder") from None
-    return rows
+    return rows, FORMAT if checked or not unrecorded else FORMAT_UNCHECKED
 
 
 def _measure(
@@ -538,15 +591,19 @@ def run_protection_experiment(
     out = Path(out)
     check_only(s, only)  # an `only` that selects no row is refused before anything is loaded
     check_only(s, redo)
+    have = _read_settings(out)  # an unreadable settings.json or another run's settings: before the model loads
+    if have is not None:
+        _refuse_other_experiment(out, _differences(have, _settings_json(s, None, None), fingerprints=False))
     model, tok = load_model(s.model)
     model.eval()
     prov = model_provenance(model, tok)
     want = _settings_json(s, prov["weights_fingerprint"], (prov.get("tokenizer") or {}).get("fingerprint"))
     held = problems(s.per_family, seed=s.problem_seed, world=model_world(model))
     records: dict[str, Any] = {}  # label -> what the row was measured with (none for rows of older runs)
-    done = _check_folder(out, want, len(held), records)
+    done, fmt = _check_folder(out, want, len(held), records)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "settings.json", json.dumps(want, indent=1))
+    # an older folder keeps its format while a row there lacks a record: it is not vouched for (H10-EXK)
+    atomic_write_text(out / "settings.json", json.dumps({**want, "format": fmt}, indent=1))
     rows = {r.label: r for r in done}
 
     def line(r: ResultRow) -> str:
@@ -590,6 +647,7 @@ def run_protection_experiment(
 
 __all__ = [
     "FORMAT",
+    "FORMAT_UNCHECKED",
     "KINDS",
     "MEASURED_WITH",
     "ResultRow",

@@ -30,7 +30,14 @@ from lrm_interp.checks import check_fraction, check_int
 from lrm_interp.compress.quant.grid import check_bits
 from lrm_interp.data.traces import ReasoningDataset
 from lrm_interp.experiments.report import files_and_commands, study_summary, write_study_report
-from lrm_interp.experiments.study import StudyResult, StudySettings, check_study_folder, run_study, study_key
+from lrm_interp.experiments.study import (
+    StudyResult,
+    StudySettings,
+    check_environment,
+    check_study_folder,
+    run_study,
+    study_key,
+)
 from lrm_interp.toy.tasks import FAMILIES, generate_dataset
 
 #: the quickstart's traces: ``n_traces // 3`` per family of this seed
@@ -74,7 +81,9 @@ def quickstart_study(
     """The quickstart's compute (module docs), no printing: a
     :func:`~lrm_interp.experiments.study.run_study` of the shipped toy (``tiny``: a random tiny
     Llama saved to ``out_dir/tiny_model``) on :func:`quickstart_traces`. Every setting is checked
-    (``ValueError``) before anything is loaded or written."""
+    (``ValueError``) before anything is loaded or written, ``$LRM_INTERP_SKIP_MEMORY_CHECK`` included
+    (:func:`~lrm_interp.experiments.study.check_environment`)."""
+    check_environment()  # before tiny_model/ and study.json are written (H10-SMCL)
     check_int("n_traces", n_traces, min=1)
     check_bits(bits)
     check_int("group_size", group_size, min=1)
@@ -131,7 +140,8 @@ def run_quickstart(
     kept in full precision, in (0, 1). A rerun on the same folder resumes; a folder holding a
     quickstart with other settings is refused unless ``overwrite``.
     """
-    check_int("n_traces", n_traces, min=1)  # the header below is printed after the checks only
+    check_environment()  # the header below is printed after the checks only
+    check_int("n_traces", n_traces, min=1)
     check_bits(bits)
     check_int("group_size", group_size, min=1)
     check_fraction("budget", budget, zero=False, one=False)

@@ -74,9 +74,9 @@ from lrm_interp._io import (
     refuse_other_result_folder,
     write_safetensors,
 )
-from lrm_interp.attribution.pipeline import attribute
+from lrm_interp.attribution.pipeline import SKIP_MEMORY_CHECK_ENV, attribute
 from lrm_interp.attribution.results import Attribution, ImportanceShift, compare
-from lrm_interp.checks import check_fraction, check_int, check_seed
+from lrm_interp.checks import check_fraction, check_int, check_seed, env_flag, shown_value
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.benchmarks import find_task_file, get_task, load, task_names
 from lrm_interp.data.benchmarks.items import BenchItem
@@ -93,8 +93,14 @@ from lrm_interp.protect.encoding import bits_per_weight, load_masks, save_masks
 from lrm_interp.protect.masks import ProtectionMask
 from lrm_interp.protect.registry import SALIENCIES
 
-FORMAT = "lrm_interp.study/1"
+FORMAT = "lrm_interp.study/2"
+#: the format of a ``study.json`` written before it recorded :data:`KEY_CHECKSUMS`: read and
+#: resumed unchecked, and kept in this format by a resume (it vouches for no settings it could not
+#: check); one of :data:`FORMAT` without them was stripped and is refused (H10-STK)
+FORMAT_UNCHECKED = "lrm_interp.study/1"
 STUDY_FILE, OUTCOMES_FILE = "study.json", "outcomes.safetensors"
+#: the format of ``outcomes.safetensors`` (unchanged since the first study format)
+OUTCOMES_FORMAT = "lrm_interp.study/1.outcomes"
 #: the row keys in table order (module docs)
 ROW_KEYS = ("fp", "uniform", "magnitude", "attribution", "mixed")
 #: the registered saliency of the ``attribution`` row and of the masks file
@@ -237,7 +243,9 @@ class StudyResult:
     their importance shift; ``allocation``: the ``mixed`` row's bits; ``masks``: summary of the
     attribution masks file; ``files``: ``{name in out_dir: what it is}``; ``commands``: shell lines
     that reuse them; ``provenance``: model and tokenizer record, traces, items, what was resumed,
-    seconds.
+    seconds (in memory also ``key``, the study's key, and ``format``, the ``study.json`` format
+    :meth:`save` writes: :data:`FORMAT_UNCHECKED` for a study resumed or loaded from a
+    ``study.json`` without key checksums).
     """
 
     settings: StudySettings
@@ -363,12 +371,11 @@ class StudyResult:
         _write_outcomes(out, self.outcomes)
         table = self.to_dataframe().to_csv(index=False)
         atomic_write_text(out / "results.csv", table)
-        prov = {k: v for k, v in self.provenance.items() if k != "key"}
+        prov = {k: v for k, v in self.provenance.items() if k not in ("key", "format")}
         prov["checksums"] = {**(prov.get("checksums") or {}), "results.csv": _sha256(table.encode("utf-8"))}
+        # a study resumed or loaded from a study.json that recorded no checksums keeps its format (H10-STK)
         doc = {
-            "format": FORMAT,
-            **(key or {}),
-            **_key_checksum(key or {}),
+            **_doc_format(dict(key or {}), self.provenance.get("format") != FORMAT_UNCHECKED),
             "rows": [r.to_dict() for r in self.rows],
             "masks": self.masks,
             "files": self.files,
@@ -388,7 +395,11 @@ class StudyResult:
             raise ValueError(f"{out}: the study did not finish; run it again to resume")
         _refuse_edited_key(out, doc)  # its settings are what its rows were measured with (H9-STS)
         _refuse_changed_files(out, doc, ("bits.json",))  # the allocation it reads
-        prov = dict(doc["provenance"], key={k: doc[k] for k in _KEY_FIELDS})
+        prov = dict(
+            doc["provenance"],
+            key={k: doc[k] for k in _KEY_FIELDS},
+            format=FORMAT if key_checked(doc) else FORMAT_UNCHECKED,  # saved again in it (StudyResult.save)
+        )
         names = prov["folders"]
         res, res_q = Attribution.load(out / names["original"]), Attribution.load(out / names["compressed"])
         return cls(
@@ -424,10 +435,23 @@ def _read_study(out: Path) -> dict[str, Any]:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{p}: not a study file ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") not in (FORMAT, FORMAT_UNCHECKED):
         doc = doc if isinstance(doc, dict) else {}
-        raise ValueError(f"{p}: not a study file (format {doc.get('format')!r}, expected {FORMAT!r})")
+        raise ValueError(
+            f"{p}: not a study file (format {doc.get('format')!r}, expected {FORMAT!r} or the older "
+            f"{FORMAT_UNCHECKED!r})"
+        )
     return doc
+
+
+def _doc_format(key: Mapping[str, Any], checked: bool) -> dict[str, Any]:
+    """The head of a ``study.json``: its format and key fields, with :data:`KEY_CHECKSUMS` of them
+    (``checked``: :data:`FORMAT`), or without (a study of :data:`FORMAT_UNCHECKED` resumed: the
+    checksums would vouch for settings nobody checked, H10-STK). The one place a study's format is
+    chosen (:func:`_save_progress`, :meth:`StudyResult.save`)."""
+    if not checked:
+        return {"format": FORMAT_UNCHECKED, **key}
+    return {"format": FORMAT, **key, **_key_checksum(key)}
 
 
 def _sha256(data: bytes) -> str:
@@ -475,7 +499,8 @@ def _refuse_changed_files(out: Path, doc: Mapping[str, Any], names: Sequence[str
 
 
 #: top-level entry of ``study.json``: the SHA-256 of each of its key fields (:data:`_KEY_FIELDS`) as
-#: the study wrote them (H9-STS); a ``study.json`` without it (an older study) is not checked
+#: the study wrote them (H9-STS); required in format :data:`FORMAT` (H10-STK); a ``study.json`` of
+#: format :data:`FORMAT_UNCHECKED` without it (an older study) is not checked
 KEY_CHECKSUMS = "key_checksums"
 
 
@@ -495,13 +520,22 @@ def _key_checksum(key: Mapping[str, Any]) -> dict[str, Any]:
 def edited_key_fields(doc: Mapping[str, Any]) -> list[str]:
     """The key fields of a ``study.json`` (``doc``: ``settings``, the weights / tokenizer / traces
     fingerprints) that no longer match the checksum the study recorded when it wrote them: edited
-    by hand since. Empty for a study written before the checksums (nothing can be checked)."""
+    by hand since. A study of :data:`FORMAT` records a checksum of every one: a field without one
+    (the checksums removed) counts as edited (H10-STK). Empty for a study of
+    :data:`FORMAT_UNCHECKED`, written before the checksums (nothing can be checked)."""
     sums = doc.get(KEY_CHECKSUMS)
-    if not isinstance(sums, Mapping):
+    if doc.get("format") == FORMAT_UNCHECKED and sums is None:
         return []
-    return [k for k in _KEY_FIELDS if k in sums and (k not in doc or _canonical_sha256(doc[k]) != sums[k])] + [
-        k for k in _KEY_FIELDS if k in doc and k not in sums
-    ]
+    if not isinstance(sums, Mapping):
+        sums = {}
+    return [k for k in _KEY_FIELDS if k not in sums or k not in doc or _canonical_sha256(doc[k]) != sums[k]]
+
+
+def key_checked(doc: Mapping[str, Any]) -> bool:
+    """Whether a ``study.json`` (``doc``, accepted by :func:`_refuse_edited_key`) records the
+    checksums of its key fields, so that its settings were checked: ``False`` for a study of
+    :data:`FORMAT_UNCHECKED` without them, which a resume keeps in that format (H10-STK)."""
+    return isinstance(doc.get(KEY_CHECKSUMS), Mapping)
 
 
 def _refuse_edited_key(out: Path, doc: Mapping[str, Any], flag_ow: str = "overwrite=True (--overwrite)") -> None:
@@ -510,6 +544,15 @@ def _refuse_edited_key(out: Path, doc: Mapping[str, Any], flag_ow: str = "overwr
     (a budget edited 0.02 → 0.05 and ``--budget 0.05``: the 0.02 study's results.csv and bits.json,
     exit 0, H9-STS)."""
     edited = edited_key_fields(doc)
+    sums = doc.get(KEY_CHECKSUMS)
+    if edited and not isinstance(sums, Mapping):  # stripped or damaged (H10-STK)
+        what = f"has no {KEY_CHECKSUMS}" if sums is None else f"holds {KEY_CHECKSUMS} {shown_value(sums)}"
+        raise ValueError(
+            f"{out / STUDY_FILE} {what}, but a study of format {FORMAT} records the checksums of its settings "
+            "and fingerprints: they were removed or damaged since the study wrote it, so its settings cannot be "
+            f"checked against what its rows were measured with; delete the folder or rerun with {flag_ow} to "
+            "start it over"
+        )
     if edited:
         raise ValueError(
             f"{out / STUDY_FILE} was edited since the study wrote it ({', '.join(edited)}): its rows and files "
@@ -723,11 +766,11 @@ def _own_folders(out: Path, have: Mapping[str, Any]) -> list[Path]:
 
 def _write_outcomes(out: Path, outcomes: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
     tensors = {f"{k}.{name}": t for k, d in outcomes.items() for name, t in d.items()}
-    write_safetensors(out / OUTCOMES_FILE, tensors, {"format": f"{FORMAT}.outcomes"})
+    write_safetensors(out / OUTCOMES_FILE, tensors, {"format": OUTCOMES_FORMAT})
 
 
 def _read_outcomes(out: Path) -> dict[str, dict[str, torch.Tensor]]:
-    tensors, _ = read_safetensors(out / OUTCOMES_FILE, (f"{FORMAT}.outcomes",), "study outcomes file")
+    tensors, _ = read_safetensors(out / OUTCOMES_FILE, (OUTCOMES_FORMAT,), "study outcomes file")
     res: dict[str, dict[str, torch.Tensor]] = {}
     for name, t in tensors.items():
         k, what = name.split(".", 1)
@@ -735,13 +778,19 @@ def _read_outcomes(out: Path) -> dict[str, dict[str, torch.Tensor]]:
     return res
 
 
-def _save_progress(out: Path, key: dict[str, Any], rows: Mapping[str, StudyRow], outcomes: Mapping, prov: dict) -> None:
-    """Outcomes first, then the rows that point at them (a row without outcomes is measured again)."""
+def _save_progress(
+    out: Path,
+    key: dict[str, Any],
+    rows: Mapping[str, StudyRow],
+    outcomes: Mapping,
+    prov: dict,
+    checked: bool = True,
+) -> None:
+    """Outcomes first, then the rows that point at them (a row without outcomes is measured again).
+    ``checked``: the key was checked (:func:`key_checked`), so ``study.json`` records its checksums."""
     _write_outcomes(out, outcomes)
     doc = {
-        "format": FORMAT,
-        **key,
-        **_key_checksum(key),
+        **_doc_format(key, checked),
         "rows": [r.to_dict() for r in rows.values()],
         "provenance": prov,
         "complete": False,
@@ -881,6 +930,16 @@ def _pick_rows(planner: ProtectionPlanner) -> dict[str, RowPlan]:
 
 
 # --------------------------------------------------------------------------- the run
+def check_environment() -> None:
+    """Refuse (``ValueError`` naming the variable) an environment variable a study reads that is
+    neither yes nor no: ``$LRM_INTERP_SKIP_MEMORY_CHECK`` (:func:`lrm_interp.checks.env_flag`),
+    read by every ``attribute()`` the study runs. Checked before the first write by ``study``,
+    ``quickstart``, :func:`run_study` and :func:`lrm_interp.experiments.quickstart.quickstart_study`:
+    it was refused only once ``study.json`` and the outcomes (and the quickstart's ``tiny_model/``)
+    were written (H10-SMCL)."""
+    env_flag(SKIP_MEMORY_CHECK_ENV)
+
+
 def run_study(
     model: Any,
     data: Any,
@@ -909,6 +968,7 @@ def run_study(
     holding another study is refused before anything is written.
     """
     t0 = time.time()
+    check_environment()  # before the first write (H10-SMCL)
     note = quantized_model_note(model)
     if note is not None:
         raise ValueError(note)
@@ -933,7 +993,10 @@ def run_study(
     check_study_folder(out, s, overwrite, key=key, writes_traces=in_memory)  # every check before the first write
     # the checksums of the files an earlier run of this study wrote (verified above): kept for the
     # files this run does not rewrite, replaced for those it does (H8-ST1e)
-    sums = {} if overwrite or not (out / STUDY_FILE).exists() else recorded_checksums(_read_study(out))
+    have = None if overwrite or not (out / STUDY_FILE).exists() else _read_study(out)
+    sums = {} if have is None else recorded_checksums(have)
+    # a study.json without key checksums (an older study) is resumed in its format, unchecked (H10-STK)
+    checked = have is None or key_checked(have)
     rows, outcomes = _resume_state(out, key, overwrite)
     resumed = list(rows)
     out.mkdir(parents=True, exist_ok=True)
@@ -954,7 +1017,7 @@ def run_study(
         "traces": {"n": len(ds), "span_counts": ds.span_counts()},
         "checksums": sums,
     }
-    _save_progress(out, key, rows, outcomes, prov)
+    _save_progress(out, key, rows, outcomes, prov, checked)
 
     # 1. which modules matter
     d_fp = out / folders["original"]
@@ -987,7 +1050,7 @@ def run_study(
     else:  # the allocation the mixed row was measured with (unchanged: check_study_folder)
         allocation = BitAllocation.load(out / "bits.json")
     _record_checksum(out, "bits.json", sums)
-    _save_progress(out, key, rows, outcomes, prov)  # their checksums, at once
+    _save_progress(out, key, rows, outcomes, prov, checked)  # their checksums, at once
 
     # 3. the compressed variants, measured one row at a time (saved after each: resumable)
     items = study_items(s, model) if s.tasks else []
@@ -1026,7 +1089,7 @@ def run_study(
                 )
                 if cut:
                     fp_at_limit = cut[0]
-                _save_progress(out, key, rows, outcomes, prov)
+                _save_progress(out, key, rows, outcomes, prov, checked)
                 bar.update(1)
                 bar.set_postfix_str(f"{plan.label}: {_fmt(rows[k].value, s.metric)}")
             if k == "uniform":  # 4. the importance shift of the uniform copy
@@ -1067,7 +1130,7 @@ def run_study(
         str(out),
         files,
         tuple(_commands(out, ref, data_ref, s, folders, allocation)),
-        {**prov, "key": key},
+        {**prov, "key": key, "format": FORMAT if checked else FORMAT_UNCHECKED},
     )
     result.save(out)
     return result
@@ -1286,6 +1349,10 @@ def _commands(
 
 __all__ = [
     "FORMAT",
+    "FORMAT_UNCHECKED",
+    "KEY_CHECKSUMS",
+    "check_environment",
+    "key_checked",
     "ROW_KEYS",
     "SALIENCY",
     "StudySettings",

@@ -21,39 +21,65 @@ with ``e_m(b)`` its RTN reconstruction error at ``b`` bits (:func:`quantization_
 :func:`allocate_bits` starts every module at the lowest choice and greedily applies the
 upgrade with the largest ``ΔL`` saved per extra bit that still fits, until none fits: the
 result never exceeds the budget. :func:`uniform_allocation` is the plain baseline.
+
+An allocation records the model it was computed for (:attr:`BitAllocation.model`, ``{"name",
+"weights_fingerprint"}`` as masks do: :func:`quantization_errors` measures the errors on that
+model and :func:`allocate_bits` records it), and :func:`quantize_allocation_` refuses, before any
+weight changes, an allocation of another model and one that leaves linear sites of the model out
+(``partial=True`` quantizes only the sites it names). Files: ``lrm_interp.bits/2`` JSON
+(:meth:`BitAllocation.save` / :meth:`BitAllocation.load`); ``lrm_interp.bits/1`` files, written
+before the model was recorded, load and apply with a warning.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from lrm_interp._io import atomic_write_text, refuse_result_file
-from lrm_interp.checks import check_float
-from lrm_interp.compress.quant.grid import check_bits, check_group_size
-from lrm_interp.model.sites import Site, get_module
+from lrm_interp._io import atomic_write_text, loads_strict, refuse_result_file, strip_bom
+from lrm_interp.checks import check_bool, check_float, check_int, shown_value
+from lrm_interp.compress.quant.grid import MAX_BITS, MIN_BITS, check_bits, check_group_size
+from lrm_interp.model.provenance import check_same_weights, model_name, weights_record
+from lrm_interp.model.sites import Site, find_sites, get_module
 from lrm_interp.model.weights import weight_matrix
 from lrm_interp.protect.encoding import quantized_site_bits
 
 KEPT = 16  # "bits" of a module kept in FP16
-FORMAT = "lrm_interp.bits/1"
+#: the format :meth:`BitAllocation.save` writes: it records the model (``"model"``, maybe ``null``)
+FORMAT = "lrm_interp.bits/2"
+#: the format of files written before the allocation recorded its model (read, unchecked)
+FORMAT_V1 = "lrm_interp.bits/1"
+#: the entries every allocation file holds (``"provenance"`` is optional)
+_FILE_KEYS = ("bits", "bpw", "budget_bpw", "sensitivity", "group_size", "symmetric")
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
 @dataclass(frozen=True)
 class BitAllocation:
     """Bits of every quantized module (16 = kept in FP16) and what they cost.
 
+    Every field is checked at construction (``ValueError`` naming the field, and the site of a
+    bad bit width; :meth:`load` prefixes the file): that is what :meth:`load` relies on.
+
     Attributes:
-        bits: ``{site: bits}`` in site order.
-        bpw: achieved average storage bits per weight over the sites.
+        bits: ``{site: bits}`` in site order, each an ``int`` 2..8 or 16 (not a bool, ``3.7`` or
+            ``"3"``); at least one site.
+        bpw: achieved average storage bits per weight over the sites (finite, > 0).
         budget_bpw: the budget it was allocated under (``None`` for uniform).
         sensitivity: what drove it (``"attribution"``, ``"hessian"``, ``"none"``, ``"uniform"``).
         group_size, symmetric: the grid the costs assume.
+        model: ``{"name", "weights_fingerprint"}`` of the model it was computed for
+            (:func:`lrm_interp.model.provenance.weights_record`); ``None``: unknown (an older file,
+            or built without one). :func:`quantize_allocation_` refuses another model's.
+        source: the file it was read from (named in errors), ``None`` when built in memory.
     """
 
     bits: dict[str, int]
@@ -63,6 +89,21 @@ class BitAllocation:
     group_size: int | None = 128
     symmetric: bool = False
     provenance: dict = field(default_factory=dict)
+    model: dict | None = None
+    source: str | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        try:
+            checked = _checked_fields(self)
+        except ValueError as e:
+            raise ValueError(f"{self.source or 'BitAllocation'}: {e}") from None
+        for k, v in checked.items():
+            object.__setattr__(self, k, v)
+
+    @property
+    def label(self) -> str:
+        """How errors name the allocation: ``"bit allocation <file>"``, or ``"the bit allocation"``."""
+        return f"bit allocation {self.source}" if self.source else "the bit allocation"
 
     def counts(self) -> dict[int, int]:
         """Modules per bit width."""
@@ -98,6 +139,7 @@ class BitAllocation:
             "group_size": self.group_size,
             "symmetric": self.symmetric,
             "provenance": self.provenance,
+            "model": self.model,
         }
 
     def save(self, path: str | Path, *, own: str | None = None) -> Path:
@@ -111,19 +153,138 @@ class BitAllocation:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> BitAllocation:
-        d = json.loads(Path(path).read_text())
-        if d.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a bit allocation file (format {d.get('format')!r}, expected {FORMAT!r})")
+    def load(cls, path: str | os.PathLike) -> BitAllocation:
+        """The allocation in the JSON file ``path`` (:data:`FORMAT`, or :data:`FORMAT_V1` written
+        before the model was recorded: ``model`` is then ``None``).
+
+        Read with the strict JSON reader (:func:`~lrm_interp._io.loads_strict`: a key twice,
+        ``NaN`` refused) and checked in full (the fields' checks of the class); a file of format
+        :data:`FORMAT` must hold its ``"model"`` entry (every writer of that format writes it: one
+        without was edited). Errors are one line naming the file (and the site): ``ValueError``;
+        a missing file, a folder or an unreadable file: ``FileNotFoundError`` /
+        ``IsADirectoryError`` / ``OSError``."""
+        p = Path(path)
+        d = _read_json_object(p, "bit allocation file")
+        fmt = d.get("format")
+        if fmt not in (FORMAT, FORMAT_V1):
+            raise ValueError(f"{p}: not a bit allocation file (format {fmt!r}, expected {FORMAT!r})")
+        missing = [k for k in _FILE_KEYS if k not in d]
+        if missing:
+            raise ValueError(f"{p}: the bit allocation file has no {missing[0]!r} entry (written by hand, or cut?)")
+        if fmt == FORMAT and "model" not in d:
+            raise ValueError(
+                f"{p}: the bit allocation file (format {FORMAT!r}) has no 'model' entry: every lrm_interp "
+                "writing this format records the model it was computed for, so it was removed and the file "
+                "cannot be checked against a model; compute it again (lrm-interp bits --model ...)"
+            )
         return cls(
-            {k: int(v) for k, v in d["bits"].items()},
+            d["bits"],
             d["bpw"],
             d["budget_bpw"],
             d["sensitivity"],
             d["group_size"],
             d["symmetric"],
             d.get("provenance", {}),
+            d.get("model") if fmt == FORMAT else None,
+            source=str(p),
         )
+
+
+def _read_json_object(path: Path, what: str) -> dict:
+    """The JSON object in the file ``path`` (a UTF-8 byte-order mark dropped, the strict reader),
+    else one line naming ``path`` and ``what`` it should be: ``FileNotFoundError``,
+    ``IsADirectoryError``, ``OSError`` (unreadable), ``ValueError`` (binary, empty, invalid JSON,
+    not an object)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path} is a folder; give the {what} itself (a .json file)") from None
+    except OSError as e:
+        raise OSError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    try:
+        text = strip_bom(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path}: not a {what} (not UTF-8 text: a binary file?; expected JSON of format {FORMAT!r})"
+        ) from None
+    if not text.strip():
+        raise ValueError(f"{path}: not a {what} (the file is empty; expected JSON of format {FORMAT!r})")
+    d = loads_strict(text, str(path))
+    if not isinstance(d, dict):
+        kind = _JSON_TYPES.get(type(d), "null" if d is None else type(d).__name__)
+        raise ValueError(f"{path}: not a {what} (a JSON {kind}, expected an object of format {FORMAT!r})")
+    return d
+
+
+def _site_bits(site: object, b: object) -> tuple[str, int]:
+    """``(site, bits)`` if ``site`` is a name and ``b`` an ``int`` 2..8 or :data:`KEPT`, else ``ValueError``."""
+    if not isinstance(site, str) or not site:
+        raise ValueError(f"bits: a key must be a site name (str), got {shown_value(site)}")
+    if isinstance(b, bool) or not isinstance(b, int) or not (MIN_BITS <= b <= MAX_BITS or b == KEPT):
+        raise ValueError(
+            f"bits of site {site} must be an integer {MIN_BITS}..{MAX_BITS} or {KEPT} (kept in FP16), "
+            f"got {shown_value(b)}"
+        )
+    return site, int(b)
+
+
+def _model_entry(model: Any) -> dict[str, str] | None:
+    """``{"name", "weights_fingerprint"}`` of ``model`` for :attr:`BitAllocation.model`: computed for
+    a module (:func:`~lrm_interp.model.provenance.weights_record`), checked for a mapping (a
+    non-empty ``weights_fingerprint`` string; ``name`` a string if given), ``None`` as is; anything
+    else: ``ValueError``."""
+    if model is None:
+        return None
+    if isinstance(model, torch.nn.Module):
+        return weights_record(model)
+    if not isinstance(model, Mapping):
+        raise ValueError(
+            f"model must be a model, a mapping {{'name', 'weights_fingerprint'}} or None, got {shown_value(model)}"
+        )
+    fp, name = model.get("weights_fingerprint"), model.get("name", "")
+    if not isinstance(fp, str) or not fp:
+        raise ValueError(f"model must record a weights_fingerprint (a non-empty string), got {shown_value(fp)}")
+    if not isinstance(name, str):
+        raise ValueError(f"model: name must be a string, got {shown_value(name)}")
+    return {"name": name, "weights_fingerprint": fp}
+
+
+def _checked_fields(a: BitAllocation) -> dict[str, Any]:
+    """The fields of ``a`` checked and normalised (``ValueError`` naming the field: the one rule of
+    :class:`BitAllocation` and :meth:`BitAllocation.load`)."""
+    if not isinstance(a.bits, Mapping):
+        raise ValueError(f"bits must be a mapping {{site: bits}}, got {shown_value(a.bits)}")
+    bits = dict(_site_bits(k, v) for k, v in a.bits.items())
+    if not bits:
+        raise ValueError("bits names no site")
+    if not isinstance(a.sensitivity, str) or not a.sensitivity:
+        raise ValueError(f"sensitivity must be a name (str), got {shown_value(a.sensitivity)}")
+    if not isinstance(a.provenance, Mapping):
+        raise ValueError(f"provenance must be a mapping, got {shown_value(a.provenance)}")
+    if a.source is not None and not isinstance(a.source, (str, os.PathLike)):
+        raise ValueError(f"source must be the file's path or None, got {shown_value(a.source)}")
+    return {
+        "bits": bits,
+        "bpw": check_float("bpw", a.bpw, min=0.0, min_open=True),
+        "budget_bpw": check_float("budget_bpw", a.budget_bpw, min=0.0, min_open=True, optional=True),
+        "group_size": check_int("group_size", a.group_size, min=1, optional=True),
+        "symmetric": check_bool("symmetric", a.symmetric),
+        "provenance": dict(a.provenance),
+        "model": _model_entry(a.model),
+        "source": None if a.source is None else str(a.source),
+    }
+
+
+class SiteErrors(dict):
+    """``{site: {bits: error}}`` of :func:`quantization_errors`, plus ``model``: the ``{"name",
+    "weights_fingerprint"}`` of the model whose weights they were measured on (a plain ``dict``
+    otherwise). :func:`allocate_bits` records it in the allocation it computes."""
+
+    def __init__(self, errors: Mapping[str, Mapping[int, float]] | None = None, *, model: Any = None):
+        super().__init__(errors or {})
+        self.model = _model_entry(model)
 
 
 def check_choices(choices: Sequence[int]) -> list[int]:
@@ -164,11 +325,16 @@ def quantization_errors(
     group_size: int | None = 128,
     symmetric: bool = False,
     relative: bool = False,
-) -> dict[str, dict[int, float]]:
-    """``{site: {bits: ‖RTN_bits(W) − W‖²_F}}`` (divided by ``‖W‖²_F`` when ``relative``); 0 at 16 bits."""
+    fingerprint: str | None = None,
+) -> SiteErrors:
+    """``{site: {bits: ‖RTN_bits(W) − W‖²_F}}`` (divided by ``‖W‖²_F`` when ``relative``); 0 at 16 bits.
+
+    A :class:`SiteErrors` that records ``model`` (its weights fingerprint: ``fingerprint`` if
+    already computed), which :func:`allocate_bits` records in the allocation. A parameter that
+    is NaN / inf raises :class:`~lrm_interp.model.provenance.NonFiniteError` naming it."""
     from lrm_interp.compress.quant.rtn import rtn_quantize
 
-    out: dict[str, dict[int, float]] = {}
+    out = SiteErrors(model=weights_record(model, fingerprint))
     for s in sites:
         W = weight_matrix(get_module(model, s.name)).float()
         norm = float(W.pow(2).sum()) if relative else 1.0
@@ -197,21 +363,28 @@ def allocate_bits(
     group_size: int | None = 128,
     symmetric: bool = False,
     name: str = "none",
+    model: Any = None,
 ) -> BitAllocation:
     """Greedy bit allocation minimising ``Σ_m s_m · e_m(b_m)`` with average bits ≤ ``budget_bpw``.
 
     Args:
-        errors: ``{site: {bits: error}}`` for every choice (:func:`quantization_errors`).
+        errors: ``{site: {bits: error}}`` for every choice (:func:`quantization_errors`, which
+            records the model they were measured on).
         sensitivity: ``{site: s_m}`` (``None``: 1 everywhere). Negative values are an error, and
             so is a sensitivity that is 0 for every site (nothing to allocate by).
         budget_bpw: average storage bits per weight allowed (codes, scales, FP16 modules).
         name: recorded as :attr:`BitAllocation.sensitivity`.
+        model: the model the allocation is for (a module, or its ``{"name",
+            "weights_fingerprint"}``), recorded as :attr:`BitAllocation.model`; default: the one
+            ``errors`` records (:class:`SiteErrors`), else none.
 
     Raises:
         ValueError: budget below the all-lowest allocation, a site without errors for a choice, a
-            sensitivity that is negative, not finite, or 0 everywhere.
+            sensitivity that is negative, not finite, or 0 everywhere; ``model`` another model
+            than the one ``errors`` were measured on.
     """
     check_float("budget_bpw", budget_bpw, min=0.0, min_open=True)
+    record = _errors_model(errors, model)
     choices = check_choices(choices)
     group_size = check_group_size(group_size)
     n_total = sum(s.n_weights for s in sites)
@@ -270,26 +443,65 @@ def allocate_bits(
         group_size,
         symmetric,
         {"choices": choices, "objective": sum(sens[k] * errors[k][b] for k, b in bits.items())},
+        record,
     )
 
 
+def _errors_model(errors: Mapping[str, Any], model: Any) -> dict[str, str] | None:
+    """The model record of an allocation computed from ``errors`` for ``model`` (:func:`allocate_bits`)."""
+    measured = getattr(errors, "model", None)
+    if model is None:
+        return _model_entry(measured)
+    record = _model_entry(model)
+    if measured and record and measured["weights_fingerprint"] != record["weights_fingerprint"]:
+        raise ValueError(
+            f"allocate_bits: the errors were measured on another model ({measured.get('name') or '?'}, weights "
+            f"fingerprint {measured['weights_fingerprint']}) than model ({record.get('name') or '?'}, "
+            f"{record['weights_fingerprint']}): measure them on this model (quantization_errors(model, ...))"
+        )
+    return record
+
+
 def uniform_allocation(
-    sites: Sequence[Site], bits: int, *, group_size: int | None = 128, symmetric: bool = False
+    sites: Sequence[Site], bits: int, *, group_size: int | None = 128, symmetric: bool = False, model: Any = None
 ) -> BitAllocation:
-    """Every module at ``bits`` (the baseline of the same bit width everywhere)."""
+    """Every module at ``bits`` (the baseline of the same bit width everywhere); ``model``: the
+    model it is for (a module or its record, :attr:`BitAllocation.model`), ``None``: unrecorded."""
     b = {s.name: int(bits) for s in sites}
     return BitAllocation(
-        b, allocation_bpw(b, sites, group_size=group_size, symmetric=symmetric), None, "uniform", group_size, symmetric
+        b,
+        allocation_bpw(b, sites, group_size=group_size, symmetric=symmetric),
+        None,
+        "uniform",
+        group_size,
+        symmetric,
+        model=model,
     )
 
 
 def quantize_allocation_(
-    model: torch.nn.Module, alloc: BitAllocation, *, method: str = "rtn", calib=None, progress: bool = True, **gptq_kw
+    model: torch.nn.Module,
+    alloc: BitAllocation,
+    *,
+    method: str = "rtn",
+    calib=None,
+    progress: bool = True,
+    partial: bool = False,
+    **gptq_kw,
 ) -> list:
     """Quantize each module of ``model`` in place at its allocated bits (16: left as is), with
-    :func:`lrm_interp.compress.quant.quantize_model_`, one call per bit width; returns the reports."""
+    :func:`lrm_interp.compress.quant.quantize_model_`, one call per bit width; returns the reports.
+
+    Refused before any weight changes (:func:`check_allocation`): an allocation of another model
+    (:class:`~lrm_interp.model.provenance.WeightsMismatchError` naming the allocation's file and
+    both models), one naming sites ``model`` lacks, and one that leaves linear sites of ``model``
+    (:func:`~lrm_interp.model.sites.find_sites`) out, which would stay in full precision while
+    the allocation's bits per weight count only its own sites; ``partial=True`` asks for that
+    (only the sites it names are quantized). An allocation read from a file that records no model
+    (``lrm_interp.bits/1``) is applied with a warning."""
     from lrm_interp.compress.quant import quantize_model_
 
+    check_allocation(model, alloc, partial=partial)
     reports = []
     by_bits: dict[int, list[str]] = {}
     for k, b in alloc.bits.items():
@@ -313,6 +525,42 @@ def quantize_allocation_(
     return reports
 
 
+def check_allocation(model: torch.nn.Module, alloc: BitAllocation, *, partial: bool = False) -> None:
+    """Refuse to apply ``alloc`` to ``model`` (:func:`quantize_allocation_`'s checks): another model's
+    weights fingerprint, sites ``model`` lacks (``ValueError``), linear sites of ``model`` it leaves
+    out unless ``partial`` (``ValueError`` naming how many and the first). No model record on an
+    allocation read from a file: a warning (it cannot be checked)."""
+    if not isinstance(alloc, BitAllocation):
+        raise TypeError(f"alloc must be a BitAllocation, got {shown_value(alloc)}")
+    check_bool("partial", partial)
+    label, name = alloc.label, model_name(model)
+    redo = f"compute the allocation for this model (lrm-interp bits --model ..., or allocate_bits on {name})"
+    if alloc.model is not None:
+        check_same_weights(alloc, model, what=label, hint=f"its bits weigh another model's modules; {redo}")
+    elif alloc.source is not None:
+        warnings.warn(
+            f"{alloc.source}: the bit allocation records no model (a {FORMAT_V1!r} file of an older lrm_interp, "
+            f"or one saved without a model): it cannot be checked against {name}, the model it is applied to; "
+            "compute it again (lrm-interp bits) to record it",
+            stacklevel=3,
+        )
+    everything = {s.name for s in find_sites(model, include_lm_head=True)}
+    unknown = [k for k in alloc.bits if k not in everything]
+    if unknown:
+        raise ValueError(
+            f"{label} names {len(unknown)} site(s) that {name} has no linear module for (first: {unknown[0]}): "
+            f"an allocation of another model?; {redo}"
+        )
+    sites = find_sites(model)
+    missing = [s.name for s in sites if s.name not in alloc.bits]
+    if missing and not partial:
+        raise ValueError(
+            f"{label} leaves {len(missing)} of the {len(sites)} linear sites of {name} out (first: {missing[0]}): "
+            f"they would stay in full precision while its {alloc.bpw:.4f} bits/weight count only the sites it "
+            f"names; pass partial=True to quantize only those, or {redo}"
+        )
+
+
 __all__ = [
     "BitAllocation",
     "allocate_bits",
@@ -322,6 +570,9 @@ __all__ = [
     "site_cost",
     "allocation_bpw",
     "quantize_allocation_",
+    "check_allocation",
     "check_choices",
+    "SiteErrors",
     "KEPT",
+    "FORMAT",
 ]

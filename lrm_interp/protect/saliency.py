@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lrm_interp.compress.calibration import CalibData, calibration_batches
+from lrm_interp.compress.calibration import CalibData, calibration_batches, check_calibration_context
 from lrm_interp.compress.quant.rtn import rtn_quantize
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan
 from lrm_interp.model.capture import Capture, MaskedSum
@@ -142,6 +142,7 @@ def input_sq_means(
     """
     red = MaskedSum("input", square=True, device="cpu")
     dev = input_device(model)
+    check_calibration_context(model, calib)  # rows past the model's context: refused (H10-CLX)
     batches = list(calibration_batches(calib, batch_size))  # views of calib
     with torch.no_grad(), Capture(model, list(sites), [red]):
         for ids, att in tqdm(batches, desc="calibration", unit="batch", leave=False, disable=not progress):

@@ -37,7 +37,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from lrm_interp._io import atomic_write_text, iter_jsonl, lone_surrogate, refuse_result_file
+from lrm_interp._io import atomic_write_text, iter_jsonl, lone_surrogate, refuse_other_result_folder, refuse_result_file
 from lrm_interp.checks import shown_value
 from lrm_interp.data.annotators.base import (
     Annotator,
@@ -59,6 +59,9 @@ from lrm_interp.data.traces import (
 from lrm_interp.endpoint import EndpointUnreachable
 
 CACHE_FORMAT = "lrm_interp.annotation_cache/1"
+#: the kind of the per-trace cache folder for the result checks: a kind no result has, so every result
+#: folder (and the shipped assets, an attribution's ``partial/``) is refused as ``cache_dir``
+ANNOTATION_CACHE = "annotation cache"
 #: Report note of a response without ``</think>`` (its whole text was annotated as thinking).
 NO_THINK_END_NOTE = "no </think> in the response: the whole response was annotated as its thinking part"
 
@@ -272,7 +275,8 @@ def annotate_dataset(
     }
     fp = annotator_fingerprint(annotator)
     cache = Path(cache_dir) if cache_dir is not None else None
-    if cache is not None:
+    if cache is not None:  # never into another command's result, the shipped assets or a partial/ (H10-R27)
+        refuse_other_result_folder(cache, ANNOTATION_CACHE, "cache_dir")
         cache.mkdir(parents=True, exist_ok=True)
     usage0 = _usage_of(annotator)
     t0 = time.monotonic()
