@@ -260,6 +260,11 @@ def test_single_file_results_are_replaced_only_by_their_own_kind(res, tmp_path, 
         line = _err_line(capsys)
         assert f"--out {out} {needle}" in line, line
         assert line.endswith(": --overwrite does not replace another command's result; choose another --out"), line
+        # without --overwrite the refusal names what the file holds: "pass --overwrite" led on to the refusal above
+        assert _rc([*argv, "--out", out]) == 2, argv
+        line = _err_line(capsys)
+        assert f"--out {out}: the file exists and holds " in line and "(with --overwrite); choose another path" in line
+        assert "pass --overwrite" not in line, line
         assert not list(tmp_path.glob(".*.lrm_interp.lock")), "refused before its lock was taken"
     masks = li.load_masks(res["m"])
     alloc = li.BitAllocation.load(res["b"])

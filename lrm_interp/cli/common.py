@@ -620,9 +620,23 @@ def check_paths(
             if ro.exists() or ro.is_symlink():
                 what = "folder" if ro.is_dir() else "file"
                 shown = f"{po}" if ro == Path(po).resolve() else f"{po} ({ro})"
+                held = None if ro.is_dir() else _file_result(ro)
+                if held is not None:  # "pass --overwrite" sent a bits run on to a refusal (masks are protect's)
+                    by = f"'{PROG} {held.command}'" if held.command else "its own writer"
+                    raise CliError(
+                        f"{fo} {shown}: the file exists and holds {held.holds} ({held.format}), which only "
+                        f"{by} replaces (with --overwrite); choose another path"
+                    )
                 raise CliError(
                     f"{fo} {shown}: the {what} exists; pass --overwrite to replace it, or choose another path"
                 )
+
+
+def _file_result(path: Path) -> Any:
+    """:func:`lrm_interp._io.file_result` imported on use (``lrm-interp --help`` loads no torch)."""
+    from lrm_interp._io import file_result
+
+    return file_result(path)
 
 
 def created_meanwhile(flag: str, out: str | os.PathLike) -> CliError:
