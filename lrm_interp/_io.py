@@ -413,9 +413,14 @@ def _open_lock(lock: Path) -> int:
 
 def _refuse_foreign_lock(fd: int, lock: Path) -> None:
     """:class:`ForeignLockFileError` (``fd`` closed) unless the open lock file holds what
-    :func:`exclusive_lock` writes (``"<pid> <holder>\n"``, or nothing): a stale lock of a killed run
-    is taken over, anything else (a user's file under that name) is left as it is."""
-    size = os.fstat(fd).st_size
+    :func:`exclusive_lock` writes (``"<pid> <holder>\n"``, or nothing) and has no other name (a hard
+    link: an empty user's file got the lock text, H11-LHL): a stale lock of a killed run is taken
+    over, anything else (a user's file under that name) is left as it is."""
+    st = os.fstat(fd)
+    if st.st_nlink != 1:  # an (empty) user's file with a second name there was written into (H11-LHL)
+        os.close(fd)
+        raise ForeignLockFileError(lock, f"a hard link to another file ({st.st_nlink} names)")
+    size = st.st_size
     text = os.pread(fd, _LOCK_MAX_BYTES + 1, 0) if size <= _LOCK_MAX_BYTES else b""
     if size > _LOCK_MAX_BYTES or len(text) > _LOCK_MAX_BYTES or not _LOCK_TEXT.fullmatch(text):
         os.close(fd)
@@ -932,8 +937,9 @@ class OtherResultError(FileExistsError, ValueError):
 def refuse_folder_spelling(path: str | os.PathLike, what: str = "--out") -> None:
     """``ValueError`` naming ``what`` when the file output ``path`` is spelled as a folder: it ends
     with ``/`` (or ``/.``), which pathlib drops, so ``parse --out newdir/`` wrote a *file* named
-    ``newdir`` (R28). The rule of every file output: the command line's (``check_paths(files=True)``)
-    and the Python writers' (:func:`refuse_result_file`)."""
+    ``newdir`` (R28); or its last part is ``..`` or ``.`` (``nd/..``, H11-DD). The rule of every file
+    output: the command line's (``check_paths(files=True)``) and the Python writers'
+    (:func:`refuse_result_file`)."""
     text = os.fspath(path)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
@@ -942,6 +948,12 @@ def refuse_folder_spelling(path: str | os.PathLike, what: str = "--out") -> None
         raise ValueError(
             f"{what} {text}: ends with '/', which names a folder, but {what} names a file to write (a file "
             f"named {Path(text).name or text} would be written); give a file path without the trailing '/'"
+        )
+    last = re.split("|".join(map(re.escape, seps)), text)[-1]
+    if last in (".", ".."):  # "nd/..": "the folder exists", then a folder nd made and "created meanwhile" (H11-DD)
+        raise ValueError(
+            f"{what} {text}: ends with '{last}', which names a folder, but {what} names a file to write; "
+            "give a file path"
         )
 
 

@@ -49,6 +49,9 @@ from lrm_interp.checks import check_float, check_int
 
 #: HTTP statuses retried with back-off (everything else fails at once with the server's message)
 RETRY_STATUS: frozenset[int] = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+#: "no such route / method" answers: before any request succeeded and without an API error body,
+#: the URL is not the API (H11-NAPI)
+NO_ROUTE_STATUS: frozenset[int] = frozenset({404, 405, 501})
 API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -81,6 +84,12 @@ class EndpointUnreachable(EndpointError, ConnectionError):
     """No connection to the endpoint at all (refused, unknown host, unreachable network, connect
     timeout, TLS failure): raised at the first failure on an endpoint that never answered, or once
     the retries are used up on one that did; the message names the URL."""
+
+
+class EndpointNotAPI(EndpointError):
+    """The server answers, but not as an OpenAI-compatible API: a page that is not JSON, or "no such
+    route" (HTTP 404 / 405 / 501) before any request succeeded (a base URL without ``/v1``, another
+    service on the port, H11-NAPI). Running again cannot help: the URL must change."""
 
 
 @dataclass
@@ -122,9 +131,10 @@ def _masked(url: str) -> str:
 
 
 def check_base_url(url: object, name: str = "base_url") -> str:
-    """``url`` stripped of blanks and a trailing ``/`` if it is an ``http://`` / ``https://`` API root
-    (parsed with ``urllib.parse.urlsplit``); else ``ValueError`` starting with ``name`` and naming
-    the value: another scheme, no host, a malformed host (``http://[::1/v1``), a port that is not
+    """``url`` stripped of blanks and a trailing ``/``, its scheme lower-cased (``HTTP://`` is
+    ``http://``), if it is an ``http://`` / ``https://`` API root (parsed with
+    ``urllib.parse.urlsplit``); else ``ValueError`` starting with ``name`` and naming the value:
+    another scheme, no host, a malformed host (``http://[::1/v1``), a blank in the path, a port that is not
     1..65535, a query or fragment (the request paths are appended to it), and credentials
     (``user:secret@host``: urllib never sends them; the key goes in an environment variable,
     ``api_key_env``; the password is shown as ``***``). They were found only by the first request,
@@ -132,10 +142,12 @@ def check_base_url(url: object, name: str = "base_url") -> str:
     from urllib.parse import urlsplit
 
     example = "such as http://127.0.0.1:8000/v1"
-    if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url.strip()):
+    if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url.strip(), re.I):
         shown = _masked(url) if isinstance(url, str) else url
         raise ValueError(f"{name} must be an http:// or https:// URL {example}, got {shown!r}")
     url = url.strip().rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    url = scheme.lower() + sep + rest  # the scheme is case-insensitive (RFC 3986 §3.1): HTTP:// is http:// (H11-URLc)
     shown = _masked(url)
     try:
         parts = urlsplit(url)
@@ -148,8 +160,10 @@ def check_base_url(url: object, name: str = "base_url") -> str:
             f"an environment variable and name it (--api-key-env VAR on the command line, api_key_env= in Python; "
             f"default ${API_KEY_ENV})"
         )
-    if not parts.hostname or re.search(r"\s", url):
+    if not parts.hostname or re.search(r"\s", parts.netloc):
         raise ValueError(f"{name} has no valid host name: {shown!r}; give one {example}")
+    if re.search(r"\s", url):
+        raise ValueError(f"{name} has a blank in its path: {shown!r}; write it as %20, or give the API root {example}")
     if port == 0:
         raise ValueError(f"{name}: port 0 is no port a server listens on: {shown!r}; give one in 1..65535")
     if parts.query or parts.fragment or url.endswith(("?", "#")):
@@ -235,6 +249,8 @@ class EndpointClient:
         self._slots = threading.BoundedSemaphore(self.config.concurrency)
         self._lock = threading.Lock()
         self._reached = False
+        #: a POST has had a JSON answer: a later 404 is the server's word on one request, not a wrong URL
+        self._answered = False
         self._down: EndpointUnreachable | None = None
 
     def __repr__(self) -> str:
@@ -278,22 +294,42 @@ class EndpointClient:
                 self._down = err
         return err
 
+    def _not_api(self, what: str) -> EndpointNotAPI:
+        """:class:`EndpointNotAPI` naming the base URL and ``what`` answered (no resume advice: the URL must change)."""
+        return EndpointNotAPI(
+            f"{self.base_url}: the server answers but is not an OpenAI-compatible API ({what}); "
+            "is the URL the API root (e.g. ending in /v1)?"
+        )
+
     def _raise_if_down(self) -> None:
         down = self._down
         if down is not None:
             raise EndpointUnreachable(str(down))
 
     def check(self) -> None:
-        """One ``GET <base_url>/models`` (timeout at most :data:`CHECK_TIMEOUT`): any HTTP answer
-        means the endpoint is there; no connection raises :class:`EndpointUnreachable` naming the URL.
-        Cheap; run it before a long job."""
+        """One ``GET <base_url>/models`` (timeout at most :data:`CHECK_TIMEOUT`): an API's answer
+        means the endpoint is there; no connection raises :class:`EndpointUnreachable` naming the URL;
+        an answer that is no API's — a body that is not JSON (an HTML page: its title is quoted, never
+        the page), or a web framework's "no such route" (HTTP 404 / 405 / 501 without an API error
+        body) — raises :class:`EndpointNotAPI` (a busy server's :data:`RETRY_STATUS` page and an
+        empty body are left to the requests). Cheap; run it before a long job."""
         self._raise_if_down()
         req = urllib.request.Request(self.base_url + "/models", headers=self._headers(), method="GET")
         try:
             with urllib.request.urlopen(req, timeout=min(self.config.timeout, CHECK_TIMEOUT)) as r:
-                r.read()
-        except urllib.error.HTTPError:
-            pass
+                raw = r.read()
+            if _json_value(raw) is None:
+                raise self._not_api(f"GET /models answered HTTP {r.status} with {_excerpt(raw)}")
+        except urllib.error.HTTPError as e:
+            try:
+                raw = e.read()
+            except Exception:  # noqa: BLE001 - the body only tells what answered
+                raw = b""
+            # a page that is no JSON, or a web framework's "no such route" ({"detail": "Not Found"}); a
+            # busy / starting server's proxy page (RETRY_STATUS) and an empty body are left to the requests
+            bad = _json_value(raw) is None or (e.code in NO_ROUTE_STATUS and not _api_error(raw))
+            if e.code not in RETRY_STATUS and raw.strip() and bad:
+                raise self._not_api(f"GET /models answered HTTP {e.code} with {_excerpt(raw)}") from None
         except urllib.error.URLError as e:
             unreachable, reason = _classify(e.reason)
             if unreachable:
@@ -323,6 +359,9 @@ class EndpointClient:
                 return outcome
             kind, reason, wait = outcome
             last = attempt >= self.config.retries
+            if kind == "not_api":
+                self.usage.add(failures=1)
+                raise self._not_api(f"POST {path} answered {reason}")
             if kind == "fatal" or (kind == "transient" and last):
                 self.usage.add(failures=1)
                 tail = f" (failed after {attempt + 1} attempts)" if attempt else ""
@@ -347,7 +386,13 @@ class EndpointClient:
                 raw = r.read()
         except urllib.error.HTTPError as e:
             self._reached = True
-            reason = f"HTTP {e.code} from the server ({_error_detail(e)})"
+            try:
+                body = e.read()
+            except Exception:  # noqa: BLE001 - the body is only for the message
+                body = b""
+            if not self._answered and e.code in NO_ROUTE_STATUS and not _api_error(body):
+                return "not_api", f"HTTP {e.code} with {_excerpt(body)}", None
+            reason = f"HTTP {e.code} from the server ({_error_detail(body, e)})"
             if e.code not in RETRY_STATUS:
                 return "fatal", reason, None
             return "transient", reason, _retry_after(e.headers)
@@ -361,13 +406,12 @@ class EndpointClient:
             self._reached = True
             return "transient", f"connection dropped ({type(e).__name__}: {e})", None
         self._reached = True
-        try:
-            out = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            snippet = " ".join(raw[:120].decode("utf-8", "replace").split())
-            return "fatal", (f"the answer is not JSON ({snippet!r}); is the URL the API root (ending in /v1)?"), None
+        out = _json_value(raw)
+        if out is None:
+            return "not_api", f"HTTP 200 with {_excerpt(raw)}, not JSON", None
         if not isinstance(out, dict):
             return "fatal", f"the answer is not a JSON object ({type(out).__name__})", None
+        self._answered = True
         return out
 
 
@@ -388,11 +432,41 @@ def _classify(reason: Any) -> tuple[bool, str]:
     return True, str(reason)  # e.g. "unknown url type"
 
 
-def _error_detail(e: urllib.error.HTTPError) -> str:
+def _json_value(raw: bytes) -> Any:
+    """The JSON value of an answer's body, or ``None`` when it is none (not UTF-8, not JSON, empty)."""
     try:
-        raw = e.read().decode("utf-8", "replace")
-    except Exception:  # noqa: BLE001 - the body is only for the message
-        raw = ""
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _api_error(raw: bytes) -> bool:
+    """Whether an error answer is an API's: a JSON object with an ``error`` or ``message`` entry
+    (OpenAI's ``{"error": {...}}``, vLLM's ``{"object": "error", "message": ...}``); a web
+    framework's ``{"detail": "Not Found"}``, an HTML page or an empty body is not."""
+    v = _json_value(raw)
+    return isinstance(v, dict) and ("error" in v or "message" in v)
+
+
+def _excerpt(raw: bytes) -> str:
+    """One short line telling what a non-API answer was: an HTML page's ``<title>`` (never the page),
+    else the body's first 80 characters, blanks collapsed; ``"an empty body"`` when there is none."""
+    text = raw[:4096].decode("utf-8", "replace")
+    m = re.search(r"<title[^>]*>(.*?)</title>", text, re.S | re.I)
+    if m:
+        return f"an HTML page titled {' '.join(m.group(1).split())[:80]!r}"
+    if re.match(r"\s*<", text):
+        return "an HTML page"
+    one = " ".join(text.split())
+    return f"{one[:80] + ('…' if len(one) > 80 else '')!r}" if one else "an empty body"
+
+
+def _error_detail(body: bytes, e: urllib.error.HTTPError) -> str:
+    """The server's reason in an error answer: a JSON error's message, an HTML page's title
+    (:func:`_excerpt`, never the page), else the body's first 300 characters."""
+    raw = body.decode("utf-8", "replace")
+    if re.match(r"\s*<", raw):
+        return _excerpt(body)
     try:
         d = json.loads(raw)
         msg = d.get("error", d)
@@ -430,6 +504,7 @@ __all__ = [
     "EndpointConfig",
     "EndpointError",
     "EndpointUnreachable",
+    "EndpointNotAPI",
     "Usage",
     "RETRY_STATUS",
     "API_KEY_ENV",

@@ -61,9 +61,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lrm_interp.attribution.config import MODES, SCORES
+from lrm_interp.attribution.config import MODES, SCORES, check_patch_alpha
 from lrm_interp.attribution.dom import check_finite, dom_stats_from_sums, dom_weights
-from lrm_interp.checks import check_float, check_int
+from lrm_interp.checks import check_int
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan, target_positions
 from lrm_interp.model.capture import Capture, MaskedSum
 from lrm_interp.model.forward import (
@@ -536,11 +536,13 @@ PATCH_BATCH = 16
 
 
 def check_alphas(alphas: Sequence[float] | float) -> tuple[float, ...]:
-    """``alphas`` as a tuple of distinct finite floats > 0; ``ValueError`` otherwise (NaN, ±inf, ≤ 0)."""
+    """``alphas`` as a tuple of distinct floats, each within float32's normal range
+    (:func:`~lrm_interp.attribution.config.check_patch_alpha`); ``ValueError`` otherwise (NaN, ±inf, ≤ 0,
+    above 3.4e38, below 1.2e-38)."""
     seq = (alphas,) if isinstance(alphas, (int, float)) else tuple(alphas)
     if not seq:
         raise ValueError("alphas must name at least one patch scale > 0")
-    out = tuple(check_float("alpha", a, min=0.0, min_open=True) for a in seq)
+    out = tuple(check_patch_alpha("alpha", a) for a in seq)
     if len(set(out)) != len(out):
         raise ValueError(f"alphas has duplicates: {list(out)}")
     return out
@@ -740,7 +742,7 @@ def patching_effects(
                 ids_[s.behavior].append((e.trace_id, s.index))
                 bar.update(1)
     n_sites = len(sites)
-    return PatchingEffects(
+    effects = PatchingEffects(
         tuple(behaviors),
         tuple(s.name for s in sites),
         alphas,
@@ -754,6 +756,31 @@ def patching_effects(
         "prefix_cache" if ok else "full_prefix",
         "span windows against the cached prefix" if ok else reason,
     )
+    check_resolved(effects)
+    return effects
+
+
+class UnresolvedPatchError(ValueError):
+    """A patch scale α changed no span loss of a behaviour (:func:`check_resolved`)."""
+
+
+def check_resolved(effects: PatchingEffects) -> None:
+    """Refuse an α whose patch changed no span loss of a behaviour (H11-ALPHA).
+
+    A patch α·û below the resolution of the model's activations (float32: about 6e-8 of their size)
+    leaves every loss bit-identical: all of that behaviour's ΔL are exactly 0, so any ranking, Spearman
+    or ratio built on them would come from no information. :class:`UnresolvedPatchError` (a
+    ``ValueError``) naming the α and the behaviour; behaviours without a span here are skipped.
+    """
+    for i, alpha in enumerate(effects.alphas):
+        for b in effects.behaviors:
+            e = effects.effects[b][i]
+            if e.numel() and not bool(e.ne(0).any()):
+                raise UnresolvedPatchError(
+                    f"the patch at alpha {alpha:g} changes no span loss of behaviour {b!r} ({e.shape[0]} span(s), "
+                    f"{e.shape[1]} site(s): every effect is exactly 0, below the resolution of the model's "
+                    "activations); use a larger alpha"
+                )
 
 
 def patching_trace_stats(
@@ -821,6 +848,8 @@ __all__ = [
     "PATCH_BATCH",
     "PatchingEffects",
     "check_alphas",
+    "check_resolved",
+    "UnresolvedPatchError",
     "patching_effects",
     "patching_trace_stats",
     "real_per_span",

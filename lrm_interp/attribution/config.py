@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from lrm_interp._io import DTYPE_CHOICES, dtype_to_str, str_to_dtype
-from lrm_interp.checks import check_float
+from lrm_interp.checks import check_float, check_int
 
 METHODS = ("attribution", "dom", "patching")
 #: methods whose score needs a span's predictable tokens (its loss L(s)): unscorable spans are left out
@@ -30,6 +30,32 @@ NEGATIVES = ("all", "response", "thinking")
 WEIGHTINGS = ("trace", "token")
 SPECIAL_TOKENS = ("exclude", "include")
 OVERLONG = ("error", "truncate", "skip", "extrapolate")
+
+
+_F32 = torch.finfo(torch.float32)
+
+
+def check_patch_alpha(name: str, value: object) -> float:
+    """A patch scale α as a float: finite and within float32's normal range ``[1.2e-38, 3.4e38]``.
+
+    The patch α·û reaches the forward through a float32 mask holding α
+    (:func:`lrm_interp.attribution.atp.patching_effects`): an α above float32's largest value
+    overflows it, one below its smallest normal is flushed towards 0 (H11-FAL / H11-ALPHA). An α
+    in range whose patch is still below the model's resolution is refused after measuring
+    (:func:`lrm_interp.attribution.atp.check_resolved`). ``ValueError`` (``"<name> must …"``) otherwise.
+    """
+    a = check_float(name, value, min=0.0, min_open=True)
+    if a > _F32.max:
+        raise ValueError(
+            f"{name} must be at most {_F32.max:.3g} (float32's largest value: the patch is applied through a "
+            f"float32 mask), got {a:g}; give a smaller value"
+        )
+    if a < _F32.tiny:
+        raise ValueError(
+            f"{name} must be at least {_F32.tiny:.3g} (float32's smallest normal value: a smaller patch vanishes "
+            f"in the float32 mask), got {a:g}; give a larger value"
+        )
+    return a
 
 
 def _opt(default: Any, help: str, choices: Sequence[str] | None = None, **extra: Any):
@@ -164,19 +190,18 @@ class AttributionConfig:
         for name in ("off_by_one", "gradient_checkpointing", "prefix_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if isinstance(self.k_context, bool) or not isinstance(self.k_context, int) or self.k_context < 0:
-            raise ValueError(f"k_context must be an integer >= 0, got {self.k_context!r}")
-        if self.max_tokens is not None and (
-            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 2
-        ):
-            raise ValueError(f"max_tokens must be None or an integer >= 2, got {self.max_tokens!r}")
+        # the shared rule (any Integral but a bool: a NumPy integer from a sweep too), stored as a
+        # plain int (it was refused by an ``isinstance(v, int)`` check whose message named it an
+        # integer, H11-NPI)
+        set_("k_context", check_int("k_context", self.k_context, min=0))
+        set_("max_tokens", check_int("max_tokens", self.max_tokens, min=2, optional=True))
         try:
             set_("compute_dtype", dtype_to_str(str_to_dtype(self.compute_dtype)))
         except ValueError as e:
             raise ValueError(f"compute_dtype: {e}") from None
         if self.compute_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ValueError(f"compute_dtype must be one of {DTYPE_CHOICES} or None, got {self.compute_dtype!r}")
-        set_("patch_alpha", check_float("patch_alpha", self.patch_alpha, min=0.0, min_open=True))
+        set_("patch_alpha", check_patch_alpha("patch_alpha", self.patch_alpha))
         if self.method == "dom":
             # prefix_cache too: DoM runs one forward per trace, with no span window to cache; recorded in
             # the run key, a value that changed nothing refused the resume without it (H8-AF5)

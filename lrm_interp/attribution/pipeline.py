@@ -49,6 +49,7 @@ from lrm_interp._io import check_out_folder
 from lrm_interp.attribution import distributed
 from lrm_interp.attribution.atp import (
     PATCH_BATCH,
+    UnresolvedPatchError,
     atp_aggregate,
     atp_trace_stats,
     decoder_holds_sites,
@@ -59,8 +60,10 @@ from lrm_interp.attribution.config import SPAN_LOSS_METHODS, AttributionConfig
 from lrm_interp.attribution.dom import DoMResult, dom_aggregate, dom_trace_stats
 from lrm_interp.attribution.results import Attribution
 from lrm_interp.attribution.resume import (
+    LOCK_FILE,
     PartialStore,
     check_finished_result,
+    clear_partials,
     out_dir_lock,
     tensors_fingerprint,
     trace_ids_fingerprint,
@@ -901,8 +904,17 @@ def attribute(
     if out_dir is None or rank != 0:
         return _attribute(model, dataset, cfg, tokenizer, out_dir, progress and rank == 0, rank, world)
     check_out_folder(out_dir, "out_dir")  # a file there: refused before any work (H7-API7)
+    work = Path(out_dir) / "partial"  # this run's (no state of an earlier run there: at most a caller's lock)
+    fresh = not work.is_dir() or all(p.name == LOCK_FILE for p in work.iterdir())
     with out_dir_lock(out_dir):  # one live run per result folder (H7-K4)
-        return _attribute(model, dataset, cfg, tokenizer, out_dir, progress, rank, world)
+        try:
+            return _attribute(model, dataset, cfg, tokenizer, out_dir, progress, rank, world)
+        except UnresolvedPatchError:
+            # partials keyed by a patch_alpha that resolves nothing would refuse the rerun with a larger
+            # one ("other settings"): this run's own are removed, a resumed run's kept (H11-ALPHA)
+            if fresh:
+                clear_partials(work)
+            raise
 
 
 def check_prefix_cache_applies(cfg: AttributionConfig) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,8 +36,10 @@ from lrm_interp._io import (
     atomic_save_figure,
     atomic_write_text,
     check_out_folder,
+    loads_strict,
     payload_checksum,
     read_safetensors,
+    read_text_file,
     refuse_other_result_folder,
     refuse_result_file,
     write_safetensors,
@@ -93,6 +96,22 @@ def relative_importance(scores: torch.Tensor) -> torch.Tensor:
     """RI = I / sum over sites of I, per behaviour row (rows of zeros stay zero)."""
     tot = scores.sum(dim=-1, keepdim=True)
     return torch.where(tot > 0, scores / tot.clamp_min(1e-300), torch.zeros_like(scores))
+
+
+def json_record(value: Any) -> Any:
+    """``value`` as it is written into ``attribution.json``: through ``json.dumps(default=str)``, with
+    NaN / ±inf as ``null`` (not JSON: :meth:`Attribution.load`'s strict reader refuses them, H11-AJS)."""
+
+    def finite(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [finite(v) for v in x]
+        return x
+
+    return finite(json.loads(json.dumps(value, default=str)))
 
 
 def labels_checksum(method: Any, behaviors: Sequence[Any], sites: Sequence[Mapping[str, Any]]) -> str:
@@ -444,8 +463,8 @@ class Attribution:
             old = json.loads(jpath.read_text(encoding="utf-8"))
             if not isinstance(old, dict) or old.get("tensors_sha256") != tensors_sha:
                 return False
-            # compared as canonical JSON text: a NaN in a provenance equals itself there
-            mine = json.loads(json.dumps(self.provenance, default=str))
+            # compared as written (json_record: a NaN in a provenance is null there)
+            mine = json_record(self.provenance)
             return json.dumps(old.get("provenance"), sort_keys=True) == json.dumps(mine, sort_keys=True)
         except (OSError, ValueError, TypeError):
             return False
@@ -492,9 +511,9 @@ class Attribution:
             "sites": [s.to_dict() for s in self.sites],
             "tensors_sha256": payload_checksum(tensors, tmeta),
             "labels_sha256": labels,
-            "provenance": self.provenance,
+            "provenance": json_record(self.provenance),
         }
-        atomic_write_text(d / "attribution.json", json.dumps(meta, indent=2, default=str))
+        atomic_write_text(d / "attribution.json", json.dumps(meta, indent=2, allow_nan=False))
         return d
 
     def _replace_other_result(self, d: Path, tensors_sha: str, *, overwrite: bool, keep_partial: bool) -> None:
@@ -536,7 +555,10 @@ class Attribution:
         for p in (jpath, tpath):
             if not p.exists():
                 raise FileNotFoundError(f"{p} is missing: not an Attribution directory")
-        meta = json.loads(jpath.read_text())
+        # the strict reader of every other record (H11-AJS): a BOM dropped; a key twice, NaN / Infinity refused
+        meta = loads_strict(read_text_file(jpath), str(jpath))
+        if not isinstance(meta, dict):
+            raise ValueError(f"{jpath}: not a JSON object ({type(meta).__name__}): not an attribution result")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{jpath}: unsupported format_version {meta.get('format_version')}")
         tensors, tmeta = read_safetensors(tpath, (TENSORS_FORMAT, None), "attribution result")

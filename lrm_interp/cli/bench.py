@@ -357,26 +357,9 @@ def folder_lock(out: Path, command: str) -> Iterator[None]:
     removed when the body ends. Not POSIX (no ``fcntl``): no lock. Built on
     :func:`lrm_interp._io.exclusive_lock`, the lock of every single-file output too
     (:func:`~lrm_interp.cli.common.file_outputs`)."""
-    from lrm_interp._io import ForeignLockFileError, LockHeldError, exclusive_lock
+    from lrm_interp.cli.common import hold_lock
 
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(exclusive_lock(out / FOLDER_LOCK, command))
-        except ForeignLockFileError as e:  # a user's file (or a link) at the lock's name: left as it is
-            raise CliError(
-                f"--out {out}: its lock file {e.lock} is {e.why}, not a lock lrm_interp wrote: it is never emptied "
-                "or removed; move it away (or choose another --out)"
-            ) from None
-        except LockHeldError as e:
-            who = f"'{PROG} {e.what}' " if e.what else ""
-            raise CliError(
-                f"--out {out} is in use by another {who}run (pid {e.pid}): two runs into one folder would "
-                "replace each other's result; wait for it to end or choose another --out"
-            ) from None
-        except OSError as e:
-            raise CliError(
-                f"--out {out}: cannot write there ({e.strerror or e}); choose a folder this user can write"
-            ) from None
+    with hold_lock("--out", out, out / FOLDER_LOCK, command, folder=True):
         yield
 
 

@@ -61,7 +61,8 @@ def cmd_bits(a: argparse.Namespace) -> int:
     )
     # each file published as one run's: a new one never over what another run wrote meanwhile, an
     # existing one (--overwrite) by one run at a time (two runs both printed "wrote", H9-CC2)
-    with file_outputs(outputs, "bits") as outs:
+    # --gptqmodel / --llmcompressor write toolchain configs: never over a bits allocation (H11-GQB)
+    with file_outputs(outputs, "bits", plain=("--gptqmodel", "--llmcompressor")) as outs:
         return _bits(a, outs)
 
 

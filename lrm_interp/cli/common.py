@@ -112,7 +112,35 @@ class Parser(argparse.ArgumentParser):
 
     def _get_values(self, action, arg_strings):  # argparse API: one occurrence's strings -> its value
         self._last_raw = (action, list(arg_strings))  # shown as typed by a refused repeat (SingleValue)
+        refuse_empty_path(action, arg_strings)
         return super()._get_values(action, arg_strings)
+
+
+#: the metavars of path options (a file, a folder, or a model folder or alias): :func:`refuse_empty_path`
+_PATH_METAVAR = re.compile(r"DIR|FILE|PATH|OUTPUTS|ALIAS|MODEL|PYTHON")
+
+
+def is_path_option(action: argparse.Action) -> bool:
+    """Whether ``action`` takes a path (its metavar names one: ``FILE``, ``DIR``, ``PATH``, ``DIR|ALIAS``,
+    ...; or it is ``--model``)."""
+    return bool(action.option_strings) and (
+        "--model" in action.option_strings or bool(_PATH_METAVAR.search(str(action.metavar or "")))
+    )
+
+
+def refuse_empty_path(action: argparse.Action, values: Sequence[str]) -> None:
+    """``argparse.ArgumentError`` (a one-line usage error, exit 2) when a path option is given an empty
+    (or blank) value: ``--out ''`` (an unset shell variable) wrote into the current folder, ``--report ''``
+    fell back to its default, ``--data ''`` read ``.``, ``--out ''`` of others said "error: --out" and
+    nothing else (H11-EMP / H11-EMPe). Every path option of every command, in this one place (the
+    :class:`Parser`)."""
+    if not is_path_option(action):
+        return
+    for v in values:
+        if isinstance(v, str) and not v.strip():
+            flag = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+            what = "empty" if v == "" else "blank (only spaces)"
+            raise argparse.ArgumentError(None, f"{flag} is {what}: give a path (an unset shell variable?)")
 
 
 #: namespace attribute holding, while one parser parses, ``{dest: (option as given, value)}``
@@ -680,7 +708,9 @@ class FileOutputs:
 
 
 @contextlib.contextmanager
-def file_outputs(outputs: dict[str, str | os.PathLike | None], command: str) -> Iterator[FileOutputs]:
+def file_outputs(
+    outputs: dict[str, str | os.PathLike | None], command: str, *, plain: Sequence[str] = ()
+) -> Iterator[FileOutputs]:
     """The one way a command publishes its single-file outputs (``{flag: path}``, ``None`` skipped;
     checked first by :func:`check_paths`): two runs into one new ``--out`` both printed "wrote" and
     one result was lost (``bits``, ``parse``, ``annotate train``, H9-CC2).
@@ -694,47 +724,97 @@ def file_outputs(outputs: dict[str, str | os.PathLike | None], command: str) -> 
     one's pid. Refused before anything is written: an existing output holding a single-file result
     another command writes (:func:`refuse_other_file_result`: ``bits --out <masks> --overwrite``,
     H10-SFR), and a lock path holding anything but a lock of this library (a user's file named
-    ``.NAME.lrm_interp.lock``, a link there: left as it is, H10-LCK)."""
-    from lrm_interp._io import ForeignLockFileError, LockHeldError, exclusive_lock, file_lock_path
+    ``.NAME.lrm_interp.lock``, a link there: left as it is, H10-LCK). ``plain``: the flags whose output
+    is no result file of ``command`` (``bits --gptqmodel`` / ``--llmcompressor`` write a toolchain's
+    config): a single-file result there, ``command``'s own kind included, is refused too (H11-GQB)."""
+    from lrm_interp._io import file_lock_path
 
     paths = {f: Path(p) for f, p in outputs.items() if p is not None and str(p) != ""}
     existed = {f: p.exists() or p.is_symlink() for f, p in paths.items()}
     for f, p in paths.items():
         if existed[f]:
-            refuse_other_file_result(f, p, command)
+            refuse_other_file_result(f, p, command, plain=f in plain)
     with contextlib.ExitStack() as stack:
         for f, p in paths.items():
-            if not existed[f]:
-                continue
-            try:
-                stack.enter_context(exclusive_lock(file_lock_path(p), command))
-            except ForeignLockFileError as e:
-                raise CliError(
-                    f"{f} {p}: its lock file {e.lock} is {e.why}, not a lock lrm_interp wrote: it is never "
-                    f"emptied or removed; move it away (or choose another {f})"
-                ) from None
-            except LockHeldError as e:
-                who = f"'{PROG} {e.what}' " if e.what else ""
-                raise CliError(
-                    f"{f} {p} is in use by another {who}run (pid {e.pid}): two runs writing one file would "
-                    f"replace each other's result; wait for it to end or choose another {f}"
-                ) from None
-            except OSError as e:
-                raise CliError(
-                    f"{f} {p}: cannot write beside it ({e.strerror or e}); choose a folder this user can write"
-                ) from None
+            if existed[f]:
+                stack.enter_context(hold_lock(f, p, file_lock_path(p), command))
         yield FileOutputs(paths, existed)
 
 
-def refuse_other_file_result(flag: str, path: str | os.PathLike, command: str) -> None:
+@contextlib.contextmanager
+def hold_lock(flag: str, out: str | os.PathLike, lock: Path, command: str, *, folder: bool = False) -> Iterator[None]:
+    """Hold :func:`lrm_interp._io.exclusive_lock` on ``lock`` (naming ``command``) for the output ``out``
+    of ``flag`` while the body runs; each way it cannot be held is one :class:`CliError` naming the flag:
+    another live run holds it (its command and pid), something that is not a lock of this library lies
+    at its name (left as it is, H10-LCK), or nothing can be written there. ``folder``: ``out`` is a
+    folder (the words say "one folder"). The one wording of every output lock (:func:`file_outputs`,
+    :func:`folder_output_lock`, ``compare`` / ``bench score``'s :func:`~lrm_interp.cli.bench.folder_lock`)."""
+    from lrm_interp._io import ForeignLockFileError, LockHeldError, exclusive_lock
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive_lock(lock, command))
+        except ForeignLockFileError as e:
+            raise CliError(
+                f"{flag} {out}: its lock file {e.lock} is {e.why}, not a lock lrm_interp wrote: it is never "
+                f"emptied or removed; move it away (or choose another {flag})"
+            ) from None
+        except LockHeldError as e:
+            who = f"'{PROG} {e.what}' " if e.what else ""
+            into = "into one folder" if folder else "writing one file"
+            raise CliError(
+                f"{flag} {out} is in use by another {who}run (pid {e.pid}): two runs {into} would "
+                f"replace each other's result; wait for it to end or choose another {flag}"
+            ) from None
+        except OSError as e:
+            where = "there" if folder else "beside it"
+            raise CliError(
+                f"{flag} {out}: cannot write {where} ({e.strerror or e}); choose a folder this user can write"
+            ) from None
+        yield
+
+
+def folder_output_lock(
+    flag: str, out: str | os.PathLike, command: str, *, new: bool = False
+) -> contextlib.AbstractContextManager:
+    """The lock of a folder output replaced whole or in part (``quantize``, ``faithfulness``, ``study``
+    with ``--overwrite``), held from the run's first check of an existing ``out`` to its last write:
+    :func:`hold_lock` on ``.NAME.lrm_interp.lock`` *beside* the folder (the folder itself is swapped for
+    the new one, a lock inside would go with it), ``out`` resolved first so every spelling of one
+    folder takes one lock. Two ``--overwrite`` runs into one ``--out`` both printed "wrote" and the
+    first result was lost (H11-QCC, H11-CST): the later one is refused at once, naming the first's
+    pid. A new ``out`` needs none when it is published whole, never over what appeared meanwhile
+    (``quantize``, ``faithfulness``): a null context when ``out`` does not exist, unless ``new`` (a
+    writer that fills its folder file by file, ``study``): then it is locked too when its parent
+    folder exists (a missing parent: the writer makes it, unlocked)."""
+    from lrm_interp._io import file_lock_path
+
+    p = Path(out).expanduser()
+    if not (p.exists() or p.is_symlink()) and not (new and p.resolve().parent.is_dir()):
+        return contextlib.nullcontext()
+    r = p.resolve()
+    if r.name == "":  # the root folder: nothing is ever written there (refused by the checks)
+        return contextlib.nullcontext()
+    return hold_lock(flag, out, file_lock_path(r), command, folder=True)
+
+
+def refuse_other_file_result(flag: str, path: str | os.PathLike, command: str, *, plain: bool = False) -> None:
     """:class:`CliError` naming ``flag`` when the existing file ``path`` holds a single-file result
     that ``command`` does not write (:func:`lrm_interp._io.file_result_conflict`: masks replaced by
     ``bits --out m.safetensors --overwrite``, a bits allocation by ``parse``, H10-SFR): ``--overwrite``
-    replaces a command's own result only. The same command's result is replaced as before."""
+    replaces a command's own result only. The same command's result is replaced as before, unless
+    ``plain``: ``flag`` writes no result file of ``command`` (``bits --gptqmodel``, a GPTQModel config),
+    so no single-file result is replaced there (a bits allocation was, H11-GQB)."""
     from lrm_interp._io import FILE_RESULT_FORMATS, file_result_conflict
 
-    writes = [family for family, (_, cmd) in FILE_RESULT_FORMATS.items() if cmd == command]
+    writes = [] if plain else [family for family, (_, cmd) in FILE_RESULT_FORMATS.items() if cmd == command]
     held = file_result_conflict(path, writes)
+    if held is not None and plain:
+        by = f", a result of '{PROG} {held.command}'" if held.command else ""
+        raise CliError(
+            f"{flag} {path} holds {held.holds} ({held.format}){by}: {flag} writes a file of another kind, and "
+            f"--overwrite does not replace a result with it; choose another {flag}"
+        )
     if held is not None:
         by = f", a result of '{PROG} {held.command}'" if held.command else ""
         raise CliError(
@@ -1006,9 +1086,13 @@ __all__ = [
     "group_size_arg",
     "device_arg",
     "check_paths",
+    "refuse_empty_path",
+    "is_path_option",
     "refuse_other_results",
     "refuse_other_file_result",
     "file_outputs",
+    "hold_lock",
+    "folder_output_lock",
     "FileOutputs",
     "created_meanwhile",
     "add_overwrite_flag",

@@ -5,6 +5,7 @@ top-k overlap). Conventions: :mod:`lrm_interp.cli.common`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from lrm_interp.cli.common import (
     PROG,
@@ -14,6 +15,7 @@ from lrm_interp.cli.common import (
     add_dataclass_args,
     dataclass_from_args,
     float_arg,
+    folder_output_lock,
     load_model_quietly,
     model_input,
     positive_int,
@@ -47,62 +49,67 @@ def cmd_faithfulness(a: argparse.Namespace) -> int:
     from lrm_interp.attribution.faithfulness import FILES, atp_faithfulness, check_alphas
     from lrm_interp.data.loading import load_dataset
 
-    # everything that can be checked without loading anything, first
-    require_model(a.model)
-    data = require_path(a.data, "--data")
-    cfg = dataclass_from_args(AttributionConfig, a)  # validates every setting (regex included)
-    if cfg.method != "attribution":
-        raise CliError(f"--method {cfg.method}: the check compares attribution patching; use --method attribution")
-    if a.seed is not None and a.max_spans is None:  # was ignored silently (H7-F3)
-        raise CliError(
-            f"--seed is used with --max-spans only (it draws the --max-spans sample of spans; without it every "
-            f"span is used; got --seed {a.seed})"
-        )
-    try:
-        alphas = check_alphas(a.alpha)
-        src = model_input(a.model)
-        check_out_dir(a.out, overwrite=a.overwrite, sources=(data,) if src is None else (data, src), marker=FILES[0])
-    except ValueError as e:
-        raise CliError(str(e).replace("alpha must", "--alpha must")) from None
-    with reading(data, "--data"):
-        ds = load_dataset(data)
-    if len(ds) == 0:
-        raise CliError(f"--data {data}: no traces")
-    model, tok = load_model_quietly(a.model)
-    from lrm_interp.model.sites import resolve_sites
+    with contextlib.ExitStack() as stack:
+        # everything that can be checked without loading anything, first
+        require_model(a.model)
+        data = require_path(a.data, "--data")
+        cfg = dataclass_from_args(AttributionConfig, a)  # validates every setting (regex included)
+        if cfg.method != "attribution":
+            raise CliError(f"--method {cfg.method}: the check compares attribution patching; use --method attribution")
+        if a.seed is not None and a.max_spans is None:  # was ignored silently (H7-F3)
+            raise CliError(
+                f"--seed is used with --max-spans only (it draws the --max-spans sample of spans; without it every "
+                f"span is used; got --seed {a.seed})"
+            )
+        try:
+            alphas = check_alphas(a.alpha)
+            src = model_input(a.model)
+            check_out_dir(
+                a.out, overwrite=a.overwrite, sources=(data,) if src is None else (data, src), marker=FILES[0]
+            )
+        except ValueError as e:
+            raise CliError(str(e).replace("alpha must", "--alpha must")) from None
+        # an existing --out is held to the last write: two --overwrite runs both printed "wrote" (H11-QCC)
+        stack.enter_context(folder_output_lock("--out", a.out, "faithfulness"))
+        with reading(data, "--data"):
+            ds = load_dataset(data)
+        if len(ds) == 0:
+            raise CliError(f"--data {data}: no traces")
+        model, tok = load_model_quietly(a.model)
+        from lrm_interp.model.sites import resolve_sites
 
-    try:
-        n_sites = len(resolve_sites(model, cfg.sites))
-    except (ValueError, KeyError) as e:
-        raise CliError(f"--sites: {e.args[0]}") from None
-    if n_sites < 2:  # "use a --top-k below 1" advised an impossible value (H7-F5)
-        raise CliError(
-            f"faithfulness needs at least 2 sites to compare rankings (--sites matched {n_sites}); give a --sites "
-            "pattern that matches more linear modules"
+        try:
+            n_sites = len(resolve_sites(model, cfg.sites))
+        except (ValueError, KeyError) as e:
+            raise CliError(f"--sites: {e.args[0]}") from None
+        if n_sites < 2:  # "use a --top-k below 1" advised an impossible value (H7-F5)
+            raise CliError(
+                f"faithfulness needs at least 2 sites to compare rankings (--sites matched {n_sites}); give a --sites "
+                "pattern that matches more linear modules"
+            )
+        res = atp_faithfulness(
+            model,
+            ds,
+            config=cfg,
+            tokenizer=tok,
+            alphas=alphas,
+            max_spans=a.max_spans,
+            seed=0 if a.seed is None else a.seed,
+            top_k=a.top_k,
+            batch_size=a.batch_size,
+            progress=not a.quiet,
         )
-    res = atp_faithfulness(
-        model,
-        ds,
-        config=cfg,
-        tokenizer=tok,
-        alphas=alphas,
-        max_spans=a.max_spans,
-        seed=0 if a.seed is None else a.seed,
-        top_k=a.top_k,
-        batch_size=a.batch_size,
-        progress=not a.quiet,
-    )
-    out = res.save(a.out, overwrite=a.overwrite)
-    print(f"wrote {out}/" + ", ".join(FILES))
-    for r in res.rows:
-        print(
-            f"  alpha={r.alpha:<5g} {r.behavior:24s} spearman {r.spearman:6.3f}  top-{res.top_k} overlap "
-            f"{r.top_k_overlap:2d}/{min(res.top_k, len(res.site_names))}  ({r.n_spans} spans, {r.n_traces} traces)"
-        )
-    left = {b: c["left_out_by_max_spans"] for b, c in res.provenance["spans"].items() if c["left_out_by_max_spans"]}
-    if left:
-        print(f"  spans left out by --max-spans: {left}")
-    return 0
+        out = res.save(a.out, overwrite=a.overwrite)
+        print(f"wrote {out}/" + ", ".join(FILES))
+        for r in res.rows:
+            print(
+                f"  alpha={r.alpha:<5g} {r.behavior:24s} spearman {r.spearman:6.3f}  top-{res.top_k} overlap "
+                f"{r.top_k_overlap:2d}/{min(res.top_k, len(res.site_names))}  ({r.n_spans} spans, {r.n_traces} traces)"
+            )
+        left = {b: c["left_out_by_max_spans"] for b, c in res.provenance["spans"].items() if c["left_out_by_max_spans"]}
+        if left:
+            print(f"  spans left out by --max-spans: {left}")
+        return 0
 
 
 def register(sub) -> None:

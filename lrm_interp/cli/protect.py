@@ -23,6 +23,7 @@ from lrm_interp.cli.common import (
     bits_int,
     check_paths,
     file_outputs,
+    folder_output_lock,
     fraction,
     group_size_arg,
     load_attribution,
@@ -343,16 +344,23 @@ def _protect(a: argparse.Namespace, outs: FileOutputs) -> int:
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
-    """``lrm-interp quantize``: fake-quantize ``--model`` honouring ``--masks``; checkpoint + records → ``--out``."""
-    import shutil
+    """``lrm-interp quantize``: fake-quantize ``--model`` honouring ``--masks``; checkpoint + records → ``--out``.
+    An existing ``--out`` is held from the checks to the swap by :func:`folder_output_lock` (two
+    ``--overwrite`` runs both printed "wrote" and the first result was lost, H11-QCC); the checks run
+    again under it (a run that finished meanwhile is seen)."""
+    _quantize_checks(a)  # before the lock: a bad --out is named by its check, not by the lock
+    with folder_output_lock("--out", a.out, "quantize"):
+        return _quantize(a)
 
-    from lrm_interp._io import check_out_dir, make_temp_dir, naming_destination, publish_dir
-    from lrm_interp.compress.calibration import calibration_ids
-    from lrm_interp.compress.quant import check_bits, quantize_model_
-    from lrm_interp.protect.encoding import grid_mismatch, load_masks, masks_grid
+
+def _quantize_checks(a: argparse.Namespace) -> Path:
+    """``quantize``'s checks of ``--out`` (the resolved folder): :func:`lrm_interp._io.check_out_dir`,
+    :func:`check_paths` and :func:`_refuse_foreign_files`."""
+    from lrm_interp._io import check_out_dir
+    from lrm_interp.compress.quant import check_bits
 
     check_bits(a.bits)
-    group_size = group_size_arg(a.group_size)
+    group_size_arg(a.group_size)
     require_model(a.model)
     # the folder --model reads (an alias's folder, '~' expanded): --out may never replace it
     src = model_input(a.model)
@@ -364,6 +372,20 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     # --out is replaced whole: it may neither be nor contain nor lie inside another input (--overwrite or not)
     check_paths({"--out": a.out}, {"--masks": a.masks, "--calib": a.calib}, replaced_whole=True, own="quantize")
     _refuse_foreign_files(out)
+    return out
+
+
+def _quantize(a: argparse.Namespace) -> int:
+    """The body of :func:`cmd_quantize`, under its lock."""
+    import shutil
+
+    from lrm_interp._io import make_temp_dir, naming_destination, publish_dir
+    from lrm_interp.compress.calibration import calibration_ids
+    from lrm_interp.compress.quant import quantize_model_
+    from lrm_interp.protect.encoding import grid_mismatch, load_masks, masks_grid
+
+    group_size = group_size_arg(a.group_size)
+    out = _quantize_checks(a)  # again, under the lock
     masks_path = None if a.masks is None else require_path(a.masks, "--masks", kind="file")
     calib_path = None if a.calib is None else require_path(a.calib, "--calib")
     if calib_path is not None and a.method != "gptq":
@@ -490,6 +512,9 @@ def _write_quantized(model, tok, rep, masks, a: argparse.Namespace, group_size: 
         # the grid the masks were computed for (None: no masks, or masks that record none)
         "masks_grid": getattr(a, "masks_grid", None),
         "source_model": str(a.model),
+        # the calibration the Hessians came from ({"rows", "tokens"}, padding excluded; None: RTN, H11-CAL1)
+        "calibration": getattr(rep, "calibration", None),
+        "calib": getattr(a, "calib", None),
         # every file of this result (a later --overwrite replaces only a folder holding these)
         "files": sorted({p.name for p in out.iterdir()} | {"lrm_interp_quantization.json"}),
     }

@@ -7,6 +7,8 @@ Conventions: :mod:`lrm_interp.cli.common`."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lrm_interp.checks import int_arg
 from lrm_interp.cli.common import (
@@ -16,6 +18,7 @@ from lrm_interp.cli.common import (
     add_command,
     check_paths,
     float_arg,
+    folder_output_lock,
     model_input,
     positive_int,
     reading,
@@ -23,6 +26,9 @@ from lrm_interp.cli.common import (
     require_path,
 )
 from lrm_interp.cli.protect import add_symmetry_flags
+
+if TYPE_CHECKING:
+    from lrm_interp.experiments.study import StudySettings
 
 HELP = "attribute, protect and compress any model at matched bits per weight: accuracy or KL, report.html"
 DESCRIPTION = (
@@ -87,14 +93,11 @@ def _refuse_unused_flags(a: argparse.Namespace) -> None:
 
 def cmd_study(a: argparse.Namespace) -> int:
     from lrm_interp.data.benchmarks import find_task_file, get_task
-    from lrm_interp.data.loading import load_dataset
-    from lrm_interp.experiments.report import files_and_commands, study_summary, write_study_report
     from lrm_interp.experiments.study import (
         StudySettings,
         check_environment,
         check_study_folder,
         quantized_model_note,
-        run_study,
     )
 
     # everything that can be checked without loading the model, first
@@ -146,6 +149,22 @@ def cmd_study(a: argparse.Namespace) -> int:
         check_study_folder(a.out, settings, a.overwrite, writes_traces=False, wording="cli")
     except ValueError as e:
         raise CliError(str(e)) from None
+    # one study run per --out, from here to its report: a second --overwrite run replaced the first's
+    # masks and allocation, then failed (H11-CST)
+    with folder_output_lock("--out", a.out, "study", new=True):
+        try:  # again, under the lock: a study that began or finished meanwhile is seen here
+            check_study_folder(a.out, settings, a.overwrite, writes_traces=False, wording="cli")
+        except ValueError as e:
+            raise CliError(str(e)) from None
+        return _run_study(a, data, settings)
+
+
+def _run_study(a: argparse.Namespace, data: Path, settings: StudySettings) -> int:
+    """The body of :func:`cmd_study` after its checks, under its lock."""
+    from lrm_interp.data.loading import load_dataset
+    from lrm_interp.experiments.report import files_and_commands, study_summary, write_study_report
+    from lrm_interp.experiments.study import run_study
+
     with reading(data, "--data"):
         ds = load_dataset(data)
     if len(ds) == 0:

@@ -29,6 +29,7 @@ layer's input computed by the quantized earlier layers (GPTQ's non-"true-sequent
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import groupby
 from typing import Any
@@ -165,6 +166,39 @@ def check_calibration_context(model: torch.nn.Module, calib: Any) -> None:
     )
 
 
+def calibration_size(calib: Any) -> dict[str, int] | None:
+    """``{"rows", "tokens"}`` of calibration ids ``[b, s]`` / ``[s]`` or a tokenizer output dict
+    (``tokens``: those that count, padding excluded), as a quantization report records it; ``None``
+    for a callable or anything :func:`calibration_shape` cannot read."""
+    shape = calibration_shape(calib)
+    if shape is None:
+        return None
+    att = calib.get("attention_mask") if isinstance(calib, Mapping) else None
+    tokens = int(torch.as_tensor(att).bool().sum()) if att is not None else shape[0] * shape[1]
+    return {"rows": shape[0], "tokens": tokens}
+
+
+def check_calibration_size(sites: Sequence[Site], calib: Any) -> None:
+    """Warn, naming the counts, when the calibration has fewer tokens than the widest input of
+    ``sites``: that site's Hessian ``[in, in]`` has rank at most the token count, so GPTQ on it is
+    little more than damped RTN and a Hessian sensitivity is drawn from a handful of inputs (one
+    trace of one character was used without a word, H11-CAL1). The stated minimum is that width;
+    a callable ``calib`` is not checked (its tokens are unknown before it runs)."""
+    size = calibration_size(calib)
+    if size is None or not sites:
+        return
+    widest = max(sites, key=lambda s: s.in_features)
+    if size["tokens"] < widest.in_features:
+        warnings.warn(
+            f"calibration has {size['tokens']} token(s) in {size['rows']} row(s), fewer than the "
+            f"{widest.in_features} inputs of {widest.name}: its Hessian has rank at most {size['tokens']}, "
+            f"so GPTQ / Hessian sensitivity there is little more than damped RTN; give at least "
+            f"{widest.in_features} calibration tokens (more or longer traces)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class HessianReducer(Reducer):
     """Accumulates ``XᵀX`` ``[in, in]`` (float32, on the input's device) and token counts per site.
 
@@ -274,6 +308,7 @@ def layer_hessians(
         raise ValueError("GPTQ needs calibration data: calib=input_ids [b, s] (or tokenizer output / callable)")
     check_calibration_context(model, calib)  # before the first layer is compressed
     sites = list(sites)
+    check_calibration_size(sites, calib)
     if sequential:
         order = sorted(sites, key=lambda s: (s.layer is None, s.layer if s.layer is not None else 0))
         groups = [list(g) for _, g in groupby(order, key=lambda s: s.layer)]

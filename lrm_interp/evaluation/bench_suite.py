@@ -119,7 +119,7 @@ def saved_model_dir(model) -> str | None:
 def _endpoint_runs(
     names: Sequence[str], items, out: Path, cfg: SuiteConfig, endpoint, progress: bool
 ) -> list[BenchRun]:
-    from lrm_interp.endpoint import EndpointError
+    from lrm_interp.endpoint import EndpointError, EndpointNotAPI
     from lrm_interp.evaluation.backends import OpenAIBackend
 
     runs, checked = [], False
@@ -151,11 +151,12 @@ def _endpoint_runs(
                 )
             )
         except EndpointError as e:
-            kept = (
-                f"finished items are kept in {out / tag}; run again to resume"
-                if (out / tag).exists()
-                else "nothing was written"
-            )
+            if isinstance(e, EndpointNotAPI):  # running again cannot help: the URL must change (H11-NAPI)
+                kept = "nothing was generated; fix --base-url"
+            elif (out / tag).exists():
+                kept = f"finished items are kept in {out / tag}; run again to resume"
+            else:
+                kept = "nothing was written"
             raise type(e)(" ".join(str(e).split()) + f"; {kept}") from e
     return runs
 

@@ -102,11 +102,16 @@ class ExperimentSettings:
             )
         if not isinstance(self.quantizer, str) or self.quantizer not in ("rtn", "gptq"):
             raise ValueError(f"quantizer must be 'rtn' or 'gptq', got {self.quantizer!r}")
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 7:
-            raise ValueError(f"bits must be in 2..7 (b+1 is a row), got {shown_value(self.bits)}")
-        check_int("per_family", self.per_family, min=1)
-        check_int("attribution_traces", self.attribution_traces, min=1)
-        check_int("group_size", self.group_size, min=1, optional=True)  # None: per channel; 128.0 is refused
+        # integers by the shared rule (a NumPy integer too: bits=np.int64(3) was refused as "must be in
+        # 2..7", H11-NPI), stored as plain ints so settings.json can record them
+        try:
+            object.__setattr__(self, "bits", check_int("bits", self.bits, min=2, max=7))
+        except ValueError:
+            raise ValueError(f"bits must be in 2..7 (b+1 is a row), got {shown_value(self.bits)}") from None
+        for name, lo in (("per_family", 1), ("attribution_traces", 1), ("problem_seed", 0), ("max_new_tokens", 1)):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), min=lo))
+        # None: per channel; 128.0 is refused
+        object.__setattr__(self, "group_size", check_int("group_size", self.group_size, min=1, optional=True))
         check_bool("symmetric", self.symmetric)
         if isinstance(self.budget, bool) or not (
             isinstance(self.budget, (int, float)) and math.isfinite(self.budget) and 0.0 < self.budget < 1.0
@@ -117,14 +122,11 @@ class ExperimentSettings:
         object.__setattr__(self, "random_seeds", tuple(self.random_seeds))
         if not self.random_seeds:
             raise ValueError("random_seeds must name at least one seed")
-        for seed in self.random_seeds:
-            check_int("random_seeds", seed, min=0)
+        object.__setattr__(self, "random_seeds", tuple(check_int("random_seeds", x, min=0) for x in self.random_seeds))
         dup = next((x for i, x in enumerate(self.random_seeds) if x in self.random_seeds[:i]), None)
         if dup is not None:  # the same control row twice in the table (H7-E4)
             raise ValueError(f"random_seeds: seed {dup} given twice (each seed is one control row); give it once")
         check_fraction("guided_mix", self.guided_mix)
-        check_int("problem_seed", self.problem_seed, min=0)
-        check_int("max_new_tokens", self.max_new_tokens, min=1)
 
 
 @dataclass(frozen=True)

@@ -166,13 +166,17 @@ class StudySettings:
                 f"bits must be in 2..7 for a study (the protection planner also plans b+1 bits), got {bits}"
             )
         object.__setattr__(self, "bits", bits)
-        check_group_size(self.group_size)
+        object.__setattr__(self, "group_size", check_group_size(self.group_size))
         check_fraction("budget", self.budget, zero=False, one=False)
-        check_int("per_task", self.per_task, min=1)
-        check_int("problem_seed", self.problem_seed, min=0)
-        check_int("max_new_tokens", self.max_new_tokens, min=1)
-        check_int("batch_size", self.batch_size, min=1)
-        check_int("resamples", self.resamples, min=1)
+        # stored as plain ints (a NumPy integer is accepted by the shared rule, and study.json records them)
+        for name, lo in (
+            ("per_task", 1),
+            ("problem_seed", 0),
+            ("max_new_tokens", 1),
+            ("batch_size", 1),
+            ("resamples", 1),
+        ):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), min=lo))
         check_seed("seed", self.seed)
         if not isinstance(self.symmetric, bool) or not isinstance(self.require_think, bool):
             raise ValueError("symmetric and require_think must be True or False")

@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lrm_interp.model.provenance import model_record, record_source
-from lrm_interp.model.smollm2 import SOURCE_FILE, cache_dir, load_smollm2, publish_cache_folder
+from lrm_interp.model.smollm2 import (
+    SOURCE_FILE,
+    cache_dir,
+    load_smollm2,
+    publish_cache_folder,
+    refuse_foreign_cache,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -112,6 +118,7 @@ def load_reasoner(
     sha = delta_sha256(adapter_dir)
     target = Path(cache) if cache is not None else cache_dir() / f"{REASONER_ALIAS}-{merged_key(sha)}"
     if not all((target / f).exists() for f in _MERGED_FILES):
+        refuse_foreign_cache(target)  # before the base loads (H11-CCH)
         base, tok = load_smollm2(dtype=torch.float32)
         base_source = model_record(base).source
         merged = merge_adapter(base, adapter_dir)

@@ -84,6 +84,7 @@ def convert_smollm2(target: Path | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     target = Path(target) if target is not None else smollm2_cache_dir()
+    refuse_foreign_cache(target)
     gguf_path = _smollm2_gguf()
     t0 = time.perf_counter()
     src = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
@@ -121,6 +122,7 @@ def publish_cache_folder(target: Path, write: Callable[[Path], None], required: 
     ``target``, which is then renamed into place, so a crash never leaves a half-written cache
     and a concurrent loader sees the whole folder or none. If another process completed
     ``target`` first (all ``required`` files present), its copy is kept. Returns ``target``."""
+    refuse_foreign_cache(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -129,7 +131,8 @@ def publish_cache_folder(target: Path, write: Callable[[Path], None], required: 
         if _complete(target, required):  # another process finished first: keep its copy
             shutil.rmtree(tmp, ignore_errors=True)
             return target
-        if target.exists():  # an incomplete folder (not written by this function): replace it
+        if target.exists():  # an incomplete copy lrm_interp wrote: replace it (nothing else, H11-CCH)
+            refuse_foreign_cache(target, ours={p.name for p in tmp.iterdir()})
             shutil.rmtree(target)
         try:
             os.replace(tmp, target)
@@ -141,6 +144,34 @@ def publish_cache_folder(target: Path, write: Callable[[Path], None], required: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def refuse_foreign_cache(target: Path, ours: set[str] | None = None) -> None:
+    """Refuse a model-cache folder ``target`` that lrm_interp may not replace (H11-CCH: an incomplete
+    one used to be deleted whole, even when ``$LRM_INTERP_CACHE`` pointed at a user's own models).
+
+    Absent or empty: fine. A link or a file: refused. A folder: it must hold lrm_interp's record
+    (:data:`SOURCE_FILE`), and, when ``ours`` (the names the converter writes) is given, nothing
+    else. Raises :class:`~lrm_interp._io.OtherResultError` naming the folder and what it holds."""
+    from lrm_interp._io import OtherResultError
+
+    if not target.exists() and not target.is_symlink():
+        return
+    advice = "move it away or point $LRM_INTERP_CACHE elsewhere"
+    if target.is_symlink() or not target.is_dir():
+        kind = "a link" if target.is_symlink() else "a file"
+        raise OtherResultError(f"model cache {target} is {kind}, not a model folder lrm_interp wrote: {advice}")
+    names = sorted(p.name for p in target.iterdir())
+    if not names:
+        return
+    foreign = [n for n in names if n not in ours | {SOURCE_FILE}] if ours is not None else []
+    if SOURCE_FILE not in names or foreign:
+        shown = foreign or names
+        listed = ", ".join(shown[:5]) + (f" (+{len(shown) - 5} more)" if len(shown) > 5 else "")
+        raise OtherResultError(
+            f"model cache {target} holds {listed}, not a model lrm_interp wrote "
+            f"(no complete copy, {'files it never writes' if foreign else f'no {SOURCE_FILE}'}): {advice}"
+        )
 
 
 def _share_permissions(d: Path) -> None:
@@ -171,6 +202,7 @@ def load_smollm2(*, dtype: torch.dtype | None = None, device_map: Any = None, ca
 
     target = Path(cache) if cache is not None else smollm2_cache_dir()
     if not _cache_complete(target):
+        refuse_foreign_cache(target)
         convert_smollm2(target)
     kw: dict[str, Any] = {"dtype": dtype or torch.float32}
     if device_map is not None:

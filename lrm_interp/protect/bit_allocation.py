@@ -28,8 +28,8 @@ model and :func:`allocate_bits` records it), and :func:`quantize_allocation_` re
 weight changes, an allocation of another model and one that leaves linear sites of the model out
 (``partial=True`` quantizes only the sites it names). Files: ``lrm_interp.bits/2`` JSON
 (:meth:`BitAllocation.save` / :meth:`BitAllocation.load`); ``lrm_interp.bits/1`` files, written
-before the model was recorded, load and apply with a warning.
-"""
+before the model was recorded, load and apply with a warning (a ``"model"`` entry such a file holds
+is checked all the same). ``bpw`` must be what the bits cost (:func:`check_bpw`)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ class BitAllocation:
     Attributes:
         bits: ``{site: bits}`` in site order, each an ``int`` 2..8 or 16 (not a bool, ``3.7`` or
             ``"3"``); at least one site.
-        bpw: achieved average storage bits per weight over the sites (finite, > 0).
+        bpw: achieved average storage bits per weight over the sites (finite, > 0, within what its
+            bits can give; :func:`check_bpw` checks it exactly against a model's sites).
         budget_bpw: the budget it was allocated under (``None`` for uniform).
         sensitivity: what drove it (``"attribution"``, ``"hessian"``, ``"none"``, ``"uniform"``).
         group_size, symmetric: the grid the costs assume.
@@ -155,7 +156,9 @@ class BitAllocation:
     @classmethod
     def load(cls, path: str | os.PathLike) -> BitAllocation:
         """The allocation in the JSON file ``path`` (:data:`FORMAT`, or :data:`FORMAT_V1` written
-        before the model was recorded: ``model`` is then ``None``).
+        before the model was recorded: ``model`` is then ``None``, unless the file holds a ``"model"``
+        entry anyway, which is then read and checked like any other: it used to be dropped, so
+        another model's allocation marked ``/1`` was applied with a warning saying it recorded none).
 
         Read with the strict JSON reader (:func:`~lrm_interp._io.loads_strict`: a key twice,
         ``NaN`` refused) and checked in full (the fields' checks of the class); a file of format
@@ -185,7 +188,7 @@ class BitAllocation:
             d["group_size"],
             d["symmetric"],
             d.get("provenance", {}),
-            d.get("model") if fmt == FORMAT else None,
+            d.get("model"),  # checked when present, whatever the format (a /1 file's was dropped, H11-B1M)
             source=str(p),
         )
 
@@ -222,12 +225,16 @@ def _site_bits(site: object, b: object) -> tuple[str, int]:
     """``(site, bits)`` if ``site`` is a name and ``b`` an ``int`` 2..8 or :data:`KEPT`, else ``ValueError``."""
     if not isinstance(site, str) or not site:
         raise ValueError(f"bits: a key must be a site name (str), got {shown_value(site)}")
-    if isinstance(b, bool) or not isinstance(b, int) or not (MIN_BITS <= b <= MAX_BITS or b == KEPT):
+    try:  # the shared integer rule: a NumPy integer too (H11-NPI)
+        n = check_int("bits", b)
+    except ValueError:
+        n = None
+    if n is None or not (MIN_BITS <= n <= MAX_BITS or n == KEPT):
         raise ValueError(
             f"bits of site {site} must be an integer {MIN_BITS}..{MAX_BITS} or {KEPT} (kept in FP16), "
             f"got {shown_value(b)}"
         )
-    return site, int(b)
+    return site, n
 
 
 def _model_entry(model: Any) -> dict[str, str] | None:
@@ -267,7 +274,7 @@ def _checked_fields(a: BitAllocation) -> dict[str, Any]:
         raise ValueError(f"source must be the file's path or None, got {shown_value(a.source)}")
     return {
         "bits": bits,
-        "bpw": check_float("bpw", a.bpw, min=0.0, min_open=True),
+        "bpw": _check_bpw_range(check_float("bpw", a.bpw, min=0.0, min_open=True), bits),
         "budget_bpw": check_float("budget_bpw", a.budget_bpw, min=0.0, min_open=True, optional=True),
         "group_size": check_int("group_size", a.group_size, min=1, optional=True),
         "symmetric": check_bool("symmetric", a.symmetric),
@@ -275,6 +282,38 @@ def _checked_fields(a: BitAllocation) -> dict[str, Any]:
         "model": _model_entry(a.model),
         "source": None if a.source is None else str(a.source),
     }
+
+
+#: most scale/zero bits one weight can carry (a 16-bit scale and zero-point for a group of one weight)
+_MAX_PARAM_BITS_PER_WEIGHT = 32
+
+
+def _check_bpw_range(bpw: float, bits: Mapping[str, int]) -> float:
+    """``bpw`` if the bits per weight ``bits`` can give (without the sites' shapes: at least the
+    lowest width, at most the highest plus its scales), else ``ValueError``: an allocation whose
+    modules are all at 16 bits said 4.0 bits/weight and was applied as such (H11-BPW). The exact
+    check, with the sites, is :func:`check_bpw`."""
+    lo = min(bits.values())
+    hi = max(b if b == KEPT else b + _MAX_PARAM_BITS_PER_WEIGHT for b in bits.values())
+    if not lo - 1e-9 <= bpw <= hi + 1e-9:
+        given = f"exactly {lo}" if lo == hi else f"between {lo} and {hi}"
+        raise ValueError(
+            f"bpw {bpw} contradicts bits: its sites at {', '.join(map(str, sorted(set(bits.values()))))} bits "
+            f"give {given} bits/weight (edited?); compute the allocation again (lrm-interp bits)"
+        )
+    return bpw
+
+
+def check_bpw(alloc: BitAllocation, model: torch.nn.Module) -> None:
+    """``ValueError`` naming the allocation when its ``bpw`` is not what its bits cost on ``model``'s
+    sites (:func:`allocation_bpw` with its grid): the stated figure used to be trusted (H11-BPW)."""
+    sites = [s for s in find_sites(model, include_lm_head=True) if s.name in alloc.bits]
+    actual = allocation_bpw(alloc.bits, sites, group_size=alloc.group_size, symmetric=alloc.symmetric)
+    if not math.isclose(actual, alloc.bpw, rel_tol=1e-9, abs_tol=1e-9):
+        raise ValueError(
+            f"{alloc.label}: bpw {alloc.bpw} but its bits give {actual:.4f} bits/weight on {model_name(model)} "
+            "(edited?); compute the allocation again (lrm-interp bits --model ...)"
+        )
 
 
 class SiteErrors(dict):
@@ -527,9 +566,10 @@ def quantize_allocation_(
 
 def check_allocation(model: torch.nn.Module, alloc: BitAllocation, *, partial: bool = False) -> None:
     """Refuse to apply ``alloc`` to ``model`` (:func:`quantize_allocation_`'s checks): another model's
-    weights fingerprint, sites ``model`` lacks (``ValueError``), linear sites of ``model`` it leaves
-    out unless ``partial`` (``ValueError`` naming how many and the first). No model record on an
-    allocation read from a file: a warning (it cannot be checked)."""
+    weights fingerprint, sites ``model`` lacks (``ValueError``), a ``bpw`` its bits do not give
+    (:func:`check_bpw`, unless ``partial``), linear sites of ``model`` it leaves out unless
+    ``partial`` (``ValueError`` naming how many and the first). No model record on an allocation
+    read from a file: a warning (it cannot be checked)."""
     if not isinstance(alloc, BitAllocation):
         raise TypeError(f"alloc must be a BitAllocation, got {shown_value(alloc)}")
     check_bool("partial", partial)
@@ -559,6 +599,8 @@ def check_allocation(model: torch.nn.Module, alloc: BitAllocation, *, partial: b
             f"they would stay in full precision while its {alloc.bpw:.4f} bits/weight count only the sites it "
             f"names; pass partial=True to quantize only those, or {redo}"
         )
+    if not partial:  # partial=True: the caller's own subset, applied as named (its bpw is not used)
+        check_bpw(alloc, model)
 
 
 __all__ = [

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from lrm_interp.compress.calibration import HessianCalib
+from lrm_interp.compress.calibration import HessianCalib, calibration_size
 from lrm_interp.compress.driver import (
     CompressionMethod,
     CompressionRun,
@@ -60,7 +60,13 @@ GPTQ_OPTIONS = GPTQ.allowed_options
 
 @dataclass(frozen=True)
 class QuantReport:
-    """What :func:`quantize_model_` did (also attached to the model for provenance)."""
+    """What :func:`quantize_model_` did (also attached to the model for provenance).
+
+    ``calibration``: ``{"rows", "tokens"}`` of a calibrated method's calibration data
+    (:func:`~lrm_interp.compress.calibration.calibration_size`; ``None`` for RTN or a callable
+    ``calib``): the size GPTQ was computed from, for a caller's record (it was recorded nowhere,
+    H11-CAL1). :meth:`to_dict` and :meth:`provenance` leave it out: their keys are those of the
+    older reports (``tests/test_compress_driver.py`` compares them to the old driver's)."""
 
     method: str
     bits: int
@@ -71,13 +77,14 @@ class QuantReport:
     n_protected: int
     sites: tuple[str, ...] = field(repr=False, default=())
     tensors: dict = field(repr=False, default_factory=dict, compare=False)
+    calibration: dict | None = None
 
     @property
     def protected_fraction(self) -> float:
         return self.n_protected / max(self.n_weights, 1)
 
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tensors"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("tensors", "calibration")}
         d["sites"] = list(self.sites)
         d["protected_fraction"] = self.protected_fraction
         return d
@@ -189,6 +196,7 @@ def quantize_model_(
             run.protected,
             tuple(s.name for s in run.sites),
             tensors,
+            calibration_size(calib) if run.method.calibrated and calib is not None else None,
         )
 
     return compress_model_(
