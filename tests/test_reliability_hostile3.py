@@ -114,8 +114,11 @@ def test_folder_saved_before_labels_checksum_loads(tmp_path):
     ("edit", "match"),
     [
         (lambda m: m["sites"][1].__setitem__("name", m["sites"][0]["name"]), "duplicate site records"),
-        (lambda m: m["sites"][1].__setitem__("n_weights", float("nan")), "invalid values.*n_weights"),
-        (lambda m: m["sites"][1].__setitem__("in_features", float("inf")), "invalid values.*in_features"),
+        # NaN / Infinity are no JSON: the strict reader refuses them (H11-AJS); other bad numbers reach the record check
+        (lambda m: m["sites"][1].__setitem__("n_weights", float("nan")), "NaN is not a JSON number"),
+        (lambda m: m["sites"][1].__setitem__("in_features", float("inf")), "Infinity is not a JSON number"),
+        (lambda m: m["sites"][1].__setitem__("n_weights", "many"), "invalid values.*n_weights"),
+        (lambda m: m["sites"][1].__setitem__("in_features", 2.5), "invalid values.*in_features"),
         (lambda m: m["sites"][0].__setitem__("layer", 1.5), "invalid values.*layer"),
         (lambda m: m["sites"][0].pop("kind"), "site record 0 is malformed"),
         (lambda m: m["behaviors"].__setitem__(1, "backtracking"), "duplicate behaviours"),
