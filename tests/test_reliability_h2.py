@@ -348,13 +348,25 @@ def test_result_with_a_site_dropped_by_hand_names_the_file(tmp_path, capsys):
     ).save(tmp_path / "b")
     with pytest.raises(ValueError, match=r"attribution\.safetensors: steering vector .* shape \(5,\).* 8 outputs"):
         Attribution.load(d2)
-    # a non-finite site size blames the file, not --budget
-    d3 = a.save(tmp_path / "c")
-    _old_format(d3)
-    _edit_json(d3, lambda m: m["sites"][0].__setitem__("n_weights", float("nan")))
-    rc = _rc(["protect", "--scores", str(d3), "--policy", "modules_by_score", "--out", str(tmp_path / "m.safetensors")])
-    err = _err_line(capsys)
-    assert rc == 2 and str(d3 / "attribution.json") in err and "n_weights" in err and "--budget" not in err
+    # a non-finite site size blames the file, not --budget (NaN is refused by the strict JSON reader, H11-AJS;
+    # a size that is no count by the site-record check)
+    for i, bad in enumerate((float("nan"), -3.5)):
+        d3 = a.save(tmp_path / f"c{i}")
+        _old_format(d3)
+        _edit_json(d3, lambda m, bad=bad: m["sites"][0].__setitem__("n_weights", bad))
+        argv = [
+            "protect",
+            "--scores",
+            str(d3),
+            "--policy",
+            "modules_by_score",
+            "--out",
+            str(tmp_path / "m.safetensors"),
+        ]
+        rc = _rc(argv)
+        err = _err_line(capsys)
+        assert rc == 2 and str(d3 / "attribution.json") in err and "--budget" not in err, err
+        assert ("NaN is not a JSON number" if i == 0 else "n_weights") in err, err
 
 
 # ------------------------------------------------------------------ H2-16
