@@ -256,3 +256,48 @@ def test_cli_writes_refuses_and_overwrites(tmp_path, capsys):
     assert main(argv + ["--overwrite"]) == 0
     with pytest.raises(SystemExit):
         main(argv[:-2] + ["--alpha", "0"])
+
+
+def test_sites_the_patch_did_not_resolve_are_counted_and_warned(tmp_path, capsys):
+    """A small alpha on the toy reasoner leaves some sites' real effects exactly 0 on every span of
+    a behaviour (below float32's resolution): the row counts them, the result warns (API: a
+    UnresolvedSitesWarning; CLI: one warning line each), and the count survives save / load.
+    Before, the row's spearman rested on the other sites with no word."""
+    from lrm_interp.attribution.faithfulness import UnresolvedSitesWarning, unresolved_sites
+    from lrm_interp.cli.main import main
+    from lrm_interp.data.toy_tasks import generate_dataset
+    from lrm_interp.model.loading import load_model
+
+    ds = generate_dataset(2, seed=3)  # 'lrm-interp toy traces --gold --per-family 2' draws seed 3
+    model, tok = load_model("toy")
+    with pytest.warns(UnresolvedSitesWarning) as got:
+        res = atp_faithfulness(model, ds, tokenizer=tok, alphas=(1e-2, 1.0), progress=False)
+    n = len(res.site_names)
+    for bi, b in enumerate(res.behaviors):
+        for ai, a in enumerate(res.alphas):
+            r = res.row(b, a)
+            if r.n_spans == 1:  # one span: a site is unresolved iff its aggregated real score is exactly 0
+                assert r.unresolved_sites == int(res.real[ai, bi].eq(0).sum())
+    assert all(res.row(b, 1.0).unresolved_sites == 0 for b in res.behaviors)  # the full patch resolves every site
+    bad = [r for r in res.rows if r.unresolved_sites]
+    assert bad and all(r.alpha == 1e-2 and 0 < r.unresolved_sites < n for r in bad)
+    assert len(got) == len(bad) == len(res.warnings)
+    assert f"at {bad[0].unresolved_sites} of {n} sites" in res.warnings[0] and "larger alpha" in res.warnings[0]
+    assert "sites unresolved" in repr(res)
+    back = FaithfulnessResult.load(res.save(tmp_path / "f"))
+    assert back.rows == res.rows and back.warnings == res.warnings
+    old = res.to_dict()  # a result saved before the count: unknown, no warning
+    for r in old["rows"]:
+        del r["unresolved_sites"]
+    assert (
+        FaithfulnessResult.from_dict(old).warnings == []
+        and FaithfulnessResult.from_dict(old).rows[0].unresolved_sites is None
+    )
+    assert unresolved_sites(torch.tensor([[0.0, 1e-9, 0.0], [0.0, 0.0, 2e-9]])) == 1
+    assert unresolved_sites(torch.zeros(0, 3)) == 0
+    data = ds.save_jsonl(tmp_path / "t.jsonl")
+    capsys.readouterr()  # the loading bars above
+    argv = ["faithfulness", "--model", "toy", "--data", str(data), "--alpha", "0.01", "1", "--out", str(tmp_path / "g")]
+    assert main(argv + ["--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == len(bad) and all(e.startswith("lrm-interp faithfulness: warning: alpha=0.01 ") for e in err)

@@ -44,6 +44,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,10 @@ class FaithfulnessRow:
     ``signed_spearman``: ρ of the signed sums α·Σ_s |targets(s)|·dot vs Σ_s ΔL (the quantity of
     ``tests/test_atp.py::atp_vs_patching``); ``rel_l1``: Σ_m |I_atp − I_real| / Σ_m I_real;
     ``median_ratio``: median over sites of I_atp / I_real (1 = AtP's magnitudes right);
-    ``n_spans``, ``n_traces``: spans and traces (|D+|) compared.
+    ``n_spans``, ``n_traces``: spans and traces (|D+|) compared; ``unresolved_sites``: sites whose
+    patch changed no span loss at this α (every ΔL exactly 0: below the resolution of the model's
+    activations, so their I_real are ties at 0 and the ρ / overlap rest on the other sites;
+    ``None`` in a result saved before it was counted).
     """
 
     alpha: float
@@ -105,6 +109,18 @@ class FaithfulnessRow:
     median_ratio: float
     n_spans: int
     n_traces: int
+    unresolved_sites: int | None = None
+
+
+def unresolved_sites(effects: torch.Tensor) -> int:
+    """Sites whose ΔL is exactly 0 on every span: ``effects`` ``[n_spans, n_sites]`` → count.
+
+    A real patch changes the loss of every span a little; an effect of exactly 0 on every span
+    means the patch α·û fell below the resolution of the activations at that site (a small α), so
+    real patching measured nothing there. 0 for an empty ``effects``."""
+    if effects.numel() == 0:
+        return 0
+    return int(effects.eq(0).all(0).sum())
 
 
 def check_top_k(top_k: int, n_sites: int) -> None:
@@ -164,6 +180,7 @@ def compare_scores(
                     median_ratio=float(ratio.median()) if ns else float("nan"),
                     n_spans=int(d.shape[0]),
                     n_traces=nt,
+                    unresolved_sites=unresolved_sites(effects.effects[b][ai]),
                 )
             )
     return rows, atp, real
@@ -208,8 +225,25 @@ class FaithfulnessResult:
                 return r
         raise KeyError(f"no row for behaviour {behavior!r} at alpha {alpha} (alphas {list(self.alphas)})")
 
+    @property
+    def warnings(self) -> list[str]:
+        """One line per (α, behaviour) row whose real patching resolved only some sites
+        (``unresolved_sites`` > 0): its Spearman and overlap rest on fewer sites than it says."""
+        out = []
+        n = len(self.site_names)
+        for r in self.rows:
+            if r.unresolved_sites:
+                out.append(
+                    f"alpha={r.alpha:g} {r.behavior}: the patch changed no span loss at {r.unresolved_sites} of {n} "
+                    f"sites (every effect exactly 0, below the resolution of the model's activations): their real "
+                    f"scores are ties at 0 and the spearman / top-{self.top_k} overlap rest on the other "
+                    f"{n - r.unresolved_sites}; use a larger alpha"
+                )
+        return out
+
     def to_dataframe(self) -> Any:
-        """One row per (α, behaviour): spearman, top-k overlap, signed spearman, rel_l1, median ratio, counts."""
+        """One row per (α, behaviour): spearman, top-k overlap, signed spearman, rel_l1, median ratio, counts
+        (spans, traces, unresolved sites)."""
         import pandas as pd
 
         return pd.DataFrame([dataclasses.asdict(r) for r in self.rows]).rename(
@@ -261,6 +295,7 @@ class FaithfulnessResult:
                 median_ratio=_float_or_nan(r["median_ratio"]),
                 n_spans=int(r["n_spans"]),
                 n_traces=int(r["n_traces"]),
+                unresolved_sites=None if r.get("unresolved_sites") is None else int(r["unresolved_sites"]),
             )
             for r in d["rows"]
         )
@@ -312,7 +347,9 @@ class FaithfulnessResult:
             lines.append(
                 f"  alpha={r.alpha:g} {r.behavior:24s} spearman={r.spearman:.3f} "
                 f"top{self.top_k}={r.top_k_overlap}/{min(self.top_k, len(self.site_names))} "
-                f"({r.n_spans} spans, {r.n_traces} traces)"
+                f"({r.n_spans} spans, {r.n_traces} traces"
+                + (f"; {r.unresolved_sites} sites unresolved" if r.unresolved_sites else "")
+                + ")"
             )
         return "\n".join(lines)
 
@@ -460,7 +497,14 @@ def atp_faithfulness(
         "max_base_loss_gap": loss_gap,  # AtP's unpatched L(s) vs the patching pass's: a consistency check
         "dataset": {"name": plan.dataset.name, "n_traces": len(plan.dataset)},
     }
-    return FaithfulnessResult(tuple(live), eff.site_names, alphas, tuple(rows), atp, real, top_k, prov)
+    res = FaithfulnessResult(tuple(live), eff.site_names, alphas, tuple(rows), atp, real, top_k, prov)
+    for w in res.warnings:  # a notebook sees them; the command line prints them as its own warnings
+        warnings.warn(w, UnresolvedSitesWarning, stacklevel=2)
+    return res
+
+
+class UnresolvedSitesWarning(UserWarning):
+    """Real patching at some α changed no span loss at some sites (:attr:`FaithfulnessResult.warnings`)."""
 
 
 __all__ = [
@@ -477,6 +521,8 @@ __all__ = [
     "real_per_span",
     "top_k_overlap",
     "compare_scores",
+    "unresolved_sites",
     "select_spans",
     "atp_faithfulness",
+    "UnresolvedSitesWarning",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 
 from lrm_interp.cli.common import (
     PROG,
@@ -87,18 +88,24 @@ def cmd_faithfulness(a: argparse.Namespace) -> int:
                 f"faithfulness needs at least 2 sites to compare rankings (--sites matched {n_sites}); give a --sites "
                 "pattern that matches more linear modules"
             )
-        res = atp_faithfulness(
-            model,
-            ds,
-            config=cfg,
-            tokenizer=tok,
-            alphas=alphas,
-            max_spans=a.max_spans,
-            seed=0 if a.seed is None else a.seed,
-            top_k=a.top_k,
-            batch_size=a.batch_size,
-            progress=not a.quiet,
-        )
+        import warnings
+
+        from lrm_interp.attribution.faithfulness import UnresolvedSitesWarning
+
+        with warnings.catch_warnings():  # printed below as this command's warnings, one line each
+            warnings.simplefilter("ignore", UnresolvedSitesWarning)
+            res = atp_faithfulness(
+                model,
+                ds,
+                config=cfg,
+                tokenizer=tok,
+                alphas=alphas,
+                max_spans=a.max_spans,
+                seed=0 if a.seed is None else a.seed,
+                top_k=a.top_k,
+                batch_size=a.batch_size,
+                progress=not a.quiet,
+            )
         out = res.save(a.out, overwrite=a.overwrite)
         print(f"wrote {out}/" + ", ".join(FILES))
         for r in res.rows:
@@ -109,6 +116,8 @@ def cmd_faithfulness(a: argparse.Namespace) -> int:
         left = {b: c["left_out_by_max_spans"] for b, c in res.provenance["spans"].items() if c["left_out_by_max_spans"]}
         if left:
             print(f"  spans left out by --max-spans: {left}")
+        for w in res.warnings:  # the rows whose patch resolved only some sites
+            print(f"{PROG} faithfulness: warning: {w}", file=sys.stderr)
         return 0
 
 
