@@ -198,3 +198,54 @@ def test_cli_has_the_method_and_its_alpha():
     acts = {a.dest: a for a in sub._actions}
     assert "patching" in acts["method"].choices and "patching" in acts["method"].help
     assert "alpha" in acts["patch_alpha"].help
+
+
+def test_sites_a_small_patch_did_not_resolve_are_counted_and_warned(tmp_path):
+    """patch_alpha 0.01 on the toy reasoner: the one uncertainty-estimation span's patch changes the
+    loss at only some sites; the others score exactly 0 (ties whose ranks say nothing). Counted in
+    provenance['counts']['unresolved_sites'] (= the all-zero score columns here: one span) and
+    warned; with patch_alpha 1 none is. Also on resume (the counts come from the partials)."""
+    import warnings
+
+    from lrm_interp.data.toy_tasks import generate_dataset
+    from lrm_interp.model.loading import load_model
+
+    model, tok = load_model("toy")
+    toy = generate_dataset(2, seed=3)
+    got = {}
+    for alpha in (0.01, 1.0):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            got[alpha] = lrm_interp.attribute(
+                model,
+                toy,
+                tokenizer=tok,
+                progress=False,
+                method="patching",
+                patch_alpha=alpha,
+                out_dir=tmp_path / f"a{alpha}",
+            )
+        msgs = [str(x.message) for x in w if "changed no span loss" in str(x.message)]
+        counts = got[alpha].provenance["counts"]["unresolved_sites"]
+        ue = got[alpha].behaviors.index("uncertainty-estimation")
+        assert got[alpha].provenance["counts"]["spans"]["uncertainty-estimation"] == 1
+        assert counts["uncertainty-estimation"] == int(got[alpha].scores[ue].eq(0).sum())
+        if alpha == 1.0:
+            assert msgs == [] and set(counts.values()) == {0}
+        else:
+            n = counts["uncertainty-estimation"]
+            assert 0 < n < len(got[alpha].sites) and len(msgs) == 1 and f"'uncertainty-estimation': {n}" in msgs[0]
+    again = lrm_interp.attribute(
+        model, toy, tokenizer=tok, progress=False, method="patching", patch_alpha=0.01, out_dir=tmp_path / "a0.01"
+    )
+    assert again.provenance["resume"]["patching"]["reused"] == len(toy)
+    assert again.provenance["counts"]["unresolved_sites"] == got[0.01].provenance["counts"]["unresolved_sites"]
+    assert (
+        lrm_interp.Attribution.load(tmp_path / "a0.01").provenance["counts"]["unresolved_sites"][
+            "uncertainty-estimation"
+        ]
+        > 0
+    )
+    assert (
+        "unresolved_sites" not in _attr(tiny_model("llama"), synthetic_traces(2)).provenance["counts"]
+    )  # AtP: no such count

@@ -760,6 +760,17 @@ def patching_effects(
     return effects
 
 
+def unresolved_sites(effects: torch.Tensor) -> int:
+    """Sites whose ΔL is exactly 0 on every span: ``effects`` ``[n_spans, n_sites]`` → count.
+
+    A real patch changes the loss of every span a little; an effect of exactly 0 on every span
+    means the patch α·û fell below the resolution of the activations at that site (a small α), so
+    real patching measured nothing there. 0 for an empty ``effects``."""
+    if effects.numel() == 0:
+        return 0
+    return int(effects.eq(0).all(0).sum())
+
+
 class UnresolvedPatchError(ValueError):
     """A patch scale α changed no span loss of a behaviour (:func:`check_resolved`)."""
 
@@ -849,6 +860,7 @@ __all__ = [
     "PatchingEffects",
     "check_alphas",
     "check_resolved",
+    "unresolved_sites",
     "UnresolvedPatchError",
     "patching_effects",
     "patching_trace_stats",

@@ -64,6 +64,7 @@ from lrm_interp.attribution.atp import (  # the real patching lives beside AtP; 
     patching_effects,
     patching_trace_stats,
     real_per_span,
+    unresolved_sites,
 )
 from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.pipeline import dom_stage, live_behaviors, plan_attribution, reduce_dom
@@ -110,17 +111,6 @@ class FaithfulnessRow:
     n_spans: int
     n_traces: int
     unresolved_sites: int | None = None
-
-
-def unresolved_sites(effects: torch.Tensor) -> int:
-    """Sites whose ΔL is exactly 0 on every span: ``effects`` ``[n_spans, n_sites]`` → count.
-
-    A real patch changes the loss of every span a little; an effect of exactly 0 on every span
-    means the patch α·û fell below the resolution of the activations at that site (a small α), so
-    real patching measured nothing there. 0 for an empty ``effects``."""
-    if effects.numel() == 0:
-        return 0
-    return int(effects.eq(0).all(0).sum())
 
 
 def check_top_k(top_k: int, n_sites: int) -> None:

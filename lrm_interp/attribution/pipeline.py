@@ -55,6 +55,7 @@ from lrm_interp.attribution.atp import (
     decoder_holds_sites,
     one_pass_trace_stats,
     patching_trace_stats,
+    unresolved_sites,
 )
 from lrm_interp.attribution.config import SPAN_LOSS_METHODS, AttributionConfig
 from lrm_interp.attribution.dom import DoMResult, dom_aggregate, dom_trace_stats
@@ -775,6 +776,7 @@ def finish(
     behaviors = [b for b in plan.behaviors if b not in plan.absent]  # absent ones get no (all-zero) row
     scores = torch.zeros(len(behaviors), len(sites), dtype=torch.float64)
     unscorable = {b: 0 for b in behaviors}
+    unresolved: dict[str, int] = {}
     if cfg.method == "dom":
         for i, b in enumerate(behaviors):
             if dom.n_traces.get(b, 0):
@@ -798,6 +800,17 @@ def finish(
                 "provenance['skipped_spans']",
                 stacklevel=3,
             )
+        if cfg.method == "patching":
+            unresolved = _unresolved(atp_stats or [], live, len(sites))
+            bad = {b: n for b, n in unresolved.items() if n}
+            if bad and warn:
+                warnings.warn(
+                    f"the patch at patch_alpha {cfg.patch_alpha:g} changed no span loss at some sites (every effect "
+                    f"exactly 0, below the resolution of the model's activations): per behaviour, of {len(sites)} "
+                    f"sites: {bad}; their scores are ties at 0 (their ranks say nothing); use a larger patch_alpha "
+                    "(--patch-alpha); counted in provenance['counts']['unresolved_sites']",
+                    stacklevel=3,
+                )
     ov = plan.extra.get("overlong") or {}
     overlong_traces = {"truncated": int(ov.get("n_truncated", 0)), "skipped": int(ov.get("n_skipped", 0))}
     if ov.get("n_extrapolated", 0):  # only then, so results of the other policies keep their shape
@@ -810,6 +823,7 @@ def finish(
         "unscorable_spans": unscorable,
         "dropped_spans": sum(1 for s in plan.skipped if not s["used_by"]),
         "overlong_traces": overlong_traces,
+        **({"unresolved_sites": unresolved} if cfg.method == "patching" else {}),
     }
     report = getattr(plan.dataset, "report", None)
     # paper-layout outputs without an annotation file: left out by the loader (warned), listed here
@@ -852,6 +866,16 @@ def finish(
             check_finished_result(plan.out_dir, plan.run_key, dataset=plan.dataset_key)
         result.save(plan.out_dir, overwrite=True, keep_partial=True)
     return result
+
+
+def _unresolved(stats: Sequence[dict[str, torch.Tensor]], behaviors: Sequence[str], n_sites: int) -> dict[str, int]:
+    """Per behaviour, the sites whose real patching effect (``effect/<b>``, ``[n_spans_b, n_sites]``
+    per trace) is exactly 0 on every span of every trace (:func:`~lrm_interp.attribution.atp.unresolved_sites`)."""
+    out = {}
+    for b in behaviors:
+        eff = [st[f"effect/{b}"] for st in stats if f"effect/{b}" in st and st[f"effect/{b}"].numel()]
+        out[b] = unresolved_sites(torch.cat(eff)) if eff else 0
+    return out
 
 
 def attribute(
