@@ -6,17 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_run import run_cli as _rc
 
 from lrm_interp.cli import main as cli_main
 from lrm_interp.cli.main import main
 from lrm_interp.testing import tiny_model
-
-
-def _rc(argv) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 def _snapshot(*paths):

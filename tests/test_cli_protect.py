@@ -6,20 +6,12 @@ import json
 
 import pytest
 import torch
+from cli_run import run_cli as _rc
 
 from lrm_interp.cli.main import main
 from lrm_interp.model.sites import get_module
 from lrm_interp.protect.encoding import load_masks
 from lrm_interp.toy import load_toy_model, toy_model_dir
-
-
-def _rc(argv) -> int:
-    """Exit status of ``lrm-interp argv``: ``main``'s return value, or argparse's usage-error exit
-    (range-checked options are refused while parsing)."""
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 def test_attribute_protect_quantize_roundtrip(tmp_path):

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from cli_run import run_cli as _rc
 
 import lrm_interp.endpoint as E
 from lrm_interp.cli.main import build_parser, main
@@ -230,14 +231,6 @@ def test_bad_gold_is_a_one_line_cli_error(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "aime.jsonl:1: answer 'four' is not an AIME answer" in err and len(err.strip().splitlines()) == 1
-
-
-def _rc(argv: list[str]) -> int:
-    """``main``'s exit status, argparse's usage errors (``SystemExit``) included."""
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code)
 
 
 # --------------------------------------------------------------------------- case 3: --limit, ignored files

@@ -16,19 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 from cli_run import err_line as _err_line
+from cli_run import run_cli as _rc
 
-from lrm_interp.cli.main import main
 from lrm_interp.data.traces import ReasoningDataset
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUT = REPO / "tests" / "data" / "paper_layout"
-
-
-def _rc(argv) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
 
 
 def _traces(path: Path, n: int = 2, seed: int = 0) -> Path:

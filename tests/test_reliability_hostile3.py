@@ -8,23 +8,16 @@ import json
 
 import pytest
 import torch
+from cli_run import run_cli as _rc
 
 from lrm_interp._io import ChecksumError
 from lrm_interp.attribution.faithfulness import PatchingEffects, compare_scores
 from lrm_interp.attribution.results import Attribution
-from lrm_interp.cli.main import main
 from lrm_interp.model.sites import Site, find_sites
 from lrm_interp.protect.encoding import grid_mismatch, save_masks
 from lrm_interp.protect.policies import build_masks
 from lrm_interp.protect.saliency import magnitude
 from lrm_interp.toy import load_toy_model
-
-
-def _rc(argv) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
 
 
 def _site(layer: int, leaf: str, kind: str, n: int = 16) -> Site:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import run_cli as _rc
 
 from lrm_interp import _io
-from lrm_interp.cli.main import main
 from lrm_interp.data import traces as traces_mod
 from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.traces import BEHAVIORS, ReasoningDataset, TraceFormatError
@@ -33,13 +33,6 @@ from lrm_interp.testing import tiny_model
 from lrm_interp.toy import toy_model_dir
 
 RESPONSE = "Wait, let me check this again. So x = 2."
-
-
-def _rc(argv) -> int:
-    try:
-        return main([str(x) for x in argv])
-    except SystemExit as e:
-        return e.code
 
 
 def _write_traces(path: Path, *span_lists) -> Path:

@@ -14,17 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import run_cli as _rc
 
 import lrm_interp
-from lrm_interp.cli.main import build_parser, main
+from lrm_interp.cli.main import build_parser
 from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace, TraceFormatError
-
-
-def _rc(argv) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
 
 
 def _snapshot(d: Path) -> dict[str, bytes]:

@@ -7,14 +7,9 @@ from __future__ import annotations
 
 import shutil
 
+from cli_run import run_cli as _rc
+
 from lrm_interp.cli.main import main
-
-
-def _rc(argv) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
 
 
 def _snapshot(d):
