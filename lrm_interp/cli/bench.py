@@ -35,6 +35,7 @@ from lrm_interp.cli.common import (
     nonneg_int,
     positive_int,
     reading,
+    refuse_quantized_model,
     require_model,
     require_path,
     seed_int,
@@ -250,6 +251,14 @@ def cmd_run(a: argparse.Namespace) -> int:
     else:
         for m in models:
             require_model(m)
+        quant = [sp for sp in specs if sp.bits is not None]
+        if quant:
+            for m in models:
+                refuse_quantized_model(
+                    m,
+                    f"--compress {quant[0].tag} quantizes it again: the variant's outputs would be those of two "
+                    "grids stacked, labelled as the new one",
+                )
     calibrated = any(s.needs_calibration for s in specs)
     if calibrated:  # every model whose config.json is here: before anything loads or is written
         for m in models:

@@ -25,6 +25,7 @@ from lrm_interp.cli.common import (
     nonneg_int,
     positive_float,
     reading,
+    refuse_quantized_model,
     require_attribution_dir,
     require_model,
     require_path,
@@ -96,6 +97,11 @@ def _bits(a: argparse.Namespace, outs: FileOutputs) -> int:
     if bad:
         raise CliError(f"--choices: bit widths must be 2..8 or 16, got {bad}")
     require_model(a.model)
+    refuse_quantized_model(
+        a.model,
+        "an allocation's bits are meant for the full-precision weights (its sensitivities and bits per weight "
+        "would be those of the quantized copy, and applying it quantizes that copy again)",
+    )
     if a.scores is not None:
         require_attribution_dir(a.scores, "--scores")
     calib_path = None if a.calib is None else require_path(a.calib, "--calib")

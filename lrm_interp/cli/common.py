@@ -425,6 +425,20 @@ def require_model(name: str, flag: str = "--model") -> str:
     return name
 
 
+def refuse_quantized_model(name: str, why: str, flag: str = "--model") -> None:
+    """Refuse, before it loads, a model folder that is already quantized (a ``quantize`` result, or a
+    checkpoint whose provenance record holds a quantization step) where the command quantizes its
+    ``flag`` itself or labels it full precision: ``CliError`` "<flag> <folder> is a quantized copy
+    ... (<file>: method, bits, ...); <why>; give the original model (<source>)"
+    (:func:`lrm_interp.model.provenance.quantized_folder_note`; H7-QM1 for ``study``, H12-QQ)."""
+    from lrm_interp.model.provenance import quantized_folder_note
+
+    src = model_input(name, flag)
+    note = quantized_folder_note(src if src is not None else name, why)
+    if note is not None:
+        raise CliError(f"{flag} {note}")
+
+
 def model_input(name: str | None, flag: str = "--model") -> str | os.PathLike | None:
     """The folder ``--model name`` reads (for :func:`check_paths`): the toy alias's shipped folder,
     ``None`` for another alias (not a path), else ``name``; an alias that is also a model folder
@@ -1050,6 +1064,7 @@ def refuse_alias_folder(out: str | os.PathLike, what: str = "--out") -> None:
 
 
 __all__ = [
+    "refuse_quantized_model",
     "alias_folders",
     "refuse_alias_folder",
     "Accumulate",

@@ -20,6 +20,7 @@ from lrm_interp.cli.common import (
     int_arg,
     nonneg_int,
     positive_int,
+    refuse_quantized_model,
     require_model,
     seed_int,
 )
@@ -52,12 +53,17 @@ PROTECTION_EXAMPLES = [
 
 def cmd_protection(a: argparse.Namespace) -> int:
     from lrm_interp.cli.common import check_paths
-    from lrm_interp.experiments.protection_table import ExperimentSettings, run_protection_experiment
+    from lrm_interp.experiments.protection_table import (
+        EXPERIMENT_REQUANTIZED,
+        ExperimentSettings,
+        run_protection_experiment,
+    )
 
     check_paths(
         {"--out": a.out}, dirs=True, own="experiment"
     )  # a file at --out (or on the way to it): refused before loading
     require_model(a.model)
+    refuse_quantized_model(a.model, EXPERIMENT_REQUANTIZED)
     dup = next((x for i, x in enumerate(a.random_seeds) if x in a.random_seeds[:i]), None)
     if dup is not None:  # was a duplicate row "2% random (seed 0)" in table.md (H7-E4)
         raise CliError(f"--random-seeds: seed {dup} given twice (each seed is one control row); give it once")

@@ -31,6 +31,7 @@ from lrm_interp.cli.common import (
     model_input,
     nonneg_int,
     reading,
+    refuse_quantized_model,
     require_attribution_dir,
     require_model,
     require_path,
@@ -353,6 +354,13 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         return _quantize(a)
 
 
+#: why ``quantize`` refuses a model that is already quantized (:func:`refuse_quantized_model`)
+REQUANTIZED = (
+    "quantizing it again puts a second grid on the first: the weights keep the first grid's values while "
+    "the new record names the new bits"
+)
+
+
 def _quantize_checks(a: argparse.Namespace) -> Path:
     """``quantize``'s checks of ``--out`` (the resolved folder): :func:`lrm_interp._io.check_out_dir`,
     :func:`check_paths` and :func:`_refuse_foreign_files`."""
@@ -362,6 +370,7 @@ def _quantize_checks(a: argparse.Namespace) -> Path:
     check_bits(a.bits)
     group_size_arg(a.group_size)
     require_model(a.model)
+    refuse_quantized_model(a.model, REQUANTIZED)
     # the folder --model reads (an alias's folder, '~' expanded): --out may never replace it
     src = model_input(a.model)
     sources = () if src is None else (Path(src).expanduser(),)

@@ -13,7 +13,13 @@ RECIPE_STOP_AT = 1274
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from lrm_interp.cli.common import CliError, group_size_arg, load_model_quietly, require_model
+    from lrm_interp.cli.common import (
+        CliError,
+        group_size_arg,
+        load_model_quietly,
+        refuse_quantized_model,
+        require_model,
+    )
 
     if a.group_size is not None and not a.bits:  # was ignored: full precision printed (H6-T4)
         raise CliError(
@@ -22,6 +28,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
         )
     group_size = group_size_arg(EVAL_GROUP_SIZE if a.group_size is None else a.group_size)
     require_model(a.model)
+    if a.bits:
+        refuse_quantized_model(
+            a.model,
+            f"--bits {a.bits} quantizes it again: the accuracy printed would be that of two grids stacked, "
+            f"labelled {a.bits}-bit",
+        )
     from lrm_interp.compress.quant import quantize_model_
     from lrm_interp.toy.evaluate import evaluate
     from lrm_interp.toy.tasks import model_world, problems

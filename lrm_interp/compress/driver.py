@@ -34,8 +34,9 @@ from typing import Any, Protocol, TypeVar, cast
 import torch
 from tqdm.auto import tqdm
 
+from lrm_interp.checks import check_bool
 from lrm_interp.compress.calibration import HessianCalib, layer_hessians
-from lrm_interp.model.provenance import check_same_weights, record_compression
+from lrm_interp.model.provenance import check_not_quantized, check_same_weights, record_compression
 from lrm_interp.model.sites import Site, get_module, resolve_sites
 from lrm_interp.model.weights import dense_mask, set_weight_matrix, weight_matrix
 
@@ -247,6 +248,7 @@ def compress_model_(
     on_result: Callable[[str, Any], None] | None = None,
     desc: str | None = None,
     progress: bool = True,
+    requantize: bool = False,
 ) -> R:
     """Run ``method`` over the sites of ``model`` in place and record it (module docs).
 
@@ -261,8 +263,20 @@ def compress_model_(
         options: the user's keyword options (``TypeError`` for one the method does not take).
         hessian_transform: calibrated methods only: ``(site, H) -> H'`` before use.
         on_result: ``(site, kernel result)`` per site (e.g. to keep quantized tensors).
+        requantize: quantize a model whose record already holds a quantization step. By default
+            that is refused (:class:`~lrm_interp.model.provenance.AlreadyQuantizedError`, before
+            any weight changes): the second grid sits on the first, so the weights hold the first
+            grid's values while the report and record name the second's bits (H12-QQ).
     """
     m = get_method(method, kind)
+    check_bool("requantize", requantize)
+    if m.kind == "quantization" and not requantize:
+        check_not_quantized(
+            model,
+            "quantizing it again puts a second grid on the first (the weights keep the first grid's values "
+            "while the report names the new bits); start from the original model, or pass requantize=True "
+            "to stack them on purpose",
+        )
     options = dict(options or {})
     bad = set(options) - set(m.allowed_options)
     if bad:

@@ -50,7 +50,7 @@ from lrm_interp.evaluation.intervals import wilson_interval
 from lrm_interp.evaluation.paired import PairedComparison, compare_outcomes
 from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner, RowPlan, check_only
 from lrm_interp.model.loading import load_model
-from lrm_interp.model.provenance import model_provenance
+from lrm_interp.model.provenance import check_not_quantized, model_provenance, quantized_folder_note
 from lrm_interp.toy.evaluate import evaluate, score_responses
 from lrm_interp.toy.tasks import model_world, problems
 
@@ -568,6 +568,13 @@ def _measure(
     )
 
 
+#: why the experiment refuses a model that is already quantized (H12-EXQ)
+EXPERIMENT_REQUANTIZED = (
+    "the experiment's fp row is its model, labelled full precision, and every other row quantizes that model "
+    "again, so the gap protection should close would be measured between two quantized models"
+)
+
+
 def run_protection_experiment(
     out: str | Path,
     settings: ExperimentSettings | None = None,
@@ -591,11 +598,15 @@ def run_protection_experiment(
     out = Path(out)
     check_only(s, only)  # an `only` that selects no row is refused before anything is loaded
     check_only(s, redo)
+    note = quantized_folder_note(s.model, EXPERIMENT_REQUANTIZED)
+    if note is not None:  # before the model loads (H12-EXQ)
+        raise ValueError(note)
     have = _read_settings(out)  # an unreadable settings.json or another run's settings: before the model loads
     if have is not None:
         _refuse_other_experiment(out, _differences(have, _settings_json(s, None, None), fingerprints=False))
     model, tok = load_model(s.model)
     model.eval()
+    check_not_quantized(model, EXPERIMENT_REQUANTIZED)
     prov = model_provenance(model, tok)
     want = _settings_json(s, prov["weights_fingerprint"], (prov.get("tokenizer") or {}).get("fingerprint"))
     held = problems(s.per_family, seed=s.problem_seed, world=model_world(model))

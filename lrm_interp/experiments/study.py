@@ -87,7 +87,13 @@ from lrm_interp.evaluation.generation import count_at_limit, generate_responses,
 from lrm_interp.evaluation.intervals import bootstrap_interval, wilson_interval
 from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner, RowPlan
 from lrm_interp.model.loading import load_model
-from lrm_interp.model.provenance import model_provenance, model_record, weights_record
+from lrm_interp.model.provenance import (
+    check_not_quantized,
+    model_provenance,
+    model_record,
+    quantized_folder_note,
+    weights_record,
+)
 from lrm_interp.protect.bit_allocation import BitAllocation
 from lrm_interp.protect.encoding import bits_per_weight, load_masks, save_masks
 from lrm_interp.protect.masks import ProtectionMask
@@ -597,30 +603,13 @@ def _foreign_outputs(out: Path, writes_traces: bool = True, also: Sequence[str] 
 
 
 def quantized_model_note(model: Any) -> str | None:
-    """For a model folder written by ``lrm-interp quantize`` (it holds
-    :data:`lrm_interp._io.QUANTIZE_RECORD`): a sentence naming the record and what it says, else
-    ``None``. A study of it labelled the quantized weights "full precision" and measured KL 0 to
-    itself (H7-QM1): it is refused."""
-    from lrm_interp._io import QUANTIZE_RECORD
-
-    if not isinstance(model, (str, Path)):
-        return None
-    rec = Path(model).expanduser() / QUANTIZE_RECORD
-    if not rec.is_file():
-        return None
-    try:
-        info = json.loads(rec.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        info = {}
-    info = info if isinstance(info, dict) else {}
-    what = ", ".join(
-        f"{k} {info[k]}" for k in ("method", "bits", "group_size", "source_model") if info.get(k) is not None
-    )
-    return (
-        f"{model} is a quantized copy written by 'lrm-interp quantize' ({rec}" + (f": {what}" if what else "") + "); "
+    """For a model folder that is already quantized (:func:`~lrm_interp.model.provenance.quantized_folder_note`):
+    why a study of it is refused, else ``None``. A study of it labelled the quantized weights "full
+    precision" and measured KL 0 to itself (H7-QM1)."""
+    return quantized_folder_note(
+        model,
         "a study quantizes its --model itself and compares it with that model as full precision, so this "
-        "baseline is already quantized; give the original model"
-        + (f" ({info['source_model']})" if info.get("source_model") else "")
+        "baseline is already quantized",
     )
 
 
@@ -992,6 +981,8 @@ def run_study(
     ref = model_ref or (str(model) if isinstance(model, (str, Path)) else None)
     model, tokenizer = load_model(model, tokenizer=tokenizer)
     model.eval()
+    # a model object quantized earlier (a notebook cell run before): its record says so (H12-QQ)
+    check_not_quantized(model, "a study quantizes its model itself and compares it with that model as full precision")
     prov_model = model_provenance(model, tokenizer)
     key = _key(prov_model, s, ds)
     check_study_folder(out, s, overwrite, key=key, writes_traces=in_memory)  # every check before the first write

@@ -296,6 +296,80 @@ def describe_compression(steps: list[dict]) -> str:
     return "a " + " + ".join(parts) + " copy"
 
 
+class AlreadyQuantizedError(ValueError):
+    """A model that is already quantized was given where the full-precision model is meant
+    (:func:`check_not_quantized`, :func:`quantized_folder_note`)."""
+
+
+def quantization_steps(model: torch.nn.Module) -> list[dict]:
+    """The quantization steps of ``model``'s record (:func:`model_record`), oldest first: empty for
+    a full-precision model (one only pruned included)."""
+    return [dict(c) for c in model_record(model).compression if c.get("kind") == "quantization"]
+
+
+def check_not_quantized(model: torch.nn.Module, why: str) -> None:
+    """Refuse (:class:`AlreadyQuantizedError`) a model whose record holds a quantization step (a
+    checkpoint written by ``lrm-interp quantize`` and loaded back, or a model quantized in place
+    earlier in the session, e.g. a notebook cell run twice): ``why`` says what would go wrong
+    ("quantizing it again puts a second grid on the first, ..."). The one rule behind
+    :func:`lrm_interp.compress.driver.compress_model_` (``requantize=False``) and the commands that
+    quantize their ``--model`` themselves (H12-QQ)."""
+    steps = quantization_steps(model)
+    if steps:
+        rec = model_record(model)
+        src = f"; its source: {json.dumps(rec.source, default=str)[:120]}" if rec.source else ""
+        raise AlreadyQuantizedError(
+            f"the model is already quantized ({describe_compression(steps)} by its provenance record{src}): {why}"
+        )
+
+
+def quantized_folder_note(model: Any, why: str) -> str | None:
+    """For a model folder (``model``: a path) holding a checkpoint already quantized — by the record
+    file of ``lrm-interp quantize`` or by its provenance record (:data:`PROVENANCE_FILE`, the
+    compression steps ``save_quantized`` writes) — one sentence: the folder, the file and what it
+    says, then ``why`` (what the caller would get wrong), then "give the original model (its
+    source)"; else ``None``. Read before the model loads (H7-QM1, H12-QQ)."""
+    from lrm_interp._io import QUANTIZE_RECORD
+
+    from lrm_interp.model.loading import model_aliases
+
+    if not isinstance(model, (str, Path)) or str(model).lower() in model_aliases():
+        return None  # an alias is loaded from its own folder (the toy's shipped one: full precision)
+    folder = Path(model).expanduser()
+    rec, prov = folder / QUANTIZE_RECORD, folder / PROVENANCE_FILE
+    if rec.is_file():
+        info = _json_object(rec)
+        what = ", ".join(
+            f"{k} {info[k]}" for k in ("method", "bits", "group_size", "source_model") if info.get(k) is not None
+        )
+        head = (
+            f"{model} is a quantized copy written by 'lrm-interp quantize' ({rec}" + (f": {what}" if what else "") + ")"
+        )
+        src = info.get("source_model")
+    elif prov.is_file():
+        steps = _json_object(prov).get("compression")
+        quant = (
+            [c for c in steps if isinstance(c, dict) and c.get("kind") == "quantization"]
+            if isinstance(steps, list)
+            else []
+        )
+        if not quant:
+            return None
+        head, src = f"{model} is {describe_compression(quant)} (by its provenance record {prov})", None
+    else:
+        return None
+    return f"{head}; {why}; give the original model" + (f" ({src})" if src else "")
+
+
+def _json_object(path: Path) -> dict:
+    """The JSON object in ``path``, or ``{}`` when it cannot be read as one."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
 def swapped_compression(original: Any, compressed: Any) -> str | None:
     """Whether an importance shift's two models look swapped: the ``original`` model (a
     :func:`model_provenance` dict) records compression steps that the ``compressed`` one lacks,
@@ -379,4 +453,8 @@ __all__ = [
     "recorded_compression",
     "describe_compression",
     "swapped_compression",
+    "AlreadyQuantizedError",
+    "quantization_steps",
+    "check_not_quantized",
+    "quantized_folder_note",
 ]

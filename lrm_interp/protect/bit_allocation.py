@@ -47,7 +47,7 @@ import torch
 from lrm_interp._io import atomic_write_text, loads_strict, refuse_result_file, strip_bom
 from lrm_interp.checks import check_bool, check_float, check_int, shown_value
 from lrm_interp.compress.quant.grid import MAX_BITS, MIN_BITS, check_bits, check_group_size
-from lrm_interp.model.provenance import check_same_weights, model_name, weights_record
+from lrm_interp.model.provenance import check_not_quantized, check_same_weights, model_name, weights_record
 from lrm_interp.model.sites import Site, find_sites, get_module
 from lrm_interp.model.weights import weight_matrix
 from lrm_interp.protect.encoding import quantized_site_bits
@@ -526,6 +526,7 @@ def quantize_allocation_(
     calib=None,
     progress: bool = True,
     partial: bool = False,
+    requantize: bool = False,
     **gptq_kw,
 ) -> list:
     """Quantize each module of ``model`` in place at its allocated bits (16: left as is), with
@@ -537,11 +538,18 @@ def quantize_allocation_(
     (:func:`~lrm_interp.model.sites.find_sites`) out, which would stay in full precision while
     the allocation's bits per weight count only its own sites; ``partial=True`` asks for that
     (only the sites it names are quantized). An allocation read from a file that records no model
-    (``lrm_interp.bits/1``) is applied with a warning."""
+    (``lrm_interp.bits/1``) is applied with a warning. A model already quantized (its record holds a
+    quantization step) is refused unless ``requantize`` (as :func:`~lrm_interp.compress.quant.quantize_model_`)."""
     from lrm_interp.compress.quant import quantize_model_
 
     check_allocation(model, alloc, partial=partial)
-    reports = []
+    if not requantize:
+        check_not_quantized(
+            model,
+            "an allocation's bits are meant for the full-precision weights; start from the original model, or "
+            "pass requantize=True to stack them on purpose",
+        )
+    reports: list = []
     by_bits: dict[int, list[str]] = {}
     for k, b in alloc.bits.items():
         by_bits.setdefault(b, []).append(k)
@@ -558,6 +566,7 @@ def quantize_allocation_(
                 sites=names,
                 calib=calib,
                 progress=progress,
+                requantize=requantize or bool(reports),  # after this allocation's own earlier widths (other sites)
                 **gptq_kw,
             )
         )

@@ -152,6 +152,7 @@ def quantize_model_(
     hessian_transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
     keep_tensors: bool = False,
+    requantize: bool = False,
     **gptq_kw,
 ) -> QuantReport:
     """Fake-quantize every linear site of ``model`` in place.
@@ -172,6 +173,11 @@ def quantize_model_(
             Hessian before use (e.g. the loss-guided mix of :mod:`lrm_interp.compress.quant.guided`).
         keep_tensors: also return the codes/scales/kept values of every site as
             ``report.tensors = {site: QuantizedTensor}`` (the quantized copy).
+        requantize: quantize a model that is already quantized (its provenance record holds a
+            quantization step: a checkpoint written by ``lrm-interp quantize``, or this function
+            run on it before, e.g. a notebook cell run twice). Refused by default
+            (:class:`~lrm_interp.model.provenance.AlreadyQuantizedError`, nothing changed): the
+            weights would keep the first grid's values while the report names these bits.
         gptq_kw: ``blocksize`` (128), ``percdamp`` (0.01), ``sequential`` (True),
             ``batch_size`` (8) — see :mod:`lrm_interp.compress.quant.gptq` and
             :func:`lrm_interp.compress.calibration.layer_hessians`.
@@ -213,6 +219,7 @@ def quantize_model_(
         on_result=tensors.__setitem__ if keep_tensors else None,
         desc=f"{str(method).upper()} {bits}-bit",
         progress=progress,
+        requantize=requantize,
     )
 
 
