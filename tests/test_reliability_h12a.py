@@ -151,3 +151,14 @@ def test_the_experiment_refuses_a_quantized_folder_in_python(quantized, tmp_path
     with pytest.raises(ValueError, match=r"is a quantized copy .* fp row is its model"):
         run_protection_experiment(tmp_path / "EX", model=str(quantized), per_family=1, progress=False)
     assert not (tmp_path / "EX").exists()
+
+
+def test_quantize_requantize_stacks_on_purpose(quantized, tmp_path, capsys):
+    """``quantize --requantize`` (the CLI's ``requantize=True``) quantizes a quantized copy anyway;
+    its provenance record lists both steps."""
+    import json
+
+    out = tmp_path / "Q4"
+    assert _rc(["quantize", "--model", quantized, "--bits", 4, "--requantize", "--out", out, "--quiet"]) == 0
+    steps = json.loads((out / "lrm_interp_provenance.json").read_text())["compression"]
+    assert [(s["kind"], s["bits"]) for s in steps] == [("quantization", 3), ("quantization", 4)]

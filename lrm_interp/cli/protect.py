@@ -370,7 +370,8 @@ def _quantize_checks(a: argparse.Namespace) -> Path:
     check_bits(a.bits)
     group_size_arg(a.group_size)
     require_model(a.model)
-    refuse_quantized_model(a.model, REQUANTIZED)
+    if not a.requantize:
+        refuse_quantized_model(a.model, REQUANTIZED + " (or pass --requantize to stack them on purpose)")
     # the folder --model reads (an alias's folder, '~' expanded): --out may never replace it
     src = model_input(a.model)
     sources = () if src is None else (Path(src).expanduser(),)
@@ -431,6 +432,7 @@ def _quantize(a: argparse.Namespace) -> int:
         calib=calib,
         symmetric=a.symmetric,
         progress=not a.quiet,
+        requantize=a.requantize,
     )
     tmp = make_temp_dir(out)  # the permissions of a plain mkdir, not mkdtemp's 0700
     try:
@@ -645,4 +647,10 @@ def register(sub) -> None:
         help="output checkpoint folder (written whole or not at all; never the --model folder)",
     )
     q.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+    q.add_argument(
+        "--requantize",
+        action="store_true",
+        help="quantize a --model that is already quantized (a 'quantize' result), stacking the grids on purpose "
+        "(refused by default: the weights would keep the first grid's values while the record names --bits)",
+    )
     q.set_defaults(fn=cmd_quantize)

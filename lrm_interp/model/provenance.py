@@ -330,7 +330,6 @@ def quantized_folder_note(model: Any, why: str) -> str | None:
     says, then ``why`` (what the caller would get wrong), then "give the original model (its
     source)"; else ``None``. Read before the model loads (H7-QM1, H12-QQ)."""
     from lrm_interp._io import QUANTIZE_RECORD
-
     from lrm_interp.model.loading import model_aliases
 
     if not isinstance(model, (str, Path)) or str(model).lower() in model_aliases():
