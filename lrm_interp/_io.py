@@ -928,6 +928,27 @@ def result_conflict(path: str | os.PathLike, own: str | None = None, *, slot_ok:
     return ResultConflict(res, p, entry)
 
 
+class EmptyPathError(ValueError, TypeError):
+    """A path argument that is empty or blank (:func:`path_argument`); a ``ValueError`` and, as the
+    older checks raised for ``""``, a ``TypeError``."""
+
+
+def path_argument(value: object, what: str) -> str | os.PathLike:
+    """``value`` when it is a path naming something: a ``str`` or ``os.PathLike`` that is not empty
+    or blank. ``""`` (an unset environment variable, ``os.environ.get("TRACES", "")``) used to be
+    read as ``Path("")`` = the current folder: ``load_dataset("")`` loaded the folder's only
+    ``.jsonl``, ``compare("", "")`` compared the current folder with itself (H12-EMPY; the command
+    line's rule is :func:`lrm_interp.cli.common.refuse_empty_path`, H11-EMP). Raises
+    :class:`EmptyPathError` naming ``what``, or ``TypeError`` for a value that is not a path."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__} {value!r:.60}")
+    text = os.fspath(value)
+    if isinstance(text, str) and not text.strip():
+        kind = "empty" if text == "" else "blank (only spaces)"
+        raise EmptyPathError(f"{what} is {kind} ({text!r}): give a path (an unset environment variable?)")
+    return value
+
+
 class OtherResultError(FileExistsError, ValueError):
     """A Python writer was given a path of a finished result of another command
     (:func:`refuse_result_file`, :func:`refuse_other_result_folder`): both a ``FileExistsError``
@@ -1401,6 +1422,8 @@ def read_safetensors(
     file (:func:`verify_checksum`; files without a checksum load unverified).
     """
     from safetensors import safe_open
+
+    path_argument(path, what)  # "" is no file (H12-EMPY)
 
     path = Path(path)
     if not path.exists():

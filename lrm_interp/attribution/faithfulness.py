@@ -54,7 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp import __version__
-from lrm_interp._io import atomic_write_text, check_out_dir, move_together, publish_dir, stage_folder
+from lrm_interp._io import atomic_write_text, check_out_dir, move_together, path_argument, publish_dir, stage_folder
 from lrm_interp.attribution.atp import (  # the real patching lives beside AtP; re-exported here
     PATCH_BATCH,
     PatchingEffects,
@@ -328,7 +328,7 @@ class FaithfulnessResult:
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> FaithfulnessResult:
         """Read a folder written by :meth:`save`."""
-        return cls.from_dict(json.loads((Path(out_dir) / FILES[0]).read_text()))
+        return cls.from_dict(json.loads((Path(path_argument(out_dir, "out_dir")) / FILES[0]).read_text()))
 
     def __repr__(self) -> str:
         head = f"{len(self.behaviors)} behaviours × {len(self.site_names)} sites, alphas {list(self.alphas)}"

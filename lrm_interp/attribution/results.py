@@ -37,6 +37,7 @@ from lrm_interp._io import (
     atomic_write_text,
     check_out_folder,
     loads_strict,
+    path_argument,
     payload_checksum,
     read_safetensors,
     read_text_file,
@@ -665,7 +666,8 @@ class ImportanceShift:
         return sorted(rows, key=lambda r: -r[2])[:k]
 
     def __repr__(self) -> str:
-        top = ", ".join(f"{b}/{s} −{d:.3f}" for b, s, d in self.largest_decreases(3))
+        # only sites whose RI fell: a 0 (identical results) or an increase printed "−-0.000" (H12-EMPY)
+        top = ", ".join(f"{b}/{s} −{d:.3f}" for b, s, d in self.largest_decreases(3) if d > 0) or "none"
         comp = (self.compressed.get("quantization") or self.compressed.get("pruning") or {}) if self.compressed else {}
         what = f", compressed: {comp.get('method', '?')} {comp.get('bits', '')}".rstrip() if comp else ""
         return (
@@ -677,7 +679,10 @@ class ImportanceShift:
         """Jupyter: the largest decreases per behaviour and a diverging heatmap of the signed shift."""
         from lrm_interp.display import box, html_heatmap, html_table
 
-        rows = [[b] + [f"{s} (−{d:.3f})" for _, s, d in self.largest_decreases(k, b)] for b in self.behaviors]
+        rows = [
+            [b] + [f"{s} (−{d:.3f})" if d > 0 else "" for _, s, d in self.largest_decreases(k, b)]
+            for b in self.behaviors
+        ]
         table = html_table(
             ["behaviour"] + [f"#{i + 1}" for i in range(min(k, len(self.sites)))],
             rows,
@@ -727,8 +732,8 @@ def _folder_argument(directory: Any, what: str) -> str | os.PathLike:
     """``directory`` when it is a path (str or ``os.PathLike``, not empty), else ``TypeError`` naming
     ``what`` and what was given (``Attribution.load(None)`` gave pathlib's "expected str, bytes or
     os.PathLike object, not NoneType", H9-E2)."""
-    if isinstance(directory, (str, os.PathLike)) and str(directory) != "":
-        return directory
+    if isinstance(directory, (str, os.PathLike)):
+        return path_argument(directory, what)  # "" / "  ": EmptyPathError (a TypeError too)
     raise TypeError(f"{what} must be a folder path (str or os.PathLike), got {directory!r}")
 
 
@@ -883,7 +888,7 @@ def _as_attribution(x: Any, name: str) -> Attribution:
     if isinstance(x, Attribution):
         return x
     if isinstance(x, (str, os.PathLike)):
-        return Attribution.load(Path(x))
+        return Attribution.load(Path(path_argument(x, name)))  # "" was the current folder (H12-EMPY)
     raise TypeError(f"{name} must be an Attribution (or its result folder), got {type(x).__name__}")
 
 

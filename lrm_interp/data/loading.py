@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from lrm_interp._io import path_argument
 from lrm_interp.data.paper_layout import check_layout_files
 from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace, response_limit
 
@@ -36,7 +37,7 @@ def load_dataset(
     if isinstance(data, ReasoningDataset):
         return data.check_sizes(limit)
     if isinstance(data, (str, os.PathLike)):
-        p = Path(data)
+        p = Path(path_argument(data, "data"))  # "" was the current folder (H12-EMPY)
         if p.is_dir():
             if (p / "annotated").is_dir() or (p / "outputs").is_dir():
                 from lrm_interp.data.paper_layout import load_paper_layout

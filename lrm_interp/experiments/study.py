@@ -70,6 +70,7 @@ from tqdm.auto import tqdm
 from lrm_interp._io import (
     STUDY_FILES,
     atomic_write_text,
+    path_argument,
     read_safetensors,
     refuse_other_result_folder,
     write_safetensors,
@@ -399,7 +400,7 @@ class StudyResult:
     @classmethod
     def load(cls, out: str | Path) -> StudyResult:
         """Read a finished study folder (``ValueError`` for a study that did not finish)."""
-        out = Path(out)
+        out = Path(path_argument(out, "out"))
         doc = _read_study(out)
         if not doc.get("complete"):
             raise ValueError(f"{out}: the study did not finish; run it again to resume")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any, cast
 
 import torch
 
+from lrm_interp._io import path_argument
 from lrm_interp.model.provenance import load_record
 
 Loader = Callable[..., tuple[Any, Any]]
@@ -253,7 +255,7 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
         if dtype is not None:
             model = model.to(dtype)
         return model, tok
-    name = str(model)
+    name = str(path_argument(model, "model")) if isinstance(model, (str, os.PathLike)) else str(model)
     loader = _alias_loader(name)
     if loader is not None:
         clash = alias_folder_clash(name)

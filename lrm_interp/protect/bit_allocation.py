@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from lrm_interp._io import atomic_write_text, loads_strict, refuse_result_file, strip_bom
+from lrm_interp._io import atomic_write_text, loads_strict, path_argument, refuse_result_file, strip_bom
 from lrm_interp.checks import check_bool, check_float, check_int, shown_value
 from lrm_interp.compress.quant.grid import MAX_BITS, MIN_BITS, check_bits, check_group_size
 from lrm_interp.model.provenance import check_not_quantized, check_same_weights, model_name, weights_record
@@ -166,7 +166,7 @@ class BitAllocation:
         without was edited). Errors are one line naming the file (and the site): ``ValueError``;
         a missing file, a folder or an unreadable file: ``FileNotFoundError`` /
         ``IsADirectoryError`` / ``OSError``."""
-        p = Path(path)
+        p = Path(path_argument(path, "bit allocation file"))  # "" was the current folder (H12-EMPY)
         d = _read_json_object(p, "bit allocation file")
         fmt = d.get("format")
         if fmt not in (FORMAT, FORMAT_V1):
