@@ -330,10 +330,8 @@ def quantized_folder_note(model: Any, why: str) -> str | None:
     says, then ``why`` (what the caller would get wrong), then "give the original model (its
     source)"; else ``None``. Read before the model loads (H7-QM1, H12-QQ)."""
     from lrm_interp._io import QUANTIZE_RECORD
-    from lrm_interp.model.loading import model_aliases
-
-    if not isinstance(model, (str, Path)) or str(model).lower() in model_aliases():
-        return None  # an alias is loaded from its own folder (the toy's shipped one: full precision)
+    if not isinstance(model, (str, Path)):
+        return None
     folder = Path(model).expanduser()
     rec, prov = folder / QUANTIZE_RECORD, folder / PROVENANCE_FILE
     if rec.is_file():
