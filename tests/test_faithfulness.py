@@ -301,3 +301,30 @@ def test_sites_the_patch_did_not_resolve_are_counted_and_warned(tmp_path, capsys
     assert main(argv + ["--quiet"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == len(bad) and all(e.startswith("lrm-interp faithfulness: warning: alpha=0.01 ") for e in err)
+
+
+def test_small_patches_measured_in_16_bits_are_warned(tmp_path):
+    """H13-BFF: faithfulness with a bfloat16 compute dtype at alpha < 1 measured mostly rounding (the
+    toy reasoner's alpha=0.1 Spearman fell from ~0.95 to ~0.7) with no word. The result warns now
+    (from provenance['patching_dtype'], so also after load); float32, or alpha = 1 alone, does not."""
+    from lrm_interp.attribution.atp import low_precision_note, patching_dtype
+    from lrm_interp.attribution.faithfulness import UnresolvedSitesWarning
+
+    model, tok = tiny_model("llama"), byte_tokenizer()
+    ds = synthetic_traces(2, seed=5)
+    kw = dict(tokenizer=tok, behaviors=["backtracking"], progress=False)
+    with pytest.warns(UnresolvedSitesWarning, match=r"ran in bfloat16: .*small patches \(alpha 0.1\)"):
+        res = atp_faithfulness(model, ds, alphas=(0.1, 1.0), compute_dtype="bf16", **kw)
+    assert res.provenance["patching_dtype"] == "bfloat16" and "bfloat16 rounding" in res.warnings[0]
+    assert FaithfulnessResult.load(res.save(tmp_path / "f")).warnings == res.warnings
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnresolvedSitesWarning)
+        one = atp_faithfulness(model, ds, alphas=(1.0,), compute_dtype="bf16", **kw)  # alpha 1: no note
+        f32 = atp_faithfulness(model, ds, alphas=(0.1,), **kw)
+    assert one.warnings == [] and f32.provenance["patching_dtype"] == "float32" and f32.warnings == []
+    # the rule itself: the model's own dtype counts when no compute dtype is given
+    assert patching_dtype(tiny_model("llama").to(torch.float16), None) == torch.float16
+    assert patching_dtype(tiny_model("llama"), torch.bfloat16) == torch.bfloat16
+    assert low_precision_note(torch.float32, [0.1]) is None and low_precision_note("float16", [0.5, 1.0]) is not None

@@ -249,3 +249,18 @@ def test_sites_a_small_patch_did_not_resolve_are_counted_and_warned(tmp_path):
     assert (
         "unresolved_sites" not in _attr(tiny_model("llama"), synthetic_traces(2)).provenance["counts"]
     )  # AtP: no such count
+
+
+def test_a_small_patch_in_16_bits_is_warned(ds):
+    """H13-BFF for method='patching': patch_alpha < 1 in bfloat16 warns (and patching_path records
+    the dtype); patch_alpha 1 does not."""
+    import warnings
+
+    model = tiny_model("llama")
+    with pytest.warns(UserWarning, match=r"ran in bfloat16: .*\(patch_alpha 0.5\).*rank rounding"):
+        res = _attr(model, ds, method="patching", patch_alpha=0.5, compute_dtype="bf16")
+    assert res.provenance["patching_path"]["dtype"] == "bfloat16"
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        _attr(model, ds, method="patching", compute_dtype="bf16")
+    assert not [x for x in w if "rounding" in str(x.message)]

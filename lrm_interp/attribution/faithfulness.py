@@ -61,6 +61,8 @@ from lrm_interp.attribution.atp import (  # the real patching lives beside AtP; 
     aggregate_spans,
     atp_trace_stats,
     check_alphas,
+    low_precision_note,
+    patching_dtype,
     patching_effects,
     patching_trace_stats,
     real_per_span,
@@ -217,9 +219,12 @@ class FaithfulnessResult:
 
     @property
     def warnings(self) -> list[str]:
-        """One line per (α, behaviour) row whose real patching resolved only some sites
+        """What makes rows say less than they seem: real patching in a 16-bit dtype with α < 1
+        (:func:`~lrm_interp.attribution.atp.low_precision_note`, from ``provenance["patching_dtype"]``),
+        then one line per (α, behaviour) row whose real patching resolved only some sites
         (``unresolved_sites`` > 0): its Spearman and overlap rest on fewer sites than it says."""
-        out = []
+        note = low_precision_note(self.provenance.get("patching_dtype"), self.alphas)
+        out = [] if note is None else [note]
         n = len(self.site_names)
         for r in self.rows:
             if r.unresolved_sites:
@@ -485,6 +490,8 @@ def atp_faithfulness(
         "overlong": plan.extra.get("overlong"),
         "patching_path": {"path": eff.path, "reason": eff.reason},
         "max_base_loss_gap": loss_gap,  # AtP's unpatched L(s) vs the patching pass's: a consistency check
+        # the dtype the patched forwards ran in: a 16-bit one swamps small patches (low_precision_note)
+        "patching_dtype": str(patching_dtype(plan.model, cfg.torch_compute_dtype)).removeprefix("torch."),
         "dataset": {"name": plan.dataset.name, "n_traces": len(plan.dataset)},
     }
     res = FaithfulnessResult(tuple(live), eff.site_names, alphas, tuple(rows), atp, real, top_k, prov)
@@ -494,7 +501,8 @@ def atp_faithfulness(
 
 
 class UnresolvedSitesWarning(UserWarning):
-    """Real patching at some α changed no span loss at some sites (:attr:`FaithfulnessResult.warnings`)."""
+    """Real patching says less than the rows seem to (:attr:`FaithfulnessResult.warnings`): at some α
+    it changed no span loss at some sites, or it ran in a 16-bit dtype with α < 1."""
 
 
 __all__ = [

@@ -53,7 +53,9 @@ from lrm_interp.attribution.atp import (
     atp_aggregate,
     atp_trace_stats,
     decoder_holds_sites,
+    low_precision_note,
     one_pass_trace_stats,
+    patching_dtype,
     patching_trace_stats,
     unresolved_sites,
 )
@@ -761,6 +763,7 @@ def patching_path(plan: AttributionPlan) -> dict[str, Any] | None:
         "reason": "span windows against the cached prefix" if ok else why,
         "patch_alpha": cfg.patch_alpha,
         "batch_size": PATCH_BATCH,
+        "dtype": str(patching_dtype(plan.model, cfg.torch_compute_dtype)).removeprefix("torch."),
     }
 
 
@@ -801,6 +804,14 @@ def finish(
                 stacklevel=3,
             )
         if cfg.method == "patching":
+            note = low_precision_note(
+                patching_dtype(plan.model, cfg.torch_compute_dtype),
+                [cfg.patch_alpha],
+                name="patch_alpha",
+                meaning="the scores rank rounding more than the modules",
+            )
+            if note is not None and warn:
+                warnings.warn(note, stacklevel=3)
             unresolved = _unresolved(atp_stats or [], live, len(sites))
             bad = {b: n for b, n in unresolved.items() if n}
             if bad and warn:
