@@ -106,7 +106,8 @@ COMPRESSED = [
         "ds = generate_dataset(n_per_family=6, seed=4242)\n"
         "res = lrm_interp.attribute(model, ds, tokenizer=tok, progress=False)\n"
         "variants = {}\nfor spec in ['rtn:3', 'magnitude:0.5']:\n"
-        "    m = copy.deepcopy(model)\n    apply_compression(m, parse_compression(spec))\n    variants[spec] = m\n"
+        "    # apply_compression returns a compressed copy (and a report); `model` stays full precision\n"
+        "    variants[spec], _ = apply_compression(model, parse_compression(spec), progress=False)\n"
         "held = problems(8, seed=2)\n"
         "{name: evaluate(m, tok, held)['mean'] for name, m in {'fp32': model, **variants}.items()}",
     ),
