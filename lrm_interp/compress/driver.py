@@ -266,7 +266,11 @@ def compress_model_(
         requantize: quantize a model whose record already holds a quantization step. By default
             that is refused (:class:`~lrm_interp.model.provenance.AlreadyQuantizedError`, before
             any weight changes): the second grid sits on the first, so the weights hold the first
-            grid's values while the report and record name the second's bits (H12-QQ).
+            grid's values while the report and record name the second's bits (H12-QQ). Only the
+            steps since the last ``model.load_state_dict`` count (a restore of the full-precision
+            weights is quantized again; H13-RST), and a model without a record (loaded with
+            ``from_pretrained``) is judged by the folder it was loaded from (H13-FPQ):
+            :func:`~lrm_interp.model.provenance.check_not_quantized`.
     """
     m = get_method(method, kind)
     check_bool("requantize", requantize)

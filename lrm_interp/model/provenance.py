@@ -7,6 +7,12 @@ and with a saved checkpoint (``lrm_interp_provenance.json``, read back by
 :func:`record_compression`, so a result on a compressed model always says how it was
 compressed, and its weights fingerprint differs from the original's.
 
+The record vouches for the weights only until new weights are loaded: a model with a record is
+hooked (:func:`_hook_loads`, ``register_load_state_dict_post_hook``) so that
+``model.load_state_dict(...)`` appends a ``{"kind": "weights_loaded", "via": "load_state_dict"}``
+step. The steps before the last such step stay in the record as history but no longer describe
+the weights (:func:`current_steps`, the one rule behind every reader; H13-RST).
+
 Fingerprints are BLAKE2b-128 digests of content, streamed tensor by tensor in chunks of
 :data:`CHUNK_ELEMENTS` elements (a model on a GPU is copied to the CPU one chunk at a time):
 
@@ -31,6 +37,9 @@ from lrm_interp._io import atomic_write_text, dtype_to_str
 PROVENANCE_FILE = "lrm_interp_provenance.json"
 CHUNK_ELEMENTS = 1 << 24  # 16 Mi elements per hashed chunk (64 MiB in fp32)
 _ATTR = "_lrm_interp_record"
+_HOOKED = "_lrm_interp_load_hooked"
+#: the record step appended when new weights are loaded into a recorded model (H13-RST)
+WEIGHTS_LOADED = "weights_loaded"
 
 
 class NonFiniteError(ValueError):
@@ -56,9 +65,25 @@ class ModelRecord:
     def from_dict(cls, d: dict) -> ModelRecord:
         return cls(source=d.get("source"), compression=tuple(d.get("compression") or ()))
 
+    def current(self) -> list[dict]:
+        """The steps that describe the weights now (:func:`current_steps`), oldest first."""
+        return current_steps(self.compression)
+
     def last(self, kind: str) -> dict | None:
-        """The latest compression step of ``kind`` (``"quantization"`` / ``"pruning"``), or ``None``."""
-        return next((c for c in reversed(self.compression) if c.get("kind") == kind), None)
+        """The latest current compression step of ``kind`` (``"quantization"`` / ``"pruning"``), or
+        ``None`` (none since the last load of new weights included)."""
+        return next((c for c in reversed(self.current()) if c.get("kind") == kind), None)
+
+
+def current_steps(steps: Any) -> list[dict]:
+    """The compression steps (dicts, oldest first) after the last ``weights_loaded`` step: the ones
+    that still describe the weights; earlier steps were undone by loading other weights (e.g. the
+    full-precision ``state_dict`` restored after a quantization; H13-RST)."""
+    out: list[dict] = []
+    for s in steps:
+        if isinstance(s, dict):
+            out = [] if s.get("kind") == WEIGHTS_LOADED else [*out, s]
+    return out
 
 
 def model_record(model: torch.nn.Module) -> ModelRecord:
@@ -68,6 +93,24 @@ def model_record(model: torch.nn.Module) -> ModelRecord:
 
 def _set(model: torch.nn.Module, rec: ModelRecord) -> None:
     model.__dict__[_ATTR] = rec  # a plain attribute (not a submodule or buffer); deepcopy copies it
+    if rec.compression:
+        _hook_loads(model)
+
+
+def _hook_loads(model: torch.nn.Module) -> None:
+    """Register :func:`_weights_loaded` as ``model``'s ``load_state_dict`` post-hook, once per model
+    (a deepcopy copies the hook and the flag; the hook acts on the module it is called with)."""
+    if not model.__dict__.get(_HOOKED):
+        model.register_load_state_dict_post_hook(_weights_loaded)
+        model.__dict__[_HOOKED] = True
+
+
+def _weights_loaded(module: torch.nn.Module, incompatible_keys: Any) -> None:
+    """``load_state_dict`` post-hook: new weights were loaded, so the record's steps so far no longer
+    vouch for them; append a ``weights_loaded`` step (when any step is current)."""
+    rec = model_record(module)
+    if rec.current():
+        _set(module, replace(rec, compression=rec.compression + ({"kind": WEIGHTS_LOADED, "via": "load_state_dict"},)))
 
 
 def record_source(model: torch.nn.Module, source: dict) -> None:
@@ -266,14 +309,14 @@ def check_same_weights(
 
 
 def recorded_compression(model: Any) -> list[dict] | None:
-    """The compression steps a result records about its model: ``record.compression`` of a
-    :func:`model_provenance` dict (oldest first); ``None`` when the dict records no steps at all
-    (an older result, or not a provenance dict)."""
+    """The compression steps a result records about its model's weights: the current steps
+    (:func:`current_steps`) of ``record.compression`` of a :func:`model_provenance` dict (oldest
+    first); ``None`` when the dict records no steps at all (an older result, or not a provenance dict)."""
     rec = model.get("record") if isinstance(model, dict) else None
     steps = rec.get("compression") if isinstance(rec, dict) else None
     if not isinstance(steps, list):
         return None
-    return [s for s in steps if isinstance(s, dict)]
+    return current_steps(steps)
 
 
 #: how messages spell the compression methods (others as recorded)
@@ -282,9 +325,10 @@ _METHOD_NAMES = {"rtn": "RTN", "gptq": "GPTQ", "sparsegpt": "SparseGPT", "wanda"
 
 def describe_compression(steps: list[dict]) -> str:
     """A short phrase for compression steps: ``"a 3-bit RTN copy"``, ``"a 50% sparse Wanda copy"``,
-    several steps joined with ``" + "`` (``"a 50% sparse SparseGPT + 4-bit GPTQ copy"``)."""
+    several steps joined with ``" + "`` (``"a 50% sparse SparseGPT + 4-bit GPTQ copy"``); only the
+    current steps (:func:`current_steps`) count."""
     parts = []
-    for s in steps:
+    for s in current_steps(steps):
         method = str(s.get("method") or s.get("kind") or "compressed")
         name = _METHOD_NAMES.get(method.lower(), method)
         if s.get("kind") == "quantization" and isinstance(s.get("bits"), int):
@@ -302,9 +346,10 @@ class AlreadyQuantizedError(ValueError):
 
 
 def quantization_steps(model: torch.nn.Module) -> list[dict]:
-    """The quantization steps of ``model``'s record (:func:`model_record`), oldest first: empty for
-    a full-precision model (one only pruned included)."""
-    return [dict(c) for c in model_record(model).compression if c.get("kind") == "quantization"]
+    """The current quantization steps of ``model``'s record (:func:`model_record`,
+    :func:`current_steps`), oldest first: empty for a full-precision model (one only pruned
+    included, or one whose full-precision weights were loaded back after a quantization)."""
+    return [dict(c) for c in model_record(model).current() if c.get("kind") == "quantization"]
 
 
 def check_not_quantized(model: torch.nn.Module, why: str) -> None:
@@ -313,14 +358,36 @@ def check_not_quantized(model: torch.nn.Module, why: str) -> None:
     earlier in the session, e.g. a notebook cell run twice): ``why`` says what would go wrong
     ("quantizing it again puts a second grid on the first, ..."). The one rule behind
     :func:`lrm_interp.compress.driver.compress_model_` (``requantize=False``) and the commands that
-    quantize their ``--model`` themselves (H12-QQ)."""
+    quantize their ``--model`` themselves (H12-QQ).
+
+    A model whose record holds no step at all (loaded with ``from_pretrained``, which attaches no
+    record) is judged by the local folder it was loaded from (:func:`loaded_from`) with
+    :func:`quantized_folder_note` (H13-FPQ); a model with steps (a quantization, or the
+    ``weights_loaded`` step of a later ``load_state_dict``) by its record alone (H13-RST)."""
     steps = quantization_steps(model)
+    rec = model_record(model)
     if steps:
-        rec = model_record(model)
         src = f"; its source: {json.dumps(rec.source, default=str)[:120]}" if rec.source else ""
         raise AlreadyQuantizedError(
             f"the model is already quantized ({describe_compression(steps)} by its provenance record{src}): {why}"
         )
+    folder = None if rec.compression else loaded_from(model)
+    note = None if folder is None else quantized_folder_note(folder, why)
+    if note:
+        raise AlreadyQuantizedError(
+            f"the model is already quantized (loaded from {folder} without its lrm_interp record): {note}"
+        )
+
+
+def loaded_from(model: Any) -> Path | None:
+    """The existing local folder ``model`` was loaded from (``model.name_or_path``, else its config's
+    ``_name_or_path``, as ``from_pretrained`` sets them), else ``None`` (a hub id, a model built in
+    memory)."""
+    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    if not isinstance(name, (str, Path)) or not str(name):
+        return None
+    folder = Path(name).expanduser()
+    return folder if folder.is_dir() else None
 
 
 def quantized_folder_note(model: Any, why: str) -> str | None:
@@ -330,6 +397,7 @@ def quantized_folder_note(model: Any, why: str) -> str | None:
     says, then ``why`` (what the caller would get wrong), then "give the original model (its
     source)"; else ``None``. Read before the model loads (H7-QM1, H12-QQ)."""
     from lrm_interp._io import QUANTIZE_RECORD
+
     if not isinstance(model, (str, Path)):
         return None
     folder = Path(model).expanduser()
@@ -345,11 +413,7 @@ def quantized_folder_note(model: Any, why: str) -> str | None:
         src = info.get("source_model")
     elif prov.is_file():
         steps = _json_object(prov).get("compression")
-        quant = (
-            [c for c in steps if isinstance(c, dict) and c.get("kind") == "quantization"]
-            if isinstance(steps, list)
-            else []
-        )
+        quant = [c for c in current_steps(steps) if c.get("kind") == "quantization"] if isinstance(steps, list) else []
         if not quant:
             return None
         head, src = f"{model} is {describe_compression(quant)} (by its provenance record {prov})", None
@@ -454,4 +518,7 @@ __all__ = [
     "quantization_steps",
     "check_not_quantized",
     "quantized_folder_note",
+    "loaded_from",
+    "current_steps",
+    "WEIGHTS_LOADED",
 ]
