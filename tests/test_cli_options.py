@@ -319,9 +319,10 @@ def test_generation_annotator_and_export_settings_refuse_bad_values():
     class Alloc:
         bits = {"model.layers.0.mlp.down_proj": 4, "model.layers.0.mlp.up_proj": 16}
         group_size = 128
+        symmetric = False
 
     assert exports.gptqmodel_dynamic_bits(Alloc(), default_bits=3) == {
-        r"+:^model\.layers\.0\.mlp\.down_proj$": {"bits": 4, "group_size": 128},
+        r"+:^model\.layers\.0\.mlp\.down_proj$": {"bits": 4, "group_size": 128, "sym": False},
         r"-:^model\.layers\.0\.mlp\.up_proj$": {},
     }
     for bad in (1, 9, 16, 3.5, nan, True, "3"):

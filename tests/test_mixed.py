@@ -130,9 +130,10 @@ def test_toolchain_configs(model):
     alloc = BitAllocation(bits, allocation_bpw(bits, sites), None, "test", group_size=64)
     dyn = exports.gptqmodel_dynamic_bits(alloc, default_bits=4)
     assert dyn["-:^model\\.layers\\.0\\.mlp\\.gate_proj$"] == {}
-    assert dyn["+:^model\\.layers\\.0\\.self_attn\\.q_proj$"] == {"bits": 2, "group_size": 64}
-    assert not any("v_proj" in k and "layers\\.0" in k for k in dyn)  # 4 bits = the default: no entry
-    assert len(dyn) == sum(b != 4 for b in bits.values())
+    assert dyn["+:^model\\.layers\\.0\\.self_attn\\.q_proj$"] == {"bits": 2, "group_size": 64, "sym": False}
+    # every module's grid, those at the default bits too (they took the QuantizeConfig's, H13-GQS)
+    assert dyn["+:^model\\.layers\\.0\\.self_attn\\.v_proj$"] == {"bits": 4, "group_size": 64, "sym": False}
+    assert len(dyn) == len(bits)
     cg = exports.llmcompressor_config_groups(alloc)
     assert cg["ignore"] == ["lm_head"] + [n for n, b in bits.items() if b == 16]
     assert {g["weights"]["num_bits"] for g in cg["config_groups"].values()} == {2, 3, 4, 8}

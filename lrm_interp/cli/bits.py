@@ -171,12 +171,15 @@ def _bits(a: argparse.Namespace, outs: FileOutputs) -> int:
         raise CliError(f"--budget {a.budget}: {e}") from None
     outs.write("--out", alloc.save)
     wrote = [a.out]
+    qcfg = ""
     if a.gptqmodel:
-        dynamic = json.dumps(
-            exports.gptqmodel_dynamic_bits(
-                alloc, default_bits=DEFAULT_BITS if a.default_bits is None else a.default_bits
-            ),
-            indent=1,
+        default_bits = DEFAULT_BITS if a.default_bits is None else a.default_bits
+        dynamic = json.dumps(exports.gptqmodel_dynamic_bits(alloc, default_bits=default_bits), indent=1)
+        # the grid every module was costed on, said (sym and the default modules' grid were nowhere, H13-GQS)
+        base = exports.gptqmodel_quantize_config(alloc, default_bits=default_bits)
+        qcfg = (
+            f"{a.gptqmodel} assumes QuantizeConfig({', '.join(f'{k}={v}' for k, v in base.items())}, "
+            f"dynamic=...): each of its entries sets the module's bits, group_size and sym"
         )
         outs.write("--gptqmodel", lambda p: atomic_write_text(p, dynamic))
         wrote.append(a.gptqmodel)
@@ -186,6 +189,8 @@ def _bits(a: argparse.Namespace, outs: FileOutputs) -> int:
         wrote.append(a.llmcompressor)
     counts = ", ".join(f"{n} at {b} bits" for b, n in alloc.counts().items())
     print(f"{alloc.bpw:.4f} bits/weight (budget {a.budget}): {counts}; wrote {', '.join(map(str, wrote))}")
+    if qcfg:
+        print(qcfg)
     return 0
 
 
@@ -244,15 +249,16 @@ def register(sub) -> None:
         "--gptqmodel",
         default=None,
         metavar="FILE",
-        help="also write GPTQModel QuantizeConfig(dynamic=...) entries (JSON)",
+        help="also write GPTQModel QuantizeConfig(dynamic=...) entries (JSON): bits, group_size and sym of every "
+        "module (-1 = per channel), FP16 modules skipped",
     )
     p.add_argument(
         "--default-bits",
         type=bits_int,
         default=None,
         metavar="B",
-        help=f"with --gptqmodel: the bits of the GPTQModel QuantizeConfig the dynamic entries override "
-        f"(default: {DEFAULT_BITS})",
+        help=f"with --gptqmodel: the bits of the GPTQModel QuantizeConfig the file assumes (printed; every "
+        f"module's entry sets its own bits, group_size and sym; default: {DEFAULT_BITS})",
     )
     p.add_argument(
         "--llmcompressor", default=None, metavar="FILE", help="also write llm-compressor config_groups + ignore (JSON)"

@@ -37,7 +37,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,48 @@ _FILE_KEYS = ("bits", "bpw", "budget_bpw", "sensitivity", "group_size", "symmetr
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
+class AllocationBits(Mapping[str, int]):
+    """The read-only ``{site: bits}`` of a :class:`BitAllocation`: its ``bpw`` is computed from them,
+    so an item assignment (``alloc.bits[name] = 16``) left ``bpw`` stale, and :meth:`BitAllocation.save`
+    wrote the old figure (H13-BPM). Assigning or deleting raises ``TypeError`` naming
+    :func:`with_bits`, which builds the edited allocation with its ``bpw`` recomputed. Compares
+    equal to a ``dict`` of the same items; ``dict(alloc.bits)`` is a plain, editable copy."""
+
+    __slots__ = ("_bits",)
+
+    def __init__(self, bits: Mapping[str, int]) -> None:
+        self._bits = dict(bits)
+
+    def __getitem__(self, site: str) -> int:
+        return self._bits[site]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._bits)
+
+    def __len__(self) -> int:
+        return len(self._bits)
+
+    def __setitem__(self, site: str, bits: int) -> None:
+        raise TypeError(_READ_ONLY)
+
+    def __delitem__(self, site: str) -> None:
+        raise TypeError(_READ_ONLY)
+
+    def __repr__(self) -> str:
+        return repr(self._bits)
+
+    def __reduce__(self) -> tuple:
+        return (AllocationBits, (self._bits,))
+
+
+#: the message of an assignment to :attr:`BitAllocation.bits` (:class:`AllocationBits`)
+_READ_ONLY = (
+    "BitAllocation.bits is read-only: its bpw is computed from it; build a new allocation, e.g. "
+    "with_bits(alloc, model_or_sites, {site: bits}) (lrm_interp.protect.bit_allocation.with_bits), which "
+    "recomputes bpw with allocation_bpw"
+)
+
+
 @dataclass(frozen=True)
 class BitAllocation:
     """Bits of every quantized module (16 = kept in FP16) and what they cost.
@@ -71,7 +113,8 @@ class BitAllocation:
 
     Attributes:
         bits: ``{site: bits}`` in site order, each an ``int`` 2..8 or 16 (not a bool, ``3.7`` or
-            ``"3"``); at least one site.
+            ``"3"``); at least one site. Read-only once built (:class:`AllocationBits`: ``bpw`` is
+            computed from it); :func:`with_bits` builds an edited allocation.
         bpw: achieved average storage bits per weight over the sites (finite, > 0, within what its
             bits can give; :func:`check_bpw` checks it exactly against a model's sites).
         budget_bpw: the budget it was allocated under (``None`` for uniform).
@@ -83,7 +126,7 @@ class BitAllocation:
         source: the file it was read from (named in errors), ``None`` when built in memory.
     """
 
-    bits: dict[str, int]
+    bits: Mapping[str, int]
     bpw: float
     budget_bpw: float | None
     sensitivity: str
@@ -133,7 +176,7 @@ class BitAllocation:
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
-            "bits": self.bits,
+            "bits": dict(self.bits),
             "bpw": self.bpw,
             "budget_bpw": self.budget_bpw,
             "sensitivity": self.sensitivity,
@@ -273,7 +316,7 @@ def _checked_fields(a: BitAllocation) -> dict[str, Any]:
     if a.source is not None and not isinstance(a.source, (str, os.PathLike)):
         raise ValueError(f"source must be the file's path or None, got {shown_value(a.source)}")
     return {
-        "bits": bits,
+        "bits": AllocationBits(bits),
         "bpw": _check_bpw_range(check_float("bpw", a.bpw, min=0.0, min_open=True), bits),
         "budget_bpw": check_float("budget_bpw", a.budget_bpw, min=0.0, min_open=True, optional=True),
         "group_size": check_int("group_size", a.group_size, min=1, optional=True),
@@ -501,6 +544,55 @@ def _errors_model(errors: Mapping[str, Any], model: Any) -> dict[str, str] | Non
     return record
 
 
+def with_bits(
+    alloc: BitAllocation, model_or_sites: torch.nn.Module | Sequence[Site], bits: Mapping[str, int]
+) -> BitAllocation:
+    """A copy of ``alloc`` with the sites of ``bits`` at their new bit widths (``16``: kept in FP16)
+    and its ``bpw`` recomputed (:func:`allocation_bpw` on its grid): the way to edit an allocation,
+    whose :attr:`~BitAllocation.bits` are read-only (H13-BPM).
+
+    ``model_or_sites``: the model (its sites, :func:`~lrm_interp.model.sites.find_sites` with the
+    ``lm_head``; refused when ``alloc`` records another model's weights) or the sites themselves;
+    they must hold every site of ``alloc``. The copy keeps the budget, sensitivity, grid and model
+    of ``alloc``; its provenance records the edit (``"edited"``: ``{site: bits}``) and drops the
+    ``"objective"`` (that of the old bits). ``ValueError``: a site ``alloc`` does not name, a bad
+    bit width, sites lacking one of ``alloc``'s."""
+    if not isinstance(alloc, BitAllocation):
+        raise TypeError(f"alloc must be a BitAllocation, got {shown_value(alloc)}")
+    if not isinstance(bits, Mapping):
+        raise ValueError(f"bits must be a mapping {{site: bits}}, got {shown_value(bits)}")
+    unknown = [k for k in bits if k not in alloc.bits]
+    if unknown:
+        raise ValueError(f"with_bits: {alloc.label} names no site {unknown[0]!r}; give sites it allocates")
+    changes = dict(_site_bits(k, v) for k, v in bits.items())
+    if isinstance(model_or_sites, torch.nn.Module):
+        if alloc.model is not None:
+            check_same_weights(alloc, model_or_sites, what=alloc.label, hint="give the model it was computed for")
+        sites: Sequence[Site] = find_sites(model_or_sites, include_lm_head=True)
+    else:
+        sites = list(model_or_sites)
+    new = dict(alloc.bits, **changes)
+    chosen = [s for s in sites if s.name in new]
+    missing = [k for k in new if k not in {s.name for s in chosen}]
+    if missing:
+        raise ValueError(
+            f"with_bits: the sites given lack {len(missing)} site(s) of {alloc.label} (first: {missing[0]}): "
+            "give the model it was computed for, or its sites"
+        )
+    provenance = {k: v for k, v in alloc.provenance.items() if k != "objective"}
+    provenance["edited"] = {**dict(alloc.provenance.get("edited") or {}), **changes}
+    return BitAllocation(
+        new,
+        allocation_bpw(new, chosen, group_size=alloc.group_size, symmetric=alloc.symmetric),
+        alloc.budget_bpw,
+        alloc.sensitivity,
+        alloc.group_size,
+        alloc.symmetric,
+        provenance,
+        alloc.model,
+    )
+
+
 def uniform_allocation(
     sites: Sequence[Site], bits: int, *, group_size: int | None = 128, symmetric: bool = False, model: Any = None
 ) -> BitAllocation:
@@ -623,6 +715,8 @@ __all__ = [
     "quantize_allocation_",
     "check_allocation",
     "check_choices",
+    "with_bits",
+    "AllocationBits",
     "SiteErrors",
     "KEPT",
     "FORMAT",

@@ -9,7 +9,9 @@ sidecar (:func:`save_sidecar`).
 - GPTQModel: ``dynamic={"-:<regex>": {}}`` (``-:`` = skip the matching modules).
 - transformers: ``modules_to_not_convert`` / ``llm_int8_skip_modules`` (name list).
 - module-level mixed precision (:mod:`lrm_interp.protect.bit_allocation`): GPTQModel ``dynamic``
-  ``"+:<regex>": {"bits": b}`` overrides (:func:`gptqmodel_dynamic_bits`) and llm-compressor
+  ``"+:<regex>": {"bits": b, "group_size": g, "sym": s}`` for every module
+  (:func:`gptqmodel_dynamic_bits`; the ``QuantizeConfig`` it assumes:
+  :func:`gptqmodel_quantize_config`) and llm-compressor
   ``config_groups`` with one group per bit width (:func:`llmcompressor_config_groups`).
 
 Sidecar format (safetensors, :func:`save_sidecar`, ``lrm_interp.sidecar/2``): the masks'
@@ -124,19 +126,40 @@ def gptqmodel_dynamic(masks: Mapping[str, ProtectionMask]) -> dict[str, dict]:
     return {f"-:^{re.escape(n)}$": {} for n in full_modules(masks)}
 
 
-def gptqmodel_dynamic_bits(alloc, *, default_bits: int) -> dict[str, dict]:
-    """GPTQModel ``dynamic`` for a module-level :class:`~lrm_interp.protect.bit_allocation.BitAllocation`:
-    ``"+:^<name>$": {"bits": b, "group_size": g}`` for every module not at ``default_bits`` (the
-    ``QuantizeConfig``'s own ``bits``), ``"-:^<name>$": {}`` for modules kept in FP16.
-    ``default_bits``: an integer in 2..8 (else ``ValueError``)."""
+def gptqmodel_quantize_config(alloc, *, default_bits: int) -> dict[str, int | bool]:
+    """The GPTQModel ``QuantizeConfig`` arguments the allocation's grid assumes: ``{"bits":
+    default_bits, "group_size": g, "sym": s}`` (``group_size`` ``-1`` = per channel, GPTQModel's
+    spelling of the allocation's ``None``; ``sym``: its ``symmetric``). ``bits --gptqmodel`` prints
+    it; the :func:`gptqmodel_dynamic_bits` entries name the same grid for every module, so a
+    ``QuantizeConfig`` built otherwise still quantizes each module on the grid the allocation's
+    errors and bits per weight were computed for. ``default_bits``: an integer in 2..8 (else
+    ``ValueError``)."""
     check_int("default_bits", default_bits, min=2, max=8)
+    return {"bits": int(default_bits), "group_size": _gptqmodel_group_size(alloc), "sym": bool(alloc.symmetric)}
+
+
+def _gptqmodel_group_size(alloc) -> int:
+    """GPTQModel's ``group_size`` of the allocation's grid (``-1``: per channel, ``group_size`` ``None``)."""
+    return int(alloc.group_size) if alloc.group_size else -1
+
+
+def gptqmodel_dynamic_bits(alloc, *, default_bits: int) -> dict[str, dict]:
+    """GPTQModel ``QuantizeConfig(dynamic=...)`` for a module-level
+    :class:`~lrm_interp.protect.bit_allocation.BitAllocation`: ``"+:^<name>$": {"bits": b,
+    "group_size": g, "sym": s}`` for every quantized module (those at ``default_bits`` too: the
+    grid, ``group_size`` ``-1`` = per channel and ``sym``, is the allocation's whatever the
+    ``QuantizeConfig``; only the modules off ``default_bits`` were written, without ``sym``, so the
+    others took the config's grid, H13-GQS), ``"-:^<name>$": {}`` for modules kept in FP16.
+    ``default_bits``: the ``QuantizeConfig``'s own ``bits`` (:func:`gptqmodel_quantize_config`),
+    an integer in 2..8 (else ``ValueError``)."""
+    grid = gptqmodel_quantize_config(alloc, default_bits=default_bits)
     out: dict[str, dict] = {}
     for name, b in alloc.bits.items():
         key = f"^{re.escape(name)}$"
         if b == 16:
             out[f"-:{key}"] = {}
-        elif b != default_bits:
-            out[f"+:{key}"] = {"bits": int(b), "group_size": alloc.group_size if alloc.group_size else -1}
+        else:
+            out[f"+:{key}"] = {"bits": int(b), "group_size": grid["group_size"], "sym": grid["sym"]}
     return out
 
 

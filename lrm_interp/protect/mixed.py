@@ -10,6 +10,7 @@ import warnings
 from lrm_interp.protect.bit_allocation import (
     FORMAT,
     KEPT,
+    AllocationBits,
     BitAllocation,
     SiteErrors,
     allocate_bits,
@@ -21,6 +22,7 @@ from lrm_interp.protect.bit_allocation import (
     quantize_allocation_,
     site_cost,
     uniform_allocation,
+    with_bits,
 )
 
 warnings.warn(
@@ -31,6 +33,8 @@ warnings.warn(
 
 __all__ = [
     "BitAllocation",
+    "AllocationBits",
+    "with_bits",
     "allocate_bits",
     "uniform_allocation",
     "quantization_errors",

@@ -50,6 +50,40 @@ class ZeroScoreWarning(UserWarning):
     behaviours (:func:`module_scores`) counts it as zero everywhere."""
 
 
+class UnresolvedScoresWarning(ZeroScoreWarning):
+    """An Attribution computed by activation patching left sites unresolved for a behaviour used
+    (``provenance["counts"]["unresolved_sites"]``: the patch at its ``patch_alpha`` changed no span
+    loss there): their scores are ties at 0, and the modules ranked or allocated by them are
+    ranked by nothing (H13-UNB). A :class:`ZeroScoreWarning`: a caller that already said it
+    silences both at once."""
+
+
+def unresolved_note(scores: Any, behavior: str | None = None, *, source: str | None = None) -> str | None:
+    """The warning of :func:`module_scores` about ``scores``' unresolved sites (``None`` when it
+    records none for the behaviours used: ``behavior``, else every behaviour): the count, the
+    behaviour, the ``patch_alpha`` and what to do."""
+    prov = getattr(scores, "provenance", None)
+    counts = prov.get("counts") if isinstance(prov, Mapping) else None
+    unresolved = counts.get("unresolved_sites") if isinstance(counts, Mapping) else None
+    if not isinstance(unresolved, Mapping) or not isinstance(prov, Mapping):
+        return None
+    used = [behavior] if behavior is not None else list(getattr(scores, "behaviors", ()))
+    bad = {b: n for b in used if isinstance(n := unresolved.get(b), int) and not isinstance(n, bool) and n > 0}
+    if not bad:
+        return None
+    settings = prov.get("settings")
+    alpha = settings.get("patch_alpha") if isinstance(settings, Mapping) else None
+    n_sites = prov.get("n_sites") or len(getattr(scores, "sites", ()) or ()) or "?"
+    where = f" {source}" if source else ""
+    per = "; ".join(f"{n} of {n_sites} sites unresolved for behaviour {b!r}" for b, n in bad.items())
+    at = f"patch_alpha {alpha:g}" if isinstance(alpha, (int, float)) else "its patch_alpha"
+    return (
+        f"the attribution scores{where} were computed by patching at {at}, which changed no span loss at some "
+        f"sites: {per}; their scores are ties at 0 and rank those modules by nothing; use a larger --patch-alpha "
+        "(attribute --method patching --patch-alpha ...)"
+    )
+
+
 def module_scores(
     scores: Any, behavior: str | None = None, *, source: str | None = None, purpose: str = "rank the modules"
 ) -> dict[str, float]:
@@ -60,7 +94,10 @@ def module_scores(
     ``ValueError`` when the scores used are all zero: ``behavior``'s row (an all-zero row can be
     saved through the API; a real run gives an absent behaviour no row), every behaviour's row, or
     every value of a mapping. Without ``behavior``, a behaviour whose row alone is zero is named in
-    a :class:`ZeroScoreWarning` (the mean counts it as zero). ``source`` names the scores in the
+    a :class:`ZeroScoreWarning` (the mean counts it as zero). Sites that activation patching left
+    unresolved for a behaviour used (recorded by ``attribute(method="patching")``): an
+    :class:`UnresolvedScoresWarning` naming the count, the behaviour and the ``patch_alpha``
+    (:func:`unresolved_note`; they were used without a word, H13-UNB). ``source`` names the scores in the
     messages (e.g. the result folder); ``purpose`` says what they were for ("nothing to <purpose>
     by")."""
     from lrm_interp.attribution.results import Attribution
@@ -90,6 +127,11 @@ def module_scores(
     sc = site_scores(scores, behavior)
     if sc and not any(v != 0 for v in sc.values()):
         raise ValueError(f"every module score{where} is 0: nothing to {purpose} by")
+    note = unresolved_note(scores, behavior, source=source) if isinstance(scores, Attribution) else None
+    if note is not None:
+        import warnings
+
+        warnings.warn(note, UnresolvedScoresWarning, stacklevel=2)
     return sc
 
 
