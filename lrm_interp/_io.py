@@ -1187,7 +1187,9 @@ def check_out_dir(
     is not empty and ``overwrite`` is false. Even with
     ``overwrite``, only a regular file, an empty folder or an earlier result (a folder holding the
     regular file ``marker``) is replaced: never a folder of someone else's files (``--out .``), a
-    FIFO or a device."""
+    FIFO or a device. A non-empty folder without ``marker`` is refused at once, ``overwrite`` or not,
+    naming another command's result it is (:func:`_not_replaceable`, H13-OVM); the advice to pass
+    ``--overwrite`` is given only where it applies."""
     blocked = file_on_the_way(out)
     if blocked is not None:
         raise ValueError(
@@ -1206,20 +1208,36 @@ def check_out_dir(
         return out
     if out.is_dir() and not any(out.iterdir()):
         return out
+    rec = out / marker
+    if out.is_dir() and not (rec.is_file() and not rec.is_symlink()):
+        raise ValueError(_not_replaceable(out, flag, marker))  # --overwrite or not: no advice to pass it
     if not overwrite:
         raise ValueError(
             f"{flag} {out} exists and is not empty; pass --overwrite to replace it or choose another folder"
         )
     if not out.is_dir():
         refuse_special(out)  # a FIFO, a device: never; a regular file named with --overwrite: replaced
-        return out
-    rec = out / marker
-    if not (rec.is_file() and not rec.is_symlink()):
-        raise ValueError(
-            f"{flag} {out} is not an earlier result (no {marker}) and not empty: --overwrite replaces "
-            "only those; choose another folder"
-        )
     return out
+
+
+def _not_replaceable(out: Path, flag: str, marker: str) -> str:
+    """Why :func:`check_out_dir` never replaces the non-empty folder ``out`` that holds no ``marker``
+    (not an earlier result of the writer), said at once, with or without ``--overwrite``: the first
+    refusal advised ``--overwrite``, and the rerun with it was refused for another reason (H13-OVM).
+    Names what ``out`` is when it is (or lies inside) another command's result
+    (:func:`finished_result`, :func:`result_conflict`)."""
+    res = finished_result(out)
+    conflict = None if res is not None else result_conflict(out)
+    if res is not None or conflict is not None:
+        what = f"is an earlier {res.kind} result" if res is not None else str(conflict)
+        return (
+            f"{flag} {out} {what} (another command's result; no {marker}): it is never written into, not even "
+            "with --overwrite; choose another folder"
+        )
+    return (
+        f"{flag} {out} is not an earlier result (no {marker}) and not empty: --overwrite replaces only those; "
+        "choose another folder"
+    )
 
 
 def check_writable(out: str | os.PathLike, flag: str = "--out") -> None:

@@ -165,8 +165,10 @@ def test_annotate_agree_refuses_a_gold_without_any_span(tmp_path, capsys):
     assert _rc(["annotate", "agree", "--gold", layout, "--pred", gold]) == 2
     err = _err_line(capsys)
     assert f"--gold {layout} has no annotation (0 spans in 3 traces)" in err
-    # a gold with spans is scored as before
-    assert _rc(["annotate", "agree", "--gold", gold, "--pred", gold, "--json"]) == 0
+    # a gold with spans is scored as before (against a copy: --pred naming the --gold file is refused, H13-AGS)
+    copy = tmp_path / "pred_copy.jsonl"
+    copy.write_bytes(gold.read_bytes())
+    assert _rc(["annotate", "agree", "--gold", gold, "--pred", copy, "--json"]) == 0
 
 
 # ------------------------------------------------------------------ H6-U12

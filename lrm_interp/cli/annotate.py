@@ -246,6 +246,7 @@ def cmd_agree(a: argparse.Namespace) -> int:
         )
     gold = _load_annotated(a.gold, "--gold")
     _require_gold_spans(gold, a.gold)
+    _refuse_same_annotation(a.gold, a.pred)  # after --gold's own problems (no traces, a FIFO) are named
     pred = _load_annotated(a.pred, "--pred")
     ids, gold_ids = {t.id for t in pred}, {t.id for t in gold}
     missing = [t.id for t in gold if t.id not in ids]
@@ -271,6 +272,7 @@ def cmd_agree(a: argparse.Namespace) -> int:
     for t in gold:
         if by_id[t.id].response != t.response:
             raise CliError(f"trace {t.id!r}: the response differs between --gold {a.gold} and --pred {a.pred}")
+    _warn_identical_annotations(a.gold, a.pred, gold, by_id)
     min_iou = 0.5 if a.min_iou is None else a.min_iou
     agr = annotation_agreement(gold, pred, min_iou=min_iou, region=a.region)
     where = "characters the gold labels" if a.region == "gold" else "all characters"
@@ -287,6 +289,50 @@ def cmd_agree(a: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _refuse_same_annotation(gold: str, pred: str) -> None:
+    """:class:`CliError` when ``--pred`` names the ``--gold`` file or folder (the same path resolved:
+    ``./F``, an absolute path, a symlink, a hard link): the annotation was scored against itself, every
+    score 1.000 with exit 0 (H13-AGS)."""
+    import os
+
+    from lrm_interp.cli.common import CliError
+
+    g, p = Path(gold).expanduser(), Path(pred).expanduser()
+    try:
+        same = g.resolve() == p.resolve() or (g.exists() and p.exists() and os.path.samefile(g, p))
+    except OSError:
+        return  # unreadable: the loading names it
+    if same:
+        raise CliError(
+            f"--pred {pred} is the --gold {'folder' if g.is_dir() else 'file'} ({gold}): the annotation would be "
+            "scored against itself, agreement 1 by construction; give the annotation to score as --pred"
+        )
+
+
+def _warn_identical_annotations(gold_path: str, pred_path: str, gold, pred_by_id: dict) -> None:
+    """A warning on stderr when ``--pred`` holds the very spans of ``--gold`` in every scored trace
+    (byte-identical files, a copy of the folder): the table's every score is 1 by construction, as
+    ``compare`` warns for one attribution on both sides (H13-AGS)."""
+    if any(pred_by_id[t.id].spans != t.spans for t in gold):
+        return
+    import filecmp
+    import sys
+
+    from lrm_interp.cli.common import PROG
+
+    g, p = Path(gold_path).expanduser(), Path(pred_path).expanduser()
+    try:
+        what = "are byte-identical files" if g.is_file() and p.is_file() and filecmp.cmp(g, p, shallow=False) else ""
+    except OSError:
+        what = ""
+    what = what or "hold identical annotations (the same spans in every scored trace)"
+    print(
+        f"{PROG} annotate agree: warning: --gold {gold_path} and --pred {pred_path} {what}: agreement is 1 by "
+        "construction; check that --pred is the annotation you meant to score",
+        file=sys.stderr,
+    )
 
 
 def _require_gold_spans(gold, path: str) -> None:

@@ -206,12 +206,38 @@ def _refuse_unused_run_flags(a: argparse.Namespace, specs, settings) -> None:
             )
 
 
+def _refuse_scores_in_run_folder(out: str) -> None:
+    """A ``bench run --out`` folder that an older ``bench score --out`` filled with its tables is a
+    "bench score result", never written into: refused with the way out named, the score's files to
+    move away (H13-BSO; ``bench score`` refuses such an ``--out`` now,
+    :func:`~lrm_interp.evaluation.bench_score.refuse_scores_into_runs`)."""
+    from lrm_interp._io import finished_result
+    from lrm_interp.evaluation.bench_score import run_folders_in
+
+    folder = Path(out).expanduser()
+    res = finished_result(folder)
+    if res is None or res.kind != "bench score":
+        return
+    try:
+        runs = [r.name for r in run_folders_in(folder) if r != folder]
+        files = sorted(p.name for p in folder.iterdir() if res.owns(p.name))
+    except OSError:
+        return  # unreadable: check_paths names it
+    if runs:
+        raise CliError(
+            f"--out {out} holds the tables of a bench score ({', '.join(files)}) beside its runs "
+            f"({', '.join(runs)}): a bench score result is never written into, not even with --overwrite; move "
+            f"those files into another folder (e.g. {folder}_scores) and run again"
+        )
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from lrm_interp.evaluation.backends import GenerationSettings
     from lrm_interp.evaluation.bench_suite import SuiteConfig, VLLMOptions, run_suite
 
     # the numbers are checked by their argparse types (every flag, whatever the backend) and by
     # GenerationSettings (the generation flags): all before a model is loaded or a file written
+    _refuse_scores_in_run_folder(a.out)  # before check_paths' "another command's result": the way out
     check_paths({"--out": a.out}, dirs=True, own="bench run")  # a folder that can be written, before anything loads
     settings = dataclass_from_args(GenerationSettings, a)
     group_size = group_size_arg(DEFAULT_GROUP_SIZE if a.group_size is None else a.group_size)
@@ -335,13 +361,23 @@ def _score_out(a: argparse.Namespace, outputs: Path) -> Path:
     ``--out`` holding a file the score writes (``scores.csv``, ``tables.md``, ...; an attribution
     folder has a ``scores.csv`` too) is refused unless ``--overwrite``. The default
     ``<outputs>/scores`` is refreshed without the flag only when an earlier ``bench score`` wrote
-    it (it holds its ``tables.md`` and ``summary.csv``)."""
-    from lrm_interp.evaluation.bench_score import SCORE_FILES
+    it (it holds its ``tables.md`` and ``summary.csv``). A folder holding ``bench run`` folders and
+    the ``--outputs`` folder itself are refused (H13-BSO)."""
+    from lrm_interp.evaluation.bench_score import SCORE_FILES, refuse_scores_into_runs
 
     out = Path(a.out).expanduser() if a.out else outputs / "scores"
     check_paths({"--out": out}, own="bench score")  # never under a file
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: a file, not a folder; choose a folder for the tables")
+    try:  # the run folder B of 'bench run --out B' could not be resumed or extended after (H13-BSO)
+        refuse_scores_into_runs(out, "--out")
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    if out.resolve() == outputs.resolve():
+        raise CliError(
+            f"--out {a.out} is the --outputs folder: the tables would lie among the outputs they score; write them "
+            f"to another folder, e.g. {out}_scores, or {out / 'scores'} (the default)"
+        )
     there = [f for f in SCORE_FILES if (out / f).exists()]
     ours = a.out is None and (out / "tables.md").is_file() and (out / "summary.csv").is_file()
     if there and not a.overwrite and not ours:

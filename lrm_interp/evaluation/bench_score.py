@@ -90,14 +90,55 @@ class RunInfo:
         return int(s["n_samples"]) if "n_samples" in s else None
 
 
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` is one model's run folder: it holds ``outputs/`` or ``run.json`` (a run
+    folder whose ``outputs/`` was removed still has its ``run.json``: found, its outputs missing)."""
+    try:
+        return (folder / "outputs").is_dir() or (folder / RUN_FILE).is_file()
+    except OSError:
+        return False
+
+
+def run_folders_in(folder: str | os.PathLike) -> list[Path]:
+    """The run folders (:func:`is_run_folder`) that ``folder`` is (``[folder]``) or holds (its
+    subfolders that are, sorted); empty when it is no folder or holds none: the one rule of
+    :func:`find_runs` and of the ``bench score`` output checks (:func:`refuse_scores_into_runs`)."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    if is_run_folder(root):
+        return [root]
+    return sorted(p for p in root.iterdir() if p.is_dir() and is_run_folder(p))
+
+
+def refuse_scores_into_runs(out: str | os.PathLike, what: str = "out_dir") -> None:
+    """``ValueError`` naming ``what`` when the folder ``out`` holds run folders (a ``bench run --out``
+    folder, :func:`run_folders_in`): the tables written there made it a "bench score result", and
+    every later ``bench run --out`` of it (a resume, more items, another model) was refused for good
+    (H13-BSO). The rule of :meth:`BenchScores.write_tables` and of ``bench score --out``, checked
+    before anything is written; the suggested folders are ``<out>_scores`` beside it and
+    ``<out>/scores`` (``bench score``'s default) inside it."""
+    p = Path(out).expanduser()
+    try:
+        runs = [r for r in run_folders_in(p) if r != p]
+    except OSError:
+        return  # unreadable: the writer's own error names it
+    if runs:
+        names = ", ".join(r.name for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
+        raise ValueError(
+            f"{what} {out} holds the bench run folders {names} (a 'bench run --out' folder): the score tables "
+            f"written there would make it a bench score result, which no later 'bench run --out {out}' writes "
+            f"into (no resume, no more items or models); write them to another folder, e.g. {p}_scores, or "
+            f"{p / 'scores'}"
+        )
+
+
 def find_runs(outputs: str | os.PathLike) -> list[RunInfo]:
     """Run folders under ``outputs``: itself when it holds ``outputs/``, else each subfolder that does."""
     root = Path(outputs)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such outputs folder")
-    # a run folder whose outputs/ was removed still has its run.json: found, and its outputs missing
-    is_run = lambda d: (d / "outputs").is_dir() or (d / RUN_FILE).is_file()  # noqa: E731 - a one-line test
-    dirs = [root] if is_run(root) else sorted(p for p in root.iterdir() if p.is_dir() and is_run(p))
+    dirs = run_folders_in(root)
     if not dirs:
         raise FileNotFoundError(f"{root}: neither outputs/<task>/ nor <model>/outputs/<task>/ (paper layout)")
     runs = []
@@ -704,11 +745,14 @@ class BenchScores:
         attribution's ``scores.csv`` shares a name with these tables; a ``toy train`` model folder), or
         lying inside one, is refused before anything is written
         (:func:`~lrm_interp._io.refuse_other_result_folder`, :class:`~lrm_interp._io.OtherResultError`,
-        H10-BSW), as ``Attribution.write_tables`` refuses it."""
+        H10-BSW), as ``Attribution.write_tables`` refuses it; so is a folder holding ``bench run``
+        folders (:func:`refuse_scores_into_runs`, ``ValueError``, H13-BSO): the run could no longer
+        be resumed or extended."""
         if not isinstance(out_dir, (str, os.PathLike)) or str(out_dir) == "":
             raise TypeError(f"out_dir must be a folder path (str or os.PathLike), got {out_dir!r}")
         out = Path(out_dir)
         refuse_other_result_folder(out, "bench score", "out_dir")
+        refuse_scores_into_runs(out, "out_dir")
         if not replace and _holds_files(out):
             raise FileExistsError(errno.EEXIST, "holds files already: not replaced (replace=False)", str(out))
         new = not replace or not (out.exists() or out.is_symlink())

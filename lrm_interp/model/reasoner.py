@@ -73,14 +73,32 @@ def import_peft():
     return peft
 
 
+def _is_shipped_delta_dir(adapter_dir: Path) -> bool:
+    """Whether ``adapter_dir`` is the shipped delta's location (:func:`reasoner_asset_dir`), resolved."""
+    try:
+        return Path(adapter_dir).expanduser().resolve() == reasoner_asset_dir().resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 def check_adapter(adapter_dir: Path) -> None:
+    """``FileNotFoundError`` when ``adapter_dir`` is not a LoRA delta (it lacks one of
+    ``adapter_config.json`` / ``adapter_model.safetensors``). The message says the shipped delta is
+    absent from the install only when ``adapter_dir`` is the shipped delta's folder: a user's folder
+    (a typo in ``--init-adapter``) was answered so too, as if the install were broken (H13-ADM)."""
     missing = [f for f in _ADAPTER_FILES if not (adapter_dir / f).exists()]
-    if missing:
+    if not missing:
+        return
+    head = f"{adapter_dir} is not a LoRA delta (missing {', '.join(missing)})"
+    if _is_shipped_delta_dir(adapter_dir):
         raise FileNotFoundError(
-            f"{adapter_dir} is not a LoRA delta (missing {', '.join(missing)}). The shipped reasoner delta is "
-            f"absent from this install; distil one with `lrm-interp toy distill --out RUN` and load it with "
-            f"load_reasoner(adapter='RUN/adapter')"
+            f"{head}. The shipped reasoner delta is absent from this install; distil one with `lrm-interp toy "
+            f"distill --out RUN` and load it with load_reasoner(adapter='RUN/adapter')"
         )
+    raise FileNotFoundError(
+        f"{head}: a delta folder holds {' and '.join(_ADAPTER_FILES)}, as RUN/adapter of `lrm-interp toy distill "
+        "--out RUN` does; give such a folder"
+    )
 
 
 def merge_adapter(base: torch.nn.Module, adapter_dir: str | Path) -> PreTrainedModel:
