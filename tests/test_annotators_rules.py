@@ -294,7 +294,9 @@ def test_cli_errors_name_the_input(tmp_path, capsys):
         '{"id": "AIME_2024/0", "prompt": "", "response": "different", '
         '"spans": [{"behavior": "deduction", "start": 0, "end": 9}]}\n'
     )
-    assert main(["annotate", "agree", "--gold", str(other), "--pred", str(other)]) == 0
+    copy = tmp_path / "copy.jsonl"  # the same file as --gold and --pred is refused (H13-AGS): a copy
+    copy.write_bytes(other.read_bytes())
+    assert main(["annotate", "agree", "--gold", str(other), "--pred", str(copy)]) == 0
     assert main(["annotate", "agree", "--gold", str(R1_STYLE), "--pred", str(other)]) == 2
     assert "missing" in capsys.readouterr().err
 

@@ -370,8 +370,6 @@ def _quantize_checks(a: argparse.Namespace) -> Path:
     check_bits(a.bits)
     group_size_arg(a.group_size)
     require_model(a.model)
-    if not a.requantize:
-        refuse_quantized_model(a.model, REQUANTIZED + " (or pass --requantize to stack them on purpose)")
     # the folder --model reads (an alias's folder, '~' expanded): --out may never replace it
     src = model_input(a.model)
     sources = () if src is None else (Path(src).expanduser(),)
@@ -382,6 +380,8 @@ def _quantize_checks(a: argparse.Namespace) -> Path:
     # --out is replaced whole: it may neither be nor contain nor lie inside another input (--overwrite or not)
     check_paths({"--out": a.out}, {"--masks": a.masks, "--calib": a.calib}, replaced_whole=True, own="quantize")
     _refuse_foreign_files(out)
+    if not a.requantize:  # after the output checks: an --out over its own --model is named as that first
+        refuse_quantized_model(a.model, REQUANTIZED + " (or pass --requantize to stack them on purpose)")
     return out
 
 
