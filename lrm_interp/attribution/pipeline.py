@@ -80,6 +80,7 @@ from lrm_interp.model.loading import load_model
 from lrm_interp.model.prefix_cache import cache_support, rope_switch
 from lrm_interp.model.provenance import model_provenance
 from lrm_interp.model.sites import Site, find_sites, resolve_sites
+from lrm_interp.model.vocab import check_tokenizer_fits, embedding_rows, tokenizer_label
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -126,12 +127,12 @@ def _check_tokenizer(model: torch.nn.Module, tokenizer: Any) -> None:
 
 
 def check_ids(model: torch.nn.Module, tokenizer: Any, enc: EncodedTrace) -> None:
-    """Token ids beyond the input embedding mean the tokenizer is not this model's."""
-    emb = cast("PreTrainedModel", model).get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    rows = getattr(emb, "num_embeddings", None)
+    """Token ids beyond the input embedding mean the tokenizer is not this model's
+    (:func:`lrm_interp.model.vocab.embedding_rows`: the one reading of the embedding's size)."""
+    rows = embedding_rows(model)
     top = int(enc.input_ids.max()) if len(enc) else -1
     if rows is not None and top >= rows:
-        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        name = tokenizer_label(tokenizer)
         raise ValueError(
             f"trace {enc.trace_id}: the tokenizer ({name}, {len(tokenizer)} tokens) produced token id "
             f"{top} but the model's input embedding has {rows} rows: it is not this model's tokenizer"
@@ -464,6 +465,7 @@ def plan_attribution(
         check_out_folder(out_dir, "out_dir")  # a file there: refused before any work (H7-API7)
     model, tokenizer = load_model(model, tokenizer=tokenizer)
     _check_tokenizer(model, tokenizer)
+    check_tokenizer_fits(model, tokenizer, "attribute")  # another model's tokenizer (H14-TKS)
     ds = load_dataset(dataset)
     if len(ds) == 0:
         raise ValueError("the dataset has no traces")

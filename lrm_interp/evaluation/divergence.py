@@ -13,8 +13,10 @@ Used by ``examples/protection_smollm2.py`` for models that cannot solve the toy 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,11 @@ from tqdm.auto import tqdm
 from lrm_interp.data.tokens import EncodedTrace, target_positions
 from lrm_interp.data.traces import TARGET_BEHAVIORS
 from lrm_interp.model.forward import input_device
+from lrm_interp.model.provenance import model_record, swapped_compression
+from lrm_interp.model.vocab import check_ids_fit, check_tokenizer_fits, embedding_rows
+
+#: the warning for a model measured against itself (H14-DVS)
+SAME_MODEL = "divergence of a model with itself is 0 by construction"
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,46 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids[None].to(dev), use_cache=False).logits[0]
 
 
+def _same_weights(ref: Any, model: Any) -> bool:
+    """``ref`` and ``model`` are one object, or hold the very same parameter tensors (no copy)."""
+    if ref is model:
+        return True
+    pr, pm = list(ref.parameters()), list(model.parameters())
+    return bool(pr) and len(pr) == len(pm) and all(a is b for a, b in zip(pr, pm))
+
+
+def check_pair(ref: Any, model: Any, encoded: Sequence[EncodedTrace], tokenizer: Any = None) -> None:
+    """What :func:`divergence` refuses or warns about before any forward pass (cheap: no weights
+    fingerprint). ``ValueError`` when the reference's record holds compression steps that
+    ``model``'s lacks (:func:`~lrm_interp.model.provenance.swapped_compression`, ``compare``'s rule;
+    H14-DVW), when the two input embeddings differ in size, when ``tokenizer`` is not theirs
+    (:func:`~lrm_interp.model.vocab.check_tokenizer_fits`) or a trace holds an id beyond the
+    embedding (H14-TOK); a ``UserWarning`` (:data:`SAME_MODEL`) when both are the same weights (H14-DVS)."""
+    swapped = swapped_compression({"record": model_record(ref).to_dict()}, {"record": model_record(model).to_dict()})
+    if swapped:
+        raise ValueError(
+            f"divergence: the reference is {swapped} and the compared model is not: did you swap "
+            "reference and compressed? (pass the full-precision model first: divergence(ref, compressed, ...))"
+        )
+    rr, rm = embedding_rows(ref), embedding_rows(model)
+    if rr is not None and rm is not None and rr != rm:
+        raise ValueError(
+            f"divergence: the reference's input embedding has {rr} rows but the compared model's has {rm}: "
+            "two different models? compare a model with its own compressed copy"
+        )
+    if tokenizer is not None:
+        check_tokenizer_fits(ref, tokenizer, "divergence")
+    for e in encoded:
+        check_ids_fit(ref, e.input_ids, f"divergence: trace {e.trace_id}")
+    if _same_weights(ref, model):
+        warnings.warn(
+            f"{SAME_MODEL}: the reference and the compared model are the same weights (did you mean "
+            "q = copy.deepcopy(model) before compressing q?)",
+            UserWarning,
+            stacklevel=4,  # check_pair, no_grad's wrapper, divergence: the caller's line
+        )
+
+
 @torch.no_grad()
 def divergence(
     ref,
@@ -53,12 +100,19 @@ def divergence(
     behaviors: Sequence[str] = TARGET_BEHAVIORS,
     chunk: int = 512,
     progress: bool = False,
+    tokenizer: Any = None,
 ) -> Divergence:
     """KL(ref ‖ model) per response token and span NLL of ``behaviors`` for both models.
 
     One trace at a time; the ``[seq, vocab]`` log-probabilities are formed ``chunk`` positions
     at a time in float32. ``ref`` and ``model`` may live on different devices.
+
+    Refused before any forward pass (:func:`check_pair`): the arguments swapped (``ref``'s record
+    holds compression steps ``model``'s lacks), two models of other vocabularies, traces encoded by
+    another model's tokenizer (``tokenizer``, when given, is checked too); the same weights passed
+    twice warn (KL 0 by construction).
     """
+    check_pair(ref, model, encoded, tokenizer)
     kl_sum, n_kl, n_span = 0.0, 0, 0
     nll, nll_ref = 0.0, 0.0
     for e in tqdm(encoded, desc="divergence", disable=not progress, unit="trace"):
@@ -94,4 +148,4 @@ def divergence(
     )
 
 
-__all__ = ["Divergence", "divergence"]
+__all__ = ["SAME_MODEL", "Divergence", "check_pair", "divergence"]

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 from lrm_interp.data.toy_tasks import Problem, extract_answer
 from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace
-from lrm_interp.evaluation.generation import generate_responses
+from lrm_interp.evaluation.generation import check_token_ids, generate_responses
+from lrm_interp.model.vocab import check_tokenizer_fits
 
 
 def evaluate(
@@ -25,8 +26,12 @@ def evaluate(
     """Accuracy per family (and ``"mean"`` over families) of greedy answers on ``probs``.
 
     ``probs``: :class:`Problem` objects or traces whose ``metadata`` has ``dataset`` and
-    ``gold_answer`` (as produced by :mod:`lrm_interp.data.toy_tasks`)."""
+    ``gold_answer`` (as produced by :mod:`lrm_interp.data.toy_tasks`). A tokenizer of another
+    model is refused first (:func:`~lrm_interp.model.vocab.check_tokenizer_fits`; a prompt id beyond
+    the embedding: :func:`~lrm_interp.evaluation.generation.check_token_ids`)."""
+    check_tokenizer_fits(model, tokenizer, "evaluate")
     probs = [_as_problem(p) for p in probs]
+    check_token_ids(model, tokenizer, [(f"{p.id} (prompt)", p.prompt) for p in probs])
     if not probs:
         raise ValueError("evaluate: no problems to evaluate (an accuracy of nothing is undefined)")
     responses = generate_responses(
@@ -75,11 +80,15 @@ def collect_traces(
     """The model's own reasoning traces, annotated (rule-based by default), as the paper does.
 
     Metadata: dataset (family), gold_answer, predicted answer, correct, annotation report.
+    A tokenizer of another model is refused first (:func:`~lrm_interp.model.vocab.check_tokenizer_fits`;
+    a prompt id beyond the embedding: :func:`~lrm_interp.evaluation.generation.check_token_ids`).
     """
+    check_tokenizer_fits(model, tokenizer, "collect_traces")
     from lrm_interp.data.annotate import RuleAnnotator, annotate_response
 
     annotator = annotator or RuleAnnotator()
     probs = [_as_problem(p) for p in probs]
+    check_token_ids(model, tokenizer, [(f"{p.id} (prompt)", p.prompt) for p in probs])
     responses = generate_responses(
         model,
         tokenizer,

@@ -1,0 +1,80 @@
+"""Does a tokenizer (or a set of token ids) belong to a model? One rule for every entry point.
+
+A tokenizer of another model shows in its size: one whose own vocabulary is larger than the model's
+input embedding produces ids the embedding has no row for (torch says only "index out of range in
+self"); one far smaller (the toy's 259 tokens for SmolLM2's 49152 rows) runs without an error on a
+meaningless tokenization. Models pad their vocabulary by a little (to a multiple of 64 or 128), never
+to twice the tokenizer's size, so a tokenizer with fewer than half the embedding's rows is refused
+too (H14-TOK, H14-TKS). A few *added* tokens beyond the embedding (``AutoTokenizer`` adds Qwen2's
+``<|endoftext|>`` to a tokenizer saved beside a Qwen2 config) are no proof: the ids a text really
+produces are checked where the texts are known (:func:`check_ids_fit`,
+:func:`lrm_interp.attribution.pipeline.check_ids`). Called by ``attribute``, ``divergence``,
+``toy.evaluate.evaluate`` and ``collect_traces`` before any work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+#: a tokenizer with fewer than ``rows / MIN_FILL`` tokens is not the model's (padding is never 2x)
+MIN_FILL = 2
+
+
+def embedding_rows(model: Any) -> int | None:
+    """Rows of ``model``'s input embedding (its vocabulary as the model sees it), or ``None``
+    when the model has no ``get_input_embeddings`` or it has no ``num_embeddings``."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    rows = getattr(emb, "num_embeddings", None)
+    return rows if isinstance(rows, int) else None
+
+
+def tokenizer_label(tokenizer: Any) -> str:
+    """How messages name a tokenizer: its ``name_or_path``, else its class name."""
+    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def check_tokenizer_fits(model: Any, tokenizer: Any, what: str) -> None:
+    """``ValueError`` (one line, naming ``what``, both sizes and the tokenizer) when ``tokenizer``
+    is not ``model``'s: its own vocabulary (``tokenizer.vocab_size``, added tokens left out)
+    exceeds the input embedding's rows, or its whole size (``len(tokenizer)``) is less than half of
+    them (:data:`MIN_FILL`). Nothing is checked when either size is unknown."""
+    rows = embedding_rows(model)
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        return
+    base = getattr(tokenizer, "vocab_size", None)
+    base = base if isinstance(base, int) and base > 0 else size
+    if rows is None or size <= 0:
+        return
+    if base > rows:
+        why = f"its ids beyond {rows - 1} have no row"
+    elif size * MIN_FILL < rows:
+        why = "models pad their vocabulary by a little, never to twice the tokenizer's size"
+    else:
+        return
+    raise ValueError(
+        f"{what}: the tokenizer ({tokenizer_label(tokenizer)}) has {max(base, size)} tokens but the model's "
+        f"input embedding has {rows} rows ({why}): a tokenizer of another model? pass the model's own tokenizer"
+    )
+
+
+def check_ids_fit(model: Any, ids: torch.Tensor, what: str) -> None:
+    """``ValueError`` (one line, naming ``what``) when a token id of ``ids`` lies beyond ``model``'s
+    input embedding: the ids were made by a tokenizer of another model (without this torch says
+    only "index out of range in self")."""
+    rows = embedding_rows(model)
+    if rows is None or ids.numel() == 0:
+        return
+    top = int(ids.max())
+    if top >= rows:
+        raise ValueError(
+            f"{what}: token id {top} but the model's input embedding has {rows} rows: encoded with "
+            "a tokenizer of another model? encode the traces with the model's own tokenizer"
+        )
+
+
+__all__ = ["MIN_FILL", "check_ids_fit", "check_tokenizer_fits", "embedding_rows", "tokenizer_label"]
