@@ -121,6 +121,7 @@ def test_the_record_round_trips_through_save_and_load_record(tmp_path):
     quantize_model_(model, bits=4, group_size=16, progress=False)
     save_record(model, tmp_path)
     fresh = _tiny()
+    fresh.load_state_dict(model.state_dict())  # the weights the record describes (H14-RCP: else stale)
     load_record(fresh, tmp_path)
     assert [c["bits"] for c in quantization_steps(fresh)] == [4]
     fresh.load_state_dict(orig)

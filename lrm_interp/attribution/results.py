@@ -45,6 +45,7 @@ from lrm_interp._io import (
     refuse_result_file,
     write_safetensors,
 )
+from lrm_interp.checks import check_float, shown_value
 from lrm_interp.model.provenance import swapped_compression
 from lrm_interp.model.sites import KIND_ORDER, Site
 
@@ -358,6 +359,13 @@ class Attribution:
     def steer(self, model, behavior: str, *, alpha: float = 1.0, sites: Sequence[str] | None = None, positions=None):
         """Context manager adding ``alpha·û`` to the outputs of ``sites`` (default: top-1 site).
 
+        ``alpha``: any finite number within float32's range (negative steers away from the
+        behaviour, 0 changes nothing); NaN, ±inf or a non-number (``"4"``) are refused here with
+        ``ValueError`` (:func:`~lrm_interp.checks.check_float`), before any hook is added: NaN
+        used to turn every logit into NaN and generate NUL tokens without a word, and a string
+        failed inside the forward hook (H14-STA). ``sites``: a non-empty list of site names; a
+        string is refused with ``TypeError`` (write ``sites=['model.layers.1.mlp.up_proj']``).
+
         Example::
 
             with attr.steer(model, "backtracking", alpha=4.0):
@@ -365,6 +373,16 @@ class Attribution:
         """
         from lrm_interp.model.patching import add_to_outputs
 
+        f32 = float(torch.finfo(torch.float32).max)  # a larger α overflows the float32 output to ±inf
+        alpha = check_float("alpha", alpha, min=-f32, max=f32)
+        if isinstance(sites, str):
+            raise TypeError(f"sites must be a list of site names, got the string {sites!r}: write sites=[{sites!r}]")
+        if sites is not None and (not isinstance(sites, Sequence) or not all(isinstance(x, str) for x in sites)):
+            raise TypeError(f"sites must be None or a list of site names, got {shown_value(sites)}")
+        if sites is not None and not sites:
+            raise ValueError(
+                "sites is empty: steering would change nothing; give site names, or None for the top-1 site"
+            )
         if sites is None:
             sites = [self.top(1, behavior)[0][1]]
         additions = {s: (self.steering_vector(behavior, s), positions) for s in sites}

@@ -392,6 +392,7 @@ def _quantize(a: argparse.Namespace) -> int:
     from lrm_interp._io import make_temp_dir, naming_destination, publish_dir
     from lrm_interp.compress.calibration import calibration_ids
     from lrm_interp.compress.quant import quantize_model_
+    from lrm_interp.compress.quant.apply import MaskGridWarning
     from lrm_interp.protect.encoding import grid_mismatch, load_masks, masks_grid
 
     group_size = group_size_arg(a.group_size)
@@ -423,17 +424,19 @@ def _quantize(a: argparse.Namespace) -> int:
             check_token_ids(model, tok, [(f"calibration text ({a.calib or 'toy tasks'})", calib)])
         except ValueError as e:
             raise CliError(f"--model {a.model}: {e}") from None
-    rep = quantize_model_(
-        model,
-        bits=a.bits,
-        group_size=group_size,
-        method=a.method,
-        masks=masks,
-        calib=calib,
-        symmetric=a.symmetric,
-        progress=not a.quiet,
-        requantize=a.requantize,
-    )
+    with warnings.catch_warnings():  # printed above as this command's one-line warning
+        warnings.simplefilter("ignore", MaskGridWarning)
+        rep = quantize_model_(
+            model,
+            bits=a.bits,
+            group_size=group_size,
+            method=a.method,
+            masks=masks,
+            calib=calib,
+            symmetric=a.symmetric,
+            progress=not a.quiet,
+            requantize=a.requantize,
+        )
     tmp = make_temp_dir(out)  # the permissions of a plain mkdir, not mkdtemp's 0700
     try:
         with naming_destination(out, tmp):  # a failed write names --out, not .OUT.xxxx.tmp

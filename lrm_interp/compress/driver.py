@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from lrm_interp.checks import check_bool
 from lrm_interp.compress.calibration import HessianCalib, layer_hessians
-from lrm_interp.model.provenance import check_not_quantized, check_same_weights, record_compression
+from lrm_interp.model.provenance import check_not_quantized, check_same_weights, model_record, record_compression
 from lrm_interp.model.sites import Site, get_module, resolve_sites
 from lrm_interp.model.weights import dense_mask, set_weight_matrix, weight_matrix
 
@@ -274,6 +274,7 @@ def compress_model_(
     """
     m = get_method(method, kind)
     check_bool("requantize", requantize)
+    model_record(model)  # notes an in-place restore since the last step before the weights change (H14-RCP)
     if m.kind == "quantization" and not requantize:
         check_not_quantized(
             model,

@@ -164,7 +164,7 @@ def parse_compression(spec: str) -> CompressionSpec:
 
 def apply_compression(
     model: torch.nn.Module,
-    spec: CompressionSpec,
+    spec: CompressionSpec | str,
     *,
     group_size: int | None = 128,
     calib: Any = None,
@@ -172,10 +172,21 @@ def apply_compression(
 ) -> tuple[torch.nn.Module, dict]:
     """``(compressed deep copy, report dict)``; ``spec.method == "none"`` returns ``model`` itself.
 
+    ``spec``: a :class:`CompressionSpec`, or its string as the CLI's ``--compress`` takes it
+    (``"rtn:3"``, ``"wanda:50%"``), read by :func:`parse_compression`; anything else is refused
+    with ``TypeError`` naming what was given (H14-ACS).
+
     A calibrated method's report records the calibration's shape, ``"calibration": {"rows",
     "length"}`` (tokens per row; a callable ``calib``: not recorded). Rows longer than the model's
     context are refused before the copy is made
     (:func:`~lrm_interp.compress.calibration.check_calibration_context`)."""
+    if isinstance(spec, str):
+        spec = parse_compression(spec)
+    elif not isinstance(spec, CompressionSpec):
+        raise TypeError(
+            f"spec must be a CompressionSpec or its string (e.g. 'rtn:3', read by parse_compression), "
+            f"got {shown_value(spec)}"
+        )
     if spec.method == "none":
         return model, {"method": "none"}
     if spec.needs_calibration and calib is None:

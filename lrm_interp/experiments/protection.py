@@ -383,13 +383,15 @@ class ProtectionPlanner:
         rows.append(RowPlan(f"plain {s.bits + 1}-bit", "plain", partial(self._uniform, bits=s.bits + 1)))
         return rows
 
-    def select(self, only: Sequence[str] | None = None) -> list[RowPlan]:
+    def select(self, only: Sequence[str] | None = None, *, name: str = "only") -> list[RowPlan]:
         """The rows whose label contains one of ``only`` (plus ``fp`` and ``none``, which
         ``recovered`` needs); every row without ``only``. A text of ``only`` that is in no row's
         label raises ``ValueError`` ("only: ...") listing the labels: it would otherwise measure
-        fp and none alone, silently (e.g. ``"guided"`` under RTN, which has no guided rows). The
-        rows depend on the settings alone, so this can run before any model is loaded
-        (:func:`check_only`)."""
+        fp and none alone, silently (e.g. ``"guided"`` under RTN, which has no guided rows). A
+        string instead of a list is refused (:func:`check_row_texts`; ``name`` names the argument
+        in the messages). The rows depend on the settings alone, so this can run before any model
+        is loaded (:func:`check_only`)."""
+        only = check_row_texts(name, only)
         if not only:
             return list(self.rows)
         labels = [r.label for r in self.rows]
@@ -397,7 +399,7 @@ class ProtectionPlanner:
         if unmatched:
             s = self.settings
             raise ValueError(
-                f"only: {', '.join(repr(o) for o in unmatched)} "
+                f"{name}: {', '.join(repr(o) for o in unmatched)} "
                 f"match{'es' * (len(unmatched) == 1)} no row of this experiment ({s.quantizer} "
                 f"{s.bits}-bit); its rows: {'; '.join(labels)}"
             )
@@ -414,11 +416,30 @@ class ProtectionPlanner:
         return other
 
 
-def check_only(settings: ExperimentSettings, only: Sequence[str] | None) -> None:
+def check_row_texts(name: str, texts: object) -> list[str] | None:
+    """``texts`` (``only`` / ``redo``: texts matched against row labels) as a list, ``None`` as is.
+    A string is refused with ``TypeError`` naming ``name`` and the fix (``only=['fp']``): iterated,
+    ``'fp'`` would be its characters ``'f'``, ``'p'``, each a substring of most labels, so nearly
+    every row would be measured without a word (H14-ONS). So is anything but a list / tuple of
+    strings."""
+    if texts is None:
+        return None
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(
+            f"{name} must be a list of row-label texts, got the string {texts!r}: "
+            f"write {name}=[{texts!r}] (a string would be read character by character)"
+        )
+    if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+        raise TypeError(f"{name} must be a list of row-label texts (strings), got {shown_value(texts)}")
+    return list(texts)
+
+
+def check_only(settings: ExperimentSettings, only: Sequence[str] | None, name: str = "only") -> None:
     """Refuse (``ValueError``, :meth:`ProtectionPlanner.select`) an ``only`` text that matches no
     row of the experiment ``settings`` plan, before any model is loaded (the rows depend on the
-    settings alone)."""
-    ProtectionPlanner(torch.nn.Module(), None, settings, progress=False).select(only)
+    settings alone); a string instead of a list (``TypeError``, :func:`check_row_texts`). ``name``:
+    the argument the messages name (``"redo"`` for that list)."""
+    ProtectionPlanner(torch.nn.Module(), None, settings, progress=False).select(only, name=name)
 
 
 def unused_settings(settings: ExperimentSettings, only: Sequence[str] | None = None) -> list[str]:

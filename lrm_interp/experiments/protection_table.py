@@ -592,12 +592,13 @@ def run_protection_experiment(
     ``redo``: re-measure the selected rows whose label contains one of these although ``out``
     already holds them (e.g. rows measured before per-problem outcomes were recorded, which the
     paired comparisons need); each text must match a row (as for ``only``).
+    Both are lists: a string (``only='fp'``) is refused with ``TypeError`` (write ``only=['fp']``).
     Returns the :class:`ProtectionTable` of every row measured in ``out`` so far.
     """
     s = settings or ExperimentSettings(**kw)
     out = Path(out)
-    check_only(s, only)  # an `only` that selects no row is refused before anything is loaded
-    check_only(s, redo)
+    check_only(s, only)  # an `only` that selects no row (or a string, H14-ONS) is refused before anything is loaded
+    check_only(s, redo, "redo")
     note = quantized_folder_note(s.model, EXPERIMENT_REQUANTIZED)
     if note is not None:  # before the model loads (H12-EXQ)
         raise ValueError(note)

@@ -11,7 +11,11 @@ The record vouches for the weights only until new weights are loaded: a model wi
 hooked (:func:`_hook_loads`, ``register_load_state_dict_post_hook``) so that
 ``model.load_state_dict(...)`` appends a ``{"kind": "weights_loaded", "via": "load_state_dict"}``
 step. The steps before the last such step stay in the record as history but no longer describe
-the weights (:func:`current_steps`, the one rule behind every reader; H13-RST).
+the weights (:func:`current_steps`, the one rule behind every reader; H13-RST). A restore that
+bypasses ``load_state_dict`` (``p.copy_(orig)``, ``p.data = ...``) is caught by a weights sample:
+:func:`record_compression` stores :func:`weights_sample` (a digest of a few fixed elements of every
+weight matrix) of the weights its step left, and :func:`model_record` appends a ``weights_loaded``
+step (``"via": "weights changed in place"``) when the model's sample no longer matches (H14-RCP).
 
 Fingerprints are BLAKE2b-128 digests of content, streamed tensor by tensor in chunks of
 :data:`CHUNK_ELEMENTS` elements (a model on a GPU is copied to the CPU one chunk at a time):
@@ -57,13 +61,24 @@ class ModelRecord:
 
     source: dict | None = None
     compression: tuple[dict, ...] = ()
+    #: :func:`weights_sample` of the weights the latest compression step left (``None``: none
+    #: recorded, or new weights were loaded since)
+    weights_sample: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "compression": [dict(c) for c in self.compression]}
+        d: dict = {"source": self.source, "compression": [dict(c) for c in self.compression]}
+        if self.weights_sample is not None:
+            d["weights_sample"] = dict(self.weights_sample)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelRecord:
-        return cls(source=d.get("source"), compression=tuple(d.get("compression") or ()))
+        sample = d.get("weights_sample")
+        return cls(
+            source=d.get("source"),
+            compression=tuple(d.get("compression") or ()),
+            weights_sample=sample if isinstance(sample, dict) else None,
+        )
 
     def current(self) -> list[dict]:
         """The steps that describe the weights now (:func:`current_steps`), oldest first."""
@@ -86,8 +101,56 @@ def current_steps(steps: Any) -> list[dict]:
     return out
 
 
+#: how many elements at each end of every weight matrix :func:`weights_sample` reads
+SAMPLE_ELEMENTS = 64
+
+
+def weights_sample(model: torch.nn.Module) -> dict[str, Any]:
+    """A cheap digest of ``model``'s weights (not a fingerprint): BLAKE2b-64 of the name and the first
+    and last :data:`SAMPLE_ELEMENTS` elements of every floating-point parameter with two or more
+    dimensions (the weight matrices compression changes; tied ones once, offloaded ``meta`` ones
+    skipped), with their ``dtype`` set and count ``n``: ``{"dtype", "n", "digest"}``."""
+    h = hashlib.blake2b(digest_size=8)
+    dtypes: set[str] = set()
+    n = 0
+    for name, p in model.named_parameters():
+        if not p.is_floating_point() or p.dim() < 2 or p.device.type == "meta" or p.numel() == 0:
+            continue
+        flat = p.detach().reshape(-1)
+        k = SAMPLE_ELEMENTS
+        part = flat if flat.numel() <= 2 * k else torch.cat([flat[:k], flat[-k:]])
+        h.update(f"{name}|{tuple(p.shape)}\n".encode())
+        h.update(_tensor_bytes(part))
+        dtypes.add(dtype_to_str(p.dtype))
+        n += 1
+    return {"dtype": ",".join(sorted(dtypes)), "n": n, "digest": h.hexdigest()}
+
+
+def _stale(recorded: dict, now: dict) -> bool:
+    """Whether the weights changed since ``recorded`` was sampled: the same dtypes and count of
+    sampled tensors but another digest (after a dtype cast, or with tensors offloaded, the sample
+    cannot tell, and the record is trusted as before)."""
+    same_kind = recorded.get("dtype") == now["dtype"] and recorded.get("n") == now["n"]
+    return same_kind and recorded.get("digest") != now["digest"]
+
+
 def model_record(model: torch.nn.Module) -> ModelRecord:
-    """The model's record (an empty one when nothing was recorded)."""
+    """The model's record (an empty one when nothing was recorded).
+
+    When its latest step is current and the weights no longer match the sample it recorded
+    (:func:`weights_sample`; e.g. restored with ``p.copy_(orig)``), a ``weights_loaded`` step
+    (``"via": "weights changed in place"``) is appended first, as ``load_state_dict`` would
+    (H14-RCP): the steps so far no longer describe the weights."""
+    rec = _raw_record(model)
+    if rec.weights_sample is not None and rec.current() and _stale(rec.weights_sample, weights_sample(model)):
+        step = {"kind": WEIGHTS_LOADED, "via": "weights changed in place"}
+        rec = replace(rec, compression=rec.compression + (step,), weights_sample=None)
+        _set(model, rec)
+    return rec
+
+
+def _raw_record(model: torch.nn.Module) -> ModelRecord:
+    """The record as stored on ``model`` (no check against its weights)."""
     return getattr(model, _ATTR, None) or ModelRecord()
 
 
@@ -108,20 +171,26 @@ def _hook_loads(model: torch.nn.Module) -> None:
 def _weights_loaded(module: torch.nn.Module, incompatible_keys: Any) -> None:
     """``load_state_dict`` post-hook: new weights were loaded, so the record's steps so far no longer
     vouch for them; append a ``weights_loaded`` step (when any step is current)."""
-    rec = model_record(module)
+    rec = _raw_record(module)
     if rec.current():
-        _set(module, replace(rec, compression=rec.compression + ({"kind": WEIGHTS_LOADED, "via": "load_state_dict"},)))
+        step = {"kind": WEIGHTS_LOADED, "via": "load_state_dict"}
+        _set(module, replace(rec, compression=rec.compression + (step,), weights_sample=None))
 
 
 def record_source(model: torch.nn.Module, source: dict) -> None:
     """Set where the model's weights came from (JSON-able dict)."""
-    _set(model, replace(model_record(model), source=_jsonable(source)))
+    _set(model, replace(_raw_record(model), source=_jsonable(source)))
 
 
 def record_compression(model: torch.nn.Module, kind: str, **info: Any) -> None:
-    """Append a compression step (``kind`` = ``"quantization"`` or ``"pruning"``) to the model's record."""
-    rec = model_record(model)
-    _set(model, replace(rec, compression=rec.compression + (_jsonable({"kind": kind, **info}),)))
+    """Append a compression step (``kind`` = ``"quantization"`` or ``"pruning"``) to the model's record,
+    with the :func:`weights_sample` of the weights it left (H14-RCP). Call it right after the
+    weights changed (the record is read as stored: a second step stacked on purpose stays current);
+    call :func:`model_record` before changing them, so an in-place restore since the last step is
+    noted first."""
+    rec = _raw_record(model)
+    step = _jsonable({"kind": kind, **info})
+    _set(model, replace(rec, compression=rec.compression + (step,), weights_sample=weights_sample(model)))
 
 
 def save_record(model: torch.nn.Module, directory: str | Path) -> Path | None:
@@ -521,4 +590,6 @@ __all__ = [
     "loaded_from",
     "current_steps",
     "WEIGHTS_LOADED",
+    "weights_sample",
+    "SAMPLE_ELEMENTS",
 ]

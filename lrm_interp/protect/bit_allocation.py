@@ -33,6 +33,7 @@ is checked all the same). ``bpw`` must be what the bits cost (:func:`check_bpw`)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -124,6 +125,11 @@ class BitAllocation:
             (:func:`lrm_interp.model.provenance.weights_record`); ``None``: unknown (an older file,
             or built without one). :func:`quantize_allocation_` refuses another model's.
         source: the file it was read from (named in errors), ``None`` when built in memory.
+        bits_digest: set by the library's constructors (:func:`allocate_bits`,
+            :func:`uniform_allocation`, :func:`with_bits`, :meth:`load`): the digest of the bits and
+            grid its ``bpw`` was computed for (:func:`_bits_digest`). ``dataclasses.replace`` copies
+            it, so a copy with other bits (or grid) but the old ``bpw`` is refused (``ValueError``
+            naming :func:`with_bits`; H14-BPR). ``None`` (built by hand): not checked.
     """
 
     bits: Mapping[str, int]
@@ -135,10 +141,12 @@ class BitAllocation:
     provenance: dict = field(default_factory=dict)
     model: dict | None = None
     source: str | None = field(default=None, compare=False, repr=False)
+    bits_digest: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         try:
             checked = _checked_fields(self)
+            _check_digest(self.bits_digest, checked)
         except ValueError as e:
             raise ValueError(f"{self.source or 'BitAllocation'}: {e}") from None
         for k, v in checked.items():
@@ -223,16 +231,18 @@ class BitAllocation:
                 "writing this format records the model it was computed for, so it was removed and the file "
                 "cannot be checked against a model; compute it again (lrm-interp bits --model ...)"
             )
-        return cls(
-            d["bits"],
-            d["bpw"],
-            d["budget_bpw"],
-            d["sensitivity"],
-            d["group_size"],
-            d["symmetric"],
-            d.get("provenance", {}),
-            d.get("model"),  # checked when present, whatever the format (a /1 file's was dropped, H11-B1M)
-            source=str(p),
+        return _stamped(
+            cls(
+                d["bits"],
+                d["bpw"],
+                d["budget_bpw"],
+                d["sensitivity"],
+                d["group_size"],
+                d["symmetric"],
+                d.get("provenance", {}),
+                d.get("model"),  # checked when present, whatever the format (a /1 file's was dropped, H11-B1M)
+                source=str(p),
+            )
         )
 
 
@@ -327,6 +337,35 @@ def _checked_fields(a: BitAllocation) -> dict[str, Any]:
     }
 
 
+def _bits_digest(fields: Mapping[str, Any]) -> str:
+    """BLAKE2b-64 hex digest of what an allocation's ``bpw`` is computed from and says: its bits
+    (sorted by site), ``bpw``, ``group_size`` and ``symmetric`` (``fields``: checked fields, as
+    :func:`_checked_fields` returns them or an allocation's)."""
+    key = [sorted(dict(fields["bits"]).items()), repr(float(fields["bpw"])), fields["group_size"], fields["symmetric"]]
+    return hashlib.blake2b(json.dumps(key).encode(), digest_size=8).hexdigest()
+
+
+def _check_digest(digest: Any, fields: Mapping[str, Any]) -> None:
+    """``ValueError`` when an allocation stamped with ``digest`` (:func:`_stamped`) now holds other bits
+    or grid than its ``bpw`` was computed for (``dataclasses.replace(alloc, bits=...)``; H14-BPR)."""
+    if digest is None:
+        return
+    if not isinstance(digest, str):
+        raise ValueError(f"bits_digest must be a string or None, got {shown_value(digest)}")
+    if digest != _bits_digest(fields):
+        raise ValueError(
+            f"bpw {fields['bpw']} was computed for other bits or another grid (dataclasses.replace(alloc, "
+            "bits=...)?): use with_bits(alloc, model, bits), which recomputes it"
+        )
+
+
+def _stamped(alloc: BitAllocation) -> BitAllocation:
+    """``alloc`` stamped with the digest of the bits its ``bpw`` was computed for (:func:`_bits_digest`):
+    what the library's constructors return."""
+    object.__setattr__(alloc, "bits_digest", _bits_digest(alloc.__dict__))
+    return alloc
+
+
 #: most scale/zero bits one weight can carry (a 16-bit scale and zero-point for a group of one weight)
 _MAX_PARAM_BITS_PER_WEIGHT = 32
 
@@ -408,13 +447,29 @@ def quantization_errors(
     symmetric: bool = False,
     relative: bool = False,
     fingerprint: str | None = None,
+    requantize: bool = False,
 ) -> SiteErrors:
     """``{site: {bits: ‖RTN_bits(W) − W‖²_F}}`` (divided by ``‖W‖²_F`` when ``relative``); 0 at 16 bits.
 
     A :class:`SiteErrors` that records ``model`` (its weights fingerprint: ``fingerprint`` if
     already computed), which :func:`allocate_bits` records in the allocation. A parameter that
-    is NaN / inf raises :class:`~lrm_interp.model.provenance.NonFiniteError` naming it."""
+    is NaN / inf raises :class:`~lrm_interp.model.provenance.NonFiniteError` naming it.
+
+    A model already quantized (its record holds a quantization step, or it was loaded with
+    ``from_pretrained`` from a quantized folder) is refused first
+    (:func:`~lrm_interp.model.provenance.check_not_quantized`,
+    :class:`~lrm_interp.model.provenance.AlreadyQuantizedError`): its errors at its own grid are
+    near 0, and an allocation built on them is applied to the original model (H14-QEQ);
+    ``requantize=True`` measures it all the same (errors of a second grid on the first)."""
     from lrm_interp.compress.quant.rtn import rtn_quantize
+
+    if not check_bool("requantize", requantize):
+        check_not_quantized(
+            model,
+            "its quantization errors would be measured on a grid already applied (near 0 at its own bits), and "
+            "an allocation built on them is meant for the full-precision weights; measure the original model, "
+            "or pass requantize=True to measure the quantized one on purpose",
+        )
 
     out = SiteErrors(model=weights_record(model, fingerprint))
     for s in sites:
@@ -517,15 +572,17 @@ def allocate_bits(
         used += cost[best][choices[i + 1]] - cost[best][choices[i]]
         level[best] = i + 1
     bits = {s.name: choices[level[s.name]] for s in sites}
-    return BitAllocation(
-        bits,
-        used / n_total,
-        float(budget_bpw),
-        name,
-        group_size,
-        symmetric,
-        {"choices": choices, "objective": sum(sens[k] * errors[k][b] for k, b in bits.items())},
-        record,
+    return _stamped(
+        BitAllocation(
+            bits,
+            used / n_total,
+            float(budget_bpw),
+            name,
+            group_size,
+            symmetric,
+            {"choices": choices, "objective": sum(sens[k] * errors[k][b] for k, b in bits.items())},
+            record,
+        )
     )
 
 
@@ -581,15 +638,17 @@ def with_bits(
         )
     provenance = {k: v for k, v in alloc.provenance.items() if k != "objective"}
     provenance["edited"] = {**dict(alloc.provenance.get("edited") or {}), **changes}
-    return BitAllocation(
-        new,
-        allocation_bpw(new, chosen, group_size=alloc.group_size, symmetric=alloc.symmetric),
-        alloc.budget_bpw,
-        alloc.sensitivity,
-        alloc.group_size,
-        alloc.symmetric,
-        provenance,
-        alloc.model,
+    return _stamped(
+        BitAllocation(
+            new,
+            allocation_bpw(new, chosen, group_size=alloc.group_size, symmetric=alloc.symmetric),
+            alloc.budget_bpw,
+            alloc.sensitivity,
+            alloc.group_size,
+            alloc.symmetric,
+            provenance,
+            alloc.model,
+        )
     )
 
 
@@ -599,14 +658,16 @@ def uniform_allocation(
     """Every module at ``bits`` (the baseline of the same bit width everywhere); ``model``: the
     model it is for (a module or its record, :attr:`BitAllocation.model`), ``None``: unrecorded."""
     b = {s.name: int(bits) for s in sites}
-    return BitAllocation(
-        b,
-        allocation_bpw(b, sites, group_size=group_size, symmetric=symmetric),
-        None,
-        "uniform",
-        group_size,
-        symmetric,
-        model=model,
+    return _stamped(
+        BitAllocation(
+            b,
+            allocation_bpw(b, sites, group_size=group_size, symmetric=symmetric),
+            None,
+            "uniform",
+            group_size,
+            symmetric,
+            model=model,
+        )
     )
 
 

@@ -37,6 +37,12 @@ import numpy as np
 import torch
 
 from lrm_interp._io import CHECKSUM_KEY, ChecksumError, read_safetensors, refuse_result_file, write_safetensors
+from lrm_interp.compress.quant.apply import (  # the grid rule lives with the quantizer that warns (H14-MGP)
+    GRID_FREE_SALIENCIES as GRID_FREE_SALIENCIES,
+)
+from lrm_interp.compress.quant.apply import GRID_KEYS, recorded_grid
+from lrm_interp.compress.quant.apply import grid_mismatch as grid_mismatch
+from lrm_interp.compress.quant.apply import masks_grid as masks_grid
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.masks import MaskSet, ProtectionMask
 
@@ -307,6 +313,30 @@ def masks_from_tensors(
     return out
 
 
+def _with_grid(metadata: Mapping[str, Any] | None, grid: Any) -> dict[str, Any] | None:
+    """``metadata`` with the entries of ``grid`` (:data:`GRID_KEYS`) added, for :func:`save_masks`;
+    ``metadata`` as is without a grid. ``ValueError`` naming the entry for a grid without
+    ``bits``, with another key, or that disagrees with ``metadata``."""
+    if grid is None:
+        return None if metadata is None else dict(metadata)
+    if not isinstance(grid, Mapping) or "bits" not in grid:
+        raise ValueError(
+            "grid must be a mapping with 'bits' (and 'group_size', 'symmetric', 'saliency'), e.g. "
+            f"grid=dict(bits=3, group_size=128, symmetric=True), got {grid!r}"
+        )
+    other = [k for k in grid if k not in GRID_KEYS]
+    if other:
+        raise ValueError(f"grid: unknown entries {other} (a grid records {', '.join(GRID_KEYS)})")
+    meta = dict(metadata or {})
+    clash = [k for k in grid if k in meta and meta[k] != grid[k]]
+    if clash:
+        raise ValueError(
+            f"grid and metadata disagree on {', '.join(f'{k} ({grid[k]!r} vs {meta[k]!r})' for k in clash)}: "
+            "give the grid the masks were chosen on once"
+        )
+    return {**meta, **{k: grid[k] for k in GRID_KEYS if k in grid}}
+
+
 def save_masks(
     masks: Mapping[str, ProtectionMask],
     path: str | Path,
@@ -316,8 +346,18 @@ def save_masks(
     model: Mapping[str, str] | None = None,
     replace: bool = True,
     own: str | None = None,
+    grid: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write masks to one safetensors file (format in the module docs; atomic; no pickle).
+
+    ``grid``: ``{"bits", "group_size", "symmetric"}`` (and ``"saliency"``, the saliency's name)
+    of the quantization grid the masks were chosen on (default: ``masks.grid``, which a
+    :class:`~lrm_interp.protect.masks.MaskSet` read by :func:`load_masks` carries), stored in
+    the metadata as ``lrm-interp protect`` stores it, so ``quantize --masks`` and
+    ``quantize_model_`` warn when the masks are applied on another grid
+    (:func:`grid_mismatch`, H14-MGP). Without it the file records no grid and nothing is
+    compared. ``ValueError`` when ``grid`` lacks ``bits``, holds other keys, or disagrees with
+    ``metadata``.
 
     ``replace=False``: an existing ``path`` is never replaced (``FileExistsError`` naming it, also
     for a file created there while this ran); ``lrm-interp protect`` passes its ``--overwrite``.
@@ -341,6 +381,7 @@ def save_masks(
             f"masks must be a {{site name: mask}} mapping (a MaskSet: load_masks(path)[0], or build_masks(...)), "
             f"got {type(masks).__name__}"
         )
+    metadata = _with_grid(metadata, grid if grid is not None else getattr(masks, "grid", None))
     refuse_result_file(path, own=own)  # before any work: never a file of another command's result
     tensors, info = mask_tensors(masks, encoding=encoding)
     meta = {"format": FORMAT, "sites": json.dumps(info), "extra": json.dumps(metadata or {})}
@@ -350,63 +391,12 @@ def save_masks(
     return write_safetensors(path, tensors, meta, replace=replace)
 
 
-#: saliencies whose per-weight scores do not depend on the quantization grid (``|W|``, ``|W|·‖x‖``,
-#: noise), and masks chosen per module (no saliency): such masks fit any grid; every other saliency
-#: scores ``W − Q(W)`` on the grid the masks record
-GRID_FREE_SALIENCIES = frozenset({"magnitude", "activation", "random"})
-
-
-def _grid_text(bits: Any, group_size: Any, symmetric: Any) -> str:
-    sym = "?" if symmetric is None else ("symmetric" if symmetric else "asymmetric")
-    group = f"group {group_size}" if group_size else "per channel"
-    return f"{bits}-bit {group} {sym}"
-
-
-def masks_grid(extra: Mapping[str, Any]) -> dict[str, Any] | None:
-    """``{"bits", "group_size", "symmetric", "saliency"}`` the masks' metadata (``extra`` of
-    :func:`load_masks`) records, or ``None`` when it records no grid (masks saved by the API
-    without one)."""
-    if not isinstance(extra, Mapping) or "bits" not in extra:
-        return None
-    return {k: extra.get(k) for k in ("bits", "group_size", "symmetric", "saliency")}
-
-
-def grid_mismatch(extra: Mapping[str, Any], bits: int, group_size: int | None, symmetric: bool) -> str | None:
-    """A one-line warning when the grid recorded in the masks' metadata (``extra`` of
-    :func:`load_masks`, as ``lrm-interp protect`` writes it) is not ``bits``/``group_size``/
-    ``symmetric``, else ``None`` (also when the masks record no grid). A recorded entry that is
-    absent is not compared. The warning says whether the masks' saliency depends on the grid."""
-    rec = masks_grid(extra)
-    if rec is None:
-        return None
-    mine = {"bits": bits, "group_size": group_size or None, "symmetric": bool(symmetric)}
-    theirs = {"bits": rec["bits"], "group_size": rec["group_size"] or None, "symmetric": rec["symmetric"]}
-    diff = [k for k in mine if k in extra and theirs[k] != mine[k]]
-    if not diff:
-        return None
-    sal = rec.get("saliency")
-    if sal is None or sal in GRID_FREE_SALIENCIES:
-        why = (
-            f"their saliency ({sal}) does not depend on the grid, so they still pick the same weights"
-            if sal is not None
-            else "they were chosen per module (no per-weight saliency), so the grid does not change them"
-        )
-    else:
-        why = (
-            f"their saliency {sal!r} scores the quantization error on the grid it was computed for, "
-            "so other weights may be the ones that matter on this grid (run protect again with this grid)"
-        )
-    return (
-        f"the masks were computed for a {_grid_text(theirs['bits'], theirs['group_size'], theirs['symmetric'])} "
-        f"grid but are applied on a {_grid_text(bits, group_size, symmetric)} grid ({', '.join(diff)} differ): {why}"
-    )
-
-
 def load_masks(path: str | Path) -> tuple[MaskSet, dict]:
     """Read masks written by :func:`save_masks` (also format ``lrm_interp.masks/1``): ``(masks, extra)``.
 
     ``masks`` is a :class:`~lrm_interp.protect.masks.MaskSet` with the model the file records
-    (``masks.model``) and ``masks.source = str(path)``; a file that records no model (written
+    (``masks.model``), ``masks.source = str(path)`` and ``masks.grid``, the grid the file records
+    (:func:`recorded_grid`; ``None`` for a file that records none); a file that records no model (written
     before lrm_interp recorded one) loads with a one-line warning: it cannot be checked against
     the model it is applied to.
     """
@@ -433,4 +423,7 @@ def load_masks(path: str | Path) -> tuple[MaskSet, dict]:
             stacklevel=2,
         )
     masks = MaskSet(masks_from_tensors(tensors, info, source=str(path)), model=model, source=str(path))
-    return masks, json.loads(meta.get("extra", "{}"))
+    extra = json.loads(meta.get("extra", "{}"))
+    # the grid the file records rides with the set: quantize_model_ and save_masks read it (H14-MGP)
+    setattr(masks, "grid", recorded_grid(extra))  # noqa: B010 (MaskSet declares no grid attribute yet)
+    return masks, extra

@@ -11,12 +11,14 @@ included), densifies the site's mask and writes the dequantized weight back;
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
+from lrm_interp.checks import check_bool
 from lrm_interp.compress.calibration import HessianCalib, calibration_size
 from lrm_interp.compress.driver import (
     CompressionMethod,
@@ -116,6 +118,95 @@ def quantize_sites_(
     return n_w, n_p
 
 
+#: saliencies whose per-weight scores do not depend on the quantization grid (``|W|``, ``|W|·‖x‖``,
+#: noise), and masks chosen per module (no saliency): such masks fit any grid; every other saliency
+#: scores ``W − Q(W)`` on the grid the masks record
+GRID_FREE_SALIENCIES = frozenset({"magnitude", "activation", "random"})
+
+#: the entries of a masks file's metadata (``extra`` of ``lrm_interp.protect.load_masks``) that record
+#: the grid the masks were chosen on (``lrm-interp protect`` writes them; ``save_masks(grid=...)`` too)
+GRID_KEYS = ("bits", "group_size", "symmetric", "saliency")
+
+
+class MaskGridWarning(UserWarning):
+    """Masks chosen on one quantization grid applied on another (:func:`grid_mismatch`'s words)."""
+
+
+def _grid_text(bits: Any, group_size: Any, symmetric: Any) -> str:
+    sym = "?" if symmetric is None else ("symmetric" if symmetric else "asymmetric")
+    group = f"group {group_size}" if group_size else "per channel"
+    return f"{bits}-bit {group} {sym}"
+
+
+def recorded_grid(extra: Any) -> dict[str, Any] | None:
+    """The grid entries (:data:`GRID_KEYS`) that ``extra`` (a masks file's metadata, or a grid
+    mapping) holds, absent ones left out; ``None`` when it records no ``bits`` (masks saved without
+    a grid, or not a mapping)."""
+    if not isinstance(extra, Mapping) or "bits" not in extra:
+        return None
+    return {k: extra[k] for k in GRID_KEYS if k in extra}
+
+
+def masks_grid(extra: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``{"bits", "group_size", "symmetric", "saliency"}`` the masks' metadata (``extra`` of
+    ``load_masks``) records (an absent entry: ``None``), or ``None`` when it records no grid (masks
+    saved by the API without one)."""
+    rec = recorded_grid(extra)
+    return None if rec is None else {k: rec.get(k) for k in GRID_KEYS}
+
+
+def grid_mismatch(extra: Mapping[str, Any], bits: int, group_size: int | None, symmetric: bool) -> str | None:
+    """A one-line warning when the grid recorded in the masks' metadata (``extra`` of
+    ``load_masks``, as ``lrm-interp protect`` writes it) is not ``bits``/``group_size``/
+    ``symmetric``, else ``None`` (also when the masks record no grid). A recorded entry that is
+    absent is not compared. The warning says whether the masks' saliency depends on the grid."""
+    rec = masks_grid(extra)
+    if rec is None:
+        return None
+    mine = {"bits": bits, "group_size": group_size or None, "symmetric": bool(symmetric)}
+    theirs = {"bits": rec["bits"], "group_size": rec["group_size"] or None, "symmetric": rec["symmetric"]}
+    diff = [k for k in mine if k in extra and theirs[k] != mine[k]]
+    if not diff:
+        return None
+    sal = rec.get("saliency")
+    if sal is None or sal in GRID_FREE_SALIENCIES:
+        why = (
+            f"their saliency ({sal}) does not depend on the grid, so they still pick the same weights"
+            if sal is not None
+            else "they were chosen per module (no per-weight saliency), so the grid does not change them"
+        )
+    else:
+        why = (
+            f"their saliency {sal!r} scores the quantization error on the grid it was computed for, "
+            "so other weights may be the ones that matter on this grid (run protect again with this grid)"
+        )
+    return (
+        f"the masks were computed for a {_grid_text(theirs['bits'], theirs['group_size'], theirs['symmetric'])} "
+        f"grid but are applied on a {_grid_text(bits, group_size, symmetric)} grid ({', '.join(diff)} differ): {why}"
+    )
+
+
+def masks_grid_record(masks: Any) -> dict[str, Any] | None:
+    """The grid ``masks`` (as :func:`quantize_model_` takes them) record: the metadata of the
+    ``(masks, extra)`` pair ``load_masks`` returns, else a ``grid`` attribute of the mapping (a
+    :class:`~lrm_interp.protect.masks.MaskSet` read by ``load_masks``); ``None`` when neither
+    records one (:func:`recorded_grid`)."""
+    if isinstance(masks, tuple) and len(masks) == 2 and isinstance(masks[0], Mapping):
+        return recorded_grid(masks[1]) or recorded_grid(getattr(masks[0], "grid", None))
+    return recorded_grid(getattr(masks, "grid", None))
+
+
+def warn_grid_mismatch(masks: Any, bits: int, group_size: int | None, symmetric: bool, *, stacklevel: int = 3) -> None:
+    """Warn (:class:`MaskGridWarning`) when ``masks`` record a grid (:func:`masks_grid_record`) that
+    is not ``bits``/``group_size``/``symmetric`` (:func:`grid_mismatch`'s words, naming the masks
+    file when known). Masks that record no grid are applied without a word: nothing to compare."""
+    rec = masks_grid_record(masks)
+    msg = None if rec is None else grid_mismatch(rec, bits, group_size, symmetric)
+    if msg:
+        src = getattr(masks[0] if isinstance(masks, tuple) else masks, "source", None)
+        warnings.warn(f"masks{f' {src}' if src else ''}: {msg}", MaskGridWarning, stacklevel=stacklevel)
+
+
 def masks_argument(masks: Any) -> Mapping[str, Any] | None:
     """``masks`` as a ``{site: mask}`` mapping: the ``(masks, extra)`` pair ``load_masks`` returns is
     taken apart; a path, or anything else that is not a mapping, raises ``TypeError`` saying how to
@@ -167,7 +258,11 @@ def quantize_model_(
             changes (:func:`lrm_interp.compress.driver.check_masks`): a mask of another shape
             than its site is refused naming the file and site, and masks that record the model
             they were computed for (``load_masks`` / ``build_masks``) are refused on a model with
-            other weights, naming both fingerprints.
+            other weights, naming both fingerprints. Masks that record the grid they were
+            chosen on (the pair ``load_masks`` returns, or its ``MaskSet``: ``lrm-interp
+            protect`` and ``save_masks(grid=...)`` record it) are applied on another grid with a
+            :class:`MaskGridWarning` (:func:`grid_mismatch`: a grid-dependent saliency may pick
+            other weights on this grid).
         sites: which sites (default: all linear sites in the decoder layers).
         hessian_transform: GPTQ only: ``(site, H [in, in]) -> H'`` applied to each calibration
             Hessian before use (e.g. the loss-guided mix of :mod:`lrm_interp.compress.quant.guided`).
@@ -188,7 +283,10 @@ def quantize_model_(
     """
     bits = check_bits(bits)
     group_size = check_group_size(group_size)
+    symmetric = check_bool("symmetric", symmetric)
+    grid_of_masks = masks
     masks = masks_argument(masks)
+    warn_grid_mismatch(grid_of_masks, bits, group_size, symmetric)  # masks chosen on another grid (H14-MGP)
     tensors: dict[str, QuantizedTensor] = {}
 
     def report(run: CompressionRun) -> QuantReport:
@@ -223,4 +321,15 @@ def quantize_model_(
     )
 
 
-__all__ = ["QuantReport", "quantize_model_", "quantize_sites_", "SiteQuantizer", "METHODS", "RTN", "GPTQ"]
+__all__ = [
+    "QuantReport",
+    "quantize_model_",
+    "quantize_sites_",
+    "SiteQuantizer",
+    "METHODS",
+    "RTN",
+    "GPTQ",
+    "MaskGridWarning",
+    "grid_mismatch",
+    "masks_grid",
+]
