@@ -226,3 +226,15 @@ def test_cli_quantize_warns_once_about_python_masks_of_another_grid(toy_masks, t
     err = capsys.readouterr().err
     warn = [line for line in err.splitlines() if "computed for a" in line]
     assert len(warn) == 1 and warn[0].startswith(f"lrm-interp quantize: warning: --masks {p}: the masks were"), err
+
+
+def test_maskset_declares_its_grid():
+    """``MaskSet(grid=)`` keeps a copy of the grid the masks were chosen on; anything but a mapping is refused."""
+    from lrm_interp.protect.masks import MaskSet
+
+    g = {"bits": 3, "group_size": 128}
+    ms = MaskSet(grid=g)
+    g["bits"] = 4
+    assert ms.grid == {"bits": 3, "group_size": 128} and MaskSet().grid is None
+    with pytest.raises(TypeError, match="grid must be a mapping"):
+        MaskSet(grid=3)  # type: ignore[arg-type]

@@ -422,8 +422,9 @@ def load_masks(path: str | Path) -> tuple[MaskSet, dict]:
             "or saved without one): it cannot be checked against the model it is applied to",
             stacklevel=2,
         )
-    masks = MaskSet(masks_from_tensors(tensors, info, source=str(path)), model=model, source=str(path))
     extra = json.loads(meta.get("extra", "{}"))
     # the grid the file records rides with the set: quantize_model_ and save_masks read it (H14-MGP)
-    setattr(masks, "grid", recorded_grid(extra))  # noqa: B010 (MaskSet declares no grid attribute yet)
+    masks = MaskSet(
+        masks_from_tensors(tensors, info, source=str(path)), model=model, source=str(path), grid=recorded_grid(extra)
+    )
     return masks, extra

@@ -301,6 +301,9 @@ class MaskSet(dict):
             The compression driver refuses to apply the set to a model with another fingerprint
             (``dict(masks)`` drops the record, and with it the check).
         source: the masks file it was read from (named in errors), ``None`` when built in memory.
+        grid: the quantization grid the masks were chosen on as the file records it
+            (``{"bits", "group_size", "symmetric", ...}``: ``save_masks(grid=)``), ``None``: unknown.
+            ``quantize_model_`` warns when it applies them on another grid (H14-MGP).
     """
 
     def __init__(
@@ -309,6 +312,7 @@ class MaskSet(dict):
         *,
         model: Mapping[str, Any] | None = None,
         source: str | None = None,
+        grid: Mapping[str, Any] | None = None,
     ):
         if masks is None:
             masks = {}
@@ -320,9 +324,12 @@ class MaskSet(dict):
             )
         if source is not None and not isinstance(source, str):
             raise TypeError(f"MaskSet: source must be the masks file's path (str) or None, got {_typed(source)}")
+        if grid is not None and not isinstance(grid, Mapping):
+            raise TypeError(f"MaskSet: grid must be a mapping {{'bits', ...}} or None, got {_typed(grid)}")
         super().__init__(self._checked(masks.items()))
         self.model = dict(model) if model else None
         self.source = source
+        self.grid = dict(grid) if grid else None
 
     @staticmethod
     def _entry(key: object, mask: object) -> tuple[str, ProtectionMask]:
