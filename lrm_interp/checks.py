@@ -7,6 +7,7 @@ an ``argparse`` option refuse the same values with the same words:
   (bools are never numbers here; NaN and ±inf are always refused: "no limit" is ``None``);
 - :func:`check_bool` refuses anything but ``True`` / ``False`` (``"no"`` is truthy: it used to turn a
   setting on);
+- :func:`refuse_string` refuses a string where a list is meant (iterated, ``'fp'`` is ``'f'``, ``'p'``);
 - :func:`env_flag` reads a yes/no environment variable (``LRM_INTERP_SKIP_MEMORY_CHECK``) with one
   set of spellings, and refuses any other value naming the variable;
 - :func:`int_arg` / :func:`float_arg` build ``argparse`` ``type=`` callables that parse a string
@@ -144,6 +145,22 @@ def check_bool(name: str, v: object) -> bool:
     if not isinstance(v, bool):
         raise ValueError(f"{name} must be True or False, got {shown_value(v)}")
     return v
+
+
+def refuse_string(name: str, v: object, what: str, fix: str | None = None) -> None:
+    """``TypeError`` when ``v`` is a string (or bytes) where ``what`` (e.g. ``"a list of site
+    names"``) is meant: iterated, ``'fp'`` would be its characters ``'f'``, ``'p'`` and the call
+    would go on without a word (H14-ONS, H15). The message names ``name`` and the fix (``fix``,
+    default ``name=['v']``)::
+
+        sites must be a list of site names, got the string 'X': write sites=['X']
+        (a string would be read character by character)
+    """
+    if isinstance(v, (str, bytes)):
+        fix = fix if fix is not None else f"{name}=[{v!r}]"
+        raise TypeError(
+            f"{name} must be {what}, got the string {v!r}: write {fix} (a string would be read character by character)"
+        )
 
 
 #: the spellings :func:`env_flag` reads as on, and as off (case and surrounding blanks ignored; an

@@ -117,7 +117,9 @@ def test_steer_sites_must_be_a_list_and_good_alphas_still_steer(toy, attribution
     beh = res.behaviors[0]
     site = res.top(1, beh)[0][1]
     with pytest.raises(
-        TypeError, match=rf"^sites must be a list of site names, got the string '{site}': write sites=\['{site}'\]$"
+        TypeError,
+        match=rf"^sites must be a list of site names, got the string '{site}': write sites=\['{site}'\] "
+        r"\(a string would be read character by character\)$",
     ):
         with res.steer(model, beh, sites=site):
             pass

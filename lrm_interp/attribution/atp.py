@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 
 from lrm_interp.attribution.config import MODES, SCORES, check_patch_alpha
 from lrm_interp.attribution.dom import check_finite, dom_stats_from_sums, dom_weights
-from lrm_interp.checks import check_int
+from lrm_interp.checks import check_int, refuse_string
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan, target_positions
 from lrm_interp.model.capture import Capture, MaskedSum
 from lrm_interp.model.forward import (
@@ -539,6 +539,12 @@ def check_alphas(alphas: Sequence[float] | float) -> tuple[float, ...]:
     """``alphas`` as a tuple of distinct floats, each within float32's normal range
     (:func:`~lrm_interp.attribution.config.check_patch_alpha`); ``ValueError`` otherwise (NaN, ±inf, ≤ 0,
     above 3.4e38, below 1.2e-38)."""
+    if isinstance(alphas, (str, bytes)):
+        try:
+            fix = f"alphas=[{float(alphas)!r}]"
+        except ValueError:
+            fix = "alphas=[0.1, 1.0]"
+        refuse_string("alphas", alphas, "a number or a list of numbers", fix)
     seq = (alphas,) if isinstance(alphas, (int, float)) else tuple(alphas)
     if not seq:
         raise ValueError("alphas must name at least one patch scale > 0")

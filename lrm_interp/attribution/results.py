@@ -45,7 +45,7 @@ from lrm_interp._io import (
     refuse_result_file,
     write_safetensors,
 )
-from lrm_interp.checks import check_float, shown_value
+from lrm_interp.checks import check_float, refuse_string, shown_value
 from lrm_interp.model.provenance import swapped_compression
 from lrm_interp.model.sites import KIND_ORDER, Site
 
@@ -375,8 +375,7 @@ class Attribution:
 
         f32 = float(torch.finfo(torch.float32).max)  # a larger α overflows the float32 output to ±inf
         alpha = check_float("alpha", alpha, min=-f32, max=f32)
-        if isinstance(sites, str):
-            raise TypeError(f"sites must be a list of site names, got the string {sites!r}: write sites=[{sites!r}]")
+        refuse_string("sites", sites, "a list of site names")
         if sites is not None and (not isinstance(sites, Sequence) or not all(isinstance(x, str) for x in sites)):
             raise TypeError(f"sites must be None or a list of site names, got {shown_value(sites)}")
         if sites is not None and not sites:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import Attribution
-from lrm_interp.checks import check_bool, check_fraction, check_int, shown_value
+from lrm_interp.checks import check_bool, check_fraction, check_int, refuse_string, shown_value
 from lrm_interp.compress.calibration import CalibData, calibration_ids, layer_hessians
 from lrm_interp.compress.quant import quantize_model_
 from lrm_interp.compress.quant.guided import gradient_weighted_hessians, guided_transform
@@ -424,11 +424,7 @@ def check_row_texts(name: str, texts: object) -> list[str] | None:
     strings."""
     if texts is None:
         return None
-    if isinstance(texts, (str, bytes)):
-        raise TypeError(
-            f"{name} must be a list of row-label texts, got the string {texts!r}: "
-            f"write {name}=[{texts!r}] (a string would be read character by character)"
-        )
+    refuse_string(name, texts, "a list of row-label texts")
     if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
         raise TypeError(f"{name} must be a list of row-label texts (strings), got {shown_value(texts)}")
     return list(texts)

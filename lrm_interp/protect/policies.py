@@ -534,4 +534,8 @@ def build_masks(
         )
     else:
         masks = per_module_top(saliency, budget, granularity=granularity, exclude=skip)
-    return MaskSet(apply_regexes(masks, sites, always=always, never=never), model=_model_of(saliency, scores))
+    return MaskSet(
+        apply_regexes(masks, sites, always=always, never=never),
+        model=_model_of(saliency, scores),
+        grid=getattr(saliency, "grid", None),  # the grid the saliency scored (build_saliency; H15-MGB)
+    )

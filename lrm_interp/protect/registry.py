@@ -26,8 +26,9 @@ from typing import Any, cast
 
 import torch
 
-from lrm_interp.checks import check_seed
+from lrm_interp.checks import check_bool, check_seed
 from lrm_interp.compress.calibration import CalibData
+from lrm_interp.compress.quant.apply import GRID_FREE_SALIENCIES
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.tokens import EncodedTrace
 from lrm_interp.model.sites import Site
@@ -223,6 +224,7 @@ def build_saliency(
         raise KeyError(f"unknown saliency {name!r} (one of {list(SALIENCIES)})")
     bits = check_bits(bits)
     group_size = check_group_size(group_size)
+    symmetric = check_bool("symmetric", symmetric)
     check_seed("seed", seed)
     check_span_grads(span_grads)
     if span_grads != "exact" and name not in SPAN_GRADS_SOURCES:
@@ -246,4 +248,8 @@ def build_saliency(
     stream = src.build(model, list(sites), x)
     if isinstance(stream, SaliencyStream) and stream.model is None:  # masks built from it record the model
         stream.model = model
+    if isinstance(stream, SaliencyStream) and stream.grid is None and name not in GRID_FREE_SALIENCIES:
+        # masks built from it carry the grid it scored the error on (save_masks records it,
+        # quantize_model_ warns on another grid; H15-MGB)
+        stream.grid = {"bits": bits, "group_size": group_size, "symmetric": symmetric, "saliency": name}
     return stream

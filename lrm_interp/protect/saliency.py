@@ -78,7 +78,13 @@ from lrm_interp.protect.policies import module_scores
 class SaliencyStream:
     """An iterable of ``(site, [out, in] saliency)`` that knows its sites up front, and the model
     it scores (``model``, when known: masks built from the stream record its weights fingerprint,
-    :meth:`model_record`)."""
+    :meth:`model_record`).
+
+    ``grid``: ``{"bits", "group_size", "symmetric", "saliency"}``, the quantization grid the
+    saliency scores the error on (set by :func:`~lrm_interp.protect.registry.build_saliency` for the
+    sources that depend on it); masks built from the stream carry it (``MaskSet.grid``), so
+    ``save_masks`` records it and ``quantize_model_`` warns when they are applied on another grid.
+    ``None``: the saliency does not depend on the grid, or it is unknown."""
 
     def __init__(
         self,
@@ -87,10 +93,12 @@ class SaliencyStream:
         *,
         model: torch.nn.Module | None = None,
         fingerprint: str | None = None,
+        grid: Mapping[str, Any] | None = None,
     ):
         self.sites = list(sites)
         self._fn = fn
         self.model = model
+        self.grid = dict(grid) if grid else None
         self._fingerprint = fingerprint  # the model's weights fingerprint, when already computed
 
     def model_record(self) -> dict[str, str] | None:
