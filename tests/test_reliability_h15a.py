@@ -127,3 +127,34 @@ def test_a_restore_into_a_submodule_is_seen_by_the_weights_sample():
     assert model_record(model).compression[-1] == {"kind": WEIGHTS_LOADED, "via": "weights changed in place"}
     check_not_quantized(model, "why")  # no refusal
     assert quantize_model_(model, bits=4, group_size=16, progress=False).bits == 4
+
+
+# --------------------------------------------------------------------------- H15-PEE
+def test_an_empty_only_is_refused_and_an_empty_redo_redoes_nothing(tmp_path):
+    """``only=[]`` (a list comprehension that matched nothing) measured every row, as ``only=None``."""
+    from lrm_interp.experiments import protection_table as pt
+    from lrm_interp.experiments.protection import ExperimentSettings, check_only
+
+    s = ExperimentSettings(per_family=1)
+    with pytest.raises(ValueError, match=r"^only is empty: it selects no row; give row-label texts, or only=None"):
+        check_only(s, [])
+    out = tmp_path / "E"
+    with pytest.raises(ValueError, match="only is empty"):
+        pt.run_protection_experiment(out, per_family=1, progress=False, only=[])
+    assert not out.exists()
+    check_only(s, [], "redo")  # nothing to redo: fine
+    check_only(s, None)
+
+
+# --------------------------------------------------------------------------- H15-ASW / EVS (the shared rule)
+def test_model_and_tokenizer_are_checked_for_kind_and_order(toy):
+    from lrm_interp.model.vocab import check_model_and_tokenizer
+
+    model, tok = toy
+    check_model_and_tokenizer(model, tok, "evaluate")
+    with pytest.raises(TypeError, match=r"^evaluate: model and tokenizer are swapped \(model is a tokenizer \("):
+        check_model_and_tokenizer(tok, model, "evaluate")
+    with pytest.raises(TypeError, match=r"tokenizer must be a tokenizer \(with encode and decode\), got Llama"):
+        check_model_and_tokenizer(model, model, "evaluate")
+    with pytest.raises(TypeError, match=r"model must be a torch model \(nn.Module\), got str$"):
+        check_model_and_tokenizer("toy", tok, "evaluate")

@@ -389,9 +389,14 @@ class ProtectionPlanner:
         label raises ``ValueError`` ("only: ...") listing the labels: it would otherwise measure
         fp and none alone, silently (e.g. ``"guided"`` under RTN, which has no guided rows). A
         string instead of a list is refused (:func:`check_row_texts`; ``name`` names the argument
-        in the messages). The rows depend on the settings alone, so this can run before any model
+        in the messages), and so is an empty ``only`` (a filter that matched nothing; ``None``
+        selects every row). The rows depend on the settings alone, so this can run before any model
         is loaded (:func:`check_only`)."""
         only = check_row_texts(name, only)
+        if only == [] and name == "only":  # a filter that matched nothing, not "every row" (H15-PEE)
+            raise ValueError(
+                "only is empty: it selects no row; give row-label texts, or only=None to measure every row"
+            )
         if not only:
             return list(self.rows)
         labels = [r.label for r in self.rows]

@@ -10,6 +10,10 @@ too (H14-TOK, H14-TKS). A few *added* tokens beyond the embedding (``AutoTokeniz
 produces are checked where the texts are known (:func:`check_ids_fit`,
 :func:`lrm_interp.attribution.pipeline.check_ids`). Called by ``attribute``, ``divergence``,
 ``toy.evaluate.evaluate`` and ``collect_traces`` before any work.
+
+Before the sizes, :func:`check_model_and_tokenizer` makes sure the two arguments are a model and a
+tokenizer at all: swapped (``evaluate(tok, model, ...)``), torch or the tokenizer failed deep inside
+(an embedding ``TypeError``, "model directory TokenizersBackend(...) does not exist", H15-ASW/EVS).
 """
 
 from __future__ import annotations
@@ -34,6 +38,40 @@ def embedding_rows(model: Any) -> int | None:
 def tokenizer_label(tokenizer: Any) -> str:
     """How messages name a tokenizer: its ``name_or_path``, else its class name."""
     return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def _looks_like_tokenizer(obj: Any) -> bool:
+    return callable(getattr(obj, "encode", None)) and callable(getattr(obj, "decode", None))
+
+
+def check_model_and_tokenizer(
+    model: Any, tokenizer: Any, what: str, *, model_name: str = "model", tokenizer_name: str = "tokenizer"
+) -> None:
+    """``TypeError`` (one line, naming ``what`` and the argument) unless ``model`` is a torch model
+    (``torch.nn.Module``) and ``tokenizer`` looks like a tokenizer (has ``encode`` and ``decode``);
+    the two swapped are named as such::
+
+        evaluate: model and tokenizer are swapped (model is a tokenizer (GPT2TokenizerFast), tokenizer
+        a torch model (LlamaForCausalLM)): pass the model first, e.g. evaluate(model, tokenizer, ...)
+
+    ``tokenizer=None`` (a caller that loads the model's own) and ``model`` given as a path string
+    (callers that load it) are for the caller to accept before calling this."""
+    m_tok, t_mod = _looks_like_tokenizer(model), isinstance(tokenizer, torch.nn.Module)
+    if m_tok and t_mod:
+        raise TypeError(
+            f"{what}: {model_name} and {tokenizer_name} are swapped ({model_name} is a tokenizer "
+            f"({type(model).__name__}), {tokenizer_name} a torch model ({type(tokenizer).__name__})): pass the "
+            f"model first, e.g. {what}({model_name}, {tokenizer_name}, ...)"
+        )
+    if not isinstance(model, torch.nn.Module):
+        hint = " (the tokenizer? the model goes first)" if m_tok else ""
+        raise TypeError(f"{what}: {model_name} must be a torch model (nn.Module), got {type(model).__name__}{hint}")
+    if t_mod or not _looks_like_tokenizer(tokenizer):
+        hint = " (the model? pass the model's tokenizer)" if t_mod else ""
+        raise TypeError(
+            f"{what}: {tokenizer_name} must be a tokenizer (with encode and decode), got "
+            f"{type(tokenizer).__name__}{hint}"
+        )
 
 
 def check_tokenizer_fits(model: Any, tokenizer: Any, what: str) -> None:
