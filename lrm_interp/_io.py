@@ -1560,6 +1560,26 @@ def loads_strict(text: str, where: str, error: type[Exception] = ValueError) -> 
     return d
 
 
+def _refuse_json_document(path: str | os.PathLike, error: type[Exception]) -> None:
+    """Raise ``error`` saying ``path`` is one JSON document (naming its ``"format"`` when it has
+    one) if the whole file parses as one JSON value; return otherwise. A pretty-printed JSON file
+    (``bits.json``, ``attribution.json``) read as JSON lines said "F:1: invalid JSON (Expecting
+    property name ...)" of a valid file (H15-CLB / H15-CAJ)."""
+    import json
+
+    try:
+        text = strip_bom(Path(path).read_bytes()).decode("utf-8")
+        # one line that parses is refused for what it holds (a key twice, NaN), not for its layout
+        whole = json.loads(text) if len([x for x in text.splitlines() if x.strip()]) > 1 else None
+    except (ValueError, OSError):  # not one JSON document either (UnicodeDecodeError is a ValueError)
+        return
+    if whole is None:
+        return
+    fmt = whole.get("format") if isinstance(whole, dict) else None
+    what = f" (a {fmt} file)" if isinstance(fmt, str) else ""
+    raise error(f"{path} is one JSON document{what}, not JSON lines (one object per line)")
+
+
 def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError):
     """``(line number, where, object)`` for every non-blank line of a JSONL file.
 
@@ -1567,9 +1587,12 @@ def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError):
     object, a key twice in one object, ``NaN`` / ``Infinity`` or a lone surrogate escape
     (:func:`loads_strict`) raises ``error`` with a message starting with ``where``.
     """
+    first = 1  # the first non-blank line (0 once it is read)
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
+            if first == lineno and not raw.strip():
+                first += 1
             if lineno == 1:  # a UTF-8 byte-order mark (as read_text_file drops it)
                 raw = strip_bom(raw)
             try:
@@ -1581,7 +1604,13 @@ def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError):
                 ) from e
             if not line.strip():
                 continue
-            d = loads_strict(line, where, error)
+            try:
+                d = loads_strict(line, where, error)
+            except error:
+                if lineno == first:
+                    _refuse_json_document(path, error)
+                raise
+            first = 0
             if not isinstance(d, dict):
                 raise error(f"{where}: expected a JSON object, got {type(d).__name__}")
             yield lineno, where, d

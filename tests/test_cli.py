@@ -174,7 +174,7 @@ def test_unknown_site_regex(capsys, tmp_path, model_dir, traces):
     _fails(
         capsys,
         ["attribute", "--model", model_dir, "--data", traces, "--out", tmp_path / "o", "--sites", "nomatch_xyz"],
-        "'nomatch_xyz'",
+        "--sites 'nomatch_xyz' matches no linear site of --model",
     )
     assert not (tmp_path / "o").exists()
 

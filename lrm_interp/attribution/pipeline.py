@@ -80,7 +80,7 @@ from lrm_interp.model.loading import load_model
 from lrm_interp.model.prefix_cache import cache_support, rope_switch
 from lrm_interp.model.provenance import model_provenance
 from lrm_interp.model.sites import Site, find_sites, resolve_sites
-from lrm_interp.model.vocab import check_tokenizer_fits, embedding_rows, tokenizer_label
+from lrm_interp.model.vocab import check_model_and_tokenizer, check_tokenizer_fits, embedding_rows, tokenizer_label
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -929,6 +929,7 @@ def attribute(
             position table (:func:`position_table`).
         MemoryEstimateError: the longest trace obviously cannot fit in the device's free memory.
     """
+    _check_model_tokenizer(model, tokenizer)
     cfg = config or AttributionConfig()
     if options:
         if "sites" in options and options["sites"] is not None and not isinstance(options["sites"], str):
@@ -952,6 +953,23 @@ def attribute(
             if fresh:
                 clear_partials(work)
             raise
+
+
+def _check_model_tokenizer(model: Any, tokenizer: Any) -> None:
+    """``TypeError`` for a model and tokenizer given swapped (``attribute(tok, ds, tokenizer=model)``:
+    the tokenizer was read as a model directory named by its ~1000-character repr, H15-ASW), or a
+    torch model as ``tokenizer=``; a model given as a path or alias is loaded later."""
+    if isinstance(model, (str, os.PathLike)):
+        if isinstance(tokenizer, torch.nn.Module):
+            raise TypeError(
+                f"attribute: tokenizer must be a tokenizer (with encode and decode), got {type(tokenizer).__name__} "
+                "(a torch model: pass it as model, and its tokenizer as tokenizer=)"
+            )
+        return
+    if isinstance(tokenizer, torch.nn.Module) or (
+        not isinstance(model, torch.nn.Module) and callable(getattr(model, "encode", None))
+    ):
+        check_model_and_tokenizer(model, tokenizer, "attribute")
 
 
 def check_prefix_cache_applies(cfg: AttributionConfig) -> None:

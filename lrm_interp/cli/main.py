@@ -91,7 +91,11 @@ def _check_sites(model, pattern: str | None, model_name: str) -> None:
         return
     from lrm_interp.model.sites import find_sites
 
-    if not find_sites(model, include_lm_head=True, pattern=pattern):
+    try:  # find_sites refuses a pattern that selects nothing (H15-FSE): say it with the flag
+        found = find_sites(model, include_lm_head=True, pattern=pattern)
+    except ValueError:
+        found = []
+    if not found:
         some = [s.name for s in find_sites(model)][:2]
         raise CliError(
             f"--sites {pattern!r} matches no linear site of --model {model_name} "

@@ -43,6 +43,7 @@ from lrm_interp.data.toy_tasks import generate_dataset
 from lrm_interp.model.capture import Capture, Reducer
 from lrm_interp.model.forward import context_limit, input_device
 from lrm_interp.model.sites import Site, get_module
+from lrm_interp.model.vocab import check_ids_fit
 
 #: input ids ``[b, s]`` / ``[s]`` or a tokenizer output dict with ``input_ids`` (+ ``attention_mask``)
 CalibData = torch.Tensor | Mapping[str, Any]
@@ -110,11 +111,17 @@ def calibration_ids(
     call — then cut into ``n = max(1, n_tokens // length)`` rows; the remainder is dropped
     (with fewer than ``length`` tokens the single row holds them all).
 
-    ``length`` and ``n_per_family`` are ``int`` >= 1 and ``seed`` a seed (a bool, ``1.5`` or
+    ``tokenizer`` must be a tokenizer (a torch model there is a ``TypeError``); ``length`` and
+    ``n_per_family`` are ``int`` >= 1 and ``seed`` a seed (a bool, ``1.5`` or
     ``"256"`` is refused: ``ValueError`` naming it); ``separator`` a string or ``None``. A
     ``length`` above the model's context is refused where the rows are used
     (:func:`check_calibration_context`).
     """
+    if isinstance(tokenizer, torch.nn.Module) or not callable(tokenizer):  # the model there (H15-CLM)
+        hint = " (a torch model: pass its tokenizer, calibration_ids(tokenizer, ...))" if callable(tokenizer) else ""
+        raise TypeError(
+            f"calibration_ids: tokenizer must be a tokenizer (called on text), got {type(tokenizer).__name__}{hint}"
+        )
     length = check_int("length", length, min=1)
     check_int("n_per_family", n_per_family, min=1)
     check_seed("seed", seed)
@@ -164,6 +171,24 @@ def check_calibration_context(model: torch.nn.Module, calib: Any) -> None:
         f"their statistics past position {limit} come from inputs the model never sees; cut them to at most "
         f"{limit} tokens (calibration_ids(length=...))"
     )
+
+
+def check_calibration_ids(model: torch.nn.Module, calib: Any) -> None:
+    """Refuse calibration ids beyond ``model``'s input embedding
+    (:func:`~lrm_interp.model.vocab.check_ids_fit`: ``ValueError`` naming the id and the rows),
+    before any weight changes: ids made with another model's tokenizer ended in torch's raw
+    "index out of range in self" after the first layers were quantized (H15-GCO / H15-GCT). A
+    callable ``calib`` and ids :func:`calibration_batches` refuses are not checked here."""
+    if callable(calib) and not isinstance(calib, torch.Tensor):
+        return
+    ids = calib.get("input_ids") if isinstance(calib, Mapping) else calib
+    try:
+        t = torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError):
+        return
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        return
+    check_ids_fit(model, t, "calibration (calib=)")
 
 
 def calibration_size(calib: Any) -> dict[str, int] | None:
@@ -307,6 +332,7 @@ def layer_hessians(
     if calib is None:
         raise ValueError("GPTQ needs calibration data: calib=input_ids [b, s] (or tokenizer output / callable)")
     check_calibration_context(model, calib)  # before the first layer is compressed
+    check_calibration_ids(model, calib)  # ids of another model's tokenizer (H15-GCO)
     sites = list(sites)
     check_calibration_size(sites, calib)
     if sequential:

@@ -233,6 +233,22 @@ def check_masks(
     )
 
 
+def _check_sites_given(sites: Any, done: str) -> Any:
+    """``sites`` (a one-shot iterable read into a list), refused when it is an empty collection:
+    ``sites=[]`` (e.g. a comprehension whose filter named no kind, ``s.kind == "gate_proj"``)
+    compressed nothing and recorded the step all the same ("3-bit RTN" on unchanged weights, a next
+    quantization refused as "already quantized"; H15-QSE / H15-PSE). ``None`` stays "all sites"."""
+    if sites is None or isinstance(sites, (str, bytes, Mapping)) or not isinstance(sites, Iterable):
+        return sites  # resolve_sites says what is wrong with anything but a collection
+    sites = list(sites)
+    if not sites:
+        raise ValueError(
+            f"sites is empty: nothing would be {done} (pass sites=None for every linear site, a regex, or a "
+            "list naming at least one site; find_sites(model) lists them)"
+        )
+    return sites
+
+
 def compress_model_(
     model: torch.nn.Module,
     method: str | CompressionMethod,
@@ -262,6 +278,8 @@ def compress_model_(
         calib: calibration data for calibrated methods (ignored by the others).
         options: the user's keyword options (``TypeError`` for one the method does not take).
         hessian_transform: calibrated methods only: ``(site, H) -> H'`` before use.
+        sites: ``None`` (every linear site in the decoder layers), a regex or site names / Sites;
+            an empty list is refused (``ValueError``, before anything changes or is recorded).
         on_result: ``(site, kernel result)`` per site (e.g. to keep quantized tensors).
         requantize: quantize a model whose record already holds a quantization step. By default
             that is refused (:class:`~lrm_interp.model.provenance.AlreadyQuantizedError`, before
@@ -274,6 +292,7 @@ def compress_model_(
     """
     m = get_method(method, kind)
     check_bool("requantize", requantize)
+    sites = _check_sites_given(sites, _DONE[m.kind])
     model_record(model)  # notes an in-place restore since the last step before the weights change (H14-RCP)
     if m.kind == "quantization" and not requantize:
         check_not_quantized(

@@ -8,10 +8,12 @@ never reaches below the first real token (the BOS/special tokens are excluded).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 
+from lrm_interp.checks import check_int
 from lrm_interp.data.traces import ReasoningTrace
 
 
@@ -132,15 +134,21 @@ def encode_trace(
 
     Args:
         tokenizer: a fast HF tokenizer (must support ``return_offsets_mapping``).
-        trace: the trace.
+        trace: the trace (one :class:`ReasoningTrace`; anything else, a dataset included, is a
+            ``TypeError``).
         k_context: preceding context tokens added to each span's DoM window (>= 0).
-        max_tokens: optional truncation; spans ending past it are reported in ``dropped``
-            (a span cut in two is dropped whole, never shortened).
+        max_tokens: optional truncation (an ``int`` >= 1, else ``ValueError``); spans ending past
+            it are reported in ``dropped`` (a span cut in two is dropped whole, never shortened).
         truncated_by: what ``max_tokens`` is, in the ``dropped`` reasons (e.g. "the model's
             context (1024 positions)").
     """
+    if not isinstance(trace, ReasoningTrace):  # a dataset: "... has no attribute 'text'" (H15-END)
+        many = isinstance(trace, Iterable) and not isinstance(trace, (str, bytes, Mapping))
+        hint = ": encode each trace: [encode_trace(tok, t) for t in ds]" if many else ""
+        raise TypeError(f"encode_trace: trace must be one ReasoningTrace, got {type(trace).__name__}{hint}")
     if k_context < 0:
         raise ValueError("k_context must be >= 0")
+    check_int("max_tokens", max_tokens, min=1, optional=True)  # 0: an empty encoding (H15-EN0)
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError("encode_trace needs a fast tokenizer (offsets mapping)")
     enc = tokenizer(trace.text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)

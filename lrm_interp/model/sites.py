@@ -210,7 +210,10 @@ def find_sites(
 
     One string ``kinds`` is one kind (``kinds="up"``, not the kinds ``u`` and ``p``) and one
     integer ``layers`` one layer; a pattern that is no string, a kind that is no string and a
-    layer that is no integer raise ``TypeError`` (an invalid regex: ``re.error``).
+    layer that is no integer raise ``TypeError`` (an invalid regex: ``re.error``). Filters that
+    select no site together, and a layer the model does not have (negative: not counted from the
+    end; or past the last), raise ``ValueError`` naming the model's kinds and layer range (they
+    returned ``[]``, H15-FSE); without a filter a model with no linear site gives ``[]``.
     """
     where = "find_sites"
     _check_model(model, where)
@@ -237,6 +240,21 @@ def find_sites(
         bad_layer = next((x for x in layers if isinstance(x, bool) or not isinstance(x, numbers.Integral)), None)
         if bad_layer is not None:
             raise TypeError(f"{where}: layers must hold layer indices (int), got {_typed(bad_layer)}")
+    every = _all_sites(model, include_lm_head)
+    out = [
+        s
+        for s in every
+        if (rx is None or rx.search(s.name))
+        and (kinds is None or s.kind in kinds)
+        and (layers is None or s.layer in layers)
+    ]
+    if rx is not None or kinds is not None or layers is not None:
+        _check_selection(every, out, pattern, kinds, layers, where)
+    return out
+
+
+def _all_sites(model: nn.Module, include_lm_head: bool) -> list[Site]:
+    """Every linear site of ``model`` in module order (the output head only with ``include_lm_head``)."""
     out: list[Site] = []
     for name, module in model.named_modules():
         if not name:
@@ -247,14 +265,45 @@ def find_sites(
         site = _make_site(name, module, shape)
         if site.kind == "lm_head" and not include_lm_head:
             continue
-        if rx is not None and not rx.search(name):
-            continue
-        if kinds is not None and site.kind not in kinds:
-            continue
-        if layers is not None and site.layer not in layers:
-            continue
         out.append(site)
     return out
+
+
+def _check_selection(
+    every: list[Site],
+    found: list[Site],
+    pattern: str | None,
+    kinds: Iterable[str] | None,
+    layers: Iterable[int] | None,
+    where: str,
+) -> None:
+    """``ValueError`` when ``find_sites``' filters select nothing, or name a layer the model does not
+    have (negative, or past the last): they returned ``[]`` without a word, which flowed into
+    ``quantize_model_`` (nothing quantized, recorded as quantized) and ``quantization_errors``
+    (H15-FSE). The message names the filters and what the model has (kinds, layer range)."""
+    present = sorted({s.layer for s in every if s.layer is not None})
+    span = f"{present[0]}..{present[-1]}" if present else "none"
+    if layers is not None:
+        bad = sorted(x for x in layers if x < 0 or x not in present)
+        if bad:
+            neg = " (a negative index is not counted from the end)" if bad[0] < 0 else ""
+            raise ValueError(f"{where}: layers {bad} out of range: the model's linear sites are in layers {span}{neg}")
+    if found:
+        return
+    given = []
+    if pattern is not None:
+        given.append(f"the pattern {pattern!r}")
+    if kinds is not None:
+        given.append(f"kinds {sorted(kinds)}")
+    if layers is not None:
+        given.append(f"layers {sorted(layers)}")
+    have = [k for k in KIND_ORDER if any(s.kind == k for s in every)]
+    have += sorted({s.kind for s in every} - set(have))
+    some = ", ".join(s.name for s in every[:2])
+    raise ValueError(
+        f"{where}: no linear site matches {' and '.join(given)} (kinds: {', '.join(have) or 'none'}; "
+        f"layers {span}" + (f"; site names look like {some}" if some else "") + ")"
+    )
 
 
 def resolve_sites(model: nn.Module, sites: Sequence[Site | str] | str | None = None) -> list[Site]:
@@ -276,7 +325,8 @@ def resolve_sites(model: nn.Module, sites: Sequence[Site | str] | str | None = N
     if sites is None:
         return find_sites(model)
     if isinstance(sites, str):
-        found = find_sites(model, include_lm_head=True, pattern=sites)
+        rx = re.compile(sites) if sites else None  # a bad regex: re.error, as find_sites
+        found = [s for s in _all_sites(model, True) if rx is None or rx.search(s.name)]
         if not found:
             raise ValueError(f"no linear site of the model matches the pattern {sites!r}")
         return found

@@ -142,7 +142,8 @@ def save_quantized(
 
     ``tensors``: the mapping ``quantize_model_(model, ..., keep_tensors=True).tensors`` holds, or
     the ``(tensors, extra)`` pair :func:`load_quantized` returns (its ``extra`` kept as
-    ``metadata`` unless given); anything else (a model, a path) is a ``TypeError`` naming it.
+    ``metadata`` unless given); anything else (a model, a path) is a ``TypeError`` naming it, and
+    an empty mapping (a report made without ``keep_tensors=True``) a ``ValueError``, nothing written.
     ``replace=False``: an existing ``path`` is never replaced (``FileExistsError`` naming it, also
     for a file created there while this ran), as for the other writers (``save_masks``,
     :func:`lrm_interp._io.write_safetensors`). Whatever ``replace`` says, a ``path`` that is one of
@@ -162,6 +163,11 @@ def save_quantized(
         raise TypeError(
             "tensors must be a mapping of site name → QuantizedTensor (from quantize_model_(..., "
             f"keep_tensors=True).tensors, or load_quantized(path)[0]), got {type(tensors).__name__}"
+        )
+    if not tensors:  # a report made without keep_tensors=True: a file of 0 tensors (H15-SQE)
+        raise ValueError(
+            f"tensors is empty: nothing to save to {path} (report.tensors holds the quantized sites only when "
+            "quantizing with quantize_model_(..., keep_tensors=True))"
         )
     refuse_result_file(path, own=own)  # never a file of another command's result
     out, info = {}, {}
