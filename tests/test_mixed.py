@@ -98,7 +98,7 @@ def test_allocation_respects_budget_and_follows_sensitivity(model):
     with pytest.raises(ValueError, match="below the cheapest allocation"):
         allocate_bits(sites, err, None, 2.0, choices=CHOICES)
     with pytest.raises(ValueError, match=">= 0"):
-        allocate_bits(sites, err, {hot: -1.0}, 3.0, choices=CHOICES)
+        allocate_bits(sites, err, {s.name: 1.0 for s in sites} | {hot: -1.0}, 3.0, choices=CHOICES)
 
 
 def test_quantize_allocation_uses_each_modules_bits(model, tmp_path):
@@ -312,7 +312,7 @@ def test_allocate_bits_refuses_bad_choices_and_sensitivities(model):
         with pytest.raises(ValueError, match="choices"):
             allocate_bits(sites, err, None, 4.0, choices=bad)
     with pytest.raises(ValueError, match="finite and >= 0, got nan"):
-        allocate_bits(sites, err, {sites[0].name: float("nan")}, 4.0, choices=CHOICES)
+        allocate_bits(sites, err, {s.name: 1.0 for s in sites} | {sites[0].name: float("nan")}, 4.0, choices=CHOICES)
     with pytest.raises(ValueError, match="group_size must be positive or None, got 0"):
         allocate_bits(sites, err, None, 4.0, choices=CHOICES, group_size=0)
 

@@ -162,13 +162,13 @@ def test_length_limit_reaches_every_row(tmp_path, monkeypatch):
     from lrm_interp.cli.main import main
 
     seen = []
-    real = pt.evaluate
+    real = pt.evaluate_quietly
 
     def spy(*a, **k):
         seen.append(k["max_new_tokens"])
         return real(*a, **k)
 
-    monkeypatch.setattr(pt, "evaluate", spy)
+    monkeypatch.setattr(pt, "evaluate_quietly", spy)
     out = tmp_path / "short"
     args = ["experiment", "protection", "--per-family", "1"]
     assert main(args + ["--max-new-tokens", "7", "--only", "plain", "--quiet", "--out", str(out)]) == 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import numbers
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -52,6 +53,9 @@ from lrm_interp.model.sites import KIND_ORDER, Site
 FORMAT_VERSION = 1
 #: what :meth:`Attribution.grid` / :meth:`Attribution.heatmap` can show
 GRID_VALUES = ("ri", "score", "rank")
+#: what :meth:`ImportanceShift.heatmap` / :meth:`ImportanceShift.as_attribution` can show (the CLI's
+#: ``compare --view`` choices)
+SHIFT_VIEWS = ("decreases", "signed")
 #: the tables :meth:`Attribution.write_tables` writes beside the result
 _TABLES = ("scores.csv", "heatmap.png")
 #: ``format`` in the metadata of ``attribution.safetensors`` (files written before it have none).
@@ -365,6 +369,10 @@ class Attribution:
         used to turn every logit into NaN and generate NUL tokens without a word, and a string
         failed inside the forward hook (H14-STA). ``sites``: a non-empty list of site names; a
         string is refused with ``TypeError`` (write ``sites=['model.layers.1.mlp.up_proj']``).
+        ``positions``: ``None`` (every position), a list of token positions (ints), a ``slice`` or a
+        ``[s]`` / ``[b, s]`` mask tensor (:mod:`lrm_interp.model.patching`); a string, a single number
+        or a list holding anything but ints is refused with ``TypeError`` before any hook (``"all"``
+        failed inside the forward hook, H15-SPS).
 
         Example::
 
@@ -382,6 +390,7 @@ class Attribution:
             raise ValueError(
                 "sites is empty: steering would change nothing; give site names, or None for the top-1 site"
             )
+        _check_positions(positions)
         if sites is None:
             sites = [self.top(1, behavior)[0][1]]
         additions = {s: (self.steering_vector(behavior, s), positions) for s in sites}
@@ -446,9 +455,12 @@ class Attribution:
         scores and provenance) or ``overwrite=True``; else ``FileExistsError`` names the first,
         before anything is written (a user's ``scores.csv`` was replaced silently, H8-WT). A folder
         holding a finished result of another kind (a study's) is refused whatever ``overwrite``
-        says (:func:`~lrm_interp._io.refuse_other_result_folder`, H9-MIX)."""
+        says (:func:`~lrm_interp._io.refuse_other_result_folder`, H9-MIX), and so is the folder of
+        another attribution result (its ``attribution.json`` records other scores or provenance):
+        the tables would describe this result while :meth:`load` gives that one (H15-WTM)."""
         d = Path(_folder_argument(directory, "directory"))
         refuse_other_result_folder(d, "attribution", "directory")
+        self._refuse_another_results_folder(d)
         there = [d / n for n in _TABLES if (d / n).exists() or (d / n).is_symlink()]
         if there and not overwrite and not self._saved_in(d):
             raise FileExistsError(
@@ -459,6 +471,34 @@ class Attribution:
             )
         atomic_write_text(d / "scores.csv", self.to_dataframe().to_csv(index=False))
         return [d / "scores.csv", _save_and_close(self.heatmap(), d / "heatmap.png")]
+
+    def _refuse_another_results_folder(self, d: Path) -> None:
+        """``FileExistsError`` naming ``d`` when it holds the ``attribution.json`` of another result
+        (:meth:`_saved_in` says it is not this one's), whatever ``overwrite`` says: this result's
+        ``scores.csv`` / ``heatmap.png`` were written beside it and ``Attribution.load(d)`` gave the
+        other result (H15-WTM). A file saved before checksums (no ``tensors_sha256``) is compared by
+        its labels and provenance."""
+        jpath = d / "attribution.json"
+        if not jpath.is_file() or self._saved_in(d):
+            return
+        old = _json_dict_or_none(jpath)
+        if old is not None and "tensors_sha256" not in old:  # an old save: what the record holds
+            mine = {
+                "method": self.method,
+                "behaviors": list(self.behaviors),
+                "sites": [s.to_dict() for s in self.sites],
+                "provenance": json_record(self.provenance),
+            }
+            if all(json.dumps(old.get(k), sort_keys=True) == json.dumps(v, sort_keys=True) for k, v in mine.items()):
+                return
+        raise FileExistsError(
+            errno.EEXIST,
+            "holds another attribution result (its attribution.json records other scores or provenance): this "
+            "result's tables (scores.csv, heatmap.png) are never written beside it, not even with overwrite=True "
+            "(Attribution.load there gives the other result); write them into this result's own folder "
+            "(res.save(folder) first) or another folder",
+            str(d),
+        )
 
     def _payload(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """The tensors and metadata :meth:`save` writes to ``attribution.safetensors``."""
@@ -647,7 +687,25 @@ class ImportanceShift:
                 )
         return pd.DataFrame(rows)
 
+    def _check_view(self, view: object) -> str:
+        """``view`` if it is one of :data:`SHIFT_VIEWS`, else ``ValueError`` naming them: any other
+        value showed the signed shift under its own title (``heatmap('decrease')``, H15-SHV)."""
+        if isinstance(view, str) and view in SHIFT_VIEWS:
+            return view
+        hint = (
+            " (a behaviour: every behaviour gets its own panel; view picks what they show)"
+            if isinstance(view, str) and view in self.behaviors
+            else ""
+        )
+        raise ValueError(
+            f"view must be one of {', '.join(map(repr, SHIFT_VIEWS))} (only the RI lost, as positive values; "
+            f"the full signed shift), got {shown_value(view)}{hint}"
+        )
+
     def as_attribution(self, view: str = "decreases") -> Attribution:
+        """The shift as an :class:`Attribution` whose scores are the decreases (``view="decreases"``)
+        or the signed shift (``"signed"``); another ``view`` raises ``ValueError`` (H15-SHV)."""
+        view = self._check_view(view)
         vals = self.decreases if view == "decreases" else self.delta
         return Attribution(
             self.behaviors,
@@ -658,7 +716,9 @@ class ImportanceShift:
         )
 
     def heatmap(self, view: str = "decreases", **kw):
-        """Layer × kind heatmap of the decreases (default) or the signed shift."""
+        """Layer × kind heatmap of the decreases (``view="decreases"``, default) or the signed shift
+        (``"signed"``); another ``view`` raises ``ValueError`` (H15-SHV)."""
+        view = self._check_view(view)
         a = self.as_attribution(view)
         from lrm_interp.attribution.plots import grid_heatmaps
 
@@ -673,7 +733,17 @@ class ImportanceShift:
         )
 
     def largest_decreases(self, k: int = 5, behavior: str | None = None) -> list[tuple[str, str, float]]:
-        """``(behaviour, site, decrease)`` of the ``k`` largest RI decreases (one behaviour, or all)."""
+        """``(behaviour, site, decrease)`` of the ``k`` largest RI decreases (one behaviour, or all).
+
+        ``k``: an integer >= 1, else ``ValueError`` (as :meth:`Attribution.top`; the arguments
+        swapped failed in a slice, H15-SLW); a ``behavior`` this shift lacks raises ``KeyError``
+        naming its behaviours (a typo gave ``[]``, H15-SLD)."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            swapped = isinstance(k, str) and k in self.behaviors
+            hint = f": did you swap k and behavior? write largest_decreases({behavior!r}, {k!r})" if swapped else ""
+            raise ValueError(f"k must be an integer >= 1 (the number of sites to list), got {shown_value(k)}{hint}")
+        if behavior is not None and behavior not in self.behaviors:
+            raise KeyError(f"behaviour {behavior!r} not in this shift {self.behaviors}")
         rows = [
             (b, s.name, float(self.decreases[i, j]))
             for i, b in enumerate(self.behaviors)
@@ -745,6 +815,22 @@ class ImportanceShift:
         return [d / "shift.csv", _save_and_close(self.heatmap(view=view), d / "shift.png")]
 
 
+def _check_positions(positions: object) -> None:
+    """``TypeError`` naming ``positions`` unless it is ``None``, a list / tuple of ints, a ``slice``
+    or anything else :func:`~lrm_interp.model.patching.add_to_outputs` reads as a mask (a tensor): a
+    string (``"all"``), a single number or a list of other things failed inside the hook (H15-SPS)."""
+    fix = "None for every position, a list of token positions such as [0, 5], a slice or a [s] mask tensor"
+    refuse_string("positions", positions, "a list of token positions or None", fix=f"positions=None ({fix})")
+    if isinstance(positions, (bool, numbers.Number)):
+        raise TypeError(f"positions must be {fix}, got {shown_value(positions)}: write positions=[{positions!r}]")
+    if isinstance(positions, (list, tuple)):
+        bad = [p for p in positions if isinstance(p, bool) or not isinstance(p, numbers.Integral)]
+        if bad:
+            raise TypeError(
+                f"positions must be {fix}; its entry {shown_value(bad[0])} is not a token position (an int)"
+            )
+
+
 def _folder_argument(directory: Any, what: str) -> str | os.PathLike:
     """``directory`` when it is a path (str or ``os.PathLike``, not empty), else ``TypeError`` naming
     ``what`` and what was given (``Attribution.load(None)`` gave pathlib's "expected str, bytes or
@@ -752,6 +838,15 @@ def _folder_argument(directory: Any, what: str) -> str | os.PathLike:
     if isinstance(directory, (str, os.PathLike)):
         return path_argument(directory, what)  # "" / "  ": EmptyPathError (a TypeError too)
     raise TypeError(f"{what} must be a folder path (str or os.PathLike), got {directory!r}")
+
+
+def _json_dict_or_none(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` (unreadable, not JSON, not an object)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _save_and_close(fig, path: Path) -> Path:

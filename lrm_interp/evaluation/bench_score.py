@@ -406,6 +406,33 @@ def length_option_problem(runs: Sequence[RunInfo], *, tokenizer: bool, max_new_t
     return None
 
 
+def check_score_arguments(outputs: object, items: object) -> None:
+    """``TypeError`` unless ``outputs`` is a folder path (str or ``os.PathLike``) and ``items`` a
+    mapping ``{task: [BenchItem, ...]}``: a list of items failed with "'list' object has no attribute
+    'items'" and the two swapped with pathlib's "expected str, bytes or os.PathLike object, not dict"
+    (H15-BSL, H15-BSS)."""
+    usage = "score_outputs(outputs, items): the outputs folder first, then {task: [BenchItem, ...]}"
+    if isinstance(outputs, Mapping) and isinstance(items, (str, os.PathLike)):
+        raise TypeError(f"score_outputs: outputs and items are swapped (outputs is a dict, items a path): {usage}")
+    if not isinstance(outputs, (str, os.PathLike)):
+        raise TypeError(
+            f"score_outputs: outputs must be the folder of the outputs (str or os.PathLike), got "
+            f"{type(outputs).__name__}: {usage}"
+        )
+    if not isinstance(items, Mapping):
+        listed = list(items) if isinstance(items, Sequence) and not isinstance(items, (str, bytes)) else None
+        tasks = sorted({it.task for it in listed or [] if isinstance(it, BenchItem)})
+        fix = f"write {{{tasks[0]!r}: items}}" if len(tasks) == 1 else "e.g. {'math': load('math')}"
+        got = type(items).__name__ + (f" of {len(listed)} items" if listed is not None else "")
+        raise TypeError(f"score_outputs: items must be {{task: [BenchItem, ...]}} ({fix}), got {got}: {usage}")
+    for task, its in items.items():
+        if not isinstance(task, str) or isinstance(its, (str, bytes)) or not isinstance(its, Sequence):
+            raise TypeError(
+                f"score_outputs: items must be {{task: [BenchItem, ...]}}, got the entry {task!r}: "
+                f"{type(its).__name__}: {usage}"
+            )
+
+
 def score_outputs(
     outputs: str | os.PathLike,
     items: Mapping[str, Sequence[BenchItem]],
@@ -435,7 +462,12 @@ def score_outputs(
     output file the run's ``generations.jsonl`` has no record for (the item was cut off before it
     finished, e.g. a torn last line, or the file was added by hand) is not graded: it is counted
     missing and listed in :attr:`BenchScores.unrecorded`; a torn last line is named ``file:line``
-    in :attr:`BenchScores.torn`."""
+    in :attr:`BenchScores.torn`.
+
+    ``outputs`` that is not a path, ``items`` that is not a ``{task: items}`` mapping (a plain list
+    of items) and the two swapped raise ``TypeError`` naming the expected kinds and the order
+    (:func:`check_score_arguments`, H15-BSL/BSS)."""
+    check_score_arguments(outputs, items)
     samples: list[SampleScore] = []
     ignored: list[str] = []
     unrecorded: list[str] = []
@@ -948,6 +980,7 @@ def _plots(s: pd.DataFrame, out: Path) -> list[Path]:
 
 __all__ = [
     "score_outputs",
+    "check_score_arguments",
     "BenchScores",
     "SampleScore",
     "RunInfo",

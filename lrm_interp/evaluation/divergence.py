@@ -13,8 +13,9 @@ Used by ``examples/protection_smollm2.py`` for models that cannot solve the toy 
 
 from __future__ import annotations
 
+import difflib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lrm_interp.checks import check_int, refuse_string, shown_value
 from lrm_interp.data.tokens import EncodedTrace, target_positions
-from lrm_interp.data.traces import TARGET_BEHAVIORS
+from lrm_interp.data.traces import BEHAVIORS, TARGET_BEHAVIORS
 from lrm_interp.model.forward import input_device
 from lrm_interp.model.provenance import model_record, swapped_compression
 from lrm_interp.model.vocab import check_ids_fit, check_tokenizer_fits, embedding_rows
@@ -59,6 +61,72 @@ def _same_weights(ref: Any, model: Any) -> bool:
     return bool(pr) and len(pr) == len(pm) and all(a is b for a, b in zip(pr, pm))
 
 
+def _equal_weights(ref: Any, model: Any) -> bool:
+    """``ref`` and ``model`` are two objects whose parameters are all equal in value (``torch.equal``
+    per parameter, stopping at the first that differs): an unchanged copy, e.g. ``q =
+    copy.deepcopy(model)`` whose compressed copy was discarded (H15-DVZ). ``False`` when it cannot be
+    told (other shapes or dtypes, weights on the meta device, tensors that cannot be compared)."""
+    pr, pm = list(ref.parameters()), list(model.parameters())
+    if not pr or len(pr) != len(pm):
+        return False
+    try:
+        for a, b in zip(pr, pm):
+            if a.shape != b.shape or a.dtype != b.dtype or a.is_meta or b.is_meta:
+                return False
+            if not torch.equal(a, b if b.device == a.device else b.to(a.device)):
+                return False
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
+def _encoded_list(encoded: Any) -> list[EncodedTrace]:
+    """``encoded`` as a list of :class:`EncodedTrace`, else ``TypeError`` naming the fix: a dataset
+    failed with "'ReasoningTrace' object has no attribute 'input_ids'" and a tokenizer with "not
+    iterable" (H15-DVD, H15-DVT)."""
+    fix = "encode the traces first: [encode_trace(tokenizer, t) for t in dataset]"
+    if isinstance(encoded, EncodedTrace):
+        raise TypeError("divergence: encoded must be a list of EncodedTrace, got one EncodedTrace: write [encoded]")
+    if isinstance(encoded, (str, bytes)) or not isinstance(encoded, Iterable):
+        raise TypeError(f"divergence: encoded must be a list of EncodedTrace ({fix}), got {type(encoded).__name__}")
+    items = list(encoded)
+    bad = next((e for e in items if not isinstance(e, EncodedTrace)), None)
+    if bad is not None:
+        raise TypeError(
+            f"divergence: encoded must be a list of EncodedTrace ({fix}), got a {type(encoded).__name__} "
+            f"holding {type(bad).__name__}"
+        )
+    return items
+
+
+def _check_behaviors(behaviors: Any, encoded: Sequence[EncodedTrace]) -> tuple[str, ...]:
+    """The behaviours given to :func:`divergence`, once they can be measured: ``ValueError`` naming
+    the behaviours the traces hold when one is neither a known behaviour (:data:`BEHAVIORS`) nor a
+    label of the traces (a typo: "did you mean"), or when none has a span in ``encoded`` (its span
+    NLL was 0.0 over 0 tokens, H15-DVB). A known behaviour absent from these traces beside one they
+    hold is fine (the NLL is over the spans there are). A string is refused
+    (:func:`~lrm_interp.checks.refuse_string`: ``"deduction"`` matched by substring)."""
+    refuse_string("behaviors", behaviors, "a list of behaviour labels")
+    if not isinstance(behaviors, Iterable) or not all(isinstance(b, str) for b in behaviors):
+        raise TypeError(f"behaviors must be None or a list of behaviour labels, got {shown_value(behaviors)}")
+    wanted = tuple(behaviors)
+    if not wanted:
+        raise ValueError("divergence: behaviors is empty: give behaviour labels, or None for every target behaviour")
+    present = sorted({sp.behavior for e in encoded for sp in e.spans})
+    unknown = [b for b in wanted if b not in present and b not in BEHAVIORS]
+    bad = unknown or (list(wanted) if not any(b in present for b in wanted) else [])
+    if bad:
+        close = [m for b in bad for m in difflib.get_close_matches(b, sorted({*present, *BEHAVIORS}), n=1)]
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        what = "are not behaviours of" if unknown else "have no span in"
+        raise ValueError(
+            f"divergence: behaviors {bad} {what} the {len(encoded)} traces (their behaviours: "
+            f"{', '.join(present) or 'none'}){hint}: a span NLL would be measured over no token; give "
+            "behaviours the traces hold, or leave behaviors out (every target behaviour they hold)"
+        )
+    return wanted
+
+
 def check_pair(ref: Any, model: Any, encoded: Sequence[EncodedTrace], tokenizer: Any = None) -> None:
     """What :func:`divergence` refuses or warns about before any forward pass (cheap: no weights
     fingerprint). ``ValueError`` when the reference's record holds compression steps that
@@ -80,7 +148,7 @@ def check_pair(ref: Any, model: Any, encoded: Sequence[EncodedTrace], tokenizer:
         )
     if tokenizer is not None:
         check_tokenizer_fits(ref, tokenizer, "divergence")
-    for e in encoded:
+    for e in _encoded_list(encoded):
         check_ids_fit(ref, e.input_ids, f"divergence: trace {e.trace_id}")
     if _same_weights(ref, model):
         warnings.warn(
@@ -88,6 +156,14 @@ def check_pair(ref: Any, model: Any, encoded: Sequence[EncodedTrace], tokenizer:
             "q = copy.deepcopy(model) before compressing q?)",
             UserWarning,
             stacklevel=4,  # check_pair, no_grad's wrapper, divergence: the caller's line
+        )
+    elif _equal_weights(ref, model):
+        warnings.warn(
+            f"{SAME_MODEL}: the compared model is another object but its weights all equal the reference's "
+            "(an unchanged copy: apply_compression returns the compressed copy and leaves its argument as it "
+            "is; write q, _ = apply_compression(model, ...))",
+            UserWarning,
+            stacklevel=4,
         )
 
 
@@ -97,7 +173,7 @@ def divergence(
     model,
     encoded: Sequence[EncodedTrace],
     *,
-    behaviors: Sequence[str] = TARGET_BEHAVIORS,
+    behaviors: Sequence[str] | None = None,
     chunk: int = 512,
     progress: bool = False,
     tokenizer: Any = None,
@@ -110,8 +186,16 @@ def divergence(
     Refused before any forward pass (:func:`check_pair`): the arguments swapped (``ref``'s record
     holds compression steps ``model``'s lacks), two models of other vocabularies, traces encoded by
     another model's tokenizer (``tokenizer``, when given, is checked too); the same weights passed
-    twice warn (KL 0 by construction).
+    twice, or two objects whose weights are all equal (an unchanged copy), warn (KL 0 by
+    construction). Refused too, with ``TypeError`` / ``ValueError`` naming the argument: ``encoded``
+    that is not a list of :class:`~lrm_interp.data.tokens.EncodedTrace` (a dataset, a tokenizer:
+    encode them with ``encode_trace``), ``chunk`` < 1, and ``behaviors`` (default: every target
+    behaviour, :data:`~lrm_interp.data.traces.TARGET_BEHAVIORS`) naming a label that is no behaviour
+    of the traces (a typo), or only behaviours without a span in them (a span NLL over no token).
     """
+    encoded = _encoded_list(encoded)
+    chunk = check_int("chunk", chunk, min=1)
+    behaviors = TARGET_BEHAVIORS if behaviors is None else _check_behaviors(behaviors, encoded)
     check_pair(ref, model, encoded, tokenizer)
     kl_sum, n_kl, n_span = 0.0, 0, 0
     nll, nll_ref = 0.0, 0.0

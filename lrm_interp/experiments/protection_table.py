@@ -51,7 +51,7 @@ from lrm_interp.evaluation.paired import PairedComparison, compare_outcomes
 from lrm_interp.experiments.protection import ExperimentSettings, ProtectionPlanner, RowPlan, check_only
 from lrm_interp.model.loading import load_model
 from lrm_interp.model.provenance import check_not_quantized, model_provenance, quantized_folder_note
-from lrm_interp.toy.evaluate import evaluate, score_responses
+from lrm_interp.toy.evaluate import evaluate_quietly, score_responses
 from lrm_interp.toy.tasks import model_world, problems
 
 FORMAT = "lrm_interp.protection_experiment/2"
@@ -544,7 +544,7 @@ def _measure(
     at_limit: list[int] | None = None,
 ) -> ResultRow:
     """One row measured; ``at_limit``: a list the number of answers cut by ``max_new_tokens`` is appended to."""
-    acc, responses = evaluate(
+    acc, responses = evaluate_quietly(  # the answers at the limit are counted here (at_limit, H7-E1)
         model, tokenizer, held, batch_size=150, max_new_tokens=max_new_tokens, return_responses=True
     )
     if at_limit is not None:

@@ -45,13 +45,27 @@ from typing import Any
 
 import torch
 
-from lrm_interp._io import atomic_write_text, loads_strict, path_argument, refuse_result_file, strip_bom
+from lrm_interp._io import (
+    OtherResultError,
+    atomic_write_text,
+    file_result,
+    loads_strict,
+    path_argument,
+    refuse_result_file,
+    strip_bom,
+)
 from lrm_interp.checks import check_bool, check_float, check_int, shown_value
 from lrm_interp.compress.quant.grid import MAX_BITS, MIN_BITS, check_bits, check_group_size
-from lrm_interp.model.provenance import check_not_quantized, check_same_weights, model_name, weights_record
+from lrm_interp.model.provenance import (
+    check_not_quantized,
+    check_same_weights,
+    model_name,
+    recorded_weights,
+    weights_record,
+)
 from lrm_interp.model.sites import Site, find_sites, get_module
 from lrm_interp.model.weights import weight_matrix
-from lrm_interp.protect.encoding import quantized_site_bits
+from lrm_interp.protect.encoding import check_site_list, quantized_site_bits
 
 KEPT = 16  # "bits" of a module kept in FP16
 #: the format :meth:`BitAllocation.save` writes: it records the model (``"model"``, maybe ``null``)
@@ -192,16 +206,29 @@ class BitAllocation:
             "symmetric": self.symmetric,
             "provenance": self.provenance,
             "model": self.model,
+            # what its bpw was computed from: load refuses a file whose bits / bpw / grid were edited (H15-X-BEF)
+            "bits_digest": _bits_digest(self.__dict__),
         }
 
-    def save(self, path: str | Path, *, own: str | None = None) -> Path:
+    def save(self, path: str | Path, *, own: str | None = None, replace: bool = True) -> Path:
         """JSON file (atomic write). A ``path`` that is one of the files of a finished result of an
         ``lrm-interp`` command (``SC/bits.json`` of a study, ``A/attribution.json``), or lies inside
         one, is refused first (:class:`~lrm_interp._io.OtherResultError` naming it; it was replaced
         without a word, H9-PYW); ``own``: the kind of result whose own file this is (the study
-        writing its ``bits.json`` passes ``"study"``)."""
+        writing its ``bits.json`` passes ``"study"``).
+
+        An existing file is replaced only when it is a bits allocation (an earlier one, written by
+        lrm_interp) or empty: any other file (a traces JSONL, masks, a user's ``notes.json``) is
+        refused before anything is written (:class:`~lrm_interp._io.OtherResultError` naming it; a
+        mistyped path replaced the traces without a word, H15-BST), unless ``own`` (the library's
+        writer of that result's own file). ``replace=False``: an existing
+        ``path`` is never replaced (``FileExistsError`` naming it, as ``save_masks`` /
+        ``save_jsonl``)."""
         refuse_result_file(path, own=own)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        replace = check_bool("replace", replace)
+        if own is None:  # the library's own writer (a study) replaces the file of its own result's slot
+            _refuse_other_file(Path(path))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1), replace=replace)
         return Path(path)
 
     @classmethod
@@ -231,19 +258,19 @@ class BitAllocation:
                 "writing this format records the model it was computed for, so it was removed and the file "
                 "cannot be checked against a model; compute it again (lrm-interp bits --model ...)"
             )
-        return _stamped(
-            cls(
-                d["bits"],
-                d["bpw"],
-                d["budget_bpw"],
-                d["sensitivity"],
-                d["group_size"],
-                d["symmetric"],
-                d.get("provenance", {}),
-                d.get("model"),  # checked when present, whatever the format (a /1 file's was dropped, H11-B1M)
-                source=str(p),
-            )
+        alloc = cls(
+            d["bits"],
+            d["bpw"],
+            d["budget_bpw"],
+            d["sensitivity"],
+            d["group_size"],
+            d["symmetric"],
+            d.get("provenance", {}),
+            d.get("model"),  # checked when present, whatever the format (a /1 file's was dropped, H11-B1M)
+            source=str(p),
         )
+        _check_file_digest(p, d, alloc)
+        return _stamped(alloc)
 
 
 def _read_json_object(path: Path, what: str) -> dict:
@@ -272,6 +299,44 @@ def _read_json_object(path: Path, what: str) -> dict:
         kind = _JSON_TYPES.get(type(d), "null" if d is None else type(d).__name__)
         raise ValueError(f"{path}: not a {what} (a JSON {kind}, expected an object of format {FORMAT!r})")
     return d
+
+
+def _refuse_other_file(path: Path) -> None:
+    """:class:`~lrm_interp._io.OtherResultError` when ``path`` (a link followed) is a non-empty
+    regular file that holds no single-file result of lrm_interp (:func:`~lrm_interp._io.file_result`):
+    the rule of :meth:`BitAllocation.save` (H15-BST). A result of another kind (masks) is refused by
+    :func:`~lrm_interp._io.atomic_write_bytes` (H10-SFR); an empty file holds nothing to lose (the
+    command line publishes through one)."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+    except OSError:
+        return  # unreadable: the write itself says why
+    if file_result(path) is not None:  # a result of lrm_interp: another kind's is refused by the writer (H10-SFR)
+        return
+    raise OtherResultError(
+        f"{path} exists and is not a bits allocation (a traces JSONL, a user's file, ...): BitAllocation.save "
+        "replaces only a bits allocation file (an earlier one written by lrm_interp), never another file; "
+        "choose another path"
+    )
+
+
+def _check_file_digest(path: Path, d: Mapping[str, Any], alloc: BitAllocation) -> None:
+    """``ValueError`` naming ``path`` when the file records a ``bits_digest`` (:meth:`BitAllocation.to_dict`)
+    that its bits, ``bpw`` and grid no longer give (:func:`_bits_digest`): the file was edited by hand,
+    and its ``bpw`` is stale (H15-X-BEF). A file without one (written before it was recorded) loads as
+    before."""
+    if "bits_digest" not in d:
+        return
+    digest = d["bits_digest"]
+    if not isinstance(digest, str):
+        raise ValueError(f"{path}: bits_digest must be a string, got {shown_value(digest)}")
+    if digest != _bits_digest(alloc.__dict__):
+        raise ValueError(
+            f"{path}: the bit allocation file was edited: its bits, bpw or grid no longer match the digest it "
+            f"was written with (bits_digest), so its bpw {alloc.bpw} may not be what its bits cost; edit an "
+            "allocation with with_bits(alloc, model, {site: bits}) and save it, or compute it again (lrm-interp bits)"
+        )
 
 
 def _site_bits(site: object, b: object) -> tuple[str, int]:
@@ -401,11 +466,14 @@ def check_bpw(alloc: BitAllocation, model: torch.nn.Module) -> None:
 class SiteErrors(dict):
     """``{site: {bits: error}}`` of :func:`quantization_errors`, plus ``model``: the ``{"name",
     "weights_fingerprint"}`` of the model whose weights they were measured on (a plain ``dict``
-    otherwise). :func:`allocate_bits` records it in the allocation it computes."""
+    otherwise). :func:`allocate_bits` records it in the allocation it computes. ``grid``:
+    ``{"group_size", "symmetric", "relative"}`` they were measured with (``None``: unknown, not
+    compared); :func:`allocate_bits` refuses an allocation on another grid (H15-EGR)."""
 
-    def __init__(self, errors: Mapping[str, Mapping[int, float]] | None = None, *, model: Any = None):
+    def __init__(self, errors: Mapping[str, Mapping[int, float]] | None = None, *, model: Any = None, grid: Any = None):
         super().__init__(errors or {})
         self.model = _model_entry(model)
+        self.grid = None if grid is None else dict(grid)
 
 
 def check_choices(choices: Sequence[int]) -> list[int]:
@@ -471,7 +539,10 @@ def quantization_errors(
             "or pass requantize=True to measure the quantized one on purpose",
         )
 
-    out = SiteErrors(model=weights_record(model, fingerprint))
+    out = SiteErrors(
+        model=weights_record(model, fingerprint),
+        grid={"group_size": group_size, "symmetric": symmetric, "relative": relative},
+    )
     for s in sites:
         W = weight_matrix(get_module(model, s.name)).float()
         norm = float(W.pow(2).sum()) if relative else 1.0
@@ -493,7 +564,7 @@ def hessian_sensitivity(hessians: Mapping[str, torch.Tensor]) -> dict[str, float
 def allocate_bits(
     sites: Sequence[Site],
     errors: Mapping[str, Mapping[int, float]],
-    sensitivity: Mapping[str, float] | None,
+    sensitivity: Mapping[str, float] | Any | None,
     budget_bpw: float,
     *,
     choices: Sequence[int] = (2, 3, 4, 8, 16),
@@ -506,9 +577,15 @@ def allocate_bits(
 
     Args:
         errors: ``{site: {bits: error}}`` for every choice (:func:`quantization_errors`, which
-            records the model they were measured on).
-        sensitivity: ``{site: s_m}`` (``None``: 1 everywhere). Negative values are an error, and
-            so is a sensitivity that is 0 for every site (nothing to allocate by).
+            records the model and the grid they were measured on: errors of another grid than
+            ``group_size`` / ``symmetric`` are refused).
+        sensitivity: ``{site: s_m}`` for every site (``None``: 1 everywhere), or an
+            :class:`~lrm_interp.attribution.results.Attribution` (its mean relative importance,
+            :func:`~lrm_interp.protect.policies.module_scores`, as ``lrm-interp bits --scores``;
+            refused when it records another model than ``errors``). Negative values are an error,
+            and so is a sensitivity that is 0 for every site (nothing to allocate by), one that
+            lacks sites (they were priced at 0, so put at the lowest bits) and one whose values are
+            ``{bits: error}`` mappings (errors and sensitivity swapped).
         budget_bpw: average storage bits per weight allowed (codes, scales, FP16 modules).
         name: recorded as :attr:`BitAllocation.sensitivity`.
         model: the model the allocation is for (a module, or its ``{"name",
@@ -516,20 +593,23 @@ def allocate_bits(
             ``errors`` records (:class:`SiteErrors`), else none.
 
     Raises:
-        ValueError: budget below the all-lowest allocation, a site without errors for a choice, a
-            sensitivity that is negative, not finite, or 0 everywhere; ``model`` another model
-            than the one ``errors`` were measured on.
+        TypeError: ``sites`` not a list of Site (a pattern string), ``errors`` / ``sensitivity``
+            of the wrong shape (swapped).
+        ValueError: ``sites`` empty, budget below the all-lowest allocation, a site without errors
+            for a choice, a sensitivity that is negative, not finite, 0 everywhere or lacks sites;
+            ``model`` another model than the one ``errors`` were measured on; errors measured on
+            another grid.
     """
+    sites = check_site_list(sites, "allocate_bits")  # 'mlp', [] failed deep inside (H15-MSS/FSZ)
     check_float("budget_bpw", budget_bpw, min=0.0, min_open=True)
+    _check_errors_shape(errors, sites)
     record = _errors_model(errors, model)
     choices = check_choices(choices)
     group_size = check_group_size(group_size)
+    symmetric = check_bool("symmetric", symmetric)
+    _check_errors_grid(errors, group_size, symmetric)
     n_total = sum(s.n_weights for s in sites)
-    sens = (
-        {s.name: 1.0 for s in sites}
-        if sensitivity is None
-        else {s.name: float(sensitivity.get(s.name, 0.0)) for s in sites}
-    )
+    sens = {s.name: 1.0 for s in sites} if sensitivity is None else _sensitivities(sensitivity, sites, record)
     bad = [k for k, v in sens.items() if not (math.isfinite(v) and v >= 0)]
     if bad:
         raise ValueError(f"allocate_bits: sensitivities must be finite and >= 0, got {sens[bad[0]]} for {bad[0]}")
@@ -584,6 +664,92 @@ def allocate_bits(
             record,
         )
     )
+
+
+def _check_errors_shape(errors: Any, sites: Sequence[Site]) -> None:
+    """``TypeError`` unless ``errors`` maps sites to ``{bits: error}`` mappings (:func:`allocate_bits`):
+    a number there is a sensitivity (the two swapped failed with "float() argument must be ... not
+    'dict'", H15-ASW2)."""
+    swap = "errors and sensitivity swapped? the order is allocate_bits(sites, errors, sensitivity, budget_bpw)"
+    if not isinstance(errors, Mapping):
+        raise TypeError(
+            f"allocate_bits: errors must map site -> {{bits: error}} (quantization_errors(model, sites, choices)), "
+            f"got {type(errors).__name__}{'; ' + swap if hasattr(errors, 'site_ri') else ''}"
+        )
+    for s in sites:
+        e = errors.get(s.name)
+        if e is not None and not isinstance(e, Mapping):
+            raise TypeError(
+                f"allocate_bits: errors must map site -> {{bits: error}} (quantization_errors), but its value for "
+                f"{s.name} is {shown_value(e)}: {swap}"
+            )
+
+
+def _sensitivities(sensitivity: Any, sites: Sequence[Site], record: dict[str, str] | None) -> dict[str, float]:
+    """``{site: s_m}`` of every site from the ``sensitivity`` given to :func:`allocate_bits`: a mapping
+    ``{site: number}`` or an Attribution (its mean relative importance, :func:`module_scores`; one of
+    another model than the errors' ``record`` is refused, H15-AXS). ``TypeError``: another kind, or
+    ``{bits: error}`` values (errors and sensitivity swapped, H15-ASW2); ``ValueError``: a site it has
+    no value for (it was priced at 0, so put at the lowest bits, H15-ASM)."""
+    from lrm_interp.attribution.results import Attribution
+    from lrm_interp.protect.policies import module_scores
+
+    if isinstance(sensitivity, Attribution):  # as `lrm-interp bits --scores` takes it (H15-ARD)
+        got = recorded_weights(sensitivity)
+        if got and record and got["weights_fingerprint"] != record["weights_fingerprint"]:
+            raise ValueError(
+                "allocate_bits: the sensitivity (an Attribution) was computed on another model "
+                f"({got.get('name') or '?'}, weights fingerprint {got['weights_fingerprint']}) than the errors "
+                f"({record.get('name') or '?'}, {record['weights_fingerprint']}): scores of one model rank another "
+                "model's modules wrongly; attribute the model the errors were measured on"
+            )
+        given: Mapping[str, Any] = module_scores(sensitivity, purpose="allocate")
+    elif isinstance(sensitivity, Mapping):
+        given = sensitivity
+    else:
+        raise TypeError(
+            f"allocate_bits: sensitivity must map site -> number (e.g. res.site_ri()), be an Attribution or None, "
+            f"got {type(sensitivity).__name__}"
+        )
+    missing = [s.name for s in sites if s.name not in given]
+    if missing:
+        raise ValueError(
+            f"allocate_bits: sensitivity has no value for {len(missing)} of {len(sites)} sites (e.g. "
+            f"{', '.join(missing[:3])}): they would weigh 0 and stay at the lowest bits; give a sensitivity of "
+            "every site (attribute(...) over all sites), or allocate only the sites it scores"
+        )
+    out: dict[str, float] = {}
+    for s in sites:
+        v = given[s.name]
+        if isinstance(v, Mapping):
+            raise TypeError(
+                f"allocate_bits: sensitivity must map site -> number, but its value for {s.name} is a mapping "
+                "({bits: error}?): errors and sensitivity swapped? the order is allocate_bits(sites, errors, "
+                "sensitivity, budget_bpw)"
+            )
+        try:
+            out[s.name] = float(v)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"allocate_bits: sensitivity must map site -> number, but its value for {s.name} is {shown_value(v)}"
+            ) from None
+    return out
+
+
+def _check_errors_grid(errors: Any, group_size: int | None, symmetric: bool) -> None:
+    """``ValueError`` when ``errors`` record the grid they were measured on (:class:`SiteErrors`) and it is
+    not the allocation's ``group_size`` / ``symmetric``: the errors of one grid priced the bits of another
+    (H15-EGR). Errors that record no grid (a plain ``dict``) are not compared."""
+    grid = getattr(errors, "grid", None)
+    if not isinstance(grid, Mapping):
+        return
+    have = (grid.get("group_size"), grid.get("symmetric"))
+    if have != (group_size, symmetric):
+        raise ValueError(
+            f"allocate_bits: the errors were measured on another grid (group_size={have[0]}, symmetric={have[1]}) "
+            f"than the allocation's (group_size={group_size}, symmetric={symmetric}): measure them on its grid, "
+            f"quantization_errors(model, sites, choices, group_size={group_size}, symmetric={symmetric})"
+        )
 
 
 def _errors_model(errors: Mapping[str, Any], model: Any) -> dict[str, str] | None:
@@ -656,8 +822,17 @@ def uniform_allocation(
     sites: Sequence[Site], bits: int, *, group_size: int | None = 128, symmetric: bool = False, model: Any = None
 ) -> BitAllocation:
     """Every module at ``bits`` (the baseline of the same bit width everywhere); ``model``: the
-    model it is for (a module or its record, :attr:`BitAllocation.model`), ``None``: unrecorded."""
-    b = {s.name: int(bits) for s in sites}
+    model it is for (a module or its record, :attr:`BitAllocation.model`), ``None``: unrecorded.
+    ``sites``: a non-empty list of Site; ``bits``: 2..8 or 16 (``"3"`` was read as 3, H15-USS)."""
+    sites = check_site_list(sites, "uniform_allocation")  # 'mlp', [] failed deep inside (H15-USS/FSZ)
+    try:
+        n = KEPT if not isinstance(bits, bool) and bits == KEPT else check_bits(bits)
+    except ValueError:
+        raise ValueError(
+            f"uniform_allocation: bits must be an integer {MIN_BITS}..{MAX_BITS} or {KEPT} (kept in FP16), "
+            f"got {shown_value(bits)}"
+        ) from None
+    b = {s.name: n for s in sites}
     return _stamped(
         BitAllocation(
             b,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,12 +37,14 @@ import numpy as np
 import torch
 
 from lrm_interp._io import CHECKSUM_KEY, ChecksumError, read_safetensors, refuse_result_file, write_safetensors
+from lrm_interp.checks import refuse_string, shown_value
 from lrm_interp.compress.quant.apply import (  # the grid rule lives with the quantizer that warns (H14-MGP)
     GRID_FREE_SALIENCIES as GRID_FREE_SALIENCIES,
 )
 from lrm_interp.compress.quant.apply import GRID_KEYS, recorded_grid
 from lrm_interp.compress.quant.apply import grid_mismatch as grid_mismatch
 from lrm_interp.compress.quant.apply import masks_grid as masks_grid
+from lrm_interp.compress.quant.grid import check_bits
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.masks import MaskSet, ProtectionMask
 
@@ -199,6 +201,31 @@ def decode_index(
     return pm
 
 
+def check_site_list(sites: Any, what: str, *, empty: bool = False) -> list[Site]:
+    """``sites`` as a list of :class:`~lrm_interp.model.sites.Site` (what
+    :func:`~lrm_interp.model.sites.find_sites` returns), else one line naming ``what`` (the function)
+    and the fix, before any work (H15-MSS/USS/FSZ): a string (a pattern such as ``'mlp'``: these
+    functions have no model to resolve it; ``find_sites(model, pattern='mlp')`` does) or anything
+    that is not a sequence of Sites is a ``TypeError`` (it failed deep inside with "'str' object has
+    no attribute 'name'"); an empty list is a ``ValueError`` "sites is empty" unless ``empty``
+    (it ended in a ``ZeroDivisionError``)."""
+    refuse_string(
+        "sites",
+        sites,
+        "a list of Site (find_sites(model))",
+        f"sites=find_sites(model, pattern={sites!r})" if isinstance(sites, str) else None,
+    )
+    if isinstance(sites, Mapping) or not isinstance(sites, Iterable):
+        raise TypeError(f"{what}: sites must be a list of Site (find_sites(model)), got {shown_value(sites)}")
+    out = list(sites)
+    for i, s in enumerate(out):
+        if not isinstance(s, Site):
+            raise TypeError(f"{what}: sites[{i}] must be a Site (find_sites(model) gives them), got {shown_value(s)}")
+    if not out and not empty:
+        raise ValueError(f"{what}: sites is empty: give the sites to use (find_sites(model), non-empty)")
+    return out
+
+
 def quantized_site_bits(
     site: Site, bits: int, *, group_size: int | None = 128, symmetric: bool = False, param_bits: int = 16
 ) -> tuple[int, int]:
@@ -226,6 +253,8 @@ def bits_per_weight(
     ``index_bits`` (summing to ``bpw``), ``base_bits`` (= ``bits``), ``protected_fraction``,
     ``full_fraction`` (whole modules kept) and ``encodings`` ``{site: encoding}``.
     """
+    sites = check_site_list(sites, "bits_per_weight", empty=True)
+    bits = check_bits(bits)  # "3" failed deep inside with "unsupported operand type(s)" (H15-BPS)
     n_total = sum(s.n_weights for s in sites)
     if n_total == 0:
         raise ValueError("bits_per_weight: no weights in the given sites")
@@ -343,7 +372,7 @@ def save_masks(
     *,
     metadata: dict | None = None,
     encoding: str = "auto",
-    model: Mapping[str, str] | None = None,
+    model: Mapping[str, str] | torch.nn.Module | None = None,
     replace: bool = True,
     own: str | None = None,
     grid: Mapping[str, Any] | None = None,
@@ -366,8 +395,9 @@ def save_masks(
     one, is refused first (:class:`~lrm_interp._io.OtherResultError` naming it, H9-PYW); ``own``:
     the kind of result whose own file this is (the library's writers: a study writing its masks).
 
-    ``model``: ``{"name", "weights_fingerprint"}`` of the model the masks were computed for
-    (default: ``masks.model`` of a :class:`~lrm_interp.protect.masks.MaskSet`, as
+    ``model``: ``{"name", "weights_fingerprint"}`` of the model the masks were computed for, or
+    the model itself (its :func:`~lrm_interp.model.provenance.weights_record`; anything else is a
+    ``TypeError``) (default: ``masks.model`` of a :class:`~lrm_interp.protect.masks.MaskSet`, as
     :func:`~lrm_interp.protect.policies.build_masks` returns), stored as the ``model`` metadata
     entry and checked when the masks are applied to a model.
     """
@@ -382,10 +412,19 @@ def save_masks(
             f"got {type(masks).__name__}"
         )
     metadata = _with_grid(metadata, grid if grid is not None else getattr(masks, "grid", None))
+    rec = model if model is not None else getattr(masks, "model", None)
+    if isinstance(rec, torch.nn.Module):  # the model itself, as allocate_bits(model=...) takes: its record (H15-SMM)
+        from lrm_interp.model.provenance import weights_record
+
+        rec = weights_record(rec)
+    elif rec is not None and not isinstance(rec, Mapping):
+        raise TypeError(
+            f"save_masks: model must be the model the masks are for (an nn.Module) or its record "
+            f"{{'name', 'weights_fingerprint'}} (weights_record(model)), got {type(rec).__name__}"
+        )
     refuse_result_file(path, own=own)  # before any work: never a file of another command's result
     tensors, info = mask_tensors(masks, encoding=encoding)
     meta = {"format": FORMAT, "sites": json.dumps(info), "extra": json.dumps(metadata or {})}
-    rec = model if model is not None else getattr(masks, "model", None)
     if rec:
         meta["model"] = json.dumps({k: rec[k] for k in ("name", "weights_fingerprint") if k in rec})
     return write_safetensors(path, tensors, meta, replace=replace)

@@ -42,6 +42,7 @@ from lrm_interp.attribution.results import site_scores
 from lrm_interp.checks import check_fraction, shown_value
 from lrm_interp.model.provenance import recorded_weights
 from lrm_interp.model.sites import Site
+from lrm_interp.protect.encoding import check_site_list
 from lrm_interp.protect.masks import MaskSet, ProtectionMask
 
 
@@ -492,15 +493,23 @@ def build_masks(
     ``modules_by_score`` needs ``scores``; ``final_mlp`` needs nothing. For ``global_top``
     the ``always`` modules count against the budget, so the total is exactly
     ``max(round(budget · N), n_always)``. A budget above 0 that protects nothing is refused
-    (module docs).
+    (module docs). ``sites``: a non-empty list of Site (:func:`~lrm_interp.model.sites.find_sites`;
+    a string or an empty list is refused); ``behavior``: only for ``modules_by_score`` (refused
+    with another policy, which would ignore it).
 
     Returns a :class:`~lrm_interp.protect.masks.MaskSet` whose ``model`` is the weights record of
     the saliency's model, else of the model ``scores`` (an Attribution) was computed on: masks
     saved with :func:`~lrm_interp.protect.encoding.save_masks` keep it, and applying them to a
     model with other weights is refused.
     """
+    sites = check_site_list(sites, "build_masks")  # 'mlp', [] failed deep inside (H15-MSS, H15-FSZ)
     budget = _check_budget(budget)
-    sites = list(sites)
+    if behavior is not None and policy != "modules_by_score":  # it was ignored without a word (H15-MBI)
+        raise ValueError(
+            f"build_masks: behavior={behavior!r} is read only by policy 'modules_by_score' (the behaviour of "
+            f"an Attribution's scores); policy {policy!r} does not use it: leave it out, or build the saliency "
+            "for that behaviour (build_saliency(..., behaviors=[...]))"
+        )
     forced, _, banned = _split(sites, always, never)
     over = check_always_never(sites, budget, always, never, policy=policy)  # never: every site, refused
     if over is not None and warn_budget:  # warn_budget=False: the caller said it already (the CLI)

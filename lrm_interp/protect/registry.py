@@ -32,6 +32,7 @@ from lrm_interp.compress.quant.apply import GRID_FREE_SALIENCIES
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.tokens import EncodedTrace
 from lrm_interp.model.sites import Site
+from lrm_interp.model.vocab import check_ids_fit
 from lrm_interp.protect.gptq_aware import attribution_gptq, response_loss, tacq
 from lrm_interp.protect.saliency import (
     SaliencyStream,
@@ -218,7 +219,9 @@ def build_saliency(
     :data:`SPAN_GRADS_SOURCES` (:func:`lrm_interp.protect.saliency.behaviour_weight_grads`); another
     source refuses anything but ``"exact"`` (a ``ValueError``: it would be silently ignored).
     Inputs a source does not use are ignored; a missing required input is a ``ValueError``
-    naming it, an unknown ``name`` a ``KeyError`` listing the registered ones.
+    naming it, an unknown ``name`` a ``KeyError`` listing the registered ones. An encoded trace
+    holding a token id beyond the model's input embedding (encoded with another model's tokenizer)
+    is a ``ValueError`` naming the trace, before any work (:func:`~lrm_interp.model.vocab.check_ids_fit`).
     """
     if name not in SALIENCIES:
         raise KeyError(f"unknown saliency {name!r} (one of {list(SALIENCIES)})")
@@ -245,6 +248,9 @@ def build_saliency(
     missing = [n for n in src.needs if getattr(x, n) is None]
     if missing:
         raise ValueError(f"saliency {name!r} needs {', '.join(missing)}")
+    for e in encoded if "encoded" in src.needs and encoded is not None else ():
+        # ids of another model's tokenizer: torch said only "index out of range in self" (H15-SOT)
+        check_ids_fit(model, e.input_ids, f"build_saliency({name!r}): trace {e.trace_id}")
     stream = src.build(model, list(sites), x)
     if isinstance(stream, SaliencyStream) and stream.model is None:  # masks built from it record the model
         stream.model = model

@@ -520,10 +520,10 @@ def held_out_accuracy(model, tokenizer, cfg: DistillConfig, world: World) -> dic
     """Greedy accuracy per family (and ``"mean"``) of the LoRA model on ``cfg.eval_per_family``
     problems per family of seed :data:`EVAL_SEED`, in eval mode (the caller restores train mode)."""
     from lrm_interp.data.toy_tasks import problems
-    from lrm_interp.toy.evaluate import evaluate
+    from lrm_interp.toy.evaluate import evaluate_quietly
 
     model.eval()
-    return evaluate(
+    return evaluate_quietly(  # a monitor during training: a model that still loops is expected
         model.get_base_model(),
         tokenizer,
         problems(cfg.eval_per_family, EVAL_SEED, world=world),

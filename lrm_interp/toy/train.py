@@ -198,7 +198,7 @@ def anneal_(
 def _evaluate_and_save(
     model, log: dict, out_dir, *, n_people: int, eval_per_family: int, quant_eval: tuple[tuple[int, int | None], ...]
 ) -> dict:
-    from lrm_interp.toy.evaluate import evaluate
+    from lrm_interp.toy.evaluate import evaluate_quietly as evaluate  # a training log: accuracy says enough
 
     model.eval()
     tok = byte_tokenizer()
