@@ -40,6 +40,20 @@ def tiny_llama():
     return tiny_model("llama", seed=0)
 
 
+@pytest.fixture(scope="module")
+def toy_encoded():
+    """``(model, tokenizer, dataset, encoded)``: the shipped toy reasoner, its tokenizer, one gold
+    trace per family (seed 4242) and those traces encoded (a fresh model per test module: tests
+    compress copies of it)."""
+    from lrm_interp import encode_trace
+    from lrm_interp.toy import load_toy_model
+    from lrm_interp.toy.tasks import generate_dataset
+
+    model, tok = load_toy_model()
+    ds = generate_dataset(n_per_family=1, seed=4242)
+    return model, tok, ds, [encode_trace(tok, t) for t in ds]
+
+
 @pytest.fixture(scope="session")
 def paper_layout_dir() -> Path:
     """The paper-layout annotation fixtures (copied into tests/data so CI has them)."""

@@ -18,16 +18,13 @@ import pytest
 import lrm_interp
 from lrm_interp import divergence, encode_trace, quantize_model_
 from lrm_interp.testing import byte_tokenizer, tiny_model
-from lrm_interp.toy import load_toy_model
 from lrm_interp.toy.evaluate import collect_traces, evaluate
 from lrm_interp.toy.tasks import generate_dataset, problems
 
 
 @pytest.fixture(scope="module")
-def toy():
-    model, tok = load_toy_model()
-    ds = generate_dataset(n_per_family=1, seed=4242)
-    return model, tok, ds, [encode_trace(tok, t) for t in ds]
+def toy(toy_encoded):
+    return toy_encoded
 
 
 @pytest.fixture(scope="module")

@@ -19,19 +19,16 @@ import pytest
 import torch
 
 import lrm_interp
-from lrm_interp import apply_compression, divergence, encode_trace
+from lrm_interp import apply_compression, divergence
 from lrm_interp.attribution.results import Attribution, ImportanceShift
 from lrm_interp.evaluation.bench_score import score_outputs
-from lrm_interp.toy import load_toy_model
 from lrm_interp.toy.evaluate import collect_traces, evaluate
-from lrm_interp.toy.tasks import generate_dataset, problems
+from lrm_interp.toy.tasks import problems
 
 
 @pytest.fixture(scope="module")
-def toy():
-    model, tok = load_toy_model()
-    ds = generate_dataset(n_per_family=1, seed=4242)
-    return model, tok, ds, [encode_trace(tok, t) for t in ds]
+def toy(toy_encoded):
+    return toy_encoded
 
 
 @pytest.fixture(scope="module")
