@@ -30,6 +30,7 @@ from lrm_interp.cli.common import (
     dataclass_from_args,
     device_arg,
     group_size_arg,
+    held_out_seed,
     load_model_quietly,
     model_input,
     nonneg_int,
@@ -38,7 +39,6 @@ from lrm_interp.cli.common import (
     refuse_quantized_model,
     require_model,
     require_path,
-    seed_int,
 )
 
 
@@ -439,10 +439,26 @@ def _refuse_unused_length_flags(a: argparse.Namespace, outputs: Path) -> None:
         )
 
 
+def _refuse_other_result_as_outputs(outputs: Path) -> None:
+    """``CliError`` when ``--outputs`` is the finished result of a command that writes no model
+    outputs (an attribution, a study, ...): an attribution folder's ``partial/`` was taken for a
+    model run ("0 of 30 outputs exist in 1 run(s) (partial)", H16-BSA). A ``bench run`` folder (one
+    model's, or the ``--out`` holding them) and other generators' layouts are read as before."""
+    from lrm_interp._io import finished_result
+
+    res = finished_result(outputs)
+    if res is not None and res.kind not in ("bench run", "bench score"):
+        raise CliError(
+            f"--outputs {outputs} is {res}, not model outputs: give the folder of 'lrm-interp bench run --out' "
+            "(or of another generator, in the paper's layout)"
+        )
+
+
 def cmd_score(a: argparse.Namespace) -> int:
     from lrm_interp.evaluation.bench_score import score_outputs
 
     outputs = require_path(a.outputs, "--outputs", kind="dir")
+    _refuse_other_result_as_outputs(outputs)
     out = _score_out(a, outputs)
     items = _tasks_and_items(a)
     if a.tokenizer is not None and a.tokenizer.lower() == "toy":
@@ -590,10 +606,11 @@ def _task_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     )
     p.add_argument(
         "--toy-seed",
-        type=seed_int,
+        type=held_out_seed,
         default=2,
         metavar="SEED",
-        help="seed of the toy problems, an integer >= 0 (0 is a seed; held-out seeds are < 10000)",
+        help="seed of the held-out toy problems, an integer in [0, 9999] (0 is a seed; the toy models' training "
+        "draws from seeds >= 10000)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

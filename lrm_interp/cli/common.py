@@ -64,6 +64,25 @@ from lrm_interp.checks import (
 
 PROG = "lrm-interp"
 DEBUG_ENV = "LRM_INTERP_DEBUG"
+
+
+def held_out_seed(s: str) -> int:
+    """argparse type of the seed of *held-out* toy problems (``toy eval --seed``, ``bench --toy-seed``):
+    a seed (:func:`~lrm_interp.checks.seed_int`) below the toy models' training seeds
+    (:data:`~lrm_interp.data.toy_tasks.TRAIN_SEED_BASE`); ``toy eval --seed 10000`` scored 60 of 150
+    training prompts as held-out without a word (H16-SEED)."""
+    from lrm_interp.data.toy_tasks import TRAIN_SEED_BASE
+
+    v = seed_int(s)
+    if v >= TRAIN_SEED_BASE:
+        raise argparse.ArgumentTypeError(
+            f"must be a held-out seed, an integer in [0, {TRAIN_SEED_BASE - 1}] (the toy models' training draws "
+            f"problems from seeds >= {TRAIN_SEED_BASE}: these would be training data scored as held-out), got {s}"
+        )
+    return v
+
+
+held_out_seed.bounds = ("int", 0, 9_999, False, False)  # type: ignore[attr-defined]  # as checks.int_arg
 _WIDTH = 88
 
 
@@ -1078,6 +1097,7 @@ __all__ = [
     "finite_float",
     "fraction",
     "bits_int",
+    "held_out_seed",
     "seed_int",
     "int_arg",
     "float_arg",

@@ -232,8 +232,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from lrm_interp.cli.common import check_paths
 
     out = Path(a.out)
-    # --out never lies inside an input result; shift.csv / shift.png are replaced only with --overwrite
-    check_paths({"--out": a.out}, {"--original": a.original, "--compressed": a.compressed}, dirs=True)
+    # --out never lies inside an input result, nor is another command's result folder (an attribution:
+    # its shift.csv would be no file of any result there, replaced by the next writer; H16-CMPA);
+    # shift.csv / shift.png are replaced only with --overwrite
+    check_paths({"--out": a.out}, {"--original": a.original, "--compressed": a.compressed}, dirs=True, own="compare")
     existed = out.exists() or out.is_symlink()
     with folder_lock(out, "compare") if existed else contextlib.nullcontext():
         for name in ("shift.csv", "shift.png"):  # under the lock: a run that finished meanwhile is seen here

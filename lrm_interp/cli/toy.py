@@ -85,8 +85,11 @@ def cmd_traces(a: argparse.Namespace) -> int:
             ds = generate_dataset(a.per_family, seed=a.seed)
         else:
             model, tok = load_model_quietly(a.model)
-            ds = collect_traces(
-                model, tok, problems(a.per_family, seed=a.seed, world=model_world(model)), progress=not a.quiet
+            ds = collect_traces(  # traces to attribute, not a held-out score: any seed (H16-SEED)
+                model,
+                tok,
+                problems(a.per_family, seed=a.seed, world=model_world(model), held_out=False),
+                progress=not a.quiet,
             )
         outs.write("--out", ds.save_jsonl)
     print(f"wrote {len(ds)} traces to {a.out}; spans {ds.span_counts()}")
@@ -367,6 +370,7 @@ def register(sub) -> None:
         add_command,
         add_overwrite_flag,
         bits_int,
+        held_out_seed,
         nonneg_int,
         positive_int,
         seed_int,
@@ -422,7 +426,9 @@ def register(sub) -> None:
     ev.add_argument(
         "--per-family", type=positive_int, default=50, metavar="N", help="held-out problems per task family"
     )
-    ev.add_argument("--seed", type=seed_int, default=2, help="seed of the held-out problems (>= 0)")
+    ev.add_argument(
+        "--seed", type=held_out_seed, default=2, help="seed of the held-out problems, an integer in [0, 9999]"
+    )
     ev.add_argument(
         "--bits",
         type=bits_int,

@@ -40,7 +40,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from lrm_interp.checks import check_int, shown_value
+from lrm_interp.checks import check_bool, check_int, shown_value
 from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
 
 FAMILIES: tuple[str, ...] = ("math", "logic", "knowledge")
@@ -298,10 +298,31 @@ def generate_dataset(
     return ReasoningDataset(traces, name=f"toy-seed{seed}")
 
 
-def problems(n_per_family: int, seed: int, families=FAMILIES, *, world: World | None = None) -> list[Problem]:
-    """Problems (prompt + gold answer only) for evaluation; use seeds < 10 000 (training
-    draws from seeds >= 10 000)."""
+#: the toy models' training draws its problems from seeds ``TRAIN_SEED_BASE + ...`` (``toy train``,
+#: ``toy distill``): held-out problems are those of seeds below it (:func:`problems`)
+TRAIN_SEED_BASE = 10_000
+
+
+def check_held_out_seed(seed: int, name: str = "seed") -> None:
+    """``ValueError`` when ``seed`` is one the toy models' training draws from (>= :data:`TRAIN_SEED_BASE`):
+    ``toy eval --seed 10000`` scored 60 of 150 training prompts as held-out without a word (H16-SEED)."""
+    if isinstance(seed, int) and seed >= TRAIN_SEED_BASE:
+        raise ValueError(
+            f"{name} {seed} is a training seed of the toy models (their training draws problems from seeds >= "
+            f"{TRAIN_SEED_BASE}): these problems would be training data scored as held-out; use a seed below "
+            f"{TRAIN_SEED_BASE}"
+        )
+
+
+def problems(
+    n_per_family: int, seed: int, families=FAMILIES, *, world: World | None = None, held_out: bool = True
+) -> list[Problem]:
+    """Problems (prompt + gold answer only) for evaluation. ``held_out`` (default): the seed must be
+    below :data:`TRAIN_SEED_BASE` (training draws from the seeds above; :func:`check_held_out_seed`,
+    ``ValueError``); ``held_out=False`` for problems not meant as held-out (traces to attribute)."""
     check_int("n_per_family", n_per_family, min=0)
+    if check_bool("held_out", held_out):
+        check_held_out_seed(seed)
     out = []
     for i in range(n_per_family):
         for f in families:

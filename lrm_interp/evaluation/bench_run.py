@@ -111,6 +111,25 @@ class BenchRun:
         return pd.DataFrame([t.__dict__ for t in self.tasks])
 
 
+def _recorded_source_note(path: Path, task: str, source: str) -> str:
+    """`` (run.json records the problems of 'X', given now: 'Y': ...)`` when the run file ``path``
+    (not yet rewritten) records another source of ``task``'s problems than ``source`` (item source
+    without its index), else ``""``: a resume with another ``--toy-seed`` was refused as "another
+    prompt" without naming the option (H16-BSR)."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        was = old["tasks"][task]["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    now = source.rsplit(":", 1)[0]
+    if not isinstance(was, str) or was == now:
+        return ""
+    return (
+        f" (run.json records the problems of {was!r}, given now: {now!r}: resume with the task options the run "
+        "used: --task-data, --limit, --per-family, --toy-seed, --toy-people)"
+    )
+
+
 def _check_run_file(path: Path, meta: dict) -> dict:
     """The run file to write for ``meta``: ``meta`` itself for a new folder, else the old file
     merged with it. Raises (naming the file) when the folder holds another run; writes nothing."""
@@ -239,7 +258,8 @@ def run_benchmark(
             if rec.get("prompt_sha") != _sha(it.prompt):
                 raise ValueError(
                     f"{gen_path}: record {task}/{it.index} was generated from another prompt "
-                    f"than {it.source} gives now; use another --out"
+                    f"than {it.source} gives now{_recorded_source_note(run / RUN_FILE, task, it.source)}; "
+                    "use another --out"
                 )
             if not all(output_path(run, task, it.index, k).exists() for k in range(settings.n_samples)):
                 todo.append(it)  # its text files were removed: generate again

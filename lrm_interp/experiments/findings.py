@@ -47,6 +47,7 @@ import torch
 from lrm_interp._io import atomic_write_text
 from lrm_interp.attribution.results import Attribution, ImportanceShift, compare
 from lrm_interp.checks import check_int
+from lrm_interp.data.toy_tasks import check_held_out_seed
 from lrm_interp.evaluation.output_stats import short_long_split
 from lrm_interp.evaluation.paired import sign_test  # re-exported: claim 2's test
 
@@ -205,6 +206,7 @@ class ShiftSettings:
 
         check_int("per_family", self.per_family, min=2)
         check_int("problem_seed", self.problem_seed, min=0)
+        check_held_out_seed(self.problem_seed, "problem_seed")  # not a training seed of the toy models (H16-SEED)
         check_int("max_new_tokens", self.max_new_tokens, min=1)
         check_group_size(self.group_size)
         object.__setattr__(self, "variants", tuple(self.variants))

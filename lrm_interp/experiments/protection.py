@@ -44,6 +44,7 @@ from lrm_interp.compress.calibration import CalibData, calibration_ids, layer_he
 from lrm_interp.compress.quant import quantize_model_
 from lrm_interp.compress.quant.guided import gradient_weighted_hessians, guided_transform
 from lrm_interp.data.tokens import EncodedTrace, encode_trace
+from lrm_interp.data.toy_tasks import check_held_out_seed
 from lrm_interp.data.traces import ReasoningTrace
 from lrm_interp.model.sites import Site, find_sites
 from lrm_interp.protect.bit_allocation import (
@@ -110,6 +111,7 @@ class ExperimentSettings:
             raise ValueError(f"bits must be in 2..7 (b+1 is a row), got {shown_value(self.bits)}") from None
         for name, lo in (("per_family", 1), ("attribution_traces", 1), ("problem_seed", 0), ("max_new_tokens", 1)):
             object.__setattr__(self, name, check_int(name, getattr(self, name), min=lo))
+        check_held_out_seed(self.problem_seed, "problem_seed")  # not a training seed of the toy models (H16-SEED)
         # None: per channel; 128.0 is refused
         object.__setattr__(self, "group_size", check_int("group_size", self.group_size, min=1, optional=True))
         check_bool("symmetric", self.symmetric)

@@ -82,6 +82,7 @@ from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.benchmarks import find_task_file, get_task, load, task_names
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.data.loading import load_dataset
+from lrm_interp.data.toy_tasks import check_held_out_seed
 from lrm_interp.data.traces import ReasoningTrace
 from lrm_interp.evaluation.divergence import divergence
 from lrm_interp.evaluation.generation import count_at_limit, generate_responses, length_limit_warning
@@ -184,6 +185,7 @@ class StudySettings:
             ("resamples", 1),
         ):
             object.__setattr__(self, name, check_int(name, getattr(self, name), min=lo))
+        check_held_out_seed(self.problem_seed, "problem_seed")  # not a training seed of the toy models (H16-SEED)
         check_seed("seed", self.seed)
         if not isinstance(self.symmetric, bool) or not isinstance(self.require_think, bool):
             raise ValueError("symmetric and require_think must be True or False")
@@ -1098,8 +1100,9 @@ def run_study(
     for name in ("shift.csv", "shift.png"):
         _record_checksum(out, name, sums)
 
+    # the files in the folder only: an input elsewhere was listed under "wrote out/" (H16-STL)
     files = {
-        "traces.jsonl" if data_ref == str(out / "traces.jsonl") else data_ref: "the annotated traces",
+        **({"traces.jsonl": "the annotated traces"} if data_ref == str(out / "traces.jsonl") else {}),
         f"{d_fp.name}/": "attribution result (+ scores.csv, heatmap.png)",
         "ranking.csv": "sites ranked per behaviour",
         "masks.safetensors": f"the {s.budget:.0%} attribution protection masks",

@@ -37,10 +37,9 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp.checks import check_float, check_int
-from lrm_interp.data.toy_tasks import FAMILIES, World, build_world, generate_trace
+from lrm_interp.data.toy_tasks import FAMILIES, TRAIN_SEED_BASE, World, build_world, generate_trace
 from lrm_interp.model.reasoner import RECIPE_FILE, import_peft
 
-TRAIN_SEED_BASE = 10_000
 #: Seed of the held-out problems evaluated during training (early stop); reported accuracies use
 #: other seeds below TRAIN_SEED_BASE.
 EVAL_SEED = 9_000

@@ -25,10 +25,18 @@ from pathlib import Path
 import torch
 
 from lrm_interp.checks import check_float, check_int, check_seed
-from lrm_interp.data.toy_tasks import FAMILIES, N_PEOPLE, WORLD_SEED, World, build_world, generate_trace, problems
+from lrm_interp.data.toy_tasks import (
+    FAMILIES,
+    N_PEOPLE,
+    TRAIN_SEED_BASE,
+    WORLD_SEED,
+    World,
+    build_world,
+    generate_trace,
+    problems,
+)
 from lrm_interp.testing import byte_tokenizer
 
-TRAIN_SEED_BASE = 10_000
 EVAL_SEED = 1
 #: the log a trained model folder holds (written last): ``lrm-interp toy train --overwrite`` replaces
 #: only a folder holding it, and the output checks recognise a ``toy train`` model folder by it
