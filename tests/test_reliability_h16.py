@@ -127,3 +127,43 @@ def test_study_lists_only_the_files_in_its_folder(tmp_path, capsys):
     listing = printed.split(f"wrote {out}/", 1)[1].split("reuse them:", 1)[0]
     assert "annotated traces" not in listing and str(gold) not in listing
     assert "ranking.csv" in listing and "bits.json" in listing
+
+
+# ------------------------------------------------------------------ H17-BRO / H17-COA (the sixteenth probe)
+def test_folder_results_are_never_written_into_a_bench_run_out_folder(two_results, tmp_path, capsys):
+    """``attribute --out BR`` / ``compare --out BR`` (BR the ``--out`` of ``bench run``, holding its
+    model run folders) wrote there with exit 0; ``bench score --outputs BR`` and the resume of
+    ``bench run --out BR`` then refused BR as "the attribution result"."""
+    gold, a, _ = two_results
+    br = tmp_path / "BR"
+    run = ["bench", "run", "--model", "toy", "--tasks", "math", "--per-family", 1, "--temperature", 0]
+    run += ["--max-new-tokens", 20, "--out", br, "--quiet"]
+    assert run_cli(run) == 0
+    before = _tree(br)
+    for argv in (
+        ["attribute", "--model", "toy", "--data", gold, "--out", br, "--quiet"],
+        ["compare", "--original", a, "--compressed", a, "--out", br],
+    ):
+        capsys.readouterr()
+        assert run_cli(argv) == 2, argv
+        line = err_line(capsys)
+        assert f"--out {br} holds the bench run folders toy (a 'bench run --out' folder)" in line, line
+    assert _tree(br) == before
+    assert run_cli(run) == 0  # the run still resumes
+    # the advice for a folder that is no attribution never points into another result
+    capsys.readouterr()
+    assert run_cli(["compare", "--original", a, "--compressed", br / "toy", "--out", tmp_path / "C"]) == 2
+    line = err_line(capsys)
+    assert "not an attribution result folder; it is the bench run result" in line, line
+    assert "'lrm-interp attribute --out <a new folder> ...'" in line
+
+
+def test_an_interrupted_attribution_still_resumes_into_its_folder(two_results, tmp_path):
+    """The rule above reads finished bench runs only: an attribution's ``partial/run.json`` is none."""
+    gold, _, _ = two_results
+    out = tmp_path / "AP"
+    (out / "partial").mkdir(parents=True)
+    (out / "partial" / "run.json").write_text("{}")
+    from lrm_interp.cli.common import _refuse_bench_runs_folder
+
+    _refuse_bench_runs_folder("--out", out)  # no refusal

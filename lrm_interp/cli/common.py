@@ -563,6 +563,33 @@ def refuse_other_results(flag: str, path: str | os.PathLike, own: str | None = N
                 "--overwrite; choose another folder"
             )
         raise CliError(f"{flag} {path} {c}; --overwrite does not replace another command's result; choose another path")
+    if own is not None and own not in ("bench run", "bench score"):
+        _refuse_bench_runs_folder(flag, path)
+
+
+def _refuse_bench_runs_folder(flag: str, path: str | os.PathLike) -> None:
+    """:class:`CliError` when the folder ``path`` holds the model run folders of a ``bench run --out``
+    (it is none of them: those are results of their own): another command's folder result written
+    there (``attribute --out BR``, ``compare --out BR``) made ``bench score --outputs BR`` and the
+    resume of ``bench run --out BR`` refuse the folder as that command's result (H17-BRO). ``bench
+    score`` has its own rule (``refuse_scores_into_runs``). A subfolder counts when it is a finished
+    ``bench run`` result (its ``run.json`` of the bench format: an attribution's ``partial/run.json``
+    is none)."""
+    from lrm_interp._io import finished_result
+
+    p = Path(path)
+    try:
+        subs = sorted(q for q in p.iterdir() if q.is_dir()) if p.is_dir() else []
+    except OSError:
+        return
+    runs = [q for q in subs if (r := finished_result(q)) is not None and r.kind == "bench run"]
+    if runs:
+        names = ", ".join(r.name for r in runs)
+        raise CliError(
+            f"{flag} {path} holds the bench run folders {names} (a 'bench run --out' folder): another command's "
+            "result written there would make it that result, which no later 'bench run' or 'bench score' reads; "
+            "choose another folder"
+        )
 
 
 def check_paths(
@@ -903,12 +930,18 @@ def group_size_arg(g: int) -> int | None:
 
 def require_attribution_dir(path: str | os.PathLike, flag: str) -> Path:
     """An existing attribution result folder (``attribution.json`` + ``attribution.safetensors``)."""
+    from lrm_interp._io import finished_result
+
     p = require_path(path, flag, kind="dir")
     for f in ("attribution.json", "attribution.safetensors"):
         if not (p / f).is_file():
+            other = finished_result(p)
+            # another command's result (a bench run folder, ...) is never written into: no advice to (H17-COA)
+            where = f"--out {p}" if other is None and not any(p.iterdir()) else "--out <a new folder>"
+            what = f"; it is {other}" if other is not None else ""
             raise CliError(
-                f"{flag} {p}: {f} is missing, not an attribution result folder "
-                f"(write one with 'lrm-interp attribute --out {p} ...')"
+                f"{flag} {p}: {f} is missing, not an attribution result folder{what} "
+                f"(write one with 'lrm-interp attribute {where} ...')"
             )
     return p
 
