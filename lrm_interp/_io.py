@@ -1024,41 +1024,96 @@ def refuse_other_result_folder(folder: str | os.PathLike, own: str, what: str = 
 
 
 # --------------------------------------------------------------------------- single-file results
+#: the kinds of files that declare no ``format`` but are known by their shape (:func:`_shape_of`):
+#: traces JSON lines (``toy traces``, ``parse``, ``annotate``, a user's data) and the toolchain
+#: configs of ``bits`` (GPTQModel ``dynamic``, llm-compressor ``config_groups``). Their "format" is
+#: the family itself (no ``/version``): no replacing writer of another kind (H17-TRO).
+TRACES_KIND = "traces"
+GPTQMODEL_DYNAMIC_KIND = "gptqmodel.dynamic"
+LLMCOMPRESSOR_GROUPS_KIND = "llmcompressor.config_groups"
 #: the single-file results of lrm_interp, by the family of their ``format`` (``lrm_interp.masks/2``:
-#: ``lrm_interp.masks``): what the file holds (as messages say it) and the command that writes it
-#: (``None``: only the Python API does)
-FILE_RESULT_FORMATS: dict[str, tuple[str, str | None]] = {
-    "lrm_interp.masks": ("protection masks", "protect"),
-    "lrm_interp.bits": ("a bits allocation", "bits"),
-    "lrm_interp.annotator": ("a trained annotator", "annotate train"),
-    "lrm_interp.sidecar": ("a protection sidecar", None),
-    "lrm_interp.quantized": ("quantized weights", None),
+#: ``lrm_interp.masks``) or the kind their shape shows: what the file holds (as messages say it) and
+#: the commands that write it (a flag's own writer: ``"bits --gptqmodel"``; none: only the Python API)
+FILE_RESULT_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "lrm_interp.masks": ("protection masks", ("protect",)),
+    "lrm_interp.bits": ("a bits allocation", ("bits",)),
+    "lrm_interp.annotator": ("a trained annotator", ("annotate train",)),
+    "lrm_interp.sidecar": ("a protection sidecar", ()),
+    "lrm_interp.quantized": ("quantized weights", ()),
+    TRACES_KIND: ("reasoning traces (JSON lines)", ("toy traces", "parse", "annotate")),
+    GPTQMODEL_DYNAMIC_KIND: ("a GPTQModel 'dynamic' config", ("bits --gptqmodel",)),
+    LLMCOMPRESSOR_GROUPS_KIND: ("an llm-compressor 'config_groups' config", ("bits --llmcompressor",)),
 }
-#: a safetensors header or a JSON file larger than this is not read for its format (not one of ours)
+#: a safetensors header or a JSON file larger than this is not read for its format (not one of ours);
+#: nor is a JSON lines file whose first line is longer
 FILE_RESULT_MAX_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
 class FileResult:
     """A single file holding an lrm_interp result (:func:`file_result`): its ``format``
-    (``"lrm_interp.masks/2"``), the format's ``family`` (a key of :data:`FILE_RESULT_FORMATS`),
-    what it ``holds`` and the ``command`` that writes it (``None``: the Python API only)."""
+    (``"lrm_interp.masks/2"``; a kind known by its shape: the family itself, ``"traces"``), the
+    format's ``family`` (a key of :data:`FILE_RESULT_FORMATS`), what it ``holds`` and the
+    ``commands`` that write it (none: the Python API only)."""
 
     path: Path
     format: str
     family: str
     holds: str
-    command: str | None
+    commands: tuple[str, ...]
+
+    @property
+    def what(self) -> str:
+        """What the file holds, with its declared format: ``"protection masks (lrm_interp.masks/2)"``,
+        ``"reasoning traces (JSON lines)"`` (a kind known by its shape declares none)."""
+        return self.holds if self.format == self.family else f"{self.holds} ({self.format})"
 
     def __str__(self) -> str:
-        return f"{self.path} holds {self.holds} ({self.format})"
+        return f"{self.path} holds {self.what}"
+
+
+def _shape_of(doc: object) -> str | None:
+    """The kind (:data:`FILE_RESULT_FORMATS`) a JSON value that declares no ``format`` has by its
+    shape, or ``None``: one trace (an object with ``"id"`` and a string ``"response"``, the first line
+    of a traces file), a GPTQModel ``dynamic`` config (an object whose keys all start ``"+:"`` / ``"-:"``,
+    :func:`lrm_interp.protect.exports.gptqmodel_dynamic_bits`), an llm-compressor ``config_groups``
+    config (an object with a ``"config_groups"`` object,
+    :func:`~lrm_interp.protect.exports.llmcompressor_config_groups`)."""
+    if not isinstance(doc, dict) or not doc or "format" in doc:
+        return None
+    if "id" in doc and isinstance(doc.get("response"), str):
+        return TRACES_KIND
+    if all(isinstance(k, str) and k[:2] in ("+:", "-:") for k in doc):
+        return GPTQMODEL_DYNAMIC_KIND
+    if isinstance(doc.get("config_groups"), dict):
+        return LLMCOMPRESSOR_GROUPS_KIND
+    return None
+
+
+def _first_line(size: int, read) -> bytes | None:
+    """The first line (without its end) of a file of ``size`` bytes read by ``read(offset, n)``, or
+    ``None`` when it is longer than :data:`FILE_RESULT_MAX_BYTES` (read in 1 MiB pieces)."""
+    chunks: list[bytes] = []
+    offset, limit = 0, min(size, FILE_RESULT_MAX_BYTES + 1)  # the line and its end
+    while offset < limit:
+        piece = read(offset, min(1 << 20, limit - offset))
+        if not piece:
+            break
+        end = piece.find(b"\n")
+        if end >= 0:
+            chunks.append(piece[:end])
+            return b"".join(chunks)
+        chunks.append(piece)
+        offset += len(piece)
+    return b"".join(chunks) if offset >= size else None
 
 
 def _format_in(head: bytes, size: int, read) -> str | None:
     """The ``format`` a file's bytes declare (``head``: its first bytes, ``size``: its length,
-    ``read(offset, n)``: more of it), or ``None``: a safetensors file's ``__metadata__["format"]``
-    (the 8-byte header length, then the header alone is read), a JSON object's ``"format"`` (a file
-    of at most :data:`FILE_RESULT_MAX_BYTES`). Anything unreadable declares none."""
+    ``read(offset, n)``: more of it), or the kind its shape shows (:func:`_shape_of`), or ``None``: a
+    safetensors file's ``__metadata__["format"]`` (the 8-byte header length, then the header alone is
+    read), a JSON object's ``"format"`` (a file of at most :data:`FILE_RESULT_MAX_BYTES`), else the
+    shape of that object or of a JSON lines file's first line. Anything unreadable declares none."""
     import json
 
     try:
@@ -1067,12 +1122,20 @@ def _format_in(head: bytes, size: int, read) -> str | None:
             if 2 <= n <= min(FILE_RESULT_MAX_BYTES, size - 8):
                 meta = json.loads(read(8, n)).get("__metadata__") or {}
                 return meta.get("format") if isinstance(meta.get("format"), str) else None
-        if strip_bom(head).lstrip()[:1] == b"{" and size <= FILE_RESULT_MAX_BYTES:
-            doc = json.loads(strip_bom(read(0, size)))
-            return doc.get("format") if isinstance(doc, dict) and isinstance(doc.get("format"), str) else None
+        if strip_bom(head).lstrip()[:1] != b"{":
+            return None
+        if size <= FILE_RESULT_MAX_BYTES:
+            try:
+                doc = json.loads(strip_bom(read(0, size)))
+            except ValueError:  # JSON lines: more than one value
+                doc = None
+            if isinstance(doc, dict):
+                return doc["format"] if isinstance(doc.get("format"), str) else _shape_of(doc)
+        line = _first_line(size, read)
+        kind = None if line is None else _shape_of(json.loads(strip_bom(line)))
+        return kind if kind == TRACES_KIND else None  # a config is one JSON document, never JSON lines
     except (ValueError, AttributeError, OSError):
         return None
-    return None
 
 
 def _file_result_of(path: Path, fmt: str | None) -> FileResult | None:
@@ -1080,15 +1143,17 @@ def _file_result_of(path: Path, fmt: str | None) -> FileResult | None:
     family = fmt.rsplit("/", 1)[0] if fmt else ""
     if family not in FILE_RESULT_FORMATS:
         return None
-    holds, command = FILE_RESULT_FORMATS[family]
-    return FileResult(path, str(fmt), family, holds, command)
+    holds, commands = FILE_RESULT_FORMATS[family]
+    return FileResult(path, str(fmt), family, holds, commands)
 
 
 def file_result(path: str | os.PathLike) -> FileResult | None:
     """The single-file result the regular file ``path`` (a link followed) holds, by the lrm_interp
     ``format`` it declares (:data:`FILE_RESULT_FORMATS`: masks, a bits allocation, a trained
-    annotator, ...), or ``None``: absent, not a regular file, unreadable, or no such format. Cheap:
-    a safetensors file's header only, a JSON file of at most :data:`FILE_RESULT_MAX_BYTES`."""
+    annotator, ...) or the kind its shape shows (traces JSON lines, a GPTQModel / llm-compressor
+    config: :func:`_shape_of`), or ``None``: absent, not a regular file, unreadable, or no such
+    format. Cheap: a safetensors file's header only, a JSON file of at most
+    :data:`FILE_RESULT_MAX_BYTES`, a JSON lines file's first line."""
     p = Path(path)
     try:
         st = os.stat(p)
@@ -1131,7 +1196,7 @@ def _refuse_replacing_file_result(path: Path, data: bytes) -> None:
     new = _file_result_of(path, data_format(data))
     held = file_result_conflict(path, [new.family] if new is not None else [])
     if held is not None:
-        what = f"{new.holds} ({new.format})" if new is not None else "a file of another kind"
+        what = new.what if new is not None else "a file of another kind"
         raise OtherResultError(
             f"{held}: not replaced by {what}, even with replace=True (a result file is replaced only by "
             "a writer of its own kind); choose another path"

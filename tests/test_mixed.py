@@ -271,8 +271,8 @@ def test_bits_cli_writes_allocation_and_configs(tmp_path, capsys):
             )
             == 2
         )
-        err = capsys.readouterr().err  # an allocation is named with its writer; an export is a plain file
-        assert ("which only 'lrm-interp bits' replaces (with --overwrite)" if not extra else "pass --overwrite") in err
+        err = capsys.readouterr().err  # an allocation and an export are named with their writer (H17-TRO)
+        assert f"which only 'lrm-interp bits{' --llmcompressor' if extra else ''}' replaces (with --overwrite)" in err
     assert out.read_bytes() == before and not (tmp_path / "new.json").exists()
     assert (
         main(

@@ -270,7 +270,7 @@ def test_single_file_results_are_replaced_only_by_their_own_kind(res, tmp_path, 
     alloc = li.BitAllocation.load(res["b"])
     ds = li.load_dataset(gold)
     writes = [
-        (lambda: ds.save_jsonl(m), m, "holds protection masks", "a file of another kind"),
+        (lambda: ds.save_jsonl(m), m, "holds protection masks", "not replaced by reasoning traces (JSON lines)"),
         (lambda: li.save_masks(masks, b), b, "holds a bits allocation", "not replaced by protection masks"),
         (lambda: li.atomic_write_bytes(ann, b"x"), ann, "holds a trained annotator", "a file of another kind"),
         (lambda: alloc.save(m), m, "holds protection masks", "not replaced by a bits allocation"),

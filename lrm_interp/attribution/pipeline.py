@@ -68,6 +68,7 @@ from lrm_interp.attribution.resume import (
     check_finished_result,
     clear_partials,
     out_dir_lock,
+    recorded_dataset_name,
     tensors_fingerprint,
     trace_ids_fingerprint,
 )
@@ -846,6 +847,10 @@ def finish(
         for f in getattr(report, "files", ())
         if getattr(f, "status", None) == "missing annotation" and f.trace_id not in kept
     ]
+    # a rerun into this run's finished result keeps its dataset name (a link's name renamed it, H17-SYM);
+    # a finished result of another run is refused before the save (check_finished_result below)
+    recorded = recorded_dataset_name(plan.out_dir) if plan.out_dir is not None and plan.run_key is not None else None
+    dataset_name = recorded or plan.dataset.name
     provenance = {
         "lrm_interp": __version__,
         "model": plan.model_provenance,
@@ -859,7 +864,7 @@ def finish(
         **({"patching_path": patching_path(plan)} if cfg.method == "patching" else {}),
         **plan.extra,
         "dataset": {
-            "name": plan.dataset.name,
+            "name": dataset_name,
             "n_traces": len(plan.dataset),
             "ids_fingerprint": trace_ids_fingerprint(list(plan.trace_keys)),
             "parse_report": report.summary() if report is not None and hasattr(report, "summary") else None,

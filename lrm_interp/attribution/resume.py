@@ -268,6 +268,20 @@ def check_finished_result(
         )
 
 
+def recorded_dataset_name(out_dir: Path, result_file: str = "attribution.json") -> str | None:
+    """The dataset name recorded in the finished result ``out_dir/result_file`` (``provenance.dataset.name``),
+    or ``None``: no such result, unreadable, or no name. A rerun into a finished result of the same run
+    (:func:`check_finished_result` passed) keeps it: the name is the data file's stem, and a link or
+    copy of the same traces under another name renamed the result, so that a later ``compare`` warned
+    "different dataset names" for identical traces (H17-SYM)."""
+    try:
+        d = json.loads((Path(out_dir) / result_file).read_text(encoding="utf-8"))
+        name = d["provenance"]["dataset"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) and name else None
+
+
 #: the metadata entry of a per-trace partial holding the run key it was computed under (module docs)
 RUN_META = "run"
 

@@ -63,7 +63,9 @@ def cmd_bits(a: argparse.Namespace) -> int:
     # each file published as one run's: a new one never over what another run wrote meanwhile, an
     # existing one (--overwrite) by one run at a time (two runs both printed "wrote", H9-CC2)
     # --gptqmodel / --llmcompressor write toolchain configs: never over a bits allocation (H11-GQB)
-    with file_outputs(outputs, "bits", plain=("--gptqmodel", "--llmcompressor")) as outs:
+    with file_outputs(
+        outputs, "bits", writers={"--gptqmodel": "bits --gptqmodel", "--llmcompressor": "bits --llmcompressor"}
+    ) as outs:
         return _bits(a, outs)
 
 

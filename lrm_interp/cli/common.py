@@ -44,7 +44,7 @@ import sys
 import textwrap
 import types
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -710,10 +710,10 @@ def check_paths(
                 shown = f"{po}" if ro == Path(po).resolve() else f"{po} ({ro})"
                 held = None if ro.is_dir() else _file_result(ro)
                 if held is not None:  # "pass --overwrite" sent a bits run on to a refusal (masks are protect's)
-                    by = f"'{PROG} {held.command}'" if held.command else "its own writer"
+                    by = writers_text(held) or "its own writer"
                     raise CliError(
-                        f"{fo} {shown}: the file exists and holds {held.holds} ({held.format}), which only "
-                        f"{by} replaces (with --overwrite); choose another path"
+                        f"{fo} {shown}: the file exists and holds {held.what}, which only {by} replaces "
+                        "(with --overwrite); choose another path"
                     )
                 raise CliError(
                     f"{fo} {shown}: the {what} exists; pass --overwrite to replace it, or choose another path"
@@ -769,7 +769,7 @@ class FileOutputs:
 
 @contextlib.contextmanager
 def file_outputs(
-    outputs: dict[str, str | os.PathLike | None], command: str, *, plain: Sequence[str] = ()
+    outputs: dict[str, str | os.PathLike | None], command: str, *, writers: Mapping[str, str] | None = None
 ) -> Iterator[FileOutputs]:
     """The one way a command publishes its single-file outputs (``{flag: path}``, ``None`` skipped;
     checked first by :func:`check_paths`): two runs into one new ``--out`` both printed "wrote" and
@@ -784,16 +784,18 @@ def file_outputs(
     one's pid. Refused before anything is written: an existing output holding a single-file result
     another command writes (:func:`refuse_other_file_result`: ``bits --out <masks> --overwrite``,
     H10-SFR), and a lock path holding anything but a lock of this library (a user's file named
-    ``.NAME.lrm_interp.lock``, a link there: left as it is, H10-LCK). ``plain``: the flags whose output
-    is no result file of ``command`` (``bits --gptqmodel`` / ``--llmcompressor`` write a toolchain's
-    config): a single-file result there, ``command``'s own kind included, is refused too (H11-GQB)."""
+    ``.NAME.lrm_interp.lock``, a link there: left as it is, H10-LCK). ``writers``: the writer each flag
+    is (:data:`lrm_interp._io.FILE_RESULT_FORMATS`' commands); ``--out`` is ``command``, another flag
+    writes no kind of result unless named here (``bits --gptqmodel``: a GPTQModel config, never over a
+    bits allocation, H11-GQB, nor over traces, H17-TRO)."""
     from lrm_interp._io import file_lock_path
 
     paths = {f: Path(p) for f, p in outputs.items() if p is not None and str(p) != ""}
     existed = {f: p.exists() or p.is_symlink() for f, p in paths.items()}
     for f, p in paths.items():
         if existed[f]:
-            refuse_other_file_result(f, p, command, plain=f in plain)
+            writer = (writers or {}).get(f, command if f == "--out" else None)
+            refuse_other_file_result(f, p, writer)
     with contextlib.ExitStack() as stack:
         for f, p in paths.items():
             if existed[f]:
@@ -858,29 +860,44 @@ def folder_output_lock(
     return hold_lock(flag, out, file_lock_path(r), command, folder=True)
 
 
-def refuse_other_file_result(flag: str, path: str | os.PathLike, command: str, *, plain: bool = False) -> None:
+def refuse_other_file_result(flag: str, path: str | os.PathLike, writer: str | None) -> None:
     """:class:`CliError` naming ``flag`` when the existing file ``path`` holds a single-file result
-    that ``command`` does not write (:func:`lrm_interp._io.file_result_conflict`: masks replaced by
-    ``bits --out m.safetensors --overwrite``, a bits allocation by ``parse``, H10-SFR): ``--overwrite``
-    replaces a command's own result only. The same command's result is replaced as before, unless
-    ``plain``: ``flag`` writes no result file of ``command`` (``bits --gptqmodel``, a GPTQModel config),
-    so no single-file result is replaced there (a bits allocation was, H11-GQB)."""
+    that ``writer`` (a command, or a flag's own writer: ``"bits --gptqmodel"``; ``None``: a flag that
+    writes no kind of result, ``parse --report``) does not write
+    (:func:`lrm_interp._io.file_result_conflict`: masks replaced by ``bits --out m.safetensors
+    --overwrite``, a bits allocation by ``parse``, H10-SFR; a GPTQModel config over a bits allocation,
+    H11-GQB; masks or a GPTQModel config over traces, H17-TRO): ``--overwrite`` replaces a writer's own
+    kind of file only."""
     from lrm_interp._io import FILE_RESULT_FORMATS, file_result_conflict
 
-    writes = [] if plain else [family for family, (_, cmd) in FILE_RESULT_FORMATS.items() if cmd == command]
+    writes = [family for family, (_, cmds) in FILE_RESULT_FORMATS.items() if writer is not None and writer in cmds]
     held = file_result_conflict(path, writes)
-    if held is not None and plain:
-        by = f", a result of '{PROG} {held.command}'" if held.command else ""
+    if held is not None and flag != "--out":  # a flag of its own (a toolchain config, a report)
         raise CliError(
-            f"{flag} {path} holds {held.holds} ({held.format}){by}: {flag} writes a file of another kind, and "
-            f"--overwrite does not replace a result with it; choose another {flag}"
+            f"{flag} {path} holds {held.what}{written_by(held, ', ')}: {flag} writes a file of another kind, "
+            f"and --overwrite does not replace a result with it; choose another {flag}"
         )
     if held is not None:
-        by = f", a result of '{PROG} {held.command}'" if held.command else ""
         raise CliError(
-            f"{flag} {path} holds {held.holds} ({held.format}){by}: --overwrite does not replace another "
+            f"{flag} {path} holds {held.what}{written_by(held, ', ')}: --overwrite does not replace another "
             f"command's result; choose another {flag}"
         )
+
+
+def written_by(held: Any, lead: str = "") -> str:
+    """Who writes the single-file result ``held`` (:class:`lrm_interp._io.FileResult`), for messages:
+    ``lead`` + ``"a result of 'lrm-interp protect'"``, ``"written by 'lrm-interp toy traces', 'lrm-interp
+    parse' or 'lrm-interp annotate'"``; ``""`` when only the Python API writes it."""
+    if not held.commands:
+        return ""
+    return f"{lead}{'a result of' if len(held.commands) == 1 else 'written by'} {writers_text(held)}"
+
+
+def writers_text(held: Any) -> str:
+    """The commands that write ``held`` (:class:`lrm_interp._io.FileResult`), quoted and joined:
+    ``"'lrm-interp toy traces', 'lrm-interp parse' or 'lrm-interp annotate'"``; ``""``: none."""
+    names = [f"'{PROG} {c}'" for c in held.commands]
+    return " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def add_overwrite_flag(p: argparse.ArgumentParser, what: str = "--out") -> None:
@@ -1158,6 +1175,7 @@ __all__ = [
     "is_path_option",
     "refuse_other_results",
     "refuse_other_file_result",
+    "written_by",
     "file_outputs",
     "hold_lock",
     "folder_output_lock",
