@@ -1073,13 +1073,13 @@ class FileResult:
 
 
 def _shape_of(doc: object) -> str | None:
-    """The kind (:data:`FILE_RESULT_FORMATS`) a JSON value that declares no ``format`` has by its
-    shape, or ``None``: one trace (an object with ``"id"`` and a string ``"response"``, the first line
-    of a traces file), a GPTQModel ``dynamic`` config (an object whose keys all start ``"+:"`` / ``"-:"``,
-    :func:`lrm_interp.protect.exports.gptqmodel_dynamic_bits`), an llm-compressor ``config_groups``
-    config (an object with a ``"config_groups"`` object,
+    """The kind (:data:`FILE_RESULT_FORMATS`) a JSON value has by its shape, or ``None``: one trace
+    (an object with ``"id"`` and a string ``"response"``, the first line of a traces file; any other
+    key, a ``"format"`` in its metadata too, H18-FMT), a GPTQModel ``dynamic`` config (an object whose
+    keys all start ``"+:"`` / ``"-:"``, :func:`lrm_interp.protect.exports.gptqmodel_dynamic_bits`), an
+    llm-compressor ``config_groups`` config (an object with a ``"config_groups"`` object,
     :func:`~lrm_interp.protect.exports.llmcompressor_config_groups`)."""
-    if not isinstance(doc, dict) or not doc or "format" in doc:
+    if not isinstance(doc, dict) or not doc:
         return None
     if "id" in doc and isinstance(doc.get("response"), str):
         return TRACES_KIND
@@ -1091,29 +1091,31 @@ def _shape_of(doc: object) -> str | None:
 
 
 def _first_line(size: int, read) -> bytes | None:
-    """The first line (without its end) of a file of ``size`` bytes read by ``read(offset, n)``, or
-    ``None`` when it is longer than :data:`FILE_RESULT_MAX_BYTES` (read in 1 MiB pieces)."""
-    chunks: list[bytes] = []
+    """The first line that is not blank (without its end; JSON lines readers skip blank lines, and a
+    file with one was not known for traces, H18-BLANK) of a file of ``size`` bytes read by
+    ``read(offset, n)`` (a leading byte-order mark dropped), or ``None``: none, or none within the
+    first :data:`FILE_RESULT_MAX_BYTES` (read in 1 MiB pieces)."""
     offset, limit = 0, min(size, FILE_RESULT_MAX_BYTES + 1)  # the line and its end
+    buf = b""
     while offset < limit:
         piece = read(offset, min(1 << 20, limit - offset))
         if not piece:
             break
-        end = piece.find(b"\n")
-        if end >= 0:
-            chunks.append(piece[:end])
-            return b"".join(chunks)
-        chunks.append(piece)
+        buf = (buf + (strip_bom(piece) if offset == 0 else piece)).lstrip()  # blank lines: whitespace
         offset += len(piece)
-    return b"".join(chunks) if offset >= size else None
+        end = buf.find(b"\n")
+        if end >= 0:
+            return buf[:end]
+    return buf if offset >= size and buf else None
 
 
 def _format_in(head: bytes, size: int, read) -> str | None:
     """The ``format`` a file's bytes declare (``head``: its first bytes, ``size``: its length,
     ``read(offset, n)``: more of it), or the kind its shape shows (:func:`_shape_of`), or ``None``: a
     safetensors file's ``__metadata__["format"]`` (the 8-byte header length, then the header alone is
-    read), a JSON object's ``"format"`` (a file of at most :data:`FILE_RESULT_MAX_BYTES`), else the
-    shape of that object or of a JSON lines file's first line. Anything unreadable declares none."""
+    read), a JSON object's ``"format"`` when it names a kind of :data:`FILE_RESULT_FORMATS` (a file of
+    at most :data:`FILE_RESULT_MAX_BYTES`), else the shape of that object or of a JSON lines file's
+    first line that is not blank. Anything unreadable declares none."""
     import json
 
     try:
@@ -1122,7 +1124,7 @@ def _format_in(head: bytes, size: int, read) -> str | None:
             if 2 <= n <= min(FILE_RESULT_MAX_BYTES, size - 8):
                 meta = json.loads(read(8, n)).get("__metadata__") or {}
                 return meta.get("format") if isinstance(meta.get("format"), str) else None
-        if strip_bom(head).lstrip()[:1] != b"{":
+        if strip_bom(head).lstrip()[:1] not in (b"{", b""):
             return None
         if size <= FILE_RESULT_MAX_BYTES:
             try:
@@ -1130,9 +1132,12 @@ def _format_in(head: bytes, size: int, read) -> str | None:
             except ValueError:  # JSON lines: more than one value
                 doc = None
             if isinstance(doc, dict):
-                return doc["format"] if isinstance(doc.get("format"), str) else _shape_of(doc)
+                fmt = doc.get("format")
+                if isinstance(fmt, str) and fmt.rsplit("/", 1)[0] in FILE_RESULT_FORMATS:
+                    return fmt
+                return _shape_of(doc)
         line = _first_line(size, read)
-        kind = None if line is None else _shape_of(json.loads(strip_bom(line)))
+        kind = None if line is None else _shape_of(json.loads(line))
         return kind if kind == TRACES_KIND else None  # a config is one JSON document, never JSON lines
     except (ValueError, AttributeError, OSError):
         return None

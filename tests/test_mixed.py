@@ -271,8 +271,8 @@ def test_bits_cli_writes_allocation_and_configs(tmp_path, capsys):
             )
             == 2
         )
-        err = capsys.readouterr().err  # an allocation and an export are named with their writer (H17-TRO)
-        assert f"which only 'lrm-interp bits{' --llmcompressor' if extra else ''}' replaces (with --overwrite)" in err
+        err = capsys.readouterr().err  # its own kind of file (an allocation, an export): "pass --overwrite"
+        assert "the file exists; pass --overwrite to replace it" in err
     assert out.read_bytes() == before and not (tmp_path / "new.json").exists()
     assert (
         main(

@@ -50,6 +50,16 @@ def test_files_without_a_format_are_known_by_their_shape(files, tmp_path, monkey
         "one.jsonl": (first + "\n", _io.TRACES_KIND),  # a single trace is one JSON document
         "bom.jsonl": ("\ufeff" + gold.read_text(encoding="utf-8"), _io.TRACES_KIND),
         "noresp.jsonl": ('{"id": "a", "text": "x"}\n' + first + "\n", None),  # the first line decides
+        # blank lines are skipped by the readers, so by the shape too (H18-BLANK)
+        "blank.jsonl": ("\n" + gold.read_text(encoding="utf-8"), _io.TRACES_KIND),
+        "ws.jsonl": ("\ufeff  \t\r\n\r\n" + gold.read_text(encoding="utf-8").replace("\n", "\r\n"), _io.TRACES_KIND),
+        "blank1.jsonl": ("\n\n" + first + "\n", _io.TRACES_KIND),
+        "blanks.jsonl": ("\n" * 300 + first + "\n" + first.replace('"id": "', '"id": "x'), _io.TRACES_KIND),
+        "onlyblank.jsonl": ("\n \n", None),
+        # a "format" in a trace's metadata is a trace's key like any other (H18-FMT)
+        "fmt.jsonl": (first[:-1] + ', "format": "mine/1"}\n' + first + "\n", _io.TRACES_KIND),
+        "fmt1.jsonl": (first[:-1] + ', "format": "mine/1"}', _io.TRACES_KIND),
+        "declared.json": (first[:-1] + ', "format": "lrm_interp.bits/2"}', "lrm_interp.bits"),  # declared wins
         "intresp.jsonl": ('{"id": "a", "response": 3}\n', None),
         "list.json": (json.dumps([json.loads(first)]), None),
         "empty.json": ("{}", None),
@@ -93,11 +103,22 @@ def test_trace_files_and_toolchain_configs_are_replaced_only_by_their_own_writer
         assert "--overwrite does not replace" in line and line.endswith(f"choose another {flag}"), line
     assert {p: p.read_bytes() for p in (tr, g, lc)} == before
     assert not list(tmp_path.glob("b*.json")), "refused before any output was written"
-    # without --overwrite the refusal names what the file holds and who replaces it
+    # without --overwrite the refusal names what the file holds and who replaces it; its own writer
+    # is told to pass --overwrite
     capsys.readouterr()
-    assert run_cli(["toy", "traces", "--gold", "--per-family", 1, "--out", tr]) == 2
+    assert run_cli([*protect, "--out", tr]) == 2
     line = err_line(capsys)
-    assert f"--out {tr}: the file exists and holds reasoning traces (JSON lines), which only " in line, line
+    assert line.endswith(
+        f"--out {tr}: the file exists and holds reasoning traces (JSON lines), which only 'lrm-interp toy traces', "
+        "'lrm-interp parse' or 'lrm-interp annotate' replaces (with --overwrite); choose another path"
+    ), line
+    for argv, path in (
+        (["toy", "traces", "--gold", "--per-family", 1, "--out", tr], tr),
+        ([*BITS, "--out", tmp_path / "b5.json", "--gptqmodel", g], g),
+    ):
+        assert run_cli(argv) == 2
+        line = err_line(capsys)
+        assert line.endswith(f"{path}: the file exists; pass --overwrite to replace it, or choose another path"), line
     # the Python writers follow the same rule
     masks = li.load_masks(_masks(a, tmp_path))
     with pytest.raises(_io.OtherResultError, match="holds reasoning traces .* not replaced by protection masks"):
@@ -116,6 +137,43 @@ def _masks(a, tmp_path):
     out = tmp_path / "m.safetensors"
     assert run_cli(["protect", "--scores", a, "--policy", "final_mlp", "--bits", 3, "--out", out, "--quiet"]) == 0
     return out
+
+
+@pytest.mark.parametrize("case", ["blank", "format"])
+def test_trace_files_with_a_blank_first_line_or_a_format_key_are_kept(files, tmp_path, capsys, case):
+    """H18-BLANK / H18-FMT: valid traces files that the shape did not know were replaced by
+    ``protect --out … --overwrite`` and ``li.save_masks``."""
+    gold, a, _, _ = files
+    text = gold.read_text(encoding="utf-8")
+    first, rest = text.split("\n", 1)
+    tr = tmp_path / "tr.jsonl"
+    tr.write_text("\n" + text if case == "blank" else first[:-1] + ', "format": "mine/1"}\n' + rest, encoding="utf-8")
+    assert len(li.load_dataset(tr)) == len(li.load_dataset(gold))  # a valid traces file
+    before = tr.read_bytes()
+    capsys.readouterr()
+    assert run_cli(["protect", "--scores", a, "--policy", "final_mlp", "--bits", 3, "--out", tr, "--overwrite"]) == 2
+    assert f"--out {tr} holds reasoning traces (JSON lines)" in err_line(capsys)
+    with pytest.raises(_io.OtherResultError):
+        li.save_masks(li.load_masks(_masks(a, tmp_path)), tr)
+    assert tr.read_bytes() == before
+
+
+# ------------------------------------------------------------------ H18-APITAB
+def test_saving_the_same_scores_again_keeps_the_tables(files, tmp_path):
+    """``li.attribute(..., out_dir=A)`` over the finished command-line result A of the same traces
+    deleted ``scores.csv`` and ``heatmap.png`` (its provenance's free memory differed, so it counted
+    as another result); the tables of other scores are still removed (H7-API9)."""
+    gold, a0, _, _ = files
+    a = tmp_path / "A"
+    shutil.copytree(a0, a)
+    tables = {n: (a / n).read_bytes() for n in ("scores.csv", "heatmap.png")}
+    res = li.attribute("toy", gold, out_dir=a, progress=False)
+    assert {n: (a / n).read_bytes() for n in tables} == tables
+    assert li.Attribution.load(a).scores.equal(res.scores)
+    # other scores (another setting) saved over it: the old tables go
+    other = li.attribute("toy", gold, k_context=1, progress=False)
+    other.save(a, overwrite=True)
+    assert not (a / "scores.csv").exists() and not (a / "heatmap.png").exists()
 
 
 # ------------------------------------------------------------------ H17-SYM

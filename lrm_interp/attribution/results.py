@@ -534,7 +534,8 @@ class Attribution:
         is refused with ``FileExistsError`` naming it unless ``overwrite=True`` (saving the same
         result again is always fine); overwriting removes that result's other files first
         (``scores.csv``, ``heatmap.png`` and what its run wrote into ``partial/``, which describe the
-        old result: the folder was left mixed, H7-API9). Only those: anything else in ``partial/``
+        old result: the folder was left mixed, H7-API9; the tables stay when the old result holds the
+        same scores, steering vectors and labels, H18-APITAB). Only those: anything else in ``partial/``
         is kept (:func:`~lrm_interp.attribution.resume.clear_partials`; the whole folder was
         deleted, H8-PT), and a live run there is refused. ``keep_partial``: keep ``partial/`` (the
         run that wrote it saves its own result: :func:`~lrm_interp.attribute`). A ``directory`` that is a file, or
@@ -592,10 +593,23 @@ class Attribution:
             # the old run's partials (a resume would mix them with this result); only what a run
             # writes there: anything else in partial/ is kept (it was deleted with it, H8-PT)
             clear_partials(d / "partial")
+        if self._recorded_tensors(d) == tensors_sha:  # the same scores and labels: its tables still describe
+            return  # them (a rerun of the same run, its provenance's free memory changed, H18-APITAB)
         for name in _TABLES:  # the old result's tables: never left beside the new one
             p = d / name
             if p.is_file() and not p.is_symlink():
                 p.unlink()
+
+    @staticmethod
+    def _recorded_tensors(d: Path) -> str | None:
+        """The ``tensors_sha256`` (scores, steering vectors and labels) ``d/attribution.json`` records, or
+        ``None`` (unreadable, none)."""
+        try:
+            old = json.loads((d / "attribution.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        sha = old.get("tensors_sha256") if isinstance(old, dict) else None
+        return sha if isinstance(sha, str) else None
 
     @classmethod
     def load(cls, directory: str | Path) -> Attribution:

@@ -123,7 +123,7 @@ def cmd_annotate(a: argparse.Namespace) -> int:
         {"--data": a.data, "--annotator": a.annotator, "--prompt-file": a.prompt_file},
     )
     # an existing --out / --report is replaced only with --overwrite (--cache is meant to be reused)
-    check_paths({"--out": a.out, report_flag: report_path}, overwrite=a.overwrite, files=True)
+    check_paths({"--out": a.out, report_flag: report_path}, overwrite=a.overwrite, files=True, command="annotate")
     # --cache is a folder: a regular file there failed at the first trace with a bare "File exists" (H6-P11);
     # never a finished result of another command (its cache files were written into a toy train model,
     # a study, a bench run, R27): no result is of the kind "annotation cache"
@@ -499,7 +499,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     if a.data is None:  # not required by argparse, so that the deprecated --gold can stand for it
         raise CliError("--data PATH (the annotated traces to fit on) is required")
-    check_paths({"--out": a.out}, {"--data": a.data}, overwrite=a.overwrite, files=True)
+    check_paths({"--out": a.out}, {"--data": a.data}, overwrite=a.overwrite, files=True, command="annotate train")
     # published as one run's: a new --out never over what another run wrote meanwhile, an existing one
     # (--overwrite) by one run at a time (two runs both printed "wrote", H9-CC2)
     with file_outputs({"--out": a.out}, "annotate train") as outs:

@@ -34,6 +34,9 @@ from lrm_interp.cli.protect import add_symmetry_flags
 
 SENSITIVITIES = ("attribution", "hessian", "none")
 BIT_CHOICES = (2, 3, 4, 5, 6, 7, 8, 16)
+#: the writers of the toolchain configs (``lrm_interp._io.FILE_RESULT_FORMATS``): never over a bits
+#: allocation (H11-GQB) nor traces (H17-TRO); an earlier config of their own with --overwrite
+CONFIG_WRITERS = {"--gptqmodel": "bits --gptqmodel", "--llmcompressor": "bits --llmcompressor"}
 #: ``--default-bits`` unless given (with ``--gptqmodel``)
 DEFAULT_BITS = 4
 HELP = "allocate bits per module (2/3/4/8/16) under a bits-per-weight budget; GPTQModel/llm-compressor configs"
@@ -59,13 +62,13 @@ def cmd_bits(a: argparse.Namespace) -> int:
         {"--model": model_input(a.model), "--scores": a.scores, "--calib": a.calib},
         overwrite=a.overwrite,
         files=True,
+        command="bits",
+        writers=CONFIG_WRITERS,
     )
     # each file published as one run's: a new one never over what another run wrote meanwhile, an
     # existing one (--overwrite) by one run at a time (two runs both printed "wrote", H9-CC2)
     # --gptqmodel / --llmcompressor write toolchain configs: never over a bits allocation (H11-GQB)
-    with file_outputs(
-        outputs, "bits", writers={"--gptqmodel": "bits --gptqmodel", "--llmcompressor": "bits --llmcompressor"}
-    ) as outs:
+    with file_outputs(outputs, "bits", writers=CONFIG_WRITERS) as outs:
         return _bits(a, outs)
 
 

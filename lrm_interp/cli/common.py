@@ -601,6 +601,8 @@ def check_paths(
     files: bool = False,
     dirs: bool = False,
     own: str | None = None,
+    command: str | None = None,
+    writers: Mapping[str, str] | None = None,
 ) -> None:
     """Refuse, before any work, outputs that would destroy another output or an input.
 
@@ -620,6 +622,9 @@ def check_paths(
     A file output spelled as a folder (``--out newdir/``: a file ``newdir`` was written, R28) is
     refused too (:func:`lrm_interp._io.refuse_folder_spelling`).
     ``dirs``: the outputs are folders, so an existing file there is refused (the same way).
+    ``command`` / ``writers``: who writes each file output (:func:`flag_writer`, as
+    :func:`file_outputs`): without ``--overwrite``, an existing single-file result that writer
+    replaces is met with "pass --overwrite"; one it does not, with who does (H10-SFR).
 
     Always refused, naming the flag: an output under an existing file (``--out results.csv/x``:
     nothing can be written there, :func:`lrm_interp._io.file_on_the_way`), an output that is,
@@ -709,7 +714,9 @@ def check_paths(
                 what = "folder" if ro.is_dir() else "file"
                 shown = f"{po}" if ro == Path(po).resolve() else f"{po} ({ro})"
                 held = None if ro.is_dir() else _file_result(ro)
-                if held is not None:  # "pass --overwrite" sent a bits run on to a refusal (masks are protect's)
+                writer = flag_writer(fo, command, writers)
+                if held is not None and (writer is None or writer not in held.commands):
+                    # "pass --overwrite" sent a bits run on to a refusal (masks are protect's)
                     by = writers_text(held) or "its own writer"
                     raise CliError(
                         f"{fo} {shown}: the file exists and holds {held.what}, which only {by} replaces "
@@ -794,8 +801,7 @@ def file_outputs(
     existed = {f: p.exists() or p.is_symlink() for f, p in paths.items()}
     for f, p in paths.items():
         if existed[f]:
-            writer = (writers or {}).get(f, command if f == "--out" else None)
-            refuse_other_file_result(f, p, writer)
+            refuse_other_file_result(f, p, flag_writer(f, command, writers))
     with contextlib.ExitStack() as stack:
         for f, p in paths.items():
             if existed[f]:
@@ -858,6 +864,13 @@ def folder_output_lock(
     if r.name == "":  # the root folder: nothing is ever written there (refused by the checks)
         return contextlib.nullcontext()
     return hold_lock(flag, out, file_lock_path(r), command, folder=True)
+
+
+def flag_writer(flag: str, command: str | None, writers: Mapping[str, str] | None = None) -> str | None:
+    """The writer (:data:`lrm_interp._io.FILE_RESULT_FORMATS`' commands) of the file output ``flag``
+    of ``command``: ``writers[flag]`` when given (``bits --gptqmodel``), ``command`` for ``--out``,
+    else ``None`` (a flag that writes no kind of result: ``parse --report``)."""
+    return (writers or {}).get(flag, command if flag == "--out" else None)
 
 
 def refuse_other_file_result(flag: str, path: str | os.PathLike, writer: str | None) -> None:
@@ -1175,6 +1188,7 @@ __all__ = [
     "is_path_option",
     "refuse_other_results",
     "refuse_other_file_result",
+    "flag_writer",
     "written_by",
     "file_outputs",
     "hold_lock",

@@ -179,7 +179,9 @@ def cmd_parse(a: argparse.Namespace) -> int:
             f"--data {data} is JSONL (drop --report)"
         )
     # before reading anything: no output names the input or the other output, none replaced without --overwrite
-    check_paths({"--out": a.out, "--report": a.report}, {"--data": data}, overwrite=a.overwrite, files=True)
+    check_paths(
+        {"--out": a.out, "--report": a.report}, {"--data": data}, overwrite=a.overwrite, files=True, command="parse"
+    )
     # published as one run's each: a new --out / --report never over what another run wrote meanwhile,
     # an existing one (--overwrite) by one run at a time (both runs printed "wrote", H9-CC2)
     with file_outputs({"--out": a.out, "--report": a.report}, "parse") as outs:

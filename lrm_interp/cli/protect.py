@@ -210,6 +210,7 @@ def cmd_protect(a: argparse.Namespace) -> int:
         {"--scores": a.scores, "--model": model_input(a.model), "--data": a.data},
         overwrite=a.overwrite,
         files=True,
+        command="protect",
     )
     # --out published as one run's (as bits / parse do): a new one never over what another run wrote
     # meanwhile, an existing one (--overwrite) by one run at a time, under a lock beside it (H9-CC2)

@@ -71,7 +71,11 @@ def cmd_traces(a: argparse.Namespace) -> int:
         a.model = "toy"
     # before any model is loaded: an existing --out is replaced only with --overwrite, never the model
     check_paths(
-        {"--out": a.out}, {} if a.gold else {"--model": model_input(a.model)}, overwrite=a.overwrite, files=True
+        {"--out": a.out},
+        {} if a.gold else {"--model": model_input(a.model)},
+        overwrite=a.overwrite,
+        files=True,
+        command="toy traces",
     )
     if not a.gold:
         require_model(a.model)
