@@ -65,9 +65,12 @@ def test_bit_allocation_save_never_replaces_a_file_that_is_not_a_bits_allocation
     generate_dataset(n_per_family=1, seed=1).save_jsonl(traces)
     notes = tmp_path / "notes.json"
     notes.write_text('{"mine": 1}')
-    for p in (traces, notes):
+    for p, says in (  # traces are known by their shape (H17-TRO): another kind of result, named
+        (traces, r"holds reasoning traces \(JSON lines\): not replaced by a bits allocation"),
+        (notes, "BitAllocation.save replaces only a bits allocation file"),
+    ):
         before = p.read_bytes()
-        with pytest.raises(OtherResultError, match="BitAllocation.save replaces only a bits allocation file"):
+        with pytest.raises(OtherResultError, match=says):
             alloc.save(p)
         assert p.read_bytes() == before
     # an earlier allocation is replaced as before; replace=False refuses it; an empty file holds nothing

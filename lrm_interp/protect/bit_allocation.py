@@ -315,7 +315,7 @@ def _refuse_other_file(path: Path) -> None:
     if file_result(path) is not None:  # a result of lrm_interp: another kind's is refused by the writer (H10-SFR)
         return
     raise OtherResultError(
-        f"{path} exists and is not a bits allocation (a traces JSONL, a user's file, ...): BitAllocation.save "
+        f"{path} exists and is not a bits allocation (a user's notes, a file of another tool, ...): BitAllocation.save "
         "replaces only a bits allocation file (an earlier one written by lrm_interp), never another file; "
         "choose another path"
     )
