@@ -1090,32 +1090,38 @@ def _shape_of(doc: object) -> str | None:
     return None
 
 
-def _first_line(size: int, read) -> bytes | None:
-    """The first line that is not blank (without its end; JSON lines readers skip blank lines, and a
-    file with one was not known for traces, H18-BLANK) of a file of ``size`` bytes read by
-    ``read(offset, n)`` (a leading byte-order mark dropped), or ``None``: none, or none within the
-    first :data:`FILE_RESULT_MAX_BYTES` (read in 1 MiB pieces)."""
+def _first_line(size: int, read) -> str | None:
+    """The first line that is not blank, as :func:`iter_jsonl` reads lines (split at ``\\n``, a
+    leading byte-order mark dropped, blank: ``str.strip()`` leaves nothing, Unicode spaces such as
+    U+00A0 or U+2028 included; a file with one was not known for traces, H18-BLANK, H19-USP), of a
+    file of ``size`` bytes read by ``read(offset, n)``; ``None``: none within the first
+    :data:`FILE_RESULT_MAX_BYTES` (read in 1 MiB pieces). Invalid UTF-8 raises
+    ``UnicodeDecodeError`` (no traces file: the reader refuses it too)."""
     offset, limit = 0, min(size, FILE_RESULT_MAX_BYTES + 1)  # the line and its end
     buf = b""
     while offset < limit:
         piece = read(offset, min(1 << 20, limit - offset))
         if not piece:
             break
-        buf = (buf + (strip_bom(piece) if offset == 0 else piece)).lstrip()  # blank lines: whitespace
+        lines = (buf + (strip_bom(piece) if offset == 0 else piece)).split(b"\n")
         offset += len(piece)
-        end = buf.find(b"\n")
-        if end >= 0:
-            return buf[:end]
-    return buf if offset >= size and buf else None
+        buf = lines.pop()  # the line the next piece goes on with
+        for raw in lines:
+            text = raw.decode("utf-8")
+            if text.strip():
+                return text
+    text = buf.decode("utf-8") if offset >= size else ""
+    return text if text.strip() else None
 
 
 def _format_in(head: bytes, size: int, read) -> str | None:
     """The ``format`` a file's bytes declare (``head``: its first bytes, ``size``: its length,
     ``read(offset, n)``: more of it), or the kind its shape shows (:func:`_shape_of`), or ``None``: a
     safetensors file's ``__metadata__["format"]`` (the 8-byte header length, then the header alone is
-    read), a JSON object's ``"format"`` when it names a kind of :data:`FILE_RESULT_FORMATS` (a file of
-    at most :data:`FILE_RESULT_MAX_BYTES`), else the shape of that object or of a JSON lines file's
-    first line that is not blank. Anything unreadable declares none."""
+    read), a JSON object's shape when it is a trace, else its ``"format"`` when it names a kind of
+    :data:`FILE_RESULT_FORMATS` (a file of at most :data:`FILE_RESULT_MAX_BYTES`), else the shape of
+    that object or of a JSON lines file's first line that is not blank. Anything unreadable
+    declares none."""
     import json
 
     try:
@@ -1124,7 +1130,8 @@ def _format_in(head: bytes, size: int, read) -> str | None:
             if 2 <= n <= min(FILE_RESULT_MAX_BYTES, size - 8):
                 meta = json.loads(read(8, n)).get("__metadata__") or {}
                 return meta.get("format") if isinstance(meta.get("format"), str) else None
-        if strip_bom(head).lstrip()[:1] not in (b"{", b""):
+        start = strip_bom(head).decode("utf-8", "ignore").lstrip()[:1]  # Unicode spaces too (H19-USP)
+        if start not in ("{", ""):
             return None
         if size <= FILE_RESULT_MAX_BYTES:
             try:
@@ -1132,10 +1139,12 @@ def _format_in(head: bytes, size: int, read) -> str | None:
             except ValueError:  # JSON lines: more than one value
                 doc = None
             if isinstance(doc, dict):
-                fmt = doc.get("format")
+                fmt, shape = doc.get("format"), _shape_of(doc)
+                if shape == TRACES_KIND:  # a trace whose metadata says "format": no JSON result of ours has
+                    return shape  # an "id" and a "response" (H19-FMT)
                 if isinstance(fmt, str) and fmt.rsplit("/", 1)[0] in FILE_RESULT_FORMATS:
                     return fmt
-                return _shape_of(doc)
+                return shape
         line = _first_line(size, read)
         kind = None if line is None else _shape_of(json.loads(line))
         return kind if kind == TRACES_KIND else None  # a config is one JSON document, never JSON lines

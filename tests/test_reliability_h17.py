@@ -59,7 +59,13 @@ def test_files_without_a_format_are_known_by_their_shape(files, tmp_path, monkey
         # a "format" in a trace's metadata is a trace's key like any other (H18-FMT)
         "fmt.jsonl": (first[:-1] + ', "format": "mine/1"}\n' + first + "\n", _io.TRACES_KIND),
         "fmt1.jsonl": (first[:-1] + ', "format": "mine/1"}', _io.TRACES_KIND),
-        "declared.json": (first[:-1] + ', "format": "lrm_interp.bits/2"}', "lrm_interp.bits"),  # declared wins
+        # a single trace declaring a format of ours is still a trace (H19-FMT); other objects: the format
+        "declared.json": (first[:-1] + ', "format": "lrm_interp.masks/2"}', _io.TRACES_KIND),
+        "declared2.json": ('{"format": "lrm_interp.bits/2", "id": 3}', "lrm_interp.bits"),
+        # blank as the reader sees it: Unicode spaces too (H19-USP)
+        "nbsp.jsonl": ("\u00a0\n\u2028\u3000\n\x1c\n" + gold.read_text(encoding="utf-8"), _io.TRACES_KIND),
+        "nbsp1.jsonl": ("\u00a0" * 40 + "\n" + first, _io.TRACES_KIND),
+        "badutf8.jsonl": (None, None),
         "intresp.jsonl": ('{"id": "a", "response": 3}\n', None),
         "list.json": (json.dumps([json.loads(first)]), None),
         "empty.json": ("{}", None),
@@ -68,7 +74,10 @@ def test_files_without_a_format_are_known_by_their_shape(files, tmp_path, monkey
         "config.jsonl": ('{"-:^a$": {}}\n{"-:^b$": {}}\n', None),  # a config is one document, never lines
     }
     for name, (text, kind) in cases.items():
-        (tmp_path / name).write_text(text, encoding="utf-8")
+        if text is None:  # invalid UTF-8 before the first trace: the reader refuses it, no traces file
+            (tmp_path / name).write_bytes(b"\n\xff\xfe\n" + first.encode())
+        else:
+            (tmp_path / name).write_text(text, encoding="utf-8")
         held = _io.file_result(tmp_path / name)
         assert (held.family if held else None) == kind, name
     # a first line longer than the reading limit is not read
@@ -139,7 +148,7 @@ def _masks(a, tmp_path):
     return out
 
 
-@pytest.mark.parametrize("case", ["blank", "format"])
+@pytest.mark.parametrize("case", ["blank", "format", "unicode-blank", "one-trace-declaring-masks"])
 def test_trace_files_with_a_blank_first_line_or_a_format_key_are_kept(files, tmp_path, capsys, case):
     """H18-BLANK / H18-FMT: valid traces files that the shape did not know were replaced by
     ``protect --out … --overwrite`` and ``li.save_masks``."""
@@ -147,8 +156,16 @@ def test_trace_files_with_a_blank_first_line_or_a_format_key_are_kept(files, tmp
     text = gold.read_text(encoding="utf-8")
     first, rest = text.split("\n", 1)
     tr = tmp_path / "tr.jsonl"
-    tr.write_text("\n" + text if case == "blank" else first[:-1] + ', "format": "mine/1"}\n' + rest, encoding="utf-8")
-    assert len(li.load_dataset(tr)) == len(li.load_dataset(gold))  # a valid traces file
+    tr.write_text(
+        {
+            "blank": "\n" + text,
+            "format": first[:-1] + ', "format": "mine/1"}\n' + rest,
+            "unicode-blank": "\u00a0\n\u2028\n" + text,
+            "one-trace-declaring-masks": first[:-1] + ', "format": "lrm_interp.masks/2"}\n',
+        }[case],
+        encoding="utf-8",
+    )
+    assert len(li.load_dataset(tr)) == (1 if case.startswith("one") else len(li.load_dataset(gold)))  # valid traces
     before = tr.read_bytes()
     capsys.readouterr()
     assert run_cli(["protect", "--scores", a, "--policy", "final_mlp", "--bits", 3, "--out", tr, "--overwrite"]) == 2
@@ -156,6 +173,9 @@ def test_trace_files_with_a_blank_first_line_or_a_format_key_are_kept(files, tmp
     with pytest.raises(_io.OtherResultError):
         li.save_masks(li.load_masks(_masks(a, tmp_path)), tr)
     assert tr.read_bytes() == before
+    # its own writers still replace it (the file declaring masks was refused to them, H19-FMT2)
+    assert run_cli(["parse", "--data", gold, "--out", tr, "--overwrite"]) == 0
+    assert tr.read_bytes() == gold.read_bytes()
 
 
 # ------------------------------------------------------------------ H18-APITAB
