@@ -276,7 +276,9 @@ class FaithfulnessResult:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FaithfulnessResult:
+    def from_dict(cls, d: dict[str, Any], *, source: str = "faithfulness result") -> FaithfulnessResult:
+        """The result of :meth:`to_dict` ``d``, its rows checked against its own score matrices
+        (:meth:`check_rows`: ``ValueError`` naming ``source`` for an edited or corrupt record)."""
         if d.get("format") != FORMAT:
             raise ValueError(f"not a faithfulness result (format {d.get('format')!r}, expected {FORMAT!r})")
         rows = tuple(
@@ -294,7 +296,7 @@ class FaithfulnessResult:
             )
             for r in d["rows"]
         )
-        return cls(
+        res = cls(
             tuple(d["behaviors"]),
             tuple(d["site_names"]),
             tuple(float(a) for a in d["alphas"]),
@@ -306,6 +308,49 @@ class FaithfulnessResult:
             int(d["top_k"]),
             d.get("provenance") or {},
         )
+        res.check_rows(source)
+        return res
+
+    def check_rows(self, source: str = "faithfulness result") -> None:
+        """Refuse (``ValueError`` naming ``source``, the row and both values: "edited or corrupt")
+        rows that their own score matrices contradict: ``top_k`` below 1, a ``top_k_overlap``
+        outside ``[0, min(top_k, n_sites)]``, a row of no (α, behaviour) of the axes, or a
+        ``spearman`` / ``top_k_overlap`` / ``rel_l1`` / ``median_ratio`` other than the one
+        recomputed from ``atp`` and ``real`` (:func:`compare_scores`' formulas). An edited
+        ``faithfulness.json`` used to load as it was (H20-FEDIT: ``top_k`` 3 with an overlap of 10,
+        a spearman of -0.5 where its arrays give 0.986)."""
+        bad = f"{source} is edited or corrupt"
+        if self.top_k < 1:
+            raise ValueError(f"{bad}: top_k {self.top_k} is below 1")
+        cap = min(self.top_k, len(self.site_names))
+        for r in self.rows:
+            name = f"row alpha={r.alpha:g} {r.behavior!r}"
+            if r.behavior not in self.behaviors or r.alpha not in self.alphas:
+                raise ValueError(
+                    f"{bad}: {name} is not one of its behaviours {list(self.behaviors)} × alphas {list(self.alphas)}"
+                )
+            if not 0 <= r.top_k_overlap <= cap:
+                raise ValueError(
+                    f"{bad}: {name} has top_k_overlap {r.top_k_overlap}, outside [0, {cap}] for top_k "
+                    f"{self.top_k} and {len(self.site_names)} sites"
+                )
+            a = self.atp[self.behaviors.index(r.behavior)]
+            real = self.real[self.alphas.index(r.alpha), self.behaviors.index(r.behavior)]
+            ratio = a / real.clamp_min(1e-300)
+            want = {
+                "spearman": spearman(a, real),
+                "top_k_overlap": float(top_k_overlap(a, real, self.top_k)),
+                "rel_l1": float((a - real).abs().sum() / real.sum().clamp_min(1e-300)),
+                "median_ratio": float(ratio.median()) if len(self.site_names) else float("nan"),
+            }
+            for k, w in want.items():
+                v = float(getattr(r, k))
+                same = (math.isnan(v) and math.isnan(w)) or math.isclose(v, w, rel_tol=1e-9, abs_tol=1e-12)
+                if not same:
+                    raise ValueError(
+                        f"{bad}: {name} has {k} {v:g}, but its atp / real arrays give {w:g}; "
+                        "recompute it (lrm-interp faithfulness --overwrite)"
+                    )
 
     def save(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write ``faithfulness.json`` (everything), ``faithfulness.csv`` (:meth:`to_dataframe`) and
@@ -332,8 +377,10 @@ class FaithfulnessResult:
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> FaithfulnessResult:
-        """Read a folder written by :meth:`save`."""
-        return cls.from_dict(json.loads((Path(path_argument(out_dir, "out_dir")) / FILES[0]).read_text()))
+        """Read a folder written by :meth:`save`; its rows are checked against its score matrices
+        (:meth:`check_rows`: ``ValueError`` naming the file for an edited or corrupt one)."""
+        path = Path(path_argument(out_dir, "out_dir")) / FILES[0]
+        return cls.from_dict(json.loads(path.read_text()), source=str(path))
 
     def __repr__(self) -> str:
         head = f"{len(self.behaviors)} behaviours × {len(self.site_names)} sites, alphas {list(self.alphas)}"

@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=24,
         metavar="N",
-        help="annotated traces to generate (at least one per task family)",
+        help="annotated traces to generate: a multiple of 3 (as many per task family)",
     )
     q.add_argument(
         "--tiny",
@@ -397,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=nonneg_int,
         default=150,
         metavar="N",
-        help="held-out problems every variant solves, split over the three task families (0 = skip the "
-        "accuracy evaluation: KL to full precision on the traces instead)",
+        help="held-out problems every variant solves, split over the three task families: 0 or a multiple "
+        "of 3 (0 = skip the accuracy evaluation: KL to full precision on the traces instead)",
     )
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(fn=cmd_quickstart)

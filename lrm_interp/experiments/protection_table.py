@@ -61,6 +61,9 @@ FORMAT_UNCHECKED = "lrm_interp.protection_experiment/1"
 #: the key of a ``rows.jsonl`` line that records what its row was measured with: ``{"settings":
 #: ..., "weights_fingerprint": ..., "tokenizer_fingerprint": ...}`` (``settings.json`` without its format)
 MEASURED_WITH = "measured_with"
+#: the key of the full-precision row's :data:`MEASURED_WITH` record holding how many of its answers hit
+#: ``max_new_tokens`` (:func:`~lrm_interp.evaluation.generation.count_at_limit`), kept for a resume
+AT_LIMIT = "at_limit"
 KINDS = ("fp", "none", "per-weight", "module", "mixed", "guided", "plain")
 
 
@@ -357,6 +360,15 @@ def _settings_json(s: ExperimentSettings, fingerprint: str | None, tokenizer_fin
     }
 
 
+def _recorded_at_limit(rec: Any, n: int) -> int | None:
+    """The number of full-precision answers cut by ``max_new_tokens`` that the row's
+    :data:`MEASURED_WITH` record keeps (:data:`AT_LIMIT`), or ``None``: a row of an older run, or a
+    value that is no count of its ``n`` answers. A resume of a finished run rewrote ``table.md``
+    without the count ("3 of 3 answers hit --max-new-tokens 40" became a question, H20-EPWARN)."""
+    v = rec.get(AT_LIMIT) if isinstance(rec, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= n else None
+
+
 def _measured_with(want: dict[str, Any]) -> dict[str, Any]:
     """What a row measured now is measured with (:data:`MEASURED_WITH`): ``want`` (the run's
     ``settings.json``) without its format, as JSON reads it back."""
@@ -644,13 +656,15 @@ def run_protection_experiment(
             rows[p.label] = _measure(p.label, p.kind, q, tok, held, bpw, modules, t0, s.max_new_tokens, cut)
             records[p.label] = _measured_with(want)
             if cut:
-                fp_at_limit = cut[0]
+                fp_at_limit = records[p.label][AT_LIMIT] = cut[0]
             del q
             save_rows()
             bar.set_postfix_str(f"{p.label}: {100 * rows[p.label].mean:.1f}%")
             bar.update(1)
     order = [p.label for p in plans] + [k for k in rows if k not in {p.label for p in plans}]
     fp = next((r for r in rows.values() if r.kind == "fp"), None)
+    if fp is not None and fp_at_limit is None:  # measured before: the count its record keeps (H20-EPWARN)
+        fp_at_limit = _recorded_at_limit(records.get(fp.label), fp.n)
     warn = None if fp is None else length_limit_warning(fp.correct, fp.n, fp_at_limit, s.max_new_tokens)
     table = ProtectionTable(s, tuple(rows[k] for k in order if k in rows), prov, () if warn is None else (warn,))
     table.save(out)

@@ -24,6 +24,7 @@ and resumable in the folder). Presentation: :func:`run_quickstart` prints it
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lrm_interp.checks import check_fraction, check_int
@@ -31,10 +32,13 @@ from lrm_interp.compress.quant.grid import check_bits
 from lrm_interp.data.traces import ReasoningDataset
 from lrm_interp.experiments.report import files_and_commands, study_summary, write_study_report
 from lrm_interp.experiments.study import (
+    STUDY_FILE,
     StudyResult,
     StudySettings,
+    changed_files,
     check_environment,
     check_study_folder,
+    recorded_checksums,
     run_study,
     study_key,
 )
@@ -44,12 +48,31 @@ from lrm_interp.toy.tasks import FAMILIES, generate_dataset
 TRACES_SEED = 4242
 
 
+def check_per_family(name: str, flag: str, v: object, *, zero: bool = False) -> int:
+    """``v`` if it is a whole number of items per toy task family (a multiple of ``len(FAMILIES)``,
+    at least one per family; 0 too when ``zero``), else ``ValueError`` naming ``name`` (``flag``),
+    the value and the nearest allowed ones. The quickstart's ``n_traces`` and ``n_eval`` used to be
+    rounded down to whole per-family counts with no word (``--traces 2`` wrote 3 traces, ``--eval 4``
+    scored 3 problems: H20-QSROUND)."""
+    n = len(FAMILIES)
+    v = check_int(f"{name} ({flag})", v, min=0 if zero else 1)
+    if v % n == 0 and (v > 0 or zero):
+        return v
+    lo, hi = v // n * n, (v // n + 1) * n
+    use = f"{lo} or {hi}" if lo > 0 else str(hi)
+    raise ValueError(
+        f"{name} ({flag}) must be {'0 or ' if zero else ''}a multiple of {n} (as many per task family: "
+        f"{', '.join(FAMILIES)}), got {v}; use {use}"
+    )
+
+
 def quickstart_settings(
     *, tiny: bool = False, bits: int = 3, group_size: int = 128, budget: float = 0.02, n_eval: int = 150
 ) -> StudySettings:
     """The study the quickstart runs: accuracy on ``n_eval`` problems split over the toy families
-    (``n_eval // 3`` each), or KL on the traces (``tiny`` or ``n_eval == 0``)."""
-    check_int("n_eval", n_eval, min=0)
+    (``n_eval // 3`` each; :func:`check_per_family`: 0 or a multiple of 3), or KL on the traces
+    (``tiny`` or ``n_eval == 0``)."""
+    check_per_family("n_eval", "--eval", n_eval, zero=True)
     measured = not tiny and n_eval > 0
     return StudySettings(
         tasks=tuple(FAMILIES) if measured else (),
@@ -61,9 +84,39 @@ def quickstart_settings(
 
 
 def quickstart_traces(n_traces: int = 24) -> ReasoningDataset:
-    """The annotated traces the quickstart attributes: ``max(1, n_traces // 3)`` per family (gold spans)."""
-    check_int("n_traces", n_traces, min=1)
-    return generate_dataset(max(1, n_traces // len(FAMILIES)), seed=TRACES_SEED)
+    """The annotated traces the quickstart attributes: ``n_traces // 3`` per family (gold spans;
+    :func:`check_per_family`: a multiple of 3)."""
+    check_per_family("n_traces", "--traces", n_traces)
+    return generate_dataset(n_traces // len(FAMILIES), seed=TRACES_SEED)
+
+
+def check_quickstart_traces(out: str | Path, traces: ReasoningDataset, overwrite: bool = False) -> None:
+    """Refuse (``ValueError`` naming the file and ``overwrite``) a rerun into ``out`` whose
+    ``traces.jsonl`` is not the one the quickstart wrote there: its SHA-256 is not the one
+    ``study.json`` records (or, for a study that recorded none, its traces are not ``traces``). A
+    rerun rewrites that file from the generated traces, so a hand-edited copy (the file the report
+    offers as ``--data``) was replaced with no word (H20-QSTR). Nothing with ``overwrite``, without
+    a ``study.json`` (:func:`~lrm_interp.experiments.study.check_study_folder` refuses that folder)
+    or without a ``traces.jsonl`` (written again)."""
+    out = Path(out)
+    path = out / "traces.jsonl"
+    if overwrite or not (out / STUDY_FILE).is_file() or not path.is_file():
+        return
+    doc = json.loads((out / STUDY_FILE).read_text(encoding="utf-8"))  # checked by check_study_folder
+    if "traces.jsonl" in recorded_checksums(doc):
+        edited = bool(changed_files(out, doc, ("traces.jsonl",)))
+    else:  # an older study: compare what the file holds
+        try:
+            have = [t.to_dict() for t in ReasoningDataset.load_jsonl(path)]
+        except (ValueError, OSError):  # unreadable: not the file the quickstart wrote
+            have = None
+        edited = have != [t.to_dict() for t in traces]
+    if edited:
+        raise ValueError(
+            f"{path} is not the traces file the quickstart wrote there (edited since?); a rerun would replace it "
+            "with the generated traces: copy it elsewhere to keep it (and use it as 'lrm-interp study --data'), or "
+            "rerun with overwrite=True (--overwrite) to replace it"
+        )
 
 
 def quickstart_study(
@@ -84,7 +137,7 @@ def quickstart_study(
     (``ValueError``) before anything is loaded or written, ``$LRM_INTERP_SKIP_MEMORY_CHECK`` included
     (:func:`~lrm_interp.experiments.study.check_environment`)."""
     check_environment()  # before tiny_model/ and study.json are written (H10-SMCL)
-    check_int("n_traces", n_traces, min=1)
+    check_per_family("n_traces", "--traces", n_traces)
     check_bits(bits)
     check_int("group_size", group_size, min=1)
     check_fraction("budget", budget, zero=False, one=False)
@@ -92,6 +145,7 @@ def quickstart_study(
     out = Path(out_dir)
     check_study_folder(out, settings, overwrite, also=("tiny_model",))
     traces = quickstart_traces(n_traces)
+    check_quickstart_traces(out, traces, overwrite)  # a hand-edited traces.jsonl is not replaced (H20-QSTR)
     if tiny:
         from lrm_interp.testing import byte_tokenizer, tiny_model
 
@@ -141,11 +195,11 @@ def run_quickstart(
     quickstart with other settings is refused unless ``overwrite``.
     """
     check_environment()  # the header below is printed after the checks only
-    check_int("n_traces", n_traces, min=1)
+    check_per_family("n_traces", "--traces", n_traces)
     check_bits(bits)
     check_int("group_size", group_size, min=1)
     check_fraction("budget", budget, zero=False, one=False)
-    check_int("n_eval", n_eval, min=0)
+    check_per_family("n_eval", "--eval", n_eval, zero=True)
     if tiny:
         print("quickstart on a TINY RANDOM model (--tiny): this checks the plumbing, the scores mean nothing.")
     else:
@@ -180,4 +234,12 @@ def run_quickstart(
     return result
 
 
-__all__ = ["TRACES_SEED", "quickstart_settings", "quickstart_traces", "quickstart_study", "run_quickstart"]
+__all__ = [
+    "TRACES_SEED",
+    "check_per_family",
+    "check_quickstart_traces",
+    "quickstart_settings",
+    "quickstart_traces",
+    "quickstart_study",
+    "run_quickstart",
+]

@@ -55,6 +55,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -75,7 +76,8 @@ from lrm_interp._io import (
     refuse_other_result_folder,
     write_safetensors,
 )
-from lrm_interp.attribution.pipeline import SKIP_MEMORY_CHECK_ENV, attribute
+from lrm_interp.attribution.config import AttributionConfig
+from lrm_interp.attribution.pipeline import SKIP_MEMORY_CHECK_ENV, attribute, attribution_sites
 from lrm_interp.attribution.results import Attribution, ImportanceShift, compare
 from lrm_interp.checks import check_fraction, check_int, check_seed, env_flag, shown_value
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
@@ -83,7 +85,7 @@ from lrm_interp.data.benchmarks import find_task_file, get_task, load, task_name
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.toy_tasks import check_held_out_seed
-from lrm_interp.data.traces import ReasoningTrace
+from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset, ReasoningTrace
 from lrm_interp.evaluation.divergence import divergence
 from lrm_interp.evaluation.generation import count_at_limit, generate_responses, length_limit_warning
 from lrm_interp.evaluation.intervals import bootstrap_interval, wilson_interval
@@ -96,6 +98,7 @@ from lrm_interp.model.provenance import (
     quantized_folder_note,
     weights_record,
 )
+from lrm_interp.model.sites import Site
 from lrm_interp.protect.bit_allocation import BitAllocation
 from lrm_interp.protect.encoding import bits_per_weight, load_masks, save_masks
 from lrm_interp.protect.masks import ProtectionMask
@@ -408,6 +411,8 @@ class StudyResult:
             raise ValueError(f"{out}: the study did not finish; run it again to resume")
         _refuse_edited_key(out, doc)  # its settings are what its rows were measured with (H9-STS)
         _refuse_changed_files(out, doc, ("bits.json",))  # the allocation it reads
+        outcomes = _read_outcomes(out)
+        _refuse_forged_rows(out, doc, outcomes, complete=True)  # its rows are its outcomes' (H20-STEDIT)
         prov = dict(
             doc["provenance"],
             key={k: doc[k] for k in _KEY_FIELDS},
@@ -418,7 +423,7 @@ class StudyResult:
         return cls(
             StudySettings.from_dict(doc["settings"]),
             tuple(StudyRow.from_dict(r) for r in doc["rows"]),
-            _read_outcomes(out),
+            outcomes,
             res,
             res_q,
             compare(res, res_q),
@@ -509,6 +514,57 @@ def _refuse_changed_files(out: Path, doc: Mapping[str, Any], names: Sequence[str
             f"{STUDY_FILE} records): the study's rows were measured with the file it wrote; delete it to "
             "have it rewritten, or restore it"
         )
+
+
+def row_value(metric: str, outcomes: Mapping[str, torch.Tensor]) -> float:
+    """The ``value`` of a study row recomputed from its per-item ``outcomes`` (what :func:`_measure`
+    stores in ``outcomes.safetensors``): ``correct.sum() / n`` for ``"accuracy"``; for ``"kl"`` the
+    token-weighted mean ``(kl · tokens).sum() / tokens.sum()`` (0 when no token is counted: the
+    full-precision row, the model against itself). ``KeyError`` for outcomes lacking a tensor."""
+    if metric == "accuracy":
+        correct = outcomes["correct"]
+        return int(correct.sum()) / max(int(correct.numel()), 1)
+    kl, tok = outcomes["kl"].double(), outcomes["tokens"]
+    total = int(tok.sum())
+    return 0.0 if total == 0 else float((kl * tok).sum() / total)
+
+
+def _refuse_forged_rows(
+    out: Path,
+    doc: Mapping[str, Any],
+    outcomes: Mapping[str, Mapping[str, torch.Tensor]],
+    *,
+    complete: bool = False,
+    flag_ow: str = "overwrite=True (--overwrite)",
+) -> None:
+    """``ValueError`` naming ``study.json``, the row and both numbers when a row's ``value`` is not
+    what its per-item outcomes in ``outcomes.safetensors`` give (:func:`row_value`, relative
+    tolerance 1e-9): a hand-edited value was accepted by a resume and by :meth:`StudyResult.load`,
+    and ``results.csv``, ``report.html`` and the other rows' ``recovered`` were computed from it
+    (H20-STEDIT; ``experiment protection`` refuses the same edit of its rows, E06). A row without
+    outcomes is measured again by a resume; ``complete`` (a finished study being loaded): refused too."""
+    where = out / STUDY_FILE
+    fix = f"the file was edited or is corrupt: restore it, or rerun with {flag_ow} to start the study over"
+    rows = doc.get("rows")
+    for r in rows if isinstance(rows, list) else []:
+        key = r.get("key") if isinstance(r, Mapping) else None
+        if not isinstance(key, str) or key not in outcomes:
+            if complete:
+                raise ValueError(f"{where}: row {shown_value(key)} has no outcomes in {out / OUTCOMES_FILE}; {fix}")
+            continue
+        value, metric = r.get("value"), r.get("metric")
+        try:
+            want = row_value(str(metric), outcomes[key])
+        except KeyError as e:
+            raise ValueError(
+                f"{where}: row {key!r} ({metric!r}) has no {e.args[0]!r} outcomes in {out / OUTCOMES_FILE}; {fix}"
+            ) from None
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and math.isclose(float(value), want, rel_tol=1e-9, abs_tol=1e-12)):
+            raise ValueError(
+                f"{where}: row {key!r}: value {shown_value(value)} ≠ {want!r}, the {metric} its per-item outcomes "
+                f"in {OUTCOMES_FILE} give; {fix}"
+            )
 
 
 #: top-level entry of ``study.json``: the SHA-256 of each of its key fields (:data:`_KEY_FIELDS`) as
@@ -670,6 +726,8 @@ def check_study_folder(
     _refuse_edited_key(out, have, flag_ow)
     if files:
         _refuse_changed_files(out, have)
+        if (out / OUTCOMES_FILE).exists():  # the rows a rerun resumes (H20-STEDIT)
+            _refuse_forged_rows(out, have, _read_outcomes(out), flag_ow=flag_ow)
 
 
 #: ``wording`` of :func:`check_study_folder`: how its advice names the output folder and ``overwrite``
@@ -936,6 +994,37 @@ def check_environment() -> None:
     env_flag(SKIP_MEMORY_CHECK_ENV)
 
 
+def check_target_behaviors(ds: ReasoningDataset, data: Any = None) -> None:
+    """Refuse (``ValueError``), before anything is written, traces in which no target behaviour
+    (:data:`~lrm_interp.data.traces.TARGET_BEHAVIORS`) is annotated: a study attributes those
+    behaviours' spans. It failed in the attribution, after ``study.json`` was written, advising a
+    ``behaviors=[...]`` that neither ``study`` nor :func:`run_study` takes, and the partial folder then
+    refused the corrected command (H20-BEHAV). ``data``: the traces' path (named), or ``None``."""
+    present = ds.behaviors()
+    if any(b in present for b in TARGET_BEHAVIORS):
+        return
+    what = f"data (--data) {data}" if isinstance(data, (str, Path)) else "data"
+    traces = f"{len(ds)} trace{'s' if len(ds) != 1 else ''}"
+    raise ValueError(
+        f"{what}: no target behaviour ({', '.join(TARGET_BEHAVIORS)}) is annotated in the {traces} "
+        f"(labels present: {', '.join(present) or 'none'}); a study attributes the spans of these behaviours: "
+        "annotate the traces (lrm-interp annotate) or give traces that have such spans"
+    )
+
+
+def check_budget_weights(budget: float, sites: Sequence[Site]) -> None:
+    """Refuse (``ValueError``) a ``budget`` that keeps none of the linear weights of ``sites`` (the
+    attributed modules the masks are chosen among) in FP16: ``round(budget × N) = 0``. Checked once
+    the model is loaded, before the attribution: it failed after the whole attribution, advising a
+    ``budget=0`` that a study refuses (H20-SBUD)."""
+    n = sum(x.n_weights for x in sites)
+    if n > 0 and int(round(budget * n)) == 0:
+        raise ValueError(
+            f"budget (--budget) {budget:g} protects 0 of the {n} weights of the model's linear modules "
+            f"(round({budget:g} × {n}) = 0); give a budget of at least {1 / n:.3g}"
+        )
+
+
 def run_study(
     model: Any,
     data: Any,
@@ -979,6 +1068,7 @@ def run_study(
     ds = load_dataset(data)
     if len(ds) == 0:
         raise ValueError(f"{data if isinstance(data, (str, Path)) else 'data'}: no traces")
+    check_target_behaviors(ds, data)
     in_memory = not isinstance(data, (str, Path))
     check_study_folder(out, s, overwrite, writes_traces=in_memory)
     ref = model_ref or (str(model) if isinstance(model, (str, Path)) else None)
@@ -986,6 +1076,7 @@ def run_study(
     model.eval()
     # a model object quantized earlier (a notebook cell run before): its record says so (H12-QQ)
     check_not_quantized(model, "a study quantizes its model itself and compares it with that model as full precision")
+    check_budget_weights(s.budget, attribution_sites(model, AttributionConfig().sites))  # before the attribution
     prov_model = model_provenance(model, tokenizer)
     key = _key(prov_model, s, ds)
     check_study_folder(out, s, overwrite, key=key, writes_traces=in_memory)  # every check before the first write
@@ -1363,6 +1454,9 @@ __all__ = [
     "measure_kl",
     "bootstrap_interval",
     "check_study_folder",
+    "check_budget_weights",
+    "check_target_behaviors",
+    "row_value",
     "changed_files",
     "recorded_checksums",
     "quantized_model_note",
