@@ -88,7 +88,10 @@ def test_edited_spans_under_same_ids_are_recomputed(tmp_path, tokenizer, tiny_ll
     t0 = ds[0]
     moved = [BehaviorSpan(s.behavior, max(0, s.start - 3), s.end) for s in t0.spans]  # edited spans, same id
     ds2 = ReasoningDataset([t0.with_spans(moved), *list(ds)[1:]])
-    resumed = _attr(tiny_llama, ds2, tokenizer, tmp_path)
+    # the finished result of the old spans is replaced only when asked (H21-ATTDATA)
+    with pytest.raises(ResumeMismatchError, match=rf"1 of 4 traces edited under the same id .*'{t0.id}'.*--overwrite"):
+        _attr(tiny_llama, ds2, tokenizer, tmp_path)
+    resumed = _attr(tiny_llama, ds2, tokenizer, tmp_path, overwrite=True)
     fresh = _attr(tiny_llama, ds2, tokenizer)
     assert torch.equal(resumed.scores, fresh.scores)
     r = resumed.provenance["resume"]

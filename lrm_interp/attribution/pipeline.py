@@ -70,6 +70,7 @@ from lrm_interp.attribution.resume import (
     out_dir_lock,
     recorded_dataset_name,
     tensors_fingerprint,
+    trace_contents_fingerprint,
     trace_ids_fingerprint,
 )
 from lrm_interp.checks import env_flag
@@ -117,6 +118,8 @@ class AttributionPlan:
     #: what :func:`finish` checks a finished result in ``out_dir`` against before saving over it
     run_key: dict | None = None
     dataset_key: dict | None = None
+    #: a finished result in ``out_dir`` computed on edited traces (same ids) may be replaced (``attribute(overwrite=)``)
+    overwrite: bool = False
 
 
 def _check_tokenizer(model: torch.nn.Module, tokenizer: Any) -> None:
@@ -452,12 +455,16 @@ def plan_attribution(
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
     warn: bool = True,
+    overwrite: bool = False,
 ) -> AttributionPlan:
     """Step 1 of :func:`attribute`: check and prepare everything; no statistic is computed.
 
     Traces longer than the model's context (:func:`~lrm_interp.model.forward.context_limit`) are
     refused, truncated, skipped or run past it as ``config.overlong`` says (counted in ``extra["overlong"]``);
     a run whose longest trace obviously cannot fit in memory is refused (:func:`check_memory`).
+    A finished result in ``out_dir`` is checked here (and again before the save): one of another run
+    or other trace ids is refused, one of edited traces (same ids) unless ``overwrite``
+    (:func:`~lrm_interp.attribution.resume.check_finished_result`).
     """
     if not isinstance(config, AttributionConfig):
         raise TypeError(f"config must be an AttributionConfig, got {type(config).__name__}")
@@ -518,9 +525,13 @@ def plan_attribution(
     }
     out = Path(out_dir) if out_dir is not None else None
     trace_keys = {t.id: _trace_key(t, e) for t, e in zip(ds, encoded)}
-    dataset_key = {"ids_fingerprint": trace_ids_fingerprint(list(trace_keys)), "n_traces": len(ds)}
+    dataset_key = {
+        "ids_fingerprint": trace_ids_fingerprint(list(trace_keys)),
+        "n_traces": len(ds),
+        "contents": {t.id: t.fingerprint() for t in ds},
+    }
     if out is not None:  # a finished result of another run or other traces is never replaced
-        check_finished_result(out, run_key, dataset=dataset_key)
+        check_finished_result(out, run_key, dataset=dataset_key, overwrite=overwrite)
     store = PartialStore(out / "partial" if out is not None else None, run_key)
     extra: dict[str, Any] = {"overlong": overlong, "memory_estimate": memory, "absent_spans": absent_spans}
     if len(ds) != n_given:
@@ -542,6 +553,7 @@ def plan_attribution(
         extra,
         run_key=run_key,
         dataset_key=dataset_key,
+        overwrite=overwrite,
     )
 
 
@@ -867,6 +879,7 @@ def finish(
             "name": dataset_name,
             "n_traces": len(plan.dataset),
             "ids_fingerprint": trace_ids_fingerprint(list(plan.trace_keys)),
+            "contents_fingerprint": trace_contents_fingerprint({t.id: t.fingerprint() for t in plan.dataset}),
             "parse_report": report.summary() if report is not None and hasattr(report, "summary") else None,
             "unannotated_left_out": unannotated,
         },
@@ -881,7 +894,7 @@ def finish(
     )
     if plan.out_dir is not None:
         if plan.run_key is not None:  # a finished result that appeared meanwhile must be this run's (H7-K4)
-            check_finished_result(plan.out_dir, plan.run_key, dataset=plan.dataset_key)
+            check_finished_result(plan.out_dir, plan.run_key, dataset=plan.dataset_key, overwrite=plan.overwrite)
         result.save(plan.out_dir, overwrite=True, keep_partial=True)
     return result
 
@@ -904,6 +917,7 @@ def attribute(
     tokenizer: Any = None,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     **options: Any,
 ) -> Attribution:
     """Score every linear site of ``model`` for each reasoning behaviour.
@@ -921,6 +935,11 @@ def attribute(
         tokenizer: needed when ``model`` is an object without a tokenizer of its own.
         out_dir: write the result there and keep per-trace partials to resume a killed run.
         progress: progress bars.
+        overwrite: replace a finished result in ``out_dir`` computed on other contents of the same
+            traces (same ids; prompts, responses or spans edited): refused without it, so that a
+            rerun never replaces a result silently. The traces that did not change are reused from
+            its partials. A result of another run (settings, weights, tokenizer, sites, trace ids)
+            is never replaced: delete it or choose another ``out_dir``.
 
     Returns:
         :class:`Attribution` with scores ``[n_behaviors, n_sites]`` and steering vectors; its
@@ -933,7 +952,11 @@ def attribute(
             ``provenance["overlong"]``), or with ``"extrapolate"`` on a model with a learned
             position table (:func:`position_table`).
         MemoryEstimateError: the longest trace obviously cannot fit in the device's free memory.
+        ResumeMismatchError: ``out_dir`` holds a finished result of another run, or of edited traces
+            without ``overwrite``; or partials of another run.
     """
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"attribute: overwrite must be True or False, got {overwrite!r}")
     _check_model_tokenizer(model, tokenizer)
     cfg = config or AttributionConfig()
     if options:
@@ -945,13 +968,13 @@ def attribute(
     rank, world = distributed.context()
     check_dataset_argument(dataset)  # before the model loads (H7-API1)
     if out_dir is None or rank != 0:
-        return _attribute(model, dataset, cfg, tokenizer, out_dir, progress and rank == 0, rank, world)
+        return _attribute(model, dataset, cfg, tokenizer, out_dir, progress and rank == 0, rank, world, overwrite)
     check_out_folder(out_dir, "out_dir")  # a file there: refused before any work (H7-API7)
     work = Path(out_dir) / "partial"  # this run's (no state of an earlier run there: at most a caller's lock)
     fresh = not work.is_dir() or all(p.name == LOCK_FILE for p in work.iterdir())
     with out_dir_lock(out_dir):  # one live run per result folder (H7-K4)
         try:
-            return _attribute(model, dataset, cfg, tokenizer, out_dir, progress, rank, world)
+            return _attribute(model, dataset, cfg, tokenizer, out_dir, progress, rank, world, overwrite)
         except UnresolvedPatchError:
             # partials keyed by a patch_alpha that resolves nothing would refuse the rerun with a larger
             # one ("other settings"): this run's own are removed, a resumed run's kept (H11-ALPHA)
@@ -999,9 +1022,17 @@ def _attribute(
     progress: bool,
     rank: int,
     world: int,
+    overwrite: bool = False,
 ) -> Attribution:
     plan = plan_attribution(
-        model, dataset, cfg, tokenizer=tokenizer, out_dir=out_dir, progress=progress, warn=rank == 0
+        model,
+        dataset,
+        cfg,
+        tokenizer=tokenizer,
+        out_dir=out_dir,
+        progress=progress,
+        warn=rank == 0,
+        overwrite=overwrite,
     )
     n = len(plan.encoded)
     mine = distributed.shard(n, rank, world)

@@ -207,19 +207,57 @@ def trace_ids_fingerprint(ids: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(sorted(ids)).encode("utf-8")).hexdigest()[:32]
 
 
+def trace_contents_fingerprint(contents: dict[str, str]) -> str:
+    """One fingerprint of the traces' contents ``{trace id: content fingerprint}`` (order-independent;
+    :meth:`~lrm_interp.data.traces.ReasoningTrace.fingerprint`: prompt, response and spans)."""
+    return hashlib.sha256(json.dumps(sorted(contents.items())).encode("utf-8")).hexdigest()[:32]
+
+
+def _edited_traces(out_dir: Path, recorded: dict[str, Any], dataset: dict[str, Any]) -> str | None:
+    """How the traces of ``dataset`` (same ids as the finished result in ``out_dir``) differ in content
+    from the ones it was computed on, or ``None``: the same, or nothing tells (a result written before
+    ``contents_fingerprint`` was recorded, whose partials are gone). Names the edited traces from the
+    result's per-trace partials (``partial/dom`` keys) when they are there."""
+    from lrm_interp.attribution.results import trace_content_keys
+
+    contents = dataset.get("contents")
+    if not isinstance(contents, dict):
+        return None
+    was_fp = recorded.get("contents_fingerprint")
+    if was_fp is not None and was_fp == trace_contents_fingerprint(contents):
+        return None
+    stored = trace_content_keys(out_dir) or {}
+    have = {tid: stored.get(file_key(tid)) for tid in contents}
+    if was_fp is None and any(v is None for v in have.values()):
+        return None  # an older result without its partials: nothing to compare with
+    edited = sorted(tid for tid, fp in contents.items() if have[tid] is not None and have[tid] != fp)
+    if not edited:
+        if was_fp is None:
+            return None
+        return "the traces' contents (prompt, response or spans) differ from the ones it was computed on"
+    shown = ", ".join(repr(t) for t in edited[:5]) + (f" and {len(edited) - 5} more" if len(edited) > 5 else "")
+    return f"{len(edited)} of {len(contents)} traces edited under the same id (prompt, response or spans: {shown})"
+
+
 def check_finished_result(
     out_dir: Path,
     run_key: dict[str, Any],
     result_file: str = "attribution.json",
     *,
     dataset: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> None:
     """Refuse to replace a finished result of another run: ``out_dir/result_file`` exists and the
     run key recorded in its provenance (settings, weights, tokenizer, sites) differs from ``run_key``,
     or it was computed on another set of traces than ``dataset`` (``{"ids_fingerprint",
-    "n_traces"}``: :func:`trace_ids_fingerprint`; results written before it was recorded are
-    compared by their trace count). Traces edited under the same ids are not refused: their
-    partials are recomputed (fixing annotations and rerunning is the intended workflow). A folder that is not an
+    "n_traces", "contents"}``: :func:`trace_ids_fingerprint`; results written before it was recorded are
+    compared by their trace count). Traces edited under the same ids (``contents``: ``{id: content
+    fingerprint}``, against the recorded :func:`trace_contents_fingerprint` or, for older results, the
+    partials' keys) replace the finished result only with ``overwrite`` (``--overwrite``): the
+    partials of the traces that did not change are reused, the edited ones recomputed ("fix the
+    annotations and rerun"); without it the rerun replaced the result silently, e.g. one of four
+    behaviours with traces that kept only backtracking spans (H21-ATTDATA). An interrupted run (no
+    ``result_file`` yet) resumes over edited traces without it. A folder that is not an
     attribution result but holds files a run would write (``scores.csv``, ...) is refused too: they
     are someone else's."""
     out_dir = Path(out_dir)
@@ -262,9 +300,18 @@ def check_finished_result(
         elif was.get("ids_fingerprint") is None and was.get("n_traces") not in (None, dataset["n_traces"]):
             parts.append(f"other traces ({was.get('n_traces')} traces there, {dataset['n_traces']} now)")
     if parts:
+        only = " (--overwrite / overwrite=True replaces only a result of the same run on edited traces)"
         raise ResumeMismatchError(
             f"{out_dir} holds the finished result of a run with {'; '.join(parts)}: it is "
-            "never replaced by another run. Delete the folder or choose another out_dir"
+            "never replaced by another run. Delete the folder or choose another out_dir" + (only if overwrite else "")
+        )
+    rec = prov.get("dataset")
+    edited = _edited_traces(out_dir, rec if isinstance(rec, dict) else {}, dataset) if dataset is not None else None
+    if edited and not overwrite:
+        raise ResumeMismatchError(
+            f"{out_dir} holds the finished result of this run on other contents of the same traces: {edited}. "
+            "A rerun would replace it: pass --overwrite (overwrite=True) to replace it (the traces that did not "
+            "change are reused from its partials), or choose another out_dir"
         )
 
 

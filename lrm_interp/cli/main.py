@@ -142,7 +142,7 @@ def _attribute_in_out(a: argparse.Namespace) -> int:
 
     from lrm_interp import attribute
 
-    res = attribute(model, ds, config=cfg, tokenizer=tok, out_dir=a.out, progress=not a.quiet)
+    res = attribute(model, ds, config=cfg, tokenizer=tok, out_dir=a.out, progress=not a.quiet, overwrite=a.overwrite)
     if (res.provenance.get("distributed") or {}).get("rank", 0) != 0:
         return 0  # under torchrun rank 0 writes the tables and reports
     out = Path(a.out)
@@ -412,11 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="score linear sites per reasoning behaviour (attribution patching / DoM)",
         description="Score every linear site of a model for each reasoning behaviour of annotated traces "
         "(lrm_interp.attribute). Writes attribution.json, attribution.safetensors, scores.csv and "
-        "heatmap.png to --out; rerunning with the same --out resumes a killed run.",
+        "heatmap.png to --out; rerunning with the same --out resumes a killed run (a finished result "
+        "there is replaced only by the same run on edited traces, with --overwrite).",
         examples=[
             f"{PROG} attribute --model toy --data traces.jsonl --out attr",
             f"{PROG} attribute --model ./my_model --tokenizer ./my_tok --data paper_layout/ --out attr "
             "--sites 'mlp' --mode joint --compute-dtype bf16",
+            f"{PROG} attribute --model toy --data fixed.jsonl --out attr --overwrite   # after fixing annotations",
         ],
     )
     io = at.add_argument_group("input and output")
@@ -433,6 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="tokenizer folder overriding the model's own (its vocabulary must fit the model's input embedding)",
+    )
+    io.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished result in --out computed on edited traces (same ids; prompts, responses or "
+        "spans changed): refused otherwise; the traces that did not change are reused from its partials. "
+        "A result of other settings, weights or trace ids is never replaced",
     )
     io.add_argument("--quiet", action="store_true", help="no progress bars")
     add_dataclass_args(

@@ -863,7 +863,9 @@ def _attribute_variant(
 
     with warnings.catch_warnings():  # spans cut off by max_tokens are counted in provenance, not warned per run
         warnings.simplefilter("ignore")
-        res = attribute(model, ds, config=cfg, tokenizer=tokenizer, out_dir=folder, progress=progress)
+        # the variant key differs (checked above): an earlier variant's finished result is replaced, its
+        # unchanged traces reused from the partials
+        res = attribute(model, ds, config=cfg, tokenizer=tokenizer, out_dir=folder, progress=progress, overwrite=True)
     if folder is not None:
         atomic_write_text(folder / "scores.csv", res.to_dataframe().to_csv(index=False))
         atomic_write_text(folder / "variant.json", json.dumps(key, indent=1))

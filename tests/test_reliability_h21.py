@@ -1,0 +1,133 @@
+"""Issue 22 ("nothing lost, nothing silent"): the twentieth hostile probe's findings (H21-…).
+
+H21-ATTDATA: ``attribute --out A`` over a finished result A, with traces of the same ids but other
+contents (responses edited; or only the backtracking spans left, so that A, which held four
+behaviours, then held one), replaced A with exit 0 and no ``--overwrite``: from the command line,
+through ``lrm_interp.attribute(out_dir=)`` and in a study's ``attribution_fp32/``. Other settings,
+weights and trace ids were refused; edited contents went through on purpose ("fix the annotations
+and rerun"). A finished result is now replaced by edited traces only with ``--overwrite``
+(``overwrite=True``); an interrupted run still resumes over them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from cli_run import err_line, run_cli, toy_gold
+
+import lrm_interp as li
+from lrm_interp.attribution.results import Attribution
+from lrm_interp.attribution.resume import ResumeMismatchError
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    with dst.open("w", encoding="utf-8") as f:
+        for line in src.read_text(encoding="utf-8").splitlines():
+            f.write(json.dumps(edit(json.loads(line))) + "\n")
+    return dst
+
+
+def _shifted(d: dict) -> dict:
+    """One character before the response, the spans moved with it: the same ids, other contents."""
+    d["response"] = "x" + d["response"]
+    for s in d["spans"]:
+        s["start"] += 1
+        s["end"] += 1
+    return d
+
+
+def _backtracking_only(d: dict) -> dict:
+    d["spans"] = [s for s in d["spans"] if s["behavior"] == "backtracking"]
+    return d
+
+
+@pytest.fixture(scope="module")
+def gold_and_result(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("h21")
+    gold = toy_gold(tmp)
+    a = tmp / "A"
+    assert run_cli(["attribute", "--model", "toy", "--data", gold, "--out", a, "--quiet"]) == 0
+    return gold, a
+
+
+def test_attribute_over_a_finished_result_of_edited_traces_needs_overwrite(gold_and_result, tmp_path, capsys):
+    gold, a0 = gold_and_result
+    a = tmp_path / "A"
+    shutil.copytree(a0, a)
+    before = _files(a)
+    assert len(Attribution.load(a).behaviors) == 4
+    edited = _rewrite(gold, tmp_path / "edited.jsonl", _shifted)
+    bt = _rewrite(gold, tmp_path / "bt.jsonl", _backtracking_only)
+    capsys.readouterr()
+    for data, n in ((edited, 3), (bt, 3)):
+        assert run_cli(["attribute", "--model", "toy", "--data", data, "--out", a, "--quiet"]) == 2
+        err = err_line(capsys)
+        assert f"{a} holds the finished result of this run on other contents of the same traces" in err
+        assert f"{n} of 3 traces edited under the same id" in err and "pass --overwrite" in err
+        assert _files(a) == before  # nothing replaced, the tables included
+    # --overwrite replaces it with the result of the edited traces (what a fresh run gives)
+    assert run_cli(["attribute", "--model", "toy", "--data", bt, "--out", a, "--quiet", "--overwrite"]) == 0
+    fresh = tmp_path / "F"
+    assert run_cli(["attribute", "--model", "toy", "--data", bt, "--out", fresh, "--quiet"]) == 0
+    got, want = Attribution.load(a), Attribution.load(fresh)
+    assert got.behaviors == want.behaviors == ("backtracking",)
+    assert torch.equal(got.scores, want.scores)
+    assert got.provenance["resume"]["dom"] == {"computed": 3, "reused": 0, "stale": 3}
+    assert got.provenance["dataset"]["contents_fingerprint"] == want.provenance["dataset"]["contents_fingerprint"]
+    # the same traces again: resumed (nothing to replace), no --overwrite needed
+    assert run_cli(["attribute", "--model", "toy", "--data", bt, "--out", a, "--quiet"]) == 0
+    assert Attribution.load(a).provenance["resume"]["dom"] == {"computed": 0, "reused": 3, "stale": 0}
+    # --overwrite never replaces the result of another run (other settings)
+    capsys.readouterr()
+    assert (
+        run_cli(["attribute", "--model", "toy", "--data", bt, "--out", a, "--method", "dom", "--overwrite", "--quiet"])
+        == 2
+    )
+    err = err_line(capsys)
+    assert "never replaced by another run" in err and "replaces only a result of the same run on edited traces" in err
+
+
+def test_python_api_refuses_too_and_keeps_the_tables(gold_and_result, tmp_path):
+    gold, a0 = gold_and_result
+    a = tmp_path / "A"
+    shutil.copytree(a0, a)
+    before = _files(a)
+    assert {"scores.csv", "heatmap.png"} <= set(before)
+    bt = _rewrite(gold, tmp_path / "bt.jsonl", _backtracking_only)
+    with pytest.raises(ResumeMismatchError, match=r"3 of 3 traces edited under the same id .*overwrite=True"):
+        li.attribute("toy", bt, out_dir=a, progress=False)
+    assert _files(a) == before
+    with pytest.raises(TypeError, match="overwrite must be True or False"):
+        li.attribute("toy", bt, out_dir=a, progress=False, overwrite="yes")
+    # a result written before the contents' fingerprint was recorded: its partials' keys tell
+    doc = json.loads((a / "attribution.json").read_text(encoding="utf-8"))
+    del doc["provenance"]["dataset"]["contents_fingerprint"]
+    (a / "attribution.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(ResumeMismatchError, match=r"3 of 3 traces edited under the same id"):
+        li.attribute("toy", bt, out_dir=a, progress=False)
+    # an interrupted run (no attribution.json yet) resumes over the edited traces: stale partials recomputed
+    (a / "attribution.json").unlink()
+    res = li.attribute("toy", bt, out_dir=a, progress=False)
+    assert res.behaviors == ("backtracking",)
+    assert res.provenance["resume"]["dom"] == {"computed": 3, "reused": 0, "stale": 3}
+
+
+def test_a_study_attribution_folder_is_not_replaced_by_edited_traces(gold_and_result, tmp_path, capsys):
+    """The probe's N03: the same rule holds for a study's own ``attribution_fp32/`` (an attribution result)."""
+    gold, a0 = gold_and_result
+    st = tmp_path / "ST"
+    st.mkdir()
+    shutil.copytree(a0, st / "attribution_fp32")
+    before = _files(st)
+    edited = _rewrite(gold, tmp_path / "edited.jsonl", _shifted)
+    capsys.readouterr()
+    assert run_cli(["attribute", "--model", "toy", "--data", edited, "--out", st / "attribution_fp32", "--quiet"]) == 2
+    assert "3 of 3 traces edited under the same id" in err_line(capsys)
+    assert _files(st) == before
