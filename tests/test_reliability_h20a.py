@@ -57,6 +57,12 @@ def test_edited_row_value_is_refused_by_load_and_resume(tmp_path, traces):
     with pytest.raises(ValueError, match=r"row 'uniform'.*the file was edited or is corrupt"):
         run_study(model, traces, out, tokenizer=tok, model_ref="tiny", bits=3, resamples=50, progress=False)
     assert _snapshot(out) == before  # results.csv, report, outcomes: nothing rewritten from the forged value
+    # a row deleted from the finished study: load refuses it (its outcomes are there, H21-STRM)
+    doc["rows"][1]["value"] = true_value
+    gone = doc["rows"].pop(2)["key"]
+    study.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"rows \['{gone}'\] have outcomes in .* but no row"):
+        StudyResult.load(out)
 
 
 def test_budget_protecting_no_weight_is_refused_before_any_work(tmp_path, traces):
@@ -65,7 +71,11 @@ def test_budget_protecting_no_weight_is_refused_before_any_work(tmp_path, traces
     with pytest.raises(ValueError) as e:
         run_study(model, traces, out, tokenizer=tok, bits=3, budget=1e-300, progress=False)
     msg = str(e.value)
-    assert msg.startswith("budget (--budget) 1e-300 protects 0 of the ") and "give a budget of at least" in msg
+    assert (
+        msg.startswith("budget (--budget) 1e-300 protects 0 of the ")
+        and "give a budget above " in msg
+        and "protects one weight" in msg
+    )
     assert "budget=0" not in msg
     assert not out.exists()
 

@@ -88,6 +88,12 @@ def test_faithfulness_load_refuses_rows_its_arrays_contradict(tmp_path):
             (lambda d: d["rows"][0].update(top_k_overlap=10), "has top_k_overlap 10, outside [0, 3] for top_k 3"),
             (lambda d: d["rows"][0].update(spearman=-0.5), "has spearman -0.5, but its atp / real arrays give"),
             (lambda d: d["rows"][0].update(top_k_overlap=0), "has top_k_overlap 0, but its atp / real arrays give"),
+            # a row removed or twice (H21-FEDIT2)
+            (lambda d: d["rows"].pop(0), "its rows are not one per alpha × behaviour (missing [(0.1, "),
+            (
+                lambda d: d["rows"].append(dict(d["rows"][0])),
+                "its rows are not one per alpha × behaviour (missing [], twice",
+            ),
         ]
     ):
         bad = tmp_path / f"E{i}"
@@ -99,5 +105,5 @@ def test_faithfulness_load_refuses_rows_its_arrays_contradict(tmp_path):
         with pytest.raises(ValueError, match="edited or corrupt") as e:
             FaithfulnessResult.load(bad)
         assert str(bad / "faithfulness.json") in str(e.value) and fragment in str(e.value)
-        assert "row alpha=0.1" in str(e.value)
+        assert "row alpha=0.1" in str(e.value) or "its rows" in str(e.value)
         assert (bad / "faithfulness.json").read_text() == text  # nothing changed

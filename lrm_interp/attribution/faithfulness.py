@@ -323,6 +323,12 @@ class FaithfulnessResult:
         if self.top_k < 1:
             raise ValueError(f"{bad}: top_k {self.top_k} is below 1")
         cap = min(self.top_k, len(self.site_names))
+        cells = [(r.alpha, r.behavior) for r in self.rows]
+        want_cells = [(al, b) for al in self.alphas for b in self.behaviors]
+        if sorted(cells, key=repr) != sorted(want_cells, key=repr):  # a row removed or twice (H21-FEDIT2)
+            missing = [c for c in want_cells if c not in cells]
+            twice = sorted({c for c in cells if cells.count(c) > 1}, key=repr)
+            raise ValueError(f"{bad}: its rows are not one per alpha × behaviour (missing {missing}, twice {twice})")
         for r in self.rows:
             name = f"row alpha={r.alpha:g} {r.behavior!r}"
             if r.behavior not in self.behaviors or r.alpha not in self.alphas:

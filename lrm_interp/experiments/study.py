@@ -546,6 +546,10 @@ def _refuse_forged_rows(
     where = out / STUDY_FILE
     fix = f"the file was edited or is corrupt: restore it, or rerun with {flag_ow} to start the study over"
     rows = doc.get("rows")
+    keys = {r.get("key") for r in rows if isinstance(r, Mapping)} if isinstance(rows, list) else set()
+    gone = sorted(k for k in outcomes if k not in keys)
+    if complete and gone:  # a row deleted from a finished study (H21-STRM): its outcomes are still there
+        raise ValueError(f"{where}: rows {gone} have outcomes in {out / OUTCOMES_FILE} but no row; {fix}")
     for r in rows if isinstance(rows, list) else []:
         key = r.get("key") if isinstance(r, Mapping) else None
         if not isinstance(key, str) or key not in outcomes:
@@ -1021,7 +1025,7 @@ def check_budget_weights(budget: float, sites: Sequence[Site]) -> None:
     if n > 0 and int(round(budget * n)) == 0:
         raise ValueError(
             f"budget (--budget) {budget:g} protects 0 of the {n} weights of the model's linear modules "
-            f"(round({budget:g} × {n}) = 0); give a budget of at least {1 / n:.3g}"
+            f"(round({budget:g} × {n}) = 0); give a budget above {0.5 / n:.3g} ({1 / n:.3g} protects one weight)"
         )
 
 
