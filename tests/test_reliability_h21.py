@@ -131,3 +131,31 @@ def test_a_study_attribution_folder_is_not_replaced_by_edited_traces(gold_and_re
     assert run_cli(["attribute", "--model", "toy", "--data", edited, "--out", st / "attribution_fp32", "--quiet"]) == 2
     assert "3 of 3 traces edited under the same id" in err_line(capsys)
     assert _files(st) == before
+
+
+# ------------------------------------------------------------------ H21-STLOADMSG
+def test_study_load_names_a_replaced_attribution_folder(tmp_path):
+    """``StudyResult.load`` of a study whose ``attribution_fp32/`` was replaced said compare's "the two
+    results cannot be compared … pass strict=False", which ``load`` has no use for; it now names the
+    study's folders and says how to recover."""
+    from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset
+    from lrm_interp.experiments.study import StudyResult, run_study
+    from lrm_interp.testing import byte_tokenizer, tiny_model
+    from lrm_interp.toy.tasks import generate_dataset
+
+    traces = generate_dataset(1, seed=4242)
+    model, tok = tiny_model("llama", seed=0), byte_tokenizer()
+    out = tmp_path / "st"
+    run_study(model, traces, out, tokenizer=tok, model_ref="tiny", bits=3, resamples=50, progress=False)
+    assert len(StudyResult.load(out).rows) == 5
+    folders = json.loads((out / "study.json").read_text(encoding="utf-8"))["provenance"]["folders"]
+    t0 = traces[0]
+    moved = [BehaviorSpan(s.behavior, max(0, s.start - 3), s.end) for s in t0.spans]
+    edited = ReasoningDataset([t0.with_spans(moved), *list(traces)[1:]])
+    li.attribute(model, edited, tokenizer=tok, out_dir=out / folders["original"], progress=False, overwrite=True)
+    with pytest.raises(ValueError) as e:
+        StudyResult.load(out)
+    msg = str(e.value)
+    assert msg.startswith(f"{out}: its attribution folders {folders['original']}/ and {folders['compressed']}/")
+    assert "1 of 3 traces share an id but differ in content" in msg and "rerun the study with --overwrite" in msg
+    assert "strict=False" not in msg

@@ -41,6 +41,7 @@ this module (which imports the pipeline); it is re-exported here.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -187,6 +188,14 @@ def _float_or_nan(x: float | None) -> float:
     return float("nan") if x is None else float(x)
 
 
+def rows_digest(rows: list[dict[str, Any]]) -> str:
+    """SHA-256 of the rows as :meth:`FaithfulnessResult.to_dict` writes them (canonical JSON): the
+    record of what ``faithfulness`` measured for the fields its arrays cannot vouch for
+    (``signed_spearman``, ``n_spans``, ``n_traces``, ``unresolved_sites`` come from per-span values
+    that are not stored, H21-FEDIT2)."""
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, allow_nan=False).encode("utf-8")).hexdigest()
+
+
 @dataclass(frozen=True)
 class FaithfulnessResult:
     """AtP vs real activation patching per (α, behaviour) (:func:`atp_faithfulness`).
@@ -260,16 +269,18 @@ class FaithfulnessResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: axes, rows, score matrices, provenance."""
+        rows = [
+            {k: _json_float(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(r).items()}
+            for r in self.rows
+        ]
         return {
             "format": FORMAT,
             "behaviors": list(self.behaviors),
             "site_names": list(self.site_names),
             "alphas": list(self.alphas),
             "top_k": self.top_k,
-            "rows": [
-                {k: _json_float(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(r).items()}
-                for r in self.rows
-            ],
+            "rows": rows,
+            "rows_sha256": rows_digest(rows),
             "atp": self.atp.tolist(),
             "real": self.real.tolist(),
             "provenance": self.provenance,
@@ -308,7 +319,18 @@ class FaithfulnessResult:
             int(d["top_k"]),
             d.get("provenance") or {},
         )
-        res.check_rows(source)
+        res.check_rows(source)  # the fields its arrays vouch for, named one by one
+        digest = d.get("rows_sha256")  # absent in a result saved before it was recorded
+        if digest is not None:
+            try:
+                same = digest == rows_digest(d["rows"])
+            except (TypeError, ValueError):
+                same = False
+            if not same:
+                raise ValueError(
+                    f"{source} is edited or corrupt: its rows are not the ones it was saved with (rows_sha256 "
+                    "differs); recompute it (lrm-interp faithfulness --overwrite)"
+                )
         return res
 
     def check_rows(self, source: str = "faithfulness result") -> None:
@@ -318,7 +340,11 @@ class FaithfulnessResult:
         ``spearman`` / ``top_k_overlap`` / ``rel_l1`` / ``median_ratio`` other than the one
         recomputed from ``atp`` and ``real`` (:func:`compare_scores`' formulas). An edited
         ``faithfulness.json`` used to load as it was (H20-FEDIT: ``top_k`` 3 with an overlap of 10,
-        a spearman of -0.5 where its arrays give 0.986)."""
+        a spearman of -0.5 where its arrays give 0.986). The rows must be one per (α, behaviour);
+        the fields computed from per-span values, which are not stored, are bounded: ``n_traces``
+        ≤ ``n_spans``, the same at every α; ``unresolved_sites`` at most the sites whose real score
+        is 0; ``signed_spearman`` in [-1, 1] (H21-FEDIT2; :meth:`from_dict` also checks the rows'
+        digest ``rows_sha256``)."""
         bad = f"{source} is edited or corrupt"
         if self.top_k < 1:
             raise ValueError(f"{bad}: top_k {self.top_k} is below 1")
@@ -343,6 +369,28 @@ class FaithfulnessResult:
             a = self.atp[self.behaviors.index(r.behavior)]
             real = self.real[self.alphas.index(r.alpha), self.behaviors.index(r.behavior)]
             ratio = a / real.clamp_min(1e-300)
+            # the fields from per-span values (not stored): what the arrays bound (H21-FEDIT2)
+            first = next(o for o in self.rows if o.behavior == r.behavior)
+            zeros = int(real.eq(0).sum())
+            bounds = [
+                (0 <= r.n_traces <= r.n_spans, f"n_traces {r.n_traces} and n_spans {r.n_spans} (|D+| ≤ spans)"),
+                (
+                    (r.n_spans, r.n_traces) == (first.n_spans, first.n_traces),
+                    f"n_spans / n_traces {r.n_spans} / {r.n_traces}, but {first.n_spans} / {first.n_traces} at "
+                    f"alpha={first.alpha:g} (the same spans at every alpha)",
+                ),
+                (
+                    r.unresolved_sites is None or 0 <= r.unresolved_sites <= zeros,
+                    f"unresolved_sites {r.unresolved_sites}, but its real scores are 0 at {zeros} site(s) only",
+                ),
+                (
+                    math.isnan(r.signed_spearman) or -1 <= r.signed_spearman <= 1,
+                    f"signed_spearman {r.signed_spearman:g}, outside [-1, 1]",
+                ),
+            ]
+            for ok, what in bounds:
+                if not ok:
+                    raise ValueError(f"{bad}: {name} has {what}; recompute it (lrm-interp faithfulness --overwrite)")
             want = {
                 "spearman": spearman(a, real),
                 "top_k_overlap": float(top_k_overlap(a, real, self.top_k)),

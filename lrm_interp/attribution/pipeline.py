@@ -28,7 +28,8 @@ statistics are gathered before each reduction (:mod:`lrm_interp.attribution.dist
 A killed run started again with the same arguments reuses finished traces and ends with
 identical results; a run on other weights, another model config, another tokenizer, other
 settings or another context limit / overlong policy is refused; a trace edited under the same
-id, or cut at another length, is recomputed (never served from its old partial).
+id, or cut at another length, is recomputed (never served from its old partial). A finished
+result is replaced by edited traces only with ``overwrite=True`` (``--overwrite``).
 """
 
 from __future__ import annotations

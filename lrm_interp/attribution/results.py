@@ -46,6 +46,7 @@ from lrm_interp._io import (
     refuse_result_file,
     write_safetensors,
 )
+from lrm_interp.attribution.resume import trace_content_keys
 from lrm_interp.checks import check_float, refuse_string, shown_value
 from lrm_interp.model.provenance import swapped_compression
 from lrm_interp.model.sites import KIND_ORDER, Site
@@ -888,33 +889,6 @@ COMPARED_SETTINGS = (
 #: settings that compute the same quantity another way (joint approximates exact gradients; the
 #: compute dtype rounds differently): the numbers move a little, the meaning does not (warned about)
 NUMERIC_SETTINGS = ("mode", "compute_dtype")
-
-
-def trace_content_keys(directory: str | Path) -> dict[str, str] | None:
-    """``{file key: content fingerprint}`` of the traces an ``attribute`` run in ``directory`` scored,
-    from the keys of its per-trace partials (``partial/dom/<trace>.safetensors``, metadata ``key``:
-    :meth:`~lrm_interp.data.traces.ReasoningTrace.fingerprint` of the prompt, response and spans,
-    plus a ``:cut...`` suffix when the trace was cut at the context, left out here). Only the
-    safetensors headers are read. ``None`` when the folder holds no readable partials."""
-    import struct
-
-    dom = Path(directory) / "partial" / "dom"
-    if not dom.is_dir():
-        return None
-    keys: dict[str, str] = {}
-    for f in sorted(dom.glob("*.safetensors")):
-        try:
-            with open(f, "rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                if n > 100_000_000:
-                    continue
-                head = json.loads(fh.read(n))
-            key = (head.get("__metadata__") or {}).get("key")
-        except (OSError, ValueError, struct.error, AttributeError):
-            continue
-        if isinstance(key, str) and key:
-            keys[f.stem] = key.split(":", 1)[0]
-    return keys or None
 
 
 def comparability(original: Attribution, compressed: Attribution) -> tuple[list[str], list[str]]:

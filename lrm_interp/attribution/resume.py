@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -203,8 +204,33 @@ _PARTIAL_NAME = re.compile(r"[A-Za-z0-9_-]{0,40}-[0-9a-f]{10}\.safetensors")
 
 def trace_ids_fingerprint(ids: Sequence[str]) -> str:
     """One fingerprint of the set of trace ids of a run (order-independent): which traces, not their
-    contents (a trace whose spans were edited under the same id is recomputed, not refused)."""
+    contents (:func:`trace_contents_fingerprint`)."""
     return hashlib.sha256(json.dumps(sorted(ids)).encode("utf-8")).hexdigest()[:32]
+
+
+def trace_content_keys(directory: str | Path) -> dict[str, str] | None:
+    """``{file key: content fingerprint}`` of the traces an ``attribute`` run in ``directory`` scored,
+    from the keys of its per-trace partials (``partial/dom/<trace>.safetensors``, metadata ``key``:
+    :meth:`~lrm_interp.data.traces.ReasoningTrace.fingerprint` of the prompt, response and spans,
+    plus a ``:cut...`` suffix when the trace was cut at the context, left out here). Only the
+    safetensors headers are read. ``None`` when the folder holds no readable partials."""
+    dom = Path(directory) / "partial" / "dom"
+    if not dom.is_dir():
+        return None
+    keys: dict[str, str] = {}
+    for f in sorted(dom.glob("*.safetensors")):
+        try:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                if n > 100_000_000:
+                    continue
+                head = json.loads(fh.read(n))
+            key = (head.get("__metadata__") or {}).get("key")
+        except (OSError, ValueError, struct.error, AttributeError):
+            continue
+        if isinstance(key, str) and key:
+            keys[f.stem] = key.split(":", 1)[0]
+    return keys or None
 
 
 def trace_contents_fingerprint(contents: dict[str, str]) -> str:
@@ -218,8 +244,6 @@ def _edited_traces(out_dir: Path, recorded: dict[str, Any], dataset: dict[str, A
     from the ones it was computed on, or ``None``: the same, or nothing tells (a result written before
     ``contents_fingerprint`` was recorded, whose partials are gone). Names the edited traces from the
     result's per-trace partials (``partial/dom`` keys) when they are there."""
-    from lrm_interp.attribution.results import trace_content_keys
-
     contents = dataset.get("contents")
     if not isinstance(contents, dict):
         return None

@@ -32,6 +32,7 @@ vouch for rows it could not check) until every row in it carries a record.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
@@ -64,6 +65,8 @@ MEASURED_WITH = "measured_with"
 #: the key of the full-precision row's :data:`MEASURED_WITH` record holding how many of its answers hit
 #: ``max_new_tokens`` (:func:`~lrm_interp.evaluation.generation.count_at_limit`), kept for a resume
 AT_LIMIT = "at_limit"
+#: the key beside :data:`AT_LIMIT` holding :func:`at_limit_digest` of the count and its row (H21-EPATL)
+AT_LIMIT_DIGEST = "at_limit_sha256"
 KINDS = ("fp", "none", "per-weight", "module", "mixed", "guided", "plain")
 
 
@@ -360,13 +363,48 @@ def _settings_json(s: ExperimentSettings, fingerprint: str | None, tokenizer_fin
     }
 
 
-def _recorded_at_limit(rec: Any, n: int) -> int | None:
+def at_limit_digest(row: ResultRow, at_limit: Any) -> str:
+    """SHA-256 binding a full-precision row's count of answers cut by ``max_new_tokens`` to that row
+    (label, ``n``, ``correct``, per-problem outcomes): the count cannot be recomputed on a resume (the
+    answers are not stored), so a hand-edited one is told by this digest (H21-EPATL)."""
+    doc = [row.label, row.n, row.correct, row.outcomes, at_limit]
+    return hashlib.sha256(json.dumps(doc).encode("utf-8")).hexdigest()
+
+
+def _record_at_limit(rec: dict[str, Any], row: ResultRow, at_limit: int) -> None:
+    rec[AT_LIMIT] = at_limit
+    rec[AT_LIMIT_DIGEST] = at_limit_digest(row, at_limit)
+
+
+def _check_at_limit(rec: dict[str, Any], row: ResultRow, where: str) -> None:
+    """Refuse (``ValueError`` naming ``where`` and the row) a recorded :data:`AT_LIMIT` that is no
+    count of the row's answers or that its :data:`AT_LIMIT_DIGEST` does not vouch for: an edited
+    ``3`` → ``0`` printed "0 of 3 answers hit --max-new-tokens 5" (H21-EPATL). A count without a
+    digest (written before the digest) is left unknown by :func:`_recorded_at_limit`."""
+    if AT_LIMIT not in rec:
+        return
+    v = rec[AT_LIMIT]
+    count = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= row.n
+    digest = rec.get(AT_LIMIT_DIGEST)
+    if not count or (digest is not None and digest != at_limit_digest(row, v)):
+        raise ValueError(
+            f"{where}: row {row.label!r}: {MEASURED_WITH}.{AT_LIMIT} {shown_value(v)} is not the count of its "
+            f"{row.n} answers that hit the length limit it was recorded with"
+            + ("" if count else f" (a count is 0 to {row.n})")
+            + "; the file was edited or is corrupt: delete that line (the row is re-measured) or use a new --out folder"
+        )
+
+
+def _recorded_at_limit(rec: Any, row: ResultRow) -> int | None:
     """The number of full-precision answers cut by ``max_new_tokens`` that the row's
-    :data:`MEASURED_WITH` record keeps (:data:`AT_LIMIT`), or ``None``: a row of an older run, or a
-    value that is no count of its ``n`` answers. A resume of a finished run rewrote ``table.md``
-    without the count ("3 of 3 answers hit --max-new-tokens 40" became a question, H20-EPWARN)."""
-    v = rec.get(AT_LIMIT) if isinstance(rec, dict) else None
-    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= n else None
+    :data:`MEASURED_WITH` record keeps (:data:`AT_LIMIT`, vouched for by :data:`AT_LIMIT_DIGEST`:
+    :func:`_check_at_limit` refused any other), or ``None``: a row of an older run, or a count
+    without its digest. A resume of a finished run rewrote ``table.md`` without the count ("3 of 3
+    answers hit --max-new-tokens 40" became a question, H20-EPWARN)."""
+    if not isinstance(rec, dict) or rec.get(AT_LIMIT_DIGEST) is None:
+        return None
+    v = rec.get(AT_LIMIT)
+    return v if rec[AT_LIMIT_DIGEST] == at_limit_digest(row, v) else None
 
 
 def _measured_with(want: dict[str, Any]) -> dict[str, Any]:
@@ -524,6 +562,7 @@ def _check_folder(
                     raise ValueError(f"{where}: row {r.label!r} appears twice; delete one of the two lines")
                 if rec is not None:
                     _check_measured_with(rec, r.label, where, want)
+                    _check_at_limit(rec, r, where)
                     if records is not None:
                         records[r.label] = rec
                 elif checked:  # a stripped record: the row cannot be told from one of other settings
@@ -656,7 +695,8 @@ def run_protection_experiment(
             rows[p.label] = _measure(p.label, p.kind, q, tok, held, bpw, modules, t0, s.max_new_tokens, cut)
             records[p.label] = _measured_with(want)
             if cut:
-                fp_at_limit = records[p.label][AT_LIMIT] = cut[0]
+                fp_at_limit = cut[0]
+                _record_at_limit(records[p.label], rows[p.label], fp_at_limit)
             del q
             save_rows()
             bar.set_postfix_str(f"{p.label}: {100 * rows[p.label].mean:.1f}%")
@@ -664,7 +704,7 @@ def run_protection_experiment(
     order = [p.label for p in plans] + [k for k in rows if k not in {p.label for p in plans}]
     fp = next((r for r in rows.values() if r.kind == "fp"), None)
     if fp is not None and fp_at_limit is None:  # measured before: the count its record keeps (H20-EPWARN)
-        fp_at_limit = _recorded_at_limit(records.get(fp.label), fp.n)
+        fp_at_limit = _recorded_at_limit(records.get(fp.label), fp)
     warn = None if fp is None else length_limit_warning(fp.correct, fp.n, fp_at_limit, s.max_new_tokens)
     table = ProtectionTable(s, tuple(rows[k] for k in order if k in rows), prov, () if warn is None else (warn,))
     table.save(out)

@@ -78,7 +78,7 @@ from lrm_interp._io import (
 )
 from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.pipeline import SKIP_MEMORY_CHECK_ENV, attribute, attribution_sites
-from lrm_interp.attribution.results import Attribution, ImportanceShift, compare
+from lrm_interp.attribution.results import Attribution, ImportanceShift, comparability, compare
 from lrm_interp.checks import check_fraction, check_int, check_seed, env_flag, shown_value
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.benchmarks import find_task_file, get_task, load, task_names
@@ -420,6 +420,13 @@ class StudyResult:
         )
         names = prov["folders"]
         res, res_q = Attribution.load(out / names["original"]), Attribution.load(out / names["compressed"])
+        problems, _ = comparability(res, res_q)
+        if problems:  # one was replaced since the study finished: say so, not compare's remedy (H21-STLOADMSG)
+            raise ValueError(
+                f"{out}: its attribution folders {names['original']}/ and {names['compressed']}/ are not the pair "
+                f"the study made ({'; '.join(problems)}): one was replaced since the study finished; restore it, "
+                "or rerun the study with --overwrite (overwrite=True) to start it over"
+            )
         return cls(
             StudySettings.from_dict(doc["settings"]),
             tuple(StudyRow.from_dict(r) for r in doc["rows"]),
