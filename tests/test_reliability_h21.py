@@ -159,3 +159,38 @@ def test_study_load_names_a_replaced_attribution_folder(tmp_path):
     assert msg.startswith(f"{out}: its attribution folders {folders['original']}/ and {folders['compressed']}/")
     assert "1 of 3 traces share an id but differ in content" in msg and "rerun the study with --overwrite" in msg
     assert "strict=False" not in msg
+
+
+def test_compare_tells_other_contents_without_partials_and_after_a_stopped_overwrite(gold_and_result, tmp_path):
+    """The recorded ``contents_fingerprint`` also serves ``compare``: results without their
+    ``partial/`` folders were "could not be checked"; and a rerun with ``--overwrite`` stopped after
+    recomputing some partials left the old result beside partials of the new traces, whose keys
+    ``load`` read as the result's traces (it now trusts them only when they give the fingerprint)."""
+    import warnings
+
+    gold, a0 = gold_and_result
+    edited = _rewrite(gold, tmp_path / "edited.jsonl", _shifted)
+    b = tmp_path / "B"
+    assert run_cli(["attribute", "--model", "toy", "--data", edited, "--out", b, "--quiet"]) == 0
+    # a stopped --overwrite: A's result, B's partials (the edited traces' keys)
+    a = tmp_path / "A"
+    shutil.copytree(a0, a)
+    shutil.rmtree(a / "partial" / "dom")
+    shutil.copytree(b / "partial" / "dom", a / "partial" / "dom")
+    assert Attribution.load(a).trace_keys is None and Attribution.load(a0).trace_keys
+    with pytest.raises(ValueError, match=r"different traces: the same ids and counts, but other contents"):
+        li.compare(Attribution.load(a), Attribution.load(b))
+    with pytest.raises(ValueError, match=r"different traces: 3 of 3 traces share an id but differ in content"):
+        li.compare(Attribution.load(a0), Attribution.load(b))  # with partials: named one by one, as before
+    # without partial/ folders at all
+    na, nb = tmp_path / "NA", tmp_path / "NB"
+    for src, dst in ((a0, na), (b, nb)):
+        shutil.copytree(src, dst)
+        shutil.rmtree(dst / "partial")
+    with pytest.raises(ValueError, match=r"other contents \(prompt, response or spans; contents_fingerprint"):
+        li.compare(Attribution.load(na), Attribution.load(nb))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        li.compare(Attribution.load(na), Attribution.load(a0))
+    said = " ".join(str(w.message) for w in caught)
+    assert "same weights and traces: the shift is zero by construction" in said and "could not be checked" not in said

@@ -46,7 +46,7 @@ from lrm_interp._io import (
     refuse_result_file,
     write_safetensors,
 )
-from lrm_interp.attribution.resume import trace_content_keys
+from lrm_interp.attribution.resume import partials_contents_fingerprint, trace_content_keys
 from lrm_interp.checks import check_float, refuse_string, shown_value
 from lrm_interp.model.provenance import swapped_compression
 from lrm_interp.model.sites import KIND_ORDER, Site
@@ -664,10 +664,23 @@ class Attribution:
                 method=meta["method"],
                 vectors=vectors,
                 provenance=meta.get("provenance", {}),
-                trace_keys=trace_content_keys(d),
+                trace_keys=_trace_keys(d, meta.get("provenance")),
             )
         except ValueError as e:  # e.g. non-finite scores: name the file
             raise ValueError(f"{tpath}: {e}") from e
+
+
+def _trace_keys(directory: Path, provenance: Any) -> dict[str, str] | None:
+    """The result's ``trace_keys``: its partials' keys (:func:`trace_content_keys`), ``None`` when
+    they are not what the result was computed on (its recorded ``contents_fingerprint`` differs: a
+    rerun with ``overwrite=True`` on edited traces was stopped after recomputing some partials, so
+    they describe the new traces while the result is the old one) or unknown."""
+    keys = trace_content_keys(directory)
+    ds = provenance.get("dataset") if isinstance(provenance, dict) else None
+    recorded = ds.get("contents_fingerprint") if isinstance(ds, dict) else None
+    if keys is not None and recorded is not None and partials_contents_fingerprint(keys) != recorded:
+        return None
+    return keys
 
 
 @dataclass(frozen=True)
@@ -940,6 +953,11 @@ def comparability(original: Attribution, compressed: Attribution) -> tuple[list[
                     f"different traces: {len(edited)} of {len(common)} traces share an id but differ in content "
                     f"(prompt, response or spans; first: partial {edited[0]})"
                 )
+        elif _contents_fp(po) and _contents_fp(pc) and _contents_fp(po) != _contents_fp(pc):
+            problems.append(  # no partials to name them: the recorded contents' fingerprints (H21-ATTDATA)
+                "different traces: the same ids and counts, but other contents (prompt, response or spans; "
+                f"contents_fingerprint {_contents_fp(po)} vs {_contents_fp(pc)})"
+            )
     fo, fc = mo.get("config_fingerprint"), mc.get("config_fingerprint")
     if differ(fo, fc):
         sizes = (
@@ -959,7 +977,9 @@ def comparability(original: Attribution, compressed: Attribution) -> tuple[list[
             + "; ".join(f"{w} {', '.join(bs)}" for w, bs in (("--original", only_o), ("--compressed", only_c)) if bs)
         )
     do, dc = (po.get("dataset") or {}).get("name"), (pc.get("dataset") or {}).get("name")
-    same_traces = bool(original.trace_keys) and original.trace_keys == compressed.trace_keys
+    same_traces = (bool(original.trace_keys) and original.trace_keys == compressed.trace_keys) or (
+        _contents_fp(po) is not None and _contents_fp(po) == _contents_fp(pc)
+    )
     if differ(do, dc) and not same_traces:  # one file under two names (a link, a copy) is no difference (H17-SYM)
         notes.append(f"different dataset names {do!r} vs {dc!r}")
     wo, wc = mo.get("weights_fingerprint"), mc.get("weights_fingerprint")
@@ -971,14 +991,21 @@ def comparability(original: Attribution, compressed: Attribution) -> tuple[list[
             )
         elif any(n.startswith("computed another way") for n in notes):
             notes.append("both results come from the same weights: the shift is only the numeric difference above")
-        elif original.trace_keys and original.trace_keys == compressed.trace_keys:
+        elif same_traces:
             notes.append("both results come from the same weights and traces: the shift is zero by construction")
         else:
             notes.append(
                 "both results come from the same weights: the shift is zero by construction when the traces "
-                "are the same (their content could not be checked: a result without its partial/ folder)"
+                "are the same (their content could not be checked: an older result without its partial/ folder)"
             )
     return problems, notes
+
+
+def _contents_fp(provenance: dict[str, Any]) -> str | None:
+    """The recorded fingerprint of a result's traces' contents (``provenance.dataset.contents_fingerprint``)."""
+    ds = provenance.get("dataset")
+    fp = ds.get("contents_fingerprint") if isinstance(ds, dict) else None
+    return fp if isinstance(fp, str) and fp else None
 
 
 def _as_attribution(x: Any, name: str) -> Attribution:

@@ -235,8 +235,16 @@ def trace_content_keys(directory: str | Path) -> dict[str, str] | None:
 
 def trace_contents_fingerprint(contents: dict[str, str]) -> str:
     """One fingerprint of the traces' contents ``{trace id: content fingerprint}`` (order-independent;
-    :meth:`~lrm_interp.data.traces.ReasoningTrace.fingerprint`: prompt, response and spans)."""
-    return hashlib.sha256(json.dumps(sorted(contents.items())).encode("utf-8")).hexdigest()[:32]
+    :meth:`~lrm_interp.data.traces.ReasoningTrace.fingerprint`: prompt, response and spans), over
+    the ids' file keys (:func:`file_key`), so that :func:`partials_contents_fingerprint` of the
+    run's own partials gives the same value."""
+    return partials_contents_fingerprint({file_key(t): fp for t, fp in contents.items()})
+
+
+def partials_contents_fingerprint(keys: dict[str, str]) -> str:
+    """:func:`trace_contents_fingerprint` of ``{file key: content fingerprint}``
+    (:func:`trace_content_keys`: what the partials in a folder were computed on)."""
+    return hashlib.sha256(json.dumps(sorted(keys.items())).encode("utf-8")).hexdigest()[:32]
 
 
 def _edited_traces(out_dir: Path, recorded: dict[str, Any], dataset: dict[str, Any]) -> str | None:
