@@ -218,7 +218,13 @@ def test_the_same_traces_under_another_name_keep_the_dataset_name(files, tmp_pat
     capsys.readouterr()
     assert run_cli(["compare", "--original", a, "--compressed", a2, "--out", tmp_path / "C"]) == 0
     assert "different dataset names" not in capsys.readouterr().err  # the same traces (their content keys)
-    # without the content keys (no partial/ folder) the names are all there is: the note stays
+    # without the content keys (no partial/ folder) the recorded contents' fingerprint tells (H21-ATTDATA)
     shutil.rmtree(a2 / "partial")
     assert run_cli(["compare", "--original", a, "--compressed", a2, "--out", tmp_path / "C2"]) == 0
+    assert "different dataset names" not in capsys.readouterr().err
+    # a result of an older version (no fingerprint either): the names are all there is, the note stays
+    doc = json.loads((a2 / "attribution.json").read_text())
+    del doc["provenance"]["dataset"]["contents_fingerprint"]
+    (a2 / "attribution.json").write_text(json.dumps(doc))
+    assert run_cli(["compare", "--original", a, "--compressed", a2, "--out", tmp_path / "C3"]) == 0
     assert "different dataset names 'tr' vs 'trlink'" in capsys.readouterr().err
