@@ -1026,11 +1026,18 @@ def refuse_other_result_folder(folder: str | os.PathLike, own: str, what: str = 
 # --------------------------------------------------------------------------- single-file results
 #: the kinds of files that declare no ``format`` but are known by their shape (:func:`_shape_of`):
 #: traces JSON lines (``toy traces``, ``parse``, ``annotate``, a user's data) and the toolchain
-#: configs of ``bits`` (GPTQModel ``dynamic``, llm-compressor ``config_groups``). Their "format" is
+#: configs of ``bits`` (GPTQModel ``dynamic``, llm-compressor ``config_groups``), and the JSON
+#: reports of ``parse --report`` and ``annotate`` (``OUT.report.json``, H22-REPORT). Their "format" is
 #: the family itself (no ``/version``): no replacing writer of another kind (H17-TRO).
 TRACES_KIND = "traces"
 GPTQMODEL_DYNAMIC_KIND = "gptqmodel.dynamic"
 LLMCOMPRESSOR_GROUPS_KIND = "llmcompressor.config_groups"
+PARSE_REPORT_KIND = "parse report"
+ANNOTATE_REPORT_KIND = "annotate report"
+#: the keys of a parse report (:meth:`lrm_interp.data.paper_layout.ParseReport.to_dict`) and of an
+#: annotation run's report (:meth:`lrm_interp.data.annotators.driver.AnnotationRun.to_dict`)
+PARSE_REPORT_KEYS = frozenset({"counts", "files", "ignored"})
+ANNOTATE_REPORT_KEYS = PARSE_REPORT_KEYS | {"annotator", "stats", "failures"}
 #: the single-file results of lrm_interp, by the family of their ``format`` (``lrm_interp.masks/2``:
 #: ``lrm_interp.masks``) or the kind their shape shows: what the file holds (as messages say it) and
 #: the commands that write it (a flag's own writer: ``"bits --gptqmodel"``; none: only the Python API)
@@ -1043,6 +1050,8 @@ FILE_RESULT_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
     TRACES_KIND: ("reasoning traces (JSON lines)", ("toy traces", "parse", "annotate")),
     GPTQMODEL_DYNAMIC_KIND: ("a GPTQModel 'dynamic' config", ("bits --gptqmodel",)),
     LLMCOMPRESSOR_GROUPS_KIND: ("an llm-compressor 'config_groups' config", ("bits --llmcompressor",)),
+    PARSE_REPORT_KIND: ("a parse report (JSON)", ("parse --report",)),
+    ANNOTATE_REPORT_KIND: ("an annotation report (JSON)", ("annotate --report",)),
 }
 #: a safetensors header or a JSON file larger than this is not read for its format (not one of ours);
 #: nor is a JSON lines file whose first line is longer
@@ -1078,9 +1087,20 @@ def _shape_of(doc: object) -> str | None:
     key, a ``"format"`` in its metadata too, H18-FMT), a GPTQModel ``dynamic`` config (an object whose
     keys all start ``"+:"`` / ``"-:"``, :func:`lrm_interp.protect.exports.gptqmodel_dynamic_bits`), an
     llm-compressor ``config_groups`` config (an object with a ``"config_groups"`` object,
-    :func:`~lrm_interp.protect.exports.llmcompressor_config_groups`)."""
+    :func:`~lrm_interp.protect.exports.llmcompressor_config_groups`), a parse report (exactly the
+    keys :data:`PARSE_REPORT_KEYS`: ``counts`` object, ``files`` and ``ignored`` lists; ``parse
+    --report``), an annotation run's report (exactly :data:`ANNOTATE_REPORT_KEYS`, the same plus the
+    ``annotator``, ``stats`` and ``failures`` objects; ``annotate``'s ``OUT.report.json``: it was
+    replaced by ``toy traces`` / ``bits`` / ``parse --out R --overwrite``, H22-REPORT)."""
     if not isinstance(doc, dict) or not doc:
         return None
+    if set(doc) in (PARSE_REPORT_KEYS, ANNOTATE_REPORT_KEYS) and (
+        isinstance(doc["counts"], dict) and isinstance(doc["files"], list) and isinstance(doc["ignored"], list)
+    ):
+        if set(doc) == PARSE_REPORT_KEYS:
+            return PARSE_REPORT_KIND
+        if all(isinstance(doc[k], dict) for k in ("annotator", "stats", "failures")):
+            return ANNOTATE_REPORT_KIND
     if "id" in doc and isinstance(doc.get("response"), str):
         return TRACES_KIND
     if all(isinstance(k, str) and k[:2] in ("+:", "-:") for k in doc):
@@ -1147,7 +1167,7 @@ def _format_in(head: bytes, size: int, read) -> str | None:
                 return shape
         line = _first_line(size, read)
         kind = None if line is None else _shape_of(json.loads(line))
-        return kind if kind == TRACES_KIND else None  # a config is one JSON document, never JSON lines
+        return kind if kind == TRACES_KIND else None  # a config or report is one JSON document, never JSON lines
     except (ValueError, AttributeError, OSError):
         return None
 

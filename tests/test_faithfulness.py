@@ -288,8 +288,8 @@ def test_sites_the_patch_did_not_resolve_are_counted_and_warned(tmp_path, capsys
     assert "sites unresolved" in repr(res)
     back = FaithfulnessResult.load(res.save(tmp_path / "f"))
     assert back.rows == res.rows and back.warnings == res.warnings
-    old = res.to_dict()  # a result saved before the count (and the rows' digest): unknown, no warning
-    del old["rows_sha256"]
+    old = res.to_dict()  # a result saved before the count (and the record's digest): unknown, no warning
+    del old["record_sha256"]
     for r in old["rows"]:
         del r["unresolved_sites"]
     assert (

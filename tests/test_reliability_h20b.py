@@ -94,12 +94,12 @@ def test_faithfulness_load_refuses_rows_its_arrays_contradict(tmp_path):
                 lambda d: d["rows"].append(dict(d["rows"][0])),
                 "its rows are not one per alpha × behaviour (missing [], twice",
             ),
-            # the fields from per-span values: bounded by the arrays, and the rows' digest (H21-FEDIT2)
+            # the fields from per-span values: bounded by the arrays, and the record's digest (H21-FEDIT2, H22-FSITES)
             (lambda d: d["rows"][0].update(n_traces=d["rows"][0]["n_spans"] + 1), "(|D+| ≤ spans)"),
             (lambda d: d["rows"][0].update(unresolved_sites=5), "has unresolved_sites 5, but its real scores are 0"),
             (lambda d: d["rows"][0].update(signed_spearman=2.0), "has signed_spearman 2, outside [-1, 1]"),
-            (lambda d: d["rows"][0].update(signed_spearman=0.1), "its rows are not the ones it was saved with"),
-            (lambda d: d["rows"][0].update(n_spans=d["rows"][0]["n_spans"] + 1), "rows_sha256 differs"),
+            (lambda d: d["rows"][0].update(signed_spearman=0.1), "its record is not the one it was saved with"),
+            (lambda d: d["rows"][0].update(n_spans=d["rows"][0]["n_spans"] + 1), "record_sha256 differs"),
         ]
     ):
         bad = tmp_path / f"E{i}"
@@ -111,6 +111,6 @@ def test_faithfulness_load_refuses_rows_its_arrays_contradict(tmp_path):
         with pytest.raises(ValueError, match="edited or corrupt") as e:
             FaithfulnessResult.load(bad)
         assert str(bad / "faithfulness.json") in str(e.value) and fragment in str(e.value)
-        assert "row alpha=0.1" in str(e.value) or "its rows" in str(e.value)
+        assert any(w in str(e.value) for w in ("row alpha=0.1", "its rows", "its record"))
         assert (bad / "faithfulness.json").read_text() == text  # nothing changed
-    assert doc["rows_sha256"] and FaithfulnessResult.from_dict(doc).rows == res.rows
+    assert doc["record_sha256"] and FaithfulnessResult.from_dict(doc).rows == res.rows

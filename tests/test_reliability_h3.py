@@ -105,11 +105,19 @@ def test_bench_score_refuses_another_task_source_after_problems_are_deleted(tmp_
     assert "generations.jsonl:1" in err and "another prompt" in err and "--toy-seed" in err
     assert "run.json records the problems of 'lrm_interp.data.toy_tasks math/2/0'" in err
     assert not (run / "scores").exists()
-    # neither problems/ nor generations.jsonl left: run.json's source still tells
+    # neither problems/ nor generations.jsonl left: nothing vouches for the outputs any more, so a
+    # 'bench run' folder is not graded at all (H22-BENCHGEN; run.json's source used to be the last check)
     (run / "generations.jsonl").unlink()
-    with pytest.raises(ValueError, match=r"run\.json: the outputs of math were generated for the problems of"):
-        score_outputs(run, _toy_items(3), progress=False)
-    assert score_outputs(run, _toy_items(2), progress=False).summary().iloc[0]["pass@1"] == 100.0
+    for seed in (3, 2):
+        with pytest.raises(ValueError, match=r"a 'bench run' folder \(run\.json\) without its generations\.jsonl"):
+            score_outputs(run, _toy_items(seed), progress=False)
+
+
+def _strip_prompt_sha(run):
+    """``generations.jsonl`` records without their ``prompt_sha`` (a record of an older ``bench run``)."""
+    gen = run / "generations.jsonl"
+    recs = [json.loads(x) for x in gen.read_text().splitlines()]
+    gen.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "prompt_sha"}) + "\n" for r in recs))
 
 
 def test_bench_score_compares_every_problem_not_only_those_in_the_file(tmp_path):
@@ -118,7 +126,7 @@ def test_bench_score_compares_every_problem_not_only_those_in_the_file(tmp_path)
     from lrm_interp.evaluation.bench_score import score_outputs
 
     run = _bench_run(tmp_path / "run")
-    (run / "generations.jsonl").unlink()  # nothing else verifies the prompts
+    _strip_prompt_sha(run)  # nothing else verifies the prompts
     probs = run / "problems" / "math.jsonl"
     probs.write_text(probs.read_text().splitlines()[0] + "\n")
     with pytest.raises(ValueError, match=r"math\.jsonl: 1 problems, but .*outputs/math/1\.txt exists"):
@@ -126,7 +134,7 @@ def test_bench_score_compares_every_problem_not_only_those_in_the_file(tmp_path)
     other = _toy_items(3)  # a line that differs: refused as before, naming file:line
     shutil.rmtree(run)
     run = _bench_run(tmp_path / "run")
-    (run / "generations.jsonl").unlink()
+    _strip_prompt_sha(run)
     with pytest.raises(ValueError, match=r"math\.jsonl:1: the outputs were generated for another problem"):
         score_outputs(run, other, progress=False)
 

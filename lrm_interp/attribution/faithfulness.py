@@ -190,10 +190,25 @@ def _float_or_nan(x: float | None) -> float:
 
 def rows_digest(rows: list[dict[str, Any]]) -> str:
     """SHA-256 of the rows as :meth:`FaithfulnessResult.to_dict` writes them (canonical JSON): the
-    record of what ``faithfulness`` measured for the fields its arrays cannot vouch for
-    (``signed_spearman``, ``n_spans``, ``n_traces``, ``unresolved_sites`` come from per-span values
-    that are not stored, H21-FEDIT2)."""
+    digest ``rows_sha256`` that the development version before ``record_sha256`` wrote (H21-FEDIT2;
+    still checked in such a file)."""
     return hashlib.sha256(json.dumps(rows, sort_keys=True, allow_nan=False).encode("utf-8")).hexdigest()
+
+
+DIGEST_KEYS = ("record_sha256", "rows_sha256")
+"""The keys of :meth:`FaithfulnessResult.to_dict` that hold digests, left out of :func:`record_digest`."""
+
+
+def record_digest(d: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a :meth:`FaithfulnessResult.to_dict` record without its
+    digest keys (:data:`DIGEST_KEYS`): axes (``behaviors``, ``site_names``, ``alphas``), ``top_k``,
+    ``rows``, ``atp``, ``real`` and ``provenance``. The record of what ``faithfulness`` measured,
+    including what its arrays cannot vouch for: which site a column is (swapped ``site_names``
+    relabel the per-site scores without contradicting any row, H22-FSITES), the provenance, and the
+    row fields computed from per-span values that are not stored (H21-FEDIT2). ``TypeError`` /
+    ``ValueError`` for a record that is not JSON."""
+    body = {k: v for k, v in d.items() if k not in DIGEST_KEYS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -268,28 +283,33 @@ class FaithfulnessResult:
         return pd.DataFrame(recs)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: axes, rows, score matrices, provenance."""
+        """JSON-able: axes, rows, score matrices, provenance, and ``record_sha256`` (:func:`record_digest`
+        of the rest, checked by :meth:`from_dict`)."""
         rows = [
             {k: _json_float(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(r).items()}
             for r in self.rows
         ]
-        return {
+        d: dict[str, Any] = {
             "format": FORMAT,
             "behaviors": list(self.behaviors),
             "site_names": list(self.site_names),
             "alphas": list(self.alphas),
             "top_k": self.top_k,
             "rows": rows,
-            "rows_sha256": rows_digest(rows),
             "atp": self.atp.tolist(),
             "real": self.real.tolist(),
             "provenance": self.provenance,
         }
+        d["record_sha256"] = record_digest(d)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "faithfulness result") -> FaithfulnessResult:
         """The result of :meth:`to_dict` ``d``, its rows checked against its own score matrices
-        (:meth:`check_rows`: ``ValueError`` naming ``source`` for an edited or corrupt record)."""
+        (:meth:`check_rows`: ``ValueError`` naming ``source`` for an edited or corrupt record), then
+        against its digest ``record_sha256`` (:func:`record_digest`: any other edit, swapped
+        ``site_names`` or an edited provenance included, H22-FSITES; a file with only the rows'
+        ``rows_sha256`` has that checked, one with neither loads as before)."""
         if d.get("format") != FORMAT:
             raise ValueError(f"not a faithfulness result (format {d.get('format')!r}, expected {FORMAT!r})")
         rows = tuple(
@@ -320,17 +340,26 @@ class FaithfulnessResult:
             d.get("provenance") or {},
         )
         res.check_rows(source)  # the fields its arrays vouch for, named one by one
-        digest = d.get("rows_sha256")  # absent in a result saved before it was recorded
-        if digest is not None:
+        # the whole record's digest (H22-FSITES); a development-version file has only the rows'
+        # (H21-FEDIT2); a file saved before either loads as before
+        checks = (
+            ("record_sha256", "record is not the one", lambda: record_digest(d)),
+            ("rows_sha256", "rows are not the ones", lambda: rows_digest(d["rows"])),
+        )
+        for key, what, digest_of in checks:
+            digest = d.get(key)
+            if digest is None:
+                continue
             try:
-                same = digest == rows_digest(d["rows"])
+                same = digest == digest_of()
             except (TypeError, ValueError):
                 same = False
             if not same:
                 raise ValueError(
-                    f"{source} is edited or corrupt: its rows are not the ones it was saved with (rows_sha256 "
-                    "differs); recompute it (lrm-interp faithfulness --overwrite)"
+                    f"{source} is edited or corrupt: its {what} it was saved with ({key} differs); "
+                    "recompute it (lrm-interp faithfulness --overwrite)"
                 )
+            break  # the newest digest present vouches for the record
         return res
 
     def check_rows(self, source: str = "faithfulness result") -> None:
@@ -344,7 +373,7 @@ class FaithfulnessResult:
         the fields computed from per-span values, which are not stored, are bounded: ``n_traces``
         ≤ ``n_spans``, the same at every α; ``unresolved_sites`` at most the sites whose real score
         is 0; ``signed_spearman`` in [-1, 1] (H21-FEDIT2; :meth:`from_dict` also checks the rows'
-        digest ``rows_sha256``)."""
+        digest ``record_sha256``, which also covers the axes and the provenance, H22-FSITES)."""
         bad = f"{source} is edited or corrupt"
         if self.top_k < 1:
             raise ValueError(f"{bad}: top_k {self.top_k} is below 1")

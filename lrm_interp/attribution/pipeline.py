@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp import __version__
-from lrm_interp._io import check_out_folder
+from lrm_interp._io import check_out_folder, finished_result
 from lrm_interp.attribution import distributed
 from lrm_interp.attribution.atp import (
     PATCH_BATCH,
@@ -485,7 +485,7 @@ def plan_attribution(
     if not behaviors:
         raise ValueError(
             f"no target behaviour {TARGET_BEHAVIORS} occurs in the data (labels present: {present}); "
-            "pass behaviors=[...]"
+            "choose behaviours it labels (behaviors=[...], --behaviors LABEL ...)"
         )
     sites = attribution_sites(model, config.sites)
     prov = model_provenance(model, tokenizer)  # fingerprints; non-finite weights raise here
@@ -896,7 +896,12 @@ def finish(
     if plan.out_dir is not None:
         if plan.run_key is not None:  # a finished result that appeared meanwhile must be this run's (H7-K4)
             check_finished_result(plan.out_dir, plan.run_key, dataset=plan.dataset_key, overwrite=plan.overwrite)
+        tables = [n for n in ("scores.csv", "heatmap.png") if (plan.out_dir / n).is_file()]
         result.save(plan.out_dir, overwrite=True, keep_partial=True)
+        if tables and not all((plan.out_dir / n).is_file() for n in tables):
+            # the save removed the old result's tables (its scores differ, if only by the summation order of
+            # traces given in another order): they are this result's again, not lost (H22-PYTAB)
+            result.write_tables(plan.out_dir)
     return result
 
 
@@ -958,6 +963,8 @@ def attribute(
     """
     if not isinstance(overwrite, bool):
         raise TypeError(f"attribute: overwrite must be True or False, got {overwrite!r}")
+    if overwrite and out_dir is not None:
+        check_overwrite_target(out_dir)
     _check_model_tokenizer(model, tokenizer)
     cfg = config or AttributionConfig()
     if options:
@@ -982,6 +989,22 @@ def attribute(
             if fresh:
                 clear_partials(work)
             raise
+
+
+def check_overwrite_target(out_dir: str | os.PathLike) -> None:
+    """Refuse ``overwrite`` (``--overwrite``) for an ``out_dir`` that is one of the folders of another
+    command's finished result (a study's ``attribution_fp32/``): the result would no longer be the
+    one it was (``StudyResult.load`` then refused it and a rerun of the study left it unfinished,
+    H22-OVSTUDY). A rerun of the same run there without ``overwrite`` (the reuse command a study
+    prints) still resumes it."""
+    out = Path(out_dir)
+    for parent_dir in dict.fromkeys((out.absolute().parent, out.resolve().parent)):
+        parent = finished_result(parent_dir)
+        if parent is not None and parent.kind != "attribution" and parent.owns(out.name):
+            raise ValueError(
+                f"{out} is a folder of {parent}: --overwrite (overwrite=True) does not replace part of another "
+                "command's result; attribute into a new out_dir (without --overwrite, the same run resumes it there)"
+            )
 
 
 def _check_model_tokenizer(model: Any, tokenizer: Any) -> None:

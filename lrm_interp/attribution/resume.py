@@ -249,9 +249,11 @@ def partials_contents_fingerprint(keys: dict[str, str]) -> str:
 
 def _edited_traces(out_dir: Path, recorded: dict[str, Any], dataset: dict[str, Any]) -> str | None:
     """How the traces of ``dataset`` (same ids as the finished result in ``out_dir``) differ in content
-    from the ones it was computed on, or ``None``: the same, or nothing tells (a result written before
-    ``contents_fingerprint`` was recorded, whose partials are gone). Names the edited traces from the
-    result's per-trace partials (``partial/dom`` keys) when they are there."""
+    from the ones it was computed on (a phrase completing "holds the finished result of this run …"),
+    or ``None``: the same. Names the edited traces from the result's per-trace partials
+    (``partial/dom`` keys) when they are what it was computed on (their fingerprint is the recorded
+    one; after an ``overwrite`` run stopped midway some are the new traces', H22-ECOUNT). A result
+    that records no fingerprint and lost its partials cannot be checked, and says so (H22-NOFP)."""
     contents = dataset.get("contents")
     if not isinstance(contents, dict):
         return None
@@ -259,16 +261,26 @@ def _edited_traces(out_dir: Path, recorded: dict[str, Any], dataset: dict[str, A
     if was_fp is not None and was_fp == trace_contents_fingerprint(contents):
         return None
     stored = trace_content_keys(out_dir) or {}
-    have = {tid: stored.get(file_key(tid)) for tid in contents}
-    if was_fp is None and any(v is None for v in have.values()):
-        return None  # an older result without its partials: nothing to compare with
-    edited = sorted(tid for tid, fp in contents.items() if have[tid] is not None and have[tid] != fp)
-    if not edited:
-        if was_fp is None:
-            return None
-        return "the traces' contents (prompt, response or spans) differ from the ones it was computed on"
-    shown = ", ".join(repr(t) for t in edited[:5]) + (f" and {len(edited) - 5} more" if len(edited) > 5 else "")
-    return f"{len(edited)} of {len(contents)} traces edited under the same id (prompt, response or spans: {shown})"
+    trusted = was_fp is None or (bool(stored) and partials_contents_fingerprint(stored) == was_fp)
+    have = {tid: stored.get(file_key(tid)) for tid in contents} if trusted else {}
+    known = bool(have) and all(v is not None for v in have.values())
+    edited = sorted(tid for tid in contents if known and have[tid] != contents[tid])
+    if edited:
+        shown = ", ".join(repr(t) for t in edited[:5]) + (f" and {len(edited) - 5} more" if len(edited) > 5 else "")
+        return (
+            f"on other contents of the same traces: {len(edited)} of {len(contents)} traces edited under the same "
+            f"id (prompt, response or spans: {shown})"
+        )
+    if was_fp is not None:
+        return (
+            "on other contents of the same traces (prompt, response or spans differ from the ones it was computed on)"
+        )
+    if known:
+        return None  # an older result whose partials show the same contents
+    return (
+        "whose traces' contents cannot be checked (it records no contents_fingerprint, written by an older "
+        "version, and its partial/ folder is gone)"
+    )
 
 
 def check_finished_result(
@@ -340,10 +352,10 @@ def check_finished_result(
     rec = prov.get("dataset")
     edited = _edited_traces(out_dir, rec if isinstance(rec, dict) else {}, dataset) if dataset is not None else None
     if edited and not overwrite:
+        reuse = " (the traces that did not change are reused from its partials)" if trace_content_keys(out_dir) else ""
         raise ResumeMismatchError(
-            f"{out_dir} holds the finished result of this run on other contents of the same traces: {edited}. "
-            "A rerun would replace it: pass --overwrite (overwrite=True) to replace it (the traces that did not "
-            "change are reused from its partials), or choose another out_dir"
+            f"{out_dir} holds the finished result of this run {edited}. A rerun would replace it: pass --overwrite "
+            f"(overwrite=True) to replace it{reuse}, or choose another out_dir"
         )
 
 

@@ -793,8 +793,8 @@ def file_outputs(
     H10-SFR), and a lock path holding anything but a lock of this library (a user's file named
     ``.NAME.lrm_interp.lock``, a link there: left as it is, H10-LCK). ``writers``: the writer each flag
     is (:data:`lrm_interp._io.FILE_RESULT_FORMATS`' commands); ``--out`` is ``command``, another flag
-    writes no kind of result unless named here (``bits --gptqmodel``: a GPTQModel config, never over a
-    bits allocation, H11-GQB, nor over traces, H17-TRO)."""
+    ``"<command> <flag>"`` unless named here (:func:`flag_writer`; ``bits --gptqmodel``: a GPTQModel
+    config, never over a bits allocation, H11-GQB, nor over traces, H17-TRO)."""
     from lrm_interp._io import file_lock_path
 
     paths = {f: Path(p) for f, p in outputs.items() if p is not None and str(p) != ""}
@@ -868,15 +868,21 @@ def folder_output_lock(
 
 def flag_writer(flag: str, command: str | None, writers: Mapping[str, str] | None = None) -> str | None:
     """The writer (:data:`lrm_interp._io.FILE_RESULT_FORMATS`' commands) of the file output ``flag``
-    of ``command``: ``writers[flag]`` when given (``bits --gptqmodel``), ``command`` for ``--out``,
-    else ``None`` (a flag that writes no kind of result: ``parse --report``)."""
-    return (writers or {}).get(flag, command if flag == "--out" else None)
+    of ``command``: ``writers[flag]`` when given, ``command`` for ``--out``, else ``"<command>
+    <flag>"`` (``bits --gptqmodel``, ``parse --report``, ``annotate --report``: the flag's own kind of
+    file, H22-REPORT; a flag label with a note, ``"--report (default OUT.report.json)"``, counts by its
+    first word); ``None`` without a command."""
+    if writers and flag in writers:
+        return writers[flag]
+    if command is None:
+        return None
+    return command if flag == "--out" else f"{command} {flag.split()[0]}"
 
 
 def refuse_other_file_result(flag: str, path: str | os.PathLike, writer: str | None) -> None:
     """:class:`CliError` naming ``flag`` when the existing file ``path`` holds a single-file result
-    that ``writer`` (a command, or a flag's own writer: ``"bits --gptqmodel"``; ``None``: a flag that
-    writes no kind of result, ``parse --report``) does not write
+    that ``writer`` (a command, or a flag's own writer: ``"bits --gptqmodel"``, ``"parse --report"``;
+    ``None``: no command named) does not write
     (:func:`lrm_interp._io.file_result_conflict`: masks replaced by ``bits --out m.safetensors
     --overwrite``, a bits allocation by ``parse``, H10-SFR; a GPTQModel config over a bits allocation,
     H11-GQB; masks or a GPTQModel config over traces, H17-TRO): ``--overwrite`` replaces a writer's own

@@ -109,6 +109,13 @@ def cmd_attribute(a: argparse.Namespace) -> int:
     # everything that can be checked without loading anything, first: --out a folder that can be
     # written (an existing file there, or a file on its way, used to fail after the model loaded)
     check_paths({"--out": a.out}, dirs=True, own="attribution")
+    if a.overwrite:  # a folder of another command's result (a study's attribution_fp32/): refused up front
+        from lrm_interp.attribution.pipeline import check_overwrite_target
+
+        try:
+            check_overwrite_target(a.out)
+        except ValueError as e:
+            raise CliError(str(e)) from None
     from lrm_interp.attribution.distributed import env_rank_world
     from lrm_interp.attribution.resume import out_dir_lock
 

@@ -307,6 +307,23 @@ def _graded_unverified(g: _Generations, folder: str, task: str, index: int) -> b
     return not rec.get("prompt_sha")
 
 
+def _check_generations_kept(runs: Sequence[RunInfo]) -> None:
+    """``ValueError`` when a run folder of ``bench run`` (its ``run.json`` of format
+    :data:`~lrm_interp.evaluation.bench_run.RUN_FORMAT`) has no ``generations.jsonl``: ``bench run``
+    creates it before writing any output, and it holds the hash of every output file; without it the
+    output texts were graded unchecked (a hand-edited answer took math from 0 % to 50 %, H22-BENCHGEN).
+    Folders of other generators (no ``run.json`` of ``bench run``) are graded as before."""
+    for info in runs:
+        run = Path(info.path)
+        if info.meta.get("format") == RUN_FORMAT and not (run / GEN_FILE).exists():
+            raise ValueError(
+                f"{run}: a 'bench run' folder ({RUN_FILE}) without its {GEN_FILE}, which records the hash of "
+                "every output file: its outputs cannot be checked, so they are not graded; rerun 'bench run' "
+                f"with --out on that folder to resume (it generates them again), or score a folder of outputs "
+                f"without {RUN_FILE}"
+            )
+
+
 def _check_same_items(
     runs: Sequence[RunInfo], items: Mapping[str, Sequence[BenchItem]], gens: Mapping[str, _Generations]
 ) -> None:
@@ -462,7 +479,9 @@ def score_outputs(
     output file the run's ``generations.jsonl`` has no record for (the item was cut off before it
     finished, e.g. a torn last line, or the file was added by hand) is not graded: it is counted
     missing and listed in :attr:`BenchScores.unrecorded`; a torn last line is named ``file:line``
-    in :attr:`BenchScores.torn`.
+    in :attr:`BenchScores.torn`. A ``bench run`` folder whose ``generations.jsonl`` is gone (its
+    ``run.json`` still there) raises ``ValueError`` before anything is graded
+    (:func:`_check_generations_kept`).
 
     ``outputs`` that is not a path, ``items`` that is not a ``{task: items}`` mapping (a plain list
     of items) and the two swapped raise ``TypeError`` naming the expected kinds and the order
@@ -473,6 +492,7 @@ def score_outputs(
     unrecorded: list[str] = []
     missing: dict[tuple[str, str], int] = {}
     runs = find_runs(outputs)
+    _check_generations_kept(runs)  # before anything is read or graded (H22-BENCHGEN)
     problem = length_option_problem(runs, tokenizer=tokenizer is not None, max_new_tokens=max_new_tokens is not None)
     if problem == "recorded":
         raise ValueError(

@@ -858,14 +858,15 @@ def _attribute_variant(
         folder.mkdir(parents=True, exist_ok=True)
         if (folder / "variant.json").exists():
             (folder / "variant.json").unlink()  # stale until this attribution is finished
+        # not this variant's (key differs or unrecorded): its finished attribution is stale too; without
+        # it the run resumes from the partials (unchanged traces reused, edited ones recomputed, H21-ATTDATA)
+        (folder / "attribution.json").unlink(missing_ok=True)
         ds.save_jsonl(folder / "traces.jsonl")
     import warnings
 
     with warnings.catch_warnings():  # spans cut off by max_tokens are counted in provenance, not warned per run
         warnings.simplefilter("ignore")
-        # the variant key differs (checked above): an earlier variant's finished result is replaced, its
-        # unchanged traces reused from the partials
-        res = attribute(model, ds, config=cfg, tokenizer=tokenizer, out_dir=folder, progress=progress, overwrite=True)
+        res = attribute(model, ds, config=cfg, tokenizer=tokenizer, out_dir=folder, progress=progress)
     if folder is not None:
         atomic_write_text(folder / "scores.csv", res.to_dataframe().to_csv(index=False))
         atomic_write_text(folder / "variant.json", json.dumps(key, indent=1))

@@ -67,6 +67,10 @@ MEASURED_WITH = "measured_with"
 AT_LIMIT = "at_limit"
 #: the key beside :data:`AT_LIMIT` holding :func:`at_limit_digest` of the count and its row (H21-EPATL)
 AT_LIMIT_DIGEST = "at_limit_sha256"
+#: the key of every row's :data:`MEASURED_WITH` record holding :func:`row_digest` of the row as written
+#: (H22-EROWS): a hand-edited field of a resumed row (its bits per weight, a consistent forgery of its
+#: answers) is refused; a row without it (written before the digest) is checked as before
+ROW_DIGEST = "row_sha256"
 KINDS = ("fp", "none", "per-weight", "module", "mixed", "guided", "plain")
 
 
@@ -371,6 +375,27 @@ def at_limit_digest(row: ResultRow, at_limit: Any) -> str:
     return hashlib.sha256(json.dumps(doc).encode("utf-8")).hexdigest()
 
 
+def row_digest(row: ResultRow) -> str:
+    """SHA-256 of a row's fields (:class:`ResultRow`, as ``rows.jsonl`` holds them) in canonical JSON
+    (sorted keys), kept in its :data:`MEASURED_WITH` record as :data:`ROW_DIGEST` when it is measured:
+    a resume refuses a row whose fields no longer match it (H22-EROWS: an edited ``bpw`` 3.742 → 3.3,
+    or a "none" row forged to 3 of 3 right with its mean, interval and accuracy to match, reached
+    ``table.md``)."""
+    return hashlib.sha256(json.dumps(asdict(row), sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _check_row_digest(rec: dict[str, Any], row: ResultRow, where: str) -> None:
+    """Refuse (``ValueError`` naming ``where`` and the row) a row whose recorded :data:`ROW_DIGEST`
+    is not :func:`row_digest` of its fields: one was edited after it was measured (H22-EROWS). A
+    record without the digest (a row of an older run) is accepted, as before."""
+    if ROW_DIGEST in rec and rec[ROW_DIGEST] != row_digest(row):
+        raise ValueError(
+            f"{where}: row {row.label!r}: its fields are not the ones it was measured with "
+            f"({MEASURED_WITH}.{ROW_DIGEST} does not match them); the file was edited or is corrupt: "
+            "delete that line (the row is re-measured) or use a new --out folder"
+        )
+
+
 def _record_at_limit(rec: dict[str, Any], row: ResultRow, at_limit: int) -> None:
     rec[AT_LIMIT] = at_limit
     rec[AT_LIMIT_DIGEST] = at_limit_digest(row, at_limit)
@@ -443,10 +468,13 @@ def _check_measured_with(rec: Any, label: str, where: str, want: dict[str, Any])
         )
 
 
-def _check_row(d: Any, where: str, n: int) -> ResultRow:
+def _check_row(d: Any, where: str, n: int, families: Sequence[str] | None = None) -> ResultRow:
     """One line of ``rows.jsonl`` as a :class:`ResultRow`, or ``ValueError`` naming ``where``
     (file:line) if it is not what :func:`_measure` writes: a hand-edited or corrupt row would
-    otherwise print a table whose mean, interval and bits disagree with each other."""
+    otherwise print a table whose mean, interval and bits disagree with each other.
+    ``families``: the family of each of the run's ``n`` problems, in its order; given, a row with
+    per-problem outcomes must state as accuracy per family the share of its outcomes right in
+    that family (H22-EROWS: ``math`` 100 % beside outcomes ``000`` reached ``table.md``)."""
     fix = "the file was edited or is corrupt: delete that line (the row is re-measured) or use a new --out folder"
     try:
         d = dict(d)
@@ -474,9 +502,26 @@ def _check_row(d: Any, where: str, n: int) -> ResultRow:
     accs = list(r.accuracy.values()) if isinstance(r.accuracy, dict) else [None]
     if not all(isinstance(a, (int, float)) and 0 <= a <= 1 for a in accs):
         bad.append(f"accuracy {r.accuracy!r} not in [0, 1] per family")
+    elif families is not None and r.outcomes and len(families) == len(r.outcomes):
+        bad += _family_mismatches(r, families)
     if bad:
         raise ValueError(f"{where}: row {r.label!r}: {'; '.join(bad)}; {fix}")
     return r
+
+
+def _family_mismatches(r: ResultRow, families: Sequence[str]) -> list[str]:
+    """What in ``r.accuracy`` is not the share of ``r.outcomes`` right per family (``families``: the
+    family of each outcome), in words; ``[]`` when all agree (as :func:`_measure` writes them)."""
+    per: dict[str, list[int]] = {}
+    for f, c in zip(families, r.outcomes):
+        per.setdefault(f, []).append(int(c))
+    if set(r.accuracy) != set(per):
+        return [f"accuracy has families {sorted(r.accuracy)}, but the run's problems are of {sorted(per)}"]
+    return [
+        f"accuracy {f} {r.accuracy[f]!r} ≠ {sum(h)}/{len(h)} of its outcomes in {f}"
+        for f, h in per.items()
+        if abs(r.accuracy[f] - sum(h) / len(h)) > 1e-9
+    ]
 
 
 #: what to do about a ``settings.json`` that cannot be read as an experiment's settings
@@ -535,7 +580,11 @@ def _refuse_other_experiment(out: Path, diff: list[str]) -> None:
 
 
 def _check_folder(
-    out: Path, want: dict[str, Any], n: int, records: dict[str, Any] | None = None
+    out: Path,
+    want: dict[str, Any],
+    n: int,
+    records: dict[str, Any] | None = None,
+    families: Sequence[str] | None = None,
 ) -> tuple[list[ResultRow], str]:
     """``(rows, format)``: the rows already measured in ``out`` (resume; each checked by
     :func:`_check_row` against the run's ``n`` problems, and by :func:`_check_measured_with` against
@@ -544,7 +593,9 @@ def _check_folder(
     without a record). ``ValueError`` if it holds another run or is not an experiment folder
     (:func:`_read_settings`), or for a row without a record in a folder of :data:`FORMAT` (the
     record was removed, H10-EXK). ``records``: filled with each row's :data:`MEASURED_WITH`
-    record, by label (rows of older runs have none)."""
+    record, by label (rows of older runs have none). ``families``: the family of each problem, in
+    the run's order, to check each row's accuracy per family against its outcomes (:func:`_check_row`);
+    a row whose record holds :data:`ROW_DIGEST` must match it (:func:`_check_row_digest`, H22-EROWS)."""
     have = _read_settings(out)
     if have is None:
         return [], FORMAT
@@ -557,12 +608,13 @@ def _check_folder(
         try:
             for _, where, d in iter_jsonl(rp):  # where: "<rows.jsonl>:<line>"
                 rec = d.pop(MEASURED_WITH, None) if isinstance(d, dict) else None
-                r = _check_row(d, where, n)
+                r = _check_row(d, where, n, families)
                 if any(r.label == o.label for o in rows):
                     raise ValueError(f"{where}: row {r.label!r} appears twice; delete one of the two lines")
                 if rec is not None:
                     _check_measured_with(rec, r.label, where, want)
                     _check_at_limit(rec, r, where)
+                    _check_row_digest(rec, r, where)
                     if records is not None:
                         records[r.label] = rec
                 elif checked:  # a stripped record: the row cannot be told from one of other settings
@@ -663,7 +715,7 @@ def run_protection_experiment(
     want = _settings_json(s, prov["weights_fingerprint"], (prov.get("tokenizer") or {}).get("fingerprint"))
     held = problems(s.per_family, seed=s.problem_seed, world=model_world(model))
     records: dict[str, Any] = {}  # label -> what the row was measured with (none for rows of older runs)
-    done, fmt = _check_folder(out, want, len(held), records)
+    done, fmt = _check_folder(out, want, len(held), records, [p.family for p in held])
     out.mkdir(parents=True, exist_ok=True)
     # an older folder keeps its format while a row there lacks a record: it is not vouched for (H10-EXK)
     atomic_write_text(out / "settings.json", json.dumps({**want, "format": fmt}, indent=1))
@@ -693,7 +745,7 @@ def run_protection_experiment(
             bpw, modules = p.quantize(q)
             cut: list[int] | None = [] if p.kind == "fp" else None
             rows[p.label] = _measure(p.label, p.kind, q, tok, held, bpw, modules, t0, s.max_new_tokens, cut)
-            records[p.label] = _measured_with(want)
+            records[p.label] = {**_measured_with(want), ROW_DIGEST: row_digest(rows[p.label])}
             if cut:
                 fp_at_limit = cut[0]
                 _record_at_limit(records[p.label], rows[p.label], fp_at_limit)
@@ -716,6 +768,7 @@ __all__ = [
     "FORMAT_UNCHECKED",
     "KINDS",
     "MEASURED_WITH",
+    "ROW_DIGEST",
     "ResultRow",
     "ProtectionTable",
     "is_attribution_guided",

@@ -390,9 +390,11 @@ class StudyResult:
         prov = {k: v for k, v in self.provenance.items() if k not in ("key", "format")}
         prov["checksums"] = {**(prov.get("checksums") or {}), "results.csv": _sha256(table.encode("utf-8"))}
         # a study resumed or loaded from a study.json that recorded no checksums keeps its format (H10-STK)
+        rows = [r.to_dict() for r in self.rows]
         doc = {
             **_doc_format(dict(key or {}), self.provenance.get("format") != FORMAT_UNCHECKED),
-            "rows": [r.to_dict() for r in self.rows],
+            **_rows_checksums(rows, self.masks),
+            "rows": rows,
             "masks": self.masks,
             "files": self.files,
             "commands": list(self.commands),
@@ -404,13 +406,18 @@ class StudyResult:
 
     @classmethod
     def load(cls, out: str | Path) -> StudyResult:
-        """Read a finished study folder (``ValueError`` for a study that did not finish)."""
+        """Read a finished study folder (``ValueError`` for a study that did not finish).
+
+        The checks of a resume first (``ValueError`` naming the file): settings, ``bits.json`` and
+        ``masks.safetensors`` as the study wrote them, rows as their outcomes give and as the study wrote
+        them (no row twice); then its two attribution folders must be the pair, and the results, the
+        study made (``tensors_sha256`` recorded in ``study.json``, H22-SLOAD; an older study: unchecked)."""
         out = Path(path_argument(out, "out"))
         doc = _read_study(out)
         if not doc.get("complete"):
             raise ValueError(f"{out}: the study did not finish; run it again to resume")
         _refuse_edited_key(out, doc)  # its settings are what its rows were measured with (H9-STS)
-        _refuse_changed_files(out, doc, ("bits.json",))  # the allocation it reads
+        _refuse_changed_files(out, doc)  # the allocation it reads, the masks its rows used: as a resume (H22-SLOAD)
         outcomes = _read_outcomes(out)
         _refuse_forged_rows(out, doc, outcomes, complete=True)  # its rows are its outcomes' (H20-STEDIT)
         prov = dict(
@@ -427,6 +434,7 @@ class StudyResult:
                 f"the study made ({'; '.join(problems)}): one was replaced since the study finished; restore it, "
                 "or rerun the study with --overwrite (overwrite=True) to start it over"
             )
+        _refuse_replaced_attributions(out, doc)  # a compatible pair, but not the study's (H22-SLOAD)
         return cls(
             StudySettings.from_dict(doc["settings"]),
             tuple(StudyRow.from_dict(r) for r in doc["rows"]),
@@ -549,11 +557,19 @@ def _refuse_forged_rows(
     tolerance 1e-9): a hand-edited value was accepted by a resume and by :meth:`StudyResult.load`,
     and ``results.csv``, ``report.html`` and the other rows' ``recovered`` were computed from it
     (H20-STEDIT; ``experiment protection`` refuses the same edit of its rows, E06). A row without
-    outcomes is measured again by a resume; ``complete`` (a finished study being loaded): refused too."""
+    outcomes is measured again by a resume; ``complete`` (a finished study being loaded): refused too.
+    Refused as well: a row key twice (it was loaded twice, H22-SDUP) and a row or ``masks`` summary
+    edited since the study wrote it (:func:`_refuse_edited_rows`, H22-SROWS)."""
     where = out / STUDY_FILE
     fix = f"the file was edited or is corrupt: restore it, or rerun with {flag_ow} to start the study over"
     rows = doc.get("rows")
     keys = {r.get("key") for r in rows if isinstance(r, Mapping)} if isinstance(rows, list) else set()
+    seen: set[Any] = set()
+    for r in rows if isinstance(rows, list) else []:  # a row twice was loaded twice (H22-SDUP)
+        key = r.get("key") if isinstance(r, Mapping) else None
+        if isinstance(key, str) and key in seen:
+            raise ValueError(f"{where}: row {key!r} appears twice; {fix}")
+        seen.add(key)
     gone = sorted(k for k in outcomes if k not in keys)
     if complete and gone:  # a row deleted from a finished study (H21-STRM): its outcomes are still there
         raise ValueError(f"{where}: rows {gone} have outcomes in {out / OUTCOMES_FILE} but no row; {fix}")
@@ -575,6 +591,85 @@ def _refuse_forged_rows(
             raise ValueError(
                 f"{where}: row {key!r}: value {shown_value(value)} ≠ {want!r}, the {metric} its per-item outcomes "
                 f"in {OUTCOMES_FILE} give; {fix}"
+            )
+    _refuse_edited_rows(out, doc, fix)
+
+
+#: top-level entries of ``study.json``: the SHA-256 of each row (``{row key: SHA-256}``) and of the
+#: ``masks`` summary, as canonical JSON (:func:`_canonical_sha256`), as the study wrote them: a row's
+#: ``bpw``, ``label`` or ``modules`` edited by hand was believed by a load and a resume (H22-SROWS). A
+#: ``study.json`` written before them (no entry) is not checked
+ROWS_CHECKSUMS, MASKS_CHECKSUM = "rows_sha256", "masks_sha256"
+
+
+def _rows_checksums(rows: Sequence[Mapping[str, Any]], masks: Any = None) -> dict[str, Any]:
+    """``{ROWS_CHECKSUMS: {row key: SHA-256}, MASKS_CHECKSUM: SHA-256}`` of the rows (``to_dict``) and
+    masks summary (``None``: none yet, no entry) a study writes into ``study.json``
+    (:func:`_save_progress`, :meth:`StudyResult.save`)."""
+    sums: dict[str, Any] = {ROWS_CHECKSUMS: {str(r["key"]): _canonical_sha256(r) for r in rows}}
+    if masks is not None:
+        sums[MASKS_CHECKSUM] = _canonical_sha256(masks)
+    return sums
+
+
+def _refuse_edited_rows(out: Path, doc: Mapping[str, Any], fix: str) -> None:
+    """``ValueError`` naming ``study.json`` and the row (or the ``masks`` summary) whose fields no
+    longer match the checksum the study recorded when it wrote them (:data:`ROWS_CHECKSUMS`,
+    :data:`MASKS_CHECKSUM`): edited since. Nothing is checked where nothing was recorded (an older
+    study). ``fix``: the advice (:func:`_refuse_forged_rows`)."""
+    where = out / STUDY_FILE
+    sums, rows = doc.get(ROWS_CHECKSUMS), doc.get("rows")
+    if sums is not None:
+        if not isinstance(sums, Mapping):
+            raise ValueError(f"{where}: {ROWS_CHECKSUMS} is {shown_value(sums)}, not a mapping; {fix}")
+        for r in rows if isinstance(rows, list) else []:
+            key = r.get("key") if isinstance(r, Mapping) else None
+            if not isinstance(key, str) or sums.get(key) != _canonical_sha256(r):
+                shown = repr(key) if isinstance(key, str) else shown_value(key)
+                raise ValueError(
+                    f"{where}: row {shown} was edited since the study wrote it (its fields are not "
+                    f"the ones {ROWS_CHECKSUMS} records: bpw, label, modules, ...); {fix}"
+                )
+    masks_sum = doc.get(MASKS_CHECKSUM)
+    if masks_sum is not None and masks_sum != _canonical_sha256(doc.get("masks")):
+        raise ValueError(
+            f"{where}: its masks summary was edited since the study wrote it (it is not the one "
+            f"{MASKS_CHECKSUM} records); {fix}"
+        )
+
+
+#: entry of ``study.json``'s ``provenance``: ``{attribution folder: tensors_sha256}``, what each
+#: folder's ``attribution.json`` recorded when the study finished (H22-SLOAD); an older study has none
+ATTRIBUTION_CHECKSUMS = "attribution_sha256"
+
+
+def attribution_tensors_sha256(folder: str | Path) -> str | None:
+    """The ``tensors_sha256`` (scores, steering vectors, labels) ``folder/attribution.json`` records
+    (:meth:`~lrm_interp.attribution.results.Attribution.save`), or ``None`` (no such file, unreadable,
+    none recorded). :meth:`~lrm_interp.attribution.results.Attribution.load` checks the tensors against it."""
+    try:
+        meta = json.loads((Path(folder) / "attribution.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    sha = meta.get("tensors_sha256") if isinstance(meta, dict) else None
+    return sha if isinstance(sha, str) else None
+
+
+def _refuse_replaced_attributions(out: Path, doc: Mapping[str, Any]) -> None:
+    """``ValueError`` naming the first attribution folder of a finished study whose result is not the
+    one the study made (its ``tensors_sha256`` is not the one ``study.json`` records,
+    :data:`ATTRIBUTION_CHECKSUMS`): a copy of the other folder put in its place gave a zero shift
+    with a warning only (H22-SLOAD). A study without the record (older) is not checked."""
+    prov = doc.get("provenance")
+    sums = prov.get(ATTRIBUTION_CHECKSUMS) if isinstance(prov, Mapping) else None
+    if not isinstance(sums, Mapping):
+        return
+    for name, sha in sums.items():
+        if isinstance(name, str) and attribution_tensors_sha256(out / name) != sha:
+            raise ValueError(
+                f"{out}: {name}/ is not the attribution the study made (tensors_sha256 differs): one was replaced "
+                "since the study finished; restore it, or rerun the study with --overwrite (overwrite=True) to "
+                "start it over"
             )
 
 
@@ -854,9 +949,11 @@ def _save_progress(
     """Outcomes first, then the rows that point at them (a row without outcomes is measured again).
     ``checked``: the key was checked (:func:`key_checked`), so ``study.json`` records its checksums."""
     _write_outcomes(out, outcomes)
+    row_dicts = [r.to_dict() for r in rows.values()]
     doc = {
         **_doc_format(key, checked),
-        "rows": [r.to_dict() for r in rows.values()],
+        **_rows_checksums(row_dicts),
+        "rows": row_dicts,
         "provenance": prov,
         "complete": False,
     }
@@ -1216,6 +1313,7 @@ def run_study(
         "results.csv": "the compared variants as a table",
     }
     prov.update(resumed=resumed, seconds=round(time.time() - t0, 1))
+    prov[ATTRIBUTION_CHECKSUMS] = {d.name: attribution_tensors_sha256(d) for d in (d_fp, d_q)}
     fp = rows["fp"]
     warn = length_limit_warning(int(fp.correct or 0), fp.n, fp_at_limit, s.max_new_tokens) if s.tasks else None
     prov["warnings"] = [] if warn is None else [warn]

@@ -1,0 +1,135 @@
+"""Issue 22 ("nothing lost, nothing silent"): the twenty-first hostile probe (H22-…), ``attribute``.
+
+H22-OVSTUDY: ``attribute --overwrite --out S/attribution_fp32`` replaced a study's attribution folder
+(the study then failed to load, and its rerun left it unfinished). H22-PYTAB: a plain Python rerun
+on the same traces in another order removed the CLI's ``scores.csv`` / ``heatmap.png`` and wrote
+none. H22-NOFP: a finished result recording no contents' fingerprint, without its ``partial/``, was
+replaced by edited traces without ``--overwrite``. H22-ECOUNT: after an ``--overwrite`` run stopped
+midway the refusal counted only the traces whose partials were still the old ones. H22-EMSG: the
+command line was told "pass behaviors=[...]"."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_run import err_line, run_cli, toy_gold
+
+import lrm_interp as li
+from lrm_interp.attribution.results import Attribution
+from lrm_interp.attribution.resume import ResumeMismatchError
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    lines = [json.loads(x) for x in src.read_text(encoding="utf-8").splitlines()]
+    dst.write_text("".join(json.dumps(d) + "\n" for d in edit(lines)), encoding="utf-8")
+    return dst
+
+
+def _shifted(lines: list[dict]) -> list[dict]:
+    for d in lines:
+        d["response"] = "x" + d["response"]
+        for s in d["spans"]:
+            s["start"] += 1
+            s["end"] += 1
+    return lines
+
+
+@pytest.fixture(scope="module")
+def gold_and_result(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("h22d")
+    gold = toy_gold(tmp)
+    a = tmp / "A"
+    assert run_cli(["attribute", "--model", "toy", "--data", gold, "--out", a, "--quiet"]) == 0
+    return gold, a
+
+
+def test_overwrite_never_replaces_a_studys_attribution_folder(tmp_path, capsys):
+    from lrm_interp.experiments.study import StudyResult, run_study
+    from lrm_interp.testing import byte_tokenizer, tiny_model
+    from lrm_interp.toy.tasks import generate_dataset
+
+    traces = generate_dataset(1, seed=4242)
+    model, tok = tiny_model("llama", seed=0), byte_tokenizer()
+    st = tmp_path / "S"
+    run_study(model, traces, st, tokenizer=tok, model_ref="tiny", bits=3, resamples=50, progress=False)
+    fp = st / json.loads((st / "study.json").read_text())["provenance"]["folders"]["original"]
+    before = _files(st)
+    data = traces.save_jsonl(tmp_path / "t.jsonl")
+    capsys.readouterr()
+    assert run_cli(["attribute", "--model", "toy", "--data", data, "--out", fp, "--overwrite", "--quiet"]) == 2
+    err = err_line(capsys)
+    assert f"{fp} is a folder of the study result {st}: --overwrite (overwrite=True) does not replace part" in err
+    with pytest.raises(ValueError, match=r"is a folder of the study result .* does not replace part"):
+        li.attribute(model, traces, tokenizer=tok, out_dir=fp, progress=False, overwrite=True)
+    assert _files(st) == before
+    # the same run without overwrite (the reuse command a study prints) resumes it; the study still loads
+    again = li.attribute(model, traces, tokenizer=tok, out_dir=fp, progress=False)
+    assert again.provenance["resume"]["dom"]["reused"] == 3
+    assert len(StudyResult.load(st).rows) == 5
+
+
+def test_a_python_rerun_in_another_order_keeps_the_tables(gold_and_result, tmp_path):
+    gold, a0 = gold_and_result
+    a = tmp_path / "A"
+    shutil.copytree(a0, a)
+    rev = _rewrite(gold, tmp_path / "rev.jsonl", lambda lines: lines[::-1])
+    res = li.attribute("toy", rev, out_dir=a, progress=False)  # the same run: no overwrite needed
+    assert (a / "scores.csv").read_text() == res.to_dataframe().to_csv(index=False)
+    assert (a / "heatmap.png").stat().st_size > 0
+    assert Attribution.load(a).behaviors == res.behaviors
+
+
+def test_an_unverifiable_finished_result_needs_overwrite(gold_and_result, tmp_path, capsys):
+    gold, a0 = gold_and_result
+    k = tmp_path / "K"
+    shutil.copytree(a0, k)
+    shutil.rmtree(k / "partial")
+    doc = json.loads((k / "attribution.json").read_text())
+    del doc["provenance"]["dataset"]["contents_fingerprint"]  # as written by an older version
+    (k / "attribution.json").write_text(json.dumps(doc))
+    before = _files(k)
+    edited = _rewrite(gold, tmp_path / "ed.jsonl", _shifted)
+    capsys.readouterr()
+    assert run_cli(["attribute", "--model", "toy", "--data", edited, "--out", k, "--quiet"]) == 2
+    err = err_line(capsys)
+    assert "holds the finished result of this run whose traces' contents cannot be checked" in err
+    assert "pass --overwrite (overwrite=True) to replace it, or choose" in err  # no partials to reuse: not promised
+    assert _files(k) == before
+    assert run_cli(["attribute", "--model", "toy", "--data", edited, "--out", k, "--quiet", "--overwrite"]) == 0
+    assert Attribution.load(k).provenance["dataset"]["contents_fingerprint"]
+
+
+def test_after_a_stopped_overwrite_the_refusal_does_not_undercount(gold_and_result, tmp_path):
+    gold, a0 = gold_and_result
+    edited = _rewrite(gold, tmp_path / "ed.jsonl", _shifted)
+    b = tmp_path / "B"
+    li.attribute("toy", edited, out_dir=b, progress=False)
+    a = tmp_path / "A"
+    shutil.copytree(a0, a)
+    first = sorted((b / "partial" / "dom").iterdir())[0]  # one trace recomputed before the stop
+    shutil.copy(first, a / "partial" / "dom" / first.name)
+    with pytest.raises(ResumeMismatchError) as e:
+        li.attribute("toy", edited, out_dir=a, progress=False)
+    msg = str(e.value)
+    assert "on other contents of the same traces (prompt, response or spans differ" in msg
+    assert "2 of 3" not in msg  # the partials are no longer the result's: not counted from them
+
+
+def test_no_target_behaviour_message_names_the_flag(gold_and_result, tmp_path, capsys):
+    gold, _ = gold_and_result
+    keep = ("initializing", "deduction")
+    nt = _rewrite(
+        gold,
+        tmp_path / "nt.jsonl",
+        lambda lines: [{**d, "spans": [s for s in d["spans"] if s["behavior"] in keep]} for d in lines],
+    )
+    capsys.readouterr()
+    assert run_cli(["attribute", "--model", "toy", "--data", nt, "--out", tmp_path / "N", "--quiet"]) == 2
+    assert "choose behaviours it labels (behaviors=[...], --behaviors LABEL ...)" in err_line(capsys)
