@@ -92,7 +92,8 @@ def test_an_unverifiable_finished_result_needs_overwrite(gold_and_result, tmp_pa
     shutil.copytree(a0, k)
     shutil.rmtree(k / "partial")
     doc = json.loads((k / "attribution.json").read_text())
-    del doc["provenance"]["dataset"]["contents_fingerprint"]  # as written by an older version
+    del doc["provenance"]["dataset"]["contents_fingerprint"]  # as written by an older version,
+    del doc["provenance_sha256"]  # which recorded neither
     (k / "attribution.json").write_text(json.dumps(doc))
     before = _files(k)
     edited = _rewrite(gold, tmp_path / "ed.jsonl", _shifted)
@@ -133,3 +134,35 @@ def test_no_target_behaviour_message_names_the_flag(gold_and_result, tmp_path, c
     capsys.readouterr()
     assert run_cli(["attribute", "--model", "toy", "--data", nt, "--out", tmp_path / "N", "--quiet"]) == 2
     assert "choose behaviours it labels (behaviors=[...], --behaviors LABEL ...)" in err_line(capsys)
+
+
+def test_an_edited_provenance_is_refused_by_load_and_by_a_rerun(gold_and_result, tmp_path, capsys):
+    """H22-PROV: ``attribution.json``'s provenance had no checksum: a forged ``contents_fingerprint``
+    let a rerun on edited traces replace the result without ``--overwrite``, and an edited
+    ``settings.score`` made ``compare`` accept a paper-scored / code-scored pair."""
+    from lrm_interp._io import ChecksumError
+
+    gold, a0 = gold_and_result
+    edited = _rewrite(gold, tmp_path / "ed.jsonl", _shifted)
+    fresh = li.attribute("toy", edited, out_dir=tmp_path / "F", progress=False)
+    for what, forge in (
+        (
+            "contents",
+            lambda p: p["dataset"].update(contents_fingerprint=fresh.provenance["dataset"]["contents_fingerprint"]),
+        ),
+        ("score", lambda p: p["settings"].update(score="code")),
+    ):
+        a = tmp_path / what
+        shutil.copytree(a0, a)
+        doc = json.loads((a / "attribution.json").read_text())
+        forge(doc["provenance"])
+        (a / "attribution.json").write_text(json.dumps(doc, indent=2))
+        before = _files(a)
+        with pytest.raises(ChecksumError, match=r"its provenance .* does not match the provenance_sha256"):
+            Attribution.load(a)
+        capsys.readouterr()
+        assert run_cli(["attribute", "--model", "toy", "--data", edited, "--out", a, "--quiet"]) == 2
+        err = err_line(capsys)
+        assert "its provenance was edited since it was saved" in err and "it is not replaced" in err
+        assert _files(a) == before
+    assert Attribution.load(a0).provenance["resume"]  # an unedited result loads

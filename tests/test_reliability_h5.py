@@ -171,6 +171,7 @@ def test_compare_refuses_edited_traces_and_another_model_config_and_says_zero_on
     import shutil
 
     from lrm_interp.attribution.results import Attribution, comparability
+    from lrm_interp.attribution.resume import provenance_checksum
 
     gold, a = toy_attr
     # C5: the same ids and span counts, another content (one character before each response)
@@ -208,6 +209,7 @@ def test_compare_refuses_edited_traces_and_another_model_config_and_says_zero_on
     model = meta["provenance"]["model"]
     fo = model["config_fingerprint"]
     model.update(config_fingerprint="0" * 32, weights_fingerprint="1" * 32, n_params=57824)
+    meta["provenance_sha256"] = provenance_checksum(meta["provenance"])  # as a result of that model records it
     (other / "attribution.json").write_text(json.dumps(meta))
     assert _rc(["compare", "--original", a, "--compressed", other, "--out", tmp_path / "C8"]) == 2
     err = _err_line(capsys)
@@ -215,6 +217,7 @@ def test_compare_refuses_edited_traces_and_another_model_config_and_says_zero_on
     assert not (tmp_path / "C8").exists()
     # a compressed copy (other weights, the same config) still compares without a problem
     model.update(config_fingerprint=fo)
+    meta["provenance_sha256"] = provenance_checksum(meta["provenance"])
     (other / "attribution.json").write_text(json.dumps(meta))
     problems, notes = comparability(Attribution.load(a), Attribution.load(other))
     assert problems == [] and not any("zero by construction" in n for n in notes)

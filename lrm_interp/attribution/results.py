@@ -46,7 +46,7 @@ from lrm_interp._io import (
     refuse_result_file,
     write_safetensors,
 )
-from lrm_interp.attribution.resume import partials_contents_fingerprint, trace_content_keys
+from lrm_interp.attribution.resume import partials_contents_fingerprint, provenance_checksum, trace_content_keys
 from lrm_interp.checks import check_float, refuse_string, shown_value
 from lrm_interp.model.provenance import swapped_compression
 from lrm_interp.model.sites import KIND_ORDER, Site
@@ -573,6 +573,7 @@ class Attribution:
             "labels_sha256": labels,
             "provenance": json_record(self.provenance),
         }
+        meta["provenance_sha256"] = provenance_checksum(meta["provenance"])  # an edit is refused (H22-PROV)
         atomic_write_text(d / "attribution.json", json.dumps(meta, indent=2, allow_nan=False))
         return d
 
@@ -655,6 +656,13 @@ class Attribution:
                     f"{labels[:16]}...): the file was edited after saving and the scores would be "
                     "attached to the wrong sites or behaviours; save the result again"
                 )
+        recorded = meta.get("provenance_sha256")  # absent in a result saved before it was recorded
+        if recorded is not None and recorded != provenance_checksum(meta.get("provenance")):
+            raise ChecksumError(
+                f"{jpath}: its provenance (settings, model and tokenizer fingerprints, traces) does not match the "
+                "provenance_sha256 recorded with it: the file was edited after saving, and compare / protect would "
+                "believe the edit; restore it, or attribute again into a new folder"
+            )
         vectors = _checked_tensors(jpath, tpath, behaviors, sites, tensors)
         try:
             return cls(

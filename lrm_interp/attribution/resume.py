@@ -283,6 +283,15 @@ def _edited_traces(out_dir: Path, recorded: dict[str, Any], dataset: dict[str, A
     )
 
 
+def provenance_checksum(provenance: Any) -> str:
+    """SHA-256 (hex) of an attribution result's provenance as ``attribution.json`` holds it (canonical
+    JSON): ``Attribution.save`` records it (``provenance_sha256``), so that an edited provenance
+    (settings, fingerprints, traces' contents) is refused by ``Attribution.load`` and by a rerun into
+    the folder instead of being believed (H22-PROV)."""
+    text = json.dumps(provenance, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return hashlib.sha256(b"lrm_interp.attribution.provenance/1\0" + text.encode("utf-8")).hexdigest()
+
+
 def check_finished_result(
     out_dir: Path,
     run_key: dict[str, Any],
@@ -318,6 +327,13 @@ def check_finished_result(
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         prov = d["provenance"]
+        recorded = d.get("provenance_sha256")
+        if recorded is not None and recorded != provenance_checksum(prov):
+            raise ResumeMismatchError(
+                f"{path}: its provenance was edited since it was saved (it does not match the provenance_sha256 "
+                "recorded with it): which run and traces the result holds cannot be told, so it is not replaced; "
+                "restore it, delete the folder or choose another out_dir"
+            )
         old = {
             "config": prov["settings"],
             "weights_fingerprint": prov["model"]["weights_fingerprint"],
