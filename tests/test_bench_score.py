@@ -129,12 +129,7 @@ def test_foreign_paper_layout_scores(tmp_path):
 
 def test_pass_at_1_over_samples_and_score_cli(tmp_path, capsys):
     root = tmp_path / "out" / "m"
-    (root).mkdir(parents=True)
-    (root / "run.json").write_text(
-        json.dumps(
-            {"format": "lrm_interp.bench_run/1", "settings": {"n_samples": 2}, "compression": {"method": "none"}}
-        )
-    )
+    (root).mkdir(parents=True)  # another generator's outputs, two samples each (no bench run record)
     items = load("musique", DATA)
     _write(root, "musique", 0, "</think> The answer is Ada Marsh.")
     _write(root, "musique", 0, "</think> The answer is Ada.", sample=1)

@@ -108,13 +108,9 @@ def test_annotate_train_refuses_an_existing_out_without_overwrite(tmp_path, caps
 
 
 def _bench_outputs(tmp_path):
-    import json
 
-    root = tmp_path / "runs" / "m"
+    root = tmp_path / "runs" / "m"  # another generator's outputs (a bench run folder keeps generations.jsonl)
     root.mkdir(parents=True)
-    (root / "run.json").write_text(
-        json.dumps({"format": "lrm_interp.bench_run/1", "settings": {}, "compression": {"method": "none"}})
-    )
     d = root / "outputs" / "musique"
     d.mkdir(parents=True)
     for j, text in enumerate(["</think> Ada Marsh", "</think> UK", "</think> 1931"]):
