@@ -115,6 +115,7 @@ def test_python_api_refuses_too_and_keeps_the_tables(gold_and_result, tmp_path):
         li.attribute("toy", bt, out_dir=a, progress=False)
     # an interrupted run (no attribution.json yet) resumes over the edited traces: stale partials recomputed
     (a / "attribution.json").unlink()
+    (a / "attribution.safetensors").unlink()  # a run stopped before its save
     res = li.attribute("toy", bt, out_dir=a, progress=False)
     assert res.behaviors == ("backtracking",)
     assert res.provenance["resume"]["dom"] == {"computed": 3, "reused": 0, "stale": 3}

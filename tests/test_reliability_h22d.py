@@ -68,6 +68,17 @@ def test_overwrite_never_replaces_a_studys_attribution_folder(tmp_path, capsys):
     assert f"{fp} is a folder of the study result {st}: --overwrite (overwrite=True) does not replace part" in err
     with pytest.raises(ValueError, match=r"is a folder of the study result .* does not replace part"):
         li.attribute(model, traces, tokenizer=tok, out_dir=fp, progress=False, overwrite=True)
+    # through a link to the folder (H23-OVLINK), and by a plain save over it (H23-SAVESTUDY)
+    link = tmp_path / "lnf32"
+    link.symlink_to(fp, target_is_directory=True)
+    assert run_cli(["attribute", "--model", "toy", "--data", data, "--out", link, "--overwrite", "--quiet"]) == 2
+    assert f"{link} is a folder of the study result {st}" in err_line(capsys)
+    with pytest.raises(ValueError, match=r"is a folder of the study result .* does not replace part"):
+        li.attribute(model, traces, tokenizer=tok, out_dir=link, progress=False, overwrite=True)
+    other = li.attribute(model, traces[:2], tokenizer=tok, progress=False)
+    for target in (fp, link):
+        with pytest.raises(ValueError, match=r"is a folder of the study result .* does not replace part"):
+            other.save(target, overwrite=True)
     assert _files(st) == before
     # the same run without overwrite (the reuse command a study prints) resumes it; the study still loads
     again = li.attribute(model, traces, tokenizer=tok, out_dir=fp, progress=False)
@@ -166,3 +177,28 @@ def test_an_edited_provenance_is_refused_by_load_and_by_a_rerun(gold_and_result,
         assert "its provenance was edited since it was saved" in err and "it is not replaced" in err
         assert _files(a) == before
     assert Attribution.load(a0).provenance["resume"]  # an unedited result loads
+
+
+def test_tensors_without_their_record_are_not_replaced_by_other_traces(gold_and_result, tmp_path, capsys):
+    """H23-NOJSON: with ``attribution.json`` removed, a rerun on edited or other traces replaced the
+    finished tensors without ``--overwrite``; a rerun on the same traces (a save stopped between the
+    two files) still finishes it."""
+    gold, a0 = gold_and_result
+    edited = _rewrite(gold, tmp_path / "ed.jsonl", _shifted)
+    fewer = _rewrite(gold, tmp_path / "two.jsonl", lambda lines: lines[:2])
+    for data, differ in ((edited, 3), (fewer, 1)):
+        a = tmp_path / f"A_{data.stem}"
+        shutil.copytree(a0, a)
+        (a / "attribution.json").unlink()
+        before = _files(a)
+        capsys.readouterr()
+        assert run_cli(["attribute", "--model", "toy", "--data", data, "--out", a, "--quiet"]) == 2
+        err = err_line(capsys)
+        assert "holds attribution.safetensors without its attribution.json" in err
+        assert f"its partials are of other traces ({differ} trace(s) differ in id or content)" in err
+        assert _files(a) == before
+    a = tmp_path / "A_same"
+    shutil.copytree(a0, a)
+    (a / "attribution.json").unlink()
+    assert run_cli(["attribute", "--model", "toy", "--data", gold, "--out", a, "--quiet"]) == 0
+    assert (a / "attribution.safetensors").read_bytes() == (a0 / "attribution.safetensors").read_bytes()

@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp import __version__
-from lrm_interp._io import check_out_folder, finished_result
+from lrm_interp._io import check_out_folder
 from lrm_interp.attribution import distributed
 from lrm_interp.attribution.atp import (
     PATCH_BATCH,
@@ -67,6 +67,7 @@ from lrm_interp.attribution.resume import (
     LOCK_FILE,
     PartialStore,
     check_finished_result,
+    check_overwrite_target,
     clear_partials,
     out_dir_lock,
     recorded_dataset_name,
@@ -989,22 +990,6 @@ def attribute(
             if fresh:
                 clear_partials(work)
             raise
-
-
-def check_overwrite_target(out_dir: str | os.PathLike) -> None:
-    """Refuse ``overwrite`` (``--overwrite``) for an ``out_dir`` that is one of the folders of another
-    command's finished result (a study's ``attribution_fp32/``): the result would no longer be the
-    one it was (``StudyResult.load`` then refused it and a rerun of the study left it unfinished,
-    H22-OVSTUDY). A rerun of the same run there without ``overwrite`` (the reuse command a study
-    prints) still resumes it."""
-    out = Path(out_dir)
-    for parent_dir in dict.fromkeys((out.absolute().parent, out.resolve().parent)):
-        parent = finished_result(parent_dir)
-        if parent is not None and parent.kind != "attribution" and parent.owns(out.name):
-            raise ValueError(
-                f"{out} is a folder of {parent}: --overwrite (overwrite=True) does not replace part of another "
-                "command's result; attribute into a new out_dir (without --overwrite, the same run resumes it there)"
-            )
 
 
 def _check_model_tokenizer(model: Any, tokenizer: Any) -> None:

@@ -46,7 +46,12 @@ from lrm_interp._io import (
     refuse_result_file,
     write_safetensors,
 )
-from lrm_interp.attribution.resume import partials_contents_fingerprint, provenance_checksum, trace_content_keys
+from lrm_interp.attribution.resume import (
+    check_overwrite_target,
+    partials_contents_fingerprint,
+    provenance_checksum,
+    trace_content_keys,
+)
 from lrm_interp.checks import check_float, refuse_string, shown_value
 from lrm_interp.model.provenance import swapped_compression
 from lrm_interp.model.sites import KIND_ORDER, Site
@@ -591,6 +596,8 @@ class Attribution:
             )
         from lrm_interp.attribution.resume import clear_partials
 
+        if not keep_partial:  # a user's save (not the run's own): never over a folder of another result
+            check_overwrite_target(d)  # a study's attribution_fp32/ (H23-SAVESTUDY)
         if not keep_partial:  # a live run there is refused before anything is removed
             # the old run's partials (a resume would mix them with this result); only what a run
             # writes there: anything else in partial/ is kept (it was deleted with it, H8-PT)

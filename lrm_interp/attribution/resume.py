@@ -283,6 +283,27 @@ def _edited_traces(out_dir: Path, recorded: dict[str, Any], dataset: dict[str, A
     )
 
 
+def check_overwrite_target(out_dir: str | os.PathLike) -> None:
+    """Refuse ``overwrite`` (``--overwrite``) for an ``out_dir`` that is one of the folders of another
+    command's finished result (a study's ``attribution_fp32/``): the result would no longer be the
+    one it was (``StudyResult.load`` then refused it and a rerun of the study left it unfinished,
+    H22-OVSTUDY). Checked as given and through links (a link to the study's folder, H23-OVLINK). Run
+    by ``attribute(overwrite=True)``, ``attribute --overwrite`` and ``Attribution.save(overwrite=True)``
+    over another result (H23-SAVESTUDY). A rerun of the same run there without ``overwrite`` (the
+    reuse command a study prints) still resumes it."""
+    from lrm_interp._io import finished_result
+
+    out = Path(out_dir)
+    real = out.resolve()
+    for parent_dir, name in dict.fromkeys(((out.absolute().parent, out.name), (real.parent, real.name))):
+        parent = finished_result(parent_dir)
+        if parent is not None and parent.kind != "attribution" and parent.owns(name):
+            raise ValueError(
+                f"{out} is a folder of {parent}: --overwrite (overwrite=True) does not replace part of another "
+                "command's result; attribute into a new out_dir (without --overwrite, the same run resumes it there)"
+            )
+
+
 def provenance_checksum(provenance: Any) -> str:
     """SHA-256 (hex) of an attribution result's provenance as ``attribution.json`` holds it (canonical
     JSON): ``Attribution.save`` records it (``provenance_sha256``), so that an edited provenance
@@ -290,6 +311,30 @@ def provenance_checksum(provenance: Any) -> str:
     the folder instead of being believed (H22-PROV)."""
     text = json.dumps(provenance, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
     return hashlib.sha256(b"lrm_interp.attribution.provenance/1\0" + text.encode("utf-8")).hexdigest()
+
+
+def _refuse_tensors_of_other_traces(out_dir: Path, dataset: dict[str, Any]) -> None:
+    """A folder holding ``attribution.safetensors`` without its ``attribution.json`` (the record
+    removed, or a save stopped between the two files) is a finished result whose run cannot be
+    told from its record: a rerun into it on the same traces (its partials' keys are those traces')
+    finishes the save; on other traces or contents it replaced the tensors without ``--overwrite``
+    (H23-NOJSON), and is refused."""
+    if not (out_dir / "attribution.safetensors").exists():
+        return
+    contents = dataset.get("contents")
+    if not isinstance(contents, dict):
+        return
+    stored = trace_content_keys(out_dir) or {}
+    want = {file_key(t): fp for t, fp in contents.items()}
+    if stored == want:
+        return
+    differ = sum(1 for k in set(stored) | set(want) if stored.get(k) != want.get(k))
+    raise ResumeMismatchError(
+        f"{out_dir} holds attribution.safetensors without its attribution.json (removed, or a save stopped "
+        f"between the two), and its partials are of other traces ({differ} trace(s) differ in id or content): "
+        "which result it is cannot be told, so it is not replaced; restore attribution.json, pass --overwrite "
+        "(overwrite=True) to replace it, or choose another out_dir"
+    )
 
 
 def check_finished_result(
@@ -315,6 +360,8 @@ def check_finished_result(
     are someone else's."""
     out_dir = Path(out_dir)
     path = out_dir / result_file
+    if not path.exists() and not overwrite and dataset is not None:
+        _refuse_tensors_of_other_traces(out_dir, dataset)
     if not path.exists():
         if out_dir.is_dir() and not (out_dir / "partial" / RUN_FILE).exists():
             clash = [f for f in RESULT_FILES if (out_dir / f).exists()]

@@ -110,7 +110,7 @@ def cmd_attribute(a: argparse.Namespace) -> int:
     # written (an existing file there, or a file on its way, used to fail after the model loaded)
     check_paths({"--out": a.out}, dirs=True, own="attribution")
     if a.overwrite:  # a folder of another command's result (a study's attribution_fp32/): refused up front
-        from lrm_interp.attribution.pipeline import check_overwrite_target
+        from lrm_interp.attribution.resume import check_overwrite_target
 
         try:
             check_overwrite_target(a.out)

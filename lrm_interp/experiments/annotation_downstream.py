@@ -860,7 +860,8 @@ def _attribute_variant(
             (folder / "variant.json").unlink()  # stale until this attribution is finished
         # not this variant's (key differs or unrecorded): its finished attribution is stale too; without
         # it the run resumes from the partials (unchanged traces reused, edited ones recomputed, H21-ATTDATA)
-        (folder / "attribution.json").unlink(missing_ok=True)
+        for name in ("attribution.json", "attribution.safetensors"):
+            (folder / name).unlink(missing_ok=True)
         ds.save_jsonl(folder / "traces.jsonl")
     import warnings
 
