@@ -1,8 +1,11 @@
 """Shared helpers of the CLI reliability tests: run ``lrm-interp`` in-process, read its one-line
-error, make a small gold trace file, race two CLI runs into one output (:func:`race`)."""
+error, make a small gold trace file and its attribution, edit trace files, fingerprint a folder's files,
+race two CLI runs into one output (:func:`race`)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -32,6 +35,40 @@ def toy_gold(tmp_path: Path, name: str = "gold.jsonl", n: int = 1, seed: int | N
     extra = [] if seed is None else ["--seed", seed]
     assert run_cli(["toy", "traces", "--gold", "--per-family", n, *extra, "--out", out]) == 0
     return out
+
+
+def toy_attribution(tmp_path: Path) -> tuple[Path, Path]:
+    """``(gold traces, attribution folder)``: :func:`toy_gold` and ``attribute --model toy`` of it."""
+    gold = toy_gold(tmp_path)
+    a = tmp_path / "A"
+    assert run_cli(["attribute", "--model", "toy", "--data", gold, "--out", a, "--quiet"]) == 0
+    return gold, a
+
+
+def folder_files(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by relative path (what a refused command must not change)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def rewrite_traces(src: Path, dst: Path, edit) -> Path:
+    """``dst``: the traces of the JSON lines file ``src``, ``edit(list of dicts)`` applied to them."""
+    lines = [json.loads(x) for x in src.read_text(encoding="utf-8").splitlines()]
+    dst.write_text("".join(json.dumps(d) + "\n" for d in edit(lines)), encoding="utf-8")
+    return dst
+
+
+def shifted(lines: list[dict]) -> list[dict]:
+    """One character before each response, the spans moved with it: the same ids, other contents."""
+    for d in lines:
+        d["response"] = "x" + d["response"]
+        for s in d["spans"]:
+            s["start"] += 1
+            s["end"] += 1
+    return lines
 
 
 #: a CLI run in a subprocess whose method ``sys.argv[3]`` (``module:Class.method``) first waits at a

@@ -11,26 +11,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
+from cli_run import folder_files
 
 from lrm_interp.data.traces import ReasoningDataset
 from lrm_interp.experiments.study import StudyResult, run_study
 from lrm_interp.testing import byte_tokenizer, tiny_model
 from lrm_interp.toy.tasks import generate_dataset
-
-
-def _snapshot(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder``."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +38,7 @@ def test_edited_row_value_is_refused_by_load_and_resume(tmp_path, traces):
     assert doc["rows"][1]["key"] == "uniform"
     doc["rows"][1]["value"] = 99.0
     study.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    before = _snapshot(out)
+    before = folder_files(out)
     with pytest.raises(ValueError) as e:
         StudyResult.load(out)
     msg = str(e.value)
@@ -56,7 +46,7 @@ def test_edited_row_value_is_refused_by_load_and_resume(tmp_path, traces):
     assert "the file was edited or is corrupt" in msg
     with pytest.raises(ValueError, match=r"row 'uniform'.*the file was edited or is corrupt"):
         run_study(model, traces, out, tokenizer=tok, model_ref="tiny", bits=3, resamples=50, progress=False)
-    assert _snapshot(out) == before  # results.csv, report, outcomes: nothing rewritten from the forged value
+    assert folder_files(out) == before  # results.csv, report, outcomes: nothing rewritten from the forged value
     # a row deleted from the finished study: load refuses it (its outcomes are there, H21-STRM)
     doc["rows"][1]["value"] = true_value
     gone = doc["rows"].pop(2)["key"]

@@ -12,66 +12,42 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from cli_run import err_line, run_cli, toy_gold
+from cli_run import err_line, folder_files, rewrite_traces, run_cli, shifted, toy_attribution
 
 import lrm_interp as li
 from lrm_interp.attribution.results import Attribution
 from lrm_interp.attribution.resume import ResumeMismatchError
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _rewrite(src: Path, dst: Path, edit) -> Path:
-    with dst.open("w", encoding="utf-8") as f:
-        for line in src.read_text(encoding="utf-8").splitlines():
-            f.write(json.dumps(edit(json.loads(line))) + "\n")
-    return dst
-
-
-def _shifted(d: dict) -> dict:
-    """One character before the response, the spans moved with it: the same ids, other contents."""
-    d["response"] = "x" + d["response"]
-    for s in d["spans"]:
-        s["start"] += 1
-        s["end"] += 1
-    return d
-
-
-def _backtracking_only(d: dict) -> dict:
-    d["spans"] = [s for s in d["spans"] if s["behavior"] == "backtracking"]
-    return d
+def _backtracking_only(lines: list[dict]) -> list[dict]:
+    for d in lines:
+        d["spans"] = [s for s in d["spans"] if s["behavior"] == "backtracking"]
+    return lines
 
 
 @pytest.fixture(scope="module")
 def gold_and_result(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("h21")
-    gold = toy_gold(tmp)
-    a = tmp / "A"
-    assert run_cli(["attribute", "--model", "toy", "--data", gold, "--out", a, "--quiet"]) == 0
-    return gold, a
+    return toy_attribution(tmp_path_factory.mktemp("h21"))
 
 
 def test_attribute_over_a_finished_result_of_edited_traces_needs_overwrite(gold_and_result, tmp_path, capsys):
     gold, a0 = gold_and_result
     a = tmp_path / "A"
     shutil.copytree(a0, a)
-    before = _files(a)
+    before = folder_files(a)
     assert len(Attribution.load(a).behaviors) == 4
-    edited = _rewrite(gold, tmp_path / "edited.jsonl", _shifted)
-    bt = _rewrite(gold, tmp_path / "bt.jsonl", _backtracking_only)
+    edited = rewrite_traces(gold, tmp_path / "edited.jsonl", shifted)
+    bt = rewrite_traces(gold, tmp_path / "bt.jsonl", _backtracking_only)
     capsys.readouterr()
     for data, n in ((edited, 3), (bt, 3)):
         assert run_cli(["attribute", "--model", "toy", "--data", data, "--out", a, "--quiet"]) == 2
         err = err_line(capsys)
         assert f"{a} holds the finished result of this run on other contents of the same traces" in err
         assert f"{n} of 3 traces edited under the same id" in err and "pass --overwrite" in err
-        assert _files(a) == before  # nothing replaced, the tables included
+        assert folder_files(a) == before  # nothing replaced, the tables included
     # --overwrite replaces it with the result of the edited traces (what a fresh run gives)
     assert run_cli(["attribute", "--model", "toy", "--data", bt, "--out", a, "--quiet", "--overwrite"]) == 0
     fresh = tmp_path / "F"
@@ -98,12 +74,12 @@ def test_python_api_refuses_too_and_keeps_the_tables(gold_and_result, tmp_path):
     gold, a0 = gold_and_result
     a = tmp_path / "A"
     shutil.copytree(a0, a)
-    before = _files(a)
+    before = folder_files(a)
     assert {"scores.csv", "heatmap.png"} <= set(before)
-    bt = _rewrite(gold, tmp_path / "bt.jsonl", _backtracking_only)
+    bt = rewrite_traces(gold, tmp_path / "bt.jsonl", _backtracking_only)
     with pytest.raises(ResumeMismatchError, match=r"3 of 3 traces edited under the same id .*overwrite=True"):
         li.attribute("toy", bt, out_dir=a, progress=False)
-    assert _files(a) == before
+    assert folder_files(a) == before
     with pytest.raises(TypeError, match="overwrite must be True or False"):
         li.attribute("toy", bt, out_dir=a, progress=False, overwrite="yes")
     # a result written before the contents' fingerprint was recorded: its partials' keys tell
@@ -127,12 +103,12 @@ def test_a_study_attribution_folder_is_not_replaced_by_edited_traces(gold_and_re
     st = tmp_path / "ST"
     st.mkdir()
     shutil.copytree(a0, st / "attribution_fp32")
-    before = _files(st)
-    edited = _rewrite(gold, tmp_path / "edited.jsonl", _shifted)
+    before = folder_files(st)
+    edited = rewrite_traces(gold, tmp_path / "edited.jsonl", shifted)
     capsys.readouterr()
     assert run_cli(["attribute", "--model", "toy", "--data", edited, "--out", st / "attribution_fp32", "--quiet"]) == 2
     assert "3 of 3 traces edited under the same id" in err_line(capsys)
-    assert _files(st) == before
+    assert folder_files(st) == before
 
 
 # ------------------------------------------------------------------ H21-STLOADMSG
@@ -173,7 +149,7 @@ def test_compare_tells_other_contents_without_partials_and_after_a_stopped_overw
     import warnings
 
     gold, a0 = gold_and_result
-    edited = _rewrite(gold, tmp_path / "edited.jsonl", _shifted)
+    edited = rewrite_traces(gold, tmp_path / "edited.jsonl", shifted)
     b = tmp_path / "B"
     assert run_cli(["attribute", "--model", "toy", "--data", edited, "--out", b, "--quiet"]) == 0
     # a stopped --overwrite: A's result, B's partials (the edited traces' keys)

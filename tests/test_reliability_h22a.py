@@ -14,27 +14,18 @@ One study is run (module fixture); each test works on a copy of its folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from cli_run import folder_files
 
 from lrm_interp.experiments.study import StudyResult, run_study
 from lrm_interp.testing import byte_tokenizer, tiny_model
 from lrm_interp.toy.tasks import generate_dataset
 
 STUDY = dict(model_ref="tiny", bits=3, resamples=50, progress=False)
-
-
-def _snapshot(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder``."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +59,14 @@ def _resume(finished, out: Path):
 def test_duplicated_row_is_refused_by_load_and_resume(finished, tmp_path):
     out = _copy(finished, tmp_path, "dup")
     _edit(out, lambda d: d["rows"].append(d["rows"][2]))
-    before = _snapshot(out)
+    before = folder_files(out)
     want = "row 'magnitude' appears twice; the file was edited or is corrupt: restore it, or rerun with"
     with pytest.raises(ValueError) as e:
         StudyResult.load(out)
     assert str(out / "study.json") in str(e.value) and want in str(e.value)
     with pytest.raises(ValueError, match=want):
         _resume(finished, out)
-    assert _snapshot(out) == before
+    assert folder_files(out) == before
 
 
 @pytest.mark.parametrize(
@@ -102,14 +93,14 @@ def test_duplicated_row_is_refused_by_load_and_resume(finished, tmp_path):
 def test_edited_row_fields_and_masks_summary_are_refused(finished, tmp_path, what, edit, want):
     out = _copy(finished, tmp_path, what)
     _edit(out, edit)
-    before = _snapshot(out)
+    before = folder_files(out)
     with pytest.raises(ValueError) as e:
         StudyResult.load(out)
     msg = str(e.value)
     assert msg.startswith(f"{out / 'study.json'}: ") and want in msg and "the file was edited or is corrupt" in msg
     with pytest.raises(ValueError, match=want):  # a resume: results.csv not rewritten with the edited bpw
         _resume(finished, out)
-    assert _snapshot(out) == before
+    assert folder_files(out) == before
 
 
 def test_load_save_round_trip_and_resume_of_a_finished_study_still_work(finished, tmp_path):
@@ -132,16 +123,16 @@ def test_load_refuses_a_replaced_masks_file_and_attribution_folder(finished, tmp
     out = _copy(finished, tmp_path, "masks")
     masks = out / "masks.safetensors"
     masks.write_bytes(masks.read_bytes() + b" ")  # any other file than the study wrote
-    before = _snapshot(out)
+    before = folder_files(out)
     with pytest.raises(ValueError, match=r"masks\.safetensors was changed since the study wrote it"):
         StudyResult.load(out)
-    assert _snapshot(out) == before
+    assert folder_files(out) == before
 
     out = _copy(finished, tmp_path, "attr")
     folders = json.loads((out / "study.json").read_text(encoding="utf-8"))["provenance"]["folders"]
     shutil.rmtree(out / folders["compressed"])
     shutil.copytree(out / folders["original"], out / folders["compressed"])
-    before = _snapshot(out)
+    before = folder_files(out)
     with pytest.raises(ValueError) as e:
         StudyResult.load(out)
     assert str(e.value) == (
@@ -149,4 +140,4 @@ def test_load_refuses_a_replaced_masks_file_and_attribution_folder(finished, tmp
         "replaced since the study finished; restore it, or rerun the study with --overwrite (overwrite=True) to "
         "start it over"
     )
-    assert _snapshot(out) == before
+    assert folder_files(out) == before
