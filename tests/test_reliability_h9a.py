@@ -262,10 +262,15 @@ def test_an_attribution_and_a_study_are_never_saved_into_each_others_folder(resu
     capsys.readouterr()
     assert _rc(["parse", "--data", results["gold"], "--out", sc / "bits.json", "--overwrite"]) == 2
     assert f"is a file of the study result {sc.resolve()}" in _err_line(capsys)
-    # each still saves into its own kind (and a study's own attribution folder is an attribution's)
+    # each still saves into its own kind; a study's own attribution folder is an attribution's, but another
+    # attribution never replaces it (the study would no longer be the one it was, H23-SAVESTUDY)
     assert study.save(sc) == sc
-    res.save(sc / "attribution_fp32", overwrite=True)
-    assert li.Attribution.load(sc / "attribution_fp32").scores.equal(res.scores)
+    fp = sc / "attribution_fp32"
+    kept = _tree(fp)
+    with pytest.raises(ValueError, match=rf"{fp} is a folder of the study result {sc}: --overwrite"):
+        res.save(fp, overwrite=True)
+    assert _tree(fp) == kept
+    li.Attribution.load(fp).save(fp)  # its own result saved again: fine
 
 
 # ------------------------------------------------------------------ H9-CC2
