@@ -638,6 +638,10 @@ STUDY_FILES = (
     "bpw_accuracy.png",
     "report.html",
 )
+#: what only a study writes (its rows' per-item outcomes): a folder holding it is a study's even
+#: without ``study.json`` (it was taken for the compare result its ``shift.csv`` is, which not even
+#: ``study --overwrite`` could replace, H23-NOSTUDYJSON)
+STUDY_OUTCOMES = STUDY_FILES[1]
 #: ``lrm-interp experiment protection``: ``settings.json`` whose ``format`` starts with this
 #: (``lrm_interp.experiments.protection_table.FORMAT``), and the files the run writes
 EXPERIMENT_FORMAT = "lrm_interp.protection_experiment/"
@@ -768,7 +772,7 @@ def _model_result(d: Path) -> FinishedResult | None:
 def _table_result(d: Path) -> FinishedResult | None:
     """The result of tables and records ``d`` holds, or ``None``; the more specific records first (a
     study writes ``shift.csv`` too, and an experiment's or a downstream run's ``settings.json`` is
-    told apart by its format)."""
+    told apart by its format; a study that lost ``study.json`` by its ``outcomes.safetensors``)."""
     if (d / ATTRIBUTION_FILES[0]).is_file():
         return FinishedResult("attribution", d, frozenset((*ATTRIBUTION_FILES, ATTRIBUTION_WORK)))
     if (d / STUDY_FILES[0]).is_file():
@@ -776,6 +780,9 @@ def _table_result(d: Path) -> FinishedResult | None:
         folders = (doc.get("provenance") or {}).get("folders") if isinstance(doc.get("provenance"), dict) else None
         subs = [v for v in folders.values() if isinstance(v, str)] if isinstance(folders, dict) else []
         subs += [p.name for p in d.glob("attribution_*") if p.is_dir()]  # written before study.json named them
+        return FinishedResult("study", d, frozenset((*STUDY_FILES, "traces.jsonl", *subs)))
+    if (d / STUDY_OUTCOMES).is_file():  # a study that lost its record: not a compare result (H23-NOSTUDYJSON)
+        subs = [p.name for p in d.glob("attribution_*") if p.is_dir()]
         return FinishedResult("study", d, frozenset((*STUDY_FILES, "traces.jsonl", *subs)))
     settings = _json_dict(d / EXPERIMENT_FILES[0])
     if settings is not None and str(settings.get("format", "")).startswith(EXPERIMENT_FORMAT):
@@ -805,7 +812,8 @@ def finished_result(folder: str | os.PathLike) -> FinishedResult | None:
     adapter folder holding :data:`TOY_DISTILL_ADAPTER_FILES` or a run folder holding
     ``checkpoint/state.json`` or ``adapter/distill_log.json`` (``toy distill``),
     :data:`QUANTIZE_RECORD` (``quantize``); then the tables' records (:func:`_table_result`):
-    ``attribution.json`` (``attribute``), ``study.json`` (``study`` / ``quickstart``),
+    ``attribution.json`` (``attribute``), ``study.json`` or :data:`STUDY_OUTCOMES` (``study`` /
+    ``quickstart``),
     ``settings.json`` of format :data:`EXPERIMENT_FORMAT` (``experiment protection``),
     ``result.json`` of format :data:`DOWNSTREAM_FORMAT` (``annotate agree --downstream``),
     ``faithfulness.json``, :data:`BENCH_SCORE_RECORD` (``bench score``), ``run.json`` of format

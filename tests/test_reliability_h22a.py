@@ -115,7 +115,15 @@ def test_load_save_round_trip_and_resume_of_a_finished_study_still_work(finished
     StudyResult.load(out)
     # an older study.json (no rows / masks / attribution checksums) loads as before
     old = _copy(finished, tmp_path, "old")
-    _edit(old, lambda d: [d.pop("rows_sha256"), d.pop("masks_sha256"), d["provenance"].pop("attribution_sha256")])
+    _edit(
+        old,
+        lambda d: [
+            d.pop("rows_sha256"),
+            d.pop("masks_sha256"),
+            d.pop("record_sha256"),
+            d["provenance"].pop("attribution_sha256"),
+        ],
+    )
     assert len(StudyResult.load(old).rows) == 5
 
 
@@ -136,8 +144,9 @@ def test_load_refuses_a_replaced_masks_file_and_attribution_folder(finished, tmp
     with pytest.raises(ValueError) as e:
         StudyResult.load(out)
     assert str(e.value) == (
-        f"{out}: {folders['compressed']}/ is not the attribution the study made (tensors_sha256 differs): one was "
-        "replaced since the study finished; restore it, or rerun the study with --overwrite (overwrite=True) to "
-        "start it over"
+        f"{out}: {folders['compressed']}/ is not the attribution the study made (tensors_sha256 differs, and it "
+        "is not a rerun of the same attribute run on the same traces: other model, settings, sites or traces): "
+        "one was replaced since the study finished; restore it, or rerun the study with --overwrite "
+        "(overwrite=True) to start it over"
     )
     assert folder_files(out) == before

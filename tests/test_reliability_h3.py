@@ -114,10 +114,12 @@ def test_bench_score_refuses_another_task_source_after_problems_are_deleted(tmp_
 
 
 def _strip_prompt_sha(run):
-    """``generations.jsonl`` records without their ``prompt_sha`` (a record of an older ``bench run``)."""
+    """``generations.jsonl`` records without their ``prompt_sha`` (a record of an older ``bench run``,
+    which has no ``record_sha256`` either: with it, the edited record is refused, H23-GENMETA)."""
     gen = run / "generations.jsonl"
     recs = [json.loads(x) for x in gen.read_text().splitlines()]
-    gen.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "prompt_sha"}) + "\n" for r in recs))
+    old = ("prompt_sha", "record_sha256")
+    gen.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in old}) + "\n" for r in recs))
 
 
 def test_bench_score_compares_every_problem_not_only_those_in_the_file(tmp_path):

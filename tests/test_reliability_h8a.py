@@ -337,6 +337,7 @@ def test_a_study_rerun_refuses_a_changed_bits_json(results, tmp_path, capsys):
     # a study.json written before the checksums: loads and resumes, nothing checked
     doc = json.loads((sc / "study.json").read_text())
     del doc["provenance"]["checksums"]
+    doc.pop("record_sha256")  # written before the record's checksum too (H23-SPROV)
     (sc / "study.json").write_text(json.dumps(doc))
     alloc.pop("bits_digest", None)  # and a bits.json written before its own digest (H15-X-BEF)
     (sc / "bits.json").write_text(json.dumps(alloc, indent=1))
@@ -353,7 +354,7 @@ def test_the_result_markers_are_their_writers_own():
     from lrm_interp.experiments import protection_table, study
 
     assert resume.RESULT_FILES == _io.ATTRIBUTION_FILES and study.OWN_FILES == _io.STUDY_FILES
-    assert study.STUDY_FILE == _io.STUDY_FILES[0]
+    assert study.STUDY_FILE == _io.STUDY_FILES[0] and study.OUTCOMES_FILE == _io.STUDY_OUTCOMES
     assert protection_table.FORMAT.startswith(_io.EXPERIMENT_FORMAT)
     assert bench_run.RUN_FORMAT.startswith(_io.BENCH_RUN_FORMAT) and bench_run.RUN_FILE == _io.BENCH_RUN_FILES[0]
     assert bench_run.GEN_FILE in _io.BENCH_RUN_FILES

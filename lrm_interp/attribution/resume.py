@@ -381,17 +381,7 @@ def check_finished_result(
                 "recorded with it): which run and traces the result holds cannot be told, so it is not replaced; "
                 "restore it, delete the folder or choose another out_dir"
             )
-        old = {
-            "config": prov["settings"],
-            "weights_fingerprint": prov["model"]["weights_fingerprint"],
-            "tokenizer_fingerprint": prov["model"]["tokenizer"]["fingerprint"],
-            "sites": [s["name"] for s in d["sites"]],
-        }
-        if prov["model"].get("config_fingerprint") is not None:
-            old["config_fingerprint"] = prov["model"]["config_fingerprint"]
-        ol = prov.get("overlong")
-        if isinstance(ol, dict) and "limit" in ol:  # the model's context the traces were cut / checked at
-            old["context"] = {"limit": ol["limit"], "overlong": ol.get("policy", prov["settings"].get("overlong"))}
+        old = recorded_run_key(d)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ResumeMismatchError(
             f"{path} exists and is not a readable attribution result ({e!r}); delete it or choose another out_dir"
@@ -420,6 +410,45 @@ def check_finished_result(
             f"{out_dir} holds the finished result of this run {edited}. A rerun would replace it: pass --overwrite "
             f"(overwrite=True) to replace it{reuse}, or choose another out_dir"
         )
+
+
+def recorded_run_key(record: dict[str, Any]) -> dict[str, Any]:
+    """The run key an ``attribution.json`` (``record``) was computed with, as a run's key compares
+    (:func:`check_finished_result`): settings, weights / tokenizer / config fingerprints, sites and
+    the context its traces were checked at. ``KeyError`` / ``TypeError`` for a record missing them."""
+    prov = record["provenance"]
+    key = {
+        "config": prov["settings"],
+        "weights_fingerprint": prov["model"]["weights_fingerprint"],
+        "tokenizer_fingerprint": prov["model"]["tokenizer"]["fingerprint"],
+        "sites": [s["name"] for s in record["sites"]],
+    }
+    if prov["model"].get("config_fingerprint") is not None:
+        key["config_fingerprint"] = prov["model"]["config_fingerprint"]
+    ol = prov.get("overlong")
+    if isinstance(ol, dict) and "limit" in ol:  # the model's context the traces were cut / checked at
+        key["context"] = {"limit": ol["limit"], "overlong": ol.get("policy", prov["settings"].get("overlong"))}
+    return key
+
+
+def result_identity_sha256(folder: str | os.PathLike) -> str | None:
+    """SHA-256 of which computation ``folder/attribution.json`` holds: its run key
+    (:func:`recorded_run_key`) and its traces by id and content (``ids_fingerprint``, ``n_traces``,
+    ``contents_fingerprint``), not their order nor the data file's name. Two results of the same
+    identity are the same scores up to float summation order (a rerun over the traces reordered
+    moved them by ~1e-23, H23-REORDER). ``None``: no readable record, or one without the contents
+    fingerprint (older results: their identity cannot be told)."""
+    try:
+        d = json.loads((Path(folder) / "attribution.json").read_text(encoding="utf-8"))
+        ds = d["provenance"]["dataset"]
+        traces = {k: ds[k] for k in ("ids_fingerprint", "n_traces", "contents_fingerprint")}
+        if traces["contents_fingerprint"] is None or traces["ids_fingerprint"] is None:
+            return None
+        ident = {"run": recorded_run_key(d), "traces": traces}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    text = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def recorded_dataset_name(out_dir: Path, result_file: str = "attribution.json") -> str | None:

@@ -8,8 +8,9 @@ annotation and ``attribute()`` directly)::
     <run>/outputs/<task>/<j>.txt             sample 0 of item j (the response after the prompt)
     <run>/samples/<k>/outputs/<task>/<j>.txt sample k >= 1 (each samples/<k> is a paper layout too)
     <run>/generations.jsonl                  one line per finished item: token counts, finish
-                                             reasons, prompt and settings hashes, the hash of
-                                             each output file (``text_sha``)
+                                             reasons, prompt, problem and settings hashes, the
+                                             hash of each output file (``text_sha``) and of the
+                                             record itself (``record_sha256``)
 
 An item is finished when its ``generations.jsonl`` line exists (written after its text files,
 flushed and fsynced). A rerun on the same folder skips finished items and generates only the
@@ -19,6 +20,12 @@ paper layout written by someone else) or a changed prompt, naming
 the file and the record — every check runs before the first write, so a refused run leaves the
 folder exactly as it was (``problems/<task>.jsonl`` always matches the outputs beside it). A
 torn last line (the run was killed mid-write) is dropped once the run is accepted.
+
+Each ``generations.jsonl`` record carries ``record_sha256`` (:func:`record_digest`, over the
+whole record but that key): a record edited since (its token count or finish reason, which the
+bench tables report) is refused naming file:line by :func:`read_generations`, which the resume
+and ``bench score`` both read it with (H23-GENMETA). Records of older runs carry no digest and
+load as before; so, necessarily, does a record whose digest key was deleted.
 """
 
 from __future__ import annotations
@@ -48,10 +55,28 @@ def _sha(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def settings_key(settings: GenerationSettings) -> str:
-    """Hash of the settings that decide outputs (``batch_size`` excluded)."""
-    d = {k: v for k, v in settings.to_dict().items() if k != "batch_size"}
-    return _sha(json.dumps(d, sort_keys=True))
+def settings_key(settings: GenerationSettings | Mapping[str, Any]) -> str:
+    """Hash of the settings that decide outputs (``batch_size`` excluded); ``settings`` may be the
+    ``settings`` mapping a ``run.json`` records."""
+    items = settings.items() if isinstance(settings, Mapping) else settings.to_dict().items()
+    return _sha(json.dumps({k: v for k, v in items if k != "batch_size"}, sort_keys=True))
+
+
+#: the key of a ``generations.jsonl`` record's own digest (:func:`record_digest`)
+RECORD_KEY = "record_sha256"
+
+
+def record_digest(rec: Mapping[str, Any]) -> str:
+    """SHA-256 of a ``generations.jsonl`` record without its :data:`RECORD_KEY` (canonical JSON:
+    sorted keys), the value ``bench run`` writes under that key."""
+    body = {k: v for k, v in rec.items() if k != RECORD_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def problem_sha(problem: Any) -> str:
+    """The ``problem_sha`` of an item's problem as ``generations.jsonl`` records it (of its JSON
+    with sorted keys, after a JSON round trip, so a line of ``problems/<task>.jsonl`` hashes alike)."""
+    return _sha(json.dumps(json.loads(json.dumps(problem)), sort_keys=True))
 
 
 def output_path(run_dir: str | os.PathLike, task: str, index: int, sample: int = 0) -> Path:
@@ -68,7 +93,9 @@ def file_sha(path: str | os.PathLike) -> str:
 def read_generations(path: str | os.PathLike) -> tuple[dict[tuple[str, int], dict], int]:
     """``({(task, index): record}, bytes of complete lines)``. Only newline-terminated lines count:
     an unterminated tail is a write torn by a kill and is left out (appending resumes at the
-    returned offset); an unreadable complete line raises naming file:line."""
+    returned offset); an unreadable complete line raises naming file:line, and so does a record
+    whose ``record_sha256`` does not match it (:func:`record_digest`: edited or corrupt; records
+    without the key, of older runs, are taken as they are)."""
     p = Path(path)
     if not p.exists():
         return {}, 0
@@ -83,6 +110,12 @@ def read_generations(path: str | os.PathLike) -> tuple[dict[tuple[str, int], dic
             recs[(str(rec["task"]), int(rec["index"]))] = rec
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"{p}:{n}: unreadable generation record ({e})") from e
+        if isinstance(rec, dict) and RECORD_KEY in rec and rec[RECORD_KEY] != record_digest(rec):
+            raise ValueError(
+                f"{p}:{n}: the generation record of {rec['task']}/{rec['index']} was edited or is corrupt (it "
+                f"does not match its {RECORD_KEY}): restore it, or delete that line and rerun 'bench run' with "
+                "the same options and --out (it generates that item again)"
+            )
     return recs, good
 
 
@@ -143,6 +176,14 @@ def _check_run_file(path: Path, meta: dict) -> dict:
         fmt = old.get("format") if isinstance(old, dict) else None
         raise ValueError(f"{path}: not a benchmark run file (format {fmt!r}, expected {RUN_FORMAT!r})")
     if old.get("settings_key") != meta["settings_key"]:
+        old_settings = old.get("settings")
+        if not isinstance(old_settings, dict) or old.get("settings_key") != settings_key(old_settings):
+            # the settings shown would not be the ones the outputs were generated with (H23-BRMSG B11)
+            raise ValueError(
+                f"{path}: its settings do not match its settings_key {old.get('settings_key')!r} (run.json was "
+                "edited or is corrupt), so the settings its outputs were generated with are unknown; restore "
+                "it, or use another --out"
+            )
         diff = {
             k: (old.get("settings", {}).get(k), v)
             for k, v in meta["settings"].items()
@@ -155,7 +196,11 @@ def _check_run_file(path: Path, meta: dict) -> dict:
     om, nm = old.get("model") or {}, meta.get("model") or {}
     ofp, nfp = om.get("weights_fingerprint"), nm.get("weights_fingerprint")
     if ofp and nfp and ofp != nfp:
-        raise ValueError(f"{path}: this folder holds outputs of another model (weights fingerprint {ofp} != {nfp})")
+        raise ValueError(
+            f"{path}: this folder holds outputs of another model (weights fingerprint {ofp} != {nfp}; the run "
+            "folder is named after the model folder's last part): give models from folders with distinct names "
+            "(rename or link one), or use another --out"
+        )
     ocf, ncf = om.get("config_fingerprint"), nm.get("config_fingerprint")
     if ocf and ncf and ocf != ncf:
         raise ValueError(
@@ -291,11 +336,13 @@ def run_benchmark(
                     "index": it.index,
                     "id": it.id,
                     "prompt_sha": _sha(it.prompt),
+                    "problem_sha": problem_sha(it.problem),
                     "settings_key": skey,
                     # the hash of each output file: 'bench score' refuses outputs swapped or edited since
                     "samples": [{**g.to_dict(), "text_sha": _sha(g.text)} for g in gens],
                     "max_new_tokens": settings.max_new_tokens,
                 }
+                rec[RECORD_KEY] = record_digest(rec)  # an edited record is refused (read_generations)
                 gf.write(json.dumps(rec) + "\n")
                 gf.flush()
                 os.fsync(gf.fileno())
@@ -324,6 +371,9 @@ __all__ = [
     "read_generations",
     "output_path",
     "settings_key",
+    "record_digest",
+    "problem_sha",
+    "RECORD_KEY",
     "RUN_FORMAT",
     "RUN_FILE",
     "GEN_FILE",

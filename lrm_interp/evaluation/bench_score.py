@@ -39,7 +39,15 @@ from lrm_interp._io import (
 )
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.data.benchmarks.tasks import TASKS, get_task, paper_average
-from lrm_interp.evaluation.bench_run import GEN_FILE, RUN_FILE, RUN_FORMAT, file_sha, output_path, read_generations
+from lrm_interp.evaluation.bench_run import (
+    GEN_FILE,
+    RUN_FILE,
+    RUN_FORMAT,
+    file_sha,
+    output_path,
+    problem_sha,
+    read_generations,
+)
 from lrm_interp.evaluation.output_stats import backtracking_cues, detect_collapse, short_long_split, word_count
 
 SPLITS = (0.3, 0.2)
@@ -373,9 +381,12 @@ def _check_same_items(
                         except json.JSONDecodeError as e:
                             raise ValueError(f"{prob_file}:{it.index + 1}: invalid JSON ({e.msg})") from e
                         if was_problem != json.loads(json.dumps(it.problem)):
+                            rec, line = g.get(name, t.name, it.index)
                             raise ValueError(
-                                f"{prob_file}:{it.index + 1}: the outputs were generated for another problem than "
-                                f"{it.source}{told}" + hint
+                                _problem_mismatch(prob_file, it.index + 1, was_problem, it, rec, f"{g.path}:{line}")
+                                or f"{prob_file}:{it.index + 1}: the outputs were generated for another problem "
+                                f"than {it.source}{told}"
+                                + hint
                             )
                     elif _graded_unverified(g, name, t.name, it.index) and any(
                         output_path(run, name, it.index, k).is_file() for k in range(n_s)
@@ -391,6 +402,35 @@ def _check_same_items(
                     f"against {now!r}, and neither problems/{name}.jsonl nor {GEN_FILE} is left to tell whether they "
                     "are the same problems" + hint
                 )
+
+
+def _problem_mismatch(
+    prob_file: Path, n: int, line_problem: Any, item: BenchItem, rec: dict | None, where: str
+) -> str | None:
+    """Why line ``n`` of ``prob_file`` (``line_problem``) differs from ``item``'s problem when the
+    item's ``generations.jsonl`` record (at ``where``) tells: the line does not match the recorded
+    ``problem_sha`` (the file was edited or is corrupt), or, in a record of an older run without one,
+    the record's prompt is the item's (the prompt was checked before): the file was edited, or the
+    task data's non-prompt fields (the gold) changed since the run. ``None`` when the line matches
+    the recorded problem or no record tells: the items differ from the run's, the task options are
+    the cause (H23-PROBMSG: an edited gold was advised to "grade with the task options the run used")."""
+    if rec is None:
+        return None
+    fix = "restore it, or rerun 'bench run' with the same options and --out, which writes the run's problems again"
+    recorded = rec.get("problem_sha")
+    if recorded:
+        if recorded == problem_sha(line_problem):
+            return None
+        return (
+            f"{prob_file}:{n} was edited or is corrupt (it does not match the problem the run recorded, {where}): {fix}"
+        )
+    if rec.get("prompt_sha"):
+        return (
+            f"{prob_file}:{n} differs from the problem {item.source} gives, though the run recorded this prompt "
+            f"({where}): either the file was edited or is corrupt ({fix}), or the task data changed since the "
+            "run (grade with the data the run used)"
+        )
+    return None
 
 
 def _sample_count(run: Path, info: RunInfo) -> int:
@@ -481,7 +521,10 @@ def score_outputs(
     missing and listed in :attr:`BenchScores.unrecorded`; a torn last line is named ``file:line``
     in :attr:`BenchScores.torn`. A ``bench run`` folder whose ``generations.jsonl`` is gone (its
     ``run.json`` still there) raises ``ValueError`` before anything is graded
-    (:func:`_check_generations_kept`).
+    (:func:`_check_generations_kept`); so does a ``generations.jsonl`` record edited since (its
+    ``record_sha256`` does not match it: :func:`~lrm_interp.evaluation.bench_run.read_generations`,
+    H23-GENMETA), and a line of ``problems/<task>.jsonl`` that no longer matches the problem hash
+    the run recorded is named edited or corrupt (H23-PROBMSG).
 
     ``outputs`` that is not a path, ``items`` that is not a ``{task: items}`` mapping (a plain list
     of items) and the two swapped raise ``TypeError`` naming the expected kinds and the order

@@ -79,6 +79,7 @@ from lrm_interp._io import (
 from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.pipeline import SKIP_MEMORY_CHECK_ENV, attribute, attribution_sites
 from lrm_interp.attribution.results import Attribution, ImportanceShift, comparability, compare
+from lrm_interp.attribution.resume import result_identity_sha256
 from lrm_interp.checks import check_fraction, check_int, check_seed, env_flag, shown_value
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.benchmarks import find_task_file, get_task, load, task_names
@@ -401,6 +402,7 @@ class StudyResult:
             "provenance": prov,
             "complete": True,
         }
+        doc[RECORD_CHECKSUM] = _record_sha256(doc)
         atomic_write_text(out / STUDY_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
         return out
 
@@ -636,6 +638,27 @@ def _refuse_edited_rows(out: Path, doc: Mapping[str, Any], fix: str) -> None:
             f"{where}: its masks summary was edited since the study wrote it (it is not the one "
             f"{MASKS_CHECKSUM} records); {fix}"
         )
+    record_sum = doc.get(RECORD_CHECKSUM)
+    if record_sum is not None and record_sum != _record_sha256(doc):
+        raise ValueError(
+            f"{where}: its {', '.join(RECORD_FIELDS)} were edited since the study wrote them (they are not "
+            f"the ones {RECORD_CHECKSUM} records: the model, data and trace count it names, its reuse "
+            f"commands); {fix}"
+        )
+
+
+#: top-level entry of ``study.json``: the SHA-256 of its :data:`RECORD_FIELDS` as canonical JSON, as
+#: the study wrote them (:func:`_record_sha256`): an edited ``provenance`` (model name, data file,
+#: trace count) or reuse command was returned by :meth:`StudyResult.load` (H23-SPROV). The settings,
+#: rows and masks have checksums of their own; a ``study.json`` written before it is not checked
+RECORD_CHECKSUM = "record_sha256"
+RECORD_FIELDS = ("provenance", "commands", "files")
+
+
+def _record_sha256(doc: Mapping[str, Any]) -> str:
+    """:data:`RECORD_CHECKSUM` of a ``study.json`` (``doc``): its :data:`RECORD_FIELDS` (one not
+    there, as in a study still running: ``None``)."""
+    return _canonical_sha256({k: doc.get(k) for k in RECORD_FIELDS})
 
 
 #: entry of ``study.json``'s ``provenance``: ``{attribution folder: tensors_sha256}``, what each
@@ -655,22 +678,38 @@ def attribution_tensors_sha256(folder: str | Path) -> str | None:
     return sha if isinstance(sha, str) else None
 
 
+#: entry of ``study.json``'s ``provenance``: ``{attribution folder: identity}``
+#: (:func:`~lrm_interp.attribution.resume.result_identity_sha256`: run key and traces by id and
+#: content) of each folder when the study finished: a rerun of the study's own reuse command over
+#: the traces reordered is the same result, its tensors moved by float order only (H23-REORDER)
+ATTRIBUTION_IDENTITIES = "attribution_identity_sha256"
+
+
 def _refuse_replaced_attributions(out: Path, doc: Mapping[str, Any]) -> None:
     """``ValueError`` naming the first attribution folder of a finished study whose result is not the
     one the study made (its ``tensors_sha256`` is not the one ``study.json`` records,
     :data:`ATTRIBUTION_CHECKSUMS`): a copy of the other folder put in its place gave a zero shift
-    with a warning only (H22-SLOAD). A study without the record (older) is not checked."""
+    with a warning only (H22-SLOAD). Accepted: a result of the same identity
+    (:data:`ATTRIBUTION_IDENTITIES`: the study's reuse command rerun over the traces in another
+    order, H23-REORDER). A study without the record (older) is not checked."""
     prov = doc.get("provenance")
     sums = prov.get(ATTRIBUTION_CHECKSUMS) if isinstance(prov, Mapping) else None
     if not isinstance(sums, Mapping):
         return
+    idents = prov.get(ATTRIBUTION_IDENTITIES) if isinstance(prov, Mapping) else None
+    idents = idents if isinstance(idents, Mapping) else {}
     for name, sha in sums.items():
-        if isinstance(name, str) and attribution_tensors_sha256(out / name) != sha:
-            raise ValueError(
-                f"{out}: {name}/ is not the attribution the study made (tensors_sha256 differs): one was replaced "
-                "since the study finished; restore it, or rerun the study with --overwrite (overwrite=True) to "
-                "start it over"
-            )
+        if not isinstance(name, str) or attribution_tensors_sha256(out / name) == sha:
+            continue
+        ident = idents.get(name)
+        if ident is not None and result_identity_sha256(out / name) == ident:
+            continue  # the same run on the same traces, recomputed (float summation order)
+        raise ValueError(
+            f"{out}: {name}/ is not the attribution the study made (tensors_sha256 differs, and it is not a "
+            "rerun of the same attribute run on the same traces: other model, settings, sites or traces): one "
+            "was replaced since the study finished; restore it, or rerun the study with --overwrite "
+            "(overwrite=True) to start it over"
+        )
 
 
 #: top-level entry of ``study.json``: the SHA-256 of each of its key fields (:data:`_KEY_FIELDS`) as
@@ -957,6 +996,7 @@ def _save_progress(
         "provenance": prov,
         "complete": False,
     }
+    doc[RECORD_CHECKSUM] = _record_sha256(doc)
     atomic_write_text(out / STUDY_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
 
 
@@ -1314,6 +1354,7 @@ def run_study(
     }
     prov.update(resumed=resumed, seconds=round(time.time() - t0, 1))
     prov[ATTRIBUTION_CHECKSUMS] = {d.name: attribution_tensors_sha256(d) for d in (d_fp, d_q)}
+    prov[ATTRIBUTION_IDENTITIES] = {d.name: result_identity_sha256(d) for d in (d_fp, d_q)}
     fp = rows["fp"]
     warn = length_limit_warning(int(fp.correct or 0), fp.n, fp_at_limit, s.max_new_tokens) if s.tasks else None
     prov["warnings"] = [] if warn is None else [warn]

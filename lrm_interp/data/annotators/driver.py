@@ -19,7 +19,11 @@
 - The per-trace cache (``cache_dir``): one JSON file per finished trace, keyed by the
   annotator's fingerprint and the thinking text, written atomically as soon as the trace is
   done — a killed or failed run, rerun with the same cache, skips what was finished.
-  Cache files hold the markup and counts, never a URL or key.
+  Cache files hold the markup and counts, never a URL or key. Each entry carries a digest over
+  its payload (``entry_sha256``, :func:`_entry_digest`); an entry that fails it, is not readable,
+  is another entry's copy, holds a span past the thinking text, or was written without a digest
+  (format ``lrm_interp.annotation_cache/1``) is stale: the trace is annotated again, the entry
+  rewritten, and the run counts and names it (``stats["cache_stale"]``, :meth:`AnnotationRun.summary`).
 """
 
 from __future__ import annotations
@@ -58,7 +62,10 @@ from lrm_interp.data.traces import (
 )
 from lrm_interp.endpoint import EndpointUnreachable
 
-CACHE_FORMAT = "lrm_interp.annotation_cache/1"
+#: /2: every entry carries ``entry_sha256`` (:func:`_entry_digest`); a /1 entry (no digest) is stale
+CACHE_FORMAT = "lrm_interp.annotation_cache/2"
+#: the cache entries of earlier versions: written without a digest, annotated again (the cache only saves work)
+OLD_CACHE_FORMATS = ("lrm_interp.annotation_cache/1",)
 #: the kind of the per-trace cache folder for the result checks: a kind no result has, so every result
 #: folder (and the shipped assets, an attribution's ``partial/``) is refused as ``cache_dir``
 ANNOTATION_CACHE = "annotation cache"
@@ -180,6 +187,15 @@ class AnnotationRun:
         if s.get("stopped"):
             head += f"; the run stopped ({s['stopped']})"
         lines = [head, self.report.summary()]
+        if s.get("cache_stale"):
+            n, files = s["cache_stale"], s.get("cache_stale_files") or {}
+            lines.append(
+                f"  {n} cache {'entry' if n == 1 else 'entries'} in {s.get('cache_dir', '--cache')} "
+                f"{'was' if n == 1 else 'were'} stale or corrupt, re-annotated and rewritten:"
+            )
+            lines += [f"    {p}: {why}" for p, why in list(files.items())[:10]]
+            if len(files) > 10:
+                lines.append(f"    ... and {len(files) - 10} more (the report's stats list them all)")
         lines += [f"  {tid}: annotator failed: {msg}" for tid, msg in list(self.failures.items())[:10]]
         return "\n".join(lines)
 
@@ -209,22 +225,58 @@ def _usage_of(annotator: Annotator) -> dict[str, int] | None:
     return usage.snapshot() if usage is not None and hasattr(usage, "snapshot") else None
 
 
-def _read_cache(path: Path, key: str) -> dict | None:
+def _entry_digest(entry: dict) -> str:
+    """SHA-256 of a cache entry's payload: every field but ``entry_sha256`` itself (format, key,
+    trace id, annotator, chunks, markup or segments), as canonical JSON."""
+    body = {k: v for k, v in entry.items() if k != "entry_sha256"}
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _read_cache(path: Path, key: str, thinking: str) -> tuple[dict | None, str | None]:
+    """The cache entry at ``path`` for ``key`` and why it is not used: ``(entry, None)`` when sound,
+    ``(None, reason)`` when stale or corrupt (the trace is annotated again and the entry rewritten).
+
+    An entry is sound when it is readable JSON of this :data:`CACHE_FORMAT`, its ``key`` is this
+    file's, its ``entry_sha256`` matches its payload, and it holds markup or ``(label, start, end)``
+    segments inside the thinking text ``thinking`` (no segment twice)."""
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # unreadable / half-written by another tool: annotate again
-    if d.get("format") != CACHE_FORMAT or d.get("key") != key:
-        return None
+    except (OSError, ValueError) as e:  # unreadable / half-written by another tool
+        return None, f"not readable JSON ({type(e).__name__})"
+    if not isinstance(d, dict):
+        return None, f"not a JSON object (a {type(d).__name__})"
+    fmt = d.get("format")
+    if fmt in OLD_CACHE_FORMATS:
+        return None, f"written without a digest (format {fmt})"
+    if fmt != CACHE_FORMAT:
+        return None, f"format {shown_value(fmt)}, not {CACHE_FORMAT}"
+    if d.get("key") != key:
+        return None, f"its key {shown_value(d.get('key'))} is not this file's (copied from another entry?)"
+    if d.get("entry_sha256") != _entry_digest(d):
+        return None, "its contents do not match its digest (edited or corrupt)"
+    chunks = d.get("chunks", 1)
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+        return None, f"chunks {shown_value(chunks)} is not a positive integer"
     if isinstance(d.get("markup"), str):
-        return d
+        return d, None
     segs = d.get("segments")
-    if isinstance(segs, list) and all(
-        isinstance(x, list) and len(x) == 3 and isinstance(x[0], str) and all(isinstance(v, int) for v in x[1:])
+    if not isinstance(segs, list) or not all(
+        isinstance(x, list)
+        and len(x) == 3
+        and isinstance(x[0], str)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in x[1:])
         for x in segs
     ):
-        return d
-    return None
+        return None, "no markup and no list of [label, start, end] segments"
+    seen: set[tuple[str, int, int]] = set()
+    for label, a, b in segs:
+        if not 0 <= a <= b <= len(thinking):
+            return None, f"span {label} [{a},{b}) runs past the thinking text ({len(thinking)} chars)"
+        if (label, a, b) in seen:
+            return None, f"span {label} [{a},{b}) is listed twice"
+        seen.add((label, a, b))
+    return d, None
 
 
 def annotate_dataset(
@@ -242,7 +294,10 @@ def annotate_dataset(
         traces: the outputs (:func:`load_outputs`); existing spans are replaced.
         annotator: any :class:`~lrm_interp.data.annotators.base.Annotator`.
         workers: traces annotated at the same time (threads; for LLM endpoints).
-        cache_dir: per-trace cache folder (created); finished traces are skipped on a rerun.
+        cache_dir: per-trace cache folder (created); finished traces are skipped on a rerun. A stale
+            or corrupt entry (:func:`_read_cache`: edited, unreadable, no digest) is annotated again
+            and rewritten, counted in ``stats["cache_stale"]`` (``stats["cache_stale_files"]``:
+            ``{cache file: why}``) and named by :meth:`AnnotationRun.summary`.
         progress: a tqdm bar over traces.
         max_response_chars: the largest response annotated, in characters (default
             :func:`~lrm_interp.data.traces.response_limit`: 2M, or ``$LRM_INTERP_MAX_RESPONSE_CHARS``).
@@ -286,6 +341,8 @@ def annotate_dataset(
     results: dict[str, tuple[Any, str | None, bool, int]] = {}
 
     gone = threading.Event()  # set by the first EndpointUnreachable: no trace starts a request after it
+    stale: dict[str, str] = {}  # cache file -> why it was not used (the trace is annotated again)
+    stale_lock = threading.Lock()
 
     def work(t: ReasoningTrace) -> tuple[str, Any, str | None, bool, int]:
         if t.id in too_large:
@@ -294,10 +351,12 @@ def annotate_dataset(
         key = _cache_key(fp, thinking)
         path = cache / f"{key}.json" if cache is not None else None
         if path is not None and path.exists():
-            d = _read_cache(path, key)
+            d, why = _read_cache(path, key, thinking)
             if d is not None:
                 payload = d["markup"] if isinstance(d.get("markup"), str) else [tuple(x) for x in d["segments"]]
                 return t.id, payload, None, True, int(d.get("chunks", 1))
+            with stale_lock:  # annotated again below, the entry rewritten; counted once per file
+                stale.setdefault(str(path), str(why))
         if gone.is_set():  # another worker found the endpoint gone: this trace is not started
             raise CancelledError()
         try:
@@ -316,13 +375,9 @@ def annotate_dataset(
             return t.id, None, f"{type(e).__name__}: {' '.join(str(e).split())}", False, 0
         if path is not None:
             body = {"markup": payload} if isinstance(payload, str) else {"segments": [list(x) for x in payload]}
-            atomic_write_text(
-                path,
-                json.dumps(
-                    {"format": CACHE_FORMAT, "key": key, "trace_id": t.id, "annotator": fp, "chunks": n_chunks, **body},
-                    ensure_ascii=False,
-                ),
-            )
+            entry = {"format": CACHE_FORMAT, "key": key, "trace_id": t.id, "annotator": fp, "chunks": n_chunks, **body}
+            entry["entry_sha256"] = _entry_digest(entry)
+            atomic_write_text(path, json.dumps(entry, ensure_ascii=False))
         return t.id, payload, None, False, n_chunks
 
     stop: EndpointUnreachable | None = None
@@ -411,6 +466,11 @@ def annotate_dataset(
         "seconds": round(time.monotonic() - t0, 3),
         "workers": workers,
     }
+    if cache is not None:  # stale / corrupt entries: annotated again and rewritten, never silently
+        stats["cache_dir"] = str(cache)
+        stats["cache_stale"] = len(stale)
+        if stale:
+            stats["cache_stale_files"] = dict(sorted(stale.items()))
     if stopped is not None:
         stats["stopped"] = stopped
     usage1 = _usage_of(annotator)
