@@ -638,10 +638,11 @@ STUDY_FILES = (
     "bpw_accuracy.png",
     "report.html",
 )
-#: what only a study writes (its rows' per-item outcomes): a folder holding it is a study's even
-#: without ``study.json`` (it was taken for the compare result its ``shift.csv`` is, which not even
-#: ``study --overwrite`` could replace, H23-NOSTUDYJSON)
-STUDY_OUTCOMES = STUDY_FILES[1]
+#: what only a study writes (its rows' per-item outcomes, its ranking, its report): a folder holding
+#: one is a study's even without ``study.json`` (it was taken for the compare result its
+#: ``shift.csv`` is, which not even ``study --overwrite`` could replace, H23-NOSTUDYJSON, H24-NOOUTCOMES)
+STUDY_ONLY_FILES = ("outcomes.safetensors", "ranking.csv", "report.html")
+STUDY_OUTCOMES = STUDY_ONLY_FILES[0]
 #: ``lrm-interp experiment protection``: ``settings.json`` whose ``format`` starts with this
 #: (``lrm_interp.experiments.protection_table.FORMAT``), and the files the run writes
 EXPERIMENT_FORMAT = "lrm_interp.protection_experiment/"
@@ -772,7 +773,7 @@ def _model_result(d: Path) -> FinishedResult | None:
 def _table_result(d: Path) -> FinishedResult | None:
     """The result of tables and records ``d`` holds, or ``None``; the more specific records first (a
     study writes ``shift.csv`` too, and an experiment's or a downstream run's ``settings.json`` is
-    told apart by its format; a study that lost ``study.json`` by its ``outcomes.safetensors``)."""
+    told apart by its format; a study that lost ``study.json`` by its :data:`STUDY_ONLY_FILES`)."""
     if (d / ATTRIBUTION_FILES[0]).is_file():
         return FinishedResult("attribution", d, frozenset((*ATTRIBUTION_FILES, ATTRIBUTION_WORK)))
     if (d / STUDY_FILES[0]).is_file():
@@ -781,7 +782,7 @@ def _table_result(d: Path) -> FinishedResult | None:
         subs = [v for v in folders.values() if isinstance(v, str)] if isinstance(folders, dict) else []
         subs += [p.name for p in d.glob("attribution_*") if p.is_dir()]  # written before study.json named them
         return FinishedResult("study", d, frozenset((*STUDY_FILES, "traces.jsonl", *subs)))
-    if (d / STUDY_OUTCOMES).is_file():  # a study that lost its record: not a compare result (H23-NOSTUDYJSON)
+    if any((d / n).is_file() for n in STUDY_ONLY_FILES):  # a study that lost its record (H23-NOSTUDYJSON)
         subs = [p.name for p in d.glob("attribution_*") if p.is_dir()]
         return FinishedResult("study", d, frozenset((*STUDY_FILES, "traces.jsonl", *subs)))
     settings = _json_dict(d / EXPERIMENT_FILES[0])
@@ -812,7 +813,7 @@ def finished_result(folder: str | os.PathLike) -> FinishedResult | None:
     adapter folder holding :data:`TOY_DISTILL_ADAPTER_FILES` or a run folder holding
     ``checkpoint/state.json`` or ``adapter/distill_log.json`` (``toy distill``),
     :data:`QUANTIZE_RECORD` (``quantize``); then the tables' records (:func:`_table_result`):
-    ``attribution.json`` (``attribute``), ``study.json`` or :data:`STUDY_OUTCOMES` (``study`` /
+    ``attribution.json`` (``attribute``), ``study.json`` or :data:`STUDY_ONLY_FILES` (``study`` /
     ``quickstart``),
     ``settings.json`` of format :data:`EXPERIMENT_FORMAT` (``experiment protection``),
     ``result.json`` of format :data:`DOWNSTREAM_FORMAT` (``annotate agree --downstream``),
@@ -1292,11 +1293,12 @@ def check_out_dir(
     ``partial/`` of an attribution run (:func:`refuse_attribution_work_folder`), ``out`` is (or contains, or lies
     inside) one of ``sources`` (a model is never written onto its own source), or ``out`` exists and
     is not empty and ``overwrite`` is false. Even with
-    ``overwrite``, only a regular file, an empty folder or an earlier result (a folder holding the
-    regular file ``marker``) is replaced: never a folder of someone else's files (``--out .``), a
-    FIFO or a device. A non-empty folder without ``marker`` is refused at once, ``overwrite`` or not,
-    naming another command's result it is (:func:`_not_replaceable`, H13-OVM); the advice to pass
-    ``--overwrite`` is given only where it applies."""
+    ``overwrite``, only an empty folder or an earlier result (a folder holding the regular file
+    ``marker``) is replaced: never a folder of someone else's files (``--out .``), a FIFO or a
+    device, nor a file or a link to one (refused at once, ``overwrite`` or not, naming what it holds:
+    :func:`_file_as_out_dir`, H24-QFILE). A non-empty folder without ``marker`` is refused at once,
+    ``overwrite`` or not, naming another command's result it is (:func:`_not_replaceable`, H13-OVM);
+    the advice to pass ``--overwrite`` is given only where it applies."""
     blocked = file_on_the_way(out)
     if blocked is not None:
         raise ValueError(
@@ -1304,7 +1306,8 @@ def check_out_dir(
             f"give {flag} a path outside it"
         )
     refuse_attribution_work_folder(out, flag)
-    out = Path(out).resolve()
+    given = Path(out)
+    out = given.resolve()
     for src in sources:
         if src is None or not Path(src).exists():
             continue
@@ -1315,16 +1318,36 @@ def check_out_dir(
         return out
     if out.is_dir() and not any(out.iterdir()):
         return out
+    if not out.is_dir():
+        try:
+            refuse_special(out)  # a FIFO, a device: never
+        except OSError as e:
+            raise ValueError(f"{flag} {e}") from None
+        raise ValueError(_file_as_out_dir(given, out, flag))  # a file: never, --overwrite or not (H24-QFILE)
     rec = out / marker
-    if out.is_dir() and not (rec.is_file() and not rec.is_symlink()):
+    if not (rec.is_file() and not rec.is_symlink()):
         raise ValueError(_not_replaceable(out, flag, marker))  # --overwrite or not: no advice to pass it
     if not overwrite:
         raise ValueError(
             f"{flag} {out} exists and is not empty; pass --overwrite to replace it or choose another folder"
         )
-    if not out.is_dir():
-        refuse_special(out)  # a FIFO, a device: never; a regular file named with --overwrite: replaced
     return out
+
+
+def _file_as_out_dir(given: Path, out: Path, flag: str) -> str:
+    """Why :func:`check_out_dir` never replaces the file ``out`` (``given``: the path as named,
+    perhaps a link to it) with a folder, said at once, with or without ``--overwrite``: what the
+    file holds (:func:`file_result`: traces, masks, a trained annotator, ...). ``quantize
+    --overwrite --out traces.jsonl`` replaced the traces with a model folder, and the refusal
+    without ``--overwrite`` advised passing it (H24-QFILE)."""
+    held = file_result(out)
+    what = f"a file ({held.what})" if held is not None else "a file"
+    if given.is_symlink():
+        what = f"a link to {out}, {what}"
+    return (
+        f"{flag} {given}: {what}; {flag} names a folder to write the result into (a file is never replaced "
+        "by one, not even with --overwrite): choose another folder"
+    )
 
 
 def _not_replaceable(out: Path, flag: str, marker: str) -> str:

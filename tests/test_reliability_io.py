@@ -288,7 +288,7 @@ def test_quantize_out_never_is_or_contains_its_masks_or_calib(tmp_path, capsys):
         (base + ["--masks", masks, "--out", d], "--masks"),
         (base + ["--method", "gptq", "--calib", calib, "--out", d], "--calib"),
         (base + ["--method", "gptq", "--calib", calib / "c.jsonl", "--out", d], "--calib"),
-        (base + ["--masks", masks, "--out", masks], "--masks"),
+        (base + ["--masks", masks, "--out", masks], "a file (protection masks"),  # a file: never (H24-QFILE)
         (base + ["--method", "gptq", "--calib", calib, "--out", calib], "--calib"),
         (base + ["--method", "gptq", "--calib", calib, "--out", calib / "q"], "--calib"),
     ):

@@ -361,9 +361,13 @@ def _score_out(a: argparse.Namespace, outputs: Path) -> Path:
     ``--out`` holding a file the score writes (``scores.csv``, ``tables.md``, ...; an attribution
     folder has a ``scores.csv`` too) is refused unless ``--overwrite``. The default
     ``<outputs>/scores`` is refreshed without the flag only when an earlier ``bench score`` wrote
-    it (it holds its ``tables.md`` and ``summary.csv``). A folder holding ``bench run`` folders and
-    the ``--outputs`` folder itself are refused (H13-BSO)."""
-    from lrm_interp.evaluation.bench_score import SCORE_FILES, refuse_scores_into_runs
+    it (it holds its ``tables.md`` and ``summary.csv``) and its ``score_files.json`` records these
+    ``--outputs`` (the same folder, or a copy: :func:`~lrm_interp.evaluation.bench_score.scores_of_other_outputs`);
+    the tables of another outputs folder written there with ``--out`` were replaced without
+    ``--overwrite`` (H24-SCOREDEF). A record of an older lrm_interp (no outputs in it) is refreshed
+    as before. A folder holding ``bench run`` folders and the ``--outputs`` folder itself are refused
+    (H13-BSO)."""
+    from lrm_interp.evaluation.bench_score import SCORE_FILES, refuse_scores_into_runs, scores_of_other_outputs
 
     out = Path(a.out).expanduser() if a.out else outputs / "scores"
     check_paths({"--out": out}, own="bench score")  # never under a file
@@ -380,6 +384,12 @@ def _score_out(a: argparse.Namespace, outputs: Path) -> Path:
         )
     there = [f for f in SCORE_FILES if (out / f).exists()]
     ours = a.out is None and (out / "tables.md").is_file() and (out / "summary.csv").is_file()
+    other = scores_of_other_outputs(out, outputs) if ours and not a.overwrite else None
+    if other is not None:
+        raise CliError(
+            f"--out {out} (the default) holds the scores of --outputs {other}, not of {outputs.resolve()} (written "
+            f"there with --out {out}): pass --overwrite to replace them, or give another --out"
+        )
     if there and not a.overwrite and not ours:
         raise CliError(
             f"--out {out} already holds {', '.join(there)}, which the score would replace; pass "
@@ -772,5 +782,9 @@ def register(sub) -> None:
         help="grade outputs without </think> on their whole text (default: unanswered)",
     )
     s.add_argument("--no-plots", action="store_true", help="tables only")
-    add_overwrite_flag(s, "the tables in --out (the default <outputs>/scores is refreshed without it)")
+    add_overwrite_flag(
+        s,
+        "the tables in --out (the default <outputs>/scores is refreshed without it when it holds the scores of "
+        "these --outputs)",
+    )
     s.set_defaults(fn=cmd_score)

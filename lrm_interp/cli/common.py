@@ -972,6 +972,13 @@ def require_attribution_dir(path: str | os.PathLike, flag: str) -> Path:
     for f in ("attribution.json", "attribution.safetensors"):
         if not (p / f).is_file():
             other = finished_result(p)
+            inner = _study_attributions(p) if other is not None and other.kind == "study" else []
+            if inner:  # a study folder: point at its attribution results, not at a new run (H24-SCORESSTUDY)
+                raise CliError(
+                    f"{flag} {p}: {f} is missing, not an attribution result folder; it is {other}, whose attribution "
+                    f"results are {' and '.join(f'{n} ({w})' if w else n for n, w in inner)}: give one as {flag} "
+                    f"(e.g. {flag} {p / inner[0][0]})"
+                )
             # another command's result (a bench run folder, ...) is never written into: no advice to (H17-COA)
             where = f"--out {p}" if other is None and not any(p.iterdir()) else "--out <a new folder>"
             what = f"; it is {other}" if other is not None else ""
@@ -980,6 +987,20 @@ def require_attribution_dir(path: str | os.PathLike, flag: str) -> Path:
                 f"(write one with 'lrm-interp attribute {where} ...')"
             )
     return p
+
+
+def _study_attributions(folder: Path) -> list[tuple[str, str]]:
+    """``[(name, what it is)]`` of the attribution result folders inside the study folder ``folder``
+    (``("attribution_fp32", "the original model")``), the original first, as ``study.json`` records
+    them (``provenance.folders``; else the ``attribution_*/`` folders holding ``attribution.json``,
+    ``what`` empty)."""
+    try:
+        doc = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+        folders = doc["provenance"]["folders"]
+        named = [(folders["original"], "the original model"), (folders["compressed"], "its uniform compressed copy")]
+    except (OSError, ValueError, KeyError, TypeError):
+        named = [(d.name, "") for d in sorted(folder.glob("attribution_*"))]
+    return [(n, what) for n, what in named if isinstance(n, str) and (folder / n / "attribution.json").is_file()]
 
 
 @contextlib.contextmanager

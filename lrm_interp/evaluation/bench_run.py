@@ -26,6 +26,16 @@ whole record but that key): a record edited since (its token count or finish rea
 bench tables report) is refused naming file:line by :func:`read_generations`, which the resume
 and ``bench score`` both read it with (H23-GENMETA). Records of older runs carry no digest and
 load as before; so, necessarily, does a record whose digest key was deleted.
+
+``run.json`` carries a ``record_sha256`` over its whole record too (:func:`run_record_text`): an
+edited one (its model block, settings or tasks) is refused by :func:`check_run_record` on a resume
+and in ``bench score`` as edited or corrupt, not blamed on another model (H24-RJFP); older run
+files without it load as before. A record whose ``settings_key`` is not the run's (a line of a run
+with other settings mixed in) is refused naming file:line and the fix by
+:func:`check_record_settings`, on a resume and in ``bench score`` (H24-MIXREC); and a resume
+refuses a finished item whose output file no longer matches its recorded ``text_sha`` (edited or
+swapped: it was counted finished, H24-BRTEXT), naming the files; deleting them makes the same run
+generate them again.
 """
 
 from __future__ import annotations
@@ -119,6 +129,72 @@ def read_generations(path: str | os.PathLike) -> tuple[dict[tuple[str, int], dic
     return recs, good
 
 
+#: the fix of a ``generations.jsonl`` record generated with other settings than its run's (H24-MIXREC)
+MIXED_RECORD_FIX = (
+    "delete that line (and its output files) and rerun 'bench run' with the same options and --out, which "
+    "generates it again, or use another --out"
+)
+
+
+def record_lines(path: str | os.PathLike, good: int | None = None) -> dict[tuple[str, int], int]:
+    """``{(task, index): line number}`` of the records of ``generations.jsonl`` at ``path`` (the last
+    line of an item wins, as in :func:`read_generations`; complete lines only, up to ``good`` bytes
+    when given)."""
+    p = Path(path)
+    if not p.exists():
+        return {}
+    raw = p.read_bytes()
+    good = raw.rfind(b"\n") + 1 if good is None else good
+    lines: dict[tuple[str, int], int] = {}
+    for n, line in enumerate(raw[:good].split(b"\n")[:-1], 1):
+        if line.strip():
+            rec = json.loads(line)
+            lines[(str(rec["task"]), int(rec["index"]))] = n
+    return lines
+
+
+def check_record_settings(
+    gen_path: str | os.PathLike,
+    recs: Mapping[tuple[str, int], Mapping[str, Any]],
+    lines: Mapping[tuple[str, int], int],
+    run_key: str | None,
+    run_file: str | os.PathLike,
+) -> None:
+    """``ValueError`` naming file:line of the first record of ``recs`` whose ``settings_key`` is not
+    ``run_key`` (the one ``run_file``, the run's ``run.json``, records), with the fix: a record of a
+    run with other settings mixed into this one (the resume refused it without a fix; ``bench
+    score`` graded it, H24-MIXREC). Records without a ``settings_key`` (older runs), or a run file
+    without one, are not checked."""
+    if not run_key:
+        return
+    for key in sorted(recs, key=lambda k: lines.get(k, 0)):
+        got = recs[key].get("settings_key")
+        if got is not None and got != run_key:
+            t, j = key
+            raise ValueError(
+                f"{gen_path}:{lines.get(key, '?')}: record {t}/{j} was generated with other settings than "
+                f"{run_file} records (settings_key {got!r}, the run's {run_key!r}): {MIXED_RECORD_FIX}"
+            )
+
+
+def check_run_record(path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+    """``ValueError`` when the ``run.json`` ``meta`` (read from ``path``) does not match its own
+    :data:`RECORD_KEY` (:func:`record_digest`): its model block, settings or tasks were edited, or
+    the file is corrupt (an edited weights fingerprint was blamed on "another model", H24-RJFP).
+    A ``run.json`` of an older run (no digest) is not checked."""
+    if RECORD_KEY in meta and meta[RECORD_KEY] != record_digest(meta):
+        raise ValueError(
+            f"{path}: run.json was edited or is corrupt (it does not match its {RECORD_KEY}): restore it, or use "
+            "another --out"
+        )
+
+
+def run_record_text(meta: Mapping[str, Any]) -> str:
+    """The text of a ``run.json`` holding ``meta`` with its :data:`RECORD_KEY` (recomputed)."""
+    body = {k: v for k, v in meta.items() if k != RECORD_KEY}
+    return json.dumps({**body, RECORD_KEY: record_digest(body)}, indent=2)
+
+
 @dataclass(frozen=True)
 class TaskRun:
     """One task of one model's run: items finished before (``resumed``) and now (``generated``)."""
@@ -184,6 +260,7 @@ def _check_run_file(path: Path, meta: dict) -> dict:
                 "edited or is corrupt), so the settings its outputs were generated with are unknown; restore "
                 "it, or use another --out"
             )
+        check_run_record(path, old)  # settings consistent with their key, but something else edited
         diff = {
             k: (old.get("settings", {}).get(k), v)
             for k, v in meta["settings"].items()
@@ -193,6 +270,7 @@ def _check_run_file(path: Path, meta: dict) -> dict:
             f"{path}: this folder was generated with other settings {diff} (old, new); "
             "resume with the same settings or use another --out"
         )
+    check_run_record(path, old)  # an edited model block is no "other model" (H24-RJFP)
     om, nm = old.get("model") or {}, meta.get("model") or {}
     ofp, nfp = om.get("weights_fingerprint"), nm.get("weights_fingerprint")
     if ofp and nfp and ofp != nfp:
@@ -289,10 +367,10 @@ def run_benchmark(
     run_meta = _check_run_file(run / RUN_FILE, meta)
     gen_path = run / GEN_FILE
     done, good = read_generations(gen_path)
-    for (t, j), r in done.items():
-        if r.get("settings_key") not in (None, skey):
-            raise ValueError(f"{gen_path}: record {t}/{j} was generated with other settings")
+    check_record_settings(gen_path, done, record_lines(gen_path, good), skey, run / RUN_FILE)
     plans = []
+    changed: list[str] = []  # finished outputs whose bytes differ from their recorded text_sha (H24-BRTEXT)
+    n_finished = 0
     for task, items in tasks.items():
         todo, resumed = [], 0
         for it in items:
@@ -306,14 +384,27 @@ def run_benchmark(
                     f"than {it.source} gives now{_recorded_source_note(run / RUN_FILE, task, it.source)}; "
                     "use another --out"
                 )
-            if not all(output_path(run, task, it.index, k).exists() for k in range(settings.n_samples)):
+            paths = [output_path(run, task, it.index, k) for k in range(settings.n_samples)]
+            if not all(p.exists() for p in paths):
                 todo.append(it)  # its text files were removed: generate again
                 continue
+            samples = rec.get("samples") or []
+            for p, smp in zip(paths, samples):
+                n_finished += 1
+                if isinstance(smp, dict) and smp.get("text_sha") and file_sha(p) != smp["text_sha"]:
+                    changed.append(str(p))
             resumed += 1
         plans.append((task, items, todo, resumed))
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise ValueError(
+            f"{len(changed)} of the {n_finished} finished outputs differ from the text recorded for them in "
+            f"{gen_path}, swapped or edited ({shown}): a resume would count them finished; restore them, or delete "
+            "the changed ones and run the same 'bench run --out' again (it generates missing outputs anew)"
+        )
     # accepted: now write
     run.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run / RUN_FILE, json.dumps(run_meta, indent=2))
+    atomic_write_text(run / RUN_FILE, run_record_text(run_meta))  # with its digest (check_run_record)
     if gen_path.exists() and good < gen_path.stat().st_size:
         with open(gen_path, "r+b") as f:  # drop the torn line of a killed run
             f.truncate(good)
@@ -372,6 +463,11 @@ __all__ = [
     "output_path",
     "settings_key",
     "record_digest",
+    "record_lines",
+    "check_record_settings",
+    "check_run_record",
+    "run_record_text",
+    "MIXED_RECORD_FIX",
     "problem_sha",
     "RECORD_KEY",
     "RUN_FORMAT",

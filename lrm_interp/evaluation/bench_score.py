@@ -43,6 +43,8 @@ from lrm_interp.evaluation.bench_run import (
     GEN_FILE,
     RUN_FILE,
     RUN_FORMAT,
+    check_record_settings,
+    check_run_record,
     file_sha,
     output_path,
     problem_sha,
@@ -156,6 +158,7 @@ def find_runs(outputs: str | os.PathLike) -> list[RunInfo]:
             loaded = loads_strict((d / RUN_FILE).read_text(encoding="utf-8"), str(d / RUN_FILE))
             if not isinstance(loaded, dict):
                 raise ValueError(f"{d / RUN_FILE}: expected a JSON object, got {type(loaded).__name__}")
+            check_run_record(d / RUN_FILE, loaded)  # edited since 'bench run' wrote it (H24-RJFP)
             meta = loaded
         runs.append(RunInfo(str(meta.get("tag") or d.name), str(d), meta))
     return runs
@@ -303,6 +306,61 @@ def _generations(run: Path) -> _Generations:
             n_complete = raw.count(b"\n", 0, good)
             torn = f"{path}:{n_complete + 1}"
     return _Generations(path, path.exists(), recs, lines, torn)
+
+
+def _check_record_settings(runs: Sequence[RunInfo], gens: Mapping[str, _Generations]) -> None:
+    """``ValueError`` naming file:line of a ``generations.jsonl`` record generated with other
+    settings than its run's ``run.json`` records (its ``settings_key``): a record of another run mixed
+    in was graded, its token count and length limit those of other settings (H24-MIXREC); the rule
+    of the resume (:func:`~lrm_interp.evaluation.bench_run.check_record_settings`)."""
+    for info in runs:
+        key = info.meta.get("settings_key") if info.meta.get("format") == RUN_FORMAT else None
+        g = gens[info.path]
+        check_record_settings(
+            g.path, g.recs, g.lines, key if isinstance(key, str) else None, Path(info.path) / RUN_FILE
+        )
+
+
+def outputs_fingerprint(outputs: str | os.PathLike, runs: Sequence[RunInfo] | None = None) -> str:
+    """A fingerprint of the outputs folder ``outputs`` (its ``runs``, :func:`find_runs` when not given):
+    SHA-256 over each run folder's path inside it, its ``run.json`` and ``generations.jsonl`` (or,
+    for a layout without them, the names and sizes of its files). A copy of the folder has the same
+    fingerprint; ``score_files.json`` records it (:meth:`BenchScores.write_tables`, H24-SCOREDEF)."""
+    root = Path(outputs)
+    h = hashlib.sha256()
+    for info in sorted(find_runs(root) if runs is None else runs, key=lambda r: r.path):
+        run = Path(info.path)
+        rel = os.path.relpath(run, root)
+        h.update(f"run {rel}\n".encode())
+        kept = [run / n for n in (RUN_FILE, GEN_FILE) if (run / n).is_file()]
+        for f in kept:
+            h.update(f"{f.name} ".encode() + hashlib.sha256(f.read_bytes()).digest())
+        if not kept:
+            for f in sorted(run.rglob("*")):
+                if f.is_file():
+                    h.update(f"{f.relative_to(run)} {f.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def scores_of_other_outputs(out: str | os.PathLike, outputs: str | os.PathLike) -> str | None:
+    """The outputs folder whose scores the score folder ``out`` holds (its ``score_files.json``
+    records it) when that is not ``outputs`` (another path and another :func:`outputs_fingerprint`: a
+    copy of the folder counts as the same outputs); ``None`` when it is, when no record tells (a
+    record of an older lrm_interp) or when ``outputs`` cannot be read (grading it says why)."""
+    try:
+        doc = json.loads((Path(out) / SCORE_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), str):
+        return None
+    if doc["outputs"] == str(Path(outputs).resolve()):
+        return None
+    try:
+        if doc.get("outputs_fingerprint") == outputs_fingerprint(outputs):
+            return None
+    except (OSError, ValueError):
+        return None
+    return doc["outputs"]
 
 
 def _graded_unverified(g: _Generations, folder: str, task: str, index: int) -> bool:
@@ -549,6 +607,7 @@ def score_outputs(
             "(pass the tokenizer the outputs were generated with)"
         )
     gens = {info.path: _generations(Path(info.path)) for info in runs}
+    _check_record_settings(runs, gens)  # a record of another run's settings mixed in (H24-MIXREC)
     _check_same_items(runs, items, gens)
     _check_recorded_outputs(runs, items)
     ckw = dict(collapse_kw or {})
@@ -623,6 +682,8 @@ def score_outputs(
         tuple(dict.fromkeys(ignored)),
         unrecorded=tuple(unrecorded),
         torn=tuple(g.torn for g in gens.values() if g.torn),
+        outputs=str(Path(outputs).resolve()),
+        outputs_fingerprint=outputs_fingerprint(outputs, runs),
     )
 
 
@@ -645,7 +706,8 @@ SCORE_FILES = (
     "short_vs_long.png",
 )
 
-#: the record of what one :meth:`BenchScores.write_tables` wrote (``{"format", "files": [names]}``):
+#: the record of what one :meth:`BenchScores.write_tables` wrote (``{"format", "files": [names]}``,
+#: and ``outputs`` / ``outputs_fingerprint``: the outputs folder scored, :func:`scores_of_other_outputs`):
 #: the next score into that folder removes only the plots it lists (H7-BS4: a plot of the same name
 #: that no score wrote is the user's, kept)
 SCORE_RECORD = "score_files.json"
@@ -689,6 +751,10 @@ class BenchScores:
     unrecorded: tuple[str, ...] = field(default=(), compare=False)
     #: ``file:line`` of each ``generations.jsonl`` whose last line is torn (a write cut by a kill)
     torn: tuple[str, ...] = field(default=(), compare=False)
+    #: the graded outputs folder (resolved) and its :func:`outputs_fingerprint`, recorded in
+    #: ``score_files.json`` (``None``: not known, not recorded)
+    outputs: str | None = field(default=None, compare=False)
+    outputs_fingerprint: str | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         n_missing = sum(self.missing.values()) if self.missing else 0
@@ -894,7 +960,9 @@ class BenchScores:
         files.append("tables.md")
         if plots:
             files += [p.name for p in _plots(s, folder)]
-        record = {"format": SCORE_RECORD_FORMAT, "files": list(files)}
+        record: dict[str, Any] = {"format": SCORE_RECORD_FORMAT, "files": list(files)}
+        if self.outputs is not None:  # whose scores these are: the default folder's refresh (H24-SCOREDEF)
+            record.update(outputs=self.outputs, outputs_fingerprint=self.outputs_fingerprint)
         atomic_write_text(folder / SCORE_RECORD, json.dumps(record, indent=1))
         return files + [SCORE_RECORD]
 
@@ -1050,6 +1118,8 @@ __all__ = [
     "find_runs",
     "SPLITS",
     "runs_without_generations",
+    "outputs_fingerprint",
+    "scores_of_other_outputs",
     "length_option_problem",
     "stage_folder",
     "move_together",

@@ -253,14 +253,16 @@ def _local_backend(cfg: SuiteConfig, model, tok, *, original: bool):
 
 
 def _add_base(run_dir: Path, base: str) -> None:
-    """Record the base model and the folder tag in ``run.json`` (``bench score`` groups by them)."""
+    """Record the base model and the folder tag in ``run.json`` (``bench score`` groups by them),
+    its ``record_sha256`` recomputed (:func:`~lrm_interp.evaluation.bench_run.run_record_text`)."""
     from lrm_interp._io import atomic_write_text
+    from lrm_interp.evaluation.bench_run import run_record_text
 
     p = run_dir / "run.json"
     meta = json.loads(p.read_text(encoding="utf-8"))
     if meta.get("base_model") != base or meta.get("tag") != run_dir.name:
         meta["base_model"], meta["tag"] = base, run_dir.name
-        atomic_write_text(p, json.dumps(meta, indent=2))
+        atomic_write_text(p, run_record_text(meta))
 
 
 __all__ = [

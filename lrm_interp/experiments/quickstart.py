@@ -25,7 +25,9 @@ and resumable in the folder). Presentation: :func:`run_quickstart` prints it
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from lrm_interp.checks import check_fraction, check_int
 from lrm_interp.compress.quant.grid import check_bits
@@ -119,6 +121,45 @@ def check_quickstart_traces(out: str | Path, traces: ReasoningDataset, overwrite
         )
 
 
+def _quickstart_made(doc: Mapping[str, Any]) -> bool | None:
+    """Whether the ``study.json`` ``doc`` records a quickstart (:func:`quickstart_study`), by what its
+    provenance names: its model the shipped toy (``"toy"``) or the quickstart's ``tiny_model`` beside
+    its data, and its data the ``traces.jsonl`` the study wrote itself (its checksum recorded; a
+    study that recorded none: one named ``traces.jsonl``). ``None``: it records no model or data
+    (cannot be told)."""
+    prov = doc.get("provenance")
+    model = prov.get("model_ref") if isinstance(prov, Mapping) else None
+    data = prov.get("data") if isinstance(prov, Mapping) else None
+    if not isinstance(model, str) or not isinstance(data, str):
+        return None
+    sums = recorded_checksums(doc)
+    own_traces = Path(data).name == "traces.jsonl" and (not sums or "traces.jsonl" in sums)
+    tiny = Path(model).name == "tiny_model" and Path(model).parent == Path(data).parent
+    return own_traces and (model == "toy" or tiny)
+
+
+def check_quickstart_folder(out: str | Path) -> None:
+    """Refuse (``ValueError``), ``overwrite`` or not, an ``out`` whose ``study.json`` records a study
+    that is no quickstart (:func:`_quickstart_made`: a user's ``lrm-interp study`` / ``run_study``
+    of another model or data): ``quickstart --overwrite`` deleted it and wrote a tiny-model
+    quickstart in its place, and the refusal without ``--overwrite`` named only a setting
+    (H24-QSOVER). A folder without a readable ``study.json`` is left to
+    :func:`~lrm_interp.experiments.study.check_study_folder`."""
+    out = Path(out)
+    try:
+        doc = json.loads((out / STUDY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(doc, dict) or _quickstart_made(doc) is not False:
+        return
+    prov = doc["provenance"]
+    raise ValueError(
+        f"{out} holds a study made by 'lrm-interp study' (model {prov['model_ref']}, data {prov['data']}), not a "
+        "quickstart: overwrite=True (--overwrite) replaces only a quickstart's folder; choose another out "
+        "folder (--out)"
+    )
+
+
 def quickstart_study(
     out_dir: str | Path = "lrm_interp_quickstart",
     *,
@@ -143,6 +184,7 @@ def quickstart_study(
     check_fraction("budget", budget, zero=False, one=False)
     settings = quickstart_settings(tiny=tiny, bits=bits, group_size=group_size, budget=budget, n_eval=n_eval)
     out = Path(out_dir)
+    check_quickstart_folder(out)  # a user's study: never replaced (H24-QSOVER)
     check_study_folder(out, settings, overwrite, also=("tiny_model",))
     traces = quickstart_traces(n_traces)
     check_quickstart_traces(out, traces, overwrite)  # a hand-edited traces.jsonl is not replaced (H20-QSTR)
@@ -192,7 +234,8 @@ def run_quickstart(
     ``n_eval`` held-out problems (split over the task families) are solved by every variant
     (shipped model only; 0: KL on the traces instead). ``budget``: fraction of the linear weights
     kept in full precision, in (0, 1). A rerun on the same folder resumes; a folder holding a
-    quickstart with other settings is refused unless ``overwrite``.
+    quickstart with other settings is refused unless ``overwrite``; one holding a study that is no
+    quickstart (a user's ``lrm-interp study``) is refused even then (:func:`check_quickstart_folder`).
     """
     check_environment()  # the header below is printed after the checks only
     check_per_family("n_traces", "--traces", n_traces)
@@ -200,6 +243,7 @@ def run_quickstart(
     check_int("group_size", group_size, min=1)
     check_fraction("budget", budget, zero=False, one=False)
     check_per_family("n_eval", "--eval", n_eval, zero=True)
+    check_quickstart_folder(out_dir)
     if tiny:
         print("quickstart on a TINY RANDOM model (--tiny): this checks the plumbing, the scores mean nothing.")
     else:
@@ -237,6 +281,7 @@ def run_quickstart(
 __all__ = [
     "TRACES_SEED",
     "check_per_family",
+    "check_quickstart_folder",
     "check_quickstart_traces",
     "quickstart_settings",
     "quickstart_traces",

@@ -827,6 +827,7 @@ def check_study_folder(
     also: Sequence[str] = (),
     files: bool = True,
     wording: str = "both",
+    traces: Sequence[ReasoningTrace] | None = None,
 ) -> None:
     """Refuse (``ValueError``), before anything is loaded or written, a folder ``out`` that a study
     of ``settings`` must not write into: a study with other settings (``key``: the full key, the
@@ -838,7 +839,8 @@ def check_study_folder(
     nothing is refused but a path that is not a folder. ``writes_traces=False``: the traces are
     read from a file (not written to ``out/traces.jsonl``), so a ``traces.jsonl`` there is kept.
     ``also``: more names the caller writes into ``out`` (the quickstart's ``tiny_model``).
-    ``wording``: how the advice names the options: ``"api"`` (``out``, ``overwrite=True``),
+    ``traces``: the traces the study is given, to tell the same traces in another order from other
+    traces (H24-REORDSTUDY). ``wording``: how the advice names the options: ``"api"`` (``out``, ``overwrite=True``),
     ``"cli"`` (``--out``, ``--overwrite``) or ``"both"``. The one check of ``lrm-interp study``,
     :func:`run_study` and :meth:`StudyResult.save`. Refused even with ``overwrite``: a folder holding
     a finished result of another command (an attribution folder: the study files were mixed into
@@ -863,6 +865,15 @@ def check_study_folder(
         return
     have = _read_study(out)
     diff = _differences(have, key if key is not None else {"settings": settings.to_dict()})
+    got = have.get("provenance")
+    prov: Mapping[str, Any] = got if isinstance(got, Mapping) else {}
+    was = prov.get("traces")
+    recorded = was.get("unordered_fingerprint") if isinstance(was, Mapping) else None
+    if "other traces" in diff and traces is not None and recorded == _traces_fingerprint(traces, ordered=False):
+        order = f"the order of {prov['data']}" if isinstance(prov.get("data"), str) else "the order the study used"
+        diff[diff.index("other traces")] = (
+            f"the same traces in another order: a study pairs its rows trace by trace, give them in {order}"
+        )
     if diff:
         raise ValueError(
             f"{out} holds another study (differs in {', '.join(diff)}); use another {flag_out} or {flag_ow} to "
@@ -1102,10 +1113,14 @@ def measure_kl(
     return torch.tensor(kl, dtype=torch.float64), torch.tensor(tok, dtype=torch.int64)
 
 
-def _traces_fingerprint(ds: Sequence[ReasoningTrace]) -> str:
+def _traces_fingerprint(ds: Sequence[ReasoningTrace], ordered: bool = True) -> str:
+    """Fingerprint of the traces (ids and contents) in their order, or (``ordered=False``) of the
+    set of them: recorded as ``provenance.traces.unordered_fingerprint`` so a resume given the same
+    traces in another order can say so (H24-REORDSTUDY)."""
+    lines = [f"{t.id}\0{t.fingerprint()}\n" for t in ds]
     h = hashlib.blake2b(digest_size=16)
-    for t in ds:
-        h.update(f"{t.id}\0{t.fingerprint()}\n".encode())
+    for line in lines if ordered else sorted(lines):
+        h.update(line.encode())
     return h.hexdigest()
 
 
@@ -1227,7 +1242,7 @@ def run_study(
     check_budget_weights(s.budget, attribution_sites(model, AttributionConfig().sites))  # before the attribution
     prov_model = model_provenance(model, tokenizer)
     key = _key(prov_model, s, ds)
-    check_study_folder(out, s, overwrite, key=key, writes_traces=in_memory)  # every check before the first write
+    check_study_folder(out, s, overwrite, key=key, writes_traces=in_memory, traces=ds)  # before the first write
     # the checksums of the files an earlier run of this study wrote (verified above): kept for the
     # files this run does not rewrite, replaced for those it does (H8-ST1e)
     have = None if overwrite or not (out / STUDY_FILE).exists() else _read_study(out)
@@ -1251,7 +1266,11 @@ def run_study(
         "model_ref": ref,
         "data": data_ref,
         "folders": folders,
-        "traces": {"n": len(ds), "span_counts": ds.span_counts()},
+        "traces": {
+            "n": len(ds),
+            "span_counts": ds.span_counts(),
+            "unordered_fingerprint": _traces_fingerprint(ds, ordered=False),
+        },
         "checksums": sums,
     }
     _save_progress(out, key, rows, outcomes, prov, checked)

@@ -279,6 +279,21 @@ def _read_cache(path: Path, key: str, thinking: str) -> tuple[dict | None, str |
     return d, None
 
 
+def _refuse_entries_not_files(cache: Path, fp: str, traces: Sequence[ReasoningTrace]) -> None:
+    """``ValueError`` naming the cache folder and the entry, before any trace is annotated, when a
+    trace's cache entry ``cache/<key>.json`` is there but is not a file (a folder, a link to one):
+    annotate writes that file, so the run failed after its work with "a folder: never replaced by a
+    file; choose a file path", a path the user never chose (H24-CACHEDIR)."""
+    for t in traces:
+        path = cache / f"{_cache_key(fp, thinking_part(t.response))}.json"
+        if (path.exists() or path.is_symlink()) and not (path.is_file() and not path.is_symlink()):
+            what = "a folder" if path.is_dir() else "a link" if path.is_symlink() else "not a regular file"
+            raise ValueError(
+                f"cache_dir (--cache) {cache}: the cache entry of trace {t.id!r}, {path}, is {what}, not a file "
+                "annotate wrote: remove it, or use another cache folder"
+            )
+
+
 def annotate_dataset(
     traces: ReasoningDataset | Sequence[ReasoningTrace],
     annotator: Annotator,
@@ -333,6 +348,7 @@ def annotate_dataset(
     if cache is not None:  # never into another command's result, the shipped assets or a partial/ (H10-R27)
         refuse_other_result_folder(cache, ANNOTATION_CACHE, "cache_dir")
         cache.mkdir(parents=True, exist_ok=True)
+        _refuse_entries_not_files(cache, fp, [t for t in traces if t.id not in too_large])
     usage0 = _usage_of(annotator)
     t0 = time.monotonic()
 
