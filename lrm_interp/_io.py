@@ -643,6 +643,10 @@ STUDY_FILES = (
 #: ``shift.csv`` is, which not even ``study --overwrite`` could replace, H23-NOSTUDYJSON, H24-NOOUTCOMES)
 STUDY_ONLY_FILES = ("outcomes.safetensors", "ranking.csv", "report.html")
 STUDY_OUTCOMES = STUDY_ONLY_FILES[0]
+#: a study's plans (masks and bits), written beside its ``shift.csv`` and attribution folders: a
+#: compare writes none, so ``shift.csv`` + one of these + an ``attribution_*/`` result is a study's
+#: even without :data:`STUDY_ONLY_FILES` (H25-STUDYMIN)
+STUDY_PLAN_FILES = ("bits.json", "masks.safetensors", "masks.json")
 #: ``lrm-interp experiment protection``: ``settings.json`` whose ``format`` starts with this
 #: (``lrm_interp.experiments.protection_table.FORMAT``), and the files the run writes
 EXPERIMENT_FORMAT = "lrm_interp.protection_experiment/"
@@ -773,7 +777,8 @@ def _model_result(d: Path) -> FinishedResult | None:
 def _table_result(d: Path) -> FinishedResult | None:
     """The result of tables and records ``d`` holds, or ``None``; the more specific records first (a
     study writes ``shift.csv`` too, and an experiment's or a downstream run's ``settings.json`` is
-    told apart by its format; a study that lost ``study.json`` by its :data:`STUDY_ONLY_FILES`)."""
+    told apart by its format; a study that lost ``study.json`` by its :data:`STUDY_ONLY_FILES`, or by
+    its ``shift.csv`` beside its plans, :data:`STUDY_PLAN_FILES`, and an attribution folder)."""
     if (d / ATTRIBUTION_FILES[0]).is_file():
         return FinishedResult("attribution", d, frozenset((*ATTRIBUTION_FILES, ATTRIBUTION_WORK)))
     if (d / STUDY_FILES[0]).is_file():
@@ -785,6 +790,10 @@ def _table_result(d: Path) -> FinishedResult | None:
     if any((d / n).is_file() for n in STUDY_ONLY_FILES):  # a study that lost its record (H23-NOSTUDYJSON)
         subs = [p.name for p in d.glob("attribution_*") if p.is_dir()]
         return FinishedResult("study", d, frozenset((*STUDY_FILES, "traces.jsonl", *subs)))
+    if _csv_header(d / COMPARE_FILES[0]) == COMPARE_HEADER and any((d / n).is_file() for n in STUDY_PLAN_FILES):
+        subs = [p.name for p in d.glob("attribution_*") if p.is_dir()]
+        if any((d / s / ATTRIBUTION_FILES[0]).is_file() for s in subs):  # not the compare result (H25-STUDYMIN)
+            return FinishedResult("study", d, frozenset((*STUDY_FILES, "traces.jsonl", *subs)))
     settings = _json_dict(d / EXPERIMENT_FILES[0])
     if settings is not None and str(settings.get("format", "")).startswith(EXPERIMENT_FORMAT):
         return FinishedResult("experiment", d, frozenset(EXPERIMENT_FILES))

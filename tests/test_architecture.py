@@ -35,10 +35,11 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("toy",),  # the shipped toy model: training, distillation, evaluation
     ("experiments",),
     ("cli",),
-    # facades on top: the lazy public API (``lrm_interp/__init__.py``) and the
-    # ``lrm_interp.benchmarks`` re-export may import any stage; no stage imports them (the
-    # root's own ``__version__`` aside: the root runs first anyway, see module_refs)
-    ("lrm_interp", "benchmarks"),
+    # facades on top: the lazy public API (``lrm_interp/__init__.py``), the
+    # ``lrm_interp.benchmarks`` re-export and ``python -m lrm_interp`` (``__main__``: the CLI) may
+    # import any stage; no stage imports them (the root's own ``__version__`` aside: the root runs
+    # first anyway, see module_refs)
+    ("lrm_interp", "benchmarks", "__main__"),
 )
 
 

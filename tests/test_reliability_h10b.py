@@ -35,7 +35,7 @@ def _copy(results: dict[str, Path], name: str, dst: Path) -> Path:
 
 
 def _study_argv(gold: Path, out: Path, *extra) -> list:
-    return ["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 20, *extra, "--out", out, "--quiet"]
+    return ["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 40, *extra, "--out", out, "--quiet"]
 
 
 def _exp_argv(out: Path, tokens: int) -> list:
@@ -100,7 +100,7 @@ def test_a_study_json_stripped_of_its_key_checksums_is_refused(results, tmp_path
     with pytest.raises(ValueError, match="has no key_checksums"):
         st.StudyResult.load(sc)
     with pytest.raises(ValueError, match="has no key_checksums"):
-        st.run_study("toy", results["gold"], sc, budget=0.05, resamples=20, progress=False)
+        st.run_study("toy", results["gold"], sc, budget=0.05, resamples=40, progress=False)
     # the budget unedited, the checksums removed: refused as well (nothing can vouch for the key)
     doc = json.loads((results["SC"] / "study.json").read_text())
     del doc[st.KEY_CHECKSUMS]["settings"]
@@ -330,7 +330,7 @@ def test_study_and_quickstart_refuse_a_bad_skip_memory_check_before_writing(resu
         assert "\n" not in line and want in line and "internal error" not in line, line
         assert not cap.out and not out.exists()
     with pytest.raises(ValueError, match=r"LRM_INTERP_SKIP_MEMORY_CHECK='maybe' is neither yes nor no"):
-        st.run_study("toy", results["gold"], tmp_path / "SCP", resamples=20, progress=False)
+        st.run_study("toy", results["gold"], tmp_path / "SCP", resamples=40, progress=False)
     with pytest.raises(ValueError, match="neither yes nor no"):
         quickstart_study(tmp_path / "QSP", tiny=True, n_traces=3, n_eval=0, progress=False)
     with pytest.raises(ValueError, match="neither yes nor no"):

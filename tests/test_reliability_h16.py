@@ -120,7 +120,7 @@ def test_study_lists_only_the_files_in_its_folder(tmp_path, capsys):
     out = tmp_path / "ST"
     capsys.readouterr()
     assert (
-        run_cli(["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 10, "--out", out, "--quiet"])
+        run_cli(["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 40, "--out", out, "--quiet"])
         == 0
     )
     printed = capsys.readouterr().out

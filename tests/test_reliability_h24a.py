@@ -75,7 +75,7 @@ def test_quickstart_never_replaces_a_users_study(tmp_path, traces_file, capsys):
     started over with --overwrite."""
     out = tmp_path / "S1"
     model, tok = tiny_model("llama", seed=0), byte_tokenizer()
-    run_study(model, traces_file, out, tokenizer=tok, model_ref="my_model", bits=3, resamples=20, progress=False)
+    run_study(model, traces_file, out, tokenizer=tok, model_ref="my_model", bits=3, resamples=50, progress=False)
     before = _snapshot(out)
     msg = (
         f"{out} holds a study made by 'lrm-interp study' (model my_model, data {traces_file}), not a quickstart: "

@@ -165,7 +165,7 @@ def test_study_refuses_flags_its_mode_does_not_use(tmp_path, capsys):
         (["--per-task", 2, "--batch-size", 4], "--per-task, --batch-size are used with --tasks only"),
         (["--no-require-think"], "--no-require-think is used with --tasks only"),
         (["--task-data", gold], "--task-data is used with --tasks only"),
-        (["--tasks", "math", "--resamples", 20], "--resamples is used without --tasks only"),
+        (["--tasks", "math", "--resamples", 40], "--resamples is used without --tasks only"),
         (["--tasks", "math", "--task-data", gold], "--task-data is read by the file tasks"),
     ]
     for extra, msg in cases:

@@ -35,7 +35,7 @@ def results(tmp_path_factory) -> dict[str, Path]:
     for name, extra in (("A", []), ("A1", ["--k-context", "1"])):
         assert _rc(["attribute", "--model", "toy", "--data", gold, "--out", d / name, "--quiet", *extra]) == 0
     assert (
-        _rc(["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 20, "--out", d / "SC", "--quiet"])
+        _rc(["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 40, "--out", d / "SC", "--quiet"])
         == 0
     )
     run = ["bench", "run", "--model", "toy", "--tasks", "math", "--per-family", 1, "--max-new-tokens", 5]
@@ -58,7 +58,7 @@ def test_outputs_inside_an_attribution_runs_work_folder_are_refused(results, tmp
     gold = results["gold"]
     for argv in (
         ["bench", "run", "--model", "toy", "--tasks", "math", "--per-family", 1, "--out", a / "partial", "--quiet"],
-        ["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 20, "--out", a / "partial", "--quiet"],
+        ["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 40, "--out", a / "partial", "--quiet"],
         ["faithfulness", "--model", "toy", "--data", gold, "--out", a / "partial" / "fa", "--quiet"],
         ["attribute", "--model", "toy", "--data", gold, "--out", a / "partial" / "x", "--quiet"],
         ["parse", "--data", gold, "--out", a / "partial" / "dom" / "t.jsonl"],
@@ -272,7 +272,7 @@ def test_the_study_command_words_its_refusals_for_the_command_line(results, tmp_
     u = tmp_path / "U4"
     u.mkdir()
     (u / "results.csv").write_text("mine")
-    argv = ["study", "--model", "toy", "--data", results["gold"], "--bits", 3, "--resamples", 20, "--out", u]
+    argv = ["study", "--model", "toy", "--data", results["gold"], "--bits", 3, "--resamples", 40, "--out", u]
     assert _rc(argv) == 2
     line = _err_line(capsys)
     assert "use another --out or --overwrite to replace them" in line and "overwrite=True" not in line, line
@@ -318,7 +318,7 @@ def test_a_study_rerun_refuses_a_changed_bits_json(results, tmp_path, capsys):
         "--bits",
         3,
         "--resamples",
-        20,
+        40,
         "--out",
         sc,
         "--quiet",

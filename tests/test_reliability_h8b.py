@@ -31,7 +31,7 @@ def study(tmp_path_factory) -> Path:
     """A study of the toy model: ``attribution_fp32`` and its 3-bit RTN copy ``attribution_rtn3``."""
     d = tmp_path_factory.mktemp("h8b")
     gold = _gold(d, n=2)
-    argv = ["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 20, "--out", d / "SC", "--quiet"]
+    argv = ["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 40, "--out", d / "SC", "--quiet"]
     assert _rc(argv) == 0
     return d / "SC"
 

@@ -40,7 +40,7 @@ def results(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("h9a")
     gold = _gold(d, n=2)
     assert _rc(["attribute", "--model", "toy", "--data", gold, "--out", d / "A", "--quiet"]) == 0
-    argv = ["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 20, "--out", d / "SC", "--quiet"]
+    argv = ["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 40, "--out", d / "SC", "--quiet"]
     assert _rc(argv) == 0
     shutil.copytree(toy_model_dir(), d / "TM")
     run = d / "D"
@@ -249,7 +249,7 @@ def test_an_attribution_and_a_study_are_never_saved_into_each_others_folder(resu
         (lambda: res.write_tables(sc, overwrite=True), f"directory {sc} is the study result"),
         (lambda: study.save(a), f"out folder {a} is the attribution result"),
         (lambda: study.save(a, overwrite=True), "a study result is never written into another command's result"),
-        (lambda: li.run_study("toy", results["gold"], a, bits=3, resamples=20, progress=False), "attribution result"),
+        (lambda: li.run_study("toy", results["gold"], a, bits=3, resamples=40, progress=False), "attribution result"),
         (lambda: li.attribute("toy", results["gold"], out_dir=sc, progress=False), f"out_dir {sc} is the study result"),
     ]
     for attempt, needle in attempts:
@@ -407,7 +407,7 @@ def test_a_study_refuses_a_study_json_whose_settings_were_edited(results, tmp_pa
     doc["settings"]["budget"] = 0.05
     (sc / "study.json").write_text(json.dumps(doc))
     before = _tree(sc)
-    argv = ["study", "--model", "toy", "--data", results["gold"], "--bits", 3, "--resamples", 20, "--out", sc]
+    argv = ["study", "--model", "toy", "--data", results["gold"], "--bits", 3, "--resamples", 40, "--out", sc]
     capsys.readouterr()
     assert _rc([*argv, "--budget", 0.05, "--quiet"]) == 2
     line = _err_line(capsys)

@@ -364,7 +364,9 @@ def _score_out(a: argparse.Namespace, outputs: Path) -> Path:
     it (it holds its ``tables.md`` and ``summary.csv``) and its ``score_files.json`` records these
     ``--outputs`` (the same folder, or a copy: :func:`~lrm_interp.evaluation.bench_score.scores_of_other_outputs`);
     the tables of another outputs folder written there with ``--out`` were replaced without
-    ``--overwrite`` (H24-SCOREDEF). A record of an older lrm_interp (no outputs in it) is refreshed
+    ``--overwrite`` (H24-SCOREDEF). The refusal names the recorded outputs folder and claims no
+    more: the scores may have been written there with ``--out``, or copied along with a folder whose
+    outputs changed since (H25-SCORECOPY). A record of an older lrm_interp (no outputs in it) is refreshed
     as before. A folder holding ``bench run`` folders and the ``--outputs`` folder itself are refused
     (H13-BSO)."""
     from lrm_interp.evaluation.bench_score import SCORE_FILES, refuse_scores_into_runs, scores_of_other_outputs
@@ -387,8 +389,9 @@ def _score_out(a: argparse.Namespace, outputs: Path) -> Path:
     other = scores_of_other_outputs(out, outputs) if ours and not a.overwrite else None
     if other is not None:
         raise CliError(
-            f"--out {out} (the default) holds the scores of --outputs {other}, not of {outputs.resolve()} (written "
-            f"there with --out {out}): pass --overwrite to replace them, or give another --out"
+            f"--out {out} (the default) holds the scores of --outputs {other}, not of {outputs.resolve()} (another "
+            "outputs folder, or the one these outputs were copied from before they changed): pass --overwrite to "
+            "replace them, or give another --out"
         )
     if there and not a.overwrite and not ours:
         raise CliError(

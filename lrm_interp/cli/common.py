@@ -971,6 +971,11 @@ def require_attribution_dir(path: str | os.PathLike, flag: str) -> Path:
     p = require_path(path, flag, kind="dir")
     for f in ("attribution.json", "attribution.safetensors"):
         if not (p / f).is_file():
+            if p.name == "partial" and (p.parent / "attribution.json").is_file():  # H25-PARTIALSCORES
+                raise CliError(
+                    f"{flag} {p}: not an attribution result folder; it is the work folder partial/ of the attribution "
+                    f"result {p.parent}: give that folder ({flag} {p.parent})"
+                )
             other = finished_result(p)
             inner = _study_attributions(p) if other is not None and other.kind == "study" else []
             if inner:  # a study folder: point at its attribution results, not at a new run (H24-SCORESSTUDY)

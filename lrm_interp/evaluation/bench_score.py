@@ -43,6 +43,7 @@ from lrm_interp.evaluation.bench_run import (
     GEN_FILE,
     RUN_FILE,
     RUN_FORMAT,
+    check_record_model,
     check_record_settings,
     check_run_record,
     file_sha,
@@ -312,13 +313,17 @@ def _check_record_settings(runs: Sequence[RunInfo], gens: Mapping[str, _Generati
     """``ValueError`` naming file:line of a ``generations.jsonl`` record generated with other
     settings than its run's ``run.json`` records (its ``settings_key``): a record of another run mixed
     in was graded, its token count and length limit those of other settings (H24-MIXREC); the rule
-    of the resume (:func:`~lrm_interp.evaluation.bench_run.check_record_settings`)."""
+    of the resume (:func:`~lrm_interp.evaluation.bench_run.check_record_settings`). So is a record of
+    another model than its ``run.json`` records (its ``"model"`` fingerprints, graded as this model's:
+    :func:`~lrm_interp.evaluation.bench_run.check_record_model`, H25-MIXMODEL)."""
     for info in runs:
         key = info.meta.get("settings_key") if info.meta.get("format") == RUN_FORMAT else None
         g = gens[info.path]
         check_record_settings(
             g.path, g.recs, g.lines, key if isinstance(key, str) else None, Path(info.path) / RUN_FILE
         )
+        if info.meta.get("format") == RUN_FORMAT:  # a record of another model's run (H25-MIXMODEL)
+            check_record_model(g.path, g.recs, g.lines, info.meta.get("model"), Path(info.path) / RUN_FILE)
 
 
 def outputs_fingerprint(outputs: str | os.PathLike, runs: Sequence[RunInfo] | None = None) -> str:

@@ -121,41 +121,59 @@ def check_quickstart_traces(out: str | Path, traces: ReasoningDataset, overwrite
         )
 
 
-def _quickstart_made(doc: Mapping[str, Any]) -> bool | None:
-    """Whether the ``study.json`` ``doc`` records a quickstart (:func:`quickstart_study`), by what its
-    provenance names: its model the shipped toy (``"toy"``) or the quickstart's ``tiny_model`` beside
-    its data, and its data the ``traces.jsonl`` the study wrote itself (its checksum recorded; a
-    study that recorded none: one named ``traces.jsonl``). ``None``: it records no model or data
-    (cannot be told)."""
+def _quickstart_made(doc: Mapping[str, Any], out: Path) -> bool | None:
+    """Whether the ``study.json`` ``doc`` in ``out`` records a quickstart (:func:`quickstart_study`),
+    by what its provenance names: its data the ``traces.jsonl`` the study wrote into its own folder
+    (:func:`_own_traces`), and its model the shipped toy (``"toy"``) or the quickstart's
+    ``tiny_model`` beside that data. ``None``: it records no model or data (cannot be told)."""
     prov = doc.get("provenance")
     model = prov.get("model_ref") if isinstance(prov, Mapping) else None
     data = prov.get("data") if isinstance(prov, Mapping) else None
     if not isinstance(model, str) or not isinstance(data, str):
         return None
-    sums = recorded_checksums(doc)
-    own_traces = Path(data).name == "traces.jsonl" and (not sums or "traces.jsonl" in sums)
     tiny = Path(model).name == "tiny_model" and Path(model).parent == Path(data).parent
-    return own_traces and (model == "toy" or tiny)
+    return _own_traces(doc, data, out) and (model == "toy" or tiny)
+
+
+def _own_traces(doc: Mapping[str, Any], data: str, out: Path) -> bool:
+    """Whether the study ``doc`` in ``out`` attributed the traces it wrote itself as
+    ``out/traces.jsonl`` (traces given in memory, as the quickstart gives them), not a user's
+    ``--data`` file. A study that records checksums records that file's from its first save (so it
+    does, wherever the folder was moved or run from); an older one recording none: its data, resolved,
+    is ``out/traces.jsonl``. Any ``--data .../traces.jsonl`` file counted, an interrupted user study
+    (no checksum recorded yet) replaced by ``quickstart --overwrite`` (H25-QSPART)."""
+    if Path(data).name != "traces.jsonl":
+        return False
+    prov = doc.get("provenance")
+    if isinstance(prov, Mapping) and isinstance(prov.get("checksums"), Mapping):
+        return "traces.jsonl" in recorded_checksums(doc)
+    try:
+        return Path(data).resolve() == (out / "traces.jsonl").resolve()
+    except (OSError, RuntimeError):  # a link loop: not the quickstart's own file
+        return False
 
 
 def check_quickstart_folder(out: str | Path) -> None:
     """Refuse (``ValueError``), ``overwrite`` or not, an ``out`` whose ``study.json`` records a study
     that is no quickstart (:func:`_quickstart_made`: a user's ``lrm-interp study`` / ``run_study``
-    of another model or data): ``quickstart --overwrite`` deleted it and wrote a tiny-model
-    quickstart in its place, and the refusal without ``--overwrite`` named only a setting
-    (H24-QSOVER). A folder without a readable ``study.json`` is left to
+    of another model or data, finished or interrupted): ``quickstart --overwrite`` deleted it and
+    wrote a tiny-model quickstart in its place, and the refusal without ``--overwrite`` named only a
+    setting (H24-QSOVER, H25-QSPART). A folder without a readable ``study.json`` is left to
     :func:`~lrm_interp.experiments.study.check_study_folder`."""
     out = Path(out)
     try:
         doc = json.loads((out / STUDY_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
-    if not isinstance(doc, dict) or _quickstart_made(doc) is not False:
+    if not isinstance(doc, dict) or _quickstart_made(doc, out) is not False:
         return
     prov = doc["provenance"]
+    resume = (
+        "" if doc.get("complete") is not False else " (interrupted: resume it with the same 'lrm-interp study' command)"
+    )
     raise ValueError(
-        f"{out} holds a study made by 'lrm-interp study' (model {prov['model_ref']}, data {prov['data']}), not a "
-        "quickstart: overwrite=True (--overwrite) replaces only a quickstart's folder; choose another out "
+        f"{out} holds a study made by 'lrm-interp study' (model {prov['model_ref']}, data {prov['data']}){resume}, "
+        "not a quickstart: overwrite=True (--overwrite) replaces only a quickstart's folder; choose another out "
         "folder (--out)"
     )
 

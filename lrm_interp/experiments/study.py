@@ -111,6 +111,9 @@ FORMAT = "lrm_interp.study/2"
 #: check); one of :data:`FORMAT` without them was stripped and is refused (H10-STK)
 FORMAT_UNCHECKED = "lrm_interp.study/1"
 STUDY_FILE, OUTCOMES_FILE = "study.json", "outcomes.safetensors"
+#: the fewest bootstrap resamples of a study's 95% KL intervals: 40 puts one draw in each 2.5% tail
+#: (``--resamples 1`` gave a single draw as a zero-width "interval" that excluded its value, H25-RESAMP1)
+MIN_RESAMPLES = 40
 #: the format of ``outcomes.safetensors`` (unchanged since the first study format)
 OUTCOMES_FORMAT = "lrm_interp.study/1.outcomes"
 #: the row keys in table order (module docs)
@@ -148,7 +151,7 @@ class StudySettings:
     ``problem_seed``; file tasks: the first ``per_task`` records of ``task_data``).
     ``group_size``: ``None`` = per channel. ``budget``: fraction of the linear weights the
     per-weight rows keep in FP16. ``require_think``: an output without ``</think>`` counts as wrong
-    (the benchmark harness's default). ``resamples``/``seed``: the KL bootstrap.
+    (the benchmark harness's default). ``resamples`` (at least :data:`MIN_RESAMPLES`)/``seed``: the KL bootstrap.
     """
 
     tasks: tuple[str, ...] = ()
@@ -189,6 +192,11 @@ class StudySettings:
             ("resamples", 1),
         ):
             object.__setattr__(self, name, check_int(name, getattr(self, name), min=lo))
+        if self.resamples < MIN_RESAMPLES:  # one draw gave a zero-width "interval" beside its value (H25-RESAMP1)
+            raise ValueError(
+                f"resamples is {self.resamples}: a 95% percentile interval needs at least {MIN_RESAMPLES} bootstrap "
+                f"resamples (one in each 2.5% tail); use resamples (--resamples) {MIN_RESAMPLES} or more (default 1000)"
+            )
         check_held_out_seed(self.problem_seed, "problem_seed")  # not a training seed of the toy models (H16-SEED)
         check_seed("seed", self.seed)
         if not isinstance(self.symmetric, bool) or not isinstance(self.require_think, bool):
