@@ -2,7 +2,9 @@
 
 - H25-RESAMP1: ``study --resamples 1`` was accepted: each "95% interval" was one bootstrap draw, of
   zero width, beside (not around) its value; a study needs at least ``MIN_RESAMPLES`` (40: one
-  draw in each 2.5% tail), refused up front by ``StudySettings`` (so by the CLI too).
+  draw in each 2.5% tail), refused up front by ``StudySettings`` (so by the CLI too); 0 and negative
+  counts get the same message (H26-RSMIN: they said ">= 1"), and so do more than ``MAX_RESAMPLES``
+  (H26-RSHUGE: 10^12 ended in an internal error after minutes).
 - H25-PARTIALSCORES: ``--scores A/partial`` (the work folder of an attribution result) advised a
   new ``attribute`` run instead of pointing at ``A``.
 """
@@ -12,18 +14,19 @@ from __future__ import annotations
 import pytest
 from cli_run import err_line, run_cli, toy_attribution, toy_gold
 
-from lrm_interp.experiments.study import MIN_RESAMPLES, StudySettings
+from lrm_interp.experiments.study import MAX_RESAMPLES, MIN_RESAMPLES, StudySettings
 
 
-@pytest.mark.parametrize("n", [1, 2, 39])
+@pytest.mark.parametrize("n", [-5, 0, 1, 2, 39, 100_001, 10**12])  # H26-RSMIN, H26-RSHUGE too
 def test_a_study_needs_enough_resamples_for_its_intervals(n):
     with pytest.raises(ValueError) as e:
         StudySettings(resamples=n)
     assert str(e.value) == (
         f"resamples is {n}: a 95% percentile interval needs at least 40 bootstrap resamples (one in each 2.5% "
-        "tail); use resamples (--resamples) 40 or more (default 1000)"
+        "tail), and more than 100,000 only costs memory; use resamples (--resamples) from 40 to 100000 (default 1000)"
     )
     assert MIN_RESAMPLES == 40 and StudySettings(resamples=40).resamples == 40
+    assert StudySettings(resamples=MAX_RESAMPLES).resamples == 100_000
 
 
 def test_the_study_command_refuses_one_resample_before_any_work(tmp_path, capsys):
@@ -31,7 +34,9 @@ def test_the_study_command_refuses_one_resample_before_any_work(tmp_path, capsys
     capsys.readouterr()
     argv = ["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 1, "--out", tmp_path / "S"]
     assert run_cli([*argv, "--quiet"]) == 2
-    assert "resamples is 1: a 95% percentile interval needs at least 40 bootstrap resamples" in err_line(capsys)
+    assert "resamples is 1: a 95% percentile interval needs at least 40 bootstrap resamples (one in each" in err_line(
+        capsys
+    )
     assert not (tmp_path / "S").exists()
 
 

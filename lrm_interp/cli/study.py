@@ -262,7 +262,7 @@ def register(sub) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="without --tasks: bootstrap resamples of the KL intervals (at least 40; default 1000)",
+        help="without --tasks: bootstrap resamples of the KL intervals (40 to 100000; default 1000)",
     )
     cq = p.add_argument_group("compression (RTN; the variants share these)")
     cq.add_argument(

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lrm_interp._io import finished_result
 from lrm_interp.checks import check_fraction, check_int
 from lrm_interp.compress.quant.grid import check_bits
 from lrm_interp.data.traces import ReasoningDataset
@@ -158,12 +159,29 @@ def check_quickstart_folder(out: str | Path) -> None:
     that is no quickstart (:func:`_quickstart_made`: a user's ``lrm-interp study`` / ``run_study``
     of another model or data, finished or interrupted): ``quickstart --overwrite`` deleted it and
     wrote a tiny-model quickstart in its place, and the refusal without ``--overwrite`` named only a
-    setting (H24-QSOVER, H25-QSPART). A folder without a readable ``study.json`` is left to
+    setting (H24-QSOVER, H25-QSPART). Refused too: a study's folder (:func:`~lrm_interp._io.finished_result`)
+    whose ``study.json`` is gone or unreadable: who made it cannot be told, and ``--overwrite``
+    replaced a user's study that had lost it (the first, refused run had already written a quickstart
+    ``study.json`` into it, H26-QSNOJSON; a truncated one got a ``tiny_model/``, H26-QSCORRUPT). Any
+    other folder without a readable ``study.json`` is left to
     :func:`~lrm_interp.experiments.study.check_study_folder`."""
     out = Path(out)
     try:
         doc = json.loads((out / STUDY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError) as e:
+        held = finished_result(out)
+        if held is not None and held.kind == "study":
+            if (out / STUDY_FILE).exists():
+                head = f"{out} holds a study whose {STUDY_FILE} cannot be read ({type(e).__name__})"
+            else:
+                names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+                shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+                head = f"{out} is not a study folder (no {STUDY_FILE}) but holds a study's files ({shown})"
+            raise ValueError(
+                f"{head}: whether a quickstart made it cannot be told, so the quickstart never writes into it, not "
+                f"even with overwrite=True (--overwrite); restore {STUDY_FILE} (a user's study resumes with its own "
+                "'lrm-interp study' command), or choose another out folder (--out)"
+            ) from None
         return
     if not isinstance(doc, dict) or _quickstart_made(doc, out) is not False:
         return

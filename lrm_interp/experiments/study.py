@@ -114,6 +114,9 @@ STUDY_FILE, OUTCOMES_FILE = "study.json", "outcomes.safetensors"
 #: the fewest bootstrap resamples of a study's 95% KL intervals: 40 puts one draw in each 2.5% tail
 #: (``--resamples 1`` gave a single draw as a zero-width "interval" that excluded its value, H25-RESAMP1)
 MIN_RESAMPLES = 40
+#: the most: 10^5 resamples put a 95% interval's ends within ~0.1% of the bootstrap's; 10^8 or more
+#: ended in an internal error (memory, ``quantile()`` input too large) after minutes (H26-RSHUGE)
+MAX_RESAMPLES = 100_000
 #: the format of ``outcomes.safetensors`` (unchanged since the first study format)
 OUTCOMES_FORMAT = "lrm_interp.study/1.outcomes"
 #: the row keys in table order (module docs)
@@ -151,7 +154,8 @@ class StudySettings:
     ``problem_seed``; file tasks: the first ``per_task`` records of ``task_data``).
     ``group_size``: ``None`` = per channel. ``budget``: fraction of the linear weights the
     per-weight rows keep in FP16. ``require_think``: an output without ``</think>`` counts as wrong
-    (the benchmark harness's default). ``resamples`` (at least :data:`MIN_RESAMPLES`)/``seed``: the KL bootstrap.
+    (the benchmark harness's default). ``resamples`` (:data:`MIN_RESAMPLES` to :data:`MAX_RESAMPLES`) /
+    ``seed``: the KL bootstrap.
     """
 
     tasks: tuple[str, ...] = ()
@@ -189,14 +193,18 @@ class StudySettings:
             ("problem_seed", 0),
             ("max_new_tokens", 1),
             ("batch_size", 1),
-            ("resamples", 1),
         ):
             object.__setattr__(self, name, check_int(name, getattr(self, name), min=lo))
-        if self.resamples < MIN_RESAMPLES:  # one draw gave a zero-width "interval" beside its value (H25-RESAMP1)
+        r = self.resamples
+        if isinstance(r, int) and not isinstance(r, bool) and not MIN_RESAMPLES <= r <= MAX_RESAMPLES:
+            # one draw gave a zero-width "interval" beside its value (H25-RESAMP1); 0 was refused as
+            # below 1 (H26-RSMIN); 10^12 failed after minutes with an internal error (H26-RSHUGE)
             raise ValueError(
-                f"resamples is {self.resamples}: a 95% percentile interval needs at least {MIN_RESAMPLES} bootstrap "
-                f"resamples (one in each 2.5% tail); use resamples (--resamples) {MIN_RESAMPLES} or more (default 1000)"
+                f"resamples is {r}: a 95% percentile interval needs at least {MIN_RESAMPLES} bootstrap resamples "
+                f"(one in each 2.5% tail), and more than {MAX_RESAMPLES:,} only costs memory; use resamples "
+                f"(--resamples) from {MIN_RESAMPLES} to {MAX_RESAMPLES} (default 1000)"
             )
+        object.__setattr__(self, "resamples", check_int("resamples", r, min=MIN_RESAMPLES))
         check_held_out_seed(self.problem_seed, "problem_seed")  # not a training seed of the toy models (H16-SEED)
         check_seed("seed", self.seed)
         if not isinstance(self.symmetric, bool) or not isinstance(self.require_think, bool):
