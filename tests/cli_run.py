@@ -120,3 +120,28 @@ def race(barrier: Path, target: str, wait: float, *argvs: list) -> list[tuple[in
         _, err = p.communicate(timeout=600)
         out.append((p.returncode, err.strip()))
     return out
+
+
+#: the settings of :func:`tiny_study` (a resume of it passes the same)
+TINY_STUDY = dict(model_ref="tiny", bits=3, resamples=50, progress=False)
+
+
+def tiny_study(out: Path, families: int = 2):
+    """``(out, model, tokenizer, traces)``: a finished ``run_study`` of the tiny Llama on
+    ``families`` toy traces per family (seed 4242), written to ``out`` (tests copy it: :func:`copied`)."""
+    from lrm_interp.experiments.study import run_study
+    from lrm_interp.testing import byte_tokenizer, tiny_model
+    from lrm_interp.toy.tasks import generate_dataset
+
+    traces = generate_dataset(families, seed=4242)
+    model, tok = tiny_model("llama", seed=0), byte_tokenizer()
+    run_study(model, traces, out, tokenizer=tok, **TINY_STUDY)
+    return out, model, tok, traces
+
+
+def copied(src: Path, dst: Path) -> Path:
+    """``dst``: a copy of the folder ``src`` (a test's own copy of a shared result)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst

@@ -19,29 +19,21 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_run import folder_files
+from cli_run import TINY_STUDY, copied, folder_files, tiny_study
 
 from lrm_interp.experiments.study import StudyResult, run_study
-from lrm_interp.testing import byte_tokenizer, tiny_model
-from lrm_interp.toy.tasks import generate_dataset
 
-STUDY = dict(model_ref="tiny", bits=3, resamples=50, progress=False)
+STUDY = TINY_STUDY
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """``(folder, model, tokenizer, traces)`` of one finished study (never changed: tests copy it)."""
-    traces = generate_dataset(1, seed=4242)
-    model, tok = tiny_model("llama", seed=0), byte_tokenizer()
-    out = tmp_path_factory.mktemp("h22a") / "st"
-    run_study(model, traces, out, tokenizer=tok, **STUDY)
-    return out, model, tok, traces
+    return tiny_study(tmp_path_factory.mktemp("h22a") / "st", families=1)
 
 
 def _copy(finished, tmp_path: Path, name: str) -> Path:
-    out = tmp_path / name
-    shutil.copytree(finished[0], out)
-    return out
+    return copied(finished[0], tmp_path / name)
 
 
 def _edit(out: Path, edit) -> None:

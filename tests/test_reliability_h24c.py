@@ -14,39 +14,31 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from cli_run import cli_env, err_line, folder_files, run_cli
+from cli_run import TINY_STUDY, cli_env, copied, err_line, folder_files, run_cli, tiny_study
 
 from lrm_interp._io import finished_result
 from lrm_interp.data.annotators.driver import annotate_dataset, load_outputs
 from lrm_interp.data.annotators.r1 import R1RuleAnnotator
 from lrm_interp.data.traces import ReasoningDataset
 from lrm_interp.experiments.study import run_study
-from lrm_interp.testing import byte_tokenizer, tiny_model
 from lrm_interp.toy.tasks import generate_dataset
 
-STUDY = dict(model_ref="tiny", bits=3, resamples=50, progress=False)
+STUDY = TINY_STUDY
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """``(folder, model, tokenizer, traces)`` of one finished study over 6 traces (never changed)."""
-    traces = generate_dataset(2, seed=4242)
-    model, tok = tiny_model("llama", seed=0), byte_tokenizer()
-    out = tmp_path_factory.mktemp("h24c") / "st"
-    run_study(model, traces, out, tokenizer=tok, **STUDY)
-    return out, model, tok, traces
+    return tiny_study(tmp_path_factory.mktemp("h24c") / "st", families=2)
 
 
 def _copy(finished, tmp_path: Path, name: str) -> Path:
-    out = tmp_path / name
-    shutil.copytree(finished[0], out)
-    return out
+    return copied(finished[0], tmp_path / name)
 
 
 def test_a_study_without_study_json_and_outcomes_is_still_a_study_folder(finished, tmp_path):
