@@ -606,11 +606,33 @@ def _refuse_forged_rows(
             ) from None
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not (number and math.isclose(float(value), want, rel_tol=1e-9, abs_tol=1e-12)):
-            raise ValueError(
-                f"{where}: row {key!r}: value {shown_value(value)} ≠ {want!r}, the {metric} its per-item outcomes "
-                f"in {OUTCOMES_FILE} give; {fix}"
-            )
+            raise ValueError(_outcomes_disagree(out, doc, r, want, fix, flag_ow))
     _refuse_edited_rows(out, doc, fix)
+
+
+def _outcomes_disagree(
+    out: Path, doc: Mapping[str, Any], row: Mapping[str, Any], want: float, fix: str, flag_ow: str
+) -> str:
+    """The message of a row whose ``value`` is not ``want``, what its per-item outcomes give
+    (:func:`_refuse_forged_rows`; ``fix``: its advice). The row's checksum (:data:`ROWS_CHECKSUMS`)
+    tells which file changed: a row still as the study wrote it means ``outcomes.safetensors`` was
+    replaced or edited, and deleting it has the rerun study measure the rows again (H26-OUTCOMESMSG:
+    the message blamed ``study.json``); otherwise ``study.json``'s row was edited (or an older study
+    records no checksum), as before."""
+    key, value, metric = row.get("key"), row.get("value"), row.get("metric")
+    sums = doc.get(ROWS_CHECKSUMS)
+    if isinstance(sums, Mapping) and sums.get(key) == _canonical_sha256(row):
+        outcomes = out / OUTCOMES_FILE
+        return (
+            f"{outcomes}: the per-item outcomes of row {key!r} give {metric} {want!r}, not the value "
+            f"{shown_value(value)} {out / STUDY_FILE} recorded (that row is as the study wrote it): "
+            f"{OUTCOMES_FILE} was replaced or edited since; restore it, delete it (the study measures its "
+            f"rows again when rerun), or rerun with {flag_ow} to start the study over"
+        )
+    return (
+        f"{out / STUDY_FILE}: row {key!r}: value {shown_value(value)} ≠ {want!r}, the {metric} its per-item "
+        f"outcomes in {OUTCOMES_FILE} give; {fix}"
+    )
 
 
 #: top-level entries of ``study.json``: the SHA-256 of each row (``{row key: SHA-256}``) and of the
@@ -961,7 +983,8 @@ def _own_folders(out: Path, have: Mapping[str, Any]) -> list[Path]:
     writes: a plain name of :data:`_OWN_FOLDER` (no path separator, not ``.`` / ``..``) resolving
     to a child of ``out`` (a link out of the folder is not followed). ``ValueError`` naming the
     first other entry (a hand-edited or damaged ``study.json``: ``".."`` deleted the folder holding
-    the study, H7-ST1), before anything is removed."""
+    the study, H7-ST1), or the link where a rightly named entry is a link (it was refused as a
+    wrongly named entry, H26-LINKMSG), before anything is removed."""
     folders = (have.get("provenance") or {}).get("folders") or {}
     if not isinstance(folders, Mapping):
         raise ValueError(f"{out / STUDY_FILE}: provenance.folders is not a mapping; not removing anything")
@@ -978,8 +1001,12 @@ def _own_folders(out: Path, have: Mapping[str, Any]) -> list[Path]:
             or not _OWN_FOLDER.fullmatch(name)
         )
         p = out / name if isinstance(name, str) else out
-        if not bad and (p.is_symlink() or p.resolve().parent != root):
-            bad = True
+        if not bad and (p.is_symlink() or p.resolve().parent != root):  # the name is right, the entry is not
+            raise ValueError(
+                f"{p} is a link to {os.path.realpath(p)}, not a folder this study wrote inside {out}; refusing "
+                "to remove anything through it (--overwrite): remove the link yourself (the folder it points "
+                "to is kept) or use another out folder"
+            )
         if bad:
             raise ValueError(
                 f"{out / STUDY_FILE}: provenance.folders[{role!r}] is {name!r}, not an attribution folder a study "

@@ -100,10 +100,13 @@ def fit_params(
     mask: torch.Tensor | None = None,
 ) -> GroupParams:
     """Fit scale/zero ``[out, n_groups]`` per group of ``W [out, in]`` on its unprotected weights only
-    (``mask`` bool ``[out, in]``, ``True`` = protected)."""
+    (``mask`` bool ``[out, in]``, ``True`` = protected). A ``group_size`` of ``in`` or more is one
+    group per row, as ``None`` (the parameters' ``group_size`` is then ``in``)."""
     check_weight(W, bits, mask)
     out, inn = W.shape
-    g = inn if group_size is None else check_group_size(group_size)
+    # a group wider than the row is the row (per channel): padding it to ``group_size`` columns gave the
+    # same numbers and made ``--group-size 100000`` run for minutes (H26-GSHUGE)
+    g = inn if group_size is None else min(check_group_size(group_size), inn)
     w = _grouped(W.float(), g)
     valid = _grouped(torch.ones(out, inn, dtype=torch.bool, device=W.device), g)
     if mask is not None:
