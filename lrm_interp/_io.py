@@ -687,6 +687,14 @@ DOWNSTREAM_RECORD = "result.json"
 DOWNSTREAM_FORMAT = "lrm_interp.annotation_downstream/"
 DOWNSTREAM_FILES = ("settings.json", "result.json", "table.md", "table.csv")
 
+#: ``lrm-interp annotate --cache``: a folder of per-trace entries ``<32 hex digits>.json`` whose
+#: ``format`` starts with this (``lrm_interp.data.annotators.driver``: ``CACHE_FORMAT``, the kind
+#: ``ANNOTATION_CACHE``); ``compare``, ``attribute``, ``bench score`` and ``study`` wrote into one, after
+#: which ``annotate`` refused its own cache as "the compare result" (H27-CACHEIN)
+ANNOTATION_CACHE_FORMAT = "lrm_interp.annotation_cache/"
+ANNOTATION_CACHE_KIND = "annotation cache"
+_CACHE_ENTRY = re.compile(r"[0-9a-f]{32}\.json")
+
 #: the kinds of finished result :func:`finished_result` recognises, as messages name them
 RESULT_KINDS = (
     "attribution",
@@ -700,6 +708,7 @@ RESULT_KINDS = (
     "toy distill",
     "compare",
     "annotate downstream",
+    ANNOTATION_CACHE_KIND,
 )
 
 
@@ -811,7 +820,24 @@ def _table_result(d: Path) -> FinishedResult | None:
         return FinishedResult("bench run", d, frozenset(BENCH_RUN_FILES))
     if _csv_header(d / COMPARE_FILES[0]) == COMPARE_HEADER:
         return FinishedResult("compare", d, frozenset(COMPARE_FILES))
+    if _annotation_cache(d):
+        return FinishedResult(ANNOTATION_CACHE_KIND, d, None)
     return None
+
+
+def _annotation_cache(d: Path) -> bool:
+    """Whether the folder ``d`` holds an ``annotate --cache`` entry (:data:`ANNOTATION_CACHE_FORMAT`):
+    the first file named like one is read, nothing more."""
+    try:
+        with os.scandir(d) as it:
+            for e in it:
+                if _CACHE_ENTRY.fullmatch(e.name) and e.is_file(follow_symlinks=False):
+                    doc = _json_dict(Path(e.path))
+                    if doc is not None and str(doc.get("format", "")).startswith(ANNOTATION_CACHE_FORMAT):
+                        return True
+    except OSError:
+        return False
+    return False
 
 
 def finished_result(folder: str | os.PathLike) -> FinishedResult | None:
@@ -827,8 +853,9 @@ def finished_result(folder: str | os.PathLike) -> FinishedResult | None:
     ``settings.json`` of format :data:`EXPERIMENT_FORMAT` (``experiment protection``),
     ``result.json`` of format :data:`DOWNSTREAM_FORMAT` (``annotate agree --downstream``),
     ``faithfulness.json``, :data:`BENCH_SCORE_RECORD` (``bench score``), ``run.json`` of format
-    :data:`BENCH_RUN_FORMAT` (one model's folder of ``bench run``) and a ``shift.csv`` whose header
-    is :data:`COMPARE_HEADER` (``compare``). Reads only those records."""
+    :data:`BENCH_RUN_FORMAT` (one model's folder of ``bench run``), a ``shift.csv`` whose header
+    is :data:`COMPARE_HEADER` (``compare``) and an entry of :data:`ANNOTATION_CACHE_FORMAT`
+    (``annotate --cache``). Reads only those records."""
     d = Path(folder)
     try:
         if not d.is_dir():

@@ -279,7 +279,7 @@ def test_records_that_are_no_json_object_are_refused_naming_the_file(results, tm
         assert _rc(["attribute", "--model", "toy", "--data", results["gold"], "--out", aj, "--quiet"]) == 2
         line = _err_line(capsys)
         assert f"{aj / 'partial' / 'run.json'}: {msg}" in line and "internal error" not in line, line
-        assert line.endswith(f"delete {aj / 'partial'} or choose another out_dir"), line
+        assert line.endswith(f"delete {aj / 'partial'} or choose another out_dir (--out)"), line
         assert _tree(aj) == before
         monkeypatch.undo()
         with pytest.raises(ValueError, match=r"partial/run.json: "):

@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 import torch
-from cli_run import TINY_STUDY, copied, folder_files, tiny_study
+from cli_run import TINY_STUDY, copied, err_line, folder_files, run_cli, tiny_study, toy_attribution
 
 from lrm_interp.compress.quant.grid import fit_params
 from lrm_interp.compress.quant.rtn import rtn_quantize
@@ -86,3 +86,117 @@ def test_a_group_wider_than_the_row_is_one_group_per_row(masked):
         rtn_quantize(W, 3, group_size=100_000, mask=mask), rtn_quantize(W, 3, group_size=None, mask=mask)
     )
     assert fit_params(W, 3, group_size=4, mask=mask).scale.shape == (6, 3)  # narrower groups unchanged
+
+
+# --------------------------------------------------------------------------- the twenty-sixth probe (H27-…)
+def test_quickstart_never_replaces_an_edited_tiny_model(tmp_path):
+    """H27-QSMODEL: a rerun saved the generated tiny model over the user's edited ``tiny_model/``."""
+    import json
+
+    from lrm_interp.experiments.quickstart import quickstart_study
+
+    out = tmp_path / "QS"
+    run = dict(n_traces=3, tiny=True, n_eval=0, progress=False)
+    quickstart_study(out, **run)
+    quickstart_study(out, **run)  # an unedited folder resumes
+    config = out / "tiny_model" / "config.json"
+    doc = json.loads(config.read_text(encoding="utf-8"))
+    config.write_text(json.dumps({**doc, "rms_norm_eps": 1e-3}), encoding="utf-8")
+    (out / "tiny_model" / "notes.txt").write_text("mine")
+    before = folder_files(out)
+    with pytest.raises(ValueError) as e:
+        quickstart_study(out, **run)
+    assert str(e.value) == (
+        f"{out / 'tiny_model'} is not the model the quickstart wrote there (config.json edited since?); a rerun "
+        "would replace it with the generated tiny model: copy the folder elsewhere to keep it (and use it as "
+        "'lrm-interp study --model'), or rerun with overwrite=True (--overwrite) to replace it"
+    )
+    assert folder_files(out) == before
+    quickstart_study(out, **run, overwrite=True)  # consent: the generated model again, the user's note kept
+    assert json.loads(config.read_text(encoding="utf-8")) == doc
+    assert (out / "tiny_model" / "notes.txt").read_text() == "mine"
+
+
+def test_printed_commands_quote_paths_with_spaces(study, tmp_path):
+    """H27-QUOTE: ``--scores my runs/S x/attribution_fp32`` was split in two when pasted."""
+    import json
+    import shlex
+
+    _, model, tok, traces = study
+    data = tmp_path / "my runs" / "tr a.jsonl"
+    data.parent.mkdir()
+    traces.save_jsonl(data)
+    out = tmp_path / "my runs" / "S x"
+    run_study(model, data, out, tokenizer=tok, **TINY_STUDY)
+    commands = json.loads((out / "study.json").read_text(encoding="utf-8"))["commands"]
+    assert shlex.split(commands[1]) == [
+        "lrm-interp", "attribute", "--model", "tiny", "--data", str(data), "--out", f"{out}/attribution_fp32"
+    ]  # fmt: skip
+    bits = shlex.split(commands[4])
+    assert bits[bits.index("--scores") + 1] == f"{out}/attribution_fp32"
+    assert bits[bits.index("--out") + 1] == f"{out}/reuse/bits.json"
+
+
+def test_study_settings_as_a_dict_get_a_type_error(study, tmp_path):
+    """H27-RSDICT: ``run_study(..., {'bits': 3})`` gave "AttributeError: 'dict' object has no attribute 'tasks'"."""
+    _, model, tok, traces = study
+    with pytest.raises(TypeError) as e:
+        run_study(model, traces, tmp_path / "S", {"bits": 3}, tokenizer=tok, progress=False)
+    assert str(e.value) == (
+        "settings must be a StudySettings, got dict; give the fields as keywords (run_study(model, data, out, "
+        "bits=3, ...)) or StudySettings(**fields)"
+    )
+    assert not (tmp_path / "S").exists()
+
+
+def test_loading_the_study_file_names_its_folder(study):
+    """H27-SRLOADFILE: ``StudyResult.load('S1/study.json')`` said "S1/study.json: no study.json"."""
+    src = study[0]
+    with pytest.raises(ValueError) as e:
+        StudyResult.load(src / "study.json")
+    assert str(e.value) == f"{src / 'study.json'} is a file, not a study folder: give the folder that holds it ({src})"
+
+
+def test_a_study_with_other_settings_is_offered_its_own_settings_to_resume(study, tmp_path):
+    """H27-STBATCH: a finished study rerun with one setting changed offered only ``--overwrite``
+    (everything measured again); the same model and traces resume with the recorded settings."""
+    src, model, tok, traces = study
+    out = copied(src, tmp_path / "S")
+    before = folder_files(out)
+    with pytest.raises(ValueError) as e:
+        run_study(model, traces, out, tokenizer=tok, **{**TINY_STUDY, "bits": 4})
+    assert (
+        "holds another study (differs in bits 3 ≠ 4); rerun with the settings it records (bits 3) to resume it, "
+        "or use another " in str(e.value)
+    )
+    other = list(traces)[:-1]  # other traces: no resume to offer
+    with pytest.raises(ValueError) as e:
+        run_study(model, other, out, tokenizer=tok, **TINY_STUDY)
+    assert "differs in other traces); use another " in str(e.value) and "rerun with" not in str(e.value)
+    assert folder_files(out) == before
+
+
+def test_no_other_command_writes_into_an_annotation_cache(tmp_path, capsys):
+    """H27-CACHEIN: ``compare``, ``attribute``, ``bench score`` and ``study`` wrote into an ``annotate
+    --cache`` folder (exit 0), after which ``annotate`` refused its own cache as "the compare result"."""
+    gold, a = toy_attribution(tmp_path)
+    cache = tmp_path / "C1"
+    annotate = ["annotate", "--data", gold, "--annotator", "keyword", "--cache", cache, "--quiet"]
+    assert run_cli([*annotate, "--out", tmp_path / "a1.jsonl"]) == 0
+    before = folder_files(cache)
+    assert len(before) == 3  # one entry per trace
+    refused = (
+        f"--out {cache} is the annotation cache result {cache}, another command's result: it is never written into"
+    )
+    for argv in (
+        ["compare", "--original", a, "--compressed", a, "--out", cache, "--overwrite"],
+        ["attribute", "--model", "toy", "--data", gold, "--out", cache, "--overwrite", "--quiet"],
+        ["study", "--model", "toy", "--data", gold, "--bits", 3, "--resamples", 40, "--out", cache, "--quiet"],
+    ):
+        capsys.readouterr()
+        assert run_cli(argv) == 2, argv
+        assert err_line(capsys).startswith(f"lrm-interp {argv[0]}: error: {refused}"), argv
+    assert folder_files(cache) == before
+    capsys.readouterr()
+    assert run_cli([*annotate, "--out", tmp_path / "a2.jsonl"]) == 0  # its own cache: every trace from it
+    assert "3 traces: 0 annotated, 3 from cache" in capsys.readouterr().out

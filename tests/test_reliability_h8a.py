@@ -350,6 +350,7 @@ def test_the_result_markers_are_their_writers_own():
     lowest floor, ``_io``, so that the checks import no heavy module): kept equal here."""
     from lrm_interp import _io
     from lrm_interp.attribution import faithfulness, resume
+    from lrm_interp.data.annotators import driver
     from lrm_interp.evaluation import bench_run, bench_score
     from lrm_interp.experiments import protection_table, study
 
@@ -360,6 +361,7 @@ def test_the_result_markers_are_their_writers_own():
     assert bench_run.GEN_FILE in _io.BENCH_RUN_FILES
     assert bench_score.SCORE_RECORD == _io.BENCH_SCORE_RECORD
     assert tuple(faithfulness.FILES) == _io.FAITHFULNESS_FILES
+    assert driver.CACHE_FORMAT.startswith(_io.ANNOTATION_CACHE_FORMAT) and driver.ANNOTATION_CACHE == "annotation cache"
 
 
 def test_each_folder_writer_names_its_own_result_kind():
@@ -372,4 +374,5 @@ def test_each_folder_writer_names_its_own_result_kind():
 
     cli = Path(__file__).resolve().parents[1] / "lrm_interp" / "cli"
     kinds = {m for f in cli.glob("*.py") for m in re.findall(r'own="([^"]+)"', f.read_text(encoding="utf-8"))}
-    assert kinds == {*_io.RESULT_KINDS} - {"faithfulness"} | {"annotate downstream"}
+    # annotate names the cache's kind through ANNOTATION_CACHE (not a literal)
+    assert kinds == {*_io.RESULT_KINDS} - {"faithfulness", _io.ANNOTATION_CACHE_KIND} | {"annotate downstream"}

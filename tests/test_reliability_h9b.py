@@ -90,7 +90,7 @@ def test_deleted_or_edited_run_json_lets_no_other_settings_reuse_partials(run_a,
     before = _tree(a2)
     assert _rc(["attribute", "--model", "toy", "--data", gold, "--out", a2, "--k-context", 3, "--quiet"]) == 2
     err = _err_line(capsys)
-    assert "holds partials of a run with other settings (differs in ['k_context'])" in err and "no run.json" in err
+    assert "holds partials of a run with other settings (differs in k_context " in err and "no run.json" in err
     assert _tree(a2) == before
 
     a3 = _without_results(a, tmp_path / "A3")
@@ -101,7 +101,7 @@ def test_deleted_or_edited_run_json_lets_no_other_settings_reuse_partials(run_a,
     before = _tree(a3)
     assert _rc(["attribute", "--model", "toy", "--data", gold, "--out", a3, "--k-context", 3, "--quiet"]) == 2
     err = _err_line(capsys)
-    assert "other settings (differs in ['k_context'])" in err and "although run.json says this run's" in err
+    assert "other settings (differs in k_context " in err and "although run.json says this run's" in err
     assert _tree(a3) == before
 
     # the same settings as the run that wrote them: reused, the result is that run's

@@ -383,5 +383,5 @@ def test_results_of_older_versions_without_the_new_setting_still_resume(tmp_path
         "sites": [s["name"] for s in meta["sites"]],
     }
     check_finished_result(tmp_path / "run", key)
-    with pytest.raises(ResumeMismatchError, match=r"differs in \['overlong'\]"):
+    with pytest.raises(ResumeMismatchError, match=r"differs in overlong 'error' there ≠ 'skip' now"):
         check_finished_result(tmp_path / "run", dict(key, config=AttributionConfig(overlong="skip").to_dict()))

@@ -108,7 +108,7 @@ def read_run_record(root: str | os.PathLike) -> dict[str, Any] | None:
     rp = Path(root) / RUN_FILE
     if not rp.exists():
         return None
-    fix = f"delete {root} or choose another out_dir"
+    fix = f"delete {root} or choose another out_dir (--out)"
     if rp.is_dir():
         raise ResumeMismatchError(f"{rp} is a folder, not a run key file; {fix}")
     return read_json_object(rp, fix, ResumeMismatchError)
@@ -145,6 +145,20 @@ _WHAT = {
 _LATER_KEYS = ("config_fingerprint", "context")
 
 
+def _setting_value(v: object, limit: int = 40) -> str:
+    """``repr(v)`` for a message, cut to ``limit`` characters (a long list of sites stays one line)."""
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 1] + "…"
+
+
+def settings_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Each setting that differs between the configs ``old`` (recorded) and ``new`` (this run) with
+    both values, for a message: ``"mode 'joint' there ≠ 'exact' now, k_context 3 there ≠ 2 now"``
+    (the CLI user saw a Python list of names, ``differs in ['mode']``, H27-OUTDIRMSG)."""
+    fields = sorted(f for f in set(old) | set(new) if old.get(f) != new.get(f))
+    return ", ".join(f"{f} {_setting_value(old.get(f))} there ≠ {_setting_value(new.get(f))} now" for f in fields)
+
+
 def key_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What differs between two run keys, in words (``[]``: the same run).
 
@@ -178,9 +192,7 @@ def key_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if old.get(k) == new.get(k):
             continue
         if k == "config":
-            oc, nc = old.get(k) or {}, new.get(k) or {}
-            fields = sorted(f for f in set(oc) | set(nc) if oc.get(f) != nc.get(f))
-            parts.append(f"other settings (differs in {fields})")
+            parts.append(f"other settings (differs in {settings_difference(old.get(k) or {}, new.get(k) or {})})")
         elif k == "context":
             oc, nc = old.get(k) or {}, new.get(k) or {}
             parts.append(
@@ -333,7 +345,7 @@ def _refuse_tensors_of_other_traces(out_dir: Path, dataset: dict[str, Any]) -> N
         f"{out_dir} holds attribution.safetensors without its attribution.json (removed, or a save stopped "
         f"between the two), and its partials are of other traces ({differ} trace(s) differ in id or content): "
         "which result it is cannot be told, so it is not replaced; restore attribution.json, pass --overwrite "
-        "(overwrite=True) to replace it, or choose another out_dir"
+        "(overwrite=True) to replace it, or choose another out_dir (--out)"
     )
 
 
@@ -368,7 +380,7 @@ def check_finished_result(
             if clash:
                 raise ResumeMismatchError(
                     f"{out_dir} is not an attribution result folder but holds {', '.join(clash)}, "
-                    "which a run would overwrite; choose another out_dir"
+                    "which a run would overwrite; choose another out_dir (--out)"
                 )
         return
     try:
@@ -379,12 +391,13 @@ def check_finished_result(
             raise ResumeMismatchError(
                 f"{path}: its provenance was edited since it was saved (it does not match the provenance_sha256 "
                 "recorded with it): which run and traces the result holds cannot be told, so it is not replaced; "
-                "restore it, delete the folder or choose another out_dir"
+                "restore it, delete the folder or choose another out_dir (--out)"
             )
         old = recorded_run_key(d)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ResumeMismatchError(
-            f"{path} exists and is not a readable attribution result ({e!r}); delete it or choose another out_dir"
+            f"{path} exists and is not a readable attribution result ({e!r}); delete it or choose another "
+            "out_dir (--out)"
         ) from e
     new = json.loads(json.dumps(run_key, sort_keys=True, default=str))
     parts = key_difference(old, new)
@@ -400,7 +413,8 @@ def check_finished_result(
         only = " (--overwrite / overwrite=True replaces only a result of the same run on edited traces)"
         raise ResumeMismatchError(
             f"{out_dir} holds the finished result of a run with {'; '.join(parts)}: it is "
-            "never replaced by another run. Delete the folder or choose another out_dir" + (only if overwrite else "")
+            "never replaced by another run. Delete the folder or choose another out_dir (--out)"
+            + (only if overwrite else "")
         )
     rec = prov.get("dataset")
     edited = _edited_traces(out_dir, rec if isinstance(rec, dict) else {}, dataset) if dataset is not None else None
@@ -408,7 +422,7 @@ def check_finished_result(
         reuse = " (the traces that did not change are reused from its partials)" if trace_content_keys(out_dir) else ""
         raise ResumeMismatchError(
             f"{out_dir} holds the finished result of this run {edited}. A rerun would replace it: pass --overwrite "
-            f"(overwrite=True) to replace it{reuse}, or choose another out_dir"
+            f"(overwrite=True) to replace it{reuse}, or choose another out_dir (--out)"
         )
 
 
@@ -499,14 +513,15 @@ class PartialStore:
             parts = key_difference(old, key)
             if parts:
                 raise ResumeMismatchError(
-                    f"{root} holds partial results of a run with {'; '.join(parts)}: they "
-                    "cannot be reused. Delete the folder or choose another out_dir"
+                    f"{root} holds partial results of a run with {'; '.join(parts)}: they cannot be reused by "
+                    f"this run. Rerunning with the settings recorded in {rp} resumes that run; else delete the "
+                    "folder or choose another out_dir (--out)"
                 )
             self._unkeyed_ok = True  # partials of an older lrm_interp: run.json vouches for them, as before
         elif (root / _LEGACY).exists():
             raise ResumeMismatchError(
                 f"{root} holds partial results written by an older lrm_interp (no {RUN_FILE}, "
-                "so weights and traces cannot be checked): delete it or choose another out_dir"
+                "so weights and traces cannot be checked): delete it or choose another out_dir (--out)"
             )
         else:
             # no run.json (deleted, or partials copied here from another folder): each partial left
@@ -549,7 +564,7 @@ class PartialStore:
             raise ResumeMismatchError(
                 f"{self.root} holds partials with no run key and no {RUN_FILE} (e.g. {path.parent.name}/{path.name}, "
                 "written by an older lrm_interp): cannot tell which run wrote them; delete "
-                f"{self.root} to recompute, or choose another out_dir"
+                f"{self.root} to recompute, or choose another out_dir (--out)"
             )
         parts = self._seen.get(stored)
         if parts is None:
@@ -564,7 +579,8 @@ class PartialStore:
             why = f"although {RUN_FILE} says this run's" if (self.root / RUN_FILE).exists() else f"no {RUN_FILE}"
             raise ResumeMismatchError(
                 f"{self.root} holds partials of a run with {'; '.join(parts)} (e.g. {path.parent.name}/{path.name}; "
-                f"{why}): they cannot be reused. Delete {self.root} or choose another out_dir"
+                f"{why}): they cannot be reused by this run. Rerunning with the settings recorded in that partial "
+                f"resumes that run; else delete {self.root} or choose another out_dir (--out)"
             )
         return True
 
@@ -683,7 +699,7 @@ def out_dir_lock(out_dir: str | os.PathLike) -> Iterator[None]:
         except LockHeldError as e:
             raise OutDirInUseError(
                 f"{out} is in use by another attribution run (pid {e.pid}): two runs into one folder would "
-                "replace each other's result; wait for it to end or choose another out_dir"
+                "replace each other's result; wait for it to end or choose another out_dir (--out)"
             ) from None
     finally:
         for d in reversed(made):  # partial/, then out_dir: only when this made them and they are empty

@@ -25,6 +25,8 @@ and resumable in the folder). Presentation: :func:`run_quickstart` prints it
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,34 @@ def check_quickstart_traces(out: str | Path, traces: ReasoningDataset, overwrite
             f"{path} is not the traces file the quickstart wrote there (edited since?); a rerun would replace it "
             "with the generated traces: copy it elsewhere to keep it (and use it as 'lrm-interp study --data'), or "
             "rerun with overwrite=True (--overwrite) to replace it"
+        )
+
+
+def check_quickstart_model(out: str | Path, model: Any, tokenizer: Any, overwrite: bool = False) -> None:
+    """Refuse (``ValueError`` naming the folder, its edited files and ``overwrite``) a rerun into
+    ``out`` whose ``tiny_model/`` is not the model the quickstart writes: a file the quickstart
+    writes there (weights, ``config.json``, tokenizer files) whose bytes differ from what ``model``
+    and ``tokenizer`` save now. A rerun saves the generated tiny model again, so an edited copy was
+    replaced with no word (H27-QSMODEL; ``traces.jsonl`` is checked by
+    :func:`check_quickstart_traces`). Nothing with ``overwrite`` or without a ``tiny_model/``; a file
+    missing from it is written again, a file of the user's own beside them is kept."""
+    ref = Path(out) / "tiny_model"
+    if overwrite or not ref.is_dir():
+        return
+    with tempfile.TemporaryDirectory(prefix="lrm_interp_tiny_") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        edited = [
+            f.name
+            for f in sorted(Path(tmp).iterdir())
+            if os.path.lexists(ref / f.name)
+            and (not (ref / f.name).is_file() or (ref / f.name).read_bytes() != f.read_bytes())
+        ]
+    if edited:
+        raise ValueError(
+            f"{ref} is not the model the quickstart wrote there ({', '.join(edited)} edited since?); a rerun "
+            "would replace it with the generated tiny model: copy the folder elsewhere to keep it (and use it as "
+            "'lrm-interp study --model'), or rerun with overwrite=True (--overwrite) to replace it"
         )
 
 
@@ -232,6 +262,7 @@ def quickstart_study(
         # the whole check (a study of this model and these traces, or a folder without a study's
         # files), before tiny_model/ is written: run_study checks again, before its own first write
         check_study_folder(out, settings, overwrite, key=study_key(model, tok, settings, traces), also=("tiny_model",))
+        check_quickstart_model(out, model, tok, overwrite)  # an edited tiny_model/ is not replaced (H27-QSMODEL)
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(ref)
         tok.save_pretrained(ref)
@@ -319,6 +350,7 @@ __all__ = [
     "check_per_family",
     "check_quickstart_folder",
     "check_quickstart_traces",
+    "check_quickstart_model",
     "quickstart_settings",
     "quickstart_traces",
     "quickstart_study",

@@ -58,6 +58,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -480,6 +481,8 @@ _KEY_FIELDS = ("settings", "weights_fingerprint", "tokenizer_fingerprint", "trac
 
 def _read_study(out: Path) -> dict[str, Any]:
     p = out / STUDY_FILE
+    if out.is_file():  # "S1/study.json: no study.json" (H27-SRLOADFILE)
+        raise ValueError(f"{out} is a file, not a study folder: give the folder that holds it ({out.parent})")
     if not p.exists():
         raise FileNotFoundError(f"{out}: no {STUDY_FILE} (not a study folder)")
     try:
@@ -827,6 +830,19 @@ def _differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
     return diff
 
 
+def _resume_hint(have: Mapping[str, Any], diff: Sequence[str]) -> str:
+    """``"rerun with the settings it records (batch_size 32) to resume it, or "``: where only settings
+    differ (:func:`_differences`; same model, tokenizer and traces), the study resumes with its own
+    settings; the refusal offered only ``--overwrite``, which measures everything again (H27-STBATCH).
+    ``""`` otherwise."""
+    hs = have.get("settings")
+    if not diff or not isinstance(hs, Mapping) or any(" ≠ " not in d for d in diff):
+        return ""
+    keys = [d.split(" ", 1)[0] for d in diff]
+    shown = ", ".join(f"{k} {hs.get(k)!r}" for k in keys)
+    return f"rerun with the settings it records ({shown}) to resume it, or "
+
+
 #: what else a study (or the quickstart) may write into its folder: a folder without
 #: ``study.json`` holding one of these is not written into unless ``overwrite`` (they are not a study's)
 OTHER_OUTPUTS = ("traces.jsonl",)
@@ -914,8 +930,8 @@ def check_study_folder(
         )
     if diff:
         raise ValueError(
-            f"{out} holds another study (differs in {', '.join(diff)}); use another {flag_out} or {flag_ow} to "
-            "start it over"
+            f"{out} holds another study (differs in {', '.join(diff)}); {_resume_hint(have, diff)}use another "
+            f"{flag_out} or {flag_ow} to start it over"
         )
     _refuse_edited_key(out, have, flag_ow)
     if files:
@@ -956,8 +972,8 @@ def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict
     diff = _differences(have, key)
     if diff and not overwrite:
         raise ValueError(
-            f"{out} holds another study (differs in {', '.join(diff)}); use another out folder "
-            "(--out) or overwrite=True (--overwrite) to start it over"
+            f"{out} holds another study (differs in {', '.join(diff)}); {_resume_hint(have, diff)}use another "
+            "out folder (--out) or overwrite=True (--overwrite) to start it over"
         )
     if not overwrite:
         _refuse_edited_key(out, have)
@@ -1263,9 +1279,15 @@ def run_study(
     note = quantized_model_note(model)
     if note is not None:
         raise ValueError(note)
-    s = settings if settings is not None else StudySettings(**kw)
     if settings is not None and kw:
         raise TypeError(f"give settings or keywords, not both (got {sorted(kw)})")
+    if settings is not None and not isinstance(settings, StudySettings):
+        # a dict of fields gave "AttributeError: 'dict' object has no attribute 'tasks'" (H27-RSDICT)
+        raise TypeError(
+            f"settings must be a StudySettings, got {type(settings).__name__}; give the fields as keywords "
+            "(run_study(model, data, out, bits=3, ...)) or StudySettings(**fields)"
+        )
+    s = settings if settings is not None else StudySettings(**kw)
     out = Path(out)
     for t in s.tasks:
         if get_task(t).needs_data:
@@ -1618,35 +1640,80 @@ REUSE_DIR = "reuse"
 def _commands(
     out: Path, ref: str, data: str, s: StudySettings, folders: Mapping[str, str], alloc: BitAllocation
 ) -> list[str]:
+    """The ``lrm-interp`` commands that reproduce the study and each of its files, shell-quoted
+    (``shlex.join``: a path with a space was split in two when pasted, H27-QUOTE)."""
     o = str(out)
-    sym = " --symmetric" if s.symmetric else ""
-    grid = f"--bits {s.bits} --group-size {s.group_size or 0}{sym}"
+    original, compressed = f"{o}/{folders['original']}", f"{o}/{folders['compressed']}"
+    sym = ["--symmetric"] if s.symmetric else []
+    grid = ["--bits", s.bits, "--group-size", s.group_size or 0, *sym]
     d = StudySettings()
-    study = "".join(
+    study: list[Any] = []
+    if s.tasks:
+        study += ["--tasks", *s.tasks, "--per-task", s.per_task]
+    if s.task_data:
+        study += ["--task-data", s.task_data]
+    if s.group_size != d.group_size and s.group_size:
+        study += ["--group-size", s.group_size]
+    study += sym
+    for flag, value, default in [
+        ("--budget", s.budget, d.budget),
+        ("--max-new-tokens", s.max_new_tokens, d.max_new_tokens),
+        ("--batch-size", s.batch_size, d.batch_size),
+    ]:
+        if value != default:
+            study += [flag, value]
+    if not s.require_think:
+        study.append("--no-require-think")
+    if s.resamples != d.resamples and not s.tasks:
+        study += ["--resamples", s.resamples]
+    commands: list[list[Any]] = [
+        ["study", "--model", ref, "--data", data, "--bits", s.bits, *study, "--out", o],
+        ["attribute", "--model", ref, "--data", data, "--out", original],
         [
-            f" --tasks {' '.join(s.tasks)} --per-task {s.per_task}" if s.tasks else "",
-            f" --task-data {s.task_data}" if s.task_data else "",
-            f" --group-size {s.group_size}" if s.group_size != d.group_size and s.group_size else "",
-            sym,
-            f" --budget {s.budget}" if s.budget != d.budget else "",
-            f" --max-new-tokens {s.max_new_tokens}" if s.max_new_tokens != d.max_new_tokens else "",
-            f" --batch-size {s.batch_size}" if s.batch_size != d.batch_size else "",
-            " --no-require-think" if not s.require_think else "",
-            f" --resamples {s.resamples}" if s.resamples != d.resamples and not s.tasks else "",
-        ]
-    )
-    return [
-        f"lrm-interp study --model {ref} --data {data} --bits {s.bits}{study} --out {o}",
-        f"lrm-interp attribute --model {ref} --data {data} --out {o}/{folders['original']}",
-        f"lrm-interp protect --scores {o}/{folders['original']} --model {ref} --data {data} --saliency {SALIENCY} "
-        f"--budget {s.budget} {grid} --out {o}/{REUSE_DIR}/masks.safetensors --overwrite",
-        f"lrm-interp quantize --model {ref} {grid} --masks {o}/masks.safetensors --out {o}/model_rtn{s.bits}_protected",
-        f"lrm-interp bits --model {ref} --scores {o}/{folders['original']} --budget {alloc.budget_bpw!r} "
-        f"--group-size {s.group_size or 0}{' --symmetric' if s.symmetric else ''} --out {o}/{REUSE_DIR}/bits.json "
-        "--overwrite",
-        f"lrm-interp compare --original {o}/{folders['original']} --compressed {o}/{folders['compressed']} "
-        f"--out {o}/{REUSE_DIR} --overwrite",
+            "protect",
+            "--scores",
+            original,
+            "--model",
+            ref,
+            "--data",
+            data,
+            "--saliency",
+            SALIENCY,
+            "--budget",
+            s.budget,
+            *grid,
+            "--out",
+            f"{o}/{REUSE_DIR}/masks.safetensors",
+            "--overwrite",
+        ],
+        [
+            "quantize",
+            "--model",
+            ref,
+            *grid,
+            "--masks",
+            f"{o}/masks.safetensors",
+            "--out",
+            f"{o}/model_rtn{s.bits}_protected",
+        ],
+        [
+            "bits",
+            "--model",
+            ref,
+            "--scores",
+            original,
+            "--budget",
+            repr(alloc.budget_bpw),
+            "--group-size",
+            s.group_size or 0,
+            *sym,
+            "--out",
+            f"{o}/{REUSE_DIR}/bits.json",
+            "--overwrite",
+        ],
+        ["compare", "--original", original, "--compressed", compressed, "--out", f"{o}/{REUSE_DIR}", "--overwrite"],
     ]
+    return [shlex.join(["lrm-interp", *map(str, c)]) for c in commands]
 
 
 __all__ = [

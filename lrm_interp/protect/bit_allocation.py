@@ -823,8 +823,11 @@ def uniform_allocation(
 ) -> BitAllocation:
     """Every module at ``bits`` (the baseline of the same bit width everywhere); ``model``: the
     model it is for (a module or its record, :attr:`BitAllocation.model`), ``None``: unrecorded.
-    ``sites``: a non-empty list of Site; ``bits``: 2..8 or 16 (``"3"`` was read as 3, H15-USS)."""
+    ``sites``: a non-empty list of Site; ``bits``: 2..8 or 16 (``"3"`` was read as 3, H15-USS);
+    ``group_size``: positive or ``None`` (per channel; :func:`~lrm_interp.compress.quant.grid.check_group_size`:
+    0 was a ``ZeroDivisionError``, -4 a refusal of the bpw it gave, H27-BPWNEG)."""
     sites = check_site_list(sites, "uniform_allocation")  # 'mlp', [] failed deep inside (H15-USS/FSZ)
+    group_size = check_group_size(group_size)
     try:
         n = KEPT if not isinstance(bits, bool) and bits == KEPT else check_bits(bits)
     except ValueError:

@@ -37,14 +37,14 @@ import numpy as np
 import torch
 
 from lrm_interp._io import CHECKSUM_KEY, ChecksumError, read_safetensors, refuse_result_file, write_safetensors
-from lrm_interp.checks import refuse_string, shown_value
+from lrm_interp.checks import check_int, refuse_string, shown_value
 from lrm_interp.compress.quant.apply import (  # the grid rule lives with the quantizer that warns (H14-MGP)
     GRID_FREE_SALIENCIES as GRID_FREE_SALIENCIES,
 )
-from lrm_interp.compress.quant.apply import GRID_KEYS, recorded_grid
+from lrm_interp.compress.quant.apply import GRID_KEYS, masks_argument, recorded_grid
 from lrm_interp.compress.quant.apply import grid_mismatch as grid_mismatch
 from lrm_interp.compress.quant.apply import masks_grid as masks_grid
-from lrm_interp.compress.quant.grid import check_bits
+from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.masks import MaskSet, ProtectionMask
 
@@ -231,13 +231,25 @@ def quantized_site_bits(
 ) -> tuple[int, int]:
     """Storage of one site quantized to ``bits``: ``(code bits, scale/zero bits)`` — ``bits`` per
     weight, and per group (``group_size`` inputs of one row; ``None``: one per row) a
-    ``param_bits`` scale plus, asymmetric, a ``param_bits`` zero-point."""
+    ``param_bits`` scale plus, asymmetric, a ``param_bits`` zero-point. ``group_size`` must be
+    positive or ``None`` (:func:`~lrm_interp.compress.quant.grid.check_group_size`; the CLI's
+    ``--group-size 0`` is ``None``): -4 and 2.5 gave a cost, 0 a ``ZeroDivisionError`` (H27-BPWNEG)."""
+    group_size = check_group_size(group_size)
     groups = site.out_features * (1 if group_size is None else -(-site.in_features // group_size))
     return bits * site.n_weights, param_bits * (1 if symmetric else 2) * groups
 
 
+def _check_bits_of(name: str, v: object, what: str) -> int:
+    """``v`` if it is an integer >= 1 (``what``: what it counts), else ``ValueError`` naming
+    :func:`bits_per_weight`, ``name`` and ``what``."""
+    try:
+        return check_int(name, v, min=1)
+    except ValueError:
+        raise ValueError(f"bits_per_weight: {name} ({what}) must be an integer >= 1, got {shown_value(v)}") from None
+
+
 def bits_per_weight(
-    masks: Mapping[str, ProtectionMask],
+    masks: Mapping[str, ProtectionMask] | tuple[Mapping[str, ProtectionMask], Mapping[str, Any]],
     sites: Sequence[Site],
     *,
     bits: int,
@@ -252,9 +264,18 @@ def bits_per_weight(
     Returns per-weight contributions ``code_bits``, ``scale_bits``, ``value_bits``,
     ``index_bits`` (summing to ``bpw``), ``base_bits`` (= ``bits``), ``protected_fraction``,
     ``full_fraction`` (whole modules kept) and ``encodings`` ``{site: encoding}``.
+
+    ``masks``: ``{site name: mask}`` or the ``(masks, extra)`` pair :func:`load_masks` returns (taken
+    apart as ``quantize_model_`` does; it failed with "unhashable type: 'MaskSet'", H27-BPWZERO).
+    Checked before any work: ``bits`` (2..8), ``group_size`` (positive or ``None``),
+    ``value_bits`` and ``param_bits`` (integers >= 1; ``value_bits=0`` gave a cost, H27-BPWNEG).
     """
+    masks = masks_argument(masks) or {}  # the pair load_masks returns, as quantize_model_ takes it
     sites = check_site_list(sites, "bits_per_weight", empty=True)
     bits = check_bits(bits)  # "3" failed deep inside with "unsupported operand type(s)" (H15-BPS)
+    group_size = check_group_size(group_size)  # -4 / 2.5 gave a cost, 0 a ZeroDivisionError (H27-BPWNEG)
+    value_bits = _check_bits_of("value_bits", value_bits, "the bits of each kept weight, 16 = FP16")
+    param_bits = _check_bits_of("param_bits", param_bits, "the bits of each group scale / zero-point, 16 = FP16")
     n_total = sum(s.n_weights for s in sites)
     if n_total == 0:
         raise ValueError("bits_per_weight: no weights in the given sites")

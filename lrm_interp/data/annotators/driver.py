@@ -41,7 +41,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from lrm_interp._io import atomic_write_text, iter_jsonl, lone_surrogate, refuse_other_result_folder, refuse_result_file
+from lrm_interp._io import (
+    ANNOTATION_CACHE_KIND,
+    atomic_write_text,
+    iter_jsonl,
+    lone_surrogate,
+    refuse_other_result_folder,
+    refuse_result_file,
+)
 from lrm_interp.checks import shown_value
 from lrm_interp.data.annotators.base import (
     Annotator,
@@ -66,9 +73,10 @@ from lrm_interp.endpoint import EndpointUnreachable
 CACHE_FORMAT = "lrm_interp.annotation_cache/2"
 #: the cache entries of earlier versions: written without a digest, annotated again (the cache only saves work)
 OLD_CACHE_FORMATS = ("lrm_interp.annotation_cache/1",)
-#: the kind of the per-trace cache folder for the result checks: a kind no result has, so every result
-#: folder (and the shipped assets, an attribution's ``partial/``) is refused as ``cache_dir``
-ANNOTATION_CACHE = "annotation cache"
+#: the kind of the per-trace cache folder for the result checks (``_io.finished_result`` knows it by
+#: its entries): every other result folder (and the shipped assets, an attribution's ``partial/``) is
+#: refused as ``cache_dir``, and every other writer refuses a cache folder (H27-CACHEIN)
+ANNOTATION_CACHE = ANNOTATION_CACHE_KIND
 #: Report note of a response without ``</think>`` (its whole text was annotated as thinking).
 NO_THINK_END_NOTE = "no </think> in the response: the whole response was annotated as its thinking part"
 
