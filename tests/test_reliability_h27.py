@@ -18,6 +18,7 @@ import pytest
 import torch
 from cli_run import TINY_STUDY, copied, err_line, folder_files, run_cli, tiny_study, toy_attribution
 
+from lrm_interp._io import plain_mode
 from lrm_interp.compress.quant.grid import fit_params
 from lrm_interp.compress.quant.rtn import rtn_quantize
 from lrm_interp.experiments.study import StudyResult, run_study
@@ -98,6 +99,8 @@ def test_quickstart_never_replaces_an_edited_tiny_model(tmp_path):
     out = tmp_path / "QS"
     run = dict(n_traces=3, tiny=True, n_eval=0, progress=False)
     quickstart_study(out, **run)
+    # H27-PERM: the tiny model's files have plain modes (transformers writes model.safetensors 0600)
+    assert {f.stat().st_mode & 0o777 for f in (out / "tiny_model").iterdir()} == {plain_mode()}
     quickstart_study(out, **run)  # an unedited folder resumes
     config = out / "tiny_model" / "config.json"
     doc = json.loads(config.read_text(encoding="utf-8"))

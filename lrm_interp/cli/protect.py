@@ -512,12 +512,13 @@ def _refuse_foreign_files(out: Path) -> None:
 def _write_quantized(model, tok, rep, masks, a: argparse.Namespace, group_size: int | None, out: Path) -> None:
     """Checkpoint, tokenizer, provenance record and ``lrm_interp_quantization.json`` into ``out``."""
     from lrm_interp._io import atomic_write_text
-    from lrm_interp.model.provenance import save_record
+    from lrm_interp.model.provenance import plain_permissions, save_record, with_record_checksum
     from lrm_interp.model.sites import find_sites
     from lrm_interp.protect.encoding import bits_per_weight
 
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    with plain_permissions(out):  # save_pretrained leaves model.safetensors at 0600 (H27-PERM)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
     save_record(model, out)  # the compression record next to the checkpoint (lrm_interp_provenance.json)
     info = rep.to_dict() | {
         "bits_per_weight": bits_per_weight(
@@ -534,7 +535,8 @@ def _write_quantized(model, tok, rep, masks, a: argparse.Namespace, group_size: 
         "files": sorted({p.name for p in out.iterdir()} | {"lrm_interp_quantization.json"}),
     }
     info.pop("sites", None)
-    atomic_write_text(out / "lrm_interp_quantization.json", json.dumps(info, indent=2))
+    # with its record_sha256: an edited record is refused where it is read (H27-QREC)
+    atomic_write_text(out / "lrm_interp_quantization.json", json.dumps(with_record_checksum(info), indent=2))
 
 
 def register(sub) -> None:

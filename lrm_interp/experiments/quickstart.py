@@ -264,8 +264,11 @@ def quickstart_study(
         check_study_folder(out, settings, overwrite, key=study_key(model, tok, settings, traces), also=("tiny_model",))
         check_quickstart_model(out, model, tok, overwrite)  # an edited tiny_model/ is not replaced (H27-QSMODEL)
         out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(ref)
-        tok.save_pretrained(ref)
+        from lrm_interp.model.provenance import plain_permissions
+
+        with plain_permissions(ref):  # transformers leaves model.safetensors at 0600 (H27-PERM)
+            model.save_pretrained(ref)
+            tok.save_pretrained(ref)
     else:
         from lrm_interp.toy import load_toy_model
 

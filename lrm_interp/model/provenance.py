@@ -28,15 +28,18 @@ Fingerprints are BLAKE2b-128 digests of content, streamed tensor by tensor in ch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lrm_interp._io import atomic_write_text, dtype_to_str
+from lrm_interp._io import atomic_write_text, dtype_to_str, plain_mode
 
 PROVENANCE_FILE = "lrm_interp_provenance.json"
 CHUNK_ELEMENTS = 1 << 24  # 16 Mi elements per hashed chunk (64 MiB in fp32)
@@ -193,24 +196,100 @@ def record_compression(model: torch.nn.Module, kind: str, **info: Any) -> None:
     _set(model, replace(rec, compression=rec.compression + (step,), weights_sample=weights_sample(model)))
 
 
+#: the key of a model folder record's own digest (:func:`record_checksum`): ``lrm-interp quantize``
+#: writes it into :data:`PROVENANCE_FILE` and ``lrm_interp_quantization.json`` (H27-QREC)
+RECORD_CHECKSUM = "record_sha256"
+
+
+def record_checksum(record: dict[str, Any]) -> str:
+    """SHA-256 of a record (a JSON object) without its :data:`RECORD_CHECKSUM` entry, as canonical JSON
+    (sorted keys, compact separators) of its JSON round trip: the value written under that key."""
+    body = _jsonable({k: v for k, v in record.items() if k != RECORD_CHECKSUM})
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def with_record_checksum(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with its :data:`RECORD_CHECKSUM` (:func:`record_checksum`) added, to be written as JSON."""
+    return {**{k: v for k, v in record.items() if k != RECORD_CHECKSUM}, RECORD_CHECKSUM: record_checksum(record)}
+
+
+class EditedRecordError(ValueError):
+    """A model folder's record file no longer matches the :data:`RECORD_CHECKSUM` it was written with."""
+
+
+def check_record_checksum(path: str | Path, record: Any) -> None:
+    """Refuse (:class:`EditedRecordError`) ``record``, read from ``path``, when it holds a
+    :data:`RECORD_CHECKSUM` that does not match it: a hand edit (``"bits": 3`` made ``2``) was believed
+    by the loader, ``bench run``'s ``run.json``, ``quantize --requantize`` and the study's message
+    (H27-QREC). A record without the key (written before it) is taken as it is."""
+    if isinstance(record, dict) and RECORD_CHECKSUM in record and record[RECORD_CHECKSUM] != record_checksum(record):
+        raise EditedRecordError(
+            f"{path} was edited since 'lrm-interp quantize' wrote it (it does not match its {RECORD_CHECKSUM}): "
+            "restore it, or run quantize again"
+        )
+
+
+def check_saved_records(directory: str | Path) -> None:
+    """Refuse (:func:`check_record_checksum`) an edited :data:`PROVENANCE_FILE` or
+    ``lrm_interp_quantization.json`` in a model folder; one that cannot be read as JSON is left to
+    its reader."""
+    from lrm_interp._io import QUANTIZE_RECORD
+
+    for name in (PROVENANCE_FILE, QUANTIZE_RECORD):
+        p = Path(directory) / name
+        if p.is_file():
+            check_record_checksum(p, _json_object(p))
+
+
 def save_record(model: torch.nn.Module, directory: str | Path) -> Path | None:
-    """Write the record next to a saved checkpoint (nothing when the record is empty)."""
+    """Write the record next to a saved checkpoint (nothing when the record is empty), with its
+    :data:`RECORD_CHECKSUM` (:func:`record_checksum`)."""
     rec = model_record(model)
     if rec == ModelRecord():
         return None
     p = Path(directory) / PROVENANCE_FILE
-    atomic_write_text(p, json.dumps(rec.to_dict(), indent=2))
+    atomic_write_text(p, json.dumps(with_record_checksum(rec.to_dict()), indent=2))
     return p
 
 
 def load_record(model: torch.nn.Module, directory: str | Path) -> None:
-    """Attach the record saved in ``directory`` (if any) to a freshly loaded model."""
+    """Attach the record saved in ``directory`` (if any) to a freshly loaded model. An edited record
+    file of the folder (:func:`check_saved_records`) raises :class:`EditedRecordError`."""
+    check_saved_records(directory)
     p = Path(directory) / PROVENANCE_FILE
     if p.exists():
         try:
             _set(model, ModelRecord.from_dict(json.loads(p.read_text(encoding="utf-8"))))
         except (json.JSONDecodeError, AttributeError, TypeError) as e:
             raise ValueError(f"{p}: unreadable provenance record ({e})") from e
+
+
+@contextlib.contextmanager
+def plain_permissions(folder: str | Path) -> Iterator[Path]:
+    """Around ``model.save_pretrained(folder)`` (and the tokenizer's): every regular file the block
+    wrote into ``folder`` (new, or rewritten: another inode, size or mtime) gets the permissions of a
+    plain ``open(path, "w")`` (:func:`lrm_interp._io.plain_mode`, ``0o666 & ~umask``). transformers 5's
+    shard writer leaves ``model.safetensors`` at 0600 (H27-PERM). Files the block did not touch, links
+    and subfolders are left as they are. Yields ``folder`` as a ``Path``."""
+    d = Path(folder)
+
+    def files() -> dict[str, tuple[int, int, int]]:
+        if not d.is_dir():
+            return {}
+        out = {}
+        for e in os.scandir(d):
+            if e.is_file(follow_symlinks=False):
+                st = e.stat(follow_symlinks=False)
+                out[e.name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+        return out
+
+    before = files()
+    yield d
+    mode = plain_mode()
+    for name, key in files().items():
+        if before.get(name) != key:
+            os.chmod(d / name, mode)
 
 
 def _jsonable(d: Any) -> Any:
@@ -464,13 +543,15 @@ def quantized_folder_note(model: Any, why: str) -> str | None:
     file of ``lrm-interp quantize`` or by its provenance record (:data:`PROVENANCE_FILE`, the
     compression steps ``save_quantized`` writes) — one sentence: the folder, the file and what it
     says, then ``why`` (what the caller would get wrong), then "give the original model (its
-    source)"; else ``None``. Read before the model loads (H7-QM1, H12-QQ)."""
+    source)"; else ``None``. Read before the model loads (H7-QM1, H12-QQ). An edited record file
+    raises :class:`EditedRecordError` (:func:`check_saved_records`; H27-QREC)."""
     from lrm_interp._io import QUANTIZE_RECORD
 
     if not isinstance(model, (str, Path)):
         return None
     folder = Path(model).expanduser()
     rec, prov = folder / QUANTIZE_RECORD, folder / PROVENANCE_FILE
+    check_saved_records(folder)  # an edited record is refused, not quoted (H27-QREC)
     if rec.is_file():
         info = _json_object(rec)
         what = ", ".join(
@@ -569,6 +650,13 @@ __all__ = [
     "record_compression",
     "save_record",
     "load_record",
+    "RECORD_CHECKSUM",
+    "record_checksum",
+    "with_record_checksum",
+    "check_record_checksum",
+    "check_saved_records",
+    "EditedRecordError",
+    "plain_permissions",
     "weights_fingerprint",
     "tokenizer_fingerprint",
     "config_fingerprint",

@@ -535,12 +535,15 @@ def save_adapter(model, directory: str | Path) -> Path:
     """The peft adapter of ``model`` with its LoRA factors in fp16 (the shipped delta format)."""
     from safetensors.torch import save_file
 
+    from lrm_interp.model.provenance import plain_permissions
+
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(d)
-    path = d / "adapter_model.safetensors"
-    sd = import_peft().get_peft_model_state_dict(model)
-    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}, str(path))
+    with plain_permissions(d):  # plain file modes, whatever the writers leave (H27-PERM)
+        model.save_pretrained(d)
+        path = d / "adapter_model.safetensors"
+        sd = import_peft().get_peft_model_state_dict(model)
+        save_file({k: v.detach().to(torch.float16).contiguous() for k, v in sd.items()}, str(path))
     return d
 
 

@@ -226,9 +226,12 @@ def _evaluate_and_save(
             print(f"RTN {key}", log["rtn_accuracy"][key], flush=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.to("cpu").to(torch.float32).save_pretrained(out)
-    tok.save_pretrained(out)
     from lrm_interp._io import atomic_write_text
+    from lrm_interp.model.provenance import plain_permissions
+
+    with plain_permissions(out):  # save_pretrained leaves model.safetensors at 0600 (H27-PERM)
+        model.to("cpu").to(torch.float32).save_pretrained(out)
+        tok.save_pretrained(out)
 
     atomic_write_text(out / TRAINING_LOG, json.dumps(log, indent=1))
     return log
