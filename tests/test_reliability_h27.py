@@ -169,7 +169,7 @@ def test_a_study_with_other_settings_is_offered_its_own_settings_to_resume(study
     with pytest.raises(ValueError) as e:
         run_study(model, traces, out, tokenizer=tok, **{**TINY_STUDY, "bits": 4})
     assert (
-        "holds another study (differs in bits 3 ≠ 4); rerun with the settings it records (bits 3) to resume it, "
+        "holds another study (differs in bits 3 ≠ 4); rerun with the settings it records (--bits 3) to resume it, "
         "or use another " in str(e.value)
     )
     other = list(traces)[:-1]  # other traces: no resume to offer

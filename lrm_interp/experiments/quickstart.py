@@ -131,8 +131,15 @@ def check_quickstart_model(out: str | Path, model: Any, tokenizer: Any, overwrit
     and ``tokenizer`` save now. A rerun saves the generated tiny model again, so an edited copy was
     replaced with no word (H27-QSMODEL; ``traces.jsonl`` is checked by
     :func:`check_quickstart_traces`). Nothing with ``overwrite`` or without a ``tiny_model/``; a file
-    missing from it is written again, a file of the user's own beside them is kept."""
+    missing from it is written again, a file of the user's own beside them is kept. A ``tiny_model``
+    that is a link is refused, ``overwrite`` or not (H28-QSLINK)."""
     ref = Path(out) / "tiny_model"
+    if ref.is_symlink():  # --overwrite saved the tiny model through it, into a user's folder (H28-QSLINK)
+        raise ValueError(
+            f"{ref} is a link to {os.path.realpath(ref)}: the quickstart writes its tiny model only into a folder "
+            "of its own, not even with overwrite=True (--overwrite); remove the link (the folder it points to is "
+            "kept), or choose another out folder (--out)"
+        )
     if overwrite or not ref.is_dir():
         return
     with tempfile.TemporaryDirectory(prefix="lrm_interp_tiny_") as tmp:

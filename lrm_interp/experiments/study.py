@@ -839,8 +839,24 @@ def _resume_hint(have: Mapping[str, Any], diff: Sequence[str]) -> str:
     if not diff or not isinstance(hs, Mapping) or any(" ≠ " not in d for d in diff):
         return ""
     keys = [d.split(" ", 1)[0] for d in diff]
-    shown = ", ".join(f"{k} {hs.get(k)!r}" for k in keys)
+    shown = ", ".join(_study_flag(k, hs.get(k)) for k in keys)
     return f"rerun with the settings it records ({shown}) to resume it, or "
+
+
+def _study_flag(key: str, value: Any) -> str:
+    """How ``lrm-interp study`` gives the setting ``key`` its ``value``: ``"--batch-size 32"``,
+    ``"without --symmetric"``; the field and value (``"seed 0"``) where no flag sets it. The hint
+    named only the Python field ("symmetric False", H28-STHINT)."""
+    flag = f"--{key.replace('_', '-')}"
+    if key == "symmetric":
+        return flag if value else f"without {flag}"
+    if key == "require_think":
+        return "without --no-require-think" if value else "--no-require-think"
+    if key in ("seed", "problem_seed") or value is None:
+        return f"{key} {value!r}"
+    if isinstance(value, (list, tuple)):
+        return f"{flag} {' '.join(map(str, value))}" if value else f"without {flag}"
+    return f"{flag} {value}"
 
 
 #: what else a study (or the quickstart) may write into its folder: a folder without
@@ -1713,7 +1729,28 @@ def _commands(
         ],
         ["compare", "--original", original, "--compressed", compressed, "--out", f"{o}/{REUSE_DIR}", "--overwrite"],
     ]
-    return [shlex.join(["lrm-interp", *map(str, c)]) for c in commands]
+    return [shlex.join(["lrm-interp", *_glued([str(x) for x in c])]) for c in commands]
+
+
+#: the options of :func:`_commands` whose value is a path or model name, which may begin with ``-``
+_PATH_FLAGS = frozenset(
+    {"--model", "--data", "--out", "--scores", "--masks", "--original", "--compressed", "--task-data"}
+)
+
+
+def _glued(args: list[str]) -> list[str]:
+    """``args`` with a path option and its value joined as ``--out=-S2`` where the value begins with
+    ``-``: argparse took ``--data -dash.jsonl`` for a missing value (H28-QUOTEDASH)."""
+    res: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] in _PATH_FLAGS and i + 1 < len(args) and args[i + 1].startswith("-"):
+            res.append(f"{args[i]}={args[i + 1]}")
+            i += 2
+        else:
+            res.append(args[i])
+            i += 1
+    return res
 
 
 __all__ = [

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from lrm_interp._io import CHECKSUM_KEY, ChecksumError, read_safetensors, refuse_result_file, write_safetensors
-from lrm_interp.checks import check_int, refuse_string, shown_value
+from lrm_interp.checks import check_bool, check_int, refuse_string, shown_value
 from lrm_interp.compress.quant.apply import (  # the grid rule lives with the quantizer that warns (H14-MGP)
     GRID_FREE_SALIENCIES as GRID_FREE_SALIENCIES,
 )
@@ -276,6 +276,7 @@ def bits_per_weight(
     group_size = check_group_size(group_size)  # -4 / 2.5 gave a cost, 0 a ZeroDivisionError (H27-BPWNEG)
     value_bits = _check_bits_of("value_bits", value_bits, "the bits of each kept weight, 16 = FP16")
     param_bits = _check_bits_of("param_bits", param_bits, "the bits of each group scale / zero-point, 16 = FP16")
+    symmetric = check_bool("symmetric", symmetric)  # "no" is truthy: it priced a symmetric grid (H28-BPWSYM)
     n_total = sum(s.n_weights for s in sites)
     if n_total == 0:
         raise ValueError("bits_per_weight: no weights in the given sites")

@@ -1,0 +1,95 @@
+"""Hostile probe H28 (docs/reliability.md, the twenty-seventh probe):
+
+- H28-QSLINK: ``quickstart --overwrite`` whose ``tiny_model`` is a link to a user's folder saved the
+  tiny model through the link, over the user's files outside ``--out``.
+- H28-BPWSYM: ``bits_per_weight(symmetric="no")`` priced a symmetric grid (a string is truthy).
+- H28-QUOTEDASH: a printed reuse command with a path beginning with ``-`` (``--data -dash.jsonl``)
+  failed when pasted ("expected one argument").
+- H28-STHINT: the resume hint of a study refusal named Python fields ("symmetric False").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+
+import pytest
+from cli_run import TINY_STUDY, copied, folder_files, tiny_study
+
+from lrm_interp.experiments.quickstart import quickstart_study
+from lrm_interp.experiments.study import run_study
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A finished tiny study (3-bit) and its model, tokenizer and traces (tests copy the folder)."""
+    return tiny_study(tmp_path_factory.mktemp("h28") / "S")
+
+
+def test_quickstart_never_saves_its_model_through_a_link(tmp_path):
+    out = tmp_path / "QS"
+    run = dict(n_traces=3, tiny=True, n_eval=0, progress=False)
+    quickstart_study(out, **run)
+    user = tmp_path / "mine"
+    shutil.copytree(out / "tiny_model", user)
+    config = user / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "rms_norm_eps": 1e-3}))
+    shutil.rmtree(out / "tiny_model")
+    (out / "tiny_model").symlink_to(user, target_is_directory=True)
+    mine, before = folder_files(user), folder_files(out)
+    for overwrite in (False, True):
+        with pytest.raises(ValueError) as e:
+            quickstart_study(out, **run, overwrite=overwrite)
+        assert str(e.value) == (
+            f"{out / 'tiny_model'} is a link to {os.path.realpath(user)}: the quickstart writes its tiny model "
+            "only into a folder of its own, not even with overwrite=True (--overwrite); remove the link (the "
+            "folder it points to is kept), or choose another out folder (--out)"
+        )
+        assert folder_files(user) == mine and folder_files(out) == before
+
+
+def test_bits_per_weight_refuses_a_symmetric_flag_that_is_no_bool(study):
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect.encoding import bits_per_weight
+
+    sites = find_sites(study[1])
+    for bad in ("no", 1, None):
+        with pytest.raises(ValueError, match=r"^symmetric must be True or False, got "):
+            bits_per_weight({}, sites, bits=3, symmetric=bad)
+    assert bits_per_weight({}, sites, bits=3, symmetric=True)["bpw"] < bits_per_weight({}, sites, bits=3)["bpw"]
+
+
+def test_printed_commands_glue_paths_that_begin_with_a_dash(study, tmp_path, monkeypatch):
+    from lrm_interp.cli.main import build_parser
+
+    _, model, tok, traces = study
+    monkeypatch.chdir(tmp_path)
+    traces.save_jsonl(tmp_path / "-dash.jsonl")
+    run_study(model, "-dash.jsonl", "-S2", tokenizer=tok, **TINY_STUDY)
+    commands = json.loads((tmp_path / "-S2" / "study.json").read_text(encoding="utf-8"))["commands"]
+    attribute = shlex.split(commands[1])
+    assert attribute == [
+        "lrm-interp",
+        "attribute",
+        "--model",
+        "tiny",
+        "--data=-dash.jsonl",
+        "--out=-S2/attribution_fp32",
+    ]
+    a = build_parser().parse_args(attribute[1:])  # argparse reads it back (it took "-dash.jsonl" for a flag)
+    assert (str(a.data), str(a.out)) == ("-dash.jsonl", "-S2/attribution_fp32")
+    for c in commands:
+        build_parser().parse_args(shlex.split(c)[1:])
+
+
+def test_the_resume_hint_names_the_study_flags(study, tmp_path):
+    src, model, tok, traces = study
+    out = copied(src, tmp_path / "S")
+    with pytest.raises(ValueError) as e:
+        run_study(model, traces, out, tokenizer=tok, **{**TINY_STUDY, "symmetric": True, "budget": 0.05})
+    assert (
+        "(differs in budget 0.02 ≠ 0.05, symmetric False ≠ True); rerun with the settings it records "
+        "(--budget 0.02, without --symmetric) to resume it, or use another " in str(e.value)
+    ), e.value
