@@ -95,8 +95,9 @@ def test_the_sample_survives_deepcopy_device_moves_casts_and_save_load(tmp_path)
     other.load_state_dict(model.state_dict())
     load_record(other, tmp_path)
     assert [c["bits"] for c in quantization_steps(other)] == [3]
-    fresh = _tiny()  # the original weights under the quantized record: not described by it
-    load_record(fresh, tmp_path)
+    fresh = _tiny()  # the original weights under the quantized record: not described by it, refused (H28-QRSWAP)
+    with pytest.raises(ValueError, match=r"its weights are not the ones lrm_interp_provenance.json describes"):
+        load_record(fresh, tmp_path)
     assert quantization_steps(fresh) == []
     half = copy.deepcopy(model).to(torch.bfloat16)
     assert [c["bits"] for c in quantization_steps(half)] == [3]

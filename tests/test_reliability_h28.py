@@ -93,3 +93,33 @@ def test_the_resume_hint_names_the_study_flags(study, tmp_path):
         "(differs in budget 0.02 ≠ 0.05, symmetric False ≠ True); rerun with the settings it records "
         "(--budget 0.02, without --symmetric) to resume it, or use another " in str(e.value)
     ), e.value
+
+
+@pytest.mark.parametrize("swapped", ["records", "weights"])
+def test_records_of_another_quantize_result_are_refused(tmp_path, swapped):
+    """H28-QRSWAP: the (intact, checksummed) record files of a 4-bit quantize result copied into a
+    3-bit one were believed (``bench run`` recorded "rtn 4"), and so were the 3-bit records over the
+    4-bit weights: the loader saw a stale weights sample and only appended "weights changed in place"."""
+    from cli_run import run_cli
+
+    from lrm_interp.model.loading import load_model
+
+    for bits in (3, 4):
+        assert run_cli(["quantize", "--model", "toy", "--bits", bits, "--out", tmp_path / f"Q{bits}", "--quiet"]) == 0
+    q = copied(tmp_path / "Q3", tmp_path / "Qx")
+    names = (
+        ["lrm_interp_provenance.json", "lrm_interp_quantization.json"]
+        if swapped == "records"
+        else ["model.safetensors"]
+    )
+    for name in names:
+        shutil.copyfile(tmp_path / "Q4" / name, q / name)
+    steps = "rtn 4" if swapped == "records" else "rtn 3"
+    with pytest.raises(ValueError) as e:
+        load_model(q)
+    assert str(e.value) == (
+        f"{q}: its weights are not the ones lrm_interp_provenance.json describes ({steps}; the sample of the "
+        "weights it recorded differs): the record files or the weights were replaced since; restore them, or run "
+        "quantize again"
+    )
+    load_model(tmp_path / "Q3")  # the result as quantize wrote it loads

@@ -260,9 +260,19 @@ def load_record(model: torch.nn.Module, directory: str | Path) -> None:
     p = Path(directory) / PROVENANCE_FILE
     if p.exists():
         try:
-            _set(model, ModelRecord.from_dict(json.loads(p.read_text(encoding="utf-8"))))
+            rec = ModelRecord.from_dict(json.loads(p.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, AttributeError, TypeError) as e:
             raise ValueError(f"{p}: unreadable provenance record ({e})") from e
+        if rec.weights_sample is not None and rec.current() and _stale(rec.weights_sample, weights_sample(model)):
+            # the records of another quantize result, or other weights, were believed (a
+            # "weights changed in place" step made them look current, H28-QRSWAP)
+            steps = ", ".join(f"{c.get('method', c.get('kind'))} {c.get('bits', '')}".strip() for c in rec.current())
+            raise ValueError(
+                f"{Path(directory)}: its weights are not the ones {PROVENANCE_FILE} describes ({steps}; the sample "
+                "of the weights it recorded differs): the record files or the weights were replaced since; "
+                "restore them, or run quantize again"
+            )
+        _set(model, rec)
 
 
 @contextlib.contextmanager
