@@ -195,6 +195,14 @@ def refuse_special(path: str | os.PathLike) -> None:
     raise OSError(f"{path}: is {kind}, not a regular file: refusing to replace it; choose another path")
 
 
+def _check_replace(replace: object) -> None:
+    """``ValueError`` unless ``replace`` is ``True`` or ``False``: ``replace='no'`` is truthy, and
+    every writer built on these replaced the user's file (H28-REPLACESTR)."""
+    from lrm_interp.checks import check_bool
+
+    check_bool("replace", replace)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
 
@@ -206,7 +214,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = 
     ``replace=False``: ``path`` must not exist when the file is published (a hard link, atomic):
     a file created there meanwhile (by another run) is kept, and ``FileExistsError`` names it; one
     there from the start is refused the same way before anything is written. A folder at ``path``
-    is refused (``IsADirectoryError`` naming it) before anything is written, whatever ``replace``."""
+    is refused (``IsADirectoryError`` naming it) before anything is written, whatever ``replace``.
+    ``replace`` must be a bool (:func:`_check_replace`)."""
+    _check_replace(replace)
     path = Path(path)
     refuse_special(path)
     if path.is_dir():
@@ -322,7 +332,9 @@ def staged_file(path: str | os.PathLike, *, replace: bool) -> Iterator[Path]:
     replaces anything (a file that appeared at ``path`` meanwhile, another run's, is kept and
     ``FileExistsError`` names ``path``). The temporary file is removed whatever happens. One way for
     every single-file output of the command line to be published (H9-CC2), whichever writer makes
-    the file (``BitAllocation.save``, ``LinearAnnotator.save``, ``save_jsonl``, ...)."""
+    the file (``BitAllocation.save``, ``LinearAnnotator.save``, ``save_jsonl``, ...). ``replace`` must
+    be a bool (:func:`_check_replace`)."""
+    _check_replace(replace)
     path = Path(path)
     refuse_special(path)
     if path.is_dir():

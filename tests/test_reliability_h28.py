@@ -123,3 +123,51 @@ def test_records_of_another_quantize_result_are_refused(tmp_path, swapped):
         "quantize again"
     )
     load_model(tmp_path / "Q3")  # the result as quantize wrote it loads
+
+
+def test_writers_refuse_a_replace_flag_that_is_no_bool(tmp_path):
+    """H28-REPLACESTR: ``replace='no'`` (truthy) replaced the user's file in ``atomic_write_text``,
+    ``atomic_write_bytes``, ``save_jsonl`` and ``save_masks``."""
+    import lrm_interp as li
+    from lrm_interp.toy.tasks import generate_dataset
+
+    path = tmp_path / "mine.txt"
+    for write in (
+        lambda: li.atomic_write_text(path, "new", replace="no"),
+        lambda: li.atomic_write_bytes(path, b"new", replace="no"),
+        lambda: generate_dataset(1, seed=1).save_jsonl(path, replace="no"),
+    ):
+        path.write_text("my own file, keep it")
+        with pytest.raises(ValueError, match=r"^replace must be True or False, got 'no' \(str\)$"):
+            write()
+        assert path.read_text() == "my own file, keep it"
+
+
+def test_study_overwrite_never_deletes_what_others_put_in_its_attribution_folders(study, tmp_path):
+    """H28-STOWNEST: ``study --overwrite`` removed ``attribution_rtn3/`` whole, a user's notes and a
+    bench run written inside it included."""
+    src, model, tok, traces = study
+    out = copied(src, tmp_path / "S")
+    (out / "attribution_rtn3" / "my_notes.md").write_text("my notes")
+    before = folder_files(out)
+    with pytest.raises(ValueError) as e:
+        run_study(model, traces, out, tokenizer=tok, overwrite=True, **{**TINY_STUDY, "bits": 4})
+    assert str(e.value) == (
+        f"{out / 'attribution_rtn3'} holds files the study did not write (my_notes.md): overwrite=True "
+        "(--overwrite) removes that folder whole and would delete them; move them out, or choose another out "
+        "folder (--out)"
+    )
+    assert folder_files(out) == before
+    (out / "attribution_rtn3" / "my_notes.md").unlink()
+    run_study(model, traces, out, tokenizer=tok, overwrite=True, **{**TINY_STUDY, "bits": 4})  # its own: replaced
+
+
+def test_a_diverged_annotator_fit_is_refused(tmp_path):
+    """H28-L2NAN: ``annotate train --l2 1e39`` wrote an annotator of NaN weights (exit 0)."""
+    from cli_run import run_cli, toy_gold
+
+    gold = toy_gold(tmp_path, n=3)
+    out = tmp_path / "ann.safetensors"
+    assert run_cli(["annotate", "train", "--data", gold, "--out", out, "--folds", 0, "--l2", "1e39", "--quiet"]) == 2
+    assert not out.exists()
+    assert run_cli(["annotate", "train", "--data", gold, "--out", out, "--folds", 0, "--quiet"]) == 0

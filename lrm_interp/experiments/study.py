@@ -995,6 +995,7 @@ def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict
         _refuse_edited_key(out, have)
     if overwrite:
         folders = _own_folders(out, have)  # every entry checked before anything is removed
+        _refuse_foreign_entries(folders)  # nor anything another command or the user put in them
         for p in folders:
             if p.is_dir():
                 shutil.rmtree(p)
@@ -1008,6 +1009,31 @@ def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict
 
 #: the folders a study writes into its folder (``attribution_<dtype>``, ``attribution_rtn<bits>``)
 _OWN_FOLDER = re.compile(r"attribution_[A-Za-z0-9_]+")
+
+
+def _refuse_foreign_entries(folders: Sequence[Path]) -> None:
+    """``ValueError`` naming the first of ``folders`` (a study's attribution folders, about to be
+    removed whole by ``overwrite``) that holds an entry an attribution run does not write
+    (:data:`~lrm_interp._io.ATTRIBUTION_FILES`, its work folder ``partial/``, a writer's leftover
+    temporary file): a bench run or a user's notes inside ``attribution_rtn3/`` were deleted
+    without a word (H28-STOWNEST; ``quantize --overwrite`` refuses the same)."""
+    from lrm_interp._io import ATTRIBUTION_FILES, ATTRIBUTION_WORK, temp_file_target
+
+    own = {*ATTRIBUTION_FILES, ATTRIBUTION_WORK}
+    for p in folders:
+        if not p.is_dir():
+            continue
+        foreign = sorted(
+            e.name + ("/" if e.is_dir() else "")
+            for e in p.iterdir()
+            if e.name not in own and temp_file_target(e.name) is None
+        )
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+            raise ValueError(
+                f"{p} holds files the study did not write ({shown}): overwrite=True (--overwrite) removes that "
+                "folder whole and would delete them; move them out, or choose another out folder (--out)"
+            )
 
 
 def _own_folders(out: Path, have: Mapping[str, Any]) -> list[Path]:

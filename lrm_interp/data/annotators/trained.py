@@ -21,6 +21,7 @@ torch only, no pickle.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -203,6 +204,13 @@ def fit_rows(
     n_per = torch.bincount(y, minlength=n_labels).float()
     cw = n_per.clamp(min=1).pow(-class_balance) if class_balance else None
     loss = fit_softmax_regression(flat, offsets, y, weight, bias, steps=steps, lr=lr, l2=l2, class_weight=cw)
+    if not (bool(torch.isfinite(weight).all()) and bool(torch.isfinite(bias).all()) and math.isfinite(loss)):
+        # --l2 1e39 (beyond float32) gave an annotator of NaN weights that labelled every sentence
+        # 'initializing' (H28-L2NAN): refused, nothing is saved
+        raise ValueError(
+            f"the fit diverged (weights that are not finite numbers) with l2 {l2!r} and lr {lr!r}: use a smaller "
+            "l2 (--l2) or lr"
+        )
     return weight.detach(), bias.detach(), loss
 
 
