@@ -990,6 +990,17 @@ class EmptyPathError(ValueError, TypeError):
     older checks raised for ``""``, a ``TypeError``."""
 
 
+def refuse_file_as_folder(path: str | os.PathLike, what: str, marker: str) -> None:
+    """``ValueError`` when ``path``, given to a loader of a result folder (``what``: "a study
+    folder", which holds the file ``marker``), is a file: the loaders said "S1/study.json: no
+    study.json" or ".../attribution.json/attribution.json is missing" (H27-SRLOADFILE,
+    H28-LOADFILE). The folder holding ``path`` is named as the fix when it holds ``marker``."""
+    p = Path(path)
+    if p.is_file():
+        fix = f"give the folder that holds it ({p.parent})" if (p.parent / marker).is_file() else f"give {what}"
+        raise ValueError(f"{p} is a file, not {what}: {fix}")
+
+
 def path_argument(value: object, what: str) -> str | os.PathLike:
     """``value`` when it is a path naming something: a ``str`` or ``os.PathLike`` that is not empty
     or blank. ``""`` (an unset environment variable, ``os.environ.get("TRACES", "")``) used to be

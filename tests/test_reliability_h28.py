@@ -171,3 +171,34 @@ def test_a_diverged_annotator_fit_is_refused(tmp_path):
     assert run_cli(["annotate", "train", "--data", gold, "--out", out, "--folds", 0, "--l2", "1e39", "--quiet"]) == 2
     assert not out.exists()
     assert run_cli(["annotate", "train", "--data", gold, "--out", out, "--folds", 0, "--quiet"]) == 0
+
+
+def test_loaders_given_the_record_file_name_its_folder(study, tmp_path):
+    """H28-LOADFILE: ``Attribution.load('A/attribution.json')`` said ".../attribution.json/attribution.json
+    is missing", ``FaithfulnessResult.load`` on its json raised a raw ``NotADirectoryError``,
+    ``load_model('Q3/config.json')`` said it "does not exist"."""
+    from lrm_interp.attribution.faithfulness import FaithfulnessResult
+    from lrm_interp.attribution.results import Attribution
+    from lrm_interp.model.loading import load_model
+
+    src = study[0]
+    record = src / "attribution_fp32" / "attribution.json"
+    config = tmp_path / "M" / "config.json"
+    config.parent.mkdir()
+    config.write_text("{}")
+    faith = tmp_path / "F" / "faithfulness.json"
+    faith.parent.mkdir()
+    faith.write_text("{}")
+    for load, path, what in (
+        (Attribution.load, record, "an attribution folder"),
+        (FaithfulnessResult.load, faith, "a faithfulness folder"),
+        (load_model, config, "a model folder"),
+    ):
+        with pytest.raises(ValueError) as e:
+            load(path)
+        assert str(e.value) == f"{path} is a file, not {what}: give the folder that holds it ({path.parent})"
+    Attribution.load(record.parent)  # the folder loads
+    other = tmp_path / "notes.txt"  # a file beside no model: no folder to point at
+    other.write_text("x")
+    with pytest.raises(ValueError, match=r"notes.txt is a file, not a model folder: give a model folder$"):
+        load_model(other)

@@ -55,7 +55,15 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp import __version__
-from lrm_interp._io import atomic_write_text, check_out_dir, move_together, path_argument, publish_dir, stage_folder
+from lrm_interp._io import (
+    atomic_write_text,
+    check_out_dir,
+    move_together,
+    path_argument,
+    publish_dir,
+    refuse_file_as_folder,
+    stage_folder,
+)
 from lrm_interp.attribution.atp import (  # the real patching lives beside AtP; re-exported here
     PATCH_BATCH,
     PatchingEffects,
@@ -462,6 +470,7 @@ class FaithfulnessResult:
     def load(cls, out_dir: str | os.PathLike) -> FaithfulnessResult:
         """Read a folder written by :meth:`save`; its rows are checked against its score matrices
         (:meth:`check_rows`: ``ValueError`` naming the file for an edited or corrupt one)."""
+        refuse_file_as_folder(path_argument(out_dir, "out_dir"), "a faithfulness folder", FILES[0])  # H28-LOADFILE
         path = Path(path_argument(out_dir, "out_dir")) / FILES[0]
         return cls.from_dict(json.loads(path.read_text()), source=str(path))
 

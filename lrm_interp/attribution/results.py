@@ -42,6 +42,7 @@ from lrm_interp._io import (
     payload_checksum,
     read_safetensors,
     read_text_file,
+    refuse_file_as_folder,
     refuse_other_result_folder,
     refuse_result_file,
     write_safetensors,
@@ -632,6 +633,8 @@ class Attribution:
         a site or behaviour dropped from ``attribution.json`` by hand in a folder without checksums.
         A ``directory`` that is no path (``None``) raises ``TypeError`` saying so (H9-E2)."""
         d = Path(_folder_argument(directory, "directory"))
+        # a file said ".../attribution.json/attribution.json is missing" (H28-LOADFILE)
+        refuse_file_as_folder(d, "an attribution folder", "attribution.json")
         jpath, tpath = d / "attribution.json", d / "attribution.safetensors"
         for p in (jpath, tpath):
             if not p.exists():

@@ -74,6 +74,7 @@ from lrm_interp._io import (
     atomic_write_text,
     path_argument,
     read_safetensors,
+    refuse_file_as_folder,
     refuse_other_result_folder,
     write_safetensors,
 )
@@ -481,8 +482,7 @@ _KEY_FIELDS = ("settings", "weights_fingerprint", "tokenizer_fingerprint", "trac
 
 def _read_study(out: Path) -> dict[str, Any]:
     p = out / STUDY_FILE
-    if out.is_file():  # "S1/study.json: no study.json" (H27-SRLOADFILE)
-        raise ValueError(f"{out} is a file, not a study folder: give the folder that holds it ({out.parent})")
+    refuse_file_as_folder(out, "a study folder", STUDY_FILE)  # "S1/study.json: no study.json" (H27-SRLOADFILE)
     if not p.exists():
         raise FileNotFoundError(f"{out}: no {STUDY_FILE} (not a study folder)")
     try:

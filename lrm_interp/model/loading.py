@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import torch
 
-from lrm_interp._io import path_argument
+from lrm_interp._io import path_argument, refuse_file_as_folder
 from lrm_interp.model.provenance import load_record
 
 Loader = Callable[..., tuple[Any, Any]]
@@ -297,6 +297,9 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | str | 
         m, t = loader(dtype=dtype, device_map=device_map)
         return m, tokenizer or t
     path = Path(name).expanduser()
+    refuse_file_as_folder(
+        path, "a model folder", "config.json"
+    )  # "Q3/config.json" was said not to exist (H28-LOADFILE)
     if not path.is_dir():
         raise FileNotFoundError(
             f"model directory {path} does not exist (no hub access: pass a local "
