@@ -31,6 +31,8 @@ from typing import overload
 
 import torch
 
+from lrm_interp.checks import checked_flags
+
 _DTYPE_NAMES = {
     "fp32": "float32",
     "float32": "float32",
@@ -124,6 +126,7 @@ def new_stage(out: Path, *, beside: bool) -> Path:
     return stage
 
 
+@checked_flags
 @contextlib.contextmanager
 def stage_folder(out: str | os.PathLike, *, beside: bool) -> Iterator[Path]:
     """A new empty hidden folder to write a result's files into before they are published: beside

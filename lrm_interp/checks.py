@@ -6,7 +6,8 @@ an ``argparse`` option refuse the same values with the same words:
 - :func:`check_int` / :func:`check_float` raise ``ValueError("NAME must be DESCRIPTION, got V")``
   (bools are never numbers here; NaN and ±inf are always refused: "no limit" is ``None``);
 - :func:`check_bool` refuses anything but ``True`` / ``False`` (``"no"`` is truthy: it used to turn a
-  setting on);
+  setting on); :func:`checked_flags` applies it, before the body runs, to every parameter of a
+  function (or dataclass) annotated ``bool`` (H28-APITYPES);
 - :func:`refuse_string` refuses a string where a list is meant (iterated, ``'fp'`` is ``'f'``, ``'p'``);
 - :func:`env_flag` reads a yes/no environment variable (``LRM_INTERP_SKIP_MEMORY_CHECK``) with one
   set of spellings, and refuses any other value naming the variable;
@@ -20,11 +21,13 @@ A leaf module: it imports nothing from :mod:`lrm_interp`, so every stage may use
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import math
 import numbers
 import os
 from collections.abc import Callable, Mapping
-from typing import Literal, cast, overload
+from typing import Any, Literal, TypeVar, cast, overload
 
 _INF = float("inf")
 
@@ -47,6 +50,78 @@ def shown_value(v: object) -> str:
     if isinstance(v, numbers.Real) and not isinstance(v, bool):
         return repr(v)
     return f"{v!r} ({type(v).__name__})"
+
+
+class FlagError(ValueError, TypeError):
+    """A flag given a value that is not ``True`` / ``False``: a ``ValueError`` (what :func:`check_bool`
+    always raised) and a ``TypeError`` (its type is wrong), so callers catching either see it."""
+
+
+def check_bool(name: str, v: object) -> bool:
+    """``v`` if it is ``True`` or ``False``; else :class:`FlagError` naming ``name`` (``"no"``, ``1`` or
+    ``None`` are not: a string is truthy, so ``symmetric="no"`` used to mean symmetric, H9-CS)."""
+    if not isinstance(v, bool):
+        raise FlagError(f"{name} must be True or False, got {shown_value(v)}")
+    return v
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+#: the annotations :func:`checked_flags` reads as a flag: required, or ``None`` allowed
+_FLAG = ("bool",)
+_OPTIONAL_FLAG = ("bool|None", "None|bool", "Optional[bool]")
+
+
+def flag_parameters(fn: Callable[..., Any]) -> dict[str, tuple[int | None, bool]]:
+    """The parameters of ``fn`` annotated ``bool`` (or ``bool | None``): name -> (position among the
+    positional parameters or ``None`` for a keyword-only one, whether ``None`` is allowed). Reads the
+    annotations as written (``from __future__ import annotations`` keeps them strings)."""
+    flags: dict[str, tuple[int | None, bool]] = {}
+    positional = 0
+    for p in inspect.signature(fn).parameters.values():
+        a = p.annotation
+        text = "bool" if a is bool else a.replace(" ", "") if isinstance(a, str) else None
+        position = positional if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else None
+        if position is not None:
+            positional += 1
+        if text in _FLAG or text in _OPTIONAL_FLAG:
+            flags[p.name] = (position, text in _OPTIONAL_FLAG)
+    return flags
+
+
+def checked_flags(obj: _F) -> _F:
+    """Decorator: every parameter of the function (or of a class's ``__init__``: a dataclass)
+    annotated ``bool`` is checked with :func:`check_bool` before the body runs, so ``relative="no"``
+    (truthy) is refused instead of turning the setting on (H28-APITYPES); ``bool | None`` allows
+    ``None`` too. The message names the function::
+
+        quantization_errors: relative must be True or False, got 'no' (str)
+
+    The wrapper keeps the signature and docstring (``functools.wraps``); its flags are listed in
+    ``__checked_flags__`` (the tests walk every public callable with them)."""
+    if isinstance(obj, type):
+        obj.__init__ = checked_flags(obj.__init__)  # type: ignore[misc]
+        return obj
+    flags = flag_parameters(obj)
+    if not flags:
+        return obj
+    owner = obj.__qualname__.removesuffix(".__init__")
+
+    @functools.wraps(obj)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for name, (position, optional) in flags.items():
+            if name in kwargs:
+                v = kwargs[name]
+            elif position is not None and position < len(args):
+                v = args[position]
+            else:
+                continue
+            if not isinstance(v, bool) and not (optional and v is None):
+                allowed = "True, False or None" if optional else "True or False"
+                raise FlagError(f"{owner}: {name} must be {allowed}, got {shown_value(v)}")
+        return obj(*args, **kwargs)
+
+    wrapper.__checked_flags__ = tuple(flags)  # type: ignore[attr-defined]
+    return cast(_F, wrapper)
 
 
 def _int_ok(v: object, lo: int | None, hi: int | None) -> bool:
@@ -77,6 +152,7 @@ def check_int(
 def check_int(
     name: str, v: object, *, min: int | None = None, max: int | None = None, optional: bool
 ) -> int | None: ...
+@checked_flags
 def check_int(
     name: str, v: object, *, min: int | None = None, max: int | None = None, optional: bool = False
 ) -> int | None:
@@ -112,6 +188,7 @@ def check_float(
     max_open: bool = False,
     optional: bool,
 ) -> float | None: ...
+@checked_flags
 def check_float(
     name: str,
     v: object,
@@ -134,17 +211,10 @@ def check_float(
     return float(cast(numbers.Real, v))  # checked by _float_ok
 
 
+@checked_flags
 def check_fraction(name: str, v: object, *, zero: bool = True, one: bool = True) -> float:
     """A finite fraction in ``[0, 1]`` (``zero=False``: 0 excluded; ``one=False``: 1 excluded)."""
     return check_float(name, v, min=0.0, max=1.0, min_open=not zero, max_open=not one)
-
-
-def check_bool(name: str, v: object) -> bool:
-    """``v`` if it is ``True`` or ``False``; else ``ValueError`` naming ``name`` (``"no"``, ``1`` or
-    ``None`` are not: a string is truthy, so ``symmetric="no"`` used to mean symmetric, H9-CS)."""
-    if not isinstance(v, bool):
-        raise ValueError(f"{name} must be True or False, got {shown_value(v)}")
-    return v
 
 
 def refuse_string(name: str, v: object, what: str, fix: str | None = None) -> None:
@@ -208,6 +278,7 @@ def int_arg(min: int | None = None, max: int | None = None, *, name: str | None 
     return parse
 
 
+@checked_flags
 def float_arg(
     min: float | None = None,
     max: float | None = None,

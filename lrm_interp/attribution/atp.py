@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 
 from lrm_interp.attribution.config import MODES, SCORES, check_patch_alpha
 from lrm_interp.attribution.dom import check_finite, dom_stats_from_sums, dom_weights
-from lrm_interp.checks import check_int, refuse_string
+from lrm_interp.checks import check_int, checked_flags, refuse_string
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan, target_positions
 from lrm_interp.model.capture import Capture, MaskedSum
 from lrm_interp.model.forward import (
@@ -175,6 +175,7 @@ def _backward_grads(
     return red.sums, losses.detach().double().cpu()
 
 
+@checked_flags
 def atp_trace_stats(
     model: torch.nn.Module,
     enc: EncodedTrace,
@@ -297,6 +298,7 @@ def decoder_holds_sites(model: torch.nn.Module, sites: Sequence[Site]) -> bool:
     return all(id(get_module(model, s.name)) in inside for s in sites)
 
 
+@checked_flags
 def one_pass_trace_stats(
     model: torch.nn.Module,
     enc: EncodedTrace,
@@ -496,6 +498,7 @@ def atp_aggregate(
     return AtPResult(tuple(behaviors), tuple(s.name for s in sites), scores, n_spans, n_traces, score, n_skipped)
 
 
+@checked_flags
 def compute_atp(
     model: torch.nn.Module,
     encoded: Sequence[EncodedTrace],
@@ -666,6 +669,7 @@ def _span_effects(
     return out, float(base[0])
 
 
+@checked_flags
 def patching_effects(
     model: torch.nn.Module,
     encoded: Sequence[EncodedTrace],
@@ -840,6 +844,7 @@ def check_resolved(effects: PatchingEffects) -> None:
                 )
 
 
+@checked_flags
 def patching_trace_stats(
     model: torch.nn.Module,
     enc: EncodedTrace,

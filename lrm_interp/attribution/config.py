@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from lrm_interp._io import DTYPE_CHOICES, dtype_to_str, str_to_dtype
-from lrm_interp.checks import check_float, check_int
+from lrm_interp.checks import check_float, check_int, checked_flags, shown_value
 
 METHODS = ("attribution", "dom", "patching")
 #: methods whose score needs a span's predictable tokens (its loss L(s)): unscorable spans are left out
@@ -65,6 +65,7 @@ def _opt(default: Any, help: str, choices: Sequence[str] | None = None, **extra:
     return field(default=default, metadata=md)
 
 
+@checked_flags
 @dataclass(frozen=True)
 class AttributionConfig:
     """All settings of an attribution run (see docs/method.md for each formula).
@@ -171,6 +172,12 @@ class AttributionConfig:
                 check_behavior_label(x, where="behaviors")
             set_("behaviors", b)
         if self.sites is not None and not isinstance(self.sites, str):
+            # sites=5: "'int' object is not iterable" (H28-APITYPES)
+            if isinstance(self.sites, (Mapping, bytes)) or not isinstance(self.sites, Iterable):
+                raise ValueError(
+                    "sites must be a regex string, a non-empty list of site names, or None, "
+                    f"got {shown_value(self.sites)}"
+                )
             names = tuple(getattr(s, "name", s) for s in self.sites)
             if not names or not all(isinstance(n, str) for n in names):
                 raise ValueError("sites must be a regex string, a non-empty list of site names, or None")

@@ -75,7 +75,7 @@ from lrm_interp.attribution.resume import (
     trace_contents_fingerprint,
     trace_ids_fingerprint,
 )
-from lrm_interp.checks import env_flag
+from lrm_interp.checks import checked_flags, env_flag
 from lrm_interp.data.loading import check_dataset_argument, load_dataset
 from lrm_interp.data.tokens import EncodedTrace, encode_trace
 from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset, ReasoningTrace
@@ -90,6 +90,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
+@checked_flags
 @dataclass
 class AttributionPlan:
     """Everything :func:`attribute` needs, checked and prepared (see module docs).
@@ -448,6 +449,7 @@ def attribution_sites(model: Any, sites: Any) -> list[Site]:
     )
 
 
+@checked_flags
 def plan_attribution(
     model: Any,
     dataset: Any,
@@ -559,6 +561,7 @@ def plan_attribution(
     )
 
 
+@checked_flags
 def dom_stage(
     plan: AttributionPlan, encoded: Sequence[EncodedTrace] | None = None, *, progress: bool = True
 ) -> list[dict[str, torch.Tensor]]:
@@ -602,6 +605,7 @@ def one_pass_reason(plan: AttributionPlan) -> str | None:
     return None
 
 
+@checked_flags
 def one_pass_stage(
     plan: AttributionPlan, encoded: Sequence[EncodedTrace] | None = None, *, progress: bool = True
 ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
@@ -673,6 +677,7 @@ def _vector_keyed(
     return live, items
 
 
+@checked_flags
 def atp_stage(
     plan: AttributionPlan,
     dom: DoMResult,
@@ -714,6 +719,7 @@ def atp_stage(
     )
 
 
+@checked_flags
 def patching_stage(
     plan: AttributionPlan, dom: DoMResult, encoded: Sequence[EncodedTrace] | None = None, *, progress: bool = True
 ) -> list[dict[str, torch.Tensor]]:
@@ -784,6 +790,7 @@ def patching_path(plan: AttributionPlan) -> dict[str, Any] | None:
     }
 
 
+@checked_flags
 def finish(
     plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, torch.Tensor]] | None, *, warn: bool = True
 ) -> Attribution:
@@ -916,6 +923,7 @@ def _unresolved(stats: Sequence[dict[str, torch.Tensor]], behaviors: Sequence[st
     return out
 
 
+@checked_flags
 def attribute(
     model: Any,
     dataset: ReasoningDataset | Sequence[ReasoningTrace] | str | os.PathLike,
@@ -967,11 +975,14 @@ def attribute(
     if overwrite and out_dir is not None:
         check_overwrite_target(out_dir)
     _check_model_tokenizer(model, tokenizer)
+    if config is not None and not isinstance(config, AttributionConfig):  # a raw AttributeError (H28-APITYPES)
+        raise TypeError(
+            f"attribute: config must be an AttributionConfig, got {type(config).__name__}; give its fields as "
+            "keywords (attribute(model, data, mode='joint', ...)) or AttributionConfig(**fields)"
+        )
     cfg = config or AttributionConfig()
     if options:
-        if "sites" in options and options["sites"] is not None and not isinstance(options["sites"], str):
-            options["sites"] = tuple(getattr(s, "name", s) for s in options["sites"])
-        cfg = cfg.replace(**options)
+        cfg = cfg.replace(**options)  # sites given as Site objects: the config reads their names
     check_prefix_cache_applies(cfg)
     env_flag(SKIP_MEMORY_CHECK_ENV)  # a value that is neither yes nor no: refused before the model loads
     rank, world = distributed.context()

@@ -56,6 +56,7 @@ from lrm_interp._io import (
     temp_file_target,
     write_safetensors,
 )
+from lrm_interp.checks import checked_flags
 
 RUN_FILE = "run.json"
 #: ``format`` of a per-trace partial (older partials have none); each carries its payload's checksum.
@@ -623,6 +624,7 @@ class PartialStore:
             self._path(stage, trace_id), stats, {"format": PARTIAL_FORMAT, "key": key, RUN_META: self._key_text}
         )
 
+    @checked_flags
     def run(
         self,
         stage: str,

@@ -60,20 +60,12 @@ from lrm_interp.cli.common import (
 
 # --------------------------------------------------------------------------- attribute
 def _load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
+    from lrm_interp.model.loading import load_tokenizer
 
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        raise CliError(f"--tokenizer {path}: no tokenizer.json or tokenizer_config.json there, not a tokenizer folder")
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # transformers raises many types for an unusable folder
-        raise CliError(f"--tokenizer {path}: cannot load a tokenizer ({type(e).__name__}: {e})") from e
-    if not getattr(tok, "is_fast", False):
-        raise CliError(
-            f"--tokenizer {path}: not a fast tokenizer (character offsets, needed to map "
-            "behaviour spans to tokens, are unavailable)"
-        )
-    return tok
+        return load_tokenizer(path, "--tokenizer")
+    except ValueError as e:
+        raise CliError(str(e)) from e
 
 
 def _check_vocab(model, tok, model_name: str, tok_dir: Path) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import check_int, check_seed, shown_value
+from lrm_interp.checks import check_int, check_seed, checked_flags, shown_value
 from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.toy_tasks import generate_dataset
 from lrm_interp.model.capture import Capture, Reducer
@@ -257,6 +257,7 @@ class _Stop(Exception):
     """Raised by a forward hook once every requested site has fired (ends the forward early)."""
 
 
+@checked_flags
 def collect_hessians(
     model: torch.nn.Module,
     sites: Sequence[Site],

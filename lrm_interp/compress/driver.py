@@ -34,7 +34,7 @@ from typing import Any, Protocol, TypeVar, cast
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import check_bool
+from lrm_interp.checks import check_bool, checked_flags
 from lrm_interp.compress.calibration import HessianCalib, layer_hessians
 from lrm_interp.model.provenance import check_not_quantized, check_same_weights, model_record, record_compression
 from lrm_interp.model.sites import Site, get_module, resolve_sites
@@ -48,6 +48,7 @@ CALIBRATION_OPTIONS = ("sequential", "batch_size")
 _DONE = {"quantization": "quantized", "pruning": "pruned"}
 
 
+@checked_flags
 @dataclass(frozen=True)
 class CompressionMethod:
     """A registered algorithm.
@@ -95,6 +96,7 @@ def register_method(method: CompressionMethod) -> CompressionMethod:
     return method
 
 
+@checked_flags
 def method_names(kind: str | None = None, *, calibrated: bool | None = None, nm: bool | None = None) -> tuple[str, ...]:
     """Registered names (quantizers first, then pruners; each in registration order), filtered."""
     return tuple(
@@ -249,6 +251,7 @@ def _check_sites_given(sites: Any, done: str) -> Any:
     return sites
 
 
+@checked_flags
 def compress_model_(
     model: torch.nn.Module,
     method: str | CompressionMethod,

@@ -56,6 +56,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_write_text
+from lrm_interp.checks import checked_flags
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.evaluation.backends import Backend, GenerationSettings
 from lrm_interp.evaluation.generation import Generation
@@ -382,6 +383,7 @@ def _check_foreign(run: Path) -> None:
         )
 
 
+@checked_flags
 def run_benchmark(
     backend: Backend,
     tasks: Mapping[str, Sequence[BenchItem]],

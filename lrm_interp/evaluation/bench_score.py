@@ -37,6 +37,7 @@ from lrm_interp._io import (
     refuse_other_result_folder,
     stage_folder,
 )
+from lrm_interp.checks import checked_flags
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.data.benchmarks.tasks import TASKS, get_task, paper_average
 from lrm_interp.evaluation.bench_run import (
@@ -56,6 +57,7 @@ from lrm_interp.evaluation.output_stats import backtracking_cues, detect_collaps
 SPLITS = (0.3, 0.2)
 
 
+@checked_flags
 @dataclass(frozen=True)
 class SampleScore:
     """One graded output (``sample`` k of item ``index``)."""
@@ -512,6 +514,7 @@ def runs_without_generations(runs: Sequence[RunInfo]) -> list[RunInfo]:
     return [r for r in runs if not (Path(r.path) / GEN_FILE).exists()]
 
 
+@checked_flags
 def length_option_problem(runs: Sequence[RunInfo], *, tokenizer: bool, max_new_tokens: bool) -> str | None:
     """Why a tokenizer / ``max_new_tokens`` given for ``runs`` would be ignored (they were, without a
     word, H8-BSf), else ``None``: ``"recorded"`` when every run records its outputs' tokens and
@@ -553,6 +556,7 @@ def check_score_arguments(outputs: object, items: object) -> None:
             )
 
 
+@checked_flags
 def score_outputs(
     outputs: str | os.PathLike,
     items: Mapping[str, Sequence[BenchItem]],
@@ -890,6 +894,7 @@ class BenchScores:
                 )
         return pd.DataFrame(rows)
 
+    @checked_flags
     def write_tables(self, out_dir: str | os.PathLike, *, plots: bool = True, replace: bool = True) -> list[Path]:
         """``scores.csv`` (per output), ``summary.csv``, ``accuracy.csv``, ``collapse_points.csv``,
         ``tables.md`` (accuracy, test-time compute, collapse) and, with ``plots``,

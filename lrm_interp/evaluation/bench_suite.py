@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lrm_interp.checks import checked_flags
 from lrm_interp.compress.specs import CompressionSpec, apply_compression
 from lrm_interp.data.benchmarks import BenchItem
 from lrm_interp.evaluation.backends import GenerationSettings
@@ -161,6 +162,7 @@ def _endpoint_runs(
     return runs
 
 
+@checked_flags
 def run_suite(
     names: Sequence[str],
     items: Mapping[str, Sequence[BenchItem]],

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import check_int, refuse_string, shown_value
+from lrm_interp.checks import check_int, checked_flags, refuse_string, shown_value
 from lrm_interp.data.tokens import EncodedTrace, target_positions
 from lrm_interp.data.traces import BEHAVIORS, TARGET_BEHAVIORS
 from lrm_interp.model.forward import input_device
@@ -167,6 +167,7 @@ def check_pair(ref: Any, model: Any, encoded: Sequence[EncodedTrace], tokenizer:
         )
 
 
+@checked_flags
 @torch.no_grad()
 def divergence(
     ref,

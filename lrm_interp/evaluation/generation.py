@@ -15,9 +15,11 @@ from typing import Any, cast
 import torch
 from tqdm.auto import tqdm
 
+from lrm_interp.checks import checked_flags
 from lrm_interp.model.forward import input_device
 
 
+@checked_flags
 @torch.no_grad()
 def generate_responses(
     model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 480, batch_size: int = 64, progress: bool = False
@@ -96,6 +98,7 @@ def length_limit_warning(
     return msg + "; the compressed rows are compared against a baseline that does not answer, so no verdict is drawn"
 
 
+@checked_flags
 def generate_answers(
     model,
     tokenizer,
@@ -149,6 +152,7 @@ def chat_prompt(tokenizer, prompt: str) -> str:
     )
 
 
+@checked_flags
 def encode_prompts(tokenizer, prompts: Sequence[str], *, chat_template: bool = False) -> list[list[int]]:
     """Token ids of each prompt: plain (the tokenizer's special tokens, e.g. BOS, added: the paper
     uses no chat template) or through the chat template (which carries its own special tokens)."""
@@ -168,6 +172,7 @@ def _row_generation(tokenizer, row: torch.Tensor, eos: set[int], max_new_tokens:
     return Generation(tokenizer.decode(ids[:n], skip_special_tokens=True), n, "stop", n_prompt)
 
 
+@checked_flags
 @torch.no_grad()
 def generate_samples(
     model,

@@ -55,7 +55,7 @@ from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import Attribution
 from lrm_interp.attribution.resume import read_json_object, trace_ids_fingerprint
 from lrm_interp.attribution.stats import spearman
-from lrm_interp.checks import check_int, check_seed, shown_value
+from lrm_interp.checks import check_int, check_seed, checked_flags, shown_value
 from lrm_interp.data.annotate import (
     ANNOTATOR_NAMES,
     DEFAULT_ANNOTATOR,
@@ -522,6 +522,7 @@ def _not_in_reference(sources: Sequence[_Source], full: ReasoningDataset) -> dic
 
 
 # --------------------------------------------------------------------------- the run
+@checked_flags
 def annotation_downstream(
     model: Any,
     reference: Any,

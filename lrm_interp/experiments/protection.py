@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import Attribution
-from lrm_interp.checks import check_bool, check_fraction, check_int, refuse_string, shown_value
+from lrm_interp.checks import check_bool, check_fraction, check_int, checked_flags, refuse_string, shown_value
 from lrm_interp.compress.calibration import CalibData, calibration_ids, layer_hessians
 from lrm_interp.compress.quant import quantize_model_
 from lrm_interp.compress.quant.guided import gradient_weighted_hessians, guided_transform
@@ -68,6 +68,7 @@ MIXED_CHOICES = (2, 3, 4, 8, 16)
 MIXED_SENSITIVITIES = ("attribution", "hessian", "none")
 
 
+@checked_flags
 @dataclass(frozen=True)
 class ExperimentSettings:
     """What one run measures (all of it is checked against an existing ``settings.json``).
@@ -182,6 +183,7 @@ class ProtectionPlanner:
     #: the inputs :meth:`with_quantizer` shares (none of them depends on the quantizer)
     SHARED = ("sites", "calib", "attribution_dataset", "attribution", "encoded", "behaviors", "guided_hessians")
 
+    @checked_flags
     def __init__(
         self,
         model: torch.nn.Module,

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_save_figure, atomic_write_text, iter_jsonl
 from lrm_interp.attribution.resume import read_json_object
-from lrm_interp.checks import shown_value
+from lrm_interp.checks import checked_flags, shown_value
 from lrm_interp.evaluation.generation import count_at_limit, length_limit_warning
 from lrm_interp.evaluation.intervals import wilson_interval
 from lrm_interp.evaluation.paired import PairedComparison, compare_outcomes
@@ -678,6 +678,7 @@ EXPERIMENT_REQUANTIZED = (
 )
 
 
+@checked_flags
 def run_protection_experiment(
     out: str | Path,
     settings: ExperimentSettings | None = None,

@@ -82,7 +82,7 @@ from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.pipeline import SKIP_MEMORY_CHECK_ENV, attribute, attribution_sites
 from lrm_interp.attribution.results import Attribution, ImportanceShift, comparability, compare
 from lrm_interp.attribution.resume import result_identity_sha256
-from lrm_interp.checks import check_fraction, check_int, check_seed, env_flag, shown_value
+from lrm_interp.checks import check_fraction, check_int, check_seed, checked_flags, env_flag, shown_value
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.benchmarks import find_task_file, get_task, load, task_names
 from lrm_interp.data.benchmarks.items import BenchItem
@@ -147,6 +147,7 @@ CHECKSUMMED = (
 READ_BACK = ("bits.json", "masks.safetensors")
 
 
+@checked_flags
 @dataclass(frozen=True)
 class StudySettings:
     """What one study measures (checked against an existing ``study.json`` before any work).
@@ -384,6 +385,7 @@ class StudyResult:
         return box(repr(self), html_table(["variant", "bits/weight", m, "95% CI", "recovered"], rows))
 
     # ------------------------------------------------------------------ files
+    @checked_flags
     def save(self, out: str | Path | None = None, *, overwrite: bool = False) -> Path:
         """Write ``study.json``, ``outcomes.safetensors`` and ``results.csv`` into ``out``
         (default: :attr:`out_dir`); returns the folder.
@@ -887,6 +889,7 @@ def quantized_model_note(model: Any) -> str | None:
     )
 
 
+@checked_flags
 def check_study_folder(
     out: str | Path,
     settings: StudySettings,
@@ -1135,6 +1138,7 @@ def study_items(settings: StudySettings, model: torch.nn.Module | None = None) -
     return [items[i] for i in range(max(len(x) for x in per)) for items in per if i < len(items)]
 
 
+@checked_flags
 def measure_accuracy(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -1195,6 +1199,7 @@ def generation_order(items: Sequence[BenchItem], tokenizer: Any, answer_chars: t
     return sorted(range(len(items)), key=lambda j: (chars[j], prompt[j]))
 
 
+@checked_flags
 def measure_kl(
     reference: torch.nn.Module, model: torch.nn.Module, encoded: Sequence[Any], *, progress: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1289,6 +1294,7 @@ def check_budget_weights(budget: float, sites: Sequence[Site]) -> None:
         )
 
 
+@checked_flags
 def run_study(
     model: Any,
     data: Any,

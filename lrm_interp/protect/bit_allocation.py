@@ -38,7 +38,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ from lrm_interp._io import (
     refuse_result_file,
     strip_bom,
 )
-from lrm_interp.checks import check_bool, check_float, check_int, shown_value
+from lrm_interp.checks import check_bool, check_float, check_int, checked_flags, shown_value
 from lrm_interp.compress.quant.grid import MAX_BITS, MIN_BITS, check_bits, check_group_size
 from lrm_interp.model.provenance import (
     check_not_quantized,
@@ -119,6 +119,7 @@ _READ_ONLY = (
 )
 
 
+@checked_flags
 @dataclass(frozen=True)
 class BitAllocation:
     """Bits of every quantized module (16 = kept in FP16) and what they cost.
@@ -210,6 +211,7 @@ class BitAllocation:
             "bits_digest": _bits_digest(self.__dict__),
         }
 
+    @checked_flags
     def save(self, path: str | Path, *, own: str | None = None, replace: bool = True) -> Path:
         """JSON file (atomic write). A ``path`` that is one of the files of a finished result of an
         ``lrm-interp`` command (``SC/bits.json`` of a study, ``A/attribution.json``), or lies inside
@@ -478,6 +480,10 @@ class SiteErrors(dict):
 
 def check_choices(choices: Sequence[int]) -> list[int]:
     """The sorted distinct bit widths of ``choices`` if each is 2..8 or 16 (:data:`KEPT`), else ``ValueError``."""
+    if isinstance(choices, (str, bytes, Mapping)) or not isinstance(choices, Iterable):  # a raw error (H28-APITYPES)
+        raise TypeError(
+            f"choices must be a list of bit widths (2..8 or {KEPT}, e.g. [2, 3, 4]), got {shown_value(choices)}"
+        )
     out = set()
     for b in choices:
         try:
@@ -489,6 +495,7 @@ def check_choices(choices: Sequence[int]) -> list[int]:
     return sorted(out)
 
 
+@checked_flags
 def site_cost(site: Site, bits: int, *, group_size: int | None = 128, symmetric: bool = False) -> int:
     """Storage bits of ``site`` at ``bits`` (``16``: the FP16 weights, nothing else)."""
     if bits == KEPT:
@@ -497,6 +504,7 @@ def site_cost(site: Site, bits: int, *, group_size: int | None = 128, symmetric:
     return code + params
 
 
+@checked_flags
 def allocation_bpw(
     bits: Mapping[str, int], sites: Sequence[Site], *, group_size: int | None = 128, symmetric: bool = False
 ) -> float:
@@ -505,6 +513,7 @@ def allocation_bpw(
     return sum(site_cost(s, bits[s.name], group_size=group_size, symmetric=symmetric) for s in sites) / n
 
 
+@checked_flags
 @torch.no_grad()
 def quantization_errors(
     model: torch.nn.Module,
@@ -531,6 +540,10 @@ def quantization_errors(
     ``requantize=True`` measures it all the same (errors of a second grid on the first)."""
     from lrm_interp.compress.quant.rtn import rtn_quantize
 
+    sites = check_site_list(
+        sites, "quantization_errors"
+    )  # quantization_errors(model, sites, 3): raw errors (H28-APITYPES)
+    choices = check_choices(choices)
     if not check_bool("requantize", requantize):
         check_not_quantized(
             model,
@@ -561,6 +574,7 @@ def hessian_sensitivity(hessians: Mapping[str, torch.Tensor]) -> dict[str, float
     return {k: float(torch.diagonal(H).mean()) for k, H in hessians.items()}
 
 
+@checked_flags
 def allocate_bits(
     sites: Sequence[Site],
     errors: Mapping[str, Mapping[int, float]],
@@ -818,6 +832,7 @@ def with_bits(
     )
 
 
+@checked_flags
 def uniform_allocation(
     sites: Sequence[Site], bits: int, *, group_size: int | None = 128, symmetric: bool = False, model: Any = None
 ) -> BitAllocation:
@@ -849,6 +864,7 @@ def uniform_allocation(
     )
 
 
+@checked_flags
 def quantize_allocation_(
     model: torch.nn.Module,
     alloc: BitAllocation,
@@ -904,6 +920,7 @@ def quantize_allocation_(
     return reports
 
 
+@checked_flags
 def check_allocation(model: torch.nn.Module, alloc: BitAllocation, *, partial: bool = False) -> None:
     """Refuse to apply ``alloc`` to ``model`` (:func:`quantize_allocation_`'s checks): another model's
     weights fingerprint, sites ``model`` lacks (``ValueError``), a ``bpw`` its bits do not give

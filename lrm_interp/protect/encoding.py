@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from lrm_interp._io import CHECKSUM_KEY, ChecksumError, read_safetensors, refuse_result_file, write_safetensors
-from lrm_interp.checks import check_bool, check_int, refuse_string, shown_value
+from lrm_interp.checks import check_bool, check_int, checked_flags, refuse_string, shown_value
 from lrm_interp.compress.quant.apply import (  # the grid rule lives with the quantizer that warns (H14-MGP)
     GRID_FREE_SALIENCIES as GRID_FREE_SALIENCIES,
 )
@@ -248,6 +248,7 @@ def _check_bits_of(name: str, v: object, what: str) -> int:
         raise ValueError(f"bits_per_weight: {name} ({what}) must be an integer >= 1, got {shown_value(v)}") from None
 
 
+@checked_flags
 def bits_per_weight(
     masks: Mapping[str, ProtectionMask] | tuple[Mapping[str, ProtectionMask], Mapping[str, Any]],
     sites: Sequence[Site],
@@ -388,6 +389,7 @@ def _with_grid(metadata: Mapping[str, Any] | None, grid: Any) -> dict[str, Any] 
     return {**meta, **{k: grid[k] for k in GRID_KEYS if k in grid}}
 
 
+@checked_flags
 def save_masks(
     masks: Mapping[str, ProtectionMask],
     path: str | Path,

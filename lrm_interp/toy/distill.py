@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import check_float, check_int
+from lrm_interp.checks import check_float, check_int, checked_flags
 from lrm_interp.data.toy_tasks import FAMILIES, TRAIN_SEED_BASE, World, build_world, generate_trace
 from lrm_interp.model.reasoner import RECIPE_FILE, import_peft
 
@@ -53,6 +53,7 @@ CHECKPOINT_DIR, STATE_FILE, ADAPTER_DIR = "checkpoint", "state.json", "adapter"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+@checked_flags
 @dataclass(frozen=True)
 class DistillConfig:
     """Settings of one distillation run (all recorded; a resumed run must match them).
@@ -400,6 +401,7 @@ def check_run_folder(out_dir: str | Path) -> None:
     )
 
 
+@checked_flags
 def distill_reasoner(
     out_dir: str | Path,
     cfg: DistillConfig = DistillConfig(),

@@ -8,7 +8,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 
-from lrm_interp.checks import check_int
+from lrm_interp.checks import check_int, checked_flags
 from lrm_interp.data.toy_tasks import Problem, extract_answer
 from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace
 from lrm_interp.evaluation.generation import check_token_ids, count_at_limit, generate_responses
@@ -21,6 +21,7 @@ class LengthLimitWarning(UserWarning):
     H7-E1) or evaluate during training ignore it."""
 
 
+@checked_flags
 def evaluate(
     model,
     tokenizer,
@@ -116,6 +117,7 @@ def _as_problem(x) -> Problem:
     return Problem(x.id, md["dataset"], x.prompt, str(md["gold_answer"]))
 
 
+@checked_flags
 def collect_traces(
     model,
     tokenizer,

@@ -49,7 +49,7 @@ from lrm_interp._io import (
     refuse_other_result_folder,
     refuse_result_file,
 )
-from lrm_interp.checks import shown_value
+from lrm_interp.checks import checked_flags, shown_value
 from lrm_interp.data.annotators.base import (
     Annotator,
     SentenceLabeller,
@@ -81,6 +81,7 @@ ANNOTATION_CACHE = ANNOTATION_CACHE_KIND
 NO_THINK_END_NOTE = "no </think> in the response: the whole response was annotated as its thinking part"
 
 
+@checked_flags
 def load_outputs(
     path: str | os.PathLike, *, progress: bool = False, max_response_chars: int | None = None
 ) -> ReasoningDataset:
@@ -302,6 +303,7 @@ def _refuse_entries_not_files(cache: Path, fp: str, traces: Sequence[ReasoningTr
             )
 
 
+@checked_flags
 def annotate_dataset(
     traces: ReasoningDataset | Sequence[ReasoningTrace],
     annotator: Annotator,

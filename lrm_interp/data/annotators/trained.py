@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from lrm_interp._io import read_safetensors, refuse_result_file, write_safetensors
-from lrm_interp.checks import check_float, check_int, check_seed
+from lrm_interp.checks import check_float, check_int, check_seed, checked_flags
 from lrm_interp.data.annotators.agreement import annotation_agreement
 from lrm_interp.data.annotators.base import annotate_response, thinking_part
 from lrm_interp.data.annotators.r1 import R1RuleAnnotator
@@ -356,6 +356,7 @@ class LinearAnnotator:
         return cls(tensors["weight"], tensors["bias"], tuple(json.loads(meta["labels"])), json.loads(meta["info"]))
 
 
+@checked_flags
 def cross_validate(
     dataset: ReasoningDataset | Sequence[ReasoningTrace],
     *,

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lrm_interp.checks import checked_flags
 from lrm_interp.data.benchmarks import grading
 from lrm_interp.data.benchmarks.items import BenchItem, BenchmarkFormatError, Grade
 from lrm_interp.data.benchmarks.readers import SUFFIXES, field_value, read_records, text_value
@@ -47,6 +48,7 @@ from lrm_interp.data.prompts import aime_prompt, folio_prompt, musique_prompt, t
 TOY_N, TOY_SEED = 30, 2
 
 
+@checked_flags
 @dataclass(frozen=True)
 class Task:
     """One benchmark. ``metric``: ``"accuracy"`` or ``"em_f1"``; ``files``: file stems looked
@@ -410,6 +412,7 @@ def load(
     return items if limit is None else items[:limit]
 
 
+@checked_flags
 def grade(task: str | Task, item: BenchItem, text: str, *, require_think: bool = True) -> Grade:
     """Grade one output ``text`` (the response after the prompt) of ``item``; see :mod:`.grading`."""
     t = task if isinstance(task, Task) else get_task(task)

@@ -1,0 +1,156 @@
+"""The session after the twenty-seventh hostile probe: what it left open (H28-APITYPES,
+H28-BENCHNEST) and what the twenty-eighth probe found (H29-…); docs/reliability.md."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import lrm_interp
+from lrm_interp.checks import FlagError, flag_parameters
+
+
+def _public_callables() -> Iterator[tuple[str, Callable[..., Any], Any]]:
+    """Every function, method and class ``__init__`` named in a module's ``__all__`` (the command
+    line's modules aside: argparse checks its flags), once: (qualified name, callable, owner class
+    or ``None``)."""
+    seen: set[tuple[str, str]] = set()
+    for info in pkgutil.walk_packages(lrm_interp.__path__, "lrm_interp."):
+        if ".cli" in info.name or info.name.endswith(("__main__", "vllm_worker")):
+            continue
+        module = importlib.import_module(info.name)
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name, None)
+            if inspect.isfunction(obj):
+                items: list[tuple[Any, Any]] = [(obj, None)]
+            elif inspect.isclass(obj) and obj.__module__.startswith("lrm_interp"):
+                items = []
+                for member_name, member in vars(obj).items():
+                    if member_name.startswith("_") and member_name != "__init__":
+                        continue
+                    fn = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
+                    if inspect.isfunction(fn):
+                        items.append((fn, obj))
+            else:
+                continue
+            for fn, owner in items:
+                key = (fn.__module__, fn.__qualname__)
+                if key not in seen and fn.__module__.startswith("lrm_interp"):
+                    seen.add(key)
+                    yield f"{fn.__module__}.{fn.__qualname__}", fn, owner
+
+
+def _flag_cases() -> list[tuple[str, Callable[..., Any], Any, str]]:
+    return [(q, fn, owner, flag) for q, fn, owner in _public_callables() for flag in flag_parameters(fn)]
+
+
+FLAG_CASES = _flag_cases()
+
+
+def test_the_walk_finds_the_public_flags() -> None:
+    names = {(q.rsplit(".", 1)[-1] if "__init__" not in q else q.rsplit(".", 2)[-2], f) for q, _, _, f in FLAG_CASES}
+    # the ones the probe named, and a dataclass field
+    for expected in [
+        ("attribute", "progress"),
+        ("quantize_model_", "keep_tensors"),
+        ("quantization_errors", "relative"),
+        ("bits_per_weight", "symmetric"),
+        ("BitAllocation", "symmetric"),
+        ("save", "overwrite"),
+    ]:
+        assert expected in names, expected
+    assert len(FLAG_CASES) > 120
+
+
+@pytest.mark.parametrize(("qualname", "fn", "owner", "flag"), FLAG_CASES, ids=[f"{c[0]}:{c[3]}" for c in FLAG_CASES])
+def test_every_public_flag_refuses_a_value_that_is_no_bool(qualname: str, fn: Any, owner: Any, flag: str) -> None:
+    """H28-APITYPES: ``progress='no'``, ``keep_tensors='no'``, ``relative='no'`` (truthy) used to turn
+    the setting on. Every parameter annotated ``bool`` of every public callable refuses such a
+    value before its body runs (the other arguments here are ``None``: no body could run on them)."""
+    params = list(inspect.signature(fn).parameters.values())
+    flags = flag_parameters(fn)
+    kwargs: dict[str, Any] = {}
+    for p in params:
+        if p.name in ("self", "cls") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name == flag:
+            kwargs[p.name] = "no"
+        elif p.default is inspect.Parameter.empty:
+            kwargs[p.name] = True if p.name in flags else None
+    if fn.__name__ == "__init__":
+        call: Callable[..., Any] = lambda: owner(**kwargs)  # noqa: E731
+    elif owner is not None and isinstance(inspect.getattr_static(owner, fn.__name__), classmethod):
+        call = lambda: getattr(owner, fn.__name__)(**kwargs)  # noqa: E731
+    elif owner is not None and not isinstance(inspect.getattr_static(owner, fn.__name__), staticmethod):
+        call = lambda: getattr(owner, fn.__name__)(None, **kwargs)  # noqa: E731
+    else:
+        call = lambda: getattr(importlib.import_module(fn.__module__), fn.__name__)(**kwargs)  # noqa: E731
+        if owner is not None:
+            call = lambda: getattr(owner, fn.__name__)(**kwargs)  # noqa: E731
+    with pytest.raises(FlagError, match=rf"\b{flag} must be True(, False or None| or False), got 'no' \(str\)"):
+        call()
+
+
+@pytest.fixture(scope="module")
+def toy() -> tuple[Any, Any, Any]:
+    """The shipped toy model, its tokenizer and a few gold toy traces."""
+    from lrm_interp.data.traces import ReasoningDataset
+    from lrm_interp.toy import load_toy_model
+    from lrm_interp.toy.tasks import generate_dataset
+
+    model, tok = load_toy_model()
+    return model, tok, ReasoningDataset(list(generate_dataset(1, seed=4242))[:2])
+
+
+def test_attribute_refuses_a_config_that_is_no_attribution_config(toy: Any) -> None:
+    """H28-APITYPES: ``attribute(config={...})`` raised "'dict' object has no attribute ..."."""
+    model, tok, data = toy
+    with pytest.raises(TypeError, match=r"config must be an AttributionConfig, got dict; give its fields as keywords"):
+        lrm_interp.attribute(model, data, tokenizer=tok, config={"mode": "joint"}, progress=False)
+
+
+@pytest.mark.parametrize("sites", [5, 2.5, {"model.layers.0.mlp.up_proj": 1}, b"mlp"])
+def test_attribute_refuses_sites_that_are_no_list_or_pattern(toy: Any, sites: Any) -> None:
+    """H28-APITYPES: ``attribute(sites=5)`` said "'int' object is not iterable"."""
+    model, tok, data = toy
+    with pytest.raises(ValueError, match=r"sites must be a regex string, a non-empty list of site names, or None, got"):
+        lrm_interp.attribute(model, data, tokenizer=tok, sites=sites, progress=False)
+
+
+def test_attribute_loads_a_tokenizer_given_as_its_folder(toy: Any, tmp_path: Any) -> None:
+    """H28-APITYPES: ``attribute(model, data, tokenizer='<folder>')`` said "str is not a fast
+    tokenizer"; the folder is loaded (the same scores as with the object), and a folder without a
+    tokenizer is named."""
+    model, tok, data = toy
+    tok.save_pretrained(tmp_path / "tok")
+    kw = dict(sites="mlp", progress=False)
+    by_object = lrm_interp.attribute(model, data, tokenizer=tok, **kw)
+    by_folder = lrm_interp.attribute(model, data, tokenizer=str(tmp_path / "tok"), **kw)
+    assert by_folder.sites == by_object.sites and len(by_object.sites) > 0
+    assert (by_folder.scores == by_object.scores).all()
+    fingerprint = [r.provenance["model"]["tokenizer"]["fingerprint"] for r in (by_object, by_folder)]
+    assert fingerprint[0] == fingerprint[1]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"tokenizer .*empty: no tokenizer.json or tokenizer_config.json there"):
+        lrm_interp.attribute(model, data, tokenizer=tmp_path / "empty", **kw)
+
+
+def test_quantization_errors_refuses_bits_given_as_one_number(toy: Any) -> None:
+    """H28-APITYPES: ``quantization_errors(model, sites, 3)`` said "'int' object is not iterable",
+    sites given as a pattern "'str' object has no attribute 'name'"; the list form still works."""
+    model, _, _ = toy
+    sites = lrm_interp.find_sites(model, pattern="mlp")
+    with pytest.raises(
+        TypeError, match=r"choices must be a list of bit widths \(2..8 or 16, e.g. \[2, 3, 4\]\), got 3"
+    ):
+        lrm_interp.quantization_errors(model, sites, 3)
+    with pytest.raises(TypeError, match=r"sites must be a list of Site .*find_sites\(model, pattern='mlp'\)"):
+        lrm_interp.quantization_errors(model, "mlp", [3])
+    errors = lrm_interp.quantization_errors(model, sites, [4, 3, 3])
+    assert set(errors) == {s.name for s in sites}
+    assert all(set(e) == {3, 4} and e[3] > e[4] > 0 for e in errors.values())
