@@ -154,3 +154,47 @@ def test_quantization_errors_refuses_bits_given_as_one_number(toy: Any) -> None:
     errors = lrm_interp.quantization_errors(model, sites, [4, 3, 3])
     assert set(errors) == {s.name for s in sites}
     assert all(set(e) == {3, 4} and e[3] > e[4] > 0 for e in errors.values())
+
+
+BENCH = ["bench", "run", "--model", "toy", "--tasks", "math", "--per-family", 1, "--max-new-tokens", 4, "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def bench_runs(tmp_path_factory: Any) -> Any:
+    """A finished ``bench run --out B`` (the run folder ``B/toy``) and a ``quantize`` result ``Q3``."""
+    from cli_run import run_cli
+
+    root = tmp_path_factory.mktemp("h29bench")
+    assert run_cli([*BENCH, "--out", root / "B"]) == 0
+    assert run_cli(["quantize", "--model", "toy", "--bits", 3, "--out", root / "Q3"]) == 0
+    return root
+
+
+@pytest.mark.parametrize(
+    ("out", "where"), [("B/toy", "is"), ("B/toy/outputs", "lies inside"), ("B/toy/new", "lies inside")]
+)
+def test_bench_run_never_writes_a_run_into_another_run(
+    bench_runs: Any, tmp_path: Any, capsys: Any, out: str, where: str
+) -> None:
+    """H28-BENCHNEST: ``bench run --out B/toy/outputs`` wrote a run folder ``toy`` into the other
+    run's outputs (exit 0), where ``bench score --outputs B`` took it for one of its tasks. Refused
+    now, by the command and by ``run_suite``, with the folder that holds the runs named; nothing is
+    written. ``B`` itself (the resume) and a new folder beside another result's files (``Q3/bench``)
+    stay free."""
+    from cli_run import copied, err_line, folder_files, run_cli
+
+    from lrm_interp.evaluation.bench_suite import check_runs_folder
+
+    root = copied(bench_runs, tmp_path / "r")
+    before = folder_files(root)
+    assert run_cli([*BENCH, "--out", root / out]) == 2
+    msg = err_line(capsys)
+    assert f"--out {root / out} {where} {root / 'B' / 'toy'}, one model's run folder of a bench run" in msg
+    assert f"run folders never nest; give the folder that holds the runs ({root / 'B'})" in msg
+    with pytest.raises(ValueError, match=r"out .* one model's run folder of a bench run"):
+        check_runs_folder(root / out)
+    assert folder_files(root) == before and not (root / out / "toy").exists()
+    assert run_cli([*BENCH, "--out", root / "B"]) == 0  # the resume: nothing left to generate
+    assert folder_files(root) == before
+    assert run_cli([*BENCH, "--out", root / "Q3" / "bench"]) == 0
+    assert (root / "Q3" / "bench" / "toy" / "run.json").is_file()

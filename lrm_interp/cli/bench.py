@@ -239,6 +239,12 @@ def cmd_run(a: argparse.Namespace) -> int:
     # GenerationSettings (the generation flags): all before a model is loaded or a file written
     _refuse_scores_in_run_folder(a.out)  # before check_paths' "another command's result": the way out
     check_paths({"--out": a.out}, dirs=True, own="bench run")  # a folder that can be written, before anything loads
+    from lrm_interp.evaluation.bench_suite import check_runs_folder
+
+    try:  # a run folder inside another run's folder (B/toy/outputs, H28-BENCHNEST)
+        check_runs_folder(a.out, "--out")
+    except ValueError as e:
+        raise CliError(str(e)) from None
     settings = dataclass_from_args(GenerationSettings, a)
     group_size = group_size_arg(DEFAULT_GROUP_SIZE if a.group_size is None else a.group_size)
     try:

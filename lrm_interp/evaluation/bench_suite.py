@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lrm_interp._io import OtherResultError, finished_result, refuse_other_result_folder
 from lrm_interp.checks import checked_flags
 from lrm_interp.compress.specs import CompressionSpec, apply_compression
 from lrm_interp.data.benchmarks import BenchItem
@@ -191,6 +192,7 @@ def run_suite(
     for a model whose fact table differs from the items', and
     :class:`lrm_interp.endpoint.EndpointError` naming what was kept when an endpoint fails.
     """
+    check_runs_folder(out)  # inside another result, or inside a run folder: refused before anything (H28-BENCHNEST)
     out = Path(out)
     run_folders(names, cfg.specs)  # two runs into one folder: refused before any model is loaded
     if cfg.backend == "openai":
@@ -267,8 +269,30 @@ def _add_base(run_dir: Path, base: str) -> None:
         atomic_write_text(p, run_record_text(meta))
 
 
+def check_runs_folder(out: str | Path, what: str = "out") -> None:
+    """:class:`~lrm_interp._io.OtherResultError` (a ``ValueError``) when ``out``, the folder a bench
+    run writes one run folder per model into, is or lies inside one model's run folder of a finished
+    bench run (``B/toy``, ``B/toy/outputs``: the run was written into the other run's outputs and
+    scored as one of its tasks, H28-BENCHNEST): run folders never nest, the folder that holds them
+    is named as the fix. Also the Python writers' rule (:func:`~lrm_interp._io.refuse_other_result_folder`):
+    never into another command's result (``A`` of ``attribute``) or one of its files or folders. A new
+    folder beside another result's own files (``Q3/bench``) is free, as for every writer."""
+    p = Path(out).expanduser().resolve()
+    for folder in (p, *p.parents):
+        res = finished_result(folder)
+        if res is not None and res.kind == "bench run":
+            where = "is" if folder == p else "lies inside"
+            raise OtherResultError(
+                f"{what} {out} {where} {folder}, one model's run folder of a bench run (its run.json): run folders "
+                f"never nest; give the folder that holds the runs ({folder.parent}) to add or resume a run there, "
+                "or another folder"
+            )
+    refuse_other_result_folder(out, "bench run", what)
+
+
 __all__ = [
     "run_suite",
+    "check_runs_folder",
     "run_folders",
     "SuiteConfig",
     "VLLMOptions",
