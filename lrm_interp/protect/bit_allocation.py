@@ -54,7 +54,7 @@ from lrm_interp._io import (
     refuse_result_file,
     strip_bom,
 )
-from lrm_interp.checks import check_bool, check_float, check_int, checked_flags, shown_value
+from lrm_interp.checks import FlagError, check_bool, check_float, check_int, checked_flags, shown_value
 from lrm_interp.compress.quant.grid import MAX_BITS, MIN_BITS, check_bits, check_group_size
 from lrm_interp.model.provenance import (
     check_not_quantized,
@@ -260,17 +260,20 @@ class BitAllocation:
                 "writing this format records the model it was computed for, so it was removed and the file "
                 "cannot be checked against a model; compute it again (lrm-interp bits --model ...)"
             )
-        alloc = cls(
-            d["bits"],
-            d["bpw"],
-            d["budget_bpw"],
-            d["sensitivity"],
-            d["group_size"],
-            d["symmetric"],
-            d.get("provenance", {}),
-            d.get("model"),  # checked when present, whatever the format (a /1 file's was dropped, H11-B1M)
-            source=str(p),
-        )
+        try:  # checked_flags checks the flags before __post_init__, which names the file: named here
+            alloc = cls(
+                d["bits"],
+                d["bpw"],
+                d["budget_bpw"],
+                d["sensitivity"],
+                d["group_size"],
+                d["symmetric"],
+                d.get("provenance", {}),
+                d.get("model"),  # checked when present, whatever the format (a /1 file's was dropped, H11-B1M)
+                source=str(p),
+            )
+        except FlagError as e:
+            raise FlagError(f"{p}: {e}") from None
         _check_file_digest(p, d, alloc)
         return _stamped(alloc)
 
