@@ -318,7 +318,7 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | str | 
         return m, tokenizer or t
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     kw: dict[str, Any] = {}
     if dtype is not None:
@@ -334,37 +334,34 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | str | 
     check_loading_info(m, info, path)
     m.eval()
     load_record(m, path)
-    tok = tokenizer
-    if tok is None:
-        try:
-            tok = AutoTokenizer.from_pretrained(path)
-        except Exception as e:  # transformers raises several types for a missing tokenizer
-            raise ValueError(f"{path} holds no loadable tokenizer ({type(e).__name__}: {e}); pass tokenizer=...") from e
-        if not getattr(tok, "is_fast", False):
-            raise ValueError(
-                f"the tokenizer in {path} is not a fast tokenizer: character offsets "
-                "(needed to map behaviour spans to tokens) are unavailable"
-            )
-    return m, tok
+    return m, tokenizer if tokenizer is not None else _fast_tokenizer(
+        path, f"model folder {path}", "; pass tokenizer=..."
+    )
 
 
 def load_tokenizer(path: str | os.PathLike, what: str = "tokenizer") -> Any:
     """The fast tokenizer saved in the local folder ``path``; ``ValueError`` naming ``what`` (the
     argument: ``"tokenizer"``, ``"--tokenizer"``) and the folder when it holds none, cannot be
     loaded, or is a slow tokenizer (its character offsets map behaviour spans to tokens)."""
-    from transformers import AutoTokenizer
-
     folder = Path(path_argument(path, what)).expanduser()
     if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         raise ValueError(f"{what} {folder}: no tokenizer.json or tokenizer_config.json there, not a tokenizer folder")
+    return _fast_tokenizer(folder, f"{what} {folder}")
+
+
+def _fast_tokenizer(folder: Path, named: str, fix: str = "") -> Any:
+    """``AutoTokenizer.from_pretrained(folder)`` if it loads a fast tokenizer, else ``ValueError``
+    beginning with ``named`` (``"--tokenizer T"``, ``"model folder M"``) and ending with ``fix``."""
+    from transformers import AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(folder)
     except Exception as e:  # transformers raises many types for an unusable folder
-        raise ValueError(f"{what} {folder}: cannot load a tokenizer ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{named}: cannot load a tokenizer ({type(e).__name__}: {e}){fix}") from e
     if not getattr(tok, "is_fast", False):
         raise ValueError(
-            f"{what} {folder}: not a fast tokenizer (character offsets, needed to map "
-            "behaviour spans to tokens, are unavailable)"
+            f"{named}: not a fast tokenizer (character offsets, needed to map behaviour spans to tokens, "
+            f"are unavailable){fix}"
         )
     return tok
 
