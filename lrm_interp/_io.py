@@ -62,6 +62,7 @@ def current_umask() -> int:
     return mask
 
 
+@checked_flags
 def plain_mode(*, folder: bool = False) -> int:
     """Permission bits a plain ``open(path, "w")`` (``0o666 & ~umask``) or ``os.mkdir``
     (``0o777 & ~umask``, ``folder=True``) gives a new file or folder. ``mkstemp`` / ``mkdtemp``
@@ -115,6 +116,7 @@ def _failed_serialization(e: BaseException) -> OSError | None:
     return OSError(code, f"{os.strerror(code)} (while writing a safetensors file)")
 
 
+@checked_flags
 def new_stage(out: Path, *, beside: bool) -> Path:
     """A new empty hidden folder for the tables: beside ``out`` (to become ``out``) or inside it (to
     move the files from), with the permissions of a plain ``mkdir``."""
@@ -206,6 +208,7 @@ def _check_replace(replace: object) -> None:
     check_bool("replace", replace)
 
 
+@checked_flags
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
 
@@ -304,6 +307,7 @@ def _publish_new(tmp: str | os.PathLike, path: Path) -> None:
     os.unlink(tmp)
 
 
+@checked_flags
 def atomic_write_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> None:
     """UTF-8 text version of :func:`atomic_write_bytes` (low-level and unchecked: the library's
     result writers write their own files with it; ``lrm_interp.atomic_write_text`` is
@@ -311,6 +315,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, replace: bool = Tru
     atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
 
 
+@checked_flags
 def checked_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:
     """:func:`atomic_write_bytes` for user code (exported as ``lrm_interp.atomic_write_bytes``):
     a ``path`` that is one of the files of a finished result of an ``lrm-interp`` command
@@ -321,12 +326,14 @@ def checked_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool =
     atomic_write_bytes(path, data, replace=replace)
 
 
+@checked_flags
 def checked_write_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> None:
     """UTF-8 text version of :func:`checked_write_bytes` (exported as ``lrm_interp.atomic_write_text``)."""
     refuse_result_file(path)
     atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
 
 
+@checked_flags
 @contextlib.contextmanager
 def staged_file(path: str | os.PathLike, *, replace: bool) -> Iterator[Path]:
     """A new temporary path beside ``path`` (``.NAME.x1y2z3w4.tmp``) for any writer to write the file
@@ -958,6 +965,7 @@ class ResultConflict:
         return f"is a file of {self.result}"
 
 
+@checked_flags
 def result_conflict(path: str | os.PathLike, own: str | None = None, *, slot_ok: bool = False) -> ResultConflict | None:
     """Why writing ``path`` would change a finished result of another command, or ``None``: the one
     rule of the command line's output checks (``lrm_interp.cli.common.refuse_other_results``) and of
@@ -1341,6 +1349,7 @@ def check_out_folder(out: str | os.PathLike, what: str = "out_dir", *, own: str 
     return Path(out)
 
 
+@checked_flags
 def check_out_dir(
     out: str | os.PathLike,
     *,
@@ -1450,6 +1459,7 @@ def check_writable(out: str | os.PathLike, flag: str = "--out") -> None:
     os.rmdir(tmp)
 
 
+@checked_flags
 def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike, *, replace: bool | None = None) -> Path:
     """Move the finished folder ``tmp`` to ``out`` (replacing ``out`` if present) with renames only,
     so ``out`` is either the old folder or the whole new one, never a mix.
@@ -1568,6 +1578,7 @@ def payload_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str])
     return h.hexdigest()
 
 
+@checked_flags
 def write_safetensors(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, replace: bool = True
 ) -> Path:

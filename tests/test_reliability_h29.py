@@ -16,16 +16,23 @@ from lrm_interp.checks import FlagError, flag_parameters
 
 
 def _public_callables() -> Iterator[tuple[str, Callable[..., Any], Any]]:
-    """Every function, method and class ``__init__`` named in a module's ``__all__`` (the command
-    line's modules aside: argparse checks its flags), once: (qualified name, callable, owner class
-    or ``None``)."""
+    """Every public function, method and class ``__init__`` of the package, once: the names of
+    ``lrm_interp.__all__`` and every name without a leading ``_`` that a module defines (the
+    command line's modules aside: argparse checks their flags): (qualified name, callable, owner
+    class or ``None``)."""
     seen: set[tuple[str, str]] = set()
+    modules = [lrm_interp]
     for info in pkgutil.walk_packages(lrm_interp.__path__, "lrm_interp."):
-        if ".cli" in info.name or info.name.endswith(("__main__", "vllm_worker")):
-            continue
-        module = importlib.import_module(info.name)
-        for name in getattr(module, "__all__", ()):
-            obj = getattr(module, name, None)
+        if ".cli" not in info.name and not info.name.endswith(("__main__", "vllm_worker")):
+            modules.append(importlib.import_module(info.name))
+    for module in modules:
+        if module is lrm_interp:
+            named = [(name, getattr(lrm_interp, name)) for name in lrm_interp.__all__]
+        else:
+            named = [(n, o) for n, o in vars(module).items() if getattr(o, "__module__", None) == module.__name__]
+        for name, obj in named:
+            if name.startswith("_"):
+                continue
             if inspect.isfunction(obj):
                 items: list[tuple[Any, Any]] = [(obj, None)]
             elif inspect.isclass(obj) and obj.__module__.startswith("lrm_interp"):
@@ -62,9 +69,13 @@ def test_the_walk_finds_the_public_flags() -> None:
         ("bits_per_weight", "symmetric"),
         ("BitAllocation", "symmetric"),
         ("save", "overwrite"),
+        ("save_jsonl", "replace"),
+        ("find_sites", "include_lm_head"),
+        ("quantized_site_bits", "symmetric"),
+        ("publish_dir", "replace"),
     ]:
         assert expected in names, expected
-    assert len(FLAG_CASES) > 120
+    assert len(FLAG_CASES) > 200
 
 
 @pytest.mark.parametrize(("qualname", "fn", "owner", "flag"), FLAG_CASES, ids=[f"{c[0]}:{c[3]}" for c in FLAG_CASES])

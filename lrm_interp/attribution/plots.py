@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from lrm_interp.checks import checked_flags
+
 
 def pyplot():
     """``matplotlib.pyplot``, switched to the headless Agg backend outside notebooks."""
@@ -22,6 +24,7 @@ def pyplot():
     return plt
 
 
+@checked_flags
 def grid_heatmaps(
     grids: Sequence[tuple[torch.Tensor, list[int], list[str]]],
     titles: Sequence[str],

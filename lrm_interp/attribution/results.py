@@ -53,7 +53,7 @@ from lrm_interp.attribution.resume import (
     provenance_checksum,
     trace_content_keys,
 )
-from lrm_interp.checks import check_float, refuse_string, shown_value
+from lrm_interp.checks import check_float, checked_flags, refuse_string, shown_value
 from lrm_interp.model.provenance import swapped_compression
 from lrm_interp.model.sites import KIND_ORDER, Site
 
@@ -454,6 +454,7 @@ class Attribution:
         return box("Attribution", head, table, f"<div>{maps}</div>")
 
     # ---------------------------------------------------------------- I/O
+    @checked_flags
     def write_tables(self, directory: str | Path, *, overwrite: bool = False) -> list[Path]:
         """Write ``scores.csv`` (:meth:`to_dataframe`) and ``heatmap.png`` (:meth:`heatmap`) atomically.
 
@@ -534,6 +535,7 @@ class Attribution:
         except (OSError, ValueError, TypeError):
             return False
 
+    @checked_flags
     def save(self, directory: str | Path, *, overwrite: bool = False, keep_partial: bool = False) -> Path:
         """Write ``attribution.json`` + ``attribution.safetensors`` atomically into ``directory``.
 
@@ -825,6 +827,7 @@ class ImportanceShift:
         maps = "".join(html_heatmap(*a.grid(b, "score"), title=b, diverging=True) for b in self.behaviors)
         return box("ImportanceShift", table, f"<div>{maps}</div>")
 
+    @checked_flags
     def write_tables(
         self, directory: str | Path, *, view: str = "decreases", overwrite: bool = False, own: str = "compare"
     ) -> list[Path]:
@@ -1038,6 +1041,7 @@ def _as_attribution(x: Any, name: str) -> Attribution:
     raise TypeError(f"{name} must be an Attribution (or its result folder), got {type(x).__name__}")
 
 
+@checked_flags
 def compare(
     original: Attribution | str | os.PathLike, compressed: Attribution | str | os.PathLike, *, strict: bool = True
 ) -> ImportanceShift:

@@ -350,6 +350,7 @@ def _refuse_tensors_of_other_traces(out_dir: Path, dataset: dict[str, Any]) -> N
     )
 
 
+@checked_flags
 def check_finished_result(
     out_dir: Path,
     run_key: dict[str, Any],

@@ -314,6 +314,7 @@ def collect_hessians(
     return red.hessians(), red.n
 
 
+@checked_flags
 def layer_hessians(
     model: torch.nn.Module,
     sites: Sequence[Site],

@@ -38,6 +38,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_write_text, loads_strict, read_text_file, refuse_result_file
+from lrm_interp.checks import checked_flags
 from lrm_interp.data.align import SegmentReport, align_segments
 from lrm_interp.data.markup import ParsedAnnotation, parse_markup
 from lrm_interp.data.prompts import build_prompt, canonical_dataset, gold_answer
@@ -214,6 +215,7 @@ class ParseReport:
     def to_dict(self) -> dict:
         return {"counts": self.counts(), "files": [f.to_dict() for f in self.files], "ignored": list(self.ignored)}
 
+    @checked_flags
     def save_json(self, path: str | os.PathLike, *, replace: bool = True, own: str | None = None) -> Path:
         """The report as JSON, atomically; ``replace=False``: an existing ``path`` is never replaced.
         Whatever ``replace`` says, a ``path`` that is one of the files of a finished result of an
@@ -238,6 +240,7 @@ def _reason_kind(reason: str | None) -> str:
     return r or "unspecified"
 
 
+@checked_flags
 def annotate_trace(
     trace_or_response: ReasoningTrace | str,
     markup_text: str,
@@ -487,6 +490,7 @@ def _txt_files(d: Path) -> list[Path]:
     return [p for p in d.glob("*.txt") if _numeric_alias(p.stem) is False]
 
 
+@checked_flags
 def load_paper_layout(
     root: str | os.PathLike,
     *,

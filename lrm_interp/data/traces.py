@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from lrm_interp._io import atomic_write_text, iter_jsonl, refuse_result_file
+from lrm_interp.checks import checked_flags
 
 # Venhoff et al.'s six behaviour labels (order = their numbering 0..5).
 BEHAVIORS: tuple[str, ...] = (
@@ -444,6 +445,7 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
         return ReasoningDataset([t for t in self.traces if fn(t)], name=self.name, report=self.report)
 
     # ---------------------------------------------------------------- JSONL I/O
+    @checked_flags
     def save_jsonl(self, path: str | os.PathLike, *, replace: bool = True, own: str | None = None) -> Path:
         """Write one JSON object per trace, atomically (temp file + rename); a NaN or infinity in a
         trace (its metadata) raises :class:`TraceFormatError` naming the trace (it is not JSON; the

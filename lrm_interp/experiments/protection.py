@@ -459,6 +459,7 @@ def unused_settings(settings: ExperimentSettings, only: Sequence[str] | None = N
 
 
 # --------------------------------------------------------------------------- for your own inputs
+@checked_flags
 def comparison_sources(
     model: torch.nn.Module,
     sites: Sequence[Site],
@@ -500,6 +501,7 @@ def comparison_sources(
     }
 
 
+@checked_flags
 def comparison_masks(
     sources: Mapping[str, Callable[[], SaliencyStream]],
     sites: Sequence[Site],

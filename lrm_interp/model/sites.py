@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from lrm_interp.checks import checked_flags
+
 # Leaf module name -> kind.  Fused projections keep their own kinds (qkv, gate_up).
 KIND_BY_LEAF: dict[str, str] = {
     "q_proj": "q",
@@ -187,6 +189,7 @@ def _make_site(name: str, module: nn.Module, shape: tuple[int, int]) -> Site:
     )
 
 
+@checked_flags
 def find_sites(
     model: nn.Module,
     *,

@@ -201,6 +201,7 @@ def decode_index(
     return pm
 
 
+@checked_flags
 def check_site_list(sites: Any, what: str, *, empty: bool = False) -> list[Site]:
     """``sites`` as a list of :class:`~lrm_interp.model.sites.Site` (what
     :func:`~lrm_interp.model.sites.find_sites` returns), else one line naming ``what`` (the function)
@@ -226,6 +227,7 @@ def check_site_list(sites: Any, what: str, *, empty: bool = False) -> list[Site]
     return out
 
 
+@checked_flags
 def quantized_site_bits(
     site: Site, bits: int, *, group_size: int | None = 128, symmetric: bool = False, param_bits: int = 16
 ) -> tuple[int, int]:

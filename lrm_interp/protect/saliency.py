@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lrm_interp.checks import checked_flags
 from lrm_interp.compress.calibration import CalibData, calibration_batches, check_calibration_context
 from lrm_interp.compress.quant.rtn import rtn_quantize
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan
@@ -140,6 +141,7 @@ def random_saliency(model, sites: Sequence[Site], seed: int = 0) -> SaliencyStre
     return SaliencyStream(sites, gen, model=model)
 
 
+@checked_flags
 def input_sq_means(
     model, sites: Sequence[Site], calib: CalibData, *, batch_size: int = 8, progress: bool = True
 ) -> dict[str, torch.Tensor]:
@@ -160,6 +162,7 @@ def input_sq_means(
     return {k: v[0] / red.counts[k][0].clamp_min(1) for k, v in red.sums.items()}
 
 
+@checked_flags
 def activation(
     model, sites: Sequence[Site], calib: CalibData, *, batch_size: int = 8, progress: bool = True
 ) -> SaliencyStream:
@@ -170,6 +173,7 @@ def activation(
     )
 
 
+@checked_flags
 def hessian(
     model,
     sites: Sequence[Site],
@@ -194,6 +198,7 @@ def hessian(
 
 
 # ---------------------------------------------------------------------------- gradients
+@checked_flags
 def weight_grads(
     model,
     sites: Sequence[Site],
@@ -292,6 +297,7 @@ def check_span_grads(span_grads: str) -> str:
     return span_grads
 
 
+@checked_flags
 def gradient_route(
     model, span_grads: str = "exact", reduce: str = "abs", *, prefix_cache: bool | None = None
 ) -> tuple[str, str]:
@@ -445,6 +451,7 @@ def _n_backward(route: str, reduce: str, items: Sequence[tuple[EncodedTrace, lis
     return sum(len(spans) for _, spans in items)
 
 
+@checked_flags
 def behaviour_weight_grads(
     model,
     encoded: Sequence[EncodedTrace],
@@ -497,6 +504,7 @@ def _span_items(encoded: Sequence[EncodedTrace], behaviors: Sequence[str]) -> li
     return items
 
 
+@checked_flags
 def attribution(
     model,
     sites: Sequence[Site],

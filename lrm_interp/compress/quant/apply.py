@@ -198,6 +198,7 @@ def masks_grid_record(masks: Any) -> dict[str, Any] | None:
     return recorded_grid(getattr(masks, "grid", None))
 
 
+@checked_flags
 def warn_grid_mismatch(masks: Any, bits: int, group_size: int | None, symmetric: bool, *, stacklevel: int = 3) -> None:
     """Warn (:class:`MaskGridWarning`) when ``masks`` record a grid (:func:`masks_grid_record`) that
     is not ``bits``/``group_size``/``symmetric`` (:func:`grid_mismatch`'s words, naming the masks

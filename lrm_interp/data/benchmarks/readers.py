@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lrm_interp._io import iter_jsonl
+from lrm_interp.checks import checked_flags
 from lrm_interp.data.benchmarks.items import BenchmarkFormatError
 
 SUFFIXES = (".json", ".jsonl", ".csv")
@@ -73,6 +74,7 @@ def _json(p: Path, text: str) -> list[tuple[str, dict]]:
     return out
 
 
+@checked_flags
 def field_value(loc: str, rec: dict, *keys: str, required: bool = True) -> object:
     """The value of the first of ``keys`` present (not ``None``, not empty) in ``rec``."""
     for k in keys:
@@ -89,6 +91,7 @@ def field_value(loc: str, rec: dict, *keys: str, required: bool = True) -> objec
     return None
 
 
+@checked_flags
 def text_value(loc: str, rec: dict, *keys: str, numbers: bool = False) -> str:
     """The first of ``keys`` present in ``rec`` (:func:`field_value`) as text: it must be a string
     (with ``numbers``, an integer or a finite number is accepted and written out); a list, an object
