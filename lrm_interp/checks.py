@@ -65,6 +65,12 @@ def check_bool(name: str, v: object) -> bool:
     return v
 
 
+def _numpy_bool(v: object) -> bool:
+    """``v`` is a NumPy bool (``numpy.bool_``; ``numpy.bool`` in NumPy 2), without importing NumPy."""
+    t = type(v)
+    return t.__module__ == "numpy" and t.__name__ in ("bool_", "bool")
+
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 #: the annotations :func:`checked_flags` reads as a flag: required, or ``None`` allowed
 _FLAG = ("bool",)
@@ -92,7 +98,8 @@ def checked_flags(obj: _F) -> _F:
     """Decorator: every parameter of the function (or of a class's ``__init__``: a dataclass)
     annotated ``bool`` is checked with :func:`check_bool` before the body runs, so ``relative="no"``
     (truthy) is refused instead of turning the setting on (H28-APITYPES); ``bool | None`` allows
-    ``None`` too. The message names the function::
+    ``None`` too. A NumPy bool (``df.col.any()``) is passed on as the Python bool it is. The
+    message names the function::
 
         quantization_errors: relative must be True or False, got 'no' (str)
 
@@ -115,9 +122,16 @@ def checked_flags(obj: _F) -> _F:
                 v = args[position]
             else:
                 continue
-            if not isinstance(v, bool) and not (optional and v is None):
-                allowed = "True, False or None" if optional else "True or False"
-                raise FlagError(f"{owner}: {name} must be {allowed}, got {shown_value(v)}")
+            if isinstance(v, bool) or (optional and v is None):
+                continue
+            if _numpy_bool(v):  # df.col.any(): passed on as the bool it is (JSON cannot write a numpy bool)
+                if name in kwargs:
+                    kwargs[name] = bool(v)
+                else:
+                    args = (*args[:position], bool(v), *args[position + 1 :])  # type: ignore[operator]
+                continue
+            allowed = "True, False or None" if optional else "True or False"
+            raise FlagError(f"{owner}: {name} must be {allowed}, got {shown_value(v)}")
         return obj(*args, **kwargs)
 
     wrapper.__checked_flags__ = tuple(flags)  # type: ignore[attr-defined]

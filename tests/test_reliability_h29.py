@@ -209,3 +209,21 @@ def test_bench_run_never_writes_a_run_into_another_run(
     assert folder_files(root) == before
     assert run_cli([*BENCH, "--out", root / "Q3" / "bench"]) == 0
     assert (root / "Q3" / "bench" / "toy" / "run.json").is_file()
+
+
+def test_a_numpy_bool_is_taken_as_the_bool_it_is(toy: Any) -> None:
+    """A NumPy bool (``df.col.any()``) given to a flag is passed on as a Python bool (JSON cannot
+    write a NumPy one): ``bits_per_weight`` prices it as the bool, positionally or by keyword."""
+    np = pytest.importorskip("numpy")
+    from lrm_interp.checks import checked_flags
+
+    @checked_flags
+    def seen(a: int, flag: bool, *, other: bool | None = None) -> tuple[type, type]:
+        return type(flag), type(other)
+
+    assert seen(1, np.True_, other=np.False_) == (bool, bool)
+    assert seen(1, flag=np.bool_(False)) == (bool, type(None))
+    sites = lrm_interp.find_sites(toy[0])
+    bpw = {flag: lrm_interp.bits_per_weight({}, sites, bits=3, symmetric=np.bool_(flag)) for flag in (False, True)}
+    assert bpw == {flag: lrm_interp.bits_per_weight({}, sites, bits=3, symmetric=flag) for flag in (False, True)}
+    assert bpw[True]["bpw"] == 3.125 and bpw[False]["bpw"] == 3.25  # symmetric: no zero points
