@@ -227,3 +227,45 @@ def test_a_numpy_bool_is_taken_as_the_bool_it_is(toy: Any) -> None:
     bpw = {flag: lrm_interp.bits_per_weight({}, sites, bits=3, symmetric=np.bool_(flag)) for flag in (False, True)}
     assert bpw == {flag: lrm_interp.bits_per_weight({}, sites, bits=3, symmetric=flag) for flag in (False, True)}
     assert bpw[True]["bpw"] == 3.125 and bpw[False]["bpw"] == 3.25  # symmetric: no zero points
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: Any) -> Any:
+    """A finished tiny study (3-bit) and its model, tokenizer and traces (tests copy the folder)."""
+    from cli_run import tiny_study
+
+    return tiny_study(tmp_path_factory.mktemp("h29") / "S")
+
+
+@pytest.mark.parametrize("where", ["partial/notes.md", "partial/dom/notes.md", "partial/mine/a.txt"])
+def test_study_overwrite_never_deletes_a_users_file_in_an_attribution_work_folder(
+    study: Any, tmp_path: Any, where: str
+) -> None:
+    """H29-STPARTIAL: ``study --overwrite`` removed ``attribution_rtn3/`` (or ``_fp32/``) whole, a
+    user's file in its work folder ``partial/`` included (the H28-STOWNEST check looked at the
+    folder's own entries only). Refused now, naming the file; a work folder holding only what runs write there (a run
+    key, per-trace partials) is removed as before."""
+    from cli_run import TINY_STUDY, copied, folder_files
+
+    from lrm_interp.attribution.resume import foreign_partials
+    from lrm_interp.experiments.study import run_study
+
+    src, model, tok, traces = study
+    out = copied(src, tmp_path / "S")
+    user = out / "attribution_rtn3" / where
+    user.parent.mkdir(parents=True, exist_ok=True)
+    user.write_text("mine")
+    shown = where if where.count("/") < 2 or "dom" in where else "partial/mine/"
+    before = folder_files(out)
+    with pytest.raises(ValueError, match=rf"attribution_rtn3 holds files the study did not write \({shown}\)"):
+        run_study(model, traces, out, tokenizer=tok, overwrite=True, **{**TINY_STUDY, "bits": 4})
+    assert folder_files(out) == before
+    user.unlink()
+    if user.parent.name == "mine":
+        user.parent.rmdir()
+    left = out / "attribution_rtn3" / "partial" / "dom" / "old-0123456789.safetensors"  # a run's own file
+    left.write_bytes(b"an older run's partial")
+    assert foreign_partials(out / "attribution_rtn3" / "partial") == []
+    run_study(model, traces, out, tokenizer=tok, overwrite=True, **{**TINY_STUDY, "bits": 4})  # its own: replaced
+    assert not left.exists() and not (out / "attribution_rtn3").exists()
+    assert (out / "attribution_rtn4" / "attribution.json").is_file()

@@ -739,15 +739,15 @@ def clear_partials(root: str | os.PathLike) -> list[str]:
         _refuse_live_lock(lock, root.parent)
     kept: list[str] = []
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
-        if entry.name in STAGES and entry.is_dir() and not entry.is_symlink():
+        if _is_stage_folder(entry):
             for f in sorted(entry.iterdir(), key=lambda p: p.name):
-                if _written_by_run(f.name, entry.name) and f.is_file() and not f.is_symlink():
+                if _run_file(f, entry.name):
                     f.unlink()
                 else:
                     kept.append(f"{entry.name}/{f.name}")
             with contextlib.suppress(OSError):
                 entry.rmdir()  # only when empty
-        elif _written_by_run(entry.name, None) and entry.is_file() and not entry.is_symlink():
+        elif _run_file(entry, None):
             if entry.name == LOCK_FILE and held_here:
                 kept.append(entry.name)
                 continue
@@ -757,6 +757,33 @@ def clear_partials(root: str | os.PathLike) -> list[str]:
     with contextlib.suppress(OSError):
         root.rmdir()  # only when empty
     return kept
+
+
+def foreign_partials(root: str | os.PathLike) -> list[str]:
+    """The entries of the work folder ``root`` (``out_dir/partial``) that no attribution run writes
+    (someone else's: what :func:`clear_partials` keeps), as paths relative to ``root``, a folder
+    with a trailing ``/``; nothing is removed. ``study --overwrite``, which removes its attribution
+    folders whole, refuses a folder holding such a file (H29-STPARTIAL)."""
+    root = Path(root)
+    if root.is_symlink() or not root.is_dir():
+        return []
+    out: list[str] = []
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if _is_stage_folder(entry):
+            out += [f"{entry.name}/{f.name}" for f in sorted(entry.iterdir()) if not _run_file(f, entry.name)]
+        elif not _run_file(entry, None):
+            out.append(entry.name + ("/" if entry.is_dir() else ""))
+    return out
+
+
+def _is_stage_folder(entry: Path) -> bool:
+    return entry.name in STAGES and entry.is_dir() and not entry.is_symlink()
+
+
+def _run_file(entry: Path, stage: str | None) -> bool:
+    """``entry`` of ``partial/`` (``stage=None``) or of ``partial/<stage>/`` is a file (not a link)
+    an attribution run writes there."""
+    return _written_by_run(entry.name, stage) and entry.is_file() and not entry.is_symlink()
 
 
 def _refuse_live_lock(lock: Path, out: Path) -> None:
@@ -785,6 +812,7 @@ def _refuse_live_lock(lock: Path, out: Path) -> None:
 
 __all__ = [
     "clear_partials",
+    "foreign_partials",
     "STAGES",
     "out_dir_lock",
     "OutDirInUseError",

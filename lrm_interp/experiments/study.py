@@ -1019,8 +1019,10 @@ def _refuse_foreign_entries(folders: Sequence[Path]) -> None:
     removed whole by ``overwrite``) that holds an entry an attribution run does not write
     (:data:`~lrm_interp._io.ATTRIBUTION_FILES`, its work folder ``partial/``, a writer's leftover
     temporary file): a bench run or a user's notes inside ``attribution_rtn3/`` were deleted
-    without a word (H28-STOWNEST; ``quantize --overwrite`` refuses the same)."""
+    without a word (H28-STOWNEST; ``quantize --overwrite`` refuses the same); so were a user's
+    files inside ``partial/`` (:func:`~lrm_interp.attribution.resume.foreign_partials`, H29-STPARTIAL)."""
     from lrm_interp._io import ATTRIBUTION_FILES, ATTRIBUTION_WORK, temp_file_target
+    from lrm_interp.attribution.resume import foreign_partials
 
     own = {*ATTRIBUTION_FILES, ATTRIBUTION_WORK}
     for p in folders:
@@ -1031,6 +1033,7 @@ def _refuse_foreign_entries(folders: Sequence[Path]) -> None:
             for e in p.iterdir()
             if e.name not in own and temp_file_target(e.name) is None
         )
+        foreign += [f"{ATTRIBUTION_WORK}/{f}" for f in foreign_partials(p / ATTRIBUTION_WORK)]  # H29-STPARTIAL
         if foreign:
             shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
             raise ValueError(
