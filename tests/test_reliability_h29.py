@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import torch
 
 import lrm_interp
 from lrm_interp.checks import FlagError, flag_parameters
@@ -269,3 +270,42 @@ def test_study_overwrite_never_deletes_a_users_file_in_an_attribution_work_folde
     run_study(model, traces, out, tokenizer=tok, overwrite=True, **{**TINY_STUDY, "bits": 4})  # its own: replaced
     assert not left.exists() and not (out / "attribution_rtn3").exists()
     assert (out / "attribution_rtn4" / "attribution.json").is_file()
+
+
+TOY_TRAIN = [
+    "toy", "train", "--steps", 6, "--stop-at", 0, "--anneal-steps", 0, "--batch-size", 4, "--eval-per-family", 1,
+    "--hidden", 16, "--layers", 1, "--heads", 2, "--kv-heads", 1, "--intermediate", 32, "--workers", 0,
+    "--device", "cpu",
+]  # fmt: skip
+
+
+def test_a_diverged_toy_training_is_never_saved_nor_quantized(tmp_path: Any, capsys: Any) -> None:
+    """H29-NANMODEL: ``toy train --lr 1e30`` saved a model of NaN weights (exit 0), which
+    ``quantize`` quantized (exit 0). The training is refused when its loss or weights are not
+    finite, nothing written; ``quantize`` / ``prune_model_`` refuse a model with a NaN weight,
+    naming the site, before any weight changes."""
+    from cli_run import err_line, run_cli
+
+    from lrm_interp.model.provenance import NonFiniteError
+
+    assert run_cli([*TOY_TRAIN, "--lr", 1e30, "--out", tmp_path / "M"]) == 2
+    assert "training diverged: the loss is nan at step" in err_line(capsys)
+    assert not (tmp_path / "M").exists()
+    assert run_cli([*TOY_TRAIN, "--lr", 1e-3, "--out", tmp_path / "M"]) == 0  # a sane rate trains as before
+    capsys.readouterr()
+    model, _ = lrm_interp.load_model(tmp_path / "M")
+    site = lrm_interp.find_sites(model)[2]
+    with torch.no_grad():
+        model.get_submodule(site.name).weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "M")
+    capsys.readouterr()
+    assert run_cli(["quantize", "--model", tmp_path / "M", "--bits", 3, "--out", tmp_path / "Q"]) == 2
+    assert err_line(capsys).endswith(
+        f"error: {site.name}: its weights hold 1 NaN or infinite value: the quantization would spread them over "
+        "the site; the model is broken (a training that diverged?); nothing was changed"
+    )
+    assert not (tmp_path / "Q").exists()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    with pytest.raises(NonFiniteError, match=rf"{site.name}: its weights hold 1 NaN .* the pruning would spread"):
+        lrm_interp.prune_model_(model, method="magnitude", sparsity=0.5, progress=False)
+    assert all(torch.allclose(p, before[n], equal_nan=True) for n, p in model.named_parameters())

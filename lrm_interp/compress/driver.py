@@ -36,7 +36,13 @@ from tqdm.auto import tqdm
 
 from lrm_interp.checks import check_bool, checked_flags
 from lrm_interp.compress.calibration import HessianCalib, layer_hessians
-from lrm_interp.model.provenance import check_not_quantized, check_same_weights, model_record, record_compression
+from lrm_interp.model.provenance import (
+    NonFiniteError,
+    check_not_quantized,
+    check_same_weights,
+    model_record,
+    record_compression,
+)
 from lrm_interp.model.sites import Site, get_module, resolve_sites
 from lrm_interp.model.weights import dense_mask, set_weight_matrix, weight_matrix
 
@@ -252,6 +258,23 @@ def _check_sites_given(sites: Any, done: str) -> Any:
 
 
 @checked_flags
+def check_finite_weights(model: torch.nn.Module, sites: Sequence[Site], kind: str) -> None:
+    """:class:`~lrm_interp.model.provenance.NonFiniteError` naming the first of ``sites`` whose
+    weights hold a NaN or an infinity, before any weight changes: quantizing it spread the NaN over
+    its groups and ``quantize`` wrote the broken model with exit 0 (a ``toy train`` that diverged,
+    H29-NANMODEL)."""
+    for s in sites:
+        W = weight_matrix(get_module(model, s.name))
+        if W.is_floating_point():
+            bad = int((~torch.isfinite(W)).sum())
+            if bad:
+                raise NonFiniteError(
+                    f"{s.name}: its weights hold {bad} NaN or infinite value{'s' if bad > 1 else ''}: the {kind} "
+                    "would spread them over the site; the model is broken (a training that diverged?); nothing "
+                    "was changed"
+                )
+
+
 def compress_model_(
     model: torch.nn.Module,
     method: str | CompressionMethod,
@@ -310,6 +333,7 @@ def compress_model_(
         raise TypeError(f"unexpected arguments for {m.label}: {sorted(bad)} (allowed: {list(m.allowed_options)})")
     site_list = resolve_sites(model, sites)
     check_masks(model, masks, site_list, _DONE[m.kind])
+    check_finite_weights(model, site_list, m.kind)
     masks = dict(masks or {})
     if hessian_transform is not None and not m.calibrated:
         calibrated = " or ".join(repr(n) for n in method_names(m.kind, calibrated=True))

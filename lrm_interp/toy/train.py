@@ -120,6 +120,10 @@ class _Batches(torch.utils.data.Dataset):
         return make_batch(step, self.batch_size, self.seed, self._world)
 
 
+class DivergedError(ValueError):
+    """Training made the loss or the weights NaN or infinite (a learning rate too large): nothing is saved."""
+
+
 def _run(
     model,
     loader,
@@ -154,6 +158,11 @@ def _run(
         if step % log_every == 0 or step == len(loader) - 1:
             log[key].append((step, float(loss.detach())))
             print(f"{key} step {step} loss {log[key][-1][1]:.5f} ({time.time() - t0:.0f}s)", flush=True)
+            if not math.isfinite(log[key][-1][1]):  # nothing saved: the weights are NaN from here on (H29-NANMODEL)
+                raise DivergedError(
+                    f"training diverged: the {key.replace('_', ' ')} is {log[key][-1][1]} at step {step}; nothing "
+                    "was saved; use a smaller learning rate (--lr, or --anneal-lr for phase 2)"
+                )
         if max_seconds is not None and time.time() - t0 > max_seconds:
             log[f"{key}_stopped_at_step"] = step + 1
             print(f"stopped early after step {step} (max_seconds={max_seconds})", flush=True)
@@ -206,8 +215,15 @@ def anneal_(
 def _evaluate_and_save(
     model, log: dict, out_dir, *, n_people: int, eval_per_family: int, quant_eval: tuple[tuple[int, int | None], ...]
 ) -> dict:
+    from lrm_interp.model.provenance import NonFiniteError, weights_fingerprint
     from lrm_interp.toy.evaluate import evaluate_quietly as evaluate  # a training log: accuracy says enough
 
+    try:  # a NaN between two logged steps: never saved as a model (H29-NANMODEL)
+        weights_fingerprint(model)
+    except NonFiniteError as e:
+        raise DivergedError(
+            f"training diverged: {e}; nothing was saved; use a smaller learning rate (--lr, or --anneal-lr for phase 2)"
+        ) from None
     model.eval()
     tok = byte_tokenizer()
     held = problems(eval_per_family, seed=EVAL_SEED, world=build_world(n_people))
