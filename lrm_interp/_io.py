@@ -1817,3 +1817,30 @@ def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError):
             if not isinstance(d, dict):
                 raise error(f"{where}: expected a JSON object, got {type(d).__name__}")
             yield lineno, where, d
+
+
+#: the options of ``lrm-interp`` commands whose value is a path (:func:`shell_command`)
+PATH_FLAGS = frozenset(
+    {"--model", "--data", "--out", "--scores", "--masks", "--original", "--compressed", "--task-data", "--outputs",
+     "--annotator", "--tokenizer", "--calib", "--cache", "--in"}
+)  # fmt: skip
+
+
+def shell_command(argv: Sequence[object]) -> str:
+    """A command line to print for the user to paste: each argument shell-quoted (``shlex.join``: a
+    path with a space, a quote or a ``$`` was split or expanded when pasted, H27-QUOTE, H29-PRINTQUOTE),
+    and a path option whose value begins with ``-`` glued to it (``--data=-dash.jsonl``: argparse
+    took ``--data -dash.jsonl`` for a missing value, H28-QUOTEDASH)."""
+    import shlex
+
+    args = [str(a) for a in argv]
+    glued: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] in PATH_FLAGS and i + 1 < len(args) and args[i + 1].startswith("-"):
+            glued.append(f"{args[i]}={args[i + 1]}")
+            i += 2
+        else:
+            glued.append(args[i])
+            i += 1
+    return shlex.join(glued)

@@ -309,3 +309,30 @@ def test_a_diverged_toy_training_is_never_saved_nor_quantized(tmp_path: Any, cap
     with pytest.raises(NonFiniteError, match=rf"{site.name}: its weights hold 1 NaN .* the pruning would spread"):
         lrm_interp.prune_model_(model, method="magnitude", sparsity=0.5, progress=False)
     assert all(torch.allclose(p, before[n], equal_nan=True) for n, p in model.named_parameters())
+
+
+def test_printed_bench_and_annotator_commands_paste_as_they_read(tmp_path: Any, capsys: Any, monkeypatch: Any) -> None:
+    """H29-PRINTQUOTE: ``bench run``'s "score with" and ``annotate train``'s "use it with" printed
+    their paths unquoted: a space split the path, a ``$`` was expanded, a leading ``-`` read as a
+    flag when pasted. Both print through ``_io.shell_command`` now; the real parser reads each back."""
+    import shlex
+    from pathlib import Path
+
+    from cli_run import run_cli
+
+    from lrm_interp.cli.main import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    odd = "-my runs $HOME 'x'"
+    assert run_cli([*BENCH, "--out", odd]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    argv = shlex.split(line)
+    assert argv[:3] == ["lrm-interp", "bench", "score"] and f"--outputs={odd}" in argv
+    assert str(build_parser().parse_args(argv[1:]).outputs) == odd
+    data = Path(__file__).resolve().parent / "data" / "r1_style"
+    out = "my annotator $USER.safetensors"
+    assert run_cli(["annotate", "train", "--data", data, "--out", out, "--quiet"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    argv = shlex.split(printed.split("use it with ", 1)[1])
+    assert argv[:4] == ["lrm-interp", "annotate", "--annotator", out]
+    assert str(build_parser().parse_args(argv[1:]).annotator) == out

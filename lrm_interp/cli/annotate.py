@@ -560,11 +560,13 @@ def _train(a: argparse.Namespace, outs: FileOutputs) -> int:
     if info_cv is not None:
         model.info["cross_validation"] = {"folds": a.folds, **info_cv}
     outs.write("--out", model.save)
-    print(
+    from lrm_interp._io import shell_command
+
+    print(  # quoted to paste (H29-PRINTQUOTE)
         f"wrote {a.out} (fitted on {model.info['traces']} traces, {model.info['sentences']} sentences"
         + (f"; {len(bare)} traces without spans left out" if bare else "")
         + "); use it with "
-        f"'lrm-interp annotate --annotator {a.out} --data OUTPUTS --out traces.jsonl'"
+        + shell_command(["lrm-interp", "annotate", "--annotator", a.out, "--data", "OUTPUTS", "--out", "traces.jsonl"])
     )
     return 0
 

@@ -349,15 +349,17 @@ def cmd_run(a: argparse.Namespace) -> int:
                 f"{r.model:24s} {t.task:10s} items {t.n_items:4d}  resumed {t.resumed:4d}  generated {t.generated:4d}"
                 f"  ({t.seconds:.1f} s)"
             )
-    same = [f"--task-data {a.task_data}"] if a.task_data else []  # the items as this run made them
+    same: list[object] = ["--task-data", a.task_data] if a.task_data else []  # the items as this run made them
     if a.limit is not None:
-        same.append(f"--limit {a.limit}")
+        same += ["--limit", a.limit]
     if any(t in items for t in ("math", "logic", "knowledge")):
-        same += [f"--per-family {a.per_family}", f"--toy-seed {a.toy_seed}"]
-        same += [f"--toy-people {a.toy_people}"] if a.toy_people is not None else []
-    print(
+        same += ["--per-family", a.per_family, "--toy-seed", a.toy_seed]
+        same += ["--toy-people", a.toy_people] if a.toy_people is not None else []
+    from lrm_interp._io import shell_command
+
+    print(  # quoted to paste (H29-PRINTQUOTE)
         f"wrote {out}/<model>/outputs/<task>/<j>.txt and generations.jsonl; score with:\n"
-        f"  {PROG} bench score --outputs {out} --tasks {' '.join(items)}" + "".join(" " + x for x in same)
+        f"  {shell_command([PROG, 'bench', 'score', '--outputs', out, '--tasks', *items, *same])}"
     )
     return 0
 

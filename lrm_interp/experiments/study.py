@@ -58,7 +58,6 @@ import json
 import math
 import os
 import re
-import shlex
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -76,6 +75,7 @@ from lrm_interp._io import (
     read_safetensors,
     refuse_file_as_folder,
     refuse_other_result_folder,
+    shell_command,
     write_safetensors,
 )
 from lrm_interp.attribution.config import AttributionConfig
@@ -1764,30 +1764,10 @@ def _commands(
         ],
         ["compare", "--original", original, "--compressed", compressed, "--out", f"{o}/{REUSE_DIR}", "--overwrite"],
     ]
-    return [shlex.join(["lrm-interp", *_glued([str(x) for x in c])]) for c in commands]
+    return [shell_command(["lrm-interp", *c]) for c in commands]
 
 
 #: the options of :func:`_commands` whose value is a path or model name, which may begin with ``-``
-_PATH_FLAGS = frozenset(
-    {"--model", "--data", "--out", "--scores", "--masks", "--original", "--compressed", "--task-data"}
-)
-
-
-def _glued(args: list[str]) -> list[str]:
-    """``args`` with a path option and its value joined as ``--out=-S2`` where the value begins with
-    ``-``: argparse took ``--data -dash.jsonl`` for a missing value (H28-QUOTEDASH)."""
-    res: list[str] = []
-    i = 0
-    while i < len(args):
-        if args[i] in _PATH_FLAGS and i + 1 < len(args) and args[i + 1].startswith("-"):
-            res.append(f"{args[i]}={args[i + 1]}")
-            i += 2
-        else:
-            res.append(args[i])
-            i += 1
-    return res
-
-
 __all__ = [
     "FORMAT",
     "FORMAT_UNCHECKED",
