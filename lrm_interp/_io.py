@@ -31,7 +31,7 @@ from typing import overload
 
 import torch
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_flags, user_stacklevel
 
 _DTYPE_NAMES = {
     "fp32": "float32",
@@ -1618,7 +1618,7 @@ def verify_checksum(
             warnings.warn(
                 f"{what} {path} has no {CHECKSUM_KEY} (written by an lrm_interp before checksums): "
                 "loaded without an integrity check; saving it again adds one",
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
         return False
     actual = payload_checksum(tensors, metadata)

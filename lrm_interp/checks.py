@@ -71,6 +71,29 @@ def _numpy_bool(v: object) -> bool:
     return t.__module__ == "numpy" and t.__name__ in ("bool_", "bool")
 
 
+#: modules whose frames stand between a function of the package and its caller (decorators)
+_WRAPPER_MODULES = ("contextlib", "functools", "torch.utils._contextlib")
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` in the function calling this one that points at the
+    first frame outside the package: the user's line. Frames of the package (its callers inside
+    the package, and :func:`checked_flags`' wrapper) and of decorators' modules (``torch.no_grad``,
+    ``contextlib``) are skipped; a fixed ``stacklevel=3`` pointed into the package whenever a
+    wrapper or another path added a frame."""
+    import sys
+
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not (module == "lrm_interp" or module.startswith("lrm_interp.") or module in _WRAPPER_MODULES):
+            return level
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 #: the annotations :func:`checked_flags` reads as a flag: required, or ``None`` allowed
 _FLAG = ("bool",)

@@ -56,7 +56,7 @@ def test_bits_per_weight_refuses_a_symmetric_flag_that_is_no_bool(study):
 
     sites = find_sites(study[1])
     for bad in ("no", 1, None):
-        with pytest.raises(ValueError, match=r"^symmetric must be True or False, got "):
+        with pytest.raises(ValueError, match=r"^bits_per_weight: symmetric must be True or False, got "):
             bits_per_weight({}, sites, bits=3, symmetric=bad)
     assert bits_per_weight({}, sites, bits=3, symmetric=True)["bpw"] < bits_per_weight({}, sites, bits=3)["bpw"]
 
@@ -138,7 +138,7 @@ def test_writers_refuse_a_replace_flag_that_is_no_bool(tmp_path):
         lambda: generate_dataset(1, seed=1).save_jsonl(path, replace="no"),
     ):
         path.write_text("my own file, keep it")
-        with pytest.raises(ValueError, match=r"^replace must be True or False, got 'no' \(str\)$"):
+        with pytest.raises(ValueError, match=r"^[\w.]+: replace must be True or False, got 'no' \(str\)$"):
             write()
         assert path.read_text() == "my own file, keep it"
 

@@ -80,7 +80,7 @@ from lrm_interp.attribution.atp import (  # the real patching lives beside AtP; 
 from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.pipeline import dom_stage, live_behaviors, plan_attribution, reduce_dom
 from lrm_interp.attribution.stats import spearman
-from lrm_interp.checks import check_int, check_seed, checked_flags
+from lrm_interp.checks import check_int, check_seed, checked_flags, user_stacklevel
 from lrm_interp.data.tokens import EncodedTrace
 
 #: ``format`` of ``faithfulness.json``.
@@ -637,7 +637,7 @@ def atp_faithfulness(
     }
     res = FaithfulnessResult(tuple(live), eff.site_names, alphas, tuple(rows), atp, real, top_k, prov)
     for w in res.warnings:  # a notebook sees them; the command line prints them as its own warnings
-        warnings.warn(w, UnresolvedSitesWarning, stacklevel=2)
+        warnings.warn(w, UnresolvedSitesWarning, stacklevel=user_stacklevel())
     return res
 
 

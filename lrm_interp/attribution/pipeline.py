@@ -75,7 +75,7 @@ from lrm_interp.attribution.resume import (
     trace_contents_fingerprint,
     trace_ids_fingerprint,
 )
-from lrm_interp.checks import checked_flags, env_flag
+from lrm_interp.checks import checked_flags, env_flag, user_stacklevel
 from lrm_interp.data.loading import check_dataset_argument, load_dataset
 from lrm_interp.data.tokens import EncodedTrace, encode_trace
 from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset, ReasoningTrace
@@ -210,7 +210,7 @@ def _tokenize(
                 f"{_list_traces([(e.trace_id, e.full_length) for e in hit])}; "
                 f"{info['spans_dropped']} span(s) cut off (not used); listed in provenance['overlong'] and "
                 "['skipped_spans']",
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
         return ds, encoded, info, []
     over = [(e.trace_id, len(e)) for e in encoded if len(e) > limit]
@@ -240,7 +240,7 @@ def _tokenize(
             f"{len(over)} of {len(encoded)} trace(s) longer than the model's context ({limit} positions, "
             f"{where}) were left out (overlong='skip'): {_list_traces(over)}; their {n_spans} span(s) are "
             "not used; listed in provenance['overlong'] and ['skipped_spans']",
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
     reason = f"trace longer than the model's context ({limit} positions): left out (overlong='skip')"
     left_out = [
@@ -315,7 +315,7 @@ def _extrapolate(
             f"model out of its range ({info['spans_past_context']} span(s) of the scored behaviours end past the "
             "context); listed in "
             "provenance['overlong']",
-            stacklevel=5,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -413,7 +413,7 @@ def _absent_behaviors(
         warnings.warn(
             f"{len(absent)} behaviour(s) without a usable span are left out of the result (no ranking): "
             f"{listed}; listed in provenance['absent_behaviors'] and ['absent_spans']",
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
     return absent, info
 
@@ -825,7 +825,7 @@ def finish(
                 f"{n_bad} span(s) cannot be scored by {_METHOD_WORDS[cfg.method]} (no predictable token): they "
                 f"enter the steering vectors but not the scores; per behaviour {unscorable}; listed in "
                 "provenance['skipped_spans']",
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
         if cfg.method == "patching":
             note = low_precision_note(
@@ -835,7 +835,7 @@ def finish(
                 meaning="the scores rank rounding more than the modules",
             )
             if note is not None and warn:
-                warnings.warn(note, stacklevel=3)
+                warnings.warn(note, stacklevel=user_stacklevel())
             unresolved = _unresolved(atp_stats or [], live, len(sites))
             bad = {b: n for b, n in unresolved.items() if n}
             if bad and warn:
@@ -844,7 +844,7 @@ def finish(
                     f"exactly 0, below the resolution of the model's activations): per behaviour, of {len(sites)} "
                     f"sites: {bad}; their scores are ties at 0 (their ranks say nothing); use a larger patch_alpha "
                     "(--patch-alpha); counted in provenance['counts']['unresolved_sites']",
-                    stacklevel=3,
+                    stacklevel=user_stacklevel(),
                 )
     ov = plan.extra.get("overlong") or {}
     overlong_traces = {"truncated": int(ov.get("n_truncated", 0)), "skipped": int(ov.get("n_skipped", 0))}

@@ -53,7 +53,7 @@ from lrm_interp.attribution.resume import (
     provenance_checksum,
     trace_content_keys,
 )
-from lrm_interp.checks import check_float, checked_flags, refuse_string, shown_value
+from lrm_interp.checks import check_float, checked_flags, refuse_string, shown_value, user_stacklevel
 from lrm_interp.model.provenance import swapped_compression
 from lrm_interp.model.sites import KIND_ORDER, Site
 
@@ -1064,7 +1064,7 @@ def compare(
             + " (attribute both models with the same settings and traces, or pass strict=False)"
         )
     for n in problems + notes:
-        warnings.warn(f"compare: {n}", stacklevel=2)
+        warnings.warn(f"compare: {n}", stacklevel=user_stacklevel())
     common_b = [b for b in original.behaviors if b in compressed.behaviors]
     if not common_b:
         raise ValueError("the two results share no behaviour")

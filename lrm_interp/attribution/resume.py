@@ -56,7 +56,7 @@ from lrm_interp._io import (
     temp_file_target,
     write_safetensors,
 )
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_flags, user_stacklevel
 
 RUN_FILE = "run.json"
 #: ``format`` of a per-trace partial (older partials have none); each carries its payload's checksum.
@@ -180,7 +180,7 @@ def key_difference(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             warnings.warn(
                 "the results being resumed were written before lrm_interp recorded the model config's "
                 "fingerprint: a change of the model's config.json since then cannot be detected",
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
     if isinstance(old.get("config"), dict) and isinstance(new.get("config"), dict):
         from lrm_interp.attribution.config import AttributionConfig
@@ -614,7 +614,7 @@ class PartialStore:
         except ValueError as e:  # checksum mismatch, damaged data: recomputed, never trusted
             import warnings
 
-            warnings.warn(f"{' '.join(str(e).split())}: recomputing trace {trace_id!r}", stacklevel=2)
+            warnings.warn(f"{' '.join(str(e).split())}: recomputing trace {trace_id!r}", stacklevel=user_stacklevel())
             return None, True
         return stats, False
 

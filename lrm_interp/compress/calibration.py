@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import check_int, check_seed, checked_flags, shown_value
+from lrm_interp.checks import check_int, check_seed, checked_flags, shown_value, user_stacklevel
 from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.toy_tasks import generate_dataset
 from lrm_interp.model.capture import Capture, Reducer
@@ -220,7 +220,7 @@ def check_calibration_size(sites: Sequence[Site], calib: Any) -> None:
             f"so GPTQ / Hessian sensitivity there is little more than damped RTN; give at least "
             f"{widest.in_features} calibration tokens (more or longer traces)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 

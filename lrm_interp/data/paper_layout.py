@@ -38,7 +38,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_write_text, loads_strict, read_text_file, refuse_result_file
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_flags, user_stacklevel
 from lrm_interp.data.align import SegmentReport, align_segments
 from lrm_interp.data.markup import ParsedAnnotation, parse_markup
 from lrm_interp.data.prompts import build_prompt, canonical_dataset, gold_answer
@@ -661,13 +661,13 @@ def load_paper_layout(
             + (f" and {n - 5} more" if n > 5 else "")
             + "; annotate them into annotated/<dataset>/<j>.txt, or load with keep_unannotated=True",
             UnannotatedTraceWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     import warnings
 
     kept_empty = [t.id for t in traces if not t.response.strip()]
     if kept_empty:
-        warnings.warn(empty_response_note(root, kept_empty), EmptyResponseWarning, stacklevel=2)
+        warnings.warn(empty_response_note(root, kept_empty), EmptyResponseWarning, stacklevel=user_stacklevel())
     if ignored:
         n = len(ignored)
         warnings.warn(
@@ -675,7 +675,7 @@ def load_paper_layout(
             f"annotated/<dataset>/<j>.txt only (nested folders, other names, numbers with a leading zero are not "
             f"read): {_listed(ignored)}; move or rename them there to load them",
             IgnoredFileWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     report = ParseReport(tuple(files), ignored=tuple(ignored))
     return ReasoningDataset(traces, name=root.name, report=report).check_sizes(limit)

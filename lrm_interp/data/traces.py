@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from lrm_interp._io import atomic_write_text, iter_jsonl, refuse_result_file
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_flags, user_stacklevel
 
 # Venhoff et al.'s six behaviour labels (order = their numbering 0..5).
 BEHAVIORS: tuple[str, ...] = (
@@ -504,11 +504,11 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
             raise TraceFormatError(f"{path}: no traces (the file is empty or holds only blank lines)")
         empty = [f"{first_line[t.id]} ({t.id!r})" for t in traces if not t.response.strip()]
         if empty:  # counted, never loaded without a word
-            warnings.warn(empty_response_note(path, empty), EmptyResponseWarning, stacklevel=2)
+            warnings.warn(empty_response_note(path, empty), EmptyResponseWarning, stacklevel=user_stacklevel())
         ds = cls(traces, name=name if name is not None else path.stem)
         note = ds.custom_behavior_summary(path)
         if note is not None:
-            warnings.warn(note, CustomBehaviorWarning, stacklevel=2)
+            warnings.warn(note, CustomBehaviorWarning, stacklevel=user_stacklevel())
         return ds
 
     def check_sizes(self, max_response_chars: int | None = None) -> ReasoningDataset:

@@ -56,7 +56,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_write_text
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_flags, user_stacklevel
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.evaluation.backends import Backend, GenerationSettings
 from lrm_interp.evaluation.generation import Generation
@@ -341,7 +341,7 @@ def _check_run_file(path: Path, meta: dict) -> dict:
         warnings.warn(
             f"{path} was written before lrm_interp recorded the model config's fingerprint: "
             "a change of the model's config.json since then cannot be detected",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     merged = dict(old)
     merged["tasks"] = {**old.get("tasks", {}), **meta.get("tasks", {})}

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import check_int, checked_flags, refuse_string, shown_value
+from lrm_interp.checks import check_int, checked_flags, refuse_string, shown_value, user_stacklevel
 from lrm_interp.data.tokens import EncodedTrace, target_positions
 from lrm_interp.data.traces import BEHAVIORS, TARGET_BEHAVIORS
 from lrm_interp.model.forward import input_device
@@ -155,7 +155,7 @@ def check_pair(ref: Any, model: Any, encoded: Sequence[EncodedTrace], tokenizer:
             f"{SAME_MODEL}: the reference and the compared model are the same weights (did you mean "
             "q = copy.deepcopy(model) before compressing q?)",
             UserWarning,
-            stacklevel=4,  # check_pair, no_grad's wrapper, divergence: the caller's line
+            stacklevel=user_stacklevel(),  # the caller's line, past no_grad's and checked_flags' wrappers
         )
     elif _equal_weights(ref, model):
         warnings.warn(
@@ -163,7 +163,7 @@ def check_pair(ref: Any, model: Any, encoded: Sequence[EncodedTrace], tokenizer:
             "(an unchanged copy: apply_compression returns the compressed copy and leaves its argument as it "
             "is; write q, _ = apply_compression(model, ...))",
             UserWarning,
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
 
 

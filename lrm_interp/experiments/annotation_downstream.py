@@ -55,7 +55,7 @@ from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import Attribution
 from lrm_interp.attribution.resume import read_json_object, trace_ids_fingerprint
 from lrm_interp.attribution.stats import spearman
-from lrm_interp.checks import check_int, check_seed, checked_flags, shown_value
+from lrm_interp.checks import check_int, check_seed, checked_flags, shown_value, user_stacklevel
 from lrm_interp.data.annotate import (
     ANNOTATOR_NAMES,
     DEFAULT_ANNOTATOR,
@@ -516,7 +516,9 @@ def _not_in_reference(sources: Sequence[_Source], full: ReasoningDataset) -> dic
         if extra:
             out[s.name] = extra
             warnings.warn(
-                f"annotation {s.name}: " + unscored_note(len(extra), extra[0]), UnscoredTracesWarning, stacklevel=3
+                f"annotation {s.name}: " + unscored_note(len(extra), extra[0]),
+                UnscoredTracesWarning,
+                stacklevel=user_stacklevel(),
             )
     return out
 
@@ -769,11 +771,11 @@ def _check_state(
             f"edited or is corrupt; delete {out} or choose another out_dir"
         )
     # each seed of the noise floor has its own folders: another seed reuses everything else
-    diff = sorted(
-        k
-        for k in set(have.get("settings", {})) | set(settings)
-        if k not in ("seed", "seeds") and have.get("settings", {}).get(k) != settings.get(k)
-    )
+    from lrm_interp.attribution.resume import settings_difference
+
+    hs = {k: v for k, v in have.get("settings", {}).items() if k not in ("seed", "seeds")}
+    ws = {k: v for k, v in settings.items() if k not in ("seed", "seeds")}
+    diff = [settings_difference(hs, ws)] if hs != ws else []  # each with both values (H29-EXHINT)
     if have.get("reference_ids") != trace_ids_fingerprint([t.id for t in ref]):
         diff.append("reference traces")
     if state is not None:

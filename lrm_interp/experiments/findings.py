@@ -263,15 +263,15 @@ def _check_folder(out: Path, want: dict[str, Any]) -> None:
         return
     have = json.loads(sp.read_text())
     if have != want:
-        diff = sorted(
-            k
-            for k in set(have.get("settings", {})) | set(want["settings"])
-            if have.get("settings", {}).get(k) != want["settings"].get(k)
+        from lrm_interp.attribution.resume import settings_difference
+
+        hs, ws = have.get("settings", {}), want["settings"]
+        diff = [settings_difference(hs, ws)] if hs != ws else []  # each with both values (H29-EXHINT)
+        other = [k for k in ("weights_fingerprint", "tokenizer_fingerprint", "format") if have.get(k) != want.get(k)]
+        hint = "" if other else f"rerun with the settings recorded in {sp} to resume it, or "
+        raise ValueError(
+            f"{out} holds another study (differs in {', '.join(diff + other)}); {hint}use a new --out folder"
         )
-        for k in ("weights_fingerprint", "tokenizer_fingerprint", "format"):
-            if have.get(k) != want.get(k):
-                diff.append(k)
-        raise ValueError(f"{out} holds another study (differs in {', '.join(diff)}); use a new --out folder")
 
 
 def _halves(traces: Sequence[Any]) -> dict[str, list[Any]]:

@@ -557,12 +557,17 @@ def _read_settings(out: Path) -> dict[str, Any] | None:
     return have
 
 
-def _differences(have: dict[str, Any], want: dict[str, Any], *, fingerprints: bool = True) -> list[str]:
+def _differences(
+    have: dict[str, Any], want: dict[str, Any], *, fingerprints: bool = True, settings: bool = True
+) -> list[str]:
     """What the folder's settings (``have``) and this run's (``want``) differ in, in words: each
     setting, and (``fingerprints``) the model's weights and tokenizer; and ``format`` for a format
-    this version does not read (:data:`FORMAT`, :data:`FORMAT_UNCHECKED`)."""
+    this version does not read (:data:`FORMAT`, :data:`FORMAT_UNCHECKED`). ``settings=False``:
+    all but the settings (what no rerun with other flags can resolve)."""
+    from lrm_interp.attribution.resume import settings_difference
+
     hs, ws = have.get("settings", {}), want["settings"]
-    diff = sorted(k for k in set(hs) | set(ws) if hs.get(k) != ws.get(k))
+    diff = [settings_difference(hs, ws)] if settings and hs != ws else []  # both values (H29-EXHINT)
     if fingerprints:
         if have.get("weights_fingerprint") != want["weights_fingerprint"]:
             diff.append("weights_fingerprint (another model)")
@@ -573,10 +578,12 @@ def _differences(have: dict[str, Any], want: dict[str, Any], *, fingerprints: bo
     return diff
 
 
-def _refuse_other_experiment(out: Path, diff: list[str]) -> None:
-    """``ValueError`` for a folder holding another experiment (``diff``: what differs)."""
+def _refuse_other_experiment(out: Path, diff: list[str], settings_only: bool) -> None:
+    """``ValueError`` for a folder holding another experiment (``diff``: what differs; where only
+    settings differ (``settings_only``), the settings that resume it are named)."""
     if diff:
-        raise ValueError(f"{out} holds another experiment (differs in {', '.join(diff)}); use a new --out folder")
+        hint = f"rerun with the settings recorded in {out / 'settings.json'} to resume it, or " if settings_only else ""
+        raise ValueError(f"{out} holds another experiment (differs in {', '.join(diff)}); {hint}use a new --out folder")
 
 
 def _check_folder(
@@ -599,7 +606,7 @@ def _check_folder(
     have = _read_settings(out)
     if have is None:
         return [], FORMAT
-    _refuse_other_experiment(out, _differences(have, want))
+    _refuse_other_experiment(out, _differences(have, want), not _differences(have, want, settings=False))
     checked = have.get("format") == FORMAT  # its rows must each record what they were measured with
     rows: list[ResultRow] = []
     unrecorded = 0
@@ -708,7 +715,12 @@ def run_protection_experiment(
         raise ValueError(note)
     have = _read_settings(out)  # an unreadable settings.json or another run's settings: before the model loads
     if have is not None:
-        _refuse_other_experiment(out, _differences(have, _settings_json(s, None, None), fingerprints=False))
+        want = _settings_json(s, None, None)
+        _refuse_other_experiment(
+            out,
+            _differences(have, want, fingerprints=False),
+            not _differences(have, want, fingerprints=False, settings=False),
+        )
     model, tok = load_model(s.model)
     model.eval()
     check_not_quantized(model, EXPERIMENT_REQUANTIZED)

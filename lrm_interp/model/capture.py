@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_flags, user_stacklevel
 from lrm_interp.model.sites import Site, get_module, resolve_sites
 
 if TYPE_CHECKING:
@@ -401,7 +401,7 @@ class Capture:
             warnings.warn(
                 f"capture: {len(self.repeats)} site(s) were called more than once in one forward "
                 f"pass; only the first call of each pass was reduced: {names}",
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
 
     def remove(self) -> None:

@@ -33,7 +33,7 @@ from typing import Any, cast
 import torch
 
 from lrm_interp._io import path_argument, refuse_file_as_folder
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_flags, user_stacklevel
 from lrm_interp.model.provenance import load_record
 
 Loader = Callable[..., tuple[Any, Any]]
@@ -219,7 +219,7 @@ def check_loading_info(model: torch.nn.Module, info: dict, path: str | Path) -> 
         warnings.warn(
             f"{path}: {len(unexpected)} tensor(s) in the checkpoint are not used by the model "
             f"({_shown(unexpected)}); they are ignored",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 

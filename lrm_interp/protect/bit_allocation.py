@@ -54,7 +54,7 @@ from lrm_interp._io import (
     refuse_result_file,
     strip_bom,
 )
-from lrm_interp.checks import FlagError, check_bool, check_float, check_int, checked_flags, shown_value
+from lrm_interp.checks import FlagError, check_bool, check_float, check_int, checked_flags, shown_value, user_stacklevel
 from lrm_interp.compress.quant.grid import MAX_BITS, MIN_BITS, check_bits, check_group_size
 from lrm_interp.model.provenance import (
     check_not_quantized,
@@ -942,7 +942,7 @@ def check_allocation(model: torch.nn.Module, alloc: BitAllocation, *, partial: b
             f"{alloc.source}: the bit allocation records no model (a {FORMAT_V1!r} file of an older lrm_interp, "
             f"or one saved without a model): it cannot be checked against {name}, the model it is applied to; "
             "compute it again (lrm-interp bits) to record it",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     everything = {s.name for s in find_sites(model, include_lm_head=True)}
     unknown = [k for k in alloc.bits if k not in everything]

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from lrm_interp._io import CHECKSUM_KEY, ChecksumError, read_safetensors, refuse_result_file, write_safetensors
-from lrm_interp.checks import check_bool, check_int, checked_flags, refuse_string, shown_value
+from lrm_interp.checks import check_bool, check_int, checked_flags, refuse_string, shown_value, user_stacklevel
 from lrm_interp.compress.quant.apply import (  # the grid rule lives with the quantizer that warns (H14-MGP)
     GRID_FREE_SALIENCIES as GRID_FREE_SALIENCIES,
 )
@@ -485,7 +485,7 @@ def load_masks(path: str | Path) -> tuple[MaskSet, dict]:
         warnings.warn(
             f"{path}: the masks file records no model weights fingerprint (written by an older lrm_interp, "
             "or saved without one): it cannot be checked against the model it is applied to",
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     extra = json.loads(meta.get("extra", "{}"))
     # the grid the file records rides with the set: quantize_model_ and save_masks read it (H14-MGP)

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from lrm_interp._io import dtype_to_str, read_safetensors, refuse_result_file, write_safetensors
-from lrm_interp.checks import check_int, checked_flags
+from lrm_interp.checks import check_int, checked_flags, user_stacklevel
 from lrm_interp.model.sites import get_module
 from lrm_interp.model.weights import set_weight_matrix, weight_matrix
 from lrm_interp.protect.encoding import SEP, mask_tensors, masks_from_tensors
@@ -57,7 +57,7 @@ def full_modules(masks: Mapping[str, ProtectionMask], *, warn: bool = True) -> l
         warnings.warn(
             f"{len(partial)} sites with partial masks ({n} protected weights, e.g. {partial[0]}) are not "
             "expressible as module exclusions and are not exported; use save_sidecar",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return full
 

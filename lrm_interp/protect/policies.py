@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from lrm_interp.attribution.results import site_scores
-from lrm_interp.checks import check_fraction, checked_flags, shown_value
+from lrm_interp.checks import check_fraction, checked_flags, shown_value, user_stacklevel
 from lrm_interp.model.provenance import recorded_weights
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.encoding import check_site_list
@@ -123,7 +123,7 @@ def module_scores(
                 f"{'has' if len(zero) == 1 else 'have'} no non-zero attribution score{where}: the mean relative "
                 f"importance over behaviours counts {'it' if len(zero) == 1 else 'them'} as zero",
                 ZeroScoreWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
     sc = site_scores(scores, behavior)
     if sc and not any(v != 0 for v in sc.values()):
@@ -132,7 +132,7 @@ def module_scores(
     if note is not None:
         import warnings
 
-        warnings.warn(note, UnresolvedScoresWarning, stacklevel=2)
+        warnings.warn(note, UnresolvedScoresWarning, stacklevel=user_stacklevel())
     return sc
 
 
@@ -516,7 +516,7 @@ def build_masks(
     if over is not None and warn_budget:  # warn_budget=False: the caller said it already (the CLI)
         import warnings
 
-        warnings.warn(over, BudgetExceededWarning, stacklevel=2)
+        warnings.warn(over, BudgetExceededWarning, stacklevel=user_stacklevel())
     if policy == "final_mlp":
         return MaskSet(
             apply_regexes(final_mlp(sites), sites, always=always, never=never), model=_model_of(saliency, scores)

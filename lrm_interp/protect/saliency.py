@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_flags, user_stacklevel
 from lrm_interp.compress.calibration import CalibData, calibration_batches, check_calibration_context
 from lrm_interp.compress.quant.rtn import rtn_quantize
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan
@@ -481,7 +481,7 @@ def behaviour_weight_grads(
         warnings.warn(
             f"span_grads='window' is not available for {type(model).__name__} ({reason}): "
             "exact full-prefix span gradients instead",
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     items = _trace_items(encoded, behaviors)
     return _accumulate(

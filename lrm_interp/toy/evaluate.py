@@ -8,7 +8,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 
-from lrm_interp.checks import check_int, checked_flags
+from lrm_interp.checks import check_int, checked_flags, user_stacklevel
 from lrm_interp.data.toy_tasks import Problem, extract_answer
 from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace
 from lrm_interp.evaluation.generation import check_token_ids, count_at_limit, generate_responses
@@ -87,7 +87,7 @@ def _warn_at_limit(tokenizer, responses: Sequence[str], correct: Sequence[bool],
             "right answer: the accuracy measures the length limit (raise max_new_tokens; the default is 480), "
             "or the model repeats itself up to it",
             LengthLimitWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lrm_interp.checks import check_bool, checked_flags
+from lrm_interp.checks import check_bool, checked_flags, user_stacklevel
 from lrm_interp.compress.calibration import HessianCalib, calibration_size
 from lrm_interp.compress.driver import (
     CompressionMethod,
@@ -199,7 +199,7 @@ def masks_grid_record(masks: Any) -> dict[str, Any] | None:
 
 
 @checked_flags
-def warn_grid_mismatch(masks: Any, bits: int, group_size: int | None, symmetric: bool, *, stacklevel: int = 3) -> None:
+def warn_grid_mismatch(masks: Any, bits: int, group_size: int | None, symmetric: bool) -> None:
     """Warn (:class:`MaskGridWarning`) when ``masks`` record a grid (:func:`masks_grid_record`) that
     is not ``bits``/``group_size``/``symmetric`` (:func:`grid_mismatch`'s words, naming the masks
     file when known). Masks that record no grid are applied without a word: nothing to compare."""
@@ -207,7 +207,7 @@ def warn_grid_mismatch(masks: Any, bits: int, group_size: int | None, symmetric:
     msg = None if rec is None else grid_mismatch(rec, bits, group_size, symmetric)
     if msg:
         src = getattr(masks[0] if isinstance(masks, tuple) else masks, "source", None)
-        warnings.warn(f"masks{f' {src}' if src else ''}: {msg}", MaskGridWarning, stacklevel=stacklevel)
+        warnings.warn(f"masks{f' {src}' if src else ''}: {msg}", MaskGridWarning, stacklevel=user_stacklevel())
 
 
 def masks_argument(masks: Any) -> Mapping[str, Any] | None:

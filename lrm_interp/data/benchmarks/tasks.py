@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_flags, user_stacklevel
 from lrm_interp.data.benchmarks import grading
 from lrm_interp.data.benchmarks.items import BenchItem, BenchmarkFormatError, Grade
 from lrm_interp.data.benchmarks.readers import SUFFIXES, field_value, read_records, text_value
@@ -393,7 +393,9 @@ def load(
         if per_family != TOY_N:
             raise TypeError("load(): give per_family only (toy_n is its deprecated old name)")
         warnings.warn(
-            "load(toy_n=...) is deprecated; use per_family=... (same meaning)", DeprecationWarning, stacklevel=2
+            "load(toy_n=...) is deprecated; use per_family=... (same meaning)",
+            DeprecationWarning,
+            stacklevel=user_stacklevel(),
         )
         per_family = toy_n
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
