@@ -336,3 +336,20 @@ def test_printed_bench_and_annotator_commands_paste_as_they_read(tmp_path: Any, 
     argv = shlex.split(printed.split("use it with ", 1)[1])
     assert argv[:4] == ["lrm-interp", "annotate", "--annotator", out]
     assert str(build_parser().parse_args(argv[1:]).annotator) == out
+
+
+def test_an_experiment_of_other_settings_is_named_with_both_values_and_the_resume(tmp_path: Any) -> None:
+    """H29-EXHINT: ``experiment protection`` resumed with one setting changed said only "differs in
+    per_family" (no values, no way on). Now each setting with both values, and the resume."""
+    from lrm_interp.experiments.protection_table import run_protection_experiment
+
+    small = dict(model="toy", per_family=1, attribution_traces=1, random_seeds=(0,), progress=False)
+    out = tmp_path / "EX"
+    run_protection_experiment(out, only=["fp"], **small)
+    with pytest.raises(ValueError) as e:
+        run_protection_experiment(out, only=["fp"], **{**small, "per_family": 2, "max_new_tokens": 100})
+    assert str(e.value).startswith(f"{out} holds another experiment (differs in ")
+    assert "max_new_tokens " in str(e.value) and " there ≠ 100 now, per_family 1 there ≠ 2 now); " in str(e.value)
+    assert str(e.value).endswith(
+        f"rerun with the settings recorded in {out / 'settings.json'} to resume it, or use a new --out folder"
+    )
