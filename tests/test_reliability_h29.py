@@ -353,3 +353,28 @@ def test_an_experiment_of_other_settings_is_named_with_both_values_and_the_resum
     assert str(e.value).endswith(
         f"rerun with the settings recorded in {out / 'settings.json'} to resume it, or use a new --out folder"
     )
+
+
+def test_a_quantize_result_that_lost_its_provenance_record_is_refused(
+    bench_runs: Any, tmp_path: Any, capsys: Any
+) -> None:
+    """H29-QRPROV: with ``lrm_interp_provenance.json`` removed from a ``quantize`` result, the 3-bit
+    model loaded as one never compressed (``bench run`` recorded ``compression: []``, exit 0). Its
+    ``lrm_interp_quantization.json`` lists the file: the loader refuses, naming it; a folder of an
+    older ``quantize`` (a record listing no such file) loads as before."""
+    import json
+    import shutil
+
+    from cli_run import err_line, run_cli
+
+    q = shutil.copytree(bench_runs / "Q3", tmp_path / "Q3")
+    (q / "lrm_interp_provenance.json").unlink()
+    with pytest.raises(ValueError, match=r"Q3: lrm_interp_provenance.json is missing, though its lrm_interp_quantiz"):
+        lrm_interp.load_model(q)
+    capsys.readouterr()
+    assert run_cli([q if a == "toy" else a for a in BENCH] + ["--out", tmp_path / "B"]) == 2
+    assert "lrm_interp_provenance.json is missing" in err_line(capsys) and not (tmp_path / "B").exists()
+    record = json.loads((q / "lrm_interp_quantization.json").read_text())
+    older = {k: v for k, v in record.items() if k not in ("files", "record_sha256")}
+    (q / "lrm_interp_quantization.json").write_text(json.dumps(older))
+    lrm_interp.load_model(q)

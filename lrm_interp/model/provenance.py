@@ -259,6 +259,7 @@ def load_record(model: torch.nn.Module, directory: str | Path) -> None:
     file of the folder (:func:`check_saved_records`) raises :class:`EditedRecordError`."""
     check_saved_records(directory)
     p = Path(directory) / PROVENANCE_FILE
+    _refuse_lost_record(Path(directory))
     if p.exists():
         try:
             rec = ModelRecord.from_dict(json.loads(p.read_text(encoding="utf-8")))
@@ -274,6 +275,25 @@ def load_record(model: torch.nn.Module, directory: str | Path) -> None:
                 "restore them, or run quantize again"
             )
         _set(model, rec)
+
+
+def _refuse_lost_record(directory: Path) -> None:
+    """``ValueError`` when the folder's ``lrm_interp_quantization.json`` lists :data:`PROVENANCE_FILE`
+    among the files ``quantize`` wrote and it is gone: the model loaded as one never compressed
+    (``bench run`` recorded ``compression: []`` for a 3-bit model, H29-QRPROV). A folder of an older
+    ``quantize``, whose record lists no such file, loads as before."""
+    from lrm_interp._io import QUANTIZE_RECORD
+
+    q = directory / QUANTIZE_RECORD
+    if (directory / PROVENANCE_FILE).exists() or not q.is_file():
+        return
+    files = _json_object(q).get("files")
+    if isinstance(files, list) and PROVENANCE_FILE in files:
+        raise ValueError(
+            f"{directory}: {PROVENANCE_FILE} is missing, though its {QUANTIZE_RECORD} lists it: without it the "
+            "model would pass for one never compressed (the record holds its compression steps and a sample of "
+            "its weights); restore the file, or run quantize again"
+        )
 
 
 @contextlib.contextmanager
