@@ -966,6 +966,16 @@ class ResultConflict:
 
 
 @checked_flags
+def check_own(own: object) -> None:
+    """``ValueError`` unless ``own`` is ``None`` or one of :data:`RESULT_KINDS` (the writers'
+    ``own=`` argument: the kind of result whose own file or folder the library writes)."""
+    if own is not None and own not in RESULT_KINDS:
+        raise ValueError(
+            f"own must be None or the kind of a result ({', '.join(map(repr, RESULT_KINDS))}), got "
+            f"{own!r} ({type(own).__name__}); leave it out to write a file of your own"
+        )
+
+
 def result_conflict(path: str | os.PathLike, own: str | None = None, *, slot_ok: bool = False) -> ResultConflict | None:
     """Why writing ``path`` would change a finished result of another command, or ``None``: the one
     rule of the command line's output checks (``lrm_interp.cli.common.refuse_other_results``) and of
@@ -979,7 +989,10 @@ def result_conflict(path: str | os.PathLike, own: str | None = None, *, slot_ok:
       folder a result names (a study's ``attribution_fp32/``) is free for a folder writer while it
       is not there or is a folder (the study writes its attribution results there).
 
-    The work folder ``partial/`` of an attribution run is :func:`refuse_attribution_work_folder`'s."""
+    The work folder ``partial/`` of an attribution run is :func:`refuse_attribution_work_folder`'s.
+    An ``own`` that names no kind of :data:`RESULT_KINDS` is a ``ValueError``: ``own=5`` (truthy)
+    made ``BitAllocation.save`` skip its check of the file it replaces (H29-OWNARG)."""
+    check_own(own)
     p = Path(path).expanduser().resolve()
     if own is not None:
         here = finished_result(p)

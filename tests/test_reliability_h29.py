@@ -378,3 +378,30 @@ def test_a_quantize_result_that_lost_its_provenance_record_is_refused(
     older = {k: v for k, v in record.items() if k not in ("files", "record_sha256")}
     (q / "lrm_interp_quantization.json").write_text(json.dumps(older))
     lrm_interp.load_model(q)
+
+
+def test_a_writers_own_argument_names_a_kind_of_result(toy: Any, tmp_path: Any) -> None:
+    """H29-OWNARG: ``BitAllocation.save(path, own=5)`` skipped its check of the file it replaces
+    (``own`` is the library's: the kind of result whose own file is written): a user's traces file
+    was replaced. ``own`` must name a kind of result; nothing is written otherwise."""
+    path = tmp_path / "traces.jsonl"
+    path.write_text('{"id": "t1"}\n')
+    alloc = lrm_interp.uniform_allocation(lrm_interp.find_sites(toy[0]), 4)
+    for bad in (5, "studdy", True):
+        with pytest.raises(ValueError, match=r"own must be None or the kind of a result \('attribution', "):
+            alloc.save(path, own=bad)
+        assert path.read_text() == '{"id": "t1"}\n'
+    with pytest.raises(ValueError, match="traces.jsonl"):  # and without own, the file is refused as before
+        alloc.save(path)
+
+
+def test_loading_a_folder_without_a_faithfulness_result_names_it(tmp_path: Any) -> None:
+    """H29-FLOADMSG: ``FaithfulnessResult.load(<empty folder>)`` raised a raw "[Errno 2] No such
+    file or directory"."""
+    from lrm_interp.attribution.faithfulness import FaithfulnessResult
+
+    (tmp_path / "F").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"F holds no faithfulness.json: not a faithfulness folder"):
+        FaithfulnessResult.load(tmp_path / "F")
+    with pytest.raises(FileNotFoundError, match=r"G does not exist: not a faithfulness folder"):
+        FaithfulnessResult.load(tmp_path / "G")

@@ -473,6 +473,11 @@ class FaithfulnessResult:
         (:meth:`check_rows`: ``ValueError`` naming the file for an edited or corrupt one)."""
         refuse_file_as_folder(path_argument(out_dir, "out_dir"), "a faithfulness folder", FILES[0])  # H28-LOADFILE
         path = Path(path_argument(out_dir, "out_dir")) / FILES[0]
+        if not path.is_file():  # a raw "[Errno 2] No such file or directory" (H29-FLOADMSG)
+            where = "does not exist" if not path.parent.exists() else f"holds no {FILES[0]}"
+            raise FileNotFoundError(
+                f"{path.parent} {where}: not a faithfulness folder (lrm-interp faithfulness --out writes one)"
+            )
         return cls.from_dict(json.loads(path.read_text()), source=str(path))
 
     def __repr__(self) -> str:
