@@ -405,3 +405,34 @@ def test_loading_a_folder_without_a_faithfulness_result_names_it(tmp_path: Any) 
         FaithfulnessResult.load(tmp_path / "F")
     with pytest.raises(FileNotFoundError, match=r"G does not exist: not a faithfulness folder"):
         FaithfulnessResult.load(tmp_path / "G")
+
+
+@pytest.mark.parametrize("how", ["swapped", "replaced"])
+def test_a_refused_study_rerun_leaves_the_finished_study_as_it_was(study: Any, tmp_path: Any, how: str) -> None:
+    """H29-STSWAP: a rerun of a finished study whose ``attribution_fp32/`` and ``attribution_rtn3/``
+    were swapped (or one replaced by another attribution) was refused by the attribution, but only
+    after ``study.json`` had been rewritten as unfinished (``complete`` false, its commands, files
+    and masks gone; ``StudyResult.load`` then said "did not finish"). Refused now before the first
+    write, naming the folder; every file as it was."""
+    import shutil
+
+    from cli_run import TINY_STUDY, copied, folder_files
+
+    from lrm_interp.experiments.study import StudyResult, run_study
+
+    src, model, tok, traces = study
+    out = copied(src, tmp_path / "S")
+    fp, q = out / "attribution_fp32", out / "attribution_rtn3"
+    if how == "swapped":
+        fp.rename(out / "x")
+        q.rename(fp)
+        (out / "x").rename(q)
+    else:
+        shutil.rmtree(q)
+        shutil.copytree(fp, q)
+    before = folder_files(out)
+    with pytest.raises(ValueError, match=r"attribution_(fp32|rtn3)/ is not the attribution the study made"):
+        run_study(model, traces, out, tokenizer=tok, **TINY_STUDY)
+    assert folder_files(out) == before
+    with pytest.raises(ValueError, match=r"(is|are) not the (attribution|pair) the study made"):  # not "did not finish"
+        StudyResult.load(out)

@@ -996,6 +996,8 @@ def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict
         )
     if not overwrite:
         _refuse_edited_key(out, have)
+        if have.get("complete"):  # before study.json is rewritten: a refused rerun left it unfinished (H29-STSWAP)
+            _refuse_replaced_attributions(out, have)
     if overwrite:
         folders = _own_folders(out, have)  # every entry checked before anything is removed
         _refuse_foreign_entries(folders)  # nor anything another command or the user put in them
