@@ -436,3 +436,25 @@ def test_a_refused_study_rerun_leaves_the_finished_study_as_it_was(study: Any, t
     assert folder_files(out) == before
     with pytest.raises(ValueError, match=r"(is|are) not the (attribution|pair) the study made"):  # not "did not finish"
         StudyResult.load(out)
+
+
+def test_the_two_record_files_of_a_quantize_result_must_agree(bench_runs: Any, tmp_path: Any) -> None:
+    """H29-QRSPLIT: the 4-bit result's ``lrm_interp_quantization.json`` copied into a 3-bit one
+    (each file intact): ``bench run`` recorded 3 bits, ``study`` refused quoting 4. The loader now
+    refuses a pair that describes two quantizations, naming both values."""
+    import shutil
+
+    from cli_run import run_cli
+
+    root = tmp_path / "r"
+    root.mkdir()
+    q3 = shutil.copytree(bench_runs / "Q3", root / "Q3")
+    assert run_cli(["quantize", "--model", "toy", "--bits", 4, "--out", root / "Q4", "--quiet"]) == 0
+    lrm_interp.load_model(q3)  # as written: one quantization
+    shutil.copy(root / "Q4" / "lrm_interp_quantization.json", q3)
+    with pytest.raises(
+        ValueError,
+        match=r"Q3: its lrm_interp_quantization.json describes another quantization than its "
+        r"lrm_interp_provenance.json \(bits 4 there, 3 in lrm_interp_provenance.json\)",
+    ):
+        lrm_interp.load_model(q3)

@@ -274,7 +274,32 @@ def load_record(model: torch.nn.Module, directory: str | Path) -> None:
                 "of the weights it recorded differs): the record files or the weights were replaced since; "
                 "restore them, or run quantize again"
             )
+        _refuse_disagreeing_records(Path(directory), rec)
         _set(model, rec)
+
+
+#: the fields of a quantization that both record files of a ``quantize`` result hold
+_QUANT_FIELDS = ("method", "bits", "group_size", "symmetric", "n_sites", "n_weights", "n_protected")
+
+
+def _refuse_disagreeing_records(directory: Path, rec: ModelRecord) -> None:
+    """``ValueError`` when the folder's ``lrm_interp_quantization.json`` describes another quantization
+    than the last step of its :data:`PROVENANCE_FILE` (each file intact: the 4-bit result's record
+    copied into a 3-bit one, H29-QRSPLIT): ``bench run`` believed one, ``study`` quoted the other."""
+    from lrm_interp._io import QUANTIZE_RECORD
+
+    q = directory / QUANTIZE_RECORD
+    steps = [c for c in rec.current() if c.get("kind") == "quantization"]
+    if not steps or not q.is_file():
+        return
+    qd, step = _json_object(q), steps[-1]
+    diff = [k for k in _QUANT_FIELDS if k in qd and k in step and qd[k] != step[k]]
+    if diff:
+        shown = ", ".join(f"{k} {qd[k]!r} there, {step[k]!r} in {PROVENANCE_FILE}" for k in diff)
+        raise ValueError(
+            f"{directory}: its {QUANTIZE_RECORD} describes another quantization than its {PROVENANCE_FILE} "
+            f"({shown}): one of them was copied from another quantize result; restore it, or run quantize again"
+        )
 
 
 def _refuse_lost_record(directory: Path) -> None:
