@@ -283,7 +283,8 @@ def test_a_diverged_toy_training_is_never_saved_nor_quantized(tmp_path: Any, cap
     """H29-NANMODEL: ``toy train --lr 1e30`` saved a model of NaN weights (exit 0), which
     ``quantize`` quantized (exit 0). The training is refused when its loss or weights are not
     finite, nothing written; ``quantize`` / ``prune_model_`` refuse a model with a NaN weight,
-    naming the site, before any weight changes."""
+    naming the site, before any weight changes; ``toy eval`` (accuracy 0, blamed on the length
+    limit) refuses it too."""
     from cli_run import err_line, run_cli
 
     from lrm_interp.model.provenance import NonFiniteError
@@ -305,6 +306,8 @@ def test_a_diverged_toy_training_is_never_saved_nor_quantized(tmp_path: Any, cap
         "the site; the model is broken (a training that diverged?); nothing was changed"
     )
     assert not (tmp_path / "Q").exists()
+    assert run_cli(["toy", "eval", "--model", tmp_path / "M", "--per-family", 1, "--quiet"]) == 2
+    assert f"evaluate: parameter {site.name}.weight holds 1 non-finite values: the model is broken" in err_line(capsys)
     before = {n: p.clone() for n, p in model.named_parameters()}
     with pytest.raises(NonFiniteError, match=rf"{site.name}: its weights hold 1 NaN .* the pruning would spread"):
         lrm_interp.prune_model_(model, method="magnitude", sparsity=0.5, progress=False)

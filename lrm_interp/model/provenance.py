@@ -361,6 +361,17 @@ def _tensor_bytes(t: torch.Tensor):
         return c.numpy().tobytes()
 
 
+def first_non_finite(model: torch.nn.Module) -> tuple[str, int] | None:
+    """``(name, count)`` of the first parameter of ``model`` holding a NaN or an infinity, else
+    ``None``: a model whose training diverged (H29-NANMODEL)."""
+    for name, t in model.named_parameters():
+        if t.device.type != "meta" and t.is_floating_point() and t.numel():
+            bad = int((~torch.isfinite(t.detach())).sum())
+            if bad:
+                return name, bad
+    return None
+
+
 @checked_flags
 def weights_fingerprint(model: torch.nn.Module, *, check_finite: bool = True) -> str:
     """BLAKE2b-128 hex digest of every parameter and buffer (name, dtype, shape, bytes).

@@ -12,6 +12,7 @@ from lrm_interp.checks import check_int, checked_flags, user_stacklevel
 from lrm_interp.data.toy_tasks import Problem, extract_answer
 from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace
 from lrm_interp.evaluation.generation import check_token_ids, count_at_limit, generate_responses
+from lrm_interp.model.provenance import NonFiniteError, first_non_finite
 from lrm_interp.model.vocab import check_model_and_tokenizer, check_tokenizer_fits
 
 
@@ -39,7 +40,8 @@ def evaluate(
     model is refused first (:func:`~lrm_interp.model.vocab.check_tokenizer_fits`; a prompt id beyond
     the embedding: :func:`~lrm_interp.evaluation.generation.check_token_ids`), and so are the model
     and the tokenizer swapped (:func:`~lrm_interp.model.vocab.check_model_and_tokenizer`, H15-EVS) and
-    a ``max_new_tokens`` or ``batch_size`` below 1 (H15-EV0). When at least half of the answers hit
+    a ``max_new_tokens`` or ``batch_size`` below 1 (H15-EV0), and a model with a NaN or infinite
+    parameter (it answered nothing, blamed on the length limit, H29-NANMODEL). When at least half of the answers hit
     ``max_new_tokens`` without the right answer, a ``UserWarning`` says how many (the accuracy
     measures the limit, not the model: H15-EV5, a :class:`LengthLimitWarning`; the rule of
     :func:`~lrm_interp.evaluation.generation.length_limit_warning`)."""
@@ -50,6 +52,12 @@ def evaluate(
     check_model_and_tokenizer(model, tokenizer, "evaluate")
     check_tokenizer_fits(model, tokenizer, "evaluate")
     check_token_ids(model, tokenizer, [(f"{p.id} (prompt)", p.prompt) for p in probs])
+    bad = first_non_finite(model)  # NaN weights: accuracy 0 blamed on the length limit (H29-NANMODEL)
+    if bad is not None:
+        raise NonFiniteError(
+            f"evaluate: parameter {bad[0]} holds {bad[1]} non-finite values: the model is broken (a training "
+            "that diverged?); its accuracy would be 0"
+        )
     responses = generate_responses(
         model,
         tokenizer,
@@ -144,6 +152,12 @@ def collect_traces(
     annotator = annotator or RuleAnnotator()
     probs = [_as_problem(p) for p in probs]
     check_token_ids(model, tokenizer, [(f"{p.id} (prompt)", p.prompt) for p in probs])
+    bad = first_non_finite(model)  # NaN weights: accuracy 0 blamed on the length limit (H29-NANMODEL)
+    if bad is not None:
+        raise NonFiniteError(
+            f"evaluate: parameter {bad[0]} holds {bad[1]} non-finite values: the model is broken (a training "
+            "that diverged?); its accuracy would be 0"
+        )
     responses = generate_responses(
         model,
         tokenizer,

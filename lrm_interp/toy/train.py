@@ -215,15 +215,15 @@ def anneal_(
 def _evaluate_and_save(
     model, log: dict, out_dir, *, n_people: int, eval_per_family: int, quant_eval: tuple[tuple[int, int | None], ...]
 ) -> dict:
-    from lrm_interp.model.provenance import NonFiniteError, weights_fingerprint
+    from lrm_interp.model.provenance import first_non_finite
     from lrm_interp.toy.evaluate import evaluate_quietly as evaluate  # a training log: accuracy says enough
 
-    try:  # a NaN between two logged steps: never saved as a model (H29-NANMODEL)
-        weights_fingerprint(model)
-    except NonFiniteError as e:
+    bad = first_non_finite(model)  # a NaN between two logged steps: never saved as a model (H29-NANMODEL)
+    if bad is not None:
         raise DivergedError(
-            f"training diverged: {e}; nothing was saved; use a smaller learning rate (--lr, or --anneal-lr for phase 2)"
-        ) from None
+            f"training diverged: parameter {bad[0]} holds {bad[1]} non-finite values; nothing was saved; use a "
+            "smaller learning rate (--lr, or --anneal-lr for phase 2)"
+        )
     model.eval()
     tok = byte_tokenizer()
     held = problems(eval_per_family, seed=EVAL_SEED, world=build_world(n_people))
