@@ -965,7 +965,6 @@ class ResultConflict:
         return f"is a file of {self.result}"
 
 
-@checked_flags
 def check_own(own: object) -> None:
     """``ValueError`` unless ``own`` is ``None`` or one of :data:`RESULT_KINDS` (the writers'
     ``own=`` argument: the kind of result whose own file or folder the library writes)."""
@@ -976,6 +975,7 @@ def check_own(own: object) -> None:
         )
 
 
+@checked_flags
 def result_conflict(path: str | os.PathLike, own: str | None = None, *, slot_ok: bool = False) -> ResultConflict | None:
     """Why writing ``path`` would change a finished result of another command, or ``None``: the one
     rule of the command line's output checks (``lrm_interp.cli.common.refuse_other_results``) and of

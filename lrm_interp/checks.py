@@ -154,7 +154,7 @@ def checked_flags(obj: _F) -> _F:
                     args = (*args[:position], bool(v), *args[position + 1 :])  # type: ignore[operator]
                 continue
             allowed = "True, False or None" if optional else "True or False"
-            raise FlagError(f"{owner}: {name} must be {allowed}, got {shown_value(v)}")
+            raise FlagError(f"{owner}: {name} must be {allowed}, got {v!r} ({type(v).__name__})")
         return obj(*args, **kwargs)
 
     wrapper.__checked_flags__ = tuple(flags)  # type: ignore[attr-defined]

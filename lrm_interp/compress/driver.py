@@ -257,7 +257,6 @@ def _check_sites_given(sites: Any, done: str) -> Any:
     return sites
 
 
-@checked_flags
 def check_finite_weights(model: torch.nn.Module, sites: Sequence[Site], kind: str) -> None:
     """:class:`~lrm_interp.model.provenance.NonFiniteError` naming the first of ``sites`` whose
     weights hold a NaN or an infinity, before any weight changes: quantizing it spread the NaN over
@@ -275,6 +274,7 @@ def check_finite_weights(model: torch.nn.Module, sites: Sequence[Site], kind: st
                 )
 
 
+@checked_flags
 def compress_model_(
     model: torch.nn.Module,
     method: str | CompressionMethod,
