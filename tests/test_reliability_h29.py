@@ -461,3 +461,60 @@ def test_the_two_record_files_of_a_quantize_result_must_agree(bench_runs: Any, t
         r"lrm_interp_provenance.json \(bits 4 there, 3 in lrm_interp_provenance.json\)",
     ):
         lrm_interp.load_model(q3)
+
+
+# ----------------------------------------------------------------- the twenty-ninth probe (H30-…), found while it ran
+def test_attribute_refuses_a_site_named_twice(toy: Any) -> None:
+    """H30-DUPSITES: ``attribute(sites=[S, S, T])`` scored S twice (relative importances halved) and
+    wrote a result its loader refused. The config refuses a site named twice, before any work."""
+    model, tok, data = toy
+    s = lrm_interp.find_sites(model, pattern="mlp")
+    with pytest.raises(ValueError, match=rf"sites names a site more than once: \['{s[0].name}'\]; give each site once"):
+        lrm_interp.attribute(model, data, tokenizer=tok, sites=[s[0], s[0].name, s[1]], progress=False)
+
+
+def test_quantize_refuses_a_nan_outside_the_quantized_sites(bench_runs: Any, tmp_path: Any, capsys: Any) -> None:
+    """H30-NANQUANT: a NaN in a norm (no linear site) passed the H29-NANMODEL check of the sites:
+    ``quantize`` wrote the broken copy (exit 0). Any parameter that is not finite is refused."""
+    from cli_run import err_line, run_cli
+
+    model, tok = lrm_interp.load_model("toy")
+    with torch.no_grad():
+        model.model.norm.weight[3] = float("inf")
+    model.save_pretrained(tmp_path / "M")
+    tok.save_pretrained(tmp_path / "M")
+    capsys.readouterr()
+    assert run_cli(["quantize", "--model", tmp_path / "M", "--bits", 3, "--out", tmp_path / "Q"]) == 2
+    assert err_line(capsys).endswith(
+        "error: parameter model.norm.weight holds 1 NaN or infinite value: the model is broken (a training that "
+        "diverged?); its quantization would be too; nothing was changed"
+    )
+    assert not (tmp_path / "Q").exists()
+
+
+def test_a_finished_study_recomputes_a_deleted_attribution_folder(study: Any, tmp_path: Any) -> None:
+    """H30-STRMATTR: with the H29-STSWAP check, a rerun of a finished study whose
+    ``attribution_rtn3/`` was deleted was refused as "replaced"; a deleted folder is computed again
+    (as a deleted ``bits.json`` is written again), and the study loads as before."""
+    import shutil
+
+    from cli_run import TINY_STUDY, copied
+
+    from lrm_interp.experiments.study import StudyResult, run_study
+
+    src, model, tok, traces = study
+    out = copied(src, tmp_path / "S")
+    shutil.rmtree(out / "attribution_rtn3")
+    run_study(model, traces, out, tokenizer=tok, **TINY_STUDY)
+    assert (out / "attribution_rtn3" / "attribution.json").is_file()
+    assert StudyResult.load(out).rows == StudyResult.load(src).rows
+
+
+def test_run_study_refuses_an_out_that_is_no_path(study: Any) -> None:
+    from cli_run import TINY_STUDY
+
+    from lrm_interp.experiments.study import run_study
+
+    _, model, tok, traces = study
+    with pytest.raises(TypeError, match=r"out must be a path \(str or os.PathLike\), got int 5"):
+        run_study(model, traces, 5, tokenizer=tok, **TINY_STUDY)

@@ -181,6 +181,9 @@ class AttributionConfig:
             names = tuple(getattr(s, "name", s) for s in self.sites)
             if not names or not all(isinstance(n, str) for n in names):
                 raise ValueError("sites must be a regex string, a non-empty list of site names, or None")
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:  # each scored twice: wrong relative importances, and a result its loader refuses (H30-DUPSITES)
+                raise ValueError(f"sites names a site more than once: {dup}; give each site once")
             set_("sites", names)
         elif isinstance(self.sites, str):
             import re

@@ -40,6 +40,7 @@ from lrm_interp.model.provenance import (
     NonFiniteError,
     check_not_quantized,
     check_same_weights,
+    first_non_finite,
     model_record,
     record_compression,
 )
@@ -272,6 +273,12 @@ def check_finite_weights(model: torch.nn.Module, sites: Sequence[Site], kind: st
                     "would spread them over the site; the model is broken (a training that diverged?); nothing "
                     "was changed"
                 )
+    other = first_non_finite(model)  # a norm or the embedding: the compressed copy is as broken (H30-NANQUANT)
+    if other is not None:
+        raise NonFiniteError(
+            f"parameter {other[0]} holds {other[1]} NaN or infinite value{'s' if other[1] > 1 else ''}: the "
+            f"model is broken (a training that diverged?); its {kind} would be too; nothing was changed"
+        )
 
 
 @checked_flags

@@ -728,13 +728,14 @@ def attribution_tensors_sha256(folder: str | Path) -> str | None:
 ATTRIBUTION_IDENTITIES = "attribution_identity_sha256"
 
 
-def _refuse_replaced_attributions(out: Path, doc: Mapping[str, Any]) -> None:
+def _refuse_replaced_attributions(out: Path, doc: Mapping[str, Any], *, missing_ok: bool = False) -> None:
     """``ValueError`` naming the first attribution folder of a finished study whose result is not the
     one the study made (its ``tensors_sha256`` is not the one ``study.json`` records,
     :data:`ATTRIBUTION_CHECKSUMS`): a copy of the other folder put in its place gave a zero shift
     with a warning only (H22-SLOAD). Accepted: a result of the same identity
     (:data:`ATTRIBUTION_IDENTITIES`: the study's reuse command rerun over the traces in another
-    order, H23-REORDER). A study without the record (older) is not checked."""
+    order, H23-REORDER). A study without the record (older) is not checked. ``missing_ok`` (a rerun):
+    a folder that is gone, or holds no ``attribution.json``, is computed again (H30-STRMATTR)."""
     prov = doc.get("provenance")
     sums = prov.get(ATTRIBUTION_CHECKSUMS) if isinstance(prov, Mapping) else None
     if not isinstance(sums, Mapping):
@@ -743,6 +744,8 @@ def _refuse_replaced_attributions(out: Path, doc: Mapping[str, Any]) -> None:
     idents = idents if isinstance(idents, Mapping) else {}
     for name, sha in sums.items():
         if not isinstance(name, str) or attribution_tensors_sha256(out / name) == sha:
+            continue
+        if missing_ok and not (out / name / "attribution.json").exists():
             continue
         ident = idents.get(name)
         if ident is not None and result_identity_sha256(out / name) == ident:
@@ -997,7 +1000,7 @@ def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict
     if not overwrite:
         _refuse_edited_key(out, have)
         if have.get("complete"):  # before study.json is rewritten: a refused rerun left it unfinished (H29-STSWAP)
-            _refuse_replaced_attributions(out, have)
+            _refuse_replaced_attributions(out, have, missing_ok=True)
     if overwrite:
         folders = _own_folders(out, have)  # every entry checked before anything is removed
         _refuse_foreign_entries(folders)  # nor anything another command or the user put in them
@@ -1341,7 +1344,7 @@ def run_study(
             "(run_study(model, data, out, bits=3, ...)) or StudySettings(**fields)"
         )
     s = settings if settings is not None else StudySettings(**kw)
-    out = Path(out)
+    out = Path(path_argument(out, "out"))  # out=5: a raw pathlib TypeError (H30)
     for t in s.tasks:
         if get_task(t).needs_data:
             # FileNotFoundError naming the folder, before any work (task_data: set, StudySettings checks it)

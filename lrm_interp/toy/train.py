@@ -120,6 +120,10 @@ class _Batches(torch.utils.data.Dataset):
         return make_batch(step, self.batch_size, self.seed, self._world)
 
 
+#: the way on of a :class:`DivergedError` (``--weight-decay 1e30`` diverges too, H30)
+_DIVERGED_FIX = "use a smaller learning rate (--lr, or --anneal-lr for phase 2) or weight decay (--weight-decay)"
+
+
 class DivergedError(ValueError):
     """Training made the loss or the weights NaN or infinite (a learning rate too large): nothing is saved."""
 
@@ -161,7 +165,7 @@ def _run(
             if not math.isfinite(log[key][-1][1]):  # nothing saved: the weights are NaN from here on (H29-NANMODEL)
                 raise DivergedError(
                     f"training diverged: the {key.replace('_', ' ')} is {log[key][-1][1]} at step {step}; nothing "
-                    "was saved; use a smaller learning rate (--lr, or --anneal-lr for phase 2)"
+                    f"was saved; {_DIVERGED_FIX}"
                 )
         if max_seconds is not None and time.time() - t0 > max_seconds:
             log[f"{key}_stopped_at_step"] = step + 1
@@ -221,8 +225,8 @@ def _evaluate_and_save(
     bad = first_non_finite(model)  # a NaN between two logged steps: never saved as a model (H29-NANMODEL)
     if bad is not None:
         raise DivergedError(
-            f"training diverged: parameter {bad[0]} holds {bad[1]} non-finite values; nothing was saved; use a "
-            "smaller learning rate (--lr, or --anneal-lr for phase 2)"
+            f"training diverged: parameter {bad[0]} holds {bad[1]} non-finite values; nothing was saved; "
+            + _DIVERGED_FIX
         )
     model.eval()
     tok = byte_tokenizer()
