@@ -290,7 +290,8 @@ def test_a_diverged_toy_training_is_never_saved_nor_quantized(tmp_path: Any, cap
     from lrm_interp.model.provenance import NonFiniteError
 
     assert run_cli([*TOY_TRAIN, "--lr", 1e30, "--out", tmp_path / "M"]) == 2
-    assert "training diverged: the loss is nan at step" in err_line(capsys)
+    err = err_line(capsys)
+    assert "training diverged: the loss is nan at step" in err and err.endswith("or weight decay (--weight-decay)")
     assert not (tmp_path / "M").exists()
     assert run_cli([*TOY_TRAIN, "--lr", 1e-3, "--out", tmp_path / "M"]) == 0  # a sane rate trains as before
     capsys.readouterr()
@@ -518,3 +519,21 @@ def test_run_study_refuses_an_out_that_is_no_path(study: Any) -> None:
     _, model, tok, traces = study
     with pytest.raises(TypeError, match=r"out must be a path \(str or os.PathLike\), got int 5"):
         run_study(model, traces, 5, tokenizer=tok, **TINY_STUDY)
+
+
+def test_a_model_folder_is_never_written_under_an_alias_name_here(tmp_path: Any, capsys: Any, monkeypatch: Any) -> None:
+    """H30-ALIASOUT: ``quantize --model toy --out toy`` wrote ``./toy``; every ``--model toy`` there
+    was then refused as ambiguous, the study's printed commands included. Refused (quantize, toy
+    train) before anything is written; the same name in another folder is free."""
+    from cli_run import err_line, run_cli
+
+    monkeypatch.chdir(tmp_path)
+    for argv in (["quantize", "--model", "toy", "--bits", 3], [*TOY_TRAIN, "--lr", 1e-3]):
+        assert run_cli([*argv, "--out", "toy"]) == 2
+        assert "--out toy: a model folder named like the model alias 'toy' in the current folder would make every " in (
+            err_line(capsys)
+        )
+        assert not (tmp_path / "toy").exists()
+    assert run_cli(["quantize", "--model", "toy", "--bits", 3, "--out", "sub/toy", "--quiet"]) == 0
+    capsys.readouterr()
+    lrm_interp.load_model("toy")  # no clash: the folder is not here

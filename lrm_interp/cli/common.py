@@ -532,6 +532,18 @@ def _special_output(p: Path) -> str | None:
     return what
 
 
+def refuse_alias_named_out(out: str | os.PathLike, flag: str = "--out") -> None:
+    """:class:`CliError` for a model folder output named like a model alias in the current folder
+    (``quantize --out toy``: every ``--model toy`` there refused as ambiguous since, H30-ALIASOUT;
+    :func:`lrm_interp.model.loading.refuse_alias_named_folder`)."""
+    from lrm_interp.model.loading import refuse_alias_named_folder
+
+    try:
+        refuse_alias_named_folder(out, flag)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
 def refuse_other_results(flag: str, path: str | os.PathLike, own: str | None = None) -> None:
     """:class:`CliError` naming ``flag`` when writing ``path`` would change a finished result of
     another command (:func:`lrm_interp._io.finished_result`), ``--overwrite`` or not:

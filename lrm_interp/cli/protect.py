@@ -31,6 +31,7 @@ from lrm_interp.cli.common import (
     model_input,
     nonneg_int,
     reading,
+    refuse_alias_named_out,
     refuse_quantized_model,
     require_attribution_dir,
     require_model,
@@ -380,6 +381,7 @@ def _quantize_checks(a: argparse.Namespace) -> Path:
         raise CliError(str(e)) from None
     # --out is replaced whole: it may neither be nor contain nor lie inside another input (--overwrite or not)
     check_paths({"--out": a.out}, {"--masks": a.masks, "--calib": a.calib}, replaced_whole=True, own="quantize")
+    refuse_alias_named_out(a.out)  # `--out toy` here: every --model toy ambiguous (H30-ALIASOUT)
     _refuse_foreign_files(out)
     if not a.requantize:  # after the output checks: an --out over its own --model is named as that first
         refuse_quantized_model(a.model, REQUANTIZED + " (or pass --requantize to stack them on purpose)")

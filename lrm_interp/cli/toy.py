@@ -163,12 +163,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     :func:`add_train_args`; a cross-option error (e.g. ``--hidden`` not a multiple of ``--heads``)
     names the flag, before any work."""
     from lrm_interp._io import check_out_dir, check_writable
-    from lrm_interp.cli.common import CliError, check_paths
+    from lrm_interp.cli.common import CliError, check_paths, refuse_alias_named_out
     from lrm_interp.toy.train import QUANT_EVAL, TRAINING_LOG, check_train_settings, train_toy_model
 
     # never the shipped model behind --model toy (H7-TT1) nor another command's result: one rule,
     # check_paths's; its own kind, an earlier 'toy train' model, is replaced with --overwrite (H9-TM)
     check_paths({"--out": a.out}, dirs=True, own="toy train")
+    refuse_alias_named_out(a.out)  # `--out toy` here: every --model toy ambiguous (H30-ALIASOUT)
     # an existing model folder is refused before training; --overwrite replaces only an earlier
     # 'toy train' result (a folder with its training_log.json), never a folder of other files
     try:

@@ -140,6 +140,20 @@ def alias_folder_clash(name: str) -> Path | None:
     return None
 
 
+def refuse_alias_named_folder(path: str | os.PathLike, what: str) -> None:
+    """``ValueError`` when the model folder a command is about to write, ``path``, lies in the current
+    folder under the name of a model alias (``quantize --model toy --out toy``): every ``--model toy``
+    run there would then be refused as ambiguous (:func:`alias_folder_clash`), the printed reuse
+    commands included (H30-ALIASOUT). ``what``: the flag, for the message."""
+    p = Path(path).expanduser()
+    name = p.name.strip().lower()
+    if name in model_aliases() and p.resolve().parent == Path.cwd().resolve():
+        raise ValueError(
+            f"{what} {path}: a model folder named like the model alias {name!r} in the current folder would make "
+            f"every --model {name} here ambiguous (refused as such); give it another name (e.g. {p.name}-q)"
+        )
+
+
 def ambiguous_model_message(name: str, folder: Path) -> str:
     """The one-line refusal of a name that is both an alias and a model folder (:func:`alias_folder_clash`)."""
     here = f"./{name}" if not Path(name).is_absolute() else str(folder)
@@ -373,5 +387,6 @@ __all__ = [
     "model_aliases",
     "check_loading_info",
     "alias_folder_clash",
+    "refuse_alias_named_folder",
     "ambiguous_model_message",
 ]
