@@ -42,6 +42,7 @@ from lrm_interp.model.provenance import (
     check_same_weights,
     first_non_finite,
     model_record,
+    non_finite_count,
     record_compression,
 )
 from lrm_interp.model.sites import Site, get_module, resolve_sites
@@ -259,26 +260,43 @@ def _check_sites_given(sites: Any, done: str) -> Any:
 
 
 def check_finite_weights(model: torch.nn.Module, sites: Sequence[Site], kind: str) -> None:
-    """:class:`~lrm_interp.model.provenance.NonFiniteError` naming the first of ``sites`` whose
-    weights hold a NaN or an infinity, before any weight changes: quantizing it spread the NaN over
+    """:class:`~lrm_interp.model.provenance.NonFiniteError` naming the first tensor of ``model``
+    holding a NaN or an infinity, before any weight changes: quantizing a site spread the NaN over
     its groups and ``quantize`` wrote the broken model with exit 0 (a ``toy train`` that diverged,
-    H29-NANMODEL)."""
+    H29-NANMODEL); a norm or the embedding leaves the compressed copy as broken (H30-NANQUANT).
+
+    One pass over the weights (an 8B model is read once): every parameter, named by its site when
+    it is one of ``sites``' weights, plus the weights of ``sites`` that are not parameters.
+    """
+    site_weight: dict[int, str] = {}
+    others: list[tuple[str, torch.Tensor]] = []  # a site whose weight is a buffer, not a parameter
+    params = {id(p) for p in model.parameters()}
     for s in sites:
-        W = weight_matrix(get_module(model, s.name))
-        if W.is_floating_point():
-            bad = int((~torch.isfinite(W)).sum())
-            if bad:
-                raise NonFiniteError(
-                    f"{s.name}: its weights hold {bad} NaN or infinite value{'s' if bad > 1 else ''}: the {kind} "
-                    "would spread them over the site; the model is broken (a training that diverged?); nothing "
-                    "was changed"
-                )
-    other = first_non_finite(model)  # a norm or the embedding: the compressed copy is as broken (H30-NANQUANT)
-    if other is not None:
+        w = getattr(get_module(model, s.name), "weight", None)
+        if isinstance(w, torch.Tensor) and id(w) in params:
+            site_weight[id(w)] = s.name
+        else:
+            others.append((s.name, weight_matrix(get_module(model, s.name))))
+    bad = first_non_finite(model, names=site_weight)
+    for name, W in others if bad is None else ():
+        n = non_finite_count(W)
+        if n:
+            bad = (name, n)
+            break
+    if bad is None:
+        return
+    name, n = bad
+    is_site = name in site_weight.values() or name in dict(others)
+    values = f"{n} NaN or infinite value{'s' if n > 1 else ''}"
+    if is_site:
         raise NonFiniteError(
-            f"parameter {other[0]} holds {other[1]} NaN or infinite value{'s' if other[1] > 1 else ''}: the "
-            f"model is broken (a training that diverged?); its {kind} would be too; nothing was changed"
+            f"{name}: its weights hold {values}: the {kind} would spread them over the site; the model is broken "
+            "(a training that diverged?); nothing was changed"
         )
+    raise NonFiniteError(
+        f"parameter {name} holds {values}: the model is broken (a training that diverged?); its {kind} would be "
+        "too; nothing was changed"
+    )
 
 
 @checked_flags

@@ -32,7 +32,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -361,14 +361,22 @@ def _tensor_bytes(t: torch.Tensor):
         return c.numpy().tobytes()
 
 
-def first_non_finite(model: torch.nn.Module) -> tuple[str, int] | None:
+def non_finite_count(t: torch.Tensor) -> int:
+    """How many NaN or infinite values ``t`` holds (0 for an integer tensor, e.g. packed weights,
+    and for an offloaded ``meta`` tensor, which holds no values here)."""
+    if t.device.type == "meta" or not t.is_floating_point():
+        return 0
+    return int((~torch.isfinite(t.detach())).sum())
+
+
+def first_non_finite(model: torch.nn.Module, names: Mapping[int, str] | None = None) -> tuple[str, int] | None:
     """``(name, count)`` of the first parameter of ``model`` holding a NaN or an infinity, else
-    ``None``: a model whose training diverged (H29-NANMODEL)."""
+    ``None``: a model whose training diverged (H29-NANMODEL). ``names`` (``{id(parameter): name}``,
+    e.g. the site owning a weight) reports a parameter by another name."""
     for name, t in model.named_parameters():
-        if t.device.type != "meta" and t.is_floating_point() and t.numel():
-            bad = int((~torch.isfinite(t.detach())).sum())
-            if bad:
-                return name, bad
+        bad = non_finite_count(t)
+        if bad:
+            return (names or {}).get(id(t), name), bad
     return None
 
 
