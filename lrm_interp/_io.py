@@ -31,7 +31,7 @@ from typing import overload
 
 import torch
 
-from lrm_interp.checks import checked_flags, user_stacklevel
+from lrm_interp.checks import checked_arguments, path_argument, user_stacklevel
 
 _DTYPE_NAMES = {
     "fp32": "float32",
@@ -62,7 +62,7 @@ def current_umask() -> int:
     return mask
 
 
-@checked_flags
+@checked_arguments
 def plain_mode(*, folder: bool = False) -> int:
     """Permission bits a plain ``open(path, "w")`` (``0o666 & ~umask``) or ``os.mkdir``
     (``0o777 & ~umask``, ``folder=True``) gives a new file or folder. ``mkstemp`` / ``mkdtemp``
@@ -83,6 +83,7 @@ def _naming_destination(e: OSError, dest: Path, tmp: str | os.PathLike | None) -
     return OSError(f"{dest}: cannot write ({e}){note}")
 
 
+@checked_arguments
 @contextlib.contextmanager
 def naming_destination(dest: str | os.PathLike, tmp: str | os.PathLike | None = None) -> Iterator[None]:
     """Re-raise an ``OSError`` from inside (a failed write to a temporary file or folder ``tmp``
@@ -116,7 +117,7 @@ def _failed_serialization(e: BaseException) -> OSError | None:
     return OSError(code, f"{os.strerror(code)} (while writing a safetensors file)")
 
 
-@checked_flags
+@checked_arguments
 def new_stage(out: Path, *, beside: bool) -> Path:
     """A new empty hidden folder for the tables: beside ``out`` (to become ``out``) or inside it (to
     move the files from), with the permissions of a plain ``mkdir``."""
@@ -128,7 +129,7 @@ def new_stage(out: Path, *, beside: bool) -> Path:
     return stage
 
 
-@checked_flags
+@checked_arguments
 @contextlib.contextmanager
 def stage_folder(out: str | os.PathLike, *, beside: bool) -> Iterator[Path]:
     """A new empty hidden folder to write a result's files into before they are published: beside
@@ -142,6 +143,7 @@ def stage_folder(out: str | os.PathLike, *, beside: bool) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+@checked_arguments
 def move_together(stage: Path, out: Path, names: Sequence[str]) -> None:
     """Move the files ``names`` of ``stage`` into ``out`` in that order (the one that marks the
     result complete last), with Ctrl-C and SIGTERM held back until all are there: the files are
@@ -160,6 +162,7 @@ def move_together(stage: Path, out: Path, names: Sequence[str]) -> None:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+@checked_arguments
 def make_temp_dir(out: str | os.PathLike) -> Path:
     """A new empty folder beside ``out`` (``.OUT.xxxx.tmp``) to fill and then publish with
     :func:`publish_dir`, with the permissions a plain ``mkdir`` would give (not ``mkdtemp``'s 0700)."""
@@ -177,6 +180,7 @@ def make_temp_dir(out: str | os.PathLike) -> Path:
 _ABSENT_AT_START: set[Path] = set()
 
 
+@checked_arguments
 def refuse_special(path: str | os.PathLike) -> None:
     """``OSError`` naming ``path`` when it exists and is not a regular file, a folder or a link to
     one (a FIFO, a device, a socket): a writer never replaces it with a regular file."""
@@ -208,7 +212,7 @@ def _check_replace(replace: object) -> None:
     check_bool("replace", replace)
 
 
-@checked_flags
+@checked_arguments
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
 
@@ -307,7 +311,7 @@ def _publish_new(tmp: str | os.PathLike, path: Path) -> None:
     os.unlink(tmp)
 
 
-@checked_flags
+@checked_arguments
 def atomic_write_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> None:
     """UTF-8 text version of :func:`atomic_write_bytes` (low-level and unchecked: the library's
     result writers write their own files with it; ``lrm_interp.atomic_write_text`` is
@@ -315,7 +319,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, replace: bool = Tru
     atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
 
 
-@checked_flags
+@checked_arguments
 def checked_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:
     """:func:`atomic_write_bytes` for user code (exported as ``lrm_interp.atomic_write_bytes``):
     a ``path`` that is one of the files of a finished result of an ``lrm-interp`` command
@@ -326,14 +330,14 @@ def checked_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool =
     atomic_write_bytes(path, data, replace=replace)
 
 
-@checked_flags
+@checked_arguments
 def checked_write_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> None:
     """UTF-8 text version of :func:`checked_write_bytes` (exported as ``lrm_interp.atomic_write_text``)."""
     refuse_result_file(path)
     atomic_write_bytes(path, text.encode("utf-8"), replace=replace)
 
 
-@checked_flags
+@checked_arguments
 @contextlib.contextmanager
 def staged_file(path: str | os.PathLike, *, replace: bool) -> Iterator[Path]:
     """A new temporary path beside ``path`` (``.NAME.x1y2z3w4.tmp``) for any writer to write the file
@@ -377,6 +381,7 @@ def staged_file(path: str | os.PathLike, *, replace: bool) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+@checked_arguments
 class LockHeldError(OSError):
     """A lock of :func:`exclusive_lock` is held by another live process: ``holder`` is what that
     process wrote into the lock file (its pid, then what it is, e.g. ``"4242 bits"``)."""
@@ -396,6 +401,7 @@ class LockHeldError(OSError):
         return " ".join(self.holder.split()[1:])
 
 
+@checked_arguments
 class ForeignLockFileError(OSError):
     """The path of a lock of :func:`exclusive_lock` holds something this library did not write there
     (a symbolic link, a folder, a FIFO, a file of other content): it is never opened for writing,
@@ -449,6 +455,7 @@ def _refuse_foreign_lock(fd: int, lock: Path) -> None:
         raise ForeignLockFileError(lock, f"a file of {size} bytes that is not '<pid> <command>'")
 
 
+@checked_arguments
 @contextlib.contextmanager
 def exclusive_lock(lock: str | os.PathLike, holder: str) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the file ``lock`` (created if needed, holding ``"<pid> <holder>"``)
@@ -495,6 +502,7 @@ def exclusive_lock(lock: str | os.PathLike, holder: str) -> Iterator[None]:
         os.close(fd)
 
 
+@checked_arguments
 def file_lock_path(path: str | os.PathLike) -> Path:
     """The lock file of :func:`exclusive_lock` for one output file ``path``: ``.NAME.lrm_interp.lock``
     beside it (hidden, removed when the run holding it ends)."""
@@ -538,6 +546,7 @@ def strip_bom(raw: bytes) -> bytes:
     return raw[len(UTF8_BOM) :] if raw.startswith(UTF8_BOM) else raw
 
 
+@checked_arguments
 def read_text_file(path: str | os.PathLike) -> str:
     """A UTF-8 text file's text as ``Path.read_text(encoding="utf-8")`` gives it (``\\r\\n`` and
     ``\\r`` read as ``\\n``; invalid UTF-8 raises ``UnicodeDecodeError``), without a leading
@@ -551,6 +560,7 @@ def read_text_file(path: str | os.PathLike) -> str:
 QUANTIZE_RECORD = "lrm_interp_quantization.json"
 
 
+@checked_arguments
 def file_on_the_way(path: str | os.PathLike) -> Path | None:
     """The first existing ancestor of ``path`` (as given, and with a leading ``~`` expanded) that is
     not a folder (a regular file, a FIFO, a dangling link), or ``None``: nothing can be written at
@@ -600,6 +610,7 @@ _ALIAS_WORDS = {
 }
 
 
+@checked_arguments
 def refuse_alias_folder(out: str | os.PathLike, what: str = "--out", *, consent: str = "--overwrite") -> None:
     """:class:`OtherResultError` (a ``ValueError``) when ``out`` is, contains or lies inside the folder
     an alias loads or a shipped asset is read from (:func:`alias_folders`): a writer never replaces
@@ -734,6 +745,7 @@ RESULT_KINDS = (
 )
 
 
+@checked_arguments
 @dataclass(frozen=True)
 class FinishedResult:
     """A folder holding a finished result of one ``lrm-interp`` command (:func:`finished_result`).
@@ -862,6 +874,7 @@ def _annotation_cache(d: Path) -> bool:
     return False
 
 
+@checked_arguments
 def finished_result(folder: str | os.PathLike) -> FinishedResult | None:
     """The finished result of an ``lrm-interp`` command that the folder ``folder`` holds, or ``None``.
 
@@ -887,6 +900,7 @@ def finished_result(folder: str | os.PathLike) -> FinishedResult | None:
     return _model_result(d) or _table_result(d)
 
 
+@checked_arguments
 def attribution_work_folder(path: str | os.PathLike) -> Path | None:
     """The work folder ``A/partial`` of an attribution run that ``path`` is or lies inside (as
     given, and resolved), or ``None``. A folder named :data:`ATTRIBUTION_WORK` is one when its
@@ -914,6 +928,7 @@ def attribution_work_folder(path: str | os.PathLike) -> Path | None:
     return None
 
 
+@checked_arguments
 def refuse_attribution_work_folder(path: str | os.PathLike, what: str = "--out") -> None:
     """``ValueError`` naming ``what`` when ``path`` is or lies inside the work folder of an
     attribution run (:func:`attribution_work_folder`): a result written there was deleted with the
@@ -927,6 +942,7 @@ def refuse_attribution_work_folder(path: str | os.PathLike, what: str = "--out")
         )
 
 
+@checked_arguments
 def result_owning(path: str | os.PathLike) -> tuple[FinishedResult, Path] | None:
     """``(result, entry)`` when the resolved ``path`` is, or lies inside, one of the files or
     folders (``entry``) of the finished result nearest above it (:func:`finished_result`), else
@@ -941,6 +957,7 @@ def result_owning(path: str | os.PathLike) -> tuple[FinishedResult, Path] | None
     return None
 
 
+@checked_arguments
 @dataclass(frozen=True)
 class ResultConflict:
     """Writing :attr:`path` would change :attr:`result`, a finished result of another command
@@ -975,7 +992,7 @@ def check_own(own: object) -> None:
         )
 
 
-@checked_flags
+@checked_arguments
 def result_conflict(path: str | os.PathLike, own: str | None = None, *, slot_ok: bool = False) -> ResultConflict | None:
     """Why writing ``path`` would change a finished result of another command, or ``None``: the one
     rule of the command line's output checks (``lrm_interp.cli.common.refuse_other_results``) and of
@@ -1009,11 +1026,7 @@ def result_conflict(path: str | os.PathLike, own: str | None = None, *, slot_ok:
     return ResultConflict(res, p, entry)
 
 
-class EmptyPathError(ValueError, TypeError):
-    """A path argument that is empty or blank (:func:`path_argument`); a ``ValueError`` and, as the
-    older checks raised for ``""``, a ``TypeError``."""
-
-
+@checked_arguments
 def refuse_file_as_folder(path: str | os.PathLike, what: str, marker: str) -> None:
     """``ValueError`` when ``path``, given to a loader of a result folder (``what``: "a study
     folder", which holds the file ``marker``), is a file: the loaders said "S1/study.json: no
@@ -1025,28 +1038,13 @@ def refuse_file_as_folder(path: str | os.PathLike, what: str, marker: str) -> No
         raise ValueError(f"{p} is a file, not {what}: {fix}")
 
 
-def path_argument(value: object, what: str) -> str | os.PathLike:
-    """``value`` when it is a path naming something: a ``str`` or ``os.PathLike`` that is not empty
-    or blank. ``""`` (an unset environment variable, ``os.environ.get("TRACES", "")``) used to be
-    read as ``Path("")`` = the current folder: ``load_dataset("")`` loaded the folder's only
-    ``.jsonl``, ``compare("", "")`` compared the current folder with itself (H12-EMPY; the command
-    line's rule is :func:`lrm_interp.cli.common.refuse_empty_path`, H11-EMP). Raises
-    :class:`EmptyPathError` naming ``what``, or ``TypeError`` for a value that is not a path."""
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__} {value!r:.60}")
-    text = os.fspath(value)
-    if isinstance(text, str) and not text.strip():
-        kind = "empty" if text == "" else "blank (only spaces)"
-        raise EmptyPathError(f"{what} is {kind} ({text!r}): give a path (an unset environment variable?)")
-    return value
-
-
 class OtherResultError(FileExistsError, ValueError):
     """A Python writer was given a path of a finished result of another command
     (:func:`refuse_result_file`, :func:`refuse_other_result_folder`): both a ``FileExistsError``
     and a ``ValueError`` (a bad argument), so either ``except`` catches it."""
 
 
+@checked_arguments
 def refuse_folder_spelling(path: str | os.PathLike, what: str = "--out") -> None:
     """``ValueError`` naming ``what`` when the file output ``path`` is spelled as a folder: it ends
     with ``/`` (or ``/.``), which pathlib drops, so ``parse --out newdir/`` wrote a *file* named
@@ -1070,6 +1068,7 @@ def refuse_folder_spelling(path: str | os.PathLike, what: str = "--out") -> None
         )
 
 
+@checked_arguments
 def refuse_result_file(path: str | os.PathLike, *, own: str | None = None, what: str = "") -> None:
     """:class:`OtherResultError` when the file ``path`` is one of the files of a finished result of
     another command, or lies inside one (:func:`result_conflict`: ``A/scores.csv``,
@@ -1094,6 +1093,7 @@ def refuse_result_file(path: str | os.PathLike, *, own: str | None = None, what:
         )
 
 
+@checked_arguments
 def refuse_other_result_folder(folder: str | os.PathLike, own: str, what: str = "directory") -> None:
     """:class:`OtherResultError` when the folder ``folder``, into which a writer of the Python API
     writes a result of the kind ``own``, holds a finished result of another kind, or lies inside one
@@ -1150,6 +1150,7 @@ FILE_RESULT_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
 FILE_RESULT_MAX_BYTES = 16 << 20
 
 
+@checked_arguments
 @dataclass(frozen=True)
 class FileResult:
     """A single file holding an lrm_interp result (:func:`file_result`): its ``format``
@@ -1273,6 +1274,7 @@ def _file_result_of(path: Path, fmt: str | None) -> FileResult | None:
     return FileResult(path, str(fmt), family, holds, commands)
 
 
+@checked_arguments
 def file_result(path: str | os.PathLike) -> FileResult | None:
     """The single-file result the regular file ``path`` (a link followed) holds, by the lrm_interp
     ``format`` it declares (:data:`FILE_RESULT_FORMATS`: masks, a bits allocation, a trained
@@ -1303,6 +1305,7 @@ def data_format(data: bytes) -> str | None:
     return _format_in(data[:64], len(data), lambda offset, n: data[offset : offset + n])
 
 
+@checked_arguments
 def file_result_conflict(path: str | os.PathLike, writes: Sequence[str]) -> FileResult | None:
     """The single-file result at ``path`` (:func:`file_result`) when a writer of the format families
     ``writes`` would replace it with a file of another kind, else ``None``: the one rule of H10-SFR
@@ -1329,6 +1332,7 @@ def _refuse_replacing_file_result(path: Path, data: bytes) -> None:
         )
 
 
+@checked_arguments
 def check_out_folder(out: str | os.PathLike, what: str = "out_dir", *, own: str | None = "attribution") -> Path:
     """``out`` as a Path when a result folder can be written there, else ``ValueError`` naming
     ``what`` (the argument or flag) and the path: ``out`` lies under a file (:func:`file_on_the_way`),
@@ -1362,7 +1366,7 @@ def check_out_folder(out: str | os.PathLike, what: str = "out_dir", *, own: str 
     return Path(out)
 
 
-@checked_flags
+@checked_arguments
 def check_out_dir(
     out: str | os.PathLike,
     *,
@@ -1454,6 +1458,7 @@ def _not_replaceable(out: Path, flag: str, marker: str) -> str:
     )
 
 
+@checked_arguments
 def check_writable(out: str | os.PathLike, flag: str = "--out") -> None:
     """``OSError`` naming ``flag`` and the folder when nothing can be created at ``out``: its nearest
     existing folder (``out`` itself, or the ancestor its missing parents would be made in) is
@@ -1472,7 +1477,7 @@ def check_writable(out: str | os.PathLike, flag: str = "--out") -> None:
     os.rmdir(tmp)
 
 
-@checked_flags
+@checked_arguments
 def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike, *, replace: bool | None = None) -> Path:
     """Move the finished folder ``tmp`` to ``out`` (replacing ``out`` if present) with renames only,
     so ``out`` is either the old folder or the whole new one, never a mix.
@@ -1514,6 +1519,7 @@ def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike, *, replace: bool
     return out
 
 
+@checked_arguments
 def atomic_save_figure(fig, path: str | os.PathLike, **kw) -> Path:
     """``fig.savefig`` to a temp file beside ``path``, then rename (format from ``path``'s suffix)."""
     path = Path(path)
@@ -1591,7 +1597,7 @@ def payload_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str])
     return h.hexdigest()
 
 
-@checked_flags
+@checked_arguments
 def write_safetensors(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, replace: bool = True
 ) -> Path:
@@ -1610,6 +1616,7 @@ def write_safetensors(
     return path
 
 
+@checked_arguments
 def verify_checksum(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str], what: str
 ) -> bool:
@@ -1644,6 +1651,7 @@ def verify_checksum(
     return True
 
 
+@checked_arguments
 def read_safetensors(
     path: str | os.PathLike, formats: tuple[str | None, ...], what: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -1796,6 +1804,7 @@ def _refuse_json_document(path: str | os.PathLike, error: type[Exception]) -> No
     raise error(f"{path} is one JSON document{what}, not JSON lines (one object per line)")
 
 
+@checked_arguments
 def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError):
     """``(line number, where, object)`` for every non-blank line of a JSONL file.
 

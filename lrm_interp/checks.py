@@ -6,8 +6,9 @@ an ``argparse`` option refuse the same values with the same words:
 - :func:`check_int` / :func:`check_float` raise ``ValueError("NAME must be DESCRIPTION, got V")``
   (bools are never numbers here; NaN and ±inf are always refused: "no limit" is ``None``);
 - :func:`check_bool` refuses anything but ``True`` / ``False`` (``"no"`` is truthy: it used to turn a
-  setting on); :func:`checked_flags` applies it, before the body runs, to every parameter of a
-  function (or dataclass) annotated ``bool`` (H28-APITYPES);
+  setting on); :func:`path_argument` anything but a non-empty ``str`` / ``os.PathLike`` (``""`` was
+  the current folder); :func:`checked_arguments` applies both, before the body runs, to every
+  parameter of a function (or dataclass) annotated ``bool`` or as a path (H28-APITYPES, H31-APIOUT);
 - :func:`refuse_string` refuses a string where a list is meant (iterated, ``'fp'`` is ``'f'``, ``'p'``);
 - :func:`env_flag` reads a yes/no environment variable (``LRM_INTERP_SKIP_MEMORY_CHECK``) with one
   set of spellings, and refuses any other value naming the variable;
@@ -78,7 +79,7 @@ _WRAPPER_MODULES = ("contextlib", "functools", "torch.utils._contextlib")
 def user_stacklevel() -> int:
     """The ``stacklevel`` for ``warnings.warn`` in the function calling this one that points at the
     first frame outside the package: the user's line. Frames of the package (its callers inside
-    the package, and :func:`checked_flags`' wrapper) and of decorators' modules (``torch.no_grad``,
+    the package, and :func:`checked_arguments`' wrapper) and of decorators' modules (``torch.no_grad``,
     ``contextlib``) are skipped; a fixed ``stacklevel=3`` pointed into the package whenever a
     wrapper or another path added a frame."""
     import sys
@@ -94,17 +95,41 @@ def user_stacklevel() -> int:
     return level
 
 
+class EmptyPathError(ValueError, TypeError):
+    """A path argument that is empty or blank (:func:`path_argument`); a ``ValueError`` and, as the
+    older checks raised for ``""``, a ``TypeError``."""
+
+
+def path_argument(value: object, what: str) -> str | os.PathLike:
+    """``value`` when it is a path naming something: a ``str`` or ``os.PathLike`` that is not empty
+    or blank. ``""`` (an unset environment variable, ``os.environ.get("TRACES", "")``) used to be
+    read as ``Path("")`` = the current folder: ``load_dataset("")`` loaded the folder's only
+    ``.jsonl``, ``compare("", "")`` compared the current folder with itself (H12-EMPY; the command
+    line's rule is :func:`lrm_interp.cli.common.refuse_empty_path`, H11-EMP). Raises
+    :class:`EmptyPathError` naming ``what``, or ``TypeError`` for a value that is not a path."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(value).__name__} {value!r:.60}")
+    text = os.fspath(value)
+    if isinstance(text, str) and not text.strip():
+        kind = "empty" if text == "" else "blank (only spaces)"
+        raise EmptyPathError(f"{what} is {kind} ({text!r}): give a path (an unset environment variable?)")
+    return value
+
+
 _F = TypeVar("_F", bound=Callable[..., Any])
-#: the annotations :func:`checked_flags` reads as a flag: required, or ``None`` allowed
+#: the annotations :func:`checked_arguments` reads as a flag: required, or ``None`` allowed
 _FLAG = ("bool",)
 _OPTIONAL_FLAG = ("bool|None", "None|bool", "Optional[bool]")
+#: the annotations it reads as a path (``str | os.PathLike`` and its spellings); ``| None`` allows ``None``
+_PATH = ("str|os.PathLike", "os.PathLike|str", "str|Path", "Path|str", "Path", "os.PathLike", "str|os.PathLike[str]")
 
 
-def flag_parameters(fn: Callable[..., Any]) -> dict[str, tuple[int | None, bool]]:
-    """The parameters of ``fn`` annotated ``bool`` (or ``bool | None``): name -> (position among the
-    positional parameters or ``None`` for a keyword-only one, whether ``None`` is allowed). Reads the
-    annotations as written (``from __future__ import annotations`` keeps them strings)."""
-    flags: dict[str, tuple[int | None, bool]] = {}
+def _annotated(fn: Callable[..., Any], required: tuple[str, ...]) -> dict[str, tuple[int | None, bool]]:
+    """The parameters of ``fn`` whose annotation is one of ``required``, or one of them ``| None``:
+    name -> (position among the positional parameters or ``None`` for a keyword-only one, whether
+    ``None`` is allowed). Reads the annotations as written (``from __future__ import annotations``
+    keeps them strings)."""
+    found: dict[str, tuple[int | None, bool]] = {}
     positional = 0
     for p in inspect.signature(fn).parameters.values():
         a = p.annotation
@@ -112,40 +137,62 @@ def flag_parameters(fn: Callable[..., Any]) -> dict[str, tuple[int | None, bool]
         position = positional if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) else None
         if position is not None:
             positional += 1
-        if text in _FLAG or text in _OPTIONAL_FLAG:
-            flags[p.name] = (position, text in _OPTIONAL_FLAG)
-    return flags
+        if text is None:
+            continue
+        bare = text.removeprefix("Optional[").removesuffix("]") if text.startswith("Optional[") else text
+        bare = bare.removesuffix("|None").removeprefix("None|")
+        if bare in required:
+            found[p.name] = (position, bare != text)
+    return found
 
 
-def checked_flags(obj: _F) -> _F:
-    """Decorator: every parameter of the function (or of a class's ``__init__``: a dataclass)
-    annotated ``bool`` is checked with :func:`check_bool` before the body runs, so ``relative="no"``
-    (truthy) is refused instead of turning the setting on (H28-APITYPES); ``bool | None`` allows
-    ``None`` too. A NumPy bool (``df.col.any()``) is passed on as the Python bool it is. The
-    message names the function::
+def flag_parameters(fn: Callable[..., Any]) -> dict[str, tuple[int | None, bool]]:
+    """The parameters of ``fn`` annotated ``bool`` (or ``bool | None``): name -> (position among the
+    positional parameters or ``None`` for a keyword-only one, whether ``None`` is allowed)."""
+    return _annotated(fn, _FLAG)
+
+
+def path_parameters(fn: Callable[..., Any]) -> dict[str, tuple[int | None, bool]]:
+    """The parameters of ``fn`` annotated as a path (``str | os.PathLike``, ``str | Path``,
+    ``Path``…, or one of them ``| None``), as :func:`flag_parameters` lists the flags."""
+    return _annotated(fn, _PATH)
+
+
+def checked_arguments(obj: _F) -> _F:
+    """Decorator: before the body runs, every parameter of the function (or of a class's
+    ``__init__``: a dataclass) annotated ``bool`` is checked with :func:`check_bool`, so
+    ``relative="no"`` (truthy) is refused instead of turning the setting on (H28-APITYPES), and
+    every parameter annotated as a path with :func:`path_argument`, so ``out=5`` is refused naming it
+    instead of a raw pathlib error, and ``out=""`` instead of writing into the current folder
+    (H31-APIOUT). ``| None`` allows ``None`` too. A NumPy bool (``df.col.any()``) is passed on as the
+    Python bool it is. The message names the function::
 
         quantization_errors: relative must be True or False, got 'no' (str)
+        run_protection_experiment: out must be a path (str or os.PathLike), got int 5
 
-    The wrapper keeps the signature and docstring (``functools.wraps``); its flags are listed in
-    ``__checked_flags__`` (the tests walk every public callable with them)."""
+    The wrapper keeps the signature and docstring (``functools.wraps``); the parameters it checks
+    are listed in ``__checked_arguments__`` (the tests walk every public callable with them)."""
     if isinstance(obj, type):
-        obj.__init__ = checked_flags(obj.__init__)  # type: ignore[misc]
+        obj.__init__ = checked_arguments(obj.__init__)  # type: ignore[misc]
         return obj
     flags = flag_parameters(obj)
-    if not flags:
+    paths = path_parameters(obj)
+    if not flags and not paths:
         return obj
     owner = obj.__qualname__.removesuffix(".__init__")
+
+    def given(args: tuple[Any, ...], kwargs: dict[str, Any], name: str, position: int | None) -> tuple[bool, Any]:
+        if name in kwargs:
+            return True, kwargs[name]
+        if position is not None and position < len(args):
+            return True, args[position]
+        return False, None
 
     @functools.wraps(obj)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         for name, (position, optional) in flags.items():
-            if name in kwargs:
-                v = kwargs[name]
-            elif position is not None and position < len(args):
-                v = args[position]
-            else:
-                continue
-            if isinstance(v, bool) or (optional and v is None):
+            found, v = given(args, kwargs, name, position)
+            if not found or isinstance(v, bool) or (optional and v is None):
                 continue
             if _numpy_bool(v):  # df.col.any(): passed on as the bool it is (JSON cannot write a numpy bool)
                 if name in kwargs:
@@ -155,9 +202,18 @@ def checked_flags(obj: _F) -> _F:
                 continue
             allowed = "True, False or None" if optional else "True or False"
             raise FlagError(f"{owner}: {name} must be {allowed}, got {v!r} ({type(v).__name__})")
+        for name, (position, optional) in paths.items():
+            found, v = given(args, kwargs, name, position)
+            if found and not (optional and v is None):
+                try:
+                    path_argument(v, name)
+                except EmptyPathError as e:
+                    raise EmptyPathError(f"{owner}: {e}") from None
+                except TypeError as e:
+                    raise TypeError(f"{owner}: {e}") from None
         return obj(*args, **kwargs)
 
-    wrapper.__checked_flags__ = tuple(flags)  # type: ignore[attr-defined]
+    wrapper.__checked_arguments__ = (*flags, *paths)  # type: ignore[attr-defined]
     return cast(_F, wrapper)
 
 
@@ -189,7 +245,7 @@ def check_int(
 def check_int(
     name: str, v: object, *, min: int | None = None, max: int | None = None, optional: bool
 ) -> int | None: ...
-@checked_flags
+@checked_arguments
 def check_int(
     name: str, v: object, *, min: int | None = None, max: int | None = None, optional: bool = False
 ) -> int | None:
@@ -225,7 +281,7 @@ def check_float(
     max_open: bool = False,
     optional: bool,
 ) -> float | None: ...
-@checked_flags
+@checked_arguments
 def check_float(
     name: str,
     v: object,
@@ -248,7 +304,7 @@ def check_float(
     return float(cast(numbers.Real, v))  # checked by _float_ok
 
 
-@checked_flags
+@checked_arguments
 def check_fraction(name: str, v: object, *, zero: bool = True, one: bool = True) -> float:
     """A finite fraction in ``[0, 1]`` (``zero=False``: 0 excluded; ``one=False``: 1 excluded)."""
     return check_float(name, v, min=0.0, max=1.0, min_open=not zero, max_open=not one)
@@ -315,7 +371,7 @@ def int_arg(min: int | None = None, max: int | None = None, *, name: str | None 
     return parse
 
 
-@checked_flags
+@checked_arguments
 def float_arg(
     min: float | None = None,
     max: float | None = None,

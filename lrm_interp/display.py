@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 
 CELL = "padding:1px 4px;border:1px solid #ddd;font-size:11px;text-align:right"
 
@@ -56,7 +56,7 @@ def _colour(v: float, lo: float, hi: float, diverging: bool) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-@checked_flags
+@checked_arguments
 def html_heatmap(
     grid: torch.Tensor, layers: Sequence[int], kinds: Sequence[str], *, title: str = "", diverging: bool = False
 ) -> str:

@@ -2,7 +2,7 @@
 (H12-EMPY). ``load_dataset("")`` (an unset environment variable) read the current folder and
 loaded its only ``.jsonl``; ``compare("", "")`` run inside a result folder compared it with
 itself; other loaders named "." instead of the empty value. One rule now,
-``lrm_interp._io.path_argument``: an empty or blank path is refused naming the argument."""
+``lrm_interp.checks.path_argument``: an empty or blank path is refused naming the argument."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from synth import synthetic_traces
 
 import lrm_interp
-from lrm_interp._io import EmptyPathError, path_argument
+from lrm_interp.checks import EmptyPathError, path_argument
 
 
 @pytest.fixture()
@@ -37,13 +37,13 @@ def test_an_empty_path_is_refused_by_every_loader(in_result_folder, value):
     calls = {
         "data": lambda: lrm_interp.load_dataset(value),
         "model": lambda: lrm_interp.load_model(value),
-        "mask file": lambda: lrm_interp.load_masks(value),
-        "quantized file": lambda: lrm_interp.load_quantized(value),
-        "bit allocation file": lambda: lrm_interp.BitAllocation.load(value),
-        "directory": lambda: lrm_interp.Attribution.load(value),
+        "load_masks: path": lambda: lrm_interp.load_masks(value),  # the function named (H31-APIOUT)
+        "load_quantized: path": lambda: lrm_interp.load_quantized(value),
+        "BitAllocation.load: path": lambda: lrm_interp.BitAllocation.load(value),
+        "Attribution.load: directory": lambda: lrm_interp.Attribution.load(value),
         "original": lambda: lrm_interp.compare(value, value),
-        "out_dir": lambda: FaithfulnessResult.load(value),
-        "out": lambda: StudyResult.load(value),
+        "FaithfulnessResult.load: out_dir": lambda: FaithfulnessResult.load(value),
+        "StudyResult.load: out": lambda: StudyResult.load(value),
     }
     kind = "empty" if value == "" else "blank"
     for what, call in calls.items():

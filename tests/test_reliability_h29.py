@@ -3,58 +3,20 @@ H28-BENCHNEST) and what the twenty-eighth probe found (H29-…); docs/reliabilit
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
+from api_walk import call_with, public_callables
 
 import lrm_interp
 from lrm_interp.checks import FlagError, flag_parameters
 
 
-def _public_callables() -> Iterator[tuple[str, Callable[..., Any], Any]]:
-    """Every public function, method and class ``__init__`` of the package, once: the names of
-    ``lrm_interp.__all__`` and every name without a leading ``_`` that a module defines (the
-    command line's modules aside: argparse checks their flags): (qualified name, callable, owner
-    class or ``None``)."""
-    seen: set[tuple[str, str]] = set()
-    modules = [lrm_interp]
-    for info in pkgutil.walk_packages(lrm_interp.__path__, "lrm_interp."):
-        if ".cli" not in info.name and not info.name.endswith(("__main__", "vllm_worker")):
-            modules.append(importlib.import_module(info.name))
-    for module in modules:
-        if module is lrm_interp:
-            named = [(name, getattr(lrm_interp, name)) for name in lrm_interp.__all__]
-        else:
-            named = [(n, o) for n, o in vars(module).items() if getattr(o, "__module__", None) == module.__name__]
-        for name, obj in named:
-            if name.startswith("_"):
-                continue
-            if inspect.isfunction(obj):
-                items: list[tuple[Any, Any]] = [(obj, None)]
-            elif inspect.isclass(obj) and obj.__module__.startswith("lrm_interp"):
-                items = []
-                for member_name, member in vars(obj).items():
-                    if member_name.startswith("_") and member_name != "__init__":
-                        continue
-                    fn = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
-                    if inspect.isfunction(fn):
-                        items.append((fn, obj))
-            else:
-                continue
-            for fn, owner in items:
-                key = (fn.__module__, fn.__qualname__)
-                if key not in seen and fn.__module__.startswith("lrm_interp"):
-                    seen.add(key)
-                    yield f"{fn.__module__}.{fn.__qualname__}", fn, owner
-
-
 def _flag_cases() -> list[tuple[str, Callable[..., Any], Any, str]]:
-    return [(q, fn, owner, flag) for q, fn, owner in _public_callables() for flag in flag_parameters(fn)]
+    return [(q, fn, owner, flag) for q, fn, owner in public_callables() for flag in flag_parameters(fn)]
 
 
 FLAG_CASES = _flag_cases()
@@ -94,16 +56,7 @@ def test_every_public_flag_refuses_a_value_that_is_no_bool(qualname: str, fn: An
             kwargs[p.name] = "no"
         elif p.default is inspect.Parameter.empty:
             kwargs[p.name] = True if p.name in flags else None
-    if fn.__name__ == "__init__":
-        call: Callable[..., Any] = lambda: owner(**kwargs)  # noqa: E731
-    elif owner is not None and isinstance(inspect.getattr_static(owner, fn.__name__), classmethod):
-        call = lambda: getattr(owner, fn.__name__)(**kwargs)  # noqa: E731
-    elif owner is not None and not isinstance(inspect.getattr_static(owner, fn.__name__), staticmethod):
-        call = lambda: getattr(owner, fn.__name__)(None, **kwargs)  # noqa: E731
-    else:
-        call = lambda: getattr(importlib.import_module(fn.__module__), fn.__name__)(**kwargs)  # noqa: E731
-        if owner is not None:
-            call = lambda: getattr(owner, fn.__name__)(**kwargs)  # noqa: E731
+    call = call_with(fn, owner, kwargs)
     with pytest.raises(FlagError, match=rf"\b{flag} must be True(, False or None| or False), got 'no' \(str\)"):
         call()
 
@@ -216,9 +169,9 @@ def test_a_numpy_bool_is_taken_as_the_bool_it_is(toy: Any) -> None:
     """A NumPy bool (``df.col.any()``) given to a flag is passed on as a Python bool (JSON cannot
     write a NumPy one): ``bits_per_weight`` prices it as the bool, positionally or by keyword."""
     np = pytest.importorskip("numpy")
-    from lrm_interp.checks import checked_flags
+    from lrm_interp.checks import checked_arguments
 
-    @checked_flags
+    @checked_arguments
     def seen(a: int, flag: bool, *, other: bool | None = None) -> tuple[type, type]:
         return type(flag), type(other)
 

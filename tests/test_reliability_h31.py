@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
+from api_walk import call_with, public_callables
 
+from lrm_interp.checks import EmptyPathError, flag_parameters, path_parameters
 from lrm_interp.compress import driver
 from lrm_interp.model import provenance
 from lrm_interp.model.provenance import NonFiniteError
@@ -63,3 +67,209 @@ def test_a_site_whose_weight_is_a_buffer_is_still_checked(monkeypatch: Any) -> N
     w[0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match=rf"^{sites[0].name}: its weights hold 1 NaN or infinite value"):
         driver.check_finite_weights(model, sites, "quantization")
+
+
+def _path_cases() -> list[tuple[str, Callable[..., Any], Any, str]]:
+    return [(q, fn, owner, name) for q, fn, owner in public_callables() for name in path_parameters(fn)]
+
+
+PATH_CASES = _path_cases()
+
+
+def test_the_walk_finds_the_public_path_parameters() -> None:
+    names = {(q.rsplit(".", 1)[-1] if "__init__" not in q else q.rsplit(".", 2)[-2], p) for q, _, _, p in PATH_CASES}
+    for expected in [  # the ones the thirtieth probe named
+        ("run_protection_experiment", "out"),
+        ("quickstart_study", "out_dir"),
+        ("run_quickstart", "out_dir"),
+        ("run_shift_study", "out"),
+        ("save", "out"),
+        ("run_study", "out"),
+        ("load", "path"),
+    ]:
+        assert expected in names, expected
+    assert len(PATH_CASES) > 150
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"), [(5, TypeError), (b"S1", TypeError), ("", EmptyPathError), (" ", EmptyPathError)]
+)
+@pytest.mark.parametrize(("qualname", "fn", "owner", "name"), PATH_CASES, ids=[f"{c[0]}:{c[3]}" for c in PATH_CASES])
+def test_every_public_path_parameter_refuses_a_value_that_is_no_path(
+    qualname: str, fn: Any, owner: Any, name: str, bad: Any, error: type[Exception]
+) -> None:
+    """H31-APIOUT: ``run_protection_experiment(out=5)`` (and four more entry points) raised a raw
+    pathlib ``TypeError``; ``out=""`` wrote into the current folder. Every parameter annotated as a
+    path of every public callable refuses a value that is no path, or an empty one, naming the
+    function and the parameter, before its body runs (the other arguments: a path ``"x"``, a flag
+    ``True``, else ``None``)."""
+    flags, paths = flag_parameters(fn), path_parameters(fn)
+    kwargs: dict[str, Any] = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.name in ("self", "cls") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name == name:
+            kwargs[p.name] = bad
+        elif p.default is inspect.Parameter.empty:
+            kwargs[p.name] = True if p.name in flags else "x" if p.name in paths else None
+    owner_name = fn.__qualname__.removesuffix(".__init__")
+    what = "must be a path" if error is TypeError else "is (empty|blank)"
+    with pytest.raises(error, match=rf"^{owner_name}: {name} {what}"):
+        call_with(fn, owner, kwargs)()
+
+
+@pytest.mark.parametrize(
+    ("compress", "kw"),
+    [
+        ("quantize_model_", {"bits": 3, "method": "rtn"}),
+        ("quantize_model_", {"bits": 3, "method": "gptq", "calib": torch.randint(0, 250, (2, 16))}),
+        ("prune_model_", {"sparsity": 0.5, "method": "magnitude"}),
+        ("prune_model_", {"sparsity": 0.5, "method": "sparsegpt", "calib": torch.randint(0, 250, (2, 16))}),
+    ],
+)
+def test_a_compression_refuses_a_site_named_twice(compress: str, kw: dict[str, Any]) -> None:
+    """H31-QDUPSITES: ``quantize_model_(sites=[S, S, T])`` quantized S twice in one call (the
+    H12-QQ guard against a second grid is per call) and reported 3 sites; gptq / sparsegpt ended in
+    a raw ``KeyError``. The site list is refused (``resolve_sites``) before any weight changes."""
+    import lrm_interp
+
+    model = tiny_model("llama", seed=0)
+    s = find_sites(model)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    for sites in ([s[0], s[0], s[1]], [s[0].name, s[1], s[0]]):
+        with pytest.raises(ValueError, match=rf"sites names a site more than once: \['{s[0].name}'\]; give each"):
+            getattr(lrm_interp, compress)(model, sites=sites, progress=False, **kw)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    getattr(lrm_interp, compress)(model, sites=[s[0], s[1]], progress=False, **kw)  # each once: compressed
+    assert not torch.equal(model.get_submodule(s[0].name).weight, before[s[0].name + ".weight"])
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: Any) -> Any:
+    """A finished tiny study (3-bit) and its model, tokenizer and traces (tests copy the folder)."""
+    from cli_run import tiny_study
+
+    return tiny_study(tmp_path_factory.mktemp("h31") / "S")
+
+
+@pytest.mark.parametrize("folder", ["attribution_rtn3", "attribution_fp32"])
+@pytest.mark.parametrize("now", ["file", "dangling link", "empty file"])
+def test_a_study_rerun_refuses_a_file_where_its_attribution_folder_was(
+    study: Any, tmp_path: Any, folder: str, now: str
+) -> None:
+    """H31-STFILE: a finished study whose ``attribution_rtn3/`` became a file (or a link to nothing)
+    was taken as a deleted folder (H30-STRMATTR): the rerun rewrote ``study.json`` as unfinished
+    (``complete`` false, its masks, files and commands gone), then failed writing into the file.
+    Refused now before anything is written, naming the entry; every file is as it was."""
+    import shutil
+
+    from cli_run import TINY_STUDY, copied, folder_files
+
+    from lrm_interp.experiments.study import StudyResult, run_study
+
+    src, model, tok, traces = study
+    out = copied(src, tmp_path / "S")
+    shutil.rmtree(out / folder)
+    if now == "dangling link":
+        (out / folder).symlink_to(tmp_path / "gone")
+    else:
+        (out / folder).write_text("" if now == "empty file" else "my notes\n")
+    before = folder_files(out)
+    what = "a link to nothing" if now == "dangling link" else "a file"
+    with pytest.raises(ValueError, match=rf"{out / folder} is {what}, not the attribution folder the study made"):
+        run_study(model, traces, out, tokenizer=tok, **TINY_STUDY)
+    assert folder_files(out) == before
+    (out / folder).unlink()  # removed: computed again (H30-STRMATTR)
+    run_study(model, traces, out, tokenizer=tok, **TINY_STUDY)
+    assert StudyResult.load(out).rows == StudyResult.load(src).rows
+
+
+@pytest.fixture(scope="module")
+def nan_forward_model(tmp_path_factory: Any) -> Any:
+    """The toy model saved with ``rms_norm_eps: -1`` in its ``config.json``: every weight finite,
+    every logit NaN (``sqrt`` of a negative variance)."""
+    import json
+
+    import lrm_interp
+
+    folder = tmp_path_factory.mktemp("h31nan") / "M"
+    model, tok = lrm_interp.load_model("toy")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["rms_norm_eps"] = -1.0
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_a_model_of_finite_weights_and_nan_logits_is_refused_by_every_command(
+    nan_forward_model: Any, tmp_path: Any, capsys: Any
+) -> None:
+    """H31-NANFWD: weights all finite (H29-NANMODEL / H30-NANQUANT passed), forward NaN: ``toy
+    eval`` gave accuracy 0 with a length-limit warning, ``bench run`` wrote NUL-byte outputs,
+    ``quantize`` and ``bits`` wrote a result, all with exit 0. Each refuses now, naming the first
+    module whose output is NaN and the config field, and writes nothing."""
+    from cli_run import err_line, run_cli
+
+    m = nan_forward_model
+    cause = (
+        "the model's forward gives NaN or infinite logits on a 16-token input although its weights are finite "
+        "(first in the output of model.layers.0.input_layernorm): its config.json sets rms_norm_eps: -1.0 (a "
+        "norm's epsilon must be > 0); the model is broken; nothing was changed"
+    )
+    capsys.readouterr()
+    assert run_cli(["quantize", "--model", m, "--bits", 3, "--out", tmp_path / "Q"]) == 2
+    assert err_line(capsys) == f"lrm-interp quantize: error: --model {m}: {cause}"
+    bits = ["bits", "--model", m, "--sensitivity", "hessian", "--budget", 3.25, "--out", tmp_path / "b.json"]
+    assert run_cli(bits) == 2
+    assert err_line(capsys) == f"lrm-interp bits: error: --model {m}: {cause}"
+    assert run_cli(["toy", "eval", "--model", m, "--per-family", 1, "--quiet"]) == 2
+    assert err_line(capsys) == f"lrm-interp toy eval: error: evaluate: {cause}"
+    bench = ["bench", "run", "--model", m, "--tasks", "math", "--per-family", 2, "--max-new-tokens", 8]
+    assert run_cli([*bench, "--out", tmp_path / "B", "--quiet"]) == 2
+    assert err_line(capsys) == f"lrm-interp bench run: error: {m}: {cause}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_generation_stops_at_the_first_nan_logit(nan_forward_model: Any) -> None:
+    """The second line of H31-NANFWD: a model whose logits turn NaN while it generates (past the
+    check's 16 tokens) stops with an error naming the step and the batch, instead of greedy
+    token 0 from NaN logits (NUL bytes). ``-inf`` (a token another processor masks) passes."""
+    import lrm_interp
+    from lrm_interp.evaluation.generation import finite_logits_guard, generate_samples
+
+    model, tok = lrm_interp.load_model(nan_forward_model)
+    with pytest.raises(NonFiniteError, match=r"^generate: the model's logits hold NaN or \+inf at new token 1 \("):
+        generate_samples(model, tok, ["1 + 1 ="], max_new_tokens=4, keys=["k"])
+    guard = finite_logits_guard("prompt 'k'", 5)[0]
+    ids = torch.zeros(2, 7, dtype=torch.long)
+    ok = torch.zeros(2, 10)
+    ok[0, 3] = float("-inf")
+    assert guard(ids, ok) is ok
+    for bad in (float("nan"), float("inf")):
+        scores = ok.clone()
+        scores[1, 4] = bad
+        with pytest.raises(NonFiniteError, match=r"at new token 3 \(batch of 2 sequence\(s\) from prompt 'k'\)"):
+            guard(ids, scores)
+
+
+def test_weights_too_large_for_their_dtype_are_refused_before_a_quantization(tmp_path: Any, capsys: Any) -> None:
+    """The probe's other H31-NANFWD model: finite weights of 1e38 overflow in the forward; no norm
+    epsilon is to blame, and the message says so."""
+    from cli_run import err_line, run_cli
+
+    import lrm_interp
+
+    model, tok = lrm_interp.load_model("toy")
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.fill_(1e38)
+    model.save_pretrained(tmp_path / "M")
+    tok.save_pretrained(tmp_path / "M")
+    capsys.readouterr()
+    assert run_cli(["quantize", "--model", tmp_path / "M", "--bits", 3, "--out", tmp_path / "Q"]) == 2
+    err = err_line(capsys)
+    assert "the model's forward gives NaN or infinite logits on a 16-token input although its weights are finite" in err
+    assert err.endswith(
+        "a broken config.json, or weights too large for its dtype; the model is broken; nothing was changed"
+    )
+    assert not (tmp_path / "Q").exists()

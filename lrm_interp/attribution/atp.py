@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 
 from lrm_interp.attribution.config import MODES, SCORES, check_patch_alpha
 from lrm_interp.attribution.dom import check_finite, dom_stats_from_sums, dom_weights
-from lrm_interp.checks import check_int, checked_flags, refuse_string
+from lrm_interp.checks import check_int, checked_arguments, refuse_string
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan, target_positions
 from lrm_interp.model.capture import Capture, MaskedSum
 from lrm_interp.model.forward import (
@@ -175,7 +175,7 @@ def _backward_grads(
     return red.sums, losses.detach().double().cpu()
 
 
-@checked_flags
+@checked_arguments
 def atp_trace_stats(
     model: torch.nn.Module,
     enc: EncodedTrace,
@@ -298,7 +298,7 @@ def decoder_holds_sites(model: torch.nn.Module, sites: Sequence[Site]) -> bool:
     return all(id(get_module(model, s.name)) in inside for s in sites)
 
 
-@checked_flags
+@checked_arguments
 def one_pass_trace_stats(
     model: torch.nn.Module,
     enc: EncodedTrace,
@@ -498,7 +498,7 @@ def atp_aggregate(
     return AtPResult(tuple(behaviors), tuple(s.name for s in sites), scores, n_spans, n_traces, score, n_skipped)
 
 
-@checked_flags
+@checked_arguments
 def compute_atp(
     model: torch.nn.Module,
     encoded: Sequence[EncodedTrace],
@@ -669,7 +669,7 @@ def _span_effects(
     return out, float(base[0])
 
 
-@checked_flags
+@checked_arguments
 def patching_effects(
     model: torch.nn.Module,
     encoded: Sequence[EncodedTrace],
@@ -844,7 +844,7 @@ def check_resolved(effects: PatchingEffects) -> None:
                 )
 
 
-@checked_flags
+@checked_arguments
 def patching_trace_stats(
     model: torch.nn.Module,
     enc: EncodedTrace,

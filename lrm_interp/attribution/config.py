@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from lrm_interp._io import DTYPE_CHOICES, dtype_to_str, str_to_dtype
-from lrm_interp.checks import check_float, check_int, checked_flags, shown_value
+from lrm_interp.checks import check_float, check_int, checked_arguments, shown_value
+from lrm_interp.model.sites import repeated_site_names
 
 METHODS = ("attribution", "dom", "patching")
 #: methods whose score needs a span's predictable tokens (its loss L(s)): unscorable spans are left out
@@ -65,7 +66,7 @@ def _opt(default: Any, help: str, choices: Sequence[str] | None = None, **extra:
     return field(default=default, metadata=md)
 
 
-@checked_flags
+@checked_arguments
 @dataclass(frozen=True)
 class AttributionConfig:
     """All settings of an attribution run (see docs/method.md for each formula).
@@ -181,7 +182,7 @@ class AttributionConfig:
             names = tuple(getattr(s, "name", s) for s in self.sites)
             if not names or not all(isinstance(n, str) for n in names):
                 raise ValueError("sites must be a regex string, a non-empty list of site names, or None")
-            dup = sorted({n for n in names if names.count(n) > 1})
+            dup = repeated_site_names(names)
             if dup:  # each scored twice: wrong relative importances, and a result its loader refuses (H30-DUPSITES)
                 raise ValueError(f"sites names a site more than once: {dup}; give each site once")
             set_("sites", names)

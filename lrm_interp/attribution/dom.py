@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lrm_interp.attribution.config import NEGATIVES, SPECIAL_TOKENS, WEIGHTINGS
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.data.tokens import EncodedTrace, span_mask
 from lrm_interp.model.capture import Capture, MaskedSum
 from lrm_interp.model.forward import activation_forward, input_device
@@ -206,7 +206,7 @@ def dom_aggregate(
     )
 
 
-@checked_flags
+@checked_arguments
 def compute_dom(
     model: torch.nn.Module,
     encoded: Sequence[EncodedTrace],

@@ -80,7 +80,7 @@ from lrm_interp.attribution.atp import (  # the real patching lives beside AtP; 
 from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.pipeline import dom_stage, live_behaviors, plan_attribution, reduce_dom
 from lrm_interp.attribution.stats import spearman
-from lrm_interp.checks import check_int, check_seed, checked_flags, user_stacklevel
+from lrm_interp.checks import check_int, check_seed, checked_arguments, user_stacklevel
 from lrm_interp.data.tokens import EncodedTrace
 
 #: ``format`` of ``faithfulness.json``.
@@ -443,7 +443,7 @@ class FaithfulnessResult:
                         "recompute it (lrm-interp faithfulness --overwrite)"
                     )
 
-    @checked_flags
+    @checked_arguments
     def save(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write ``faithfulness.json`` (everything), ``faithfulness.csv`` (:meth:`to_dataframe`) and
         ``sites.csv`` (:meth:`sites_dataframe`) to ``out_dir``, published together.
@@ -468,6 +468,7 @@ class FaithfulnessResult:
         return out
 
     @classmethod
+    @checked_arguments
     def load(cls, out_dir: str | os.PathLike) -> FaithfulnessResult:
         """Read a folder written by :meth:`save`; its rows are checked against its score matrices
         (:meth:`check_rows`: ``ValueError`` naming the file for an edited or corrupt one)."""
@@ -521,7 +522,7 @@ def select_spans(
     return out, counts
 
 
-@checked_flags
+@checked_arguments
 def atp_faithfulness(
     model: Any,
     dataset: Any,

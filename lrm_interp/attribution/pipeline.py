@@ -75,7 +75,7 @@ from lrm_interp.attribution.resume import (
     trace_contents_fingerprint,
     trace_ids_fingerprint,
 )
-from lrm_interp.checks import checked_flags, env_flag, user_stacklevel
+from lrm_interp.checks import checked_arguments, env_flag, user_stacklevel
 from lrm_interp.data.loading import check_dataset_argument, load_dataset
 from lrm_interp.data.tokens import EncodedTrace, encode_trace
 from lrm_interp.data.traces import TARGET_BEHAVIORS, ReasoningDataset, ReasoningTrace
@@ -90,7 +90,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-@checked_flags
+@checked_arguments
 @dataclass
 class AttributionPlan:
     """Everything :func:`attribute` needs, checked and prepared (see module docs).
@@ -449,7 +449,7 @@ def attribution_sites(model: Any, sites: Any) -> list[Site]:
     )
 
 
-@checked_flags
+@checked_arguments
 def plan_attribution(
     model: Any,
     dataset: Any,
@@ -561,7 +561,7 @@ def plan_attribution(
     )
 
 
-@checked_flags
+@checked_arguments
 def dom_stage(
     plan: AttributionPlan, encoded: Sequence[EncodedTrace] | None = None, *, progress: bool = True
 ) -> list[dict[str, torch.Tensor]]:
@@ -605,7 +605,7 @@ def one_pass_reason(plan: AttributionPlan) -> str | None:
     return None
 
 
-@checked_flags
+@checked_arguments
 def one_pass_stage(
     plan: AttributionPlan, encoded: Sequence[EncodedTrace] | None = None, *, progress: bool = True
 ) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
@@ -677,7 +677,7 @@ def _vector_keyed(
     return live, items
 
 
-@checked_flags
+@checked_arguments
 def atp_stage(
     plan: AttributionPlan,
     dom: DoMResult,
@@ -719,7 +719,7 @@ def atp_stage(
     )
 
 
-@checked_flags
+@checked_arguments
 def patching_stage(
     plan: AttributionPlan, dom: DoMResult, encoded: Sequence[EncodedTrace] | None = None, *, progress: bool = True
 ) -> list[dict[str, torch.Tensor]]:
@@ -790,7 +790,7 @@ def patching_path(plan: AttributionPlan) -> dict[str, Any] | None:
     }
 
 
-@checked_flags
+@checked_arguments
 def finish(
     plan: AttributionPlan, dom: DoMResult, atp_stats: Sequence[dict[str, torch.Tensor]] | None, *, warn: bool = True
 ) -> Attribution:
@@ -923,7 +923,7 @@ def _unresolved(stats: Sequence[dict[str, torch.Tensor]], behaviors: Sequence[st
     return out
 
 
-@checked_flags
+@checked_arguments
 def attribute(
     model: Any,
     dataset: ReasoningDataset | Sequence[ReasoningTrace] | str | os.PathLike,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 
 
 def pyplot():
@@ -24,7 +24,7 @@ def pyplot():
     return plt
 
 
-@checked_flags
+@checked_arguments
 def grid_heatmaps(
     grids: Sequence[tuple[torch.Tensor, list[int], list[str]]],
     titles: Sequence[str],

@@ -53,7 +53,7 @@ from lrm_interp.attribution.resume import (
     provenance_checksum,
     trace_content_keys,
 )
-from lrm_interp.checks import check_float, checked_flags, refuse_string, shown_value, user_stacklevel
+from lrm_interp.checks import check_float, checked_arguments, refuse_string, shown_value, user_stacklevel
 from lrm_interp.model.provenance import swapped_compression
 from lrm_interp.model.sites import KIND_ORDER, Site
 
@@ -454,7 +454,7 @@ class Attribution:
         return box("Attribution", head, table, f"<div>{maps}</div>")
 
     # ---------------------------------------------------------------- I/O
-    @checked_flags
+    @checked_arguments
     def write_tables(self, directory: str | Path, *, overwrite: bool = False) -> list[Path]:
         """Write ``scores.csv`` (:meth:`to_dataframe`) and ``heatmap.png`` (:meth:`heatmap`) atomically.
 
@@ -535,7 +535,7 @@ class Attribution:
         except (OSError, ValueError, TypeError):
             return False
 
-    @checked_flags
+    @checked_arguments
     def save(self, directory: str | Path, *, overwrite: bool = False, keep_partial: bool = False) -> Path:
         """Write ``attribution.json`` + ``attribution.safetensors`` atomically into ``directory``.
 
@@ -624,6 +624,7 @@ class Attribution:
         return sha if isinstance(sha, str) else None
 
     @classmethod
+    @checked_arguments
     def load(cls, directory: str | Path) -> Attribution:
         """Read a folder written by :meth:`save`. A payload that does not match its checksum, or an
         ``attribution.json`` written with another ``attribution.safetensors``, or labels (method,
@@ -827,7 +828,7 @@ class ImportanceShift:
         maps = "".join(html_heatmap(*a.grid(b, "score"), title=b, diverging=True) for b in self.behaviors)
         return box("ImportanceShift", table, f"<div>{maps}</div>")
 
-    @checked_flags
+    @checked_arguments
     def write_tables(
         self, directory: str | Path, *, view: str = "decreases", overwrite: bool = False, own: str = "compare"
     ) -> list[Path]:
@@ -1041,7 +1042,7 @@ def _as_attribution(x: Any, name: str) -> Attribution:
     raise TypeError(f"{name} must be an Attribution (or its result folder), got {type(x).__name__}")
 
 
-@checked_flags
+@checked_arguments
 def compare(
     original: Attribution | str | os.PathLike, compressed: Attribution | str | os.PathLike, *, strict: bool = True
 ) -> ImportanceShift:

@@ -56,7 +56,7 @@ from lrm_interp._io import (
     temp_file_target,
     write_safetensors,
 )
-from lrm_interp.checks import checked_flags, user_stacklevel
+from lrm_interp.checks import checked_arguments, user_stacklevel
 
 RUN_FILE = "run.json"
 #: ``format`` of a per-trace partial (older partials have none); each carries its payload's checksum.
@@ -79,6 +79,7 @@ def _json_kind(value: object) -> str:
     return "a string" if isinstance(value, str) else type(value).__name__
 
 
+@checked_arguments
 def read_json_object(path: str | os.PathLike, fix: str, error: type[Exception] = ValueError) -> dict[str, Any]:
     """The JSON object in the record file ``path`` (a run's ``run.json``, an experiment's or a
     downstream run's ``settings.json``), read strictly: a leading byte-order mark dropped
@@ -100,6 +101,7 @@ def read_json_object(path: str | os.PathLike, fix: str, error: type[Exception] =
     return doc
 
 
+@checked_arguments
 def read_run_record(root: str | os.PathLike) -> dict[str, Any] | None:
     """The run key ``run.json`` of the work folder ``root`` (``out_dir/partial``), or ``None`` when
     there is none. One that is not a readable JSON object (:func:`read_json_object`) is refused
@@ -221,6 +223,7 @@ def trace_ids_fingerprint(ids: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(sorted(ids)).encode("utf-8")).hexdigest()[:32]
 
 
+@checked_arguments
 def trace_content_keys(directory: str | Path) -> dict[str, str] | None:
     """``{file key: content fingerprint}`` of the traces an ``attribute`` run in ``directory`` scored,
     from the keys of its per-trace partials (``partial/dom/<trace>.safetensors``, metadata ``key``:
@@ -296,6 +299,7 @@ def _edited_traces(out_dir: Path, recorded: dict[str, Any], dataset: dict[str, A
     )
 
 
+@checked_arguments
 def check_overwrite_target(out_dir: str | os.PathLike) -> None:
     """Refuse ``overwrite`` (``--overwrite``) for an ``out_dir`` that is one of the folders of another
     command's finished result (a study's ``attribution_fp32/``): the result would no longer be the
@@ -350,7 +354,7 @@ def _refuse_tensors_of_other_traces(out_dir: Path, dataset: dict[str, Any]) -> N
     )
 
 
-@checked_flags
+@checked_arguments
 def check_finished_result(
     out_dir: Path,
     run_key: dict[str, Any],
@@ -447,6 +451,7 @@ def recorded_run_key(record: dict[str, Any]) -> dict[str, Any]:
     return key
 
 
+@checked_arguments
 def result_identity_sha256(folder: str | os.PathLike) -> str | None:
     """SHA-256 of which computation ``folder/attribution.json`` holds: its run key
     (:func:`recorded_run_key`) and its traces by id and content (``ids_fingerprint``, ``n_traces``,
@@ -467,6 +472,7 @@ def result_identity_sha256(folder: str | os.PathLike) -> str | None:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+@checked_arguments
 def recorded_dataset_name(out_dir: Path, result_file: str = "attribution.json") -> str | None:
     """The dataset name recorded in the finished result ``out_dir/result_file`` (``provenance.dataset.name``),
     or ``None``: no such result, unreadable, or no name. A rerun into a finished result of the same run
@@ -485,6 +491,7 @@ def recorded_dataset_name(out_dir: Path, result_file: str = "attribution.json") 
 RUN_META = "run"
 
 
+@checked_arguments
 class PartialStore:
     """Reads and writes per-trace partials under ``root`` (``None``: keep nothing, resume nothing).
 
@@ -625,7 +632,7 @@ class PartialStore:
             self._path(stage, trace_id), stats, {"format": PARTIAL_FORMAT, "key": key, RUN_META: self._key_text}
         )
 
-    @checked_flags
+    @checked_arguments
     def run(
         self,
         stage: str,
@@ -665,6 +672,7 @@ LOCK_FILE = ".lock"
 _HELD: dict[Path, int] = {}
 
 
+@checked_arguments
 @contextlib.contextmanager
 def out_dir_lock(out_dir: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on the result folder ``out_dir`` while the body runs.
@@ -719,6 +727,7 @@ def _written_by_run(name: str, stage: str | None) -> bool:
     return bool(_PARTIAL_NAME.fullmatch(target))
 
 
+@checked_arguments
 def clear_partials(root: str | os.PathLike) -> list[str]:
     """Remove what attribution runs wrote into the work folder ``root`` (``out_dir/partial``): the
     run key ``run.json`` (and an older run's ``settings.json``), the lock file, every per-trace
@@ -759,6 +768,7 @@ def clear_partials(root: str | os.PathLike) -> list[str]:
     return kept
 
 
+@checked_arguments
 def foreign_partials(root: str | os.PathLike) -> list[str]:
     """The entries of the work folder ``root`` (``out_dir/partial``) that no attribution run writes
     (someone else's: what :func:`clear_partials` keeps), as paths relative to ``root``, a folder

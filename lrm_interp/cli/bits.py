@@ -75,6 +75,7 @@ def cmd_bits(a: argparse.Namespace) -> int:
 def _bits(a: argparse.Namespace, outs: FileOutputs) -> int:
     """``bits`` once its outputs are checked and held (:func:`~lrm_interp.cli.common.file_outputs`)."""
     from lrm_interp._io import atomic_write_text
+    from lrm_interp.model.forward import check_finite_forward
     from lrm_interp.model.provenance import WeightsMismatchError, check_same_weights
     from lrm_interp.model.sites import find_sites
     from lrm_interp.protect import exports
@@ -119,6 +120,7 @@ def _bits(a: argparse.Namespace, outs: FileOutputs) -> int:
             hint = "; give another --behavior, or leave it out (the mean over behaviours)" if a.behavior else ""
             raise CliError(f"{e}{hint}") from None
     model, tok = load_model_quietly(a.model)
+    check_finite_forward(model, f"--model {a.model}")  # bits for a model of NaN logits (H31-NANFWD)
     sites = find_sites(model)
     sens = None
     fingerprint: str | None = None  # the model's weights fingerprint once computed (recorded in the allocation)

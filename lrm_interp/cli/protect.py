@@ -396,6 +396,7 @@ def _quantize(a: argparse.Namespace) -> int:
     from lrm_interp.compress.calibration import calibration_ids
     from lrm_interp.compress.quant import quantize_model_
     from lrm_interp.compress.quant.apply import MaskGridWarning
+    from lrm_interp.model.forward import check_finite_forward
     from lrm_interp.protect.encoding import grid_mismatch, load_masks, masks_grid
 
     group_size = group_size_arg(a.group_size)
@@ -417,6 +418,7 @@ def _quantize(a: argparse.Namespace) -> int:
         masks = {}
     a.masks_grid = masks_grid(masks_meta)
     model, tok = load_model_quietly(a.model)
+    check_finite_forward(model, f"--model {a.model}")  # finite weights, NaN logits: a broken copy (H31-NANFWD)
     calib = None
     if a.method == "gptq":
         with reading(calib_path, "--calib") if calib_path is not None else contextlib.nullcontext():

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import check_int, check_seed, checked_flags, shown_value, user_stacklevel
+from lrm_interp.checks import check_int, check_seed, checked_arguments, shown_value, user_stacklevel
 from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.toy_tasks import generate_dataset
 from lrm_interp.model.capture import Capture, Reducer
@@ -88,6 +88,7 @@ def calibration_batches(calib: CalibData, batch_size: int = 8) -> Iterator[tuple
         yield ids[i : i + b], None if att is None else att[i : i + b]
 
 
+@checked_arguments
 def calibration_texts(data: str | os.PathLike | None = None, *, n_per_family: int = 16, seed: int = 77) -> list[str]:
     """The texts (prompt + response) of the traces in ``data`` (JSONL file or paper-layout
     directory), or of ``generate_dataset(n_per_family, seed=seed)`` toy tasks when ``data`` is ``None``."""
@@ -95,6 +96,7 @@ def calibration_texts(data: str | os.PathLike | None = None, *, n_per_family: in
     return [t.text for t in ds]
 
 
+@checked_arguments
 def calibration_ids(
     tokenizer: Any,
     data: str | os.PathLike | None = None,
@@ -257,7 +259,7 @@ class _Stop(Exception):
     """Raised by a forward hook once every requested site has fired (ends the forward early)."""
 
 
-@checked_flags
+@checked_arguments
 def collect_hessians(
     model: torch.nn.Module,
     sites: Sequence[Site],
@@ -314,7 +316,7 @@ def collect_hessians(
     return red.hessians(), red.n
 
 
-@checked_flags
+@checked_arguments
 def layer_hessians(
     model: torch.nn.Module,
     sites: Sequence[Site],

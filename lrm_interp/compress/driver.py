@@ -34,7 +34,7 @@ from typing import Any, Protocol, TypeVar, cast
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import check_bool, checked_flags
+from lrm_interp.checks import check_bool, checked_arguments
 from lrm_interp.compress.calibration import HessianCalib, layer_hessians
 from lrm_interp.model.provenance import (
     NonFiniteError,
@@ -56,7 +56,7 @@ CALIBRATION_OPTIONS = ("sequential", "batch_size")
 _DONE = {"quantization": "quantized", "pruning": "pruned"}
 
 
-@checked_flags
+@checked_arguments
 @dataclass(frozen=True)
 class CompressionMethod:
     """A registered algorithm.
@@ -104,7 +104,7 @@ def register_method(method: CompressionMethod) -> CompressionMethod:
     return method
 
 
-@checked_flags
+@checked_arguments
 def method_names(kind: str | None = None, *, calibrated: bool | None = None, nm: bool | None = None) -> tuple[str, ...]:
     """Registered names (quantizers first, then pruners; each in registration order), filtered."""
     return tuple(
@@ -299,7 +299,7 @@ def check_finite_weights(model: torch.nn.Module, sites: Sequence[Site], kind: st
     )
 
 
-@checked_flags
+@checked_arguments
 def compress_model_(
     model: torch.nn.Module,
     method: str | CompressionMethod,

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import torch
 
-from lrm_interp.checks import check_bool, check_float, checked_flags, shown_value
+from lrm_interp.checks import check_bool, check_float, checked_arguments, shown_value
 from lrm_interp.compress.calibration import calibration_shape, check_calibration_context
 from lrm_interp.compress.common import parse_pattern
 from lrm_interp.compress.driver import get_method, method_names
@@ -37,7 +37,7 @@ from lrm_interp.compress.quant.grid import check_bits
 METHODS = ("none",) + method_names()
 
 
-@checked_flags
+@checked_arguments
 @dataclass(frozen=True)
 class CompressionSpec:
     """``method`` with ``bits`` (quantizers) or ``sparsity`` / ``pattern`` (pruners).
@@ -163,7 +163,7 @@ def parse_compression(spec: str) -> CompressionSpec:
     return CompressionSpec(name, sparsity=s)
 
 
-@checked_flags
+@checked_arguments
 def apply_compression(
     model: torch.nn.Module,
     spec: CompressionSpec | str,

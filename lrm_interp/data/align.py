@@ -33,7 +33,7 @@ from typing import cast
 
 import numpy as np
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.data.markup import Segment
 from lrm_interp.data.traces import BehaviorSpan
 
@@ -352,7 +352,7 @@ def _overlaps(a: int, b: int, placed: list[tuple[int, int]]) -> bool:
     return k > 0 and placed[k - 1][1] > a and placed[k - 1][0] < b
 
 
-@checked_flags
+@checked_arguments
 def align_segments(
     response: str,
     segments: Sequence[Segment],

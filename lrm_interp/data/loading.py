@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from lrm_interp._io import path_argument
+from lrm_interp.checks import path_argument
 from lrm_interp.data.paper_layout import check_layout_files
 from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace, response_limit
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_write_text, loads_strict, read_text_file, refuse_result_file
-from lrm_interp.checks import checked_flags, user_stacklevel
+from lrm_interp.checks import checked_arguments, user_stacklevel
 from lrm_interp.data.align import SegmentReport, align_segments
 from lrm_interp.data.markup import ParsedAnnotation, parse_markup
 from lrm_interp.data.prompts import build_prompt, canonical_dataset, gold_answer
@@ -215,7 +215,7 @@ class ParseReport:
     def to_dict(self) -> dict:
         return {"counts": self.counts(), "files": [f.to_dict() for f in self.files], "ignored": list(self.ignored)}
 
-    @checked_flags
+    @checked_arguments
     def save_json(self, path: str | os.PathLike, *, replace: bool = True, own: str | None = None) -> Path:
         """The report as JSON, atomically; ``replace=False``: an existing ``path`` is never replaced.
         Whatever ``replace`` says, a ``path`` that is one of the files of a finished result of an
@@ -240,7 +240,7 @@ def _reason_kind(reason: str | None) -> str:
     return r or "unspecified"
 
 
-@checked_flags
+@checked_arguments
 def annotate_trace(
     trace_or_response: ReasoningTrace | str,
     markup_text: str,
@@ -354,6 +354,7 @@ def _find_problems(root: Path, dataset: str, problems: Mapping[str, Sequence[Map
     return None, f"{root / 'problems'}/{dataset}.jsonl"
 
 
+@checked_arguments
 def check_layout_files(
     root: str | os.PathLike, *, max_response_chars: int | None = None, folders: Sequence[str] = ("outputs", "annotated")
 ) -> int:
@@ -397,6 +398,7 @@ def _dataset_key(name: str) -> str:
     return canonical_dataset(name) or name.strip().lower()
 
 
+@checked_arguments
 def stray_files(root: str | os.PathLike, datasets: Collection[str] | None = None) -> list[str]:
     """Files under ``root/outputs`` and ``root/annotated`` that a paper layout does not hold:
     anything but ``<folder>/<dataset>/<j>.txt`` (a nested folder's files, files beside the dataset
@@ -490,7 +492,7 @@ def _txt_files(d: Path) -> list[Path]:
     return [p for p in d.glob("*.txt") if _numeric_alias(p.stem) is False]
 
 
-@checked_flags
+@checked_arguments
 def load_paper_layout(
     root: str | os.PathLike,
     *,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lrm_interp.checks import check_int, checked_flags
+from lrm_interp.checks import check_int, checked_arguments
 from lrm_interp.data.traces import ReasoningTrace
 
 
@@ -121,7 +121,7 @@ def char_span_to_tokens(offsets: list[tuple[int, int]], start: int, end: int) ->
     return t0, t1
 
 
-@checked_flags
+@checked_arguments
 def encode_trace(
     tokenizer,
     trace: ReasoningTrace,
@@ -209,7 +209,7 @@ def _last_char(offs: list[tuple[int, int]]) -> int:
     return max((b for a, b in offs), default=0)
 
 
-@checked_flags
+@checked_arguments
 def span_mask(length: int, spans: list[TokenSpan], *, context: bool = True) -> torch.Tensor:
     """``[length]`` float mask of the union of ``spans`` (each token counted once)."""
     m = torch.zeros(length)
@@ -218,7 +218,7 @@ def span_mask(length: int, spans: list[TokenSpan], *, context: bool = True) -> t
     return m
 
 
-@checked_flags
+@checked_arguments
 def target_positions(span: TokenSpan, *, off_by_one: bool = False) -> tuple[int, int]:
     """Positions ``[p0, p1)`` whose outputs predict the span's tokens.
 

@@ -40,7 +40,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from lrm_interp.checks import check_bool, check_int, checked_flags, shown_value
+from lrm_interp.checks import check_bool, check_int, checked_arguments, shown_value
 from lrm_interp.data.traces import BehaviorSpan, ReasoningDataset, ReasoningTrace
 
 FAMILIES: tuple[str, ...] = ("math", "logic", "knowledge")
@@ -314,7 +314,7 @@ def check_held_out_seed(seed: int, name: str = "seed") -> None:
         )
 
 
-@checked_flags
+@checked_arguments
 def problems(
     n_per_family: int, seed: int, families=FAMILIES, *, world: World | None = None, held_out: bool = True
 ) -> list[Problem]:

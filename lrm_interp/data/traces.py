@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from lrm_interp._io import atomic_write_text, iter_jsonl, refuse_result_file
-from lrm_interp.checks import checked_flags, user_stacklevel
+from lrm_interp.checks import checked_arguments, user_stacklevel
 
 # Venhoff et al.'s six behaviour labels (order = their numbering 0..5).
 BEHAVIORS: tuple[str, ...] = (
@@ -74,6 +74,7 @@ class EmptyResponseWarning(UserWarning):
     or spans (their prompt tokens still count as negatives), counted and named in one warning."""
 
 
+@checked_arguments
 def empty_response_note(source: str | os.PathLike, where: list[str]) -> str:
     """The one line :class:`EmptyResponseWarning` says: the count and the first places (``where``:
     ``file:line (id)`` or trace ids)."""
@@ -420,6 +421,7 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
         counts = self.span_counts()
         return {b: counts[b] for b in sorted(counts) if b not in BEHAVIORS}
 
+    @checked_arguments
     def custom_behavior_summary(self, source: str | os.PathLike | None = None) -> str | None:
         """One line naming every custom label and its span count, or ``None`` when there is none."""
         custom = self.custom_behaviors()
@@ -445,7 +447,7 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
         return ReasoningDataset([t for t in self.traces if fn(t)], name=self.name, report=self.report)
 
     # ---------------------------------------------------------------- JSONL I/O
-    @checked_flags
+    @checked_arguments
     def save_jsonl(self, path: str | os.PathLike, *, replace: bool = True, own: str | None = None) -> Path:
         """Write one JSON object per trace, atomically (temp file + rename); a NaN or infinity in a
         trace (its metadata) raises :class:`TraceFormatError` naming the trace (it is not JSON; the
@@ -470,6 +472,7 @@ class ReasoningDataset(Sequence[ReasoningTrace]):
         return path
 
     @classmethod
+    @checked_arguments
     def load_jsonl(
         cls, path: str | os.PathLike, *, name: str | None = None, max_response_chars: int | None = None
     ) -> ReasoningDataset:

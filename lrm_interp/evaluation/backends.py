@@ -37,7 +37,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import check_float, check_fraction, check_int, check_seed, checked_flags
+from lrm_interp.checks import check_float, check_fraction, check_int, check_seed, checked_arguments
 from lrm_interp.endpoint import (
     API_KEY_ENV,
     DEFAULT_BACKOFF,
@@ -56,7 +56,7 @@ from lrm_interp.evaluation.generation import Generation, derive_seed, encode_pro
 OnResult = Callable[[int, list[Generation]], None]
 
 
-@checked_flags
+@checked_arguments
 @dataclass(frozen=True)
 class GenerationSettings:
     """Everything that decides an output. Defaults: the paper's generation settings (method.md §5:
@@ -109,7 +109,7 @@ class Backend:
     def describe(self) -> dict:
         return {"backend": self.name}
 
-    @checked_flags
+    @checked_arguments
     def generate(
         self,
         prompts: Sequence[str],
@@ -255,7 +255,7 @@ class VLLMBackend(Backend):
 
     name = "vllm"
 
-    @checked_flags
+    @checked_arguments
     def __init__(
         self,
         model,

@@ -56,7 +56,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_write_text
-from lrm_interp.checks import checked_flags, user_stacklevel
+from lrm_interp.checks import checked_arguments, user_stacklevel
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.evaluation.backends import Backend, GenerationSettings
 from lrm_interp.evaluation.generation import Generation
@@ -93,17 +93,20 @@ def problem_sha(problem: Any) -> str:
     return _sha(json.dumps(json.loads(json.dumps(problem)), sort_keys=True))
 
 
+@checked_arguments
 def output_path(run_dir: str | os.PathLike, task: str, index: int, sample: int = 0) -> Path:
     """Where sample ``sample`` of item ``index`` of ``task`` lives in a run folder."""
     root = Path(run_dir) if sample == 0 else Path(run_dir) / "samples" / str(sample)
     return root / "outputs" / task / f"{index}.txt"
 
 
+@checked_arguments
 def file_sha(path: str | os.PathLike) -> str:
     """The ``text_sha`` of an output file as ``generations.jsonl`` records it (of its bytes)."""
     return hashlib.blake2b(Path(path).read_bytes(), digest_size=8).hexdigest()
 
 
+@checked_arguments
 def read_generations(path: str | os.PathLike) -> tuple[dict[tuple[str, int], dict], int]:
     """``({(task, index): record}, bytes of complete lines)``. Only newline-terminated lines count:
     an unterminated tail is a write torn by a kill and is left out (appending resumes at the
@@ -140,6 +143,7 @@ MIXED_RECORD_FIX = (
 )
 
 
+@checked_arguments
 def record_lines(path: str | os.PathLike, good: int | None = None) -> dict[tuple[str, int], int]:
     """``{(task, index): line number}`` of the records of ``generations.jsonl`` at ``path`` (the last
     line of an item wins, as in :func:`read_generations`; complete lines only, up to ``good`` bytes
@@ -157,6 +161,7 @@ def record_lines(path: str | os.PathLike, good: int | None = None) -> dict[tuple
     return lines
 
 
+@checked_arguments
 def check_record_settings(
     gen_path: str | os.PathLike,
     recs: Mapping[tuple[str, int], Mapping[str, Any]],
@@ -196,6 +201,7 @@ def record_model(model: Any) -> dict[str, str]:
     return {k: model[k] for k in MODEL_KEYS if isinstance(model.get(k), str) and model[k]}
 
 
+@checked_arguments
 def check_record_model(
     gen_path: str | os.PathLike,
     recs: Mapping[tuple[str, int], Mapping[str, Any]],
@@ -227,6 +233,7 @@ def check_record_model(
             )
 
 
+@checked_arguments
 def check_run_record(path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
     """``ValueError`` when the ``run.json`` ``meta`` (read from ``path``) does not match its own
     :data:`RECORD_KEY` (:func:`record_digest`): its model block, settings or tasks were edited, or
@@ -383,7 +390,7 @@ def _check_foreign(run: Path) -> None:
         )
 
 
-@checked_flags
+@checked_arguments
 def run_benchmark(
     backend: Backend,
     tasks: Mapping[str, Sequence[BenchItem]],

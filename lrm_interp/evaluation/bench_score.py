@@ -37,7 +37,7 @@ from lrm_interp._io import (
     refuse_other_result_folder,
     stage_folder,
 )
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.data.benchmarks.tasks import TASKS, get_task, paper_average
 from lrm_interp.evaluation.bench_run import (
@@ -57,7 +57,7 @@ from lrm_interp.evaluation.output_stats import backtracking_cues, detect_collaps
 SPLITS = (0.3, 0.2)
 
 
-@checked_flags
+@checked_arguments
 @dataclass(frozen=True)
 class SampleScore:
     """One graded output (``sample`` k of item ``index``)."""
@@ -103,6 +103,7 @@ class RunInfo:
         return int(s["n_samples"]) if "n_samples" in s else None
 
 
+@checked_arguments
 def is_run_folder(folder: Path) -> bool:
     """Whether ``folder`` is one model's run folder: it holds ``outputs/`` or ``run.json`` (a run
     folder whose ``outputs/`` was removed still has its ``run.json``: found, its outputs missing)."""
@@ -112,6 +113,7 @@ def is_run_folder(folder: Path) -> bool:
         return False
 
 
+@checked_arguments
 def run_folders_in(folder: str | os.PathLike) -> list[Path]:
     """The run folders (:func:`is_run_folder`) that ``folder`` is (``[folder]``) or holds (its
     subfolders that are, sorted); empty when it is no folder or holds none: the one rule of
@@ -124,6 +126,7 @@ def run_folders_in(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and is_run_folder(p))
 
 
+@checked_arguments
 def refuse_scores_into_runs(out: str | os.PathLike, what: str = "out_dir") -> None:
     """``ValueError`` naming ``what`` when the folder ``out`` holds run folders (a ``bench run --out``
     folder, :func:`run_folders_in`): the tables written there made it a "bench score result", and
@@ -146,6 +149,7 @@ def refuse_scores_into_runs(out: str | os.PathLike, what: str = "out_dir") -> No
         )
 
 
+@checked_arguments
 def find_runs(outputs: str | os.PathLike) -> list[RunInfo]:
     """Run folders under ``outputs``: itself when it holds ``outputs/``, else each subfolder that does."""
     root = Path(outputs)
@@ -328,6 +332,7 @@ def _check_record_settings(runs: Sequence[RunInfo], gens: Mapping[str, _Generati
             check_record_model(g.path, g.recs, g.lines, info.meta.get("model"), Path(info.path) / RUN_FILE)
 
 
+@checked_arguments
 def outputs_fingerprint(outputs: str | os.PathLike, runs: Sequence[RunInfo] | None = None) -> str:
     """A fingerprint of the outputs folder ``outputs`` (its ``runs``, :func:`find_runs` when not given):
     SHA-256 over each run folder's path inside it, its ``run.json`` and ``generations.jsonl`` (or,
@@ -349,6 +354,7 @@ def outputs_fingerprint(outputs: str | os.PathLike, runs: Sequence[RunInfo] | No
     return h.hexdigest()
 
 
+@checked_arguments
 def scores_of_other_outputs(out: str | os.PathLike, outputs: str | os.PathLike) -> str | None:
     """The outputs folder whose scores the score folder ``out`` holds (its ``score_files.json``
     records it) when that is not ``outputs`` (another path and another :func:`outputs_fingerprint`: a
@@ -514,7 +520,7 @@ def runs_without_generations(runs: Sequence[RunInfo]) -> list[RunInfo]:
     return [r for r in runs if not (Path(r.path) / GEN_FILE).exists()]
 
 
-@checked_flags
+@checked_arguments
 def length_option_problem(runs: Sequence[RunInfo], *, tokenizer: bool, max_new_tokens: bool) -> str | None:
     """Why a tokenizer / ``max_new_tokens`` given for ``runs`` would be ignored (they were, without a
     word, H8-BSf), else ``None``: ``"recorded"`` when every run records its outputs' tokens and
@@ -556,7 +562,7 @@ def check_score_arguments(outputs: object, items: object) -> None:
             )
 
 
-@checked_flags
+@checked_arguments
 def score_outputs(
     outputs: str | os.PathLike,
     items: Mapping[str, Sequence[BenchItem]],
@@ -894,7 +900,7 @@ class BenchScores:
                 )
         return pd.DataFrame(rows)
 
-    @checked_flags
+    @checked_arguments
     def write_tables(self, out_dir: str | os.PathLike, *, plots: bool = True, replace: bool = True) -> list[Path]:
         """``scores.csv`` (per output), ``summary.csv``, ``accuracy.csv``, ``collapse_points.csv``,
         ``tables.md`` (accuracy, test-time compute, collapse) and, with ``plots``,

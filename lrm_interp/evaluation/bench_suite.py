@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lrm_interp._io import OtherResultError, finished_result, refuse_other_result_folder
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.compress.specs import CompressionSpec, apply_compression
 from lrm_interp.data.benchmarks import BenchItem
 from lrm_interp.evaluation.backends import GenerationSettings
@@ -163,7 +163,7 @@ def _endpoint_runs(
     return runs
 
 
-@checked_flags
+@checked_arguments
 def run_suite(
     names: Sequence[str],
     items: Mapping[str, Sequence[BenchItem]],
@@ -218,6 +218,9 @@ def run_suite(
             check_token_ids(model, tok, ((f"{it.id} (prompt)", it.prompt) for its in items.values() for it in its))
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
+        from lrm_interp.model.forward import check_finite_forward
+
+        check_finite_forward(model, name)  # NaN logits from finite weights: NUL-byte outputs, exit 0 (H31-NANFWD)
         if cfg.device != "cpu":
             model = model.to(cfg.device)
         needs_calib = any(s.needs_calibration for s in cfg.specs)  # then calibration is given (checked above)
@@ -269,6 +272,7 @@ def _add_base(run_dir: Path, base: str) -> None:
         atomic_write_text(p, run_record_text(meta))
 
 
+@checked_arguments
 def check_runs_folder(out: str | Path, what: str = "out") -> None:
     """:class:`~lrm_interp._io.OtherResultError` (a ``ValueError``) when ``out``, the folder a bench
     run writes one run folder per model into, is or lies inside one model's run folder of a finished

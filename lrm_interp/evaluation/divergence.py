@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import check_int, checked_flags, refuse_string, shown_value, user_stacklevel
+from lrm_interp.checks import check_int, checked_arguments, refuse_string, shown_value, user_stacklevel
 from lrm_interp.data.tokens import EncodedTrace, target_positions
 from lrm_interp.data.traces import BEHAVIORS, TARGET_BEHAVIORS
 from lrm_interp.model.forward import input_device
@@ -155,7 +155,7 @@ def check_pair(ref: Any, model: Any, encoded: Sequence[EncodedTrace], tokenizer:
             f"{SAME_MODEL}: the reference and the compared model are the same weights (did you mean "
             "q = copy.deepcopy(model) before compressing q?)",
             UserWarning,
-            stacklevel=user_stacklevel(),  # the caller's line, past no_grad's and checked_flags' wrappers
+            stacklevel=user_stacklevel(),  # the caller's line, past no_grad's and checked_arguments' wrappers
         )
     elif _equal_weights(ref, model):
         warnings.warn(
@@ -167,7 +167,7 @@ def check_pair(ref: Any, model: Any, encoded: Sequence[EncodedTrace], tokenizer:
         )
 
 
-@checked_flags
+@checked_arguments
 @torch.no_grad()
 def divergence(
     ref,

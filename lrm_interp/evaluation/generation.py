@@ -15,11 +15,35 @@ from typing import Any, cast
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.model.forward import input_device
 
 
-@checked_flags
+def finite_logits_guard(first: str, width: int) -> Any:
+    """A ``transformers`` logits processor list for ``generate(logits_processor=...)`` that raises
+    :class:`~lrm_interp.model.provenance.NonFiniteError` at the first step whose logits hold a NaN or
+    ``+inf``: greedy decoding picked token 0 from NaN logits, so ``bench run`` wrote NUL-byte outputs
+    and ``toy eval`` scored accuracy 0, both with exit 0 (H31-NANFWD). ``-inf`` (a token masked by
+    another processor) is allowed. ``first`` names the batch's first prompt, ``width`` its padded
+    prompt length (the step is counted from it)."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from lrm_interp.model.provenance import NonFiniteError
+
+    class _FiniteLogits(LogitsProcessor):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            if bool(torch.isnan(scores).any()) or bool(torch.isposinf(scores).any()):  # scores: [batch, vocab]
+                raise NonFiniteError(
+                    f"generate: the model's logits hold NaN or +inf at new token {input_ids.shape[1] - width + 1} "
+                    f"(batch of {input_ids.shape[0]} sequence(s) from {first}): the model is broken (its config, or "
+                    "weights too large for its dtype); nothing was written for this batch"
+                )
+            return scores
+
+    return LogitsProcessorList([_FiniteLogits()])
+
+
+@checked_arguments
 @torch.no_grad()
 def generate_responses(
     model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 480, batch_size: int = 64, progress: bool = False
@@ -35,6 +59,7 @@ def generate_responses(
             enc = tokenizer(chunk, return_tensors="pt", padding=True).to(dev)
             gen = model.generate(
                 **enc,
+                logits_processor=finite_logits_guard(f"prompt {i}", enc["input_ids"].shape[1]),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 eos_token_id=tokenizer.eos_token_id,
@@ -98,7 +123,7 @@ def length_limit_warning(
     return msg + "; the compressed rows are compared against a baseline that does not answer, so no verdict is drawn"
 
 
-@checked_flags
+@checked_arguments
 def generate_answers(
     model,
     tokenizer,
@@ -152,7 +177,7 @@ def chat_prompt(tokenizer, prompt: str) -> str:
     )
 
 
-@checked_flags
+@checked_arguments
 def encode_prompts(tokenizer, prompts: Sequence[str], *, chat_template: bool = False) -> list[list[int]]:
     """Token ids of each prompt: plain (the tokenizer's special tokens, e.g. BOS, added: the paper
     uses no chat template) or through the chat template (which carries its own special tokens)."""
@@ -172,7 +197,7 @@ def _row_generation(tokenizer, row: torch.Tensor, eos: set[int], max_new_tokens:
     return Generation(tokenizer.decode(ids[:n], skip_special_tokens=True), n, "stop", n_prompt)
 
 
-@checked_flags
+@checked_arguments
 @torch.no_grad()
 def generate_samples(
     model,
@@ -235,6 +260,7 @@ def generate_samples(
             gen = model.generate(
                 input_ids=ids.to(dev),
                 attention_mask=att.to(dev),
+                logits_processor=finite_logits_guard(f"prompt {keys[idx[0]]!r}", width),
                 max_new_tokens=int(max_new_tokens),
                 eos_token_id=sorted(eos) or None,
                 pad_token_id=pad,

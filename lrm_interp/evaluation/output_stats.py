@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 
 #: R1-style backtracking cues (method.md §8); matched case-insensitively as one alternation, so
 #: "But wait" counts once.
@@ -54,7 +54,7 @@ def backtracking_cues(text: str) -> int:
 
 
 # ----------------------------------------------------------------------------- collapse
-@checked_flags
+@checked_arguments
 @dataclass(frozen=True)
 class Collapse:
     """Repetition at the end of an output. ``period`` / ``repeats`` / ``span`` / ``chunk``: the
@@ -102,7 +102,7 @@ def _end_repeats(window: str, end: int = 40, n: int = 8, share: float = 0.8) -> 
     return bool(grams) and sum(g in head for g in grams) >= share * len(grams)
 
 
-@checked_flags
+@checked_arguments
 def detect_collapse(
     text: str,
     hit_limit: bool | None,

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.model.forward import input_device
 
 DEFAULT_MAX_TOKENS = 16
@@ -57,7 +57,7 @@ class Generator:
         max_tokens_cap: upper bound on ``max_tokens`` per request.
     """
 
-    @checked_flags
+    @checked_arguments
     def __init__(
         self,
         model,
@@ -194,7 +194,7 @@ class Generator:
             return e.status, {"error": {"message": str(e), "type": e.kind, "code": e.status}}
 
 
-@checked_flags
+@checked_arguments
 def make_server(
     generator: Generator, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = False
 ) -> ThreadingHTTPServer:

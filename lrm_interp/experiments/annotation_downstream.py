@@ -55,7 +55,7 @@ from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import Attribution
 from lrm_interp.attribution.resume import read_json_object, trace_ids_fingerprint
 from lrm_interp.attribution.stats import spearman
-from lrm_interp.checks import check_int, check_seed, checked_flags, shown_value, user_stacklevel
+from lrm_interp.checks import check_int, check_seed, checked_arguments, shown_value, user_stacklevel
 from lrm_interp.data.annotate import (
     ANNOTATOR_NAMES,
     DEFAULT_ANNOTATOR,
@@ -243,6 +243,7 @@ class AnnotationDownstream:
             "provenance": self.provenance,
         }
 
+    @checked_arguments
     def save(self, path: str | Path, *, own: str | None = None) -> Path:
         """Write the result as one JSON file (atomically); a folder gets ``result.json`` inside.
         A ``path`` that is a file of another command's finished
@@ -256,6 +257,7 @@ class AnnotationDownstream:
         return p
 
     @classmethod
+    @checked_arguments
     def load(cls, path: str | Path) -> AnnotationDownstream:
         p = Path(path)
         if p.is_dir():
@@ -524,7 +526,7 @@ def _not_in_reference(sources: Sequence[_Source], full: ReasoningDataset) -> dic
 
 
 # --------------------------------------------------------------------------- the run
-@checked_flags
+@checked_arguments
 def annotation_downstream(
     model: Any,
     reference: Any,

@@ -46,7 +46,7 @@ import torch
 
 from lrm_interp._io import atomic_write_text
 from lrm_interp.attribution.results import Attribution, ImportanceShift, compare
-from lrm_interp.checks import check_int, checked_flags
+from lrm_interp.checks import check_int, checked_arguments
 from lrm_interp.data.toy_tasks import check_held_out_seed
 from lrm_interp.evaluation.output_stats import short_long_split
 from lrm_interp.evaluation.paired import sign_test  # re-exported: claim 2's test
@@ -219,6 +219,7 @@ class ShiftSettings:
             raise ValueError(f"variants: the same compression twice in {list(self.variants)}")
 
 
+@checked_arguments
 @dataclass(frozen=True)
 class ShiftStudy:
     """The attributions of one :func:`run_shift_study` folder: ``results[(variant, half)]``,
@@ -282,7 +283,7 @@ def _halves(traces: Sequence[Any]) -> dict[str, list[Any]]:
     return {h: [t for ts in by_family.values() for t in ts[i::2]] for i, h in enumerate(HALVES)}
 
 
-@checked_flags
+@checked_arguments
 def run_shift_study(
     out: str | Path, settings: ShiftSettings | None = None, *, progress: bool = True, **kw: Any
 ) -> ShiftStudy:

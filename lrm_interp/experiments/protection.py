@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from lrm_interp.attribution.pipeline import attribute
 from lrm_interp.attribution.results import Attribution
-from lrm_interp.checks import check_bool, check_fraction, check_int, checked_flags, refuse_string, shown_value
+from lrm_interp.checks import check_bool, check_fraction, check_int, checked_arguments, refuse_string, shown_value
 from lrm_interp.compress.calibration import CalibData, calibration_ids, layer_hessians
 from lrm_interp.compress.quant import quantize_model_
 from lrm_interp.compress.quant.guided import gradient_weighted_hessians, guided_transform
@@ -68,7 +68,7 @@ MIXED_CHOICES = (2, 3, 4, 8, 16)
 MIXED_SENSITIVITIES = ("attribution", "hessian", "none")
 
 
-@checked_flags
+@checked_arguments
 @dataclass(frozen=True)
 class ExperimentSettings:
     """What one run measures (all of it is checked against an existing ``settings.json``).
@@ -183,7 +183,7 @@ class ProtectionPlanner:
     #: the inputs :meth:`with_quantizer` shares (none of them depends on the quantizer)
     SHARED = ("sites", "calib", "attribution_dataset", "attribution", "encoded", "behaviors", "guided_hessians")
 
-    @checked_flags
+    @checked_arguments
     def __init__(
         self,
         model: torch.nn.Module,
@@ -459,7 +459,7 @@ def unused_settings(settings: ExperimentSettings, only: Sequence[str] | None = N
 
 
 # --------------------------------------------------------------------------- for your own inputs
-@checked_flags
+@checked_arguments
 def comparison_sources(
     model: torch.nn.Module,
     sites: Sequence[Site],
@@ -501,7 +501,7 @@ def comparison_sources(
     }
 
 
-@checked_flags
+@checked_arguments
 def comparison_masks(
     sources: Mapping[str, Callable[[], SaliencyStream]],
     sites: Sequence[Site],

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from lrm_interp._io import atomic_save_figure, atomic_write_text, iter_jsonl
 from lrm_interp.attribution.resume import read_json_object
-from lrm_interp.checks import checked_flags, shown_value
+from lrm_interp.checks import checked_arguments, shown_value
 from lrm_interp.evaluation.generation import count_at_limit, length_limit_warning
 from lrm_interp.evaluation.intervals import wilson_interval
 from lrm_interp.evaluation.paired import PairedComparison, compare_outcomes
@@ -331,6 +331,7 @@ class ProtectionTable:
         fig.tight_layout()
         return fig
 
+    @checked_arguments
     def save(self, out: str | Path) -> dict[str, Path]:
         """Write ``table.md``, ``table.csv``, ``paired.csv`` and ``bpw_accuracy.png`` into ``out``;
         their paths."""
@@ -685,7 +686,7 @@ EXPERIMENT_REQUANTIZED = (
 )
 
 
-@checked_flags
+@checked_arguments
 def run_protection_experiment(
     out: str | Path,
     settings: ExperimentSettings | None = None,

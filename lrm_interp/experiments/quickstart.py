@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lrm_interp._io import finished_result
-from lrm_interp.checks import check_fraction, check_int, checked_flags
+from lrm_interp.checks import check_fraction, check_int, checked_arguments
 from lrm_interp.compress.quant.grid import check_bits
 from lrm_interp.data.traces import ReasoningDataset
 from lrm_interp.experiments.report import files_and_commands, study_summary, write_study_report
@@ -53,7 +53,7 @@ from lrm_interp.toy.tasks import FAMILIES, generate_dataset
 TRACES_SEED = 4242
 
 
-@checked_flags
+@checked_arguments
 def check_per_family(name: str, flag: str, v: object, *, zero: bool = False) -> int:
     """``v`` if it is a whole number of items per toy task family (a multiple of ``len(FAMILIES)``,
     at least one per family; 0 too when ``zero``), else ``ValueError`` naming ``name`` (``flag``),
@@ -72,7 +72,7 @@ def check_per_family(name: str, flag: str, v: object, *, zero: bool = False) -> 
     )
 
 
-@checked_flags
+@checked_arguments
 def quickstart_settings(
     *, tiny: bool = False, bits: int = 3, group_size: int = 128, budget: float = 0.02, n_eval: int = 150
 ) -> StudySettings:
@@ -97,7 +97,7 @@ def quickstart_traces(n_traces: int = 24) -> ReasoningDataset:
     return generate_dataset(n_traces // len(FAMILIES), seed=TRACES_SEED)
 
 
-@checked_flags
+@checked_arguments
 def check_quickstart_traces(out: str | Path, traces: ReasoningDataset, overwrite: bool = False) -> None:
     """Refuse (``ValueError`` naming the file and ``overwrite``) a rerun into ``out`` whose
     ``traces.jsonl`` is not the one the quickstart wrote there: its SHA-256 is not the one
@@ -127,7 +127,7 @@ def check_quickstart_traces(out: str | Path, traces: ReasoningDataset, overwrite
         )
 
 
-@checked_flags
+@checked_arguments
 def check_quickstart_model(out: str | Path, model: Any, tokenizer: Any, overwrite: bool = False) -> None:
     """Refuse (``ValueError`` naming the folder, its edited files and ``overwrite``) a rerun into
     ``out`` whose ``tiny_model/`` is not the model the quickstart writes: a file the quickstart
@@ -195,6 +195,7 @@ def _own_traces(doc: Mapping[str, Any], data: str, out: Path) -> bool:
         return False
 
 
+@checked_arguments
 def check_quickstart_folder(out: str | Path) -> None:
     """Refuse (``ValueError``), ``overwrite`` or not, an ``out`` whose ``study.json`` records a study
     that is no quickstart (:func:`_quickstart_made`: a user's ``lrm-interp study`` / ``run_study``
@@ -237,7 +238,7 @@ def check_quickstart_folder(out: str | Path) -> None:
     )
 
 
-@checked_flags
+@checked_arguments
 def quickstart_study(
     out_dir: str | Path = "lrm_interp_quickstart",
     *,
@@ -298,7 +299,7 @@ def quickstart_study(
     )
 
 
-@checked_flags
+@checked_arguments
 def run_quickstart(
     out_dir: str | Path = "lrm_interp_quickstart",
     *,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lrm_interp._io import atomic_save_figure, atomic_write_text
 from lrm_interp.attribution.results import Attribution, ImportanceShift
+from lrm_interp.checks import checked_arguments
 from lrm_interp.display import esc, html_table
 from lrm_interp.experiments.study import StudyResult, StudyRow
 
@@ -28,6 +29,7 @@ STYLE = (
 )
 
 
+@checked_arguments
 def png_data_uri(path: str | Path) -> str:
     """``data:image/png;base64,...`` of a PNG file (``ValueError`` naming a file that is not a PNG)."""
     data = Path(path).read_bytes()
@@ -181,6 +183,7 @@ def files_and_commands(result: StudyResult, extra_files: Mapping[str, str] | Non
 
 
 # --------------------------------------------------------------------------- report.html
+@checked_arguments
 def write_report(
     path: str | Path,
     *,
@@ -243,6 +246,7 @@ def write_report(
     return Path(path)
 
 
+@checked_arguments
 def bpw_plot(result: StudyResult, path: str | Path) -> Path | None:
     """Accuracy vs bits per weight with the Wilson intervals, drawn by the protection experiment's
     :meth:`~lrm_interp.experiments.protection_table.ProtectionTable.plot`; ``None`` for KL studies."""
@@ -285,6 +289,7 @@ def bpw_plot(result: StudyResult, path: str | Path) -> Path | None:
         plt.close(fig)
 
 
+@checked_arguments
 def write_study_report(
     result: StudyResult,
     path: str | Path | None = None,

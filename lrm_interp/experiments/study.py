@@ -82,7 +82,7 @@ from lrm_interp.attribution.config import AttributionConfig
 from lrm_interp.attribution.pipeline import SKIP_MEMORY_CHECK_ENV, attribute, attribution_sites
 from lrm_interp.attribution.results import Attribution, ImportanceShift, comparability, compare
 from lrm_interp.attribution.resume import result_identity_sha256
-from lrm_interp.checks import check_fraction, check_int, check_seed, checked_flags, env_flag, shown_value
+from lrm_interp.checks import check_fraction, check_int, check_seed, checked_arguments, env_flag, shown_value
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.benchmarks import find_task_file, get_task, load, task_names
 from lrm_interp.data.benchmarks.items import BenchItem
@@ -147,7 +147,7 @@ CHECKSUMMED = (
 READ_BACK = ("bits.json", "masks.safetensors")
 
 
-@checked_flags
+@checked_arguments
 @dataclass(frozen=True)
 class StudySettings:
     """What one study measures (checked against an existing ``study.json`` before any work).
@@ -385,7 +385,7 @@ class StudyResult:
         return box(repr(self), html_table(["variant", "bits/weight", m, "95% CI", "recovered"], rows))
 
     # ------------------------------------------------------------------ files
-    @checked_flags
+    @checked_arguments
     def save(self, out: str | Path | None = None, *, overwrite: bool = False) -> Path:
         """Write ``study.json``, ``outcomes.safetensors`` and ``results.csv`` into ``out``
         (default: :attr:`out_dir`); returns the folder.
@@ -427,6 +427,7 @@ class StudyResult:
         return out
 
     @classmethod
+    @checked_arguments
     def load(cls, out: str | Path) -> StudyResult:
         """Read a finished study folder (``ValueError`` for a study that did not finish).
 
@@ -529,6 +530,7 @@ def recorded_checksums(doc: Mapping[str, Any]) -> dict[str, str]:
     return {k: v for k, v in sums.items() if k in CHECKSUMMED and isinstance(v, str)}
 
 
+@checked_arguments
 def changed_files(out: str | Path, doc: Mapping[str, Any], names: Sequence[str] = READ_BACK) -> list[str]:
     """The files of ``names`` in ``out`` that differ from the checksum ``study.json`` (``doc``)
     records for them: changed since the study wrote them. A file without a recorded checksum (an
@@ -709,6 +711,7 @@ def _record_sha256(doc: Mapping[str, Any]) -> str:
 ATTRIBUTION_CHECKSUMS = "attribution_sha256"
 
 
+@checked_arguments
 def attribution_tensors_sha256(folder: str | Path) -> str | None:
     """The ``tensors_sha256`` (scores, steering vectors, labels) ``folder/attribution.json`` records
     (:meth:`~lrm_interp.attribution.results.Attribution.save`), or ``None`` (no such file, unreadable,
@@ -892,7 +895,7 @@ def quantized_model_note(model: Any) -> str | None:
     )
 
 
-@checked_flags
+@checked_arguments
 def check_study_folder(
     out: str | Path,
     settings: StudySettings,
@@ -999,6 +1002,7 @@ def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict
         )
     if not overwrite:
         _refuse_edited_key(out, have)
+        _refuse_non_folders(out, have)  # before study.json is rewritten as unfinished (H31-STFILE)
         if have.get("complete"):  # before study.json is rewritten: a refused rerun left it unfinished (H29-STSWAP)
             _refuse_replaced_attributions(out, have, missing_ok=True)
     if overwrite:
@@ -1044,6 +1048,29 @@ def _refuse_foreign_entries(folders: Sequence[Path]) -> None:
             raise ValueError(
                 f"{p} holds files the study did not write ({shown}): overwrite=True (--overwrite) removes that "
                 "folder whole and would delete them; move them out, or choose another out folder (--out)"
+            )
+
+
+def _refuse_non_folders(out: Path, have: Mapping[str, Any]) -> None:
+    """``ValueError`` naming the first attribution folder of the study (``study.json``'s folders and
+    checksums) that is now a file or a link to nothing: a rerun rewrote ``study.json`` as unfinished,
+    then failed writing into it (H31-STFILE). A folder that is gone is computed again (H30-STRMATTR)."""
+    prov = have.get("provenance")
+    prov = prov if isinstance(prov, Mapping) else {}
+    names: list[Any] = []
+    for key in ("folders", ATTRIBUTION_CHECKSUMS):
+        entry = prov.get(key)
+        names += list(entry.values() if key == "folders" else entry) if isinstance(entry, Mapping) else []
+    for name in dict.fromkeys(n for n in names if isinstance(n, str) and _OWN_FOLDER.fullmatch(n)):
+        p = out / name
+        what = "a link to nothing" if p.is_symlink() and not p.exists() else None
+        if what is None and p.exists() and not p.is_dir():
+            what = "a file"
+        if what is not None:
+            raise ValueError(
+                f"{p} is {what}, not the attribution folder the study made there; nothing was changed: restore "
+                "the folder, or remove it to have the study compute it again, or rerun with --overwrite "
+                "(overwrite=True) to start the study over"
             )
 
 
@@ -1146,7 +1173,7 @@ def study_items(settings: StudySettings, model: torch.nn.Module | None = None) -
     return [items[i] for i in range(max(len(x) for x in per)) for items in per if i < len(items)]
 
 
-@checked_flags
+@checked_arguments
 def measure_accuracy(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -1207,7 +1234,7 @@ def generation_order(items: Sequence[BenchItem], tokenizer: Any, answer_chars: t
     return sorted(range(len(items)), key=lambda j: (chars[j], prompt[j]))
 
 
-@checked_flags
+@checked_arguments
 def measure_kl(
     reference: torch.nn.Module, model: torch.nn.Module, encoded: Sequence[Any], *, progress: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1302,7 +1329,7 @@ def check_budget_weights(budget: float, sites: Sequence[Site]) -> None:
         )
 
 
-@checked_flags
+@checked_arguments
 def run_study(
     model: Any,
     data: Any,

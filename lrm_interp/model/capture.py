@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
-from lrm_interp.checks import checked_flags, user_stacklevel
+from lrm_interp.checks import checked_arguments, user_stacklevel
 from lrm_interp.model.sites import Site, get_module, resolve_sites
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class MaskedSum(Reducer):
         counts: ``site -> [g]`` float32, ``+= w.sum((1, 2))`` (once per site and pass).
     """
 
-    @checked_flags
+    @checked_arguments
     def __init__(
         self,
         stage: str = "output",
@@ -187,7 +187,7 @@ class MaskedSum(Reducer):
 class FullCapture(Reducer):
     """Stores full tensors, one per forward pass and site (only when explicitly asked)."""
 
-    @checked_flags
+    @checked_arguments
     def __init__(self, stage: str = "output", *, to_cpu: bool = True):
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {sorted(STAGES)}, got {stage!r}")

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.data.tokens import TokenSpan
 from lrm_interp.model.sites import Site, get_module
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-@checked_flags
+@checked_arguments
 @contextlib.contextmanager
 def frozen_for_attribution(model: torch.nn.Module, *, gradient_checkpointing: bool = False) -> Iterator[None]:
     """Freeze parameters (optionally switch on non-reentrant checkpointing); restore all on exit.
@@ -344,6 +344,60 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
+#: the config fields of a norm's epsilon: one at or below 0 gives NaN (``sqrt`` of a negative variance)
+EPS_ATTRS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps")
+
+
+@torch.no_grad()
+def check_finite_forward(model: torch.nn.Module, what: str, n_tokens: int = 16) -> None:
+    """:class:`~lrm_interp.model.provenance.NonFiniteError` when one forward of ``n_tokens`` ids
+    (spread over the vocabulary) gives NaN or infinite logits: a model whose weights are finite but
+    whose forward is not (``rms_norm_eps: -1`` in ``config.json``; weights too large for the
+    dtype) was quantized, and scored with accuracy 0 and NUL-byte outputs, with exit 0
+    (H31-NANFWD). The message names the first module whose output holds such a value (forward
+    hooks, removed on exit) and a norm epsilon at or below 0; ``what`` names the caller.
+    A model of no input embedding (not a language model) is not checked."""
+    from lrm_interp.model.provenance import NonFiniteError
+
+    get_emb = getattr(model, "get_input_embeddings", None)
+    vocab = getattr(get_emb() if callable(get_emb) else None, "num_embeddings", None)
+    if not isinstance(vocab, int) or vocab < 1:
+        return
+    ids = torch.linspace(0, vocab - 1, steps=min(n_tokens, vocab)).long()[None].to(input_device(model))
+    first: list[str] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def check(_m: torch.nn.Module, _args: Any, out: Any) -> None:
+            t = out[0] if isinstance(out, (tuple, list)) and out else out
+            if not first and isinstance(t, torch.Tensor) and t.is_floating_point():
+                if not bool(torch.isfinite(t).all()):
+                    first.append(name)
+
+        return check
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        logits = model(input_ids=ids, use_cache=False).logits  # [1, n, vocab]
+    finally:
+        for h in handles:
+            h.remove()
+    if bool(torch.isfinite(logits).all()):
+        return
+    cfg = _text_config(model)
+    values = {a: getattr(cfg, a, None) for a in EPS_ATTRS}
+    low = [f"{a}: {v}" for a, v in values.items() if isinstance(v, (int, float)) and not v > 0]
+    cause = (
+        f"its config.json sets {', '.join(low)} (a norm's epsilon must be > 0)"
+        if low
+        else "a broken config.json, or weights too large for its dtype"
+    )
+    where = f" (first in the output of {first[0]})" if first else ""
+    raise NonFiniteError(
+        f"{what}: the model's forward gives NaN or infinite logits on a {ids.shape[1]}-token input although its "
+        f"weights are finite{where}: {cause}; the model is broken; nothing was changed"
+    )
+
+
 __all__ = [
     "input_device",
     "base_and_head",
@@ -358,4 +412,6 @@ __all__ = [
     "context_limit",
     "memory_lower_bound",
     "available_memory",
+    "EPS_ATTRS",
+    "check_finite_forward",
 ]

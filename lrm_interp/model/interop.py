@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.model.sites import parse_site_name
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def from_tl_cache(cache: Mapping[str, torch.Tensor], site_name: str, stage: str 
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
-@checked_flags
+@checked_arguments
 def boot_bridge(model: torch.nn.Module, tokenizer: Any, name: str = "lrm_interp-model", *, copy: bool = False):
     """A TransformerLens 4 ``TransformerBridge`` around an in-memory HF model (no hub access).
 

@@ -32,8 +32,8 @@ from typing import Any, cast
 
 import torch
 
-from lrm_interp._io import path_argument, refuse_file_as_folder
-from lrm_interp.checks import checked_flags, user_stacklevel
+from lrm_interp._io import refuse_file_as_folder
+from lrm_interp.checks import checked_arguments, path_argument, user_stacklevel
 from lrm_interp.model.provenance import load_record
 
 Loader = Callable[..., tuple[Any, Any]]
@@ -57,7 +57,7 @@ def _target(loader: str | Loader) -> str:
     return f"{getattr(loader, '__module__', '?')}:{getattr(loader, '__qualname__', repr(loader))}"
 
 
-@checked_flags
+@checked_arguments
 def register_model_alias(name: str, loader: str | Loader, *, replace: bool = False) -> None:
     """Make ``load_model(name)`` call ``loader(dtype=..., device_map=...)`` (case-insensitive name).
 
@@ -140,6 +140,7 @@ def alias_folder_clash(name: str) -> Path | None:
     return None
 
 
+@checked_arguments
 def refuse_alias_named_folder(path: str | os.PathLike, what: str) -> None:
     """``ValueError`` when the model folder a command is about to write, ``path``, lies in the current
     folder under the name of a model alias (``quantize --model toy --out toy``): every ``--model toy``
@@ -154,6 +155,7 @@ def refuse_alias_named_folder(path: str | os.PathLike, what: str) -> None:
         )
 
 
+@checked_arguments
 def ambiguous_model_message(name: str, folder: Path) -> str:
     """The one-line refusal of a name that is both an alias and a model folder (:func:`alias_folder_clash`)."""
     here = f"./{name}" if not Path(name).is_absolute() else str(folder)
@@ -194,6 +196,7 @@ def _shown(names: list[str], k: int = 5) -> str:
     return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
+@checked_arguments
 def check_loading_info(model: torch.nn.Module, info: dict, path: str | Path) -> None:
     """Refuse a checkpoint folder that does not hold every parameter of its model.
 
@@ -353,6 +356,7 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | str | 
     )
 
 
+@checked_arguments
 def load_tokenizer(path: str | os.PathLike, what: str = "tokenizer") -> Any:
     """The fast tokenizer saved in the local folder ``path``; ``ValueError`` naming ``what`` (the
     argument: ``"tokenizer"``, ``"--tokenizer"``) and the folder when it holds none, cannot be

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.model.forward import base_and_head, cache_kwarg, frozen_for_attribution, input_device
 
 _SUPPORT: weakref.WeakKeyDictionary[torch.nn.Module, dict[bool, tuple[bool, str]]] = weakref.WeakKeyDictionary()
@@ -273,7 +273,7 @@ def _sliding(cfg: Any) -> str | None:
     return None
 
 
-@checked_flags
+@checked_arguments
 def cache_support(model: torch.nn.Module, *, gradient_checkpointing: bool = False) -> tuple[bool, str]:
     """``(True, "")`` when span windows can run against a cached prefix, else ``(False, reason)``.
 

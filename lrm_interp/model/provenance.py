@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from lrm_interp._io import atomic_write_text, dtype_to_str, plain_mode
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 
 PROVENANCE_FILE = "lrm_interp_provenance.json"
 CHUNK_ELEMENTS = 1 << 24  # 16 Mi elements per hashed chunk (64 MiB in fp32)
@@ -219,6 +219,7 @@ class EditedRecordError(ValueError):
     """A model folder's record file no longer matches the :data:`RECORD_CHECKSUM` it was written with."""
 
 
+@checked_arguments
 def check_record_checksum(path: str | Path, record: Any) -> None:
     """Refuse (:class:`EditedRecordError`) ``record``, read from ``path``, when it holds a
     :data:`RECORD_CHECKSUM` that does not match it: a hand edit (``"bits": 3`` made ``2``) was believed
@@ -231,6 +232,7 @@ def check_record_checksum(path: str | Path, record: Any) -> None:
         )
 
 
+@checked_arguments
 def check_saved_records(directory: str | Path) -> None:
     """Refuse (:func:`check_record_checksum`) an edited :data:`PROVENANCE_FILE` or
     ``lrm_interp_quantization.json`` in a model folder; one that cannot be read as JSON is left to
@@ -243,6 +245,7 @@ def check_saved_records(directory: str | Path) -> None:
             check_record_checksum(p, _json_object(p))
 
 
+@checked_arguments
 def save_record(model: torch.nn.Module, directory: str | Path) -> Path | None:
     """Write the record next to a saved checkpoint (nothing when the record is empty), with its
     :data:`RECORD_CHECKSUM` (:func:`record_checksum`)."""
@@ -254,6 +257,7 @@ def save_record(model: torch.nn.Module, directory: str | Path) -> Path | None:
     return p
 
 
+@checked_arguments
 def load_record(model: torch.nn.Module, directory: str | Path) -> None:
     """Attach the record saved in ``directory`` (if any) to a freshly loaded model. An edited record
     file of the folder (:func:`check_saved_records`) raises :class:`EditedRecordError`."""
@@ -321,6 +325,7 @@ def _refuse_lost_record(directory: Path) -> None:
         )
 
 
+@checked_arguments
 @contextlib.contextmanager
 def plain_permissions(folder: str | Path) -> Iterator[Path]:
     """Around ``model.save_pretrained(folder)`` (and the tokenizer's): every regular file the block
@@ -380,7 +385,7 @@ def first_non_finite(model: torch.nn.Module, names: Mapping[int, str] | None = N
     return None
 
 
-@checked_flags
+@checked_arguments
 def weights_fingerprint(model: torch.nn.Module, *, check_finite: bool = True) -> str:
     """BLAKE2b-128 hex digest of every parameter and buffer (name, dtype, shape, bytes).
 
@@ -673,7 +678,7 @@ def swapped_compression(original: Any, compressed: Any) -> str | None:
     return describe_compression(so[len(sc) :])
 
 
-@checked_flags
+@checked_arguments
 def model_provenance(model: torch.nn.Module, tokenizer: Any = None, *, fingerprint: bool = True) -> dict[str, Any]:
     """JSON-able description of a model (and tokenizer) for result files.
 

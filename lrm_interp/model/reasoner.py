@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lrm_interp.checks import checked_arguments
 from lrm_interp.model.provenance import model_record, record_source
 from lrm_interp.model.smollm2 import (
     SOURCE_FILE,
@@ -44,6 +45,7 @@ def reasoner_asset_dir() -> Path:
     return Path(str(resources.files("lrm_interp") / "assets" / "smollm2_reasoner"))
 
 
+@checked_arguments
 def delta_sha256(adapter_dir: Path) -> str:
     """sha256 over the adapter's config and factor files (names and bytes, in order)."""
     h = hashlib.sha256()
@@ -81,6 +83,7 @@ def _is_shipped_delta_dir(adapter_dir: Path) -> bool:
         return False
 
 
+@checked_arguments
 def check_adapter(adapter_dir: Path) -> None:
     """``FileNotFoundError`` when ``adapter_dir`` is not a LoRA delta (it lacks one of
     ``adapter_config.json`` / ``adapter_model.safetensors``). The message says the shipped delta is
@@ -101,6 +104,7 @@ def check_adapter(adapter_dir: Path) -> None:
     )
 
 
+@checked_arguments
 def merge_adapter(base: torch.nn.Module, adapter_dir: str | Path) -> PreTrainedModel:
     """``base`` with the peft LoRA adapter of ``adapter_dir`` merged into its weights (a plain
     ``PreTrainedModel`` again, no peft modules left). Modifies ``base``'s weights in place."""
@@ -113,6 +117,7 @@ def merge_adapter(base: torch.nn.Module, adapter_dir: str | Path) -> PreTrainedM
     return merged.to(dtype)
 
 
+@checked_arguments
 def load_reasoner(
     *,
     dtype: torch.dtype | None = None,

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 
 # Leaf module name -> kind.  Fused projections keep their own kinds (qkv, gate_up).
 KIND_BY_LEAF: dict[str, str] = {
@@ -189,7 +189,7 @@ def _make_site(name: str, module: nn.Module, shape: tuple[int, int]) -> Site:
     )
 
 
-@checked_flags
+@checked_arguments
 def find_sites(
     model: nn.Module,
     *,
@@ -309,11 +309,17 @@ def _check_selection(
     )
 
 
+def repeated_site_names(names: Sequence[str]) -> list[str]:
+    """The names given more than once in ``names``, sorted: a site named twice is compressed twice
+    (the second grid on the first) or scored twice (its share halved), H30-DUPSITES, H31-QDUPSITES."""
+    return sorted({n for n in names if names.count(n) > 1})
+
+
 def resolve_sites(model: nn.Module, sites: Sequence[Site | str] | str | None = None) -> list[Site]:
     """Normalise a user's ``sites`` argument: ``None`` (all), a regex string, or names/Sites.
 
     Anything else (a number, a name that is no string: ``str()`` of it was looked up) raises
-    ``TypeError``."""
+    ``TypeError``; a site named twice ``ValueError`` (:func:`repeated_site_names`)."""
     _check_model(model, "resolve_sites")
     if sites is not None and not isinstance(sites, str):
         if isinstance(sites, (bytes, Mapping)) or not isinstance(sites, Iterable):
@@ -333,6 +339,9 @@ def resolve_sites(model: nn.Module, sites: Sequence[Site | str] | str | None = N
         if not found:
             raise ValueError(f"no linear site of the model matches the pattern {sites!r}")
         return found
+    dup = repeated_site_names([x.name if isinstance(x, Site) else x for x in sites])
+    if dup:
+        raise ValueError(f"sites names a site more than once: {dup}; give each site once")
     out = []
     for s in sites:  # look each name up directly: no scan of the whole model
         name = s.name if isinstance(s, Site) else s

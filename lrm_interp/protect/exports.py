@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from lrm_interp._io import dtype_to_str, read_safetensors, refuse_result_file, write_safetensors
-from lrm_interp.checks import check_int, checked_flags, user_stacklevel
+from lrm_interp.checks import check_int, checked_arguments, user_stacklevel
 from lrm_interp.model.sites import get_module
 from lrm_interp.model.weights import set_weight_matrix, weight_matrix
 from lrm_interp.protect.encoding import SEP, mask_tensors, masks_from_tensors
@@ -43,7 +43,7 @@ from lrm_interp.protect.masks import ProtectionMask
 SIDECAR_FORMAT = "lrm_interp.sidecar/2"
 
 
-@checked_flags
+@checked_arguments
 def full_modules(masks: Mapping[str, ProtectionMask], *, warn: bool = True) -> list[str]:
     """Names of the sites protected entirely, in the masks' order.
 
@@ -67,13 +67,13 @@ def partial_modules(masks: Mapping[str, ProtectionMask]) -> list[str]:
     return [n for n, m in masks.items() if m.n_protected and not m.is_full]
 
 
-@checked_flags
+@checked_arguments
 def llmcompressor_ignore(masks: Mapping[str, ProtectionMask], *, keep_lm_head: bool = True) -> list[str]:
     """llm-compressor ``ignore`` list: exact module names (``lm_head`` first, as its examples do)."""
     return (["lm_head"] if keep_lm_head else []) + full_modules(masks)
 
 
-@checked_flags
+@checked_arguments
 def llmcompressor_recipe_dict(
     masks: Mapping[str, ProtectionMask],
     *,
@@ -96,7 +96,7 @@ def llmcompressor_recipe_dict(
     }
 
 
-@checked_flags
+@checked_arguments
 def llmcompressor_recipe(
     masks: Mapping[str, ProtectionMask],
     *,
@@ -167,7 +167,7 @@ def gptqmodel_dynamic_bits(alloc, *, default_bits: int) -> dict[str, dict]:
     return out
 
 
-@checked_flags
+@checked_arguments
 def llmcompressor_config_groups(alloc, *, keep_lm_head: bool = True) -> dict:
     """llm-compressor ``QuantizationModifier``/``GPTQModifier`` arguments for a module-level
     :class:`~lrm_interp.protect.bit_allocation.BitAllocation`: ``{"config_groups": {"w<b>": {"targets":
@@ -196,7 +196,7 @@ def llmcompressor_config_groups(alloc, *, keep_lm_head: bool = True) -> dict:
     return {"config_groups": dict(sorted(groups.items())), "ignore": ignore}
 
 
-@checked_flags
+@checked_arguments
 def modules_to_not_convert(masks: Mapping[str, ProtectionMask], *, keep_lm_head: bool = True) -> list[str]:
     """For transformers quantization configs (``modules_to_not_convert``, bitsandbytes
     ``llm_int8_skip_modules``). transformers matches these as substrings / name prefixes of
@@ -204,6 +204,7 @@ def modules_to_not_convert(masks: Mapping[str, ProtectionMask], *, keep_lm_head:
     return (["lm_head"] if keep_lm_head else []) + full_modules(masks)
 
 
+@checked_arguments
 def save_sidecar(
     model: torch.nn.Module,
     masks: Mapping[str, ProtectionMask],
@@ -236,6 +237,7 @@ def save_sidecar(
     return path
 
 
+@checked_arguments
 def apply_sidecar_(model: torch.nn.Module, path: str | Path) -> int:
     """Write the sidecar's values back into ``model``'s weights (any dtype/device); returns how many."""
     tensors, meta = read_safetensors(path, (SIDECAR_FORMAT,), "sidecar")

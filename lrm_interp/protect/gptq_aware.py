@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.compress.calibration import CalibData, collect_hessians
 from lrm_interp.compress.quant.gptq import gptq_quantize
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan
@@ -38,7 +38,7 @@ class GPTQDeltas:
     it is when a layer is first asked for; the cache holds one decoder layer's sites.
     """
 
-    @checked_flags
+    @checked_arguments
     def __init__(
         self,
         model: torch.nn.Module,
@@ -87,7 +87,7 @@ def response_loss(model: torch.nn.Module, e: EncodedTrace) -> torch.Tensor | Non
     return span_losses(model, e.input_ids[None].to(input_device(model)), [sp])[0]
 
 
-@checked_flags
+@checked_arguments
 def tacq(
     model: torch.nn.Module,
     sites: Sequence[Site],
@@ -109,7 +109,7 @@ def tacq(
     return attribution(model, sites, loss_fn=response_loss, batches=list(encoded), weigh=weigh, progress=progress)
 
 
-@checked_flags
+@checked_arguments
 def attribution_gptq(
     model: torch.nn.Module,
     sites: Sequence[Site],

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from lrm_interp.attribution.results import site_scores
-from lrm_interp.checks import check_fraction, checked_flags, shown_value, user_stacklevel
+from lrm_interp.checks import check_fraction, checked_arguments, shown_value, user_stacklevel
 from lrm_interp.model.provenance import recorded_weights
 from lrm_interp.model.sites import Site
 from lrm_interp.protect.encoding import check_site_list
@@ -474,7 +474,7 @@ def _model_of(saliency: Any, scores: Any) -> dict | None:
     return rec
 
 
-@checked_flags
+@checked_arguments
 def build_masks(
     sites: Sequence[Site],
     policy: str = "global_top",

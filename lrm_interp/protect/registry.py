@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import torch
 
-from lrm_interp.checks import check_bool, check_seed, checked_flags
+from lrm_interp.checks import check_bool, check_seed, checked_arguments
 from lrm_interp.compress.calibration import CalibData
 from lrm_interp.compress.quant.apply import GRID_FREE_SALIENCIES
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
@@ -46,7 +46,7 @@ from lrm_interp.protect.saliency import (
 from lrm_interp.protect.scale_aware import scale_aware_saliency
 
 
-@checked_flags
+@checked_arguments
 @dataclass(frozen=True)
 class SaliencyInputs:
     """The one set of keyword inputs every registered saliency builder receives.
@@ -198,7 +198,7 @@ SALIENCIES: dict[str, SaliencySource] = {
 SPAN_GRADS_SOURCES: tuple[str, ...] = ("attribution_ri", "attribution", "attribution_scale")
 
 
-@checked_flags
+@checked_arguments
 def build_saliency(
     name: str,
     model: torch.nn.Module,

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import checked_flags, user_stacklevel
+from lrm_interp.checks import checked_arguments, user_stacklevel
 from lrm_interp.compress.calibration import CalibData, calibration_batches, check_calibration_context
 from lrm_interp.compress.quant.rtn import rtn_quantize
 from lrm_interp.data.tokens import EncodedTrace, TokenSpan
@@ -141,7 +141,7 @@ def random_saliency(model, sites: Sequence[Site], seed: int = 0) -> SaliencyStre
     return SaliencyStream(sites, gen, model=model)
 
 
-@checked_flags
+@checked_arguments
 def input_sq_means(
     model, sites: Sequence[Site], calib: CalibData, *, batch_size: int = 8, progress: bool = True
 ) -> dict[str, torch.Tensor]:
@@ -162,7 +162,7 @@ def input_sq_means(
     return {k: v[0] / red.counts[k][0].clamp_min(1) for k, v in red.sums.items()}
 
 
-@checked_flags
+@checked_arguments
 def activation(
     model, sites: Sequence[Site], calib: CalibData, *, batch_size: int = 8, progress: bool = True
 ) -> SaliencyStream:
@@ -173,7 +173,7 @@ def activation(
     )
 
 
-@checked_flags
+@checked_arguments
 def hessian(
     model,
     sites: Sequence[Site],
@@ -198,7 +198,7 @@ def hessian(
 
 
 # ---------------------------------------------------------------------------- gradients
-@checked_flags
+@checked_arguments
 def weight_grads(
     model,
     sites: Sequence[Site],
@@ -297,7 +297,7 @@ def check_span_grads(span_grads: str) -> str:
     return span_grads
 
 
-@checked_flags
+@checked_arguments
 def gradient_route(
     model, span_grads: str = "exact", reduce: str = "abs", *, prefix_cache: bool | None = None
 ) -> tuple[str, str]:
@@ -451,7 +451,7 @@ def _n_backward(route: str, reduce: str, items: Sequence[tuple[EncodedTrace, lis
     return sum(len(spans) for _, spans in items)
 
 
-@checked_flags
+@checked_arguments
 def behaviour_weight_grads(
     model,
     encoded: Sequence[EncodedTrace],
@@ -504,7 +504,7 @@ def _span_items(encoded: Sequence[EncodedTrace], behaviors: Sequence[str]) -> li
     return items
 
 
-@checked_flags
+@checked_arguments
 def attribution(
     model,
     sites: Sequence[Site],

@@ -27,14 +27,14 @@ from typing import cast
 
 import torch
 
-from lrm_interp.checks import checked_flags, shown_value
+from lrm_interp.checks import checked_arguments, shown_value
 from lrm_interp.compress.quant.grid import check_weight, dequantize_with, fit_params, quantize_with
 
 ROWS_PER_CHUNK = 1 << 16
 """Groups processed at once (memory: a few ``[rows, group]`` float32 tensors)."""
 
 
-@checked_flags
+@checked_arguments
 def group_costs(
     w: torch.Tensor, a: torch.Tensor, protected: torch.Tensor, bits: int, *, symmetric: bool
 ) -> torch.Tensor:
@@ -108,7 +108,7 @@ def _chain_rows(
     return sal
 
 
-@checked_flags
+@checked_arguments
 def scale_aware_saliency(
     W: torch.Tensor,
     G: torch.Tensor,

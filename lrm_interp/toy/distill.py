@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import check_float, check_int, checked_flags
+from lrm_interp.checks import check_float, check_int, checked_arguments
 from lrm_interp.data.toy_tasks import FAMILIES, TRAIN_SEED_BASE, World, build_world, generate_trace
 from lrm_interp.model.reasoner import RECIPE_FILE, import_peft
 
@@ -53,7 +53,7 @@ CHECKPOINT_DIR, STATE_FILE, ADAPTER_DIR = "checkpoint", "state.json", "adapter"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-@checked_flags
+@checked_arguments
 @dataclass(frozen=True)
 class DistillConfig:
     """Settings of one distillation run (all recorded; a resumed run must match them).
@@ -367,6 +367,7 @@ def _load_checkpoint(ckpt: Path, model, opt, sched, cfg: DistillConfig, inputs: 
     return int(state["step"]), state["log"]
 
 
+@checked_arguments
 def check_run_folder(out_dir: str | Path) -> None:
     """Refuse (``ValueError`` naming the folder) an ``out_dir`` that a run would spoil or cannot make:
     a file, a path under a file, a folder of other files (a run writes ``checkpoint/`` and
@@ -401,7 +402,7 @@ def check_run_folder(out_dir: str | Path) -> None:
     )
 
 
-@checked_flags
+@checked_arguments
 def distill_reasoner(
     out_dir: str | Path,
     cfg: DistillConfig = DistillConfig(),
@@ -533,6 +534,7 @@ def held_out_accuracy(model, tokenizer, cfg: DistillConfig, world: World) -> dic
     )
 
 
+@checked_arguments
 def save_adapter(model, directory: str | Path) -> Path:
     """The peft adapter of ``model`` with its LoRA factors in fp16 (the shipped delta format)."""
     from safetensors.torch import save_file

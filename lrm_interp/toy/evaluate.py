@@ -8,10 +8,11 @@ import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 
-from lrm_interp.checks import check_int, checked_flags, user_stacklevel
+from lrm_interp.checks import check_int, checked_arguments, user_stacklevel
 from lrm_interp.data.toy_tasks import Problem, extract_answer
 from lrm_interp.data.traces import ReasoningDataset, ReasoningTrace
 from lrm_interp.evaluation.generation import check_token_ids, count_at_limit, generate_responses
+from lrm_interp.model.forward import check_finite_forward
 from lrm_interp.model.provenance import NonFiniteError, first_non_finite
 from lrm_interp.model.vocab import check_model_and_tokenizer, check_tokenizer_fits
 
@@ -22,7 +23,21 @@ class LengthLimitWarning(UserWarning):
     H7-E1) or evaluate during training ignore it."""
 
 
-@checked_flags
+def check_finite_model(model) -> None:
+    """:class:`~lrm_interp.model.provenance.NonFiniteError` for a model whose accuracy would be 0
+    for no reason of its reasoning: a NaN or infinite weight (H29-NANMODEL), or a forward that
+    gives NaN logits from finite weights (a norm's epsilon at or below 0, H31-NANFWD); an
+    evaluation blamed the length limit."""
+    bad = first_non_finite(model)
+    if bad is not None:
+        raise NonFiniteError(
+            f"evaluate: parameter {bad[0]} holds {bad[1]} non-finite values: the model is broken (a training "
+            "that diverged?); its accuracy would be 0"
+        )
+    check_finite_forward(model, "evaluate")
+
+
+@checked_arguments
 def evaluate(
     model,
     tokenizer,
@@ -52,12 +67,7 @@ def evaluate(
     check_model_and_tokenizer(model, tokenizer, "evaluate")
     check_tokenizer_fits(model, tokenizer, "evaluate")
     check_token_ids(model, tokenizer, [(f"{p.id} (prompt)", p.prompt) for p in probs])
-    bad = first_non_finite(model)  # NaN weights: accuracy 0 blamed on the length limit (H29-NANMODEL)
-    if bad is not None:
-        raise NonFiniteError(
-            f"evaluate: parameter {bad[0]} holds {bad[1]} non-finite values: the model is broken (a training "
-            "that diverged?); its accuracy would be 0"
-        )
+    check_finite_model(model)
     responses = generate_responses(
         model,
         tokenizer,
@@ -125,7 +135,7 @@ def _as_problem(x) -> Problem:
     return Problem(x.id, md["dataset"], x.prompt, str(md["gold_answer"]))
 
 
-@checked_flags
+@checked_arguments
 def collect_traces(
     model,
     tokenizer,
@@ -152,12 +162,7 @@ def collect_traces(
     annotator = annotator or RuleAnnotator()
     probs = [_as_problem(p) for p in probs]
     check_token_ids(model, tokenizer, [(f"{p.id} (prompt)", p.prompt) for p in probs])
-    bad = first_non_finite(model)  # NaN weights: accuracy 0 blamed on the length limit (H29-NANMODEL)
-    if bad is not None:
-        raise NonFiniteError(
-            f"evaluate: parameter {bad[0]} holds {bad[1]} non-finite values: the model is broken (a training "
-            "that diverged?); its accuracy would be 0"
-        )
+    check_finite_model(model)
     responses = generate_responses(
         model,
         tokenizer,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from lrm_interp.checks import check_float, check_int, check_seed
+from lrm_interp.checks import check_float, check_int, check_seed, checked_arguments
 from lrm_interp.data.toy_tasks import (
     FAMILIES,
     N_PEOPLE,
@@ -318,6 +318,7 @@ def check_train_settings(
         raise ValueError(f"heads must be a multiple of kv_heads ({cfg['kv_heads']}), got {cfg['heads']}")
 
 
+@checked_arguments
 def train_toy_model(
     out_dir: str | Path,
     *,
@@ -431,6 +432,7 @@ def train_toy_model(
     )
 
 
+@checked_arguments
 def anneal_toy_model(
     src_dir: str | Path,
     out_dir: str | Path,

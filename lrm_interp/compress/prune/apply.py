@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import torch
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.compress.calibration import HessianCalib
 from lrm_interp.compress.common import check_pattern, parse_pattern
 from lrm_interp.compress.driver import (
@@ -106,7 +106,7 @@ class PruneReport:
         return {**self.to_dict(), "protected_sites": self.protected_sites}
 
 
-@checked_flags
+@checked_arguments
 def prune_model_(
     model: torch.nn.Module,
     method: str,

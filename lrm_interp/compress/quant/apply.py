@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lrm_interp.checks import check_bool, checked_flags, user_stacklevel
+from lrm_interp.checks import check_bool, checked_arguments, user_stacklevel
 from lrm_interp.compress.calibration import HessianCalib, calibration_size
 from lrm_interp.compress.driver import (
     CompressionMethod,
@@ -60,7 +60,7 @@ METHODS = method_names("quantization")
 GPTQ_OPTIONS = GPTQ.allowed_options
 
 
-@checked_flags
+@checked_arguments
 @dataclass(frozen=True)
 class QuantReport:
     """What :func:`quantize_model_` did (also attached to the model for provenance).
@@ -156,7 +156,7 @@ def masks_grid(extra: Mapping[str, Any]) -> dict[str, Any] | None:
     return None if rec is None else {k: rec.get(k) for k in GRID_KEYS}
 
 
-@checked_flags
+@checked_arguments
 def grid_mismatch(extra: Mapping[str, Any], bits: int, group_size: int | None, symmetric: bool) -> str | None:
     """A one-line warning when the grid recorded in the masks' metadata (``extra`` of
     ``load_masks``, as ``lrm-interp protect`` writes it) is not ``bits``/``group_size``/
@@ -198,7 +198,7 @@ def masks_grid_record(masks: Any) -> dict[str, Any] | None:
     return recorded_grid(getattr(masks, "grid", None))
 
 
-@checked_flags
+@checked_arguments
 def warn_grid_mismatch(masks: Any, bits: int, group_size: int | None, symmetric: bool) -> None:
     """Warn (:class:`MaskGridWarning`) when ``masks`` record a grid (:func:`masks_grid_record`) that
     is not ``bits``/``group_size``/``symmetric`` (:func:`grid_mismatch`'s words, naming the masks
@@ -233,7 +233,7 @@ def masks_argument(masks: Any) -> Mapping[str, Any] | None:
     return masks
 
 
-@checked_flags
+@checked_arguments
 def quantize_model_(
     model: torch.nn.Module,
     *,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lrm_interp._io import dtype_to_str, read_safetensors, refuse_result_file, str_to_dtype, write_safetensors
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.compress.quant.grid import GroupParams, dequantize_with
 
 QUANTIZED_FORMAT = "lrm_interp.quantized/1"
@@ -93,7 +93,7 @@ class QuantizedTensor:
         w.view(-1)[self.protected.to(w.device)] = self.values.to(device=w.device, dtype=w.dtype)
         return w
 
-    @checked_flags
+    @checked_arguments
     def storage_bits(self, *, param_bits: int = 16, symmetric: bool = False, index_bits_per_value: int = 32) -> int:
         """Bits of a packed deployment layout: codes + FP16 scale (+zero) + values + flat32 index."""
         per_group = param_bits * (1 if symmetric else 2)
@@ -132,7 +132,7 @@ class QuantizedTensor:
         )
 
 
-@checked_flags
+@checked_arguments
 def save_quantized(
     tensors: Mapping[str, QuantizedTensor],
     path: str | Path,
@@ -191,6 +191,7 @@ def save_quantized(
     )
 
 
+@checked_arguments
 def load_quantized(path: str | Path) -> tuple[dict[str, QuantizedTensor], dict]:
     """Inverse of :func:`save_quantized`: ``({site: QuantizedTensor}, extra metadata)``."""
     flat, meta = read_safetensors(path, (QUANTIZED_FORMAT,), "quantized file")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from lrm_interp.checks import checked_flags, shown_value
+from lrm_interp.checks import checked_arguments, shown_value
 from lrm_interp.compress.common import prepare_obs
 from lrm_interp.compress.quant.format import QuantizedTensor
 from lrm_interp.compress.quant.grid import GroupParams, check_weight, fit_params
@@ -89,7 +89,7 @@ def _gptq_core(
     return codes, scale, zero, g, Q
 
 
-@checked_flags
+@checked_arguments
 def gptq_quantize(
     W: torch.Tensor,
     H: torch.Tensor,
@@ -110,7 +110,7 @@ def gptq_quantize(
     return Q
 
 
-@checked_flags
+@checked_arguments
 def gptq_quantize_tensor(
     W: torch.Tensor,
     H: torch.Tensor,

@@ -20,7 +20,7 @@ from typing import overload
 
 import torch
 
-from lrm_interp.checks import checked_flags, shown_value
+from lrm_interp.checks import checked_arguments, shown_value
 
 MIN_BITS, MAX_BITS = 2, 8
 
@@ -91,7 +91,7 @@ def _grouped(x: torch.Tensor, g: int) -> torch.Tensor:
     return x.reshape(out, -1, g)
 
 
-@checked_flags
+@checked_arguments
 def fit_params(
     W: torch.Tensor,
     bits: int,

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from tqdm.auto import tqdm
 
-from lrm_interp.checks import checked_flags, shown_value
+from lrm_interp.checks import checked_arguments, shown_value
 from lrm_interp.model.sites import Site, get_module
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-@checked_flags
+@checked_arguments
 def gradient_weighted_hessians(
     model: torch.nn.Module,
     sites: Sequence[Site],

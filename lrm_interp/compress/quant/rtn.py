@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.compress.quant.format import QuantizedTensor
 from lrm_interp.compress.quant.grid import dequantize_with, fit_params, quantize_with
 
 
-@checked_flags
+@checked_arguments
 def rtn_quantize(
     W: torch.Tensor,
     bits: int,
@@ -33,7 +33,7 @@ def rtn_quantize(
     return deq
 
 
-@checked_flags
+@checked_arguments
 def rtn_quantize_tensor(
     W: torch.Tensor,
     bits: int,

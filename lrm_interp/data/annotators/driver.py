@@ -49,7 +49,7 @@ from lrm_interp._io import (
     refuse_other_result_folder,
     refuse_result_file,
 )
-from lrm_interp.checks import checked_flags, shown_value
+from lrm_interp.checks import checked_arguments, shown_value
 from lrm_interp.data.annotators.base import (
     Annotator,
     SentenceLabeller,
@@ -81,7 +81,7 @@ ANNOTATION_CACHE = ANNOTATION_CACHE_KIND
 NO_THINK_END_NOTE = "no </think> in the response: the whole response was annotated as its thinking part"
 
 
-@checked_flags
+@checked_arguments
 def load_outputs(
     path: str | os.PathLike, *, progress: bool = False, max_response_chars: int | None = None
 ) -> ReasoningDataset:
@@ -168,6 +168,7 @@ class AnnotationRun:
         """JSON-able: annotator (no secrets), stats, failures, the parse report."""
         return {"annotator": self.annotator, "stats": self.stats, "failures": self.failures, **self.report.to_dict()}
 
+    @checked_arguments
     def save_report(self, path: str | os.PathLike, *, own: str | None = None) -> Path:
         """The run's report as JSON (atomic write). A ``path`` that is a file of another command's finished
         result is refused first (:func:`lrm_interp._io.refuse_result_file`, H9-PYW); ``own``: the kind
@@ -303,7 +304,7 @@ def _refuse_entries_not_files(cache: Path, fp: str, traces: Sequence[ReasoningTr
             )
 
 
-@checked_flags
+@checked_arguments
 def annotate_dataset(
     traces: ReasoningDataset | Sequence[ReasoningTrace],
     annotator: Annotator,

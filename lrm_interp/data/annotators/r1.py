@@ -39,7 +39,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.data.annotators.segment import Sentence, split_sentences
 
 BT, UE, ET, AK, IN, DE = (
@@ -334,7 +334,7 @@ def _is_fact_statement(text: str) -> bool:
     return bool(_FACT_VERB.search(text)) and bool(_CAPWORD.search(text))
 
 
-@checked_flags
+@checked_arguments
 @dataclass
 class R1RuleAnnotator:
     """The rule annotator for R1-style text (module docstring: the rules, in order).

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from lrm_interp._io import read_safetensors, refuse_result_file, write_safetensors
-from lrm_interp.checks import check_float, check_int, check_seed, checked_flags
+from lrm_interp.checks import check_float, check_int, check_seed, checked_arguments
 from lrm_interp.data.annotators.agreement import annotation_agreement
 from lrm_interp.data.annotators.base import annotate_response, thinking_part
 from lrm_interp.data.annotators.r1 import R1RuleAnnotator
@@ -329,6 +329,7 @@ class LinearAnnotator:
         return cls(weight, bias, tuple(labels), info)
 
     # ------------------------------------------------------------------ files
+    @checked_arguments
     def save(self, path: str | os.PathLike, *, own: str | None = None) -> Path:
         """One safetensors file (format ``lrm_interp.annotator/1``), written atomically. A ``path``
         that is one of the files of a finished result of an ``lrm-interp`` command
@@ -346,6 +347,7 @@ class LinearAnnotator:
         return write_safetensors(path, {"weight": self.weight, "bias": self.bias}, meta)
 
     @classmethod
+    @checked_arguments
     def load(cls, path: str | os.PathLike) -> LinearAnnotator:
         tensors, meta = read_safetensors(path, (FORMAT,), "trained annotator file")
         if int(meta.get("features_version", -1)) != FEATURES_VERSION:
@@ -356,7 +358,7 @@ class LinearAnnotator:
         return cls(tensors["weight"], tensors["bias"], tuple(json.loads(meta["labels"])), json.loads(meta["info"]))
 
 
-@checked_flags
+@checked_arguments
 def cross_validate(
     dataset: ReasoningDataset | Sequence[ReasoningTrace],
     *,

@@ -33,7 +33,7 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.data.benchmarks.items import BenchItem, Grade
 from lrm_interp.data.toy_tasks import extract_answer as toy_extract_answer
 
@@ -42,7 +42,7 @@ NO_THINK = "no </think>"
 NO_ANSWER = "no answer found"
 
 
-@checked_flags
+@checked_arguments
 def answer_region(text: str, *, require_think: bool = True) -> str | None:
     """The text after the last ``</think>``; without one: ``None`` (``require_think``) or all of it."""
     if THINK_CLOSE in text:
@@ -70,7 +70,7 @@ def _strip_markup(s: str) -> str:
 
 
 # ----------------------------------------------------------------------------- AIME (math-verify)
-@checked_flags
+@checked_arguments
 def grade_math(item: BenchItem, text: str, *, require_think: bool = True) -> Grade:
     """AIME: ``math_verify.verify(parse(gold), parse(answer part))``."""
     from math_verify import parse, verify
@@ -142,7 +142,7 @@ def extract_folio_label(region: str) -> str | None:
     return _FOLIO_CANON[words[-1].lower()] if words else None
 
 
-@checked_flags
+@checked_arguments
 def grade_folio(item: BenchItem, text: str, *, require_think: bool = True) -> Grade:
     region = answer_region(text, require_think=require_think)
     if region is None:
@@ -183,7 +183,7 @@ def extract_option_letter(region: str, n_options: int | None = 4) -> str | None:
     return lone[-1].upper() if lone else None
 
 
-@checked_flags
+@checked_arguments
 def grade_option(item: BenchItem, text: str, *, require_think: bool = True) -> Grade:
     region = answer_region(text, require_think=require_think)
     if region is None:
@@ -244,7 +244,7 @@ def best_em_f1(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
     return max(squad_em(prediction, g) for g in golds), max(squad_f1(prediction, g) for g in golds)
 
 
-@checked_flags
+@checked_arguments
 def grade_qa(item: BenchItem, text: str, *, require_think: bool = True) -> Grade:
     region = answer_region(text, require_think=require_think)
     if region is None:
@@ -257,7 +257,7 @@ def grade_qa(item: BenchItem, text: str, *, require_think: bool = True) -> Grade
 
 
 # ----------------------------------------------------------------------------- toy families
-@checked_flags
+@checked_arguments
 def grade_toy(item: BenchItem, text: str, *, require_think: bool = True) -> Grade:
     """Toy families (``math`` / ``logic`` / ``knowledge``): ``The answer is X.`` after ``</think>``."""
     region = answer_region(text, require_think=require_think)

@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lrm_interp._io import iter_jsonl
-from lrm_interp.checks import checked_flags
+from lrm_interp.checks import checked_arguments
 from lrm_interp.data.benchmarks.items import BenchmarkFormatError
 
 SUFFIXES = (".json", ".jsonl", ".csv")
 LIST_KEYS = ("examples", "data", "problems", "rows", "questions")
 
 
+@checked_arguments
 def read_records(path: str | os.PathLike) -> list[tuple[str, dict]]:
     """``[(location, record dict), ...]`` of a JSON, JSONL or CSV file (chosen by suffix)."""
     p = Path(path)
@@ -74,7 +75,7 @@ def _json(p: Path, text: str) -> list[tuple[str, dict]]:
     return out
 
 
-@checked_flags
+@checked_arguments
 def field_value(loc: str, rec: dict, *keys: str, required: bool = True) -> object:
     """The value of the first of ``keys`` present (not ``None``, not empty) in ``rec``."""
     for k in keys:
@@ -91,7 +92,7 @@ def field_value(loc: str, rec: dict, *keys: str, required: bool = True) -> objec
     return None
 
 
-@checked_flags
+@checked_arguments
 def text_value(loc: str, rec: dict, *keys: str, numbers: bool = False) -> str:
     """The first of ``keys`` present in ``rec`` (:func:`field_value`) as text: it must be a string
     (with ``numbers``, an integer or a finite number is accepted and written out); a list, an object

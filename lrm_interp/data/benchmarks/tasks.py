@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lrm_interp.checks import checked_flags, user_stacklevel
+from lrm_interp.checks import checked_arguments, user_stacklevel
 from lrm_interp.data.benchmarks import grading
 from lrm_interp.data.benchmarks.items import BenchItem, BenchmarkFormatError, Grade
 from lrm_interp.data.benchmarks.readers import SUFFIXES, field_value, read_records, text_value
@@ -48,7 +48,7 @@ from lrm_interp.data.prompts import aime_prompt, folio_prompt, musique_prompt, t
 TOY_N, TOY_SEED = 30, 2
 
 
-@checked_flags
+@checked_arguments
 @dataclass(frozen=True)
 class Task:
     """One benchmark. ``metric``: ``"accuracy"`` or ``"em_f1"``; ``files``: file stems looked
@@ -91,6 +91,7 @@ def aime_answer(loc: str, raw: object) -> str:
     return str(value)
 
 
+@checked_arguments
 def load_aime(path: Path) -> list[BenchItem]:
     out = []
     for k, (loc, rec) in enumerate(read_records(path)):
@@ -103,6 +104,7 @@ def load_aime(path: Path) -> list[BenchItem]:
     return out
 
 
+@checked_arguments
 def load_folio(path: Path) -> list[BenchItem]:
     out = []
     for k, (loc, rec) in enumerate(read_records(path)):
@@ -154,6 +156,7 @@ def _check_options(loc: str, found: list[str]) -> None:
         )
 
 
+@checked_arguments
 def load_temporal(path: Path) -> list[BenchItem]:
     out = []
     for k, (loc, rec) in enumerate(read_records(path)):
@@ -187,6 +190,7 @@ def load_temporal(path: Path) -> list[BenchItem]:
     return out
 
 
+@checked_arguments
 def load_musique(path: Path) -> list[BenchItem]:
     out = []
     for k, (loc, rec) in enumerate(read_records(path)):
@@ -330,6 +334,7 @@ def get_task(name: str) -> Task:
     return TASKS[key]
 
 
+@checked_arguments
 def find_task_file(task: str, data: str | os.PathLike) -> Path:
     """The file of ``task`` in the folder ``data`` (``<stem>.json|jsonl|csv`` for the task's
     stems, also ``<stem>/task.json``), or ``data`` itself when it is a file. Two such files (``aime.jsonl``
@@ -366,6 +371,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+@checked_arguments
 def load(
     task: str,
     path: str | os.PathLike | None = None,
@@ -414,7 +420,7 @@ def load(
     return items if limit is None else items[:limit]
 
 
-@checked_flags
+@checked_arguments
 def grade(task: str | Task, item: BenchItem, text: str, *, require_think: bool = True) -> Grade:
     """Grade one output ``text`` (the response after the prompt) of ``item``; see :mod:`.grading`."""
     t = task if isinstance(task, Task) else get_task(task)
