@@ -273,3 +273,49 @@ def test_weights_too_large_for_their_dtype_are_refused_before_a_quantization(tmp
         "a broken config.json, or weights too large for its dtype; the model is broken; nothing was changed"
     )
     assert not (tmp_path / "Q").exists()
+
+
+@pytest.mark.parametrize("compress", ["quantize_model_", "prune_model_"])
+@pytest.mark.parametrize("pattern", ["", "  "])
+def test_a_compression_refuses_an_empty_sites_pattern(compress: str, pattern: str) -> None:
+    """H31-EMPTYSITES: ``quantize_model_(sites='')`` (an unset variable) matched every module and
+    quantized 29 sites, ``lm_head`` included, where ``sites=None`` gives the 28 of the decoder
+    layers and ``attribute(sites='')`` refuses (H7-API6). The same refusal, before any change."""
+    import lrm_interp
+
+    model = tiny_model("llama", seed=0)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    kw = {"bits": 3} if compress == "quantize_model_" else {"sparsity": 0.5, "method": "magnitude"}
+    with pytest.raises(ValueError, match=rf"^sites regex '{pattern}' is empty: it would match every module; give a"):
+        getattr(lrm_interp, compress)(model, sites=pattern, progress=False, **kw)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_the_quickstart_names_its_own_flags_to_resume_a_study(tmp_path: Any, capsys: Any) -> None:
+    """H31-QSHINT: ``quickstart --out QS`` over a finished ``--tiny`` quickstart was refused with the
+    study's hint, "rerun with the settings it records (without --tasks)" / "(--per-task 50)": flags
+    ``quickstart`` does not have, and not the ``--tiny`` that made it. The hint names the
+    quickstart's flags now; each rerun it offers resumes (nothing to compute: every file kept)."""
+    from cli_run import err_line, folder_files, run_cli
+
+    from lrm_interp.experiments.study import StudyResult
+
+    qs = tmp_path / "QS"
+    assert run_cli(["quickstart", "--tiny", "--bits", 4, "--out", qs, "--quiet"]) == 0
+    capsys.readouterr()
+    before = folder_files(qs)
+    cases = {
+        (): "differs in bits 4 ≠ 3, tasks [] ≠ ['math', 'logic', 'knowledge']); rerun with the settings it records "
+        "(--tiny --bits 4) to resume it",
+        ("--eval", 0, "--bits", 4): "differs in per_task 50 ≠ 1); rerun with the settings it records (--tiny --eval "
+        "150) to resume it",
+        ("--tiny",): "differs in bits 4 ≠ 3); rerun with the settings it records (--tiny --bits 4) to resume it",
+    }
+    for extra, expected in cases.items():
+        assert run_cli(["quickstart", *extra, "--out", qs, "--quiet"]) == 2
+        assert f"error: {qs} holds another study ({expected}, or use another out folder" in err_line(capsys)
+        assert folder_files(qs) == before
+    rows = StudyResult.load(qs).rows
+    assert run_cli(["quickstart", "--tiny", "--bits", 4, "--out", qs, "--quiet"]) == 0  # the hint's rerun resumes
+    assert "(resumed: fp, uniform, magnitude, attribution, mixed)" in capsys.readouterr().out
+    assert StudyResult.load(qs).rows == rows

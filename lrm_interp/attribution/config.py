@@ -20,7 +20,7 @@ import torch
 
 from lrm_interp._io import DTYPE_CHOICES, dtype_to_str, str_to_dtype
 from lrm_interp.checks import check_float, check_int, checked_arguments, shown_value
-from lrm_interp.model.sites import repeated_site_names
+from lrm_interp.model.sites import refuse_empty_pattern, repeated_site_names
 
 METHODS = ("attribution", "dom", "patching")
 #: methods whose score needs a span's predictable tokens (its loss L(s)): unscorable spans are left out
@@ -189,11 +189,7 @@ class AttributionConfig:
         elif isinstance(self.sites, str):
             import re
 
-            if not self.sites.strip():  # an empty regex matches every module (H7-API6)
-                raise ValueError(
-                    "sites regex '' is empty: it would match every module; give a pattern (e.g. 'mlp') "
-                    "or None for every linear site"
-                )
+            refuse_empty_pattern(self.sites)  # an empty regex matches every module (H7-API6)
             try:
                 re.compile(self.sites)
             except re.error as e:

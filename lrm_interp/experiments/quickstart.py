@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,32 @@ def quickstart_settings(
         budget=budget,
         per_task=max(1, n_eval // len(FAMILIES)),
     )
+
+
+#: the study settings the quickstart sets, and its flag for each (``tasks`` / ``per_task``: ``--eval``, ``--tiny``)
+_QUICKSTART_FLAGS = {"bits": "--bits", "group_size": "--group-size", "budget": "--budget"}
+
+
+def quickstart_hint(have: Mapping[str, Any], diff: Sequence[str]) -> str:
+    """``"rerun with the settings it records (--tiny --bits 4) to resume it, or "``: the quickstart's
+    own flags for the settings of the study in its folder (``have``: its ``study.json``) where only
+    settings the quickstart sets differ. The study's hint named ``--tasks`` / ``--per-task``, which
+    ``quickstart`` does not have, and not the ``--tiny`` that made the folder (H31-QSHINT). ``""``
+    where another difference (or a setting the quickstart does not set) is to blame."""
+    hs, prov = have.get("settings"), have.get("provenance")
+    if not diff or not isinstance(hs, Mapping) or not isinstance(prov, Mapping) or any(" ≠ " not in d for d in diff):
+        return ""
+    keys = {d.split(" ", 1)[0] for d in diff}
+    if not keys <= {"tasks", "per_task", *_QUICKSTART_FLAGS}:
+        return ""
+    per_task = hs.get("per_task")
+    n_eval = per_task * len(FAMILIES) if isinstance(per_task, int) and per_task > 1 else 0
+    if str(prov.get("model_ref", "")).endswith("tiny_model"):  # KL on the traces: --eval changes only per_task
+        flags = ["--tiny"] + ([f"--eval {n_eval}"] if "per_task" in keys else [])
+    else:
+        flags = [f"--eval {n_eval if hs.get('tasks') else 0}"] if keys & {"tasks", "per_task"} else []
+    flags += [f"{flag} {hs.get(k)}" for k, flag in _QUICKSTART_FLAGS.items() if k in keys]
+    return f"rerun with the settings it records ({' '.join(flags)}) to resume it, or "
 
 
 def quickstart_traces(n_traces: int = 24) -> ReasoningDataset:
@@ -264,7 +290,7 @@ def quickstart_study(
     settings = quickstart_settings(tiny=tiny, bits=bits, group_size=group_size, budget=budget, n_eval=n_eval)
     out = Path(out_dir)
     check_quickstart_folder(out)  # a user's study: never replaced (H24-QSOVER)
-    check_study_folder(out, settings, overwrite, also=("tiny_model",))
+    check_study_folder(out, settings, overwrite, also=("tiny_model",), hint=quickstart_hint)
     traces = quickstart_traces(n_traces)
     check_quickstart_traces(out, traces, overwrite)  # a hand-edited traces.jsonl is not replaced (H20-QSTR)
     if tiny:
@@ -274,7 +300,14 @@ def quickstart_study(
         ref = str(out / "tiny_model")
         # the whole check (a study of this model and these traces, or a folder without a study's
         # files), before tiny_model/ is written: run_study checks again, before its own first write
-        check_study_folder(out, settings, overwrite, key=study_key(model, tok, settings, traces), also=("tiny_model",))
+        check_study_folder(
+            out,
+            settings,
+            overwrite,
+            key=study_key(model, tok, settings, traces),
+            also=("tiny_model",),
+            hint=quickstart_hint,
+        )
         check_quickstart_model(out, model, tok, overwrite)  # an edited tiny_model/ is not replaced (H27-QSMODEL)
         out.mkdir(parents=True, exist_ok=True)
         from lrm_interp.model.provenance import plain_permissions

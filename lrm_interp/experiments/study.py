@@ -60,7 +60,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, cast
@@ -907,6 +907,7 @@ def check_study_folder(
     files: bool = True,
     wording: str = "both",
     traces: Sequence[ReasoningTrace] | None = None,
+    hint: Callable[[Mapping[str, Any], Sequence[str]], str] | None = None,
 ) -> None:
     """Refuse (``ValueError``), before anything is loaded or written, a folder ``out`` that a study
     of ``settings`` must not write into: a study with other settings (``key``: the full key, the
@@ -920,7 +921,9 @@ def check_study_folder(
     ``also``: more names the caller writes into ``out`` (the quickstart's ``tiny_model``).
     ``traces``: the traces the study is given, to tell the same traces in another order from other
     traces (H24-REORDSTUDY). ``wording``: how the advice names the options: ``"api"`` (``out``, ``overwrite=True``),
-    ``"cli"`` (``--out``, ``--overwrite``) or ``"both"``. The one check of ``lrm-interp study``,
+    ``"cli"`` (``--out``, ``--overwrite``) or ``"both"``; ``hint(study.json, differences)``: how to
+    resume the recorded study with the caller's own options (default :func:`_resume_hint`, the
+    flags of ``lrm-interp study``; the quickstart's names its own, H31-QSHINT). The one check of ``lrm-interp study``,
     :func:`run_study` and :meth:`StudyResult.save`. Refused even with ``overwrite``: a folder holding
     a finished result of another command (an attribution folder: the study files were mixed into
     it, H9-MIX). Refused unless ``overwrite``: a ``study.json`` whose settings (or fingerprints)
@@ -955,8 +958,8 @@ def check_study_folder(
         )
     if diff:
         raise ValueError(
-            f"{out} holds another study (differs in {', '.join(diff)}); {_resume_hint(have, diff)}use another "
-            f"{flag_out} or {flag_ow} to start it over"
+            f"{out} holds another study (differs in {', '.join(diff)}); {(hint or _resume_hint)(have, diff)}use "
+            f"another {flag_out} or {flag_ow} to start it over"
         )
     _refuse_edited_key(out, have, flag_ow)
     if files:

@@ -309,6 +309,17 @@ def _check_selection(
     )
 
 
+def refuse_empty_pattern(pattern: str) -> None:
+    """``ValueError`` for an empty or blank ``sites`` regex (an unset variable): it matched every
+    module, ``lm_head`` too, where ``None`` gives the linear sites of the decoder layers (H7-API6,
+    H31-EMPTYSITES)."""
+    if not pattern.strip():
+        raise ValueError(
+            f"sites regex {pattern!r} is empty: it would match every module; give a pattern (e.g. 'mlp') or None "
+            "for every linear site"
+        )
+
+
 def repeated_site_names(names: Sequence[str]) -> list[str]:
     """The names given more than once in ``names``, sorted: a site named twice is compressed twice
     (the second grid on the first) or scored twice (its share halved), H30-DUPSITES, H31-QDUPSITES."""
@@ -319,7 +330,7 @@ def resolve_sites(model: nn.Module, sites: Sequence[Site | str] | str | None = N
     """Normalise a user's ``sites`` argument: ``None`` (all), a regex string, or names/Sites.
 
     Anything else (a number, a name that is no string: ``str()`` of it was looked up) raises
-    ``TypeError``; a site named twice ``ValueError`` (:func:`repeated_site_names`)."""
+    ``TypeError``; a site named twice, or an empty pattern, ``ValueError`` (:func:`repeated_site_names`)."""
     _check_model(model, "resolve_sites")
     if sites is not None and not isinstance(sites, str):
         if isinstance(sites, (bytes, Mapping)) or not isinstance(sites, Iterable):
@@ -334,8 +345,9 @@ def resolve_sites(model: nn.Module, sites: Sequence[Site | str] | str | None = N
     if sites is None:
         return find_sites(model)
     if isinstance(sites, str):
-        rx = re.compile(sites) if sites else None  # a bad regex: re.error, as find_sites
-        found = [s for s in _all_sites(model, True) if rx is None or rx.search(s.name)]
+        refuse_empty_pattern(sites)
+        rx = re.compile(sites)  # a bad regex: re.error, as find_sites
+        found = [s for s in _all_sites(model, True) if rx.search(s.name)]
         if not found:
             raise ValueError(f"no linear site of the model matches the pattern {sites!r}")
         return found
