@@ -158,6 +158,18 @@ def path_parameters(fn: Callable[..., Any]) -> dict[str, tuple[int | None, bool]
     return _annotated(fn, _PATH)
 
 
+def own_path_checks(*names: str) -> Callable[[_F], _F]:
+    """Decorator (below :func:`checked_arguments`): the body checks the path parameters ``names``
+    itself, with a message that says more than :func:`path_argument` (``score_outputs(items,
+    'bench_a')``: "outputs and items are swapped"), so :func:`checked_arguments` leaves them alone."""
+
+    def mark(fn: _F) -> _F:
+        fn.__own_path_checks__ = names  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
 def checked_arguments(obj: _F) -> _F:
     """Decorator: before the body runs, every parameter of the function (or of a class's
     ``__init__``: a dataclass) annotated ``bool`` is checked with :func:`check_bool`, so
@@ -170,13 +182,15 @@ def checked_arguments(obj: _F) -> _F:
         quantization_errors: relative must be True or False, got 'no' (str)
         run_protection_experiment: out must be a path (str or os.PathLike), got int 5
 
-    The wrapper keeps the signature and docstring (``functools.wraps``); the parameters it checks
-    are listed in ``__checked_arguments__`` (the tests walk every public callable with them)."""
+    A path parameter the body checks itself is left to it (:func:`own_path_checks`). The wrapper
+    keeps the signature and docstring (``functools.wraps``); the parameters it checks are listed in
+    ``__checked_arguments__`` (the tests walk every public callable with them)."""
     if isinstance(obj, type):
         obj.__init__ = checked_arguments(obj.__init__)  # type: ignore[misc]
         return obj
     flags = flag_parameters(obj)
-    paths = path_parameters(obj)
+    own = getattr(obj, "__own_path_checks__", ())
+    paths = {k: v for k, v in path_parameters(obj).items() if k not in own}
     if not flags and not paths:
         return obj
     owner = obj.__qualname__.removesuffix(".__init__")

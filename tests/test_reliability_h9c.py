@@ -211,7 +211,7 @@ def test_load_paper_layout_refuses_arguments_of_another_type(tmp_path, kw, error
 def test_paper_layout_functions_name_a_path_or_text_of_another_type(tmp_path):
     with pytest.raises(TypeError, match=r"load_paper_layout: root must be a path \(str or os.PathLike\), got None"):
         load_paper_layout(None)
-    with pytest.raises(ValueError, match=r"load_paper_layout: root is '': give a path"):
+    with pytest.raises(ValueError, match=r"load_paper_layout: root is empty \(''\): give a path"):
         load_paper_layout("")
     with pytest.raises(TypeError, match=r"check_layout_files: root must be a path .*got 5 \(int\)"):
         check_layout_files(5)

@@ -418,7 +418,6 @@ def _quantize(a: argparse.Namespace) -> int:
         masks = {}
     a.masks_grid = masks_grid(masks_meta)
     model, tok = load_model_quietly(a.model)
-    check_finite_forward(model, f"--model {a.model}")  # finite weights, NaN logits: a broken copy (H31-NANFWD)
     calib = None
     if a.method == "gptq":
         with reading(calib_path, "--calib") if calib_path is not None else contextlib.nullcontext():
@@ -442,6 +441,7 @@ def _quantize(a: argparse.Namespace) -> int:
             progress=not a.quiet,
             requantize=a.requantize,
         )
+    check_finite_forward(model, f"--model {a.model}")  # finite weights, NaN logits: a broken copy (H31-NANFWD)
     tmp = make_temp_dir(out)  # the permissions of a plain mkdir, not mkdtemp's 0700
     try:
         with naming_destination(out, tmp):  # a failed write names --out, not .OUT.xxxx.tmp

@@ -42,6 +42,7 @@ from lrm_interp.data.loading import load_dataset
 from lrm_interp.data.toy_tasks import generate_dataset
 from lrm_interp.model.capture import Capture, Reducer
 from lrm_interp.model.forward import context_limit, input_device
+from lrm_interp.model.provenance import NonFiniteError, non_finite_count
 from lrm_interp.model.sites import Site, get_module
 from lrm_interp.model.vocab import check_ids_fit
 
@@ -313,6 +314,13 @@ def collect_hessians(
     missing = names - set(red.H)
     if missing:
         raise RuntimeError(f"calibration forward never reached sites {sorted(missing)[:5]}")
+    for s in sites:  # NaN inputs: GPTQ died in a Cholesky "not positive-definite" (H31-NANFWD)
+        if non_finite_count(red.H[s.name]):
+            raise NonFiniteError(
+                f"{s.name}: its calibration inputs hold NaN or infinite values: the model's forward is broken (a "
+                "norm's epsilon at or below 0 in its config.json, or weights too large for its dtype); its Hessian "
+                "cannot be used"
+            )
     return red.hessians(), red.n
 
 

@@ -37,7 +37,7 @@ from lrm_interp._io import (
     refuse_other_result_folder,
     stage_folder,
 )
-from lrm_interp.checks import checked_arguments
+from lrm_interp.checks import checked_arguments, own_path_checks
 from lrm_interp.data.benchmarks.items import BenchItem
 from lrm_interp.data.benchmarks.tasks import TASKS, get_task, paper_average
 from lrm_interp.evaluation.bench_run import (
@@ -563,6 +563,7 @@ def check_score_arguments(outputs: object, items: object) -> None:
 
 
 @checked_arguments
+@own_path_checks("outputs")  # its own message names swapped arguments
 def score_outputs(
     outputs: str | os.PathLike,
     items: Mapping[str, Sequence[BenchItem]],

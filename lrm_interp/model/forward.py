@@ -355,9 +355,10 @@ def check_finite_forward(model: torch.nn.Module, what: str, n_tokens: int = 16) 
     whose forward is not (``rms_norm_eps: -1`` in ``config.json``; weights too large for the
     dtype) was quantized, and scored with accuracy 0 and NUL-byte outputs, with exit 0
     (H31-NANFWD). The message names the first module whose output holds such a value (forward
-    hooks, removed on exit) and a norm epsilon at or below 0; ``what`` names the caller.
+    hooks, removed on exit) and a norm epsilon at or below 0, or the first parameter that is not
+    finite (read only when the logits are not); ``what`` names the caller.
     A model of no input embedding (not a language model) is not checked."""
-    from lrm_interp.model.provenance import NonFiniteError
+    from lrm_interp.model.provenance import NonFiniteError, first_non_finite
 
     get_emb = getattr(model, "get_input_embeddings", None)
     vocab = getattr(get_emb() if callable(get_emb) else None, "num_embeddings", None)
@@ -383,6 +384,12 @@ def check_finite_forward(model: torch.nn.Module, what: str, n_tokens: int = 16) 
             h.remove()
     if bool(torch.isfinite(logits).all()):
         return
+    weight = first_non_finite(model)  # read only when the logits are broken
+    if weight is not None:
+        raise NonFiniteError(
+            f"{what}: parameter {weight[0]} holds {weight[1]} NaN or infinite value{'s' if weight[1] > 1 else ''}: "
+            "the model is broken (a training that diverged?); nothing was changed"
+        )
     cfg = _text_config(model)
     values = {a: getattr(cfg, a, None) for a in EPS_ATTRS}
     low = [f"{a}: {v}" for a, v in values.items() if isinstance(v, (int, float)) and not v > 0]
