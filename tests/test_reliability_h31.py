@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -330,3 +331,37 @@ def test_the_quickstart_names_its_own_flags_to_resume_a_study(tmp_path: Any, cap
     assert run_cli(["quickstart", "--tiny", "--bits", 4, "--out", qs, "--quiet"]) == 0  # the hint's rerun resumes
     assert "(resumed: fp, uniform, magnitude, attribution, mixed)" in capsys.readouterr().out
     assert StudyResult.load(qs).rows == rows
+
+
+def test_a_finished_study_rerun_loads_its_attributions(study: Any, tmp_path: Any, monkeypatch: Any) -> None:
+    """A rerun of a finished study (its printed command, or the quickstart's) attributed the model
+    and a new uniform copy again only to write the same tensors: hours for an 8B model. The folders
+    that hold what ``study.json`` records are loaded (their result files untouched, nothing
+    attributed); one that no longer does is attributed again."""
+    import shutil
+
+    from cli_run import TINY_STUDY, copied, folder_files
+
+    from lrm_interp.experiments import study as study_module
+    from lrm_interp.experiments.study import StudyResult, run_study
+
+    src, model, tok, traces = study
+    out = copied(src, tmp_path / "S")
+    results = ("attribution.json", "attribution.safetensors")
+    before = {k: v for k, v in folder_files(out).items() if k.endswith(results)}
+    real = study_module.attribute
+    calls: list[str] = []
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        calls.append(Path(kw["out_dir"]).name)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(study_module, "attribute", counted)
+    run_study(model, traces, out, tokenizer=tok, **TINY_STUDY)
+    assert calls == []
+    assert {k: v for k, v in folder_files(out).items() if k.endswith(results)} == before
+    assert StudyResult.load(out).rows == StudyResult.load(src).rows
+    shutil.rmtree(out / "attribution_rtn3")
+    run_study(model, traces, out, tokenizer=tok, **TINY_STUDY)
+    assert calls == ["attribution_rtn3"]
+    assert StudyResult.load(out).rows == StudyResult.load(src).rows

@@ -1054,6 +1054,25 @@ def _refuse_foreign_entries(folders: Sequence[Path]) -> None:
             )
 
 
+def _finished_attributions(out: Path, have: Mapping[str, Any] | None) -> set[str]:
+    """The attribution folders of a finished study (``have``: its ``study.json``) that hold the
+    result it recorded (their ``tensors_sha256`` is the one :data:`ATTRIBUTION_CHECKSUMS` records): a
+    rerun loads them. It attributed both again, and built and quantized a copy of the model for the
+    second, only to write the same tensors (hours for an 8B model). A folder that is gone or holds
+    another result (a rerun of the same run over reordered traces, H23-REORDER) is attributed."""
+    if have is None or have.get("complete") is not True:
+        return set()
+    prov = have.get("provenance")
+    sums = prov.get(ATTRIBUTION_CHECKSUMS) if isinstance(prov, Mapping) else None
+    if not isinstance(sums, Mapping):
+        return set()
+    return {
+        name
+        for name, sha in sums.items()
+        if isinstance(name, str) and _OWN_FOLDER.fullmatch(name) and attribution_tensors_sha256(out / name) == sha
+    }
+
+
 def _refuse_non_folders(out: Path, have: Mapping[str, Any]) -> None:
     """``ValueError`` naming the first attribution folder of the study (``study.json``'s folders and
     checksums) that is now a file or a link to nothing: a rerun rewrote ``study.json`` as unfinished,
@@ -1402,6 +1421,7 @@ def run_study(
     checked = have is None or key_checked(have)
     rows, outcomes = _resume_state(out, key, overwrite)
     resumed = list(rows)
+    reuse = _finished_attributions(out, have)  # read before anything is rewritten
     out.mkdir(parents=True, exist_ok=True)
     ref = ref or prov_model["name"]
     if isinstance(data, (str, Path)):
@@ -1428,7 +1448,11 @@ def run_study(
 
     # 1. which modules matter
     d_fp = out / folders["original"]
-    res = attribute(model, ds, tokenizer=tokenizer, out_dir=d_fp, progress=progress)
+    res = (
+        Attribution.load(d_fp)
+        if d_fp.name in reuse
+        else attribute(model, ds, tokenizer=tokenizer, out_dir=d_fp, progress=progress)
+    )
     res.write_tables(d_fp)  # this result's own tables (attribute() saved it there)
     ranking = res.to_dataframe().sort_values(["behavior", "rank"], kind="stable")
     atomic_write_text(out / "ranking.csv", ranking.to_csv(index=False))
@@ -1463,9 +1487,9 @@ def run_study(
     items = study_items(s, model) if s.tasks else []
     encoded = planner.encoded if not s.tasks else []
     prov["items"] = [it.id for it in items] if s.tasks else [t.id for t in ds]
-    res_q = None
     fp_at_limit: int | None = None
     d_q = out / folders["compressed"]
+    res_q = Attribution.load(d_q) if d_q.name in reuse else None  # then no uniform copy is built for it
     with tqdm(total=len(ROW_KEYS), initial=len(rows), desc="study rows", unit="row", disable=not progress) as bar:
         for k in ROW_KEYS:
             need_shift = k == "uniform" and res_q is None
