@@ -334,6 +334,8 @@ def refuse_string(name: str, v: object, what: str, fix: str | None = None) -> No
         (a string would be read character by character)
     """
     if isinstance(v, (str, bytes)):
+        if not v.strip():  # '' is an unset variable, not a one-element list (H32-FINDHINT)
+            raise TypeError(f"{name} must be {what}, got the empty string {v!r} (an unset environment variable?)")
         fix = fix if fix is not None else f"{name}=[{v!r}]"
         raise TypeError(
             f"{name} must be {what}, got the string {v!r}: write {fix} (a string would be read character by character)"

@@ -229,8 +229,8 @@ def test_a_model_of_finite_weights_and_nan_logits_is_refused_by_every_command(
     assert run_cli(["quantize", "--model", m, "--bits", 3, "--method", "gptq", "--out", tmp_path / "Q", "--quiet"]) == 2
     assert err_line(capsys) == (
         "lrm-interp quantize: error: model.layers.0.self_attn.q_proj: its calibration inputs hold NaN or infinite "
-        "values: the model's forward is broken (a norm's epsilon at or below 0 in its config.json, or weights too "
-        "large for its dtype); its Hessian cannot be used"
+        "values: the model's forward is broken (its config.json, e.g. a norm's epsilon at or below 0 or its rope "
+        "scaling, or weights too large for its dtype); its Hessian cannot be used"
     )
     bits = ["bits", "--model", m, "--sensitivity", "hessian", "--budget", 3.25, "--out", tmp_path / "b.json"]
     assert run_cli(bits) == 2
@@ -365,3 +365,121 @@ def test_a_finished_study_rerun_loads_its_attributions(study: Any, tmp_path: Any
     run_study(model, traces, out, tokenizer=tok, **TINY_STUDY)
     assert calls == ["attribution_rtn3"]
     assert StudyResult.load(out).rows == StudyResult.load(src).rows
+
+
+# ----------------------------------------------------------------- the thirty-first probe (H32-…)
+@pytest.mark.parametrize("pattern", ["mlp|", "^", "$", "(?:)", "x*", "(mlp)?", "|", r"\b", "."])
+def test_a_sites_pattern_that_matches_every_module_is_refused(pattern: str) -> None:
+    """H32-EMPTYMATCH: a regex matching the empty string (``'mlp|'``, ``'^'``…) or every name
+    (``'\\b'``, ``'.'``) got past H31-EMPTYSITES and compressed 29 sites, ``lm_head`` included."""
+    import lrm_interp
+    from lrm_interp.attribution.config import AttributionConfig
+
+    model = tiny_model("llama", seed=0)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    expected = r"matches the empty string, so every module name" if re_matches_empty(pattern) else "matches every"
+    with pytest.raises(ValueError, match=rf"^sites regex {re_escape(repr(pattern))} {expected}"):
+        lrm_interp.quantize_model_(model, bits=3, sites=pattern, progress=False)
+    with pytest.raises(ValueError, match=rf"^sites regex {re_escape(repr(pattern))} {expected}"):
+        lrm_interp.prune_model_(model, method="magnitude", sparsity=0.5, sites=pattern, progress=False)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    if re_matches_empty(pattern):  # the config has no model: it refuses what it can tell without one
+        with pytest.raises(ValueError, match="matches the empty string"):
+            AttributionConfig(sites=pattern)
+    assert len(lrm_interp.quantize_model_(model, bits=3, sites="mlp", progress=False).sites) == 6  # still works
+
+
+def re_matches_empty(pattern: str) -> bool:
+    import re
+
+    return re.search(pattern, "") is not None
+
+
+def re_escape(pattern: str) -> str:
+    import re
+
+    return re.escape(pattern)
+
+
+def test_the_saliency_must_score_the_sites_of_the_masks(monkeypatch: Any) -> None:
+    """H32-SALSITES: ``build_saliency(sites=[] / '' / [S, S])`` was accepted; ``build_masks`` used
+    the saliency's sites instead of its own: 0 protected weights for an empty stream, the whole 2 %
+    in the mlp modules, masks over every site for one asked for, a doubled site's share cut."""
+    import lrm_interp as li
+
+    model = tiny_model("llama", seed=0)
+    sites, mlp = li.find_sites(model), li.find_sites(model, pattern="mlp")
+    full = li.build_masks(sites, "global_top", 0.02, saliency=li.build_saliency("magnitude", model, sites))
+    assert len(full) == len(sites)
+    for bad, match in [
+        ([], r"^build_saliency: sites is empty"),
+        ("", r"^sites must be a list of Site .*got the empty string '' \(an unset environment variable\?\)"),
+        ([sites[0], sites[0], sites[1]], r"^build_saliency: sites names a site more than once"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            li.build_saliency("magnitude", model, bad)
+    with pytest.raises(ValueError, match=r"^build_masks: sites names a site more than once"):
+        li.build_masks([sites[0], sites[0]], "global_top", 0.02, saliency=li.build_saliency("magnitude", model, sites))
+    other = li.build_saliency("magnitude", model, mlp)
+    with pytest.raises(
+        ValueError, match=r"^build_masks: the saliency scores none for \d+ of the sites asked for \(first"
+    ):
+        li.build_masks(sites, "global_top", 0.02, saliency=other)
+    with pytest.raises(
+        ValueError, match=rf"^build_masks: the saliency scores {len(sites) - 1} site\(s\) not asked for"
+    ):
+        li.build_masks(sites[:1], "global_top", 0.02, saliency=li.build_saliency("magnitude", model, sites))
+
+    def stream(ss: list[Any]) -> Any:  # a plain iterable: checked as it is read
+        for s in ss:
+            yield s, model.get_submodule(s.name).weight.detach().abs()
+
+    with pytest.raises(ValueError, match=r"^build_masks: the saliency gives none for \d+ of the sites asked for"):
+        li.build_masks(sites, "global_top", 0.02, saliency=stream(mlp))
+    with pytest.raises(ValueError, match=rf"^build_masks: the saliency gives {sites[0].name} twice"):
+        li.build_masks(sites[:2], "global_top", 0.02, saliency=stream([sites[0], sites[0]]))
+    again = li.build_masks(sites, "global_top", 0.02, saliency=stream(sites))
+    assert {k: int(v.mask.sum()) for k, v in again.items()} == {k: int(v.mask.sum()) for k, v in full.items()}
+
+
+def test_an_empty_always_or_never_regex_is_refused(tmp_path: Any, capsys: Any) -> None:
+    """H32-EMPTYFLAG: ``protect --always ''`` / ``--never ''`` (an unset variable) were taken as not
+    given (exit 0), ``bits --behavior ''`` as the mean over behaviours; the Python API the same."""
+    from cli_run import err_line, run_cli, toy_attribution
+
+    import lrm_interp as li
+    from lrm_interp.protect.policies import check_always_never
+
+    gold, a = toy_attribution(tmp_path)
+    capsys.readouterr()
+    protect = ["protect", "--scores", a, "--model", "toy", "--data", gold, "--budget", 0.02]
+    for flag, value in [("--always", ""), ("--never", ""), ("--always", "mlp|")]:
+        assert run_cli([*protect, flag, value, "--out", tmp_path / "m.safetensors", "--quiet"]) == 2
+        what = "matches the empty string" if value.strip() else "is empty (an unset environment variable?)"
+        assert err_line(capsys).endswith(
+            f"error: {flag} {value!r} {what}: it would match every site; give a pattern, or leave {flag} out"
+        )
+    bits = ["bits", "--model", "toy", "--scores", a, "--budget", 3.5, "--behavior", "", "--out", tmp_path / "b.json"]
+    assert run_cli(bits) == 2
+    assert "behaviour '' not in this result" in err_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["gold.jsonl", "A"])
+    sites = li.find_sites(tiny_model("llama", seed=0))
+    with pytest.raises(ValueError, match=r"^always regex '' is empty \(an unset environment variable\?\)"):
+        check_always_never(sites, 0.02, always="")
+    res = li.Attribution.load(a)
+    with pytest.raises(KeyError, match=r"behaviour '' not in this result"):
+        res.site_ri("")
+
+
+def test_load_model_refuses_a_model_or_tokenizer_of_another_type() -> None:
+    """H32-APITYPES2: ``load_model('toy', tokenizer=5)`` returned ``(model, 5)``; ``load_model(5)``
+    said "model directory 5 does not exist"."""
+    import lrm_interp as li
+
+    for kw, match in [
+        ({"model": 5}, r"^load_model: model must be a model folder or alias .*got int 5"),
+        ({"model": b"toy"}, r"^load_model: model must be a model folder or alias .*got bytes b'toy'"),
+        ({"model": "toy", "tokenizer": 5}, r"^load_model: tokenizer must be a tokenizer, .*got int 5"),
+    ]:
+        with pytest.raises(TypeError, match=match):
+            li.load_model(**kw)

@@ -358,7 +358,7 @@ class Attribution:
 
     def site_ri(self, behavior: str | None = None) -> dict[str, float]:
         """``{site: RI}`` of one behaviour, or the mean RI over behaviours (``behavior=None``)."""
-        ri = self.ri[self._row(behavior)] if behavior else self.ri.mean(dim=0)
+        ri = self.ri[self._row(behavior)] if behavior is not None else self.ri.mean(dim=0)
         return {n: float(x) for n, x in zip(self.site_names, ri)}
 
     def steering_vector(self, behavior: str, site: str) -> torch.Tensor:

@@ -317,9 +317,9 @@ def collect_hessians(
     for s in sites:  # NaN inputs: GPTQ died in a Cholesky "not positive-definite" (H31-NANFWD)
         if non_finite_count(red.H[s.name]):
             raise NonFiniteError(
-                f"{s.name}: its calibration inputs hold NaN or infinite values: the model's forward is broken (a "
-                "norm's epsilon at or below 0 in its config.json, or weights too large for its dtype); its Hessian "
-                "cannot be used"
+                f"{s.name}: its calibration inputs hold NaN or infinite values: the model's forward is broken (its "
+                "config.json, e.g. a norm's epsilon at or below 0 or its rope scaling, or weights too large for its "
+                "dtype); its Hessian cannot be used"
             )
     return red.hessians(), red.n
 

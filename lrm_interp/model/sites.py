@@ -310,13 +310,23 @@ def _check_selection(
 
 
 def refuse_empty_pattern(pattern: str) -> None:
-    """``ValueError`` for an empty or blank ``sites`` regex (an unset variable): it matched every
-    module, ``lm_head`` too, where ``None`` gives the linear sites of the decoder layers (H7-API6,
-    H31-EMPTYSITES)."""
+    """``ValueError`` for a ``sites`` regex that is empty or blank (an unset variable) or matches the
+    empty string (``'mlp|'``, ``'^'``, ``'x*'``, ``'(mlp)?'``): it matches every module name,
+    ``lm_head`` too, where ``None`` gives the linear sites of the decoder layers (H7-API6,
+    H31-EMPTYSITES, H32-EMPTYMATCH). A pattern that is no regex is left to ``re.compile``."""
     if not pattern.strip():
         raise ValueError(
             f"sites regex {pattern!r} is empty: it would match every module; give a pattern (e.g. 'mlp') or None "
             "for every linear site"
+        )
+    try:
+        everything = re.search(pattern, "") is not None
+    except re.error:
+        return
+    if everything:
+        raise ValueError(
+            f"sites regex {pattern!r} matches the empty string, so every module name (lm_head too); give a "
+            "pattern that names what it selects (e.g. 'mlp'), or None for every linear site"
         )
 
 
@@ -347,7 +357,14 @@ def resolve_sites(model: nn.Module, sites: Sequence[Site | str] | str | None = N
     if isinstance(sites, str):
         refuse_empty_pattern(sites)
         rx = re.compile(sites)  # a bad regex: re.error, as find_sites
-        found = [s for s in _all_sites(model, True) if rx.search(s.name)]
+        every = _all_sites(model, True)
+        found = [s for s in every if rx.search(s.name)]
+        extra = {s.name for s in every} - {s.name for s in _all_sites(model, False)}  # lm_head
+        if len(found) == len(every) and extra:  # '\\b', '.': lm_head too, where None leaves it out (H32-EMPTYMATCH)
+            raise ValueError(
+                f"sites regex {sites!r} matches every linear module of the model, {sorted(extra)[0]} too; give None "
+                "for every linear site of the decoder layers, or find_sites(model, include_lm_head=True) to include it"
+            )
         if not found:
             raise ValueError(f"no linear site of the model matches the pattern {sites!r}")
         return found

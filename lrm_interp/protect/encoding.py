@@ -45,7 +45,7 @@ from lrm_interp.compress.quant.apply import GRID_KEYS, masks_argument, recorded_
 from lrm_interp.compress.quant.apply import grid_mismatch as grid_mismatch
 from lrm_interp.compress.quant.apply import masks_grid as masks_grid
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
-from lrm_interp.model.sites import Site
+from lrm_interp.model.sites import Site, repeated_site_names
 from lrm_interp.protect.masks import MaskSet, ProtectionMask
 
 FORMAT = "lrm_interp.masks/2"
@@ -209,12 +209,12 @@ def check_site_list(sites: Any, what: str, *, empty: bool = False) -> list[Site]
     functions have no model to resolve it; ``find_sites(model, pattern='mlp')`` does) or anything
     that is not a sequence of Sites is a ``TypeError`` (it failed deep inside with "'str' object has
     no attribute 'name'"); an empty list is a ``ValueError`` "sites is empty" unless ``empty``
-    (it ended in a ``ZeroDivisionError``)."""
+    (it ended in a ``ZeroDivisionError``), and so is a site given twice (H32-SALSITES)."""
     refuse_string(
         "sites",
         sites,
         "a list of Site (find_sites(model))",
-        f"sites=find_sites(model, pattern={sites!r})" if isinstance(sites, str) else None,
+        f"sites=find_sites(model, pattern={sites!r})" if isinstance(sites, str) and sites.strip() else None,
     )
     if isinstance(sites, Mapping) or not isinstance(sites, Iterable):
         raise TypeError(f"{what}: sites must be a list of Site (find_sites(model)), got {shown_value(sites)}")
@@ -224,6 +224,9 @@ def check_site_list(sites: Any, what: str, *, empty: bool = False) -> list[Site]
             raise TypeError(f"{what}: sites[{i}] must be a Site (find_sites(model) gives them), got {shown_value(s)}")
     if not out and not empty:
         raise ValueError(f"{what}: sites is empty: give the sites to use (find_sites(model), non-empty)")
+    dup = repeated_site_names([x.name for x in out])
+    if dup:  # counted twice: a saliency twice, a share of the budget twice (H32-SALSITES)
+        raise ValueError(f"{what}: sites names a site more than once: {dup}; give each site once")
     return out
 
 

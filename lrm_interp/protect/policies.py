@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -41,7 +41,7 @@ import torch
 from lrm_interp.attribution.results import site_scores
 from lrm_interp.checks import check_fraction, checked_arguments, shown_value, user_stacklevel
 from lrm_interp.model.provenance import recorded_weights
-from lrm_interp.model.sites import Site
+from lrm_interp.model.sites import Site, repeated_site_names
 from lrm_interp.protect.encoding import check_site_list
 from lrm_interp.protect.masks import MaskSet, ProtectionMask
 
@@ -346,6 +346,10 @@ def per_module_top(
 
 
 def _split(sites: Sequence[Site], always: str | None, never: str | None) -> tuple[list[Site], list[Site], set[str]]:
+    for name, pattern in (("always", always), ("never", never)):
+        if isinstance(pattern, str) and re.search(pattern, "") is not None:  # '' was taken as not given (H32-EMPTYFLAG)
+            what = "is empty (an unset environment variable?)" if not pattern.strip() else "matches the empty string"
+            raise ValueError(f"{name} regex {pattern!r} {what}: it would match every site; give a pattern, or None")
     rx_a = re.compile(always) if always else None
     rx_n = re.compile(never) if never else None
     for what, rx in (("always", rx_a), ("never", rx_n)):
@@ -474,6 +478,51 @@ def _model_of(saliency: Any, scores: Any) -> dict | None:
     return rec
 
 
+def _other_sites(what: str, extra: Sequence[str], missing: Sequence[str]) -> ValueError:
+    parts = [f"{len(extra)} site(s) not asked for (first: {extra[0]})"] if extra else []
+    parts += [f"none for {len(missing)} of the sites asked for (first: {missing[0]})"] if missing else []
+    return ValueError(
+        f"build_masks: the saliency {what} {'; '.join(parts)}: it was built for other sites; build it with the "
+        "same sites (build_saliency(..., sites)) or pass its sites to build_masks"
+    )
+
+
+def saliency_over(
+    saliency: Iterable[tuple[Site, torch.Tensor]], sites: Sequence[Site]
+) -> Iterable[tuple[Site, torch.Tensor]]:
+    """``saliency`` when it scores exactly ``sites``, each once: a stream of other sites put the
+    whole budget into them (its mlp sites only, 0 weights for an empty stream, masks over 28 sites
+    for one asked for) and a site scored twice lost part of its share, silently (H32-SALSITES). A
+    :class:`~lrm_interp.protect.saliency.SaliencyStream` is checked up front by its ``sites``; any
+    other iterable as it is read (``ValueError`` at the first site not asked for or given twice, or
+    at its end for the sites it never gave)."""
+    want = [s.name for s in sites]
+    known = getattr(saliency, "sites", None)
+    if known is not None:
+        names = [getattr(s, "name", s) for s in known]
+        extra = [n for n in names if n not in set(want)] + repeated_site_names(names)
+        missing = [n for n in want if n not in set(names)]
+        if extra or missing:
+            raise _other_sites("scores", extra, missing)
+        return saliency
+
+    def read() -> Iterator[tuple[Site, torch.Tensor]]:
+        seen: set[str] = set()
+        for site, t in saliency:
+            name = str(getattr(site, "name", site))
+            if name in seen:
+                raise ValueError(f"build_masks: the saliency gives {name} twice: give each site once")
+            if name not in want:
+                raise _other_sites("gives", [name], [])
+            seen.add(name)
+            yield site, t
+        missing = [n for n in want if n not in seen]
+        if missing:
+            raise _other_sites("gives", [], missing)
+
+    return read()
+
+
 @checked_arguments
 def build_masks(
     sites: Sequence[Site],
@@ -532,6 +581,7 @@ def build_masks(
         raise ValueError(f"unknown policy {policy!r} (one of {POLICIES})")
     if saliency is None:
         raise ValueError(f"policy {policy!r} needs a saliency stream (lrm_interp.protect.saliency)")
+    saliency = saliency_over(saliency, sites)
     skip = banned | {s.name for s in forced}
     if policy == "global_top":
         masks = global_top(

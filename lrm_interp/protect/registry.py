@@ -33,6 +33,7 @@ from lrm_interp.compress.quant.grid import check_bits, check_group_size
 from lrm_interp.data.tokens import EncodedTrace
 from lrm_interp.model.sites import Site
 from lrm_interp.model.vocab import check_ids_fit
+from lrm_interp.protect.encoding import check_site_list
 from lrm_interp.protect.gptq_aware import attribution_gptq, response_loss, tacq
 from lrm_interp.protect.saliency import (
     SaliencyStream,
@@ -227,6 +228,7 @@ def build_saliency(
     """
     if name not in SALIENCIES:
         raise KeyError(f"unknown saliency {name!r} (one of {list(SALIENCIES)})")
+    sites = check_site_list(sites, "build_saliency")  # '', [] or [S, S]: an empty or doubled stream (H32-SALSITES)
     bits = check_bits(bits)
     group_size = check_group_size(group_size)
     symmetric = check_bool("symmetric", symmetric)
