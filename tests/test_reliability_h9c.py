@@ -213,7 +213,7 @@ def test_paper_layout_functions_name_a_path_or_text_of_another_type(tmp_path):
         load_paper_layout(None)
     with pytest.raises(ValueError, match=r"load_paper_layout: root is empty \(''\): give a path"):
         load_paper_layout("")
-    with pytest.raises(TypeError, match=r"check_layout_files: root must be a path .*got 5 \(int\)"):
+    with pytest.raises(TypeError, match=r"check_layout_files: root must be a path .*got int 5"):
         check_layout_files(5)
     with pytest.raises(TypeError, match=r"stray_files: root must be a path"):
         stray_files(["a"])
