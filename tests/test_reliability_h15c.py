@@ -179,11 +179,13 @@ def test_uniform_allocation_refuses_bits_as_a_string(sites):
 
 
 def test_an_empty_site_list_is_refused_as_empty(toy, errors):
-    from lrm_interp import build_masks, build_saliency
+    from lrm_interp import build_masks, build_saliency, find_sites
     from lrm_interp.protect.bit_allocation import allocate_bits, uniform_allocation
 
     none: list = []
-    sal = build_saliency("magnitude", toy[0], none, progress=False)
+    with pytest.raises(ValueError, match="build_saliency: sites is empty"):  # H32-SALSITES: refused here first
+        build_saliency("magnitude", toy[0], none, progress=False)
+    sal = build_saliency("magnitude", toy[0], list(find_sites(toy[0]))[:1], progress=False)
     with pytest.raises(ValueError, match="build_masks: sites is empty"):
         build_masks(none, "global_top", 0.02, saliency=sal)
     with pytest.raises(ValueError, match="allocate_bits: sites is empty"):

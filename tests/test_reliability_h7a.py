@@ -357,7 +357,8 @@ def test_masks_as_a_path_and_the_load_masks_pair_round_trip(tmp_path):
 # ------------------------------------------------------------------ H7-API6 / API-sn
 def test_site_patterns_that_match_everything_or_the_head_and_unknown_names(two_results, tmp_path, capsys):
     """``--sites ''`` / ``'mlp|'`` ended in "MaskedSum weights are (1,1,57) but the site tensor is
-    [1,56,...]"; ``sites=['nope']`` said "(e.g. [])"."""
+    [1,56,...]"; ``sites=['nope']`` said "(e.g. [])". ``'mlp|'`` (every site: a typo, or an unset
+    variable after the bar) is refused since H32-EMPTYMATCH."""
     gold = two_results["gold"]
     capsys.readouterr()
     assert _rc(["attribute", "--model", "toy", "--data", gold, "--out", tmp_path / "E", "--sites", "", "--quiet"]) == 2
@@ -366,8 +367,8 @@ def test_site_patterns_that_match_everything_or_the_head_and_unknown_names(two_r
         li.attribute("toy", gold, sites="lm_head", progress=False)
     with pytest.raises(ValueError, match="names the output head 'lm_head'"):
         li.attribute("toy", gold, sites=["model.layers.0.mlp.up_proj", "lm_head"], progress=False)
-    res = li.attribute("toy", gold, sites="mlp|", progress=False)  # every site inside the layers
-    assert "lm_head" not in res.site_names and len(res.sites) == len(li.Attribution.load(two_results["A"]).sites)
+    with pytest.raises(ValueError, match=r"sites regex 'mlp\|' matches the empty string"):  # H32-EMPTYMATCH
+        li.attribute("toy", gold, sites="mlp|", progress=False)  # it scored every site inside the layers
     with pytest.raises(KeyError, match=r"'nope' is not a linear module .*\['model\.layers\.0\."):
         li.attribute("toy", gold, sites=["nope"], progress=False)
 

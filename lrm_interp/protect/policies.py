@@ -347,9 +347,8 @@ def per_module_top(
 
 def _split(sites: Sequence[Site], always: str | None, never: str | None) -> tuple[list[Site], list[Site], set[str]]:
     for name, pattern in (("always", always), ("never", never)):
-        if isinstance(pattern, str) and re.search(pattern, "") is not None:  # '' was taken as not given (H32-EMPTYFLAG)
-            what = "is empty (an unset environment variable?)" if not pattern.strip() else "matches the empty string"
-            raise ValueError(f"{name} regex {pattern!r} {what}: it would match every site; give a pattern, or None")
+        if pattern == "":  # an unset variable was taken as not given (H32-EMPTYFLAG)
+            raise ValueError(f"{name} regex '' is empty (an unset environment variable?): give a pattern, or None")
     rx_a = re.compile(always) if always else None
     rx_n = re.compile(never) if never else None
     for what, rx in (("always", rx_a), ("never", rx_n)):
