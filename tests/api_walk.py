@@ -49,6 +49,23 @@ def public_callables() -> Iterator[tuple[str, Callable[..., Any], Any]]:
                     yield f"{fn.__module__}.{fn.__qualname__}", fn, owner
 
 
+def call_with_bad(fn: Callable[..., Any], owner: Any, name: str, bad: Any) -> Callable[[], Any]:
+    """A call of ``fn`` with its parameter ``name`` set to ``bad`` and every other required one to a
+    good flag (``True``), a good path (``"x"``) or ``None`` (the checks run before the body reads them)."""
+    from lrm_interp.checks import flag_parameters, path_parameters
+
+    flags, paths = flag_parameters(fn), path_parameters(fn)
+    kwargs: dict[str, Any] = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.name in ("self", "cls") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name == name:
+            kwargs[p.name] = bad
+        elif p.default is inspect.Parameter.empty:
+            kwargs[p.name] = True if p.name in flags else "x" if p.name in paths else None
+    return call_with(fn, owner, kwargs)
+
+
 def call_with(fn: Callable[..., Any], owner: Any, kwargs: dict[str, Any]) -> Callable[[], Any]:
     """A call of ``fn`` (a function, method, classmethod, staticmethod or ``__init__`` of ``owner``)
     with ``kwargs``; ``self`` is ``None`` (the arguments are checked before the body reads it)."""

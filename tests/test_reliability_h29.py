@@ -3,13 +3,12 @@ H28-BENCHNEST) and what the twenty-eighth probe found (H29-…); docs/reliabilit
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-from api_walk import call_with, public_callables
+from api_walk import call_with_bad, public_callables
 
 import lrm_interp
 from lrm_interp.checks import FlagError, flag_parameters
@@ -45,18 +44,8 @@ def test_the_walk_finds_the_public_flags() -> None:
 def test_every_public_flag_refuses_a_value_that_is_no_bool(qualname: str, fn: Any, owner: Any, flag: str) -> None:
     """H28-APITYPES: ``progress='no'``, ``keep_tensors='no'``, ``relative='no'`` (truthy) used to turn
     the setting on. Every parameter annotated ``bool`` of every public callable refuses such a
-    value before its body runs (the other arguments here are ``None``: no body could run on them)."""
-    params = list(inspect.signature(fn).parameters.values())
-    flags = flag_parameters(fn)
-    kwargs: dict[str, Any] = {}
-    for p in params:
-        if p.name in ("self", "cls") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        if p.name == flag:
-            kwargs[p.name] = "no"
-        elif p.default is inspect.Parameter.empty:
-            kwargs[p.name] = True if p.name in flags else None
-    call = call_with(fn, owner, kwargs)
+    value before its body runs (the other arguments: good flags and paths, else ``None``)."""
+    call = call_with_bad(fn, owner, flag, "no")
     with pytest.raises(FlagError, match=rf"\b{flag} must be True(, False or None| or False), got 'no' \(str\)"):
         call()
 

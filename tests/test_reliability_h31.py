@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import torch
-from api_walk import call_with, public_callables
+from api_walk import call_with_bad, public_callables
 
-from lrm_interp.checks import EmptyPathError, flag_parameters, path_parameters
+from lrm_interp.checks import EmptyPathError, path_parameters
 from lrm_interp.compress import driver
 from lrm_interp.model import provenance
 from lrm_interp.model.provenance import NonFiniteError
@@ -109,19 +109,10 @@ def test_every_public_path_parameter_refuses_a_value_that_is_no_path(
     path of every public callable refuses a value that is no path, or an empty one, naming the
     function and the parameter, before its body runs (the other arguments: a path ``"x"``, a flag
     ``True``, else ``None``)."""
-    flags, paths = flag_parameters(fn), path_parameters(fn)
-    kwargs: dict[str, Any] = {}
-    for p in inspect.signature(fn).parameters.values():
-        if p.name in ("self", "cls") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        if p.name == name:
-            kwargs[p.name] = bad
-        elif p.default is inspect.Parameter.empty:
-            kwargs[p.name] = True if p.name in flags else "x" if p.name in paths else None
     owner_name = fn.__qualname__.removesuffix(".__init__")
     what = "must be a path" if error is TypeError else "is (empty|blank)"
     with pytest.raises(error, match=rf"^{owner_name}: {name} {what}"):
-        call_with(fn, owner, kwargs)()
+        call_with_bad(fn, owner, name, bad)()
 
 
 @pytest.mark.parametrize(
@@ -335,7 +326,7 @@ def test_the_quickstart_names_its_own_flags_to_resume_a_study(tmp_path: Any, cap
 
 def test_a_finished_study_rerun_loads_its_attributions(study: Any, tmp_path: Any, monkeypatch: Any) -> None:
     """A rerun of a finished study (its printed command, or the quickstart's) attributed the model
-    and a new uniform copy again only to write the same tensors: hours for an 8B model. The folders
+    and a new uniform copy again only to write the same tensors (the whole attribution stage). The folders
     that hold what ``study.json`` records are loaded (their result files untouched, nothing
     attributed); one that no longer does is attributed again."""
     import shutil

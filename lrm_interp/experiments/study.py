@@ -1058,7 +1058,7 @@ def _finished_attributions(out: Path, have: Mapping[str, Any] | None) -> set[str
     """The attribution folders of a finished study (``have``: its ``study.json``) that hold the
     result it recorded (their ``tensors_sha256`` is the one :data:`ATTRIBUTION_CHECKSUMS` records): a
     rerun loads them. It attributed both again, and built and quantized a copy of the model for the
-    second, only to write the same tensors (hours for an 8B model). A folder that is gone or holds
+    second, only to write the same tensors (the whole attribution stage again). A folder that is gone or holds
     another result (a rerun of the same run over reordered traces, H23-REORDER) is attributed."""
     if have is None or have.get("complete") is not True:
         return set()
