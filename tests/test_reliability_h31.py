@@ -308,10 +308,10 @@ def test_the_quickstart_names_its_own_flags_to_resume_a_study(tmp_path: Any, cap
     capsys.readouterr()
     before = folder_files(qs)
     cases = {
-        (): "differs in bits 4 ≠ 3, tasks [] ≠ ['math', 'logic', 'knowledge']); rerun with the settings it records "
-        "(--tiny --bits 4) to resume it",
-        ("--eval", 0, "--bits", 4): "differs in per_task 50 ≠ 1); rerun with the settings it records (--tiny --eval "
-        "150) to resume it",
+        (): "differs in bits 4 ≠ 3, tasks [] ≠ ['math', 'logic', 'knowledge'], another model); rerun with the settings "
+        "it records (--tiny --bits 4) to resume it",  # the model named too since H32-QSHINT2
+        ("--eval", 0, "--bits", 4): "differs in per_task 50 ≠ 1, another model); rerun with the settings it records "
+        "(--tiny --eval 150) to resume it",
         ("--tiny",): "differs in bits 4 ≠ 3); rerun with the settings it records (--tiny --bits 4) to resume it",
     }
     for extra, expected in cases.items():

@@ -94,24 +94,43 @@ def quickstart_settings(
 _QUICKSTART_FLAGS = {"bits": "--bits", "group_size": "--group-size", "budget": "--budget"}
 
 
+#: the differences of a study's inputs (:func:`~lrm_interp.experiments.study.check_study_folder`)
+#: the quickstart's flags undo: ``--tiny`` (the model and its tokenizer) and ``--traces``
+_QUICKSTART_INPUTS = ("another model", "another tokenizer", "other traces")
+
+
 def quickstart_hint(have: Mapping[str, Any], diff: Sequence[str]) -> str:
-    """``"rerun with the settings it records (--tiny --bits 4) to resume it, or "``: the quickstart's
-    own flags for the settings of the study in its folder (``have``: its ``study.json``) where only
-    settings the quickstart sets differ. The study's hint named ``--tasks`` / ``--per-task``, which
-    ``quickstart`` does not have, and not the ``--tiny`` that made the folder (H31-QSHINT). ``""``
-    where another difference (or a setting the quickstart does not set) is to blame."""
+    """``"rerun with the settings it records (--tiny --traces 3 --bits 4) to resume it, or "``: the
+    quickstart's own flags for the study in its folder (``have``: its ``study.json``) where only what
+    the quickstart sets differs: its settings, its model (``--tiny`` or not) and its number of
+    traces. The study's hint named ``--tasks`` / ``--per-task``, which ``quickstart`` does not have,
+    and not the ``--tiny`` that made the folder (H31-QSHINT); another ``--traces`` or a missing
+    ``--tiny`` got no hint (H32-QSHINT2). ``""`` where another difference (or a setting the
+    quickstart does not set) is to blame."""
     hs, prov = have.get("settings"), have.get("provenance")
-    if not diff or not isinstance(hs, Mapping) or not isinstance(prov, Mapping) or any(" ≠ " not in d for d in diff):
+    if not diff or not isinstance(hs, Mapping) or not isinstance(prov, Mapping):
         return ""
-    keys = {d.split(" ", 1)[0] for d in diff}
+    settings = [d for d in diff if d not in _QUICKSTART_INPUTS]
+    if any(" ≠ " not in d for d in settings):
+        return ""
+    keys = {d.split(" ", 1)[0] for d in settings}
     if not keys <= {"tasks", "per_task", *_QUICKSTART_FLAGS}:
+        return ""
+    traces = prov.get("traces")
+    n_traces = traces.get("n") if isinstance(traces, Mapping) else None
+    if "other traces" in diff and not isinstance(n_traces, int):
         return ""
     per_task = hs.get("per_task")
     n_eval = per_task * len(FAMILIES) if isinstance(per_task, int) and per_task > 1 else 0
-    if str(prov.get("model_ref", "")).endswith("tiny_model"):  # KL on the traces: --eval changes only per_task
+    tiny = str(prov.get("model_ref", "")).endswith("tiny_model")
+    model = {"another model", "another tokenizer"} & set(diff)
+    if tiny:  # KL on the traces: --eval changes only per_task
         flags = ["--tiny"] + ([f"--eval {n_eval}"] if "per_task" in keys else [])
     else:
-        flags = [f"--eval {n_eval if hs.get('tasks') else 0}"] if keys & {"tasks", "per_task"} else []
+        flags = (["without --tiny"] if model else []) + (
+            [f"--eval {n_eval if hs.get('tasks') else 0}"] if keys & {"tasks", "per_task"} else []
+        )
+    flags += [f"--traces {n_traces}"] if "other traces" in diff else []
     flags += [f"{flag} {hs.get(k)}" for k, flag in _QUICKSTART_FLAGS.items() if k in keys]
     return f"rerun with the settings it records ({' '.join(flags)}) to resume it, or "
 
@@ -290,24 +309,31 @@ def quickstart_study(
     settings = quickstart_settings(tiny=tiny, bits=bits, group_size=group_size, budget=budget, n_eval=n_eval)
     out = Path(out_dir)
     check_quickstart_folder(out)  # a user's study: never replaced (H24-QSOVER)
-    check_study_folder(out, settings, overwrite, also=("tiny_model",), hint=quickstart_hint)
     traces = quickstart_traces(n_traces)
-    check_quickstart_traces(out, traces, overwrite)  # a hand-edited traces.jsonl is not replaced (H20-QSTR)
     if tiny:
         from lrm_interp.testing import byte_tokenizer, tiny_model
 
         model, tok = tiny_model("llama"), byte_tokenizer()
         ref = str(out / "tiny_model")
-        # the whole check (a study of this model and these traces, or a folder without a study's
-        # files), before tiny_model/ is written: run_study checks again, before its own first write
-        check_study_folder(
-            out,
-            settings,
-            overwrite,
-            key=study_key(model, tok, settings, traces),
-            also=("tiny_model",),
-            hint=quickstart_hint,
-        )
+    else:
+        from lrm_interp.toy import load_toy_model
+
+        model, tok = load_toy_model()
+        ref = "toy"
+    # the whole check (a study of these settings, this model and these traces, or a folder without a
+    # study's files), before tiny_model/ is written, with the quickstart's hint naming every difference
+    # at once (run_study's names the study's flags: another --traces or a missing --tiny got none, and
+    # a check of the settings alone hid them, H32-QSHINT2); run_study checks again
+    check_study_folder(
+        out,
+        settings,
+        overwrite,
+        key=study_key(model, tok, settings, traces),
+        also=("tiny_model",),
+        hint=quickstart_hint,
+    )
+    check_quickstart_traces(out, traces, overwrite)  # a hand-edited traces.jsonl is not replaced (H20-QSTR)
+    if tiny:
         check_quickstart_model(out, model, tok, overwrite)  # an edited tiny_model/ is not replaced (H27-QSMODEL)
         out.mkdir(parents=True, exist_ok=True)
         from lrm_interp.model.provenance import plain_permissions
@@ -315,11 +341,6 @@ def quickstart_study(
         with plain_permissions(ref):  # transformers leaves model.safetensors at 0600 (H27-PERM)
             model.save_pretrained(ref)
             tok.save_pretrained(ref)
-    else:
-        from lrm_interp.toy import load_toy_model
-
-        model, tok = load_toy_model()
-        ref = "toy"
     return run_study(
         model,
         traces,

@@ -488,6 +488,8 @@ def _read_study(out: Path) -> dict[str, Any]:
     refuse_file_as_folder(out, "a study folder", STUDY_FILE)  # "S1/study.json: no study.json" (H27-SRLOADFILE)
     if not p.exists():
         raise FileNotFoundError(f"{out}: no {STUDY_FILE} (not a study folder)")
+    if p.is_dir():  # "S/study.json: Is a directory" (H32-STFILE2)
+        raise ValueError(f"{p} is a folder, not the study's record file; restore the file, or choose another folder")
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -962,6 +964,7 @@ def check_study_folder(
             f"another {flag_out} or {flag_ow} to start it over"
         )
     _refuse_edited_key(out, have, flag_ow)
+    _refuse_wrong_kinds(out, have, flag_ow)  # before study.json is rewritten as unfinished (H32-STFILE2)
     if files:
         _refuse_changed_files(out, have)
         if (out / OUTCOMES_FILE).exists():  # the rows a rerun resumes (H20-STEDIT)
@@ -1005,11 +1008,11 @@ def _resume_state(out: Path, key: dict[str, Any], overwrite: bool) -> tuple[dict
         )
     if not overwrite:
         _refuse_edited_key(out, have)
-        _refuse_non_folders(out, have)  # before study.json is rewritten as unfinished (H31-STFILE)
         if have.get("complete"):  # before study.json is rewritten: a refused rerun left it unfinished (H29-STSWAP)
             _refuse_replaced_attributions(out, have, missing_ok=True)
     if overwrite:
-        folders = _own_folders(out, have)  # every entry checked before anything is removed
+        folders = _own_folders(out, have)  # every entry checked before anything is removed (links named, H26)
+        _refuse_wrong_kinds(out, have)  # a folder where a study file was: neither removed nor written into
         _refuse_foreign_entries(folders)  # nor anything another command or the user put in them
         for p in folders:
             if p.is_dir():
@@ -1073,27 +1076,53 @@ def _finished_attributions(out: Path, have: Mapping[str, Any] | None) -> set[str
     }
 
 
-def _refuse_non_folders(out: Path, have: Mapping[str, Any]) -> None:
-    """``ValueError`` naming the first attribution folder of the study (``study.json``'s folders and
-    checksums) that is now a file or a link to nothing: a rerun rewrote ``study.json`` as unfinished,
-    then failed writing into it (H31-STFILE). A folder that is gone is computed again (H30-STRMATTR)."""
+def _refuse_wrong_kinds(out: Path, have: Mapping[str, Any], flag_ow: str | None = None) -> None:
+    """``ValueError`` naming the first entry of the study in ``out`` (``have``: its ``study.json``)
+    that is no longer the kind of entry the study wrote there: one of its files
+    (:data:`OWN_FILES`, ``traces.jsonl`` when it wrote the traces) now a folder; one of its attribution folders (the
+    folders and checksums ``study.json`` records) now a file, a link (to the study itself, a rerun
+    wrote its attribution into the study) or a link to nothing; inside one, a file of
+    :data:`~lrm_interp._io.ATTRIBUTION_FILES` now a folder, or its work folder ``partial/`` a file. A
+    rerun rewrote ``study.json`` as unfinished, then failed writing there, with the system's "Is a
+    directory" / "File exists" (H31-STFILE, H32-STFILE2); refused now before anything is written.
+    An entry that is gone is written again (H30-STRMATTR). ``flag_ow``: how the advice names
+    ``overwrite``; ``None``: the study is being overwritten (which removes only what it wrote)."""
+    from lrm_interp._io import ATTRIBUTION_FILES, ATTRIBUTION_WORK
+
     prov = have.get("provenance")
     prov = prov if isinstance(prov, Mapping) else {}
     names: list[Any] = []
     for key in ("folders", ATTRIBUTION_CHECKSUMS):
         entry = prov.get(key)
         names += list(entry.values() if key == "folders" else entry) if isinstance(entry, Mapping) else []
+    sums = prov.get("checksums")
+    traces = ("traces.jsonl",) if isinstance(sums, Mapping) and "traces.jsonl" in sums else ()  # written by it
+    wrong: list[tuple[Path, str, str]] = []  # (entry, what it is now, what the study made there)
+    for name in (*OWN_FILES, *traces):
+        if (out / name).is_dir():
+            wrong.append((out / name, "a folder", "the file"))
     for name in dict.fromkeys(n for n in names if isinstance(n, str) and _OWN_FOLDER.fullmatch(n)):
         p = out / name
-        what = "a link to nothing" if p.is_symlink() and not p.exists() else None
-        if what is None and p.exists() and not p.is_dir():
-            what = "a file"
-        if what is not None:
-            raise ValueError(
-                f"{p} is {what}, not the attribution folder the study made there; nothing was changed: restore "
-                "the folder, or remove it to have the study compute it again, or rerun with --overwrite "
-                "(overwrite=True) to start the study over"
-            )
+        if p.is_symlink():
+            now = f"a link (to {os.readlink(p)})" if p.exists() else "a link to nothing"
+            wrong.append((p, now, "the attribution folder"))
+        elif p.exists() and not p.is_dir():
+            wrong.append((p, "a file", "the attribution folder"))
+        elif p.is_dir():
+            wrong += [(p / f, "a folder", "the file") for f in ATTRIBUTION_FILES if (p / f).is_dir()]
+            work = p / ATTRIBUTION_WORK
+            if work.is_symlink() or (work.exists() and not work.is_dir()):
+                wrong.append((work, "a link" if work.is_symlink() else "a file", "the work folder"))
+    if wrong:
+        p, now, made = wrong[0]
+        more = f" ({len(wrong) - 1} more entries too)" if len(wrong) > 1 else ""
+        fix = (
+            f"restore it, or remove it to have the study write it again, or rerun with {flag_ow} to start the "
+            "study over"
+            if flag_ow is not None
+            else "restore it, or remove it: starting the study over removes only what the study wrote"
+        )
+        raise ValueError(f"{p} is {now}, not {made} the study made there{more}; nothing was changed: {fix}")
 
 
 def _own_folders(out: Path, have: Mapping[str, Any]) -> list[Path]:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from lrm_interp._io import atomic_write_text, dtype_to_str, plain_mode
-from lrm_interp.checks import checked_arguments
+from lrm_interp.checks import checked_arguments, path_argument
 
 PROVENANCE_FILE = "lrm_interp_provenance.json"
 CHUNK_ELEMENTS = 1 << 24  # 16 Mi elements per hashed chunk (64 MiB in fp32)
@@ -630,7 +630,8 @@ def quantized_folder_note(model: Any, why: str) -> str | None:
 
     if not isinstance(model, (str, Path)):
         return None
-    folder = Path(model).expanduser()
+    # a blank model was named as "check_saved_records: directory is blank" (H32-APITYPES2)
+    folder = Path(path_argument(model, "model")).expanduser()
     rec, prov = folder / QUANTIZE_RECORD, folder / PROVENANCE_FILE
     check_saved_records(folder)  # an edited record is refused, not quoted (H27-QREC)
     if rec.is_file():
