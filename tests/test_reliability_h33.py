@@ -42,7 +42,7 @@ WRONG = [
     ("results.csv", "folder", "a folder, not the file"),
     ("attribution_fp32/partial", "file", "a file, not the work folder"),
     ("attribution_fp32/scores.csv", "folder", "a folder, not the file"),
-    ("attribution_rtn3", "link", "a link \\(to .*\\), not the attribution folder"),
+    ("attribution_rtn3", "link", "a link to .*, which holds the study, not the attribution folder"),
 ]
 
 
@@ -159,3 +159,18 @@ def test_a_blank_model_path_is_named_as_the_model(tmp_path: Any, model: str, kin
     with pytest.raises(EmptyPathError, match=rf"^model is {kind} \('{model}'\): give a path"):
         run_study(model, tmp_path / "tr.jsonl", tmp_path / "S", bits=3, resamples=40)
     assert not (tmp_path / "S").exists()
+
+
+def test_a_study_attribution_folder_linked_elsewhere_is_still_read(study: Any, tmp_path: Any) -> None:
+    """The H32-STFILE2 check refuses a link to the study itself, not a link to an attribution folder kept
+    elsewhere (a user's layout): the finished study's rerun reads it and gives the same rows."""
+    from cli_run import TINY_STUDY, copied
+
+    from lrm_interp.experiments.study import StudyResult, run_study
+
+    src, model, tok, traces = study
+    out = copied(src, tmp_path / "S")
+    shutil.move(out / "attribution_fp32", tmp_path / "kept")
+    (out / "attribution_fp32").symlink_to(tmp_path / "kept", target_is_directory=True)
+    run_study(model, traces, out, tokenizer=tok, **TINY_STUDY)
+    assert StudyResult.load(out).rows == StudyResult.load(src).rows

@@ -1080,8 +1080,8 @@ def _refuse_wrong_kinds(out: Path, have: Mapping[str, Any], flag_ow: str | None 
     """``ValueError`` naming the first entry of the study in ``out`` (``have``: its ``study.json``)
     that is no longer the kind of entry the study wrote there: one of its files
     (:data:`OWN_FILES`, ``traces.jsonl`` when it wrote the traces) now a folder; one of its attribution folders (the
-    folders and checksums ``study.json`` records) now a file, a link (to the study itself, a rerun
-    wrote its attribution into the study) or a link to nothing; inside one, a file of
+    folders and checksums ``study.json`` records) now a file, a link to the study itself (or a folder
+    holding it: a rerun wrote its attribution into the study) or a link to nothing; inside one, a file of
     :data:`~lrm_interp._io.ATTRIBUTION_FILES` now a folder, or its work folder ``partial/`` a file. A
     rerun rewrote ``study.json`` as unfinished, then failed writing there, with the system's "Is a
     directory" / "File exists" (H31-STFILE, H32-STFILE2); refused now before anything is written.
@@ -1101,18 +1101,22 @@ def _refuse_wrong_kinds(out: Path, have: Mapping[str, Any], flag_ow: str | None 
     for name in (*OWN_FILES, *traces):
         if (out / name).is_dir():
             wrong.append((out / name, "a folder", "the file"))
+    root = out.resolve()
     for name in dict.fromkeys(n for n in names if isinstance(n, str) and _OWN_FOLDER.fullmatch(n)):
         p = out / name
-        if p.is_symlink():
-            now = f"a link (to {os.readlink(p)})" if p.exists() else "a link to nothing"
-            wrong.append((p, now, "the attribution folder"))
+        if p.is_symlink() and not p.exists():
+            wrong.append((p, "a link to nothing", "the attribution folder"))
+        elif p.is_symlink() and (p.resolve() == root or p.resolve() in root.parents):
+            wrong.append((p, f"a link to {p.resolve()}, which holds the study", "the attribution folder"))
         elif p.exists() and not p.is_dir():
             wrong.append((p, "a file", "the attribution folder"))
-        elif p.is_dir():
+        elif p.is_dir():  # a link to an attribution folder elsewhere is read (and written) through
             wrong += [(p / f, "a folder", "the file") for f in ATTRIBUTION_FILES if (p / f).is_dir()]
             work = p / ATTRIBUTION_WORK
-            if work.is_symlink() or (work.exists() and not work.is_dir()):
-                wrong.append((work, "a link" if work.is_symlink() else "a file", "the work folder"))
+            if work.is_symlink() and not work.exists():
+                wrong.append((work, "a link to nothing", "the work folder"))
+            elif work.exists() and not work.is_dir():
+                wrong.append((work, "a file", "the work folder"))
     if wrong:
         p, now, made = wrong[0]
         more = f" ({len(wrong) - 1} more entries too)" if len(wrong) > 1 else ""
