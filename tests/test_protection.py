@@ -228,7 +228,14 @@ def test_attribution_saliency_uses_behaviour_gradients(tokenizer):
     out = dict(
         (s.name, v)
         for s, v in sal.attribution(
-            model, sites, enc, ["backtracking"], bits=3, group_size=32, module_importance={sites[0].name: 0.5}
+            model,
+            sites,
+            enc,
+            ["backtracking"],
+            bits=3,
+            group_size=32,
+            # every site scored (a site left out is refused, H33-MBSKEYS): one at 0.5, the others at 0
+            module_importance={s.name: 0.5 if s is sites[0] else 0.0 for s in sites},
         )
     )
     assert out[sites[1].name].abs().sum() == 0 and out[sites[0].name].mean() == pytest.approx(0.5, rel=1e-5)

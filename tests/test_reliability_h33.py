@@ -3,6 +3,7 @@ docs/reliability.md): each test fails on the code before its fix."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -174,3 +175,111 @@ def test_a_study_attribution_folder_linked_elsewhere_is_still_read(study: Any, t
     (out / "attribution_fp32").symlink_to(tmp_path / "kept", target_is_directory=True)
     run_study(model, traces, out, tokenizer=tok, **TINY_STUDY)
     assert StudyResult.load(out).rows == StudyResult.load(src).rows
+
+
+@pytest.mark.parametrize("folder", ["attribution_fp32", "attribution_rtn3"])
+def test_a_finished_study_rerun_refuses_a_tampered_attribution_before_writing(
+    study: Any, tmp_path: Any, folder: str
+) -> None:
+    """H33-REUSEBAD: a finished study whose attribution tensors were changed under the checksum its
+    ``attribution.json`` records: the rerun chose the folder for reuse by that checksum, rewrote
+    ``study.json`` as unfinished, then ``Attribution.load`` refused the payload. The folder is loaded
+    before anything is written now: the same refusal, every file as it was."""
+    from cli_run import TINY_STUDY, copied, folder_files
+
+    from lrm_interp.experiments.study import StudyResult, run_study
+
+    src, model, tok, traces = study
+    out = copied(src, tmp_path / "S")
+    p = out / folder / "attribution.safetensors"
+    data = bytearray(p.read_bytes())
+    data[-3] ^= 0x01  # one bit of the last tensor's payload
+    p.write_bytes(bytes(data))
+    before = folder_files(out)
+    with pytest.raises(ValueError, match=rf"{out / folder}"):
+        run_study(model, traces, out, tokenizer=tok, **TINY_STUDY)
+    assert folder_files(out) == before
+    assert json.loads((out / "study.json").read_text())["complete"] is True  # not rewritten as unfinished
+    assert StudyResult.load(src).rows
+
+
+@pytest.mark.parametrize("pattern", ["", " ", "mlp|", "^", "(?:)", "x*", "(mlp)?"])
+def test_find_sites_refuses_a_pattern_that_selects_everything(pattern: str) -> None:
+    """H33-FINDEMPTY: ``find_sites(model, pattern='mlp|')`` (or ``''``) returned every site, lm_head too
+    with ``include_lm_head=True``: the H32-EMPTYMATCH rule of ``resolve_sites``, which
+    ``check_site_list`` then advised bypassing by pasting exactly that call. Refused now, and the
+    hint no longer offers the pattern."""
+    import lrm_interp
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect.encoding import check_site_list
+
+    model, _ = lrm_interp.load_model("toy")
+    for lm_head in (False, True):
+        with pytest.raises(
+            ValueError, match=rf"^sites regex {re_escape(repr(pattern))} (is empty|matches the empty string)"
+        ):
+            find_sites(model, pattern=pattern, include_lm_head=lm_head)
+    assert len(find_sites(model, pattern="mlp")) == 12  # a pattern naming what it selects: as before
+    with pytest.raises(TypeError) as e:
+        check_site_list(pattern, "build_masks")
+    assert f"pattern={pattern!r}" not in str(e.value)
+
+
+def re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_modules_by_score_refuses_scores_of_other_sites_or_not_finite() -> None:
+    """H33-MBSKEYS: ``build_masks(sites, 'modules_by_score', scores=...)`` with scores naming none of
+    the sites (``{}``, another prefix) protected modules in module order; NaN / -inf / a string
+    value ranked as they came. Each is refused naming the sites or the value; saliency weighting by
+    ``module_importance`` refuses a site it does not score too."""
+    import math
+
+    import lrm_interp
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect import build_masks
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+    good = {s.name: float(i + 1) for i, s in enumerate(sites)}
+    chosen = build_masks(sites, "modules_by_score", budget=0.1, scores=good)
+    assert list(chosen) == [s.name for s in sites if s.name in chosen] and len(chosen) > 0
+    assert sites[-1].name in chosen  # the best score first
+    none = "the scores have no value for 28 of the 28 sites \\(they score none of them\\)"
+    for scores in ({}, {"x." + k: v for k, v in good.items()}):
+        with pytest.raises(ValueError, match=rf"^modules_by_score: {none}"):
+            build_masks(sites, "modules_by_score", budget=0.1, scores=scores)
+    partial = dict(list(good.items())[1:])
+    with pytest.raises(ValueError, match="no value for 1 of the 28 sites \\(e.g. model.layers.0.self_attn.q_proj\\)"):
+        build_masks(sites, "modules_by_score", budget=0.1, scores=partial)
+    for bad, err, said in (
+        (math.nan, ValueError, "must be finite, but its value for .* is nan"),
+        (-math.inf, ValueError, "must be finite, but its value for .* is -inf"),
+        ("3", TypeError, "must map site -> number, but its value for .* is '3'"),
+    ):
+        with pytest.raises(err, match=f"^scores {said}"):
+            build_masks(sites, "modules_by_score", budget=0.1, scores={**good, sites[0].name: bad})
+
+
+def test_a_quickstart_rerun_refuses_a_file_where_its_tiny_model_was(tmp_path: Any, capsys: Any) -> None:
+    """H33-QSTINYFILE: ``tiny_model`` replaced by a file: the rerun exited 0 and printed "wrote" and
+    commands loading ``tiny_model``, which ``save_pretrained`` never wrote (it logged an error onto a
+    file path). Refused now, with ``--overwrite`` too; the file is kept."""
+    from cli_run import err_line, folder_files, run_cli
+
+    qs = tmp_path / "QS"
+    argv = ["quickstart", "--tiny", "--traces", 3, "--eval", 0, "--out", qs, "--quiet"]
+    assert run_cli(argv) == 0
+    shutil.rmtree(qs / "tiny_model")
+    (qs / "tiny_model").write_text("mine\n")
+    capsys.readouterr()
+    before = folder_files(qs)
+    for extra in ((), ("--overwrite",)):
+        assert run_cli([*argv, *extra]) == 2
+        assert f"{qs / 'tiny_model'} is a file, not the folder the quickstart writes its tiny model into" in err_line(
+            capsys
+        )
+        assert folder_files(qs) == before

@@ -76,7 +76,18 @@ def site_scores(scores: Any, behavior: str | None = None) -> dict[str, float]:
     protection policies and saliency weighting both call it.
     """
     if isinstance(scores, Mapping):
-        return {str(k): float(v) for k, v in scores.items()}
+        out: dict[str, float] = {}
+        for k, v in scores.items():  # a NaN, -inf or '3' ranked without a word (H33-MBSKEYS)
+            try:
+                x = float(v) if not isinstance(v, (str, bytes, bool, Mapping)) else None
+            except (TypeError, ValueError):
+                x = None
+            if x is None:
+                raise TypeError(f"scores must map site -> number, but its value for {k!r} is {shown_value(v)}")
+            if not math.isfinite(x):
+                raise ValueError(f"scores must be finite, but its value for {k!r} is {x}: it ranks nothing")
+            out[str(k)] = x
+        return out
     if isinstance(scores, Attribution):
         return scores.site_ri(behavior)
     raise TypeError(f"scores must be a mapping site -> score or an Attribution, got {type(scores).__name__}")

@@ -81,8 +81,11 @@ def _check_vocab(model, tok, model_name: str, tok_dir: Path) -> None:
 def _check_sites(model, pattern: str | None, model_name: str) -> None:
     if not isinstance(pattern, str):
         return
-    from lrm_interp.model.sites import find_sites
+    from lrm_interp.model.sites import empty_pattern_problem, find_sites
 
+    problem = empty_pattern_problem(pattern)  # selects everything: not "matches no linear site" (H33-FINDEMPTY)
+    if problem is not None:
+        raise CliError(f"--sites: {problem}")
     try:  # find_sites refuses a pattern that selects nothing (H15-FSE): say it with the flag
         found = find_sites(model, include_lm_head=True, pattern=pattern)
     except ValueError:

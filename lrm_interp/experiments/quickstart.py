@@ -181,13 +181,20 @@ def check_quickstart_model(out: str | Path, model: Any, tokenizer: Any, overwrit
     replaced with no word (H27-QSMODEL; ``traces.jsonl`` is checked by
     :func:`check_quickstart_traces`). Nothing with ``overwrite`` or without a ``tiny_model/``; a file
     missing from it is written again, a file of the user's own beside them is kept. A ``tiny_model``
-    that is a link is refused, ``overwrite`` or not (H28-QSLINK)."""
+    that is a link is refused, ``overwrite`` or not (H28-QSLINK), and so is one that is a file (it was
+    never written, the rerun printed "wrote" and commands that load it, H33-QSTINYFILE)."""
     ref = Path(out) / "tiny_model"
     if ref.is_symlink():  # --overwrite saved the tiny model through it, into a user's folder (H28-QSLINK)
         raise ValueError(
             f"{ref} is a link to {os.path.realpath(ref)}: the quickstart writes its tiny model only into a folder "
             "of its own, not even with overwrite=True (--overwrite); remove the link (the folder it points to is "
             "kept), or choose another out folder (--out)"
+        )
+    if ref.exists() and not ref.is_dir():  # save_pretrained logged an error and returned: rc 0 (H33-QSTINYFILE)
+        raise ValueError(
+            f"{ref} is a file, not the folder the quickstart writes its tiny model into; nothing was changed: move "
+            "or remove it (not even overwrite=True (--overwrite) deletes a file the quickstart did not write), or "
+            "choose another out folder (--out)"
         )
     if overwrite or not ref.is_dir():
         return

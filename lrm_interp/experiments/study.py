@@ -1454,7 +1454,9 @@ def run_study(
     checked = have is None or key_checked(have)
     rows, outcomes = _resume_state(out, key, overwrite)
     resumed = list(rows)
-    reuse = _finished_attributions(out, have)  # read before anything is rewritten
+    # loaded before anything is rewritten: a folder whose payload was changed under its recorded
+    # checksum is refused with study.json untouched (it was rewritten as unfinished first, H33-REUSEBAD)
+    reused = {name: Attribution.load(out / name) for name in sorted(_finished_attributions(out, have))}
     out.mkdir(parents=True, exist_ok=True)
     ref = ref or prov_model["name"]
     if isinstance(data, (str, Path)):
@@ -1481,11 +1483,8 @@ def run_study(
 
     # 1. which modules matter
     d_fp = out / folders["original"]
-    res = (
-        Attribution.load(d_fp)
-        if d_fp.name in reuse
-        else attribute(model, ds, tokenizer=tokenizer, out_dir=d_fp, progress=progress)
-    )
+    got = reused.get(d_fp.name)
+    res = got if got is not None else attribute(model, ds, tokenizer=tokenizer, out_dir=d_fp, progress=progress)
     res.write_tables(d_fp)  # this result's own tables (attribute() saved it there)
     ranking = res.to_dataframe().sort_values(["behavior", "rank"], kind="stable")
     atomic_write_text(out / "ranking.csv", ranking.to_csv(index=False))
@@ -1522,7 +1521,7 @@ def run_study(
     prov["items"] = [it.id for it in items] if s.tasks else [t.id for t in ds]
     fp_at_limit: int | None = None
     d_q = out / folders["compressed"]
-    res_q = Attribution.load(d_q) if d_q.name in reuse else None  # then no uniform copy is built for it
+    res_q = reused.get(d_q.name)  # then no uniform copy is built for it
     with tqdm(total=len(ROW_KEYS), initial=len(rows), desc="study rows", unit="row", disable=not progress) as bar:
         for k in ROW_KEYS:
             need_shift = k == "uniform" and res_q is None

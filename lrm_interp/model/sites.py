@@ -222,6 +222,8 @@ def find_sites(
     _check_model(model, where)
     if pattern is not None and not isinstance(pattern, str):
         raise TypeError(f"{where}: pattern must be a regex string or None, got {_typed(pattern)}")
+    if pattern is not None:  # '' or 'mlp|' gave every site, lm_head too with include_lm_head (H33-FINDEMPTY)
+        refuse_empty_pattern(pattern)
     rx = re.compile(pattern) if pattern else None  # a bad regex: re.error (the CLI names the pattern)
     if kinds is not None:
         kinds = {kinds} if isinstance(kinds, str) else kinds
@@ -309,25 +311,34 @@ def _check_selection(
     )
 
 
-def refuse_empty_pattern(pattern: str) -> None:
-    """``ValueError`` for a ``sites`` regex that is empty or blank (an unset variable) or matches the
-    empty string (``'mlp|'``, ``'^'``, ``'x*'``, ``'(mlp)?'``): it matches every module name,
-    ``lm_head`` too, where ``None`` gives the linear sites of the decoder layers (H7-API6,
-    H31-EMPTYSITES, H32-EMPTYMATCH). A pattern that is no regex is left to ``re.compile``."""
+def empty_pattern_problem(pattern: str) -> str | None:
+    """Why the ``sites`` regex ``pattern`` selects everything, or ``None``: it is empty or blank (an
+    unset variable) or matches the empty string (``'mlp|'``, ``'^'``, ``'x*'``, ``'(mlp)?'``), so
+    every module name, ``lm_head`` too, where ``None`` gives the linear sites of the decoder layers
+    (H7-API6, H31-EMPTYSITES, H32-EMPTYMATCH). A pattern that is no regex is left to ``re.compile``."""
     if not pattern.strip():
-        raise ValueError(
+        return (
             f"sites regex {pattern!r} is empty: it would match every module; give a pattern (e.g. 'mlp') or None "
             "for every linear site"
         )
     try:
         everything = re.search(pattern, "") is not None
     except re.error:
-        return
+        return None
     if everything:
-        raise ValueError(
+        return (
             f"sites regex {pattern!r} matches the empty string, so every module name (lm_head too); give a "
             "pattern that names what it selects (e.g. 'mlp'), or None for every linear site"
         )
+    return None
+
+
+def refuse_empty_pattern(pattern: str) -> None:
+    """``ValueError`` (:func:`empty_pattern_problem`) for a ``sites`` regex that selects everything:
+    :func:`resolve_sites`, :func:`find_sites` (H33-FINDEMPTY), ``AttributionConfig``."""
+    problem = empty_pattern_problem(pattern)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def repeated_site_names(names: Sequence[str]) -> list[str]:

@@ -45,7 +45,7 @@ from lrm_interp.compress.quant.apply import GRID_KEYS, masks_argument, recorded_
 from lrm_interp.compress.quant.apply import grid_mismatch as grid_mismatch
 from lrm_interp.compress.quant.apply import masks_grid as masks_grid
 from lrm_interp.compress.quant.grid import check_bits, check_group_size
-from lrm_interp.model.sites import Site, repeated_site_names
+from lrm_interp.model.sites import Site, empty_pattern_problem, repeated_site_names
 from lrm_interp.protect.masks import MaskSet, ProtectionMask
 
 FORMAT = "lrm_interp.masks/2"
@@ -214,7 +214,15 @@ def check_site_list(sites: Any, what: str, *, empty: bool = False) -> list[Site]
         "sites",
         sites,
         "a list of Site (find_sites(model))",
-        f"sites=find_sites(model, pattern={sites!r})" if isinstance(sites, str) and sites.strip() else None,
+        # not the pattern that selects everything: pasted, it gave every site (H33-FINDEMPTY)
+        (
+            f"sites=find_sites(model, pattern={sites!r})"
+            if empty_pattern_problem(sites) is None
+            else f"sites=find_sites(model, pattern=...) with a pattern naming what it selects ({sites!r} matches "
+            "every module)"
+        )
+        if isinstance(sites, str)
+        else "sites=find_sites(model)",  # bytes: not sites=[b'x'], a list of no Site
     )
     if isinstance(sites, Mapping) or not isinstance(sites, Iterable):
         raise TypeError(f"{what}: sites must be a list of Site (find_sites(model)), got {shown_value(sites)}")

@@ -136,6 +136,22 @@ def module_scores(
     return sc
 
 
+def refuse_unscored_sites(scores: Mapping[str, float], sites: Sequence[Site], where: str) -> None:
+    """``ValueError`` naming ``where`` and the first of ``sites`` that ``scores`` (``{site: score}``,
+    :func:`module_scores`) gives no value: it ranked as 0 (last, never protected) or weighed every
+    saliency of it to 0, without a word; scores of another model's names (or ``{}``) ranked every
+    module so and protected the first in module order (H33-MBSKEYS; ``allocate_bits`` refuses the
+    same)."""
+    missing = [s.name for s in sites if s.name not in scores]
+    if missing:
+        none = " (they score none of them)" if len(missing) == len(sites) else ""
+        raise ValueError(
+            f"{where}: the scores have no value for {len(missing)} of the {len(sites)} sites{none} (e.g. "
+            f"{', '.join(missing[:3])}): they would count as 0; give scores of every site (an Attribution over "
+            "these sites, or res.site_ri()), or only the sites they score"
+        )
+
+
 def _check_budget(budget: float) -> float:
     """``float(budget)`` if it is a finite fraction of the weights in [0, 1] (0: protect nothing)."""
     try:
@@ -419,6 +435,7 @@ def modules_by_score(
     """
     budget = _check_budget(budget)
     sc = module_scores(scores, behavior)  # all-zero scores rank nothing: refused
+    refuse_unscored_sites(sc, sites, "modules_by_score")
     n_total = sum(s.n_weights for s in sites)
     forced, free, _ = _split(sites, always, never)
     chosen = list(forced)

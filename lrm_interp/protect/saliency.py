@@ -73,7 +73,7 @@ from lrm_interp.model.prefix_cache import cache_support, rope_switch, trace_cach
 from lrm_interp.model.provenance import check_same_weights, weights_fingerprint, weights_record
 from lrm_interp.model.sites import Site, get_module
 from lrm_interp.model.weights import weight_matrix
-from lrm_interp.protect.policies import module_scores
+from lrm_interp.protect.policies import module_scores, refuse_unscored_sites
 
 
 class SaliencyStream:
@@ -568,6 +568,8 @@ def attribution(
     # all-zero importance would zero every saliency: refused (module_scores)
     imp = None if module_importance is None else module_scores(module_importance, purpose="weigh the modules")
     sites = list(sites)
+    if imp is not None:  # a site it does not score: its saliency weighed to 0 (H33-MBSKEYS)
+        refuse_unscored_sites(imp, sites, "module_importance")
     chunk = len(sites) if not site_chunk else int(site_chunk)
 
     def gen():
