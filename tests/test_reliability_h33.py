@@ -283,3 +283,101 @@ def test_a_quickstart_rerun_refuses_a_file_where_its_tiny_model_was(tmp_path: An
             capsys
         )
         assert folder_files(qs) == before
+
+
+@pytest.mark.parametrize("bits", [2, 3, 16])
+@pytest.mark.parametrize(
+    ("bad", "err"), [(float("nan"), ValueError), (float("inf"), ValueError), (-1.0, ValueError), ("x", TypeError)]
+)
+def test_allocate_bits_refuses_an_error_that_is_no_error(bits: int, bad: Any, err: type) -> None:
+    """H33-ALLOCNAN: an error of NaN / +inf / -1 (or a string) at any bit width was taken: NaN at 3 bits
+    sent the site to 2 bits, -1 at 4 bits pushed another site down. Refused, naming the site and
+    the bit width, as the sensitivities are."""
+    import lrm_interp
+    from lrm_interp import quantization_errors
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect.bit_allocation import allocate_bits
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+    errors = quantization_errors(model, sites, [2, 3, 4, 8, 16])
+    assert allocate_bits(sites, errors, None, 3.5).bits  # the measured errors: allocated
+    edited = {k: dict(v) for k, v in errors.items()}
+    edited[sites[0].name][bits] = bad
+    said = "must be a number" if err is TypeError else "a quantization error is finite and >= 0"
+    with pytest.raises(err, match=rf"^allocate_bits: errors\['{sites[0].name}'\]\[{bits}\] .*{said}"):
+        allocate_bits(sites, edited, None, 3.5)
+
+
+@pytest.mark.parametrize("policy", ["global_top", "per_module_top"])
+@pytest.mark.parametrize("granularity", ["elements", "rows"])
+def test_an_all_zero_saliency_is_refused(policy: str, granularity: str) -> None:
+    """H33-ZEROSAL: a saliency of zeros everywhere gave a 2 % mask of arbitrary weights (the first of
+    each module) with no word; all-zero module scores and sensitivities were refused already. One
+    module of non-zero saliency is enough to rank by."""
+    import torch
+
+    import lrm_interp
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect import build_masks
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+
+    def zeros(one: bool = False) -> list[tuple[Any, torch.Tensor]]:
+        return [(s, torch.full((s.out_features, s.in_features), float(one and i == 5))) for i, s in enumerate(sites)]
+
+    with pytest.raises(ValueError, match=rf"^{policy}: the saliency is 0 for every weight of the 28 sites"):
+        build_masks(sites, policy, 0.02, saliency=zeros(), granularity=granularity)
+    masks = build_masks(sites, policy, 0.02, saliency=zeros(one=True), granularity=granularity)
+    assert sum(m.n_protected for m in masks.values()) > 0
+
+
+def test_build_masks_refuses_a_site_of_another_shape_than_the_saliency() -> None:
+    """H33-SITESHAPE: a ``Site`` whose ``in_features`` were doubled, given with a saliency of the real
+    weights: 15892 weights protected for a 2 % budget of 15729 (the budget counted over the given
+    site, the scores over the saliency's). Refused, both shapes named, for a stream and a list."""
+    import dataclasses
+
+    import lrm_interp
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect import build_masks
+    from lrm_interp.protect import saliency as sal
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+    k = sites[1]
+    wide = list(sites)
+    wide[1] = dataclasses.replace(k, in_features=2 * k.in_features, n_weights=2 * k.n_weights)
+    said = rf"^build_masks: site {k.name} is \[{k.out_features}, {2 * k.in_features}\] .* in sites but"
+    for saliency in (sal.magnitude(model, sites), list(sal.magnitude(model, sites))):
+        with pytest.raises(ValueError, match=said):
+            build_masks(wide, "global_top", 0.02, saliency=saliency)
+    masks = build_masks(sites, "global_top", 0.02, saliency=sal.magnitude(model, sites))
+    assert sum(m.n_protected for m in masks.values()) == round(0.02 * sum(s.n_weights for s in sites))
+
+
+def test_a_study_refusal_names_every_difference_it_can_see_before_the_model(tmp_path: Any, capsys: Any) -> None:
+    """H33-HINTPART: ``study`` over a study of other traces and another setting named only the setting
+    ("rerun with the settings it records (--budget 0.05) to resume it"); followed, it was refused
+    for "other traces". The traces are compared before the model loads now, and a hint given before
+    the model is compared names the recorded model too; pasted, it resumes."""
+    from cli_run import err_line, folder_files, run_cli
+
+    tr, other, out = tmp_path / "tr.jsonl", tmp_path / "other.jsonl", tmp_path / "S"
+    assert run_cli(["toy", "traces", "--gold", "--per-family", 1, "--seed", 7, "--out", tr]) == 0
+    assert run_cli(["toy", "traces", "--gold", "--per-family", 1, "--seed", 8, "--out", other]) == 0
+    study = ["study", "--model", "toy", "--bits", 3, "--resamples", 40, "--out", out, "--quiet"]
+    assert run_cli([*study, "--data", tr, "--budget", 0.05]) == 0
+    capsys.readouterr()
+    before = folder_files(out)
+    assert run_cli([*study, "--data", other]) == 2
+    assert f"{out} holds another study (differs in budget 0.05 ≠ 0.02, other traces); use another --out" in err_line(
+        capsys
+    )
+    assert run_cli([*study, "--data", tr]) == 2
+    hint = "rerun with the settings it records (--budget 0.05, with its model: --model toy) to resume it, or use"
+    assert f"(differs in budget 0.05 ≠ 0.02); {hint}" in err_line(capsys)
+    assert folder_files(out) == before
+    assert run_cli([*study, "--data", tr, "--budget", 0.05, "--model", "toy"]) == 0  # the hint, pasted: resumes
+    assert "(resumed: fp, uniform, magnitude, attribution, mixed)" in capsys.readouterr().out

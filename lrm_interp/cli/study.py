@@ -146,29 +146,33 @@ def cmd_study(a: argparse.Namespace) -> int:
             require_think=a.require_think,
             **given,
         )
-        check_study_folder(a.out, settings, a.overwrite, writes_traces=False, wording="cli")
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    from lrm_interp.data.loading import load_dataset
+
+    with reading(data, "--data"):
+        ds = load_dataset(data)
+    if len(ds) == 0:
+        raise CliError(f"--data {data}: no traces")
+    try:  # the settings and the traces, before the model loads (H33-HINTPART: traces were named only after it)
+        check_study_folder(a.out, settings, a.overwrite, writes_traces=False, wording="cli", traces=ds)
     except ValueError as e:
         raise CliError(str(e)) from None
     # one study run per --out, from here to its report: a second --overwrite run replaced the first's
     # masks and allocation, then failed (H11-CST)
     with folder_output_lock("--out", a.out, "study", new=True):
         try:  # again, under the lock: a study that began or finished meanwhile is seen here
-            check_study_folder(a.out, settings, a.overwrite, writes_traces=False, wording="cli")
+            check_study_folder(a.out, settings, a.overwrite, writes_traces=False, wording="cli", traces=ds)
         except ValueError as e:
             raise CliError(str(e)) from None
         return _run_study(a, data, settings)
 
 
 def _run_study(a: argparse.Namespace, data: Path, settings: StudySettings) -> int:
-    """The body of :func:`cmd_study` after its checks, under its lock."""
-    from lrm_interp.data.loading import load_dataset
+    """The body of :func:`cmd_study` after its checks (the traces read and checked), under its lock."""
     from lrm_interp.experiments.report import files_and_commands, study_summary, write_study_report
     from lrm_interp.experiments.study import run_study
 
-    with reading(data, "--data"):
-        ds = load_dataset(data)
-    if len(ds) == 0:
-        raise CliError(f"--data {data}: no traces")
     result = run_study(a.model, data, a.out, settings, overwrite=a.overwrite, progress=not a.quiet)
     print("\n".join(study_summary(result)))
     report = write_study_report(result)

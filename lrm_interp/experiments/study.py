@@ -840,16 +840,22 @@ def _differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
     return diff
 
 
-def _resume_hint(have: Mapping[str, Any], diff: Sequence[str]) -> str:
+def _resume_hint(have: Mapping[str, Any], diff: Sequence[str], model_compared: bool = True) -> str:
     """``"rerun with the settings it records (batch_size 32) to resume it, or "``: where only settings
     differ (:func:`_differences`; same model, tokenizer and traces), the study resumes with its own
     settings; the refusal offered only ``--overwrite``, which measures everything again (H27-STBATCH).
-    ``""`` otherwise."""
+    ``""`` otherwise. ``model_compared=False`` (checked before the model loads): the model it records
+    is named with them (``--model toy``): followed, the hint was refused again for another model
+    (H33-HINTPART)."""
     hs = have.get("settings")
     if not diff or not isinstance(hs, Mapping) or any(" ≠ " not in d for d in diff):
         return ""
     keys = [d.split(" ", 1)[0] for d in diff]
     shown = ", ".join(_study_flag(k, hs.get(k)) for k in keys)
+    prov = have.get("provenance")
+    ref = prov.get("model_ref") if isinstance(prov, Mapping) else None
+    if not model_compared and isinstance(ref, str) and ref:
+        shown += f", with its model: {shell_command(['--model', ref])}"
     return f"rerun with the settings it records ({shown}) to resume it, or "
 
 
@@ -948,7 +954,10 @@ def check_study_folder(
             )
         return
     have = _read_study(out)
-    diff = _differences(have, key if key is not None else {"settings": settings.to_dict()})
+    want: dict[str, Any] = dict(key) if key is not None else {"settings": settings.to_dict()}
+    if traces is not None and "traces_fingerprint" not in want:  # before the model loads (H33-HINTPART)
+        want["traces_fingerprint"] = _traces_fingerprint(traces)
+    diff = _differences(have, want)
     got = have.get("provenance")
     prov: Mapping[str, Any] = got if isinstance(got, Mapping) else {}
     was = prov.get("traces")
@@ -959,9 +968,10 @@ def check_study_folder(
             f"the same traces in another order: a study pairs its rows trace by trace, give them in {order}"
         )
     if diff:
+        advice = hint(have, diff) if hint is not None else _resume_hint(have, diff, "weights_fingerprint" in want)
         raise ValueError(
-            f"{out} holds another study (differs in {', '.join(diff)}); {(hint or _resume_hint)(have, diff)}use "
-            f"another {flag_out} or {flag_ow} to start it over"
+            f"{out} holds another study (differs in {', '.join(diff)}); {advice}use another {flag_out} or {flag_ow} "
+            "to start it over"
         )
     _refuse_edited_key(out, have, flag_ow)
     _refuse_wrong_kinds(out, have, flag_ow)  # before study.json is rewritten as unfinished (H32-STFILE2)
@@ -1436,7 +1446,8 @@ def run_study(
         raise ValueError(f"{data if isinstance(data, (str, Path)) else 'data'}: no traces")
     check_target_behaviors(ds, data)
     in_memory = not isinstance(data, (str, Path))
-    check_study_folder(out, s, overwrite, writes_traces=in_memory)
+    if isinstance(model, (str, Path)):  # settings and traces, before the model loads (a model object: keyed below)
+        check_study_folder(out, s, overwrite, writes_traces=in_memory, traces=ds)
     ref = model_ref or (str(model) if isinstance(model, (str, Path)) else None)
     model, tokenizer = load_model(model, tokenizer=tokenizer)
     model.eval()

@@ -709,6 +709,23 @@ def _check_errors_shape(errors: Any, sites: Sequence[Site]) -> None:
                 f"allocate_bits: errors must map site -> {{bits: error}} (quantization_errors), but its value for "
                 f"{s.name} is {shown_value(e)}: {swap}"
             )
+        for b, v in (e or {}).items():  # NaN at 3 bits sent the site to 2 bits, -1 to 4 (H33-ALLOCNAN)
+            x = None if isinstance(v, (str, bytes, bool, Mapping)) else _as_float(v)
+            if x is None:
+                raise TypeError(f"allocate_bits: errors[{s.name!r}][{b!r}] must be a number, got {shown_value(v)}")
+            if not (math.isfinite(x) and x >= 0):
+                raise ValueError(
+                    f"allocate_bits: errors[{s.name!r}][{b!r}] is {x}: a quantization error is finite and >= 0 "
+                    "(measure them with quantization_errors(model, sites, choices))"
+                )
+
+
+def _as_float(v: Any) -> float | None:
+    """``float(v)``, or ``None`` where ``v`` has no float value."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
 
 
 def _sensitivities(sensitivity: Any, sites: Sequence[Site], record: dict[str, str] | None) -> dict[str, float]:

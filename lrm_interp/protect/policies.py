@@ -160,6 +160,18 @@ def _check_budget(budget: float) -> float:
         raise ValueError(f"budget must be a fraction of the weights in [0, 1], got {shown_value(budget)}") from None
 
 
+def _refuse_uninformative(where: str, sites: Sequence[Site]) -> None:
+    """The ``ValueError`` of a saliency that is 0 for every weight the policy may protect: the top-k
+    of all zeros is an arbitrary set of weights (the first of each module), written as a 2 % mask
+    with no word (H33-ZEROSAL; all-zero module scores and sensitivities are refused the same way,
+    :func:`module_scores`, H8-NAN2)."""
+    raise ValueError(
+        f"{where}: the saliency is 0 for every weight of the {len(sites)} sites it may protect: nothing to rank "
+        "the weights by (an all-zero gradient or activation, e.g. traces without the behaviour's spans, or a "
+        "zeroed model?); check the saliency's inputs"
+    )
+
+
 def _refuse_nothing(budget: float, n_weights: int, what: str, least: float) -> None:
     """The ``ValueError`` of a budget above 0 that protects no weight (module docs); ``least``:
     a budget that protects something."""
@@ -252,9 +264,11 @@ def global_top(
     pool_v, pool_i, pool_w = torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
     thr: float | None = None
     off = 0
+    informative = False  # a saliency value above 0 among the sites that may be protected
     for site, sal in saliency:
         v, per = _units(site, _checked(site, sal), granularity)
         seen.append((site, off, per))
+        informative = informative or (site.name not in exclude and bool((v != 0).any()))
         if site.name not in exclude and k > 0:
             keep = (v > thr) if thr is not None else torch.ones_like(v, dtype=torch.bool)
             ids = keep.nonzero().flatten()
@@ -264,6 +278,8 @@ def global_top(
             if granularity == "elements" and pool_v.numel() > 2 * k:
                 pool_v, pool_i, pool_w, thr = _prune(pool_v, pool_i, pool_w, k)
         off += v.numel()
+    if k > 0 and not informative:
+        _refuse_uninformative("global_top", [st for st, _, _ in seen if st.name not in exclude])
     if granularity == "elements":
         if pool_v.numel() > k:
             pool_v, pool_i, pool_w, _ = _prune(pool_v, pool_i, pool_w, k)
@@ -343,14 +359,18 @@ def per_module_top(
     out = {}
     free: list[Site] = []
     n_taken = 0
+    informative = False  # as in global_top
     for site, sal in saliency:
         v, per = _units(site, _checked(site, sal), granularity)
         k = 0 if site.name in exclude else _per_module_k(site, budget, granularity)
+        informative = informative or (k > 0 and bool((v != 0).any()))
         idx = torch.sort(-v, stable=True).indices[:k]
         out[site.name] = _mask_from_units(site, idx, granularity)
         if site.name not in exclude:
             free.append(site)
             n_taken += out[site.name].n_protected
+    if n_taken > 0 and not informative:
+        _refuse_uninformative("per_module_top", free)
     if budget > 0 and free and n_taken == 0:
         _refuse_nothing(
             budget,
@@ -513,6 +533,7 @@ def saliency_over(
     other iterable as it is read (``ValueError`` at the first site not asked for or given twice, or
     at its end for the sites it never gave)."""
     want = [s.name for s in sites]
+    given = {s.name: s for s in sites}
     known = getattr(saliency, "sites", None)
     if known is not None:
         names = [getattr(s, "name", s) for s in known]
@@ -520,6 +541,8 @@ def saliency_over(
         missing = [n for n in want if n not in set(names)]
         if extra or missing:
             raise _other_sites("scores", extra, missing)
+        for k in known:
+            _same_shape(given, k)
         return saliency
 
     def read() -> Iterator[tuple[Site, torch.Tensor]]:
@@ -530,6 +553,7 @@ def saliency_over(
                 raise ValueError(f"build_masks: the saliency gives {name} twice: give each site once")
             if name not in want:
                 raise _other_sites("gives", [name], [])
+            _same_shape(given, site)
             seen.add(name)
             yield site, t
         missing = [n for n in want if n not in seen]
@@ -537,6 +561,23 @@ def saliency_over(
             raise _other_sites("gives", [], missing)
 
     return read()
+
+
+def _same_shape(given: Mapping[str, Site], site: Any) -> None:
+    """``ValueError`` when the saliency's ``site`` (a :class:`Site`) has another shape than the site of
+    its name given to ``build_masks``: the masks and the budget were counted over the given site's
+    weights, the scores over the saliency's (a site of doubled ``in_features`` protected 15892
+    weights for a 2 % budget of 15729, H33-SITESHAPE)."""
+    want = given.get(getattr(site, "name", site))
+    if not isinstance(site, Site) or want is None:
+        return
+    a, b = (want.out_features, want.in_features, want.n_weights), (site.out_features, site.in_features, site.n_weights)
+    if a != b:
+        raise ValueError(
+            f"build_masks: site {want.name} is [{a[0]}, {a[1]}] ({a[2]} weights) in sites but [{b[0]}, {b[1]}] "
+            f"({b[2]} weights) in the saliency: give the sites of the model the saliency was computed on "
+            "(find_sites(model))"
+        )
 
 
 @checked_arguments
