@@ -45,6 +45,20 @@ def _describe(kind: str, lo: float | None, hi: float | None, lo_open: bool, hi_o
     return what
 
 
+def number_value(v: object, what: str) -> float:
+    """``float(v)`` of a real number, else ``TypeError`` naming ``what`` and the value: a string
+    (``'3'`` was read as 3.0), a bool (Python's, numpy's ``bool_`` or a torch bool tensor: True
+    ranked as 1.0), a mapping or anything ``float()`` refuses. The one test of every user's score,
+    error and sensitivity value (H33-MBSKEYS, H33-ALLOCNAN); finiteness and range are the caller's."""
+    dtype = str(getattr(v, "dtype", ""))
+    if isinstance(v, (str, bytes, bool, Mapping)) or type(v).__name__ == "bool_" or dtype in ("bool", "torch.bool"):
+        raise TypeError(f"{what} must be a number, got {shown_value(v)}")
+    try:
+        return float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number, got {shown_value(v)}") from None
+
+
 def shown_value(v: object) -> str:
     """How an error shows the value it refused: the value for a number (``got 0.5``), the repr and
     type for anything else (``got '0.02' (str)``: a number given as a string looks like one)."""

@@ -135,8 +135,9 @@ def test_global_top_exact_budget_and_ties(tiny_llama):
     for k, m in masks.items():
         w = absw[k]
         assert float(w[~m.dense()].max()) <= thr
-    # ties (all equal saliency): the earliest weights win, deterministically
-    flat = [(s, torch.ones(s.out_features, s.in_features)) for s in sites]
+    # ties (equal saliency, but for the last site's zeros: a constant one is refused, H34): the earliest
+    # weights win, deterministically
+    flat = [(s, torch.ones(s.out_features, s.in_features) * (s is not sites[-1])) for s in sites]
     tie = global_top(flat, 0.01)
     first = tie[sites[0].name].dense().flatten()
     assert first[: round(0.01 * n)].all() and not first[round(0.01 * n) :].any()

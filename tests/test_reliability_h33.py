@@ -256,11 +256,11 @@ def test_modules_by_score_refuses_scores_of_other_sites_or_not_finite() -> None:
     with pytest.raises(ValueError, match="no value for 1 of the 28 sites \\(e.g. model.layers.0.self_attn.q_proj\\)"):
         build_masks(sites, "modules_by_score", budget=0.1, scores=partial)
     for bad, err, said in (
-        (math.nan, ValueError, "must be finite, but its value for .* is nan"),
-        (-math.inf, ValueError, "must be finite, but its value for .* is -inf"),
-        ("3", TypeError, "must map site -> number, but its value for .* is '3'"),
+        (math.nan, ValueError, "is nan: a module's importance is finite and >= 0"),
+        (-math.inf, ValueError, "is -inf: a module's importance is finite and >= 0"),
+        ("3", TypeError, "\\(site -> importance\\) must be a number, got '3'"),
     ):
-        with pytest.raises(err, match=f"^scores {said}"):
+        with pytest.raises(err, match=rf"^scores\['{sites[0].name}'\] {said}"):
             build_masks(sites, "modules_by_score", budget=0.1, scores={**good, sites[0].name: bad})
 
 
@@ -381,3 +381,81 @@ def test_a_study_refusal_names_every_difference_it_can_see_before_the_model(tmp_
     assert folder_files(out) == before
     assert run_cli([*study, "--data", tr, "--budget", 0.05, "--model", "toy"]) == 0  # the hint, pasted: resumes
     assert "(resumed: fp, uniform, magnitude, attribution, mixed)" in capsys.readouterr().out
+
+
+# --- the thirty-third probe (H34-…) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["global_top", "per_module_top"])
+def test_a_constant_saliency_is_refused(policy: str) -> None:
+    """ID_CONST: a saliency of the same non-zero value everywhere (H33-ZEROSAL refused only zeros)
+    gave a 2 % mask of the first weights of each module. Refused, naming the value."""
+    import torch
+
+    import lrm_interp
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect import build_masks
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+    ones = [(s, torch.full((s.out_features, s.in_features), 2.5)) for s in sites]
+    with pytest.raises(ValueError, match=rf"^{policy}: the saliency is 2.5 for every weight of the 28 sites"):
+        build_masks(sites, policy, 0.02, saliency=ones)
+
+
+def test_a_saliency_by_site_name_is_read_and_one_of_no_site_refused() -> None:
+    """ID_BYNAME: a saliency given as ``(name, tensor)`` pairs ended in a raw ``AttributeError``
+    ('str' object has no attribute 'in_features'); the names of the sites given are read as those
+    sites now (the same masks as the stream), anything else is a ``TypeError`` naming it."""
+    import lrm_interp
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect import build_masks
+    from lrm_interp.protect import saliency as sal
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+    want = build_masks(sites, "global_top", 0.02, saliency=sal.magnitude(model, sites))
+    got = build_masks(sites, "global_top", 0.02, saliency=[(s.name, t) for s, t in sal.magnitude(model, sites)])
+    assert {k: m.dense().tolist() for k, m in got.items()} == {k: m.dense().tolist() for k, m in want.items()}
+    with pytest.raises(TypeError, match="^build_masks: the saliency must give \\(Site, tensor\\) pairs .* is 5"):
+        build_masks(sites, "global_top", 0.02, saliency=[(5, t) for _, t in sal.magnitude(model, sites)])
+
+
+def test_final_mlp_refuses_a_never_that_leaves_nothing() -> None:
+    """ID_FINALNEVER: ``build_masks(sites, 'final_mlp', never=<the last layer's mlp>)`` returned an
+    empty mask set with no word."""
+    import lrm_interp
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect import build_masks
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+    assert len(build_masks(sites, "final_mlp", never="gate_proj")) == 2
+    with pytest.raises(ValueError, match="excludes every site policy 'final_mlp' protects"):
+        build_masks(sites, "final_mlp", never=r"layers\.3\.mlp")
+
+
+@pytest.mark.parametrize("value", ["bool", "numpy bool", "torch bool", "str", "negative"])
+def test_scores_and_sensitivities_must_be_numbers_of_importance(value: str) -> None:
+    """ID_SCORETYPES: a sensitivity of ``'3'``, ``True`` or a numpy / torch bool was read as a number
+    by ``allocate_bits``; module scores (``modules_by_score``, ``module_importance``) took a negative
+    importance, which inverts the ranking or the weighing. Each is refused, naming the site."""
+    import numpy as np
+    import torch
+
+    import lrm_interp
+    from lrm_interp import quantization_errors
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect import build_masks
+    from lrm_interp.protect.bit_allocation import allocate_bits
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+    v = {"bool": True, "numpy bool": np.bool_(True), "torch bool": torch.tensor(True), "str": "3", "negative": -1.0}
+    bad = {s.name: float(i + 1) for i, s in enumerate(sites)} | {sites[0].name: v[value]}
+    err = ValueError if value == "negative" else TypeError
+    with pytest.raises(err, match=rf"^scores\['{sites[0].name}'\]"):
+        build_masks(sites, "modules_by_score", 0.1, scores=bad)
+    errors = quantization_errors(model, sites, [2, 3, 4, 8, 16])
+    with pytest.raises(err, match=rf"allocate_bits: .*{sites[0].name}"):
+        allocate_bits(sites, errors, bad, 3.5)

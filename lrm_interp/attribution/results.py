@@ -53,7 +53,14 @@ from lrm_interp.attribution.resume import (
     provenance_checksum,
     trace_content_keys,
 )
-from lrm_interp.checks import check_float, checked_arguments, refuse_string, shown_value, user_stacklevel
+from lrm_interp.checks import (
+    check_float,
+    checked_arguments,
+    number_value,
+    refuse_string,
+    shown_value,
+    user_stacklevel,
+)
 from lrm_interp.model.provenance import swapped_compression
 from lrm_interp.model.sites import KIND_ORDER, Site
 
@@ -78,14 +85,12 @@ def site_scores(scores: Any, behavior: str | None = None) -> dict[str, float]:
     if isinstance(scores, Mapping):
         out: dict[str, float] = {}
         for k, v in scores.items():  # a NaN, -inf or '3' ranked without a word (H33-MBSKEYS)
-            try:
-                x = float(v) if not isinstance(v, (str, bytes, bool, Mapping)) else None
-            except (TypeError, ValueError):
-                x = None
-            if x is None:
-                raise TypeError(f"scores must map site -> number, but its value for {k!r} is {shown_value(v)}")
-            if not math.isfinite(x):
-                raise ValueError(f"scores must be finite, but its value for {k!r} is {x}: it ranks nothing")
+            x = number_value(v, f"scores[{k!r}] (site -> importance)")
+            if not (math.isfinite(x) and x >= 0):
+                raise ValueError(
+                    f"scores[{k!r}] is {x}: a module's importance is finite and >= 0 (a negative one inverts the "
+                    "ranking or the weighing)"
+                )
             out[str(k)] = x
         return out
     if isinstance(scores, Attribution):

@@ -60,6 +60,7 @@ from lrm_interp.checks import (
     check_float,
     check_int,
     checked_arguments,
+    number_value,
     shown_value,
     user_stacklevel,
 )
@@ -710,22 +711,12 @@ def _check_errors_shape(errors: Any, sites: Sequence[Site]) -> None:
                 f"{s.name} is {shown_value(e)}: {swap}"
             )
         for b, v in (e or {}).items():  # NaN at 3 bits sent the site to 2 bits, -1 to 4 (H33-ALLOCNAN)
-            x = None if isinstance(v, (str, bytes, bool, Mapping)) else _as_float(v)
-            if x is None:
-                raise TypeError(f"allocate_bits: errors[{s.name!r}][{b!r}] must be a number, got {shown_value(v)}")
+            x = number_value(v, f"allocate_bits: errors[{s.name!r}][{b!r}]")
             if not (math.isfinite(x) and x >= 0):
                 raise ValueError(
                     f"allocate_bits: errors[{s.name!r}][{b!r}] is {x}: a quantization error is finite and >= 0 "
                     "(measure them with quantization_errors(model, sites, choices))"
                 )
-
-
-def _as_float(v: Any) -> float | None:
-    """``float(v)``, or ``None`` where ``v`` has no float value."""
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
 
 
 def _sensitivities(sensitivity: Any, sites: Sequence[Site], record: dict[str, str] | None) -> dict[str, float]:
@@ -770,12 +761,8 @@ def _sensitivities(sensitivity: Any, sites: Sequence[Site], record: dict[str, st
                 "({bits: error}?): errors and sensitivity swapped? the order is allocate_bits(sites, errors, "
                 "sensitivity, budget_bpw)"
             )
-        try:
-            out[s.name] = float(v)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"allocate_bits: sensitivity must map site -> number, but its value for {s.name} is {shown_value(v)}"
-            ) from None
+        # '3', True, numpy / torch bools were read as numbers (H34)
+        out[s.name] = number_value(v, f"allocate_bits: the sensitivity of {s.name}")
     return out
 
 

@@ -160,15 +160,30 @@ def _check_budget(budget: float) -> float:
         raise ValueError(f"budget must be a fraction of the weights in [0, 1], got {shown_value(budget)}") from None
 
 
-def _refuse_uninformative(where: str, sites: Sequence[Site]) -> None:
-    """The ``ValueError`` of a saliency that is 0 for every weight the policy may protect: the top-k
-    of all zeros is an arbitrary set of weights (the first of each module), written as a 2 % mask
-    with no word (H33-ZEROSAL; all-zero module scores and sensitivities are refused the same way,
-    :func:`module_scores`, H8-NAN2)."""
+class _Spread:
+    """The smallest and largest saliency value seen (:meth:`add`, one module's unit scores at a time)."""
+
+    def __init__(self) -> None:
+        self.lo, self.hi = math.inf, -math.inf
+
+    def add(self, v: torch.Tensor) -> None:
+        if v.numel():
+            self.lo, self.hi = min(self.lo, float(v.min())), max(self.hi, float(v.max()))
+
+    def constant(self) -> bool:
+        """Every value seen is the same (and at least one was seen)."""
+        return self.lo == self.hi
+
+
+def _refuse_uninformative(where: str, sites: Sequence[Site], value: float) -> None:
+    """The ``ValueError`` of a saliency that is the same ``value`` for every weight the policy may
+    protect (0: an all-zero gradient or activation): the top-k of equal scores is an arbitrary set of
+    weights (the first of each module), written as a 2 % mask with no word (H33-ZEROSAL; all-zero
+    module scores and sensitivities are refused the same way, :func:`module_scores`, H8-NAN2)."""
     raise ValueError(
-        f"{where}: the saliency is 0 for every weight of the {len(sites)} sites it may protect: nothing to rank "
-        "the weights by (an all-zero gradient or activation, e.g. traces without the behaviour's spans, or a "
-        "zeroed model?); check the saliency's inputs"
+        f"{where}: the saliency is {value:g} for every weight of the {len(sites)} sites it may protect: nothing to "
+        "rank the weights by (an all-zero gradient or activation, e.g. traces without the behaviour's spans, or a "
+        "constant model?); check the saliency's inputs"
     )
 
 
@@ -264,11 +279,12 @@ def global_top(
     pool_v, pool_i, pool_w = torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
     thr: float | None = None
     off = 0
-    informative = False  # a saliency value above 0 among the sites that may be protected
+    spread = _Spread()  # the saliency values of the sites that may be protected: all equal ranks nothing
     for site, sal in saliency:
         v, per = _units(site, _checked(site, sal), granularity)
         seen.append((site, off, per))
-        informative = informative or (site.name not in exclude and bool((v != 0).any()))
+        if site.name not in exclude:
+            spread.add(v)
         if site.name not in exclude and k > 0:
             keep = (v > thr) if thr is not None else torch.ones_like(v, dtype=torch.bool)
             ids = keep.nonzero().flatten()
@@ -278,8 +294,8 @@ def global_top(
             if granularity == "elements" and pool_v.numel() > 2 * k:
                 pool_v, pool_i, pool_w, thr = _prune(pool_v, pool_i, pool_w, k)
         off += v.numel()
-    if k > 0 and not informative:
-        _refuse_uninformative("global_top", [st for st, _, _ in seen if st.name not in exclude])
+    if k > 0 and spread.constant():
+        _refuse_uninformative("global_top", [st for st, _, _ in seen if st.name not in exclude], spread.lo)
     if granularity == "elements":
         if pool_v.numel() > k:
             pool_v, pool_i, pool_w, _ = _prune(pool_v, pool_i, pool_w, k)
@@ -359,18 +375,19 @@ def per_module_top(
     out = {}
     free: list[Site] = []
     n_taken = 0
-    informative = False  # as in global_top
+    spread = _Spread()  # as in global_top
     for site, sal in saliency:
         v, per = _units(site, _checked(site, sal), granularity)
         k = 0 if site.name in exclude else _per_module_k(site, budget, granularity)
-        informative = informative or (k > 0 and bool((v != 0).any()))
+        if k > 0:
+            spread.add(v)
         idx = torch.sort(-v, stable=True).indices[:k]
         out[site.name] = _mask_from_units(site, idx, granularity)
         if site.name not in exclude:
             free.append(site)
             n_taken += out[site.name].n_protected
-    if n_taken > 0 and not informative:
-        _refuse_uninformative("per_module_top", free)
+    if n_taken > 0 and spread.constant():
+        _refuse_uninformative("per_module_top", free, spread.lo)
     if budget > 0 and free and n_taken == 0:
         _refuse_nothing(
             budget,
@@ -549,6 +566,13 @@ def saliency_over(
         seen: set[str] = set()
         for site, t in saliency:
             name = str(getattr(site, "name", site))
+            if isinstance(site, str) and site in given:  # (name, tensor): a raw AttributeError (H34)
+                site = given[site]
+            elif not isinstance(site, (Site, str)):
+                raise TypeError(
+                    f"build_masks: the saliency must give (Site, tensor) pairs (a SaliencyStream, or [(site, tensor)] "
+                    f"with sites of find_sites(model)), got a pair whose first item is {shown_value(site)}"
+                )
             if name in seen:
                 raise ValueError(f"build_masks: the saliency gives {name} twice: give each site once")
             if name not in want:
@@ -624,9 +648,13 @@ def build_masks(
 
         warnings.warn(over, BudgetExceededWarning, stacklevel=user_stacklevel())
     if policy == "final_mlp":
-        return MaskSet(
-            apply_regexes(final_mlp(sites), sites, always=always, never=never), model=_model_of(saliency, scores)
-        )
+        chosen = apply_regexes(final_mlp(sites), sites, always=always, never=never)
+        if not chosen:  # `never` took every final MLP linear out: an empty mask with no word (H34)
+            raise ValueError(
+                f"build_masks: never={never!r} excludes every site policy 'final_mlp' protects (the MLP linears of "
+                "the last layer): the mask would protect nothing; narrow never, or use another policy"
+            )
+        return MaskSet(chosen, model=_model_of(saliency, scores))
     if policy == "modules_by_score":
         if scores is None:
             raise ValueError("policy 'modules_by_score' needs scores (a dict site -> score or an Attribution)")
