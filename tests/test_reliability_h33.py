@@ -388,7 +388,7 @@ def test_a_study_refusal_names_every_difference_it_can_see_before_the_model(tmp_
 
 @pytest.mark.parametrize("policy", ["global_top", "per_module_top"])
 def test_a_constant_saliency_is_refused(policy: str) -> None:
-    """ID_CONST: a saliency of the same non-zero value everywhere (H33-ZEROSAL refused only zeros)
+    """H34-CONSTSAL: a saliency of the same non-zero value everywhere (H33-ZEROSAL refused only zeros)
     gave a 2 % mask of the first weights of each module. Refused, naming the value."""
     import torch
 
@@ -404,7 +404,7 @@ def test_a_constant_saliency_is_refused(policy: str) -> None:
 
 
 def test_a_saliency_by_site_name_is_read_and_one_of_no_site_refused() -> None:
-    """ID_BYNAME: a saliency given as ``(name, tensor)`` pairs ended in a raw ``AttributeError``
+    """H34-SALNAME: a saliency given as ``(name, tensor)`` pairs ended in a raw ``AttributeError``
     ('str' object has no attribute 'in_features'); the names of the sites given are read as those
     sites now (the same masks as the stream), anything else is a ``TypeError`` naming it."""
     import lrm_interp
@@ -422,7 +422,7 @@ def test_a_saliency_by_site_name_is_read_and_one_of_no_site_refused() -> None:
 
 
 def test_final_mlp_refuses_a_never_that_leaves_nothing() -> None:
-    """ID_FINALNEVER: ``build_masks(sites, 'final_mlp', never=<the last layer's mlp>)`` returned an
+    """H34-FMNEVER: ``build_masks(sites, 'final_mlp', never=<the last layer's mlp>)`` returned an
     empty mask set with no word."""
     import lrm_interp
     from lrm_interp.model.sites import find_sites
@@ -437,7 +437,7 @@ def test_final_mlp_refuses_a_never_that_leaves_nothing() -> None:
 
 @pytest.mark.parametrize("value", ["bool", "numpy bool", "torch bool", "str", "negative"])
 def test_scores_and_sensitivities_must_be_numbers_of_importance(value: str) -> None:
-    """ID_SCORETYPES: a sensitivity of ``'3'``, ``True`` or a numpy / torch bool was read as a number
+    """H34-NPBOOL, H34-NEGMI: a sensitivity of ``'3'``, ``True`` or a numpy / torch bool was read as a number
     by ``allocate_bits``; module scores (``modules_by_score``, ``module_importance``) took a negative
     importance, which inverts the ranking or the weighing. Each is refused, naming the site."""
     import numpy as np
@@ -459,3 +459,101 @@ def test_scores_and_sensitivities_must_be_numbers_of_importance(value: str) -> N
     errors = quantization_errors(model, sites, [2, 3, 4, 8, 16])
     with pytest.raises(err, match=rf"allocate_bits: .*{sites[0].name}"):
         allocate_bits(sites, errors, bad, 3.5)
+
+
+def test_module_scores_that_are_all_equal_are_refused() -> None:
+    """H34-CONSTSAL (module scores): scores equal for every module (all 1.0) protected the modules in
+    module order; all-zero scores were refused already (H8-NAN2). Scores equal only among the
+    ``always`` sites still rank the others."""
+    import lrm_interp
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect import build_masks
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+    with pytest.raises(ValueError, match="^modules_by_score: every module score is 1: nothing to rank the modules by"):
+        build_masks(sites, "modules_by_score", 0.2, scores={s.name: 1.0 for s in sites})
+    scores = {s.name: 1.0 if "self_attn" in s.name else float(i) for i, s in enumerate(sites)}
+    assert build_masks(sites, "modules_by_score", 0.2, scores=scores, never="self_attn")
+
+
+@pytest.mark.parametrize("kind", ["zero", "equal", "growing"])
+def test_allocate_bits_refuses_errors_that_do_not_fall_with_the_bits(kind: str) -> None:
+    """H34-ALLOCZERO: errors all 0 (a model of zero or constant weights quantizes exactly), equal at
+    every width, or growing with the bits: an allocation drawn from no information ("21 at 2, 2 at 4,
+    1 at 8, 4 at 16 bits"), and upgrades that worsened the objective were taken (the greedy started at
+    ratio -1). Refused; with one site whose error grows among real ones, that site is never upgraded."""
+    import lrm_interp
+    from lrm_interp import quantization_errors
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect.bit_allocation import allocate_bits
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+    widths = [2, 3, 4, 8, 16]
+    value = {"zero": lambda b: 0.0, "equal": lambda b: 1.0, "growing": lambda b: float(b)}[kind]
+    flat = {s.name: {b: value(b) for b in widths} for s in sites}
+    with pytest.raises(ValueError, match="^allocate_bits: no site's error falls with more bits"):
+        allocate_bits(sites, flat, None, 3.744)
+    real = {k: dict(v) for k, v in quantization_errors(model, sites, widths).items()}
+    real[sites[0].name] = {b: float(b) for b in widths}  # this one grows: never worth a bit
+    assert allocate_bits(sites, real, None, 6.0).bits[sites[0].name] == 2
+
+
+def test_granularity_is_refused_where_the_policy_ignores_it() -> None:
+    """H34-GRANIGN: ``granularity='bogus'`` (or ``'rows'``) was ignored by ``final_mlp`` and
+    ``modules_by_score`` while an unused ``behavior=`` is refused (H15-MBI)."""
+    import lrm_interp
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect import build_masks
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+    scores = {s.name: float(i + 1) for i, s in enumerate(sites)}
+    with pytest.raises(ValueError, match="^granularity must be elements, rows or cols"):
+        build_masks(sites, "final_mlp", granularity="bogus")
+    for policy, kw in (("final_mlp", {}), ("modules_by_score", {"scores": scores})):
+        with pytest.raises(ValueError, match=rf"granularity='rows' is read only by the top-k .* policy '{policy}'"):
+            build_masks(sites, policy, 0.2, granularity="rows", **kw)
+
+
+def test_a_quickstart_model_file_turned_into_a_folder_is_named(tmp_path: Any, capsys: Any) -> None:
+    """H34-QSCFGDIR: ``tiny_model/config.json`` made a folder: "config.json edited since?" advised
+    ``--overwrite``, which ended in a raw "Is a directory". One line naming it now, with and without
+    ``--overwrite``; the folder (and the note in it) kept."""
+    from cli_run import err_line, folder_files, run_cli
+
+    qs = tmp_path / "QS"
+    argv = ["quickstart", "--tiny", "--traces", 3, "--eval", 0, "--out", qs, "--quiet"]
+    assert run_cli(argv) == 0
+    (qs / "tiny_model" / "config.json").unlink()
+    (qs / "tiny_model" / "config.json").mkdir()
+    (qs / "tiny_model" / "config.json" / "note.txt").write_text("keep\n")
+    capsys.readouterr()
+    before = folder_files(qs)
+    for extra in ((), ("--overwrite",)):
+        assert run_cli([*argv, *extra]) == 2
+        said = f"{qs / 'tiny_model' / 'config.json'} is a folder, not the file the quickstart writes there"
+        assert said in err_line(capsys)
+        assert folder_files(qs) == before
+
+
+def test_module_importance_is_a_finite_non_negative_weight_named_when_it_overflows() -> None:
+    """H34-NEGMI, H34-MIHUGE: ``module_importance`` of -1 inverted the attribution saliency's ranking (or
+    dropped a site); one of 1e308 was refused as "saliency of … has 16384 non-finite values", not
+    naming the importance that overflowed."""
+    import lrm_interp
+    from lrm_interp.data.tokens import encode_trace
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect import saliency as sal
+    from lrm_interp.toy.tasks import generate_dataset
+
+    model, tok = lrm_interp.load_model("toy")
+    sites = find_sites(model)[:2]
+    enc = [encode_trace(tok, t) for t in generate_dataset(1, seed=3)]
+    behaviors = sorted({sp.behavior for e in enc for sp in e.spans})[:1]
+    with pytest.raises(ValueError, match=rf"^scores\['{sites[0].name}'\] is -1.0: a module's importance is finite"):
+        sal.attribution(model, sites, enc, behaviors, bits=3, module_importance={s.name: -1.0 for s in sites})
+    huge = sal.attribution(model, sites, enc, behaviors, bits=3, module_importance={s.name: 1e308 for s in sites})
+    with pytest.raises(ValueError, match=rf"^module_importance of {sites[0].name} \(1e\+308\) overflows its saliency"):
+        list(huge)

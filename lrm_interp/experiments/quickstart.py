@@ -196,14 +196,24 @@ def check_quickstart_model(out: str | Path, model: Any, tokenizer: Any, overwrit
             "or remove it (not even overwrite=True (--overwrite) deletes a file the quickstart did not write), or "
             "choose another out folder (--out)"
         )
-    if overwrite or not ref.is_dir():
+    if not ref.is_dir():
         return
     with tempfile.TemporaryDirectory(prefix="lrm_interp_tiny_") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        written = sorted(Path(tmp).iterdir())
+        folders = [f.name for f in written if (ref / f.name).is_dir()]
+        if folders:  # "config.json edited since?", then a raw "Is a directory" with --overwrite (H34-QSCFGDIR)
+            raise ValueError(
+                f"{ref / folders[0]} is a folder, not the file the quickstart writes there; nothing was changed: move "
+                "or remove it (not even overwrite=True (--overwrite) deletes what the quickstart did not write), or "
+                "choose another out folder (--out)"
+            )
+        if overwrite:
+            return
         edited = [
             f.name
-            for f in sorted(Path(tmp).iterdir())
+            for f in written
             if os.path.lexists(ref / f.name)
             and (not (ref / f.name).is_file() or (ref / f.name).read_bytes() != f.read_bytes())
         ]

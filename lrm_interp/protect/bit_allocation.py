@@ -650,6 +650,7 @@ def allocate_bits(
         missing = [b for b in choices if b not in errors.get(s.name, {})]
         if missing:
             raise ValueError(f"allocate_bits: no error of {s.name} at {missing} bits")
+    _refuse_flat_errors(errors, sites, choices)
     cost = {s.name: {b: site_cost(s, b, group_size=group_size, symmetric=symmetric) for b in choices} for s in sites}
     level = {s.name: 0 for s in sites}
     used = sum(cost[s.name][choices[0]] for s in sites)
@@ -660,7 +661,7 @@ def allocate_bits(
             f"{choices[0]} bits everywhere)"
         )
     while True:
-        best, best_ratio = None, -1.0
+        best, best_ratio = None, -math.inf
         for s in sites:
             i = level[s.name]
             if i + 1 >= len(choices):
@@ -671,6 +672,8 @@ def allocate_bits(
                 continue
             gain = sens[s.name] * (errors[s.name][b0] - errors[s.name][b1])
             ratio = gain / extra
+            if ratio < 0:  # more bits, more error: an upgrade that worsens the objective (H34-ALLOCZERO)
+                continue
             if ratio > best_ratio:
                 best, best_ratio = s.name, ratio
         if best is None:
@@ -690,6 +693,22 @@ def allocate_bits(
             {"choices": choices, "objective": sum(sens[k] * errors[k][b] for k, b in bits.items())},
             record,
         )
+    )
+
+
+def _refuse_flat_errors(errors: Mapping[str, Mapping[int, Any]], sites: Sequence[Site], choices: Sequence[int]) -> None:
+    """``ValueError`` when no site's error falls from one bit width of ``choices`` to the next: every
+    allocation is as good as another (a model of zero or constant weights quantizes exactly at every
+    width), and one was drawn from no information, "21 at 2, 2 at 4, 1 at 8, 4 at 16 bits"
+    (H34-ALLOCZERO; all-zero sensitivities are refused the same way, H8-NAN2)."""
+    for s in sites:
+        e = [float(errors[s.name][b]) for b in choices]
+        if any(a > b for a, b in zip(e, e[1:])):
+            return
+    raise ValueError(
+        f"allocate_bits: no site's error falls with more bits (the {len(sites)} sites' errors at {list(choices)} bits "
+        "are equal, or grow): nothing to allocate by (a model of zero or constant weights quantizes exactly at every "
+        "width; check the model, or measure the errors again with quantization_errors)"
     )
 
 

@@ -475,6 +475,12 @@ def modules_by_score(
     refuse_unscored_sites(sc, sites, "modules_by_score")
     n_total = sum(s.n_weights for s in sites)
     forced, free, _ = _split(sites, always, never)
+    values = {sc[s.name] for s in free}
+    if len(values) == 1 and len(free) > 1:  # equal scores rank nothing: taken in module order (H34-CONSTSAL)
+        raise ValueError(
+            f"modules_by_score: every module score is {values.pop():g}: nothing to rank the modules by (the "
+            "modules would be taken in module order); give scores that tell the modules apart"
+        )
     chosen = list(forced)
     used = sum(s.n_weights for s in forced)
     pos = {s.name: i for i, s in enumerate(sites)}
@@ -640,6 +646,12 @@ def build_masks(
             f"build_masks: behavior={behavior!r} is read only by policy 'modules_by_score' (the behaviour of "
             f"an Attribution's scores); policy {policy!r} does not use it: leave it out, or build the saliency "
             "for that behaviour (build_saliency(..., behaviors=[...]))"
+        )
+    _units_of(granularity)  # 'bogus' was ignored by the module policies (H34-GRANIGN)
+    if granularity != "elements" and policy in ("final_mlp", "modules_by_score"):
+        raise ValueError(
+            f"build_masks: granularity={granularity!r} is read only by the top-k policies (global_top, "
+            f"per_module_top); policy {policy!r} protects whole modules: leave granularity out"
         )
     forced, _, banned = _split(sites, always, never)
     over = check_always_never(sites, budget, always, never, policy=policy)  # never: every site, refused

@@ -613,6 +613,11 @@ def attribution(
                     sal = G.pop(s.name).abs() * (W - Q.float().cpu()).abs()
                 if imp is not None:
                     sal = sal / sal.mean().clamp_min(1e-30) * float(imp.get(s.name, 0.0))
+                    if not bool(torch.isfinite(sal).all()):  # named the saliency, not its cause (H34-MIHUGE)
+                        raise ValueError(
+                            f"module_importance of {s.name} ({imp.get(s.name)!r}) overflows its saliency (weighed "
+                            "saliencies are not finite): give relative importances (e.g. res.site_ri(), summing to 1)"
+                        )
                 yield s, sal
 
     return SaliencyStream(sites, gen, model=model, fingerprint=fingerprint)
