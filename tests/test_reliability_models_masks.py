@@ -317,7 +317,8 @@ def test_budget_that_protects_no_weight_is_refused():
     with pytest.raises(ValueError, match="fewer than one whole row"):
         global_top(magnitude(model, sites), 2e-4, granularity="rows")  # 15 weights, rows of 64 or more
     with pytest.raises(ValueError, match="fewer than the smallest module"):
-        modules_by_score(sites, {s.name: 1.0 for s in sites}, 1e-3)
+        # scores that tell the modules apart (equal ones are refused first, H34-CONSTSAL)
+        modules_by_score(sites, {s.name: float(i + 1) for i, s in enumerate(sites)}, 1e-3)
     # 0 is the no-protection baseline; some modules at 0 with a nonzero total is normal
     assert (
         sum(m.n_protected for m in build_masks(sites, "global_top", 0.0, saliency=magnitude(model, sites)).values())
