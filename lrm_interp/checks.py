@@ -46,16 +46,18 @@ def _describe(kind: str, lo: float | None, hi: float | None, lo_open: bool, hi_o
 
 
 def number_value(v: object, what: str) -> float:
-    """``float(v)`` of a real number, else ``TypeError`` naming ``what`` and the value: a string
-    (``'3'`` was read as 3.0), a bool (Python's, numpy's ``bool_`` or a torch bool tensor: True
-    ranked as 1.0), a mapping or anything ``float()`` refuses. The one test of every user's score,
-    error and sensitivity value (H33-MBSKEYS, H33-ALLOCNAN); finiteness and range are the caller's."""
+    """``float(v)`` of a real number, else ``TypeError`` naming ``what`` and the value: a string or
+    bytes (``'3'`` was read as 3.0, ``bytearray(b"99")`` as 99), a bool (Python's, numpy's ``bool_``
+    or a torch bool tensor: True ranked as 1.0), a mapping or anything ``float()`` refuses. The one
+    test of every user's score, error and sensitivity value (H33-MBSKEYS, H33-ALLOCNAN, H34-NPBOOL);
+    finiteness and range are the caller's."""
     dtype = str(getattr(v, "dtype", ""))
-    if isinstance(v, (str, bytes, bool, Mapping)) or type(v).__name__ == "bool_" or dtype in ("bool", "torch.bool"):
+    text = (str, bytes, bytearray, memoryview)  # b"99" was read as 99 (H35)
+    if isinstance(v, (*text, bool, Mapping)) or type(v).__name__ == "bool_" or dtype in ("bool", "torch.bool"):
         raise TypeError(f"{what} must be a number, got {shown_value(v)}")
     try:
         return float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a complex tensor (H35-NUMERR)
         raise TypeError(f"{what} must be a number, got {shown_value(v)}") from None
 
 

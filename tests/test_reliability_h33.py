@@ -325,7 +325,12 @@ def test_an_all_zero_saliency_is_refused(policy: str, granularity: str) -> None:
     sites = find_sites(model)
 
     def zeros(one: bool = False) -> list[tuple[Any, torch.Tensor]]:
-        return [(s, torch.full((s.out_features, s.in_features), float(one and i == 5))) for i, s in enumerate(sites)]
+        def t(i: int, s: Any) -> torch.Tensor:  # module 5 ranks its weights (a constant one would not, H35)
+            if one and i == 5:
+                return torch.arange(s.n_weights, dtype=torch.float32).reshape(s.out_features, s.in_features)
+            return torch.zeros(s.out_features, s.in_features)
+
+        return [(s, t(i, s)) for i, s in enumerate(sites)]
 
     with pytest.raises(ValueError, match=rf"^{policy}: the saliency is 0 for every weight of the 28 sites"):
         build_masks(sites, policy, 0.02, saliency=zeros(), granularity=granularity)
@@ -558,3 +563,102 @@ def test_module_importance_is_a_finite_non_negative_weight_named_when_it_overflo
     huge = sal.attribution(model, sites, enc, behaviors, bits=3, module_importance={s.name: 1e308 for s in sites})
     with pytest.raises(ValueError, match=rf"^module_importance of {sites[0].name} \(1e\+308\) overflows its saliency"):
         list(huge)
+
+
+# --- the thirty-fourth probe (H35-…) -------------------------------------------------------------
+
+
+def test_per_module_top_refuses_a_saliency_constant_within_every_module() -> None:
+    """H35-PMTCONST: a saliency constant within every module (other values across modules) gave the
+    first weights of each module; per_module_top ranks within modules. Refused; one module that
+    ranks is enough; every weight protected (budget 1) needs no ranking (H35-CONSTFULL)."""
+    import torch
+
+    import lrm_interp
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect import build_masks
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+
+    def sal(ranked: bool = False) -> list[tuple[Any, torch.Tensor]]:
+        out = []
+        for i, s in enumerate(sites):
+            t = torch.full((s.out_features, s.in_features), float(i + 1))
+            if ranked and i == 3:
+                t[0, 0] = 100.0
+            out.append((s, t))
+        return out
+
+    with pytest.raises(ValueError, match="^per_module_top: the saliency is constant within each of the 28 modules"):
+        build_masks(sites, "per_module_top", 0.02, saliency=sal())
+    assert build_masks(sites, "per_module_top", 0.02, saliency=sal(ranked=True))
+    n = sum(s.n_weights for s in sites)
+    for policy in ("global_top", "per_module_top"):
+        ones = [(s, torch.ones(s.out_features, s.in_features)) for s in sites]
+        assert sum(m.n_protected for m in build_masks(sites, policy, 1.0, saliency=ones).values()) == n
+
+
+def test_allocate_bits_is_scale_invariant_and_refuses_information_only_at_sensitivity_zero() -> None:
+    """H35-ALLOCSCALE: equal sensitivities of 1e-320 (gains underflowed) or 1e308 (overflowed) gave
+    other allocations than ``sensitivity=None``; H35-ALLOCSENS0: the only site whose error falls
+    weighed 0, the others flat: an allocation of no information. H35-NUMERR: a ``Decimal`` error
+    failed in the arithmetic, a complex tensor in ``float()``."""
+    from decimal import Decimal
+
+    import torch
+
+    import lrm_interp
+    from lrm_interp import quantization_errors
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect.bit_allocation import allocate_bits
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+    widths = [2, 3, 4, 8, 16]
+    errors = quantization_errors(model, sites, widths)
+    base = allocate_bits(sites, errors, None, 3.5).bits
+    for v in (1e-320, 1e308):
+        assert allocate_bits(sites, errors, {s.name: v for s in sites}, 3.5).bits == base
+    flat = {s.name: {b: 1.0 for b in widths} for s in sites} | {sites[0].name: dict(errors[sites[0].name])}
+    sens = {s.name: 0.0 if s is sites[0] else 1.0 for s in sites}
+    with pytest.raises(ValueError, match="^allocate_bits: no site's error falls with more bits \\(the 27 sites'"):
+        allocate_bits(sites, flat, sens, 3.5)
+    as_decimal = {k: {b: Decimal(str(e)) for b, e in v.items()} for k, v in errors.items()}
+    assert allocate_bits(sites, as_decimal, None, 3.5).bits == base
+    with pytest.raises(TypeError, match="must be a number, got tensor\\(1.\\+5.j\\)"):
+        allocate_bits(sites, errors, {s.name: torch.tensor(1 + 5j) for s in sites}, 3.5)
+
+
+@pytest.mark.parametrize("value", [bytearray(b"99"), memoryview(b"50")])
+def test_bytes_like_values_are_no_numbers(value: Any) -> None:
+    """H35-BYTESNUM: ``bytearray(b"99")`` / ``memoryview(b"50")`` were read as 99 / 50 in module
+    scores and sensitivities."""
+    import lrm_interp
+    from lrm_interp.model.sites import find_sites
+    from lrm_interp.protect import build_masks
+
+    model, _ = lrm_interp.load_model("toy")
+    sites = find_sites(model)
+    scores = {s.name: float(i + 1) for i, s in enumerate(sites)} | {sites[0].name: value}
+    with pytest.raises(TypeError, match=rf"^scores\['{sites[0].name}'\] \(site -> importance\) must be a number"):
+        build_masks(sites, "modules_by_score", 0.1, scores=scores)
+
+
+def test_quantize_refuses_masks_that_are_not_bool() -> None:
+    """H35-FLOATMASK: ``quantize_model_(masks={site: float tensor})`` (a saliency dict passed as masks)
+    protected every non-zero weight and quantized nothing, with no word."""
+    import torch
+
+    import lrm_interp
+    from lrm_interp.model.sites import find_sites
+
+    model, _ = lrm_interp.load_model("toy")
+    s = find_sites(model)[0]
+    before = model.get_submodule(s.name).weight.detach().clone()
+    sal = {s.name: torch.rand(s.out_features, s.in_features)}
+    with pytest.raises(TypeError, match=rf"^masks\['{s.name}'\] is a float32 tensor: a mask is a bool tensor"):
+        lrm_interp.quantize_model_(model, bits=3, sites=[s], masks=sal, progress=False)
+    assert torch.equal(model.get_submodule(s.name).weight, before)
+    lrm_interp.quantize_model_(model, bits=3, sites=[s], masks={s.name: sal[s.name] > 0.98}, progress=False)
+    assert not torch.equal(model.get_submodule(s.name).weight, before)

@@ -650,7 +650,13 @@ def allocate_bits(
         missing = [b for b in choices if b not in errors.get(s.name, {})]
         if missing:
             raise ValueError(f"allocate_bits: no error of {s.name} at {missing} bits")
-    _refuse_flat_errors(errors, sites, choices)
+    # as floats (checked numbers): a Decimal error failed in the arithmetic below (H35-NUMERR)
+    errors = {s.name: {b: float(errors[s.name][b]) for b in choices} for s in sites}
+    _refuse_flat_errors(errors, [s for s in sites if sens[s.name] > 0], choices)
+    # the greedy compares sensitivity x error falls: scaled to the largest sensitivity, equal ones of
+    # 1e-320 (gains underflowed to 0) or 1e308 (overflowed) allocate as sensitivity=None does (H35)
+    top = max(sens.values(), default=0.0)
+    weight = {k: (v / top if top > 0 else v) for k, v in sens.items()}
     cost = {s.name: {b: site_cost(s, b, group_size=group_size, symmetric=symmetric) for b in choices} for s in sites}
     level = {s.name: 0 for s in sites}
     used = sum(cost[s.name][choices[0]] for s in sites)
@@ -670,7 +676,7 @@ def allocate_bits(
             extra = cost[s.name][b1] - cost[s.name][b0]
             if used + extra > budget + 1e-9:
                 continue
-            gain = sens[s.name] * (errors[s.name][b0] - errors[s.name][b1])
+            gain = weight[s.name] * (errors[s.name][b0] - errors[s.name][b1])
             ratio = gain / extra
             if ratio < 0:  # more bits, more error: an upgrade that worsens the objective (H34-ALLOCZERO)
                 continue
@@ -697,10 +703,11 @@ def allocate_bits(
 
 
 def _refuse_flat_errors(errors: Mapping[str, Mapping[int, Any]], sites: Sequence[Site], choices: Sequence[int]) -> None:
-    """``ValueError`` when no site's error falls from one bit width of ``choices`` to the next: every
-    allocation is as good as another (a model of zero or constant weights quantizes exactly at every
-    width), and one was drawn from no information, "21 at 2, 2 at 4, 1 at 8, 4 at 16 bits"
-    (H34-ALLOCZERO; all-zero sensitivities are refused the same way, H8-NAN2)."""
+    """``ValueError`` when no site of ``sites`` (those of a sensitivity above 0) has an error that
+    falls from one bit width of ``choices`` to the next: every allocation is as good as another (a
+    model of zero or constant weights quantizes exactly at every width), and one was drawn from no
+    information, "21 at 2, 2 at 4, 1 at 8, 4 at 16 bits" (H34-ALLOCZERO; all-zero sensitivities are
+    refused the same way, H8-NAN2)."""
     for s in sites:
         e = [float(errors[s.name][b]) for b in choices]
         if any(a > b for a, b in zip(e, e[1:])):

@@ -294,7 +294,8 @@ def global_top(
             if granularity == "elements" and pool_v.numel() > 2 * k:
                 pool_v, pool_i, pool_w, thr = _prune(pool_v, pool_i, pool_w, k)
         off += v.numel()
-    if k > 0 and spread.constant():
+    if 0 < k < N - sum(st.n_weights for st, _, _ in seen if st.name in exclude) and spread.constant():
+        # (every weight protected: no ranking needed, H35-CONSTFULL)
         _refuse_uninformative("global_top", [st for st, _, _ in seen if st.name not in exclude], spread.lo)
     if granularity == "elements":
         if pool_v.numel() > k:
@@ -376,18 +377,26 @@ def per_module_top(
     free: list[Site] = []
     n_taken = 0
     spread = _Spread()  # as in global_top
+    ranked = False  # a module whose units it ranks differ: each module's choice is its own (H35)
     for site, sal in saliency:
         v, per = _units(site, _checked(site, sal), granularity)
         k = 0 if site.name in exclude else _per_module_k(site, budget, granularity)
         if k > 0:
             spread.add(v)
+            ranked = ranked or (v.numel() > 0 and bool(v.max() > v.min()))
         idx = torch.sort(-v, stable=True).indices[:k]
         out[site.name] = _mask_from_units(site, idx, granularity)
         if site.name not in exclude:
             free.append(site)
             n_taken += out[site.name].n_protected
-    if n_taken > 0 and spread.constant():
-        _refuse_uninformative("per_module_top", free, spread.lo)
+    if 0 < n_taken < sum(s.n_weights for s in free) and not ranked:  # equal within every module (H35-PMTCONST)
+        if spread.constant():
+            _refuse_uninformative("per_module_top", free, spread.lo)
+        raise ValueError(
+            f"per_module_top: the saliency is constant within each of the {len(free)} modules it protects in: "
+            "nothing to rank a module's weights by (a module-level score given as a saliency?); use "
+            "policy 'modules_by_score' for module scores, or a per-weight saliency"
+        )
     if budget > 0 and free and n_taken == 0:
         _refuse_nothing(
             budget,

@@ -224,12 +224,19 @@ def masks_argument(masks: Any) -> Mapping[str, Any] | None:
             "(or pass the pair load_masks returns)"
         )
     if isinstance(masks, tuple) and len(masks) == 2 and isinstance(masks[0], Mapping):
-        return masks[0]
+        masks = masks[0]
     if not isinstance(masks, Mapping):
         raise TypeError(
             "masks must be a {site name: mask} mapping (load_masks(path)[0], build_masks(...)) or the pair "
             f"load_masks returns, got {type(masks).__name__}"
         )
+    for name, m in masks.items():  # a saliency dict protected every non-zero weight: nothing quantized (H35-FLOATMASK)
+        if isinstance(m, torch.Tensor) and m.dtype != torch.bool:
+            raise TypeError(
+                f"masks[{name!r}] is a {str(m.dtype).replace('torch.', '')} tensor: a mask is a bool tensor (True: "
+                "kept in full precision) or a ProtectionMask; a saliency becomes masks through "
+                "build_masks(sites, policy, budget, saliency=...)"
+            )
     return masks
 
 
