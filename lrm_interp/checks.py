@@ -52,7 +52,7 @@ def number_value(v: object, what: str) -> float:
     test of every user's score, error and sensitivity value (H33-MBSKEYS, H33-ALLOCNAN, H34-NPBOOL);
     finiteness and range are the caller's."""
     dtype = str(getattr(v, "dtype", ""))
-    text = (str, bytes, bytearray, memoryview)  # b"99" was read as 99 (H35)
+    text = (str, bytes, bytearray, memoryview)  # b"99" was read as 99 (H35-BYTESNUM)
     if isinstance(v, (*text, bool, Mapping)) or type(v).__name__ == "bool_" or dtype in ("bool", "torch.bool"):
         raise TypeError(f"{what} must be a number, got {shown_value(v)}")
     try:

@@ -654,7 +654,7 @@ def allocate_bits(
     errors = {s.name: {b: float(errors[s.name][b]) for b in choices} for s in sites}
     _refuse_flat_errors(errors, [s for s in sites if sens[s.name] > 0], choices)
     # the greedy compares sensitivity x error falls: scaled to the largest sensitivity, equal ones of
-    # 1e-320 (gains underflowed to 0) or 1e308 (overflowed) allocate as sensitivity=None does (H35)
+    # 1e-320 (gains underflowed to 0) or 1e308 (overflowed) allocate as sensitivity=None does (H35-ALLOCSCALE)
     top = max(sens.values(), default=0.0)
     weight = {k: (v / top if top > 0 else v) for k, v in sens.items()}
     cost = {s.name: {b: site_cost(s, b, group_size=group_size, symmetric=symmetric) for b in choices} for s in sites}
@@ -702,14 +702,16 @@ def allocate_bits(
     )
 
 
-def _refuse_flat_errors(errors: Mapping[str, Mapping[int, Any]], sites: Sequence[Site], choices: Sequence[int]) -> None:
+def _refuse_flat_errors(
+    errors: Mapping[str, Mapping[int, float]], sites: Sequence[Site], choices: Sequence[int]
+) -> None:
     """``ValueError`` when no site of ``sites`` (those of a sensitivity above 0) has an error that
     falls from one bit width of ``choices`` to the next: every allocation is as good as another (a
     model of zero or constant weights quantizes exactly at every width), and one was drawn from no
     information, "21 at 2, 2 at 4, 1 at 8, 4 at 16 bits" (H34-ALLOCZERO; all-zero sensitivities are
     refused the same way, H8-NAN2)."""
     for s in sites:
-        e = [float(errors[s.name][b]) for b in choices]
+        e = [errors[s.name][b] for b in choices]
         if any(a > b for a, b in zip(e, e[1:])):
             return
     raise ValueError(
@@ -787,7 +789,7 @@ def _sensitivities(sensitivity: Any, sites: Sequence[Site], record: dict[str, st
                 "({bits: error}?): errors and sensitivity swapped? the order is allocate_bits(sites, errors, "
                 "sensitivity, budget_bpw)"
             )
-        # '3', True, numpy / torch bools were read as numbers (H34)
+        # '3', True, numpy / torch bools were read as numbers (H34-NPBOOL)
         out[s.name] = number_value(v, f"allocate_bits: the sensitivity of {s.name}")
     return out
 

@@ -377,7 +377,7 @@ def per_module_top(
     free: list[Site] = []
     n_taken = 0
     spread = _Spread()  # as in global_top
-    ranked = False  # a module whose units it ranks differ: each module's choice is its own (H35)
+    ranked = False  # a module whose units it ranks differ: each module's choice is its own (H35-PMTCONST)
     for site, sal in saliency:
         v, per = _units(site, _checked(site, sal), granularity)
         k = 0 if site.name in exclude else _per_module_k(site, budget, granularity)
@@ -581,7 +581,7 @@ def saliency_over(
         seen: set[str] = set()
         for site, t in saliency:
             name = str(getattr(site, "name", site))
-            if isinstance(site, str) and site in given:  # (name, tensor): a raw AttributeError (H34)
+            if isinstance(site, str) and site in given:  # (name, tensor): a raw AttributeError (H34-SALNAME)
                 site = given[site]
             elif not isinstance(site, (Site, str)):
                 raise TypeError(
@@ -670,7 +670,7 @@ def build_masks(
         warnings.warn(over, BudgetExceededWarning, stacklevel=user_stacklevel())
     if policy == "final_mlp":
         chosen = apply_regexes(final_mlp(sites), sites, always=always, never=never)
-        if not chosen:  # `never` took every final MLP linear out: an empty mask with no word (H34)
+        if not chosen:  # `never` took every final MLP linear out: an empty mask with no word (H34-FMNEVER)
             raise ValueError(
                 f"build_masks: never={never!r} excludes every site policy 'final_mlp' protects (the MLP linears of "
                 "the last layer): the mask would protect nothing; narrow never, or use another policy"
